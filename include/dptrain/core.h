@@ -1,0 +1,112 @@
+/* dptrain core: status codes, per-thread error messages, tensors, RNG.
+ *
+ * Ownership: a dpt_tensor made by dpt_tensor_new owns its storage and is
+ * released with dpt_tensor_free; a view (dpt_tensor_view) borrows storage and
+ * must not outlive it. dpt_tensor_free(NULL) does nothing.
+ * Thread-safety: every function here is safe to call from several threads on
+ * distinct objects; the last-error message is per thread. */
+#ifndef DPTRAIN_CORE_H
+#define DPTRAIN_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(DPT_BUILDING_LIBRARY) && defined(__GNUC__)
+#define DPT_API __attribute__((visibility("default")))
+#else
+#define DPT_API
+#endif
+
+/* ---- status ------------------------------------------------------------ */
+
+/* Every fallible call returns a dpt_status; DPT_OK (0) is success. */
+typedef enum dpt_status {
+    DPT_OK = 0,
+    DPT_ERR_ARG,      /* a bad argument or option from the caller */
+    DPT_ERR_NOMEM,    /* an allocation failed */
+    DPT_ERR_IO,       /* a file could not be opened, read or written */
+    DPT_ERR_FORMAT,   /* a file or text is malformed (spec, IDX, image, safetensors) */
+    DPT_ERR_SHAPE,    /* shapes do not fit together */
+    DPT_ERR_COMM,     /* a collective failed or a peer worker failed */
+    DPT_ERR_TIMEOUT,  /* a collective waited past its limit */
+    DPT_ERR_NUMERIC,  /* a value became NaN or infinite */
+    DPT_ERR_UNSUPPORTED /* a feature this build lacks (MPI, CUDA, ...) */
+} dpt_status;
+
+/* The message of the last failure on this thread ("" if none). The pointer
+ * stays valid until the next failing call on the same thread. */
+DPT_API const char *dpt_last_error(void);
+
+/* A short fixed name for a status ("I/O error", ...). */
+DPT_API const char *dpt_status_str(dpt_status s);
+
+/* Record a failure message for this thread and return `s`, so library code
+ * can write `return dpt_fail(DPT_ERR_IO, "%s: cannot open", path);`. */
+DPT_API dpt_status dpt_fail(dpt_status s, const char *fmt, ...)
+#ifdef __GNUC__
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* Clear this thread's last-error message. */
+DPT_API void dpt_clear_error(void);
+
+/* ---- memory ------------------------------------------------------------ */
+
+/* 64-byte aligned allocation (zeroed). NULL on failure or when bytes == 0
+ * (dpt_free(NULL) is fine). Memory from dpt_alloc is freed by dpt_free. */
+DPT_API void *dpt_alloc(size_t bytes);
+DPT_API void dpt_free(void *p);
+
+/* ---- tensor ------------------------------------------------------------ */
+
+#define DPT_MAX_DIMS 4
+
+/* A float32 tensor, batch-first (N, C, H, W) row-major, up to 4 dimensions.
+ * Storage is 64-byte aligned when owned. */
+typedef struct dpt_tensor {
+    int ndim;
+    int shape[DPT_MAX_DIMS];
+    size_t n;      /* number of elements: product of shape[0..ndim) */
+    float *data;
+    int owns;      /* 1: data freed by dpt_tensor_free */
+} dpt_tensor;
+
+/* Allocate a zeroed tensor of the given shape. *out is owned by the caller. */
+DPT_API dpt_status dpt_tensor_new(int ndim, const int *shape, dpt_tensor **out);
+/* A view over borrowed storage (no allocation of data; the struct itself is
+ * returned by value). */
+DPT_API dpt_tensor dpt_tensor_view(float *data, int ndim, const int *shape);
+DPT_API void dpt_tensor_free(dpt_tensor *t);
+/* Elements in `shape[0..ndim)`. */
+DPT_API size_t dpt_shape_count(int ndim, const int *shape);
+
+/* ---- RNG --------------------------------------------------------------- */
+
+/* PCG32 (O'Neill's PCG-XSH-RR 64/32). Same seed and stream, same numbers on
+ * every platform. The struct is plain data: copy it to save the stream,
+ * copy it back to restore. */
+typedef struct dpt_rng {
+    uint64_t state;
+    uint64_t inc; /* odd: selects the stream */
+} dpt_rng;
+
+DPT_API void dpt_rng_seed(dpt_rng *r, uint64_t seed, uint64_t stream);
+DPT_API uint32_t dpt_rng_u32(dpt_rng *r);
+/* Uniform integer in [0, bound) without modulo bias; bound > 0. */
+DPT_API uint32_t dpt_rng_below(dpt_rng *r, uint32_t bound);
+/* Uniform float in [0, 1) with 24 random bits. */
+DPT_API float dpt_rng_uniform(dpt_rng *r);
+/* Standard normal (Box-Muller, float64 internally). */
+DPT_API float dpt_rng_normal(dpt_rng *r);
+/* Fisher-Yates permutation of idx[0..n) in place. */
+DPT_API void dpt_rng_shuffle(dpt_rng *r, uint32_t *idx, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

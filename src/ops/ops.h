@@ -1,0 +1,85 @@
+/* ops: CPU kernels on raw float32 buffers, layout NCHW (batch first).
+ *
+ * Internal to libdptrain (net/ calls them; users call the net API). Kernels
+ * never allocate: callers pass any scratch space, sized by the *_work_floats
+ * helpers. Kernels never fail at run time; shape checks happen when a
+ * network is built (net/), so these only assert on our own bugs.
+ *
+ * Gradient outputs are overwritten, not accumulated. */
+#ifndef DPT_OPS_H
+#define DPT_OPS_H
+
+#include <stddef.h>
+
+/* ---- 2-D convolution (cross-correlation, as PyTorch and MATLAB) --------- */
+
+typedef struct dpt_conv2d_desc {
+    int n, c_in, h, w;      /* input  [n, c_in, h, w] */
+    int c_out, kh, kw;      /* weights [c_out, c_in, kh, kw], bias [c_out] */
+    int stride, pad;        /* same stride/padding in both directions */
+    int out_h, out_w;       /* filled by dpt_conv2d_desc_init */
+} dpt_conv2d_desc;
+
+/* Fill out_h/out_w; returns 0, or -1 when the filter does not fit the padded
+ * input or a size is not positive. */
+int dpt_conv2d_desc_init(dpt_conv2d_desc *d);
+/* Scratch floats needed by forward and backward (im2col buffer, one image). */
+size_t dpt_conv2d_work_floats(const dpt_conv2d_desc *d);
+/* y[n, c_out, out_h, out_w] = conv(x, w) + b. b may be NULL (no bias). */
+void dpt_conv2d_forward(const dpt_conv2d_desc *d, const float *x, const float *w,
+                        const float *b, float *y, float *work);
+/* From dy [n, c_out, out_h, out_w]: dx (may be NULL: not needed for the first
+ * layer), dw [c_out, c_in, kh, kw], db [c_out] (may be NULL). */
+void dpt_conv2d_backward(const dpt_conv2d_desc *d, const float *x, const float *w,
+                         const float *dy, float *dx, float *dw, float *db, float *work);
+
+/* ---- batch normalisation over (n, h, w) per channel --------------------- *
+ * Split into stats / normalise / backward-reduce / backward-apply so that a
+ * synchronised batch norm can all-reduce the per-channel sums between the
+ * steps. `count` is the number of values per channel the statistics cover
+ * (n*h*w locally, the global total under synchronised batch norm). */
+
+/* Per-channel sum and sum of squared deviations from `mean_in` is awkward to
+ * pool; we return plain sums in float64 so a caller can all-reduce them:
+ * sum[c] = Σ x, sumsq[c] = Σ x². */
+void dpt_bn_sums(const float *x, int n, int c, int hw, double *sum, double *sumsq);
+/* y = gamma * (x - mean) * invstd + beta, per channel. */
+void dpt_bn_normalize(const float *x, int n, int c, int hw, const float *mean,
+                      const float *invstd, const float *gamma, const float *beta, float *y);
+/* Per-channel sums for backward: sum_dy[c] = Σ dy, sum_dy_xhat[c] = Σ dy·x̂
+ * with x̂ = (x - mean) * invstd. dbeta = sum_dy, dgamma = sum_dy_xhat. */
+void dpt_bn_backward_sums(const float *x, const float *dy, int n, int c, int hw,
+                          const float *mean, const float *invstd, double *sum_dy,
+                          double *sum_dy_xhat);
+/* dx = gamma*invstd * (dy - sum_dy/count - x̂ * sum_dy_xhat/count). */
+void dpt_bn_backward_dx(const float *x, const float *dy, int n, int c, int hw,
+                        const float *mean, const float *invstd, const float *gamma,
+                        const double *sum_dy, const double *sum_dy_xhat, double count,
+                        float *dx);
+
+/* ---- ReLU ---------------------------------------------------------------- */
+void dpt_relu_forward(const float *x, float *y, size_t n);
+/* dx = dy where y > 0, else 0 (y is the forward output). dx may equal dy. */
+void dpt_relu_backward(const float *y, const float *dy, float *dx, size_t n);
+
+/* ---- fully connected: y[n, out] = x[n, in] · wᵀ + b, w [out, in] -------- */
+void dpt_linear_forward(const float *x, const float *w, const float *b, float *y, int n,
+                        int in, int out);
+/* dx [n, in] (may be NULL), dw [out, in], db [out] (may be NULL). */
+void dpt_linear_backward(const float *x, const float *w, const float *dy, float *dx,
+                         float *dw, float *db, int n, int in, int out);
+
+/* ---- softmax and cross-entropy ------------------------------------------- */
+/* Row-wise softmax of logits [n, k] into p [n, k] (max-subtracted). */
+void dpt_softmax_forward(const float *logits, float *p, int n, int k);
+/* Mean cross-entropy over the n rows between probabilities p and targets t
+ * (one-hot or soft, rows summing to 1), and its gradient with respect to the
+ * logits: dlogits = (p - t) * scale / n, where scale lets a caller weight
+ * the loss (1 for a plain mean). Returns the (unscaled) mean loss. dlogits
+ * may be NULL. */
+double dpt_softmax_xent(const float *p, const float *t, int n, int k, float scale,
+                        float *dlogits);
+/* Mean squared error 0.5·Σ(y - t)² / n and its gradient (y - t)·scale / n. */
+double dpt_mse(const float *y, const float *t, int n, int k, float scale, float *dy);
+
+#endif
