@@ -85,6 +85,15 @@ DPT_API void dpt_tensor_free(dpt_tensor *t);
 /* Elements in `shape[0..ndim)`. */
 DPT_API size_t dpt_shape_count(int ndim, const int *shape);
 
+/* ---- BLAS ------------------------------------------------------------ */
+
+/* Threads the BLAS may use per call (process-wide setting of OpenBLAS).
+ * Data-parallel runs choose workers × threads <= cores. */
+DPT_API void dpt_blas_set_threads(int n);
+DPT_API int dpt_blas_threads(void);
+/* Number of online processor cores. */
+DPT_API int dpt_cpu_count(void);
+
 /* ---- RNG --------------------------------------------------------------- */
 
 /* PCG32 (O'Neill's PCG-XSH-RR 64/32). Same seed and stream, same numbers on

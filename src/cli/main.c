@@ -1,3 +1,90 @@
-#include "dptrain/core.h"
+/* dptrain: train, evaluate and inspect networks, data-parallel. */
+#include "cli/cli.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
-int main(void) { puts("dptrain: under construction"); return 0; }
+#include <stdlib.h>
+#include <string.h>
+
+static const char usage[] =
+    "usage: dptrain <command> [options]\n"
+    "\n"
+    "Data-parallel training of neural networks with a custom training loop.\n"
+    "\n"
+    "commands:\n"
+    "  train     train a network (single worker, worker threads or MPI ranks)\n"
+    "  eval      accuracy and confusion matrix of a model on a dataset\n"
+    "  predict   label and score of image files\n"
+    "  info      the default network spec, a network's layers and tables, a model file\n"
+    "\n"
+    "Run 'dptrain <command> --help' for a command's options.\n";
+
+int cli_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("dptrain: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return 1;
+}
+
+int cli_lib_error(void) { return cli_error("%s", dpt_last_error()); }
+
+int cli_int(const char *opt, const char *value, long min, long max, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(value, &end, 10);
+    if (errno || end == value || *end || v < min || v > max) {
+        cli_error("%s: '%s' is not an integer from %ld to %ld", opt, value, min, max);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int cli_double(const char *opt, const char *value, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(value, &end);
+    if (errno || end == value || *end || !isfinite(v)) {
+        cli_error("%s: '%s' is not a number", opt, value);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fputs(usage, stderr);
+        return 1;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
+        fputs(usage, stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "--version")) {
+        puts("dptrain 0.1.0");
+        return 0;
+    }
+    /* Each command sees argv[0] = "dptrain <command>" style arguments. */
+    if (!strcmp(cmd, "train"))
+        return cli_train(argc - 1, argv + 1);
+    if (!strcmp(cmd, "eval"))
+        return cli_eval(argc - 1, argv + 1);
+    if (!strcmp(cmd, "predict"))
+        return cli_predict(argc - 1, argv + 1);
+    if (!strcmp(cmd, "info"))
+        return cli_info(argc - 1, argv + 1);
+    cli_error("unknown command '%s' (train, eval, predict, info)", cmd);
+    fputs(usage, stderr);
+    return 1;
+}

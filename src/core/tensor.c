@@ -43,8 +43,9 @@ dpt_status dpt_tensor_new(int ndim, const int *shape, dpt_tensor **out)
     if (t->n) {
         t->data = dpt_alloc(t->n * sizeof(float));
         if (!t->data) {
+            size_t n = t->n;
             free(t);
-            return dpt_fail(DPT_ERR_NOMEM, "tensor: cannot allocate %zu floats", t->n);
+            return dpt_fail(DPT_ERR_NOMEM, "tensor: cannot allocate %zu floats", n);
         }
     }
     *out = t;

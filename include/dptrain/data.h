@@ -1,0 +1,276 @@
+/* dptrain data: datastores (image folders, IDX files), per-label split,
+ * shuffle, partition, bilinear resize, and a minibatch queue that decodes
+ * the next batch on a background thread.
+ *
+ * Two kinds of datastore hide behind one opaque type, dpt_datastore:
+ *   - folder: root/<class>/<image file>, labels from the sub-folder names
+ *     (MATLAB imageDatastore with LabelSource "foldernames"); images are
+ *     decoded when read (PNG, JPEG, BMP, PGM/PPM through stb_image).
+ *   - IDX:    the MNIST file format (images + labels files, optionally
+ *     gzip-compressed), loaded into memory when opened.
+ *
+ * A datastore is an immutable list of observations (an index array) over a
+ * shared, reference-counted source (the file list or the pixel memory).
+ * split_each_label, shuffle, partition and subset return NEW datastores that
+ * share the source; each one returned by any function here is owned by the
+ * caller and freed with dpt_datastore_free, in any order (freeing the parent
+ * first is fine). dpt_datastore_free(NULL) does nothing.
+ *
+ * Thread-safety: a datastore is never modified after it is made, so any
+ * number of threads may call the const functions (read, label, ...) on the
+ * same datastore at once, and make or free datastores sharing a source from
+ * different threads. A dpt_mbq belongs to one thread at a time (its
+ * background thread is internal).
+ *
+ * Pixels: read and the minibatch queue produce float32 [C,H,W] in [0,1]
+ * (uint8 value / 255). Channel conversion: grey -> 3 channels replicates
+ * the grey value; colour -> 1 channel uses stb_image's integer luminance
+ * (77 R + 150 G + 29 B) >> 8; an alpha channel is dropped. */
+#ifndef DPTRAIN_DATA_H
+#define DPTRAIN_DATA_H
+
+#include "dptrain/core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct dpt_datastore dpt_datastore;
+
+typedef enum dpt_datastore_kind {
+    DPT_DATASTORE_FOLDER = 1, /* folder of class sub-folders of image files */
+    DPT_DATASTORE_IDX = 2     /* IDX images + labels, in memory */
+} dpt_datastore_kind;
+
+/* ---- opening ------------------------------------------------------------ */
+
+/* Options of dpt_datastore_open_folder. Start from DPT_FOLDER_OPTIONS_INIT. */
+typedef struct dpt_folder_options {
+    int version;      /* DPT_FOLDER_OPTIONS_VERSION */
+    int skip_corrupt; /* 0 (default): an image file that cannot be decoded is
+                         an error, reported when it is read (zero-byte files
+                         already at open). 1: decode every image at open and
+                         drop the ones that fail (and zero-byte ones); their
+                         number and names are available from
+                         dpt_datastore_n_corrupt / dpt_datastore_corrupt_file. */
+    int preload;      /* 1: decode every image at open and keep the pixels in
+                         memory (native size and channels); reads then do not
+                         touch the files. 0 (default): decode on each read. */
+} dpt_folder_options;
+
+#define DPT_FOLDER_OPTIONS_VERSION 1
+#define DPT_FOLDER_OPTIONS_INIT {DPT_FOLDER_OPTIONS_VERSION, 0, 0}
+
+/* Open an image-folder datastore. The direct sub-folders of `root` are the
+ * classes, in byte-wise (strcmp) order of their names; the class index is
+ * the position in that order. Each class folder's files are observations in
+ * strcmp order of their names, classes one after another. Files whose
+ * extension (case-insensitive) is .png .jpg .jpeg .bmp .pgm .ppm .pnm are
+ * images; other files in class folders are skipped and counted
+ * (dpt_datastore_n_skipped). Names starting with '.' are ignored, and so are
+ * files directly in root and folders below the class folders.
+ * Errors (message names the path): root missing or unreadable (DPT_ERR_IO);
+ * no class sub-folders; a class folder with no images; a zero-byte image
+ * file; with skip_corrupt or preload, an image that fails to decode
+ * (DPT_ERR_FORMAT). opt NULL means defaults. *out is owned by the caller. */
+DPT_API dpt_status dpt_datastore_open_folder(const char *root, const dpt_folder_options *opt,
+                                             dpt_datastore **out);
+
+/* Open an IDX (MNIST-format) datastore: images file (magic 0x00000803,
+ * uint8, N x rows x cols) and labels file (magic 0x00000801, uint8, N). Either
+ * file may be gzip-compressed; that is detected from its first bytes
+ * (1f 8b), whatever its name. Both are read into memory here.
+ * labels_path NULL: guessed from images_path by dpt_datastore_idx_labels_path.
+ * Classes: max label + 1, named "0", "1", ... Errors name the file:
+ * unreadable (DPT_ERR_IO); wrong magic, zero dimensions, a length
+ * (decompressed length for gzip) that differs from what the header implies,
+ * a truncated gzip stream, a label count that differs from the image count
+ * (DPT_ERR_FORMAT). *out is owned by the caller. */
+DPT_API dpt_status dpt_datastore_open_idx(const char *images_path, const char *labels_path,
+                                          dpt_datastore **out);
+
+/* dpt_datastore_open_idx with a given class count (> 0): every label must
+ * be below n_classes (DPT_ERR_FORMAT naming the labels file and the
+ * observation otherwise), and the datastore has n_classes classes even when
+ * some never occur (a small test set). n_classes 0 means max label + 1. */
+DPT_API dpt_status dpt_datastore_open_idx_classes(const char *images_path, const char *labels_path,
+                                                  int n_classes, dpt_datastore **out);
+
+/* The labels file that belongs to an IDX images file, by the MNIST naming
+ * convention: in the file name, "images" becomes "labels" and "idx3"
+ * becomes "idx1" (train-images-idx3-ubyte.gz -> train-labels-idx1-ubyte.gz).
+ * When that file does not exist but the name with ".gz" added or removed
+ * does, that one is chosen. Writes a NUL-terminated path into buf.
+ * DPT_ERR_ARG when the name has no "images" part or buf is too small. */
+DPT_API dpt_status dpt_datastore_idx_labels_path(const char *images_path, char *buf,
+                                                 size_t buf_bytes);
+
+/* Release a datastore (the shared source goes with the last datastore that
+ * uses it). NULL does nothing. */
+DPT_API void dpt_datastore_free(dpt_datastore *ds);
+
+/* ---- queries (never fail; i must be < n_obs, k < n_classes) ------------- */
+
+DPT_API dpt_datastore_kind dpt_datastore_kind_of(const dpt_datastore *ds);
+/* Number of observations in this datastore. */
+DPT_API size_t dpt_datastore_n_obs(const dpt_datastore *ds);
+/* Number of classes of the source (a split or partition keeps all classes,
+ * even ones with no observation left in it). */
+DPT_API int dpt_datastore_n_classes(const dpt_datastore *ds);
+/* Name of class k; the pointer lives as long as the datastore. */
+DPT_API const char *dpt_datastore_class_name(const dpt_datastore *ds, int k);
+/* Class index (0-based) of observation i. */
+DPT_API int dpt_datastore_label(const dpt_datastore *ds, size_t i);
+/* counts[k] = number of observations with label k; counts has n_classes
+ * elements. */
+DPT_API void dpt_datastore_count_labels(const dpt_datastore *ds, size_t *counts);
+/* The file observation i comes from: the image file (folder) or the images
+ * file (IDX). The pointer lives as long as the datastore. */
+DPT_API const char *dpt_datastore_file(const dpt_datastore *ds, size_t i);
+/* Files in class folders skipped at open because their extension is not an
+ * image extension (0 for IDX). */
+DPT_API size_t dpt_datastore_n_skipped(const dpt_datastore *ds);
+/* Image files dropped at open because they failed to decode (only with
+ * skip_corrupt; 0 otherwise), and the path of the k-th of them. */
+DPT_API size_t dpt_datastore_n_corrupt(const dpt_datastore *ds);
+DPT_API const char *dpt_datastore_corrupt_file(const dpt_datastore *ds, size_t k);
+
+/* Native size of observation i: height, width and channels as stored (1 to
+ * 4 for image files; 1 for IDX). Reads the image header of a folder file
+ * (no full decode). Any output pointer may be NULL. */
+DPT_API dpt_status dpt_datastore_image_size(const dpt_datastore *ds, size_t i, int *h, int *w,
+                                            int *c);
+
+/* ---- new datastores from old (each *out owned by the caller) ------------ */
+
+/* Observations idx[0..n) of ds, in that order (repeats allowed). */
+DPT_API dpt_status dpt_datastore_subset(const dpt_datastore *ds, const size_t *idx, size_t n,
+                                        dpt_datastore **out);
+
+/* Per-label random split (MATLAB splitEachLabel(ds, fraction, "randomized")):
+ * for each label k, the positions of that label's observations, in ds
+ * order, are permuted by dpt_rng_shuffle with an RNG seeded
+ * dpt_rng_seed(seed, stream = k); the first round(fraction * count) of them
+ * (round half away from zero) go to *first, the rest to *second. Both keep
+ * the order of ds. Deterministic for a given seed; fraction in [0, 1].
+ * Either output may be empty. */
+DPT_API dpt_status dpt_datastore_split_each_label(const dpt_datastore *ds, double fraction,
+                                                  uint64_t seed, dpt_datastore **first,
+                                                  dpt_datastore **second);
+
+/* A shuffled copy of ds (ds itself is unchanged): the observation order is
+ * permuted by dpt_rng_shuffle with dpt_rng_seed(seed, stream = 0). */
+DPT_API dpt_status dpt_datastore_shuffle(const dpt_datastore *ds, uint64_t seed,
+                                         dpt_datastore **out);
+
+/* Block i (0-based) of n contiguous blocks of ds: blocks are disjoint, cover
+ * ds in order, and their sizes differ by at most one, the first
+ * (n_obs mod n) blocks holding the extra observation. 1 <= n, 0 <= i < n. */
+DPT_API dpt_status dpt_datastore_partition(const dpt_datastore *ds, int n, int i,
+                                           dpt_datastore **out);
+
+/* ---- reading -------------------------------------------------------------- */
+
+/* Decode observation i into out, float32 [c, h, w] in [0, 1], converted to c
+ * channels (1 or 3) and resized to h x w by dpt_image_resize_bilinear when
+ * its size differs. out holds c*h*w floats, owned by the caller.
+ * Errors name the file: unreadable (DPT_ERR_IO), cannot be decoded
+ * (DPT_ERR_FORMAT); bad c, h, w or i (DPT_ERR_ARG). Thread-safe. */
+DPT_API dpt_status dpt_datastore_read(const dpt_datastore *ds, size_t i, int c, int h, int w,
+                                      float *out);
+
+/* Decode one image file (any format dpt_datastore_open_folder reads) into
+ * out, float32 [c, h, w] in [0, 1], converted and resized as by
+ * dpt_datastore_read. For predicting single files. Errors name the file. */
+DPT_API dpt_status dpt_image_load(const char *path, int c, int h, int w, float *out);
+
+/* Bilinear resize of each of c planes from [c, ih, iw] to [c, oh, ow],
+ * without antialiasing, with half-pixel centres (align_corners = false):
+ * the same values as PyTorch F.interpolate(mode="bilinear",
+ * align_corners=False), and the half-pixel mapping of MATLAB's
+ * imresize(..., "bilinear", Antialiasing=false):
+ *   scale = in / out;  src = max(0, (dst + 0.5) * scale - 0.5)
+ *   i0 = floor(src);  i1 = min(i0 + 1, in - 1);  t = src - i0
+ *   value = (1 - t) * x[i0] + t * x[i1]   (rows, then columns, separably)
+ * computed in float32. in and out must not overlap. Sizes > 0. */
+DPT_API void dpt_image_resize_bilinear(const float *in, int c, int ih, int iw, float *out, int oh,
+                                       int ow);
+
+/* ---- minibatch queue (MATLAB minibatchqueue) ------------------------------ */
+
+typedef struct dpt_mbq dpt_mbq;
+
+/* A user preprocessing step, run on each batch after decoding and scaling
+ * to [0, 1]: it may change x [n, c, h, w] in place. labels [n]. Runs on the
+ * queue's background thread when prefetch is on, so it must not touch the
+ * caller's data without its own locking. Return DPT_OK, or a failure (set
+ * the message with dpt_fail), which next() then returns for that batch. */
+typedef dpt_status (*dpt_mbq_preprocess_fn)(float *x, int n, int c, int h, int w,
+                                            const int32_t *labels, void *arg);
+
+/* Options of dpt_mbq_new. Start from DPT_MBQ_OPTIONS_INIT. */
+typedef struct dpt_mbq_options {
+    int version;         /* DPT_MBQ_OPTIONS_VERSION */
+    int batch_size;      /* observations per batch (default 128) */
+    int channels;        /* output C, 1 or 3; 0 (default): native of obs 0 */
+    int height, width;   /* output H, W; 0 (default): native of obs 0 */
+    int prefetch;        /* 1 (default): a background thread decodes ahead
+                            (up to two batches); 0: next() decodes */
+    int drop_partial;    /* 1: discard a last batch smaller than batch_size;
+                            0 (default): return it */
+    dpt_mbq_preprocess_fn preprocess; /* NULL (default): none */
+    void *preprocess_arg;             /* passed to preprocess */
+} dpt_mbq_options;
+
+#define DPT_MBQ_OPTIONS_VERSION 1
+#define DPT_MBQ_OPTIONS_INIT {DPT_MBQ_OPTIONS_VERSION, 128, 0, 0, 0, 1, 0, NULL, NULL}
+
+/* One minibatch, written into buffers owned by the queue: valid until the
+ * next call to dpt_mbq_next, dpt_mbq_reset, dpt_mbq_shuffle or
+ * dpt_mbq_free on that queue. The caller may modify x and y in place. */
+typedef struct dpt_batch {
+    int n;                 /* observations in this batch (<= batch_size) */
+    dpt_tensor x;          /* view [n, C, H, W], pixels in [0, 1] (then preprocess) */
+    dpt_tensor y;          /* view [n, K], one-hot labels, K = n_classes */
+    const int32_t *labels; /* [n] class indices */
+    const size_t *obs;     /* [n] observation indices in the queue's datastore */
+} dpt_batch;
+
+/* A queue over the observations of ds, in ds order until dpt_mbq_shuffle.
+ * The queue keeps its own reference to ds's observations, so ds may be
+ * freed right after. opt NULL means defaults. Starts the background thread
+ * when prefetch is on. *out is owned by the caller (dpt_mbq_free). */
+DPT_API dpt_status dpt_mbq_new(const dpt_datastore *ds, const dpt_mbq_options *opt,
+                               dpt_mbq **out);
+
+/* 1 while the current pass has batches left. */
+DPT_API int dpt_mbq_has_data(const dpt_mbq *q);
+
+/* The next batch of the current pass into *out (see dpt_batch for how long
+ * its buffers live). The last batch may be partial. A batch that fails to
+ * decode (or whose preprocess step fails) returns the error with the
+ * message naming the file; the queue still moves past that batch.
+ * DPT_ERR_ARG when the pass has no data left. */
+DPT_API dpt_status dpt_mbq_next(dpt_mbq *q, dpt_batch *out);
+
+/* Start a new pass over the same order. Waits for a batch being decoded in
+ * the background to finish (no decoding is lost track of). */
+DPT_API void dpt_mbq_reset(dpt_mbq *q);
+
+/* Start a new pass in a new order: the permutation dpt_datastore_shuffle
+ * would make with this seed, applied to the queue's original order (so the
+ * same seed gives the same order whatever came before). */
+DPT_API void dpt_mbq_shuffle(dpt_mbq *q, uint64_t seed);
+
+/* Batches per pass, observations, and the output shape of the queue. */
+DPT_API size_t dpt_mbq_n_batches(const dpt_mbq *q);
+DPT_API size_t dpt_mbq_n_obs(const dpt_mbq *q);
+DPT_API void dpt_mbq_shape(const dpt_mbq *q, int *c, int *h, int *w, int *n_classes);
+
+/* Stop the background thread and release everything. NULL does nothing. */
+DPT_API void dpt_mbq_free(dpt_mbq *q);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,113 @@
+/* dptrain training: one data-parallel step (forward, loss, backward,
+ * aggregation of loss, gradients and batch-norm state, optimizer update).
+ *
+ * With comm NULL (or of size 1) the step is the ordinary single-worker step.
+ * With N workers each calls dpt_train_step on its own share x [n_local, ...]
+ * of the minibatch: the step is then collective. Each worker's loss and
+ * gradients are weighted by n_local / M (M = Σ n_local) and summed, so the
+ * result is the loss and gradient of the whole minibatch; batch-norm state is
+ * pooled (DESIGN.md); every worker applies the same update and ends with
+ * bit-identical learnables and state. */
+#ifndef DPTRAIN_TRAIN_H
+#define DPTRAIN_TRAIN_H
+
+#include "dptrain/comm.h"
+#include "dptrain/data.h"
+#include "dptrain/net.h"
+#include "dptrain/optim.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* One training step with softmax cross-entropy against targets t [n_local, K]
+ * (one-hot or soft rows). *loss receives the loss of the whole minibatch
+ * (mean over its M observations), identical on every worker. *n_total (may
+ * be NULL) receives M. Collective when comm has more than one worker. */
+DPT_API dpt_status dpt_train_step(dpt_net *net, dpt_sgdm *opt, dpt_comm *comm, const float *x,
+                                  const float *t, int n_local, double *loss, int *n_total);
+
+/* The parts of dpt_train_step, for loops that need a custom loss: after
+ * dpt_net_forward and dpt_net_backward with the loss gradient of this
+ * worker's share already weighted by n_local / M, sum the gradients and the
+ * weighted loss across workers and update the batch-norm state. */
+DPT_API dpt_status dpt_train_aggregate(dpt_net *net, dpt_comm *comm, double *loss);
+
+/* Per-worker minibatch shares: floor(B/N) each, the remainder (B mod N) to
+ * the first workers (the MATLAB example's rule). share[N] is filled. */
+DPT_API void dpt_batch_shares(int batch, int n_workers, int *share);
+
+/* The global minibatch for a GPU pool in the MATLAB example: the per-GPU
+ * minibatch times the number of GPU workers; on CPU workers it is unchanged. */
+DPT_API int dpt_batch_global(int batch, int n_workers, int on_gpu);
+
+/* ---- evaluation ----------------------------------------------------------- */
+
+/* Classify every observation of ds with net in PREDICT mode, in batches of at
+ * most dpt_net_max_batch(net). *accuracy receives the fraction correct;
+ * confusion (may be NULL) receives K×K counts, row = true class, column =
+ * predicted, K = dpt_datastore_n_classes(ds), which must not exceed the
+ * network's outputs. Not collective. */
+DPT_API dpt_status dpt_evaluate(dpt_net *net, const dpt_datastore *ds, double *accuracy,
+                                size_t *confusion);
+
+/* ---- the batteries-included loop (what `dptrain train` runs) --------------- */
+
+/* A progress record, sent by worker 0 (MATLAB's DataQueue message). */
+typedef struct dpt_progress {
+    int epoch, epochs;        /* 1-based epoch, total epochs */
+    long iteration;           /* 1-based, counted over the whole run */
+    long iterations_per_epoch;
+    double loss;              /* loss of the whole minibatch */
+    double elapsed_s;         /* since training started */
+    double images_per_s;      /* over the last iteration */
+    double lr;
+    double test_accuracy;     /* NaN unless measured at this record */
+    int end_of_epoch;         /* 1 on the last iteration of an epoch */
+} dpt_progress;
+
+typedef void (*dpt_progress_fn)(const dpt_progress *p, void *arg);
+
+typedef struct dpt_fit_config {
+    int version;                  /* DPT_FIT_CONFIG_VERSION */
+    const char *spec;             /* network spec text (NULL: the default) */
+    const char *spec_source;      /* its name for messages */
+    const dpt_datastore *train;   /* borrowed */
+    const dpt_datastore *test;    /* borrowed; may be NULL */
+    int epochs;                   /* 20 */
+    int batch;                    /* global minibatch, 128 */
+    float lr, momentum, weight_decay; /* 0.01, 0.9, 0 */
+    uint64_t seed;                /* 0 */
+    dpt_spmd_config spmd;         /* workers and backend */
+    int sync_bn;                  /* 1: synchronised batch norm */
+    int prefetch;                 /* 1: decode the next batch in the background */
+    int eval_every_epoch;         /* 1: test accuracy after every epoch */
+    dpt_progress_fn progress;     /* called on worker 0 after every iteration */
+    void *progress_arg;
+    const char *model_out;        /* path of model.safetensors (NULL: not saved) */
+    const char *const *class_names; /* [n_classes] for the model's metadata */
+} dpt_fit_config;
+
+#define DPT_FIT_CONFIG_VERSION 1
+#define DPT_FIT_CONFIG_INIT                                                             \
+    {DPT_FIT_CONFIG_VERSION, NULL, NULL, NULL, NULL, 20, 128, 0.01f, 0.9f, 0.0f, 0,       \
+     DPT_SPMD_CONFIG_INIT, 0, 1, 0, NULL, NULL, NULL, NULL}
+
+typedef struct dpt_fit_result {
+    double final_loss;
+    double test_accuracy;         /* NaN without a test set */
+    long iterations;
+    double train_seconds;
+    int n_workers;
+} dpt_fit_result;
+
+/* Train a network as the MATLAB example does: per epoch, shuffle the training
+ * data with a seed all workers share, partition it among the workers, and
+ * loop while every worker has data; each iteration is dpt_train_step. Then
+ * worker 0 saves the model and classifies the test set. */
+DPT_API dpt_status dpt_fit(const dpt_fit_config *cfg, dpt_fit_result *result);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

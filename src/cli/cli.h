@@ -1,0 +1,27 @@
+/* The dptrain command-line tool: one file per command. Each command parses
+ * its own long options and returns the process exit code (0 success, 1 any
+ * error). Errors are printed as "dptrain: <file or option>: <problem>". */
+#ifndef DPT_CLI_H
+#define DPT_CLI_H
+
+#include "dptrain/core.h"
+
+int cli_train(int argc, char **argv);
+int cli_eval(int argc, char **argv);
+int cli_predict(int argc, char **argv);
+int cli_info(int argc, char **argv);
+
+/* Print "dptrain: <message>" on stderr and return 1. */
+int cli_error(const char *fmt, ...)
+#ifdef __GNUC__
+    __attribute__((format(printf, 1, 2)))
+#endif
+    ;
+/* Print this thread's library error and return 1. */
+int cli_lib_error(void);
+
+/* Parse numbers from option values; on error print which option and fail. */
+int cli_int(const char *opt, const char *value, long min, long max, long *out);
+int cli_double(const char *opt, const char *value, double *out);
+
+#endif

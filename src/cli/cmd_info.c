@@ -1,0 +1,96 @@
+/* dptrain info: the default spec, a network's layers and tables. */
+#include "cli/cli.h"
+#include "dptrain/net.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char help[] =
+    "usage: dptrain info [--spec] [--net SPEC] [--classes N] [--model FILE]\n"
+    "\n"
+    "Without options: the default network (the MATLAB example's) for 10 classes.\n"
+    "  --spec          print the default network spec text (start a new network from it)\n"
+    "  --net SPEC      show the network of this spec file: layers, output shapes,\n"
+    "                  learnables and state tables with sizes\n"
+    "  --classes N     classes for a spec that says outputs=classes (default: 10)\n"
+    "  --model FILE    show a saved model: network, tables, training metadata\n"
+    "  -h, --help      this help\n";
+
+static void print_shape(const dpt_param_info *e)
+{
+    char buf[64];
+    int k = 0;
+    for (int d = 0; d < e->ndim; d++)
+        k += snprintf(buf + k, sizeof buf - (size_t)k, d ? "x%d" : "%d", e->shape[d]);
+    printf("  %-22s %-14s %9zu\n", e->name, buf, e->n);
+}
+
+/* Print layers and tables of a network (shared with info --model). */
+void cli_print_net(const dpt_net *net)
+{
+    printf("layers (%d):\n", dpt_net_n_layers(net));
+    for (int i = 0; i < dpt_net_n_layers(net); i++) {
+        int chw[3];
+        dpt_net_layer_shape(net, i, chw);
+        printf("  %2d  %-10s %-10s output %dx%dx%d (HxWxC)\n", i + 1, dpt_net_layer_name(net, i),
+               dpt_net_layer_type(net, i), chw[1], chw[2], chw[0]);
+    }
+    printf("learnables (%zu tensors, %zu parameters):\n", dpt_net_n_learnables(net),
+           dpt_net_n_params(net));
+    for (size_t i = 0; i < dpt_net_n_learnables(net); i++)
+        print_shape(dpt_net_learnable(net, i));
+    printf("state (%zu tensors, %zu values):\n", dpt_net_n_state(net), dpt_net_n_state_floats(net));
+    for (size_t i = 0; i < dpt_net_n_state(net); i++)
+        print_shape(dpt_net_state_info(net, i));
+}
+
+int cli_model_info(const char *path); /* cmd_eval.c */
+
+int cli_info(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"spec", no_argument, 0, 's'},       {"net", required_argument, 0, 'n'},
+        {"classes", required_argument, 0, 'c'}, {"model", required_argument, 0, 'm'},
+        {"help", no_argument, 0, 'h'},       {0, 0, 0, 0},
+    };
+    int show_spec = 0;
+    const char *spec_path = NULL, *model = NULL;
+    long classes = 10;
+    int c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 's': show_spec = 1; break;
+        case 'n': spec_path = optarg; break;
+        case 'm': model = optarg; break;
+        case 'c':
+            if (cli_int("--classes", optarg, 1, 1000000, &classes))
+                return 1;
+            break;
+        case 'h': fputs(help, stdout); return 0;
+        default:
+            return cli_error("info: unknown or incomplete option '%s' (see dptrain info --help)",
+                             argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        return cli_error("info: unexpected argument '%s'", argv[optind]);
+    if (show_spec) {
+        fputs(dpt_net_default_spec(), stdout);
+        return 0;
+    }
+    if (model)
+        return cli_model_info(model);
+    dpt_net *net = NULL;
+    dpt_status s = spec_path ? dpt_net_from_spec_file(spec_path, (int)classes, 1, 0, &net)
+                             : dpt_net_from_spec(dpt_net_default_spec(), "<default spec>",
+                                                 (int)classes, 1, 0, &net);
+    if (s != DPT_OK)
+        return cli_lib_error();
+    printf("network: %s\n", spec_path ? spec_path : "default (MATLAB example), 10 classes");
+    cli_print_net(net);
+    dpt_net_free(net);
+    return 0;
+}

@@ -1,0 +1,84 @@
+/* dptrain predict: label and score of image files. */
+#include "cli/cli.h"
+#include "dptrain/data.h"
+#include "dptrain/net.h"
+
+#include <cJSON.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+int cli_model_classes(const dpt_net *net, const char *path, cJSON **out); /* cmd_eval.c */
+
+static const char help[] =
+    "usage: dptrain predict --model FILE IMAGE...\n"
+    "\n"
+    "Print the predicted label and its score (softmax probability) for each image.\n"
+    "  --model FILE    model.safetensors written by dptrain train\n"
+    "  -h, --help      this help\n";
+
+int cli_predict(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    const char *model = NULL;
+    int c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 'h': fputs(help, stdout); return 0;
+        default:
+            return cli_error("predict: unknown or incomplete option '%s' (see dptrain predict "
+                             "--help)", argv[optind - 1]);
+        }
+    }
+    if (!model)
+        return cli_error("predict: --model FILE is required");
+    if (optind >= argc)
+        return cli_error("predict: no image files given");
+    dpt_net *net = NULL;
+    cJSON *classes = NULL;
+    float *x = NULL;
+    int rc = 1;
+    if (dpt_net_load(model, 1, &net) != DPT_OK) {
+        rc = cli_lib_error();
+        goto done;
+    }
+    if (cli_model_classes(net, model, &classes))
+        goto done;
+    int chw[3];
+    dpt_net_input_shape(net, chw);
+    x = malloc((size_t)chw[0] * chw[1] * chw[2] * sizeof *x);
+    if (!x)
+        goto done;
+    int k = dpt_net_n_outputs(net);
+    /* Decode every image before printing, so a bad file fails the whole
+     * command before any output. */
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = optind; i < argc; i++) {
+            const float *y;
+            if (dpt_image_load(argv[i], chw[0], chw[1], chw[2], x) != DPT_OK) {
+                rc = cli_lib_error();
+                goto done;
+            }
+            if (pass == 0)
+                continue;
+            if (dpt_net_forward(net, x, 1, DPT_MODE_PREDICT, &y) != DPT_OK) {
+                rc = cli_lib_error();
+                goto done;
+            }
+            int best;
+            dpt_argmax_rows(y, 1, k, &best);
+            printf("%s\t%s\t%.4f\n", argv[i], cJSON_GetArrayItem(classes, best)->valuestring,
+                   (double)y[best]);
+        }
+    }
+    rc = 0;
+done:
+    free(x);
+    cJSON_Delete(classes);
+    dpt_net_free(net);
+    return rc;
+}

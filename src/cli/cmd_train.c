@@ -1,0 +1,284 @@
+/* dptrain train: the MATLAB example's job from the command line. */
+#include "cli/cli.h"
+#include "dptrain/train.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char help[] =
+    "usage: dptrain train --data PATH [options]\n"
+    "\n"
+    "Train a network data-parallel and report test accuracy.\n"
+    "\n"
+    "data:\n"
+    "  --data PATH         image folder (one sub-folder per class) or IDX images file\n"
+    "  --labels FILE       IDX labels file (default: found beside the images file)\n"
+    "  --test PATH         held-out data (folder or IDX); default: split --data\n"
+    "  --test-labels FILE  IDX labels for --test (default: found beside it)\n"
+    "  --split FRACTION    training fraction per label when no --test (default 0.9)\n"
+    "  --skip-corrupt      skip images that fail to decode, with a warning (default: error)\n"
+    "network and optimiser:\n"
+    "  --net SPEC          network spec file (default: the MATLAB example's network,\n"
+    "                      classes taken from the data; see dptrain info --spec)\n"
+    "  --epochs N          epochs (default 20)\n"
+    "  --batch N           minibatch size over all workers (default 128)\n"
+    "  --lr X              learning rate (default 0.01)\n"
+    "  --momentum X        SGD momentum (default 0.9)\n"
+    "  --weight-decay X    L2 regularisation factor (default 0)\n"
+    "  --seed N            seed of initialisation, split and shuffles (default 0)\n"
+    "parallel:\n"
+    "  --workers N         workers (default: the number of cores; 1 under MPI, where\n"
+    "                      each rank is one worker)\n"
+    "  --backend NAME      auto | local | mpi (default auto: mpi when started by mpirun)\n"
+    "  --threads N         BLAS threads per worker (default: cores / workers, at least 1)\n"
+    "  --sync-bn           synchronise batch-norm statistics across workers\n"
+    "  --no-prefetch       decode batches in the training thread\n"
+    "output:\n"
+    "  --out DIR           output folder for model.safetensors (default: out)\n"
+    "  --eval-every-epoch  test accuracy after every epoch\n"
+    "  --quiet             print only the final result\n"
+    "  -h, --help          this help\n";
+
+/* Open a dataset: a directory is an image folder, a file is IDX. */
+static dpt_status open_data(const char *path, const char *labels, int skip_corrupt,
+                            dpt_datastore **out)
+{
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return dpt_fail(DPT_ERR_IO, "%s: %s", path, strerror(errno));
+    if (S_ISDIR(st.st_mode)) {
+        dpt_folder_options o = DPT_FOLDER_OPTIONS_INIT;
+        o.skip_corrupt = skip_corrupt;
+        o.preload = 1; /* decode once, not every epoch */
+        return dpt_datastore_open_folder(path, &o, out);
+    }
+    return dpt_datastore_open_idx(path, labels, out);
+}
+
+typedef struct progress_state {
+    int quiet, tty;
+    long last_line;
+} progress_state;
+
+static void fmt_time(double s, char *buf, size_t cap)
+{
+    if (s < 60)
+        snprintf(buf, cap, "%.1fs", s);
+    else
+        snprintf(buf, cap, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
+}
+
+static void on_progress(const dpt_progress *p, void *arg)
+{
+    progress_state *ps = arg;
+    if (ps->quiet)
+        return;
+    char el[32], eta[32] = "?";
+    fmt_time(p->elapsed_s, el, sizeof el);
+    if (p->iterations_per_epoch > 0) {
+        double total = (double)p->iterations_per_epoch * p->epochs;
+        fmt_time(p->elapsed_s / (double)p->iteration * (total - (double)p->iteration), eta, sizeof eta);
+    }
+    if (p->end_of_epoch) {
+        if (ps->tty)
+            fputs("\r\033[K", stdout);
+        printf("epoch %d/%d  iteration %ld  loss %.4f  elapsed %s", p->epoch, p->epochs,
+               p->iteration, p->loss, el);
+        if (!isnan(p->test_accuracy))
+            printf("  test accuracy %.4f", p->test_accuracy);
+        putchar('\n');
+        fflush(stdout);
+    } else if (ps->tty) {
+        printf("\r\033[Kepoch %d/%d  iteration %ld  loss %.4f  %.0f images/s  elapsed %s  ETA %s",
+               p->epoch, p->epochs, p->iteration, p->loss, p->images_per_s, el, eta);
+        fflush(stdout);
+    }
+}
+
+static int make_dir(const char *dir)
+{
+    if (mkdir(dir, 0777) != 0 && errno != EEXIST)
+        return cli_error("--out %s: cannot create folder: %s", dir, strerror(errno));
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        return cli_error("--out %s: not a folder", dir);
+    if (access(dir, W_OK) != 0)
+        return cli_error("--out %s: folder not writable", dir);
+    return 0;
+}
+
+int cli_train(int argc, char **argv)
+{
+    enum { O_LABELS = 256, O_TEST, O_TEST_LABELS, O_SPLIT, O_SKIP, O_NET, O_EPOCHS, O_BATCH, O_LR,
+           O_MOM, O_WD, O_SEED, O_WORKERS, O_BACKEND, O_THREADS, O_SYNC, O_NOPF, O_OUT, O_EVAL,
+           O_QUIET, O_DATA };
+    static const struct option opts[] = {
+        {"data", required_argument, 0, O_DATA},       {"labels", required_argument, 0, O_LABELS},
+        {"test", required_argument, 0, O_TEST},       {"test-labels", required_argument, 0, O_TEST_LABELS},
+        {"split", required_argument, 0, O_SPLIT},     {"skip-corrupt", no_argument, 0, O_SKIP},
+        {"net", required_argument, 0, O_NET},         {"epochs", required_argument, 0, O_EPOCHS},
+        {"batch", required_argument, 0, O_BATCH},     {"lr", required_argument, 0, O_LR},
+        {"momentum", required_argument, 0, O_MOM},    {"weight-decay", required_argument, 0, O_WD},
+        {"seed", required_argument, 0, O_SEED},       {"workers", required_argument, 0, O_WORKERS},
+        {"backend", required_argument, 0, O_BACKEND}, {"threads", required_argument, 0, O_THREADS},
+        {"sync-bn", no_argument, 0, O_SYNC},          {"no-prefetch", no_argument, 0, O_NOPF},
+        {"out", required_argument, 0, O_OUT},         {"eval-every-epoch", no_argument, 0, O_EVAL},
+        {"quiet", no_argument, 0, O_QUIET},           {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
+    };
+    const char *data = NULL, *labels = NULL, *test = NULL, *test_labels = NULL, *net_path = NULL;
+    const char *out_dir = "out", *backend_name = "auto";
+    double split = 0.9, lr = 0.01, momentum = 0.9, wd = 0.0;
+    long epochs = 20, batch = 128, seed = 0, workers = 0, threads = 0;
+    int skip_corrupt = 0, sync_bn = 0, prefetch = 1, eval_epoch = 0, quiet = 0;
+    int c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        int bad = 0;
+        switch (c) {
+        case O_DATA: data = optarg; break;
+        case O_LABELS: labels = optarg; break;
+        case O_TEST: test = optarg; break;
+        case O_TEST_LABELS: test_labels = optarg; break;
+        case O_SPLIT: bad = cli_double("--split", optarg, &split); break;
+        case O_SKIP: skip_corrupt = 1; break;
+        case O_NET: net_path = optarg; break;
+        case O_EPOCHS: bad = cli_int("--epochs", optarg, 1, 1000000, &epochs); break;
+        case O_BATCH: bad = cli_int("--batch", optarg, 1, 1 << 20, &batch); break;
+        case O_LR: bad = cli_double("--lr", optarg, &lr); break;
+        case O_MOM: bad = cli_double("--momentum", optarg, &momentum); break;
+        case O_WD: bad = cli_double("--weight-decay", optarg, &wd); break;
+        case O_SEED: bad = cli_int("--seed", optarg, 0, 0x7fffffffL, &seed); break;
+        case O_WORKERS: bad = cli_int("--workers", optarg, 1, 4096, &workers); break;
+        case O_BACKEND: backend_name = optarg; break;
+        case O_THREADS: bad = cli_int("--threads", optarg, 1, 4096, &threads); break;
+        case O_SYNC: sync_bn = 1; break;
+        case O_NOPF: prefetch = 0; break;
+        case O_OUT: out_dir = optarg; break;
+        case O_EVAL: eval_epoch = 1; break;
+        case O_QUIET: quiet = 1; break;
+        case 'h': fputs(help, stdout); return 0;
+        default:
+            return cli_error("train: unknown or incomplete option '%s' (see dptrain train --help)",
+                             argv[optind - 1]);
+        }
+        if (bad)
+            return 1;
+    }
+    if (optind < argc)
+        return cli_error("train: unexpected argument '%s'", argv[optind]);
+    if (!data)
+        return cli_error("train: --data PATH is required (see dptrain train --help)");
+    if (!(split > 0 && split < 1))
+        return cli_error("--split: %g is not between 0 and 1", split);
+    if (!(lr > 0))
+        return cli_error("--lr: %g must be positive", lr);
+    if (!(momentum >= 0 && momentum < 1))
+        return cli_error("--momentum: %g must be in [0, 1)", momentum);
+    if (!(wd >= 0))
+        return cli_error("--weight-decay: %g must not be negative", wd);
+    dpt_comm_backend backend;
+    if (dpt_comm_backend_parse(backend_name, &backend) != DPT_OK)
+        return cli_error("--backend: unknown backend '%s' (auto, local, mpi)", backend_name);
+    int under_mpi = backend == DPT_COMM_MPI || (backend == DPT_COMM_AUTO && dpt_comm_launched_by_mpi());
+    if (under_mpi && !dpt_comm_have_mpi())
+        return cli_error("--backend mpi: this dptrain was built without MPI support "
+                         "(install libopenmpi-dev and rebuild)");
+    if (under_mpi && workers > 1)
+        return cli_error("--workers: under MPI each rank is one worker; use mpirun -np N");
+    int n_workers = under_mpi ? 1 : (workers ? (int)workers : dpt_cpu_count());
+    if (batch < n_workers && !under_mpi)
+        return cli_error("--batch %ld is smaller than the %d workers", batch, n_workers);
+    dpt_blas_set_threads(threads ? (int)threads
+                                 : (dpt_cpu_count() / n_workers > 0 ? dpt_cpu_count() / n_workers : 1));
+
+    int rc = 1;
+    char *spec = NULL;
+    dpt_datastore *all = NULL, *train = NULL, *testds = NULL;
+    const char **class_names = NULL;
+    if (open_data(data, labels, skip_corrupt, &all) != DPT_OK)
+        goto fail;
+    if (test) {
+        if (open_data(test, test_labels, skip_corrupt, &testds) != DPT_OK)
+            goto fail;
+        train = all, all = NULL;
+    } else if (dpt_datastore_split_each_label(all, split, (uint64_t)seed, &train, &testds) != DPT_OK) {
+        goto fail;
+    }
+    if (test && dpt_datastore_n_classes(testds) > dpt_datastore_n_classes(train)) {
+        cli_error("--test %s: %d classes, but the training data has %d", test,
+                  dpt_datastore_n_classes(testds), dpt_datastore_n_classes(train));
+        goto done;
+    }
+    if (net_path) {
+        /* Read and validate the spec up front so a bad file fails fast. */
+        dpt_net *probe = NULL;
+        if (dpt_net_from_spec_file(net_path, dpt_datastore_n_classes(train), 1, 0, &probe) != DPT_OK)
+            goto fail;
+        spec = strdup(dpt_net_spec(probe));
+        dpt_net_free(probe);
+        if (!spec)
+            goto fail;
+    }
+    if (make_dir(out_dir))
+        goto done;
+    int k = dpt_datastore_n_classes(train);
+    class_names = calloc((size_t)k, sizeof *class_names);
+    if (!class_names)
+        goto done;
+    for (int i = 0; i < k; i++)
+        class_names[i] = dpt_datastore_class_name(train, i);
+    char model_path[4096];
+    snprintf(model_path, sizeof model_path, "%s/model.safetensors", out_dir);
+
+    progress_state ps = {quiet, isatty(STDOUT_FILENO), 0};
+    dpt_fit_config cfg = DPT_FIT_CONFIG_INIT;
+    cfg.spec = spec;
+    cfg.spec_source = net_path;
+    cfg.train = train;
+    cfg.test = testds;
+    cfg.epochs = (int)epochs;
+    cfg.batch = (int)batch;
+    cfg.lr = (float)lr, cfg.momentum = (float)momentum, cfg.weight_decay = (float)wd;
+    cfg.seed = (uint64_t)seed;
+    cfg.spmd.backend = backend;
+    cfg.spmd.n_workers = n_workers;
+    cfg.sync_bn = sync_bn;
+    cfg.prefetch = prefetch;
+    cfg.eval_every_epoch = eval_epoch;
+    cfg.progress = on_progress;
+    cfg.progress_arg = &ps;
+    cfg.model_out = model_path;
+    cfg.class_names = class_names;
+    if (!quiet)
+        printf("training on %zu images (%d classes), testing on %zu; %d worker%s, minibatch %ld, "
+               "%ld epochs\n", dpt_datastore_n_obs(train), k, dpt_datastore_n_obs(testds),
+               n_workers, n_workers == 1 ? "" : "s", batch, epochs);
+    dpt_fit_result res;
+    if (dpt_fit(&cfg, &res) != DPT_OK)
+        goto fail;
+    if (res.n_workers > 0) { /* worker 0's process reports */
+        printf("test accuracy: %.4f (%zu images)\n", res.test_accuracy, dpt_datastore_n_obs(testds));
+        if (!quiet)
+            printf("trained %ld iterations in %.1f s; model saved to %s\n", res.iterations,
+                   res.train_seconds, model_path);
+    }
+    rc = 0;
+    goto done;
+fail:
+    rc = cli_lib_error();
+done:
+    free(class_names);
+    free(spec);
+    dpt_datastore_free(all);
+    dpt_datastore_free(train);
+    dpt_datastore_free(testds);
+    return rc;
+}

@@ -1,0 +1,444 @@
+/* Image-folder datastore: root/<class>/<file>, decoded with stb_image.
+ *
+ * Opening lists the files (readdir + stat), nothing more unless the caller
+ * asks for preload or skip_corrupt; reading decodes one file. */
+#include "data/data_internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+
+#include <stb_image.h>
+
+typedef struct cached_image {
+    uint8_t *pix; /* [h, w, c] from stbi_load, or NULL */
+    int h, w, c;
+} cached_image;
+
+typedef struct folder_impl {
+    size_t n;
+    char **paths;         /* [n] root/class/file */
+    cached_image *cache;  /* [n] with preload, else NULL */
+} folder_impl;
+
+/* A growable list of strings. */
+typedef struct strlist {
+    char **v;
+    size_t n, cap;
+} strlist;
+
+static dpt_status strlist_push(strlist *l, char *s)
+{
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 16;
+        char **v = realloc(l->v, cap * sizeof *v);
+        if (!v) {
+            free(s);
+            return dpt_fail(DPT_ERR_NOMEM, "image folder: out of memory listing files");
+        }
+        l->v = v;
+        l->cap = cap;
+    }
+    l->v[l->n++] = s;
+    return DPT_OK;
+}
+
+static void strlist_free(strlist *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->v[i]);
+    free(l->v);
+    l->v = NULL;
+    l->n = l->cap = 0;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static char *join_path(const char *dir, const char *name, dpt_status *st)
+{
+    size_t a = strlen(dir), b = strlen(name);
+    while (a > 1 && dir[a - 1] == '/')
+        a--;
+    char *p = malloc(a + b + 2);
+    if (!p) {
+        *st = dpt_fail(DPT_ERR_NOMEM, "image folder: out of memory");
+        return NULL;
+    }
+    memcpy(p, dir, a);
+    p[a] = '/';
+    memcpy(p + a + 1, name, b + 1);
+    return p;
+}
+
+/* The sorted names in dir, without those starting with '.'. */
+static dpt_status list_dir(const char *dir, strlist *names)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return dpt_fail(DPT_ERR_IO, "%s: cannot open folder: %s", dir, strerror(errno));
+    dpt_status st = DPT_OK;
+    struct dirent *e;
+    errno = 0;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        char *s = data_strdup(e->d_name, &st);
+        if (!s || (st = strlist_push(names, s)))
+            break;
+        errno = 0;
+    }
+    if (!st && errno)
+        st = dpt_fail(DPT_ERR_IO, "%s: cannot read folder: %s", dir, strerror(errno));
+    closedir(d);
+    if (!st)
+        qsort(names->v, names->n, sizeof *names->v, cmp_str);
+    return st;
+}
+
+static int has_image_ext(const char *name)
+{
+    static const char *const exts[] = {".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".pnm"};
+    const char *dot = strrchr(name, '.');
+    if (!dot)
+        return 0;
+    for (size_t k = 0; k < sizeof exts / sizeof *exts; k++)
+        if (strcasecmp(dot, exts[k]) == 0)
+            return 1;
+    return 0;
+}
+
+dpt_status decode_image_file(const char *path, raw_image *img)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return dpt_fail(DPT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    int w = 0, h = 0, c = 0;
+    uint8_t *pix = stbi_load_from_file(f, &w, &h, &c, 0);
+    fclose(f);
+    if (!pix) {
+        const char *why = stbi_failure_reason();
+        return dpt_fail(DPT_ERR_FORMAT, "%s: cannot decode image: %s", path,
+                        why ? why : "unknown reason");
+    }
+    if (c < 1 || c > 4 || w < 1 || h < 1) {
+        stbi_image_free(pix);
+        return dpt_fail(DPT_ERR_FORMAT, "%s: unsupported image (%dx%d, %d channels)", path, w, h, c);
+    }
+    *img = (raw_image){pix, pix, h, w, c};
+    return DPT_OK;
+}
+
+/* Decode into a cache entry (which owns the pixels). */
+static dpt_status decode_file(const char *path, cached_image *img)
+{
+    raw_image r;
+    dpt_status st = decode_image_file(path, &r);
+    if (st)
+        return st;
+    *img = (cached_image){r.owned, r.h, r.w, r.c};
+    return DPT_OK;
+}
+
+dpt_status dpt_image_load(const char *path, int c, int h, int w, float *out)
+{
+    dpt_status st = check_output_shape(c, h, w, path);
+    if (st)
+        return st;
+    raw_image img;
+    if ((st = decode_image_file(path, &img)))
+        return st;
+    st = raw_to_output(&img, c, h, w, out, path);
+    stbi_image_free(img.owned);
+    return st;
+}
+
+/* ---- source table --------------------------------------------------------- */
+
+static const char *folder_file(const dpt_source *s, size_t obs)
+{
+    return ((const folder_impl *)s->impl)->paths[obs];
+}
+
+static dpt_status folder_load(const dpt_source *s, size_t obs, raw_image *img)
+{
+    const folder_impl *f = s->impl;
+    if (f->cache) {
+        const cached_image *c = &f->cache[obs];
+        *img = (raw_image){c->pix, NULL, c->h, c->w, c->c};
+        return DPT_OK;
+    }
+    return decode_image_file(f->paths[obs], img);
+}
+
+static void folder_release(raw_image *img)
+{
+    stbi_image_free(img->owned);
+    img->owned = NULL;
+}
+
+static dpt_status folder_size(const dpt_source *s, size_t obs, int *h, int *w, int *c)
+{
+    const folder_impl *f = s->impl;
+    if (f->cache) {
+        *h = f->cache[obs].h;
+        *w = f->cache[obs].w;
+        *c = f->cache[obs].c;
+        return DPT_OK;
+    }
+    FILE *fp = fopen(f->paths[obs], "rb");
+    if (!fp)
+        return dpt_fail(DPT_ERR_IO, "%s: cannot open: %s", f->paths[obs], strerror(errno));
+    int ok = stbi_info_from_file(fp, w, h, c);
+    fclose(fp);
+    if (!ok) {
+        const char *why = stbi_failure_reason();
+        return dpt_fail(DPT_ERR_FORMAT, "%s: cannot read image header: %s", f->paths[obs],
+                        why ? why : "unknown reason");
+    }
+    return DPT_OK;
+}
+
+static void folder_destroy(void *impl)
+{
+    folder_impl *f = impl;
+    for (size_t i = 0; i < f->n; i++) {
+        free(f->paths[i]);
+        if (f->cache)
+            stbi_image_free(f->cache[i].pix);
+    }
+    free(f->paths);
+    free(f->cache);
+    free(f);
+}
+
+static const source_ops folder_ops = {folder_file, folder_load, folder_release, folder_size,
+                                      folder_destroy};
+
+/* ---- open ------------------------------------------------------------------- */
+
+/* Files of one class folder: append image paths (and labels) to files,
+ * count the rest. */
+static dpt_status list_class(const char *cdir, int label, int drop_empty, strlist *files,
+                             int32_t **labels, size_t *labels_cap, dpt_source *src,
+                             strlist *corrupt)
+{
+    strlist names = {0};
+    dpt_status st = list_dir(cdir, &names);
+    size_t before = files->n;
+    for (size_t j = 0; !st && j < names.n; j++) {
+        char *path = join_path(cdir, names.v[j], &st);
+        if (!path)
+            break;
+        struct stat sb;
+        if (stat(path, &sb) != 0) {
+            st = dpt_fail(DPT_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
+            free(path);
+            break;
+        }
+        if (S_ISDIR(sb.st_mode) || !S_ISREG(sb.st_mode)) {
+            free(path); /* deeper folders and special files are not observations */
+            continue;
+        }
+        if (!has_image_ext(names.v[j])) {
+            src->n_skipped++;
+            free(path);
+            continue;
+        }
+        if (sb.st_size == 0) {
+            if (!drop_empty) {
+                st = dpt_fail(DPT_ERR_FORMAT, "%s: empty file (0 bytes) is not an image", path);
+                free(path);
+                break;
+            }
+            st = strlist_push(corrupt, path);
+            continue;
+        }
+        if (files->n == *labels_cap) {
+            size_t cap = *labels_cap ? 2 * *labels_cap : 256;
+            int32_t *l = realloc(*labels, cap * sizeof *l);
+            if (!l) {
+                st = dpt_fail(DPT_ERR_NOMEM, "image folder: out of memory listing files");
+                free(path);
+                break;
+            }
+            *labels = l;
+            *labels_cap = cap;
+        }
+        (*labels)[files->n] = label;
+        st = strlist_push(files, path);
+    }
+    if (!st && files->n == before)
+        st = dpt_fail(DPT_ERR_FORMAT, "%s: class folder has no images", cdir);
+    strlist_free(&names);
+    return st;
+}
+
+dpt_status dpt_datastore_open_folder(const char *root, const dpt_folder_options *opt,
+                                     dpt_datastore **out)
+{
+    *out = NULL;
+    dpt_folder_options o = DPT_FOLDER_OPTIONS_INIT;
+    if (opt) {
+        if (opt->version != DPT_FOLDER_OPTIONS_VERSION)
+            return dpt_fail(DPT_ERR_ARG, "%s: folder options version %d (this library knows %d)", root,
+                            opt->version, DPT_FOLDER_OPTIONS_VERSION);
+        o = *opt;
+    }
+    struct stat sb;
+    if (stat(root, &sb) != 0)
+        return dpt_fail(DPT_ERR_IO, "%s: cannot open folder: %s", root, strerror(errno));
+    if (!S_ISDIR(sb.st_mode))
+        return dpt_fail(DPT_ERR_IO, "%s: not a folder", root);
+
+    dpt_status st = DPT_OK;
+    strlist entries = {0}, classes = {0}, files = {0}, corrupt = {0};
+    int32_t *labels = NULL;
+    size_t labels_cap = 0;
+    folder_impl *impl = NULL;
+    dpt_source *src = calloc(1, sizeof *src);
+    if (!src) {
+        st = dpt_fail(DPT_ERR_NOMEM, "%s: out of memory", root);
+        goto fail;
+    }
+    src->kind = DPT_DATASTORE_FOLDER;
+    src->ops = &folder_ops;
+
+    if ((st = list_dir(root, &entries)))
+        goto fail;
+    for (size_t j = 0; j < entries.n; j++) {
+        char *p = join_path(root, entries.v[j], &st);
+        if (!p)
+            goto fail;
+        int is_dir = stat(p, &sb) == 0 && S_ISDIR(sb.st_mode);
+        if (!is_dir) {
+            free(p);
+            continue;
+        }
+        if ((st = strlist_push(&classes, p)))
+            goto fail;
+    }
+    if (classes.n == 0) {
+        st = dpt_fail(DPT_ERR_FORMAT, "%s: no class sub-folders (expected root/<class>/<image files>)", root);
+        goto fail;
+    }
+    if (classes.n > INT32_MAX) {
+        st = dpt_fail(DPT_ERR_FORMAT, "%s: too many class folders", root);
+        goto fail;
+    }
+    int drop = o.skip_corrupt != 0;
+    for (size_t k = 0; k < classes.n; k++)
+        if ((st = list_class(classes.v[k], (int)k, drop, &files, &labels, &labels_cap, src, &corrupt)))
+            goto fail;
+
+    /* Class names are the folder names (entries that are directories, in
+     * the same sorted order). */
+    src->class_names = calloc(classes.n, sizeof *src->class_names);
+    if (!src->class_names) {
+        st = dpt_fail(DPT_ERR_NOMEM, "%s: out of memory", root);
+        goto fail;
+    }
+    src->n_classes = (int)classes.n;
+    for (size_t k = 0; k < classes.n; k++) {
+        const char *slash = strrchr(classes.v[k], '/');
+        if (!(src->class_names[k] = data_strdup(slash ? slash + 1 : classes.v[k], &st)))
+            goto fail;
+    }
+
+    impl = calloc(1, sizeof *impl);
+    if (!impl) {
+        st = dpt_fail(DPT_ERR_NOMEM, "%s: out of memory", root);
+        goto fail;
+    }
+    if (o.preload || o.skip_corrupt) {
+        cached_image *cache = calloc(files.n ? files.n : 1, sizeof *cache);
+        if (!cache) {
+            st = dpt_fail(DPT_ERR_NOMEM, "%s: out of memory", root);
+            goto fail;
+        }
+        /* Decode every file; keep the good ones in order (compacting the
+         * lists in place), drop or fail on the bad ones. */
+        size_t keep = 0;
+        for (size_t i = 0; i < files.n; i++) {
+            st = decode_file(files.v[i], &cache[keep]);
+            if (st == DPT_ERR_NOMEM || (st && !o.skip_corrupt)) {
+                for (size_t j = 0; j < keep; j++)
+                    stbi_image_free(cache[j].pix);
+                free(cache);
+                goto fail;
+            }
+            if (st) {
+                st = strlist_push(&corrupt, files.v[i]);
+                files.v[i] = NULL;
+                if (st) {
+                    for (size_t j = 0; j < keep; j++)
+                        stbi_image_free(cache[j].pix);
+                    free(cache);
+                    goto fail;
+                }
+                continue;
+            }
+            if (!o.preload) {
+                stbi_image_free(cache[keep].pix);
+                cache[keep].pix = NULL;
+            }
+            files.v[keep] = files.v[i];
+            labels[keep] = labels[i];
+            if (keep != i)
+                files.v[i] = NULL;
+            keep++;
+        }
+        files.n = keep;
+        dpt_clear_error();
+        if (o.preload)
+            impl->cache = cache;
+        else
+            free(cache);
+        /* A class may have lost all its images. */
+        for (size_t k = 0; k < classes.n; k++) {
+            size_t m = 0;
+            for (size_t i = 0; i < files.n; i++)
+                m += labels[i] == (int32_t)k;
+            if (!m) {
+                st = dpt_fail(DPT_ERR_FORMAT, "%s: class folder has no images that can be decoded",
+                              classes.v[k]);
+                goto fail;
+            }
+        }
+    }
+    impl->n = files.n;
+    impl->paths = files.v;
+    files = (strlist){0};
+    src->impl = impl;
+    impl = NULL;
+    src->n_obs = src->impl ? ((folder_impl *)src->impl)->n : 0;
+    src->labels = labels;
+    labels = NULL;
+    src->n_corrupt = corrupt.n;
+    src->corrupt = corrupt.v;
+    corrupt = (strlist){0};
+    if ((st = source_wrap(src, out)))
+        goto fail;
+    strlist_free(&entries);
+    strlist_free(&classes);
+    return DPT_OK;
+
+fail:
+    if (impl) {
+        impl->n = 0;
+        folder_destroy(impl);
+    }
+    source_destroy(src);
+    free(labels);
+    strlist_free(&entries);
+    strlist_free(&classes);
+    strlist_free(&files);
+    strlist_free(&corrupt);
+    return st;
+}

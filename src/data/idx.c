@@ -1,0 +1,358 @@
+/* IDX datastore (the MNIST file format), plain or gzip-compressed, read
+ * into memory when opened.
+ *
+ * Layout (big-endian): magic (0x00000803 images: uint8, 3 dimensions;
+ * 0x00000801 labels: uint8, 1 dimension), then one uint32 per dimension,
+ * then the data. The length must be exactly what the header implies. */
+#include "data/data_internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <zlib.h>
+
+#define IDX_IMAGES_MAGIC 0x00000803u
+#define IDX_LABELS_MAGIC 0x00000801u
+
+typedef struct idx_impl {
+    char *images_path;
+    uint8_t *buf;       /* the whole (decompressed) images file */
+    const uint8_t *pix; /* [n, rows, cols] inside buf */
+    int rows, cols;
+} idx_impl;
+
+/* A whole file in memory, decompressed when it starts with the gzip magic. */
+typedef struct file_bytes {
+    uint8_t *data;
+    size_t len;
+    int gzipped;
+} file_bytes;
+
+static dpt_status read_gzip(const char *path, file_bytes *fb)
+{
+    gzFile g = gzopen(path, "rb");
+    if (!g)
+        return dpt_fail(DPT_ERR_IO, "%s: cannot open: %s", path, errno ? strerror(errno) : "zlib error");
+    gzbuffer(g, 1u << 17);
+    size_t cap = 1u << 20, len = 0;
+    uint8_t *data = malloc(cap);
+    dpt_status st = DPT_OK;
+    if (!data) {
+        st = dpt_fail(DPT_ERR_NOMEM, "%s: out of memory", path);
+        goto done;
+    }
+    for (;;) {
+        if (cap - len < (1u << 20)) {
+            uint8_t *d = realloc(data, cap * 2);
+            if (!d) {
+                st = dpt_fail(DPT_ERR_NOMEM, "%s: out of memory (%zu bytes decompressed)", path, len);
+                goto done;
+            }
+            data = d;
+            cap *= 2;
+        }
+        unsigned chunk = (unsigned)((cap - len) > (1u << 30) ? (1u << 30) : (cap - len));
+        int got = gzread(g, data + len, chunk);
+        if (got < 0) {
+            int zerr;
+            const char *msg = gzerror(g, &zerr);
+            st = dpt_fail(DPT_ERR_FORMAT, "%s: corrupt gzip data: %s", path, msg);
+            goto done;
+        }
+        if (got == 0)
+            break;
+        len += (size_t)got;
+    }
+    int zerr = Z_OK;
+    gzerror(g, &zerr);
+    if (zerr == Z_BUF_ERROR) {
+        st = dpt_fail(DPT_ERR_FORMAT, "%s: truncated: the gzip stream ends early (after %zu decompressed bytes)",
+                      path, len);
+        goto done;
+    }
+    if (zerr != Z_OK) {
+        st = dpt_fail(DPT_ERR_FORMAT, "%s: corrupt gzip data: %s", path, gzerror(g, &zerr));
+        goto done;
+    }
+done:
+    {
+        int rc = gzclose_r(g);
+        if (!st && rc == Z_BUF_ERROR)
+            st = dpt_fail(DPT_ERR_FORMAT, "%s: truncated: the gzip stream ends early", path);
+        else if (!st && rc != Z_OK)
+            st = dpt_fail(DPT_ERR_IO, "%s: error closing gzip file", path);
+    }
+    if (st) {
+        free(data);
+        return st;
+    }
+    fb->data = data;
+    fb->len = len;
+    fb->gzipped = 1;
+    return DPT_OK;
+}
+
+static dpt_status read_file(const char *path, file_bytes *fb)
+{
+    *fb = (file_bytes){0};
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return dpt_fail(DPT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    unsigned char magic[2];
+    size_t m = fread(magic, 1, 2, f);
+    if (m == 2 && magic[0] == 0x1f && magic[1] == 0x8b) {
+        fclose(f);
+        return read_gzip(path, fb);
+    }
+    struct stat sb;
+    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        fclose(f);
+        return dpt_fail(DPT_ERR_IO, "%s: not a regular file", path);
+    }
+    size_t len = (size_t)sb.st_size;
+    uint8_t *data = malloc(len ? len : 1);
+    if (!data) {
+        fclose(f);
+        return dpt_fail(DPT_ERR_NOMEM, "%s: cannot allocate %zu bytes", path, len);
+    }
+    rewind(f);
+    size_t got = fread(data, 1, len, f);
+    int err = ferror(f);
+    fclose(f);
+    if (got != len || err) {
+        free(data);
+        return dpt_fail(DPT_ERR_IO, "%s: read %zu of %zu bytes", path, got, len);
+    }
+    fb->data = data;
+    fb->len = len;
+    return DPT_OK;
+}
+
+static uint32_t be32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | (uint32_t)p[3];
+}
+
+/* Check that fb is an IDX file with `magic` and the given number of
+ * dimensions, whose length is exactly header + product of dims. */
+static dpt_status check_idx(const char *path, const file_bytes *fb, uint32_t magic, int ndims,
+                            uint32_t *dims)
+{
+    const char *what = ndims == 3 ? "images" : "labels";
+    const char *len_name = fb->gzipped ? "decompressed length" : "length";
+    size_t header = 4 + 4 * (size_t)ndims;
+    if (fb->len < 4)
+        return dpt_fail(DPT_ERR_FORMAT, "%s: truncated: %zu bytes, too short for an IDX header", path, fb->len);
+    uint32_t got = be32(fb->data);
+    if (got != magic)
+        return dpt_fail(DPT_ERR_FORMAT,
+                        "%s: not an IDX %s file: magic number 0x%08x, expected 0x%08x", path, what, got,
+                        magic);
+    if (fb->len < header)
+        return dpt_fail(DPT_ERR_FORMAT, "%s: truncated: %s %zu bytes, the IDX header needs %zu", path,
+                        len_name, fb->len, header);
+    uint64_t expect = 1;
+    int overflow = 0;
+    for (int d = 0; d < ndims; d++) {
+        dims[d] = be32(fb->data + 4 + 4 * (size_t)d);
+        if (dims[d] == 0)
+            return dpt_fail(DPT_ERR_FORMAT, "%s: dimension %d is zero", path, d);
+        if (expect > UINT64_MAX / dims[d])
+            overflow = 1;
+        else
+            expect *= dims[d];
+    }
+    if (overflow || expect > SIZE_MAX - header)
+        return dpt_fail(DPT_ERR_FORMAT, "%s: dimensions too large", path);
+    expect += header;
+    if (fb->len < expect) {
+        if (ndims == 3)
+            return dpt_fail(DPT_ERR_FORMAT,
+                            "%s: truncated: the header says %u images of %ux%u (%llu bytes) but the %s is %zu bytes",
+                            path, dims[0], dims[1], dims[2], (unsigned long long)expect, len_name, fb->len);
+        return dpt_fail(DPT_ERR_FORMAT, "%s: truncated: the header says %u labels (%llu bytes) but the %s is %zu bytes",
+                        path, dims[0], (unsigned long long)expect, len_name, fb->len);
+    }
+    if (fb->len > expect)
+        return dpt_fail(DPT_ERR_FORMAT,
+                        "%s: %zu bytes after the data: the %s (%zu) does not match the header's dimensions (%llu bytes)",
+                        path, fb->len - (size_t)expect, len_name, fb->len, (unsigned long long)expect);
+    if (ndims == 3 && (dims[1] > 65535 || dims[2] > 65535))
+        return dpt_fail(DPT_ERR_FORMAT, "%s: images of %ux%u are too large", path, dims[1], dims[2]);
+    return DPT_OK;
+}
+
+/* ---- source table --------------------------------------------------------- */
+
+static const char *idx_file(const dpt_source *s, size_t obs)
+{
+    (void)obs;
+    return ((const idx_impl *)s->impl)->images_path;
+}
+
+static dpt_status idx_load(const dpt_source *s, size_t obs, raw_image *img)
+{
+    const idx_impl *x = s->impl;
+    size_t plane = (size_t)x->rows * (size_t)x->cols;
+    *img = (raw_image){x->pix + obs * plane, NULL, x->rows, x->cols, 1};
+    return DPT_OK;
+}
+
+static void idx_release(raw_image *img) { img->owned = NULL; }
+
+static dpt_status idx_size(const dpt_source *s, size_t obs, int *h, int *w, int *c)
+{
+    (void)obs;
+    const idx_impl *x = s->impl;
+    *h = x->rows;
+    *w = x->cols;
+    *c = 1;
+    return DPT_OK;
+}
+
+static void idx_destroy(void *impl)
+{
+    idx_impl *x = impl;
+    free(x->images_path);
+    free(x->buf);
+    free(x);
+}
+
+static const source_ops idx_ops = {idx_file, idx_load, idx_release, idx_size, idx_destroy};
+
+/* ---- open --------------------------------------------------------------------- */
+
+static int file_exists(const char *p)
+{
+    struct stat sb;
+    return stat(p, &sb) == 0;
+}
+
+dpt_status dpt_datastore_idx_labels_path(const char *images_path, char *buf, size_t buf_bytes)
+{
+    size_t len = strlen(images_path);
+    const char *slash = strrchr(images_path, '/');
+    const char *base = slash ? slash + 1 : images_path;
+    const char *img = strstr(base, "images");
+    if (!img)
+        return dpt_fail(DPT_ERR_ARG, "%s: cannot guess the labels file (no \"images\" in the name); give it explicitly",
+                        images_path);
+    if (len + 4 >= buf_bytes) /* room for a ".gz" added below */
+        return dpt_fail(DPT_ERR_ARG, "%s: path too long", images_path);
+    memcpy(buf, images_path, len + 1);
+    memcpy(buf + (img - images_path), "labels", 6);
+    char *idx3 = strstr(buf + (base - images_path), "idx3");
+    if (idx3)
+        idx3[3] = '1';
+    if (file_exists(buf))
+        return DPT_OK;
+    /* Try the other compression: add or remove ".gz". */
+    size_t n = strlen(buf);
+    if (n > 3 && strcmp(buf + n - 3, ".gz") == 0) {
+        buf[n - 3] = '\0';
+        if (file_exists(buf))
+            return DPT_OK;
+        buf[n - 3] = '.';
+    } else {
+        memcpy(buf + n, ".gz", 4);
+        if (file_exists(buf))
+            return DPT_OK;
+        buf[n] = '\0';
+    }
+    return DPT_OK; /* the plain guess; opening it reports a missing file */
+}
+
+dpt_status dpt_datastore_open_idx(const char *images_path, const char *labels_path, dpt_datastore **out)
+{
+    return dpt_datastore_open_idx_classes(images_path, labels_path, 0, out);
+}
+
+dpt_status dpt_datastore_open_idx_classes(const char *images_path, const char *labels_path, int n_classes,
+                                          dpt_datastore **out)
+{
+    *out = NULL;
+    if (n_classes < 0)
+        return dpt_fail(DPT_ERR_ARG, "%s: %d classes", images_path, n_classes);
+    char guess[4096];
+    dpt_status st;
+    if (!labels_path) {
+        if ((st = dpt_datastore_idx_labels_path(images_path, guess, sizeof guess)))
+            return st;
+        labels_path = guess;
+    }
+    file_bytes im = {0}, lb = {0};
+    idx_impl *impl = NULL;
+    dpt_source *src = NULL;
+    uint32_t idims[3] = {0}, ldims[1] = {0};
+    if ((st = read_file(images_path, &im)) || (st = check_idx(images_path, &im, IDX_IMAGES_MAGIC, 3, idims)))
+        goto fail;
+    if ((st = read_file(labels_path, &lb)) || (st = check_idx(labels_path, &lb, IDX_LABELS_MAGIC, 1, ldims)))
+        goto fail;
+    if (ldims[0] != idims[0]) {
+        st = dpt_fail(DPT_ERR_FORMAT, "%s: %u labels for the %u images of %s", labels_path, ldims[0], idims[0],
+                      images_path);
+        goto fail;
+    }
+    size_t n = idims[0];
+    const uint8_t *lab = lb.data + 8;
+    int max_label = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (n_classes && lab[i] >= n_classes) {
+            st = dpt_fail(DPT_ERR_FORMAT, "%s: label %u of observation %zu is outside the %d classes", labels_path,
+                          lab[i], i, n_classes);
+            goto fail;
+        }
+        if (lab[i] > max_label)
+            max_label = lab[i];
+    }
+    int K = n_classes ? n_classes : max_label + 1;
+
+    src = calloc(1, sizeof *src);
+    impl = calloc(1, sizeof *impl);
+    if (!src || !impl) {
+        st = dpt_fail(DPT_ERR_NOMEM, "%s: out of memory", images_path);
+        goto fail;
+    }
+    src->kind = DPT_DATASTORE_IDX;
+    src->ops = &idx_ops;
+    src->n_obs = n;
+    src->labels = malloc(n * sizeof *src->labels);
+    src->class_names = calloc((size_t)K, sizeof *src->class_names);
+    if (!src->labels || !src->class_names) {
+        st = dpt_fail(DPT_ERR_NOMEM, "%s: out of memory", images_path);
+        goto fail;
+    }
+    src->n_classes = K;
+    for (int k = 0; k < K; k++) {
+        char name[16];
+        snprintf(name, sizeof name, "%d", k);
+        if (!(src->class_names[k] = data_strdup(name, &st)))
+            goto fail;
+    }
+    for (size_t i = 0; i < n; i++)
+        src->labels[i] = lab[i];
+    if (!(impl->images_path = data_strdup(images_path, &st)))
+        goto fail;
+    impl->buf = im.data;
+    im.data = NULL;
+    impl->pix = impl->buf + 16;
+    impl->rows = (int)idims[1];
+    impl->cols = (int)idims[2];
+    src->impl = impl;
+    impl = NULL;
+    if ((st = source_wrap(src, out)))
+        goto fail;
+    free(lb.data);
+    return DPT_OK;
+
+fail:
+    if (impl)
+        idx_destroy(impl);
+    source_destroy(src);
+    free(im.data);
+    free(lb.data);
+    return st;
+}

@@ -1,0 +1,228 @@
+/* Convolution and fully connected layers: the layers with weights. */
+#include "net/net_impl.h"
+#include "ops/ops.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void glorot_uniform(float *w, size_t n, int fan_in, int fan_out, dpt_rng *rng)
+{
+    float bound = sqrtf(6.0f / (float)(fan_in + fan_out));
+    for (size_t i = 0; i < n; i++)
+        w[i] = (2.0f * dpt_rng_uniform(rng) - 1.0f) * bound;
+}
+
+/* ---- conv ------------------------------------------------------------------------ */
+
+typedef struct conv_layer {
+    int kh, kw, filters, stride, pad, bias;
+    dpt_conv2d_desc d; /* n filled per call */
+} conv_layer;
+
+static dpt_status conv_create(dpt_layer *l)
+{
+    conv_layer *c = calloc(1, sizeof *c);
+    if (!c)
+        return dpt_fail(DPT_ERR_NOMEM, "out of memory");
+    c->stride = 1, c->bias = 1;
+    l->priv = c;
+    return DPT_OK;
+}
+
+static dpt_status conv_set(dpt_layer *l, const char *key, const char *value)
+{
+    conv_layer *c = l->priv;
+    if (strcmp(key, "filter") == 0) {
+        int a, b, used = 0;
+        if (sscanf(value, "%dx%d%n", &a, &b, &used) == 2 && value[used] == '\0') {
+            if (a < 1 || b < 1 || a > 4096 || b > 4096)
+                return dpt_fail(DPT_ERR_FORMAT, "bad value '%s' for filter", value);
+            c->kh = a, c->kw = b;
+            return DPT_OK;
+        }
+        dpt_status s = parse_int(key, value, 1, &a);
+        if (s == DPT_OK)
+            c->kh = c->kw = a;
+        return s;
+    }
+    if (strcmp(key, "filters") == 0)
+        return parse_int(key, value, 1, &c->filters);
+    if (strcmp(key, "stride") == 0)
+        return parse_int(key, value, 1, &c->stride);
+    if (strcmp(key, "padding") == 0)
+        return parse_int(key, value, 0, &c->pad);
+    if (strcmp(key, "bias") == 0) {
+        dpt_status s = parse_int(key, value, 0, &c->bias);
+        if (s == DPT_OK && c->bias > 1)
+            return dpt_fail(DPT_ERR_FORMAT, "bad value '%s' for bias (0 or 1)", value);
+        return s;
+    }
+    return dpt_fail(DPT_ERR_FORMAT,
+                    "unknown key '%s' (conv takes filter, filters, stride, padding, bias)", key);
+}
+
+static dpt_status conv_infer(dpt_net *net, dpt_layer *l)
+{
+    conv_layer *c = l->priv;
+    if (c->kh == 0 || c->filters == 0)
+        return dpt_fail(DPT_ERR_FORMAT, "conv '%s' needs filter=K and filters=F", l->name);
+    c->d = (dpt_conv2d_desc){.n = 1, .c_in = l->in[0], .h = l->in[1], .w = l->in[2],
+                             .c_out = c->filters, .kh = c->kh, .kw = c->kw,
+                             .stride = c->stride, .pad = c->pad};
+    if (dpt_conv2d_desc_init(&c->d) != 0)
+        return dpt_fail(DPT_ERR_SHAPE,
+                        "conv '%s': filter %dx%d does not fit the input %dx%d with padding %d",
+                        l->name, c->kh, c->kw, l->in[1], l->in[2], c->pad);
+    l->out[0] = c->filters, l->out[1] = c->d.out_h, l->out[2] = c->d.out_w;
+    int wshape[4] = {c->filters, l->in[0], c->kh, c->kw};
+    dpt_status s = net_declare(net, l, 0, "Weights", 4, wshape);
+    if (s == DPT_OK && c->bias)
+        s = net_declare(net, l, 0, "Bias", 1, &c->filters);
+    return s;
+}
+
+static void conv_init(dpt_layer *l, dpt_rng *rng)
+{
+    conv_layer *c = l->priv;
+    size_t nw = (size_t)c->filters * l->in[0] * c->kh * c->kw;
+    glorot_uniform(l->p, nw, l->in[0] * c->kh * c->kw, c->filters * c->kh * c->kw, rng);
+    if (c->bias)
+        memset(l->p + nw, 0, (size_t)c->filters * sizeof(float));
+}
+
+static size_t conv_work(const dpt_layer *l, int n)
+{
+    const conv_layer *c = l->priv;
+    dpt_conv2d_desc d = c->d;
+    d.n = n;
+    return dpt_conv2d_work_floats(&d);
+}
+
+static dpt_status conv_forward(dpt_net *net, dpt_layer *l, const float *x, float *y, int n,
+                               dpt_mode mode)
+{
+    (void)mode;
+    conv_layer *c = l->priv;
+    c->d.n = n;
+    size_t nw = (size_t)c->filters * l->in[0] * c->kh * c->kw;
+    dpt_conv2d_forward(&c->d, x, l->p, c->bias ? l->p + nw : NULL, y, net->work);
+    return DPT_OK;
+}
+
+static dpt_status conv_backward(dpt_net *net, dpt_layer *l, const float *x, const float *y,
+                                const float *dy, float *dx, int n)
+{
+    (void)y;
+    conv_layer *c = l->priv;
+    c->d.n = n;
+    size_t nw = (size_t)c->filters * l->in[0] * c->kh * c->kw;
+    dpt_conv2d_backward(&c->d, x, l->p, dy, dx, l->g, c->bias ? l->g + nw : NULL, net->work);
+    return DPT_OK;
+}
+
+static void conv_describe(const dpt_layer *l, char *buf, size_t cap)
+{
+    const conv_layer *c = l->priv;
+    int k = 0;
+    if (c->kh == c->kw)
+        k = snprintf(buf, cap, " filter=%d", c->kh);
+    else
+        k = snprintf(buf, cap, " filter=%dx%d", c->kh, c->kw);
+    k += snprintf(buf + k, cap - (size_t)k, " filters=%d", c->filters);
+    if (c->stride != 1)
+        k += snprintf(buf + k, cap - (size_t)k, " stride=%d", c->stride);
+    if (c->pad != 0)
+        k += snprintf(buf + k, cap - (size_t)k, " padding=%d", c->pad);
+    if (!c->bias)
+        snprintf(buf + k, cap - (size_t)k, " bias=0");
+}
+
+static void free_priv(dpt_layer *l) { free(l->priv); }
+
+const layer_type dpt_layer_conv = {
+    .name = "conv", .create = conv_create, .set = conv_set, .infer = conv_infer,
+    .init = conv_init, .work_floats = conv_work, .forward = conv_forward,
+    .backward = conv_backward, .describe = conv_describe, .free = free_priv,
+};
+
+/* ---- fully connected over the flattened [C, H, W] input ------------------------ */
+
+typedef struct fc_layer {
+    int outputs; /* -1: "classes", filled in at build */
+} fc_layer;
+
+static dpt_status fc_create(dpt_layer *l)
+{
+    l->priv = calloc(1, sizeof(fc_layer));
+    return l->priv ? DPT_OK : dpt_fail(DPT_ERR_NOMEM, "out of memory");
+}
+
+static dpt_status fc_set(dpt_layer *l, const char *key, const char *value)
+{
+    fc_layer *f = l->priv;
+    if (strcmp(key, "outputs") != 0)
+        return dpt_fail(DPT_ERR_FORMAT, "unknown key '%s' (fc takes outputs)", key);
+    if (strcmp(value, "classes") == 0) {
+        f->outputs = -1;
+        return DPT_OK;
+    }
+    return parse_int(key, value, 1, &f->outputs);
+}
+
+static dpt_status fc_infer(dpt_net *net, dpt_layer *l)
+{
+    fc_layer *f = l->priv;
+    if (f->outputs == 0)
+        return dpt_fail(DPT_ERR_FORMAT, "fc '%s' needs outputs=N", l->name);
+    int outputs = f->outputs;
+    if (outputs < 0 && net->n_classes <= 0)
+        return dpt_fail(DPT_ERR_ARG,
+                        "fc '%s': outputs=classes, but the number of classes is not known",
+                        l->name);
+    if (outputs < 0)
+        outputs = net->n_classes;
+    int in = l->in[0] * l->in[1] * l->in[2];
+    l->out[0] = outputs, l->out[1] = l->out[2] = 1;
+    int wshape[2] = {outputs, in};
+    dpt_status s = net_declare(net, l, 0, "Weights", 2, wshape);
+    if (s == DPT_OK)
+        s = net_declare(net, l, 0, "Bias", 1, &outputs);
+    return s;
+}
+
+static void fc_init(dpt_layer *l, dpt_rng *rng)
+{
+    int in = l->in[0] * l->in[1] * l->in[2], out = l->out[0];
+    glorot_uniform(l->p, (size_t)in * out, in, out, rng);
+    memset(l->p + (size_t)in * out, 0, (size_t)out * sizeof(float));
+}
+
+static dpt_status fc_forward(dpt_net *net, dpt_layer *l, const float *x, float *y, int n,
+                             dpt_mode mode)
+{
+    (void)net, (void)mode;
+    int in = l->in[0] * l->in[1] * l->in[2], out = l->out[0];
+    dpt_linear_forward(x, l->p, l->p + (size_t)in * out, y, n, in, out);
+    return DPT_OK;
+}
+
+static dpt_status fc_backward(dpt_net *net, dpt_layer *l, const float *x, const float *y,
+                              const float *dy, float *dx, int n)
+{
+    (void)net, (void)y;
+    int in = l->in[0] * l->in[1] * l->in[2], out = l->out[0];
+    dpt_linear_backward(x, l->p, dy, dx, l->g, l->g + (size_t)in * out, n, in, out);
+    return DPT_OK;
+}
+
+static void fc_describe(const dpt_layer *l, char *buf, size_t cap)
+{
+    snprintf(buf, cap, " outputs=%d", l->out[0]);
+}
+
+const layer_type dpt_layer_fc = {
+    .name = "fc", .create = fc_create, .set = fc_set, .infer = fc_infer, .init = fc_init,
+    .forward = fc_forward, .backward = fc_backward, .describe = fc_describe, .free = free_priv,
+};

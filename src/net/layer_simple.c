@@ -1,0 +1,129 @@
+/* The layers without learnables: input, ReLU, softmax. */
+#include "net/net_impl.h"
+#include "ops/ops.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* ---- input: size=HxWxC (MATLAB's order); output [C, H, W] ------------------ */
+
+static dpt_status input_create(dpt_layer *l)
+{
+    l->out[0] = l->out[1] = l->out[2] = 0;
+    return DPT_OK;
+}
+
+static dpt_status input_set(dpt_layer *l, const char *key, const char *value)
+{
+    if (strcmp(key, "size") != 0)
+        return dpt_fail(DPT_ERR_FORMAT, "unknown key '%s' (input takes size=HxWxC)", key);
+    int h, w, c, used = 0;
+    if (sscanf(value, "%dx%dx%d%n", &h, &w, &c, &used) != 3 || value[used] != '\0' || h < 1 ||
+        w < 1 || c < 1 || h > 65536 || w > 65536 || c > 65536)
+        return dpt_fail(DPT_ERR_FORMAT, "bad value '%s' for size (expected HxWxC, e.g. 28x28x1)",
+                        value);
+    l->out[0] = c, l->out[1] = h, l->out[2] = w;
+    return DPT_OK;
+}
+
+static dpt_status input_infer(dpt_net *net, dpt_layer *l)
+{
+    (void)net;
+    if (l->out[0] == 0)
+        return dpt_fail(DPT_ERR_FORMAT, "input '%s' needs size=HxWxC", l->name);
+    memcpy(l->in, l->out, sizeof l->in);
+    return DPT_OK;
+}
+
+static void input_describe(const dpt_layer *l, char *buf, size_t cap)
+{
+    snprintf(buf, cap, " size=%dx%dx%d", l->out[1], l->out[2], l->out[0]);
+}
+
+const layer_type dpt_layer_input = {
+    .name = "input", .create = input_create, .set = input_set, .infer = input_infer,
+    .describe = input_describe,
+};
+
+/* ---- layers that take no keys ---------------------------------------------- */
+
+static dpt_status no_keys(dpt_layer *l, const char *key, const char *value)
+{
+    (void)value;
+    return dpt_fail(DPT_ERR_FORMAT, "unknown key '%s' (%s takes no keys)", key, l->type->name);
+}
+
+static dpt_status same_shape(dpt_net *net, dpt_layer *l)
+{
+    (void)net;
+    memcpy(l->out, l->in, sizeof l->out);
+    return DPT_OK;
+}
+
+/* ---- ReLU -------------------------------------------------------------------- */
+
+static dpt_status relu_forward(dpt_net *net, dpt_layer *l, const float *x, float *y, int n,
+                               dpt_mode mode)
+{
+    (void)net, (void)mode;
+    dpt_relu_forward(x, y, (size_t)n * l->out[0] * l->out[1] * l->out[2]);
+    return DPT_OK;
+}
+
+static dpt_status relu_backward(dpt_net *net, dpt_layer *l, const float *x, const float *y,
+                                const float *dy, float *dx, int n)
+{
+    (void)net, (void)x;
+    if (dx)
+        dpt_relu_backward(y, dy, dx, (size_t)n * l->out[0] * l->out[1] * l->out[2]);
+    return DPT_OK;
+}
+
+const layer_type dpt_layer_relu = {
+    .name = "relu", .set = no_keys, .infer = same_shape,
+    .forward = relu_forward, .backward = relu_backward,
+};
+
+/* ---- softmax over the channels of a [C,1,1] input ----------------------------- */
+
+static dpt_status softmax_infer(dpt_net *net, dpt_layer *l)
+{
+    (void)net;
+    if (l->in[1] != 1 || l->in[2] != 1)
+        return dpt_fail(DPT_ERR_SHAPE,
+                        "softmax '%s': input is %dx%dx%d; it needs a vector (put an fc layer "
+                        "before it)", l->name, l->in[1], l->in[2], l->in[0]);
+    memcpy(l->out, l->in, sizeof l->out);
+    return DPT_OK;
+}
+
+static dpt_status softmax_forward(dpt_net *net, dpt_layer *l, const float *x, float *y, int n,
+                                  dpt_mode mode)
+{
+    (void)net, (void)mode;
+    dpt_softmax_forward(x, y, n, l->out[0]);
+    return DPT_OK;
+}
+
+/* The general Jacobian product dx = p ⊙ (dy − Σ dy·p), used when a custom loss
+ * supplies dL/dp; cross-entropy takes the fused path and skips this layer. */
+static dpt_status softmax_backward(dpt_net *net, dpt_layer *l, const float *x, const float *y,
+                                   const float *dy, float *dx, int n)
+{
+    (void)net, (void)x;
+    int k = l->out[0];
+    for (int i = 0; i < n; i++) {
+        const float *p = y + (size_t)i * k, *g = dy + (size_t)i * k;
+        double dot = 0;
+        for (int j = 0; j < k; j++)
+            dot += (double)g[j] * p[j];
+        for (int j = 0; j < k; j++)
+            dx[(size_t)i * k + j] = (float)(p[j] * (g[j] - dot));
+    }
+    return DPT_OK;
+}
+
+const layer_type dpt_layer_softmax = {
+    .name = "softmax", .set = no_keys, .infer = softmax_infer,
+    .forward = softmax_forward, .backward = softmax_backward,
+};

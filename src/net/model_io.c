@@ -1,0 +1,149 @@
+/* Model files: the learnables and state tables as named safetensors
+ * tensors, the spec in the metadata, so PyTorch (or json + struct) can read
+ * the weights and dptrain can rebuild the network. */
+#include "core/safetensors.h"
+#include "net/net_impl.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MODEL_FORMAT "dptrain.model.v1"
+
+static dpt_status add_table(dpt_st_writer *w, const dpt_param_info *tab, size_t n,
+                            const float *base)
+{
+    for (size_t i = 0; i < n; i++) {
+        int64_t shape[DPT_MAX_DIMS];
+        for (int d = 0; d < tab[i].ndim; d++)
+            shape[d] = tab[i].shape[d];
+        dpt_status s = dpt_st_writer_add(w, tab[i].name, "F32", tab[i].ndim, shape,
+                                         base + tab[i].offset, tab[i].n * sizeof(float));
+        if (s != DPT_OK)
+            return s;
+    }
+    return DPT_OK;
+}
+
+dpt_status dpt_net_save(const dpt_net *net, const char *path, const dpt_kv *meta, size_t n_meta)
+{
+    dpt_st_writer *w = NULL;
+    dpt_status s = dpt_st_writer_new(&w);
+    if (s == DPT_OK)
+        s = dpt_st_writer_meta(w, "format", MODEL_FORMAT);
+    if (s == DPT_OK)
+        s = dpt_st_writer_meta(w, "spec", net->spec);
+    for (size_t i = 0; s == DPT_OK && i < n_meta; i++)
+        s = dpt_st_writer_meta(w, meta[i].key, meta[i].value);
+    if (s == DPT_OK)
+        s = add_table(w, net->learn, net->n_learn, net->params);
+    if (s == DPT_OK)
+        s = add_table(w, net->state_tab, net->n_state_tab, net->state);
+    if (s == DPT_OK)
+        s = dpt_st_writer_save(w, path);
+    dpt_st_writer_free(w);
+    return s;
+}
+
+/* Check and copy one table entry; a wrong shape names the tensor. */
+static dpt_status read_entry(const dpt_st *st, const char *path, const dpt_param_info *e,
+                             float *dst)
+{
+    const dpt_st_tensor *t = dpt_st_get(st, e->name);
+    if (!t)
+        return dpt_fail(DPT_ERR_FORMAT, "%s: tensor '%s' missing (the file is for another "
+                        "network)", path, e->name);
+    int same = t->ndim == e->ndim && strcmp(t->dtype, "F32") == 0;
+    for (int d = 0; same && d < e->ndim; d++)
+        same = t->shape[d] == e->shape[d];
+    if (!same) {
+        char want[64], got[64];
+        int k = 0;
+        for (int d = 0; d < e->ndim; d++)
+            k += snprintf(want + k, sizeof want - (size_t)k, d ? "x%d" : "%d", e->shape[d]);
+        k = 0;
+        got[0] = '\0';
+        for (int d = 0; d < t->ndim && k < 48; d++)
+            k += snprintf(got + k, sizeof got - (size_t)k, d ? "x%lld" : "%lld",
+                          (long long)t->shape[d]);
+        return dpt_fail(DPT_ERR_SHAPE, "%s: tensor '%s' is %s %s, the network needs F32 %s", path,
+                        e->name, t->dtype, got, want);
+    }
+    return dpt_st_read_f32(st, e->name, dst, e->n);
+}
+
+static dpt_status copy_tables(dpt_net *net, const dpt_st *st, const char *path)
+{
+    dpt_status s = DPT_OK;
+    for (size_t i = 0; s == DPT_OK && i < net->n_learn; i++)
+        s = read_entry(st, path, &net->learn[i], net->params + net->learn[i].offset);
+    for (size_t i = 0; s == DPT_OK && i < net->n_state_tab; i++)
+        s = read_entry(st, path, &net->state_tab[i], net->state + net->state_tab[i].offset);
+    return s;
+}
+
+dpt_status dpt_net_load_into(dpt_net *net, const char *path)
+{
+    dpt_st *st = NULL;
+    dpt_status s = dpt_st_open(path, &st);
+    if (s == DPT_OK)
+        s = copy_tables(net, st, path);
+    dpt_st_close(st);
+    return s;
+}
+
+static const char *const kept_keys[] = {"format", "spec", "classes", "epoch", "iteration",
+                                        "trained", "workers", "accuracy"};
+
+dpt_status dpt_net_load(const char *path, int max_batch, dpt_net **out)
+{
+    *out = NULL;
+    dpt_st *st = NULL;
+    dpt_net *net = NULL;
+    dpt_status s = dpt_st_open(path, &st);
+    if (s != DPT_OK)
+        return s;
+    const char *fmt = dpt_st_meta(st, "format");
+    const char *spec = dpt_st_meta(st, "spec");
+    if (!fmt || strncmp(fmt, "dptrain.", 8) != 0 || !spec) {
+        s = dpt_fail(DPT_ERR_FORMAT, "%s: not a dptrain model (no 'format'/'spec' metadata)", path);
+        goto done;
+    }
+    if ((s = dpt_net_from_spec(spec, path, 0, max_batch, 0, &net)) != DPT_OK)
+        goto done;
+    if ((s = copy_tables(net, st, path)) != DPT_OK)
+        goto done;
+    size_t nk = sizeof kept_keys / sizeof *kept_keys;
+    net->meta = calloc(2 * nk, sizeof *net->meta);
+    if (!net->meta) {
+        s = dpt_fail(DPT_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < nk; i++) {
+        const char *v = dpt_st_meta(st, kept_keys[i]);
+        if (!v)
+            continue;
+        net->meta[2 * net->n_meta] = strdup(kept_keys[i]);
+        net->meta[2 * net->n_meta + 1] = strdup(v);
+        net->n_meta++;
+        if (!net->meta[2 * net->n_meta - 2] || !net->meta[2 * net->n_meta - 1]) {
+            s = dpt_fail(DPT_ERR_NOMEM, "out of memory");
+            goto done;
+        }
+    }
+done:
+    dpt_st_close(st);
+    if (s != DPT_OK)
+        dpt_net_free(net);
+    else
+        *out = net;
+    return s;
+}
+
+const char *dpt_net_meta(const dpt_net *net, const char *key)
+{
+    for (size_t i = 0; i < net->n_meta; i++)
+        if (strcmp(net->meta[2 * i], key) == 0)
+            return net->meta[2 * i + 1];
+    return NULL;
+}

@@ -1,0 +1,607 @@
+/* Network: spec parsing, building (shape inference, tables, flat buffers),
+ * forward and backward over the chain of layers, running-state update. */
+#include "net/net_impl.h"
+#include "ops/ops.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char default_spec[] =
+    "# The network of MATLAB's \"Train Network in Parallel with Custom Training Loop\".\n"
+    "# One layer per line: <type> <name> [key=value ...]\n"
+    "input      input  size=28x28x1\n"
+    "conv       conv1  filter=5 filters=20\n"
+    "batchnorm  bn1\n"
+    "relu       relu1\n"
+    "conv       conv2  filter=3 filters=20 padding=1\n"
+    "batchnorm  bn2\n"
+    "relu       relu2\n"
+    "conv       conv3  filter=3 filters=20 padding=1\n"
+    "batchnorm  bn3\n"
+    "relu       relu3\n"
+    "fc         fc     outputs=classes\n"
+    "softmax    softmax\n";
+
+const char *dpt_net_default_spec(void) { return default_spec; }
+
+static const layer_type *const layer_types[] = {
+    &dpt_layer_input, &dpt_layer_conv, &dpt_layer_batchnorm,
+    &dpt_layer_relu,  &dpt_layer_fc,   &dpt_layer_softmax,
+};
+
+static const layer_type *find_type(const char *name)
+{
+    for (size_t i = 0; i < sizeof layer_types / sizeof *layer_types; i++)
+        if (strcmp(layer_types[i]->name, name) == 0)
+            return layer_types[i];
+    return NULL;
+}
+
+dpt_status parse_int(const char *key, const char *value, int min, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(value, &end, 10);
+    if (errno || end == value || *end != '\0' || v < min || v > 1000000)
+        return dpt_fail(DPT_ERR_FORMAT, "bad value '%s' for %s (an integer >= %d expected)", value,
+                        key, min);
+    *out = (int)v;
+    return DPT_OK;
+}
+
+dpt_status parse_float(const char *key, const char *value, float *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(value, &end);
+    if (errno || end == value || *end != '\0' || !isfinite(v))
+        return dpt_fail(DPT_ERR_FORMAT, "bad value '%s' for %s (a number expected)", value, key);
+    *out = (float)v;
+    return DPT_OK;
+}
+
+/* Keep table names in one growing string pool; entries point into it after
+ * the pool stops growing, so offsets are stored first and fixed up at the end. */
+static const char *pool_add(dpt_net *net, const char *s)
+{
+    size_t len = strlen(s) + 1;
+    if (net->names_used + len > net->names_cap) {
+        size_t cap = net->names_cap ? net->names_cap * 2 : 4096;
+        while (cap < net->names_used + len)
+            cap *= 2;
+        char *p = realloc(net->names, cap);
+        if (!p)
+            return NULL;
+        net->names = p, net->names_cap = cap;
+    }
+    memcpy(net->names + net->names_used, s, len);
+    const char *off = (const char *)(uintptr_t)net->names_used; /* fixed up later */
+    net->names_used += len;
+    return off;
+}
+
+dpt_status net_declare(dpt_net *net, dpt_layer *l, int is_state, const char *param, int ndim,
+                       const int *shape)
+{
+    dpt_param_info *tab = is_state ? net->state_tab : net->learn;
+    size_t *count = is_state ? &net->n_state_tab : &net->n_learn;
+    size_t *total = is_state ? &net->n_state : &net->n_params;
+    if (*count >= DPT_MAX_PARAMS)
+        return dpt_fail(DPT_ERR_ARG, "network has more than %d parameter tensors", DPT_MAX_PARAMS);
+    char full[2 * DPT_NAME_MAX + 2];
+    snprintf(full, sizeof full, "%s/%s", l->name, param);
+    dpt_param_info *e = &tab[(*count)++];
+    memset(e, 0, sizeof *e);
+    e->name = pool_add(net, full);
+    e->layer = pool_add(net, l->name);
+    e->param = pool_add(net, param);
+    if (!net->names)
+        return dpt_fail(DPT_ERR_NOMEM, "out of memory");
+    e->ndim = ndim;
+    memcpy(e->shape, shape, (size_t)ndim * sizeof *shape);
+    e->n = dpt_shape_count(ndim, shape);
+    e->offset = *total;
+    *total += e->n;
+    if (is_state) {
+        if (l->n_state == 0)
+            l->first_state = *count - 1;
+        l->n_state++;
+    } else {
+        if (l->n_learnables == 0)
+            l->first_learnable = *count - 1;
+        l->n_learnables++;
+    }
+    return DPT_OK;
+}
+
+static void fix_names(dpt_param_info *tab, size_t n, const char *base)
+{
+    for (size_t i = 0; i < n; i++) {
+        tab[i].name = base + (uintptr_t)tab[i].name;
+        tab[i].layer = base + (uintptr_t)tab[i].layer;
+        tab[i].param = base + (uintptr_t)tab[i].param;
+    }
+}
+
+/* Split one spec line into tokens in place; returns the count. */
+static int tokenize(char *line, char **tok, int max)
+{
+    int n = 0;
+    char *p = line;
+    while (*p) {
+        while (*p && isspace((unsigned char)*p))
+            p++;
+        if (!*p || *p == '#')
+            break;
+        if (n == max)
+            return max + 1;
+        tok[n++] = p;
+        while (*p && !isspace((unsigned char)*p))
+            p++;
+        if (*p)
+            *p++ = '\0';
+    }
+    return n;
+}
+
+#define MAX_TOKENS 16
+
+static dpt_status parse_spec(dpt_net *net, const char *text)
+{
+    const char *src = net->source;
+    char *copy = strdup(text);
+    if (!copy)
+        return dpt_fail(DPT_ERR_NOMEM, "out of memory");
+    dpt_status s = DPT_OK;
+    int cap = 0, lineno = 0;
+    char *save = NULL;
+    /* Count lines to size the layer array once. */
+    for (const char *p = text; *p; p++)
+        cap += *p == '\n';
+    cap += 1;
+    net->layers = calloc((size_t)cap, sizeof *net->layers);
+    if (!net->layers) {
+        free(copy);
+        return dpt_fail(DPT_ERR_NOMEM, "out of memory");
+    }
+    char *line = copy;
+    while (line) {
+        char *next = strchr(line, '\n');
+        if (next)
+            *next++ = '\0';
+        lineno++;
+        char *tok[MAX_TOKENS];
+        int nt = tokenize(line, tok, MAX_TOKENS);
+        line = next;
+        if (nt == 0)
+            continue;
+        if (nt > MAX_TOKENS) {
+            s = dpt_fail(DPT_ERR_FORMAT, "%s:%d: too many keys on one line", src, lineno);
+            break;
+        }
+        const layer_type *t = find_type(tok[0]);
+        if (!t) {
+            s = dpt_fail(DPT_ERR_FORMAT,
+                         "%s:%d: unknown layer type '%s' (known: input, conv, batchnorm, relu, "
+                         "fc, softmax)", src, lineno, tok[0]);
+            break;
+        }
+        if (nt < 2 || strchr(tok[1], '=')) {
+            s = dpt_fail(DPT_ERR_FORMAT, "%s:%d: %s layer needs a name after the type", src,
+                         lineno, tok[0]);
+            break;
+        }
+        if (strlen(tok[1]) >= DPT_NAME_MAX || strchr(tok[1], '/') || strchr(tok[1], '"') ||
+            strchr(tok[1], '\\')) {
+            s = dpt_fail(DPT_ERR_FORMAT, "%s:%d: bad layer name '%s' (at most %d characters, no "
+                         "'/', '\"' or '\\')", src, lineno, tok[1], DPT_NAME_MAX - 1);
+            break;
+        }
+        for (int i = 0; i < net->n_layers; i++)
+            if (strcmp(net->layers[i].name, tok[1]) == 0) {
+                s = dpt_fail(DPT_ERR_FORMAT, "%s:%d: layer name '%s' already used on line %d",
+                             src, lineno, tok[1], net->layers[i].line);
+                goto done;
+            }
+        if ((t == &dpt_layer_input) != (net->n_layers == 0)) {
+            s = net->n_layers == 0
+                    ? dpt_fail(DPT_ERR_FORMAT, "%s:%d: missing input layer: the first layer "
+                               "must be 'input size=HxWxC', not '%s'", src, lineno, tok[0])
+                    : dpt_fail(DPT_ERR_FORMAT, "%s:%d: a second input layer '%s'", src, lineno,
+                               tok[1]);
+            break;
+        }
+        dpt_layer *l = &net->layers[net->n_layers++];
+        l->type = t;
+        l->line = lineno;
+        snprintf(l->name, sizeof l->name, "%s", tok[1]);
+        if (t->create && (s = t->create(l)) != DPT_OK)
+            break;
+        for (int i = 2; i < nt; i++) {
+            char *eq = strchr(tok[i], '=');
+            if (!eq || eq == tok[i] || eq[1] == '\0') {
+                s = dpt_fail(DPT_ERR_FORMAT, "%s:%d: %s '%s': expected key=value, got '%s'", src,
+                             lineno, t->name, l->name, tok[i]);
+                goto done;
+            }
+            *eq = '\0';
+            if ((s = t->set(l, tok[i], eq + 1)) != DPT_OK) {
+                char msg[512];
+                snprintf(msg, sizeof msg, "%s", dpt_last_error());
+                s = dpt_fail(s, "%s:%d: %s '%s': %s", src, lineno, t->name, l->name, msg);
+                goto done;
+            }
+        }
+    }
+    if (s == DPT_OK && net->n_layers == 0)
+        s = dpt_fail(DPT_ERR_FORMAT, "%s: missing input layer: the spec has no layers", src);
+done:
+    (void)save;
+    free(copy);
+    return s;
+}
+
+/* Shape inference and table declaration, layer by layer. */
+static dpt_status infer_shapes(dpt_net *net)
+{
+    for (int i = 0; i < net->n_layers; i++) {
+        dpt_layer *l = &net->layers[i];
+        if (i > 0)
+            memcpy(l->in, net->layers[i - 1].out, sizeof l->in);
+        if (l->type == &dpt_layer_softmax && i != net->n_layers - 1)
+            return dpt_fail(DPT_ERR_FORMAT, "%s:%d: softmax '%s' must be the last layer",
+                            net->source, l->line, l->name);
+        dpt_status s = l->type->infer(net, l);
+        if (s != DPT_OK) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s", dpt_last_error());
+            return dpt_fail(s, "%s:%d: %s", net->source, l->line, msg);
+        }
+    }
+    if (net->n_layers < 2)
+        return dpt_fail(DPT_ERR_FORMAT, "%s: the network has only an input layer", net->source);
+    return DPT_OK;
+}
+
+static size_t layer_count(const dpt_layer *l) { return (size_t)l->out[0] * l->out[1] * l->out[2]; }
+
+static dpt_status build_buffers(dpt_net *net, uint64_t seed)
+{
+    size_t nb = (size_t)net->max_batch;
+    net->params = dpt_alloc(net->n_params * sizeof(float));
+    net->grads = dpt_alloc(net->n_params * sizeof(float));
+    net->state = dpt_alloc(net->n_state * sizeof(float));
+    net->acts = calloc((size_t)net->n_layers, sizeof *net->acts);
+    if ((net->n_params && (!net->params || !net->grads)) || (net->n_state && !net->state) ||
+        !net->acts)
+        return dpt_fail(DPT_ERR_NOMEM, "%s: out of memory for the parameter buffers", net->source);
+    size_t max_act = 0;
+    for (int i = 0; i < net->n_layers; i++) {
+        dpt_layer *l = &net->layers[i];
+        size_t n = layer_count(l) * nb;
+        if (n > max_act)
+            max_act = n;
+        net->acts[i] = dpt_alloc(n * sizeof(float));
+        if (!net->acts[i])
+            return dpt_fail(DPT_ERR_NOMEM, "%s: out of memory for activations of layer '%s' "
+                            "(%zu floats)", net->source, l->name, n);
+        if (l->type->work_floats) {
+            size_t w = l->type->work_floats(l, net->max_batch);
+            if (w > net->work_floats)
+                net->work_floats = w;
+        }
+        l->p = l->n_learnables ? net->params + net->learn[l->first_learnable].offset : NULL;
+        l->g = l->n_learnables ? net->grads + net->learn[l->first_learnable].offset : NULL;
+        l->s = l->n_state ? net->state + net->state_tab[l->first_state].offset : NULL;
+    }
+    for (int k = 0; k < 2; k++)
+        if (!(net->gbuf[k] = dpt_alloc(max_act * sizeof(float))))
+            return dpt_fail(DPT_ERR_NOMEM, "%s: out of memory for gradients", net->source);
+    size_t n_out = layer_count(&net->layers[net->n_layers - 1]) * nb;
+    net->n_pool = 1;
+    for (int i = 0; i < net->n_layers; i++)
+        if (net->layers[i].type->pool_doubles)
+            net->n_pool += net->layers[i].type->pool_doubles(&net->layers[i]);
+    net->dout = dpt_alloc(n_out * sizeof(float));
+    net->pool = calloc(net->n_pool, sizeof(double));
+    if (!net->dout || !net->pool)
+        return dpt_fail(DPT_ERR_NOMEM, "%s: out of memory", net->source);
+    if (net->work_floats && !(net->work = dpt_alloc(net->work_floats * sizeof(float))))
+        return dpt_fail(DPT_ERR_NOMEM, "%s: out of memory for scratch", net->source);
+    dpt_rng rng;
+    dpt_rng_seed(&rng, seed, 0x6e6574 /* "net" */);
+    for (int i = 0; i < net->n_layers; i++)
+        if (net->layers[i].type->init)
+            net->layers[i].type->init(&net->layers[i], &rng);
+    return DPT_OK;
+}
+
+/* The spec as the network understands it: the user's layers with defaults
+ * made explicit and classes filled in. Saved in model files. */
+static dpt_status render_spec(dpt_net *net)
+{
+    size_t cap = 256 + (size_t)net->n_layers * 256;
+    net->spec = malloc(cap);
+    if (!net->spec)
+        return dpt_fail(DPT_ERR_NOMEM, "out of memory");
+    size_t k = 0;
+    for (int i = 0; i < net->n_layers; i++) {
+        const dpt_layer *l = &net->layers[i];
+        char keys[200] = "";
+        if (l->type->describe)
+            l->type->describe(l, keys, sizeof keys);
+        k += (size_t)snprintf(net->spec + k, cap - k, "%-10s %s%s\n", l->type->name, l->name, keys);
+    }
+    return DPT_OK;
+}
+
+dpt_status dpt_net_from_spec(const char *text, const char *source, int n_classes, int max_batch,
+                             uint64_t seed, dpt_net **out)
+{
+    *out = NULL;
+    if (!text)
+        return dpt_fail(DPT_ERR_ARG, "dpt_net_from_spec: no spec text");
+    if (max_batch < 1)
+        return dpt_fail(DPT_ERR_ARG, "dpt_net_from_spec: max_batch must be >= 1, not %d", max_batch);
+    dpt_net *net = calloc(1, sizeof *net);
+    if (!net)
+        return dpt_fail(DPT_ERR_NOMEM, "out of memory");
+    snprintf(net->source, sizeof net->source, "%s", source ? source : "<spec>");
+    net->max_batch = max_batch;
+    net->n_classes = n_classes;
+    dpt_status s = parse_spec(net, text);
+    if (s == DPT_OK)
+        s = infer_shapes(net);
+    if (s == DPT_OK) {
+        fix_names(net->learn, net->n_learn, net->names);
+        fix_names(net->state_tab, net->n_state_tab, net->names);
+        s = build_buffers(net, seed);
+    }
+    if (s == DPT_OK)
+        s = render_spec(net);
+    if (s != DPT_OK) {
+        dpt_net_free(net);
+        return s;
+    }
+    *out = net;
+    return DPT_OK;
+}
+
+dpt_status dpt_net_from_spec_file(const char *path, int n_classes, int max_batch, uint64_t seed,
+                                  dpt_net **out)
+{
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return dpt_fail(DPT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    char *text = NULL;
+    size_t len = 0, cap = 0;
+    dpt_status s = DPT_OK;
+    for (;;) {
+        if (len + 4096 + 1 > cap) {
+            cap = cap ? cap * 2 : 8192;
+            if (cap > (1u << 24)) {
+                s = dpt_fail(DPT_ERR_FORMAT, "%s: spec file larger than 16 MiB", path);
+                break;
+            }
+            char *p = realloc(text, cap);
+            if (!p) {
+                s = dpt_fail(DPT_ERR_NOMEM, "out of memory");
+                break;
+            }
+            text = p;
+        }
+        size_t got = fread(text + len, 1, 4096, f);
+        len += got;
+        if (got < 4096) {
+            if (ferror(f))
+                s = dpt_fail(DPT_ERR_IO, "%s: read error", path);
+            break;
+        }
+    }
+    fclose(f);
+    if (s == DPT_OK) {
+        text[len] = '\0';
+        if (strlen(text) != len)
+            s = dpt_fail(DPT_ERR_FORMAT, "%s: spec file contains a NUL byte", path);
+        else
+            s = dpt_net_from_spec(text, path, n_classes, max_batch, seed, out);
+    }
+    free(text);
+    return s;
+}
+
+void dpt_net_free(dpt_net *net)
+{
+    if (!net)
+        return;
+    for (int i = 0; i < net->n_layers; i++) {
+        if (net->layers[i].type && net->layers[i].type->free)
+            net->layers[i].type->free(&net->layers[i]);
+        if (net->acts)
+            dpt_free(net->acts[i]);
+    }
+    free(net->layers);
+    free(net->acts);
+    dpt_free(net->gbuf[0]);
+    dpt_free(net->gbuf[1]);
+    dpt_free(net->work);
+    dpt_free(net->dout);
+    free(net->pool);
+    dpt_free(net->params);
+    dpt_free(net->grads);
+    dpt_free(net->state);
+    for (size_t i = 0; i < 2 * net->n_meta; i++)
+        free(net->meta[i]);
+    free(net->meta);
+    free(net->names);
+    free(net->spec);
+    free(net);
+}
+
+/* ---- accessors ---------------------------------------------------------------- */
+
+const char *dpt_net_spec(const dpt_net *net) { return net->spec; }
+int dpt_net_max_batch(const dpt_net *net) { return net->max_batch; }
+int dpt_net_n_layers(const dpt_net *net) { return net->n_layers; }
+const char *dpt_net_layer_name(const dpt_net *net, int i) { return net->layers[i].name; }
+const char *dpt_net_layer_type(const dpt_net *net, int i) { return net->layers[i].type->name; }
+void dpt_net_layer_shape(const dpt_net *net, int i, int chw[3])
+{
+    memcpy(chw, net->layers[i].out, 3 * sizeof(int));
+}
+void dpt_net_input_shape(const dpt_net *net, int chw[3]) { memcpy(chw, net->layers[0].out, 3 * sizeof(int)); }
+int dpt_net_n_outputs(const dpt_net *net) { return (int)layer_count(&net->layers[net->n_layers - 1]); }
+size_t dpt_net_n_learnables(const dpt_net *net) { return net->n_learn; }
+const dpt_param_info *dpt_net_learnable(const dpt_net *net, size_t i)
+{
+    return i < net->n_learn ? &net->learn[i] : NULL;
+}
+size_t dpt_net_n_state(const dpt_net *net) { return net->n_state_tab; }
+const dpt_param_info *dpt_net_state_info(const dpt_net *net, size_t i)
+{
+    return i < net->n_state_tab ? &net->state_tab[i] : NULL;
+}
+static long find_in(const dpt_param_info *tab, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(tab[i].name, name) == 0)
+            return (long)i;
+    return -1;
+}
+long dpt_net_find_learnable(const dpt_net *net, const char *name) { return find_in(net->learn, net->n_learn, name); }
+long dpt_net_find_state(const dpt_net *net, const char *name) { return find_in(net->state_tab, net->n_state_tab, name); }
+size_t dpt_net_n_params(const dpt_net *net) { return net->n_params; }
+float *dpt_net_params(dpt_net *net) { return net->params; }
+float *dpt_net_grads(dpt_net *net) { return net->grads; }
+size_t dpt_net_n_state_floats(const dpt_net *net) { return net->n_state; }
+float *dpt_net_state(dpt_net *net) { return net->state; }
+void dpt_net_set_sync_bn(dpt_net *net, dpt_comm *comm) { net->sync_bn = comm; }
+
+/* ---- compute -------------------------------------------------------------------- */
+
+static int all_finite(const float *x, size_t n)
+{
+    /* Summing keeps the common case one vectorisable pass: a NaN or infinity
+     * anywhere makes the sum non-finite (an overflowing sum of finite values
+     * is caught too, which is a fault worth reporting anyway). */
+    float acc = 0.0f;
+    for (size_t i = 0; i < n; i++)
+        acc += x[i] * 0.0f;
+    return acc == 0.0f;
+}
+
+dpt_status dpt_net_forward(dpt_net *net, const float *x, int n, dpt_mode mode, const float **y)
+{
+    if (n < 1 || n > net->max_batch)
+        return dpt_fail(DPT_ERR_ARG, "%s: forward on %d observations (1 to %d allowed)",
+                        net->source, n, net->max_batch);
+    memcpy(net->acts[0], x, (size_t)n * layer_count(&net->layers[0]) * sizeof(float));
+    for (int i = 1; i < net->n_layers; i++) {
+        dpt_layer *l = &net->layers[i];
+        dpt_status s = l->type->forward(net, l, net->acts[i - 1], net->acts[i], n, mode);
+        if (s != DPT_OK)
+            return s;
+    }
+    net->last_n = n;
+    net->last_mode = mode;
+    const float *out = net->acts[net->n_layers - 1];
+    size_t k = layer_count(&net->layers[net->n_layers - 1]);
+    if (!all_finite(out, (size_t)n * k)) {
+        for (int i = 0; i < net->n_layers; i++)
+            if (!all_finite(net->acts[i], (size_t)n * layer_count(&net->layers[i])))
+                return dpt_fail(DPT_ERR_NUMERIC, "non-finite values in the output of layer '%s' "
+                                "(%s)", net->layers[i].name, net->layers[i].type->name);
+    }
+    *y = out;
+    return DPT_OK;
+}
+
+dpt_status dpt_net_backward(dpt_net *net, const float *dy, int dy_is_logits)
+{
+    if (net->last_mode != DPT_MODE_TRAIN || net->last_n == 0)
+        return dpt_fail(DPT_ERR_ARG, "%s: backward needs a TRAIN-mode forward first", net->source);
+    int n = net->last_n;
+    int top = net->n_layers - 1;
+    if (dy_is_logits) {
+        if (net->layers[top].type != &dpt_layer_softmax)
+            return dpt_fail(DPT_ERR_ARG, "%s: gradient given at the logits, but the last layer is "
+                            "'%s', not softmax", net->source, net->layers[top].name);
+        top--;
+    }
+    const float *g = dy;
+    int which = 0;
+    for (int i = top; i >= 1; i--) {
+        dpt_layer *l = &net->layers[i];
+        float *dx = i > 1 ? net->gbuf[which] : NULL; /* the input needs no gradient */
+        dpt_status s = l->type->backward(net, l, net->acts[i - 1], net->acts[i], g, dx, n);
+        if (s != DPT_OK)
+            return s;
+        g = dx;
+        which ^= 1;
+    }
+    return DPT_OK;
+}
+
+dpt_status dpt_net_update_state(dpt_net *net, dpt_comm *comm)
+{
+    if (net->last_mode != DPT_MODE_TRAIN || net->last_n == 0)
+        return dpt_fail(DPT_ERR_ARG, "%s: state update needs a TRAIN-mode forward first", net->source);
+    size_t total = net->n_pool; /* slot 0: observation count */
+    if (total == 1)
+        return DPT_OK;
+    int pooled = comm && dpt_comm_size(comm) > 1 && !(net->sync_bn && net->sync_bn == comm);
+    double *buf = net->pool;
+    buf[0] = net->last_n;
+    size_t k = 1;
+    for (int i = 0; i < net->n_layers; i++) {
+        dpt_layer *l = &net->layers[i];
+        if (!l->type->pool_doubles)
+            continue;
+        l->type->pool_pack(l, net->last_n, buf + k);
+        k += l->type->pool_doubles(l);
+    }
+    dpt_status s = DPT_OK;
+    if (comm && dpt_comm_size(comm) > 1)
+        s = dpt_comm_allreduce_f64(comm, buf, buf, total);
+    if (s == DPT_OK) {
+        k = 1;
+        for (int i = 0; i < net->n_layers; i++) {
+            dpt_layer *l = &net->layers[i];
+            if (!l->type->pool_doubles)
+                continue;
+            l->type->pool_apply(l, buf + k, buf[0], pooled);
+            k += l->type->pool_doubles(l);
+        }
+    }
+    return s;
+}
+
+float *dpt_net_output_grad(dpt_net *net) { return net->dout; }
+
+uint64_t dpt_net_hash(const dpt_net *net)
+{
+    uint64_t h = 1469598103934665603ULL;
+    const unsigned char *p = (const unsigned char *)net->params;
+    for (size_t i = 0; i < net->n_params * sizeof(float); i++)
+        h = (h ^ p[i]) * 1099511628211ULL;
+    p = (const unsigned char *)net->state;
+    for (size_t i = 0; i < net->n_state * sizeof(float); i++)
+        h = (h ^ p[i]) * 1099511628211ULL;
+    return h;
+}
+
+void dpt_argmax_rows(const float *y, int n, int k, int *labels)
+{
+    for (int i = 0; i < n; i++) {
+        int best = 0;
+        for (int j = 1; j < k; j++)
+            if (y[(size_t)i * k + j] > y[(size_t)i * k + best])
+                best = j;
+        labels[i] = best;
+    }
+}

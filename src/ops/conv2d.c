@@ -1,0 +1,193 @@
+/* 2-D convolution, NCHW float32, lowered to GEMM per image (im2col).
+ *
+ * For one image the input patches are unrolled into a matrix
+ *   col [K, P],  K = c_in*kh*kw (one row per filter tap), P = out_h*out_w,
+ * so that with the weights viewed as W [c_out, K]:
+ *   forward   y  [c_out, P] = W · col (+ b)
+ *   backward  dW [c_out, K] = Σ_images dy · colᵀ
+ *             dcol [K, P]   = Wᵀ · dy, then col2im scatters dcol into dx.
+ * One [K, P] scratch buffer serves both backward products because dW is
+ * finished with col before dcol overwrites it. */
+#include "ops/ops.h"
+
+#include <assert.h>
+#include <cblas.h>
+#include <string.h>
+
+int dpt_conv2d_desc_init(dpt_conv2d_desc *d)
+{
+    if (d->n <= 0 || d->c_in <= 0 || d->h <= 0 || d->w <= 0 || d->c_out <= 0 || d->kh <= 0 ||
+        d->kw <= 0 || d->stride <= 0 || d->pad < 0)
+        return -1;
+    int ph = d->h + 2 * d->pad, pw = d->w + 2 * d->pad;
+    if (d->kh > ph || d->kw > pw)
+        return -1;
+    d->out_h = (ph - d->kh) / d->stride + 1;
+    d->out_w = (pw - d->kw) / d->stride + 1;
+    return 0;
+}
+
+/* A 1x1 filter with stride 1 and no padding reads each pixel exactly once in
+ * order: the image itself is already the col matrix, so skip the copy. */
+static int lowering_is_identity(const dpt_conv2d_desc *d)
+{
+    return d->kh == 1 && d->kw == 1 && d->stride == 1 && d->pad == 0;
+}
+
+size_t dpt_conv2d_work_floats(const dpt_conv2d_desc *d)
+{
+    if (lowering_is_identity(d))
+        return 0;
+    return (size_t)d->c_in * d->kh * d->kw * (size_t)d->out_h * d->out_w;
+}
+
+/* Output columns ox whose input column ox*stride - pad + kj lies inside
+ * [0, w): the half-open range [*lo, *hi). Everything outside reads padding. */
+static void valid_range(int kj, int stride, int pad, int w, int out_w, int *lo, int *hi)
+{
+    int a = pad - kj; /* need ox*stride >= a */
+    int first = a <= 0 ? 0 : (a + stride - 1) / stride;
+    int b = w + pad - kj; /* need ox*stride < b */
+    int last = b <= 0 ? 0 : (b + stride - 1) / stride;
+    if (first > out_w)
+        first = out_w;
+    if (last > out_w)
+        last = out_w;
+    if (last < first)
+        last = first;
+    *lo = first;
+    *hi = last;
+}
+
+/* col [K, P] from one image x [c_in, h, w]. */
+static void im2col(const dpt_conv2d_desc *d, const float *x, float *col)
+{
+    const int oh = d->out_h, ow = d->out_w, s = d->stride, p = d->pad;
+    for (int ci = 0; ci < d->c_in; ci++) {
+        const float *xc = x + (size_t)ci * d->h * d->w;
+        for (int ki = 0; ki < d->kh; ki++) {
+            for (int kj = 0; kj < d->kw; kj++) {
+                int lo, hi;
+                valid_range(kj, s, p, d->w, ow, &lo, &hi);
+                for (int oy = 0; oy < oh; oy++) {
+                    int iy = oy * s - p + ki;
+                    if (iy < 0 || iy >= d->h) {
+                        memset(col, 0, (size_t)ow * sizeof *col);
+                    } else {
+                        const float *xr = xc + (size_t)iy * d->w;
+                        const int off = kj - p;
+                        for (int ox = 0; ox < lo; ox++)
+                            col[ox] = 0.0f;
+                        for (int ox = lo; ox < hi; ox++)
+                            col[ox] = xr[ox * s + off];
+                        for (int ox = hi; ox < ow; ox++)
+                            col[ox] = 0.0f;
+                    }
+                    col += ow;
+                }
+            }
+        }
+    }
+}
+
+/* dx [c_in, h, w] = scatter-add of dcol [K, P]; taps that fell on padding
+ * are dropped. Overlapping windows (stride < kernel) add up, hence the zero
+ * fill first. */
+static void col2im(const dpt_conv2d_desc *d, const float *col, float *dx)
+{
+    const int oh = d->out_h, ow = d->out_w, s = d->stride, p = d->pad;
+    memset(dx, 0, (size_t)d->c_in * d->h * d->w * sizeof *dx);
+    for (int ci = 0; ci < d->c_in; ci++) {
+        float *dxc = dx + (size_t)ci * d->h * d->w;
+        for (int ki = 0; ki < d->kh; ki++) {
+            for (int kj = 0; kj < d->kw; kj++) {
+                int lo, hi;
+                valid_range(kj, s, p, d->w, ow, &lo, &hi);
+                for (int oy = 0; oy < oh; oy++) {
+                    int iy = oy * s - p + ki;
+                    if (iy >= 0 && iy < d->h) {
+                        float *dr = dxc + (size_t)iy * d->w;
+                        const int off = kj - p;
+                        for (int ox = lo; ox < hi; ox++)
+                            dr[ox * s + off] += col[ox];
+                    }
+                    col += ow;
+                }
+            }
+        }
+    }
+}
+
+void dpt_conv2d_forward(const dpt_conv2d_desc *d, const float *x, const float *w,
+                        const float *b, float *y, float *work)
+{
+    const int K = d->c_in * d->kh * d->kw, P = d->out_h * d->out_w;
+    const size_t x_img = (size_t)d->c_in * d->h * d->w, y_img = (size_t)d->c_out * P;
+    const int identity = lowering_is_identity(d);
+    assert(identity || work);
+
+    for (int i = 0; i < d->n; i++) {
+        const float *xi = x + i * x_img;
+        float *yi = y + i * y_img;
+        const float *col = xi;
+        if (!identity) {
+            im2col(d, xi, work);
+            col = work;
+        }
+        /* Seed y with the bias so the GEMM adds onto it (beta = 1). */
+        if (b) {
+            for (int co = 0; co < d->c_out; co++)
+                for (int q = 0; q < P; q++)
+                    yi[(size_t)co * P + q] = b[co];
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d->c_out, P, K, 1.0f, w, K, col,
+                    P, b ? 1.0f : 0.0f, yi, P);
+    }
+}
+
+void dpt_conv2d_backward(const dpt_conv2d_desc *d, const float *x, const float *w,
+                         const float *dy, float *dx, float *dw, float *db, float *work)
+{
+    const int K = d->c_in * d->kh * d->kw, P = d->out_h * d->out_w;
+    const size_t x_img = (size_t)d->c_in * d->h * d->w, y_img = (size_t)d->c_out * P;
+    const int identity = lowering_is_identity(d);
+    assert(identity || work);
+
+    for (int i = 0; i < d->n; i++) {
+        const float *xi = x + i * x_img;
+        const float *dyi = dy + i * y_img;
+
+        const float *col = xi;
+        if (!identity) {
+            im2col(d, xi, work);
+            col = work;
+        }
+        /* dW is overwritten by the first image, accumulated by the rest. */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d->c_out, K, P, 1.0f, dyi, P, col, P,
+                    i == 0 ? 0.0f : 1.0f, dw, K);
+
+        if (dx) {
+            float *dxi = dx + i * x_img;
+            /* Identity lowering: dcol is dx itself, no scatter needed. */
+            float *dcol = identity ? dxi : work;
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, P, d->c_out, 1.0f, w, K, dyi,
+                        P, 0.0f, dcol, P);
+            if (!identity)
+                col2im(d, dcol, dxi);
+        }
+    }
+
+    if (db) {
+        /* Sums over n*P values: accumulate in double so large batches do
+         * not lose the small terms. */
+        for (int co = 0; co < d->c_out; co++) {
+            double s = 0.0;
+            for (int i = 0; i < d->n; i++) {
+                const float *r = dy + i * y_img + (size_t)co * P;
+                for (int q = 0; q < P; q++)
+                    s += r[q];
+            }
+            db[co] = (float)s;
+        }
+    }
+}

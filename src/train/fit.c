@@ -1,0 +1,254 @@
+/* The MATLAB example's training loop (DESIGN.md, steps 4-7) as one call,
+ * and evaluation. Each worker runs fit_worker; worker 0 reports progress,
+ * saves the model and measures test accuracy. */
+#include "dptrain/train.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* A different, reproducible shuffle seed per epoch, the same on all workers. */
+static uint64_t epoch_seed(uint64_t seed, int epoch)
+{
+    uint64_t z = seed + 0x9e3779b97f4a7c15ULL * (uint64_t)(epoch + 1);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+dpt_status dpt_evaluate(dpt_net *net, const dpt_datastore *ds, double *accuracy, size_t *confusion)
+{
+    int k_ds = dpt_datastore_n_classes(ds), k_net = dpt_net_n_outputs(net);
+    if (k_ds > k_net)
+        return dpt_fail(DPT_ERR_SHAPE, "evaluate: the data has %d classes, the network %d outputs",
+                        k_ds, k_net);
+    int chw[3];
+    dpt_net_input_shape(net, chw);
+    dpt_mbq_options o = DPT_MBQ_OPTIONS_INIT;
+    o.batch_size = dpt_net_max_batch(net);
+    o.channels = chw[0], o.height = chw[1], o.width = chw[2];
+    dpt_mbq *q = NULL;
+    dpt_status s = dpt_mbq_new(ds, &o, &q);
+    if (s != DPT_OK)
+        return s;
+    int *pred = malloc((size_t)o.batch_size * sizeof *pred);
+    if (!pred) {
+        dpt_mbq_free(q);
+        return dpt_fail(DPT_ERR_NOMEM, "out of memory");
+    }
+    if (confusion)
+        memset(confusion, 0, (size_t)k_ds * k_ds * sizeof *confusion);
+    size_t correct = 0, total = 0;
+    while (s == DPT_OK && dpt_mbq_has_data(q)) {
+        dpt_batch b;
+        const float *y;
+        if ((s = dpt_mbq_next(q, &b)) != DPT_OK)
+            break;
+        if ((s = dpt_net_forward(net, b.x.data, b.n, DPT_MODE_PREDICT, &y)) != DPT_OK)
+            break;
+        dpt_argmax_rows(y, b.n, k_net, pred);
+        for (int i = 0; i < b.n; i++) {
+            correct += pred[i] == b.labels[i];
+            if (confusion && pred[i] < k_ds)
+                confusion[(size_t)b.labels[i] * k_ds + pred[i]]++;
+        }
+        total += (size_t)b.n;
+    }
+    free(pred);
+    dpt_mbq_free(q);
+    if (s == DPT_OK)
+        *accuracy = total ? (double)correct / (double)total : NAN;
+    return s;
+}
+
+typedef struct fit_job {
+    const dpt_fit_config *cfg;
+    dpt_fit_result *result;
+} fit_job;
+
+/* Worker 0 saves the model with the class names and run facts. */
+static dpt_status save_model(const dpt_fit_config *cfg, dpt_net *net, int n_classes, int n_workers,
+                             long iterations)
+{
+    size_t cap = 64;
+    for (int k = 0; k < n_classes; k++)
+        cap += 4 + 2 * strlen(cfg->class_names ? cfg->class_names[k] : "") + 16;
+    char *classes = malloc(cap);
+    if (!classes)
+        return dpt_fail(DPT_ERR_NOMEM, "out of memory");
+    size_t off = 0;
+    classes[off++] = '[';
+    for (int k = 0; k < n_classes; k++) {
+        const char *name = cfg->class_names ? cfg->class_names[k] : NULL;
+        char fallback[16];
+        if (!name) {
+            snprintf(fallback, sizeof fallback, "%d", k);
+            name = fallback;
+        }
+        if (k)
+            classes[off++] = ',';
+        classes[off++] = '"';
+        for (const char *c = name; *c; c++) {
+            if (*c == '"' || *c == '\\')
+                classes[off++] = '\\';
+            classes[off++] = (unsigned char)*c < 0x20 ? '?' : *c;
+        }
+        classes[off++] = '"';
+    }
+    classes[off++] = ']';
+    classes[off] = '\0';
+    char workers[32], iters[32], epochs[32];
+    snprintf(workers, sizeof workers, "%d", n_workers);
+    snprintf(iters, sizeof iters, "%ld", iterations);
+    snprintf(epochs, sizeof epochs, "%d", cfg->epochs);
+    dpt_kv meta[] = {{"classes", classes}, {"workers", workers}, {"iteration", iters},
+                     {"epoch", epochs}};
+    dpt_status s = dpt_net_save(net, cfg->model_out, meta, sizeof meta / sizeof *meta);
+    free(classes);
+    return s;
+}
+
+static dpt_status fit_worker(dpt_comm *comm, void *arg)
+{
+    fit_job *job = arg;
+    const dpt_fit_config *cfg = job->cfg;
+    int rank = dpt_comm_rank(comm), n_workers = dpt_comm_size(comm);
+    int n_classes = dpt_datastore_n_classes(cfg->train);
+    int *share = malloc((size_t)n_workers * sizeof *share);
+    if (!share)
+        return dpt_fail(DPT_ERR_NOMEM, "out of memory");
+    dpt_batch_shares(cfg->batch, n_workers, share);
+    int my_batch = share[rank], max_share = share[0];
+    free(share);
+    if (my_batch < 1)
+        return dpt_fail(DPT_ERR_ARG, "--batch %d is smaller than the %d workers", cfg->batch,
+                        n_workers);
+    if (dpt_datastore_n_obs(cfg->train) < (size_t)n_workers)
+        return dpt_fail(DPT_ERR_ARG, "%d workers but only %zu training images", n_workers,
+                        dpt_datastore_n_obs(cfg->train));
+
+    dpt_net *net = NULL;
+    dpt_sgdm *opt = NULL;
+    dpt_datastore *shuffled = NULL, *part = NULL;
+    dpt_mbq *q = NULL;
+    dpt_status s = dpt_net_from_spec(cfg->spec ? cfg->spec : dpt_net_default_spec(),
+                                     cfg->spec_source ? cfg->spec_source : "<default spec>",
+                                     n_classes, max_share, cfg->seed, &net);
+    if (s != DPT_OK)
+        goto done;
+    if (dpt_net_n_outputs(net) < n_classes) {
+        s = dpt_fail(DPT_ERR_SHAPE, "%s: the network has %d outputs but the data has %d classes",
+                     cfg->spec_source ? cfg->spec_source : "<default spec>",
+                     dpt_net_n_outputs(net), n_classes);
+        goto done;
+    }
+    /* Every worker starts from worker 0's learnables and state. */
+    if ((s = dpt_comm_broadcast(comm, dpt_net_params(net), dpt_net_n_params(net) * sizeof(float), 0)) ||
+        (s = dpt_comm_broadcast(comm, dpt_net_state(net), dpt_net_n_state_floats(net) * sizeof(float), 0)))
+        goto done;
+    if (cfg->sync_bn)
+        dpt_net_set_sync_bn(net, comm);
+    if ((s = dpt_sgdm_new(dpt_net_n_params(net), cfg->lr, cfg->momentum, cfg->weight_decay, &opt)))
+        goto done;
+
+    int chw[3];
+    dpt_net_input_shape(net, chw);
+    dpt_mbq_options mo = DPT_MBQ_OPTIONS_INIT;
+    mo.batch_size = my_batch;
+    mo.channels = chw[0], mo.height = chw[1], mo.width = chw[2];
+    mo.prefetch = cfg->prefetch;
+
+    double t0 = now_s(), loss = NAN;
+    long iteration = 0, per_epoch = 0;
+    for (int epoch = 1; epoch <= cfg->epochs; epoch++) {
+        /* Shuffle with a seed every worker shares, then take this worker's
+         * block: the blocks are disjoint and cover the data. */
+        if ((s = dpt_datastore_shuffle(cfg->train, epoch_seed(cfg->seed, epoch), &shuffled)) ||
+            (s = dpt_datastore_partition(shuffled, n_workers, rank, &part)) ||
+            (s = dpt_mbq_new(part, &mo, &q)))
+            goto done;
+        long it_epoch = 0;
+        for (;;) {
+            /* Loop while every worker still has data. */
+            int more = dpt_mbq_has_data(q);
+            if ((s = dpt_comm_allreduce_and(comm, &more)) != DPT_OK)
+                goto done;
+            if (!more)
+                break;
+            double t_it = now_s();
+            dpt_batch b;
+            int m_total = 0;
+            if ((s = dpt_mbq_next(q, &b)) != DPT_OK)
+                goto done;
+            if ((s = dpt_train_step(net, opt, comm, b.x.data, b.y.data, b.n, &loss, &m_total)))
+                goto done;
+            iteration++, it_epoch++;
+            if (!isfinite(loss)) {
+                s = dpt_fail(DPT_ERR_NUMERIC, "loss became %g at epoch %d, iteration %ld "
+                             "(try a smaller --lr)", loss, epoch, iteration);
+                goto done;
+            }
+            if (rank == 0 && cfg->progress) {
+                double t = now_s();
+                dpt_progress p = {epoch, cfg->epochs, iteration, per_epoch ? per_epoch : 0, loss,
+                                  t - t0, m_total / (t - t_it), cfg->lr, NAN, 0};
+                cfg->progress(&p, cfg->progress_arg);
+            }
+        }
+        per_epoch = it_epoch;
+        dpt_mbq_free(q), q = NULL;
+        dpt_datastore_free(part), part = NULL;
+        dpt_datastore_free(shuffled), shuffled = NULL;
+        if (rank == 0 && cfg->progress) {
+            double acc = NAN;
+            if (cfg->eval_every_epoch && cfg->test &&
+                (s = dpt_evaluate(net, cfg->test, &acc, NULL)) != DPT_OK)
+                goto done;
+            dpt_progress p = {epoch, cfg->epochs, iteration, per_epoch, loss, now_s() - t0, 0,
+                              cfg->lr, acc, 1};
+            cfg->progress(&p, cfg->progress_arg);
+        }
+    }
+    double train_s = now_s() - t0;
+    if (rank == 0) {
+        dpt_fit_result *r = job->result;
+        r->final_loss = loss;
+        r->iterations = iteration;
+        r->train_seconds = train_s;
+        r->n_workers = n_workers;
+        r->test_accuracy = NAN;
+        if (cfg->model_out && (s = save_model(cfg, net, n_classes, n_workers, iteration)) != DPT_OK)
+            goto done;
+        if (cfg->test && (s = dpt_evaluate(net, cfg->test, &r->test_accuracy, NULL)) != DPT_OK)
+            goto done;
+    }
+done:
+    dpt_mbq_free(q);
+    dpt_datastore_free(part);
+    dpt_datastore_free(shuffled);
+    dpt_sgdm_free(opt);
+    dpt_net_free(net);
+    return s;
+}
+
+dpt_status dpt_fit(const dpt_fit_config *cfg, dpt_fit_result *result)
+{
+    if (!cfg || cfg->version != DPT_FIT_CONFIG_VERSION)
+        return dpt_fail(DPT_ERR_ARG, "dpt_fit: config missing or of another version");
+    if (!cfg->train)
+        return dpt_fail(DPT_ERR_ARG, "dpt_fit: no training data");
+    if (cfg->epochs < 1 || cfg->batch < 1)
+        return dpt_fail(DPT_ERR_ARG, "dpt_fit: epochs and batch must be >= 1");
+    memset(result, 0, sizeof *result);
+    fit_job job = {cfg, result};
+    return dpt_spmd_run(&cfg->spmd, fit_worker, &job);
+}

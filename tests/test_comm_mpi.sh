@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# MPI backend checks: runs test_comm's MPI modes under mpirun.
+#   - collectives (sums of 0..10M elements in and out of place, checked bit
+#     for bit against the rank-order sum; AND; broadcast; barrier) with
+#     -np 1, 2 and 4;
+#   - the timeout watchdog: rank 1 sleeps 20 s before a barrier, rank 0's
+#     watchdog (DPT_COMM_TIMEOUT_MS=500) must end the job long before that,
+#     with its message on stderr;
+#   - a failing worker: rank 1 returns an error while rank 0 waits in a
+#     barrier; the job must end at once with rank 1's message.
+# ctest sets DPT_BINARY_DIR and DPT_HAVE_MPI. Skips (77) without MPI.
+set -u
+
+if [ "${DPT_HAVE_MPI:-0}" != "1" ]; then
+    echo "test_comm_mpi: this build has no MPI backend (DPT_HAVE_MPI=${DPT_HAVE_MPI:-unset}); skipped"
+    exit 77
+fi
+if ! command -v mpirun >/dev/null 2>&1; then
+    echo "test_comm_mpi: mpirun not found; skipped"
+    exit 77
+fi
+BIN="${DPT_BINARY_DIR:-.}/test_comm"
+if [ ! -x "$BIN" ]; then
+    echo "test_comm_mpi: $BIN not found (build the test_comm target)"
+    exit 1
+fi
+
+# Only for this harness: we may run as root in containers, and Open MPI
+# refuses that unless told. Sanitizer builds: MPI's own allocations are not
+# ours to report.
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
+unset DPT_COMM_TIMEOUT_MS
+OVERSUB=""
+if mpirun --version 2>&1 | grep -q "Open MPI"; then
+    OVERSUB="--oversubscribe"
+fi
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+failures=0
+
+now_ms() { date +%s%3N; }
+
+# collectives NP: every rank must pass.
+collectives() {
+    local np=$1 t0 t1 rc passed
+    t0=$(now_ms)
+    timeout 300 mpirun -np "$np" $OVERSUB "$BIN" mpi >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+    t1=$(now_ms)
+    passed=$(grep -c "rank checks passed" "$tmp/out")
+    if [ $rc -eq 0 ] && [ "$passed" -eq "$np" ]; then
+        echo "  mpirun -np $np: collectives ok ($((t1 - t0)) ms)"
+    else
+        echo "  mpirun -np $np: FAIL (exit $rc, $passed of $np ranks passed)"
+        sed 's/^/    /' "$tmp/out" "$tmp/err"
+        failures=$((failures + 1))
+    fi
+}
+
+# expect_abort NAME MODE MAX_MS WANT [ENV...]: the job must fail within
+# MAX_MS and print WANT on stderr.
+expect_abort() {
+    local name=$1 mode=$2 max_ms=$3 want=$4 t0 t1 rc
+    shift 4
+    t0=$(now_ms)
+    env "$@" timeout 120 mpirun -np 2 $OVERSUB "$BIN" "$mode" >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+    t1=$(now_ms)
+    if [ $rc -ne 0 ] && [ $((t1 - t0)) -lt "$max_ms" ] && grep -qF "$want" "$tmp/err"; then
+        echo "  $name: job ended (exit $rc) after $((t1 - t0)) ms with \"$want\"  ok"
+    else
+        echo "  $name: FAIL (exit $rc after $((t1 - t0)) ms, limit $max_ms ms, want \"$want\" on stderr)"
+        sed 's/^/    /' "$tmp/out" "$tmp/err"
+        failures=$((failures + 1))
+    fi
+}
+
+echo "test_comm_mpi: $(mpirun --version 2>&1 | head -n 1)"
+collectives 1
+collectives 2
+collectives 4
+expect_abort "timeout watchdog" mpi-timeout 15000 \
+    "dptrain: rank 0: barrier #1 waited past 500 ms; a peer rank may have died" DPT_COMM_TIMEOUT_MS=500
+expect_abort "failing worker" mpi-fail 15000 "dptrain: rank 1: bad thing 42"
+
+if [ $failures -ne 0 ]; then
+    echo "test_comm_mpi: $failures check(s) FAILED"
+    exit 1
+fi
+echo "test_comm_mpi: passed"

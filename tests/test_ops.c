@@ -1,0 +1,715 @@
+/* Kernels in src/ops against PyTorch and against finite differences.
+ *
+ * 1. Reference: every case in tests/fixtures/ops_*.safetensors (made by
+ *    make_ops_fixtures.py, float64 PyTorch on float32 inputs) is run through
+ *    the kernels; each output and gradient must match with
+ *      max_i |got_i - ref_i| / max_i |ref_i|  <  1e-5      (tu_rel_err)
+ *    and losses with |got - ref| / |ref| < 1e-5.
+ * 2. Finite differences on L = Σ y·r (r random), in float64 arithmetic over
+ *    the float32 kernels: central differences on up to 30 random coordinates
+ *    of each input and parameter, passing when
+ *      |fd - g| <= 1e-2 · max(|g|, 0.1 · max_j |g_j|)
+ *    (the floor keeps near-zero gradient entries from failing on float32
+ *    noise in L).
+ *
+ * Set DPT_OPS_BENCH=1 to also time the example network's first two
+ * convolutions (a measurement, not a test). */
+#include "core/safetensors.h"
+#include "dptrain/core.h"
+#include "ops/ops.h"
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define REF_TOL 1e-5
+#define FD_TOL 1e-2
+#define FD_COORDS 30
+
+/* Worst errors seen per kind of check, for the summary line. */
+static double worst_ref, worst_loss, worst_fd;
+
+static void note(double *worst, double e)
+{
+    if (e > *worst || e != e)
+        *worst = e;
+}
+
+/* ---- fixture access ------------------------------------------------------ */
+
+static const dpt_st_tensor *find(const dpt_st *st, const char *cs, const char *name)
+{
+    char key[256];
+    snprintf(key, sizeof key, "%s/%s", cs, name);
+    return dpt_st_get(st, key);
+}
+
+static size_t numel(const dpt_st_tensor *t)
+{
+    size_t n = 1;
+    for (int i = 0; i < t->ndim; i++)
+        n *= (size_t)t->shape[i];
+    return n;
+}
+
+/* A malloc'd copy of F32 tensor "<cs>/<name>", or NULL when absent. A
+ * present tensor of the wrong type fails the test. */
+static float *load(const dpt_st *st, const char *cs, const char *name, size_t *n_out)
+{
+    const dpt_st_tensor *t = find(st, cs, name);
+    if (!t)
+        return NULL;
+    size_t n = numel(t);
+    float *p = malloc((n ? n : 1) * sizeof *p);
+    char key[256];
+    snprintf(key, sizeof key, "%s/%s", cs, name);
+    dpt_status s = dpt_st_read_f32(st, key, p, n);
+    CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
+    if (n_out)
+        *n_out = n;
+    return p;
+}
+
+/* load() for a tensor that must exist; aborts the case otherwise. */
+static float *need(const dpt_st *st, const char *cs, const char *name, size_t *n_out)
+{
+    float *p = load(st, cs, name, n_out);
+    CHECK_MSG(p != NULL, "fixture lacks %s/%s", cs, name);
+    return p;
+}
+
+static double need_f64(const dpt_st *st, const char *cs, const char *name)
+{
+    const dpt_st_tensor *t = find(st, cs, name);
+    CHECK_MSG(t && strcmp(t->dtype, "F64") == 0 && t->bytes == 8, "fixture lacks F64 %s/%s", cs,
+              name);
+    double v = NAN;
+    if (t && t->bytes == 8)
+        memcpy(&v, t->data, 8);
+    return v;
+}
+
+static const char *meta(const dpt_st *st, const char *cs, const char *key)
+{
+    char k[256];
+    snprintf(k, sizeof k, "%s/%s", cs, key);
+    const char *v = dpt_st_meta(st, k);
+    CHECK_MSG(v != NULL, "fixture lacks metadata %s", k);
+    return v ? v : "0";
+}
+
+/* A buffer of NaN, so an output the kernel fails to write shows up. */
+static float *fill_nan(size_t n)
+{
+    float *p = calloc(n ? n : 1, sizeof *p);
+    for (size_t i = 0; i < n; i++)
+        p[i] = NAN;
+    return p;
+}
+
+static void cmp(const char *cs, const char *what, const float *got, const float *ref, size_t n)
+{
+    char label[256];
+    snprintf(label, sizeof label, "%s %s", cs, what);
+    note(&worst_ref, tu_check_close(label, got, ref, n, REF_TOL));
+}
+
+static void cmp_loss(const char *cs, double got, double ref)
+{
+    double e = fabs(got - ref) / fmax(fabs(ref), 1e-30);
+    note(&worst_loss, e);
+    int ok = e <= REF_TOL;
+    printf("  %-40s rel err %.3e (tol %.0e) %s  [got %.10g, want %.10g]\n", cs, e, REF_TOL,
+           ok ? "ok" : "FAIL", got, ref);
+    if (!ok)
+        ++*tu_failures();
+}
+
+typedef void (*case_fn)(const dpt_st *st, const char *cs);
+
+/* Run fn on every case listed in the "cases" metadata of a fixture file. */
+static void for_each_case(const char *file, case_fn fn)
+{
+    char path[1024];
+    tu_fixture(file, path, sizeof path);
+    dpt_st *st = NULL;
+    dpt_status s = dpt_st_open(path, &st);
+    CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
+    if (s)
+        return;
+    const char *list = dpt_st_meta(st, "cases");
+    CHECK_MSG(list && *list, "%s: no \"cases\" metadata", path);
+    printf("%s\n", file);
+    char *copy = strdup(list ? list : "");
+    char *save = NULL;
+    int n = 0;
+    for (char *cs = strtok_r(copy, ",", &save); cs; cs = strtok_r(NULL, ",", &save), n++)
+        fn(st, cs);
+    CHECK_MSG(n > 0, "%s: no cases", path);
+    free(copy);
+    dpt_st_close(st);
+}
+
+/* ---- reference cases ----------------------------------------------------- */
+
+static void conv_case(const dpt_st *st, const char *cs)
+{
+    const dpt_st_tensor *tx = find(st, cs, "x"), *tw = find(st, cs, "w"), *ty = find(st, cs, "y");
+    CHECK(tx && tw && ty && tx->ndim == 4 && tw->ndim == 4 && ty->ndim == 4);
+    if (!(tx && tw && ty))
+        return;
+    dpt_conv2d_desc d = {.n = (int)tx->shape[0], .c_in = (int)tx->shape[1],
+                         .h = (int)tx->shape[2], .w = (int)tx->shape[3],
+                         .c_out = (int)tw->shape[0], .kh = (int)tw->shape[2],
+                         .kw = (int)tw->shape[3], .stride = atoi(meta(st, cs, "stride")),
+                         .pad = atoi(meta(st, cs, "pad"))};
+    CHECK(dpt_conv2d_desc_init(&d) == 0);
+    CHECK(d.out_h == ty->shape[2] && d.out_w == ty->shape[3]);
+
+    size_t nx, nw, ny, nb = 0;
+    float *x = need(st, cs, "x", &nx), *w = need(st, cs, "w", &nw);
+    float *b = load(st, cs, "b", &nb);
+    float *dy = need(st, cs, "dy", &ny), *y_ref = need(st, cs, "y", NULL);
+    float *dx_ref = need(st, cs, "dx", NULL), *dw_ref = need(st, cs, "dw", NULL);
+    float *db_ref = b ? need(st, cs, "db", NULL) : NULL;
+    size_t nwork = dpt_conv2d_work_floats(&d);
+    float *work = fill_nan(nwork);
+    float *y = fill_nan(ny), *dx = fill_nan(nx), *dw = fill_nan(nw);
+    float *db = b ? fill_nan(nb) : NULL;
+
+    dpt_conv2d_forward(&d, x, w, b, y, work);
+    cmp(cs, "y", y, y_ref, ny);
+    dpt_conv2d_backward(&d, x, w, dy, dx, dw, db, work);
+    cmp(cs, "dx", dx, dx_ref, nx);
+    cmp(cs, "dw", dw, dw_ref, nw);
+    if (b)
+        cmp(cs, "db", db, db_ref, nb);
+
+    /* Without dx and db (a first layer), dw must come out the same bits. */
+    float *dw2 = fill_nan(nw);
+    dpt_conv2d_backward(&d, x, w, dy, NULL, dw2, NULL, work);
+    CHECK_MSG(memcmp(dw, dw2, nw * sizeof *dw) == 0, "%s: dw differs without dx", cs);
+
+    free(x), free(w), free(b), free(dy), free(y_ref), free(dx_ref), free(dw_ref), free(db_ref);
+    free(work), free(y), free(dx), free(dw), free(db), free(dw2);
+}
+
+/* mean, biased var and invstd from the kernel's float64 sums, as the net
+ * layer does. */
+static void bn_stats(const float *x, int n, int c, int hw, double eps, float *mean, float *var,
+                     float *invstd)
+{
+    double *sum = malloc(c * sizeof *sum), *sumsq = malloc(c * sizeof *sumsq);
+    dpt_bn_sums(x, n, c, hw, sum, sumsq);
+    double count = (double)n * hw;
+    for (int ch = 0; ch < c; ch++) {
+        double m = sum[ch] / count;
+        double v = sumsq[ch] / count - m * m;
+        if (v < 0)
+            v = 0;
+        mean[ch] = (float)m;
+        if (var)
+            var[ch] = (float)v;
+        invstd[ch] = (float)(1.0 / sqrt(v + eps));
+    }
+    free(sum), free(sumsq);
+}
+
+static void bn_case(const dpt_st *st, const char *cs)
+{
+    const dpt_st_tensor *tx = find(st, cs, "x");
+    CHECK(tx && tx->ndim == 4);
+    if (!tx)
+        return;
+    const int n = (int)tx->shape[0], c = (int)tx->shape[1];
+    const int hw = (int)(tx->shape[2] * tx->shape[3]);
+    const double eps = atof(meta(st, cs, "eps")), mom = atof(meta(st, cs, "momentum"));
+    size_t nx;
+    float *x = need(st, cs, "x", &nx), *dy = need(st, cs, "dy", NULL);
+    float *gamma = need(st, cs, "gamma", NULL), *beta = need(st, cs, "beta", NULL);
+    float *rm_in = need(st, cs, "running_mean_in", NULL);
+    float *rv_in = need(st, cs, "running_var_in", NULL);
+    float *y_ref = need(st, cs, "y", NULL), *dx_ref = need(st, cs, "dx", NULL);
+    float *dgamma_ref = need(st, cs, "dgamma", NULL), *dbeta_ref = need(st, cs, "dbeta", NULL);
+    float *mean_ref = need(st, cs, "mean", NULL), *var_ref = need(st, cs, "var", NULL);
+    float *rm_ref = need(st, cs, "running_mean", NULL), *rv_ref = need(st, cs, "running_var", NULL);
+
+    float *mean = fill_nan(c), *var = fill_nan(c), *invstd = fill_nan(c);
+    bn_stats(x, n, c, hw, eps, mean, var, invstd);
+    cmp(cs, "batch mean", mean, mean_ref, c);
+    cmp(cs, "batch var (biased)", var, var_ref, c);
+
+    float *y = fill_nan(nx);
+    dpt_bn_normalize(x, n, c, hw, mean, invstd, gamma, beta, y);
+    cmp(cs, "y", y, y_ref, nx);
+
+    double *sum_dy = malloc(c * sizeof *sum_dy), *sum_dy_xhat = malloc(c * sizeof *sum_dy_xhat);
+    dpt_bn_backward_sums(x, dy, n, c, hw, mean, invstd, sum_dy, sum_dy_xhat);
+    float *dgamma = fill_nan(c), *dbeta = fill_nan(c);
+    for (int ch = 0; ch < c; ch++) {
+        dgamma[ch] = (float)sum_dy_xhat[ch];
+        dbeta[ch] = (float)sum_dy[ch];
+    }
+    cmp(cs, "dgamma", dgamma, dgamma_ref, c);
+    cmp(cs, "dbeta", dbeta, dbeta_ref, c);
+    float *dx = fill_nan(nx);
+    dpt_bn_backward_dx(x, dy, n, c, hw, mean, invstd, gamma, sum_dy, sum_dy_xhat,
+                       (double)n * hw, dx);
+    cmp(cs, "dx", dx, dx_ref, nx);
+
+    /* The running update the net layer applies once per iteration:
+     * running = (1-m)·running + m·batch, variance unbiased (× M/(M-1)). */
+    const double M = (double)n * hw;
+    float *rm = fill_nan(c), *rv = fill_nan(c);
+    for (int ch = 0; ch < c; ch++) {
+        rm[ch] = (float)((1 - mom) * rm_in[ch] + mom * mean[ch]);
+        rv[ch] = (float)((1 - mom) * rv_in[ch] + mom * var[ch] * M / (M - 1));
+    }
+    cmp(cs, "running mean", rm, rm_ref, c);
+    cmp(cs, "running var", rv, rv_ref, c);
+
+    free(x), free(dy), free(gamma), free(beta), free(rm_in), free(rv_in), free(y_ref);
+    free(dx_ref), free(dgamma_ref), free(dbeta_ref), free(mean_ref), free(var_ref), free(rm_ref);
+    free(rv_ref), free(mean), free(var), free(invstd), free(y), free(sum_dy), free(sum_dy_xhat);
+    free(dgamma), free(dbeta), free(dx), free(rm), free(rv);
+}
+
+static void relu_case(const dpt_st *st, const char *cs)
+{
+    size_t n;
+    float *x = need(st, cs, "x", &n), *dy = need(st, cs, "dy", NULL);
+    float *y_ref = need(st, cs, "y", NULL), *dx_ref = need(st, cs, "dx", NULL);
+    float *y = fill_nan(n), *dx = fill_nan(n);
+    dpt_relu_forward(x, y, n);
+    cmp(cs, "y", y, y_ref, n);
+    dpt_relu_backward(y, dy, dx, n);
+    cmp(cs, "dx", dx, dx_ref, n);
+    /* In place (dx == dy). */
+    dpt_relu_backward(y, dy, dy, n);
+    CHECK_MSG(memcmp(dy, dx, n * sizeof *dx) == 0, "%s: in-place backward differs", cs);
+    free(x), free(dy), free(y_ref), free(dx_ref), free(y), free(dx);
+}
+
+static void linear_case(const dpt_st *st, const char *cs)
+{
+    const dpt_st_tensor *tx = find(st, cs, "x"), *tw = find(st, cs, "w");
+    CHECK(tx && tw && tx->ndim == 2 && tw->ndim == 2);
+    if (!(tx && tw))
+        return;
+    const int n = (int)tx->shape[0], in = (int)tx->shape[1], out = (int)tw->shape[0];
+    size_t nx, nw, ny, nb = 0;
+    float *x = need(st, cs, "x", &nx), *w = need(st, cs, "w", &nw), *b = load(st, cs, "b", &nb);
+    float *dy = need(st, cs, "dy", &ny), *y_ref = need(st, cs, "y", NULL);
+    float *dx_ref = need(st, cs, "dx", NULL), *dw_ref = need(st, cs, "dw", NULL);
+    float *db_ref = b ? need(st, cs, "db", NULL) : NULL;
+    float *y = fill_nan(ny), *dx = fill_nan(nx), *dw = fill_nan(nw);
+    float *db = b ? fill_nan(nb) : NULL;
+    dpt_linear_forward(x, w, b, y, n, in, out);
+    cmp(cs, "y", y, y_ref, ny);
+    dpt_linear_backward(x, w, dy, dx, dw, db, n, in, out);
+    cmp(cs, "dx", dx, dx_ref, nx);
+    cmp(cs, "dw", dw, dw_ref, nw);
+    if (b)
+        cmp(cs, "db", db, db_ref, nb);
+    float *dw2 = fill_nan(nw);
+    dpt_linear_backward(x, w, dy, NULL, dw2, NULL, n, in, out);
+    CHECK_MSG(memcmp(dw, dw2, nw * sizeof *dw) == 0, "%s: dw differs without dx", cs);
+    free(x), free(w), free(b), free(dy), free(y_ref), free(dx_ref), free(dw_ref), free(db_ref);
+    free(y), free(dx), free(dw), free(db), free(dw2);
+}
+
+static void loss_case(const dpt_st *st, const char *cs)
+{
+    const char *kind = meta(st, cs, "kind");
+    const double loss_ref = need_f64(st, cs, "loss");
+    if (strcmp(kind, "xent") == 0) {
+        const dpt_st_tensor *tl = find(st, cs, "logits");
+        CHECK(tl && tl->ndim == 2);
+        if (!tl)
+            return;
+        const int n = (int)tl->shape[0], k = (int)tl->shape[1];
+        size_t nl;
+        float *logits = need(st, cs, "logits", &nl), *t = need(st, cs, "t", NULL);
+        float *p_ref = need(st, cs, "p", NULL), *dl_ref = need(st, cs, "dlogits", NULL);
+        float *p = fill_nan(nl), *dl = fill_nan(nl), *dl_half = fill_nan(nl);
+        dpt_softmax_forward(logits, p, n, k);
+        cmp(cs, "p", p, p_ref, nl);
+        double loss = dpt_softmax_xent(p, t, n, k, 1.0f, dl);
+        cmp_loss(cs, loss, loss_ref);
+        cmp(cs, "dlogits", dl, dl_ref, nl);
+        /* scale weights the gradient only; the loss comes back unscaled. */
+        double loss2 = dpt_softmax_xent(p, t, n, k, 0.5f, dl_half);
+        CHECK(loss2 == loss);
+        for (size_t i = 0; i < nl; i++)
+            dl[i] *= 0.5f;
+        CHECK_MSG(tu_rel_err(dl_half, dl, nl, NULL) < 1e-6, "%s: scale 0.5", cs);
+        CHECK(dpt_softmax_xent(p, t, n, k, 1.0f, NULL) == loss);
+        free(logits), free(t), free(p_ref), free(dl_ref), free(p), free(dl), free(dl_half);
+    } else if (strcmp(kind, "mse") == 0) {
+        const dpt_st_tensor *ty = find(st, cs, "y");
+        CHECK(ty && ty->ndim == 2);
+        if (!ty)
+            return;
+        const int n = (int)ty->shape[0], k = (int)ty->shape[1];
+        size_t ny;
+        float *y = need(st, cs, "y", &ny), *t = need(st, cs, "t", NULL);
+        float *dy_ref = need(st, cs, "dy", NULL), *dy = fill_nan(ny);
+        double loss = dpt_mse(y, t, n, k, 1.0f, dy);
+        cmp_loss(cs, loss, loss_ref);
+        cmp(cs, "dy", dy, dy_ref, ny);
+        CHECK(dpt_mse(y, t, n, k, 1.0f, NULL) == loss);
+        free(y), free(t), free(dy_ref), free(dy);
+    } else {
+        CHECK_MSG(0, "%s: unknown loss kind %s", cs, kind);
+    }
+}
+
+/* ---- finite differences ------------------------------------------------- */
+
+typedef double (*objective)(void *ctx); /* L at the current inputs */
+
+static void fill_normal(dpt_rng *rng, float *p, size_t n, float scale)
+{
+    for (size_t i = 0; i < n; i++)
+        p[i] = scale * dpt_rng_normal(rng);
+}
+
+static double dot(const float *a, const float *b, size_t n)
+{
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++)
+        s += (double)a[i] * b[i];
+    return s;
+}
+
+/* Central differences of f with respect to `param` (n floats, perturbed in
+ * place and restored) at up to FD_COORDS random coordinates, against the
+ * analytic gradient `grad`. */
+static void fd_check(const char *label, float *param, const float *grad, size_t n, objective f,
+                     void *ctx, float h, dpt_rng *rng)
+{
+    double gmax = 0.0;
+    for (size_t i = 0; i < n; i++)
+        gmax = fmax(gmax, fabs(grad[i]));
+    const size_t m = n < FD_COORDS ? n : FD_COORDS;
+    double worst = 0.0;
+    size_t worst_i = 0;
+    double fd_at_worst = 0.0;
+    for (size_t j = 0; j < m; j++) {
+        size_t i = n <= FD_COORDS ? j : dpt_rng_below(rng, (uint32_t)n);
+        const float v = param[i];
+        const float vp = v + h, vm = v - h;
+        param[i] = vp;
+        double lp = f(ctx);
+        param[i] = vm;
+        double lm = f(ctx);
+        param[i] = v;
+        /* Divide by the step actually taken after float rounding. */
+        double fd = (lp - lm) / ((double)vp - (double)vm);
+        double e = fabs(fd - grad[i]) / fmax(fmax(fabs(grad[i]), 0.1 * gmax), 1e-30);
+        if (e > worst || e != e) {
+            worst = e;
+            worst_i = i;
+            fd_at_worst = fd;
+        }
+    }
+    note(&worst_fd, worst);
+    int ok = worst <= FD_TOL;
+    printf("  %-40s fd err  %.3e (tol %.0e) %s", label, worst, FD_TOL, ok ? "ok" : "FAIL");
+    if (!ok)
+        printf("  [at %zu: fd %.7g, analytic %.7g]", worst_i, fd_at_worst, (double)grad[worst_i]);
+    printf("\n");
+    if (!ok)
+        ++*tu_failures();
+}
+
+typedef struct conv_ctx {
+    dpt_conv2d_desc d;
+    float *x, *w, *b, *y, *r, *work;
+    size_t ny;
+} conv_ctx;
+
+static double conv_objective(void *p)
+{
+    conv_ctx *c = p;
+    dpt_conv2d_forward(&c->d, c->x, c->w, c->b, c->y, c->work);
+    return dot(c->y, c->r, c->ny);
+}
+
+static void fd_conv(dpt_rng *rng, int n, int c_in, int h, int w, int c_out, int k, int stride,
+                    int pad)
+{
+    conv_ctx c = {.d = {.n = n, .c_in = c_in, .h = h, .w = w, .c_out = c_out, .kh = k, .kw = k,
+                        .stride = stride, .pad = pad}};
+    CHECK(dpt_conv2d_desc_init(&c.d) == 0);
+    const size_t nx = (size_t)n * c_in * h * w, nw = (size_t)c_out * c_in * k * k;
+    c.ny = (size_t)n * c_out * c.d.out_h * c.d.out_w;
+    c.x = malloc(nx * sizeof(float));
+    c.w = malloc(nw * sizeof(float));
+    c.b = malloc(c_out * sizeof(float));
+    c.y = malloc(c.ny * sizeof(float));
+    c.r = malloc(c.ny * sizeof(float));
+    c.work = fill_nan(dpt_conv2d_work_floats(&c.d));
+    fill_normal(rng, c.x, nx, 1.0f);
+    fill_normal(rng, c.w, nw, 0.5f);
+    fill_normal(rng, c.b, c_out, 1.0f);
+    fill_normal(rng, c.r, c.ny, 1.0f);
+    float *dx = fill_nan(nx), *dw = fill_nan(nw), *db = fill_nan(c_out);
+    /* dL/dy = r */
+    dpt_conv2d_backward(&c.d, c.x, c.w, c.r, dx, dw, db, c.work);
+    char label[128];
+    snprintf(label, sizeof label, "conv n%d c%d-%d %dx%d k%d s%d p%d", n, c_in, c_out, h, w, k,
+             stride, pad);
+    printf("%s\n", label);
+    fd_check("  dx", c.x, dx, nx, conv_objective, &c, 1e-2f, rng);
+    fd_check("  dw", c.w, dw, nw, conv_objective, &c, 1e-2f, rng);
+    fd_check("  db", c.b, db, c_out, conv_objective, &c, 1e-2f, rng);
+    free(c.x), free(c.w), free(c.b), free(c.y), free(c.r), free(c.work);
+    free(dx), free(dw), free(db);
+}
+
+typedef struct bn_ctx {
+    int n, c, hw;
+    double eps;
+    float *x, *gamma, *beta, *y, *r, *mean, *invstd;
+} bn_ctx;
+
+/* The whole training-mode forward: the batch statistics move with x. */
+static double bn_objective(void *p)
+{
+    bn_ctx *b = p;
+    bn_stats(b->x, b->n, b->c, b->hw, b->eps, b->mean, NULL, b->invstd);
+    dpt_bn_normalize(b->x, b->n, b->c, b->hw, b->mean, b->invstd, b->gamma, b->beta, b->y);
+    return dot(b->y, b->r, (size_t)b->n * b->c * b->hw);
+}
+
+static void fd_bn(dpt_rng *rng, int n, int c, int hw)
+{
+    bn_ctx b = {.n = n, .c = c, .hw = hw, .eps = 1e-5};
+    const size_t nx = (size_t)n * c * hw;
+    b.x = malloc(nx * sizeof(float));
+    b.y = malloc(nx * sizeof(float));
+    b.r = malloc(nx * sizeof(float));
+    b.gamma = malloc(c * sizeof(float));
+    b.beta = malloc(c * sizeof(float));
+    b.mean = malloc(c * sizeof(float));
+    b.invstd = malloc(c * sizeof(float));
+    fill_normal(rng, b.x, nx, 1.0f);
+    fill_normal(rng, b.r, nx, 1.0f);
+    for (int i = 0; i < c; i++) {
+        b.gamma[i] = 1.0f + 0.5f * dpt_rng_normal(rng);
+        b.beta[i] = 0.5f * dpt_rng_normal(rng);
+    }
+    bn_objective(&b);
+    double *sum_dy = malloc(c * sizeof *sum_dy), *sum_dy_xhat = malloc(c * sizeof *sum_dy_xhat);
+    float *dx = fill_nan(nx), *dgamma = fill_nan(c), *dbeta = fill_nan(c);
+    dpt_bn_backward_sums(b.x, b.r, n, c, hw, b.mean, b.invstd, sum_dy, sum_dy_xhat);
+    dpt_bn_backward_dx(b.x, b.r, n, c, hw, b.mean, b.invstd, b.gamma, sum_dy, sum_dy_xhat,
+                       (double)n * hw, dx);
+    for (int i = 0; i < c; i++) {
+        dgamma[i] = (float)sum_dy_xhat[i];
+        dbeta[i] = (float)sum_dy[i];
+    }
+    printf("batchnorm n%d c%d hw%d\n", n, c, hw);
+    fd_check("  dx", b.x, dx, nx, bn_objective, &b, 1e-2f, rng);
+    fd_check("  dgamma", b.gamma, dgamma, c, bn_objective, &b, 1e-2f, rng);
+    fd_check("  dbeta", b.beta, dbeta, c, bn_objective, &b, 1e-2f, rng);
+    free(b.x), free(b.y), free(b.r), free(b.gamma), free(b.beta), free(b.mean), free(b.invstd);
+    free(sum_dy), free(sum_dy_xhat), free(dx), free(dgamma), free(dbeta);
+}
+
+typedef struct lin_ctx {
+    int n, in, out;
+    float *x, *w, *b, *y, *r;
+} lin_ctx;
+
+static double lin_objective(void *p)
+{
+    lin_ctx *l = p;
+    dpt_linear_forward(l->x, l->w, l->b, l->y, l->n, l->in, l->out);
+    return dot(l->y, l->r, (size_t)l->n * l->out);
+}
+
+static void fd_linear(dpt_rng *rng, int n, int in, int out)
+{
+    lin_ctx l = {.n = n, .in = in, .out = out};
+    const size_t nx = (size_t)n * in, nw = (size_t)out * in, ny = (size_t)n * out;
+    l.x = malloc(nx * sizeof(float));
+    l.w = malloc(nw * sizeof(float));
+    l.b = malloc(out * sizeof(float));
+    l.y = malloc(ny * sizeof(float));
+    l.r = malloc(ny * sizeof(float));
+    fill_normal(rng, l.x, nx, 1.0f);
+    fill_normal(rng, l.w, nw, 0.3f);
+    fill_normal(rng, l.b, out, 1.0f);
+    fill_normal(rng, l.r, ny, 1.0f);
+    float *dx = fill_nan(nx), *dw = fill_nan(nw), *db = fill_nan(out);
+    dpt_linear_backward(l.x, l.w, l.r, dx, dw, db, n, in, out);
+    printf("linear n%d %d-%d\n", n, in, out);
+    fd_check("  dx", l.x, dx, nx, lin_objective, &l, 1e-2f, rng);
+    fd_check("  dw", l.w, dw, nw, lin_objective, &l, 1e-2f, rng);
+    fd_check("  db", l.b, db, out, lin_objective, &l, 1e-2f, rng);
+    free(l.x), free(l.w), free(l.b), free(l.y), free(l.r), free(dx), free(dw), free(db);
+}
+
+typedef struct xent_ctx {
+    int n, k;
+    float *logits, *t, *p;
+} xent_ctx;
+
+/* Here L is the loss itself. */
+static double xent_objective(void *ctx)
+{
+    xent_ctx *x = ctx;
+    dpt_softmax_forward(x->logits, x->p, x->n, x->k);
+    return dpt_softmax_xent(x->p, x->t, x->n, x->k, 1.0f, NULL);
+}
+
+static void fd_xent(dpt_rng *rng, int n, int k, int soft)
+{
+    xent_ctx x = {.n = n, .k = k};
+    const size_t nl = (size_t)n * k;
+    x.logits = malloc(nl * sizeof(float));
+    x.t = calloc(nl, sizeof(float));
+    x.p = malloc(nl * sizeof(float));
+    fill_normal(rng, x.logits, nl, 2.0f);
+    for (int i = 0; i < n; i++) {
+        if (soft) {
+            float *ti = x.t + (size_t)i * k;
+            double s = 0.0;
+            for (int j = 0; j < k; j++)
+                s += ti[j] = dpt_rng_uniform(rng) + 0.01f;
+            for (int j = 0; j < k; j++)
+                ti[j] = (float)(ti[j] / s);
+        } else {
+            x.t[(size_t)i * k + dpt_rng_below(rng, (uint32_t)k)] = 1.0f;
+        }
+    }
+    float *dl = fill_nan(nl);
+    dpt_softmax_forward(x.logits, x.p, n, k);
+    dpt_softmax_xent(x.p, x.t, n, k, 1.0f, dl);
+    char label[128];
+    snprintf(label, sizeof label, "softmax_xent n%d k%d %s: dlogits", n, k,
+             soft ? "soft" : "one-hot");
+    fd_check(label, x.logits, dl, nl, xent_objective, &x, 1e-2f, rng);
+    free(x.logits), free(x.t), free(x.p), free(dl);
+}
+
+/* ---- small direct checks ------------------------------------------------ */
+
+static void desc_checks(void)
+{
+    dpt_conv2d_desc d = {.n = 1, .c_in = 1, .h = 28, .w = 28, .c_out = 20, .kh = 5, .kw = 5,
+                         .stride = 1, .pad = 0};
+    CHECK(dpt_conv2d_desc_init(&d) == 0 && d.out_h == 24 && d.out_w == 24);
+    d.stride = 2, d.pad = 1;
+    CHECK(dpt_conv2d_desc_init(&d) == 0 && d.out_h == 13 && d.out_w == 13);
+    d.h = 3, d.pad = 0; /* filter taller than the input */
+    CHECK(dpt_conv2d_desc_init(&d) == -1);
+    d.pad = 1; /* fits once padded */
+    CHECK(dpt_conv2d_desc_init(&d) == 0 && d.out_h == 1);
+    d.stride = 0;
+    CHECK(dpt_conv2d_desc_init(&d) == -1);
+    d.stride = 1, d.pad = -1;
+    CHECK(dpt_conv2d_desc_init(&d) == -1);
+    d.pad = 0, d.c_in = 0;
+    CHECK(dpt_conv2d_desc_init(&d) == -1);
+}
+
+/* Logits far apart: softmax must not overflow, and a probability that
+ * underflows to 0 under a non-zero target must leave the loss finite. */
+static void softmax_extremes(void)
+{
+    const float logits[4] = {1000.0f, -1000.0f, 0.0f, 1000.0f};
+    float p[4];
+    dpt_softmax_forward(logits, p, 1, 4);
+    CHECK(p[0] == 0.5f && p[3] == 0.5f && p[1] == 0.0f && p[2] == 0.0f);
+    const float t[4] = {0.0f, 1.0f, 0.0f, 0.0f};
+    float dl[4];
+    double loss = dpt_softmax_xent(p, t, 1, 4, 1.0f, dl);
+    CHECK(isfinite(loss) && loss > 80.0);
+    CHECK(dl[1] == -1.0f && dl[0] == 0.5f);
+}
+
+/* ---- timing (DPT_OPS_BENCH=1) ------------------------------------------- */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+
+static void bench_conv(const char *label, dpt_conv2d_desc d, int first_layer)
+{
+    dpt_rng rng;
+    dpt_rng_seed(&rng, 7, 1);
+    if (dpt_conv2d_desc_init(&d) != 0)
+        return;
+    const size_t nx = (size_t)d.n * d.c_in * d.h * d.w, nw = (size_t)d.c_out * d.c_in * d.kh * d.kw;
+    const size_t ny = (size_t)d.n * d.c_out * d.out_h * d.out_w;
+    float *x = malloc(nx * sizeof(float)), *w = malloc(nw * sizeof(float));
+    float *b = malloc(d.c_out * sizeof(float)), *y = malloc(ny * sizeof(float));
+    float *dy = malloc(ny * sizeof(float)), *dx = malloc(nx * sizeof(float));
+    float *dw = malloc(nw * sizeof(float)), *db = malloc(d.c_out * sizeof(float));
+    float *work = malloc((dpt_conv2d_work_floats(&d) + 1) * sizeof(float));
+    fill_normal(&rng, x, nx, 1.0f);
+    fill_normal(&rng, w, nw, 0.1f);
+    fill_normal(&rng, b, d.c_out, 0.1f);
+    fill_normal(&rng, dy, ny, 1.0f);
+    const int reps = 10;
+    double tf = 0, tb = 0;
+    for (int r = 0; r <= reps; r++) { /* r == 0 warms up */
+        double t0 = now_s();
+        dpt_conv2d_forward(&d, x, w, b, y, work);
+        double t1 = now_s();
+        dpt_conv2d_backward(&d, x, w, dy, first_layer ? NULL : dx, dw, db, work);
+        double t2 = now_s();
+        if (r) {
+            tf += t1 - t0;
+            tb += t2 - t1;
+        }
+    }
+    printf("bench %s: forward %.2f ms, backward %.2f ms%s (mean of %d)\n", label,
+           1e3 * tf / reps, 1e3 * tb / reps, first_layer ? " (no dx)" : "", reps);
+    free(x), free(w), free(b), free(y), free(dy), free(dx), free(dw), free(db), free(work);
+}
+
+int main(void)
+{
+    desc_checks();
+    softmax_extremes();
+
+    for_each_case("ops_conv2d.safetensors", conv_case);
+    for_each_case("ops_batchnorm.safetensors", bn_case);
+    for_each_case("ops_relu.safetensors", relu_case);
+    for_each_case("ops_linear.safetensors", linear_case);
+    for_each_case("ops_loss.safetensors", loss_case);
+
+    dpt_rng rng;
+    dpt_rng_seed(&rng, 2024, 3);
+    printf("finite differences\n");
+    fd_conv(&rng, 2, 3, 7, 9, 4, 3, 2, 1);
+    fd_conv(&rng, 1, 2, 6, 5, 3, 5, 1, 2);
+    fd_conv(&rng, 3, 1, 5, 7, 2, 1, 1, 0);
+    fd_bn(&rng, 3, 2, 5);
+    fd_bn(&rng, 1, 3, 12);
+    fd_linear(&rng, 5, 7, 4);
+    fd_xent(&rng, 4, 6, 0);
+    fd_xent(&rng, 3, 5, 1);
+
+    if (getenv("DPT_OPS_BENCH")) {
+        bench_conv("conv1 n128 1x28x28 -> 20 5x5", (dpt_conv2d_desc){.n = 128, .c_in = 1,
+                   .h = 28, .w = 28, .c_out = 20, .kh = 5, .kw = 5, .stride = 1, .pad = 0}, 1);
+        bench_conv("conv2 n128 20x24x24 -> 20 3x3 p1", (dpt_conv2d_desc){.n = 128, .c_in = 20,
+                   .h = 24, .w = 24, .c_out = 20, .kh = 3, .kw = 3, .stride = 1, .pad = 1}, 0);
+    }
+
+    printf("worst: reference rel err %.3e, loss rel err %.3e, finite-difference err %.3e\n",
+           worst_ref, worst_loss, worst_fd);
+    printf("%s\n", tu_exit() ? "FAILED" : "passed");
+    return tu_exit();
+}
