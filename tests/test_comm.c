@@ -188,7 +188,9 @@ static int run_sum(size_t n, int nw, int f64, int inplace, float (*val)(int, siz
 
 static void test_sums(void)
 {
-    static const size_t sizes[] = {0, 1, 7, 1000003, 10000000};
+    /* 4096: one-barrier path of the local backend; 300000 and up: the
+     * parallel reduce-scatter path (over 1 MiB). */
+    static const size_t sizes[] = {0, 1, 7, 4096, 300000, 1000003, 10000000};
     const size_t max_n = 10000000;
     float *ref = malloc(max_n * sizeof *ref);
     double *ref_d = malloc(1000003 * sizeof *ref_d);
@@ -314,14 +316,16 @@ static dpt_status bcast_worker(dpt_comm *c, void *p)
 {
     bcast_case *bc = p;
     const int r = dpt_comm_rank(c), nw = dpt_comm_size(c);
-    static const size_t sizes[] = {0, 1, 13, 1000003};
-    unsigned char *buf = malloc(1000003);
+    /* Up to 1 MiB: one-barrier path of the local backend; above: peers
+     * copy from root's buffer. */
+    static const size_t sizes[] = {0, 1, 13, 1000003, 3000000};
+    unsigned char *buf = malloc(3000000);
     if (!buf)
         return dpt_fail(DPT_ERR_NOMEM, "test: out of memory");
     int ok = 1;
     for (int ri = 0; ri < 2; ri++) {
         const int root = ri == 0 ? 0 : nw - 1;
-        for (size_t si = 0; si < 4; si++) {
+        for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
             const size_t bytes = sizes[si];
             for (size_t i = 0; i < bytes; i++)
                 buf[i] = r == root ? pattern(i, root) : 0xab;
@@ -350,7 +354,7 @@ static void test_broadcast(void)
         for (int r = 0; r < worker_counts[ci]; r++)
             CHECK_MSG(bc.ok[r], "broadcast N=%d: worker %d has wrong bytes", worker_counts[ci], r);
     }
-    printf("  broadcast (root 0 and N-1; 0, 1, 13, 1000003 bytes; N=1..7)  %s\n",
+    printf("  broadcast (root 0 and N-1; 0, 1, 13, 1000003, 3000000 bytes; N=1..7)  %s\n",
            *tu_failures() == fails ? "ok" : "FAIL");
 }
 
