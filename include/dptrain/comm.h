@@ -26,11 +26,15 @@
  * Threads: a worker's handle is used by one thread at a time (the worker's
  * own); dpt_comm_abort may be called from any thread.
  *
- * Failures are sticky: after a timeout, an abort, a failed worker or a
- * mismatched collective (local backend: workers calling different
- * operations, counts or roots at the same step) the communicator is broken
- * and every later collective on every worker fails promptly with
- * DPT_ERR_COMM ("<op> #<seq>: worker K failed: <message>").
+ * Failures are sticky (local backend, and mpi with one rank): after a
+ * timeout, an abort, a failed worker, a worker that returned early or a
+ * mismatched collective (workers calling different operations, counts or
+ * roots at the same step; checked by the local backend only) the
+ * communicator is broken and every later collective on every worker fails
+ * promptly with DPT_ERR_COMM ("<op> #<seq>: worker K failed: <message>").
+ * Under mpi with more than one rank such failures end the job instead (see
+ * dpt_comm_set_timeout_ms and dpt_comm_abort): a process cannot release
+ * peers blocked inside MPI any other way.
  *
  * Ownership: handles are created and freed by dpt_spmd_run; a handle is
  * valid only inside the worker function it was passed to. */
@@ -96,8 +100,10 @@ DPT_API dpt_status dpt_comm_barrier(dpt_comm *c);
  * waiting for workers 2, 3" (the workers that had not arrived).
  * mpi: a watchdog thread in each process prints "dptrain: rank R: <op>
  * #<seq> waited past <ms> ms; a peer rank may have died" on stderr and ends
- * the whole job (MPI_Abort): a peer rank stuck or dead cannot be told apart
- * from here, and the job could not continue anyway. */
+ * the whole job: a peer rank stuck or dead cannot be told apart from here,
+ * and the job could not continue anyway. It calls MPI_Abort when MPI runs
+ * with MPI_THREAD_MULTIPLE, else _exit(1) (MPI may only be called from the
+ * main thread), which mpirun/srun turn into ending every rank. */
 DPT_API void dpt_comm_set_timeout_ms(dpt_comm *c, long ms);
 DPT_API long dpt_comm_get_timeout_ms(const dpt_comm *c);
 
@@ -109,7 +115,9 @@ DPT_API long dpt_comm_get_timeout_ms(const dpt_comm *c);
  * dpt_spmd_run calls this itself for a worker function that fails, so user
  * code rarely needs to. Any thread may call it.
  * mpi with more than one rank: prints "dptrain: rank R: <message>" on
- * stderr and ends the whole job with MPI_Abort (does not return); this and
+ * stderr and ends the whole job with MPI_Abort (from a thread other than
+ * the worker's without MPI_THREAD_MULTIPLE: _exit(1)); does not return.
+ * mpi with one rank: behaves as local (later collectives fail). This and
  * the MPI timeout watchdog are the only places where the library prints,
  * because ending the job is the only way to release the peer ranks. */
 DPT_API void dpt_comm_abort(dpt_comm *c, dpt_status s);

@@ -69,6 +69,77 @@ DPT_API void dpt_net_free(dpt_net *net);
 DPT_API const char *dpt_net_spec(const dpt_net *net);
 DPT_API int dpt_net_max_batch(const dpt_net *net);
 
+/* ---- building from C calls ------------------------------------------------------ *
+ * A builder collects layers, one call per layer, and ends in dpt_net_build,
+ * which parses what was collected exactly as spec text (each call appends
+ * one spec line). For MATLAB's example:
+ *
+ *     dpt_net_builder *b;
+ *     dpt_net_builder_new(&b);
+ *     dpt_net_builder_add_input(b, "input", 28, 28, 1);
+ *     dpt_net_builder_add_conv(b, "conv1", 5, 20, 1, 0);
+ *     dpt_net_builder_add_batchnorm(b, "bn1");
+ *     dpt_net_builder_add_relu(b, "relu1");
+ *     ...
+ *     dpt_net_builder_add_fc(b, "fc", DPT_NET_OUTPUTS_CLASSES);
+ *     dpt_net_builder_add_softmax(b, "softmax");
+ *     dpt_status s = dpt_net_build(b, n_classes, max_batch, seed, &net);
+ *     dpt_net_builder_free(b);
+ *
+ * Errors are sticky: the first failing add records its status and message,
+ * later adds do nothing and return that status, and dpt_net_build returns
+ * it again with the same message, so a caller may check only the build.
+ * Adds check their arguments (names, sizes); layer rules (shapes that do
+ * not fit, a softmax that is not last, unknown keys of add_line) are
+ * checked by dpt_net_build, whose messages say "net builder:<k>: ..." with
+ * k the 1-based position of the layer in the order added.
+ * Layer names: 1 to 63 characters, none of them white space, '/', '"',
+ * backslash, '#' or '='.
+ * Ownership: the builder is the caller's (dpt_net_builder_free); a network
+ * built from it is independent of it. Thread-safety: one thread at a time
+ * per builder. */
+typedef struct dpt_net_builder dpt_net_builder;
+
+/* dpt_net_builder_add_fc outputs value meaning "one per class": filled in
+ * by dpt_net_build from its n_classes. */
+#define DPT_NET_OUTPUTS_CLASSES 0
+
+/* A new, empty builder. *out owned by the caller. */
+DPT_API dpt_status dpt_net_builder_new(dpt_net_builder **out);
+/* Release a builder. NULL does nothing. */
+DPT_API void dpt_net_builder_free(dpt_net_builder *b);
+/* Append one spec line, `<type> <name> [key=value ...]` (see the top of
+ * this file), for keys the typed calls below do not take (conv
+ * filter=3x5 or bias=0, batchnorm epsilon=... decay=...). The line must
+ * not contain a newline. */
+DPT_API dpt_status dpt_net_builder_add_line(dpt_net_builder *b, const char *line);
+/* Image input of height × width × channels (first layer, exactly one). */
+DPT_API dpt_status dpt_net_builder_add_input(dpt_net_builder *b, const char *name, int height,
+                                             int width, int channels);
+/* 2-D convolution with `filters` square filters of filter × filter, with
+ * bias; stride >= 1, padding >= 0 on every side (MATLAB's
+ * convolution2dLayer(filter, filters, Stride=stride, Padding=padding)). */
+DPT_API dpt_status dpt_net_builder_add_conv(dpt_net_builder *b, const char *name, int filter,
+                                            int filters, int stride, int padding);
+/* Batch normalisation with epsilon 1e-5 and running-state decay 0.1. */
+DPT_API dpt_status dpt_net_builder_add_batchnorm(dpt_net_builder *b, const char *name);
+/* Rectified linear unit. */
+DPT_API dpt_status dpt_net_builder_add_relu(dpt_net_builder *b, const char *name);
+/* Fully connected layer with `outputs` outputs (>= 1), or
+ * DPT_NET_OUTPUTS_CLASSES for one per class. */
+DPT_API dpt_status dpt_net_builder_add_fc(dpt_net_builder *b, const char *name, int outputs);
+/* Softmax over the outputs (last layer; pairs with the cross-entropy loss). */
+DPT_API dpt_status dpt_net_builder_add_softmax(dpt_net_builder *b, const char *name);
+/* The spec text collected so far ("" when empty; NULL for b NULL); valid
+ * until the next add or free. Save it to rebuild the same network later
+ * with dpt_net_from_spec_file. */
+DPT_API const char *dpt_net_builder_spec(const dpt_net_builder *b);
+/* Build the network: dpt_net_from_spec on the collected text, with source
+ * "net builder" in messages. n_classes, max_batch and seed as there. The
+ * builder is not changed and may build again. *out owned by the caller. */
+DPT_API dpt_status dpt_net_build(const dpt_net_builder *b, int n_classes, int max_batch,
+                                 uint64_t seed, dpt_net **out);
+
 /* ---- layers ---------------------------------------------------------------- */
 DPT_API int dpt_net_n_layers(const dpt_net *net);
 DPT_API const char *dpt_net_layer_name(const dpt_net *net, int i);
@@ -80,13 +151,37 @@ DPT_API void dpt_net_input_shape(const dpt_net *net, int chw[3]);
 DPT_API int dpt_net_n_outputs(const dpt_net *net);
 
 /* ---- tables and flat buffers ------------------------------------------------ */
+
+/* Number of entries in the learnables table (14 for the example network:
+ * Weights and Bias of each conv and the fc, Offset and Scale of each batch
+ * norm). */
 DPT_API size_t dpt_net_n_learnables(const dpt_net *net);
+/* Entry i of the learnables table, in layer order, or NULL when i is out
+ * of range. Points into the network (do not free). */
 DPT_API const dpt_param_info *dpt_net_learnable(const dpt_net *net, size_t i);
+/* Number of entries in the state table (TrainedMean and TrainedVariance of
+ * each batch norm: 6 for the example network). */
 DPT_API size_t dpt_net_n_state(const dpt_net *net);
+/* Entry i of the state table, or NULL when i is out of range. */
 DPT_API const dpt_param_info *dpt_net_state_info(const dpt_net *net, size_t i);
 /* Index in the learnables (state) table by full name, or -1. */
 DPT_API long dpt_net_find_learnable(const dpt_net *net, const char *name);
 DPT_API long dpt_net_find_state(const dpt_net *net, const char *name);
+
+/* Copy the learnable `name` ("conv1/Weights") out of the network into
+ * out[n] (read), or from in[n] into the network (write). n must equal the
+ * entry's element count; values are in the entry's shape, row-major
+ * (PyTorch's layout). In a data-parallel run, write the same values on
+ * every worker (or broadcast them) or the workers stop being identical.
+ * DPT_ERR_ARG for a NULL argument or a name not in the table (the message
+ * names it), DPT_ERR_SHAPE when n differs. Not collective. */
+DPT_API dpt_status dpt_net_read_learnable(const dpt_net *net, const char *name, float *out,
+                                          size_t n);
+DPT_API dpt_status dpt_net_write_learnable(dpt_net *net, const char *name, const float *in,
+                                           size_t n);
+/* The same for the state table ("bn1/TrainedMean"). */
+DPT_API dpt_status dpt_net_read_state(const dpt_net *net, const char *name, float *out, size_t n);
+DPT_API dpt_status dpt_net_write_state(dpt_net *net, const char *name, const float *in, size_t n);
 
 /* Flat buffers: learnables and gradients hold dpt_net_n_params floats in the
  * same layout; state holds dpt_net_n_state_floats. Owned by the network. */

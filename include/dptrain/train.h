@@ -41,6 +41,34 @@ DPT_API void dpt_batch_shares(int batch, int n_workers, int *share);
  * minibatch times the number of GPU workers; on CPU workers it is unchanged. */
 DPT_API int dpt_batch_global(int batch, int n_workers, int on_gpu);
 
+/* ---- checkpoints -------------------------------------------------------------
+ * A checkpoint is a safetensors file: the learnables and state tables (as in
+ * a model file), the optimizer's velocity ("optim/Velocity"), and in the
+ * metadata the spec, the position in training and a CRC-32 of the tensor
+ * data, verified on load. Writes are atomic: the previous checkpoint
+ * survives a crash or a full disk mid-write. */
+typedef struct dpt_checkpoint_info {
+    int epoch;              /* epoch to continue in (1-based) */
+    long epoch_iteration;   /* iterations of that epoch already done: the
+                               position in its data order */
+    long iteration;         /* iterations done over the whole run */
+    uint64_t seed;          /* seed of initialisation and of every epoch's shuffle */
+    int n_workers;          /* worker count that wrote it */
+    double elapsed_s;       /* training time so far */
+} dpt_checkpoint_info;
+
+/* Save net, opt (may be NULL: no velocity) and info to path, atomically.
+ * meta: extra metadata (e.g. "classes"), may be NULL. */
+DPT_API dpt_status dpt_checkpoint_save(const char *path, const dpt_net *net, const dpt_sgdm *opt,
+                                       const dpt_checkpoint_info *info, const dpt_kv *meta,
+                                       size_t n_meta);
+/* Load a checkpoint into an existing net (same spec) and opt (may be NULL).
+ * Fails, naming the file and the problem, when the checksum does not match,
+ * the file is truncated, or a tensor is missing or of another shape (the
+ * first mismatched tensor is named); net and opt are unchanged then. */
+DPT_API dpt_status dpt_checkpoint_load(const char *path, dpt_net *net, dpt_sgdm *opt,
+                                       dpt_checkpoint_info *info);
+
 /* ---- evaluation ----------------------------------------------------------- */
 
 /* Classify every observation of ds with net in PREDICT mode, in batches of at
@@ -63,10 +91,33 @@ typedef struct dpt_progress {
     double images_per_s;      /* over the last iteration */
     double lr;
     double test_accuracy;     /* NaN unless measured at this record */
-    int end_of_epoch;         /* 1 on the last iteration of an epoch */
+    int end_of_epoch;         /* 1: summary at the end of an epoch */
+    int worker;               /* rank of the sender */
+    long n_coalesced;         /* earlier records merged into this one */
 } dpt_progress;
 
 typedef void (*dpt_progress_fn)(const dpt_progress *p, void *arg);
+
+/* ---- progress queue (MATLAB's DataQueue with afterEach) -------------------
+ * Workers send small records; a client thread runs the callback on each, in
+ * the order sent, never blocking the senders: the queue is bounded, and when
+ * it is full an ordinary record replaces the newest queued ordinary record
+ * (coalescing; the replaced one is counted in n_coalesced of the next record
+ * delivered). End-of-epoch records are never coalesced or dropped. */
+typedef struct dpt_progress_queue dpt_progress_queue;
+
+/* A queue of `capacity` records (0: 1024) whose client thread calls
+ * fn(record, arg) for each. *out owned by the caller. */
+DPT_API dpt_status dpt_progress_queue_new(size_t capacity, dpt_progress_fn fn, void *arg,
+                                          dpt_progress_queue **out);
+/* Queue a copy of *p. Never blocks on the callback; thread-safe (any worker
+ * thread may send). */
+DPT_API void dpt_progress_send(dpt_progress_queue *q, const dpt_progress *p);
+/* Records coalesced so far because the queue was full. */
+DPT_API size_t dpt_progress_coalesced(const dpt_progress_queue *q);
+/* Deliver every queued record, stop the client thread and free the queue.
+ * NULL does nothing. */
+DPT_API void dpt_progress_queue_free(dpt_progress_queue *q);
 
 typedef struct dpt_fit_config {
     int version;                  /* DPT_FIT_CONFIG_VERSION */
@@ -86,12 +137,16 @@ typedef struct dpt_fit_config {
     void *progress_arg;
     const char *model_out;        /* path of model.safetensors (NULL: not saved) */
     const char *const *class_names; /* [n_classes] for the model's metadata */
+    const char *checkpoint_out;   /* path of checkpoint.safetensors (NULL: none) */
+    long checkpoint_every;        /* iterations between checkpoints (0: only at
+                                     the end); one is always written at the end */
+    const char *resume;           /* checkpoint to continue from (NULL: start) */
 } dpt_fit_config;
 
 #define DPT_FIT_CONFIG_VERSION 1
 #define DPT_FIT_CONFIG_INIT                                                             \
     {DPT_FIT_CONFIG_VERSION, NULL, NULL, NULL, NULL, 20, 128, 0.01f, 0.9f, 0.0f, 0,       \
-     DPT_SPMD_CONFIG_INIT, 0, 1, 0, NULL, NULL, NULL, NULL}
+     DPT_SPMD_CONFIG_INIT, 0, 1, 0, NULL, NULL, NULL, NULL, NULL, 0, NULL}
 
 typedef struct dpt_fit_result {
     double final_loss;

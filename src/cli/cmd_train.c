@@ -1,5 +1,6 @@
 /* dptrain train: the MATLAB example's job from the command line. */
 #include "cli/cli.h"
+#include "cli/report.h"
 #include "dptrain/train.h"
 
 #include <errno.h>
@@ -39,9 +40,15 @@ static const char help[] =
     "  --threads N         BLAS threads per worker (default: cores / workers, at least 1)\n"
     "  --sync-bn           synchronise batch-norm statistics across workers\n"
     "  --no-prefetch       decode batches in the training thread\n"
-    "output:\n"
-    "  --out DIR           output folder for model.safetensors (default: out)\n"
-    "  --eval-every-epoch  test accuracy after every epoch\n"
+    "output (in --out):\n"
+    "  --out DIR           output folder (default: out): model.safetensors, metrics.csv,\n"
+    "                      loss.svg and loss.png (redrawn during training)\n"
+    "  --eval-every-epoch  test accuracy after every epoch (in metrics.csv and the plot)\n"
+    "  --checkpoint-every K  write checkpoint.safetensors every K iterations (default 0:\n"
+    "                      none; when K > 0 one is also written at the end)\n"
+    "  --resume FILE       continue from a checkpoint up to --epochs in total\n"
+    "  --print-every K     when stdout is not a terminal, a line every K iterations\n"
+    "                      (default 0: one line per epoch)\n"
     "  --quiet             print only the final result\n"
     "  -h, --help          this help\n";
 
@@ -61,44 +68,17 @@ static dpt_status open_data(const char *path, const char *labels, int skip_corru
     return dpt_datastore_open_idx(path, labels, out);
 }
 
-typedef struct progress_state {
-    int quiet, tty;
-    long last_line;
-} progress_state;
-
-static void fmt_time(double s, char *buf, size_t cap)
+/* Under an MPI launcher only rank 0 prints (the library's worker 0 does
+ * the rest). */
+static int is_rank0(void)
 {
-    if (s < 60)
-        snprintf(buf, cap, "%.1fs", s);
-    else
-        snprintf(buf, cap, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
-}
-
-static void on_progress(const dpt_progress *p, void *arg)
-{
-    progress_state *ps = arg;
-    if (ps->quiet)
-        return;
-    char el[32], eta[32] = "?";
-    fmt_time(p->elapsed_s, el, sizeof el);
-    if (p->iterations_per_epoch > 0) {
-        double total = (double)p->iterations_per_epoch * p->epochs;
-        fmt_time(p->elapsed_s / (double)p->iteration * (total - (double)p->iteration), eta, sizeof eta);
+    static const char *const vars[] = {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"};
+    for (size_t i = 0; i < sizeof vars / sizeof *vars; i++) {
+        const char *v = getenv(vars[i]);
+        if (v)
+            return atoi(v) == 0;
     }
-    if (p->end_of_epoch) {
-        if (ps->tty)
-            fputs("\r\033[K", stdout);
-        printf("epoch %d/%d  iteration %ld  loss %.4f  elapsed %s", p->epoch, p->epochs,
-               p->iteration, p->loss, el);
-        if (!isnan(p->test_accuracy))
-            printf("  test accuracy %.4f", p->test_accuracy);
-        putchar('\n');
-        fflush(stdout);
-    } else if (ps->tty) {
-        printf("\r\033[Kepoch %d/%d  iteration %ld  loss %.4f  %.0f images/s  elapsed %s  ETA %s",
-               p->epoch, p->epochs, p->iteration, p->loss, p->images_per_s, el, eta);
-        fflush(stdout);
-    }
+    return 1;
 }
 
 static int make_dir(const char *dir)
@@ -117,7 +97,7 @@ int cli_train(int argc, char **argv)
 {
     enum { O_LABELS = 256, O_TEST, O_TEST_LABELS, O_SPLIT, O_SKIP, O_NET, O_EPOCHS, O_BATCH, O_LR,
            O_MOM, O_WD, O_SEED, O_WORKERS, O_BACKEND, O_THREADS, O_SYNC, O_NOPF, O_OUT, O_EVAL,
-           O_QUIET, O_DATA };
+           O_QUIET, O_DATA, O_CKPT, O_RESUME, O_PRINT };
     static const struct option opts[] = {
         {"data", required_argument, 0, O_DATA},       {"labels", required_argument, 0, O_LABELS},
         {"test", required_argument, 0, O_TEST},       {"test-labels", required_argument, 0, O_TEST_LABELS},
@@ -130,10 +110,13 @@ int cli_train(int argc, char **argv)
         {"sync-bn", no_argument, 0, O_SYNC},          {"no-prefetch", no_argument, 0, O_NOPF},
         {"out", required_argument, 0, O_OUT},         {"eval-every-epoch", no_argument, 0, O_EVAL},
         {"quiet", no_argument, 0, O_QUIET},           {"help", no_argument, 0, 'h'},
+        {"checkpoint-every", required_argument, 0, O_CKPT}, {"resume", required_argument, 0, O_RESUME},
+        {"print-every", required_argument, 0, O_PRINT},
         {0, 0, 0, 0},
     };
     const char *data = NULL, *labels = NULL, *test = NULL, *test_labels = NULL, *net_path = NULL;
-    const char *out_dir = "out", *backend_name = "auto";
+    const char *out_dir = "out", *backend_name = "auto", *resume = NULL;
+    long ckpt_every = 0, print_every = 0;
     double split = 0.9, lr = 0.01, momentum = 0.9, wd = 0.0;
     long epochs = 20, batch = 128, seed = 0, workers = 0, threads = 0;
     int skip_corrupt = 0, sync_bn = 0, prefetch = 1, eval_epoch = 0, quiet = 0;
@@ -164,6 +147,9 @@ int cli_train(int argc, char **argv)
         case O_OUT: out_dir = optarg; break;
         case O_EVAL: eval_epoch = 1; break;
         case O_QUIET: quiet = 1; break;
+        case O_CKPT: bad = cli_int("--checkpoint-every", optarg, 0, 1L << 40, &ckpt_every); break;
+        case O_RESUME: resume = optarg; break;
+        case O_PRINT: bad = cli_int("--print-every", optarg, 0, 1L << 40, &print_every); break;
         case 'h': fputs(help, stdout); return 0;
         default:
             return cli_error("train: unknown or incomplete option '%s' (see dptrain train --help)",
@@ -235,10 +221,20 @@ int cli_train(int argc, char **argv)
         goto done;
     for (int i = 0; i < k; i++)
         class_names[i] = dpt_datastore_class_name(train, i);
-    char model_path[4096];
+    char model_path[4096], ckpt_path[4096];
     snprintf(model_path, sizeof model_path, "%s/model.safetensors", out_dir);
+    snprintf(ckpt_path, sizeof ckpt_path, "%s/checkpoint.safetensors", out_dir);
+    int rank0 = is_rank0();
+    if (!rank0)
+        quiet = 1;
 
-    progress_state ps = {quiet, isatty(STDOUT_FILENO), 0};
+    static report rep; /* large; lives for the call */
+    memset(&rep, 0, sizeof rep);
+    rep.quiet = quiet, rep.tty = isatty(STDOUT_FILENO), rep.resume = resume != NULL;
+    rep.print_every = print_every;
+    snprintf(rep.csv_path, sizeof rep.csv_path, "%s/metrics.csv", out_dir);
+    snprintf(rep.svg_path, sizeof rep.svg_path, "%s/loss.svg", out_dir);
+    snprintf(rep.png_path, sizeof rep.png_path, "%s/loss.png", out_dir);
     dpt_fit_config cfg = DPT_FIT_CONFIG_INIT;
     cfg.spec = spec;
     cfg.spec_source = net_path;
@@ -253,17 +249,24 @@ int cli_train(int argc, char **argv)
     cfg.sync_bn = sync_bn;
     cfg.prefetch = prefetch;
     cfg.eval_every_epoch = eval_epoch;
-    cfg.progress = on_progress;
-    cfg.progress_arg = &ps;
+    cfg.progress = report_progress;
+    cfg.progress_arg = &rep;
     cfg.model_out = model_path;
     cfg.class_names = class_names;
+    cfg.checkpoint_out = ckpt_every > 0 ? ckpt_path : NULL;
+    cfg.checkpoint_every = ckpt_every;
+    cfg.resume = resume;
     if (!quiet)
         printf("training on %zu images (%d classes), testing on %zu; %d worker%s, minibatch %ld, "
                "%ld epochs\n", dpt_datastore_n_obs(train), k, dpt_datastore_n_obs(testds),
                n_workers, n_workers == 1 ? "" : "s", batch, epochs);
     dpt_fit_result res;
-    if (dpt_fit(&cfg, &res) != DPT_OK)
+    dpt_status fs = dpt_fit(&cfg, &res);
+    report_finish(&rep);
+    if (fs != DPT_OK)
         goto fail;
+    if (rep.io_error)
+        cli_error("%s: could not write metrics.csv or loss.svg (training itself succeeded)", out_dir);
     if (res.n_workers > 0) { /* worker 0's process reports */
         printf("test accuracy: %.4f (%zu images)\n", res.test_accuracy, dpt_datastore_n_obs(testds));
         if (!quiet)

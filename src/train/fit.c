@@ -73,48 +73,69 @@ dpt_status dpt_evaluate(dpt_net *net, const dpt_datastore *ds, double *accuracy,
 typedef struct fit_job {
     const dpt_fit_config *cfg;
     dpt_fit_result *result;
+    dpt_progress_queue *queue; /* NULL: no progress callback */
+    char *classes_json;        /* the class names as a JSON array (model metadata) */
 } fit_job;
 
-/* Worker 0 saves the model with the class names and run facts. */
-static dpt_status save_model(const dpt_fit_config *cfg, dpt_net *net, int n_classes, int n_workers,
-                             long iterations)
+/* The class names as a JSON array of strings. */
+static char *classes_json(const dpt_fit_config *cfg, int n_classes)
 {
-    size_t cap = 64;
+    size_t cap = 8;
     for (int k = 0; k < n_classes; k++)
-        cap += 4 + 2 * strlen(cfg->class_names ? cfg->class_names[k] : "") + 16;
-    char *classes = malloc(cap);
-    if (!classes)
-        return dpt_fail(DPT_ERR_NOMEM, "out of memory");
+        cap += 4 + 2 * strlen(cfg->class_names && cfg->class_names[k] ? cfg->class_names[k] : "") + 16;
+    char *out = malloc(cap);
+    if (!out)
+        return NULL;
     size_t off = 0;
-    classes[off++] = '[';
+    out[off++] = '[';
     for (int k = 0; k < n_classes; k++) {
-        const char *name = cfg->class_names ? cfg->class_names[k] : NULL;
         char fallback[16];
+        const char *name = cfg->class_names ? cfg->class_names[k] : NULL;
         if (!name) {
             snprintf(fallback, sizeof fallback, "%d", k);
             name = fallback;
         }
         if (k)
-            classes[off++] = ',';
-        classes[off++] = '"';
+            out[off++] = ',';
+        out[off++] = '"';
         for (const char *c = name; *c; c++) {
             if (*c == '"' || *c == '\\')
-                classes[off++] = '\\';
-            classes[off++] = (unsigned char)*c < 0x20 ? '?' : *c;
+                out[off++] = '\\';
+            out[off++] = (unsigned char)*c < 0x20 ? '?' : *c;
         }
-        classes[off++] = '"';
+        out[off++] = '"';
     }
-    classes[off++] = ']';
-    classes[off] = '\0';
+    out[off++] = ']';
+    out[off] = '\0';
+    return out;
+}
+
+/* Worker 0 saves the model with the class names and run facts. */
+static dpt_status save_model(const fit_job *job, dpt_net *net, int n_workers, long iterations)
+{
     char workers[32], iters[32], epochs[32];
     snprintf(workers, sizeof workers, "%d", n_workers);
     snprintf(iters, sizeof iters, "%ld", iterations);
-    snprintf(epochs, sizeof epochs, "%d", cfg->epochs);
-    dpt_kv meta[] = {{"classes", classes}, {"workers", workers}, {"iteration", iters},
+    snprintf(epochs, sizeof epochs, "%d", job->cfg->epochs);
+    dpt_kv meta[] = {{"classes", job->classes_json}, {"workers", workers}, {"iteration", iters},
                      {"epoch", epochs}};
-    dpt_status s = dpt_net_save(net, cfg->model_out, meta, sizeof meta / sizeof *meta);
-    free(classes);
-    return s;
+    return dpt_net_save(net, job->cfg->model_out, meta, sizeof meta / sizeof *meta);
+}
+
+static dpt_status save_checkpoint(const fit_job *job, dpt_net *net, dpt_sgdm *opt, int epoch,
+                                  long epoch_it, long iteration, int n_workers, double elapsed)
+{
+    dpt_checkpoint_info info = {epoch, epoch_it, iteration, job->cfg->seed, n_workers, elapsed};
+    dpt_kv meta[] = {{"classes", job->classes_json}};
+    return dpt_checkpoint_save(job->cfg->checkpoint_out, net, opt, &info, meta, 1);
+}
+
+/* Prefix the current error with where training stopped. */
+static dpt_status at_iteration(dpt_status s, int epoch, long iteration)
+{
+    char msg[768];
+    snprintf(msg, sizeof msg, "%s", dpt_last_error());
+    return dpt_fail(s, "epoch %d, iteration %ld: %s", epoch, iteration, msg);
 }
 
 static dpt_status fit_worker(dpt_comm *comm, void *arg)
@@ -140,25 +161,28 @@ static dpt_status fit_worker(dpt_comm *comm, void *arg)
     dpt_sgdm *opt = NULL;
     dpt_datastore *shuffled = NULL, *part = NULL;
     dpt_mbq *q = NULL;
-    dpt_status s = dpt_net_from_spec(cfg->spec ? cfg->spec : dpt_net_default_spec(),
-                                     cfg->spec_source ? cfg->spec_source : "<default spec>",
+    const char *source = cfg->spec_source ? cfg->spec_source : "<default spec>";
+    dpt_status s = dpt_net_from_spec(cfg->spec ? cfg->spec : dpt_net_default_spec(), source,
                                      n_classes, max_share, cfg->seed, &net);
     if (s != DPT_OK)
         goto done;
     if (dpt_net_n_outputs(net) < n_classes) {
         s = dpt_fail(DPT_ERR_SHAPE, "%s: the network has %d outputs but the data has %d classes",
-                     cfg->spec_source ? cfg->spec_source : "<default spec>",
-                     dpt_net_n_outputs(net), n_classes);
+                     source, dpt_net_n_outputs(net), n_classes);
         goto done;
     }
-    /* Every worker starts from worker 0's learnables and state. */
+    if ((s = dpt_sgdm_new(dpt_net_n_params(net), cfg->lr, cfg->momentum, cfg->weight_decay, &opt)))
+        goto done;
+    dpt_checkpoint_info start = {1, 0, 0, cfg->seed, n_workers, 0};
+    if (cfg->resume && (s = dpt_checkpoint_load(cfg->resume, net, opt, &start)) != DPT_OK)
+        goto done;
+    /* Every worker starts from worker 0's learnables, state and velocity. */
     if ((s = dpt_comm_broadcast(comm, dpt_net_params(net), dpt_net_n_params(net) * sizeof(float), 0)) ||
-        (s = dpt_comm_broadcast(comm, dpt_net_state(net), dpt_net_n_state_floats(net) * sizeof(float), 0)))
+        (s = dpt_comm_broadcast(comm, dpt_net_state(net), dpt_net_n_state_floats(net) * sizeof(float), 0)) ||
+        (s = dpt_comm_broadcast(comm, opt->velocity, opt->n * sizeof(float), 0)))
         goto done;
     if (cfg->sync_bn)
         dpt_net_set_sync_bn(net, comm);
-    if ((s = dpt_sgdm_new(dpt_net_n_params(net), cfg->lr, cfg->momentum, cfg->weight_decay, &opt)))
-        goto done;
 
     int chw[3];
     dpt_net_input_shape(net, chw);
@@ -167,9 +191,10 @@ static dpt_status fit_worker(dpt_comm *comm, void *arg)
     mo.channels = chw[0], mo.height = chw[1], mo.width = chw[2];
     mo.prefetch = cfg->prefetch;
 
-    double t0 = now_s(), loss = NAN;
-    long iteration = 0, per_epoch = 0;
-    for (int epoch = 1; epoch <= cfg->epochs; epoch++) {
+    double t0 = now_s() - start.elapsed_s, loss = NAN;
+    long iteration = start.iteration, per_epoch = 0;
+    int epoch = start.epoch;
+    for (; epoch <= cfg->epochs; epoch++) {
         /* Shuffle with a seed every worker shares, then take this worker's
          * block: the blocks are disjoint and cover the data. */
         if ((s = dpt_datastore_shuffle(cfg->train, epoch_seed(cfg->seed, epoch), &shuffled)) ||
@@ -177,6 +202,8 @@ static dpt_status fit_worker(dpt_comm *comm, void *arg)
             (s = dpt_mbq_new(part, &mo, &q)))
             goto done;
         long it_epoch = 0;
+        /* Resuming inside an epoch: skip the batches already trained on. */
+        long skip = epoch == start.epoch ? start.epoch_iteration : 0;
         for (;;) {
             /* Loop while every worker still has data. */
             int more = dpt_mbq_has_data(q);
@@ -189,33 +216,42 @@ static dpt_status fit_worker(dpt_comm *comm, void *arg)
             int m_total = 0;
             if ((s = dpt_mbq_next(q, &b)) != DPT_OK)
                 goto done;
-            if ((s = dpt_train_step(net, opt, comm, b.x.data, b.y.data, b.n, &loss, &m_total)))
+            if (it_epoch < skip) {
+                it_epoch++;
+                continue;
+            }
+            s = dpt_train_step(net, opt, comm, b.x.data, b.y.data, b.n, &loss, &m_total);
+            if (s == DPT_OK && !isfinite(loss))
+                s = dpt_fail(DPT_ERR_NUMERIC, "the loss became %g (try a smaller --lr)", loss);
+            if (s != DPT_OK) {
+                s = at_iteration(s, epoch, iteration + 1);
                 goto done;
+            }
             iteration++, it_epoch++;
-            if (!isfinite(loss)) {
-                s = dpt_fail(DPT_ERR_NUMERIC, "loss became %g at epoch %d, iteration %ld "
-                             "(try a smaller --lr)", loss, epoch, iteration);
-                goto done;
-            }
-            if (rank == 0 && cfg->progress) {
+            if (rank == 0 && job->queue) {
                 double t = now_s();
-                dpt_progress p = {epoch, cfg->epochs, iteration, per_epoch ? per_epoch : 0, loss,
-                                  t - t0, m_total / (t - t_it), cfg->lr, NAN, 0};
-                cfg->progress(&p, cfg->progress_arg);
+                dpt_progress p = {epoch, cfg->epochs, iteration, per_epoch, loss, t - t0,
+                                  m_total / (t - t_it), cfg->lr, NAN, 0, rank, 0};
+                dpt_progress_send(job->queue, &p);
             }
+            if (rank == 0 && cfg->checkpoint_out && cfg->checkpoint_every > 0 &&
+                iteration % cfg->checkpoint_every == 0 &&
+                (s = save_checkpoint(job, net, opt, epoch, it_epoch, iteration, n_workers,
+                                     now_s() - t0)) != DPT_OK)
+                goto done;
         }
         per_epoch = it_epoch;
         dpt_mbq_free(q), q = NULL;
         dpt_datastore_free(part), part = NULL;
         dpt_datastore_free(shuffled), shuffled = NULL;
-        if (rank == 0 && cfg->progress) {
+        if (rank == 0 && job->queue) {
             double acc = NAN;
             if (cfg->eval_every_epoch && cfg->test &&
                 (s = dpt_evaluate(net, cfg->test, &acc, NULL)) != DPT_OK)
                 goto done;
             dpt_progress p = {epoch, cfg->epochs, iteration, per_epoch, loss, now_s() - t0, 0,
-                              cfg->lr, acc, 1};
-            cfg->progress(&p, cfg->progress_arg);
+                              cfg->lr, acc, 1, rank, 0};
+            dpt_progress_send(job->queue, &p);
         }
     }
     double train_s = now_s() - t0;
@@ -226,7 +262,12 @@ static dpt_status fit_worker(dpt_comm *comm, void *arg)
         r->train_seconds = train_s;
         r->n_workers = n_workers;
         r->test_accuracy = NAN;
-        if (cfg->model_out && (s = save_model(cfg, net, n_classes, n_workers, iteration)) != DPT_OK)
+        /* The end-of-training checkpoint: a later --resume with more epochs
+         * continues from here. */
+        if (cfg->checkpoint_out &&
+            (s = save_checkpoint(job, net, opt, epoch, 0, iteration, n_workers, train_s)) != DPT_OK)
+            goto done;
+        if (cfg->model_out && (s = save_model(job, net, n_workers, iteration)) != DPT_OK)
             goto done;
         if (cfg->test && (s = dpt_evaluate(net, cfg->test, &r->test_accuracy, NULL)) != DPT_OK)
             goto done;
@@ -249,6 +290,16 @@ dpt_status dpt_fit(const dpt_fit_config *cfg, dpt_fit_result *result)
     if (cfg->epochs < 1 || cfg->batch < 1)
         return dpt_fail(DPT_ERR_ARG, "dpt_fit: epochs and batch must be >= 1");
     memset(result, 0, sizeof *result);
-    fit_job job = {cfg, result};
-    return dpt_spmd_run(&cfg->spmd, fit_worker, &job);
+    fit_job job = {cfg, result, NULL, classes_json(cfg, dpt_datastore_n_classes(cfg->train))};
+    if (!job.classes_json)
+        return dpt_fail(DPT_ERR_NOMEM, "out of memory");
+    dpt_status s = DPT_OK;
+    if (cfg->progress)
+        s = dpt_progress_queue_new(0, cfg->progress, cfg->progress_arg, &job.queue);
+    if (s == DPT_OK)
+        s = dpt_spmd_run(&cfg->spmd, fit_worker, &job);
+    /* Deliver what the workers sent before returning, even after a failure. */
+    dpt_progress_queue_free(job.queue);
+    free(job.classes_json);
+    return s;
 }

@@ -1,0 +1,320 @@
+/* The client side of `dptrain train`: the afterEach callback of the progress
+ * queue. It draws the live progress line, appends metrics.csv and redraws
+ * loss.svg (and loss.png through rsvg-convert when it is installed), always
+ * by writing a temporary file and renaming it, so a viewer never sees half a
+ * plot. Runs on the queue's client thread, never on a worker. */
+#include "cli/report.h"
+
+#include <errno.h>
+#include <math.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void fmt_hms(double s, char *buf, size_t cap)
+{
+    long t = s < 0 ? 0 : (long)(s + 0.5);
+    snprintf(buf, cap, "%02ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+}
+
+static int push_point(report *r, int which, double x, double y)
+{
+    size_t *n = which ? &r->n_acc : &r->n_loss, *cap = which ? &r->cap_acc : &r->cap_loss;
+    double **xs = which ? &r->acc_x : &r->loss_x, **ys = which ? &r->acc_y : &r->loss_y;
+    if (*n == *cap) {
+        size_t c = *cap ? 2 * *cap : 1024;
+        double *nx = realloc(*xs, c * sizeof **xs);
+        if (nx)
+            *xs = nx;
+        double *ny = realloc(*ys, c * sizeof **ys);
+        if (ny)
+            *ys = ny;
+        if (!nx || !ny)
+            return -1;
+        *cap = c;
+    }
+    (*xs)[*n] = x, (*ys)[*n] = y;
+    (*n)++;
+    return 0;
+}
+
+/* A step of 1, 2 or 5 × 10^k giving about `target` ticks over span. */
+static double nice_step(double span, int target)
+{
+    if (!(span > 0))
+        return 1;
+    double raw = span / target, mag = pow(10, floor(log10(raw))), f = raw / mag;
+    return (f < 1.5 ? 1 : f < 3.5 ? 2 : f < 7.5 ? 5 : 10) * mag;
+}
+
+static void svg_write(report *r, FILE *f)
+{
+    const double W = 860, H = 500, L = 80, R = 80, T = 60, B = 60;
+    const double pw = W - L - R, ph = H - T - B;
+    double xmax = 1, ymax = 0;
+    for (size_t i = 0; i < r->n_loss; i++) {
+        if (r->loss_x[i] > xmax)
+            xmax = r->loss_x[i];
+        if (r->loss_y[i] > ymax)
+            ymax = r->loss_y[i];
+    }
+    if (!(ymax > 0))
+        ymax = 1;
+    double xstep = nice_step(xmax, 8), ystep = nice_step(ymax, 6);
+    xmax = ceil(xmax / xstep) * xstep;
+    ymax = ceil(ymax / ystep) * ystep;
+    char el[32];
+    fmt_hms(r->elapsed_s, el, sizeof el);
+    fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+               "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
+               "viewBox=\"0 0 %.0f %.0f\" font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\">\n",
+            W, H, W, H);
+    fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
+    fprintf(f, "<text x=\"%.0f\" y=\"32\" font-size=\"18\" text-anchor=\"middle\">Epoch: %d of %d, "
+               "Elapsed: %s</text>\n", L + pw / 2, r->epoch, r->epochs, el);
+    /* grid and axes */
+    fprintf(f, "<g stroke=\"#e3e3e3\" stroke-width=\"1\">\n");
+    for (double x = 0; x <= xmax + 1e-9; x += xstep)
+        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>\n", L + x / xmax * pw, T,
+                L + x / xmax * pw, T + ph);
+    for (double y = 0; y <= ymax + 1e-9; y += ystep)
+        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>\n", L, T + ph - y / ymax * ph,
+                L + pw, T + ph - y / ymax * ph);
+    fprintf(f, "</g>\n<rect x=\"%.0f\" y=\"%.0f\" width=\"%.0f\" height=\"%.0f\" fill=\"none\" "
+               "stroke=\"#333\"/>\n", L, T, pw, ph);
+    fprintf(f, "<g font-size=\"12\" fill=\"#333\">\n");
+    for (double x = 0; x <= xmax + 1e-9; x += xstep)
+        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%g</text>\n", L + x / xmax * pw,
+                T + ph + 18, x);
+    for (double y = 0; y <= ymax + 1e-9; y += ystep)
+        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%g</text>\n", L - 8,
+                T + ph - y / ymax * ph + 4, y);
+    fprintf(f, "</g>\n<text x=\"%.1f\" y=\"%.1f\" font-size=\"14\" text-anchor=\"middle\">Iteration</text>\n",
+            L + pw / 2, H - 18);
+    fprintf(f, "<text x=\"22\" y=\"%.1f\" font-size=\"14\" text-anchor=\"middle\" fill=\"#0b5cad\" "
+               "transform=\"rotate(-90 22 %.1f)\">Loss</text>\n", T + ph / 2, T + ph / 2);
+    /* the loss line */
+    if (r->n_loss) {
+        fprintf(f, "<polyline fill=\"none\" stroke=\"#0b5cad\" stroke-width=\"1.5\" "
+                   "stroke-linejoin=\"round\" points=\"");
+        for (size_t i = 0; i < r->n_loss; i++)
+            fprintf(f, "%.1f,%.1f ", L + r->loss_x[i] / xmax * pw,
+                    T + ph - fmin(r->loss_y[i], ymax) / ymax * ph);
+        fprintf(f, "\"/>\n");
+    }
+    /* test accuracy on a second axis, 0 to 100 % */
+    if (r->n_acc) {
+        fprintf(f, "<g font-size=\"12\" fill=\"#c55a11\">\n");
+        for (int p = 0; p <= 100; p += 20)
+            fprintf(f, "<text x=\"%.1f\" y=\"%.1f\">%d%%</text>\n", L + pw + 8, T + ph - p / 100.0 * ph + 4, p);
+        fprintf(f, "</g>\n<text x=\"%.1f\" y=\"%.1f\" font-size=\"14\" text-anchor=\"middle\" "
+                   "fill=\"#c55a11\" transform=\"rotate(90 %.1f %.1f)\">Test accuracy</text>\n",
+                W - 22, T + ph / 2, W - 22, T + ph / 2);
+        fprintf(f, "<polyline fill=\"none\" stroke=\"#c55a11\" stroke-width=\"2\" points=\"");
+        for (size_t i = 0; i < r->n_acc; i++)
+            fprintf(f, "%.1f,%.1f ", L + r->acc_x[i] / xmax * pw, T + ph - r->acc_y[i] * ph);
+        fprintf(f, "\"/>\n<g fill=\"#c55a11\">\n");
+        for (size_t i = 0; i < r->n_acc; i++)
+            fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3.5\"/>\n", L + r->acc_x[i] / xmax * pw,
+                    T + ph - r->acc_y[i] * ph);
+        fprintf(f, "</g>\n");
+    }
+    /* legend */
+    /* Middle right: the loss has fallen there and accuracy is near the top. */
+    double ly = T + ph * 0.4;
+    fprintf(f, "<g font-size=\"13\">\n<rect x=\"%.0f\" y=\"%.0f\" width=\"150\" height=\"%d\" "
+               "fill=\"white\" stroke=\"#bbb\"/>\n", L + pw - 160, ly, r->n_acc ? 48 : 28);
+    fprintf(f, "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"#0b5cad\" "
+               "stroke-width=\"2\"/><text x=\"%.0f\" y=\"%.0f\">Training loss</text>\n",
+            L + pw - 150, ly + 14, L + pw - 125, ly + 14, L + pw - 118, ly + 18);
+    if (r->n_acc)
+        fprintf(f, "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"#c55a11\" "
+                   "stroke-width=\"2\"/><text x=\"%.0f\" y=\"%.0f\">Test accuracy</text>\n",
+                L + pw - 150, ly + 34, L + pw - 125, ly + 34, L + pw - 118, ly + 38);
+    fprintf(f, "</g>\n</svg>\n");
+}
+
+/* Write path atomically: path.tmp, then rename. */
+static int write_svg(report *r)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", r->svg_path);
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return -1;
+    svg_write(r, f);
+    int bad = ferror(f);
+    bad |= fclose(f) != 0;
+    if (bad || rename(tmp, r->svg_path) != 0) {
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+/* loss.png from loss.svg through rsvg-convert, when it is installed. */
+static void write_png(report *r)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp.png", r->png_path);
+    char *argv[] = {"rsvg-convert", "-o", tmp, r->svg_path, NULL};
+    pid_t pid;
+    if (posix_spawnp(&pid, "rsvg-convert", NULL, NULL, argv, environ) != 0)
+        return; /* not installed: the SVG is the plot */
+    int st;
+    if (waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0)
+        rename(tmp, r->png_path);
+    else
+        unlink(tmp);
+}
+
+static void csv_row(report *r, const dpt_progress *p, double acc)
+{
+    if (!r->csv)
+        return;
+    fprintf(r->csv, "%d,%ld,%.9g,%.3f,%.1f,%.6g,", p->epoch, p->iteration, p->loss, p->elapsed_s,
+            p->images_per_s, p->lr);
+    if (!isnan(acc))
+        fprintf(r->csv, "%.6f", acc);
+    fputc('\n', r->csv);
+}
+
+static const char csv_header[] = "epoch,iteration,loss,elapsed_s,images_per_s,lr,test_accuracy\n";
+
+/* On resume, keep the rows of the earlier run that come before `iteration`
+ * (rows after the checkpoint were trained again) and reload them into the
+ * plot. */
+static void csv_open(report *r, long iteration)
+{
+    FILE *old = r->resume ? fopen(r->csv_path, "r") : NULL;
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", r->csv_path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) {
+        if (old)
+            fclose(old);
+        r->io_error = 1;
+        return;
+    }
+    fputs(csv_header, f);
+    char line[512];
+    while (old && fgets(line, sizeof line, old)) {
+        int ep;
+        long it;
+        double loss, el, ips, lr, acc;
+        int n = sscanf(line, "%d,%ld,%lf,%lf,%lf,%lf,%lf", &ep, &it, &loss, &el, &ips, &lr, &acc);
+        if (n < 6 || it >= iteration)
+            continue;
+        fputs(line, f);
+        push_point(r, 0, (double)it, loss);
+        if (n == 7)
+            push_point(r, 1, (double)it, acc);
+    }
+    if (old)
+        fclose(old);
+    if (fclose(f) != 0 || rename(tmp, r->csv_path) != 0) {
+        unlink(tmp);
+        r->io_error = 1;
+        return;
+    }
+    r->csv = fopen(r->csv_path, "a");
+    if (!r->csv)
+        r->io_error = 1;
+}
+
+void report_progress(const dpt_progress *p, void *arg)
+{
+    report *r = arg;
+    double now = mono_s();
+    if (!r->started) {
+        r->started = 1;
+        csv_open(r, p->iteration);
+    }
+    r->epoch = p->epoch, r->epochs = p->epochs, r->elapsed_s = p->elapsed_s;
+    if (!p->end_of_epoch) {
+        if (r->have_pending)
+            csv_row(r, &r->pending, NAN);
+        r->pending = *p, r->have_pending = 1;
+        push_point(r, 0, (double)p->iteration, p->loss);
+    } else {
+        /* The epoch's last iteration row carries its test accuracy. */
+        if (r->have_pending)
+            csv_row(r, &r->pending, p->test_accuracy);
+        r->have_pending = 0;
+        if (!isnan(p->test_accuracy))
+            push_point(r, 1, (double)p->iteration, p->test_accuracy);
+        if (r->csv)
+            fflush(r->csv);
+    }
+    if (p->end_of_epoch || now - r->last_plot > 2.0) {
+        if (write_svg(r) != 0)
+            r->io_error = 1;
+        r->last_plot = now;
+        if (p->end_of_epoch && r->png_path[0])
+            write_png(r);
+    }
+    /* the terminal */
+    if (r->quiet)
+        return;
+    char el[32], eta[32] = "--:--:--";
+    fmt_hms(p->elapsed_s, el, sizeof el);
+    if (p->iterations_per_epoch > 0 && p->iteration > r->first_iteration) {
+        double total = (double)p->iterations_per_epoch * p->epochs;
+        double rate = (p->elapsed_s - r->first_elapsed) / (double)(p->iteration - r->first_iteration);
+        fmt_hms(rate * (total - (double)p->iteration), eta, sizeof eta);
+    }
+    if (r->first_iteration == 0 && !p->end_of_epoch)
+        r->first_iteration = p->iteration - 1, r->first_elapsed = p->elapsed_s;
+    if (p->end_of_epoch) {
+        if (r->tty)
+            fputs("\r\033[K", stdout);
+        printf("epoch %d/%d  iteration %ld  loss %.4f  elapsed %s", p->epoch, p->epochs,
+               p->iteration, p->loss, el);
+        if (!isnan(p->test_accuracy))
+            printf("  test accuracy %.4f", p->test_accuracy);
+        putchar('\n');
+        fflush(stdout);
+    } else if (r->tty) {
+        if (now - r->last_line > 0.1) {
+            printf("\r\033[Kepoch %d/%d  iteration %ld  loss %.4f  %.0f images/s  elapsed %s  ETA %s",
+                   p->epoch, p->epochs, p->iteration, p->loss, p->images_per_s, el, eta);
+            fflush(stdout);
+            r->last_line = now;
+        }
+    } else if (r->print_every > 0 && p->iteration % r->print_every == 0) {
+        printf("epoch %d/%d  iteration %ld  loss %.4f  %.0f images/s  elapsed %s  ETA %s\n", p->epoch,
+               p->epochs, p->iteration, p->loss, p->images_per_s, el, eta);
+        fflush(stdout);
+    }
+}
+
+void report_finish(report *r)
+{
+    if (r->have_pending)
+        csv_row(r, &r->pending, NAN);
+    r->have_pending = 0;
+    if (r->csv && fclose(r->csv) != 0)
+        r->io_error = 1;
+    r->csv = NULL;
+    if (r->started) {
+        if (write_svg(r) != 0)
+            r->io_error = 1;
+        if (r->png_path[0])
+            write_png(r);
+    }
+    free(r->loss_x), free(r->loss_y), free(r->acc_x), free(r->acc_y);
+    r->loss_x = r->loss_y = r->acc_x = r->acc_y = NULL;
+}

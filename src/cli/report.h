@@ -1,0 +1,31 @@
+/* The progress callback of `dptrain train`: terminal line, metrics.csv,
+ * loss.svg and loss.png in the output folder. */
+#ifndef DPT_CLI_REPORT_H
+#define DPT_CLI_REPORT_H
+
+#include "dptrain/train.h"
+
+#include <stdio.h>
+
+typedef struct report {
+    /* settings */
+    int quiet, tty, resume;
+    long print_every;               /* plain lines every K iterations (0: per epoch) */
+    char csv_path[4096], svg_path[4096], png_path[4096];
+    /* state, touched only by the client thread */
+    int started, have_pending, io_error, epoch, epochs;
+    double elapsed_s, last_plot, last_line, first_elapsed;
+    long first_iteration;
+    dpt_progress pending;           /* last iteration row, waiting for its epoch's accuracy */
+    FILE *csv;
+    double *loss_x, *loss_y, *acc_x, *acc_y;
+    size_t n_loss, cap_loss, n_acc, cap_acc;
+} report;
+
+/* dpt_progress_fn for dpt_fit_config.progress; arg is a report. */
+void report_progress(const dpt_progress *p, void *arg);
+/* Flush the last row, close metrics.csv, draw the final plot, free memory.
+ * report.io_error tells whether any write failed. */
+void report_finish(report *r);
+
+#endif

@@ -1,0 +1,42 @@
+/* The direct convolution kernels of conv_kern.h for AVX-512 (32 registers of
+ * 16 floats). Compiled for AVX-512F whatever the build's -march; called only
+ * when the CPU has it (kernels.c). */
+#include "ops/conv_direct.h"
+
+#ifdef DPT_HAVE_X86_KERNELS
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,fma"))), apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx512f,fma")
+#endif
+#include <immintrin.h>
+
+#define VEC __m512
+#define VW 16
+#define VLOAD(p) _mm512_loadu_ps(p)
+#define VSTORE(p, v) _mm512_storeu_ps((p), (v))
+#define VSET1(x) _mm512_set1_ps(x)
+#define VZERO() _mm512_setzero_ps()
+#define VFMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
+#define VADD(a, b) _mm512_add_ps((a), (b))
+/* Forward: 10 channels x 2 vectors = 20 accumulators + 2 inputs + 1 weight. */
+#define FWD_CB 10
+#define FWD_NV 2
+/* Weight gradient: 4 channels x 5 taps = 20 accumulators + 4 + 1. */
+#define DW_CB 4
+#define DW_KB 5
+#define KERN(name) name##_avx512
+#include "ops/conv_kern.h"
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#endif
+
+const conv_isa dpt_conv_isa_avx512 = {
+    .name = "avx512", .vw = VW, .fwd_cb = FWD_CB, .fwd_nv = FWD_NV, .dw_cb = DW_CB,
+    .dw_kb = DW_KB, .fwd = fwd_avx512, .dw = dw_avx512,
+};
+#endif

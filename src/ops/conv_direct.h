@@ -1,0 +1,41 @@
+/* Direct stride-1 convolution: the micro-kernel table each instruction set
+ * provides (conv_avx512.c, conv_avx2.c, built from conv_kern.h), and the
+ * batch-level driver in conv_direct.c that conv2d.c calls. Internal to ops/. */
+#ifndef DPT_OPS_CONV_DIRECT_H
+#define DPT_OPS_CONV_DIRECT_H
+
+#include "ops/ops.h"
+
+#include <stddef.h>
+
+typedef struct conv_isa {
+    const char *name;
+    int vw;             /* floats per vector */
+    int fwd_cb, fwd_nv; /* forward tile: channels x vectors */
+    int dw_cb, dw_kb;   /* weight-gradient tile: channels x taps */
+    /* See conv_kern.h for the exact contracts. */
+    void (*fwd)(const float *x, size_t ps, int c_in, int kt, const int *off, const float *wpk,
+                const float *bias, int c_out, float *y, size_t ys, int nq);
+    void (*dw)(const float *const *dy, int c_out, const float *const *xk, int k_total, int nq,
+               float *part);
+} conv_isa;
+
+#if defined(__x86_64__) || defined(__i386__)
+#define DPT_HAVE_X86_KERNELS 1
+extern const conv_isa dpt_conv_isa_avx512;
+extern const conv_isa dpt_conv_isa_avx2;
+#endif
+
+/* The kernel set conv2d.c should use for d: NULL when the im2col + GEMM path
+ * must run (generic kernels selected, stride > 1, padding wider than the
+ * filter, or shapes where the direct path has no advantage). */
+const conv_isa *dpt_conv_direct_pick(const dpt_conv2d_desc *d);
+/* Scratch floats the direct path needs for d with any kernel set. */
+size_t dpt_conv_direct_work_floats(const dpt_conv2d_desc *d);
+void dpt_conv_direct_forward(const conv_isa *isa, const dpt_conv2d_desc *d, const float *x,
+                             const float *w, const float *b, float *y, float *work);
+void dpt_conv_direct_backward(const conv_isa *isa, const dpt_conv2d_desc *d, const float *x,
+                              const float *w, const float *dy, float *dx, float *dw, float *db,
+                              float *work);
+
+#endif
