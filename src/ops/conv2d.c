@@ -1,4 +1,8 @@
-/* 2-D convolution, NCHW float32, lowered to GEMM per image (im2col).
+/* 2-D convolution, NCHW float32.
+ *
+ * Stride-1 filters go to the direct kernels (conv_direct.c) when the CPU has
+ * AVX2 or AVX-512 and DPT_KERNELS does not say "generic"; everything else is
+ * lowered to GEMM per image (im2col), below.
  *
  * For one image the input patches are unrolled into a matrix
  *   col [K, P],  K = c_in*kh*kw (one row per filter tap), P = out_h*out_w,
@@ -8,6 +12,7 @@
  *             dcol [K, P]   = Wᵀ · dy, then col2im scatters dcol into dx.
  * One [K, P] scratch buffer serves both backward products because dW is
  * finished with col before dcol overwrites it. */
+#include "ops/conv_direct.h"
 #include "ops/ops.h"
 
 #include <assert.h>
@@ -34,11 +39,13 @@ static int lowering_is_identity(const dpt_conv2d_desc *d)
     return d->kh == 1 && d->kw == 1 && d->stride == 1 && d->pad == 0;
 }
 
+/* The most either path needs, so the kernel set may change between calls. */
 size_t dpt_conv2d_work_floats(const dpt_conv2d_desc *d)
 {
-    if (lowering_is_identity(d))
-        return 0;
-    return (size_t)d->c_in * d->kh * d->kw * (size_t)d->out_h * d->out_w;
+    size_t col = lowering_is_identity(d) ? 0
+                                         : (size_t)d->c_in * d->kh * d->kw * (size_t)d->out_h * d->out_w;
+    size_t direct = dpt_conv_direct_work_floats(d);
+    return col > direct ? col : direct;
 }
 
 /* Output columns ox whose input column ox*stride - pad + kj lies inside
@@ -125,6 +132,11 @@ void dpt_conv2d_forward(const dpt_conv2d_desc *d, const float *x, const float *w
     const size_t x_img = (size_t)d->c_in * d->h * d->w, y_img = (size_t)d->c_out * P;
     const int identity = lowering_is_identity(d);
     assert(identity || work);
+    const conv_isa *isa = dpt_conv_direct_pick(d);
+    if (isa) {
+        dpt_conv_direct_forward(isa, d, x, w, b, y, work);
+        return;
+    }
 
     for (int i = 0; i < d->n; i++) {
         const float *xi = x + i * x_img;
@@ -152,6 +164,11 @@ void dpt_conv2d_backward(const dpt_conv2d_desc *d, const float *x, const float *
     const size_t x_img = (size_t)d->c_in * d->h * d->w, y_img = (size_t)d->c_out * P;
     const int identity = lowering_is_identity(d);
     assert(identity || work);
+    const conv_isa *isa = dpt_conv_direct_pick(d);
+    if (isa) {
+        dpt_conv_direct_backward(isa, d, x, w, dy, dx, dw, db, work);
+        return;
+    }
 
     for (int i = 0; i < d->n; i++) {
         const float *xi = x + i * x_img;

@@ -99,12 +99,11 @@ static void make_geom(const conv_isa *isa, const dpt_conv2d_desc *d, geom *g)
     g->total = o;
 }
 
-const conv_isa *dpt_ops_conv_isa(void);
-
 const conv_isa *dpt_conv_direct_pick(const dpt_conv2d_desc *d)
 {
     const conv_isa *isa = dpt_ops_conv_isa();
-    if (!isa || d->stride != 1 || d->pad > d->kh - 1 || d->pad > d->kw - 1)
+    if (!isa || d->stride != 1 || d->pad > d->kh - 1 || d->pad > d->kw - 1 ||
+        d->kh * d->kw > DPT_CONV_DIRECT_MAX_TAPS)
         return NULL;
     /* A 1x1 filter is a plain GEMM over the image: the BLAS does that well. */
     if (d->kh == 1 && d->kw == 1)
@@ -170,9 +169,8 @@ void dpt_conv_direct_forward(const conv_isa *isa, const dpt_conv2d_desc *d, cons
     make_geom(isa, d, &g);
     float *xp = work + g.o_xp, *out = work + g.o_out, *wpk = work + g.o_wpk;
     const size_t ys = round_up((size_t)g.nq_f, ALIGN_F);
-    int off[64 * 64];
+    int offs[DPT_CONV_DIRECT_MAX_TAPS];
     const int kt = g.kt;
-    int *offs = kt <= 64 * 64 ? off : (int *)(work + g.o_ptr);
     for (int ky = 0; ky < d->kh; ky++)
         for (int kx = 0; kx < d->kw; kx++)
             offs[ky * d->kw + kx] = ky * g.wp + kx;
@@ -206,13 +204,7 @@ void dpt_conv_direct_backward(const conv_isa *isa, const dpt_conv2d_desc *d, con
     const float **xptr = dptr + g.co_pw;
     const size_t ys = round_up((size_t)g.nq_b, ALIGN_F);
 
-    int offd[64 * 64];
-    int *od = kt <= 64 * 64 ? offd : NULL;
-    /* Only the data gradient needs offd; filters over 64x64 taps take the
-     * GEMM path (dpt_conv_direct_pick keeps pad < kernel, not size), so
-     * guard anyway with a smaller table in that unlikely case. */
-    if (!od)
-        dx = NULL;
+    int od[DPT_CONV_DIRECT_MAX_TAPS];
     if (dx) {
         for (int ty = 0; ty < d->kh; ty++)
             for (int tx = 0; tx < d->kw; tx++)

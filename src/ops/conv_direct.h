@@ -8,6 +8,9 @@
 
 #include <stddef.h>
 
+/* Filters with more taps (kh·kw) take the GEMM path. */
+#define DPT_CONV_DIRECT_MAX_TAPS 1024
+
 typedef struct conv_isa {
     const char *name;
     int vw;             /* floats per vector */
@@ -26,6 +29,8 @@ extern const conv_isa dpt_conv_isa_avx512;
 extern const conv_isa dpt_conv_isa_avx2;
 #endif
 
+/* The direct kernels of the selected set (kernels.c), NULL for generic. */
+const conv_isa *dpt_ops_conv_isa(void);
 /* The kernel set conv2d.c should use for d: NULL when the im2col + GEMM path
  * must run (generic kernels selected, stride > 1, padding wider than the
  * filter, or shapes where the direct path has no advantage). */

@@ -11,6 +11,20 @@
 
 #include <stddef.h>
 
+/* ---- kernel sets --------------------------------------------------------- *
+ * "generic" (portable C and the BLAS), "avx2", "avx512" (direct convolution
+ * kernels). The default is the best the CPU supports; the environment
+ * variable DPT_KERNELS=generic|avx2|avx512 overrides it (a set the CPU lacks
+ * falls back to the best one). Process-wide, like the BLAS thread count. */
+
+/* Name of the set in use. */
+const char *dpt_ops_kernels(void);
+/* 1 when this CPU can run the named set. */
+int dpt_ops_kernels_supported(const char *name);
+/* Use the named set ("auto": the best); -1 when unknown or unsupported. Not
+ * to be called while another thread runs kernels. */
+int dpt_ops_set_kernels(const char *name);
+
 /* ---- 2-D convolution (cross-correlation, as PyTorch and MATLAB) --------- */
 
 typedef struct dpt_conv2d_desc {
