@@ -678,12 +678,84 @@ static void bench_conv(const char *label, dpt_conv2d_desc d, int first_layer)
     free(x), free(w), free(b), free(y), free(dy), free(dx), free(dw), free(db), free(work);
 }
 
+/* Every kernel set this CPU supports against the generic one (im2col +
+ * GEMM) on the example network's convolution shapes and a few awkward ones
+ * (odd widths narrower than a vector, channel counts that do not fill a
+ * register tile, non-square filters). */
+static void cross_check_conv(const char *set, dpt_rng *rng, dpt_conv2d_desc d, int first_layer)
+{
+    CHECK(dpt_conv2d_desc_init(&d) == 0);
+    const size_t nx = (size_t)d.n * d.c_in * d.h * d.w, nw = (size_t)d.c_out * d.c_in * d.kh * d.kw;
+    const size_t ny = (size_t)d.n * d.c_out * d.out_h * d.out_w;
+    float *x = malloc(nx * sizeof(float)), *w = malloc(nw * sizeof(float));
+    float *b = malloc(d.c_out * sizeof(float)), *dy = malloc(ny * sizeof(float));
+    fill_normal(rng, x, nx, 1.0f);
+    fill_normal(rng, w, nw, 0.3f);
+    fill_normal(rng, b, d.c_out, 0.5f);
+    fill_normal(rng, dy, ny, 1.0f);
+    float *out[2][4]; /* [generic, set][y, dx, dw, db] */
+    for (int pass = 0; pass < 2; pass++) {
+        CHECK(dpt_ops_set_kernels(pass == 0 ? "generic" : set) == 0);
+        float *work = fill_nan(dpt_conv2d_work_floats(&d));
+        out[pass][0] = fill_nan(ny), out[pass][1] = fill_nan(nx);
+        out[pass][2] = fill_nan(nw), out[pass][3] = fill_nan(d.c_out);
+        dpt_conv2d_forward(&d, x, w, b, out[pass][0], work);
+        dpt_conv2d_backward(&d, x, w, dy, first_layer ? NULL : out[pass][1], out[pass][2],
+                            out[pass][3], work);
+        free(work);
+    }
+    char label[160];
+    snprintf(label, sizeof label, "%s n%d c%d-%d %dx%d k%dx%d p%d", set, d.n, d.c_in, d.c_out, d.h,
+             d.w, d.kh, d.kw, d.pad);
+    printf("%s vs generic\n", label);
+    note(&worst_ref, tu_check_close("  y", out[1][0], out[0][0], ny, REF_TOL));
+    if (!first_layer)
+        note(&worst_ref, tu_check_close("  dx", out[1][1], out[0][1], nx, REF_TOL));
+    note(&worst_ref, tu_check_close("  dw", out[1][2], out[0][2], nw, REF_TOL));
+    note(&worst_ref, tu_check_close("  db", out[1][3], out[0][3], d.c_out, REF_TOL));
+    for (int pass = 0; pass < 2; pass++)
+        for (int k = 0; k < 4; k++)
+            free(out[pass][k]);
+    free(x), free(w), free(b), free(dy);
+}
+
 int main(void)
 {
     desc_checks();
     softmax_extremes();
 
-    for_each_case("ops_conv2d.safetensors", conv_case);
+    /* Every kernel set this CPU can run, the generic one first. */
+    static const char *const sets[] = {"generic", "avx2", "avx512"};
+    for (size_t k = 0; k < sizeof sets / sizeof *sets; k++) {
+        if (!dpt_ops_kernels_supported(sets[k])) {
+            printf("kernel set %s: not supported by this CPU, skipped\n", sets[k]);
+            continue;
+        }
+        CHECK(dpt_ops_set_kernels(sets[k]) == 0);
+        printf("== kernel set %s\n", dpt_ops_kernels());
+        for_each_case("ops_conv2d.safetensors", conv_case);
+        dpt_rng rng;
+        dpt_rng_seed(&rng, 2024, 3);
+        fd_conv(&rng, 2, 3, 7, 9, 4, 3, 2, 1);
+        fd_conv(&rng, 1, 2, 6, 5, 3, 5, 1, 2);
+        fd_conv(&rng, 3, 1, 5, 7, 2, 1, 1, 0);
+        fd_conv(&rng, 2, 3, 6, 7, 11, 3, 1, 1);
+        if (k > 0) {
+            cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 5, .c_in = 1, .h = 28,
+                             .w = 28, .c_out = 20, .kh = 5, .kw = 5, .stride = 1, .pad = 0}, 1);
+            cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 5, .c_in = 20, .h = 24,
+                             .w = 24, .c_out = 20, .kh = 3, .kw = 3, .stride = 1, .pad = 1}, 0);
+            cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 3, .c_in = 7, .h = 5,
+                             .w = 3, .c_out = 13, .kh = 3, .kw = 3, .stride = 1, .pad = 2}, 0);
+            cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 2, .c_in = 3, .h = 17,
+                             .w = 33, .c_out = 23, .kh = 2, .kw = 4, .stride = 1, .pad = 1}, 0);
+            cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 2, .c_in = 33, .h = 9,
+                             .w = 9, .c_out = 1, .kh = 5, .kw = 1, .stride = 1, .pad = 0}, 0);
+        }
+    }
+    CHECK(dpt_ops_set_kernels("auto") == 0);
+    printf("== kernel set %s for the other ops\n", dpt_ops_kernels());
+
     for_each_case("ops_batchnorm.safetensors", bn_case);
     for_each_case("ops_relu.safetensors", relu_case);
     for_each_case("ops_linear.safetensors", linear_case);
@@ -692,9 +764,6 @@ int main(void)
     dpt_rng rng;
     dpt_rng_seed(&rng, 2024, 3);
     printf("finite differences\n");
-    fd_conv(&rng, 2, 3, 7, 9, 4, 3, 2, 1);
-    fd_conv(&rng, 1, 2, 6, 5, 3, 5, 1, 2);
-    fd_conv(&rng, 3, 1, 5, 7, 2, 1, 1, 0);
     fd_bn(&rng, 3, 2, 5);
     fd_bn(&rng, 1, 3, 12);
     fd_linear(&rng, 5, 7, 4);

@@ -68,17 +68,28 @@ static dpt_status open_data(const char *path, const char *labels, int skip_corru
     return dpt_datastore_open_idx(path, labels, out);
 }
 
-/* Under an MPI launcher only rank 0 prints (the library's worker 0 does
- * the rest). */
-static int is_rank0(void)
+/* Rank and size from the MPI launcher's environment (before MPI starts), so
+ * only rank 0 prints (the library's worker 0 writes the files). */
+static int launcher_env(const char *const *vars, size_t n, int fallback)
 {
-    static const char *const vars[] = {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"};
-    for (size_t i = 0; i < sizeof vars / sizeof *vars; i++) {
+    for (size_t i = 0; i < n; i++) {
         const char *v = getenv(vars[i]);
         if (v)
-            return atoi(v) == 0;
+            return atoi(v);
     }
-    return 1;
+    return fallback;
+}
+
+static int launcher_rank(void)
+{
+    static const char *const vars[] = {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"};
+    return launcher_env(vars, sizeof vars / sizeof *vars, 0);
+}
+
+static int launcher_size(void)
+{
+    static const char *const vars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"};
+    return launcher_env(vars, sizeof vars / sizeof *vars, 1);
 }
 
 static int make_dir(const char *dir)
@@ -224,7 +235,7 @@ int cli_train(int argc, char **argv)
     char model_path[4096], ckpt_path[4096];
     snprintf(model_path, sizeof model_path, "%s/model.safetensors", out_dir);
     snprintf(ckpt_path, sizeof ckpt_path, "%s/checkpoint.safetensors", out_dir);
-    int rank0 = is_rank0();
+    int rank0 = !under_mpi || launcher_rank() == 0;
     if (!rank0)
         quiet = 1;
 
@@ -259,7 +270,8 @@ int cli_train(int argc, char **argv)
     if (!quiet)
         printf("training on %zu images (%d classes), testing on %zu; %d worker%s, minibatch %ld, "
                "%ld epochs\n", dpt_datastore_n_obs(train), k, dpt_datastore_n_obs(testds),
-               n_workers, n_workers == 1 ? "" : "s", batch, epochs);
+               under_mpi ? launcher_size() : n_workers,
+               (under_mpi ? launcher_size() : n_workers) == 1 ? "" : "s", batch, epochs);
     dpt_fit_result res;
     dpt_status fs = dpt_fit(&cfg, &res);
     report_finish(&rep);

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static const char default_spec[] =
     "# The network of MATLAB's \"Train Network in Parallel with Custom Training Loop\".\n"
@@ -484,6 +485,13 @@ void dpt_net_set_sync_bn(dpt_net *net, dpt_comm *comm) { net->sync_bn = comm; }
 
 /* ---- compute -------------------------------------------------------------------- */
 
+static double prof_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 static int all_finite(const float *x, size_t n)
 {
     /* Summing keeps the common case one vectorisable pass: a NaN or infinity
@@ -503,9 +511,12 @@ dpt_status dpt_net_forward(dpt_net *net, const float *x, int n, dpt_mode mode, c
     memcpy(net->acts[0], x, (size_t)n * layer_count(&net->layers[0]) * sizeof(float));
     for (int i = 1; i < net->n_layers; i++) {
         dpt_layer *l = &net->layers[i];
+        double t0 = net->prof ? prof_now() : 0.0;
         dpt_status s = l->type->forward(net, l, net->acts[i - 1], net->acts[i], n, mode);
         if (s != DPT_OK)
             return s;
+        if (net->prof)
+            net->prof[i] += prof_now() - t0;
     }
     net->last_n = n;
     net->last_mode = mode;
@@ -538,9 +549,12 @@ dpt_status dpt_net_backward(dpt_net *net, const float *dy, int dy_is_logits)
     for (int i = top; i >= 1; i--) {
         dpt_layer *l = &net->layers[i];
         float *dx = i > 1 ? net->gbuf[which] : NULL; /* the input needs no gradient */
+        double t0 = net->prof ? prof_now() : 0.0;
         dpt_status s = l->type->backward(net, l, net->acts[i - 1], net->acts[i], g, dx, n);
         if (s != DPT_OK)
             return s;
+        if (net->prof)
+            net->prof[net->n_layers + i] += prof_now() - t0;
         g = dx;
         which ^= 1;
     }

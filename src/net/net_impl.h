@@ -85,6 +85,9 @@ struct dpt_net {
     dpt_mode last_mode;
 
     dpt_comm *sync_bn;     /* non-NULL: synchronised batch norm (borrowed) */
+    double *prof;          /* non-NULL: seconds per layer added up, forward in
+                              [0, n_layers), backward in [n_layers, 2 n_layers)
+                              (borrowed; set by bench/step_bench.c) */
 
     char **meta;           /* key, value, key, value ... from the loaded file (owned) */
     size_t n_meta;

@@ -1,0 +1,179 @@
+/* ops/cuda: the GPU kernels of dptrain behind a plain C interface.
+ *
+ * Internal to libdptrain: net/net_gpu.c (the GPU executor of a network) is
+ * the only caller. Implemented in the .cu files beside this header, which
+ * are compiled only when the build found the CUDA toolkit and cuDNN
+ * (DPT_HAVE_CUDA). Nothing here needs a CUDA header, so C files include it
+ * without CUDA's include paths and with -Werror.
+ *
+ * Every pointer called "device" lives in GPU memory of the context's device;
+ * "pinned" is page-locked host memory from gpu_malloc_host; plain "host" is
+ * any host memory. Layouts are those of ops/ops.h (NCHW, batch first,
+ * float32), so a device buffer holds exactly what the CPU buffer would.
+ *
+ * All work is queued on the context's compute stream in call order; a call
+ * returns once its work is queued (launch errors are reported at once,
+ * errors inside kernels at the next call that waits: gpu_sync or a
+ * download). Failures return a dpt_status with a message that names the
+ * device, the operation and, where given, the layer. Gradient outputs are
+ * overwritten, never accumulated. */
+#ifndef DPT_GPU_OPS_H
+#define DPT_GPU_OPS_H
+
+#include <stddef.h>
+
+#include "dptrain/core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- devices ------------------------------------------------------------------ */
+
+/* Devices this build can run on: present, and our kernels have code for
+ * their architecture. 0 when there is no driver or no device. */
+int gpu_device_count(void);
+/* Name, memory and compute capability of device i (any of the arguments
+ * after i may be NULL). */
+dpt_status gpu_device_query(int device, char *name, size_t name_n, size_t *mem_bytes,
+                            int *cc_major, int *cc_minor, int *n_sm);
+/* A key identifying the physical device (PCI bus id), for telling apart
+ * workers that share a GPU. */
+dpt_status gpu_device_bus_id(int device, char *buf, size_t n);
+
+/* ---- context: one per network replica -------------------------------------------- */
+
+typedef struct gpu_ctx gpu_ctx;
+
+/* Make a context on `device`: a compute stream, a copy stream, cuBLAS and
+ * cuDNN handles bound to the compute stream, and a pinned staging ring for
+ * host-to-device copies. allow_tf32 0 keeps every float32 product in full
+ * float32 (cuBLAS CUBLAS_DEFAULT_MATH, cuDNN CUDNN_FMA_MATH). */
+dpt_status gpu_ctx_new(int device, int allow_tf32, gpu_ctx **out);
+void gpu_ctx_free(gpu_ctx *g);
+/* Make the context's device current on the calling thread (CUDA keeps the
+ * current device per thread); every entry point of net_gpu.c calls it. */
+dpt_status gpu_ctx_enter(gpu_ctx *g);
+int gpu_ctx_device(const gpu_ctx *g);
+int gpu_ctx_allow_tf32(const gpu_ctx *g);
+/* The compute stream as a cudaStream_t (for NCCL calls in comm/). */
+void *gpu_ctx_stream(gpu_ctx *g);
+/* Grow the cuDNN workspace to at least `bytes` (set-up time only). */
+dpt_status gpu_ctx_reserve_workspace(gpu_ctx *g, size_t bytes);
+size_t gpu_ctx_workspace_bytes(const gpu_ctx *g);
+/* Scratch for the deterministic reductions: at least `doubles` doubles. */
+dpt_status gpu_ctx_reserve_scratch(gpu_ctx *g, size_t doubles);
+
+/* ---- memory and transfers ---------------------------------------------------------- */
+
+/* Zeroed device memory on the context's device. */
+dpt_status gpu_malloc(gpu_ctx *g, size_t bytes, void **p);
+void gpu_mfree(void *p);
+dpt_status gpu_malloc_host(size_t bytes, void **p);
+void gpu_mfree_host(void *p);
+
+/* Host -> device through the pinned staging ring on the copy stream: the
+ * host bytes are consumed (copied into pinned chunks, each chunk's DMA
+ * overlapping the copy of the next) before the call returns, and the
+ * compute stream waits for the transfer before its next work. The copy
+ * stream first waits for the compute stream's earlier work, so `dst` may
+ * be a buffer the previous step still read. */
+dpt_status gpu_upload(gpu_ctx *g, void *dst, const void *host, size_t bytes);
+/* Device -> host, waiting for everything queued before it. */
+dpt_status gpu_download(gpu_ctx *g, void *host, const void *src, size_t bytes);
+/* Device -> pinned, queued (no wait); see gpu_sync. */
+dpt_status gpu_download_async(gpu_ctx *g, void *pinned, const void *src, size_t bytes);
+/* Pinned -> device, queued on the compute stream. */
+dpt_status gpu_upload_async(gpu_ctx *g, void *dst, const void *pinned, size_t bytes);
+dpt_status gpu_copy(gpu_ctx *g, void *dst, const void *src, size_t bytes);
+dpt_status gpu_zero(gpu_ctx *g, void *dst, size_t bytes);
+/* Wait for the compute stream; reports errors of kernels queued before.
+ * `what` names the operation in a message. */
+dpt_status gpu_sync(gpu_ctx *g, const char *what);
+
+/* ---- convolution (cuDNN) -------------------------------------------------------------- */
+
+typedef struct gpu_conv gpu_conv;
+
+/* Describe a convolution of input [*, c_in, h, w], weights [c_out, c_in,
+ * kh, kw], stride and pad in both directions, for batches of up to
+ * max_batch. Chooses the forward, backward-data and backward-filter
+ * algorithms for max_batch once (deterministic algorithms only; find 1:
+ * cudnnFind*, timing every candidate, 0: cudnnGet*_v7 heuristics, the same
+ * choice every run) and grows the context's workspace to what they need.
+ * Another batch size gets its own choice, made once on first use, within
+ * the workspace already planned. `name` is used in messages. */
+dpt_status gpu_conv_new(gpu_ctx *g, const char *name, int max_batch, int c_in, int h, int w,
+                        int c_out, int kh, int kw, int stride, int pad, int find,
+                        gpu_conv **out);
+void gpu_conv_free(gpu_conv *c);
+/* The chosen algorithms for max_batch, for logs ("fwd 1 bwd-data 1 ..."). */
+const char *gpu_conv_describe(const gpu_conv *c);
+/* y [n, c_out, oh, ow] = conv(x, w) + b (b may be NULL). */
+dpt_status gpu_conv_forward(gpu_ctx *g, gpu_conv *c, int n, const float *x, const float *w,
+                            const float *b, float *y);
+/* dx (may be NULL), dw, db (may be NULL) from dy. */
+dpt_status gpu_conv_backward(gpu_ctx *g, gpu_conv *c, int n, const float *x, const float *w,
+                             const float *dy, float *dx, float *dw, float *db);
+
+/* ---- fully connected (cuBLAS): y [n, out] = x [n, in] · wᵀ + b, w [out, in] ---- */
+dpt_status gpu_linear_forward(gpu_ctx *g, const float *x, const float *w, const float *b,
+                              float *y, int n, int in, int out);
+/* dx [n, in] (may be NULL), dw [out, in], db [out]. */
+dpt_status gpu_linear_backward(gpu_ctx *g, const float *x, const float *w, const float *dy,
+                               float *dx, float *dw, float *db, int n, int in, int out);
+
+/* ---- elementwise and row kernels ------------------------------------------------------- */
+dpt_status gpu_relu_forward(gpu_ctx *g, const float *x, float *y, size_t n);
+/* dx = dy where y > 0, else 0. */
+dpt_status gpu_relu_backward(gpu_ctx *g, const float *y, const float *dy, float *dx, size_t n);
+/* Row-wise softmax of z [n, k]. */
+dpt_status gpu_softmax_forward(gpu_ctx *g, const float *z, float *p, int n, int k);
+/* dx = p ⊙ (dy − Σ dy·p) per row. */
+dpt_status gpu_softmax_backward(gpu_ctx *g, const float *p, const float *dy, float *dx, int n,
+                                int k);
+/* Cross-entropy of p [n, k] against targets t [n, k]: *loss (device
+ * double) = mean over rows (as dpt_softmax_xent), dlogits = (p − t)·scale/n. */
+dpt_status gpu_softmax_xent(gpu_ctx *g, const float *p, const float *t, int n, int k,
+                            float scale, float *dlogits, double *loss);
+/* SGD with momentum (MATLAB's sgdmupdate, as dpt_sgdm_step, same rounding). */
+dpt_status gpu_sgdm(gpu_ctx *g, float *params, float *velocity, const float *grads, size_t n,
+                    float lr, float momentum, float weight_decay);
+
+/* ---- batch normalisation over (n, h, w) per channel -------------------------------------- *
+ * The split of ops/ops.h, with the per-channel sums in float64 computed by
+ * a deterministic two-pass reduction (fixed partition, fixed order): same
+ * inputs, same bits. */
+
+/* sums [2c + 1]: Σx per channel, Σx² per channel, then the count n·hw. */
+dpt_status gpu_bn_sums(gpu_ctx *g, const float *x, int n, int c, int hw, double *sums);
+/* From sums (possibly all-reduced): batch [2c] = mean and biased variance
+ * (float64), mean/invstd [c] (float32) for normalising. */
+dpt_status gpu_bn_stats(gpu_ctx *g, const double *sums, int c, float epsilon, double *batch,
+                        float *mean, float *invstd);
+/* From the running state [2c] (mean, variance) for PREDICT mode. */
+dpt_status gpu_bn_running(gpu_ctx *g, const float *state, int c, float epsilon, float *mean,
+                          float *invstd);
+/* y = gamma·(x − mean)·invstd + beta; y_relu (may be NULL) = max(y, 0)
+ * as well, for a ReLU that follows (fused). */
+dpt_status gpu_bn_normalize(gpu_ctx *g, const float *x, int n, int c, int hw, const float *mean,
+                            const float *invstd, const float *gamma, const float *beta, float *y,
+                            float *y_relu);
+/* sums [2c] = Σ dy and Σ dy·x̂ per channel; doffset = Σ dy, dscale = Σ dy·x̂
+ * (float32, the local shares). relu_y non-NULL: dy is the gradient at the
+ * output of a fused ReLU whose output was relu_y (gated by relu_y > 0). */
+dpt_status gpu_bn_backward_sums(gpu_ctx *g, const float *x, const float *dy,
+                                const float *relu_y, int n, int c, int hw, const float *mean,
+                                const float *invstd, double *sums, float *doffset,
+                                float *dscale);
+/* dx = gamma·invstd·(dy − Σdy/count − x̂·Σdy·x̂/count), count read from the
+ * device double *count. relu_y as above. */
+dpt_status gpu_bn_backward_dx(gpu_ctx *g, const float *x, const float *dy, const float *relu_y,
+                              int n, int c, int hw, const float *mean, const float *invstd,
+                              const float *gamma, const double *sums, const double *count,
+                              float *dx);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

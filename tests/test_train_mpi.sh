@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# `mpirun -np N dptrain train` against `dptrain train --workers N`: the same
+# seed and N give the same model (the local and MPI all-reduces both add the
+# workers' contributions in rank order, so the files are compared byte for
+# byte, stricter than the 1e-6 the design asks for). Skips without MPI.
+set -u
+cli=${DPT_CLI:?}
+src=${DPT_SOURCE_DIR:?}
+if [ "${DPT_HAVE_MPI:-0}" != 1 ] || ! command -v mpirun >/dev/null; then
+  echo "skipped: dptrain was built without MPI or mpirun is missing"
+  exit 77
+fi
+# Open MPI refuses to run as root without these; they belong to the test
+# harness, not to the library.
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export OMPI_MCA_rmaps_base_oversubscribe=1
+d=$src/tests/fixtures/digits400
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail=0 pass=0
+for n in 2 3; do
+  args=(train --data "$d" --epochs 2 --batch 32 --seed 6 --quiet)
+  "$cli" "${args[@]}" --workers $n --out "$tmp/local$n" >/dev/null 2>"$tmp/err" || { echo "FAIL local $n: $(cat "$tmp/err")"; fail=$((fail+1)); continue; }
+  timeout 300 mpirun -np $n "$cli" "${args[@]}" --out "$tmp/mpi$n" >"$tmp/out" 2>"$tmp/err" || { echo "FAIL mpirun -np $n: $(cat "$tmp/err")"; fail=$((fail+1)); continue; }
+  if cmp -s "$tmp/local$n/model.safetensors" "$tmp/mpi$n/model.safetensors"; then
+    pass=$((pass+1)); echo "N=$n: mpirun and local threads give the same model file"
+  else
+    echo "FAIL N=$n: mpirun and local models differ"; fail=$((fail+1))
+  fi
+  # only rank 0 prints the result
+  [ "$(grep -c '^test accuracy' "$tmp/out")" = 1 ] && pass=$((pass+1)) || { echo "FAIL N=$n: $(cat "$tmp/out")"; fail=$((fail+1)); }
+done
+# --workers makes no sense under MPI: each rank is one worker.
+if timeout 60 mpirun -np 2 "$cli" train --data "$d" --workers 2 --epochs 1 --out "$tmp/w" >/dev/null 2>"$tmp/err"; then
+  echo "FAIL: --workers under mpirun accepted"; fail=$((fail+1))
+elif grep -q "under MPI each rank is one worker" "$tmp/err"; then pass=$((pass+1))
+else echo "FAIL: $(cat "$tmp/err")"; fail=$((fail+1)); fi
+echo "test_train_mpi: $pass passed, $fail failed"
+[ $fail -eq 0 ]
