@@ -50,6 +50,18 @@ dpt_status dpt_train_step(dpt_net *net, dpt_sgdm *opt, dpt_comm *comm, const flo
         return s;
     /* 6. The same update on every worker. */
     dpt_sgdm_step(opt, dpt_net_params(net), dpt_net_grads(net));
+#ifndef NDEBUG
+    /* Debug builds check invariant 2 after every step: every worker holds
+     * worker 0's bits. */
+    if (multi(comm)) {
+        uint64_t h = dpt_net_hash(net), h0 = h;
+        if ((s = dpt_comm_broadcast(comm, &h0, sizeof h0, 0)) != DPT_OK)
+            return s;
+        if (h != h0)
+            return dpt_fail(DPT_ERR_COMM, "worker %d's learnables or state differ from worker 0's "
+                            "after a step", dpt_comm_rank(comm));
+    }
+#endif
     *loss = l;
     if (n_total)
         *n_total = (int)m_total;
