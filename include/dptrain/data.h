@@ -37,6 +37,10 @@ extern "C" {
 
 typedef struct dpt_datastore dpt_datastore;
 
+/* Images with more pixels than this (4096 × 4096) are rejected as malformed:
+ * a few header bytes can otherwise ask for gigabytes. */
+#define DPT_MAX_IMAGE_PIXELS (1 << 24)
+
 typedef enum dpt_datastore_kind {
     DPT_DATASTORE_FOLDER = 1, /* folder of class sub-folders of image files */
     DPT_DATASTORE_IDX = 2     /* IDX images + labels, in memory */
@@ -111,6 +115,7 @@ DPT_API void dpt_datastore_free(dpt_datastore *ds);
 
 /* ---- queries (never fail; i must be < n_obs, k < n_classes) ------------- */
 
+/* Whether ds reads an image folder or IDX files. */
 DPT_API dpt_datastore_kind dpt_datastore_kind_of(const dpt_datastore *ds);
 /* Number of observations in this datastore. */
 DPT_API size_t dpt_datastore_n_obs(const dpt_datastore *ds);

@@ -120,6 +120,14 @@ dpt_status decode_image_file(const char *path, raw_image *img)
     if (!f)
         return dpt_fail(DPT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     int w = 0, h = 0, c = 0;
+    /* Look at the header first: a few bytes can declare a gigapixel image,
+     * and decoding that would take seconds and gigabytes (found by fuzzing). */
+    if (stbi_info_from_file(f, &w, &h, &c) &&
+        (w < 1 || h < 1 || (long long)w * h > DPT_MAX_IMAGE_PIXELS)) {
+        fclose(f);
+        return dpt_fail(DPT_ERR_FORMAT, "%s: image of %dx%d pixels is larger than the %d allowed",
+                        path, w, h, DPT_MAX_IMAGE_PIXELS);
+    }
     uint8_t *pix = stbi_load_from_file(f, &w, &h, &c, 0);
     fclose(f);
     if (!pix) {

@@ -1,0 +1,33 @@
+/* Fuzz the network-spec parser and shape inference (dpt_net_from_spec). */
+#include "dptrain/net.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n)
+{
+    if (n > 1 << 16)
+        return 0;
+    char *text = malloc(n + 1);
+    if (!text)
+        return 0;
+    memcpy(text, data, n);
+    text[n] = '\0';
+    dpt_net *net = NULL;
+    /* max_batch 1 keeps a huge but valid network from using all memory. */
+    if (dpt_net_from_spec(text, "fuzz.spec", 3, 1, 0, &net) == DPT_OK) {
+        /* A spec that parses must also run one forward pass. */
+        int chw[3];
+        dpt_net_input_shape(net, chw);
+        size_t in = (size_t)chw[0] * chw[1] * chw[2];
+        float *x = in <= (1u << 20) ? calloc(in, sizeof *x) : NULL;
+        const float *y;
+        if (x)
+            (void)dpt_net_forward(net, x, 1, DPT_MODE_PREDICT, &y);
+        free(x);
+        dpt_net_free(net);
+    }
+    free(text);
+    return 0;
+}
