@@ -141,12 +141,14 @@ typedef struct dpt_fit_config {
     long checkpoint_every;        /* iterations between checkpoints (0: only at
                                      the end); one is always written at the end */
     const char *resume;           /* checkpoint to continue from (NULL: start) */
+    int use_gpu;                  /* 1: every worker trains on its GPU
+                                     (dpt_gpu_for_worker; see dptrain/gpu.h) */
 } dpt_fit_config;
 
 #define DPT_FIT_CONFIG_VERSION 1
 #define DPT_FIT_CONFIG_INIT                                                             \
     {DPT_FIT_CONFIG_VERSION, NULL, NULL, NULL, NULL, 20, 128, 0.01f, 0.9f, 0.0f, 0,       \
-     DPT_SPMD_CONFIG_INIT, 0, 1, 0, NULL, NULL, NULL, NULL, NULL, 0, NULL}
+     DPT_SPMD_CONFIG_INIT, 0, 1, 0, NULL, NULL, NULL, NULL, NULL, 0, NULL, 0}
 
 typedef struct dpt_fit_result {
     double final_loss;

@@ -1,5 +1,6 @@
 /* dptrain info: the default spec, a network's layers and tables. */
 #include "cli/cli.h"
+#include "dptrain/gpu.h"
 #include "dptrain/net.h"
 
 #include <getopt.h>
@@ -92,5 +93,17 @@ int cli_info(int argc, char **argv)
     printf("network: %s\n", spec_path ? spec_path : "default (MATLAB example), 10 classes");
     cli_print_net(net);
     dpt_net_free(net);
+    printf("devices: %d CPU cores", dpt_cpu_count());
+    int n_gpus = dpt_gpu_count();
+    if (!dpt_gpu_have_cuda())
+        printf("; GPUs: none (built without CUDA)\n");
+    else
+        printf("; GPUs: %d%s\n", n_gpus, n_gpus ? "" : " (CUDA build, no device found)");
+    for (int i = 0; i < n_gpus; i++) {
+        dpt_gpu_info g;
+        if (dpt_gpu_query(i, &g) == DPT_OK)
+            printf("  gpu %d: %s, %.1f GiB, compute capability %d.%d\n", i, g.name,
+                   g.memory_bytes / 1073741824.0, g.cc_major, g.cc_minor);
+    }
     return 0;
 }

@@ -1,6 +1,7 @@
 /* dptrain train: the MATLAB example's job from the command line. */
 #include "cli/cli.h"
 #include "cli/report.h"
+#include "dptrain/gpu.h"
 #include "dptrain/train.h"
 
 #include <errno.h>
@@ -34,7 +35,11 @@ static const char help[] =
     "  --weight-decay X    L2 regularisation factor (default 0)\n"
     "  --seed N            seed of initialisation, split and shuffles (default 0)\n"
     "parallel:\n"
-    "  --workers N         workers (default: the number of cores; 1 under MPI, where\n"
+    "  --device NAME       auto | cpu | gpu (default auto: GPUs when this build has CUDA\n"
+    "                      and a device is found, one worker per GPU, else CPU workers)\n"
+    "  --batch-per-worker  on GPUs, keep --batch as the global minibatch (default: the\n"
+    "                      MATLAB example's rule, --batch per GPU, so B x GPUs in all)\n"
+    "  --workers N         CPU workers (default: the number of cores; 1 under MPI, where\n"
     "                      each rank is one worker)\n"
     "  --backend NAME      auto | local | mpi (default auto: mpi when started by mpirun)\n"
     "  --threads N         BLAS threads per worker (default: cores / workers, at least 1)\n"
@@ -108,7 +113,7 @@ int cli_train(int argc, char **argv)
 {
     enum { O_LABELS = 256, O_TEST, O_TEST_LABELS, O_SPLIT, O_SKIP, O_NET, O_EPOCHS, O_BATCH, O_LR,
            O_MOM, O_WD, O_SEED, O_WORKERS, O_BACKEND, O_THREADS, O_SYNC, O_NOPF, O_OUT, O_EVAL,
-           O_QUIET, O_DATA, O_CKPT, O_RESUME, O_PRINT };
+           O_QUIET, O_DATA, O_CKPT, O_RESUME, O_PRINT, O_DEVICE, O_BPW };
     static const struct option opts[] = {
         {"data", required_argument, 0, O_DATA},       {"labels", required_argument, 0, O_LABELS},
         {"test", required_argument, 0, O_TEST},       {"test-labels", required_argument, 0, O_TEST_LABELS},
@@ -123,11 +128,14 @@ int cli_train(int argc, char **argv)
         {"quiet", no_argument, 0, O_QUIET},           {"help", no_argument, 0, 'h'},
         {"checkpoint-every", required_argument, 0, O_CKPT}, {"resume", required_argument, 0, O_RESUME},
         {"print-every", required_argument, 0, O_PRINT},
+        {"device", required_argument, 0, O_DEVICE},   {"batch-per-worker", no_argument, 0, O_BPW},
         {0, 0, 0, 0},
     };
     const char *data = NULL, *labels = NULL, *test = NULL, *test_labels = NULL, *net_path = NULL;
     const char *out_dir = "out", *backend_name = "auto", *resume = NULL;
     long ckpt_every = 0, print_every = 0;
+    const char *device = "auto";
+    int batch_per_worker = 0;
     double split = 0.9, lr = 0.01, momentum = 0.9, wd = 0.0;
     long epochs = 20, batch = 128, seed = 0, workers = 0, threads = 0;
     int skip_corrupt = 0, sync_bn = 0, prefetch = 1, eval_epoch = 0, quiet = 0;
@@ -161,6 +169,8 @@ int cli_train(int argc, char **argv)
         case O_CKPT: bad = cli_int("--checkpoint-every", optarg, 0, 1L << 40, &ckpt_every); break;
         case O_RESUME: resume = optarg; break;
         case O_PRINT: bad = cli_int("--print-every", optarg, 0, 1L << 40, &print_every); break;
+        case O_DEVICE: device = optarg; break;
+        case O_BPW: batch_per_worker = 1; break;
         case 'h': fputs(help, stdout); return 0;
         default:
             return cli_error("train: unknown or incomplete option '%s' (see dptrain train --help)",
@@ -181,6 +191,14 @@ int cli_train(int argc, char **argv)
         return cli_error("--momentum: %g must be in [0, 1)", momentum);
     if (!(wd >= 0))
         return cli_error("--weight-decay: %g must not be negative", wd);
+    if (strcmp(device, "auto") && strcmp(device, "cpu") && strcmp(device, "gpu"))
+        return cli_error("--device: unknown device '%s' (auto, cpu, gpu)", device);
+    /* MATLAB's canUseGPU: GPUs when the build and the machine have them. */
+    int n_gpus = strcmp(device, "cpu") ? dpt_gpu_count() : 0;
+    if (!strcmp(device, "gpu") && n_gpus == 0)
+        return cli_error("--device gpu: no usable GPU (%s)", dpt_gpu_have_cuda()
+                             ? "no CUDA device found" : "this dptrain was built without CUDA");
+    int use_gpu = n_gpus > 0;
     dpt_comm_backend backend;
     if (dpt_comm_backend_parse(backend_name, &backend) != DPT_OK)
         return cli_error("--backend: unknown backend '%s' (auto, local, mpi)", backend_name);
@@ -190,7 +208,13 @@ int cli_train(int argc, char **argv)
                          "(install libopenmpi-dev and rebuild)");
     if (under_mpi && workers > 1)
         return cli_error("--workers: under MPI each rank is one worker; use mpirun -np N");
-    int n_workers = under_mpi ? 1 : (workers ? (int)workers : dpt_cpu_count());
+    int n_workers = under_mpi ? 1 : (workers ? (int)workers : use_gpu ? n_gpus : dpt_cpu_count());
+    if (use_gpu && !under_mpi && n_workers > n_gpus)
+        return cli_error("--workers %d: only %d GPU%s (one worker per GPU)", n_workers, n_gpus,
+                         n_gpus == 1 ? "" : "s");
+    /* The MATLAB example grows the minibatch with the number of GPUs. */
+    if (use_gpu && !batch_per_worker)
+        batch = dpt_batch_global((int)batch, under_mpi ? launcher_size() : n_workers, 1);
     if (batch < n_workers && !under_mpi)
         return cli_error("--batch %ld is smaller than the %d workers", batch, n_workers);
     dpt_blas_set_threads(threads ? (int)threads
@@ -267,6 +291,9 @@ int cli_train(int argc, char **argv)
     cfg.checkpoint_out = ckpt_every > 0 ? ckpt_path : NULL;
     cfg.checkpoint_every = ckpt_every;
     cfg.resume = resume;
+    cfg.use_gpu = use_gpu;
+    if (!quiet && use_gpu)
+        printf("device: %d GPU%s (one worker per GPU)\n", n_gpus, n_gpus == 1 ? "" : "s");
     if (!quiet)
         printf("training on %zu images (%d classes), testing on %zu; %d worker%s, minibatch %ld, "
                "%ld epochs\n", dpt_datastore_n_obs(train), k, dpt_datastore_n_obs(testds),

@@ -1,6 +1,7 @@
 /* The MATLAB example's training loop (DESIGN.md, steps 4-7) as one call,
  * and evaluation. Each worker runs fit_worker; worker 0 reports progress,
  * saves the model and measures test accuracy. */
+#include "dptrain/gpu.h"
 #include "dptrain/train.h"
 
 #include <math.h>
@@ -125,6 +126,12 @@ static dpt_status save_model(const fit_job *job, dpt_net *net, int n_workers, lo
 static dpt_status save_checkpoint(const fit_job *job, dpt_net *net, dpt_sgdm *opt, int epoch,
                                   long epoch_it, long iteration, int n_workers, double elapsed)
 {
+    /* A GPU network's learnables and velocity live on the device. */
+    if (dpt_net_device(net) >= 0) {
+        dpt_status s = dpt_net_sync_to_host(net);
+        if (s != DPT_OK)
+            return s;
+    }
     dpt_checkpoint_info info = {epoch, epoch_it, iteration, job->cfg->seed, n_workers, elapsed};
     dpt_kv meta[] = {{"classes", job->classes_json}};
     return dpt_checkpoint_save(job->cfg->checkpoint_out, net, opt, &info, meta, 1);
@@ -183,6 +190,9 @@ static dpt_status fit_worker(dpt_comm *comm, void *arg)
         goto done;
     if (cfg->sync_bn)
         dpt_net_set_sync_bn(net, comm);
+    /* One worker per GPU: the network moves once its host copy is final. */
+    if (cfg->use_gpu && (s = dpt_net_to_gpu(net, dpt_gpu_for_worker(comm))) != DPT_OK)
+        goto done;
 
     int chw[3];
     dpt_net_input_shape(net, chw);
@@ -266,6 +276,8 @@ static dpt_status fit_worker(dpt_comm *comm, void *arg)
          * continues from here. */
         if (cfg->checkpoint_out &&
             (s = save_checkpoint(job, net, opt, epoch, 0, iteration, n_workers, train_s)) != DPT_OK)
+            goto done;
+        if (dpt_net_device(net) >= 0 && (s = dpt_net_sync_to_host(net)) != DPT_OK)
             goto done;
         if (cfg->model_out && (s = save_model(job, net, n_workers, iteration)) != DPT_OK)
             goto done;

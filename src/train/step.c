@@ -1,11 +1,14 @@
 /* The data-parallel training step of the MATLAB example, top to bottom. */
 #include "dptrain/train.h"
+#include "net/net_impl.h"
 #include "ops/ops.h"
 
 static int multi(dpt_comm *comm) { return comm && dpt_comm_size(comm) > 1; }
 
 dpt_status dpt_train_aggregate(dpt_net *net, dpt_comm *comm, double *loss)
 {
+    if (net->gpu) /* the same with device buffers */
+        return net_gpu_aggregate(net, comm, loss);
     dpt_status s = DPT_OK;
     if (multi(comm)) {
         /* Gradients were weighted by n_local / M at the loss: a plain sum is
@@ -28,6 +31,8 @@ dpt_status dpt_train_step(dpt_net *net, dpt_sgdm *opt, dpt_comm *comm, const flo
     if (opt->n != dpt_net_n_params(net))
         return dpt_fail(DPT_ERR_ARG, "train step: optimizer has %zu parameters, network %zu",
                         opt->n, dpt_net_n_params(net));
+    if (net->gpu) /* the same six steps with device buffers: net/net_gpu.c */
+        return net_gpu_train_step(net, opt, comm, x, t, n_local, loss, n_total);
     /* 1. M, the size of the whole minibatch (shares may be uneven). */
     double m_total = n_local;
     dpt_status s = DPT_OK;
