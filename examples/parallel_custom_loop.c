@@ -4,8 +4,8 @@
  *   parallel_custom_loop DATA [EPOCHS [WORKERS [MODEL]]]
  *
  * DATA is a folder with one sub-folder of images per class (the digits:
- * DATA/0/*.png ... DATA/9/*.png); EPOCHS defaults to 20, WORKERS to one per
- * core; MODEL, when given, is where the trained network is saved
+ * DATA/0/1.png, ..., DATA/9/...); EPOCHS defaults to 20, WORKERS to one
+ * per core; MODEL, when given, is where the trained network is saved
  * (safetensors). Under mpirun each rank is one worker.
  *
  * Build: cc parallel_custom_loop.c $(pkg-config --cflags --libs dptrain)
@@ -34,7 +34,7 @@ typedef struct run {
 static double seconds(void)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    timespec_get(&ts, TIME_UTC); /* C11 */
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 

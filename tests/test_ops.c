@@ -694,6 +694,7 @@ static void cross_check_conv(const char *set, dpt_rng *rng, dpt_conv2d_desc d, i
     fill_normal(rng, b, d.c_out, 0.5f);
     fill_normal(rng, dy, ny, 1.0f);
     float *out[2][4]; /* [generic, set][y, dx, dw, db] */
+    double sums_err = 0.0;
     for (int pass = 0; pass < 2; pass++) {
         CHECK(dpt_ops_set_kernels(pass == 0 ? "generic" : set) == 0);
         float *work = fill_nan(dpt_conv2d_work_floats(&d));
@@ -702,6 +703,24 @@ static void cross_check_conv(const char *set, dpt_rng *rng, dpt_conv2d_desc d, i
         dpt_conv2d_forward(&d, x, w, b, out[pass][0], work);
         dpt_conv2d_backward(&d, x, w, dy, first_layer ? NULL : out[pass][1], out[pass][2],
                             out[pass][3], work);
+        if (pass == 1) {
+            /* The batch-norm sums the conv adds up while writing y, and y
+             * itself the same bits as without them. */
+            double *s = malloc(4 * d.c_out * sizeof *s);
+            float *y2 = fill_nan(ny);
+            dpt_conv2d_forward_sums(&d, x, w, b, y2, work, s, s + d.c_out);
+            CHECK_MSG(memcmp(y2, out[1][0], ny * sizeof *y2) == 0, "%s: y differs with sums", set);
+            dpt_bn_sums(out[0][0], d.n, d.c_out, d.out_h * d.out_w, s + 2 * d.c_out,
+                        s + 3 * d.c_out);
+            float got[2 * 64], want[2 * 64];
+            int m = d.c_out < 64 ? d.c_out : 64;
+            for (int c = 0; c < m; c++) {
+                got[c] = (float)s[c], want[c] = (float)s[2 * d.c_out + c];
+                got[m + c] = (float)s[d.c_out + c], want[m + c] = (float)s[3 * d.c_out + c];
+            }
+            sums_err = tu_rel_err(got, want, 2 * (size_t)m, NULL);
+            free(s), free(y2);
+        }
         free(work);
     }
     char label[160];
@@ -713,9 +732,104 @@ static void cross_check_conv(const char *set, dpt_rng *rng, dpt_conv2d_desc d, i
         note(&worst_ref, tu_check_close("  dx", out[1][1], out[0][1], nx, REF_TOL));
     note(&worst_ref, tu_check_close("  dw", out[1][2], out[0][2], nw, REF_TOL));
     note(&worst_ref, tu_check_close("  db", out[1][3], out[0][3], d.c_out, REF_TOL));
+    note(&worst_ref, sums_err);
+    printf("  %-40s rel err %.3e (tol %.0e) %s\n", "batch-norm sums of y", sums_err, REF_TOL,
+           sums_err <= REF_TOL ? "ok" : "FAIL");
+    CHECK(sums_err <= REF_TOL);
     for (int pass = 0; pass < 2; pass++)
         for (int k = 0; k < 4; k++)
             free(out[pass][k]);
+    free(x), free(w), free(b), free(dy);
+}
+
+/* Batch norm with and without the fused ReLU on one kernel set against the
+ * generic set and against the unfused sequence (normalize, then ReLU;
+ * ReLU backward, then batch-norm backward), on planes that fill whole
+ * vectors and planes that leave a tail. */
+static void cross_check_bn(const char *set, dpt_rng *rng, int n, int c, int hw)
+{
+    const size_t nx = (size_t)n * c * hw;
+    float *x = malloc(nx * sizeof(float)), *dy = malloc(nx * sizeof(float));
+    float *gamma = malloc(c * sizeof(float)), *beta = malloc(c * sizeof(float));
+    fill_normal(rng, x, nx, 1.5f);
+    for (size_t i = 0; i < nx; i++) /* a mean far from 0 in every other channel */
+        x[i] += (float)((i / hw) % c % 2) * 4.0f;
+    fill_normal(rng, dy, nx, 1.0f);
+    fill_normal(rng, gamma, c, 0.3f);
+    fill_normal(rng, beta, c, 0.5f);
+    for (int ch = 0; ch < c; ch++)
+        gamma[ch] += 1.0f;
+    float *mean[2], *invstd[2], *y[2], *yr[2], *dx[2], *dxr[2];
+    double *sd[2], *sdx[2];
+    for (int pass = 0; pass < 2; pass++) {
+        CHECK(dpt_ops_set_kernels(pass == 0 ? "generic" : set) == 0);
+        mean[pass] = fill_nan(c), invstd[pass] = fill_nan(c);
+        bn_stats(x, n, c, hw, 1e-5, mean[pass], NULL, invstd[pass]);
+        y[pass] = fill_nan(nx), yr[pass] = fill_nan(nx), dx[pass] = fill_nan(nx);
+        dxr[pass] = fill_nan(nx);
+        sd[pass] = malloc(2 * c * sizeof(double)), sdx[pass] = sd[pass] + c;
+        dpt_bn_normalize(x, n, c, hw, mean[pass], invstd[pass], gamma, beta, y[pass]);
+        dpt_bn_normalize_relu(x, n, c, hw, mean[pass], invstd[pass], gamma, beta, yr[pass]);
+        dpt_bn_backward_sums_relu(x, dy, n, c, hw, mean[pass], invstd[pass], gamma, beta, sd[pass],
+                                  sdx[pass]);
+        dpt_bn_backward_dx_relu(x, dy, n, c, hw, mean[pass], invstd[pass], gamma, beta, sd[pass],
+                                sdx[pass], (double)n * hw, dxr[pass]);
+        /* Unfused: relu(y), relu backward, then batch-norm backward. */
+        float *r = fill_nan(nx), *g = fill_nan(nx);
+        double *s1 = malloc(2 * c * sizeof(double));
+        dpt_relu_forward(y[pass], r, nx);
+        int same = memcmp(r, yr[pass], nx * sizeof(float)) == 0;
+        CHECK_MSG(same, "%s n%d c%d hw%d: fused ReLU output differs from relu(normalize)", set, n,
+                  c, hw);
+        dpt_relu_backward(r, dy, g, nx);
+        dpt_bn_backward_sums(x, g, n, c, hw, mean[pass], invstd[pass], s1, s1 + c);
+        dpt_bn_backward_dx(x, g, n, c, hw, mean[pass], invstd[pass], gamma, s1, s1 + c,
+                           (double)n * hw, dx[pass]);
+        free(r), free(g), free(s1);
+    }
+    char label[160];
+    snprintf(label, sizeof label, "%s batchnorm n%d c%d hw%d", set, n, c, hw);
+    printf("%s vs generic, fused ReLU vs unfused\n", label);
+    note(&worst_ref, tu_check_close("  batch mean", mean[1], mean[0], c, REF_TOL));
+    note(&worst_ref, tu_check_close("  invstd", invstd[1], invstd[0], c, REF_TOL));
+    note(&worst_ref, tu_check_close("  y", y[1], y[0], nx, REF_TOL));
+    note(&worst_ref, tu_check_close("  y (fused ReLU)", yr[1], yr[0], nx, REF_TOL));
+    note(&worst_ref, tu_check_close("  dx (fused ReLU)", dxr[1], dxr[0], nx, REF_TOL));
+    note(&worst_ref, tu_check_close("  dx fused vs unfused", dxr[1], dx[1], nx, REF_TOL));
+    for (int pass = 0; pass < 2; pass++) {
+        free(mean[pass]), free(invstd[pass]), free(y[pass]), free(yr[pass]);
+        free(dx[pass]), free(dxr[pass]), free(sd[pass]);
+    }
+    free(x), free(dy), free(gamma), free(beta);
+}
+
+/* The fully connected kernels of a set against the generic (BLAS) ones. */
+static void cross_check_linear(const char *set, dpt_rng *rng, int n, int in, int out)
+{
+    float *x = malloc((size_t)n * in * sizeof(float)), *w = malloc((size_t)out * in * sizeof(float));
+    float *b = malloc(out * sizeof(float)), *dy = malloc((size_t)n * out * sizeof(float));
+    fill_normal(rng, x, (size_t)n * in, 1.0f);
+    fill_normal(rng, w, (size_t)out * in, 0.05f);
+    fill_normal(rng, b, out, 0.5f);
+    fill_normal(rng, dy, (size_t)n * out, 1.0f);
+    float *r[2][4];
+    for (int pass = 0; pass < 2; pass++) {
+        CHECK(dpt_ops_set_kernels(pass == 0 ? "generic" : set) == 0);
+        r[pass][0] = fill_nan((size_t)n * out), r[pass][1] = fill_nan((size_t)n * in);
+        r[pass][2] = fill_nan((size_t)out * in), r[pass][3] = fill_nan(out);
+        dpt_linear_forward(x, w, b, r[pass][0], n, in, out);
+        dpt_linear_backward(x, w, dy, r[pass][1], r[pass][2], r[pass][3], n, in, out);
+    }
+    char label[160];
+    snprintf(label, sizeof label, "%s linear n%d %d-%d", set, n, in, out);
+    printf("%s vs generic\n", label);
+    note(&worst_ref, tu_check_close("  y", r[1][0], r[0][0], (size_t)n * out, REF_TOL));
+    note(&worst_ref, tu_check_close("  dx", r[1][1], r[0][1], (size_t)n * in, REF_TOL));
+    note(&worst_ref, tu_check_close("  dw", r[1][2], r[0][2], (size_t)out * in, REF_TOL));
+    note(&worst_ref, tu_check_close("  db", r[1][3], r[0][3], out, REF_TOL));
+    for (int pass = 0; pass < 2; pass++)
+        for (int k = 0; k < 4; k++)
+            free(r[pass][k]);
     free(x), free(w), free(b), free(dy);
 }
 
@@ -724,7 +838,11 @@ int main(void)
     desc_checks();
     softmax_extremes();
 
-    /* Every kernel set this CPU can run, the generic one first. */
+    /* Every kernel set this CPU can run, the generic one first: the
+     * PyTorch fixtures, finite differences, and each faster set against
+     * generic on the example network's shapes and awkward ones (odd widths
+     * narrower than a vector, channel counts that do not fill a register
+     * tile, non-square filters, planes and rows with a tail). */
     static const char *const sets[] = {"generic", "avx2", "avx512"};
     for (size_t k = 0; k < sizeof sets / sizeof *sets; k++) {
         if (!dpt_ops_kernels_supported(sets[k])) {
@@ -734,39 +852,48 @@ int main(void)
         CHECK(dpt_ops_set_kernels(sets[k]) == 0);
         printf("== kernel set %s\n", dpt_ops_kernels());
         for_each_case("ops_conv2d.safetensors", conv_case);
+        for_each_case("ops_batchnorm.safetensors", bn_case);
+        for_each_case("ops_relu.safetensors", relu_case);
+        for_each_case("ops_linear.safetensors", linear_case);
         dpt_rng rng;
         dpt_rng_seed(&rng, 2024, 3);
+        printf("finite differences\n");
         fd_conv(&rng, 2, 3, 7, 9, 4, 3, 2, 1);
         fd_conv(&rng, 1, 2, 6, 5, 3, 5, 1, 2);
         fd_conv(&rng, 3, 1, 5, 7, 2, 1, 1, 0);
         fd_conv(&rng, 2, 3, 6, 7, 11, 3, 1, 1);
-        if (k > 0) {
-            cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 5, .c_in = 1, .h = 28,
-                             .w = 28, .c_out = 20, .kh = 5, .kw = 5, .stride = 1, .pad = 0}, 1);
-            cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 5, .c_in = 20, .h = 24,
-                             .w = 24, .c_out = 20, .kh = 3, .kw = 3, .stride = 1, .pad = 1}, 0);
-            cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 3, .c_in = 7, .h = 5,
-                             .w = 3, .c_out = 13, .kh = 3, .kw = 3, .stride = 1, .pad = 2}, 0);
-            cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 2, .c_in = 3, .h = 17,
-                             .w = 33, .c_out = 23, .kh = 2, .kw = 4, .stride = 1, .pad = 1}, 0);
-            cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 2, .c_in = 33, .h = 9,
-                             .w = 9, .c_out = 1, .kh = 5, .kw = 1, .stride = 1, .pad = 0}, 0);
-        }
+        fd_bn(&rng, 3, 2, 5);
+        fd_bn(&rng, 1, 3, 12);
+        fd_linear(&rng, 5, 7, 4);
+        if (k == 0)
+            continue;
+        cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 5, .c_in = 1, .h = 28, .w = 28,
+                         .c_out = 20, .kh = 5, .kw = 5, .stride = 1, .pad = 0}, 1);
+        cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 5, .c_in = 20, .h = 24, .w = 24,
+                         .c_out = 20, .kh = 3, .kw = 3, .stride = 1, .pad = 1}, 0);
+        cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 3, .c_in = 7, .h = 5, .w = 3,
+                         .c_out = 13, .kh = 3, .kw = 3, .stride = 1, .pad = 2}, 0);
+        cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 2, .c_in = 3, .h = 17, .w = 33,
+                         .c_out = 23, .kh = 2, .kw = 4, .stride = 1, .pad = 1}, 0);
+        cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 2, .c_in = 33, .h = 9, .w = 9,
+                         .c_out = 1, .kh = 5, .kw = 1, .stride = 1, .pad = 0}, 0);
+        cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 2, .c_in = 4, .h = 19, .w = 21,
+                         .c_out = 6, .kh = 5, .kw = 5, .stride = 1, .pad = 1}, 0);
+        cross_check_bn(sets[k], &rng, 5, 20, 576);
+        cross_check_bn(sets[k], &rng, 3, 3, 37);
+        cross_check_bn(sets[k], &rng, 4, 5, 1);
+        cross_check_linear(sets[k], &rng, 5, 11520, 10);
+        cross_check_linear(sets[k], &rng, 7, 37, 3);
+        cross_check_linear(sets[k], &rng, 3, 100, 16);
+        cross_check_linear(sets[k], &rng, 2, 50, 17); /* more outputs: the BLAS path */
     }
     CHECK(dpt_ops_set_kernels("auto") == 0);
-    printf("== kernel set %s for the other ops\n", dpt_ops_kernels());
-
-    for_each_case("ops_batchnorm.safetensors", bn_case);
-    for_each_case("ops_relu.safetensors", relu_case);
-    for_each_case("ops_linear.safetensors", linear_case);
+    printf("== kernel set %s for the rest\n", dpt_ops_kernels());
     for_each_case("ops_loss.safetensors", loss_case);
 
     dpt_rng rng;
     dpt_rng_seed(&rng, 2024, 3);
     printf("finite differences\n");
-    fd_bn(&rng, 3, 2, 5);
-    fd_bn(&rng, 1, 3, 12);
-    fd_linear(&rng, 5, 7, 4);
     fd_xent(&rng, 4, 6, 0);
     fd_xent(&rng, 3, 5, 1);
 

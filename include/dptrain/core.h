@@ -104,7 +104,10 @@ typedef struct dpt_rng {
     uint64_t inc; /* odd: selects the stream */
 } dpt_rng;
 
+/* Start generator r at `seed` on stream `stream` (2^63 independent
+ * streams; the same pair always gives the same sequence). */
 DPT_API void dpt_rng_seed(dpt_rng *r, uint64_t seed, uint64_t stream);
+/* The next 32 random bits. */
 DPT_API uint32_t dpt_rng_u32(dpt_rng *r);
 /* Uniform integer in [0, bound) without modulo bias; bound > 0. */
 DPT_API uint32_t dpt_rng_below(dpt_rng *r, uint32_t bound);

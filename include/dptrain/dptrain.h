@@ -9,7 +9,9 @@
  *            learnables and state tables, model files
  *   loss.h   losses with their gradients, gplus weighted sums
  *   optim.h  SGDM and Adam over the flat parameter buffer
- *   train.h  the batteries-included step, loop (dpt_fit) and evaluation
+ *   train.h  the batteries-included step, loop (dpt_fit), evaluation,
+ *            checkpoints, the progress queue (DataQueue/afterEach)
+ *   gpu.h    CUDA devices and networks moved onto one
  *
  * Link with -ldptrain (pkg-config --cflags --libs dptrain, or CMake
  * find_package(dptrain) and target dptrain::dptrain). docs/custom-loop.md
@@ -31,6 +33,7 @@
 #include "dptrain/loss.h"
 #include "dptrain/optim.h"
 #include "dptrain/train.h"
+#include "dptrain/gpu.h"
 
 /* The version of the library these headers belong to. */
 #define DPTRAIN_VERSION_MAJOR 0

@@ -141,7 +141,11 @@ DPT_API dpt_status dpt_net_build(const dpt_net_builder *b, int n_classes, int ma
                                  uint64_t seed, dpt_net **out);
 
 /* ---- layers ---------------------------------------------------------------- */
+
+/* Number of layers, the input layer included (12 for the example network). */
 DPT_API int dpt_net_n_layers(const dpt_net *net);
+/* Name ("conv1") and type ("conv") of layer i, 0 <= i < dpt_net_n_layers;
+ * the strings live as long as the network. */
 DPT_API const char *dpt_net_layer_name(const dpt_net *net, int i);
 DPT_API const char *dpt_net_layer_type(const dpt_net *net, int i);
 /* Output shape of layer i for one observation: [C, H, W] (fc: [N, 1, 1]). */

@@ -23,14 +23,28 @@ static const char help[] =
     "  --json          print one JSON object: accuracy, n, per-class counts, confusion\n"
     "  -h, --help      this help\n";
 
-/* Class names from the model's "classes" metadata (a JSON array). */
+/* Class names from the model's "classes" metadata (a JSON array); a model
+ * saved without them (dpt_net_save with no metadata) gets "0".."K-1". */
 int cli_model_classes(const dpt_net *net, const char *path, cJSON **out)
 {
     const char *text = dpt_net_meta(net, "classes");
-    cJSON *arr = text ? cJSON_Parse(text) : NULL;
+    if (!text) {
+        cJSON *arr = cJSON_CreateArray();
+        for (int i = 0; arr && i < dpt_net_n_outputs(net); i++) {
+            char name[16];
+            snprintf(name, sizeof name, "%d", i);
+            cJSON_AddItemToArray(arr, cJSON_CreateString(name));
+        }
+        if (!arr)
+            return cli_error("out of memory");
+        *out = arr;
+        return 0;
+    }
+    cJSON *arr = cJSON_Parse(text);
     if (!cJSON_IsArray(arr) || cJSON_GetArraySize(arr) != dpt_net_n_outputs(net)) {
         cJSON_Delete(arr);
-        return cli_error("%s: missing or malformed 'classes' metadata", path);
+        return cli_error("%s: malformed 'classes' metadata (want a JSON array of %d names)", path,
+                         dpt_net_n_outputs(net));
     }
     for (int i = 0; i < cJSON_GetArraySize(arr); i++)
         if (!cJSON_IsString(cJSON_GetArrayItem(arr, i))) {

@@ -156,6 +156,8 @@ dpt_status dpt_datastore_image_size(const dpt_datastore *ds, size_t i, int *h, i
 dpt_status dpt_datastore_subset(const dpt_datastore *ds, const size_t *idx, size_t n,
                                 dpt_datastore **out)
 {
+    if (!(ds && out && (idx || n == 0)))
+        return dpt_fail(DPT_ERR_ARG, "dpt_datastore_subset: NULL argument");
     *out = NULL;
     for (size_t j = 0; j < n; j++)
         if (idx[j] >= ds->n)
@@ -172,6 +174,8 @@ dpt_status dpt_datastore_subset(const dpt_datastore *ds, const size_t *idx, size
 dpt_status dpt_datastore_split_each_label(const dpt_datastore *ds, double fraction, uint64_t seed,
                                           dpt_datastore **first, dpt_datastore **second)
 {
+    if (!(ds && first && second))
+        return dpt_fail(DPT_ERR_ARG, "dpt_datastore_split_each_label: NULL argument");
     *first = *second = NULL;
     if (!(fraction >= 0.0 && fraction <= 1.0))
         return dpt_fail(DPT_ERR_ARG, "split_each_label: fraction %g is outside [0, 1]", fraction);
@@ -224,6 +228,8 @@ done:
 
 dpt_status dpt_datastore_shuffle(const dpt_datastore *ds, uint64_t seed, dpt_datastore **out)
 {
+    if (!(ds && out))
+        return dpt_fail(DPT_ERR_ARG, "dpt_datastore_shuffle: NULL argument");
     *out = NULL;
     dpt_status st = ds_alloc(ds->src, ds->n, out);
     if (st)
@@ -237,6 +243,8 @@ dpt_status dpt_datastore_shuffle(const dpt_datastore *ds, uint64_t seed, dpt_dat
 
 dpt_status dpt_datastore_partition(const dpt_datastore *ds, int n, int i, dpt_datastore **out)
 {
+    if (!(ds && out))
+        return dpt_fail(DPT_ERR_ARG, "dpt_datastore_partition: NULL argument");
     *out = NULL;
     if (n < 1 || i < 0 || i >= n)
         return dpt_fail(DPT_ERR_ARG, "partition: block %d of %d (need 1 <= n and 0 <= i < n)", i, n);
@@ -344,6 +352,8 @@ dpt_status raw_to_output(const raw_image *img, int c, int h, int w, float *out, 
 
 dpt_status dpt_datastore_read(const dpt_datastore *ds, size_t i, int c, int h, int w, float *out)
 {
+    if (!(ds && out))
+        return dpt_fail(DPT_ERR_ARG, "dpt_datastore_read: NULL argument");
     if (i >= ds->n)
         return dpt_fail(DPT_ERR_ARG, "datastore read: observation %zu of %zu", i, ds->n);
     dpt_status st = check_output_shape(c, h, w, "datastore read");

@@ -291,6 +291,8 @@ static dpt_status list_class(const char *cdir, int label, int drop_empty, strlis
 dpt_status dpt_datastore_open_folder(const char *root, const dpt_folder_options *opt,
                                      dpt_datastore **out)
 {
+    if (!(root && out))
+        return dpt_fail(DPT_ERR_ARG, "dpt_datastore_open_folder: NULL argument");
     *out = NULL;
     dpt_folder_options o = DPT_FOLDER_OPTIONS_INIT;
     if (opt) {

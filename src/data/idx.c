@@ -273,6 +273,8 @@ dpt_status dpt_datastore_open_idx(const char *images_path, const char *labels_pa
 dpt_status dpt_datastore_open_idx_classes(const char *images_path, const char *labels_path, int n_classes,
                                           dpt_datastore **out)
 {
+    if (!(images_path && out))
+        return dpt_fail(DPT_ERR_ARG, "dpt_datastore_open_idx: NULL argument");
     *out = NULL;
     if (n_classes < 0)
         return dpt_fail(DPT_ERR_ARG, "%s: %d classes", images_path, n_classes);

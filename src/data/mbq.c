@@ -148,6 +148,8 @@ static void release(dpt_mbq *q)
 
 dpt_status dpt_mbq_new(const dpt_datastore *ds, const dpt_mbq_options *opt, dpt_mbq **out)
 {
+    if (!(ds && out))
+        return dpt_fail(DPT_ERR_ARG, "dpt_mbq_new: NULL argument");
     *out = NULL;
     dpt_mbq_options o = DPT_MBQ_OPTIONS_INIT;
     if (opt) {
@@ -254,6 +256,8 @@ void dpt_mbq_shape(const dpt_mbq *q, int *c, int *h, int *w, int *n_classes)
 
 dpt_status dpt_mbq_next(dpt_mbq *q, dpt_batch *out)
 {
+    if (!(q && out))
+        return dpt_fail(DPT_ERR_ARG, "dpt_mbq_next: NULL argument");
     memset(out, 0, sizeof *out);
     if (q->consume >= q->n_batches)
         return dpt_fail(DPT_ERR_ARG, "minibatch queue: no data left in this pass (%zu batches); call reset",

@@ -99,7 +99,10 @@ static dpt_status bn_forward(dpt_net *net, dpt_layer *l, const float *x, float *
         }
     } else {
         double *sum = b->sums, *sumsq = b->sums + c;
-        dpt_bn_sums(x, n, c, hw, sum, sumsq);
+        if (l->sums_in) /* added up by the conv below while it wrote x (net.c) */
+            memcpy(b->sums, l->sums_in, 2 * (size_t)c * sizeof *b->sums);
+        else
+            dpt_bn_sums(x, n, c, hw, sum, sumsq);
         b->sums[2 * c] = (double)n * hw;
         b->synced = 0;
         if (net->sync_bn && dpt_comm_size(net->sync_bn) > 1) {
@@ -121,7 +124,10 @@ static dpt_status bn_forward(dpt_net *net, dpt_layer *l, const float *x, float *
             b->invstd[i] = (float)(1.0 / sqrt(v + b->epsilon));
         }
     }
-    dpt_bn_normalize(x, n, c, hw, b->mean, b->invstd, scale, offset, y);
+    if (l->relu_after) /* the ReLU above is fused in (net.c) */
+        dpt_bn_normalize_relu(x, n, c, hw, b->mean, b->invstd, scale, offset, y);
+    else
+        dpt_bn_normalize(x, n, c, hw, b->mean, b->invstd, scale, offset, y);
     return DPT_OK;
 }
 
@@ -132,7 +138,14 @@ static dpt_status bn_backward(dpt_net *net, dpt_layer *l, const float *x, const 
     bn_layer *b = l->priv;
     int c = b->channels, hw = l->in[1] * l->in[2];
     double *sum_dy = b->sums, *sum_dy_xhat = b->sums + c;
-    dpt_bn_backward_sums(x, dy, n, c, hw, b->mean, b->invstd, sum_dy, sum_dy_xhat);
+    /* With the ReLU fused in, dy is at the ReLU's output; the _relu kernels
+     * apply its mask. */
+    const float *offset = l->p, *scale = l->p + c;
+    if (l->relu_after)
+        dpt_bn_backward_sums_relu(x, dy, n, c, hw, b->mean, b->invstd, scale, offset, sum_dy,
+                                  sum_dy_xhat);
+    else
+        dpt_bn_backward_sums(x, dy, n, c, hw, b->mean, b->invstd, sum_dy, sum_dy_xhat);
     /* The parameter gradients are this worker's share; the gradient
      * all-reduce adds the shares. */
     float *doffset = l->g, *dscale = l->g + c;
@@ -148,8 +161,13 @@ static dpt_status bn_backward(dpt_net *net, dpt_layer *l, const float *x, const 
         if (s != DPT_OK)
             return s;
     }
-    dpt_bn_backward_dx(x, dy, n, c, hw, b->mean, b->invstd, l->p + c, sum_dy, sum_dy_xhat,
-                       b->synced ? b->count : (double)n * hw, dx);
+    double count = b->synced ? b->count : (double)n * hw;
+    if (l->relu_after)
+        dpt_bn_backward_dx_relu(x, dy, n, c, hw, b->mean, b->invstd, scale, offset, sum_dy,
+                                sum_dy_xhat, count, dx);
+    else
+        dpt_bn_backward_dx(x, dy, n, c, hw, b->mean, b->invstd, scale, sum_dy, sum_dy_xhat, count,
+                           dx);
     return DPT_OK;
 }
 

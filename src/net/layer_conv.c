@@ -103,11 +103,13 @@ static size_t conv_work(const dpt_layer *l, int n)
 static dpt_status conv_forward(dpt_net *net, dpt_layer *l, const float *x, float *y, int n,
                                dpt_mode mode)
 {
-    (void)mode;
     conv_layer *c = l->priv;
     c->d.n = n;
     size_t nw = (size_t)c->filters * l->in[0] * c->kh * c->kw;
-    dpt_conv2d_forward(&c->d, x, l->p, c->bias ? l->p + nw : NULL, y, net->work);
+    /* Fused with the batchnorm above (net.c): its sums come with the output. */
+    double *sums = mode == DPT_MODE_TRAIN ? l->sums_out : NULL;
+    dpt_conv2d_forward_sums(&c->d, x, l->p, c->bias ? l->p + nw : NULL, y, net->work, sums,
+                            sums ? sums + c->filters : NULL);
     return DPT_OK;
 }
 

@@ -27,6 +27,9 @@ static dpt_status add_table(dpt_st_writer *w, const dpt_param_info *tab, size_t 
 
 dpt_status dpt_net_save(const dpt_net *net, const char *path, const dpt_kv *meta, size_t n_meta)
 {
+    if (!net || !path || (!meta && n_meta))
+        return dpt_fail(DPT_ERR_ARG, "dpt_net_save: %s is NULL",
+                        !net ? "net" : !path ? "path" : "meta");
     dpt_st_writer *w = NULL;
     dpt_status s = dpt_st_writer_new(&w);
     if (s == DPT_OK)
@@ -97,6 +100,8 @@ static const char *const kept_keys[] = {"format", "spec", "classes", "epoch", "i
 
 dpt_status dpt_net_load(const char *path, int max_batch, dpt_net **out)
 {
+    if (!path || !out)
+        return dpt_fail(DPT_ERR_ARG, "dpt_net_load: %s is NULL", !path ? "path" : "out");
     *out = NULL;
     dpt_st *st = NULL;
     dpt_net *net = NULL;

@@ -270,9 +270,43 @@ static dpt_status infer_shapes(dpt_net *net)
 
 static size_t layer_count(const dpt_layer *l) { return (size_t)l->out[0] * l->out[1] * l->out[2]; }
 
+/* Fusion of conv -> batchnorm -> relu chains on the CPU (none with the
+ * "generic" kernels, which stay the plain reference path):
+ *  - batchnorm followed by relu: the batchnorm applies the ReLU (forward,
+ *    and the mask in backward), the relu layer is skipped and shares the
+ *    batchnorm's output buffer; saves two passes over the activations.
+ *  - conv followed by batchnorm: the conv adds up the batch-norm sums of
+ *    its output while writing it; saves the batchnorm's reading pass. */
+static dpt_status plan_fusion(dpt_net *net)
+{
+    if (strcmp(dpt_ops_kernels(), "generic") == 0)
+        return DPT_OK;
+    size_t n_sums = 0;
+    for (int i = 1; i + 1 < net->n_layers; i++)
+        if (net->layers[i].type == &dpt_layer_conv &&
+            net->layers[i + 1].type == &dpt_layer_batchnorm)
+            n_sums += 2 * (size_t)net->layers[i].out[0];
+    if (n_sums && !(net->fuse_sums = calloc(n_sums, sizeof(double))))
+        return dpt_fail(DPT_ERR_NOMEM, "out of memory");
+    double *next = net->fuse_sums;
+    for (int i = 1; i + 1 < net->n_layers; i++) {
+        dpt_layer *l = &net->layers[i], *up = &net->layers[i + 1];
+        if (l->type == &dpt_layer_conv && up->type == &dpt_layer_batchnorm) {
+            l->sums_out = up->sums_in = next;
+            next += 2 * (size_t)l->out[0];
+        }
+        if (l->type == &dpt_layer_batchnorm && up->type == &dpt_layer_relu)
+            l->relu_after = up->fused = 1;
+    }
+    return DPT_OK;
+}
+
 static dpt_status build_buffers(dpt_net *net, uint64_t seed)
 {
     size_t nb = (size_t)net->max_batch;
+    dpt_status fs = plan_fusion(net);
+    if (fs != DPT_OK)
+        return fs;
     net->params = dpt_alloc(net->n_params * sizeof(float));
     net->grads = dpt_alloc(net->n_params * sizeof(float));
     net->state = dpt_alloc(net->n_state * sizeof(float));
@@ -286,7 +320,7 @@ static dpt_status build_buffers(dpt_net *net, uint64_t seed)
         size_t n = layer_count(l) * nb;
         if (n > max_act)
             max_act = n;
-        net->acts[i] = dpt_alloc(n * sizeof(float));
+        net->acts[i] = l->fused ? net->acts[i - 1] : dpt_alloc(n * sizeof(float));
         if (!net->acts[i])
             return dpt_fail(DPT_ERR_NOMEM, "%s: out of memory for activations of layer '%s' "
                             "(%zu floats)", net->source, l->name, n);
@@ -343,6 +377,8 @@ static dpt_status render_spec(dpt_net *net)
 dpt_status dpt_net_from_spec(const char *text, const char *source, int n_classes, int max_batch,
                              uint64_t seed, dpt_net **out)
 {
+    if (!out)
+        return dpt_fail(DPT_ERR_ARG, "dpt_net_from_spec: out is NULL");
     *out = NULL;
     if (!text)
         return dpt_fail(DPT_ERR_ARG, "dpt_net_from_spec: no spec text");
@@ -420,14 +456,16 @@ void dpt_net_free(dpt_net *net)
 {
     if (!net)
         return;
+    net_gpu_free(net);
     for (int i = 0; i < net->n_layers; i++) {
         if (net->layers[i].type && net->layers[i].type->free)
             net->layers[i].type->free(&net->layers[i]);
-        if (net->acts)
+        if (net->acts && !net->layers[i].fused)
             dpt_free(net->acts[i]);
     }
     free(net->layers);
     free(net->acts);
+    free(net->fuse_sums);
     dpt_free(net->gbuf[0]);
     dpt_free(net->gbuf[1]);
     dpt_free(net->work);
@@ -477,18 +515,28 @@ static long find_in(const dpt_param_info *tab, size_t n, const char *name)
 long dpt_net_find_learnable(const dpt_net *net, const char *name) { return find_in(net->learn, net->n_learn, name); }
 long dpt_net_find_state(const dpt_net *net, const char *name) { return find_in(net->state_tab, net->n_state_tab, name); }
 size_t dpt_net_n_params(const dpt_net *net) { return net->n_params; }
-float *dpt_net_params(dpt_net *net) { return net->params; }
-float *dpt_net_grads(dpt_net *net) { return net->grads; }
+float *dpt_net_params(dpt_net *net)
+{
+    net_gpu_pull(net); /* a GPU network's host mirror may be stale */
+    return net->params;
+}
+float *dpt_net_grads(dpt_net *net)
+{
+    net_gpu_pull(net);
+    return net->grads;
+}
 size_t dpt_net_n_state_floats(const dpt_net *net) { return net->n_state; }
 float *dpt_net_state(dpt_net *net) { return net->state; }
 void dpt_net_set_sync_bn(dpt_net *net, dpt_comm *comm) { net->sync_bn = comm; }
 
 /* ---- compute -------------------------------------------------------------------- */
 
+/* Per-layer times for bench/step_bench.c: this thread's CPU time, so that
+ * other processes on a shared machine do not show up as slow layers. */
 static double prof_now(void)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
@@ -505,12 +553,20 @@ static int all_finite(const float *x, size_t n)
 
 dpt_status dpt_net_forward(dpt_net *net, const float *x, int n, dpt_mode mode, const float **y)
 {
+    if (!net || !x || !y)
+        return dpt_fail(DPT_ERR_ARG, "dpt_net_forward: %s is NULL", !net ? "net" : !x ? "x" : "y");
+    if (mode != DPT_MODE_TRAIN && mode != DPT_MODE_PREDICT)
+        return dpt_fail(DPT_ERR_ARG, "%s: forward in unknown mode %d", net->source, (int)mode);
     if (n < 1 || n > net->max_batch)
         return dpt_fail(DPT_ERR_ARG, "%s: forward on %d observations (1 to %d allowed)",
                         net->source, n, net->max_batch);
+    if (net->gpu)
+        return net_gpu_forward(net, x, n, mode, y);
     memcpy(net->acts[0], x, (size_t)n * layer_count(&net->layers[0]) * sizeof(float));
     for (int i = 1; i < net->n_layers; i++) {
         dpt_layer *l = &net->layers[i];
+        if (l->fused)
+            continue;
         double t0 = net->prof ? prof_now() : 0.0;
         dpt_status s = l->type->forward(net, l, net->acts[i - 1], net->acts[i], n, mode);
         if (s != DPT_OK)
@@ -534,8 +590,12 @@ dpt_status dpt_net_forward(dpt_net *net, const float *x, int n, dpt_mode mode, c
 
 dpt_status dpt_net_backward(dpt_net *net, const float *dy, int dy_is_logits)
 {
+    if (!net || !dy)
+        return dpt_fail(DPT_ERR_ARG, "dpt_net_backward: %s is NULL", !net ? "net" : "dy");
     if (net->last_mode != DPT_MODE_TRAIN || net->last_n == 0)
         return dpt_fail(DPT_ERR_ARG, "%s: backward needs a TRAIN-mode forward first", net->source);
+    if (net->gpu)
+        return net_gpu_backward(net, dy, dy_is_logits);
     int n = net->last_n;
     int top = net->n_layers - 1;
     if (dy_is_logits) {
@@ -548,6 +608,8 @@ dpt_status dpt_net_backward(dpt_net *net, const float *dy, int dy_is_logits)
     int which = 0;
     for (int i = top; i >= 1; i--) {
         dpt_layer *l = &net->layers[i];
+        if (l->fused) /* the batchnorm below applies this ReLU's mask */
+            continue;
         float *dx = i > 1 ? net->gbuf[which] : NULL; /* the input needs no gradient */
         double t0 = net->prof ? prof_now() : 0.0;
         dpt_status s = l->type->backward(net, l, net->acts[i - 1], net->acts[i], g, dx, n);
@@ -563,8 +625,12 @@ dpt_status dpt_net_backward(dpt_net *net, const float *dy, int dy_is_logits)
 
 dpt_status dpt_net_update_state(dpt_net *net, dpt_comm *comm)
 {
+    if (!net)
+        return dpt_fail(DPT_ERR_ARG, "dpt_net_update_state: net is NULL");
     if (net->last_mode != DPT_MODE_TRAIN || net->last_n == 0)
         return dpt_fail(DPT_ERR_ARG, "%s: state update needs a TRAIN-mode forward first", net->source);
+    if (net->gpu)
+        return net_gpu_update_state(net, comm);
     size_t total = net->n_pool; /* slot 0: observation count */
     if (total == 1)
         return DPT_OK;
@@ -599,6 +665,7 @@ float *dpt_net_output_grad(dpt_net *net) { return net->dout; }
 
 uint64_t dpt_net_hash(const dpt_net *net)
 {
+    net_gpu_pull((dpt_net *)net); /* refreshing the host mirror changes no value */
     uint64_t h = 1469598103934665603ULL;
     const unsigned char *p = (const unsigned char *)net->params;
     for (size_t i = 0; i < net->n_params * sizeof(float); i++)

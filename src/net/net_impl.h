@@ -7,6 +7,7 @@
 #define DPT_NET_IMPL_H
 
 #include "dptrain/net.h"
+#include "dptrain/optim.h"
 
 #define DPT_NAME_MAX 64
 
@@ -52,6 +53,14 @@ struct dpt_layer {
     size_t first_learnable, n_learnables; /* entries in the learnables table */
     size_t first_state, n_state;
     float *p, *g, *s;      /* views: this layer's learnables, gradients, state */
+    /* Fusion, planned once at build (net.c plan_fusion; none with the
+     * "generic" kernel set): */
+    int fused;             /* relu applied by the batchnorm below it: forward and
+                              backward skip it, its output is the batchnorm's */
+    int relu_after;        /* batchnorm: applies the ReLU above it */
+    double *sums_out;      /* conv: also write Σy, Σy² per channel [2 C] of a TRAIN
+                              forward here, for the batchnorm above it */
+    double *sums_in;       /* batchnorm: those sums, filled by the conv below */
 };
 
 #define DPT_MAX_PARAMS 256
@@ -85,7 +94,9 @@ struct dpt_net {
     dpt_mode last_mode;
 
     dpt_comm *sync_bn;     /* non-NULL: synchronised batch norm (borrowed) */
-    double *prof;          /* non-NULL: seconds per layer added up, forward in
+    struct net_gpu *gpu;   /* non-NULL: the network runs on a GPU (net_gpu.c) */
+    double *fuse_sums;     /* storage of the conv -> batchnorm sums (owned) */
+    double *prof;          /* non-NULL: thread CPU seconds per layer added up, forward in
                               [0, n_layers), backward in [n_layers, 2 n_layers)
                               (borrowed; set by bench/step_bench.c) */
 
@@ -108,6 +119,27 @@ extern const layer_type dpt_layer_batchnorm;
 extern const layer_type dpt_layer_relu;
 extern const layer_type dpt_layer_fc;
 extern const layer_type dpt_layer_softmax;
+
+/* ---- GPU executor (net_gpu.c) ------------------------------------------------
+ * Entry points dispatched to when net->gpu is set; without CUDA net->gpu
+ * stays NULL and these are never reached. net_gpu_pull refreshes stale host
+ * mirrors of the learnables and gradients (nothing for a CPU network). */
+dpt_status net_gpu_forward(dpt_net *net, const float *x, int n, dpt_mode mode, const float **y);
+dpt_status net_gpu_backward(dpt_net *net, const float *dy, int dy_is_logits);
+dpt_status net_gpu_update_state(dpt_net *net, dpt_comm *comm);
+void net_gpu_pull(dpt_net *net);
+void net_gpu_free(dpt_net *net);
+/* dpt_train_step and dpt_train_aggregate for a network on a GPU (called
+ * from train/step.c after its argument checks). */
+dpt_status net_gpu_train_step(dpt_net *net, dpt_sgdm *opt, dpt_comm *comm, const float *x,
+                              const float *t, int n_local, double *loss, int *n_total);
+dpt_status net_gpu_aggregate(dpt_net *net, dpt_comm *comm, double *loss);
+/* For tests/test_gpu.c: copy n floats of a device buffer to the host
+ * (what 0: gradient buffer gbuf[index], the input gradient the backward
+ * left there; 1: the output of layer index), and sum host[n] over comm's
+ * workers through the device all-reduce (in place). */
+dpt_status net_gpu_debug_download(dpt_net *net, int what, int index, float *host, size_t n);
+dpt_status net_gpu_debug_allreduce(dpt_net *net, dpt_comm *comm, float *host, size_t n);
 
 /* Glorot-uniform fill of w[n] with the given fans (MATLAB's default). */
 void glorot_uniform(float *w, size_t n, int fan_in, int fan_out, dpt_rng *rng);

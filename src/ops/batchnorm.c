@@ -1,42 +1,107 @@
-/* Batch normalisation over (n, h, w) per channel, NCHW float32.
+/* Batch normalisation over (n, h, w) per channel, NCHW float32, optionally
+ * fused with the ReLU that follows it.
  *
  * The work is split so that a synchronised batch norm can all-reduce the
- * per-channel sums between the steps (see ops.h). All reductions use float64:
- * the variance is later formed as E[x²] - E[x]², which would cancel badly in
- * float32, and sums over a whole minibatch of feature maps are long. */
+ * per-channel sums between the steps (see ops.h). Each pass handles one
+ * plane [hw] of one image at a time with float vectors (bn_kern.h, compiled
+ * here for any CPU and in vec_avx512.c / vec_avx2.c for wider vectors) and
+ * adds each plane's result into float64: a plane is a few hundred values,
+ * so float loses nothing that matters there, and the batch totals, which can
+ * be long, are kept in float64. The forward sums are taken around a
+ * per-channel shift (the channel's first value) and turned back into plain
+ * Σx, Σx² in float64, so that E[x²] − E[x]² does not cancel away the
+ * variance of data whose mean is large against its spread.
+ *
+ * The fused ReLU is recomputed in backward from x with the same float
+ * expression as forward, so its mask is bit-for-bit the forward's y > 0. */
+#include "ops/vec_isa.h"
 #include "ops/ops.h"
 
 #include <stddef.h>
 
+typedef float vt_generic __attribute__((vector_size(16)));
+typedef int vi_generic __attribute__((vector_size(16)));
+#define VN 4
+#define VT vt_generic
+#define VI vi_generic
+#define KN(f) f##_generic
+#include "ops/bn_kern.h"
+
+static const bn_isa bn_generic = {
+    .sums = plane_sums_generic,
+    .normalize = plane_normalize_generic,
+    .backward_sums = plane_backward_sums_generic,
+    .backward_dx = plane_backward_dx_generic,
+};
+
+static const bn_isa *isa(void)
+{
+    const bn_isa *k = dpt_ops_bn_isa();
+    return k ? k : &bn_generic;
+}
+
 void dpt_bn_sums(const float *x, int n, int c, int hw, double *sum, double *sumsq)
 {
-    for (int ch = 0; ch < c; ch++)
-        sum[ch] = sumsq[ch] = 0.0;
-    for (int i = 0; i < n; i++) {
-        for (int ch = 0; ch < c; ch++) {
-            const float *p = x + ((size_t)i * c + ch) * hw;
-            double s = 0.0, ss = 0.0;
-            for (int j = 0; j < hw; j++) {
-                double v = p[j];
-                s += v;
-                ss += v * v;
-            }
-            sum[ch] += s;
-            sumsq[ch] += ss;
+    const bn_isa *k = isa();
+    for (int ch = 0; ch < c; ch++) {
+        const float shift = x[(size_t)ch * hw]; /* a value of the channel */
+        double s1 = 0.0, s2 = 0.0;
+        for (int i = 0; i < n; i++) {
+            double a, b;
+            k->sums(x + ((size_t)i * c + ch) * hw, hw, shift, &a, &b);
+            s1 += a;
+            s2 += b;
         }
+        /* Back to plain sums: Σx = S1 + mK, Σx² = S2 + 2K·S1 + mK². */
+        const double m = (double)n * hw;
+        sum[ch] = s1 + m * shift;
+        sumsq[ch] = s2 + 2.0 * shift * s1 + m * (double)shift * shift;
     }
+}
+
+/* y = (x - mean)·scale + shift with scale = gamma·invstd (the expression the
+ * fused ReLU's backward mask recomputes). */
+static void normalize(const float *x, int n, int c, int hw, const float *mean, const float *invstd,
+                      const float *gamma, const float *beta, float *y, int relu)
+{
+    const bn_isa *k = isa();
+    for (int i = 0; i < n; i++)
+        for (int ch = 0; ch < c; ch++) {
+            const size_t base = ((size_t)i * c + ch) * hw;
+            k->normalize(x + base, hw, mean[ch], gamma[ch] * invstd[ch], beta[ch], y + base, relu);
+        }
 }
 
 void dpt_bn_normalize(const float *x, int n, int c, int hw, const float *mean,
                       const float *invstd, const float *gamma, const float *beta, float *y)
 {
-    for (int i = 0; i < n; i++) {
-        for (int ch = 0; ch < c; ch++) {
+    normalize(x, n, c, hw, mean, invstd, gamma, beta, y, 0);
+}
+
+void dpt_bn_normalize_relu(const float *x, int n, int c, int hw, const float *mean,
+                           const float *invstd, const float *gamma, const float *beta, float *y)
+{
+    normalize(x, n, c, hw, mean, invstd, gamma, beta, y, 1);
+}
+
+static void backward_sums(const float *x, const float *dy, int n, int c, int hw, const float *mean,
+                          const float *invstd, const float *gamma, const float *beta,
+                          double *sum_dy, double *sum_dy_xhat, int relu)
+{
+    const bn_isa *k = isa();
+    for (int ch = 0; ch < c; ch++) {
+        const float scale = relu ? gamma[ch] * invstd[ch] : 0.0f, shift = relu ? beta[ch] : 0.0f;
+        double s = 0.0, sx = 0.0;
+        for (int i = 0; i < n; i++) {
             const size_t base = ((size_t)i * c + ch) * hw;
-            const float m = mean[ch], scale = gamma[ch] * invstd[ch], shift = beta[ch];
-            for (int j = 0; j < hw; j++)
-                y[base + j] = (x[base + j] - m) * scale + shift;
+            double a, b;
+            k->backward_sums(x + base, dy + base, hw, mean[ch], scale, shift, relu, &a, &b);
+            s += a;
+            sx += b;
         }
+        sum_dy[ch] = s;
+        /* invstd is constant over the channel: apply it once. */
+        sum_dy_xhat[ch] = sx * invstd[ch];
     }
 }
 
@@ -44,21 +109,35 @@ void dpt_bn_backward_sums(const float *x, const float *dy, int n, int c, int hw,
                           const float *mean, const float *invstd, double *sum_dy,
                           double *sum_dy_xhat)
 {
-    for (int ch = 0; ch < c; ch++)
-        sum_dy[ch] = sum_dy_xhat[ch] = 0.0;
-    for (int i = 0; i < n; i++) {
-        for (int ch = 0; ch < c; ch++) {
+    backward_sums(x, dy, n, c, hw, mean, invstd, NULL, NULL, sum_dy, sum_dy_xhat, 0);
+}
+
+void dpt_bn_backward_sums_relu(const float *x, const float *dy, int n, int c, int hw,
+                               const float *mean, const float *invstd, const float *gamma,
+                               const float *beta, double *sum_dy, double *sum_dy_xhat)
+{
+    backward_sums(x, dy, n, c, hw, mean, invstd, gamma, beta, sum_dy, sum_dy_xhat, 1);
+}
+
+/* dx = k·(g − a − x̂·b), k = gamma·invstd, a = Σg/count, b = Σg·x̂/count,
+ * x̂ = (x − m)·invstd: per element k·g − k·a − (x − m)·(k·b·invstd), with
+ * the per-channel constants formed in float64. */
+static void backward_dx(const float *x, const float *dy, int n, int c, int hw, const float *mean,
+                        const float *invstd, const float *gamma, const float *beta,
+                        const double *sum_dy, const double *sum_dy_xhat, double count, float *dx,
+                        int relu)
+{
+    const bn_isa *k = isa();
+    for (int ch = 0; ch < c; ch++) {
+        const double is = invstd[ch], kd = (double)gamma[ch] * is;
+        const float kf = (float)kd;
+        const float ka = (float)(kd * sum_dy[ch] / count);
+        const float kb = (float)(kd * sum_dy_xhat[ch] / count * is);
+        const float scale = relu ? gamma[ch] * invstd[ch] : 0.0f, shift = relu ? beta[ch] : 0.0f;
+        for (int i = 0; i < n; i++) {
             const size_t base = ((size_t)i * c + ch) * hw;
-            const double m = mean[ch];
-            double s = 0.0, sx = 0.0;
-            for (int j = 0; j < hw; j++) {
-                double g = dy[base + j];
-                s += g;
-                sx += g * ((double)x[base + j] - m);
-            }
-            sum_dy[ch] += s;
-            /* invstd is constant over the channel: apply it once. */
-            sum_dy_xhat[ch] += sx * invstd[ch];
+            k->backward_dx(x + base, dy + base, hw, mean[ch], scale, shift, relu, kf, ka, kb,
+                           dx + base);
         }
     }
 }
@@ -68,18 +147,13 @@ void dpt_bn_backward_dx(const float *x, const float *dy, int n, int c, int hw,
                         const double *sum_dy, const double *sum_dy_xhat, double count,
                         float *dx)
 {
-    for (int i = 0; i < n; i++) {
-        for (int ch = 0; ch < c; ch++) {
-            const size_t base = ((size_t)i * c + ch) * hw;
-            const double m = mean[ch], is = invstd[ch];
-            const double k = (double)gamma[ch] * is;
-            const double a = sum_dy[ch] / count, b = sum_dy_xhat[ch] / count;
-            /* The three terms nearly cancel when dy is mostly explained by
-             * the mean and x̂ directions; keep the difference in double. */
-            for (int j = 0; j < hw; j++) {
-                double xhat = ((double)x[base + j] - m) * is;
-                dx[base + j] = (float)(k * ((double)dy[base + j] - a - xhat * b));
-            }
-        }
-    }
+    backward_dx(x, dy, n, c, hw, mean, invstd, gamma, NULL, sum_dy, sum_dy_xhat, count, dx, 0);
+}
+
+void dpt_bn_backward_dx_relu(const float *x, const float *dy, int n, int c, int hw,
+                             const float *mean, const float *invstd, const float *gamma,
+                             const float *beta, const double *sum_dy, const double *sum_dy_xhat,
+                             double count, float *dx)
+{
+    backward_dx(x, dy, n, c, hw, mean, invstd, gamma, beta, sum_dy, sum_dy_xhat, count, dx, 1);
 }

@@ -128,13 +128,19 @@ static void col2im(const dpt_conv2d_desc *d, const float *col, float *dx)
 void dpt_conv2d_forward(const dpt_conv2d_desc *d, const float *x, const float *w,
                         const float *b, float *y, float *work)
 {
+    dpt_conv2d_forward_sums(d, x, w, b, y, work, NULL, NULL);
+}
+
+void dpt_conv2d_forward_sums(const dpt_conv2d_desc *d, const float *x, const float *w,
+                             const float *b, float *y, float *work, double *sum, double *sumsq)
+{
     const int K = d->c_in * d->kh * d->kw, P = d->out_h * d->out_w;
     const size_t x_img = (size_t)d->c_in * d->h * d->w, y_img = (size_t)d->c_out * P;
     const int identity = lowering_is_identity(d);
     assert(identity || work);
     const conv_isa *isa = dpt_conv_direct_pick(d);
     if (isa) {
-        dpt_conv_direct_forward(isa, d, x, w, b, y, work);
+        dpt_conv_direct_forward(isa, d, x, w, b, y, work, sum, sumsq);
         return;
     }
 
@@ -155,6 +161,8 @@ void dpt_conv2d_forward(const dpt_conv2d_desc *d, const float *x, const float *w
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d->c_out, P, K, 1.0f, w, K, col,
                     P, b ? 1.0f : 0.0f, yi, P);
     }
+    if (sum)
+        dpt_bn_sums(y, d->n, d->c_out, P, sum, sumsq);
 }
 
 void dpt_conv2d_backward(const dpt_conv2d_desc *d, const float *x, const float *w,

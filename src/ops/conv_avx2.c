@@ -21,6 +21,18 @@
 #define VFMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
 #define VADD(a, b) _mm256_add_ps((a), (b))
 /* Forward: 5 channels x 2 vectors = 10 accumulators + 2 inputs + 1 weight. */
+/* Lane masks from ranges: lane l is on when lo <= l < hi. */
+static inline __m256i range_mask(int lo, int hi)
+{
+    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(lo), idx),
+                               _mm256_cmpgt_epi32(_mm256_set1_epi32(hi), idx));
+}
+#define VSTORE_RANGE(p, v, lo, hi) _mm256_maskstore_ps((p), range_mask((lo), (hi)), (v))
+#define VLOAD_N(p, n) _mm256_maskload_ps((p), range_mask(0, (n)))
+#define VKEEP2(v, hi_a, lo_b, hi_b)                                                        \
+    _mm256_and_ps((v), _mm256_castsi256_ps(_mm256_or_si256(range_mask(0, (hi_a)),           \
+                                                           range_mask((lo_b), (hi_b)))))
 #define FWD_CB 5
 #define FWD_NV 2
 /* Weight gradient: 2 channels x 5 taps = 10 accumulators + 2 + 1. */
@@ -37,6 +49,6 @@
 
 const conv_isa dpt_conv_isa_avx2 = {
     .name = "avx2", .vw = VW, .fwd_cb = FWD_CB, .fwd_nv = FWD_NV, .dw_cb = DW_CB,
-    .dw_kb = DW_KB, .fwd = fwd_avx2, .dw = dw_avx2,
+    .dw_kb = DW_KB, .fwd = fwd_avx2, .dw = dw_avx2, .pad = pad_avx2,
 };
 #endif

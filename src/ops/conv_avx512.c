@@ -21,8 +21,15 @@
 #define VFMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
 #define VADD(a, b) _mm512_add_ps((a), (b))
 /* Forward: 10 channels x 2 vectors = 20 accumulators + 2 inputs + 1 weight. */
-#define FWD_CB 10
-#define FWD_NV 2
+#define VSTORE_RANGE(p, v, lo, hi) \
+    _mm512_mask_storeu_ps((p), (__mmask16)(((1u << (hi)) - 1u) & ~((1u << (lo)) - 1u)), (v))
+#define VLOAD_N(p, n) _mm512_maskz_loadu_ps((__mmask16)((1u << (n)) - 1u), (p))
+#define VKEEP2(v, hi_a, lo_b, hi_b)                                                     \
+    _mm512_maskz_mov_ps((__mmask16)((((1u << (hi_a)) - 1u)) |                           \
+                                    (((1u << (hi_b)) - 1u) & ~((1u << (lo_b)) - 1u))), \
+                        (v))
+#define FWD_CB 5
+#define FWD_NV 4
 /* Weight gradient: 4 channels x 5 taps = 20 accumulators + 4 + 1. */
 #define DW_CB 4
 #define DW_KB 5
@@ -37,6 +44,6 @@
 
 const conv_isa dpt_conv_isa_avx512 = {
     .name = "avx512", .vw = VW, .fwd_cb = FWD_CB, .fwd_nv = FWD_NV, .dw_cb = DW_CB,
-    .dw_kb = DW_KB, .fwd = fwd_avx512, .dw = dw_avx512,
+    .dw_kb = DW_KB, .fwd = fwd_avx512, .dw = dw_avx512, .pad = pad_avx512,
 };
 #endif

@@ -7,9 +7,10 @@
  * (ky, kx) reads input position q + ky·wp + kx: for a run of consecutive q
  * the inputs of one tap are consecutive, and the convolution is a GEMM whose
  * B operand is never materialised. Columns ox >= out_w of the wide output
- * are junk (they straddle two rows) and are dropped when the output is
- * copied back to the dense layout; that costs (wp - out_w) / wp of the work
- * (8% for 3x3 padding 1 on 24x24).
+ * are junk (they straddle two rows): the kernel's masked stores drop them
+ * and write the dense output directly (conv_out_map), or, for rows narrower
+ * than a vector, the wide output is copied back row by row. The junk costs
+ * (wp - out_w) / wp of the work (8% for 3x3 padding 1 on 24x24).
  *
  *   forward   yw[co][q]  = b[co] + Σ_ci,t W[co][ci][t] · xp[ci][q + off[t]]
  *   data grad dx is the "full" correlation of dy with the flipped filters:
@@ -40,15 +41,18 @@ typedef struct geom {
     size_t ps_d;
     int nq_b;                   /* data-gradient positions (h·wd rounded) */
     int nq_w;                   /* weight-gradient positions (out_h·wp rounded to vw) */
+    int same;                   /* dyw is a view into dyp (wd == wp, kernel 2·pad + 1) */
+    int map_f, map_b;           /* outputs stored through a conv_out_map */
     int co_pf, ci_pf;           /* channel counts padded to fwd_cb */
     int co_pw, k_pw;            /* padded to dw_cb, dw_kb */
+    size_t ys_f, ys_b;          /* plane strides of the wide outputs */
     /* Offsets (floats) of the regions in the work buffer. */
-    size_t o_xp, o_out, o_dyp, o_dyw, o_zero, o_wpk, o_part, o_ptr, total;
+    size_t o_xp, o_out, o_dyp, o_dyw, o_zero, o_wpk, o_part, o_stats, o_map, o_ptr, total;
 } geom;
 
 static void make_geom(const conv_isa *isa, const dpt_conv2d_desc *d, geom *g)
 {
-    const int tile = isa->fwd_nv * isa->vw;
+    const int tile = isa->fwd_nv * isa->vw, vw = isa->vw;
     g->kt = d->kh * d->kw;
     g->k_total = d->c_in * g->kt;
     g->wp = d->w + 2 * d->pad;
@@ -65,35 +69,44 @@ static void make_geom(const conv_isa *isa, const dpt_conv2d_desc *d, geom *g)
     g->wd = d->out_w + 2 * g->pdw;
     g->hd = d->out_h + 2 * g->pdh;
     g->nq_b = (int)round_up((size_t)d->h * g->wd, (size_t)tile);
+    g->nq_w = (int)round_up((size_t)d->out_h * g->wp, (size_t)vw);
+    g->same = g->wd == g->wp;
     size_t offd_max = (size_t)(d->kh - 1) * g->wd + (size_t)(d->kw - 1);
     need = (size_t)g->nq_b + offd_max;
     if (need < (size_t)g->hd * g->wd)
         need = (size_t)g->hd * g->wd;
+    if (g->same && need < (size_t)g->pdh * g->wd + g->pdw + g->nq_w)
+        need = (size_t)g->pdh * g->wd + g->pdw + g->nq_w;
     g->ps_d = round_up(need, ALIGN_F);
+    g->map_f = d->out_w >= vw && g->wp >= vw;
+    g->map_b = d->w >= vw && g->wd >= vw;
 
-    g->nq_w = (int)round_up((size_t)d->out_h * g->wp, (size_t)isa->vw);
     g->co_pf = (int)round_up((size_t)d->c_out, (size_t)isa->fwd_cb);
     g->ci_pf = (int)round_up((size_t)d->c_in, (size_t)isa->fwd_cb);
     g->co_pw = (int)round_up((size_t)d->c_out, (size_t)isa->dw_cb);
     g->k_pw = (int)round_up((size_t)g->k_total, (size_t)isa->dw_kb);
 
-    size_t ys_f = round_up((size_t)g->nq_f, ALIGN_F), ys_b = round_up((size_t)g->nq_b, ALIGN_F);
-    size_t out = (size_t)d->c_out * ys_f;
-    if ((size_t)d->c_in * ys_b > out)
-        out = (size_t)d->c_in * ys_b;
+    g->ys_f = round_up((size_t)g->nq_f, ALIGN_F);
+    g->ys_b = round_up((size_t)g->nq_b, ALIGN_F);
+    size_t out = g->map_f ? 0 : (size_t)d->c_out * g->ys_f;
+    if (!g->map_b && (size_t)d->c_in * g->ys_b > out)
+        out = (size_t)d->c_in * g->ys_b;
     size_t wpk = (size_t)g->co_pf * g->k_total;
     if ((size_t)g->ci_pf * d->c_out * g->kt > wpk)
         wpk = (size_t)g->ci_pf * d->c_out * g->kt;
+    size_t n_map = (size_t)(g->nq_f > g->nq_b ? g->nq_f : g->nq_b) / vw;
     size_t o = 0;
     g->o_xp = o, o += round_up((size_t)d->c_in * g->ps_x, ALIGN_F);
     g->o_out = o, o += round_up(out, ALIGN_F);
     g->o_dyp = o, o += round_up((size_t)d->c_out * g->ps_d, ALIGN_F);
-    g->o_dyw = o, o += round_up((size_t)d->c_out * (size_t)g->nq_w, ALIGN_F);
+    g->o_dyw = o, o += g->same ? 0 : round_up((size_t)d->c_out * (size_t)g->nq_w, ALIGN_F);
     g->o_zero = o, o += round_up((size_t)g->nq_w, ALIGN_F);
     g->o_wpk = o, o += round_up(wpk, ALIGN_F);
-    g->o_part = o, o += round_up((size_t)g->co_pw * g->k_pw * isa->vw, ALIGN_F);
-    /* Pointer tables of the weight-gradient kernel, stored in the float
-     * buffer (two floats per pointer on LP64, rounded generously). */
+    g->o_part = o, o += round_up((size_t)g->co_pw * g->k_pw * vw, ALIGN_F);
+    g->o_stats = o, o += round_up((size_t)d->c_out * 2 * vw, ALIGN_F);
+    /* Tables stored in the float buffer: the output map (5 ints per entry)
+     * and the pointer tables of the weight-gradient kernel. */
+    g->o_map = o, o += round_up(n_map * sizeof(conv_out_map) / sizeof(float) + 1, ALIGN_F);
     g->o_ptr = o, o += round_up((size_t)(g->co_pw + g->k_pw) * (sizeof(void *) / sizeof(float) + 1),
                                 ALIGN_F);
     g->total = o;
@@ -128,28 +141,10 @@ size_t dpt_conv_direct_work_floats(const dpt_conv2d_desc *d)
     return most;
 }
 
-/* src [c][h][w] into dst planes of stride ps: each row at (row + ph)·wp + pw,
- * everything else up to ps zero. */
-static void pad_planes(const float *src, int c, int h, int w, int ph, int pw, int wp, size_t ps,
-                       float *dst)
-{
-    for (int ch = 0; ch < c; ch++) {
-        const float *s = src + (size_t)ch * h * w;
-        float *p = dst + (size_t)ch * ps;
-        size_t top = (size_t)ph * wp + pw;
-        memset(p, 0, top * sizeof *p);
-        float *r = p + top;
-        for (int y = 0; y < h; y++) {
-            memcpy(r, s + (size_t)y * w, (size_t)w * sizeof *r);
-            if (y + 1 < h)
-                memset(r + w, 0, (size_t)(wp - w) * sizeof *r);
-            r += wp;
-        }
-        /* After the last row: its right padding, the bottom rows, the slack. */
-        float *end = p + ps, *tail = r - wp + w;
-        memset(tail, 0, (size_t)(end - tail) * sizeof *r);
-    }
-}
+/* Inputs are copied into the interior of padded planes by isa->pad; the
+ * padding around them is zeroed once per call and never written again, so
+ * every image after the first costs only the copy. */
+static void zero_planes(float *dst, int c, size_t ps) { memset(dst, 0, (size_t)c * ps * sizeof *dst); }
 
 /* Dense [c][oh][ow] from wide planes [c][ys] of row stride wp. */
 static void compact(const float *wide, int c, int oh, int ow, int wp, size_t ys, float *dst)
@@ -162,13 +157,53 @@ static void compact(const float *wide, int c, int oh, int ow, int wp, size_t ys,
     }
 }
 
+/* The conv_out_map of wide positions [0, nq) (row stride wp, rows of ow
+ * valid columns, oh rows) for vectors of vw lanes; needs wp, ow >= vw. */
+static void make_map(conv_out_map *map, int nq, int vw, int oh, int ow, int wp)
+{
+    for (int q = 0, e = 0; q < nq; q += vw, e++) {
+        conv_out_map m = {0, 0, 0, 0, 0};
+        int r = q / wp, c = q % wp;
+        if (r < oh && c < ow) {
+            m.off_a = r * ow + c;
+            m.hi_a = ow - c < vw ? ow - c : vw;
+        }
+        int lo = wp - c; /* first lane in row r + 1 */
+        if (lo < vw && r + 1 < oh) {
+            m.lo_b = lo;
+            m.hi_b = lo + ow < vw ? lo + ow : vw;
+            m.off_b = (r + 1) * ow - lo;
+        }
+        map[e] = m;
+    }
+}
+
+/* Σ of n floats in float64, through 16 float lanes (vectorisable). */
+static double sum_f32(const float *p, size_t n)
+{
+    float acc[16] = {0};
+    size_t j = 0;
+    for (; j + 16 <= n; j += 16)
+        for (int l = 0; l < 16; l++)
+            acc[l] += p[j + l];
+    double s = 0.0;
+    for (; j < n; j++)
+        s += p[j];
+    for (int l = 0; l < 16; l++)
+        s += acc[l];
+    return s;
+}
+
 void dpt_conv_direct_forward(const conv_isa *isa, const dpt_conv2d_desc *d, const float *x,
-                             const float *w, const float *b, float *y, float *work)
+                             const float *w, const float *b, float *y, float *work, double *sum,
+                             double *sumsq)
 {
     geom g;
     make_geom(isa, d, &g);
+    const int vw = isa->vw;
     float *xp = work + g.o_xp, *out = work + g.o_out, *wpk = work + g.o_wpk;
-    const size_t ys = round_up((size_t)g.nq_f, ALIGN_F);
+    float *stats = work + g.o_stats;
+    conv_out_map *map = g.map_f ? (conv_out_map *)(void *)(work + g.o_map) : NULL;
     int offs[DPT_CONV_DIRECT_MAX_TAPS];
     const int kt = g.kt;
     for (int ky = 0; ky < d->kh; ky++)
@@ -181,12 +216,48 @@ void dpt_conv_direct_forward(const conv_isa *isa, const dpt_conv2d_desc *d, cons
         for (int k = 0; k < g.k_total; k++)
             blk[(size_t)k * cb] = co < d->c_out ? w[(size_t)co * g.k_total + k] : 0.0f;
     }
+    if (map)
+        make_map(map, g.nq_f, vw, d->out_h, d->out_w, g.wp);
+    const int P = d->out_h * d->out_w;
+    if (sum)
+        for (int co = 0; co < d->c_out; co++)
+            sum[co] = sumsq[co] = 0.0;
     const size_t x_img = (size_t)d->c_in * d->h * d->w;
-    const size_t y_img = (size_t)d->c_out * d->out_h * d->out_w;
+    const size_t y_img = (size_t)d->c_out * P;
+    zero_planes(xp, d->c_in, g.ps_x);
     for (int i = 0; i < d->n; i++) {
-        pad_planes(x + i * x_img, d->c_in, d->h, d->w, d->pad, d->pad, g.wp, g.ps_x, xp);
-        isa->fwd(xp, g.ps_x, d->c_in, kt, offs, wpk, b, d->c_out, out, ys, g.nq_f);
-        compact(out, d->c_out, d->out_h, d->out_w, g.wp, ys, y + i * y_img);
+        float *yi = y + i * y_img;
+        isa->pad(x + i * x_img, d->c_in, d->h, d->w, d->pad, d->pad, g.wp, g.ps_x, xp);
+        if (map) {
+            float *st = sum ? stats : NULL;
+            if (st)
+                memset(st, 0, (size_t)d->c_out * 2 * vw * sizeof *st);
+            isa->fwd(xp, g.ps_x, d->c_in, kt, offs, wpk, b, d->c_out, yi, (size_t)P, g.nq_f, map,
+                     st);
+            /* Per-image lane sums into float64: each float sum covers one
+             * image's plane, so the batch total keeps its precision. */
+            for (int co = 0; st && co < d->c_out; co++) {
+                double s1 = 0.0, s2 = 0.0;
+                for (int l = 0; l < vw; l++) {
+                    s1 += st[(size_t)co * 2 * vw + l];
+                    s2 += st[(size_t)co * 2 * vw + vw + l];
+                }
+                sum[co] += s1;
+                sumsq[co] += s2;
+            }
+        } else {
+            isa->fwd(xp, g.ps_x, d->c_in, kt, offs, wpk, b, d->c_out, out, g.ys_f, g.nq_f, NULL,
+                     NULL);
+            compact(out, d->c_out, d->out_h, d->out_w, g.wp, g.ys_f, yi);
+            if (sum) {
+                double *tmp = (double *)(void *)stats; /* 2 c_out doubles fit */
+                dpt_bn_sums(yi, 1, d->c_out, P, tmp, tmp + d->c_out);
+                for (int co = 0; co < d->c_out; co++) {
+                    sum[co] += tmp[co];
+                    sumsq[co] += tmp[d->c_out + co];
+                }
+            }
+        }
     }
 }
 
@@ -198,11 +269,14 @@ void dpt_conv_direct_backward(const conv_isa *isa, const dpt_conv2d_desc *d, con
     make_geom(isa, d, &g);
     const int kt = g.kt, vw = isa->vw;
     float *xp = work + g.o_xp, *out = work + g.o_out, *wpk = work + g.o_wpk;
-    float *dyp = work + g.o_dyp, *dyw = work + g.o_dyw, *zero = work + g.o_zero;
-    float *part = work + g.o_part;
+    float *dyp = work + g.o_dyp, *zero = work + g.o_zero, *part = work + g.o_part;
+    /* For a "same" convolution the wide dy of the weight gradient is the
+     * interior of the padded dy of the data gradient: pack once. */
+    float *dyw = g.same ? dyp + (size_t)g.pdh * g.wd + g.pdw : work + g.o_dyw;
+    const size_t dys = g.same ? g.ps_d : (size_t)g.nq_w;
+    conv_out_map *map = g.map_b ? (conv_out_map *)(void *)(work + g.o_map) : NULL;
     const float **dptr = (const float **)(void *)(work + g.o_ptr);
     const float **xptr = dptr + g.co_pw;
-    const size_t ys = round_up((size_t)g.nq_b, ALIGN_F);
 
     int od[DPT_CONV_DIRECT_MAX_TAPS];
     if (dx) {
@@ -225,12 +299,14 @@ void dpt_conv_direct_backward(const conv_isa *isa, const dpt_conv2d_desc *d, con
                                           : 0.0f;
                     }
         }
+        if (map)
+            make_map(map, g.nq_b, vw, d->h, d->w, g.wd);
     }
 
     memset(zero, 0, (size_t)g.nq_w * sizeof *zero);
     memset(part, 0, (size_t)g.co_pw * g.k_pw * vw * sizeof *part);
     for (int co = 0; co < g.co_pw; co++)
-        dptr[co] = co < d->c_out ? dyw + (size_t)co * g.nq_w : zero;
+        dptr[co] = co < d->c_out ? dyw + (size_t)co * dys : zero;
     for (int k = 0; k < g.k_pw; k++) {
         if (k < g.k_total) {
             int ci = k / kt, t = k % kt;
@@ -239,6 +315,9 @@ void dpt_conv_direct_backward(const conv_isa *isa, const dpt_conv2d_desc *d, con
             xptr[k] = zero;
         }
     }
+    if (db)
+        for (int co = 0; co < d->c_out; co++)
+            db[co] = 0.0f;
     double bsum[256];
     const int bias_here = db && d->c_out <= 256;
     if (bias_here)
@@ -247,35 +326,32 @@ void dpt_conv_direct_backward(const conv_isa *isa, const dpt_conv2d_desc *d, con
     const int P = d->out_h * d->out_w;
     const size_t x_img = (size_t)d->c_in * d->h * d->w;
     const size_t y_img = (size_t)d->c_out * P;
+    zero_planes(xp, d->c_in, g.ps_x);
+    if (g.same || dx)
+        zero_planes(dyp, d->c_out, g.ps_d);
+    if (!g.same)
+        zero_planes(dyw, d->c_out, (size_t)g.nq_w);
     for (int i = 0; i < d->n; i++) {
         const float *xi = x + i * x_img, *dyi = dy + i * y_img;
-        pad_planes(xi, d->c_in, d->h, d->w, d->pad, d->pad, g.wp, g.ps_x, xp);
-        /* dyw: dy in the wide layout of row stride wp, junk columns zero. */
-        for (int co = 0; co < d->c_out; co++) {
-            const float *s = dyi + (size_t)co * P;
-            float *r = dyw + (size_t)co * g.nq_w;
-            float acc = 0.0f;
-            for (int oy = 0; oy < d->out_h; oy++) {
-                for (int ox = 0; ox < d->out_w; ox++) {
-                    r[ox] = s[ox];
-                    acc += s[ox];
-                }
-                for (int ox = d->out_w; ox < g.wp; ox++)
-                    r[ox] = 0.0f;
-                s += d->out_w;
-                r += g.wp;
-            }
-            float *end = dyw + (size_t)co * g.nq_w + g.nq_w;
-            r -= g.wp - d->out_w;
-            memset(r, 0, (size_t)(end - r) * sizeof *r);
-            if (bias_here)
-                bsum[co] += acc;
-        }
+        isa->pad(xi, d->c_in, d->h, d->w, d->pad, d->pad, g.wp, g.ps_x, xp);
+        if (g.same || dx)
+            isa->pad(dyi, d->c_out, d->out_h, d->out_w, g.pdh, g.pdw, g.wd, g.ps_d, dyp);
+        if (!g.same) /* dyw: row stride wp, junk columns and tail stay zero */
+            isa->pad(dyi, d->c_out, d->out_h, d->out_w, 0, 0, g.wp, (size_t)g.nq_w, dyw);
+        if (bias_here)
+            for (int co = 0; co < d->c_out; co++)
+                bsum[co] += sum_f32(dyi + (size_t)co * P, (size_t)P);
         isa->dw(dptr, g.co_pw, xptr, g.k_pw, g.nq_w, part);
         if (dx) {
-            pad_planes(dyi, d->c_out, d->out_h, d->out_w, g.pdh, g.pdw, g.wd, g.ps_d, dyp);
-            isa->fwd(dyp, g.ps_d, d->c_out, kt, od, wpk, NULL, d->c_in, out, ys, g.nq_b);
-            compact(out, d->c_in, d->h, d->w, g.wd, ys, dx + i * x_img);
+            float *dxi = dx + i * x_img;
+            if (map) {
+                isa->fwd(dyp, g.ps_d, d->c_out, kt, od, wpk, NULL, d->c_in, dxi,
+                         (size_t)d->h * d->w, g.nq_b, map, NULL);
+            } else {
+                isa->fwd(dyp, g.ps_d, d->c_out, kt, od, wpk, NULL, d->c_in, out, g.ys_b, g.nq_b,
+                         NULL, NULL);
+                compact(out, d->c_in, d->h, d->w, g.wd, g.ys_b, dxi);
+            }
         }
     }
     for (int co = 0; co < d->c_out; co++)
@@ -293,8 +369,7 @@ void dpt_conv_direct_backward(const conv_isa *isa, const dpt_conv2d_desc *d, con
             } else {
                 double s = 0.0;
                 for (int i = 0; i < d->n; i++)
-                    for (int q = 0; q < P; q++)
-                        s += dy[i * y_img + (size_t)co * P + q];
+                    s += sum_f32(dy + i * y_img + (size_t)co * P, (size_t)P);
                 db[co] = (float)s;
             }
         }

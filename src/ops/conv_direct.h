@@ -11,6 +11,15 @@
 /* Filters with more taps (kh·kw) take the GEMM path. */
 #define DPT_CONV_DIRECT_MAX_TAPS 1024
 
+/* Where one vector of wide output positions goes in a dense output plane:
+ * lanes [0, hi_a) to plane + off_a + lane (the rest of one row), lanes
+ * [lo_b, hi_b) to plane + off_b + lane (the start of the next row). An empty
+ * range (hi <= lo) has offset 0. Needs rows at least one vector wide, so a
+ * vector never spans more than two rows and off_b >= 0. */
+typedef struct conv_out_map {
+    int off_a, hi_a, off_b, lo_b, hi_b;
+} conv_out_map;
+
 typedef struct conv_isa {
     const char *name;
     int vw;             /* floats per vector */
@@ -18,9 +27,12 @@ typedef struct conv_isa {
     int dw_cb, dw_kb;   /* weight-gradient tile: channels x taps */
     /* See conv_kern.h for the exact contracts. */
     void (*fwd)(const float *x, size_t ps, int c_in, int kt, const int *off, const float *wpk,
-                const float *bias, int c_out, float *y, size_t ys, int nq);
+                const float *bias, int c_out, float *y, size_t ys, int nq,
+                const conv_out_map *map, float *stats);
     void (*dw)(const float *const *dy, int c_out, const float *const *xk, int k_total, int nq,
                float *part);
+    void (*pad)(const float *src, int c, int h, int w, int ph, int pw, int wp, size_t ps,
+                float *dst);
 } conv_isa;
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -37,8 +49,11 @@ const conv_isa *dpt_ops_conv_isa(void);
 const conv_isa *dpt_conv_direct_pick(const dpt_conv2d_desc *d);
 /* Scratch floats the direct path needs for d with any kernel set. */
 size_t dpt_conv_direct_work_floats(const dpt_conv2d_desc *d);
+/* sum, sumsq: NULL, or per-channel Σy and Σy² of the output (as
+ * dpt_conv2d_forward_sums). */
 void dpt_conv_direct_forward(const conv_isa *isa, const dpt_conv2d_desc *d, const float *x,
-                             const float *w, const float *b, float *y, float *work);
+                             const float *w, const float *b, float *y, float *work, double *sum,
+                             double *sumsq);
 void dpt_conv_direct_backward(const conv_isa *isa, const dpt_conv2d_desc *d, const float *x,
                               const float *w, const float *dy, float *dx, float *dw, float *db,
                               float *work);

@@ -12,6 +12,10 @@
  *   VLOAD(p)        unaligned load      VSTORE(p, v)  unaligned store
  *   VSET1(x)        broadcast           VZERO()       zeros
  *   VFMA(a, b, c)   a * b + c           VADD(a, b)
+ *   VSTORE_RANGE(p, v, lo, hi)  store lanes [lo, hi) of v at p + lane
+ *   VLOAD_N(p, n)   load lanes [0, n) from p, the others zero (n < VW)
+ *   VKEEP2(v, hi_a, lo_b, hi_b) v with lanes outside [0, hi_a) and
+ *                   [lo_b, hi_b) zeroed
  *   VW              lanes
  *   FWD_CB, FWD_NV  forward tile: FWD_CB output channels x FWD_NV vectors
  *   DW_CB, DW_KB    weight-gradient tile: DW_CB channels x DW_KB filter taps
@@ -22,12 +26,17 @@
 
 #include <stddef.h>
 
-/* y[co][q] (co < c_out, q < nq, nq a multiple of FWD_NV*VW) =
+/* out[co][q] (co < c_out, q < nq, nq a multiple of FWD_NV*VW) =
  *   bias[co] + Σ_ci Σ_t wpk[...] * x[ci*ps + q + off[t]].
  * wpk: for each block of FWD_CB output channels (c_out padded with zero
- * weights to a multiple of FWD_CB), [ci][t][FWD_CB] contiguous. */
-static void KERN(fwd)(const float *x, size_t ps, int c_in, int kt, const int *off,
-                      const float *wpk, const float *bias, int c_out, float *y, size_t ys, int nq)
+ * weights to a multiple of FWD_CB), [ci][t][FWD_CB] contiguous.
+ * Stored wide (map NULL: y + co*ys + q) or through map (conv_out_map, one
+ * entry per vector of q) into dense planes y + co*ys; with stats, the stored
+ * values are also added up per channel into stats[co][2][VW] (sum, sum of
+ * squares, per lane). */
+static inline __attribute__((always_inline)) void KERN(fwd_body)(const float *x, size_t ps, int c_in, const int kt, const int *off,
+                      const float *wpk, const float *bias, int c_out, float *y, size_t ys, int nq,
+                      const conv_out_map *map, float *stats)
 {
     const int tile = FWD_NV * VW;
     const size_t kblk = (size_t)c_in * kt * FWD_CB;
@@ -46,6 +55,7 @@ static void KERN(fwd)(const float *x, size_t ps, int c_in, int kt, const int *of
             const float *w = wb;
             for (int ci = 0; ci < c_in; ci++) {
                 const float *xc = x + (size_t)ci * ps + q;
+#pragma GCC unroll 32
                 for (int t = 0; t < kt; t++) {
                     const float *xt = xc + off[t];
                     VEC xv[FWD_NV];
@@ -62,16 +72,62 @@ static void KERN(fwd)(const float *x, size_t ps, int c_in, int kt, const int *of
                     w += FWD_CB;
                 }
             }
+            if (!map) {
+#pragma GCC unroll 16
+                for (int c = 0; c < FWD_CB; c++) {
+                    if (c < cn) {
+                        float *yc = y + (size_t)(c0 + c) * ys + q;
+#pragma GCC unroll 4
+                        for (int v = 0; v < FWD_NV; v++)
+                            VSTORE(yc + v * VW, acc[c][v]);
+                    }
+                }
+                continue;
+            }
+            const conv_out_map *m = map + q / VW;
 #pragma GCC unroll 16
             for (int c = 0; c < FWD_CB; c++) {
                 if (c < cn) {
-                    float *yc = y + (size_t)(c0 + c) * ys + q;
+                    float *yc = y + (size_t)(c0 + c) * ys;
 #pragma GCC unroll 4
-                    for (int v = 0; v < FWD_NV; v++)
-                        VSTORE(yc + v * VW, acc[c][v]);
+                    for (int v = 0; v < FWD_NV; v++) {
+                        VSTORE_RANGE(yc + m[v].off_a, acc[c][v], 0, m[v].hi_a);
+                        VSTORE_RANGE(yc + m[v].off_b, acc[c][v], m[v].lo_b, m[v].hi_b);
+                    }
+                    if (stats) {
+                        float *st = stats + (size_t)(c0 + c) * 2 * VW;
+                        VEC s1 = VLOAD(st), s2 = VLOAD(st + VW);
+#pragma GCC unroll 4
+                        for (int v = 0; v < FWD_NV; v++) {
+                            VEC k = VKEEP2(acc[c][v], m[v].hi_a, m[v].lo_b, m[v].hi_b);
+                            s1 = VADD(s1, k);
+                            s2 = VFMA(k, k, s2);
+                        }
+                        VSTORE(st, s1);
+                        VSTORE(st + VW, s2);
+                    }
                 }
             }
         }
+    }
+}
+
+/* The tap loop fully unrolled for the common filter sizes (the body is
+ * inlined with kt a constant). */
+static void KERN(fwd)(const float *x, size_t ps, int c_in, int kt, const int *off,
+                      const float *wpk, const float *bias, int c_out, float *y, size_t ys, int nq,
+                      const conv_out_map *map, float *stats)
+{
+    switch (kt) {
+    case 9:
+        KERN(fwd_body)(x, ps, c_in, 9, off, wpk, bias, c_out, y, ys, nq, map, stats);
+        break;
+    case 25:
+        KERN(fwd_body)(x, ps, c_in, 25, off, wpk, bias, c_out, y, ys, nq, map, stats);
+        break;
+    default:
+        KERN(fwd_body)(x, ps, c_in, kt, off, wpk, bias, c_out, y, ys, nq, map, stats);
+        break;
     }
 }
 
@@ -118,6 +174,27 @@ static void KERN(dw)(const float *const *dy, int c_out, const float *const *xk, 
                     VSTORE(pp, VADD(VLOAD(pp), acc[c][j]));
                 }
             }
+        }
+    }
+}
+
+/* src [c][h][w] into the interior of planes of stride ps (row y at
+ * (y + ph)·wp + pw), the padding untouched. Short rows are the common case
+ * (24 floats), so whole vectors and one masked tail, no memcpy calls. */
+static void KERN(pad)(const float *src, int c, int h, int w, int ph, int pw, int wp, size_t ps,
+                      float *dst)
+{
+    for (int ch = 0; ch < c; ch++) {
+        const float *s = src + (size_t)ch * h * w;
+        float *r = dst + (size_t)ch * ps + (size_t)ph * wp + pw;
+        for (int y = 0; y < h; y++) {
+            int x = 0;
+            for (; x + VW <= w; x += VW)
+                VSTORE(r + x, VLOAD(s + x));
+            if (x < w)
+                VSTORE_RANGE(r + x, VLOAD_N(s + x, w - x), 0, w - x);
+            s += w;
+            r += wp;
         }
     }
 }

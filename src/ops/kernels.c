@@ -4,7 +4,10 @@
  * dpt_ops_set_kernels (tests run every set the CPU supports).
  *
  * "generic" is portable C plus the BLAS (im2col + GEMM for convolutions);
- * "avx2" and "avx512" add the direct convolution kernels of conv_kern.h. */
+ * "avx2" and "avx512" add the direct convolution kernels of conv_kern.h,
+ * wider vectors for the batch-norm passes (bn_kern.h) and the few-output
+ * fully connected kernels (fc_kern.h). */
+#include "ops/vec_isa.h"
 #include "ops/conv_direct.h"
 #include "ops/ops.h"
 
@@ -82,6 +85,30 @@ const conv_isa *dpt_ops_conv_isa(void)
     switch (current()) {
     case K_AVX512: return &dpt_conv_isa_avx512;
     case K_AVX2: return &dpt_conv_isa_avx2;
+    default: break;
+    }
+#endif
+    return NULL;
+}
+
+const bn_isa *dpt_ops_bn_isa(void)
+{
+#ifdef DPT_HAVE_X86_KERNELS
+    switch (current()) {
+    case K_AVX512: return &dpt_bn_isa_avx512;
+    case K_AVX2: return &dpt_bn_isa_avx2;
+    default: break;
+    }
+#endif
+    return NULL;
+}
+
+const fc_isa *dpt_ops_fc_isa(void)
+{
+#ifdef DPT_HAVE_X86_KERNELS
+    switch (current()) {
+    case K_AVX512: return &dpt_fc_isa_avx512;
+    case K_AVX2: return &dpt_fc_isa_avx2;
     default: break;
     }
 #endif

@@ -42,6 +42,11 @@ size_t dpt_conv2d_work_floats(const dpt_conv2d_desc *d);
 /* y[n, c_out, out_h, out_w] = conv(x, w) + b. b may be NULL (no bias). */
 void dpt_conv2d_forward(const dpt_conv2d_desc *d, const float *x, const float *w,
                         const float *b, float *y, float *work);
+/* dpt_conv2d_forward, and the per-channel sums batch norm needs of the
+ * output, as dpt_bn_sums(y, n, c_out, out_h*out_w, sum, sumsq) computes them
+ * (float64; the direct kernels add them up while y is still in registers). */
+void dpt_conv2d_forward_sums(const dpt_conv2d_desc *d, const float *x, const float *w,
+                             const float *b, float *y, float *work, double *sum, double *sumsq);
 /* From dy [n, c_out, out_h, out_w]: dx (may be NULL: not needed for the first
  * layer), dw [c_out, c_in, kh, kw], db [c_out] (may be NULL). */
 void dpt_conv2d_backward(const dpt_conv2d_desc *d, const float *x, const float *w,
@@ -70,6 +75,19 @@ void dpt_bn_backward_dx(const float *x, const float *dy, int n, int c, int hw,
                         const float *mean, const float *invstd, const float *gamma,
                         const double *sum_dy, const double *sum_dy_xhat, double count,
                         float *dx);
+/* Batch norm fused with the ReLU after it: y = max(0, normalize(x)); the
+ * backward pair takes dy at the ReLU's output and masks it where the
+ * forward's pre-ReLU value was not positive (recomputed from x, bit-exact),
+ * so the ReLU needs no pass and no buffer of its own. */
+void dpt_bn_normalize_relu(const float *x, int n, int c, int hw, const float *mean,
+                           const float *invstd, const float *gamma, const float *beta, float *y);
+void dpt_bn_backward_sums_relu(const float *x, const float *dy, int n, int c, int hw,
+                               const float *mean, const float *invstd, const float *gamma,
+                               const float *beta, double *sum_dy, double *sum_dy_xhat);
+void dpt_bn_backward_dx_relu(const float *x, const float *dy, int n, int c, int hw,
+                             const float *mean, const float *invstd, const float *gamma,
+                             const float *beta, const double *sum_dy, const double *sum_dy_xhat,
+                             double count, float *dx);
 
 /* ---- ReLU ---------------------------------------------------------------- */
 void dpt_relu_forward(const float *x, float *y, size_t n);

@@ -5,6 +5,8 @@
 
 dpt_status dpt_sgdm_new(size_t n, float lr, float momentum, float weight_decay, dpt_sgdm **out)
 {
+    if (!out)
+        return dpt_fail(DPT_ERR_ARG, "dpt_sgdm_new: out is NULL");
     *out = NULL;
     if (!(lr > 0) || !(momentum >= 0 && momentum < 1) || !(weight_decay >= 0))
         return dpt_fail(DPT_ERR_ARG, "sgdm: need lr > 0, 0 <= momentum < 1, weight decay >= 0 "

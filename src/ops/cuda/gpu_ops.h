@@ -61,8 +61,10 @@ void *gpu_ctx_stream(gpu_ctx *g);
 /* Grow the cuDNN workspace to at least `bytes` (set-up time only). */
 dpt_status gpu_ctx_reserve_workspace(gpu_ctx *g, size_t bytes);
 size_t gpu_ctx_workspace_bytes(const gpu_ctx *g);
-/* Scratch for the deterministic reductions: at least `doubles` doubles. */
-dpt_status gpu_ctx_reserve_scratch(gpu_ctx *g, size_t doubles);
+/* Scratch for the deterministic reductions: per-channel sums over up to
+ * max_channels channels and row sums over up to max_rows rows (set-up time
+ * only). */
+dpt_status gpu_ctx_reserve_scratch(gpu_ctx *g, int max_channels, int max_rows);
 
 /* ---- memory and transfers ---------------------------------------------------------- */
 
@@ -154,8 +156,8 @@ dpt_status gpu_bn_stats(gpu_ctx *g, const double *sums, int c, float epsilon, do
 /* From the running state [2c] (mean, variance) for PREDICT mode. */
 dpt_status gpu_bn_running(gpu_ctx *g, const float *state, int c, float epsilon, float *mean,
                           float *invstd);
-/* y = gamma·(x − mean)·invstd + beta; y_relu (may be NULL) = max(y, 0)
- * as well, for a ReLU that follows (fused). */
+/* y = gamma·(x − mean)·invstd + beta; y_relu = max(y, 0) for a ReLU that
+ * follows (fused). Either may be NULL (not written). */
 dpt_status gpu_bn_normalize(gpu_ctx *g, const float *x, int n, int c, int hw, const float *mean,
                             const float *invstd, const float *gamma, const float *beta, float *y,
                             float *y_relu);

@@ -1,0 +1,64 @@
+/* Shared by the .cu files of ops/cuda: the context struct and error helpers.
+ * Not included by C code (see gpu_ops.h for the C interface). */
+#ifndef DPT_GPU_INTERNAL_CUH
+#define DPT_GPU_INTERNAL_CUH
+
+#include "ops/cuda/gpu_ops.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cudnn.h>
+
+/* Two pinned slots of this size form the host-to-device staging ring. */
+#define GPU_STAGING_SLOT_BYTES ((size_t)1 << 20)
+/* Threads per block of the elementwise and reduction kernels (a multiple
+ * of 32: the block reductions work warp by warp). */
+#define GPU_THREADS 256
+
+struct gpu_ctx {
+    int device;
+    int allow_tf32;
+    int n_sm;                   /* multiprocessors: sizes the reduction grids */
+    cudaStream_t stream;        /* compute: every kernel and library call */
+    cudaStream_t copy;          /* host-to-device uploads through the ring */
+    cudaEvent_t ev_compute;     /* copy stream waits for compute up to here */
+    cudaEvent_t ev_copied;      /* compute stream waits for an upload */
+    cudaEvent_t ev_slot[2];     /* last DMA out of each staging slot */
+    int slot_used[2];
+    unsigned char *staging;     /* pinned [2 * GPU_STAGING_SLOT_BYTES] */
+    cublasHandle_t blas;
+    cudnnHandle_t dnn;
+    void *workspace;            /* cuDNN workspace, shared by the conv layers */
+    size_t workspace_bytes;
+    double *scratch;            /* partial sums of the reductions */
+    size_t scratch_doubles;
+};
+
+/* dpt_fail with "GPU <d>: [<layer>: ]<what>: <CUDA's message>" and a status
+ * chosen from the error (out of memory, no usable device, or DPT_ERR_IO for
+ * a failed device operation). */
+dpt_status gpu_fail_cuda(const gpu_ctx *g, cudaError_t e, const char *layer, const char *what);
+dpt_status gpu_fail_cudnn(const gpu_ctx *g, cudnnStatus_t e, const char *layer, const char *what);
+dpt_status gpu_fail_cublas(const gpu_ctx *g, cublasStatus_t e, const char *layer,
+                           const char *what);
+/* After kernel launches: the launch error, if any. */
+dpt_status gpu_check_launch(const gpu_ctx *g, const char *what);
+
+/* Blocks for a grid-stride loop over `total` elements. */
+static inline unsigned gpu_grid(const gpu_ctx *g, size_t total)
+{
+    size_t blocks = (total + GPU_THREADS - 1) / GPU_THREADS;
+    size_t cap = (size_t)g->n_sm * 16;
+    if (blocks > cap)
+        blocks = cap;
+    return blocks ? (unsigned)blocks : 1u;
+}
+
+/* Per-channel sums of the fused ReLU-gated or plain forms, used by conv
+ * (bias gradient) and linear (bias gradient): out[ch] = Σ over (n, hw) of
+ * x, in float64, rounded to float32. */
+dpt_status gpu_channel_sum(gpu_ctx *g, const float *x, int n, int c, int hw, float *out);
+/* y[i, ch, j] = b[ch] (seed == 1) or y += b[ch] (seed == 0). */
+dpt_status gpu_bias(gpu_ctx *g, float *y, const float *b, int n, int c, int hw, int seed);
+
+#endif

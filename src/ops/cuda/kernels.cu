@@ -1,0 +1,478 @@
+/* dptrain's own CUDA kernels: ReLU, softmax, cross-entropy, SGDM, batch
+ * normalisation and per-channel sums.
+ *
+ * They follow the CPU kernels of ops/ line by line, including the
+ * precision of each step (float64 sums, float32 elementwise arithmetic).
+ * The elementwise float32 expressions use the explicitly rounded
+ * intrinsics (__fmul_rn, __fadd_rn, ...) so the compiler does not fuse
+ * them into FMAs: given the same inputs, SGDM, the normalisation and the
+ * loss gradient give the same bits as the CPU code.
+ *
+ * Reductions are deterministic: a fixed partition of each channel over
+ * blocks (depending only on n, c and the device's multiprocessor count),
+ * each block reducing in a fixed tree, then one block per channel adding
+ * the partials in a fixed order. No atomics. */
+#include "ops/cuda/gpu_internal.cuh"
+
+#include <float.h>
+
+/* ---- block reductions -------------------------------------------------------------- */
+
+__device__ static double2 warp_sum2(double2 v)
+{
+    for (int o = 16; o > 0; o >>= 1) {
+        v.x += __shfl_down_sync(0xffffffffu, v.x, o);
+        v.y += __shfl_down_sync(0xffffffffu, v.y, o);
+    }
+    return v;
+}
+
+/* Sum of v over the block, valid in thread 0. blockDim.x is a multiple of
+ * 32 and at most 1024. */
+__device__ static double2 block_sum2(double2 v)
+{
+    __shared__ double2 warp_part[32];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_sum2(v);
+    if (lane == 0)
+        warp_part[warp] = v;
+    __syncthreads();
+    int n_warps = blockDim.x >> 5;
+    v = threadIdx.x < n_warps ? warp_part[threadIdx.x] : make_double2(0.0, 0.0);
+    if (warp == 0)
+        v = warp_sum2(v);
+    return v;
+}
+
+/* ---- per-channel sums (NCHW, over n and hw) ----------------------------------------------- */
+
+enum { SUMS_PLAIN = 0, SUMS_SQUARES = 1, SUMS_BACKWARD = 2 };
+
+/* Blocks per channel: enough blocks in all to fill the device a few times,
+ * at most one per observation. c·bpc <= c + 4·n_sm (the scratch bound of
+ * gpu_ctx_reserve_scratch). */
+static int blocks_per_channel(const gpu_ctx *g, int n, int c)
+{
+    int target = 4 * g->n_sm;
+    int bpc = (target + c - 1) / c;
+    if (bpc < 1)
+        bpc = 1;
+    if (bpc > n)
+        bpc = n;
+    return bpc;
+}
+
+/* Block (b, ch) sums its share of observations [i0, i1) of channel ch:
+ *   PLAIN     (Σ x, 0)
+ *   SQUARES   (Σ x, Σ x²)
+ *   BACKWARD  (Σ g, Σ g·(x − mean[ch])) with g = dy, gated by relu_y > 0
+ *             when relu_y is given. */
+template <int MODE>
+__global__ void chan_partial_kernel(const float *__restrict__ x, const float *__restrict__ dy,
+                                    const float *__restrict__ relu_y,
+                                    const float *__restrict__ mean, int n, int c, int hw, int bpc,
+                                    double2 *__restrict__ partial)
+{
+    int ch = blockIdx.y, b = blockIdx.x;
+    int per = (n + bpc - 1) / bpc;
+    int i0 = b * per, i1 = min(n, i0 + per);
+    unsigned total = i1 > i0 ? (unsigned)(i1 - i0) * (unsigned)hw : 0u;
+    double m = MODE == SUMS_BACKWARD ? (double)mean[ch] : 0.0;
+    double2 acc = make_double2(0.0, 0.0);
+    for (unsigned e = threadIdx.x; e < total; e += blockDim.x) {
+        unsigned i = (unsigned)i0 + e / (unsigned)hw, j = e % (unsigned)hw;
+        size_t idx = ((size_t)i * c + ch) * hw + j;
+        if (MODE == SUMS_PLAIN) {
+            acc.x += (double)x[idx];
+        } else if (MODE == SUMS_SQUARES) {
+            double v = x[idx];
+            acc.x += v;
+            acc.y += v * v;
+        } else {
+            float gf = dy[idx];
+            if (relu_y && !(relu_y[idx] > 0.0f))
+                gf = 0.0f;
+            double gd = gf;
+            acc.x += gd;
+            acc.y += gd * ((double)x[idx] - m);
+        }
+    }
+    acc = block_sum2(acc);
+    if (threadIdx.x == 0)
+        partial[(size_t)ch * bpc + b] = acc;
+}
+
+/* One block per channel adds its bpc partials in a fixed order and writes:
+ *   PLAIN     out_a[ch] = Σ x (float32)
+ *   SQUARES   sums[ch] = Σ x, sums[c + ch] = Σ x², sums[2c] = count
+ *   BACKWARD  sums[ch] = Σ g, sums[c + ch] = Σ g·x̂ = Σ g·(x − mean)·invstd;
+ *             out_a = Σ g, out_b = Σ g·x̂ (float32: the offset and scale
+ *             gradients) */
+template <int MODE>
+__global__ void chan_final_kernel(const double2 *__restrict__ partial, int bpc, int c,
+                                  double count, const float *__restrict__ invstd,
+                                  double *__restrict__ sums, float *__restrict__ out_a,
+                                  float *__restrict__ out_b)
+{
+    int ch = blockIdx.x;
+    double2 acc = make_double2(0.0, 0.0);
+    for (int b = threadIdx.x; b < bpc; b += blockDim.x) {
+        double2 p = partial[(size_t)ch * bpc + b];
+        acc.x += p.x;
+        acc.y += p.y;
+    }
+    acc = block_sum2(acc);
+    if (threadIdx.x != 0)
+        return;
+    if (MODE == SUMS_PLAIN) {
+        out_a[ch] = (float)acc.x;
+    } else if (MODE == SUMS_SQUARES) {
+        sums[ch] = acc.x;
+        sums[c + ch] = acc.y;
+        if (ch == 0)
+            sums[2 * c] = count;
+    } else {
+        /* invstd is constant over the channel: applied once, as on the CPU. */
+        double sxh = acc.y * (double)invstd[ch];
+        sums[ch] = acc.x;
+        sums[c + ch] = sxh;
+        out_a[ch] = (float)acc.x;
+        out_b[ch] = (float)sxh;
+    }
+}
+
+template <int MODE>
+static dpt_status channel_sums(gpu_ctx *g, const float *x, const float *dy, const float *relu_y,
+                               const float *mean, const float *invstd, int n, int c, int hw,
+                               double *sums, float *out_a, float *out_b, const char *what)
+{
+    int bpc = blocks_per_channel(g, n, c);
+    if ((size_t)2 * c * bpc > g->scratch_doubles)
+        return dpt_fail(DPT_ERR_ARG, "GPU %d: %s: reduction scratch too small (%d channels)",
+                        g->device, what, c);
+    if ((size_t)((n + bpc - 1) / bpc) * (size_t)hw > 0x7fffffffu)
+        return dpt_fail(DPT_ERR_ARG, "GPU %d: %s: %d x %d values per channel block is too many",
+                        g->device, what, n, hw);
+    double2 *partial = (double2 *)g->scratch;
+    dim3 grid((unsigned)bpc, (unsigned)c);
+    chan_partial_kernel<MODE><<<grid, GPU_THREADS, 0, g->stream>>>(x, dy, relu_y, mean, n, c, hw,
+                                                                    bpc, partial);
+    chan_final_kernel<MODE><<<c, 128, 0, g->stream>>>(partial, bpc, c, (double)n * hw, invstd,
+                                                      sums, out_a, out_b);
+    return gpu_check_launch(g, what);
+}
+
+dpt_status gpu_channel_sum(gpu_ctx *g, const float *x, int n, int c, int hw, float *out)
+{
+    return channel_sums<SUMS_PLAIN>(g, x, NULL, NULL, NULL, NULL, n, c, hw, NULL, out, NULL,
+                                    "bias gradient");
+}
+
+/* ---- bias ------------------------------------------------------------------------------- */
+
+template <typename I>
+__global__ void bias_kernel(float *__restrict__ y, const float *__restrict__ b, I total, int c,
+                            int hw, int seed)
+{
+    for (I idx = (I)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+         idx += (I)gridDim.x * blockDim.x) {
+        int ch = (int)((idx / (I)hw) % (I)c);
+        y[idx] = seed ? b[ch] : __fadd_rn(y[idx], b[ch]);
+    }
+}
+
+dpt_status gpu_bias(gpu_ctx *g, float *y, const float *b, int n, int c, int hw, int seed)
+{
+    size_t total = (size_t)n * c * hw;
+    if (total < 0x7fffffffu)
+        bias_kernel<unsigned><<<gpu_grid(g, total), GPU_THREADS, 0, g->stream>>>(
+            y, b, (unsigned)total, c, hw, seed);
+    else
+        bias_kernel<size_t><<<gpu_grid(g, total), GPU_THREADS, 0, g->stream>>>(y, b, total, c,
+                                                                               hw, seed);
+    return gpu_check_launch(g, "bias");
+}
+
+/* ---- ReLU ------------------------------------------------------------------------------------ */
+
+__global__ void relu_forward_kernel(const float *__restrict__ x, float *__restrict__ y, size_t n)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+}
+
+__global__ void relu_backward_kernel(const float *__restrict__ y, const float *dy, float *dx,
+                                     size_t n)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+}
+
+dpt_status gpu_relu_forward(gpu_ctx *g, const float *x, float *y, size_t n)
+{
+    relu_forward_kernel<<<gpu_grid(g, n), GPU_THREADS, 0, g->stream>>>(x, y, n);
+    return gpu_check_launch(g, "relu forward");
+}
+
+dpt_status gpu_relu_backward(gpu_ctx *g, const float *y, const float *dy, float *dx, size_t n)
+{
+    relu_backward_kernel<<<gpu_grid(g, n), GPU_THREADS, 0, g->stream>>>(y, dy, dx, n);
+    return gpu_check_launch(g, "relu backward");
+}
+
+/* ---- softmax and cross-entropy (one thread per row) ------------------------------------------ */
+
+__global__ void softmax_forward_kernel(const float *__restrict__ z, float *__restrict__ p, int n,
+                                       int k)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n)
+        return;
+    const float *zi = z + (size_t)i * k;
+    float *pi = p + (size_t)i * k;
+    float zmax = zi[0];
+    for (int j = 1; j < k; j++)
+        if (zi[j] > zmax)
+            zmax = zi[j];
+    double sum = 0.0;
+    for (int j = 0; j < k; j++) {
+        float e = expf(__fsub_rn(zi[j], zmax));
+        pi[j] = e;
+        sum += e;
+    }
+    const float inv = (float)(1.0 / sum);
+    for (int j = 0; j < k; j++)
+        pi[j] = __fmul_rn(pi[j], inv);
+}
+
+__global__ void softmax_backward_kernel(const float *__restrict__ p, const float *__restrict__ dy,
+                                        float *__restrict__ dx, int n, int k)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n)
+        return;
+    const float *pi = p + (size_t)i * k, *gi = dy + (size_t)i * k;
+    double dot = 0.0;
+    for (int j = 0; j < k; j++)
+        dot += (double)gi[j] * pi[j];
+    for (int j = 0; j < k; j++)
+        dx[(size_t)i * k + j] = (float)__dmul_rn((double)pi[j], __dsub_rn((double)gi[j], dot));
+}
+
+/* Row i's loss −Σ t·log(max(p, FLT_MIN)) into row_loss[i], and the loss
+ * gradient at the logits. */
+__global__ void xent_rows_kernel(const float *__restrict__ p, const float *__restrict__ t, int n,
+                                 int k, float gscale, float *__restrict__ dlogits,
+                                 double *__restrict__ row_loss)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n)
+        return;
+    double loss = 0.0;
+    size_t row = (size_t)i * k;
+    for (int j = 0; j < k; j++) {
+        float pj = p[row + j], tj = t[row + j];
+        if (tj != 0.0f) {
+            double pd = pj > FLT_MIN ? (double)pj : (double)FLT_MIN;
+            loss -= (double)tj * log(pd);
+        }
+        dlogits[row + j] = __fmul_rn(__fsub_rn(pj, tj), gscale);
+    }
+    row_loss[i] = loss;
+}
+
+/* *loss = (Σ row_loss) / n, one block, fixed order. */
+__global__ void mean_rows_kernel(const double *__restrict__ row_loss, int n, double *loss)
+{
+    double2 acc = make_double2(0.0, 0.0);
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        acc.x += row_loss[i];
+    acc = block_sum2(acc);
+    if (threadIdx.x == 0)
+        *loss = acc.x / n;
+}
+
+dpt_status gpu_softmax_forward(gpu_ctx *g, const float *z, float *p, int n, int k)
+{
+    softmax_forward_kernel<<<(n + 127) / 128, 128, 0, g->stream>>>(z, p, n, k);
+    return gpu_check_launch(g, "softmax forward");
+}
+
+dpt_status gpu_softmax_backward(gpu_ctx *g, const float *p, const float *dy, float *dx, int n,
+                                int k)
+{
+    softmax_backward_kernel<<<(n + 127) / 128, 128, 0, g->stream>>>(p, dy, dx, n, k);
+    return gpu_check_launch(g, "softmax backward");
+}
+
+dpt_status gpu_softmax_xent(gpu_ctx *g, const float *p, const float *t, int n, int k,
+                            float scale, float *dlogits, double *loss)
+{
+    if ((size_t)n > g->scratch_doubles)
+        return dpt_fail(DPT_ERR_ARG, "GPU %d: cross-entropy: scratch too small for %d rows",
+                        g->device, n);
+    const float gscale = scale / (float)n; /* as dpt_softmax_xent */
+    xent_rows_kernel<<<(n + 127) / 128, 128, 0, g->stream>>>(p, t, n, k, gscale, dlogits,
+                                                            g->scratch);
+    mean_rows_kernel<<<1, GPU_THREADS, 0, g->stream>>>(g->scratch, n, loss);
+    return gpu_check_launch(g, "cross-entropy");
+}
+
+/* ---- SGDM ----------------------------------------------------------------------------------- */
+
+__global__ void sgdm_kernel(float *__restrict__ w, float *__restrict__ v,
+                            const float *__restrict__ grad, size_t n, float lr, float mu, float wd)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        /* v = mu·v − lr·(g + wd·w); w = w + v, rounded step by step as the
+         * CPU's dpt_sgdm_step. */
+        float vi = __fsub_rn(__fmul_rn(mu, v[i]), __fmul_rn(lr, __fadd_rn(grad[i], __fmul_rn(wd, w[i]))));
+        v[i] = vi;
+        w[i] = __fadd_rn(w[i], vi);
+    }
+}
+
+dpt_status gpu_sgdm(gpu_ctx *g, float *params, float *velocity, const float *grads, size_t n,
+                    float lr, float momentum, float weight_decay)
+{
+    if (!n)
+        return DPT_OK;
+    sgdm_kernel<<<gpu_grid(g, n), GPU_THREADS, 0, g->stream>>>(params, velocity, grads, n, lr,
+                                                               momentum, weight_decay);
+    return gpu_check_launch(g, "sgdm update");
+}
+
+/* ---- batch normalisation ---------------------------------------------------------------------- */
+
+dpt_status gpu_bn_sums(gpu_ctx *g, const float *x, int n, int c, int hw, double *sums)
+{
+    return channel_sums<SUMS_SQUARES>(g, x, NULL, NULL, NULL, NULL, n, c, hw, sums, NULL, NULL,
+                                      "batch norm statistics");
+}
+
+__global__ void bn_stats_kernel(const double *__restrict__ sums, int c, float epsilon,
+                                double *__restrict__ batch, float *__restrict__ mean,
+                                float *__restrict__ invstd)
+{
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= c)
+        return;
+    double count = sums[2 * c];
+    double m = sums[ch] / count;
+    double v = __dsub_rn(sums[c + ch] / count, __dmul_rn(m, m));
+    if (v < 0) /* rounding when the variance is tiny */
+        v = 0;
+    batch[ch] = m;
+    batch[c + ch] = v;
+    mean[ch] = (float)m;
+    invstd[ch] = (float)(1.0 / sqrt(__dadd_rn(v, (double)epsilon)));
+}
+
+dpt_status gpu_bn_stats(gpu_ctx *g, const double *sums, int c, float epsilon, double *batch,
+                        float *mean, float *invstd)
+{
+    bn_stats_kernel<<<(c + 127) / 128, 128, 0, g->stream>>>(sums, c, epsilon, batch, mean, invstd);
+    return gpu_check_launch(g, "batch norm statistics");
+}
+
+__global__ void bn_running_kernel(const float *__restrict__ state, int c, float epsilon,
+                                  float *__restrict__ mean, float *__restrict__ invstd)
+{
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= c)
+        return;
+    mean[ch] = state[ch];
+    invstd[ch] = (float)(1.0 / sqrt(__dadd_rn((double)state[c + ch], (double)epsilon)));
+}
+
+dpt_status gpu_bn_running(gpu_ctx *g, const float *state, int c, float epsilon, float *mean,
+                          float *invstd)
+{
+    bn_running_kernel<<<(c + 127) / 128, 128, 0, g->stream>>>(state, c, epsilon, mean, invstd);
+    return gpu_check_launch(g, "batch norm running statistics");
+}
+
+template <typename I>
+__global__ void bn_normalize_kernel(const float *__restrict__ x, I total, int c, int hw,
+                                    const float *__restrict__ mean,
+                                    const float *__restrict__ invstd,
+                                    const float *__restrict__ gamma,
+                                    const float *__restrict__ beta, float *__restrict__ y,
+                                    float *__restrict__ y_relu)
+{
+    for (I idx = (I)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+         idx += (I)gridDim.x * blockDim.x) {
+        int ch = (int)((idx / (I)hw) % (I)c);
+        float scale = __fmul_rn(gamma[ch], invstd[ch]);
+        float v = __fadd_rn(__fmul_rn(__fsub_rn(x[idx], mean[ch]), scale), beta[ch]);
+        if (y)
+            y[idx] = v;
+        if (y_relu)
+            y_relu[idx] = v > 0.0f ? v : 0.0f;
+    }
+}
+
+dpt_status gpu_bn_normalize(gpu_ctx *g, const float *x, int n, int c, int hw, const float *mean,
+                            const float *invstd, const float *gamma, const float *beta, float *y,
+                            float *y_relu)
+{
+    size_t total = (size_t)n * c * hw;
+    if (total < 0x7fffffffu)
+        bn_normalize_kernel<unsigned><<<gpu_grid(g, total), GPU_THREADS, 0, g->stream>>>(
+            x, (unsigned)total, c, hw, mean, invstd, gamma, beta, y, y_relu);
+    else
+        bn_normalize_kernel<size_t><<<gpu_grid(g, total), GPU_THREADS, 0, g->stream>>>(
+            x, total, c, hw, mean, invstd, gamma, beta, y, y_relu);
+    return gpu_check_launch(g, "batch norm");
+}
+
+dpt_status gpu_bn_backward_sums(gpu_ctx *g, const float *x, const float *dy,
+                                const float *relu_y, int n, int c, int hw, const float *mean,
+                                const float *invstd, double *sums, float *doffset,
+                                float *dscale)
+{
+    return channel_sums<SUMS_BACKWARD>(g, x, dy, relu_y, mean, invstd, n, c, hw, sums, doffset,
+                                       dscale, "batch norm backward");
+}
+
+template <typename I>
+__global__ void bn_backward_dx_kernel(const float *__restrict__ x, const float *__restrict__ dy,
+                                      const float *__restrict__ relu_y, I total, int c, int hw,
+                                      const float *__restrict__ mean,
+                                      const float *__restrict__ invstd,
+                                      const float *__restrict__ gamma,
+                                      const double *__restrict__ sums,
+                                      const double *__restrict__ count_p, float *__restrict__ dx)
+{
+    const double count = *count_p;
+    for (I idx = (I)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+         idx += (I)gridDim.x * blockDim.x) {
+        int ch = (int)((idx / (I)hw) % (I)c);
+        double m = mean[ch], is = invstd[ch];
+        double k = __dmul_rn((double)gamma[ch], is);
+        double a = sums[ch] / count, b = sums[c + ch] / count;
+        float gf = dy[idx];
+        if (relu_y && !(relu_y[idx] > 0.0f))
+            gf = 0.0f;
+        double xhat = __dmul_rn(__dsub_rn((double)x[idx], m), is);
+        dx[idx] = (float)__dmul_rn(k, __dsub_rn(__dsub_rn((double)gf, a), __dmul_rn(xhat, b)));
+    }
+}
+
+dpt_status gpu_bn_backward_dx(gpu_ctx *g, const float *x, const float *dy, const float *relu_y,
+                              int n, int c, int hw, const float *mean, const float *invstd,
+                              const float *gamma, const double *sums, const double *count,
+                              float *dx)
+{
+    size_t total = (size_t)n * c * hw;
+    if (total < 0x7fffffffu)
+        bn_backward_dx_kernel<unsigned><<<gpu_grid(g, total), GPU_THREADS, 0, g->stream>>>(
+            x, dy, relu_y, (unsigned)total, c, hw, mean, invstd, gamma, sums, count, dx);
+    else
+        bn_backward_dx_kernel<size_t><<<gpu_grid(g, total), GPU_THREADS, 0, g->stream>>>(
+            x, dy, relu_y, total, c, hw, mean, invstd, gamma, sums, count, dx);
+    return gpu_check_launch(g, "batch norm backward");
+}

@@ -1,0 +1,41 @@
+/* The batch-norm passes (bn_kern.h) and fc kernels (fc_kern.h) for avx2 (8-float vectors). Compiled
+ * for avx2 whatever the build's -march; used only when the CPU has it. */
+#include "ops/vec_isa.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+
+typedef float vt_avx2 __attribute__((vector_size(8 * 4)));
+typedef int vi_avx2 __attribute__((vector_size(8 * 4)));
+#define VN 8
+#define VT vt_avx2
+#define VI vi_avx2
+#define KN(f) f##_avx2
+#include "ops/bn_kern.h"
+#define FC_IMG 1
+#include "ops/fc_kern.h"
+
+const bn_isa dpt_bn_isa_avx2 = {
+    .sums = plane_sums_avx2,
+    .normalize = plane_normalize_avx2,
+    .backward_sums = plane_backward_sums_avx2,
+    .backward_dx = plane_backward_dx_avx2,
+};
+
+const fc_isa dpt_fc_isa_avx2 = {
+    .forward = fc_forward_avx2,
+    .backward_dx = fc_backward_dx_avx2,
+    .backward_dw = fc_backward_dw_avx2,
+};
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#endif
+#endif

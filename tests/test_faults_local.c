@@ -1,0 +1,348 @@
+/* Worker faults under the local backend, driven through the library (one
+ * worker thread cannot be killed from outside, and the library has no test
+ * hooks):
+ *
+ *   1. a custom training loop (dpt_spmd_run + dpt_train_step) whose worker 1
+ *      fails at iteration k while the other workers wait for it inside the
+ *      step's collectives: dpt_spmd_run returns promptly (far below the
+ *      collective timeout) with worker 1's status and message, and every
+ *      other worker's collective fails with "worker 1 failed";
+ *   2. dpt_fit on an image folder opened without preload, where an image
+ *      file disappears between epochs (deleted by the progress callback):
+ *      the worker that reads it fails, the others are released at once,
+ *      dpt_fit returns the error naming the file, no model is written; with
+ *      the file back, resuming from the last checkpoint gives a model file
+ *      byte-identical to a run that was never interrupted. */
+#include "dptrain/train.h"
+#include "testutil.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* A collective timeout far above anything the tests should wait: a failure
+ * that is not propagated shows up as a run of about this length. */
+#define TIMEOUT_MS 60000L
+
+static const char small_spec[] = "input in size=28x28x1\n"
+                                 "conv c1 filter=3 filters=4 stride=2\n"
+                                 "batchnorm bn1\n"
+                                 "relu r1\n"
+                                 "fc fc outputs=classes\n"
+                                 "softmax sm\n";
+
+/* ---- 1. custom loop, worker 1 fails at iteration k -------------------------- */
+
+enum { N_WORKERS = 3, FAIL_RANK = 1, FAIL_AT = 4, STEPS = 20, BATCH = 12 };
+
+typedef struct loop_job {
+    dpt_status st[N_WORKERS];
+    char msg[N_WORKERS][512];
+    int steps_done[N_WORKERS];
+} loop_job;
+
+static dpt_status loop_worker(dpt_comm *comm, void *arg)
+{
+    loop_job *j = arg;
+    int rank = dpt_comm_rank(comm), n = dpt_comm_size(comm);
+    int share[N_WORKERS];
+    dpt_batch_shares(BATCH, n, share);
+    enum { K = 10, PIX = 28 * 28 };
+    float *x = malloc((size_t)share[rank] * PIX * sizeof *x);
+    float *t = calloc((size_t)share[rank] * K, sizeof *t);
+    dpt_net *net = NULL;
+    dpt_sgdm *opt = NULL;
+    dpt_status s = x && t ? DPT_OK : dpt_fail(DPT_ERR_NOMEM, "out of memory");
+    if (s == DPT_OK)
+        s = dpt_net_from_spec(small_spec, "small", K, share[0], 1, &net);
+    if (s == DPT_OK)
+        s = dpt_sgdm_new(dpt_net_n_params(net), 0.01f, 0.9f, 0.0f, &opt);
+    dpt_rng r;
+    dpt_rng_seed(&r, 11, (uint64_t)rank);
+    for (int it = 1; s == DPT_OK && it <= STEPS; it++) {
+        for (int i = 0; i < share[rank] * PIX; i++)
+            x[i] = dpt_rng_uniform(&r);
+        memset(t, 0, (size_t)share[rank] * K * sizeof *t);
+        for (int i = 0; i < share[rank]; i++)
+            t[i * K + (int)dpt_rng_below(&r, K)] = 1.0f;
+        if (rank == FAIL_RANK && it == FAIL_AT) {
+            /* Let the others get into the step's first collective. */
+            struct timespec ts = {0, 200 * 1000000L};
+            nanosleep(&ts, NULL);
+            s = dpt_fail(DPT_ERR_IO, "sensor feed lost at iteration %d", it);
+            break;
+        }
+        double loss = 0;
+        s = dpt_train_step(net, opt, comm, x, t, share[rank], &loss, NULL);
+        if (s == DPT_OK)
+            j->steps_done[rank] = it;
+    }
+    j->st[rank] = s;
+    snprintf(j->msg[rank], sizeof j->msg[rank], "%s", s ? dpt_last_error() : "");
+    dpt_sgdm_free(opt);
+    dpt_net_free(net);
+    free(x);
+    free(t);
+    return s;
+}
+
+static void test_custom_loop(void)
+{
+    printf("custom loop: worker %d of %d fails at iteration %d (collective timeout %ld ms)\n", FAIL_RANK,
+           N_WORKERS, FAIL_AT, TIMEOUT_MS);
+    loop_job j;
+    memset(&j, 0, sizeof j);
+    dpt_spmd_config cfg = DPT_SPMD_CONFIG_INIT;
+    cfg.backend = DPT_COMM_LOCAL;
+    cfg.n_workers = N_WORKERS;
+    cfg.timeout_ms = TIMEOUT_MS;
+    double t0 = now_s();
+    dpt_status s = dpt_spmd_run(&cfg, loop_worker, &j);
+    double dt = now_s() - t0;
+    char want[128];
+    snprintf(want, sizeof want, "worker %d: sensor feed lost at iteration %d", FAIL_RANK, FAIL_AT);
+    printf("  returned %s after %.0f ms: %s\n", dpt_status_str(s), dt * 1e3, dpt_last_error());
+    CHECK_MSG(s == DPT_ERR_IO, "status %s, want the failing worker's (io)", dpt_status_str(s));
+    CHECK_MSG(strcmp(dpt_last_error(), want) == 0, "message '%s', want '%s'", dpt_last_error(), want);
+    CHECK_MSG(dt < 5.0, "took %.1f s to fail (timeout %ld ms): the failure was not propagated", dt, TIMEOUT_MS);
+    char peer[64];
+    snprintf(peer, sizeof peer, "worker %d failed: sensor feed lost", FAIL_RANK);
+    for (int r = 0; r < N_WORKERS; r++) {
+        if (r == FAIL_RANK)
+            continue;
+        printf("  worker %d: %s after %d steps: %s\n", r, dpt_status_str(j.st[r]), j.steps_done[r], j.msg[r]);
+        CHECK_MSG(j.st[r] == DPT_ERR_COMM && strstr(j.msg[r], peer),
+                  "worker %d ended with %s '%s', want comm error naming worker %d", r,
+                  dpt_status_str(j.st[r]), j.msg[r], FAIL_RANK);
+        CHECK_MSG(j.steps_done[r] == FAIL_AT - 1, "worker %d did %d steps, want %d", r, j.steps_done[r],
+                  FAIL_AT - 1);
+    }
+}
+
+/* ---- 2. dpt_fit, an image file disappears mid-training ------------------------- */
+
+static int copy_file(const char *from, const char *to)
+{
+    FILE *a = fopen(from, "rb"), *b = a ? fopen(to, "wb") : NULL;
+    int rc = a && b ? 0 : -1;
+    char buf[8192];
+    size_t n;
+    while (rc == 0 && (n = fread(buf, 1, sizeof buf, a)) > 0)
+        if (fwrite(buf, 1, n, b) != n)
+            rc = -1;
+    if (a && ferror(a))
+        rc = -1;
+    if (a)
+        fclose(a);
+    if (b && fclose(b) != 0)
+        rc = -1;
+    return rc;
+}
+
+/* Copy root/<class>/<file> (one level of class folders). */
+static int copy_folder(const char *from, const char *to)
+{
+    DIR *d = opendir(from);
+    if (!d || mkdir(to, 0777) != 0) {
+        if (d)
+            closedir(d);
+        return -1;
+    }
+    int rc = 0;
+    struct dirent *e;
+    while (rc == 0 && (e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char a[1024], b[1024];
+        snprintf(a, sizeof a, "%s/%s", from, e->d_name);
+        snprintf(b, sizeof b, "%s/%s", to, e->d_name);
+        struct stat st;
+        if (stat(a, &st) != 0)
+            rc = -1;
+        else if (S_ISDIR(st.st_mode))
+            rc = copy_folder(a, b);
+        else
+            rc = copy_file(a, b);
+    }
+    closedir(d);
+    return rc;
+}
+
+static void remove_tree(const char *path)
+{
+    DIR *d = opendir(path);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+                continue;
+            char p[1024];
+            snprintf(p, sizeof p, "%s/%s", path, e->d_name);
+            remove_tree(p);
+        }
+        closedir(d);
+        rmdir(path);
+    } else {
+        unlink(path);
+    }
+}
+
+static int same_file(const char *a, const char *b)
+{
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    int same = fa && fb;
+    while (same) {
+        int ca = fgetc(fa), cb = fgetc(fb);
+        if (ca != cb)
+            same = 0;
+        if (ca == EOF || cb == EOF)
+            break;
+    }
+    if (fa)
+        fclose(fa);
+    if (fb)
+        fclose(fb);
+    return same;
+}
+
+/* The progress callback (client thread): at the end of epoch 1, the file
+ * goes away. It is read once per epoch, by one worker. */
+typedef struct vanish {
+    const char *path, *moved;
+    int done;
+    long iterations;
+} vanish;
+
+static void on_progress(const dpt_progress *p, void *arg)
+{
+    vanish *v = arg;
+    v->iterations = p->iteration;
+    if (v->path && !v->done && p->end_of_epoch && p->epoch == 1) {
+        v->done = 1;
+        if (rename(v->path, v->moved) != 0)
+            fprintf(stderr, "cannot move %s away: %s\n", v->path, strerror(errno));
+    }
+}
+
+static dpt_status fit(const dpt_datastore *train, const char *model, const char *ckpt, const char *resume,
+                      vanish *v, dpt_fit_result *res)
+{
+    dpt_fit_config cfg = DPT_FIT_CONFIG_INIT;
+    cfg.spec = small_spec;
+    cfg.spec_source = "small";
+    cfg.train = train;
+    cfg.epochs = 3;
+    cfg.batch = 16;
+    cfg.seed = 21;
+    cfg.spmd.backend = DPT_COMM_LOCAL;
+    cfg.spmd.n_workers = 2;
+    cfg.spmd.timeout_ms = TIMEOUT_MS;
+    cfg.model_out = model;
+    cfg.checkpoint_out = ckpt;
+    cfg.checkpoint_every = 4;
+    cfg.resume = resume;
+    cfg.progress = on_progress;
+    cfg.progress_arg = v;
+    return dpt_fit(&cfg, res);
+}
+
+static void test_fit_file_vanishes(const char *tmp)
+{
+    char fixture[1024], data[1024], victim[1100], moved[1100];
+    tu_fixture("digits400", fixture, sizeof fixture);
+    snprintf(data, sizeof data, "%s/digits", tmp);
+    if (copy_folder(fixture, data) != 0) {
+        CHECK_MSG(0, "cannot copy %s to %s", fixture, data);
+        return;
+    }
+    dpt_folder_options fo = DPT_FOLDER_OPTIONS_INIT; /* no preload: files are read every epoch */
+    dpt_datastore *ds = NULL;
+    dpt_status s = dpt_datastore_open_folder(data, &fo, &ds);
+    CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
+    if (s)
+        return;
+    /* Some training image in the middle of the data. */
+    snprintf(victim, sizeof victim, "%s", dpt_datastore_file(ds, dpt_datastore_n_obs(ds) / 2));
+    snprintf(moved, sizeof moved, "%s/vanished.png", tmp);
+
+    char ref_model[1100], ref_ckpt[1100], model[1100], ckpt[1100], saved[1100], resumed[1100];
+    snprintf(ref_model, sizeof ref_model, "%s/ref.safetensors", tmp);
+    snprintf(ref_ckpt, sizeof ref_ckpt, "%s/ref-ckpt.safetensors", tmp);
+    snprintf(model, sizeof model, "%s/model.safetensors", tmp);
+    snprintf(ckpt, sizeof ckpt, "%s/ckpt.safetensors", tmp);
+    snprintf(saved, sizeof saved, "%s/ckpt-at-fault.safetensors", tmp);
+    snprintf(resumed, sizeof resumed, "%s/resumed.safetensors", tmp);
+
+    dpt_fit_result res;
+    vanish v0 = {NULL, NULL, 0, 0};
+    double t0 = now_s();
+    s = fit(ds, ref_model, ref_ckpt, NULL, &v0, &res);
+    double t_ref = now_s() - t0;
+    CHECK_MSG(s == DPT_OK, "uninterrupted run: %s", dpt_last_error());
+    long total = res.iterations;
+    printf("dpt_fit, 2 workers, folder without preload: uninterrupted %ld iterations in %.0f ms\n", total,
+           t_ref * 1e3);
+
+    vanish v = {victim, moved, 0, 0};
+    t0 = now_s();
+    s = fit(ds, model, ckpt, NULL, &v, &res);
+    double t_fault = now_s() - t0;
+    printf("  %s removed after epoch 1: dpt_fit returned %s after %.0f ms: %s\n", victim, dpt_status_str(s),
+           t_fault * 1e3, dpt_last_error());
+    CHECK_MSG(v.done, "the file was never removed");
+    CHECK_MSG(s == DPT_ERR_IO, "status %s, want io", dpt_status_str(s));
+    CHECK_MSG(strncmp(dpt_last_error(), "worker ", 7) == 0 && strstr(dpt_last_error(), victim) &&
+                  strstr(dpt_last_error(), "No such file"),
+              "message '%s' should name the worker and the missing file", dpt_last_error());
+    CHECK_MSG(t_fault < t_ref + 5.0, "failing run took %.1f s (uninterrupted %.1f s, timeout %ld ms)", t_fault,
+              t_ref, TIMEOUT_MS);
+    CHECK_MSG(access(model, F_OK) != 0, "a model was written by the failed run");
+    CHECK_MSG(v.iterations < total, "progress went to iteration %ld of %ld", v.iterations, total);
+
+    /* The file is back; continue from the last checkpoint. */
+    CHECK(rename(moved, victim) == 0);
+    CHECK(copy_file(ckpt, saved) == 0);
+    dpt_net *probe = NULL;
+    dpt_checkpoint_info info;
+    s = dpt_net_from_spec(small_spec, "small", dpt_datastore_n_classes(ds), 8, 21, &probe);
+    if (s == DPT_OK)
+        s = dpt_checkpoint_load(saved, probe, NULL, &info);
+    CHECK_MSG(s == DPT_OK, "last checkpoint before the fault does not load: %s", dpt_last_error());
+    if (s == DPT_OK)
+        printf("  last checkpoint: epoch %d, position %ld, iteration %ld of %ld\n", info.epoch,
+               info.epoch_iteration, info.iteration, total);
+    dpt_net_free(probe);
+    vanish v2 = {NULL, NULL, 0, 0};
+    s = fit(ds, resumed, ckpt, saved, &v2, &res);
+    CHECK_MSG(s == DPT_OK, "resume: %s", dpt_last_error());
+    CHECK_MSG(s == DPT_OK && res.iterations == total, "resumed run ended at iteration %ld, want %ld",
+              res.iterations, total);
+    int same = s == DPT_OK && same_file(resumed, ref_model);
+    CHECK_MSG(same, "resumed model differs from the uninterrupted one");
+    if (same)
+        printf("  resumed: model file identical to the uninterrupted run\n");
+    dpt_datastore_free(ds);
+}
+
+int main(void)
+{
+    char tmp[] = "/tmp/dpt_faults_XXXXXX";
+    if (!mkdtemp(tmp)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    test_custom_loop();
+    test_fit_file_vanishes(tmp);
+    remove_tree(tmp);
+    return tu_exit();
+}

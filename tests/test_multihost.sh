@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Multi-host training over real TCP, on one machine: two network namespaces
+# joined by a veth pair are two "hosts" (addresses 10.200.X.1 and .2, on
+# the veths this test creates and nowhere else), mpirun's launch agent is
+# scripts/netns-launcher (ip netns exec instead of ssh), two ranks per host,
+# Open MPI's TCP transport and out-of-band channel restricted to the veth
+# subnet. Shows:
+#   1. 4 ranks on 2 hosts give the same model file, byte for byte, as 4
+#      local worker threads (rank-ordered reductions);
+#   2. cutting the second host's link mid-training ends the job with a clear
+#      error within 30 s (DPT_COMM_TIMEOUT_MS=5000 for dptrain's watchdog,
+#      and short TCP keepalives for mpirun's channel to its daemons);
+#   3. after the link is back, --resume from the last checkpoint gives the
+#      model of the run that was never interrupted.
+# Skips (77) without MPI, without root, or where network namespaces cannot
+# be made (no iproute2, no permission). Cleans up its namespaces on exit.
+set -u
+cli=${DPT_CLI:?}
+src=${DPT_SOURCE_DIR:?}
+launcher=$src/scripts/netns-launcher
+skip() { echo "skipped: $*"; exit 77; }
+[ "${DPT_HAVE_MPI:-0}" = 1 ] && command -v mpirun >/dev/null || skip "dptrain was built without MPI or mpirun is missing"
+mpirun --version 2>&1 | grep -q "Open MPI" || skip "the launch agent options here are Open MPI's"
+[ "$(id -u)" = 0 ] || skip "network namespaces need root"
+command -v ip >/dev/null || skip "ip (iproute2) is not installed"
+command -v unshare >/dev/null || skip "unshare (util-linux) is not installed"
+
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+unset DPT_COMM_TIMEOUT_MS OMPI_MCA_rmaps_base_oversubscribe
+# Namespaces of this run only: the launcher looks for hosts among them.
+export DPT_NETNS_PREFIX=dptmh$$_
+nsa=${DPT_NETNS_PREFIX}a nsb=${DPT_NETNS_PREFIX}b
+net=10.200.$(($$ % 200 + 20))
+d=$src/tests/fixtures/digits400
+tmp=$(mktemp -d)
+bg=""
+cleanup() {
+  [ -n "$bg" ] && kill -9 "$bg" 2>/dev/null
+  for ns in "$nsa" "$nsb"; do
+    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
+    ip netns del "$ns" 2>/dev/null
+  done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+if ! ip netns add "$nsa" 2>"$tmp/err"; then skip "cannot make a network namespace: $(cat "$tmp/err")"; fi
+ip netns add "$nsb" && ip link add "${DPT_NETNS_PREFIX}va" type veth peer name "${DPT_NETNS_PREFIX}vb" 2>"$tmp/err" \
+  || skip "cannot make a veth pair: $(cat "$tmp/err")"
+ip link set "${DPT_NETNS_PREFIX}va" netns "$nsa" && ip link set "${DPT_NETNS_PREFIX}vb" netns "$nsb" || skip "cannot move veths"
+for x in a:1 b:2; do
+  ns=${DPT_NETNS_PREFIX}${x%:*}
+  ip -n "$ns" link set "${DPT_NETNS_PREFIX}v${x%:*}" name dpt0 &&
+    ip -n "$ns" addr add "$net.${x#*:}/24" dev dpt0 &&
+    ip -n "$ns" link set lo up && ip -n "$ns" link set dpt0 up || skip "cannot configure the veths"
+  # Bound how long the kernel retransmits to a host that vanished (default
+  # about 15 minutes), inside these namespaces only.
+  ip netns exec "$ns" sysctl -qw net.ipv4.tcp_retries2=4 2>/dev/null
+done
+"$launcher" --exec "$net.2" true 2>"$tmp/err" || skip "netns-launcher cannot run a command on host $net.2: $(cat "$tmp/err")"
+
+fail=0 pass=0
+ok() { pass=$((pass + 1)); }
+bad() { echo "FAIL: $*" >&2; fail=$((fail + 1)); }
+now_ms() { date +%s%3N; }
+tx() { ip netns exec "$1" cat /sys/class/net/dpt0/statistics/tx_bytes; }
+
+printf '%s slots=2\n%s slots=2\n' "$net.1" "$net.2" >"$tmp/hosts"
+# mpirun runs on the first host. It cannot know that both hosts share two
+# cores, so it is told to yield when idle (else 4 ranks busy-poll).
+mpi=("$launcher" --exec "$net.1" mpirun --hostfile "$tmp/hosts" -np 4
+     --mca plm_rsh_agent "$launcher"
+     --mca btl self,vader,tcp --mca btl_tcp_if_include "$net.0/24" --mca oob_tcp_if_include "$net.0/24"
+     --mca mpi_yield_when_idle 1
+     --mca oob_tcp_keepalive_time 1 --mca oob_tcp_keepalive_intvl 1 --mca oob_tcp_keepalive_probes 3
+     -x DPT_COMM_TIMEOUT_MS=5000)
+args=(train --data "$d" --batch 32 --epochs 3 --seed 6 --quiet --checkpoint-every 3)
+
+# ---- where the ranks run ----------------------------------------------------------
+timeout 60 "${mpi[@]}" sh -c 'echo "rank $OMPI_COMM_WORLD_RANK on $(hostname) $(ip -o -4 addr show dev dpt0 | awk "{print \$4}")"' \
+  >"$tmp/where" 2>"$tmp/err"
+sort "$tmp/where"
+[ "$(grep -c "on ${nsa//_/-} $net.1/24" "$tmp/where")" = 2 ] && [ "$(grep -c "on ${nsb//_/-} $net.2/24" "$tmp/where")" = 2 ] \
+  && ok || bad "want 2 ranks per host: $(cat "$tmp/where" "$tmp/err")"
+
+# ---- 1. two hosts = 4 local workers, byte for byte ----------------------------------
+tx0=$(($(tx "$nsa") + $(tx "$nsb")))
+t0=$(now_ms)
+timeout 120 "${mpi[@]}" "$cli" "${args[@]}" --out "$tmp/mh" >"$tmp/out" 2>"$tmp/err" || bad "mpirun on 2 hosts: $(cat "$tmp/err")"
+t1=$(now_ms)
+bytes=$(($(tx "$nsa") + $(tx "$nsb") - tx0))
+echo "2 hosts x 2 ranks: $((t1 - t0)) ms, $((bytes / 1000000)) MB over the veth pair; $(cat "$tmp/out")"
+[ "$bytes" -gt 10000000 ] && ok || bad "only $bytes bytes crossed the veths"
+"$cli" "${args[@]}" --workers 4 --out "$tmp/local" >/dev/null 2>"$tmp/err" || bad "--workers 4: $(cat "$tmp/err")"
+cmp -s "$tmp/mh/model.safetensors" "$tmp/local/model.safetensors" && { ok; echo "same model file as --workers 4"; } \
+  || bad "2 hosts x 2 ranks and 4 local workers give different models"
+
+# ---- 2. the second host's link goes down mid-training ---------------------------------
+"${mpi[@]}" "$cli" "${args[@]}" --out "$tmp/cut" >/dev/null 2>"$tmp/err" &
+bg=$!
+for _ in $(seq 1 1500); do [ -e "$tmp/cut/checkpoint.safetensors" ] && break; sleep 0.02; done
+sleep 0.3
+t0=$(now_ms)
+ip -n "$nsb" link set dpt0 down
+for _ in $(seq 1 3000); do kill -0 "$bg" 2>/dev/null || break; sleep 0.02; done
+t1=$(now_ms)
+if kill -0 "$bg" 2>/dev/null; then
+  bad "the job still runs 60 s after the link was cut"
+  kill -9 "$bg"
+fi
+wait "$bg"; rc=$?; bg=""
+echo "link of host $net.2 cut: job exited $rc after $((t1 - t0)) ms"
+grep -v '^-*$' "$tmp/err" | sed 's/^/    /'
+[ $rc -ne 0 ] && [ $((t1 - t0)) -lt 30000 ] && ok || bad "cut link: exit $rc after $((t1 - t0)) ms"
+if grep -q "lost communication with a remote daemon" "$tmp/err" && grep -q "Remote daemon: .* on node $net.2" "$tmp/err"; then
+  ok; echo "(mpirun's keepalive noticed the lost host first)"
+elif grep -q "dptrain: rank [0-3]: .* waited past 5000 ms; a peer rank may have died" "$tmp/err"; then
+  ok; echo "(dptrain's watchdog noticed first)"
+else
+  bad "cut link: no message about the lost host or rank"
+fi
+[ ! -e "$tmp/cut/model.safetensors" ] && ok || bad "the cut run finished before the link went down"
+
+# ---- 3. link back, resume: the uninterrupted model ------------------------------------
+ip -n "$nsb" link set dpt0 up
+if [ -e "$tmp/cut/checkpoint.safetensors" ]; then
+  cp "$tmp/cut/checkpoint.safetensors" "$tmp/ckpt"
+  timeout 120 "${mpi[@]}" "$cli" "${args[@]}" --out "$tmp/cut" --resume "$tmp/ckpt" >/dev/null 2>"$tmp/err" \
+    || bad "resume on 2 hosts: $(cat "$tmp/err")"
+  cmp -s "$tmp/mh/model.safetensors" "$tmp/cut/model.safetensors" && { ok; echo "resumed after the cut: same model as the uninterrupted run"; } \
+    || bad "cut + resumed model differs from the uninterrupted one"
+else
+  bad "no checkpoint before the cut"
+fi
+
+echo "test_multihost: $pass passed, $fail failed"
+[ $fail -eq 0 ]
