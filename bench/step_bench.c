@@ -16,6 +16,10 @@
  *
  * --layers  also time every layer's forward and backward (one worker) and
  *           report GFLOP/s of the convolution and fc layers.
+ * --phases  run the step as its public pieces (dpt_net_forward, the loss,
+ *           dpt_net_backward, dpt_train_aggregate, dpt_sgdm_step: what
+ *           dpt_train_step does) and report worker 0's wall time in each:
+ *           how much of a step the all-reduce takes.
  * --peak    measure the single-core FMA peak (AVX-512 and AVX2 loops of 12
  *           independent accumulators) in wall and thread CPU time.
  * --json    one JSON line at the end, for bench/run. */
@@ -136,7 +140,8 @@ static void measure_peak(double *p512, double *p512_cpu, double *p256, double *p
 /* ---- training steps -------------------------------------------------------- */
 
 typedef struct bench {
-    int batch, workers, threads, steps, rounds, layers;
+    int batch, workers, threads, steps, rounds, layers, phases;
+    double phase_s[3];   /* worker 0: compute, aggregate, update (seconds, summed) */
     double *rates;       /* [rounds] images/s, worker 0 */
     double *prof;        /* [2 * n_layers] seconds, worker 0 (--layers) */
     double cpu_per_step; /* worker 0's thread CPU seconds per step */
@@ -145,6 +150,34 @@ typedef struct bench {
 } bench;
 
 #define N_CLASSES 10
+
+/* dpt_train_step in its public pieces, with worker 0's wall time per phase
+ * added to ph[0] (forward, loss, backward), ph[1] (aggregation: the
+ * all-reduces of gradients, loss and batch-norm state), ph[2] (SGDM). */
+static dpt_status timed_step(dpt_net *net, dpt_sgdm *opt, dpt_comm *comm, const float *x,
+                             const float *t, int n, double *loss, double *ph)
+{
+    double t0 = now_s(), m_total = n;
+    dpt_status s = DPT_OK;
+    if (dpt_comm_size(comm) > 1 && (s = dpt_comm_allreduce_f64(comm, &m_total, &m_total, 1)))
+        return s;
+    const float *p;
+    if ((s = dpt_net_forward(net, x, n, DPT_MODE_TRAIN, &p)) != DPT_OK)
+        return s;
+    float *dl = dpt_net_output_grad(net);
+    double l = dpt_softmax_xent(p, t, n, N_CLASSES, (float)(n / m_total), dl) * (n / m_total);
+    if ((s = dpt_net_backward(net, dl, 1)) != DPT_OK)
+        return s;
+    double t1 = now_s();
+    if ((s = dpt_train_aggregate(net, comm, &l)) != DPT_OK)
+        return s;
+    double t2 = now_s();
+    dpt_sgdm_step(opt, dpt_net_params(net), dpt_net_grads(net));
+    double t3 = now_s();
+    ph[0] += t1 - t0, ph[1] += t2 - t1, ph[2] += t3 - t2;
+    *loss = l;
+    return DPT_OK;
+}
 
 static dpt_status worker(dpt_comm *comm, void *arg)
 {
@@ -192,8 +225,14 @@ static dpt_status worker(dpt_comm *comm, void *arg)
         if ((s = dpt_comm_barrier(comm)) != DPT_OK)
             break;
         double t0 = now_s();
-        for (int i = 0; i < b->steps && s == DPT_OK; i++)
-            s = dpt_train_step(net, opt, comm, x, t, n, &loss, NULL);
+        for (int i = 0; i < b->steps && s == DPT_OK; i++) {
+            double ph[3] = {0, 0, 0};
+            s = b->phases ? timed_step(net, opt, comm, x, t, n, &loss, ph)
+                          : dpt_train_step(net, opt, comm, x, t, n, &loss, NULL);
+            if (rank == 0)
+                for (int k = 0; k < 3; k++)
+                    b->phase_s[k] += ph[k];
+        }
         if (s == DPT_OK)
             s = dpt_comm_barrier(comm);
         if (rank == 0)
@@ -255,6 +294,8 @@ int main(int argc, char **argv)
             kernels = v, i++;
         else if (strcmp(a, "--layers") == 0)
             b.layers = 1;
+        else if (strcmp(a, "--phases") == 0)
+            b.phases = 1;
         else if (strcmp(a, "--peak") == 0)
             peak = 1;
         else if (strcmp(a, "--json") == 0)
@@ -341,6 +382,14 @@ int main(int argc, char **argv)
                rate * total_flop * 1e-9, n * total_flop / b.cpu_per_step * 1e-9);
         dpt_net_free(net);
     }
+    if (b.phases) {
+        double steps = (double)b.steps * b.rounds;
+        double tot = (b.phase_s[0] + b.phase_s[1] + b.phase_s[2]) / steps;
+        printf("  phases, worker 0 wall ms per step: forward+loss+backward %.3f, aggregation "
+               "(all-reduce of gradients, loss, batch-norm state) %.3f (%.1f%%), SGDM %.3f\n",
+               1e3 * b.phase_s[0] / steps, 1e3 * b.phase_s[1] / steps,
+               100.0 * b.phase_s[1] / steps / tot, 1e3 * b.phase_s[2] / steps);
+    }
     if (peak)
         printf("  FMA peak, one core: AVX-512 %.1f GFLOP/s (%.1f per CPU-second), AVX2 %.1f "
                "(%.1f)\n", p512, p512c, p256, p256c);
@@ -353,6 +402,11 @@ int main(int argc, char **argv)
         for (int r = 0; r < b.rounds; r++)
             printf("%s%.1f", r ? ", " : "", b.rates[r]);
         printf("]");
+        if (b.phases)
+            printf(", \"compute_ms\": %.3f, \"aggregate_ms\": %.3f, \"update_ms\": %.3f",
+                   1e3 * b.phase_s[0] / ((double)b.steps * b.rounds),
+                   1e3 * b.phase_s[1] / ((double)b.steps * b.rounds),
+                   1e3 * b.phase_s[2] / ((double)b.steps * b.rounds));
         if (peak)
             printf(", \"peak_avx512\": %.1f, \"peak_avx512_cpu\": %.1f, \"peak_avx2\": %.1f, "
                    "\"peak_avx2_cpu\": %.1f", p512, p512c, p256, p256c);

@@ -288,7 +288,25 @@ static void test_step(void)
     double l = 0;
     s = dpt_train_step(gpu, og, NULL, x, t, 7, &l, NULL);
     CHECK_MSG(s == DPT_OK && isfinite(l), "step on 7 observations: %s", dpt_last_error());
+    CHECK(dpt_net_sync_to_host(gpu) == DPT_OK); /* unbinds og before it is freed */
     dpt_sgdm_free(oc), dpt_sgdm_free(og);
+    /* A numeric fault: with lr 1e20 the values overflow within a few steps,
+     * and the step that meets them fails as on the CPU, naming the first
+     * non-finite layer, before its update. */
+    dpt_sgdm *huge = NULL;
+    CHECK(dpt_sgdm_new(np, 1e20f, 0.9f, 0.0f, &huge) == DPT_OK);
+    dpt_status sf = DPT_OK;
+    int at = 0;
+    for (at = 1; at <= 6 && sf == DPT_OK; at++) {
+        sf = dpt_train_step(gpu, huge, NULL, x, t, N, &l, NULL);
+        CHECK_MSG(sf != DPT_OK || isfinite(l), "step %d returned OK with loss %g", at, l);
+    }
+    printf("numeric fault (lr 1e20): step %d: %s: %s\n", at - 1, dpt_status_str(sf),
+           dpt_last_error());
+    CHECK_MSG(sf == DPT_ERR_NUMERIC &&
+                  strstr(dpt_last_error(), "non-finite values in the output of layer") != NULL,
+              "status %d: %s", sf, dpt_last_error());
+    dpt_sgdm_free(huge);
     free(x);
     dpt_net_free(cpu), dpt_net_free(gpu);
 }

@@ -22,14 +22,21 @@
  * mirror as of the last refresh: call dpt_net_sync_to_host first. Writes
  * into the host buffers (dpt_net_write_learnable, dpt_net_load_into,
  * dpt_checkpoint_load, a broadcast into dpt_net_params) reach the device
- * only with dpt_net_sync_to_device. The running batch-norm state is
+ * only with dpt_net_sync_to_device, which copies the whole host copy: sync
+ * to the host first unless all of it was written. The running batch-norm
+ * state is
  * updated on the host and copied to the device each step, so its mirror is
  * never stale.
  *
  * Optimizer: the velocity of the dpt_sgdm given to dpt_train_step (or
  * dpt_net_sgdm_step) moves to the device at its first step with this
- * network; dpt_net_sync_to_host copies it back into opt->velocity (the
- * optimizer must still be alive then).
+ * network and stays there; dpt_net_sync_to_host (and dpt_net_to_cpu)
+ * copies it back into opt->velocity, so the optimizer must still be alive
+ * then, and the next step takes it from the host again. Before freeing an
+ * optimizer that is still in use with a GPU network, call
+ * dpt_net_sync_to_host (a new optimizer could get the freed one's address
+ * and be taken for it); an optimizer passed after another simply replaces
+ * it (the other's device velocity is dropped, its host copy untouched).
  *
  * Exactness: TF32 is off unless asked for (cuBLAS CUBLAS_DEFAULT_MATH,
  * cuDNN CUDNN_FMA_MATH), cuDNN algorithms are chosen among the
@@ -149,11 +156,13 @@ DPT_API dpt_status dpt_net_to_cpu(dpt_net *net);
 DPT_API int dpt_net_device(const dpt_net *net);
 /* Copy learnables, gradients and the bound optimizer's velocity from the
  * device into the host buffers (dpt_net_params, dpt_net_grads,
- * opt->velocity). Needed before reading the tables directly (saving a
+ * opt->velocity) and unbind the optimizer (the next step uploads its
+ * velocity again). Needed before reading the tables directly (saving a
  * model or checkpoint). Does nothing for a CPU network. */
 DPT_API dpt_status dpt_net_sync_to_host(dpt_net *net);
-/* Copy the host buffers (learnables, state, the bound optimizer's velocity)
- * to the device, after writing into them. Does nothing for a CPU network. */
+/* Copy the host buffers (learnables, state) to the device after writing
+ * into them; the next step takes the optimizer's velocity from
+ * opt->velocity too. Does nothing for a CPU network. */
 DPT_API dpt_status dpt_net_sync_to_device(dpt_net *net);
 /* One SGDM update of the network's learnables from its gradients where the
  * network lives: on the GPU (the velocity moves to the device, see above)

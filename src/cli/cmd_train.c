@@ -36,7 +36,8 @@ static const char help[] =
     "  --seed N            seed of initialisation, split and shuffles (default 0)\n"
     "parallel:\n"
     "  --device NAME       auto | cpu | gpu (default auto: GPUs when this build has CUDA\n"
-    "                      and a device is found, one worker per GPU, else CPU workers)\n"
+    "                      and a device is found, one worker per GPU, else CPU workers;\n"
+    "                      --workers N with more workers than GPUs means CPU workers)\n"
     "  --batch-per-worker  on GPUs, keep --batch as the global minibatch (default: the\n"
     "                      MATLAB example's rule, --batch per GPU, so B x GPUs in all)\n"
     "  --workers N         CPU workers (default: the number of cores; 1 under MPI, where\n"
@@ -195,6 +196,9 @@ int cli_train(int argc, char **argv)
         return cli_error("--device: unknown device '%s' (auto, cpu, gpu)", device);
     /* MATLAB's canUseGPU: GPUs when the build and the machine have them. */
     int n_gpus = strcmp(device, "cpu") ? dpt_gpu_count() : 0;
+    /* auto with more --workers than GPUs: the user asked for CPU workers. */
+    if (!strcmp(device, "auto") && workers > n_gpus)
+        n_gpus = 0;
     if (!strcmp(device, "gpu") && n_gpus == 0)
         return cli_error("--device gpu: no usable GPU (%s)", dpt_gpu_have_cuda()
                              ? "no CUDA device found" : "this dptrain was built without CUDA");

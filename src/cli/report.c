@@ -6,6 +6,7 @@
 #include "cli/report.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -171,8 +172,16 @@ static void write_png(report *r)
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp.png", r->png_path);
     char *argv[] = {"rsvg-convert", "-o", tmp, r->svg_path, NULL};
+    /* Its complaints (a full disk, say) are not in our message format, and
+     * a failure only means no PNG this time: its stderr goes to /dev/null. */
+    posix_spawn_file_actions_t fa;
+    if (posix_spawn_file_actions_init(&fa) != 0)
+        return;
+    posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
     pid_t pid;
-    if (posix_spawnp(&pid, "rsvg-convert", NULL, NULL, argv, environ) != 0)
+    int spawned = posix_spawnp(&pid, "rsvg-convert", &fa, NULL, argv, environ) == 0;
+    posix_spawn_file_actions_destroy(&fa);
+    if (!spawned)
         return; /* not installed: the SVG is the plot */
     int st;
     if (waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0)

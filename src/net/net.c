@@ -66,8 +66,10 @@ dpt_status parse_float(const char *key, const char *value, float *out)
 }
 
 /* Keep table names in one growing string pool; entries point into it after
- * the pool stops growing, so offsets are stored first and fixed up at the end. */
-static const char *pool_add(dpt_net *net, const char *s)
+ * the pool stops growing, so offsets are stored first and fixed up at the end.
+ * Returns -1 when the pool cannot grow (an offset of 0 is valid, so the
+ * offset cannot signal that). */
+static int pool_add(dpt_net *net, const char *s, const char **off)
 {
     size_t len = strlen(s) + 1;
     if (net->names_used + len > net->names_cap) {
@@ -76,13 +78,13 @@ static const char *pool_add(dpt_net *net, const char *s)
             cap *= 2;
         char *p = realloc(net->names, cap);
         if (!p)
-            return NULL;
+            return -1;
         net->names = p, net->names_cap = cap;
     }
     memcpy(net->names + net->names_used, s, len);
-    const char *off = (const char *)(uintptr_t)net->names_used; /* fixed up later */
+    *off = (const char *)(uintptr_t)net->names_used; /* fixed up later */
     net->names_used += len;
-    return off;
+    return 0;
 }
 
 dpt_status net_declare(dpt_net *net, dpt_layer *l, int is_state, const char *param, int ndim,
@@ -97,10 +99,8 @@ dpt_status net_declare(dpt_net *net, dpt_layer *l, int is_state, const char *par
     snprintf(full, sizeof full, "%s/%s", l->name, param);
     dpt_param_info *e = &tab[(*count)++];
     memset(e, 0, sizeof *e);
-    e->name = pool_add(net, full);
-    e->layer = pool_add(net, l->name);
-    e->param = pool_add(net, param);
-    if (!net->names)
+    if (pool_add(net, full, &e->name) || pool_add(net, l->name, &e->layer) ||
+        pool_add(net, param, &e->param))
         return dpt_fail(DPT_ERR_NOMEM, "out of memory");
     e->ndim = ndim;
     memcpy(e->shape, shape, (size_t)ndim * sizeof *shape);

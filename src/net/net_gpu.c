@@ -626,19 +626,17 @@ dpt_status net_gpu_aggregate(dpt_net *net, dpt_comm *comm, double *loss)
     return s == DPT_OK ? pool_state(net, comm, loss) : s;
 }
 
-/* Bind opt's velocity to the device (uploaded at its first step here). */
+/* Bind opt's velocity to the device (uploaded at its first step here, and
+ * again after each dpt_net_sync_to_host, which unbinds it). Another
+ * optimizer replaces a bound one without touching it (it may be freed
+ * already): its device velocity is dropped. */
 static dpt_status bind_velocity(dpt_net *net, dpt_sgdm *opt)
 {
     net_gpu *G = net->gpu;
     if (G->vel_owner == opt)
         return DPT_OK;
     dpt_status s = DPT_OK;
-    if (G->vel_owner && G->velocity_stale) {
-        /* Give the previous optimizer its velocity back first. */
-        if ((s = gpu_download(G->ctx, G->vel_owner->velocity, G->velocity,
-                              net->n_params * sizeof(float))) != DPT_OK)
-            return s;
-    }
+    G->vel_owner = NULL;
     if (!G->velocity &&
         (s = gpu_malloc(G->ctx, net->n_params * sizeof(float), (void **)&G->velocity)) != DPT_OK)
         return s;
@@ -753,12 +751,17 @@ static dpt_status sync_to_host(dpt_net *net)
     if (s == DPT_OK && G->grads_stale &&
         (s = gpu_download(G->ctx, net->grads, G->grads, net->n_params * sizeof(float))) == DPT_OK)
         G->grads_stale = 0;
-    if (s == DPT_OK && G->vel_owner && G->velocity_stale &&
-        (s = gpu_download(G->ctx, G->vel_owner->velocity, G->velocity,
-                          net->n_params * sizeof(float))) == DPT_OK)
-        G->velocity_stale = 0;
+    if (s == DPT_OK && G->vel_owner && G->velocity_stale)
+        s = gpu_download(G->ctx, G->vel_owner->velocity, G->velocity,
+                         net->n_params * sizeof(float));
     if (s == DPT_OK)
         s = gpu_sync(G->ctx, "copy the network to the host");
+    if (s == DPT_OK) {
+        /* The host velocity is the current one now: the next step uploads
+         * it again (from whichever optimizer it is given). */
+        G->vel_owner = NULL;
+        G->velocity_stale = 0;
+    }
     return s;
 }
 
@@ -959,12 +962,14 @@ dpt_status dpt_net_sync_to_device(dpt_net *net)
         s = gpu_upload(G->ctx, G->params, net->params, net->n_params * sizeof(float));
     if (s == DPT_OK)
         s = gpu_upload(G->ctx, G->state, net->state, net->n_state * sizeof(float));
-    if (s == DPT_OK && G->vel_owner)
-        s = gpu_upload(G->ctx, G->velocity, G->vel_owner->velocity, net->n_params * sizeof(float));
     if (s == DPT_OK)
         s = gpu_sync(G->ctx, "copy the network to the GPU");
-    if (s == DPT_OK)
-        G->params_stale = G->velocity_stale = 0;
+    if (s == DPT_OK) {
+        G->params_stale = G->grads_stale = 0;
+        /* The next step takes the velocity from its optimizer again. */
+        G->vel_owner = NULL;
+        G->velocity_stale = 0;
+    }
     return s;
 #else
     return DPT_OK;

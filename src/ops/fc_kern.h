@@ -6,8 +6,9 @@
  * KN(vstore), KN(vset1), KN(vsum) that bn_kern.h defines (include it first).
  *
  * Shapes: x [n, in], w [out, in], y and dy [n, out]; out <= FC_MAX_OUT.
- * Forward takes FC_IMG images at a time (defined by the includer: as many as
- * the registers hold FC_IMG x out accumulators) so that each weight vector
+ * Forward takes FC_IMG images at a time, the weight gradient FC_DW_VEC
+ * vectors of inputs (both defined by the includer: as many as the registers
+ * hold accumulators for) so that each weight vector
  * loaded from cache serves several images; the bodies are inlined with out
  * a constant for the example's 10 classes, so the accumulators stay in
  * registers. */
@@ -53,30 +54,39 @@ static void KN(fc_forward)(const float *x, const float *w, const float *b, float
         KN(fc_forward_body)(x, w, b, y, n, in, out);
 }
 
-/* dx[i][k] = Σ_o dy[i][o] w[o][k]. */
+/* Images per group in backward: the weights (dx) or weight gradients (dw)
+ * stream through the cache once per group, and the group's rows of x or dx
+ * are few enough streams for the prefetchers and the TLB. */
+#define FC_GROUP 8
+
+/* dx[i][k] = Σ_o dy[i][o] w[o][k]: per group of images, a vector of k at a
+ * time, with that vector of every weight row held in registers. */
 static inline __attribute__((always_inline)) void KN(fc_backward_dx_body)(
     const float *dy, const float *w, float *dx, int n, int in, const int out)
 {
     const int kv = in / VN * VN;
-    for (int i = 0; i < n; i++) {
-        const float *g = dy + (size_t)i * out;
-        float *d = dx + (size_t)i * in;
-        VT gv[FC_MAX_OUT];
-        for (int o = 0; o < out; o++)
-            gv[o] = KN(vset1)(g[o]);
+    for (int i0 = 0; i0 < n; i0 += FC_GROUP) {
+        const int i1 = n - i0 < FC_GROUP ? n : i0 + FC_GROUP;
         for (int k = 0; k < kv; k += VN) {
-            VT s = KN(vset1)(0.0f);
+            VT wv[FC_MAX_OUT];
             for (int o = 0; o < out; o++)
-                s += gv[o] * KN(vload)(w + (size_t)o * in + k);
-            KN(vstore)(d + k, s);
+                wv[o] = KN(vload)(w + (size_t)o * in + k);
+            for (int i = i0; i < i1; i++) {
+                const float *g = dy + (size_t)i * out;
+                VT s = KN(vset1)(0.0f);
+                for (int o = 0; o < out; o++)
+                    s += KN(vset1)(g[o]) * wv[o];
+                KN(vstore)(dx + (size_t)i * in + k, s);
+            }
         }
+    }
+    for (int i = 0; i < n; i++)
         for (int k = kv; k < in; k++) {
             float s = 0.0f;
             for (int o = 0; o < out; o++)
-                s += g[o] * w[(size_t)o * in + k];
-            d[k] = s;
+                s += dy[(size_t)i * out + o] * w[(size_t)o * in + k];
+            dx[(size_t)i * in + k] = s;
         }
-    }
 }
 
 static void KN(fc_backward_dx)(const float *dy, const float *w, float *dx, int n, int in, int out)
@@ -87,35 +97,49 @@ static void KN(fc_backward_dx)(const float *dy, const float *w, float *dx, int n
         KN(fc_backward_dx_body)(dy, w, dx, n, in, out);
 }
 
-/* dw[o][k] = Σ_i dy[i][o] x[i][k], FC_DW_IMG images per pass over dw. */
-#define FC_DW_IMG 4
-static void KN(fc_backward_dw)(const float *x, const float *dy, float *dw, int n, int in, int out)
+/* dw[o][k] = Σ_i dy[i][o] x[i][k]: per group of images, FC_DW_VEC vectors
+ * of k at a time, the out x FC_DW_VEC accumulators in registers across the
+ * group. */
+static inline __attribute__((always_inline)) void KN(fc_backward_dw_body)(
+    const float *x, const float *dy, float *dw, int n, int in, const int out)
 {
-    const int kv = in / VN * VN;
-    for (int i0 = 0; i0 < n; i0 += FC_DW_IMG) {
-        const int ni = n - i0 < FC_DW_IMG ? n - i0 : FC_DW_IMG;
-        float g[FC_DW_IMG][FC_MAX_OUT]; /* broadcast from memory in the loop */
-        for (int i = 0; i < FC_DW_IMG; i++)
-            for (int o = 0; o < out; o++)
-                g[i][o] = i < ni ? dy[(size_t)(i0 + i) * out + o] : 0.0f;
-        for (int k = 0; k < kv; k += VN) {
-            VT xv[FC_DW_IMG];
-            for (int i = 0; i < FC_DW_IMG; i++)
-                xv[i] = KN(vload)(x + (size_t)(i0 + (i < ni ? i : 0)) * in + k);
+    const int step = FC_DW_VEC * VN, kb = in / step * step;
+    for (int i0 = 0; i0 < n; i0 += FC_GROUP) {
+        const int i1 = n - i0 < FC_GROUP ? n : i0 + FC_GROUP;
+    for (int k = 0; k < kb; k += step) {
+        VT acc[FC_MAX_OUT][FC_DW_VEC];
+        for (int o = 0; o < out; o++)
+            for (int v = 0; v < FC_DW_VEC; v++)
+                acc[o][v] = i0 ? KN(vload)(dw + (size_t)o * in + k + v * VN) : KN(vset1)(0.0f);
+        for (int i = i0; i < i1; i++) {
+            const float *xr = x + (size_t)i * in + k, *g = dy + (size_t)i * out;
+            VT xv[FC_DW_VEC];
+            for (int v = 0; v < FC_DW_VEC; v++)
+                xv[v] = KN(vload)(xr + v * VN);
             for (int o = 0; o < out; o++) {
-                float *p = dw + (size_t)o * in + k;
-                VT s = i0 ? KN(vload)(p) : KN(vset1)(0.0f);
-                for (int i = 0; i < FC_DW_IMG; i++)
-                    s += KN(vset1)(g[i][o]) * xv[i];
-                KN(vstore)(p, s);
+                VT gv = KN(vset1)(g[o]);
+                for (int v = 0; v < FC_DW_VEC; v++)
+                    acc[o][v] += gv * xv[v];
             }
         }
         for (int o = 0; o < out; o++)
-            for (int k = kv; k < in; k++) {
-                float s = i0 ? dw[(size_t)o * in + k] : 0.0f;
-                for (int i = 0; i < ni; i++)
-                    s += dy[(size_t)(i0 + i) * out + o] * x[(size_t)(i0 + i) * in + k];
-                dw[(size_t)o * in + k] = s;
-            }
+            for (int v = 0; v < FC_DW_VEC; v++)
+                KN(vstore)(dw + (size_t)o * in + k + v * VN, acc[o][v]);
     }
+    }
+    for (int o = 0; o < out; o++)
+        for (int k = kb; k < in; k++) {
+            float s = 0.0f;
+            for (int i = 0; i < n; i++)
+                s += dy[(size_t)i * out + o] * x[(size_t)i * in + k];
+            dw[(size_t)o * in + k] = s;
+        }
+}
+
+static void KN(fc_backward_dw)(const float *x, const float *dy, float *dw, int n, int in, int out)
+{
+    if (out == 10)
+        KN(fc_backward_dw_body)(x, dy, dw, n, in, 10);
+    else
+        KN(fc_backward_dw_body)(x, dy, dw, n, in, out);
 }

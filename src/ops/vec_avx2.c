@@ -18,6 +18,7 @@ typedef int vi_avx2 __attribute__((vector_size(8 * 4)));
 #define KN(f) f##_avx2
 #include "ops/bn_kern.h"
 #define FC_IMG 1
+#define FC_DW_VEC 1
 #include "ops/fc_kern.h"
 
 const bn_isa dpt_bn_isa_avx2 = {

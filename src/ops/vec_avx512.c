@@ -18,6 +18,7 @@ typedef int vi_avx512 __attribute__((vector_size(16 * 4)));
 #define KN(f) f##_avx512
 #include "ops/bn_kern.h"
 #define FC_IMG 2
+#define FC_DW_VEC 2
 #include "ops/fc_kern.h"
 
 const bn_isa dpt_bn_isa_avx512 = {

@@ -262,7 +262,9 @@ __global__ void softmax_backward_kernel(const float *__restrict__ p, const float
 }
 
 /* Row i's loss −Σ t·log(max(p, FLT_MIN)) into row_loss[i], and the loss
- * gradient at the logits. */
+ * gradient at the logits. A non-finite probability makes the row's loss NaN
+ * (the floor would hide it): on the CPU the forward pass itself fails then,
+ * here the training step sees the NaN loss and fails the same way. */
 __global__ void xent_rows_kernel(const float *__restrict__ p, const float *__restrict__ t, int n,
                                  int k, float gscale, float *__restrict__ dlogits,
                                  double *__restrict__ row_loss)
@@ -271,16 +273,18 @@ __global__ void xent_rows_kernel(const float *__restrict__ p, const float *__res
     if (i >= n)
         return;
     double loss = 0.0;
+    int finite = 1;
     size_t row = (size_t)i * k;
     for (int j = 0; j < k; j++) {
         float pj = p[row + j], tj = t[row + j];
+        finite &= isfinite(pj);
         if (tj != 0.0f) {
             double pd = pj > FLT_MIN ? (double)pj : (double)FLT_MIN;
             loss -= (double)tj * log(pd);
         }
         dlogits[row + j] = __fmul_rn(__fsub_rn(pj, tj), gscale);
     }
-    row_loss[i] = loss;
+    row_loss[i] = finite ? loss : nan("");
 }
 
 /* *loss = (Σ row_loss) / n, one block, fixed order. */
