@@ -503,6 +503,23 @@ static void sweep(const scenario *sc)
               count[R_NOT_REACHED], n);
 }
 
+/* The wrappers see the library's allocations (it is linked statically into
+ * this executable) and fail the one they are told to. */
+static void self_check(void)
+{
+    arm(0);
+    void *volatile p = dpt_alloc(100);
+    disarm();
+    CHECK_MSG(p && atomic_load(&n_allocs) == 1, "dpt_alloc not seen by the wrappers (%ld allocations)",
+              atomic_load(&n_allocs));
+    dpt_free(p);
+    arm(1);
+    void *volatile q = dpt_alloc(100);
+    disarm();
+    CHECK_MSG(!q && atomic_load(&failed), "the allocation that should fail did not");
+    dpt_free(q);
+}
+
 static int setup(void)
 {
     snprintf(tmp, sizeof tmp, "/tmp/dpt_alloc_XXXXXX");
@@ -542,6 +559,7 @@ int main(void)
         signal(fatal[i], on_fatal);
     /* BLAS threads of their own would allocate outside the sweep's view. */
     dpt_blas_set_threads(1);
+    self_check();
     if (setup() != 0) {
         fprintf(stderr, "setup failed: %s\n", dpt_last_error());
         if (tmp[0])

@@ -43,6 +43,7 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
+trap "exit 1" INT TERM HUP
 
 if ! ip netns add "$nsa" 2>"$tmp/err"; then skip "cannot make a network namespace: $(cat "$tmp/err")"; fi
 ip netns add "$nsb" && ip link add "${DPT_NETNS_PREFIX}va" type veth peer name "${DPT_NETNS_PREFIX}vb" 2>"$tmp/err" \

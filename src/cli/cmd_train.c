@@ -269,7 +269,9 @@ int cli_train(int argc, char **argv)
 
     static report rep; /* large; lives for the call */
     memset(&rep, 0, sizeof rep);
-    rep.quiet = quiet, rep.tty = isatty(STDOUT_FILENO), rep.resume = resume != NULL;
+    /* Under mpirun a rank's stdout is a pseudo-terminal even when the job's
+     * output goes to a file: plain lines there. */
+    rep.quiet = quiet, rep.tty = !under_mpi && isatty(STDOUT_FILENO), rep.resume = resume != NULL;
     rep.print_every = print_every;
     snprintf(rep.csv_path, sizeof rep.csv_path, "%s/metrics.csv", out_dir);
     snprintf(rep.svg_path, sizeof rep.svg_path, "%s/loss.svg", out_dir);

@@ -224,8 +224,10 @@ static dpt_status fit_worker(dpt_comm *comm, void *arg)
             double t_it = now_s();
             dpt_batch b;
             int m_total = 0;
-            if ((s = dpt_mbq_next(q, &b)) != DPT_OK)
+            if ((s = dpt_mbq_next(q, &b)) != DPT_OK) {
+                s = at_iteration(s, epoch, iteration + 1);
                 goto done;
+            }
             if (it_epoch < skip) {
                 it_epoch++;
                 continue;
