@@ -532,7 +532,7 @@ static void test_timeout(void)
             CHECK_MSG(fc.st[r] == DPT_ERR_TIMEOUT, "worker %d: status %d (%s)", r, fc.st[r], fc.msg[r]);
             CHECK_MSG(strcmp(fc.msg[r], cases[k].want) == 0, "worker %d: message '%s', want '%s'", r, fc.msg[r],
                       cases[k].want);
-            CHECK_MSG(fc.secs[r] >= 0.19 && fc.secs[r] < 0.75, "worker %d timed out after %.3f s", r,
+            CHECK_MSG(fc.secs[r] >= 0.19 && fc.secs[r] < 3.0, "worker %d timed out after %.3f s", r,
                       fc.secs[r]);
         }
         CHECK_MSG(st == DPT_ERR_TIMEOUT, "dpt_spmd_run: status %d", st);
@@ -557,7 +557,7 @@ static void test_failing_worker(void)
         CHECK_MSG(fc.st[r] == DPT_ERR_COMM, "worker %d: status %d (%s)", r, fc.st[r], fc.msg[r]);
         CHECK_MSG(strcmp(fc.msg[r], "barrier #2: worker 1 failed: bad thing 42") == 0, "worker %d: '%s'", r,
                   fc.msg[r]);
-        CHECK_MSG(fc.secs[r] < 1.0, "worker %d waited %.3f s after worker 1 failed", r, fc.secs[r]);
+        CHECK_MSG(fc.secs[r] < 5.0, "worker %d waited %.3f s after worker 1 failed", r, fc.secs[r]);
     }
     CHECK_MSG(fc.secs[3] < 0.1, "late worker 3 waited %.3f s", fc.secs[3]);
     CHECK_MSG(st == DPT_ERR_FORMAT, "dpt_spmd_run: status %d", st);
@@ -593,7 +593,7 @@ static void test_early_return(void)
         CHECK_MSG(fc.st[r] == DPT_ERR_COMM, "worker %d: status %d", r, fc.st[r]);
         CHECK_MSG(strstr(fc.msg[r], "worker 2 returned from its worker function after 0 collective calls"),
                   "worker %d: '%s'", r, fc.msg[r]);
-        CHECK_MSG(fc.secs[r] < 1.0, "worker %d waited %.3f s", r, fc.secs[r]);
+        CHECK_MSG(fc.secs[r] < 5.0, "worker %d waited %.3f s", r, fc.secs[r]);
     }
     CHECK_MSG(st == DPT_ERR_COMM, "dpt_spmd_run: status %d", st);
     printf("  worker returning early: \"%s\"  %s\n", dpt_last_error(), *tu_failures() == fails ? "ok" : "FAIL");

@@ -75,7 +75,7 @@ static void test_slow_callback_never_blocks(void)
     }
     double send_s = now_s() - t0;
     printf("200 sends with a 20 ms callback and 16 slots: %.4f s\n", send_s);
-    CHECK_MSG(send_s < 0.5, "senders waited %.3f s for the callback", send_s);
+    CHECK_MSG(send_s < 1.0, "senders waited %.3f s for the callback", send_s);
     size_t merged = dpt_progress_coalesced(q);
     dpt_progress_queue_free(q);
     /* Full queue: ordinary records were coalesced (and say so), the four
