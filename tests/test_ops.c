@@ -806,7 +806,8 @@ static void cross_check_bn(const char *set, dpt_rng *rng, int n, int c, int hw)
 /* The fully connected kernels of a set against the generic (BLAS) ones. */
 static void cross_check_linear(const char *set, dpt_rng *rng, int n, int in, int out)
 {
-    float *x = malloc((size_t)n * in * sizeof(float)), *w = malloc((size_t)out * in * sizeof(float));
+    float *x = malloc((size_t)n * in * sizeof(float));
+    float *w = malloc((size_t)out * in * sizeof(float));
     float *b = malloc(out * sizeof(float)), *dy = malloc((size_t)n * out * sizeof(float));
     fill_normal(rng, x, (size_t)n * in, 1.0f);
     fill_normal(rng, w, (size_t)out * in, 0.05f);
