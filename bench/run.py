@@ -19,7 +19,8 @@ gloo); 2 ranks under mpirun (dptrain's MPI backend; PyTorch DDP again).
 Also: per-layer times and GFLOP/s against the measured FMA peak, the
 reference ("generic") kernel set, OpenBLAS with OPENBLAS_CORETYPE /
 OPENBLAS_L2_SIZE unset and set, and a workers x threads sweep.
-Writes bench/RESULTS.md (and the raw records to bench/results.jsonl).
+Writes bench/RESULTS.md (and appends the raw records to
+<build>/bench-results.jsonl).
 """
 import argparse
 import datetime
@@ -231,7 +232,7 @@ class Bench:
             extra["sweep"] = sweep
         info["load_after"] = os.getloadavg()
         write_results(a, info, self.records, extra)
-        with open(os.path.join(a.root, "bench", "results.jsonl"), "a") as f:
+        with open(os.path.join(a.build, "bench-results.jsonl"), "a") as f:
             for r in self.records:
                 f.write(json.dumps(dict(r, date=info["date"])) + "\n")
         shutil.rmtree(self.tmp, ignore_errors=True)

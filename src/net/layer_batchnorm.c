@@ -124,6 +124,17 @@ static dpt_status bn_forward(dpt_net *net, dpt_layer *l, const float *x, float *
             b->invstd[i] = (float)(1.0 / sqrt(v + b->epsilon));
         }
     }
+    if (l->bnf) { /* the convs around apply this batch norm (net.c) */
+        bn_fusion *f = l->bnf;
+        float *m = (float *)f->a.mean, *sc = (float *)f->a.scale, *sh = (float *)f->a.shift;
+        for (int i = 0; i < c; i++) {
+            m[i] = b->mean[i];
+            sc[i] = scale[i] * b->invstd[i]; /* as dpt_bn_normalize forms it */
+            sh[i] = offset[i];
+        }
+        if (f->out_virtual)
+            return DPT_OK;
+    }
     if (l->relu_after) /* the ReLU above is fused in (net.c) */
         dpt_bn_normalize_relu(x, n, c, hw, b->mean, b->invstd, scale, offset, y);
     else
@@ -152,6 +163,20 @@ static dpt_status bn_backward(dpt_net *net, dpt_layer *l, const float *x, const 
     for (int i = 0; i < c; i++) {
         doffset[i] = (float)sum_dy[i];
         dscale[i] = (float)sum_dy_xhat[i];
+    }
+    if (l->bnf && l->bnf->dx_virtual) {
+        /* The conv below forms dx while packing its gradient (net.c): it
+         * needs only the coefficients, from the whole minibatch's sums. */
+        if (b->synced) {
+            dpt_status s = dpt_comm_allreduce_f64(net->sync_bn, b->sums, b->sums, (size_t)(2 * c));
+            if (s != DPT_OK)
+                return s;
+        }
+        bn_fusion *f = l->bnf;
+        dpt_bn_backward_coeffs(c, b->invstd, scale, sum_dy, sum_dy_xhat,
+                               b->synced ? b->count : (double)n * hw, (float *)f->a.kf,
+                               (float *)f->a.ka, (float *)f->a.kb);
+        return DPT_OK;
     }
     if (!dx)
         return DPT_OK;

@@ -108,19 +108,25 @@ static dpt_status conv_forward(dpt_net *net, dpt_layer *l, const float *x, float
     size_t nw = (size_t)c->filters * l->in[0] * c->kh * c->kw;
     /* Fused with the batchnorm above (net.c): its sums come with the output. */
     double *sums = mode == DPT_MODE_TRAIN ? l->sums_out : NULL;
-    dpt_conv2d_forward_sums(&c->d, x, l->p, c->bias ? l->p + nw : NULL, y, net->work, sums,
-                            sums ? sums + c->filters : NULL);
+    /* Fused with the batchnorm below (net.c): x is its input, normalised
+     * here on the fly. */
+    dpt_conv2d_forward_ex(&c->d, x, l->in_bnf ? &l->in_bnf->a : NULL, l->p,
+                          c->bias ? l->p + nw : NULL, y, net->work, sums,
+                          sums ? sums + c->filters : NULL);
     return DPT_OK;
 }
 
 static dpt_status conv_backward(dpt_net *net, dpt_layer *l, const float *x, const float *y,
                                 const float *dy, float *dx, int n)
 {
-    (void)y;
     conv_layer *c = l->priv;
     c->d.n = n;
     size_t nw = (size_t)c->filters * l->in[0] * c->kh * c->kw;
-    dpt_conv2d_backward(&c->d, x, l->p, dy, dx, l->g, c->bias ? l->g + nw : NULL, net->work);
+    /* Fused (net.c): x as in forward; dy is the gradient at the output of
+     * the batchnorm above, whose backward is applied here using y. */
+    dpt_conv2d_backward_ex(&c->d, x, l->in_bnf ? &l->in_bnf->a : NULL, l->p, dy,
+                           l->out_bnf ? &l->out_bnf->a : NULL, y, dx, l->g,
+                           c->bias ? l->g + nw : NULL, net->work);
     return DPT_OK;
 }
 

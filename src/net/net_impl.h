@@ -8,10 +8,21 @@
 
 #include "dptrain/net.h"
 #include "dptrain/optim.h"
+#include "ops/ops.h"
 
 #define DPT_NAME_MAX 64
 
 typedef struct dpt_layer dpt_layer;
+
+/* A batch norm whose passes over the activations are done by the
+ * convolutions next to it (net.c plan_fusion): the batchnorm layer fills
+ * `a` (mean, scale, shift in forward; kf, ka, kb in backward), the convs
+ * apply it while packing their inputs. */
+typedef struct bn_fusion {
+    dpt_bn_apply a;  /* arrays point into a buffer owned by the network */
+    int out_virtual; /* the conv above normalises on the fly: no output written */
+    int dx_virtual;  /* the conv below applies the backward: no input gradient written */
+} bn_fusion;
 
 typedef struct layer_type {
     const char *name;
@@ -61,6 +72,10 @@ struct dpt_layer {
     double *sums_out;      /* conv: also write Σy, Σy² per channel [2 C] of a TRAIN
                               forward here, for the batchnorm above it */
     double *sums_in;       /* batchnorm: those sums, filled by the conv below */
+    bn_fusion *bnf;        /* batchnorm: the record it fills for the convs around it */
+    bn_fusion *in_bnf;     /* conv: its input is acts[in_act] with in_bnf applied */
+    int in_act;
+    bn_fusion *out_bnf;    /* conv: its output gradient comes through out_bnf's backward */
 };
 
 #define DPT_MAX_PARAMS 256
@@ -96,6 +111,8 @@ struct dpt_net {
     dpt_comm *sync_bn;     /* non-NULL: synchronised batch norm (borrowed) */
     struct net_gpu *gpu;   /* non-NULL: the network runs on a GPU (net_gpu.c) */
     double *fuse_sums;     /* storage of the conv -> batchnorm sums (owned) */
+    bn_fusion *fuse_bn;    /* batch-norm fusion records (owned) */
+    float *fuse_buf;       /* their arrays (owned) */
     double *prof;          /* non-NULL: thread CPU seconds per layer added up, forward in
                               [0, n_layers), backward in [n_layers, 2 n_layers)
                               (borrowed; set by bench/step_bench.c) */

@@ -129,16 +129,27 @@ static void backward_dx(const float *x, const float *dy, int n, int c, int hw, c
 {
     const bn_isa *k = isa();
     for (int ch = 0; ch < c; ch++) {
-        const double is = invstd[ch], kd = (double)gamma[ch] * is;
-        const float kf = (float)kd;
-        const float ka = (float)(kd * sum_dy[ch] / count);
-        const float kb = (float)(kd * sum_dy_xhat[ch] / count * is);
+        float kf, ka, kb;
+        dpt_bn_backward_coeffs(1, invstd + ch, gamma + ch, sum_dy + ch, sum_dy_xhat + ch, count,
+                               &kf, &ka, &kb);
         const float scale = relu ? gamma[ch] * invstd[ch] : 0.0f, shift = relu ? beta[ch] : 0.0f;
         for (int i = 0; i < n; i++) {
             const size_t base = ((size_t)i * c + ch) * hw;
             k->backward_dx(x + base, dy + base, hw, mean[ch], scale, shift, relu, kf, ka, kb,
                            dx + base);
         }
+    }
+}
+
+void dpt_bn_backward_coeffs(int c, const float *invstd, const float *gamma, const double *sum_dy,
+                            const double *sum_dy_xhat, double count, float *kf, float *ka,
+                            float *kb)
+{
+    for (int ch = 0; ch < c; ch++) {
+        const double is = invstd[ch], kd = (double)gamma[ch] * is;
+        kf[ch] = (float)kd;
+        ka[ch] = (float)(kd * sum_dy[ch] / count);
+        kb[ch] = (float)(kd * sum_dy_xhat[ch] / count * is);
     }
 }
 

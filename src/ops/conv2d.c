@@ -11,7 +11,10 @@
  *   backward  dW [c_out, K] = Σ_images dy · colᵀ
  *             dcol [K, P]   = Wᵀ · dy, then col2im scatters dcol into dx.
  * One [K, P] scratch buffer serves both backward products because dW is
- * finished with col before dcol overwrites it. */
+ * finished with col before dcol overwrites it. With a batch norm applied on
+ * the fly (dpt_bn_apply), the GEMM path first writes the image's
+ * transformed input or gradient into scratch after col (the direct path does
+ * it while padding). */
 #include "ops/conv_direct.h"
 #include "ops/ops.h"
 
@@ -39,11 +42,27 @@ static int lowering_is_identity(const dpt_conv2d_desc *d)
     return d->kh == 1 && d->kw == 1 && d->stride == 1 && d->pad == 0;
 }
 
-/* The most either path needs, so the kernel set may change between calls. */
+/* The most either path needs, so the kernel set may change between calls;
+ * the GEMM path's col buffer is followed by one image of transformed input
+ * and one of transformed output gradient. */
+static size_t col_floats(const dpt_conv2d_desc *d)
+{
+    return lowering_is_identity(d) ? 0
+                                   : (size_t)d->c_in * d->kh * d->kw * (size_t)d->out_h * d->out_w;
+}
+
+/* Offset of the bias-gradient sums (c_out doubles) after col and the two
+ * transformed images, rounded to an even float count for alignment. */
+static size_t bsum_offset(const dpt_conv2d_desc *d)
+{
+    size_t o = col_floats(d) + (size_t)d->c_in * d->h * d->w +
+               (size_t)d->c_out * d->out_h * d->out_w;
+    return (o + 1) & ~(size_t)1;
+}
+
 size_t dpt_conv2d_work_floats(const dpt_conv2d_desc *d)
 {
-    size_t col = lowering_is_identity(d) ? 0
-                                         : (size_t)d->c_in * d->kh * d->kw * (size_t)d->out_h * d->out_w;
+    size_t col = bsum_offset(d) + 2 * (size_t)d->c_out;
     size_t direct = dpt_conv_direct_work_floats(d);
     return col > direct ? col : direct;
 }
@@ -134,19 +153,60 @@ void dpt_conv2d_forward(const dpt_conv2d_desc *d, const float *x, const float *w
 void dpt_conv2d_forward_sums(const dpt_conv2d_desc *d, const float *x, const float *w,
                              const float *b, float *y, float *work, double *sum, double *sumsq)
 {
+    dpt_conv2d_forward_ex(d, x, NULL, w, b, y, work, sum, sumsq);
+}
+
+/* The batch norm of a on one image [c, hw] (the float expressions of
+ * dpt_bn_apply, one element at a time). */
+static void apply_forward(const float *x, int c, int hw, const dpt_bn_apply *a, float *out)
+{
+    for (int ch = 0; ch < c; ch++) {
+        const float m = a->mean[ch], sc = a->scale[ch], sh = a->shift[ch];
+        for (int j = 0; j < hw; j++) {
+            float z = (x[(size_t)ch * hw + j] - m) * sc + sh;
+            out[(size_t)ch * hw + j] = a->relu && !(z > 0.0f) ? 0.0f : z;
+        }
+    }
+}
+
+static void apply_backward(const float *g, const float *y, int c, int hw, const dpt_bn_apply *a,
+                           float *out)
+{
+    for (int ch = 0; ch < c; ch++) {
+        const float m = a->mean[ch], sc = a->scale[ch], sh = a->shift[ch];
+        const float kf = a->kf[ch], ka = a->ka[ch], kb = a->kb[ch];
+        for (int j = 0; j < hw; j++) {
+            const size_t k = (size_t)ch * hw + j;
+            float xc = y[k] - m, gv = g[k];
+            if (a->relu && !(xc * sc + sh > 0.0f))
+                gv = 0.0f;
+            out[k] = kf * gv - ka - xc * kb;
+        }
+    }
+}
+
+void dpt_conv2d_forward_ex(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
+                           const float *w, const float *b, float *y, float *work, double *sum,
+                           double *sumsq)
+{
     const int K = d->c_in * d->kh * d->kw, P = d->out_h * d->out_w;
     const size_t x_img = (size_t)d->c_in * d->h * d->w, y_img = (size_t)d->c_out * P;
     const int identity = lowering_is_identity(d);
-    assert(identity || work);
+    assert(work || (identity && !xa));
     const conv_isa *isa = dpt_conv_direct_pick(d);
     if (isa) {
-        dpt_conv_direct_forward(isa, d, x, w, b, y, work, sum, sumsq);
+        dpt_conv_direct_forward(isa, d, x, xa, w, b, y, work, sum, sumsq);
         return;
     }
+    float *xt = work + col_floats(d); /* one transformed image */
 
     for (int i = 0; i < d->n; i++) {
         const float *xi = x + i * x_img;
         float *yi = y + i * y_img;
+        if (xa) {
+            apply_forward(xi, d->c_in, d->h * d->w, xa, xt);
+            xi = xt;
+        }
         const float *col = xi;
         if (!identity) {
             im2col(d, xi, work);
@@ -168,19 +228,45 @@ void dpt_conv2d_forward_sums(const dpt_conv2d_desc *d, const float *x, const flo
 void dpt_conv2d_backward(const dpt_conv2d_desc *d, const float *x, const float *w,
                          const float *dy, float *dx, float *dw, float *db, float *work)
 {
+    dpt_conv2d_backward_ex(d, x, NULL, w, dy, NULL, NULL, dx, dw, db, work);
+}
+
+void dpt_conv2d_backward_ex(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
+                            const float *w, const float *dy, const dpt_bn_apply *dya,
+                            const float *y, float *dx, float *dw, float *db, float *work)
+{
     const int K = d->c_in * d->kh * d->kw, P = d->out_h * d->out_w;
     const size_t x_img = (size_t)d->c_in * d->h * d->w, y_img = (size_t)d->c_out * P;
     const int identity = lowering_is_identity(d);
-    assert(identity || work);
+    assert(work || (identity && !xa && !dya));
     const conv_isa *isa = dpt_conv_direct_pick(d);
     if (isa) {
-        dpt_conv_direct_backward(isa, d, x, w, dy, dx, dw, db, work);
+        dpt_conv_direct_backward(isa, d, x, xa, w, dy, dya, y, dx, dw, db, work);
         return;
     }
+    float *xt = work + col_floats(d), *dyt = xt + x_img; /* one transformed image each */
+    double *bsum = (double *)(void *)(work + bsum_offset(d));
+    for (int co = 0; db && co < d->c_out; co++)
+        bsum[co] = 0.0;
 
     for (int i = 0; i < d->n; i++) {
         const float *xi = x + i * x_img;
         const float *dyi = dy + i * y_img;
+        if (xa) {
+            apply_forward(xi, d->c_in, d->h * d->w, xa, xt);
+            xi = xt;
+        }
+        if (dya) {
+            apply_backward(dyi, y + i * y_img, d->c_out, P, dya, dyt);
+            dyi = dyt;
+        }
+        /* Bias gradient: Σ over n*P values in float64, so large batches do
+         * not lose the small terms. */
+        for (int co = 0; db && co < d->c_out; co++) {
+            const float *r = dyi + (size_t)co * P;
+            for (int q = 0; q < P; q++)
+                bsum[co] += r[q];
+        }
 
         const float *col = xi;
         if (!identity) {
@@ -201,18 +287,6 @@ void dpt_conv2d_backward(const dpt_conv2d_desc *d, const float *x, const float *
                 col2im(d, dcol, dxi);
         }
     }
-
-    if (db) {
-        /* Sums over n*P values: accumulate in double so large batches do
-         * not lose the small terms. */
-        for (int co = 0; co < d->c_out; co++) {
-            double s = 0.0;
-            for (int i = 0; i < d->n; i++) {
-                const float *r = dy + i * y_img + (size_t)co * P;
-                for (int q = 0; q < P; q++)
-                    s += r[q];
-            }
-            db[co] = (float)s;
-        }
-    }
+    for (int co = 0; db && co < d->c_out; co++)
+        db[co] = (float)bsum[co];
 }

@@ -30,6 +30,10 @@ static inline __m256i range_mask(int lo, int hi)
 }
 #define VSTORE_RANGE(p, v, lo, hi) _mm256_maskstore_ps((p), range_mask((lo), (hi)), (v))
 #define VLOAD_N(p, n) _mm256_maskload_ps((p), range_mask(0, (n)))
+#define VSUB(a, b) _mm256_sub_ps((a), (b))
+#define VMUL(a, b) _mm256_mul_ps((a), (b))
+/* v where z > 0, else 0 */
+#define VKEEPGT0(v, z, zero) _mm256_and_ps((v), _mm256_cmp_ps((z), (zero), _CMP_GT_OQ))
 #define VKEEP2(v, hi_a, lo_b, hi_b)                                                        \
     _mm256_and_ps((v), _mm256_castsi256_ps(_mm256_or_si256(range_mask(0, (hi_a)),           \
                                                            range_mask((lo_b), (hi_b)))))
@@ -50,5 +54,6 @@ static inline __m256i range_mask(int lo, int hi)
 const conv_isa dpt_conv_isa_avx2 = {
     .name = "avx2", .vw = VW, .fwd_cb = FWD_CB, .fwd_nv = FWD_NV, .dw_cb = DW_CB,
     .dw_kb = DW_KB, .fwd = fwd_avx2, .dw = dw_avx2, .pad = pad_avx2,
+    .pad_bn = pad_bn_avx2, .pad_bnback = pad_bnback_avx2,
 };
 #endif

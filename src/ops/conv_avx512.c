@@ -20,10 +20,14 @@
 #define VZERO() _mm512_setzero_ps()
 #define VFMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
 #define VADD(a, b) _mm512_add_ps((a), (b))
-/* Forward: 10 channels x 2 vectors = 20 accumulators + 2 inputs + 1 weight. */
+/* Forward: 5 channels x 4 vectors = 20 accumulators + 4 inputs + 1 weight. */
 #define VSTORE_RANGE(p, v, lo, hi) \
     _mm512_mask_storeu_ps((p), (__mmask16)(((1u << (hi)) - 1u) & ~((1u << (lo)) - 1u)), (v))
 #define VLOAD_N(p, n) _mm512_maskz_loadu_ps((__mmask16)((1u << (n)) - 1u), (p))
+#define VSUB(a, b) _mm512_sub_ps((a), (b))
+#define VMUL(a, b) _mm512_mul_ps((a), (b))
+/* v where z > 0, else 0 */
+#define VKEEPGT0(v, z, zero) _mm512_maskz_mov_ps(_mm512_cmp_ps_mask((z), (zero), _CMP_GT_OQ), (v))
 #define VKEEP2(v, hi_a, lo_b, hi_b)                                                     \
     _mm512_maskz_mov_ps((__mmask16)((((1u << (hi_a)) - 1u)) |                           \
                                     (((1u << (hi_b)) - 1u) & ~((1u << (lo_b)) - 1u))), \
@@ -45,5 +49,6 @@
 const conv_isa dpt_conv_isa_avx512 = {
     .name = "avx512", .vw = VW, .fwd_cb = FWD_CB, .fwd_nv = FWD_NV, .dw_cb = DW_CB,
     .dw_kb = DW_KB, .fwd = fwd_avx512, .dw = dw_avx512, .pad = pad_avx512,
+    .pad_bn = pad_bn_avx512, .pad_bnback = pad_bnback_avx512,
 };
 #endif

@@ -47,7 +47,7 @@ typedef struct geom {
     int co_pw, k_pw;            /* padded to dw_cb, dw_kb */
     size_t ys_f, ys_b;          /* plane strides of the wide outputs */
     /* Offsets (floats) of the regions in the work buffer. */
-    size_t o_xp, o_out, o_dyp, o_dyw, o_zero, o_wpk, o_part, o_stats, o_map, o_ptr, total;
+    size_t o_xp, o_out, o_dyp, o_dyw, o_zero, o_wpk, o_part, o_stats, o_bsum, o_map, o_ptr, total;
 } geom;
 
 static void make_geom(const conv_isa *isa, const dpt_conv2d_desc *d, geom *g)
@@ -104,6 +104,7 @@ static void make_geom(const conv_isa *isa, const dpt_conv2d_desc *d, geom *g)
     g->o_wpk = o, o += round_up(wpk, ALIGN_F);
     g->o_part = o, o += round_up((size_t)g->co_pw * g->k_pw * vw, ALIGN_F);
     g->o_stats = o, o += round_up((size_t)d->c_out * 2 * vw, ALIGN_F);
+    g->o_bsum = o, o += round_up((size_t)d->c_out * 2, ALIGN_F); /* doubles */
     /* Tables stored in the float buffer: the output map (5 ints per entry)
      * and the pointer tables of the weight-gradient kernel. */
     g->o_map = o, o += round_up(n_map * sizeof(conv_out_map) / sizeof(float) + 1, ALIGN_F);
@@ -144,7 +145,10 @@ size_t dpt_conv_direct_work_floats(const dpt_conv2d_desc *d)
 /* Inputs are copied into the interior of padded planes by isa->pad; the
  * padding around them is zeroed once per call and never written again, so
  * every image after the first costs only the copy. */
-static void zero_planes(float *dst, int c, size_t ps) { memset(dst, 0, (size_t)c * ps * sizeof *dst); }
+static void zero_planes(float *dst, int c, size_t ps)
+{
+    memset(dst, 0, (size_t)c * ps * sizeof *dst);
+}
 
 /* Dense [c][oh][ow] from wide planes [c][ys] of row stride wp. */
 static void compact(const float *wide, int c, int oh, int ow, int wp, size_t ys, float *dst)
@@ -195,8 +199,8 @@ static double sum_f32(const float *p, size_t n)
 }
 
 void dpt_conv_direct_forward(const conv_isa *isa, const dpt_conv2d_desc *d, const float *x,
-                             const float *w, const float *b, float *y, float *work, double *sum,
-                             double *sumsq)
+                             const dpt_bn_apply *xa, const float *w, const float *b, float *y,
+                             float *work, double *sum, double *sumsq)
 {
     geom g;
     make_geom(isa, d, &g);
@@ -227,7 +231,10 @@ void dpt_conv_direct_forward(const conv_isa *isa, const dpt_conv2d_desc *d, cons
     zero_planes(xp, d->c_in, g.ps_x);
     for (int i = 0; i < d->n; i++) {
         float *yi = y + i * y_img;
-        isa->pad(x + i * x_img, d->c_in, d->h, d->w, d->pad, d->pad, g.wp, g.ps_x, xp);
+        if (xa)
+            isa->pad_bn(x + i * x_img, d->c_in, d->h, d->w, d->pad, d->pad, g.wp, g.ps_x, xp, xa);
+        else
+            isa->pad(x + i * x_img, d->c_in, d->h, d->w, d->pad, d->pad, g.wp, g.ps_x, xp);
         if (map) {
             float *st = sum ? stats : NULL;
             if (st)
@@ -262,8 +269,9 @@ void dpt_conv_direct_forward(const conv_isa *isa, const dpt_conv2d_desc *d, cons
 }
 
 void dpt_conv_direct_backward(const conv_isa *isa, const dpt_conv2d_desc *d, const float *x,
-                              const float *w, const float *dy, float *dx, float *dw, float *db,
-                              float *work)
+                              const dpt_bn_apply *xa, const float *w, const float *dy,
+                              const dpt_bn_apply *dya, const float *y, float *dx, float *dw,
+                              float *db, float *work)
 {
     geom g;
     make_geom(isa, d, &g);
@@ -293,10 +301,9 @@ void dpt_conv_direct_backward(const conv_isa *isa, const dpt_conv2d_desc *d, con
                 for (int ty = 0; ty < d->kh; ty++)
                     for (int tx = 0; tx < d->kw; tx++) {
                         size_t k = ((size_t)co * d->kh + ty) * d->kw + tx;
-                        blk[k * cb] = ci < d->c_in
-                                          ? w[(((size_t)co * d->c_in + ci) * d->kh + d->kh - 1 - ty) *
-                                                  d->kw + d->kw - 1 - tx]
-                                          : 0.0f;
+                        size_t src = (((size_t)co * d->c_in + ci) * d->kh + d->kh - 1 - ty) * d->kw +
+                                     d->kw - 1 - tx;
+                        blk[k * cb] = ci < d->c_in ? w[src] : 0.0f;
                     }
         }
         if (map)
@@ -315,13 +322,9 @@ void dpt_conv_direct_backward(const conv_isa *isa, const dpt_conv2d_desc *d, con
             xptr[k] = zero;
         }
     }
-    if (db)
-        for (int co = 0; co < d->c_out; co++)
-            db[co] = 0.0f;
-    double bsum[256];
-    const int bias_here = db && d->c_out <= 256;
-    if (bias_here)
-        memset(bsum, 0, sizeof bsum);
+    double *bsum = db ? (double *)(void *)(work + g.o_bsum) : NULL;
+    for (int co = 0; db && co < d->c_out; co++)
+        bsum[co] = 0.0;
 
     const int P = d->out_h * d->out_w;
     const size_t x_img = (size_t)d->c_in * d->h * d->w;
@@ -332,15 +335,31 @@ void dpt_conv_direct_backward(const conv_isa *isa, const dpt_conv2d_desc *d, con
     if (!g.same)
         zero_planes(dyw, d->c_out, (size_t)g.nq_w);
     for (int i = 0; i < d->n; i++) {
-        const float *xi = x + i * x_img, *dyi = dy + i * y_img;
-        isa->pad(xi, d->c_in, d->h, d->w, d->pad, d->pad, g.wp, g.ps_x, xp);
-        if (g.same || dx)
-            isa->pad(dyi, d->c_out, d->out_h, d->out_w, g.pdh, g.pdw, g.wd, g.ps_d, dyp);
-        if (!g.same) /* dyw: row stride wp, junk columns and tail stay zero */
-            isa->pad(dyi, d->c_out, d->out_h, d->out_w, 0, 0, g.wp, (size_t)g.nq_w, dyw);
-        if (bias_here)
+        const float *xi = x + i * x_img, *dyi = dy + i * y_img, *yi = y ? y + i * y_img : NULL;
+        if (xa)
+            isa->pad_bn(xi, d->c_in, d->h, d->w, d->pad, d->pad, g.wp, g.ps_x, xp, xa);
+        else
+            isa->pad(xi, d->c_in, d->h, d->w, d->pad, d->pad, g.wp, g.ps_x, xp);
+        /* dyp for the data gradient, dyw (row stride wp, junk columns and
+         * tail zero) for the weight gradient: one buffer for a "same"
+         * convolution. With dya, the batch norm's backward on the way. */
+        if (g.same || dx) {
+            if (dya)
+                isa->pad_bnback(dyi, yi, d->c_out, d->out_h, d->out_w, g.pdh, g.pdw, g.wd, g.ps_d,
+                                dyp, dya);
+            else
+                isa->pad(dyi, d->c_out, d->out_h, d->out_w, g.pdh, g.pdw, g.wd, g.ps_d, dyp);
+        }
+        if (!g.same) {
+            if (dya)
+                isa->pad_bnback(dyi, yi, d->c_out, d->out_h, d->out_w, 0, 0, g.wp,
+                                (size_t)g.nq_w, dyw, dya);
+            else
+                isa->pad(dyi, d->c_out, d->out_h, d->out_w, 0, 0, g.wp, (size_t)g.nq_w, dyw);
+        }
+        if (db) /* the junk columns of dyw are zero */
             for (int co = 0; co < d->c_out; co++)
-                bsum[co] += sum_f32(dyi + (size_t)co * P, (size_t)P);
+                bsum[co] += sum_f32(dyw + (size_t)co * dys, (size_t)g.nq_w);
         isa->dw(dptr, g.co_pw, xptr, g.k_pw, g.nq_w, part);
         if (dx) {
             float *dxi = dx + i * x_img;
@@ -362,16 +381,6 @@ void dpt_conv_direct_backward(const conv_isa *isa, const dpt_conv2d_desc *d, con
                 s += pp[l];
             dw[(size_t)co * g.k_total + k] = s;
         }
-    if (db) {
-        for (int co = 0; co < d->c_out; co++) {
-            if (bias_here) {
-                db[co] = (float)bsum[co];
-            } else {
-                double s = 0.0;
-                for (int i = 0; i < d->n; i++)
-                    s += sum_f32(dy + i * y_img + (size_t)co * P, (size_t)P);
-                db[co] = (float)s;
-            }
-        }
-    }
+    for (int co = 0; db && co < d->c_out; co++)
+        db[co] = (float)bsum[co];
 }

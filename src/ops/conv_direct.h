@@ -33,6 +33,12 @@ typedef struct conv_isa {
                float *part);
     void (*pad)(const float *src, int c, int h, int w, int ph, int pw, int wp, size_t ps,
                 float *dst);
+    /* pad with a batch norm applied (forward), and the gradient through a
+     * batch norm above (backward); see dpt_bn_apply in ops.h. */
+    void (*pad_bn)(const float *src, int c, int h, int w, int ph, int pw, int wp, size_t ps,
+                   float *dst, const dpt_bn_apply *a);
+    void (*pad_bnback)(const float *g, const float *y, int c, int h, int w, int ph, int pw, int wp,
+                       size_t ps, float *dst, const dpt_bn_apply *a);
 } conv_isa;
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -52,10 +58,11 @@ size_t dpt_conv_direct_work_floats(const dpt_conv2d_desc *d);
 /* sum, sumsq: NULL, or per-channel Σy and Σy² of the output (as
  * dpt_conv2d_forward_sums). */
 void dpt_conv_direct_forward(const conv_isa *isa, const dpt_conv2d_desc *d, const float *x,
-                             const float *w, const float *b, float *y, float *work, double *sum,
-                             double *sumsq);
+                             const dpt_bn_apply *xa, const float *w, const float *b, float *y,
+                             float *work, double *sum, double *sumsq);
 void dpt_conv_direct_backward(const conv_isa *isa, const dpt_conv2d_desc *d, const float *x,
-                              const float *w, const float *dy, float *dx, float *dw, float *db,
-                              float *work);
+                              const dpt_bn_apply *xa, const float *w, const float *dy,
+                              const dpt_bn_apply *dya, const float *y, float *dx, float *dw,
+                              float *db, float *work);
 
 #endif

@@ -16,12 +16,19 @@
  *   VLOAD_N(p, n)   load lanes [0, n) from p, the others zero (n < VW)
  *   VKEEP2(v, hi_a, lo_b, hi_b) v with lanes outside [0, hi_a) and
  *                   [lo_b, hi_b) zeroed
+ *   VSUB, VMUL      a − b, a · b
+ *   VKEEPGT0(v, z, zero)  v where z > 0, else 0
  *   VW              lanes
  *   FWD_CB, FWD_NV  forward tile: FWD_CB output channels x FWD_NV vectors
  *   DW_CB, DW_KB    weight-gradient tile: DW_CB channels x DW_KB filter taps
  *   KERN(name)      the suffixed function name
  * Register budget: FWD_CB*FWD_NV + FWD_NV + 1 and DW_CB*DW_KB + DW_CB + DW_KB
- * vector registers (32 on AVX-512, 16 on AVX2). */
+ * vector registers (32 on AVX-512, 16 on AVX2).
+ *
+ * Also here: the packing of one image into the padded planes the kernels
+ * read (pad), with a batch norm applied on the way (pad_bn), and of an
+ * output gradient through the backward of the batch norm above (pad_bnback):
+ * see dpt_bn_apply in ops.h. */
 #include "ops/conv_direct.h"
 
 #include <stddef.h>
@@ -34,9 +41,10 @@
  * entry per vector of q) into dense planes y + co*ys; with stats, the stored
  * values are also added up per channel into stats[co][2][VW] (sum, sum of
  * squares, per lane). */
-static inline __attribute__((always_inline)) void KERN(fwd_body)(const float *x, size_t ps, int c_in, const int kt, const int *off,
-                      const float *wpk, const float *bias, int c_out, float *y, size_t ys, int nq,
-                      const conv_out_map *map, float *stats)
+static inline __attribute__((always_inline)) void KERN(fwd_body)(
+    const float *x, size_t ps, int c_in, const int kt, const int *off, const float *wpk,
+    const float *bias, int c_out, float *y, size_t ys, int nq, const conv_out_map *map,
+    float *stats)
 {
     const int tile = FWD_NV * VW;
     const size_t kblk = (size_t)c_in * kt * FWD_CB;
@@ -194,6 +202,69 @@ static void KERN(pad)(const float *src, int c, int h, int w, int ph, int pw, int
             if (x < w)
                 VSTORE_RANGE(r + x, VLOAD_N(s + x, w - x), 0, w - x);
             s += w;
+            r += wp;
+        }
+    }
+}
+
+/* KERN(pad) with the batch norm (+ ReLU) of a->mean, scale, shift, relu
+ * applied on the way: z = (x − m)·s + t as a multiply and an add (never
+ * fused, so the value and the ReLU mask are those of the batch-norm passes). */
+static void KERN(pad_bn)(const float *src, int c, int h, int w, int ph, int pw, int wp, size_t ps,
+                         float *dst, const dpt_bn_apply *a)
+{
+    const VEC zero = VZERO();
+    for (int ch = 0; ch < c; ch++) {
+        const float *s = src + (size_t)ch * h * w;
+        float *r = dst + (size_t)ch * ps + (size_t)ph * wp + pw;
+        const VEC m = VSET1(a->mean[ch]), sc = VSET1(a->scale[ch]), sh = VSET1(a->shift[ch]);
+        for (int y = 0; y < h; y++) {
+            int x = 0;
+            for (; x < w; x += VW) {
+                const int n = w - x < VW ? w - x : VW;
+                VEC v = n == VW ? VLOAD(s + x) : VLOAD_N(s + x, n);
+                VEC z = VADD(VMUL(VSUB(v, m), sc), sh);
+                if (a->relu)
+                    z = VKEEPGT0(z, z, zero);
+                if (n == VW)
+                    VSTORE(r + x, z);
+                else
+                    VSTORE_RANGE(r + x, z, 0, n);
+            }
+            s += w;
+            r += wp;
+        }
+    }
+}
+
+/* KERN(pad) of the gradient at a conv's output y, from the gradient g at
+ * the output of the batch norm (+ ReLU) applied to y:
+ * kf·g' − ka − (y − m)·kb, g' = g where (y − m)·s + t > 0 (relu). */
+static void KERN(pad_bnback)(const float *g, const float *yv, int c, int h, int w, int ph, int pw,
+                             int wp, size_t ps, float *dst, const dpt_bn_apply *a)
+{
+    const VEC zero = VZERO();
+    for (int ch = 0; ch < c; ch++) {
+        const float *gs = g + (size_t)ch * h * w, *ys = yv + (size_t)ch * h * w;
+        float *r = dst + (size_t)ch * ps + (size_t)ph * wp + pw;
+        const VEC m = VSET1(a->mean[ch]), sc = VSET1(a->scale[ch]), sh = VSET1(a->shift[ch]);
+        const VEC kf = VSET1(a->kf[ch]), ka = VSET1(a->ka[ch]), kb = VSET1(a->kb[ch]);
+        for (int y = 0; y < h; y++) {
+            int x = 0;
+            for (; x < w; x += VW) {
+                const int n = w - x < VW ? w - x : VW;
+                VEC gv = n == VW ? VLOAD(gs + x) : VLOAD_N(gs + x, n);
+                VEC xc = VSUB(n == VW ? VLOAD(ys + x) : VLOAD_N(ys + x, n), m);
+                if (a->relu)
+                    gv = VKEEPGT0(gv, VADD(VMUL(xc, sc), sh), zero);
+                VEC d = VSUB(VSUB(VMUL(kf, gv), ka), VMUL(xc, kb));
+                if (n == VW)
+                    VSTORE(r + x, d);
+                else
+                    VSTORE_RANGE(r + x, d, 0, n);
+            }
+            gs += w;
+            ys += w;
             r += wp;
         }
     }

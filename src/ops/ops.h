@@ -47,6 +47,38 @@ void dpt_conv2d_forward(const dpt_conv2d_desc *d, const float *x, const float *w
  * (float64; the direct kernels add them up while y is still in registers). */
 void dpt_conv2d_forward_sums(const dpt_conv2d_desc *d, const float *x, const float *w,
                              const float *b, float *y, float *work, double *sum, double *sumsq);
+/* Batch norm (and the ReLU after it) applied by a convolution on the fly,
+ * so that neither the normalised activations nor the batch norm's input
+ * gradient is ever written out (net.c plans this for conv -> batchnorm ->
+ * relu -> conv chains):
+ *   forward, on the conv's input x:   z = (x − mean)·scale + shift,
+ *                                     then max(0, z) when relu
+ *   backward, on the conv's output gradient: the gradient g arriving at
+ *   the batch norm's (ReLU's) output becomes the gradient at its input,
+ *     dx = kf·g' − ka − (y − mean)·kb,  g' = g where z > 0 (relu) else g,
+ *   with y the conv's output (the batch norm's input) and z as above.
+ * All arrays have one entry per channel. The ReLU mask is the same float
+ * expression as dpt_bn_normalize_relu's, so forward and backward agree
+ * bit for bit. */
+typedef struct dpt_bn_apply {
+    const float *mean, *scale, *shift;
+    int relu;
+    const float *kf, *ka, *kb; /* backward only */
+} dpt_bn_apply;
+
+/* dpt_conv2d_forward_sums with the input given as the batch norm's input:
+ * the convolution sees apply(x) (xa NULL: x itself). */
+void dpt_conv2d_forward_ex(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
+                           const float *w, const float *b, float *y, float *work, double *sum,
+                           double *sumsq);
+/* dpt_conv2d_backward with the same input convention (xa), and with dy
+ * given at the output of a batch norm applied to this conv's output y
+ * (dya non-NULL: the gradient the convolution uses is dya's backward of
+ * dy, as above; dya NULL: dy itself and y unused). db is the sum of the
+ * gradient the convolution uses. */
+void dpt_conv2d_backward_ex(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
+                            const float *w, const float *dy, const dpt_bn_apply *dya,
+                            const float *y, float *dx, float *dw, float *db, float *work);
 /* From dy [n, c_out, out_h, out_w]: dx (may be NULL: not needed for the first
  * layer), dw [c_out, c_in, kh, kw], db [c_out] (may be NULL). */
 void dpt_conv2d_backward(const dpt_conv2d_desc *d, const float *x, const float *w,
@@ -75,6 +107,12 @@ void dpt_bn_backward_dx(const float *x, const float *dy, int n, int c, int hw,
                         const float *mean, const float *invstd, const float *gamma,
                         const double *sum_dy, const double *sum_dy_xhat, double count,
                         float *dx);
+/* The per-channel coefficients of dx = kf·dy − ka − (x − mean)·kb that
+ * dpt_bn_backward_dx uses (kf = gamma·invstd, ka = kf·sum_dy/count,
+ * kb = kf·sum_dy_xhat/count·invstd, formed in float64); for dpt_bn_apply. */
+void dpt_bn_backward_coeffs(int c, const float *invstd, const float *gamma, const double *sum_dy,
+                            const double *sum_dy_xhat, double count, float *kf, float *ka,
+                            float *kb);
 /* Batch norm fused with the ReLU after it: y = max(0, normalize(x)); the
  * backward pair takes dy at the ReLU's output and masks it where the
  * forward's pre-ReLU value was not positive (recomputed from x, bit-exact),

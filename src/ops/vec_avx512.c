@@ -1,5 +1,6 @@
-/* The batch-norm passes (bn_kern.h) and fc kernels (fc_kern.h) for avx512 (16-float vectors). Compiled
- * for avx512 whatever the build's -march; used only when the CPU has it. */
+/* The batch-norm passes (bn_kern.h) and fc kernels (fc_kern.h) for avx512
+ * (16-float vectors). Compiled for avx512 whatever the build's -march; used only
+ * when the CPU has it (kernels.c). */
 #include "ops/vec_isa.h"
 
 #if defined(__x86_64__) || defined(__i386__)
