@@ -122,8 +122,16 @@ dpt_status decode_image_file(const char *path, raw_image *img)
     int w = 0, h = 0, c = 0;
     /* Look at the header first: a few bytes can declare a gigapixel image,
      * and decoding that would take seconds and gigabytes (found by fuzzing). */
-    if (stbi_info_from_file(f, &w, &h, &c) &&
-        (w < 1 || h < 1 || (long long)w * h > DPT_MAX_IMAGE_PIXELS)) {
+    if (!stbi_info_from_file(f, &w, &h, &c)) {
+        /* The loader can be more lenient than the header reader (a PPM
+         * without its maxval, found by fuzzing): never decode what we could
+         * not size first. */
+        const char *why = stbi_failure_reason();
+        fclose(f);
+        return dpt_fail(DPT_ERR_FORMAT, "%s: cannot decode image: %s", path,
+                        why ? why : "unreadable header");
+    }
+    if (w < 1 || h < 1 || (long long)w * h > DPT_MAX_IMAGE_PIXELS) {
         fclose(f);
         return dpt_fail(DPT_ERR_FORMAT, "%s: image of %dx%d pixels is larger than the %d allowed",
                         path, w, h, DPT_MAX_IMAGE_PIXELS);
