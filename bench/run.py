@@ -267,6 +267,30 @@ def machine_info(a):
             "load_before": os.getloadavg()}
 
 
+def summary_lines(records):
+    """The issue's goals, checked against one run's rows."""
+    L = ["## Summary", ""]
+    steps = [r for r in records if r["kind"] == "step"]
+    for b in sorted({r["batch"] for r in steps}):
+        rows = [r for r in steps if r["batch"] == b]
+        d = [r for r in rows if r["dptrain_median"]]
+        t = [r for r in rows if r["pytorch_median"]]
+        if not d or not t:
+            continue
+        bd = max(d, key=lambda r: r["dptrain_median"])
+        bt = max(t, key=lambda r: r["pytorch_median"])
+        one = [r for r in rows if r["layout"] == "1 thread" and r["ratio"]]
+        line = ("* minibatch %d: dptrain's best %s images/s (%s) against PyTorch's best %s (%s): "
+                "**%.2fx**" % (b, fmt(bd["dptrain_median"]), bd["layout"],
+                               fmt(bt["pytorch_median"]), bt["layout"],
+                               bd["dptrain_median"] / bt["pytorch_median"]))
+        if one:
+            line += "; one core against PyTorch with one thread: **%.2fx**" % one[0]["ratio"]
+        L.append(line + ".")
+    L.append("")
+    return L
+
+
 def write_results(a, info, records, extra):
     L = []
     L.append("# dptrain against PyTorch: results")
@@ -281,8 +305,10 @@ def write_results(a, info, records, extra):
     L.append("")
     L.append("Medians of %d alternating runs; each run's figure is itself the median of %d "
              "rounds (steps) or of epochs 2..%d (epochs). Peak RSS: dptrain's process (rank 0 "
-             "under mpirun); PyTorch's summed over its processes." % (a.repeat, a.rounds,
-                                                                     a.epochs))
+             "under mpirun); PyTorch's summed over its processes. Layouts with 2 workers need "
+             "both cores at once: on a loaded machine they lose most (every all-reduce waits for "
+             "the worker that lost its core); docs/scaling.md has the same binaries on a quiet "
+             "16-core machine (2 workers: 1.7x one)." % (a.repeat, a.rounds, a.epochs))
     L.append("")
     L.append("| kind | layout | minibatch | dptrain images/s | PyTorch images/s | ratio | "
              "dptrain peak RSS MB | PyTorch peak RSS MB |")
@@ -294,6 +320,7 @@ def write_results(a, info, records, extra):
             "%.0f" % r["dptrain_rss_mb"] if r["dptrain_rss_mb"] else "-",
             "%.0f" % r["pytorch_rss_mb"] if r["pytorch_rss_mb"] else "-"))
     L.append("")
+    L.extend(summary_lines(records))
     lay = extra.get("layers")
     if lay:
         L.append("## Per-layer profile (1 worker, 1 thread, minibatch 128)")

@@ -181,8 +181,15 @@ static void test_against_pytorch(void)
         }
     }
 
-    /* Ten SGDM steps (lr 0.01, momentum 0.9) from the same initial weights. */
-    printf("ten SGDM steps:\n");
+    /* Ten SGDM steps (lr 0.01, momentum 0.9) from the same initial weights.
+     * The reference run diverges (loss 2.3 -> 15) and one bn3 pre-activation
+     * at step 7 sits within 1e-7 of zero, so a different summation order
+     * (the fast kernel sets) can flip one ReLU and move weights by ~6e-3.
+     * The reference path is held to 1e-4; the fast sets to 1e-2, which a
+     * flipped ReLU passes and a wrong kernel does not (the one-batch checks
+     * above hold every kernel set to 1e-5). */
+    double traj_tol = strcmp(dpt_ops_kernels(), "generic") == 0 ? 1e-4 : 1e-2;
+    printf("ten SGDM steps (kernels %s, tolerance %.0e):\n", dpt_ops_kernels(), traj_tol);
     CHECK(load_tables(net, st, "", dpt_net_params(net), dpt_net_state(net)) == 0);
     CHECK(dpt_st_read_f32(st, "steps/x", x, 10 * N * PIX) == DPT_OK);
     CHECK(dpt_st_read_f32(st, "steps/t", t, 10 * N * K) == DPT_OK);
@@ -196,19 +203,19 @@ static void test_against_pytorch(void)
                              NULL) == DPT_OK);
         losses[k] = (float)l;
     }
-    tu_check_close("losses of the ten steps", losses, loss_ref, 10, 1e-4);
+    tu_check_close("losses of the ten steps", losses, loss_ref, 10, traj_tol);
     CHECK(load_tables(net, st, "step10/", ref, ref_state) == 0);
     for (size_t i = 0; i < dpt_net_n_learnables(net); i++) {
         const dpt_param_info *e = dpt_net_learnable(net, i);
         char label[96];
         snprintf(label, sizeof label, "step 10 %s", e->name);
-        tu_check_close(label, dpt_net_params(net) + e->offset, ref + e->offset, e->n, 1e-4);
+        tu_check_close(label, dpt_net_params(net) + e->offset, ref + e->offset, e->n, traj_tol);
     }
     for (size_t i = 0; i < dpt_net_n_state(net); i++) {
         const dpt_param_info *e = dpt_net_state_info(net, i);
         char label[96];
         snprintf(label, sizeof label, "step 10 %s", e->name);
-        tu_check_close(label, dpt_net_state(net) + e->offset, ref_state + e->offset, e->n, 1e-4);
+        tu_check_close(label, dpt_net_state(net) + e->offset, ref_state + e->offset, e->n, traj_tol);
     }
     dpt_sgdm_free(opt);
     free(ref), free(ref_state), free(x), free(t);
