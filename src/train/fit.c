@@ -4,6 +4,7 @@
 #include "dptrain/gpu.h"
 #include "dptrain/train.h"
 
+#include <cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,37 +79,28 @@ typedef struct fit_job {
     char *classes_json;        /* the class names as a JSON array (model metadata) */
 } fit_job;
 
-/* The class names as a JSON array of strings. */
+/* The class names as a JSON array of strings (cJSON does the escaping);
+ * missing names become "0".."K-1". Freed with cJSON_free. */
 static char *classes_json(const dpt_fit_config *cfg, int n_classes)
 {
-    size_t cap = 8;
-    for (int k = 0; k < n_classes; k++)
-        cap += 4 + 2 * strlen(cfg->class_names && cfg->class_names[k] ? cfg->class_names[k] : "") + 16;
-    char *out = malloc(cap);
-    if (!out)
-        return NULL;
-    size_t off = 0;
-    out[off++] = '[';
-    for (int k = 0; k < n_classes; k++) {
+    cJSON *arr = cJSON_CreateArray();
+    for (int k = 0; arr && k < n_classes; k++) {
         char fallback[16];
         const char *name = cfg->class_names ? cfg->class_names[k] : NULL;
         if (!name) {
             snprintf(fallback, sizeof fallback, "%d", k);
             name = fallback;
         }
-        if (k)
-            out[off++] = ',';
-        out[off++] = '"';
-        for (const char *c = name; *c; c++) {
-            if (*c == '"' || *c == '\\')
-                out[off++] = '\\';
-            out[off++] = (unsigned char)*c < 0x20 ? '?' : *c;
+        cJSON *item = cJSON_CreateString(name);
+        if (!item || !cJSON_AddItemToArray(arr, item)) {
+            cJSON_Delete(item);
+            cJSON_Delete(arr);
+            return NULL;
         }
-        out[off++] = '"';
     }
-    out[off++] = ']';
-    out[off] = '\0';
-    return out;
+    char *text = arr ? cJSON_PrintUnformatted(arr) : NULL;
+    cJSON_Delete(arr);
+    return text;
 }
 
 /* Worker 0 saves the model with the class names and run facts. */
@@ -314,6 +306,6 @@ dpt_status dpt_fit(const dpt_fit_config *cfg, dpt_fit_result *result)
         s = dpt_spmd_run(&cfg->spmd, fit_worker, &job);
     /* Deliver what the workers sent before returning, even after a failure. */
     dpt_progress_queue_free(job.queue);
-    free(job.classes_json);
+    cJSON_free(job.classes_json);
     return s;
 }
