@@ -72,7 +72,7 @@ print(json.loads(b[8:8+n])["__metadata__"][sys.argv[2]])' "$1" "$2"
 
 # 4 epochs x 45 iterations of 8 images (360 training images).
 total=180
-args=(train --data "$d" --batch 8 --epochs 4 --seed 5 --quiet)
+args=(train --data "$d" --batch 8 --epochs 4 --seed 5 --quiet --device cpu)
 timeout 300 mpirun -np 2 "$cli" "${args[@]}" --out "$tmp/ref" >/dev/null 2>"$tmp/err" \
   || { bad "uninterrupted mpirun -np 2: $(cat "$tmp/err")"; echo "test_faults_mpi: $pass passed, $fail failed"; exit 1; }
 
@@ -154,7 +154,7 @@ else
 fi
 
 # ---- numeric fault under MPI -------------------------------------------------------
-timeout 120 mpirun -np 2 "$cli" train --data "$d" --batch 8 --epochs 1 --seed 5 --quiet --lr 1e20 \
+timeout 120 mpirun -np 2 "$cli" train --data "$d" --batch 8 --epochs 1 --seed 5 --quiet --device cpu --lr 1e20 \
   --out "$tmp/nan" >/dev/null 2>"$tmp/err"
 rc=$?
 if [ $rc -ne 0 ] && grep -qE "^dptrain: rank [01]: epoch 1, iteration [0-9]+: non-finite values in the output of layer '[a-z0-9]+'" "$tmp/err"; then

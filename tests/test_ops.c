@@ -872,6 +872,10 @@ int main(void)
                          .c_out = 20, .kh = 5, .kw = 5, .stride = 1, .pad = 0}, 1);
         cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 5, .c_in = 20, .h = 24, .w = 24,
                          .c_out = 20, .kh = 3, .kw = 3, .stride = 1, .pad = 1}, 0);
+        /* A larger batch: state carried from image to image (padding
+         * zeroed once, per-lane partial sums) must not leak. */
+        cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 37, .c_in = 6, .h = 11, .w = 10,
+                         .c_out = 7, .kh = 3, .kw = 3, .stride = 1, .pad = 1}, 0);
         cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 3, .c_in = 7, .h = 5, .w = 3,
                          .c_out = 13, .kh = 3, .kw = 3, .stride = 1, .pad = 2}, 0);
         cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 2, .c_in = 3, .h = 17, .w = 33,

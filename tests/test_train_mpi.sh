@@ -22,7 +22,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fail=0 pass=0
 for n in 2 3; do
-  args=(train --data "$d" --epochs 2 --batch 32 --seed 6 --quiet)
+  args=(train --data "$d" --epochs 2 --batch 32 --seed 6 --quiet --device cpu)
   "$cli" "${args[@]}" --workers $n --out "$tmp/local$n" >/dev/null 2>"$tmp/err" || { echo "FAIL local $n: $(cat "$tmp/err")"; fail=$((fail+1)); continue; }
   timeout 300 mpirun -np $n "$cli" "${args[@]}" --out "$tmp/mpi$n" >"$tmp/out" 2>"$tmp/err" || { echo "FAIL mpirun -np $n: $(cat "$tmp/err")"; fail=$((fail+1)); continue; }
   if cmp -s "$tmp/local$n/model.safetensors" "$tmp/mpi$n/model.safetensors"; then
@@ -34,7 +34,7 @@ for n in 2 3; do
   [ "$(grep -c '^test accuracy' "$tmp/out")" = 1 ] && pass=$((pass+1)) || { echo "FAIL N=$n: $(cat "$tmp/out")"; fail=$((fail+1)); }
 done
 # --workers makes no sense under MPI: each rank is one worker.
-if timeout 60 mpirun -np 2 "$cli" train --data "$d" --workers 2 --epochs 1 --out "$tmp/w" >/dev/null 2>"$tmp/err"; then
+if timeout 60 mpirun -np 2 "$cli" train --data "$d" --device cpu --workers 2 --epochs 1 --out "$tmp/w" >/dev/null 2>"$tmp/err"; then
   echo "FAIL: --workers under mpirun accepted"; fail=$((fail+1))
 elif grep -q "under MPI each rank is one worker" "$tmp/err"; then pass=$((pass+1))
 else echo "FAIL: $(cat "$tmp/err")"; fail=$((fail+1)); fi

@@ -2,6 +2,8 @@
  * transfers. */
 #include "ops/cuda/gpu_internal.cuh"
 
+#include <dlfcn.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,7 +45,65 @@ dpt_status gpu_fail_cublas(const gpu_ctx *g, cublasStatus_t e, const char *layer
 {
     dpt_status s = e == CUBLAS_STATUS_ALLOC_FAILED ? DPT_ERR_NOMEM : DPT_ERR_IO;
     return dpt_fail(s, "GPU %d: %s%s%s: cuBLAS: %s", g ? g->device : -1, layer ? layer : "",
-                    layer ? ": " : "", what, cublasGetStatusString(e));
+                    layer ? ": " : "", what,
+                    gpu_blas.status_string ? gpu_blas.status_string(e) : "(status unknown)");
+}
+
+/* ---- cuBLAS, loaded on first use ----------------------------------------------------- */
+
+gpu_blas_api gpu_blas;
+
+static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
+static char blas_error[256];
+
+#define DPT_STR_(x) #x
+#define DPT_STR(x) DPT_STR_(x) /* the versioned name behind a cuBLAS macro */
+
+static void blas_load(void)
+{
+    static const char *const names[] = {"libcublas.so." DPT_STR(CUBLAS_VER_MAJOR), "libcublas.so"};
+    void *h = NULL;
+    for (size_t i = 0; i < sizeof names / sizeof *names && !h; i++)
+        h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+    /* Not on the search path: beside the CUDA runtime this process loaded
+     * (the toolkit's layout). */
+    Dl_info info;
+    if (!h && dladdr((void *)&cudaGetDeviceCount, &info) && info.dli_fname) {
+        char path[4096];
+        const char *slash = strrchr(info.dli_fname, '/');
+        if (slash && snprintf(path, sizeof path, "%.*s/%s", (int)(slash - info.dli_fname),
+                              info.dli_fname, names[0]) < (int)sizeof path)
+            h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    }
+    if (!h) {
+        snprintf(blas_error, sizeof blas_error, "cannot load cuBLAS: %s", dlerror());
+        return;
+    }
+    gpu_blas_api a;
+    const char *missing = NULL;
+#define BLAS_SYM(field, sym)                                                                 \
+    if (!missing && !(*(void **)&a.field = dlsym(h, DPT_STR(sym))))                          \
+        missing = DPT_STR(sym);
+    BLAS_SYM(create, cublasCreate)
+    BLAS_SYM(destroy, cublasDestroy)
+    BLAS_SYM(set_stream, cublasSetStream)
+    BLAS_SYM(set_math_mode, cublasSetMathMode)
+    BLAS_SYM(status_string, cublasGetStatusString)
+    BLAS_SYM(sgemm, cublasSgemm)
+#undef BLAS_SYM
+    if (missing) {
+        snprintf(blas_error, sizeof blas_error, "cuBLAS has no %s", missing);
+        dlclose(h);
+        return;
+    }
+    gpu_blas = a; /* the handle stays open for the life of the process */
+}
+
+static dpt_status blas_ready(int device)
+{
+    pthread_once(&blas_once, blas_load);
+    return gpu_blas.sgemm ? DPT_OK
+                          : dpt_fail(DPT_ERR_UNSUPPORTED, "GPU %d: %s", device, blas_error);
 }
 
 dpt_status gpu_check_launch(const gpu_ctx *g, const char *what)
@@ -163,10 +223,12 @@ dpt_status gpu_ctx_new(int device, int allow_tf32, gpu_ctx **out)
         s = gpu_fail_cuda(g, e, NULL, "create streams and staging buffers");
         goto fail;
     }
-    if ((be = cublasCreate(&g->blas)) != CUBLAS_STATUS_SUCCESS ||
-        (be = cublasSetStream(g->blas, g->stream)) != CUBLAS_STATUS_SUCCESS ||
-        (be = cublasSetMathMode(g->blas, allow_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
-                                                    : CUBLAS_DEFAULT_MATH)) !=
+    if ((s = blas_ready(device)) != DPT_OK)
+        goto fail;
+    if ((be = gpu_blas.create(&g->blas)) != CUBLAS_STATUS_SUCCESS ||
+        (be = gpu_blas.set_stream(g->blas, g->stream)) != CUBLAS_STATUS_SUCCESS ||
+        (be = gpu_blas.set_math_mode(g->blas, allow_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
+                                                         : CUBLAS_DEFAULT_MATH)) !=
             CUBLAS_STATUS_SUCCESS) {
         s = gpu_fail_cublas(g, be, NULL, "create handle");
         goto fail;
@@ -195,7 +257,7 @@ void gpu_ctx_free(gpu_ctx *g)
     if (g->dnn)
         cudnnDestroy(g->dnn);
     if (g->blas)
-        cublasDestroy(g->blas);
+        gpu_blas.destroy(g->blas);
     cudaFree(g->workspace);
     cudaFree(g->scratch);
     cudaFreeHost(g->staging);

@@ -41,6 +41,23 @@ dpt_status gpu_fail_cuda(const gpu_ctx *g, cudaError_t e, const char *layer, con
 dpt_status gpu_fail_cudnn(const gpu_ctx *g, cudnnStatus_t e, const char *layer, const char *what);
 dpt_status gpu_fail_cublas(const gpu_ctx *g, cublasStatus_t e, const char *layer,
                            const char *what);
+/* cuBLAS, loaded with dlopen when the first GPU context is made rather
+ * than linked: loading libcublas (and the libcublasLt it pulls in) costs
+ * about 150 MB of resident memory in every process that links it, GPU or
+ * not. Only the entry points dptrain uses. */
+typedef struct gpu_blas_api {
+    cublasStatus_t (*create)(cublasHandle_t *);
+    cublasStatus_t (*destroy)(cublasHandle_t);
+    cublasStatus_t (*set_stream)(cublasHandle_t, cudaStream_t);
+    cublasStatus_t (*set_math_mode)(cublasHandle_t, cublasMath_t);
+    const char *(*status_string)(cublasStatus_t);
+    cublasStatus_t (*sgemm)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
+                            const float *, const float *, int, const float *, int, const float *,
+                            float *, int);
+} gpu_blas_api;
+/* Filled by gpu_ctx_new; valid in any function that has a gpu_ctx. */
+extern gpu_blas_api gpu_blas;
+
 /* After kernel launches: the launch error, if any. */
 dpt_status gpu_check_launch(const gpu_ctx *g, const char *what);
 

@@ -16,7 +16,7 @@ static dpt_status gemm(gpu_ctx *g, cublasOperation_t ta, cublasOperation_t tb, i
                        float *c, int ldc, const char *what)
 {
     const float one = 1.0f;
-    cublasStatus_t e = cublasSgemm(g->blas, ta, tb, m, n, k, &one, a, lda, b, ldb, &beta, c, ldc);
+    cublasStatus_t e = gpu_blas.sgemm(g->blas, ta, tb, m, n, k, &one, a, lda, b, ldb, &beta, c, ldc);
     return e == CUBLAS_STATUS_SUCCESS ? DPT_OK : gpu_fail_cublas(g, e, "fc", what);
 }
 
