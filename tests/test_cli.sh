@@ -159,5 +159,22 @@ expect_error "torn.safetensors" "$cli" eval --model "$tmp/torn.safetensors" --da
 "$cli" train --quiet --data "$d" --epochs 2 --batch 32 --workers 2 --seed 3 --out "$tmp/r2" >/dev/null 2>&1
 cmp -s "$tmp/r1/model.safetensors" "$tmp/r2/model.safetensors" && ok || bad "same seed, different model files"
 
+# Memory: the main job's recipe (2 workers, minibatch 128) stays far below
+# the 150 MB peak RSS the performance issue sets, in every build: the CUDA
+# libraries that cost ~150 MB just to load (cuBLAS) are loaded only when a
+# GPU is used. Sanitized builds carry shadow memory: not measured there.
+if [ "${DPT_SANITIZED:-0}" != 1 ]; then
+  readelf -d "$cli" 2>/dev/null | grep NEEDED | grep -q cublas && bad "dptrain links cuBLAS at start-up" || ok
+  rss=$(/usr/bin/python3 - "$cli" "$d" "$tmp/rss" <<'PY'
+import resource, subprocess, sys
+cli, d, out = sys.argv[1:]
+subprocess.run([cli, "train", "--quiet", "--data", d, "--epochs", "1", "--batch", "128",
+                "--workers", "2", "--out", out], check=True, stdout=subprocess.DEVNULL)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)
+PY
+  )
+  if [ -n "$rss" ] && [ "$rss" -lt 150 ]; then ok; else bad "peak RSS of a 2-worker training run: ${rss:-?} MB (limit 150)"; fi
+fi
+
 echo "test_cli: $pass passed, $fail failed"
 [ $fail -eq 0 ]
