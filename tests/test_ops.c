@@ -876,6 +876,14 @@ int main(void)
          * zeroed once, per-lane partial sums) must not leak. */
         cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 37, .c_in = 6, .h = 11, .w = 10,
                          .c_out = 7, .kh = 3, .kw = 3, .stride = 1, .pad = 1}, 0);
+        /* 3x3 filters on wider planes (rows longer than two vectors),
+         * padding 0 and 2, channel counts that do not fill a register tile. */
+        cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 3, .c_in = 7, .h = 38, .w = 36,
+                         .c_out = 13, .kh = 3, .kw = 3, .stride = 1, .pad = 1}, 0);
+        cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 2, .c_in = 3, .h = 10, .w = 12,
+                         .c_out = 6, .kh = 3, .kw = 3, .stride = 1, .pad = 0}, 0);
+        cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 2, .c_in = 4, .h = 6, .w = 8,
+                         .c_out = 1, .kh = 3, .kw = 3, .stride = 1, .pad = 2}, 0);
         cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 3, .c_in = 7, .h = 5, .w = 3,
                          .c_out = 13, .kh = 3, .kw = 3, .stride = 1, .pad = 2}, 0);
         cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 2, .c_in = 3, .h = 17, .w = 33,
