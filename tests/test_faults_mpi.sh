@@ -85,14 +85,15 @@ for trial in 1 2 3; do
   for _ in $(seq 1 1500); do [ -e "$out/checkpoint.safetensors" ] && break; sleep 0.02; done
   sleep 0.$((trial * 2))   # somewhere between two checkpoints
   r1=$(rank_pid "$bg" 1)
-  if [ -z "$r1" ] && ! kill -0 "$bg" 2>/dev/null && [ -e "$out/model.safetensors" ]; then
-    # A fast machine can finish the run inside the pause.
-    echo "note: trial $trial finished before rank 1 could be killed; not counted"
-    wait "$bg"; bg=""; continue
-  fi
   if [ -z "$r1" ] || [ ! -e "$out/checkpoint.safetensors" ]; then
-    bad "trial $trial: no rank 1 or no checkpoint (rank 1 pid '${r1}')"
-    wait_exit "$bg" 120; wait "$bg"; bg=""; continue
+    wait_exit "$bg" 120; wait "$bg"; rc=$?; bg=""
+    if [ -z "$r1" ] && [ "$rc" -eq 0 ] && [ -e "$out/model.safetensors" ]; then
+      # A fast machine can finish the run inside the pause.
+      echo "note: trial $trial finished before rank 1 could be killed; not counted"
+    else
+      bad "trial $trial: no rank 1 or no checkpoint (rank 1 pid '${r1}', exit $rc)"
+    fi
+    continue
   fi
   t0=$(now_ms)
   kill -9 "$r1"
