@@ -20,6 +20,7 @@
 #define _GNU_SOURCE
 #include "dptrain/train.h"
 #include "core/safetensors.h"
+#include "testfs.h"
 #include "testutil.h"
 
 #include <dirent.h>
@@ -228,25 +229,6 @@ static int make_folder(void)
         closedir(d);
     }
     return 0;
-}
-
-static void remove_tree(const char *path)
-{
-    DIR *d = opendir(path);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d))) {
-            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-                continue;
-            char p[1024];
-            snprintf(p, sizeof p, "%s/%s", path, e->d_name);
-            remove_tree(p);
-        }
-        closedir(d);
-        rmdir(path);
-    } else {
-        unlink(path);
-    }
 }
 
 /* ---- scenarios: each returns the status; *leftover != NULL is an output the
@@ -563,7 +545,7 @@ int main(void)
     if (setup() != 0) {
         fprintf(stderr, "setup failed: %s\n", dpt_last_error());
         if (tmp[0])
-            remove_tree(tmp);
+            tu_remove_tree(tmp);
         return 1;
     }
     for (size_t i = 0; i < sizeof scenarios / sizeof scenarios[0]; i++)
@@ -572,7 +554,7 @@ int main(void)
     dpt_datastore_free(fit_test);
     dpt_sgdm_free(ck_opt);
     dpt_net_free(ck_net);
-    remove_tree(tmp);
+    tu_remove_tree(tmp);
     return tu_exit();
 }
 

@@ -6,6 +6,7 @@
  * Usage: test_data [name-substring]   (runs only the matching tests, e.g.
  * "mbq" for the queue tests under ThreadSanitizer). */
 #include "dptrain/data.h"
+#include "testfs.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -93,25 +94,6 @@ static void write_bytes(const char *path, const void *data, size_t len)
     if (!f || fwrite(data, 1, len, f) != len || fclose(f) != 0) {
         fprintf(stderr, "cannot write %s\n", path);
         exit(1);
-    }
-}
-
-static void remove_tree(const char *p)
-{
-    DIR *d = opendir(p);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d)) != NULL) {
-            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-                continue;
-            char sub[1024];
-            path_join(sub, sizeof sub, p, e->d_name);
-            remove_tree(sub);
-        }
-        closedir(d);
-        rmdir(p);
-    } else {
-        unlink(p);
     }
 }
 
@@ -1240,7 +1222,7 @@ int main(int argc, char **argv)
         ran++;
         printf("%-20s %s\n", tests[t].name, n_fail == before ? "ok" : "FAILED");
     }
-    remove_tree(tmp_root);
+    tu_remove_tree(tmp_root);
     printf("%d tests, %d checks, %d failed\n", ran, n_check, n_fail);
     return n_fail ? 1 : 0;
 }

@@ -14,6 +14,7 @@
  *      the file back, resuming from the last checkpoint gives a model file
  *      byte-identical to a run that was never interrupted. */
 #include "dptrain/train.h"
+#include "testfs.h"
 #include "testutil.h"
 
 #include <dirent.h>
@@ -182,25 +183,6 @@ static int copy_folder(const char *from, const char *to)
     return rc;
 }
 
-static void remove_tree(const char *path)
-{
-    DIR *d = opendir(path);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d))) {
-            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-                continue;
-            char p[1024];
-            snprintf(p, sizeof p, "%s/%s", path, e->d_name);
-            remove_tree(p);
-        }
-        closedir(d);
-        rmdir(path);
-    } else {
-        unlink(path);
-    }
-}
-
 static int same_file(const char *a, const char *b)
 {
     FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
@@ -329,6 +311,6 @@ int main(void)
     }
     test_custom_loop();
     test_fit_file_vanishes(tmp);
-    remove_tree(tmp);
+    tu_remove_tree(tmp);
     return tu_exit();
 }

@@ -1,0 +1,34 @@
+/* File-system helpers shared by the tests that make scratch folders
+ * (static inline only; kept out of testutil.h, which every test includes,
+ * so that <unistd.h> names stay out of the others). */
+#ifndef DPT_TESTFS_H
+#define DPT_TESTFS_H
+
+#include <dirent.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+/* rm -r path (a test's scratch folder); errors and over-long names are
+ * skipped. */
+static inline void tu_remove_tree(const char *path)
+{
+    DIR *d = opendir(path);
+    if (!d) {
+        unlink(path);
+        return;
+    }
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        char p[4096];
+        int n = snprintf(p, sizeof p, "%s/%s", path, e->d_name);
+        if (n > 0 && (size_t)n < sizeof p)
+            tu_remove_tree(p);
+    }
+    closedir(d);
+    rmdir(path);
+}
+
+#endif
