@@ -43,6 +43,7 @@ static inline __m256i range_mask(int lo, int hi)
 #define DW_CB 2
 #define DW_KB 5
 #define KERN(name) name##_avx2
+#define ISA_NAME "avx2"
 #include "ops/conv_kern.h"
 
 #if defined(__clang__)
@@ -51,9 +52,4 @@ static inline __m256i range_mask(int lo, int hi)
 #pragma GCC pop_options
 #endif
 
-const conv_isa dpt_conv_isa_avx2 = {
-    .name = "avx2", .vw = VW, .fwd_cb = FWD_CB, .fwd_nv = FWD_NV, .dw_cb = DW_CB,
-    .dw_kb = DW_KB, .fwd = fwd_avx2, .dw = dw_avx2, .pad = pad_avx2,
-    .pad_bn = pad_bn_avx2, .pad_bnback = pad_bnback_avx2,
-};
 #endif

@@ -38,6 +38,7 @@
 #define DW_CB 4
 #define DW_KB 5
 #define KERN(name) name##_avx512
+#define ISA_NAME "avx512"
 #include "ops/conv_kern.h"
 
 #if defined(__clang__)
@@ -46,9 +47,4 @@
 #pragma GCC pop_options
 #endif
 
-const conv_isa dpt_conv_isa_avx512 = {
-    .name = "avx512", .vw = VW, .fwd_cb = FWD_CB, .fwd_nv = FWD_NV, .dw_cb = DW_CB,
-    .dw_kb = DW_KB, .fwd = fwd_avx512, .dw = dw_avx512, .pad = pad_avx512,
-    .pad_bn = pad_bn_avx512, .pad_bnback = pad_bnback_avx512,
-};
 #endif

@@ -22,6 +22,7 @@
  *   FWD_CB, FWD_NV  forward tile: FWD_CB output channels x FWD_NV vectors
  *   DW_CB, DW_KB    weight-gradient tile: DW_CB channels x DW_KB filter taps
  *   KERN(name)      the suffixed function name
+ *   ISA_NAME        the kernel set's name ("avx512")
  * Register budget: FWD_CB*FWD_NV + FWD_NV + 1 and DW_CB*DW_KB + DW_CB + DW_KB
  * vector registers (32 on AVX-512, 16 on AVX2).
  *
@@ -269,3 +270,10 @@ static void KERN(pad_bnback)(const float *g, const float *yv, int c, int h, int 
         }
     }
 }
+
+/* The table kernels.c picks from (conv_direct.h), named KERN(dpt_conv_isa). */
+const conv_isa KERN(dpt_conv_isa) = {
+    .name = ISA_NAME, .vw = VW, .fwd_cb = FWD_CB, .fwd_nv = FWD_NV, .dw_cb = DW_CB,
+    .dw_kb = DW_KB, .fwd = KERN(fwd), .dw = KERN(dw), .pad = KERN(pad),
+    .pad_bn = KERN(pad_bn), .pad_bnback = KERN(pad_bnback),
+};

@@ -1,4 +1,4 @@
-/* The batch-norm passes (bn_kern.h) and fc kernels (fc_kern.h) for avx2
+/* The batch-norm passes and fc kernels (vec_kern.h) for avx2
  * (8-float vectors). Compiled for avx2 whatever the build's -march; used only
  * when the CPU has it (kernels.c). */
 #include "ops/vec_isa.h"
@@ -17,23 +17,9 @@ typedef int vi_avx2 __attribute__((vector_size(8 * 4)));
 #define VT vt_avx2
 #define VI vi_avx2
 #define KN(f) f##_avx2
-#include "ops/bn_kern.h"
 #define FC_IMG 1
 #define FC_DW_VEC 1
-#include "ops/fc_kern.h"
-
-const bn_isa dpt_bn_isa_avx2 = {
-    .sums = plane_sums_avx2,
-    .normalize = plane_normalize_avx2,
-    .backward_sums = plane_backward_sums_avx2,
-    .backward_dx = plane_backward_dx_avx2,
-};
-
-const fc_isa dpt_fc_isa_avx2 = {
-    .forward = fc_forward_avx2,
-    .backward_dx = fc_backward_dx_avx2,
-    .backward_dw = fc_backward_dw_avx2,
-};
+#include "ops/vec_kern.h"
 
 #if defined(__clang__)
 #pragma clang attribute pop
