@@ -158,13 +158,13 @@ class Bench:
         data/digits, minibatch 128, default layout; wall time, peak RSS, accuracy."""
         out_dir = os.path.join(self.tmp, "main")
         shutil.rmtree(out_dir, ignore_errors=True)
-        cmd = [self.dptrain, "train", "--data", self.data, "--epochs", "20", "--batch", "128",
-               "--out", out_dir, "--quiet"]
+        job = ["train", "--data", self.data, "--epochs", "20", "--batch", "128", "--quiet"]
+        cmd = [self.dptrain] + job + ["--out", out_dir]
         p = subprocess.run(["/usr/bin/time", "-f", "TIME %e %M"] + cmd, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, timeout=3600)
         if p.returncode != 0:
             raise RuntimeError("%s failed:\n%s\n%s" % (" ".join(cmd), p.stdout, p.stderr))
-        r = {"cmd": " ".join(["dptrain"] + cmd[1:])}
+        r = {"cmd": " ".join(["dptrain"] + job)}
         for line in p.stderr.splitlines():
             if line.startswith("TIME "):
                 _, w, m = line.split()
@@ -375,8 +375,7 @@ def write_results(a, info, records, extra):
         L.append("")
         L.append("`%s` (what scripts/run runs; default layout), %d run(s): wall %s s "
                  "(median %.1f s), peak RSS %s MB, test accuracy %s." % (
-                     jobs[0]["cmd"].replace(" --out " + jobs[0]["cmd"].split(" --out ")[1]
-                                            .split()[0], ""),
+                     jobs[0]["cmd"],
                      len(jobs), ", ".join("%.1f" % w for w in walls),
                      statistics.median(walls) if walls else 0,
                      ", ".join("%.0f" % j["rss_mb"] for j in jobs if j.get("rss_mb")),
