@@ -153,22 +153,6 @@ static const char tiny_spec[] = "input in size=8x8x1\n"
                                 "fc fc outputs=classes\n"
                                 "softmax sm\n";
 
-static int copy_file(const char *from, const char *to)
-{
-    FILE *a = fopen(from, "rb"), *b = a ? fopen(to, "wb") : NULL;
-    int rc = a && b ? 0 : -1;
-    char buf[4096];
-    size_t n;
-    while (rc == 0 && (n = fread(buf, 1, sizeof buf, a)) > 0)
-        if (fwrite(buf, 1, n, b) != n)
-            rc = -1;
-    if (a)
-        fclose(a);
-    if (b && fclose(b) != 0)
-        rc = -1;
-    return rc;
-}
-
 /* A gzip IDX pair: 24 images of 8x8, labels 0..2. */
 static int write_idx(void)
 {
@@ -220,7 +204,7 @@ static int make_folder(void)
                 continue;
             snprintf(from, sizeof from, "%s/%s", cdir, e->d_name);
             snprintf(to, sizeof to, "%s/%s", dir, e->d_name);
-            if (copy_file(from, to) != 0) {
+            if (tu_copy_file(from, to) != 0) {
                 closedir(d);
                 return -1;
             }

@@ -136,24 +136,6 @@ static void test_custom_loop(void)
 
 /* ---- 2. dpt_fit, an image file disappears mid-training ------------------------- */
 
-static int copy_file(const char *from, const char *to)
-{
-    FILE *a = fopen(from, "rb"), *b = a ? fopen(to, "wb") : NULL;
-    int rc = a && b ? 0 : -1;
-    char buf[8192];
-    size_t n;
-    while (rc == 0 && (n = fread(buf, 1, sizeof buf, a)) > 0)
-        if (fwrite(buf, 1, n, b) != n)
-            rc = -1;
-    if (a && ferror(a))
-        rc = -1;
-    if (a)
-        fclose(a);
-    if (b && fclose(b) != 0)
-        rc = -1;
-    return rc;
-}
-
 /* Copy root/<class>/<file> (one level of class folders). */
 static int copy_folder(const char *from, const char *to)
 {
@@ -177,7 +159,7 @@ static int copy_folder(const char *from, const char *to)
         else if (S_ISDIR(st.st_mode))
             rc = copy_folder(a, b);
         else
-            rc = copy_file(a, b);
+            rc = tu_copy_file(a, b);
     }
     closedir(d);
     return rc;

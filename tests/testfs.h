@@ -31,4 +31,23 @@ static inline void tu_remove_tree(const char *path)
     rmdir(path);
 }
 
+/* cp from to; 0 on success, -1 on any open, read, write or close error. */
+static inline int tu_copy_file(const char *from, const char *to)
+{
+    FILE *a = fopen(from, "rb"), *b = a ? fopen(to, "wb") : NULL;
+    int rc = a && b ? 0 : -1;
+    char buf[8192];
+    size_t n;
+    while (rc == 0 && (n = fread(buf, 1, sizeof buf, a)) > 0)
+        if (fwrite(buf, 1, n, b) != n)
+            rc = -1;
+    if (a && ferror(a))
+        rc = -1;
+    if (a)
+        fclose(a);
+    if (b && fclose(b) != 0)
+        rc = -1;
+    return rc;
+}
+
 #endif
