@@ -105,8 +105,10 @@ if unshare -m --propagation private true 2>/dev/null && unshare -m --propagation
   mkdir -p "$tmp/rw"
   # (A read-only bind mount laid over the output folder: files already open
   # there, like metrics.csv, stay writable; new ones cannot be created.)
+  # Many epochs, so that the run is still going when the remount lands (it
+  # stops at the first checkpoint after it); 2 epochs could end first.
   unshare -m --propagation private bash -c "
-    '$cli' train --data '$d' --batch 8 --workers 2 --seed 4 --quiet --epochs 2 --checkpoint-every 5 --out '$tmp/rw/o' >/dev/null 2>'$tmp/err' &
+    '$cli' train --data '$d' --batch 8 --workers 2 --seed 4 --quiet --epochs 40 --checkpoint-every 5 --out '$tmp/rw/o' >/dev/null 2>'$tmp/err' &
     pid=\$!
     for _ in \$(seq 1 1500); do [ -e '$tmp/rw/o/checkpoint.safetensors' ] && break; sleep 0.02; done
     mount --bind '$tmp/rw/o' '$tmp/rw/o' && mount -o remount,ro,bind '$tmp/rw/o' || echo 'cannot remount' >&2
