@@ -105,14 +105,18 @@ if unshare -m --propagation private true 2>/dev/null && unshare -m --propagation
   mkdir -p "$tmp/rw"
   # (A read-only bind mount laid over the output folder: files already open
   # there, like metrics.csv, stay writable; new ones cannot be created.)
-  # Many epochs, so that the run is still going when the remount lands (it
-  # stops at the first checkpoint after it); 2 epochs could end first.
+  # The remount can find the folder busy (a file being renamed in it at that
+  # moment): it is retried. Many epochs, so that the run is still going when
+  # the remount lands (it stops at the first checkpoint after it).
   unshare -m --propagation private bash -c "
     '$cli' train --data '$d' --batch 8 --workers 2 --seed 4 --quiet --epochs 40 --checkpoint-every 5 --out '$tmp/rw/o' >/dev/null 2>'$tmp/err' &
     pid=\$!
     for _ in \$(seq 1 1500); do [ -e '$tmp/rw/o/checkpoint.safetensors' ] && break; sleep 0.02; done
-    mount --bind '$tmp/rw/o' '$tmp/rw/o' && mount -o remount,ro,bind '$tmp/rw/o' || echo 'cannot remount' >&2
+    mount --bind '$tmp/rw/o' '$tmp/rw/o' || echo 'cannot bind' >'$tmp/mount-err'
+    for _ in \$(seq 1 100); do mount -o remount,ro,bind '$tmp/rw/o' 2>/dev/null && break; sleep 0.01; done
+    touch '$tmp/rw/o/probe' 2>/dev/null && echo 'still writable' >>'$tmp/mount-err'
     wait \$pid; echo \$? >'$tmp/rc'"
+  [ -s "$tmp/mount-err" ] && bad "read-only mid-run: the remount did not take: $(cat "$tmp/mount-err")"
   rc=$(cat "$tmp/rc")
   echo "folder made read-only mid-run: exit $rc, $(cat "$tmp/err")"
   [ "$rc" = 1 ] && [ "$(wc -l <"$tmp/err")" = 1 ] && grep -q "^dptrain: .*$tmp/rw/o/.*Read-only file system" "$tmp/err" \
