@@ -678,6 +678,38 @@ static void bench_conv(const char *label, dpt_conv2d_desc d, int first_layer)
     free(x), free(w), free(b), free(y), free(dy), free(dx), free(dw), free(db), free(work);
 }
 
+/* The backward sums of the batch norm below a conv, formed while the conv
+ * writes dx (dpt_conv2d_backward_ex's xg), against a separate pass over dx
+ * (dpt_bn_grad_sums), with and without the ReLU: the relative error of the
+ * worse. */
+static double check_xg(const dpt_conv2d_desc *d, const float *x, const float *w, const float *dy,
+                       float *work, dpt_rng *rng)
+{
+    const int c = d->c_in, hw = d->h * d->w;
+    const size_t nx = (size_t)d->n * c * hw, nw = (size_t)d->c_out * c * d->kh * d->kw;
+    float *prm = malloc(3 * (size_t)c * sizeof *prm);
+    fill_normal(rng, prm, 3 * (size_t)c, 0.5f);
+    for (int ch = 0; ch < c; ch++)
+        prm[c + ch] += 1.0f; /* scale near 1: about half the ReLU mask on */
+    float *dx = fill_nan(nx), *dw = fill_nan(nw);
+    double *g = malloc(4 * (size_t)c * sizeof *g), worst = 0.0;
+    float *got = malloc(4 * (size_t)c * sizeof *got);
+    for (int relu = 0; relu < 2; relu++) {
+        dpt_bn_apply a = {.mean = prm, .scale = prm + c, .shift = prm + 2 * c, .relu = relu};
+        dpt_conv2d_backward_ex(d, x, &a, w, dy, NULL, NULL, dx, dw, NULL, work, g);
+        for (int i = 0; i < 2 * c; i++)
+            g[2 * c + i] = 0.0;
+        dpt_bn_grad_sums(x, dx, d->n, c, hw, &a, g + 2 * c, g + 3 * c);
+        for (int i = 0; i < 4 * c; i++)
+            got[i] = (float)g[i];
+        double e = tu_rel_err(got, got + 2 * c, 2 * (size_t)c, NULL);
+        if (e > worst)
+            worst = e;
+    }
+    free(prm), free(dx), free(dw), free(g), free(got);
+    return worst;
+}
+
 /* Every kernel set this CPU supports against the generic one (im2col +
  * GEMM) on the example network's convolution shapes and a few awkward ones
  * (odd widths narrower than a vector, channel counts that do not fill a
@@ -694,7 +726,7 @@ static void cross_check_conv(const char *set, dpt_rng *rng, dpt_conv2d_desc d, i
     fill_normal(rng, b, d.c_out, 0.5f);
     fill_normal(rng, dy, ny, 1.0f);
     float *out[2][4]; /* [generic, set][y, dx, dw, db] */
-    double sums_err = 0.0;
+    double sums_err = 0.0, xg_err[2] = {0.0, 0.0};
     for (int pass = 0; pass < 2; pass++) {
         CHECK(dpt_ops_set_kernels(pass == 0 ? "generic" : set) == 0);
         float *work = fill_nan(dpt_conv2d_work_floats(&d));
@@ -721,6 +753,8 @@ static void cross_check_conv(const char *set, dpt_rng *rng, dpt_conv2d_desc d, i
             sums_err = tu_rel_err(got, want, 2 * (size_t)m, NULL);
             free(s), free(y2);
         }
+        if (!first_layer)
+            xg_err[pass] = check_xg(&d, x, w, dy, work, rng);
         free(work);
     }
     char label[160];
@@ -736,6 +770,13 @@ static void cross_check_conv(const char *set, dpt_rng *rng, dpt_conv2d_desc d, i
     printf("  %-40s rel err %.3e (tol %.0e) %s\n", "batch-norm sums of y", sums_err, REF_TOL,
            sums_err <= REF_TOL ? "ok" : "FAIL");
     CHECK(sums_err <= REF_TOL);
+    for (int pass = 0; pass < 2 && !first_layer; pass++) {
+        note(&worst_ref, xg_err[pass]);
+        printf("  %-40s rel err %.3e (tol %.0e) %s\n",
+               pass ? "bn sums with dx (set)" : "bn sums with dx (generic)", xg_err[pass], REF_TOL,
+               xg_err[pass] <= REF_TOL ? "ok" : "FAIL");
+        CHECK(xg_err[pass] <= REF_TOL);
+    }
     for (int pass = 0; pass < 2; pass++)
         for (int k = 0; k < 4; k++)
             free(out[pass][k]);

@@ -124,9 +124,13 @@ static dpt_status conv_backward(dpt_net *net, dpt_layer *l, const float *x, cons
     size_t nw = (size_t)c->filters * l->in[0] * c->kh * c->kw;
     /* Fused (net.c): x as in forward; dy is the gradient at the output of
      * the batchnorm above, whose backward is applied here using y. */
+    /* With the batchnorm below fused, its backward sums come with dx. */
+    double *xg = l->in_bnf && dx ? l->in_bnf->xg : NULL;
     dpt_conv2d_backward_ex(&c->d, x, l->in_bnf ? &l->in_bnf->a : NULL, l->p, dy,
                            l->out_bnf ? &l->out_bnf->a : NULL, y, dx, l->g,
-                           c->bias ? l->g + nw : NULL, net->work);
+                           c->bias ? l->g + nw : NULL, net->work, xg);
+    if (xg)
+        l->in_bnf->xg_ready = 1;
     return DPT_OK;
 }
 

@@ -284,6 +284,10 @@ static size_t layer_count(const dpt_layer *l) { return (size_t)l->out[0] * l->ou
  *  - conv then batchnorm, backward: the batchnorm computes only its sums and
  *    per-channel coefficients; the conv forms its output gradient from them
  *    while packing it (the batchnorm's input gradient is never written).
+ *  - batchnorm (+ relu) then conv, backward: the conv adds up the
+ *    batchnorm's backward sums while it writes its input gradient (the
+ *    gradient at the batchnorm's output), so the batchnorm reads neither
+ *    that gradient nor its input again.
  * With these, a conv -> batchnorm -> relu block reads and writes its
  * activations about half as often. A non-finite value inside a fused
  * batchnorm is reported at the conv after it. */
@@ -297,7 +301,7 @@ static dpt_status plan_fusion(dpt_net *net)
     for (int i = 1; i < net->n_layers; i++) {
         dpt_layer *l = &net->layers[i];
         if (l->type == &dpt_layer_batchnorm && net->layers[i - 1].type == &dpt_layer_conv) {
-            n_sums += 2 * (size_t)l->in[0];
+            n_sums += 4 * (size_t)l->in[0];
             n_bn++;
             n_buf += 6 * (size_t)l->in[0];
         }
@@ -318,7 +322,8 @@ static dpt_status plan_fusion(dpt_net *net)
             continue;
         const size_t c = (size_t)l->in[0];
         below->sums_out = l->sums_in = sums;
-        sums += 2 * c;
+        f->xg = sums + 2 * c;
+        sums += 4 * c;
         f->a.mean = buf, f->a.scale = buf + c, f->a.shift = buf + 2 * c;
         f->a.kf = buf + 3 * c, f->a.ka = buf + 4 * c, f->a.kb = buf + 5 * c;
         buf += 6 * c;

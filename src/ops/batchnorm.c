@@ -105,6 +105,21 @@ static void backward_sums(const float *x, const float *dy, int n, int c, int hw,
     }
 }
 
+void dpt_bn_grad_sums(const float *x, const float *g, int n, int c, int hw, const dpt_bn_apply *a,
+                      double *s_g, double *s_gx)
+{
+    const bn_isa *k = isa();
+    for (int ch = 0; ch < c; ch++)
+        for (int i = 0; i < n; i++) {
+            const size_t base = ((size_t)i * c + ch) * hw;
+            double p, q;
+            k->backward_sums(x + base, g + base, hw, a->mean[ch], a->scale[ch], a->shift[ch],
+                             a->relu, &p, &q);
+            s_g[ch] += p;
+            s_gx[ch] += q;
+        }
+}
+
 void dpt_bn_backward_sums(const float *x, const float *dy, int n, int c, int hw,
                           const float *mean, const float *invstd, double *sum_dy,
                           double *sum_dy_xhat)

@@ -228,20 +228,22 @@ void dpt_conv2d_forward_ex(const dpt_conv2d_desc *d, const float *x, const dpt_b
 void dpt_conv2d_backward(const dpt_conv2d_desc *d, const float *x, const float *w,
                          const float *dy, float *dx, float *dw, float *db, float *work)
 {
-    dpt_conv2d_backward_ex(d, x, NULL, w, dy, NULL, NULL, dx, dw, db, work);
+    dpt_conv2d_backward_ex(d, x, NULL, w, dy, NULL, NULL, dx, dw, db, work, NULL);
 }
 
 void dpt_conv2d_backward_ex(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
                             const float *w, const float *dy, const dpt_bn_apply *dya,
-                            const float *y, float *dx, float *dw, float *db, float *work)
+                            const float *y, float *dx, float *dw, float *db, float *work,
+                            double *xg)
 {
     const int K = d->c_in * d->kh * d->kw, P = d->out_h * d->out_w;
     const size_t x_img = (size_t)d->c_in * d->h * d->w, y_img = (size_t)d->c_out * P;
     const int identity = lowering_is_identity(d);
     assert(work || (identity && !xa && !dya));
+    assert(!xg || (xa && dx));
     const conv_isa *isa = dpt_conv_direct_pick(d);
     if (isa) {
-        dpt_conv_direct_backward(isa, d, x, xa, w, dy, dya, y, dx, dw, db, work);
+        dpt_conv_direct_backward(isa, d, x, xa, w, dy, dya, y, dx, dw, db, work, xg);
         return;
     }
     float *xt = work + col_floats(d), *dyt = xt + x_img; /* one transformed image each */
@@ -289,4 +291,9 @@ void dpt_conv2d_backward_ex(const dpt_conv2d_desc *d, const float *x, const dpt_
     }
     for (int co = 0; db && co < d->c_out; co++)
         db[co] = (float)bsum[co];
+    if (xg) { /* no kernel to fold them into here: one pass over dx */
+        for (int ci = 0; ci < 2 * d->c_in; ci++)
+            xg[ci] = 0.0;
+        dpt_bn_grad_sums(x, dx, d->n, d->c_in, d->h * d->w, xa, xg, xg + d->c_in);
+    }
 }

@@ -29,6 +29,7 @@ static inline __m256i range_mask(int lo, int hi)
                                _mm256_cmpgt_epi32(_mm256_set1_epi32(hi), idx));
 }
 #define VSTORE_RANGE(p, v, lo, hi) _mm256_maskstore_ps((p), range_mask((lo), (hi)), (v))
+#define VLOAD_RANGE(p, lo, hi) _mm256_maskload_ps((p), range_mask((lo), (hi)))
 #define VLOAD_N(p, n) _mm256_maskload_ps((p), range_mask(0, (n)))
 #define VSUB(a, b) _mm256_sub_ps((a), (b))
 #define VMUL(a, b) _mm256_mul_ps((a), (b))

@@ -23,6 +23,8 @@
 /* Forward: 5 channels x 4 vectors = 20 accumulators + 4 inputs + 1 weight. */
 #define VSTORE_RANGE(p, v, lo, hi) \
     _mm512_mask_storeu_ps((p), (__mmask16)(((1u << (hi)) - 1u) & ~((1u << (lo)) - 1u)), (v))
+#define VLOAD_RANGE(p, lo, hi) \
+    _mm512_maskz_loadu_ps((__mmask16)(((1u << (hi)) - 1u) & ~((1u << (lo)) - 1u)), (p))
 #define VLOAD_N(p, n) _mm512_maskz_loadu_ps((__mmask16)((1u << (n)) - 1u), (p))
 #define VSUB(a, b) _mm512_sub_ps((a), (b))
 #define VMUL(a, b) _mm512_mul_ps((a), (b))

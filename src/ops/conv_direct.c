@@ -103,7 +103,8 @@ static void make_geom(const conv_isa *isa, const dpt_conv2d_desc *d, geom *g)
     g->o_zero = o, o += round_up((size_t)g->nq_w, ALIGN_F);
     g->o_wpk = o, o += round_up(wpk, ALIGN_F);
     g->o_part = o, o += round_up((size_t)g->co_pw * g->k_pw * vw, ALIGN_F);
-    g->o_stats = o, o += round_up((size_t)d->c_out * 2 * vw, ALIGN_F);
+    g->o_stats = o, o += round_up((size_t)(d->c_out > d->c_in ? d->c_out : d->c_in) * 2 * vw,
+                                  ALIGN_F);
     g->o_bsum = o, o += round_up((size_t)d->c_out * 2, ALIGN_F); /* doubles */
     /* Tables stored in the float buffer: the output map (5 ints per entry)
      * and the pointer tables of the weight-gradient kernel. */
@@ -240,7 +241,7 @@ void dpt_conv_direct_forward(const conv_isa *isa, const dpt_conv2d_desc *d, cons
             if (st)
                 memset(st, 0, (size_t)d->c_out * 2 * vw * sizeof *st);
             isa->fwd(xp, g.ps_x, d->c_in, kt, offs, wpk, b, d->c_out, yi, (size_t)P, g.nq_f, map,
-                     st);
+                     st, NULL, NULL);
             /* Per-image lane sums into float64: each float sum covers one
              * image's plane, so the batch total keeps its precision. */
             for (int co = 0; st && co < d->c_out; co++) {
@@ -254,7 +255,7 @@ void dpt_conv_direct_forward(const conv_isa *isa, const dpt_conv2d_desc *d, cons
             }
         } else {
             isa->fwd(xp, g.ps_x, d->c_in, kt, offs, wpk, b, d->c_out, out, g.ys_f, g.nq_f, NULL,
-                     NULL);
+                     NULL, NULL, NULL);
             compact(out, d->c_out, d->out_h, d->out_w, g.wp, g.ys_f, yi);
             if (sum) {
                 double *tmp = (double *)(void *)stats; /* 2 c_out doubles fit */
@@ -271,7 +272,7 @@ void dpt_conv_direct_forward(const conv_isa *isa, const dpt_conv2d_desc *d, cons
 void dpt_conv_direct_backward(const conv_isa *isa, const dpt_conv2d_desc *d, const float *x,
                               const dpt_bn_apply *xa, const float *w, const float *dy,
                               const dpt_bn_apply *dya, const float *y, float *dx, float *dw,
-                              float *db, float *work)
+                              float *db, float *work, double *xg)
 {
     geom g;
     make_geom(isa, d, &g);
@@ -323,6 +324,9 @@ void dpt_conv_direct_backward(const conv_isa *isa, const dpt_conv2d_desc *d, con
         }
     }
     double *bsum = db ? (double *)(void *)(work + g.o_bsum) : NULL;
+    float *stats = work + g.o_stats;
+    for (int ci = 0; xg && ci < 2 * d->c_in; ci++)
+        xg[ci] = 0.0;
     for (int co = 0; db && co < d->c_out; co++)
         bsum[co] = 0.0;
 
@@ -364,12 +368,27 @@ void dpt_conv_direct_backward(const conv_isa *isa, const dpt_conv2d_desc *d, con
         if (dx) {
             float *dxi = dx + i * x_img;
             if (map) {
+                /* With xg, the sums of the batch norm below come with dx. */
+                float *st = xg ? stats : NULL;
+                if (st)
+                    memset(st, 0, (size_t)d->c_in * 2 * vw * sizeof *st);
                 isa->fwd(dyp, g.ps_d, d->c_out, kt, od, wpk, NULL, d->c_in, dxi,
-                         (size_t)d->h * d->w, g.nq_b, map, NULL);
+                         (size_t)d->h * d->w, g.nq_b, map, st, st ? xi : NULL, st ? xa : NULL);
+                for (int ci = 0; st && ci < d->c_in; ci++) {
+                    double s1 = 0.0, s2 = 0.0;
+                    for (int l = 0; l < vw; l++) {
+                        s1 += st[(size_t)ci * 2 * vw + l];
+                        s2 += st[(size_t)ci * 2 * vw + vw + l];
+                    }
+                    xg[ci] += s1;
+                    xg[d->c_in + ci] += s2;
+                }
             } else {
                 isa->fwd(dyp, g.ps_d, d->c_out, kt, od, wpk, NULL, d->c_in, out, g.ys_b, g.nq_b,
-                         NULL, NULL);
+                         NULL, NULL, NULL, NULL);
                 compact(out, d->c_in, d->h, d->w, g.wd, g.ys_b, dxi);
+                if (xg)
+                    dpt_bn_grad_sums(xi, dxi, 1, d->c_in, d->h * d->w, xa, xg, xg + d->c_in);
             }
         }
     }

@@ -28,7 +28,7 @@ typedef struct conv_isa {
     /* See conv_kern.h for the exact contracts. */
     void (*fwd)(const float *x, size_t ps, int c_in, int kt, const int *off, const float *wpk,
                 const float *bias, int c_out, float *y, size_t ys, int nq,
-                const conv_out_map *map, float *stats);
+                const conv_out_map *map, float *stats, const float *bx, const dpt_bn_apply *ba);
     void (*dw)(const float *const *dy, int c_out, const float *const *xk, int k_total, int nq,
                float *part);
     void (*pad)(const float *src, int c, int h, int w, int ph, int pw, int wp, size_t ps,
@@ -63,6 +63,6 @@ void dpt_conv_direct_forward(const conv_isa *isa, const dpt_conv2d_desc *d, cons
 void dpt_conv_direct_backward(const conv_isa *isa, const dpt_conv2d_desc *d, const float *x,
                               const dpt_bn_apply *xa, const float *w, const float *dy,
                               const dpt_bn_apply *dya, const float *y, float *dx, float *dw,
-                              float *db, float *work);
+                              float *db, float *work, double *xg);
 
 #endif

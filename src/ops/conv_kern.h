@@ -18,6 +18,7 @@
  *                   [lo_b, hi_b) zeroed
  *   VSUB, VMUL      a − b, a · b
  *   VKEEPGT0(v, z, zero)  v where z > 0, else 0
+ *   VLOAD_RANGE(p, lo, hi)  load lanes [lo, hi) from p + lane, the others zero
  *   VW              lanes
  *   FWD_CB, FWD_NV  forward tile: FWD_CB output channels x FWD_NV vectors
  *   DW_CB, DW_KB    weight-gradient tile: DW_CB channels x DW_KB filter taps
@@ -41,11 +42,16 @@
  * Stored wide (map NULL: y + co*ys + q) or through map (conv_out_map, one
  * entry per vector of q) into dense planes y + co*ys; with stats, the stored
  * values are also added up per channel into stats[co][2][VW] (sum, sum of
- * squares, per lane). */
+ * squares, per lane).
+ * With ba (data gradient of a conv whose input is a batch norm's output,
+ * applied on the fly; needs map and stats): the output is the gradient g at
+ * that output, and stats gets the sums the batch norm's backward needs,
+ * Σg' and Σg'·(bx − mean), g' = g masked by its ReLU, bx the batch norm's
+ * input (planes laid out as y): no separate pass over g and bx. */
 static inline __attribute__((always_inline)) void KERN(fwd_body)(
     const float *x, size_t ps, int c_in, const int kt, const int *off, const float *wpk,
     const float *bias, int c_out, float *y, size_t ys, int nq, const conv_out_map *map,
-    float *stats)
+    float *stats, const float *bx, const dpt_bn_apply *ba)
 {
     const int tile = FWD_NV * VW;
     const size_t kblk = (size_t)c_in * kt * FWD_CB;
@@ -103,7 +109,27 @@ static inline __attribute__((always_inline)) void KERN(fwd_body)(
                         VSTORE_RANGE(yc + m[v].off_a, acc[c][v], 0, m[v].hi_a);
                         VSTORE_RANGE(yc + m[v].off_b, acc[c][v], m[v].lo_b, m[v].hi_b);
                     }
-                    if (stats) {
+                    if (stats && ba) {
+                        const float *xc = bx + (size_t)(c0 + c) * ys;
+                        const VEC mv = VSET1(ba->mean[c0 + c]), sc = VSET1(ba->scale[c0 + c]);
+                        const VEC sh = VSET1(ba->shift[c0 + c]), zero = VZERO();
+                        float *st = stats + (size_t)(c0 + c) * 2 * VW;
+                        VEC s1 = VLOAD(st), s2 = VLOAD(st + VW);
+#pragma GCC unroll 4
+                        for (int v = 0; v < FWD_NV; v++) {
+                            /* lanes outside the map load as 0 and keep 0 */
+                            VEC xv = VADD(VLOAD_RANGE(xc + m[v].off_a, 0, m[v].hi_a),
+                                          VLOAD_RANGE(xc + m[v].off_b, m[v].lo_b, m[v].hi_b));
+                            VEC d = VSUB(xv, mv);
+                            VEC k = VKEEP2(acc[c][v], m[v].hi_a, m[v].lo_b, m[v].hi_b);
+                            if (ba->relu)
+                                k = VKEEPGT0(k, VADD(VMUL(d, sc), sh), zero);
+                            s1 = VADD(s1, k);
+                            s2 = VFMA(k, d, s2);
+                        }
+                        VSTORE(st, s1);
+                        VSTORE(st + VW, s2);
+                    } else if (stats) {
                         float *st = stats + (size_t)(c0 + c) * 2 * VW;
                         VEC s1 = VLOAD(st), s2 = VLOAD(st + VW);
 #pragma GCC unroll 4
@@ -125,17 +151,18 @@ static inline __attribute__((always_inline)) void KERN(fwd_body)(
  * inlined with kt a constant). */
 static void KERN(fwd)(const float *x, size_t ps, int c_in, int kt, const int *off,
                       const float *wpk, const float *bias, int c_out, float *y, size_t ys, int nq,
-                      const conv_out_map *map, float *stats)
+                      const conv_out_map *map, float *stats, const float *bx,
+                      const dpt_bn_apply *ba)
 {
     switch (kt) {
     case 9:
-        KERN(fwd_body)(x, ps, c_in, 9, off, wpk, bias, c_out, y, ys, nq, map, stats);
+        KERN(fwd_body)(x, ps, c_in, 9, off, wpk, bias, c_out, y, ys, nq, map, stats, bx, ba);
         break;
     case 25:
-        KERN(fwd_body)(x, ps, c_in, 25, off, wpk, bias, c_out, y, ys, nq, map, stats);
+        KERN(fwd_body)(x, ps, c_in, 25, off, wpk, bias, c_out, y, ys, nq, map, stats, bx, ba);
         break;
     default:
-        KERN(fwd_body)(x, ps, c_in, kt, off, wpk, bias, c_out, y, ys, nq, map, stats);
+        KERN(fwd_body)(x, ps, c_in, kt, off, wpk, bias, c_out, y, ys, nq, map, stats, bx, ba);
         break;
     }
 }

@@ -75,10 +75,13 @@ void dpt_conv2d_forward_ex(const dpt_conv2d_desc *d, const float *x, const dpt_b
  * given at the output of a batch norm applied to this conv's output y
  * (dya non-NULL: the gradient the convolution uses is dya's backward of
  * dy, as above; dya NULL: dy itself and y unused). db is the sum of the
- * gradient the convolution uses. */
+ * gradient the convolution uses. xg: NULL, or (with xa and dx) 2·c_in
+ * doubles that receive what xa's batch norm needs for its backward,
+ * dpt_bn_grad_sums(x, dx, ...), formed while dx is written. */
 void dpt_conv2d_backward_ex(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
                             const float *w, const float *dy, const dpt_bn_apply *dya,
-                            const float *y, float *dx, float *dw, float *db, float *work);
+                            const float *y, float *dx, float *dw, float *db, float *work,
+                            double *xg);
 /* From dy [n, c_out, out_h, out_w]: dx (may be NULL: not needed for the first
  * layer), dw [c_out, c_in, kh, kw], db [c_out] (may be NULL). */
 void dpt_conv2d_backward(const dpt_conv2d_desc *d, const float *x, const float *w,
@@ -107,6 +110,12 @@ void dpt_bn_backward_dx(const float *x, const float *dy, int n, int c, int hw,
                         const float *mean, const float *invstd, const float *gamma,
                         const double *sum_dy, const double *sum_dy_xhat, double count,
                         float *dx);
+/* Adds to s_g[ch] Σ g' and to s_gx[ch] Σ g'·(x − a->mean[ch]) over the
+ * channel, with g' = g masked by a's ReLU (a->relu; the mask of
+ * dpt_bn_apply): dpt_bn_backward_sums' two sums from a's fields, the second
+ * not yet multiplied by invstd. */
+void dpt_bn_grad_sums(const float *x, const float *g, int n, int c, int hw, const dpt_bn_apply *a,
+                      double *s_g, double *s_gx);
 /* The per-channel coefficients of dx = kf·dy − ka − (x − mean)·kb that
  * dpt_bn_backward_dx uses (kf = gamma·invstd, ka = kf·sum_dy/count,
  * kb = kf·sum_dy_xhat/count·invstd, formed in float64); for dpt_bn_apply. */
