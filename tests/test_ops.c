@@ -679,9 +679,10 @@ static void bench_conv(const char *label, dpt_conv2d_desc d, int first_layer)
 }
 
 /* The backward sums of the batch norm below a conv, formed while the conv
- * writes dx (dpt_conv2d_backward_ex's xg), against a separate pass over dx
- * (dpt_bn_grad_sums), with and without the ReLU: the relative error of the
- * worse. */
+ * writes dx (dpt_conv2d_backward_ex's xg), against the batch norm's own
+ * pass over dx (dpt_bn_backward_sums and _relu, with gamma = scale and
+ * invstd = 1 so that their sums are xg's), with and without the ReLU: the
+ * relative error of the worse. */
 static double check_xg(const dpt_conv2d_desc *d, const float *x, const float *w, const float *dy,
                        float *work, dpt_rng *rng)
 {
@@ -693,20 +694,24 @@ static double check_xg(const dpt_conv2d_desc *d, const float *x, const float *w,
         prm[c + ch] += 1.0f; /* scale near 1: about half the ReLU mask on */
     float *dx = fill_nan(nx), *dw = fill_nan(nw);
     double *g = malloc(4 * (size_t)c * sizeof *g), worst = 0.0;
-    float *got = malloc(4 * (size_t)c * sizeof *got);
+    float *got = malloc(4 * (size_t)c * sizeof *got), *ones = malloc((size_t)c * sizeof *ones);
+    for (int ch = 0; ch < c; ch++)
+        ones[ch] = 1.0f;
     for (int relu = 0; relu < 2; relu++) {
         dpt_bn_apply a = {.mean = prm, .scale = prm + c, .shift = prm + 2 * c, .relu = relu};
         dpt_conv2d_backward_ex(d, x, &a, w, dy, NULL, NULL, dx, dw, NULL, work, g);
-        for (int i = 0; i < 2 * c; i++)
-            g[2 * c + i] = 0.0;
-        dpt_bn_grad_sums(x, dx, d->n, c, hw, &a, g + 2 * c, g + 3 * c);
+        if (relu)
+            dpt_bn_backward_sums_relu(x, dx, d->n, c, hw, a.mean, ones, a.scale, a.shift,
+                                      g + 2 * c, g + 3 * c);
+        else
+            dpt_bn_backward_sums(x, dx, d->n, c, hw, a.mean, ones, g + 2 * c, g + 3 * c);
         for (int i = 0; i < 4 * c; i++)
             got[i] = (float)g[i];
         double e = tu_rel_err(got, got + 2 * c, 2 * (size_t)c, NULL);
         if (e > worst)
             worst = e;
     }
-    free(prm), free(dx), free(dw), free(g), free(got);
+    free(prm), free(dx), free(dw), free(g), free(got), free(ones);
     return worst;
 }
 
@@ -875,6 +880,33 @@ static void cross_check_linear(const char *set, dpt_rng *rng, int n, int in, int
     free(x), free(w), free(b), free(dy);
 }
 
+/* The shapes cross_check_conv runs on every kernel set. */
+#define CONV(N, CI, H, W, CO, KH, KW, PAD)                                                  \
+    {.n = N, .c_in = CI, .h = H, .w = W, .c_out = CO, .kh = KH, .kw = KW, .stride = 1, \
+     .pad = PAD}
+static const struct {
+    dpt_conv2d_desc d;
+    int first_layer; /* no dx */
+} conv_cases[] = {
+    /* The example network's conv1 and conv2/conv3. */
+    {CONV(5, 1, 28, 28, 20, 5, 5, 0), 1},
+    {CONV(5, 20, 24, 24, 20, 3, 3, 1), 0},
+    /* A larger batch: state carried from image to image (padding zeroed
+     * once, per-lane partial sums) must not leak. */
+    {CONV(37, 6, 11, 10, 7, 3, 3, 1), 0},
+    /* 3x3 filters on wider planes (rows longer than two vectors), padding 0
+     * and 2, channel counts that do not fill a register tile. */
+    {CONV(3, 7, 38, 36, 13, 3, 3, 1), 0},
+    {CONV(2, 3, 10, 12, 6, 3, 3, 0), 0},
+    {CONV(2, 4, 6, 8, 1, 3, 3, 2), 0},
+    /* Rows narrower than a vector, non-square and tall filters. */
+    {CONV(3, 7, 5, 3, 13, 3, 3, 2), 0},
+    {CONV(2, 3, 17, 33, 23, 2, 4, 1), 0},
+    {CONV(2, 33, 9, 9, 1, 5, 1, 0), 0},
+    {CONV(2, 4, 19, 21, 6, 5, 5, 1), 0},
+};
+#undef CONV
+
 int main(void)
 {
     desc_checks();
@@ -909,30 +941,8 @@ int main(void)
         fd_linear(&rng, 5, 7, 4);
         if (k == 0)
             continue;
-        cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 5, .c_in = 1, .h = 28, .w = 28,
-                         .c_out = 20, .kh = 5, .kw = 5, .stride = 1, .pad = 0}, 1);
-        cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 5, .c_in = 20, .h = 24, .w = 24,
-                         .c_out = 20, .kh = 3, .kw = 3, .stride = 1, .pad = 1}, 0);
-        /* A larger batch: state carried from image to image (padding
-         * zeroed once, per-lane partial sums) must not leak. */
-        cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 37, .c_in = 6, .h = 11, .w = 10,
-                         .c_out = 7, .kh = 3, .kw = 3, .stride = 1, .pad = 1}, 0);
-        /* 3x3 filters on wider planes (rows longer than two vectors),
-         * padding 0 and 2, channel counts that do not fill a register tile. */
-        cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 3, .c_in = 7, .h = 38, .w = 36,
-                         .c_out = 13, .kh = 3, .kw = 3, .stride = 1, .pad = 1}, 0);
-        cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 2, .c_in = 3, .h = 10, .w = 12,
-                         .c_out = 6, .kh = 3, .kw = 3, .stride = 1, .pad = 0}, 0);
-        cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 2, .c_in = 4, .h = 6, .w = 8,
-                         .c_out = 1, .kh = 3, .kw = 3, .stride = 1, .pad = 2}, 0);
-        cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 3, .c_in = 7, .h = 5, .w = 3,
-                         .c_out = 13, .kh = 3, .kw = 3, .stride = 1, .pad = 2}, 0);
-        cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 2, .c_in = 3, .h = 17, .w = 33,
-                         .c_out = 23, .kh = 2, .kw = 4, .stride = 1, .pad = 1}, 0);
-        cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 2, .c_in = 33, .h = 9, .w = 9,
-                         .c_out = 1, .kh = 5, .kw = 1, .stride = 1, .pad = 0}, 0);
-        cross_check_conv(sets[k], &rng, (dpt_conv2d_desc){.n = 2, .c_in = 4, .h = 19, .w = 21,
-                         .c_out = 6, .kh = 5, .kw = 5, .stride = 1, .pad = 1}, 0);
+        for (size_t j = 0; j < sizeof conv_cases / sizeof *conv_cases; j++)
+            cross_check_conv(sets[k], &rng, conv_cases[j].d, conv_cases[j].first_layer);
         cross_check_bn(sets[k], &rng, 5, 20, 576);
         cross_check_bn(sets[k], &rng, 3, 3, 37);
         cross_check_bn(sets[k], &rng, 4, 5, 1);

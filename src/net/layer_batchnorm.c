@@ -152,14 +152,13 @@ static dpt_status bn_backward(dpt_net *net, dpt_layer *l, const float *x, const 
     /* With the ReLU fused in, dy is at the ReLU's output; the _relu kernels
      * apply its mask. */
     const float *offset = l->p, *scale = l->p + c;
-    if (l->bnf && l->bnf->xg_ready) {
+    if (l->bnf && l->bnf->out_virtual) {
         /* The conv above added them up while writing dy (net.c). */
         const double *xg = l->bnf->xg;
         for (int i = 0; i < c; i++) {
             sum_dy[i] = xg[i];
             sum_dy_xhat[i] = xg[c + i] * b->invstd[i];
         }
-        l->bnf->xg_ready = 0;
     } else if (l->relu_after) {
         dpt_bn_backward_sums_relu(x, dy, n, c, hw, b->mean, b->invstd, scale, offset, sum_dy,
                                   sum_dy_xhat);

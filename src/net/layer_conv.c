@@ -2,6 +2,7 @@
 #include "net/net_impl.h"
 #include "ops/ops.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -122,15 +123,15 @@ static dpt_status conv_backward(dpt_net *net, dpt_layer *l, const float *x, cons
     conv_layer *c = l->priv;
     c->d.n = n;
     size_t nw = (size_t)c->filters * l->in[0] * c->kh * c->kw;
-    /* Fused (net.c): x as in forward; dy is the gradient at the output of
-     * the batchnorm above, whose backward is applied here using y. */
-    /* With the batchnorm below fused, its backward sums come with dx. */
-    double *xg = l->in_bnf && dx ? l->in_bnf->xg : NULL;
+    /* Fused (net.c): x as in forward, and the batchnorm below gets its
+     * backward sums with dx (a conv above a batchnorm is never the first
+     * layer, so dx is there); dy is the gradient at the output of the
+     * batchnorm above, whose backward is applied here using y. */
+    assert(!l->in_bnf || dx);
     dpt_conv2d_backward_ex(&c->d, x, l->in_bnf ? &l->in_bnf->a : NULL, l->p, dy,
                            l->out_bnf ? &l->out_bnf->a : NULL, y, dx, l->g,
-                           c->bias ? l->g + nw : NULL, net->work, xg);
-    if (xg)
-        l->in_bnf->xg_ready = 1;
+                           c->bias ? l->g + nw : NULL, net->work,
+                           l->in_bnf ? l->in_bnf->xg : NULL);
     return DPT_OK;
 }
 

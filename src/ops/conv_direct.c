@@ -199,6 +199,22 @@ static double sum_f32(const float *p, size_t n)
     return s;
 }
 
+/* The kernels' per-lane sums of one image, st[c][2][vw], added into a[c]
+ * and b[c] in float64: each float sum covers one image's plane, so the
+ * batch total keeps its precision. */
+static void add_lane_sums(const float *st, int c, int vw, double *a, double *b)
+{
+    for (int ch = 0; ch < c; ch++) {
+        double s1 = 0.0, s2 = 0.0;
+        for (int l = 0; l < vw; l++) {
+            s1 += st[(size_t)ch * 2 * vw + l];
+            s2 += st[(size_t)ch * 2 * vw + vw + l];
+        }
+        a[ch] += s1;
+        b[ch] += s2;
+    }
+}
+
 void dpt_conv_direct_forward(const conv_isa *isa, const dpt_conv2d_desc *d, const float *x,
                              const dpt_bn_apply *xa, const float *w, const float *b, float *y,
                              float *work, double *sum, double *sumsq)
@@ -242,17 +258,8 @@ void dpt_conv_direct_forward(const conv_isa *isa, const dpt_conv2d_desc *d, cons
                 memset(st, 0, (size_t)d->c_out * 2 * vw * sizeof *st);
             isa->fwd(xp, g.ps_x, d->c_in, kt, offs, wpk, b, d->c_out, yi, (size_t)P, g.nq_f, map,
                      st, NULL, NULL);
-            /* Per-image lane sums into float64: each float sum covers one
-             * image's plane, so the batch total keeps its precision. */
-            for (int co = 0; st && co < d->c_out; co++) {
-                double s1 = 0.0, s2 = 0.0;
-                for (int l = 0; l < vw; l++) {
-                    s1 += st[(size_t)co * 2 * vw + l];
-                    s2 += st[(size_t)co * 2 * vw + vw + l];
-                }
-                sum[co] += s1;
-                sumsq[co] += s2;
-            }
+            if (st)
+                add_lane_sums(st, d->c_out, vw, sum, sumsq);
         } else {
             isa->fwd(xp, g.ps_x, d->c_in, kt, offs, wpk, b, d->c_out, out, g.ys_f, g.nq_f, NULL,
                      NULL, NULL, NULL);
@@ -374,15 +381,8 @@ void dpt_conv_direct_backward(const conv_isa *isa, const dpt_conv2d_desc *d, con
                     memset(st, 0, (size_t)d->c_in * 2 * vw * sizeof *st);
                 isa->fwd(dyp, g.ps_d, d->c_out, kt, od, wpk, NULL, d->c_in, dxi,
                          (size_t)d->h * d->w, g.nq_b, map, st, st ? xi : NULL, st ? xa : NULL);
-                for (int ci = 0; st && ci < d->c_in; ci++) {
-                    double s1 = 0.0, s2 = 0.0;
-                    for (int l = 0; l < vw; l++) {
-                        s1 += st[(size_t)ci * 2 * vw + l];
-                        s2 += st[(size_t)ci * 2 * vw + vw + l];
-                    }
-                    xg[ci] += s1;
-                    xg[d->c_in + ci] += s2;
-                }
+                if (st)
+                    add_lane_sums(st, d->c_in, vw, xg, xg + d->c_in);
             } else {
                 isa->fwd(dyp, g.ps_d, d->c_out, kt, od, wpk, NULL, d->c_in, out, g.ys_b, g.nq_b,
                          NULL, NULL, NULL, NULL);

@@ -109,34 +109,28 @@ static inline __attribute__((always_inline)) void KERN(fwd_body)(
                         VSTORE_RANGE(yc + m[v].off_a, acc[c][v], 0, m[v].hi_a);
                         VSTORE_RANGE(yc + m[v].off_b, acc[c][v], m[v].lo_b, m[v].hi_b);
                     }
-                    if (stats && ba) {
-                        const float *xc = bx + (size_t)(c0 + c) * ys;
-                        const VEC mv = VSET1(ba->mean[c0 + c]), sc = VSET1(ba->scale[c0 + c]);
-                        const VEC sh = VSET1(ba->shift[c0 + c]), zero = VZERO();
+                    if (stats) {
+                        /* With ba, s2 gets k·(bx − mean) and k is masked by
+                         * the ReLU; without, s2 gets k·k. */
                         float *st = stats + (size_t)(c0 + c) * 2 * VW;
                         VEC s1 = VLOAD(st), s2 = VLOAD(st + VW);
+                        const float *xc = ba ? bx + (size_t)(c0 + c) * ys : NULL;
+                        const VEC zero = VZERO();
+                        const VEC mv = ba ? VSET1(ba->mean[c0 + c]) : zero;
+                        const VEC sc = ba ? VSET1(ba->scale[c0 + c]) : zero;
+                        const VEC sh = ba ? VSET1(ba->shift[c0 + c]) : zero;
 #pragma GCC unroll 4
                         for (int v = 0; v < FWD_NV; v++) {
-                            /* lanes outside the map load as 0 and keep 0 */
-                            VEC xv = VADD(VLOAD_RANGE(xc + m[v].off_a, 0, m[v].hi_a),
-                                          VLOAD_RANGE(xc + m[v].off_b, m[v].lo_b, m[v].hi_b));
-                            VEC d = VSUB(xv, mv);
-                            VEC k = VKEEP2(acc[c][v], m[v].hi_a, m[v].lo_b, m[v].hi_b);
-                            if (ba->relu)
-                                k = VKEEPGT0(k, VADD(VMUL(d, sc), sh), zero);
+                            VEC k = VKEEP2(acc[c][v], m[v].hi_a, m[v].lo_b, m[v].hi_b), d = k;
+                            if (ba) { /* lanes outside the map load as 0 and keep 0 */
+                                d = VSUB(VADD(VLOAD_RANGE(xc + m[v].off_a, 0, m[v].hi_a),
+                                              VLOAD_RANGE(xc + m[v].off_b, m[v].lo_b, m[v].hi_b)),
+                                         mv);
+                                if (ba->relu)
+                                    k = VKEEPGT0(k, VADD(VMUL(d, sc), sh), zero);
+                            }
                             s1 = VADD(s1, k);
                             s2 = VFMA(k, d, s2);
-                        }
-                        VSTORE(st, s1);
-                        VSTORE(st + VW, s2);
-                    } else if (stats) {
-                        float *st = stats + (size_t)(c0 + c) * 2 * VW;
-                        VEC s1 = VLOAD(st), s2 = VLOAD(st + VW);
-#pragma GCC unroll 4
-                        for (int v = 0; v < FWD_NV; v++) {
-                            VEC k = VKEEP2(acc[c][v], m[v].hi_a, m[v].lo_b, m[v].hi_b);
-                            s1 = VADD(s1, k);
-                            s2 = VFMA(k, k, s2);
                         }
                         VSTORE(st, s1);
                         VSTORE(st + VW, s2);
@@ -214,88 +208,76 @@ static void KERN(dw)(const float *const *dy, int c_out, const float *const *xk, 
     }
 }
 
-/* src [c][h][w] into the interior of planes of stride ps (row y at
- * (y + ph)·wp + pw), the padding untouched. Short rows are the common case
- * (24 floats), so whole vectors and one masked tail, no memcpy calls. */
+/* Packing one image into the interior of padded planes of stride ps (row
+ * y at (y + ph)·wp + pw), the padding untouched. Short rows are the common
+ * case (24 floats), so whole vectors and one masked tail, no memcpy calls.
+ *   PACK_COPY    src itself (pad);
+ *   PACK_BN      the batch norm (+ ReLU) of a applied on the way (pad_bn):
+ *                z = (x − m)·s + t as a multiply and an add (never fused,
+ *                so the value and the ReLU mask are those of the batch-norm
+ *                passes);
+ *   PACK_BNBACK  src is the gradient g at the output of the batch norm
+ *                (+ ReLU) applied to yv, and the plane gets the gradient at
+ *                yv (pad_bnback): kf·g' − ka − (y − m)·kb, g' = g where
+ *                (y − m)·s + t > 0 (relu). */
+enum { PACK_COPY, PACK_BN, PACK_BNBACK };
+
+static inline __attribute__((always_inline)) void KERN(pack)(
+    const float *src, const float *yv, int c, int h, int w, int ph, int pw, int wp, size_t ps,
+    float *dst, const dpt_bn_apply *a, const int mode)
+{
+    const VEC zero = VZERO();
+    for (int ch = 0; ch < c; ch++) {
+        const float *s = src + (size_t)ch * h * w;
+        const float *ys = mode == PACK_BNBACK ? yv + (size_t)ch * h * w : NULL;
+        float *r = dst + (size_t)ch * ps + (size_t)ph * wp + pw;
+        VEC m = zero, sc = zero, sh = zero, kf = zero, ka = zero, kb = zero;
+        if (mode != PACK_COPY)
+            m = VSET1(a->mean[ch]), sc = VSET1(a->scale[ch]), sh = VSET1(a->shift[ch]);
+        if (mode == PACK_BNBACK)
+            kf = VSET1(a->kf[ch]), ka = VSET1(a->ka[ch]), kb = VSET1(a->kb[ch]);
+        for (int y = 0; y < h; y++) {
+            for (int x = 0; x < w; x += VW) {
+                const int n = w - x < VW ? w - x : VW;
+                VEC v = n == VW ? VLOAD(s + x) : VLOAD_N(s + x, n);
+                if (mode == PACK_BN) {
+                    v = VADD(VMUL(VSUB(v, m), sc), sh);
+                    if (a->relu)
+                        v = VKEEPGT0(v, v, zero);
+                } else if (mode == PACK_BNBACK) {
+                    VEC xc = VSUB(n == VW ? VLOAD(ys + x) : VLOAD_N(ys + x, n), m);
+                    if (a->relu)
+                        v = VKEEPGT0(v, VADD(VMUL(xc, sc), sh), zero);
+                    v = VSUB(VSUB(VMUL(kf, v), ka), VMUL(xc, kb));
+                }
+                if (n == VW)
+                    VSTORE(r + x, v);
+                else
+                    VSTORE_RANGE(r + x, v, 0, n);
+            }
+            s += w;
+            ys = ys ? ys + w : NULL;
+            r += wp;
+        }
+    }
+}
+
 static void KERN(pad)(const float *src, int c, int h, int w, int ph, int pw, int wp, size_t ps,
                       float *dst)
 {
-    for (int ch = 0; ch < c; ch++) {
-        const float *s = src + (size_t)ch * h * w;
-        float *r = dst + (size_t)ch * ps + (size_t)ph * wp + pw;
-        for (int y = 0; y < h; y++) {
-            int x = 0;
-            for (; x + VW <= w; x += VW)
-                VSTORE(r + x, VLOAD(s + x));
-            if (x < w)
-                VSTORE_RANGE(r + x, VLOAD_N(s + x, w - x), 0, w - x);
-            s += w;
-            r += wp;
-        }
-    }
+    KERN(pack)(src, NULL, c, h, w, ph, pw, wp, ps, dst, NULL, PACK_COPY);
 }
 
-/* KERN(pad) with the batch norm (+ ReLU) of a->mean, scale, shift, relu
- * applied on the way: z = (x − m)·s + t as a multiply and an add (never
- * fused, so the value and the ReLU mask are those of the batch-norm passes). */
 static void KERN(pad_bn)(const float *src, int c, int h, int w, int ph, int pw, int wp, size_t ps,
                          float *dst, const dpt_bn_apply *a)
 {
-    const VEC zero = VZERO();
-    for (int ch = 0; ch < c; ch++) {
-        const float *s = src + (size_t)ch * h * w;
-        float *r = dst + (size_t)ch * ps + (size_t)ph * wp + pw;
-        const VEC m = VSET1(a->mean[ch]), sc = VSET1(a->scale[ch]), sh = VSET1(a->shift[ch]);
-        for (int y = 0; y < h; y++) {
-            int x = 0;
-            for (; x < w; x += VW) {
-                const int n = w - x < VW ? w - x : VW;
-                VEC v = n == VW ? VLOAD(s + x) : VLOAD_N(s + x, n);
-                VEC z = VADD(VMUL(VSUB(v, m), sc), sh);
-                if (a->relu)
-                    z = VKEEPGT0(z, z, zero);
-                if (n == VW)
-                    VSTORE(r + x, z);
-                else
-                    VSTORE_RANGE(r + x, z, 0, n);
-            }
-            s += w;
-            r += wp;
-        }
-    }
+    KERN(pack)(src, NULL, c, h, w, ph, pw, wp, ps, dst, a, PACK_BN);
 }
 
-/* KERN(pad) of the gradient at a conv's output y, from the gradient g at
- * the output of the batch norm (+ ReLU) applied to y:
- * kf·g' − ka − (y − m)·kb, g' = g where (y − m)·s + t > 0 (relu). */
 static void KERN(pad_bnback)(const float *g, const float *yv, int c, int h, int w, int ph, int pw,
                              int wp, size_t ps, float *dst, const dpt_bn_apply *a)
 {
-    const VEC zero = VZERO();
-    for (int ch = 0; ch < c; ch++) {
-        const float *gs = g + (size_t)ch * h * w, *ys = yv + (size_t)ch * h * w;
-        float *r = dst + (size_t)ch * ps + (size_t)ph * wp + pw;
-        const VEC m = VSET1(a->mean[ch]), sc = VSET1(a->scale[ch]), sh = VSET1(a->shift[ch]);
-        const VEC kf = VSET1(a->kf[ch]), ka = VSET1(a->ka[ch]), kb = VSET1(a->kb[ch]);
-        for (int y = 0; y < h; y++) {
-            int x = 0;
-            for (; x < w; x += VW) {
-                const int n = w - x < VW ? w - x : VW;
-                VEC gv = n == VW ? VLOAD(gs + x) : VLOAD_N(gs + x, n);
-                VEC xc = VSUB(n == VW ? VLOAD(ys + x) : VLOAD_N(ys + x, n), m);
-                if (a->relu)
-                    gv = VKEEPGT0(gv, VADD(VMUL(xc, sc), sh), zero);
-                VEC d = VSUB(VSUB(VMUL(kf, gv), ka), VMUL(xc, kb));
-                if (n == VW)
-                    VSTORE(r + x, d);
-                else
-                    VSTORE_RANGE(r + x, d, 0, n);
-            }
-            gs += w;
-            ys += w;
-            r += wp;
-        }
-    }
+    KERN(pack)(g, yv, c, h, w, ph, pw, wp, ps, dst, a, PACK_BNBACK);
 }
 
 /* The table kernels.c picks from (conv_direct.h), named KERN(dpt_conv_isa). */
