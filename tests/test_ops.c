@@ -880,6 +880,69 @@ static void cross_check_linear(const char *set, dpt_rng *rng, int n, int in, int
     free(x), free(w), free(b), free(dy);
 }
 
+/* The fully connected layer with the batch norm (+ ReLU) below it applied
+ * on the fly (dpt_linear_forward_ex, _backward_ex) on kernel set `set`,
+ * against the generic set run on the normalised input written out, and the
+ * batch norm's backward sums against dpt_bn_backward_sums_relu over that
+ * dx. `fused` says whether the set's kernels should do it on the fly for
+ * this shape (else the image-at-a-time path runs). */
+static void cross_check_linear_bn(const char *set, dpt_rng *rng, int n, int c, int hw, int out,
+                                  int fused)
+{
+    const int in = c * hw;
+    const size_t nx = (size_t)n * in, nw = (size_t)out * in;
+    float *x = malloc(nx * sizeof(float)), *w = malloc(nw * sizeof(float));
+    float *b = malloc(out * sizeof(float)), *dy = malloc((size_t)n * out * sizeof(float));
+    float *prm = malloc(4 * (size_t)c * sizeof(float)), *z = fill_nan(nx);
+    fill_normal(rng, x, nx, 1.0f);
+    fill_normal(rng, w, nw, 0.05f);
+    fill_normal(rng, b, out, 0.5f);
+    fill_normal(rng, dy, (size_t)n * out, 1.0f);
+    fill_normal(rng, prm, 3 * (size_t)c, 0.5f);
+    for (int ch = 0; ch < c; ch++) {
+        prm[c + ch] += 1.0f; /* scale near 1: about half the ReLU mask on */
+        prm[3 * c + ch] = 1.0f; /* invstd for the reference sums */
+    }
+    dpt_bn_apply a = {.mean = prm, .scale = prm + c, .shift = prm + 2 * c, .relu = 1};
+    float *r[2][4]; /* [reference, set][y, dx, dw, db] */
+    double *g = malloc(4 * (size_t)c * sizeof *g);
+    for (int pass = 0; pass < 2; pass++) {
+        CHECK(dpt_ops_set_kernels(pass == 0 ? "generic" : set) == 0);
+        r[pass][0] = fill_nan((size_t)n * out), r[pass][1] = fill_nan(nx);
+        r[pass][2] = fill_nan(nw), r[pass][3] = fill_nan(out);
+        if (pass == 0) {
+            for (int i = 0; i < n; i++)
+                dpt_bn_apply_forward(x + (size_t)i * in, c, hw, &a, z + (size_t)i * in);
+            dpt_linear_forward(z, w, b, r[0][0], n, in, out);
+            dpt_linear_backward(z, w, dy, r[0][1], r[0][2], r[0][3], n, in, out);
+            dpt_bn_backward_sums_relu(x, r[0][1], n, c, hw, a.mean, prm + 3 * c, a.scale,
+                                      a.shift, g + 2 * c, g + 3 * c);
+        } else {
+            CHECK(dpt_linear_fuses_bn(in, out, hw) == fused);
+            float *work = fill_nan((size_t)in);
+            dpt_linear_forward_ex(x, &a, hw, w, b, r[1][0], n, in, out, work);
+            dpt_linear_backward_ex(x, &a, hw, w, dy, r[1][1], r[1][2], r[1][3], n, in, out, work,
+                                   g);
+            free(work);
+        }
+    }
+    float *got = malloc(4 * (size_t)c * sizeof *got);
+    for (int i = 0; i < 4 * c; i++)
+        got[i] = (float)g[i];
+    printf("%s linear n%d %dx%d-%d, batch norm applied on the fly%s, vs generic\n", set, n, c,
+           hw, out, fused ? "" : " (an image at a time)");
+    note(&worst_ref, tu_check_close("  y", r[1][0], r[0][0], (size_t)n * out, REF_TOL));
+    note(&worst_ref, tu_check_close("  dx", r[1][1], r[0][1], nx, REF_TOL));
+    note(&worst_ref, tu_check_close("  dw", r[1][2], r[0][2], nw, REF_TOL));
+    note(&worst_ref, tu_check_close("  db", r[1][3], r[0][3], out, REF_TOL));
+    note(&worst_ref, tu_check_close("  batch-norm sums with dx", got, got + 2 * c, 2 * (size_t)c,
+                                    REF_TOL));
+    for (int pass = 0; pass < 2; pass++)
+        for (int k = 0; k < 4; k++)
+            free(r[pass][k]);
+    free(x), free(w), free(b), free(dy), free(prm), free(z), free(g), free(got);
+}
+
 /* The shapes cross_check_conv runs on every kernel set. */
 #define CONV(N, CI, H, W, CO, KH, KW, PAD)                                                  \
     {.n = N, .c_in = CI, .h = H, .w = W, .c_out = CO, .kh = KH, .kw = KW, .stride = 1, \
@@ -939,8 +1002,10 @@ int main(void)
         fd_bn(&rng, 3, 2, 5);
         fd_bn(&rng, 1, 3, 12);
         fd_linear(&rng, 5, 7, 4);
-        if (k == 0)
+        if (k == 0) { /* generic: the image-at-a-time path only */
+            cross_check_linear_bn(sets[k], &rng, 3, 2, 64, 10, 0);
             continue;
+        }
         for (size_t j = 0; j < sizeof conv_cases / sizeof *conv_cases; j++)
             cross_check_conv(sets[k], &rng, conv_cases[j].d, conv_cases[j].first_layer);
         cross_check_bn(sets[k], &rng, 5, 20, 576);
@@ -950,6 +1015,12 @@ int main(void)
         cross_check_linear(sets[k], &rng, 7, 37, 3);
         cross_check_linear(sets[k], &rng, 3, 100, 16);
         cross_check_linear(sets[k], &rng, 2, 50, 17); /* more outputs: the BLAS path */
+        /* The example's fc over bn3, and shapes the kernels leave to the
+         * image-at-a-time path: planes not a whole vector step, and more
+         * outputs than they take. */
+        cross_check_linear_bn(sets[k], &rng, 5, 20, 576, 10, 1);
+        cross_check_linear_bn(sets[k], &rng, 3, 3, 37, 10, 0);
+        cross_check_linear_bn(sets[k], &rng, 2, 4, 64, 17, 0);
     }
     CHECK(dpt_ops_set_kernels("auto") == 0);
     printf("== kernel set %s for the rest\n", dpt_ops_kernels());

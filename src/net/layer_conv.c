@@ -212,21 +212,35 @@ static void fc_init(dpt_layer *l, dpt_rng *rng)
     memset(l->p + (size_t)in * out, 0, (size_t)out * sizeof(float));
 }
 
+/* Scratch for applying a fused batch norm an image at a time, where the
+ * kernels cannot (linear.c). */
+static size_t fc_work(const dpt_layer *l, int n)
+{
+    (void)n;
+    return (size_t)l->in[0] * l->in[1] * l->in[2];
+}
+
+/* Fused with the batchnorm below (net.c), as the conv: x is its input,
+ * normalised on the fly, and its backward sums come with dx. */
 static dpt_status fc_forward(dpt_net *net, dpt_layer *l, const float *x, float *y, int n,
                              dpt_mode mode)
 {
-    (void)net, (void)mode;
+    (void)mode;
     int in = l->in[0] * l->in[1] * l->in[2], out = l->out[0];
-    dpt_linear_forward(x, l->p, l->p + (size_t)in * out, y, n, in, out);
+    dpt_linear_forward_ex(x, l->in_bnf ? &l->in_bnf->a : NULL, l->in[1] * l->in[2], l->p,
+                          l->p + (size_t)in * out, y, n, in, out, net->work);
     return DPT_OK;
 }
 
 static dpt_status fc_backward(dpt_net *net, dpt_layer *l, const float *x, const float *y,
                               const float *dy, float *dx, int n)
 {
-    (void)net, (void)y;
+    (void)y;
     int in = l->in[0] * l->in[1] * l->in[2], out = l->out[0];
-    dpt_linear_backward(x, l->p, dy, dx, l->g, l->g + (size_t)in * out, n, in, out);
+    assert(!l->in_bnf || dx);
+    dpt_linear_backward_ex(x, l->in_bnf ? &l->in_bnf->a : NULL, l->in[1] * l->in[2], l->p, dy, dx,
+                           l->g, l->g + (size_t)in * out, n, in, out, net->work,
+                           l->in_bnf ? l->in_bnf->xg : NULL);
     return DPT_OK;
 }
 
@@ -237,5 +251,5 @@ static void fc_describe(const dpt_layer *l, char *buf, size_t cap)
 
 const layer_type dpt_layer_fc = {
     .name = "fc", .create = fc_create, .set = fc_set, .infer = fc_infer, .init = fc_init,
-    .forward = fc_forward, .backward = fc_backward, .describe = fc_describe, .free = free_priv,
+    .work_floats = fc_work, .forward = fc_forward, .backward = fc_backward, .describe = fc_describe, .free = free_priv,
 };

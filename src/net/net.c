@@ -278,19 +278,21 @@ static size_t layer_count(const dpt_layer *l) { return (size_t)l->out[0] * l->ou
  *    output while writing it (no reading pass in the batchnorm);
  *  - batchnorm then relu: the batchnorm applies the ReLU, forward and
  *    backward; the relu layer is skipped and shares its output buffer;
- *  - batchnorm (+ relu) then conv: the batchnorm's output is never written;
- *    the conv normalises its input while packing it (and again in backward,
- *    where it needs that input for the weight gradient);
+ *  - batchnorm (+ relu) then conv, or then fc where the fc kernels can
+ *    (dpt_linear_fuses_bn): the batchnorm's output is never written; the
+ *    conv normalises its input while packing it, the fc as it loads it (and
+ *    again in backward, where they need that input for the weight
+ *    gradient);
  *  - conv then batchnorm, backward: the batchnorm computes only its sums and
  *    per-channel coefficients; the conv forms its output gradient from them
  *    while packing it (the batchnorm's input gradient is never written).
- *  - batchnorm (+ relu) then conv, backward: the conv adds up the
- *    batchnorm's backward sums while it writes its input gradient (the
- *    gradient at the batchnorm's output), so the batchnorm reads neither
- *    that gradient nor its input again.
+ *  - the same, backward: the conv (fc) adds up the batchnorm's backward
+ *    sums while it writes its input gradient (the gradient at the
+ *    batchnorm's output), so the batchnorm reads neither that gradient nor
+ *    its input again.
  * With these, a conv -> batchnorm -> relu block reads and writes its
  * activations about half as often. A non-finite value inside a fused
- * batchnorm is reported at the conv after it. */
+ * batchnorm is reported at the conv or fc after it. */
 static dpt_status plan_fusion(dpt_net *net)
 {
     /* DPT_FUSION=0 turns it off (for measuring what it gains). */
@@ -336,7 +338,11 @@ static dpt_status plan_fusion(dpt_net *net)
             f->a.relu = 1;
             top = i + 1;
         }
-        if (top + 1 < net->n_layers && net->layers[top + 1].type == &dpt_layer_conv) {
+        dpt_layer *next = top + 1 < net->n_layers ? &net->layers[top + 1] : NULL;
+        if (next && (next->type == &dpt_layer_conv ||
+                     (next->type == &dpt_layer_fc &&
+                      dpt_linear_fuses_bn(next->in[0] * next->in[1] * next->in[2], next->out[0],
+                                          next->in[1] * next->in[2])))) {
             f->out_virtual = 1;
             net->layers[top + 1].in_bnf = f;
             net->layers[top + 1].in_act = i - 1; /* the batchnorm's input */

@@ -156,19 +156,6 @@ void dpt_conv2d_forward_sums(const dpt_conv2d_desc *d, const float *x, const flo
     dpt_conv2d_forward_ex(d, x, NULL, w, b, y, work, sum, sumsq);
 }
 
-/* The batch norm of a on one image [c, hw] (the float expressions of
- * dpt_bn_apply, one element at a time). */
-static void apply_forward(const float *x, int c, int hw, const dpt_bn_apply *a, float *out)
-{
-    for (int ch = 0; ch < c; ch++) {
-        const float m = a->mean[ch], sc = a->scale[ch], sh = a->shift[ch];
-        for (int j = 0; j < hw; j++) {
-            float z = (x[(size_t)ch * hw + j] - m) * sc + sh;
-            out[(size_t)ch * hw + j] = a->relu && !(z > 0.0f) ? 0.0f : z;
-        }
-    }
-}
-
 static void apply_backward(const float *g, const float *y, int c, int hw, const dpt_bn_apply *a,
                            float *out)
 {
@@ -204,7 +191,7 @@ void dpt_conv2d_forward_ex(const dpt_conv2d_desc *d, const float *x, const dpt_b
         const float *xi = x + i * x_img;
         float *yi = y + i * y_img;
         if (xa) {
-            apply_forward(xi, d->c_in, d->h * d->w, xa, xt);
+            dpt_bn_apply_forward(xi, d->c_in, d->h * d->w, xa, xt);
             xi = xt;
         }
         const float *col = xi;
@@ -255,7 +242,7 @@ void dpt_conv2d_backward_ex(const dpt_conv2d_desc *d, const float *x, const dpt_
         const float *xi = x + i * x_img;
         const float *dyi = dy + i * y_img;
         if (xa) {
-            apply_forward(xi, d->c_in, d->h * d->w, xa, xt);
+            dpt_bn_apply_forward(xi, d->c_in, d->h * d->w, xa, xt);
             xi = xt;
         }
         if (dya) {

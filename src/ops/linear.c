@@ -1,15 +1,39 @@
 /* Fully connected layer: y [n, out] = x [n, in] · wᵀ + b, w [out, in]
  * (PyTorch's nn.Linear layout), row-major: via cblas_sgemm, or, for a few
  * outputs with the avx2/avx512 kernel sets, fc_kern.h (a GEMM with 10
- * columns is mostly the BLAS packing its operands). */
+ * columns is mostly the BLAS packing its operands), which can also apply
+ * the batch norm below on the fly. */
 #include "ops/ops.h"
 #include "ops/vec_isa.h"
 
+#include <assert.h>
 #include <cblas.h>
+#include <string.h>
 
 static const fc_isa *small(int out)
 {
     return out <= FC_MAX_OUT ? dpt_ops_fc_isa() : NULL;
+}
+
+/* The kernels apply a batch norm when no vector step straddles two
+ * channels. */
+static const fc_isa *fusing(int in, int out, int hw)
+{
+    const fc_isa *k = small(out);
+    return k && hw > 0 && hw % k->step == 0 && in % hw == 0 ? k : NULL;
+}
+
+int dpt_linear_fuses_bn(int in, int out, int hw) { return fusing(in, out, hw) != NULL; }
+
+/* db[o] = Σ_i dy[i][o] in float64. */
+static void bias_grad(const float *dy, int n, int out, float *db)
+{
+    for (int o = 0; o < out; o++) {
+        double s = 0.0;
+        for (int i = 0; i < n; i++)
+            s += dy[(size_t)i * out + o];
+        db[o] = (float)s;
+    }
 }
 
 void dpt_linear_forward(const float *x, const float *w, const float *b, float *y, int n,
@@ -17,7 +41,7 @@ void dpt_linear_forward(const float *x, const float *w, const float *b, float *y
 {
     const fc_isa *k = small(out);
     if (k) {
-        k->forward(x, w, b, y, n, in, out);
+        k->forward(x, w, b, y, n, in, out, NULL, 0);
         return;
     }
     /* Seed y with the bias so the GEMM adds onto it (beta = 1). */
@@ -30,29 +54,84 @@ void dpt_linear_forward(const float *x, const float *w, const float *b, float *y
                 b ? 1.0f : 0.0f, y, out);
 }
 
+/* dx [n, in] = dy [n, out] · w [out, in] */
+static void input_grad(const float *w, const float *dy, float *dx, int n, int in, int out)
+{
+    const fc_isa *k = small(out);
+    if (k)
+        k->backward_dx(dy, w, dx, n, in, out);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, out, 1.0f, dy, out, w, in,
+                    0.0f, dx, in);
+}
+
 void dpt_linear_backward(const float *x, const float *w, const float *dy, float *dx,
                          float *dw, float *db, int n, int in, int out)
 {
     const fc_isa *k = small(out);
-    if (k) {
-        if (dx)
-            k->backward_dx(dy, w, dx, n, in, out);
+    if (dx)
+        input_grad(w, dy, dx, n, in, out);
+    /* dw [out, in] = dyᵀ [out, n] · x [n, in] */
+    if (k)
         k->backward_dw(x, dy, dw, n, in, out);
-    } else {
-        /* dx [n, in] = dy [n, out] · w [out, in] */
-        if (dx)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, out, 1.0f, dy, out, w,
-                        in, 0.0f, dx, in);
-        /* dw [out, in] = dyᵀ [out, n] · x [n, in] */
+    else
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, n, 1.0f, dy, out, x, in,
                     0.0f, dw, in);
-    }
-    if (db) {
-        for (int o = 0; o < out; o++) {
-            double s = 0.0;
-            for (int i = 0; i < n; i++)
-                s += dy[(size_t)i * out + o];
-            db[o] = (float)s;
+    if (db)
+        bias_grad(dy, n, out, db);
+}
+
+void dpt_linear_forward_ex(const float *x, const dpt_bn_apply *xa, int hw, const float *w,
+                           const float *b, float *y, int n, int in, int out, float *work)
+{
+    const fc_isa *k = xa ? fusing(in, out, hw) : NULL;
+    if (!xa) {
+        dpt_linear_forward(x, w, b, y, n, in, out);
+    } else if (k) {
+        k->forward(x, w, b, y, n, in, out, xa, hw);
+    } else {
+        for (int i = 0; i < n; i++) {
+            dpt_bn_apply_forward(x + (size_t)i * in, in / hw, hw, xa, work);
+            dpt_linear_forward(work, w, b, y + (size_t)i * out, 1, in, out);
         }
+    }
+}
+
+void dpt_linear_backward_ex(const float *x, const dpt_bn_apply *xa, int hw, const float *w,
+                            const float *dy, float *dx, float *dw, float *db, int n, int in,
+                            int out, float *work, double *xg)
+{
+    assert(!xg || (xa && dx));
+    if (!xa) {
+        dpt_linear_backward(x, w, dy, dx, dw, db, n, in, out);
+        return;
+    }
+    const int c = in / hw;
+    /* The kernels do it all in one pass when the sums are wanted (as in a
+     * network, where the batch norm's backward needs them). */
+    const fc_isa *k = xg ? fusing(in, out, hw) : NULL;
+    if (k) {
+        for (int ch = 0; ch < 2 * c; ch++)
+            xg[ch] = 0.0;
+        k->backward_bn(dy, w, dx, dw, n, in, out, xa, hw, x, xg);
+        if (db)
+            bias_grad(dy, n, out, db);
+        return;
+    }
+    /* No kernel for it: dx does not depend on x, and dw = Σ_i dy_iᵀ ·
+     * apply(x_i) an image at a time. */
+    if (dx)
+        input_grad(w, dy, dx, n, in, out);
+    memset(dw, 0, (size_t)out * in * sizeof *dw);
+    for (int i = 0; i < n; i++) {
+        dpt_bn_apply_forward(x + (size_t)i * in, c, hw, xa, work);
+        cblas_sger(CblasRowMajor, out, in, 1.0f, dy + (size_t)i * out, 1, work, 1, dw, in);
+    }
+    if (db)
+        bias_grad(dy, n, out, db);
+    if (xg) {
+        for (int ch = 0; ch < 2 * c; ch++)
+            xg[ch] = 0.0;
+        dpt_bn_grad_sums(x, dx, n, c, hw, xa, xg, xg + c);
     }
 }

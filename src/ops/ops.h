@@ -110,6 +110,10 @@ void dpt_bn_backward_dx(const float *x, const float *dy, int n, int c, int hw,
                         const float *mean, const float *invstd, const float *gamma,
                         const double *sum_dy, const double *sum_dy_xhat, double count,
                         float *dx);
+/* y = a applied to one image x [c, hw] (the float expressions of
+ * dpt_bn_apply, an element at a time): for paths with no kernel that
+ * applies it on the fly. */
+void dpt_bn_apply_forward(const float *x, int c, int hw, const dpt_bn_apply *a, float *y);
 /* Adds to s_g[ch] Σ g' and to s_gx[ch] Σ g'·(x − a->mean[ch]) over the
  * channel, with g' = g masked by a's ReLU (a->relu; the mask of
  * dpt_bn_apply): dpt_bn_backward_sums' two sums from a's fields, the second
@@ -147,6 +151,19 @@ void dpt_linear_forward(const float *x, const float *w, const float *b, float *y
 /* dx [n, in] (may be NULL), dw [out, in], db [out] (may be NULL). */
 void dpt_linear_backward(const float *x, const float *w, const float *dy, float *dx,
                          float *dw, float *db, int n, int in, int out);
+/* The same with x given as a batch norm's input (xa; channels of hw
+ * consecutive inputs, in a multiple of hw): the layer sees xa applied to x,
+ * and with xg (needs dx) the batch norm's backward sums come with dx, as
+ * dpt_conv2d_backward_ex's. dpt_linear_fuses_bn says whether the kernels do
+ * that on the fly for these sizes (the backward only with xg); otherwise it
+ * goes an image at a time through work (in floats), correct but slower
+ * than the BLAS unfused. */
+int dpt_linear_fuses_bn(int in, int out, int hw);
+void dpt_linear_forward_ex(const float *x, const dpt_bn_apply *xa, int hw, const float *w,
+                           const float *b, float *y, int n, int in, int out, float *work);
+void dpt_linear_backward_ex(const float *x, const dpt_bn_apply *xa, int hw, const float *w,
+                            const float *dy, float *dx, float *dw, float *db, int n, int in,
+                            int out, float *work, double *xg);
 
 /* ---- softmax and cross-entropy ------------------------------------------- */
 /* Row-wise softmax of logits [n, k] into p [n, k] (max-subtracted). */

@@ -5,6 +5,8 @@
 #ifndef DPT_OPS_VEC_ISA_H
 #define DPT_OPS_VEC_ISA_H
 
+#include "ops/ops.h"
+
 /* Outputs up to which fc_kern.h handles a fully connected layer. */
 #define FC_MAX_OUT 16
 
@@ -18,11 +20,17 @@ typedef struct bn_isa {
                         int relu, float kf, float ka, float kb, float *dx);
 } bn_isa;
 
+/* forward's a: NULL, or the batch norm applied to x on the fly, and
+ * backward_bn the whole backward with it (fc_kern.h); both need
+ * hw % step == 0. */
 typedef struct fc_isa {
+    int step;
     void (*forward)(const float *x, const float *w, const float *b, float *y, int n, int in,
-                    int out);
+                    int out, const dpt_bn_apply *a, int hw);
     void (*backward_dx)(const float *dy, const float *w, float *dx, int n, int in, int out);
     void (*backward_dw)(const float *x, const float *dy, float *dw, int n, int in, int out);
+    void (*backward_bn)(const float *dy, const float *w, float *dx, float *dw, int n, int in,
+                        int out, const dpt_bn_apply *a, int hw, const float *x, double *xg);
 } fc_isa;
 
 #if defined(__x86_64__) || defined(__i386__)

@@ -14,7 +14,9 @@ const bn_isa KN(dpt_bn_isa) = {
 };
 
 const fc_isa KN(dpt_fc_isa) = {
+    .step = FC_DW_VEC * VN,
     .forward = KN(fc_forward),
     .backward_dx = KN(fc_backward_dx),
     .backward_dw = KN(fc_backward_dw),
+    .backward_bn = KN(fc_backward_bn),
 };
