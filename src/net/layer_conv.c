@@ -251,5 +251,6 @@ static void fc_describe(const dpt_layer *l, char *buf, size_t cap)
 
 const layer_type dpt_layer_fc = {
     .name = "fc", .create = fc_create, .set = fc_set, .infer = fc_infer, .init = fc_init,
-    .work_floats = fc_work, .forward = fc_forward, .backward = fc_backward, .describe = fc_describe, .free = free_priv,
+    .work_floats = fc_work, .forward = fc_forward, .backward = fc_backward,
+    .describe = fc_describe, .free = free_priv,
 };

@@ -84,16 +84,18 @@ void dpt_linear_backward(const float *x, const float *w, const float *dy, float 
 void dpt_linear_forward_ex(const float *x, const dpt_bn_apply *xa, int hw, const float *w,
                            const float *b, float *y, int n, int in, int out, float *work)
 {
-    const fc_isa *k = xa ? fusing(in, out, hw) : NULL;
     if (!xa) {
         dpt_linear_forward(x, w, b, y, n, in, out);
-    } else if (k) {
+        return;
+    }
+    const fc_isa *k = fusing(in, out, hw);
+    if (k) {
         k->forward(x, w, b, y, n, in, out, xa, hw);
-    } else {
-        for (int i = 0; i < n; i++) {
-            dpt_bn_apply_forward(x + (size_t)i * in, in / hw, hw, xa, work);
-            dpt_linear_forward(work, w, b, y + (size_t)i * out, 1, in, out);
-        }
+        return;
+    }
+    for (int i = 0; i < n; i++) { /* no kernel for it: an image at a time */
+        dpt_bn_apply_forward(x + (size_t)i * in, in / hw, hw, xa, work);
+        dpt_linear_forward(work, w, b, y + (size_t)i * out, 1, in, out);
     }
 }
 
@@ -107,8 +109,8 @@ void dpt_linear_backward_ex(const float *x, const dpt_bn_apply *xa, int hw, cons
         return;
     }
     const int c = in / hw;
-    /* The kernels do it all in one pass when the sums are wanted (as in a
-     * network, where the batch norm's backward needs them). */
+    /* The kernels take it when the sums are wanted (in a network the batch
+     * norm's backward always needs them). */
     const fc_isa *k = xg ? fusing(in, out, hw) : NULL;
     if (k) {
         for (int ch = 0; ch < 2 * c; ch++)
