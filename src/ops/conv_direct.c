@@ -98,7 +98,7 @@ static void make_geom(const conv_isa *isa, const dpt_conv2d_desc *d, geom *g)
     size_t o = 0;
     g->o_xp = o, o += round_up((size_t)d->c_in * g->ps_x, ALIGN_F);
     g->o_out = o, o += round_up(out, ALIGN_F);
-    g->o_dyp = o, o += round_up((size_t)d->c_out * g->ps_d, ALIGN_F);
+    g->o_dyp = o, o += round_up((size_t)d->c_out * g->ps_d, ALIGN_F) + ALIGN_F; /* see dyp_at */
     g->o_dyw = o, o += g->same ? 0 : round_up((size_t)d->c_out * (size_t)g->nq_w, ALIGN_F);
     g->o_zero = o, o += round_up((size_t)g->nq_w, ALIGN_F);
     g->o_wpk = o, o += round_up(wpk, ALIGN_F);
@@ -183,6 +183,23 @@ static void make_map(conv_out_map *map, int nq, int vw, int oh, int ow, int wp)
     }
 }
 
+/* Spread over `steps` kernel tiles or blocks: the lines of up to three
+ * regions (NULL: none). */
+static void prefetch_plan(conv_prefetch *pf, const void *a, const void *b, const void *c,
+                          size_t bytes_a, size_t bytes_bc, size_t steps)
+{
+    const void *p[3] = {a, b, c};
+    size_t total = 0;
+    for (int i = 0; i < 3; i++) {
+        pf->p[i] = p[i];
+        pf->lines[i] = p[i] ? ((i ? bytes_bc : bytes_a) + 63) / 64 : 0;
+        total += pf->lines[i];
+    }
+    pf->per = (total + steps - 1) / steps;
+    pf->r = 0;
+    pf->j = 0;
+}
+
 /* Σ of n floats in float64, through 16 float lanes (vectorisable). */
 static double sum_f32(const float *p, size_t n)
 {
@@ -245,9 +262,15 @@ void dpt_conv_direct_forward(const conv_isa *isa, const dpt_conv2d_desc *d, cons
             sum[co] = sumsq[co] = 0.0;
     const size_t x_img = (size_t)d->c_in * d->h * d->w;
     const size_t y_img = (size_t)d->c_out * P;
+    const size_t fwd_steps = (size_t)(g.co_pf / isa->fwd_cb) * (size_t)(g.nq_f / (isa->fwd_nv * vw));
     zero_planes(xp, d->c_in, g.ps_x);
     for (int i = 0; i < d->n; i++) {
         float *yi = y + i * y_img;
+        conv_prefetch pf, *pfp = NULL;
+        if (i + 1 < d->n) {
+            prefetch_plan(&pf, x + (i + 1) * x_img, NULL, NULL, x_img * sizeof *x, 0, fwd_steps);
+            pfp = &pf;
+        }
         if (xa)
             isa->pad_bn(x + i * x_img, d->c_in, d->h, d->w, d->pad, d->pad, g.wp, g.ps_x, xp, xa);
         else
@@ -257,12 +280,12 @@ void dpt_conv_direct_forward(const conv_isa *isa, const dpt_conv2d_desc *d, cons
             if (st)
                 memset(st, 0, (size_t)d->c_out * 2 * vw * sizeof *st);
             isa->fwd(xp, g.ps_x, d->c_in, kt, offs, wpk, b, d->c_out, yi, (size_t)P, g.nq_f, map,
-                     st, NULL, NULL);
+                     st, NULL, NULL, pfp);
             if (st)
                 add_lane_sums(st, d->c_out, vw, sum, sumsq);
         } else {
             isa->fwd(xp, g.ps_x, d->c_in, kt, offs, wpk, b, d->c_out, out, g.ys_f, g.nq_f, NULL,
-                     NULL, NULL, NULL);
+                     NULL, NULL, NULL, pfp);
             compact(out, d->c_out, d->out_h, d->out_w, g.wp, g.ys_f, yi);
             if (sum) {
                 double *tmp = (double *)(void *)stats; /* 2 c_out doubles fit */
@@ -285,10 +308,14 @@ void dpt_conv_direct_backward(const conv_isa *isa, const dpt_conv2d_desc *d, con
     make_geom(isa, d, &g);
     const int kt = g.kt, vw = isa->vw;
     float *xp = work + g.o_xp, *out = work + g.o_out, *wpk = work + g.o_wpk;
-    float *dyp = work + g.o_dyp, *zero = work + g.o_zero, *part = work + g.o_part;
+    float *zero = work + g.o_zero, *part = work + g.o_part;
     /* For a "same" convolution the wide dy of the weight gradient is the
-     * interior of the padded dy of the data gradient: pack once. */
-    float *dyw = g.same ? dyp + (size_t)g.pdh * g.wd + g.pdw : work + g.o_dyw;
+     * interior of the padded dy of the data gradient: pack once, and start
+     * dyp where that interior falls on a 64-byte boundary, so that the
+     * weight-gradient kernel's dy loads are aligned (about 8 % of it). */
+    const size_t dyw_at = (size_t)g.pdh * g.wd + g.pdw;
+    float *dyp = work + g.o_dyp + (g.same ? (ALIGN_F - dyw_at % ALIGN_F) % ALIGN_F : 0);
+    float *dyw = g.same ? dyp + dyw_at : work + g.o_dyw;
     const size_t dys = g.same ? g.ps_d : (size_t)g.nq_w;
     conv_out_map *map = g.map_b ? (conv_out_map *)(void *)(work + g.o_map) : NULL;
     const float **dptr = (const float **)(void *)(work + g.o_ptr);
@@ -345,8 +372,20 @@ void dpt_conv_direct_backward(const conv_isa *isa, const dpt_conv2d_desc *d, con
         zero_planes(dyp, d->c_out, g.ps_d);
     if (!g.same)
         zero_planes(dyw, d->c_out, (size_t)g.nq_w);
+    /* The next image's x, dy and y are fetched while this one's weight
+     * gradient (and data gradient) run. */
+    size_t bwd_steps = (size_t)(g.co_pw / isa->dw_cb) * (size_t)(g.k_pw / isa->dw_kb);
+    if (dx)
+        bwd_steps += (size_t)(g.ci_pf / isa->fwd_cb) * (size_t)(g.nq_b / (isa->fwd_nv * vw));
     for (int i = 0; i < d->n; i++) {
         const float *xi = x + i * x_img, *dyi = dy + i * y_img, *yi = y ? y + i * y_img : NULL;
+        conv_prefetch pf, *pfp = NULL;
+        if (i + 1 < d->n) {
+            prefetch_plan(&pf, x + (i + 1) * x_img, dy + (i + 1) * y_img,
+                          y ? y + (i + 1) * y_img : NULL, x_img * sizeof *x, y_img * sizeof *y,
+                          bwd_steps);
+            pfp = &pf;
+        }
         if (xa)
             isa->pad_bn(xi, d->c_in, d->h, d->w, d->pad, d->pad, g.wp, g.ps_x, xp, xa);
         else
@@ -371,7 +410,7 @@ void dpt_conv_direct_backward(const conv_isa *isa, const dpt_conv2d_desc *d, con
         if (db) /* the junk columns of dyw are zero */
             for (int co = 0; co < d->c_out; co++)
                 bsum[co] += sum_f32(dyw + (size_t)co * dys, (size_t)g.nq_w);
-        isa->dw(dptr, g.co_pw, xptr, g.k_pw, g.nq_w, part);
+        isa->dw(dptr, g.co_pw, xptr, g.k_pw, g.nq_w, part, pfp);
         if (dx) {
             float *dxi = dx + i * x_img;
             if (map) {
@@ -380,12 +419,13 @@ void dpt_conv_direct_backward(const conv_isa *isa, const dpt_conv2d_desc *d, con
                 if (st)
                     memset(st, 0, (size_t)d->c_in * 2 * vw * sizeof *st);
                 isa->fwd(dyp, g.ps_d, d->c_out, kt, od, wpk, NULL, d->c_in, dxi,
-                         (size_t)d->h * d->w, g.nq_b, map, st, st ? xi : NULL, st ? xa : NULL);
+                         (size_t)d->h * d->w, g.nq_b, map, st, st ? xi : NULL, st ? xa : NULL,
+                         pfp);
                 if (st)
                     add_lane_sums(st, d->c_in, vw, xg, xg + d->c_in);
             } else {
                 isa->fwd(dyp, g.ps_d, d->c_out, kt, od, wpk, NULL, d->c_in, out, g.ys_b, g.nq_b,
-                         NULL, NULL, NULL, NULL);
+                         NULL, NULL, NULL, NULL, pfp);
                 compact(out, d->c_in, d->h, d->w, g.wd, g.ys_b, dxi);
                 if (xg)
                     dpt_bn_grad_sums(xi, dxi, 1, d->c_in, d->h * d->w, xa, xg, xg + d->c_in);

@@ -20,6 +20,33 @@ typedef struct conv_out_map {
     int off_a, hi_a, off_b, lo_b, hi_b;
 } conv_out_map;
 
+/* Lines of the next image's inputs, fetched into L2 a few at a time while
+ * the kernels work on the current image: the packing of the next image then
+ * reads L2 instead of waiting on memory (a pack is a short, memory-bound
+ * pass the hardware prefetchers do not get ahead of). The driver fills the
+ * regions and per (lines per tile or block, so that they are spread over
+ * the call); the kernels call conv_prefetch_step once per tile or block. */
+typedef struct conv_prefetch {
+    const char *p[3];
+    size_t lines[3];
+    size_t per;
+    int r;    /* cursor: region, */
+    size_t j; /* line within it */
+} conv_prefetch;
+
+static inline void conv_prefetch_step(conv_prefetch *pf)
+{
+    if (!pf)
+        return;
+    for (size_t k = 0; k < pf->per; k++) {
+        while (pf->r < 3 && pf->j >= pf->lines[pf->r])
+            pf->r++, pf->j = 0;
+        if (pf->r == 3)
+            return;
+        __builtin_prefetch(pf->p[pf->r] + 64 * pf->j++, 0, 2); /* into L2 */
+    }
+}
+
 typedef struct conv_isa {
     const char *name;
     int vw;             /* floats per vector */
@@ -28,9 +55,10 @@ typedef struct conv_isa {
     /* See conv_kern.h for the exact contracts. */
     void (*fwd)(const float *x, size_t ps, int c_in, int kt, const int *off, const float *wpk,
                 const float *bias, int c_out, float *y, size_t ys, int nq,
-                const conv_out_map *map, float *stats, const float *bx, const dpt_bn_apply *ba);
+                const conv_out_map *map, float *stats, const float *bx, const dpt_bn_apply *ba,
+                conv_prefetch *pf);
     void (*dw)(const float *const *dy, int c_out, const float *const *xk, int k_total, int nq,
-               float *part);
+               float *part, conv_prefetch *pf);
     void (*pad)(const float *src, int c, int h, int w, int ph, int pw, int wp, size_t ps,
                 float *dst);
     /* pad with a batch norm applied (forward), and the gradient through a

@@ -51,7 +51,7 @@
 static inline __attribute__((always_inline)) void KERN(fwd_body)(
     const float *x, size_t ps, int c_in, const int kt, const int *off, const float *wpk,
     const float *bias, int c_out, float *y, size_t ys, int nq, const conv_out_map *map,
-    float *stats, const float *bx, const dpt_bn_apply *ba)
+    float *stats, const float *bx, const dpt_bn_apply *ba, conv_prefetch *pf)
 {
     const int tile = FWD_NV * VW;
     const size_t kblk = (size_t)c_in * kt * FWD_CB;
@@ -59,6 +59,7 @@ static inline __attribute__((always_inline)) void KERN(fwd_body)(
         const float *wb = wpk + (size_t)(c0 / FWD_CB) * kblk;
         const int cn = c_out - c0 < FWD_CB ? c_out - c0 : FWD_CB;
         for (int q = 0; q < nq; q += tile) {
+            conv_prefetch_step(pf);
             VEC acc[FWD_CB][FWD_NV];
 #pragma GCC unroll 16
             for (int c = 0; c < FWD_CB; c++) {
@@ -146,17 +147,17 @@ static inline __attribute__((always_inline)) void KERN(fwd_body)(
 static void KERN(fwd)(const float *x, size_t ps, int c_in, int kt, const int *off,
                       const float *wpk, const float *bias, int c_out, float *y, size_t ys, int nq,
                       const conv_out_map *map, float *stats, const float *bx,
-                      const dpt_bn_apply *ba)
+                      const dpt_bn_apply *ba, conv_prefetch *pf)
 {
     switch (kt) {
     case 9:
-        KERN(fwd_body)(x, ps, c_in, 9, off, wpk, bias, c_out, y, ys, nq, map, stats, bx, ba);
+        KERN(fwd_body)(x, ps, c_in, 9, off, wpk, bias, c_out, y, ys, nq, map, stats, bx, ba, pf);
         break;
     case 25:
-        KERN(fwd_body)(x, ps, c_in, 25, off, wpk, bias, c_out, y, ys, nq, map, stats, bx, ba);
+        KERN(fwd_body)(x, ps, c_in, 25, off, wpk, bias, c_out, y, ys, nq, map, stats, bx, ba, pf);
         break;
     default:
-        KERN(fwd_body)(x, ps, c_in, kt, off, wpk, bias, c_out, y, ys, nq, map, stats, bx, ba);
+        KERN(fwd_body)(x, ps, c_in, kt, off, wpk, bias, c_out, y, ys, nq, map, stats, bx, ba, pf);
         break;
     }
 }
@@ -166,10 +167,11 @@ static void KERN(fwd)(const float *x, size_t ps, int c_in, int kt, const int *of
  * to DW_CB with rows pointing at zeros); xk: K pointers, K padded to DW_KB.
  * nq is a multiple of VW. */
 static void KERN(dw)(const float *const *dy, int c_out, const float *const *xk, int k_total,
-                     int nq, float *part)
+                     int nq, float *part, conv_prefetch *pf)
 {
     for (int c0 = 0; c0 < c_out; c0 += DW_CB) {
         for (int k0 = 0; k0 < k_total; k0 += DW_KB) {
+            conv_prefetch_step(pf);
             VEC acc[DW_CB][DW_KB];
 #pragma GCC unroll 16
             for (int c = 0; c < DW_CB; c++)
