@@ -2,19 +2,22 @@
  * micro-kernels of conv_kern.h.
  *
  * The "wide" layout. An input plane [h, w] is copied into a zeroed plane of
- * width wp = w + 2·pad and height h + 2·pad (plus zero slack at the end).
- * Output position (oy, ox) is computed at q = oy·wp + ox, so filter tap
- * (ky, kx) reads input position q + ky·wp + kx: for a run of consecutive q
- * the inputs of one tap are consecutive, and the convolution is a GEMM whose
- * B operand is never materialised. Columns ox >= out_w of the wide output
- * are junk (they straddle two rows): the kernel's masked stores drop them
- * and write the dense output directly (conv_out_map), or, for rows narrower
- * than a vector, the wide output is copied back row by row. The junk costs
- * (wp - out_w) / wp of the work (8% for 3x3 padding 1 on 24x24).
+ * width wp = w + pad and height h + 2·pad (plus zero slack at the end): the
+ * pad zero columns after each row are also the left padding of the next
+ * row. Output position (oy, ox) is computed at q = oy·wp + ox, so filter
+ * tap (ky, kx) reads input position q + ky·wp + kx: for a run of
+ * consecutive q the inputs of one tap are consecutive, and the convolution
+ * is a GEMM whose B operand is never materialised. Columns ox >= out_w of
+ * the wide output are junk (they straddle two rows): the kernel's masked
+ * stores drop them and write the dense output directly (conv_out_map), or,
+ * for rows narrower than a vector, the wide output is copied back row by
+ * row. The junk costs (wp - out_w) / wp of the work (4% for 3x3 padding 1
+ * on 24x24).
  *
  *   forward   yw[co][q]  = b[co] + Σ_ci,t W[co][ci][t] · xp[ci][q + off[t]]
  *   data grad dx is the "full" correlation of dy with the flipped filters:
- *             dy padded by (kh-1-pad, kw-1-pad) into dyp of width wd, then
+ *             dy padded by (kh-1-pad, kw-1-pad) into dyp of width
+ *             wd = out_w + kw-1-pad (zero columns shared likewise), then
  *             dxw[ci][q] = Σ_co,t W[co][ci][flip t] · dyp[co][q + offd[t]],
  *             the forward kernel with input and output channels swapped
  *   weight grad dW[co][ci][t] = Σ_images Σ_q dyw[co][q] · xp[ci][q + off[t]]
@@ -36,7 +39,7 @@ typedef struct geom {
     int kt, k_total;            /* taps per channel, c_in * kt */
     int wp, hp;                 /* padded input */
     size_t ps_x;                /* plane stride of xp */
-    int nq_f;                   /* forward positions, a multiple of the tile */
+    int nq_f;                   /* forward positions (out_h·wp rounded to a vector) */
     int wd, hd, pdh, pdw;       /* dy padded for the data gradient */
     size_t ps_d;
     int nq_b;                   /* data-gradient positions (h·wd rounded) */
@@ -52,12 +55,12 @@ typedef struct geom {
 
 static void make_geom(const conv_isa *isa, const dpt_conv2d_desc *d, geom *g)
 {
-    const int tile = isa->fwd_nv * isa->vw, vw = isa->vw;
+    const int vw = isa->vw;
     g->kt = d->kh * d->kw;
     g->k_total = d->c_in * g->kt;
-    g->wp = d->w + 2 * d->pad;
+    g->wp = d->w + d->pad;
     g->hp = d->h + 2 * d->pad;
-    g->nq_f = (int)round_up((size_t)d->out_h * g->wp, (size_t)tile);
+    g->nq_f = (int)round_up((size_t)d->out_h * g->wp, (size_t)vw);
     size_t off_max = (size_t)(d->kh - 1) * g->wp + (size_t)(d->kw - 1);
     size_t need = (size_t)g->nq_f + off_max;
     if (need < (size_t)g->hp * g->wp)
@@ -66,9 +69,9 @@ static void make_geom(const conv_isa *isa, const dpt_conv2d_desc *d, geom *g)
 
     g->pdh = d->kh - 1 - d->pad;
     g->pdw = d->kw - 1 - d->pad;
-    g->wd = d->out_w + 2 * g->pdw;
+    g->wd = d->out_w + g->pdw;
     g->hd = d->out_h + 2 * g->pdh;
-    g->nq_b = (int)round_up((size_t)d->h * g->wd, (size_t)tile);
+    g->nq_b = (int)round_up((size_t)d->h * g->wd, (size_t)vw);
     g->nq_w = (int)round_up((size_t)d->out_h * g->wp, (size_t)vw);
     g->same = g->wd == g->wp;
     size_t offd_max = (size_t)(d->kh - 1) * g->wd + (size_t)(d->kw - 1);
@@ -183,8 +186,8 @@ static void make_map(conv_out_map *map, int nq, int vw, int oh, int ow, int wp)
     }
 }
 
-/* Spread over `steps` kernel tiles or blocks: the lines of up to three
- * regions (NULL: none). */
+/* Spread over `steps` kernel tiles or blocks (the kernels step once per
+ * whole tile or block): the lines of up to three regions (NULL: none). */
 static void prefetch_plan(conv_prefetch *pf, const void *a, const void *b, const void *c,
                           size_t bytes_a, size_t bytes_bc, size_t steps)
 {
@@ -195,7 +198,7 @@ static void prefetch_plan(conv_prefetch *pf, const void *a, const void *b, const
         pf->lines[i] = p[i] ? ((i ? bytes_bc : bytes_a) + 63) / 64 : 0;
         total += pf->lines[i];
     }
-    pf->per = (total + steps - 1) / steps;
+    pf->per = steps ? (total + steps - 1) / steps : 0;
     pf->r = 0;
     pf->j = 0;
 }

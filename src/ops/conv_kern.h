@@ -35,7 +35,7 @@
 
 #include <stddef.h>
 
-/* out[co][q] (co < c_out, q < nq, nq a multiple of FWD_NV*VW) =
+/* out[co][q] (co < c_out, q < nq, nq a multiple of VW) =
  *   bias[co] + Σ_ci Σ_t wpk[...] * x[ci*ps + q + off[t]].
  * wpk: for each block of FWD_CB output channels (c_out padded with zero
  * weights to a multiple of FWD_CB), [ci][t][FWD_CB] contiguous.
@@ -47,7 +47,98 @@
  * applied on the fly; needs map and stats): the output is the gradient g at
  * that output, and stats gets the sums the batch norm's backward needs,
  * Σg' and Σg'·(bx − mean), g' = g masked by its ReLU, bx the batch norm's
- * input (planes laid out as y): no separate pass over g and bx. */
+ * input (planes laid out as y): no separate pass over g and bx.
+ *
+ * One tile: FWD_CB output channels from c0 (cn of them real) at nv vectors
+ * of positions from q; nv is a constant after inlining (FWD_NV, or fewer for
+ * the last tile), so the accumulators stay in registers. */
+static inline __attribute__((always_inline)) void KERN(fwd_tile)(
+    const float *x, size_t ps, int c_in, const int kt, const int *off, const float *wb,
+    const float *bias, int c0, int cn, float *y, size_t ys, int q, const int nv,
+    const conv_out_map *map, float *stats, const float *bx, const dpt_bn_apply *ba)
+{
+    VEC acc[FWD_CB][FWD_NV];
+#pragma GCC unroll 16
+    for (int c = 0; c < FWD_CB; c++) {
+        VEC b0 = (bias && c < cn) ? VSET1(bias[c0 + c]) : VZERO();
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++)
+            acc[c][v] = b0;
+    }
+    const float *w = wb;
+    for (int ci = 0; ci < c_in; ci++) {
+        const float *xc = x + (size_t)ci * ps + q;
+#pragma GCC unroll 32
+        for (int t = 0; t < kt; t++) {
+            const float *xt = xc + off[t];
+            VEC xv[FWD_NV];
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++)
+                xv[v] = VLOAD(xt + v * VW);
+#pragma GCC unroll 16
+            for (int c = 0; c < FWD_CB; c++) {
+                VEC wv = VSET1(w[c]);
+#pragma GCC unroll 4
+                for (int v = 0; v < nv; v++)
+                    acc[c][v] = VFMA(wv, xv[v], acc[c][v]);
+            }
+            w += FWD_CB;
+        }
+    }
+    if (!map) {
+#pragma GCC unroll 16
+        for (int c = 0; c < FWD_CB; c++) {
+            if (c < cn) {
+                float *yc = y + (size_t)(c0 + c) * ys + q;
+#pragma GCC unroll 4
+                for (int v = 0; v < nv; v++)
+                    VSTORE(yc + v * VW, acc[c][v]);
+            }
+        }
+        return;
+    }
+    const conv_out_map *m = map + q / VW;
+#pragma GCC unroll 16
+    for (int c = 0; c < FWD_CB; c++) {
+        if (c < cn) {
+            float *yc = y + (size_t)(c0 + c) * ys;
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++) {
+                VSTORE_RANGE(yc + m[v].off_a, acc[c][v], 0, m[v].hi_a);
+                VSTORE_RANGE(yc + m[v].off_b, acc[c][v], m[v].lo_b, m[v].hi_b);
+            }
+            if (stats) {
+                /* With ba, s2 gets k·(bx − mean) and k is masked by the
+                 * ReLU; without, s2 gets k·k. */
+                float *st = stats + (size_t)(c0 + c) * 2 * VW;
+                VEC s1 = VLOAD(st), s2 = VLOAD(st + VW);
+                const float *xc = ba ? bx + (size_t)(c0 + c) * ys : NULL;
+                const VEC zero = VZERO();
+                const VEC mv = ba ? VSET1(ba->mean[c0 + c]) : zero;
+                const VEC sc = ba ? VSET1(ba->scale[c0 + c]) : zero;
+                const VEC sh = ba ? VSET1(ba->shift[c0 + c]) : zero;
+#pragma GCC unroll 4
+                for (int v = 0; v < nv; v++) {
+                    VEC k = VKEEP2(acc[c][v], m[v].hi_a, m[v].lo_b, m[v].hi_b), d = k;
+                    if (ba) { /* lanes outside the map load as 0 and keep 0 */
+                        d = VSUB(VADD(VLOAD_RANGE(xc + m[v].off_a, 0, m[v].hi_a),
+                                      VLOAD_RANGE(xc + m[v].off_b, m[v].lo_b, m[v].hi_b)),
+                                 mv);
+                        if (ba->relu)
+                            k = VKEEPGT0(k, VADD(VMUL(d, sc), sh), zero);
+                    }
+                    s1 = VADD(s1, k);
+                    s2 = VFMA(k, d, s2);
+                }
+                VSTORE(st, s1);
+                VSTORE(st + VW, s2);
+            }
+        }
+    }
+}
+
+/* nq is a multiple of VW: whole tiles of FWD_NV vectors, then one shorter
+ * tile for the rest (the wide rows rarely fill whole tiles). */
 static inline __attribute__((always_inline)) void KERN(fwd_body)(
     const float *x, size_t ps, int c_in, const int kt, const int *off, const float *wpk,
     const float *bias, int c_out, float *y, size_t ys, int nq, const conv_out_map *map,
@@ -58,86 +149,28 @@ static inline __attribute__((always_inline)) void KERN(fwd_body)(
     for (int c0 = 0; c0 < c_out; c0 += FWD_CB) {
         const float *wb = wpk + (size_t)(c0 / FWD_CB) * kblk;
         const int cn = c_out - c0 < FWD_CB ? c_out - c0 : FWD_CB;
-        for (int q = 0; q < nq; q += tile) {
+        int q = 0;
+        for (; q + tile <= nq; q += tile) {
             conv_prefetch_step(pf);
-            VEC acc[FWD_CB][FWD_NV];
-#pragma GCC unroll 16
-            for (int c = 0; c < FWD_CB; c++) {
-                VEC b0 = (bias && c < cn) ? VSET1(bias[c0 + c]) : VZERO();
-#pragma GCC unroll 4
-                for (int v = 0; v < FWD_NV; v++)
-                    acc[c][v] = b0;
-            }
-            const float *w = wb;
-            for (int ci = 0; ci < c_in; ci++) {
-                const float *xc = x + (size_t)ci * ps + q;
-#pragma GCC unroll 32
-                for (int t = 0; t < kt; t++) {
-                    const float *xt = xc + off[t];
-                    VEC xv[FWD_NV];
-#pragma GCC unroll 4
-                    for (int v = 0; v < FWD_NV; v++)
-                        xv[v] = VLOAD(xt + v * VW);
-#pragma GCC unroll 16
-                    for (int c = 0; c < FWD_CB; c++) {
-                        VEC wv = VSET1(w[c]);
-#pragma GCC unroll 4
-                        for (int v = 0; v < FWD_NV; v++)
-                            acc[c][v] = VFMA(wv, xv[v], acc[c][v]);
-                    }
-                    w += FWD_CB;
-                }
-            }
-            if (!map) {
-#pragma GCC unroll 16
-                for (int c = 0; c < FWD_CB; c++) {
-                    if (c < cn) {
-                        float *yc = y + (size_t)(c0 + c) * ys + q;
-#pragma GCC unroll 4
-                        for (int v = 0; v < FWD_NV; v++)
-                            VSTORE(yc + v * VW, acc[c][v]);
-                    }
-                }
-                continue;
-            }
-            const conv_out_map *m = map + q / VW;
-#pragma GCC unroll 16
-            for (int c = 0; c < FWD_CB; c++) {
-                if (c < cn) {
-                    float *yc = y + (size_t)(c0 + c) * ys;
-#pragma GCC unroll 4
-                    for (int v = 0; v < FWD_NV; v++) {
-                        VSTORE_RANGE(yc + m[v].off_a, acc[c][v], 0, m[v].hi_a);
-                        VSTORE_RANGE(yc + m[v].off_b, acc[c][v], m[v].lo_b, m[v].hi_b);
-                    }
-                    if (stats) {
-                        /* With ba, s2 gets k·(bx − mean) and k is masked by
-                         * the ReLU; without, s2 gets k·k. */
-                        float *st = stats + (size_t)(c0 + c) * 2 * VW;
-                        VEC s1 = VLOAD(st), s2 = VLOAD(st + VW);
-                        const float *xc = ba ? bx + (size_t)(c0 + c) * ys : NULL;
-                        const VEC zero = VZERO();
-                        const VEC mv = ba ? VSET1(ba->mean[c0 + c]) : zero;
-                        const VEC sc = ba ? VSET1(ba->scale[c0 + c]) : zero;
-                        const VEC sh = ba ? VSET1(ba->shift[c0 + c]) : zero;
-#pragma GCC unroll 4
-                        for (int v = 0; v < FWD_NV; v++) {
-                            VEC k = VKEEP2(acc[c][v], m[v].hi_a, m[v].lo_b, m[v].hi_b), d = k;
-                            if (ba) { /* lanes outside the map load as 0 and keep 0 */
-                                d = VSUB(VADD(VLOAD_RANGE(xc + m[v].off_a, 0, m[v].hi_a),
-                                              VLOAD_RANGE(xc + m[v].off_b, m[v].lo_b, m[v].hi_b)),
-                                         mv);
-                                if (ba->relu)
-                                    k = VKEEPGT0(k, VADD(VMUL(d, sc), sh), zero);
-                            }
-                            s1 = VADD(s1, k);
-                            s2 = VFMA(k, d, s2);
-                        }
-                        VSTORE(st, s1);
-                        VSTORE(st + VW, s2);
-                    }
-                }
-            }
+            KERN(fwd_tile)(x, ps, c_in, kt, off, wb, bias, c0, cn, y, ys, q, FWD_NV, map, stats,
+                           bx, ba);
+        }
+        switch ((nq - q) / VW) {
+#if FWD_NV > 3
+        case 3:
+            KERN(fwd_tile)(x, ps, c_in, kt, off, wb, bias, c0, cn, y, ys, q, 3, map, stats, bx, ba);
+            break;
+#endif
+#if FWD_NV > 2
+        case 2:
+            KERN(fwd_tile)(x, ps, c_in, kt, off, wb, bias, c0, cn, y, ys, q, 2, map, stats, bx, ba);
+            break;
+#endif
+        case 1:
+            KERN(fwd_tile)(x, ps, c_in, kt, off, wb, bias, c0, cn, y, ys, q, 1, map, stats, bx, ba);
+            break;
+        default:
+            break;
         }
     }
 }
