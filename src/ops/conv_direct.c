@@ -203,22 +203,6 @@ static void prefetch_plan(conv_prefetch *pf, const void *a, const void *b, const
     pf->j = 0;
 }
 
-/* Σ of n floats in float64, through 16 float lanes (vectorisable). */
-static double sum_f32(const float *p, size_t n)
-{
-    float acc[16] = {0};
-    size_t j = 0;
-    for (; j + 16 <= n; j += 16)
-        for (int l = 0; l < 16; l++)
-            acc[l] += p[j + l];
-    double s = 0.0;
-    for (; j < n; j++)
-        s += p[j];
-    for (int l = 0; l < 16; l++)
-        s += acc[l];
-    return s;
-}
-
 /* The kernels' per-lane sums of one image, st[c][2][vw], added into a[c]
  * and b[c] in float64: each float sum covers one image's plane, so the
  * batch total keeps its precision. */
@@ -277,7 +261,7 @@ void dpt_conv_direct_forward(const conv_isa *isa, const dpt_conv2d_desc *d, cons
         if (xa)
             isa->pad_bn(x + i * x_img, d->c_in, d->h, d->w, d->pad, d->pad, g.wp, g.ps_x, xp, xa);
         else
-            isa->pad(x + i * x_img, d->c_in, d->h, d->w, d->pad, d->pad, g.wp, g.ps_x, xp);
+            isa->pad(x + i * x_img, d->c_in, d->h, d->w, d->pad, d->pad, g.wp, g.ps_x, xp, NULL);
         if (map) {
             float *st = sum ? stats : NULL;
             if (st)
@@ -392,27 +376,34 @@ void dpt_conv_direct_backward(const conv_isa *isa, const dpt_conv2d_desc *d, con
         if (xa)
             isa->pad_bn(xi, d->c_in, d->h, d->w, d->pad, d->pad, g.wp, g.ps_x, xp, xa);
         else
-            isa->pad(xi, d->c_in, d->h, d->w, d->pad, d->pad, g.wp, g.ps_x, xp);
+            isa->pad(xi, d->c_in, d->h, d->w, d->pad, d->pad, g.wp, g.ps_x, xp, NULL);
         /* dyp for the data gradient, dyw (row stride wp, junk columns and
          * tail zero) for the weight gradient: one buffer for a "same"
-         * convolution. With dya, the batch norm's backward on the way. */
+         * convolution. With dya, the batch norm's backward on the way. The
+         * first pack also adds up the bias gradient (per lane, into the
+         * stats scratch, free until the data gradient). */
+        float *csum = db ? stats : NULL;
         if (g.same || dx) {
             if (dya)
                 isa->pad_bnback(dyi, yi, d->c_out, d->out_h, d->out_w, g.pdh, g.pdw, g.wd, g.ps_d,
-                                dyp, dya);
+                                dyp, dya, csum);
             else
-                isa->pad(dyi, d->c_out, d->out_h, d->out_w, g.pdh, g.pdw, g.wd, g.ps_d, dyp);
+                isa->pad(dyi, d->c_out, d->out_h, d->out_w, g.pdh, g.pdw, g.wd, g.ps_d, dyp, csum);
+            csum = NULL;
         }
         if (!g.same) {
             if (dya)
                 isa->pad_bnback(dyi, yi, d->c_out, d->out_h, d->out_w, 0, 0, g.wp,
-                                (size_t)g.nq_w, dyw, dya);
+                                (size_t)g.nq_w, dyw, dya, csum);
             else
-                isa->pad(dyi, d->c_out, d->out_h, d->out_w, 0, 0, g.wp, (size_t)g.nq_w, dyw);
+                isa->pad(dyi, d->c_out, d->out_h, d->out_w, 0, 0, g.wp, (size_t)g.nq_w, dyw, csum);
         }
-        if (db) /* the junk columns of dyw are zero */
-            for (int co = 0; co < d->c_out; co++)
-                bsum[co] += sum_f32(dyw + (size_t)co * dys, (size_t)g.nq_w);
+        for (int co = 0; db && co < d->c_out; co++) {
+            double s = 0.0;
+            for (int l = 0; l < vw; l++)
+                s += stats[(size_t)co * vw + l];
+            bsum[co] += s;
+        }
         isa->dw(dptr, g.co_pw, xptr, g.k_pw, g.nq_w, part, pfp);
         if (dx) {
             float *dxi = dx + i * x_img;

@@ -59,14 +59,15 @@ typedef struct conv_isa {
                 conv_prefetch *pf);
     void (*dw)(const float *const *dy, int c_out, const float *const *xk, int k_total, int nq,
                float *part, conv_prefetch *pf);
+    /* csum: NULL, or per-lane sums of the packed values per channel. */
     void (*pad)(const float *src, int c, int h, int w, int ph, int pw, int wp, size_t ps,
-                float *dst);
+                float *dst, float *csum);
     /* pad with a batch norm applied (forward), and the gradient through a
      * batch norm above (backward); see dpt_bn_apply in ops.h. */
     void (*pad_bn)(const float *src, int c, int h, int w, int ph, int pw, int wp, size_t ps,
                    float *dst, const dpt_bn_apply *a);
     void (*pad_bnback)(const float *g, const float *y, int c, int h, int w, int ph, int pw, int wp,
-                       size_t ps, float *dst, const dpt_bn_apply *a);
+                       size_t ps, float *dst, const dpt_bn_apply *a, float *csum);
 } conv_isa;
 
 #if defined(__x86_64__) || defined(__i386__)

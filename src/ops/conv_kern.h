@@ -254,15 +254,18 @@ static void KERN(dw)(const float *const *dy, int c_out, const float *const *xk, 
  *   PACK_BNBACK  src is the gradient g at the output of the batch norm
  *                (+ ReLU) applied to yv, and the plane gets the gradient at
  *                yv (pad_bnback): kf·g' − ka − (y − m)·kb, g' = g where
- *                (y − m)·s + t > 0 (relu). */
+ *                (y − m)·s + t > 0 (relu).
+ * csum (NULL: none): per channel, the packed values added up per lane into
+ * csum[ch][VW] (a conv's bias gradient, from the dy it packs anyway). */
 enum { PACK_COPY, PACK_BN, PACK_BNBACK };
 
 static inline __attribute__((always_inline)) void KERN(pack)(
     const float *src, const float *yv, int c, int h, int w, int ph, int pw, int wp, size_t ps,
-    float *dst, const dpt_bn_apply *a, const int mode)
+    float *dst, const dpt_bn_apply *a, const int mode, float *csum)
 {
     const VEC zero = VZERO();
     for (int ch = 0; ch < c; ch++) {
+        VEC cs = zero;
         const float *s = src + (size_t)ch * h * w;
         const float *ys = mode == PACK_BNBACK ? yv + (size_t)ch * h * w : NULL;
         float *r = dst + (size_t)ch * ps + (size_t)ph * wp + pw;
@@ -289,30 +292,34 @@ static inline __attribute__((always_inline)) void KERN(pack)(
                     VSTORE(r + x, v);
                 else
                     VSTORE_RANGE(r + x, v, 0, n);
+                if (csum) /* lanes past n are not 0 after PACK_BNBACK */
+                    cs = VADD(cs, n == VW ? v : VKEEP2(v, n, 0, 0));
             }
             s += w;
             ys = ys ? ys + w : NULL;
             r += wp;
         }
+        if (csum)
+            VSTORE(csum + (size_t)ch * VW, cs);
     }
 }
 
 static void KERN(pad)(const float *src, int c, int h, int w, int ph, int pw, int wp, size_t ps,
-                      float *dst)
+                      float *dst, float *csum)
 {
-    KERN(pack)(src, NULL, c, h, w, ph, pw, wp, ps, dst, NULL, PACK_COPY);
+    KERN(pack)(src, NULL, c, h, w, ph, pw, wp, ps, dst, NULL, PACK_COPY, csum);
 }
 
 static void KERN(pad_bn)(const float *src, int c, int h, int w, int ph, int pw, int wp, size_t ps,
                          float *dst, const dpt_bn_apply *a)
 {
-    KERN(pack)(src, NULL, c, h, w, ph, pw, wp, ps, dst, a, PACK_BN);
+    KERN(pack)(src, NULL, c, h, w, ph, pw, wp, ps, dst, a, PACK_BN, NULL);
 }
 
 static void KERN(pad_bnback)(const float *g, const float *yv, int c, int h, int w, int ph, int pw,
-                             int wp, size_t ps, float *dst, const dpt_bn_apply *a)
+                             int wp, size_t ps, float *dst, const dpt_bn_apply *a, float *csum)
 {
-    KERN(pack)(g, yv, c, h, w, ph, pw, wp, ps, dst, a, PACK_BNBACK);
+    KERN(pack)(g, yv, c, h, w, ph, pw, wp, ps, dst, a, PACK_BNBACK, csum);
 }
 
 /* The table kernels.c picks from (conv_direct.h), named KERN(dpt_conv_isa). */
