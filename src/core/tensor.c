@@ -1,17 +1,38 @@
 /* Aligned allocation and float32 tensors. */
+/* madvise and MADV_HUGEPAGE (Linux) are outside POSIX. */
+#define _DEFAULT_SOURCE
 #include "dptrain/core.h"
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+
+/* Buffers of a few MB and up (activations, gradients) start on a 2 MB
+ * boundary and ask for transparent huge pages: the kernels stream through
+ * them image by image and channel by channel, and with 4 KB pages a step
+ * walks more pages than the TLB holds. Where the kernel does not give huge
+ * pages (THP off, other systems), they are ordinary memory. */
+#define HUGE_BYTES ((size_t)2 << 20)
 
 void *dpt_alloc(size_t bytes)
 {
     if (bytes == 0)
         return NULL;
-    size_t rounded = (bytes + 63) & ~(size_t)63; /* aligned_alloc wants a multiple */
-    void *p = aligned_alloc(64, rounded);
-    if (p)
-        memset(p, 0, rounded);
+    size_t align = 64, rounded = (bytes + 63) & ~(size_t)63; /* aligned_alloc wants a multiple */
+#ifdef MADV_HUGEPAGE
+    if (bytes >= HUGE_BYTES) {
+        align = HUGE_BYTES;
+        rounded = (bytes + HUGE_BYTES - 1) & ~(HUGE_BYTES - 1);
+    }
+#endif
+    void *p = aligned_alloc(align, rounded);
+    if (!p)
+        return NULL;
+#ifdef MADV_HUGEPAGE
+    if (align == HUGE_BYTES)
+        (void)madvise(p, rounded, MADV_HUGEPAGE); /* a hint: failure changes nothing */
+#endif
+    memset(p, 0, rounded);
     return p;
 }
 
