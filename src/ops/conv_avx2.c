@@ -38,6 +38,11 @@ static inline __m256i range_mask(int lo, int hi)
 #define VKEEP2(v, hi_a, lo_b, hi_b)                                                        \
     _mm256_and_ps((v), _mm256_castsi256_ps(_mm256_or_si256(range_mask(0, (hi_a)),           \
                                                            range_mask((lo_b), (hi_b)))))
+#define VSTORE_MAP_A(p, v, e) VSTORE_RANGE((p), (v), 0, (e).hi_a)
+#define VSTORE_MAP_B(p, v, e) VSTORE_RANGE((p), (v), (e).lo_b, (e).hi_b)
+#define VLOAD_MAP_A(p, e) VLOAD_RANGE((p), 0, (e).hi_a)
+#define VLOAD_MAP_B(p, e) VLOAD_RANGE((p), (e).lo_b, (e).hi_b)
+#define VKEEP_MAP(v, e) VKEEP2((v), (e).hi_a, (e).lo_b, (e).hi_b)
 #define FWD_CB 5
 #define FWD_NV 2
 /* Weight gradient: 2 channels x 5 taps = 10 accumulators + 2 + 1. */

@@ -34,6 +34,11 @@
     _mm512_maskz_mov_ps((__mmask16)((((1u << (hi_a)) - 1u)) |                           \
                                     (((1u << (hi_b)) - 1u) & ~((1u << (lo_b)) - 1u))), \
                         (v))
+#define VSTORE_MAP_A(p, v, e) _mm512_mask_storeu_ps((p), (__mmask16)(e).bits_a, (v))
+#define VSTORE_MAP_B(p, v, e) _mm512_mask_storeu_ps((p), (__mmask16)(e).bits_b, (v))
+#define VLOAD_MAP_A(p, e) _mm512_maskz_loadu_ps((__mmask16)(e).bits_a, (p))
+#define VLOAD_MAP_B(p, e) _mm512_maskz_loadu_ps((__mmask16)(e).bits_b, (p))
+#define VKEEP_MAP(v, e) _mm512_maskz_mov_ps((__mmask16)((e).bits_a | (e).bits_b), (v))
 #define FWD_CB 5
 #define FWD_NV 4
 /* Weight gradient: 4 channels x 5 taps = 20 accumulators + 4 + 1. */

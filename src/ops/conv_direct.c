@@ -170,7 +170,7 @@ static void compact(const float *wide, int c, int oh, int ow, int wp, size_t ys,
 static void make_map(conv_out_map *map, int nq, int vw, int oh, int ow, int wp)
 {
     for (int q = 0, e = 0; q < nq; q += vw, e++) {
-        conv_out_map m = {0, 0, 0, 0, 0};
+        conv_out_map m = {0, 0, 0, 0, 0, 0, 0};
         int r = q / wp, c = q % wp;
         if (r < oh && c < ow) {
             m.off_a = r * ow + c;
@@ -182,6 +182,8 @@ static void make_map(conv_out_map *map, int nq, int vw, int oh, int ow, int wp)
             m.hi_b = lo + ow < vw ? lo + ow : vw;
             m.off_b = (r + 1) * ow - lo;
         }
+        m.bits_a = (1u << m.hi_a) - 1u;
+        m.bits_b = ((1u << m.hi_b) - 1u) & ~((1u << m.lo_b) - 1u);
         map[e] = m;
     }
 }

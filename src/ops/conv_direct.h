@@ -18,6 +18,7 @@
  * vector never spans more than two rows and off_b >= 0. */
 typedef struct conv_out_map {
     int off_a, hi_a, off_b, lo_b, hi_b;
+    unsigned bits_a, bits_b; /* the two lane ranges as bit masks (lane l: bit l) */
 } conv_out_map;
 
 /* Lines of the next image's inputs, fetched into L2 a few at a time while

@@ -19,6 +19,10 @@
  *   VSUB, VMUL      a − b, a · b
  *   VKEEPGT0(v, z, zero)  v where z > 0, else 0
  *   VLOAD_RANGE(p, lo, hi)  load lanes [lo, hi) from p + lane, the others zero
+ *   VSTORE_MAP_A(p, v, e), VSTORE_MAP_B, VLOAD_MAP_A, VLOAD_MAP_B, VKEEP_MAP(v, e)
+ *                   the RANGE operations on the lanes of a conv_out_map entry
+ *                   e: range a, range b, or both kept (its bit masks on
+ *                   AVX-512, so no mask is computed in the loop)
  *   VW              lanes
  *   FWD_CB, FWD_NV  forward tile: FWD_CB output channels x FWD_NV vectors
  *   DW_CB, DW_KB    weight-gradient tile: DW_CB channels x DW_KB filter taps
@@ -104,8 +108,8 @@ static inline __attribute__((always_inline)) void KERN(fwd_tile)(
             float *yc = y + (size_t)(c0 + c) * ys;
 #pragma GCC unroll 4
             for (int v = 0; v < nv; v++) {
-                VSTORE_RANGE(yc + m[v].off_a, acc[c][v], 0, m[v].hi_a);
-                VSTORE_RANGE(yc + m[v].off_b, acc[c][v], m[v].lo_b, m[v].hi_b);
+                VSTORE_MAP_A(yc + m[v].off_a, acc[c][v], m[v]);
+                VSTORE_MAP_B(yc + m[v].off_b, acc[c][v], m[v]);
             }
             if (stats) {
                 /* With ba, s2 gets k·(bx − mean) and k is masked by the
@@ -119,10 +123,10 @@ static inline __attribute__((always_inline)) void KERN(fwd_tile)(
                 const VEC sh = ba ? VSET1(ba->shift[c0 + c]) : zero;
 #pragma GCC unroll 4
                 for (int v = 0; v < nv; v++) {
-                    VEC k = VKEEP2(acc[c][v], m[v].hi_a, m[v].lo_b, m[v].hi_b), d = k;
+                    VEC k = VKEEP_MAP(acc[c][v], m[v]), d = k;
                     if (ba) { /* lanes outside the map load as 0 and keep 0 */
-                        d = VSUB(VADD(VLOAD_RANGE(xc + m[v].off_a, 0, m[v].hi_a),
-                                      VLOAD_RANGE(xc + m[v].off_b, m[v].lo_b, m[v].hi_b)),
+                        d = VSUB(VADD(VLOAD_MAP_A(xc + m[v].off_a, m[v]),
+                                      VLOAD_MAP_B(xc + m[v].off_b, m[v])),
                                  mv);
                         if (ba->relu)
                             k = VKEEPGT0(k, VADD(VMUL(d, sc), sh), zero);
