@@ -3,11 +3,13 @@
  * loss.svg (and loss.png through rsvg-convert when it is installed), always
  * by writing a temporary file and renaming it, so a viewer never sees half a
  * plot. Runs on the queue's client thread, never on a worker. */
+#define _GNU_SOURCE /* SCHED_IDLE (Linux) */
 #include "cli/report.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <sched.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -183,6 +185,15 @@ static void write_png(report *r)
     posix_spawn_file_actions_destroy(&fa);
     if (!spawned)
         return; /* not installed: the SVG is the plot */
+#ifdef SCHED_IDLE
+    /* The workers keep every core busy: the renderer (about 60 ms of CPU
+     * at each epoch's end) runs only on idle time, so it never takes a
+     * worker's core and holds the others at the next all-reduce. (glibc's
+     * posix_spawn takes no SCHED_IDLE; the first instants at normal
+     * priority do not matter. Failure leaves it at normal priority.) */
+    struct sched_param sp = {.sched_priority = 0};
+    (void)sched_setscheduler(pid, SCHED_IDLE, &sp);
+#endif
     int st;
     if (waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0)
         rename(tmp, r->png_path);
