@@ -142,7 +142,12 @@ static inline __attribute__((always_inline)) void KERN(fwd_tile)(
 }
 
 /* nq is a multiple of VW: whole tiles of FWD_NV vectors, then one shorter
- * tile for the rest (the wide rows rarely fill whole tiles). */
+ * tile for the rest (the wide rows rarely fill whole tiles). The four
+ * inlined tile widths are more code than GCC keeps in registers under
+ * -fsanitize=address/undefined at -O2: there the accumulators spill and the
+ * kernel runs about 5x slower than before the tails (CI's ASan stage took
+ * 973 s instead of about 250); -O2 and -O3 builds without sanitizers do
+ * not spill (checked in the object code). */
 static inline __attribute__((always_inline)) void KERN(fwd_body)(
     const float *x, size_t ps, int c_in, const int kt, const int *off, const float *wpk,
     const float *bias, int c_out, float *y, size_t ys, int nq, const conv_out_map *map,
