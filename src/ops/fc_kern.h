@@ -131,36 +131,49 @@ static void KN(fc_backward_dx)(const float *dy, const float *w, float *dx, int n
 
 /* dw[o][k] = Σ_i dy[i][o] x[i][k]: per group of images, FC_DW_VEC vectors
  * of k at a time, the out x FC_DW_VEC accumulators in registers across the
- * group. */
+ * group. With a, x is normalised as it is loaded, a channel (hw inputs, a
+ * multiple of the step) at a time so its parameters are broadcast once. */
 static inline __attribute__((always_inline)) void KN(fc_backward_dw_body)(
-    const float *x, const float *dy, float *dw, int n, int in, const int out)
+    const float *x, const float *dy, float *dw, int n, int in, const int out,
+    const dpt_bn_apply *a, int hw, const int relu)
 {
-    const int step = FC_DW_VEC * VN, kb = in / step * step;
+    const int step = FC_DW_VEC * VN, kb = in / step * step, span = a ? hw : kb;
+    const VT zero = KN(vset1)(0.0f);
     for (int i0 = 0; i0 < n; i0 += FC_GROUP) {
         const int i1 = n - i0 < FC_GROUP ? n : i0 + FC_GROUP;
-        for (int k = 0; k < kb; k += step) {
-            VT acc[FC_MAX_OUT][FC_DW_VEC];
-            for (int o = 0; o < out; o++)
-                for (int v = 0; v < FC_DW_VEC; v++)
-                    acc[o][v] = i0 ? KN(vload)(dw + (size_t)o * in + k + v * VN)
-                                   : KN(vset1)(0.0f);
-            for (int i = i0; i < i1; i++) {
-                const float *xr = x + (size_t)i * in + k, *g = dy + (size_t)i * out;
-                VT xv[FC_DW_VEC];
-                for (int v = 0; v < FC_DW_VEC; v++)
-                    xv[v] = KN(vload)(xr + v * VN);
-                for (int o = 0; o < out; o++) {
-                    VT gv = KN(vset1)(g[o]);
-                    for (int v = 0; v < FC_DW_VEC; v++)
-                        acc[o][v] += gv * xv[v];
-                }
+        for (int k0 = 0; k0 < kb; k0 += span) {
+            VT m = zero, sc = zero, sh = zero;
+            if (a) {
+                const int ch = k0 / hw;
+                m = KN(vset1)(a->mean[ch]), sc = KN(vset1)(a->scale[ch]);
+                sh = KN(vset1)(a->shift[ch]);
             }
-            for (int o = 0; o < out; o++)
-                for (int v = 0; v < FC_DW_VEC; v++)
-                    KN(vstore)(dw + (size_t)o * in + k + v * VN, acc[o][v]);
+            for (int k = k0; k < k0 + span; k += step) {
+                VT acc[FC_MAX_OUT][FC_DW_VEC];
+                for (int o = 0; o < out; o++)
+                    for (int v = 0; v < FC_DW_VEC; v++)
+                        acc[o][v] = i0 ? KN(vload)(dw + (size_t)o * in + k + v * VN) : zero;
+                for (int i = i0; i < i1; i++) {
+                    const float *xr = x + (size_t)i * in + k, *g = dy + (size_t)i * out;
+                    VT xv[FC_DW_VEC];
+                    for (int v = 0; v < FC_DW_VEC; v++) {
+                        xv[v] = KN(vload)(xr + v * VN);
+                        if (a)
+                            xv[v] = KN(fc_bn)(xv[v], m, sc, sh, relu);
+                    }
+                    for (int o = 0; o < out; o++) {
+                        VT gv = KN(vset1)(g[o]);
+                        for (int v = 0; v < FC_DW_VEC; v++)
+                            acc[o][v] += gv * xv[v];
+                    }
+                }
+                for (int o = 0; o < out; o++)
+                    for (int v = 0; v < FC_DW_VEC; v++)
+                        KN(vstore)(dw + (size_t)o * in + k + v * VN, acc[o][v]);
+            }
         }
     }
-    for (int o = 0; o < out; o++)
+    for (int o = 0; o < out; o++) /* without a only: with a, kb == in */
         for (int k = kb; k < in; k++) {
             float s = 0.0f;
             for (int i = 0; i < n; i++)
@@ -172,9 +185,9 @@ static inline __attribute__((always_inline)) void KN(fc_backward_dw_body)(
 static void KN(fc_backward_dw)(const float *x, const float *dy, float *dw, int n, int in, int out)
 {
     if (out == 10)
-        KN(fc_backward_dw_body)(x, dy, dw, n, in, 10);
+        KN(fc_backward_dw_body)(x, dy, dw, n, in, 10, NULL, 0, 0);
     else
-        KN(fc_backward_dw_body)(x, dy, dw, n, in, out);
+        KN(fc_backward_dw_body)(x, dy, dw, n, in, out, NULL, 0, 0);
 }
 
 /* The whole backward with the batch norm a applied to x on the fly, as the
@@ -219,34 +232,7 @@ static inline __attribute__((always_inline)) void KN(fc_backward_bn_body)(
             xg[in / hw + ch] += KN(vsum)(s2);
         }
     }
-    for (int i0 = 0; i0 < n; i0 += FC_GROUP) {
-        const int i1 = n - i0 < FC_GROUP ? n : i0 + FC_GROUP;
-        for (int k0 = 0; k0 < in; k0 += hw) {
-            const int ch = k0 / hw;
-            const VT m = KN(vset1)(a->mean[ch]), sc = KN(vset1)(a->scale[ch]);
-            const VT sh = KN(vset1)(a->shift[ch]);
-            for (int k = k0; k < k0 + hw; k += FC_DW_VEC * VN) {
-                VT acc[FC_MAX_OUT][FC_DW_VEC];
-                for (int o = 0; o < out; o++)
-                    for (int v = 0; v < FC_DW_VEC; v++)
-                        acc[o][v] = i0 ? KN(vload)(dw + (size_t)o * in + k + v * VN) : zero;
-                for (int i = i0; i < i1; i++) {
-                    const float *xr = x + (size_t)i * in + k, *g = dy + (size_t)i * out;
-                    VT z[FC_DW_VEC];
-                    for (int v = 0; v < FC_DW_VEC; v++)
-                        z[v] = KN(fc_bn)(KN(vload)(xr + v * VN), m, sc, sh, relu);
-                    for (int o = 0; o < out; o++) {
-                        VT gv = KN(vset1)(g[o]);
-                        for (int v = 0; v < FC_DW_VEC; v++)
-                            acc[o][v] += gv * z[v];
-                    }
-                }
-                for (int o = 0; o < out; o++)
-                    for (int v = 0; v < FC_DW_VEC; v++)
-                        KN(vstore)(dw + (size_t)o * in + k + v * VN, acc[o][v]);
-            }
-        }
-    }
+    KN(fc_backward_dw_body)(x, dy, dw, n, in, out, a, hw, relu);
 }
 
 static void KN(fc_backward_bn)(const float *dy, const float *w, float *dx, float *dw, int n,
