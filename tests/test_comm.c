@@ -508,6 +508,65 @@ static dpt_status run_fail(fail_case *fc, int nw, long timeout_ms, char *msg, si
     return st;
 }
 
+/* Waiters spin for a while before they sleep (DPT_SPIN_US, default 2 ms;
+ * only with no more workers than CPUs). With 2 workers, barriers where one
+ * worker arrives late by more or less than the spin budget: nobody leaves
+ * early, whatever the budget (0, short, long, an invalid value that falls
+ * back to the default). Then a spin budget far longer than a collective's
+ * timeout: the timeout still ends the wait on time. */
+typedef struct spin_case {
+    atomic_int count[12];
+    int early;
+} spin_case;
+
+static dpt_status spin_worker(dpt_comm *c, void *p)
+{
+    spin_case *sc = p;
+    const int r = dpt_comm_rank(c);
+    for (int k = 0; k < 12; k++) {
+        if (k % 2 == r)
+            sleep_ms(k % 3 == 0 ? 6 : 1); /* longer and shorter than 2 ms */
+        atomic_fetch_add(&sc->count[k], 1);
+        dpt_status st = dpt_comm_barrier(c);
+        if (st)
+            return st;
+        if (atomic_load(&sc->count[k]) != 2)
+            sc->early++;
+    }
+    return DPT_OK;
+}
+
+static void test_spin(void)
+{
+    int fails = *tu_failures();
+    static const char *const budgets[] = {"0", "100", "20000", "junk"};
+    for (size_t b = 0; b < sizeof budgets / sizeof *budgets; b++) {
+        setenv("DPT_SPIN_US", budgets[b], 1);
+        spin_case *sc = calloc(1, sizeof *sc);
+        if (!sc)
+            return;
+        dpt_spmd_config cfg = local_cfg(2);
+        CHECK_MSG(dpt_spmd_run(&cfg, spin_worker, sc) == DPT_OK, "%s", dpt_last_error());
+        CHECK_MSG(sc->early == 0, "DPT_SPIN_US=%s: %d barriers left early", budgets[b], sc->early);
+        free(sc);
+    }
+    setenv("DPT_SPIN_US", "1000000", 1); /* 1 s of spinning allowed, 100 ms timeout */
+    fail_case fc;
+    memset(&fc, 0, sizeof fc);
+    fc.skip_mask = 1 << 1;
+    fc.fail_rank = fc.late_rank = -1;
+    char msg[1024];
+    double secs;
+    dpt_status st = run_fail(&fc, 2, 100, msg, sizeof msg, &secs);
+    CHECK_MSG(st == DPT_ERR_TIMEOUT && fc.st[0] == DPT_ERR_TIMEOUT, "status %d / %d: %s", st, fc.st[0],
+              msg);
+    CHECK_MSG(fc.secs[0] >= 0.09 && fc.secs[0] < 0.6, "timed out after %.3f s, want 0.1", fc.secs[0]);
+    unsetenv("DPT_SPIN_US");
+    printf("  spin, then sleep: late workers with budgets 0, 100 us, 20 ms, invalid; a timeout "
+           "shorter than the budget  %s\n",
+           *tu_failures() == fails ? "ok" : "FAIL");
+}
+
 static void test_timeout(void)
 {
     static const struct {
@@ -1012,6 +1071,7 @@ int main(int argc, char **argv)
     test_barrier();
     test_mixed();
     test_timeout();
+    test_spin();
     test_failing_worker();
     test_early_return();
     test_mismatch();
