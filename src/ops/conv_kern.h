@@ -141,17 +141,58 @@ static inline __attribute__((always_inline)) void KERN(fwd_tile)(
     }
 }
 
+/* The last, shorter tile of a row of tiles as a function of its own for
+ * each (taps, width) pair: with all four widths inlined into one body, GCC
+ * spilled the accumulators under -fsanitize=address/undefined at -O2, and
+ * those builds (CI's sanitizer stage) ran the direct kernels about 5x
+ * slower. The whole tiles stay inlined: conv1's forward (25 taps of one
+ * channel, a short tile) was 5 % slower with every tile a call. */
+typedef void (*KERN(tile_fn))(const float *x, size_t ps, int c_in, int kt, const int *off,
+                              const float *wb, const float *bias, int c0, int cn, float *y,
+                              size_t ys, int q, const conv_out_map *map, float *stats,
+                              const float *bx, const dpt_bn_apply *ba);
+
+#define FWD_TAIL_FN(NAME, KT, NV)                                                              \
+    static __attribute__((noinline)) void KERN(NAME)(                                         \
+        const float *x, size_t ps, int c_in, int kt, const int *off, const float *wb,          \
+        const float *bias, int c0, int cn, float *y, size_t ys, int q, const conv_out_map *map, \
+        float *stats, const float *bx, const dpt_bn_apply *ba)                                 \
+    {                                                                                          \
+        (void)kt;                                                                              \
+        KERN(fwd_tile)(x, ps, c_in, KT, off, wb, bias, c0, cn, y, ys, q, NV, map, stats, bx,   \
+                       ba);                                                                    \
+    }
+/* kt = 9 (3x3) and 25 (5x5) unrolled, any other kt a variable; widths 1 to
+ * FWD_NV - 1 (a width the set does not have is never called: NULL). */
+FWD_TAIL_FN(tail_k9_1, 9, 1)
+FWD_TAIL_FN(tail_k25_1, 25, 1)
+FWD_TAIL_FN(tail_kv_1, kt, 1)
+#if FWD_NV > 2
+FWD_TAIL_FN(tail_k9_2, 9, 2)
+FWD_TAIL_FN(tail_k25_2, 25, 2)
+FWD_TAIL_FN(tail_kv_2, kt, 2)
+#define TAIL_2(k) KERN(tail_##k##_2)
+#else
+#define TAIL_2(k) NULL
+#endif
+#if FWD_NV > 3
+FWD_TAIL_FN(tail_k9_3, 9, 3)
+FWD_TAIL_FN(tail_k25_3, 25, 3)
+FWD_TAIL_FN(tail_kv_3, kt, 3)
+#define TAIL_3(k) KERN(tail_##k##_3)
+#else
+#define TAIL_3(k) NULL
+#endif
+#undef FWD_TAIL_FN
+
 /* nq is a multiple of VW: whole tiles of FWD_NV vectors, then one shorter
- * tile for the rest (the wide rows rarely fill whole tiles). The four
- * inlined tile widths are more code than GCC keeps in registers under
- * -fsanitize=address/undefined at -O2: there the accumulators spill and the
- * kernel runs about 5x slower than before the tails (CI's ASan stage took
- * 973 s instead of about 250); -O2 and -O3 builds without sanitizers do
- * not spill (checked in the object code). */
+ * tile for the rest (the wide rows rarely fill whole tiles); tail[v] is
+ * the tile function for v + 1 vectors. */
 static inline __attribute__((always_inline)) void KERN(fwd_body)(
     const float *x, size_t ps, int c_in, const int kt, const int *off, const float *wpk,
     const float *bias, int c_out, float *y, size_t ys, int nq, const conv_out_map *map,
-    float *stats, const float *bx, const dpt_bn_apply *ba, conv_prefetch *pf)
+    float *stats, const float *bx, const dpt_bn_apply *ba, conv_prefetch *pf,
+    const KERN(tile_fn) *tail)
 {
     const int tile = FWD_NV * VW;
     const size_t kblk = (size_t)c_in * kt * FWD_CB;
@@ -168,26 +209,13 @@ static inline __attribute__((always_inline)) void KERN(fwd_body)(
                            bx, ba);
         }
     }
+    const int rest = (nq - q) / VW;
+    if (rest == 0)
+        return;
     for (int c0 = 0; c0 < c_out; c0 += FWD_CB) {
         const float *wb = wpk + (size_t)(c0 / FWD_CB) * kblk;
         const int cn = c_out - c0 < FWD_CB ? c_out - c0 : FWD_CB;
-        switch ((nq - q) / VW) {
-#if FWD_NV > 3
-        case 3:
-            KERN(fwd_tile)(x, ps, c_in, kt, off, wb, bias, c0, cn, y, ys, q, 3, map, stats, bx, ba);
-            break;
-#endif
-#if FWD_NV > 2
-        case 2:
-            KERN(fwd_tile)(x, ps, c_in, kt, off, wb, bias, c0, cn, y, ys, q, 2, map, stats, bx, ba);
-            break;
-#endif
-        case 1:
-            KERN(fwd_tile)(x, ps, c_in, kt, off, wb, bias, c0, cn, y, ys, q, 1, map, stats, bx, ba);
-            break;
-        default:
-            break;
-        }
+        tail[rest - 1](x, ps, c_in, kt, off, wb, bias, c0, cn, y, ys, q, map, stats, bx, ba);
     }
 }
 
@@ -198,18 +226,25 @@ static void KERN(fwd)(const float *x, size_t ps, int c_in, int kt, const int *of
                       const conv_out_map *map, float *stats, const float *bx,
                       const dpt_bn_apply *ba, conv_prefetch *pf)
 {
+#define TAILS(k) {KERN(tail_##k##_1), TAIL_2(k), TAIL_3(k)}
+    static const KERN(tile_fn) k9[3] = TAILS(k9), k25[3] = TAILS(k25), kv[3] = TAILS(kv);
+#undef TAILS
     switch (kt) {
     case 9:
-        KERN(fwd_body)(x, ps, c_in, 9, off, wpk, bias, c_out, y, ys, nq, map, stats, bx, ba, pf);
+        KERN(fwd_body)(x, ps, c_in, 9, off, wpk, bias, c_out, y, ys, nq, map, stats, bx, ba, pf, k9);
         break;
     case 25:
-        KERN(fwd_body)(x, ps, c_in, 25, off, wpk, bias, c_out, y, ys, nq, map, stats, bx, ba, pf);
+        KERN(fwd_body)(x, ps, c_in, 25, off, wpk, bias, c_out, y, ys, nq, map, stats, bx, ba, pf,
+                       k25);
         break;
     default:
-        KERN(fwd_body)(x, ps, c_in, kt, off, wpk, bias, c_out, y, ys, nq, map, stats, bx, ba, pf);
+        KERN(fwd_body)(x, ps, c_in, kt, off, wpk, bias, c_out, y, ys, nq, map, stats, bx, ba, pf,
+                       kv);
         break;
     }
 }
+#undef TAIL_2
+#undef TAIL_3
 
 /* part[co][k][lane] += Σ_q dy[co][q] * xk[k][q], lanes kept apart (summed
  * once at the end of the batch). dy: c_out rows of stride dys (c_out padded
