@@ -508,30 +508,48 @@ static dpt_status run_fail(fail_case *fc, int nw, long timeout_ms, char *msg, si
     return st;
 }
 
-/* Waiters spin for a while before they sleep (DPT_SPIN_US, default 2 ms;
- * only with no more workers than CPUs). With 2 workers, barriers where one
- * worker arrives late by more or less than the spin budget: nobody leaves
- * early, whatever the budget (0, short, long, an invalid value that falls
- * back to the default). Then a spin budget far longer than a collective's
- * timeout: the timeout still ends the wait on time. */
+/* Waiters spin for a while before they sleep (DPT_SPIN_US, default 2 ms),
+ * only with no more workers than CPUs. Seen from worker 0's thread CPU
+ * time while the others arrive 30 ms late at each of 5 barriers: about 0
+ * when it sleeps at once, about the budget per barrier when it spins. The
+ * bounds are wide (a loaded machine deschedules spinners), but each fails
+ * if the budget is ignored, misread or applied when oversubscribed. Then a
+ * spin budget far longer than a collective's timeout: the timeout still
+ * ends the wait on time. */
+#define SPIN_ROUNDS 5
+#define SPIN_LATE_MS 30
+
 typedef struct spin_case {
-    atomic_int count[12];
-    int early;
+    int early;         /* barriers worker 0 left before all arrived */
+    atomic_int count[SPIN_ROUNDS];
+    double cpu, wall;  /* worker 0, inside the barriers */
 } spin_case;
+
+static double thread_cpu_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
 
 static dpt_status spin_worker(dpt_comm *c, void *p)
 {
     spin_case *sc = p;
-    const int r = dpt_comm_rank(c);
-    for (int k = 0; k < 12; k++) {
-        if (k % 2 == r)
-            sleep_ms(k % 3 == 0 ? 6 : 1); /* longer and shorter than 2 ms */
+    const int r = dpt_comm_rank(c), nw = dpt_comm_size(c);
+    for (int k = 0; k < SPIN_ROUNDS; k++) {
+        if (r)
+            sleep_ms(SPIN_LATE_MS);
         atomic_fetch_add(&sc->count[k], 1);
+        double c0 = r ? 0.0 : thread_cpu_s(), w0 = r ? 0.0 : now_s();
         dpt_status st = dpt_comm_barrier(c);
         if (st)
             return st;
-        if (atomic_load(&sc->count[k]) != 2)
-            sc->early++;
+        if (r == 0) {
+            sc->cpu += thread_cpu_s() - c0;
+            sc->wall += now_s() - w0;
+            if (atomic_load(&sc->count[k]) != nw)
+                sc->early++;
+        }
     }
     return DPT_OK;
 }
@@ -539,15 +557,33 @@ static dpt_status spin_worker(dpt_comm *c, void *p)
 static void test_spin(void)
 {
     int fails = *tu_failures();
-    static const char *const budgets[] = {"0", "100", "20000", "junk"};
-    for (size_t b = 0; b < sizeof budgets / sizeof *budgets; b++) {
-        setenv("DPT_SPIN_US", budgets[b], 1);
+    const int cpus = dpt_cpu_count();
+    static const struct {
+        const char *budget;
+        int over;               /* 1: one worker more than CPUs */
+        double cpu_lo, cpu_hi;  /* worker 0's CPU seconds in the barriers */
+    } cases[] = {
+        {"0", 0, 0.0, 0.002},      /* sleeps at once */
+        {"20000", 0, 0.03, 1.0},   /* spins 20 ms of each 30 ms wait */
+        {"junk", 0, 0.003, 0.04},  /* invalid: the default 2 ms */
+        {"20000", 1, 0.0, 0.002},  /* oversubscribed: never spins */
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        const int nw = cases[k].over ? cpus + 1 : 2;
+        if (nw > MAXW || (!cases[k].over && cpus < 2))
+            continue;
+        setenv("DPT_SPIN_US", cases[k].budget, 1);
         spin_case *sc = calloc(1, sizeof *sc);
         if (!sc)
             return;
-        dpt_spmd_config cfg = local_cfg(2);
+        dpt_spmd_config cfg = local_cfg(nw);
         CHECK_MSG(dpt_spmd_run(&cfg, spin_worker, sc) == DPT_OK, "%s", dpt_last_error());
-        CHECK_MSG(sc->early == 0, "DPT_SPIN_US=%s: %d barriers left early", budgets[b], sc->early);
+        CHECK_MSG(sc->early == 0, "DPT_SPIN_US=%s: %d barriers left early", cases[k].budget,
+                  sc->early);
+        CHECK_MSG(sc->cpu >= cases[k].cpu_lo && sc->cpu <= cases[k].cpu_hi,
+                  "DPT_SPIN_US=%s, %d workers on %d CPUs: worker 0 used %.4f s of CPU in %.3f s "
+                  "of barriers, want %.3f..%.3f",
+                  cases[k].budget, nw, cpus, sc->cpu, sc->wall, cases[k].cpu_lo, cases[k].cpu_hi);
         free(sc);
     }
     setenv("DPT_SPIN_US", "1000000", 1); /* 1 s of spinning allowed, 100 ms timeout */
@@ -562,8 +598,8 @@ static void test_spin(void)
               msg);
     CHECK_MSG(fc.secs[0] >= 0.09 && fc.secs[0] < 0.6, "timed out after %.3f s, want 0.1", fc.secs[0]);
     unsetenv("DPT_SPIN_US");
-    printf("  spin, then sleep: late workers with budgets 0, 100 us, 20 ms, invalid; a timeout "
-           "shorter than the budget  %s\n",
+    printf("  spin, then sleep: CPU of a waiting worker with budgets 0, 20 ms, invalid (2 ms), "
+           "oversubscribed; a timeout shorter than the budget  %s\n",
            *tu_failures() == fails ? "ok" : "FAIL");
 }
 

@@ -257,15 +257,13 @@ static void deadline_after(long ms, struct timespec *t)
     }
 }
 
-
 /* Spin before sleeping. Workers meet at a barrier several times per
  * training step (the batch norms' sums, the gradient), and their arrivals
  * differ by a few milliseconds. A worker that sleeps on the condition
  * variable each time idles its core, and on the 2-core virtual machines we
- * measure on, a worker woken after such a pause runs its next phase
- * markedly slower: 2 local workers at minibatch 128 reached 1.10-1.65x
- * the images/s (median 1.16, 5 alternated pairs) with waiters spinning
- * instead (docs/scaling.md). So a waiter first spins on the generation,
+ * measure on, workers that slept at every barrier ran the main job slower:
+ * with this spin it took a median 0.95 of the time (10 alternated pairs,
+ * docs/scaling.md). So a waiter first spins on the generation,
  * up to spin_ns, then sleeps as before: failures, timeouts and workers
  * that returned are still seen there. No spinning when there are more
  * workers than CPUs (a spinner would take the core its peer needs), and

@@ -162,27 +162,27 @@ typedef void (*KERN(tile_fn))(const float *x, size_t ps, int c_in, int kt, const
         KERN(fwd_tile)(x, ps, c_in, KT, off, wb, bias, c0, cn, y, ys, q, NV, map, stats, bx,   \
                        ba);                                                                    \
     }
-/* kt = 9 (3x3) and 25 (5x5) unrolled, any other kt a variable; widths 1 to
- * FWD_NV - 1 (a width the set does not have is never called: NULL). */
-FWD_TAIL_FN(tail_k9_1, 9, 1)
-FWD_TAIL_FN(tail_k25_1, 25, 1)
-FWD_TAIL_FN(tail_kv_1, kt, 1)
+/* Per width: kt = 9 (3x3) and 25 (5x5) unrolled, any other kt a variable.
+ * Widths 1 to FWD_NV - 1 (a width the set does not have is never called:
+ * NULL in the tables). */
+#define FWD_TAILS(NV)                     \
+    FWD_TAIL_FN(tail_k9_##NV, 9, NV)      \
+    FWD_TAIL_FN(tail_k25_##NV, 25, NV)    \
+    FWD_TAIL_FN(tail_kv_##NV, kt, NV)
+FWD_TAILS(1)
 #if FWD_NV > 2
-FWD_TAIL_FN(tail_k9_2, 9, 2)
-FWD_TAIL_FN(tail_k25_2, 25, 2)
-FWD_TAIL_FN(tail_kv_2, kt, 2)
+FWD_TAILS(2)
 #define TAIL_2(k) KERN(tail_##k##_2)
 #else
 #define TAIL_2(k) NULL
 #endif
 #if FWD_NV > 3
-FWD_TAIL_FN(tail_k9_3, 9, 3)
-FWD_TAIL_FN(tail_k25_3, 25, 3)
-FWD_TAIL_FN(tail_kv_3, kt, 3)
+FWD_TAILS(3)
 #define TAIL_3(k) KERN(tail_##k##_3)
 #else
 #define TAIL_3(k) NULL
 #endif
+#undef FWD_TAILS
 #undef FWD_TAIL_FN
 
 /* nq is a multiple of VW: whole tiles of FWD_NV vectors, then one shorter
