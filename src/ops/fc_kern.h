@@ -190,26 +190,31 @@ static void KN(fc_backward_dw)(const float *x, const float *dy, float *dw, int n
         KN(fc_backward_dw_body)(x, dy, dw, n, in, out, NULL, 0, 0);
 }
 
-/* The whole backward with the batch norm a applied to x on the fly, as the
- * two plain kernels plus:
- *   dx: while dx is in registers, the batch norm's backward sums
- *       xg[ch] += Σ g', xg[C + ch] += Σ g'·(x − mean), g' = dx masked by the
- *       ReLU (dpt_bn_grad_sums' sums, C = in / hw);
- *   dw: x normalised as it is loaded.
- * A channel at a time, so the batch norm's parameters are broadcast once
- * per channel. (One pass doing both measured no faster: its accumulators
- * do not fit the registers.) Needs hw % (FC_DW_VEC·VN) == 0. */
+/* The whole backward with the batch norm a applied to x on the fly, a
+ * channel (hw inputs) at a time, so its parameters are broadcast once and
+ * the channel's slice of x, w and dw stays in cache between the two passes:
+ *   dx: per group of images as fc_backward_dx_body, and while dx is in
+ *       registers the batch norm's backward sums xg[ch] += Σ g',
+ *       xg[C + ch] += Σ g'·(x − mean), g' = dx masked by the ReLU
+ *       (dpt_bn_grad_sums' sums, C = in / hw);
+ *   dw: as fc_backward_dw_body over every image, x normalised as it is
+ *       loaded (from L2: the dx pass just read it).
+ * Channels outer: with groups outer (as the plain kernels), x was read from
+ * memory twice and w and dw once per group of images. The sums are added in
+ * the same order either way, so the bits do not depend on it. (One pass
+ * doing dx and dw together measured no faster: its accumulators do not fit
+ * the registers.) Needs hw % (FC_DW_VEC·VN) == 0. */
 static inline __attribute__((always_inline)) void KN(fc_backward_bn_body)(
     const float *dy, const float *w, float *dx, float *dw, int n, int in, const int out,
     const dpt_bn_apply *a, int hw, const int relu, const float *x, double *xg)
 {
     const VT zero = KN(vset1)(0.0f);
-    for (int i0 = 0; i0 < n; i0 += FC_GROUP) {
-        const int i1 = n - i0 < FC_GROUP ? n : i0 + FC_GROUP;
-        for (int k0 = 0; k0 < in; k0 += hw) {
-            const int ch = k0 / hw;
-            const VT m = KN(vset1)(a->mean[ch]), sc = KN(vset1)(a->scale[ch]);
-            const VT sh = KN(vset1)(a->shift[ch]);
+    for (int k0 = 0; k0 < in; k0 += hw) {
+        const int ch = k0 / hw;
+        const VT m = KN(vset1)(a->mean[ch]), sc = KN(vset1)(a->scale[ch]);
+        const VT sh = KN(vset1)(a->shift[ch]);
+        for (int i0 = 0; i0 < n; i0 += FC_GROUP) {
+            const int i1 = n - i0 < FC_GROUP ? n : i0 + FC_GROUP;
             VT s1 = zero, s2 = zero;
             for (int k = k0; k < k0 + hw; k += VN) {
                 VT wv[FC_MAX_OUT];
@@ -231,8 +236,27 @@ static inline __attribute__((always_inline)) void KN(fc_backward_bn_body)(
             xg[ch] += KN(vsum)(s1);
             xg[in / hw + ch] += KN(vsum)(s2);
         }
+        for (int k = k0; k < k0 + hw; k += FC_DW_VEC * VN) {
+            VT acc[FC_MAX_OUT][FC_DW_VEC];
+            for (int o = 0; o < out; o++)
+                for (int v = 0; v < FC_DW_VEC; v++)
+                    acc[o][v] = zero;
+            for (int i = 0; i < n; i++) {
+                const float *xr = x + (size_t)i * in + k, *g = dy + (size_t)i * out;
+                VT xv[FC_DW_VEC];
+                for (int v = 0; v < FC_DW_VEC; v++)
+                    xv[v] = KN(fc_bn)(KN(vload)(xr + v * VN), m, sc, sh, relu);
+                for (int o = 0; o < out; o++) {
+                    VT gv = KN(vset1)(g[o]);
+                    for (int v = 0; v < FC_DW_VEC; v++)
+                        acc[o][v] += gv * xv[v];
+                }
+            }
+            for (int o = 0; o < out; o++)
+                for (int v = 0; v < FC_DW_VEC; v++)
+                    KN(vstore)(dw + (size_t)o * in + k + v * VN, acc[o][v]);
+        }
     }
-    KN(fc_backward_dw_body)(x, dy, dw, n, in, out, a, hw, relu);
 }
 
 static void KN(fc_backward_bn)(const float *dy, const float *w, float *dx, float *dw, int n,
