@@ -2,9 +2,15 @@
  * builder against spec text, learnables and state read/written by name,
  * the public losses, gplus on 3 workers, and a hand-written data-parallel
  * step (the sequence of examples/parallel_custom_loop.c) against
- * dpt_train_step. Uses only the public header. */
+ * dpt_train_step, and dpt_cpu_count under a narrowed affinity. Uses only
+ * the public header. */
+#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
 #include "dptrain/dptrain.h"
 #include "testutil.h"
+
+#ifdef __linux__
+#include <sched.h>
+#endif
 
 /* ---- builder ------------------------------------------------------------------ */
 
@@ -273,8 +279,35 @@ static void test_hand_written_step(void)
     }
 }
 
+/* ---- machine ------------------------------------------------------------------ */
+
+/* The default worker count follows the CPUs the process may run on:
+ * narrowed to one CPU, dpt_cpu_count says 1, and back again. */
+static void test_cpu_count(void)
+{
+#ifdef __linux__
+    cpu_set_t all, one;
+    if (sched_getaffinity(0, sizeof all, &all) != 0) {
+        printf("cpu count: no affinity mask here, skipped\n");
+        return;
+    }
+    CHECK(dpt_cpu_count() == CPU_COUNT(&all));
+    int first = 0;
+    while (first < CPU_SETSIZE && !CPU_ISSET(first, &all))
+        first++;
+    CPU_ZERO(&one);
+    CPU_SET(first, &one);
+    CHECK(sched_setaffinity(0, sizeof one, &one) == 0);
+    CHECK(dpt_cpu_count() == 1);
+    CHECK(sched_setaffinity(0, sizeof all, &all) == 0);
+    CHECK(dpt_cpu_count() == CPU_COUNT(&all));
+    printf("cpu count: %d allowed, 1 when pinned to CPU %d\n", CPU_COUNT(&all), first);
+#endif
+}
+
 int main(void)
 {
+    test_cpu_count();
     test_builder();
     test_tables();
     test_losses();

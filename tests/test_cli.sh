@@ -159,6 +159,13 @@ expect_error "torn.safetensors" "$cli" eval --model "$tmp/torn.safetensors" --da
 "$cli" train --quiet --data "$d" --epochs 2 --batch 32 --workers 2 --seed 3 --out "$tmp/r2" >/dev/null 2>&1
 cmp -s "$tmp/r1/model.safetensors" "$tmp/r2/model.safetensors" && ok || bad "same seed, different model files"
 
+# The default worker count is the CPUs the process may run on (its
+# affinity), not the machine's: pinned to one CPU, one worker.
+if command -v taskset >/dev/null && [ "$(taskset -c 0 nproc 2>/dev/null)" = 1 ]; then
+  taskset -c 0 "$cli" train --data "$d" --epochs 1 --batch 16 --device cpu --out "$tmp/pin" >"$tmp/pin.log" 2>&1
+  grep -q "; 1 worker," "$tmp/pin.log" && ok || bad "pinned to one CPU, default workers: $(head -1 "$tmp/pin.log")"
+fi
+
 # Memory: the main job's recipe (2 workers, minibatch 128) stays far below
 # the 150 MB peak RSS the performance issue sets, in every build: the CUDA
 # libraries that cost ~150 MB just to load (cuBLAS) are loaded only when a

@@ -91,7 +91,9 @@ DPT_API size_t dpt_shape_count(int ndim, const int *shape);
  * Data-parallel runs choose workers × threads <= cores. */
 DPT_API void dpt_blas_set_threads(int n);
 DPT_API int dpt_blas_threads(void);
-/* Number of online processor cores. */
+/* Number of CPUs this process may run on: its affinity mask (as taskset,
+ * Slurm, container cpusets and mpirun's binding set it) where the system
+ * has one, else the online CPUs. The default worker and thread counts. */
 DPT_API int dpt_cpu_count(void);
 
 /* ---- RNG --------------------------------------------------------------- */
