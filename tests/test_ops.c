@@ -1012,6 +1012,9 @@ int main(void)
         cross_check_bn(sets[k], &rng, 3, 3, 37);
         cross_check_bn(sets[k], &rng, 4, 5, 1);
         cross_check_linear(sets[k], &rng, 5, 11520, 10);
+        /* More images than the kernels' groups of 8 (FC_GROUP), the last
+         * group short: sums carried from group to group. */
+        cross_check_linear(sets[k], &rng, 19, 200, 10);
         cross_check_linear(sets[k], &rng, 7, 37, 3);
         cross_check_linear(sets[k], &rng, 3, 100, 16);
         cross_check_linear(sets[k], &rng, 2, 50, 17); /* more outputs: the BLAS path */
@@ -1019,6 +1022,7 @@ int main(void)
          * image-at-a-time path: planes not a whole vector step, and more
          * outputs than they take. */
         cross_check_linear_bn(sets[k], &rng, 5, 20, 576, 10, 1);
+        cross_check_linear_bn(sets[k], &rng, 19, 3, 64, 10, 1); /* groups of 8 */
         cross_check_linear_bn(sets[k], &rng, 3, 3, 37, 10, 0);
         cross_check_linear_bn(sets[k], &rng, 2, 4, 64, 17, 0);
     }

@@ -129,51 +129,51 @@ static void KN(fc_backward_dx)(const float *dy, const float *w, float *dx, int n
         KN(fc_backward_dx_body)(dy, w, dx, n, in, out);
 }
 
-/* dw[o][k] = Σ_i dy[i][o] x[i][k]: per group of images, FC_DW_VEC vectors
- * of k at a time, the out x FC_DW_VEC accumulators in registers across the
- * group. With a, x is normalised as it is loaded, a channel (hw inputs, a
- * multiple of the step) at a time so its parameters are broadcast once. */
-static inline __attribute__((always_inline)) void KN(fc_backward_dw_body)(
-    const float *x, const float *dy, float *dw, int n, int in, const int out,
-    const dpt_bn_apply *a, int hw, const int relu)
+/* One step of the weight gradient: dw[o][k + j] for j < FC_DW_VEC·VN over
+ * images [i0, i1), added onto dw when add, else from zero; the out x
+ * FC_DW_VEC accumulators stay in registers across the images. With bn, x is
+ * normalised (m, sc, sh, relu: fc_bn) as it is loaded. */
+static inline __attribute__((always_inline)) void KN(fc_dw_step)(
+    const float *x, const float *dy, float *dw, int in, const int out, int k, int i0, int i1,
+    int add, const int bn, VT m, VT sc, VT sh, const int relu)
 {
-    const int step = FC_DW_VEC * VN, kb = in / step * step, span = a ? hw : kb;
+    VT acc[FC_MAX_OUT][FC_DW_VEC];
+    for (int o = 0; o < out; o++)
+        for (int v = 0; v < FC_DW_VEC; v++)
+            acc[o][v] = add ? KN(vload)(dw + (size_t)o * in + k + v * VN) : KN(vset1)(0.0f);
+    for (int i = i0; i < i1; i++) {
+        const float *xr = x + (size_t)i * in + k, *g = dy + (size_t)i * out;
+        VT xv[FC_DW_VEC];
+        for (int v = 0; v < FC_DW_VEC; v++) {
+            xv[v] = KN(vload)(xr + v * VN);
+            if (bn)
+                xv[v] = KN(fc_bn)(xv[v], m, sc, sh, relu);
+        }
+        for (int o = 0; o < out; o++) {
+            VT gv = KN(vset1)(g[o]);
+            for (int v = 0; v < FC_DW_VEC; v++)
+                acc[o][v] += gv * xv[v];
+        }
+    }
+    for (int o = 0; o < out; o++)
+        for (int v = 0; v < FC_DW_VEC; v++)
+            KN(vstore)(dw + (size_t)o * in + k + v * VN, acc[o][v]);
+}
+
+/* dw[o][k] = Σ_i dy[i][o] x[i][k]: per group of images (the group's rows of
+ * x are few enough streams), FC_DW_VEC vectors of k at a time, then a
+ * scalar tail for the last in % (FC_DW_VEC·VN) inputs. */
+static inline __attribute__((always_inline)) void KN(fc_backward_dw_body)(
+    const float *x, const float *dy, float *dw, int n, int in, const int out)
+{
+    const int step = FC_DW_VEC * VN, kb = in / step * step;
     const VT zero = KN(vset1)(0.0f);
     for (int i0 = 0; i0 < n; i0 += FC_GROUP) {
         const int i1 = n - i0 < FC_GROUP ? n : i0 + FC_GROUP;
-        for (int k0 = 0; k0 < kb; k0 += span) {
-            VT m = zero, sc = zero, sh = zero;
-            if (a) {
-                const int ch = k0 / hw;
-                m = KN(vset1)(a->mean[ch]), sc = KN(vset1)(a->scale[ch]);
-                sh = KN(vset1)(a->shift[ch]);
-            }
-            for (int k = k0; k < k0 + span; k += step) {
-                VT acc[FC_MAX_OUT][FC_DW_VEC];
-                for (int o = 0; o < out; o++)
-                    for (int v = 0; v < FC_DW_VEC; v++)
-                        acc[o][v] = i0 ? KN(vload)(dw + (size_t)o * in + k + v * VN) : zero;
-                for (int i = i0; i < i1; i++) {
-                    const float *xr = x + (size_t)i * in + k, *g = dy + (size_t)i * out;
-                    VT xv[FC_DW_VEC];
-                    for (int v = 0; v < FC_DW_VEC; v++) {
-                        xv[v] = KN(vload)(xr + v * VN);
-                        if (a)
-                            xv[v] = KN(fc_bn)(xv[v], m, sc, sh, relu);
-                    }
-                    for (int o = 0; o < out; o++) {
-                        VT gv = KN(vset1)(g[o]);
-                        for (int v = 0; v < FC_DW_VEC; v++)
-                            acc[o][v] += gv * xv[v];
-                    }
-                }
-                for (int o = 0; o < out; o++)
-                    for (int v = 0; v < FC_DW_VEC; v++)
-                        KN(vstore)(dw + (size_t)o * in + k + v * VN, acc[o][v]);
-            }
-        }
+        for (int k = 0; k < kb; k += step)
+            KN(fc_dw_step)(x, dy, dw, in, out, k, i0, i1, i0 > 0, 0, zero, zero, zero, 0);
     }
-    for (int o = 0; o < out; o++) /* without a only: with a, kb == in */
+    for (int o = 0; o < out; o++)
         for (int k = kb; k < in; k++) {
             float s = 0.0f;
             for (int i = 0; i < n; i++)
@@ -185,9 +185,9 @@ static inline __attribute__((always_inline)) void KN(fc_backward_dw_body)(
 static void KN(fc_backward_dw)(const float *x, const float *dy, float *dw, int n, int in, int out)
 {
     if (out == 10)
-        KN(fc_backward_dw_body)(x, dy, dw, n, in, 10, NULL, 0, 0);
+        KN(fc_backward_dw_body)(x, dy, dw, n, in, 10);
     else
-        KN(fc_backward_dw_body)(x, dy, dw, n, in, out, NULL, 0, 0);
+        KN(fc_backward_dw_body)(x, dy, dw, n, in, out);
 }
 
 /* The whole backward with the batch norm a applied to x on the fly, a
@@ -197,8 +197,8 @@ static void KN(fc_backward_dw)(const float *x, const float *dy, float *dw, int n
  *       registers the batch norm's backward sums xg[ch] += Σ g',
  *       xg[C + ch] += Σ g'·(x − mean), g' = dx masked by the ReLU
  *       (dpt_bn_grad_sums' sums, C = in / hw);
- *   dw: as fc_backward_dw_body over every image, x normalised as it is
- *       loaded (from L2: the dx pass just read it).
+ *   dw: fc_dw_step over every image, x normalised as it is loaded (from
+ *       L2: the dx pass just read it).
  * Channels outer: with groups outer (as the plain kernels), x was read from
  * memory twice and w and dw once per group of images. The sums are added in
  * the same order either way, so the bits do not depend on it. (One pass
@@ -236,26 +236,8 @@ static inline __attribute__((always_inline)) void KN(fc_backward_bn_body)(
             xg[ch] += KN(vsum)(s1);
             xg[in / hw + ch] += KN(vsum)(s2);
         }
-        for (int k = k0; k < k0 + hw; k += FC_DW_VEC * VN) {
-            VT acc[FC_MAX_OUT][FC_DW_VEC];
-            for (int o = 0; o < out; o++)
-                for (int v = 0; v < FC_DW_VEC; v++)
-                    acc[o][v] = zero;
-            for (int i = 0; i < n; i++) {
-                const float *xr = x + (size_t)i * in + k, *g = dy + (size_t)i * out;
-                VT xv[FC_DW_VEC];
-                for (int v = 0; v < FC_DW_VEC; v++)
-                    xv[v] = KN(fc_bn)(KN(vload)(xr + v * VN), m, sc, sh, relu);
-                for (int o = 0; o < out; o++) {
-                    VT gv = KN(vset1)(g[o]);
-                    for (int v = 0; v < FC_DW_VEC; v++)
-                        acc[o][v] += gv * xv[v];
-                }
-            }
-            for (int o = 0; o < out; o++)
-                for (int v = 0; v < FC_DW_VEC; v++)
-                    KN(vstore)(dw + (size_t)o * in + k + v * VN, acc[o][v]);
-        }
+        for (int k = k0; k < k0 + hw; k += FC_DW_VEC * VN)
+            KN(fc_dw_step)(x, dy, dw, in, out, k, 0, n, 0, 1, m, sc, sh, relu);
     }
 }
 
