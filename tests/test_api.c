@@ -10,6 +10,8 @@
 
 #ifdef __linux__
 #include <sched.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #endif
 
 /* ---- builder ------------------------------------------------------------------ */
@@ -291,6 +293,8 @@ static void test_cpu_count(void)
         printf("cpu count: no affinity mask here, skipped\n");
         return;
     }
+    /* No cgroup quota in the way (test_cpu_quota has those). */
+    CHECK(setenv("DPT_CGROUP_ROOT", "/nonexistent/dpt-cgroup", 1) == 0);
     CHECK(dpt_cpu_count() == CPU_COUNT(&all));
     int first = 0;
     while (first < CPU_SETSIZE && !CPU_ISSET(first, &all))
@@ -301,13 +305,100 @@ static void test_cpu_count(void)
     CHECK(dpt_cpu_count() == 1);
     CHECK(sched_setaffinity(0, sizeof all, &all) == 0);
     CHECK(dpt_cpu_count() == CPU_COUNT(&all));
+    unsetenv("DPT_CGROUP_ROOT");
     printf("cpu count: %d allowed, 1 when pinned to CPU %d\n", CPU_COUNT(&all), first);
+#endif
+}
+
+#ifdef __linux__
+static void put_file(const char *dir, const char *name, const char *text)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL);
+    if (f) {
+        fputs(text, f);
+        fclose(f);
+    }
+}
+#endif
+
+/* A cgroup CPU quota caps the count below the affinity mask: fake cgroup
+ * trees under DPT_CGROUP_ROOT with v2's cpu.max and v1's cfs files, for
+ * whichever hierarchies /proc/self/cgroup says this process is in (the
+ * files at the tree's root bind every cgroup below it). */
+static void test_cpu_quota(void)
+{
+#ifdef __linux__
+    cpu_set_t all;
+    FILE *pc = fopen("/proc/self/cgroup", "r");
+    if (sched_getaffinity(0, sizeof all, &all) != 0 || !pc) {
+        if (pc)
+            fclose(pc);
+        printf("cpu quota: no affinity mask or /proc/self/cgroup here, skipped\n");
+        return;
+    }
+    const int cpus = CPU_COUNT(&all), two = cpus < 2 ? cpus : 2;
+    int v1 = 0, v2 = 0;
+    char line[1024];
+    while (fgets(line, sizeof line, pc)) {
+        if (strncmp(line, "0::", 3) == 0)
+            v2 = 1;
+        char *c = strchr(line, ':'), *e = c ? strchr(c + 1, ':') : NULL;
+        if (e) {
+            char list[512];
+            snprintf(list, sizeof list, ",%.*s,", (int)(e - c - 1), c + 1);
+            if (strstr(list, ",cpu,"))
+                v1 = 1;
+        }
+    }
+    fclose(pc);
+    char root[] = "/tmp/dpt_cgroup_XXXXXX", v1dir[64];
+    CHECK(mkdtemp(root) != NULL);
+    snprintf(v1dir, sizeof v1dir, "%s/cpu", root);
+    CHECK(mkdir(v1dir, 0700) == 0);
+    CHECK(setenv("DPT_CGROUP_ROOT", root, 1) == 0);
+    CHECK(dpt_cpu_count() == cpus); /* no quota files */
+    if (v2) {
+        put_file(root, "cpu.max", "100000 100000\n");
+        CHECK(dpt_cpu_count() == 1);
+        put_file(root, "cpu.max", "150000 100000\n"); /* 1.5 CPUs: 2 workers */
+        CHECK(dpt_cpu_count() == two);
+        put_file(root, "cpu.max", "max 100000\n");
+        CHECK(dpt_cpu_count() == cpus);
+        put_file(root, "cpu.max", "garbage\n");
+        CHECK(dpt_cpu_count() == cpus);
+        put_file(root, "cpu.max", "50000 100000\n"); /* half a CPU: still 1 */
+        CHECK(dpt_cpu_count() == 1);
+    }
+    if (v1) {
+        char path[128];
+        snprintf(path, sizeof path, "%s/cpu.max", root);
+        unlink(path);
+        put_file(v1dir, "cpu.cfs_period_us", "100000\n");
+        put_file(v1dir, "cpu.cfs_quota_us", "-1\n");
+        CHECK(dpt_cpu_count() == cpus);
+        put_file(v1dir, "cpu.cfs_quota_us", "200000\n");
+        CHECK(dpt_cpu_count() == two);
+        put_file(v1dir, "cpu.cfs_quota_us", "100000\n");
+        CHECK(dpt_cpu_count() == 1);
+    }
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", root);
+    CHECK(system(cmd) == 0);
+    unsetenv("DPT_CGROUP_ROOT");
+    CHECK(dpt_cpu_count() <= cpus); /* the real cgroups may have a quota */
+    printf("cpu quota: %d CPUs, quotas of 1 and 2 give 1 and %d (v2 %s, v1 %s)\n", cpus, two,
+           v2 ? "checked" : "absent", v1 ? "checked" : "absent");
+    CHECK(v1 || v2);
 #endif
 }
 
 int main(void)
 {
     test_cpu_count();
+    test_cpu_quota();
     test_builder();
     test_tables();
     test_losses();

@@ -166,6 +166,15 @@ if command -v taskset >/dev/null && [ "$(taskset -c 0 nproc 2>/dev/null)" = 1 ];
   grep -q "; 1 worker," "$tmp/pin.log" && ok || bad "pinned to one CPU, default workers: $(head -1 "$tmp/pin.log")"
 fi
 
+# ... and no more than a cgroup CPU quota allows (a fake cgroup tree with a
+# quota of one CPU, v2 and v1 files both: whichever this process is in).
+mkdir -p "$tmp/cg/cpu"
+echo "100000 100000" >"$tmp/cg/cpu.max"
+echo 100000 >"$tmp/cg/cpu/cpu.cfs_quota_us"
+echo 100000 >"$tmp/cg/cpu/cpu.cfs_period_us"
+DPT_CGROUP_ROOT="$tmp/cg" "$cli" train --data "$d" --epochs 1 --batch 16 --device cpu --out "$tmp/quota" >"$tmp/quota.log" 2>&1
+grep -q "; 1 worker," "$tmp/quota.log" && ok || bad "cgroup quota of one CPU, default workers: $(head -1 "$tmp/quota.log")"
+
 # Memory: the main job's recipe (2 workers, minibatch 128) stays far below
 # the 150 MB peak RSS the performance issue sets, in every build: the CUDA
 # libraries that cost ~150 MB just to load (cuBLAS) are loaded only when a

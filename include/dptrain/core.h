@@ -93,7 +93,10 @@ DPT_API void dpt_blas_set_threads(int n);
 DPT_API int dpt_blas_threads(void);
 /* Number of CPUs this process may run on: its affinity mask (as taskset,
  * Slurm, container cpusets and mpirun's binding set it) where the system
- * has one, else the online CPUs. The default worker and thread counts. */
+ * has one, else the online CPUs; at most the CPU time a cgroup CPU quota
+ * allows (docker --cpus, Kubernetes CPU limits, systemd CPUQuota; cgroup
+ * v1 or v2, quota / period rounded up; DPT_CGROUP_ROOT replaces
+ * /sys/fs/cgroup). The default worker and thread counts. */
 DPT_API int dpt_cpu_count(void);
 
 /* ---- RNG --------------------------------------------------------------- */
