@@ -2,6 +2,8 @@
 #define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
 #include "dptrain/core.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,17 +14,36 @@
 #endif
 
 #ifdef __linux__
+/* A small file into buf (NUL-terminated, cut at size - 1), with read(2)
+ * rather than stdio: no allocation, so dpt_cpu_count cannot fail or be
+ * wrong for lack of memory. -1 when it cannot be opened. */
+static ssize_t read_small(const char *path, char *buf, size_t size)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    size_t n = 0;
+    while (n + 1 < size) {
+        ssize_t r = read(fd, buf + n, size - 1 - n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        n += (size_t)r;
+    }
+    close(fd);
+    buf[n] = '\0';
+    return (ssize_t)n;
+}
+
 /* A file's first line as two numbers: "a b" (b optional). 0 when the file
  * is missing or does not start with a number ("max" included). */
 static int read_two(const char *path, long long *a, long long *b)
 {
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
     char line[128];
-    int n = fgets(line, sizeof line, f) ? sscanf(line, "%lld %lld", a, b) : 0;
-    fclose(f);
-    return n;
+    if (read_small(path, line, sizeof line) < 0)
+        return 0;
+    return sscanf(line, "%lld %lld", a, b);
 }
 
 /* CPUs a CFS quota allows (quota / period, rounded up), or INT_MAX for
@@ -85,13 +106,14 @@ static int cgroup_cpus(void)
     const char *root = getenv("DPT_CGROUP_ROOT");
     if (!root || !*root)
         root = "/sys/fs/cgroup";
-    FILE *f = fopen("/proc/self/cgroup", "r");
-    if (!f)
+    char buf[4096]; /* /proc/self/cgroup: a line per hierarchy */
+    if (read_small("/proc/self/cgroup", buf, sizeof buf) < 0)
         return INT_MAX;
     int best = INT_MAX;
-    char line[1024];
-    while (fgets(line, sizeof line, f)) {
-        line[strcspn(line, "\n")] = '\0';
+    for (char *line = buf, *next; line && *line; line = next) {
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = '\0';
         char *c1 = strchr(line, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
         if (!c2)
             continue;
@@ -118,7 +140,6 @@ static int cgroup_cpus(void)
         if (cpus < best)
             best = cpus;
     }
-    fclose(f);
     return best;
 }
 #endif
