@@ -375,7 +375,7 @@ static void test_cpu_quota(void)
     if (v1) {
         char path[128];
         snprintf(path, sizeof path, "%s/cpu.max", root);
-        unlink(path);
+        unlink(path); /* v1 alone */
         put_file(v1dir, "cpu.cfs_period_us", "100000\n");
         put_file(v1dir, "cpu.cfs_quota_us", "-1\n");
         CHECK(dpt_cpu_count() == cpus);
@@ -384,9 +384,13 @@ static void test_cpu_quota(void)
         put_file(v1dir, "cpu.cfs_quota_us", "100000\n");
         CHECK(dpt_cpu_count() == 1);
     }
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", root);
-    CHECK(system(cmd) == 0);
+    const char *files[] = {"cpu.max", "cpu/cpu.cfs_period_us", "cpu/cpu.cfs_quota_us"};
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+        char path[128];
+        snprintf(path, sizeof path, "%s/%s", root, files[i]);
+        unlink(path); /* those the checks above wrote */
+    }
+    CHECK(rmdir(v1dir) == 0 && rmdir(root) == 0);
     unsetenv("DPT_CGROUP_ROOT");
     CHECK(dpt_cpu_count() <= cpus); /* the real cgroups may have a quota */
     printf("cpu quota: %d CPUs, quotas of 1 and 2 give 1 and %d (v2 %s, v1 %s)\n", cpus, two,

@@ -213,7 +213,8 @@ int cli_train(int argc, char **argv)
                          "(install libopenmpi-dev and rebuild)");
     if (under_mpi && workers > 1)
         return cli_error("--workers: under MPI each rank is one worker; use mpirun -np N");
-    int n_workers = under_mpi ? 1 : (workers ? (int)workers : use_gpu ? n_gpus : dpt_cpu_count());
+    const int cpus = dpt_cpu_count(); /* reads the affinity mask and cgroup files */
+    int n_workers = under_mpi ? 1 : (workers ? (int)workers : use_gpu ? n_gpus : cpus);
     if (use_gpu && !under_mpi && n_workers > n_gpus)
         return cli_error("--workers %d: only %d GPU%s (one worker per GPU)", n_workers, n_gpus,
                          n_gpus == 1 ? "" : "s");
@@ -222,8 +223,7 @@ int cli_train(int argc, char **argv)
         batch = dpt_batch_global((int)batch, under_mpi ? launcher_size() : n_workers, 1);
     if (batch < n_workers && !under_mpi)
         return cli_error("--batch %ld is smaller than the %d workers", batch, n_workers);
-    dpt_blas_set_threads(threads ? (int)threads
-                                 : (dpt_cpu_count() / n_workers > 0 ? dpt_cpu_count() / n_workers : 1));
+    dpt_blas_set_threads(threads ? (int)threads : (cpus / n_workers > 0 ? cpus / n_workers : 1));
 
     int rc = 1;
     char *spec = NULL;
