@@ -11,6 +11,7 @@
  * tensors with each other (duplicate names, overlapping ranges) sort instead
  * of comparing all pairs so that a huge header cannot make them quadratic. */
 #include "core/safetensors.h"
+#include "core/file.h"
 
 #include <cJSON.h>
 #include <errno.h>
@@ -212,25 +213,17 @@ static const char *parse_entry(const cJSON *e, const unsigned char *data_begin,
 static dpt_status read_file(const char *path, unsigned char **buf_out, size_t *size_out)
 {
     *buf_out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return dpt_fail(DPT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    dpt_status st = DPT_OK;
+    FILE *f = NULL;
+    long long fsize = 0;
+    dpt_status st = dpt_file_fopen_regular(path, &f, &fsize);
+    if (st != DPT_OK)
+        return st;
     unsigned char *buf = NULL;
-    struct stat sb;
-    if (fstat(fileno(f), &sb) != 0) {
-        st = dpt_fail(DPT_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
-        goto done;
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        st = dpt_fail(DPT_ERR_IO, "%s: not a regular file", path);
-        goto done;
-    }
-    if ((uint64_t)sb.st_size > SIZE_MAX - 1) {
+    if (fsize < 0 || (uint64_t)fsize > SIZE_MAX - 1) {
         st = dpt_fail(DPT_ERR_NOMEM, "%s: file too large", path);
         goto done;
     }
-    size_t size = (size_t)sb.st_size;
+    size_t size = (size_t)fsize;
     buf = malloc(size ? size : 1);
     if (!buf) {
         st = dpt_fail(DPT_ERR_NOMEM, "%s: out of memory reading %zu bytes", path, size);

@@ -9,6 +9,11 @@
 
 #include <stdatomic.h>
 
+/* The most an IDX file (images or labels, decompressed) may hold: 4 GiB,
+ * over five times EMNIST's largest. The header's dimensions are checked
+ * against it before anything is allocated. */
+#define DPT_MAX_IDX_BYTES ((uint64_t)4 << 30)
+
 /* Native pixels of one observation: uint8, [h, w, c] interleaved. */
 typedef struct raw_image {
     const uint8_t *pix; /* [h, w, c] */

@@ -3,6 +3,7 @@
  * Opening lists the files (readdir + stat), nothing more unless the caller
  * asks for preload or skip_corrupt; reading decodes one file. */
 #include "data/data_internal.h"
+#include "core/file.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -11,6 +12,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <stb_image.h>
 
@@ -116,9 +118,10 @@ static int has_image_ext(const char *name)
 
 dpt_status decode_image_file(const char *path, raw_image *img)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return dpt_fail(DPT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    FILE *f = NULL;
+    dpt_status st = dpt_file_fopen_regular(path, &f, NULL);
+    if (st)
+        return st;
     int w = 0, h = 0, c = 0;
     /* Look at the header first: a few bytes can declare a gigapixel image,
      * and decoding that would take seconds and gigabytes (found by fuzzing). */
@@ -208,9 +211,10 @@ static dpt_status folder_size(const dpt_source *s, size_t obs, int *h, int *w, i
         *c = f->cache[obs].c;
         return DPT_OK;
     }
-    FILE *fp = fopen(f->paths[obs], "rb");
-    if (!fp)
-        return dpt_fail(DPT_ERR_IO, "%s: cannot open: %s", f->paths[obs], strerror(errno));
+    FILE *fp = NULL;
+    dpt_status st = dpt_file_fopen_regular(f->paths[obs], &fp, NULL);
+    if (st)
+        return st;
     int ok = stbi_info_from_file(fp, w, h, c);
     fclose(fp);
     if (!ok) {
@@ -258,9 +262,22 @@ static dpt_status list_class(const char *cdir, int label, int drop_empty, strlis
             free(path);
             break;
         }
-        if (S_ISDIR(sb.st_mode) || !S_ISREG(sb.st_mode)) {
+        if (S_ISDIR(sb.st_mode) || (!S_ISREG(sb.st_mode) && !has_image_ext(names.v[j]))) {
             free(path); /* deeper folders and special files are not observations */
             continue;
+        }
+        if (!S_ISREG(sb.st_mode)) {
+            /* Named like an image but a FIFO, socket or device: reading it
+             * could block or never end, and skipping it would silently drop
+             * an observation the user meant. */
+            int fd;
+            st = dpt_file_open_regular(path, &fd, NULL);
+            if (!st) { /* became a regular file since the stat */
+                close(fd);
+                st = dpt_fail(DPT_ERR_IO, "%s: changed while being listed", path);
+            }
+            free(path);
+            break;
         }
         if (!has_image_ext(names.v[j])) {
             src->n_skipped++;

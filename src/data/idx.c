@@ -5,12 +5,14 @@
  * 0x00000801 labels: uint8, 1 dimension), then one uint32 per dimension,
  * then the data. The length must be exactly what the header implies. */
 #include "data/data_internal.h"
+#include "core/file.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <zlib.h>
 
@@ -29,102 +31,191 @@ typedef struct file_bytes {
     uint8_t *data;
     size_t len;
     int gzipped;
+    int more; /* gzip: inflating stopped at len bytes with more data to come */
 } file_bytes;
 
-static dpt_status read_gzip(const char *path, file_bytes *fb)
+/* Deflate cannot do better than 1032:1 (a 258-byte match in 2 bits); the
+ * slack covers gzip headers and tiny files. */
+#define GZIP_MAX_RATIO 1032u
+#define GZIP_SLACK (1u << 16)
+
+static dpt_status check_idx(const char *path, const file_bytes *fb, uint32_t magic, int ndims,
+                            uint32_t *dims);
+
+/* The length the IDX header implies, or 0 when the dimensions overflow
+ * (check_idx then says so). hdr holds at least 4 + 4 * ndims bytes. */
+static uint64_t implied_length(const uint8_t *hdr, int ndims);
+static uint32_t be32(const uint8_t *p);
+
+/* Inflate until `limit` bytes (then set fb->more if the stream goes on):
+ * never more than the caller can use. */
+static dpt_status inflate_some(const char *path, gzFile g, file_bytes *fb, size_t limit)
 {
-    gzFile g = gzopen(path, "rb");
-    if (!g)
-        return dpt_fail(DPT_ERR_IO, "%s: cannot open: %s", path, errno ? strerror(errno) : "zlib error");
-    gzbuffer(g, 1u << 17);
-    size_t cap = 1u << 20, len = 0;
-    uint8_t *data = malloc(cap);
-    dpt_status st = DPT_OK;
-    if (!data) {
-        st = dpt_fail(DPT_ERR_NOMEM, "%s: out of memory", path);
-        goto done;
-    }
-    for (;;) {
-        if (cap - len < (1u << 20)) {
-            uint8_t *d = realloc(data, cap * 2);
+    size_t cap = fb->len, len = fb->len;
+    uint8_t *data = fb->data;
+    while (len < limit) {
+        if (cap - len < (1u << 20) && cap < limit) {
+            size_t want = cap < (1u << 20) ? (1u << 21) : cap * 2;
+            if (want > limit)
+                want = limit;
+            uint8_t *d = realloc(data, want);
             if (!d) {
-                st = dpt_fail(DPT_ERR_NOMEM, "%s: out of memory (%zu bytes decompressed)", path, len);
-                goto done;
+                fb->data = data;
+                return dpt_fail(DPT_ERR_NOMEM, "%s: out of memory (%zu bytes decompressed)", path, len);
             }
             data = d;
-            cap *= 2;
+            cap = want;
         }
-        unsigned chunk = (unsigned)((cap - len) > (1u << 30) ? (1u << 30) : (cap - len));
+        size_t room = cap - len;
+        unsigned chunk = (unsigned)(room > (1u << 30) ? (1u << 30) : room);
         int got = gzread(g, data + len, chunk);
         if (got < 0) {
             int zerr;
             const char *msg = gzerror(g, &zerr);
-            st = dpt_fail(DPT_ERR_FORMAT, "%s: corrupt gzip data: %s", path, msg);
-            goto done;
+            fb->data = data;
+            return dpt_fail(DPT_ERR_FORMAT, "%s: corrupt gzip data: %s", path, msg);
         }
         if (got == 0)
             break;
         len += (size_t)got;
     }
-    int zerr = Z_OK;
-    gzerror(g, &zerr);
-    if (zerr == Z_BUF_ERROR) {
-        st = dpt_fail(DPT_ERR_FORMAT, "%s: truncated: the gzip stream ends early (after %zu decompressed bytes)",
-                      path, len);
-        goto done;
-    }
-    if (zerr != Z_OK) {
-        st = dpt_fail(DPT_ERR_FORMAT, "%s: corrupt gzip data: %s", path, gzerror(g, &zerr));
-        goto done;
-    }
-done:
-    {
-        int rc = gzclose_r(g);
-        if (!st && rc == Z_BUF_ERROR)
-            st = dpt_fail(DPT_ERR_FORMAT, "%s: truncated: the gzip stream ends early", path);
-        else if (!st && rc != Z_OK)
-            st = dpt_fail(DPT_ERR_IO, "%s: error closing gzip file", path);
-    }
-    if (st) {
-        free(data);
-        return st;
-    }
     fb->data = data;
     fb->len = len;
-    fb->gzipped = 1;
+    if (len == limit) {
+        /* One byte past what is wanted tells whether the stream goes on. */
+        unsigned char probe;
+        int got = gzread(g, &probe, 1);
+        if (got > 0)
+            fb->more = 1;
+    }
     return DPT_OK;
 }
 
-static dpt_status read_file(const char *path, file_bytes *fb)
+/* Decompress the IDX file open on fd (at offset 0). Inflates the header
+ * first and then at most the length it implies plus one byte, so a small
+ * file that inflates to gigabytes costs no more than its header promises;
+ * a header promising more than the compressed size can hold is refused
+ * before inflating anything else. */
+static dpt_status read_gzip(const char *path, int fd, long long csize, uint32_t magic, int ndims,
+                            file_bytes *fb)
+{
+    gzFile g = gzdopen(fd, "rb"); /* owns fd from here */
+    if (!g) {
+        close(fd);
+        return dpt_fail(DPT_ERR_NOMEM, "%s: out of memory opening the gzip stream", path);
+    }
+    gzbuffer(g, 1u << 17);
+    fb->gzipped = 1;
+    size_t header = 4 + 4 * (size_t)ndims;
+    dpt_status st = inflate_some(path, g, fb, header);
+    if (!st && fb->len == header) {
+        uint64_t expect = implied_length(fb->data, ndims);
+        file_bytes stub = *fb;
+        uint32_t dims[3];
+        /* Magic and dimensions, before inflating the rest: the stub claims
+         * the implied length (or an impossible one when there is none). */
+        stub.len = expect ? (size_t)expect : SIZE_MAX;
+        if ((st = check_idx(path, &stub, magic, ndims, dims)))
+            ;
+        else if (expect > (uint64_t)csize * GZIP_MAX_RATIO + GZIP_SLACK) {
+            st = dpt_fail(DPT_ERR_FORMAT,
+                          "%s: truncated: the header says %llu bytes but %lld bytes of gzip data "
+                          "cannot inflate to more than %llu",
+                          path, (unsigned long long)expect, csize,
+                          (unsigned long long)csize * GZIP_MAX_RATIO + GZIP_SLACK);
+        } else if (!fb->more) {
+            st = inflate_some(path, g, fb, (size_t)expect);
+        }
+    }
+    int zerr = Z_OK;
+    if (!st && !fb->more) {
+        gzerror(g, &zerr);
+        if (zerr == Z_BUF_ERROR)
+            st = dpt_fail(DPT_ERR_FORMAT, "%s: truncated: the gzip stream ends early (after %zu decompressed bytes)",
+                          path, fb->len);
+        else if (zerr != Z_OK)
+            st = dpt_fail(DPT_ERR_FORMAT, "%s: corrupt gzip data: %s", path, gzerror(g, &zerr));
+    }
+    int rc = gzclose_r(g);
+    /* Closing a stream left unfinished on purpose (fb->more) says nothing
+     * about the file. */
+    if (!st && !fb->more && rc == Z_BUF_ERROR)
+        st = dpt_fail(DPT_ERR_FORMAT, "%s: truncated: the gzip stream ends early", path);
+    else if (!st && !fb->more && rc != Z_OK)
+        st = dpt_fail(DPT_ERR_IO, "%s: error closing gzip file", path);
+    if (st) {
+        free(fb->data);
+        *fb = (file_bytes){0};
+    }
+    return st;
+}
+
+/* read(2) until n bytes or the end of the file; the count read, -1 on error. */
+static ssize_t read_full(int fd, void *buf, size_t n)
+{
+    size_t done = 0;
+    while (done < n) {
+        ssize_t r = read(fd, (char *)buf + done, n - done);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return -1;
+        if (r == 0)
+            break;
+        done += (size_t)r;
+    }
+    return (ssize_t)done;
+}
+
+/* The IDX file at path, checked against `magic` and `ndims`: plain files
+ * have their header checked against their size before the rest is read. */
+static dpt_status read_file(const char *path, uint32_t magic, int ndims, file_bytes *fb)
 {
     *fb = (file_bytes){0};
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return dpt_fail(DPT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    unsigned char magic[2];
-    size_t m = fread(magic, 1, 2, f);
-    if (m == 2 && magic[0] == 0x1f && magic[1] == 0x8b) {
-        fclose(f);
-        return read_gzip(path, fb);
+    int fd;
+    long long size = 0;
+    dpt_status st = dpt_file_open_regular(path, &fd, &size);
+    if (st)
+        return st;
+    uint8_t hdr[16];
+    size_t header = 4 + 4 * (size_t)ndims;
+    ssize_t m = read_full(fd, hdr, header);
+    if (m < 0) {
+        st = dpt_fail(DPT_ERR_IO, "%s: read error: %s", path, strerror(errno));
+        close(fd);
+        return st;
     }
-    struct stat sb;
-    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        fclose(f);
-        return dpt_fail(DPT_ERR_IO, "%s: not a regular file", path);
+    if (m >= 2 && hdr[0] == 0x1f && hdr[1] == 0x8b) {
+        if (lseek(fd, 0, SEEK_SET) != 0) {
+            st = dpt_fail(DPT_ERR_IO, "%s: cannot seek: %s", path, strerror(errno));
+            close(fd);
+            return st;
+        }
+        return read_gzip(path, fd, size, magic, ndims, fb);
     }
-    size_t len = (size_t)sb.st_size;
+    /* The header against the file's size first: a wrong length is found
+     * without reading (or allocating) the rest. */
+    file_bytes stub = {hdr, size < 0 ? 0 : (size_t)size, 0, 0};
+    if ((size_t)m < header)
+        stub.len = (size_t)m;
+    uint32_t dims[3];
+    if ((st = check_idx(path, &stub, magic, ndims, dims))) {
+        close(fd);
+        return st;
+    }
+    size_t len = stub.len;
     uint8_t *data = malloc(len ? len : 1);
     if (!data) {
-        fclose(f);
+        close(fd);
         return dpt_fail(DPT_ERR_NOMEM, "%s: cannot allocate %zu bytes", path, len);
     }
-    rewind(f);
-    size_t got = fread(data, 1, len, f);
-    int err = ferror(f);
-    fclose(f);
-    if (got != len || err) {
+    memcpy(data, hdr, header);
+    ssize_t got = read_full(fd, data + header, len - header);
+    close(fd);
+    if (got < 0 || (size_t)got != len - header) {
         free(data);
-        return dpt_fail(DPT_ERR_IO, "%s: read %zu of %zu bytes", path, got, len);
+        return dpt_fail(DPT_ERR_IO, "%s: read %zu of %zu bytes", path,
+                        got < 0 ? header : header + (size_t)got, len);
     }
     fb->data = data;
     fb->len = len;
@@ -134,6 +225,18 @@ static dpt_status read_file(const char *path, file_bytes *fb)
 static uint32_t be32(const uint8_t *p)
 {
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | (uint32_t)p[3];
+}
+
+static uint64_t implied_length(const uint8_t *hdr, int ndims)
+{
+    uint64_t n = 1;
+    for (int d = 0; d < ndims; d++) {
+        uint32_t v = be32(hdr + 4 + 4 * (size_t)d);
+        if (v == 0 || n > UINT64_MAX / v)
+            return 0;
+        n *= v;
+    }
+    return n > UINT64_MAX - 16 ? 0 : n + 4 + 4 * (uint64_t)ndims;
 }
 
 /* Check that fb is an IDX file with `magic` and the given number of
@@ -168,6 +271,16 @@ static dpt_status check_idx(const char *path, const file_bytes *fb, uint32_t mag
     if (overflow || expect > SIZE_MAX - header)
         return dpt_fail(DPT_ERR_FORMAT, "%s: dimensions too large", path);
     expect += header;
+    if (expect > DPT_MAX_IDX_BYTES)
+        return dpt_fail(DPT_ERR_FORMAT,
+                        "%s: dimensions too large: the header says %llu bytes, more than the %llu "
+                        "an IDX file may hold",
+                        path, (unsigned long long)expect, (unsigned long long)DPT_MAX_IDX_BYTES);
+    if (fb->more)
+        return dpt_fail(DPT_ERR_FORMAT,
+                        "%s: the decompressed data goes on past the %llu bytes the header's "
+                        "dimensions imply",
+                        path, (unsigned long long)expect);
     if (fb->len < expect) {
         if (ndims == 3)
             return dpt_fail(DPT_ERR_FORMAT,
@@ -289,9 +402,11 @@ dpt_status dpt_datastore_open_idx_classes(const char *images_path, const char *l
     idx_impl *impl = NULL;
     dpt_source *src = NULL;
     uint32_t idims[3] = {0}, ldims[1] = {0};
-    if ((st = read_file(images_path, &im)) || (st = check_idx(images_path, &im, IDX_IMAGES_MAGIC, 3, idims)))
+    if ((st = read_file(images_path, IDX_IMAGES_MAGIC, 3, &im)) ||
+        (st = check_idx(images_path, &im, IDX_IMAGES_MAGIC, 3, idims)))
         goto fail;
-    if ((st = read_file(labels_path, &lb)) || (st = check_idx(labels_path, &lb, IDX_LABELS_MAGIC, 1, ldims)))
+    if ((st = read_file(labels_path, IDX_LABELS_MAGIC, 1, &lb)) ||
+        (st = check_idx(labels_path, &lb, IDX_LABELS_MAGIC, 1, ldims)))
         goto fail;
     if (ldims[0] != idims[0]) {
         st = dpt_fail(DPT_ERR_FORMAT, "%s: %u labels for the %u images of %s", labels_path, ldims[0], idims[0],

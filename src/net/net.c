@@ -2,6 +2,7 @@
  * forward and backward over the chain of layers, running-state update. */
 #include "net/net_impl.h"
 #include "ops/ops.h"
+#include "core/file.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -466,12 +467,12 @@ dpt_status dpt_net_from_spec_file(const char *path, int n_classes, int max_batch
                                   dpt_net **out)
 {
     *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return dpt_fail(DPT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    FILE *f = NULL;
+    dpt_status s = dpt_file_fopen_regular(path, &f, NULL);
+    if (s != DPT_OK)
+        return s;
     char *text = NULL;
     size_t len = 0, cap = 0;
-    dpt_status s = DPT_OK;
     for (;;) {
         if (len + 4096 + 1 > cap) {
             cap = cap ? cap * 2 : 8192;
