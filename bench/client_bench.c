@@ -85,7 +85,7 @@ int main(int argc, char **argv)
     dpt_sgdm_new(dpt_net_n_params(net), 0.01f, 0.9f, 0, &opt);
     char path[4200];
     snprintf(path, sizeof path, "%s/checkpoint.safetensors", argv[2]);
-    dpt_checkpoint_info info = {1, 0, 0, 0, 1, 0};
+    dpt_checkpoint_info info = {1, 0, 0, 0, 1, 0, 0, 0};
     double t[21];
     for (int i = 0; i < 21; i++) {
         double t0 = now_s();

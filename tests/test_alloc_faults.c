@@ -499,7 +499,7 @@ static int setup(void)
     snprintf(fit_ckpt, sizeof fit_ckpt, "%s/fit-ckpt.safetensors", tmp);
     dpt_net *net = NULL;
     dpt_kv meta[] = {{"classes", "[\"a\",\"b\",\"c\"]"}};
-    dpt_checkpoint_info info = {1, 0, 0, 3, 1, 0.0};
+    dpt_checkpoint_info info = {1, 0, 0, 3, 1, 0.0, 0, 0};
     if (dpt_net_from_spec(tiny_spec, "tiny", 3, 4, 1, &net) != DPT_OK ||
         dpt_sgdm_new(dpt_net_n_params(net), 0.01f, 0.9f, 0.0f, &ck_opt) != DPT_OK ||
         dpt_net_save(net, model_file, meta, 1) != DPT_OK ||

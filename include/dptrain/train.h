@@ -45,8 +45,10 @@ DPT_API int dpt_batch_global(int batch, int n_workers, int on_gpu);
  * A checkpoint is a safetensors file: the learnables and state tables (as in
  * a model file), the optimizer's velocity ("optim/Velocity"), and in the
  * metadata the spec, the position in training and a CRC-32 of the tensor
- * data, verified on load. Writes are atomic: the previous checkpoint
- * survives a crash or a full disk mid-write. */
+ * data and of the metadata (format "dptrain.checkpoint.v2"), verified on
+ * load. Files of format v1 (CRC of the tensors only) still load. Every
+ * number in the metadata is range-checked on load. Writes are atomic: the
+ * previous checkpoint survives a crash or a full disk mid-write. */
 typedef struct dpt_checkpoint_info {
     int epoch;              /* epoch to continue in (1-based) */
     long epoch_iteration;   /* iterations of that epoch already done: the
@@ -55,6 +57,10 @@ typedef struct dpt_checkpoint_info {
     uint64_t seed;          /* seed of initialisation and of every epoch's shuffle */
     int n_workers;          /* worker count that wrote it */
     double elapsed_s;       /* training time so far */
+    /* What a resumed run must match (0: not recorded, e.g. a checkpoint of
+     * format v1; then not checked). */
+    int batch;              /* global minibatch */
+    uint64_t n_train;       /* training observations */
 } dpt_checkpoint_info;
 
 /* Save net, opt (may be NULL: no velocity) and info to path, atomically.
@@ -63,7 +69,8 @@ DPT_API dpt_status dpt_checkpoint_save(const char *path, const dpt_net *net, con
                                        const dpt_checkpoint_info *info, const dpt_kv *meta,
                                        size_t n_meta);
 /* Load a checkpoint into an existing net (same spec) and opt (may be NULL).
- * Fails, naming the file and the problem, when the checksum does not match,
+ * Fails, naming the file and the problem, when the checksum does not match
+ * (tensors or metadata edited), a number in the metadata is out of range,
  * the file is truncated, or a tensor is missing or of another shape (the
  * first mismatched tensor is named); net and opt are unchanged then. */
 DPT_API dpt_status dpt_checkpoint_load(const char *path, dpt_net *net, dpt_sgdm *opt,

@@ -471,6 +471,14 @@ const char *dpt_st_meta(const dpt_st *st, const char *key)
     return NULL;
 }
 
+size_t dpt_st_meta_count(const dpt_st *st) { return st->n_meta; }
+
+void dpt_st_meta_at(const dpt_st *st, size_t i, const char **key, const char **value)
+{
+    *key = st->meta[i].key;
+    *value = st->meta[i].value;
+}
+
 dpt_status dpt_st_read_f32(const dpt_st *st, const char *name, float *dst, size_t n)
 {
     const dpt_st_tensor *t = dpt_st_get(st, name);

@@ -41,6 +41,9 @@ const dpt_st_tensor *dpt_st_at(const dpt_st *st, size_t i);
 const dpt_st_tensor *dpt_st_get(const dpt_st *st, const char *name);
 /* __metadata__ value by key, or NULL. */
 const char *dpt_st_meta(const dpt_st *st, const char *key);
+/* The metadata pairs in byte order of their keys (strcmp): i < count. */
+size_t dpt_st_meta_count(const dpt_st *st);
+void dpt_st_meta_at(const dpt_st *st, size_t i, const char **key, const char **value);
 /* Copy an F32 tensor into dst (n floats) after checking dtype and element
  * count; errors name the file and the tensor. */
 dpt_status dpt_st_read_f32(const dpt_st *st, const char *name, float *dst, size_t n);

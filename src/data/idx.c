@@ -47,9 +47,9 @@ static dpt_status check_idx(const char *path, const file_bytes *fb, uint32_t mag
 static uint64_t implied_length(const uint8_t *hdr, int ndims);
 static uint32_t be32(const uint8_t *p);
 
-/* Inflate until `limit` bytes (then set fb->more if the stream goes on):
- * never more than the caller can use. */
-static dpt_status inflate_some(const char *path, gzFile g, file_bytes *fb, size_t limit)
+/* Inflate until `limit` bytes in all, never more than the caller can use;
+ * with `probe`, one byte more tells whether the stream goes on (fb->more). */
+static dpt_status inflate_some(const char *path, gzFile g, file_bytes *fb, size_t limit, int probe)
 {
     size_t cap = fb->len, len = fb->len;
     uint8_t *data = fb->data;
@@ -81,7 +81,7 @@ static dpt_status inflate_some(const char *path, gzFile g, file_bytes *fb, size_
     }
     fb->data = data;
     fb->len = len;
-    if (len == limit) {
+    if (probe && len == limit) {
         /* One byte past what is wanted tells whether the stream goes on. */
         unsigned char probe;
         int got = gzread(g, &probe, 1);
@@ -107,7 +107,7 @@ static dpt_status read_gzip(const char *path, int fd, long long csize, uint32_t 
     gzbuffer(g, 1u << 17);
     fb->gzipped = 1;
     size_t header = 4 + 4 * (size_t)ndims;
-    dpt_status st = inflate_some(path, g, fb, header);
+    dpt_status st = inflate_some(path, g, fb, header, 0);
     if (!st && fb->len == header) {
         uint64_t expect = implied_length(fb->data, ndims);
         file_bytes stub = *fb;
@@ -123,8 +123,8 @@ static dpt_status read_gzip(const char *path, int fd, long long csize, uint32_t 
                           "cannot inflate to more than %llu",
                           path, (unsigned long long)expect, csize,
                           (unsigned long long)csize * GZIP_MAX_RATIO + GZIP_SLACK);
-        } else if (!fb->more) {
-            st = inflate_some(path, g, fb, (size_t)expect);
+        } else {
+            st = inflate_some(path, g, fb, (size_t)expect, 1);
         }
     }
     int zerr = Z_OK;

@@ -1,15 +1,34 @@
 /* Checkpoints: model tables + optimizer velocity + training position in one
- * safetensors file, with a CRC-32 of the tensor data in the metadata. */
+ * safetensors file, with a CRC-32 in the metadata.
+ *
+ * Format v2 (written): the CRC covers the tensor data in file order, then
+ * every metadata pair but "crc32" itself, in strcmp order of the keys, as
+ * key NUL value NUL: editing a number in the metadata is caught like a
+ * flipped bit in a tensor. v1 (read only): the CRC covers the tensors. In
+ * both, every number in the metadata is range-checked before use. */
 #include "core/safetensors.h"
+#include "train/train_internal.h"
 #include "dptrain/train.h"
 
+#include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
 
-#define CKPT_FORMAT "dptrain.checkpoint.v1"
+#define CKPT_FORMAT "dptrain.checkpoint.v2"
+#define CKPT_FORMAT_V1 "dptrain.checkpoint.v1"
+
+/* Bounds of the numbers in the metadata: what dptrain itself can write
+ * (--epochs is at most 10^6; the end-of-run checkpoint names the epoch
+ * after the last), with room, and far from overflowing a long or an int. */
+#define CKPT_MAX_EPOCH 1000001L
+#define CKPT_MAX_ITERATION (1L << 48)
+#define CKPT_MAX_WORKERS (1L << 20)
+#define CKPT_MAX_BATCH 0x7fffffffL
+#define CKPT_MAX_ELAPSED 1e12 /* seconds: 30,000 years */
 
 static dpt_status add_table(dpt_st_writer *w, const dpt_net *net, int state, const float *base,
                             uLong *crc)
@@ -27,6 +46,19 @@ static dpt_status add_table(dpt_st_writer *w, const dpt_net *net, int state, con
         *crc = crc32(*crc, (const Bytef *)(base + e->offset), (uInt)(e->n * sizeof(float)));
     }
     return DPT_OK;
+}
+
+static int cmp_kv(const void *a, const void *b)
+{
+    return strcmp((*(const dpt_kv *const *)a)->key, (*(const dpt_kv *const *)b)->key);
+}
+
+/* One metadata pair into the CRC: key NUL value NUL, so moving bytes
+ * between a key and its value changes the sum. */
+static uLong crc_pair(uLong crc, const char *key, const char *value)
+{
+    crc = crc32(crc, (const Bytef *)key, (uInt)strlen(key) + 1);
+    return crc32(crc, (const Bytef *)value, (uInt)strlen(value) + 1);
 }
 
 dpt_status dpt_checkpoint_save(const char *path, const dpt_net *net, const dpt_sgdm *opt,
@@ -47,38 +79,170 @@ dpt_status dpt_checkpoint_save(const char *path, const dpt_net *net, const dpt_s
                               opt->n * sizeof(float));
         crc = crc32(crc, (const Bytef *)opt->velocity, (uInt)(opt->n * sizeof(float)));
     }
-    char buf[6][64];
+    char buf[8][64];
     snprintf(buf[0], sizeof buf[0], "%d", info->epoch);
     snprintf(buf[1], sizeof buf[1], "%ld", info->epoch_iteration);
     snprintf(buf[2], sizeof buf[2], "%ld", info->iteration);
     snprintf(buf[3], sizeof buf[3], "%" PRIu64, info->seed);
     snprintf(buf[4], sizeof buf[4], "%d", info->n_workers);
-    snprintf(buf[5], sizeof buf[5], "%08lx", (unsigned long)crc);
+    snprintf(buf[6], sizeof buf[6], "%d", info->batch);
+    snprintf(buf[7], sizeof buf[7], "%" PRIu64, info->n_train);
     char elapsed[64];
     snprintf(elapsed, sizeof elapsed, "%.17g", info->elapsed_s);
     const dpt_kv fixed[] = {
         {"format", CKPT_FORMAT}, {"spec", dpt_net_spec(net)}, {"epoch", buf[0]},
         {"epoch_iteration", buf[1]}, {"iteration", buf[2]}, {"seed", buf[3]},
-        {"workers", buf[4]}, {"crc32", buf[5]}, {"elapsed_s", elapsed},
+        {"workers", buf[4]}, {"elapsed_s", elapsed}, {"batch", buf[6]}, {"train_images", buf[7]},
     };
-    for (size_t i = 0; s == DPT_OK && i < sizeof fixed / sizeof *fixed; i++)
-        s = dpt_st_writer_meta(w, fixed[i].key, fixed[i].value);
-    for (size_t i = 0; s == DPT_OK && i < n_meta; i++)
-        s = dpt_st_writer_meta(w, meta[i].key, meta[i].value);
+    /* Every pair the CRC covers, sorted by key as the reader sees them;
+     * batch and train_images only when known (0: not recorded). */
+    const size_t n_fixed = sizeof fixed / sizeof *fixed;
+    const dpt_kv **all = s == DPT_OK ? malloc((n_fixed + n_meta) * sizeof *all) : NULL;
+    if (!all) {
+        dpt_st_writer_free(w);
+        return s != DPT_OK ? s : dpt_fail(DPT_ERR_NOMEM, "%s: out of memory", path);
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n_fixed; i++) {
+        if ((!strcmp(fixed[i].key, "batch") && !info->batch) ||
+            (!strcmp(fixed[i].key, "train_images") && !info->n_train))
+            continue;
+        all[k++] = &fixed[i];
+    }
+    for (size_t i = 0; i < n_meta; i++)
+        all[k++] = &meta[i];
+    size_t n_all = k;
+    qsort(all, n_all, sizeof *all, cmp_kv);
+    for (size_t i = 0; s == DPT_OK && i < n_all; i++) {
+        if (!strcmp(all[i]->key, "crc32")) {
+            s = dpt_fail(DPT_ERR_ARG, "%s: metadata key \"crc32\" is reserved", path);
+            break;
+        }
+        crc = crc_pair(crc, all[i]->key, all[i]->value);
+        s = dpt_st_writer_meta(w, all[i]->key, all[i]->value);
+    }
+    free(all);
+    snprintf(buf[5], sizeof buf[5], "%08lx", (unsigned long)crc);
+    if (s == DPT_OK)
+        s = dpt_st_writer_meta(w, "crc32", buf[5]);
     if (s == DPT_OK)
         s = dpt_st_writer_save(w, path);
     dpt_st_writer_free(w);
     return s;
 }
 
-static int meta_long(const dpt_st *st, const char *key, long *out)
+/* A decimal integer in [min, max] (no sign games, no trailing bytes, no
+ * overflow); 0 on success. */
+static int parse_range(const char *v, long min, long max, long *out)
+{
+    if (!v || !*v || !(*v == '-' || (*v >= '0' && *v <= '9')))
+        return -1;
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (errno || *end != '\0' || x < min || x > max)
+        return -1;
+    *out = x;
+    return 0;
+}
+
+static int parse_u64(const char *v, uint64_t *out)
+{
+    if (!v || !(*v >= '0' && *v <= '9'))
+        return -1;
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (errno || *end != '\0')
+        return -1;
+    *out = (uint64_t)x;
+    return 0;
+}
+
+/* A metadata number, or a message naming the key, its value and the range. */
+static dpt_status meta_range(const dpt_st *st, const char *path, const char *key, long min,
+                             long max, int required, long *out)
 {
     const char *v = dpt_st_meta(st, key);
-    char *end;
+    if (!v && !required) {
+        *out = 0;
+        return DPT_OK;
+    }
     if (!v)
-        return -1;
-    *out = strtol(v, &end, 10);
-    return *end == '\0' && end != v ? 0 : -1;
+        return dpt_fail(DPT_ERR_FORMAT, "%s: metadata \"%s\" is missing", path, key);
+    if (parse_range(v, min, max, out))
+        return dpt_fail(DPT_ERR_FORMAT, "%s: metadata \"%s\" is '%.40s', not an integer in [%ld, %ld]",
+                        path, key, v, min, max);
+    return DPT_OK;
+}
+
+/* Format, checksum and the numbers of the metadata of an open checkpoint
+ * into *info. */
+static dpt_status verify(const dpt_st *st, const char *path, dpt_checkpoint_info *info)
+{
+    dpt_status s = DPT_OK;
+    const char *fmt = dpt_st_meta(st, "format"), *crc_text = dpt_st_meta(st, "crc32");
+    int v1 = fmt && strcmp(fmt, CKPT_FORMAT_V1) == 0;
+    if (!fmt || (!v1 && strcmp(fmt, CKPT_FORMAT) != 0) || !crc_text) {
+        return dpt_fail(DPT_ERR_FORMAT, "%s: not a dptrain checkpoint (format '%.40s')", path,
+                        fmt ? fmt : "missing");
+    }
+    /* The checksum covers the tensors in file order (the order they were
+     * written in), then (v2) the metadata in key order. */
+    uLong crc = crc32(0L, Z_NULL, 0);
+    for (size_t i = 0; i < dpt_st_count(st); i++) {
+        const dpt_st_tensor *t = dpt_st_at(st, i);
+        crc = crc32(crc, (const Bytef *)t->data, (uInt)t->bytes);
+    }
+    for (size_t i = 0; !v1 && i < dpt_st_meta_count(st); i++) {
+        const char *key, *value;
+        dpt_st_meta_at(st, i, &key, &value);
+        if (strcmp(key, "crc32") != 0)
+            crc = crc_pair(crc, key, value);
+    }
+    char want[16];
+    snprintf(want, sizeof want, "%08lx", (unsigned long)crc);
+    if (strcmp(want, crc_text) != 0) {
+        return dpt_fail(DPT_ERR_FORMAT, "%s: checksum mismatch (stored %.16s, %s %s): the file "
+                        "is damaged or was edited", path, crc_text,
+                        v1 ? "data" : "data and metadata", want);
+    }
+    long epoch, epoch_it, it, workers, batch, n_train_l;
+    uint64_t seed = 0;
+    const char *seed_text = dpt_st_meta(st, "seed"), *el = dpt_st_meta(st, "elapsed_s");
+    if ((s = meta_range(st, path, "epoch", 1, CKPT_MAX_EPOCH, 1, &epoch)) ||
+        (s = meta_range(st, path, "iteration", 0, CKPT_MAX_ITERATION, 1, &it)) ||
+        (s = meta_range(st, path, "epoch_iteration", 0, it, 1, &epoch_it)) ||
+        (s = meta_range(st, path, "workers", 1, CKPT_MAX_WORKERS, 1, &workers)) ||
+        (s = meta_range(st, path, "batch", 1, CKPT_MAX_BATCH, 0, &batch)) ||
+        (s = meta_range(st, path, "train_images", 1, LONG_MAX, 0, &n_train_l)))
+        return s;
+    if (parse_u64(seed_text, &seed)) {
+        return dpt_fail(DPT_ERR_FORMAT, "%s: metadata \"seed\" is '%.40s', not an integer in [0, %" PRIu64 "]",
+                        path, seed_text ? seed_text : "missing", UINT64_MAX);
+    }
+    double elapsed = 0;
+    if (el) {
+        char *end;
+        elapsed = strtod(el, &end);
+        if (*end != '\0' || end == el || !(elapsed >= 0 && elapsed <= CKPT_MAX_ELAPSED)) {
+            return dpt_fail(DPT_ERR_FORMAT, "%s: metadata \"elapsed_s\" is '%.40s', not a number "
+                            "of seconds in [0, %g]", path, el, CKPT_MAX_ELAPSED);
+        }
+    }
+    *info = (dpt_checkpoint_info){(int)epoch, epoch_it, it, seed, (int)workers, elapsed,
+                                  (int)batch, (uint64_t)n_train_l};
+    return DPT_OK;
+}
+
+dpt_status dpt_checkpoint_read_info(const char *path, dpt_checkpoint_info *info)
+{
+    dpt_st *st = NULL;
+    dpt_status s = dpt_st_open(path, &st);
+    if (s == DPT_OK)
+        s = verify(st, path, info);
+    dpt_st_close(st);
+    return s;
 }
 
 dpt_status dpt_checkpoint_load(const char *path, dpt_net *net, dpt_sgdm *opt,
@@ -86,37 +250,12 @@ dpt_status dpt_checkpoint_load(const char *path, dpt_net *net, dpt_sgdm *opt,
 {
     dpt_st *st = NULL;
     float *params = NULL, *state = NULL, *vel = NULL;
+    dpt_checkpoint_info got;
     dpt_status s = dpt_st_open(path, &st);
     if (s != DPT_OK)
         return s;
-    const char *fmt = dpt_st_meta(st, "format"), *crc_text = dpt_st_meta(st, "crc32");
-    if (!fmt || strcmp(fmt, CKPT_FORMAT) != 0 || !crc_text) {
-        s = dpt_fail(DPT_ERR_FORMAT, "%s: not a dptrain checkpoint (format '%s')", path,
-                     fmt ? fmt : "missing");
+    if ((s = verify(st, path, &got)) != DPT_OK)
         goto done;
-    }
-    /* The checksum covers the tensors in file order: the order they were
-     * written in. */
-    uLong crc = crc32(0L, Z_NULL, 0);
-    for (size_t i = 0; i < dpt_st_count(st); i++) {
-        const dpt_st_tensor *t = dpt_st_at(st, i);
-        crc = crc32(crc, (const Bytef *)t->data, (uInt)t->bytes);
-    }
-    char want[16];
-    snprintf(want, sizeof want, "%08lx", (unsigned long)crc);
-    if (strcmp(want, crc_text) != 0) {
-        s = dpt_fail(DPT_ERR_FORMAT, "%s: checksum mismatch (stored %s, data %s): the file is "
-                     "damaged", path, crc_text, want);
-        goto done;
-    }
-    long epoch, epoch_it, it, workers;
-    const char *seed_text = dpt_st_meta(st, "seed"), *el = dpt_st_meta(st, "elapsed_s");
-    if (meta_long(st, "epoch", &epoch) || meta_long(st, "epoch_iteration", &epoch_it) ||
-        meta_long(st, "iteration", &it) || meta_long(st, "workers", &workers) || !seed_text ||
-        epoch < 1 || epoch_it < 0 || it < 0 || workers < 1) {
-        s = dpt_fail(DPT_ERR_FORMAT, "%s: missing or bad training position in the metadata", path);
-        goto done;
-    }
     /* Read into scratch first, so a mismatch leaves net and opt untouched. */
     size_t np = dpt_net_n_params(net), ns = dpt_net_n_state_floats(net);
     params = malloc(np * sizeof(float) + 1);
@@ -160,12 +299,7 @@ dpt_status dpt_checkpoint_load(const char *path, dpt_net *net, dpt_sgdm *opt,
     }
     memcpy(dpt_net_params(net), params, np * sizeof(float));
     memcpy(dpt_net_state(net), state, ns * sizeof(float));
-    info->epoch = (int)epoch;
-    info->epoch_iteration = epoch_it;
-    info->iteration = it;
-    info->seed = strtoull(seed_text, NULL, 10);
-    info->n_workers = (int)workers;
-    info->elapsed_s = el ? strtod(el, NULL) : 0;
+    *info = got;
 done:
     free(params), free(state), free(vel);
     dpt_st_close(st);

@@ -3,8 +3,10 @@
  * saves the model and measures test accuracy. */
 #include "dptrain/gpu.h"
 #include "dptrain/train.h"
+#include "train/train_internal.h"
 
 #include <cJSON.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -124,9 +126,34 @@ static dpt_status save_checkpoint(const fit_job *job, dpt_net *net, dpt_sgdm *op
         if (s != DPT_OK)
             return s;
     }
-    dpt_checkpoint_info info = {epoch, epoch_it, iteration, job->cfg->seed, n_workers, elapsed};
+    dpt_checkpoint_info info = {epoch, epoch_it, iteration, job->cfg->seed, n_workers, elapsed,
+                                job->cfg->batch, dpt_datastore_n_obs(job->cfg->train)};
     dpt_kv meta[] = {{"classes", job->classes_json}};
     return dpt_checkpoint_save(job->cfg->checkpoint_out, net, opt, &info, meta, 1);
+}
+
+/* What a resumed run must share with the run that wrote the checkpoint for
+ * the continuation to be the same training: the seed (the split and every
+ * epoch's shuffle), the training data, and mid-epoch the minibatch (the
+ * position in the epoch counts minibatches). --epochs, --workers, --lr and
+ * the like may change. */
+static dpt_status check_resume(const dpt_fit_config *cfg, const dpt_checkpoint_info *start)
+{
+    const char *path = cfg->resume;
+    if (start->seed != cfg->seed)
+        return dpt_fail(DPT_ERR_ARG, "--seed: the checkpoint %s was written with --seed %" PRIu64
+                        "; resuming needs the same (it sets the train/test split and the "
+                        "shuffles)", path, start->seed);
+    size_t n = dpt_datastore_n_obs(cfg->train);
+    if (start->n_train && start->n_train != (uint64_t)n)
+        return dpt_fail(DPT_ERR_ARG, "--data: the checkpoint %s was trained on %" PRIu64
+                        " images, this run has %zu; resuming needs the same --data, --split and "
+                        "--test", path, start->n_train, n);
+    if (start->batch && start->batch != cfg->batch && start->epoch_iteration > 0)
+        return dpt_fail(DPT_ERR_ARG, "--batch: the checkpoint %s was written with --batch %d; "
+                        "resuming mid-epoch (after iteration %ld of epoch %d) needs the same",
+                        path, start->batch, start->epoch_iteration, start->epoch);
+    return DPT_OK;
 }
 
 /* Prefix the current error with where training stopped. */
@@ -172,7 +199,7 @@ static dpt_status fit_worker(dpt_comm *comm, void *arg)
     }
     if ((s = dpt_sgdm_new(dpt_net_n_params(net), cfg->lr, cfg->momentum, cfg->weight_decay, &opt)))
         goto done;
-    dpt_checkpoint_info start = {1, 0, 0, cfg->seed, n_workers, 0};
+    dpt_checkpoint_info start = {1, 0, 0, cfg->seed, n_workers, 0, cfg->batch, 0};
     if (cfg->resume && (s = dpt_checkpoint_load(cfg->resume, net, opt, &start)) != DPT_OK)
         goto done;
     /* Every worker starts from worker 0's learnables, state and velocity. */
@@ -296,6 +323,17 @@ dpt_status dpt_fit(const dpt_fit_config *cfg, dpt_fit_result *result)
     if (cfg->epochs < 1 || cfg->batch < 1)
         return dpt_fail(DPT_ERR_ARG, "dpt_fit: epochs and batch must be >= 1");
     memset(result, 0, sizeof *result);
+    /* A checkpoint that cannot continue this run is refused before any
+     * worker starts (dpt_checkpoint_load checks it again against the
+     * network). */
+    if (cfg->resume) {
+        dpt_checkpoint_info start;
+        dpt_status rs = dpt_checkpoint_read_info(cfg->resume, &start);
+        if (rs == DPT_OK)
+            rs = check_resume(cfg, &start);
+        if (rs != DPT_OK)
+            return rs;
+    }
     fit_job job = {cfg, result, NULL, classes_json(cfg, dpt_datastore_n_classes(cfg->train))};
     if (!job.classes_json)
         return dpt_fail(DPT_ERR_NOMEM, "out of memory");
