@@ -327,6 +327,48 @@ void dpt_image_resize_bilinear(const float *in, int c, int ih, int iw, float *ou
     }
 }
 
+/* Pixel j (row-major) of channel ch as raw_to_planes converts it. */
+static inline float raw_sample(const raw_image *img, int c, int ch, size_t j)
+{
+    const float s = 1.0f / 255.0f;
+    const uint8_t *p = img->pix + j * (size_t)img->c;
+    if (img->c < 3)
+        return (float)p[0] * s;
+    if (c == 1)
+        return (float)((p[0] * 77 + p[1] * 150 + p[2] * 29) >> 8) * s;
+    return (float)p[ch] * s;
+}
+
+/* raw_to_planes then dpt_image_resize_bilinear, the same arithmetic and
+ * bits, but reading the 8-bit pixels where they are: an image at the pixel
+ * cap is never converted to float whole (up to 200 MB). */
+static void resize_raw(const raw_image *img, int c, float *out, int oh, int ow)
+{
+    const int ih = img->h, iw = img->w;
+    const float sx = (float)iw / (float)ow, sy = (float)ih / (float)oh;
+    for (int ch = 0; ch < c; ch++) {
+        float *o = out + (size_t)ch * (size_t)oh * (size_t)ow;
+        for (int oy = 0; oy < oh; oy++) {
+            int y0, y1;
+            float ty;
+            tap(oy, sy, ih, &y0, &y1, &ty);
+            float uy = 1.0f - ty;
+            const size_t r0 = (size_t)y0 * (size_t)iw, r1 = (size_t)y1 * (size_t)iw;
+            for (int ox = 0; ox < ow; ox++) {
+                int x0, x1;
+                float tx;
+                tap(ox, sx, iw, &x0, &x1, &tx);
+                float ux = 1.0f - tx;
+                float a = raw_sample(img, c, ch, r0 + (size_t)x0);
+                float b = raw_sample(img, c, ch, r0 + (size_t)x1);
+                float d = raw_sample(img, c, ch, r1 + (size_t)x0);
+                float e = raw_sample(img, c, ch, r1 + (size_t)x1);
+                o[(size_t)oy * (size_t)ow + (size_t)ox] = uy * (ux * a + tx * b) + ty * (ux * d + tx * e);
+            }
+        }
+    }
+}
+
 dpt_status check_output_shape(int c, int h, int w, const char *what)
 {
     if ((c != 1 && c != 3) || h < 1 || w < 1)
@@ -341,12 +383,8 @@ dpt_status raw_to_output(const raw_image *img, int c, int h, int w, float *out, 
         raw_to_planes(img, c, out);
         return DPT_OK;
     }
-    float *tmp = malloc((size_t)c * (size_t)img->h * (size_t)img->w * sizeof *tmp);
-    if (!tmp)
-        return dpt_fail(DPT_ERR_NOMEM, "%s: cannot allocate a %dx%d image", path, img->h, img->w);
-    raw_to_planes(img, c, tmp);
-    dpt_image_resize_bilinear(tmp, c, img->h, img->w, out, h, w);
-    free(tmp);
+    (void)path;
+    resize_raw(img, c, out, h, w);
     return DPT_OK;
 }
 

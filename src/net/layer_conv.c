@@ -35,25 +35,27 @@ static dpt_status conv_create(dpt_layer *l)
 static dpt_status conv_set(dpt_layer *l, const char *key, const char *value)
 {
     conv_layer *c = l->priv;
+    /* Limits per key: far above any real network, low enough that the
+     * shapes they make stay within int and the memory check. */
     if (strcmp(key, "filter") == 0) {
-        int a, b, used = 0;
-        if (sscanf(value, "%dx%d%n", &a, &b, &used) == 2 && value[used] == '\0') {
-            if (a < 1 || b < 1 || a > 4096 || b > 4096)
-                return dpt_fail(DPT_ERR_FORMAT, "bad value '%s' for filter", value);
-            c->kh = a, c->kw = b;
-            return DPT_OK;
+        int k[2];
+        if (strchr(value, 'x')) {
+            dpt_status s = parse_dims(key, value, 2, 4096, k);
+            if (s == DPT_OK)
+                c->kh = k[0], c->kw = k[1];
+            return s;
         }
-        dpt_status s = parse_int(key, value, 1, &a);
+        dpt_status s = parse_int_max(key, value, 1, 4096, &k[0]);
         if (s == DPT_OK)
-            c->kh = c->kw = a;
+            c->kh = c->kw = k[0];
         return s;
     }
     if (strcmp(key, "filters") == 0)
-        return parse_int(key, value, 1, &c->filters);
+        return parse_int_max(key, value, 1, 65536, &c->filters);
     if (strcmp(key, "stride") == 0)
-        return parse_int(key, value, 1, &c->stride);
+        return parse_int_max(key, value, 1, 4096, &c->stride);
     if (strcmp(key, "padding") == 0)
-        return parse_int(key, value, 0, &c->pad);
+        return parse_int_max(key, value, 0, 4096, &c->pad);
     if (strcmp(key, "bias") == 0) {
         dpt_status s = parse_int(key, value, 0, &c->bias);
         if (s == DPT_OK && c->bias > 1)
@@ -181,7 +183,7 @@ static dpt_status fc_set(dpt_layer *l, const char *key, const char *value)
         f->outputs = -1;
         return DPT_OK;
     }
-    return parse_int(key, value, 1, &f->outputs);
+    return parse_int_max(key, value, 1, 1 << 20, &f->outputs);
 }
 
 static dpt_status fc_infer(dpt_net *net, dpt_layer *l)

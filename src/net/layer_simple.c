@@ -17,12 +17,11 @@ static dpt_status input_set(dpt_layer *l, const char *key, const char *value)
 {
     if (strcmp(key, "size") != 0)
         return dpt_fail(DPT_ERR_FORMAT, "unknown key '%s' (input takes size=HxWxC)", key);
-    int h, w, c, used = 0;
-    if (sscanf(value, "%dx%dx%d%n", &h, &w, &c, &used) != 3 || value[used] != '\0' || h < 1 ||
-        w < 1 || c < 1 || h > 65536 || w > 65536 || c > 65536)
-        return dpt_fail(DPT_ERR_FORMAT, "bad value '%s' for size (expected HxWxC, e.g. 28x28x1)",
-                        value);
-    l->out[0] = c, l->out[1] = h, l->out[2] = w;
+    int hwc[3];
+    if (parse_dims(key, value, 3, 65536, hwc) != DPT_OK)
+        return dpt_fail(DPT_ERR_FORMAT, "bad value '%.40s' for size (expected HxWxC, e.g. 28x28x1, "
+                        "each at most 65536)", value);
+    l->out[0] = hwc[2], l->out[1] = hwc[0], l->out[2] = hwc[1];
     return DPT_OK;
 }
 

@@ -48,7 +48,8 @@ dpt_status dpt_net_save(const dpt_net *net, const char *path, const dpt_kv *meta
     return s;
 }
 
-/* Check and copy one table entry; a wrong shape names the tensor. */
+/* Check one table entry against the file; a wrong shape names the tensor.
+ * dst NULL: check only; else copy too. */
 static dpt_status read_entry(const dpt_st *st, const char *path, const dpt_param_info *e,
                              float *dst)
 {
@@ -72,7 +73,7 @@ static dpt_status read_entry(const dpt_st *st, const char *path, const dpt_param
         return dpt_fail(DPT_ERR_SHAPE, "%s: tensor '%s' is %s %s, the network needs F32 %s", path,
                         e->name, t->dtype, got, want);
     }
-    return dpt_st_read_f32(st, e->name, dst, e->n);
+    return dst ? dpt_st_read_f32(st, e->name, dst, e->n) : DPT_OK;
 }
 
 static dpt_status copy_tables(dpt_net *net, const dpt_st *st, const char *path)
@@ -82,6 +83,18 @@ static dpt_status copy_tables(dpt_net *net, const dpt_st *st, const char *path)
         s = read_entry(st, path, &net->learn[i], net->params + net->learn[i].offset);
     for (size_t i = 0; s == DPT_OK && i < net->n_state_tab; i++)
         s = read_entry(st, path, &net->state_tab[i], net->state + net->state_tab[i].offset);
+    return s;
+}
+
+/* Every table entry has its tensor in the file, with its shape. */
+static dpt_status check_tables(const dpt_net *net, void *ctx)
+{
+    const dpt_st *st = ctx;
+    dpt_status s = DPT_OK;
+    for (size_t i = 0; s == DPT_OK && i < net->n_learn; i++)
+        s = read_entry(st, net->source, &net->learn[i], NULL);
+    for (size_t i = 0; s == DPT_OK && i < net->n_state_tab; i++)
+        s = read_entry(st, net->source, &net->state_tab[i], NULL);
     return s;
 }
 
@@ -114,7 +127,11 @@ dpt_status dpt_net_load(const char *path, int max_batch, dpt_net **out)
         s = dpt_fail(DPT_ERR_FORMAT, "%s: not a dptrain model (no 'format'/'spec' metadata)", path);
         goto done;
     }
-    if ((s = dpt_net_from_spec(spec, path, 0, max_batch, 0, &net)) != DPT_OK)
+    /* The file's tensors are checked against the spec's shapes before the
+     * network's buffers are allocated: a spec edited to need gigabytes
+     * fails at once on its first mismatched tensor. */
+    if ((s = net_from_spec_checked(spec, path, 0, max_batch, 0, check_tables, (void *)st,
+                                   &net)) != DPT_OK)
         goto done;
     if ((s = copy_tables(net, st, path)) != DPT_OK)
         goto done;

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static const char default_spec[] =
     "# The network of MATLAB's \"Train Network in Parallel with Custom Training Loop\".\n"
@@ -43,15 +44,36 @@ static const layer_type *find_type(const char *name)
     return NULL;
 }
 
-dpt_status parse_int(const char *key, const char *value, int min, int *out)
+dpt_status parse_int_max(const char *key, const char *value, int min, int max, int *out)
 {
     char *end;
     errno = 0;
     long v = strtol(value, &end, 10);
-    if (errno || end == value || *end != '\0' || v < min || v > 1000000)
-        return dpt_fail(DPT_ERR_FORMAT, "bad value '%s' for %s (an integer >= %d expected)", value,
-                        key, min);
+    if (errno || end == value || *end != '\0' || v < min || v > max)
+        return dpt_fail(DPT_ERR_FORMAT, "bad value '%.40s' for %s (an integer in [%d, %d] expected)",
+                        value, key, min, max);
     *out = (int)v;
+    return DPT_OK;
+}
+
+dpt_status parse_int(const char *key, const char *value, int min, int *out)
+{
+    return parse_int_max(key, value, min, 1000000, out);
+}
+
+dpt_status parse_dims(const char *key, const char *value, int n, int max, int *out)
+{
+    const char *p = value;
+    for (int i = 0; i < n; i++) {
+        char *end;
+        errno = 0;
+        long v = *p >= '0' && *p <= '9' ? strtol(p, &end, 10) : -1;
+        if (v < 1 || v > max || errno || (i + 1 < n ? *end != 'x' : *end != '\0'))
+            return dpt_fail(DPT_ERR_FORMAT, "bad value '%.40s' for %s (%d sizes from 1 to %d "
+                            "joined by 'x' expected)", value, key, n, max);
+        out[i] = (int)v;
+        p = end + 1;
+    }
     return DPT_OK;
 }
 
@@ -247,9 +269,59 @@ done:
     return s;
 }
 
-/* Shape inference and table declaration, layer by layer. */
+/* Bytes as "12.3 GiB", in the binary units DPT_MAX_NET_MEMORY takes. */
+static void fmt_bytes(double b, char *buf, size_t n)
+{
+    if (b >= 1024.0 * 1024 * 1024)
+        snprintf(buf, n, "%.1f GiB", b / (1024.0 * 1024 * 1024));
+    else if (b >= 1024.0 * 1024)
+        snprintf(buf, n, "%.1f MiB", b / (1024.0 * 1024));
+    else
+        snprintf(buf, n, "%.0f KiB", b / 1024.0);
+}
+
+double dpt_net_memory_budget(dpt_status *status)
+{
+    if (status)
+        *status = DPT_OK;
+    const char *env = getenv("DPT_MAX_NET_MEMORY");
+    if (env) {
+        char *end;
+        errno = 0;
+        double v = strtod(env, &end);
+        double unit = 1;
+        if (end != env) {
+            switch (*end) {
+            case 'k': case 'K': unit = 1024.0, end++; break;
+            case 'm': case 'M': unit = 1024.0 * 1024, end++; break;
+            case 'g': case 'G': unit = 1024.0 * 1024 * 1024, end++; break;
+            case 't': case 'T': unit = 1024.0 * 1024 * 1024 * 1024, end++; break;
+            default: break;
+            }
+        }
+        if (end != env && *end == '\0' && !errno && isfinite(v) && v * unit >= 1024 * 1024)
+            return v * unit;
+        if (status)
+            *status = dpt_fail(DPT_ERR_ARG, "DPT_MAX_NET_MEMORY: '%.40s' is not a size of at "
+                               "least 1M (bytes, or with K, M, G, T: e.g. 512M, 16G)", env);
+        return 0;
+    }
+    /* Default: 8 GiB, or half the machine's memory where that is less. */
+    double budget = 8.0 * 1024 * 1024 * 1024;
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && page > 0 && (double)pages * (double)page / 2 < budget)
+        budget = (double)pages * (double)page / 2;
+    return budget;
+}
+
+/* Shape inference and table declaration, layer by layer; then the memory
+ * the network's buffers will take for max_batch, checked against the
+ * budget before anything that size is allocated. */
 static dpt_status infer_shapes(dpt_net *net)
 {
+    const double nb = (double)net->max_batch;
+    double total = 0, max_act = 0, worst = -1;
+    int worst_layer = 0;
     for (int i = 0; i < net->n_layers; i++) {
         dpt_layer *l = &net->layers[i];
         if (i > 0)
@@ -257,15 +329,51 @@ static dpt_status infer_shapes(dpt_net *net)
         if (l->type == &dpt_layer_softmax && i != net->n_layers - 1)
             return dpt_fail(DPT_ERR_FORMAT, "%s:%d: softmax '%s' must be the last layer",
                             net->source, l->line, l->name);
+        size_t p0 = net->n_params, s0 = net->n_state;
         dpt_status s = l->type->infer(net, l);
         if (s != DPT_OK) {
             char msg[512];
             snprintf(msg, sizeof msg, "%s", dpt_last_error());
             return dpt_fail(s, "%s:%d: %s", net->source, l->line, msg);
         }
+        /* Sizes are ints in the kernels: one image's output must fit. */
+        double count = (double)l->out[0] * l->out[1] * l->out[2];
+        if (count > DPT_MAX_LAYER_VALUES)
+            return dpt_fail(DPT_ERR_SHAPE, "%s:%d: %s '%s': an output of %dx%dx%d (%.0f values "
+                            "per image) is more than the %d allowed", net->source, l->line,
+                            l->type->name, l->name, l->out[1], l->out[2], l->out[0], count,
+                            DPT_MAX_LAYER_VALUES);
+        /* Activations, learnables and their gradients, state. */
+        double bytes = 4 * (count * nb + 2 * (double)(net->n_params - p0) +
+                            (double)(net->n_state - s0));
+        if (l->type->work_floats) {
+            bytes += 4 * (double)l->type->work_floats(l, net->max_batch);
+        }
+        if (count * nb > max_act)
+            max_act = count * nb;
+        total += bytes;
+        if (bytes > worst)
+            worst = bytes, worst_layer = i;
     }
     if (net->n_layers < 2)
         return dpt_fail(DPT_ERR_FORMAT, "%s: the network has only an input layer", net->source);
+    /* Two gradient buffers of the largest activation, the loss gradient;
+     * scratch is shared (counted once, not per layer). */
+    const dpt_layer *last = &net->layers[net->n_layers - 1];
+    total += 4 * (2 * max_act + (double)last->out[0] * last->out[1] * last->out[2] * nb);
+    dpt_status bs;
+    double budget = dpt_net_memory_budget(&bs);
+    if (bs != DPT_OK)
+        return bs;
+    if (total > budget) {
+        const dpt_layer *l = &net->layers[worst_layer];
+        char t[32], b[32], w[32];
+        fmt_bytes(total, t, sizeof t), fmt_bytes(budget, b, sizeof b), fmt_bytes(worst, w, sizeof w);
+        return dpt_fail(DPT_ERR_SHAPE, "%s:%d: the network needs %s for a minibatch of %d, more "
+                        "than the %s allowed (DPT_MAX_NET_MEMORY); the largest part is %s '%s' "
+                        "(output %dx%dx%d): %s", net->source, l->line, t, net->max_batch, b,
+                        l->type->name, l->name, l->out[1], l->out[2], l->out[0], w);
+    }
     return DPT_OK;
 }
 
@@ -432,6 +540,14 @@ static dpt_status render_spec(dpt_net *net)
 dpt_status dpt_net_from_spec(const char *text, const char *source, int n_classes, int max_batch,
                              uint64_t seed, dpt_net **out)
 {
+    return net_from_spec_checked(text, source, n_classes, max_batch, seed, NULL, NULL, out);
+}
+
+dpt_status net_from_spec_checked(const char *text, const char *source, int n_classes,
+                                 int max_batch, uint64_t seed,
+                                 dpt_status (*check)(const dpt_net *net, void *ctx), void *ctx,
+                                 dpt_net **out)
+{
     if (!out)
         return dpt_fail(DPT_ERR_ARG, "dpt_net_from_spec: out is NULL");
     *out = NULL;
@@ -451,7 +567,10 @@ dpt_status dpt_net_from_spec(const char *text, const char *source, int n_classes
     if (s == DPT_OK) {
         fix_names(net->learn, net->n_learn, net->names);
         fix_names(net->state_tab, net->n_state_tab, net->names);
-        s = build_buffers(net, seed);
+        if (check)
+            s = check(net, ctx);
+        if (s == DPT_OK)
+            s = build_buffers(net, seed);
     }
     if (s == DPT_OK)
         s = render_spec(net);

@@ -129,7 +129,28 @@ dpt_status net_declare(dpt_net *net, dpt_layer *l, int is_state, const char *par
                        const int *shape);
 
 /* Helpers for layer set() functions: parse a positive int / float value. */
+/* A spec value: an integer in [min, 10^6] / in [min, max]; n sizes "AxB..."
+ * each in [1, max]. Errors say the value, the key and the range. */
 dpt_status parse_int(const char *key, const char *value, int min, int *out);
+dpt_status parse_int_max(const char *key, const char *value, int min, int max, int *out);
+dpt_status parse_dims(const char *key, const char *value, int n, int max, int *out);
+
+/* Bounds on a network from a spec or a model file, checked before its
+ * buffers are allocated: values in one layer's output per image (the
+ * kernels index with int), and bytes for all buffers at the network's
+ * minibatch: DPT_MAX_NET_MEMORY (bytes, or with K, M, G, T), default 8 GiB
+ * or half the physical memory where that is less. *status (if not NULL)
+ * receives an error for a malformed DPT_MAX_NET_MEMORY. */
+#define DPT_MAX_LAYER_VALUES (1 << 27)
+
+/* dpt_net_from_spec with a check run after the shapes and tables are known
+ * and before any buffer is allocated (net->source names the spec); its
+ * error fails the build. */
+dpt_status net_from_spec_checked(const char *text, const char *source, int n_classes,
+                                 int max_batch, uint64_t seed,
+                                 dpt_status (*check)(const dpt_net *net, void *ctx), void *ctx,
+                                 dpt_net **out);
+double dpt_net_memory_budget(dpt_status *status);
 dpt_status parse_float(const char *key, const char *value, float *out);
 
 /* Layer types (one file each). */
