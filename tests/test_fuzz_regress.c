@@ -17,6 +17,9 @@
 #define LLVMFuzzerTestOneInput fuzz_image
 #include "../fuzz/fuzz_image.c"
 #undef LLVMFuzzerTestOneInput
+#define LLVMFuzzerTestOneInput fuzz_checkpoint
+#include "../fuzz/fuzz_checkpoint.c"
+#undef LLVMFuzzerTestOneInput
 
 #include "testutil.h"
 
@@ -62,6 +65,7 @@ int main(void)
 {
     static const struct { const char *name; entry fn; } targets[] = {
         {"spec", fuzz_spec}, {"idx", fuzz_idx}, {"safetensors", fuzz_safetensors}, {"image", fuzz_image},
+        {"checkpoint", fuzz_checkpoint},
     };
     const char *root = getenv("DPT_SOURCE_DIR");
     char dir[1024];

@@ -4,6 +4,7 @@
 #include "core/safetensors.h"
 #include "net/net_impl.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -111,6 +112,38 @@ dpt_status dpt_net_load_into(dpt_net *net, const char *path)
 static const char *const kept_keys[] = {"format", "spec", "classes", "epoch", "iteration",
                                         "trained", "workers", "accuracy"};
 
+/* The numbers among the kept metadata, range-checked on load (what dptrain
+ * writes, with room): a model is refused rather than shown with nonsense. */
+static const struct {
+    const char *key;
+    long min, max;
+} numeric_keys[] = {{"epoch", 0, 1000001L}, {"iteration", 0, 1L << 48}, {"workers", 1, 1L << 20}};
+
+static dpt_status check_numbers(const dpt_st *st, const char *path)
+{
+    for (size_t i = 0; i < sizeof numeric_keys / sizeof *numeric_keys; i++) {
+        const char *v = dpt_st_meta(st, numeric_keys[i].key);
+        if (!v)
+            continue;
+        char *end;
+        errno = 0;
+        long x = *v >= '0' && *v <= '9' ? strtol(v, &end, 10) : -1;
+        if (x < numeric_keys[i].min || x > numeric_keys[i].max || errno || *end != '\0')
+            return dpt_fail(DPT_ERR_FORMAT, "%s: metadata \"%s\" is '%.40s', not an integer in "
+                            "[%ld, %ld]", path, numeric_keys[i].key, v, numeric_keys[i].min,
+                            numeric_keys[i].max);
+    }
+    const char *acc = dpt_st_meta(st, "accuracy");
+    if (acc) {
+        char *end;
+        double a = strtod(acc, &end);
+        if (end == acc || *end != '\0' || !(a >= 0 && a <= 1))
+            return dpt_fail(DPT_ERR_FORMAT, "%s: metadata \"accuracy\" is '%.40s', not a number "
+                            "in [0, 1]", path, acc);
+    }
+    return DPT_OK;
+}
+
 dpt_status dpt_net_load(const char *path, int max_batch, dpt_net **out)
 {
     if (!path || !out)
@@ -127,6 +160,8 @@ dpt_status dpt_net_load(const char *path, int max_batch, dpt_net **out)
         s = dpt_fail(DPT_ERR_FORMAT, "%s: not a dptrain model (no 'format'/'spec' metadata)", path);
         goto done;
     }
+    if ((s = check_numbers(st, path)) != DPT_OK)
+        goto done;
     /* The file's tensors are checked against the spec's shapes before the
      * network's buffers are allocated: a spec edited to need gigabytes
      * fails at once on its first mismatched tensor. */
