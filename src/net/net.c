@@ -314,14 +314,10 @@ double dpt_net_memory_budget(dpt_status *status)
     return budget;
 }
 
-/* Shape inference and table declaration, layer by layer; then the memory
- * the network's buffers will take for max_batch, checked against the
- * budget before anything that size is allocated. */
+/* Shape inference and table declaration, layer by layer. Each layer's
+ * learnable and state floats are noted for check_memory. */
 static dpt_status infer_shapes(dpt_net *net)
 {
-    const double nb = (double)net->max_batch;
-    double total = 0, max_act = 0, worst = -1;
-    int worst_layer = 0;
     for (int i = 0; i < net->n_layers; i++) {
         dpt_layer *l = &net->layers[i];
         if (i > 0)
@@ -343,22 +339,39 @@ static dpt_status infer_shapes(dpt_net *net)
                             "per image) is more than the %d allowed", net->source, l->line,
                             l->type->name, l->name, l->out[1], l->out[2], l->out[0], count,
                             DPT_MAX_LAYER_VALUES);
-        /* Activations, learnables and their gradients, state. */
-        double bytes = 4 * (count * nb + 2 * (double)(net->n_params - p0) +
-                            (double)(net->n_state - s0));
-        if (l->type->work_floats) {
+        l->n_learn_values = net->n_params - p0;
+        l->n_state_values = net->n_state - s0;
+    }
+    if (net->n_layers < 2)
+        return dpt_fail(DPT_ERR_FORMAT, "%s: the network has only an input layer", net->source);
+    return DPT_OK;
+}
+
+static size_t layer_count(const dpt_layer *l) { return (size_t)l->out[0] * l->out[1] * l->out[2]; }
+
+/* The memory the network's buffers will take for max_batch, against the
+ * budget, before anything that size is allocated. */
+static dpt_status check_memory(dpt_net *net)
+{
+    const double nb = (double)net->max_batch;
+    double total = 0, max_act = 0, worst = -1;
+    int worst_layer = 0;
+    for (int i = 0; i < net->n_layers; i++) {
+        const dpt_layer *l = &net->layers[i];
+        double count = (double)l->out[0] * l->out[1] * l->out[2];
+        /* Activations, learnables with their gradients, state, scratch. */
+        double bytes = 4 * (count * nb + 2 * (double)l->n_learn_values + (double)l->n_state_values);
+        if (l->type->work_floats)
             bytes += 4 * (double)l->type->work_floats(l, net->max_batch);
-        }
         if (count * nb > max_act)
             max_act = count * nb;
         total += bytes;
         if (bytes > worst)
             worst = bytes, worst_layer = i;
     }
-    if (net->n_layers < 2)
-        return dpt_fail(DPT_ERR_FORMAT, "%s: the network has only an input layer", net->source);
-    /* Two gradient buffers of the largest activation, the loss gradient;
-     * scratch is shared (counted once, not per layer). */
+    /* Two gradient buffers of the largest activation and the loss gradient.
+     * Scratch was counted per layer though the network keeps only the
+     * largest: an upper bound, like the activations fusion saves. */
     const dpt_layer *last = &net->layers[net->n_layers - 1];
     total += 4 * (2 * max_act + (double)last->out[0] * last->out[1] * last->out[2] * nb);
     dpt_status bs;
@@ -376,8 +389,6 @@ static dpt_status infer_shapes(dpt_net *net)
     }
     return DPT_OK;
 }
-
-static size_t layer_count(const dpt_layer *l) { return (size_t)l->out[0] * l->out[1] * l->out[2]; }
 
 /* Fusion of conv -> batchnorm -> relu -> conv chains on the CPU (none with
  * the "generic" kernels, which stay the plain reference path). Each saves
@@ -569,6 +580,8 @@ dpt_status net_from_spec_checked(const char *text, const char *source, int n_cla
         fix_names(net->state_tab, net->n_state_tab, net->names);
         if (check)
             s = check(net, ctx);
+        if (s == DPT_OK)
+            s = check_memory(net);
         if (s == DPT_OK)
             s = build_buffers(net, seed);
     }

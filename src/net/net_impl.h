@@ -66,6 +66,7 @@ struct dpt_layer {
     void *priv;
     size_t first_learnable, n_learnables; /* entries in the learnables table */
     size_t first_state, n_state;
+    size_t n_learn_values, n_state_values; /* floats in those entries (memory check) */
     float *p, *g, *s;      /* views: this layer's learnables, gradients, state */
     /* Fusion, planned once at build (net.c plan_fusion; none with the
      * "generic" kernel set): */
