@@ -5,6 +5,7 @@
  *
  * Usage: test_data [name-substring]   (runs only the matching tests, e.g.
  * "mbq" for the queue tests under ThreadSanitizer). */
+#include "data/data_internal.h" /* raw_to_planes, for the resize bits */
 #include "dptrain/data.h"
 #include "testfs.h"
 
@@ -1193,6 +1194,86 @@ static void test_mbq_error(void)
 
 /* ---- driver ------------------------------------------------------------------------------------ */
 
+/* ---- tests: hostile files (issue 18) ------------------------------------------------------------------ */
+
+/* A FIFO or a folder is refused before a byte is read (opening a FIFO
+ * blocked for ever); a gzip IDX file is inflated no further than its
+ * header implies; an image is resized from its 8-bit pixels with exactly
+ * the bits of converting it whole to float first. */
+static void test_hostile(void)
+{
+    char dir[512], fifo[1024], lp[1024], ip[1024], p[1024];
+    fresh_dir(dir, sizeof dir, "hostile");
+    size_t li, ll;
+    unsigned char labels[10] = {0, 1, 2, 0, 1, 2, 0, 1, 2, 0};
+    unsigned char *im = idx_images(10, 4, 4, &li);
+    unsigned char *lb = idx_labels(10, labels, &ll);
+    path_join(lp, sizeof lp, dir, "labels");
+    write_bytes(lp, lb, ll);
+    path_join(ip, sizeof ip, dir, "images");
+    write_bytes(ip, im, li);
+    path_join(fifo, sizeof fifo, dir, "fifo.png");
+    CHECK(mkfifo(fifo, 0600) == 0);
+    dpt_datastore *ds = NULL;
+    float px[3 * 28 * 28];
+    FAILS(dpt_datastore_open_idx(fifo, lp, &ds), DPT_ERR_IO, "fifo.png: not a regular file (a FIFO)");
+    FAILS(dpt_datastore_open_idx(ip, fifo, &ds), DPT_ERR_IO, "fifo.png: not a regular file (a FIFO)");
+    FAILS(dpt_image_load(fifo, 1, 28, 28, px), DPT_ERR_IO, "fifo.png: not a regular file (a FIFO)");
+    FAILS(dpt_image_load(dir, 1, 28, 28, px), DPT_ERR_IO, "not a regular file (a folder)");
+    FAILS(dpt_datastore_open_idx("/dev/null", lp, &ds), DPT_ERR_IO, "not a regular file (a character device)");
+    CHECK(ds == NULL);
+
+    /* 10 images of 4x4 by the header, then 8 MB more: refused after
+     * inflating the 176 bytes it implies and one more. */
+    size_t extra = 8u << 20;
+    unsigned char *big = calloc(li + extra, 1);
+    memcpy(big, im, li);
+    path_join(p, sizeof p, dir, "long-images.gz");
+    write_gz(p, big, li + extra);
+    FAILS(dpt_datastore_open_idx(p, lp, &ds), DPT_ERR_FORMAT,
+          "the decompressed data goes on past the 176 bytes the header's dimensions imply");
+    /* A header promising 784 MB from 4 KB of gzip data. */
+    put_be32(big + 4, 1000000);
+    put_be32(big + 8, 28), put_be32(big + 12, 28);
+    path_join(p, sizeof p, dir, "promise-images.gz");
+    write_gz(p, big, 4096);
+    FAILS(dpt_datastore_open_idx(p, lp, &ds), DPT_ERR_FORMAT, "cannot inflate to more than");
+    put_be32(big + 4, 0xffffffffu);
+    put_be32(big + 8, 0xffff), put_be32(big + 12, 0xffff);
+    path_join(p, sizeof p, dir, "huge-images");
+    write_bytes(p, big, 4096);
+    FAILS(dpt_datastore_open_idx(p, lp, &ds), DPT_ERR_FORMAT, "dimensions too large");
+    put_be32(big + 4, 10000), put_be32(big + 8, 1000), put_be32(big + 12, 1000);
+    write_bytes(p, big, 4096); /* 10 GB by the header: past the 4 GiB cap */
+    FAILS(dpt_datastore_open_idx(p, lp, &ds), DPT_ERR_FORMAT, "more than the 4294967296 an IDX file may hold");
+    free(big);
+
+    /* Resize from 8-bit pixels: the same bits as raw_to_planes followed by
+     * dpt_image_resize_bilinear, colour to grey, colour, grey to colour. */
+    const int w = 37, h = 23;
+    for (int nc = 1; nc <= 3; nc += 2) {
+        unsigned char *pix = malloc((size_t)w * h * nc + 64);
+        int hdr = snprintf((char *)pix, 64, "%s %d %d 255\n", nc == 3 ? "P6" : "P5", w, h);
+        uint32_t r = 12345;
+        for (int i = 0; i < w * h * nc; i++)
+            pix[hdr + i] = (unsigned char)((r = r * 1103515245u + 12345u) >> 16);
+        path_join(p, sizeof p, dir, nc == 3 ? "rgb.ppm" : "grey.pgm");
+        write_bytes(p, pix, (size_t)hdr + (size_t)w * h * nc);
+        raw_image img = {pix + hdr, NULL, h, w, nc};
+        for (int c = 1; c <= 3; c += 2) {
+            float *whole = malloc((size_t)c * w * h * sizeof *whole), want[3 * 28 * 28];
+            raw_to_planes(&img, c, whole);
+            dpt_image_resize_bilinear(whole, c, h, w, want, 28, 28);
+            OK(dpt_image_load(p, c, 28, 28, px));
+            CHECK(memcmp(px, want, (size_t)c * 28 * 28 * sizeof *px) == 0);
+            free(whole);
+        }
+        free(pix);
+    }
+    free(im);
+    free(lb);
+}
+
 typedef struct test_case {
     const char *name;
     void (*fn)(void);
@@ -1206,6 +1287,7 @@ int main(int argc, char **argv)
         {"resize", test_resize},               {"idx", test_idx},
         {"idx_errors", test_idx_errors},       {"mbq", test_mbq},
         {"mbq_options", test_mbq_options},     {"mbq_error", test_mbq_error},
+        {"hostile", test_hostile},
     };
     const char *tmp = getenv("TMPDIR");
     snprintf(tmp_root, sizeof tmp_root, "%s/dpt_test_data_XXXXXX", tmp && *tmp ? tmp : "/tmp");
