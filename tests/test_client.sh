@@ -80,7 +80,7 @@ b = open(sys.argv[1], "rb").read()
 (n,) = struct.unpack("<Q", b[:8])
 h = json.loads(b[8:8 + n])
 m = h["__metadata__"]
-assert m["format"] == "dptrain.checkpoint.v1" and m["iteration"] == "24" and m["epoch"] == "3", m
+assert m["format"] == "dptrain.checkpoint.v2" and m["iteration"] == "24" and m["epoch"] == "3", m
 assert m["epoch_iteration"] == "0" and len(m["crc32"]) == 8 and "conv1" in m["spec"]
 assert h["optim/Velocity"]["shape"] == [123090]
 PY

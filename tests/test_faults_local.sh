@@ -121,7 +121,7 @@ if unshare -m --propagation private true 2>/dev/null && unshare -m --propagation
   echo "folder made read-only mid-run: exit $rc, $(cat "$tmp/err")"
   [ "$rc" = 1 ] && [ "$(wc -l <"$tmp/err")" = 1 ] && grep -q "^dptrain: .*$tmp/rw/o/.*Read-only file system" "$tmp/err" \
     && ok || bad "read-only mid-run: exit $rc, $(cat "$tmp/err")"
-  [ "$(meta "$tmp/rw/o/checkpoint.safetensors" format)" = dptrain.checkpoint.v1 ] && ok || bad "checkpoint damaged"
+  [ "$(meta "$tmp/rw/o/checkpoint.safetensors" format)" = dptrain.checkpoint.v2 ] && ok || bad "checkpoint damaged"
 else
   echo "note: mounting is not allowed here; full-disk and read-only cases skipped (test_client.sh covers a full disk with ulimit -f)"
 fi
