@@ -115,15 +115,14 @@ static dpt_status read_gzip(const char *path, int fd, long long csize, uint32_t 
         /* Magic and dimensions, before inflating the rest: the stub claims
          * the implied length (or an impossible one when there is none). */
         stub.len = expect ? (size_t)expect : SIZE_MAX;
-        if ((st = check_idx(path, &stub, magic, ndims, dims)))
-            ;
-        else if (expect > (uint64_t)csize * GZIP_MAX_RATIO + GZIP_SLACK) {
+        st = check_idx(path, &stub, magic, ndims, dims);
+        if (!st && expect > (uint64_t)csize * GZIP_MAX_RATIO + GZIP_SLACK) {
             st = dpt_fail(DPT_ERR_FORMAT,
                           "%s: truncated: the header says %llu bytes but %lld bytes of gzip data "
                           "cannot inflate to more than %llu",
                           path, (unsigned long long)expect, csize,
                           (unsigned long long)csize * GZIP_MAX_RATIO + GZIP_SLACK);
-        } else {
+        } else if (!st) {
             st = inflate_some(path, g, fb, (size_t)expect, 1);
         }
     }
