@@ -60,12 +60,13 @@ int cli_model_info(const char *path)
     dpt_net *net = NULL;
     if (dpt_net_load(path, 1, &net) != DPT_OK)
         return cli_lib_error();
-    printf("model: %s\n", path);
+    char buf[4096];
+    printf("model: %s\n", cli_clean(buf, sizeof buf, path));
     static const char *const keys[] = {"format", "classes", "epoch", "iteration", "workers"};
     for (size_t i = 0; i < sizeof keys / sizeof *keys; i++) {
         const char *v = dpt_net_meta(net, keys[i]);
         if (v)
-            printf("  %-10s %s\n", keys[i], v);
+            printf("  %-10s %s\n", keys[i], cli_clean(buf, sizeof buf, v));
     }
     cli_print_net(net);
     dpt_net_free(net);
@@ -174,11 +175,14 @@ int cli_eval(int argc, char **argv)
     } else {
         printf("accuracy: %.4f (%zu images)\n", acc, n);
         printf("confusion matrix (rows: true class, columns: predicted):\n%12s", "");
-        for (int j = 0; j < k; j++)
-            printf(" %7.7s", dpt_datastore_class_name(ds, j));
+        /* Class names are cut to the column by character, not by byte. */
+        for (int j = 0; j < k; j++) {
+            putchar(' ');
+            cli_cell(dpt_datastore_class_name(ds, j), 7, 0);
+        }
         putchar('\n');
         for (int i = 0; i < k; i++) {
-            printf("%12.12s", dpt_datastore_class_name(ds, i));
+            cli_cell(dpt_datastore_class_name(ds, i), 12, 0);
             for (int j = 0; j < k; j++)
                 printf(" %7zu", conf[(size_t)i * k + j]);
             putchar('\n');
