@@ -128,20 +128,23 @@ int cli_eval(int argc, char **argv)
     } else if (dpt_datastore_open_idx(data, labels, &ds) != DPT_OK) {
         goto fail;
     }
-    int k = dpt_datastore_n_classes(ds);
-    if (k > dpt_net_n_outputs(net)) {
-        cli_error("%s: %d classes, but the model knows %d", data, k, dpt_net_n_outputs(net));
+    /* Labels by class name: the data's "cat" is the model's "cat" wherever
+     * each has it; a class the model does not know is an error. */
+    int k = dpt_net_n_outputs(net);
+    const char **names = calloc((size_t)k, sizeof *names);
+    if (!names) {
+        cli_error("out of memory");
         goto done;
     }
-    /* The data's class k must be the model's class k. */
-    for (int i = 0; i < k; i++) {
-        const char *want = cJSON_GetArrayItem(classes, i)->valuestring;
-        if (strcmp(want, dpt_datastore_class_name(ds, i)) != 0) {
-            cli_error("%s: class %d is '%s', but the model's class %d is '%s'", data, i,
-                      dpt_datastore_class_name(ds, i), i, want);
-            goto done;
-        }
-    }
+    for (int i = 0; i < k; i++)
+        names[i] = cJSON_GetArrayItem(classes, i)->valuestring;
+    dpt_datastore *matched = NULL;
+    dpt_status ms = dpt_datastore_match_classes(ds, data, k, names, &matched);
+    free(names);
+    if (ms != DPT_OK)
+        goto fail;
+    dpt_datastore_free(ds);
+    ds = matched;
     conf = calloc((size_t)k * k, sizeof *conf);
     double acc;
     if (!conf || dpt_evaluate(net, ds, &acc, conf) != DPT_OK)

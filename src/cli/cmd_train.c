@@ -238,10 +238,23 @@ int cli_train(int argc, char **argv)
     } else if (dpt_datastore_split_each_label(all, split, (uint64_t)seed, &train, &testds) != DPT_OK) {
         goto fail;
     }
-    if (test && dpt_datastore_n_classes(testds) > dpt_datastore_n_classes(train)) {
-        cli_error("--test %s: %d classes, but the training data has %d", test,
-                  dpt_datastore_n_classes(testds), dpt_datastore_n_classes(train));
-        goto done;
+    if (test) {
+        /* Labels by class name, not by position: a test folder with only
+         * some of the classes (or IDX labels up to a smaller number) must
+         * count its "cat" images as the training data's "cat". */
+        int kt = dpt_datastore_n_classes(train);
+        const char **names = calloc((size_t)kt, sizeof *names);
+        dpt_datastore *matched = NULL;
+        if (!names)
+            goto fail_nomem;
+        for (int i = 0; i < kt; i++)
+            names[i] = dpt_datastore_class_name(train, i);
+        dpt_status ms = dpt_datastore_match_classes(testds, test, kt, names, &matched);
+        free(names);
+        if (ms != DPT_OK)
+            goto fail;
+        dpt_datastore_free(testds);
+        testds = matched;
     }
     if (net_path) {
         /* Read and validate the spec up front so a bad file fails fast. */
@@ -320,6 +333,9 @@ int cli_train(int argc, char **argv)
                    res.train_seconds, model_path);
     }
     rc = 0;
+    goto done;
+fail_nomem:
+    cli_error("out of memory");
     goto done;
 fail:
     rc = cli_lib_error();
