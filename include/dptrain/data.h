@@ -139,6 +139,10 @@ DPT_API size_t dpt_datastore_n_skipped(const dpt_datastore *ds);
  * skip_corrupt; 0 otherwise), and the path of the k-th of them. */
 DPT_API size_t dpt_datastore_n_corrupt(const dpt_datastore *ds);
 DPT_API const char *dpt_datastore_corrupt_file(const dpt_datastore *ds, size_t k);
+/* Why skipped file k was skipped ("cannot decode image: ...", "empty file
+ * (0 bytes) is not an image"), or NULL for k out of range. The text may
+ * hold bytes from the file or its name: escape it before showing it. */
+DPT_API const char *dpt_datastore_corrupt_reason(const dpt_datastore *ds, size_t k);
 
 /* Native size of observation i: height, width and channels as stored (1 to
  * 4 for image files; 1 for IDX). Reads the image header of a folder file

@@ -59,8 +59,12 @@ static const char help[] =
     "  --quiet             print only the final result\n"
     "  -h, --help          this help\n";
 
-/* Open a dataset: a directory is an image folder, a file is IDX. */
-static dpt_status open_data(const char *path, const char *labels, int skip_corrupt,
+/* --skip-corrupt names what it skipped: this many files, then a count. */
+#define SKIP_WARNINGS 10
+
+/* Open a dataset: a directory is an image folder, a file is IDX. With
+ * skip_corrupt, warn (when `warn`) about each file skipped. */
+static dpt_status open_data(const char *path, const char *labels, int skip_corrupt, int warn,
                             dpt_datastore **out)
 {
     struct stat st;
@@ -70,7 +74,15 @@ static dpt_status open_data(const char *path, const char *labels, int skip_corru
         dpt_folder_options o = DPT_FOLDER_OPTIONS_INIT;
         o.skip_corrupt = skip_corrupt;
         o.preload = 1; /* decode once, not every epoch */
-        return dpt_datastore_open_folder(path, &o, out);
+        dpt_status s = dpt_datastore_open_folder(path, &o, out);
+        size_t n = s == DPT_OK ? dpt_datastore_n_corrupt(*out) : 0;
+        for (size_t k = 0; warn && k < n && k < SKIP_WARNINGS; k++)
+            cli_error("%s: %s; skipped (--skip-corrupt)", dpt_datastore_corrupt_file(*out, k),
+                      dpt_datastore_corrupt_reason(*out, k));
+        if (warn && n > SKIP_WARNINGS)
+            cli_error("%s: %zu more unreadable images skipped (--skip-corrupt), %zu in all", path,
+                      n - SKIP_WARNINGS, n);
+        return s;
     }
     return dpt_datastore_open_idx(path, labels, out);
 }
@@ -229,10 +241,11 @@ int cli_train(int argc, char **argv)
     char *spec = NULL;
     dpt_datastore *all = NULL, *train = NULL, *testds = NULL;
     const char **class_names = NULL;
-    if (open_data(data, labels, skip_corrupt, &all) != DPT_OK)
+    const int warn = !under_mpi || launcher_rank() == 0; /* one copy of each warning */
+    if (open_data(data, labels, skip_corrupt, warn, &all) != DPT_OK)
         goto fail;
     if (test) {
-        if (open_data(test, test_labels, skip_corrupt, &testds) != DPT_OK)
+        if (open_data(test, test_labels, skip_corrupt, warn, &testds) != DPT_OK)
             goto fail;
         train = all, all = NULL;
     } else if (dpt_datastore_split_each_label(all, split, (uint64_t)seed, &train, &testds) != DPT_OK) {
@@ -324,8 +337,11 @@ int cli_train(int argc, char **argv)
     report_finish(&rep);
     if (fs != DPT_OK)
         goto fail;
-    if (rep.io_error)
-        cli_error("%s: could not write metrics.csv or loss.svg (training itself succeeded)", out_dir);
+    if (rep.io_error) {
+        /* The run's record is incomplete: a failure, whatever the model. */
+        cli_error("%s (training itself finished: model in %s)", rep.io_msg, model_path);
+        goto done;
+    }
     if (res.n_workers > 0) { /* worker 0's process reports */
         printf("test accuracy: %.4f (%zu images)\n", res.test_accuracy, dpt_datastore_n_obs(testds));
         if (!quiet)

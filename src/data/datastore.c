@@ -135,6 +135,13 @@ const char *dpt_datastore_corrupt_file(const dpt_datastore *ds, size_t k)
     return k < ds->src->n_corrupt ? ds->src->corrupt[k] : NULL;
 }
 
+const char *dpt_datastore_corrupt_reason(const dpt_datastore *ds, size_t k)
+{
+    /* folder.c stores "path\0problem" in one allocation */
+    const char *p = dpt_datastore_corrupt_file(ds, k);
+    return p ? p + strlen(p) + 1 : NULL;
+}
+
 dpt_status dpt_datastore_image_size(const dpt_datastore *ds, size_t i, int *h, int *w, int *c)
 {
     if (i >= ds->n)
