@@ -159,10 +159,10 @@ DPT_API dpt_status dpt_datastore_subset(const dpt_datastore *ds, const size_t *i
 /* The observations of ds with their labels matched by class name to
  * names[0..n_classes) (a model's classes, or another dataset's): an
  * observation of ds's class "cat" gets the label j where names[j] is "cat".
- * *out has n_classes classes, names copied. A class of ds (with or without
- * observations) that is not in names is DPT_ERR_FORMAT naming `what` (the
- * folder or file; NULL: the first observation's file) and the class. IDX
- * data's classes are the label numbers "0", "1", ... as decimal text. */
+ * *out has n_classes classes, names copied. A class of ds with observations
+ * that is not in names is DPT_ERR_FORMAT naming `what` (the folder or file;
+ * NULL: the first observation's file) and the class. IDX data's classes are
+ * the label numbers "0", "1", ... as decimal text. */
 DPT_API dpt_status dpt_datastore_match_classes(const dpt_datastore *ds, const char *what,
                                                int n_classes, const char *const *names,
                                                dpt_datastore **out);

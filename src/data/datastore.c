@@ -432,8 +432,15 @@ dpt_status dpt_datastore_match_classes(const dpt_datastore *ds, const char *what
     dpt_status st = DPT_OK;
     dpt_source *src = NULL;
     dpt_datastore *inner = NULL;
+    /* Only classes with observations must be known: IDX data's classes
+     * run up to its largest label, some of them maybe empty. */
+    for (int k = 0; k < in->n_classes; k++)
+        map[k] = -2;
+    for (size_t i = 0; i < ds->n; i++)
+        map[in->labels[ds->idx[i]]] = -1;
     for (int k = 0; k < in->n_classes; k++) {
-        map[k] = -1;
+        if (map[k] == -2)
+            continue;
         for (int j = 0; j < n_classes; j++)
             if (names[j] && strcmp(names[j], in->class_names[k]) == 0) {
                 map[k] = j;
