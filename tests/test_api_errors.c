@@ -388,6 +388,44 @@ static void test_free_null(void)
     CHECK(dpt_net_builder_spec(NULL) == NULL);
 }
 
+/* dpt_env_check: each DPT_* variable with a value the library cannot use
+ * is an error naming it; unset, empty and accepted values pass. */
+static void test_env_check(void)
+{
+    static const char *const vars[] = {"DPT_SPIN_US", "DPT_COMM_TIMEOUT_MS", "DPT_FUSION", "DPT_KERNELS",
+                                       "DPT_CGROUP_ROOT"};
+    for (size_t i = 0; i < sizeof vars / sizeof *vars; i++)
+        unsetenv(vars[i]);
+    CHECK(dpt_env_check() == DPT_OK);
+    static const struct { const char *var, *value, *needle; } bad[] = {
+        {"DPT_SPIN_US", "fast", "DPT_SPIN_US: 'fast' is not a number of microseconds from 0 to 1000000"},
+        {"DPT_SPIN_US", "1000001", "DPT_SPIN_US: '1000001'"},
+        {"DPT_SPIN_US", "+5", "DPT_SPIN_US: '+5'"},
+        {"DPT_COMM_TIMEOUT_MS", "10s", "DPT_COMM_TIMEOUT_MS: '10s' is not a number of milliseconds"},
+        {"DPT_COMM_TIMEOUT_MS", "99999999999999999999", "DPT_COMM_TIMEOUT_MS: '9999"},
+        {"DPT_FUSION", "off", "DPT_FUSION: 'off' is not 0 (off) or 1 (on, the default)"},
+        {"DPT_KERNELS", "AVX2", "DPT_KERNELS: 'AVX2' is not a kernel set (auto, generic, avx2, avx512)"},
+        {"DPT_CGROUP_ROOT", "sys/fs/cgroup", "DPT_CGROUP_ROOT: 'sys/fs/cgroup' is not an absolute path"},
+        {"DPT_CGROUP_ROOT", "/nonexistent/cgroup", "DPT_CGROUP_ROOT: /nonexistent/cgroup: No such file"},
+        {"DPT_CGROUP_ROOT", "/proc/version", "DPT_CGROUP_ROOT: /proc/version is not a folder"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        setenv(bad[i].var, bad[i].value, 1);
+        expect(bad[i].var, dpt_env_check(), DPT_ERR_ARG, bad[i].needle);
+        unsetenv(bad[i].var);
+    }
+    static const struct { const char *var, *value; } good[] = {
+        {"DPT_SPIN_US", "0"}, {"DPT_SPIN_US", "1000000"}, {"DPT_SPIN_US", ""},
+        {"DPT_COMM_TIMEOUT_MS", "0"}, {"DPT_COMM_TIMEOUT_MS", "600000"}, {"DPT_FUSION", "0"},
+        {"DPT_FUSION", "1"}, {"DPT_KERNELS", "auto"}, {"DPT_KERNELS", "generic"}, {"DPT_CGROUP_ROOT", "/"},
+    };
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
+        setenv(good[i].var, good[i].value, 1);
+        CHECK_MSG(dpt_env_check() == DPT_OK, "%s=%s refused: %s", good[i].var, good[i].value, dpt_last_error());
+        unsetenv(good[i].var);
+    }
+}
+
 int main(void)
 {
     char digits[1024];
@@ -400,5 +438,6 @@ int main(void)
     test_files(digits);
     test_workers();
     test_free_null();
+    test_env_check();
     return tu_exit();
 }
