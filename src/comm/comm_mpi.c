@@ -43,6 +43,7 @@
  * The small-buffer all-gather path and the watchdog's per-call bookkeeping
  * (one mutex, one signal) are the only costs over plain MPI calls. */
 #include "comm/comm_impl.h"
+#include "core/text.h"
 
 #include <mpi.h>
 
@@ -464,7 +465,9 @@ static void mpi_abort(dpt_comm *c, dpt_status s, const char *msg)
 {
     mpi_comm *m = as_mpi(c);
     if (c->size > 1) {
-        fprintf(stderr, "dptrain: rank %d: %s\n", c->rank, msg);
+        char clean[4 * MSG_BYTES]; /* names from files: escaped for the terminal */
+        dpt_text_clean(clean, sizeof clean, msg, (size_t)-1, 0);
+        fprintf(stderr, "dptrain: rank %d: %s\n", c->rank, clean);
         fflush(stderr);
         end_job(m);
     }
