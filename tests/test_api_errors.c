@@ -426,6 +426,52 @@ static void test_env_check(void)
     }
 }
 
+/* dpt_fit matches the test data's classes to the training data's by name:
+ * a test class the training data lacks fails before any training. */
+static void test_fit_classes(const char *digits)
+{
+    char dir[] = "/tmp/dpt_api_errors_XXXXXX", img[64], lab[64];
+    if (!mkdtemp(dir)) {
+        CHECK_MSG(0, "mkdtemp failed");
+        return;
+    }
+    snprintf(img, sizeof img, "%s/t-images-idx3-ubyte", dir);
+    snprintf(lab, sizeof lab, "%s/t-labels-idx1-ubyte", dir);
+    /* two 8x8 images labelled 1 and 12 (IDX classes "0".."12") */
+    static const unsigned char ih[16] = {0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 8, 0, 0, 0, 8};
+    static const unsigned char lh[10] = {0, 0, 8, 1, 0, 0, 0, 2, 1, 12};
+    unsigned char pix[128] = {0};
+    FILE *f = fopen(img, "wb");
+    CHECK(f && fwrite(ih, 1, 16, f) == 16 && fwrite(pix, 1, 128, f) == 128);
+    if (f)
+        fclose(f);
+    f = fopen(lab, "wb");
+    CHECK(f && fwrite(lh, 1, 10, f) == 10);
+    if (f)
+        fclose(f);
+    dpt_datastore *train = NULL, *test = NULL;
+    if (dpt_datastore_open_folder(digits, NULL, &train) == DPT_OK &&
+        dpt_datastore_open_idx(img, lab, &test) == DPT_OK) {
+        dpt_fit_config cfg = DPT_FIT_CONFIG_INIT;
+        cfg.spec = small_spec;
+        cfg.train = train;
+        cfg.test = test;
+        cfg.epochs = 1;
+        cfg.batch = 8;
+        cfg.spmd.n_workers = 1;
+        dpt_fit_result r;
+        expect("fit with a test class the training data lacks", dpt_fit(&cfg, &r), DPT_ERR_FORMAT,
+               "test data: class '12' is not one of the 10 classes");
+    } else {
+        CHECK_MSG(0, "open: %s", dpt_last_error());
+    }
+    dpt_datastore_free(train);
+    dpt_datastore_free(test);
+    unlink(img);
+    unlink(lab);
+    rmdir(dir);
+}
+
 int main(void)
 {
     char digits[1024];
@@ -439,5 +485,6 @@ int main(void)
     test_workers();
     test_free_null();
     test_env_check();
+    test_fit_classes(digits);
     return tu_exit();
 }
