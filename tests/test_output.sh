@@ -118,6 +118,9 @@ if train --data "$tmp/w" --test "$tmp/w" --out "$tmp/mw" >"$tmp/log" 2>&1; then
   no_raw "$tmp/ev" "eval table"
   # the 10-character name cut to 7 whole characters in the header, 12 fit in a row
   grep -qF ' ééééééé ' "$tmp/ev" && grep -qF 'éééééééééé ' "$tmp/ev" && ok || bad "eval table: $(cat "$tmp/ev")"
+  "$cli" eval --model "$tmp/mw/model.safetensors" --data "$tmp/w" --json >"$tmp/ej" 2>"$tmp/err" \
+    && python3 -c 'import json,sys; k=json.load(open(sys.argv[1], encoding="utf-8"))["per_class"]; sys.exit(0 if "new\\x0aline\\x1b[31m" in k and "\\xff\\xfebad" in k else 1)' "$tmp/ej" \
+    && ok || bad "eval --json: keys not escaped or not valid JSON: $(cat "$tmp/ej" "$tmp/err")"
   "$cli" info --model "$tmp/mw/model.safetensors" >"$tmp/inf" 2>&1 && ok || bad "info --model: $(cat "$tmp/inf")"
   no_raw "$tmp/inf" "info --model"
 else

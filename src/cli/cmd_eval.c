@@ -168,7 +168,9 @@ int cli_eval(int argc, char **argv)
             cJSON_AddNumberToObject(pc, "n", (double)tot);
             cJSON_AddNumberToObject(pc, "correct", (double)conf[(size_t)i * k + i]);
             cJSON_AddNumberToObject(pc, "accuracy", tot ? (double)conf[(size_t)i * k + i] / tot : 0);
-            cJSON_AddItemToObject(per, dpt_datastore_class_name(ds, i), pc);
+            /* JSON cannot carry invalid UTF-8: the key escaped as printed */
+            char key[1024];
+            cJSON_AddItemToObject(per, cli_clean(key, sizeof key, dpt_datastore_class_name(ds, i)), pc);
         }
         cJSON_AddItemToObject(o, "confusion", cm);
         char *txt = cJSON_PrintUnformatted(o);
