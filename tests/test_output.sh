@@ -60,7 +60,7 @@ per_class() {
 mkdir -p "$tmp/t37" "$tmp/t9"
 cp -r "$d/3" "$d/7" "$tmp/t37/"
 cp -r "$d/9" "$tmp/t9/"
-if train --data "$d" --test "$tmp/t37" --epochs 2 --out "$tmp/m" >"$tmp/log" 2>&1; then
+if train --data "$d" --test "$tmp/t37" --epochs 2 --checkpoint-every 1000 --out "$tmp/m" >"$tmp/log" 2>&1; then
   ok
   # By position the 3s would have been counted as class 0 and the 7s as 1.
   "$cli" eval --model "$tmp/m/model.safetensors" --data "$tmp/t37" --json >"$tmp/e.json" 2>"$tmp/err" && ok || bad "eval t37: $(cat "$tmp/err")"
@@ -95,6 +95,18 @@ PY
     "$cli" eval --model "$tmp/m/model.safetensors" --data "$tmp/tcat"
   expect_error "$tmp/tcat: class 'cat' is not one of the 10 classes" train --data "$d" --test "$tmp/tcat" --out "$tmp/mc"
   [ ! -e "$tmp/mc/model.safetensors" ] && ok || bad "model written despite an unknown test class"
+  # --resume with data of other classes: same count, one renamed; fewer.
+  # errors.md: the checkpoint's classes are
+  cp -r "$d" "$tmp/ren"; mv "$tmp/ren/9" "$tmp/ren/nine"
+  expect_error "--resume $tmp/m/checkpoint.safetensors: the checkpoint's classes are [\"0\",\"1\"" \
+    train --data "$tmp/ren" --epochs 3 --resume "$tmp/m/checkpoint.safetensors" --out "$tmp/mr"
+  grep -qF "but --data $tmp/ren has [\"0\",\"1\",\"2\",\"3\",\"4\",\"5\",\"6\",\"7\",\"8\",\"nine\"]" "$tmp/err" && ok \
+    || bad "--resume: the data's classes not shown: $(cat "$tmp/err")"
+  expect_error "but --data $tmp/t37 has [\"3\",\"7\"]" \
+    train --data "$tmp/t37" --epochs 3 --resume "$tmp/m/checkpoint.safetensors" --out "$tmp/mr"
+  [ ! -e "$tmp/mr/model.safetensors" ] && ok || bad "model written despite a class mismatch on resume"
+  train --data "$d" --test "$tmp/t37" --epochs 3 --resume "$tmp/m/checkpoint.safetensors" --out "$tmp/mr" >"$tmp/out" 2>&1 \
+    && ok || bad "--resume with the same data refused: $(cat "$tmp/out")"
 else
   bad "train --test with classes 3 and 7 failed: $(cat "$tmp/log")"
 fi

@@ -1,9 +1,11 @@
 /* dptrain train: the MATLAB example's job from the command line. */
 #include "cli/cli.h"
 #include "cli/report.h"
+#include "core/safetensors.h"
 #include "dptrain/gpu.h"
 #include "dptrain/train.h"
 
+#include <cJSON.h>
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -123,6 +125,42 @@ static int make_dir(const char *dir)
     if (access(dir, W_OK) != 0)
         return cli_error("--out %s: folder not writable", dir);
     return 0;
+}
+
+/* --resume continues a model whose output k is the checkpoint's class k:
+ * the training data must have the same class names in the same order, or
+ * training would go on with every label meaning another class. A file that
+ * does not open is left to dpt_fit to report. Returns 0 or 1 (printed). */
+static int check_resume_classes(const char *resume, const char *data, const dpt_datastore *train)
+{
+    dpt_st *st = NULL;
+    if (dpt_st_open(resume, &st) != DPT_OK) {
+        dpt_clear_error();
+        return 0;
+    }
+    int rc = 0, k = dpt_datastore_n_classes(train);
+    const char *text = dpt_st_meta(st, "classes");
+    cJSON *arr = text ? cJSON_Parse(text) : NULL;
+    if (text) {
+        int same = cJSON_IsArray(arr) && cJSON_GetArraySize(arr) == k;
+        for (int i = 0; same && i < k; i++) {
+            const cJSON *c = cJSON_GetArrayItem(arr, i);
+            same = cJSON_IsString(c) && strcmp(c->valuestring, dpt_datastore_class_name(train, i)) == 0;
+        }
+        if (!same) {
+            char have[160] = "";
+            size_t len = 0;
+            for (int i = 0; i < k && len < sizeof have - 1; i++)
+                len += (size_t)snprintf(have + len, sizeof have - len, "%s\"%s\"", i ? "," : "",
+                                        dpt_datastore_class_name(train, i));
+            rc = cli_error("--resume %s: the checkpoint's classes are %.160s%s, but --data %s has [%s]%s; "
+                           "resume with the data it was trained on", resume, text,
+                           strlen(text) > 160 ? "..." : "", data, have, len >= sizeof have - 1 ? "..." : "");
+        }
+    }
+    cJSON_Delete(arr);
+    dpt_st_close(st);
+    return rc;
 }
 
 int cli_train(int argc, char **argv)
@@ -281,6 +319,8 @@ int cli_train(int argc, char **argv)
         if (!spec)
             goto fail;
     }
+    if (resume && check_resume_classes(resume, data, train))
+        goto done;
     if (make_dir(out_dir))
         goto done;
     int k = dpt_datastore_n_classes(train);
