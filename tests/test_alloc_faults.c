@@ -312,6 +312,24 @@ static dpt_status sc_fit(int *leftover)
     return dpt_fit(&cfg, &res);
 }
 
+/* Labels matched by class name (the model's classes in reverse order, and
+ * one more). */
+static dpt_status sc_match_classes(int *leftover)
+{
+    int k = dpt_datastore_n_classes(fit_train);
+    const char *names[64];
+    if (k + 1 > 64)
+        return dpt_fail(DPT_ERR_ARG, "too many classes for the scenario");
+    for (int i = 0; i < k; i++)
+        names[i] = dpt_datastore_class_name(fit_train, k - 1 - i);
+    names[k] = "extra";
+    dpt_datastore *m = NULL;
+    dpt_status s = dpt_datastore_match_classes(fit_train, "train", k + 1, names, &m);
+    *leftover = s != DPT_OK && m != NULL;
+    dpt_datastore_free(m);
+    return s;
+}
+
 typedef struct scenario {
     const char *name;
     scenario_fn fn;
@@ -326,6 +344,7 @@ static const scenario scenarios[] = {
     {"dpt_net_load", sc_net_load},
     {"dpt_checkpoint_load", sc_checkpoint_load},
     {"dpt_fit (2 workers, checkpoints, progress)", sc_fit},
+    {"dpt_datastore_match_classes", sc_match_classes},
 };
 
 enum { R_ERROR, R_BAD, R_SWALLOWED, R_ABSORBED, R_NOT_REACHED, N_RESULTS };

@@ -388,6 +388,90 @@ static void test_free_null(void)
     CHECK(dpt_net_builder_spec(NULL) == NULL);
 }
 
+/* dpt_env_check: each DPT_* variable with a value the library cannot use
+ * is an error naming it; unset, empty and accepted values pass. */
+static void test_env_check(void)
+{
+    static const char *const vars[] = {"DPT_SPIN_US", "DPT_COMM_TIMEOUT_MS", "DPT_FUSION", "DPT_KERNELS",
+                                       "DPT_CGROUP_ROOT"};
+    for (size_t i = 0; i < sizeof vars / sizeof *vars; i++)
+        unsetenv(vars[i]);
+    CHECK(dpt_env_check() == DPT_OK);
+    static const struct { const char *var, *value, *needle; } bad[] = {
+        {"DPT_SPIN_US", "fast", "DPT_SPIN_US: 'fast' is not a number of microseconds from 0 to 1000000"},
+        {"DPT_SPIN_US", "1000001", "DPT_SPIN_US: '1000001'"},
+        {"DPT_SPIN_US", "+5", "DPT_SPIN_US: '+5'"},
+        {"DPT_COMM_TIMEOUT_MS", "10s", "DPT_COMM_TIMEOUT_MS: '10s' is not a number of milliseconds"},
+        {"DPT_COMM_TIMEOUT_MS", "99999999999999999999", "DPT_COMM_TIMEOUT_MS: '9999"},
+        {"DPT_FUSION", "off", "DPT_FUSION: 'off' is not 0 (off) or 1 (on, the default)"},
+        {"DPT_KERNELS", "AVX2", "DPT_KERNELS: 'AVX2' is not a kernel set (auto, generic, avx2, avx512)"},
+        {"DPT_CGROUP_ROOT", "sys/fs/cgroup", "DPT_CGROUP_ROOT: 'sys/fs/cgroup' is not an absolute path"},
+        {"DPT_CGROUP_ROOT", "/nonexistent/cgroup", "DPT_CGROUP_ROOT: /nonexistent/cgroup: No such file"},
+        {"DPT_CGROUP_ROOT", "/proc/version", "DPT_CGROUP_ROOT: /proc/version is not a folder"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        setenv(bad[i].var, bad[i].value, 1);
+        expect(bad[i].var, dpt_env_check(), DPT_ERR_ARG, bad[i].needle);
+        unsetenv(bad[i].var);
+    }
+    static const struct { const char *var, *value; } good[] = {
+        {"DPT_SPIN_US", "0"}, {"DPT_SPIN_US", "1000000"}, {"DPT_SPIN_US", ""},
+        {"DPT_COMM_TIMEOUT_MS", "0"}, {"DPT_COMM_TIMEOUT_MS", "600000"}, {"DPT_FUSION", "0"},
+        {"DPT_FUSION", "1"}, {"DPT_KERNELS", "auto"}, {"DPT_KERNELS", "generic"}, {"DPT_CGROUP_ROOT", "/"},
+    };
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
+        setenv(good[i].var, good[i].value, 1);
+        CHECK_MSG(dpt_env_check() == DPT_OK, "%s=%s refused: %s", good[i].var, good[i].value, dpt_last_error());
+        unsetenv(good[i].var);
+    }
+}
+
+/* dpt_fit matches the test data's classes to the training data's by name:
+ * a test class the training data lacks fails before any training. */
+static void test_fit_classes(const char *digits)
+{
+    char dir[] = "/tmp/dpt_api_errors_XXXXXX", img[64], lab[64];
+    if (!mkdtemp(dir)) {
+        CHECK_MSG(0, "mkdtemp failed");
+        return;
+    }
+    snprintf(img, sizeof img, "%s/t-images-idx3-ubyte", dir);
+    snprintf(lab, sizeof lab, "%s/t-labels-idx1-ubyte", dir);
+    /* two 8x8 images labelled 1 and 12 (IDX classes "0".."12") */
+    static const unsigned char ih[16] = {0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 8, 0, 0, 0, 8};
+    static const unsigned char lh[10] = {0, 0, 8, 1, 0, 0, 0, 2, 1, 12};
+    unsigned char pix[128] = {0};
+    FILE *f = fopen(img, "wb");
+    CHECK(f && fwrite(ih, 1, 16, f) == 16 && fwrite(pix, 1, 128, f) == 128);
+    if (f)
+        fclose(f);
+    f = fopen(lab, "wb");
+    CHECK(f && fwrite(lh, 1, 10, f) == 10);
+    if (f)
+        fclose(f);
+    dpt_datastore *train = NULL, *test = NULL;
+    if (dpt_datastore_open_folder(digits, NULL, &train) == DPT_OK &&
+        dpt_datastore_open_idx(img, lab, &test) == DPT_OK) {
+        dpt_fit_config cfg = DPT_FIT_CONFIG_INIT;
+        cfg.spec = small_spec;
+        cfg.train = train;
+        cfg.test = test;
+        cfg.epochs = 1;
+        cfg.batch = 8;
+        cfg.spmd.n_workers = 1;
+        dpt_fit_result r;
+        expect("fit with a test class the training data lacks", dpt_fit(&cfg, &r), DPT_ERR_FORMAT,
+               "test data: class '12' is not one of the 10 classes");
+    } else {
+        CHECK_MSG(0, "open: %s", dpt_last_error());
+    }
+    dpt_datastore_free(train);
+    dpt_datastore_free(test);
+    unlink(img);
+    unlink(lab);
+    rmdir(dir);
+}
+
 int main(void)
 {
     char digits[1024];
@@ -400,5 +484,7 @@ int main(void)
     test_files(digits);
     test_workers();
     test_free_null();
+    test_env_check();
+    test_fit_classes(digits);
     return tu_exit();
 }

@@ -88,7 +88,7 @@ expect_error "dims-images-idx3-ubyte" train --data "$tmp/dims-images-idx3-ubyte"
 expect_error "trunc-images-idx3-ubyte" train --data "$tmp/trunc-images-idx3-ubyte" --labels "$L"; no_model truncated
 expect_error "trunc-gz-images-idx3-ubyte.gz" train --data "$tmp/trunc-gz-images-idx3-ubyte.gz" --labels "$L"; no_model "truncated gzip"
 expect_error "short-labels-idx1-ubyte" train --data "$tmp/good-images-idx3-ubyte" --labels "$tmp/short-labels-idx1-ubyte"; no_model "short labels"
-expect_error "13 classes, but the training data has 10" train --data "$tmp/good-images-idx3-ubyte" --labels "$L" \
+expect_error "class '12' is not one of the 10 classes" train --data "$tmp/good-images-idx3-ubyte" --labels "$L" \
   --test "$tmp/good-images-idx3-ubyte" --test-labels "$tmp/wide-labels-idx1-ubyte"; no_model "label outside classes"
 
 # ---- bad parallel options ------------------------------------------------------------

@@ -8,6 +8,8 @@
  *                         the bits equal the local backend's).
  *   test_comm mpi-timeout under mpirun: rank 1 sleeps 20 s before a barrier;
  *                         rank 0's watchdog must end the job first.
+ *   test_comm mpi-stop    under mpirun: the last rank stops itself (SIGSTOP)
+ *                         before a barrier; the others' watchdogs must name it.
  *   test_comm mpi-fail    under mpirun: rank 1's worker fails; the job must
  *                         end at once with its message.
  * tests/test_comm_mpi.sh drives the MPI modes. */
@@ -15,6 +17,7 @@
 #include "testutil.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <time.h>
@@ -998,6 +1001,13 @@ static dpt_status mpi_worker(dpt_comm *c, void *p)
             sleep_ms(20000);
         return dpt_comm_barrier(c);
     }
+    if (strcmp(mc->mode, "mpi-stop") == 0) {
+        /* The last rank stops itself (as SIGSTOP from outside would): it
+         * never arrives and can answer no watchdog's question. */
+        if (r == nw - 1)
+            raise(SIGSTOP);
+        return dpt_comm_barrier(c);
+    }
     if (strcmp(mc->mode, "mpi-fail") == 0) {
         if (r == 1) {
             sleep_ms(100);
@@ -1092,7 +1102,7 @@ int main(int argc, char **argv)
     if (argc > 1) {
         if (strncmp(argv[1], "mpi", 3) == 0)
             return run_mpi_mode(argv[1]);
-        fprintf(stderr, "usage: test_comm [mpi|mpi-timeout|mpi-fail]\n");
+        fprintf(stderr, "usage: test_comm [mpi|mpi-timeout|mpi-stop|mpi-fail]\n");
         return 2;
     }
     if (dpt_comm_launched_by_mpi()) {

@@ -6,6 +6,12 @@
 #   - the timeout watchdog: rank 1 sleeps 20 s before a barrier, rank 0's
 #     watchdog (DPT_COMM_TIMEOUT_MS=500) must end the job long before that,
 #     with its message on stderr;
+#   - naming the missing rank: with 3 ranks the last one stops itself
+#     (SIGSTOP) before a barrier; the watchdog of a waiting rank must name
+#     that rank alone (no answer), not the rank waiting beside it; in the
+#     case above, rank 1 (sleeping) answers that it is not in a collective.
+#     Neither depends on speed: the stopped rank never arrives, and the
+#     sleeping one sleeps 40 times the timeout;
 #   - a failing worker: rank 1 returns an error while rank 0 waits in a
 #     barrier; the job must end at once with rank 1's message.
 # ctest sets DPT_BINARY_DIR and DPT_HAVE_MPI. Skips (77) without MPI.
@@ -75,16 +81,19 @@ collectives() {
     fi
 }
 
-# expect_abort NAME MODE MAX_MS WANT [ENV...]: the job must fail within
-# MAX_MS and print WANT on stderr.
+# expect_abort NAME MODE MAX_MS WANT [ENV...]: the job (NP ranks, default
+# 2) must fail within MAX_MS and print WANT on stderr (a fixed string; with
+# WANT_RE=1 an extended regular expression that must match a whole line).
 expect_abort() {
-    local name=$1 mode=$2 max_ms=$3 want=$4 t0 t1 rc
+    local name=$1 mode=$2 max_ms=$3 want=$4 t0 t1 rc found=1
     shift 4
     t0=$(now_ms)
-    env "$@" timeout 120 mpirun -np 2 $OVERSUB "$BIN" "$mode" >"$tmp/out" 2>"$tmp/err"
+    env "$@" timeout 120 mpirun -np "${NP:-2}" $OVERSUB "$BIN" "$mode" >"$tmp/out" 2>"$tmp/err"
     rc=$?
     t1=$(now_ms)
-    if [ $rc -ne 0 ] && [ $((t1 - t0)) -lt "$max_ms" ] && grep -qF "$want" "$tmp/err"; then
+    if [ "${WANT_RE:-0}" = 1 ]; then grep -qxE "$want" "$tmp/err" || found=0
+    else grep -qF "$want" "$tmp/err" || found=0; fi
+    if [ $rc -ne 0 ] && [ $((t1 - t0)) -lt "$max_ms" ] && [ $found = 1 ]; then
         echo "  $name: job ended (exit $rc) after $((t1 - t0)) ms with \"$want\"  ok"
     else
         echo "  $name: FAIL (exit $rc after $((t1 - t0)) ms, limit $max_ms ms, want \"$want\" on stderr)"
@@ -98,7 +107,11 @@ collectives 1
 collectives 2
 collectives 4
 expect_abort "timeout watchdog" mpi-timeout 15000 \
-    "dptrain: rank 0: barrier #1 waited past 500 ms; a peer rank may have died" DPT_COMM_TIMEOUT_MS=500
+    "dptrain: rank 0: barrier #1 waited past 500 ms; a peer rank may have died: rank 1 (alive, not in a collective)" \
+    DPT_COMM_TIMEOUT_MS=500
+NP=3 WANT_RE=1 expect_abort "watchdog names the stopped rank" mpi-stop 15000 \
+    "dptrain: rank [01]: barrier #1 waited past 500 ms; a peer rank may have died: rank 2 \(no answer: dead, stopped or unreachable\)" \
+    DPT_COMM_TIMEOUT_MS=500
 expect_abort "failing worker" mpi-fail 15000 "dptrain: rank 1: bad thing 42"
 
 if [ $failures -ne 0 ]; then

@@ -6,6 +6,7 @@
  * Usage: test_data [name-substring]   (runs only the matching tests, e.g.
  * "mbq" for the queue tests under ThreadSanitizer). */
 #include "data/data_internal.h" /* raw_to_planes, for the resize bits */
+#include "core/text.h"
 #include "dptrain/data.h"
 #include "testfs.h"
 
@@ -55,6 +56,17 @@ static int n_fail, n_check;
             fprintf(stderr, "%s:%d: %s: got status %d (%s) message \"%s\"; want status %d with \"%s\"\n", \
                     __FILE__, __LINE__, #call, (int)st_, dpt_status_str(st_), dpt_last_error(), \
                     (int)(want), (needle));                                               \
+        }                                                                                 \
+    } while (0)
+
+/* CHECK with a printf-style explanation. */
+#define CHECK_MSG(cond, ...)                                                              \
+    do {                                                                                  \
+        n_check++;                                                                        \
+        if (!(cond)) {                                                                    \
+            n_fail++;                                                                     \
+            fprintf(stderr, "%s:%d: CHECK failed: %s: ", __FILE__, __LINE__, #cond);      \
+            fprintf(stderr, __VA_ARGS__);                                                 \
         }                                                                                 \
     } while (0)
 
@@ -482,12 +494,126 @@ static void test_folder_errors(void)
                     strstr(f, "d_empty.png") != NULL;
         }
         CHECK(seen == 3);
+        /* and why: the problem without the file name in front */
+        for (size_t k = 0; k < dpt_datastore_n_corrupt(ds); k++) {
+            const char *f = dpt_datastore_corrupt_file(ds, k), *why = dpt_datastore_corrupt_reason(ds, k);
+            CHECK(why != NULL);
+            if (!why)
+                continue;
+            if (strstr(f, "d_empty.png"))
+                CHECK_MSG(!strcmp(why, "empty file (0 bytes) is not an image"), "%s\n", why);
+            else
+                CHECK_MSG(!strncmp(why, "cannot decode image: ", 21), "%s: %s\n", f, why);
+        }
+        CHECK(dpt_datastore_corrupt_reason(ds, 3) == NULL);
         dpt_datastore_free(ds);
         ds = NULL;
     }
     /* A bad options version. */
     o.version = 99;
     FAILS(dpt_datastore_open_folder(root, &o, &ds), DPT_ERR_ARG, "version");
+}
+
+/* ---- tests: labels matched by class name ---------------------------------------------------- */
+
+static void test_match_classes(void)
+{
+    char root[512];
+    path_join(root, sizeof root, tmp_root, "imgs"); /* ant_9 (1), bird (2), cat (2) */
+    make_image_folder(root);
+    dpt_datastore *ds = NULL, *m = NULL, *m2 = NULL, *sub = NULL;
+    OK(dpt_datastore_open_folder(root, NULL, &ds));
+    if (!ds)
+        return;
+    /* The model's classes in another order, with more of them. */
+    const char *names[5] = {"cat", "dog", "bird", "ant_9", "eel"};
+    OK(dpt_datastore_match_classes(ds, "imgs", 5, names, &m));
+    if (m) {
+        CHECK(dpt_datastore_n_obs(m) == 5 && dpt_datastore_n_classes(m) == 5);
+        for (int k = 0; k < 5; k++)
+            CHECK(!strcmp(dpt_datastore_class_name(m, k), names[k]));
+        const int want[5] = {3, 2, 2, 0, 0}; /* ant_9, bird, bird, cat, cat */
+        for (size_t i = 0; i < 5; i++) {
+            CHECK(dpt_datastore_label(m, i) == want[i]);
+            CHECK(!strcmp(dpt_datastore_file(m, i), dpt_datastore_file(ds, i)));
+        }
+        size_t counts[5];
+        dpt_datastore_count_labels(m, counts);
+        CHECK(counts[0] == 2 && counts[1] == 0 && counts[2] == 2 && counts[3] == 1 && counts[4] == 0);
+        /* Pixels come from the datastore underneath, bit for bit. */
+        float a[3 * 6 * 5], b[3 * 6 * 5];
+        OK(dpt_datastore_read(ds, 3, 3, 6, 5, a));
+        OK(dpt_datastore_read(m, 3, 3, 6, 5, b));
+        CHECK(!memcmp(a, b, sizeof a));
+        int h = 0, w = 0, c = 0;
+        OK(dpt_datastore_image_size(m, 3, &h, &w, &c));
+        CHECK(h == 6 && w == 5 && c == 3);
+        /* Subsets and a second matching stack; the parents may go first. */
+        size_t pick[2] = {4, 1};
+        OK(dpt_datastore_subset(m, pick, 2, &sub));
+        const char *names2[3] = {"bird", "cat", "ant_9"};
+        OK(dpt_datastore_match_classes(sub, NULL, 3, names2, &m2));
+        dpt_datastore_free(m);
+        m = NULL;
+        dpt_datastore_free(sub);
+        sub = NULL;
+        if (m2) {
+            CHECK(dpt_datastore_n_obs(m2) == 2);
+            CHECK(dpt_datastore_label(m2, 0) == 1 && dpt_datastore_label(m2, 1) == 0); /* cat, bird */
+            OK(dpt_datastore_read(m2, 0, 3, 6, 5, b));
+            OK(dpt_datastore_read(ds, 4, 3, 6, 5, a));
+            CHECK(!memcmp(a, b, sizeof a));
+        }
+        dpt_datastore_free(m2);
+        m2 = NULL;
+    }
+    /* A class the names lack: an error naming it and the folder. */
+    const char *few[2] = {"bird", "cat"};
+    FAILS(dpt_datastore_match_classes(ds, "imgs", 2, few, &m), DPT_ERR_FORMAT,
+          "imgs: class 'ant_9' is not one of the 2 classes the model knows ('bird', 'cat')");
+    CHECK(m == NULL);
+    /* ... unless the data has none of it (a subset without the ant). */
+    size_t no_ant[2] = {1, 3};
+    OK(dpt_datastore_subset(ds, no_ant, 2, &sub));
+    OK(dpt_datastore_match_classes(sub, "imgs", 2, few, &m));
+    CHECK(m && dpt_datastore_label(m, 0) == 0 && dpt_datastore_label(m, 1) == 1);
+    dpt_datastore_free(m);
+    dpt_datastore_free(sub);
+    FAILS(dpt_datastore_match_classes(ds, "imgs", 0, few, &m), DPT_ERR_ARG, "no classes");
+    dpt_datastore_free(ds);
+}
+
+/* Text from outside made printable: core/text.h. */
+static void test_text_clean(void)
+{
+    char out[64];
+    struct { const char *in; size_t max; const char *want; size_t cols; } cases[] = {
+        {"plain", 0, "plain", 5},
+        {"new\nline\ttab\x1b[2J", 0, "new\\x0aline\\x09tab\\x1b[2J", 25},
+        {"\xff\xfe ok", 0, "\\xff\\xfe ok", 11},
+        {"\xef\xbb\xbf" "conv", 0, "\\xef\\xbb\\xbfconv", 16},
+        {"caf\xc3\xa9", 0, "caf\xc3\xa9", 4},             /* valid UTF-8 kept */
+        {"\xc3\xa9\xc3\xa9\xc3\xa9", 2, "\xc3\xa9\xc3\xa9", 2}, /* cut by character */
+        {"\xc0\xaf", 0, "\\xc0\\xaf", 8},                 /* overlong '/' */
+        {"\xed\xa0\x80", 0, "\\xed\\xa0\\x80", 12},       /* a surrogate */
+        {"\xc2\x9b" "1m", 0, "\\xc2\\x9b" "1m", 10},          /* C1 CSI */
+        {"a\xe2\x80\xae" "b", 0, "a\\xe2\\x80\\xaeb", 14},    /* right-to-left override */
+        {"ab\x01", 3, "ab", 2},                            /* an escape never cut */
+        {"\xe2\x82", 0, "\\xe2\\x82", 8},                  /* truncated sequence */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        size_t cols = dpt_text_clean(out, sizeof out, cases[i].in, (size_t)-1, cases[i].max);
+        CHECK_MSG(!strcmp(out, cases[i].want) && cols == cases[i].cols, "case %zu: '%s' (%zu columns)\n", i,
+                  out, cols);
+    }
+    /* A small buffer: whole characters only, always terminated. */
+    char small[5];
+    dpt_text_clean(small, sizeof small, "\xc3\xa9\xc3\xa9\xc3\xa9", (size_t)-1, 0);
+    CHECK(!strcmp(small, "\xc3\xa9\xc3\xa9"));
+    dpt_text_clean(small, sizeof small, "\x1b", (size_t)-1, 0);
+    CHECK(!strcmp(small, "\\x1b"));
+    dpt_text_clean(small, 4, "\x1b", (size_t)-1, 0);
+    CHECK(!strcmp(small, ""));
 }
 
 /* ---- tests: split, shuffle, partition ------------------------------------------------------ */
@@ -1288,6 +1414,7 @@ int main(int argc, char **argv)
         {"idx_errors", test_idx_errors},       {"mbq", test_mbq},
         {"mbq_options", test_mbq_options},     {"mbq_error", test_mbq_error},
         {"hostile", test_hostile},
+        {"match_classes", test_match_classes}, {"text_clean", test_text_clean},
     };
     const char *tmp = getenv("TMPDIR");
     snprintf(tmp_root, sizeof tmp_root, "%s/dpt_test_data_XXXXXX", tmp && *tmp ? tmp : "/tmp");

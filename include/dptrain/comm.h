@@ -99,11 +99,16 @@ DPT_API dpt_status dpt_comm_barrier(dpt_comm *c);
  * fails with DPT_ERR_TIMEOUT and "<op> #<seq>: timed out after <ms> ms
  * waiting for workers 2, 3" (the workers that had not arrived).
  * mpi: a watchdog thread in each process prints "dptrain: rank R: <op>
- * #<seq> waited past <ms> ms; a peer rank may have died" on stderr and ends
- * the whole job: a peer rank stuck or dead cannot be told apart from here,
- * and the job could not continue anyway. It calls MPI_Abort when MPI runs
- * with MPI_THREAD_MULTIPLE, else _exit(1) (MPI may only be called from the
- * main thread), which mpirun/srun turn into ending every rank. */
+ * #<seq> waited past <ms> ms; a peer rank may have died: <who>" on stderr
+ * and ends the whole job, which could not continue anyway. <who> names the
+ * ranks not in that collective, as their watchdogs answer (within the
+ * timeout, 1 to 10 s): "rank 2 (no answer: dead, stopped or unreachable)",
+ * "rank 1 (alive, not in a collective)", "rank 3 (in barrier #7)". The
+ * library initialises MPI with MPI_THREAD_MULTIPLE for this; where MPI runs
+ * with less (a program that initialised it itself), the line ends at "may
+ * have died" and no rank is named. It calls MPI_Abort when MPI runs with
+ * MPI_THREAD_MULTIPLE, else _exit(1) (MPI may only be called from the main
+ * thread), which mpirun/srun turn into ending every rank. */
 DPT_API void dpt_comm_set_timeout_ms(dpt_comm *c, long ms);
 DPT_API long dpt_comm_get_timeout_ms(const dpt_comm *c);
 

@@ -139,6 +139,10 @@ DPT_API size_t dpt_datastore_n_skipped(const dpt_datastore *ds);
  * skip_corrupt; 0 otherwise), and the path of the k-th of them. */
 DPT_API size_t dpt_datastore_n_corrupt(const dpt_datastore *ds);
 DPT_API const char *dpt_datastore_corrupt_file(const dpt_datastore *ds, size_t k);
+/* Why skipped file k was skipped ("cannot decode image: ...", "empty file
+ * (0 bytes) is not an image"), or NULL for k out of range. The text may
+ * hold bytes from the file or its name: escape it before showing it. */
+DPT_API const char *dpt_datastore_corrupt_reason(const dpt_datastore *ds, size_t k);
 
 /* Native size of observation i: height, width and channels as stored (1 to
  * 4 for image files; 1 for IDX). Reads the image header of a folder file
@@ -151,6 +155,17 @@ DPT_API dpt_status dpt_datastore_image_size(const dpt_datastore *ds, size_t i, i
 /* Observations idx[0..n) of ds, in that order (repeats allowed). */
 DPT_API dpt_status dpt_datastore_subset(const dpt_datastore *ds, const size_t *idx, size_t n,
                                         dpt_datastore **out);
+
+/* The observations of ds with their labels matched by class name to
+ * names[0..n_classes) (a model's classes, or another dataset's): an
+ * observation of ds's class "cat" gets the label j where names[j] is "cat".
+ * *out has n_classes classes, names copied. A class of ds with observations
+ * that is not in names is DPT_ERR_FORMAT naming `what` (the folder or file;
+ * NULL: the first observation's file) and the class. IDX data's classes are
+ * the label numbers "0", "1", ... as decimal text. */
+DPT_API dpt_status dpt_datastore_match_classes(const dpt_datastore *ds, const char *what,
+                                               int n_classes, const char *const *names,
+                                               dpt_datastore **out);
 
 /* Per-label random split (MATLAB splitEachLabel(ds, fraction, "randomized")):
  * for each label k, the positions of that label's observations, in ds

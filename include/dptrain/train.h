@@ -131,7 +131,8 @@ typedef struct dpt_fit_config {
     const char *spec;             /* network spec text (NULL: the default) */
     const char *spec_source;      /* its name for messages */
     const dpt_datastore *train;   /* borrowed */
-    const dpt_datastore *test;    /* borrowed; may be NULL */
+    const dpt_datastore *test;    /* borrowed; may be NULL; its labels are matched to
+                                   * train's by class name (dpt_datastore_match_classes) */
     int epochs;                   /* 20 */
     int batch;                    /* global minibatch, 128 */
     float lr, momentum, weight_decay; /* 0.01, 0.9, 0 */

@@ -6,6 +6,8 @@
 
 #include "dptrain/core.h"
 
+#include <stddef.h>
+
 int cli_train(int argc, char **argv);
 int cli_eval(int argc, char **argv);
 int cli_predict(int argc, char **argv);
@@ -23,5 +25,13 @@ int cli_lib_error(void);
 /* Parse numbers from option values; on error print which option and fail. */
 int cli_int(const char *opt, const char *value, long min, long max, long *out);
 int cli_double(const char *opt, const char *value, double *out);
+
+/* Text from outside (file and class names, metadata) made safe to print:
+ * control characters, invalid UTF-8 and invisible characters as \xNN
+ * (core/text.h). cli_clean returns buf. cli_cell prints s in a column of
+ * `width` characters (UTF-8 counted by character, never cut in the middle),
+ * right-aligned or (left != 0) left-aligned. */
+const char *cli_clean(char *buf, size_t size, const char *s);
+void cli_cell(const char *s, int width, int left);
 
 #endif

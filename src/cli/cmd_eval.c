@@ -17,7 +17,8 @@ static const char help[] =
     "\n"
     "Classify a dataset with a trained model; print accuracy and the confusion matrix.\n"
     "  --model FILE    model.safetensors written by dptrain train\n"
-    "  --data PATH     image folder (one sub-folder per class) or IDX images file\n"
+    "  --data PATH     image folder (one sub-folder per class) or IDX images file;\n"
+    "                  classes matched to the model's by name (IDX: \"0\", \"1\", ...)\n"
     "  --labels FILE   IDX labels file (default: found beside the images file)\n"
     "  --batch N       observations per forward pass (default 256)\n"
     "  --json          print one JSON object: accuracy, n, per-class counts, confusion\n"
@@ -60,12 +61,13 @@ int cli_model_info(const char *path)
     dpt_net *net = NULL;
     if (dpt_net_load(path, 1, &net) != DPT_OK)
         return cli_lib_error();
-    printf("model: %s\n", path);
+    char buf[4096];
+    printf("model: %s\n", cli_clean(buf, sizeof buf, path));
     static const char *const keys[] = {"format", "classes", "epoch", "iteration", "workers"};
     for (size_t i = 0; i < sizeof keys / sizeof *keys; i++) {
         const char *v = dpt_net_meta(net, keys[i]);
         if (v)
-            printf("  %-10s %s\n", keys[i], v);
+            printf("  %-10s %s\n", keys[i], cli_clean(buf, sizeof buf, v));
     }
     cli_print_net(net);
     dpt_net_free(net);
@@ -127,20 +129,23 @@ int cli_eval(int argc, char **argv)
     } else if (dpt_datastore_open_idx(data, labels, &ds) != DPT_OK) {
         goto fail;
     }
-    int k = dpt_datastore_n_classes(ds);
-    if (k > dpt_net_n_outputs(net)) {
-        cli_error("%s: %d classes, but the model knows %d", data, k, dpt_net_n_outputs(net));
+    /* Labels by class name: the data's "cat" is the model's "cat" wherever
+     * each has it; a class the model does not know is an error. */
+    int k = dpt_net_n_outputs(net);
+    const char **names = calloc((size_t)k, sizeof *names);
+    if (!names) {
+        cli_error("out of memory");
         goto done;
     }
-    /* The data's class k must be the model's class k. */
-    for (int i = 0; i < k; i++) {
-        const char *want = cJSON_GetArrayItem(classes, i)->valuestring;
-        if (strcmp(want, dpt_datastore_class_name(ds, i)) != 0) {
-            cli_error("%s: class %d is '%s', but the model's class %d is '%s'", data, i,
-                      dpt_datastore_class_name(ds, i), i, want);
-            goto done;
-        }
-    }
+    for (int i = 0; i < k; i++)
+        names[i] = cJSON_GetArrayItem(classes, i)->valuestring;
+    dpt_datastore *matched = NULL;
+    dpt_status ms = dpt_datastore_match_classes(ds, data, k, names, &matched);
+    free(names);
+    if (ms != DPT_OK)
+        goto fail;
+    dpt_datastore_free(ds);
+    ds = matched;
     conf = calloc((size_t)k * k, sizeof *conf);
     double acc;
     if (!conf || dpt_evaluate(net, ds, &acc, conf) != DPT_OK)
@@ -163,7 +168,9 @@ int cli_eval(int argc, char **argv)
             cJSON_AddNumberToObject(pc, "n", (double)tot);
             cJSON_AddNumberToObject(pc, "correct", (double)conf[(size_t)i * k + i]);
             cJSON_AddNumberToObject(pc, "accuracy", tot ? (double)conf[(size_t)i * k + i] / tot : 0);
-            cJSON_AddItemToObject(per, dpt_datastore_class_name(ds, i), pc);
+            /* JSON cannot carry invalid UTF-8: the key escaped as printed */
+            char key[1024];
+            cJSON_AddItemToObject(per, cli_clean(key, sizeof key, dpt_datastore_class_name(ds, i)), pc);
         }
         cJSON_AddItemToObject(o, "confusion", cm);
         char *txt = cJSON_PrintUnformatted(o);
@@ -174,11 +181,14 @@ int cli_eval(int argc, char **argv)
     } else {
         printf("accuracy: %.4f (%zu images)\n", acc, n);
         printf("confusion matrix (rows: true class, columns: predicted):\n%12s", "");
-        for (int j = 0; j < k; j++)
-            printf(" %7.7s", dpt_datastore_class_name(ds, j));
+        /* Class names are cut to the column by character, not by byte. */
+        for (int j = 0; j < k; j++) {
+            putchar(' ');
+            cli_cell(dpt_datastore_class_name(ds, j), 7, 0);
+        }
         putchar('\n');
         for (int i = 0; i < k; i++) {
-            printf("%12.12s", dpt_datastore_class_name(ds, i));
+            cli_cell(dpt_datastore_class_name(ds, i), 12, 0);
             for (int j = 0; j < k; j++)
                 printf(" %7zu", conf[(size_t)i * k + j]);
             putchar('\n');

@@ -24,7 +24,8 @@ static void print_shape(const dpt_param_info *e)
     int k = 0;
     for (int d = 0; d < e->ndim; d++)
         k += snprintf(buf + k, sizeof buf - (size_t)k, d ? "x%d" : "%d", e->shape[d]);
-    printf("  %-22s %-14s %9zu\n", e->name, buf, e->n);
+    char name[256];
+    printf("  %-22s %-14s %9zu\n", cli_clean(name, sizeof name, e->name), buf, e->n);
 }
 
 /* Print layers and tables of a network (shared with info --model). */
@@ -34,8 +35,10 @@ void cli_print_net(const dpt_net *net)
     for (int i = 0; i < dpt_net_n_layers(net); i++) {
         int chw[3];
         dpt_net_layer_shape(net, i, chw);
-        printf("  %2d  %-10s %-10s output %dx%dx%d (HxWxC)\n", i + 1, dpt_net_layer_name(net, i),
-               dpt_net_layer_type(net, i), chw[1], chw[2], chw[0]);
+        char name[256];
+        printf("  %2d  %-10s %-10s output %dx%dx%d (HxWxC)\n", i + 1,
+               cli_clean(name, sizeof name, dpt_net_layer_name(net, i)), dpt_net_layer_type(net, i),
+               chw[1], chw[2], chw[0]);
     }
     printf("learnables (%zu tensors, %zu parameters):\n", dpt_net_n_learnables(net),
            dpt_net_n_params(net));
@@ -90,7 +93,9 @@ int cli_info(int argc, char **argv)
                                                  (int)classes, 1, 0, &net);
     if (s != DPT_OK)
         return cli_lib_error();
-    printf("network: %s\n", spec_path ? spec_path : "default (MATLAB example), 10 classes");
+    char clean[4096];
+    printf("network: %s\n", spec_path ? cli_clean(clean, sizeof clean, spec_path)
+                                      : "default (MATLAB example), 10 classes");
     cli_print_net(net);
     dpt_net_free(net);
     printf("devices: %d CPU cores", dpt_cpu_count());

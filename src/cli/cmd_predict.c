@@ -71,7 +71,11 @@ int cli_predict(int argc, char **argv)
             }
             int best;
             dpt_argmax_rows(y, 1, k, &best);
-            printf("%s\t%s\t%.4f\n", argv[i], cJSON_GetArrayItem(classes, best)->valuestring,
+            /* One line per image: a newline or tab in a file or class name
+             * must not make two. */
+            char file[4096], name[1024];
+            printf("%s\t%s\t%.4f\n", cli_clean(file, sizeof file, argv[i]),
+                   cli_clean(name, sizeof name, cJSON_GetArrayItem(classes, best)->valuestring),
                    (double)y[best]);
         }
     }

@@ -1,9 +1,11 @@
 /* dptrain train: the MATLAB example's job from the command line. */
 #include "cli/cli.h"
 #include "cli/report.h"
+#include "core/safetensors.h"
 #include "dptrain/gpu.h"
 #include "dptrain/train.h"
 
+#include <cJSON.h>
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -21,10 +23,12 @@ static const char help[] =
     "data:\n"
     "  --data PATH         image folder (one sub-folder per class) or IDX images file\n"
     "  --labels FILE       IDX labels file (default: found beside the images file)\n"
-    "  --test PATH         held-out data (folder or IDX); default: split --data\n"
+    "  --test PATH         held-out data (folder or IDX; classes matched to --data's by\n"
+    "                      name, any subset of them); default: split --data\n"
     "  --test-labels FILE  IDX labels for --test (default: found beside it)\n"
     "  --split FRACTION    training fraction per label when no --test (default 0.9)\n"
-    "  --skip-corrupt      skip images that fail to decode, with a warning (default: error)\n"
+    "  --skip-corrupt      skip images that fail to decode, with a warning naming each\n"
+    "                      (the first 10, then a count; default: error)\n"
     "network and optimiser:\n"
     "  --net SPEC          network spec file (default: the MATLAB example's network,\n"
     "                      classes taken from the data; see dptrain info --spec)\n"
@@ -60,8 +64,12 @@ static const char help[] =
     "  --quiet             print only the final result\n"
     "  -h, --help          this help\n";
 
-/* Open a dataset: a directory is an image folder, a file is IDX. */
-static dpt_status open_data(const char *path, const char *labels, int skip_corrupt,
+/* --skip-corrupt names what it skipped: this many files, then a count. */
+#define SKIP_WARNINGS 10
+
+/* Open a dataset: a directory is an image folder, a file is IDX. With
+ * skip_corrupt, warn (when `warn`) about each file skipped. */
+static dpt_status open_data(const char *path, const char *labels, int skip_corrupt, int warn,
                             dpt_datastore **out)
 {
     struct stat st;
@@ -71,7 +79,15 @@ static dpt_status open_data(const char *path, const char *labels, int skip_corru
         dpt_folder_options o = DPT_FOLDER_OPTIONS_INIT;
         o.skip_corrupt = skip_corrupt;
         o.preload = 1; /* decode once, not every epoch */
-        return dpt_datastore_open_folder(path, &o, out);
+        dpt_status s = dpt_datastore_open_folder(path, &o, out);
+        size_t n = s == DPT_OK ? dpt_datastore_n_corrupt(*out) : 0;
+        for (size_t k = 0; warn && k < n && k < SKIP_WARNINGS; k++)
+            cli_error("%s: %s; skipped (--skip-corrupt)", dpt_datastore_corrupt_file(*out, k),
+                      dpt_datastore_corrupt_reason(*out, k));
+        if (warn && n > SKIP_WARNINGS)
+            cli_error("%s: %zu more unreadable images skipped (--skip-corrupt), %zu in all", path,
+                      n - SKIP_WARNINGS, n);
+        return s;
     }
     return dpt_datastore_open_idx(path, labels, out);
 }
@@ -110,6 +126,42 @@ static int make_dir(const char *dir)
     if (access(dir, W_OK) != 0)
         return cli_error("--out %s: folder not writable", dir);
     return 0;
+}
+
+/* --resume continues a model whose output k is the checkpoint's class k:
+ * the training data must have the same class names in the same order, or
+ * training would go on with every label meaning another class. A file that
+ * does not open is left to dpt_fit to report. Returns 0 or 1 (printed). */
+static int check_resume_classes(const char *resume, const char *data, const dpt_datastore *train)
+{
+    dpt_st *st = NULL;
+    if (dpt_st_open(resume, &st) != DPT_OK) {
+        dpt_clear_error();
+        return 0;
+    }
+    int rc = 0, k = dpt_datastore_n_classes(train);
+    const char *text = dpt_st_meta(st, "classes");
+    cJSON *arr = text ? cJSON_Parse(text) : NULL;
+    if (text) {
+        int same = cJSON_IsArray(arr) && cJSON_GetArraySize(arr) == k;
+        for (int i = 0; same && i < k; i++) {
+            const cJSON *c = cJSON_GetArrayItem(arr, i);
+            same = cJSON_IsString(c) && strcmp(c->valuestring, dpt_datastore_class_name(train, i)) == 0;
+        }
+        if (!same) {
+            char have[160] = "";
+            size_t len = 0;
+            for (int i = 0; i < k && len < sizeof have - 1; i++)
+                len += (size_t)snprintf(have + len, sizeof have - len, "%s\"%s\"", i ? "," : "",
+                                        dpt_datastore_class_name(train, i));
+            rc = cli_error("--resume %s: the checkpoint's classes are %.160s%s, but --data %s has [%s]%s; "
+                           "resume with the data it was trained on", resume, text,
+                           strlen(text) > 160 ? "..." : "", data, have, len >= sizeof have - 1 ? "..." : "");
+        }
+    }
+    cJSON_Delete(arr);
+    dpt_st_close(st);
+    return rc;
 }
 
 int cli_train(int argc, char **argv)
@@ -230,19 +282,33 @@ int cli_train(int argc, char **argv)
     char *spec = NULL;
     dpt_datastore *all = NULL, *train = NULL, *testds = NULL;
     const char **class_names = NULL;
-    if (open_data(data, labels, skip_corrupt, &all) != DPT_OK)
+    const int warn = !under_mpi || launcher_rank() == 0; /* one copy of each warning */
+    if (open_data(data, labels, skip_corrupt, warn, &all) != DPT_OK)
         goto fail;
     if (test) {
-        if (open_data(test, test_labels, skip_corrupt, &testds) != DPT_OK)
+        if (open_data(test, test_labels, skip_corrupt, warn, &testds) != DPT_OK)
             goto fail;
         train = all, all = NULL;
     } else if (dpt_datastore_split_each_label(all, split, (uint64_t)seed, &train, &testds) != DPT_OK) {
         goto fail;
     }
-    if (test && dpt_datastore_n_classes(testds) > dpt_datastore_n_classes(train)) {
-        cli_error("--test %s: %d classes, but the training data has %d", test,
-                  dpt_datastore_n_classes(testds), dpt_datastore_n_classes(train));
-        goto done;
+    if (test) {
+        /* Labels by class name, not by position: a test folder with only
+         * some of the classes (or IDX labels up to a smaller number) must
+         * count its "cat" images as the training data's "cat". */
+        int kt = dpt_datastore_n_classes(train);
+        const char **names = calloc((size_t)kt, sizeof *names);
+        dpt_datastore *matched = NULL;
+        if (!names)
+            goto fail_nomem;
+        for (int i = 0; i < kt; i++)
+            names[i] = dpt_datastore_class_name(train, i);
+        dpt_status ms = dpt_datastore_match_classes(testds, test, kt, names, &matched);
+        free(names);
+        if (ms != DPT_OK)
+            goto fail;
+        dpt_datastore_free(testds);
+        testds = matched;
     }
     if (net_path) {
         /* Read and validate the spec up front so a bad file fails fast. */
@@ -254,6 +320,8 @@ int cli_train(int argc, char **argv)
         if (!spec)
             goto fail;
     }
+    if (resume && check_resume_classes(resume, data, train))
+        goto done;
     if (make_dir(out_dir))
         goto done;
     int k = dpt_datastore_n_classes(train);
@@ -312,8 +380,11 @@ int cli_train(int argc, char **argv)
     report_finish(&rep);
     if (fs != DPT_OK)
         goto fail;
-    if (rep.io_error)
-        cli_error("%s: could not write metrics.csv or loss.svg (training itself succeeded)", out_dir);
+    if (rep.io_error) {
+        /* The run's record is incomplete: a failure, whatever the model. */
+        cli_error("%s (training itself finished: model in %s)", rep.io_msg, model_path);
+        goto done;
+    }
     if (res.n_workers > 0) { /* worker 0's process reports */
         printf("test accuracy: %.4f (%zu images)\n", res.test_accuracy, dpt_datastore_n_obs(testds));
         if (!quiet)
@@ -321,6 +392,9 @@ int cli_train(int argc, char **argv)
                    res.train_seconds, model_path);
     }
     rc = 0;
+    goto done;
+fail_nomem:
+    cli_error("out of memory");
     goto done;
 fail:
     rc = cli_lib_error();

@@ -1,5 +1,6 @@
 /* dptrain: train, evaluate and inspect networks, data-parallel. */
 #include "cli/cli.h"
+#include "core/text.h"
 
 #include <errno.h>
 #include <math.h>
@@ -23,13 +24,30 @@ static const char usage[] =
 
 int cli_error(const char *fmt, ...)
 {
+    /* Messages carry names from outside (files, class names, spec text):
+     * escape what a terminal would act on or hide. */
+    char msg[4096], clean[4 * sizeof msg];
     va_list ap;
     va_start(ap, fmt);
-    fputs("dptrain: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    dpt_text_clean(clean, sizeof clean, msg, (size_t)-1, 0);
+    fprintf(stderr, "dptrain: %s\n", clean);
     return 1;
+}
+
+const char *cli_clean(char *buf, size_t size, const char *s)
+{
+    dpt_text_clean(buf, size, s ? s : "", (size_t)-1, 0);
+    return buf;
+}
+
+void cli_cell(const char *s, int width, int left)
+{
+    char buf[256];
+    size_t cols = dpt_text_clean(buf, sizeof buf, s ? s : "", (size_t)-1, (size_t)width);
+    int pad = width - (int)cols;
+    printf("%*s%s%*s", left ? 0 : pad, "", buf, left ? pad : 0, "");
 }
 
 int cli_lib_error(void) { return cli_error("%s", dpt_last_error()); }
@@ -75,6 +93,10 @@ int main(int argc, char **argv)
         puts("dptrain 0.1.0");
         return 0;
     }
+    /* A DPT_* variable with a value the library would not accept ends
+     * here, before any work, naming the variable. */
+    if (dpt_env_check() != DPT_OK)
+        return cli_lib_error();
     /* Each command sees argv[0] = "dptrain <command>" style arguments. */
     if (!strcmp(cmd, "train"))
         return cli_train(argc - 1, argv + 1);

@@ -150,6 +150,16 @@ static void svg_write(report *r, FILE *f)
     fprintf(f, "</g>\n</svg>\n");
 }
 
+/* Remember the first failed write (file and reason) for the end of the
+ * run; errno is the reason. */
+static void io_fail(report *r, const char *path)
+{
+    int e = errno;
+    if (!r->io_error)
+        snprintf(r->io_msg, sizeof r->io_msg, "%s: cannot write: %s", path, e ? strerror(e) : "I/O error");
+    r->io_error = 1;
+}
+
 /* Write path atomically: path.tmp, then rename. */
 static int write_svg(report *r)
 {
@@ -224,9 +234,9 @@ static void csv_open(report *r, long iteration)
     snprintf(tmp, sizeof tmp, "%s.tmp", r->csv_path);
     FILE *f = fopen(tmp, "w");
     if (!f) {
+        io_fail(r, r->csv_path);
         if (old)
             fclose(old);
-        r->io_error = 1;
         return;
     }
     fputs(csv_header, f);
@@ -246,13 +256,13 @@ static void csv_open(report *r, long iteration)
     if (old)
         fclose(old);
     if (fclose(f) != 0 || rename(tmp, r->csv_path) != 0) {
+        io_fail(r, r->csv_path);
         unlink(tmp);
-        r->io_error = 1;
         return;
     }
     r->csv = fopen(r->csv_path, "a");
     if (!r->csv)
-        r->io_error = 1;
+        io_fail(r, r->csv_path);
 }
 
 void report_progress(const dpt_progress *p, void *arg)
@@ -276,12 +286,12 @@ void report_progress(const dpt_progress *p, void *arg)
         r->have_pending = 0;
         if (!isnan(p->test_accuracy))
             push_point(r, 1, (double)p->iteration, p->test_accuracy);
-        if (r->csv)
-            fflush(r->csv);
+        if (r->csv && (fflush(r->csv) != 0 || ferror(r->csv)))
+            io_fail(r, r->csv_path);
     }
     if (p->end_of_epoch || now - r->last_plot > 2.0) {
         if (write_svg(r) != 0)
-            r->io_error = 1;
+            io_fail(r, r->svg_path);
         r->last_plot = now;
         if (p->end_of_epoch && r->png_path[0])
             write_png(r);
@@ -326,12 +336,15 @@ void report_finish(report *r)
     if (r->have_pending)
         csv_row(r, &r->pending, NAN);
     r->have_pending = 0;
-    if (r->csv && fclose(r->csv) != 0)
-        r->io_error = 1;
+    if (r->csv && (ferror(r->csv) | fclose(r->csv)) != 0) {
+        if (!errno)
+            errno = EIO;
+        io_fail(r, r->csv_path);
+    }
     r->csv = NULL;
     if (r->started) {
         if (write_svg(r) != 0)
-            r->io_error = 1;
+            io_fail(r, r->svg_path);
         if (r->png_path[0])
             write_png(r);
     }

@@ -17,6 +17,7 @@ typedef struct report {
     double elapsed_s, last_plot, last_line, first_elapsed;
     long first_iteration;
     dpt_progress pending;           /* last iteration row, waiting for its epoch's accuracy */
+    char io_msg[4400];              /* the first failed write: "<file>: cannot write: <reason>" */
     FILE *csv;
     double *loss_x, *loss_y, *acc_x, *acc_y;
     size_t n_loss, cap_loss, n_acc, cap_acc;
@@ -25,7 +26,7 @@ typedef struct report {
 /* dpt_progress_fn for dpt_fit_config.progress; arg is a report. */
 void report_progress(const dpt_progress *p, void *arg);
 /* Flush the last row, close metrics.csv, draw the final plot, free memory.
- * report.io_error tells whether any write failed. */
+ * report.io_error tells whether any write failed, io_msg which and why. */
 void report_finish(report *r);
 
 #endif

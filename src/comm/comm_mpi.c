@@ -23,15 +23,27 @@
  * Timeouts: a watchdog thread per process. Each collective records (op,
  * sequence number, deadline) before it calls MPI and clears it after; if
  * the deadline passes first, the watchdog prints
- *   dptrain: rank R: <op> #<seq> waited past <ms> ms; a peer rank may have died
+ *   dptrain: rank R: <op> #<seq> waited past <ms> ms; a peer rank may have died: <who>
  * on stderr and ends the job: MPI_Abort when MPI runs with
  * MPI_THREAD_MULTIPLE (calling MPI from this thread is allowed), otherwise
  * _exit(1), which the launcher (mpirun, srun) turns into ending every rank
  * (Open MPI 4.1 on 2 cores: about 2 s, against under 1 s for MPI_Abort).
  *
+ * <who> names the missing ranks. An MPI collective does not say who has
+ * not arrived, so the watchdogs ask each other, on a communicator of their
+ * own (which needs MPI_THREAD_MULTIPLE; without it the line ends at "may
+ * have died"): every watchdog answers questions every POLL_MS with where
+ * its rank is (in which collective, or not in one), and a watchdog whose
+ * deadline passed asks every peer and waits up to the grace below for the
+ * answers. A peer that does not answer (dead, stopped, or its machine
+ * unreachable) or is not in the same collective is named:
+ *   rank 2 (no answer: dead, stopped or unreachable); rank 3 (in barrier #7)
+ * The rank that waited never names a peer that is waiting with it.
+ *
  * The small-buffer all-gather path and the watchdog's per-call bookkeeping
  * (one mutex, one signal) are the only costs over plain MPI calls. */
 #include "comm/comm_impl.h"
+#include "core/text.h"
 
 #include <mpi.h>
 
@@ -47,6 +59,12 @@
 #define SMALL_BYTES (64 * 1024)
 #define SEGMENT_ELEMS ((size_t)1 << 24)
 #define BCAST_PIECE ((size_t)1 << 30)
+#define POLL_MS 20            /* a watchdog answers its peers' questions this often */
+#define GRACE_MIN_MS 1000     /* how long a timed-out watchdog waits for answers: */
+#define GRACE_MAX_MS 10000    /* the timeout, within these bounds */
+#define TAG_ASK 1
+#define TAG_ANSWER 2
+#define MAX_NAMED 8           /* missing ranks listed by number, then a count */
 
 typedef struct mpi_comm {
     dpt_comm base;        /* first: a dpt_comm * is an mpi_comm * */
@@ -75,6 +93,12 @@ typedef struct mpi_comm {
     uint64_t wd_seq;
     long wd_timeout_ms;     /* <= 0: no deadline */
     struct timespec wd_deadline;
+
+    /* Watchdogs' questions and answers (MPI_COMM_NULL below
+     * MPI_THREAD_MULTIPLE); used only by the watchdog thread. */
+    MPI_Comm diag;
+    int64_t *answers;        /* [size][3]: answered, in a collective, op * 2^32 + seq */
+    MPI_Request *reqs;       /* [2 * size]: answer receives, question sends */
 } mpi_comm;
 
 static mpi_comm *as_mpi(dpt_comm *c) { return (mpi_comm *)c; }
@@ -90,20 +114,153 @@ static void end_job(mpi_comm *m)
 
 /* ---- watchdog ------------------------------------------------------------ */
 
+static void add_ms(struct timespec *t, long ms)
+{
+    t->tv_sec += ms / 1000;
+    t->tv_nsec += (ms % 1000) * 1000000L;
+    if (t->tv_nsec >= 1000000000L) {
+        t->tv_sec++;
+        t->tv_nsec -= 1000000000L;
+    }
+}
+
+static int before(const struct timespec *a, const struct timespec *b)
+{
+    return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
+}
+
+/* Answer every question waiting on the watchdogs' communicator with where
+ * this rank is. Called without wd_mu held. */
+static void answer_questions(mpi_comm *m)
+{
+    for (;;) {
+        int flag = 0;
+        MPI_Status ms;
+        if (MPI_Iprobe(MPI_ANY_SOURCE, TAG_ASK, m->diag, &flag, &ms) != MPI_SUCCESS || !flag)
+            return;
+        int64_t q;
+        if (MPI_Recv(&q, 1, MPI_INT64_T, ms.MPI_SOURCE, TAG_ASK, m->diag, MPI_STATUS_IGNORE) != MPI_SUCCESS)
+            return;
+        pthread_mutex_lock(&m->wd_mu);
+        int64_t a[3] = {1, m->wd_active, ((int64_t)m->wd_op << 32) | (int64_t)(m->wd_seq & 0xffffffffu)};
+        pthread_mutex_unlock(&m->wd_mu);
+        /* The asker posted its receive before asking: this send completes. */
+        MPI_Send(a, 3, MPI_INT64_T, ms.MPI_SOURCE, TAG_ANSWER, m->diag);
+    }
+}
+
+/* After a timeout in (op, seq): ask every peer where it is, wait for the
+ * answers (answering the peers' own questions meanwhile), and describe the
+ * ranks that are not in this collective into buf. Without wd_mu. */
+static void find_missing(mpi_comm *m, comm_op op, uint64_t seq, long timeout_ms, char *buf, size_t cap)
+{
+    const int n = m->base.size, me = m->base.rank;
+    int64_t ask = (int64_t)seq;
+    for (int k = 0; k < n; k++) {
+        m->answers[3 * k] = k == me;
+        m->reqs[k] = m->reqs[n + k] = MPI_REQUEST_NULL;
+        if (k == me)
+            continue;
+        MPI_Irecv(&m->answers[3 * k], 3, MPI_INT64_T, k, TAG_ANSWER, m->diag, &m->reqs[k]);
+        MPI_Isend(&ask, 1, MPI_INT64_T, k, TAG_ASK, m->diag, &m->reqs[n + k]);
+    }
+    long grace = timeout_ms < GRACE_MIN_MS ? GRACE_MIN_MS : timeout_ms > GRACE_MAX_MS ? GRACE_MAX_MS : timeout_ms;
+    struct timespec now, end;
+    clock_gettime(CLOCK_MONOTONIC, &end);
+    add_ms(&end, grace);
+    for (;;) {
+        answer_questions(m);
+        int all = 1;
+        for (int k = 0; k < n; k++) {
+            int done = 1;
+            if (m->reqs[k] != MPI_REQUEST_NULL && MPI_Test(&m->reqs[k], &done, MPI_STATUS_IGNORE) != MPI_SUCCESS)
+                done = 0;
+            all &= done;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (all || !before(&now, &end))
+            break;
+        struct timespec nap = {0, 5 * 1000000L};
+        nanosleep(&nap, NULL);
+    }
+    int64_t want = ((int64_t)op << 32) | (int64_t)(seq & 0xffffffffu);
+    size_t len = 0;
+    int named = 0, more = 0;
+    for (int k = 0; k < n; k++) {
+        /* A receive still pending means no answer: reqs[k] not NULL. */
+        int answered = k != me && m->reqs[k] == MPI_REQUEST_NULL && m->answers[3 * k];
+        if (k == me || (answered && m->answers[3 * k + 1] && m->answers[3 * k + 2] == want))
+            continue;
+        if (named == MAX_NAMED) {
+            more++;
+            continue;
+        }
+        char where[96];
+        if (!answered)
+            snprintf(where, sizeof where, "no answer: dead, stopped or unreachable");
+        else if (!m->answers[3 * k + 1])
+            snprintf(where, sizeof where, "alive, not in a collective");
+        else
+            snprintf(where, sizeof where, "in %s #%llu", dpt_comm_op_name((comm_op)(m->answers[3 * k + 2] >> 32)),
+                     (unsigned long long)(m->answers[3 * k + 2] & 0xffffffff));
+        if (len < cap)
+            len += (size_t)snprintf(buf + len, cap - len, "%srank %d (%s)", named ? "; " : "", k, where);
+        named++;
+    }
+    if (more && len < cap)
+        len += (size_t)snprintf(buf + len, cap - len, "; and %d more rank%s", more, more == 1 ? "" : "s");
+    if (!named && len < cap)
+        snprintf(buf + len, cap - len, "every rank answered from this collective");
+}
+
 static void *watchdog_main(void *p)
 {
     mpi_comm *m = p;
+    const int ask = m->diag != MPI_COMM_NULL && m->base.size > 1;
     pthread_mutex_lock(&m->wd_mu);
     while (!m->wd_stop) {
+        if (ask && m->base.timeout_ms > 0) {
+            /* Wake every POLL_MS, in a collective or not, to answer peers. */
+            pthread_mutex_unlock(&m->wd_mu);
+            answer_questions(m);
+            pthread_mutex_lock(&m->wd_mu);
+            if (m->wd_stop)
+                break;
+        }
         if (!m->wd_active || m->wd_timeout_ms <= 0) {
-            pthread_cond_wait(&m->wd_cv, &m->wd_mu);
+            if (ask && m->base.timeout_ms > 0) {
+                struct timespec t;
+                clock_gettime(CLOCK_MONOTONIC, &t);
+                add_ms(&t, POLL_MS);
+                pthread_cond_timedwait(&m->wd_cv, &m->wd_mu, &t);
+            } else {
+                pthread_cond_wait(&m->wd_cv, &m->wd_mu);
+            }
             continue;
         }
         uint64_t seq = m->wd_seq;
-        int rc = pthread_cond_timedwait(&m->wd_cv, &m->wd_mu, &m->wd_deadline);
-        if (rc == ETIMEDOUT && !m->wd_stop && m->wd_active && m->wd_seq == seq) {
-            fprintf(stderr, "dptrain: rank %d: %s #%llu waited past %ld ms; a peer rank may have died\n",
-                    m->base.rank, dpt_comm_op_name(m->wd_op), (unsigned long long)seq, m->wd_timeout_ms);
+        struct timespec until = m->wd_deadline, now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (ask) {
+            struct timespec poll = now;
+            add_ms(&poll, POLL_MS);
+            if (before(&poll, &until))
+                until = poll;
+        }
+        if (before(&now, &until))
+            pthread_cond_timedwait(&m->wd_cv, &m->wd_mu, &until);
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (!m->wd_stop && m->wd_active && m->wd_seq == seq && !before(&now, &m->wd_deadline)) {
+            comm_op op = m->wd_op;
+            long ms = m->wd_timeout_ms;
+            char who[1024] = "";
+            if (ask) {
+                pthread_mutex_unlock(&m->wd_mu);
+                find_missing(m, op, seq, ms, who, sizeof who);
+                pthread_mutex_lock(&m->wd_mu);
+            }
+            fprintf(stderr, "dptrain: rank %d: %s #%llu waited past %ld ms; a peer rank may have died%s%s\n",
+                    m->base.rank, dpt_comm_op_name(op), (unsigned long long)seq, ms, who[0] ? ": " : "", who);
             fflush(stderr);
             end_job(m);
         }
@@ -120,14 +277,8 @@ static void wd_begin(mpi_comm *m, comm_op op)
     m->wd_seq = m->base.seq;
     m->wd_timeout_ms = m->base.timeout_ms;
     if (m->wd_timeout_ms > 0) {
-        struct timespec *t = &m->wd_deadline;
-        clock_gettime(CLOCK_MONOTONIC, t);
-        t->tv_sec += m->wd_timeout_ms / 1000;
-        t->tv_nsec += (m->wd_timeout_ms % 1000) * 1000000L;
-        if (t->tv_nsec >= 1000000000L) {
-            t->tv_sec++;
-            t->tv_nsec -= 1000000000L;
-        }
+        clock_gettime(CLOCK_MONOTONIC, &m->wd_deadline);
+        add_ms(&m->wd_deadline, m->wd_timeout_ms);
     }
     pthread_cond_signal(&m->wd_cv);
     pthread_mutex_unlock(&m->wd_mu);
@@ -314,7 +465,9 @@ static void mpi_abort(dpt_comm *c, dpt_status s, const char *msg)
 {
     mpi_comm *m = as_mpi(c);
     if (c->size > 1) {
-        fprintf(stderr, "dptrain: rank %d: %s\n", c->rank, msg);
+        char clean[4 * MSG_BYTES]; /* names from files: escaped for the terminal */
+        dpt_text_clean(clean, sizeof clean, msg, (size_t)-1, 0);
+        fprintf(stderr, "dptrain: rank %d: %s\n", c->rank, clean);
         fflush(stderr);
         end_job(m);
     }
@@ -353,7 +506,10 @@ static dpt_status init_mpi(void)
     MPI_Initialized(&inited);
     if (!inited) {
         int provided = 0;
-        int rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided);
+        /* MULTIPLE lets the watchdog thread ask the peers which of them is
+         * missing (and end the job with MPI_Abort); with less it still
+         * times out, without names. */
+        int rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_MULTIPLE, &provided);
         if (rc != MPI_SUCCESS)
             return dpt_fail(DPT_ERR_COMM, "mpi communicator: MPI_Init_thread failed (error %d)", rc);
         atexit(finalize_at_exit);
@@ -373,6 +529,10 @@ static void comm_free(mpi_comm *m)
         return;
     if (m->comm != MPI_COMM_NULL)
         MPI_Comm_free(&m->comm);
+    if (m->diag != MPI_COMM_NULL)
+        MPI_Comm_free(&m->diag);
+    free(m->answers);
+    free(m->reqs);
     free(m->tmp);
     free(m->counts);
     free(m->rows);
@@ -388,7 +548,7 @@ dpt_status dpt_comm_mpi_run(long timeout_ms, dpt_worker_fn fn, void *arg)
     mpi_comm *m = calloc(1, sizeof *m);
     if (!m)
         return dpt_fail(DPT_ERR_NOMEM, "mpi communicator: out of memory");
-    m->comm = MPI_COMM_NULL;
+    m->comm = m->diag = MPI_COMM_NULL;
     int rc = MPI_Comm_dup(MPI_COMM_WORLD, &m->comm);
     if (rc != MPI_SUCCESS) {
         m->comm = MPI_COMM_NULL;
@@ -410,6 +570,19 @@ dpt_status dpt_comm_mpi_run(long timeout_ms, dpt_worker_fn fn, void *arg)
     if (!m->counts || !m->rows) {
         comm_free(m);
         return dpt_fail(DPT_ERR_NOMEM, "mpi communicator: out of memory");
+    }
+    /* Same level on every rank (one launch, one library): all or none dup. */
+    if (m->thread_level == MPI_THREAD_MULTIPLE && size > 1) {
+        m->answers = calloc(3 * (size_t)size, sizeof *m->answers);
+        m->reqs = calloc(2 * (size_t)size, sizeof *m->reqs);
+        if (!m->answers || !m->reqs) {
+            comm_free(m);
+            return dpt_fail(DPT_ERR_NOMEM, "mpi communicator: out of memory");
+        }
+        if (MPI_Comm_dup(MPI_COMM_WORLD, &m->diag) != MPI_SUCCESS)
+            m->diag = MPI_COMM_NULL;
+        else
+            MPI_Comm_set_errhandler(m->diag, MPI_ERRORS_RETURN);
     }
     m->displs = m->counts + size;
     m->rcounts = m->counts + 2 * (size_t)size;

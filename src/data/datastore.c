@@ -3,6 +3,7 @@
 #include "data/data_internal.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -132,6 +133,13 @@ size_t dpt_datastore_n_corrupt(const dpt_datastore *ds) { return ds->src->n_corr
 const char *dpt_datastore_corrupt_file(const dpt_datastore *ds, size_t k)
 {
     return k < ds->src->n_corrupt ? ds->src->corrupt[k] : NULL;
+}
+
+const char *dpt_datastore_corrupt_reason(const dpt_datastore *ds, size_t k)
+{
+    /* folder.c stores "path\0problem" in one allocation */
+    const char *p = dpt_datastore_corrupt_file(ds, k);
+    return p ? p + strlen(p) + 1 : NULL;
 }
 
 dpt_status dpt_datastore_image_size(const dpt_datastore *ds, size_t i, int *h, int *w, int *c)
@@ -388,6 +396,8 @@ dpt_status raw_to_output(const raw_image *img, int c, int h, int w, float *out, 
     return DPT_OK;
 }
 
+static const source_ops named_ops;
+
 dpt_status dpt_datastore_read(const dpt_datastore *ds, size_t i, int c, int h, int w, float *out)
 {
     if (!(ds && out))
@@ -399,10 +409,124 @@ dpt_status dpt_datastore_read(const dpt_datastore *ds, size_t i, int c, int h, i
         return st;
     raw_image img = {0};
     const dpt_source *src = ds->src;
-    if ((st = src->ops->load(src, ds->idx[i], &img)))
+    size_t obs = ds->idx[i];
+    /* A relabelled source reads from the source under it: load and release
+     * there, so the pixels go back to the source that made them. */
+    while (src->ops == &named_ops) {
+        const dpt_datastore *in = src->impl;
+        obs = in->idx[obs];
+        src = in->src;
+    }
+    if ((st = src->ops->load(src, obs, &img)))
         return st;
-    st = raw_to_output(&img, c, h, w, out, src->ops->file(src, ds->idx[i]));
+    st = raw_to_output(&img, c, h, w, out, src->ops->file(src, obs));
     if (img.owned)
         src->ops->release(&img);
+    return st;
+}
+
+/* ---- labels matched by class name -------------------------------------------- */
+
+/* A source over another datastore's observations with other labels: the
+ * pixels come from the inner datastore, the class list is the caller's. */
+static const char *named_file(const dpt_source *s, size_t obs)
+{
+    const dpt_datastore *in = s->impl;
+    return in->src->ops->file(in->src, in->idx[obs]);
+}
+
+/* Not called: dpt_datastore_read goes down to the inner source itself (so
+ * its release gets the pixels back). */
+static dpt_status named_load(const dpt_source *s, size_t obs, raw_image *img)
+{
+    (void)s, (void)obs, (void)img;
+    return dpt_fail(DPT_ERR_ARG, "relabelled datastore: internal read");
+}
+
+static void named_release(raw_image *img) { (void)img; }
+
+static dpt_status named_size(const dpt_source *s, size_t obs, int *h, int *w, int *c)
+{
+    const dpt_datastore *in = s->impl;
+    return in->src->ops->size(in->src, in->idx[obs], h, w, c);
+}
+
+static void named_destroy(void *impl) { dpt_datastore_free(impl); }
+
+static const source_ops named_ops = {named_file, named_load, named_release, named_size, named_destroy};
+
+dpt_status dpt_datastore_match_classes(const dpt_datastore *ds, const char *what, int n_classes,
+                                       const char *const *names, dpt_datastore **out)
+{
+    if (!(ds && out && names && n_classes > 0))
+        return dpt_fail(DPT_ERR_ARG, "dpt_datastore_match_classes: NULL argument or no classes");
+    *out = NULL;
+    if (!what)
+        what = ds->n ? dpt_datastore_file(ds, 0) : "datastore";
+    const dpt_source *in = ds->src;
+    int32_t map_small[256], *map = in->n_classes <= 256 ? map_small : malloc((size_t)in->n_classes * sizeof *map);
+    if (!map)
+        return dpt_fail(DPT_ERR_NOMEM, "%s: out of memory", what);
+    dpt_status st = DPT_OK;
+    dpt_source *src = NULL;
+    dpt_datastore *inner = NULL;
+    /* Only classes with observations must be known: IDX data's classes
+     * run up to its largest label, some of them maybe empty. */
+    for (int k = 0; k < in->n_classes; k++)
+        map[k] = -2;
+    for (size_t i = 0; i < ds->n; i++)
+        map[in->labels[ds->idx[i]]] = -1;
+    for (int k = 0; k < in->n_classes; k++) {
+        if (map[k] == -2)
+            continue;
+        for (int j = 0; j < n_classes; j++)
+            if (names[j] && strcmp(names[j], in->class_names[k]) == 0) {
+                map[k] = j;
+                break;
+            }
+        if (map[k] < 0) {
+            /* Name a few of the known classes: enough to see the mismatch. */
+            char known[256] = "";
+            size_t len = 0;
+            for (int j = 0; j < n_classes && len < sizeof known - 1; j++)
+                len += (size_t)snprintf(known + len, sizeof known - len, "%s'%s'", j ? ", " : "",
+                                        names[j] ? names[j] : "");
+            if (len >= sizeof known - 1)
+                strcpy(known + sizeof known - 5, "...");
+            st = dpt_fail(DPT_ERR_FORMAT, "%s: class '%s' is not one of the %d classes the model knows (%s)",
+                          what, in->class_names[k], n_classes, known);
+            goto done;
+        }
+    }
+    /* inner: every observation of ds, in ds order; holds the reference */
+    if ((st = ds_alloc(ds->src, ds->n, &inner)))
+        goto done;
+    memcpy(inner->idx, ds->idx, ds->n * sizeof *inner->idx);
+    src = calloc(1, sizeof *src);
+    if (!src || !(src->labels = malloc(ds->n ? ds->n * sizeof *src->labels : 1)) ||
+        !(src->class_names = calloc((size_t)n_classes, sizeof *src->class_names))) {
+        st = dpt_fail(DPT_ERR_NOMEM, "%s: out of memory", what);
+        goto done;
+    }
+    src->kind = in->kind;
+    src->n_obs = ds->n;
+    src->n_classes = n_classes;
+    for (int j = 0; j < n_classes; j++)
+        if (!(src->class_names[j] = data_strdup(names[j] ? names[j] : "", &st)))
+            goto done;
+    for (size_t i = 0; i < ds->n; i++)
+        src->labels[i] = map[in->labels[ds->idx[i]]];
+    src->n_skipped = in->n_skipped;
+    src->ops = &named_ops;
+    src->impl = inner;
+    inner = NULL;
+    if ((st = source_wrap(src, out)))
+        goto done;
+    src = NULL;
+done:
+    if (map != map_small)
+        free(map);
+    dpt_datastore_free(inner);
+    source_destroy(src);
     return st;
 }

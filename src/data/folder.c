@@ -49,6 +49,24 @@ static dpt_status strlist_push(strlist *l, char *s)
     return DPT_OK;
 }
 
+/* Push a skipped file as one allocation "path\0problem" (the problem without
+ * the "path: " prefix a message starts with): dpt_datastore_corrupt_file
+ * reads the path, dpt_datastore_corrupt_reason the problem. Takes path. */
+static dpt_status push_corrupt(strlist *l, char *path, const char *why)
+{
+    size_t pl = strlen(path), wl;
+    if (strncmp(why, path, pl) == 0 && strncmp(why + pl, ": ", 2) == 0)
+        why += pl + 2;
+    wl = strlen(why);
+    char *e = realloc(path, pl + wl + 2);
+    if (!e) {
+        free(path);
+        return dpt_fail(DPT_ERR_NOMEM, "image folder: out of memory listing files");
+    }
+    memcpy(e + pl + 1, why, wl + 1);
+    return strlist_push(l, e);
+}
+
 static void strlist_free(strlist *l)
 {
     for (size_t i = 0; i < l->n; i++)
@@ -290,7 +308,7 @@ static dpt_status list_class(const char *cdir, int label, int drop_empty, strlis
                 free(path);
                 break;
             }
-            st = strlist_push(corrupt, path);
+            st = push_corrupt(corrupt, path, "empty file (0 bytes) is not an image");
             continue;
         }
         if (files->n == *labels_cap) {
@@ -409,7 +427,7 @@ dpt_status dpt_datastore_open_folder(const char *root, const dpt_folder_options 
                 goto fail;
             }
             if (st) {
-                st = strlist_push(&corrupt, files.v[i]);
+                st = push_corrupt(&corrupt, files.v[i], dpt_last_error());
                 files.v[i] = NULL;
                 if (st) {
                     for (size_t j = 0; j < keep; j++)

@@ -564,6 +564,10 @@ dpt_status net_from_spec_checked(const char *text, const char *source, int n_cla
     *out = NULL;
     if (!text)
         return dpt_fail(DPT_ERR_ARG, "dpt_net_from_spec: no spec text");
+    /* Editors on Windows start a UTF-8 file with a byte-order mark: not
+     * part of the first layer's type. */
+    if (strncmp(text, "\xEF\xBB\xBF", 3) == 0)
+        text += 3;
     if (max_batch < 1)
         return dpt_fail(DPT_ERR_ARG, "dpt_net_from_spec: max_batch must be >= 1, not %d", max_batch);
     dpt_net *net = calloc(1, sizeof *net);

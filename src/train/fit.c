@@ -314,6 +314,19 @@ done:
     return s;
 }
 
+/* Same class names in the same order (the usual case: a split of one
+ * dataset): nothing to match. */
+static int same_classes(const dpt_datastore *a, const dpt_datastore *b)
+{
+    int k = dpt_datastore_n_classes(a);
+    if (dpt_datastore_n_classes(b) != k)
+        return 0;
+    for (int i = 0; i < k; i++)
+        if (strcmp(dpt_datastore_class_name(a, i), dpt_datastore_class_name(b, i)) != 0)
+            return 0;
+    return 1;
+}
+
 dpt_status dpt_fit(const dpt_fit_config *cfg, dpt_fit_result *result)
 {
     if (!cfg || cfg->version != DPT_FIT_CONFIG_VERSION)
@@ -334,9 +347,30 @@ dpt_status dpt_fit(const dpt_fit_config *cfg, dpt_fit_result *result)
         if (rs != DPT_OK)
             return rs;
     }
+    /* The test data's labels by class name, as the training data names
+     * them: a test set with some of the classes, or in another order, is
+     * scored under its own names, never by position. */
+    dpt_fit_config own = *cfg;
+    dpt_datastore *matched = NULL;
+    if (cfg->test && !same_classes(cfg->train, cfg->test)) {
+        int k = dpt_datastore_n_classes(cfg->train);
+        const char **names = calloc((size_t)k, sizeof *names);
+        if (!names)
+            return dpt_fail(DPT_ERR_NOMEM, "out of memory");
+        for (int i = 0; i < k; i++)
+            names[i] = dpt_datastore_class_name(cfg->train, i);
+        dpt_status ms = dpt_datastore_match_classes(cfg->test, "test data", k, names, &matched);
+        free(names);
+        if (ms != DPT_OK)
+            return ms;
+        own.test = matched;
+        cfg = &own;
+    }
     fit_job job = {cfg, result, NULL, classes_json(cfg, dpt_datastore_n_classes(cfg->train))};
-    if (!job.classes_json)
+    if (!job.classes_json) {
+        dpt_datastore_free(matched);
         return dpt_fail(DPT_ERR_NOMEM, "out of memory");
+    }
     dpt_status s = DPT_OK;
     if (cfg->progress)
         s = dpt_progress_queue_new(0, cfg->progress, cfg->progress_arg, &job.queue);
@@ -345,5 +379,6 @@ dpt_status dpt_fit(const dpt_fit_config *cfg, dpt_fit_result *result)
     /* Deliver what the workers sent before returning, even after a failure. */
     dpt_progress_queue_free(job.queue);
     cJSON_free(job.classes_json);
+    dpt_datastore_free(matched);
     return s;
 }
