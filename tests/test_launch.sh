@@ -1,0 +1,250 @@
+#!/usr/bin/env bash
+# dptrain launch: mpirun -np 2 dptrain train, restarted from the last
+# checkpoint when the job fails.
+#   - rank 1 killed (SIGKILL) once, and in another run twice: the launcher
+#     restarts from OUT/checkpoint.safetensors, says what failed and where it
+#     resumes, and the final model is byte-identical (cmp) to an
+#     uninterrupted mpirun run with the same arguments;
+#   - a deterministic failure (--lr 1e20: NaN at iteration 2, after the
+#     checkpoint of iteration 1) is restarted once, then not again;
+#   - --max-restarts 0: one run, its exit status, no restart;
+#   - SIGTERM to the launcher reaches the job and ends it without a restart;
+#   - --help and bad options.
+# Every kill happens at an event the test sees (a checkpoint written by the
+# attempt being killed), never after a sleep: the job runs 6 epochs x 45
+# iterations, and the kills come at its first checkpoints (iterations 10-40).
+# Skips (77) without MPI.
+set -u
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" # Open MPI's plugins leak
+cli=${DPT_CLI:?}
+src=${DPT_SOURCE_DIR:?}
+if [ "${DPT_HAVE_MPI:-0}" != 1 ] || ! command -v mpirun >/dev/null; then
+  echo "skipped: dptrain was built without MPI or mpirun is missing"
+  exit 77
+fi
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export OMPI_MCA_rmaps_base_oversubscribe=1
+unset DPT_COMM_TIMEOUT_MS DPT_MPIRUN
+d=$src/tests/fixtures/digits400
+tmp=$(mktemp -d)
+bg=""
+cleanup() {
+  if [ -n "$bg" ] && kill -0 "$bg" 2>/dev/null; then
+    kill -9 "$bg" 2>/dev/null
+    for p in $(pgrep -f -- "--out $tmp/"); do kill -9 "$p" 2>/dev/null; done
+  fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap "exit 1" INT TERM HUP
+fail=0 pass=0
+ok() { pass=$((pass + 1)); }
+bad() { echo "FAIL: $*" >&2; fail=$((fail + 1)); }
+now_ms() { date +%s%3N; }
+# PID of MPI rank R of the job writing to OUT: the processes with OUT in their
+# command line, less mpirun and the launcher (only ranks carry
+# OMPI_COMM_WORLD_RANK).
+rank_pid() {
+  local p
+  for p in $(pgrep -f -- "--out $1( |$)"); do
+    if tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$2"; then
+      echo "$p"; return 0
+    fi
+  done
+  return 1
+}
+# Wait (while the launcher runs; at most 120 s as a hang guard) until OUT
+# has a checkpoint other than the file with inode OLD (empty: any): one
+# written by the attempt now running (each write is a rename: a new inode).
+# 0 once it has. Only builtins and stat(1) in the loop, so it sees the file
+# within milliseconds even on a loaded machine.
+wait_ckpt() {
+  local i ino
+  for i in $(seq 1 12000); do
+    if [ -e "$1/checkpoint.safetensors" ]; then
+      [ -z "$2" ] && return 0
+      ino=$(stat -c %i "$1/checkpoint.safetensors" 2>/dev/null)
+      [ -n "$ino" ] && [ "$ino" != "$2" ] && return 0
+    fi
+    kill -0 "$bg" 2>/dev/null || return 1
+    sleep 0.005
+  done
+  return 1
+}
+# Wait for a line matching RE in FILE while the launcher runs.
+wait_line() {
+  local i
+  for i in $(seq 1 12000); do
+    grep -qE "$2" "$1" && return 0
+    kill -0 "$bg" 2>/dev/null || { grep -qE "$2" "$1"; return; }
+    sleep 0.01
+  done
+  return 1
+}
+# Kill rank 1 of the job writing to OUT; prints the kill time.
+kill_rank1() {
+  local r
+  r=$(rank_pid "$1" 1) || return 1
+  now_ms
+  kill -9 "$r"
+}
+
+args=(train --data "$d" --batch 8 --epochs 6 --seed 5 --quiet --device cpu --checkpoint-every 10)
+
+# ---- --help and bad options ---------------------------------------------------
+"$cli" launch --help >"$tmp/help" && grep -q -- "--max-restarts K .*default 3" "$tmp/help" \
+  && grep -q -- "-np N" "$tmp/help" && ok || bad "launch --help"
+"$cli" --help | grep -q "^  launch " && ok || bad "dptrain --help does not list launch"
+envp=() # environment changes for check_bad
+check_bad() { # EXPECTED-MESSAGE-RE ARGS...
+  local re=$1; shift
+  env "${envp[@]}" "$cli" launch "$@" >"$tmp/o" 2>"$tmp/e"
+  local rc=$?
+  if [ $rc -eq 1 ] && grep -qE "^dptrain: $re" "$tmp/e" && [ ! -s "$tmp/o" ]; then ok
+  else bad "launch $*: exit $rc, $(cat "$tmp/e")"; fi
+}
+check_bad "launch: -np N is required" -- "${args[@]}" --out "$tmp/x"
+check_bad "-np: '0' is not an integer from 1 to 4096" -np 0 -- "${args[@]}"
+check_bad "-np: 'two' is not an integer" -np two -- "${args[@]}"
+check_bad "--max-restarts: '-1' is not an integer from 0 to 1000" -np 2 --max-restarts -1 -- "${args[@]}"
+check_bad "launch: unknown or incomplete option '--bogus'" -np 2 --bogus -- "${args[@]}"
+check_bad "launch: unknown or incomplete option '--max-restarts'" -np 2 --max-restarts
+check_bad "launch: the job must be 'train ARGS...' after the options \(got 'eval'\)" -np 2 -- eval --model m
+check_bad "launch: the job must be 'train ARGS...' after the options \(got nothing\)" -np 2 --
+check_bad "--hostfile $tmp/none: No such file or directory" -np 2 --hostfile "$tmp/none" -- "${args[@]}"
+mkfifo "$tmp/fifo"
+check_bad "--hostfile $tmp/fifo: not a regular file" -np 2 --hostfile "$tmp/fifo" -- "${args[@]}"
+check_bad "--mpirun $tmp/none: not an executable file" -np 2 --mpirun "$tmp/none" -- "${args[@]}"
+envp=(DPT_MPIRUN=); check_bad "DPT_MPIRUN: empty" -np 2 -- "${args[@]}"
+envp=(PATH=/nonexistent); check_bad "launch: mpirun not found on PATH" -np 2 -- "${args[@]}"
+envp=()
+[ ! -e out ] && ok || bad "a refused launch created ./out"
+
+# ---- the uninterrupted reference --------------------------------------------------
+timeout 300 mpirun -np 2 "$cli" "${args[@]}" --out "$tmp/ref" >/dev/null 2>"$tmp/err" \
+  || { bad "uninterrupted mpirun -np 2: $(cat "$tmp/err")"; echo "test_launch: $pass passed, $fail failed"; exit 1; }
+bytes=$(stat -c %s "$tmp/ref/model.safetensors")
+
+# ---- rank 1 killed once, then twice ------------------------------------------------
+for kills in 1 2; do
+  out=$tmp/kill$kills
+  "$cli" launch -np 2 -- "${args[@]}" --out "$out" >"$tmp/o$kills" 2>"$tmp/e$kills" &
+  bg=$!
+  old="" # inode of the checkpoint the running attempt resumed from
+  for k in $(seq 1 "$kills"); do
+    if ! wait_ckpt "$out" "$old"; then
+      bad "$kills kill(s): no new checkpoint while the job ran: $(cat "$tmp/e$kills")"; break
+    fi
+    t0=$(kill_rank1 "$out") || { bad "$kills kill(s): rank 1 not found for kill $k"; break; }
+    if ! wait_line "$tmp/e$kills" "restart $k of 3: resuming from $out/checkpoint.safetensors at epoch [0-9]+, iteration [0-9]+"; then
+      bad "$kills kill(s): no restart $k after the kill (did the job end first? it must be longer): $(cat "$tmp/e$kills")"; break
+    fi
+    t1=$(now_ms)
+    old=$(stat -c %i "$out/checkpoint.safetensors")
+    at=$(grep -oE "restart $k of 3: .* iteration [0-9]+" "$tmp/e$kills" | grep -oE "[0-9]+$")
+    # Training again: the restarted job's first checkpoint (10 iterations on).
+    if wait_ckpt "$out" "$old"; then
+      t2=$(now_ms)
+      echo "kill $k of $kills: resumed at iteration $at of 270; kill -> restart $((t1 - t0)) ms," \
+           "kill -> restarted job's first checkpoint $((t2 - t0)) ms"
+    fi
+  done
+  wait "$bg"; rc=$?; bg=""
+  sed 's/^/    /' "$tmp/e$kills" | grep '^    dptrain launch'
+  [ $rc -eq 0 ] && ok || bad "$kills kill(s): launch exited $rc: $(cat "$tmp/e$kills")"
+  n=$(grep -c "^dptrain launch: the job failed (mpirun exit status [0-9]*): " "$tmp/e$kills")
+  [ "$n" -eq "$kills" ] && ok || bad "$kills kill(s): $n failures reported"
+  grep -q "mpirun noticed that process rank 1 .* exited on signal 9" "$tmp/e$kills" && ok \
+    || bad "$kills kill(s): mpirun's message did not pass through"
+  grep -q "^dptrain launch: the job succeeded after $kills restart" "$tmp/e$kills" && ok \
+    || bad "$kills kill(s): no success line"
+  if cmp "$tmp/ref/model.safetensors" "$out/model.safetensors"; then
+    ok; echo "$kills kill(s): model.safetensors byte-identical to the uninterrupted run ($bytes bytes compared)"
+  else
+    bad "$kills kill(s): the model differs from the uninterrupted run's"
+  fi
+  grep -q "test accuracy" "$tmp/o$kills" && ok || bad "$kills kill(s): no result on stdout"
+done
+
+# ---- a deterministic failure is restarted once, not twice ------------------------------
+nan=(train --data "$d" --batch 8 --epochs 1 --seed 5 --quiet --device cpu --lr 1e20 --checkpoint-every 1)
+timeout 120 "$cli" launch -np 2 -- "${nan[@]}" --out "$tmp/nan" >/dev/null 2>"$tmp/e"
+rc=$?
+n=$(grep -c "^dptrain launch: the job failed (mpirun exit status 1): dptrain: rank [01]: epoch 1, iteration 2: non-finite" "$tmp/e")
+if [ $rc -eq 1 ] && [ "$n" -eq 2 ] \
+  && grep -q "^dptrain launch: restart 1 of 3: resuming from $tmp/nan/checkpoint.safetensors at epoch 1, iteration 1 (1 into the epoch)" "$tmp/e" \
+  && ! grep -q "restart 2 of" "$tmp/e" \
+  && grep -q "^dptrain: launch: the job failed twice the same way from the checkpoint at iteration 1; not restarting" "$tmp/e"; then
+  ok
+else
+  bad "NaN under launch: exit $rc, $n failures: $(grep dptrain "$tmp/e")"
+fi
+[ ! -e "$tmp/nan/model.safetensors" ] && ok || bad "NaN under launch: a model was written"
+
+# ---- --max-restarts 0: like a plain run ----------------------------------------------
+timeout 120 "$cli" launch -np 2 --max-restarts 0 -- "${nan[@]}" --out "$tmp/nan0" >/dev/null 2>"$tmp/e"
+rc=$?
+n=$(grep -c "^dptrain launch: the job failed" "$tmp/e")
+if [ $rc -eq 1 ] && [ "$n" -eq 1 ] && ! grep -qE "restart [0-9]+ of" "$tmp/e" \
+  && grep -q "^dptrain: rank [01]: epoch 1, iteration 2: non-finite" "$tmp/e" \
+  && grep -q "^dptrain: launch: the job failed; no restarts left (--max-restarts 0)" "$tmp/e"; then
+  ok
+else
+  bad "--max-restarts 0: exit $rc, $n failures: $(grep dptrain "$tmp/e")"
+fi
+
+# ---- SIGTERM to the launcher: passed to the job, no restart --------------------------
+out=$tmp/term
+"$cli" launch -np 2 -- "${args[@]}" --out "$out" >/dev/null 2>"$tmp/e" &
+bg=$!
+if wait_ckpt "$out" ""; then
+  kill -TERM "$bg"
+  wait "$bg"; rc=$?
+  gone=0 # the ranks end with mpirun (at most 30 s, as a hang guard)
+  for _ in $(seq 1 3000); do rank_pid "$out" 0 >/dev/null || rank_pid "$out" 1 >/dev/null || { gone=1; break; }; sleep 0.01; done
+  bg=""
+  if [ $rc -eq 1 ] && [ $gone -eq 1 ] && ! grep -qE "restart [0-9]+ of" "$tmp/e" \
+    && grep -q "^dptrain: launch: stopped by signal 15; not restarting (last checkpoint: $out/checkpoint.safetensors)" "$tmp/e"; then
+    ok
+  else
+    bad "SIGTERM: exit $rc, ranks gone $gone: $(cat "$tmp/e")"
+  fi
+  [ ! -e "$out/model.safetensors" ] && ok || bad "SIGTERM: the job ran to the end"
+else
+  bad "SIGTERM: no checkpoint while the job ran: $(cat "$tmp/e")"
+fi
+
+# ---- restarts without a checkpoint (need train --overwrite) -------------------------
+if "$cli" train --help | grep -q -- "--overwrite"; then
+  # A bad input fails the same way before any checkpoint: two runs, no third.
+  timeout 120 "$cli" launch -np 2 -- train --data "$tmp/none" --out "$tmp/bad" >/dev/null 2>"$tmp/e"
+  rc=$?
+  n=$(grep -c "^dptrain launch: the job failed" "$tmp/e")
+  if [ $rc -eq 1 ] && [ "$n" -eq 2 ] \
+    && grep -q "^dptrain launch: restart 1 of 3: no checkpoint of this job in $tmp/bad; starting afresh" "$tmp/e" \
+    && grep -q "^dptrain: launch: the job failed twice the same way before its first checkpoint; not restarting" "$tmp/e"; then
+    ok
+  else
+    bad "bad input under launch: exit $rc, $n failures: $(grep dptrain "$tmp/e")"
+  fi
+  # A failure before the first checkpoint of a run (rank 1 killed as soon
+  # as it exists; the first checkpoint would be at iteration 100): a fresh
+  # restart in the failed attempt's folder, same model in the end.
+  out=$tmp/early
+  "$cli" launch -np 2 -- "${args[@]}" --checkpoint-every 100 --out "$out" >/dev/null 2>"$tmp/e" &
+  bg=$!
+  for _ in $(seq 1 12000); do rank_pid "$out" 1 >/dev/null && break; sleep 0.01; done
+  kill_rank1 "$out" >/dev/null || bad "early kill: rank 1 not found"
+  wait "$bg"; rc=$?; bg=""
+  if [ $rc -eq 0 ] && grep -qE "^dptrain launch: restart 1 of 3: (no checkpoint of this job in $out; starting afresh|resuming from)" "$tmp/e" \
+    && cmp -s "$tmp/ref/model.safetensors" "$out/model.safetensors"; then
+    ok
+  else
+    bad "early kill: exit $rc: $(grep dptrain "$tmp/e")"
+  fi
+else
+  echo "note: train has no --overwrite on this branch: restarts without a checkpoint not run"
+fi
+
+echo "test_launch: $pass passed, $fail failed"
+[ $fail -eq 0 ]
