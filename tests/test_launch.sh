@@ -9,21 +9,22 @@
 #     checkpoint of iteration 1) is restarted once, then not again;
 #   - --max-restarts 0: one run, its exit status, no restart;
 #   - SIGTERM to the launcher reaches the job and ends it without a restart;
-#   - --help and bad options.
+#   - --help and bad options;
+#   - with a stand-in mpirun (a script that records its arguments and fails
+#     as told): the mpirun command line, --resume replaced in every spelling,
+#     a checkpoint from an earlier run never resumed from, failures told
+#     apart, --max-restarts, a signal, control characters in the job's
+#     message.
+# The stand-in part runs everywhere; the runs under mpirun skip (77) without MPI.
 # Every kill happens at an event the test sees (a checkpoint written by the
 # attempt being killed), never after a sleep. The job runs 10 epochs x 45
 # iterations and checkpoints every 10: on this loaded 2-core machine a kill
 # landed 0-70 iterations after the checkpoint it waited for (the test itself
 # waits for the CPU), so two kills end before iteration ~200 of 450.
-# Skips (77) without MPI.
 set -u
 export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" # Open MPI's plugins leak
 cli=${DPT_CLI:?}
 src=${DPT_SOURCE_DIR:?}
-if [ "${DPT_HAVE_MPI:-0}" != 1 ] || ! command -v mpirun >/dev/null; then
-  echo "skipped: dptrain was built without MPI or mpirun is missing"
-  exit 77
-fi
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_rmaps_base_oversubscribe=1
 unset DPT_COMM_TIMEOUT_MS DPT_MPIRUN
@@ -121,6 +122,127 @@ envp=(DPT_MPIRUN=); check_bad "DPT_MPIRUN: empty" -np 2 -- "${args[@]}"
 envp=(PATH=/nonexistent); check_bad "launch: mpirun not found on PATH" -np 2 -- "${args[@]}"
 envp=()
 [ ! -e out ] && ok || bad "a refused launch created ./out"
+
+# ---- a stand-in mpirun: command lines and restart decisions ------------------------
+# Call N of the stand-in records its arguments and plays line N of the plan:
+# ok (exit 0), ckpt (writes a checkpoint into OUT, then fails), same (the
+# same failure each time; only the rank differs), diff (another failure each
+# time), sig (killed by SIGKILL), ctl (a message with an escape sequence).
+fake=$tmp/fake
+mkdir -p "$fake"
+cat >"$fake/mpirun" <<'EOF'
+#!/usr/bin/env bash
+n=$(( $(cat "$FAKE/calls" 2>/dev/null || echo 0) + 1 )); echo "$n" >"$FAKE/calls"
+printf '%s\n' "$@" >"$FAKE/args$n"
+env | grep '^OMPI_ALLOW_RUN_AS_ROOT' | sort >"$FAKE/env$n"
+out=$(cat "$FAKE/out")
+case "$(sed -n "${n}p" "$FAKE/plan")" in
+  ok) exit 0 ;;
+  ckpt) cp "$FAKE/ckpt" "$out/.c" && mv "$out/.c" "$out/checkpoint.safetensors"
+        echo "dptrain: fake failure $n" >&2; exit 1 ;;
+  same) echo "dptrain: rank $n: the same failure" >&2; exit 1 ;;
+  diff) echo "dptrain: failure number $n" >&2; exit 1 ;;
+  sig) kill -9 $$ ;;
+  ctl) printf 'dptrain: bad \033[31mname\n' >&2; exit 3 ;;
+esac
+exit 99
+EOF
+chmod +x "$fake/mpirun"
+export FAKE=$fake
+# A real checkpoint for the stand-in to leave behind (one worker, 1 epoch).
+"$cli" train --data "$d" --batch 8 --epochs 1 --seed 5 --quiet --workers 1 --checkpoint-every 10 \
+  --out "$tmp/one" >/dev/null 2>"$tmp/e" && cp "$tmp/one/checkpoint.safetensors" "$fake/ckpt" \
+  || bad "one-worker run for a checkpoint: $(cat "$tmp/e")"
+exe=$(readlink -f "$cli")
+fake_launch() { # OUT PLAN... -- LAUNCH-ARGS...
+  local o=$1; shift
+  : >"$fake/plan"
+  while [ "$1" != -- ]; do echo "$1" >>"$fake/plan"; shift; done
+  shift
+  rm -f "$fake"/calls "$fake"/args* "$fake"/env*
+  echo "$o" >"$fake/out"
+  mkdir -p "$o"
+  "$cli" launch --mpirun "$fake/mpirun" "$@" >"$tmp/o" 2>"$tmp/e"
+}
+calls() { cat "$fake/calls" 2>/dev/null || echo 0; }
+# Call N's arguments on one line, without the -x DPT_...=... pairs.
+call_args() { awk 'x { x = 0; next } $0 == "-x" { x = 1; next } { printf "%s ", $0 }' "$fake/args$1"; }
+
+o=$tmp/f1
+echo "host1 slots=2" >"$tmp/hosts"
+echo ok >"$fake/plan"; echo "$o" >"$fake/out"; rm -f "$fake"/calls
+DPT_FOO=bar env -u OMPI_ALLOW_RUN_AS_ROOT -u OMPI_ALLOW_RUN_AS_ROOT_CONFIRM \
+  "$cli" launch --mpirun "$fake/mpirun" -np 3 --hostfile "$tmp/hosts" --mpi-arg --oversubscribe \
+  --mpi-arg=--bind-to --mpi-arg none -- train --data "$d" --checkpoint-every 5 --out "$o" >"$tmp/o" 2>"$tmp/e"
+rc=$?
+want="-np 3 --hostfile $tmp/hosts --oversubscribe --bind-to none $exe train --data $d --checkpoint-every 5 --out $o "
+if [ $rc -eq 0 ] && [ "$(calls)" = 1 ] && [ "$(call_args 1)" = "$want" ] && [ ! -s "$tmp/e" ]; then ok
+else bad "mpirun command line: exit $rc, $(calls) calls: '$(call_args 1)', want '$want'; $(cat "$tmp/e")"; fi
+grep -qx -- "DPT_FOO=bar" "$fake/args1" && [ "$(grep -B1 -x -- "DPT_FOO=bar" "$fake/args1" | head -1)" = -x ] \
+  && ok || bad "DPT_FOO not passed with -x: $(cat "$fake/args1")"
+if [ "$(id -u)" = 0 ]; then
+  [ "$(cat "$fake/env1")" = "$(printf 'OMPI_ALLOW_RUN_AS_ROOT=1\nOMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1')" ] \
+    && ok || bad "as root, mpirun's environment lacks OMPI_ALLOW_RUN_AS_ROOT*: $(cat "$fake/env1")"
+fi
+# Without "--" and with Open MPI's spelling --np as well.
+echo ok >"$fake/plan"; rm -f "$fake"/calls
+"$cli" launch --mpirun "$fake/mpirun" --np 2 train --data "$d" --out "$o" >"$tmp/o" 2>"$tmp/e"
+rc=$?
+[ $rc -eq 0 ] && [ "$(call_args 1)" = "-np 2 $exe train --data $d --out $o " ] && ok \
+  || bad "launch --np 2 train ...: exit $rc, '$(call_args 1)'; $(cat "$tmp/e")"
+
+# Every spelling of the user's --resume is replaced by the job's checkpoint.
+o=$tmp/f2
+fake_launch "$o" ckpt ok -- -np 2 -- train --data "$d" --resume="$tmp/u.ckpt" --res "$tmp/u.ckpt" --out="$o" --resume "$tmp/u.ckpt"
+rc=$?
+want="-np 2 $exe train --data $d --out=$o --resume $o/checkpoint.safetensors "
+if [ $rc -eq 0 ] && [ "$(calls)" = 2 ] && [ "$(call_args 2)" = "$want" ] \
+  && grep -q "^dptrain launch: the job failed (mpirun exit status 1): dptrain: fake failure 1$" "$tmp/e" \
+  && grep -qE "^dptrain launch: restart 1 of 3: resuming from $o/checkpoint.safetensors at epoch [0-9]+, iteration 45 \([0-9]+ into the epoch\)$" "$tmp/e" \
+  && grep -q "^dptrain launch: the job succeeded after 1 restart$" "$tmp/e"; then ok
+else bad "--resume replaced: exit $rc, $(calls) calls: '$(call_args 2)', want '$want'; $(cat "$tmp/e")"; fi
+
+# A checkpoint from an earlier run in OUT is not this job's: a restart starts
+# afresh (--overwrite), and the same failure twice ends it.
+o=$tmp/f3
+mkdir -p "$o"; cp "$fake/ckpt" "$o/checkpoint.safetensors"
+fake_launch "$o" same same same -- -np 2 -- train --data "$d" --out "$o"
+rc=$?
+want="-np 2 $exe train --data $d --out $o --overwrite "
+if [ $rc -eq 1 ] && [ "$(calls)" = 2 ] && [ "$(call_args 2)" = "$want" ] \
+  && grep -q "^dptrain launch: note: no --checkpoint-every K in the train options, so a restart starts from the beginning$" "$tmp/e" \
+  && grep -q "^dptrain launch: restart 1 of 3: no checkpoint of this job in $o; starting afresh$" "$tmp/e" \
+  && grep -q "^dptrain: launch: the job failed twice the same way before its first checkpoint; not restarting$" "$tmp/e"; then ok
+else bad "earlier run's checkpoint: exit $rc, $(calls) calls: '$(call_args 2)', want '$want'; $(cat "$tmp/e")"; fi
+# ... unless the job started from it.
+fake_launch "$o" same same same -- -np 2 -- train --data "$d" --resume "$o/checkpoint.safetensors" --out "$o"
+rc=$?
+if [ $rc -eq 1 ] && [ "$(calls)" = 2 ] \
+  && [ "$(call_args 2)" = "-np 2 $exe train --data $d --out $o --resume $o/checkpoint.safetensors " ] \
+  && grep -q "^dptrain: launch: the job failed twice the same way from the checkpoint at iteration 45; not restarting$" "$tmp/e"; then ok
+else bad "resumed from OUT's checkpoint: exit $rc, $(calls) calls: '$(call_args 2)'; $(cat "$tmp/e")"; fi
+
+# Different failures: restarted up to --max-restarts.
+fake_launch "$tmp/f4" diff diff diff diff -- -np 2 --max-restarts 2 -- train --data "$d" --out "$tmp/f4"
+rc=$?
+if [ $rc -eq 1 ] && [ "$(calls)" = 3 ] && grep -q "^dptrain launch: restart 2 of 2: " "$tmp/e" \
+  && grep -q "^dptrain: launch: the job failed; no restarts left (--max-restarts 2)$" "$tmp/e"; then ok
+else bad "--max-restarts 2: exit $rc, $(calls) calls; $(cat "$tmp/e")"; fi
+
+# mpirun killed by a signal; a message with an escape sequence is shown
+# without it (the job's own stderr passes through unchanged).
+fake_launch "$tmp/f5" sig ctl ok -- -np 2 -- train --data "$d" --out "$tmp/f5"
+rc=$?
+if [ $rc -eq 0 ] && [ "$(calls)" = 3 ] && grep -q "^dptrain launch: the job failed (mpirun killed by signal 9)$" "$tmp/e" \
+  && grep -q "^dptrain launch: the job failed (mpirun exit status 3): dptrain: bad ?\[31mname$" "$tmp/e" \
+  && grep -q "^dptrain launch: the job succeeded after 2 restarts$" "$tmp/e"; then ok
+else bad "signal and control characters: exit $rc, $(calls) calls; $(cat -v "$tmp/e")"; fi
+unset FAKE
+
+if [ "${DPT_HAVE_MPI:-0}" != 1 ] || ! command -v mpirun >/dev/null; then
+  echo "test_launch: $pass passed, $fail failed; the runs under mpirun skipped: dptrain was built without MPI or mpirun is missing"
+  [ $fail -eq 0 ] && exit 77 || exit 1
+fi
 
 # ---- the uninterrupted reference --------------------------------------------------
 timeout 300 mpirun -np 2 "$cli" "${args[@]}" --out "$tmp/ref" >/dev/null 2>"$tmp/err" \

@@ -359,6 +359,10 @@ int cli_launch(int argc, char **argv)
         return cli_error("launch: cannot find this program (/proc/self/exe): %s", strerror(errno));
     exe[k] = '\0';
 
+    const char *every = train_option(train, n_train, "checkpoint-every");
+    if (max_restarts > 0 && (!every || strspn(every, "0") == strlen(every)))
+        fputs("dptrain launch: note: no --checkpoint-every K in the train options, so a restart "
+              "starts from the beginning\n", stderr);
     const char *out = train_option(train, n_train, "out");
     const char *user_resume = train_option(train, n_train, "resume");
     if (!out)
@@ -473,9 +477,12 @@ int cli_launch(int argc, char **argv)
         long it = use_ckpt ? info.iteration : -1;
         neutral_message(said, msg, sizeof msg);
         if (have_prev && it == prev_it && !strcmp(msg, prev_msg)) {
-            cli_error("launch: the job failed twice the same way %s%ld; not restarting",
-                      it < 0 ? "before its first checkpoint" : "from the checkpoint at iteration ",
-                      it < 0 ? 0L : it);
+            if (it < 0)
+                cli_error("launch: the job failed twice the same way before its first "
+                          "checkpoint; not restarting");
+            else
+                cli_error("launch: the job failed twice the same way from the checkpoint at "
+                          "iteration %ld; not restarting", it);
             break;
         }
         if (attempt >= max_restarts) {
