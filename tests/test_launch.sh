@@ -8,7 +8,8 @@
 #   - a deterministic failure (--lr 1e20: NaN at iteration 2, after the
 #     checkpoint of iteration 1) is restarted once, then not again;
 #   - --max-restarts 0: one run, its exit status, no restart;
-#   - SIGTERM to the launcher reaches the job and ends it without a restart;
+#   - SIGTERM to the launcher, and Ctrl-C on its terminal, end the job
+#     without a restart;
 #   - --help and bad options;
 #   - with a stand-in mpirun (a script that records its arguments and fails
 #     as told): the mpirun command line, --resume replaced in every spelling,
@@ -341,6 +342,45 @@ if wait_ckpt "$out" ""; then
   fi
 else
   bad "SIGTERM: no checkpoint while the job ran: $(cat "$tmp/e")"
+fi
+
+# ---- Ctrl-C on a terminal: mpirun gets it from the terminal, once --------------------
+# (run in a pseudo-terminal; the launcher does not send mpirun a second SIGINT)
+out=$tmp/ctrlc
+cat >"$tmp/ctrlc.py" <<'EOF'
+import os, pty, sys, time
+out = sys.argv[1]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+t = time.time()
+while not os.path.exists(out + "/checkpoint.safetensors") and time.time() - t < 120:
+    time.sleep(0.005)
+os.write(fd, b"\x03")
+text = b""
+while True:
+    try:
+        b = os.read(fd, 4096)
+    except OSError:
+        break
+    if not b:
+        break
+    text += b
+_, st = os.waitpid(pid, 0)
+sys.stdout.write(text.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(st))
+EOF
+if command -v python3 >/dev/null; then
+  timeout 300 python3 "$tmp/ctrlc.py" "$out" "$cli" launch -np 2 -- "${args[@]}" --out "$out" >"$tmp/e" 2>&1
+  rc=$?
+  gone=0
+  for _ in $(seq 1 3000); do rank_pid "$out" 0 >/dev/null || rank_pid "$out" 1 >/dev/null || { gone=1; break; }; sleep 0.01; done
+  if [ $rc -eq 1 ] && [ $gone -eq 1 ] && ! grep -qE "restart [0-9]+ of|the job failed" "$tmp/e" \
+    && grep -q "dptrain: launch: stopped by signal 2; not restarting (last checkpoint: $out/checkpoint.safetensors)" "$tmp/e"; then
+    ok
+  else
+    bad "Ctrl-C: exit $rc, ranks gone $gone: $(cat "$tmp/e")"
+  fi
 fi
 
 # ---- restarts without a checkpoint (need train --overwrite) -------------------------

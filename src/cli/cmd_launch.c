@@ -51,11 +51,16 @@ static const char help[] =
 static volatile sig_atomic_t got_signal;
 static volatile pid_t job_pid;
 
-static void on_signal(int sig)
+static void on_signal(int sig, siginfo_t *info, void *ctx)
 {
+    (void)ctx;
     got_signal = sig;
     pid_t p = job_pid;
-    if (p > 0)
+    /* A signal from the terminal (Ctrl-C, hangup: si_code > 0, sent by the
+     * kernel) reached mpirun too, in our process group: it is not sent
+     * twice. One sent by a process to us alone (kill: si_code <= 0) is
+     * passed on. */
+    if (p > 0 && info->si_code <= 0)
         kill(p, sig);
 }
 
@@ -148,7 +153,7 @@ static int run_job(char *const argv[], const sigset_t *mask, tail_lines *t)
         return cli_error("launch: cannot start %s: %s", argv[0], strerror(e)), -1;
     }
     job_pid = pid;
-    if (got_signal) /* arrived while mpirun was being started */
+    if (got_signal) /* arrived while mpirun was being started: it may have missed it */
         kill(pid, got_signal);
     int fd = fds[0], status = 0;
     char buf[4096];
@@ -411,7 +416,8 @@ int cli_launch(int argc, char **argv)
     struct sigaction sa, old[3];
     static const int sigs[3] = {SIGINT, SIGTERM, SIGHUP};
     memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal; /* no SA_RESTART: waits return to forward */
+    sa.sa_sigaction = on_signal;
+    sa.sa_flags = SA_SIGINFO; /* no SA_RESTART: a wait returns, to see the signal */
     sigemptyset(&sa.sa_mask);
     got_signal = 0;
     for (int i = 0; i < 3; i++) {
