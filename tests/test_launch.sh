@@ -128,7 +128,7 @@ envp=()
 # Call N of the stand-in records its arguments and plays line N of the plan:
 # ok (exit 0), ckpt (writes a checkpoint into OUT, then fails), same (the
 # same failure each time; only the rank differs), diff (another failure each
-# time), sig (killed by SIGKILL), ctl (a message with an escape sequence).
+# time), sig (a line without its newline, then killed by SIGKILL), ctl (a message with an escape sequence).
 fake=$tmp/fake
 mkdir -p "$fake"
 cat >"$fake/mpirun" <<'EOF'
@@ -143,7 +143,7 @@ case "$(sed -n "${n}p" "$FAKE/plan")" in
         echo "dptrain: fake failure $n" >&2; exit 1 ;;
   same) echo "dptrain: rank $n: the same failure" >&2; exit 1 ;;
   diff) echo "dptrain: failure number $n" >&2; exit 1 ;;
-  sig) kill -9 $$ ;;
+  sig) printf 'last words' >&2; kill -9 $$ ;;
   ctl) printf 'dptrain: bad \033[31mname\n' >&2; exit 3 ;;
 esac
 exit 99
@@ -234,7 +234,8 @@ else bad "--max-restarts 2: exit $rc, $(calls) calls; $(cat "$tmp/e")"; fi
 # without it (the job's own stderr passes through unchanged).
 fake_launch "$tmp/f5" sig ctl ok -- -np 2 -- train --data "$d" --out "$tmp/f5"
 rc=$?
-if [ $rc -eq 0 ] && [ "$(calls)" = 3 ] && grep -q "^dptrain launch: the job failed (mpirun killed by signal 9)$" "$tmp/e" \
+if [ $rc -eq 0 ] && [ "$(calls)" = 3 ] && grep -q "^dptrain launch: the job failed (mpirun killed by signal 9): last words$" "$tmp/e" \
+  && grep -qx "last words" "$tmp/e" \
   && grep -q "^dptrain launch: the job failed (mpirun exit status 3): dptrain: bad ?\[31mname$" "$tmp/e" \
   && grep -q "^dptrain launch: the job succeeded after 2 restarts$" "$tmp/e"; then ok
 else bad "signal and control characters: exit $rc, $(calls) calls; $(cat -v "$tmp/e")"; fi

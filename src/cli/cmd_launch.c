@@ -192,8 +192,10 @@ static int run_job(char *const argv[], const sigset_t *mask, tail_lines *t)
         }
         close(fd);
     }
-    if (t->n_cur)
+    if (t->n_cur) { /* a last line without its newline: ours start on a line of their own */
+        write_all(STDERR_FILENO, "\n", 1);
         tail_end_line(t);
+    }
     return status;
 }
 
