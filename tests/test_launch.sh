@@ -128,7 +128,9 @@ envp=()
 # Call N of the stand-in records its arguments and plays line N of the plan:
 # ok (exit 0), ckpt (writes a checkpoint into OUT, then fails), same (the
 # same failure each time; only the rank differs), diff (another failure each
-# time), sig (a line without its newline, then killed by SIGKILL), ctl (a message with an escape sequence).
+# time), sig (a line without its newline, then killed by SIGKILL), ctl (a
+# message with an escape sequence), lost (mpirun's word on a lost rank, then
+# another rank's line).
 fake=$tmp/fake
 mkdir -p "$fake"
 cat >"$fake/mpirun" <<'EOF'
@@ -145,6 +147,8 @@ case "$(sed -n "${n}p" "$FAKE/plan")" in
   diff) echo "dptrain: failure number $n" >&2; exit 1 ;;
   sig) printf 'last words' >&2; kill -9 $$ ;;
   ctl) printf 'dptrain: bad \033[31mname\n' >&2; exit 3 ;;
+  lost) printf '%s\n' "mpirun noticed that process rank 1 with PID 0 on node h exited on signal 9 (Killed)." \
+          "dptrain: rank 0: stopped by signal 15" >&2; exit 137 ;;
 esac
 exit 99
 EOF
@@ -232,12 +236,13 @@ else bad "--max-restarts 2: exit $rc, $(calls) calls; $(cat "$tmp/e")"; fi
 
 # mpirun killed by a signal; a message with an escape sequence is shown
 # without it (the job's own stderr passes through unchanged).
-fake_launch "$tmp/f5" sig ctl ok -- -np 2 -- train --data "$d" --out "$tmp/f5"
+fake_launch "$tmp/f5" sig ctl lost ok -- -np 2 -- train --data "$d" --out "$tmp/f5"
 rc=$?
-if [ $rc -eq 0 ] && [ "$(calls)" = 3 ] && grep -q "^dptrain launch: the job failed (mpirun killed by signal 9): last words$" "$tmp/e" \
+if [ $rc -eq 0 ] && [ "$(calls)" = 4 ] && grep -q "^dptrain launch: the job failed (mpirun killed by signal 9): last words$" "$tmp/e" \
   && grep -qx "last words" "$tmp/e" \
   && grep -q "^dptrain launch: the job failed (mpirun exit status 3): dptrain: bad ?\[31mname$" "$tmp/e" \
-  && grep -q "^dptrain launch: the job succeeded after 2 restarts$" "$tmp/e"; then ok
+  && grep -q "^dptrain launch: the job failed (mpirun exit status 137): mpirun noticed that process rank 1 with PID 0 on node h exited on signal 9 (Killed).$" "$tmp/e" \
+  && grep -q "^dptrain launch: the job succeeded after 3 restarts$" "$tmp/e"; then ok
 else bad "signal and control characters: exit $rc, $(calls) calls; $(cat -v "$tmp/e")"; fi
 unset FAKE
 
@@ -285,7 +290,9 @@ for kills in 1 2; do
   [ $rc -eq 0 ] && ok || bad "$kills kill(s): launch exited $rc: $(cat "$tmp/e$kills")"
   n=$(grep -c "^dptrain launch: the job failed (mpirun exit status [0-9]*): " "$tmp/e$kills")
   [ "$n" -eq "$kills" ] && ok || bad "$kills kill(s): $n failures reported"
-  grep -q "mpirun noticed that process rank 1 .* exited on signal 9" "$tmp/e$kills" && ok \
+  n=$(grep -c "^dptrain launch: the job failed (mpirun exit status 137): mpirun noticed that process rank 1 .* exited on signal 9" "$tmp/e$kills")
+  [ "$n" -eq "$kills" ] && ok || bad "$kills kill(s): $n failures named the killed rank"
+  grep -q "^mpirun noticed that process rank 1 .* exited on signal 9" "$tmp/e$kills" && ok \
     || bad "$kills kill(s): mpirun's message did not pass through"
   grep -q "^dptrain launch: the job succeeded after $kills restart" "$tmp/e$kills" && ok \
     || bad "$kills kill(s): no success line"

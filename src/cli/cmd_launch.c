@@ -103,9 +103,12 @@ static void tail_feed(tail_lines *t, const char *buf, size_t n)
     }
 }
 
+/* What failed, in one line. A rank that died or a host that was lost comes
+ * first: the other ranks' own lines are then consequences (a watchdog, a
+ * stop on the SIGTERM mpirun sends them). */
 static const char *tail_message(const tail_lines *t)
 {
-    return t->last_dpt[0] ? t->last_dpt : t->last_mpi[0] ? t->last_mpi : t->last_any;
+    return t->last_mpi[0] ? t->last_mpi : t->last_dpt[0] ? t->last_dpt : t->last_any;
 }
 
 static void write_all(int fd, const char *buf, size_t n)
