@@ -18,10 +18,12 @@
 #     message.
 # The stand-in part runs everywhere; the runs under mpirun skip (77) without MPI.
 # Every kill happens at an event the test sees (a checkpoint written by the
-# attempt being killed), never after a sleep. The job runs 10 epochs x 45
-# iterations and checkpoints every 10: on this loaded 2-core machine a kill
-# landed 0-70 iterations after the checkpoint it waited for (the test itself
-# waits for the CPU), so two kills end before iteration ~200 of 450.
+# attempt being killed), never after a sleep: the ranks' PIDs are found
+# while they start, and the wait for the checkpoint and the kill use only
+# shell builtins, so the kill follows the checkpoint within milliseconds.
+# The job runs 4 epochs x 45 iterations with a checkpoint every 10; the
+# kills landed at iterations 10-50 of 180, also with a network of one fc
+# layer (a much cheaper iteration) on this 2-core machine at load 20.
 set -u
 export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" # Open MPI's plugins leak
 cli=${DPT_CLI:?}
@@ -44,7 +46,11 @@ trap "exit 1" INT TERM HUP
 fail=0 pass=0
 ok() { pass=$((pass + 1)); }
 bad() { echo "FAIL: $*" >&2; fail=$((fail + 1)); }
-now_ms() { date +%s%3N; }
+# Time in ms, and a pause, without starting a process (a loaded machine may
+# take long to start one): read -t on a pipe that nobody writes to.
+now_ms() { local t=${EPOCHREALTIME//[.,]/}; echo $((t / 1000)); }
+exec {napfd}<> <(:)
+nap() { read -rt "$1" -u "$napfd" _ || :; }
 # PID of MPI rank R of the job writing to OUT: the processes with OUT in their
 # command line, less mpirun and the launcher (only ranks carry
 # OMPI_COMM_WORLD_RANK).
@@ -57,21 +63,29 @@ rank_pid() {
   done
   return 1
 }
-# Wait (while the launcher runs; at most 120 s as a hang guard) until OUT
-# has a checkpoint other than the file with inode OLD (empty: any): one
-# written by the attempt now running (each write is a rename: a new inode).
-# 0 once it has. Only builtins and stat(1) in the loop, so it sees the file
-# within milliseconds even on a loaded machine.
+# Wait (while the launcher runs; at most 2 min as a hang guard) until OUT
+# has a checkpoint newer than the file MARK (empty: any checkpoint), that is,
+# one written by the attempt now running; 0 once it has. Only shell builtins
+# in the loop, so the file is seen within milliseconds even on a loaded
+# machine.
 wait_ckpt() {
-  local i ino
-  for i in $(seq 1 12000); do
-    if [ -e "$1/checkpoint.safetensors" ]; then
-      [ -z "$2" ] && return 0
-      ino=$(stat -c %i "$1/checkpoint.safetensors" 2>/dev/null)
-      [ -n "$ino" ] && [ "$ino" != "$2" ] && return 0
-    fi
+  local i c=$1/checkpoint.safetensors
+  for ((i = 0; i < 24000; i++)); do
+    if [ -e "$c" ] && { [ -z "$2" ] || [ "$c" -nt "$2" ]; }; then return 0; fi
     kill -0 "$bg" 2>/dev/null || return 1
-    sleep 0.005
+    nap 0.005
+  done
+  return 1
+}
+# R0 and R1: the PIDs of ranks 0 and 1 of the attempt now running on OUT,
+# once both exist (long before its first checkpoint: MPI and the data start
+# first), so that the kill itself needs no search.
+ranks_of() {
+  local i
+  for ((i = 0; i < 24000; i++)); do
+    R0=$(rank_pid "$1" 0) && R1=$(rank_pid "$1" 1) && return 0
+    kill -0 "$bg" 2>/dev/null || return 1
+    nap 0.005
   done
   return 1
 }
@@ -81,19 +95,12 @@ wait_line() {
   for i in $(seq 1 12000); do
     grep -qE "$2" "$1" && return 0
     kill -0 "$bg" 2>/dev/null || { grep -qE "$2" "$1"; return; }
-    sleep 0.01
+    nap 0.01
   done
   return 1
 }
-# Kill rank 1 of the job writing to OUT; prints the kill time.
-kill_rank1() {
-  local r
-  r=$(rank_pid "$1" 1) || return 1
-  now_ms
-  kill -9 "$r"
-}
 
-args=(train --data "$d" --batch 8 --epochs 10 --seed 5 --quiet --device cpu --checkpoint-every 10)
+args=(train --data "$d" --batch 8 --epochs 4 --seed 5 --quiet --device cpu --checkpoint-every 10)
 
 # ---- --help and bad options ---------------------------------------------------
 "$cli" launch --help >"$tmp/help" && grep -q -- "--max-restarts K .*default 3" "$tmp/help" \
@@ -261,27 +268,29 @@ for kills in 1 2; do
   out=$tmp/kill$kills
   "$cli" launch -np 2 -- "${args[@]}" --out "$out" >"$tmp/o$kills" 2>"$tmp/e$kills" &
   bg=$!
-  old="" # inode of the checkpoint the running attempt resumed from
+  mark="" # a file as old as the checkpoint the running attempt resumed from
+  ranks_of "$out" || bad "$kills kill(s): the ranks did not start: $(cat "$tmp/e$kills")"
   for k in $(seq 1 "$kills"); do
-    if ! wait_ckpt "$out" "$old"; then
+    if ! wait_ckpt "$out" "$mark"; then
       bad "$kills kill(s): no new checkpoint while the job ran: $(cat "$tmp/e$kills")"; break
     fi
-    t0=$(kill_rank1 "$out") || { bad "$kills kill(s): rank 1 not found for kill $k"; break; }
+    t0=$(now_ms)
+    kill -9 "$R1"
     if ! wait_line "$tmp/e$kills" "restart $k of 3: resuming from $out/checkpoint.safetensors at epoch [0-9]+, iteration [0-9]+"; then
       bad "$kills kill(s): no restart $k after the kill (did the job end first? it must be longer): $(cat "$tmp/e$kills")"; break
     fi
     t1=$(now_ms)
-    old=$(stat -c %i "$out/checkpoint.safetensors")
+    touch -r "$out/checkpoint.safetensors" "$tmp/mark"; mark=$tmp/mark
+    if ! ranks_of "$out"; then bad "$kills kill(s): restart $k: no ranks"; break; fi
     # The restarted ranks were given the checkpoint (not started afresh,
     # which would also end in the same bytes).
-    for _ in $(seq 1 12000); do r0=$(rank_pid "$out" 0) && break; kill -0 "$bg" 2>/dev/null || break; sleep 0.005; done
-    if tr '\0' ' ' <"/proc/${r0:-0}/cmdline" 2>/dev/null | grep -q -- "--out $out --resume $out/checkpoint.safetensors $"; then ok
+    if tr '\0' ' ' <"/proc/$R0/cmdline" 2>/dev/null | grep -q -- "--out $out --resume $out/checkpoint.safetensors $"; then ok
     else bad "$kills kill(s): restart $k: rank 0 not started with --resume $out/checkpoint.safetensors"; fi
     at=$(grep -oE "restart $k of 3: .* iteration [0-9]+" "$tmp/e$kills" | grep -oE "[0-9]+$")
     # Training again: the restarted job's first checkpoint (10 iterations on).
-    if wait_ckpt "$out" "$old"; then
+    if wait_ckpt "$out" "$mark"; then
       t2=$(now_ms)
-      echo "kill $k of $kills: resumed at iteration $at of 450; kill -> restart $((t1 - t0)) ms," \
+      echo "kill $k of $kills: resumed at iteration $at of 180; kill -> restart $((t1 - t0)) ms," \
            "kill -> restarted job's first checkpoint $((t2 - t0)) ms"
     fi
   done
@@ -339,7 +348,7 @@ if wait_ckpt "$out" ""; then
   kill -TERM "$bg"
   wait "$bg"; rc=$?
   gone=0 # the ranks end with mpirun (at most 30 s, as a hang guard)
-  for _ in $(seq 1 3000); do rank_pid "$out" 0 >/dev/null || rank_pid "$out" 1 >/dev/null || { gone=1; break; }; sleep 0.01; done
+  for _ in $(seq 1 3000); do rank_pid "$out" 0 >/dev/null || rank_pid "$out" 1 >/dev/null || { gone=1; break; }; nap 0.01; done
   bg=""
   if [ $rc -eq 1 ] && [ $gone -eq 1 ] && ! grep -qE "restart [0-9]+ of" "$tmp/e" \
     && ! grep -q "the job failed" "$tmp/e" \
@@ -382,7 +391,7 @@ if command -v python3 >/dev/null; then
   timeout 300 python3 "$tmp/ctrlc.py" "$out" "$cli" launch -np 2 -- "${args[@]}" --out "$out" >"$tmp/e" 2>&1
   rc=$?
   gone=0
-  for _ in $(seq 1 3000); do rank_pid "$out" 0 >/dev/null || rank_pid "$out" 1 >/dev/null || { gone=1; break; }; sleep 0.01; done
+  for _ in $(seq 1 3000); do rank_pid "$out" 0 >/dev/null || rank_pid "$out" 1 >/dev/null || { gone=1; break; }; nap 0.01; done
   if [ $rc -eq 1 ] && [ $gone -eq 1 ] && ! grep -qE "restart [0-9]+ of|the job failed" "$tmp/e" \
     && grep -q "dptrain: launch: stopped by signal 2; not restarting (last checkpoint: $out/checkpoint.safetensors)" "$tmp/e"; then
     ok
@@ -410,8 +419,7 @@ if "$cli" train --help | grep -q -- "--overwrite"; then
   out=$tmp/early
   "$cli" launch -np 2 -- "${args[@]}" --checkpoint-every 100 --out "$out" >/dev/null 2>"$tmp/e" &
   bg=$!
-  for _ in $(seq 1 12000); do rank_pid "$out" 1 >/dev/null && break; sleep 0.01; done
-  kill_rank1 "$out" >/dev/null || bad "early kill: rank 1 not found"
+  if ranks_of "$out"; then kill -9 "$R1"; else bad "early kill: rank 1 not found"; fi
   wait "$bg"; rc=$?; bg=""
   if [ $rc -eq 0 ] && grep -qE "^dptrain launch: restart 1 of 3: (no checkpoint of this job in $out; starting afresh|resuming from)" "$tmp/e" \
     && cmp -s "$tmp/ref/model.safetensors" "$out/model.safetensors"; then
