@@ -12,6 +12,7 @@ int cli_train(int argc, char **argv);
 int cli_eval(int argc, char **argv);
 int cli_predict(int argc, char **argv);
 int cli_info(int argc, char **argv);
+int cli_launch(int argc, char **argv);
 
 /* Print "dptrain: <message>" on stderr and return 1. */
 int cli_error(const char *fmt, ...)

@@ -19,6 +19,7 @@ static const char usage[] =
     "  eval      accuracy and confusion matrix of a model on a dataset\n"
     "  predict   label and score of image files\n"
     "  info      the default network spec, a network's layers and tables, a model file\n"
+    "  launch    train under mpirun -np N, restarted from its last checkpoint when it fails\n"
     "\n"
     "Run 'dptrain <command> --help' for a command's options.\n";
 
@@ -106,7 +107,9 @@ int main(int argc, char **argv)
         return cli_predict(argc - 1, argv + 1);
     if (!strcmp(cmd, "info"))
         return cli_info(argc - 1, argv + 1);
-    cli_error("unknown command '%s' (train, eval, predict, info)", cmd);
+    if (!strcmp(cmd, "launch"))
+        return cli_launch(argc - 1, argv + 1);
+    cli_error("unknown command '%s' (train, eval, predict, info, launch)", cmd);
     fputs(usage, stderr);
     return 1;
 }
