@@ -13,6 +13,11 @@
 # More epochs than any job here can finish before the test freezes or kills
 # it (the CLI's maximum is 1000000).
 LONG_EPOCHS=100000
+# Prefix of those jobs (before dptrain, under mpirun too): a CPU-time limit,
+# so that one the test failed to stop (the script itself killed, say) does
+# not train on for hours. prlimit execs the command: $! stays its PID.
+CAPPED=()
+command -v prlimit >/dev/null && CAPPED=(prlimit --cpu=900)
 
 # tiny_net DIR: prints "--net DIR/tiny.net" when DPT_TEST_TINY=1 (a network
 # of one fully connected layer), nothing otherwise.

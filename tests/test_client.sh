@@ -7,7 +7,9 @@ src=${DPT_SOURCE_DIR:?}
 . "$src/tests/fault_helpers.sh"
 d=$src/tests/fixtures/digits400
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+pid=""   # the run killed mid-epoch, while it runs
+trap '[ -n "$pid" ] && kill -9 $pid 2>/dev/null; rm -rf "$tmp"' EXIT
+trap "exit 1" INT TERM HUP
 fail=0 pass=0
 ok() { pass=$((pass + 1)); }
 bad() { echo "FAIL: $*" >&2; fail=$((fail + 1)); }
@@ -60,11 +62,11 @@ sys.exit(0 if its == list(range(1, 25)) else 1)" && ok || bad "metrics.csv after
 # that far without interruption (DPT_TEST_TINY=1: a tiny network).
 kargs=(--batch 8 $(tiny_net "$tmp"))
 # (not through run(): $! must be dptrain itself, not a subshell)
-"$cli" train --data "$d" --workers 2 --seed 4 --quiet "${kargs[@]}" --epochs $LONG_EPOCHS --out "$tmp/k" --checkpoint-every 7 \
+"${CAPPED[@]}" "$cli" train --data "$d" --workers 2 --seed 4 --quiet "${kargs[@]}" --epochs $LONG_EPOCHS --out "$tmp/k" --checkpoint-every 7 \
   >/dev/null 2>"$tmp/err" &
 pid=$!
 if await_file "$tmp/k/checkpoint.safetensors" $pid; then
-  kill -9 $pid; wait $pid 2>/dev/null
+  kill -9 $pid; wait $pid 2>/dev/null; pid=""
   e=$(meta "$tmp/k/checkpoint.safetensors" epoch)
   echo "killed run: last checkpoint at iteration $(meta "$tmp/k/checkpoint.safetensors" iteration), epoch $e, position $(meta "$tmp/k/checkpoint.safetensors" epoch_iteration)"
   run "${kargs[@]}" --epochs "$e" --out "$tmp/straight" >/dev/null 2>"$tmp/err" || bad "uninterrupted run: $(cat "$tmp/err")"
@@ -72,7 +74,7 @@ if await_file "$tmp/k/checkpoint.safetensors" $pid; then
   cmp -s "$tmp/straight/model.safetensors" "$tmp/k/model.safetensors" && ok || bad "killed + resumed != uninterrupted"
 else
   bad "the run to be killed wrote no checkpoint: $(cat "$tmp/err")"
-  kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
+  kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null; pid=""
 fi
 python3 - "$tmp/a/checkpoint.safetensors" <<'PY' && ok || bad "checkpoint metadata"
 import json, struct, sys

@@ -25,7 +25,9 @@ src=${DPT_SOURCE_DIR:?}
 . "$src/tests/fault_helpers.sh"
 d=$src/tests/fixtures/digits400
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+pid=""   # a run of LONG_EPOCHS, while it runs
+trap '[ -n "$pid" ] && kill -9 $pid 2>/dev/null; rm -rf "$tmp"' EXIT
+trap "exit 1" INT TERM HUP
 fail=0 pass=0
 ok() { pass=$((pass + 1)); }
 bad() { echo "FAIL: $*" >&2; fail=$((fail + 1)); }
@@ -111,8 +113,9 @@ if unshare -m --propagation private true 2>/dev/null && unshare -m --propagation
   # failed to stop is killed rather than waited for.
   unshare -m --propagation private bash -c "
     . '$src/tests/fault_helpers.sh'
-    '$cli' train --data '$d' --batch 8 --workers 2 --seed 4 --quiet --epochs $LONG_EPOCHS --checkpoint-every 5 --out '$tmp/rw/o' >/dev/null 2>'$tmp/err' &
+    \"\${CAPPED[@]}\" '$cli' train --data '$d' --batch 8 --workers 2 --seed 4 --quiet --epochs $LONG_EPOCHS --checkpoint-every 5 --out '$tmp/rw/o' >/dev/null 2>'$tmp/err' &
     pid=\$!
+    trap 'kill -9 \$pid 2>/dev/null' EXIT
     await_file '$tmp/rw/o/checkpoint.safetensors' \$pid || echo 'no checkpoint' >'$tmp/mount-err'
     kill -STOP \$pid
     mount --bind '$tmp/rw/o' '$tmp/rw/o' || echo 'cannot bind' >>'$tmp/mount-err'
@@ -120,7 +123,7 @@ if unshare -m --propagation private true 2>/dev/null && unshare -m --propagation
     touch '$tmp/rw/o/probe' 2>/dev/null && echo 'still writable' >>'$tmp/mount-err'
     [ -s '$tmp/mount-err' ] && kill -9 \$pid
     kill -CONT \$pid
-    wait \$pid; echo \$? >'$tmp/rc'"
+    wait \$pid; echo \$? >'$tmp/rc'; pid="
   [ -s "$tmp/mount-err" ] && bad "read-only mid-run: the remount did not take: $(cat "$tmp/mount-err")"
   rc=$(cat "$tmp/rc")
   echo "folder made read-only mid-run: exit $rc, $(cat "$tmp/err")"
@@ -146,10 +149,11 @@ run_and_delete() {
   local name=$1 data=$2 restore=$3; shift 3
   local args=(train --data "$data" --batch 8 --workers 2 --seed 4 --quiet --checkpoint-every 5 $(tiny_net "$tmp"))
   local ck="$tmp/$name/checkpoint.safetensors"
-  "$cli" "${args[@]}" --epochs $LONG_EPOCHS --out "$tmp/$name" >/dev/null 2>"$tmp/err" &
-  local pid=$! i e rc
+  "${CAPPED[@]}" "$cli" "${args[@]}" --epochs $LONG_EPOCHS --out "$tmp/$name" >/dev/null 2>"$tmp/err" &
+  pid=$!
+  local i e rc
   if ! await_file "$ck" $pid; then
-    bad "$name: no checkpoint: $(cat "$tmp/err")"; kill -9 $pid 2>/dev/null; wait $pid; return
+    bad "$name: no checkpoint: $(cat "$tmp/err")"; kill -9 $pid 2>/dev/null; wait $pid; pid=""; return
   fi
   kill -STOP $pid
   i=$(meta "$ck" iteration)
@@ -158,7 +162,7 @@ run_and_delete() {
   await_iteration "$ck" $pid $((i + 45)); rc=$?   # 45 iterations of 8 per epoch
   kill -STOP $pid 2>/dev/null
   cp "$ck" "$tmp/$name-ckpt" 2>/dev/null
-  kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
+  kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null; pid=""
   if [ $rc != 0 ]; then bad "$name deleted at iteration $i: the run did not train on: $(cat "$tmp/err")"; return; fi
   e=$(meta "$tmp/$name-ckpt" epoch)
   $restore

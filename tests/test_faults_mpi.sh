@@ -56,7 +56,7 @@ args=(train --data "$d" --batch 8 --seed 5 --quiet --device cpu $(tiny_net "$tmp
 times=() last=""
 for trial in 1 2 3; do
   out=$tmp/k$trial
-  mpirun -np 2 "$cli" "${args[@]}" --epochs $LONG_EPOCHS --out "$out" --checkpoint-every 7 >/dev/null 2>"$tmp/err$trial" &
+  mpirun -np 2 "${CAPPED[@]}" "$cli" "${args[@]}" --epochs $LONG_EPOCHS --out "$out" --checkpoint-every 7 >/dev/null 2>"$tmp/err$trial" &
   bg=$!
   await_file "$out/checkpoint.safetensors" "$bg"; got=$?
   r0=$(rank_pid "$bg" 0) r1=$(rank_pid "$bg" 1)
@@ -117,7 +117,7 @@ fi
 # (The watchdog's message is matched on its stable part, the rank that
 # reports and the timeout: its wording may name the missing rank.)
 out=$tmp/hung
-DPT_COMM_TIMEOUT_MS=2000 mpirun -np 2 "$cli" "${args[@]}" --epochs $LONG_EPOCHS --out "$out" --checkpoint-every 7 \
+DPT_COMM_TIMEOUT_MS=2000 mpirun -np 2 "${CAPPED[@]}" "$cli" "${args[@]}" --epochs $LONG_EPOCHS --out "$out" --checkpoint-every 7 \
   >/dev/null 2>"$tmp/err" &
 bg=$!
 await_file "$out/checkpoint.safetensors" "$bg"

@@ -108,7 +108,7 @@ cmp -s "$tmp/mh/model.safetensors" "$tmp/local/model.safetensors" && { ok; echo 
   || bad "2 hosts x 2 ranks and 4 local workers give different models"
 
 # ---- 2. the second host's link goes down mid-training ---------------------------------
-"${mpi[@]}" "$cli" "${cut_args[@]}" --epochs $LONG_EPOCHS --out "$tmp/cut" >/dev/null 2>"$tmp/err" &
+"${mpi[@]}" "${CAPPED[@]}" "$cli" "${cut_args[@]}" --epochs $LONG_EPOCHS --out "$tmp/cut" >/dev/null 2>"$tmp/err" &
 bg=$!
 await_file "$tmp/cut/checkpoint.safetensors" "$bg" || bad "the cut run wrote no checkpoint: $(cat "$tmp/err")"
 t0=$(now_ms)
