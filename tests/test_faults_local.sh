@@ -12,16 +12,22 @@
 #     permissions), read-only from the start or made read-only mid-run, a
 #     path under /proc, a file where a folder is expected;
 #   - the training data deleted mid-epoch (image folder and IDX): the CLI
-#     decoded everything at open, so the run finishes with the model of an
-#     undisturbed run.
+#     decoded everything at open, so the run trains on, and its checkpoint
+#     a full epoch later holds the state of an undisturbed run.
+# Faults are injected at events (a checkpoint written; the run frozen with
+# SIGSTOP), into runs of more epochs than they can train: see
+# fault_helpers.sh.
 # The mount cases run in a private mount namespace (unshare -m) and are
 # skipped, with a note, where mounting is not allowed.
 set -u
 cli=${DPT_CLI:?}
 src=${DPT_SOURCE_DIR:?}
+. "$src/tests/fault_helpers.sh"
 d=$src/tests/fixtures/digits400
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+pid=""   # a run of LONG_EPOCHS, while it runs
+trap '[ -n "$pid" ] && kill -9 $pid 2>/dev/null; rm -rf "$tmp"' EXIT
+trap "exit 1" INT TERM HUP
 fail=0 pass=0
 ok() { pass=$((pass + 1)); }
 bad() { echo "FAIL: $*" >&2; fail=$((fail + 1)); }
@@ -34,11 +40,6 @@ expect_error() {
   else
     bad "want exit 1 and one line with '$needle', got $rc: $(cat "$tmp/err")"
   fi
-}
-meta() {
-  python3 -c 'import json,struct,sys
-b=open(sys.argv[1],"rb").read(); (n,)=struct.unpack("<Q",b[:8])
-print(json.loads(b[8:8+n])["__metadata__"][sys.argv[2]])' "$1" "$2"
 }
 train() { "$cli" train --data "$d" --batch 32 --workers 2 --seed 4 --quiet "$@"; }
 
@@ -105,17 +106,24 @@ if unshare -m --propagation private true 2>/dev/null && unshare -m --propagation
   mkdir -p "$tmp/rw"
   # (A read-only bind mount laid over the output folder: files already open
   # there, like metrics.csv, stay writable; new ones cannot be created.)
-  # The remount can find the folder busy (a file being renamed in it at that
-  # moment): it is retried. Many epochs, so that the run is still going when
-  # the remount lands (it stops at the first checkpoint after it).
+  # The run trains more epochs than it can (it stops at the first checkpoint
+  # after the remount) and is frozen from its first checkpoint until the
+  # remount took: no file is opened on the new mount in between, so the
+  # remount never finds it busy (still retried, in case), and a run that
+  # failed to stop is killed rather than waited for.
   unshare -m --propagation private bash -c "
-    '$cli' train --data '$d' --batch 8 --workers 2 --seed 4 --quiet --epochs 40 --checkpoint-every 5 --out '$tmp/rw/o' >/dev/null 2>'$tmp/err' &
+    . '$src/tests/fault_helpers.sh'
+    \"\${CAPPED[@]}\" '$cli' train --data '$d' --batch 8 --workers 2 --seed 4 --quiet --epochs $LONG_EPOCHS --checkpoint-every 5 --out '$tmp/rw/o' >/dev/null 2>'$tmp/err' &
     pid=\$!
-    for _ in \$(seq 1 1500); do [ -e '$tmp/rw/o/checkpoint.safetensors' ] && break; sleep 0.02; done
-    mount --bind '$tmp/rw/o' '$tmp/rw/o' || echo 'cannot bind' >'$tmp/mount-err'
+    trap 'kill -9 \$pid 2>/dev/null' EXIT
+    await_file '$tmp/rw/o/checkpoint.safetensors' \$pid || echo 'no checkpoint' >'$tmp/mount-err'
+    kill -STOP \$pid
+    mount --bind '$tmp/rw/o' '$tmp/rw/o' || echo 'cannot bind' >>'$tmp/mount-err'
     for _ in \$(seq 1 100); do mount -o remount,ro,bind '$tmp/rw/o' 2>/dev/null && break; sleep 0.01; done
     touch '$tmp/rw/o/probe' 2>/dev/null && echo 'still writable' >>'$tmp/mount-err'
-    wait \$pid; echo \$? >'$tmp/rc'"
+    [ -s '$tmp/mount-err' ] && kill -9 \$pid
+    kill -CONT \$pid
+    wait \$pid; echo \$? >'$tmp/rc'; pid="
   [ -s "$tmp/mount-err" ] && bad "read-only mid-run: the remount did not take: $(cat "$tmp/mount-err")"
   rc=$(cat "$tmp/rc")
   echo "folder made read-only mid-run: exit $rc, $(cat "$tmp/err")"
@@ -131,27 +139,43 @@ expect_error "--out $tmp/file/o: cannot create folder: Not a directory" "$cli" t
 expect_error "--out $tmp/file: not a folder" "$cli" train --data "$d" --epochs 1 --out "$tmp/file"
 
 # ---- training data deleted mid-epoch -----------------------------------------------------
-# run_and_delete NAME DATA DELETE...: train on DATA, delete DELETE once the
-# first checkpoint exists, and compare with an undisturbed run.
+# run_and_delete NAME DATA RESTORE DELETE...: train on DATA for more epochs
+# than the run can; once its first checkpoint exists, freeze it, delete
+# DELETE, let it go on; once it has trained a full epoch more (every image
+# needed again since), freeze it and take its checkpoint. Resumed up to the
+# end of its epoch (with the data put back by the command RESTORE), that
+# checkpoint gives the model of an undisturbed run.
 run_and_delete() {
-  local name=$1 data=$2; shift 2
-  local args=(train --data "$data" --batch 8 --workers 2 --seed 4 --quiet --epochs 2 --checkpoint-every 5)
-  "$cli" "${args[@]}" --out "$tmp/$name-ref" >/dev/null 2>"$tmp/err" || { bad "$name: $(cat "$tmp/err")"; return; }
-  "$cli" "${args[@]}" --out "$tmp/$name" >/dev/null 2>"$tmp/err" &
-  local pid=$! _
-  for _ in $(seq 1 1500); do [ -e "$tmp/$name/checkpoint.safetensors" ] && break; sleep 0.02; done
-  local gone=1
-  [ -e "$tmp/$name/model.safetensors" ] && gone=0
+  local name=$1 data=$2 restore=$3; shift 3
+  local args=(train --data "$data" --batch 8 --workers 2 --seed 4 --quiet --checkpoint-every 5 $(tiny_net "$tmp"))
+  local ck="$tmp/$name/checkpoint.safetensors"
+  "${CAPPED[@]}" "$cli" "${args[@]}" --epochs $LONG_EPOCHS --out "$tmp/$name" >/dev/null 2>"$tmp/err" &
+  pid=$!
+  local i e rc
+  if ! await_file "$ck" $pid; then
+    bad "$name: no checkpoint: $(cat "$tmp/err")"; kill -9 $pid 2>/dev/null; wait $pid; pid=""; return
+  fi
+  kill -STOP $pid
+  i=$(meta "$ck" iteration)
   rm -rf "$@"
-  wait $pid; local rc=$?
-  if [ $gone = 0 ]; then echo "note: $name: the run finished before the data was deleted"; return; fi
-  [ $rc = 0 ] && cmp -s "$tmp/$name/model.safetensors" "$tmp/$name-ref/model.safetensors" \
-    && { ok; echo "$name deleted mid-epoch: run finished, same model as undisturbed"; } \
-    || bad "$name deleted mid-run: exit $rc, $(cat "$tmp/err")"
+  kill -CONT $pid
+  await_iteration "$ck" $pid $((i + 45)); rc=$?   # 45 iterations of 8 per epoch
+  kill -STOP $pid 2>/dev/null
+  cp "$ck" "$tmp/$name-ckpt" 2>/dev/null
+  kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null; pid=""
+  if [ $rc != 0 ]; then bad "$name deleted at iteration $i: the run did not train on: $(cat "$tmp/err")"; return; fi
+  e=$(meta "$tmp/$name-ckpt" epoch)
+  $restore
+  "$cli" "${args[@]}" --epochs "$e" --out "$tmp/$name-ref" >/dev/null 2>"$tmp/err" || { bad "$name: $(cat "$tmp/err")"; return; }
+  "$cli" "${args[@]}" --epochs "$e" --out "$tmp/$name-res" --resume "$tmp/$name-ckpt" >/dev/null 2>"$tmp/err" \
+    || { bad "$name: resume: $(cat "$tmp/err")"; return; }
+  cmp -s "$tmp/$name-res/model.safetensors" "$tmp/$name-ref/model.safetensors" \
+    && { ok; echo "$name deleted at iteration $i: the run trained on to iteration $(meta "$tmp/$name-ckpt" iteration), same state as undisturbed"; } \
+    || bad "$name deleted mid-run: the checkpoint after it does not give the undisturbed model"
 }
-cp -r "$d" "$tmp/digits"
-run_and_delete "image folder" "$tmp/digits" "$tmp/digits"
-python3 - "$tmp" <<'PY'
+copy_digits() { rm -rf "$tmp/digits"; cp -r "$d" "$tmp/digits"; }
+make_idx() {
+  python3 - "$tmp" <<'PY'
 import random, struct, sys
 random.seed(1)
 n = 400
@@ -162,7 +186,11 @@ with open(sys.argv[1] + "/rand-labels-idx1-ubyte", "wb") as f:
     f.write(struct.pack(">II", 0x801, n))
     f.write(bytes(i % 10 for i in range(n)))
 PY
-run_and_delete "IDX files" "$tmp/rand-images-idx3-ubyte" "$tmp/rand-images-idx3-ubyte" "$tmp/rand-labels-idx1-ubyte"
+}
+copy_digits
+run_and_delete "image folder" "$tmp/digits" copy_digits "$tmp/digits"
+make_idx
+run_and_delete "IDX files" "$tmp/rand-images-idx3-ubyte" make_idx "$tmp/rand-images-idx3-ubyte" "$tmp/rand-labels-idx1-ubyte"
 
 echo "test_faults_local: $pass passed, $fail failed"
 [ $fail -eq 0 ]

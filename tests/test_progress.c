@@ -4,6 +4,7 @@
 #include "dptrain/train.h"
 #include "testutil.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <time.h>
 
@@ -20,15 +21,28 @@ typedef struct sink {
     int ends[64];
     int n, n_ends;
     long coalesced;
-    double delay_s;
+    /* A gate: with gated set, the callback waits until the test opens it
+     * (or GATE_S pass: only when senders block, which the test then
+     * reports), so the callback is as slow as it gets, on any machine. */
+    int gated, open, gate_timed_out;
+    pthread_cond_t cv;
 } sink;
+
+#define GATE_S 30
 
 static void collect(const dpt_progress *p, void *arg)
 {
     sink *s = arg;
-    if (s->delay_s > 0) {
-        struct timespec d = {0, (long)(s->delay_s * 1e9)};
-        nanosleep(&d, NULL);
+    if (s->gated) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += GATE_S;
+        pthread_mutex_lock(&s->mu);
+        while (!s->open)
+            if (pthread_cond_timedwait(&s->cv, &s->mu, &until) == ETIMEDOUT) {
+                s->open = s->gate_timed_out = 1;
+            }
+        pthread_mutex_unlock(&s->mu);
     }
     pthread_mutex_lock(&s->mu);
     if (s->n < 20000)
@@ -58,11 +72,16 @@ static void test_order_and_burst(void)
     CHECK(ordered);
 }
 
+/* The callback is held at a gate while 200 records are sent: all sends
+ * return while it is held (senders that waited for it would hold the gate
+ * shut until it gave up), and with 16 slots the queue is certainly full,
+ * whatever the speeds of the two threads. */
 static void test_slow_callback_never_blocks(void)
 {
     static sink s;
     pthread_mutex_init(&s.mu, NULL);
-    s.delay_s = 0.02; /* 20 ms per record: 200 records would take 4 s */
+    pthread_cond_init(&s.cv, NULL);
+    s.gated = 1;
     dpt_progress_queue *q = NULL;
     CHECK(dpt_progress_queue_new(16, collect, &s, &q) == DPT_OK);
     double t0 = now_s();
@@ -74,8 +93,14 @@ static void test_slow_callback_never_blocks(void)
         dpt_progress_send(q, &p);
     }
     double send_s = now_s() - t0;
-    printf("200 sends with a 20 ms callback and 16 slots: %.4f s\n", send_s);
-    CHECK_MSG(send_s < 1.0, "senders waited %.3f s for the callback", send_s);
+    pthread_mutex_lock(&s.mu);
+    int timed_out = s.gate_timed_out;
+    s.open = 1;
+    pthread_cond_broadcast(&s.cv);
+    pthread_mutex_unlock(&s.mu);
+    printf("200 sends while the callback is held, 16 slots: %.4f s\n", send_s);
+    CHECK_MSG(!timed_out, "senders waited for the held callback (%.1f s, the gate gave up after %d s)", send_s,
+              GATE_S);
     size_t merged = dpt_progress_coalesced(q);
     dpt_progress_queue_free(q);
     /* Full queue: ordinary records were coalesced (and say so), the four
