@@ -187,7 +187,7 @@ rm -rf "$tmp/o"
 ck
 expect "--seed: the checkpoint $tmp/c.st was written with --seed 0" 10 100 "${resume[@]}" --epochs 2 --seed 1
 expect "--data: the checkpoint $tmp/c.st was trained on 36 images, this run has 32" 10 100 "${resume[@]}" --epochs 2 --split 0.8
-expect "--data: the checkpoint" 10 100 "${train[@]}" --data "$d" --net "$tmp/tiny.net" --resume "$tmp/c.st" --epochs 2
+expect "--resume $tmp/c.st: the checkpoint's classes are" 10 100 "${train[@]}" --data "$d" --net "$tmp/tiny.net" --resume "$tmp/c.st" --epochs 2
 # Mid-epoch (a crafted but consistent position: 2 iterations into epoch 1).
 ck "epoch=1" "epoch_iteration=2" "iteration=2"
 expect "--batch: the checkpoint $tmp/c.st was written with --batch 8; resuming mid-epoch" 10 100 "${resume[@]}" --batch 4

@@ -4,6 +4,7 @@
 #include "core/safetensors.h"
 #include "dptrain/gpu.h"
 #include "dptrain/train.h"
+#include "train/train_internal.h"
 
 #include <cJSON.h>
 #include <errno.h>
@@ -131,11 +132,13 @@ static int make_dir(const char *dir)
 /* --resume continues a model whose output k is the checkpoint's class k:
  * the training data must have the same class names in the same order, or
  * training would go on with every label meaning another class. A file that
- * does not open is left to dpt_fit to report. Returns 0 or 1 (printed). */
+ * does not open or fails its checksum (which covers the metadata read here)
+ * is left to dpt_fit to report. Returns 0 or 1 (printed). */
 static int check_resume_classes(const char *resume, const char *data, const dpt_datastore *train)
 {
     dpt_st *st = NULL;
-    if (dpt_st_open(resume, &st) != DPT_OK) {
+    dpt_checkpoint_info info;
+    if (dpt_checkpoint_read_info(resume, &info) != DPT_OK || dpt_st_open(resume, &st) != DPT_OK) {
         dpt_clear_error();
         return 0;
     }
