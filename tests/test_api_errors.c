@@ -393,7 +393,7 @@ static void test_free_null(void)
 static void test_env_check(void)
 {
     static const char *const vars[] = {"DPT_SPIN_US", "DPT_COMM_TIMEOUT_MS", "DPT_FUSION", "DPT_KERNELS",
-                                       "DPT_CGROUP_ROOT"};
+                                       "DPT_CGROUP_ROOT", "DPT_MAX_NET_MEMORY"};
     for (size_t i = 0; i < sizeof vars / sizeof *vars; i++)
         unsetenv(vars[i]);
     CHECK(dpt_env_check() == DPT_OK);
@@ -408,6 +408,8 @@ static void test_env_check(void)
         {"DPT_CGROUP_ROOT", "sys/fs/cgroup", "DPT_CGROUP_ROOT: 'sys/fs/cgroup' is not an absolute path"},
         {"DPT_CGROUP_ROOT", "/nonexistent/cgroup", "DPT_CGROUP_ROOT: /nonexistent/cgroup: No such file"},
         {"DPT_CGROUP_ROOT", "/proc/version", "DPT_CGROUP_ROOT: /proc/version is not a folder"},
+        {"DPT_MAX_NET_MEMORY", "lots", "DPT_MAX_NET_MEMORY: 'lots' is not a size of at least 1M"},
+        {"DPT_MAX_NET_MEMORY", "512", "DPT_MAX_NET_MEMORY: '512' is not a size"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         setenv(bad[i].var, bad[i].value, 1);
@@ -418,6 +420,7 @@ static void test_env_check(void)
         {"DPT_SPIN_US", "0"}, {"DPT_SPIN_US", "1000000"}, {"DPT_SPIN_US", ""},
         {"DPT_COMM_TIMEOUT_MS", "0"}, {"DPT_COMM_TIMEOUT_MS", "600000"}, {"DPT_FUSION", "0"},
         {"DPT_FUSION", "1"}, {"DPT_KERNELS", "auto"}, {"DPT_KERNELS", "generic"}, {"DPT_CGROUP_ROOT", "/"},
+        {"DPT_MAX_NET_MEMORY", "512M"}, {"DPT_MAX_NET_MEMORY", "16G"}, {"DPT_MAX_NET_MEMORY", ""},
     };
     for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
         setenv(good[i].var, good[i].value, 1);

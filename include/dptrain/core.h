@@ -100,11 +100,12 @@ DPT_API int dpt_blas_threads(void);
 DPT_API int dpt_cpu_count(void);
 
 /* Check the DPT_* environment variables the library reads (DPT_SPIN_US,
- * DPT_COMM_TIMEOUT_MS, DPT_FUSION, DPT_KERNELS, DPT_CGROUP_ROOT; unset or
- * empty means the default). DPT_ERR_ARG, naming the variable and the values
+ * DPT_COMM_TIMEOUT_MS, DPT_FUSION, DPT_KERNELS, DPT_CGROUP_ROOT,
+ * DPT_MAX_NET_MEMORY; unset or empty means the default). DPT_ERR_ARG, naming the variable and the values
  * it accepts, for the first one set to something the library cannot use;
  * the places that read them fall back to the default instead (only
- * DPT_COMM_TIMEOUT_MS also fails dpt_spmd_run), so call this at start to
+ * DPT_COMM_TIMEOUT_MS also fails dpt_spmd_run, and DPT_MAX_NET_MEMORY
+ * building a network), so call this at start to
  * hear about a mistyped value. The dptrain CLI does. */
 DPT_API dpt_status dpt_env_check(void);
 

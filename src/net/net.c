@@ -285,7 +285,7 @@ double dpt_net_memory_budget(dpt_status *status)
     if (status)
         *status = DPT_OK;
     const char *env = getenv("DPT_MAX_NET_MEMORY");
-    if (env) {
+    if (env && *env) { /* empty is unset, as for every DPT_* variable */
         char *end;
         errno = 0;
         double v = strtod(env, &end);

@@ -3,6 +3,7 @@
  * fall back to their defaults on a value they cannot use; this is how a
  * program hears about it). Lives in train/, the top layer, because it asks
  * ops/ which kernels this CPU runs. */
+#include "net/net_impl.h" /* dpt_net_memory_budget */
 #include "ops/ops.h"
 
 #include "dptrain/core.h"
@@ -76,5 +77,9 @@ dpt_status dpt_env_check(void)
             return dpt_fail(DPT_ERR_ARG, "DPT_CGROUP_ROOT: %.200s is not a folder (want the folder where "
                                          "cgroupfs is mounted)", v);
     }
+    dpt_status s = DPT_OK;
+    dpt_net_memory_budget(&s); /* DPT_MAX_NET_MEMORY: its reader fails too */
+    if (s != DPT_OK)
+        return s;
     return check_kernels();
 }
