@@ -5,6 +5,7 @@
  * plot. Runs on the queue's client thread, never on a worker. */
 #define _GNU_SOURCE /* SCHED_IDLE (Linux) */
 #include "cli/report.h"
+#include "core/tmpfile.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -14,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -150,12 +152,26 @@ static void svg_write(report *r, FILE *f)
     fprintf(f, "</g>\n</svg>\n");
 }
 
-/* Write path atomically: path.tmp, then rename. */
+/* A new temporary file beside path (never through a symlink), as a stream;
+ * its name goes to tmp. NULL on failure, with nothing left behind. */
+static FILE *tmp_open(const char *path, char *tmp, size_t cap)
+{
+    int fd = dpt_tmpfile_create(path, tmp, cap);
+    if (fd < 0)
+        return NULL;
+    FILE *f = fdopen(fd, "w");
+    if (!f) {
+        close(fd);
+        unlink(tmp);
+    }
+    return f;
+}
+
+/* Write path atomically: a temporary file, then rename. */
 static int write_svg(report *r)
 {
     char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", r->svg_path);
-    FILE *f = fopen(tmp, "w");
+    FILE *f = tmp_open(r->svg_path, tmp, sizeof tmp);
     if (!f)
         return -1;
     svg_write(r, f);
@@ -171,20 +187,32 @@ static int write_svg(report *r)
 /* loss.png from loss.svg through rsvg-convert, when it is installed. */
 static void write_png(report *r)
 {
+    /* We create the temporary file (exclusively, never through a symlink)
+     * and hand it to rsvg-convert as its stdout: given a name, it would
+     * open it with a plain open that follows links. */
     char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.png", r->png_path);
-    char *argv[] = {"rsvg-convert", "-o", tmp, r->svg_path, NULL};
+    int fd = dpt_tmpfile_create(r->png_path, tmp, sizeof tmp);
+    if (fd < 0)
+        return;
+    char *argv[] = {"rsvg-convert", r->svg_path, NULL};
     /* Its complaints (a full disk, say) are not in our message format, and
      * a failure only means no PNG this time: its stderr goes to /dev/null. */
     posix_spawn_file_actions_t fa;
-    if (posix_spawn_file_actions_init(&fa) != 0)
+    if (posix_spawn_file_actions_init(&fa) != 0) {
+        close(fd);
+        unlink(tmp);
         return;
+    }
+    posix_spawn_file_actions_adddup2(&fa, fd, STDOUT_FILENO);
     posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
     pid_t pid;
     int spawned = posix_spawnp(&pid, "rsvg-convert", &fa, NULL, argv, environ) == 0;
     posix_spawn_file_actions_destroy(&fa);
-    if (!spawned)
+    close(fd);
+    if (!spawned) {
+        unlink(tmp);
         return; /* not installed: the SVG is the plot */
+    }
 #ifdef SCHED_IDLE
     /* The workers keep every core busy: the renderer (about 60 ms of CPU
      * at each epoch's end) runs only on idle time, so it never takes a
@@ -217,12 +245,28 @@ static const char csv_header[] = "epoch,iteration,loss,elapsed_s,images_per_s,lr
 /* On resume, keep the rows of the earlier run that come before `iteration`
  * (rows after the checkpoint were trained again) and reload them into the
  * plot. */
+static FILE *csv_open_old(const char *path)
+{
+    /* Only a regular file: not through a symlink, never blocking on a FIFO. */
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0)
+        return NULL;
+    FILE *f = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? fdopen(fd, "r") : NULL;
+    if (!f)
+        close(fd);
+    return f;
+}
+
+/* The file is written under a temporary name and renamed into place, and
+ * the rows that follow are appended through the same descriptor: nothing is
+ * ever opened by the final name, so a symlink planted there is replaced, not
+ * followed. */
 static void csv_open(report *r, long iteration)
 {
-    FILE *old = r->resume ? fopen(r->csv_path, "r") : NULL;
+    FILE *old = r->resume ? csv_open_old(r->csv_path) : NULL;
     char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", r->csv_path);
-    FILE *f = fopen(tmp, "w");
+    FILE *f = tmp_open(r->csv_path, tmp, sizeof tmp);
     if (!f) {
         if (old)
             fclose(old);
@@ -245,14 +289,13 @@ static void csv_open(report *r, long iteration)
     }
     if (old)
         fclose(old);
-    if (fclose(f) != 0 || rename(tmp, r->csv_path) != 0) {
+    if (fflush(f) != 0 || rename(tmp, r->csv_path) != 0) {
+        fclose(f);
         unlink(tmp);
         r->io_error = 1;
         return;
     }
-    r->csv = fopen(r->csv_path, "a");
-    if (!r->csv)
-        r->io_error = 1;
+    r->csv = f;
 }
 
 void report_progress(const dpt_progress *p, void *arg)
