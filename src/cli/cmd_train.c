@@ -125,13 +125,17 @@ static void on_stop_signal(int sig)
 
 static void catch_stop_signals(void)
 {
-    struct sigaction sa;
+    struct sigaction sa, old;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_stop_signal;
     sa.sa_flags = SA_RESTART; /* the workers' reads and writes go on */
     sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    /* A signal the parent set to be ignored (nohup; SIGINT in a shell's
+     * background job) stays ignored. */
+    static const int sigs[] = {SIGINT, SIGTERM};
+    for (int i = 0; i < 2; i++)
+        if (sigaction(sigs[i], NULL, &old) == 0 && old.sa_handler != SIG_IGN)
+            sigaction(sigs[i], &sa, NULL);
 }
 
 static int make_dir(const char *dir)
@@ -373,6 +377,7 @@ int cli_train(int argc, char **argv)
                "%ld epochs\n", dpt_datastore_n_obs(train), k, dpt_datastore_n_obs(testds),
                under_mpi ? launcher_size() : n_workers,
                (under_mpi ? launcher_size() : n_workers) == 1 ? "" : "s", batch, epochs);
+    fflush(stdout); /* before training starts, also into a pipe */
     dpt_fit_result res;
     dpt_status fs = dpt_fit(&cfg, &res);
     report_finish(&rep);

@@ -24,8 +24,9 @@ static void join(char *buf, size_t cap, const char *dir, const char *name)
 }
 
 /* Temporaries ("<file>.tmp...") of a run that was killed: no run holds the
- * folder now, so none of them is being written. unlink removes a planted
- * symlink itself, never its target. */
+ * folder now, so none of them is being written. Only regular files, which
+ * is all a run leaves (anything else there is not ours, and harmless: a
+ * temporary is never opened through it). */
 static void remove_stale_tmp(const char *dir)
 {
     DIR *d = opendir(dir);
@@ -36,9 +37,11 @@ static void remove_stale_tmp(const char *dir)
     while ((e = readdir(d)) != NULL) {
         for (size_t i = 0; i < N_RUN_FILES; i++) {
             size_t n = strlen(run_files[i]);
+            struct stat st;
             if (strncmp(e->d_name, run_files[i], n) == 0 && strncmp(e->d_name + n, ".tmp", 4) == 0) {
                 join(path, sizeof path, dir, e->d_name);
-                unlink(path);
+                if (lstat(path, &st) == 0 && S_ISREG(st.st_mode))
+                    unlink(path);
                 break;
             }
         }

@@ -10,7 +10,8 @@
 #include <stddef.h>
 
 /* Create a new, empty temporary file for `path`, named
- * "<path>.tmp.<pid>.<n>" in the same folder, opened write-only with
+ * "<path>.tmp.<pid>.<n>" in the same folder (n = 0, or the next free
+ * number up to 99 when a file or link is in the way), opened write-only with
  * O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC and mode 0644 less the umask. Its name
  * goes to tmp (cap bytes). Returns the descriptor (the caller closes it and
  * renames or unlinks tmp), or -1 with errno set. */
