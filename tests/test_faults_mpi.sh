@@ -129,7 +129,7 @@ fi
 if [ -n "$last" ]; then
   cp "$last/checkpoint.safetensors" "$tmp/ckpt"
   echo "resuming from epoch $(meta "$tmp/ckpt" epoch), position $(meta "$tmp/ckpt" epoch_iteration) (iteration $(meta "$tmp/ckpt" iteration))"
-  timeout 300 mpirun -np 2 "$cli" "${args[@]}" --out "$last" --checkpoint-every 7 --resume "$tmp/ckpt" \
+  timeout 300 mpirun -np 2 "$cli" "${args[@]}" --out "$last" --checkpoint-every 7 --resume "$last/checkpoint.safetensors" \
     >/dev/null 2>"$tmp/err" || bad "resume: $(cat "$tmp/err")"
   cmp -s "$tmp/ref/model.safetensors" "$last/model.safetensors" && ok \
     || bad "killed + resumed model differs from the uninterrupted one"

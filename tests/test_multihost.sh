@@ -129,7 +129,7 @@ fi
 ip -n "$nsb" link set dpt0 up
 if [ -e "$tmp/cut/checkpoint.safetensors" ]; then
   cp "$tmp/cut/checkpoint.safetensors" "$tmp/ckpt"
-  timeout 120 "${mpi[@]}" "$cli" "${args[@]}" --out "$tmp/cut" --resume "$tmp/ckpt" >/dev/null 2>"$tmp/err" \
+  timeout 120 "${mpi[@]}" "$cli" "${args[@]}" --out "$tmp/cut" --resume "$tmp/cut/checkpoint.safetensors" >/dev/null 2>"$tmp/err" \
     || bad "resume on 2 hosts: $(cat "$tmp/err")"
   cmp -s "$tmp/mh/model.safetensors" "$tmp/cut/model.safetensors" && { ok; echo "resumed after the cut: same model as the uninterrupted run"; } \
     || bad "cut + resumed model differs from the uninterrupted one"

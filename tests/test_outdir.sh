@@ -155,6 +155,8 @@ if wait_for "$pid" at "$tmp/two.out" 6; then
   # A killed run's temporaries (one planted here, as a crash mid-write leaves
   # them) go when the next run takes the folder; the lock is free.
   : >"$two/checkpoint.safetensors.tmp.$pid.7"
+  # and the row it was writing when killed, cut short (no newline)
+  printf '99,99999,0.5' >>"$two/metrics.csv"
   ep=$(( $(tail -n 1 "$two/metrics.csv" | cut -d, -f1) + 1 ))
   train --epochs "$ep" --quiet --resume "$two/checkpoint.safetensors" --out "$two" >/dev/null 2>"$tmp/err" \
     && ok || bad "resume after SIGKILL (lock stuck?): $(cat "$tmp/err")"

@@ -242,9 +242,7 @@ static void csv_row(report *r, const dpt_progress *p, double acc)
 
 static const char csv_header[] = "epoch,iteration,loss,elapsed_s,images_per_s,lr,test_accuracy\n";
 
-/* On resume, keep the rows of the earlier run that come before `iteration`
- * (rows after the checkpoint were trained again) and reload them into the
- * plot. */
+/* The earlier run's metrics.csv, to read on resume. */
 static FILE *csv_open_old(const char *path)
 {
     /* Only a regular file: not through a symlink, never blocking on a FIFO. */
@@ -258,7 +256,9 @@ static FILE *csv_open_old(const char *path)
     return f;
 }
 
-/* The file is written under a temporary name and renamed into place, and
+/* On resume, keep the rows of the earlier run that come before `iteration`
+ * (rows after the checkpoint were trained again) and reload them into the
+ * plot. The file is written under a temporary name and renamed into place, and
  * the rows that follow are appended through the same descriptor: nothing is
  * ever opened by the final name, so a symlink planted there is replaced, not
  * followed. */
@@ -280,7 +280,8 @@ static void csv_open(report *r, long iteration)
         long it;
         double loss, el, ips, lr, acc;
         int n = sscanf(line, "%d,%ld,%lf,%lf,%lf,%lf,%lf", &ep, &it, &loss, &el, &ips, &lr, &acc);
-        if (n < 6 || it >= iteration)
+        /* A row cut short by a killed run has no newline: dropped. */
+        if (n < 6 || it >= iteration || !strchr(line, '\n'))
             continue;
         fputs(line, f);
         push_point(r, 0, (double)it, loss);
