@@ -341,6 +341,7 @@ int cli_train(int argc, char **argv)
      * output goes to a file: plain lines there. */
     rep.quiet = quiet, rep.tty = !under_mpi && isatty(STDOUT_FILENO), rep.resume = resume != NULL;
     rep.print_every = print_every;
+    rep.stop = &stop_signal;
     snprintf(rep.csv_path, sizeof rep.csv_path, "%s/metrics.csv", out_dir);
     snprintf(rep.svg_path, sizeof rep.svg_path, "%s/loss.svg", out_dir);
     snprintf(rep.png_path, sizeof rep.png_path, "%s/loss.png", out_dir);

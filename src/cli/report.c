@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <sched.h>
+#include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -222,8 +223,24 @@ static void write_png(report *r)
     struct sched_param sp = {.sched_priority = 0};
     (void)sched_setscheduler(pid, SCHED_IDLE, &sp);
 #endif
-    int st;
-    if (waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0)
+    /* At idle priority on a busy machine it can take long: once training is
+     * asked to stop, it is ended, so that dptrain stops within moments
+     * (mpirun sends SIGKILL soon after forwarding SIGTERM). */
+    int st, done = 0;
+    while (!done) {
+        pid_t w = waitpid(pid, &st, r->stop ? WNOHANG : 0);
+        if (w == pid) {
+            done = 1;
+        } else if (w == 0 && *r->stop) {
+            kill(pid, SIGKILL);
+        } else if (w == 0) {
+            struct timespec ts = {0, 10 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        } else if (errno != EINTR) {
+            st = -1, done = 1;
+        }
+    }
+    if (st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0 && !(r->stop && *r->stop))
         rename(tmp, r->png_path);
     else
         unlink(tmp);
@@ -327,7 +344,7 @@ void report_progress(const dpt_progress *p, void *arg)
         if (write_svg(r) != 0)
             r->io_error = 1;
         r->last_plot = now;
-        if (p->end_of_epoch && r->png_path[0])
+        if (p->end_of_epoch && r->png_path[0] && !(r->stop && *r->stop))
             write_png(r);
     }
     /* the terminal */
@@ -376,7 +393,7 @@ void report_finish(report *r)
     if (r->started) {
         if (write_svg(r) != 0)
             r->io_error = 1;
-        if (r->png_path[0])
+        if (r->png_path[0] && !(r->stop && *r->stop))
             write_png(r);
     }
     free(r->loss_x), free(r->loss_y), free(r->acc_x), free(r->acc_y);
