@@ -160,7 +160,10 @@ if wait_for "$pid" at "$tmp/two.out" 6; then
   ep=$(( $(tail -n 1 "$two/metrics.csv" | cut -d, -f1) + 1 ))
   train --epochs "$ep" --quiet --resume "$two/checkpoint.safetensors" --out "$two" >/dev/null 2>"$tmp/err" \
     && ok || bad "resume after SIGKILL (lock stuck?): $(cat "$tmp/err")"
-  csv_ok "$two/metrics.csv" && ok || bad "metrics.csv after SIGKILL and resume"
+  # Complete rows in order, none twice (a crash can lose the rows the report
+  # thread had not written yet: a gap, never a mix).
+  awk -F, 'NR > 1 && (NF != 7 || $2 <= last) { bad = 1 } NR > 1 { last = $2 } END { exit bad }' "$two/metrics.csv" \
+    && ok || bad "metrics.csv after SIGKILL and resume: $(cut -d, -f1,2 "$two/metrics.csv" | tr '\n' ' ')"
   no_tmp "$two" && ok || bad "a killed run's temporary file was not removed: $(ls -a "$two")"
 else
   bad "two runs: the first did not get going: $(cat "$tmp/two.err")"
@@ -239,6 +242,41 @@ for t in 1 2 3; do
     fi
   fi
 done
+
+# ---- under mpirun: rank 0 holds the folder; a refusal and a stop reach every rank ------------
+if [ "${DPT_HAVE_MPI:-0}" = 1 ] && command -v mpirun >/dev/null; then
+  export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+  margs=(train --data "$d" --batch 32 --seed 3 --device cpu)
+  # Refused by rank 0 before MPI starts: mpirun ends rank 1 (the bound only
+  # stops a hang).
+  timeout 120 mpirun -np 2 "$cli" "${margs[@]}" --epochs 1 --out "$good" >/dev/null 2>"$tmp/err"
+  rc=$?
+  [ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q "^dptrain: --out $good: holds an earlier run's files" "$tmp/err" \
+    && ok || bad "mpirun into a used folder: exit $rc, $(head -c 400 "$tmp/err")"
+  same "mpirun -np 2 without --overwrite"
+  # Open MPI sends SIGKILL 1 s after forwarding SIGTERM by default; a loaded
+  # machine needs longer to reach the iteration boundary (README).
+  env --default-signal=INT OMPI_MCA_odls_base_sigkill_timeout=120 mpirun -np 2 "$cli" "${margs[@]}" --epochs 100000 --print-every 1 --checkpoint-every 2 \
+    --out "$tmp/mpi" >"$tmp/mpi.out" 2>"$tmp/mpi.err" &
+  pid=$!; pids+=("$pid")
+  if wait_for "$pid" at "$tmp/mpi.out" 5; then
+    timeout 120 mpirun -np 2 "$cli" "${margs[@]}" --epochs 1 --overwrite --out "$tmp/mpi" >/dev/null 2>"$tmp/err"
+    grep -q "^dptrain: --out $tmp/mpi: in use by another run (pid [0-9]*)" "$tmp/err" && ok \
+      || bad "a second mpirun on a folder in use: $(head -c 400 "$tmp/err")"
+    kill -TERM "$pid"; wait "$pid"; rc=$?
+    n=$(grep -c "^dptrain: " "$tmp/mpi.err")
+    [ $rc -eq 1 ] && [ "$n" = 1 ] && grep -q "^dptrain: interrupted by SIGTERM at epoch [0-9]*, iteration [0-9]*; last checkpoint: $tmp/mpi/checkpoint.safetensors (iteration [0-9]*)$" "$tmp/mpi.err" \
+      && ok || bad "SIGTERM to mpirun: exit $rc, $(cat "$tmp/mpi.err")"
+    no_tmp "$tmp/mpi" && csv_ok "$tmp/mpi/metrics.csv" && ok || bad "SIGTERM to mpirun: files: $(ls -a "$tmp/mpi")"
+    "$cli" info --model "$tmp/mpi/checkpoint.safetensors" >/dev/null 2>"$tmp/err" && ok || bad "mpirun checkpoint: $(cat "$tmp/err")"
+    cat "$tmp/mpi.err"
+  else
+    bad "mpirun run did not start: $(cat "$tmp/mpi.err")"
+  fi
+else
+  echo "note: no MPI here; the mpirun cases are skipped"
+fi
 
 echo "outdir: $pass passed, $fail failed"
 [ $fail -eq 0 ]
