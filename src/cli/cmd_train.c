@@ -64,9 +64,10 @@ static const char help[] =
     "  --print-every K     when stdout is not a terminal, a line every K iterations\n"
     "                      (default 0: one line per epoch)\n"
     "  --quiet             print only the final result\n"
+    "  -h, --help          this help\n"
+    "\n"
     "SIGINT or SIGTERM stops training at the next iteration boundary, saying where\n"
-    "the last checkpoint is (exit 1); a second one ends dptrain at once.\n"
-    "  -h, --help          this help\n";
+    "the last checkpoint is (exit 1); a second one ends dptrain at once.\n";
 
 /* Open a dataset: a directory is an image folder, a file is IDX. */
 static dpt_status open_data(const char *path, const char *labels, int skip_corrupt,
@@ -164,7 +165,7 @@ static void print_interrupted(const dpt_fit_result *res, const char *ckpt_path, 
         snprintf(ckpt, sizeof ckpt, "last checkpoint: %s (iteration %ld)", ckpt_path,
                  res->checkpoint_iteration);
     else if (resume)
-        snprintf(ckpt, sizeof ckpt, "last checkpoint: %s (iteration %ld, resumed from)", resume,
+        snprintf(ckpt, sizeof ckpt, "last checkpoint: %s (iteration %ld, where this run resumed)", resume,
                  res->start_iteration);
     else
         snprintf(ckpt, sizeof ckpt, "no checkpoint was written");

@@ -347,8 +347,9 @@ void report_progress(const dpt_progress *p, void *arg)
         if (p->end_of_epoch && r->png_path[0] && !(r->stop && *r->stop))
             write_png(r);
     }
-    /* the terminal */
-    if (r->quiet)
+    /* the terminal; not once a stop is requested: mpirun, stopping the job,
+     * no longer reads the ranks' output, and a full pipe would block us */
+    if (r->quiet || (r->stop && *r->stop))
         return;
     char el[32], eta[32] = "--:--:--";
     fmt_hms(p->elapsed_s, el, sizeof el);
