@@ -49,7 +49,7 @@ fi
 # ---- exact resume ----------------------------------------------------------------------
 run --epochs 1 --out "$tmp/b" --checkpoint-every 5 >/dev/null 2>&1
 cp "$tmp/b/checkpoint.safetensors" "$tmp/ckpt-epoch1"
-run --epochs 2 --out "$tmp/b" --checkpoint-every 5 --resume "$tmp/ckpt-epoch1" >/dev/null 2>"$tmp/err" || bad "resume: $(cat "$tmp/err")"
+run --epochs 2 --out "$tmp/b" --checkpoint-every 5 --resume "$tmp/b/checkpoint.safetensors" >/dev/null 2>"$tmp/err" || bad "resume: $(cat "$tmp/err")"
 cmp -s "$tmp/a/model.safetensors" "$tmp/b/model.safetensors" && ok || bad "2 epochs straight != 1 epoch + resume"
 # metrics.csv after the resume: the rows of both runs, no duplicates
 python3 -c "

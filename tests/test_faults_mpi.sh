@@ -107,7 +107,7 @@ if [ -n "$last" ]; then
   echo "resuming from epoch $e, position $(meta "$tmp/ckpt" epoch_iteration) (iteration $(meta "$tmp/ckpt" iteration)) up to the end of epoch $e"
   timeout 300 mpirun -np 2 "$cli" "${args[@]}" --epochs "$e" --out "$tmp/ref" >/dev/null 2>"$tmp/err" \
     || bad "uninterrupted mpirun -np 2: $(cat "$tmp/err")"
-  timeout 300 mpirun -np 2 "$cli" "${args[@]}" --epochs "$e" --out "$last" --checkpoint-every 7 --resume "$tmp/ckpt" \
+  timeout 300 mpirun -np 2 "$cli" "${args[@]}" --epochs "$e" --out "$last" --checkpoint-every 7 --resume "$last/checkpoint.safetensors" \
     >/dev/null 2>"$tmp/err" || bad "resume: $(cat "$tmp/err")"
   cmp -s "$tmp/ref/model.safetensors" "$last/model.safetensors" && ok \
     || bad "killed + resumed model differs from the uninterrupted one"

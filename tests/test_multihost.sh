@@ -141,7 +141,7 @@ if [ -e "$tmp/cut/checkpoint.safetensors" ]; then
   e=$(meta "$tmp/ckpt" epoch)
   echo "resuming from epoch $e, position $(meta "$tmp/ckpt" epoch_iteration) up to the end of epoch $e"
   "$cli" "${cut_args[@]}" --epochs "$e" --workers 4 --out "$tmp/ref" >/dev/null 2>"$tmp/err" || bad "reference: $(cat "$tmp/err")"
-  timeout 120 "${mpi[@]}" "$cli" "${cut_args[@]}" --epochs "$e" --out "$tmp/cut" --resume "$tmp/ckpt" >/dev/null 2>"$tmp/err" \
+  timeout 120 "${mpi[@]}" "$cli" "${cut_args[@]}" --epochs "$e" --out "$tmp/cut" --resume "$tmp/cut/checkpoint.safetensors" >/dev/null 2>"$tmp/err" \
     || bad "resume on 2 hosts: $(cat "$tmp/err")"
   cmp -s "$tmp/ref/model.safetensors" "$tmp/cut/model.safetensors" && { ok; echo "resumed after the cut: same model as the uninterrupted run"; } \
     || bad "cut + resumed model differs from the uninterrupted one"

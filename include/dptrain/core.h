@@ -34,7 +34,8 @@ typedef enum dpt_status {
     DPT_ERR_COMM,     /* a collective failed or a peer worker failed */
     DPT_ERR_TIMEOUT,  /* a collective waited past its limit */
     DPT_ERR_NUMERIC,  /* a value became NaN or infinite */
-    DPT_ERR_UNSUPPORTED /* a feature this build lacks (MPI, CUDA, ...) */
+    DPT_ERR_UNSUPPORTED, /* a feature this build lacks (MPI, CUDA, ...) */
+    DPT_ERR_INTERRUPTED  /* stopped on request (dpt_fit_config.stop) */
 } dpt_status;
 
 /* The message of the last failure on this thread ("" if none). The pointer

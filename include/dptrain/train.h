@@ -16,6 +16,8 @@
 #include "dptrain/net.h"
 #include "dptrain/optim.h"
 
+#include <signal.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -151,12 +153,28 @@ typedef struct dpt_fit_config {
     const char *resume;           /* checkpoint to continue from (NULL: start) */
     int use_gpu;                  /* 1: every worker trains on its GPU
                                      (dpt_gpu_for_worker; see dptrain/gpu.h) */
+    /* A stop request, owned by the caller (NULL: none), typically set to the
+     * signal number by a SIGINT/SIGTERM handler. The workers look at it at
+     * every iteration boundary and agree on it in the all-workers-have-data
+     * all-reduce, so all of them stop after the same iteration and none is
+     * left waiting in a collective; no file is being written then. dpt_fit
+     * then returns DPT_ERR_INTERRUPTED without saving the model, and
+     * dpt_fit_result says where it stopped. Under MPI, set it in every rank's
+     * process or in none (mpirun forwards SIGINT and SIGTERM to every rank). */
+    volatile sig_atomic_t *stop;
+    /* Called once, by worker 0, after every input has been loaded and
+     * checked (network, checkpoint to resume) and before the first iteration,
+     * so before any output file is written (NULL: none); a status other than
+     * DPT_OK, with its message set by dpt_fail, fails the run. The CLI clears
+     * an earlier run's files from the output folder here. */
+    dpt_status (*on_start)(void *arg);
+    void *on_start_arg;
 } dpt_fit_config;
 
 #define DPT_FIT_CONFIG_VERSION 1
 #define DPT_FIT_CONFIG_INIT                                                             \
     {DPT_FIT_CONFIG_VERSION, NULL, NULL, NULL, NULL, 20, 128, 0.01f, 0.9f, 0.0f, 0,       \
-     DPT_SPMD_CONFIG_INIT, 0, 1, 0, NULL, NULL, NULL, NULL, NULL, 0, NULL, 0}
+     DPT_SPMD_CONFIG_INIT, 0, 1, 0, NULL, NULL, NULL, NULL, NULL, 0, NULL, 0, NULL, NULL, NULL}
 
 typedef struct dpt_fit_result {
     double final_loss;
@@ -164,12 +182,21 @@ typedef struct dpt_fit_result {
     long iterations;
     double train_seconds;
     int n_workers;
+    /* Filled by worker 0 also when dpt_fit fails or is interrupted: */
+    int epoch;                    /* the epoch training was in when it ended */
+    long start_iteration;         /* iterations done before this call (resume) */
+    long checkpoint_iteration;    /* iteration of the last checkpoint this call
+                                     wrote, -1: none */
 } dpt_fit_result;
 
 /* Train a network as the MATLAB example does: per epoch, shuffle the training
  * data with a seed all workers share, partition it among the workers, and
  * loop while every worker has data; each iteration is dpt_train_step. Then
- * worker 0 saves the model and classifies the test set. */
+ * worker 0 saves the model and classifies the test set. When cfg->stop is
+ * set, training stops at the next iteration boundary and dpt_fit returns
+ * DPT_ERR_INTERRUPTED ("interrupted at epoch E, iteration I"); result->
+ * iterations, epoch and checkpoint_iteration then tell where (worker 0's
+ * process). */
 DPT_API dpt_status dpt_fit(const dpt_fit_config *cfg, dpt_fit_result *result);
 
 #ifdef __cplusplus

@@ -1,5 +1,6 @@
 /* dptrain train: the MATLAB example's job from the command line. */
 #include "cli/cli.h"
+#include "cli/outdir.h"
 #include "cli/report.h"
 #include "core/safetensors.h"
 #include "dptrain/gpu.h"
@@ -10,6 +11,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,7 +56,12 @@ static const char help[] =
     "  --no-prefetch       decode batches in the training thread\n"
     "output (in --out):\n"
     "  --out DIR           output folder (default: out): model.safetensors, metrics.csv,\n"
-    "                      loss.svg and loss.png (redrawn during training)\n"
+    "                      loss.svg and loss.png (redrawn during training); it holds\n"
+    "                      one run: a folder in use by a run is refused, and so is one\n"
+    "                      with an earlier run's files unless --overwrite or --resume\n"
+    "                      DIR/checkpoint.safetensors (that run goes on)\n"
+    "  --overwrite         replace an earlier run's files in --out (removed only once\n"
+    "                      every input has been checked)\n"
     "  --eval-every-epoch  test accuracy after every epoch (in metrics.csv and the plot)\n"
     "  --checkpoint-every K  write checkpoint.safetensors every K iterations (default 0:\n"
     "                      none; when K > 0 one is also written at the end)\n"
@@ -63,7 +70,10 @@ static const char help[] =
     "  --print-every K     when stdout is not a terminal, a line every K iterations\n"
     "                      (default 0: one line per epoch)\n"
     "  --quiet             print only the final result\n"
-    "  -h, --help          this help\n";
+    "  -h, --help          this help\n"
+    "\n"
+    "SIGINT or SIGTERM stops training at the next iteration boundary, saying where\n"
+    "the last checkpoint is (exit 1); a second one ends dptrain at once.\n";
 
 /* --skip-corrupt names what it skipped: this many files, then a count. */
 #define SKIP_WARNINGS 10
@@ -117,6 +127,36 @@ static int launcher_size(void)
     return launcher_env(vars, sizeof vars / sizeof *vars, 1);
 }
 
+/* The stop request of dpt_fit_config.stop: the signal's number. */
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop_signal(int sig)
+{
+    /* A second signal while stopping ends the process at once (temporary
+     * files are only renamed once complete, so no final file is torn). */
+    if (stop_signal) {
+        signal(sig, SIG_DFL);
+        raise(sig);
+        return;
+    }
+    stop_signal = sig;
+}
+
+static void catch_stop_signals(void)
+{
+    struct sigaction sa, old;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sa.sa_flags = SA_RESTART; /* the workers' reads and writes go on */
+    sigemptyset(&sa.sa_mask);
+    /* A signal the parent set to be ignored (nohup; SIGINT in a shell's
+     * background job) stays ignored. */
+    static const int sigs[] = {SIGINT, SIGTERM};
+    for (int i = 0; i < 2; i++)
+        if (sigaction(sigs[i], NULL, &old) == 0 && old.sa_handler != SIG_IGN)
+            sigaction(sigs[i], &sa, NULL);
+}
+
 static int make_dir(const char *dir)
 {
     if (mkdir(dir, 0777) != 0 && errno != EEXIST)
@@ -167,11 +207,32 @@ static int check_resume_classes(const char *resume, const char *data, const dpt_
     return rc;
 }
 
+/* The one line an interrupted run prints: where it stopped and where the
+ * last checkpoint is. */
+static void print_interrupted(const dpt_fit_result *res, const char *ckpt_path, const char *resume)
+{
+    char where[96], ckpt[4200 + 64];
+    const char *sig = stop_signal == SIGINT ? "SIGINT" : stop_signal == SIGTERM ? "SIGTERM" : "a signal";
+    if (res->iterations > res->start_iteration)
+        snprintf(where, sizeof where, "at epoch %d, iteration %ld", res->epoch, res->iterations);
+    else
+        snprintf(where, sizeof where, "before the first iteration");
+    if (res->checkpoint_iteration >= 0)
+        snprintf(ckpt, sizeof ckpt, "last checkpoint: %s (iteration %ld)", ckpt_path,
+                 res->checkpoint_iteration);
+    else if (resume)
+        snprintf(ckpt, sizeof ckpt, "last checkpoint: %s (iteration %ld, where this run resumed)", resume,
+                 res->start_iteration);
+    else
+        snprintf(ckpt, sizeof ckpt, "no checkpoint was written");
+    cli_error("interrupted by %s %s; %s", sig, where, ckpt);
+}
+
 int cli_train(int argc, char **argv)
 {
     enum { O_LABELS = 256, O_TEST, O_TEST_LABELS, O_SPLIT, O_SKIP, O_NET, O_EPOCHS, O_BATCH, O_LR,
            O_MOM, O_WD, O_SEED, O_WORKERS, O_BACKEND, O_THREADS, O_SYNC, O_NOPF, O_OUT, O_EVAL,
-           O_QUIET, O_DATA, O_CKPT, O_RESUME, O_PRINT, O_DEVICE, O_BPW };
+           O_QUIET, O_DATA, O_CKPT, O_RESUME, O_PRINT, O_DEVICE, O_BPW, O_OVERWRITE };
     static const struct option opts[] = {
         {"data", required_argument, 0, O_DATA},       {"labels", required_argument, 0, O_LABELS},
         {"test", required_argument, 0, O_TEST},       {"test-labels", required_argument, 0, O_TEST_LABELS},
@@ -187,13 +248,14 @@ int cli_train(int argc, char **argv)
         {"checkpoint-every", required_argument, 0, O_CKPT}, {"resume", required_argument, 0, O_RESUME},
         {"print-every", required_argument, 0, O_PRINT},
         {"device", required_argument, 0, O_DEVICE},   {"batch-per-worker", no_argument, 0, O_BPW},
+        {"overwrite", no_argument, 0, O_OVERWRITE},
         {0, 0, 0, 0},
     };
     const char *data = NULL, *labels = NULL, *test = NULL, *test_labels = NULL, *net_path = NULL;
     const char *out_dir = "out", *backend_name = "auto", *resume = NULL;
     long ckpt_every = 0, print_every = 0;
     const char *device = "auto";
-    int batch_per_worker = 0;
+    int batch_per_worker = 0, overwrite = 0;
     double split = 0.9, lr = 0.01, momentum = 0.9, wd = 0.0;
     long epochs = 20, batch = 128, seed = 0, workers = 0, threads = 0;
     int skip_corrupt = 0, sync_bn = 0, prefetch = 1, eval_epoch = 0, quiet = 0;
@@ -229,6 +291,7 @@ int cli_train(int argc, char **argv)
         case O_PRINT: bad = cli_int("--print-every", optarg, 0, 1L << 40, &print_every); break;
         case O_DEVICE: device = optarg; break;
         case O_BPW: batch_per_worker = 1; break;
+        case O_OVERWRITE: overwrite = 1; break;
         case 'h': fputs(help, stdout); return 0;
         default:
             return cli_error("train: unknown or incomplete option '%s' (see dptrain train --help)",
@@ -282,6 +345,7 @@ int cli_train(int argc, char **argv)
     dpt_blas_set_threads(threads ? (int)threads : (cpus / n_workers > 0 ? cpus / n_workers : 1));
 
     int rc = 1;
+    outdir od = {out_dir, -1, 0};
     char *spec = NULL;
     dpt_datastore *all = NULL, *train = NULL, *testds = NULL;
     const char **class_names = NULL;
@@ -327,6 +391,11 @@ int cli_train(int argc, char **argv)
         goto done;
     if (make_dir(out_dir))
         goto done;
+    int rank0 = !under_mpi || launcher_rank() == 0;
+    /* Only the rank that writes the files holds the folder. When it refuses,
+     * it exits 1 before MPI starts, and mpirun ends the other ranks. */
+    if (rank0 && (outdir_lock(&od) || outdir_check(&od, resume, overwrite)))
+        goto done;
     int k = dpt_datastore_n_classes(train);
     class_names = calloc((size_t)k, sizeof *class_names);
     if (!class_names)
@@ -336,7 +405,6 @@ int cli_train(int argc, char **argv)
     char model_path[4096], ckpt_path[4096];
     snprintf(model_path, sizeof model_path, "%s/model.safetensors", out_dir);
     snprintf(ckpt_path, sizeof ckpt_path, "%s/checkpoint.safetensors", out_dir);
-    int rank0 = !under_mpi || launcher_rank() == 0;
     if (!rank0)
         quiet = 1;
 
@@ -346,6 +414,7 @@ int cli_train(int argc, char **argv)
      * output goes to a file: plain lines there. */
     rep.quiet = quiet, rep.tty = !under_mpi && isatty(STDOUT_FILENO), rep.resume = resume != NULL;
     rep.print_every = print_every;
+    rep.stop = &stop_signal;
     snprintf(rep.csv_path, sizeof rep.csv_path, "%s/metrics.csv", out_dir);
     snprintf(rep.svg_path, sizeof rep.svg_path, "%s/loss.svg", out_dir);
     snprintf(rep.png_path, sizeof rep.png_path, "%s/loss.png", out_dir);
@@ -371,6 +440,10 @@ int cli_train(int argc, char **argv)
     cfg.checkpoint_every = ckpt_every;
     cfg.resume = resume;
     cfg.use_gpu = use_gpu;
+    cfg.stop = &stop_signal;
+    cfg.on_start = outdir_clear; /* worker 0 runs in rank 0's process */
+    cfg.on_start_arg = &od;
+    catch_stop_signals();
     if (!quiet && use_gpu)
         printf("device: %d GPU%s (one worker per GPU)\n", n_gpus, n_gpus == 1 ? "" : "s");
     if (!quiet)
@@ -378,9 +451,15 @@ int cli_train(int argc, char **argv)
                "%ld epochs\n", dpt_datastore_n_obs(train), k, dpt_datastore_n_obs(testds),
                under_mpi ? launcher_size() : n_workers,
                (under_mpi ? launcher_size() : n_workers) == 1 ? "" : "s", batch, epochs);
+    fflush(stdout); /* before training starts, also into a pipe */
     dpt_fit_result res;
     dpt_status fs = dpt_fit(&cfg, &res);
     report_finish(&rep);
+    if (fs == DPT_ERR_INTERRUPTED) {
+        if (rank0)
+            print_interrupted(&res, ckpt_path, resume);
+        goto done;
+    }
     if (fs != DPT_OK)
         goto fail;
     if (rep.io_error) {
@@ -402,6 +481,7 @@ fail_nomem:
 fail:
     rc = cli_lib_error();
 done:
+    outdir_unlock(&od);
     free(class_names);
     free(spec);
     dpt_datastore_free(all);

@@ -5,15 +5,18 @@
  * plot. Runs on the queue's client thread, never on a worker. */
 #define _GNU_SOURCE /* SCHED_IDLE (Linux) */
 #include "cli/report.h"
+#include "core/tmpfile.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
 #include <sched.h>
+#include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -160,12 +163,26 @@ static void io_fail(report *r, const char *path)
     r->io_error = 1;
 }
 
-/* Write path atomically: path.tmp, then rename. */
+/* A new temporary file beside path (never through a symlink), as a stream;
+ * its name goes to tmp. NULL on failure, with nothing left behind. */
+static FILE *tmp_open(const char *path, char *tmp, size_t cap)
+{
+    int fd = dpt_tmpfile_create(path, tmp, cap);
+    if (fd < 0)
+        return NULL;
+    FILE *f = fdopen(fd, "w");
+    if (!f) {
+        close(fd);
+        unlink(tmp);
+    }
+    return f;
+}
+
+/* Write path atomically: a temporary file, then rename. */
 static int write_svg(report *r)
 {
     char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", r->svg_path);
-    FILE *f = fopen(tmp, "w");
+    FILE *f = tmp_open(r->svg_path, tmp, sizeof tmp);
     if (!f)
         return -1;
     svg_write(r, f);
@@ -181,20 +198,32 @@ static int write_svg(report *r)
 /* loss.png from loss.svg through rsvg-convert, when it is installed. */
 static void write_png(report *r)
 {
+    /* We create the temporary file (exclusively, never through a symlink)
+     * and hand it to rsvg-convert as its stdout: given a name, it would
+     * open it with a plain open that follows links. */
     char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.png", r->png_path);
-    char *argv[] = {"rsvg-convert", "-o", tmp, r->svg_path, NULL};
+    int fd = dpt_tmpfile_create(r->png_path, tmp, sizeof tmp);
+    if (fd < 0)
+        return;
+    char *argv[] = {"rsvg-convert", r->svg_path, NULL};
     /* Its complaints (a full disk, say) are not in our message format, and
      * a failure only means no PNG this time: its stderr goes to /dev/null. */
     posix_spawn_file_actions_t fa;
-    if (posix_spawn_file_actions_init(&fa) != 0)
+    if (posix_spawn_file_actions_init(&fa) != 0) {
+        close(fd);
+        unlink(tmp);
         return;
+    }
+    posix_spawn_file_actions_adddup2(&fa, fd, STDOUT_FILENO);
     posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
     pid_t pid;
     int spawned = posix_spawnp(&pid, "rsvg-convert", &fa, NULL, argv, environ) == 0;
     posix_spawn_file_actions_destroy(&fa);
-    if (!spawned)
+    close(fd);
+    if (!spawned) {
+        unlink(tmp);
         return; /* not installed: the SVG is the plot */
+    }
 #ifdef SCHED_IDLE
     /* The workers keep every core busy: the renderer (about 60 ms of CPU
      * at each epoch's end) runs only on idle time, so it never takes a
@@ -204,8 +233,24 @@ static void write_png(report *r)
     struct sched_param sp = {.sched_priority = 0};
     (void)sched_setscheduler(pid, SCHED_IDLE, &sp);
 #endif
-    int st;
-    if (waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0)
+    /* At idle priority on a busy machine it can take long: once training is
+     * asked to stop, it is ended, so that dptrain stops within moments
+     * (mpirun sends SIGKILL soon after forwarding SIGTERM). */
+    int st, done = 0;
+    while (!done) {
+        pid_t w = waitpid(pid, &st, r->stop ? WNOHANG : 0);
+        if (w == pid) {
+            done = 1;
+        } else if (w == 0 && *r->stop) {
+            kill(pid, SIGKILL);
+        } else if (w == 0) {
+            struct timespec ts = {0, 10 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        } else if (errno != EINTR) {
+            st = -1, done = 1;
+        }
+    }
+    if (st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0 && !(r->stop && *r->stop))
         rename(tmp, r->png_path);
     else
         unlink(tmp);
@@ -224,15 +269,31 @@ static void csv_row(report *r, const dpt_progress *p, double acc)
 
 static const char csv_header[] = "epoch,iteration,loss,elapsed_s,images_per_s,lr,test_accuracy\n";
 
+/* The earlier run's metrics.csv, to read on resume. */
+static FILE *csv_open_old(const char *path)
+{
+    /* Only a regular file: not through a symlink, never blocking on a FIFO. */
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0)
+        return NULL;
+    FILE *f = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? fdopen(fd, "r") : NULL;
+    if (!f)
+        close(fd);
+    return f;
+}
+
 /* On resume, keep the rows of the earlier run that come before `iteration`
  * (rows after the checkpoint were trained again) and reload them into the
- * plot. */
+ * plot. The file is written under a temporary name and renamed into place, and
+ * the rows that follow are appended through the same descriptor: nothing is
+ * ever opened by the final name, so a symlink planted there is replaced, not
+ * followed. */
 static void csv_open(report *r, long iteration)
 {
-    FILE *old = r->resume ? fopen(r->csv_path, "r") : NULL;
+    FILE *old = r->resume ? csv_open_old(r->csv_path) : NULL;
     char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", r->csv_path);
-    FILE *f = fopen(tmp, "w");
+    FILE *f = tmp_open(r->csv_path, tmp, sizeof tmp);
     if (!f) {
         io_fail(r, r->csv_path);
         if (old)
@@ -246,7 +307,8 @@ static void csv_open(report *r, long iteration)
         long it;
         double loss, el, ips, lr, acc;
         int n = sscanf(line, "%d,%ld,%lf,%lf,%lf,%lf,%lf", &ep, &it, &loss, &el, &ips, &lr, &acc);
-        if (n < 6 || it >= iteration)
+        /* A row cut short by a killed run has no newline: dropped. */
+        if (n < 6 || it >= iteration || !strchr(line, '\n'))
             continue;
         fputs(line, f);
         push_point(r, 0, (double)it, loss);
@@ -255,14 +317,13 @@ static void csv_open(report *r, long iteration)
     }
     if (old)
         fclose(old);
-    if (fclose(f) != 0 || rename(tmp, r->csv_path) != 0) {
+    if (fflush(f) != 0 || rename(tmp, r->csv_path) != 0) {
         io_fail(r, r->csv_path);
+        fclose(f);
         unlink(tmp);
         return;
     }
-    r->csv = fopen(r->csv_path, "a");
-    if (!r->csv)
-        io_fail(r, r->csv_path);
+    r->csv = f;
 }
 
 void report_progress(const dpt_progress *p, void *arg)
@@ -293,11 +354,12 @@ void report_progress(const dpt_progress *p, void *arg)
         if (write_svg(r) != 0)
             io_fail(r, r->svg_path);
         r->last_plot = now;
-        if (p->end_of_epoch && r->png_path[0])
+        if (p->end_of_epoch && r->png_path[0] && !(r->stop && *r->stop))
             write_png(r);
     }
-    /* the terminal */
-    if (r->quiet)
+    /* the terminal; not once a stop is requested: mpirun, stopping the job,
+     * no longer reads the ranks' output, and a full pipe would block us */
+    if (r->quiet || (r->stop && *r->stop))
         return;
     char el[32], eta[32] = "--:--:--";
     fmt_hms(p->elapsed_s, el, sizeof el);
@@ -345,7 +407,7 @@ void report_finish(report *r)
     if (r->started) {
         if (write_svg(r) != 0)
             io_fail(r, r->svg_path);
-        if (r->png_path[0])
+        if (r->png_path[0] && !(r->stop && *r->stop))
             write_png(r);
     }
     free(r->loss_x), free(r->loss_y), free(r->acc_x), free(r->acc_y);

@@ -5,11 +5,14 @@
 
 #include "dptrain/train.h"
 
+#include <signal.h>
 #include <stdio.h>
 
 typedef struct report {
     /* settings */
     int quiet, tty, resume;
+    volatile sig_atomic_t *stop;    /* the stop request (may be NULL): no PNG and no
+                                       progress lines then */
     long print_every;               /* plain lines every K iterations (0: per epoch) */
     char csv_path[4096], svg_path[4096], png_path[4096];
     /* state, touched only by the client thread */

@@ -12,6 +12,7 @@
  * of comparing all pairs so that a huge header cannot make them quadratic. */
 #include "core/safetensors.h"
 #include "core/file.h"
+#include "core/tmpfile.h"
 
 #include <cJSON.h>
 #include <errno.h>
@@ -711,21 +712,26 @@ dpt_status dpt_st_writer_save(dpt_st_writer *w, const char *path)
     size_t hlen = strlen(header);
     size_t pad = (8 - hlen % 8) % 8;
 
-    size_t tmp_n = strlen(path) + 32;
+    size_t tmp_n = strlen(path) + 48;
     tmp = malloc(tmp_n);
     dir = dir_of(path);
     if (!tmp || !dir) {
         status = dpt_fail(DPT_ERR_NOMEM, "%s: out of memory", path);
         goto done;
     }
-    snprintf(tmp, tmp_n, "%s.tmp.%ld", path, (long)getpid());
-
-    f = fopen(tmp, "wb");
-    if (!f) {
+    /* Created exclusively, never through a planted symlink. */
+    int fd = dpt_tmpfile_create(path, tmp, tmp_n);
+    if (fd < 0) {
         status = dpt_fail(DPT_ERR_IO, "%s: cannot create %s: %s", path, tmp, strerror(errno));
         goto done;
     }
     tmp_exists = 1;
+    f = fdopen(fd, "wb");
+    if (!f) {
+        close(fd);
+        status = dpt_fail(DPT_ERR_NOMEM, "%s: out of memory", path);
+        goto done;
+    }
 
     unsigned char len_le[8];
     uint64_t total = hlen + pad;

@@ -32,6 +32,7 @@ const char *dpt_status_str(dpt_status s)
     case DPT_ERR_TIMEOUT: return "collective timed out";
     case DPT_ERR_NUMERIC: return "non-finite value";
     case DPT_ERR_UNSUPPORTED: return "not supported by this build";
+    case DPT_ERR_INTERRUPTED: return "interrupted";
     }
     return "unknown status";
 }

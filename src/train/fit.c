@@ -8,6 +8,7 @@
 #include <cJSON.h>
 #include <inttypes.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,6 +80,7 @@ typedef struct fit_job {
     dpt_fit_result *result;
     dpt_progress_queue *queue; /* NULL: no progress callback */
     char *classes_json;        /* the class names as a JSON array (model metadata) */
+    atomic_int interrupted;    /* set by every worker that stopped on cfg->stop */
 } fit_job;
 
 /* The class names as a JSON array of strings (cJSON does the escaping);
@@ -212,6 +214,13 @@ static dpt_status fit_worker(dpt_comm *comm, void *arg)
     /* One worker per GPU: the network moves once its host copy is final. */
     if (cfg->use_gpu && (s = dpt_net_to_gpu(net, dpt_gpu_for_worker(comm))) != DPT_OK)
         goto done;
+    if (rank == 0) {
+        job->result->epoch = start.epoch;
+        job->result->iterations = job->result->start_iteration = start.iteration;
+        /* Every input is checked: the caller may now prepare the output. */
+        if (cfg->on_start && (s = cfg->on_start(cfg->on_start_arg)) != DPT_OK)
+            goto done;
+    }
 
     int chw[3];
     dpt_net_input_shape(net, chw);
@@ -234,8 +243,9 @@ static dpt_status fit_worker(dpt_comm *comm, void *arg)
         /* Resuming inside an epoch: skip the batches already trained on. */
         long skip = epoch == start.epoch ? start.epoch_iteration : 0;
         for (;;) {
-            /* Loop while every worker still has data. */
-            int more = dpt_mbq_has_data(q);
+            /* Loop while every worker still has data and none was asked to
+             * stop: one all-reduce for both. */
+            int more = dpt_mbq_has_data(q) && !(cfg->stop && *cfg->stop);
             if ((s = dpt_comm_allreduce_and(comm, &more)) != DPT_OK)
                 goto done;
             if (!more)
@@ -259,6 +269,8 @@ static dpt_status fit_worker(dpt_comm *comm, void *arg)
                 goto done;
             }
             iteration++, it_epoch++;
+            if (rank == 0)
+                job->result->epoch = epoch, job->result->iterations = iteration;
             if (rank == 0 && job->queue) {
                 double t = now_s();
                 dpt_progress p = {epoch, cfg->epochs, iteration, per_epoch, loss, t - t0,
@@ -270,6 +282,21 @@ static dpt_status fit_worker(dpt_comm *comm, void *arg)
                 (s = save_checkpoint(job, net, opt, epoch, it_epoch, iteration, n_workers,
                                      now_s() - t0)) != DPT_OK)
                 goto done;
+            if (rank == 0 && cfg->checkpoint_out && cfg->checkpoint_every > 0 &&
+                iteration % cfg->checkpoint_every == 0)
+                job->result->checkpoint_iteration = iteration;
+        }
+        /* The loop ended because a worker ran out of data or because one was
+         * asked to stop: a second all-reduce (once per epoch) tells which,
+         * the same on every worker. */
+        if (cfg->stop) {
+            int go_on = !*cfg->stop;
+            if ((s = dpt_comm_allreduce_and(comm, &go_on)) != DPT_OK)
+                goto done;
+            if (!go_on) {
+                atomic_store(&job->interrupted, 1);
+                goto done;
+            }
         }
         per_epoch = it_epoch;
         dpt_mbq_free(q), q = NULL;
@@ -298,6 +325,8 @@ static dpt_status fit_worker(dpt_comm *comm, void *arg)
         if (cfg->checkpoint_out &&
             (s = save_checkpoint(job, net, opt, epoch, 0, iteration, n_workers, train_s)) != DPT_OK)
             goto done;
+        if (cfg->checkpoint_out)
+            r->checkpoint_iteration = iteration;
         if (dpt_net_device(net) >= 0 && (s = dpt_net_sync_to_host(net)) != DPT_OK)
             goto done;
         if (cfg->model_out && (s = save_model(job, net, n_workers, iteration)) != DPT_OK)
@@ -336,6 +365,7 @@ dpt_status dpt_fit(const dpt_fit_config *cfg, dpt_fit_result *result)
     if (cfg->epochs < 1 || cfg->batch < 1)
         return dpt_fail(DPT_ERR_ARG, "dpt_fit: epochs and batch must be >= 1");
     memset(result, 0, sizeof *result);
+    result->checkpoint_iteration = -1;
     /* A checkpoint that cannot continue this run is refused before any
      * worker starts (dpt_checkpoint_load checks it again against the
      * network). */
@@ -366,7 +396,7 @@ dpt_status dpt_fit(const dpt_fit_config *cfg, dpt_fit_result *result)
         own.test = matched;
         cfg = &own;
     }
-    fit_job job = {cfg, result, NULL, classes_json(cfg, dpt_datastore_n_classes(cfg->train))};
+    fit_job job = {cfg, result, NULL, classes_json(cfg, dpt_datastore_n_classes(cfg->train)), 0};
     if (!job.classes_json) {
         dpt_datastore_free(matched);
         return dpt_fail(DPT_ERR_NOMEM, "out of memory");
@@ -380,5 +410,8 @@ dpt_status dpt_fit(const dpt_fit_config *cfg, dpt_fit_result *result)
     dpt_progress_queue_free(job.queue);
     cJSON_free(job.classes_json);
     dpt_datastore_free(matched);
+    if (s == DPT_OK && atomic_load(&job.interrupted))
+        s = dpt_fail(DPT_ERR_INTERRUPTED, "interrupted at epoch %d, iteration %ld", result->epoch,
+                     result->iterations);
     return s;
 }
