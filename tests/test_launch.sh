@@ -400,35 +400,31 @@ if command -v python3 >/dev/null; then
   fi
 fi
 
-# ---- restarts without a checkpoint (need train --overwrite) -------------------------
-if "$cli" train --help | grep -q -- "--overwrite"; then
-  # A bad input fails the same way before any checkpoint: two runs, no third.
-  timeout 120 "$cli" launch -np 2 -- train --data "$tmp/none" --out "$tmp/bad" >/dev/null 2>"$tmp/e"
-  rc=$?
-  n=$(grep -c "^dptrain launch: the job failed" "$tmp/e")
-  if [ $rc -eq 1 ] && [ "$n" -eq 2 ] \
-    && grep -q "^dptrain launch: restart 1 of 3: no checkpoint of this job in $tmp/bad; starting afresh" "$tmp/e" \
-    && grep -q "^dptrain: launch: the job failed twice the same way before its first checkpoint; not restarting" "$tmp/e"; then
-    ok
-  else
-    bad "bad input under launch: exit $rc, $n failures: $(grep dptrain "$tmp/e")"
-  fi
-  # A failure before the first checkpoint of a run (rank 1 killed as soon
-  # as it exists; the first checkpoint would be at iteration 100): a fresh
-  # restart in the failed attempt's folder, same model in the end.
-  out=$tmp/early
-  "$cli" launch -np 2 -- "${args[@]}" --checkpoint-every 100 --out "$out" >/dev/null 2>"$tmp/e" &
-  bg=$!
-  if ranks_of "$out"; then kill -9 "$R1"; else bad "early kill: rank 1 not found"; fi
-  wait "$bg"; rc=$?; bg=""
-  if [ $rc -eq 0 ] && grep -qE "^dptrain launch: restart 1 of 3: (no checkpoint of this job in $out; starting afresh|resuming from)" "$tmp/e" \
-    && cmp -s "$tmp/ref/model.safetensors" "$out/model.safetensors"; then
-    ok
-  else
-    bad "early kill: exit $rc: $(grep dptrain "$tmp/e")"
-  fi
+# ---- restarts without a checkpoint (train --overwrite) ----------------------------
+# A bad input fails the same way before any checkpoint: two runs, no third.
+timeout 120 "$cli" launch -np 2 -- train --data "$tmp/none" --out "$tmp/bad" >/dev/null 2>"$tmp/e"
+rc=$?
+n=$(grep -c "^dptrain launch: the job failed" "$tmp/e")
+if [ $rc -eq 1 ] && [ "$n" -eq 2 ] \
+  && grep -q "^dptrain launch: restart 1 of 3: no checkpoint of this job in $tmp/bad; starting afresh" "$tmp/e" \
+  && grep -q "^dptrain: launch: the job failed twice the same way before its first checkpoint; not restarting" "$tmp/e"; then
+  ok
 else
-  echo "note: train has no --overwrite on this branch: restarts without a checkpoint not run"
+  bad "bad input under launch: exit $rc, $n failures: $(grep dptrain "$tmp/e")"
+fi
+# A failure before the first checkpoint of a run (rank 1 killed as soon
+# as it exists; the first checkpoint would be at iteration 100): a fresh
+# restart in the failed attempt's folder, same model in the end.
+out=$tmp/early
+"$cli" launch -np 2 -- "${args[@]}" --checkpoint-every 100 --out "$out" >/dev/null 2>"$tmp/e" &
+bg=$!
+if ranks_of "$out"; then kill -9 "$R1"; else bad "early kill: rank 1 not found"; fi
+wait "$bg"; rc=$?; bg=""
+if [ $rc -eq 0 ] && grep -qE "^dptrain launch: restart 1 of 3: (no checkpoint of this job in $out; starting afresh|resuming from)" "$tmp/e" \
+  && cmp -s "$tmp/ref/model.safetensors" "$out/model.safetensors"; then
+  ok
+else
+  bad "early kill: exit $rc: $(grep dptrain "$tmp/e")"
 fi
 
 echo "test_launch: $pass passed, $fail failed"
