@@ -96,7 +96,8 @@ int outdir_check(outdir *o, const char *resume, int overwrite)
     struct stat st;
     for (size_t i = 0; i < N_RUN_FILES; i++) {
         join(path, sizeof path, o->dir, run_files[i]);
-        if (lstat(path, &st) != 0)
+        /* A folder by that name is no run's file: the write fails, naming it. */
+        if (lstat(path, &st) != 0 || S_ISDIR(st.st_mode))
             continue;
         size_t len = strlen(found);
         snprintf(found + len, sizeof found - len, "%s%s", n_found ? ", " : "", run_files[i]);
