@@ -298,7 +298,8 @@ dpt_status dpt_checkpoint_load(const char *path, dpt_net *net, dpt_sgdm *opt,
         memcpy(opt->velocity, vel, opt->n * sizeof(float));
     }
     memcpy(dpt_net_params(net), params, np * sizeof(float));
-    memcpy(dpt_net_state(net), state, ns * sizeof(float));
+    if (ns) /* a network without batch norm has no state buffer (NULL) */
+        memcpy(dpt_net_state(net), state, ns * sizeof(float));
     *info = got;
 done:
     free(params), free(state), free(vel);
