@@ -196,13 +196,51 @@ static int write_svg(report *r)
 }
 
 /* loss.png from loss.svg through rsvg-convert, when it is installed. */
-static void write_png(report *r)
+/* Collect the renderer started by write_png: with `block`, wait for it
+ * (ending it at once when training is asked to stop); without, only look.
+ * Its PNG replaces the last one when it succeeded and no stop came. */
+static void png_reap(report *r, int block)
 {
+    if (r->png_pid <= 0)
+        return;
+    const int stopping = r->stop && *r->stop;
+    int st = 0;
+    pid_t w;
+    while ((w = waitpid(r->png_pid, &st, block && !stopping ? 0 : WNOHANG)) < 0 && errno == EINTR)
+        ;
+    if (w == 0) {
+        if (!block && !stopping)
+            return; /* still rendering */
+        /* mpirun sends SIGKILL soon after forwarding SIGTERM: end it now */
+        kill(r->png_pid, SIGKILL);
+        while ((w = waitpid(r->png_pid, &st, 0)) < 0 && errno == EINTR)
+            ;
+    }
+    if (w == r->png_pid && WIFEXITED(st) && WEXITSTATUS(st) == 0 && !stopping)
+        rename(r->png_tmp, r->png_path);
+    else
+        unlink(r->png_tmp);
+    r->png_pid = 0;
+}
+
+/* loss.png from loss.svg by rsvg-convert, when it is installed. During
+ * training (`final` 0) it renders on idle time and nobody waits for it:
+ * while the last render still runs this one is skipped (loss.svg is always
+ * current), so a machine kept busy by others never holds training up. The
+ * final render runs at normal priority and is waited for. */
+static void write_png(report *r, int final)
+{
+    png_reap(r, 0);
+    if (r->png_pid > 0) {
+        if (!final)
+            return;
+        kill(r->png_pid, SIGKILL); /* an older plot: the final one replaces it */
+        png_reap(r, 1);
+    }
     /* We create the temporary file (exclusively, never through a symlink)
      * and hand it to rsvg-convert as its stdout: given a name, it would
      * open it with a plain open that follows links. */
-    char tmp[4200];
-    int fd = dpt_tmpfile_create(r->png_path, tmp, sizeof tmp);
+    int fd = dpt_tmpfile_create(r->png_path, r->png_tmp, sizeof r->png_tmp);
     if (fd < 0)
         return;
     char *argv[] = {"rsvg-convert", r->svg_path, NULL};
@@ -211,7 +249,7 @@ static void write_png(report *r)
     posix_spawn_file_actions_t fa;
     if (posix_spawn_file_actions_init(&fa) != 0) {
         close(fd);
-        unlink(tmp);
+        unlink(r->png_tmp);
         return;
     }
     posix_spawn_file_actions_adddup2(&fa, fd, STDOUT_FILENO);
@@ -221,39 +259,23 @@ static void write_png(report *r)
     posix_spawn_file_actions_destroy(&fa);
     close(fd);
     if (!spawned) {
-        unlink(tmp);
+        unlink(r->png_tmp);
         return; /* not installed: the SVG is the plot */
     }
+    r->png_pid = pid;
 #ifdef SCHED_IDLE
     /* The workers keep every core busy: the renderer (about 60 ms of CPU
      * at each epoch's end) runs only on idle time, so it never takes a
      * worker's core and holds the others at the next all-reduce. (glibc's
      * posix_spawn takes no SCHED_IDLE; the first instants at normal
      * priority do not matter. Failure leaves it at normal priority.) */
-    struct sched_param sp = {.sched_priority = 0};
-    (void)sched_setscheduler(pid, SCHED_IDLE, &sp);
-#endif
-    /* At idle priority on a busy machine it can take long: once training is
-     * asked to stop, it is ended, so that dptrain stops within moments
-     * (mpirun sends SIGKILL soon after forwarding SIGTERM). */
-    int st, done = 0;
-    while (!done) {
-        pid_t w = waitpid(pid, &st, r->stop ? WNOHANG : 0);
-        if (w == pid) {
-            done = 1;
-        } else if (w == 0 && *r->stop) {
-            kill(pid, SIGKILL);
-        } else if (w == 0) {
-            struct timespec ts = {0, 10 * 1000 * 1000};
-            nanosleep(&ts, NULL);
-        } else if (errno != EINTR) {
-            st = -1, done = 1;
-        }
+    if (!final) {
+        struct sched_param sp = {.sched_priority = 0};
+        (void)sched_setscheduler(pid, SCHED_IDLE, &sp);
     }
-    if (st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0 && !(r->stop && *r->stop))
-        rename(tmp, r->png_path);
-    else
-        unlink(tmp);
+#endif
+    if (final)
+        png_reap(r, 1);
 }
 
 static void csv_row(report *r, const dpt_progress *p, double acc)
@@ -355,7 +377,7 @@ void report_progress(const dpt_progress *p, void *arg)
             io_fail(r, r->svg_path);
         r->last_plot = now;
         if (p->end_of_epoch && r->png_path[0] && !(r->stop && *r->stop))
-            write_png(r);
+            write_png(r, 0);
     }
     /* the terminal; not once a stop is requested: mpirun, stopping the job,
      * no longer reads the ranks' output, and a full pipe would block us */
@@ -408,8 +430,9 @@ void report_finish(report *r)
         if (write_svg(r) != 0)
             io_fail(r, r->svg_path);
         if (r->png_path[0] && !(r->stop && *r->stop))
-            write_png(r);
+            write_png(r, 1);
     }
+    png_reap(r, 1); /* a stopped run's render in flight: ended, its file removed */
     free(r->loss_x), free(r->loss_y), free(r->acc_x), free(r->acc_y);
     r->loss_x = r->loss_y = r->acc_x = r->acc_y = NULL;
 }

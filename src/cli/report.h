@@ -7,6 +7,7 @@
 
 #include <signal.h>
 #include <stdio.h>
+#include <sys/types.h>
 
 typedef struct report {
     /* settings */
@@ -22,6 +23,8 @@ typedef struct report {
     dpt_progress pending;           /* last iteration row, waiting for its epoch's accuracy */
     char io_msg[4400];              /* the first failed write: "<file>: cannot write: <reason>" */
     FILE *csv;
+    pid_t png_pid;                  /* an rsvg-convert still rendering (0: none) */
+    char png_tmp[4200];             /* its output, renamed to png_path when it succeeds */
     double *loss_x, *loss_y, *acc_x, *acc_y;
     size_t n_loss, cap_loss, n_acc, cap_acc;
 } report;
