@@ -1,6 +1,7 @@
 /* The data-parallel training step of the MATLAB example, top to bottom. */
 #include "dptrain/train.h"
 #include "net/net_impl.h"
+#include "optim/optim_impl.h"
 #include "ops/ops.h"
 
 static int multi(dpt_comm *comm) { return comm && dpt_comm_size(comm) > 1; }
@@ -26,13 +27,35 @@ dpt_status dpt_train_aggregate(dpt_net *net, dpt_comm *comm, double *loss)
 dpt_status dpt_train_step(dpt_net *net, dpt_sgdm *opt, dpt_comm *comm, const float *x,
                           const float *t, int n_local, double *loss, int *n_total)
 {
+    if (!opt)
+        return dpt_fail(DPT_ERR_ARG, "train step: opt is NULL");
+    dpt_optim o; /* a view of opt: its velocity is updated in place */
+    optim_wrap_sgdm(&o, opt);
+    return dpt_train_step_optim(net, &o, comm, x, t, n_local, loss, n_total);
+}
+
+dpt_status dpt_train_step_optim(dpt_net *net, dpt_optim *opt, dpt_comm *comm, const float *x,
+                                const float *t, int n_local, double *loss, int *n_total)
+{
+    if (!net || !opt)
+        return dpt_fail(DPT_ERR_ARG, "train step: %s is NULL", !net ? "net" : "opt");
     if (n_local < 1)
         return dpt_fail(DPT_ERR_ARG, "train step: %d observations on this worker", n_local);
-    if (opt->n != dpt_net_n_params(net))
+    if (dpt_optim_n(opt) != dpt_net_n_params(net))
         return dpt_fail(DPT_ERR_ARG, "train step: optimizer has %zu parameters, network %zu",
-                        opt->n, dpt_net_n_params(net));
-    if (net->gpu) /* the same six steps with device buffers: net/net_gpu.c */
-        return net_gpu_train_step(net, opt, comm, x, t, n_local, loss, n_total);
+                        dpt_optim_n(opt), dpt_net_n_params(net));
+    if (net->gpu) { /* the same six steps with device buffers: net/net_gpu.c */
+        /* Until the GPU executor takes a dpt_optim (optim_gpu_step), its
+         * step knows SGDM without clipping only. */
+        if (opt->kind != DPT_OPTIM_SGDM || opt->clip_norm > 0)
+            return dpt_fail(DPT_ERR_ARG, "%s: the GPU training step does not support %s yet "
+                            "(use the CPU)", net->source, opt->kind != DPT_OPTIM_SGDM
+                                ? "--optimizer adam" : "--clip-norm");
+        dpt_status gs = net_gpu_train_step(net, opt->sgdm, comm, x, t, n_local, loss, n_total);
+        if (gs == DPT_OK)
+            opt->sgdm_steps++;
+        return gs;
+    }
     /* 1. M, the size of the whole minibatch (shares may be uneven). */
     double m_total = n_local;
     dpt_status s = DPT_OK;
@@ -54,7 +77,7 @@ dpt_status dpt_train_step(dpt_net *net, dpt_sgdm *opt, dpt_comm *comm, const flo
     if ((s = dpt_train_aggregate(net, comm, &l)) != DPT_OK)
         return s;
     /* 6. The same update on every worker. */
-    dpt_sgdm_step(opt, dpt_net_params(net), dpt_net_grads(net));
+    dpt_optim_step(opt, dpt_net_params(net), dpt_net_grads(net));
 #ifndef NDEBUG
     /* Debug builds check invariant 2 after every step: every worker holds
      * worker 0's bits. */
