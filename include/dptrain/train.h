@@ -53,7 +53,8 @@ DPT_API int dpt_batch_global(int batch, int n_workers, int on_gpu);
 
 /* ---- checkpoints -------------------------------------------------------------
  * A checkpoint is a safetensors file: the learnables and state tables (as in
- * a model file), the optimizer's velocity ("optim/Velocity"), and in the
+ * a model file), the optimizer's state (SGDM's velocity "optim/Velocity";
+ * see dpt_checkpoint_save_optim for the other kinds), and in the
  * metadata the spec, the position in training and a CRC-32 of the tensor
  * data and of the metadata (format "dptrain.checkpoint.v2"), verified on
  * load. Files of format v1 (CRC of the tensors only) still load. Every
