@@ -138,6 +138,8 @@ PY
     opt_run --epochs 3 --resume "$tmp/adam/checkpoint.safetensors"
   opt_run --epochs 3 --optimizer adam --lr-schedule cosine,warmup=1 --clip-norm 1 --resume "$tmp/adam/checkpoint.safetensors" >"$tmp/log" 2>&1 \
     && grep -q "^test accuracy" "$tmp/log" && ok || bad "resume with adam: $(cat "$tmp/log")"
+  expect_error "was written with --optimizer adam; this run uses adamw" \
+    opt_run --epochs 4 --optimizer adamw --resume "$tmp/adam/checkpoint.safetensors"
 else
   bad "training with adam, cosine,warmup=1, --clip-norm: $(cat "$tmp/log")"
 fi

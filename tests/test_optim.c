@@ -472,6 +472,13 @@ static void test_checkpoints(void)
     CHECK_MSG(s == DPT_ERR_ARG && strstr(dpt_last_error(), "'adam'") && strstr(dpt_last_error(), "'sgdm'"),
               "sgdm from an adam checkpoint: %d %s", (int)s, dpt_last_error());
     CHECK(dpt_optim_step_count(sg) == 0);
+    dpt_optim_adam(a2)->decoupled = 1; /* AdamW: another optimizer to resume with */
+    CHECK(!strcmp(dpt_optim_name(a2), "adamw") && !strcmp(dpt_optim_name(a), "adam"));
+    s = dpt_checkpoint_load_optim(path, net2, a2, &got);
+    CHECK_MSG(s == DPT_ERR_ARG && strstr(dpt_last_error(), "'adam'") && strstr(dpt_last_error(), "'adamw'"),
+              "adamw from an adam checkpoint: %d %s", (int)s, dpt_last_error());
+    CHECK(dpt_optim_step_count(a2) == 0);
+    dpt_optim_adam(a2)->decoupled = 0;
     s = dpt_checkpoint_load(path, net2, dpt_optim_sgdm(sg), &got);
     CHECK_MSG(s == DPT_ERR_ARG, "dpt_checkpoint_load with a dpt_sgdm from an adam checkpoint: %d", (int)s);
     /* Same kind: every buffer, the step count and the network back. */
@@ -608,7 +615,7 @@ static void test_fit_resume(const char *tmp)
     long from = res.checkpoint_iteration;
     /* Resuming with another optimizer: refused, naming both. */
     s = fit(ds, DPT_OPTIM_SGDM, model, NULL, ck, &rest, &res);
-    CHECK_MSG(s == DPT_ERR_ARG && strstr(dpt_last_error(), "--optimizer adam") &&
+    CHECK_MSG(s == DPT_ERR_ARG && strstr(dpt_last_error(), "--optimizer adamw;") &&
                   strstr(dpt_last_error(), "uses sgdm"),
               "resume with sgdm: %d %s", (int)s, dpt_last_error());
     CHECK(access(model, F_OK) != 0);

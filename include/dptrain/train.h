@@ -89,14 +89,16 @@ DPT_API dpt_status dpt_checkpoint_load(const char *path, dpt_net *net, dpt_sgdm 
 
 /* The same with any optimizer (opt may be NULL): its state buffers are
  * saved as "optim/<buffer name>" ("optim/Velocity" for SGDM, as before;
- * "optim/AverageGrad" and "optim/AverageSqGrad" for Adam) and its kind and
- * step count in the metadata ("optimizer", "optim_step"). */
+ * "optim/AverageGrad" and "optim/AverageSqGrad" for Adam) and its name
+ * (dpt_optim_name) and step count in the metadata ("optimizer",
+ * "optim_step"). */
 DPT_API dpt_status dpt_checkpoint_save_optim(const char *path, const dpt_net *net,
                                              const dpt_optim *opt,
                                              const dpt_checkpoint_info *info,
                                              const dpt_kv *meta, size_t n_meta);
 /* Load into net and opt (may be NULL) as dpt_checkpoint_load. A checkpoint
- * of another optimizer kind than opt's fails naming both (DPT_ERR_ARG); one
+ * of another optimizer than opt's (dpt_optim_name: Adam and AdamW differ)
+ * fails naming both (DPT_ERR_ARG); one
  * written before the optimizer interface (no "optimizer" in its metadata)
  * is SGDM's, with step count = its iteration. Every state buffer and the
  * step count are restored, so the next update is the one an uninterrupted

@@ -147,7 +147,8 @@ static dpt_status save_checkpoint(const fit_job *job, dpt_net *net, dpt_optim *o
 static dpt_status check_resume(const dpt_fit_config *cfg, const dpt_checkpoint_info *start)
 {
     const char *path = cfg->resume;
-    const char *kind = NULL, *mine = dpt_optim_kind_name(cfg->optimizer);
+    const char *kind = NULL, *mine = cfg->optimizer == DPT_OPTIM_ADAM && cfg->decoupled
+                                         ? "adamw" : dpt_optim_kind_name(cfg->optimizer);
     dpt_status s = dpt_checkpoint_read_optimizer(path, &kind);
     if (s != DPT_OK)
         return s;
