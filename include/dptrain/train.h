@@ -169,12 +169,20 @@ typedef struct dpt_fit_config {
      * an earlier run's files from the output folder here. */
     dpt_status (*on_start)(void *arg);
     void *on_start_arg;
+    /* Random augmentation of the training images (NULL: none; borrowed,
+     * checked by dpt_fit): observation k of the global minibatch of
+     * iteration i (1-based over the run) in epoch e is transformed by the
+     * key dpt_rng_key(seed, e, i, DPT_AUGMENT_STREAM, k), on each worker's
+     * prefetch thread, so any worker count draws the same transforms and a
+     * resumed run continues exactly. Test data is never augmented. */
+    const dpt_augment *augment;
 } dpt_fit_config;
 
 #define DPT_FIT_CONFIG_VERSION 1
 #define DPT_FIT_CONFIG_INIT                                                             \
     {DPT_FIT_CONFIG_VERSION, NULL, NULL, NULL, NULL, 20, 128, 0.01f, 0.9f, 0.0f, 0,       \
-     DPT_SPMD_CONFIG_INIT, 0, 1, 0, NULL, NULL, NULL, NULL, NULL, 0, NULL, 0, NULL, NULL, NULL}
+     DPT_SPMD_CONFIG_INIT, 0, 1, 0, NULL, NULL, NULL, NULL, NULL, 0, NULL, 0, NULL, NULL, NULL, \
+     NULL}
 
 typedef struct dpt_fit_result {
     double final_loss;

@@ -40,7 +40,19 @@ static const char help[] =
     "  --lr X              learning rate (default 0.01)\n"
     "  --momentum X        SGD momentum (default 0.9)\n"
     "  --weight-decay X    L2 regularisation factor (default 0)\n"
-    "  --seed N            seed of initialisation, split and shuffles (default 0)\n"
+    "  --seed N            seed of initialisation, split, shuffles and augmentation\n"
+    "                      (default 0)\n"
+    "  --augment LIST      random transforms of each training image, like MATLAB's\n"
+    "                      imageDataAugmenter (default: none; test data never): a comma-\n"
+    "                      separated list of reflect (= reflect-x), reflect-y,\n"
+    "                      rotate=A or rotate=MIN:MAX (degrees), scale=MIN:MAX,\n"
+    "                      scale-x=MIN:MAX, scale-y=MIN:MAX, shear-x=A|MIN:MAX,\n"
+    "                      shear-y=A|MIN:MAX (degrees), translate=T or translate=MIN:MAX\n"
+    "                      (pixels of the network input), translate-x=, translate-y=;\n"
+    "                      a single A or T means -A:A. One transform per image, drawn\n"
+    "                      from --seed and the image's place in the run, so any worker\n"
+    "                      count draws the same; e.g. reflect,translate=3,rotate=10,\n"
+    "                      scale=0.9:1.1"
     "parallel:\n"
     "  --device NAME       auto | cpu | gpu (default auto: GPUs when this build has CUDA\n"
     "                      and a device is found, one worker per GPU, else CPU workers;\n"
@@ -232,7 +244,7 @@ int cli_train(int argc, char **argv)
 {
     enum { O_LABELS = 256, O_TEST, O_TEST_LABELS, O_SPLIT, O_SKIP, O_NET, O_EPOCHS, O_BATCH, O_LR,
            O_MOM, O_WD, O_SEED, O_WORKERS, O_BACKEND, O_THREADS, O_SYNC, O_NOPF, O_OUT, O_EVAL,
-           O_QUIET, O_DATA, O_CKPT, O_RESUME, O_PRINT, O_DEVICE, O_BPW, O_OVERWRITE };
+           O_QUIET, O_DATA, O_CKPT, O_RESUME, O_PRINT, O_DEVICE, O_BPW, O_OVERWRITE, O_AUGMENT };
     static const struct option opts[] = {
         {"data", required_argument, 0, O_DATA},       {"labels", required_argument, 0, O_LABELS},
         {"test", required_argument, 0, O_TEST},       {"test-labels", required_argument, 0, O_TEST_LABELS},
@@ -249,6 +261,7 @@ int cli_train(int argc, char **argv)
         {"print-every", required_argument, 0, O_PRINT},
         {"device", required_argument, 0, O_DEVICE},   {"batch-per-worker", no_argument, 0, O_BPW},
         {"overwrite", no_argument, 0, O_OVERWRITE},
+        {"augment", required_argument, 0, O_AUGMENT},
         {0, 0, 0, 0},
     };
     const char *data = NULL, *labels = NULL, *test = NULL, *test_labels = NULL, *net_path = NULL;
@@ -256,6 +269,7 @@ int cli_train(int argc, char **argv)
     long ckpt_every = 0, print_every = 0;
     const char *device = "auto";
     int batch_per_worker = 0, overwrite = 0;
+    dpt_augment augment = DPT_AUGMENT_INIT;
     double split = 0.9, lr = 0.01, momentum = 0.9, wd = 0.0;
     long epochs = 20, batch = 128, seed = 0, workers = 0, threads = 0;
     int skip_corrupt = 0, sync_bn = 0, prefetch = 1, eval_epoch = 0, quiet = 0;
@@ -292,6 +306,10 @@ int cli_train(int argc, char **argv)
         case O_DEVICE: device = optarg; break;
         case O_BPW: batch_per_worker = 1; break;
         case O_OVERWRITE: overwrite = 1; break;
+        case O_AUGMENT:
+            if (dpt_augment_parse(optarg, &augment) != DPT_OK)
+                return cli_error("--augment: %s", dpt_last_error());
+            break;
         case 'h': fputs(help, stdout); return 0;
         default:
             return cli_error("train: unknown or incomplete option '%s' (see dptrain train --help)",
@@ -441,6 +459,7 @@ int cli_train(int argc, char **argv)
     cfg.resume = resume;
     cfg.use_gpu = use_gpu;
     cfg.stop = &stop_signal;
+    cfg.augment = dpt_augment_is_identity(&augment) ? NULL : &augment;
     cfg.on_start = outdir_clear; /* worker 0 runs in rank 0's process */
     cfg.on_start_arg = &od;
     catch_stop_signals();
