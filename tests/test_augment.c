@@ -5,6 +5,9 @@
  *      integer translation (shift with zero fill), rotation by multiples of
  *      90 degrees, scale (bilinear values), identity; colour images of odd
  *      sizes, every channel moved alike;
+ *   2b. against PyTorch (tests/fixtures/augment.safetensors, made by
+ *      make_augment_fixtures.py): keys, draws and the transform computed
+ *      independently, sampled by affine_grid + grid_sample;
  *   3. the minibatch queue: identity when off; the same batches with
  *      prefetch on and off and on a second pass; another epoch draws other
  *      transforms;
@@ -17,6 +20,7 @@
  *      uninterrupted run's model;
  *   6. colour images of several sizes in a folder through a 32x32x3 network
  *      (resized on read), trained end to end with augmentation. */
+#include "core/safetensors.h"
 #include "dptrain/train.h"
 #include "testfs.h"
 #include "testutil.h"
@@ -251,6 +255,65 @@ static void test_exact(void)
         EXPECT_ALL(b, 3, HH, WW, px(a, HH, WW, k, 4 + (i - 6), 6 - (y - 4)), "rotate 90, 3x9x13");
         CHECK(b[0] == 0.0f && b[2 * HH * WW + 4 * WW + 6] == a[2 * HH * WW + 4 * WW + 6]);
     }
+}
+
+/* ---- 2b. against PyTorch ------------------------------------------------------------ */
+
+static const char *case_meta(const dpt_st *st, const char *cs, const char *key)
+{
+    char k[256];
+    snprintf(k, sizeof k, "%s/%s", cs, key);
+    const char *v = dpt_st_meta(st, k);
+    return v ? v : "";
+}
+
+static void test_reference(void)
+{
+    char path[1024];
+    tu_fixture("augment.safetensors", path, sizeof path);
+    dpt_st *st = NULL;
+    dpt_status s = dpt_st_open(path, &st);
+    CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
+    if (s)
+        return;
+    char list[4096];
+    snprintf(list, sizeof list, "%s", dpt_st_meta(st, "cases") ? dpt_st_meta(st, "cases") : "");
+    int n_cases = 0;
+    double worst = 0;
+    for (char *cs = strtok(list, ","); cs; cs = strtok(NULL, ",")) {
+        char name[300];
+        snprintf(name, sizeof name, "%s/x", cs);
+        const dpt_st_tensor *t = dpt_st_get(st, name);
+        CHECK_MSG(t && t->ndim == 3, "%s", name);
+        if (!(t && t->ndim == 3))
+            continue;
+        int c = (int)t->shape[0], h = (int)t->shape[1], w = (int)t->shape[2];
+        size_t n = (size_t)c * h * w;
+        float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y), *got = malloc(n * sizeof *got);
+        CHECK(dpt_st_read_f32(st, name, x, n) == DPT_OK);
+        snprintf(name, sizeof name, "%s/y", cs);
+        CHECK(dpt_st_read_f32(st, name, y, n) == DPT_OK);
+        dpt_augment a = parsed(case_meta(st, cs, "spec"));
+        uint64_t key = dpt_rng_key(strtoull(case_meta(st, cs, "seed"), NULL, 10),
+                                   strtoull(case_meta(st, cs, "epoch"), NULL, 10),
+                                   strtoull(case_meta(st, cs, "iteration"), NULL, 10), DPT_AUGMENT_STREAM,
+                                   strtoull(case_meta(st, cs, "obs"), NULL, 10));
+        CHECK_MSG(key == strtoull(case_meta(st, cs, "key"), NULL, 10), "%s: key differs from Python's", cs);
+        dpt_augment_image(&a, key, x, got, c, h, w);
+        double err = 0;
+        for (size_t i = 0; i < n; i++)
+            err = fmax(err, fabs((double)got[i] - (double)y[i]));
+        CHECK_MSG(err <= 1e-5, "%s (%s, %dx%dx%d): max |difference| %g from PyTorch", cs,
+                  case_meta(st, cs, "spec"), c, h, w, err);
+        worst = fmax(worst, err);
+        n_cases++;
+        free(x);
+        free(y);
+        free(got);
+    }
+    CHECK(n_cases == 12);
+    printf("  %d cases against PyTorch affine_grid + grid_sample: max |difference| %.2g\n", n_cases, worst);
+    dpt_st_close(st);
 }
 
 /* ---- 3-4. the minibatch queue, and the worker count --------------------------------- */
@@ -682,6 +745,7 @@ int main(void)
     }
     test_parse();
     test_exact();
+    test_reference();
     dpt_datastore *digits = open_digits();
     if (digits) {
         test_queue(digits);
