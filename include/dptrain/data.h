@@ -238,9 +238,9 @@ DPT_API void dpt_image_resize_bilinear(const float *in, int c, int ih, int iw, f
  * value). Values are read by bilinear interpolation; a neighbour outside the
  * image counts as 0. Every channel gets the same transform, the output has
  * the input's size. A transform that is the identity copies exactly;
- * reflections, integer translations and rotations by multiples of 90 degrees
- * (on images whose centre is on a pixel grid the rotation maps onto
- * itself) move pixels without changing their values.
+ * reflections, integer translations, rotations by 180 degrees, and by 90 or
+ * 270 degrees when h and w are both odd or both even (then pixel centres
+ * land on pixel centres), move pixels without changing their values.
  *
  * The draws are a pure function of a key (dpt_rng_key with stream
  * DPT_AUGMENT_STREAM and obs = the observation's position in the global
