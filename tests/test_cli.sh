@@ -164,7 +164,8 @@ cmp -s "$tmp/r1/model.safetensors" "$tmp/r2/model.safetensors" && ok || bad "sam
 expect_error "--augment: augmentation item 'twist=3': unknown" "$cli" train --data "$d" --augment reflect,twist=3
 expect_error "--augment: augmentation item 'scale=1.1': the value needs a range MIN:MAX" "$cli" train --data "$d" --augment scale=1.1
 expect_error "--augment: augmentation item 'rotate=9:1': the value has MIN > MAX" "$cli" train --data "$d" --augment rotate=9:1
-grep -q -- "--augment LIST" <("$cli" train --help) && ok || bad "train --help lacks --augment"
+"$cli" train --help >"$tmp/h" && grep -q -- "--augment LIST" "$tmp/h" && grep -q "^network and optimiser:" "$tmp/h" \
+  && ok || bad "train --help: --augment and the next section"
 aug=(--quiet --data "$d" --epochs 1 --batch 32 --workers 2 --seed 3)
 "$cli" train "${aug[@]}" --augment reflect,translate=3,rotate=10,scale=0.9:1.1 --out "$tmp/a1" >/dev/null 2>&1 || bad "train --augment failed"
 "$cli" train "${aug[@]}" --augment reflect,translate=3,rotate=10,scale=0.9:1.1 --out "$tmp/a2" >/dev/null 2>&1
