@@ -66,6 +66,7 @@ static void test_parse(void)
     CHECK(a.shear_y[0] == -3 && a.shear_y[1] == 0 && a.scale_x[1] == 1 && a.scale_y[1] == 2);
     CHECK(a.scale[0] == 1 && a.scale[1] == 1);
 
+    CHECK(dpt_augment_parse(" reflect-y , rotate=3 ", &a) == DPT_OK && a.reflect_y && a.rotate[1] == 3);
     CHECK(dpt_augment_parse("", &a) == DPT_OK && dpt_augment_is_identity(&a));
     CHECK(dpt_augment_parse("none", &a) == DPT_OK && dpt_augment_is_identity(&a));
     CHECK(dpt_augment_parse("rotate=0,translate=0:0", &a) == DPT_OK && dpt_augment_is_identity(&a));
@@ -94,6 +95,7 @@ static void test_parse(void)
     FAILS(dpt_augment_parse("scale-x=1:2,scale=1:2", &a), "item 'scale=1:2': given twice or together");
     FAILS(dpt_augment_parse("reflect,,rotate=3", &a), "an empty item");
     FAILS(dpt_augment_parse("reflect,", &a), "an empty item");
+    FAILS(dpt_augment_parse("reflect, ,rotate=1", &a), "an empty item");
     CHECK(a.reflect_y == 1 && a.reflect_x == 0 && a.rotate[1] == 0);
 
     dpt_augment h = DPT_AUGMENT_INIT;

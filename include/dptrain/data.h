@@ -267,7 +267,8 @@ typedef struct dpt_augment {
 #define DPT_AUGMENT_STREAM 0x61756700u
 
 /* Parse an augmentation description into *out (which starts from
- * DPT_AUGMENT_INIT): comma-separated items, each one of
+ * DPT_AUGMENT_INIT): comma-separated items (spaces around one are ignored),
+ * each one of
  *   reflect | reflect-x        random left-right reflection
  *   reflect-y                  random up-down reflection
  *   rotate=A | rotate=MIN:MAX  degrees; A means -A:A

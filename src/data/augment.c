@@ -142,6 +142,11 @@ dpt_status dpt_augment_parse(const char *text, dpt_augment *out)
     for (;;) {
         const char *end = strchr(p, ',');
         size_t len = end ? (size_t)(end - p) : strlen(p);
+        /* "reflect, rotate=10" (a space after the comma) means the same. */
+        while (len && *p == ' ')
+            p++, len--;
+        while (len && p[len - 1] == ' ')
+            len--;
         int ilen = len > 200 ? 200 : (int)len; /* how much of an item a message shows */
         if (!len)
             return dpt_fail(DPT_ERR_ARG, "augmentation '%.200s': an empty item (two commas, or a "
