@@ -272,14 +272,16 @@ typedef struct dpt_augment {
  *   reflect | reflect-x        random left-right reflection
  *   reflect-y                  random up-down reflection
  *   rotate=A | rotate=MIN:MAX  degrees; A means -A:A
- *   scale=MIN:MAX              both axes (> 0); also scale-x=, scale-y=
+ *   scale=MIN:MAX              both axes, within [0.001, 1000]; also
+ *                              scale-x=, scale-y=
  *   shear-x=A | shear-x=MIN:MAX, shear-y=...   degrees, within (-90, 90)
  *   translate=T | translate=MIN:MAX   pixels, both axes; T means -T:T;
  *                              also translate-x=, translate-y=
- * Ranges need MIN <= MAX; an item may not appear twice, nor scale together
- * with scale-x or scale-y. Empty text or "none" is no augmentation. Errors
- * (DPT_ERR_ARG) name the bad item and what is wrong with it; *out is then
- * unchanged. */
+ * Values lie within [-1e6, 1e6]; ranges need MIN <= MAX; an item may not
+ * appear twice, nor scale together with scale-x or scale-y (nor translate
+ * with translate-x or translate-y). Empty text or "none" is no
+ * augmentation. Errors (DPT_ERR_ARG) name the bad item and what is wrong
+ * with it; *out is then unchanged. */
 DPT_API dpt_status dpt_augment_parse(const char *text, dpt_augment *out);
 
 /* 1 when a (NULL allowed) transforms nothing: every image is unchanged. */
