@@ -196,6 +196,7 @@ if "$cli" train --data "$tmp/colour" --net "$tmp/colour.net" --epochs 4 --batch 
      --augment reflect,translate=2 --out "$tmp/col" >"$tmp/col.log" 2>&1; then
   acc=$(sed -n 's/^test accuracy: \([0-9.]*\).*/\1/p' "$tmp/col.log")
   python3 -c "import sys; sys.exit(0 if float('$acc') >= 0.99 else 1)" && ok || bad "colour folder: test accuracy $acc (red against blue)"
+  grep -qx "augmenting the training images: reflect,translate=2" "$tmp/col.log" && ok || bad "no augmentation line: $(head -3 "$tmp/col.log")"
   "$cli" predict --model "$tmp/col/model.safetensors" "$tmp/colour/c1/im03.ppm" >"$tmp/col.pred" \
     && grep -qP "\tc1\t" "$tmp/col.pred" && ok || bad "colour predict: $(cat "$tmp/col.pred")"
   "$cli" eval --model "$tmp/col/model.safetensors" --data "$tmp/colour" --json >"$tmp/col.json" \

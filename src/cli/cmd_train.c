@@ -270,6 +270,7 @@ int cli_train(int argc, char **argv)
     const char *device = "auto";
     int batch_per_worker = 0, overwrite = 0;
     dpt_augment augment = DPT_AUGMENT_INIT;
+    const char *augment_text = NULL;
     double split = 0.9, lr = 0.01, momentum = 0.9, wd = 0.0;
     long epochs = 20, batch = 128, seed = 0, workers = 0, threads = 0;
     int skip_corrupt = 0, sync_bn = 0, prefetch = 1, eval_epoch = 0, quiet = 0;
@@ -309,6 +310,7 @@ int cli_train(int argc, char **argv)
         case O_AUGMENT:
             if (dpt_augment_parse(optarg, &augment) != DPT_OK)
                 return cli_error("--augment: %s", dpt_last_error());
+            augment_text = optarg;
             break;
         case 'h': fputs(help, stdout); return 0;
         default:
@@ -470,6 +472,10 @@ int cli_train(int argc, char **argv)
                "%ld epochs\n", dpt_datastore_n_obs(train), k, dpt_datastore_n_obs(testds),
                under_mpi ? launcher_size() : n_workers,
                (under_mpi ? launcher_size() : n_workers) == 1 ? "" : "s", batch, epochs);
+    if (!quiet && cfg.augment) {
+        char clean[1024];
+        printf("augmenting the training images: %s\n", cli_clean(clean, sizeof clean, augment_text));
+    }
     fflush(stdout); /* before training starts, also into a pipe */
     dpt_fit_result res;
     dpt_status fs = dpt_fit(&cfg, &res);
