@@ -209,13 +209,20 @@ typedef struct dpt_fit_config {
                                      iterations per epoch, epochs) */
     double clip_norm;             /* > 0: clip the aggregated gradient's global
                                      L2 norm to this; 0: off */
+    /* Random augmentation of the training images (NULL: none; borrowed,
+     * checked by dpt_fit): observation k of the global minibatch of
+     * iteration i (1-based over the run) in epoch e is transformed by the
+     * key dpt_rng_key(seed, e, i, DPT_AUGMENT_STREAM, k), on each worker's
+     * prefetch thread, so any worker count draws the same transforms and a
+     * resumed run continues exactly. Test data is never augmented. */
+    const dpt_augment *augment;
 } dpt_fit_config;
 
 #define DPT_FIT_CONFIG_VERSION 2
 #define DPT_FIT_CONFIG_INIT                                                             \
     {DPT_FIT_CONFIG_VERSION, NULL, NULL, NULL, NULL, 20, 128, 0.01f, 0.9f, 0.0f, 0,       \
      DPT_SPMD_CONFIG_INIT, 0, 1, 0, NULL, NULL, NULL, NULL, NULL, 0, NULL, 0, NULL, NULL, NULL, \
-     DPT_OPTIM_SGDM, 0.9, 0.999, 1e-8f, 0, DPT_LR_SCHEDULE_INIT, 0.0}
+     DPT_OPTIM_SGDM, 0.9, 0.999, 1e-8f, 0, DPT_LR_SCHEDULE_INIT, 0.0, NULL}
 
 typedef struct dpt_fit_result {
     double final_loss;
