@@ -34,7 +34,24 @@ const char *dpt_net_default_spec(void) { return default_spec; }
 static const layer_type *const layer_types[] = {
     &dpt_layer_input, &dpt_layer_conv, &dpt_layer_batchnorm,
     &dpt_layer_relu,  &dpt_layer_fc,   &dpt_layer_softmax,
+    &dpt_layer_maxpool,
+    &dpt_layer_avgpool,
+    &dpt_layer_globalavgpool,
+    &dpt_layer_leakyrelu,
+    &dpt_layer_sigmoid,
+    &dpt_layer_tanh,
+    &dpt_layer_dropout,
 };
+
+/* "input, conv, ...": the names in layer_types, for messages. */
+static const char *known_types(char *list, size_t cap)
+{
+    size_t k = 0;
+    list[0] = '\0';
+    for (size_t i = 0; i < sizeof layer_types / sizeof *layer_types && k < cap; i++)
+        k += (size_t)snprintf(list + k, cap - k, "%s%s", i ? ", " : "", layer_types[i]->name);
+    return list;
+}
 
 static const layer_type *find_type(const char *name)
 {
@@ -233,9 +250,9 @@ static dpt_status parse_spec(dpt_net *net, const char *text)
         }
         const layer_type *t = find_type(tok[0]);
         if (!t) {
-            s = dpt_fail(DPT_ERR_FORMAT,
-                         "%s:%d: unknown layer type '%s' (known: input, conv, batchnorm, relu, "
-                         "fc, softmax)", src, lineno, tok[0]);
+            char known[512];
+            s = dpt_fail(DPT_ERR_FORMAT, "%s:%d: unknown layer type '%s' (known: %s)", src,
+                         lineno, tok[0], known_types(known, sizeof known));
             break;
         }
         if (nt < 2 || strchr(tok[1], '=')) {
