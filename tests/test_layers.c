@@ -3,6 +3,10 @@
  * from spec text. Their kernels are checked against PyTorch in test_ops;
  * here the layer code around them:
  *
+ * 0. Against PyTorch: a chain of every new type (layers_chain.safetensors,
+ *    made by make_ops_fixtures.py), PREDICT and TRAIN outputs (dropout
+ *    masks drawn in Python with the same key function) and the gradient of
+ *    every learnable, relative error (tu_rel_err) below 1e-5.
  * 1. Gradients through each layer: a small network input -> conv -> the
  *    layer -> fc, L = Σ y·r, central differences on the learnables of the
  *    conv below and the fc above against dpt_net_backward's gradients
@@ -16,6 +20,7 @@
  * 4. Bad specs (pooling that does not fit, groups that do not divide, out
  *    of range values) fail with the spec line in the message.
  * 5. The builder calls write the spec lines the parser reads back. */
+#include "core/safetensors.h"
 #include "dptrain/core.h"
 #include "dptrain/net.h"
 #include "testutil.h"
@@ -163,6 +168,86 @@ static void gradients(void)
                  "fc f outputs=3\n", cases[i].layer);
         fd_net(cases[i].label, spec, 3, &rng);
     }
+}
+
+/* ---- against PyTorch ------------------------------------------------------ */
+
+#define REF_TOL 1e-5
+
+static float *st_floats(const dpt_st *st, const char *name, size_t *n)
+{
+    const dpt_st_tensor *t = dpt_st_get(st, name);
+    CHECK_MSG(t != NULL, "fixture lacks %s", name);
+    if (!t)
+        return NULL;
+    size_t k = 1;
+    for (int i = 0; i < t->ndim; i++)
+        k *= (size_t)t->shape[i];
+    float *p = malloc((k ? k : 1) * sizeof *p);
+    CHECK_MSG(dpt_st_read_f32(st, name, p, k) == DPT_OK, "%s", dpt_last_error());
+    *n = k;
+    return p;
+}
+
+static void chain_vs_torch(void)
+{
+    char path[1024];
+    tu_fixture("layers_chain.safetensors", path, sizeof path);
+    dpt_st *st = NULL;
+    CHECK_MSG(dpt_st_open(path, &st) == DPT_OK, "%s", dpt_last_error());
+    if (!st)
+        return;
+    const char *spec = dpt_st_meta(st, "spec");
+    const int n = atoi(dpt_st_meta(st, "n"));
+    dpt_net *net = spec ? build(spec, n) : NULL;
+    if (!net) {
+        dpt_st_close(st);
+        return;
+    }
+    printf("layers_chain.safetensors\n");
+    /* PyTorch's learnables, by table name. */
+    for (size_t t = 0; t < dpt_net_n_learnables(net); t++) {
+        const dpt_param_info *info = dpt_net_learnable(net, t);
+        char key[256];
+        snprintf(key, sizeof key, "chain/learn/%s", info->name);
+        size_t k = 0;
+        float *v = st_floats(st, key, &k);
+        CHECK_MSG(v && k == info->n, "%s: %zu values, the network has %zu", key, k, info->n);
+        if (v && k == info->n)
+            CHECK_MSG(dpt_net_write_learnable(net, info->name, v, k) == DPT_OK, "%s",
+                      dpt_last_error());
+        free(v);
+    }
+    size_t nx, nr, ny;
+    float *x = st_floats(st, "chain/x", &nx), *r = st_floats(st, "chain/r", &nr);
+    float *yp = st_floats(st, "chain/y_predict", &ny), *yt = st_floats(st, "chain/y_train", &ny);
+    const float *y = NULL;
+    CHECK(dpt_net_forward(net, x, n, DPT_MODE_PREDICT, &y) == DPT_OK);
+    if (y)
+        tu_check_close("chain y (predict)", y, yp, ny, REF_TOL);
+    dpt_net_set_iteration(net, atol(dpt_st_meta(st, "epoch")), atol(dpt_st_meta(st, "iteration")));
+    dpt_net_set_obs_offset(net, atol(dpt_st_meta(st, "obs0")));
+    y = NULL;
+    CHECK(dpt_net_forward(net, x, n, DPT_MODE_TRAIN, &y) == DPT_OK);
+    if (y)
+        tu_check_close("chain y (train, dropout masks)", y, yt, ny, REF_TOL);
+    float *dy = dpt_net_output_grad(net);
+    memcpy(dy, r, nr * sizeof *dy);
+    CHECK(dpt_net_backward(net, dy, 0) == DPT_OK);
+    for (size_t t = 0; t < dpt_net_n_learnables(net); t++) {
+        const dpt_param_info *info = dpt_net_learnable(net, t);
+        char key[256], label[256];
+        snprintf(key, sizeof key, "chain/grad/%s", info->name);
+        snprintf(label, sizeof label, "chain d %s", info->name);
+        size_t k = 0;
+        float *want = st_floats(st, key, &k);
+        if (want && k == info->n)
+            tu_check_close(label, dpt_net_grads(net) + info->offset, want, k, REF_TOL);
+        free(want);
+    }
+    free(x), free(r), free(yp), free(yt);
+    dpt_net_free(net);
+    dpt_st_close(st);
 }
 
 /* ---- spec round trip ------------------------------------------------------ */
@@ -470,6 +555,7 @@ static void builder(void)
 
 int main(void)
 {
+    chain_vs_torch();
     gradients();
     round_trip();
     dropout_net();
