@@ -49,6 +49,14 @@ static dpt_net *build(const char *spec, int max_batch)
     return net;
 }
 
+static const float *run(dpt_net *net, const float *x, int n, dpt_mode mode)
+{
+    const float *y = NULL;
+    dpt_status s = dpt_net_forward(net, x, n, mode, &y);
+    CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
+    return y;
+}
+
 /* L = Σ y·r over a TRAIN forward. */
 static double objective(dpt_net *net, const float *x, int n, const float *r)
 {
@@ -250,6 +258,57 @@ static void chain_vs_torch(void)
     dpt_st_close(st);
 }
 
+/* ---- batch-norm fusion around grouped and dilated convolutions ------------ */
+
+/* The fused network (batch norm applied by the convs next to it, on the
+ * im2col path here) must compute what the unfused one does: same outputs
+ * and gradients within float rounding. */
+static void fusion(void)
+{
+    const char *spec = "input in size=8x9x4\n"
+                       "conv c1 filter=3 filters=6 padding=2 dilation=2 groups=2\n"
+                       "batchnorm b1\n"
+                       "relu r1\n"
+                       "conv c2 filter=3 filters=6 padding=1 groups=6\n"
+                       "batchnorm b2\n"
+                       "relu r2\n"
+                       "conv c3 filter=1 filters=4 groups=2\n"
+                       "batchnorm b3\n"
+                       "fc f outputs=3\n";
+    enum { N = 5 };
+    dpt_net *a = build(spec, N);
+    setenv("DPT_FUSION", "0", 1);
+    dpt_net *b = build(spec, N);
+    unsetenv("DPT_FUSION");
+    if (!a || !b)
+        goto done;
+    const size_t nx = (size_t)N * 4 * 8 * 9, ny = (size_t)N * 3, np = dpt_net_n_params(a);
+    float *x = malloc(nx * sizeof *x), *r = malloc(ny * sizeof *r), *ya = malloc(ny * sizeof *ya);
+    float *ga = malloc(np * sizeof *ga);
+    dpt_rng rng;
+    dpt_rng_seed(&rng, 19, 3);
+    fill_normal(&rng, x, nx, 1.0f);
+    fill_normal(&rng, r, ny, 1.0f);
+    memcpy(ya, run(a, x, N, DPT_MODE_TRAIN), ny * sizeof *ya);
+    memcpy(dpt_net_output_grad(a), r, ny * sizeof *r);
+    CHECK(dpt_net_backward(a, dpt_net_output_grad(a), 0) == DPT_OK);
+    memcpy(ga, dpt_net_grads(a), np * sizeof *ga);
+    const float *yb = run(b, x, N, DPT_MODE_TRAIN);
+    printf("fused vs unfused (conv groups/dilation -> batchnorm -> relu -> conv)\n");
+    if (yb)
+        tu_check_close("y", ya, yb, ny, 1e-5);
+    memcpy(dpt_net_output_grad(b), r, ny * sizeof *r);
+    CHECK(dpt_net_backward(b, dpt_net_output_grad(b), 0) == DPT_OK);
+    for (size_t t = 0; t < dpt_net_n_learnables(a); t++) {
+        const dpt_param_info *info = dpt_net_learnable(a, t);
+        tu_check_close(info->name, ga + info->offset, dpt_net_grads(b) + info->offset, info->n,
+                       1e-5);
+    }
+    free(x), free(r), free(ya), free(ga);
+done:
+    dpt_net_free(a), dpt_net_free(b);
+}
+
 /* ---- spec round trip ------------------------------------------------------ */
 
 static void round_trip(void)
@@ -320,14 +379,6 @@ static void round_trip(void)
 }
 
 /* ---- dropout in a network ------------------------------------------------- */
-
-static const float *run(dpt_net *net, const float *x, int n, dpt_mode mode)
-{
-    const float *y = NULL;
-    dpt_status s = dpt_net_forward(net, x, n, mode, &y);
-    CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
-    return y;
-}
 
 static void dropout_net(void)
 {
@@ -559,6 +610,7 @@ int main(void)
     gradients();
     round_trip();
     dropout_net();
+    fusion();
     bad_specs();
     builder();
     printf("worst finite-difference err %.3e\n", worst_fd);
