@@ -162,10 +162,10 @@ struct dpt_net {
     int n_grad_bufs;       /* buffers holding gradients (tests: reuse) */
     int *grp_buf;          /* [n_grp] buffer of each gradient group */
     int n_grp;
-    int *n_consumers;      /* [n_layers] */
+    int *n_consumers;      /* [n_layers] layers reading each node (owned) */
+    int *sole_consumer;    /* [n_layers] the last of them (inside n_consumers' block) */
     const struct net_dev *dev; /* where the buffers live and layers run */
     float **acts;          /* acts[i]: output of layer i [max_batch, out] (views) */
-    float *gbuf[2];        /* transitional: ping-pong gradient buffers */
     float *dout;           /* [max_batch, outputs] loss gradient for callers */
     double *pool;          /* scratch for dpt_net_update_state */
     size_t n_pool;
@@ -196,6 +196,50 @@ struct dpt_net {
  * state table of layer l. A layer declares its learnables, then its state. */
 dpt_status net_declare(dpt_net *net, dpt_layer *l, int kind, const char *param, int ndim,
                        const int *shape);
+
+/* ---- the device switch ----------------------------------------------------------
+ * Everything the executor (net.c) does to buffers and layers goes through
+ * net->dev: buffers are allocated, zeroed, added, copied and moved to and
+ * from the host by it, and each layer's forward/backward is called through
+ * it. net_dev_cpu uses host memory and the layer types' forward/backward;
+ * a GPU device supplies the same operations with device memory and the
+ * gpu_forward/gpu_backward entries, re-allocates net->buf for the planned
+ * sizes (net->buf_floats) and the executor runs unchanged. */
+typedef struct net_dev {
+    const char *name;
+    dpt_status (*alloc)(dpt_net *net, size_t n_floats, float **out);
+    void (*release)(dpt_net *net, float *p);
+    void (*zero)(dpt_net *net, float *p, size_t n);
+    void (*add)(dpt_net *net, float *dst, const float *src, size_t n);  /* dst += src */
+    void (*copy)(dpt_net *net, float *dst, const float *src, size_t n); /* on the device */
+    dpt_status (*upload)(dpt_net *net, float *dst, const float *host, size_t n);
+    dpt_status (*download)(dpt_net *net, float *host, const float *src, size_t n);
+    /* 1 when x[n] (device) holds no NaN or infinity. */
+    int (*all_finite)(dpt_net *net, const float *x, size_t n);
+    dpt_status (*forward)(dpt_net *net, dpt_layer *l, const float *const *x, float *y, int n,
+                          dpt_mode mode);
+    dpt_status (*backward)(dpt_net *net, dpt_layer *l, const float *const *x, const float *y,
+                           const float *dy, float *const *dx, int n);
+} net_dev;
+
+extern const net_dev net_dev_cpu;
+
+/* ---- the graph (graph.c) -----------------------------------------------------------
+ * net_check_graph: consumers of every node; an output no one reads (but the
+ * last) fails naming it. net_plan: fusion over single-consumer edges and the
+ * buffer plan (net->plan, buf_floats, grp_buf); no large allocation.
+ * net_alloc_buffers: the planned buffers through net->dev, and acts[].
+ * net_free_plan frees all of it. */
+dpt_status net_check_graph(dpt_net *net);
+dpt_status net_plan(dpt_net *net);
+void net_plan_floats(const dpt_net *net, double *acts, double *grads);
+dpt_status net_alloc_buffers(dpt_net *net);
+void net_free_buffers(dpt_net *net);
+void net_free_plan(dpt_net *net);
+/* For tests: gradient and scratch buffers in the plan; the gradient at node
+ * i's output after a backward (NULL where none is kept, or reused since). */
+int net_n_grad_buffers(const dpt_net *net);
+const float *net_node_grad(const dpt_net *net, int node);
 
 /* Helpers for layer set() functions: parse a positive int / float value. */
 /* A spec value: an integer in [min, 10^6] / in [min, max]; n sizes "AxB..."
@@ -229,6 +273,8 @@ extern const layer_type dpt_layer_batchnorm;
 extern const layer_type dpt_layer_relu;
 extern const layer_type dpt_layer_fc;
 extern const layer_type dpt_layer_softmax;
+extern const layer_type dpt_layer_add;     /* layer_merge.c */
+extern const layer_type dpt_layer_concat;
 extern const layer_type dpt_layer_maxpool;       /* layer_pool.c */
 extern const layer_type dpt_layer_avgpool;
 extern const layer_type dpt_layer_globalavgpool;
