@@ -176,6 +176,25 @@ static void gradients(void)
                  "fc f outputs=3\n", cases[i].layer);
         fd_net(cases[i].label, spec, 3, &rng);
     }
+    /* In a graph: outputs of the new types feeding several layers (their
+     * gradients summed by the executor), a residual add around a dropout
+     * and a depthwise conv, a concat of max and average pooling. */
+    fd_net("graph: residual with dropout, pooling branches",
+           "input in size=8x8x3\n"
+           "conv c filter=3 filters=4 padding=1\n"
+           "leakyrelu a alpha=0.1\n"
+           "conv dw filter=3 filters=4 padding=1 groups=4\n"
+           "dropout d p=0.4\n"
+           "add r from=d,a\n"
+           "maxpool mp size=2 from=r\n"
+           "avgpool ap size=3 stride=2 padding=1 from=r\n"
+           "concat j from=mp,ap\n"
+           "tanh t\n"
+           "conv dl filter=3 filters=8 padding=2 dilation=2 from=j\n"
+           "sigmoid s\n"
+           "add r2 from=s,t\n"
+           "globalavgpool g\n"
+           "fc f outputs=3\n", 3, &rng);
 }
 
 /* ---- against PyTorch ------------------------------------------------------ */
