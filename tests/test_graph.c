@@ -4,6 +4,8 @@
  * gradient-buffer plan, tables past the old cap of 256 tensors, the spec
  * round trip through model files, and the kinds of state. */
 #include "core/safetensors.h"
+#include "dptrain/comm.h"
+#include "dptrain/train.h"
 #include "net/net_impl.h"
 #include "ops/ops.h"
 #include "testutil.h"
@@ -447,6 +449,49 @@ static void test_state_kinds(void)
     dpt_net_free(net);
 }
 
+/* ---- each worker's first observation in the global minibatch --------------------- */
+
+enum { OBS_WORKERS = 3, OBS_BATCH = 8 };
+static long obs_seen[OBS_WORKERS];
+
+static dpt_status obs_worker(dpt_comm *comm, void *arg)
+{
+    (void)arg;
+    int rank = dpt_comm_rank(comm), share[OBS_WORKERS];
+    dpt_batch_shares(OBS_BATCH, OBS_WORKERS, share);
+    dpt_net *net = NULL;
+    dpt_sgdm *opt = NULL;
+    dpt_status s = dpt_net_from_spec("input in size=2x2x1\nfc f outputs=2\nsoftmax s\n", "obs",
+                                     0, OBS_BATCH, 1, &net);
+    if (s == DPT_OK)
+        s = dpt_sgdm_new(dpt_net_n_params(net), 0.1f, 0.9f, 0, &opt);
+    float x[OBS_BATCH * 4] = {0}, t[OBS_BATCH * 2] = {0};
+    for (int i = 0; i < OBS_BATCH; i++)
+        t[2 * i] = 1;
+    double loss;
+    int m;
+    dpt_net_set_obs_offset(net, -1);
+    if (s == DPT_OK)
+        s = dpt_train_step(net, opt, comm, x, t, share[rank], &loss, &m);
+    if (s == DPT_OK)
+        obs_seen[rank] = net->obs_offset;
+    dpt_sgdm_free(opt);
+    dpt_net_free(net);
+    return s;
+}
+
+static void test_obs_offset(void)
+{
+    dpt_spmd_config cfg = DPT_SPMD_CONFIG_INIT;
+    cfg.backend = DPT_COMM_LOCAL;
+    cfg.n_workers = OBS_WORKERS;
+    dpt_status s = dpt_spmd_run(&cfg, obs_worker, NULL);
+    CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
+    /* Shares 3, 3, 2: first observations 0, 3, 6. */
+    CHECK_MSG(obs_seen[0] == 0 && obs_seen[1] == 3 && obs_seen[2] == 6, "%ld %ld %ld",
+              obs_seen[0], obs_seen[1], obs_seen[2]);
+}
+
 int main(void)
 {
     test_against_pytorch();
@@ -457,5 +502,6 @@ int main(void)
     test_many_tensors();
     test_spec_round_trip();
     test_state_kinds();
+    test_obs_offset();
     return tu_exit();
 }
