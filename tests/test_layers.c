@@ -17,12 +17,18 @@
  *    masks depend on the iteration and not on how the minibatch is split
  *    among workers (obs_offset), and the same network in one piece or in
  *    slices gives the same bits.
+ * 3b. N = 2, 3, 4 local workers against one worker on the whole minibatch,
+ *    3 training steps of a network with dropout, pooling and synchronised
+ *    batch norm: the same loss, gradients and learnables (1e-5), workers
+ *    identical (hash), and the dropout masks really drop (p=0 differs).
  * 4. Bad specs (pooling that does not fit, groups that do not divide, out
  *    of range values) fail with the spec line in the message.
  * 5. The builder calls write the spec lines the parser reads back. */
 #include "core/safetensors.h"
+#include "dptrain/comm.h"
 #include "dptrain/core.h"
 #include "dptrain/net.h"
+#include "dptrain/train.h"
 #include "testutil.h"
 
 #include <math.h>
@@ -523,6 +529,123 @@ done:
     dpt_net_free(a), dpt_net_free(b), dpt_net_free(z);
 }
 
+/* ---- N workers = 1 worker, with dropout ------------------------------------ */
+
+enum { PM = 10, PK = 3, PPIX = 3 * 8 * 8, PSTEPS = 3 };
+
+static const char par_spec[] = "input in size=8x8x3\n"
+                               "conv c1 filter=3 filters=4 padding=1 groups=1\n"
+                               "batchnorm b1\n"
+                               "leakyrelu a1 alpha=0.1\n"
+                               "maxpool p1 size=2\n"
+                               "dropout d1 p=0.3\n"
+                               "conv c2 filter=3 filters=4 padding=2 dilation=2 groups=2\n"
+                               "tanh t1\n"
+                               "avgpool p2 size=3 stride=1 padding=1\n"
+                               "globalavgpool g\n"
+                               "dropout d2 p=0.5\n"
+                               "fc f outputs=classes\n"
+                               "softmax sm\n";
+
+static float PX[PM * PPIX], PT[PM * PK];
+
+typedef struct par_job {
+    const char *spec;
+    double loss;
+    float *params, *grads; /* worker 0's, after the last step */
+    size_t np;
+    uint64_t hash[8];
+} par_job;
+
+static dpt_status par_worker(dpt_comm *comm, void *arg)
+{
+    par_job *j = arg;
+    int rank = dpt_comm_rank(comm), n = dpt_comm_size(comm), share[8], first = 0;
+    dpt_batch_shares(PM, n, share);
+    for (int r = 0; r < rank; r++)
+        first += share[r];
+    dpt_net *net = NULL;
+    dpt_sgdm *opt = NULL;
+    dpt_status s = dpt_net_from_spec(j->spec, "par", PK, PM, 5, &net);
+    if (s == DPT_OK)
+        s = dpt_sgdm_new(dpt_net_n_params(net), 0.05f, 0.9f, 0.0f, &opt);
+    if (s == DPT_OK)
+        dpt_net_set_sync_bn(net, comm);
+    for (int step = 0; s == DPT_OK && step < PSTEPS; step++) {
+        /* New masks every iteration, as dpt_train_fit sets them. */
+        dpt_net_set_iteration(net, 1, step);
+        double loss;
+        s = dpt_train_step(net, opt, comm, PX + (size_t)first * PPIX, PT + (size_t)first * PK,
+                           share[rank], &loss, NULL);
+        if (rank == 0)
+            j->loss = loss;
+    }
+    if (s == DPT_OK) {
+        j->hash[rank] = dpt_net_hash(net);
+        if (rank == 0) {
+            j->np = dpt_net_n_params(net);
+            j->params = malloc(j->np * sizeof(float));
+            j->grads = malloc(j->np * sizeof(float));
+            memcpy(j->params, dpt_net_params(net), j->np * sizeof(float));
+            memcpy(j->grads, dpt_net_grads(net), j->np * sizeof(float));
+        }
+    }
+    dpt_sgdm_free(opt);
+    dpt_net_free(net);
+    return s;
+}
+
+static int par_run(const char *spec, int n_workers, par_job *j)
+{
+    memset(j, 0, sizeof *j);
+    j->spec = spec;
+    dpt_spmd_config cfg = DPT_SPMD_CONFIG_INIT;
+    cfg.backend = DPT_COMM_LOCAL;
+    cfg.n_workers = n_workers;
+    dpt_status s = dpt_spmd_run(&cfg, par_worker, j);
+    CHECK_MSG(s == DPT_OK, "N=%d: %s", n_workers, dpt_last_error());
+    return s == DPT_OK && j->params ? 0 : -1;
+}
+
+static void parallel(void)
+{
+    dpt_rng r;
+    dpt_rng_seed(&r, 19, 5);
+    for (int i = 0; i < PM * PPIX; i++)
+        PX[i] = dpt_rng_normal(&r);
+    for (int i = 0; i < PM; i++)
+        PT[i * PK + (int)dpt_rng_below(&r, PK)] = 1.0f;
+    par_job one, many;
+    if (par_run(par_spec, 1, &one))
+        return;
+    for (int n = 2; n <= 4; n++) {
+        if (par_run(par_spec, n, &many))
+            continue;
+        printf("dropout, pooling, sync batch norm: N=%d vs 1 (%d steps)\n", n, PSTEPS);
+        float l1 = (float)one.loss, ln = (float)many.loss;
+        tu_check_close("loss", &ln, &l1, 1, 1e-5);
+        tu_check_close("gradients", many.grads, one.grads, one.np, 1e-5);
+        tu_check_close("updated learnables", many.params, one.params, one.np, 1e-5);
+        for (int k = 1; k < n; k++)
+            CHECK_MSG(many.hash[k] == many.hash[0], "N=%d: worker %d differs from worker 0", n, k);
+        free(many.params), free(many.grads);
+    }
+    /* The masks matter: without dropout the same steps end elsewhere. */
+    char nodrop[sizeof par_spec];
+    memcpy(nodrop, par_spec, sizeof par_spec);
+    char *p = strstr(nodrop, "p=0.3");
+    memcpy(p, "p=0.0", 5);
+    p = strstr(nodrop, "p=0.5");
+    memcpy(p, "p=0.0", 5);
+    par_job none;
+    if (par_run(nodrop, 1, &none) == 0) {
+        CHECK_MSG(fabs(none.loss - one.loss) > 1e-4 * fabs(one.loss),
+                  "dropout p>0 gave the loss of p=0: %g", one.loss);
+        free(none.params), free(none.grads);
+    }
+    free(one.params), free(one.grads);
+}
+
 /* ---- bad specs -------------------------------------------------------------- */
 
 static void bad_spec(const char *spec, const char *want)
@@ -656,6 +779,7 @@ int main(void)
     round_trip();
     dropout_net();
     fusion();
+    parallel();
     bad_specs();
     builder();
     printf("worst finite-difference err %.3e\n", worst_fd);
