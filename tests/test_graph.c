@@ -400,6 +400,48 @@ static void test_spec_round_trip(void)
     dpt_net_free(net);
 }
 
+/* ---- the builder ---------------------------------------------------------------------------- */
+
+static void test_builder(void)
+{
+    dpt_net_builder *b = NULL;
+    CHECK(dpt_net_builder_new(&b) == DPT_OK);
+    if (!b)
+        return;
+    dpt_net_builder_add_input(b, "in", 5, 5, 2);
+    dpt_net_builder_add_conv(b, "c1", 3, 3, 1, 1);
+    dpt_net_builder_add_batchnorm(b, "b1");
+    dpt_net_builder_add_conv(b, "c2", 3, 3, 1, 1);
+    dpt_net_builder_add_batchnorm(b, "b2");
+    dpt_net_builder_add_add(b, "a", "b2,b1");
+    dpt_net_builder_set_from(b, "b1");
+    dpt_net_builder_add_conv(b, "p", 1, 2, 1, 0);
+    dpt_net_builder_set_from(b, "a,p,b1");
+    dpt_net_builder_add_concat(b, "j", NULL);
+    CHECK(dpt_net_builder_add_fc(b, "f", 3) == DPT_OK);
+    dpt_net *built = NULL, *spec = NULL;
+    dpt_status s = dpt_net_build(b, 0, 2, 7, &built);
+    CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
+    CHECK(dpt_net_from_spec(fd_spec, "fd", 0, 2, 7, &spec) == DPT_OK);
+    if (built && spec) {
+        CHECK_MSG(strcmp(dpt_net_spec(built), dpt_net_spec(spec)) == 0, "%s\n---\n%s",
+                  dpt_net_spec(built), dpt_net_spec(spec));
+        CHECK(dpt_net_layer_n_inputs(built, 7) == 3 && dpt_net_layer_input(built, 7, 1) == 6);
+        CHECK(dpt_net_layer_n_inputs(built, 0) == 0 && dpt_net_layer_input(built, 0, 0) == -1);
+    }
+    dpt_net_free(built), dpt_net_free(spec);
+    /* add without inputs, and a bad input list, fail in the call. */
+    dpt_net_builder_free(b);
+    CHECK(dpt_net_builder_new(&b) == DPT_OK);
+    dpt_net_builder_add_input(b, "in", 5, 5, 2);
+    CHECK(dpt_net_builder_add_add(b, "a", NULL) == DPT_ERR_ARG);
+    CHECK(strstr(dpt_last_error(), "name its input layers") != NULL);
+    dpt_net_builder_free(b);
+    CHECK(dpt_net_builder_new(&b) == DPT_OK);
+    CHECK(dpt_net_builder_set_from(b, "a,,b") == DPT_ERR_ARG);
+    dpt_net_builder_free(b);
+}
+
 /* ---- kinds of state ------------------------------------------------------------------------- */
 
 static int resets;
@@ -502,6 +544,7 @@ int main(void)
     test_many_tensors();
     test_spec_round_trip();
     test_state_kinds();
+    test_builder();
     test_obs_offset();
     return tu_exit();
 }
