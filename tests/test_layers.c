@@ -742,6 +742,23 @@ static void builder(void)
     }
     dpt_net_builder_free(b);
 
+    /* The new calls take a pending from= like every add. */
+    CHECK(dpt_net_builder_new(&b) == DPT_OK);
+    dpt_net_builder_add_input(b, "in", 8, 8, 2);
+    dpt_net_builder_add_conv(b, "c", 3, 2, 1, 1);
+    CHECK(dpt_net_builder_set_from(b, "in") == DPT_OK);
+    CHECK(dpt_net_builder_add_avgpool(b, "ap", 2, 2, 0) == DPT_OK);
+    CHECK(dpt_net_builder_set_from(b, "c") == DPT_OK);
+    CHECK(dpt_net_builder_add_maxpool(b, "mp", 2, 2, 0) == DPT_OK);
+    CHECK(dpt_net_builder_add_add(b, "sum", "ap,mp") == DPT_OK);
+    got = dpt_net_builder_spec(b);
+    CHECK_MSG(got && strstr(got, "avgpool ap size=2 stride=2 padding=0 from=in\n") &&
+                  strstr(got, "maxpool mp size=2 stride=2 padding=0 from=c\n"),
+              "builder wrote:\n%s", got ? got : "(null)");
+    CHECK_MSG(dpt_net_build(b, 0, 2, 3, &net) == DPT_OK, "%s", dpt_last_error());
+    dpt_net_free(net);
+    dpt_net_builder_free(b);
+
     /* Arguments out of range fail at the call, naming it. */
     static const struct {
         int which;
