@@ -340,7 +340,7 @@ done:
 static void round_trip(void)
 {
     const char *spec = "input in size=12x10x4\n"
-                       "conv c1 filter=3 filters=8 padding=2 dilation=2 groups=4\n"
+                       "conv c1 filter=3 filters=8 padding=2 dilation=2x2 groups=4\n"
                        "leakyrelu a1 alpha=0.2\n"
                        "maxpool p1 size=3 stride=2 padding=1\n"
                        "conv c2 filter=1 filters=6 groups=2 bias=0\n"
@@ -694,6 +694,9 @@ static void bad_specs(void)
     bad_spec("input i size=8x8x1\nconv c filter=3 filters=2 dilation=4\n",
              "bad.txt:2: conv 'c': filter 3x3 with dilation 4 (reach 9x9) does not fit the input 8x8");
     bad_spec("input i size=8x8x1\nconv c filter=3 filters=2 dilation=0\n", "bad value '0' for dilation");
+    bad_spec("input i size=8x8x1\nconv c filter=3 filters=2 dilation=2x1\n",
+             "bad.txt:2: conv 'c': dilation '2x1': different dilations per direction are not "
+             "supported");
     bad_spec("input i size=8x8x1\nconv c filter=3 filters=2 groups=0\n", "bad value '0' for groups");
     /* An unknown type lists the known ones, the new ones among them. */
     bad_spec("input i size=8x8x1\nmaxpooling m size=2\n", "maxpool, avgpool, globalavgpool");

@@ -6,7 +6,7 @@
  * a comment. Types and keys:
  *   input      size=HxWxC                 (first layer, exactly one)
  *   conv       filter=K[xK2] filters=F [stride=S] [padding=P] [bias=0|1]
- *              [dilation=D] [groups=G]    (G divides channels and F)
+ *              [dilation=D|DxD] [groups=G] (G divides channels and F)
  *   batchnorm  [epsilon=1e-5] [decay=0.1]
  *   relu
  *   leakyrelu  [alpha=0.01]               (alpha in [0, 1])
