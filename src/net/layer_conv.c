@@ -19,15 +19,23 @@ void glorot_uniform(float *w, size_t n, int fan_in, int fan_out, dpt_rng *rng)
 
 typedef struct conv_layer {
     int kh, kw, filters, stride, pad, bias;
+    int dilation, groups; /* 1, 1: the plain convolution (and its fast kernels) */
     dpt_conv2d_desc d; /* n filled per call */
 } conv_layer;
+
+/* Floats of the weights [filters, c_in/groups, kh, kw] (PyTorch's layout). */
+static size_t conv_weights(const dpt_layer *l)
+{
+    const conv_layer *c = l->priv;
+    return (size_t)c->filters * (l->in[0] / c->groups) * c->kh * c->kw;
+}
 
 static dpt_status conv_create(dpt_layer *l)
 {
     conv_layer *c = calloc(1, sizeof *c);
     if (!c)
         return dpt_fail(DPT_ERR_NOMEM, "out of memory");
-    c->stride = 1, c->bias = 1;
+    c->stride = 1, c->bias = 1, c->dilation = 1, c->groups = 1;
     l->priv = c;
     return DPT_OK;
 }
@@ -62,8 +70,25 @@ static dpt_status conv_set(dpt_layer *l, const char *key, const char *value)
             return dpt_fail(DPT_ERR_FORMAT, "bad value '%s' for bias (0 or 1)", value);
         return s;
     }
-    return dpt_fail(DPT_ERR_FORMAT,
-                    "unknown key '%s' (conv takes filter, filters, stride, padding, bias)", key);
+    if (strcmp(key, "dilation") == 0) {
+        /* D, or DxD as MATLAB's DilationFactor [D D]; the kernels take one
+         * dilation for both directions. */
+        int d[2];
+        if (strchr(value, 'x')) {
+            dpt_status s = parse_dims(key, value, 2, 4096, d);
+            if (s == DPT_OK && d[0] != d[1])
+                return dpt_fail(DPT_ERR_UNSUPPORTED, "dilation '%s': different dilations "
+                                "per direction are not supported (give one value)", value);
+            if (s == DPT_OK)
+                c->dilation = d[0];
+            return s;
+        }
+        return parse_int_max(key, value, 1, 4096, &c->dilation);
+    }
+    if (strcmp(key, "groups") == 0)
+        return parse_int_max(key, value, 1, 65536, &c->groups);
+    return dpt_fail(DPT_ERR_FORMAT, "unknown key '%s' (conv takes filter, filters, stride, "
+                    "padding, bias, dilation, groups)", key);
 }
 
 static dpt_status conv_infer(dpt_net *net, dpt_layer *l)
@@ -71,26 +96,41 @@ static dpt_status conv_infer(dpt_net *net, dpt_layer *l)
     conv_layer *c = l->priv;
     if (c->kh == 0 || c->filters == 0)
         return dpt_fail(DPT_ERR_FORMAT, "conv '%s' needs filter=K and filters=F", l->name);
+    if (l->in[0] % c->groups != 0 || c->filters % c->groups != 0)
+        return dpt_fail(DPT_ERR_SHAPE,
+                        "conv '%s': groups=%d must divide both the input channels (%d) and "
+                        "filters (%d)", l->name, c->groups, l->in[0], c->filters);
     c->d = (dpt_conv2d_desc){.n = 1, .c_in = l->in[0], .h = l->in[1], .w = l->in[2],
                              .c_out = c->filters, .kh = c->kh, .kw = c->kw,
-                             .stride = c->stride, .pad = c->pad};
-    if (dpt_conv2d_desc_init(&c->d) != 0)
+                             .stride = c->stride, .pad = c->pad, .dilation = c->dilation,
+                             .groups = c->groups};
+    if (dpt_conv2d_desc_init(&c->d) != 0) {
+        if (c->dilation > 1)
+            return dpt_fail(DPT_ERR_SHAPE,
+                            "conv '%s': filter %dx%d with dilation %d (reach %lldx%lld) does "
+                            "not fit the input %dx%d with padding %d", l->name, c->kh, c->kw,
+                            c->dilation, (long long)c->dilation * (c->kh - 1) + 1,
+                            (long long)c->dilation * (c->kw - 1) + 1, l->in[1], l->in[2],
+                            c->pad);
         return dpt_fail(DPT_ERR_SHAPE,
                         "conv '%s': filter %dx%d does not fit the input %dx%d with padding %d",
                         l->name, c->kh, c->kw, l->in[1], l->in[2], c->pad);
+    }
     l->out[0] = c->filters, l->out[1] = c->d.out_h, l->out[2] = c->d.out_w;
-    int wshape[4] = {c->filters, l->in[0], c->kh, c->kw};
-    dpt_status s = net_declare(net, l, 0, "Weights", 4, wshape);
+    int wshape[4] = {c->filters, l->in[0] / c->groups, c->kh, c->kw};
+    dpt_status s = net_declare(net, l, DPT_KIND_LEARN, "Weights", 4, wshape);
     if (s == DPT_OK && c->bias)
-        s = net_declare(net, l, 0, "Bias", 1, &c->filters);
+        s = net_declare(net, l, DPT_KIND_LEARN, "Bias", 1, &c->filters);
     return s;
 }
 
 static void conv_init(dpt_layer *l, dpt_rng *rng)
 {
     conv_layer *c = l->priv;
-    size_t nw = (size_t)c->filters * l->in[0] * c->kh * c->kw;
-    glorot_uniform(l->p, nw, l->in[0] * c->kh * c->kw, c->filters * c->kh * c->kw, rng);
+    size_t nw = conv_weights(l);
+    /* Fans of one group, as MATLAB's groupedConvolution2dLayer. */
+    glorot_uniform(l->p, nw, l->in[0] / c->groups * c->kh * c->kw,
+                   c->filters / c->groups * c->kh * c->kw, rng);
     if (c->bias)
         memset(l->p + nw, 0, (size_t)c->filters * sizeof(float));
 }
@@ -103,12 +143,13 @@ static size_t conv_work(const dpt_layer *l, int n)
     return dpt_conv2d_work_floats(&d);
 }
 
-static dpt_status conv_forward(dpt_net *net, dpt_layer *l, const float *x, float *y, int n,
-                               dpt_mode mode)
+static dpt_status conv_forward(dpt_net *net, dpt_layer *l, const float *const *xs, float *y,
+                               int n, dpt_mode mode)
 {
+    const float *x = xs[0];
     conv_layer *c = l->priv;
     c->d.n = n;
-    size_t nw = (size_t)c->filters * l->in[0] * c->kh * c->kw;
+    size_t nw = conv_weights(l);
     /* Fused with the batchnorm above (net.c): its sums come with the output. */
     double *sums = mode == DPT_MODE_TRAIN ? l->sums_out : NULL;
     /* Fused with the batchnorm below (net.c): x is its input, normalised
@@ -119,12 +160,14 @@ static dpt_status conv_forward(dpt_net *net, dpt_layer *l, const float *x, float
     return DPT_OK;
 }
 
-static dpt_status conv_backward(dpt_net *net, dpt_layer *l, const float *x, const float *y,
-                                const float *dy, float *dx, int n)
+static dpt_status conv_backward(dpt_net *net, dpt_layer *l, const float *const *xs,
+                                const float *y, const float *dy, float *const *dxs, int n)
 {
+    const float *x = xs[0];
+    float *dx = dxs[0];
     conv_layer *c = l->priv;
     c->d.n = n;
-    size_t nw = (size_t)c->filters * l->in[0] * c->kh * c->kw;
+    size_t nw = conv_weights(l);
     /* Fused (net.c): x as in forward, and the batchnorm below gets its
      * backward sums with dx (a conv above a batchnorm is never the first
      * layer, so dx is there); dy is the gradient at the output of the
@@ -151,13 +194,18 @@ static void conv_describe(const dpt_layer *l, char *buf, size_t cap)
     if (c->pad != 0)
         k += snprintf(buf + k, cap - (size_t)k, " padding=%d", c->pad);
     if (!c->bias)
-        snprintf(buf + k, cap - (size_t)k, " bias=0");
+        k += snprintf(buf + k, cap - (size_t)k, " bias=0");
+    if (c->dilation != 1)
+        k += snprintf(buf + k, cap - (size_t)k, " dilation=%d", c->dilation);
+    if (c->groups != 1)
+        snprintf(buf + k, cap - (size_t)k, " groups=%d", c->groups);
 }
 
 static void free_priv(dpt_layer *l) { free(l->priv); }
 
 const layer_type dpt_layer_conv = {
-    .name = "conv", .create = conv_create, .set = conv_set, .infer = conv_infer,
+    .name = "conv", .min_inputs = 1, .max_inputs = 1,
+    .create = conv_create, .set = conv_set, .infer = conv_infer,
     .init = conv_init, .work_floats = conv_work, .forward = conv_forward,
     .backward = conv_backward, .describe = conv_describe, .free = free_priv,
 };
@@ -201,9 +249,9 @@ static dpt_status fc_infer(dpt_net *net, dpt_layer *l)
     int in = l->in[0] * l->in[1] * l->in[2];
     l->out[0] = outputs, l->out[1] = l->out[2] = 1;
     int wshape[2] = {outputs, in};
-    dpt_status s = net_declare(net, l, 0, "Weights", 2, wshape);
+    dpt_status s = net_declare(net, l, DPT_KIND_LEARN, "Weights", 2, wshape);
     if (s == DPT_OK)
-        s = net_declare(net, l, 0, "Bias", 1, &outputs);
+        s = net_declare(net, l, DPT_KIND_LEARN, "Bias", 1, &outputs);
     return s;
 }
 
@@ -224,9 +272,10 @@ static size_t fc_work(const dpt_layer *l, int n)
 
 /* Fused with the batchnorm below (net.c), as the conv: x is its input,
  * normalised on the fly, and its backward sums come with dx. */
-static dpt_status fc_forward(dpt_net *net, dpt_layer *l, const float *x, float *y, int n,
-                             dpt_mode mode)
+static dpt_status fc_forward(dpt_net *net, dpt_layer *l, const float *const *xs, float *y,
+                             int n, dpt_mode mode)
 {
+    const float *x = xs[0];
     (void)mode;
     int in = l->in[0] * l->in[1] * l->in[2], out = l->out[0];
     dpt_linear_forward_ex(x, l->in_bnf ? &l->in_bnf->a : NULL, l->in[1] * l->in[2], l->p,
@@ -234,9 +283,11 @@ static dpt_status fc_forward(dpt_net *net, dpt_layer *l, const float *x, float *
     return DPT_OK;
 }
 
-static dpt_status fc_backward(dpt_net *net, dpt_layer *l, const float *x, const float *y,
-                              const float *dy, float *dx, int n)
+static dpt_status fc_backward(dpt_net *net, dpt_layer *l, const float *const *xs,
+                              const float *y, const float *dy, float *const *dxs, int n)
 {
+    const float *x = xs[0];
+    float *dx = dxs[0];
     (void)y;
     int in = l->in[0] * l->in[1] * l->in[2], out = l->out[0];
     assert(!l->in_bnf || dx);
@@ -252,7 +303,8 @@ static void fc_describe(const dpt_layer *l, char *buf, size_t cap)
 }
 
 const layer_type dpt_layer_fc = {
-    .name = "fc", .create = fc_create, .set = fc_set, .infer = fc_infer, .init = fc_init,
+    .name = "fc", .min_inputs = 1, .max_inputs = 1,
+    .create = fc_create, .set = fc_set, .infer = fc_infer, .init = fc_init,
     .work_floats = fc_work, .forward = fc_forward, .backward = fc_backward,
     .describe = fc_describe, .free = free_priv,
 };

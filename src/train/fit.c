@@ -348,6 +348,9 @@ static dpt_status fit_worker(dpt_comm *comm, void *arg)
                 it_epoch++;
                 continue;
             }
+            /* Dropout masks follow (epoch, iteration): a resumed run draws
+             * what the uninterrupted one did. */
+            dpt_net_set_iteration(net, epoch, iteration + 1);
             lr = dpt_lr_at(&cfg->lr_schedule, base_lr, epoch, it_epoch, planned, cfg->epochs);
             dpt_optim_set_lr(opt, (float)lr);
             s = dpt_train_step_optim(net, opt, comm, b.x.data, b.y.data, b.n, &loss, &m_total);
