@@ -11,6 +11,8 @@
 #include "testutil.h"
 
 #include <stdint.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 /* ---- against PyTorch ------------------------------------------------------------- */
 
@@ -389,6 +391,30 @@ static void test_spec_round_trip(void)
         CHECK(strcmp(dpt_net_spec(again), spec) == 0);
         CHECK(dpt_net_hash(again) == dpt_net_hash(net));
         dpt_net_free(again);
+    }
+    /* A model file keeps the graph: saved and loaded, the same spec and
+     * the same outputs. */
+    char dir[] = "/tmp/dpt_graph_XXXXXX", path[64];
+    if (mkdtemp(dir)) {
+        snprintf(path, sizeof path, "%s/m.safetensors", dir);
+        dpt_net *loaded = NULL;
+        CHECK(dpt_net_save(net, path, NULL, 0) == DPT_OK);
+        CHECK_MSG(dpt_net_load(path, 2, &loaded) == DPT_OK, "%s", dpt_last_error());
+        if (loaded) {
+            CHECK(strcmp(dpt_net_spec(loaded), spec) == 0);
+            float x[2 * 50];
+            for (int i = 0; i < 100; i++)
+                x[i] = (float)((i * 37) % 11) / 5.0f - 1.0f;
+            const float *y;
+            float y0[6];
+            CHECK(dpt_net_forward(net, x, 2, DPT_MODE_PREDICT, &y) == DPT_OK);
+            memcpy(y0, y, sizeof y0);
+            CHECK(dpt_net_forward(loaded, x, 2, DPT_MODE_PREDICT, &y) == DPT_OK);
+            CHECK(memcmp(y0, y, sizeof y0) == 0);
+            dpt_net_free(loaded);
+        }
+        remove(path);
+        rmdir(dir);
     }
     /* A chain's spec has no from= at all. */
     dpt_net *chain = NULL;

@@ -255,8 +255,11 @@ static dpt_status resolve_inputs(dpt_net *net, dpt_layer *l, char *from)
                      t->min_inputs == 1 ? "" : "s");
         else
             snprintf(range, sizeof range, "%d to %d inputs", t->min_inputs, t->max_inputs);
-        return dpt_fail(DPT_ERR_FORMAT, "%s:%d: %s '%s' takes %s, %s %d", src, l->line, t->name,
-                        l->name, range, from ? "from= names" : "not the default", l->n_in);
+        if (!from)
+            return dpt_fail(DPT_ERR_FORMAT, "%s:%d: %s '%s' takes %s: name them with "
+                            "from=NAME,NAME", src, l->line, t->name, l->name, range);
+        return dpt_fail(DPT_ERR_FORMAT, "%s:%d: %s '%s' takes %s, from= names %d", src, l->line,
+                        t->name, l->name, range, l->n_in);
     }
     return DPT_OK;
 }
