@@ -233,9 +233,22 @@ static dpt_status plan_buffers(dpt_net *net)
 {
     int L = net->n_layers;
     planner pl = {.net = net};
+    if (L < 2) /* infer_shapes refuses an input-only network */
+        return dpt_fail(DPT_ERR_FORMAT, "%s: the network has only an input layer", net->source);
+    size_t n_edges = 0;
+    for (int i = 0; i < L; i++)
+        n_edges += (size_t)net->layers[i].n_in;
     net->plan = calloc((size_t)L, sizeof *net->plan);
-    if (!net->plan)
+    net->plan_ints = calloc(4 * n_edges + 1, sizeof *net->plan_ints);
+    if (!net->plan || !net->plan_ints)
         goto fail;
+    int *ints = net->plan_ints;
+    for (int i = 0; i < L; i++) {
+        int m = net->layers[i].n_in;
+        node_plan *P = &net->plan[i];
+        P->x_act = ints, P->dx_buf = ints + m, P->acc = ints + 2 * m, P->dx_grp = ints + 3 * m;
+        ints += 4 * m;
+    }
     /* Activations: one buffer per materialised output; a fused relu
      * shares its batchnorm's; an output no one reads (the conv after it
      * normalises on the fly) has none. */
@@ -251,8 +264,8 @@ static dpt_status plan_buffers(dpt_net *net)
             P->act = net->plan[l->inputs[0]].act;
         else if ((P->act = new_buf(&pl, count_of(net, i))) < 0)
             goto fail;
-        for (int k = 0; k < DPT_MAX_INPUTS; k++) {
-            P->x_act[k] = k < l->n_in ? net->plan[l->inputs[k]].act : -1;
+        for (int k = 0; k < l->n_in; k++) {
+            P->x_act[k] = net->plan[l->inputs[k]].act;
             P->dx_buf[k] = P->dx_grp[k] = -1;
         }
         if (l->in_bnf)
@@ -360,6 +373,7 @@ void net_free_plan(dpt_net *net)
 {
     net_free_buffers(net);
     free(net->plan);
+    free(net->plan_ints);
     free(net->buf_floats);
     free(net->grp_buf);
     free(net->n_consumers);

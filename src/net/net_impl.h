@@ -125,12 +125,13 @@ struct dpt_layer {
  * order). */
 typedef struct node_plan {
     int act;               /* buffer of this node's output; -1: not materialised */
-    int x_act[DPT_MAX_INPUTS]; /* buffer read as input k (fusion may redirect) */
     int grp;               /* gradient group of this node's output; -1: none */
-    int skip_bwd;          /* fused relu / no backward of its own */
-    int dx_buf[DPT_MAX_INPUTS]; /* -1: no gradient for input k */
-    int acc[DPT_MAX_INPUTS];
-    int dx_grp[DPT_MAX_INPUTS];
+    int skip_bwd;          /* fused relu: no backward of its own */
+    /* [n_in] each, inside net->plan_ints: */
+    int *x_act;            /* buffer read as input k (fusion may redirect) */
+    int *dx_buf;           /* -1: no gradient for input k */
+    int *acc;
+    int *dx_grp;
 } node_plan;
 
 struct dpt_net {
@@ -158,7 +159,8 @@ struct dpt_net {
     int n_buf;
     size_t *buf_floats;
     float **buf;
-    node_plan *plan;       /* [n_layers] */
+    node_plan *plan;       /* [n_layers] (owned) */
+    int *plan_ints;        /* the plan's per-input arrays (owned) */
     int n_grad_bufs;       /* buffers holding gradients (tests: reuse) */
     int *grp_buf;          /* [n_grp] buffer of each gradient group */
     int n_grp;
