@@ -5,6 +5,7 @@
  * round trip through model files, and the kinds of state. */
 #include "core/safetensors.h"
 #include "dptrain/comm.h"
+#include "dptrain/gpu.h"
 #include "dptrain/train.h"
 #include "net/net_impl.h"
 #include "ops/ops.h"
@@ -528,6 +529,24 @@ static void test_old_files(void)
     dpt_st_close(st);
 }
 
+/* ---- the GPU executor takes chains only (until the unified one) -------------------------- */
+
+static void test_gpu_refuses_graphs(void)
+{
+    if (!dpt_gpu_have_cuda())
+        return; /* no GPU code at all: dpt_net_to_gpu says so */
+    dpt_net *net = NULL;
+    CHECK(dpt_net_from_spec(residual_spec, "residual", 0, 2, 7, &net) == DPT_OK);
+    if (!net)
+        return;
+    /* Refused before any device is touched, so this holds without a GPU. */
+    CHECK(dpt_net_to_gpu(net, 0) == DPT_ERR_UNSUPPORTED);
+    CHECK_MSG(strstr(dpt_last_error(), "residual:4: layer 'r1' (relu): the GPU code runs only a "
+                     "plain chain") != NULL, "%s", dpt_last_error());
+    CHECK(dpt_net_device(net) < 0);
+    dpt_net_free(net);
+}
+
 /* ---- kinds of state ------------------------------------------------------------------------- */
 
 static int resets;
@@ -632,6 +651,7 @@ int main(void)
     test_state_kinds();
     test_builder();
     test_old_files();
+    test_gpu_refuses_graphs();
     test_obs_offset();
     return tu_exit();
 }
