@@ -160,6 +160,25 @@ static void test_fusion_edges(void)
         CHECK(net->layers[7].in_bnf == net->layers[5].bnf);
         dpt_net_free(net);
     }
+    /* Planned again without fusion (what a device without the fused
+     * kernels does): no fusion left, and the same outputs. */
+    net = build_case(st, "skip", &n, &k);
+    if (net) {
+        float x[4 * 36], ref[4 * 3];
+        CHECK(dpt_st_read_f32(st, "skip/x", x, 4 * 36) == DPT_OK);
+        CHECK(dpt_st_read_f32(st, "skip/y", ref, 4 * 3) == DPT_OK);
+        dpt_status s = net_replan(net, 0);
+        if (s == DPT_OK)
+            s = net_alloc_buffers(net);
+        CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
+        for (int i = 0; i < net->n_layers; i++)
+            CHECK(!net->layers[i].fused && !net->layers[i].bnf && !net->layers[i].in_bnf &&
+                  !net->layers[i].sums_out && net->acts[i]);
+        const float *y;
+        CHECK(dpt_net_forward(net, x, 4, DPT_MODE_TRAIN, &y) == DPT_OK);
+        tu_check_close("skip, planned again without fusion", y, ref, 12, 1e-5);
+        dpt_net_free(net);
+    }
     net = build_case(st, "res", &n, &k);
     if (net) {
         CHECK(net->layers[3].fused);   /* r1 into b1 */

@@ -231,9 +231,14 @@ extern const net_dev net_dev_cpu;
  * last) fails naming it. net_plan: fusion over single-consumer edges and the
  * buffer plan (net->plan, buf_floats, grp_buf); no large allocation.
  * net_alloc_buffers: the planned buffers through net->dev, and acts[].
- * net_free_plan frees all of it. */
+ * net_free_plan frees all of it. net_replan(net, fusion) plans again with
+ * (1) or without (0) the CPU fusion, or as at build (-1): it frees the
+ * buffers through the current net->dev and clears every layer's fusion
+ * fields; the caller then sets net->dev and calls net_alloc_buffers (a
+ * device without the fused kernels plans with 0). */
 dpt_status net_check_graph(dpt_net *net);
 dpt_status net_plan(dpt_net *net);
+dpt_status net_replan(dpt_net *net, int fusion);
 void net_plan_floats(const dpt_net *net, double *acts, double *grads);
 dpt_status net_alloc_buffers(dpt_net *net);
 void net_free_buffers(dpt_net *net);
