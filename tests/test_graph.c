@@ -393,6 +393,22 @@ static void test_many_tensors(void)
     free(spec);
 }
 
+/* A layer straight after the input gets no input gradient (NULL): softmax
+ * there (its general backward) must cope. */
+static void test_after_input(void)
+{
+    dpt_net *net = NULL;
+    CHECK(dpt_net_from_spec("input in size=1x1x4\nsoftmax s\n", "t", 0, 2, 0, &net) == DPT_OK);
+    if (!net)
+        return;
+    float x[8] = {1, 2, 3, 4, 0, 0, 1, 0}, dy[8] = {1, 0, 0, 0, 0, 1, 0, 0};
+    const float *y;
+    CHECK(dpt_net_forward(net, x, 2, DPT_MODE_TRAIN, &y) == DPT_OK);
+    CHECK(dpt_net_backward(net, dy, 0) == DPT_OK);
+    CHECK(dpt_net_backward(net, dy, 1) == DPT_OK);
+    dpt_net_free(net);
+}
+
 /* ---- spec round trip ----------------------------------------------------------------------- */
 
 static void test_spec_round_trip(void)
@@ -666,6 +682,7 @@ int main(void)
     test_bad_specs();
     test_buffer_reuse();
     test_many_tensors();
+    test_after_input();
     test_spec_round_trip();
     test_state_kinds();
     test_builder();
