@@ -312,17 +312,21 @@ int cli_train(int argc, char **argv)
         return cli_error("--momentum: %g must be in [0, 1)", momentum);
     if (!(wd >= 0))
         return cli_error("--weight-decay: %g must not be negative", wd);
-    if (strcmp(device, "auto") && strcmp(device, "cpu") && strcmp(device, "gpu"))
-        return cli_error("--device: unknown device '%s' (auto, cpu, gpu)", device);
-    /* MATLAB's canUseGPU: GPUs when the build and the machine have them. */
+    /* MATLAB's canUseGPU: GPUs when the build and the machine have them,
+     * and every layer of the network has GPU code (auto falls back to CPU
+     * workers with a notice, gpu refuses naming the layer). */
     int n_gpus = strcmp(device, "cpu") ? dpt_gpu_count() : 0;
-    /* auto with more --workers than GPUs: the user asked for CPU workers. */
-    if (!strcmp(device, "auto") && workers > n_gpus)
+    dpt_net *gpu_probe = NULL;
+    if (n_gpus > 0 && net_path && dpt_net_from_spec_file(net_path, 2, 1, 0, &gpu_probe) != DPT_OK)
+        gpu_probe = NULL; /* a bad spec is reported below, against the data's classes */
+    char device_notice[768];
+    int use_gpu = dpt_train_pick_device(device, n_gpus, workers, gpu_probe, device_notice,
+                                        sizeof device_notice);
+    dpt_net_free(gpu_probe);
+    if (use_gpu < 0)
+        return cli_error("%s", dpt_last_error());
+    if (!use_gpu)
         n_gpus = 0;
-    if (!strcmp(device, "gpu") && n_gpus == 0)
-        return cli_error("--device gpu: no usable GPU (%s)", dpt_gpu_have_cuda()
-                             ? "no CUDA device found" : "this dptrain was built without CUDA");
-    int use_gpu = n_gpus > 0;
     dpt_comm_backend backend;
     if (dpt_comm_backend_parse(backend_name, &backend) != DPT_OK)
         return cli_error("--backend: unknown backend '%s' (auto, local, mpi)", backend_name);
@@ -446,6 +450,8 @@ int cli_train(int argc, char **argv)
     catch_stop_signals();
     if (!quiet && use_gpu)
         printf("device: %d GPU%s (one worker per GPU)\n", n_gpus, n_gpus == 1 ? "" : "s");
+    if (!quiet && device_notice[0])
+        printf("%s\n", device_notice);
     if (!quiet)
         printf("training on %zu images (%d classes), testing on %zu; %d worker%s, minibatch %ld, "
                "%ld epochs\n", dpt_datastore_n_obs(train), k, dpt_datastore_n_obs(testds),

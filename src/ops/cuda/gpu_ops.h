@@ -88,6 +88,11 @@ dpt_status gpu_download_async(gpu_ctx *g, void *pinned, const void *src, size_t 
 /* Pinned -> device, queued on the compute stream. */
 dpt_status gpu_upload_async(gpu_ctx *g, void *dst, const void *pinned, size_t bytes);
 dpt_status gpu_copy(gpu_ctx *g, void *dst, const void *src, size_t bytes);
+/* rows rows of width_bytes each, device to device, from src (rows
+ * src_pitch bytes apart) to dst (dst_pitch apart): a channel block of each
+ * observation (concat). */
+dpt_status gpu_copy_2d(gpu_ctx *g, void *dst, size_t dst_pitch, const void *src,
+                       size_t src_pitch, size_t width_bytes, size_t rows);
 dpt_status gpu_zero(gpu_ctx *g, void *dst, size_t bytes);
 /* Wait for the compute stream; reports errors of kernels queued before.
  * `what` names the operation in a message. */
@@ -97,8 +102,9 @@ dpt_status gpu_sync(gpu_ctx *g, const char *what);
 
 typedef struct gpu_conv gpu_conv;
 
-/* Describe a convolution of input [*, c_in, h, w], weights [c_out, c_in,
- * kh, kw], stride and pad in both directions, for batches of up to
+/* Describe a convolution of input [*, c_in, h, w], weights [c_out,
+ * c_in / groups, kh, kw], stride, pad and dilation in both directions
+ * (groups dividing c_in and c_out, as PyTorch), for batches of up to
  * max_batch. Chooses the forward, backward-data and backward-filter
  * algorithms for max_batch once (deterministic algorithms only; find 1:
  * cudnnFind*, timing every candidate, 0: cudnnGet*_v7 heuristics, the same
@@ -106,8 +112,8 @@ typedef struct gpu_conv gpu_conv;
  * Another batch size gets its own choice, made once on first use, within
  * the workspace already planned. `name` is used in messages. */
 dpt_status gpu_conv_new(gpu_ctx *g, const char *name, int max_batch, int c_in, int h, int w,
-                        int c_out, int kh, int kw, int stride, int pad, int find,
-                        gpu_conv **out);
+                        int c_out, int kh, int kw, int stride, int pad, int dilation,
+                        int groups, int find, gpu_conv **out);
 void gpu_conv_free(gpu_conv *c);
 /* The chosen algorithms for max_batch, for logs ("fwd 1 bwd-data 1 ..."). */
 const char *gpu_conv_describe(const gpu_conv *c);
@@ -126,6 +132,9 @@ dpt_status gpu_linear_backward(gpu_ctx *g, const float *x, const float *w, const
                                float *dx, float *dw, float *db, int n, int in, int out);
 
 /* ---- elementwise and row kernels ------------------------------------------------------- */
+/* y += x, one float32 addition per element (the executor's gradient
+ * accumulation and the add layer: the CPU's bits). */
+dpt_status gpu_add(gpu_ctx *g, float *y, const float *x, size_t n);
 dpt_status gpu_relu_forward(gpu_ctx *g, const float *x, float *y, size_t n);
 /* dx = dy where y > 0, else 0. */
 dpt_status gpu_relu_backward(gpu_ctx *g, const float *y, const float *dy, float *dx, size_t n);

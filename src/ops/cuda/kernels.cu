@@ -210,6 +210,21 @@ __global__ void relu_backward_kernel(const float *__restrict__ y, const float *d
         dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
 }
 
+__global__ void add_kernel(float *__restrict__ y, const float *__restrict__ x, size_t n)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        y[i] = __fadd_rn(y[i], x[i]);
+}
+
+dpt_status gpu_add(gpu_ctx *g, float *y, const float *x, size_t n)
+{
+    if (!n)
+        return DPT_OK;
+    add_kernel<<<gpu_grid(g, n), GPU_THREADS, 0, g->stream>>>(y, x, n);
+    return gpu_check_launch(g, "add");
+}
+
 dpt_status gpu_relu_forward(gpu_ctx *g, const float *x, float *y, size_t n)
 {
     relu_forward_kernel<<<gpu_grid(g, n), GPU_THREADS, 0, g->stream>>>(x, y, n);
