@@ -110,17 +110,41 @@ static int pool_add(dpt_net *net, const char *s, const char **off)
     return 0;
 }
 
-dpt_status net_declare(dpt_net *net, dpt_layer *l, int is_state, const char *param, int ndim,
+/* Grow a table to hold one more entry (no fixed cap: bounded by the spec's
+ * size through its layers). */
+static int table_grow(void **tab, size_t *cap, size_t count, size_t elem)
+{
+    if (count < *cap)
+        return 0;
+    size_t n = *cap ? *cap * 2 : 64;
+    void *p = realloc(*tab, n * elem);
+    if (!p)
+        return -1;
+    *tab = p, *cap = n;
+    return 0;
+}
+
+dpt_status net_declare(dpt_net *net, dpt_layer *l, int kind, const char *param, int ndim,
                        const int *shape)
 {
-    dpt_param_info *tab = is_state ? net->state_tab : net->learn;
+    int is_state = kind != DPT_KIND_LEARN;
+    if (kind != DPT_KIND_LEARN && kind != DPT_KIND_POOLED && kind != DPT_KIND_CARRIED)
+        return dpt_fail(DPT_ERR_ARG, "layer '%s': unknown kind %d of '%s'", l->name, kind, param);
     size_t *count = is_state ? &net->n_state_tab : &net->n_learn;
     size_t *total = is_state ? &net->n_state : &net->n_params;
-    if (*count >= DPT_MAX_PARAMS)
-        return dpt_fail(DPT_ERR_ARG, "network has more than %d parameter tensors", DPT_MAX_PARAMS);
+    if (is_state) {
+        size_t cap = net->cap_state_tab;
+        if (table_grow((void **)&net->state_tab, &net->cap_state_tab, *count,
+                       sizeof *net->state_tab) ||
+            table_grow((void **)&net->state_kind, &cap, *count, sizeof *net->state_kind))
+            return dpt_fail(DPT_ERR_NOMEM, "out of memory");
+        net->state_kind[*count] = (unsigned char)kind;
+    } else if (table_grow((void **)&net->learn, &net->cap_learn, *count, sizeof *net->learn)) {
+        return dpt_fail(DPT_ERR_NOMEM, "out of memory");
+    }
     char full[2 * DPT_NAME_MAX + 2];
     snprintf(full, sizeof full, "%s/%s", l->name, param);
-    dpt_param_info *e = &tab[(*count)++];
+    dpt_param_info *e = is_state ? &net->state_tab[(*count)++] : &net->learn[(*count)++];
     memset(e, 0, sizeof *e);
     if (pool_add(net, full, &e->name) || pool_add(net, l->name, &e->layer) ||
         pool_add(net, param, &e->param))
@@ -242,6 +266,9 @@ static dpt_status parse_spec(dpt_net *net, const char *text)
         dpt_layer *l = &net->layers[net->n_layers++];
         l->type = t;
         l->line = lineno;
+        l->index = net->n_layers - 1;
+        if (l->index > 0)
+            l->n_in = 1, l->inputs[0] = l->index - 1;
         snprintf(l->name, sizeof l->name, "%s", tok[1]);
         if (t->create && (s = t->create(l)) != DPT_OK)
             break;
@@ -320,8 +347,10 @@ static dpt_status infer_shapes(dpt_net *net)
 {
     for (int i = 0; i < net->n_layers; i++) {
         dpt_layer *l = &net->layers[i];
-        if (i > 0)
-            memcpy(l->in, net->layers[i - 1].out, sizeof l->in);
+        if (i > 0) {
+            memcpy(l->ins[0], net->layers[i - 1].out, sizeof l->ins[0]);
+            memcpy(l->in, l->ins[0], sizeof l->in);
+        }
         if (l->type == &dpt_layer_softmax && i != net->n_layers - 1)
             return dpt_fail(DPT_ERR_FORMAT, "%s:%d: softmax '%s' must be the last layer",
                             net->source, l->line, l->name);
@@ -576,6 +605,7 @@ dpt_status net_from_spec_checked(const char *text, const char *source, int n_cla
     snprintf(net->source, sizeof net->source, "%s", source ? source : "<spec>");
     net->max_batch = max_batch;
     net->n_classes = n_classes;
+    net->seed = seed;
     dpt_status s = parse_spec(net, text);
     if (s == DPT_OK)
         s = infer_shapes(net);
@@ -671,6 +701,9 @@ void dpt_net_free(dpt_net *net)
         free(net->meta[i]);
     free(net->meta);
     free(net->names);
+    free(net->learn);
+    free(net->state_tab);
+    free(net->state_kind);
     free(net->spec);
     free(net);
 }
@@ -762,7 +795,7 @@ dpt_status dpt_net_forward(dpt_net *net, const float *x, int n, dpt_mode mode, c
             continue;
         const float *x = net->acts[l->in_bnf ? l->in_act : i - 1];
         double t0 = net->prof ? prof_now() : 0.0;
-        dpt_status s = l->type->forward(net, l, x, net->acts[i], n, mode);
+        dpt_status s = l->type->forward(net, l, &x, net->acts[i], n, mode);
         if (s != DPT_OK)
             return s;
         if (net->prof)
@@ -810,7 +843,7 @@ dpt_status dpt_net_backward(dpt_net *net, const float *dy, int dy_is_logits)
         float *dx = i > 1 && !virt ? net->gbuf[which] : NULL;
         const float *x = net->acts[l->in_bnf ? l->in_act : i - 1];
         double t0 = net->prof ? prof_now() : 0.0;
-        dpt_status s = l->type->backward(net, l, x, net->acts[i], g, dx, n);
+        dpt_status s = l->type->backward(net, l, &x, net->acts[i], g, &dx, n);
         if (s != DPT_OK)
             return s;
         if (net->prof)
@@ -870,10 +903,36 @@ uint64_t dpt_net_hash(const dpt_net *net)
     const unsigned char *p = (const unsigned char *)net->params;
     for (size_t i = 0; i < net->n_params * sizeof(float); i++)
         h = (h ^ p[i]) * 1099511628211ULL;
-    p = (const unsigned char *)net->state;
-    for (size_t i = 0; i < net->n_state * sizeof(float); i++)
-        h = (h ^ p[i]) * 1099511628211ULL;
+    /* Pooled state only: carried state is each worker's own. */
+    for (size_t e = 0; e < net->n_state_tab; e++) {
+        if (net->state_kind[e] != DPT_KIND_POOLED)
+            continue;
+        p = (const unsigned char *)(net->state + net->state_tab[e].offset);
+        for (size_t i = 0; i < net->state_tab[e].n * sizeof(float); i++)
+            h = (h ^ p[i]) * 1099511628211ULL;
+    }
     return h;
+}
+
+void dpt_net_set_iteration(dpt_net *net, long epoch, long iteration)
+{
+    if (net)
+        net->epoch = epoch, net->iteration = iteration;
+}
+
+void dpt_net_set_obs_offset(dpt_net *net, long first)
+{
+    if (net)
+        net->obs_offset = first;
+}
+
+void dpt_net_reset_state(dpt_net *net)
+{
+    if (!net)
+        return;
+    for (int i = 0; i < net->n_layers; i++)
+        if (net->layers[i].type->reset)
+            net->layers[i].type->reset(&net->layers[i]);
 }
 
 void dpt_argmax_rows(const float *y, int n, int k, int *labels)
