@@ -158,7 +158,7 @@ static void layer_case(const char *what, const char *spec, int n, float lo, floa
     CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
     if (s == DPT_OK) {
         check_tables("gradient", cpu, dpt_net_grads(gpu), dpt_net_grads(cpu), tol, conv_tol);
-        s = net_gpu_debug_download(gpu, 0, 0, dxg, n_dx);
+        s = net_gpu_debug_download(gpu, gpu->gbuf[0], dxg, n_dx);
         CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
         if (s == DPT_OK)
             check("input gradient", dxg, cpu->gbuf[0], n_dx, conv_tol);

@@ -135,6 +135,15 @@ typedef struct dpt_gpu_options {
 #define DPT_GPU_OPTIONS_VERSION 1
 #define DPT_GPU_OPTIONS_INIT {DPT_GPU_OPTIONS_VERSION, 0, 0, 0, DPT_GPU_REDUCE_AUTO, 1}
 
+/* DPT_OK when every layer of net has GPU code for its configuration (each
+ * layer type's CUDA entries and their supports check), else
+ * DPT_ERR_UNSUPPORTED with a message naming the first layer that has none:
+ * "<spec>:<line>: layer '<name>' (<type>) has no GPU code[ for this
+ * configuration: <why>]". Reads the layer table only, so it answers in any
+ * build, with or without CUDA or a device; dpt_net_to_gpu fails the same
+ * way, and `dptrain train --device auto` trains on CPU workers instead. */
+DPT_API dpt_status dpt_net_gpu_supported(const dpt_net *net);
+
 /* Move net to GPU `device` with the default options (see
  * dpt_net_to_gpu_opts). */
 DPT_API dpt_status dpt_net_to_gpu(dpt_net *net, int device);

@@ -545,7 +545,7 @@ static dpt_status build_buffers(dpt_net *net, uint64_t seed)
         if (net->layers[i].type->pool_doubles)
             net->n_pool += net->layers[i].type->pool_doubles(&net->layers[i]);
     net->dout = dpt_alloc(n_out * sizeof(float));
-    net->pool = calloc(net->n_pool, sizeof(double));
+    net->pool = calloc(net->n_pool + 1, sizeof(double)); /* + the step's loss */
     if (!net->dout || !net->pool)
         return dpt_fail(DPT_ERR_NOMEM, "%s: out of memory", net->source);
     if (net->work_floats && !(net->work = dpt_alloc(net->work_floats * sizeof(float))))
@@ -777,25 +777,19 @@ static int all_finite(const float *x, size_t n)
     return acc == 0.0f;
 }
 
-dpt_status dpt_net_forward(dpt_net *net, const float *x, int n, dpt_mode mode, const float **y)
+/* Run the layers on the input already in acts[0], on the network's device
+ * (a GPU network runs each type's CUDA entries on device buffers). */
+static dpt_status run_forward(dpt_net *net, int n, dpt_mode mode)
 {
-    if (!net || !x || !y)
-        return dpt_fail(DPT_ERR_ARG, "dpt_net_forward: %s is NULL", !net ? "net" : !x ? "x" : "y");
-    if (mode != DPT_MODE_TRAIN && mode != DPT_MODE_PREDICT)
-        return dpt_fail(DPT_ERR_ARG, "%s: forward in unknown mode %d", net->source, (int)mode);
-    if (n < 1 || n > net->max_batch)
-        return dpt_fail(DPT_ERR_ARG, "%s: forward on %d observations (1 to %d allowed)",
-                        net->source, n, net->max_batch);
-    if (net->gpu)
-        return net_gpu_forward(net, x, n, mode, y);
-    memcpy(net->acts[0], x, (size_t)n * layer_count(&net->layers[0]) * sizeof(float));
+    const int on_gpu = net->gpu != NULL;
     for (int i = 1; i < net->n_layers; i++) {
         dpt_layer *l = &net->layers[i];
         if (l->fused)
             continue;
         const float *x = net->acts[l->in_bnf ? l->in_act : i - 1];
         double t0 = net->prof ? prof_now() : 0.0;
-        dpt_status s = l->type->forward(net, l, &x, net->acts[i], n, mode);
+        dpt_status s = on_gpu ? l->type->gpu_forward(net, l, &x, net->acts[i], n, mode)
+                              : l->type->forward(net, l, &x, net->acts[i], n, mode);
         if (s != DPT_OK)
             return s;
         if (net->prof)
@@ -803,6 +797,22 @@ dpt_status dpt_net_forward(dpt_net *net, const float *x, int n, dpt_mode mode, c
     }
     net->last_n = n;
     net->last_mode = mode;
+    return DPT_OK;
+}
+
+static dpt_status put_input(dpt_net *net, const float *x, int n)
+{
+    size_t cnt = (size_t)n * layer_count(&net->layers[0]);
+    if (net->gpu)
+        return net_gpu_put_input(net, net->acts[0], x, cnt);
+    memcpy(net->acts[0], x, cnt * sizeof(float));
+    return DPT_OK;
+}
+
+/* The host output of a CPU network, checked: the first layer with a NaN or
+ * infinity is named. */
+static dpt_status host_output(dpt_net *net, int n, const float **y)
+{
     const float *out = net->acts[net->n_layers - 1];
     size_t k = layer_count(&net->layers[net->n_layers - 1]);
     if (!all_finite(out, (size_t)n * k)) {
@@ -815,22 +825,34 @@ dpt_status dpt_net_forward(dpt_net *net, const float *x, int n, dpt_mode mode, c
     return DPT_OK;
 }
 
-dpt_status dpt_net_backward(dpt_net *net, const float *dy, int dy_is_logits)
+dpt_status dpt_net_forward(dpt_net *net, const float *x, int n, dpt_mode mode, const float **y)
 {
-    if (!net || !dy)
-        return dpt_fail(DPT_ERR_ARG, "dpt_net_backward: %s is NULL", !net ? "net" : "dy");
-    if (net->last_mode != DPT_MODE_TRAIN || net->last_n == 0)
-        return dpt_fail(DPT_ERR_ARG, "%s: backward needs a TRAIN-mode forward first", net->source);
+    if (!net || !x || !y)
+        return dpt_fail(DPT_ERR_ARG, "dpt_net_forward: %s is NULL", !net ? "net" : !x ? "x" : "y");
+    if (mode != DPT_MODE_TRAIN && mode != DPT_MODE_PREDICT)
+        return dpt_fail(DPT_ERR_ARG, "%s: forward in unknown mode %d", net->source, (int)mode);
+    if (n < 1 || n > net->max_batch)
+        return dpt_fail(DPT_ERR_ARG, "%s: forward on %d observations (1 to %d allowed)",
+                        net->source, n, net->max_batch);
+    dpt_status s = put_input(net, x, n);
+    if (s == DPT_OK)
+        s = run_forward(net, n, mode);
+    if (s != DPT_OK)
+        return s;
     if (net->gpu)
-        return net_gpu_backward(net, dy, dy_is_logits);
+        return net_gpu_get_output(net, net->acts[net->n_layers - 1], n, y);
+    return host_output(net, n, y);
+}
+
+/* Backward from dy (on the network's device) at the output of the last
+ * layer, or at the logits (the input of the last layer, softmax). */
+static dpt_status run_backward(dpt_net *net, const float *dy, int dy_is_logits)
+{
     int n = net->last_n;
     int top = net->n_layers - 1;
-    if (dy_is_logits) {
-        if (net->layers[top].type != &dpt_layer_softmax)
-            return dpt_fail(DPT_ERR_ARG, "%s: gradient given at the logits, but the last layer is "
-                            "'%s', not softmax", net->source, net->layers[top].name);
+    const int on_gpu = net->gpu != NULL;
+    if (dy_is_logits)
         top--;
-    }
     const float *g = dy;
     int which = 0;
     for (int i = top; i >= 1; i--) {
@@ -843,7 +865,8 @@ dpt_status dpt_net_backward(dpt_net *net, const float *dy, int dy_is_logits)
         float *dx = i > 1 && !virt ? net->gbuf[which] : NULL;
         const float *x = net->acts[l->in_bnf ? l->in_act : i - 1];
         double t0 = net->prof ? prof_now() : 0.0;
-        dpt_status s = l->type->backward(net, l, &x, net->acts[i], g, &dx, n);
+        dpt_status s = on_gpu ? l->type->gpu_backward(net, l, &x, net->acts[i], g, &dx, n)
+                              : l->type->backward(net, l, &x, net->acts[i], g, &dx, n);
         if (s != DPT_OK)
             return s;
         if (net->prof)
@@ -853,21 +876,178 @@ dpt_status dpt_net_backward(dpt_net *net, const float *dy, int dy_is_logits)
             which ^= 1;
         }
     }
+    if (on_gpu)
+        net_gpu_touch_grads(net);
     return DPT_OK;
 }
 
-dpt_status dpt_net_update_state(dpt_net *net, dpt_comm *comm)
+static dpt_status backward_checks(dpt_net *net, int dy_is_logits)
+{
+    if (net->last_mode != DPT_MODE_TRAIN || net->last_n == 0)
+        return dpt_fail(DPT_ERR_ARG, "%s: backward needs a TRAIN-mode forward first", net->source);
+    const dpt_layer *top = &net->layers[net->n_layers - 1];
+    if (dy_is_logits && top->type != &dpt_layer_softmax)
+        return dpt_fail(DPT_ERR_ARG, "%s: gradient given at the logits, but the last layer is "
+                        "'%s', not softmax", net->source, top->name);
+    return DPT_OK;
+}
+
+dpt_status dpt_net_backward(dpt_net *net, const float *dy, int dy_is_logits)
+{
+    if (!net || !dy)
+        return dpt_fail(DPT_ERR_ARG, "dpt_net_backward: %s is NULL", !net ? "net" : "dy");
+    dpt_status s = backward_checks(net, dy_is_logits);
+    if (s == DPT_OK && net->gpu) /* the caller's host dy to the device */
+        s = net_gpu_put_dy(net, dy, (size_t)net->last_n * layer_count(&net->layers[net->n_layers - 1]),
+                           &dy);
+    return s == DPT_OK ? run_backward(net, dy, dy_is_logits) : s;
+}
+
+/* ---- moving the executor to a GPU and back (net_gpu.c) ------------------------------ */
+
+/* A layer's fusion fields, as plan_fusion set them for the CPU. */
+typedef struct layer_fusion {
+    int fused, relu_after, in_act;
+    double *sums_out, *sums_in;
+    bn_fusion *bnf, *in_bnf, *out_bnf;
+} layer_fusion;
+
+struct exec_saved {
+    float **acts;    /* the CPU's activation pointers */
+    float *gbuf[2];
+    layer_fusion *f; /* [n_layers] */
+};
+
+void net_exec_to_host(dpt_net *net)
+{
+    struct exec_saved *sv = net->host_exec;
+    if (!sv)
+        return;
+    for (int i = 0; i < net->n_layers; i++)
+        if (net->acts && !net->layers[i].fused)
+            net_gpu_mfree(net->acts[i]);
+    net_gpu_mfree(net->gbuf[0]), net_gpu_mfree(net->gbuf[1]);
+    free(net->acts);
+    net->acts = sv->acts;
+    net->gbuf[0] = sv->gbuf[0], net->gbuf[1] = sv->gbuf[1];
+    for (int i = 0; i < net->n_layers; i++) {
+        dpt_layer *l = &net->layers[i];
+        const layer_fusion *f = &sv->f[i];
+        l->fused = f->fused, l->relu_after = f->relu_after, l->in_act = f->in_act;
+        l->sums_out = f->sums_out, l->sums_in = f->sums_in;
+        l->bnf = f->bnf, l->in_bnf = f->in_bnf, l->out_bnf = f->out_bnf;
+    }
+    free(sv->f);
+    free(sv);
+    net->host_exec = NULL;
+}
+
+dpt_status net_exec_to_device(dpt_net *net, int fuse_bn_relu)
+{
+    int L = net->n_layers;
+    struct exec_saved *sv = calloc(1, sizeof *sv);
+    layer_fusion *f = calloc((size_t)L, sizeof *f);
+    float **acts = calloc((size_t)L, sizeof *acts);
+    if (!sv || !f || !acts) {
+        free(sv), free(f), free(acts);
+        return dpt_fail(DPT_ERR_NOMEM, "out of memory");
+    }
+    sv->acts = net->acts, sv->f = f;
+    sv->gbuf[0] = net->gbuf[0], sv->gbuf[1] = net->gbuf[1];
+    net->host_exec = sv;
+    net->acts = acts;
+    net->gbuf[0] = net->gbuf[1] = NULL;
+    /* The device's fusion: a ReLU right after a batch norm is computed
+     * inside it (their outputs share a buffer); nothing else. */
+    for (int i = 0; i < L; i++) {
+        dpt_layer *l = &net->layers[i];
+        f[i] = (layer_fusion){l->fused, l->relu_after, l->in_act, l->sums_out, l->sums_in,
+                              l->bnf, l->in_bnf, l->out_bnf};
+        l->fused = l->relu_after = l->in_act = 0;
+        l->sums_out = l->sums_in = NULL;
+        l->bnf = l->in_bnf = l->out_bnf = NULL;
+    }
+    for (int i = 1; fuse_bn_relu && i + 1 < L; i++)
+        if (net->layers[i].type == &dpt_layer_batchnorm &&
+            net->layers[i + 1].type == &dpt_layer_relu)
+            net->layers[i].relu_after = net->layers[i + 1].fused = 1;
+    size_t nb = (size_t)net->max_batch, max_act = 0;
+    dpt_status s = DPT_OK;
+    for (int i = 0; s == DPT_OK && i < L; i++) {
+        size_t n = layer_count(&net->layers[i]) * nb;
+        max_act = n > max_act ? n : max_act;
+        if (net->layers[i].fused)
+            acts[i] = acts[i - 1];
+        else
+            s = net_gpu_alloc(net, n, &acts[i]);
+    }
+    for (int k = 0; s == DPT_OK && k < 2; k++)
+        s = net_gpu_alloc(net, max_act, &net->gbuf[k]);
+    if (s != DPT_OK)
+        net_exec_to_host(net);
+    return s;
+}
+
+/* ---- the training step's device-dependent parts (train/step.c) ---------------------- */
+
+dpt_status net_step_forward_loss(dpt_net *net, const float *x, const float *t, int n, float w,
+                                 double scale, double *loss)
+{
+    *loss = 0;
+    if (!net->gpu) {
+        const float *p;
+        dpt_status s = dpt_net_forward(net, x, n, DPT_MODE_TRAIN, &p);
+        if (s == DPT_OK)
+            *loss = dpt_softmax_xent(p, t, n, dpt_net_n_outputs(net), w, net->dout) * scale;
+        return s;
+    }
+    if (n < 1 || n > net->max_batch)
+        return dpt_fail(DPT_ERR_ARG, "%s: forward on %d observations (1 to %d allowed)",
+                        net->source, n, net->max_batch);
+    if (net->layers[net->n_layers - 1].type != &dpt_layer_softmax)
+        return dpt_fail(DPT_ERR_ARG, "%s: gradient given at the logits, but the last layer is "
+                        "'%s', not softmax", net->source, net->layers[net->n_layers - 1].name);
+    /* Nothing comes back: the loss reaches the host with the batch-norm
+     * statistics (net_pool_state), a non-finite one fails there. */
+    const float *dlogits;
+    dpt_status s = put_input(net, x, n);
+    if (s == DPT_OK)
+        s = run_forward(net, n, DPT_MODE_TRAIN);
+    return s == DPT_OK ? net_gpu_loss_xent(net, t, n, w, scale, &dlogits) : s;
+}
+
+dpt_status net_step_backward(dpt_net *net)
+{
+    dpt_status s = backward_checks(net, 1);
+    return s == DPT_OK ? run_backward(net, net->gpu ? net_gpu_dlogits(net) : net->dout, 1) : s;
+}
+
+dpt_status net_grads_allreduce(dpt_net *net, dpt_comm *comm)
+{
+    if (net->gpu)
+        return net_gpu_grads_allreduce(net, comm);
+    if (!comm || dpt_comm_size(comm) < 2)
+        return DPT_OK;
+    return dpt_comm_allreduce_f32(comm, net->grads, net->grads, net->n_params);
+}
+
+dpt_status net_pool_state(dpt_net *net, dpt_comm *comm, double *loss)
 {
     if (!net)
         return dpt_fail(DPT_ERR_ARG, "dpt_net_update_state: net is NULL");
     if (net->last_mode != DPT_MODE_TRAIN || net->last_n == 0)
         return dpt_fail(DPT_ERR_ARG, "%s: state update needs a TRAIN-mode forward first", net->source);
-    if (net->gpu)
-        return net_gpu_update_state(net, comm);
-    size_t total = net->n_pool; /* slot 0: observation count */
-    if (total == 1)
+    dpt_status s = DPT_OK;
+    /* A GPU network's batch statistics (and a loss left on the device) come
+     * to the host layers' own arrays in one copy: the pooling below is the
+     * CPU's. */
+    if (net->gpu && (s = net_gpu_stats_pull(net, loss)) != DPT_OK)
+        return s;
+    int many = comm && dpt_comm_size(comm) > 1;
+    size_t total = net->n_pool; /* slot 0: observation count, then the layers' */
+    if (total == 1 && !(loss && many) && !(loss && net->gpu))
         return DPT_OK;
-    int pooled = comm && dpt_comm_size(comm) > 1 && !(net->sync_bn && net->sync_bn == comm);
+    int pooled = many && !(net->sync_bn && net->sync_bn == comm);
     double *buf = net->pool;
     buf[0] = net->last_n;
     size_t k = 1;
@@ -878,20 +1058,31 @@ dpt_status dpt_net_update_state(dpt_net *net, dpt_comm *comm)
         l->type->pool_pack(l, net->last_n, buf + k);
         k += l->type->pool_doubles(l);
     }
-    dpt_status s = DPT_OK;
-    if (comm && dpt_comm_size(comm) > 1)
-        s = dpt_comm_allreduce_f64(comm, buf, buf, total);
-    if (s == DPT_OK) {
-        k = 1;
-        for (int i = 0; i < net->n_layers; i++) {
-            dpt_layer *l = &net->layers[i];
-            if (!l->type->pool_doubles)
-                continue;
-            l->type->pool_apply(l, buf + k, buf[0], pooled);
-            k += l->type->pool_doubles(l);
-        }
+    if (loss) /* the loss rides in the same all-reduce, last */
+        buf[total] = *loss;
+    if (many && (s = dpt_comm_allreduce_f64(comm, buf, buf, total + (loss ? 1 : 0))) != DPT_OK)
+        return s;
+    if (loss) {
+        *loss = buf[total];
+        /* On a GPU nothing has checked the forward's values yet. */
+        if (net->gpu && !isfinite(*loss))
+            return net_gpu_name_nonfinite(net, net->last_n,
+                                          "the loss became non-finite on another worker");
     }
-    return s;
+    k = 1;
+    for (int i = 0; i < net->n_layers; i++) {
+        dpt_layer *l = &net->layers[i];
+        if (!l->type->pool_doubles)
+            continue;
+        l->type->pool_apply(l, buf + k, buf[0], pooled);
+        k += l->type->pool_doubles(l);
+    }
+    return net->gpu && total > 1 ? net_gpu_state_push(net) : DPT_OK;
+}
+
+dpt_status dpt_net_update_state(dpt_net *net, dpt_comm *comm)
+{
+    return net_pool_state(net, comm, NULL);
 }
 
 float *dpt_net_output_grad(dpt_net *net) { return net->dout; }

@@ -139,44 +139,13 @@ dpt_status net_gpu_comm(dpt_net *net, dpt_comm *comm, dpt_gpu_comm **out)
     return DPT_OK;
 }
 
-/* ---- the executor's device (net.c): buffers and the layers' CUDA entries ------------- */
-
-static dpt_status dev_alloc(dpt_net *net, size_t n, float **out)
+/* Device buffers for the executor (net.c net_exec_to_device). */
+dpt_status net_gpu_alloc(dpt_net *net, size_t n, float **out)
 {
     return gpu_malloc(net->gpu->ctx, (n ? n : 1) * sizeof(float), (void **)out);
 }
-static void dev_release(dpt_net *net, float *p)
-{
-    (void)net;
-    gpu_mfree(p);
-}
-static dpt_status dev_zero(dpt_net *net, float *p, size_t n)
-{
-    return gpu_zero(net->gpu->ctx, p, n * sizeof(float));
-}
-static dpt_status dev_add(dpt_net *net, float *y, const float *x, size_t n)
-{
-    return gpu_add(net->gpu->ctx, y, x, n);
-}
-static dpt_status dev_copy(dpt_net *net, float *y, const float *x, size_t n)
-{
-    return gpu_copy(net->gpu->ctx, y, x, n * sizeof(float));
-}
-static dpt_status dev_forward(dpt_net *net, dpt_layer *l, const float *const *x, float *y, int n,
-                              dpt_mode mode)
-{
-    return l->type->gpu_forward(net, l, x, y, n, mode);
-}
-static dpt_status dev_backward(dpt_net *net, dpt_layer *l, const float *const *x, const float *y,
-                               const float *dy, float *const *dx, int n)
-{
-    return l->type->gpu_backward(net, l, x, y, dy, dx, n);
-}
 
-const net_dev net_dev_gpu = {
-    .name = "gpu", .alloc = dev_alloc, .release = dev_release, .zero = dev_zero,
-    .add = dev_add, .copy = dev_copy, .forward = dev_forward, .backward = dev_backward,
-};
+void net_gpu_mfree(float *p) { gpu_mfree(p); }
 
 /* ---- set-up and tear-down --------------------------------------------------------------- */
 
@@ -256,7 +225,7 @@ static dpt_status gpu_setup(dpt_net *net, const dpt_gpu_options *opt)
                         (void **)&G->state_pinned));
     /* The executor's buffers on the device, planned for this device's
      * fusion (bn+relu only, when fuse_bn_relu). */
-    TRY(net_exec_to_device(net, &net_dev_gpu, opt->fuse_bn_relu));
+    TRY(net_exec_to_device(net, opt->fuse_bn_relu));
     for (int i = 0; i < L; i++) {
         dpt_layer *l = &net->layers[i];
         if (l->type->gpu_setup)
@@ -333,6 +302,7 @@ dpt_status net_gpu_put_dy(dpt_net *net, const float *dy, size_t n, const float *
 }
 
 void net_gpu_touch_grads(dpt_net *net) { net->gpu->grads_stale = 1; }
+const float *net_gpu_dlogits(const dpt_net *net) { return net->gpu->dout; }
 
 /* ---- the device parts of a training step (train/step.c) ----------------------------------- */
 
@@ -724,6 +694,17 @@ static dpt_status no_cuda(const dpt_net *net)
 void net_gpu_free(dpt_net *net) { (void)net; }
 void net_gpu_pull(dpt_net *net) { (void)net; }
 void net_gpu_touch_grads(dpt_net *net) { (void)net; }
+dpt_status net_gpu_alloc(dpt_net *net, size_t n, float **out)
+{
+    (void)n, (void)out;
+    return no_cuda(net);
+}
+void net_gpu_mfree(float *p) { (void)p; }
+const float *net_gpu_dlogits(const dpt_net *net)
+{
+    (void)net;
+    return NULL;
+}
 dpt_status net_gpu_put_input(dpt_net *net, float *dev, const float *x, size_t n)
 {
     (void)dev, (void)x, (void)n;
