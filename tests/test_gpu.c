@@ -163,10 +163,10 @@ static void layer_case(const char *what, const char *spec, int n, float lo, floa
     CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
     if (s == DPT_OK) {
         check_tables("gradient", cpu, dpt_net_grads(gpu), dpt_net_grads(cpu), tol, conv_tol);
-        s = net_gpu_debug_download(gpu, gpu->gbuf[0], dxg, n_dx);
+        s = net_gpu_debug_download(gpu, net_node_grad(gpu, L - 2), dxg, n_dx);
         CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
         if (s == DPT_OK)
-            check("input gradient", dxg, cpu->gbuf[0], n_dx, conv_tol);
+            check("input gradient", dxg, net_node_grad(cpu, L - 2), n_dx, conv_tol);
     }
     if (dpt_net_n_state_floats(cpu)) {
         CHECK(dpt_net_update_state(cpu, NULL) == DPT_OK);

@@ -74,6 +74,8 @@ typedef struct net_gpu {
     float *out_host;               /* pinned [max_batch, outputs]: forward's y */
     float *state_pinned;           /* pinned [n_state]: state upload */
     int params_stale, grads_stale, velocity_stale; /* host mirrors behind the device */
+    dpt_status dev_error;          /* first failure of a void net_dev operation */
+    char dev_message[256];
     dpt_gpu_comm *gcomm;           /* device all-reduce of the comm last used */
     char text[4096];               /* dpt_net_gpu_describe */
 } net_gpu;
@@ -139,13 +141,170 @@ dpt_status net_gpu_comm(dpt_net *net, dpt_comm *comm, dpt_gpu_comm **out)
     return DPT_OK;
 }
 
-/* Device buffers for the executor (net.c net_exec_to_device). */
-dpt_status net_gpu_alloc(dpt_net *net, size_t n, float **out)
+/* ---- the executor on the device (net.c follows net->dev and net->plan) ------------ */
+
+/* The void operations of net_dev queue kernels; a launch failure is kept
+ * and reported after the backward (net_gpu_after_backward). */
+static void keep_error(net_gpu *G, dpt_status s)
+{
+    if (s != DPT_OK && G->dev_error == DPT_OK) {
+        G->dev_error = s;
+        snprintf(G->dev_message, sizeof G->dev_message, "%s", dpt_last_error());
+    }
+}
+
+static dpt_status dev_alloc(dpt_net *net, size_t n, float **out)
 {
     return gpu_malloc(net->gpu->ctx, (n ? n : 1) * sizeof(float), (void **)out);
 }
+static void dev_release(dpt_net *net, float *p)
+{
+    (void)net;
+    gpu_mfree(p);
+}
+static void dev_zero(dpt_net *net, float *p, size_t n)
+{
+    keep_error(net->gpu, gpu_zero(net->gpu->ctx, p, n * sizeof(float)));
+}
+static void dev_add(dpt_net *net, float *dst, const float *src, size_t n)
+{
+    keep_error(net->gpu, gpu_add(net->gpu->ctx, dst, src, n));
+}
+static void dev_copy(dpt_net *net, float *dst, const float *src, size_t n)
+{
+    keep_error(net->gpu, gpu_copy(net->gpu->ctx, dst, src, n * sizeof(float)));
+}
+static dpt_status dev_upload(dpt_net *net, float *dst, const float *host, size_t n)
+{
+    net_gpu *G = net->gpu;
+    dpt_status s = gpu_ctx_enter(G->ctx);
+    G->loss_pending = 0; /* a new forward: no step's loss is on the device */
+    return s == DPT_OK ? gpu_upload(G->ctx, dst, host, n * sizeof(float)) : s;
+}
+static dpt_status dev_download(dpt_net *net, float *host, const float *src, size_t n)
+{
+    return gpu_download(net->gpu->ctx, host, src, n * sizeof(float));
+}
+/* Copied back to check (the slow path; the executor's output check on a GPU
+ * is net_gpu_get_output). */
+static int dev_all_finite(dpt_net *net, const float *x, size_t n)
+{
+    float *h = malloc((n ? n : 1) * sizeof(float));
+    int ok = h && gpu_download(net->gpu->ctx, h, x, n * sizeof(float)) == DPT_OK;
+    for (size_t j = 0; ok && j < n; j++)
+        ok = isfinite(h[j]);
+    free(h);
+    return ok;
+}
+static dpt_status dev_forward(dpt_net *net, dpt_layer *l, const float *const *x, float *y, int n,
+                              dpt_mode mode)
+{
+    return l->type->gpu_forward(net, l, x, y, n, mode);
+}
+static dpt_status dev_backward(dpt_net *net, dpt_layer *l, const float *const *x, const float *y,
+                               const float *dy, float *const *dx, int n)
+{
+    return l->type->gpu_backward(net, l, x, y, dy, dx, n);
+}
 
-void net_gpu_mfree(float *p) { gpu_mfree(p); }
+static const net_dev net_dev_gpu = {
+    .name = "gpu", .alloc = dev_alloc, .release = dev_release, .zero = dev_zero,
+    .add = dev_add, .copy = dev_copy, .upload = dev_upload, .download = dev_download,
+    .all_finite = dev_all_finite, .forward = dev_forward, .backward = dev_backward,
+};
+
+dpt_status net_gpu_after_backward(dpt_net *net)
+{
+    net_gpu *G = net->gpu;
+    G->grads_stale = 1;
+    dpt_status s = G->dev_error;
+    G->dev_error = DPT_OK;
+    return s == DPT_OK ? DPT_OK : dpt_fail(s, "%s", G->dev_message);
+}
+
+/* A layer's fusion fields, as the CPU plan (graph.c plan_fusion) set them. */
+typedef struct layer_fusion {
+    int fused, relu_after, in_act;
+    double *sums_out, *sums_in;
+    bn_fusion *bnf, *in_bnf, *out_bnf;
+} layer_fusion;
+
+/* The CPU executor's plan and buffers while the network is on a GPU. */
+struct exec_saved {
+    const net_dev *dev;
+    node_plan *plan;
+    size_t *buf_floats;
+    int n_buf, n_grad_bufs, n_grp;
+    int *grp_buf;
+    float **buf, **acts;
+    layer_fusion *f; /* [n_layers] */
+};
+
+/* Put the CPU executor back (nothing when it is there): the device buffers
+ * and plan go. */
+static void exec_to_host(dpt_net *net)
+{
+    struct exec_saved *sv = net->host_exec;
+    if (!sv)
+        return;
+    net_free_buffers(net); /* through net->dev: the device's */
+    free(net->plan), free(net->buf_floats), free(net->grp_buf);
+    net->dev = sv->dev, net->plan = sv->plan, net->buf_floats = sv->buf_floats;
+    net->n_buf = sv->n_buf, net->n_grad_bufs = sv->n_grad_bufs, net->n_grp = sv->n_grp;
+    net->grp_buf = sv->grp_buf, net->buf = sv->buf, net->acts = sv->acts;
+    for (int i = 0; i < net->n_layers; i++) {
+        dpt_layer *l = &net->layers[i];
+        const layer_fusion *f = &sv->f[i];
+        l->fused = f->fused, l->relu_after = f->relu_after, l->in_act = f->in_act;
+        l->sums_out = f->sums_out, l->sums_in = f->sums_in;
+        l->bnf = f->bnf, l->in_bnf = f->in_bnf, l->out_bnf = f->out_bnf;
+    }
+    free(sv->f);
+    free(sv);
+    net->host_exec = NULL;
+}
+
+/* The executor on the device: the GPU's fusion (a ReLU that is the only
+ * consumer of a batch norm computed inside it, when fuse_bn_relu; none of
+ * the CPU's conv fusions), its buffer plan, device buffers. The CPU's is
+ * kept to come back to. */
+static dpt_status exec_to_device(dpt_net *net, int fuse_bn_relu)
+{
+    int L = net->n_layers;
+    struct exec_saved *sv = calloc(1, sizeof *sv);
+    layer_fusion *f = calloc((size_t)L, sizeof *f);
+    if (!sv || !f) {
+        free(sv), free(f);
+        return dpt_fail(DPT_ERR_NOMEM, "out of memory");
+    }
+    *sv = (struct exec_saved){net->dev, net->plan, net->buf_floats, net->n_buf, net->n_grad_bufs,
+                              net->n_grp, net->grp_buf, net->buf, net->acts, f};
+    net->host_exec = sv;
+    net->plan = NULL, net->buf_floats = NULL, net->grp_buf = NULL;
+    net->buf = net->acts = NULL;
+    net->n_buf = net->n_grad_bufs = net->n_grp = 0;
+    net->dev = &net_dev_gpu;
+    for (int i = 0; i < L; i++) {
+        dpt_layer *l = &net->layers[i];
+        f[i] = (layer_fusion){l->fused, l->relu_after, l->in_act, l->sums_out, l->sums_in,
+                              l->bnf, l->in_bnf, l->out_bnf};
+        l->fused = l->relu_after = l->in_act = 0;
+        l->sums_out = l->sums_in = NULL;
+        l->bnf = l->in_bnf = l->out_bnf = NULL;
+    }
+    for (int i = 1; fuse_bn_relu && i < L; i++) {
+        int r = net->n_consumers[i] == 1 ? net->sole_consumer[i] : -1;
+        if (net->layers[i].type == &dpt_layer_batchnorm && r > 0 &&
+            net->layers[r].type == &dpt_layer_relu)
+            net->layers[i].relu_after = net->layers[r].fused = 1;
+    }
+    dpt_status s = net_plan_buffers(net);
+    if (s == DPT_OK)
+        s = net_alloc_buffers(net);
+    if (s != DPT_OK)
+        exec_to_host(net);
+    return s;
+}
 
 /* ---- set-up and tear-down --------------------------------------------------------------- */
 
@@ -156,7 +315,7 @@ static void gpu_release(dpt_net *net)
         return;
     if (G->ctx)
         gpu_ctx_enter(G->ctx);
-    net_exec_to_host(net); /* the executor's device buffers go, its host plan returns */
+    exec_to_host(net); /* the executor's device buffers go, its host plan returns */
     for (int i = 0; i < net->n_layers; i++)
         if (net->layers[i].gpu_priv && net->layers[i].type->gpu_release)
             net->layers[i].type->gpu_release(&net->layers[i]);
@@ -225,7 +384,7 @@ static dpt_status gpu_setup(dpt_net *net, const dpt_gpu_options *opt)
                         (void **)&G->state_pinned));
     /* The executor's buffers on the device, planned for this device's
      * fusion (bn+relu only, when fuse_bn_relu). */
-    TRY(net_exec_to_device(net, opt->fuse_bn_relu));
+    TRY(exec_to_device(net, opt->fuse_bn_relu));
     for (int i = 0; i < L; i++) {
         dpt_layer *l = &net->layers[i];
         if (l->type->gpu_setup)
@@ -242,13 +401,6 @@ fail:
 }
 
 /* ---- transfers around the executor ------------------------------------------------------ */
-
-dpt_status net_gpu_put_input(dpt_net *net, float *dev, const float *x, size_t n)
-{
-    net_gpu *G = net->gpu;
-    dpt_status s = gpu_ctx_enter(G->ctx);
-    return s == DPT_OK ? gpu_upload(G->ctx, dev, x, n * sizeof(float)) : s;
-}
 
 /* The first layer whose output holds a NaN or infinity (copied back layer
  * by layer: the slow path after a non-finite result). */
@@ -301,7 +453,6 @@ dpt_status net_gpu_put_dy(dpt_net *net, const float *dy, size_t n, const float *
     return s;
 }
 
-void net_gpu_touch_grads(dpt_net *net) { net->gpu->grads_stale = 1; }
 const float *net_gpu_dlogits(const dpt_net *net) { return net->gpu->dout; }
 
 /* ---- the device parts of a training step (train/step.c) ----------------------------------- */
@@ -693,22 +844,11 @@ static dpt_status no_cuda(const dpt_net *net)
 }
 void net_gpu_free(dpt_net *net) { (void)net; }
 void net_gpu_pull(dpt_net *net) { (void)net; }
-void net_gpu_touch_grads(dpt_net *net) { (void)net; }
-dpt_status net_gpu_alloc(dpt_net *net, size_t n, float **out)
-{
-    (void)n, (void)out;
-    return no_cuda(net);
-}
-void net_gpu_mfree(float *p) { (void)p; }
+dpt_status net_gpu_after_backward(dpt_net *net) { return no_cuda(net); }
 const float *net_gpu_dlogits(const dpt_net *net)
 {
     (void)net;
     return NULL;
-}
-dpt_status net_gpu_put_input(dpt_net *net, float *dev, const float *x, size_t n)
-{
-    (void)dev, (void)x, (void)n;
-    return no_cuda(net);
 }
 dpt_status net_gpu_get_output(dpt_net *net, const float *dev, int n, const float **y)
 {

@@ -162,10 +162,10 @@ struct dpt_net {
     int n_grad_bufs;       /* buffers holding gradients (tests: reuse) */
     int *grp_buf;          /* [n_grp] buffer of each gradient group */
     int n_grp;
-    int *n_consumers;      /* [n_layers] */
+    int *n_consumers;      /* [n_layers] layers reading each node (owned) */
+    int *sole_consumer;    /* [n_layers] the last of them (inside n_consumers' block) */
     const struct net_dev *dev; /* where the buffers live and layers run */
     float **acts;          /* acts[i]: output of layer i [max_batch, out] (views) */
-    float *gbuf[2];        /* transitional: ping-pong gradient buffers */
     float *dout;           /* [max_batch, outputs] loss gradient for callers */
     double *pool;          /* scratch for dpt_net_update_state */
     size_t n_pool;
@@ -176,8 +176,8 @@ struct dpt_net {
 
     dpt_comm *sync_bn;     /* non-NULL: synchronised batch norm (borrowed) */
     struct net_gpu *gpu;   /* non-NULL: the network runs on a GPU (net_gpu.c) */
-    struct exec_saved *host_exec; /* while on a GPU: the CPU executor's buffers and
-                              fusion plan, put back by net_exec_to_host (owned) */
+    struct exec_saved *host_exec; /* while on a GPU: the CPU executor's plan, buffers
+                              and fusion, put back when it leaves (net_gpu.c, owned) */
     double *fuse_sums;     /* storage of the conv -> batchnorm sums (owned) */
     bn_fusion *fuse_bn;    /* batch-norm fusion records (owned) */
     float *fuse_buf;       /* their arrays (owned) */
@@ -198,6 +198,53 @@ struct dpt_net {
  * state table of layer l. A layer declares its learnables, then its state. */
 dpt_status net_declare(dpt_net *net, dpt_layer *l, int kind, const char *param, int ndim,
                        const int *shape);
+
+/* ---- the device switch ----------------------------------------------------------
+ * Everything the executor (net.c) does to buffers and layers goes through
+ * net->dev: buffers are allocated, zeroed, added, copied and moved to and
+ * from the host by it, and each layer's forward/backward is called through
+ * it. net_dev_cpu uses host memory and the layer types' forward/backward;
+ * a GPU device supplies the same operations with device memory and the
+ * gpu_forward/gpu_backward entries, re-allocates net->buf for the planned
+ * sizes (net->buf_floats) and the executor runs unchanged. */
+typedef struct net_dev {
+    const char *name;
+    dpt_status (*alloc)(dpt_net *net, size_t n_floats, float **out);
+    void (*release)(dpt_net *net, float *p);
+    void (*zero)(dpt_net *net, float *p, size_t n);
+    void (*add)(dpt_net *net, float *dst, const float *src, size_t n);  /* dst += src */
+    void (*copy)(dpt_net *net, float *dst, const float *src, size_t n); /* on the device */
+    dpt_status (*upload)(dpt_net *net, float *dst, const float *host, size_t n);
+    dpt_status (*download)(dpt_net *net, float *host, const float *src, size_t n);
+    /* 1 when x[n] (device) holds no NaN or infinity. */
+    int (*all_finite)(dpt_net *net, const float *x, size_t n);
+    dpt_status (*forward)(dpt_net *net, dpt_layer *l, const float *const *x, float *y, int n,
+                          dpt_mode mode);
+    dpt_status (*backward)(dpt_net *net, dpt_layer *l, const float *const *x, const float *y,
+                           const float *dy, float *const *dx, int n);
+} net_dev;
+
+extern const net_dev net_dev_cpu;
+
+/* ---- the graph (graph.c) -----------------------------------------------------------
+ * net_check_graph: consumers of every node; an output no one reads (but the
+ * last) fails naming it. net_plan: fusion over single-consumer edges and the
+ * buffer plan (net->plan, buf_floats, grp_buf); no large allocation.
+ * net_alloc_buffers: the planned buffers through net->dev, and acts[].
+ * net_free_plan frees all of it. */
+dpt_status net_check_graph(dpt_net *net);
+dpt_status net_plan(dpt_net *net);
+/* The buffer plan alone, for the fusion fields as they are (net_gpu.c plans
+ * a GPU network's buffers with its own fusion: bn+relu only). */
+dpt_status net_plan_buffers(dpt_net *net);
+void net_plan_floats(const dpt_net *net, double *acts, double *grads);
+dpt_status net_alloc_buffers(dpt_net *net);
+void net_free_buffers(dpt_net *net);
+void net_free_plan(dpt_net *net);
+/* For tests: gradient and scratch buffers in the plan; the gradient at node
+ * i's output after a backward (NULL where none is kept, or reused since). */
+int net_n_grad_buffers(const dpt_net *net);
+const float *net_node_grad(const dpt_net *net, int node);
 
 /* Helpers for layer set() functions: parse a positive int / float value. */
 /* A spec value: an integer in [min, 10^6] / in [min, max]; n sizes "AxB..."
@@ -231,6 +278,8 @@ extern const layer_type dpt_layer_batchnorm;
 extern const layer_type dpt_layer_relu;
 extern const layer_type dpt_layer_fc;
 extern const layer_type dpt_layer_softmax;
+extern const layer_type dpt_layer_add;     /* layer_merge.c */
+extern const layer_type dpt_layer_concat;
 
 /* ---- Layer configuration for the CUDA entries (layer_gpu.c) -----------------
  * Read from each type's own struct by the type's file, so the GPU code
@@ -297,26 +346,17 @@ void net_gpu_note(dpt_net *net, const char *fmt, ...);
 dpt_status net_gpu_comm(dpt_net *net, dpt_comm *comm, struct dpt_gpu_comm **out);
 dpt_status net_gpu_stats_reserve(dpt_net *net, size_t n, double *host, double **dev);
 
-/* For the executor (net.c): x [n floats] from the host into the device
- * buffer dev; the network's output (device, n observations) to a pinned
- * host copy in *y, checked for non-finite values (naming the first layer
- * that has them); dy [n floats] from the host into the device, *dev
- * pointing at it; the gradient mirror is stale after a backward. */
-dpt_status net_gpu_put_input(dpt_net *net, float *dev, const float *x, size_t n);
+/* For the executor (net.c, which reaches the device through net->dev): the
+ * network's output (device, n observations) to a pinned host copy in *y,
+ * checked for non-finite values (naming the first layer that has them);
+ * dy [n floats] from the host into the device, *dev pointing at it. */
 dpt_status net_gpu_get_output(dpt_net *net, const float *dev, int n, const float **y);
 dpt_status net_gpu_put_dy(dpt_net *net, const float *dy, size_t n, const float **dev);
-void net_gpu_touch_grads(dpt_net *net);
+/* After a backward: marks the gradient mirror stale and returns the first
+ * failure of the device's void operations (net_dev.add, .zero, .copy)
+ * since the last call. */
+dpt_status net_gpu_after_backward(dpt_net *net);
 dpt_status net_gpu_name_nonfinite(dpt_net *net, int n, const char *otherwise);
-/* Moving the executor (net.c): net_exec_to_device swaps the activation and
- * gradient buffers for device ones and plans the device's fusion (a ReLU
- * fused into the batch norm below it when fuse_bn_relu, nothing else);
- * net_exec_to_host frees them and puts the CPU's back (nothing when the
- * network is on the host). */
-dpt_status net_exec_to_device(dpt_net *net, int fuse_bn_relu);
-void net_exec_to_host(dpt_net *net);
-/* Device memory for those buffers: n floats, zeroed; freed by net_gpu_mfree. */
-dpt_status net_gpu_alloc(dpt_net *net, size_t n, float **out);
-void net_gpu_mfree(float *p);
 
 /* For the training step: the loss of the n observations (targets t from
  * the host) and its gradient at the logits weighted by w, on the device;
