@@ -28,11 +28,14 @@
  * updated on the host and copied to the device each step, so its mirror is
  * never stale.
  *
- * Optimizer: the velocity of the dpt_sgdm given to dpt_train_step (or
- * dpt_net_sgdm_step) moves to the device at its first step with this
- * network and stays there; dpt_net_sync_to_host (and dpt_net_to_cpu)
- * copies it back into opt->velocity, so the optimizer must still be alive
- * then, and the next step takes it from the host again. Before freeing an
+ * Optimizer: the state of the optimizer given to dpt_train_step,
+ * dpt_train_step_optim, dpt_net_sgdm_step or dpt_net_optim_step (the
+ * dpt_sgdm's velocity; a dpt_optim's buffers) moves to the device at its
+ * first step with this network and stays there; dpt_net_sync_to_host (and
+ * dpt_net_to_cpu) copies it back into the optimizer's buffers
+ * (opt->velocity, dpt_optim_buffer), so the optimizer must still be alive
+ * then, and the next step takes it from the host again. The update
+ * (SGDM, Adam, gradient clipping) runs on the device. Before freeing an
  * optimizer that is still in use with a GPU network, call
  * dpt_net_sync_to_host (a new optimizer could get the freed one's address
  * and be taken for it); an optimizer passed after another simply replaces
@@ -178,6 +181,10 @@ DPT_API dpt_status dpt_net_sync_to_device(dpt_net *net);
  * or, for a CPU network, dpt_sgdm_step. For custom loops that call
  * dpt_net_backward and dpt_train_aggregate themselves. */
 DPT_API dpt_status dpt_net_sgdm_step(dpt_net *net, dpt_sgdm *opt);
+/* dpt_net_sgdm_step for any optimizer of the dpt_optim interface (SGDM,
+ * Adam, with clipping): its state buffers move to the device at its first
+ * step, as the velocity above, and come back with dpt_net_sync_to_host. */
+DPT_API dpt_status dpt_net_optim_step(dpt_net *net, dpt_optim *opt);
 /* A text for logs: device, options, the cuDNN algorithms chosen per
  * convolution and how gradients are reduced. "cpu" for a CPU network.
  * Valid until the network changes device or is freed. */

@@ -29,6 +29,14 @@ extern "C" {
 DPT_API dpt_status dpt_train_step(dpt_net *net, dpt_sgdm *opt, dpt_comm *comm, const float *x,
                                   const float *t, int n_local, double *loss, int *n_total);
 
+/* dpt_train_step with any optimizer (dptrain/optim.h): the aggregated
+ * gradient is clipped (when opt's clip norm is on) and opt's update applied,
+ * the same on every worker. Set the learning rate of a schedule with
+ * dpt_optim_set_lr before the call. */
+DPT_API dpt_status dpt_train_step_optim(dpt_net *net, dpt_optim *opt, dpt_comm *comm,
+                                        const float *x, const float *t, int n_local,
+                                        double *loss, int *n_total);
+
 /* The parts of dpt_train_step, for loops that need a custom loss: after
  * dpt_net_forward and dpt_net_backward with the loss gradient of this
  * worker's share already weighted by n_local / M, sum the gradients and the
@@ -77,6 +85,23 @@ DPT_API dpt_status dpt_checkpoint_save(const char *path, const dpt_net *net, con
  * first mismatched tensor is named); net and opt are unchanged then. */
 DPT_API dpt_status dpt_checkpoint_load(const char *path, dpt_net *net, dpt_sgdm *opt,
                                        dpt_checkpoint_info *info);
+
+/* The same with any optimizer (opt may be NULL): its state buffers are
+ * saved as "optim/<buffer name>" ("optim/Velocity" for SGDM, as before;
+ * "optim/AverageGrad" and "optim/AverageSqGrad" for Adam) and its kind and
+ * step count in the metadata ("optimizer", "optim_step"). */
+DPT_API dpt_status dpt_checkpoint_save_optim(const char *path, const dpt_net *net,
+                                             const dpt_optim *opt,
+                                             const dpt_checkpoint_info *info,
+                                             const dpt_kv *meta, size_t n_meta);
+/* Load into net and opt (may be NULL) as dpt_checkpoint_load. A checkpoint
+ * of another optimizer kind than opt's fails naming both (DPT_ERR_ARG); one
+ * written before the optimizer interface (no "optimizer" in its metadata)
+ * is SGDM's, with step count = its iteration. Every state buffer and the
+ * step count are restored, so the next update is the one an uninterrupted
+ * run would make; hyper-parameters (learning rate, betas) stay opt's. */
+DPT_API dpt_status dpt_checkpoint_load_optim(const char *path, dpt_net *net, dpt_optim *opt,
+                                             dpt_checkpoint_info *info);
 
 /* ---- evaluation ----------------------------------------------------------- */
 
@@ -169,12 +194,25 @@ typedef struct dpt_fit_config {
      * an earlier run's files from the output folder here. */
     dpt_status (*on_start)(void *arg);
     void *on_start_arg;
+    /* ---- version 2: the optimizer (a version-1 config trains with SGDM,
+     * a constant rate and no clipping) ---- */
+    dpt_optim_kind optimizer;     /* DPT_OPTIM_SGDM; lr above is its base rate
+                                     (set 0.001 for Adam, its usual default) */
+    double beta1, beta2;          /* Adam: 0.9, 0.999 */
+    float epsilon;                /* Adam: 1e-8 */
+    int decoupled;                /* Adam: 1 = AdamW (weight_decay decoupled) */
+    dpt_lr_schedule lr_schedule;  /* constant; the rate of each iteration is
+                                     dpt_lr_at(&lr_schedule, lr, epoch, it,
+                                     iterations per epoch, epochs) */
+    double clip_norm;             /* > 0: clip the aggregated gradient's global
+                                     L2 norm to this; 0: off */
 } dpt_fit_config;
 
-#define DPT_FIT_CONFIG_VERSION 1
+#define DPT_FIT_CONFIG_VERSION 2
 #define DPT_FIT_CONFIG_INIT                                                             \
     {DPT_FIT_CONFIG_VERSION, NULL, NULL, NULL, NULL, 20, 128, 0.01f, 0.9f, 0.0f, 0,       \
-     DPT_SPMD_CONFIG_INIT, 0, 1, 0, NULL, NULL, NULL, NULL, NULL, 0, NULL, 0, NULL, NULL, NULL}
+     DPT_SPMD_CONFIG_INIT, 0, 1, 0, NULL, NULL, NULL, NULL, NULL, 0, NULL, 0, NULL, NULL, NULL, \
+     DPT_OPTIM_SGDM, 0.9, 0.999, 1e-8f, 0, DPT_LR_SCHEDULE_INIT, 0.0}
 
 typedef struct dpt_fit_result {
     double final_loss;

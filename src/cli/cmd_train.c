@@ -37,9 +37,24 @@ static const char help[] =
     "                      classes taken from the data; see dptrain info --spec)\n"
     "  --epochs N          epochs (default 20)\n"
     "  --batch N           minibatch size over all workers (default 128)\n"
-    "  --lr X              learning rate (default 0.01)\n"
-    "  --momentum X        SGD momentum (default 0.9)\n"
+    "  --optimizer NAME    sgdm | adam | adamw (default sgdm; adamw: Adam with the\n"
+    "                      weight decay decoupled from the gradient, PyTorch's AdamW)\n"
+    "  --lr X              base learning rate (default 0.01 for sgdm, 0.001 for adam\n"
+    "                      and adamw); also --learn-rate X\n"
+    "  --lr-schedule S     the rate per iteration (default constant):\n"
+    "                        piecewise[:every=E,drop=F]  x F every E epochs\n"
+    "                                                    (default every=10,drop=0.1)\n"
+    "                        cosine[:min=X]              down to X (default 0) over\n"
+    "                                                    the --epochs, per iteration\n"
+    "                      and after any of them ,warmup=W: linear warm-up over\n"
+    "                      the first W epochs (e.g. cosine,warmup=2 or warmup=1)\n"
+    "  --momentum X        SGD momentum (default 0.9; sgdm)\n"
+    "  --beta1 X           Adam's first-moment decay (default 0.9)\n"
+    "  --beta2 X           Adam's second-moment decay (default 0.999)\n"
+    "  --epsilon X         Adam's epsilon (default 1e-8)\n"
     "  --weight-decay X    L2 regularisation factor (default 0)\n"
+    "  --clip-norm X       clip the global L2 norm of the aggregated gradient to X\n"
+    "                      before each update (default 0: off)\n"
     "  --seed N            seed of initialisation, split and shuffles (default 0)\n"
     "parallel:\n"
     "  --device NAME       auto | cpu | gpu (default auto: GPUs when this build has CUDA\n"
@@ -232,7 +247,8 @@ int cli_train(int argc, char **argv)
 {
     enum { O_LABELS = 256, O_TEST, O_TEST_LABELS, O_SPLIT, O_SKIP, O_NET, O_EPOCHS, O_BATCH, O_LR,
            O_MOM, O_WD, O_SEED, O_WORKERS, O_BACKEND, O_THREADS, O_SYNC, O_NOPF, O_OUT, O_EVAL,
-           O_QUIET, O_DATA, O_CKPT, O_RESUME, O_PRINT, O_DEVICE, O_BPW, O_OVERWRITE };
+           O_QUIET, O_DATA, O_CKPT, O_RESUME, O_PRINT, O_DEVICE, O_BPW, O_OVERWRITE,
+           O_OPTIM, O_SCHED, O_CLIP, O_BETA1, O_BETA2, O_EPS };
     static const struct option opts[] = {
         {"data", required_argument, 0, O_DATA},       {"labels", required_argument, 0, O_LABELS},
         {"test", required_argument, 0, O_TEST},       {"test-labels", required_argument, 0, O_TEST_LABELS},
@@ -249,6 +265,10 @@ int cli_train(int argc, char **argv)
         {"print-every", required_argument, 0, O_PRINT},
         {"device", required_argument, 0, O_DEVICE},   {"batch-per-worker", no_argument, 0, O_BPW},
         {"overwrite", no_argument, 0, O_OVERWRITE},
+        {"optimizer", required_argument, 0, O_OPTIM}, {"learn-rate", required_argument, 0, O_LR},
+        {"lr-schedule", required_argument, 0, O_SCHED}, {"clip-norm", required_argument, 0, O_CLIP},
+        {"beta1", required_argument, 0, O_BETA1},     {"beta2", required_argument, 0, O_BETA2},
+        {"epsilon", required_argument, 0, O_EPS},
         {0, 0, 0, 0},
     };
     const char *data = NULL, *labels = NULL, *test = NULL, *test_labels = NULL, *net_path = NULL;
@@ -256,7 +276,10 @@ int cli_train(int argc, char **argv)
     long ckpt_every = 0, print_every = 0;
     const char *device = "auto";
     int batch_per_worker = 0, overwrite = 0;
-    double split = 0.9, lr = 0.01, momentum = 0.9, wd = 0.0;
+    double split = 0.9, lr = 0.0, momentum = 0.9, wd = 0.0;
+    int lr_unset = 1; /* then the optimizer's default */
+    const char *optim_name = "sgdm", *sched_text = NULL, *momentum_opt = NULL, *adam_opt = NULL;
+    double clip_norm = 0.0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
     long epochs = 20, batch = 128, seed = 0, workers = 0, threads = 0;
     int skip_corrupt = 0, sync_bn = 0, prefetch = 1, eval_epoch = 0, quiet = 0;
     int c;
@@ -274,8 +297,14 @@ int cli_train(int argc, char **argv)
         case O_NET: net_path = optarg; break;
         case O_EPOCHS: bad = cli_int("--epochs", optarg, 1, 1000000, &epochs); break;
         case O_BATCH: bad = cli_int("--batch", optarg, 1, 1 << 20, &batch); break;
-        case O_LR: bad = cli_double("--lr", optarg, &lr); break;
-        case O_MOM: bad = cli_double("--momentum", optarg, &momentum); break;
+        case O_LR: bad = cli_double("--lr", optarg, &lr), lr_unset = 0; break;
+        case O_MOM: bad = cli_double("--momentum", optarg, &momentum), momentum_opt = "--momentum"; break;
+        case O_OPTIM: optim_name = optarg; break;
+        case O_SCHED: sched_text = optarg; break;
+        case O_CLIP: bad = cli_double("--clip-norm", optarg, &clip_norm); break;
+        case O_BETA1: bad = cli_double("--beta1", optarg, &beta1), adam_opt = "--beta1"; break;
+        case O_BETA2: bad = cli_double("--beta2", optarg, &beta2), adam_opt = "--beta2"; break;
+        case O_EPS: bad = cli_double("--epsilon", optarg, &eps), adam_opt = "--epsilon"; break;
         case O_WD: bad = cli_double("--weight-decay", optarg, &wd); break;
         case O_SEED: bad = cli_int("--seed", optarg, 0, 0x7fffffffL, &seed); break;
         case O_WORKERS: bad = cli_int("--workers", optarg, 1, 4096, &workers); break;
@@ -306,8 +335,30 @@ int cli_train(int argc, char **argv)
         return cli_error("train: --data PATH is required (see dptrain train --help)");
     if (!(split > 0 && split < 1))
         return cli_error("--split: %g is not between 0 and 1", split);
+    /* adamw is Adam with decoupled weight decay: the same kind and state. */
+    int decoupled = !strcmp(optim_name, "adamw");
+    dpt_optim_kind optim_kind;
+    if (dpt_optim_kind_parse(decoupled ? "adam" : optim_name, &optim_kind) != DPT_OK)
+        return cli_error("--optimizer: unknown optimizer '%s' (sgdm, adam, adamw)", optim_name);
+    if (optim_kind == DPT_OPTIM_SGDM && adam_opt)
+        return cli_error("%s: applies to --optimizer adam or adamw, not sgdm", adam_opt);
+    if (optim_kind != DPT_OPTIM_SGDM && momentum_opt)
+        return cli_error("--momentum: applies to --optimizer sgdm, not %s", optim_name);
+    if (lr_unset)
+        lr = dpt_optim_default_lr(optim_kind);
     if (!(lr > 0))
         return cli_error("--lr: %g must be positive", lr);
+    if (!(beta1 >= 0 && beta1 < 1))
+        return cli_error("--beta1: %g must be in [0, 1)", beta1);
+    if (!(beta2 >= 0 && beta2 < 1))
+        return cli_error("--beta2: %g must be in [0, 1)", beta2);
+    if (!(eps > 0))
+        return cli_error("--epsilon: %g must be positive", eps);
+    if (!(clip_norm >= 0))
+        return cli_error("--clip-norm: %g must not be negative (0: off)", clip_norm);
+    dpt_lr_schedule schedule;
+    if (dpt_lr_schedule_parse(sched_text, &schedule) != DPT_OK)
+        return cli_error("--lr-schedule: %s", dpt_last_error());
     if (!(momentum >= 0 && momentum < 1))
         return cli_error("--momentum: %g must be in [0, 1)", momentum);
     if (!(wd >= 0))
@@ -430,6 +481,9 @@ int cli_train(int argc, char **argv)
     cfg.epochs = (int)epochs;
     cfg.batch = (int)batch;
     cfg.lr = (float)lr, cfg.momentum = (float)momentum, cfg.weight_decay = (float)wd;
+    cfg.optimizer = optim_kind, cfg.decoupled = decoupled;
+    cfg.beta1 = beta1, cfg.beta2 = beta2, cfg.epsilon = (float)eps;
+    cfg.lr_schedule = schedule, cfg.clip_norm = clip_norm;
     cfg.seed = (uint64_t)seed;
     cfg.spmd.backend = backend;
     cfg.spmd.n_workers = n_workers;

@@ -16,6 +16,7 @@
 #include "comm/comm_nccl.h"
 #include "dptrain/gpu.h"
 #include "net/net_impl.h"
+#include "optim/optim_impl.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -60,8 +61,13 @@ typedef struct net_gpu {
     gpu_ctx *ctx;
     dpt_gpu_options opt;
     float *params, *grads, *state; /* device flat buffers */
-    float *velocity;               /* device [n_params], bound to vel_owner */
-    dpt_sgdm *vel_owner;
+    /* The optimizer's state on the device: buffer i mirrors the host
+     * buffer ostate_host[i] (dpt_optim_buffer of the optimizer last used,
+     * which identifies it: a dpt_sgdm wrapped anew each step keeps its
+     * velocity's address). */
+    float *ostate[2];              /* device [n_params] each */
+    float *ostate_host[2];
+    size_t n_ostate;               /* buffers bound; 0: none */
     float *dout;                   /* device [max_batch, outputs]: dlogits or the caller's dy */
     float *targets;                /* device [max_batch, outputs] */
     double *stats;                 /* device [n_stats]: [0] the loss, then reservations */
@@ -73,7 +79,7 @@ typedef struct net_gpu {
     double loss_scale;             /* ... to be multiplied by this (n_local / M) */
     float *out_host;               /* pinned [max_batch, outputs]: forward's y */
     float *state_pinned;           /* pinned [n_state]: state upload */
-    int params_stale, grads_stale, velocity_stale; /* host mirrors behind the device */
+    int params_stale, grads_stale, ostate_stale; /* host mirrors behind the device */
     dpt_status dev_error;          /* first failure of a void net_dev operation */
     char dev_message[256];
     dpt_gpu_comm *gcomm;           /* device all-reduce of the comm last used */
@@ -320,7 +326,8 @@ static void gpu_release(dpt_net *net)
         if (net->layers[i].gpu_priv && net->layers[i].type->gpu_release)
             net->layers[i].type->gpu_release(&net->layers[i]);
     dpt_gpu_comm_free(G->gcomm);
-    gpu_mfree(G->params), gpu_mfree(G->grads), gpu_mfree(G->state), gpu_mfree(G->velocity);
+    gpu_mfree(G->params), gpu_mfree(G->grads), gpu_mfree(G->state);
+    gpu_mfree(G->ostate[0]), gpu_mfree(G->ostate[1]);
     gpu_mfree(G->dout), gpu_mfree(G->targets), gpu_mfree(G->stats);
     gpu_mfree_host(G->stats_host), gpu_mfree_host(G->out_host), gpu_mfree_host(G->state_pinned);
     free(G->dests);
@@ -516,42 +523,50 @@ dpt_status net_gpu_state_push(dpt_net *net)
     return gpu_upload_async(G->ctx, G->state, G->state_pinned, net->n_state * sizeof(float));
 }
 
-/* Bind opt's velocity to the device (uploaded at its first step here, and
- * again after each dpt_net_sync_to_host, which unbinds it). Another
+/* Bind o's state to the device (uploaded at its first step here, and again
+ * after each dpt_net_sync_to_host or _to_device, which unbind it). Another
  * optimizer replaces a bound one without touching it (it may be freed
- * already): its device velocity is dropped. */
-static dpt_status bind_velocity(dpt_net *net, dpt_sgdm *opt)
+ * already): the device copy is dropped. */
+static dpt_status bind_optim(dpt_net *net, dpt_optim *o)
 {
     net_gpu *G = net->gpu;
-    if (G->vel_owner == opt)
+    size_t nb = dpt_optim_n_buffers(o);
+    if (nb > 2)
+        return dpt_fail(DPT_ERR_UNSUPPORTED, "%s: an optimizer with %zu state buffers (the GPU "
+                        "step keeps 2)", net->source, nb);
+    int same = nb == G->n_ostate;
+    for (size_t i = 0; same && i < nb; i++)
+        same = G->ostate_host[i] == dpt_optim_buffer(o, i);
+    if (same && nb)
         return DPT_OK;
+    G->n_ostate = 0;
     dpt_status s = DPT_OK;
-    G->vel_owner = NULL;
-    if (!G->velocity &&
-        (s = gpu_malloc(G->ctx, (net->n_params ? net->n_params : 1) * sizeof(float),
-                        (void **)&G->velocity)) != DPT_OK)
-        return s;
-    if ((s = gpu_upload(G->ctx, G->velocity, opt->velocity, net->n_params * sizeof(float))) !=
-        DPT_OK)
-        return s;
-    G->vel_owner = opt;
-    G->velocity_stale = 0;
-    return DPT_OK;
+    for (size_t i = 0; s == DPT_OK && i < nb; i++) {
+        float *host = dpt_optim_buffer(o, i);
+        if (!G->ostate[i])
+            s = gpu_malloc(G->ctx, (net->n_params ? net->n_params : 1) * sizeof(float),
+                           (void **)&G->ostate[i]);
+        if (s == DPT_OK && host)
+            s = gpu_upload(G->ctx, G->ostate[i], host, net->n_params * sizeof(float));
+        G->ostate_host[i] = host;
+    }
+    if (s == DPT_OK)
+        G->n_ostate = nb, G->ostate_stale = 0;
+    return s;
 }
 
-/* TODO(optim): the dpt_optim interface's device update (Adam) goes here
- * beside SGDM once h/optim lands; the coordinator wires it. */
-static dpt_status device_sgdm(dpt_net *net, dpt_sgdm *opt)
+/* The optimizer's update on the device (dpt_optim's kinds, clipping
+ * included: optim/optim.c optim_gpu_step). */
+static dpt_status device_optim(dpt_net *net, dpt_optim *o)
 {
     net_gpu *G = net->gpu;
     dpt_status s = gpu_ctx_enter(G->ctx);
     if (s == DPT_OK)
-        s = bind_velocity(net, opt);
+        s = bind_optim(net, o);
     if (s == DPT_OK)
-        s = gpu_sgdm(G->ctx, G->params, G->velocity, G->grads, net->n_params, opt->lr,
-                     opt->momentum, opt->weight_decay);
-    if (s == DPT_OK)
-        G->params_stale = G->velocity_stale = 1;
+        s = optim_gpu_step(o, G->ctx, G->params, G->grads, G->ostate);
+    if (s == DPT_OK) /* clipping scales the gradients in place */
+        G->params_stale = G->ostate_stale = G->grads_stale = 1;
     return s;
 }
 
@@ -585,16 +600,17 @@ static dpt_status sync_to_host(dpt_net *net)
     if (s == DPT_OK && G->grads_stale &&
         (s = gpu_download(G->ctx, net->grads, G->grads, net->n_params * sizeof(float))) == DPT_OK)
         G->grads_stale = 0;
-    if (s == DPT_OK && G->vel_owner && G->velocity_stale)
-        s = gpu_download(G->ctx, G->vel_owner->velocity, G->velocity,
-                         net->n_params * sizeof(float));
+    for (size_t i = 0; s == DPT_OK && G->ostate_stale && i < G->n_ostate; i++)
+        if (G->ostate_host[i])
+            s = gpu_download(G->ctx, G->ostate_host[i], G->ostate[i],
+                             net->n_params * sizeof(float));
     if (s == DPT_OK)
         s = gpu_sync(G->ctx, "copy the network to the host");
     if (s == DPT_OK) {
-        /* The host velocity is the current one now: the next step uploads
-         * it again (from whichever optimizer it is given). */
-        G->vel_owner = NULL;
-        G->velocity_stale = 0;
+        /* The host optimizer state is the current one now: the next step
+         * uploads it again (from whichever optimizer it is given). */
+        G->n_ostate = 0;
+        G->ostate_stale = 0;
     }
     return s;
 }
@@ -799,14 +815,34 @@ dpt_status dpt_net_sync_to_device(dpt_net *net)
         s = gpu_sync(G->ctx, "copy the network to the GPU");
     if (s == DPT_OK) {
         G->params_stale = G->grads_stale = 0;
-        /* The next step takes the velocity from its optimizer again. */
-        G->vel_owner = NULL;
-        G->velocity_stale = 0;
+        /* The next step takes the state from its optimizer again. */
+        G->n_ostate = 0;
+        G->ostate_stale = 0;
     }
     return s;
 #else
     return DPT_OK;
 #endif
+}
+
+dpt_status net_optim_step(dpt_net *net, dpt_optim *opt)
+{
+#ifdef DPT_HAVE_CUDA
+    if (net->gpu)
+        return device_optim(net, opt);
+#endif
+    dpt_optim_step(opt, net->params, net->grads);
+    return DPT_OK;
+}
+
+dpt_status dpt_net_optim_step(dpt_net *net, dpt_optim *opt)
+{
+    if (!net || !opt)
+        return dpt_fail(DPT_ERR_ARG, "dpt_net_optim_step: %s is NULL", !net ? "net" : "opt");
+    if (dpt_optim_n(opt) != net->n_params)
+        return dpt_fail(DPT_ERR_ARG, "dpt_net_optim_step: optimizer has %zu parameters, network "
+                        "%zu", dpt_optim_n(opt), net->n_params);
+    return net_optim_step(net, opt);
 }
 
 dpt_status dpt_net_sgdm_step(dpt_net *net, dpt_sgdm *opt)
@@ -816,12 +852,9 @@ dpt_status dpt_net_sgdm_step(dpt_net *net, dpt_sgdm *opt)
     if (opt->n != net->n_params)
         return dpt_fail(DPT_ERR_ARG, "dpt_net_sgdm_step: optimizer has %zu parameters, network "
                         "%zu", opt->n, net->n_params);
-#ifdef DPT_HAVE_CUDA
-    if (net->gpu)
-        return device_sgdm(net, opt);
-#endif
-    dpt_sgdm_step(opt, net->params, net->grads);
-    return DPT_OK;
+    dpt_optim o; /* a view of opt: its velocity is the state */
+    optim_wrap_sgdm(&o, opt);
+    return net_optim_step(net, &o);
 }
 
 const char *dpt_net_gpu_describe(const dpt_net *net)

@@ -391,6 +391,9 @@ dpt_status net_step_backward(dpt_net *net);
 /* The gradient buffer summed over comm's workers, in place (nothing for
  * one worker). */
 dpt_status net_grads_allreduce(dpt_net *net, dpt_comm *comm);
+/* The optimizer's update where the network lives (on a GPU its state moves
+ * to the device at its first step: dptrain/gpu.h). */
+dpt_status net_optim_step(dpt_net *net, dpt_optim *opt);
 /* dpt_net_update_state with *loss (NULL: none) summed over the workers in
  * the same float64 all-reduce; a loss still on the device is brought to
  * the host first. A non-finite loss on a GPU fails (naming the first

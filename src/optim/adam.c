@@ -2,6 +2,7 @@
  * in the same order of operations as its single-tensor CPU path so results
  * agree to a few float32 rounding steps. */
 #include "dptrain/optim.h"
+#include "optim/optim_impl.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -39,21 +40,30 @@ void dpt_adam_free(dpt_adam *o)
     free(o);
 }
 
-void dpt_adam_step(dpt_adam *o, float *restrict params, const float *restrict grads)
+adam_coeffs adam_begin_step(dpt_adam *o)
 {
     o->step++;
     const double t = (double)o->step;
     const double bc1 = 1.0 - pow(o->beta1, t);
     const double bc2 = 1.0 - pow(o->beta2, t);
-    const float step_size = (float)(o->lr / bc1);
-    const float bc2_sqrt = (float)sqrt(bc2);
+    adam_coeffs c;
+    c.step_size = (float)(o->lr / bc1);
+    c.bc2_sqrt = (float)sqrt(bc2);
     /* As torch: the decay factors and their complements rounded to float32
      * separately (1 − 0.999f would be off by 1e-5 relative). */
-    const float b1 = (float)o->beta1, b2 = (float)o->beta2;
-    const float c1 = (float)(1.0 - o->beta1), c2 = (float)(1.0 - o->beta2);
-    const float eps = o->eps, wd = o->weight_decay;
-    const float shrink = o->decoupled ? (float)(1.0 - (double)o->lr * wd) : 1.0f;
-    const float l2 = o->decoupled ? 0.0f : wd;
+    c.b1 = (float)o->beta1, c.b2 = (float)o->beta2;
+    c.c1 = (float)(1.0 - o->beta1), c.c2 = (float)(1.0 - o->beta2);
+    c.eps = o->eps;
+    c.shrink = o->decoupled ? (float)(1.0 - (double)o->lr * o->weight_decay) : 1.0f;
+    c.l2 = o->decoupled ? 0.0f : o->weight_decay;
+    return c;
+}
+
+void dpt_adam_step(dpt_adam *o, float *restrict params, const float *restrict grads)
+{
+    const adam_coeffs c = adam_begin_step(o);
+    const float step_size = c.step_size, bc2_sqrt = c.bc2_sqrt, b1 = c.b1, b2 = c.b2;
+    const float c1 = c.c1, c2 = c.c2, eps = c.eps, shrink = c.shrink, l2 = c.l2;
     float *restrict m = o->m, *restrict v = o->v;
     for (size_t i = 0; i < o->n; i++) {
         float w = params[i] * shrink;

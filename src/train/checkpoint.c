@@ -9,6 +9,7 @@
 #include "core/safetensors.h"
 #include "train/train_internal.h"
 #include "dptrain/train.h"
+#include "optim/optim_impl.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -64,6 +65,16 @@ static uLong crc_pair(uLong crc, const char *key, const char *value)
 dpt_status dpt_checkpoint_save(const char *path, const dpt_net *net, const dpt_sgdm *opt,
                                const dpt_checkpoint_info *info, const dpt_kv *meta, size_t n_meta)
 {
+    dpt_optim o; /* a view of opt; saving only reads it */
+    if (opt)
+        optim_wrap_sgdm(&o, (dpt_sgdm *)opt);
+    return dpt_checkpoint_save_optim(path, net, opt ? &o : NULL, info, meta, n_meta);
+}
+
+dpt_status dpt_checkpoint_save_optim(const char *path, const dpt_net *net, const dpt_optim *opt,
+                                     const dpt_checkpoint_info *info, const dpt_kv *meta,
+                                     size_t n_meta)
+{
     dpt_st_writer *w = NULL;
     dpt_status s = dpt_st_writer_new(&w);
     if (s != DPT_OK)
@@ -73,12 +84,20 @@ dpt_status dpt_checkpoint_save(const char *path, const dpt_net *net, const dpt_s
     s = add_table(w, net, 0, dpt_net_params(mnet), &crc);
     if (s == DPT_OK)
         s = add_table(w, net, 1, dpt_net_state(mnet), &crc);
-    if (s == DPT_OK && opt && opt->n) {
-        int64_t shape[1] = {(int64_t)opt->n};
-        s = dpt_st_writer_add(w, "optim/Velocity", "F32", 1, shape, opt->velocity,
-                              opt->n * sizeof(float));
-        crc = crc32(crc, (const Bytef *)opt->velocity, (uInt)(opt->n * sizeof(float)));
+    /* The optimizer's state buffers as optim/<name> (SGDM's optim/Velocity
+     * as in every earlier format). */
+    dpt_optim *mopt = (dpt_optim *)opt; /* the buffer accessor is non-const */
+    size_t n_opt = opt ? dpt_optim_n(opt) : 0;
+    char tname[64];
+    for (size_t b = 0; s == DPT_OK && n_opt && b < dpt_optim_n_buffers(opt); b++) {
+        int64_t shape[1] = {(int64_t)n_opt};
+        const float *data = dpt_optim_buffer(mopt, b);
+        snprintf(tname, sizeof tname, "optim/%s", dpt_optim_buffer_name(opt, b));
+        s = dpt_st_writer_add(w, tname, "F32", 1, shape, data, n_opt * sizeof(float));
+        crc = crc32(crc, (const Bytef *)data, (uInt)(n_opt * sizeof(float)));
     }
+    char step_text[32];
+    snprintf(step_text, sizeof step_text, "%ld", opt ? dpt_optim_step_count(opt) : 0L);
     char buf[8][64];
     snprintf(buf[0], sizeof buf[0], "%d", info->epoch);
     snprintf(buf[1], sizeof buf[1], "%ld", info->epoch_iteration);
@@ -93,6 +112,8 @@ dpt_status dpt_checkpoint_save(const char *path, const dpt_net *net, const dpt_s
         {"format", CKPT_FORMAT}, {"spec", dpt_net_spec(net)}, {"epoch", buf[0]},
         {"epoch_iteration", buf[1]}, {"iteration", buf[2]}, {"seed", buf[3]},
         {"workers", buf[4]}, {"elapsed_s", elapsed}, {"batch", buf[6]}, {"train_images", buf[7]},
+        {"optimizer", opt ? dpt_optim_kind_name(dpt_optim_kind_of(opt)) : ""},
+        {"optim_step", step_text},
     };
     /* Every pair the CRC covers, sorted by key as the reader sees them;
      * batch and train_images only when known (0: not recorded). */
@@ -105,7 +126,8 @@ dpt_status dpt_checkpoint_save(const char *path, const dpt_net *net, const dpt_s
     size_t k = 0;
     for (size_t i = 0; i < n_fixed; i++) {
         if ((!strcmp(fixed[i].key, "batch") && !info->batch) ||
-            (!strcmp(fixed[i].key, "train_images") && !info->n_train))
+            (!strcmp(fixed[i].key, "train_images") && !info->n_train) ||
+            (!strncmp(fixed[i].key, "optim", 5) && !opt))
             continue;
         all[k++] = &fixed[i];
     }
@@ -245,11 +267,39 @@ dpt_status dpt_checkpoint_read_info(const char *path, dpt_checkpoint_info *info)
     return s;
 }
 
+dpt_status dpt_checkpoint_read_optimizer(const char *path, const char **kind)
+{
+    dpt_st *st = NULL;
+    dpt_checkpoint_info info;
+    dpt_status s = dpt_st_open(path, &st);
+    if (s == DPT_OK && (s = verify(st, path, &info)) == DPT_OK) {
+        const char *v = dpt_st_meta(st, "optimizer");
+        dpt_optim_kind k = DPT_OPTIM_SGDM;
+        /* Checkpoints from before the interface hold SGDM's velocity. */
+        if (v && dpt_optim_kind_parse(v, &k) != DPT_OK)
+            s = dpt_fail(DPT_ERR_FORMAT, "%s: metadata \"optimizer\" is '%.40s', not sgdm or adam",
+                         path, v);
+        *kind = dpt_optim_kind_name(k);
+    }
+    dpt_st_close(st);
+    return s;
+}
+
 dpt_status dpt_checkpoint_load(const char *path, dpt_net *net, dpt_sgdm *opt,
                                dpt_checkpoint_info *info)
 {
+    dpt_optim o; /* a view of opt: the velocity is read into it */
+    if (opt)
+        optim_wrap_sgdm(&o, opt);
+    return dpt_checkpoint_load_optim(path, net, opt ? &o : NULL, info);
+}
+
+dpt_status dpt_checkpoint_load_optim(const char *path, dpt_net *net, dpt_optim *opt,
+                                     dpt_checkpoint_info *info)
+{
     dpt_st *st = NULL;
     float *params = NULL, *state = NULL, *vel = NULL;
+    long opt_step = 0;
     dpt_checkpoint_info got;
     dpt_status s = dpt_st_open(path, &st);
     if (s != DPT_OK)
@@ -287,15 +337,37 @@ dpt_status dpt_checkpoint_load(const char *path, dpt_net *net, dpt_sgdm *opt,
                      "network's", path);
         goto done;
     }
+    size_t n_opt = opt ? dpt_optim_n(opt) : 0, n_buf = opt ? dpt_optim_n_buffers(opt) : 0;
     if (opt) {
-        vel = malloc(opt->n * sizeof(float) + 1);
+        /* A checkpoint without "optimizer" is from before the interface:
+         * SGDM's velocity only. */
+        const char *kind = dpt_st_meta(st, "optimizer");
+        const char *mine = dpt_optim_kind_name(dpt_optim_kind_of(opt));
+        if (!kind)
+            kind = "sgdm";
+        if (strcmp(kind, mine) != 0) {
+            s = dpt_fail(DPT_ERR_ARG, "%s: the checkpoint was written with optimizer '%.40s', "
+                         "this run uses '%s'; resume with the same optimizer", path, kind, mine);
+            goto done;
+        }
+        if ((s = meta_range(st, path, "optim_step", 0, CKPT_MAX_ITERATION, 0, &opt_step)) != DPT_OK)
+            goto done;
+        if (!dpt_st_meta(st, "optim_step"))
+            opt_step = got.iteration; /* v1/v2: one SGDM update per iteration */
+        vel = malloc(n_buf * n_opt * sizeof(float) + 1);
         if (!vel) {
             s = dpt_fail(DPT_ERR_NOMEM, "out of memory");
             goto done;
         }
-        if ((s = dpt_st_read_f32(st, "optim/Velocity", vel, opt->n)) != DPT_OK)
-            goto done;
-        memcpy(opt->velocity, vel, opt->n * sizeof(float));
+        char tname[64];
+        for (size_t b = 0; b < n_buf && n_opt; b++) {
+            snprintf(tname, sizeof tname, "optim/%s", dpt_optim_buffer_name(opt, b));
+            if ((s = dpt_st_read_f32(st, tname, vel + b * n_opt, n_opt)) != DPT_OK)
+                goto done;
+        }
+        for (size_t b = 0; b < n_buf && n_opt; b++)
+            memcpy(dpt_optim_buffer(opt, b), vel + b * n_opt, n_opt * sizeof(float));
+        dpt_optim_set_step_count(opt, opt_step);
     }
     memcpy(dpt_net_params(net), params, np * sizeof(float));
     if (ns) /* a network without batch norm has no state buffer (NULL) */

@@ -9,6 +9,7 @@
 #include <inttypes.h>
 #include <math.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,7 +120,7 @@ static dpt_status save_model(const fit_job *job, dpt_net *net, int n_workers, lo
     return dpt_net_save(net, job->cfg->model_out, meta, sizeof meta / sizeof *meta);
 }
 
-static dpt_status save_checkpoint(const fit_job *job, dpt_net *net, dpt_sgdm *opt, int epoch,
+static dpt_status save_checkpoint(const fit_job *job, dpt_net *net, dpt_optim *opt, int epoch,
                                   long epoch_it, long iteration, int n_workers, double elapsed)
 {
     /* A GPU network's learnables and velocity live on the device. */
@@ -130,8 +131,12 @@ static dpt_status save_checkpoint(const fit_job *job, dpt_net *net, dpt_sgdm *op
     }
     dpt_checkpoint_info info = {epoch, epoch_it, iteration, job->cfg->seed, n_workers, elapsed,
                                 job->cfg->batch, dpt_datastore_n_obs(job->cfg->train)};
-    dpt_kv meta[] = {{"classes", job->classes_json}};
-    return dpt_checkpoint_save(job->cfg->checkpoint_out, net, opt, &info, meta, 1);
+    /* The schedule for the record: its position is the epoch and
+     * iteration above, from which a resumed run computes the same rates. */
+    char sched[160];
+    dpt_lr_schedule_format(&job->cfg->lr_schedule, sched, sizeof sched);
+    dpt_kv meta[] = {{"classes", job->classes_json}, {"lr_schedule", sched}};
+    return dpt_checkpoint_save_optim(job->cfg->checkpoint_out, net, opt, &info, meta, 2);
 }
 
 /* What a resumed run must share with the run that wrote the checkpoint for
@@ -142,6 +147,14 @@ static dpt_status save_checkpoint(const fit_job *job, dpt_net *net, dpt_sgdm *op
 static dpt_status check_resume(const dpt_fit_config *cfg, const dpt_checkpoint_info *start)
 {
     const char *path = cfg->resume;
+    const char *kind = NULL, *mine = dpt_optim_kind_name(cfg->optimizer);
+    dpt_status s = dpt_checkpoint_read_optimizer(path, &kind);
+    if (s != DPT_OK)
+        return s;
+    if (strcmp(kind, mine) != 0)
+        return dpt_fail(DPT_ERR_ARG, "--optimizer: the checkpoint %s was written with --optimizer "
+                        "%s; this run uses %s (resuming needs the same optimizer)", path, kind,
+                        mine);
     if (start->seed != cfg->seed)
         return dpt_fail(DPT_ERR_ARG, "--seed: the checkpoint %s was written with --seed %" PRIu64
                         "; resuming needs the same (it sets the train/test split and the "
@@ -156,6 +169,22 @@ static dpt_status check_resume(const dpt_fit_config *cfg, const dpt_checkpoint_i
                         "resuming mid-epoch (after iteration %ld of epoch %d) needs the same",
                         path, start->batch, start->epoch_iteration, start->epoch);
     return DPT_OK;
+}
+
+/* Iterations of one epoch of n_obs observations: each worker's block of
+ * the partition in batches of its share, the fewest batches of any worker
+ * (the loop stops when one runs out). */
+static long epoch_iterations(size_t n_obs, int batch, int n_workers)
+{
+    long fewest = -1;
+    for (int j = 0; j < n_workers; j++) {
+        size_t part = n_obs / (size_t)n_workers + ((size_t)j < n_obs % (size_t)n_workers);
+        size_t share = (size_t)(batch / n_workers + (j < batch % n_workers));
+        long k = share ? (long)((part + share - 1) / share) : 0;
+        if (fewest < 0 || k < fewest)
+            fewest = k;
+    }
+    return fewest > 0 ? fewest : 1;
 }
 
 /* Prefix the current error with where training stopped. */
@@ -186,7 +215,7 @@ static dpt_status fit_worker(dpt_comm *comm, void *arg)
                         dpt_datastore_n_obs(cfg->train));
 
     dpt_net *net = NULL;
-    dpt_sgdm *opt = NULL;
+    dpt_optim *opt = NULL;
     dpt_datastore *shuffled = NULL, *part = NULL;
     dpt_mbq *q = NULL;
     const char *source = cfg->spec_source ? cfg->spec_source : "<default spec>";
@@ -199,16 +228,30 @@ static dpt_status fit_worker(dpt_comm *comm, void *arg)
                      source, dpt_net_n_outputs(net), n_classes);
         goto done;
     }
-    if ((s = dpt_sgdm_new(dpt_net_n_params(net), cfg->lr, cfg->momentum, cfg->weight_decay, &opt)))
+    dpt_optim_opts oo = DPT_OPTIM_OPTS_INIT;
+    oo.lr = cfg->lr, oo.momentum = cfg->momentum, oo.weight_decay = cfg->weight_decay;
+    oo.beta1 = cfg->beta1, oo.beta2 = cfg->beta2, oo.eps = cfg->epsilon;
+    oo.decoupled = cfg->decoupled, oo.clip_norm = cfg->clip_norm;
+    if ((s = dpt_optim_new(cfg->optimizer, dpt_net_n_params(net), &oo, &opt)) != DPT_OK)
         goto done;
+    if (cfg->use_gpu && (cfg->optimizer != DPT_OPTIM_SGDM || cfg->clip_norm > 0)) {
+        s = dpt_fail(DPT_ERR_ARG, "%s: the GPU training step does not support %s yet (use "
+                     "--device cpu)", cfg->optimizer != DPT_OPTIM_SGDM ? "--optimizer adam"
+                     : "--clip-norm", cfg->optimizer != DPT_OPTIM_SGDM ? "Adam" : "clipping");
+        goto done;
+    }
     dpt_checkpoint_info start = {1, 0, 0, cfg->seed, n_workers, 0, cfg->batch, 0};
-    if (cfg->resume && (s = dpt_checkpoint_load(cfg->resume, net, opt, &start)) != DPT_OK)
+    if (cfg->resume && (s = dpt_checkpoint_load_optim(cfg->resume, net, opt, &start)) != DPT_OK)
         goto done;
-    /* Every worker starts from worker 0's learnables, state and velocity. */
+    /* Every worker starts from worker 0's learnables, state and optimizer
+     * state (the step count came from the same checkpoint on every one). */
     if ((s = dpt_comm_broadcast(comm, dpt_net_params(net), dpt_net_n_params(net) * sizeof(float), 0)) ||
-        (s = dpt_comm_broadcast(comm, dpt_net_state(net), dpt_net_n_state_floats(net) * sizeof(float), 0)) ||
-        (s = dpt_comm_broadcast(comm, opt->velocity, opt->n * sizeof(float), 0)))
+        (s = dpt_comm_broadcast(comm, dpt_net_state(net), dpt_net_n_state_floats(net) * sizeof(float), 0)))
         goto done;
+    for (size_t b = 0; b < dpt_optim_n_buffers(opt) && dpt_optim_n(opt); b++)
+        if ((s = dpt_comm_broadcast(comm, dpt_optim_buffer(opt, b), dpt_optim_n(opt) * sizeof(float),
+                                    0)) != DPT_OK)
+            goto done;
     if (cfg->sync_bn)
         dpt_net_set_sync_bn(net, comm);
     /* One worker per GPU: the network moves once its host copy is final. */
@@ -229,7 +272,11 @@ static dpt_status fit_worker(dpt_comm *comm, void *arg)
     mo.channels = chw[0], mo.height = chw[1], mo.width = chw[2];
     mo.prefetch = cfg->prefetch;
 
-    double t0 = now_s() - start.elapsed_s, loss = NAN;
+    /* The schedule's iterations per epoch: the loop runs while every
+     * worker has data, so the worker with the fewest batches sets it. */
+    long planned = epoch_iterations(dpt_datastore_n_obs(cfg->train), cfg->batch, n_workers);
+    const double base_lr = dpt_optim_get_lr(opt); /* cfg->lr, or the kind's default for 0 */
+    double t0 = now_s() - start.elapsed_s, loss = NAN, lr = base_lr;
     long iteration = start.iteration, per_epoch = 0;
     int epoch = start.epoch;
     for (; epoch <= cfg->epochs; epoch++) {
@@ -264,7 +311,9 @@ static dpt_status fit_worker(dpt_comm *comm, void *arg)
             /* Dropout masks follow (epoch, iteration): a resumed run draws
              * what the uninterrupted one did. */
             dpt_net_set_iteration(net, epoch, iteration + 1);
-            s = dpt_train_step(net, opt, comm, b.x.data, b.y.data, b.n, &loss, &m_total);
+            lr = dpt_lr_at(&cfg->lr_schedule, base_lr, epoch, it_epoch, planned, cfg->epochs);
+            dpt_optim_set_lr(opt, (float)lr);
+            s = dpt_train_step_optim(net, opt, comm, b.x.data, b.y.data, b.n, &loss, &m_total);
             if (s == DPT_OK && !isfinite(loss))
                 s = dpt_fail(DPT_ERR_NUMERIC, "the loss became %g (try a smaller --lr)", loss);
             if (s != DPT_OK) {
@@ -277,7 +326,7 @@ static dpt_status fit_worker(dpt_comm *comm, void *arg)
             if (rank == 0 && job->queue) {
                 double t = now_s();
                 dpt_progress p = {epoch, cfg->epochs, iteration, per_epoch, loss, t - t0,
-                                  m_total / (t - t_it), cfg->lr, NAN, 0, rank, 0};
+                                  m_total / (t - t_it), lr, NAN, 0, rank, 0};
                 dpt_progress_send(job->queue, &p);
             }
             if (rank == 0 && cfg->checkpoint_out && cfg->checkpoint_every > 0 &&
@@ -311,7 +360,7 @@ static dpt_status fit_worker(dpt_comm *comm, void *arg)
                 (s = dpt_evaluate(net, cfg->test, &acc, NULL)) != DPT_OK)
                 goto done;
             dpt_progress p = {epoch, cfg->epochs, iteration, per_epoch, loss, now_s() - t0, 0,
-                              cfg->lr, acc, 1, rank, 0};
+                              lr, acc, 1, rank, 0};
             dpt_progress_send(job->queue, &p);
         }
     }
@@ -341,7 +390,7 @@ done:
     dpt_mbq_free(q);
     dpt_datastore_free(part);
     dpt_datastore_free(shuffled);
-    dpt_sgdm_free(opt);
+    dpt_optim_free(opt);
     dpt_net_free(net);
     return s;
 }
@@ -361,12 +410,27 @@ static int same_classes(const dpt_datastore *a, const dpt_datastore *b)
 
 dpt_status dpt_fit(const dpt_fit_config *cfg, dpt_fit_result *result)
 {
-    if (!cfg || cfg->version != DPT_FIT_CONFIG_VERSION)
+    if (!cfg || (cfg->version != DPT_FIT_CONFIG_VERSION && cfg->version != 1))
         return dpt_fail(DPT_ERR_ARG, "dpt_fit: config missing or of another version");
+    /* A version-1 config ends before the optimizer fields: copy its part
+     * into a full config with their defaults. */
+    dpt_fit_config v2 = DPT_FIT_CONFIG_INIT;
+    if (cfg->version == 1) {
+        memcpy(&v2, cfg, offsetof(dpt_fit_config, optimizer));
+        v2.version = DPT_FIT_CONFIG_VERSION;
+        cfg = &v2;
+    }
     if (!cfg->train)
         return dpt_fail(DPT_ERR_ARG, "dpt_fit: no training data");
     if (cfg->epochs < 1 || cfg->batch < 1)
         return dpt_fail(DPT_ERR_ARG, "dpt_fit: epochs and batch must be >= 1");
+    const dpt_lr_schedule *ls = &cfg->lr_schedule;
+    if ((ls->kind != DPT_LR_CONSTANT && ls->kind != DPT_LR_PIECEWISE && ls->kind != DPT_LR_COSINE) ||
+        ls->every < 1 || !(ls->drop > 0 && ls->drop <= 1) || !(ls->min_lr >= 0) ||
+        !(ls->warmup >= 0 && ls->warmup <= 1e6))
+        return dpt_fail(DPT_ERR_ARG, "dpt_fit: lr schedule out of range (kind %d, every %d, drop %g, "
+                        "min %g, warmup %g)", (int)ls->kind, ls->every, ls->drop, ls->min_lr,
+                        ls->warmup);
     memset(result, 0, sizeof *result);
     result->checkpoint_iteration = -1;
     /* A checkpoint that cannot continue this run is refused before any

@@ -6,6 +6,7 @@
 #include "dptrain/gpu.h"
 #include "dptrain/train.h"
 #include "net/net_impl.h"
+#include "optim/optim_impl.h"
 #include "ops/ops.h"
 
 #include <stdlib.h>
@@ -25,11 +26,23 @@ dpt_status dpt_train_aggregate(dpt_net *net, dpt_comm *comm, double *loss)
 dpt_status dpt_train_step(dpt_net *net, dpt_sgdm *opt, dpt_comm *comm, const float *x,
                           const float *t, int n_local, double *loss, int *n_total)
 {
+    if (!opt)
+        return dpt_fail(DPT_ERR_ARG, "train step: opt is NULL");
+    dpt_optim o; /* a view of opt: its velocity is updated in place */
+    optim_wrap_sgdm(&o, opt);
+    return dpt_train_step_optim(net, &o, comm, x, t, n_local, loss, n_total);
+}
+
+dpt_status dpt_train_step_optim(dpt_net *net, dpt_optim *opt, dpt_comm *comm, const float *x,
+                                const float *t, int n_local, double *loss, int *n_total)
+{
+    if (!net || !opt)
+        return dpt_fail(DPT_ERR_ARG, "train step: %s is NULL", !net ? "net" : "opt");
     if (n_local < 1)
         return dpt_fail(DPT_ERR_ARG, "train step: %d observations on this worker", n_local);
-    if (opt->n != dpt_net_n_params(net))
+    if (dpt_optim_n(opt) != dpt_net_n_params(net))
         return dpt_fail(DPT_ERR_ARG, "train step: optimizer has %zu parameters, network %zu",
-                        opt->n, dpt_net_n_params(net));
+                        dpt_optim_n(opt), dpt_net_n_params(net));
     if (!x || !t)
         return dpt_fail(DPT_ERR_ARG, "train step: %s is NULL", !x ? "x" : "t");
     /* 1. M, the size of the whole minibatch (shares may be uneven), and
@@ -73,7 +86,7 @@ dpt_status dpt_train_step(dpt_net *net, dpt_sgdm *opt, dpt_comm *comm, const flo
     if ((s = dpt_train_aggregate(net, comm, &l)) != DPT_OK)
         return s;
     /* 6. The same update on every worker, where the network lives. */
-    if ((s = dpt_net_sgdm_step(net, opt)) != DPT_OK)
+    if ((s = net_optim_step(net, opt)) != DPT_OK)
         return s;
 #ifndef NDEBUG
     /* Debug builds check invariant 2 after every step: every worker holds

@@ -9,6 +9,9 @@
  * every number in range), without a network: for checks made before the
  * workers start. */
 dpt_status dpt_checkpoint_read_info(const char *path, dpt_checkpoint_info *info);
+/* The optimizer kind's name ("sgdm", "adam") of a verified checkpoint: for
+ * checks made before the workers start. *kind is a static string. */
+dpt_status dpt_checkpoint_read_optimizer(const char *path, const char **kind);
 
 /* The device of a run for --device `want` ("auto", "cpu" or "gpu"), with
  * n_gpus usable GPUs (dpt_gpu_count()), `workers` the --workers asked for

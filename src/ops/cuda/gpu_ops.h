@@ -150,6 +150,18 @@ dpt_status gpu_softmax_xent(gpu_ctx *g, const float *p, const float *t, int n, i
 /* SGD with momentum (MATLAB's sgdmupdate, as dpt_sgdm_step, same rounding). */
 dpt_status gpu_sgdm(gpu_ctx *g, float *params, float *velocity, const float *grads, size_t n,
                     float lr, float momentum, float weight_decay);
+/* Adam / AdamW (as dpt_adam_step, same rounding): the per-step scalars come
+ * from the host (optim/optim_impl.h's adam_begin_step: bias corrections in
+ * float64, rounded to float32), the elementwise update is float32 with
+ * explicitly rounded operations. m, v: device [n] moments. */
+dpt_status gpu_adam(gpu_ctx *g, float *params, float *m, float *v, const float *grads, size_t n,
+                    float step_size, float bc2_sqrt, float b1, float b2, float c1, float c2,
+                    float eps, float shrink, float l2);
+/* As dpt_clip_grad_norm on device grads [n]: the L2 norm in float64 (one
+ * block, fixed order: deterministic), brought to the host (this waits for
+ * the stream), then grads scaled by max_norm / (norm + 1e-6) when that is
+ * below 1. *norm receives the norm before clipping. */
+dpt_status gpu_clip_grad_norm(gpu_ctx *g, float *grads, size_t n, double max_norm, double *norm);
 
 /* ---- batch normalisation over (n, h, w) per channel -------------------------------------- *
  * The split of ops/ops.h, with the per-channel sums in float64 computed by

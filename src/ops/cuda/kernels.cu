@@ -364,6 +364,83 @@ dpt_status gpu_sgdm(gpu_ctx *g, float *params, float *velocity, const float *gra
     return gpu_check_launch(g, "sgdm update");
 }
 
+/* ---- Adam ----------------------------------------------------------------------------------- */
+
+__global__ void adam_kernel(float *__restrict__ w, float *__restrict__ m, float *__restrict__ v,
+                            const float *__restrict__ grad, size_t n, float step_size,
+                            float bc2_sqrt, float b1, float b2, float c1, float c2, float eps,
+                            float shrink, float l2)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        /* dpt_adam_step's expressions, rounded step by step in its order. */
+        float wi = __fmul_rn(w[i], shrink);
+        float gi = __fadd_rn(grad[i], __fmul_rn(l2, wi));
+        float mi = __fadd_rn(__fmul_rn(b1, m[i]), __fmul_rn(c1, gi));
+        float vi = __fadd_rn(__fmul_rn(b2, v[i]), __fmul_rn(c2, __fmul_rn(gi, gi)));
+        m[i] = mi;
+        v[i] = vi;
+        float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), bc2_sqrt), eps);
+        w[i] = __fsub_rn(wi, __fdiv_rn(__fmul_rn(step_size, mi), denom));
+    }
+}
+
+dpt_status gpu_adam(gpu_ctx *g, float *params, float *m, float *v, const float *grads, size_t n,
+                    float step_size, float bc2_sqrt, float b1, float b2, float c1, float c2,
+                    float eps, float shrink, float l2)
+{
+    if (!n)
+        return DPT_OK;
+    adam_kernel<<<gpu_grid(g, n), GPU_THREADS, 0, g->stream>>>(params, m, v, grads, n, step_size,
+                                                               bc2_sqrt, b1, b2, c1, c2, eps,
+                                                               shrink, l2);
+    return gpu_check_launch(g, "adam update");
+}
+
+/* ---- gradient clipping ---------------------------------------------------------------------- */
+
+enum { CLIP_THREADS = 1024 };
+
+/* Σ x² in float64 by one block: thread i takes i, i + 1024, ..., then a
+ * fixed tree. One block keeps the order independent of the device. */
+__global__ void sumsq_kernel(const float *__restrict__ x, size_t n, double *__restrict__ out)
+{
+    double acc = 0.0;
+    for (size_t i = threadIdx.x; i < n; i += CLIP_THREADS)
+        acc += (double)x[i] * (double)x[i];
+    double2 s = block_sum2(make_double2(acc, 0.0));
+    if (threadIdx.x == 0)
+        *out = s.x;
+}
+
+__global__ void scale_kernel(float *__restrict__ x, size_t n, float c)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        x[i] = __fmul_rn(x[i], c);
+}
+
+dpt_status gpu_clip_grad_norm(gpu_ctx *g, float *grads, size_t n, double max_norm, double *norm)
+{
+    if (g->scratch_doubles < 1)
+        return dpt_fail(DPT_ERR_ARG, "GPU %d: gradient clipping: no reduction scratch", g->device);
+    double ss = 0.0;
+    sumsq_kernel<<<1, CLIP_THREADS, 0, g->stream>>>(grads, n, g->scratch);
+    dpt_status s = gpu_check_launch(g, "gradient norm");
+    if (s == DPT_OK)
+        s = gpu_download(g, &ss, g->scratch, sizeof ss);
+    if (s != DPT_OK)
+        return s;
+    *norm = sqrt(ss);
+    /* As dpt_clip_grad_norm: torch's coefficient, applied when it shrinks. */
+    double coef = max_norm / (*norm + 1e-6);
+    if (coef < 1.0 && n) {
+        scale_kernel<<<gpu_grid(g, n), GPU_THREADS, 0, g->stream>>>(grads, n, (float)coef);
+        s = gpu_check_launch(g, "gradient clipping");
+    }
+    return s;
+}
+
 /* ---- batch normalisation ---------------------------------------------------------------------- */
 
 dpt_status gpu_bn_sums(gpu_ctx *g, const float *x, int n, int c, int hw, double *sums)
