@@ -6,7 +6,7 @@
  * allocated here, and it runs each layer's CUDA entries (layer_type.gpu_*,
  * layer_gpu.c); this file holds what only a GPU network has: the context,
  * the device copies of the flat buffers (learnables, gradients, state) and
- * of the optimizer's velocity, staleness flags for the host mirrors, the
+ * of the optimizer's state, staleness flags for the host mirrors, the
  * per-step statistics buffer (the loss and every batch norm's batch
  * statistics: one copy to the host per step, into the CPU layers' own
  * arrays, so the pooled running-state update is the CPU code), the device
@@ -32,8 +32,15 @@ dpt_status dpt_net_gpu_supported(const dpt_net *net)
         return dpt_fail(DPT_ERR_ARG, "dpt_net_gpu_supported: net is NULL");
     for (int i = 0; i < net->n_layers; i++) {
         const dpt_layer *l = &net->layers[i];
-        const char *why = l->type->gpu_supports ? l->type->gpu_supports(l) : NULL;
-        if (!l->type->gpu_supports)
+        const layer_type *t = l->type;
+        int has = t->gpu_supports != NULL;
+#ifdef DPT_HAVE_CUDA
+        /* A type with a forward needs both CUDA entries (the input has none:
+         * the executor places x). */
+        has = has && (!t->forward || (t->gpu_forward && t->gpu_backward));
+#endif
+        const char *why = has ? t->gpu_supports(l) : NULL;
+        if (!has)
             return dpt_fail(DPT_ERR_UNSUPPORTED, "%s:%d: layer '%s' (%s) has no GPU code",
                             net->source, l->line, l->name, l->type->name);
         if (why)
@@ -416,8 +423,8 @@ dpt_status net_gpu_name_nonfinite(dpt_net *net, int n, const char *otherwise)
     net_gpu *G = net->gpu;
     for (int i = 1; i < net->n_layers; i++) {
         const float *a = net->acts[i];
-        if (!a || (i + 1 < net->n_layers && net->layers[i + 1].fused))
-            continue; /* not kept, or shared with the fused ReLU above (checked there) */
+        if (!a || net->layers[i].relu_after)
+            continue; /* not kept, or shared with its fused ReLU (checked as that) */
         size_t cnt = (size_t)n * count3(net->layers[i].out);
         float *h = malloc(cnt * sizeof(float));
         if (!h)
