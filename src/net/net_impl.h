@@ -280,6 +280,13 @@ extern const layer_type dpt_layer_fc;
 extern const layer_type dpt_layer_softmax;
 extern const layer_type dpt_layer_add;     /* layer_merge.c */
 extern const layer_type dpt_layer_concat;
+extern const layer_type dpt_layer_maxpool;       /* layer_pool.c */
+extern const layer_type dpt_layer_avgpool;
+extern const layer_type dpt_layer_globalavgpool;
+extern const layer_type dpt_layer_leakyrelu;     /* layer_act.c */
+extern const layer_type dpt_layer_sigmoid;
+extern const layer_type dpt_layer_tanh;
+extern const layer_type dpt_layer_dropout;       /* layer_dropout.c */
 
 /* ---- Layer configuration for the CUDA entries (layer_gpu.c) -----------------
  * Read from each type's own struct by the type's file, so the GPU code
