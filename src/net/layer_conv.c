@@ -194,7 +194,7 @@ static void free_priv(dpt_layer *l) { free(l->priv); }
 conv_geom conv_layer_geom(const dpt_layer *l)
 {
     const conv_layer *c = l->priv;
-    return (conv_geom){c->kh, c->kw, c->stride, c->pad, 1, 1, c->bias};
+    return (conv_geom){c->kh, c->kw, c->stride, c->pad, c->dilation, c->groups, c->bias};
 }
 
 const layer_type dpt_layer_conv = {
