@@ -265,6 +265,11 @@ static void test_graphs(void)
                "relu r1\nconv c2 filter=3 filters=4 padding=1\nbatchnorm b2\n"
                "add s from=r1,b2\nrelu r2\nconcat k from=r2,r1\nfc f outputs=10\n"
                "softmax sm\n", 9, 1e-4);
+    graph_case("residual block with leaky ReLU, dropout, tanh and global average pooling",
+               "input in size=8x8x2\nconv c1 filter=3 filters=4 padding=1\nbatchnorm b1\n"
+               "leakyrelu r1\ndropout d p=0.25\nconv c2 filter=3 filters=4 padding=1\n"
+               "add s from=r1,c2\ntanh t\nglobalavgpool g\nfc f outputs=10\nsoftmax sm\n",
+               9, 1e-4);
 }
 
 static void test_layers(void)
@@ -299,6 +304,24 @@ static void test_layers(void)
         layer_case("conv 3x3, dilation 2, padding 2", dil, 9, 0.05f, 1, 1e-4, 1e-4);
     if (spec_known("conv groups 2", grp))
         layer_case("conv 3x3, 2 groups, padding 1", grp, 9, 0.05f, 1, 1e-4, 1e-4);
+    /* The other types with CUDA entries, where the spec has them. */
+    static const struct {
+        const char *what, *spec;
+        float lo, hi;
+    } more[] = {
+        {"leakyrelu alpha=0.2", "input in size=6x6x3\nconv p filter=3 filters=4 padding=1\n"
+                                "leakyrelu t alpha=0.2\n", -1, 1},
+        {"sigmoid", "input in size=6x6x3\nconv p filter=3 filters=4 padding=1\nsigmoid t\n",
+         -1, 1},
+        {"tanh", "input in size=6x6x3\nconv p filter=3 filters=4 padding=1\ntanh t\n", -1, 1},
+        {"dropout p=0.3 (TRAIN: the CPU's mask)", "input in size=6x6x3\nconv p filter=3 "
+                                                 "filters=4 padding=1\ndropout t p=0.3\n", -1, 1},
+        {"globalavgpool", "input in size=7x5x3\nconv p filter=3 filters=4 padding=1\n"
+                          "globalavgpool t\n", -1, 1},
+    };
+    for (size_t i = 0; i < sizeof more / sizeof *more; i++)
+        if (spec_known(more[i].what, more[i].spec))
+            layer_case(more[i].what, more[i].spec, 9, more[i].lo, more[i].hi, 1e-4, 1e-4);
 }
 
 /* conv -> batch norm -> ReLU -> fc with the ReLU fused into the batch norm
@@ -785,6 +808,19 @@ static void test_supported(void)
     CHECK_MSG(s == DPT_ERR_UNSUPPORTED && dpt_net_device(net) == -1 &&
                   (!dpt_gpu_have_cuda() || strstr(dpt_last_error(), "layer 'bn2'")),
               "%d: %s", s, dpt_last_error());
+    /* A real type without CUDA entries: max pooling. */
+    static const char pool_spec[] = "input in size=8x8x1\nconv c filter=3 filters=2\n"
+                                    "maxpool mp size=2\nfc f outputs=3\n";
+    dpt_net *pnet = NULL;
+    if (dpt_net_from_spec(pool_spec, "pool.spec", 3, 2, 1, &pnet) == DPT_OK) {
+        s = dpt_net_gpu_supported(pnet);
+        printf("  %s\n", s == DPT_OK ? "maxpool has GPU code" : dpt_last_error());
+        if (!pnet->layers[2].type->gpu_supports)
+            CHECK_MSG(s == DPT_ERR_UNSUPPORTED &&
+                          strstr(dpt_last_error(), "pool.spec:3: layer 'mp' (maxpool) has no GPU "
+                                                   "code"), "%d: %s", s, dpt_last_error());
+        dpt_net_free(pnet);
+    }
     fake = *real;
     fake.gpu_supports = supports_test_reason;
     s = dpt_net_gpu_supported(net);

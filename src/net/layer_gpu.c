@@ -340,4 +340,96 @@ dpt_status concat_gpu_backward(dpt_net *net, dpt_layer *l, const float *const *x
     return s;
 }
 
+/* ---- leaky ReLU, sigmoid, tanh, dropout, global average pooling ------------------------------ */
+
+dpt_status leaky_gpu_forward(dpt_net *net, dpt_layer *l, const float *const *x, float *y, int n,
+                             dpt_mode mode)
+{
+    (void)mode;
+    return gpu_leakyrelu_forward(net_gpu_ctx(net), x[0], y, (size_t)n * count3(l->out),
+                                 leaky_layer_alpha(l));
+}
+
+dpt_status leaky_gpu_backward(dpt_net *net, dpt_layer *l, const float *const *x, const float *y,
+                              const float *dy, float *const *dx, int n)
+{
+    (void)y;
+    return dx[0] ? gpu_leakyrelu_backward(net_gpu_ctx(net), x[0], dy, dx[0],
+                                          (size_t)n * count3(l->out), leaky_layer_alpha(l))
+                 : DPT_OK;
+}
+
+dpt_status sigmoid_gpu_forward(dpt_net *net, dpt_layer *l, const float *const *x, float *y,
+                               int n, dpt_mode mode)
+{
+    (void)mode;
+    return gpu_sigmoid_forward(net_gpu_ctx(net), x[0], y, (size_t)n * count3(l->out));
+}
+
+dpt_status sigmoid_gpu_backward(dpt_net *net, dpt_layer *l, const float *const *x,
+                                const float *y, const float *dy, float *const *dx, int n)
+{
+    (void)x;
+    return dx[0] ? gpu_sigmoid_backward(net_gpu_ctx(net), y, dy, dx[0], (size_t)n * count3(l->out))
+                 : DPT_OK;
+}
+
+dpt_status tanh_gpu_forward(dpt_net *net, dpt_layer *l, const float *const *x, float *y, int n,
+                            dpt_mode mode)
+{
+    (void)mode;
+    return gpu_tanh_forward(net_gpu_ctx(net), x[0], y, (size_t)n * count3(l->out));
+}
+
+dpt_status tanh_gpu_backward(dpt_net *net, dpt_layer *l, const float *const *x, const float *y,
+                             const float *dy, float *const *dx, int n)
+{
+    (void)x;
+    return dx[0] ? gpu_tanh_backward(net_gpu_ctx(net), y, dy, dx[0], (size_t)n * count3(l->out))
+                 : DPT_OK;
+}
+
+/* The mask of the CPU layer (seed, epoch, iteration, node, global
+ * observation), drawn on the device: the same bits. */
+dpt_status dropout_gpu_forward(dpt_net *net, dpt_layer *l, const float *const *x, float *y,
+                               int n, dpt_mode mode)
+{
+    dropout_key k;
+    size_t per = count3(l->out);
+    if (!dropout_layer_begin(net, l, mode, &k))
+        return gpu_copy(net_gpu_ctx(net), y, x[0], (size_t)n * per * sizeof(float));
+    return gpu_dropout(net_gpu_ctx(net), x[0], y, n, per, k.p, k.seed, k.epoch, k.iteration,
+                       k.stream, k.obs0);
+}
+
+dpt_status dropout_gpu_backward(dpt_net *net, dpt_layer *l, const float *const *x,
+                                const float *y, const float *dy, float *const *dx, int n)
+{
+    (void)x, (void)y;
+    dropout_key k;
+    size_t per = count3(l->out);
+    if (!dx[0])
+        return DPT_OK;
+    if (!dropout_layer_last(l, &k))
+        return gpu_copy(net_gpu_ctx(net), dx[0], dy, (size_t)n * per * sizeof(float));
+    return gpu_dropout(net_gpu_ctx(net), dy, dx[0], n, per, k.p, k.seed, k.epoch, k.iteration,
+                       k.stream, k.obs0);
+}
+
+dpt_status gap_gpu_forward(dpt_net *net, dpt_layer *l, const float *const *x, float *y, int n,
+                           dpt_mode mode)
+{
+    (void)mode;
+    return gpu_global_avgpool_forward(net_gpu_ctx(net), x[0], y, n, l->in[0], l->in[1] * l->in[2]);
+}
+
+dpt_status gap_gpu_backward(dpt_net *net, dpt_layer *l, const float *const *x, const float *y,
+                            const float *dy, float *const *dx, int n)
+{
+    (void)x, (void)y;
+    return dx[0] ? gpu_global_avgpool_backward(net_gpu_ctx(net), dy, dx[0], n, l->in[0],
+                                               l->in[1] * l->in[2])
+                 : DPT_OK;
+}
+
 #endif /* DPT_HAVE_CUDA */

@@ -195,4 +195,6 @@ static dpt_status gap_backward(dpt_net *net, dpt_layer *l, const float *const *x
 const layer_type dpt_layer_globalavgpool = {
     .name = "globalavgpool", .min_inputs = 1, .max_inputs = 1,
     .set = gap_set, .infer = gap_infer, .forward = gap_forward, .backward = gap_backward,
+    .gpu_supports = gpu_supports_always, .gpu_forward = GPU_ENTRY(gap_gpu_forward),
+    .gpu_backward = GPU_ENTRY(gap_gpu_backward),
 };

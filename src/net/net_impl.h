@@ -300,6 +300,17 @@ void bn_layer_conf(const dpt_layer *l, float *epsilon, float *decay);
  * forward, which pool_pack reads: a GPU batch norm's statistics are copied
  * there once per step (net_gpu_stats_pull). */
 void bn_layer_batch(dpt_layer *l, double **mean, double **var);
+float leaky_layer_alpha(const dpt_layer *l);
+/* Dropout's mask arguments (dpt_dropout_apply). dropout_layer_begin does
+ * the forward's bookkeeping as the CPU forward (kept for the backward) and
+ * returns 1 when this forward drops, 0 when it is the identity (PREDICT,
+ * p = 0); dropout_layer_last gives what the last forward used. */
+typedef struct dropout_key {
+    float p;
+    uint64_t seed, epoch, iteration, stream, obs0;
+} dropout_key;
+int dropout_layer_begin(const dpt_net *net, dpt_layer *l, dpt_mode mode, dropout_key *k);
+int dropout_layer_last(const dpt_layer *l, dropout_key *k);
 
 /* The CUDA entries per type (layer_gpu.c). gpu_supports is host code in
  * every build; the others exist only with CUDA, and the tables name them
@@ -333,6 +344,16 @@ dpt_status add_gpu_forward(GPU_FWD_ARGS);
 dpt_status add_gpu_backward(GPU_BWD_ARGS);
 dpt_status concat_gpu_forward(GPU_FWD_ARGS);
 dpt_status concat_gpu_backward(GPU_BWD_ARGS);
+dpt_status leaky_gpu_forward(GPU_FWD_ARGS);
+dpt_status leaky_gpu_backward(GPU_BWD_ARGS);
+dpt_status sigmoid_gpu_forward(GPU_FWD_ARGS);
+dpt_status sigmoid_gpu_backward(GPU_BWD_ARGS);
+dpt_status tanh_gpu_forward(GPU_FWD_ARGS);
+dpt_status tanh_gpu_backward(GPU_BWD_ARGS);
+dpt_status dropout_gpu_forward(GPU_FWD_ARGS);
+dpt_status dropout_gpu_backward(GPU_BWD_ARGS);
+dpt_status gap_gpu_forward(GPU_FWD_ARGS);
+dpt_status gap_gpu_backward(GPU_BWD_ARGS);
 
 /* ---- A network on a GPU (net_gpu.c) --------------------------------------------
  * Device memory, host mirrors and the device side of the executor and the

@@ -21,6 +21,7 @@
 #define DPT_GPU_OPS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "dptrain/core.h"
 
@@ -138,6 +139,24 @@ dpt_status gpu_add(gpu_ctx *g, float *y, const float *x, size_t n);
 dpt_status gpu_relu_forward(gpu_ctx *g, const float *x, float *y, size_t n);
 /* dx = dy where y > 0, else 0. */
 dpt_status gpu_relu_backward(gpu_ctx *g, const float *y, const float *dy, float *dx, size_t n);
+/* As ops/act.c: leaky ReLU (backward on x's sign), sigmoid and tanh
+ * (backward from the output y). */
+dpt_status gpu_leakyrelu_forward(gpu_ctx *g, const float *x, float *y, size_t n, float alpha);
+dpt_status gpu_leakyrelu_backward(gpu_ctx *g, const float *x, const float *dy, float *dx,
+                                  size_t n, float alpha);
+dpt_status gpu_sigmoid_forward(gpu_ctx *g, const float *x, float *y, size_t n);
+dpt_status gpu_sigmoid_backward(gpu_ctx *g, const float *y, const float *dy, float *dx, size_t n);
+dpt_status gpu_tanh_forward(gpu_ctx *g, const float *x, float *y, size_t n);
+dpt_status gpu_tanh_backward(gpu_ctx *g, const float *y, const float *dy, float *dx, size_t n);
+/* dpt_dropout_apply on n observations of per floats (in may be dy, out dx:
+ * the same mask); p > 0. Same bits as the host. */
+dpt_status gpu_dropout(gpu_ctx *g, const float *in, float *out, int n, size_t per, float p,
+                       uint64_t seed, uint64_t epoch, uint64_t iteration, uint64_t stream,
+                       uint64_t obs0);
+/* dpt_global_avgpool_forward / _backward (x [n, c, hw] -> y [n, c]). */
+dpt_status gpu_global_avgpool_forward(gpu_ctx *g, const float *x, float *y, int n, int c, int hw);
+dpt_status gpu_global_avgpool_backward(gpu_ctx *g, const float *dy, float *dx, int n, int c,
+                                       int hw);
 /* Row-wise softmax of z [n, k]. */
 dpt_status gpu_softmax_forward(gpu_ctx *g, const float *z, float *p, int n, int k);
 /* dx = p ⊙ (dy − Σ dy·p) per row. */
