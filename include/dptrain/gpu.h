@@ -5,9 +5,12 @@
  * dpt_net_to_gpu: its flat buffers (learnables, gradients, batch-norm
  * state) and activations get device copies, and from then on
  * dpt_net_forward, dpt_net_backward, dpt_net_update_state, dpt_train_step
- * and dpt_train_aggregate run on that GPU: convolutions through cuDNN, the
- * fully connected layer through cuBLAS, batch norm, ReLU, softmax,
- * cross-entropy and the SGDM update as dptrain's own CUDA kernels. Inputs
+ * and dpt_train_aggregate run on that GPU (the same executor and training
+ * step as on the CPU, calling each layer type's CUDA entries):
+ * convolutions through cuDNN, the fully connected layer through cuBLAS,
+ * the other layer types that have CUDA entries, cross-entropy and the
+ * optimizer's update as dptrain's own CUDA kernels. A network with a layer
+ * that has no GPU code cannot move (dpt_net_gpu_supported). Inputs
  * (x, targets, dy) still come from host memory: they are copied through a
  * pinned staging ring on a copy stream. Per training step the host sees
  * only the loss and the batch-norm statistics (one small copy); the

@@ -1,6 +1,7 @@
 /* ops/cuda: the GPU kernels of dptrain behind a plain C interface.
  *
- * Internal to libdptrain: net/net_gpu.c (the GPU executor of a network) is
+ * Internal to libdptrain: net/net_gpu.c and net/layer_gpu.c (a network on a
+ * GPU and the layers' CUDA entries) and optim/optim.c (the device update) are
  * the only caller. Implemented in the .cu files beside this header, which
  * are compiled only when the build found the CUDA toolkit and cuDNN
  * (DPT_HAVE_CUDA). Nothing here needs a CUDA header, so C files include it
