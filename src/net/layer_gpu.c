@@ -31,8 +31,6 @@
 #include "ops/cuda/gpu_ops.h"
 #endif
 
-static size_t count3(const int *chw) { return (size_t)chw[0] * chw[1] * chw[2]; }
-
 /* ---- supports: which configurations have GPU code ------------------------------------ */
 
 const char *gpu_supports_always(const dpt_layer *l)
@@ -52,6 +50,8 @@ const char *conv_gpu_supports(const dpt_layer *l)
 }
 
 #ifdef DPT_HAVE_CUDA
+
+static size_t count3(const int *chw) { return (size_t)chw[0] * chw[1] * chw[2]; }
 
 #define TRY(call)                       \
     do {                                \
