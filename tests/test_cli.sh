@@ -138,6 +138,8 @@ PY
     opt_run --epochs 3 --resume "$tmp/adam/checkpoint.safetensors"
   opt_run --epochs 3 --optimizer adam --lr-schedule cosine,warmup=1 --clip-norm 1 --resume "$tmp/adam/checkpoint.safetensors" >"$tmp/log" 2>&1 \
     && grep -q "^test accuracy" "$tmp/log" && ok || bad "resume with adam: $(cat "$tmp/log")"
+  expect_error "was written with --optimizer adam; this run uses adamw" \
+    opt_run --epochs 4 --optimizer adamw --resume "$tmp/adam/checkpoint.safetensors"
 else
   bad "training with adam, cosine,warmup=1, --clip-norm: $(cat "$tmp/log")"
 fi
@@ -198,6 +200,53 @@ expect_error "torn.safetensors" "$cli" eval --model "$tmp/torn.safetensors" --da
 "$cli" train --quiet --data "$d" --epochs 2 --batch 32 --workers 2 --seed 3 --out "$tmp/r1" >/dev/null 2>&1
 "$cli" train --quiet --data "$d" --epochs 2 --batch 32 --workers 2 --seed 3 --out "$tmp/r2" >/dev/null 2>&1
 cmp -s "$tmp/r1/model.safetensors" "$tmp/r2/model.safetensors" && ok || bad "same seed, different model files"
+
+# Augmentation: bad text names the option and the item; an augmented run is
+# reproducible byte for byte and differs from the plain one.
+expect_error "--augment: augmentation item 'twist=3': unknown" "$cli" train --data "$d" --augment reflect,twist=3
+expect_error "--augment: augmentation item 'scale=1.1': the value needs a range MIN:MAX" "$cli" train --data "$d" --augment scale=1.1
+expect_error "--augment: augmentation item 'rotate=9:1': the value has MIN > MAX" "$cli" train --data "$d" --augment rotate=9:1
+"$cli" train --help >"$tmp/h" && grep -q -- "--augment LIST" "$tmp/h" && grep -q "^network and optimiser:" "$tmp/h" \
+  && ok || bad "train --help: --augment and the next section"
+aug=(--quiet --data "$d" --epochs 1 --batch 32 --workers 2 --seed 3)
+"$cli" train "${aug[@]}" --augment reflect,translate=3,rotate=10,scale=0.9:1.1 --out "$tmp/a1" >/dev/null 2>&1 || bad "train --augment failed"
+"$cli" train "${aug[@]}" --augment reflect,translate=3,rotate=10,scale=0.9:1.1 --out "$tmp/a2" >/dev/null 2>&1
+"$cli" train "${aug[@]}" --out "$tmp/a0" >/dev/null 2>&1
+cmp -s "$tmp/a1/model.safetensors" "$tmp/a2/model.safetensors" && ok || bad "--augment: same seed, different model files"
+[ -s "$tmp/a0/model.safetensors" ] && ! cmp -s "$tmp/a0/model.safetensors" "$tmp/a1/model.safetensors" && ok || bad "--augment changed nothing"
+
+# Colour images of several sizes (PPM, written here) through a 32x32x3
+# network: read, resized to the input, trained with augmentation, predicted.
+python3 - "$tmp/colour" <<'PY'
+import os, random, sys
+root = sys.argv[1]
+random.seed(5)
+sizes = [(32, 32), (37, 29), (21, 45), (64, 48), (17, 17)]
+for k in range(2):
+    os.makedirs(f"{root}/c{k}")
+    for i in range(15):
+        h, w = sizes[i % len(sizes)]
+        px = bytearray()
+        for _ in range(h * w):
+            for ch in range(3):
+                px.append(min(255, random.randrange(40) + (170 if ch == 2 * k else 40)))
+        with open(f"{root}/c{k}/im{i:02d}.ppm", "wb") as f:
+            f.write(b"P6 %d %d 255\n" % (w, h) + bytes(px))
+PY
+printf 'input in size=32x32x3\nconv c1 filter=3 filters=4 stride=2 padding=1\nbatchnorm bn1\nrelu r1\nfc fc outputs=classes\nsoftmax sm\n' >"$tmp/colour.net"
+if "$cli" train --data "$tmp/colour" --net "$tmp/colour.net" --epochs 4 --batch 8 --workers 2 --split 0.6 \
+     --augment reflect,translate=2 --out "$tmp/col" >"$tmp/col.log" 2>&1; then
+  acc=$(sed -n 's/^test accuracy: \([0-9.]*\).*/\1/p' "$tmp/col.log")
+  python3 -c "import sys; sys.exit(0 if float('$acc') >= 0.99 else 1)" && ok || bad "colour folder: test accuracy $acc (red against blue)"
+  grep -qx "augmenting the training images: reflect,translate=2" "$tmp/col.log" && ok || bad "no augmentation line: $(head -3 "$tmp/col.log")"
+  "$cli" predict --model "$tmp/col/model.safetensors" "$tmp/colour/c1/im03.ppm" >"$tmp/col.pred" \
+    && grep -qP "\tc1\t" "$tmp/col.pred" && ok || bad "colour predict: $(cat "$tmp/col.pred")"
+  "$cli" eval --model "$tmp/col/model.safetensors" --data "$tmp/colour" --json >"$tmp/col.json" \
+    && python3 -c "import json, sys; r = json.load(open(sys.argv[1])); sys.exit(0 if r['n'] == 30 and r['accuracy'] >= 0.99 else 1)" "$tmp/col.json" \
+    && ok || bad "colour eval: $(cat "$tmp/col.json")"
+else
+  bad "colour folder through a 32x32x3 network: $(cat "$tmp/col.log")"
+fi
 
 # The default worker count is the CPUs the process may run on (its
 # affinity), not the machine's: pinned to one CPU, one worker.

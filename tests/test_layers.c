@@ -340,7 +340,7 @@ done:
 static void round_trip(void)
 {
     const char *spec = "input in size=12x10x4\n"
-                       "conv c1 filter=3 filters=8 padding=2 dilation=2 groups=4\n"
+                       "conv c1 filter=3 filters=8 padding=2 dilation=2x2 groups=4\n"
                        "leakyrelu a1 alpha=0.2\n"
                        "maxpool p1 size=3 stride=2 padding=1\n"
                        "conv c2 filter=1 filters=6 groups=2 bias=0\n"
@@ -694,6 +694,9 @@ static void bad_specs(void)
     bad_spec("input i size=8x8x1\nconv c filter=3 filters=2 dilation=4\n",
              "bad.txt:2: conv 'c': filter 3x3 with dilation 4 (reach 9x9) does not fit the input 8x8");
     bad_spec("input i size=8x8x1\nconv c filter=3 filters=2 dilation=0\n", "bad value '0' for dilation");
+    bad_spec("input i size=8x8x1\nconv c filter=3 filters=2 dilation=2x1\n",
+             "bad.txt:2: conv 'c': dilation '2x1': different dilations per direction are not "
+             "supported");
     bad_spec("input i size=8x8x1\nconv c filter=3 filters=2 groups=0\n", "bad value '0' for groups");
     /* An unknown type lists the known ones, the new ones among them. */
     bad_spec("input i size=8x8x1\nmaxpooling m size=2\n", "maxpool, avgpool, globalavgpool");
@@ -740,6 +743,23 @@ static void builder(void)
         CHECK(dpt_net_n_outputs(net) == 10);
         dpt_net_free(net);
     }
+    dpt_net_builder_free(b);
+
+    /* The new calls take a pending from= like every add. */
+    CHECK(dpt_net_builder_new(&b) == DPT_OK);
+    dpt_net_builder_add_input(b, "in", 8, 8, 2);
+    dpt_net_builder_add_conv(b, "c", 3, 2, 1, 1);
+    CHECK(dpt_net_builder_set_from(b, "in") == DPT_OK);
+    CHECK(dpt_net_builder_add_avgpool(b, "ap", 2, 2, 0) == DPT_OK);
+    CHECK(dpt_net_builder_set_from(b, "c") == DPT_OK);
+    CHECK(dpt_net_builder_add_maxpool(b, "mp", 2, 2, 0) == DPT_OK);
+    CHECK(dpt_net_builder_add_add(b, "sum", "ap,mp") == DPT_OK);
+    got = dpt_net_builder_spec(b);
+    CHECK_MSG(got && strstr(got, "avgpool ap size=2 stride=2 padding=0 from=in\n") &&
+                  strstr(got, "maxpool mp size=2 stride=2 padding=0 from=c\n"),
+              "builder wrote:\n%s", got ? got : "(null)");
+    CHECK_MSG(dpt_net_build(b, 0, 2, 3, &net) == DPT_OK, "%s", dpt_last_error());
+    dpt_net_free(net);
     dpt_net_builder_free(b);
 
     /* Arguments out of range fail at the call, naming it. */

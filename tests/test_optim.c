@@ -472,6 +472,13 @@ static void test_checkpoints(void)
     CHECK_MSG(s == DPT_ERR_ARG && strstr(dpt_last_error(), "'adam'") && strstr(dpt_last_error(), "'sgdm'"),
               "sgdm from an adam checkpoint: %d %s", (int)s, dpt_last_error());
     CHECK(dpt_optim_step_count(sg) == 0);
+    dpt_optim_adam(a2)->decoupled = 1; /* AdamW: another optimizer to resume with */
+    CHECK(!strcmp(dpt_optim_name(a2), "adamw") && !strcmp(dpt_optim_name(a), "adam"));
+    s = dpt_checkpoint_load_optim(path, net2, a2, &got);
+    CHECK_MSG(s == DPT_ERR_ARG && strstr(dpt_last_error(), "'adam'") && strstr(dpt_last_error(), "'adamw'"),
+              "adamw from an adam checkpoint: %d %s", (int)s, dpt_last_error());
+    CHECK(dpt_optim_step_count(a2) == 0);
+    dpt_optim_adam(a2)->decoupled = 0;
     s = dpt_checkpoint_load(path, net2, dpt_optim_sgdm(sg), &got);
     CHECK_MSG(s == DPT_ERR_ARG, "dpt_checkpoint_load with a dpt_sgdm from an adam checkpoint: %d", (int)s);
     /* Same kind: every buffer, the step count and the network back. */
@@ -608,7 +615,7 @@ static void test_fit_resume(const char *tmp)
     long from = res.checkpoint_iteration;
     /* Resuming with another optimizer: refused, naming both. */
     s = fit(ds, DPT_OPTIM_SGDM, model, NULL, ck, &rest, &res);
-    CHECK_MSG(s == DPT_ERR_ARG && strstr(dpt_last_error(), "--optimizer adam") &&
+    CHECK_MSG(s == DPT_ERR_ARG && strstr(dpt_last_error(), "--optimizer adamw;") &&
                   strstr(dpt_last_error(), "uses sgdm"),
               "resume with sgdm: %d %s", (int)s, dpt_last_error());
     CHECK(access(model, F_OK) != 0);
@@ -619,6 +626,25 @@ static void test_fit_resume(const char *tmp)
     for (long i = from + 1; i <= total; i++)
         same_rates &= rest.lr[i] == full.lr[i];
     CHECK_MSG(same_rates, "the resumed run's rates differ from the uninterrupted run's");
+
+    /* A version-1 config (a program built before the optimizer fields)
+     * trains with SGDM at a constant rate: whatever lies where the new
+     * fields are is not read. A version-2 config's schedule is checked. */
+    dpt_fit_config cfg = DPT_FIT_CONFIG_INIT;
+    cfg.spec = tiny_spec, cfg.spec_source = "tiny", cfg.train = ds, cfg.epochs = 1, cfg.batch = 64;
+    cfg.spmd.backend = DPT_COMM_LOCAL, cfg.spmd.n_workers = 1;
+    stopper v1;
+    memset(&v1, 0, sizeof v1);
+    cfg.progress = on_progress, cfg.progress_arg = &v1;
+    cfg.optimizer = (dpt_optim_kind)7, cfg.lr_schedule.every = 0, cfg.clip_norm = -5;
+    s = dpt_fit(&cfg, &res);
+    CHECK_MSG(s == DPT_ERR_ARG && strstr(dpt_last_error(), "lr schedule out of range"), "v2 with every=0: %d %s",
+              (int)s, dpt_last_error());
+    cfg.version = 1;
+    s = dpt_fit(&cfg, &res);
+    CHECK_MSG(s == DPT_OK && v1.lr[1] == (double)0.01f && v1.lr[res.iterations] == (double)0.01f,
+              "version-1 config: %d %s (rates %g, %g)", (int)s, s ? dpt_last_error() : "", v1.lr[1],
+              v1.lr[res.iterations]);
     dpt_datastore_free(ds);
 }
 

@@ -33,6 +33,19 @@ for n in 2 3; do
   # only rank 0 prints the result
   [ "$(grep -c '^test accuracy' "$tmp/out")" = 1 ] && pass=$((pass+1)) || { echo "FAIL N=$n: $(cat "$tmp/out")"; fail=$((fail+1)); }
 done
+# Augmentation is drawn by the position in the global minibatch, which each
+# rank works out alone: mpirun and local threads still give the same bytes.
+args=(train --data "$d" --epochs 1 --batch 32 --seed 6 --quiet --device cpu --augment reflect,rotate=10,translate=2)
+if "$cli" "${args[@]}" --workers 3 --out "$tmp/alocal" >/dev/null 2>"$tmp/err" &&
+   timeout 300 mpirun -np 3 "$cli" "${args[@]}" --out "$tmp/ampi" >/dev/null 2>>"$tmp/err"; then
+  if cmp -s "$tmp/alocal/model.safetensors" "$tmp/ampi/model.safetensors"; then
+    pass=$((pass+1)); echo "N=3 with --augment: mpirun and local threads give the same model file"
+  else
+    echo "FAIL N=3 with --augment: mpirun and local models differ"; fail=$((fail+1))
+  fi
+else
+  echo "FAIL --augment: $(cat "$tmp/err")"; fail=$((fail+1))
+fi
 # --workers makes no sense under MPI: each rank is one worker.
 if timeout 60 mpirun -np 2 "$cli" train --data "$d" --device cpu --workers 2 --epochs 1 --out "$tmp/w" >/dev/null 2>"$tmp/err"; then
   echo "FAIL: --workers under mpirun accepted"; fail=$((fail+1))

@@ -216,6 +216,87 @@ DPT_API dpt_status dpt_image_load(const char *path, int c, int h, int w, float *
 DPT_API void dpt_image_resize_bilinear(const float *in, int c, int ih, int iw, float *out, int oh,
                                        int ow);
 
+/* ---- augmentation (MATLAB imageDataAugmenter) ------------------------------ */
+
+/* Random geometric augmentation of training images, one affine transform per
+ * observation (MATLAB imageDataAugmenter with its 'same' output view and
+ * FillValue 0). With p the (x, y) position of a pixel centre (x to the right,
+ * y down, 0-based) and c = ((w-1)/2, (h-1)/2) the image centre, the output
+ * pixel at q takes the input's value at p where
+ *     q = c + R * S * H * F * (p - c) + t
+ *   F: reflection (x -> -x with reflect_x, y -> -y with reflect_y, each drawn
+ *      with probability 1/2);
+ *   H: shear, [1 tan(a); 0 1] * [1 0; tan(b) 1] (a in shear_x, b in shear_y,
+ *      degrees);
+ *   S: scale, diag(s * sx, s * sy), s drawn from scale, sx from scale_x,
+ *      sy from scale_y (> 1 enlarges);
+ *   R: rotation by an angle in rotate (degrees; positive turns the picture
+ *      counter-clockwise on screen, as MATLAB's imrotate);
+ *   t: translation in pixels (tx in translate_x, ty in translate_y; positive
+ *      moves the picture right and down).
+ * Each value is drawn uniformly from its [min, max] range (min == max: that
+ * value). Values are read by bilinear interpolation; a neighbour outside the
+ * image counts as 0. Every channel gets the same transform, the output has
+ * the input's size. A transform that is the identity copies exactly;
+ * reflections, integer translations, rotations by 180 degrees, and by 90 or
+ * 270 degrees when h and w are both odd or both even (then pixel centres
+ * land on pixel centres), move pixels without changing their values.
+ *
+ * The draws are a pure function of a key (dpt_rng_key with stream
+ * DPT_AUGMENT_STREAM and obs = the observation's position in the global
+ * minibatch): uniform value j of the key (dpt_rng_key_uniform) drives
+ * draw j = 0, 1, ... in the order reflect_x, reflect_y, rotate, scale,
+ * scale_x, scale_y, shear_x, shear_y, translate_x, translate_y (fixed,
+ * whichever are on; a reflection happens when its value is < 1/2). So
+ * N workers draw what one worker on the whole minibatch draws. */
+typedef struct dpt_augment {
+    int version;                  /* DPT_AUGMENT_VERSION */
+    int reflect_x, reflect_y;     /* 1: random left-right / up-down reflection */
+    double rotate[2];             /* degrees, [min, max]; {0, 0}: none */
+    double scale[2];              /* both axes; {1, 1}: none */
+    double scale_x[2], scale_y[2]; /* per axis, times scale; {1, 1}: none */
+    double shear_x[2], shear_y[2]; /* degrees, each in (-90, 90) */
+    double translate_x[2], translate_y[2]; /* pixels */
+} dpt_augment;
+
+#define DPT_AUGMENT_VERSION 1
+#define DPT_AUGMENT_INIT                                                                  \
+    {DPT_AUGMENT_VERSION, 0, 0, {0, 0}, {1, 1}, {1, 1}, {1, 1}, {0, 0}, {0, 0}, {0, 0}, {0, 0}}
+
+/* The stream of augmentation in dpt_rng_key ("aug\0"). */
+#define DPT_AUGMENT_STREAM 0x61756700u
+
+/* Parse an augmentation description into *out (which starts from
+ * DPT_AUGMENT_INIT): comma-separated items (spaces around one are ignored),
+ * each one of
+ *   reflect | reflect-x        random left-right reflection
+ *   reflect-y                  random up-down reflection
+ *   rotate=A | rotate=MIN:MAX  degrees; A means -A:A
+ *   scale=MIN:MAX              both axes, within [0.001, 1000]; also
+ *                              scale-x=, scale-y=
+ *   shear-x=A | shear-x=MIN:MAX, shear-y=...   degrees, within (-90, 90)
+ *   translate=T | translate=MIN:MAX   pixels, both axes; T means -T:T;
+ *                              also translate-x=, translate-y=
+ * Values lie within [-1e6, 1e6]; ranges need MIN <= MAX; an item may not
+ * appear twice, nor scale together with scale-x or scale-y (nor translate
+ * with translate-x or translate-y). Empty text or "none" is no
+ * augmentation. Errors (DPT_ERR_ARG) name the bad item and what is wrong
+ * with it; *out is then unchanged. */
+DPT_API dpt_status dpt_augment_parse(const char *text, dpt_augment *out);
+
+/* 1 when a (NULL allowed) transforms nothing: every image is unchanged. */
+DPT_API int dpt_augment_is_identity(const dpt_augment *a);
+
+/* Check a description made by hand: version, ranges (min <= max, finite),
+ * scales > 0, shears within (-90, 90). DPT_ERR_ARG naming the field. */
+DPT_API dpt_status dpt_augment_check(const dpt_augment *a);
+
+/* Transform one observation, float32 [c, h, w], by the draw of `key`
+ * (dpt_rng_key(seed, epoch, iteration, DPT_AUGMENT_STREAM, obs)), from in to
+ * out (c*h*w floats each, not overlapping). a must pass dpt_augment_check. */
+DPT_API void dpt_augment_image(const dpt_augment *a, uint64_t key, const float *in, float *out,
+                               int c, int h, int w);
+
 /* ---- minibatch queue (MATLAB minibatchqueue) ------------------------------ */
 
 typedef struct dpt_mbq dpt_mbq;
@@ -240,10 +321,27 @@ typedef struct dpt_mbq_options {
                             0 (default): return it */
     dpt_mbq_preprocess_fn preprocess; /* NULL (default): none */
     void *preprocess_arg;             /* passed to preprocess */
+    /* Version 2: random augmentation, done where the batch is decoded (the
+     * background thread with prefetch), before preprocess. NULL (default):
+     * none. Observation j of batch b (0-based in the pass) is transformed by
+     * dpt_augment_image with the key dpt_rng_key(augment_seed, augment_epoch,
+     * augment_iteration + b, DPT_AUGMENT_STREAM, first + j), first =
+     * augment_first(b, augment_first_arg) (NULL: 0), so that a worker's
+     * queue can draw by the position in the global minibatch. The struct is
+     * copied at dpt_mbq_new; the key fields can change between passes with
+     * dpt_mbq_set_augment_key. */
+    const dpt_augment *augment;
+    uint64_t augment_seed;
+    long augment_epoch;
+    long augment_iteration;           /* key iteration of batch 0 */
+    long (*augment_first)(size_t batch, void *arg);
+    void *augment_first_arg;
 } dpt_mbq_options;
 
-#define DPT_MBQ_OPTIONS_VERSION 1
-#define DPT_MBQ_OPTIONS_INIT {DPT_MBQ_OPTIONS_VERSION, 128, 0, 0, 0, 1, 0, NULL, NULL}
+/* Version 1 (without the augment fields) is still accepted. */
+#define DPT_MBQ_OPTIONS_VERSION 2
+#define DPT_MBQ_OPTIONS_INIT                                                             \
+    {DPT_MBQ_OPTIONS_VERSION, 128, 0, 0, 0, 1, 0, NULL, NULL, NULL, 0, 0, 0, NULL, NULL}
 
 /* One minibatch, written into buffers owned by the queue: valid until the
  * next call to dpt_mbq_next, dpt_mbq_reset, dpt_mbq_shuffle or
@@ -281,6 +379,12 @@ DPT_API void dpt_mbq_reset(dpt_mbq *q);
  * would make with this seed, applied to the queue's original order (so the
  * same seed gives the same order whatever came before). */
 DPT_API void dpt_mbq_shuffle(dpt_mbq *q, uint64_t seed);
+
+/* Set the epoch and the iteration of batch 0 in the augmentation key
+ * (dpt_mbq_options); they take effect at the next dpt_mbq_reset or
+ * dpt_mbq_shuffle (the pass being decoded keeps its key). No effect on a
+ * queue without augmentation. */
+DPT_API void dpt_mbq_set_augment_key(dpt_mbq *q, long epoch, long iteration);
 
 /* Batches per pass, observations, and the output shape of the queue. */
 DPT_API size_t dpt_mbq_n_batches(const dpt_mbq *q);

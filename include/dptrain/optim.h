@@ -125,6 +125,9 @@ DPT_API void dpt_optim_free(dpt_optim *o);
 
 /* The kind o was made with. */
 DPT_API dpt_optim_kind dpt_optim_kind_of(const dpt_optim *o);
+/* "sgdm", "adam", or "adamw" for Adam with decoupled weight decay: the name
+ * a checkpoint records, and must match to be resumed. */
+DPT_API const char *dpt_optim_name(const dpt_optim *o);
 /* Parameters it updates (n of dpt_optim_new). */
 DPT_API size_t dpt_optim_n(const dpt_optim *o);
 

@@ -53,7 +53,8 @@ DPT_API int dpt_batch_global(int batch, int n_workers, int on_gpu);
 
 /* ---- checkpoints -------------------------------------------------------------
  * A checkpoint is a safetensors file: the learnables and state tables (as in
- * a model file), the optimizer's velocity ("optim/Velocity"), and in the
+ * a model file), the optimizer's state (SGDM's velocity "optim/Velocity";
+ * see dpt_checkpoint_save_optim for the other kinds), and in the
  * metadata the spec, the position in training and a CRC-32 of the tensor
  * data and of the metadata (format "dptrain.checkpoint.v2"), verified on
  * load. Files of format v1 (CRC of the tensors only) still load. Every
@@ -88,14 +89,16 @@ DPT_API dpt_status dpt_checkpoint_load(const char *path, dpt_net *net, dpt_sgdm 
 
 /* The same with any optimizer (opt may be NULL): its state buffers are
  * saved as "optim/<buffer name>" ("optim/Velocity" for SGDM, as before;
- * "optim/AverageGrad" and "optim/AverageSqGrad" for Adam) and its kind and
- * step count in the metadata ("optimizer", "optim_step"). */
+ * "optim/AverageGrad" and "optim/AverageSqGrad" for Adam) and its name
+ * (dpt_optim_name) and step count in the metadata ("optimizer",
+ * "optim_step"). */
 DPT_API dpt_status dpt_checkpoint_save_optim(const char *path, const dpt_net *net,
                                              const dpt_optim *opt,
                                              const dpt_checkpoint_info *info,
                                              const dpt_kv *meta, size_t n_meta);
 /* Load into net and opt (may be NULL) as dpt_checkpoint_load. A checkpoint
- * of another optimizer kind than opt's fails naming both (DPT_ERR_ARG); one
+ * of another optimizer than opt's (dpt_optim_name: Adam and AdamW differ)
+ * fails naming both (DPT_ERR_ARG); one
  * written before the optimizer interface (no "optimizer" in its metadata)
  * is SGDM's, with step count = its iteration. Every state buffer and the
  * step count are restored, so the next update is the one an uninterrupted
@@ -206,13 +209,20 @@ typedef struct dpt_fit_config {
                                      iterations per epoch, epochs) */
     double clip_norm;             /* > 0: clip the aggregated gradient's global
                                      L2 norm to this; 0: off */
+    /* Random augmentation of the training images (NULL: none; borrowed,
+     * checked by dpt_fit): observation k of the global minibatch of
+     * iteration i (1-based over the run) in epoch e is transformed by the
+     * key dpt_rng_key(seed, e, i, DPT_AUGMENT_STREAM, k), on each worker's
+     * prefetch thread, so any worker count draws the same transforms and a
+     * resumed run continues exactly. Test data is never augmented. */
+    const dpt_augment *augment;
 } dpt_fit_config;
 
 #define DPT_FIT_CONFIG_VERSION 2
 #define DPT_FIT_CONFIG_INIT                                                             \
     {DPT_FIT_CONFIG_VERSION, NULL, NULL, NULL, NULL, 20, 128, 0.01f, 0.9f, 0.0f, 0,       \
      DPT_SPMD_CONFIG_INIT, 0, 1, 0, NULL, NULL, NULL, NULL, NULL, 0, NULL, 0, NULL, NULL, NULL, \
-     DPT_OPTIM_SGDM, 0.9, 0.999, 1e-8f, 0, DPT_LR_SCHEDULE_INIT, 0.0}
+     DPT_OPTIM_SGDM, 0.9, 0.999, 1e-8f, 0, DPT_LR_SCHEDULE_INIT, 0.0, NULL}
 
 typedef struct dpt_fit_result {
     double final_loss;

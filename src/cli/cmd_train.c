@@ -32,6 +32,17 @@ static const char help[] =
     "  --split FRACTION    training fraction per label when no --test (default 0.9)\n"
     "  --skip-corrupt      skip images that fail to decode, with a warning naming each\n"
     "                      (the first 10, then a count; default: error)\n"
+    "  --augment LIST      random transforms of each training image, like MATLAB's\n"
+    "                      imageDataAugmenter (default: none; test data never): a comma-\n"
+    "                      separated list of reflect (= reflect-x), reflect-y,\n"
+    "                      rotate=A or rotate=MIN:MAX (degrees), scale=MIN:MAX,\n"
+    "                      scale-x=MIN:MAX, scale-y=MIN:MAX, shear-x=A|MIN:MAX,\n"
+    "                      shear-y=A|MIN:MAX (degrees), translate=T or translate=MIN:MAX\n"
+    "                      (pixels of the network input), translate-x=, translate-y=;\n"
+    "                      a single A or T means -A:A. One transform per image, drawn\n"
+    "                      from --seed and the image's place in the run, so any worker\n"
+    "                      count draws the same; e.g. reflect,translate=3,rotate=10,\n"
+    "                      scale=0.9:1.1\n"
     "network and optimiser:\n"
     "  --net SPEC          network spec file (default: the MATLAB example's network,\n"
     "                      classes taken from the data; see dptrain info --spec)\n"
@@ -55,7 +66,8 @@ static const char help[] =
     "  --weight-decay X    L2 regularisation factor (default 0)\n"
     "  --clip-norm X       clip the global L2 norm of the aggregated gradient to X\n"
     "                      before each update (default 0: off)\n"
-    "  --seed N            seed of initialisation, split and shuffles (default 0)\n"
+    "  --seed N            seed of initialisation, split, shuffles and augmentation\n"
+    "                      (default 0)\n"
     "parallel:\n"
     "  --device NAME       auto | cpu | gpu (default auto: GPUs when this build has CUDA\n"
     "                      and a device is found, one worker per GPU, else CPU workers;\n"
@@ -248,7 +260,7 @@ int cli_train(int argc, char **argv)
     enum { O_LABELS = 256, O_TEST, O_TEST_LABELS, O_SPLIT, O_SKIP, O_NET, O_EPOCHS, O_BATCH, O_LR,
            O_MOM, O_WD, O_SEED, O_WORKERS, O_BACKEND, O_THREADS, O_SYNC, O_NOPF, O_OUT, O_EVAL,
            O_QUIET, O_DATA, O_CKPT, O_RESUME, O_PRINT, O_DEVICE, O_BPW, O_OVERWRITE,
-           O_OPTIM, O_SCHED, O_CLIP, O_BETA1, O_BETA2, O_EPS };
+           O_OPTIM, O_SCHED, O_CLIP, O_BETA1, O_BETA2, O_EPS, O_AUGMENT };
     static const struct option opts[] = {
         {"data", required_argument, 0, O_DATA},       {"labels", required_argument, 0, O_LABELS},
         {"test", required_argument, 0, O_TEST},       {"test-labels", required_argument, 0, O_TEST_LABELS},
@@ -269,6 +281,7 @@ int cli_train(int argc, char **argv)
         {"lr-schedule", required_argument, 0, O_SCHED}, {"clip-norm", required_argument, 0, O_CLIP},
         {"beta1", required_argument, 0, O_BETA1},     {"beta2", required_argument, 0, O_BETA2},
         {"epsilon", required_argument, 0, O_EPS},
+        {"augment", required_argument, 0, O_AUGMENT},
         {0, 0, 0, 0},
     };
     const char *data = NULL, *labels = NULL, *test = NULL, *test_labels = NULL, *net_path = NULL;
@@ -280,6 +293,8 @@ int cli_train(int argc, char **argv)
     int lr_unset = 1; /* then the optimizer's default */
     const char *optim_name = "sgdm", *sched_text = NULL, *momentum_opt = NULL, *adam_opt = NULL;
     double clip_norm = 0.0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+    dpt_augment augment = DPT_AUGMENT_INIT;
+    const char *augment_text = NULL;
     long epochs = 20, batch = 128, seed = 0, workers = 0, threads = 0;
     int skip_corrupt = 0, sync_bn = 0, prefetch = 1, eval_epoch = 0, quiet = 0;
     int c;
@@ -321,6 +336,11 @@ int cli_train(int argc, char **argv)
         case O_DEVICE: device = optarg; break;
         case O_BPW: batch_per_worker = 1; break;
         case O_OVERWRITE: overwrite = 1; break;
+        case O_AUGMENT:
+            if (dpt_augment_parse(optarg, &augment) != DPT_OK)
+                return cli_error("--augment: %s", dpt_last_error());
+            augment_text = optarg;
+            break;
         case 'h': fputs(help, stdout); return 0;
         default:
             return cli_error("train: unknown or incomplete option '%s' (see dptrain train --help)",
@@ -499,6 +519,7 @@ int cli_train(int argc, char **argv)
     cfg.resume = resume;
     cfg.use_gpu = use_gpu;
     cfg.stop = &stop_signal;
+    cfg.augment = dpt_augment_is_identity(&augment) ? NULL : &augment;
     cfg.on_start = outdir_clear; /* worker 0 runs in rank 0's process */
     cfg.on_start_arg = &od;
     catch_stop_signals();
@@ -511,6 +532,10 @@ int cli_train(int argc, char **argv)
                "%ld epochs\n", dpt_datastore_n_obs(train), k, dpt_datastore_n_obs(testds),
                under_mpi ? launcher_size() : n_workers,
                (under_mpi ? launcher_size() : n_workers) == 1 ? "" : "s", batch, epochs);
+    if (!quiet && cfg.augment) {
+        char clean[1024];
+        printf("augmenting the training images: %s\n", cli_clean(clean, sizeof clean, augment_text));
+    }
     fflush(stdout); /* before training starts, also into a pipe */
     dpt_fit_result res;
     dpt_status fs = dpt_fit(&cfg, &res);

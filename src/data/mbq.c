@@ -11,6 +11,7 @@
 #include "dptrain/data.h"
 
 #include <pthread.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,6 +22,7 @@ typedef struct slot {
     float *y;          /* [B, K] */
     int32_t *labels;   /* [B] */
     size_t *obs;       /* [B] */
+    float *scratch;    /* [C, H, W] one augmented image (NULL: no augmentation) */
     int n;             /* observations filled */
     size_t batch;      /* which batch of the pass it holds (READY/HELD) */
     int state;         /* enum slot_state */
@@ -39,6 +41,9 @@ struct dpt_mbq {
     int n_slots;       /* 2 with prefetch, 1 without */
     size_t consume;    /* next batch the caller gets */
     int held;          /* slot the caller holds, or -1 */
+    dpt_augment aug;   /* copy of opt.augment */
+    int augment;       /* 1: aug transforms something */
+    long aug_epoch, aug_iteration;  /* this pass's key (changes only in restart) */
 
     /* Shared with the worker; guarded by mu. */
     pthread_mutex_t mu;
@@ -49,6 +54,7 @@ struct dpt_mbq {
     size_t produce;      /* next batch the worker fills */
     int paused;          /* 1: the worker must not start a batch */
     int quit;
+    long next_epoch, next_iteration; /* dpt_mbq_set_augment_key, for the next pass */
 };
 
 /* Decode batch b into s. Runs on the worker thread (prefetch) or the
@@ -71,6 +77,19 @@ static void fill(dpt_mbq *q, size_t b, slot *s)
         s->labels[j] = label;
         s->y[(size_t)j * (size_t)q->K + (size_t)label] = 1.0f;
         st = dpt_datastore_read(q->ds, o, q->C, q->H, q->W, s->x + (size_t)j * chw);
+    }
+    if (!st && q->augment) {
+        /* Keyed by the position in the global minibatch, not in this
+         * queue: a worker's share draws what one worker on all would. */
+        long first = q->opt.augment_first ? q->opt.augment_first(b, q->opt.augment_first_arg) : 0;
+        for (int j = 0; j < n; j++) {
+            float *x = s->x + (size_t)j * chw;
+            uint64_t key = dpt_rng_key(q->opt.augment_seed, (uint64_t)q->aug_epoch,
+                                       (uint64_t)(q->aug_iteration + (long)b), DPT_AUGMENT_STREAM,
+                                       (uint64_t)(first + j));
+            dpt_augment_image(&q->aug, key, x, s->scratch, q->C, q->H, q->W);
+            memcpy(x, s->scratch, chw * sizeof *x);
+        }
     }
     if (!st && q->opt.preprocess) {
         dpt_clear_error();
@@ -124,6 +143,7 @@ static void free_slots(dpt_mbq *q)
         dpt_free(q->slots[i].y);
         free(q->slots[i].labels);
         free(q->slots[i].obs);
+        dpt_free(q->slots[i].scratch);
     }
 }
 
@@ -153,10 +173,16 @@ dpt_status dpt_mbq_new(const dpt_datastore *ds, const dpt_mbq_options *opt, dpt_
     *out = NULL;
     dpt_mbq_options o = DPT_MBQ_OPTIONS_INIT;
     if (opt) {
-        if (opt->version != DPT_MBQ_OPTIONS_VERSION)
-            return dpt_fail(DPT_ERR_ARG, "minibatch queue: options version %d (this library knows %d)",
-                            opt->version, DPT_MBQ_OPTIONS_VERSION);
-        o = *opt;
+        if (opt->version != DPT_MBQ_OPTIONS_VERSION && opt->version != 1)
+            return dpt_fail(DPT_ERR_ARG, "minibatch queue: options version %d (this library knows 1 "
+                            "and %d)", opt->version, DPT_MBQ_OPTIONS_VERSION);
+        /* A version-1 caller's struct ends before the augment fields. */
+        memcpy(&o, opt, opt->version == 1 ? offsetof(dpt_mbq_options, augment) : sizeof o);
+    }
+    if (o.augment) {
+        dpt_status as = dpt_augment_check(o.augment);
+        if (as)
+            return as;
     }
     if (o.batch_size < 1)
         return dpt_fail(DPT_ERR_ARG, "minibatch queue: batch size %d (must be >= 1)", o.batch_size);
@@ -196,6 +222,11 @@ dpt_status dpt_mbq_new(const dpt_datastore *ds, const dpt_mbq_options *opt, dpt_
     q->n_batches = o.drop_partial ? n / B : (n + B - 1) / B;
     q->n_slots = o.prefetch ? 2 : 1;
     q->held = -1;
+    q->augment = o.augment && !dpt_augment_is_identity(o.augment);
+    if (q->augment)
+        q->aug = *o.augment;
+    q->aug_epoch = q->next_epoch = o.augment_epoch;
+    q->aug_iteration = q->next_iteration = o.augment_iteration;
     q->order = malloc((n ? n : 1) * sizeof *q->order);
     q->perm = malloc((n ? n : 1) * sizeof *q->perm);
     dpt_status st = DPT_OK;
@@ -216,7 +247,8 @@ dpt_status dpt_mbq_new(const dpt_datastore *ds, const dpt_mbq_options *opt, dpt_
         s->y = dpt_alloc(B * (size_t)(q->K ? q->K : 1) * sizeof *s->y);
         s->labels = malloc(B * sizeof *s->labels);
         s->obs = malloc(B * sizeof *s->obs);
-        if (!s->x || !s->y || !s->labels || !s->obs) {
+        s->scratch = q->augment ? dpt_alloc(chw * sizeof *s->scratch) : NULL;
+        if (!s->x || !s->y || !s->labels || !s->obs || (q->augment && !s->scratch)) {
             st = dpt_fail(DPT_ERR_NOMEM, "minibatch queue: cannot allocate batches of %zu x %dx%dx%d", B, q->C,
                           q->H, q->W);
             goto fail;
@@ -302,7 +334,9 @@ static void restart(dpt_mbq *q, int shuffle, uint64_t seed)
         while (q->slots[0].state == SLOT_FILLING || q->slots[1].state == SLOT_FILLING)
             pthread_cond_wait(&q->done, &q->mu);
     }
-    /* No batch is being filled now, so order may change. */
+    /* No batch is being filled now, so order and key may change. */
+    q->aug_epoch = q->next_epoch;
+    q->aug_iteration = q->next_iteration;
     if (shuffle) {
         /* The permutation dpt_datastore_shuffle(seed) makes: Fisher-Yates
          * on uint32 positions, stream 0. */
@@ -327,6 +361,17 @@ static void restart(dpt_mbq *q, int shuffle, uint64_t seed)
 }
 
 void dpt_mbq_reset(dpt_mbq *q) { restart(q, 0, 0); }
+
+void dpt_mbq_set_augment_key(dpt_mbq *q, long epoch, long iteration)
+{
+    /* Read only by restart, which holds the mutex too. */
+    if (q->have_thread)
+        pthread_mutex_lock(&q->mu);
+    q->next_epoch = epoch;
+    q->next_iteration = iteration;
+    if (q->have_thread)
+        pthread_mutex_unlock(&q->mu);
+}
 
 void dpt_mbq_shuffle(dpt_mbq *q, uint64_t seed) { restart(q, 1, seed); }
 

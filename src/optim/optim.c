@@ -91,6 +91,13 @@ void dpt_optim_free(dpt_optim *o)
 dpt_optim_kind dpt_optim_kind_of(const dpt_optim *o) { return o->kind; }
 size_t dpt_optim_n(const dpt_optim *o) { return o->n; }
 
+const char *dpt_optim_name(const dpt_optim *o)
+{
+    if (o->adam)
+        return o->adam->decoupled ? "adamw" : "adam";
+    return "sgdm";
+}
+
 double dpt_clip_grad_norm(float *g, size_t n, double max_norm)
 {
     double ss = 0.0;

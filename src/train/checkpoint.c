@@ -112,7 +112,7 @@ dpt_status dpt_checkpoint_save_optim(const char *path, const dpt_net *net, const
         {"format", CKPT_FORMAT}, {"spec", dpt_net_spec(net)}, {"epoch", buf[0]},
         {"epoch_iteration", buf[1]}, {"iteration", buf[2]}, {"seed", buf[3]},
         {"workers", buf[4]}, {"elapsed_s", elapsed}, {"batch", buf[6]}, {"train_images", buf[7]},
-        {"optimizer", opt ? dpt_optim_kind_name(dpt_optim_kind_of(opt)) : ""},
+        {"optimizer", opt ? dpt_optim_name(opt) : ""},
         {"optim_step", step_text},
     };
     /* Every pair the CRC covers, sorted by key as the reader sees them;
@@ -273,13 +273,16 @@ dpt_status dpt_checkpoint_read_optimizer(const char *path, const char **kind)
     dpt_checkpoint_info info;
     dpt_status s = dpt_st_open(path, &st);
     if (s == DPT_OK && (s = verify(st, path, &info)) == DPT_OK) {
-        const char *v = dpt_st_meta(st, "optimizer");
-        dpt_optim_kind k = DPT_OPTIM_SGDM;
+        static const char *const names[] = {"sgdm", "adam", "adamw"};
         /* Checkpoints from before the interface hold SGDM's velocity. */
-        if (v && dpt_optim_kind_parse(v, &k) != DPT_OK)
-            s = dpt_fail(DPT_ERR_FORMAT, "%s: metadata \"optimizer\" is '%.40s', not sgdm or adam",
-                         path, v);
-        *kind = dpt_optim_kind_name(k);
+        const char *v = dpt_st_meta(st, "optimizer");
+        *kind = v ? NULL : names[0];
+        for (int i = 0; v && i < 3; i++)
+            if (!strcmp(v, names[i]))
+                *kind = names[i];
+        if (!*kind)
+            s = dpt_fail(DPT_ERR_FORMAT, "%s: metadata \"optimizer\" is '%.40s', not sgdm, adam "
+                         "or adamw", path, v);
     }
     dpt_st_close(st);
     return s;
@@ -342,7 +345,7 @@ dpt_status dpt_checkpoint_load_optim(const char *path, dpt_net *net, dpt_optim *
         /* A checkpoint without "optimizer" is from before the interface:
          * SGDM's velocity only. */
         const char *kind = dpt_st_meta(st, "optimizer");
-        const char *mine = dpt_optim_kind_name(dpt_optim_kind_of(opt));
+        const char *mine = dpt_optim_name(opt);
         if (!kind)
             kind = "sgdm";
         if (strcmp(kind, mine) != 0) {

@@ -147,7 +147,8 @@ static dpt_status save_checkpoint(const fit_job *job, dpt_net *net, dpt_optim *o
 static dpt_status check_resume(const dpt_fit_config *cfg, const dpt_checkpoint_info *start)
 {
     const char *path = cfg->resume;
-    const char *kind = NULL, *mine = dpt_optim_kind_name(cfg->optimizer);
+    const char *kind = NULL, *mine = cfg->optimizer == DPT_OPTIM_ADAM && cfg->decoupled
+                                         ? "adamw" : dpt_optim_kind_name(cfg->optimizer);
     dpt_status s = dpt_checkpoint_read_optimizer(path, &kind);
     if (s != DPT_OK)
         return s;
@@ -195,6 +196,31 @@ static dpt_status at_iteration(dpt_status s, int epoch, long iteration)
     return dpt_fail(s, "epoch %d, iteration %ld: %s", epoch, iteration, msg);
 }
 
+long fit_global_first(size_t n_obs, int n_workers, const int *share, int rank, size_t batch)
+{
+    size_t n = n_obs, N = (size_t)n_workers;
+    long first = 0;
+    for (int j = 0; j < rank; j++) {
+        size_t block = n / N + ((size_t)j < n % N ? 1 : 0), m = (size_t)share[j];
+        size_t done = batch * m;
+        first += (long)(done >= block ? 0 : block - done < m ? block - done : m);
+    }
+    return first;
+}
+
+/* The augmentation's position callback (dpt_mbq_options.augment_first). */
+typedef struct global_pos {
+    size_t n_obs;
+    int n_workers, rank;
+    const int *share;
+} global_pos;
+
+static long first_in_global_batch(size_t batch, void *arg)
+{
+    const global_pos *g = arg;
+    return fit_global_first(g->n_obs, g->n_workers, g->share, g->rank, batch);
+}
+
 static dpt_status fit_worker(dpt_comm *comm, void *arg)
 {
     fit_job *job = arg;
@@ -206,13 +232,17 @@ static dpt_status fit_worker(dpt_comm *comm, void *arg)
         return dpt_fail(DPT_ERR_NOMEM, "out of memory");
     dpt_batch_shares(cfg->batch, n_workers, share);
     int my_batch = share[rank], max_share = share[0];
-    free(share);
-    if (my_batch < 1)
+    if (my_batch < 1) {
+        free(share);
         return dpt_fail(DPT_ERR_ARG, "--batch %d is smaller than the %d workers", cfg->batch,
                         n_workers);
-    if (dpt_datastore_n_obs(cfg->train) < (size_t)n_workers)
+    }
+    if (dpt_datastore_n_obs(cfg->train) < (size_t)n_workers) {
+        free(share);
         return dpt_fail(DPT_ERR_ARG, "%d workers but only %zu training images", n_workers,
                         dpt_datastore_n_obs(cfg->train));
+    }
+    global_pos gpos = {dpt_datastore_n_obs(cfg->train), n_workers, rank, share};
 
     dpt_net *net = NULL;
     dpt_optim *opt = NULL;
@@ -265,6 +295,12 @@ static dpt_status fit_worker(dpt_comm *comm, void *arg)
     mo.batch_size = my_batch;
     mo.channels = chw[0], mo.height = chw[1], mo.width = chw[2];
     mo.prefetch = cfg->prefetch;
+    if (cfg->augment && !dpt_augment_is_identity(cfg->augment)) {
+        mo.augment = cfg->augment;
+        mo.augment_seed = cfg->seed;
+        mo.augment_first = first_in_global_batch;
+        mo.augment_first_arg = &gpos;
+    }
 
     /* The schedule's iterations per epoch: the loop runs while every
      * worker has data, so the worker with the fewest batches sets it. */
@@ -274,6 +310,12 @@ static dpt_status fit_worker(dpt_comm *comm, void *arg)
     long iteration = start.iteration, per_epoch = 0;
     int epoch = start.epoch;
     for (; epoch <= cfg->epochs; epoch++) {
+        /* Resuming inside an epoch: skip the batches already trained on. */
+        long skip = epoch == start.epoch ? start.epoch_iteration : 0;
+        /* Batch b of this epoch is iteration (iterations before it) + b + 1:
+         * the augmentation key. */
+        mo.augment_epoch = epoch;
+        mo.augment_iteration = iteration - skip + 1;
         /* Shuffle with a seed every worker shares, then take this worker's
          * block: the blocks are disjoint and cover the data. */
         if ((s = dpt_datastore_shuffle(cfg->train, epoch_seed(cfg->seed, epoch), &shuffled)) ||
@@ -281,8 +323,6 @@ static dpt_status fit_worker(dpt_comm *comm, void *arg)
             (s = dpt_mbq_new(part, &mo, &q)))
             goto done;
         long it_epoch = 0;
-        /* Resuming inside an epoch: skip the batches already trained on. */
-        long skip = epoch == start.epoch ? start.epoch_iteration : 0;
         for (;;) {
             /* Loop while every worker still has data and none was asked to
              * stop: one all-reduce for both. */
@@ -386,6 +426,7 @@ done:
     dpt_datastore_free(shuffled);
     dpt_optim_free(opt);
     dpt_net_free(net);
+    free(share);
     return s;
 }
 
@@ -425,6 +466,11 @@ dpt_status dpt_fit(const dpt_fit_config *cfg, dpt_fit_result *result)
         return dpt_fail(DPT_ERR_ARG, "dpt_fit: lr schedule out of range (kind %d, every %d, drop %g, "
                         "min %g, warmup %g)", (int)ls->kind, ls->every, ls->drop, ls->min_lr,
                         ls->warmup);
+    if (cfg->augment) {
+        dpt_status as = dpt_augment_check(cfg->augment);
+        if (as != DPT_OK)
+            return as;
+    }
     memset(result, 0, sizeof *result);
     result->checkpoint_iteration = -1;
     /* A checkpoint that cannot continue this run is refused before any

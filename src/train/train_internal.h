@@ -9,7 +9,7 @@
  * every number in range), without a network: for checks made before the
  * workers start. */
 dpt_status dpt_checkpoint_read_info(const char *path, dpt_checkpoint_info *info);
-/* The optimizer kind's name ("sgdm", "adam") of a verified checkpoint: for
+/* The optimizer's name ("sgdm", "adam", "adamw") of a verified checkpoint: for
  * checks made before the workers start. *kind is a static string. */
 dpt_status dpt_checkpoint_read_optimizer(const char *path, const char **kind);
 
@@ -23,5 +23,13 @@ dpt_status dpt_checkpoint_read_optimizer(const char *path, const char **kind);
  * explanation to print (else it is empty). */
 int dpt_train_pick_device(const char *want, int n_gpus, long workers, const dpt_net *net,
                           char *notice, size_t cap);
+
+/* Where worker `rank`'s batch `batch` (0-based in the epoch) starts in the
+ * global minibatch of its iteration in dpt_fit: the observations the
+ * workers before it contribute to that iteration. Each epoch's n_obs
+ * observations are cut into n_workers blocks (dpt_datastore_partition) and
+ * worker j's batch b holds min(share[j], what is left of block j), so every
+ * worker knows this without asking the others. */
+long fit_global_first(size_t n_obs, int n_workers, const int *share, int rank, size_t batch);
 
 #endif
