@@ -246,6 +246,7 @@ typedef struct layer_fusion {
 struct exec_saved {
     const net_dev *dev;
     node_plan *plan;
+    int *plan_ints;
     size_t *buf_floats;
     int n_buf, n_grad_bufs, n_grp;
     int *grp_buf;
@@ -261,8 +262,9 @@ static void exec_to_host(dpt_net *net)
     if (!sv)
         return;
     net_free_buffers(net); /* through net->dev: the device's */
-    free(net->plan), free(net->buf_floats), free(net->grp_buf);
-    net->dev = sv->dev, net->plan = sv->plan, net->buf_floats = sv->buf_floats;
+    free(net->plan), free(net->plan_ints), free(net->buf_floats), free(net->grp_buf);
+    net->dev = sv->dev, net->plan = sv->plan, net->plan_ints = sv->plan_ints;
+    net->buf_floats = sv->buf_floats;
     net->n_buf = sv->n_buf, net->n_grad_bufs = sv->n_grad_bufs, net->n_grp = sv->n_grp;
     net->grp_buf = sv->grp_buf, net->buf = sv->buf, net->acts = sv->acts;
     for (int i = 0; i < net->n_layers; i++) {
@@ -290,10 +292,11 @@ static dpt_status exec_to_device(dpt_net *net, int fuse_bn_relu)
         free(sv), free(f);
         return dpt_fail(DPT_ERR_NOMEM, "out of memory");
     }
-    *sv = (struct exec_saved){net->dev, net->plan, net->buf_floats, net->n_buf, net->n_grad_bufs,
-                              net->n_grp, net->grp_buf, net->buf, net->acts, f};
+    *sv = (struct exec_saved){net->dev,   net->plan,         net->plan_ints, net->buf_floats,
+                              net->n_buf, net->n_grad_bufs, net->n_grp,     net->grp_buf,
+                              net->buf,   net->acts,         f};
     net->host_exec = sv;
-    net->plan = NULL, net->buf_floats = NULL, net->grp_buf = NULL;
+    net->plan = NULL, net->plan_ints = NULL, net->buf_floats = NULL, net->grp_buf = NULL;
     net->buf = net->acts = NULL;
     net->n_buf = net->n_grad_bufs = net->n_grp = 0;
     net->dev = &net_dev_gpu;
