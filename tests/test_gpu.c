@@ -830,6 +830,14 @@ static void test_supported(void)
                                            "configuration: a reason of the test"),
               "%d: %s", s, dpt_last_error());
     net->layers[bn2].type = real;
+    /* Without a device the move fails and leaves a working CPU network. */
+    if (dpt_gpu_count() < 1) {
+        CHECK(dpt_net_to_gpu(net, 0) != DPT_OK && dpt_net_device(net) == -1);
+        float x[4 * 784] = {0};
+        const float *y;
+        s = dpt_net_forward(net, x, 4, DPT_MODE_PREDICT, &y);
+        CHECK_MSG(s == DPT_OK, "forward after a failed move: %s", dpt_last_error());
+    }
     dpt_net_free(net);
 }
 
