@@ -318,6 +318,16 @@ static void test_layers(void)
                                                  "filters=4 padding=1\ndropout t p=0.3\n", -1, 1},
         {"globalavgpool", "input in size=7x5x3\nconv p filter=3 filters=4 padding=1\n"
                           "globalavgpool t\n", -1, 1},
+        /* After a ReLU many windows tie at 0: the first maximum takes it. */
+        {"maxpool 3x3 stride 2 padding 1 (ties after a ReLU)",
+         "input in size=9x8x3\nconv c filter=3 filters=4 padding=1\nrelu p\n"
+         "maxpool t size=3 stride=2 padding=1\n", -1, 1},
+        {"maxpool 3x3 stride 1 (overlapping windows)", "input in size=7x7x2\nconv p filter=1 "
+                                                      "filters=3\nmaxpool t size=3 stride=1\n",
+         -1, 1},
+        {"avgpool 3x2 stride 2 padding 1", "input in size=9x8x3\nconv p filter=3 filters=4 "
+                                          "padding=1\navgpool t size=3x2 stride=2 padding=1\n",
+         -1, 1},
     };
     for (size_t i = 0; i < sizeof more / sizeof *more; i++)
         if (spec_known(more[i].what, more[i].spec))

@@ -416,6 +416,32 @@ dpt_status dropout_gpu_backward(dpt_net *net, dpt_layer *l, const float *const *
                        k.stream, k.obs0);
 }
 
+static int pool_of(const dpt_layer *l, gpu_pool *p)
+{
+    dpt_pool2d_desc d;
+    int is_max = pool_layer_desc(l, &d);
+    *p = (gpu_pool){d.c, d.h, d.w, d.kh, d.kw, d.sh, d.sw, d.ph, d.pw, d.out_h, d.out_w};
+    return is_max;
+}
+
+dpt_status pool_gpu_forward(dpt_net *net, dpt_layer *l, const float *const *x, float *y, int n,
+                            dpt_mode mode)
+{
+    (void)mode;
+    gpu_pool p;
+    int is_max = pool_of(l, &p);
+    return gpu_pool_forward(net_gpu_ctx(net), &p, is_max, x[0], y, n);
+}
+
+dpt_status pool_gpu_backward(dpt_net *net, dpt_layer *l, const float *const *x, const float *y,
+                             const float *dy, float *const *dx, int n)
+{
+    (void)y;
+    gpu_pool p;
+    int is_max = pool_of(l, &p);
+    return dx[0] ? gpu_pool_backward(net_gpu_ctx(net), &p, is_max, x[0], dy, dx[0], n) : DPT_OK;
+}
+
 dpt_status gap_gpu_forward(dpt_net *net, dpt_layer *l, const float *const *x, float *y, int n,
                            dpt_mode mode)
 {

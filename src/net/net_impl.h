@@ -308,6 +308,8 @@ void bn_layer_conf(const dpt_layer *l, float *epsilon, float *decay);
  * there once per step (net_gpu_stats_pull). */
 void bn_layer_batch(dpt_layer *l, double **mean, double **var);
 float leaky_layer_alpha(const dpt_layer *l);
+/* maxpool/avgpool: the window geometry (n as last set); 1 for max. */
+int pool_layer_desc(const dpt_layer *l, dpt_pool2d_desc *d);
 /* Dropout's mask arguments (dpt_dropout_apply). dropout_layer_begin does
  * the forward's bookkeeping as the CPU forward (kept for the backward) and
  * returns 1 when this forward drops, 0 when it is the identity (PREDICT,
@@ -359,6 +361,8 @@ dpt_status tanh_gpu_forward(GPU_FWD_ARGS);
 dpt_status tanh_gpu_backward(GPU_BWD_ARGS);
 dpt_status dropout_gpu_forward(GPU_FWD_ARGS);
 dpt_status dropout_gpu_backward(GPU_BWD_ARGS);
+dpt_status pool_gpu_forward(GPU_FWD_ARGS);
+dpt_status pool_gpu_backward(GPU_BWD_ARGS);
 dpt_status gap_gpu_forward(GPU_FWD_ARGS);
 dpt_status gap_gpu_backward(GPU_BWD_ARGS);
 

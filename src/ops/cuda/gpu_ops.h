@@ -154,6 +154,16 @@ dpt_status gpu_tanh_backward(gpu_ctx *g, const float *y, const float *dy, float 
 dpt_status gpu_dropout(gpu_ctx *g, const float *in, float *out, int n, size_t per, float p,
                        uint64_t seed, uint64_t epoch, uint64_t iteration, uint64_t stream,
                        uint64_t obs0);
+/* Max (is_max 1) or average pooling of x [n, c, h, w] into y [n, c, oh,
+ * ow], and its backward into dx (overwritten; x is read for max only): as
+ * ops/pool.c's dpt_maxpool2d_* / dpt_avgpool2d_*, the same bits. */
+typedef struct gpu_pool {
+    int c, h, w, kh, kw, sh, sw, ph, pw, oh, ow;
+} gpu_pool;
+dpt_status gpu_pool_forward(gpu_ctx *g, const gpu_pool *p, int is_max, const float *x, float *y,
+                            int n);
+dpt_status gpu_pool_backward(gpu_ctx *g, const gpu_pool *p, int is_max, const float *x,
+                             const float *dy, float *dx, int n);
 /* dpt_global_avgpool_forward / _backward (x [n, c, hw] -> y [n, c]). */
 dpt_status gpu_global_avgpool_forward(gpu_ctx *g, const float *x, float *y, int n, int c, int hw);
 dpt_status gpu_global_avgpool_backward(gpu_ctx *g, const float *dy, float *dx, int n, int c,

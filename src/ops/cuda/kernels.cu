@@ -412,6 +412,128 @@ dpt_status gpu_global_avgpool_backward(gpu_ctx *g, const float *dy, float *dx, i
     return gpu_check_launch(g, "global average pooling backward");
 }
 
+/* ---- max and average pooling ------------------------------------------------------------------
+ * As ops/pool.c, bit for bit: a window clipped to the input, the max's scan
+ * order and tie rule (the first maximum, NaN taking over), the average's
+ * float32 sum in row order times 1/(kh·kw). The backward runs per input
+ * pixel over the windows that hold it in the host's (oy, ox) order, so the
+ * additions of overlapping windows happen in the host's order too: no
+ * atomics, the same bits. */
+
+__device__ static void pool_window(const gpu_pool p, int oy, int ox, int *y0, int *y1, int *x0,
+                                   int *x1)
+{
+    int ys = oy * p.sh - p.ph, xs = ox * p.sw - p.pw;
+    int ye = ys + p.kh, xe = xs + p.kw;
+    *y0 = ys < 0 ? 0 : ys;
+    *x0 = xs < 0 ? 0 : xs;
+    *y1 = ye > p.h ? p.h : ye;
+    *x1 = xe > p.w ? p.w : xe;
+}
+
+__device__ static int pool_argmax(const gpu_pool p, const float *plane, int oy, int ox,
+                                  float *val)
+{
+    int y0, y1, x0, x1;
+    pool_window(p, oy, ox, &y0, &y1, &x0, &x1);
+    int best = y0 * p.w + x0;
+    float m = -INFINITY;
+    for (int iy = y0; iy < y1; iy++)
+        for (int ix = x0; ix < x1; ix++) {
+            float v = plane[(size_t)iy * p.w + ix];
+            if (v > m || v != v) {
+                m = v;
+                best = iy * p.w + ix;
+            }
+        }
+    *val = m;
+    return best;
+}
+
+__global__ void pool_forward_kernel(const float *__restrict__ x, float *__restrict__ y,
+                                    size_t total, gpu_pool p, int is_max, float inv)
+{
+    size_t out_plane = (size_t)p.oh * p.ow, in_plane = (size_t)p.h * p.w;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        size_t plane = i / out_plane, r = i % out_plane;
+        int oy = (int)(r / p.ow), ox = (int)(r % p.ow);
+        const float *xp = x + plane * in_plane;
+        if (is_max) {
+            float m;
+            pool_argmax(p, xp, oy, ox, &m);
+            y[i] = m;
+        } else {
+            int y0, y1, x0, x1;
+            pool_window(p, oy, ox, &y0, &y1, &x0, &x1);
+            float s = 0.0f;
+            for (int iy = y0; iy < y1; iy++)
+                for (int ix = x0; ix < x1; ix++)
+                    s = __fadd_rn(s, xp[(size_t)iy * p.w + ix]);
+            y[i] = __fmul_rn(s, inv);
+        }
+    }
+}
+
+__global__ void pool_backward_kernel(const float *__restrict__ x, const float *__restrict__ dy,
+                                     float *__restrict__ dx, size_t total, gpu_pool p, int is_max,
+                                     float inv)
+{
+    size_t out_plane = (size_t)p.oh * p.ow, in_plane = (size_t)p.h * p.w;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        size_t plane = i / in_plane, r = i % in_plane;
+        int iy = (int)(r / p.w), ix = (int)(r % p.w);
+        const float *xp = x ? x + plane * in_plane : NULL, *gp = dy + plane * out_plane;
+        /* Windows whose rows hold iy: oy·sh − ph <= iy < oy·sh − ph + kh. */
+        int oy0 = iy + p.ph - p.kh + 1, oy1 = (iy + p.ph) / p.sh;
+        oy0 = oy0 <= 0 ? 0 : (oy0 + p.sh - 1) / p.sh;
+        int ox0 = ix + p.pw - p.kw + 1, ox1 = (ix + p.pw) / p.sw;
+        ox0 = ox0 <= 0 ? 0 : (ox0 + p.sw - 1) / p.sw;
+        if (oy1 > p.oh - 1)
+            oy1 = p.oh - 1;
+        if (ox1 > p.ow - 1)
+            ox1 = p.ow - 1;
+        float acc = 0.0f;
+        for (int oy = oy0; oy <= oy1; oy++)
+            for (int ox = ox0; ox <= ox1; ox++) {
+                float g = gp[(size_t)oy * p.ow + ox];
+                if (is_max) {
+                    float m;
+                    if (pool_argmax(p, xp, oy, ox, &m) == iy * p.w + ix)
+                        acc = __fadd_rn(acc, g);
+                } else {
+                    acc = __fadd_rn(acc, __fmul_rn(g, inv));
+                }
+            }
+        dx[i] = acc;
+    }
+}
+
+dpt_status gpu_pool_forward(gpu_ctx *g, const gpu_pool *p, int is_max, const float *x, float *y,
+                            int n)
+{
+    size_t total = (size_t)n * p->c * p->oh * p->ow;
+    if (!total)
+        return DPT_OK;
+    const float inv = 1.0f / (float)(p->kh * p->kw);
+    pool_forward_kernel<<<gpu_grid(g, total), GPU_THREADS, 0, g->stream>>>(x, y, total, *p, is_max,
+                                                                           inv);
+    return gpu_check_launch(g, is_max ? "max pooling forward" : "average pooling forward");
+}
+
+dpt_status gpu_pool_backward(gpu_ctx *g, const gpu_pool *p, int is_max, const float *x,
+                             const float *dy, float *dx, int n)
+{
+    size_t total = (size_t)n * p->c * p->h * p->w;
+    if (!total)
+        return DPT_OK;
+    const float inv = 1.0f / (float)(p->kh * p->kw);
+    pool_backward_kernel<<<gpu_grid(g, total), GPU_THREADS, 0, g->stream>>>(
+        is_max ? x : NULL, dy, dx, total, *p, is_max, inv);
+    return gpu_check_launch(g, is_max ? "max pooling backward" : "average pooling backward");
+}
+
 dpt_status gpu_relu_forward(gpu_ctx *g, const float *x, float *y, size_t n)
 {
     relu_forward_kernel<<<gpu_grid(g, n), GPU_THREADS, 0, g->stream>>>(x, y, n);
