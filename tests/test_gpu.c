@@ -227,8 +227,10 @@ static void graph_case(const char *what, const char *spec, int n, double tol)
     CHECK(dpt_net_backward(cpu, dy, 0) == DPT_OK);
     s = dpt_net_backward(gpu, dy, 0);
     CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
+    /* Conv weight gradients: 5e-3, as for the example network (cuDNN may
+     * pick a Winograd or FFT algorithm). */
     if (s == DPT_OK)
-        check_tables("gradient", cpu, dpt_net_grads(gpu), dpt_net_grads(cpu), tol, tol);
+        check_tables("gradient", cpu, dpt_net_grads(gpu), dpt_net_grads(cpu), tol, 5e-3);
     if (last_softmax) {
         dpt_sgdm *oc = NULL, *og = NULL;
         CHECK(dpt_sgdm_new(np, 0.01f, 0.9f, 0.0f, &oc) == DPT_OK);
@@ -241,7 +243,7 @@ static void graph_case(const char *what, const char *spec, int n, double tol)
             float fl = (float)lg, rl = (float)lc;
             check("training step: loss", &fl, &rl, 1, 1e-5);
             check_tables("training step: gradient", cpu, dpt_net_grads(gpu), dpt_net_grads(cpu),
-                         tol, tol);
+                         tol, 5e-3);
             check("training step: learnables", dpt_net_params(gpu), dpt_net_params(cpu), np,
                   tol);
             check("training step: state", dpt_net_state(gpu), dpt_net_state(cpu),
