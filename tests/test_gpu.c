@@ -442,6 +442,52 @@ static void test_step(void)
     dpt_net_free(cpu), dpt_net_free(gpu);
 }
 
+/* Adam with gradient clipping through the one training step: the device
+ * update (optim_gpu_step) against the CPU's, moments brought back. */
+static void test_adam_step(void)
+{
+    enum { N = 16, K = 10 };
+    printf("conv-batchnorm-relu-fc, one Adam step with clipping, batch %d:\n", N);
+    /* No bias before the batch norm: its gradient is 0 plus rounding noise,
+     * which Adam's first step (about lr·sign(g)) would turn into a
+     * difference of lr. */
+    static const char spec[] = "input in size=28x28x1\nconv c filter=5 filters=8 bias=0\n"
+                               "batchnorm b\nrelu r\nfc f outputs=10\nsoftmax s\n";
+    dpt_net *cpu, *gpu;
+    if (make_pair(spec, N, 1, &cpu, &gpu))
+        return;
+    size_t np = dpt_net_n_params(cpu);
+    float *x = malloc((size_t)N * 784 * sizeof *x), t[N * K];
+    fill_uniform(x, (size_t)N * 784, 0, 1, 81);
+    fill_onehot(t, N, K, 82);
+    dpt_optim_opts oo = DPT_OPTIM_OPTS_INIT;
+    oo.clip_norm = 0.5; /* below the first gradient's norm: clipping acts */
+    dpt_optim *oc = NULL, *og = NULL;
+    CHECK(dpt_optim_new(DPT_OPTIM_ADAM, np, &oo, &oc) == DPT_OK);
+    CHECK(dpt_optim_new(DPT_OPTIM_ADAM, np, &oo, &og) == DPT_OK);
+    double lc = 0, lg = 0;
+    dpt_status s = DPT_ERR_ARG;
+    if (oc && og) {
+        CHECK(dpt_train_step_optim(cpu, oc, NULL, x, t, N, &lc, NULL) == DPT_OK);
+        s = dpt_train_step_optim(gpu, og, NULL, x, t, N, &lg, NULL);
+        CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
+    }
+    if (s == DPT_OK && (s = dpt_net_sync_to_host(gpu)) == DPT_OK) {
+        float fl = (float)lg, rl = (float)lc;
+        check("loss", &fl, &rl, 1, 1e-5);
+        float nc = (float)dpt_optim_last_norm(oc), ng = (float)dpt_optim_last_norm(og);
+        check("gradient norm before clipping", &ng, &nc, 1, 1e-4);
+        check("updated learnables (all)", dpt_net_params(gpu), dpt_net_params(cpu), np, 1e-3);
+        for (size_t i = 0; i < dpt_optim_n_buffers(oc); i++)
+            check(dpt_optim_buffer_name(oc, i), dpt_optim_buffer(og, i), dpt_optim_buffer(oc, i),
+                  np, 5e-3);
+        CHECK(dpt_optim_step_count(og) == dpt_optim_step_count(oc));
+    }
+    dpt_optim_free(oc), dpt_optim_free(og);
+    free(x);
+    dpt_net_free(cpu), dpt_net_free(gpu);
+}
+
 /* ---- 2 workers on one GPU against 1 worker on the whole minibatch ---------------- */
 
 enum { PM = 24, PK = 10 };
@@ -937,6 +983,7 @@ int main(int argc, char **argv)
     test_fusion();
     test_graphs();
     test_step();
+    test_adam_step();
     test_allreduce();
     test_two_workers();
     test_digits();
