@@ -1,7 +1,10 @@
-/* GPU backend (dptrain/gpu.h) against the CPU implementation: every layer's
- * forward and backward on random inputs, one whole training step of the
- * example network, 2 workers sharing one GPU against 1 worker on the whole
- * minibatch (synchronised batch norm; pooled local batch norm), the device
+/* GPU backend (dptrain/gpu.h) against the CPU implementation: every layer
+ * type with CUDA entries, forward and backward on random inputs (conv with
+ * dilation and groups, pooling ties and overlaps, dropout's mask); graphs
+ * with add, concat and fan-out, forward, backward and a training step; one
+ * whole training step of the example network (SGDM) and an Adam step with
+ * clipping; 2 workers sharing one GPU against 1 worker on the GPU and on
+ * the CPU (synchronised batch norm; pooled local batch norm), the device
  * all-reduce, and the example network trained on tests/fixtures/digits400.
  * Errors are relative to the largest reference value (testutil.h), TF32
  * off. First, on any machine, the checks that need no GPU: which layers
