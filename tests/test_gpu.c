@@ -1,10 +1,17 @@
-/* GPU backend (dptrain/gpu.h) against the CPU implementation: every layer's
- * forward and backward on random inputs, one whole training step of the
- * example network, 2 workers sharing one GPU against 1 worker on the whole
- * minibatch (synchronised batch norm; pooled local batch norm), the device
+/* GPU backend (dptrain/gpu.h) against the CPU implementation: every layer
+ * type with CUDA entries, forward and backward on random inputs (conv with
+ * dilation and groups, pooling ties and overlaps, dropout's mask); graphs
+ * with add, concat and fan-out, forward, backward and a training step; one
+ * whole training step of the example network (SGDM) and an Adam step with
+ * clipping; 2 workers sharing one GPU against 1 worker on the GPU and on
+ * the CPU (synchronised batch norm; pooled local batch norm), the device
  * all-reduce, and the example network trained on tests/fixtures/digits400.
  * Errors are relative to the largest reference value (testutil.h), TF32
- * off. Skips (exit 77) when the build has no CUDA or there is no GPU.
+ * off. First, on any machine, the checks that need no GPU: which layers
+ * have GPU code (dpt_net_gpu_supported and its message) and the --device
+ * decision (auto falls back to CPU workers, gpu refuses naming the layer).
+ * Then skips (exit 77, unless those failed) when the build has no CUDA or
+ * there is no GPU.
  *
  *   test_gpu                        the tests
  *   test_gpu --bench B [B ...]      images/s of the example network's
@@ -14,6 +21,7 @@
 #include "dptrain/train.h"
 #include "net/net_impl.h"
 #include "testutil.h"
+#include "train/train_internal.h"
 
 #include <time.h>
 #include <unistd.h>
@@ -158,7 +166,7 @@ static void layer_case(const char *what, const char *spec, int n, float lo, floa
     CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
     if (s == DPT_OK) {
         check_tables("gradient", cpu, dpt_net_grads(gpu), dpt_net_grads(cpu), tol, conv_tol);
-        s = net_gpu_debug_download(gpu, 0, 0, dxg, n_dx);
+        s = net_gpu_debug_download(gpu, net_node_grad(gpu, L - 2), dxg, n_dx);
         CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
         if (s == DPT_OK)
             check("input gradient", dxg, net_node_grad(cpu, L - 2), n_dx, conv_tol);
@@ -178,6 +186,95 @@ static void layer_case(const char *what, const char *spec, int n, float lo, floa
     }
     free(x), free(dy), free(yc), free(dxg);
     dpt_net_free(cpu), dpt_net_free(gpu);
+}
+
+/* 1 when this build's spec language has what spec uses (layer types and
+ * keys that other parts of the tree add); else says so and the case is
+ * not run. */
+static int spec_known(const char *what, const char *spec)
+{
+    dpt_net *net = NULL;
+    dpt_status s = dpt_net_from_spec(spec, "t", 10, 2, 1, &net);
+    dpt_net_free(net);
+    if (s != DPT_OK)
+        printf("%s: not run, this build cannot build its spec: %s\n", what, dpt_last_error());
+    return s == DPT_OK;
+}
+
+/* A network with several inputs per node or several consumers per output
+ * (add, concat, fan-out): forward, every learnable's gradient, a training
+ * step, against the CPU. */
+static void graph_case(const char *what, const char *spec, int n, double tol)
+{
+    if (!spec_known(what, spec))
+        return;
+    printf("%s:\n", what);
+    dpt_net *cpu, *gpu;
+    if (make_pair(spec, n, 1, &cpu, &gpu))
+        return;
+    size_t nx = (size_t)n * input_count(cpu), np = dpt_net_n_params(cpu);
+    int k = dpt_net_n_outputs(cpu);
+    float *x = malloc(nx * sizeof *x), *dy = malloc((size_t)n * k * sizeof *dy);
+    float *yc = malloc((size_t)n * k * sizeof *yc), *t = malloc((size_t)n * k * sizeof *t);
+    fill_uniform(x, nx, -1, 1, 71);
+    fill_uniform(dy, (size_t)n * k, -1, 1, 72);
+    fill_onehot(t, n, k, 73);
+    const float *y;
+    CHECK(dpt_net_forward(cpu, x, n, DPT_MODE_TRAIN, &y) == DPT_OK);
+    memcpy(yc, y, (size_t)n * k * sizeof *yc);
+    dpt_status s = dpt_net_forward(gpu, x, n, DPT_MODE_TRAIN, &y);
+    CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
+    if (s == DPT_OK)
+        check("forward", y, yc, (size_t)n * k, tol);
+    int last_softmax = strcmp(dpt_net_layer_type(cpu, dpt_net_n_layers(cpu) - 1), "softmax") == 0;
+    CHECK(dpt_net_backward(cpu, dy, 0) == DPT_OK);
+    s = dpt_net_backward(gpu, dy, 0);
+    CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
+    /* Conv weight gradients: 5e-3, as for the example network (cuDNN may
+     * pick a Winograd or FFT algorithm). */
+    if (s == DPT_OK)
+        check_tables("gradient", cpu, dpt_net_grads(gpu), dpt_net_grads(cpu), tol, 5e-3);
+    if (last_softmax) {
+        dpt_sgdm *oc = NULL, *og = NULL;
+        CHECK(dpt_sgdm_new(np, 0.01f, 0.9f, 0.0f, &oc) == DPT_OK);
+        CHECK(dpt_sgdm_new(np, 0.01f, 0.9f, 0.0f, &og) == DPT_OK);
+        double lc = 0, lg = 0;
+        CHECK(dpt_train_step(cpu, oc, NULL, x, t, n, &lc, NULL) == DPT_OK);
+        s = dpt_train_step(gpu, og, NULL, x, t, n, &lg, NULL);
+        CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
+        if (s == DPT_OK && (s = dpt_net_sync_to_host(gpu)) == DPT_OK) {
+            float fl = (float)lg, rl = (float)lc;
+            check("training step: loss", &fl, &rl, 1, 1e-5);
+            check_tables("training step: gradient", cpu, dpt_net_grads(gpu), dpt_net_grads(cpu),
+                         tol, 5e-3);
+            check("training step: learnables", dpt_net_params(gpu), dpt_net_params(cpu), np,
+                  tol);
+            check("training step: state", dpt_net_state(gpu), dpt_net_state(cpu),
+                  dpt_net_n_state_floats(cpu), tol);
+        }
+        dpt_sgdm_free(oc), dpt_sgdm_free(og);
+    }
+    free(x), free(dy), free(yc), free(t);
+    dpt_net_free(cpu), dpt_net_free(gpu);
+}
+
+static void test_graphs(void)
+{
+    graph_case("add of two branches", "input in size=6x6x3\nconv a filter=3 filters=4 padding=1\n"
+               "conv b filter=1 filters=4 from=in\nadd t from=a,b\nfc f outputs=5\n", 9, 1e-4);
+    graph_case("concat of two branches", "input in size=6x6x3\nconv a filter=3 filters=4 "
+               "padding=1\nconv b filter=1 filters=2 from=in\nconcat t from=a,b\nfc f "
+               "outputs=5\n", 9, 1e-4);
+    graph_case("residual block with fan-out, batch norm, add and concat",
+               "input in size=8x8x2\nconv c1 filter=3 filters=4 padding=1\nbatchnorm b1\n"
+               "relu r1\nconv c2 filter=3 filters=4 padding=1\nbatchnorm b2\n"
+               "add s from=r1,b2\nrelu r2\nconcat k from=r2,r1\nfc f outputs=10\n"
+               "softmax sm\n", 9, 1e-4);
+    graph_case("residual block with leaky ReLU, dropout, tanh and global average pooling",
+               "input in size=8x8x2\nconv c1 filter=3 filters=4 padding=1\nbatchnorm b1\n"
+               "leakyrelu r1\ndropout d p=0.25\nconv c2 filter=3 filters=4 padding=1\n"
+               "add s from=r1,c2\ntanh t\nglobalavgpool g\nfc f outputs=10\nsoftmax sm\n",
+               9, 1e-4);
 }
 
 static void test_layers(void)
@@ -203,6 +300,43 @@ static void test_layers(void)
     layer_case("fc", "input in size=5x5x3\nrelu p\nfc t outputs=7\n", 9, 0.05f, 1, 1e-4, 1e-4);
     layer_case("softmax (general gradient)", "input in size=1x1x6\nfc p outputs=5\nsoftmax t\n",
                9, -2, 2, 1e-4, 1e-4);
+    /* conv with dilation and groups (cuDNN), where the spec has them. */
+    static const char dil[] = "input in size=11x11x4\nrelu p\n"
+                              "conv t filter=3 filters=5 dilation=2 padding=2\n";
+    static const char grp[] = "input in size=9x9x4\nrelu p\n"
+                              "conv t filter=3 filters=6 groups=2 padding=1\n";
+    if (spec_known("conv dilation 2", dil))
+        layer_case("conv 3x3, dilation 2, padding 2", dil, 9, 0.05f, 1, 1e-4, 1e-4);
+    if (spec_known("conv groups 2", grp))
+        layer_case("conv 3x3, 2 groups, padding 1", grp, 9, 0.05f, 1, 1e-4, 1e-4);
+    /* The other types with CUDA entries, where the spec has them. */
+    static const struct {
+        const char *what, *spec;
+        float lo, hi;
+    } more[] = {
+        {"leakyrelu alpha=0.2", "input in size=6x6x3\nconv p filter=3 filters=4 padding=1\n"
+                                "leakyrelu t alpha=0.2\n", -1, 1},
+        {"sigmoid", "input in size=6x6x3\nconv p filter=3 filters=4 padding=1\nsigmoid t\n",
+         -1, 1},
+        {"tanh", "input in size=6x6x3\nconv p filter=3 filters=4 padding=1\ntanh t\n", -1, 1},
+        {"dropout p=0.3 (TRAIN: the CPU's mask)", "input in size=6x6x3\nconv p filter=3 "
+                                                 "filters=4 padding=1\ndropout t p=0.3\n", -1, 1},
+        {"globalavgpool", "input in size=7x5x3\nconv p filter=3 filters=4 padding=1\n"
+                          "globalavgpool t\n", -1, 1},
+        /* After a ReLU many windows tie at 0: the first maximum takes it. */
+        {"maxpool 3x3 stride 2 padding 1 (ties after a ReLU)",
+         "input in size=9x8x3\nconv c filter=3 filters=4 padding=1\nrelu p\n"
+         "maxpool t size=3 stride=2 padding=1\n", -1, 1},
+        {"maxpool 3x3 stride 1 (overlapping windows)", "input in size=7x7x2\nconv p filter=1 "
+                                                      "filters=3\nmaxpool t size=3 stride=1\n",
+         -1, 1},
+        {"avgpool 3x2 stride 2 padding 1", "input in size=9x8x3\nconv p filter=3 filters=4 "
+                                          "padding=1\navgpool t size=3x2 stride=2 padding=1\n",
+         -1, 1},
+    };
+    for (size_t i = 0; i < sizeof more / sizeof *more; i++)
+        if (spec_known(more[i].what, more[i].spec))
+            layer_case(more[i].what, more[i].spec, 9, more[i].lo, more[i].hi, 1e-4, 1e-4);
 }
 
 /* conv -> batch norm -> ReLU -> fc with the ReLU fused into the batch norm
@@ -311,6 +445,52 @@ static void test_step(void)
     dpt_net_free(cpu), dpt_net_free(gpu);
 }
 
+/* Adam with gradient clipping through the one training step: the device
+ * update (optim_gpu_step) against the CPU's, moments brought back. */
+static void test_adam_step(void)
+{
+    enum { N = 16, K = 10 };
+    printf("conv-batchnorm-relu-fc, one Adam step with clipping, batch %d:\n", N);
+    /* No bias before the batch norm: its gradient is 0 plus rounding noise,
+     * which Adam's first step (about lr·sign(g)) would turn into a
+     * difference of lr. */
+    static const char spec[] = "input in size=28x28x1\nconv c filter=5 filters=8 bias=0\n"
+                               "batchnorm b\nrelu r\nfc f outputs=10\nsoftmax s\n";
+    dpt_net *cpu, *gpu;
+    if (make_pair(spec, N, 1, &cpu, &gpu))
+        return;
+    size_t np = dpt_net_n_params(cpu);
+    float *x = malloc((size_t)N * 784 * sizeof *x), t[N * K];
+    fill_uniform(x, (size_t)N * 784, 0, 1, 81);
+    fill_onehot(t, N, K, 82);
+    dpt_optim_opts oo = DPT_OPTIM_OPTS_INIT;
+    oo.clip_norm = 0.5; /* below the first gradient's norm: clipping acts */
+    dpt_optim *oc = NULL, *og = NULL;
+    CHECK(dpt_optim_new(DPT_OPTIM_ADAM, np, &oo, &oc) == DPT_OK);
+    CHECK(dpt_optim_new(DPT_OPTIM_ADAM, np, &oo, &og) == DPT_OK);
+    double lc = 0, lg = 0;
+    dpt_status s = DPT_ERR_ARG;
+    if (oc && og) {
+        CHECK(dpt_train_step_optim(cpu, oc, NULL, x, t, N, &lc, NULL) == DPT_OK);
+        s = dpt_train_step_optim(gpu, og, NULL, x, t, N, &lg, NULL);
+        CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
+    }
+    if (s == DPT_OK && (s = dpt_net_sync_to_host(gpu)) == DPT_OK) {
+        float fl = (float)lg, rl = (float)lc;
+        check("loss", &fl, &rl, 1, 1e-5);
+        float nc = (float)dpt_optim_last_norm(oc), ng = (float)dpt_optim_last_norm(og);
+        check("gradient norm before clipping", &ng, &nc, 1, 1e-4);
+        check("updated learnables (all)", dpt_net_params(gpu), dpt_net_params(cpu), np, 1e-3);
+        for (size_t i = 0; i < dpt_optim_n_buffers(oc); i++)
+            check(dpt_optim_buffer_name(oc, i), dpt_optim_buffer(og, i), dpt_optim_buffer(oc, i),
+                  np, 5e-3);
+        CHECK(dpt_optim_step_count(og) == dpt_optim_step_count(oc));
+    }
+    dpt_optim_free(oc), dpt_optim_free(og);
+    free(x);
+    dpt_net_free(cpu), dpt_net_free(gpu);
+}
+
 /* ---- 2 workers on one GPU against 1 worker on the whole minibatch ---------------- */
 
 enum { PM = 24, PK = 10 };
@@ -325,6 +505,7 @@ typedef struct presult {
 
 typedef struct pjob {
     int sync_bn, steps;
+    int on_cpu;           /* the same workers on the CPU (the reference) */
     dpt_gpu_reduce reduce;
     presult res[4];
 } pjob;
@@ -343,7 +524,7 @@ static dpt_status pworker(dpt_comm *comm, void *arg)
     dpt_gpu_options o = DPT_GPU_OPTIONS_INIT;
     o.device = dpt_gpu_for_worker(comm);
     o.reduce = j->reduce;
-    if (s == DPT_OK)
+    if (s == DPT_OK && !j->on_cpu)
         s = dpt_net_to_gpu_opts(net, &o);
     if (s == DPT_OK)
         s = dpt_sgdm_new(dpt_net_n_params(net), 0.05f, 0.9f, 0.0f, &opt);
@@ -371,16 +552,22 @@ static dpt_status pworker(dpt_comm *comm, void *arg)
     return s;
 }
 
-static int prun(int n_workers, int sync_bn, int steps, dpt_gpu_reduce reduce, pjob *j)
+static int prun_on(int on_cpu, int n_workers, int sync_bn, int steps, dpt_gpu_reduce reduce,
+                   pjob *j)
 {
     memset(j, 0, sizeof *j);
-    j->sync_bn = sync_bn, j->steps = steps, j->reduce = reduce;
+    j->sync_bn = sync_bn, j->steps = steps, j->reduce = reduce, j->on_cpu = on_cpu;
     dpt_spmd_config cfg = DPT_SPMD_CONFIG_INIT;
     cfg.backend = DPT_COMM_LOCAL;
     cfg.n_workers = n_workers;
     dpt_status s = dpt_spmd_run(&cfg, pworker, j);
     CHECK_MSG(s == DPT_OK, "%d workers: %s", n_workers, dpt_last_error());
     return s == DPT_OK ? 0 : -1;
+}
+
+static int prun(int n_workers, int sync_bn, int steps, dpt_gpu_reduce reduce, pjob *j)
+{
+    return prun_on(0, n_workers, sync_bn, steps, reduce, j);
 }
 
 static void pfree(pjob *j, int n)
@@ -429,6 +616,22 @@ static void test_two_workers(void)
             pfree(&two, 2);
         }
         pfree(&one, 1);
+    }
+    /* 2 GPU workers against 1 CPU worker on the whole minibatch: the one
+     * training step of train/step.c on both devices. */
+    {
+        pjob cpu1, two;
+        if (prun_on(1, 1, 1, 1, DPT_GPU_REDUCE_AUTO, &cpu1) == 0 &&
+            prun(2, 1, 1, DPT_GPU_REDUCE_AUTO, &two) == 0) {
+            printf("2 workers on one GPU vs 1 worker on the CPU, synchronised batch norm, 1 step:\n");
+            float lc = (float)cpu1.res[0].loss, lg = (float)two.res[0].loss;
+            check("loss", &lg, &lc, 1, 1e-5);
+            check("gradients (all)", two.res[0].grads, cpu1.res[0].grads, np, 5e-3);
+            check("updated learnables", two.res[0].params, cpu1.res[0].params, np, 1e-4);
+            check("state", two.res[0].state, cpu1.res[0].state, ns, 1e-4);
+            pfree(&two, 2);
+        }
+        pfree(&cpu1, 1);
     }
     pjob one, two;
     /* Local batch norm: after one step the pooled running statistics of bn1
@@ -583,6 +786,122 @@ static void test_digits(void)
     dpt_datastore_free(test), dpt_datastore_free(train), dpt_datastore_free(all);
 }
 
+/* ---- without a GPU: which layers have GPU code, and the --device decision ---------- */
+
+static const char *supports_test_reason(const dpt_layer *l)
+{
+    (void)l;
+    return "a reason of the test";
+}
+
+static void test_supported(void)
+{
+    printf("GPU support of layers and the --device decision (no GPU needed):\n");
+    dpt_net *net = NULL;
+    dpt_status s = dpt_net_from_spec(dpt_net_default_spec(), "ex.spec", 10, 4, 1, &net);
+    CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
+    if (s != DPT_OK)
+        return;
+    /* Every type of the example network has GPU code, and a type with a
+     * supports check has its forward and backward entries in a CUDA build
+     * (the input layer has no forward: the executor places x). */
+    CHECK_MSG(dpt_net_gpu_supported(net) == DPT_OK, "%s", dpt_last_error());
+    for (int i = 0; i < net->n_layers; i++) {
+        const layer_type *t = net->layers[i].type;
+        CHECK_MSG(t->gpu_supports != NULL, "type %s has no gpu_supports", t->name);
+        if (dpt_gpu_have_cuda() && t->forward)
+            CHECK_MSG(t->gpu_forward && t->gpu_backward, "type %s: gpu_supports without "
+                      "gpu_forward/gpu_backward", t->name);
+        if (!dpt_gpu_have_cuda())
+            CHECK_MSG(!t->gpu_forward && !t->gpu_setup, "type %s: CUDA entries in a build "
+                      "without CUDA", t->name);
+    }
+    char notice[768];
+    int d = dpt_train_pick_device("auto", 2, 0, net, notice, sizeof notice);
+    CHECK_MSG(d == 1 && !notice[0], "auto, 2 GPUs, all layers: %d '%s'", d, notice);
+    CHECK(dpt_train_pick_device("auto", 0, 0, net, notice, sizeof notice) == 0 && !notice[0]);
+    CHECK(dpt_train_pick_device("auto", 1, 4, net, notice, sizeof notice) == 0 && !notice[0]);
+    CHECK(dpt_train_pick_device("cpu", 2, 0, net, notice, sizeof notice) == 0 && !notice[0]);
+    CHECK(dpt_train_pick_device("gpu", 2, 0, net, notice, sizeof notice) == 1);
+    CHECK(dpt_train_pick_device("gpu", 2, 0, NULL, notice, sizeof notice) == 1);
+    d = dpt_train_pick_device("gpu", 0, 0, net, notice, sizeof notice);
+    CHECK_MSG(d == -1 && strstr(dpt_last_error(), "--device gpu: no usable GPU"), "%d: %s", d,
+              dpt_last_error());
+    d = dpt_train_pick_device("tpu", 2, 0, net, notice, sizeof notice);
+    CHECK_MSG(d == -1 && strstr(dpt_last_error(), "unknown device 'tpu'"), "%d: %s", d,
+              dpt_last_error());
+
+    /* A layer whose type has no GPU code (bn2, line 8 of the example spec:
+     * its type swapped for a copy without CUDA entries), then one whose
+     * supports check refuses its configuration. */
+    int bn2 = -1;
+    for (int i = 0; i < net->n_layers; i++)
+        if (strcmp(net->layers[i].name, "bn2") == 0)
+            bn2 = i;
+    CHECK(bn2 > 0);
+    if (bn2 < 0) {
+        dpt_net_free(net);
+        return;
+    }
+    const layer_type *real = net->layers[bn2].type;
+    layer_type fake = *real;
+    fake.gpu_supports = NULL;
+    fake.gpu_setup = NULL, fake.gpu_release = NULL;
+    fake.gpu_forward = NULL, fake.gpu_backward = NULL;
+    net->layers[bn2].type = &fake;
+    s = dpt_net_gpu_supported(net);
+    printf("  %s\n", dpt_last_error());
+    CHECK_MSG(s == DPT_ERR_UNSUPPORTED &&
+                  strstr(dpt_last_error(), "ex.spec:8: layer 'bn2' (batchnorm) has no GPU code"),
+              "%d: %s", s, dpt_last_error());
+    /* --device gpu refuses naming it; auto trains on CPU workers and says why. */
+    d = dpt_train_pick_device("gpu", 2, 0, net, notice, sizeof notice);
+    printf("  %s\n", dpt_last_error());
+    CHECK_MSG(d == -1 && strstr(dpt_last_error(), "--device gpu: ex.spec:8: layer 'bn2'"),
+              "%d: %s", d, dpt_last_error());
+    d = dpt_train_pick_device("auto", 2, 0, net, notice, sizeof notice);
+    printf("  auto: %s\n", notice);
+    CHECK_MSG(d == 0 && strstr(notice, "CPU workers") && strstr(notice, "layer 'bn2'") &&
+                  !strchr(notice, '\n'), "%d: '%s'", d, notice);
+    /* Moving such a network fails the same way (or, without CUDA, says so),
+     * and leaves it on the CPU. */
+    s = dpt_net_to_gpu(net, 0);
+    CHECK_MSG(s == DPT_ERR_UNSUPPORTED && dpt_net_device(net) == -1 &&
+                  (!dpt_gpu_have_cuda() || strstr(dpt_last_error(), "layer 'bn2'")),
+              "%d: %s", s, dpt_last_error());
+    /* A real type without CUDA entries: max pooling. */
+    static const char pool_spec[] = "input in size=8x8x1\nconv c filter=3 filters=2\n"
+                                    "maxpool mp size=2\nfc f outputs=3\n";
+    dpt_net *pnet = NULL;
+    if (dpt_net_from_spec(pool_spec, "pool.spec", 3, 2, 1, &pnet) == DPT_OK) {
+        s = dpt_net_gpu_supported(pnet);
+        printf("  %s\n", s == DPT_OK ? "maxpool has GPU code" : dpt_last_error());
+        if (!pnet->layers[2].type->gpu_supports)
+            CHECK_MSG(s == DPT_ERR_UNSUPPORTED &&
+                          strstr(dpt_last_error(), "pool.spec:3: layer 'mp' (maxpool) has no GPU "
+                                                   "code"), "%d: %s", s, dpt_last_error());
+        dpt_net_free(pnet);
+    }
+    fake = *real;
+    fake.gpu_supports = supports_test_reason;
+    s = dpt_net_gpu_supported(net);
+    printf("  %s\n", dpt_last_error());
+    CHECK_MSG(s == DPT_ERR_UNSUPPORTED &&
+                  strstr(dpt_last_error(), "layer 'bn2' (batchnorm) has no GPU code for this "
+                                           "configuration: a reason of the test"),
+              "%d: %s", s, dpt_last_error());
+    net->layers[bn2].type = real;
+    /* Without a device the move fails and leaves a working CPU network. */
+    if (dpt_gpu_count() < 1) {
+        CHECK(dpt_net_to_gpu(net, 0) != DPT_OK && dpt_net_device(net) == -1);
+        float x[4 * 784] = {0};
+        const float *y;
+        s = dpt_net_forward(net, x, 4, DPT_MODE_PREDICT, &y);
+        CHECK_MSG(s == DPT_OK, "forward after a failed move: %s", dpt_last_error());
+    }
+    dpt_net_free(net);
+}
+
 /* ---- benchmark ------------------------------------------------------------------------ */
 
 static int bench(int argc, char **argv)
@@ -643,14 +962,16 @@ int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "--bench") == 0)
         return bench(argc - 2, argv + 2);
+    test_supported();
     if (!dpt_gpu_have_cuda()) {
-        printf("test_gpu: skipped: this build of dptrain has no CUDA backend\n");
-        return TU_SKIP;
+        printf("test_gpu: the GPU tests skipped: this build of dptrain has no CUDA backend\n");
+        return *tu_failures() ? 1 : TU_SKIP;
     }
     int n = dpt_gpu_count();
     if (n < 1) {
-        printf("test_gpu: skipped: no usable GPU (CUDA build, but no device or driver)\n");
-        return TU_SKIP;
+        printf("test_gpu: the GPU tests skipped: no usable GPU (CUDA build, but no device or "
+               "driver)\n");
+        return *tu_failures() ? 1 : TU_SKIP;
     }
     for (int i = 0; i < n; i++) {
         dpt_gpu_info info;
@@ -663,7 +984,9 @@ int main(int argc, char **argv)
     test_layers();
     double layers_worst = worst_layer_err;
     test_fusion();
+    test_graphs();
     test_step();
+    test_adam_step();
     test_allreduce();
     test_two_workers();
     test_digits();

@@ -5,9 +5,12 @@
  * dpt_net_to_gpu: its flat buffers (learnables, gradients, batch-norm
  * state) and activations get device copies, and from then on
  * dpt_net_forward, dpt_net_backward, dpt_net_update_state, dpt_train_step
- * and dpt_train_aggregate run on that GPU: convolutions through cuDNN, the
- * fully connected layer through cuBLAS, batch norm, ReLU, softmax,
- * cross-entropy and the SGDM update as dptrain's own CUDA kernels. Inputs
+ * and dpt_train_aggregate run on that GPU (the same executor and training
+ * step as on the CPU, calling each layer type's CUDA entries):
+ * convolutions through cuDNN, the fully connected layer through cuBLAS,
+ * the other layer types that have CUDA entries, cross-entropy and the
+ * optimizer's update as dptrain's own CUDA kernels. A network with a layer
+ * that has no GPU code cannot move (dpt_net_gpu_supported). Inputs
  * (x, targets, dy) still come from host memory: they are copied through a
  * pinned staging ring on a copy stream. Per training step the host sees
  * only the loss and the batch-norm statistics (one small copy); the
@@ -28,11 +31,14 @@
  * updated on the host and copied to the device each step, so its mirror is
  * never stale.
  *
- * Optimizer: the velocity of the dpt_sgdm given to dpt_train_step (or
- * dpt_net_sgdm_step) moves to the device at its first step with this
- * network and stays there; dpt_net_sync_to_host (and dpt_net_to_cpu)
- * copies it back into opt->velocity, so the optimizer must still be alive
- * then, and the next step takes it from the host again. Before freeing an
+ * Optimizer: the state of the optimizer given to dpt_train_step,
+ * dpt_train_step_optim, dpt_net_sgdm_step or dpt_net_optim_step (the
+ * dpt_sgdm's velocity; a dpt_optim's buffers) moves to the device at its
+ * first step with this network and stays there; dpt_net_sync_to_host (and
+ * dpt_net_to_cpu) copies it back into the optimizer's buffers
+ * (opt->velocity, dpt_optim_buffer), so the optimizer must still be alive
+ * then, and the next step takes it from the host again. The update
+ * (SGDM, Adam, gradient clipping) runs on the device. Before freeing an
  * optimizer that is still in use with a GPU network, call
  * dpt_net_sync_to_host (a new optimizer could get the freed one's address
  * and be taken for it); an optimizer passed after another simply replaces
@@ -135,6 +141,15 @@ typedef struct dpt_gpu_options {
 #define DPT_GPU_OPTIONS_VERSION 1
 #define DPT_GPU_OPTIONS_INIT {DPT_GPU_OPTIONS_VERSION, 0, 0, 0, DPT_GPU_REDUCE_AUTO, 1}
 
+/* DPT_OK when every layer of net has GPU code for its configuration (each
+ * layer type's CUDA entries and their supports check), else
+ * DPT_ERR_UNSUPPORTED with a message naming the first layer that has none:
+ * "<spec>:<line>: layer '<name>' (<type>) has no GPU code[ for this
+ * configuration: <why>]". Reads the layer table only, so it answers in any
+ * build, with or without CUDA or a device; dpt_net_to_gpu fails the same
+ * way, and `dptrain train --device auto` trains on CPU workers instead. */
+DPT_API dpt_status dpt_net_gpu_supported(const dpt_net *net);
+
 /* Move net to GPU `device` with the default options (see
  * dpt_net_to_gpu_opts). */
 DPT_API dpt_status dpt_net_to_gpu(dpt_net *net, int device);
@@ -169,6 +184,10 @@ DPT_API dpt_status dpt_net_sync_to_device(dpt_net *net);
  * or, for a CPU network, dpt_sgdm_step. For custom loops that call
  * dpt_net_backward and dpt_train_aggregate themselves. */
 DPT_API dpt_status dpt_net_sgdm_step(dpt_net *net, dpt_sgdm *opt);
+/* dpt_net_sgdm_step for any optimizer of the dpt_optim interface (SGDM,
+ * Adam, with clipping): its state buffers move to the device at its first
+ * step, as the velocity above, and come back with dpt_net_sync_to_host. */
+DPT_API dpt_status dpt_net_optim_step(dpt_net *net, dpt_optim *opt);
 /* A text for logs: device, options, the cuDNN algorithms chosen per
  * convolution and how gradients are reduced. "cpu" for a CPU network.
  * Valid until the network changes device or is freed. */

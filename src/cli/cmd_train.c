@@ -71,7 +71,9 @@ static const char help[] =
     "parallel:\n"
     "  --device NAME       auto | cpu | gpu (default auto: GPUs when this build has CUDA\n"
     "                      and a device is found, one worker per GPU, else CPU workers;\n"
-    "                      --workers N with more workers than GPUs means CPU workers)\n"
+    "                      --workers N with more workers than GPUs means CPU workers, and\n"
+    "                      so does a layer without GPU code, with a notice; gpu refuses\n"
+    "                      such a layer, naming it)\n"
     "  --batch-per-worker  on GPUs, keep --batch as the global minibatch (default: the\n"
     "                      MATLAB example's rule, --batch per GPU, so B x GPUs in all)\n"
     "  --workers N         CPU workers (default: the CPUs this process may run on, as\n"
@@ -383,21 +385,21 @@ int cli_train(int argc, char **argv)
         return cli_error("--momentum: %g must be in [0, 1)", momentum);
     if (!(wd >= 0))
         return cli_error("--weight-decay: %g must not be negative", wd);
-    if (strcmp(device, "auto") && strcmp(device, "cpu") && strcmp(device, "gpu"))
-        return cli_error("--device: unknown device '%s' (auto, cpu, gpu)", device);
-    /* MATLAB's canUseGPU: GPUs when the build and the machine have them. */
+    /* MATLAB's canUseGPU: GPUs when the build and the machine have them,
+     * and every layer of the network has GPU code (auto falls back to CPU
+     * workers with a notice, gpu refuses naming the layer). */
     int n_gpus = strcmp(device, "cpu") ? dpt_gpu_count() : 0;
-    /* auto with Adam or clipping: the GPU step does not take them yet (the
-     * GPU executor's update through optim_gpu_step lifts this). */
-    if (!strcmp(device, "auto") && (optim_kind != DPT_OPTIM_SGDM || clip_norm > 0))
+    dpt_net *gpu_probe = NULL;
+    if (n_gpus > 0 && net_path && dpt_net_from_spec_file(net_path, 2, 1, 0, &gpu_probe) != DPT_OK)
+        gpu_probe = NULL; /* a bad spec is reported below, against the data's classes */
+    char device_notice[768];
+    int use_gpu = dpt_train_pick_device(device, n_gpus, workers, gpu_probe, device_notice,
+                                        sizeof device_notice);
+    dpt_net_free(gpu_probe);
+    if (use_gpu < 0)
+        return cli_error("%s", dpt_last_error());
+    if (!use_gpu)
         n_gpus = 0;
-    /* auto with more --workers than GPUs: the user asked for CPU workers. */
-    if (!strcmp(device, "auto") && workers > n_gpus)
-        n_gpus = 0;
-    if (!strcmp(device, "gpu") && n_gpus == 0)
-        return cli_error("--device gpu: no usable GPU (%s)", dpt_gpu_have_cuda()
-                             ? "no CUDA device found" : "this dptrain was built without CUDA");
-    int use_gpu = n_gpus > 0;
     dpt_comm_backend backend;
     if (dpt_comm_backend_parse(backend_name, &backend) != DPT_OK)
         return cli_error("--backend: unknown backend '%s' (auto, local, mpi)", backend_name);
@@ -525,6 +527,8 @@ int cli_train(int argc, char **argv)
     catch_stop_signals();
     if (!quiet && use_gpu)
         printf("device: %d GPU%s (one worker per GPU)\n", n_gpus, n_gpus == 1 ? "" : "s");
+    if (!quiet && device_notice[0])
+        printf("%s\n", device_notice);
     if (!quiet)
         printf("training on %zu images (%d classes), testing on %zu; %d worker%s, minibatch %ld, "
                "%ld epochs\n", dpt_datastore_n_obs(train), k, dpt_datastore_n_obs(testds),

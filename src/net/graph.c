@@ -353,6 +353,8 @@ dpt_status net_replan(dpt_net *net, int fusion)
     return s;
 }
 
+dpt_status net_plan_buffers(dpt_net *net) { return plan_buffers(net); }
+
 /* Floats of the activation buffers (*acts) and of the gradient and
  * scratch buffers (*grads) the plan allocates. */
 void net_plan_floats(const dpt_net *net, double *acts, double *grads)

@@ -90,11 +90,16 @@ static void leaky_describe(const dpt_layer *l, char *buf, size_t cap)
 
 static void free_priv(dpt_layer *l) { free(l->priv); }
 
+/* For the CUDA entries (layer_gpu.c). */
+float leaky_layer_alpha(const dpt_layer *l) { return ((const leaky_layer *)l->priv)->alpha; }
+
 const layer_type dpt_layer_leakyrelu = {
     .name = "leakyrelu", .min_inputs = 1, .max_inputs = 1,
     .create = leaky_create, .set = leaky_set, .infer = act_infer,
     .forward = leaky_forward, .backward = leaky_backward, .describe = leaky_describe,
     .free = free_priv,
+    .gpu_supports = gpu_supports_always, .gpu_forward = GPU_ENTRY(leaky_gpu_forward),
+    .gpu_backward = GPU_ENTRY(leaky_gpu_backward),
 };
 
 /* ---- sigmoid, tanh: the backward needs only the output ------------------------- */
@@ -120,6 +125,8 @@ const layer_type dpt_layer_sigmoid = {
     .name = "sigmoid", .min_inputs = 1, .max_inputs = 1,
     .set = no_keys, .infer = act_infer,
     .forward = sigmoid_forward, .backward = sigmoid_backward,
+    .gpu_supports = gpu_supports_always, .gpu_forward = GPU_ENTRY(sigmoid_gpu_forward),
+    .gpu_backward = GPU_ENTRY(sigmoid_gpu_backward),
 };
 
 static dpt_status tanh_forward(dpt_net *net, dpt_layer *l, const float *const *x, float *y, int n,
@@ -143,4 +150,6 @@ const layer_type dpt_layer_tanh = {
     .name = "tanh", .min_inputs = 1, .max_inputs = 1,
     .set = no_keys, .infer = act_infer,
     .forward = tanh_forward, .backward = tanh_backward,
+    .gpu_supports = gpu_supports_always, .gpu_forward = GPU_ENTRY(tanh_gpu_forward),
+    .gpu_backward = GPU_ENTRY(tanh_gpu_backward),
 };

@@ -265,10 +265,26 @@ static void bn_free(dpt_layer *l)
     free(b);
 }
 
+/* For the CUDA entries (layer_gpu.c). */
+void bn_layer_conf(const dpt_layer *l, float *epsilon, float *decay)
+{
+    const bn_layer *b = l->priv;
+    *epsilon = b->epsilon, *decay = b->decay;
+}
+
+void bn_layer_batch(dpt_layer *l, double **mean, double **var)
+{
+    bn_layer *b = l->priv;
+    *mean = b->batch_mean, *var = b->batch_var;
+}
+
 const layer_type dpt_layer_batchnorm = {
     .name = "batchnorm", .min_inputs = 1, .max_inputs = 1,
     .create = bn_create, .set = bn_set, .infer = bn_infer,
     .init = bn_init, .forward = bn_forward, .backward = bn_backward,
     .pool_doubles = bn_pool_doubles, .pool_pack = bn_pool_pack, .pool_apply = bn_pool_apply,
     .describe = bn_describe, .free = bn_free,
+    .gpu_supports = gpu_supports_always, .gpu_setup = GPU_ENTRY(bn_gpu_setup),
+    .gpu_release = GPU_ENTRY(bn_gpu_release), .gpu_forward = GPU_ENTRY(bn_gpu_forward),
+    .gpu_backward = GPU_ENTRY(bn_gpu_backward),
 };

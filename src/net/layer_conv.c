@@ -203,11 +203,21 @@ static void conv_describe(const dpt_layer *l, char *buf, size_t cap)
 
 static void free_priv(dpt_layer *l) { free(l->priv); }
 
+/* For the CUDA entries (layer_gpu.c). */
+conv_geom conv_layer_geom(const dpt_layer *l)
+{
+    const conv_layer *c = l->priv;
+    return (conv_geom){c->kh, c->kw, c->stride, c->pad, c->dilation, c->groups, c->bias};
+}
+
 const layer_type dpt_layer_conv = {
     .name = "conv", .min_inputs = 1, .max_inputs = 1,
     .create = conv_create, .set = conv_set, .infer = conv_infer,
     .init = conv_init, .work_floats = conv_work, .forward = conv_forward,
     .backward = conv_backward, .describe = conv_describe, .free = free_priv,
+    .gpu_supports = conv_gpu_supports, .gpu_setup = GPU_ENTRY(conv_gpu_setup),
+    .gpu_release = GPU_ENTRY(conv_gpu_release), .gpu_forward = GPU_ENTRY(conv_gpu_forward),
+    .gpu_backward = GPU_ENTRY(conv_gpu_backward),
 };
 
 /* ---- fully connected over the flattened [C, H, W] input ------------------------ */
@@ -307,4 +317,6 @@ const layer_type dpt_layer_fc = {
     .create = fc_create, .set = fc_set, .infer = fc_infer, .init = fc_init,
     .work_floats = fc_work, .forward = fc_forward, .backward = fc_backward,
     .describe = fc_describe, .free = free_priv,
+    .gpu_supports = gpu_supports_always, .gpu_forward = GPU_ENTRY(fc_gpu_forward),
+    .gpu_backward = GPU_ENTRY(fc_gpu_backward),
 };

@@ -66,21 +66,37 @@ static size_t per_obs(const dpt_layer *l)
     return (size_t)l->out[0] * l->out[1] * l->out[2];
 }
 
-static dpt_status dropout_forward(dpt_net *net, dpt_layer *l, const float *const *x, float *y,
-                                  int n, dpt_mode mode)
+int dropout_layer_last(const dpt_layer *l, dropout_key *k)
+{
+    const dropout_layer *d = l->priv;
+    *k = (dropout_key){d->p, d->seed, d->epoch, d->iteration, (uint64_t)l->index, d->obs0};
+    return d->train;
+}
+
+/* The forward's bookkeeping (also for the CUDA entries, layer_gpu.c). */
+int dropout_layer_begin(const dpt_net *net, dpt_layer *l, dpt_mode mode, dropout_key *k)
 {
     dropout_layer *d = l->priv;
     d->train = mode == DPT_MODE_TRAIN && d->p > 0.0f;
-    if (!d->train) {
+    if (d->train) {
+        d->seed = net->seed;
+        d->epoch = (uint64_t)net->epoch;
+        d->iteration = (uint64_t)net->iteration;
+        d->obs0 = (uint64_t)net->obs_offset;
+    }
+    return dropout_layer_last(l, k);
+}
+
+static dpt_status dropout_forward(dpt_net *net, dpt_layer *l, const float *const *x, float *y,
+                                  int n, dpt_mode mode)
+{
+    dropout_key k;
+    if (!dropout_layer_begin(net, l, mode, &k)) {
         memcpy(y, x[0], (size_t)n * per_obs(l) * sizeof *y);
         return DPT_OK;
     }
-    d->seed = net->seed;
-    d->epoch = (uint64_t)net->epoch;
-    d->iteration = (uint64_t)net->iteration;
-    d->obs0 = (uint64_t)net->obs_offset;
-    dpt_dropout_apply(x[0], y, n, per_obs(l), d->p, d->seed, d->epoch, d->iteration,
-                      (uint64_t)l->index, d->obs0);
+    dpt_dropout_apply(x[0], y, n, per_obs(l), k.p, k.seed, k.epoch, k.iteration, k.stream,
+                      k.obs0);
     return DPT_OK;
 }
 
@@ -115,4 +131,6 @@ const layer_type dpt_layer_dropout = {
     .create = dropout_create, .set = dropout_set, .infer = dropout_infer,
     .forward = dropout_forward, .backward = dropout_backward, .describe = dropout_describe,
     .free = free_priv,
+    .gpu_supports = gpu_supports_always, .gpu_forward = GPU_ENTRY(dropout_gpu_forward),
+    .gpu_backward = GPU_ENTRY(dropout_gpu_backward),
 };

@@ -146,11 +146,21 @@ static void pool_describe(const dpt_layer *l, char *buf, size_t cap)
 
 static void free_priv(dpt_layer *l) { free(l->priv); }
 
+/* For the CUDA entries (layer_gpu.c): the window geometry; 1 for max. */
+int pool_layer_desc(const dpt_layer *l, dpt_pool2d_desc *d)
+{
+    const pool_layer *p = l->priv;
+    *d = p->d;
+    return p->kind == POOL_MAX;
+}
+
 const layer_type dpt_layer_maxpool = {
     .name = "maxpool", .min_inputs = 1, .max_inputs = 1,
     .create = maxpool_create, .set = pool_set, .infer = pool_infer,
     .forward = pool_forward, .backward = pool_backward, .describe = pool_describe,
     .free = free_priv,
+    .gpu_supports = gpu_supports_always, .gpu_forward = GPU_ENTRY(pool_gpu_forward),
+    .gpu_backward = GPU_ENTRY(pool_gpu_backward),
 };
 
 const layer_type dpt_layer_avgpool = {
@@ -158,6 +168,8 @@ const layer_type dpt_layer_avgpool = {
     .create = avgpool_create, .set = pool_set, .infer = pool_infer,
     .forward = pool_forward, .backward = pool_backward, .describe = pool_describe,
     .free = free_priv,
+    .gpu_supports = gpu_supports_always, .gpu_forward = GPU_ENTRY(pool_gpu_forward),
+    .gpu_backward = GPU_ENTRY(pool_gpu_backward),
 };
 
 /* ---- globalavgpool: [C, H, W] -> [C, 1, 1] ---------------------------------- */
@@ -195,4 +207,6 @@ static dpt_status gap_backward(dpt_net *net, dpt_layer *l, const float *const *x
 const layer_type dpt_layer_globalavgpool = {
     .name = "globalavgpool", .min_inputs = 1, .max_inputs = 1,
     .set = gap_set, .infer = gap_infer, .forward = gap_forward, .backward = gap_backward,
+    .gpu_supports = gpu_supports_always, .gpu_forward = GPU_ENTRY(gap_gpu_forward),
+    .gpu_backward = GPU_ENTRY(gap_gpu_backward),
 };

@@ -42,7 +42,7 @@ static void input_describe(const dpt_layer *l, char *buf, size_t cap)
 const layer_type dpt_layer_input = {
     .name = "input", .min_inputs = 0, .max_inputs = 0,
     .create = input_create, .set = input_set, .infer = input_infer,
-    .describe = input_describe,
+    .describe = input_describe, .gpu_supports = gpu_supports_always,
 };
 
 /* ---- layers that take no keys ---------------------------------------------- */
@@ -85,6 +85,8 @@ const layer_type dpt_layer_relu = {
     .name = "relu", .min_inputs = 1, .max_inputs = 1,
     .set = no_keys, .infer = same_shape,
     .forward = relu_forward, .backward = relu_backward,
+    .gpu_supports = gpu_supports_always, .gpu_forward = GPU_ENTRY(relu_gpu_forward),
+    .gpu_backward = GPU_ENTRY(relu_gpu_backward),
 };
 
 /* ---- softmax over the channels of a [C,1,1] input ----------------------------- */
@@ -134,4 +136,6 @@ const layer_type dpt_layer_softmax = {
     .name = "softmax", .min_inputs = 1, .max_inputs = 1,
     .set = no_keys, .infer = softmax_infer,
     .forward = softmax_forward, .backward = softmax_backward,
+    .gpu_supports = gpu_supports_always, .gpu_forward = GPU_ENTRY(softmax_gpu_forward),
+    .gpu_backward = GPU_ENTRY(softmax_gpu_backward),
 };

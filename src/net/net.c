@@ -561,7 +561,7 @@ static dpt_status build_buffers(dpt_net *net, uint64_t seed)
         if (net->layers[i].type->pool_doubles)
             net->n_pool += net->layers[i].type->pool_doubles(&net->layers[i]);
     net->dout = dpt_alloc(n_out * sizeof(float));
-    net->pool = calloc(net->n_pool, sizeof(double));
+    net->pool = calloc(net->n_pool + 1, sizeof(double)); /* + the step's loss */
     if (!net->dout || !net->pool)
         return dpt_fail(DPT_ERR_NOMEM, "%s: out of memory", net->source);
     if (net->work_floats && !(net->work = dpt_alloc(net->work_floats * sizeof(float))))
@@ -865,22 +865,12 @@ static size_t node_floats(const dpt_net *net, int i, int n)
     return (size_t)n * layer_count(&net->layers[i]);
 }
 
-dpt_status dpt_net_forward(dpt_net *net, const float *x, int n, dpt_mode mode, const float **y)
+/* Run the layers on the input already in node 0's buffer, on the
+ * network's device. */
+static dpt_status run_forward(dpt_net *net, int n, dpt_mode mode)
 {
-    if (!net || !x || !y)
-        return dpt_fail(DPT_ERR_ARG, "dpt_net_forward: %s is NULL", !net ? "net" : !x ? "x" : "y");
-    if (mode != DPT_MODE_TRAIN && mode != DPT_MODE_PREDICT)
-        return dpt_fail(DPT_ERR_ARG, "%s: forward in unknown mode %d", net->source, (int)mode);
-    if (n < 1 || n > net->max_batch)
-        return dpt_fail(DPT_ERR_ARG, "%s: forward on %d observations (1 to %d allowed)",
-                        net->source, n, net->max_batch);
-    if (net->gpu)
-        return net_gpu_forward(net, x, n, mode, y);
     const net_dev *dev = net->dev;
     float **buf = net->buf;
-    dpt_status s = dev->upload(net, buf[net->plan[0].act], x, node_floats(net, 0, n));
-    if (s != DPT_OK)
-        return s;
     const float *xs[DPT_MAX_INPUTS];
     for (int i = 1; i < net->n_layers; i++) {
         dpt_layer *l = &net->layers[i];
@@ -890,7 +880,7 @@ dpt_status dpt_net_forward(dpt_net *net, const float *x, int n, dpt_mode mode, c
         for (int k = 0; k < l->n_in; k++)
             xs[k] = P->x_act[k] >= 0 ? buf[P->x_act[k]] : NULL;
         double t0 = net->prof ? prof_now() : 0.0;
-        s = dev->forward(net, l, xs, P->act >= 0 ? buf[P->act] : NULL, n, mode);
+        dpt_status s = dev->forward(net, l, xs, P->act >= 0 ? buf[P->act] : NULL, n, mode);
         if (s != DPT_OK)
             return s;
         if (net->prof)
@@ -898,8 +888,28 @@ dpt_status dpt_net_forward(dpt_net *net, const float *x, int n, dpt_mode mode, c
     }
     net->last_n = n;
     net->last_mode = mode;
+    return DPT_OK;
+}
+
+dpt_status dpt_net_forward(dpt_net *net, const float *x, int n, dpt_mode mode, const float **y)
+{
+    if (!net || !x || !y)
+        return dpt_fail(DPT_ERR_ARG, "dpt_net_forward: %s is NULL", !net ? "net" : !x ? "x" : "y");
+    if (mode != DPT_MODE_TRAIN && mode != DPT_MODE_PREDICT)
+        return dpt_fail(DPT_ERR_ARG, "%s: forward in unknown mode %d", net->source, (int)mode);
+    if (n < 1 || n > net->max_batch)
+        return dpt_fail(DPT_ERR_ARG, "%s: forward on %d observations (1 to %d allowed)",
+                        net->source, n, net->max_batch);
+    const net_dev *dev = net->dev;
+    dpt_status s = dev->upload(net, net->buf[net->plan[0].act], x, node_floats(net, 0, n));
+    if (s == DPT_OK)
+        s = run_forward(net, n, mode);
+    if (s != DPT_OK)
+        return s;
     int last = net->n_layers - 1;
     const float *out = net->acts[last];
+    if (net->gpu) /* to pinned host memory, checked there */
+        return net_gpu_get_output(net, out, n, y);
     if (!dev->all_finite(net, out, node_floats(net, last, n))) {
         for (int i = 0; i < net->n_layers; i++)
             if (net->acts[i] && !dev->all_finite(net, net->acts[i], node_floats(net, i, n)))
@@ -910,14 +920,21 @@ dpt_status dpt_net_forward(dpt_net *net, const float *x, int n, dpt_mode mode, c
     return DPT_OK;
 }
 
-dpt_status dpt_net_backward(dpt_net *net, const float *dy, int dy_is_logits)
+static dpt_status backward_checks(dpt_net *net, int dy_is_logits)
 {
-    if (!net || !dy)
-        return dpt_fail(DPT_ERR_ARG, "dpt_net_backward: %s is NULL", !net ? "net" : "dy");
     if (net->last_mode != DPT_MODE_TRAIN || net->last_n == 0)
         return dpt_fail(DPT_ERR_ARG, "%s: backward needs a TRAIN-mode forward first", net->source);
-    if (net->gpu)
-        return net_gpu_backward(net, dy, dy_is_logits);
+    const dpt_layer *top = &net->layers[net->n_layers - 1];
+    if (dy_is_logits && top->type != &dpt_layer_softmax)
+        return dpt_fail(DPT_ERR_ARG, "%s: gradient given at the logits, but the last layer is "
+                        "'%s', not softmax", net->source, top->name);
+    return DPT_OK;
+}
+
+/* Backward from dy (on the network's device) at the output, or at the
+ * logits (the input of the last layer, softmax). */
+static dpt_status run_backward(dpt_net *net, const float *dy, int dy_is_logits)
+{
     const net_dev *dev = net->dev;
     float **buf = net->buf;
     int n = net->last_n;
@@ -927,9 +944,6 @@ dpt_status dpt_net_backward(dpt_net *net, const float *dy, int dy_is_logits)
      * the softmax, which is skipped). */
     int ext = net->plan[top].grp;
     if (dy_is_logits) {
-        if (net->layers[top].type != &dpt_layer_softmax)
-            return dpt_fail(DPT_ERR_ARG, "%s: gradient given at the logits, but the last layer is "
-                            "'%s', not softmax", net->source, net->layers[top].name);
         ext = net->plan[net->layers[top].inputs[0]].grp;
         top--;
     }
@@ -958,21 +972,83 @@ dpt_status dpt_net_backward(dpt_net *net, const float *dy, int dy_is_logits)
         if (net->prof)
             net->prof[net->n_layers + i] += prof_now() - t0;
     }
-    return DPT_OK;
+    /* On a GPU: the gradient mirror is stale now, and a failed add (queued,
+     * no status) is reported here. */
+    return net->gpu ? net_gpu_after_backward(net) : DPT_OK;
 }
 
-dpt_status dpt_net_update_state(dpt_net *net, dpt_comm *comm)
+dpt_status dpt_net_backward(dpt_net *net, const float *dy, int dy_is_logits)
+{
+    if (!net || !dy)
+        return dpt_fail(DPT_ERR_ARG, "dpt_net_backward: %s is NULL", !net ? "net" : "dy");
+    dpt_status s = backward_checks(net, dy_is_logits);
+    if (s == DPT_OK && net->gpu) /* the caller's host dy to the device */
+        s = net_gpu_put_dy(net, dy, node_floats(net, net->n_layers - 1, net->last_n), &dy);
+    return s == DPT_OK ? run_backward(net, dy, dy_is_logits) : s;
+}
+
+/* ---- the training step's device-dependent parts (train/step.c) ---------------------- */
+
+dpt_status net_step_forward_loss(dpt_net *net, const float *x, const float *t, int n, float w,
+                                 double scale, double *loss)
+{
+    *loss = 0;
+    if (!net->gpu) {
+        const float *p;
+        dpt_status s = dpt_net_forward(net, x, n, DPT_MODE_TRAIN, &p);
+        if (s == DPT_OK)
+            *loss = dpt_softmax_xent(p, t, n, dpt_net_n_outputs(net), w, net->dout) * scale;
+        return s;
+    }
+    if (n < 1 || n > net->max_batch)
+        return dpt_fail(DPT_ERR_ARG, "%s: forward on %d observations (1 to %d allowed)",
+                        net->source, n, net->max_batch);
+    const dpt_layer *top = &net->layers[net->n_layers - 1];
+    if (top->type != &dpt_layer_softmax)
+        return dpt_fail(DPT_ERR_ARG, "%s: gradient given at the logits, but the last layer is "
+                        "'%s', not softmax", net->source, top->name);
+    /* Nothing comes back here: the loss reaches the host with the
+     * batch-norm statistics (net_pool_state), and a non-finite one fails
+     * there, naming the layer. */
+    const float *dlogits;
+    dpt_status s = net->dev->upload(net, net->buf[net->plan[0].act], x, node_floats(net, 0, n));
+    if (s == DPT_OK)
+        s = run_forward(net, n, DPT_MODE_TRAIN);
+    return s == DPT_OK ? net_gpu_loss_xent(net, t, n, w, scale, &dlogits) : s;
+}
+
+dpt_status net_step_backward(dpt_net *net)
+{
+    dpt_status s = backward_checks(net, 1);
+    return s == DPT_OK ? run_backward(net, net->gpu ? net_gpu_dlogits(net) : net->dout, 1) : s;
+}
+
+dpt_status net_grads_allreduce(dpt_net *net, dpt_comm *comm)
+{
+    if (net->gpu)
+        return net_gpu_grads_allreduce(net, comm);
+    if (!comm || dpt_comm_size(comm) < 2)
+        return DPT_OK;
+    return dpt_comm_allreduce_f32(comm, net->grads, net->grads, net->n_params);
+}
+
+dpt_status net_pool_state(dpt_net *net, dpt_comm *comm, double *loss)
 {
     if (!net)
         return dpt_fail(DPT_ERR_ARG, "dpt_net_update_state: net is NULL");
     if (net->last_mode != DPT_MODE_TRAIN || net->last_n == 0)
         return dpt_fail(DPT_ERR_ARG, "%s: state update needs a TRAIN-mode forward first", net->source);
-    if (net->gpu)
-        return net_gpu_update_state(net, comm);
-    size_t total = net->n_pool; /* slot 0: observation count */
-    if (total == 1)
+    dpt_status s = DPT_OK;
+    /* A GPU network's batch statistics (and a loss left on the device) come
+     * to the host layers' own arrays in one copy: the pooling below is the
+     * CPU's. */
+    if (net->gpu && (s = net_gpu_stats_pull(net, loss)) != DPT_OK)
+        return s;
+    int many = comm && dpt_comm_size(comm) > 1;
+    size_t total = net->n_pool; /* slot 0: observation count, then the layers' */
+    if (total == 1 && !(loss && (many || net->gpu)))
         return DPT_OK;
-    int pooled = comm && dpt_comm_size(comm) > 1 && !(net->sync_bn && net->sync_bn == comm);
+    int pooled = many && !(net->sync_bn && net->sync_bn == comm);
     double *buf = net->pool;
     buf[0] = net->last_n;
     size_t k = 1;
@@ -983,20 +1059,32 @@ dpt_status dpt_net_update_state(dpt_net *net, dpt_comm *comm)
         l->type->pool_pack(l, net->last_n, buf + k);
         k += l->type->pool_doubles(l);
     }
-    dpt_status s = DPT_OK;
-    if (comm && dpt_comm_size(comm) > 1)
-        s = dpt_comm_allreduce_f64(comm, buf, buf, total);
-    if (s == DPT_OK) {
-        k = 1;
-        for (int i = 0; i < net->n_layers; i++) {
-            dpt_layer *l = &net->layers[i];
-            if (!l->type->pool_doubles)
-                continue;
-            l->type->pool_apply(l, buf + k, buf[0], pooled);
-            k += l->type->pool_doubles(l);
-        }
+    if (loss) /* the loss rides in the same all-reduce, last */
+        buf[total] = *loss;
+    if (many && (s = dpt_comm_allreduce_f64(comm, buf, buf, total + (loss ? 1 : 0))) != DPT_OK)
+        return s;
+    if (loss) {
+        *loss = buf[total];
+        /* On a GPU nothing has looked at the forward's values yet: a
+         * non-finite loss fails before the state changes. */
+        if (net->gpu && !isfinite(*loss))
+            return net_gpu_name_nonfinite(net, net->last_n,
+                                          "the loss became non-finite on another worker");
     }
-    return s;
+    k = 1;
+    for (int i = 0; i < net->n_layers; i++) {
+        dpt_layer *l = &net->layers[i];
+        if (!l->type->pool_doubles)
+            continue;
+        l->type->pool_apply(l, buf + k, buf[0], pooled);
+        k += l->type->pool_doubles(l);
+    }
+    return net->gpu && total > 1 ? net_gpu_state_push(net) : DPT_OK;
+}
+
+dpt_status dpt_net_update_state(dpt_net *net, dpt_comm *comm)
+{
+    return net_pool_state(net, comm, NULL);
 }
 
 float *dpt_net_output_grad(dpt_net *net) { return net->dout; }

@@ -178,6 +178,8 @@ struct dpt_net {
 
     dpt_comm *sync_bn;     /* non-NULL: synchronised batch norm (borrowed) */
     struct net_gpu *gpu;   /* non-NULL: the network runs on a GPU (net_gpu.c) */
+    struct exec_saved *host_exec; /* while on a GPU: the CPU executor's plan, buffers
+                              and fusion, put back when it leaves (net_gpu.c, owned) */
     double *fuse_sums;     /* storage of the conv -> batchnorm sums (owned) */
     bn_fusion *fuse_bn;    /* batch-norm fusion records (owned) */
     float *fuse_buf;       /* their arrays (owned) */
@@ -238,6 +240,9 @@ extern const net_dev net_dev_cpu;
  * device without the fused kernels plans with 0). */
 dpt_status net_check_graph(dpt_net *net);
 dpt_status net_plan(dpt_net *net);
+/* The buffer plan alone, for the fusion fields as they are (net_gpu.c plans
+ * a GPU network's buffers with its own fusion: bn+relu only). */
+dpt_status net_plan_buffers(dpt_net *net);
 dpt_status net_replan(dpt_net *net, int fusion);
 void net_plan_floats(const dpt_net *net, double *acts, double *grads);
 dpt_status net_alloc_buffers(dpt_net *net);
@@ -290,26 +295,149 @@ extern const layer_type dpt_layer_sigmoid;
 extern const layer_type dpt_layer_tanh;
 extern const layer_type dpt_layer_dropout;       /* layer_dropout.c */
 
-/* ---- GPU executor (net_gpu.c) ------------------------------------------------
- * Entry points dispatched to when net->gpu is set; without CUDA net->gpu
- * stays NULL and these are never reached. net_gpu_pull refreshes stale host
- * mirrors of the learnables and gradients (nothing for a CPU network). */
-dpt_status net_gpu_forward(dpt_net *net, const float *x, int n, dpt_mode mode, const float **y);
-dpt_status net_gpu_backward(dpt_net *net, const float *dy, int dy_is_logits);
-dpt_status net_gpu_update_state(dpt_net *net, dpt_comm *comm);
+/* ---- Layer configuration for the CUDA entries (layer_gpu.c) -----------------
+ * Read from each type's own struct by the type's file, so the GPU code
+ * never parses describe() text. */
+typedef struct conv_geom {
+    int kh, kw, stride, pad, dilation, groups, bias;
+} conv_geom;
+conv_geom conv_layer_geom(const dpt_layer *l);
+void bn_layer_conf(const dpt_layer *l, float *epsilon, float *decay);
+/* The batch mean and biased variance ([C] float64 each) of the last TRAIN
+ * forward, which pool_pack reads: a GPU batch norm's statistics are copied
+ * there once per step (net_gpu_stats_pull). */
+void bn_layer_batch(dpt_layer *l, double **mean, double **var);
+float leaky_layer_alpha(const dpt_layer *l);
+/* maxpool/avgpool: the window geometry (n as last set); 1 for max. */
+int pool_layer_desc(const dpt_layer *l, dpt_pool2d_desc *d);
+/* Dropout's mask arguments (dpt_dropout_apply). dropout_layer_begin does
+ * the forward's bookkeeping as the CPU forward (kept for the backward) and
+ * returns 1 when this forward drops, 0 when it is the identity (PREDICT,
+ * p = 0); dropout_layer_last gives what the last forward used. */
+typedef struct dropout_key {
+    float p;
+    uint64_t seed, epoch, iteration, stream, obs0;
+} dropout_key;
+int dropout_layer_begin(const dpt_net *net, dpt_layer *l, dpt_mode mode, dropout_key *k);
+int dropout_layer_last(const dpt_layer *l, dropout_key *k);
+
+/* The CUDA entries per type (layer_gpu.c). gpu_supports is host code in
+ * every build; the others exist only with CUDA, and the tables name them
+ * through GPU_ENTRY (NULL without CUDA). */
+#ifdef DPT_HAVE_CUDA
+#define GPU_ENTRY(f) f
+#else
+#define GPU_ENTRY(f) NULL
+#endif
+const char *gpu_supports_always(const dpt_layer *l);
+const char *conv_gpu_supports(const dpt_layer *l);
+#define GPU_FWD_ARGS dpt_net *net, dpt_layer *l, const float *const *x, float *y, int n, \
+                     dpt_mode mode
+#define GPU_BWD_ARGS dpt_net *net, dpt_layer *l, const float *const *x, const float *y, \
+                     const float *dy, float *const *dx, int n
+dpt_status conv_gpu_setup(dpt_net *net, dpt_layer *l);
+void conv_gpu_release(dpt_layer *l);
+dpt_status conv_gpu_forward(GPU_FWD_ARGS);
+dpt_status conv_gpu_backward(GPU_BWD_ARGS);
+dpt_status bn_gpu_setup(dpt_net *net, dpt_layer *l);
+void bn_gpu_release(dpt_layer *l);
+dpt_status bn_gpu_forward(GPU_FWD_ARGS);
+dpt_status bn_gpu_backward(GPU_BWD_ARGS);
+dpt_status relu_gpu_forward(GPU_FWD_ARGS);
+dpt_status relu_gpu_backward(GPU_BWD_ARGS);
+dpt_status fc_gpu_forward(GPU_FWD_ARGS);
+dpt_status fc_gpu_backward(GPU_BWD_ARGS);
+dpt_status softmax_gpu_forward(GPU_FWD_ARGS);
+dpt_status softmax_gpu_backward(GPU_BWD_ARGS);
+dpt_status add_gpu_forward(GPU_FWD_ARGS);
+dpt_status add_gpu_backward(GPU_BWD_ARGS);
+dpt_status concat_gpu_forward(GPU_FWD_ARGS);
+dpt_status concat_gpu_backward(GPU_BWD_ARGS);
+dpt_status leaky_gpu_forward(GPU_FWD_ARGS);
+dpt_status leaky_gpu_backward(GPU_BWD_ARGS);
+dpt_status sigmoid_gpu_forward(GPU_FWD_ARGS);
+dpt_status sigmoid_gpu_backward(GPU_BWD_ARGS);
+dpt_status tanh_gpu_forward(GPU_FWD_ARGS);
+dpt_status tanh_gpu_backward(GPU_BWD_ARGS);
+dpt_status dropout_gpu_forward(GPU_FWD_ARGS);
+dpt_status dropout_gpu_backward(GPU_BWD_ARGS);
+dpt_status pool_gpu_forward(GPU_FWD_ARGS);
+dpt_status pool_gpu_backward(GPU_BWD_ARGS);
+dpt_status gap_gpu_forward(GPU_FWD_ARGS);
+dpt_status gap_gpu_backward(GPU_BWD_ARGS);
+
+/* ---- A network on a GPU (net_gpu.c) --------------------------------------------
+ * Device memory, host mirrors and the device side of the executor and the
+ * training step. Without CUDA net->gpu stays NULL and none of these is
+ * reached (they exist as stubs). */
+struct gpu_ctx;
+struct dpt_gpu_comm;
+/* For the CUDA entries: the context; whether to time cuDNN algorithms; the
+ * device views of l's learnables, gradients and state (NULL: none); a line
+ * for dpt_net_gpu_describe; the device all-reduce over comm (made,
+ * collectively, on first use); n doubles of the per-step statistics buffer
+ * (*dev) that reach host[n] with its one copy to the host per step
+ * (net_gpu_stats_pull; consecutive reservations are adjacent). */
+struct gpu_ctx *net_gpu_ctx(const dpt_net *net);
+int net_gpu_find_algorithms(const dpt_net *net);
+void net_gpu_views(const dpt_net *net, const dpt_layer *l, float **p, float **g, float **s);
+void net_gpu_note(dpt_net *net, const char *fmt, ...);
+dpt_status net_gpu_comm(dpt_net *net, dpt_comm *comm, struct dpt_gpu_comm **out);
+dpt_status net_gpu_stats_reserve(dpt_net *net, size_t n, double *host, double **dev);
+
+/* For the executor (net.c, which reaches the device through net->dev): the
+ * network's output (device, n observations) to a pinned host copy in *y,
+ * checked for non-finite values (naming the first layer that has them);
+ * dy [n floats] from the host into the device, *dev pointing at it. */
+dpt_status net_gpu_get_output(dpt_net *net, const float *dev, int n, const float **y);
+dpt_status net_gpu_put_dy(dpt_net *net, const float *dy, size_t n, const float **dev);
+/* After a backward: marks the gradient mirror stale and returns the first
+ * failure of the device's void operations (net_dev.add, .zero, .copy)
+ * since the last call. */
+dpt_status net_gpu_after_backward(dpt_net *net);
+dpt_status net_gpu_name_nonfinite(dpt_net *net, int n, const char *otherwise);
+
+/* For the training step: the loss of the n observations (targets t from
+ * the host) and its gradient at the logits weighted by w, on the device;
+ * the loss (× scale) reaches the host at net_gpu_stats_pull, with the
+ * batch-norm statistics in one copy; *dlogits is the device gradient. */
+dpt_status net_gpu_loss_xent(dpt_net *net, const float *t, int n, float w, double scale,
+                             const float **dlogits);
+const float *net_gpu_dlogits(const dpt_net *net);
+dpt_status net_gpu_grads_allreduce(dpt_net *net, dpt_comm *comm);
+dpt_status net_gpu_stats_pull(dpt_net *net, double *loss);
+/* The host state (after pool_apply) queued to the device. */
+dpt_status net_gpu_state_push(dpt_net *net);
 void net_gpu_pull(dpt_net *net);
 void net_gpu_free(dpt_net *net);
-/* dpt_train_step and dpt_train_aggregate for a network on a GPU (called
- * from train/step.c after its argument checks). */
-dpt_status net_gpu_train_step(dpt_net *net, dpt_sgdm *opt, dpt_comm *comm, const float *x,
-                              const float *t, int n_local, double *loss, int *n_total);
-dpt_status net_gpu_aggregate(dpt_net *net, dpt_comm *comm, double *loss);
-/* For tests/test_gpu.c: copy n floats of a device buffer to the host
- * (what 0: gradient buffer gbuf[index], the input gradient the backward
- * left there; 1: the output of layer index), and sum host[n] over comm's
- * workers through the device all-reduce (in place). */
-dpt_status net_gpu_debug_download(dpt_net *net, int what, int index, float *host, size_t n);
+/* For tests/test_gpu.c: n floats of device memory to the host; host[n]
+ * summed over comm's workers through the device all-reduce (in place). */
+dpt_status net_gpu_debug_download(dpt_net *net, const float *dev, float *host, size_t n);
 dpt_status net_gpu_debug_allreduce(dpt_net *net, dpt_comm *comm, float *host, size_t n);
+
+/* ---- The training step's device-dependent parts (net_step.c) ------------------
+ * train/step.c is one step for both devices; these do its parts where the
+ * network lives. */
+/* Forward (TRAIN) of x [n, input] and softmax cross-entropy against t [n,
+ * outputs] (both host memory): the gradient at the logits weighted by w
+ * into the network's own buffer, the mean loss × scale into *loss (on a
+ * GPU only at net_pool_state: it comes to the host with the batch-norm
+ * statistics; *loss is 0 until then). */
+dpt_status net_step_forward_loss(dpt_net *net, const float *x, const float *t, int n, float w,
+                                 double scale, double *loss);
+/* Backward from that gradient at the logits. */
+dpt_status net_step_backward(dpt_net *net);
+/* The gradient buffer summed over comm's workers, in place (nothing for
+ * one worker). */
+dpt_status net_grads_allreduce(dpt_net *net, dpt_comm *comm);
+/* The optimizer's update where the network lives (on a GPU its state moves
+ * to the device at its first step: dptrain/gpu.h). */
+dpt_status net_optim_step(dpt_net *net, dpt_optim *opt);
+/* dpt_net_update_state with *loss (NULL: none) summed over the workers in
+ * the same float64 all-reduce; a loss still on the device is brought to
+ * the host first. A non-finite loss on a GPU fails (naming the first
+ * non-finite layer) before the state changes. */
+dpt_status net_pool_state(dpt_net *net, dpt_comm *comm, double *loss);
 
 /* Glorot-uniform fill of w[n] with the given fans (MATLAB's default). */
 void glorot_uniform(float *w, size_t n, int fan_in, int fan_out, dpt_rng *rng);

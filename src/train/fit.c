@@ -123,7 +123,7 @@ static dpt_status save_model(const fit_job *job, dpt_net *net, int n_workers, lo
 static dpt_status save_checkpoint(const fit_job *job, dpt_net *net, dpt_optim *opt, int epoch,
                                   long epoch_it, long iteration, int n_workers, double elapsed)
 {
-    /* A GPU network's learnables and velocity live on the device. */
+    /* A GPU network's learnables and optimizer state live on the device. */
     if (dpt_net_device(net) >= 0) {
         dpt_status s = dpt_net_sync_to_host(net);
         if (s != DPT_OK)
@@ -264,12 +264,6 @@ static dpt_status fit_worker(dpt_comm *comm, void *arg)
     oo.decoupled = cfg->decoupled, oo.clip_norm = cfg->clip_norm;
     if ((s = dpt_optim_new(cfg->optimizer, dpt_net_n_params(net), &oo, &opt)) != DPT_OK)
         goto done;
-    if (cfg->use_gpu && (cfg->optimizer != DPT_OPTIM_SGDM || cfg->clip_norm > 0)) {
-        s = dpt_fail(DPT_ERR_ARG, "%s: the GPU training step does not support %s yet (use "
-                     "--device cpu)", cfg->optimizer != DPT_OPTIM_SGDM ? "--optimizer adam"
-                     : "--clip-norm", cfg->optimizer != DPT_OPTIM_SGDM ? "Adam" : "clipping");
-        goto done;
-    }
     dpt_checkpoint_info start = {1, 0, 0, cfg->seed, n_workers, 0, cfg->batch, 0};
     if (cfg->resume && (s = dpt_checkpoint_load_optim(cfg->resume, net, opt, &start)) != DPT_OK)
         goto done;

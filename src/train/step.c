@@ -1,4 +1,9 @@
-/* The data-parallel training step of the MATLAB example, top to bottom. */
+/* The data-parallel training step of the MATLAB example, top to bottom:
+ * one step for every device. Where the network's buffers live (host or
+ * GPU) matters only inside the calls to net/ (net_impl.h's step
+ * interface): the forward with the loss, the backward, the gradient
+ * all-reduce and the pooled state are the network's, on its device. */
+#include "dptrain/gpu.h"
 #include "dptrain/train.h"
 #include "net/net_impl.h"
 #include "optim/optim_impl.h"
@@ -11,20 +16,11 @@ static int multi(dpt_comm *comm) { return comm && dpt_comm_size(comm) > 1; }
 
 dpt_status dpt_train_aggregate(dpt_net *net, dpt_comm *comm, double *loss)
 {
-    if (net->gpu) /* the same with device buffers */
-        return net_gpu_aggregate(net, comm, loss);
-    dpt_status s = DPT_OK;
-    if (multi(comm)) {
-        /* Gradients were weighted by n_local / M at the loss: a plain sum is
-         * the gradient of the whole minibatch. One call, one flat buffer. */
-        float *g = dpt_net_grads(net);
-        s = dpt_comm_allreduce_f32(comm, g, g, dpt_net_n_params(net));
-        if (s == DPT_OK)
-            s = dpt_comm_allreduce_f64(comm, loss, loss, 1);
-    }
-    if (s == DPT_OK)
-        s = dpt_net_update_state(net, comm);
-    return s;
+    /* Gradients were weighted by n_local / M at the loss: a plain sum is
+     * the gradient of the whole minibatch. One call, one flat buffer. The
+     * loss rides in the float64 all-reduce of the pooled state. */
+    dpt_status s = net_grads_allreduce(net, comm);
+    return s == DPT_OK ? net_pool_state(net, comm, loss) : s;
 }
 
 dpt_status dpt_train_step(dpt_net *net, dpt_sgdm *opt, dpt_comm *comm, const float *x,
@@ -47,18 +43,8 @@ dpt_status dpt_train_step_optim(dpt_net *net, dpt_optim *opt, dpt_comm *comm, co
     if (dpt_optim_n(opt) != dpt_net_n_params(net))
         return dpt_fail(DPT_ERR_ARG, "train step: optimizer has %zu parameters, network %zu",
                         dpt_optim_n(opt), dpt_net_n_params(net));
-    if (net->gpu) { /* the same six steps with device buffers: net/net_gpu.c */
-        /* Until the GPU executor takes a dpt_optim (optim_gpu_step), its
-         * step knows SGDM without clipping only. */
-        if (opt->kind != DPT_OPTIM_SGDM || opt->clip_norm > 0)
-            return dpt_fail(DPT_ERR_ARG, "%s: the GPU training step does not support %s yet "
-                            "(use the CPU)", net->source, opt->kind != DPT_OPTIM_SGDM
-                                ? "--optimizer adam" : "--clip-norm");
-        dpt_status gs = net_gpu_train_step(net, opt->sgdm, comm, x, t, n_local, loss, n_total);
-        if (gs == DPT_OK)
-            opt->sgdm_steps++;
-        return gs;
-    }
+    if (!x || !t)
+        return dpt_fail(DPT_ERR_ARG, "train step: %s is NULL", !x ? "x" : "t");
     /* 1. M, the size of the whole minibatch (shares may be uneven), and
      * this worker's first observation in it (randomness such as dropout is
      * drawn per global observation): every worker's share, in one
@@ -86,26 +72,25 @@ dpt_status dpt_train_step_optim(dpt_net *net, dpt_optim *opt, dpt_comm *comm, co
             return s;
     }
     dpt_net_set_obs_offset(net, first);
-    /* 2. Forward on this worker's share. */
-    const float *p;
-    if ((s = dpt_net_forward(net, x, n_local, DPT_MODE_TRAIN, &p)) != DPT_OK)
+    /* 2. Forward on this worker's share, and 3. the loss and its gradient
+     * at the logits, weighted by n_local / M (on a GPU the loss reaches
+     * the host in step 5). */
+    double l = 0;
+    if ((s = net_step_forward_loss(net, x, t, n_local, (float)(n_local / m_total),
+                                   n_local / m_total, &l)) != DPT_OK)
         return s;
-    /* 3. Loss and its gradient at the logits, weighted by n_local / M. */
-    int k = dpt_net_n_outputs(net);
-    float w = (float)(n_local / m_total);
-    float *dlogits = dpt_net_output_grad(net);
-    double l = dpt_softmax_xent(p, t, n_local, k, w, dlogits) * (n_local / m_total);
     /* 4. Backward into the flat gradient buffer. */
-    if ((s = dpt_net_backward(net, dlogits, 1)) != DPT_OK)
+    if ((s = net_step_backward(net)) != DPT_OK)
         return s;
     /* 5. Combine loss, gradients and batch-norm state across workers. */
     if ((s = dpt_train_aggregate(net, comm, &l)) != DPT_OK)
         return s;
-    /* 6. The same update on every worker. */
-    dpt_optim_step(opt, dpt_net_params(net), dpt_net_grads(net));
+    /* 6. The same update on every worker, where the network lives. */
+    if ((s = net_optim_step(net, opt)) != DPT_OK)
+        return s;
 #ifndef NDEBUG
     /* Debug builds check invariant 2 after every step: every worker holds
-     * worker 0's bits. */
+     * worker 0's bits (on a GPU this copies the learnables back). */
     if (multi(comm)) {
         uint64_t h = dpt_net_hash(net), h0 = h;
         if ((s = dpt_comm_broadcast(comm, &h0, sizeof h0, 0)) != DPT_OK)

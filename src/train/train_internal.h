@@ -13,6 +13,17 @@ dpt_status dpt_checkpoint_read_info(const char *path, dpt_checkpoint_info *info)
  * checks made before the workers start. *kind is a static string. */
 dpt_status dpt_checkpoint_read_optimizer(const char *path, const char **kind);
 
+/* The device of a run for --device `want` ("auto", "cpu" or "gpu"), with
+ * n_gpus usable GPUs (dpt_gpu_count()), `workers` the --workers asked for
+ * (0: not given) and net a network of the run's spec (NULL: every layer is
+ * taken to have GPU code). 1: GPUs; 0: CPU workers; -1: refused, with the
+ * message set (an unknown device, --device gpu without a GPU, or with a
+ * layer that has no GPU code: the message names it). When auto falls back
+ * to CPU workers because of such a layer, notice[cap] gets a one-line
+ * explanation to print (else it is empty). */
+int dpt_train_pick_device(const char *want, int n_gpus, long workers, const dpt_net *net,
+                          char *notice, size_t cap);
+
 /* Where worker `rank`'s batch `batch` (0-based in the epoch) starts in the
  * global minibatch of its iteration in dpt_fit: the observations the
  * workers before it contribute to that iteration. Each epoch's n_obs

@@ -172,7 +172,8 @@ static const char *math_name(cudnnMathType_t m)
 }
 
 dpt_status gpu_conv_new(gpu_ctx *g, const char *name, int max_batch, int c_in, int h, int w,
-                        int c_out, int kh, int kw, int stride, int pad, int find, gpu_conv **out)
+                        int c_out, int kh, int kw, int stride, int pad, int dilation, int groups,
+                        int find, gpu_conv **out)
 {
     *out = NULL;
     gpu_conv *c = (gpu_conv *)calloc(1, sizeof *c);
@@ -181,8 +182,10 @@ dpt_status gpu_conv_new(gpu_ctx *g, const char *name, int max_batch, int c_in, i
     snprintf(c->name, sizeof c->name, "%s", name);
     c->c_in = c_in, c->h = h, c->w = w, c->c_out = c_out, c->kh = kh, c->kw = kw;
     c->stride = stride, c->pad = pad, c->max_batch = max_batch, c->find = find;
-    c->oh = (h + 2 * pad - kh) / stride + 1;
-    c->ow = (w + 2 * pad - kw) / stride + 1;
+    /* PyTorch's output size with dilation; grouped weights are
+     * [c_out, c_in / groups, kh, kw], as cuDNN takes them. */
+    c->oh = (h + 2 * pad - dilation * (kh - 1) - 1) / stride + 1;
+    c->ow = (w + 2 * pad - dilation * (kw - 1) - 1) / stride + 1;
     c->desc_math = (cudnnMathType_t)-1;
     dpt_status s = DPT_OK;
     cudnnStatus_t e;
@@ -191,11 +194,12 @@ dpt_status gpu_conv_new(gpu_ctx *g, const char *name, int max_batch, int c_in, i
         (e = cudnnCreateTensorDescriptor(&c->yd)) != CUDNN_STATUS_SUCCESS ||
         (e = cudnnCreateFilterDescriptor(&c->wd)) != CUDNN_STATUS_SUCCESS ||
         (e = cudnnCreateConvolutionDescriptor(&c->cd)) != CUDNN_STATUS_SUCCESS ||
-        (e = cudnnSetFilter4dDescriptor(c->wd, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, c_out, c_in, kh,
-                                        kw)) != CUDNN_STATUS_SUCCESS ||
-        (e = cudnnSetConvolution2dDescriptor(c->cd, pad, pad, stride, stride, 1, 1,
+        (e = cudnnSetFilter4dDescriptor(c->wd, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, c_out,
+                                        c_in / groups, kh, kw)) != CUDNN_STATUS_SUCCESS ||
+        (e = cudnnSetConvolution2dDescriptor(c->cd, pad, pad, stride, stride, dilation, dilation,
                                              CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT)) !=
-            CUDNN_STATUS_SUCCESS) {
+            CUDNN_STATUS_SUCCESS ||
+        (e = cudnnSetConvolutionGroupCount(c->cd, groups)) != CUDNN_STATUS_SUCCESS) {
         s = gpu_fail_cudnn(g, e, name, "create descriptors");
         goto fail;
     }

@@ -424,6 +424,16 @@ dpt_status gpu_copy(gpu_ctx *g, void *dst, const void *src, size_t bytes)
     return DPT_OK;
 }
 
+dpt_status gpu_copy_2d(gpu_ctx *g, void *dst, size_t dst_pitch, const void *src,
+                       size_t src_pitch, size_t width_bytes, size_t rows)
+{
+    if (!width_bytes || !rows)
+        return DPT_OK;
+    CUDA_TRY(g, cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, width_bytes, rows,
+                                  cudaMemcpyDeviceToDevice, g->stream), "strided copy");
+    return DPT_OK;
+}
+
 dpt_status gpu_zero(gpu_ctx *g, void *dst, size_t bytes)
 {
     if (!bytes)

@@ -1,6 +1,7 @@
 /* ops/cuda: the GPU kernels of dptrain behind a plain C interface.
  *
- * Internal to libdptrain: net/net_gpu.c (the GPU executor of a network) is
+ * Internal to libdptrain: net/net_gpu.c and net/layer_gpu.c (a network on a
+ * GPU and the layers' CUDA entries) and optim/optim.c (the device update) are
  * the only caller. Implemented in the .cu files beside this header, which
  * are compiled only when the build found the CUDA toolkit and cuDNN
  * (DPT_HAVE_CUDA). Nothing here needs a CUDA header, so C files include it
@@ -21,6 +22,7 @@
 #define DPT_GPU_OPS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "dptrain/core.h"
 
@@ -88,6 +90,11 @@ dpt_status gpu_download_async(gpu_ctx *g, void *pinned, const void *src, size_t 
 /* Pinned -> device, queued on the compute stream. */
 dpt_status gpu_upload_async(gpu_ctx *g, void *dst, const void *pinned, size_t bytes);
 dpt_status gpu_copy(gpu_ctx *g, void *dst, const void *src, size_t bytes);
+/* rows rows of width_bytes each, device to device, from src (rows
+ * src_pitch bytes apart) to dst (dst_pitch apart): a channel block of each
+ * observation (concat). */
+dpt_status gpu_copy_2d(gpu_ctx *g, void *dst, size_t dst_pitch, const void *src,
+                       size_t src_pitch, size_t width_bytes, size_t rows);
 dpt_status gpu_zero(gpu_ctx *g, void *dst, size_t bytes);
 /* Wait for the compute stream; reports errors of kernels queued before.
  * `what` names the operation in a message. */
@@ -97,8 +104,9 @@ dpt_status gpu_sync(gpu_ctx *g, const char *what);
 
 typedef struct gpu_conv gpu_conv;
 
-/* Describe a convolution of input [*, c_in, h, w], weights [c_out, c_in,
- * kh, kw], stride and pad in both directions, for batches of up to
+/* Describe a convolution of input [*, c_in, h, w], weights [c_out,
+ * c_in / groups, kh, kw], stride, pad and dilation in both directions
+ * (groups dividing c_in and c_out, as PyTorch), for batches of up to
  * max_batch. Chooses the forward, backward-data and backward-filter
  * algorithms for max_batch once (deterministic algorithms only; find 1:
  * cudnnFind*, timing every candidate, 0: cudnnGet*_v7 heuristics, the same
@@ -106,8 +114,8 @@ typedef struct gpu_conv gpu_conv;
  * Another batch size gets its own choice, made once on first use, within
  * the workspace already planned. `name` is used in messages. */
 dpt_status gpu_conv_new(gpu_ctx *g, const char *name, int max_batch, int c_in, int h, int w,
-                        int c_out, int kh, int kw, int stride, int pad, int find,
-                        gpu_conv **out);
+                        int c_out, int kh, int kw, int stride, int pad, int dilation,
+                        int groups, int find, gpu_conv **out);
 void gpu_conv_free(gpu_conv *c);
 /* The chosen algorithms for max_batch, for logs ("fwd 1 bwd-data 1 ..."). */
 const char *gpu_conv_describe(const gpu_conv *c);
@@ -126,9 +134,40 @@ dpt_status gpu_linear_backward(gpu_ctx *g, const float *x, const float *w, const
                                float *dx, float *dw, float *db, int n, int in, int out);
 
 /* ---- elementwise and row kernels ------------------------------------------------------- */
+/* y += x, one float32 addition per element (the executor's gradient
+ * accumulation and the add layer: the CPU's bits). */
+dpt_status gpu_add(gpu_ctx *g, float *y, const float *x, size_t n);
 dpt_status gpu_relu_forward(gpu_ctx *g, const float *x, float *y, size_t n);
 /* dx = dy where y > 0, else 0. */
 dpt_status gpu_relu_backward(gpu_ctx *g, const float *y, const float *dy, float *dx, size_t n);
+/* As ops/act.c: leaky ReLU (backward on x's sign), sigmoid and tanh
+ * (backward from the output y). */
+dpt_status gpu_leakyrelu_forward(gpu_ctx *g, const float *x, float *y, size_t n, float alpha);
+dpt_status gpu_leakyrelu_backward(gpu_ctx *g, const float *x, const float *dy, float *dx,
+                                  size_t n, float alpha);
+dpt_status gpu_sigmoid_forward(gpu_ctx *g, const float *x, float *y, size_t n);
+dpt_status gpu_sigmoid_backward(gpu_ctx *g, const float *y, const float *dy, float *dx, size_t n);
+dpt_status gpu_tanh_forward(gpu_ctx *g, const float *x, float *y, size_t n);
+dpt_status gpu_tanh_backward(gpu_ctx *g, const float *y, const float *dy, float *dx, size_t n);
+/* dpt_dropout_apply on n observations of per floats (in may be dy, out dx:
+ * the same mask); p > 0. Same bits as the host. */
+dpt_status gpu_dropout(gpu_ctx *g, const float *in, float *out, int n, size_t per, float p,
+                       uint64_t seed, uint64_t epoch, uint64_t iteration, uint64_t stream,
+                       uint64_t obs0);
+/* Max (is_max 1) or average pooling of x [n, c, h, w] into y [n, c, oh,
+ * ow], and its backward into dx (overwritten; x is read for max only): as
+ * ops/pool.c's dpt_maxpool2d_* / dpt_avgpool2d_*, the same bits. */
+typedef struct gpu_pool {
+    int c, h, w, kh, kw, sh, sw, ph, pw, oh, ow;
+} gpu_pool;
+dpt_status gpu_pool_forward(gpu_ctx *g, const gpu_pool *p, int is_max, const float *x, float *y,
+                            int n);
+dpt_status gpu_pool_backward(gpu_ctx *g, const gpu_pool *p, int is_max, const float *x,
+                             const float *dy, float *dx, int n);
+/* dpt_global_avgpool_forward / _backward (x [n, c, hw] -> y [n, c]). */
+dpt_status gpu_global_avgpool_forward(gpu_ctx *g, const float *x, float *y, int n, int c, int hw);
+dpt_status gpu_global_avgpool_backward(gpu_ctx *g, const float *dy, float *dx, int n, int c,
+                                       int hw);
 /* Row-wise softmax of z [n, k]. */
 dpt_status gpu_softmax_forward(gpu_ctx *g, const float *z, float *p, int n, int k);
 /* dx = p ⊙ (dy − Σ dy·p) per row. */

@@ -210,6 +210,330 @@ __global__ void relu_backward_kernel(const float *__restrict__ y, const float *d
         dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
 }
 
+__global__ void add_kernel(float *__restrict__ y, const float *__restrict__ x, size_t n)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        y[i] = __fadd_rn(y[i], x[i]);
+}
+
+dpt_status gpu_add(gpu_ctx *g, float *y, const float *x, size_t n)
+{
+    if (!n)
+        return DPT_OK;
+    add_kernel<<<gpu_grid(g, n), GPU_THREADS, 0, g->stream>>>(y, x, n);
+    return gpu_check_launch(g, "add");
+}
+
+/* ---- leaky ReLU, sigmoid, tanh, dropout, global average pooling ----------------------------
+ * As ops/act.c and ops/pool.c, rounded step by step (expf and tanhf are
+ * CUDA's, within 2 ulp of the host's). */
+
+__global__ void leakyrelu_kernel(const float *__restrict__ x, const float *__restrict__ dy,
+                                 float *__restrict__ out, size_t n, float alpha)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        float v = dy ? dy[i] : x[i]; /* forward: x; backward: dy, on x's sign */
+        out[i] = x[i] > 0.0f ? v : __fmul_rn(v, alpha);
+    }
+}
+
+dpt_status gpu_leakyrelu_forward(gpu_ctx *g, const float *x, float *y, size_t n, float alpha)
+{
+    if (!n)
+        return DPT_OK;
+    leakyrelu_kernel<<<gpu_grid(g, n), GPU_THREADS, 0, g->stream>>>(x, NULL, y, n, alpha);
+    return gpu_check_launch(g, "leaky relu forward");
+}
+
+dpt_status gpu_leakyrelu_backward(gpu_ctx *g, const float *x, const float *dy, float *dx,
+                                  size_t n, float alpha)
+{
+    if (!n)
+        return DPT_OK;
+    leakyrelu_kernel<<<gpu_grid(g, n), GPU_THREADS, 0, g->stream>>>(x, dy, dx, n, alpha);
+    return gpu_check_launch(g, "leaky relu backward");
+}
+
+enum { ACT_SIGMOID = 0, ACT_TANH = 1 };
+
+template <int ACT>
+__global__ void act_forward_kernel(const float *__restrict__ x, float *__restrict__ y, size_t n)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        float v = x[i];
+        if (ACT == ACT_TANH) {
+            y[i] = tanhf(v);
+        } else if (v >= 0.0f) { /* exp of a non-positive argument only */
+            y[i] = __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-v)));
+        } else {
+            float e = expf(v);
+            y[i] = __fdiv_rn(e, __fadd_rn(1.0f, e));
+        }
+    }
+}
+
+/* sigmoid: dx = dy·(1 − y)·y; tanh: dx = dy·(1 − y·y). */
+template <int ACT>
+__global__ void act_backward_kernel(const float *__restrict__ y, const float *__restrict__ dy,
+                                    float *__restrict__ dx, size_t n)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        float v = y[i];
+        dx[i] = ACT == ACT_TANH ? __fmul_rn(dy[i], __fsub_rn(1.0f, __fmul_rn(v, v)))
+                                : __fmul_rn(__fmul_rn(dy[i], __fsub_rn(1.0f, v)), v);
+    }
+}
+
+dpt_status gpu_sigmoid_forward(gpu_ctx *g, const float *x, float *y, size_t n)
+{
+    if (!n)
+        return DPT_OK;
+    act_forward_kernel<ACT_SIGMOID><<<gpu_grid(g, n), GPU_THREADS, 0, g->stream>>>(x, y, n);
+    return gpu_check_launch(g, "sigmoid forward");
+}
+
+dpt_status gpu_sigmoid_backward(gpu_ctx *g, const float *y, const float *dy, float *dx, size_t n)
+{
+    if (!n)
+        return DPT_OK;
+    act_backward_kernel<ACT_SIGMOID><<<gpu_grid(g, n), GPU_THREADS, 0, g->stream>>>(y, dy, dx, n);
+    return gpu_check_launch(g, "sigmoid backward");
+}
+
+dpt_status gpu_tanh_forward(gpu_ctx *g, const float *x, float *y, size_t n)
+{
+    if (!n)
+        return DPT_OK;
+    act_forward_kernel<ACT_TANH><<<gpu_grid(g, n), GPU_THREADS, 0, g->stream>>>(x, y, n);
+    return gpu_check_launch(g, "tanh forward");
+}
+
+dpt_status gpu_tanh_backward(gpu_ctx *g, const float *y, const float *dy, float *dx, size_t n)
+{
+    if (!n)
+        return DPT_OK;
+    act_backward_kernel<ACT_TANH><<<gpu_grid(g, n), GPU_THREADS, 0, g->stream>>>(y, dy, dx, n);
+    return gpu_check_launch(g, "tanh backward");
+}
+
+__device__ static uint64_t mix64_dev(uint64_t z)
+{
+    z += 0x9e3779b97f4a7c15ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+/* dpt_dropout_apply's mask and scale, element by element: observation
+ * i / per of this call is obs0 + i / per of the global minibatch; dropped
+ * elements are +0.0f, kept ones in·scale. pre = mix(mix(mix(mix(seed) ^
+ * epoch) ^ iteration) ^ stream), so key = mix(pre ^ obs) as dpt_rng_key. */
+__global__ void dropout_kernel(const float *__restrict__ in, float *__restrict__ out, size_t total,
+                               size_t per, float scale, uint64_t drop_below, uint64_t pre,
+                               uint64_t obs0)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        uint64_t obs = i / per, j = i % per;
+        uint64_t key = mix64_dev(pre ^ (obs0 + obs));
+        float v = __fmul_rn(in[i], scale);
+        out[i] = (mix64_dev(key ^ j) >> 40) >= drop_below ? v : 0.0f;
+    }
+}
+
+dpt_status gpu_dropout(gpu_ctx *g, const float *in, float *out, int n, size_t per, float p,
+                       uint64_t seed, uint64_t epoch, uint64_t iteration, uint64_t stream,
+                       uint64_t obs0)
+{
+    size_t total = (size_t)n * per;
+    if (!total)
+        return DPT_OK;
+    const float scale = 1.0f / (1.0f - p);
+    const uint64_t drop_below = (uint64_t)ceil((double)p * 16777216.0);
+    uint64_t pre = seed;
+    /* The host's mix (same constants), for the per-call part of the key. */
+    const uint64_t parts[3] = {epoch, iteration, stream};
+    for (int k = 0; k < 4; k++) {
+        pre += 0x9e3779b97f4a7c15ULL;
+        pre = (pre ^ (pre >> 30)) * 0xbf58476d1ce4e5b9ULL;
+        pre = (pre ^ (pre >> 27)) * 0x94d049bb133111ebULL;
+        pre = pre ^ (pre >> 31);
+        if (k < 3)
+            pre ^= parts[k];
+    }
+    dropout_kernel<<<gpu_grid(g, total), GPU_THREADS, 0, g->stream>>>(in, out, total, per, scale,
+                                                                      drop_below, pre, obs0);
+    return gpu_check_launch(g, "dropout");
+}
+
+/* One thread per (observation, channel) plane: float64 sum in the host's
+ * order, so the same bits. */
+__global__ void gap_forward_kernel(const float *__restrict__ x, float *__restrict__ y,
+                                   size_t planes, int hw)
+{
+    for (size_t p = (size_t)blockIdx.x * blockDim.x + threadIdx.x; p < planes;
+         p += (size_t)gridDim.x * blockDim.x) {
+        const float *xp = x + p * (size_t)hw;
+        double s = 0.0;
+        for (int j = 0; j < hw; j++)
+            s += xp[j];
+        y[p] = (float)(s / hw);
+    }
+}
+
+__global__ void gap_backward_kernel(const float *__restrict__ dy, float *__restrict__ dx,
+                                    size_t total, int hw)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x)
+        dx[i] = __fdiv_rn(dy[i / (size_t)hw], (float)hw);
+}
+
+dpt_status gpu_global_avgpool_forward(gpu_ctx *g, const float *x, float *y, int n, int c, int hw)
+{
+    size_t planes = (size_t)n * c;
+    if (!planes)
+        return DPT_OK;
+    gap_forward_kernel<<<gpu_grid(g, planes), GPU_THREADS, 0, g->stream>>>(x, y, planes, hw);
+    return gpu_check_launch(g, "global average pooling forward");
+}
+
+dpt_status gpu_global_avgpool_backward(gpu_ctx *g, const float *dy, float *dx, int n, int c,
+                                       int hw)
+{
+    size_t total = (size_t)n * c * hw;
+    if (!total)
+        return DPT_OK;
+    gap_backward_kernel<<<gpu_grid(g, total), GPU_THREADS, 0, g->stream>>>(dy, dx, total, hw);
+    return gpu_check_launch(g, "global average pooling backward");
+}
+
+/* ---- max and average pooling ------------------------------------------------------------------
+ * As ops/pool.c, bit for bit: a window clipped to the input, the max's scan
+ * order and tie rule (the first maximum, NaN taking over), the average's
+ * float32 sum in row order times 1/(kh·kw). The backward runs per input
+ * pixel over the windows that hold it in the host's (oy, ox) order, so the
+ * additions of overlapping windows happen in the host's order too: no
+ * atomics, the same bits. */
+
+__device__ static void pool_window(const gpu_pool p, int oy, int ox, int *y0, int *y1, int *x0,
+                                   int *x1)
+{
+    int ys = oy * p.sh - p.ph, xs = ox * p.sw - p.pw;
+    int ye = ys + p.kh, xe = xs + p.kw;
+    *y0 = ys < 0 ? 0 : ys;
+    *x0 = xs < 0 ? 0 : xs;
+    *y1 = ye > p.h ? p.h : ye;
+    *x1 = xe > p.w ? p.w : xe;
+}
+
+__device__ static int pool_argmax(const gpu_pool p, const float *plane, int oy, int ox,
+                                  float *val)
+{
+    int y0, y1, x0, x1;
+    pool_window(p, oy, ox, &y0, &y1, &x0, &x1);
+    int best = y0 * p.w + x0;
+    float m = -INFINITY;
+    for (int iy = y0; iy < y1; iy++)
+        for (int ix = x0; ix < x1; ix++) {
+            float v = plane[(size_t)iy * p.w + ix];
+            if (v > m || v != v) {
+                m = v;
+                best = iy * p.w + ix;
+            }
+        }
+    *val = m;
+    return best;
+}
+
+__global__ void pool_forward_kernel(const float *__restrict__ x, float *__restrict__ y,
+                                    size_t total, gpu_pool p, int is_max, float inv)
+{
+    size_t out_plane = (size_t)p.oh * p.ow, in_plane = (size_t)p.h * p.w;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        size_t plane = i / out_plane, r = i % out_plane;
+        int oy = (int)(r / p.ow), ox = (int)(r % p.ow);
+        const float *xp = x + plane * in_plane;
+        if (is_max) {
+            float m;
+            pool_argmax(p, xp, oy, ox, &m);
+            y[i] = m;
+        } else {
+            int y0, y1, x0, x1;
+            pool_window(p, oy, ox, &y0, &y1, &x0, &x1);
+            float s = 0.0f;
+            for (int iy = y0; iy < y1; iy++)
+                for (int ix = x0; ix < x1; ix++)
+                    s = __fadd_rn(s, xp[(size_t)iy * p.w + ix]);
+            y[i] = __fmul_rn(s, inv);
+        }
+    }
+}
+
+__global__ void pool_backward_kernel(const float *__restrict__ x, const float *__restrict__ dy,
+                                     float *__restrict__ dx, size_t total, gpu_pool p, int is_max,
+                                     float inv)
+{
+    size_t out_plane = (size_t)p.oh * p.ow, in_plane = (size_t)p.h * p.w;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        size_t plane = i / in_plane, r = i % in_plane;
+        int iy = (int)(r / p.w), ix = (int)(r % p.w);
+        const float *xp = x ? x + plane * in_plane : NULL, *gp = dy + plane * out_plane;
+        /* Windows whose rows hold iy: oy·sh − ph <= iy < oy·sh − ph + kh. */
+        int oy0 = iy + p.ph - p.kh + 1, oy1 = (iy + p.ph) / p.sh;
+        oy0 = oy0 <= 0 ? 0 : (oy0 + p.sh - 1) / p.sh;
+        int ox0 = ix + p.pw - p.kw + 1, ox1 = (ix + p.pw) / p.sw;
+        ox0 = ox0 <= 0 ? 0 : (ox0 + p.sw - 1) / p.sw;
+        if (oy1 > p.oh - 1)
+            oy1 = p.oh - 1;
+        if (ox1 > p.ow - 1)
+            ox1 = p.ow - 1;
+        float acc = 0.0f;
+        for (int oy = oy0; oy <= oy1; oy++)
+            for (int ox = ox0; ox <= ox1; ox++) {
+                float g = gp[(size_t)oy * p.ow + ox];
+                if (is_max) {
+                    float m;
+                    if (pool_argmax(p, xp, oy, ox, &m) == iy * p.w + ix)
+                        acc = __fadd_rn(acc, g);
+                } else {
+                    acc = __fadd_rn(acc, __fmul_rn(g, inv));
+                }
+            }
+        dx[i] = acc;
+    }
+}
+
+dpt_status gpu_pool_forward(gpu_ctx *g, const gpu_pool *p, int is_max, const float *x, float *y,
+                            int n)
+{
+    size_t total = (size_t)n * p->c * p->oh * p->ow;
+    if (!total)
+        return DPT_OK;
+    const float inv = 1.0f / (float)(p->kh * p->kw);
+    pool_forward_kernel<<<gpu_grid(g, total), GPU_THREADS, 0, g->stream>>>(x, y, total, *p, is_max,
+                                                                           inv);
+    return gpu_check_launch(g, is_max ? "max pooling forward" : "average pooling forward");
+}
+
+dpt_status gpu_pool_backward(gpu_ctx *g, const gpu_pool *p, int is_max, const float *x,
+                             const float *dy, float *dx, int n)
+{
+    size_t total = (size_t)n * p->c * p->h * p->w;
+    if (!total)
+        return DPT_OK;
+    const float inv = 1.0f / (float)(p->kh * p->kw);
+    pool_backward_kernel<<<gpu_grid(g, total), GPU_THREADS, 0, g->stream>>>(
+        is_max ? x : NULL, dy, dx, total, *p, is_max, inv);
+    return gpu_check_launch(g, is_max ? "max pooling backward" : "average pooling backward");
+}
+
 dpt_status gpu_relu_forward(gpu_ctx *g, const float *x, float *y, size_t n)
 {
     relu_forward_kernel<<<gpu_grid(g, n), GPU_THREADS, 0, g->stream>>>(x, y, n);
