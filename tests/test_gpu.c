@@ -161,7 +161,7 @@ static void layer_case(const char *what, const char *spec, int n, float lo, floa
         s = net_gpu_debug_download(gpu, 0, 0, dxg, n_dx);
         CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
         if (s == DPT_OK)
-            check("input gradient", dxg, cpu->gbuf[0], n_dx, conv_tol);
+            check("input gradient", dxg, net_node_grad(cpu, L - 2), n_dx, conv_tol);
     }
     if (dpt_net_n_state_floats(cpu)) {
         CHECK(dpt_net_update_state(cpu, NULL) == DPT_OK);

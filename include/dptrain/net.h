@@ -232,9 +232,24 @@ DPT_API dpt_status dpt_net_update_state(dpt_net *net, dpt_comm *comm);
  * gradient: fill it and pass it to dpt_net_backward. */
 DPT_API float *dpt_net_output_grad(dpt_net *net);
 
-/* FNV-1a hash of the learnables and state bytes: equal on every worker after
- * every step (the "workers stay identical" invariant). */
+/* FNV-1a hash of the learnables and the pooled state (batch-norm
+ * statistics): equal on every worker after every step (the "workers stay
+ * identical" invariant). Carried state (per worker) is not hashed. */
 DPT_API uint64_t dpt_net_hash(const dpt_net *net);
+
+/* The training position, for layers that draw randomness per iteration
+ * (dropout): masks depend on (seed, epoch, iteration, layer, observation),
+ * never on the worker. Set before each TRAIN forward (dpt_train_fit does). */
+DPT_API void dpt_net_set_iteration(dpt_net *net, long epoch, long iteration);
+
+/* This worker's first observation in the global minibatch (0 on one
+ * worker); dpt_train_step sets it from every worker's share. A caller that
+ * runs its own step with several workers sets it before forward. */
+DPT_API void dpt_net_set_obs_offset(dpt_net *net, long first);
+
+/* Reset every layer's carried state (recurrent layers' streams); nothing
+ * for a network without carried state. */
+DPT_API void dpt_net_reset_state(dpt_net *net);
 
 /* ---- model files (safetensors) ------------------------------------------------ */
 

@@ -63,13 +63,13 @@ static dpt_status bn_infer(dpt_net *net, dpt_layer *l)
     b->sums = calloc((size_t)(2 * c + 1), sizeof(double));
     if (!b->mean || !b->invstd || !b->batch_mean || !b->batch_var || !b->sums)
         return dpt_fail(DPT_ERR_NOMEM, "batchnorm '%s': out of memory", l->name);
-    dpt_status s = net_declare(net, l, 0, "Offset", 1, &c);
+    dpt_status s = net_declare(net, l, DPT_KIND_LEARN, "Offset", 1, &c);
     if (s == DPT_OK)
-        s = net_declare(net, l, 0, "Scale", 1, &c);
+        s = net_declare(net, l, DPT_KIND_LEARN, "Scale", 1, &c);
     if (s == DPT_OK)
-        s = net_declare(net, l, 1, "TrainedMean", 1, &c);
+        s = net_declare(net, l, DPT_KIND_POOLED, "TrainedMean", 1, &c);
     if (s == DPT_OK)
-        s = net_declare(net, l, 1, "TrainedVariance", 1, &c);
+        s = net_declare(net, l, DPT_KIND_POOLED, "TrainedVariance", 1, &c);
     return s;
 }
 
@@ -86,9 +86,10 @@ static void bn_init(dpt_layer *l, dpt_rng *rng)
     }
 }
 
-static dpt_status bn_forward(dpt_net *net, dpt_layer *l, const float *x, float *y, int n,
-                             dpt_mode mode)
+static dpt_status bn_forward(dpt_net *net, dpt_layer *l, const float *const *xs, float *y,
+                             int n, dpt_mode mode)
 {
+    const float *x = xs[0];
     bn_layer *b = l->priv;
     int c = b->channels, hw = l->in[1] * l->in[2];
     const float *offset = l->p, *scale = l->p + c;
@@ -142,9 +143,11 @@ static dpt_status bn_forward(dpt_net *net, dpt_layer *l, const float *x, float *
     return DPT_OK;
 }
 
-static dpt_status bn_backward(dpt_net *net, dpt_layer *l, const float *x, const float *y,
-                              const float *dy, float *dx, int n)
+static dpt_status bn_backward(dpt_net *net, dpt_layer *l, const float *const *xs,
+                              const float *y, const float *dy, float *const *dxs, int n)
 {
+    const float *x = xs[0];
+    float *dx = dxs[0];
     (void)y;
     bn_layer *b = l->priv;
     int c = b->channels, hw = l->in[1] * l->in[2];
@@ -263,7 +266,8 @@ static void bn_free(dpt_layer *l)
 }
 
 const layer_type dpt_layer_batchnorm = {
-    .name = "batchnorm", .create = bn_create, .set = bn_set, .infer = bn_infer,
+    .name = "batchnorm", .min_inputs = 1, .max_inputs = 1,
+    .create = bn_create, .set = bn_set, .infer = bn_infer,
     .init = bn_init, .forward = bn_forward, .backward = bn_backward,
     .pool_doubles = bn_pool_doubles, .pool_pack = bn_pool_pack, .pool_apply = bn_pool_apply,
     .describe = bn_describe, .free = bn_free,

@@ -80,9 +80,9 @@ static dpt_status conv_infer(dpt_net *net, dpt_layer *l)
                         l->name, c->kh, c->kw, l->in[1], l->in[2], c->pad);
     l->out[0] = c->filters, l->out[1] = c->d.out_h, l->out[2] = c->d.out_w;
     int wshape[4] = {c->filters, l->in[0], c->kh, c->kw};
-    dpt_status s = net_declare(net, l, 0, "Weights", 4, wshape);
+    dpt_status s = net_declare(net, l, DPT_KIND_LEARN, "Weights", 4, wshape);
     if (s == DPT_OK && c->bias)
-        s = net_declare(net, l, 0, "Bias", 1, &c->filters);
+        s = net_declare(net, l, DPT_KIND_LEARN, "Bias", 1, &c->filters);
     return s;
 }
 
@@ -103,9 +103,10 @@ static size_t conv_work(const dpt_layer *l, int n)
     return dpt_conv2d_work_floats(&d);
 }
 
-static dpt_status conv_forward(dpt_net *net, dpt_layer *l, const float *x, float *y, int n,
-                               dpt_mode mode)
+static dpt_status conv_forward(dpt_net *net, dpt_layer *l, const float *const *xs, float *y,
+                               int n, dpt_mode mode)
 {
+    const float *x = xs[0];
     conv_layer *c = l->priv;
     c->d.n = n;
     size_t nw = (size_t)c->filters * l->in[0] * c->kh * c->kw;
@@ -119,9 +120,11 @@ static dpt_status conv_forward(dpt_net *net, dpt_layer *l, const float *x, float
     return DPT_OK;
 }
 
-static dpt_status conv_backward(dpt_net *net, dpt_layer *l, const float *x, const float *y,
-                                const float *dy, float *dx, int n)
+static dpt_status conv_backward(dpt_net *net, dpt_layer *l, const float *const *xs,
+                                const float *y, const float *dy, float *const *dxs, int n)
 {
+    const float *x = xs[0];
+    float *dx = dxs[0];
     conv_layer *c = l->priv;
     c->d.n = n;
     size_t nw = (size_t)c->filters * l->in[0] * c->kh * c->kw;
@@ -157,7 +160,8 @@ static void conv_describe(const dpt_layer *l, char *buf, size_t cap)
 static void free_priv(dpt_layer *l) { free(l->priv); }
 
 const layer_type dpt_layer_conv = {
-    .name = "conv", .create = conv_create, .set = conv_set, .infer = conv_infer,
+    .name = "conv", .min_inputs = 1, .max_inputs = 1,
+    .create = conv_create, .set = conv_set, .infer = conv_infer,
     .init = conv_init, .work_floats = conv_work, .forward = conv_forward,
     .backward = conv_backward, .describe = conv_describe, .free = free_priv,
 };
@@ -201,9 +205,9 @@ static dpt_status fc_infer(dpt_net *net, dpt_layer *l)
     int in = l->in[0] * l->in[1] * l->in[2];
     l->out[0] = outputs, l->out[1] = l->out[2] = 1;
     int wshape[2] = {outputs, in};
-    dpt_status s = net_declare(net, l, 0, "Weights", 2, wshape);
+    dpt_status s = net_declare(net, l, DPT_KIND_LEARN, "Weights", 2, wshape);
     if (s == DPT_OK)
-        s = net_declare(net, l, 0, "Bias", 1, &outputs);
+        s = net_declare(net, l, DPT_KIND_LEARN, "Bias", 1, &outputs);
     return s;
 }
 
@@ -224,9 +228,10 @@ static size_t fc_work(const dpt_layer *l, int n)
 
 /* Fused with the batchnorm below (net.c), as the conv: x is its input,
  * normalised on the fly, and its backward sums come with dx. */
-static dpt_status fc_forward(dpt_net *net, dpt_layer *l, const float *x, float *y, int n,
-                             dpt_mode mode)
+static dpt_status fc_forward(dpt_net *net, dpt_layer *l, const float *const *xs, float *y,
+                             int n, dpt_mode mode)
 {
+    const float *x = xs[0];
     (void)mode;
     int in = l->in[0] * l->in[1] * l->in[2], out = l->out[0];
     dpt_linear_forward_ex(x, l->in_bnf ? &l->in_bnf->a : NULL, l->in[1] * l->in[2], l->p,
@@ -234,9 +239,11 @@ static dpt_status fc_forward(dpt_net *net, dpt_layer *l, const float *x, float *
     return DPT_OK;
 }
 
-static dpt_status fc_backward(dpt_net *net, dpt_layer *l, const float *x, const float *y,
-                              const float *dy, float *dx, int n)
+static dpt_status fc_backward(dpt_net *net, dpt_layer *l, const float *const *xs,
+                              const float *y, const float *dy, float *const *dxs, int n)
 {
+    const float *x = xs[0];
+    float *dx = dxs[0];
     (void)y;
     int in = l->in[0] * l->in[1] * l->in[2], out = l->out[0];
     assert(!l->in_bnf || dx);
@@ -252,7 +259,8 @@ static void fc_describe(const dpt_layer *l, char *buf, size_t cap)
 }
 
 const layer_type dpt_layer_fc = {
-    .name = "fc", .create = fc_create, .set = fc_set, .infer = fc_infer, .init = fc_init,
+    .name = "fc", .min_inputs = 1, .max_inputs = 1,
+    .create = fc_create, .set = fc_set, .infer = fc_infer, .init = fc_init,
     .work_floats = fc_work, .forward = fc_forward, .backward = fc_backward,
     .describe = fc_describe, .free = free_priv,
 };

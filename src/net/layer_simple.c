@@ -40,7 +40,8 @@ static void input_describe(const dpt_layer *l, char *buf, size_t cap)
 }
 
 const layer_type dpt_layer_input = {
-    .name = "input", .create = input_create, .set = input_set, .infer = input_infer,
+    .name = "input", .min_inputs = 0, .max_inputs = 0,
+    .create = input_create, .set = input_set, .infer = input_infer,
     .describe = input_describe,
 };
 
@@ -61,17 +62,20 @@ static dpt_status same_shape(dpt_net *net, dpt_layer *l)
 
 /* ---- ReLU -------------------------------------------------------------------- */
 
-static dpt_status relu_forward(dpt_net *net, dpt_layer *l, const float *x, float *y, int n,
-                               dpt_mode mode)
+static dpt_status relu_forward(dpt_net *net, dpt_layer *l, const float *const *xs, float *y,
+                               int n, dpt_mode mode)
 {
+    const float *x = xs[0];
     (void)net, (void)mode;
     dpt_relu_forward(x, y, (size_t)n * l->out[0] * l->out[1] * l->out[2]);
     return DPT_OK;
 }
 
-static dpt_status relu_backward(dpt_net *net, dpt_layer *l, const float *x, const float *y,
-                                const float *dy, float *dx, int n)
+static dpt_status relu_backward(dpt_net *net, dpt_layer *l, const float *const *xs,
+                                const float *y, const float *dy, float *const *dxs, int n)
 {
+    const float *x = xs[0];
+    float *dx = dxs[0];
     (void)net, (void)x;
     if (dx)
         dpt_relu_backward(y, dy, dx, (size_t)n * l->out[0] * l->out[1] * l->out[2]);
@@ -79,7 +83,8 @@ static dpt_status relu_backward(dpt_net *net, dpt_layer *l, const float *x, cons
 }
 
 const layer_type dpt_layer_relu = {
-    .name = "relu", .set = no_keys, .infer = same_shape,
+    .name = "relu", .min_inputs = 1, .max_inputs = 1,
+    .set = no_keys, .infer = same_shape,
     .forward = relu_forward, .backward = relu_backward,
 };
 
@@ -96,9 +101,10 @@ static dpt_status softmax_infer(dpt_net *net, dpt_layer *l)
     return DPT_OK;
 }
 
-static dpt_status softmax_forward(dpt_net *net, dpt_layer *l, const float *x, float *y, int n,
-                                  dpt_mode mode)
+static dpt_status softmax_forward(dpt_net *net, dpt_layer *l, const float *const *xs, float *y,
+                                  int n, dpt_mode mode)
 {
+    const float *x = xs[0];
     (void)net, (void)mode;
     dpt_softmax_forward(x, y, n, l->out[0]);
     return DPT_OK;
@@ -106,9 +112,11 @@ static dpt_status softmax_forward(dpt_net *net, dpt_layer *l, const float *x, fl
 
 /* The general Jacobian product dx = p ⊙ (dy − Σ dy·p), used when a custom loss
  * supplies dL/dp; cross-entropy takes the fused path and skips this layer. */
-static dpt_status softmax_backward(dpt_net *net, dpt_layer *l, const float *x, const float *y,
-                                   const float *dy, float *dx, int n)
+static dpt_status softmax_backward(dpt_net *net, dpt_layer *l, const float *const *xs,
+                                   const float *y, const float *dy, float *const *dxs, int n)
 {
+    const float *x = xs[0];
+    float *dx = dxs[0];
     (void)net, (void)x;
     int k = l->out[0];
     for (int i = 0; i < n; i++) {
@@ -123,6 +131,7 @@ static dpt_status softmax_backward(dpt_net *net, dpt_layer *l, const float *x, c
 }
 
 const layer_type dpt_layer_softmax = {
-    .name = "softmax", .set = no_keys, .infer = softmax_infer,
+    .name = "softmax", .min_inputs = 1, .max_inputs = 1,
+    .set = no_keys, .infer = softmax_infer,
     .forward = softmax_forward, .backward = softmax_backward,
 };

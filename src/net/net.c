@@ -31,10 +31,28 @@ static const char default_spec[] =
 
 const char *dpt_net_default_spec(void) { return default_spec; }
 
+/* Every layer type the spec knows, one per line (a new type: one line
+ * here, one extern in net_impl.h). The "unknown layer type" message lists
+ * these names. */
 static const layer_type *const layer_types[] = {
-    &dpt_layer_input, &dpt_layer_conv, &dpt_layer_batchnorm,
-    &dpt_layer_relu,  &dpt_layer_fc,   &dpt_layer_softmax,
+    &dpt_layer_input,
+    &dpt_layer_conv,
+    &dpt_layer_batchnorm,
+    &dpt_layer_relu,
+    &dpt_layer_fc,
+    &dpt_layer_softmax,
+    &dpt_layer_add,
+    &dpt_layer_concat,
 };
+
+/* "input, conv, ...": the table's names, for messages. */
+static void type_names(char *buf, size_t cap)
+{
+    size_t k = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < sizeof layer_types / sizeof *layer_types && k < cap; i++)
+        k += (size_t)snprintf(buf + k, cap - k, "%s%s", i ? ", " : "", layer_types[i]->name);
+}
 
 static const layer_type *find_type(const char *name)
 {
@@ -110,17 +128,41 @@ static int pool_add(dpt_net *net, const char *s, const char **off)
     return 0;
 }
 
-dpt_status net_declare(dpt_net *net, dpt_layer *l, int is_state, const char *param, int ndim,
+/* Grow a table to hold one more entry (no fixed cap: bounded by the spec's
+ * size through its layers). */
+static int table_grow(void **tab, size_t *cap, size_t count, size_t elem)
+{
+    if (count < *cap)
+        return 0;
+    size_t n = *cap ? *cap * 2 : 64;
+    void *p = realloc(*tab, n * elem);
+    if (!p)
+        return -1;
+    *tab = p, *cap = n;
+    return 0;
+}
+
+dpt_status net_declare(dpt_net *net, dpt_layer *l, int kind, const char *param, int ndim,
                        const int *shape)
 {
-    dpt_param_info *tab = is_state ? net->state_tab : net->learn;
+    int is_state = kind != DPT_KIND_LEARN;
+    if (kind != DPT_KIND_LEARN && kind != DPT_KIND_POOLED && kind != DPT_KIND_CARRIED)
+        return dpt_fail(DPT_ERR_ARG, "layer '%s': unknown kind %d of '%s'", l->name, kind, param);
     size_t *count = is_state ? &net->n_state_tab : &net->n_learn;
     size_t *total = is_state ? &net->n_state : &net->n_params;
-    if (*count >= DPT_MAX_PARAMS)
-        return dpt_fail(DPT_ERR_ARG, "network has more than %d parameter tensors", DPT_MAX_PARAMS);
+    if (is_state) {
+        size_t cap = net->cap_state_tab;
+        if (table_grow((void **)&net->state_tab, &net->cap_state_tab, *count,
+                       sizeof *net->state_tab) ||
+            table_grow((void **)&net->state_kind, &cap, *count, sizeof *net->state_kind))
+            return dpt_fail(DPT_ERR_NOMEM, "out of memory");
+        net->state_kind[*count] = (unsigned char)kind;
+    } else if (table_grow((void **)&net->learn, &net->cap_learn, *count, sizeof *net->learn)) {
+        return dpt_fail(DPT_ERR_NOMEM, "out of memory");
+    }
     char full[2 * DPT_NAME_MAX + 2];
     snprintf(full, sizeof full, "%s/%s", l->name, param);
-    dpt_param_info *e = &tab[(*count)++];
+    dpt_param_info *e = is_state ? &net->state_tab[(*count)++] : &net->learn[(*count)++];
     memset(e, 0, sizeof *e);
     if (pool_add(net, full, &e->name) || pool_add(net, l->name, &e->layer) ||
         pool_add(net, param, &e->param))
@@ -152,6 +194,56 @@ static void fix_names(dpt_param_info *tab, size_t n, const char *base)
 }
 
 /* Split one spec line into tokens in place; returns the count. */
+/* A layer's inputs: the names of from= (comma-separated), each an earlier
+ * layer, or the line above by default; their count within the type's. */
+static dpt_status resolve_inputs(dpt_net *net, dpt_layer *l, char *from)
+{
+    const char *src = net->source;
+    const layer_type *t = l->type;
+    if (!from) {
+        l->n_in = 1;
+        l->inputs[0] = l->index - 1;
+    } else {
+        l->n_in = 0;
+        char *save = NULL;
+        for (char *name = strtok_r(from, ",", &save); name; name = strtok_r(NULL, ",", &save)) {
+            if (l->n_in == DPT_MAX_INPUTS)
+                return dpt_fail(DPT_ERR_FORMAT, "%s:%d: %s '%s': from= names more than %d "
+                                "layers", src, l->line, t->name, l->name, DPT_MAX_INPUTS);
+            if (strcmp(name, l->name) == 0)
+                return dpt_fail(DPT_ERR_FORMAT, "%s:%d: %s '%s': from= names the layer itself "
+                                "(a layer takes input from layers above it)", src, l->line,
+                                t->name, l->name);
+            int j = 0;
+            while (j < net->n_layers && strcmp(net->layers[j].name, name) != 0)
+                j++;
+            if (j == net->n_layers)
+                return dpt_fail(DPT_ERR_FORMAT, "%s:%d: %s '%s': from= names '%.64s', which is "
+                                "no layer of the network", src, l->line, t->name, l->name, name);
+            if (j > l->index)
+                return dpt_fail(DPT_ERR_FORMAT, "%s:%d: %s '%s': from= names '%s', a later layer "
+                                "(line %d): a layer takes input only from layers above it, so "
+                                "the network has no cycle", src, l->line, t->name, l->name, name,
+                                net->layers[j].line);
+            l->inputs[l->n_in++] = j;
+        }
+        if (l->n_in == 0)
+            return dpt_fail(DPT_ERR_FORMAT, "%s:%d: %s '%s': from= names no layer", src, l->line,
+                            t->name, l->name);
+    }
+    if (l->n_in < t->min_inputs || l->n_in > t->max_inputs) {
+        char range[32];
+        if (t->min_inputs == t->max_inputs)
+            snprintf(range, sizeof range, "%d input%s", t->min_inputs,
+                     t->min_inputs == 1 ? "" : "s");
+        else
+            snprintf(range, sizeof range, "%d to %d inputs", t->min_inputs, t->max_inputs);
+        return dpt_fail(DPT_ERR_FORMAT, "%s:%d: %s '%s' takes %s, %s %d", src, l->line, t->name,
+                        l->name, range, from ? "from= names" : "not the default", l->n_in);
+    }
+    return DPT_OK;
+}
+
 static int tokenize(char *line, char **tok, int max)
 {
     int n = 0;
@@ -188,8 +280,10 @@ static dpt_status parse_spec(dpt_net *net, const char *text)
         cap += *p == '\n';
     cap += 1;
     net->layers = calloc((size_t)cap, sizeof *net->layers);
-    if (!net->layers) {
+    char **from = calloc((size_t)cap, sizeof *from); /* each layer's from= text, in copy */
+    if (!net->layers || !from) {
         free(copy);
+        free(from);
         return dpt_fail(DPT_ERR_NOMEM, "out of memory");
     }
     char *line = copy;
@@ -209,9 +303,10 @@ static dpt_status parse_spec(dpt_net *net, const char *text)
         }
         const layer_type *t = find_type(tok[0]);
         if (!t) {
-            s = dpt_fail(DPT_ERR_FORMAT,
-                         "%s:%d: unknown layer type '%s' (known: input, conv, batchnorm, relu, "
-                         "fc, softmax)", src, lineno, tok[0]);
+            char known[512];
+            type_names(known, sizeof known);
+            s = dpt_fail(DPT_ERR_FORMAT, "%s:%d: unknown layer type '%s' (known: %s)", src, lineno,
+                         tok[0], known);
             break;
         }
         if (nt < 2 || strchr(tok[1], '=')) {
@@ -242,6 +337,7 @@ static dpt_status parse_spec(dpt_net *net, const char *text)
         dpt_layer *l = &net->layers[net->n_layers++];
         l->type = t;
         l->line = lineno;
+        l->index = net->n_layers - 1;
         snprintf(l->name, sizeof l->name, "%s", tok[1]);
         if (t->create && (s = t->create(l)) != DPT_OK)
             break;
@@ -253,6 +349,20 @@ static dpt_status parse_spec(dpt_net *net, const char *text)
                 goto done;
             }
             *eq = '\0';
+            if (strcmp(tok[i], "from") == 0) {
+                if (t->max_inputs == 0) {
+                    s = dpt_fail(DPT_ERR_FORMAT, "%s:%d: %s '%s' takes no from= (it reads the "
+                                 "data)", src, lineno, t->name, l->name);
+                    goto done;
+                }
+                if (from[l->index]) {
+                    s = dpt_fail(DPT_ERR_FORMAT, "%s:%d: %s '%s': from= given twice", src, lineno,
+                                 t->name, l->name);
+                    goto done;
+                }
+                from[l->index] = eq + 1; /* resolved once every name is known */
+                continue;
+            }
             if ((s = t->set(l, tok[i], eq + 1)) != DPT_OK) {
                 char msg[512];
                 snprintf(msg, sizeof msg, "%s", dpt_last_error());
@@ -263,9 +373,12 @@ static dpt_status parse_spec(dpt_net *net, const char *text)
     }
     if (s == DPT_OK && net->n_layers == 0)
         s = dpt_fail(DPT_ERR_FORMAT, "%s: missing input layer: the spec has no layers", src);
+    for (int i = 1; s == DPT_OK && i < net->n_layers; i++)
+        s = resolve_inputs(net, &net->layers[i], from[i]);
 done:
     (void)save;
     free(copy);
+    free(from);
     return s;
 }
 
@@ -320,8 +433,10 @@ static dpt_status infer_shapes(dpt_net *net)
 {
     for (int i = 0; i < net->n_layers; i++) {
         dpt_layer *l = &net->layers[i];
-        if (i > 0)
-            memcpy(l->in, net->layers[i - 1].out, sizeof l->in);
+        for (int k = 0; k < l->n_in; k++)
+            memcpy(l->ins[k], net->layers[l->inputs[k]].out, sizeof l->ins[k]);
+        if (l->n_in)
+            memcpy(l->in, l->ins[0], sizeof l->in);
         if (l->type == &dpt_layer_softmax && i != net->n_layers - 1)
             return dpt_fail(DPT_ERR_FORMAT, "%s:%d: softmax '%s' must be the last layer",
                             net->source, l->line, l->name);
@@ -354,7 +469,7 @@ static size_t layer_count(const dpt_layer *l) { return (size_t)l->out[0] * l->ou
 static dpt_status check_memory(dpt_net *net)
 {
     const double nb = (double)net->max_batch;
-    double total = 0, max_act = 0, worst = -1;
+    double total = 0, worst = -1;
     int worst_layer = 0;
     for (int i = 0; i < net->n_layers; i++) {
         const dpt_layer *l = &net->layers[i];
@@ -363,17 +478,18 @@ static dpt_status check_memory(dpt_net *net)
         double bytes = 4 * (count * nb + 2 * (double)l->n_learn_values + (double)l->n_state_values);
         if (l->type->work_floats)
             bytes += 4 * (double)l->type->work_floats(l, net->max_batch);
-        if (count * nb > max_act)
-            max_act = count * nb;
         total += bytes;
         if (bytes > worst)
             worst = bytes, worst_layer = i;
     }
-    /* Two gradient buffers of the largest activation and the loss gradient.
-     * Scratch was counted per layer though the network keeps only the
-     * largest: an upper bound, like the activations fusion saves. */
+    /* The planned gradient and scratch buffers and the loss gradient.
+     * Activations were counted per layer though fusion shares or skips
+     * some, and scratch per layer though the network keeps only the
+     * largest: an upper bound. */
+    double plan_acts, plan_grads;
+    net_plan_floats(net, &plan_acts, &plan_grads);
     const dpt_layer *last = &net->layers[net->n_layers - 1];
-    total += 4 * (2 * max_act + (double)last->out[0] * last->out[1] * last->out[2] * nb);
+    total += 4 * (plan_grads + (double)last->out[0] * last->out[1] * last->out[2] * nb);
     dpt_status bs;
     double budget = dpt_net_memory_budget(&bs);
     if (bs != DPT_OK)
@@ -390,114 +506,19 @@ static dpt_status check_memory(dpt_net *net)
     return DPT_OK;
 }
 
-/* Fusion of conv -> batchnorm -> relu -> conv chains on the CPU (none with
- * the "generic" kernels, which stay the plain reference path). Each saves
- * whole passes over activation-sized buffers, the bulk of the memory traffic
- * of a small network:
- *  - conv then batchnorm: the conv adds up the batch-norm sums of its
- *    output while writing it (no reading pass in the batchnorm);
- *  - batchnorm then relu: the batchnorm applies the ReLU, forward and
- *    backward; the relu layer is skipped and shares its output buffer;
- *  - batchnorm (+ relu) then conv, or then fc where the fc kernels can
- *    (dpt_linear_fuses_bn): the batchnorm's output is never written; the
- *    conv normalises its input while packing it, the fc as it loads it (and
- *    again in backward, where they need that input for the weight
- *    gradient);
- *  - conv then batchnorm, backward: the batchnorm computes only its sums and
- *    per-channel coefficients; the conv forms its output gradient from them
- *    while packing it (the batchnorm's input gradient is never written).
- *  - the same, backward: the conv (fc) adds up the batchnorm's backward
- *    sums while it writes its input gradient (the gradient at the
- *    batchnorm's output), so the batchnorm reads neither that gradient nor
- *    its input again.
- * With these, a conv -> batchnorm -> relu block reads and writes its
- * activations about half as often. A non-finite value inside a fused
- * batchnorm is reported at the conv or fc after it. */
-static dpt_status plan_fusion(dpt_net *net)
-{
-    /* DPT_FUSION=0 turns it off (for measuring what it gains). */
-    const char *env = getenv("DPT_FUSION");
-    if (strcmp(dpt_ops_kernels(), "generic") == 0 || (env && strcmp(env, "0") == 0))
-        return DPT_OK;
-    size_t n_sums = 0, n_bn = 0, n_buf = 0;
-    for (int i = 1; i < net->n_layers; i++) {
-        dpt_layer *l = &net->layers[i];
-        if (l->type == &dpt_layer_batchnorm && net->layers[i - 1].type == &dpt_layer_conv) {
-            n_sums += 4 * (size_t)l->in[0];
-            n_bn++;
-            n_buf += 6 * (size_t)l->in[0];
-        }
-    }
-    if (!n_bn)
-        return DPT_OK;
-    net->fuse_sums = calloc(n_sums, sizeof(double));
-    net->fuse_bn = calloc(n_bn, sizeof *net->fuse_bn);
-    net->fuse_buf = calloc(n_buf, sizeof(float));
-    if (!net->fuse_sums || !net->fuse_bn || !net->fuse_buf)
-        return dpt_fail(DPT_ERR_NOMEM, "out of memory");
-    double *sums = net->fuse_sums;
-    float *buf = net->fuse_buf;
-    bn_fusion *f = net->fuse_bn;
-    for (int i = 1; i < net->n_layers; i++) {
-        dpt_layer *l = &net->layers[i], *below = &net->layers[i - 1];
-        if (l->type != &dpt_layer_batchnorm || below->type != &dpt_layer_conv)
-            continue;
-        const size_t c = (size_t)l->in[0];
-        below->sums_out = l->sums_in = sums;
-        f->xg = sums + 2 * c;
-        sums += 4 * c;
-        f->a.mean = buf, f->a.scale = buf + c, f->a.shift = buf + 2 * c;
-        f->a.kf = buf + 3 * c, f->a.ka = buf + 4 * c, f->a.kb = buf + 5 * c;
-        buf += 6 * c;
-        l->bnf = f;
-        f->dx_virtual = 1;
-        below->out_bnf = f;
-        int top = i; /* the layer whose output the next layer reads */
-        if (i + 1 < net->n_layers && net->layers[i + 1].type == &dpt_layer_relu) {
-            l->relu_after = net->layers[i + 1].fused = 1;
-            f->a.relu = 1;
-            top = i + 1;
-        }
-        dpt_layer *next = top + 1 < net->n_layers ? &net->layers[top + 1] : NULL;
-        if (next && (next->type == &dpt_layer_conv ||
-                     (next->type == &dpt_layer_fc &&
-                      dpt_linear_fuses_bn(next->in[0] * next->in[1] * next->in[2], next->out[0],
-                                          next->in[1] * next->in[2])))) {
-            f->out_virtual = 1;
-            net->layers[top + 1].in_bnf = f;
-            net->layers[top + 1].in_act = i - 1; /* the batchnorm's input */
-        }
-        f++;
-    }
-    return DPT_OK;
-}
-
 static dpt_status build_buffers(dpt_net *net, uint64_t seed)
 {
-    size_t nb = (size_t)net->max_batch;
-    dpt_status fs = plan_fusion(net);
-    if (fs != DPT_OK)
-        return fs;
     net->params = dpt_alloc(net->n_params * sizeof(float));
     net->grads = dpt_alloc(net->n_params * sizeof(float));
     net->state = dpt_alloc(net->n_state * sizeof(float));
-    net->acts = calloc((size_t)net->n_layers, sizeof *net->acts);
-    if ((net->n_params && (!net->params || !net->grads)) || (net->n_state && !net->state) ||
-        !net->acts)
+    if ((net->n_params && (!net->params || !net->grads)) || (net->n_state && !net->state))
         return dpt_fail(DPT_ERR_NOMEM, "%s: out of memory for the parameter buffers", net->source);
-    size_t max_act = 0;
+    net->dev = &net_dev_cpu;
+    dpt_status s = net_alloc_buffers(net);
+    if (s != DPT_OK)
+        return s;
     for (int i = 0; i < net->n_layers; i++) {
         dpt_layer *l = &net->layers[i];
-        size_t n = layer_count(l) * nb;
-        if (n > max_act)
-            max_act = n;
-        /* Outputs nobody reads (fused away) get no buffer. */
-        int virt = (l->bnf && l->bnf->out_virtual) ||
-                   (l->fused && net->layers[i - 1].bnf && net->layers[i - 1].bnf->out_virtual);
-        net->acts[i] = virt ? NULL : l->fused ? net->acts[i - 1] : dpt_alloc(n * sizeof(float));
-        if (!net->acts[i] && !virt)
-            return dpt_fail(DPT_ERR_NOMEM, "%s: out of memory for activations of layer '%s' "
-                            "(%zu floats)", net->source, l->name, n);
         if (l->type->work_floats) {
             size_t w = l->type->work_floats(l, net->max_batch);
             if (w > net->work_floats)
@@ -507,10 +528,7 @@ static dpt_status build_buffers(dpt_net *net, uint64_t seed)
         l->g = l->n_learnables ? net->grads + net->learn[l->first_learnable].offset : NULL;
         l->s = l->n_state ? net->state + net->state_tab[l->first_state].offset : NULL;
     }
-    for (int k = 0; k < 2; k++)
-        if (!(net->gbuf[k] = dpt_alloc(max_act * sizeof(float))))
-            return dpt_fail(DPT_ERR_NOMEM, "%s: out of memory for gradients", net->source);
-    size_t n_out = layer_count(&net->layers[net->n_layers - 1]) * nb;
+    size_t n_out = layer_count(&net->layers[net->n_layers - 1]) * (size_t)net->max_batch;
     net->n_pool = 1;
     for (int i = 0; i < net->n_layers; i++)
         if (net->layers[i].type->pool_doubles)
@@ -533,17 +551,27 @@ static dpt_status build_buffers(dpt_net *net, uint64_t seed)
  * made explicit and classes filled in. Saved in model files. */
 static dpt_status render_spec(dpt_net *net)
 {
-    size_t cap = 256 + (size_t)net->n_layers * 256;
+    size_t cap = 256;
+    for (int i = 0; i < net->n_layers; i++)
+        cap += 256 + (size_t)net->layers[i].n_in * (DPT_NAME_MAX + 1);
     net->spec = malloc(cap);
     if (!net->spec)
         return dpt_fail(DPT_ERR_NOMEM, "out of memory");
     size_t k = 0;
+    net->spec[0] = '\0';
     for (int i = 0; i < net->n_layers; i++) {
         const dpt_layer *l = &net->layers[i];
         char keys[200] = "";
         if (l->type->describe)
             l->type->describe(l, keys, sizeof keys);
-        k += (size_t)snprintf(net->spec + k, cap - k, "%-10s %s%s\n", l->type->name, l->name, keys);
+        k += (size_t)snprintf(net->spec + k, cap - k, "%-10s %s", l->type->name, l->name);
+        /* from= only where it is not the default (the line above), so a
+         * chain's spec reads as before the graph. */
+        if (l->n_in != 1 || l->inputs[0] != i - 1)
+            for (int j = 0; j < l->n_in; j++)
+                k += (size_t)snprintf(net->spec + k, cap - k, "%s%s", j ? "," : " from=",
+                                      net->layers[l->inputs[j]].name);
+        k += (size_t)snprintf(net->spec + k, cap - k, "%s\n", keys);
     }
     return DPT_OK;
 }
@@ -576,7 +604,10 @@ dpt_status net_from_spec_checked(const char *text, const char *source, int n_cla
     snprintf(net->source, sizeof net->source, "%s", source ? source : "<spec>");
     net->max_batch = max_batch;
     net->n_classes = n_classes;
+    net->seed = seed;
     dpt_status s = parse_spec(net, text);
+    if (s == DPT_OK)
+        s = net_check_graph(net);
     if (s == DPT_OK)
         s = infer_shapes(net);
     if (s == DPT_OK) {
@@ -584,6 +615,8 @@ dpt_status net_from_spec_checked(const char *text, const char *source, int n_cla
         fix_names(net->state_tab, net->n_state_tab, net->names);
         if (check)
             s = check(net, ctx);
+        if (s == DPT_OK)
+            s = net_plan(net);
         if (s == DPT_OK)
             s = check_memory(net);
         if (s == DPT_OK)
@@ -648,19 +681,11 @@ void dpt_net_free(dpt_net *net)
     if (!net)
         return;
     net_gpu_free(net);
-    for (int i = 0; i < net->n_layers; i++) {
+    net_free_plan(net);
+    for (int i = 0; i < net->n_layers; i++)
         if (net->layers[i].type && net->layers[i].type->free)
             net->layers[i].type->free(&net->layers[i]);
-        if (net->acts && !net->layers[i].fused)
-            dpt_free(net->acts[i]);
-    }
     free(net->layers);
-    free(net->acts);
-    free(net->fuse_sums);
-    free(net->fuse_bn);
-    free(net->fuse_buf);
-    dpt_free(net->gbuf[0]);
-    dpt_free(net->gbuf[1]);
     dpt_free(net->work);
     dpt_free(net->dout);
     free(net->pool);
@@ -671,6 +696,9 @@ void dpt_net_free(dpt_net *net)
         free(net->meta[i]);
     free(net->meta);
     free(net->names);
+    free(net->learn);
+    free(net->state_tab);
+    free(net->state_kind);
     free(net->spec);
     free(net);
 }
@@ -744,6 +772,67 @@ static int all_finite(const float *x, size_t n)
     return acc == 0.0f;
 }
 
+/* ---- the host device (net_dev) ---------------------------------------------------- */
+
+static dpt_status cpu_alloc(dpt_net *net, size_t n, float **out)
+{
+    (void)net;
+    *out = dpt_alloc((n ? n : 1) * sizeof(float));
+    return *out ? DPT_OK : dpt_fail(DPT_ERR_NOMEM, "out of memory");
+}
+static void cpu_release(dpt_net *net, float *p) { (void)net, dpt_free(p); }
+static void cpu_zero(dpt_net *net, float *p, size_t n) { (void)net, memset(p, 0, n * sizeof *p); }
+static void cpu_add(dpt_net *net, float *dst, const float *src, size_t n)
+{
+    (void)net;
+    for (size_t i = 0; i < n; i++)
+        dst[i] += src[i];
+}
+static void cpu_copy(dpt_net *net, float *dst, const float *src, size_t n)
+{
+    (void)net;
+    memcpy(dst, src, n * sizeof *dst);
+}
+static dpt_status cpu_upload(dpt_net *net, float *dst, const float *host, size_t n)
+{
+    cpu_copy(net, dst, host, n);
+    return DPT_OK;
+}
+static dpt_status cpu_download(dpt_net *net, float *host, const float *src, size_t n)
+{
+    cpu_copy(net, host, src, n);
+    return DPT_OK;
+}
+static int cpu_all_finite(dpt_net *net, const float *x, size_t n)
+{
+    (void)net;
+    return all_finite(x, n);
+}
+static dpt_status cpu_forward(dpt_net *net, dpt_layer *l, const float *const *x, float *y, int n,
+                              dpt_mode mode)
+{
+    return l->type->forward(net, l, x, y, n, mode);
+}
+static dpt_status cpu_backward(dpt_net *net, dpt_layer *l, const float *const *x, const float *y,
+                               const float *dy, float *const *dx, int n)
+{
+    return l->type->backward(net, l, x, y, dy, dx, n);
+}
+
+const net_dev net_dev_cpu = {
+    .name = "cpu", .alloc = cpu_alloc, .release = cpu_release, .zero = cpu_zero,
+    .add = cpu_add, .copy = cpu_copy, .upload = cpu_upload, .download = cpu_download,
+    .all_finite = cpu_all_finite, .forward = cpu_forward, .backward = cpu_backward,
+};
+
+/* ---- the executor ------------------------------------------------------------------- */
+
+/* Floats of node i's output for n observations. */
+static size_t node_floats(const dpt_net *net, int i, int n)
+{
+    return (size_t)n * layer_count(&net->layers[i]);
+}
+
 dpt_status dpt_net_forward(dpt_net *net, const float *x, int n, dpt_mode mode, const float **y)
 {
     if (!net || !x || !y)
@@ -755,14 +844,21 @@ dpt_status dpt_net_forward(dpt_net *net, const float *x, int n, dpt_mode mode, c
                         net->source, n, net->max_batch);
     if (net->gpu)
         return net_gpu_forward(net, x, n, mode, y);
-    memcpy(net->acts[0], x, (size_t)n * layer_count(&net->layers[0]) * sizeof(float));
+    const net_dev *dev = net->dev;
+    float **buf = net->buf;
+    dpt_status s = dev->upload(net, buf[net->plan[0].act], x, node_floats(net, 0, n));
+    if (s != DPT_OK)
+        return s;
+    const float *xs[DPT_MAX_INPUTS];
     for (int i = 1; i < net->n_layers; i++) {
         dpt_layer *l = &net->layers[i];
-        if (l->fused)
+        const node_plan *P = &net->plan[i];
+        if (l->fused) /* computed by the batchnorm it reads */
             continue;
-        const float *x = net->acts[l->in_bnf ? l->in_act : i - 1];
+        for (int k = 0; k < l->n_in; k++)
+            xs[k] = P->x_act[k] >= 0 ? buf[P->x_act[k]] : NULL;
         double t0 = net->prof ? prof_now() : 0.0;
-        dpt_status s = l->type->forward(net, l, x, net->acts[i], n, mode);
+        s = dev->forward(net, l, xs, P->act >= 0 ? buf[P->act] : NULL, n, mode);
         if (s != DPT_OK)
             return s;
         if (net->prof)
@@ -770,11 +866,11 @@ dpt_status dpt_net_forward(dpt_net *net, const float *x, int n, dpt_mode mode, c
     }
     net->last_n = n;
     net->last_mode = mode;
-    const float *out = net->acts[net->n_layers - 1];
-    size_t k = layer_count(&net->layers[net->n_layers - 1]);
-    if (!all_finite(out, (size_t)n * k)) {
+    int last = net->n_layers - 1;
+    const float *out = net->acts[last];
+    if (!dev->all_finite(net, out, node_floats(net, last, n))) {
         for (int i = 0; i < net->n_layers; i++)
-            if (net->acts[i] && !all_finite(net->acts[i], (size_t)n * layer_count(&net->layers[i])))
+            if (net->acts[i] && !dev->all_finite(net, net->acts[i], node_floats(net, i, n)))
                 return dpt_fail(DPT_ERR_NUMERIC, "non-finite values in the output of layer '%s' "
                                 "(%s)", net->layers[i].name, net->layers[i].type->name);
     }
@@ -790,35 +886,45 @@ dpt_status dpt_net_backward(dpt_net *net, const float *dy, int dy_is_logits)
         return dpt_fail(DPT_ERR_ARG, "%s: backward needs a TRAIN-mode forward first", net->source);
     if (net->gpu)
         return net_gpu_backward(net, dy, dy_is_logits);
+    const net_dev *dev = net->dev;
+    float **buf = net->buf;
     int n = net->last_n;
     int top = net->n_layers - 1;
+    /* The gradient group the caller's dy stands for: the output's, or with
+     * dy at the logits, that of the softmax's input (its only consumer is
+     * the softmax, which is skipped). */
+    int ext = net->plan[top].grp;
     if (dy_is_logits) {
         if (net->layers[top].type != &dpt_layer_softmax)
             return dpt_fail(DPT_ERR_ARG, "%s: gradient given at the logits, but the last layer is "
                             "'%s', not softmax", net->source, net->layers[top].name);
+        ext = net->plan[net->layers[top].inputs[0]].grp;
         top--;
     }
-    const float *g = dy;
-    int which = 0;
+    const float *xs[DPT_MAX_INPUTS];
+    float *dxs[DPT_MAX_INPUTS];
     for (int i = top; i >= 1; i--) {
         dpt_layer *l = &net->layers[i];
-        if (l->fused) /* the batchnorm below applies this ReLU's mask */
+        const node_plan *P = &net->plan[i];
+        if (P->skip_bwd) /* the batchnorm below applies this ReLU's mask */
             continue;
-        /* No gradient for the input, nor from a batchnorm whose backward the
-         * conv below applies (g then passes through unchanged). */
-        int virt = l->bnf && l->bnf->dx_virtual;
-        float *dx = i > 1 && !virt ? net->gbuf[which] : NULL;
-        const float *x = net->acts[l->in_bnf ? l->in_act : i - 1];
+        const float *g = P->grp == ext ? dy : buf[net->grp_buf[P->grp]];
+        for (int k = 0; k < l->n_in; k++) {
+            xs[k] = P->x_act[k] >= 0 ? buf[P->x_act[k]] : NULL;
+            dxs[k] = P->dx_buf[k] >= 0 ? buf[P->dx_buf[k]] : NULL;
+        }
         double t0 = net->prof ? prof_now() : 0.0;
-        dpt_status s = l->type->backward(net, l, x, net->acts[i], g, dx, n);
+        dpt_status s = dev->backward(net, l, xs, P->act >= 0 ? buf[P->act] : NULL, g, dxs, n);
         if (s != DPT_OK)
             return s;
+        /* A node read by several layers: this one's share is added to what
+         * the later layers wrote. */
+        for (int k = 0; k < l->n_in; k++)
+            if (P->acc[k])
+                dev->add(net, buf[net->grp_buf[P->dx_grp[k]]], dxs[k],
+                         node_floats(net, l->inputs[k], n));
         if (net->prof)
             net->prof[net->n_layers + i] += prof_now() - t0;
-        if (dx) {
-            g = dx;
-            which ^= 1;
-        }
     }
     return DPT_OK;
 }
@@ -870,10 +976,36 @@ uint64_t dpt_net_hash(const dpt_net *net)
     const unsigned char *p = (const unsigned char *)net->params;
     for (size_t i = 0; i < net->n_params * sizeof(float); i++)
         h = (h ^ p[i]) * 1099511628211ULL;
-    p = (const unsigned char *)net->state;
-    for (size_t i = 0; i < net->n_state * sizeof(float); i++)
-        h = (h ^ p[i]) * 1099511628211ULL;
+    /* Pooled state only: carried state is each worker's own. */
+    for (size_t e = 0; e < net->n_state_tab; e++) {
+        if (net->state_kind[e] != DPT_KIND_POOLED)
+            continue;
+        p = (const unsigned char *)(net->state + net->state_tab[e].offset);
+        for (size_t i = 0; i < net->state_tab[e].n * sizeof(float); i++)
+            h = (h ^ p[i]) * 1099511628211ULL;
+    }
     return h;
+}
+
+void dpt_net_set_iteration(dpt_net *net, long epoch, long iteration)
+{
+    if (net)
+        net->epoch = epoch, net->iteration = iteration;
+}
+
+void dpt_net_set_obs_offset(dpt_net *net, long first)
+{
+    if (net)
+        net->obs_offset = first;
+}
+
+void dpt_net_reset_state(dpt_net *net)
+{
+    if (!net)
+        return;
+    for (int i = 0; i < net->n_layers; i++)
+        if (net->layers[i].type->reset)
+            net->layers[i].type->reset(&net->layers[i]);
 }
 
 void dpt_argmax_rows(const float *y, int n, int k, int *labels)

@@ -192,6 +192,17 @@ static dpt_status gpu_setup(dpt_net *net, const dpt_gpu_options *opt)
         const dpt_layer *l = &net->layers[i];
         gpu_layer *gl = &G->layers[i];
         layer_keys k;
+        /* This executor runs chains only: each layer reads the one before
+         * and is read by the one after. */
+        if (i > 0 && (l->n_in != 1 || l->inputs[0] != i - 1 ||
+                      (i + 1 < L && net->n_consumers && net->n_consumers[i] != 1))) {
+            s = dpt_fail(DPT_ERR_UNSUPPORTED, "%s:%d: layer '%s' (%s): the GPU code runs only "
+                         "a plain chain of layers, and this one %s", net->source, l->line,
+                         l->name, l->type->name,
+                         l->n_in != 1 || l->inputs[0] != i - 1 ? "does not take the layer above"
+                                                               : "feeds several layers");
+            goto fail;
+        }
         TRY(read_keys(net, l, &k));
         if (l->type == &dpt_layer_input) {
             gl->kind = GL_INPUT;

@@ -27,34 +27,63 @@ typedef struct bn_fusion {
     double *xg;
 } bn_fusion;
 
+#define DPT_MAX_INPUTS 32   /* inputs of one node (add/concat) */
+
+/* Kinds of state a layer declares (net_declare): learnables (gradients
+ * all-reduced); pooled state (batch-norm statistics, combined across
+ * workers, identical on all); carried state (per worker, never pooled,
+ * reset by the type's reset hook). Pooled and carried state both live in
+ * the state table; only learnables and pooled state are hashed. */
+enum { DPT_KIND_LEARN = 0, DPT_KIND_POOLED = 1, DPT_KIND_CARRIED = 2 };
+
 typedef struct layer_type {
     const char *name;
+    int min_inputs, max_inputs;  /* input layer 0,0; add 2,DPT_MAX_INPUTS;
+                                    concat 1,DPT_MAX_INPUTS; others 1,1 */
     /* Allocate l->priv with defaults. */
     dpt_status (*create)(dpt_layer *l);
     /* Apply one key=value from the spec; unknown key or bad value fails
-     * (the caller adds source:line to the message). */
+     * (the caller adds source:line to the message). from= never reaches it. */
     dpt_status (*set)(dpt_layer *l, const char *key, const char *value);
-    /* From l->in, compute l->out and declare learnables and state with
-     * net_declare(); fails with a message on impossible shapes. */
+    /* From l->n_in and l->ins[k][3] ([C,H,W] of input k; l->in is a copy
+     * of ins[0]) compute l->out[3] and declare tables with net_declare();
+     * fails with a message on impossible shapes. */
     dpt_status (*infer)(dpt_net *net, dpt_layer *l);
     /* Initialise this layer's learnables (l->p) and state (l->s). */
     void (*init)(dpt_layer *l, dpt_rng *rng);
-    /* Scratch floats needed for a batch of n. */
+    /* Scratch floats needed for a batch of n (net->work, shared). */
     size_t (*work_floats)(const dpt_layer *l, int n);
-    dpt_status (*forward)(dpt_net *net, dpt_layer *l, const float *x, float *y, int n,
-                          dpt_mode mode);
-    /* dx may be NULL when the layer below needs no gradient (the input). */
-    dpt_status (*backward)(dpt_net *net, dpt_layer *l, const float *x, const float *y,
-                           const float *dy, float *dx, int n);
-    /* Spec text of the layer's keys (for dpt_net_spec), appended to buf. */
+    /* x[k]: input k, [n, ins[k]] floats; y: [n, out]. */
+    dpt_status (*forward)(dpt_net *net, dpt_layer *l, const float *const *x, float *y,
+                          int n, dpt_mode mode);
+    /* dx[k]: gradient for input k, OVERWRITTEN (the executor sums over a
+     * node's consumers itself); dx[k] NULL when input k needs none. */
+    dpt_status (*backward)(dpt_net *net, dpt_layer *l, const float *const *x,
+                           const float *y, const float *dy, float *const *dx, int n);
+    /* Spec text of the layer's keys (for dpt_net_spec), appended to buf;
+     * keys only: the executor adds from= itself. */
     void (*describe)(const dpt_layer *l, char *buf, size_t cap);
-    /* Running-state update after a TRAIN forward (NULL: layer has no state).
-     * pool_pack writes pool_doubles(l) values that are summed over workers
-     * (weighted by each worker's observation count); pool_apply receives the
-     * sums and the total observation count and updates l->s. */
+    /* Pooled state (NULL: none). pool_pack writes pool_doubles(l) values
+     * that are summed over workers (weighted by each worker's observation
+     * count); pool_apply receives the sums and the total observation count
+     * and updates l->s. */
     size_t (*pool_doubles)(const dpt_layer *l);
     void (*pool_pack)(const dpt_layer *l, int n_local, double *buf);
     void (*pool_apply)(dpt_layer *l, const double *buf, double n_total, int synced);
+    /* Carried state (recurrent layers): reset this layer's carried state
+     * (all streams). NULL: none. */
+    void (*reset)(dpt_layer *l);
+    /* CUDA entries (NULL: no GPU code for this type). gpu_supports returns
+     * NULL when this layer's configuration runs on the GPU, else a short
+     * reason ("dilation > 1"). gpu_forward/gpu_backward take device
+     * pointers with the same meaning as forward/backward. */
+    const char *(*gpu_supports)(const dpt_layer *l);
+    dpt_status (*gpu_setup)(dpt_net *net, dpt_layer *l);   /* after the net moved */
+    void (*gpu_release)(dpt_layer *l);
+    dpt_status (*gpu_forward)(dpt_net *net, dpt_layer *l, const float *const *x, float *y,
+                              int n, dpt_mode mode);
+    dpt_status (*gpu_backward)(dpt_net *net, dpt_layer *l, const float *const *x,
+                               const float *y, const float *dy, float *const *dx, int n);
     void (*free)(dpt_layer *l);
 } layer_type;
 
@@ -62,14 +91,19 @@ struct dpt_layer {
     const layer_type *type;
     char name[DPT_NAME_MAX];
     int line;              /* spec line, for messages */
-    int in[3], out[3];     /* [C, H, W] per observation */
+    int index;             /* node index in the spec (0: the input) */
+    int n_in;              /* inputs (0 for the input layer) */
+    int inputs[DPT_MAX_INPUTS];   /* their node indices, each < index */
+    int ins[DPT_MAX_INPUTS][3];   /* [C, H, W] of each input */
+    int in[3], out[3];     /* [C, H, W] per observation; in = ins[0] */
     void *priv;
+    void *gpu_priv;        /* the GPU entries' own struct (gpu_setup/gpu_release) */
     size_t first_learnable, n_learnables; /* entries in the learnables table */
     size_t first_state, n_state;
     size_t n_learn_values, n_state_values; /* floats in those entries (memory check) */
     float *p, *g, *s;      /* views: this layer's learnables, gradients, state */
-    /* Fusion, planned once at build (net.c plan_fusion; none with the
-     * "generic" kernel set): */
+    /* Fusion, planned once at build (net.c plan_fusion, on edges whose
+     * producer has one consumer; none with the "generic" kernel set): */
     int fused;             /* relu applied by the batchnorm below it: forward and
                               backward skip it, its output is the batchnorm's */
     int relu_after;        /* batchnorm: applies the ReLU above it */
@@ -77,12 +111,27 @@ struct dpt_layer {
                               forward here, for the batchnorm above it */
     double *sums_in;       /* batchnorm: those sums, filled by the conv below */
     bn_fusion *bnf;        /* batchnorm: the record it fills for the convs around it */
-    bn_fusion *in_bnf;     /* conv: its input is acts[in_act] with in_bnf applied */
+    bn_fusion *in_bnf;     /* conv: its input is the output of node in_act with in_bnf applied */
     int in_act;
     bn_fusion *out_bnf;    /* conv: its output gradient comes through out_bnf's backward */
 };
 
-#define DPT_MAX_PARAMS 256
+/* The executor's plan for one node (net.c plan_graph): buffer ids into
+ * net->buf (-1: none). Activations: act. Backward: the gradient at the
+ * output lives in group grp (several nodes share one group where fusion
+ * passes a gradient through); input k's gradient goes to dx_buf[k], and
+ * when acc[k] is set dx_buf[k] is a scratch buffer added afterwards into
+ * the buffer of group dx_grp[k] (fan-out: a later consumer in reverse
+ * order). */
+typedef struct node_plan {
+    int act;               /* buffer of this node's output; -1: not materialised */
+    int x_act[DPT_MAX_INPUTS]; /* buffer read as input k (fusion may redirect) */
+    int grp;               /* gradient group of this node's output; -1: none */
+    int skip_bwd;          /* fused relu / no backward of its own */
+    int dx_buf[DPT_MAX_INPUTS]; /* -1: no gradient for input k */
+    int acc[DPT_MAX_INPUTS];
+    int dx_grp[DPT_MAX_INPUTS];
+} node_plan;
 
 struct dpt_net {
     char *spec;            /* normalised spec text (owned) */
@@ -92,18 +141,31 @@ struct dpt_net {
     int n_layers;
     dpt_layer *layers;     /* [n_layers] */
 
-    dpt_param_info learn[DPT_MAX_PARAMS];
-    size_t n_learn;
-    dpt_param_info state_tab[DPT_MAX_PARAMS];
-    size_t n_state_tab;
+    dpt_param_info *learn;   /* [n_learn] grown as declared (owned) */
+    size_t n_learn, cap_learn;
+    dpt_param_info *state_tab; /* [n_state_tab] (owned) */
+    unsigned char *state_kind; /* [n_state_tab] DPT_KIND_POOLED or _CARRIED (owned) */
+    size_t n_state_tab, cap_state_tab;
     char *names;           /* storage for table names (owned) */
     size_t names_used, names_cap;
 
     size_t n_params, n_state;
     float *params, *grads, *state; /* flat buffers (owned) */
 
-    float **acts;          /* acts[i]: output of layer i [max_batch, out] */
-    float *gbuf[2];        /* ping-pong gradient buffers */
+    /* Buffers planned once (plan_graph): n_buf buffers of buf_floats[b]
+     * floats; buf[b] the current device's pointers (host: owned, allocated
+     * by the device ops). acts[i] = buf[plan[i].act] (NULL: none). */
+    int n_buf;
+    size_t *buf_floats;
+    float **buf;
+    node_plan *plan;       /* [n_layers] */
+    int n_grad_bufs;       /* buffers holding gradients (tests: reuse) */
+    int *grp_buf;          /* [n_grp] buffer of each gradient group */
+    int n_grp;
+    int *n_consumers;      /* [n_layers] layers reading each node (owned) */
+    int *sole_consumer;    /* [n_layers] the last of them (inside n_consumers' block) */
+    const struct net_dev *dev; /* where the buffers live and layers run */
+    float **acts;          /* acts[i]: output of layer i [max_batch, out] (views) */
     float *dout;           /* [max_batch, outputs] loss gradient for callers */
     double *pool;          /* scratch for dpt_net_update_state */
     size_t n_pool;
@@ -121,13 +183,63 @@ struct dpt_net {
                               [0, n_layers), backward in [n_layers, 2 n_layers)
                               (borrowed; set by bench/step_bench.c) */
 
+    uint64_t seed;         /* the build seed */
+    long epoch, iteration; /* dpt_net_set_iteration (dropout masks) */
+    long obs_offset;       /* this worker's first observation in the global
+                              minibatch (dpt_net_set_obs_offset) */
+
     char **meta;           /* key, value, key, value ... from the loaded file (owned) */
     size_t n_meta;
 };
 
-/* Append an entry to the learnables (is_state 0) or state table of layer l. */
-dpt_status net_declare(dpt_net *net, dpt_layer *l, int is_state, const char *param, int ndim,
+/* Append an entry of the given kind (DPT_KIND_*) to the learnables or
+ * state table of layer l. A layer declares its learnables, then its state. */
+dpt_status net_declare(dpt_net *net, dpt_layer *l, int kind, const char *param, int ndim,
                        const int *shape);
+
+/* ---- the device switch ----------------------------------------------------------
+ * Everything the executor (net.c) does to buffers and layers goes through
+ * net->dev: buffers are allocated, zeroed, added, copied and moved to and
+ * from the host by it, and each layer's forward/backward is called through
+ * it. net_dev_cpu uses host memory and the layer types' forward/backward;
+ * a GPU device supplies the same operations with device memory and the
+ * gpu_forward/gpu_backward entries, re-allocates net->buf for the planned
+ * sizes (net->buf_floats) and the executor runs unchanged. */
+typedef struct net_dev {
+    const char *name;
+    dpt_status (*alloc)(dpt_net *net, size_t n_floats, float **out);
+    void (*release)(dpt_net *net, float *p);
+    void (*zero)(dpt_net *net, float *p, size_t n);
+    void (*add)(dpt_net *net, float *dst, const float *src, size_t n);  /* dst += src */
+    void (*copy)(dpt_net *net, float *dst, const float *src, size_t n); /* on the device */
+    dpt_status (*upload)(dpt_net *net, float *dst, const float *host, size_t n);
+    dpt_status (*download)(dpt_net *net, float *host, const float *src, size_t n);
+    /* 1 when x[n] (device) holds no NaN or infinity. */
+    int (*all_finite)(dpt_net *net, const float *x, size_t n);
+    dpt_status (*forward)(dpt_net *net, dpt_layer *l, const float *const *x, float *y, int n,
+                          dpt_mode mode);
+    dpt_status (*backward)(dpt_net *net, dpt_layer *l, const float *const *x, const float *y,
+                           const float *dy, float *const *dx, int n);
+} net_dev;
+
+extern const net_dev net_dev_cpu;
+
+/* ---- the graph (graph.c) -----------------------------------------------------------
+ * net_check_graph: consumers of every node; an output no one reads (but the
+ * last) fails naming it. net_plan: fusion over single-consumer edges and the
+ * buffer plan (net->plan, buf_floats, grp_buf); no large allocation.
+ * net_alloc_buffers: the planned buffers through net->dev, and acts[].
+ * net_free_plan frees all of it. */
+dpt_status net_check_graph(dpt_net *net);
+dpt_status net_plan(dpt_net *net);
+void net_plan_floats(const dpt_net *net, double *acts, double *grads);
+dpt_status net_alloc_buffers(dpt_net *net);
+void net_free_buffers(dpt_net *net);
+void net_free_plan(dpt_net *net);
+/* For tests: gradient and scratch buffers in the plan; the gradient at node
+ * i's output after a backward (NULL where none is kept, or reused since). */
+int net_n_grad_buffers(const dpt_net *net);
+const float *net_node_grad(const dpt_net *net, int node);
 
 /* Helpers for layer set() functions: parse a positive int / float value. */
 /* A spec value: an integer in [min, 10^6] / in [min, max]; n sizes "AxB..."
@@ -161,6 +273,8 @@ extern const layer_type dpt_layer_batchnorm;
 extern const layer_type dpt_layer_relu;
 extern const layer_type dpt_layer_fc;
 extern const layer_type dpt_layer_softmax;
+extern const layer_type dpt_layer_add;     /* layer_merge.c */
+extern const layer_type dpt_layer_concat;
 
 /* ---- GPU executor (net_gpu.c) ------------------------------------------------
  * Entry points dispatched to when net->gpu is set; without CUDA net->gpu

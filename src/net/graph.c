@@ -1,0 +1,380 @@
+/* The network as a graph: consumers of every node, the fusion rewrite over
+ * single-consumer edges, and the buffer plan (activations, gradients by
+ * lifetime), made once when the network is built. The executor in net.c
+ * only follows the plan.
+ *
+ * Gradient buffers. Backward runs the nodes in reverse spec order (a
+ * reverse topological order: inputs are always earlier lines). The
+ * gradient at a node's output comes into being at the backward of its last
+ * consumer in spec order (the first to run) and is last read by the node's
+ * own backward; buffers whose intervals do not overlap are shared, so a
+ * chain needs two (the old ping-pong) however deep it is. A node's first
+ * contribution (in backward order) is written straight into its gradient;
+ * each later one is written to a scratch buffer (taken from the same pool
+ * for the length of one backward) and added, so a chain computes exactly
+ * the bits it did before the graph, and fan-out is exact. */
+#include "net/net_impl.h"
+#include "ops/ops.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static size_t count_of(const dpt_net *net, int i)
+{
+    const dpt_layer *l = &net->layers[i];
+    return (size_t)l->out[0] * l->out[1] * l->out[2] * (size_t)net->max_batch;
+}
+
+/* The consumer of node j when it has exactly one (else -1). */
+static int only_consumer(const dpt_net *net, int j)
+{
+    return net->n_consumers[j] == 1 ? net->sole_consumer[j] : -1;
+}
+
+dpt_status net_check_graph(dpt_net *net)
+{
+    int L = net->n_layers;
+    free(net->n_consumers);
+    net->n_consumers = calloc(2 * (size_t)L, sizeof *net->n_consumers);
+    if (!net->n_consumers)
+        return dpt_fail(DPT_ERR_NOMEM, "out of memory");
+    net->sole_consumer = net->n_consumers + L;
+    for (int i = 1; i < L; i++)
+        for (int k = 0; k < net->layers[i].n_in; k++) {
+            net->n_consumers[net->layers[i].inputs[k]]++;
+            net->sole_consumer[net->layers[i].inputs[k]] = i;
+        }
+    for (int i = 0; i < L - 1; i++) {
+        const dpt_layer *l = &net->layers[i];
+        if (net->n_consumers[i] == 0)
+            return dpt_fail(DPT_ERR_FORMAT, "%s:%d: the output of %s '%s' goes to no layer (only "
+                            "the last layer, '%s', is the network's output: name '%s' in a from= "
+                            "or remove it)", net->source, l->line, l->type->name, l->name,
+                            net->layers[L - 1].name, l->name);
+    }
+    return DPT_OK;
+}
+
+/* Fusion of conv -> batchnorm -> relu -> conv chains on the CPU (none with
+ * the "generic" kernels, which stay the plain reference path), on edges
+ * whose producer has one consumer, so no other layer sees a skipped or
+ * unwritten output. Each saves whole passes over activation-sized buffers,
+ * the bulk of the memory traffic of a small network:
+ *  - conv then batchnorm: the conv adds up the batch-norm sums of its
+ *    output while writing it (no reading pass in the batchnorm);
+ *  - batchnorm then relu: the batchnorm applies the ReLU, forward and
+ *    backward; the relu layer is skipped and shares its output buffer;
+ *  - batchnorm (+ relu) then conv, or then fc where the fc kernels can
+ *    (dpt_linear_fuses_bn): the batchnorm's output is never written; the
+ *    conv normalises its input while packing it, the fc as it loads it (and
+ *    again in backward, where they need that input for the weight
+ *    gradient);
+ *  - conv then batchnorm, backward: the batchnorm computes only its sums and
+ *    per-channel coefficients; the conv forms its output gradient from them
+ *    while packing it (the batchnorm's input gradient is never written).
+ *  - the same, backward: the conv (fc) adds up the batchnorm's backward
+ *    sums while it writes its input gradient (the gradient at the
+ *    batchnorm's output), so the batchnorm reads neither that gradient nor
+ *    its input again.
+ * With these, a conv -> batchnorm -> relu block reads and writes its
+ * activations about half as often. A non-finite value inside a fused
+ * batchnorm is reported at the conv or fc after it. */
+static int fusable_bn(const dpt_net *net, int i)
+{
+    const dpt_layer *l = &net->layers[i];
+    if (l->type != &dpt_layer_batchnorm)
+        return 0;
+    int j = l->inputs[0];
+    return net->layers[j].type == &dpt_layer_conv && net->n_consumers[j] == 1;
+}
+
+static dpt_status plan_fusion(dpt_net *net)
+{
+    /* DPT_FUSION=0 turns it off (for measuring what it gains). */
+    const char *env = getenv("DPT_FUSION");
+    if (strcmp(dpt_ops_kernels(), "generic") == 0 || (env && strcmp(env, "0") == 0))
+        return DPT_OK;
+    size_t n_sums = 0, n_bn = 0, n_buf = 0;
+    for (int i = 1; i < net->n_layers; i++) {
+        if (fusable_bn(net, i)) {
+            n_sums += 4 * (size_t)net->layers[i].in[0];
+            n_bn++;
+            n_buf += 6 * (size_t)net->layers[i].in[0];
+        }
+    }
+    if (!n_bn)
+        return DPT_OK;
+    net->fuse_sums = calloc(n_sums, sizeof(double));
+    net->fuse_bn = calloc(n_bn, sizeof *net->fuse_bn);
+    net->fuse_buf = calloc(n_buf, sizeof(float));
+    if (!net->fuse_sums || !net->fuse_bn || !net->fuse_buf)
+        return dpt_fail(DPT_ERR_NOMEM, "out of memory");
+    double *sums = net->fuse_sums;
+    float *buf = net->fuse_buf;
+    bn_fusion *f = net->fuse_bn;
+    for (int i = 1; i < net->n_layers; i++) {
+        if (!fusable_bn(net, i))
+            continue;
+        dpt_layer *l = &net->layers[i], *below = &net->layers[l->inputs[0]];
+        const size_t c = (size_t)l->in[0];
+        below->sums_out = l->sums_in = sums;
+        f->xg = sums + 2 * c;
+        sums += 4 * c;
+        f->a.mean = buf, f->a.scale = buf + c, f->a.shift = buf + 2 * c;
+        f->a.kf = buf + 3 * c, f->a.ka = buf + 4 * c, f->a.kb = buf + 5 * c;
+        buf += 6 * c;
+        l->bnf = f;
+        f->dx_virtual = 1;
+        below->out_bnf = f;
+        int top = i; /* the node whose output the next layer reads */
+        int r = only_consumer(net, i);
+        if (r > 0 && net->layers[r].type == &dpt_layer_relu) {
+            l->relu_after = net->layers[r].fused = 1;
+            f->a.relu = 1;
+            top = r;
+        }
+        int c2 = only_consumer(net, top);
+        dpt_layer *next = c2 > 0 ? &net->layers[c2] : NULL;
+        if (next && (next->type == &dpt_layer_conv ||
+                     (next->type == &dpt_layer_fc &&
+                      dpt_linear_fuses_bn(next->in[0] * next->in[1] * next->in[2], next->out[0],
+                                          next->in[1] * next->in[2])))) {
+            f->out_virtual = 1;
+            next->in_bnf = f;
+            next->in_act = l->inputs[0]; /* the batchnorm's input */
+        }
+        f++;
+    }
+    return DPT_OK;
+}
+
+/* ---- buffer plan ------------------------------------------------------------------ */
+
+typedef struct planner {
+    dpt_net *net;
+    int *free_ids;  /* gradient buffers not in use */
+    int n_free, cap_free;
+    int cap_buf, cap_grp;
+} planner;
+
+static int new_buf(planner *p, size_t floats)
+{
+    dpt_net *net = p->net;
+    if (net->n_buf == p->cap_buf) {
+        int cap = p->cap_buf ? 2 * p->cap_buf : 64;
+        size_t *f = realloc(net->buf_floats, (size_t)cap * sizeof *f);
+        if (!f)
+            return -1;
+        net->buf_floats = f;
+        p->cap_buf = cap;
+    }
+    net->buf_floats[net->n_buf] = floats;
+    return net->n_buf++;
+}
+
+/* A gradient buffer of at least `floats`: the smallest free one that is
+ * large enough, else the largest free one grown, else a new one. */
+static int take_grad(planner *p, size_t floats)
+{
+    size_t *sz = p->net->buf_floats;
+    int best = -1, largest = -1;
+    for (int k = 0; k < p->n_free; k++) {
+        int b = p->free_ids[k];
+        if (sz[b] >= floats && (best < 0 || sz[b] < sz[p->free_ids[best]]))
+            best = k;
+        if (largest < 0 || sz[b] > sz[p->free_ids[largest]])
+            largest = k;
+    }
+    if (best < 0)
+        best = largest;
+    if (best < 0) {
+        int b = new_buf(p, floats);
+        if (b >= 0)
+            p->net->n_grad_bufs++;
+        return b;
+    }
+    int b = p->free_ids[best];
+    p->free_ids[best] = p->free_ids[--p->n_free];
+    if (sz[b] < floats)
+        sz[b] = floats;
+    return b;
+}
+
+static int give_grad(planner *p, int b)
+{
+    if (p->n_free == p->cap_free) {
+        int cap = p->cap_free ? 2 * p->cap_free : 16;
+        int *f = realloc(p->free_ids, (size_t)cap * sizeof *f);
+        if (!f)
+            return -1;
+        p->free_ids = f, p->cap_free = cap;
+    }
+    p->free_ids[p->n_free++] = b;
+    return 0;
+}
+
+/* A gradient group (one gradient tensor, shared by the nodes fusion passes
+ * it through) with its buffer; buffer -1: the caller's dy. */
+static int new_group(planner *p, int buf)
+{
+    dpt_net *net = p->net;
+    if (net->n_grp == p->cap_grp) {
+        int cap = p->cap_grp ? 2 * p->cap_grp : 64;
+        int *g = realloc(net->grp_buf, (size_t)cap * sizeof *g);
+        if (!g)
+            return -1;
+        net->grp_buf = g, p->cap_grp = cap;
+    }
+    net->grp_buf[net->n_grp] = buf;
+    return net->n_grp++;
+}
+
+static dpt_status plan_buffers(dpt_net *net)
+{
+    int L = net->n_layers;
+    planner pl = {.net = net};
+    net->plan = calloc((size_t)L, sizeof *net->plan);
+    if (!net->plan)
+        goto fail;
+    /* Activations: one buffer per materialised output; a fused relu
+     * shares its batchnorm's; an output no one reads (the conv after it
+     * normalises on the fly) has none. */
+    for (int i = 0; i < L; i++) {
+        dpt_layer *l = &net->layers[i];
+        node_plan *P = &net->plan[i];
+        const dpt_layer *in0 = l->n_in ? &net->layers[l->inputs[0]] : NULL;
+        int virt = (l->bnf && l->bnf->out_virtual) ||
+                   (l->fused && in0->bnf && in0->bnf->out_virtual);
+        if (virt)
+            P->act = -1;
+        else if (l->fused)
+            P->act = net->plan[l->inputs[0]].act;
+        else if ((P->act = new_buf(&pl, count_of(net, i))) < 0)
+            goto fail;
+        for (int k = 0; k < DPT_MAX_INPUTS; k++) {
+            P->x_act[k] = k < l->n_in ? net->plan[l->inputs[k]].act : -1;
+            P->dx_buf[k] = P->dx_grp[k] = -1;
+        }
+        if (l->in_bnf)
+            P->x_act[0] = net->plan[l->in_act].act;
+        P->grp = -1;
+    }
+    /* Gradients, in backward order. */
+    if ((net->plan[L - 1].grp = new_group(&pl, -1)) < 0)
+        goto fail;
+    for (int i = L - 1; i >= 1; i--) {
+        dpt_layer *l = &net->layers[i];
+        node_plan *P = &net->plan[i];
+        /* Fused relu, or a batchnorm whose input gradient the conv below
+         * forms: the gradient passes through to the input unchanged. */
+        if (l->fused || (l->bnf && l->bnf->dx_virtual)) {
+            P->skip_bwd = l->fused;
+            net->plan[l->inputs[0]].grp = P->grp;
+            continue;
+        }
+        int scratch[DPT_MAX_INPUTS], n_scratch = 0;
+        for (int k = 0; k < l->n_in; k++) {
+            int j = l->inputs[k];
+            if (j == 0) /* no gradient for the input layer */
+                continue;
+            node_plan *Q = &net->plan[j];
+            int b = take_grad(&pl, count_of(net, j));
+            if (b < 0)
+                goto fail;
+            if (Q->grp < 0) {
+                if ((Q->grp = new_group(&pl, b)) < 0)
+                    goto fail;
+            } else {
+                P->acc[k] = 1;
+                scratch[n_scratch++] = b;
+            }
+            P->dx_buf[k] = b;
+            P->dx_grp[k] = Q->grp;
+        }
+        for (int k = 0; k < n_scratch; k++)
+            if (give_grad(&pl, scratch[k]))
+                goto fail;
+        if (net->grp_buf[P->grp] >= 0 && give_grad(&pl, net->grp_buf[P->grp]))
+            goto fail;
+    }
+    free(pl.free_ids);
+    return DPT_OK;
+fail:
+    free(pl.free_ids);
+    return dpt_fail(DPT_ERR_NOMEM, "%s: out of memory planning buffers", net->source);
+}
+
+dpt_status net_plan(dpt_net *net)
+{
+    dpt_status s = plan_fusion(net);
+    if (s == DPT_OK)
+        s = plan_buffers(net);
+    return s;
+}
+
+/* Floats of the activation buffers (*acts) and of the gradient and
+ * scratch buffers (*grads) the plan allocates. */
+void net_plan_floats(const dpt_net *net, double *acts, double *grads)
+{
+    double all = 0, a = 0;
+    for (int b = 0; b < net->n_buf; b++)
+        all += (double)net->buf_floats[b];
+    for (int i = 0; i < net->n_layers; i++) {
+        int b = net->plan[i].act;
+        /* A fused relu shares the buffer of the node it reads. */
+        if (b >= 0 && !(net->layers[i].fused && net->plan[net->layers[i].inputs[0]].act == b))
+            a += (double)net->buf_floats[b];
+    }
+    *acts = a, *grads = all - a;
+}
+
+dpt_status net_alloc_buffers(dpt_net *net)
+{
+    net->buf = calloc((size_t)net->n_buf + 1, sizeof *net->buf);
+    net->acts = calloc((size_t)net->n_layers, sizeof *net->acts);
+    if (!net->buf || !net->acts)
+        return dpt_fail(DPT_ERR_NOMEM, "%s: out of memory", net->source);
+    for (int b = 0; b < net->n_buf; b++) {
+        dpt_status s = net->dev->alloc(net, net->buf_floats[b], &net->buf[b]);
+        if (s != DPT_OK)
+            return dpt_fail(s, "%s: out of memory for a buffer of %zu floats", net->source,
+                            net->buf_floats[b]);
+    }
+    for (int i = 0; i < net->n_layers; i++)
+        net->acts[i] = net->plan[i].act >= 0 ? net->buf[net->plan[i].act] : NULL;
+    return DPT_OK;
+}
+
+void net_free_buffers(dpt_net *net)
+{
+    if (net->buf && net->dev)
+        for (int b = 0; b < net->n_buf; b++)
+            net->dev->release(net, net->buf[b]);
+    free(net->buf);
+    net->buf = NULL;
+    free(net->acts);
+    net->acts = NULL;
+}
+
+void net_free_plan(dpt_net *net)
+{
+    net_free_buffers(net);
+    free(net->plan);
+    free(net->buf_floats);
+    free(net->grp_buf);
+    free(net->n_consumers);
+    free(net->fuse_sums);
+    free(net->fuse_bn);
+    free(net->fuse_buf);
+}
+
+int net_n_grad_buffers(const dpt_net *net) { return net->n_grad_bufs; }
+
+const float *net_node_grad(const dpt_net *net, int node)
+{
+    if (node < 1 || node >= net->n_layers || !net->buf)
+        return NULL;
+    int g = net->plan[node].grp;
+    int b = g >= 0 ? net->grp_buf[g] : -1;
+    return b >= 0 ? net->buf[b] : NULL;
+}

@@ -1,0 +1,136 @@
+/* Layers that merge several inputs: add (elementwise sum of same-shape
+ * inputs, residual connections) and concat (along channels). */
+#include "net/net_impl.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static dpt_status no_keys(dpt_layer *l, const char *key, const char *value)
+{
+    (void)value;
+    return dpt_fail(DPT_ERR_FORMAT, "unknown key '%s' (%s takes no keys; name its inputs with "
+                    "from=)", key, l->type->name);
+}
+
+/* "'a' 28x28x8, 'b' 14x14x8": every input's name and shape (HxWxC), for the
+ * shape errors. */
+static void list_inputs(const dpt_net *net, const dpt_layer *l, char *buf, size_t cap)
+{
+    size_t k = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < l->n_in && k < cap; i++)
+        k += (size_t)snprintf(buf + k, cap - k, "%s'%s' %dx%dx%d", i ? ", " : "",
+                              net->layers[l->inputs[i]].name, l->ins[i][1], l->ins[i][2],
+                              l->ins[i][0]);
+}
+
+static size_t chw(const int *s) { return (size_t)s[0] * s[1] * s[2]; }
+
+/* ---- add ---------------------------------------------------------------------------- */
+
+static dpt_status add_infer(dpt_net *net, dpt_layer *l)
+{
+    for (int k = 1; k < l->n_in; k++)
+        if (memcmp(l->ins[k], l->ins[0], sizeof l->ins[0]) != 0) {
+            char list[1024];
+            list_inputs(net, l, list, sizeof list);
+            return dpt_fail(DPT_ERR_SHAPE, "add '%s': its inputs must have one shape, and they "
+                            "are %s (HxWxC)", l->name, list);
+        }
+    memcpy(l->out, l->ins[0], sizeof l->out);
+    return DPT_OK;
+}
+
+/* y = ((x0 + x1) + x2) + ...: PyTorch's order for a + b + c. */
+static dpt_status add_forward(dpt_net *net, dpt_layer *l, const float *const *x, float *y, int n,
+                              dpt_mode mode)
+{
+    (void)net, (void)mode;
+    size_t m = (size_t)n * chw(l->out);
+    const float *a = x[0], *b = x[1];
+    for (size_t i = 0; i < m; i++)
+        y[i] = a[i] + b[i];
+    for (int k = 2; k < l->n_in; k++) {
+        const float *c = x[k];
+        for (size_t i = 0; i < m; i++)
+            y[i] += c[i];
+    }
+    return DPT_OK;
+}
+
+static dpt_status add_backward(dpt_net *net, dpt_layer *l, const float *const *x, const float *y,
+                               const float *dy, float *const *dx, int n)
+{
+    (void)net, (void)x, (void)y;
+    size_t m = (size_t)n * chw(l->out);
+    for (int k = 0; k < l->n_in; k++)
+        if (dx[k])
+            memcpy(dx[k], dy, m * sizeof *dy);
+    return DPT_OK;
+}
+
+const layer_type dpt_layer_add = {
+    .name = "add", .min_inputs = 2, .max_inputs = DPT_MAX_INPUTS,
+    .set = no_keys, .infer = add_infer, .forward = add_forward, .backward = add_backward,
+};
+
+/* ---- concat along channels ---------------------------------------------------------- */
+
+static dpt_status concat_infer(dpt_net *net, dpt_layer *l)
+{
+    long c = 0;
+    for (int k = 0; k < l->n_in; k++) {
+        if (l->ins[k][1] != l->ins[0][1] || l->ins[k][2] != l->ins[0][2]) {
+            char list[1024];
+            list_inputs(net, l, list, sizeof list);
+            return dpt_fail(DPT_ERR_SHAPE, "concat '%s': its inputs must have one height and "
+                            "width (it joins channels), and they are %s (HxWxC)", l->name, list);
+        }
+        c += l->ins[k][0];
+    }
+    if (c > (1L << 30))
+        return dpt_fail(DPT_ERR_SHAPE, "concat '%s': %ld channels", l->name, c);
+    l->out[0] = (int)c, l->out[1] = l->ins[0][1], l->out[2] = l->ins[0][2];
+    return DPT_OK;
+}
+
+/* Observation by observation: input k's [C_k, H, W] block goes after the
+ * blocks of inputs 0..k-1. */
+static dpt_status concat_forward(dpt_net *net, dpt_layer *l, const float *const *x, float *y,
+                                 int n, dpt_mode mode)
+{
+    (void)net, (void)mode;
+    size_t out = chw(l->out);
+    for (int i = 0; i < n; i++) {
+        float *dst = y + (size_t)i * out;
+        for (int k = 0; k < l->n_in; k++) {
+            size_t m = chw(l->ins[k]);
+            memcpy(dst, x[k] + (size_t)i * m, m * sizeof *dst);
+            dst += m;
+        }
+    }
+    return DPT_OK;
+}
+
+static dpt_status concat_backward(dpt_net *net, dpt_layer *l, const float *const *x,
+                                  const float *y, const float *dy, float *const *dx, int n)
+{
+    (void)net, (void)x, (void)y;
+    size_t out = chw(l->out);
+    for (int i = 0; i < n; i++) {
+        const float *src = dy + (size_t)i * out;
+        for (int k = 0; k < l->n_in; k++) {
+            size_t m = chw(l->ins[k]);
+            if (dx[k])
+                memcpy(dx[k] + (size_t)i * m, src, m * sizeof *src);
+            src += m;
+        }
+    }
+    return DPT_OK;
+}
+
+const layer_type dpt_layer_concat = {
+    .name = "concat", .min_inputs = 1, .max_inputs = DPT_MAX_INPUTS,
+    .set = no_keys, .infer = concat_infer, .forward = concat_forward,
+    .backward = concat_backward,
+};
