@@ -166,7 +166,16 @@ static void conv_case(const dpt_st *st, const char *cs)
                          .c_out = (int)tw->shape[0], .kh = (int)tw->shape[2],
                          .kw = (int)tw->shape[3], .stride = atoi(meta(st, cs, "stride")),
                          .pad = atoi(meta(st, cs, "pad"))};
+    /* ops_conv_dg's cases; ops_conv2d's have neither (1). */
+    char key[256];
+    snprintf(key, sizeof key, "%s/dilation", cs);
+    if (dpt_st_meta(st, key))
+        d.dilation = atoi(dpt_st_meta(st, key));
+    snprintf(key, sizeof key, "%s/groups", cs);
+    if (dpt_st_meta(st, key))
+        d.groups = atoi(dpt_st_meta(st, key));
     CHECK(dpt_conv2d_desc_init(&d) == 0);
+    CHECK(tw->shape[1] == d.c_in / d.groups);
     CHECK(d.out_h == ty->shape[2] && d.out_w == ty->shape[3]);
 
     size_t nx, nw, ny, nb = 0;
@@ -439,13 +448,13 @@ static double conv_objective(void *p)
     return dot(c->y, c->r, c->ny);
 }
 
-static void fd_conv(dpt_rng *rng, int n, int c_in, int h, int w, int c_out, int k, int stride,
-                    int pad)
+static void fd_conv_dg(dpt_rng *rng, int n, int c_in, int h, int w, int c_out, int k, int stride,
+                       int pad, int dilation, int groups)
 {
     conv_ctx c = {.d = {.n = n, .c_in = c_in, .h = h, .w = w, .c_out = c_out, .kh = k, .kw = k,
-                        .stride = stride, .pad = pad}};
+                        .stride = stride, .pad = pad, .dilation = dilation, .groups = groups}};
     CHECK(dpt_conv2d_desc_init(&c.d) == 0);
-    const size_t nx = (size_t)n * c_in * h * w, nw = (size_t)c_out * c_in * k * k;
+    const size_t nx = (size_t)n * c_in * h * w, nw = (size_t)c_out * (c_in / groups) * k * k;
     c.ny = (size_t)n * c_out * c.d.out_h * c.d.out_w;
     c.x = malloc(nx * sizeof(float));
     c.w = malloc(nw * sizeof(float));
@@ -461,14 +470,20 @@ static void fd_conv(dpt_rng *rng, int n, int c_in, int h, int w, int c_out, int 
     /* dL/dy = r */
     dpt_conv2d_backward(&c.d, c.x, c.w, c.r, dx, dw, db, c.work);
     char label[128];
-    snprintf(label, sizeof label, "conv n%d c%d-%d %dx%d k%d s%d p%d", n, c_in, c_out, h, w, k,
-             stride, pad);
+    snprintf(label, sizeof label, "conv n%d c%d-%d %dx%d k%d s%d p%d d%d g%d", n, c_in, c_out, h,
+             w, k, stride, pad, dilation, groups);
     printf("%s\n", label);
     fd_check("  dx", c.x, dx, nx, conv_objective, &c, 1e-2f, rng);
     fd_check("  dw", c.w, dw, nw, conv_objective, &c, 1e-2f, rng);
     fd_check("  db", c.b, db, c_out, conv_objective, &c, 1e-2f, rng);
     free(c.x), free(c.w), free(c.b), free(c.y), free(c.r), free(c.work);
     free(dx), free(dw), free(db);
+}
+
+static void fd_conv(dpt_rng *rng, int n, int c_in, int h, int w, int c_out, int k, int stride,
+                    int pad)
+{
+    fd_conv_dg(rng, n, c_in, h, w, c_out, k, stride, pad, 1, 1);
 }
 
 typedef struct bn_ctx {
@@ -596,6 +611,338 @@ static void fd_xent(dpt_rng *rng, int n, int k, int soft)
              soft ? "soft" : "one-hot");
     fd_check(label, x.logits, dl, nl, xent_objective, &x, 1e-2f, rng);
     free(x.logits), free(x.t), free(x.p), free(dl);
+}
+
+/* ---- pooling, activations, dropout (PR 19's layers) ----------------------- */
+
+static int meta_int(const dpt_st *st, const char *cs, const char *key)
+{
+    return atoi(meta(st, cs, key));
+}
+
+static void pool_case(const dpt_st *st, const char *cs)
+{
+    const dpt_st_tensor *tx = find(st, cs, "x"), *ty = find(st, cs, "y");
+    CHECK(tx && ty && tx->ndim == 4 && ty->ndim == 4);
+    if (!(tx && ty))
+        return;
+    const char *kind = meta(st, cs, "kind");
+    const int n = (int)tx->shape[0], c = (int)tx->shape[1], h = (int)tx->shape[2],
+              w = (int)tx->shape[3];
+    size_t nx, ny;
+    float *x = need(st, cs, "x", &nx), *dy = need(st, cs, "dy", &ny);
+    float *y_ref = need(st, cs, "y", NULL), *dx_ref = need(st, cs, "dx", NULL);
+    float *y = fill_nan(ny), *dx = fill_nan(nx);
+    if (strcmp(kind, "global") == 0) {
+        CHECK(ny == (size_t)n * c);
+        dpt_global_avgpool_forward(x, y, n, c, h * w);
+        dpt_global_avgpool_backward(dy, dx, n, c, h * w);
+    } else {
+        dpt_pool2d_desc d = {.n = n, .c = c, .h = h, .w = w, .kh = meta_int(st, cs, "kh"),
+                             .kw = meta_int(st, cs, "kw"), .sh = meta_int(st, cs, "sh"),
+                             .sw = meta_int(st, cs, "sw"), .ph = meta_int(st, cs, "ph"),
+                             .pw = meta_int(st, cs, "pw")};
+        CHECK(dpt_pool2d_desc_init(&d) == 0);
+        CHECK(d.out_h == ty->shape[2] && d.out_w == ty->shape[3]);
+        if (strcmp(kind, "max") == 0) {
+            dpt_maxpool2d_forward(&d, x, y);
+            dpt_maxpool2d_backward(&d, x, dy, dx);
+        } else {
+            CHECK(strcmp(kind, "avg") == 0);
+            dpt_avgpool2d_forward(&d, x, y);
+            dpt_avgpool2d_backward(&d, dy, dx);
+        }
+    }
+    cmp(cs, "y", y, y_ref, ny);
+    cmp(cs, "dx", dx, dx_ref, nx);
+    free(x), free(dy), free(y_ref), free(dx_ref), free(y), free(dx);
+}
+
+static void act_case(const dpt_st *st, const char *cs)
+{
+    const char *kind = meta(st, cs, "kind");
+    size_t n;
+    float *x = need(st, cs, "x", &n), *dy = need(st, cs, "dy", NULL);
+    float *y_ref = need(st, cs, "y", NULL), *dx_ref = need(st, cs, "dx", NULL);
+    float *y = fill_nan(n), *dx = fill_nan(n);
+    if (strcmp(kind, "leakyrelu") == 0) {
+        float alpha = strtof(meta(st, cs, "alpha"), NULL);
+        dpt_leakyrelu_forward(x, y, n, alpha);
+        dpt_leakyrelu_backward(x, dy, dx, n, alpha);
+    } else if (strcmp(kind, "sigmoid") == 0) {
+        dpt_sigmoid_forward(x, y, n);
+        dpt_sigmoid_backward(y, dy, dx, n);
+    } else {
+        CHECK(strcmp(kind, "tanh") == 0);
+        dpt_tanh_forward(x, y, n);
+        dpt_tanh_backward(y, dy, dx, n);
+    }
+    cmp(cs, "y", y, y_ref, n);
+    cmp(cs, "dx", dx, dx_ref, n);
+    /* In place (dx == dy), as the header allows. */
+    memcpy(dx, dy, n * sizeof *dx);
+    if (strcmp(kind, "leakyrelu") == 0)
+        dpt_leakyrelu_backward(x, dx, dx, n, strtof(meta(st, cs, "alpha"), NULL));
+    else if (strcmp(kind, "sigmoid") == 0)
+        dpt_sigmoid_backward(y, dx, dx, n);
+    else
+        dpt_tanh_backward(y, dx, dx, n);
+    cmp(cs, "dx in place", dx, dx_ref, n);
+    free(x), free(dy), free(y_ref), free(dx_ref), free(y), free(dx);
+}
+
+static uint64_t meta_u64(const dpt_st *st, const char *cs, const char *key)
+{
+    return strtoull(meta(st, cs, key), NULL, 10);
+}
+
+/* The mask drawn by the C key function must be the fixture's (drawn in
+ * Python from the same definition), element for element. */
+static void dropout_case(const dpt_st *st, const char *cs)
+{
+    if (strcmp(cs, "keys") == 0)
+        return; /* dropout_keys() */
+    const dpt_st_tensor *tx = find(st, cs, "x");
+    CHECK(tx && tx->ndim == 4);
+    if (!tx)
+        return;
+    const int n = (int)tx->shape[0];
+    const size_t per = (size_t)tx->shape[1] * tx->shape[2] * tx->shape[3];
+    const float p = strtof(meta(st, cs, "p"), NULL);
+    const uint64_t seed = meta_u64(st, cs, "seed"), epoch = meta_u64(st, cs, "epoch"),
+                   it = meta_u64(st, cs, "iteration"), stream = meta_u64(st, cs, "stream"),
+                   obs0 = meta_u64(st, cs, "obs0");
+    size_t nx;
+    float *x = need(st, cs, "x", &nx), *dy = need(st, cs, "dy", NULL);
+    float *mask = need(st, cs, "mask", NULL), *y_ref = need(st, cs, "y", NULL);
+    float *dx_ref = need(st, cs, "dx", NULL);
+    float *y = fill_nan(nx), *dx = fill_nan(nx);
+    dpt_dropout_apply(x, y, n, per, p, seed, epoch, it, stream, obs0);
+    dpt_dropout_apply(dy, dx, n, per, p, seed, epoch, it, stream, obs0);
+    size_t wrong = 0, dropped = 0;
+    for (size_t i = 0; i < nx; i++) {
+        /* x has no zeros (normal draws), so y == 0 exactly where dropped. */
+        wrong += (y[i] == 0.0f) != (mask[i] == 0.0f);
+        dropped += mask[i] == 0.0f;
+    }
+    CHECK_MSG(wrong == 0, "%s: %zu of %zu mask entries differ from the fixture's", cs, wrong, nx);
+    printf("  %-40s mask %zu/%zu dropped, %zu differ\n", cs, dropped, nx, wrong);
+    cmp(cs, "y", y, y_ref, nx);
+    cmp(cs, "dx", dx, dx_ref, nx);
+
+    /* Independent of how the minibatch is split among workers: the same
+     * observation at the same global position gets the same mask, to the
+     * bit, whatever slice it comes in. */
+    float *y2 = fill_nan(nx);
+    for (int a = 0; a < n;) {
+        int m = 1 + (a % 2); /* slices of 1 and 2 observations */
+        if (a + m > n)
+            m = n - a;
+        dpt_dropout_apply(x + (size_t)a * per, y2 + (size_t)a * per, m, per, p, seed, epoch, it,
+                          stream, obs0 + (uint64_t)a);
+        a += m;
+    }
+    CHECK_MSG(memcmp(y, y2, nx * sizeof *y) == 0, "%s: mask depends on the slicing", cs);
+    /* In place gives the same bits. */
+    memcpy(y2, x, nx * sizeof *y2);
+    dpt_dropout_apply(y2, y2, n, per, p, seed, epoch, it, stream, obs0);
+    CHECK_MSG(memcmp(y, y2, nx * sizeof *y) == 0, "%s: in place differs", cs);
+    /* Another iteration, another stream (layer) or another position: another mask. */
+    dpt_dropout_apply(x, y2, n, per, p, seed, epoch, it + 1, stream, obs0);
+    CHECK_MSG(memcmp(y, y2, nx * sizeof *y) != 0, "%s: same mask on the next iteration", cs);
+    dpt_dropout_apply(x, y2, n, per, p, seed, epoch, it, stream + 1, obs0);
+    CHECK_MSG(memcmp(y, y2, nx * sizeof *y) != 0, "%s: same mask in another layer", cs);
+    dpt_dropout_apply(x, y2, n, per, p, seed, epoch, it, stream, obs0 + 1);
+    CHECK_MSG(memcmp(y, y2, nx * sizeof *y) != 0, "%s: same mask one position on", cs);
+    /* p = 0: the identity, bit for bit. */
+    dpt_dropout_apply(x, y2, n, per, 0.0f, seed, epoch, it, stream, obs0);
+    CHECK_MSG(memcmp(x, y2, nx * sizeof *y) == 0, "%s: p=0 is not the identity", cs);
+    free(x), free(dy), free(mask), free(y_ref), free(dx_ref), free(y), free(dx), free(y2);
+}
+
+/* dpt_mix64, dpt_rng_key and dpt_rng_key_uniform against values computed
+ * in Python from core.h's definition (make_ops_fixtures.py, case "keys"). */
+static void dropout_keys(void)
+{
+    char path[1024];
+    tu_fixture("ops_dropout.safetensors", path, sizeof path);
+    dpt_st *st = NULL;
+    CHECK_MSG(dpt_st_open(path, &st) == DPT_OK, "%s", dpt_last_error());
+    if (!st)
+        return;
+    int n_mix = 0, n_key = 0;
+    for (int k = 0;; k++) {
+        char key[64];
+        snprintf(key, sizeof key, "keys/mix64/%d", k);
+        const char *v = dpt_st_meta(st, key);
+        if (!v)
+            break;
+        char *end;
+        uint64_t z = strtoull(v, &end, 10), want = strtoull(end + 1, NULL, 10);
+        CHECK_MSG(dpt_mix64(z) == want, "mix64(%llu) = %llu, Python says %llu",
+                  (unsigned long long)z, (unsigned long long)dpt_mix64(z),
+                  (unsigned long long)want);
+        n_mix++;
+    }
+    for (int k = 0;; k++) {
+        char key[64];
+        snprintf(key, sizeof key, "keys/key/%d", k);
+        const char *v = dpt_st_meta(st, key);
+        if (!v)
+            break;
+        uint64_t a[9];
+        const char *q = v;
+        for (int i = 0; i < 9; i++) {
+            char *end;
+            a[i] = strtoull(q, &end, 10);
+            q = *end ? end + 1 : end;
+        }
+        uint64_t got = dpt_rng_key(a[0], a[1], a[2], a[3], a[4]);
+        CHECK_MSG(got == a[5], "key %d: %llu, Python says %llu", k, (unsigned long long)got,
+                  (unsigned long long)a[5]);
+        const uint64_t js[3] = {0, 1, 1000};
+        for (int i = 0; i < 3; i++)
+            CHECK_MSG(dpt_rng_key_uniform(a[5], js[i]) == (float)a[6 + i] / 16777216.0f,
+                      "key %d: u(%llu) = %.9g, Python says %llu/2^24", k,
+                      (unsigned long long)js[i], dpt_rng_key_uniform(a[5], js[i]),
+                      (unsigned long long)a[6 + i]);
+        n_key++;
+    }
+    CHECK(n_mix >= 5 && n_key >= 4);
+    printf("counter-based keys: %d mix64 and %d key values as in Python\n", n_mix, n_key);
+    dpt_st_close(st);
+}
+
+/* Finite differences for the pooling kernels and activations: L = Σ y·r. */
+typedef struct unary_ctx {
+    int kind; /* 0 max, 1 avg, 2 global, 3 leakyrelu, 4 sigmoid, 5 tanh, 6 dropout */
+    dpt_pool2d_desc d;
+    int n, c, hw;
+    float alpha;
+    float *x, *y, *r;
+    size_t nx, ny;
+} unary_ctx;
+
+static void unary_forward(unary_ctx *u)
+{
+    switch (u->kind) {
+    case 0: dpt_maxpool2d_forward(&u->d, u->x, u->y); break;
+    case 1: dpt_avgpool2d_forward(&u->d, u->x, u->y); break;
+    case 2: dpt_global_avgpool_forward(u->x, u->y, u->n, u->c, u->hw); break;
+    case 3: dpt_leakyrelu_forward(u->x, u->y, u->nx, u->alpha); break;
+    case 4: dpt_sigmoid_forward(u->x, u->y, u->nx); break;
+    case 5: dpt_tanh_forward(u->x, u->y, u->nx); break;
+    default:
+        dpt_dropout_apply(u->x, u->y, u->n, u->nx / (size_t)u->n, u->alpha, 5, 1, 2, 3, 4);
+        break;
+    }
+}
+
+static double unary_objective(void *p)
+{
+    unary_ctx *u = p;
+    unary_forward(u);
+    return dot(u->y, u->r, u->ny);
+}
+
+static void fd_unary(dpt_rng *rng, const char *label, int kind, int n, int c, int h, int w,
+                     int k, int s, int pad, float alpha)
+{
+    unary_ctx u = {.kind = kind, .n = n, .c = c, .hw = h * w, .alpha = alpha};
+    u.nx = (size_t)n * c * h * w;
+    u.ny = u.nx;
+    if (kind <= 1) {
+        u.d = (dpt_pool2d_desc){.n = n, .c = c, .h = h, .w = w, .kh = k, .kw = k, .sh = s,
+                                .sw = s, .ph = pad, .pw = pad};
+        CHECK(dpt_pool2d_desc_init(&u.d) == 0);
+        u.ny = (size_t)n * c * u.d.out_h * u.d.out_w;
+    } else if (kind == 2) {
+        u.ny = (size_t)n * c;
+    }
+    u.x = malloc(u.nx * sizeof(float));
+    u.y = malloc(u.ny * sizeof(float));
+    u.r = malloc(u.ny * sizeof(float));
+    fill_normal(rng, u.x, u.nx, 1.0f);
+    fill_normal(rng, u.r, u.ny, 1.0f);
+    float *dx = fill_nan(u.nx);
+    unary_forward(&u);
+    switch (kind) {
+    case 0: dpt_maxpool2d_backward(&u.d, u.x, u.r, dx); break;
+    case 1: dpt_avgpool2d_backward(&u.d, u.r, dx); break;
+    case 2: dpt_global_avgpool_backward(u.r, dx, n, c, h * w); break;
+    case 3: dpt_leakyrelu_backward(u.x, u.r, dx, u.nx, alpha); break;
+    case 4: dpt_sigmoid_backward(u.y, u.r, dx, u.nx); break;
+    case 5: dpt_tanh_backward(u.y, u.r, dx, u.nx); break;
+    default:
+        dpt_dropout_apply(u.r, dx, n, u.nx / (size_t)n, alpha, 5, 1, 2, 3, 4);
+        break;
+    }
+    /* Max pooling: a step small enough not to change which value wins. */
+    fd_check(label, u.x, dx, u.nx, unary_objective, &u, kind == 0 ? 1e-3f : 1e-2f, rng);
+    free(u.x), free(u.y), free(u.r), free(dx);
+}
+
+static void fd_new_layers(dpt_rng *rng)
+{
+    fd_conv_dg(rng, 2, 4, 7, 8, 6, 3, 1, 2, 2, 2);
+    fd_conv_dg(rng, 2, 3, 6, 7, 3, 3, 2, 1, 1, 3); /* depthwise */
+    fd_conv_dg(rng, 1, 4, 9, 9, 2, 3, 1, 0, 3, 1);
+    printf("pooling and activations\n");
+    fd_unary(rng, "  maxpool k3 s2 p1: dx", 0, 2, 3, 7, 9, 3, 2, 1, 0);
+    fd_unary(rng, "  maxpool k2 s1 p0: dx", 0, 1, 2, 5, 6, 2, 1, 0, 0);
+    fd_unary(rng, "  avgpool k3 s2 p1: dx", 1, 2, 3, 7, 9, 3, 2, 1, 0);
+    fd_unary(rng, "  avgpool k3 s1 p1: dx", 1, 1, 2, 5, 6, 3, 1, 1, 0);
+    fd_unary(rng, "  globalavgpool: dx", 2, 2, 3, 5, 7, 0, 0, 0, 0);
+    fd_unary(rng, "  leakyrelu 0.1: dx", 3, 2, 3, 4, 5, 0, 0, 0, 0.1f);
+    fd_unary(rng, "  sigmoid: dx", 4, 2, 3, 4, 5, 0, 0, 0, 0);
+    fd_unary(rng, "  tanh: dx", 5, 2, 3, 4, 5, 0, 0, 0, 0);
+    fd_unary(rng, "  dropout 0.4: dx", 6, 3, 2, 4, 5, 0, 0, 0, 0.4f);
+}
+
+static void pool_desc_checks(void)
+{
+    dpt_pool2d_desc d = {.n = 1, .c = 1, .h = 7, .w = 9, .kh = 3, .kw = 3, .sh = 2, .sw = 2,
+                         .ph = 1, .pw = 1};
+    CHECK(dpt_pool2d_desc_init(&d) == 0 && d.out_h == 4 && d.out_w == 5);
+    d.ph = 3; /* padding as large as the window: windows of padding only */
+    CHECK(dpt_pool2d_desc_init(&d) == -1);
+    d.ph = 1, d.kh = 10; /* window taller than the padded input */
+    CHECK(dpt_pool2d_desc_init(&d) == -1);
+    d.kh = 9; /* fits once padded */
+    CHECK(dpt_pool2d_desc_init(&d) == 0 && d.out_h == 1);
+    d.sw = 0;
+    CHECK(dpt_pool2d_desc_init(&d) == -1);
+    d.sw = 1, d.pw = -1;
+    CHECK(dpt_pool2d_desc_init(&d) == -1);
+    /* A max over a window that touches padding never takes the padding,
+     * even when every input value is negative. */
+    const float x[4] = {-5.0f, -3.0f, -4.0f, -6.0f};
+    float y[9];
+    dpt_pool2d_desc e = {.n = 1, .c = 1, .h = 2, .w = 2, .kh = 2, .kw = 2, .sh = 1, .sw = 1,
+                         .ph = 1, .pw = 1};
+    CHECK(dpt_pool2d_desc_init(&e) == 0 && e.out_h == 3);
+    dpt_maxpool2d_forward(&e, x, y);
+    CHECK(y[0] == -5.0f && y[4] == -3.0f && y[8] == -6.0f);
+    /* The average divides by the whole window, padding included. */
+    dpt_avgpool2d_forward(&e, x, y);
+    CHECK(y[0] == -1.25f && y[4] == -4.5f);
+
+    /* conv: dilation widens the filter's reach, groups must divide. */
+    dpt_conv2d_desc c = {.n = 1, .c_in = 4, .h = 9, .w = 9, .c_out = 6, .kh = 3, .kw = 3,
+                         .stride = 1, .pad = 0, .dilation = 2, .groups = 2};
+    CHECK(dpt_conv2d_desc_init(&c) == 0 && c.out_h == 5 && c.out_w == 5);
+    c.dilation = 5; /* reach 11 > 9 */
+    CHECK(dpt_conv2d_desc_init(&c) == -1);
+    c.pad = 1; /* reach 11 = 9 + 2 */
+    CHECK(dpt_conv2d_desc_init(&c) == 0 && c.out_h == 1);
+    c.groups = 3; /* 4 input channels */
+    CHECK(dpt_conv2d_desc_init(&c) == -1);
+    c.c_in = 6, c.c_out = 4; /* 4 filters */
+    CHECK(dpt_conv2d_desc_init(&c) == -1);
+    c.c_out = 3;
+    CHECK(dpt_conv2d_desc_init(&c) == 0);
+    c.dilation = -1;
+    CHECK(dpt_conv2d_desc_init(&c) == -1);
 }
 
 /* ---- small direct checks ------------------------------------------------ */
@@ -973,7 +1320,9 @@ static const struct {
 int main(void)
 {
     desc_checks();
+    pool_desc_checks();
     softmax_extremes();
+    dropout_keys();
 
     /* Every kernel set this CPU can run, the generic one first: the
      * PyTorch fixtures, finite differences, and each faster set against
@@ -992,6 +1341,7 @@ int main(void)
         for_each_case("ops_batchnorm.safetensors", bn_case);
         for_each_case("ops_relu.safetensors", relu_case);
         for_each_case("ops_linear.safetensors", linear_case);
+        for_each_case("ops_conv_dg.safetensors", conv_case);
         dpt_rng rng;
         dpt_rng_seed(&rng, 2024, 3);
         printf("finite differences\n");
@@ -1029,12 +1379,16 @@ int main(void)
     CHECK(dpt_ops_set_kernels("auto") == 0);
     printf("== kernel set %s for the rest\n", dpt_ops_kernels());
     for_each_case("ops_loss.safetensors", loss_case);
+    for_each_case("ops_pool.safetensors", pool_case);
+    for_each_case("ops_act.safetensors", act_case);
+    for_each_case("ops_dropout.safetensors", dropout_case);
 
     dpt_rng rng;
     dpt_rng_seed(&rng, 2024, 3);
     printf("finite differences\n");
     fd_xent(&rng, 4, 6, 0);
     fd_xent(&rng, 3, 5, 1);
+    fd_new_layers(&rng);
 
     if (getenv("DPT_OPS_BENCH")) {
         bench_conv("conv1 n128 1x28x28 -> 20 5x5", (dpt_conv2d_desc){.n = 128, .c_in = 1,

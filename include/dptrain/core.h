@@ -134,6 +134,27 @@ DPT_API float dpt_rng_normal(dpt_rng *r);
 /* Fisher-Yates permutation of idx[0..n) in place. */
 DPT_API void dpt_rng_shuffle(dpt_rng *r, uint32_t *idx, size_t n);
 
+/* Counter-based randomness, for draws that must not depend on the number of
+ * workers (dropout masks, data augmentation): a value is a pure function of
+ * where it is used, so worker j drawing for observation k of the global
+ * minibatch gets what one worker on the whole minibatch gets. Reproducible
+ * in any language with 64-bit unsigned arithmetic:
+ *   mix(z): z += 0x9e3779b97f4a7c15; z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9;
+ *           z = (z ^ (z >> 27)) * 0x94d049bb133111eb; return z ^ (z >> 31)
+ *   key  = mix(mix(mix(mix(mix(seed) ^ epoch) ^ iteration) ^ stream) ^ obs)
+ *   u(j) = (mix(key ^ j) >> 40) * 2^-24                              */
+
+/* The SplitMix64 finaliser `mix` above. */
+DPT_API uint64_t dpt_mix64(uint64_t z);
+/* The key of one observation's draws: seed (the network's build seed),
+ * epoch, iteration, stream (dropout: the layer's node index; augmentation:
+ * 0x61756700), obs (the observation's position in the global minibatch). */
+DPT_API uint64_t dpt_rng_key(uint64_t seed, uint64_t epoch, uint64_t iteration, uint64_t stream,
+                             uint64_t obs);
+/* u(j): the j-th uniform value in [0, 1) of a key, 24 random bits (exact in
+ * float). */
+DPT_API float dpt_rng_key_uniform(uint64_t key, uint64_t j);
+
 #ifdef __cplusplus
 }
 #endif

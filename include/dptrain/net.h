@@ -6,15 +6,26 @@
  * a comment. Types and keys:
  *   input      size=HxWxC                 (first layer, exactly one)
  *   conv       filter=K[xK2] filters=F [stride=S] [padding=P] [bias=0|1]
+ *              [dilation=D] [groups=G]    (G divides channels and F)
  *   batchnorm  [epsilon=1e-5] [decay=0.1]
  *   relu
+ *   leakyrelu  [alpha=0.01]               (alpha in [0, 1])
+ *   sigmoid
+ *   tanh
+ *   maxpool    size=K[xK2] [stride=S[xS2]] [padding=P[xP2]]
+ *   avgpool    size=K[xK2] [stride=S[xS2]] [padding=P[xP2]]
+ *                                         (stride defaults to size; padding
+ *                                          below size: -inf for max, zeros
+ *                                          counted in the average)
+ *   globalavgpool                         (mean per channel: [C, 1, 1])
+ *   dropout    [p=0.5]                    (p in [0, 1); identity in predict)
  *   fc         outputs=N|classes          ("classes": filled in at build)
  *   softmax                               (last layer; pairs with the
  *                                          cross-entropy loss)
  *
  * Table names follow MATLAB's Learnables/State tables: conv1/Weights,
  * conv1/Bias, bn1/Offset, bn1/Scale, fc/Weights, fc/Bias; state bn1/TrainedMean,
- * bn1/TrainedVariance. Weights use PyTorch's layouts (conv [F, C, K, K2],
+ * bn1/TrainedVariance. Weights use PyTorch's layouts (conv [F, C/G, K, K2],
  * fc [N, C*H*W] over the NCHW-flattened input) so saved files load directly.
  *
  * Ownership: dpt_net_free releases the network and every buffer it hands
@@ -130,6 +141,42 @@ DPT_API dpt_status dpt_net_builder_add_relu(dpt_net_builder *b, const char *name
 DPT_API dpt_status dpt_net_builder_add_fc(dpt_net_builder *b, const char *name, int outputs);
 /* Softmax over the outputs (last layer; pairs with the cross-entropy loss). */
 DPT_API dpt_status dpt_net_builder_add_softmax(dpt_net_builder *b, const char *name);
+/* dpt_net_builder_add_conv with filter taps `dilation` pixels apart
+ * (>= 1) and the channels in `groups` groups (>= 1, dividing the input
+ * channels and filters; groups = input channels and filters = a multiple
+ * of them: depthwise). Weights [filters, channels/groups, filter, filter]
+ * as PyTorch's Conv2d(dilation=, groups=); MATLAB's
+ * convolution2dLayer(DilationFactor=) and groupedConvolution2dLayer. */
+DPT_API dpt_status dpt_net_builder_add_conv_ex(dpt_net_builder *b, const char *name, int filter,
+                                               int filters, int stride, int padding,
+                                               int dilation, int groups);
+/* Max pooling over size × size windows every `stride` pixels (>= 1; the
+ * spec's default is stride = size), padding >= 0 on every side, smaller
+ * than size, that never wins a maximum (PyTorch's MaxPool2d, MATLAB's
+ * maxPooling2dLayer). */
+DPT_API dpt_status dpt_net_builder_add_maxpool(dpt_net_builder *b, const char *name, int size,
+                                               int stride, int padding);
+/* Average pooling, arguments as maxpool; padding counts as zeros and every
+ * window divides by size² (PyTorch's AvgPool2d with count_include_pad=True,
+ * MATLAB's averagePooling2dLayer). */
+DPT_API dpt_status dpt_net_builder_add_avgpool(dpt_net_builder *b, const char *name, int size,
+                                               int stride, int padding);
+/* The mean of each channel: C × H × W in, C × 1 × 1 out (MATLAB's
+ * globalAveragePooling2dLayer, PyTorch's AdaptiveAvgPool2d(1)). */
+DPT_API dpt_status dpt_net_builder_add_globalavgpool(dpt_net_builder *b, const char *name);
+/* Dropout with probability p in [0, 1) in training, kept values scaled by
+ * 1/(1-p); the identity in prediction. The masks depend on the seed,
+ * epoch, iteration, layer and the observation's position in the global
+ * minibatch, not on the number of workers. */
+DPT_API dpt_status dpt_net_builder_add_dropout(dpt_net_builder *b, const char *name, float p);
+/* Leaky ReLU: x where x > 0, else alpha·x, alpha in [0, 1] (the spec's
+ * default is 0.01). */
+DPT_API dpt_status dpt_net_builder_add_leakyrelu(dpt_net_builder *b, const char *name,
+                                                 float alpha);
+/* Logistic sigmoid 1/(1+exp(-x)). */
+DPT_API dpt_status dpt_net_builder_add_sigmoid(dpt_net_builder *b, const char *name);
+/* Hyperbolic tangent. */
+DPT_API dpt_status dpt_net_builder_add_tanh(dpt_net_builder *b, const char *name);
 /* The spec text collected so far ("" when empty; NULL for b NULL); valid
  * until the next add or free. Save it to rebuild the same network later
  * with dpt_net_from_spec_file. */

@@ -53,3 +53,26 @@ void dpt_rng_shuffle(dpt_rng *r, uint32_t *idx, size_t n)
         idx[j] = t;
     }
 }
+
+/* ---- counter-based draws (core.h gives the definition in full) ----------- */
+
+uint64_t dpt_mix64(uint64_t z)
+{
+    z += 0x9e3779b97f4a7c15ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+uint64_t dpt_rng_key(uint64_t seed, uint64_t epoch, uint64_t iteration, uint64_t stream,
+                     uint64_t obs)
+{
+    return dpt_mix64(dpt_mix64(dpt_mix64(dpt_mix64(dpt_mix64(seed) ^ epoch) ^ iteration) ^
+                               stream) ^
+                     obs);
+}
+
+float dpt_rng_key_uniform(uint64_t key, uint64_t j)
+{
+    return (float)(dpt_mix64(key ^ j) >> 40) * (1.0f / 16777216.0f);
+}

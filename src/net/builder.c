@@ -205,6 +205,101 @@ dpt_status dpt_net_builder_add_fc(dpt_net_builder *b, const char *name, int outp
     return append(b, "fc %s outputs=%d", name, outputs);
 }
 
+dpt_status dpt_net_builder_add_conv_ex(dpt_net_builder *b, const char *name, int filter,
+                                       int filters, int stride, int padding, int dilation,
+                                       int groups)
+{
+    static const char fn[] = "dpt_net_builder_add_conv_ex";
+    dpt_status s = ready(b, fn);
+    if (s == DPT_OK)
+        s = check_name(b, fn, name);
+    if (s == DPT_OK)
+        s = check_int(b, fn, name, "filter", filter, 1);
+    if (s == DPT_OK)
+        s = check_int(b, fn, name, "filters", filters, 1);
+    if (s == DPT_OK)
+        s = check_int(b, fn, name, "stride", stride, 1);
+    if (s == DPT_OK)
+        s = check_int(b, fn, name, "padding", padding, 0);
+    if (s == DPT_OK)
+        s = check_int(b, fn, name, "dilation", dilation, 1);
+    if (s == DPT_OK)
+        s = check_int(b, fn, name, "groups", groups, 1);
+    return s != DPT_OK ? s
+                       : append(b, "conv %s filter=%d filters=%d stride=%d padding=%d "
+                                "dilation=%d groups=%d", name, filter, filters, stride, padding,
+                                dilation, groups);
+}
+
+/* maxpool and avgpool. */
+static dpt_status add_pool(dpt_net_builder *b, const char *fn, const char *type, const char *name,
+                           int size, int stride, int padding)
+{
+    dpt_status s = ready(b, fn);
+    if (s == DPT_OK)
+        s = check_name(b, fn, name);
+    if (s == DPT_OK)
+        s = check_int(b, fn, name, "size", size, 1);
+    if (s == DPT_OK)
+        s = check_int(b, fn, name, "stride", stride, 1);
+    if (s == DPT_OK)
+        s = check_int(b, fn, name, "padding", padding, 0);
+    return s != DPT_OK ? s
+                       : append(b, "%s %s size=%d stride=%d padding=%d", type, name, size, stride,
+                                padding);
+}
+
+dpt_status dpt_net_builder_add_maxpool(dpt_net_builder *b, const char *name, int size, int stride,
+                                       int padding)
+{
+    return add_pool(b, "dpt_net_builder_add_maxpool", "maxpool", name, size, stride, padding);
+}
+
+dpt_status dpt_net_builder_add_avgpool(dpt_net_builder *b, const char *name, int size, int stride,
+                                       int padding)
+{
+    return add_pool(b, "dpt_net_builder_add_avgpool", "avgpool", name, size, stride, padding);
+}
+
+dpt_status dpt_net_builder_add_globalavgpool(dpt_net_builder *b, const char *name)
+{
+    return add_plain(b, "dpt_net_builder_add_globalavgpool", "globalavgpool", name);
+}
+
+dpt_status dpt_net_builder_add_dropout(dpt_net_builder *b, const char *name, float p)
+{
+    static const char fn[] = "dpt_net_builder_add_dropout";
+    dpt_status s = ready(b, fn);
+    if (s == DPT_OK)
+        s = check_name(b, fn, name);
+    if (s == DPT_OK && !(p >= 0.0f && p < 1.0f))
+        s = fail(b, DPT_ERR_ARG, "%s: layer '%s': p must be in [0, 1), not %g", fn, name,
+                 (double)p);
+    return s != DPT_OK ? s : append(b, "dropout %s p=%.9g", name, (double)p);
+}
+
+dpt_status dpt_net_builder_add_leakyrelu(dpt_net_builder *b, const char *name, float alpha)
+{
+    static const char fn[] = "dpt_net_builder_add_leakyrelu";
+    dpt_status s = ready(b, fn);
+    if (s == DPT_OK)
+        s = check_name(b, fn, name);
+    if (s == DPT_OK && !(alpha >= 0.0f && alpha <= 1.0f))
+        s = fail(b, DPT_ERR_ARG, "%s: layer '%s': alpha must be in [0, 1], not %g", fn, name,
+                 (double)alpha);
+    return s != DPT_OK ? s : append(b, "leakyrelu %s alpha=%.9g", name, (double)alpha);
+}
+
+dpt_status dpt_net_builder_add_sigmoid(dpt_net_builder *b, const char *name)
+{
+    return add_plain(b, "dpt_net_builder_add_sigmoid", "sigmoid", name);
+}
+
+dpt_status dpt_net_builder_add_tanh(dpt_net_builder *b, const char *name)
+{
+    return add_plain(b, "dpt_net_builder_add_tanh", "tanh", name);
+}
+
 const char *dpt_net_builder_spec(const dpt_net_builder *b) { return b ? b->text : NULL; }
 
 dpt_status dpt_net_build(const dpt_net_builder *b, int n_classes, int max_batch, uint64_t seed,

@@ -19,15 +19,23 @@ void glorot_uniform(float *w, size_t n, int fan_in, int fan_out, dpt_rng *rng)
 
 typedef struct conv_layer {
     int kh, kw, filters, stride, pad, bias;
+    int dilation, groups; /* 1, 1: the plain convolution (and its fast kernels) */
     dpt_conv2d_desc d; /* n filled per call */
 } conv_layer;
+
+/* Floats of the weights [filters, c_in/groups, kh, kw] (PyTorch's layout). */
+static size_t conv_weights(const dpt_layer *l)
+{
+    const conv_layer *c = l->priv;
+    return (size_t)c->filters * (l->in[0] / c->groups) * c->kh * c->kw;
+}
 
 static dpt_status conv_create(dpt_layer *l)
 {
     conv_layer *c = calloc(1, sizeof *c);
     if (!c)
         return dpt_fail(DPT_ERR_NOMEM, "out of memory");
-    c->stride = 1, c->bias = 1;
+    c->stride = 1, c->bias = 1, c->dilation = 1, c->groups = 1;
     l->priv = c;
     return DPT_OK;
 }
@@ -62,8 +70,12 @@ static dpt_status conv_set(dpt_layer *l, const char *key, const char *value)
             return dpt_fail(DPT_ERR_FORMAT, "bad value '%s' for bias (0 or 1)", value);
         return s;
     }
-    return dpt_fail(DPT_ERR_FORMAT,
-                    "unknown key '%s' (conv takes filter, filters, stride, padding, bias)", key);
+    if (strcmp(key, "dilation") == 0)
+        return parse_int_max(key, value, 1, 4096, &c->dilation);
+    if (strcmp(key, "groups") == 0)
+        return parse_int_max(key, value, 1, 65536, &c->groups);
+    return dpt_fail(DPT_ERR_FORMAT, "unknown key '%s' (conv takes filter, filters, stride, "
+                    "padding, bias, dilation, groups)", key);
 }
 
 static dpt_status conv_infer(dpt_net *net, dpt_layer *l)
@@ -71,15 +83,28 @@ static dpt_status conv_infer(dpt_net *net, dpt_layer *l)
     conv_layer *c = l->priv;
     if (c->kh == 0 || c->filters == 0)
         return dpt_fail(DPT_ERR_FORMAT, "conv '%s' needs filter=K and filters=F", l->name);
+    if (l->in[0] % c->groups != 0 || c->filters % c->groups != 0)
+        return dpt_fail(DPT_ERR_SHAPE,
+                        "conv '%s': groups=%d must divide both the input channels (%d) and "
+                        "filters (%d)", l->name, c->groups, l->in[0], c->filters);
     c->d = (dpt_conv2d_desc){.n = 1, .c_in = l->in[0], .h = l->in[1], .w = l->in[2],
                              .c_out = c->filters, .kh = c->kh, .kw = c->kw,
-                             .stride = c->stride, .pad = c->pad};
-    if (dpt_conv2d_desc_init(&c->d) != 0)
+                             .stride = c->stride, .pad = c->pad, .dilation = c->dilation,
+                             .groups = c->groups};
+    if (dpt_conv2d_desc_init(&c->d) != 0) {
+        if (c->dilation > 1)
+            return dpt_fail(DPT_ERR_SHAPE,
+                            "conv '%s': filter %dx%d with dilation %d (reach %lldx%lld) does "
+                            "not fit the input %dx%d with padding %d", l->name, c->kh, c->kw,
+                            c->dilation, (long long)c->dilation * (c->kh - 1) + 1,
+                            (long long)c->dilation * (c->kw - 1) + 1, l->in[1], l->in[2],
+                            c->pad);
         return dpt_fail(DPT_ERR_SHAPE,
                         "conv '%s': filter %dx%d does not fit the input %dx%d with padding %d",
                         l->name, c->kh, c->kw, l->in[1], l->in[2], c->pad);
+    }
     l->out[0] = c->filters, l->out[1] = c->d.out_h, l->out[2] = c->d.out_w;
-    int wshape[4] = {c->filters, l->in[0], c->kh, c->kw};
+    int wshape[4] = {c->filters, l->in[0] / c->groups, c->kh, c->kw};
     dpt_status s = net_declare(net, l, DPT_KIND_LEARN, "Weights", 4, wshape);
     if (s == DPT_OK && c->bias)
         s = net_declare(net, l, DPT_KIND_LEARN, "Bias", 1, &c->filters);
@@ -89,8 +114,10 @@ static dpt_status conv_infer(dpt_net *net, dpt_layer *l)
 static void conv_init(dpt_layer *l, dpt_rng *rng)
 {
     conv_layer *c = l->priv;
-    size_t nw = (size_t)c->filters * l->in[0] * c->kh * c->kw;
-    glorot_uniform(l->p, nw, l->in[0] * c->kh * c->kw, c->filters * c->kh * c->kw, rng);
+    size_t nw = conv_weights(l);
+    /* Fans of one group, as MATLAB's groupedConvolution2dLayer. */
+    glorot_uniform(l->p, nw, l->in[0] / c->groups * c->kh * c->kw,
+                   c->filters / c->groups * c->kh * c->kw, rng);
     if (c->bias)
         memset(l->p + nw, 0, (size_t)c->filters * sizeof(float));
 }
@@ -109,7 +136,7 @@ static dpt_status conv_forward(dpt_net *net, dpt_layer *l, const float *const *x
     const float *x = xs[0];
     conv_layer *c = l->priv;
     c->d.n = n;
-    size_t nw = (size_t)c->filters * l->in[0] * c->kh * c->kw;
+    size_t nw = conv_weights(l);
     /* Fused with the batchnorm above (net.c): its sums come with the output. */
     double *sums = mode == DPT_MODE_TRAIN ? l->sums_out : NULL;
     /* Fused with the batchnorm below (net.c): x is its input, normalised
@@ -127,7 +154,7 @@ static dpt_status conv_backward(dpt_net *net, dpt_layer *l, const float *const *
     float *dx = dxs[0];
     conv_layer *c = l->priv;
     c->d.n = n;
-    size_t nw = (size_t)c->filters * l->in[0] * c->kh * c->kw;
+    size_t nw = conv_weights(l);
     /* Fused (net.c): x as in forward, and the batchnorm below gets its
      * backward sums with dx (a conv above a batchnorm is never the first
      * layer, so dx is there); dy is the gradient at the output of the
@@ -154,7 +181,11 @@ static void conv_describe(const dpt_layer *l, char *buf, size_t cap)
     if (c->pad != 0)
         k += snprintf(buf + k, cap - (size_t)k, " padding=%d", c->pad);
     if (!c->bias)
-        snprintf(buf + k, cap - (size_t)k, " bias=0");
+        k += snprintf(buf + k, cap - (size_t)k, " bias=0");
+    if (c->dilation != 1)
+        k += snprintf(buf + k, cap - (size_t)k, " dilation=%d", c->dilation);
+    if (c->groups != 1)
+        snprintf(buf + k, cap - (size_t)k, " groups=%d", c->groups);
 }
 
 static void free_priv(dpt_layer *l) { free(l->priv); }

@@ -43,6 +43,13 @@ static const layer_type *const layer_types[] = {
     &dpt_layer_softmax,
     &dpt_layer_add,
     &dpt_layer_concat,
+    &dpt_layer_maxpool,
+    &dpt_layer_avgpool,
+    &dpt_layer_globalavgpool,
+    &dpt_layer_leakyrelu,
+    &dpt_layer_sigmoid,
+    &dpt_layer_tanh,
+    &dpt_layer_dropout,
 };
 
 /* "input, conv, ...": the table's names, for messages. */

@@ -275,6 +275,13 @@ extern const layer_type dpt_layer_fc;
 extern const layer_type dpt_layer_softmax;
 extern const layer_type dpt_layer_add;     /* layer_merge.c */
 extern const layer_type dpt_layer_concat;
+extern const layer_type dpt_layer_maxpool;       /* layer_pool.c */
+extern const layer_type dpt_layer_avgpool;
+extern const layer_type dpt_layer_globalavgpool;
+extern const layer_type dpt_layer_leakyrelu;     /* layer_act.c */
+extern const layer_type dpt_layer_sigmoid;
+extern const layer_type dpt_layer_tanh;
+extern const layer_type dpt_layer_dropout;       /* layer_dropout.c */
 
 /* ---- GPU executor (net_gpu.c) ------------------------------------------------
  * Entry points dispatched to when net->gpu is set; without CUDA net->gpu

@@ -14,7 +14,14 @@
  * finished with col before dcol overwrites it. With a batch norm applied on
  * the fly (dpt_bn_apply), the GEMM path first writes the image's
  * transformed input or gradient into scratch after col (the direct path does
- * it while padding). */
+ * it while padding).
+ *
+ * Dilation and groups (never the direct kernels): a tap (ki, kj) reads
+ * input pixel (oy*stride - pad + ki*dilation, ...), and with G groups each
+ * group is its own convolution of c_in/G channels into c_out/G: col holds
+ * one group's rows (K = c_in/G*kh*kw) and the products run per group on
+ * the group's slices of w, y, dy and dx. With dilation 1 and one group this
+ * is exactly the ungrouped computation above. */
 #include "ops/conv_direct.h"
 #include "ops/ops.h"
 
@@ -22,16 +29,29 @@
 #include <cblas.h>
 #include <string.h>
 
+/* Unset (0) dilation and groups are 1. */
+static int dil_of(const dpt_conv2d_desc *d) { return d->dilation > 1 ? d->dilation : 1; }
+static int groups_of(const dpt_conv2d_desc *d) { return d->groups > 1 ? d->groups : 1; }
+
 int dpt_conv2d_desc_init(dpt_conv2d_desc *d)
 {
     if (d->n <= 0 || d->c_in <= 0 || d->h <= 0 || d->w <= 0 || d->c_out <= 0 || d->kh <= 0 ||
-        d->kw <= 0 || d->stride <= 0 || d->pad < 0)
+        d->kw <= 0 || d->stride <= 0 || d->pad < 0 || d->dilation < 0 || d->groups < 0)
         return -1;
-    int ph = d->h + 2 * d->pad, pw = d->w + 2 * d->pad;
-    if (d->kh > ph || d->kw > pw)
+    if (d->dilation == 0)
+        d->dilation = 1;
+    if (d->groups == 0)
+        d->groups = 1;
+    if (d->c_in % d->groups != 0 || d->c_out % d->groups != 0)
         return -1;
-    d->out_h = (ph - d->kh) / d->stride + 1;
-    d->out_w = (pw - d->kw) / d->stride + 1;
+    /* Extent of the dilated filter, in 64 bits (sizes up to INT_MAX). */
+    long long ph = (long long)d->h + 2LL * d->pad, pw = (long long)d->w + 2LL * d->pad;
+    long long eh = (long long)d->dilation * (d->kh - 1) + 1;
+    long long ew = (long long)d->dilation * (d->kw - 1) + 1;
+    if (eh > ph || ew > pw)
+        return -1;
+    d->out_h = (int)((ph - eh) / d->stride + 1);
+    d->out_w = (int)((pw - ew) / d->stride + 1);
     return 0;
 }
 
@@ -48,7 +68,8 @@ static int lowering_is_identity(const dpt_conv2d_desc *d)
 static size_t col_floats(const dpt_conv2d_desc *d)
 {
     return lowering_is_identity(d) ? 0
-                                   : (size_t)d->c_in * d->kh * d->kw * (size_t)d->out_h * d->out_w;
+                                   : (size_t)(d->c_in / groups_of(d)) * d->kh * d->kw *
+                                         (size_t)d->out_h * d->out_w;
 }
 
 /* Offset of the bias-gradient sums (c_out doubles) after col and the two
@@ -85,23 +106,23 @@ static void valid_range(int kj, int stride, int pad, int w, int out_w, int *lo, 
     *hi = last;
 }
 
-/* col [K, P] from one image x [c_in, h, w]. */
-static void im2col(const dpt_conv2d_desc *d, const float *x, float *col)
+/* col [K, P] from the c channels of one image at x [c, h, w] (one group's). */
+static void im2col(const dpt_conv2d_desc *d, const float *x, int c, float *col)
 {
-    const int oh = d->out_h, ow = d->out_w, s = d->stride, p = d->pad;
-    for (int ci = 0; ci < d->c_in; ci++) {
+    const int oh = d->out_h, ow = d->out_w, s = d->stride, p = d->pad, dl = dil_of(d);
+    for (int ci = 0; ci < c; ci++) {
         const float *xc = x + (size_t)ci * d->h * d->w;
         for (int ki = 0; ki < d->kh; ki++) {
             for (int kj = 0; kj < d->kw; kj++) {
                 int lo, hi;
-                valid_range(kj, s, p, d->w, ow, &lo, &hi);
+                valid_range(kj * dl, s, p, d->w, ow, &lo, &hi);
                 for (int oy = 0; oy < oh; oy++) {
-                    int iy = oy * s - p + ki;
+                    int iy = oy * s - p + ki * dl;
                     if (iy < 0 || iy >= d->h) {
                         memset(col, 0, (size_t)ow * sizeof *col);
                     } else {
                         const float *xr = xc + (size_t)iy * d->w;
-                        const int off = kj - p;
+                        const int off = kj * dl - p;
                         for (int ox = 0; ox < lo; ox++)
                             col[ox] = 0.0f;
                         for (int ox = lo; ox < hi; ox++)
@@ -116,24 +137,24 @@ static void im2col(const dpt_conv2d_desc *d, const float *x, float *col)
     }
 }
 
-/* dx [c_in, h, w] = scatter-add of dcol [K, P]; taps that fell on padding
- * are dropped. Overlapping windows (stride < kernel) add up, hence the zero
- * fill first. */
-static void col2im(const dpt_conv2d_desc *d, const float *col, float *dx)
+/* dx [c, h, w] (one group's channels) = scatter-add of dcol [K, P]; taps
+ * that fell on padding are dropped. Overlapping windows (stride < kernel)
+ * add up, hence the zero fill first. */
+static void col2im(const dpt_conv2d_desc *d, const float *col, int c, float *dx)
 {
-    const int oh = d->out_h, ow = d->out_w, s = d->stride, p = d->pad;
-    memset(dx, 0, (size_t)d->c_in * d->h * d->w * sizeof *dx);
-    for (int ci = 0; ci < d->c_in; ci++) {
+    const int oh = d->out_h, ow = d->out_w, s = d->stride, p = d->pad, dl = dil_of(d);
+    memset(dx, 0, (size_t)c * d->h * d->w * sizeof *dx);
+    for (int ci = 0; ci < c; ci++) {
         float *dxc = dx + (size_t)ci * d->h * d->w;
         for (int ki = 0; ki < d->kh; ki++) {
             for (int kj = 0; kj < d->kw; kj++) {
                 int lo, hi;
-                valid_range(kj, s, p, d->w, ow, &lo, &hi);
+                valid_range(kj * dl, s, p, d->w, ow, &lo, &hi);
                 for (int oy = 0; oy < oh; oy++) {
-                    int iy = oy * s - p + ki;
+                    int iy = oy * s - p + ki * dl;
                     if (iy >= 0 && iy < d->h) {
                         float *dr = dxc + (size_t)iy * d->w;
-                        const int off = kj - p;
+                        const int off = kj * dl - p;
                         for (int ox = lo; ox < hi; ox++)
                             dr[ox * s + off] += col[ox];
                     }
@@ -176,11 +197,13 @@ void dpt_conv2d_forward_ex(const dpt_conv2d_desc *d, const float *x, const dpt_b
                            const float *w, const float *b, float *y, float *work, double *sum,
                            double *sumsq)
 {
-    const int K = d->c_in * d->kh * d->kw, P = d->out_h * d->out_w;
+    const int G = groups_of(d), cg_in = d->c_in / G, cg_out = d->c_out / G;
+    const int K = cg_in * d->kh * d->kw, P = d->out_h * d->out_w;
     const size_t x_img = (size_t)d->c_in * d->h * d->w, y_img = (size_t)d->c_out * P;
+    const size_t x_grp = (size_t)cg_in * d->h * d->w, w_grp = (size_t)cg_out * K;
     const int identity = lowering_is_identity(d);
     assert(work || (identity && !xa));
-    const conv_isa *isa = dpt_conv_direct_pick(d);
+    const conv_isa *isa = G == 1 && dil_of(d) == 1 ? dpt_conv_direct_pick(d) : NULL;
     if (isa) {
         dpt_conv_direct_forward(isa, d, x, xa, w, b, y, work, sum, sumsq);
         return;
@@ -194,19 +217,22 @@ void dpt_conv2d_forward_ex(const dpt_conv2d_desc *d, const float *x, const dpt_b
             dpt_bn_apply_forward(xi, d->c_in, d->h * d->w, xa, xt);
             xi = xt;
         }
-        const float *col = xi;
-        if (!identity) {
-            im2col(d, xi, work);
-            col = work;
-        }
         /* Seed y with the bias so the GEMM adds onto it (beta = 1). */
         if (b) {
             for (int co = 0; co < d->c_out; co++)
                 for (int q = 0; q < P; q++)
                     yi[(size_t)co * P + q] = b[co];
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d->c_out, P, K, 1.0f, w, K, col,
-                    P, b ? 1.0f : 0.0f, yi, P);
+        for (int g = 0; g < G; g++) {
+            const float *col = xi + g * x_grp;
+            if (!identity) {
+                im2col(d, col, cg_in, work);
+                col = work;
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cg_out, P, K, 1.0f,
+                        w + g * w_grp, K, col, P, b ? 1.0f : 0.0f, yi + g * (size_t)cg_out * P,
+                        P);
+        }
     }
     if (sum)
         dpt_bn_sums(y, d->n, d->c_out, P, sum, sumsq);
@@ -223,12 +249,15 @@ void dpt_conv2d_backward_ex(const dpt_conv2d_desc *d, const float *x, const dpt_
                             const float *y, float *dx, float *dw, float *db, float *work,
                             double *xg)
 {
-    const int K = d->c_in * d->kh * d->kw, P = d->out_h * d->out_w;
+    const int G = groups_of(d), cg_in = d->c_in / G, cg_out = d->c_out / G;
+    const int K = cg_in * d->kh * d->kw, P = d->out_h * d->out_w;
     const size_t x_img = (size_t)d->c_in * d->h * d->w, y_img = (size_t)d->c_out * P;
+    const size_t x_grp = (size_t)cg_in * d->h * d->w, w_grp = (size_t)cg_out * K;
+    const size_t y_grp = (size_t)cg_out * P;
     const int identity = lowering_is_identity(d);
     assert(work || (identity && !xa && !dya));
     assert(!xg || (xa && dx));
-    const conv_isa *isa = dpt_conv_direct_pick(d);
+    const conv_isa *isa = G == 1 && dil_of(d) == 1 ? dpt_conv_direct_pick(d) : NULL;
     if (isa) {
         dpt_conv_direct_backward(isa, d, x, xa, w, dy, dya, y, dx, dw, db, work, xg);
         return;
@@ -257,23 +286,25 @@ void dpt_conv2d_backward_ex(const dpt_conv2d_desc *d, const float *x, const dpt_
                 bsum[co] += r[q];
         }
 
-        const float *col = xi;
-        if (!identity) {
-            im2col(d, xi, work);
-            col = work;
-        }
-        /* dW is overwritten by the first image, accumulated by the rest. */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d->c_out, K, P, 1.0f, dyi, P, col, P,
-                    i == 0 ? 0.0f : 1.0f, dw, K);
+        for (int g = 0; g < G; g++) {
+            const float *col = xi + g * x_grp, *dyg = dyi + g * y_grp;
+            if (!identity) {
+                im2col(d, col, cg_in, work);
+                col = work;
+            }
+            /* dW is overwritten by the first image, accumulated by the rest. */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, cg_out, K, P, 1.0f, dyg, P, col,
+                        P, i == 0 ? 0.0f : 1.0f, dw + g * w_grp, K);
 
-        if (dx) {
-            float *dxi = dx + i * x_img;
-            /* Identity lowering: dcol is dx itself, no scatter needed. */
-            float *dcol = identity ? dxi : work;
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, P, d->c_out, 1.0f, w, K, dyi,
-                        P, 0.0f, dcol, P);
-            if (!identity)
-                col2im(d, dcol, dxi);
+            if (dx) {
+                float *dxg = dx + i * x_img + g * x_grp;
+                /* Identity lowering: dcol is dx itself, no scatter needed. */
+                float *dcol = identity ? dxg : work;
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, P, cg_out, 1.0f,
+                            w + g * w_grp, K, dyg, P, 0.0f, dcol, P);
+                if (!identity)
+                    col2im(d, dcol, cg_in, dxg);
+            }
         }
     }
     for (int co = 0; db && co < d->c_out; co++)

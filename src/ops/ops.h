@@ -10,6 +10,7 @@
 #define DPT_OPS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* ---- kernel sets --------------------------------------------------------- *
  * "generic" (portable C and the BLAS), "avx2", "avx512" (direct convolution
@@ -29,13 +30,19 @@ int dpt_ops_set_kernels(const char *name);
 
 typedef struct dpt_conv2d_desc {
     int n, c_in, h, w;      /* input  [n, c_in, h, w] */
-    int c_out, kh, kw;      /* weights [c_out, c_in, kh, kw], bias [c_out] */
+    int c_out, kh, kw;      /* weights [c_out, c_in/groups, kh, kw], bias [c_out] */
     int stride, pad;        /* same stride/padding in both directions */
     int out_h, out_w;       /* filled by dpt_conv2d_desc_init */
+    /* Filter taps dilation apart; channels split into `groups` groups (as
+     * PyTorch: output channel co sees input channels of group
+     * co / (c_out/groups) only). 0 reads as 1, so initialisers that predate
+     * them keep working. Either above 1 takes the im2col + GEMM path. */
+    int dilation, groups;
 } dpt_conv2d_desc;
 
-/* Fill out_h/out_w; returns 0, or -1 when the filter does not fit the padded
- * input or a size is not positive. */
+/* Fill out_h/out_w; returns 0, or -1 when the (dilated) filter does not fit
+ * the padded input, a size is not positive, or groups does not divide c_in
+ * and c_out. */
 int dpt_conv2d_desc_init(dpt_conv2d_desc *d);
 /* Scratch floats needed by forward and backward (im2col buffer, one image). */
 size_t dpt_conv2d_work_floats(const dpt_conv2d_desc *d);
@@ -139,6 +146,60 @@ void dpt_bn_backward_dx_relu(const float *x, const float *dy, int n, int c, int 
                              const float *mean, const float *invstd, const float *gamma,
                              const float *beta, const double *sum_dy, const double *sum_dy_xhat,
                              double count, float *dx);
+
+/* ---- pooling, NCHW ------------------------------------------------------ *
+ * Windows of kh x kw every sh x sw pixels over the input padded by ph / pw
+ * on each side, no ceil mode (PyTorch's defaults). Max pooling sees padding
+ * as -inf; average pooling as 0, always dividing by kh*kw (PyTorch's
+ * count_include_pad=True, MATLAB's padding value 0). */
+typedef struct dpt_pool2d_desc {
+    int n, c, h, w;         /* input [n, c, h, w] */
+    int kh, kw, sh, sw, ph, pw;
+    int out_h, out_w;       /* filled by dpt_pool2d_desc_init */
+} dpt_pool2d_desc;
+
+/* Fill out_h/out_w; returns 0, or -1 when a size or stride is not positive,
+ * a padding is negative or not below the window (a window of padding
+ * only), or the window is larger than the padded input. */
+int dpt_pool2d_desc_init(dpt_pool2d_desc *d);
+/* y [n, c, out_h, out_w] = max over each window. */
+void dpt_maxpool2d_forward(const dpt_pool2d_desc *d, const float *x, float *y);
+/* dx [n, c, h, w] from dy: each window's gradient goes to its maximum,
+ * found again from x by the forward's scan (row by row, the first of equal
+ * maxima, a NaN taking over: PyTorch's CPU rule); overlapping windows add. */
+void dpt_maxpool2d_backward(const dpt_pool2d_desc *d, const float *x, const float *dy, float *dx);
+/* y = sum of each window / (kh*kw). */
+void dpt_avgpool2d_forward(const dpt_pool2d_desc *d, const float *x, float *y);
+/* dx: each window's dy / (kh*kw) to every input pixel of it, added up. */
+void dpt_avgpool2d_backward(const dpt_pool2d_desc *d, const float *dy, float *dx);
+/* Global average over hw per channel: x [n, c, hw] -> y [n, c]. */
+void dpt_global_avgpool_forward(const float *x, float *y, int n, int c, int hw);
+/* dx [n, c, hw] = dy [n, c] / hw. */
+void dpt_global_avgpool_backward(const float *dy, float *dx, int n, int c, int hw);
+
+/* ---- elementwise activations (act.c) ---------------------------------------- *
+ * Backward overwrites dx; dx may equal dy. */
+
+/* y = x where x > 0, else alpha·x. */
+void dpt_leakyrelu_forward(const float *x, float *y, size_t n, float alpha);
+/* dx = dy where x > 0, else alpha·dy (PyTorch's rule, on the input). */
+void dpt_leakyrelu_backward(const float *x, const float *dy, float *dx, size_t n, float alpha);
+/* y = 1 / (1 + exp(−x)). */
+void dpt_sigmoid_forward(const float *x, float *y, size_t n);
+/* dx = dy·y·(1 − y), from the forward's output y. */
+void dpt_sigmoid_backward(const float *y, const float *dy, float *dx, size_t n);
+void dpt_tanh_forward(const float *x, float *y, size_t n);
+/* dx = dy·(1 − y²), from the forward's output y. */
+void dpt_tanh_backward(const float *y, const float *dy, float *dx, size_t n);
+
+/* ---- dropout ------------------------------------------------------------------ *
+ * out = in · 1/(1−p) where element j of observation i is kept, else 0: it
+ * is dropped when dpt_rng_key_uniform(key_i, j) < p, key_i =
+ * dpt_rng_key(seed, epoch, iteration, stream, obs0 + i) (core.h). in and
+ * out are [n, per]. The forward (in = x) and the backward (in = dy) are
+ * the same call with the same key arguments. 0 <= p < 1; out may equal in. */
+void dpt_dropout_apply(const float *in, float *out, int n, size_t per, float p, uint64_t seed,
+                       uint64_t epoch, uint64_t iteration, uint64_t stream, uint64_t obs0);
 
 /* ---- ReLU ---------------------------------------------------------------- */
 void dpt_relu_forward(const float *x, float *y, size_t n);

@@ -1,0 +1,118 @@
+/* dropout [p=0.5]: in a TRAIN forward each element is dropped with
+ * probability p and the kept ones scaled by 1/(1-p) (inverted dropout, as
+ * PyTorch's Dropout and MATLAB's dropoutLayer); in PREDICT the identity.
+ *
+ * The mask is not stored: it is a pure function of (net seed, epoch,
+ * iteration, this layer's node index, the observation's position in the
+ * global minibatch, the element) through dpt_rng_key (core.h), so the
+ * backward draws it again, and N workers draw exactly what one worker on
+ * the whole minibatch draws (observation i of this worker is observation
+ * net->obs_offset + i of the minibatch). */
+#include "dptrain/core.h"
+#include "net/net_impl.h"
+#include "ops/ops.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DROPOUT_DEFAULT 0.5f
+
+typedef struct dropout_layer {
+    float p;
+    /* The key arguments of the last forward, for its backward (the net's
+     * counters could move in between); train 0: that forward was the
+     * identity (PREDICT, or p = 0). */
+    int train;
+    uint64_t seed, epoch, iteration, obs0;
+} dropout_layer;
+
+static dpt_status dropout_create(dpt_layer *l)
+{
+    dropout_layer *d = calloc(1, sizeof *d);
+    if (!d)
+        return dpt_fail(DPT_ERR_NOMEM, "out of memory");
+    d->p = DROPOUT_DEFAULT;
+    l->priv = d;
+    return DPT_OK;
+}
+
+static dpt_status dropout_set(dpt_layer *l, const char *key, const char *value)
+{
+    dropout_layer *d = l->priv;
+    if (strcmp(key, "p") != 0)
+        return dpt_fail(DPT_ERR_FORMAT, "unknown key '%s' (dropout takes p)", key);
+    float v;
+    dpt_status s = parse_float(key, value, &v);
+    if (s != DPT_OK)
+        return s;
+    /* p = 1 would drop everything and scale by infinity. */
+    if (!(v >= 0.0f && v < 1.0f))
+        return dpt_fail(DPT_ERR_FORMAT, "bad value '%s' for p (a probability in [0, 1) "
+                        "expected)", value);
+    d->p = v;
+    return DPT_OK;
+}
+
+static dpt_status dropout_infer(dpt_net *net, dpt_layer *l)
+{
+    (void)net;
+    memcpy(l->out, l->in, sizeof l->out);
+    return DPT_OK;
+}
+
+static size_t per_obs(const dpt_layer *l)
+{
+    return (size_t)l->out[0] * l->out[1] * l->out[2];
+}
+
+static dpt_status dropout_forward(dpt_net *net, dpt_layer *l, const float *const *x, float *y,
+                                  int n, dpt_mode mode)
+{
+    dropout_layer *d = l->priv;
+    d->train = mode == DPT_MODE_TRAIN && d->p > 0.0f;
+    if (!d->train) {
+        memcpy(y, x[0], (size_t)n * per_obs(l) * sizeof *y);
+        return DPT_OK;
+    }
+    d->seed = net->seed;
+    d->epoch = (uint64_t)net->epoch;
+    d->iteration = (uint64_t)net->iteration;
+    d->obs0 = (uint64_t)net->obs_offset;
+    dpt_dropout_apply(x[0], y, n, per_obs(l), d->p, d->seed, d->epoch, d->iteration,
+                      (uint64_t)l->index, d->obs0);
+    return DPT_OK;
+}
+
+/* The same mask on the gradient: dx = dy·1/(1-p) where kept, else 0. */
+static dpt_status dropout_backward(dpt_net *net, dpt_layer *l, const float *const *x,
+                                   const float *y, const float *dy, float *const *dx, int n)
+{
+    (void)net, (void)x, (void)y;
+    const dropout_layer *d = l->priv;
+    if (!dx[0])
+        return DPT_OK;
+    if (!d->train) {
+        memmove(dx[0], dy, (size_t)n * per_obs(l) * sizeof *dy);
+        return DPT_OK;
+    }
+    dpt_dropout_apply(dy, dx[0], n, per_obs(l), d->p, d->seed, d->epoch, d->iteration,
+                      (uint64_t)l->index, d->obs0);
+    return DPT_OK;
+}
+
+static void dropout_describe(const dpt_layer *l, char *buf, size_t cap)
+{
+    const dropout_layer *d = l->priv;
+    if (d->p != DROPOUT_DEFAULT)
+        snprintf(buf, cap, " p=%.9g", d->p);
+}
+
+static void free_priv(dpt_layer *l) { free(l->priv); }
+
+const layer_type dpt_layer_dropout = {
+    .name = "dropout", .min_inputs = 1, .max_inputs = 1,
+    .create = dropout_create, .set = dropout_set, .infer = dropout_infer,
+    .forward = dropout_forward, .backward = dropout_backward, .describe = dropout_describe,
+    .free = free_priv,
+};

@@ -1,0 +1,198 @@
+/* Pooling layers: maxpool, avgpool (windows of size x size every stride
+ * pixels, padding on every side; PyTorch's MaxPool2d / AvgPool2d with
+ * count_include_pad=True, MATLAB's maxPooling2dLayer / averagePooling2dLayer)
+ * and globalavgpool (the mean of each channel: output [C, 1, 1]). */
+#include "net/net_impl.h"
+#include "ops/ops.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { POOL_MAX, POOL_AVG };
+
+typedef struct pool_layer {
+    int kind;
+    int kh, kw;  /* 0: not given (size= is required) */
+    int sh, sw;  /* 0: not given, the window size (PyTorch's default) */
+    int ph, pw;
+    dpt_pool2d_desc d; /* n filled per call */
+} pool_layer;
+
+static dpt_status pool_create_kind(dpt_layer *l, int kind)
+{
+    pool_layer *p = calloc(1, sizeof *p);
+    if (!p)
+        return dpt_fail(DPT_ERR_NOMEM, "out of memory");
+    p->kind = kind;
+    l->priv = p;
+    return DPT_OK;
+}
+
+static dpt_status maxpool_create(dpt_layer *l) { return pool_create_kind(l, POOL_MAX); }
+static dpt_status avgpool_create(dpt_layer *l) { return pool_create_kind(l, POOL_AVG); }
+
+/* "A" (both directions) or "AxB" (height x width), each an integer in
+ * [min, max]. */
+static dpt_status parse_pair(const char *key, const char *value, int min, int max, int *a, int *b)
+{
+    const char *x = strchr(value, 'x');
+    if (!x) {
+        dpt_status s = parse_int_max(key, value, min, max, a);
+        if (s == DPT_OK)
+            *b = *a;
+        return s;
+    }
+    char first[32];
+    size_t len = (size_t)(x - value);
+    if (len == 0 || len >= sizeof first)
+        return dpt_fail(DPT_ERR_FORMAT, "bad value '%.40s' for %s (N or HxW, each an integer in "
+                        "[%d, %d], expected)", value, key, min, max);
+    memcpy(first, value, len);
+    first[len] = '\0';
+    int u, v;
+    if (parse_int_max(key, first, min, max, &u) != DPT_OK ||
+        parse_int_max(key, x + 1, min, max, &v) != DPT_OK)
+        return dpt_fail(DPT_ERR_FORMAT, "bad value '%.40s' for %s (N or HxW, each an integer in "
+                        "[%d, %d], expected)", value, key, min, max);
+    *a = u, *b = v;
+    return DPT_OK;
+}
+
+static dpt_status pool_set(dpt_layer *l, const char *key, const char *value)
+{
+    pool_layer *p = l->priv;
+    /* Limits as conv's: far above any real network, small enough that the
+     * shapes stay within int. */
+    if (strcmp(key, "size") == 0)
+        return parse_pair(key, value, 1, 4096, &p->kh, &p->kw);
+    if (strcmp(key, "stride") == 0)
+        return parse_pair(key, value, 1, 4096, &p->sh, &p->sw);
+    if (strcmp(key, "padding") == 0)
+        return parse_pair(key, value, 0, 4096, &p->ph, &p->pw);
+    return dpt_fail(DPT_ERR_FORMAT, "unknown key '%s' (%s takes size, stride, padding)", key,
+                    l->type->name);
+}
+
+static dpt_status pool_infer(dpt_net *net, dpt_layer *l)
+{
+    (void)net;
+    pool_layer *p = l->priv;
+    if (p->kh == 0)
+        return dpt_fail(DPT_ERR_FORMAT, "%s '%s' needs size=K (or size=HxW)", l->type->name,
+                        l->name);
+    int sh = p->sh ? p->sh : p->kh, sw = p->sw ? p->sw : p->kw;
+    if (p->ph >= p->kh || p->pw >= p->kw)
+        return dpt_fail(DPT_ERR_SHAPE,
+                        "%s '%s': padding %dx%d must be smaller than the window %dx%d (a window "
+                        "would hold padding only)", l->type->name, l->name, p->ph, p->pw, p->kh,
+                        p->kw);
+    p->d = (dpt_pool2d_desc){.n = 1, .c = l->in[0], .h = l->in[1], .w = l->in[2], .kh = p->kh,
+                             .kw = p->kw, .sh = sh, .sw = sw, .ph = p->ph, .pw = p->pw};
+    if (dpt_pool2d_desc_init(&p->d) != 0)
+        return dpt_fail(DPT_ERR_SHAPE,
+                        "%s '%s': window %dx%d does not fit the input %dx%d with padding %dx%d",
+                        l->type->name, l->name, p->kh, p->kw, l->in[1], l->in[2], p->ph, p->pw);
+    l->out[0] = l->in[0], l->out[1] = p->d.out_h, l->out[2] = p->d.out_w;
+    return DPT_OK;
+}
+
+static dpt_status pool_forward(dpt_net *net, dpt_layer *l, const float *const *x, float *y, int n,
+                               dpt_mode mode)
+{
+    (void)net, (void)mode;
+    pool_layer *p = l->priv;
+    p->d.n = n;
+    if (p->kind == POOL_MAX)
+        dpt_maxpool2d_forward(&p->d, x[0], y);
+    else
+        dpt_avgpool2d_forward(&p->d, x[0], y);
+    return DPT_OK;
+}
+
+static dpt_status pool_backward(dpt_net *net, dpt_layer *l, const float *const *x, const float *y,
+                                const float *dy, float *const *dx, int n)
+{
+    (void)net, (void)y;
+    pool_layer *p = l->priv;
+    if (!dx[0])
+        return DPT_OK;
+    p->d.n = n;
+    if (p->kind == POOL_MAX)
+        dpt_maxpool2d_backward(&p->d, x[0], dy, dx[0]);
+    else
+        dpt_avgpool2d_backward(&p->d, dy, dx[0]);
+    return DPT_OK;
+}
+
+/* " key=A" or " key=AxB"; returns the characters written. */
+static int put_pair(char *buf, size_t cap, const char *key, int a, int b)
+{
+    return a == b ? snprintf(buf, cap, " %s=%d", key, a) : snprintf(buf, cap, " %s=%dx%d", key, a, b);
+}
+
+/* Canonical keys: size always, stride when it is not the window size,
+ * padding when not 0. */
+static void pool_describe(const dpt_layer *l, char *buf, size_t cap)
+{
+    const pool_layer *p = l->priv;
+    int sh = p->sh ? p->sh : p->kh, sw = p->sw ? p->sw : p->kw;
+    size_t k = (size_t)put_pair(buf, cap, "size", p->kh, p->kw);
+    if ((sh != p->kh || sw != p->kw) && k < cap)
+        k += (size_t)put_pair(buf + k, cap - k, "stride", sh, sw);
+    if ((p->ph || p->pw) && k < cap)
+        put_pair(buf + k, cap - k, "padding", p->ph, p->pw);
+}
+
+static void free_priv(dpt_layer *l) { free(l->priv); }
+
+const layer_type dpt_layer_maxpool = {
+    .name = "maxpool", .min_inputs = 1, .max_inputs = 1,
+    .create = maxpool_create, .set = pool_set, .infer = pool_infer,
+    .forward = pool_forward, .backward = pool_backward, .describe = pool_describe,
+    .free = free_priv,
+};
+
+const layer_type dpt_layer_avgpool = {
+    .name = "avgpool", .min_inputs = 1, .max_inputs = 1,
+    .create = avgpool_create, .set = pool_set, .infer = pool_infer,
+    .forward = pool_forward, .backward = pool_backward, .describe = pool_describe,
+    .free = free_priv,
+};
+
+/* ---- globalavgpool: [C, H, W] -> [C, 1, 1] ---------------------------------- */
+
+static dpt_status gap_set(dpt_layer *l, const char *key, const char *value)
+{
+    (void)value;
+    return dpt_fail(DPT_ERR_FORMAT, "unknown key '%s' (%s takes no keys)", key, l->type->name);
+}
+
+static dpt_status gap_infer(dpt_net *net, dpt_layer *l)
+{
+    (void)net;
+    l->out[0] = l->in[0], l->out[1] = l->out[2] = 1;
+    return DPT_OK;
+}
+
+static dpt_status gap_forward(dpt_net *net, dpt_layer *l, const float *const *x, float *y, int n,
+                              dpt_mode mode)
+{
+    (void)net, (void)mode;
+    dpt_global_avgpool_forward(x[0], y, n, l->in[0], l->in[1] * l->in[2]);
+    return DPT_OK;
+}
+
+static dpt_status gap_backward(dpt_net *net, dpt_layer *l, const float *const *x, const float *y,
+                               const float *dy, float *const *dx, int n)
+{
+    (void)net, (void)x, (void)y;
+    if (dx[0])
+        dpt_global_avgpool_backward(dy, dx[0], n, l->in[0], l->in[1] * l->in[2]);
+    return DPT_OK;
+}
+
+const layer_type dpt_layer_globalavgpool = {
+    .name = "globalavgpool", .min_inputs = 1, .max_inputs = 1,
+    .set = gap_set, .infer = gap_infer, .forward = gap_forward, .backward = gap_backward,
+};
