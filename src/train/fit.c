@@ -261,6 +261,9 @@ static dpt_status fit_worker(dpt_comm *comm, void *arg)
                 it_epoch++;
                 continue;
             }
+            /* Dropout masks follow (epoch, iteration): a resumed run draws
+             * what the uninterrupted one did. */
+            dpt_net_set_iteration(net, epoch, iteration + 1);
             s = dpt_train_step(net, opt, comm, b.x.data, b.y.data, b.n, &loss, &m_total);
             if (s == DPT_OK && !isfinite(loss))
                 s = dpt_fail(DPT_ERR_NUMERIC, "the loss became %g (try a smaller --lr)", loss);

@@ -3,6 +3,9 @@
 #include "net/net_impl.h"
 #include "ops/ops.h"
 
+#include <stdlib.h>
+#include <string.h>
+
 static int multi(dpt_comm *comm) { return comm && dpt_comm_size(comm) > 1; }
 
 dpt_status dpt_train_aggregate(dpt_net *net, dpt_comm *comm, double *loss)
@@ -33,11 +36,33 @@ dpt_status dpt_train_step(dpt_net *net, dpt_sgdm *opt, dpt_comm *comm, const flo
                         opt->n, dpt_net_n_params(net));
     if (net->gpu) /* the same six steps with device buffers: net/net_gpu.c */
         return net_gpu_train_step(net, opt, comm, x, t, n_local, loss, n_total);
-    /* 1. M, the size of the whole minibatch (shares may be uneven). */
+    /* 1. M, the size of the whole minibatch (shares may be uneven), and
+     * this worker's first observation in it (randomness such as dropout is
+     * drawn per global observation): every worker's share, in one
+     * all-reduce of a slot per worker. */
     double m_total = n_local;
+    long first = 0;
     dpt_status s = DPT_OK;
-    if (multi(comm) && (s = dpt_comm_allreduce_f64(comm, &m_total, &m_total, 1)) != DPT_OK)
-        return s;
+    if (multi(comm)) {
+        int size = dpt_comm_size(comm), rank = dpt_comm_rank(comm);
+        double small[64], *shares = size <= 64 ? small : calloc((size_t)size, sizeof *shares);
+        if (!shares)
+            return dpt_fail(DPT_ERR_NOMEM, "out of memory");
+        memset(shares, 0, (size_t)size * sizeof *shares);
+        shares[rank] = n_local;
+        s = dpt_comm_allreduce_f64(comm, shares, shares, (size_t)size);
+        m_total = 0;
+        for (int j = 0; j < size; j++) {
+            if (j < rank)
+                first += (long)shares[j];
+            m_total += shares[j];
+        }
+        if (shares != small)
+            free(shares);
+        if (s != DPT_OK)
+            return s;
+    }
+    dpt_net_set_obs_offset(net, first);
     /* 2. Forward on this worker's share. */
     const float *p;
     if ((s = dpt_net_forward(net, x, n_local, DPT_MODE_TRAIN, &p)) != DPT_OK)
