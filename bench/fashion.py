@@ -9,7 +9,7 @@ it), minibatch, epochs, Glorot-uniform initial weights and zero biases,
 batch-norm decay 0.1, dropout as the spec says (PyTorch's own masks; data
 order and random draws differ). dptrain runs `dptrain train --workers W
 --threads 1`, PyTorch one process with torch.set_num_threads(W): both use W
-cores. Reported: test accuracy on the 10,000 test images after the last
+cores. Reported: test accuracy on the test images (%d) after the last
 epoch, and images/s (60,000 per epoch; the median of epochs 2..E, or epoch
 1 when E = 1), with their ratio. The table goes into bench/RESULTS.md
 between the markers below (bench/run keeps it when it rewrites the file).
@@ -20,6 +20,7 @@ import gzip
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import struct
@@ -31,11 +32,20 @@ import time
 BEGIN, END = "<!-- bench/nets.sh begin -->", "<!-- bench/nets.sh end -->"
 
 
+def idx_open(path):
+    return (gzip.open if open(path, "rb").read(2) == b"\x1f\x8b" else open)(path, "rb")
+
+
+def idx_count(path):
+    with idx_open(path) as f:
+        return struct.unpack(">II", f.read(8))[1]
+
+
 def read_idx(images):
     import numpy as np
 
     def load(path, magic):
-        with (gzip.open if open(path, "rb").read(2) == b"\x1f\x8b" else open)(path, "rb") as f:
+        with idx_open(path) as f:
             data = f.read()
         if struct.unpack(">I", data[:4])[0] != magic:
             raise SystemExit("%s: not an IDX file of magic %#x" % (path, magic))
@@ -56,9 +66,10 @@ def run_dptrain(a, out):
            "--seed", str(a.seed), "--workers", str(a.workers), "--threads", "1",
            "--device", "cpu", "--out", out, "--overwrite", "--quiet"]
     print("dptrain: " + " ".join(cmd), flush=True)
-    t0 = time.time()
+    load = os.getloadavg()[0]
+    t0, r0 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wall = time.time() - t0
+    wall, r1 = time.time() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
     if p.returncode != 0:
         raise SystemExit("dptrain failed:\n" + p.stdout[-2000:] + p.stderr[-2000:])
     acc = None
@@ -74,8 +85,14 @@ def run_dptrain(a, out):
             if len(v) > ix and v[ix]:
                 ends[int(v[ie])] = float(v[ix])  # the epoch's last row
     ends[0] = 0.0
-    return {"accuracy": acc, "epoch_s": [ends[e] - ends[e - 1] for e in range(1, a.epochs + 1)],
-            "wall_s": wall}
+    # CPU seconds of the whole run (start-up, data, test included): on a
+    # machine shared with other work, images per CPU-second moves less
+    # than images per wall-clock second.
+    cpu = r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
+    n_test = idx_count(a.test)
+    return {"accuracy": acc, "n_test": n_test,
+            "epoch_s": [ends[e] - ends[e - 1] for e in range(1, a.epochs + 1)], "wall_s": wall,
+            "cpu_s": cpu, "load": [load, os.getloadavg()[0]]}
 
 
 def run_torch(a):
@@ -86,7 +103,8 @@ def run_torch(a):
 
     torch.set_num_threads(a.workers)
     torch.manual_seed(a.seed)
-    t0 = time.time()
+    load = os.getloadavg()[0]
+    t0, r0 = time.time(), resource.getrusage(resource.RUSAGE_SELF)
     xtr, ytr = read_idx(a.train)
     xte, yte = read_idx(a.test)
     X, Y = torch.from_numpy(xtr), torch.from_numpy(ytr)
@@ -116,13 +134,21 @@ def run_torch(a):
         for b0 in range(0, len(yte), 1000):
             p = net(torch.from_numpy(xte[b0:b0 + 1000]))
             correct += int((p.argmax(1).numpy() == yte[b0:b0 + 1000]).sum())
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
     return {"accuracy": correct / len(yte), "epoch_s": epoch_s, "wall_s": time.time() - t0,
-            "torch": torch.__version__}
+            "cpu_s": cpu, "load": [load, os.getloadavg()[0]], "torch": torch.__version__}
 
 
 def rate(r, n):
     eps = r["epoch_s"][1:] or r["epoch_s"]
     return n / statistics.median(eps)
+
+
+def row(label, r, rate_, n_images):
+    return "| %s | %.4f | %.0f | %s | %.0f | %.0f | %.0f | %.1f, %.1f |" % (
+        label, r["accuracy"], rate_, ", ".join("%.1f" % s for s in r["epoch_s"]), r["wall_s"],
+        r["cpu_s"], n_images / r["cpu_s"], r["load"][0], r["load"][1])
 
 
 def write_results(a, d, t, n_train):
@@ -144,26 +170,25 @@ def write_results(a, d, t, n_train):
              datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), commit, cpu, os.cpu_count(),
              os.getloadavg()[0], t["torch"]),
          "",
-         "Network `%s`; recipe for both: %d epochs of the 60,000 training images, minibatch %d, "
+         "Network `%s`; recipe for both: %d epochs of the %d training images, minibatch %d, "
          "SGD with momentum %g, learning rate %g, weight decay %g, Glorot-uniform initial "
-         "weights; test accuracy on the 10,000 test images. dptrain: `dptrain train --workers "
+         "weights; test accuracy on the test images (%d). dptrain: `dptrain train --workers "
          "%d --threads 1`; PyTorch: one process, `torch.set_num_threads(%d)`, the network "
          "rebuilt from the spec by examples/pytorch_interop.py. images/s: the median of epochs "
-         "2..%d (epoch 1 alone when 1 epoch)." % (
-             os.path.relpath(a.net, a.root), a.epochs, a.batch, a.momentum, a.lr,
-             a.weight_decay, a.workers, a.workers, a.epochs),
+         "2..%d (epoch 1 alone when 1 epoch); images per CPU-second: the training images of all "
+         "epochs over the CPU time of the whole run (start-up, reading the data and the test "
+         "included), steadier than wall-clock rates when other work shares the machine." % (
+             os.path.relpath(a.net, a.root), a.epochs, n_train, a.batch, a.momentum, a.lr,
+             a.weight_decay, d["n_test"], a.workers, a.workers, a.epochs),
          "",
-         "| | test accuracy | images/s | seconds per epoch | whole run s |",
-         "|---|---:|---:|---|---:|",
-         "| dptrain (%d workers) | %.4f | %.0f | %s | %.0f |" % (
-             a.workers, d["accuracy"], rd, ", ".join("%.1f" % s for s in d["epoch_s"]),
-             d["wall_s"]),
-         "| PyTorch (%d threads) | %.4f | %.0f | %s | %.0f |" % (
-             a.workers, t["accuracy"], rt, ", ".join("%.1f" % s for s in t["epoch_s"]),
-             t["wall_s"]),
+         "| | test accuracy | images/s | seconds per epoch | whole run: wall s | CPU s | "
+         "images per CPU-s | load average before, after |",
+         "|---|---:|---:|---|---:|---:|---:|---|",
+         row("dptrain (%d workers)" % a.workers, d, rd, n_train * a.epochs),
+         row("PyTorch (%d threads)" % a.workers, t, rt, n_train * a.epochs),
          "",
-         "dptrain / PyTorch: images/s **%.2fx**, test accuracy %+.4f." % (
-             rd / rt, d["accuracy"] - t["accuracy"]),
+         "dptrain / PyTorch: images/s **%.2fx**, images per CPU-second **%.2fx**, test accuracy "
+         "%+.4f." % (rd / rt, (t["cpu_s"] / d["cpu_s"]), d["accuracy"] - t["accuracy"]),
          END]
     path = os.path.join(a.root, "bench", "RESULTS.md")
     old = open(path).read() if os.path.exists(path) else "# dptrain against PyTorch: results\n"
@@ -209,9 +234,7 @@ def main():
         print("  dptrain: accuracy %.4f, epochs %s s" % (d["accuracy"], d["epoch_s"]), flush=True)
         print("pytorch: the same network and recipe, %d threads" % a.workers, flush=True)
         t = run_torch(a)
-        with (gzip.open if open(a.train, "rb").read(2) == b"\x1f\x8b" else open)(a.train, "rb") as f:
-            n_train = struct.unpack(">II", f.read(8))[1]
-        write_results(a, d, t, n_train)
+        write_results(a, d, t, idx_count(a.train))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

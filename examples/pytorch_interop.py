@@ -336,7 +336,8 @@ def main():
         raise SystemExit(__doc__)
     model, data = sys.argv[1], sys.argv[2]
     limit = int(sys.argv[3]) if len(sys.argv) > 3 else 200
-    dptrain = os.environ.get("DPTRAIN", os.path.join(os.path.dirname(__file__), "..", "build", "dptrain"))
+    dptrain = os.environ.get("DPTRAIN", os.path.join(os.path.dirname(__file__), "..", "build",
+                                                     "dptrain"))
     net, classes = build_from_model(model)
     c, h, w = net.input_shape()
     print("rebuilt %d layers (%s) from %s" % (len(net.layers), ", ".join(
@@ -360,7 +361,8 @@ def main():
                 out.write(b"P5\n%d %d\n255\n" % (cols, rows) + img)
             files.append(f)
             x = torch.tensor(list(img), dtype=torch.float32).reshape(1, 1, rows, cols) / 255.0
-            xs.append(x.expand(1, c, rows, cols) if (rows, cols) == (h, w) else image_tensor(f, c, h, w))
+            xs.append(x.expand(1, c, rows, cols) if (rows, cols) == (h, w)
+                      else image_tensor(f, c, h, w))
     out = subprocess.run([dptrain, "predict", "--model", model] + files, check=True,
                          capture_output=True, text=True)
     theirs = {}
