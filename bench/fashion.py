@@ -140,6 +140,73 @@ def run_torch(a):
             "cpu_s": cpu, "load": [load, os.getloadavg()[0]], "torch": torch.__version__}
 
 
+def speed_rounds(a, tmp):
+    """images/s of both sides in alternating short rounds, so that a load
+    which drifts over the minutes favours neither: dptrain one epoch over the
+    first --speed-images training images (its rate from metrics.csv, between
+    iteration 10 and the last), PyTorch as many steps on the same images
+    (timed from step 10). Returns the two lists of rates."""
+    import numpy as np
+    import torch
+    sys.path.insert(0, os.path.join(a.root, "examples"))
+    from pytorch_interop import DptNet
+
+    n = a.speed_images - a.speed_images % a.batch
+    labels = a.train.replace("images-idx3", "labels-idx1")
+    with idx_open(a.train) as f:
+        head = f.read(16)
+        _, _, rows, cols = struct.unpack(">IIII", head)
+        pix = f.read(n * rows * cols)
+    with idx_open(labels) as f:
+        lab = f.read(8 + n)[8:]
+    sub = os.path.join(tmp, "speed-images-idx3-ubyte")
+    with open(sub, "wb") as f:
+        f.write(struct.pack(">IIII", 0x803, n, rows, cols) + pix)
+    with open(os.path.join(tmp, "speed-labels-idx1-ubyte"), "wb") as f:
+        f.write(struct.pack(">II", 0x801, n) + lab)
+    X = torch.from_numpy(np.frombuffer(pix, np.uint8).reshape(n, 1, rows, cols).astype(
+        np.float32) / 255.0)
+    Y = torch.from_numpy(np.frombuffer(lab, np.uint8).astype(np.int64))
+    torch.set_num_threads(a.workers)
+    net = DptNet(open(a.net).read(), 10, dropout="torch")
+    net.init_glorot()
+    net.train()
+    opt = torch.optim.SGD(net.parameters(), lr=a.lr, momentum=a.momentum,
+                          weight_decay=a.weight_decay)
+    steps = n // a.batch
+    d_rates, t_rates = [], []
+    for r in range(a.rounds):
+        for side in (("d", "t") if r % 2 == 0 else ("t", "d")):
+            if side == "d":
+                out = os.path.join(tmp, "speed")
+                cmd = [a.dptrain, "train", "--net", a.net, "--data", sub, "--test", a.test,
+                       "--epochs", "1", "--batch", str(a.batch), "--lr", str(a.lr),
+                       "--momentum", str(a.momentum), "--weight-decay", str(a.weight_decay),
+                       "--workers", str(a.workers), "--threads", "1", "--device", "cpu",
+                       "--out", out, "--overwrite", "--quiet"]
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+                el = {}
+                with open(os.path.join(out, "metrics.csv")) as f:
+                    h = f.readline().strip().split(",")
+                    ii, ix = h.index("iteration"), h.index("elapsed_s")
+                    for line in f:
+                        v = line.strip().split(",")
+                        el[int(v[ii])] = float(v[ix])
+                d_rates.append((steps - 10) * a.batch / (el[steps] - el[10]))
+            else:
+                for k in range(steps):
+                    if k == 10:
+                        t1 = time.perf_counter()
+                    idx = slice(k * a.batch, (k + 1) * a.batch)
+                    opt.zero_grad(set_to_none=True)
+                    torch.nn.functional.cross_entropy(net(X[idx], logits=True), Y[idx]).backward()
+                    opt.step()
+                t_rates.append((steps - 10) * a.batch / (time.perf_counter() - t1))
+        print("  speed round %d: dptrain %.0f images/s, pytorch %.0f" % (
+            r + 1, d_rates[-1], t_rates[-1]), flush=True)
+    return d_rates, t_rates
+
+
 def rate(r, n):
     eps = r["epoch_s"][1:] or r["epoch_s"]
     return n / statistics.median(eps)
@@ -151,7 +218,7 @@ def row(label, r, rate_, n_images):
         r["cpu_s"], n_images / r["cpu_s"], r["load"][0], r["load"][1])
 
 
-def write_results(a, d, t, n_train):
+def write_results(a, d, t, n_train, speed):
     rd, rt = rate(d, n_train), rate(t, n_train)
     commit = subprocess.run(["git", "-C", a.root, "rev-parse", "--short", "HEAD"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -189,6 +256,16 @@ def write_results(a, d, t, n_train):
          "",
          "dptrain / PyTorch: images/s **%.2fx**, images per CPU-second **%.2fx**, test accuracy "
          "%+.4f." % (rd / rt, (t["cpu_s"] / d["cpu_s"]), d["accuracy"] - t["accuracy"]),
+         ""]
+    if speed:
+        md, mt = statistics.median(speed[0]), statistics.median(speed[1])
+        L += ["Speed in %d alternating rounds of %d training images each (the same minutes for "
+              "both sides; dptrain's rate from its metrics between iteration 10 and the last, "
+              "PyTorch's from step 10): dptrain %s images/s (median %.0f), PyTorch %s (median "
+              "%.0f): **%.2fx**." % (
+                  a.rounds, a.speed_images, ", ".join("%.0f" % v for v in speed[0]), md,
+                  ", ".join("%.0f" % v for v in speed[1]), mt, md / mt)]
+    L += [
          END]
     path = os.path.join(a.root, "bench", "RESULTS.md")
     old = open(path).read() if os.path.exists(path) else "# dptrain against PyTorch: results\n"
@@ -219,6 +296,10 @@ def main():
     ap.add_argument("--weight-decay", type=float, default=0.0005)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="alternating speed rounds (0: none)")
+    ap.add_argument("--speed-images", type=int, default=12800,
+                    help="training images per speed round")
     ap.add_argument("--only", choices=["dptrain", "pytorch"], help="run one side, print JSON")
     a = ap.parse_args()
     a.net = os.path.abspath(a.net)
@@ -230,11 +311,12 @@ def main():
         if a.only == "pytorch":
             print(json.dumps(run_torch(a)))
             return 0
+        speed = speed_rounds(a, tmp) if a.rounds > 0 else None
         d = run_dptrain(a, os.path.join(tmp, "out"))
         print("  dptrain: accuracy %.4f, epochs %s s" % (d["accuracy"], d["epoch_s"]), flush=True)
         print("pytorch: the same network and recipe, %d threads" % a.workers, flush=True)
         t = run_torch(a)
-        write_results(a, d, t, idx_count(a.train))
+        write_results(a, d, t, idx_count(a.train), speed)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
