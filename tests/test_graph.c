@@ -400,6 +400,108 @@ static void test_spec_round_trip(void)
     dpt_net_free(net);
 }
 
+/* ---- the builder ---------------------------------------------------------------------------- */
+
+static void test_builder(void)
+{
+    dpt_net_builder *b = NULL;
+    CHECK(dpt_net_builder_new(&b) == DPT_OK);
+    if (!b)
+        return;
+    dpt_net_builder_add_input(b, "in", 5, 5, 2);
+    dpt_net_builder_add_conv(b, "c1", 3, 3, 1, 1);
+    dpt_net_builder_add_batchnorm(b, "b1");
+    dpt_net_builder_add_conv(b, "c2", 3, 3, 1, 1);
+    dpt_net_builder_add_batchnorm(b, "b2");
+    dpt_net_builder_add_add(b, "a", "b2,b1");
+    dpt_net_builder_set_from(b, "b1");
+    dpt_net_builder_add_conv(b, "p", 1, 2, 1, 0);
+    dpt_net_builder_set_from(b, "a,p,b1");
+    dpt_net_builder_add_concat(b, "j", NULL);
+    CHECK(dpt_net_builder_add_fc(b, "f", 3) == DPT_OK);
+    dpt_net *built = NULL, *spec = NULL;
+    dpt_status s = dpt_net_build(b, 0, 2, 7, &built);
+    CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
+    CHECK(dpt_net_from_spec(fd_spec, "fd", 0, 2, 7, &spec) == DPT_OK);
+    if (built && spec) {
+        CHECK_MSG(strcmp(dpt_net_spec(built), dpt_net_spec(spec)) == 0, "%s\n---\n%s",
+                  dpt_net_spec(built), dpt_net_spec(spec));
+        CHECK(dpt_net_layer_n_inputs(built, 7) == 3 && dpt_net_layer_input(built, 7, 1) == 6);
+        CHECK(dpt_net_layer_n_inputs(built, 0) == 0 && dpt_net_layer_input(built, 0, 0) == -1);
+    }
+    dpt_net_free(built), dpt_net_free(spec);
+    /* add without inputs, and a bad input list, fail in the call. */
+    dpt_net_builder_free(b);
+    CHECK(dpt_net_builder_new(&b) == DPT_OK);
+    dpt_net_builder_add_input(b, "in", 5, 5, 2);
+    CHECK(dpt_net_builder_add_add(b, "a", NULL) == DPT_ERR_ARG);
+    CHECK(strstr(dpt_last_error(), "name its input layers") != NULL);
+    dpt_net_builder_free(b);
+    CHECK(dpt_net_builder_new(&b) == DPT_OK);
+    CHECK(dpt_net_builder_set_from(b, "a,,b") == DPT_ERR_ARG);
+    dpt_net_builder_free(b);
+}
+
+/* ---- files from before the graph ------------------------------------------------------------ */
+
+/* tests/fixtures/old_model.safetensors and old_checkpoint.safetensors were
+ * written by dptrain 60877bd (the last chain-only executor): `dptrain train
+ * --data tests/fixtures/digits400 --net <a conv-bn-relu x2, fc, softmax
+ * chain> --epochs 2 --batch 32 --workers 2 --checkpoint-every 5`;
+ * old_model_pred.safetensors holds 8 inputs (x) and that build's PREDICT
+ * output for them (y) from dpt_net_load on the model file. */
+static void test_old_files(void)
+{
+    char path[1024], pred[1024], ckpt[1024];
+    tu_fixture("old_model.safetensors", path, sizeof path);
+    tu_fixture("old_model_pred.safetensors", pred, sizeof pred);
+    tu_fixture("old_checkpoint.safetensors", ckpt, sizeof ckpt);
+    dpt_net *net = NULL;
+    dpt_st *st = NULL;
+    dpt_status s = dpt_net_load(path, 8, &net);
+    CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
+    if (s == DPT_OK)
+        s = dpt_st_open(pred, &st);
+    CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
+    if (s != DPT_OK) {
+        dpt_net_free(net);
+        return;
+    }
+    CHECK(strstr(dpt_net_spec(net), "from=") == NULL);
+    static float x[8 * 784], y_old[80];
+    CHECK(dpt_st_read_f32(st, "x", x, 8 * 784) == DPT_OK);
+    CHECK(dpt_st_read_f32(st, "y", y_old, 80) == DPT_OK);
+    const float *y;
+    CHECK(dpt_net_forward(net, x, 8, DPT_MODE_PREDICT, &y) == DPT_OK);
+    printf("a model file from before the graph:\n");
+    tu_check_close("predictions", y, y_old, 80, 1e-5);
+    int a[8], b[8];
+    dpt_argmax_rows(y, 8, 10, a);
+    dpt_argmax_rows(y_old, 8, 10, b);
+    CHECK(memcmp(a, b, sizeof a) == 0);
+    /* Its checkpoint loads into the network of its spec, with the final
+     * learnables (written at the end of the run). */
+    dpt_net *again = NULL;
+    dpt_sgdm *opt = NULL;
+    s = dpt_net_from_spec(dpt_net_spec(net), "old spec", 10, 8, 0, &again);
+    if (s == DPT_OK)
+        s = dpt_sgdm_new(dpt_net_n_params(again), 0.01f, 0.9f, 0, &opt);
+    dpt_checkpoint_info info;
+    if (s == DPT_OK)
+        s = dpt_checkpoint_load(ckpt, again, opt, &info);
+    CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
+    if (s == DPT_OK) {
+        CHECK(memcmp(dpt_net_params(again), dpt_net_params(net),
+                     dpt_net_n_params(net) * sizeof(float)) == 0);
+        CHECK(dpt_net_forward(again, x, 8, DPT_MODE_PREDICT, &y) == DPT_OK);
+        tu_check_close("predictions after the checkpoint", y, y_old, 80, 1e-5);
+    }
+    dpt_sgdm_free(opt);
+    dpt_net_free(again);
+    dpt_net_free(net);
+    dpt_st_close(st);
+}
+
 /* ---- kinds of state ------------------------------------------------------------------------- */
 
 static int resets;
@@ -502,6 +604,8 @@ int main(void)
     test_many_tensors();
     test_spec_round_trip();
     test_state_kinds();
+    test_builder();
+    test_old_files();
     test_obs_offset();
     return tu_exit();
 }

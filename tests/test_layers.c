@@ -17,18 +17,25 @@
  *    masks depend on the iteration and not on how the minibatch is split
  *    among workers (obs_offset), and the same network in one piece or in
  *    slices gives the same bits.
+ * 3b. N = 2, 3, 4 local workers against one worker on the whole minibatch,
+ *    3 training steps of a network with dropout, pooling and synchronised
+ *    batch norm: the same loss, gradients and learnables (1e-5), workers
+ *    identical (hash), and the dropout masks really drop (p=0 differs).
  * 4. Bad specs (pooling that does not fit, groups that do not divide, out
  *    of range values) fail with the spec line in the message.
  * 5. The builder calls write the spec lines the parser reads back. */
 #include "core/safetensors.h"
+#include "dptrain/comm.h"
 #include "dptrain/core.h"
 #include "dptrain/net.h"
+#include "dptrain/train.h"
 #include "testutil.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define FD_TOL 1e-2
 #define FD_COORDS 24
@@ -47,6 +54,14 @@ static dpt_net *build(const char *spec, int max_batch)
     dpt_status s = dpt_net_from_spec(spec, "test", 0, max_batch, 7, &net);
     CHECK_MSG(s == DPT_OK, "build failed: %s\n%s", dpt_last_error(), spec);
     return net;
+}
+
+static const float *run(dpt_net *net, const float *x, int n, dpt_mode mode)
+{
+    const float *y = NULL;
+    dpt_status s = dpt_net_forward(net, x, n, mode, &y);
+    CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
+    return y;
 }
 
 /* L = Σ y·r over a TRAIN forward. */
@@ -168,6 +183,25 @@ static void gradients(void)
                  "fc f outputs=3\n", cases[i].layer);
         fd_net(cases[i].label, spec, 3, &rng);
     }
+    /* In a graph: outputs of the new types feeding several layers (their
+     * gradients summed by the executor), a residual add around a dropout
+     * and a depthwise conv, a concat of max and average pooling. */
+    fd_net("graph: residual with dropout, pooling branches",
+           "input in size=8x8x3\n"
+           "conv c filter=3 filters=4 padding=1\n"
+           "leakyrelu a alpha=0.1\n"
+           "conv dw filter=3 filters=4 padding=1 groups=4\n"
+           "dropout d p=0.4\n"
+           "add r from=d,a\n"
+           "maxpool mp size=2 from=r\n"
+           "avgpool ap size=3 stride=2 padding=1 from=r\n"
+           "concat j from=mp,ap\n"
+           "tanh t\n"
+           "conv dl filter=3 filters=8 padding=2 dilation=2 from=j\n"
+           "sigmoid s\n"
+           "add r2 from=s,t\n"
+           "globalavgpool g\n"
+           "fc f outputs=3\n", 3, &rng);
 }
 
 /* ---- against PyTorch ------------------------------------------------------ */
@@ -250,12 +284,63 @@ static void chain_vs_torch(void)
     dpt_st_close(st);
 }
 
+/* ---- batch-norm fusion around grouped and dilated convolutions ------------ */
+
+/* The fused network (batch norm applied by the convs next to it, on the
+ * im2col path here) must compute what the unfused one does: same outputs
+ * and gradients within float rounding. */
+static void fusion(void)
+{
+    const char *spec = "input in size=8x9x4\n"
+                       "conv c1 filter=3 filters=6 padding=2 dilation=2 groups=2\n"
+                       "batchnorm b1\n"
+                       "relu r1\n"
+                       "conv c2 filter=3 filters=6 padding=1 groups=6\n"
+                       "batchnorm b2\n"
+                       "relu r2\n"
+                       "conv c3 filter=1 filters=4 groups=2\n"
+                       "batchnorm b3\n"
+                       "fc f outputs=3\n";
+    enum { N = 5 };
+    dpt_net *a = build(spec, N);
+    setenv("DPT_FUSION", "0", 1);
+    dpt_net *b = build(spec, N);
+    unsetenv("DPT_FUSION");
+    if (!a || !b)
+        goto done;
+    const size_t nx = (size_t)N * 4 * 8 * 9, ny = (size_t)N * 3, np = dpt_net_n_params(a);
+    float *x = malloc(nx * sizeof *x), *r = malloc(ny * sizeof *r), *ya = malloc(ny * sizeof *ya);
+    float *ga = malloc(np * sizeof *ga);
+    dpt_rng rng;
+    dpt_rng_seed(&rng, 19, 3);
+    fill_normal(&rng, x, nx, 1.0f);
+    fill_normal(&rng, r, ny, 1.0f);
+    memcpy(ya, run(a, x, N, DPT_MODE_TRAIN), ny * sizeof *ya);
+    memcpy(dpt_net_output_grad(a), r, ny * sizeof *r);
+    CHECK(dpt_net_backward(a, dpt_net_output_grad(a), 0) == DPT_OK);
+    memcpy(ga, dpt_net_grads(a), np * sizeof *ga);
+    const float *yb = run(b, x, N, DPT_MODE_TRAIN);
+    printf("fused vs unfused (conv groups/dilation -> batchnorm -> relu -> conv)\n");
+    if (yb)
+        tu_check_close("y", ya, yb, ny, 1e-5);
+    memcpy(dpt_net_output_grad(b), r, ny * sizeof *r);
+    CHECK(dpt_net_backward(b, dpt_net_output_grad(b), 0) == DPT_OK);
+    for (size_t t = 0; t < dpt_net_n_learnables(a); t++) {
+        const dpt_param_info *info = dpt_net_learnable(a, t);
+        tu_check_close(info->name, ga + info->offset, dpt_net_grads(b) + info->offset, info->n,
+                       1e-5);
+    }
+    free(x), free(r), free(ya), free(ga);
+done:
+    dpt_net_free(a), dpt_net_free(b);
+}
+
 /* ---- spec round trip ------------------------------------------------------ */
 
 static void round_trip(void)
 {
     const char *spec = "input in size=12x10x4\n"
-                       "conv c1 filter=3 filters=8 padding=2 dilation=2 groups=4\n"
+                       "conv c1 filter=3 filters=8 padding=2 dilation=2x2 groups=4\n"
                        "leakyrelu a1 alpha=0.2\n"
                        "maxpool p1 size=3 stride=2 padding=1\n"
                        "conv c2 filter=1 filters=6 groups=2 bias=0\n"
@@ -280,6 +365,31 @@ static void round_trip(void)
     CHECK(strstr(text, "size=3 stride=2 padding=1"));
     CHECK(strstr(text, "alpha=0.200000003"));
     CHECK(strstr(text, "p=0.25"));
+    /* A model file keeps them: saved and loaded, the same predictions to
+     * the bit (dropout is the identity there). */
+    char path[] = "/tmp/dpt_test_layers_XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    if (fd >= 0) {
+        close(fd);
+        CHECK_MSG(dpt_net_save(a, path, NULL, 0) == DPT_OK, "%s", dpt_last_error());
+        dpt_net *c = NULL;
+        CHECK_MSG(dpt_net_load(path, 2, &c) == DPT_OK, "%s", dpt_last_error());
+        if (c) {
+            CHECK(strcmp(dpt_net_spec(c), text) == 0);
+            float x[2 * 12 * 10 * 4], ya[10];
+            dpt_rng rng;
+            dpt_rng_seed(&rng, 19, 4);
+            fill_normal(&rng, x, sizeof x / sizeof *x, 1.0f);
+            const float *y = run(a, x, 2, DPT_MODE_PREDICT);
+            if (y)
+                memcpy(ya, y, sizeof ya);
+            y = run(c, x, 2, DPT_MODE_PREDICT);
+            CHECK_MSG(y && memcmp(ya, y, sizeof ya) == 0, "loaded model predicts otherwise");
+            dpt_net_free(c);
+        }
+        unlink(path);
+    }
     dpt_net *b = build(text, 2);
     if (b) {
         CHECK_MSG(strcmp(text, dpt_net_spec(b)) == 0, "spec does not round-trip:\n%s", dpt_net_spec(b));
@@ -320,14 +430,6 @@ static void round_trip(void)
 }
 
 /* ---- dropout in a network ------------------------------------------------- */
-
-static const float *run(dpt_net *net, const float *x, int n, dpt_mode mode)
-{
-    const float *y = NULL;
-    dpt_status s = dpt_net_forward(net, x, n, mode, &y);
-    CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
-    return y;
-}
 
 static void dropout_net(void)
 {
@@ -427,6 +529,123 @@ done:
     dpt_net_free(a), dpt_net_free(b), dpt_net_free(z);
 }
 
+/* ---- N workers = 1 worker, with dropout ------------------------------------ */
+
+enum { PM = 10, PK = 3, PPIX = 3 * 8 * 8, PSTEPS = 3 };
+
+static const char par_spec[] = "input in size=8x8x3\n"
+                               "conv c1 filter=3 filters=4 padding=1 groups=1\n"
+                               "batchnorm b1\n"
+                               "leakyrelu a1 alpha=0.1\n"
+                               "maxpool p1 size=2\n"
+                               "dropout d1 p=0.3\n"
+                               "conv c2 filter=3 filters=4 padding=2 dilation=2 groups=2\n"
+                               "tanh t1\n"
+                               "avgpool p2 size=3 stride=1 padding=1\n"
+                               "globalavgpool g\n"
+                               "dropout d2 p=0.5\n"
+                               "fc f outputs=classes\n"
+                               "softmax sm\n";
+
+static float PX[PM * PPIX], PT[PM * PK];
+
+typedef struct par_job {
+    const char *spec;
+    double loss;
+    float *params, *grads; /* worker 0's, after the last step */
+    size_t np;
+    uint64_t hash[8];
+} par_job;
+
+static dpt_status par_worker(dpt_comm *comm, void *arg)
+{
+    par_job *j = arg;
+    int rank = dpt_comm_rank(comm), n = dpt_comm_size(comm), share[8], first = 0;
+    dpt_batch_shares(PM, n, share);
+    for (int r = 0; r < rank; r++)
+        first += share[r];
+    dpt_net *net = NULL;
+    dpt_sgdm *opt = NULL;
+    dpt_status s = dpt_net_from_spec(j->spec, "par", PK, PM, 5, &net);
+    if (s == DPT_OK)
+        s = dpt_sgdm_new(dpt_net_n_params(net), 0.05f, 0.9f, 0.0f, &opt);
+    if (s == DPT_OK)
+        dpt_net_set_sync_bn(net, comm);
+    for (int step = 0; s == DPT_OK && step < PSTEPS; step++) {
+        /* New masks every iteration, as dpt_train_fit sets them. */
+        dpt_net_set_iteration(net, 1, step);
+        double loss;
+        s = dpt_train_step(net, opt, comm, PX + (size_t)first * PPIX, PT + (size_t)first * PK,
+                           share[rank], &loss, NULL);
+        if (rank == 0)
+            j->loss = loss;
+    }
+    if (s == DPT_OK) {
+        j->hash[rank] = dpt_net_hash(net);
+        if (rank == 0) {
+            j->np = dpt_net_n_params(net);
+            j->params = malloc(j->np * sizeof(float));
+            j->grads = malloc(j->np * sizeof(float));
+            memcpy(j->params, dpt_net_params(net), j->np * sizeof(float));
+            memcpy(j->grads, dpt_net_grads(net), j->np * sizeof(float));
+        }
+    }
+    dpt_sgdm_free(opt);
+    dpt_net_free(net);
+    return s;
+}
+
+static int par_run(const char *spec, int n_workers, par_job *j)
+{
+    memset(j, 0, sizeof *j);
+    j->spec = spec;
+    dpt_spmd_config cfg = DPT_SPMD_CONFIG_INIT;
+    cfg.backend = DPT_COMM_LOCAL;
+    cfg.n_workers = n_workers;
+    dpt_status s = dpt_spmd_run(&cfg, par_worker, j);
+    CHECK_MSG(s == DPT_OK, "N=%d: %s", n_workers, dpt_last_error());
+    return s == DPT_OK && j->params ? 0 : -1;
+}
+
+static void parallel(void)
+{
+    dpt_rng r;
+    dpt_rng_seed(&r, 19, 5);
+    for (int i = 0; i < PM * PPIX; i++)
+        PX[i] = dpt_rng_normal(&r);
+    for (int i = 0; i < PM; i++)
+        PT[i * PK + (int)dpt_rng_below(&r, PK)] = 1.0f;
+    par_job one, many;
+    if (par_run(par_spec, 1, &one))
+        return;
+    for (int n = 2; n <= 4; n++) {
+        if (par_run(par_spec, n, &many))
+            continue;
+        printf("dropout, pooling, sync batch norm: N=%d vs 1 (%d steps)\n", n, PSTEPS);
+        float l1 = (float)one.loss, ln = (float)many.loss;
+        tu_check_close("loss", &ln, &l1, 1, 1e-5);
+        tu_check_close("gradients", many.grads, one.grads, one.np, 1e-5);
+        tu_check_close("updated learnables", many.params, one.params, one.np, 1e-5);
+        for (int k = 1; k < n; k++)
+            CHECK_MSG(many.hash[k] == many.hash[0], "N=%d: worker %d differs from worker 0", n, k);
+        free(many.params), free(many.grads);
+    }
+    /* The masks matter: without dropout the same steps end elsewhere. */
+    char nodrop[sizeof par_spec];
+    memcpy(nodrop, par_spec, sizeof par_spec);
+    char *p = strstr(nodrop, "p=0.3");
+    memcpy(p, "p=0.0", 5);
+    p = strstr(nodrop, "p=0.5");
+    memcpy(p, "p=0.0", 5);
+    par_job none;
+    if (par_run(nodrop, 1, &none) == 0) {
+        CHECK_MSG(fabs(none.loss - one.loss) > 1e-4 * fabs(one.loss),
+                  "dropout p>0 gave the loss of p=0: %g", one.loss);
+        free(none.params), free(none.grads);
+    }
+    free(one.params), free(one.grads);
+}
+
 /* ---- bad specs -------------------------------------------------------------- */
 
 static void bad_spec(const char *spec, const char *want)
@@ -475,6 +694,9 @@ static void bad_specs(void)
     bad_spec("input i size=8x8x1\nconv c filter=3 filters=2 dilation=4\n",
              "bad.txt:2: conv 'c': filter 3x3 with dilation 4 (reach 9x9) does not fit the input 8x8");
     bad_spec("input i size=8x8x1\nconv c filter=3 filters=2 dilation=0\n", "bad value '0' for dilation");
+    bad_spec("input i size=8x8x1\nconv c filter=3 filters=2 dilation=2x1\n",
+             "bad.txt:2: conv 'c': dilation '2x1': different dilations per direction are not "
+             "supported");
     bad_spec("input i size=8x8x1\nconv c filter=3 filters=2 groups=0\n", "bad value '0' for groups");
     /* An unknown type lists the known ones, the new ones among them. */
     bad_spec("input i size=8x8x1\nmaxpooling m size=2\n", "maxpool, avgpool, globalavgpool");
@@ -523,6 +745,23 @@ static void builder(void)
     }
     dpt_net_builder_free(b);
 
+    /* The new calls take a pending from= like every add. */
+    CHECK(dpt_net_builder_new(&b) == DPT_OK);
+    dpt_net_builder_add_input(b, "in", 8, 8, 2);
+    dpt_net_builder_add_conv(b, "c", 3, 2, 1, 1);
+    CHECK(dpt_net_builder_set_from(b, "in") == DPT_OK);
+    CHECK(dpt_net_builder_add_avgpool(b, "ap", 2, 2, 0) == DPT_OK);
+    CHECK(dpt_net_builder_set_from(b, "c") == DPT_OK);
+    CHECK(dpt_net_builder_add_maxpool(b, "mp", 2, 2, 0) == DPT_OK);
+    CHECK(dpt_net_builder_add_add(b, "sum", "ap,mp") == DPT_OK);
+    got = dpt_net_builder_spec(b);
+    CHECK_MSG(got && strstr(got, "avgpool ap size=2 stride=2 padding=0 from=in\n") &&
+                  strstr(got, "maxpool mp size=2 stride=2 padding=0 from=c\n"),
+              "builder wrote:\n%s", got ? got : "(null)");
+    CHECK_MSG(dpt_net_build(b, 0, 2, 3, &net) == DPT_OK, "%s", dpt_last_error());
+    dpt_net_free(net);
+    dpt_net_builder_free(b);
+
     /* Arguments out of range fail at the call, naming it. */
     static const struct {
         int which;
@@ -559,6 +798,8 @@ int main(void)
     gradients();
     round_trip();
     dropout_net();
+    fusion();
+    parallel();
     bad_specs();
     builder();
     printf("worst finite-difference err %.3e\n", worst_fd);

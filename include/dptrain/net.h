@@ -6,7 +6,7 @@
  * a comment. Types and keys:
  *   input      size=HxWxC                 (first layer, exactly one)
  *   conv       filter=K[xK2] filters=F [stride=S] [padding=P] [bias=0|1]
- *              [dilation=D] [groups=G]    (G divides channels and F)
+ *              [dilation=D|DxD] [groups=G] (G divides channels and F)
  *   batchnorm  [epsilon=1e-5] [decay=0.1]
  *   relu
  *   leakyrelu  [alpha=0.01]               (alpha in [0, 1])
@@ -141,6 +141,19 @@ DPT_API dpt_status dpt_net_builder_add_relu(dpt_net_builder *b, const char *name
 DPT_API dpt_status dpt_net_builder_add_fc(dpt_net_builder *b, const char *name, int outputs);
 /* Softmax over the outputs (last layer; pairs with the cross-entropy loss). */
 DPT_API dpt_status dpt_net_builder_add_softmax(dpt_net_builder *b, const char *name);
+/* The layers the next added layer takes its input from: names of earlier
+ * layers joined by commas ("conv1,skip"), written as its from= key (by
+ * default a layer reads the layer added before it). Applies to the next
+ * add call only. */
+DPT_API dpt_status dpt_net_builder_set_from(dpt_net_builder *b, const char *inputs);
+/* Elementwise sum of 2 to 32 layers of one shape, named in `inputs` as for
+ * dpt_net_builder_set_from (a residual connection: "conv2,relu1"). */
+DPT_API dpt_status dpt_net_builder_add_add(dpt_net_builder *b, const char *name,
+                                           const char *inputs);
+/* Concatenation of 1 to 32 layers along channels (their heights and widths
+ * equal), named in `inputs`, in that order. */
+DPT_API dpt_status dpt_net_builder_add_concat(dpt_net_builder *b, const char *name,
+                                              const char *inputs);
 /* dpt_net_builder_add_conv with filter taps `dilation` pixels apart
  * (>= 1) and the channels in `groups` groups (>= 1, dividing the input
  * channels and filters; groups = input channels and filters = a multiple
@@ -195,6 +208,10 @@ DPT_API int dpt_net_n_layers(const dpt_net *net);
  * the strings live as long as the network. */
 DPT_API const char *dpt_net_layer_name(const dpt_net *net, int i);
 DPT_API const char *dpt_net_layer_type(const dpt_net *net, int i);
+/* The layers layer i reads: how many (0 for the input layer), and the
+ * index of the k-th (0 <= k < that count; -1 out of range). */
+DPT_API int dpt_net_layer_n_inputs(const dpt_net *net, int i);
+DPT_API int dpt_net_layer_input(const dpt_net *net, int i, int k);
 /* Output shape of layer i for one observation: [C, H, W] (fc: [N, 1, 1]). */
 DPT_API void dpt_net_layer_shape(const dpt_net *net, int i, int chw[3]);
 /* Input [C, H, W] and number of outputs of the network. */

@@ -36,9 +36,15 @@ void cli_print_net(const dpt_net *net)
         int chw[3];
         dpt_net_layer_shape(net, i, chw);
         char name[256];
-        printf("  %2d  %-10s %-10s output %dx%dx%d (HxWxC)\n", i + 1,
+        printf("  %2d  %-10s %-10s output %dx%dx%d (HxWxC)", i + 1,
                cli_clean(name, sizeof name, dpt_net_layer_name(net, i)), dpt_net_layer_type(net, i),
                chw[1], chw[2], chw[0]);
+        /* Its inputs (the graph): the layer above, or what from= named. */
+        for (int k = 0; k < dpt_net_layer_n_inputs(net, i); k++)
+            printf("%s%s", k ? "," : "  from ",
+                   cli_clean(name, sizeof name,
+                             dpt_net_layer_name(net, dpt_net_layer_input(net, i, k))));
+        putchar('\n');
     }
     printf("learnables (%zu tensors, %zu parameters):\n", dpt_net_n_learnables(net),
            dpt_net_n_params(net));

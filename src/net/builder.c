@@ -13,6 +13,7 @@ struct dpt_net_builder {
     char *text;          /* spec lines, NUL-terminated (owned) */
     size_t len, cap;
     int n_layers;
+    char *from;          /* from= for the next layer (owned; NULL: the default) */
     dpt_status status;   /* first failure, sticky */
     char message[512];   /* its message */
 };
@@ -36,6 +37,7 @@ void dpt_net_builder_free(dpt_net_builder *b)
     if (!b)
         return;
     free(b->text);
+    free(b->from);
     free(b);
 }
 
@@ -84,6 +86,7 @@ static dpt_status check_int(dpt_net_builder *b, const char *fn, const char *name
     return DPT_OK;
 }
 
+/* Append one layer line, with the pending from= (if any) as its last key. */
 static dpt_status append(dpt_net_builder *b, const char *fmt, ...)
 {
     va_list ap;
@@ -92,9 +95,10 @@ static dpt_status append(dpt_net_builder *b, const char *fmt, ...)
     va_end(ap);
     if (need < 0)
         return fail(b, DPT_ERR_ARG, "net builder: cannot format a layer line");
-    if (b->len + (size_t)need + 2 > b->cap) {
+    size_t extra = b->from ? strlen(b->from) + 6 : 0; /* " from=" */
+    if (b->len + (size_t)need + extra + 2 > b->cap) {
         size_t cap = b->cap * 2;
-        while (cap < b->len + (size_t)need + 2)
+        while (cap < b->len + (size_t)need + extra + 2)
             cap *= 2;
         char *p = realloc(b->text, cap);
         if (!p)
@@ -105,6 +109,11 @@ static dpt_status append(dpt_net_builder *b, const char *fmt, ...)
     vsnprintf(b->text + b->len, b->cap - b->len, fmt, ap);
     va_end(ap);
     b->len += (size_t)need;
+    if (b->from) {
+        b->len += (size_t)snprintf(b->text + b->len, b->cap - b->len, " from=%s", b->from);
+        free(b->from);
+        b->from = NULL;
+    }
     b->text[b->len++] = '\n';
     b->text[b->len] = '\0';
     b->n_layers++;
@@ -203,6 +212,73 @@ dpt_status dpt_net_builder_add_fc(dpt_net_builder *b, const char *name, int outp
     if (outputs == DPT_NET_OUTPUTS_CLASSES)
         return append(b, "fc %s outputs=classes", name);
     return append(b, "fc %s outputs=%d", name, outputs);
+}
+
+/* "a,b,c": layer names (as check_name) joined by single commas. */
+static dpt_status check_inputs(dpt_net_builder *b, const char *fn, const char *inputs)
+{
+    if (!inputs || !*inputs)
+        return fail(b, DPT_ERR_ARG, "%s: layer %d: no input layers named", fn, b->n_layers + 1);
+    size_t len = strlen(inputs);
+    if (len > (size_t)DPT_MAX_INPUTS * DPT_NAME_MAX)
+        return fail(b, DPT_ERR_ARG, "%s: input list '%.20s...' too long", fn, inputs);
+    char name[DPT_NAME_MAX + 1];
+    for (const char *p = inputs;;) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        if (n == 0 || n >= sizeof name)
+            return fail(b, DPT_ERR_ARG, "%s: bad input list '%s' (layer names joined by commas)",
+                        fn, inputs);
+        memcpy(name, p, n);
+        name[n] = '\0';
+        dpt_status s = check_name(b, fn, name);
+        if (s != DPT_OK)
+            return s;
+        if (!comma)
+            return DPT_OK;
+        p = comma + 1;
+    }
+}
+
+dpt_status dpt_net_builder_set_from(dpt_net_builder *b, const char *inputs)
+{
+    static const char fn[] = "dpt_net_builder_set_from";
+    dpt_status s = ready(b, fn);
+    if (s == DPT_OK)
+        s = check_inputs(b, fn, inputs);
+    if (s != DPT_OK)
+        return s;
+    char *copy = strdup(inputs);
+    if (!copy)
+        return fail(b, DPT_ERR_NOMEM, "out of memory");
+    free(b->from);
+    b->from = copy;
+    return DPT_OK;
+}
+
+/* add and concat: their inputs, then the line. */
+static dpt_status add_merge(dpt_net_builder *b, const char *fn, const char *type,
+                            const char *name, const char *inputs)
+{
+    dpt_status s = ready(b, fn);
+    if (s == DPT_OK)
+        s = check_name(b, fn, name);
+    if (s == DPT_OK && inputs)
+        s = dpt_net_builder_set_from(b, inputs);
+    if (s == DPT_OK && !b->from)
+        s = fail(b, DPT_ERR_ARG, "%s: layer '%s': name its input layers (inputs, or "
+                 "dpt_net_builder_set_from)", fn, name);
+    return s != DPT_OK ? s : append(b, "%s %s", type, name);
+}
+
+dpt_status dpt_net_builder_add_add(dpt_net_builder *b, const char *name, const char *inputs)
+{
+    return add_merge(b, "dpt_net_builder_add_add", "add", name, inputs);
+}
+
+dpt_status dpt_net_builder_add_concat(dpt_net_builder *b, const char *name, const char *inputs)
+{
+    return add_merge(b, "dpt_net_builder_add_concat", "concat", name, inputs);
 }
 
 dpt_status dpt_net_builder_add_conv_ex(dpt_net_builder *b, const char *name, int filter,

@@ -70,8 +70,21 @@ static dpt_status conv_set(dpt_layer *l, const char *key, const char *value)
             return dpt_fail(DPT_ERR_FORMAT, "bad value '%s' for bias (0 or 1)", value);
         return s;
     }
-    if (strcmp(key, "dilation") == 0)
+    if (strcmp(key, "dilation") == 0) {
+        /* D, or DxD as MATLAB's DilationFactor [D D]; the kernels take one
+         * dilation for both directions. */
+        int d[2];
+        if (strchr(value, 'x')) {
+            dpt_status s = parse_dims(key, value, 2, 4096, d);
+            if (s == DPT_OK && d[0] != d[1])
+                return dpt_fail(DPT_ERR_UNSUPPORTED, "dilation '%s': different dilations "
+                                "per direction are not supported (give one value)", value);
+            if (s == DPT_OK)
+                c->dilation = d[0];
+            return s;
+        }
         return parse_int_max(key, value, 1, 4096, &c->dilation);
+    }
     if (strcmp(key, "groups") == 0)
         return parse_int_max(key, value, 1, 65536, &c->groups);
     return dpt_fail(DPT_ERR_FORMAT, "unknown key '%s' (conv takes filter, filters, stride, "

@@ -717,6 +717,11 @@ int dpt_net_max_batch(const dpt_net *net) { return net->max_batch; }
 int dpt_net_n_layers(const dpt_net *net) { return net->n_layers; }
 const char *dpt_net_layer_name(const dpt_net *net, int i) { return net->layers[i].name; }
 const char *dpt_net_layer_type(const dpt_net *net, int i) { return net->layers[i].type->name; }
+int dpt_net_layer_n_inputs(const dpt_net *net, int i) { return net->layers[i].n_in; }
+int dpt_net_layer_input(const dpt_net *net, int i, int k)
+{
+    return k >= 0 && k < net->layers[i].n_in ? net->layers[i].inputs[k] : -1;
+}
 void dpt_net_layer_shape(const dpt_net *net, int i, int chw[3])
 {
     memcpy(chw, net->layers[i].out, 3 * sizeof(int));

@@ -52,11 +52,12 @@ static int window_argmax(const dpt_pool2d_desc *d, const float *plane, int oy, i
     for (int iy = y0; iy < y1; iy++) {
         const float *r = plane + (size_t)iy * d->w;
         for (int ix = x0; ix < x1; ix++) {
-            float v = r[ix];
-            if (v > m || isnan(v)) {
-                m = v;
-                best = iy * d->w + ix;
-            }
+            const float v = r[ix];
+            /* Selects, not a branch: on real data which value wins is
+             * unpredictable. */
+            const int take = (v > m) | (v != v);
+            m = take ? v : m;
+            best = take ? iy * d->w + ix : best;
         }
     }
     *val = m;
