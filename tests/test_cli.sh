@@ -43,6 +43,12 @@ expect_error "bad.net:2: conv 'c1': unknown key 'filterz'" "$cli" info --net "$t
 printf 'input in size=4x4x1\nconv c1 filter=9 filters=4\nfc f outputs=classes\nsoftmax s\n' >"$tmp/big.net"
 expect_error "big.net:2: conv 'c1': filter 9x9 does not fit the input 4x4" "$cli" info --net "$tmp/big.net"
 expect_error "nope.net: cannot open" "$cli" info --net "$tmp/nope.net"
+# A graph: info shows what each layer reads; a from= naming a later layer is refused.
+printf 'input in size=8x8x1\nconv c1 filter=3 filters=2 padding=1\nrelu r1\nconv c2 filter=3 filters=2 padding=1\nadd a from=c2,r1\nfc f outputs=classes\n' >"$tmp/res.net"
+"$cli" info --net "$tmp/res.net" >"$tmp/info3" && grep -q "add .*from c2,r1$" "$tmp/info3" \
+  && grep -q "c2 .*conv .*from r1$" "$tmp/info3" && ok || bad "info: layer inputs"
+printf 'input in size=8x8x1\nconv c1 filter=3 filters=2 from=f\nfc f outputs=classes\n' >"$tmp/cycle.net"
+expect_error "cycle.net:2: conv 'c1': from= names 'f', a later layer (line 3)" "$cli" info --net "$tmp/cycle.net"
 
 # ---- bad training data ---------------------------------------------------------
 d=$src/tests/fixtures/digits400

@@ -5,12 +5,15 @@
  * round trip through model files, and the kinds of state. */
 #include "core/safetensors.h"
 #include "dptrain/comm.h"
+#include "dptrain/gpu.h"
 #include "dptrain/train.h"
 #include "net/net_impl.h"
 #include "ops/ops.h"
 #include "testutil.h"
 
 #include <stdint.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 /* ---- against PyTorch ------------------------------------------------------------- */
 
@@ -155,6 +158,25 @@ static void test_fusion_edges(void)
         CHECK(net->layers[4].in_bnf == NULL && net->acts[3] != NULL);
         CHECK(net->layers[5].bnf && net->layers[5].bnf->out_virtual);
         CHECK(net->layers[7].in_bnf == net->layers[5].bnf);
+        dpt_net_free(net);
+    }
+    /* Planned again without fusion (what a device without the fused
+     * kernels does): no fusion left, and the same outputs. */
+    net = build_case(st, "skip", &n, &k);
+    if (net) {
+        float x[4 * 36], ref[4 * 3];
+        CHECK(dpt_st_read_f32(st, "skip/x", x, 4 * 36) == DPT_OK);
+        CHECK(dpt_st_read_f32(st, "skip/y", ref, 4 * 3) == DPT_OK);
+        dpt_status s = net_replan(net, 0);
+        if (s == DPT_OK)
+            s = net_alloc_buffers(net);
+        CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
+        for (int i = 0; i < net->n_layers; i++)
+            CHECK(!net->layers[i].fused && !net->layers[i].bnf && !net->layers[i].in_bnf &&
+                  !net->layers[i].sums_out && net->acts[i]);
+        const float *y;
+        CHECK(dpt_net_forward(net, x, 4, DPT_MODE_TRAIN, &y) == DPT_OK);
+        tu_check_close("skip, planned again without fusion", y, ref, 12, 1e-5);
         dpt_net_free(net);
     }
     net = build_case(st, "res", &n, &k);
@@ -371,6 +393,22 @@ static void test_many_tensors(void)
     free(spec);
 }
 
+/* A layer straight after the input gets no input gradient (NULL): softmax
+ * there (its general backward) must cope. */
+static void test_after_input(void)
+{
+    dpt_net *net = NULL;
+    CHECK(dpt_net_from_spec("input in size=1x1x4\nsoftmax s\n", "t", 0, 2, 0, &net) == DPT_OK);
+    if (!net)
+        return;
+    float x[8] = {1, 2, 3, 4, 0, 0, 1, 0}, dy[8] = {1, 0, 0, 0, 0, 1, 0, 0};
+    const float *y;
+    CHECK(dpt_net_forward(net, x, 2, DPT_MODE_TRAIN, &y) == DPT_OK);
+    CHECK(dpt_net_backward(net, dy, 0) == DPT_OK);
+    CHECK(dpt_net_backward(net, dy, 1) == DPT_OK);
+    dpt_net_free(net);
+}
+
 /* ---- spec round trip ----------------------------------------------------------------------- */
 
 static void test_spec_round_trip(void)
@@ -389,6 +427,30 @@ static void test_spec_round_trip(void)
         CHECK(strcmp(dpt_net_spec(again), spec) == 0);
         CHECK(dpt_net_hash(again) == dpt_net_hash(net));
         dpt_net_free(again);
+    }
+    /* A model file keeps the graph: saved and loaded, the same spec and
+     * the same outputs. */
+    char dir[] = "/tmp/dpt_graph_XXXXXX", path[64];
+    if (mkdtemp(dir)) {
+        snprintf(path, sizeof path, "%s/m.safetensors", dir);
+        dpt_net *loaded = NULL;
+        CHECK(dpt_net_save(net, path, NULL, 0) == DPT_OK);
+        CHECK_MSG(dpt_net_load(path, 2, &loaded) == DPT_OK, "%s", dpt_last_error());
+        if (loaded) {
+            CHECK(strcmp(dpt_net_spec(loaded), spec) == 0);
+            float x[2 * 50];
+            for (int i = 0; i < 100; i++)
+                x[i] = (float)((i * 37) % 11) / 5.0f - 1.0f;
+            const float *y;
+            float y0[6];
+            CHECK(dpt_net_forward(net, x, 2, DPT_MODE_PREDICT, &y) == DPT_OK);
+            memcpy(y0, y, sizeof y0);
+            CHECK(dpt_net_forward(loaded, x, 2, DPT_MODE_PREDICT, &y) == DPT_OK);
+            CHECK(memcmp(y0, y, sizeof y0) == 0);
+            dpt_net_free(loaded);
+        }
+        remove(path);
+        rmdir(dir);
     }
     /* A chain's spec has no from= at all. */
     dpt_net *chain = NULL;
@@ -502,6 +564,24 @@ static void test_old_files(void)
     dpt_st_close(st);
 }
 
+/* ---- the GPU executor takes chains only (until the unified one) -------------------------- */
+
+static void test_gpu_refuses_graphs(void)
+{
+    if (!dpt_gpu_have_cuda())
+        return; /* no GPU code at all: dpt_net_to_gpu says so */
+    dpt_net *net = NULL;
+    CHECK(dpt_net_from_spec(residual_spec, "residual", 0, 2, 7, &net) == DPT_OK);
+    if (!net)
+        return;
+    /* Refused before any device is touched, so this holds without a GPU. */
+    CHECK(dpt_net_to_gpu(net, 0) == DPT_ERR_UNSUPPORTED);
+    CHECK_MSG(strstr(dpt_last_error(), "residual:4: layer 'r1' (relu): the GPU code runs only a "
+                     "plain chain") != NULL, "%s", dpt_last_error());
+    CHECK(dpt_net_device(net) < 0);
+    dpt_net_free(net);
+}
+
 /* ---- kinds of state ------------------------------------------------------------------------- */
 
 static int resets;
@@ -602,10 +682,12 @@ int main(void)
     test_bad_specs();
     test_buffer_reuse();
     test_many_tensors();
+    test_after_input();
     test_spec_round_trip();
     test_state_kinds();
     test_builder();
     test_old_files();
+    test_gpu_refuses_graphs();
     test_obs_offset();
     return tu_exit();
 }

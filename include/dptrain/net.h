@@ -1,9 +1,11 @@
-/* dptrain networks: a chain of named layers built from a text spec or from
+/* dptrain networks: a graph of named layers built from a text spec or from
  * C calls, with all learnables in one flat buffer, their gradients in a
  * second of the same layout, and batch-norm state in a third.
  *
  * Spec text: one layer per line, `<type> <name> [key=value ...]`, '#' starts
- * a comment. Types and keys:
+ * a comment. Every layer but the input takes `from=NAME[,NAME...]`: the
+ * earlier layers it reads (default: the line above); every layer's output
+ * but the last layer's must be read. Types and keys:
  *   input      size=HxWxC                 (first layer, exactly one)
  *   conv       filter=K[xK2] filters=F [stride=S] [padding=P] [bias=0|1]
  *              [dilation=D|DxD] [groups=G] (G divides channels and F)
@@ -22,6 +24,8 @@
  *   fc         outputs=N|classes          ("classes": filled in at build)
  *   softmax                               (last layer; pairs with the
  *                                          cross-entropy loss)
+ *   add                                   (2 to 32 inputs of one shape: sum)
+ *   concat                                (1 to 32 inputs: along channels)
  *
  * Table names follow MATLAB's Learnables/State tables: conv1/Weights,
  * conv1/Bias, bn1/Offset, bn1/Scale, fc/Weights, fc/Bias; state bn1/TrainedMean,

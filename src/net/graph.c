@@ -88,11 +88,13 @@ static int fusable_bn(const dpt_net *net, int i)
     return net->layers[j].type == &dpt_layer_conv && net->n_consumers[j] == 1;
 }
 
-static dpt_status plan_fusion(dpt_net *net)
+static dpt_status plan_fusion(dpt_net *net, int fusion)
 {
     /* DPT_FUSION=0 turns it off (for measuring what it gains). */
     const char *env = getenv("DPT_FUSION");
-    if (strcmp(dpt_ops_kernels(), "generic") == 0 || (env && strcmp(env, "0") == 0))
+    if (fusion < 0)
+        fusion = !(strcmp(dpt_ops_kernels(), "generic") == 0 || (env && strcmp(env, "0") == 0));
+    if (!fusion)
         return DPT_OK;
     size_t n_sums = 0, n_bn = 0, n_buf = 0;
     for (int i = 1; i < net->n_layers; i++) {
@@ -233,9 +235,22 @@ static dpt_status plan_buffers(dpt_net *net)
 {
     int L = net->n_layers;
     planner pl = {.net = net};
+    if (L < 2) /* infer_shapes refuses an input-only network */
+        return dpt_fail(DPT_ERR_FORMAT, "%s: the network has only an input layer", net->source);
+    size_t n_edges = 0;
+    for (int i = 0; i < L; i++)
+        n_edges += (size_t)net->layers[i].n_in;
     net->plan = calloc((size_t)L, sizeof *net->plan);
-    if (!net->plan)
+    net->plan_ints = calloc(4 * n_edges + 1, sizeof *net->plan_ints);
+    if (!net->plan || !net->plan_ints)
         goto fail;
+    int *ints = net->plan_ints;
+    for (int i = 0; i < L; i++) {
+        int m = net->layers[i].n_in;
+        node_plan *P = &net->plan[i];
+        P->x_act = ints, P->dx_buf = ints + m, P->acc = ints + 2 * m, P->dx_grp = ints + 3 * m;
+        ints += 4 * m;
+    }
     /* Activations: one buffer per materialised output; a fused relu
      * shares its batchnorm's; an output no one reads (the conv after it
      * normalises on the fly) has none. */
@@ -251,8 +266,8 @@ static dpt_status plan_buffers(dpt_net *net)
             P->act = net->plan[l->inputs[0]].act;
         else if ((P->act = new_buf(&pl, count_of(net, i))) < 0)
             goto fail;
-        for (int k = 0; k < DPT_MAX_INPUTS; k++) {
-            P->x_act[k] = k < l->n_in ? net->plan[l->inputs[k]].act : -1;
+        for (int k = 0; k < l->n_in; k++) {
+            P->x_act[k] = net->plan[l->inputs[k]].act;
             P->dx_buf[k] = P->dx_grp[k] = -1;
         }
         if (l->in_bnf)
@@ -306,7 +321,33 @@ fail:
 
 dpt_status net_plan(dpt_net *net)
 {
-    dpt_status s = plan_fusion(net);
+    dpt_status s = plan_fusion(net, -1);
+    if (s == DPT_OK)
+        s = plan_buffers(net);
+    return s;
+}
+
+/* The plan without the buffers and the fusion, the graph kept. */
+static void drop_plan(dpt_net *net)
+{
+    net_free_buffers(net);
+    free(net->plan), free(net->plan_ints), free(net->buf_floats), free(net->grp_buf);
+    free(net->fuse_sums), free(net->fuse_bn), free(net->fuse_buf);
+    net->plan = NULL, net->plan_ints = NULL, net->buf_floats = NULL, net->grp_buf = NULL;
+    net->fuse_sums = NULL, net->fuse_bn = NULL, net->fuse_buf = NULL;
+    net->n_buf = net->n_grp = net->n_grad_bufs = 0;
+    for (int i = 0; i < net->n_layers; i++) {
+        dpt_layer *l = &net->layers[i];
+        l->fused = l->relu_after = l->in_act = 0;
+        l->sums_out = l->sums_in = NULL;
+        l->bnf = l->in_bnf = l->out_bnf = NULL;
+    }
+}
+
+dpt_status net_replan(dpt_net *net, int fusion)
+{
+    drop_plan(net);
+    dpt_status s = plan_fusion(net, fusion);
     if (s == DPT_OK)
         s = plan_buffers(net);
     return s;
@@ -358,14 +399,9 @@ void net_free_buffers(dpt_net *net)
 
 void net_free_plan(dpt_net *net)
 {
-    net_free_buffers(net);
-    free(net->plan);
-    free(net->buf_floats);
-    free(net->grp_buf);
+    drop_plan(net);
     free(net->n_consumers);
-    free(net->fuse_sums);
-    free(net->fuse_bn);
-    free(net->fuse_buf);
+    net->n_consumers = net->sole_consumer = NULL;
 }
 
 int net_n_grad_buffers(const dpt_net *net) { return net->n_grad_bufs; }

@@ -74,9 +74,8 @@ static dpt_status relu_forward(dpt_net *net, dpt_layer *l, const float *const *x
 static dpt_status relu_backward(dpt_net *net, dpt_layer *l, const float *const *xs,
                                 const float *y, const float *dy, float *const *dxs, int n)
 {
-    const float *x = xs[0];
     float *dx = dxs[0];
-    (void)net, (void)x;
+    (void)net, (void)xs;
     if (dx)
         dpt_relu_backward(y, dy, dx, (size_t)n * l->out[0] * l->out[1] * l->out[2]);
     return DPT_OK;
@@ -115,10 +114,11 @@ static dpt_status softmax_forward(dpt_net *net, dpt_layer *l, const float *const
 static dpt_status softmax_backward(dpt_net *net, dpt_layer *l, const float *const *xs,
                                    const float *y, const float *dy, float *const *dxs, int n)
 {
-    const float *x = xs[0];
     float *dx = dxs[0];
-    (void)net, (void)x;
+    (void)net, (void)xs;
     int k = l->out[0];
+    if (!dx) /* straight after the input: no gradient wanted */
+        return DPT_OK;
     for (int i = 0; i < n; i++) {
         const float *p = y + (size_t)i * k, *g = dy + (size_t)i * k;
         double dot = 0;

@@ -1,5 +1,22 @@
-/* Network: spec parsing, building (shape inference, tables, flat buffers),
- * forward and backward over the chain of layers, running-state update. */
+/* Network: spec parsing (layers and their from= inputs), building (shape
+ * inference over the graph, tables, flat buffers), the executor (forward
+ * and backward over the graph, following the plan of graph.c), running-state
+ * update.
+ *
+ * One executor for every device. The executor never touches memory or a
+ * layer's code directly: buffers (activations, gradients, scratch; ids and
+ * sizes planned once in graph.c) are allocated, uploaded, added and checked
+ * through net->dev, and each layer runs through net->dev->forward/backward.
+ * net_dev_cpu (below) uses host memory and the layer table's forward and
+ * backward. Moving a network to a GPU is meant to be: check every layer's
+ * gpu_supports (failing with the layer's name and reason), release the host
+ * buffers, set net->dev to a CUDA net_dev whose alloc/add/copy/upload/
+ * download/all_finite work on device memory and whose forward/backward call
+ * the types' gpu_forward/gpu_backward, allocate net->buf again from
+ * net->buf_floats, and call each type's gpu_setup; dpt_net_forward and
+ * dpt_net_backward then run unchanged (the learnables' views l->p, l->g,
+ * l->s pointing into device copies of the flat buffers). Until that lands,
+ * net_gpu.c is a separate chain-only executor reached through net->gpu. */
 #include "net/net_impl.h"
 #include "ops/ops.h"
 #include "core/file.h"
@@ -245,8 +262,11 @@ static dpt_status resolve_inputs(dpt_net *net, dpt_layer *l, char *from)
                      t->min_inputs == 1 ? "" : "s");
         else
             snprintf(range, sizeof range, "%d to %d inputs", t->min_inputs, t->max_inputs);
-        return dpt_fail(DPT_ERR_FORMAT, "%s:%d: %s '%s' takes %s, %s %d", src, l->line, t->name,
-                        l->name, range, from ? "from= names" : "not the default", l->n_in);
+        if (!from)
+            return dpt_fail(DPT_ERR_FORMAT, "%s:%d: %s '%s' takes %s: name them with "
+                            "from=NAME,NAME", src, l->line, t->name, l->name, range);
+        return dpt_fail(DPT_ERR_FORMAT, "%s:%d: %s '%s' takes %s, from= names %d", src, l->line,
+                        t->name, l->name, range, l->n_in);
     }
     return DPT_OK;
 }

@@ -125,12 +125,13 @@ struct dpt_layer {
  * order). */
 typedef struct node_plan {
     int act;               /* buffer of this node's output; -1: not materialised */
-    int x_act[DPT_MAX_INPUTS]; /* buffer read as input k (fusion may redirect) */
     int grp;               /* gradient group of this node's output; -1: none */
-    int skip_bwd;          /* fused relu / no backward of its own */
-    int dx_buf[DPT_MAX_INPUTS]; /* -1: no gradient for input k */
-    int acc[DPT_MAX_INPUTS];
-    int dx_grp[DPT_MAX_INPUTS];
+    int skip_bwd;          /* fused relu: no backward of its own */
+    /* [n_in] each, inside net->plan_ints: */
+    int *x_act;            /* buffer read as input k (fusion may redirect) */
+    int *dx_buf;           /* -1: no gradient for input k */
+    int *acc;
+    int *dx_grp;
 } node_plan;
 
 struct dpt_net {
@@ -158,7 +159,8 @@ struct dpt_net {
     int n_buf;
     size_t *buf_floats;
     float **buf;
-    node_plan *plan;       /* [n_layers] */
+    node_plan *plan;       /* [n_layers] (owned) */
+    int *plan_ints;        /* the plan's per-input arrays (owned) */
     int n_grad_bufs;       /* buffers holding gradients (tests: reuse) */
     int *grp_buf;          /* [n_grp] buffer of each gradient group */
     int n_grp;
@@ -229,9 +231,14 @@ extern const net_dev net_dev_cpu;
  * last) fails naming it. net_plan: fusion over single-consumer edges and the
  * buffer plan (net->plan, buf_floats, grp_buf); no large allocation.
  * net_alloc_buffers: the planned buffers through net->dev, and acts[].
- * net_free_plan frees all of it. */
+ * net_free_plan frees all of it. net_replan(net, fusion) plans again with
+ * (1) or without (0) the CPU fusion, or as at build (-1): it frees the
+ * buffers through the current net->dev and clears every layer's fusion
+ * fields; the caller then sets net->dev and calls net_alloc_buffers (a
+ * device without the fused kernels plans with 0). */
 dpt_status net_check_graph(dpt_net *net);
 dpt_status net_plan(dpt_net *net);
+dpt_status net_replan(dpt_net *net, int fusion);
 void net_plan_floats(const dpt_net *net, double *acts, double *grads);
 dpt_status net_alloc_buffers(dpt_net *net);
 void net_free_buffers(dpt_net *net);
