@@ -414,7 +414,13 @@ def write_results(a, info, records, extra):
         for s in extra["sweep"]:
             L.append("| %d | %d | %s |" % (s["workers"], s["threads"], fmt(s["median"])))
         L.append("")
-    with open(os.path.join(a.root, "bench", "RESULTS.md"), "w") as f:
+    # bench/nets.sh's section (between its markers) is kept.
+    path = os.path.join(a.root, "bench", "RESULTS.md")
+    old = open(path).read() if os.path.exists(path) else ""
+    begin, end = "<!-- bench/nets.sh begin -->", "<!-- bench/nets.sh end -->"
+    if begin in old and end in old:
+        L += ["", old[old.index(begin):old.index(end) + len(end)], ""]
+    with open(path, "w") as f:
         f.write("\n".join(L))
     print("wrote bench/RESULTS.md")
 

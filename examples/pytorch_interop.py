@@ -1,22 +1,277 @@
 #!/usr/bin/python3
-"""Load a dptrain model.safetensors into the same network in PyTorch and check
-that its predictions match `dptrain predict` on a folder of images.
+"""Rebuild a dptrain model in PyTorch from its model file alone, and check that
+its predictions match `dptrain predict`.
 
-    /usr/bin/python3 examples/pytorch_interop.py out/model.safetensors data/digits [N]
+    /usr/bin/python3 examples/pytorch_interop.py MODEL DATA [N]
 
-Needs Debian's python3-torch and python3-pil. The model file is read with
-json and struct alone (no safetensors package), the network is rebuilt from
-the spec in its metadata, the PNGs are decoded with PIL, and the labels are
-compared with what `dptrain predict` prints for the same files.
+MODEL is a model.safetensors written by `dptrain train`. DATA is an image
+folder (one sub-folder per class; up to N/classes images of each are used) or
+an IDX images file such as Fashion-MNIST's t10k-images-idx3-ubyte.gz (its
+first N images, written out as PGM files for `dptrain predict`). N defaults
+to 200. DPTRAIN names the dptrain binary (default: build/dptrain).
+
+Needs Debian's python3-torch and python3-numpy (and python3-pil for PNG or
+JPEG folders). The model file is read with json and struct alone (no
+safetensors package); the network is rebuilt from the spec in its metadata:
+every layer type (input, conv with stride/padding/dilation/groups/bias,
+batchnorm, relu, leakyrelu, sigmoid, tanh, maxpool, avgpool, globalavgpool,
+add, concat, dropout, fc, softmax) and the `from=` wiring of a layer graph.
+Each image's label and score are compared with what `dptrain predict` prints.
+
+The same builder serves the tests and the benchmarks: `DptNet(spec, classes)`
+is the network as a torch.nn.Module (NCHW), `net.tables()` maps dptrain's
+table names ("conv1/Weights", "bn1/TrainedMean", ...) to its parameters and
+buffers, and `dropout_keep_mask` reproduces dptrain's dropout masks.
 """
+import gzip
 import json
 import os
 import struct
 import subprocess
 import sys
+import tempfile
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+
+# ---- randomness independent of the worker count (dptrain's rng key) ----------
+
+M64 = (1 << 64) - 1
+
+
+def mix64(z):
+    """splitmix64's finaliser on a Python int (mod 2^64)."""
+    z = (z + 0x9E3779B97F4A7C15) & M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+def rng_key(seed, epoch, iteration, stream, obs):
+    k = mix64(seed & M64)
+    for v in (epoch, iteration, stream, obs):
+        k = mix64(k ^ (v & M64))
+    return k
+
+
+def uniforms(key, n):
+    """u(j) = (mix64(key ^ j) >> 40) * 2^-24 for j = 0..n-1, as float64."""
+    import numpy as np
+    with np.errstate(over="ignore"):
+        z = np.arange(n, dtype=np.uint64) ^ np.uint64(key)
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(40)).astype(np.float64) * 2.0 ** -24
+
+
+def dropout_keep_mask(p, seed, epoch, iteration, stream, first_obs, n, numel):
+    """dptrain's dropout mask, [n, numel] booleans (True = kept): observation i
+    of the minibatch is obs = first_obs + i, element j is dropped when
+    u(j) < p with the key of (seed, epoch, iteration, stream = the layer's
+    node index, obs)."""
+    import numpy as np
+    return np.stack([uniforms(rng_key(seed, epoch, iteration, stream, first_obs + i), numel) >= p
+                     for i in range(n)])
+
+
+# ---- the spec ----------------------------------------------------------------
+
+
+class SpecLayer:
+    def __init__(self, kind, name, kv, line, index, inputs):
+        self.kind, self.name, self.kv, self.line, self.index, self.inputs = (
+            kind, name, kv, line, index, inputs)
+
+
+def parse_spec(text):
+    """The layers of a dptrain spec in order: type, name, keys, line, node
+    index (0 = input) and input names (from=, default the line above)."""
+    layers = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        tok = raw.split("#")[0].split()
+        if not tok:
+            continue
+        if len(tok) < 2:
+            raise ValueError("spec line %d: a %s layer needs a name" % (lineno, tok[0]))
+        kv = dict(t.split("=", 1) for t in tok[2:])
+        frm = kv.pop("from", None)
+        inputs = frm.split(",") if frm else ([layers[-1].name] if layers else [])
+        layers.append(SpecLayer(tok[0], tok[1], kv, lineno, len(layers), inputs))
+    return layers
+
+
+def _pair(v):
+    a = [int(x) for x in v.split("x")]
+    return (a[0], a[0]) if len(a) == 1 else (a[0], a[1])
+
+
+class CounterDropout(nn.Module):
+    """Dropout with dptrain's masks (set_key before a training forward)."""
+
+    def __init__(self, p, stream):
+        super().__init__()
+        self.p, self.stream = p, stream
+        self.key = (0, 0, 0, 0)  # seed, epoch, iteration, first observation
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        seed, epoch, iteration, first = self.key
+        keep = dropout_keep_mask(self.p, seed, epoch, iteration, self.stream, first, x.shape[0],
+                                 x[0].numel())
+        keep = torch.from_numpy(keep).reshape(x.shape).to(x.dtype)
+        return x * keep * (1.0 / (1.0 - self.p))
+
+
+class DptNet(nn.Module):
+    """A dptrain spec as a torch module. Every value is NCHW ([N,C,H,W]; fc
+    gives [N,outputs,1,1]); forward returns [N,classes]: probabilities when
+    the spec ends in softmax, logits with logits=True. dropout="counter" uses
+    dptrain's masks (CounterDropout), "torch" nn.Dropout."""
+
+    def __init__(self, spec, n_classes=None, dropout="counter"):
+        super().__init__()
+        self.layers = parse_spec(spec)
+        self.mods = nn.ModuleDict()
+        self.shapes = {}
+        for l in self.layers:
+            self._add(l, n_classes, dropout)
+
+    def _add(self, l, n_classes, dropout):
+        kv, shp = l.kv, self.shapes
+        if l.kind == "input":
+            h, w, c = map(int, kv["size"].split("x"))
+            shp[l.name] = (c, h, w)
+            return
+        for i in l.inputs:
+            if i not in shp:
+                raise ValueError("spec line %d: %s takes input from unknown or later layer '%s'"
+                                 % (l.line, l.name, i))
+        c, h, w = shp[l.inputs[0]]
+        m = None
+        if l.kind == "conv":
+            kh, kw = _pair(kv["filter"])
+            s, p = int(kv.get("stride", 1)), int(kv.get("padding", 0))
+            d, g = int(kv.get("dilation", 1)), int(kv.get("groups", 1))
+            m = nn.Conv2d(c, int(kv["filters"]), (kh, kw), stride=s, padding=p, dilation=d,
+                          groups=g, bias=kv.get("bias", "1") != "0")
+            out = (m.out_channels, (h + 2 * p - d * (kh - 1) - 1) // s + 1,
+                   (w + 2 * p - d * (kw - 1) - 1) // s + 1)
+        elif l.kind == "batchnorm":
+            m = nn.BatchNorm2d(c, eps=float(kv.get("epsilon", 1e-5)),
+                               momentum=float(kv.get("decay", 0.1)))
+            out = (c, h, w)
+        elif l.kind in ("maxpool", "avgpool"):
+            k = _pair(kv["size"])
+            s = _pair(kv["stride"]) if "stride" in kv else k
+            p = int(kv.get("padding", 0))
+            m = (nn.MaxPool2d(k, s, p) if l.kind == "maxpool"
+                 else nn.AvgPool2d(k, s, p, count_include_pad=True))
+            out = (c, (h + 2 * p - k[0]) // s[0] + 1, (w + 2 * p - k[1]) // s[1] + 1)
+        elif l.kind == "fc":
+            n = kv["outputs"]
+            n = n_classes if n == "classes" else int(n)
+            if n is None:
+                raise ValueError("spec line %d: outputs=classes, but the classes are not known"
+                                 % l.line)
+            m = nn.Linear(c * h * w, n)
+            out = (n, 1, 1)
+        elif l.kind == "dropout":
+            p = float(kv.get("p", 0.5))
+            m = CounterDropout(p, l.index) if dropout == "counter" else nn.Dropout(p)
+            out = (c, h, w)
+        elif l.kind == "leakyrelu":
+            m = nn.LeakyReLU(float(kv.get("alpha", 0.01)))
+            out = (c, h, w)
+        elif l.kind in ("relu", "sigmoid", "tanh", "softmax", "add"):
+            out = (c, h, w)
+        elif l.kind == "globalavgpool":
+            out = (c, 1, 1)
+        elif l.kind == "concat":
+            out = (sum(shp[i][0] for i in l.inputs), h, w)
+        else:
+            raise ValueError("spec line %d: unknown layer type %s" % (l.line, l.kind))
+        if m is not None:
+            self.mods[l.name] = m
+        shp[l.name] = out
+
+    def forward(self, x, logits=False):
+        v = {}
+        for l in self.layers:
+            if l.kind == "input":
+                v[l.name] = x
+                continue
+            xs = [v[i] for i in l.inputs]
+            a, k = xs[0], l.kind
+            if k in ("conv", "batchnorm", "maxpool", "avgpool", "dropout", "leakyrelu"):
+                y = self.mods[l.name](a)
+            elif k == "fc":
+                y = self.mods[l.name](a.flatten(1))[:, :, None, None]
+            elif k == "relu":
+                y = torch.relu(a)
+            elif k == "sigmoid":
+                y = torch.sigmoid(a)
+            elif k == "tanh":
+                y = torch.tanh(a)
+            elif k == "globalavgpool":
+                y = a.mean((2, 3), keepdim=True)
+            elif k == "add":
+                y = xs[0]
+                for b in xs[1:]:
+                    y = y + b
+            elif k == "concat":
+                y = torch.cat(xs, 1)
+            elif k == "softmax":
+                y = a if logits else torch.softmax(a, 1)
+            v[l.name] = y
+        return v[self.layers[-1].name].flatten(1)
+
+    def set_dropout_key(self, seed, epoch, iteration, first_obs=0):
+        for m in self.modules():
+            if isinstance(m, CounterDropout):
+                m.key = (seed, epoch, iteration, first_obs)
+
+    def tables(self):
+        """dptrain's table names -> this module's parameters and buffers."""
+        out = {}
+        for l in self.layers:
+            m = self.mods[l.name] if l.name in self.mods else None
+            if l.kind in ("conv", "fc"):
+                out[l.name + "/Weights"] = m.weight
+                if m.bias is not None:
+                    out[l.name + "/Bias"] = m.bias
+            elif l.kind == "batchnorm":
+                out[l.name + "/Offset"] = m.bias
+                out[l.name + "/Scale"] = m.weight
+                out[l.name + "/TrainedMean"] = m.running_mean
+                out[l.name + "/TrainedVariance"] = m.running_var
+        return out
+
+    def load_tables(self, tensors):
+        with torch.no_grad():
+            for name, t in self.tables().items():
+                if name not in tensors:
+                    raise KeyError("the model file has no tensor %s" % name)
+                t.copy_(tensors[name].reshape(t.shape))
+
+    def init_glorot(self):
+        """dptrain's initialisation (MATLAB's defaults): Glorot-uniform weights,
+        zero biases and offsets, unit scales."""
+        with torch.no_grad():
+            for m in self.modules():
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    nn.init.xavier_uniform_(m.weight)
+                    if m.bias is not None:
+                        m.bias.zero_()
+
+    def input_shape(self):
+        return self.shapes[self.layers[0].name]
+
+
+# ---- files -------------------------------------------------------------------
 
 
 def load_safetensors(path):
@@ -28,77 +283,103 @@ def load_safetensors(path):
     tensors = {}
     for name, t in header.items():
         a, b = t["data_offsets"]
-        assert t["dtype"] == "F32", name
+        if t["dtype"] != "F32":
+            continue  # optimizer counters and the like
         vals = struct.unpack("<%df" % ((b - a) // 4), data[base + a:base + b])
         tensors[name] = torch.tensor(vals, dtype=torch.float32).reshape(t["shape"])
     return tensors, meta
 
 
-def build(spec, tensors):
-    """The dptrain spec as a torch.nn.Sequential with the file's weights."""
-    layers, c = [], None
-    for line in spec.splitlines():
-        tok = line.split("#")[0].split()
-        if not tok:
-            continue
-        kind, name, kv = tok[0], tok[1], dict(t.split("=", 1) for t in tok[2:])
-        if kind == "input":
-            h, w, c = map(int, kv["size"].split("x"))
-        elif kind == "conv":
-            wt = tensors[name + "/Weights"]
-            m = nn.Conv2d(wt.shape[1], wt.shape[0], tuple(wt.shape[2:]), stride=int(kv.get("stride", 1)),
-                          padding=int(kv.get("padding", 0)), bias=name + "/Bias" in tensors)
-            m.weight.data.copy_(wt)
-            if m.bias is not None:
-                m.bias.data.copy_(tensors[name + "/Bias"])
-            layers.append(m)
-        elif kind == "batchnorm":
-            m = nn.BatchNorm2d(tensors[name + "/Scale"].numel(), eps=float(kv.get("epsilon", 1e-5)))
-            m.weight.data.copy_(tensors[name + "/Scale"])
-            m.bias.data.copy_(tensors[name + "/Offset"])
-            m.running_mean.copy_(tensors[name + "/TrainedMean"])
-            m.running_var.copy_(tensors[name + "/TrainedVariance"])
-            layers.append(m)
-        elif kind == "relu":
-            layers.append(nn.ReLU())
-        elif kind == "fc":
-            wt = tensors[name + "/Weights"]
-            m = nn.Linear(wt.shape[1], wt.shape[0])
-            m.weight.data.copy_(wt)
-            m.bias.data.copy_(tensors[name + "/Bias"])
-            layers += [nn.Flatten(), m]
-        elif kind == "softmax":
-            layers.append(nn.Softmax(dim=1))
-        else:
-            raise SystemExit("unknown layer type " + kind)
-    return nn.Sequential(*layers).eval()
-
-
-def main():
-    model, folder = sys.argv[1], sys.argv[2]
-    limit = int(sys.argv[3]) if len(sys.argv) > 3 else 200
-    dptrain = os.environ.get("DPTRAIN", os.path.join(os.path.dirname(__file__), "..", "build", "dptrain"))
-    tensors, meta = load_safetensors(model)
-    net = build(meta["spec"], tensors)
+def build_from_model(path):
+    """(net in eval mode, class names) from a dptrain model file alone."""
+    tensors, meta = load_safetensors(path)
     classes = json.loads(meta["classes"])
-    files = []
-    for cls in sorted(os.listdir(folder)):
-        d = os.path.join(folder, cls)
-        if os.path.isdir(d):
-            files += [os.path.join(d, f) for f in sorted(os.listdir(d)) if f.endswith(".png")][: max(1, limit // 10)]
-    out = subprocess.run([dptrain, "predict", "--model", model] + files, check=True, capture_output=True, text=True)
-    theirs = {line.split("\t")[0]: line.split("\t")[1] for line in out.stdout.splitlines()}
+    net = DptNet(meta["spec"], len(classes))
+    net.load_tables(tensors)
+    return net.eval(), classes
+
+
+def read_idx_images(path, limit):
+    op = gzip.open if open(path, "rb").read(2) == b"\x1f\x8b" else open
+    with op(path, "rb") as f:
+        magic, n, rows, cols = struct.unpack(">IIII", f.read(16))
+        if magic != 0x803:
+            raise SystemExit("%s: not an IDX images file" % path)
+        n = min(n, limit)
+        return n, rows, cols, f.read(n * rows * cols)
+
+
+def image_tensor(path, c, h, w):
+    """One image as dptrain reads it: [1,C,H,W] in [0,1]; grey read as three
+    channels repeats the grey value, colour read as one channel is
+    (77 R + 150 G + 29 B) >> 8; other sizes resized bilinearly (dptrain's
+    resize may differ in the last bits)."""
     try:
         from PIL import Image
     except ImportError:
-        raise SystemExit("python3-pil is needed to decode the PNGs for PyTorch (apt-get install python3-pil)")
-    agree = 0
-    for f in files:
-        img = torch.tensor(list(Image.open(f).convert("L").getdata()), dtype=torch.float32).reshape(1, 1, 28, 28) / 255
-        ours = classes[int(net(img).argmax())]
-        agree += ours == theirs[f]
-    print(f"{agree} of {len(files)} predictions agree between PyTorch and dptrain predict")
-    sys.exit(0 if agree == len(files) else 1)
+        raise SystemExit("python3-pil is needed to decode %s for PyTorch" % path)
+    im = Image.open(path)
+    rgb = torch.tensor(list(im.convert("RGB").getdata()), dtype=torch.int64).reshape(
+        im.size[1], im.size[0], 3)
+    if c == 1:  # exact for grey images too (r = g = b = v gives v)
+        x = ((77 * rgb[..., 0] + 150 * rgb[..., 1] + 29 * rgb[..., 2]) >> 8)[None].float()
+    else:
+        x = rgb.permute(2, 0, 1).float()
+    x = x[None] / 255.0
+    if x.shape[2:] != (h, w):
+        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+    return x
+
+
+def main():
+    if len(sys.argv) < 3:
+        raise SystemExit(__doc__)
+    model, data = sys.argv[1], sys.argv[2]
+    limit = int(sys.argv[3]) if len(sys.argv) > 3 else 200
+    dptrain = os.environ.get("DPTRAIN", os.path.join(os.path.dirname(__file__), "..", "build",
+                                                     "dptrain"))
+    net, classes = build_from_model(model)
+    c, h, w = net.input_shape()
+    print("rebuilt %d layers (%s) from %s" % (len(net.layers), ", ".join(
+        sorted({l.kind for l in net.layers})), model))
+    tmp = tempfile.TemporaryDirectory(prefix="interop.")
+    files, xs = [], []
+    if os.path.isdir(data):
+        for cls in sorted(os.listdir(data)):
+            d = os.path.join(data, cls)
+            if os.path.isdir(d):
+                files += [os.path.join(d, f) for f in sorted(os.listdir(d))
+                          if not f.startswith(".")][: max(1, limit // len(classes))]
+        xs = [image_tensor(f, c, h, w) for f in files]
+    else:
+        # IDX: the same pixels for both sides, as PGM files for dptrain predict.
+        n, rows, cols, pix = read_idx_images(data, limit)
+        for i in range(n):
+            f = os.path.join(tmp.name, "%05d.pgm" % i)
+            img = pix[i * rows * cols:(i + 1) * rows * cols]
+            with open(f, "wb") as out:
+                out.write(b"P5\n%d %d\n255\n" % (cols, rows) + img)
+            files.append(f)
+            x = torch.tensor(list(img), dtype=torch.float32).reshape(1, 1, rows, cols) / 255.0
+            xs.append(x.expand(1, c, rows, cols) if (rows, cols) == (h, w)
+                      else image_tensor(f, c, h, w))
+    out = subprocess.run([dptrain, "predict", "--model", model] + files, check=True,
+                         capture_output=True, text=True)
+    theirs = {}
+    for line in out.stdout.splitlines():
+        f, label, score = line.split("\t")
+        theirs[f] = (label, float(score))
+    agree, worst = 0, 0.0
+    with torch.no_grad():
+        for f, x in zip(files, xs):
+            p = net(x)[0]
+            k = int(p.argmax())
+            label, score = theirs[f]
+            agree += classes[k] == label
+            worst = max(worst, abs(float(p[k]) - score))
+    print("%d of %d predictions agree between PyTorch and dptrain predict; largest score "
+          "difference %.4f" % (agree, len(files), worst))
+    sys.exit(0 if agree == len(files) and worst < 2e-3 else 1)
 
 
 if __name__ == "__main__":
