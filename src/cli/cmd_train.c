@@ -80,7 +80,8 @@ static const char help[] =
     "                      taskset, a cpuset or a cgroup CPU quota allows; 1 under\n"
     "                      MPI, where each rank is one worker)\n"
     "  --backend NAME      auto | local | mpi (default auto: mpi when started by mpirun)\n"
-    "  --threads N         BLAS threads per worker (default: those CPUs / workers, at least 1)\n"
+    "  --threads N         BLAS threads per worker (default: those CPUs / workers, or\n"
+    "                      under MPI / ranks on this machine; at least 1)\n"
     "  --sync-bn           synchronise batch-norm statistics across workers\n"
     "  --no-prefetch       decode batches in the training thread\n"
     "output (in --out):\n"
@@ -154,6 +155,18 @@ static int launcher_size(void)
 {
     static const char *const vars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"};
     return launcher_env(vars, sizeof vars / sizeof *vars, 1);
+}
+
+/* Ranks the launcher put on this machine: they share its CPUs as local
+ * worker threads do, so each gets the same BLAS thread count a local
+ * worker would (OpenBLAS rounds some shapes differently with another
+ * thread count: mpirun and local threads then give the same bits). */
+static int launcher_local_size(void)
+{
+    static const char *const vars[] = {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS",
+                                       "SLURM_NTASKS_PER_NODE"};
+    int n = launcher_env(vars, sizeof vars / sizeof *vars, 1);
+    return n >= 1 && n <= 1 << 20 ? n : 1; /* the environment is not ours to trust */
 }
 
 /* The stop request of dpt_fit_config.stop: the signal's number. */
@@ -419,7 +432,8 @@ int cli_train(int argc, char **argv)
         batch = dpt_batch_global((int)batch, under_mpi ? launcher_size() : n_workers, 1);
     if (batch < n_workers && !under_mpi)
         return cli_error("--batch %ld is smaller than the %d workers", batch, n_workers);
-    dpt_blas_set_threads(threads ? (int)threads : (cpus / n_workers > 0 ? cpus / n_workers : 1));
+    const int sharers = under_mpi ? launcher_local_size() : n_workers;
+    dpt_blas_set_threads(threads ? (int)threads : (cpus / sharers > 0 ? cpus / sharers : 1));
 
     int rc = 1;
     outdir od = {out_dir, -1, 0};
