@@ -551,23 +551,6 @@ static const char small_spec[] = "input in size=28x28x1\n"
                                  "fc fc outputs=classes\n"
                                  "softmax sm\n";
 
-static int same_bytes(const char *a, const char *b)
-{
-    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
-    int same = fa && fb;
-    while (same) {
-        int ca = getc(fa), cb = getc(fb);
-        same = ca == cb;
-        if (ca == EOF || cb == EOF)
-            break;
-    }
-    if (fa)
-        fclose(fa);
-    if (fb)
-        fclose(fb);
-    return same;
-}
-
 typedef struct stopper {
     volatile sig_atomic_t flag;
     long at;
@@ -623,9 +606,9 @@ static void test_fit(dpt_datastore *digits, const char *tmp)
     dpt_status s = fit(ds, &aug, a, NULL, NULL, NULL);
     CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
     CHECK(fit(ds, &aug, b, NULL, NULL, NULL) == DPT_OK);
-    CHECK_MSG(same_bytes(a, b), "augmented training is not reproducible");
+    CHECK_MSG(tu_same_bytes(a, b), "augmented training is not reproducible");
     CHECK(fit(ds, NULL, plain, NULL, NULL, NULL) == DPT_OK);
-    CHECK_MSG(!same_bytes(a, plain), "augmentation had no effect on training");
+    CHECK_MSG(!tu_same_bytes(a, plain), "augmentation had no effect on training");
     /* Stopped at iteration 5 (epoch 1 has 10), resumed from the checkpoint
      * of iteration 3 or 6: mid-epoch, the draws continue where they were. */
     stopper st = {0, 5};
@@ -633,7 +616,7 @@ static void test_fit(dpt_datastore *digits, const char *tmp)
     CHECK_MSG(s == DPT_ERR_INTERRUPTED, "stop: %d %s", (int)s, dpt_last_error());
     s = fit(ds, &aug, stopped, ck, ck, NULL);
     CHECK_MSG(s == DPT_OK, "resume: %s", dpt_last_error());
-    CHECK_MSG(same_bytes(a, stopped), "stopped + resumed augmented run differs from the uninterrupted one");
+    CHECK_MSG(tu_same_bytes(a, stopped), "stopped + resumed augmented run differs from the uninterrupted one");
     /* A bad description is refused before training. */
     dpt_augment bad = DPT_AUGMENT_INIT;
     bad.shear_x[1] = 95;

@@ -47,23 +47,6 @@ static int file_is(const char *path, const char *text)
     return strcmp(buf, text) == 0;
 }
 
-static int same_bytes(const char *a, const char *b)
-{
-    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
-    int same = fa && fb;
-    while (same) {
-        int ca = getc(fa), cb = getc(fb);
-        same = ca == cb;
-        if (ca == EOF || cb == EOF)
-            break;
-    }
-    if (fa)
-        fclose(fa);
-    if (fb)
-        fclose(fb);
-    return same;
-}
-
 static void plant(const char *target, const char *path, int i, const char *victim)
 {
     char name[1200];
@@ -231,7 +214,7 @@ static void test_fit_stop(const char *tmp)
         CHECK_MSG(strstr(dpt_last_error(), want), "message: %s", dpt_last_error());
         s = fit(ds, 10, model, ck, ck, NULL, &res);
         CHECK_MSG(s == DPT_OK, "resume: %s", dpt_last_error());
-        CHECK_MSG(same_bytes(ref, model), "stopped + resumed model differs from the uninterrupted one");
+        CHECK_MSG(tu_same_bytes(ref, model), "stopped + resumed model differs from the uninterrupted one");
     }
     dpt_datastore_free(ds);
 }

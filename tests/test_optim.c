@@ -535,23 +535,6 @@ static void on_progress(const dpt_progress *p, void *arg)
         st->flag = SIGTERM;
 }
 
-static int same_bytes(const char *a, const char *b)
-{
-    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
-    int same = fa && fb;
-    while (same) {
-        int ca = getc(fa), cb = getc(fb);
-        same = ca == cb;
-        if (ca == EOF || cb == EOF)
-            break;
-    }
-    if (fa)
-        fclose(fa);
-    if (fb)
-        fclose(fb);
-    return same;
-}
-
 static dpt_status fit(const dpt_datastore *train, dpt_optim_kind kind, const char *model,
                       const char *ckpt, const char *resume, stopper *st, dpt_fit_result *res)
 {
@@ -621,7 +604,7 @@ static void test_fit_resume(const char *tmp)
     CHECK(access(model, F_OK) != 0);
     s = fit(ds, DPT_OPTIM_ADAM, model, NULL, ck, &rest, &res);
     CHECK_MSG(s == DPT_OK, "resume: %s", dpt_last_error());
-    CHECK_MSG(same_bytes(ref, model), "stopped + resumed model differs from the uninterrupted one");
+    CHECK_MSG(tu_same_bytes(ref, model), "stopped + resumed model differs from the uninterrupted one");
     int same_rates = 1;
     for (long i = from + 1; i <= total; i++)
         same_rates &= rest.lr[i] == full.lr[i];

@@ -103,4 +103,22 @@ static inline const char *tu_fixture(const char *name, char *buf, size_t size)
     return buf;
 }
 
+/* 1 when the files at a and b both open and hold the same bytes. */
+static inline int tu_same_bytes(const char *a, const char *b)
+{
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    int same = fa && fb;
+    while (same) {
+        int ca = getc(fa), cb = getc(fb);
+        same = ca == cb;
+        if (ca == EOF || cb == EOF)
+            break;
+    }
+    if (fa)
+        fclose(fa);
+    if (fb)
+        fclose(fb);
+    return same;
+}
+
 #endif
