@@ -155,10 +155,11 @@ dpt_status dpt_net_builder_add_input(dpt_net_builder *b, const char *name, int h
     return s != DPT_OK ? s : append(b, "input %s size=%dx%dx%d", name, height, width, channels);
 }
 
-dpt_status dpt_net_builder_add_conv(dpt_net_builder *b, const char *name, int filter, int filters,
-                                    int stride, int padding)
+/* conv and conv_ex: one set of checks; dilation and groups are written
+ * only when not 1, so add_conv's text is what it always was. */
+static dpt_status add_conv(dpt_net_builder *b, const char *fn, const char *name, int filter,
+                           int filters, int stride, int padding, int dilation, int groups)
 {
-    static const char fn[] = "dpt_net_builder_add_conv";
     dpt_status s = ready(b, fn);
     if (s == DPT_OK)
         s = check_name(b, fn, name);
@@ -170,9 +171,23 @@ dpt_status dpt_net_builder_add_conv(dpt_net_builder *b, const char *name, int fi
         s = check_int(b, fn, name, "stride", stride, 1);
     if (s == DPT_OK)
         s = check_int(b, fn, name, "padding", padding, 0);
-    return s != DPT_OK ? s
-                       : append(b, "conv %s filter=%d filters=%d stride=%d padding=%d", name,
-                                filter, filters, stride, padding);
+    if (s == DPT_OK)
+        s = check_int(b, fn, name, "dilation", dilation, 1);
+    if (s == DPT_OK)
+        s = check_int(b, fn, name, "groups", groups, 1);
+    if (s != DPT_OK)
+        return s;
+    char extra[64] = "";
+    if (dilation != 1 || groups != 1)
+        snprintf(extra, sizeof extra, " dilation=%d groups=%d", dilation, groups);
+    return append(b, "conv %s filter=%d filters=%d stride=%d padding=%d%s", name, filter,
+                  filters, stride, padding, extra);
+}
+
+dpt_status dpt_net_builder_add_conv(dpt_net_builder *b, const char *name, int filter, int filters,
+                                    int stride, int padding)
+{
+    return add_conv(b, "dpt_net_builder_add_conv", name, filter, filters, stride, padding, 1, 1);
 }
 
 /* Layers with a name and no keys. */
@@ -285,26 +300,8 @@ dpt_status dpt_net_builder_add_conv_ex(dpt_net_builder *b, const char *name, int
                                        int filters, int stride, int padding, int dilation,
                                        int groups)
 {
-    static const char fn[] = "dpt_net_builder_add_conv_ex";
-    dpt_status s = ready(b, fn);
-    if (s == DPT_OK)
-        s = check_name(b, fn, name);
-    if (s == DPT_OK)
-        s = check_int(b, fn, name, "filter", filter, 1);
-    if (s == DPT_OK)
-        s = check_int(b, fn, name, "filters", filters, 1);
-    if (s == DPT_OK)
-        s = check_int(b, fn, name, "stride", stride, 1);
-    if (s == DPT_OK)
-        s = check_int(b, fn, name, "padding", padding, 0);
-    if (s == DPT_OK)
-        s = check_int(b, fn, name, "dilation", dilation, 1);
-    if (s == DPT_OK)
-        s = check_int(b, fn, name, "groups", groups, 1);
-    return s != DPT_OK ? s
-                       : append(b, "conv %s filter=%d filters=%d stride=%d padding=%d "
-                                "dilation=%d groups=%d", name, filter, filters, stride, padding,
-                                dilation, groups);
+    return add_conv(b, "dpt_net_builder_add_conv_ex", name, filter, filters, stride, padding,
+                    dilation, groups);
 }
 
 /* maxpool and avgpool. */
