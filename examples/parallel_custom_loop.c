@@ -166,11 +166,17 @@ static dpt_status worker(dpt_comm *comm, void *arg)
                 goto done;
 
             /* The whole minibatch has M observations; this worker's
-             * results count with weight n_local / M. */
-            double m_total = b.n;
-            if ((s = dpt_gplus_f64(comm, &m_total, 1, 1.0)) != DPT_OK)
+             * results count with weight n_local / M. Its share starts at
+             * observation `first` of the minibatch: layers that draw
+             * randomness (dropout) draw by that place and the iteration,
+             * so any worker count trains the same network. */
+            double m_total;
+            long first;
+            if ((s = dpt_train_batch_position(comm, b.n, &first, &m_total)) != DPT_OK)
                 goto done;
             double weight = b.n / m_total;
+            dpt_net_set_iteration(net, epoch, iteration + 1);
+            dpt_net_set_obs_offset(net, first);
 
             /* Loss and gradients on this worker's share: forward in
              * training mode, cross-entropy, backward from the gradient at

@@ -661,6 +661,14 @@ static dpt_status obs_worker(dpt_comm *comm, void *arg)
         s = dpt_train_step(net, opt, comm, x, t, share[rank], &loss, &m);
     if (s == DPT_OK)
         obs_seen[rank] = net->obs_offset;
+    /* The public call a loop of its own uses gives the same place and M. */
+    long first = -1;
+    double m_total = 0;
+    if (s == DPT_OK)
+        s = dpt_train_batch_position(comm, share[rank], &first, &m_total);
+    if (s == DPT_OK && (first != obs_seen[rank] || m_total != OBS_BATCH))
+        s = dpt_fail(DPT_ERR_ARG, "worker %d: dpt_train_batch_position gave %ld, %g", rank,
+                     first, m_total);
     dpt_sgdm_free(opt);
     dpt_net_free(net);
     return s;
@@ -676,6 +684,12 @@ static void test_obs_offset(void)
     /* Shares 3, 3, 2: first observations 0, 3, 6. */
     CHECK_MSG(obs_seen[0] == 0 && obs_seen[1] == 3 && obs_seen[2] == 6, "%ld %ld %ld",
               obs_seen[0], obs_seen[1], obs_seen[2]);
+    /* One worker (no communicator): the share starts the minibatch. */
+    long first = -1;
+    double m_total = 0;
+    CHECK(dpt_train_batch_position(NULL, 5, &first, &m_total) == DPT_OK && first == 0 &&
+          m_total == 5);
+    CHECK(dpt_train_batch_position(NULL, 5, NULL, &m_total) == DPT_ERR_ARG);
 }
 
 int main(void)

@@ -307,7 +307,8 @@ DPT_API uint64_t dpt_net_hash(const dpt_net *net);
 
 /* The training position, for layers that draw randomness per iteration
  * (dropout): masks depend on (seed, epoch, iteration, layer, observation),
- * never on the worker. Set before each TRAIN forward (dpt_train_fit does). */
+ * never on the worker. Set before each TRAIN forward (dpt_fit does; a loop of
+ * its own calls it with dpt_net_set_obs_offset, see dpt_train_batch_position). */
 DPT_API void dpt_net_set_iteration(dpt_net *net, long epoch, long iteration);
 
 /* This worker's first observation in the global minibatch (0 on one

@@ -43,6 +43,17 @@ DPT_API dpt_status dpt_train_step_optim(dpt_net *net, dpt_optim *opt, dpt_comm *
  * weighted loss across workers and update the batch-norm state. */
 DPT_API dpt_status dpt_train_aggregate(dpt_net *net, dpt_comm *comm, double *loss);
 
+/* Where this worker's share lies in the global minibatch, for loops that
+ * call dpt_net_forward themselves: *m_total receives M (every worker's
+ * n_local summed) and *first this worker's first observation in it (the
+ * shares of the workers before it). Pass *first to dpt_net_set_obs_offset,
+ * with dpt_net_set_iteration, before the TRAIN forward, so dropout draws
+ * what one worker on the whole minibatch would. One all-reduce; collective
+ * when comm has more than one worker (NULL or one worker: 0 and n_local).
+ * dpt_train_step does this itself. */
+DPT_API dpt_status dpt_train_batch_position(dpt_comm *comm, int n_local, long *first,
+                                            double *m_total);
+
 /* Per-worker minibatch shares: floor(B/N) each, the remainder (B mod N) to
  * the first workers (the MATLAB example's rule). share[N] is filled. */
 DPT_API void dpt_batch_shares(int batch, int n_workers, int *share);

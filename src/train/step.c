@@ -51,26 +51,9 @@ dpt_status dpt_train_step_optim(dpt_net *net, dpt_optim *opt, dpt_comm *comm, co
      * all-reduce of a slot per worker. */
     double m_total = n_local;
     long first = 0;
-    dpt_status s = DPT_OK;
-    if (multi(comm)) {
-        int size = dpt_comm_size(comm), rank = dpt_comm_rank(comm);
-        double small[64], *shares = size <= 64 ? small : calloc((size_t)size, sizeof *shares);
-        if (!shares)
-            return dpt_fail(DPT_ERR_NOMEM, "out of memory");
-        memset(shares, 0, (size_t)size * sizeof *shares);
-        shares[rank] = n_local;
-        s = dpt_comm_allreduce_f64(comm, shares, shares, (size_t)size);
-        m_total = 0;
-        for (int j = 0; j < size; j++) {
-            if (j < rank)
-                first += (long)shares[j];
-            m_total += shares[j];
-        }
-        if (shares != small)
-            free(shares);
-        if (s != DPT_OK)
-            return s;
-    }
+    dpt_status s = dpt_train_batch_position(comm, n_local, &first, &m_total);
+    if (s != DPT_OK)
+        return s;
     dpt_net_set_obs_offset(net, first);
     /* 2. Forward on this worker's share, and 3. the loss and its gradient
      * at the logits, weighted by n_local / M (on a GPU the loss reaches
@@ -104,6 +87,36 @@ dpt_status dpt_train_step_optim(dpt_net *net, dpt_optim *opt, dpt_comm *comm, co
     if (n_total)
         *n_total = (int)m_total;
     return DPT_OK;
+}
+
+dpt_status dpt_train_batch_position(dpt_comm *comm, int n_local, long *first, double *m_total)
+{
+    if (!first || !m_total)
+        return dpt_fail(DPT_ERR_ARG, "dpt_train_batch_position: %s is NULL",
+                        !first ? "first" : "m_total");
+    *first = 0;
+    *m_total = n_local;
+    if (!multi(comm))
+        return DPT_OK;
+    /* A slot per worker, summed: every worker learns every share. */
+    int size = dpt_comm_size(comm), rank = dpt_comm_rank(comm);
+    double small[64], *shares = size <= 64 ? small : calloc((size_t)size, sizeof *shares);
+    if (!shares)
+        return dpt_fail(DPT_ERR_NOMEM, "out of memory");
+    memset(shares, 0, (size_t)size * sizeof *shares);
+    shares[rank] = n_local;
+    dpt_status s = dpt_comm_allreduce_f64(comm, shares, shares, (size_t)size);
+    if (s == DPT_OK) {
+        *m_total = 0;
+        for (int j = 0; j < size; j++) {
+            if (j < rank)
+                *first += (long)shares[j];
+            *m_total += shares[j];
+        }
+    }
+    if (shares != small)
+        free(shares);
+    return s;
 }
 
 void dpt_batch_shares(int batch, int n_workers, int *share)
