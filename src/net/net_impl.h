@@ -267,6 +267,9 @@ dpt_status parse_dims(const char *key, const char *value, int n, int max, int *o
  * or half the physical memory where that is less. *status (if not NULL)
  * receives an error for a malformed DPT_MAX_NET_MEMORY. */
 #define DPT_MAX_LAYER_VALUES (1 << 27)
+/* Layers of one network: far above any real one (ResNet-152 has about
+ * 500), low enough that parsing a hostile spec stays fast. */
+#define DPT_MAX_LAYERS 10000
 
 /* dpt_net_from_spec with a check run after the shapes and tables are known
  * and before any buffer is allocated (net->source names the spec); its
