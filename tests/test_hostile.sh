@@ -334,6 +334,9 @@ printf 'input in size=4x4x1\nrelu a,b\nfc f outputs=2\n' >"$tmp/comma.net"
 expect "comma.net:2: bad layer name 'a,b'" 5 60 "$cli" info --net "$tmp/comma.net"
 printf 'input in size=4x4x1\nrelu a\001b\nfc f outputs=2\n' >"$tmp/ctl.net"
 expect "ctl.net:2: bad layer name" 5 60 "$cli" info --net "$tmp/ctl.net"
+# Invalid UTF-8 made a model file whose JSON header Python cannot read.
+printf 'input in size=4x4x1\nrelu a\377b\nfc f outputs=2\n' >"$tmp/utf.net"
+expect "utf.net:2: bad layer name" 5 60 "$cli" info --net "$tmp/utf.net"
 # A model file whose spec metadata is a hostile graph: refused naming the file.
 for case in cycle:"relu rr from=f" many:many absurd:"conv k filter=3 filters=65536 padding=4096"; do
   "$py" - "$model" "$tmp/g.st" "${case%%:*}" "${case#*:}" "$tmp/many.net" <<'PY'

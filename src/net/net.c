@@ -20,6 +20,7 @@
 #include "net/net_impl.h"
 #include "ops/ops.h"
 #include "core/file.h"
+#include "core/text.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -319,17 +320,17 @@ static int tokenize(char *line, char **tok, int max)
 #define MAX_TOKENS 16
 
 /* A layer name: short; no '/', '"' or '\\' (they would break the model
- * file's JSON and table names), no ',' (from= could not name it), no
- * control characters (the JSON header cannot hold them raw, and they would
- * reach the terminal through messages and dptrain info). */
-static int good_name(const char *name)
+ * file's JSON and table names), no ',' (from= could not name it), and text
+ * that prints as it is: valid UTF-8 (the model file's JSON header must be,
+ * or PyTorch cannot read it) without control or invisible characters. */
+int net_good_name(const char *name)
 {
-    if (strlen(name) >= DPT_NAME_MAX)
+    size_t len = strlen(name);
+    if (len == 0 || len >= DPT_NAME_MAX || strpbrk(name, "/\"\\,"))
         return 0;
-    for (const unsigned char *p = (const unsigned char *)name; *p; p++)
-        if (*p < 0x20 || *p == 0x7f || *p == '/' || *p == '"' || *p == '\\' || *p == ',')
-            return 0;
-    return 1;
+    char clean[4 * DPT_NAME_MAX + 1];
+    dpt_text_clean(clean, sizeof clean, name, len, 0);
+    return strcmp(clean, name) == 0;
 }
 
 static dpt_status parse_spec(dpt_net *net, const char *text)
@@ -401,10 +402,10 @@ static dpt_status parse_spec(dpt_net *net, const char *text)
                          lineno, tok[0]);
             break;
         }
-        if (!good_name(tok[1])) {
+        if (!net_good_name(tok[1])) {
             s = dpt_fail(DPT_ERR_FORMAT, "%s:%d: bad layer name '%.*s' (at most %d characters, "
-                         "no '/', '\"', '\\', ',' or control characters)", src, lineno,
-                         DPT_NAME_MAX, tok[1], DPT_NAME_MAX - 1);
+                         "no '/', '\"', '\\', ',', control characters or invalid UTF-8)", src,
+                         lineno, DPT_NAME_MAX, tok[1], DPT_NAME_MAX - 1);
             break;
         }
         size_t at;

@@ -256,6 +256,8 @@ const float *net_node_grad(const dpt_net *net, int node);
 /* Helpers for layer set() functions: parse a positive int / float value. */
 /* A spec value: an integer in [min, 10^6] / in [min, max]; n sizes "AxB..."
  * each in [1, max]. Errors say the value, the key and the range. */
+/* 1 when `name` may name a layer (see net.c). */
+int net_good_name(const char *name);
 dpt_status parse_int(const char *key, const char *value, int min, int *out);
 dpt_status parse_int_max(const char *key, const char *value, int min, int max, int *out);
 dpt_status parse_dims(const char *key, const char *value, int n, int max, int *out);
