@@ -1,4 +1,5 @@
-/* Fuzz the network-spec parser and shape inference (dpt_net_from_spec). */
+/* Fuzz the network-spec parser and shape inference (dpt_net_from_spec),
+ * then one forward and backward pass of what parses. */
 #include "dptrain/net.h"
 
 #include <stdint.h>
@@ -28,6 +29,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n)
         const float *y;
         if (x)
             (void)dpt_net_forward(net, x, 1, DPT_MODE_PREDICT, &y);
+        /* And one training step's passes: the backward of every layer
+         * type (pooling windows, dilated and grouped convs, fan-out and
+         * merges) on the shapes the spec makes. */
+        size_t out = (size_t)dpt_net_n_outputs(net);
+        float *dy = x && out <= (1u << 20) ? malloc(out * sizeof *dy) : NULL;
+        if (dy) {
+            for (size_t i = 0; i < out; i++)
+                dy[i] = 1.0f / (float)(i + 1);
+            if (dpt_net_forward(net, x, 1, DPT_MODE_TRAIN, &y) == DPT_OK)
+                (void)dpt_net_backward(net, dy, 0);
+        }
+        free(dy);
         free(x);
         dpt_net_free(net);
     }

@@ -130,6 +130,16 @@ static void test_builder(void)
     CHECK(net == NULL);
 
     dpt_net_builder *b = NULL;
+    /* ',' separates from= names; control characters and invalid UTF-8
+     * cannot go in the model file's JSON, nor a bidi override reach a
+     * terminal: refused when added, not at build. */
+    static const char *const odd[] = {"a,b", "a\001b", "a\177b", "a\377b", "a\342\200\256b"};
+    for (size_t i = 0; i < sizeof odd / sizeof *odd; i++) {
+        CHECK(dpt_net_builder_new(&b) == DPT_OK);
+        expect("odd name", dpt_net_builder_add_input(b, odd[i], 28, 28, 1), DPT_ERR_ARG,
+               "bad layer name");
+        dpt_net_builder_free(b);
+    }
     CHECK(dpt_net_builder_new(&b) == DPT_OK);
     expect("build empty", dpt_net_build(b, 10, 4, 0, &net), DPT_ERR_ARG, "no layers");
     expect("bad name", dpt_net_builder_add_input(b, "my input", 28, 28, 1), DPT_ERR_ARG,

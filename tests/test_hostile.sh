@@ -271,5 +271,94 @@ if [ "$rc" = 0 ] && { [ "$sanitized" = 1 ] || [ "$mb" -lt 150 ]; }; then ok; els
 f = open('$tmp/bigger.ppm', 'wb'); f.write(b'P6 4097 4096 255\n'); f.write(bytes(4097 * 4096 * 3))"
 expect "bigger.ppm: image of 4097x4096 pixels is larger than the 16777216 allowed" 10 60 "$cli" predict --model "$model" "$tmp/bigger.ppm"
 
+# ---- 6. training options and graph specs (issue 19) ------------------------------------------
+# Every bad value: exit 1 naming the option, before any data is read.
+opt=("$cli" train --data "$I" --net "$tmp/tiny.net" --out "$tmp/o")
+commas=$(printf ',%.0s' $(seq 200))
+# 201 items overflowed the schedule parser's item array (a stack overflow).
+expect "--lr-schedule: lr schedule '" 5 60 "${opt[@]}" --lr-schedule "cosine$commas"
+expect "--lr-schedule: lr schedule '" 5 60 "${opt[@]}" --lr-schedule "$commas"
+expect "--lr-schedule: lr schedule '" 5 60 "${opt[@]}" --lr-schedule "$(printf 'x%.0s' $(seq 5000))"
+expect "--lr-schedule: lr schedule 'piecewise:every=nan'" 5 60 "${opt[@]}" --lr-schedule piecewise:every=nan
+expect "--lr-schedule: lr schedule 'piecewise:drop=inf'" 5 60 "${opt[@]}" --lr-schedule piecewise:drop=inf
+expect "--lr-schedule: lr schedule 'cosine:min=-1'" 5 60 "${opt[@]}" --lr-schedule cosine:min=-1
+expect "--lr-schedule: lr schedule 'cosine,warmup=1e300'" 5 60 "${opt[@]}" --lr-schedule cosine,warmup=1e300
+expect "--lr-schedule: lr schedule 'cosine,warmup=2x'" 5 60 "${opt[@]}" --lr-schedule cosine,warmup=2x
+# Values that are finite doubles but 0 or infinity as the step's floats.
+expect "--lr: 1e+300 is outside a float's range" 5 60 "${opt[@]}" --lr 1e300
+expect "--lr: 1e-50 is outside a float's range" 5 60 "${opt[@]}" --lr 1e-50
+expect "--epsilon: 1e-50 is outside a float's range" 5 60 "${opt[@]}" --optimizer adam --epsilon 1e-50
+expect "--epsilon: 1e+300 is outside a float's range" 5 60 "${opt[@]}" --optimizer adam --epsilon 1e300
+expect "--weight-decay: 1e+300 is outside a float's range" 5 60 "${opt[@]}" --weight-decay 1e300
+for v in nan inf -inf '' 1x 1e999 0x; do
+  expect "--clip-norm: '$v' is not a number" 5 60 "${opt[@]}" --clip-norm "$v"
+  expect "--beta1: '$v' is not a number" 5 60 "${opt[@]}" --optimizer adam --beta1 "$v"
+  expect "--epsilon: '$v' is not a number" 5 60 "${opt[@]}" --optimizer adam --epsilon "$v"
+done
+expect "--clip-norm: -1 must not be negative" 5 60 "${opt[@]}" --clip-norm -1
+expect "--beta2: 1 must be in [0, 1)" 5 60 "${opt[@]}" --optimizer adam --beta2 1
+expect "--epsilon: 0 must be positive" 5 60 "${opt[@]}" --optimizer adam --epsilon 0
+expect "--optimizer: unknown optimizer ''" 5 60 "${opt[@]}" --optimizer ''
+expect "--optimizer: unknown optimizer 'adam " 5 60 "${opt[@]}" --optimizer 'adam '
+expect "--augment: augmentation item 'rotate=nan'" 5 60 "${opt[@]}" --augment rotate=nan
+expect "--augment: augmentation item 'translate=1e300'" 5 60 "${opt[@]}" --augment translate=1e300
+expect "--augment: augmentation item 'scale=0:1e999'" 5 60 "${opt[@]}" --augment scale=0:1e999
+expect "--augment: augmentation '" 5 60 "${opt[@]}" --augment "$commas"
+expect "--augment: augmentation item '" 5 60 "${opt[@]}" --augment "reflect,$(printf 'r%.0s' $(seq 100000))"
+# Specs: more layers than allowed, refused before a layer is allocated (a
+# file of newlines only: no allocation per line either); a deep, wide
+# graph within the cap parses in linear time (names by hash, not by scan).
+"$py" - "$tmp" <<'PY'
+import sys
+out = sys.argv[1]
+with open(f"{out}/many.net", "w") as f:
+    f.write("input in size=1x1x1\n")
+    for i in range(10001): f.write(f"relu r{i}\n")
+open(f"{out}/newlines.net", "w").write("input in size=1x1x1\n" + "\n" * (15 << 20) + "relu r\n")
+# 9999 layers, each an add of 32 earlier ones with long, shared-prefix
+# names; the last line's from= is resolved after all the others.
+p = "n" * 40
+with open(f"{out}/wide.net", "w") as f:
+    f.write(f"input in size=1x1x1\nrelu {p}0\n")
+    for i in range(1, 9998):
+        ins = ",".join(f"{p}{max(0, i - 1 - k)}" for k in range(32))
+        f.write(f"add {p}{i} from={ins}\n")
+    f.write("softmax s from=nosuch\n")
+PY
+expect "many.net: 10002 layers, more than the 10000 allowed" 5 60 "$cli" info --net "$tmp/many.net"
+"$cli" info --net "$tmp/newlines.net" >/dev/null 2>"$tmp/err" && ok || bad "a spec of newlines: $(cat "$tmp/err")"
+# (6 s of CPU here when each from= name was looked up by a scan.)
+expect "wide.net:10000: softmax 's': from= names 'nosuch'" 3 200 "$cli" info --net "$tmp/wide.net"
+# Names the model file's JSON or from= could not hold.
+printf 'input in size=4x4x1\nrelu a,b\nfc f outputs=2\n' >"$tmp/comma.net"
+expect "comma.net:2: bad layer name 'a,b'" 5 60 "$cli" info --net "$tmp/comma.net"
+printf 'input in size=4x4x1\nrelu a\001b\nfc f outputs=2\n' >"$tmp/ctl.net"
+expect "ctl.net:2: bad layer name" 5 60 "$cli" info --net "$tmp/ctl.net"
+# Invalid UTF-8 made a model file whose JSON header Python cannot read.
+printf 'input in size=4x4x1\nrelu a\377b\nfc f outputs=2\n' >"$tmp/utf.net"
+expect "utf.net:2: bad layer name" 5 60 "$cli" info --net "$tmp/utf.net"
+# A model file whose spec metadata is a hostile graph: refused naming the file.
+for case in cycle:"relu rr from=f" many:many absurd:"conv k filter=3 filters=65536 padding=4096"; do
+  "$py" - "$model" "$tmp/g.st" "${case%%:*}" "${case#*:}" "$tmp/many.net" <<'PY'
+import json, struct, sys
+src, dst, kind, arg, many = sys.argv[1:]
+b = open(src, "rb").read(); n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n]); meta = h["__metadata__"]
+lines = meta["spec"].splitlines()
+if kind == "many":
+    meta["spec"] = open(many).read()
+else:
+    lines.insert(2, arg); meta["spec"] = "\n".join(lines) + "\n"
+hb = json.dumps(h).encode(); open(dst, "wb").write(struct.pack("<Q", len(hb)) + hb + b[8 + n:])
+PY
+  case ${case%%:*} in
+    cycle) needle="g.st:3: relu 'rr': from= names 'f', a later layer" ;;
+    many) needle="g.st: 10002 layers, more than the 10000 allowed" ;;
+    absurd) needle="g.st:3: conv 'k': an output of" ;;
+  esac
+  expect "$needle" 5 100 "$cli" info --model "$tmp/g.st"
+  expect "$needle" 5 100 "$cli" predict --model "$tmp/g.st" "$img"
+done
+
 echo "test_hostile: $pass passed, $fail failed"
 [ $fail -eq 0 ]

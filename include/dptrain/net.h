@@ -26,6 +26,9 @@
  *                                          cross-entropy loss)
  *   add                                   (2 to 32 inputs of one shape: sum)
  *   concat                                (1 to 32 inputs: along channels)
+ * A spec holds at most 10000 layers. Layer names: 1 to 63 bytes of valid
+ * UTF-8, none of them white space, control or invisible characters, '/',
+ * '"', backslash or ','.
  *
  * Table names follow MATLAB's Learnables/State tables: conv1/Weights,
  * conv1/Bias, bn1/Offset, bn1/Scale, fc/Weights, fc/Bias; state bn1/TrainedMean,
@@ -108,8 +111,8 @@ DPT_API int dpt_net_max_batch(const dpt_net *net);
  * not fit, a softmax that is not last, unknown keys of add_line) are
  * checked by dpt_net_build, whose messages say "net builder:<k>: ..." with
  * k the 1-based position of the layer in the order added.
- * Layer names: 1 to 63 characters, none of them white space, '/', '"',
- * backslash, '#' or '='.
+ * Layer names: 1 to 63 bytes of valid UTF-8, none of them white space,
+ * control or invisible characters, '/', '"', backslash, '#', '=' or ','.
  * Ownership: the builder is the caller's (dpt_net_builder_free); a network
  * built from it is independent of it. Thread-safety: one thread at a time
  * per builder. */

@@ -391,6 +391,15 @@ int cli_train(int argc, char **argv)
         return cli_error("--epsilon: %g must be positive", eps);
     if (!(clip_norm >= 0))
         return cli_error("--clip-norm: %g must not be negative (0: off)", clip_norm);
+    /* The step takes these as float: a value that rounds to 0 or to
+     * infinity there (--lr 1e300 would train into NaN, --lr 1e-50 would
+     * become 0, which the library reads as "the default") is refused. */
+    if (!((float)lr > 0 && isfinite((float)lr)))
+        return cli_error("--lr: %g is outside a float's range (about 1e-38 to 3e38)", lr);
+    if (!((float)eps > 0 && isfinite((float)eps)))
+        return cli_error("--epsilon: %g is outside a float's range (about 1e-38 to 3e38)", eps);
+    if (!isfinite((float)wd))
+        return cli_error("--weight-decay: %g is outside a float's range (at most about 3e38)", wd);
     dpt_lr_schedule schedule;
     if (dpt_lr_schedule_parse(sched_text, &schedule) != DPT_OK)
         return cli_error("--lr-schedule: %s", dpt_last_error());

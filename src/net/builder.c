@@ -70,10 +70,12 @@ static dpt_status check_name(dpt_net_builder *b, const char *fn, const char *nam
     if (len >= DPT_NAME_MAX)
         return fail(b, DPT_ERR_ARG, "%s: layer name '%.20s...' longer than %d characters", fn,
                     name, DPT_NAME_MAX - 1);
-    for (const char *c = name; *c; c++)
-        if (isspace((unsigned char)*c) || strchr("/\"\\#=", *c))
-            return fail(b, DPT_ERR_ARG, "%s: bad layer name '%s' (no white space, '/', '\"', "
-                        "backslash, '#' or '=')", fn, name);
+    int bad = !net_good_name(name);
+    for (const char *c = name; *c && !bad; c++)
+        bad = isspace((unsigned char)*c) || strchr("#=", *c);
+    if (bad)
+        return fail(b, DPT_ERR_ARG, "%s: bad layer name '%s' (no white space, control "
+                    "characters, invalid UTF-8, '/', '\"', backslash, '#', '=' or ',')", fn, name);
     return DPT_OK;
 }
 

@@ -20,6 +20,7 @@
 #include "net/net_impl.h"
 #include "ops/ops.h"
 #include "core/file.h"
+#include "core/text.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -217,10 +218,37 @@ static void fix_names(dpt_param_info *tab, size_t n, const char *base)
     }
 }
 
+/* Layer names by hash (open addressing, table of 2^k >= 2 x layers):
+ * duplicate and from= look-ups stay linear in the spec's size, not
+ * quadratic in its layer count. Slots hold index + 1; 0 is empty. */
+typedef struct name_index {
+    int *slot;
+    size_t mask;
+} name_index;
+
+static size_t name_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return (size_t)h;
+}
+
+/* The layer named `name`, or -1; *at receives the slot to insert it at. */
+static int name_find(const dpt_net *net, const name_index *ix, const char *name, size_t *at)
+{
+    size_t k = name_hash(name) & ix->mask;
+    while (ix->slot[k] && strcmp(net->layers[ix->slot[k] - 1].name, name) != 0)
+        k = (k + 1) & ix->mask;
+    if (at)
+        *at = k;
+    return ix->slot[k] - 1;
+}
+
 /* Split one spec line into tokens in place; returns the count. */
 /* A layer's inputs: the names of from= (comma-separated), each an earlier
  * layer, or the line above by default; their count within the type's. */
-static dpt_status resolve_inputs(dpt_net *net, dpt_layer *l, char *from)
+static dpt_status resolve_inputs(dpt_net *net, const name_index *ix, dpt_layer *l, char *from)
 {
     const char *src = net->source;
     const layer_type *t = l->type;
@@ -238,10 +266,8 @@ static dpt_status resolve_inputs(dpt_net *net, dpt_layer *l, char *from)
                 return dpt_fail(DPT_ERR_FORMAT, "%s:%d: %s '%s': from= names the layer itself "
                                 "(a layer takes input from layers above it)", src, l->line,
                                 t->name, l->name);
-            int j = 0;
-            while (j < net->n_layers && strcmp(net->layers[j].name, name) != 0)
-                j++;
-            if (j == net->n_layers)
+            int j = name_find(net, ix, name, NULL);
+            if (j < 0)
                 return dpt_fail(DPT_ERR_FORMAT, "%s:%d: %s '%s': from= names '%.64s', which is "
                                 "no layer of the network", src, l->line, t->name, l->name, name);
             if (j > l->index)
@@ -293,6 +319,20 @@ static int tokenize(char *line, char **tok, int max)
 
 #define MAX_TOKENS 16
 
+/* A layer name: short; no '/', '"' or '\\' (they would break the model
+ * file's JSON and table names), no ',' (from= could not name it), and text
+ * that prints as it is: valid UTF-8 (the model file's JSON header must be,
+ * or PyTorch cannot read it) without control or invisible characters. */
+int net_good_name(const char *name)
+{
+    size_t len = strlen(name);
+    if (len == 0 || len >= DPT_NAME_MAX || strpbrk(name, "/\"\\,"))
+        return 0;
+    char clean[4 * DPT_NAME_MAX + 1];
+    dpt_text_clean(clean, sizeof clean, name, len, 0);
+    return strcmp(clean, name) == 0;
+}
+
 static dpt_status parse_spec(dpt_net *net, const char *text)
 {
     const char *src = net->source;
@@ -302,15 +342,36 @@ static dpt_status parse_spec(dpt_net *net, const char *text)
     dpt_status s = DPT_OK;
     int cap = 0, lineno = 0;
     char *save = NULL;
-    /* Count lines to size the layer array once. */
-    for (const char *p = text; *p; p++)
-        cap += *p == '\n';
+    /* Count the lines that hold a layer (not blank, not a comment) to size
+     * the layer array once, bounded before allocating: a file of millions
+     * of newlines must not allocate a layer for each, and a spec of more
+     * layers than any real network is refused (the name checks below are
+     * quadratic in the count). */
+    for (const char *p = text; *p;) {
+        while (*p && *p != '\n' && isspace((unsigned char)*p))
+            p++;
+        cap += *p && *p != '\n' && *p != '#';
+        while (*p && *p != '\n')
+            p++;
+        if (*p)
+            p++;
+    }
+    if (cap > DPT_MAX_LAYERS) {
+        free(copy);
+        return dpt_fail(DPT_ERR_FORMAT, "%s: %d layers, more than the %d allowed", src, cap,
+                        DPT_MAX_LAYERS);
+    }
     cap += 1;
     net->layers = calloc((size_t)cap, sizeof *net->layers);
     char **from = calloc((size_t)cap, sizeof *from); /* each layer's from= text, in copy */
-    if (!net->layers || !from) {
+    name_index ix = {NULL, 1};
+    while (ix.mask + 1 < 2 * (size_t)cap)
+        ix.mask = 2 * ix.mask + 1;
+    ix.slot = calloc(ix.mask + 1, sizeof *ix.slot);
+    if (!net->layers || !from || !ix.slot) {
         free(copy);
         free(from);
+        free(ix.slot);
         return dpt_fail(DPT_ERR_NOMEM, "out of memory");
     }
     char *line = copy;
@@ -341,18 +402,19 @@ static dpt_status parse_spec(dpt_net *net, const char *text)
                          lineno, tok[0]);
             break;
         }
-        if (strlen(tok[1]) >= DPT_NAME_MAX || strchr(tok[1], '/') || strchr(tok[1], '"') ||
-            strchr(tok[1], '\\')) {
-            s = dpt_fail(DPT_ERR_FORMAT, "%s:%d: bad layer name '%s' (at most %d characters, no "
-                         "'/', '\"' or '\\')", src, lineno, tok[1], DPT_NAME_MAX - 1);
+        if (!net_good_name(tok[1])) {
+            s = dpt_fail(DPT_ERR_FORMAT, "%s:%d: bad layer name '%.*s' (at most %d characters, "
+                         "no '/', '\"', '\\', ',', control characters or invalid UTF-8)", src,
+                         lineno, DPT_NAME_MAX, tok[1], DPT_NAME_MAX - 1);
             break;
         }
-        for (int i = 0; i < net->n_layers; i++)
-            if (strcmp(net->layers[i].name, tok[1]) == 0) {
-                s = dpt_fail(DPT_ERR_FORMAT, "%s:%d: layer name '%s' already used on line %d",
-                             src, lineno, tok[1], net->layers[i].line);
-                goto done;
-            }
+        size_t at;
+        int dup = name_find(net, &ix, tok[1], &at);
+        if (dup >= 0) {
+            s = dpt_fail(DPT_ERR_FORMAT, "%s:%d: layer name '%s' already used on line %d", src,
+                         lineno, tok[1], net->layers[dup].line);
+            break;
+        }
         if ((t == &dpt_layer_input) != (net->n_layers == 0)) {
             s = net->n_layers == 0
                     ? dpt_fail(DPT_ERR_FORMAT, "%s:%d: missing input layer: the first layer "
@@ -366,6 +428,7 @@ static dpt_status parse_spec(dpt_net *net, const char *text)
         l->line = lineno;
         l->index = net->n_layers - 1;
         snprintf(l->name, sizeof l->name, "%s", tok[1]);
+        ix.slot[at] = l->index + 1;
         if (t->create && (s = t->create(l)) != DPT_OK)
             break;
         for (int i = 2; i < nt; i++) {
@@ -401,11 +464,12 @@ static dpt_status parse_spec(dpt_net *net, const char *text)
     if (s == DPT_OK && net->n_layers == 0)
         s = dpt_fail(DPT_ERR_FORMAT, "%s: missing input layer: the spec has no layers", src);
     for (int i = 1; s == DPT_OK && i < net->n_layers; i++)
-        s = resolve_inputs(net, &net->layers[i], from[i]);
+        s = resolve_inputs(net, &ix, &net->layers[i], from[i]);
 done:
     (void)save;
     free(copy);
     free(from);
+    free(ix.slot);
     return s;
 }
 

@@ -256,6 +256,8 @@ const float *net_node_grad(const dpt_net *net, int node);
 /* Helpers for layer set() functions: parse a positive int / float value. */
 /* A spec value: an integer in [min, 10^6] / in [min, max]; n sizes "AxB..."
  * each in [1, max]. Errors say the value, the key and the range. */
+/* 1 when `name` may name a layer (see net.c). */
+int net_good_name(const char *name);
 dpt_status parse_int(const char *key, const char *value, int min, int *out);
 dpt_status parse_int_max(const char *key, const char *value, int min, int max, int *out);
 dpt_status parse_dims(const char *key, const char *value, int n, int max, int *out);
@@ -267,6 +269,9 @@ dpt_status parse_dims(const char *key, const char *value, int n, int max, int *o
  * or half the physical memory where that is less. *status (if not NULL)
  * receives an error for a malformed DPT_MAX_NET_MEMORY. */
 #define DPT_MAX_LAYER_VALUES (1 << 27)
+/* Layers of one network: far above any real one (ResNet-152 has about
+ * 500), low enough that parsing a hostile spec stays fast. */
+#define DPT_MAX_LAYERS 10000
 
 /* dpt_net_from_spec with a check run after the shapes and tables are known
  * and before any buffer is allocated (net->source names the spec); its

@@ -86,7 +86,7 @@ dpt_status dpt_lr_schedule_parse(const char *text, dpt_lr_schedule *out)
     snprintf(buf, sizeof buf, "%s", text);
     /* Items between commas. The first may be NAME or NAME:KEY=VALUE, every
      * later one is KEY=VALUE. */
-    char *items[MAX_TEXT / 2 + 1];
+    char *items[MAX_TEXT]; /* one more than the commas text can hold */
     int n = 0;
     for (char *p = buf;; p++) {
         items[n++] = p;
