@@ -53,9 +53,10 @@ if [ -d "$set_dir" ]; then
   cp -r "$set_dir" "$tmp/names"
   "$src/scripts/fetch-sequences" --check "$tmp/names" >"$tmp/out" 2>&1 ||
     bad "sequences, exact copy refused: $(cat "$tmp/out")"
-  grep -q "female: 4525 sequences, 27 features per step, lengths 2 to 15" "$tmp/out" &&
-    grep -q "male: 3478 sequences, 27 features per step, lengths 2 to 13" "$tmp/out" ||
+  if ! grep -q "female: 4525 sequences, 27 features per step, lengths 2 to 15" "$tmp/out" ||
+     ! grep -q "male: 3478 sequences, 27 features per step, lengths 2 to 13" "$tmp/out"; then
     bad "sequences summary: $(cat "$tmp/out")"
+  fi
   sed -i '1s/^1/0/' "$tmp/names/male/7.csv"
   expect_fail "sequences, one number changed" "does not hold the expected files" \
     "$src/scripts/fetch-sequences" --check "$tmp/names"
