@@ -58,20 +58,6 @@ static int utf8_decode(const unsigned char *s, size_t n, uint32_t *cp)
     return len;
 }
 
-/* The first bad byte of the sequence starting at s (for the message): the
- * lead byte itself, or the first continuation byte that is wrong. */
-static size_t bad_byte_at(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0];
-    int len = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
-    if (c < 0xc2 || c > 0xf4)
-        return 0;
-    for (int k = 1; k < len && (size_t)k < n; k++)
-        if ((s[k] & 0xc0) != 0x80)
-            return (size_t)k;
-    return 0;
-}
-
 /* A character for a message: escaped (\xNN for what a terminal would act
  * on) with its U+ code. */
 static void show_char(char *buf, size_t cap, const unsigned char *s, int len, uint32_t cp)
@@ -100,10 +86,11 @@ static dpt_status check_utf8(const char *what, const unsigned char *s, size_t n,
                             what, i);
         int len = utf8_decode(s + i, n - i, &cp);
         if (!len) {
-            size_t at = i + bad_byte_at(s + i, n - i);
+            /* The offset where the bad sequence starts: a Latin-1 'é' is
+             * named as itself, not as the byte after it. */
             return dpt_fail(DPT_ERR_FORMAT,
                             "%s: not UTF-8 text (byte 0x%02X at byte offset %zu; binary?)", what,
-                            (unsigned)s[at], at);
+                            (unsigned)s[i], i);
         }
         i += (size_t)len;
         c++;
@@ -349,9 +336,8 @@ dpt_status dpt_text_encode(const dpt_text *t, const char *what, const char *s, s
         uint32_t cp = 0;
         int len = u[i] ? utf8_decode(u + i, n - i, &cp) : 0;
         if (!len) {
-            size_t at = u[i] ? i + bad_byte_at(u + i, n - i) : i;
             return dpt_fail(DPT_ERR_FORMAT, "%s: not UTF-8 text (byte 0x%02X at byte offset %zu)",
-                            what, (unsigned)u[at], at);
+                            what, (unsigned)u[i], i);
         }
         int j = dpt_text_index_of(t, cp);
         if (j < 0) {
