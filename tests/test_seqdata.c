@@ -200,6 +200,49 @@ static void test_seq_bad(void)
         expect_bad("longline", "l.csv", big, DPT_ERR_FORMAT, "line 1:", "more than the");
         free(big);
     }
+    /* More time steps than allowed (one byte per step plus its newline). */
+    {
+        size_t n = 2 * ((size_t)DPT_SEQ_MAX_STEPS + 1);
+        char *big = malloc(n + 1);
+        for (size_t i = 0; i < n; i += 2)
+            big[i] = '1', big[i + 1] = '\n';
+        big[n] = 0;
+        bad_folder("steps", "s.csv", "", 0);
+        put("steps/c/good.csv", "1\n", 2);
+        put("steps/c/s.csv", big, n);
+        free(big);
+        char root[512];
+        dpt_seqstore *s = NULL;
+        path(root, sizeof root, "steps");
+        FAILS2(dpt_seqstore_open(root, NULL, &s), DPT_ERR_FORMAT, "steps/c/s.csv: more than",
+               "lines (time steps)");
+    }
+    /* Sizes are refused before anything is allocated or read: sparse files
+     * (no disk space) of one byte over the per-file bound, and of a total
+     * over the bound of all files. */
+    {
+        char root[512], fp[600];
+        dpt_seqstore *s = NULL;
+        bad_folder("huge", "h.csv", "", 0);
+        path(fp, sizeof fp, "huge/c/h.csv");
+        CHECK(truncate(fp, DPT_SEQ_MAX_FILE_BYTES + 1) == 0);
+        path(root, sizeof root, "huge");
+        FAILS2(dpt_seqstore_open(root, NULL, &s), DPT_ERR_FORMAT, "huge/c/h.csv: file of",
+               "larger than");
+        mkd("total");
+        mkd("total/c");
+        int k_max = (int)(DPT_SEQ_MAX_TOTAL_BYTES / DPT_SEQ_MAX_FILE_BYTES) + 1;
+        for (int k = 0; k < k_max; k++) {
+            char rel[64];
+            snprintf(rel, sizeof rel, "total/c/%02d.csv", k);
+            put(rel, "", 0);
+            path(fp, sizeof fp, rel);
+            CHECK(truncate(fp, DPT_SEQ_MAX_FILE_BYTES) == 0);
+        }
+        path(root, sizeof root, "total");
+        FAILS2(dpt_seqstore_open(root, NULL, &s), DPT_ERR_FORMAT, "total: the .csv files hold more",
+               NULL);
+    }
     /* A .csv that is not a regular file (a folder named x.csv). */
     {
         char root[512], fp[600];
