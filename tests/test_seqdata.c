@@ -348,6 +348,11 @@ static void test_text_bad(void)
     puts_("trunc.txt", "abc\xe2\x82");
     path(p, sizeof p, "trunc.txt");
     FAILS2(dpt_text_open(p, NULL, &t, NULL), DPT_ERR_FORMAT, "not UTF-8", "byte offset 3");
+    put("big.txt", "", 0);
+    path(p, sizeof p, "big.txt");
+    CHECK(truncate(p, DPT_TEXT_MAX_BYTES + 1) == 0);
+    FAILS2(dpt_text_open(p, NULL, &t, NULL), DPT_ERR_FORMAT, "big.txt: file of", "larger than");
+    unlink(p);
     mkd("folder.txt");
     path(p, sizeof p, "folder.txt");
     FAILS2(dpt_text_open(p, NULL, &t, NULL), DPT_ERR_IO, "not a regular file", NULL);
@@ -416,6 +421,22 @@ static void test_text_streams(void)
     FAILS2(dpt_text_chunk(t, 3, 3, 0, 2, c), DPT_ERR_ARG, "out of range", NULL);
     FAILS2(dpt_text_chunk(t, 3, 3, 3, 0, c), DPT_ERR_ARG, "bad argument", NULL);
     FAILS2(dpt_text_chunk(t, 0, 3, 0, 0, c), DPT_ERR_ARG, "bad argument", NULL);
+    /* Worker shares of B = 3 streams over 2 workers: [0, 2) and [2, 3);
+     * their batches together are the one-worker batch. */
+    int f0, c0, f1, c1;
+    OK(dpt_text_stream_share(3, 2, 0, &f0, &c0));
+    OK(dpt_text_stream_share(3, 2, 1, &f1, &c1));
+    CHECK(f0 == 0 && c0 == 2 && f1 == 2 && c1 == 1);
+    FAILS2(dpt_text_stream_share(3, 2, 2, &f1, &c1), DPT_ERR_ARG, "worker 2 of 2", NULL);
+    int32_t xa[9], ya[9], xw[9], yw[9];
+    OK(dpt_text_batch(t, 3, 3, 0, 3, 1, xa, ya));
+    OK(dpt_text_batch(t, 3, 3, f0, c0, 1, xw, yw));
+    OK(dpt_text_batch(t, 3, 3, f1, c1, 1, xw + 3 * c0, yw + 3 * c0));
+    CHECK(memcmp(xa, xw, sizeof xa) == 0 && memcmp(ya, yw, sizeof ya) == 0);
+    /* Row 1 of chunk 1: inputs l m n, targets m n o. */
+    CHECK(xa[3] == 11 && xa[5] == 13 && ya[3] == 12 && ya[5] == 14);
+    FAILS2(dpt_text_batch(t, 3, 3, 2, 2, 0, xa, ya), DPT_ERR_ARG, "streams 2..3 of 3", NULL);
+    FAILS2(dpt_text_batch(t, 3, 3, 0, 3, 2, xa, ya), DPT_ERR_ARG, "out of range", NULL);
     CHECK(dpt_text_n_chunks(t, 26, 1) == 0); /* streams of 1: no target */
     CHECK(dpt_text_n_chunks(t, 13, 1) == 1);
     CHECK(dpt_text_n_chunks(t, 1, 25) == 1);

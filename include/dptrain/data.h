@@ -534,6 +534,22 @@ DPT_API size_t dpt_text_n_chunks(const dpt_text *t, int n_streams, int seq_len);
 DPT_API dpt_status dpt_text_chunk(const dpt_text *t, int n_streams, int seq_len, int b, size_t k,
                                   int32_t *out);
 
+/* The streams worker w of n_workers owns for a whole epoch: *count streams
+ * from *first on. Shares are those of dpt_batch_shares (floor(B/N) each,
+ * the first B mod N workers one more), so worker w's streams are the
+ * observations it holds in the global minibatch. DPT_ERR_ARG when
+ * n_streams < 1, n_workers < 1 or w is not in [0, n_workers). */
+DPT_API dpt_status dpt_text_stream_share(int n_streams, int n_workers, int w, int *first,
+                                         int *count);
+
+/* Chunk k of streams first .. first + count - 1 (of n_streams), split into
+ * inputs x [count, seq_len] and next-character targets y [count, seq_len]
+ * (row j: stream first + j), both owned by the caller. Errors as
+ * dpt_text_chunk, and DPT_ERR_ARG when the streams are not within
+ * [0, n_streams). */
+DPT_API dpt_status dpt_text_batch(const dpt_text *t, int n_streams, int seq_len, int first,
+                                  int count, size_t k, int32_t *x, int32_t *y);
+
 #ifdef __cplusplus
 }
 #endif

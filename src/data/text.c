@@ -378,3 +378,34 @@ dpt_status dpt_text_chunk(const dpt_text *t, int n_streams, int seq_len, int b, 
     memcpy(out, t->idx + first, ((size_t)seq_len + 1) * sizeof *out);
     return DPT_OK;
 }
+
+dpt_status dpt_text_stream_share(int n_streams, int n_workers, int w, int *first, int *count)
+{
+    if (n_streams < 1 || n_workers < 1 || w < 0 || w >= n_workers || !first || !count)
+        return dpt_fail(DPT_ERR_ARG, "dpt_text_stream_share: worker %d of %d, %d streams: bad "
+                        "argument", w, n_workers, n_streams);
+    int q = n_streams / n_workers, r = n_streams % n_workers;
+    *count = q + (w < r);
+    *first = w * q + (w < r ? w : r);
+    return DPT_OK;
+}
+
+dpt_status dpt_text_batch(const dpt_text *t, int n_streams, int seq_len, int first, int count,
+                          size_t k, int32_t *x, int32_t *y)
+{
+    if (!t || !x || !y || first < 0 || count < 0 || n_streams < 1 || count > n_streams - first)
+        return dpt_fail(DPT_ERR_ARG, "dpt_text_batch: streams %d..%d of %d: bad argument", first,
+                        first + count - 1, n_streams);
+    if (seq_len < 1)
+        return dpt_fail(DPT_ERR_ARG, "dpt_text_batch: sequence length %d: bad argument", seq_len);
+    size_t nk = dpt_text_n_chunks(t, n_streams, seq_len), l = dpt_text_stream_length(t, n_streams);
+    if (k >= nk)
+        return dpt_fail(DPT_ERR_ARG, "dpt_text_batch: chunk %zu of %zu out of range", k, nk);
+    size_t T = (size_t)seq_len;
+    for (int j = 0; j < count; j++) {
+        const int32_t *src = t->idx + (size_t)(first + j) * l + k * T;
+        memcpy(x + (size_t)j * T, src, T * sizeof *x);
+        memcpy(y + (size_t)j * T, src + 1, T * sizeof *y);
+    }
+    return DPT_OK;
+}
