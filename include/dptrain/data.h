@@ -404,6 +404,7 @@ typedef struct dpt_seqstore dpt_seqstore;
 #define DPT_SEQ_MAX_STEPS 1000000                   /* time steps per file */
 #define DPT_SEQ_MAX_FILE_BYTES (256ll << 20)        /* one .csv file */
 #define DPT_SEQ_MAX_TOTAL_BYTES (2048ll << 20)      /* all .csv files together */
+#define DPT_SEQ_MAX_VALUES (1ll << 28)              /* numbers kept in memory (1 GiB) */
 
 /* Options of dpt_seqstore_open. Start from DPT_SEQ_OPTIONS_INIT. */
 typedef struct dpt_seq_options {
@@ -427,8 +428,9 @@ typedef struct dpt_seq_options {
  * unreadable (DPT_ERR_IO); no class folder; a class folder without .csv
  * files; a .csv that is not a regular file (DPT_ERR_IO); an empty file; an
  * empty line; a line over DPT_SEQ_MAX_LINE_BYTES; more than
- * DPT_SEQ_MAX_STEPS lines; a file over DPT_SEQ_MAX_FILE_BYTES or files over
- * DPT_SEQ_MAX_TOTAL_BYTES together; a row whose width differs from the
+ * DPT_SEQ_MAX_STEPS lines; a file over DPT_SEQ_MAX_FILE_BYTES, files over
+ * DPT_SEQ_MAX_TOTAL_BYTES together, or more than DPT_SEQ_MAX_VALUES numbers
+ * kept; a row whose width differs from the
  * file's first row (both widths named); a field that is not a finite number
  * (quoted, with unprintable bytes escaped); a file whose width differs from
  * the first file's (both files named). opt NULL means defaults. *out is

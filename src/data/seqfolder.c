@@ -389,12 +389,19 @@ dpt_status dpt_seqstore_open(const char *root, const dpt_seq_options *opt, dpt_s
     }
     /* One pass to validate and size each file, a second to parse: the data
      * buffer is allocated once, after every file passed its checks. */
-    size_t total_floats = 0;
+    size_t total_floats = 0, total_read = 0;
     for (size_t i = 0; i < s->n; i++) {
         size_t n, rows;
         int w;
         if ((st = slurp(files.v[i], DPT_SEQ_MAX_FILE_BYTES, &buf, &n)))
             goto done;
+        /* Again, as read: a file may have grown since it was listed. */
+        total_read += n;
+        if (total_read > (size_t)DPT_SEQ_MAX_TOTAL_BYTES) {
+            st = dpt_fail(DPT_ERR_FORMAT, "%s: the .csv files hold more than the %lld bytes allowed",
+                          root, (long long)DPT_SEQ_MAX_TOTAL_BYTES);
+            goto done;
+        }
         st = scan_file(files.v[i], buf, n, &rows, &w);
         free(buf);
         buf = NULL;
@@ -414,6 +421,11 @@ dpt_status dpt_seqstore_open(const char *root, const dpt_seq_options *opt, dpt_s
         s->off[i] = total_floats;
         s->labels[i] = file_class[i];
         total_floats += keep * (size_t)w;
+        if (total_floats > (size_t)DPT_SEQ_MAX_VALUES) {
+            st = dpt_fail(DPT_ERR_FORMAT, "%s: more than the %lld numbers allowed (at %s)", root,
+                          (long long)DPT_SEQ_MAX_VALUES, files.v[i]);
+            goto done;
+        }
         if (keep > s->max_len)
             s->max_len = keep;
     }
