@@ -394,6 +394,164 @@ DPT_API void dpt_mbq_shape(const dpt_mbq *q, int *c, int *h, int *w, int *n_clas
 /* Stop the background thread and release everything. NULL does nothing. */
 DPT_API void dpt_mbq_free(dpt_mbq *q);
 
+/* ---- sequence folders (class sub-folders of .csv files) ------------------- */
+
+typedef struct dpt_seqstore dpt_seqstore;
+
+/* Bounds on what a sequence folder may hold; anything larger is refused
+ * (DPT_ERR_FORMAT naming the file) before it is allocated. */
+#define DPT_SEQ_MAX_LINE_BYTES 65536                /* one time step's line */
+#define DPT_SEQ_MAX_STEPS 1000000                   /* time steps per file */
+#define DPT_SEQ_MAX_FILE_BYTES (256ll << 20)        /* one .csv file */
+#define DPT_SEQ_MAX_TOTAL_BYTES (2048ll << 20)      /* all .csv files together */
+#define DPT_SEQ_MAX_VALUES (1ll << 28)              /* numbers kept in memory (1 GiB) */
+
+/* Options of dpt_seqstore_open. Start from DPT_SEQ_OPTIONS_INIT. */
+typedef struct dpt_seq_options {
+    int version;     /* DPT_SEQ_OPTIONS_VERSION */
+    long max_length; /* > 0: keep only the first max_length time steps of each
+                        file (the rest is still validated); 0 (default): all */
+} dpt_seq_options;
+
+#define DPT_SEQ_OPTIONS_VERSION 1
+#define DPT_SEQ_OPTIONS_INIT {DPT_SEQ_OPTIONS_VERSION, 0}
+
+/* Open a sequence folder: the direct sub-folders of root are the classes
+ * (strcmp order, names starting with '.' ignored), and each class folder's
+ * files ending in .csv (case-insensitive) are observations, in strcmp order,
+ * classes one after another; other files are ignored, and so are files
+ * directly in root. A .csv file holds one time step per line (LF or CRLF),
+ * F comma-separated finite decimal numbers per line (spaces around a number
+ * are allowed); files may have different numbers of lines. Everything is
+ * read into memory here (float32). Errors (DPT_ERR_FORMAT unless said;
+ * messages name the file and, for a line, "line N"): root or a folder
+ * unreadable (DPT_ERR_IO); no class folder; a class folder without .csv
+ * files; a .csv that is not a regular file (DPT_ERR_IO); an empty file; an
+ * empty line; a line over DPT_SEQ_MAX_LINE_BYTES; more than
+ * DPT_SEQ_MAX_STEPS lines; a file over DPT_SEQ_MAX_FILE_BYTES, files over
+ * DPT_SEQ_MAX_TOTAL_BYTES together, or more than DPT_SEQ_MAX_VALUES numbers
+ * kept; a row whose width differs from the
+ * file's first row (both widths named); a field that is not a finite number
+ * (quoted, with unprintable bytes escaped); a file whose width differs from
+ * the first file's (both files named). opt NULL means defaults. *out is
+ * owned by the caller (dpt_seqstore_free). */
+DPT_API dpt_status dpt_seqstore_open(const char *root, const dpt_seq_options *opt,
+                                     dpt_seqstore **out);
+
+/* Release a sequence store. NULL does nothing. */
+DPT_API void dpt_seqstore_free(dpt_seqstore *s);
+
+/* Number of observations (files). */
+DPT_API size_t dpt_seqstore_n_obs(const dpt_seqstore *s);
+/* Features per time step (F, the same for every file). */
+DPT_API int dpt_seqstore_n_features(const dpt_seqstore *s);
+/* Number of classes (class folders). */
+DPT_API int dpt_seqstore_n_classes(const dpt_seqstore *s);
+/* Name of class k (< n_classes); the pointer lives as long as s. */
+DPT_API const char *dpt_seqstore_class_name(const dpt_seqstore *s, int k);
+/* Class index of observation i (< n_obs). */
+DPT_API int dpt_seqstore_label(const dpt_seqstore *s, size_t i);
+/* Path of observation i's file; the pointer lives as long as s. */
+DPT_API const char *dpt_seqstore_file(const dpt_seqstore *s, size_t i);
+/* Time steps of observation i (after max_length truncation; >= 1). */
+DPT_API size_t dpt_seqstore_length(const dpt_seqstore *s, size_t i);
+/* The longest observation's time steps. */
+DPT_API size_t dpt_seqstore_max_length(const dpt_seqstore *s);
+
+/* Copy observation i into out, float32 [length(i), F] (time step major),
+ * out owned by the caller. DPT_ERR_ARG when i >= n_obs. Thread-safe. */
+DPT_API dpt_status dpt_seqstore_read(const dpt_seqstore *s, size_t i, float *out);
+
+/* ---- text corpora for character language models ---------------------------- */
+
+typedef struct dpt_text dpt_text;
+
+/* Text files larger than this are refused before they are read. */
+#define DPT_TEXT_MAX_BYTES (1024ll << 20)
+
+/* Options of dpt_text_open. Start from DPT_TEXT_OPTIONS_INIT. */
+typedef struct dpt_text_options {
+    int version;           /* DPT_TEXT_OPTIONS_VERSION */
+    double heldout;        /* in [0, 0.5]: the last round(heldout * n)
+                              characters become the held-out text (0.1 for
+                              the usual 10%); 0 (default): none */
+    const dpt_text *vocab; /* NULL (default): the vocabulary is made from the
+                              training text; else this text's vocabulary is
+                              used (a --test file, a model's vocabulary) */
+} dpt_text_options;
+
+#define DPT_TEXT_OPTIONS_VERSION 1
+#define DPT_TEXT_OPTIONS_INIT {DPT_TEXT_OPTIONS_VERSION, 0.0, NULL}
+
+/* Read a UTF-8 text file (a leading byte-order mark is dropped) and map its
+ * characters (Unicode code points) to vocabulary indices. The training text
+ * is the file without its held-out tail. The vocabulary is the sorted set of
+ * distinct code points of the training text, unless opt->vocab gives one.
+ * *train receives the training text; *heldout (may be NULL when
+ * opt->heldout is 0) the held-out tail, with the same vocabulary, or NULL
+ * when there is none. Errors name the file: not a regular file or
+ * unreadable (DPT_ERR_IO); larger than DPT_TEXT_MAX_BYTES; "empty file";
+ * "binary file (a NUL byte at byte offset N)"; "not UTF-8 text (byte 0xNN at
+ * byte offset N)"; too short to split; a held-out (or, with opt->vocab, any)
+ * character missing from the vocabulary, named escaped with its U+ code,
+ * byte offset and line (all DPT_ERR_FORMAT); bad options (DPT_ERR_ARG).
+ * Both outputs are owned by the caller (dpt_text_free). */
+DPT_API dpt_status dpt_text_open(const char *path, const dpt_text_options *opt, dpt_text **train,
+                                 dpt_text **heldout);
+
+/* Release a text. NULL does nothing. */
+DPT_API void dpt_text_free(dpt_text *t);
+
+/* Characters (code points) in t. */
+DPT_API size_t dpt_text_n_chars(const dpt_text *t);
+/* The characters of t as vocabulary indices, [n_chars]; lives as long as t. */
+DPT_API const int32_t *dpt_text_indices(const dpt_text *t);
+/* Vocabulary size, and the vocabulary: sorted code points [n_vocab]; index j
+ * stands for code point vocab[j]. The pointer lives as long as t. */
+DPT_API int dpt_text_n_vocab(const dpt_text *t);
+DPT_API const uint32_t *dpt_text_vocab(const dpt_text *t);
+/* Index of code point cp in t's vocabulary, or -1. */
+DPT_API int dpt_text_index_of(const dpt_text *t, uint32_t cp);
+
+/* Map UTF-8 text (s, n bytes; for a --prime) to t's vocabulary indices:
+ * out holds at least n entries (one per byte is enough); *n_out receives
+ * the characters written. Errors (DPT_ERR_FORMAT) name `what`: not UTF-8
+ * (byte offset), or a character missing from the vocabulary (escaped, with
+ * its U+ code and byte offset). */
+DPT_API dpt_status dpt_text_encode(const dpt_text *t, const char *what, const char *s, size_t n,
+                                   int32_t *out, size_t *n_out);
+
+/* Parallel streams (stateful training): t is cut into B contiguous streams of
+ * L = floor(n_chars / B) characters each (stream b starts at b * L; the last
+ * n_chars mod B characters are unused). Chunk k of a stream is the T + 1
+ * characters from position k * T of the stream: inputs are the first T,
+ * next-character targets the last T. A stream has floor((L - 1) / T)
+ * chunks (0 when L < 2), so every target lies inside its own stream. */
+DPT_API size_t dpt_text_stream_length(const dpt_text *t, int n_streams);
+DPT_API size_t dpt_text_n_chunks(const dpt_text *t, int n_streams, int seq_len);
+
+/* Write chunk k of stream b into out, [seq_len + 1] indices (owned by the
+ * caller). DPT_ERR_ARG when n_streams < 1, seq_len < 1, b >= n_streams or
+ * k >= n_chunks. Thread-safe. */
+DPT_API dpt_status dpt_text_chunk(const dpt_text *t, int n_streams, int seq_len, int b, size_t k,
+                                  int32_t *out);
+
+/* The streams worker w of n_workers owns for a whole epoch: *count streams
+ * from *first on. Shares are those of dpt_batch_shares (floor(B/N) each,
+ * the first B mod N workers one more), so worker w's streams are the
+ * observations it holds in the global minibatch. DPT_ERR_ARG when
+ * n_streams < 1, n_workers < 1 or w is not in [0, n_workers). */
+DPT_API dpt_status dpt_text_stream_share(int n_streams, int n_workers, int w, int *first,
+                                         int *count);
+
+/* Chunk k of streams first .. first + count - 1 (of n_streams), split into
+ * inputs x [count, seq_len] and next-character targets y [count, seq_len]
+ * (row j: stream first + j), both owned by the caller. Errors as
+ * dpt_text_chunk, and DPT_ERR_ARG when the streams are not within
+ * [0, n_streams). */
+DPT_API dpt_status dpt_text_batch(const dpt_text *t, int n_streams, int seq_len, int first,
+                                  int count, size_t k, int32_t *x, int32_t *y);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,519 @@
+/* Sequence-folder datastore: root/<class>/<file>.csv, one time step per
+ * line, F comma-separated numbers per line.
+ *
+ * The files are hostile (DESIGN.md invariant 6): each is opened with
+ * dpt_file_open_regular, every size is checked against the DPT_SEQ_MAX_*
+ * bounds before anything is allocated for it, and every field must parse
+ * as a finite float. Everything is read into one buffer at open, so reads
+ * are copies and thread-safe. */
+#include "data/data_internal.h"
+#include "core/file.h"
+#include "core/text.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct dpt_seqstore {
+    size_t n;           /* observations */
+    int f;              /* features per time step */
+    int n_classes;
+    char **classes;     /* [n_classes] */
+    char **paths;       /* [n] root/class/file.csv */
+    int *labels;        /* [n] */
+    size_t *len;        /* [n] time steps kept */
+    size_t *off;        /* [n] first float of observation i in data */
+    float *data;        /* [sum len * f] */
+    size_t max_len;
+};
+
+typedef struct names {
+    char **v;
+    size_t n, cap;
+} names;
+
+static dpt_status names_push(names *l, char *s)
+{
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 16;
+        char **v = realloc(l->v, cap * sizeof *v);
+        if (!v) {
+            free(s);
+            return dpt_fail(DPT_ERR_NOMEM, "sequence folder: out of memory listing files");
+        }
+        l->v = v;
+        l->cap = cap;
+    }
+    l->v[l->n++] = s;
+    return DPT_OK;
+}
+
+static void names_free(names *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->v[i]);
+    free(l->v);
+    *l = (names){0};
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static char *join(const char *dir, const char *name, dpt_status *st)
+{
+    size_t a = strlen(dir), b = strlen(name);
+    while (a > 1 && dir[a - 1] == '/')
+        a--;
+    char *p = malloc(a + b + 2);
+    if (!p) {
+        *st = dpt_fail(DPT_ERR_NOMEM, "sequence folder: out of memory");
+        return NULL;
+    }
+    memcpy(p, dir, a);
+    p[a] = '/';
+    memcpy(p + a + 1, name, b + 1);
+    return p;
+}
+
+/* Sorted names in dir (without those starting with '.'); with want_dirs,
+ * only sub-folders, else only names ending in .csv. */
+static dpt_status list(const char *dir, int want_dirs, names *out)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return dpt_fail(DPT_ERR_IO, "%s: cannot open folder: %s", dir, strerror(errno));
+    dpt_status st = DPT_OK;
+    struct dirent *e;
+    errno = 0;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        if (want_dirs) {
+            char *p = join(dir, e->d_name, &st);
+            struct stat sb;
+            int is_dir = p && stat(p, &sb) == 0 && S_ISDIR(sb.st_mode);
+            free(p);
+            if (st)
+                break;
+            if (!is_dir)
+                continue;
+        } else {
+            size_t l = strlen(e->d_name);
+            if (l < 5 || strcasecmp(e->d_name + l - 4, ".csv") != 0)
+                continue;
+        }
+        char *s = data_strdup(e->d_name, &st);
+        if (!s || (st = names_push(out, s)))
+            break;
+        errno = 0;
+    }
+    if (!st && errno)
+        st = dpt_fail(DPT_ERR_IO, "%s: cannot read folder: %s", dir, strerror(errno));
+    closedir(d);
+    if (!st)
+        qsort(out->v, out->n, sizeof *out->v, cmp_str);
+    return st;
+}
+
+/* Read the whole regular file path (size bytes, known to be within bounds)
+ * into a NUL-terminated buffer. */
+static dpt_status slurp(const char *path, long long bound, char **buf, size_t *n_out)
+{
+    int fd;
+    long long size;
+    dpt_status st = dpt_file_open_regular(path, &fd, &size);
+    if (st)
+        return st;
+    if (size > bound) {
+        close(fd);
+        return dpt_fail(DPT_ERR_FORMAT, "%s: file of %lld bytes is larger than the %lld allowed",
+                        path, size, bound);
+    }
+    char *b = malloc((size_t)size + 1);
+    if (!b) {
+        close(fd);
+        return dpt_fail(DPT_ERR_NOMEM, "%s: out of memory reading %lld bytes", path, size);
+    }
+    size_t got = 0;
+    while (got < (size_t)size) {
+        ssize_t r = read(fd, b + got, (size_t)size - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            st = r < 0 ? dpt_fail(DPT_ERR_IO, "%s: cannot read: %s", path, strerror(errno))
+                       : dpt_fail(DPT_ERR_IO, "%s: file shrank while being read", path);
+            close(fd);
+            free(b);
+            return st;
+        }
+        got += (size_t)r;
+    }
+    close(fd);
+    b[got] = 0;
+    *buf = b;
+    *n_out = got;
+    return DPT_OK;
+}
+
+/* A line ends at '\n' (a '\r' before it is dropped). */
+typedef struct line_iter {
+    const char *p, *end;
+} line_iter;
+
+static int next_line(line_iter *it, const char **s, size_t *len)
+{
+    if (it->p >= it->end)
+        return 0;
+    const char *nl = memchr(it->p, '\n', (size_t)(it->end - it->p));
+    const char *e = nl ? nl : it->end;
+    *s = it->p;
+    *len = (size_t)(e - it->p);
+    if (*len && (*s)[*len - 1] == '\r')
+        (*len)--;
+    it->p = nl ? nl + 1 : it->end;
+    return 1;
+}
+
+static int width_of(const char *s, size_t len)
+{
+    int w = 1;
+    for (size_t i = 0; i < len; i++)
+        w += s[i] == ',';
+    return w;
+}
+
+static int is_blank(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+/* Parse one field s[0..len) as a finite float. */
+static dpt_status parse_field(const char *path, size_t line, int col, const char *s, size_t len,
+                              float *out)
+{
+    while (len && is_blank(*s))
+        s++, len--;
+    while (len && is_blank(s[len - 1]))
+        len--;
+    char tmp[64];
+    int ok = len > 0 && len < sizeof tmp;
+    if (ok) {
+        memcpy(tmp, s, len);
+        tmp[len] = 0;
+        /* strtod also takes hex, "inf" and "nan": only plain decimals here. */
+        for (size_t i = 0; i < len && ok; i++)
+            ok = strchr("0123456789+-.eE", tmp[i]) != NULL;
+    }
+    if (ok) {
+        char *end;
+        errno = 0;
+        double v = strtod(tmp, &end);
+        ok = *end == 0 && end != tmp && isfinite(v) && fabs(v) <= 3.4e38;
+        if (ok)
+            *out = (float)v;
+    }
+    if (!ok) {
+        char shown[128];
+        if (len == 0)
+            return dpt_fail(DPT_ERR_FORMAT, "%s: line %zu: field %d is empty, not a number", path,
+                            line, col);
+        dpt_text_clean(shown, sizeof shown, s, len, 40);
+        return dpt_fail(DPT_ERR_FORMAT, "%s: line %zu: field %d \"%s\" is not a finite number",
+                        path, line, col, shown);
+    }
+    return DPT_OK;
+}
+
+/* Validate the text of one file: counts its rows and their width, without
+ * allocating. */
+static dpt_status scan_file(const char *path, const char *buf, size_t n, size_t *rows, int *width)
+{
+    line_iter it = {buf, buf + n};
+    const char *s;
+    size_t len, line = 0;
+    int w0 = 0;
+    while (next_line(&it, &s, &len)) {
+        line++;
+        if (len > DPT_SEQ_MAX_LINE_BYTES)
+            return dpt_fail(DPT_ERR_FORMAT, "%s: line %zu: %zu bytes, more than the %d allowed",
+                            path, line, len, DPT_SEQ_MAX_LINE_BYTES);
+        if (line > DPT_SEQ_MAX_STEPS)
+            return dpt_fail(DPT_ERR_FORMAT, "%s: more than %d lines (time steps)", path,
+                            DPT_SEQ_MAX_STEPS);
+        size_t k = 0;
+        while (k < len && is_blank(s[k]))
+            k++;
+        if (k == len)
+            return dpt_fail(DPT_ERR_FORMAT, "%s: line %zu: empty line", path, line);
+        int w = width_of(s, len);
+        if (line == 1)
+            w0 = w;
+        else if (w != w0)
+            return dpt_fail(DPT_ERR_FORMAT,
+                            "%s: line %zu: %d values, but line 1 has %d (rows of different widths)",
+                            path, line, w, w0);
+    }
+    if (line == 0)
+        return dpt_fail(DPT_ERR_FORMAT, "%s: empty file (no time steps)", path);
+    *rows = line;
+    *width = w0;
+    return DPT_OK;
+}
+
+/* Parse the first `keep` rows (already scanned) into out [keep, w]; every
+ * row's fields are still checked. */
+static dpt_status parse_file(const char *path, const char *buf, size_t n, size_t keep, int w,
+                             float *out)
+{
+    line_iter it = {buf, buf + n};
+    const char *s;
+    size_t len, line = 0;
+    float dummy;
+    while (next_line(&it, &s, &len)) {
+        line++;
+        float *row = line <= keep ? out + (line - 1) * (size_t)w : NULL;
+        size_t a = 0;
+        for (int c = 0; c < w; c++) {
+            size_t b = a;
+            while (b < len && s[b] != ',')
+                b++;
+            dpt_status st = parse_field(path, line, c + 1, s + a, b - a, row ? row + c : &dummy);
+            if (st)
+                return st;
+            a = b + 1;
+        }
+    }
+    return DPT_OK;
+}
+
+void dpt_seqstore_free(dpt_seqstore *s)
+{
+    if (!s)
+        return;
+    for (int k = 0; k < s->n_classes; k++)
+        free(s->classes[k]);
+    for (size_t i = 0; i < s->n; i++)
+        free(s->paths[i]);
+    free(s->classes);
+    free(s->paths);
+    free(s->labels);
+    free(s->len);
+    free(s->off);
+    free(s->data);
+    free(s);
+}
+
+dpt_status dpt_seqstore_open(const char *root, const dpt_seq_options *opt, dpt_seqstore **out)
+{
+    dpt_seq_options o = DPT_SEQ_OPTIONS_INIT;
+    if (!out || !root)
+        return dpt_fail(DPT_ERR_ARG, "dpt_seqstore_open: NULL argument");
+    *out = NULL;
+    if (opt) {
+        if (opt->version != DPT_SEQ_OPTIONS_VERSION)
+            return dpt_fail(DPT_ERR_ARG, "dpt_seqstore_open: options version %d, expected %d",
+                            opt->version, DPT_SEQ_OPTIONS_VERSION);
+        if (opt->max_length < 0)
+            return dpt_fail(DPT_ERR_ARG, "dpt_seqstore_open: max_length %ld is negative",
+                            opt->max_length);
+        o = *opt;
+    }
+    dpt_status st = DPT_OK;
+    names cls = {0}, files = {0};
+    int *file_class = NULL;
+    char *buf = NULL;
+    dpt_seqstore *s = calloc(1, sizeof *s);
+    if (!s)
+        return dpt_fail(DPT_ERR_NOMEM, "%s: out of memory", root);
+
+    if ((st = list(root, 1, &cls)))
+        goto done;
+    if (cls.n == 0) {
+        st = dpt_fail(DPT_ERR_FORMAT, "%s: no class sub-folders", root);
+        goto done;
+    }
+    if (cls.n > 1000000) {
+        st = dpt_fail(DPT_ERR_FORMAT, "%s: %zu class folders, too many", root, cls.n);
+        goto done;
+    }
+    /* Every file's path and class, then sizes, before reading any. */
+    for (size_t k = 0; k < cls.n && !st; k++) {
+        char *dir = join(root, cls.v[k], &st);
+        if (!dir)
+            break;
+        names fn = {0};
+        if (!(st = list(dir, 0, &fn)) && fn.n == 0)
+            st = dpt_fail(DPT_ERR_FORMAT, "%s: class folder without .csv files", dir);
+        for (size_t j = 0; j < fn.n && !st; j++) {
+            char *p = join(dir, fn.v[j], &st);
+            if (p && !(st = names_push(&files, p))) {
+                int *fc = realloc(file_class, files.n * sizeof *fc);
+                if (!fc)
+                    st = dpt_fail(DPT_ERR_NOMEM, "%s: out of memory", root);
+                else
+                    (file_class = fc)[files.n - 1] = (int)k;
+            }
+        }
+        names_free(&fn);
+        free(dir);
+    }
+    if (st)
+        goto done;
+    long long total = 0;
+    for (size_t i = 0; i < files.n; i++) {
+        struct stat sb;
+        /* stat may follow a link; the real check is at open. */
+        if (stat(files.v[i], &sb) == 0 && S_ISREG(sb.st_mode))
+            total += sb.st_size;
+        if (total > DPT_SEQ_MAX_TOTAL_BYTES) {
+            st = dpt_fail(DPT_ERR_FORMAT, "%s: the .csv files hold more than the %lld bytes allowed",
+                          root, (long long)DPT_SEQ_MAX_TOTAL_BYTES);
+            goto done;
+        }
+    }
+    s->n = files.n;
+    s->labels = malloc(s->n * sizeof *s->labels);
+    s->len = malloc(s->n * sizeof *s->len);
+    s->off = malloc(s->n * sizeof *s->off);
+    if (!s->labels || !s->len || !s->off) {
+        st = dpt_fail(DPT_ERR_NOMEM, "%s: out of memory", root);
+        goto done;
+    }
+    /* One pass to validate and size each file, a second to parse: the data
+     * buffer is allocated once, after every file passed its checks. */
+    size_t total_floats = 0, total_read = 0;
+    for (size_t i = 0; i < s->n; i++) {
+        size_t n, rows;
+        int w;
+        if ((st = slurp(files.v[i], DPT_SEQ_MAX_FILE_BYTES, &buf, &n)))
+            goto done;
+        /* Again, as read: a file may have grown since it was listed. */
+        total_read += n;
+        if (total_read > (size_t)DPT_SEQ_MAX_TOTAL_BYTES) {
+            st = dpt_fail(DPT_ERR_FORMAT, "%s: the .csv files hold more than the %lld bytes allowed",
+                          root, (long long)DPT_SEQ_MAX_TOTAL_BYTES);
+            goto done;
+        }
+        st = scan_file(files.v[i], buf, n, &rows, &w);
+        free(buf);
+        buf = NULL;
+        if (st)
+            goto done;
+        if (i == 0)
+            s->f = w;
+        else if (w != s->f) {
+            st = dpt_fail(DPT_ERR_FORMAT,
+                          "%s: %d features per time step, but the first file %s has %d "
+                          "(every file must have the same)",
+                          files.v[i], w, files.v[0], s->f);
+            goto done;
+        }
+        size_t keep = o.max_length > 0 && rows > (size_t)o.max_length ? (size_t)o.max_length : rows;
+        s->len[i] = keep;
+        s->off[i] = total_floats;
+        s->labels[i] = file_class[i];
+        total_floats += keep * (size_t)w;
+        if (total_floats > (size_t)DPT_SEQ_MAX_VALUES) {
+            st = dpt_fail(DPT_ERR_FORMAT, "%s: more than the %lld numbers allowed (at %s)", root,
+                          (long long)DPT_SEQ_MAX_VALUES, files.v[i]);
+            goto done;
+        }
+        if (keep > s->max_len)
+            s->max_len = keep;
+    }
+    s->data = malloc((total_floats ? total_floats : 1) * sizeof *s->data);
+    if (!s->data) {
+        st = dpt_fail(DPT_ERR_NOMEM, "%s: out of memory for %zu values", root, total_floats);
+        goto done;
+    }
+    for (size_t i = 0; i < s->n; i++) {
+        size_t n, rows;
+        int w;
+        if ((st = slurp(files.v[i], DPT_SEQ_MAX_FILE_BYTES, &buf, &n)))
+            goto done;
+        /* Scanned again: the file may have changed since the first pass. */
+        st = scan_file(files.v[i], buf, n, &rows, &w);
+        if (!st && (w != s->f || rows < s->len[i]))
+            st = dpt_fail(DPT_ERR_IO, "%s: file changed while being read", files.v[i]);
+        if (!st)
+            st = parse_file(files.v[i], buf, n, s->len[i], w, s->data + s->off[i]);
+        free(buf);
+        buf = NULL;
+        if (st)
+            goto done;
+    }
+    s->paths = files.v;
+    files = (names){0};
+    s->classes = cls.v;
+    s->n_classes = (int)cls.n;
+    cls = (names){0};
+done:
+    free(buf);
+    free(file_class);
+    names_free(&files);
+    names_free(&cls);
+    if (st) {
+        s->n = 0; /* paths and classes not yet owned */
+        dpt_seqstore_free(s);
+        return st;
+    }
+    *out = s;
+    return DPT_OK;
+}
+
+size_t dpt_seqstore_n_obs(const dpt_seqstore *s)
+{
+    return s->n;
+}
+
+int dpt_seqstore_n_features(const dpt_seqstore *s)
+{
+    return s->f;
+}
+
+int dpt_seqstore_n_classes(const dpt_seqstore *s)
+{
+    return s->n_classes;
+}
+
+const char *dpt_seqstore_class_name(const dpt_seqstore *s, int k)
+{
+    return s->classes[k];
+}
+
+int dpt_seqstore_label(const dpt_seqstore *s, size_t i)
+{
+    return s->labels[i];
+}
+
+const char *dpt_seqstore_file(const dpt_seqstore *s, size_t i)
+{
+    return s->paths[i];
+}
+
+size_t dpt_seqstore_length(const dpt_seqstore *s, size_t i)
+{
+    return s->len[i];
+}
+
+size_t dpt_seqstore_max_length(const dpt_seqstore *s)
+{
+    return s->max_len;
+}
+
+dpt_status dpt_seqstore_read(const dpt_seqstore *s, size_t i, float *out)
+{
+    if (!s || !out || i >= s->n)
+        return dpt_fail(DPT_ERR_ARG, "dpt_seqstore_read: observation %zu out of range (%zu)", i,
+                        s ? s->n : 0);
+    memcpy(out, s->data + s->off[i], s->len[i] * (size_t)s->f * sizeof *out);
+    return DPT_OK;
+}
