@@ -150,14 +150,22 @@ void dpt_rnn_forward(const dpt_rnn_desc *d, const float *x, const int *len, cons
     }
 }
 
-/* db[j] = Σ_r dp[r][j] in float64. */
+/* db[j] = Σ_r dp[r][j] in float64, a block of columns at a time so the
+ * rows are read contiguously (column by column strides through all S·GH
+ * floats once per column). */
 static void colsum(const float *dp, size_t s, int gh, float *db)
 {
-    for (int j = 0; j < gh; j++) {
-        double acc = 0.0;
-        for (size_t r = 0; r < s; r++)
-            acc += dp[r * gh + j];
-        db[j] = (float)acc;
+    enum { BLK = 64 };
+    for (int j0 = 0; j0 < gh; j0 += BLK) {
+        const int nj = gh - j0 < BLK ? gh - j0 : BLK;
+        double acc[BLK] = {0};
+        for (size_t r = 0; r < s; r++) {
+            const float *row = dp + r * gh + j0;
+            for (int j = 0; j < nj; j++)
+                acc[j] += row[j];
+        }
+        for (int j = 0; j < nj; j++)
+            db[j0 + j] = (float)acc[j];
     }
 }
 
