@@ -13,7 +13,8 @@
  * 3. Finite differences on L = Σ y·r + Σ hn·rh + Σ cn·rc, float64 sums
  *    over the float32 kernels, central differences on random coordinates
  *    of every input, passing when |fd - g| <= 2e-2 · max(|g|, 0.1·max|g|).
- * 4. The kernels never write past the buffers their *_floats say (guard
+ * 4. NULL initial states and NULL output gradients act as zeros.
+ * 5. The kernels never write past the buffers their *_floats say (guard
  *    values after save and work stay intact). */
 #include "core/safetensors.h"
 #include "dptrain/core.h"
@@ -172,6 +173,41 @@ static void whole(const char *cs, const rcase *c)
     free(dbi), free(dbh), free(dh0), free(dc0), free(dwi2);
 }
 
+/* NULL for h0/c0 means zeros, NULL for dy/dhn/dcn means zero gradient
+ * (output=last passes only dhn): same bytes as explicit zeros. */
+static void nulls(const char *cs, const rcase *c)
+{
+    const dpt_rnn_desc *d = &c->d;
+    size_t n = d->n, t = d->t, f = d->f, h = d->h, gh = (size_t)dpt_rnn_gates(d->kind) * h;
+    float *zero = calloc(n * t * (h > f ? h : f), sizeof *zero);
+    float *save[2], *y[2], *hn[2], *cn[2], *dx[2], *dwi[2], *dwh[2], *dbi[2], *dbh[2], *dh0[2];
+    float *dc0[2], *work = nans(dpt_rnn_work_floats(d));
+    for (int k = 0; k < 2; k++) {
+        save[k] = nans(dpt_rnn_save_floats(d)), y[k] = nans(n * t * h), hn[k] = nans(n * h);
+        cn[k] = nans(n * h), dx[k] = nans(n * t * f), dwi[k] = nans(gh * f);
+        dwh[k] = nans(gh * h), dbi[k] = nans(gh), dbh[k] = nans(gh), dh0[k] = nans(n * h);
+        dc0[k] = nans(n * h);
+        dpt_rnn_forward(d, c->x, c->len, c->w_ih, c->w_hh, c->b_ih, c->b_hh, k ? zero : NULL,
+                        k ? zero : NULL, y[k], hn[k], cn[k], save[k]);
+        dpt_rnn_backward(d, c->x, c->len, c->w_ih, c->w_hh, save[k], k ? zero : NULL, c->dhn,
+                         k ? zero : NULL, dx[k], dwi[k], dwh[k], dbi[k], dbh[k], dh0[k], dc0[k],
+                         work);
+    }
+    int lstm = d->kind == DPT_RNN_LSTM;
+    CHECK_MSG(memcmp(y[0], y[1], n * t * h * sizeof(float)) == 0, "%s: y, h0 NULL vs 0", cs);
+    CHECK_MSG(memcmp(hn[0], hn[1], n * h * sizeof(float)) == 0, "%s: hn, h0 NULL vs 0", cs);
+    CHECK_MSG(!lstm || memcmp(cn[0], cn[1], n * h * sizeof(float)) == 0, "%s: cn", cs);
+    CHECK_MSG(memcmp(dx[0], dx[1], n * t * f * sizeof(float)) == 0, "%s: dx, dy NULL vs 0", cs);
+    CHECK_MSG(memcmp(dwh[0], dwh[1], gh * h * sizeof(float)) == 0, "%s: dw_hh, NULL vs 0", cs);
+    CHECK_MSG(memcmp(dh0[0], dh0[1], n * h * sizeof(float)) == 0, "%s: dh0, NULL vs 0", cs);
+    CHECK_MSG(!lstm || memcmp(dc0[0], dc0[1], n * h * sizeof(float)) == 0, "%s: dc0", cs);
+    for (int k = 0; k < 2; k++) {
+        free(save[k]), free(y[k]), free(hn[k]), free(cn[k]), free(dx[k]), free(dwi[k]);
+        free(dwh[k]), free(dbi[k]), free(dbh[k]), free(dh0[k]), free(dc0[k]);
+    }
+    free(zero), free(work);
+}
+
 /* Sequence b of whole [N][T][k] to and from chunks [N][t1][k], [N][T-t1][k]. */
 static void split(float *a, float *b2, const float *whole, int b, int T, int t1, int k)
 {
@@ -275,6 +311,7 @@ static void fixture_cases(void)
         rcase_load(st, cs, &c);
         whole(cs, &c);
         chunks(cs, &c);
+        nulls(cs, &c);
         rcase_free(&c);
     }
     CHECK_MSG(count == 10, "expected 10 cases, found %d", count);
