@@ -239,4 +239,54 @@ double dpt_softmax_xent(const float *p, const float *t, int n, int k, float scal
 /* Mean squared error 0.5·Σ(y - t)² / n and its gradient (y - t)·scale / n. */
 double dpt_mse(const float *y, const float *t, int n, int k, float scale, float *dy);
 
+/* ---- recurrent layers: LSTM and GRU (rnn.c) -------------------------------- *
+ * PyTorch's gate order and weight layouts, so weights map onto
+ * torch.nn.LSTM / torch.nn.GRU (one layer, unidirectional):
+ *   LSTM: w_ih [4H, F], w_hh [4H, H], b_ih [4H], b_hh [4H], gates i, f, g, o;
+ *         c' = f·c + i·g, h' = o·tanh(c')
+ *   GRU:  w_ih [3H, F], w_hh [3H, H], b_ih [3H], b_hh [3H], gates r, z, n;
+ *         n = tanh(W_in x + b_in + r·(W_hn h + b_hn)), h' = (1 − z)·n + z·h
+ * Sequences are batch-major, as the data pipeline lays out a minibatch:
+ * x [N][T][F], y [N][T][H]; states h, c [N][H].
+ * len [N] (NULL: every sequence has T steps) masks padded steps: a step
+ * t >= len[b] leaves sequence b's state unchanged, writes y = 0 there and
+ * ignores dy there, so padding changes neither outputs nor gradients (len 0
+ * is allowed: the state passes straight through). The input projections of
+ * all N·T steps are one GEMM; the recurrence is one GEMM per step over the
+ * batch. */
+typedef enum dpt_rnn_kind { DPT_RNN_LSTM = 0, DPT_RNN_GRU = 1 } dpt_rnn_kind;
+
+typedef struct dpt_rnn_desc {
+    dpt_rnn_kind kind;
+    int n, t, f, h; /* batch N, steps T, features F, units H */
+} dpt_rnn_desc;
+
+/* Gates per unit: 4 (LSTM) or 3 (GRU). */
+int dpt_rnn_gates(dpt_rnn_kind kind);
+/* Floats the forward pass keeps for the backward pass (`save`: the
+ * activated gates, the hidden products (GRU), the state before each step
+ * and the cell after it (LSTM)); the caller owns it and passes the same
+ * buffer, untouched, to dpt_rnn_backward. */
+size_t dpt_rnn_save_floats(const dpt_rnn_desc *d);
+/* Scratch floats dpt_rnn_backward needs (the forward needs none). */
+size_t dpt_rnn_work_floats(const dpt_rnn_desc *d);
+/* y [N,T,H] = the output of every step (zero on padded steps); hn, cn [N,H]
+ * (may be NULL) = the state after each sequence's last step, to carry into
+ * the next chunk. h0, c0 [N,H]: the initial state (NULL: zeros). c0 and cn
+ * are for the LSTM only (ignored for the GRU). */
+void dpt_rnn_forward(const dpt_rnn_desc *d, const float *x, const int *len, const float *w_ih,
+                     const float *w_hh, const float *b_ih, const float *b_hh, const float *h0,
+                     const float *c0, float *y, float *hn, float *cn, float *save);
+/* Backpropagation through time, after dpt_rnn_forward with the same
+ * arguments filled `save`. dy [N,T,H] is the gradient of every step's
+ * output (NULL: zero, e.g. output=last, which passes it as dhn), dhn, dcn
+ * [N,H] that of the final state (NULL: zero). Writes (overwrites) dw_ih,
+ * dw_hh, db_ih, db_hh, and, where not NULL, dx [N,T,F] (zero on padded
+ * steps) and dh0, dc0 [N,H] (to feed the previous chunk's dhn/dcn when
+ * backpropagating across chunks). work: dpt_rnn_work_floats(d). */
+void dpt_rnn_backward(const dpt_rnn_desc *d, const float *x, const int *len, const float *w_ih,
+                      const float *w_hh, const float *save, const float *dy, const float *dhn,
+                      const float *dcn, float *dx, float *dw_ih, float *dw_hh, float *db_ih,
+                      float *db_hh, float *dh0, float *dc0, float *work);
+
 #endif

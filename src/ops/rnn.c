@@ -1,0 +1,266 @@
+/* LSTM and GRU over a batch of sequences, forward and backpropagation
+ * through time (declared in ops.h, which gives the layouts).
+ *
+ * The input projections of all N·T steps are one GEMM over x viewed as
+ * [N·T, F]; it writes the gate buffer [N][T][G·H] in the same batch-major
+ * order, so step t of every sequence is rows of stride T·G·H that the
+ * per-step recurrent GEMM (over the batch) adds into with ldc = T·G·H. The
+ * state before each step is kept the same way ([N][T][H]), so the weight
+ * gradients of all steps are again one GEMM each, over N·T rows.
+ *
+ * save (dpt_rnn_save_floats), with S = N·T:
+ *   LSTM: gates [S][4H] (activated i, f, g, o), hprev [S][H], cprev [S][H],
+ *         tc [S][H] (tanh of the cell after the step)
+ *   GRU:  gates [S][3H] (activated r, z, n), hpart [S][3H] (W_hh h + b_hh),
+ *         hprev [S][H]
+ * work (dpt_rnn_work_floats): dP [S][G·H] (gradient of the input-side
+ * pre-activations), dHp [S][3H] (GRU: of the hidden-side ones; the LSTM's
+ * are dP), and three [N][H] vectors: dh, dh2, dc. */
+#include "ops/ops.h"
+
+#include <assert.h>
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+static float sigm(float v) { return 1.0f / (1.0f + expf(-v)); }
+
+/* tanh through expf: glibc's tanhf goes through expm1f, which was a fifth
+ * of an LSTM step; this form is as accurate in absolute terms (about 1e-7,
+ * what float32 activations carry anyway) and saturates cleanly (expf
+ * overflowing to inf gives 1, underflowing to 0 gives -1). */
+static float th(float v) { return 1.0f - 2.0f / (expf(2.0f * v) + 1.0f); }
+
+int dpt_rnn_gates(dpt_rnn_kind kind) { return kind == DPT_RNN_LSTM ? 4 : 3; }
+
+size_t dpt_rnn_save_floats(const dpt_rnn_desc *d)
+{
+    size_t s = (size_t)d->n * d->t, h = (size_t)d->h;
+    if (d->kind == DPT_RNN_LSTM)
+        return s * (4 * h + 3 * h);
+    return s * (3 * h + 3 * h + h);
+}
+
+size_t dpt_rnn_work_floats(const dpt_rnn_desc *d)
+{
+    size_t s = (size_t)d->n * d->t, h = (size_t)d->h;
+    size_t g = (size_t)dpt_rnn_gates(d->kind);
+    return s * g * h * (d->kind == DPT_RNN_GRU ? 2 : 1) + 3 * (size_t)d->n * h;
+}
+
+static int steps(const int *len, int b, int t)
+{
+    if (!len)
+        return t;
+    assert(len[b] >= 0 && len[b] <= t);
+    return len[b];
+}
+
+/* out [S][gh] = x [S][f] · w_ihᵀ + bias rows (b1 + b2 where given). */
+static void project(const float *x, const float *w_ih, const float *b1, const float *b2,
+                    float *out, int s, int f, int gh)
+{
+    for (int r = 0; r < s; r++) {
+        float *o = out + (size_t)r * gh;
+        for (int j = 0; j < gh; j++)
+            o[j] = (b1 ? b1[j] : 0.0f) + (b2 ? b2[j] : 0.0f);
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s, gh, f, 1.0f, x, f, w_ih, f, 1.0f, out,
+                gh);
+}
+
+void dpt_rnn_forward(const dpt_rnn_desc *d, const float *x, const int *len, const float *w_ih,
+                     const float *w_hh, const float *b_ih, const float *b_hh, const float *h0,
+                     const float *c0, float *y, float *hn, float *cn, float *save)
+{
+    const int N = d->n, T = d->t, F = d->f, H = d->h, lstm = d->kind == DPT_RNN_LSTM;
+    const int G = dpt_rnn_gates(d->kind), GH = G * H;
+    const size_t S = (size_t)N * T;
+    float *gates = save;
+    float *hpart = lstm ? NULL : gates + S * GH;
+    float *hprev = lstm ? gates + S * GH : hpart + S * 3 * H;
+    float *cprev = lstm ? hprev + S * H : NULL;
+    float *tc = lstm ? cprev + S * H : NULL;
+    if (T <= 0) {
+        /* No steps: the state passes through. */
+        for (size_t i = 0; i < (size_t)N * H; i++) {
+            if (hn)
+                hn[i] = h0 ? h0[i] : 0.0f;
+            if (lstm && cn)
+                cn[i] = c0 ? c0[i] : 0.0f;
+        }
+        return;
+    }
+
+    /* The LSTM adds both biases up front; the GRU's b_hh belongs inside
+     * r·(W_hn h + b_hn), so it seeds the hidden product instead. */
+    project(x, w_ih, b_ih, lstm ? b_hh : NULL, gates, (int)S, F, GH);
+    for (int b = 0; b < N; b++) {
+        for (int j = 0; j < H; j++) {
+            hprev[(size_t)b * T * H + j] = h0 ? h0[(size_t)b * H + j] : 0.0f;
+            if (lstm)
+                cprev[(size_t)b * T * H + j] = c0 ? c0[(size_t)b * H + j] : 0.0f;
+        }
+    }
+    if (!lstm)
+        for (size_t r = 0; r < S; r++)
+            for (int j = 0; j < GH; j++)
+                hpart[r * GH + j] = b_hh ? b_hh[j] : 0.0f;
+
+    for (int t = 0; t < T; t++) {
+        float *acc = lstm ? gates + (size_t)t * GH : hpart + (size_t)t * GH;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, GH, H, 1.0f,
+                    hprev + (size_t)t * H, T * H, w_hh, H, 1.0f, acc, T * GH);
+        for (int b = 0; b < N; b++) {
+            const size_t row = (size_t)b * T + t;
+            const int live = t < steps(len, b, T);
+            float *gr = gates + row * GH, *yr = y + row * H;
+            const float *hp = hprev + row * H;
+            float *hnext = t + 1 < T ? hprev + (row + 1) * H : (hn ? hn + (size_t)b * H : NULL);
+            if (lstm) {
+                const float *cp = cprev + row * H;
+                float *cnext = t + 1 < T ? cprev + (row + 1) * H : (cn ? cn + (size_t)b * H : NULL);
+                for (int j = 0; j < H; j++) {
+                    float hv = hp[j], cv = cp[j], thv = 0.0f;
+                    if (live) {
+                        float i = sigm(gr[j]), f = sigm(gr[H + j]);
+                        float g = th(gr[2 * H + j]), o = sigm(gr[3 * H + j]);
+                        gr[j] = i, gr[H + j] = f, gr[2 * H + j] = g, gr[3 * H + j] = o;
+                        cv = f * cv + i * g;
+                        thv = th(cv);
+                        hv = o * thv;
+                    }
+                    tc[row * H + j] = thv;
+                    yr[j] = live ? hv : 0.0f;
+                    if (hnext)
+                        hnext[j] = hv;
+                    if (cnext)
+                        cnext[j] = cv;
+                }
+            } else {
+                const float *hq = hpart + row * GH;
+                for (int j = 0; j < H; j++) {
+                    float hv = hp[j];
+                    if (live) {
+                        float r = sigm(gr[j] + hq[j]), z = sigm(gr[H + j] + hq[H + j]);
+                        float nn = th(gr[2 * H + j] + r * hq[2 * H + j]);
+                        gr[j] = r, gr[H + j] = z, gr[2 * H + j] = nn;
+                        hv = (1.0f - z) * nn + z * hv;
+                    }
+                    yr[j] = live ? hv : 0.0f;
+                    if (hnext)
+                        hnext[j] = hv;
+                }
+            }
+        }
+    }
+}
+
+/* db[j] = Σ_r dp[r][j] in float64, a block of columns at a time so the
+ * rows are read contiguously (column by column strides through all S·GH
+ * floats once per column). */
+static void colsum(const float *dp, size_t s, int gh, float *db)
+{
+    enum { BLK = 64 };
+    for (int j0 = 0; j0 < gh; j0 += BLK) {
+        const int nj = gh - j0 < BLK ? gh - j0 : BLK;
+        double acc[BLK] = {0};
+        for (size_t r = 0; r < s; r++) {
+            const float *row = dp + r * gh + j0;
+            for (int j = 0; j < nj; j++)
+                acc[j] += row[j];
+        }
+        for (int j = 0; j < nj; j++)
+            db[j0 + j] = (float)acc[j];
+    }
+}
+
+void dpt_rnn_backward(const dpt_rnn_desc *d, const float *x, const int *len, const float *w_ih,
+                      const float *w_hh, const float *save, const float *dy, const float *dhn,
+                      const float *dcn, float *dx, float *dw_ih, float *dw_hh, float *db_ih,
+                      float *db_hh, float *dh0, float *dc0, float *work)
+{
+    const int N = d->n, T = d->t, F = d->f, H = d->h, lstm = d->kind == DPT_RNN_LSTM;
+    const int G = dpt_rnn_gates(d->kind), GH = G * H;
+    const size_t S = (size_t)N * T, NH = (size_t)N * H;
+    const float *gates = save;
+    const float *hpart = lstm ? NULL : gates + S * GH;
+    const float *hprev = lstm ? gates + S * GH : hpart + S * 3 * H;
+    const float *cprev = lstm ? hprev + S * H : NULL;
+    const float *tc = lstm ? cprev + S * H : NULL;
+    float *dP = work;
+    float *dHp = lstm ? dP : dP + S * GH; /* the LSTM's hidden side is dP itself */
+    float *dh = dHp + S * GH;
+    float *dh2 = dh + NH, *dc = dh2 + NH;
+
+    for (size_t i = 0; i < NH; i++) {
+        dh[i] = dhn ? dhn[i] : 0.0f;
+        dc[i] = lstm && dcn ? dcn[i] : 0.0f;
+    }
+    for (int t = T - 1; t >= 0; t--) {
+        for (int b = 0; b < N; b++) {
+            const size_t row = (size_t)b * T + t;
+            float *pr = dP + row * GH, *qr = dHp + row * GH;
+            float *hb = dh + (size_t)b * H, *h2 = dh2 + (size_t)b * H, *cb = dc + (size_t)b * H;
+            if (t >= steps(len, b, T)) {
+                /* A padded step: the state passed through unchanged. */
+                memset(pr, 0, (size_t)GH * sizeof *pr);
+                if (!lstm)
+                    memset(qr, 0, (size_t)GH * sizeof *qr);
+                memcpy(h2, hb, (size_t)H * sizeof *h2);
+                continue;
+            }
+            const float *gr = gates + row * GH, *hp = hprev + row * H;
+            const float *dyr = dy ? dy + row * H : NULL;
+            if (lstm) {
+                const float *cp = cprev + row * H, *th = tc + row * H;
+                for (int j = 0; j < H; j++) {
+                    float i = gr[j], f = gr[H + j], g = gr[2 * H + j], o = gr[3 * H + j];
+                    float gh = hb[j] + (dyr ? dyr[j] : 0.0f);
+                    float dcj = cb[j] + gh * o * (1.0f - th[j] * th[j]);
+                    pr[j] = dcj * g * i * (1.0f - i);
+                    pr[H + j] = dcj * cp[j] * f * (1.0f - f);
+                    pr[2 * H + j] = dcj * i * (1.0f - g * g);
+                    pr[3 * H + j] = gh * th[j] * o * (1.0f - o);
+                    cb[j] = dcj * f;
+                    h2[j] = 0.0f;
+                }
+            } else {
+                const float *hq = hpart + row * GH;
+                for (int j = 0; j < H; j++) {
+                    float r = gr[j], z = gr[H + j], nn = gr[2 * H + j];
+                    float gh = hb[j] + (dyr ? dyr[j] : 0.0f);
+                    float da = gh * (1.0f - z) * (1.0f - nn * nn);
+                    float dr = da * hq[2 * H + j] * r * (1.0f - r);
+                    float dz = gh * (hp[j] - nn) * z * (1.0f - z);
+                    pr[j] = qr[j] = dr;
+                    pr[H + j] = qr[H + j] = dz;
+                    pr[2 * H + j] = da;
+                    qr[2 * H + j] = da * r;
+                    h2[j] = gh * z;
+                }
+            }
+        }
+        /* dh before step t = (hidden-side gradients of step t) · W_hh,
+         * plus the direct paths seeded into dh2 above. */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, H, GH, 1.0f,
+                    dHp + (size_t)t * GH, T * GH, w_hh, H, 1.0f, dh2, H);
+        float *sw = dh;
+        dh = dh2, dh2 = sw;
+    }
+    if (dh0)
+        memcpy(dh0, dh, NH * sizeof *dh0);
+    if (lstm && dc0)
+        memcpy(dc0, dc, NH * sizeof *dc0);
+
+    const int s = (int)S;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, GH, F, s, 1.0f, dP, GH, x, F, 0.0f, dw_ih,
+                F);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, GH, H, s, 1.0f, dHp, GH, hprev, H, 0.0f,
+                dw_hh, H);
+    colsum(dP, S, GH, db_ih);
+    colsum(dHp, S, GH, db_hh);
+    if (dx)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s, F, GH, 1.0f, dP, GH, w_ih, F,
+                    0.0f, dx, F);
+}
