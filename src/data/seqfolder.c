@@ -118,7 +118,7 @@ static dpt_status list(const char *dir, int want_dirs, names *out)
     if (!st && errno)
         st = dpt_fail(DPT_ERR_IO, "%s: cannot read folder: %s", dir, strerror(errno));
     closedir(d);
-    if (!st)
+    if (!st && out->n > 1) /* an empty folder has no array (qsort takes no NULL) */
         qsort(out->v, out->n, sizeof *out->v, cmp_str);
     return st;
 }
