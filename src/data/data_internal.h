@@ -74,4 +74,17 @@ dpt_status decode_image_file(const char *path, raw_image *img);
 /* strdup that reports DPT_ERR_NOMEM through *st (left alone on success). */
 char *data_strdup(const char *s, dpt_status *st);
 
+/* A growable list of strings, owned (folder and sequence-folder listings). */
+typedef struct strlist {
+    char **v;
+    size_t n, cap;
+} strlist;
+/* Append s (taken: freed on failure). */
+dpt_status strlist_push(strlist *l, char *s);
+void strlist_free(strlist *l);
+/* "dir/name" without doubled slashes; NOMEM through *st. */
+char *data_join_path(const char *dir, const char *name, dpt_status *st);
+/* The sorted names in dir, without those starting with '.'. */
+dpt_status data_list_dir(const char *dir, strlist *names);
+
 #endif

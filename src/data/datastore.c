@@ -4,6 +4,8 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <dirent.h>
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,6 +28,75 @@ char *data_strdup(const char *s, dpt_status *st)
     }
     memcpy(p, s, len);
     return p;
+}
+
+dpt_status strlist_push(strlist *l, char *s)
+{
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 16;
+        char **v = realloc(l->v, cap * sizeof *v);
+        if (!v) {
+            free(s);
+            return dpt_fail(DPT_ERR_NOMEM, "out of memory listing files");
+        }
+        l->v = v;
+        l->cap = cap;
+    }
+    l->v[l->n++] = s;
+    return DPT_OK;
+}
+
+void strlist_free(strlist *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->v[i]);
+    free(l->v);
+    *l = (strlist){0};
+}
+
+char *data_join_path(const char *dir, const char *name, dpt_status *st)
+{
+    size_t a = strlen(dir), b = strlen(name);
+    while (a > 1 && dir[a - 1] == '/')
+        a--;
+    char *p = malloc(a + b + 2);
+    if (!p) {
+        *st = dpt_fail(DPT_ERR_NOMEM, "out of memory joining a path");
+        return NULL;
+    }
+    memcpy(p, dir, a);
+    p[a] = '/';
+    memcpy(p + a + 1, name, b + 1);
+    return p;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+dpt_status data_list_dir(const char *dir, strlist *names)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return dpt_fail(DPT_ERR_IO, "%s: cannot open folder: %s", dir, strerror(errno));
+    dpt_status st = DPT_OK;
+    struct dirent *e;
+    errno = 0;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        char *s = data_strdup(e->d_name, &st);
+        if (!s || (st = strlist_push(names, s)))
+            break;
+        errno = 0;
+    }
+    if (!st && errno)
+        st = dpt_fail(DPT_ERR_IO, "%s: cannot read folder: %s", dir, strerror(errno));
+    closedir(d);
+    if (!st && names->n > 1) /* an empty folder has no array (qsort takes no NULL) */
+        qsort(names->v, names->n, sizeof *names->v, cmp_str);
+    return st;
 }
 
 void source_destroy(dpt_source *src)

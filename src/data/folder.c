@@ -27,28 +27,6 @@ typedef struct folder_impl {
     cached_image *cache;  /* [n] with preload, else NULL */
 } folder_impl;
 
-/* A growable list of strings. */
-typedef struct strlist {
-    char **v;
-    size_t n, cap;
-} strlist;
-
-static dpt_status strlist_push(strlist *l, char *s)
-{
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? 2 * l->cap : 16;
-        char **v = realloc(l->v, cap * sizeof *v);
-        if (!v) {
-            free(s);
-            return dpt_fail(DPT_ERR_NOMEM, "image folder: out of memory listing files");
-        }
-        l->v = v;
-        l->cap = cap;
-    }
-    l->v[l->n++] = s;
-    return DPT_OK;
-}
-
 /* Push a skipped file as one allocation "path\0problem" (the problem without
  * the "path: " prefix a message starts with): dpt_datastore_corrupt_file
  * reads the path, dpt_datastore_corrupt_reason the problem. Takes path. */
@@ -65,61 +43,6 @@ static dpt_status push_corrupt(strlist *l, char *path, const char *why)
     }
     memcpy(e + pl + 1, why, wl + 1);
     return strlist_push(l, e);
-}
-
-static void strlist_free(strlist *l)
-{
-    for (size_t i = 0; i < l->n; i++)
-        free(l->v[i]);
-    free(l->v);
-    l->v = NULL;
-    l->n = l->cap = 0;
-}
-
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-static char *join_path(const char *dir, const char *name, dpt_status *st)
-{
-    size_t a = strlen(dir), b = strlen(name);
-    while (a > 1 && dir[a - 1] == '/')
-        a--;
-    char *p = malloc(a + b + 2);
-    if (!p) {
-        *st = dpt_fail(DPT_ERR_NOMEM, "image folder: out of memory");
-        return NULL;
-    }
-    memcpy(p, dir, a);
-    p[a] = '/';
-    memcpy(p + a + 1, name, b + 1);
-    return p;
-}
-
-/* The sorted names in dir, without those starting with '.'. */
-static dpt_status list_dir(const char *dir, strlist *names)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return dpt_fail(DPT_ERR_IO, "%s: cannot open folder: %s", dir, strerror(errno));
-    dpt_status st = DPT_OK;
-    struct dirent *e;
-    errno = 0;
-    while ((e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.')
-            continue;
-        char *s = data_strdup(e->d_name, &st);
-        if (!s || (st = strlist_push(names, s)))
-            break;
-        errno = 0;
-    }
-    if (!st && errno)
-        st = dpt_fail(DPT_ERR_IO, "%s: cannot read folder: %s", dir, strerror(errno));
-    closedir(d);
-    if (!st)
-        qsort(names->v, names->n, sizeof *names->v, cmp_str);
-    return st;
 }
 
 static int has_image_ext(const char *name)
@@ -268,10 +191,10 @@ static dpt_status list_class(const char *cdir, int label, int drop_empty, strlis
                              strlist *corrupt)
 {
     strlist names = {0};
-    dpt_status st = list_dir(cdir, &names);
+    dpt_status st = data_list_dir(cdir, &names);
     size_t before = files->n;
     for (size_t j = 0; !st && j < names.n; j++) {
-        char *path = join_path(cdir, names.v[j], &st);
+        char *path = data_join_path(cdir, names.v[j], &st);
         if (!path)
             break;
         struct stat sb;
@@ -363,10 +286,10 @@ dpt_status dpt_datastore_open_folder(const char *root, const dpt_folder_options 
     src->kind = DPT_DATASTORE_FOLDER;
     src->ops = &folder_ops;
 
-    if ((st = list_dir(root, &entries)))
+    if ((st = data_list_dir(root, &entries)))
         goto fail;
     for (size_t j = 0; j < entries.n; j++) {
-        char *p = join_path(root, entries.v[j], &st);
+        char *p = data_join_path(root, entries.v[j], &st);
         if (!p)
             goto fail;
         int is_dir = stat(p, &sb) == 0 && S_ISDIR(sb.st_mode);

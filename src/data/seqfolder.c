@@ -33,93 +33,30 @@ struct dpt_seqstore {
     size_t max_len;
 };
 
-typedef struct names {
-    char **v;
-    size_t n, cap;
-} names;
-
-static dpt_status names_push(names *l, char *s)
+/* Sorted strlist in dir (without those starting with '.'); with want_dirs,
+ * only sub-folders, else only strlist ending in .csv. */
+static dpt_status list(const char *dir, int want_dirs, strlist *out)
 {
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? 2 * l->cap : 16;
-        char **v = realloc(l->v, cap * sizeof *v);
-        if (!v) {
-            free(s);
-            return dpt_fail(DPT_ERR_NOMEM, "sequence folder: out of memory listing files");
-        }
-        l->v = v;
-        l->cap = cap;
-    }
-    l->v[l->n++] = s;
-    return DPT_OK;
-}
-
-static void names_free(names *l)
-{
-    for (size_t i = 0; i < l->n; i++)
-        free(l->v[i]);
-    free(l->v);
-    *l = (names){0};
-}
-
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-static char *join(const char *dir, const char *name, dpt_status *st)
-{
-    size_t a = strlen(dir), b = strlen(name);
-    while (a > 1 && dir[a - 1] == '/')
-        a--;
-    char *p = malloc(a + b + 2);
-    if (!p) {
-        *st = dpt_fail(DPT_ERR_NOMEM, "sequence folder: out of memory");
-        return NULL;
-    }
-    memcpy(p, dir, a);
-    p[a] = '/';
-    memcpy(p + a + 1, name, b + 1);
-    return p;
-}
-
-/* Sorted names in dir (without those starting with '.'); with want_dirs,
- * only sub-folders, else only names ending in .csv. */
-static dpt_status list(const char *dir, int want_dirs, names *out)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return dpt_fail(DPT_ERR_IO, "%s: cannot open folder: %s", dir, strerror(errno));
-    dpt_status st = DPT_OK;
-    struct dirent *e;
-    errno = 0;
-    while ((e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.')
-            continue;
+    strlist all = {0};
+    dpt_status st = data_list_dir(dir, &all);
+    for (size_t i = 0; !st && i < all.n; i++) {
+        const char *name = all.v[i];
         if (want_dirs) {
-            char *p = join(dir, e->d_name, &st);
+            char *p = data_join_path(dir, name, &st);
             struct stat sb;
             int is_dir = p && stat(p, &sb) == 0 && S_ISDIR(sb.st_mode);
             free(p);
-            if (st)
-                break;
-            if (!is_dir)
+            if (st || !is_dir)
                 continue;
         } else {
-            size_t l = strlen(e->d_name);
-            if (l < 5 || strcasecmp(e->d_name + l - 4, ".csv") != 0)
+            size_t l = strlen(name);
+            if (l < 5 || strcasecmp(name + l - 4, ".csv") != 0)
                 continue;
         }
-        char *s = data_strdup(e->d_name, &st);
-        if (!s || (st = names_push(out, s)))
-            break;
-        errno = 0;
+        st = strlist_push(out, all.v[i]);
+        all.v[i] = NULL; /* now out's (or freed by the failed push) */
     }
-    if (!st && errno)
-        st = dpt_fail(DPT_ERR_IO, "%s: cannot read folder: %s", dir, strerror(errno));
-    closedir(d);
-    if (!st && out->n > 1) /* an empty folder has no array (qsort takes no NULL) */
-        qsort(out->v, out->n, sizeof *out->v, cmp_str);
+    strlist_free(&all);
     return st;
 }
 
@@ -327,7 +264,7 @@ dpt_status dpt_seqstore_open(const char *root, const dpt_seq_options *opt, dpt_s
         o = *opt;
     }
     dpt_status st = DPT_OK;
-    names cls = {0}, files = {0};
+    strlist cls = {0}, files = {0};
     int *file_class = NULL;
     char *buf = NULL;
     dpt_seqstore *s = calloc(1, sizeof *s);
@@ -346,15 +283,15 @@ dpt_status dpt_seqstore_open(const char *root, const dpt_seq_options *opt, dpt_s
     }
     /* Every file's path and class, then sizes, before reading any. */
     for (size_t k = 0; k < cls.n && !st; k++) {
-        char *dir = join(root, cls.v[k], &st);
+        char *dir = data_join_path(root, cls.v[k], &st);
         if (!dir)
             break;
-        names fn = {0};
+        strlist fn = {0};
         if (!(st = list(dir, 0, &fn)) && fn.n == 0)
             st = dpt_fail(DPT_ERR_FORMAT, "%s: class folder without .csv files", dir);
         for (size_t j = 0; j < fn.n && !st; j++) {
-            char *p = join(dir, fn.v[j], &st);
-            if (p && !(st = names_push(&files, p))) {
+            char *p = data_join_path(dir, fn.v[j], &st);
+            if (p && !(st = strlist_push(&files, p))) {
                 int *fc = realloc(file_class, files.n * sizeof *fc);
                 if (!fc)
                     st = dpt_fail(DPT_ERR_NOMEM, "%s: out of memory", root);
@@ -362,7 +299,7 @@ dpt_status dpt_seqstore_open(const char *root, const dpt_seq_options *opt, dpt_s
                     (file_class = fc)[files.n - 1] = (int)k;
             }
         }
-        names_free(&fn);
+        strlist_free(&fn);
         free(dir);
     }
     if (st)
@@ -451,15 +388,15 @@ dpt_status dpt_seqstore_open(const char *root, const dpt_seq_options *opt, dpt_s
             goto done;
     }
     s->paths = files.v;
-    files = (names){0};
+    files = (strlist){0};
     s->classes = cls.v;
     s->n_classes = (int)cls.n;
-    cls = (names){0};
+    cls = (strlist){0};
 done:
     free(buf);
     free(file_class);
-    names_free(&files);
-    names_free(&cls);
+    strlist_free(&files);
+    strlist_free(&cls);
     if (st) {
         s->n = 0; /* paths and classes not yet owned */
         dpt_seqstore_free(s);
