@@ -651,7 +651,7 @@ static void test_growth_and_fd(void)
 {
     printf("growing steps, finite differences:\n");
     const char *spec = "sequenceinput in size=2\ngru g units=3\nfc f outputs=3\n"
-                       "relu r\nlstm l units=4 output=last\nfc o outputs=2\nsoftmax sm\n";
+                       "tanh r\nlstm l units=4 output=last\nfc o outputs=2\nsoftmax sm\n";
     dpt_net *net = NULL;
     CHECK(dpt_net_from_spec(spec, "g", 0, 2, 9, &net) == DPT_OK);
     if (!net)
