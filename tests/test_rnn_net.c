@@ -645,6 +645,41 @@ done:
     dpt_net_free(a), dpt_net_free(b);
 }
 
+/* Left against right padding through the training step, dropout on the
+ * sequence included (its masks are keyed from each observation's first
+ * valid step): the same loss and update. */
+static void test_left_right_step(void)
+{
+    printf("training step, left against right padding (dropout on the sequence):\n");
+    const char *spec = "sequenceinput in size=3\ndropout d0 p=0.2\ngru g units=5\n"
+                       "dropout d p=0.4\nfc f outputs=4\nsoftmax sm\n";
+    static float xl[PM * PT * PF], tl[PM * PT * PK];
+    arrange(PX, xl, PM, PT, PF, PLEN, 1, 33.0f);
+    arrange(PTG, tl, PM, PT, PK, PLEN, 1, 0.0f);
+    dpt_net *a = NULL, *b = NULL;
+    dpt_sgdm *oa = NULL, *ob = NULL;
+    CHECK(dpt_net_from_spec(spec, "a", 0, PM, 3, &a) == DPT_OK);
+    CHECK(dpt_net_from_spec(spec, "b", 0, PM, 3, &b) == DPT_OK);
+    if (a && b) {
+        dpt_sgdm_new(dpt_net_n_params(a), 0.1f, 0.9f, 0, &oa);
+        dpt_sgdm_new(dpt_net_n_params(b), 0.1f, 0.9f, 0, &ob);
+        CHECK(dpt_net_set_steps(a, PT, PLEN, PM, 0) == DPT_OK);
+        CHECK(dpt_net_set_steps(b, PT, PLEN, PM, 1) == DPT_OK);
+        for (int step = 0; step < 2; step++) {
+            double la = 0, lb = 0;
+            dpt_net_set_iteration(a, 0, step), dpt_net_set_iteration(b, 0, step);
+            CHECK(dpt_train_step(a, oa, NULL, PX, PTG, PM, &la, NULL) == DPT_OK);
+            CHECK(dpt_train_step(b, ob, NULL, xl, tl, PM, &lb, NULL) == DPT_OK);
+            float fa = (float)la, fb = (float)lb;
+            tu_check_close("loss", &fb, &fa, 1, 1e-6);
+        }
+        tu_check_close("learnables after 2 steps", dpt_net_params(b), dpt_net_params(a),
+                       dpt_net_n_params(a), 1e-6);
+    }
+    dpt_sgdm_free(oa), dpt_sgdm_free(ob);
+    dpt_net_free(a), dpt_net_free(b);
+}
+
 /* 5. Buffers grow with T; the same sequences give the same outputs at any
  * capacity; finite differences through the network. */
 static void test_growth_and_fd(void)
@@ -740,6 +775,7 @@ int main(void)
     test_growth_and_fd();
     make_data();
     test_padding_step();
+    test_left_right_step();
     test_parallel("sequenceinput in size=3\nlstm l units=5 output=last\nfc f outputs=classes\n"
                   "softmax sm\n", 1, "LSTM classifier (output=last)");
     test_parallel("sequenceinput in size=3\ngru g units=4\ndropout d p=0.25\nlstm l units=5\n"
