@@ -28,10 +28,12 @@
 #include "core/safetensors.h"
 #include "dptrain/comm.h"
 #include "dptrain/core.h"
+#include "dptrain/gpu.h"
 #include "dptrain/net.h"
 #include "dptrain/optim.h"
 #include "dptrain/train.h"
 #include "net/net_impl.h"
+#include "train/train_internal.h"
 #include "testutil.h"
 
 #include <math.h>
@@ -432,6 +434,14 @@ static void test_spec(void)
         CHECK(dpt_net_output_is_sequence(net) == 0);
         CHECK(dpt_net_carry_floats(net) == 5 + 2 * 3);
         CHECK(strstr(dpt_net_spec(net), "gru        g units=5 output=sequence") != NULL);
+    }
+    /* No GPU code: --device auto picks CPU workers, saying why. */
+    if (net) {
+        CHECK(dpt_net_gpu_supported(net) == DPT_ERR_UNSUPPORTED);
+        CHECK(strstr(dpt_last_error(), "recurrent layers run on the CPU only") != NULL);
+        char notice[512];
+        CHECK(dpt_train_pick_device("auto", 1, 1, net, notice, sizeof notice) == 0);
+        CHECK_MSG(strstr(notice, "CPU only") != NULL, "notice: %s", notice);
     }
     dpt_net_free(net);
     CHECK(dpt_net_builder_add_lstm(b, "x", 0, 0) == DPT_ERR_ARG);
