@@ -433,6 +433,9 @@ static void test_spec(void)
     if (net) {
         CHECK(dpt_net_output_is_sequence(net) == 0);
         CHECK(dpt_net_carry_floats(net) == 5 + 2 * 3);
+        CHECK(dpt_net_layer_is_sequence(net, 0) && dpt_net_layer_is_sequence(net, 1));
+        CHECK(!dpt_net_layer_is_sequence(net, 2) && !dpt_net_layer_is_sequence(net, 3));
+        CHECK(!dpt_net_layer_is_sequence(net, 9));
         CHECK(strstr(dpt_net_spec(net), "gru        g units=5 output=sequence") != NULL);
     }
     /* No GPU code: --device auto picks CPU workers, saying why. */

@@ -1322,6 +1322,11 @@ void dpt_argmax_rows(const float *y, int n, int k, int *labels)
 
 int dpt_net_is_sequence(const dpt_net *net) { return net && net->layers[0].seq; }
 
+int dpt_net_layer_is_sequence(const dpt_net *net, int i)
+{
+    return net && i >= 0 && i < net->n_layers && net->layers[i].seq;
+}
+
 int dpt_net_output_is_sequence(const dpt_net *net)
 {
     return net && net->layers[net->n_layers - 1].seq;
