@@ -724,6 +724,17 @@ static void test_growth_and_fd(void)
     memcpy(y40, y, sizeof y40);
     tu_check_close("T=40 with lengths 3 vs T=3", y40, y3, 4, 1e-6);
     CHECK(dpt_net_forward(net, x, 3, DPT_MODE_PREDICT, &y) == DPT_ERR_ARG);
+    /* Growing past DPT_MAX_NET_MEMORY fails naming the bound; the
+     * network keeps its capacity and still runs. */
+    setenv("DPT_MAX_NET_MEMORY", "1M", 1);
+    dpt_status sg = dpt_net_set_steps(net, 200000, NULL, 0, 0);
+    CHECK(sg == DPT_ERR_SHAPE);
+    CHECK_MSG(strstr(dpt_last_error(), "DPT_MAX_NET_MEMORY") &&
+              strstr(dpt_last_error(), "200000 time steps"), "%s", dpt_last_error());
+    unsetenv("DPT_MAX_NET_MEMORY");
+    CHECK(net->cap_steps == 40 && dpt_net_steps(net) == 40);
+    CHECK(dpt_net_forward(net, x, 2, DPT_MODE_PREDICT, &y) == DPT_OK);
+    CHECK(memcmp(y, y40, sizeof y40) == 0);
     /* Finite differences of L = Σ -log p[target] over the learnables. */
     float tg[4] = {1, 0, 0, 1};
     CHECK(dpt_net_set_steps(net, 40, (int[]){40, 17}, 2, 0) == DPT_OK);

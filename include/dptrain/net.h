@@ -333,7 +333,8 @@ DPT_API dpt_status dpt_net_update_state(dpt_net *net, dpt_comm *comm);
 
 /* A network-owned buffer of max_batch × outputs floats for a loss
  * gradient (× the steps it holds, at least dpt_net_steps, for a sequence
- * output): fill it and pass it to dpt_net_backward. */
+ * output): fill it and pass it to dpt_net_backward. A dpt_net_set_steps
+ * that grows the buffers moves it: ask again after that. */
 DPT_API float *dpt_net_output_grad(dpt_net *net);
 
 /* FNV-1a hash of the learnables and the pooled state (batch-norm

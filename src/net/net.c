@@ -1383,6 +1383,15 @@ dpt_status dpt_net_set_steps(dpt_net *net, int t, const int *len, int n, int pad
     if ((double)net->max_batch * t > 2147483647.0)
         return dpt_fail(DPT_ERR_SHAPE, "%s: %d time steps for a minibatch of %d: more than %d "
                         "rows in all", net->source, t, net->max_batch, 2147483647);
+    /* And so are a layer's values over the minibatch. */
+    for (int i = 0; i < net->n_layers; i++) {
+        const dpt_layer *l = &net->layers[i];
+        if (l->seq && (double)net->max_batch * t * layer_count(l) > 2147483647.0)
+            return dpt_fail(DPT_ERR_SHAPE, "%s:%d: %s '%s': %d time steps of %zu values for a "
+                            "minibatch of %d: more than %d values", net->source, l->line,
+                            l->type->name, l->name, t, layer_count(l), net->max_batch,
+                            2147483647);
+    }
     if (pad_left != 0 && pad_left != 1)
         return dpt_fail(DPT_ERR_ARG, "%s: pad_left must be 0 or 1, not %d", net->source,
                         pad_left);
