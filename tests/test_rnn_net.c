@@ -703,6 +703,44 @@ static void test_left_right_step(void)
     dpt_net_free(a), dpt_net_free(b);
 }
 
+/* The per-step types on a sequence of n x T steps compute what they
+ * compute on n*T observations of one step: a graph of fc, relu, add,
+ * concat, sigmoid, leakyrelu, tanh and softmax, forward and gradients. */
+static void test_per_step_types(void)
+{
+    printf("per-step layers on a sequence = the same layers on n*T observations:\n");
+    const char *body = "fc a outputs=4\nrelu r\nfc b outputs=4 from=in\nadd s from=r,b\n"
+                       "concat c from=s,a\nsigmoid g\nleakyrelu lr alpha=0.1\ntanh th\n"
+                       "fc o outputs=3\nsoftmax sm\n";
+    char sa[512], sb[512];
+    snprintf(sa, sizeof sa, "sequenceinput in size=3\n%s", body);
+    snprintf(sb, sizeof sb, "input in size=1x1x3\n%s", body);
+    enum { N = 3, T = 5 };
+    dpt_net *a = NULL, *b = NULL;
+    CHECK(dpt_net_from_spec(sa, "a", 0, N, 4, &a) == DPT_OK);
+    CHECK(dpt_net_from_spec(sb, "b", 0, N * T, 4, &b) == DPT_OK);
+    if (a && b) {
+        CHECK(dpt_net_hash(a) == dpt_net_hash(b));
+        float x[N * T * 3], tg[N * T * 3] = {0};
+        for (int i = 0; i < N * T * 3; i++)
+            x[i] = sinf(1.3f * (float)i);
+        for (int i = 0; i < N * T; i++)
+            tg[i * 3 + i % 3] = 1.0f;
+        CHECK(dpt_net_set_steps(a, T, NULL, 0, 0) == DPT_OK);
+        double la, lb;
+        CHECK(net_step_forward_loss(a, x, tg, N, 1.0f / (N * T), 1.0 / (N * T), &la) == DPT_OK);
+        CHECK(net_step_forward_loss(b, x, tg, N * T, 1.0f, 1.0, &lb) == DPT_OK);
+        tu_check_close("outputs", a->acts[a->n_layers - 1], b->acts[b->n_layers - 1],
+                       (size_t)N * T * 3, 1e-6);
+        float fa = (float)la, fb = (float)lb;
+        tu_check_close("loss", &fa, &fb, 1, 1e-6);
+        CHECK(net_step_backward(a) == DPT_OK && net_step_backward(b) == DPT_OK);
+        tu_check_close("gradients", dpt_net_grads(a), dpt_net_grads(b), dpt_net_n_params(a),
+                       1e-5);
+    }
+    dpt_net_free(a), dpt_net_free(b);
+}
+
 /* 5. Buffers grow with T; the same sequences give the same outputs at any
  * capacity; finite differences through the network. */
 static void test_growth_and_fd(void)
@@ -807,6 +845,7 @@ int main(void)
     test_spec();
     test_model_file();
     test_growth_and_fd();
+    test_per_step_types();
     make_data();
     test_padding_step();
     test_left_right_step();
