@@ -201,15 +201,25 @@ static inline __attribute__((always_inline)) void KN(fwd_tile)(const rnn_fwd *s,
 /* Start loading the rows the epilogue of the tile at b0 reads (one row per
  * sequence, far apart in memory: too many streams for the hardware
  * prefetcher). */
+static inline void KN(pf_row)(const float *p, size_t n, int w)
+{
+    for (size_t j = 0; p && j < n; j += 16)
+        if (w)
+            __builtin_prefetch(p + j, 1, 3);
+        else
+            __builtin_prefetch(p + j, 0, 3);
+}
+
 static inline void KN(fwd_prefetch)(const rnn_fwd *s, int b0, int g)
 {
+    const size_t h = (size_t)s->h;
     for (int b = b0; b < b0 + RNN_MR_F && b < s->n; b++) {
-        const float *gr = s->gates + (size_t)b * s->g_ld;
-        for (int j = 0; j < g * s->h; j += 16)
-            __builtin_prefetch(gr + j, 1, 3);
-        if (s->cp)
-            for (int j = 0; j < s->h; j += 16)
-                __builtin_prefetch(s->cp + (size_t)b * s->cp_ld + j, 0, 3);
+        KN(pf_row)(s->gates + (size_t)b * s->g_ld, (size_t)g * h, 1);
+        KN(pf_row)(s->cp ? s->cp + (size_t)b * s->cp_ld : NULL, h, 0);
+        KN(pf_row)(s->tc ? s->tc + (size_t)b * s->tc_ld : NULL, h, 1);
+        KN(pf_row)(s->y + (size_t)b * s->y_ld, h, 1);
+        KN(pf_row)(s->hn ? s->hn + (size_t)b * s->hn_ld : NULL, h, 1);
+        KN(pf_row)(s->cn ? s->cn + (size_t)b * s->cn_ld : NULL, h, 1);
     }
 }
 
@@ -336,6 +346,17 @@ static void KN(bwd_step)(const rnn_bwd *s)
 {
     const int h = s->h, gh = (s->lstm ? 4 : 3) * h;
     for (int b = 0; b < s->n; b++) {
+        /* Rows two sequences ahead (far apart: see fwd_prefetch). */
+        if (b + 2 < s->n) {
+            const size_t c = (size_t)b + 2;
+            KN(pf_row)(s->gates + c * s->g_ld, (size_t)gh, 0);
+            KN(pf_row)(s->dp + c * s->dp_ld, (size_t)gh, 1);
+            KN(pf_row)(s->lstm ? s->tc + c * s->tc_ld : s->hq + c * s->hq_ld, (size_t)h, 0);
+            KN(pf_row)(s->lstm ? s->cp + c * s->cp_ld : s->hp + c * s->hp_ld, (size_t)h, 0);
+            KN(pf_row)(s->dy ? s->dy + c * s->dy_ld : NULL, (size_t)h, 0);
+            if (!s->lstm)
+                KN(pf_row)(s->dq + c * s->dq_ld, (size_t)gh, 1);
+        }
         if (s->live[b]) {
             KN(bwd_gates)(s, (size_t)b);
         } else {
