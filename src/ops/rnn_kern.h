@@ -95,18 +95,19 @@ static size_t KN(fwd_pack_floats)(int g, int h)
     return ub * (size_t)h * g * VN;
 }
 
-/* wp[ub][k][gate][l] = w_hh[gate·h + ub·VN + l][k] (0 past h). */
+/* wp[ub][k][gate][l] = w_hh[gate·h + ub·VN + l][k] (0 past h). Reads
+ * w_hh's rows in order; the writes of one (ub, gate) stay within h·G·VN
+ * floats. */
 static void KN(fwd_pack)(const float *w_hh, int g, int h, float *wp)
 {
     const int nub = (h + VN - 1) / VN;
     for (int ub = 0; ub < nub; ub++)
-        for (int k = 0; k < h; k++)
-            for (int q = 0; q < g; q++) {
-                float *o = wp + (((size_t)ub * h + k) * g + q) * VN;
-                for (int l = 0; l < VN; l++) {
-                    int u = ub * VN + l;
-                    o[l] = u < h ? w_hh[((size_t)q * h + u) * h + k] : 0.0f;
-                }
+        for (int q = 0; q < g; q++)
+            for (int l = 0; l < VN; l++) {
+                const int u = ub * VN + l;
+                float *o = wp + ((size_t)ub * h * g + q) * VN + l;
+                for (int k = 0; k < h; k++)
+                    o[(size_t)k * g * VN] = u < h ? w_hh[((size_t)q * h + u) * h + k] : 0.0f;
             }
 }
 
@@ -197,28 +198,57 @@ static inline __attribute__((always_inline)) void KN(fwd_tile)(const rnn_fwd *s,
     }
 }
 
+/* Start loading the rows the epilogue of the tile at b0 reads (one row per
+ * sequence, far apart in memory: too many streams for the hardware
+ * prefetcher). */
+static inline void KN(pf_row)(const float *p, size_t n, int w)
+{
+    for (size_t j = 0; p && j < n; j += 16)
+        if (w)
+            __builtin_prefetch(p + j, 1, 3);
+        else
+            __builtin_prefetch(p + j, 0, 3);
+}
+
+static inline void KN(fwd_prefetch)(const rnn_fwd *s, int b0, int g)
+{
+    const size_t h = (size_t)s->h;
+    for (int b = b0; b < b0 + RNN_MR_F && b < s->n; b++) {
+        KN(pf_row)(s->gates + (size_t)b * s->g_ld, (size_t)g * h, 1);
+        KN(pf_row)(s->cp ? s->cp + (size_t)b * s->cp_ld : NULL, h, 0);
+        KN(pf_row)(s->tc ? s->tc + (size_t)b * s->tc_ld : NULL, h, 1);
+        KN(pf_row)(s->y + (size_t)b * s->y_ld, h, 1);
+        KN(pf_row)(s->hn ? s->hn + (size_t)b * s->hn_ld : NULL, h, 1);
+        KN(pf_row)(s->cn ? s->cn + (size_t)b * s->cn_ld : NULL, h, 1);
+    }
+}
+
+/* Row tiles outer, unit blocks inner: a tile's rows of hp stay in L1 and
+ * its epilogues walk each row in order. */
 static void KN(fwd_rows)(const rnn_fwd *s, const int g)
 {
     const int nub = (s->h + VN - 1) / VN;
-    for (int ub = 0; ub < nub; ub++) {
-        int b0 = 0;
-        for (; b0 + RNN_MR_F <= s->n; b0 += RNN_MR_F)
-            KN(fwd_tile)(s, b0, RNN_MR_F, ub, g);
-        switch (s->n - b0) {
+    KN(fwd_prefetch)(s, 0, g);
+    for (int b0 = 0; b0 < s->n; b0 += RNN_MR_F) {
+        KN(fwd_prefetch)(s, b0 + RNN_MR_F, g);
+        const int mr = s->n - b0 < RNN_MR_F ? s->n - b0 : RNN_MR_F;
+        for (int ub = 0; ub < nub; ub++) {
+            switch (mr) {
+            case RNN_MR_F: KN(fwd_tile)(s, b0, RNN_MR_F, ub, g); break;
 #if RNN_MR_F > 5
-        case 5: KN(fwd_tile)(s, b0, 5, ub, g); break;
+            case 5: KN(fwd_tile)(s, b0, 5, ub, g); break;
 #endif
 #if RNN_MR_F > 4
-        case 4: KN(fwd_tile)(s, b0, 4, ub, g); break;
+            case 4: KN(fwd_tile)(s, b0, 4, ub, g); break;
 #endif
 #if RNN_MR_F > 3
-        case 3: KN(fwd_tile)(s, b0, 3, ub, g); break;
+            case 3: KN(fwd_tile)(s, b0, 3, ub, g); break;
 #endif
 #if RNN_MR_F > 2
-        case 2: KN(fwd_tile)(s, b0, 2, ub, g); break;
+            case 2: KN(fwd_tile)(s, b0, 2, ub, g); break;
 #endif
-        case 1: KN(fwd_tile)(s, b0, 1, ub, g); break;
-        default: break;
+            default: KN(fwd_tile)(s, b0, 1, ub, g); break;
+            }
         }
     }
 }
@@ -316,6 +346,17 @@ static void KN(bwd_step)(const rnn_bwd *s)
 {
     const int h = s->h, gh = (s->lstm ? 4 : 3) * h;
     for (int b = 0; b < s->n; b++) {
+        /* Rows two sequences ahead (far apart: see fwd_prefetch). */
+        if (b + 2 < s->n) {
+            const size_t c = (size_t)b + 2;
+            KN(pf_row)(s->gates + c * s->g_ld, (size_t)gh, 0);
+            KN(pf_row)(s->dp + c * s->dp_ld, (size_t)gh, 1);
+            KN(pf_row)(s->lstm ? s->tc + c * s->tc_ld : s->hq + c * s->hq_ld, (size_t)h, 0);
+            KN(pf_row)(s->lstm ? s->cp + c * s->cp_ld : s->hp + c * s->hp_ld, (size_t)h, 0);
+            KN(pf_row)(s->dy ? s->dy + c * s->dy_ld : NULL, (size_t)h, 0);
+            if (!s->lstm)
+                KN(pf_row)(s->dq + c * s->dq_ld, (size_t)gh, 1);
+        }
         if (s->live[b]) {
             KN(bwd_gates)(s, (size_t)b);
         } else {
@@ -360,10 +401,11 @@ static void KN(bwd_step)(const rnn_bwd *s)
 
 #define RNN_KC 256 /* rows of dP and hprev per pass: hprev's panel stays in L2 */
 
-/* dw[g0 .. g0+mr][u0 .. u0+RNN_BW) += Σ_{r in [r0, r1)} dp[r][g] · hp[r][u],
+/* dw[g0 .. g0+mr][u0 .. u0+RNN_BW) += Σ_{r in [r0, r1)} dp[r][g] · hp[r][u]
+ * (ap: dp's columns g0 .. g0+mr of rows r0 .. r1, rows lda apart),
  * one fused multiply-add chain per element in row order (continued from
  * the value in dw, so the blocks of rows change nothing). */
-static inline __attribute__((always_inline)) void KN(dw_tile)(const float *dp, int gh,
+static inline __attribute__((always_inline)) void KN(dw_tile)(const float *ap, int lda,
                                                                const float *hp, int h, float *dw,
                                                                size_t r0, size_t r1, int g0,
                                                                const int mr, int u0,
@@ -378,7 +420,7 @@ static inline __attribute__((always_inline)) void KN(dw_tile)(const float *dp, i
                         : w < nw ? KN(ld_n)(dw + (size_t)(g0 + i) * h + u, m) : KN(set1)(0.0f);
         }
     for (size_t r = r0; r < r1; r++) {
-        const float *a = dp + r * gh + g0, *b = hp + r * h + u0;
+        const float *a = ap + (r - r0) * lda, *b = hp + r * h + u0;
         VT bv[RNN_NW_B];
         for (int w = 0; w < RNN_NW_B; w++) {
             const int m = h - (u0 + w * VN) < VN ? h - (u0 + w * VN) : VN;
@@ -401,49 +443,90 @@ static inline __attribute__((always_inline)) void KN(dw_tile)(const float *dp, i
 }
 
 /* dw [gh][h] = dpᵀ [gh][s] · hp [s][h] (dw_hh over all steps). */
-static inline __attribute__((always_inline)) void KN(dw_rows)(const float *dp, int gh,
+/* The column blocks of rows g0 .. g0+mr: the tile of dp (mr columns of
+ * the block's rows), copied together (its rows are G·h floats apart, a
+ * multiple of 4 KiB for the usual sizes: every row in one L1 set), stays
+ * in L1 while hp's block streams from L2. */
+static inline __attribute__((always_inline)) void KN(dw_cols)(const float *dp, int gh,
                                                                const float *hp, int h, float *dw,
-                                                               size_t r0, size_t r1, int u0,
-                                                               const int full)
+                                                               size_t r0, size_t r1, int g0,
+                                                               const int mr)
 {
-    int g0 = 0;
-    for (; g0 + RNN_MR_B <= gh; g0 += RNN_MR_B)
-        KN(dw_tile)(dp, gh, hp, h, dw, r0, r1, g0, RNN_MR_B, u0, full);
-    switch (gh - g0) {
-#if RNN_MR_B > 7
-    case 7: KN(dw_tile)(dp, gh, hp, h, dw, r0, r1, g0, 7, u0, full); break;
-#endif
-#if RNN_MR_B > 6
-    case 6: KN(dw_tile)(dp, gh, hp, h, dw, r0, r1, g0, 6, u0, full); break;
-#endif
-#if RNN_MR_B > 5
-    case 5: KN(dw_tile)(dp, gh, hp, h, dw, r0, r1, g0, 5, u0, full); break;
-#endif
-#if RNN_MR_B > 4
-    case 4: KN(dw_tile)(dp, gh, hp, h, dw, r0, r1, g0, 4, u0, full); break;
-#endif
-#if RNN_MR_B > 3
-    case 3: KN(dw_tile)(dp, gh, hp, h, dw, r0, r1, g0, 3, u0, full); break;
-#endif
-#if RNN_MR_B > 2
-    case 2: KN(dw_tile)(dp, gh, hp, h, dw, r0, r1, g0, 2, u0, full); break;
-#endif
-    case 1: KN(dw_tile)(dp, gh, hp, h, dw, r0, r1, g0, 1, u0, full); break;
-    default: break;
-    }
+    float ap[RNN_KC * RNN_MR_B];
+    for (size_t r = r0; r < r1; r++)
+        for (int i = 0; i < mr; i++)
+            ap[(r - r0) * mr + i] = dp[r * gh + g0 + i];
+    int u0 = 0;
+    for (; u0 + RNN_BW <= h; u0 += RNN_BW)
+        KN(dw_tile)(ap, mr, hp, h, dw, r0, r1, g0, mr, u0, 1);
+    if (u0 < h)
+        KN(dw_tile)(ap, mr, hp, h, dw, r0, r1, g0, mr, u0, 0);
 }
 
+/* dw [gh][h] = dpᵀ [gh][s] · hp [s][h] (dw_hh over all steps). */
 static void KN(dw)(const float *dp, size_t s, int gh, const float *hp, int h, float *dw)
 {
     memset(dw, 0, (size_t)gh * h * sizeof *dw);
     for (size_t r0 = 0; r0 < s; r0 += RNN_KC) {
         const size_t r1 = s - r0 < RNN_KC ? s : r0 + RNN_KC;
-        for (int u0 = 0; u0 < h; u0 += RNN_BW) {
-            if (u0 + RNN_BW <= h)
-                KN(dw_rows)(dp, gh, hp, h, dw, r0, r1, u0, 1);
-            else
-                KN(dw_rows)(dp, gh, hp, h, dw, r0, r1, u0, 0);
+        int g0 = 0;
+        for (; g0 + RNN_MR_B <= gh; g0 += RNN_MR_B)
+            KN(dw_cols)(dp, gh, hp, h, dw, r0, r1, g0, RNN_MR_B);
+        switch (gh - g0) {
+#if RNN_MR_B > 7
+        case 7: KN(dw_cols)(dp, gh, hp, h, dw, r0, r1, g0, 7); break;
+#endif
+#if RNN_MR_B > 6
+        case 6: KN(dw_cols)(dp, gh, hp, h, dw, r0, r1, g0, 6); break;
+#endif
+#if RNN_MR_B > 5
+        case 5: KN(dw_cols)(dp, gh, hp, h, dw, r0, r1, g0, 5); break;
+#endif
+#if RNN_MR_B > 4
+        case 4: KN(dw_cols)(dp, gh, hp, h, dw, r0, r1, g0, 4); break;
+#endif
+#if RNN_MR_B > 3
+        case 3: KN(dw_cols)(dp, gh, hp, h, dw, r0, r1, g0, 3); break;
+#endif
+#if RNN_MR_B > 2
+        case 2: KN(dw_cols)(dp, gh, hp, h, dw, r0, r1, g0, 2); break;
+#endif
+        case 1: KN(dw_cols)(dp, gh, hp, h, dw, r0, r1, g0, 1); break;
+        default: break;
         }
+    }
+}
+
+/* db[j] = Σ_r dp[r][j] in float64, in row order per column: the generic
+ * colsum's sums exactly, 4·VN columns at a time. */
+typedef double KN(vd) __attribute__((vector_size(VN * 4)));
+typedef float KN(vh) __attribute__((vector_size(VN * 2)));
+
+static void KN(colsum)(const float *dp, size_t s, int gh, float *db)
+{
+    enum { NB = 4 * VN, ND = 8 };
+    int j0 = 0;
+    for (; j0 + NB <= gh; j0 += NB) {
+        KN(vd) acc[ND];
+        for (int v = 0; v < ND; v++)
+            acc[v] = (KN(vd)){0};
+        for (size_t r = 0; r < s; r++) {
+            const float *row = dp + r * gh + j0;
+            for (int v = 0; v < ND; v++) {
+                KN(vh) hv;
+                memcpy(&hv, row + v * (VN / 2), sizeof hv);
+                acc[v] += __builtin_convertvector(hv, KN(vd));
+            }
+        }
+        for (int v = 0; v < ND; v++)
+            for (int l = 0; l < VN / 2; l++)
+                db[j0 + v * (VN / 2) + l] = (float)acc[v][l];
+    }
+    for (; j0 < gh; j0++) {
+        double acc = 0.0;
+        for (size_t r = 0; r < s; r++)
+            acc += dp[r * gh + j0];
+        db[j0] = (float)acc;
     }
 }
 
@@ -459,4 +542,4 @@ static void KN(axpy)(float *out, const float *w, float v, int m)
 
 const rnn_isa KN(dpt_rnn_isa) = {KN(fwd_pack_floats), KN(fwd_pack), KN(fwd_step),
                                  KN(bwd_pack_floats), KN(bwd_pack), KN(bwd_step), KN(dw),
-                                 KN(axpy)};
+                                 KN(colsum), KN(axpy)};
