@@ -366,6 +366,8 @@ DPT_API void dpt_net_reset_state(dpt_net *net);
 #define DPT_SEQ_MAX_STEPS 1000000
 /* 1 when the network's input is a sequence (sequenceinput). */
 DPT_API int dpt_net_is_sequence(const dpt_net *net);
+/* 1 when layer i's output is a sequence (per time step, [n][T][shape]). */
+DPT_API int dpt_net_layer_is_sequence(const dpt_net *net, int i);
 /* 1 when its output is per time step ([n, T, outputs]); 0 for one output
  * per observation (e.g. after lstm output=last). */
 DPT_API int dpt_net_output_is_sequence(const dpt_net *net);

@@ -31,9 +31,12 @@ typedef struct bn_fusion {
 
 /* Kinds of state a layer declares (net_declare): learnables (gradients
  * all-reduced); pooled state (batch-norm statistics, combined across
- * workers, identical on all); carried state (per worker, never pooled,
- * reset by the type's reset hook). Pooled and carried state both live in
- * the state table; only learnables and pooled state are hashed. */
+ * workers, identical on all). Carried state (a recurrent layer's hidden
+ * state per stream: per worker, never pooled) is not declared here: it
+ * lives in the layer's own buffers (layer_rnn.c), outside the state table
+ * and model files, reached through the reset/carry_* hooks; checkpoints
+ * take it through dpt_net_carry_get/set. DPT_KIND_CARRIED stays for a
+ * table entry that is per worker and not hashed; no type uses it now. */
 enum { DPT_KIND_LEARN = 0, DPT_KIND_POOLED = 1, DPT_KIND_CARRIED = 2 };
 
 /* What a layer type does with a sequence input (layer_type.seq_mode). */
@@ -462,6 +465,12 @@ dpt_status net_gpu_debug_allreduce(dpt_net *net, dpt_comm *comm, float *host, si
  * statistics; *loss is 0 until then). */
 dpt_status net_step_forward_loss(dpt_net *net, const float *x, const float *t, int n, float w,
                                  double scale, double *loss);
+/* A sequence output (dpt_net_output_is_sequence): t is [n, T, outputs];
+ * a row (time step) whose target is all zero is padding: no loss and a
+ * zero gradient. The others add -Σ t·log p × scale to the loss and get
+ * the gradient (p - t)·w: the step passes w = scale = 1 / the valid rows
+ * of the whole minibatch (net_loss_valid_rows summed over the workers). */
+size_t net_loss_valid_rows(const dpt_net *net, const float *t, int n);
 /* Backward from that gradient at the logits. */
 dpt_status net_step_backward(dpt_net *net);
 /* The gradient buffer summed over comm's workers, in place (nothing for
