@@ -46,6 +46,26 @@ static const char *file_meta(const char *path, const char *key, char *buf, size_
     return buf;
 }
 
+/* Largest |a - b| over the learnables of two model files (-1: unreadable). */
+static double model_diff(const char *a, const char *b)
+{
+    dpt_net *na = NULL, *nb = NULL;
+    double worst = -1;
+    if (dpt_net_load(a, 1, &na) == DPT_OK && dpt_net_load(b, 1, &nb) == DPT_OK &&
+        dpt_net_n_params(na) == dpt_net_n_params(nb)) {
+        worst = 0;
+        const float *pa = dpt_net_params(na), *pb = dpt_net_params(nb);
+        for (size_t i = 0; i < dpt_net_n_params(na); i++) {
+            double d = fabs((double)pa[i] - (double)pb[i]);
+            if (!(d <= worst))
+                worst = d;
+        }
+    }
+    dpt_net_free(na);
+    dpt_net_free(nb);
+    return worst;
+}
+
 /* ---- 1. sequence classifier --------------------------------------------- */
 
 /* Class "down": the first feature falls over the sequence; "up": it rises.
@@ -196,26 +216,6 @@ static dpt_status fit_lm(const dpt_text *tr, const dpt_text *te, int workers, in
         cfg.progress_arg = w;
     }
     return dpt_fit(&cfg, res);
-}
-
-/* Largest |a - b| over the learnables of two model files (-1: unreadable). */
-static double model_diff(const char *a, const char *b)
-{
-    dpt_net *na = NULL, *nb = NULL;
-    double worst = -1;
-    if (dpt_net_load(a, 1, &na) == DPT_OK && dpt_net_load(b, 1, &nb) == DPT_OK &&
-        dpt_net_n_params(na) == dpt_net_n_params(nb)) {
-        worst = 0;
-        const float *pa = dpt_net_params(na), *pb = dpt_net_params(nb);
-        for (size_t i = 0; i < dpt_net_n_params(na); i++) {
-            double d = fabs((double)pa[i] - (double)pb[i]);
-            if (!(d <= worst))
-                worst = d;
-        }
-    }
-    dpt_net_free(na);
-    dpt_net_free(nb);
-    return worst;
 }
 
 static void write_text(const char *path)
