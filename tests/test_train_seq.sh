@@ -104,6 +104,21 @@ printf 'the cat sat on a mat. the dog ran\n' >"$tmp/test2.txt"
 "$cli" "${lm[@]}" --epochs 1 --test "$tmp/test2.txt" --workers 1 --out "$tmp/lm2" >"$tmp/out" 2>"$tmp/err" &&
   grep -q "held-out bits per character: .* 34 characters)" "$tmp/out" && ok || bad "--test text: $(cat "$tmp/out" "$tmp/err")"
 
+# --resume at an epoch's end continues as if never stopped (the state is
+# reset there); a text of another vocabulary is refused
+if "$cli" "${lm[@]}" --quiet --epochs 1 --workers 2 --checkpoint-every 7 --out "$tmp/ra" >/dev/null 2>"$tmp/err" &&
+   "$cli" "${lm[@]}" --quiet --workers 2 --checkpoint-every 7 --resume "$tmp/ra/checkpoint.safetensors" --out "$tmp/ra" >/dev/null 2>>"$tmp/err" &&
+   "$cli" "${lm[@]}" --quiet --workers 2 --checkpoint-every 7 --out "$tmp/rb" >/dev/null 2>>"$tmp/err"; then
+  cmp -s "$tmp/ra/model.safetensors" "$tmp/rb/model.safetensors" && ok || bad "language model resumed at an epoch's end differs"
+  python3 -c 'import json,struct,sys
+f=open(sys.argv[1],"rb"); n=struct.unpack("<Q",f.read(8))[0]; h=json.loads(f.read(n))
+sys.exit(0 if h["carry"]["shape"] == [6, 32] else 1)' "$tmp/rb/checkpoint.safetensors" && ok || bad "checkpoint lacks carry [6, 32]"
+else
+  bad "resume: $(cat "$tmp/err")"
+fi
+printf 'zebras and yaks quietly jump over the lazy fox\n%.0s' $(seq 80) >"$tmp/other.txt"
+expect_error "the checkpoint's vocabulary differs from --data's" "$cli" train --data "$tmp/other.txt" --net "$tmp/lm.net" --batch 6 --seq-len 8 --resume "$tmp/rb/checkpoint.safetensors" --out "$tmp/rc"
+
 # ---- a sequence classifier --------------------------------------------------------
 if "$cli" train --data "$tmp/seq" --test "$tmp/seqtest" --net "$tmp/cls.net" --batch 16 --epochs 12 \
      --optimizer adam --lr 0.03 --workers 2 --device cpu --eval-every-epoch --out "$tmp/cls" >"$tmp/out" 2>"$tmp/err"; then
