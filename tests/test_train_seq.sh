@@ -138,10 +138,18 @@ fi
 # ---- mpirun against local threads ------------------------------------------------
 if [ "${DPT_HAVE_MPI:-0}" = 1 ] && command -v mpirun >/dev/null; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-  if "$cli" "${lm[@]}" --quiet --workers 2 --out "$tmp/ml" >/dev/null 2>"$tmp/err" &&
-     timeout 300 mpirun -np 2 "$cli" "${lm[@]}" --quiet --out "$tmp/mm" >/dev/null 2>"$tmp/err"; then
+  # with checkpoints: the carried state is gathered across the ranks
+  if "$cli" "${lm[@]}" --quiet --workers 2 --checkpoint-every 10 --out "$tmp/ml" >/dev/null 2>"$tmp/err" &&
+     timeout 300 mpirun -np 2 "$cli" "${lm[@]}" --quiet --checkpoint-every 10 --out "$tmp/mm" >/dev/null 2>"$tmp/err"; then
     cmp -s "$tmp/ml/model.safetensors" "$tmp/mm/model.safetensors" && { ok; echo "language model, N=2: mpirun and local threads give the same model file"; } ||
       bad "language model: mpirun and local threads differ"
+    # the checkpoints' tensors (carry included) are the same bytes; only
+    # the metadata (elapsed time) differs
+    python3 -c 'import json,struct,sys
+def body(p):
+    f=open(p,"rb"); n=struct.unpack("<Q",f.read(8))[0]; f.read(n); return f.read()
+sys.exit(0 if body(sys.argv[1]) == body(sys.argv[2]) else 1)' "$tmp/ml/checkpoint.safetensors" "$tmp/mm/checkpoint.safetensors" &&
+      ok || bad "language model: mpirun and local checkpoints hold other tensors"
   else
     bad "language model under mpirun: $(cat "$tmp/err")"
   fi
