@@ -454,3 +454,44 @@ dpt_status dpt_seqstore_read(const dpt_seqstore *s, size_t i, float *out)
     memcpy(out, s->data + s->off[i], s->len[i] * (size_t)s->f * sizeof *out);
     return DPT_OK;
 }
+
+dpt_status dpt_seq_load(const char *path, long max_length, size_t *n_steps, int *n_features,
+                        float **x)
+{
+    if (!path || !n_steps || !n_features || !x)
+        return dpt_fail(DPT_ERR_ARG, "dpt_seq_load: NULL argument");
+    if (max_length < 0)
+        return dpt_fail(DPT_ERR_ARG, "dpt_seq_load: max_length %ld is negative", max_length);
+    *x = NULL;
+    char *buf;
+    size_t n, rows;
+    int w;
+    dpt_status st = slurp(path, DPT_SEQ_MAX_FILE_BYTES, &buf, &n);
+    if (st)
+        return st;
+    if ((st = scan_file(path, buf, n, &rows, &w)))
+        goto done;
+    size_t keep = max_length > 0 && rows > (size_t)max_length ? (size_t)max_length : rows;
+    /* rows * w is bounded by the file's bytes (a value takes at least one
+     * byte and a comma), so this cannot overflow; the cap matches a folder's. */
+    if (keep * (size_t)w > (size_t)DPT_SEQ_MAX_VALUES) {
+        st = dpt_fail(DPT_ERR_FORMAT, "%s: more than the %lld numbers allowed", path,
+                      (long long)DPT_SEQ_MAX_VALUES);
+        goto done;
+    }
+    float *out = malloc(keep * (size_t)w * sizeof *out);
+    if (!out) {
+        st = dpt_fail(DPT_ERR_NOMEM, "%s: out of memory for %zu values", path, keep * (size_t)w);
+        goto done;
+    }
+    if ((st = parse_file(path, buf, n, keep, w, out))) {
+        free(out);
+        goto done;
+    }
+    *x = out;
+    *n_steps = keep;
+    *n_features = w;
+done:
+    free(buf);
+    return st;
+}
