@@ -26,6 +26,24 @@
  *                                          cross-entropy loss)
  *   add                                   (2 to 32 inputs of one shape: sum)
  *   concat                                (1 to 32 inputs: along channels)
+ * Sequences (recurrent networks):
+ *   sequenceinput size=F|vocab            (first layer instead of input: F
+ *                                          features per time step)
+ *   lstm       units=H [output=sequence|last]
+ *   gru        units=H [output=sequence|last]
+ * A sequence layer's output is [F, 1, 1] per time step (dpt_net_layer_shape)
+ * laid out [n][T][F] with T = dpt_net_steps. fc, softmax, relu, leakyrelu,
+ * sigmoid, tanh, add and concat run per time step on a sequence; dropout
+ * keys element j = t*F + f of each observation; conv, batchnorm and the
+ * pools refuse a sequence. lstm/gru output=last gives one [H, 1, 1] per
+ * observation: the state after its last valid step. `size=vocab` and
+ * `outputs=vocab` stand for dpt_net_from_spec's n_classes (a language
+ * model passes its vocabulary's size there). LSTM/GRU learnables in
+ * PyTorch's layout (G = 4 gates i, f, g, o for the LSTM; 3, r, z, n, for
+ * the GRU): <layer>/InputWeights [G*H, F], RecurrentWeights [G*H, H],
+ * InputBias [G*H], RecurrentBias [G*H] (torch's weight_ih_l0,
+ * weight_hh_l0, bias_ih_l0, bias_hh_l0), initialised uniform in
+ * ±1/sqrt(H) as PyTorch does.
  * A spec holds at most 10000 layers. Layer names: 1 to 63 bytes of valid
  * UTF-8, none of them white space, control or invisible characters, '/',
  * '"', backslash or ','.
@@ -197,6 +215,20 @@ DPT_API dpt_status dpt_net_builder_add_leakyrelu(dpt_net_builder *b, const char 
 DPT_API dpt_status dpt_net_builder_add_sigmoid(dpt_net_builder *b, const char *name);
 /* Hyperbolic tangent. */
 DPT_API dpt_status dpt_net_builder_add_tanh(dpt_net_builder *b, const char *name);
+/* dpt_net_builder_add_sequenceinput features value meaning "the
+ * vocabulary's size" (size=vocab: dpt_net_build's n_classes). */
+#define DPT_NET_SIZE_VOCAB 0
+/* Sequence input of `features` values per time step (first layer, in
+ * place of an image input), or DPT_NET_SIZE_VOCAB. */
+DPT_API dpt_status dpt_net_builder_add_sequenceinput(dpt_net_builder *b, const char *name,
+                                                     int features);
+/* LSTM / GRU of `units` (>= 1) on a sequence; output_last 0: the output of
+ * every time step (output=sequence), 1: the state after each
+ * observation's last valid step (output=last). */
+DPT_API dpt_status dpt_net_builder_add_lstm(dpt_net_builder *b, const char *name, int units,
+                                            int output_last);
+DPT_API dpt_status dpt_net_builder_add_gru(dpt_net_builder *b, const char *name, int units,
+                                           int output_last);
 /* The spec text collected so far ("" when empty; NULL for b NULL); valid
  * until the next add or free. Save it to rebuild the same network later
  * with dpt_net_from_spec_file. */
@@ -300,7 +332,8 @@ DPT_API void dpt_net_set_sync_bn(dpt_net *net, dpt_comm *comm);
 DPT_API dpt_status dpt_net_update_state(dpt_net *net, dpt_comm *comm);
 
 /* A network-owned buffer of max_batch × outputs floats for a loss
- * gradient: fill it and pass it to dpt_net_backward. */
+ * gradient (× the steps it holds, at least dpt_net_steps, for a sequence
+ * output): fill it and pass it to dpt_net_backward. */
 DPT_API float *dpt_net_output_grad(dpt_net *net);
 
 /* FNV-1a hash of the learnables and the pooled state (batch-norm
@@ -322,6 +355,47 @@ DPT_API void dpt_net_set_obs_offset(dpt_net *net, long first);
 /* Reset every layer's carried state (recurrent layers' streams); nothing
  * for a network without carried state. */
 DPT_API void dpt_net_reset_state(dpt_net *net);
+
+/* ---- sequences ------------------------------------------------------------------ *
+ * A sequence network (first layer sequenceinput) runs on x [n, T, F]
+ * (observation major) and gives y [n, T, outputs], or [n, outputs] when
+ * its output is not a sequence (after lstm output=last). dpt_net_forward
+ * and dpt_net_backward keep their signatures; T is dpt_net_steps. */
+
+/* DPT_SEQ_MAX_STEPS bounds the time steps of one forward. */
+#define DPT_SEQ_MAX_STEPS 1000000
+/* 1 when the network's input is a sequence (sequenceinput). */
+DPT_API int dpt_net_is_sequence(const dpt_net *net);
+/* 1 when its output is per time step ([n, T, outputs]); 0 for one output
+ * per observation (e.g. after lstm output=last). */
+DPT_API int dpt_net_output_is_sequence(const dpt_net *net);
+/* The time steps of the next forwards: x holds n sequences of t steps
+ * ([n, t, F], observation major), len[n] the valid steps of each (NULL:
+ * all t; copied), pad_left 0: valid steps first, 1: padding first. Buffers
+ * grow when t exceeds what they hold (DPT_ERR_NOMEM, or DPT_ERR_SHAPE past
+ * DPT_MAX_NET_MEMORY or DPT_SEQ_MAX_STEPS). Stays in effect until the next
+ * call; a forward of more than n observations fails while len is given.
+ * For a network that is not a sequence network: DPT_ERR_ARG unless t == 1.
+ * Not collective. */
+DPT_API dpt_status dpt_net_set_steps(dpt_net *net, int t, const int *len, int n, int pad_left);
+/* The current time steps (1 for a network that is not a sequence network). */
+DPT_API int dpt_net_steps(const dpt_net *net);
+/* Stateful mode (language models): each forward of the recurrent layers
+ * starts from the carried state of stream slot i (i < n, i < max_batch)
+ * and, after a TRAIN or PREDICT forward, carries the state after the last
+ * step into that slot (truncated BPTT: no gradient flows into earlier
+ * chunks). Off (default): every forward starts from zero state and nothing
+ * is carried. Carried state lives with the layers: not in the state table,
+ * not in model files, not hashed; each worker's replica carries its own
+ * streams. */
+DPT_API void dpt_net_set_stateful(dpt_net *net, int on);
+/* Carried state: floats per stream slot (Σ over recurrent layers of H, and
+ * H more for an LSTM's cell; 0 without recurrent layers), and copies of
+ * slots [0, n) (n <= max_batch) out of / into the network,
+ * [n][carry_floats], layers in spec order, h then c. */
+DPT_API size_t dpt_net_carry_floats(const dpt_net *net);
+DPT_API dpt_status dpt_net_carry_get(const dpt_net *net, int n, float *out);
+DPT_API dpt_status dpt_net_carry_set(dpt_net *net, int n, const float *in);
 
 /* ---- model files (safetensors) ------------------------------------------------ */
 

@@ -375,6 +375,48 @@ dpt_status dpt_net_builder_add_tanh(dpt_net_builder *b, const char *name)
     return add_plain(b, "dpt_net_builder_add_tanh", "tanh", name);
 }
 
+dpt_status dpt_net_builder_add_sequenceinput(dpt_net_builder *b, const char *name, int features)
+{
+    static const char fn[] = "dpt_net_builder_add_sequenceinput";
+    dpt_status s = ready(b, fn);
+    if (s == DPT_OK)
+        s = check_name(b, fn, name);
+    if (s == DPT_OK && features != DPT_NET_SIZE_VOCAB)
+        s = check_int(b, fn, name, "features", features, 1);
+    if (s != DPT_OK)
+        return s;
+    if (features == DPT_NET_SIZE_VOCAB)
+        return append(b, "sequenceinput %s size=vocab", name);
+    return append(b, "sequenceinput %s size=%d", name, features);
+}
+
+static dpt_status add_rnn(dpt_net_builder *b, const char *fn, const char *type, const char *name,
+                          int units, int output_last)
+{
+    dpt_status s = ready(b, fn);
+    if (s == DPT_OK)
+        s = check_name(b, fn, name);
+    if (s == DPT_OK)
+        s = check_int(b, fn, name, "units", units, 1);
+    if (s == DPT_OK && output_last != 0 && output_last != 1)
+        s = fail(b, DPT_ERR_ARG, "%s: layer '%s': output_last must be 0 or 1, not %d", fn, name,
+                 output_last);
+    return s != DPT_OK ? s : append(b, "%s %s units=%d output=%s", type, name, units,
+                                    output_last ? "last" : "sequence");
+}
+
+dpt_status dpt_net_builder_add_lstm(dpt_net_builder *b, const char *name, int units,
+                                    int output_last)
+{
+    return add_rnn(b, "dpt_net_builder_add_lstm", "lstm", name, units, output_last);
+}
+
+dpt_status dpt_net_builder_add_gru(dpt_net_builder *b, const char *name, int units,
+                                   int output_last)
+{
+    return add_rnn(b, "dpt_net_builder_add_gru", "gru", name, units, output_last);
+}
+
 const char *dpt_net_builder_spec(const dpt_net_builder *b) { return b ? b->text : NULL; }
 
 dpt_status dpt_net_build(const dpt_net_builder *b, int n_classes, int max_batch, uint64_t seed,

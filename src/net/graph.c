@@ -22,7 +22,9 @@
 static size_t count_of(const dpt_net *net, int i)
 {
     const dpt_layer *l = &net->layers[i];
-    return (size_t)l->out[0] * l->out[1] * l->out[2] * (size_t)net->max_batch;
+    /* A sequence's buffers hold the step capacity (dpt_net_set_steps). */
+    return (size_t)l->out[0] * l->out[1] * l->out[2] * (size_t)net->max_batch *
+           (l->seq ? (size_t)net->cap_steps : 1);
 }
 
 /* The consumer of node j when it has exactly one (else -1). */

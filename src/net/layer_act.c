@@ -95,6 +95,7 @@ float leaky_layer_alpha(const dpt_layer *l) { return ((const leaky_layer *)l->pr
 
 const layer_type dpt_layer_leakyrelu = {
     .name = "leakyrelu", .min_inputs = 1, .max_inputs = 1,
+    .seq_mode = DPT_SEQ_PER_STEP,
     .create = leaky_create, .set = leaky_set, .infer = act_infer,
     .forward = leaky_forward, .backward = leaky_backward, .describe = leaky_describe,
     .free = free_priv,
@@ -123,6 +124,7 @@ static dpt_status sigmoid_backward(dpt_net *net, dpt_layer *l, const float *cons
 
 const layer_type dpt_layer_sigmoid = {
     .name = "sigmoid", .min_inputs = 1, .max_inputs = 1,
+    .seq_mode = DPT_SEQ_PER_STEP,
     .set = no_keys, .infer = act_infer,
     .forward = sigmoid_forward, .backward = sigmoid_backward,
     .gpu_supports = gpu_supports_always, .gpu_forward = GPU_ENTRY(sigmoid_gpu_forward),
@@ -148,6 +150,7 @@ static dpt_status tanh_backward(dpt_net *net, dpt_layer *l, const float *const *
 
 const layer_type dpt_layer_tanh = {
     .name = "tanh", .min_inputs = 1, .max_inputs = 1,
+    .seq_mode = DPT_SEQ_PER_STEP,
     .set = no_keys, .infer = act_infer,
     .forward = tanh_forward, .backward = tanh_backward,
     .gpu_supports = gpu_supports_always, .gpu_forward = GPU_ENTRY(tanh_gpu_forward),

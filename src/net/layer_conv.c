@@ -237,7 +237,8 @@ static dpt_status fc_set(dpt_layer *l, const char *key, const char *value)
     fc_layer *f = l->priv;
     if (strcmp(key, "outputs") != 0)
         return dpt_fail(DPT_ERR_FORMAT, "unknown key '%s' (fc takes outputs)", key);
-    if (strcmp(value, "classes") == 0) {
+    /* vocab: a language model's vocabulary size, passed as n_classes. */
+    if (strcmp(value, "classes") == 0 || strcmp(value, "vocab") == 0) {
         f->outputs = -1;
         return DPT_OK;
     }
@@ -252,8 +253,8 @@ static dpt_status fc_infer(dpt_net *net, dpt_layer *l)
     int outputs = f->outputs;
     if (outputs < 0 && net->n_classes <= 0)
         return dpt_fail(DPT_ERR_ARG,
-                        "fc '%s': outputs=classes, but the number of classes is not known",
-                        l->name);
+                        "fc '%s': outputs=classes (or vocab), but the number of classes is "
+                        "not known", l->name);
     if (outputs < 0)
         outputs = net->n_classes;
     int in = l->in[0] * l->in[1] * l->in[2];
@@ -314,6 +315,7 @@ static void fc_describe(const dpt_layer *l, char *buf, size_t cap)
 
 const layer_type dpt_layer_fc = {
     .name = "fc", .min_inputs = 1, .max_inputs = 1,
+    .seq_mode = DPT_SEQ_PER_STEP,
     .create = fc_create, .set = fc_set, .infer = fc_infer, .init = fc_init,
     .work_floats = fc_work, .forward = fc_forward, .backward = fc_backward,
     .describe = fc_describe, .free = free_priv,

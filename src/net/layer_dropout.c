@@ -61,9 +61,11 @@ static dpt_status dropout_infer(dpt_net *net, dpt_layer *l)
     return DPT_OK;
 }
 
-static size_t per_obs(const dpt_layer *l)
+/* Values of one observation: a sequence's T steps of F (element j =
+ * t*F + f, so a step's mask does not depend on T). */
+static size_t per_obs(const dpt_net *net, const dpt_layer *l)
 {
-    return (size_t)l->out[0] * l->out[1] * l->out[2];
+    return (size_t)l->out[0] * l->out[1] * l->out[2] * (l->seq ? (size_t)net->steps : 1);
 }
 
 int dropout_layer_last(const dpt_layer *l, dropout_key *k)
@@ -92,10 +94,10 @@ static dpt_status dropout_forward(dpt_net *net, dpt_layer *l, const float *const
 {
     dropout_key k;
     if (!dropout_layer_begin(net, l, mode, &k)) {
-        memcpy(y, x[0], (size_t)n * per_obs(l) * sizeof *y);
+        memcpy(y, x[0], (size_t)n * per_obs(net, l) * sizeof *y);
         return DPT_OK;
     }
-    dpt_dropout_apply(x[0], y, n, per_obs(l), k.p, k.seed, k.epoch, k.iteration, k.stream,
+    dpt_dropout_apply(x[0], y, n, per_obs(net, l), k.p, k.seed, k.epoch, k.iteration, k.stream,
                       k.obs0);
     return DPT_OK;
 }
@@ -109,10 +111,10 @@ static dpt_status dropout_backward(dpt_net *net, dpt_layer *l, const float *cons
     if (!dx[0])
         return DPT_OK;
     if (!d->train) {
-        memmove(dx[0], dy, (size_t)n * per_obs(l) * sizeof *dy);
+        memmove(dx[0], dy, (size_t)n * per_obs(net, l) * sizeof *dy);
         return DPT_OK;
     }
-    dpt_dropout_apply(dy, dx[0], n, per_obs(l), d->p, d->seed, d->epoch, d->iteration,
+    dpt_dropout_apply(dy, dx[0], n, per_obs(net, l), d->p, d->seed, d->epoch, d->iteration,
                       (uint64_t)l->index, d->obs0);
     return DPT_OK;
 }
@@ -128,6 +130,7 @@ static void free_priv(dpt_layer *l) { free(l->priv); }
 
 const layer_type dpt_layer_dropout = {
     .name = "dropout", .min_inputs = 1, .max_inputs = 1,
+    .seq_mode = DPT_SEQ_OWN,
     .create = dropout_create, .set = dropout_set, .infer = dropout_infer,
     .forward = dropout_forward, .backward = dropout_backward, .describe = dropout_describe,
     .free = free_priv,

@@ -71,6 +71,7 @@ static dpt_status add_backward(dpt_net *net, dpt_layer *l, const float *const *x
 
 const layer_type dpt_layer_add = {
     .name = "add", .min_inputs = 2, .max_inputs = DPT_MAX_INPUTS,
+    .seq_mode = DPT_SEQ_PER_STEP,
     .set = no_keys, .infer = add_infer, .forward = add_forward, .backward = add_backward,
     .gpu_supports = gpu_supports_always, .gpu_forward = GPU_ENTRY(add_gpu_forward),
     .gpu_backward = GPU_ENTRY(add_gpu_backward),
@@ -133,6 +134,7 @@ static dpt_status concat_backward(dpt_net *net, dpt_layer *l, const float *const
 
 const layer_type dpt_layer_concat = {
     .name = "concat", .min_inputs = 1, .max_inputs = DPT_MAX_INPUTS,
+    .seq_mode = DPT_SEQ_PER_STEP,
     .set = no_keys, .infer = concat_infer, .forward = concat_forward,
     .backward = concat_backward,
     .gpu_supports = gpu_supports_always, .gpu_forward = GPU_ENTRY(concat_gpu_forward),

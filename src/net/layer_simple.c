@@ -83,6 +83,7 @@ static dpt_status relu_backward(dpt_net *net, dpt_layer *l, const float *const *
 
 const layer_type dpt_layer_relu = {
     .name = "relu", .min_inputs = 1, .max_inputs = 1,
+    .seq_mode = DPT_SEQ_PER_STEP,
     .set = no_keys, .infer = same_shape,
     .forward = relu_forward, .backward = relu_backward,
     .gpu_supports = gpu_supports_always, .gpu_forward = GPU_ENTRY(relu_gpu_forward),
@@ -134,6 +135,7 @@ static dpt_status softmax_backward(dpt_net *net, dpt_layer *l, const float *cons
 
 const layer_type dpt_layer_softmax = {
     .name = "softmax", .min_inputs = 1, .max_inputs = 1,
+    .seq_mode = DPT_SEQ_PER_STEP,
     .set = no_keys, .infer = softmax_infer,
     .forward = softmax_forward, .backward = softmax_backward,
     .gpu_supports = gpu_supports_always, .gpu_forward = GPU_ENTRY(softmax_gpu_forward),

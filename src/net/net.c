@@ -68,6 +68,9 @@ static const layer_type *const layer_types[] = {
     &dpt_layer_sigmoid,
     &dpt_layer_tanh,
     &dpt_layer_dropout,
+    &dpt_layer_seqinput,
+    &dpt_layer_lstm,
+    &dpt_layer_gru,
 };
 
 /* "input, conv, ...": the table's names, for messages. */
@@ -415,10 +418,11 @@ static dpt_status parse_spec(dpt_net *net, const char *text)
                          lineno, tok[1], net->layers[dup].line);
             break;
         }
-        if ((t == &dpt_layer_input) != (net->n_layers == 0)) {
+        if ((t->max_inputs == 0) != (net->n_layers == 0)) {
             s = net->n_layers == 0
                     ? dpt_fail(DPT_ERR_FORMAT, "%s:%d: missing input layer: the first layer "
-                               "must be 'input size=HxWxC', not '%s'", src, lineno, tok[0])
+                               "must be 'input size=HxWxC' or 'sequenceinput size=F', not '%s'",
+                               src, lineno, tok[0])
                     : dpt_fail(DPT_ERR_FORMAT, "%s:%d: a second input layer '%s'", src, lineno,
                                tok[1]);
             break;
@@ -531,6 +535,23 @@ static dpt_status infer_shapes(dpt_net *net)
         if (l->type == &dpt_layer_softmax && i != net->n_layers - 1)
             return dpt_fail(DPT_ERR_FORMAT, "%s:%d: softmax '%s' must be the last layer",
                             net->source, l->line, l->name);
+        /* A sequence flows through the per-time-step types unchanged; the
+         * inputs of one layer are all sequences or none. */
+        l->seq = l->n_in ? net->layers[l->inputs[0]].seq : 0;
+        for (int k = 1; k < l->n_in; k++) {
+            const dpt_layer *a = &net->layers[l->inputs[0]], *b = &net->layers[l->inputs[k]];
+            if (b->seq != a->seq)
+                return dpt_fail(DPT_ERR_SHAPE, "%s:%d: %s '%s' mixes a sequence ('%s') and one "
+                                "value per observation ('%s')", net->source, l->line,
+                                l->type->name, l->name, a->seq ? a->name : b->name,
+                                a->seq ? b->name : a->name);
+        }
+        if (l->seq && l->type->seq_mode == DPT_SEQ_REFUSE)
+            return dpt_fail(DPT_ERR_SHAPE, "%s:%d: %s '%s' does not work on a sequence, and its "
+                            "input '%s' is one (per time step: fc, softmax, relu, leakyrelu, "
+                            "sigmoid, tanh, add, concat, dropout; lstm/gru output=last ends "
+                            "the sequence)", net->source, l->line, l->type->name, l->name,
+                            net->layers[l->inputs[0]].name);
         size_t p0 = net->n_params, s0 = net->n_state;
         dpt_status s = l->type->infer(net, l);
         if (s != DPT_OK) {
@@ -555,6 +576,9 @@ static dpt_status infer_shapes(dpt_net *net)
 
 static size_t layer_count(const dpt_layer *l) { return (size_t)l->out[0] * l->out[1] * l->out[2]; }
 
+/* Steps a sequence layer's buffers hold (1 for one value per observation). */
+static int layer_cap(const dpt_net *net, const dpt_layer *l) { return l->seq ? net->cap_steps : 1; }
+
 /* The memory the network's buffers will take for max_batch, against the
  * budget, before anything that size is allocated. */
 static dpt_status check_memory(dpt_net *net)
@@ -564,11 +588,14 @@ static dpt_status check_memory(dpt_net *net)
     int worst_layer = 0;
     for (int i = 0; i < net->n_layers; i++) {
         const dpt_layer *l = &net->layers[i];
-        double count = (double)l->out[0] * l->out[1] * l->out[2];
-        /* Activations, learnables with their gradients, state, scratch. */
+        double count = (double)l->out[0] * l->out[1] * l->out[2] * layer_cap(net, l);
+        /* Activations, learnables with their gradients, state, scratch,
+         * the layer's own buffers. */
         double bytes = 4 * (count * nb + 2 * (double)l->n_learn_values + (double)l->n_state_values);
         if (l->type->work_floats)
             bytes += 4 * (double)l->type->work_floats(l, net->max_batch);
+        if (l->type->keep_floats)
+            bytes += 4 * (double)l->type->keep_floats(net, l);
         total += bytes;
         if (bytes > worst)
             worst = bytes, worst_layer = i;
@@ -580,7 +607,7 @@ static dpt_status check_memory(dpt_net *net)
     double plan_acts, plan_grads;
     net_plan_floats(net, &plan_acts, &plan_grads);
     const dpt_layer *last = &net->layers[net->n_layers - 1];
-    total += 4 * (plan_grads + (double)last->out[0] * last->out[1] * last->out[2] * nb);
+    total += 4 * (plan_grads + (double)layer_count(last) * layer_cap(net, last) * nb);
     dpt_status bs;
     double budget = dpt_net_memory_budget(&bs);
     if (bs != DPT_OK)
@@ -589,12 +616,46 @@ static dpt_status check_memory(dpt_net *net)
         const dpt_layer *l = &net->layers[worst_layer];
         char t[32], b[32], w[32];
         fmt_bytes(total, t, sizeof t), fmt_bytes(budget, b, sizeof b), fmt_bytes(worst, w, sizeof w);
-        return dpt_fail(DPT_ERR_SHAPE, "%s:%d: the network needs %s for a minibatch of %d, more "
-                        "than the %s allowed (DPT_MAX_NET_MEMORY); the largest part is %s '%s' "
-                        "(output %dx%dx%d): %s", net->source, l->line, t, net->max_batch, b,
-                        l->type->name, l->name, l->out[1], l->out[2], l->out[0], w);
+        char steps[48] = "";
+        if (net->cap_steps > 1)
+            snprintf(steps, sizeof steps, " of %d time steps", net->cap_steps);
+        return dpt_fail(DPT_ERR_SHAPE, "%s:%d: the network needs %s for a minibatch of %d%s, "
+                        "more than the %s allowed (DPT_MAX_NET_MEMORY); the largest part is %s "
+                        "'%s' (output %dx%dx%d): %s", net->source, l->line, t, net->max_batch,
+                        steps, b, l->type->name, l->name, l->out[1], l->out[2], l->out[0], w);
     }
     return DPT_OK;
+}
+
+/* The buffers whose size follows the step capacity, beyond the planned
+ * ones: the layers' own (setup), the shared scratch and the loss
+ * gradient. Called at build and when the steps grow. */
+static dpt_status size_buffers(dpt_net *net)
+{
+    size_t work = 0;
+    for (int i = 0; i < net->n_layers; i++) {
+        dpt_layer *l = &net->layers[i];
+        dpt_status s;
+        if (l->type->setup && (s = l->type->setup(net, l)) != DPT_OK)
+            return s;
+        if (l->type->work_floats) {
+            size_t w = l->type->work_floats(l, net->max_batch);
+            if (w > work)
+                work = w;
+        }
+    }
+    if (work > net->work_floats) {
+        dpt_free(net->work);
+        net->work_floats = 0;
+        if (!(net->work = dpt_alloc(work * sizeof(float))))
+            return dpt_fail(DPT_ERR_NOMEM, "%s: out of memory for scratch", net->source);
+        net->work_floats = work;
+    }
+    const dpt_layer *last = &net->layers[net->n_layers - 1];
+    dpt_free(net->dout);
+    net->dout = dpt_alloc(layer_count(last) * layer_cap(net, last) * (size_t)net->max_batch *
+                          sizeof(float));
+    return net->dout ? DPT_OK : dpt_fail(DPT_ERR_NOMEM, "%s: out of memory", net->source);
 }
 
 static dpt_status build_buffers(dpt_net *net, uint64_t seed)
@@ -610,26 +671,19 @@ static dpt_status build_buffers(dpt_net *net, uint64_t seed)
         return s;
     for (int i = 0; i < net->n_layers; i++) {
         dpt_layer *l = &net->layers[i];
-        if (l->type->work_floats) {
-            size_t w = l->type->work_floats(l, net->max_batch);
-            if (w > net->work_floats)
-                net->work_floats = w;
-        }
         l->p = l->n_learnables ? net->params + net->learn[l->first_learnable].offset : NULL;
         l->g = l->n_learnables ? net->grads + net->learn[l->first_learnable].offset : NULL;
         l->s = l->n_state ? net->state + net->state_tab[l->first_state].offset : NULL;
     }
-    size_t n_out = layer_count(&net->layers[net->n_layers - 1]) * (size_t)net->max_batch;
     net->n_pool = 1;
     for (int i = 0; i < net->n_layers; i++)
         if (net->layers[i].type->pool_doubles)
             net->n_pool += net->layers[i].type->pool_doubles(&net->layers[i]);
-    net->dout = dpt_alloc(n_out * sizeof(float));
     net->pool = calloc(net->n_pool + 1, sizeof(double)); /* + the step's loss */
-    if (!net->dout || !net->pool)
+    if (!net->pool)
         return dpt_fail(DPT_ERR_NOMEM, "%s: out of memory", net->source);
-    if (net->work_floats && !(net->work = dpt_alloc(net->work_floats * sizeof(float))))
-        return dpt_fail(DPT_ERR_NOMEM, "%s: out of memory for scratch", net->source);
+    if ((s = size_buffers(net)) != DPT_OK)
+        return s;
     dpt_rng rng;
     dpt_rng_seed(&rng, seed, 0x6e6574 /* "net" */);
     for (int i = 0; i < net->n_layers; i++)
@@ -695,6 +749,7 @@ dpt_status net_from_spec_checked(const char *text, const char *source, int n_cla
     snprintf(net->source, sizeof net->source, "%s", source ? source : "<spec>");
     net->max_batch = max_batch;
     net->n_classes = n_classes;
+    net->steps = net->cap_steps = 1;
     net->seed = seed;
     dpt_status s = parse_spec(net, text);
     if (s == DPT_OK)
@@ -779,6 +834,7 @@ void dpt_net_free(dpt_net *net)
     free(net->layers);
     dpt_free(net->work);
     dpt_free(net->dout);
+    free(net->len);
     free(net->pool);
     dpt_free(net->params);
     dpt_free(net->grads);
@@ -923,10 +979,18 @@ const net_dev net_dev_cpu = {
 
 /* ---- the executor ------------------------------------------------------------------- */
 
-/* Floats of node i's output for n observations. */
+/* Floats of node i's output for n observations (of the current steps). */
 static size_t node_floats(const dpt_net *net, int i, int n)
 {
-    return (size_t)n * layer_count(&net->layers[i]);
+    const dpt_layer *l = &net->layers[i];
+    return (size_t)n * (l->seq ? (size_t)net->steps : 1) * layer_count(l);
+}
+
+/* The n a layer's forward/backward takes: rows of n*T time steps for a
+ * per-step type on a sequence, else the observations. */
+static int layer_rows(const dpt_net *net, const dpt_layer *l, int n)
+{
+    return l->seq && l->type->seq_mode == DPT_SEQ_PER_STEP ? n * net->steps : n;
 }
 
 /* Run the layers on the input already in node 0's buffer, on the
@@ -944,7 +1008,8 @@ static dpt_status run_forward(dpt_net *net, int n, dpt_mode mode)
         for (int k = 0; k < l->n_in; k++)
             xs[k] = P->x_act[k] >= 0 ? buf[P->x_act[k]] : NULL;
         double t0 = net->prof ? prof_now() : 0.0;
-        dpt_status s = dev->forward(net, l, xs, P->act >= 0 ? buf[P->act] : NULL, n, mode);
+        dpt_status s = dev->forward(net, l, xs, P->act >= 0 ? buf[P->act] : NULL,
+                                    layer_rows(net, l, n), mode);
         if (s != DPT_OK)
             return s;
         if (net->prof)
@@ -964,6 +1029,9 @@ dpt_status dpt_net_forward(dpt_net *net, const float *x, int n, dpt_mode mode, c
     if (n < 1 || n > net->max_batch)
         return dpt_fail(DPT_ERR_ARG, "%s: forward on %d observations (1 to %d allowed)",
                         net->source, n, net->max_batch);
+    if (net->len && n > net->len_n)
+        return dpt_fail(DPT_ERR_ARG, "%s: forward on %d sequences, but dpt_net_set_steps gave "
+                        "the lengths of %d", net->source, n, net->len_n);
     const net_dev *dev = net->dev;
     dpt_status s = dev->upload(net, net->buf[net->plan[0].act], x, node_floats(net, 0, n));
     if (s == DPT_OK)
@@ -1024,7 +1092,8 @@ static dpt_status run_backward(dpt_net *net, const float *dy, int dy_is_logits)
             dxs[k] = P->dx_buf[k] >= 0 ? buf[P->dx_buf[k]] : NULL;
         }
         double t0 = net->prof ? prof_now() : 0.0;
-        dpt_status s = dev->backward(net, l, xs, P->act >= 0 ? buf[P->act] : NULL, g, dxs, n);
+        dpt_status s = dev->backward(net, l, xs, P->act >= 0 ? buf[P->act] : NULL, g, dxs,
+                                     layer_rows(net, l, n));
         if (s != DPT_OK)
             return s;
         /* A node read by several layers: this one's share is added to what
@@ -1201,4 +1270,141 @@ void dpt_argmax_rows(const float *y, int n, int k, int *labels)
                 best = j;
         labels[i] = best;
     }
+}
+
+/* ---- sequences ---------------------------------------------------------------------- */
+
+int dpt_net_is_sequence(const dpt_net *net) { return net && net->layers[0].seq; }
+
+int dpt_net_output_is_sequence(const dpt_net *net)
+{
+    return net && net->layers[net->n_layers - 1].seq;
+}
+
+int dpt_net_steps(const dpt_net *net) { return net ? net->steps : 0; }
+
+void dpt_net_set_stateful(dpt_net *net, int on)
+{
+    if (net)
+        net->stateful = on != 0;
+}
+
+/* Buffers for cap time steps: the plan again (its sizes follow
+ * cap_steps), the memory bound, then the allocations. On failure the
+ * old capacity is put back. */
+static dpt_status grow_steps(dpt_net *net, int cap)
+{
+    int old = net->cap_steps;
+    net->cap_steps = cap;
+    dpt_status s = net_replan(net, -1);
+    if (s == DPT_OK)
+        s = check_memory(net);
+    if (s == DPT_OK)
+        s = net_alloc_buffers(net);
+    if (s == DPT_OK)
+        s = size_buffers(net);
+    if (s == DPT_OK)
+        return DPT_OK;
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", dpt_last_error());
+    net->cap_steps = old;
+    if (net_replan(net, -1) != DPT_OK || net_alloc_buffers(net) != DPT_OK ||
+        size_buffers(net) != DPT_OK)
+        net->last_n = 0; /* nothing to run on; every later call fails cleanly */
+    return dpt_fail(s, "%s", msg);
+}
+
+dpt_status dpt_net_set_steps(dpt_net *net, int t, const int *len, int n, int pad_left)
+{
+    if (!net)
+        return dpt_fail(DPT_ERR_ARG, "dpt_net_set_steps: net is NULL");
+    if (!net->layers[0].seq) {
+        if (t != 1)
+            return dpt_fail(DPT_ERR_ARG, "%s: %d time steps for a network whose input is not a "
+                            "sequence (its first layer is %s)", net->source, t,
+                            net->layers[0].type->name);
+        return DPT_OK;
+    }
+    if (t < 1 || t > DPT_SEQ_MAX_STEPS)
+        return dpt_fail(DPT_ERR_SHAPE, "%s: %d time steps (1 to %d allowed)", net->source, t,
+                        DPT_SEQ_MAX_STEPS);
+    /* Rows of n*T time steps are ints in the kernels. */
+    if ((double)net->max_batch * t > 2147483647.0)
+        return dpt_fail(DPT_ERR_SHAPE, "%s: %d time steps for a minibatch of %d: more than %d "
+                        "rows in all", net->source, t, net->max_batch, 2147483647);
+    if (pad_left != 0 && pad_left != 1)
+        return dpt_fail(DPT_ERR_ARG, "%s: pad_left must be 0 or 1, not %d", net->source,
+                        pad_left);
+    if (len) {
+        if (n < 1 || n > net->max_batch)
+            return dpt_fail(DPT_ERR_ARG, "%s: lengths of %d sequences (1 to %d allowed)",
+                            net->source, n, net->max_batch);
+        for (int i = 0; i < n; i++)
+            if (len[i] < 0 || len[i] > t)
+                return dpt_fail(DPT_ERR_ARG, "%s: sequence %d has length %d (0 to %d allowed)",
+                                net->source, i, len[i], t);
+    }
+    if (t > net->cap_steps) {
+        if (net->gpu)
+            return dpt_fail(DPT_ERR_ARG, "%s: %s", net->source,
+                            "recurrent layers run on the CPU only");
+        dpt_status s = grow_steps(net, t);
+        if (s != DPT_OK)
+            return s;
+    }
+    if (len && n > net->len_cap) {
+        int *p = realloc(net->len, (size_t)net->max_batch * sizeof *p);
+        if (!p)
+            return dpt_fail(DPT_ERR_NOMEM, "out of memory");
+        net->len = p, net->len_cap = net->max_batch;
+    }
+    net->steps = t;
+    net->pad_left = pad_left;
+    if (len) {
+        memcpy(net->len, len, (size_t)n * sizeof *len);
+        net->len_n = n;
+    } else {
+        free(net->len);
+        net->len = NULL, net->len_n = net->len_cap = 0;
+    }
+    /* A backward belongs to the forward of these steps: none yet. */
+    net->last_n = 0;
+    return DPT_OK;
+}
+
+size_t dpt_net_carry_floats(const dpt_net *net)
+{
+    size_t k = 0;
+    for (int i = 0; net && i < net->n_layers; i++)
+        if (net->layers[i].type->carry_floats)
+            k += net->layers[i].type->carry_floats(&net->layers[i]);
+    return k;
+}
+
+static dpt_status carry_io(dpt_net *net, int n, float *buf, int set, const char *fn)
+{
+    if (!net || !buf)
+        return dpt_fail(DPT_ERR_ARG, "%s: %s is NULL", fn, !net ? "net" : set ? "in" : "out");
+    if (n < 0 || n > net->max_batch)
+        return dpt_fail(DPT_ERR_ARG, "%s: %d stream slots (0 to %d allowed)", fn, n,
+                        net->max_batch);
+    size_t stride = dpt_net_carry_floats(net), k = 0;
+    for (int i = 0; i < net->n_layers; i++) {
+        dpt_layer *l = &net->layers[i];
+        if (!l->type->carry_floats)
+            continue;
+        l->type->carry_copy(l, n, buf + k, stride, set);
+        k += l->type->carry_floats(l);
+    }
+    return DPT_OK;
+}
+
+dpt_status dpt_net_carry_get(const dpt_net *net, int n, float *out)
+{
+    return carry_io((dpt_net *)net, n, out, 0, "dpt_net_carry_get");
+}
+
+dpt_status dpt_net_carry_set(dpt_net *net, int n, const float *in)
+{
+    return carry_io(net, n, (float *)in, 1, "dpt_net_carry_set");
 }

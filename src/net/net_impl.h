@@ -36,10 +36,19 @@ typedef struct bn_fusion {
  * the state table; only learnables and pooled state are hashed. */
 enum { DPT_KIND_LEARN = 0, DPT_KIND_POOLED = 1, DPT_KIND_CARRIED = 2 };
 
+/* What a layer type does with a sequence input (layer_type.seq_mode). */
+enum {
+    DPT_SEQ_REFUSE = 0,   /* fails at build (conv, batchnorm, pools) */
+    DPT_SEQ_PER_STEP = 1, /* runs on n*T rows of [C,1,1]: the executor passes n*T */
+    DPT_SEQ_OWN = 2       /* takes n observations and reads net->steps itself
+                             (dropout, lstm, gru); its infer sets l->seq */
+};
+
 typedef struct layer_type {
     const char *name;
-    int min_inputs, max_inputs;  /* input layer 0,0; add 2,DPT_MAX_INPUTS;
+    int min_inputs, max_inputs;  /* input layers 0,0; add 2,DPT_MAX_INPUTS;
                                     concat 1,DPT_MAX_INPUTS; others 1,1 */
+    int seq_mode;                /* DPT_SEQ_*: on a sequence input */
     /* Allocate l->priv with defaults. */
     dpt_status (*create)(dpt_layer *l);
     /* Apply one key=value from the spec; unknown key or bad value fails
@@ -73,6 +82,16 @@ typedef struct layer_type {
     /* Carried state (recurrent layers): reset this layer's carried state
      * (all streams). NULL: none. */
     void (*reset)(dpt_layer *l);
+    /* Layer-owned buffers sized by net->max_batch and net->cap_steps
+     * (recurrent layers: the forward's saved values, carried state), in
+     * floats for the memory bound (keep_floats), and (re)allocated by
+     * setup at build and when the steps grow. NULL: none. */
+    size_t (*keep_floats)(const dpt_net *net, const dpt_layer *l);
+    dpt_status (*setup)(dpt_net *net, dpt_layer *l);
+    /* Carried state per stream slot (floats), and slots [0, n) copied to
+     * (get) or from (set) buf, slot i at buf + i*stride. NULL: none. */
+    size_t (*carry_floats)(const dpt_layer *l);
+    void (*carry_copy)(dpt_layer *l, int n, float *buf, size_t stride, int set);
     /* CUDA entries (NULL: no GPU code for this type). gpu_supports returns
      * NULL when this layer's configuration runs on the GPU, else a short
      * reason ("dilation > 1"). gpu_forward/gpu_backward take device
@@ -95,7 +114,8 @@ struct dpt_layer {
     int n_in;              /* inputs (0 for the input layer) */
     int inputs[DPT_MAX_INPUTS];   /* their node indices, each < index */
     int ins[DPT_MAX_INPUTS][3];   /* [C, H, W] of each input */
-    int in[3], out[3];     /* [C, H, W] per observation; in = ins[0] */
+    int in[3], out[3];     /* [C, H, W] per observation (per time step when seq) */
+    int seq;               /* 1: the output is a sequence, [n][T][out] (T = net->steps) */
     void *priv;
     void *gpu_priv;        /* the GPU entries' own struct (gpu_setup/gpu_release) */
     size_t first_learnable, n_learnables; /* entries in the learnables table */
@@ -138,7 +158,16 @@ struct dpt_net {
     char *spec;            /* normalised spec text (owned) */
     char source[256];
     int max_batch;
-    int n_classes;         /* fills outputs=classes; 0 when unknown */
+    int n_classes;         /* fills outputs=classes and size/outputs=vocab; 0 when unknown */
+    /* Sequences (dpt_net_set_steps): steps T of the next forwards, the
+     * steps the buffers hold (>= steps; 1 for a non-sequence network), the
+     * valid steps of each observation ([len_n], NULL: all T; owned), and
+     * where the padding is. stateful: recurrent layers start from and keep
+     * their carried state. */
+    int steps, cap_steps;
+    int *len, len_n, len_cap;
+    int pad_left;
+    int stateful;
     int n_layers;
     dpt_layer *layers;     /* [n_layers] */
 
@@ -299,6 +328,9 @@ extern const layer_type dpt_layer_leakyrelu;     /* layer_act.c */
 extern const layer_type dpt_layer_sigmoid;
 extern const layer_type dpt_layer_tanh;
 extern const layer_type dpt_layer_dropout;       /* layer_dropout.c */
+extern const layer_type dpt_layer_seqinput;      /* layer_rnn.c */
+extern const layer_type dpt_layer_lstm;
+extern const layer_type dpt_layer_gru;
 
 /* ---- Layer configuration for the CUDA entries (layer_gpu.c) -----------------
  * Read from each type's own struct by the type's file, so the GPU code
