@@ -439,7 +439,7 @@ class DptSeqNet(nn.Module):
             elif l.kind == "fc":
                 kv["outputs"] = str(self.dims[l.name])
             words = [l.kind, l.name] + ["%s=%s" % (a, b) for a, b in kv.items()]
-            if l.index > 0 and (l.index == 1 or l.inputs != [self.layers[l.index - 1].name]):
+            if l.index > 0 and l.inputs != [self.layers[l.index - 1].name]:
                 words.append("from=" + ",".join(l.inputs))
             lines.append(" ".join(words))
         return "\n".join(lines) + "\n"
@@ -453,19 +453,17 @@ def is_sequence_spec(spec):
 def text_streams_bpc(net, idx, n_vocab, n_streams, seq_len):
     """Bits per character of a language model on the index sequence idx, as
     dpt_evaluate_text computes it: idx cut into n_streams streams of
-    L = len // n_streams characters, read in chunks of seq_len with the
-    state carried from zero, each chunk's inputs its first seq_len
-    characters and its targets the next ones; a stream's last, shorter
-    chunk is read too, so every character after a stream's first is
-    scored once."""
+    L = len // n_streams characters, each read in floor((L - 1) / seq_len)
+    chunks with the state carried from zero; chunk k's inputs are the
+    stream's characters [k T, (k + 1) T), its targets the next ones."""
     L = len(idx) // n_streams
     data = torch.as_tensor(idx[:L * n_streams], dtype=torch.int64).reshape(n_streams, L)
     state, total, count = None, 0.0, 0
     with torch.no_grad():
-        for a in range(0, L - 1, seq_len):
-            t = min(seq_len, L - 1 - a)
-            x = F.one_hot(data[:, a:a + t], n_vocab).float()
-            y = data[:, a + 1:a + 1 + t]
+        for k in range((L - 1) // seq_len):
+            a = k * seq_len
+            x = F.one_hot(data[:, a:a + seq_len], n_vocab).float()
+            y = data[:, a + 1:a + 1 + seq_len]
             z, state = net(x, state=state, logits=True)
             total += float(F.cross_entropy(z.reshape(-1, n_vocab), y.reshape(-1),
                                            reduction="sum"))

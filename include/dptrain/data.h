@@ -462,6 +462,15 @@ DPT_API size_t dpt_seqstore_max_length(const dpt_seqstore *s);
  * out owned by the caller. DPT_ERR_ARG when i >= n_obs. Thread-safe. */
 DPT_API dpt_status dpt_seqstore_read(const dpt_seqstore *s, size_t i, float *out);
 
+/* Label the observations of s by class name against names[0..n_classes)
+ * (a model's classes), in place: afterwards s has those n_classes classes
+ * (copied) and an observation of s's class "cat" has the label j where
+ * names[j] is "cat", as dpt_datastore_match_classes does for images. A
+ * class of s that is not in names is DPT_ERR_FORMAT naming `what` (the
+ * folder) and the class; s is unchanged on any failure. */
+DPT_API dpt_status dpt_seqstore_match_classes(dpt_seqstore *s, const char *what, int n_classes,
+                                              const char *const *names);
+
 /* Read one .csv sequence file outside a folder (for predicting): its time
  * steps, validated as dpt_seqstore_open validates a file, with the same
  * bounds; max_length > 0 keeps the first max_length steps. *x receives

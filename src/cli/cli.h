@@ -21,18 +21,6 @@ int cli_generate(int argc, char **argv);
 int cli_error(const char *fmt, ...)
 #ifdef __GNUC__
     __attribute__((format(printf, 1, 2)))
-/* A language model's vocabulary from its metadata (cmd_generate.c): the
- * model must say "task": "language_model" and carry "vocab", a JSON array of
- * code points, one per output, strictly increasing; its network must take
- * and give a sequence of that many features. Any other file, or metadata a
- * hostile file could bend, prints "dptrain: <path>: ..." naming what is
- * wrong (cmd names the command in the message) and returns 1; *out (owned
- * by the caller, dpt_text_free) on success. */
-int cli_model_vocab(const dpt_net *net, const char *path, const char *cmd, dpt_text **out);
-/* The model's "seq_len" metadata (64 when absent), 1 to 65536; prints and
- * returns 1 when malformed. */
-int cli_model_seq_len(const dpt_net *net, const char *path, long *out);
-
 #endif
     ;
 /* Print this thread's library error and return 1. */
@@ -61,5 +49,8 @@ int cli_model_vocab(const dpt_net *net, const char *path, const char *cmd, dpt_t
 /* The model's "seq_len" metadata (64 when absent), 1 to 65536; prints and
  * returns 1 when malformed. */
 int cli_model_seq_len(const dpt_net *net, const char *path, long *out);
+/* Write code point cp (a Unicode scalar value) as UTF-8 into s (room for 4
+ * bytes); returns the bytes written. */
+size_t cli_utf8_put(char *s, uint32_t cp);
 
 #endif

@@ -162,7 +162,7 @@ static int sample(const float *p, int v, double temp, double u, double *w)
     return last; /* rounding left target at the very top */
 }
 
-static size_t utf8_put(char *s, uint32_t cp)
+size_t cli_utf8_put(char *s, uint32_t cp)
 {
     if (cp < 0x80) {
         s[0] = (char)cp;
@@ -343,7 +343,7 @@ int cli_generate(int argc, char **argv)
                       model, i + 1);
             goto done;
         }
-        len += utf8_put(text + len, cps[k]);
+        len += cli_utf8_put(text + len, cps[k]);
         if (i + 1 < length) {
             int32_t one = k;
             if (feed(net, &one, 1, v, x, &p) != DPT_OK)

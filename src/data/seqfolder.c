@@ -495,3 +495,53 @@ done:
     free(buf);
     return st;
 }
+
+dpt_status dpt_seqstore_match_classes(dpt_seqstore *s, const char *what, int n_classes,
+                                      const char *const *names)
+{
+    if (!s || n_classes < 1 || !names)
+        return dpt_fail(DPT_ERR_ARG, "dpt_seqstore_match_classes: bad argument");
+    if (!what)
+        what = "sequence data";
+    int *map = malloc((size_t)s->n_classes * sizeof *map);
+    char **copy = calloc((size_t)n_classes, sizeof *copy);
+    dpt_status st = DPT_OK;
+    if (!map || !copy) {
+        st = dpt_fail(DPT_ERR_NOMEM, "%s: out of memory", what);
+        goto done;
+    }
+    for (int k = 0; k < s->n_classes; k++) {
+        map[k] = -1;
+        for (int j = 0; j < n_classes && map[k] < 0; j++)
+            if (names[j] && !strcmp(names[j], s->classes[k]))
+                map[k] = j;
+    }
+    /* Only a class that has observations must be known (a class folder
+     * always has some, but keep the rule of the image datastores). */
+    for (size_t i = 0; i < s->n; i++)
+        if (map[s->labels[i]] < 0) {
+            char shown[256];
+            dpt_text_clean(shown, sizeof shown, s->classes[s->labels[i]], (size_t)-1, 64);
+            st = dpt_fail(DPT_ERR_FORMAT, "%s: class '%s' is not one of the %d classes the model "
+                          "knows", what, shown, n_classes);
+            goto done;
+        }
+    for (int j = 0; j < n_classes; j++)
+        if (!(copy[j] = data_strdup(names[j] ? names[j] : "", &st)))
+            goto done;
+    for (size_t i = 0; i < s->n; i++)
+        s->labels[i] = map[s->labels[i]];
+    for (int k = 0; k < s->n_classes; k++)
+        free(s->classes[k]);
+    free(s->classes);
+    s->classes = copy;
+    s->n_classes = n_classes;
+    copy = NULL;
+done:
+    if (copy)
+        for (int j = 0; j < n_classes; j++)
+            free(copy[j]);
+    free(copy);
+    free(map);
+    return st;
+}
