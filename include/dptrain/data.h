@@ -441,6 +441,16 @@ DPT_API dpt_status dpt_seqstore_open(const char *root, const dpt_seq_options *op
 /* Release a sequence store. NULL does nothing. */
 DPT_API void dpt_seqstore_free(dpt_seqstore *s);
 
+/* Per-label random split of a sequence store, by the rule of
+ * dpt_datastore_split_each_label (label k's observations permuted with
+ * dpt_rng_seed(seed, stream = k); the first round(fraction * count) go to
+ * *first, the rest to *second; both keep s's order and all its classes).
+ * The outputs are copies, owned by the caller (dpt_seqstore_free); either
+ * may hold no observation. fraction in [0, 1], else DPT_ERR_ARG. */
+DPT_API dpt_status dpt_seqstore_split_each_label(const dpt_seqstore *s, double fraction,
+                                                 uint64_t seed, dpt_seqstore **first,
+                                                 dpt_seqstore **second);
+
 /* Number of observations (files). */
 DPT_API size_t dpt_seqstore_n_obs(const dpt_seqstore *s);
 /* Features per time step (F, the same for every file). */

@@ -248,6 +248,94 @@ void dpt_seqstore_free(dpt_seqstore *s)
     free(s);
 }
 
+/* A copy of the observations of s marked `which` in pick[n], with all of
+ * s's classes. */
+static dpt_status seq_subset(const dpt_seqstore *s, const unsigned char *pick, int which,
+                             dpt_seqstore **out)
+{
+    dpt_status st = DPT_OK;
+    dpt_seqstore *d = calloc(1, sizeof *d);
+    size_t n = 0, floats = 0;
+    for (size_t i = 0; i < s->n; i++)
+        if (pick[i] == which)
+            n++, floats += s->len[i] * (size_t)s->f;
+    if (!d)
+        return dpt_fail(DPT_ERR_NOMEM, "split: out of memory");
+    d->f = s->f;
+    d->classes = calloc((size_t)s->n_classes, sizeof *d->classes);
+    d->paths = calloc(n ? n : 1, sizeof *d->paths);
+    d->labels = malloc((n ? n : 1) * sizeof *d->labels);
+    d->len = malloc((n ? n : 1) * sizeof *d->len);
+    d->off = malloc((n ? n : 1) * sizeof *d->off);
+    d->data = malloc((floats ? floats : 1) * sizeof *d->data);
+    if (!d->classes || !d->paths || !d->labels || !d->len || !d->off || !d->data)
+        goto nomem;
+    for (; d->n_classes < s->n_classes; d->n_classes++)
+        if (!(d->classes[d->n_classes] = strdup(s->classes[d->n_classes])))
+            goto nomem;
+    size_t at = 0;
+    for (size_t i = 0; i < s->n; i++) {
+        if (pick[i] != which)
+            continue;
+        size_t m = s->len[i] * (size_t)s->f;
+        if (!(d->paths[d->n] = strdup(s->paths[i])))
+            goto nomem;
+        d->labels[d->n] = s->labels[i];
+        d->len[d->n] = s->len[i];
+        d->off[d->n] = at;
+        memcpy(d->data + at, s->data + s->off[i], m * sizeof *d->data);
+        at += m;
+        if (s->len[i] > d->max_len)
+            d->max_len = s->len[i];
+        d->n++;
+    }
+    *out = d;
+    return st;
+nomem:
+    dpt_seqstore_free(d);
+    return dpt_fail(DPT_ERR_NOMEM, "split: out of memory");
+}
+
+dpt_status dpt_seqstore_split_each_label(const dpt_seqstore *s, double fraction, uint64_t seed,
+                                         dpt_seqstore **first, dpt_seqstore **second)
+{
+    if (!s || !first || !second)
+        return dpt_fail(DPT_ERR_ARG, "dpt_seqstore_split_each_label: NULL argument");
+    *first = *second = NULL;
+    if (!(fraction >= 0.0 && fraction <= 1.0))
+        return dpt_fail(DPT_ERR_ARG, "split_each_label: fraction %g is outside [0, 1]", fraction);
+    uint32_t *pos = malloc((s->n ? s->n : 1) * sizeof *pos);
+    unsigned char *pick = calloc(s->n ? s->n : 1, 1); /* 1: goes to first */
+    dpt_status st = DPT_OK;
+    if (!pos || !pick) {
+        st = dpt_fail(DPT_ERR_NOMEM, "split: out of memory");
+        goto done;
+    }
+    for (int k = 0; k < s->n_classes; k++) {
+        size_t m = 0;
+        for (size_t i = 0; i < s->n; i++)
+            if (s->labels[i] == k)
+                pos[m++] = (uint32_t)i;
+        if (!m)
+            continue;
+        dpt_rng r;
+        dpt_rng_seed(&r, seed, (uint64_t)k);
+        dpt_rng_shuffle(&r, pos, m);
+        size_t take = (size_t)llround(fraction * (double)m);
+        for (size_t j = 0; j < take && j < m; j++)
+            pick[pos[j]] = 1;
+    }
+    if ((st = seq_subset(s, pick, 1, first)) == DPT_OK &&
+        (st = seq_subset(s, pick, 0, second)) != DPT_OK) {
+        dpt_seqstore_free(*first);
+        *first = NULL;
+    }
+done:
+    free(pos);
+    free(pick);
+    return st;
+}
+
 dpt_status dpt_seqstore_open(const char *root, const dpt_seq_options *opt, dpt_seqstore **out)
 {
     dpt_seq_options o = DPT_SEQ_OPTIONS_INIT;
