@@ -15,7 +15,12 @@
  *    of every input, passing when |fd - g| <= 2e-2 · max(|g|, 0.1·max|g|).
  * 4. NULL initial states and NULL output gradients act as zeros.
  * 5. The kernels never write past the buffers their *_floats say (guard
- *    values after save and work stay intact). */
+ *    values after save and work stay intact).
+ * 6. Left padding (pad_left = 1): every case with its sequences moved to
+ *    the end of the T steps gives, shifted back, the same bytes as right
+ *    padding for y, hn, cn, dx, dh0, dc0 (the same arithmetic on each
+ *    sequence) and matches the references; weight gradients sum the same
+ *    rows in another order, so they match the references within REF_TOL. */
 #include "core/safetensors.h"
 #include "dptrain/core.h"
 #include "ops/ops.h"
@@ -292,6 +297,82 @@ static void chunks(const char *cs, const rcase *c)
             free(g[k][j]);
 }
 
+/* Sequence b of [N][T][k] moved so its L valid steps end at T (dir 1) or
+ * back to the start (dir 0); the rest zero. */
+static void shift(float *dst, const float *src, int b, int T, int L, int k, int dir)
+{
+    float *o = dst + (size_t)b * T * k;
+    const float *i = src + (size_t)b * T * k;
+    memset(o, 0, (size_t)T * k * sizeof *o);
+    memcpy(o + (size_t)(dir ? T - L : 0) * k, i + (size_t)(dir ? 0 : T - L) * k,
+           (size_t)L * k * sizeof *o);
+}
+
+static void same(const char *cs, const char *what, const float *a, const float *b, size_t n)
+{
+    CHECK_MSG(memcmp(a, b, n * sizeof *a) == 0, "%s: %s differs between left and right padding",
+              cs, what);
+}
+
+/* The case with left padding against right padding and the references. */
+static void left(const char *cs, const rcase *c)
+{
+    const int lstm = c->d.kind == DPT_RNN_LSTM;
+    const int N = c->d.n, T = c->d.t, F = c->d.f, H = c->d.h;
+    const size_t gh = (size_t)dpt_rnn_gates(c->d.kind) * H, nh = (size_t)N * H;
+    const size_t nx = (size_t)N * T * F, ny = (size_t)N * T * H;
+    dpt_rnn_desc dl = c->d;
+    dl.pad_left = 1;
+    float *xl = nans(nx), *dyl = nans(ny), *r[2][9];
+    for (int b = 0; b < N; b++) {
+        shift(xl, c->x, b, T, c->len[b], F, 1);
+        shift(dyl, c->dy, b, T, c->len[b], H, 1);
+    }
+    size_t sz[9] = {ny, nh, nh, nx, gh * F, gh * H, gh, nh, nh}; /* y hn cn dx dwi dwh dbi dh0 dc0 */
+    for (int k = 0; k < 2; k++) {
+        const dpt_rnn_desc *d = k ? &dl : &c->d;
+        float *save = nans(dpt_rnn_save_floats(d)), *work = nans(dpt_rnn_work_floats(d));
+        float *dwi = nans(gh * F), *dbh = nans(gh);
+        for (int j = 0; j < 9; j++)
+            r[k][j] = nans(sz[j]);
+        dpt_rnn_forward(d, k ? xl : c->x, c->len, c->w_ih, c->w_hh, c->b_ih, c->b_hh, c->h0, c->c0,
+                        r[k][0], r[k][1], lstm ? r[k][2] : NULL, save);
+        dpt_rnn_backward(d, k ? xl : c->x, c->len, c->w_ih, c->w_hh, save, k ? dyl : c->dy,
+                         c->dhn, c->dcn, r[k][3], r[k][4], r[k][5], r[k][6], dbh, r[k][7],
+                         lstm ? r[k][8] : NULL, work);
+        free(save), free(work), free(dwi), free(dbh);
+    }
+    float *y = nans(ny), *dx = nans(nx);
+    for (int b = 0; b < N; b++) {
+        /* Padded steps must be exactly zero before shifting them away. */
+        for (int t = 0; t < T - c->len[b]; t++) {
+            for (int j = 0; j < H; j++)
+                CHECK_MSG(r[1][0][((size_t)b * T + t) * H + j] == 0.0f, "%s: left y nonzero", cs);
+            for (int j = 0; j < F; j++)
+                CHECK_MSG(r[1][3][((size_t)b * T + t) * F + j] == 0.0f, "%s: left dx nonzero", cs);
+        }
+        shift(y, r[1][0], b, T, c->len[b], H, 0);
+        shift(dx, r[1][3], b, T, c->len[b], F, 0);
+    }
+    same(cs, "y", y, r[0][0], ny);
+    same(cs, "hn", r[1][1], r[0][1], nh);
+    same(cs, "dx", dx, r[0][3], nx);
+    same(cs, "dh0", r[1][7], r[0][7], nh);
+    if (lstm) {
+        same(cs, "cn", r[1][2], r[0][2], nh);
+        same(cs, "dc0", r[1][8], r[0][8], nh);
+    }
+    cmp(cs, "left y", y, c->y, ny);
+    cmp(cs, "left dx", dx, c->dx, nx);
+    cmp(cs, "left dw_ih", r[1][4], c->dw_ih, gh * F);
+    cmp(cs, "left dw_hh", r[1][5], c->dw_hh, gh * H);
+    cmp(cs, "left db_ih", r[1][6], c->db_ih, gh);
+    for (int k = 0; k < 2; k++)
+        for (int j = 0; j < 9; j++)
+            free(r[k][j]);
+    free(xl), free(dyl), free(y), free(dx);
+}
+
 static void fixture_cases(void)
 {
     char path[1024];
@@ -312,6 +393,7 @@ static void fixture_cases(void)
         whole(cs, &c);
         chunks(cs, &c);
         nulls(cs, &c);
+        left(cs, &c);
         rcase_free(&c);
     }
     CHECK_MSG(count == 10, "expected 10 cases, found %d", count);
@@ -345,10 +427,11 @@ static double fd_loss(fd_net *m)
 
 static float urand(dpt_rng *rng) { return (float)(dpt_rng_uniform(rng) * 2.0 - 1.0); }
 
-static void fd_check(dpt_rng *rng, dpt_rnn_kind kind, int n, int t, int f, int h, const int *len)
+static void fd_check(dpt_rng *rng, dpt_rnn_kind kind, int n, int t, int f, int h, const int *len,
+                     int pad_left)
 {
     static const char *names[7] = {"x", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0"};
-    fd_net m = {.d = {kind, n, t, f, h}, .len = len};
+    fd_net m = {.d = {kind, n, t, f, h, pad_left}, .len = len};
     const int lstm = kind == DPT_RNN_LSTM;
     size_t gh = (size_t)dpt_rnn_gates(kind) * h, nh = (size_t)n * h, ny = (size_t)n * t * h;
     size_t np[7] = {(size_t)n * t * f, gh * f, gh * h, gh, gh, nh, nh};
@@ -397,8 +480,8 @@ static void fd_check(dpt_rng *rng, dpt_rnn_kind kind, int n, int t, int f, int h
                       lstm ? "lstm" : "gru", names[k], i, fd, (double)g[k][i]);
         }
     }
-    printf("  fd %s n%d t%d f%d h%d: worst rel err %.3e (tol %.0e)\n", lstm ? "lstm" : "gru", n, t,
-           f, h, worst, FD_TOL);
+    printf("  fd %s n%d t%d f%d h%d%s: worst rel err %.3e (tol %.0e)\n", lstm ? "lstm" : "gru", n,
+           t, f, h, pad_left ? " left" : "", worst, FD_TOL);
     for (int k = 0; k < 7; k++)
         free(m.p[k]), free(g[k]);
     free(m.r), free(m.rh), free(m.rc), free(m.y), free(m.hn), free(m.cn), free(m.save), free(work);
@@ -412,8 +495,9 @@ int main(void)
     static const int len[4] = {7, 2, 0, 5};
     for (int k = 0; k < 2; k++) {
         dpt_rnn_kind kind = k ? DPT_RNN_GRU : DPT_RNN_LSTM;
-        fd_check(rng, kind, 4, 7, 3, 5, len);
-        fd_check(rng, kind, 2, 1, 4, 3, NULL);
+        fd_check(rng, kind, 4, 7, 3, 5, len, 0);
+        fd_check(rng, kind, 4, 7, 3, 5, len, 1);
+        fd_check(rng, kind, 2, 1, 4, 3, NULL, 0);
     }
     return tu_exit();
 }

@@ -89,6 +89,30 @@ int dropout_layer_begin(const dpt_net *net, dpt_layer *l, dpt_mode mode, dropout
     return dropout_layer_last(l, k);
 }
 
+/* A left-padded sequence (dpt_net_set_steps with pad_left and lengths):
+ * observation i's elements are keyed from its first valid step, as with
+ * right padding, so a mask does not depend on the side of the padding.
+ * Padded steps pass through (the layers after them ignore them). */
+static int left_padded(const dpt_net *net, const dpt_layer *l)
+{
+    return l->seq && net->pad_left && net->len;
+}
+
+static void apply_left(const dpt_net *net, const dpt_layer *l, const float *in, float *out, int n,
+                       const dropout_key *k)
+{
+    const size_t f = (size_t)l->out[0] * l->out[1] * l->out[2], obs = f * (size_t)net->steps;
+    for (int i = 0; i < n; i++) {
+        const size_t pad = (size_t)(net->steps - net->len[i]) * f;
+        const float *a = in + (size_t)i * obs;
+        float *b = out + (size_t)i * obs;
+        if (a != b)
+            memmove(b, a, pad * sizeof *b);
+        dpt_dropout_apply(a + pad, b + pad, 1, obs - pad, k->p, k->seed, k->epoch, k->iteration,
+                          k->stream, k->obs0 + (uint64_t)i);
+    }
+}
+
 static dpt_status dropout_forward(dpt_net *net, dpt_layer *l, const float *const *x, float *y,
                                   int n, dpt_mode mode)
 {
@@ -97,8 +121,11 @@ static dpt_status dropout_forward(dpt_net *net, dpt_layer *l, const float *const
         memcpy(y, x[0], (size_t)n * per_obs(net, l) * sizeof *y);
         return DPT_OK;
     }
-    dpt_dropout_apply(x[0], y, n, per_obs(net, l), k.p, k.seed, k.epoch, k.iteration, k.stream,
-                      k.obs0);
+    if (left_padded(net, l))
+        apply_left(net, l, x[0], y, n, &k);
+    else
+        dpt_dropout_apply(x[0], y, n, per_obs(net, l), k.p, k.seed, k.epoch, k.iteration,
+                          k.stream, k.obs0);
     return DPT_OK;
 }
 
@@ -114,8 +141,13 @@ static dpt_status dropout_backward(dpt_net *net, dpt_layer *l, const float *cons
         memmove(dx[0], dy, (size_t)n * per_obs(net, l) * sizeof *dy);
         return DPT_OK;
     }
-    dpt_dropout_apply(dy, dx[0], n, per_obs(net, l), d->p, d->seed, d->epoch, d->iteration,
-                      (uint64_t)l->index, d->obs0);
+    dropout_key k;
+    dropout_layer_last(l, &k);
+    if (left_padded(net, l))
+        apply_left(net, l, dy, dx[0], n, &k);
+    else
+        dpt_dropout_apply(dy, dx[0], n, per_obs(net, l), k.p, k.seed, k.epoch, k.iteration,
+                          k.stream, k.obs0);
     return DPT_OK;
 }
 

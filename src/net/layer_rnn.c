@@ -235,13 +235,7 @@ static dpt_status rnn_forward(dpt_net *net, dpt_layer *l, const float *const *xs
     const int t = net->steps, h = r->units;
     const size_t slots = (size_t)r->carry_slots * h;
     dpt_rnn_desc d = rnn_desc(r, n, t);
-#ifdef DPT_RNN_HAS_PAD_LEFT
     d.pad_left = net->pad_left;
-#else
-    if (net->pad_left && net->len)
-        return dpt_fail(DPT_ERR_ARG, "%s '%s': left padding is not supported by this build",
-                        l->type->name, l->name);
-#endif
     const int g = dpt_rnn_gates(r->kind);
     const float *w_ih = l->p, *w_hh = w_ih + (size_t)g * h * r->f;
     const float *b_ih = w_hh + (size_t)g * h * h, *b_hh = b_ih + (size_t)g * h;
@@ -269,9 +263,7 @@ static dpt_status rnn_backward(dpt_net *net, dpt_layer *l, const float *const *x
         return dpt_fail(DPT_ERR_ARG, "%s '%s': backward without its forward (the steps changed "
                         "in between?)", l->type->name, l->name);
     dpt_rnn_desc d = rnn_desc(r, n, t);
-#ifdef DPT_RNN_HAS_PAD_LEFT
     d.pad_left = net->pad_left;
-#endif
     const float *w_ih = l->p, *w_hh = w_ih + (size_t)g * h * r->f;
     float *dw_ih = l->g, *dw_hh = dw_ih + (size_t)g * h * r->f;
     float *db_ih = dw_hh + (size_t)g * h * h, *db_hh = db_ih + (size_t)g * h;

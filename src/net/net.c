@@ -24,6 +24,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1122,6 +1123,48 @@ dpt_status dpt_net_backward(dpt_net *net, const float *dy, int dy_is_logits)
 
 /* ---- the training step's device-dependent parts (train/step.c) ---------------------- */
 
+/* Softmax cross-entropy over the time steps of a sequence output: a row
+ * whose target is all zero is padding (no loss, zero gradient); the others
+ * give Σ -t·log p · scale and the gradient (p - t)·w at the logits. */
+static double seq_xent(const float *p, const float *t, size_t rows, int k, float w, double scale,
+                       float *dlogits)
+{
+    double loss = 0.0;
+    for (size_t i = 0; i < rows; i++) {
+        const float *pr = p + i * k, *tr = t + i * k;
+        float *g = dlogits + i * k;
+        int valid = 0;
+        for (int j = 0; j < k && !valid; j++)
+            valid = tr[j] != 0.0f;
+        if (!valid) {
+            memset(g, 0, (size_t)k * sizeof *g);
+            continue;
+        }
+        for (int j = 0; j < k; j++) {
+            if (tr[j] != 0.0f) /* as dpt_softmax_xent: 0·log 0 = 0, p floored */
+                loss -= (double)tr[j] * log(pr[j] > FLT_MIN ? pr[j] : FLT_MIN);
+            g[j] = (pr[j] - tr[j]) * w;
+        }
+    }
+    return loss * scale;
+}
+
+size_t net_loss_valid_rows(const dpt_net *net, const float *t, int n)
+{
+    if (!dpt_net_output_is_sequence(net))
+        return (size_t)n;
+    const int k = dpt_net_n_outputs(net);
+    const size_t rows = (size_t)n * net->steps;
+    size_t valid = 0;
+    for (size_t i = 0; i < rows; i++)
+        for (int j = 0; j < k; j++)
+            if (t[i * k + j] != 0.0f) {
+                valid++;
+                break;
+            }
+    return valid;
+}
+
 dpt_status net_step_forward_loss(dpt_net *net, const float *x, const float *t, int n, float w,
                                  double scale, double *loss)
 {
@@ -1129,7 +1172,10 @@ dpt_status net_step_forward_loss(dpt_net *net, const float *x, const float *t, i
     if (!net->gpu) {
         const float *p;
         dpt_status s = dpt_net_forward(net, x, n, DPT_MODE_TRAIN, &p);
-        if (s == DPT_OK)
+        if (s == DPT_OK && dpt_net_output_is_sequence(net))
+            *loss = seq_xent(p, t, (size_t)n * net->steps, dpt_net_n_outputs(net), w, scale,
+                             net->dout);
+        else if (s == DPT_OK)
             *loss = dpt_softmax_xent(p, t, n, dpt_net_n_outputs(net), w, net->dout) * scale;
         return s;
     }

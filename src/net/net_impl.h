@@ -462,6 +462,12 @@ dpt_status net_gpu_debug_allreduce(dpt_net *net, dpt_comm *comm, float *host, si
  * statistics; *loss is 0 until then). */
 dpt_status net_step_forward_loss(dpt_net *net, const float *x, const float *t, int n, float w,
                                  double scale, double *loss);
+/* A sequence output (dpt_net_output_is_sequence): t is [n, T, outputs];
+ * a row (time step) whose target is all zero is padding: no loss and a
+ * zero gradient. The others add -Σ t·log p × scale to the loss and get
+ * the gradient (p - t)·w: the step passes w = scale = 1 / the valid rows
+ * of the whole minibatch (net_loss_valid_rows summed over the workers). */
+size_t net_loss_valid_rows(const dpt_net *net, const float *t, int n);
 /* Backward from that gradient at the logits. */
 dpt_status net_step_backward(dpt_net *net);
 /* The gradient buffer summed over comm's workers, in place (nothing for

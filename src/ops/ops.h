@@ -248,10 +248,11 @@ double dpt_mse(const float *y, const float *t, int n, int k, float scale, float 
  *         n = tanh(W_in x + b_in + r·(W_hn h + b_hn)), h' = (1 − z)·n + z·h
  * Sequences are batch-major, as the data pipeline lays out a minibatch:
  * x [N][T][F], y [N][T][H]; states h, c [N][H].
- * len [N] (NULL: every sequence has T steps) masks padded steps: a step
- * t >= len[b] leaves sequence b's state unchanged, writes y = 0 there and
- * ignores dy there, so padding changes neither outputs nor gradients (len 0
- * is allowed: the state passes straight through). The input projections of
+ * len [N] (NULL: every sequence has T steps) masks padded steps (t >= len[b],
+ * or t < T - len[b] with pad_left): a padded step leaves sequence b's state
+ * unchanged, writes y = 0 (and dx = 0) there and ignores dy there, so
+ * padding changes neither outputs nor gradients, on either side (len 0 is
+ * allowed: the state passes straight through). The input projections of
  * all N·T steps are one GEMM; the recurrence is one GEMM per step over the
  * batch. */
 typedef enum dpt_rnn_kind { DPT_RNN_LSTM = 0, DPT_RNN_GRU = 1 } dpt_rnn_kind;
@@ -259,6 +260,8 @@ typedef enum dpt_rnn_kind { DPT_RNN_LSTM = 0, DPT_RNN_GRU = 1 } dpt_rnn_kind;
 typedef struct dpt_rnn_desc {
     dpt_rnn_kind kind;
     int n, t, f, h; /* batch N, steps T, features F, units H */
+    int pad_left;   /* 0: sequence b's valid steps are [0, len[b]) (padding last);
+                       1: they are [T - len[b], T) (padding first) */
 } dpt_rnn_desc;
 
 /* Gates per unit: 4 (LSTM) or 3 (GRU). */

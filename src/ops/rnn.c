@@ -48,12 +48,13 @@ size_t dpt_rnn_work_floats(const dpt_rnn_desc *d)
     return s * g * h * (d->kind == DPT_RNN_GRU ? 2 : 1) + 3 * (size_t)d->n * h;
 }
 
-static int steps(const int *len, int b, int t)
+/* Whether step t of sequence b is a valid (unpadded) step. */
+static int live(const dpt_rnn_desc *d, const int *len, int b, int t)
 {
     if (!len)
-        return t;
-    assert(len[b] >= 0 && len[b] <= t);
-    return len[b];
+        return 1;
+    assert(len[b] >= 0 && len[b] <= d->t);
+    return d->pad_left ? t >= d->t - len[b] : t < len[b];
 }
 
 /* out [S][gh] = x [S][f] · w_ihᵀ + bias rows (b1 + b2 where given). */
@@ -113,7 +114,7 @@ void dpt_rnn_forward(const dpt_rnn_desc *d, const float *x, const int *len, cons
                     hprev + (size_t)t * H, T * H, w_hh, H, 1.0f, acc, T * GH);
         for (int b = 0; b < N; b++) {
             const size_t row = (size_t)b * T + t;
-            const int live = t < steps(len, b, T);
+            const int on = live(d, len, b, t);
             float *gr = gates + row * GH, *yr = y + row * H;
             const float *hp = hprev + row * H;
             float *hnext = t + 1 < T ? hprev + (row + 1) * H : (hn ? hn + (size_t)b * H : NULL);
@@ -122,7 +123,7 @@ void dpt_rnn_forward(const dpt_rnn_desc *d, const float *x, const int *len, cons
                 float *cnext = t + 1 < T ? cprev + (row + 1) * H : (cn ? cn + (size_t)b * H : NULL);
                 for (int j = 0; j < H; j++) {
                     float hv = hp[j], cv = cp[j], thv = 0.0f;
-                    if (live) {
+                    if (on) {
                         float i = sigm(gr[j]), f = sigm(gr[H + j]);
                         float g = th(gr[2 * H + j]), o = sigm(gr[3 * H + j]);
                         gr[j] = i, gr[H + j] = f, gr[2 * H + j] = g, gr[3 * H + j] = o;
@@ -131,7 +132,7 @@ void dpt_rnn_forward(const dpt_rnn_desc *d, const float *x, const int *len, cons
                         hv = o * thv;
                     }
                     tc[row * H + j] = thv;
-                    yr[j] = live ? hv : 0.0f;
+                    yr[j] = on ? hv : 0.0f;
                     if (hnext)
                         hnext[j] = hv;
                     if (cnext)
@@ -141,13 +142,13 @@ void dpt_rnn_forward(const dpt_rnn_desc *d, const float *x, const int *len, cons
                 const float *hq = hpart + row * GH;
                 for (int j = 0; j < H; j++) {
                     float hv = hp[j];
-                    if (live) {
+                    if (on) {
                         float r = sigm(gr[j] + hq[j]), z = sigm(gr[H + j] + hq[H + j]);
                         float nn = th(gr[2 * H + j] + r * hq[2 * H + j]);
                         gr[j] = r, gr[H + j] = z, gr[2 * H + j] = nn;
                         hv = (1.0f - z) * nn + z * hv;
                     }
-                    yr[j] = live ? hv : 0.0f;
+                    yr[j] = on ? hv : 0.0f;
                     if (hnext)
                         hnext[j] = hv;
                 }
@@ -202,7 +203,7 @@ void dpt_rnn_backward(const dpt_rnn_desc *d, const float *x, const int *len, con
             const size_t row = (size_t)b * T + t;
             float *pr = dP + row * GH, *qr = dHp + row * GH;
             float *hb = dh + (size_t)b * H, *h2 = dh2 + (size_t)b * H, *cb = dc + (size_t)b * H;
-            if (t >= steps(len, b, T)) {
+            if (!live(d, len, b, t)) {
                 /* A padded step: the state passed through unchanged. */
                 memset(pr, 0, (size_t)GH * sizeof *pr);
                 if (!lstm)

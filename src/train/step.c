@@ -14,6 +14,9 @@
 
 static int multi(dpt_comm *comm) { return comm && dpt_comm_size(comm) > 1; }
 
+static dpt_status batch_position(dpt_comm *comm, int n_local, long *first, double *m_total,
+                                 double *rows);
+
 dpt_status dpt_train_aggregate(dpt_net *net, dpt_comm *comm, double *loss)
 {
     /* Gradients were weighted by n_local / M at the loss: a plain sum is
@@ -51,16 +54,25 @@ dpt_status dpt_train_step_optim(dpt_net *net, dpt_optim *opt, dpt_comm *comm, co
      * all-reduce of a slot per worker. */
     double m_total = n_local;
     long first = 0;
-    dpt_status s = dpt_train_batch_position(comm, n_local, &first, &m_total);
+    /* A sequence output's loss is the mean over the valid time steps of
+     * the whole minibatch (padding excluded): their count rides in the
+     * same all-reduce. */
+    int seq = dpt_net_output_is_sequence(net);
+    double rows = seq ? (double)net_loss_valid_rows(net, t, n_local) : 0;
+    dpt_status s = batch_position(comm, n_local, &first, &m_total, seq ? &rows : NULL);
     if (s != DPT_OK)
         return s;
+    if (seq && rows < 1)
+        return dpt_fail(DPT_ERR_ARG, "train step: the minibatch has no valid time step (every "
+                        "target row is zero: all padding)");
     dpt_net_set_obs_offset(net, first);
     /* 2. Forward on this worker's share, and 3. the loss and its gradient
-     * at the logits, weighted by n_local / M (on a GPU the loss reaches
-     * the host in step 5). */
+     * at the logits, weighted by n_local / M, or per valid time step by
+     * 1 / their count (on a GPU the loss reaches the host in step 5). */
     double l = 0;
-    if ((s = net_step_forward_loss(net, x, t, n_local, (float)(n_local / m_total),
-                                   n_local / m_total, &l)) != DPT_OK)
+    float w = seq ? (float)(1.0 / rows) : (float)(n_local / m_total);
+    if ((s = net_step_forward_loss(net, x, t, n_local, w, seq ? 1.0 / rows : n_local / m_total,
+                                   &l)) != DPT_OK)
         return s;
     /* 4. Backward into the flat gradient buffer. */
     if ((s = net_step_backward(net)) != DPT_OK)
@@ -94,18 +106,31 @@ dpt_status dpt_train_batch_position(dpt_comm *comm, int n_local, long *first, do
     if (!first || !m_total)
         return dpt_fail(DPT_ERR_ARG, "dpt_train_batch_position: %s is NULL",
                         !first ? "first" : "m_total");
+    return batch_position(comm, n_local, first, m_total, NULL);
+}
+
+/* dpt_train_batch_position, and with rows (not NULL) this worker's count
+ * summed over the workers in the same all-reduce (one more slot). */
+static dpt_status batch_position(dpt_comm *comm, int n_local, long *first, double *m_total,
+                                 double *rows)
+{
     *first = 0;
     *m_total = n_local;
     if (!multi(comm))
         return DPT_OK;
     /* A slot per worker, summed: every worker learns every share. */
     int size = dpt_comm_size(comm), rank = dpt_comm_rank(comm);
-    double small[64], *shares = size <= 64 ? small : calloc((size_t)size, sizeof *shares);
+    size_t slots = (size_t)size + (rows ? 1 : 0);
+    double small[65], *shares = slots <= 65 ? small : calloc(slots, sizeof *shares);
     if (!shares)
         return dpt_fail(DPT_ERR_NOMEM, "out of memory");
-    memset(shares, 0, (size_t)size * sizeof *shares);
+    memset(shares, 0, slots * sizeof *shares);
     shares[rank] = n_local;
-    dpt_status s = dpt_comm_allreduce_f64(comm, shares, shares, (size_t)size);
+    if (rows)
+        shares[size] = *rows;
+    dpt_status s = dpt_comm_allreduce_f64(comm, shares, shares, slots);
+    if (s == DPT_OK && rows)
+        *rows = shares[size];
     if (s == DPT_OK) {
         *m_total = 0;
         for (int j = 0; j < size; j++) {

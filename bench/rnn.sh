@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# dptrain's LSTM/GRU kernels against torch.nn.LSTM/GRU, side by side, on the
+# character language model's shapes (H 256, F 89 one-hot, T 64, batch 64):
+# forward + backward (BPTT) per iteration, on 1 and 2 cores.
+#
+#   bench/rnn.sh                 LSTM and GRU, 1 and 2 cores, 3 alternations
+#   bench/rnn.sh --quick         LSTM only, 1 alternation
+#   REPS=5 bench/rnn.sh          more alternations
+#
+# dptrain on c cores runs c workers (threads) at once, each on batch 64/c
+# with one BLAS thread (data parallelism, as dptrain trains); PyTorch runs
+# batch 64 with torch.set_num_threads(c). The two programs alternate, REPS
+# times, each printing its median over 7 rounds; this script prints the
+# median of those medians and the ratio of characters/s (dptrain /
+# PyTorch). Builds a CPU-only release tree in build-bench/ (BENCH_BUILD_DIR
+# overrides) and bench/rnn_bench.c against it; needs /usr/bin/python3 with
+# torch (python3-torch).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=${BENCH_BUILD_DIR:-$root/build-bench}
+py=/usr/bin/python3
+reps=${REPS:-3}
+kinds="lstm gru"
+if [ "${1:-}" = --quick ]; then reps=1 kinds=lstm; fi
+
+if ! "$py" -c 'import torch' 2>/dev/null; then
+  echo "bench/rnn.sh: $py has no torch (apt-get install python3-torch)" >&2
+  exit 1
+fi
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DDPT_WITH_CUDA=OFF >/dev/null
+cmake --build "$build" --target dptrain_static -j2 >/dev/null
+libs=(-lopenblas -lz -lstb -lcjson -lm -lpthread)
+if grep -q '^MPI_C_FOUND:INTERNAL=TRUE\|^MPI_C_WORKS:INTERNAL=TRUE' "$build/CMakeCache.txt" 2>/dev/null ||
+  nm "$build/libdptrain.a" 2>/dev/null | grep -q ' U MPI_Init'; then
+  read -r -a mpi_link <<<"$(mpicc -showme:link 2>/dev/null || echo -lmpi)"
+  libs+=("${mpi_link[@]}")
+fi
+cc -O2 -std=c11 -Wall -Wextra -D_POSIX_C_SOURCE=200809L -I"$root/include" -I"$root/src" \
+  $(pkg-config --cflags openblas 2>/dev/null || true) \
+  "$root/bench/rnn_bench.c" "$build/libdptrain.a" "${libs[@]}" -o "$build/rnn_bench"
+
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+for kind in $kinds; do
+  for c in 1 2; do
+    for _ in $(seq "$reps"); do
+      "$build/rnn_bench" --kind "$kind" --workers "$c" --json >>"$out"
+      "$py" "$root/bench/rnn_torch.py" --kind "$kind" --threads "$c" --json >>"$out"
+    done
+  done
+done
+"$py" - "$out" "$reps" <<'EOF'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+print(f"{'kind':5} {'cores':>5} {'dptrain ms':>11} {'chars/s':>9} {'torch ms':>9} {'chars/s':>9} {'ratio':>6}")
+for kind in ("lstm", "gru"):
+    for c in (1, 2):
+        d = [r for r in rows if r["kind"] == kind and r["impl"] == "dptrain" and r["workers"] == c]
+        t = [r for r in rows if r["kind"] == kind and r["impl"] == "torch" and r["threads"] == c]
+        if not d or not t:
+            continue
+        dm = statistics.median(r["ms"] for r in d)
+        tm = statistics.median(r["ms"] for r in t)
+        dc, tc = statistics.median(r["chars_per_s"] for r in d), statistics.median(r["chars_per_s"] for r in t)
+        print(f"{kind:5} {c:5d} {dm:11.2f} {dc:9.0f} {tm:9.2f} {tc:9.0f} {dc / tc:6.2f}")
+d = next(r for r in rows if r["impl"] == "dptrain")
+t = next(r for r in rows if r["impl"] == "torch")
+print(f"(dptrain kernels {d['kernels']}, BLAS {d['blas']}; torch {t['torch']}; ratio = chars/s "
+      f"dptrain / torch; each figure the median of {sys.argv[2]} runs)")
+EOF
