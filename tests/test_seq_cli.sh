@@ -173,8 +173,9 @@ expect_error "not a language model (task 'sequence_classification')" "$cli" gene
 expect_error "not a folder" "$cli" eval --model "$cm" --data "$tmp/tiny.txt"
 
 # ---- hostile metadata ----------------------------------------------------------------
-# edit KEY VALUE|-: a copy of the language model with one metadata value
-# replaced (- removes the key), tensors untouched.
+# edit KEY VALUE|-|@FILE: a copy of the language model with one metadata
+# value replaced (- removes the key, @FILE reads the value from FILE),
+# tensors untouched.
 edit() {
   python3 - "$lm" "$tmp/h.safetensors" "$1" "$2" <<'PY'
 import json, struct, sys
@@ -184,6 +185,8 @@ data = open(src, "rb").read()
 head = json.loads(data[8:8 + n])
 if value == "-":
     head["__metadata__"].pop(key, None)
+elif value.startswith("@"):
+    head["__metadata__"][key] = open(value[1:]).read().strip()
 else:
     head["__metadata__"][key] = value
 h = json.dumps(head).encode()
@@ -199,7 +202,8 @@ hostile() { # KEY VALUE NEEDLE: generate and eval both refuse it
 hostile vocab '{"a": 1}' "malformed 'vocab' metadata (want a JSON array of code points)"
 hostile vocab 'not json [' "malformed 'vocab' metadata"
 hostile vocab '[]' "'vocab' metadata has 0 characters, but the network takes 29"
-hostile vocab "$(python3 -c 'print(list(range(1, 1000001)))')" "'vocab' metadata has 1000000 characters, but the network takes 29"
+python3 -c 'print(list(range(1, 1000001)))' >"$tmp/huge.json"
+hostile vocab "@$tmp/huge.json" "'vocab' metadata has 1000000 characters, but the network takes 29"
 # 29 entries, one of them bad: v LIST-EXPRESSION (Python, with r = range(65, 93): 28 good ones)
 v() { python3 -c "import json; r = list(range(65, 93)); print(json.dumps($1))"; }
 hostile vocab "$(v 'r + [-46]')" "'vocab' entry 28 is not a code point"

@@ -354,9 +354,12 @@ int cli_eval(int argc, char **argv)
         goto done;
     }
     if (dpt_net_is_sequence(net)) {
+        /* A language model by its metadata, or by its shape when given a
+         * text (then eval_text says what the metadata lacks). */
         const char *task = dpt_net_meta(net, "task");
-        rc = task && !strcmp(task, "language_model") ? eval_text(net, model, data, &so, json)
-                                                     : eval_seq(net, model, data, &so, json);
+        int lm = (task && !strcmp(task, "language_model")) ||
+                 (dpt_net_output_is_sequence(net) && !S_ISDIR(st.st_mode));
+        rc = lm ? eval_text(net, model, data, &so, json) : eval_seq(net, model, data, &so, json);
         goto done;
     }
     if (cli_model_classes(net, model, &classes))
