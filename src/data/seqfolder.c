@@ -542,3 +542,94 @@ dpt_status dpt_seqstore_read(const dpt_seqstore *s, size_t i, float *out)
     memcpy(out, s->data + s->off[i], s->len[i] * (size_t)s->f * sizeof *out);
     return DPT_OK;
 }
+
+dpt_status dpt_seq_load(const char *path, long max_length, size_t *n_steps, int *n_features,
+                        float **x)
+{
+    if (!path || !n_steps || !n_features || !x)
+        return dpt_fail(DPT_ERR_ARG, "dpt_seq_load: NULL argument");
+    if (max_length < 0)
+        return dpt_fail(DPT_ERR_ARG, "dpt_seq_load: max_length %ld is negative", max_length);
+    *x = NULL;
+    char *buf;
+    size_t n, rows;
+    int w;
+    dpt_status st = slurp(path, DPT_SEQ_MAX_FILE_BYTES, &buf, &n);
+    if (st)
+        return st;
+    if ((st = scan_file(path, buf, n, &rows, &w)))
+        goto done;
+    size_t keep = max_length > 0 && rows > (size_t)max_length ? (size_t)max_length : rows;
+    /* rows * w is bounded by the file's bytes (a value takes at least one
+     * byte and a comma), so this cannot overflow; the cap matches a folder's. */
+    if (keep * (size_t)w > (size_t)DPT_SEQ_MAX_VALUES) {
+        st = dpt_fail(DPT_ERR_FORMAT, "%s: more than the %lld numbers allowed", path,
+                      (long long)DPT_SEQ_MAX_VALUES);
+        goto done;
+    }
+    float *out = malloc(keep * (size_t)w * sizeof *out);
+    if (!out) {
+        st = dpt_fail(DPT_ERR_NOMEM, "%s: out of memory for %zu values", path, keep * (size_t)w);
+        goto done;
+    }
+    if ((st = parse_file(path, buf, n, keep, w, out))) {
+        free(out);
+        goto done;
+    }
+    *x = out;
+    *n_steps = keep;
+    *n_features = w;
+done:
+    free(buf);
+    return st;
+}
+
+dpt_status dpt_seqstore_match_classes(dpt_seqstore *s, const char *what, int n_classes,
+                                      const char *const *names)
+{
+    if (!s || n_classes < 1 || !names)
+        return dpt_fail(DPT_ERR_ARG, "dpt_seqstore_match_classes: bad argument");
+    if (!what)
+        what = "sequence data";
+    int *map = malloc((size_t)s->n_classes * sizeof *map);
+    char **copy = calloc((size_t)n_classes, sizeof *copy);
+    dpt_status st = DPT_OK;
+    if (!map || !copy) {
+        st = dpt_fail(DPT_ERR_NOMEM, "%s: out of memory", what);
+        goto done;
+    }
+    for (int k = 0; k < s->n_classes; k++) {
+        map[k] = -1;
+        for (int j = 0; j < n_classes && map[k] < 0; j++)
+            if (names[j] && !strcmp(names[j], s->classes[k]))
+                map[k] = j;
+    }
+    /* Only a class that has observations must be known (a class folder
+     * always has some, but keep the rule of the image datastores). */
+    for (size_t i = 0; i < s->n; i++)
+        if (map[s->labels[i]] < 0) {
+            char shown[256];
+            dpt_text_clean(shown, sizeof shown, s->classes[s->labels[i]], (size_t)-1, 64);
+            st = dpt_fail(DPT_ERR_FORMAT, "%s: class '%s' is not one of the %d classes the model "
+                          "knows", what, shown, n_classes);
+            goto done;
+        }
+    for (int j = 0; j < n_classes; j++)
+        if (!(copy[j] = data_strdup(names[j] ? names[j] : "", &st)))
+            goto done;
+    for (size_t i = 0; i < s->n; i++)
+        s->labels[i] = map[s->labels[i]];
+    for (int k = 0; k < s->n_classes; k++)
+        free(s->classes[k]);
+    free(s->classes);
+    s->classes = copy;
+    s->n_classes = n_classes;
+    copy = NULL;
+done:
+    if (copy)
+        for (int j = 0; j < n_classes; j++)
+            free(copy[j]);
+    free(copy);
+    free(map);
+    return st;
+}
