@@ -130,6 +130,13 @@ if "$cli" train --data "$tmp/seq" --test "$tmp/seqtest" --net "$tmp/cls.net" --b
 else
   bad "classifier run: $(cat "$tmp/err")"
 fi
+# a --test folder with one of the classes: scored under its own name
+mkdir -p "$tmp/uponly" && cp -r "$tmp/seqtest/up" "$tmp/uponly/"
+"$cli" train --data "$tmp/seq" --test "$tmp/uponly" --net "$tmp/cls.net" --batch 16 --epochs 1 --workers 1 --device cpu \
+  --out "$tmp/cls3" >"$tmp/out" 2>"$tmp/err" && grep -q "^test accuracy: [0-9.]* (16 sequences)$" "$tmp/out" && ok ||
+  bad "--test folder with a subset of the classes: $(cat "$tmp/out" "$tmp/err")"
+mkdir -p "$tmp/alien/sideways" && cp "$tmp/seqtest/up/s000.csv" "$tmp/alien/sideways/"
+expect_error "sideways" "$cli" train --data "$tmp/seq" --test "$tmp/alien" --net "$tmp/cls.net" --out "$tmp/x"
 # without --test: split per label (80 files, --split 0.75: 60 / 20), the default network
 "$cli" train --data "$tmp/seq" --split 0.75 --batch 16 --epochs 1 --workers 1 --device cpu --out "$tmp/cls2" >"$tmp/out" 2>"$tmp/err" &&
   grep -q "training on 60 sequences (2 classes, 2 features), testing on 20" "$tmp/out" &&

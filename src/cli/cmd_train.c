@@ -618,6 +618,18 @@ int cli_train(int argc, char **argv)
             if (dpt_seqstore_open(test, &so, &seq_test) != DPT_OK)
                 goto fail;
             seq_train = seq_all, seq_all = NULL;
+            /* Labels by class name, as for image folders: the test folder
+             * may hold some of the classes, in any order. */
+            int kt = dpt_seqstore_n_classes(seq_train);
+            const char **names = calloc((size_t)kt, sizeof *names);
+            if (!names)
+                goto fail_nomem;
+            for (int i = 0; i < kt; i++)
+                names[i] = dpt_seqstore_class_name(seq_train, i);
+            dpt_status ms = dpt_seqstore_match_classes(seq_test, test, kt, names);
+            free(names);
+            if (ms != DPT_OK)
+                goto fail;
         } else if (dpt_seqstore_split_each_label(seq_all, split, (uint64_t)seed, &seq_train,
                                                  &seq_test) != DPT_OK) {
             goto fail;
