@@ -289,7 +289,8 @@ class DptSeqNet(nn.Module):
     zero), [N, outputs] after `output=last` (the state after each sequence's
     last valid step); state maps each recurrent layer's name to its final
     (h, c) (LSTM) or h (GRU), [1, N, H] each, to feed the next chunk of a
-    stateful stream (None: zero state)."""
+    stateful stream (None: zero state; a layer's state is None when lengths
+    left some steps padded)."""
 
     def __init__(self, spec, n_classes=None, n_vocab=None, dropout="counter"):
         super().__init__()
@@ -359,17 +360,18 @@ class DptSeqNet(nn.Module):
             if k in ("lstm", "gru"):
                 m = self.mods[l.name]
                 h0 = state.get(l.name) if state else None
-                if lengths is not None and int(lengths.min()) < t:
-                    packed = nn.utils.rnn.pack_padded_sequence(a, lengths, batch_first=True,
-                                                               enforce_sorted=False)
-                    out, hn = m(packed, h0)
-                    out = nn.utils.rnn.pad_packed_sequence(out, batch_first=True,
-                                                           total_length=t)[0]
-                else:
-                    out, hn = m(a, h0)
-                new_state[l.name] = hn
+                # Right padding comes after every valid step, so the outputs
+                # of the valid steps are those of the padded batch: one
+                # unpacked call (packing runs step by step on the CPU, several
+                # times slower), the state after a sequence's last valid step
+                # picked from its outputs.
+                out, hn = m(a, h0)
+                short = lengths is not None and int(lengths.min()) < t
+                new_state[l.name] = None if short else hn
                 if l.kv.get("output", "sequence") == "sequence":
                     y = out
+                elif short:
+                    y = out[torch.arange(n), lengths - 1]
                 else:
                     y = (hn[0] if k == "lstm" else hn)[-1]
             elif k in ("fc", "dropout", "leakyrelu"):
