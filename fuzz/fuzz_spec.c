@@ -21,10 +21,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n)
     dpt_net *net = NULL;
     /* max_batch 1 keeps a huge but valid network from using all memory. */
     if (dpt_net_from_spec(text, "fuzz.spec", 3, 1, 0, &net) == DPT_OK) {
-        /* A spec that parses must also run one forward pass. */
-        int chw[3];
+        /* A spec that parses must also run one forward pass (a sequence
+         * network on 3 steps, the last one padding). */
+        int chw[3], steps = 1;
+        if (dpt_net_is_sequence(net) &&
+            dpt_net_set_steps(net, 3, (const int[]){2}, 1, 0) == DPT_OK)
+            steps = 3;
         dpt_net_input_shape(net, chw);
-        size_t in = (size_t)chw[0] * chw[1] * chw[2];
+        size_t in = (size_t)chw[0] * chw[1] * chw[2] * (size_t)steps;
         float *x = in <= (1u << 20) ? calloc(in, sizeof *x) : NULL;
         const float *y;
         if (x)
@@ -32,7 +36,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n)
         /* And one training step's passes: the backward of every layer
          * type (pooling windows, dilated and grouped convs, fan-out and
          * merges) on the shapes the spec makes. */
-        size_t out = (size_t)dpt_net_n_outputs(net);
+        size_t out = (size_t)dpt_net_n_outputs(net) *
+                     (size_t)(dpt_net_output_is_sequence(net) ? steps : 1);
         float *dy = x && out <= (1u << 20) ? malloc(out * sizeof *dy) : NULL;
         if (dy) {
             for (size_t i = 0; i < out; i++)

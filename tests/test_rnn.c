@@ -16,6 +16,13 @@
  * 4. NULL initial states and NULL output gradients act as zeros.
  * 5. The kernels never write past the buffers their *_floats say (guard
  *    values after save and work stay intact).
+ * Each of 1-6 runs with every kernel set the CPU has (generic: the BLAS
+ * path; avx2, avx512: the vector kernels of rnn_isa.h).
+ * 7. One-hot input (the sparse path of rnn.c: at most one x in 8 nonzero)
+ *    against the dense path: the same sequences with a dense one added to
+ *    the batch (whose output gradients are zero) give the same results
+ *    within REF_TOL (the BLAS path's products differ in the last bits with
+ *    the batch size).
  * 6. Left padding (pad_left = 1): every case with its sequences moved to
  *    the end of the T steps gives, shifted back, the same bytes as right
  *    padding for y, hn, cn, dx, dh0, dc0 (the same arithmetic on each
@@ -487,17 +494,95 @@ static void fd_check(dpt_rng *rng, dpt_rnn_kind kind, int n, int t, int f, int h
     free(m.r), free(m.rh), free(m.rc), free(m.y), free(m.hn), free(m.cn), free(m.save), free(work);
 }
 
+/* Forward and backward of c sequences ([c][T][F], zero output gradients
+ * from sequence z on); outputs into o[0..9]: y hn cn dx dwi dwh dbi dbh dh0 dc0. */
+static void run_all(dpt_rnn_desc *d, const float *x, const int *len, float *const *w,
+                    const float *dy, const float *dhn, float **o)
+{
+    const int lstm = d->kind == DPT_RNN_LSTM;
+    float *save = nans(dpt_rnn_save_floats(d)), *work = nans(dpt_rnn_work_floats(d));
+    dpt_rnn_forward(d, x, len, w[0], w[1], w[2], w[3], NULL, NULL, o[0], o[1], lstm ? o[2] : NULL,
+                    save);
+    dpt_rnn_backward(d, x, len, w[0], w[1], save, dy, dhn, lstm ? dhn : NULL, o[3], o[4], o[5],
+                     o[6], o[7], o[8], lstm ? o[9] : NULL, work);
+    free(save), free(work);
+}
+
+static void sparse_check(dpt_rng *rng, dpt_rnn_kind kind)
+{
+    const int N = 4, T = 9, F = 20, H = 24, lstm = kind == DPT_RNN_LSTM;
+    const size_t gh = (size_t)dpt_rnn_gates(kind) * H;
+    static const int len[4] = {9, 4, 0, 9};
+    float *x = calloc((size_t)N * T * F, sizeof *x), *dy = calloc((size_t)N * T * H, sizeof *dy);
+    float *dhn = calloc((size_t)N * H, sizeof *dhn), *w[4];
+    size_t nw[4] = {gh * F, gh * H, gh, gh};
+    for (int k = 0; k < 4; k++) {
+        w[k] = malloc(nw[k] * sizeof(float));
+        for (size_t i = 0; i < nw[k]; i++)
+            w[k][i] = urand(rng) * 0.3f;
+    }
+    for (int r = 0; r < (N - 1) * T; r++) {
+        x[(size_t)r * F + dpt_rng_below(rng, F)] = 1.0f;
+        for (int j = 0; j < H; j++)
+            dy[(size_t)r * H + j] = (r % T) < len[r / T] ? urand(rng) : 0.0f;
+    }
+    for (int j = 0; j < (N - 1) * H; j++)
+        dhn[j] = urand(rng);
+    for (int i = 0; i < T * F; i++) /* the dense sequence */
+        x[(size_t)(N - 1) * T * F + i] = urand(rng);
+    size_t sz[10] = {(size_t)N * T * H, (size_t)N * H, (size_t)N * H, (size_t)N * T * F,
+                     nw[0], nw[1], gh, gh, (size_t)N * H, (size_t)N * H};
+    size_t part[10] = {(size_t)(N - 1) * T * H, (size_t)(N - 1) * H, (size_t)(N - 1) * H,
+                       (size_t)(N - 1) * T * F, nw[0], nw[1], gh, gh, (size_t)(N - 1) * H,
+                       (size_t)(N - 1) * H};
+    static const char *names[10] = {"y", "hn", "cn", "dx", "dw_ih", "dw_hh", "db_ih", "db_hh",
+                                    "dh0", "dc0"};
+    float *o[2][10];
+    for (int k = 0; k < 2; k++)
+        for (int j = 0; j < 10; j++)
+            o[k][j] = nans(sz[j]);
+    dpt_rnn_desc dd = {kind, N, T, F, H, 0}, ds = {kind, N - 1, T, F, H, 0};
+    run_all(&dd, x, len, w, dy, dhn, o[0]);
+    run_all(&ds, x, len, w, dy, dhn, o[1]);
+    for (int j = 0; j < 10; j++) {
+        if (!lstm && (j == 2 || j == 9))
+            continue;
+        char label[64];
+        snprintf(label, sizeof label, "%s one-hot %s", lstm ? "lstm" : "gru", names[j]);
+        tu_check_close(label, o[1][j], o[0][j], part[j], REF_TOL);
+    }
+    for (int k = 0; k < 2; k++)
+        for (int j = 0; j < 10; j++)
+            free(o[k][j]);
+    for (int k = 0; k < 4; k++)
+        free(w[k]);
+    free(x), free(dy), free(dhn);
+}
+
 int main(void)
 {
-    fixture_cases();
-    dpt_rng rng_state, *rng = &rng_state;
-    dpt_rng_seed(rng, 2020, 0);
-    static const int len[4] = {7, 2, 0, 5};
-    for (int k = 0; k < 2; k++) {
-        dpt_rnn_kind kind = k ? DPT_RNN_GRU : DPT_RNN_LSTM;
-        fd_check(rng, kind, 4, 7, 3, 5, len, 0);
-        fd_check(rng, kind, 4, 7, 3, 5, len, 1);
-        fd_check(rng, kind, 2, 1, 4, 3, NULL, 0);
+    /* Every kernel set this CPU has: the BLAS path ("generic") and the
+     * vector kernels of rnn_isa.h. */
+    static const char *sets[] = {"generic", "avx2", "avx512"};
+    for (int ks = 0; ks < 3; ks++) {
+        if (!dpt_ops_kernels_supported(sets[ks])) {
+            printf("kernels %s: not on this CPU, skipped\n", sets[ks]);
+            continue;
+        }
+        dpt_ops_set_kernels(sets[ks]);
+        printf("kernels %s\n", sets[ks]);
+        fixture_cases();
+        dpt_rng rng_state, *rng = &rng_state;
+        dpt_rng_seed(rng, 2020, 0);
+        static const int len[4] = {7, 2, 0, 5};
+        for (int k = 0; k < 2; k++) {
+            dpt_rnn_kind kind = k ? DPT_RNN_GRU : DPT_RNN_LSTM;
+            fd_check(rng, kind, 4, 7, 3, 5, len, 0);
+            fd_check(rng, kind, 4, 7, 3, 5, len, 1);
+            fd_check(rng, kind, 2, 1, 4, 3, NULL, 0);
+            sparse_check(rng, kind);
+        }
     }
+    dpt_ops_set_kernels("auto");
     return tu_exit();
 }

@@ -284,6 +284,16 @@ static void test_stateful(const dpt_st *st, const fcase *c)
     CHECK(dpt_net_forward(net, x, n, DPT_MODE_PREDICT, &y) == DPT_OK);
     CHECK(dpt_net_carry_get(net, n, got) == DPT_OK);
     tu_check_close("carried state after chunk 1", got, hc, (size_t)n * cf, REF_TOL);
+    /* Growing the buffers keeps the carried state. */
+    {
+        float *before = malloc((size_t)n * cf * sizeof *before);
+        memcpy(before, got, (size_t)n * cf * sizeof *before);
+        CHECK(dpt_net_set_steps(net, 50, NULL, n, 0) == DPT_OK);
+        CHECK(dpt_net_carry_get(net, n, got) == DPT_OK);
+        CHECK_MSG(memcmp(got, before, (size_t)n * cf * sizeof *got) == 0,
+                  "growing the steps changed the carried state");
+        free(before);
+    }
     /* The second chunk is shorter: the buffers keep their capacity. */
     CHECK(dpt_net_set_steps(net, c->t2, NULL, n, 0) == DPT_OK);
     double loss = 0;
@@ -433,6 +443,9 @@ static void test_spec(void)
     if (net) {
         CHECK(dpt_net_output_is_sequence(net) == 0);
         CHECK(dpt_net_carry_floats(net) == 5 + 2 * 3);
+        CHECK(dpt_net_layer_is_sequence(net, 0) && dpt_net_layer_is_sequence(net, 1));
+        CHECK(!dpt_net_layer_is_sequence(net, 2) && !dpt_net_layer_is_sequence(net, 3));
+        CHECK(!dpt_net_layer_is_sequence(net, 9));
         CHECK(strstr(dpt_net_spec(net), "gru        g units=5 output=sequence") != NULL);
     }
     /* No GPU code: --device auto picks CPU workers, saying why. */
@@ -690,6 +703,44 @@ static void test_left_right_step(void)
     dpt_net_free(a), dpt_net_free(b);
 }
 
+/* The per-step types on a sequence of n x T steps compute what they
+ * compute on n*T observations of one step: a graph of fc, relu, add,
+ * concat, sigmoid, leakyrelu, tanh and softmax, forward and gradients. */
+static void test_per_step_types(void)
+{
+    printf("per-step layers on a sequence = the same layers on n*T observations:\n");
+    const char *body = "fc a outputs=4\nrelu r\nfc b outputs=4 from=in\nadd s from=r,b\n"
+                       "concat c from=s,a\nsigmoid g\nleakyrelu lr alpha=0.1\ntanh th\n"
+                       "fc o outputs=3\nsoftmax sm\n";
+    char sa[512], sb[512];
+    snprintf(sa, sizeof sa, "sequenceinput in size=3\n%s", body);
+    snprintf(sb, sizeof sb, "input in size=1x1x3\n%s", body);
+    enum { N = 3, T = 5 };
+    dpt_net *a = NULL, *b = NULL;
+    CHECK(dpt_net_from_spec(sa, "a", 0, N, 4, &a) == DPT_OK);
+    CHECK(dpt_net_from_spec(sb, "b", 0, N * T, 4, &b) == DPT_OK);
+    if (a && b) {
+        CHECK(dpt_net_hash(a) == dpt_net_hash(b));
+        float x[N * T * 3], tg[N * T * 3] = {0};
+        for (int i = 0; i < N * T * 3; i++)
+            x[i] = sinf(1.3f * (float)i);
+        for (int i = 0; i < N * T; i++)
+            tg[i * 3 + i % 3] = 1.0f;
+        CHECK(dpt_net_set_steps(a, T, NULL, 0, 0) == DPT_OK);
+        double la, lb;
+        CHECK(net_step_forward_loss(a, x, tg, N, 1.0f / (N * T), 1.0 / (N * T), &la) == DPT_OK);
+        CHECK(net_step_forward_loss(b, x, tg, N * T, 1.0f, 1.0, &lb) == DPT_OK);
+        tu_check_close("outputs", a->acts[a->n_layers - 1], b->acts[b->n_layers - 1],
+                       (size_t)N * T * 3, 1e-6);
+        float fa = (float)la, fb = (float)lb;
+        tu_check_close("loss", &fa, &fb, 1, 1e-6);
+        CHECK(net_step_backward(a) == DPT_OK && net_step_backward(b) == DPT_OK);
+        tu_check_close("gradients", dpt_net_grads(a), dpt_net_grads(b), dpt_net_n_params(a),
+                       1e-5);
+    }
+    dpt_net_free(a), dpt_net_free(b);
+}
+
 /* 5. Buffers grow with T; the same sequences give the same outputs at any
  * capacity; finite differences through the network. */
 static void test_growth_and_fd(void)
@@ -721,6 +772,17 @@ static void test_growth_and_fd(void)
     memcpy(y40, y, sizeof y40);
     tu_check_close("T=40 with lengths 3 vs T=3", y40, y3, 4, 1e-6);
     CHECK(dpt_net_forward(net, x, 3, DPT_MODE_PREDICT, &y) == DPT_ERR_ARG);
+    /* Growing past DPT_MAX_NET_MEMORY fails naming the bound; the
+     * network keeps its capacity and still runs. */
+    setenv("DPT_MAX_NET_MEMORY", "1M", 1);
+    dpt_status sg = dpt_net_set_steps(net, 200000, NULL, 0, 0);
+    CHECK(sg == DPT_ERR_SHAPE);
+    CHECK_MSG(strstr(dpt_last_error(), "DPT_MAX_NET_MEMORY") &&
+              strstr(dpt_last_error(), "200000 time steps"), "%s", dpt_last_error());
+    unsetenv("DPT_MAX_NET_MEMORY");
+    CHECK(net->cap_steps == 40 && dpt_net_steps(net) == 40);
+    CHECK(dpt_net_forward(net, x, 2, DPT_MODE_PREDICT, &y) == DPT_OK);
+    CHECK(memcmp(y, y40, sizeof y40) == 0);
     /* Finite differences of L = Σ -log p[target] over the learnables. */
     float tg[4] = {1, 0, 0, 1};
     CHECK(dpt_net_set_steps(net, 40, (int[]){40, 17}, 2, 0) == DPT_OK);
@@ -783,6 +845,7 @@ int main(void)
     test_spec();
     test_model_file();
     test_growth_and_fd();
+    test_per_step_types();
     make_data();
     test_padding_step();
     test_left_right_step();

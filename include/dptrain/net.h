@@ -333,7 +333,8 @@ DPT_API dpt_status dpt_net_update_state(dpt_net *net, dpt_comm *comm);
 
 /* A network-owned buffer of max_batch × outputs floats for a loss
  * gradient (× the steps it holds, at least dpt_net_steps, for a sequence
- * output): fill it and pass it to dpt_net_backward. */
+ * output): fill it and pass it to dpt_net_backward. A dpt_net_set_steps
+ * that grows the buffers moves it: ask again after that. */
 DPT_API float *dpt_net_output_grad(dpt_net *net);
 
 /* FNV-1a hash of the learnables and the pooled state (batch-norm
@@ -360,12 +361,19 @@ DPT_API void dpt_net_reset_state(dpt_net *net);
  * A sequence network (first layer sequenceinput) runs on x [n, T, F]
  * (observation major) and gives y [n, T, outputs], or [n, outputs] when
  * its output is not a sequence (after lstm output=last). dpt_net_forward
- * and dpt_net_backward keep their signatures; T is dpt_net_steps. */
+ * and dpt_net_backward keep their signatures; T is dpt_net_steps. The
+ * recurrent layers give zeros on padded steps and ignore what reaches them
+ * there, so padding changes no valid output and no gradient; the output
+ * rows of padded steps (what the layers after them make of those zeros)
+ * mean nothing: skip them, and give them a zero loss gradient (the
+ * training step does: a target row of all zeros is padding). */
 
 /* DPT_SEQ_MAX_STEPS bounds the time steps of one forward. */
 #define DPT_SEQ_MAX_STEPS 1000000
 /* 1 when the network's input is a sequence (sequenceinput). */
 DPT_API int dpt_net_is_sequence(const dpt_net *net);
+/* 1 when layer i's output is a sequence (per time step, [n][T][shape]). */
+DPT_API int dpt_net_layer_is_sequence(const dpt_net *net, int i);
 /* 1 when its output is per time step ([n, T, outputs]); 0 for one output
  * per observation (e.g. after lstm output=last). */
 DPT_API int dpt_net_output_is_sequence(const dpt_net *net);

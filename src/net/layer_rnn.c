@@ -141,10 +141,10 @@ static dpt_status rnn_infer(dpt_net *net, dpt_layer *l)
     if (r->units == 0)
         return dpt_fail(DPT_ERR_FORMAT, "%s '%s' needs units=H", l->type->name, l->name);
     if (!l->seq)
-        return dpt_fail(DPT_ERR_SHAPE, "%s '%s' needs a sequence, but its input %s '%s' gives "
-                        "one %dx%dx%d value per observation (start the network with "
-                        "'sequenceinput size=F')", l->type->name, l->name, src->type->name,
-                        src->name, l->in[1], l->in[2], l->in[0]);
+        return dpt_fail(DPT_ERR_SHAPE, "%s '%s' needs a sequence, but its input '%s' (%s) "
+                        "gives one %dx%dx%d value per observation (start the network with "
+                        "'sequenceinput size=F')", l->type->name, l->name, src->name,
+                        src->type->name, l->in[1], l->in[2], l->in[0]);
     r->net = net;
     r->f = l->in[0];
     const int g = dpt_rnn_gates(r->kind), h = r->units;

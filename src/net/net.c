@@ -1030,6 +1030,9 @@ dpt_status dpt_net_forward(dpt_net *net, const float *x, int n, dpt_mode mode, c
     if (n < 1 || n > net->max_batch)
         return dpt_fail(DPT_ERR_ARG, "%s: forward on %d observations (1 to %d allowed)",
                         net->source, n, net->max_batch);
+    if (!net->buf)
+        return dpt_fail(DPT_ERR_NOMEM, "%s: the network has no buffers (out of memory when "
+                        "dpt_net_set_steps grew them)", net->source);
     if (net->len && n > net->len_n)
         return dpt_fail(DPT_ERR_ARG, "%s: forward on %d sequences, but dpt_net_set_steps gave "
                         "the lengths of %d", net->source, n, net->len_n);
@@ -1322,6 +1325,11 @@ void dpt_argmax_rows(const float *y, int n, int k, int *labels)
 
 int dpt_net_is_sequence(const dpt_net *net) { return net && net->layers[0].seq; }
 
+int dpt_net_layer_is_sequence(const dpt_net *net, int i)
+{
+    return net && i >= 0 && i < net->n_layers && net->layers[i].seq;
+}
+
 int dpt_net_output_is_sequence(const dpt_net *net)
 {
     return net && net->layers[net->n_layers - 1].seq;
@@ -1354,9 +1362,10 @@ static dpt_status grow_steps(dpt_net *net, int cap)
     char msg[512];
     snprintf(msg, sizeof msg, "%s", dpt_last_error());
     net->cap_steps = old;
+    net->last_n = 0; /* the buffers a backward would read are gone */
     if (net_replan(net, -1) != DPT_OK || net_alloc_buffers(net) != DPT_OK ||
         size_buffers(net) != DPT_OK)
-        net->last_n = 0; /* nothing to run on; every later call fails cleanly */
+        net_free_buffers(net); /* nothing to run on: forward fails cleanly */
     return dpt_fail(s, "%s", msg);
 }
 
@@ -1378,6 +1387,15 @@ dpt_status dpt_net_set_steps(dpt_net *net, int t, const int *len, int n, int pad
     if ((double)net->max_batch * t > 2147483647.0)
         return dpt_fail(DPT_ERR_SHAPE, "%s: %d time steps for a minibatch of %d: more than %d "
                         "rows in all", net->source, t, net->max_batch, 2147483647);
+    /* And so are a layer's values over the minibatch. */
+    for (int i = 0; i < net->n_layers; i++) {
+        const dpt_layer *l = &net->layers[i];
+        if (l->seq && (double)net->max_batch * t * layer_count(l) > 2147483647.0)
+            return dpt_fail(DPT_ERR_SHAPE, "%s:%d: %s '%s': %d time steps of %zu values for a "
+                            "minibatch of %d: more than %d values", net->source, l->line,
+                            l->type->name, l->name, t, layer_count(l), net->max_batch,
+                            2147483647);
+    }
     if (pad_left != 0 && pad_left != 1)
         return dpt_fail(DPT_ERR_ARG, "%s: pad_left must be 0 or 1, not %d", net->source,
                         pad_left);

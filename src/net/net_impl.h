@@ -31,9 +31,12 @@ typedef struct bn_fusion {
 
 /* Kinds of state a layer declares (net_declare): learnables (gradients
  * all-reduced); pooled state (batch-norm statistics, combined across
- * workers, identical on all); carried state (per worker, never pooled,
- * reset by the type's reset hook). Pooled and carried state both live in
- * the state table; only learnables and pooled state are hashed. */
+ * workers, identical on all). Carried state (a recurrent layer's hidden
+ * state per stream: per worker, never pooled) is not declared here: it
+ * lives in the layer's own buffers (layer_rnn.c), outside the state table
+ * and model files, reached through the reset/carry_* hooks; checkpoints
+ * take it through dpt_net_carry_get/set. DPT_KIND_CARRIED stays for a
+ * table entry that is per worker and not hashed; no type uses it now. */
 enum { DPT_KIND_LEARN = 0, DPT_KIND_POOLED = 1, DPT_KIND_CARRIED = 2 };
 
 /* What a layer type does with a sequence input (layer_type.seq_mode). */

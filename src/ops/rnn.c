@@ -13,10 +13,26 @@
  *         tc [S][H] (tanh of the cell after the step)
  *   GRU:  gates [S][3H] (activated r, z, n), hpart [S][3H] (W_hh h + b_hh),
  *         hprev [S][H]
+ * then x's transpose [F][G·H] (sparse input, below), W_hh packed for the
+ * vector kernels (rnn_isa.h) and N bytes of step masks.
  * work (dpt_rnn_work_floats): dP [S][G·H] (gradient of the input-side
  * pre-activations), dHp [S][3H] (GRU: of the hidden-side ones; the LSTM's
- * are dP), and three [N][H] vectors: dh, dh2, dc. */
+ * are dP), three [N][H] vectors: dh, dh2, dc, then dW_ihᵀ [F][G·H] (sparse
+ * input), W_hh packed for the backward kernels and N bytes of step masks.
+ *
+ * Sparse input: a language model's x is one-hot (one nonzero in F = the
+ * vocabulary), where the dense products with W_ih (the projection, dW_ih)
+ * are mostly multiplications by zero. When at most one x in 8 is nonzero,
+ * the projection adds the rows of W_ihᵀ that x selects and dW_ih adds the
+ * rows of dP into the rows of dW_ihᵀ that x selects, in row order (the
+ * same float arithmetic for a one-hot x: one product per output).
+ *
+ * The vector kernels (rnn_isa.h, selected with the other ops kernels;
+ * "generic" is the BLAS path below) run the per-step recurrence with W_hh
+ * packed once per call and the gates fused into the product; the weight
+ * gradients stay one GEMM each over all steps. */
 #include "ops/ops.h"
+#include "ops/rnn_isa.h"
 
 #include <assert.h>
 #include <cblas.h>
@@ -33,7 +49,10 @@ static float th(float v) { return 1.0f - 2.0f / (expf(2.0f * v) + 1.0f); }
 
 int dpt_rnn_gates(dpt_rnn_kind kind) { return kind == DPT_RNN_LSTM ? 4 : 3; }
 
-size_t dpt_rnn_save_floats(const dpt_rnn_desc *d)
+static size_t round_up(size_t v, size_t m) { return (v + m - 1) / m * m; }
+
+/* Floats of the saved state, before the sparse and packed sections. */
+static size_t save_core(const dpt_rnn_desc *d)
 {
     size_t s = (size_t)d->n * d->t, h = (size_t)d->h;
     if (d->kind == DPT_RNN_LSTM)
@@ -41,11 +60,71 @@ size_t dpt_rnn_save_floats(const dpt_rnn_desc *d)
     return s * (3 * h + 3 * h + h);
 }
 
-size_t dpt_rnn_work_floats(const dpt_rnn_desc *d)
+static size_t work_core(const dpt_rnn_desc *d)
 {
     size_t s = (size_t)d->n * d->t, h = (size_t)d->h;
     size_t g = (size_t)dpt_rnn_gates(d->kind);
     return s * g * h * (d->kind == DPT_RNN_GRU ? 2 : 1) + 3 * (size_t)d->n * h;
+}
+
+static size_t gh_of(const dpt_rnn_desc *d) { return (size_t)dpt_rnn_gates(d->kind) * d->h; }
+
+/* Packed W_hh, for any kernel set (rnn_isa.h's sizes at the widest). */
+static size_t fwd_pack_max(const dpt_rnn_desc *d)
+{
+    return gh_of(d) * round_up((size_t)d->h, RNN_VN_MAX);
+}
+
+static size_t bwd_pack_max(const dpt_rnn_desc *d)
+{
+    return gh_of(d) * round_up((size_t)d->h, RNN_BW_MAX);
+}
+
+static size_t mask_floats(const dpt_rnn_desc *d) { return ((size_t)d->n + 3) / 4; }
+
+size_t dpt_rnn_save_floats(const dpt_rnn_desc *d)
+{
+    return save_core(d) + (size_t)d->f * gh_of(d) + fwd_pack_max(d) + mask_floats(d);
+}
+
+size_t dpt_rnn_work_floats(const dpt_rnn_desc *d)
+{
+    return work_core(d) + (size_t)d->f * gh_of(d) + bwd_pack_max(d) + mask_floats(d);
+}
+
+/* The vector kernels of the selected set; NULL: the BLAS path. */
+static const rnn_isa *pick(void)
+{
+#ifdef DPT_HAVE_RNN_X86
+    const char *k = dpt_ops_kernels();
+    if (strcmp(k, "avx512") == 0)
+        return &dpt_rnn_isa_avx512;
+    if (strcmp(k, "avx2") == 0)
+        return &dpt_rnn_isa_avx2;
+#endif
+    return NULL;
+}
+
+/* At most one x in 8 nonzero. */
+static int sparse(const float *x, size_t s, int f)
+{
+    const size_t n = s * (size_t)f, lim = n / 8;
+    size_t nz = 0;
+    for (size_t i = 0; i < n; i++)
+        if (x[i] != 0.0f && ++nz > lim)
+            return 0;
+    return 1;
+}
+
+/* out [m] += v · w [m]. */
+static void axpy(const rnn_isa *isa, float *out, const float *w, float v, int m)
+{
+    if (isa) {
+        isa->axpy(out, w, v, m);
+        return;
+    }
+    for (int j = 0; j < m; j++)
+        out[j] += v * w[j];
 }
 
 /* Whether step t of sequence b is a valid (unpadded) step. */
@@ -57,17 +136,68 @@ static int live(const dpt_rnn_desc *d, const int *len, int b, int t)
     return d->pad_left ? t >= d->t - len[b] : t < len[b];
 }
 
-/* out [S][gh] = x [S][f] · w_ihᵀ + bias rows (b1 + b2 where given). */
-static void project(const float *x, const float *w_ih, const float *b1, const float *b2,
-                    float *out, int s, int f, int gh)
+/* out [S][gh] = x [S][f] · w_ihᵀ + bias rows (b1, plus b2 on the first
+ * n2 columns). wt: room for w_ihᵀ [f][gh] (sparse x). */
+static void project(const rnn_isa *isa, const float *x, const float *w_ih, const float *b1,
+                    const float *b2, int n2, float *out, int s, int f, int gh, float *wt)
 {
     for (int r = 0; r < s; r++) {
         float *o = out + (size_t)r * gh;
         for (int j = 0; j < gh; j++)
-            o[j] = (b1 ? b1[j] : 0.0f) + (b2 ? b2[j] : 0.0f);
+            o[j] = (b1 ? b1[j] : 0.0f) + (b2 && j < n2 ? b2[j] : 0.0f);
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s, gh, f, 1.0f, x, f, w_ih, f, 1.0f, out,
-                gh);
+    if (!sparse(x, (size_t)s, f)) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s, gh, f, 1.0f, x, f, w_ih, f, 1.0f,
+                    out, gh);
+        return;
+    }
+    for (int j = 0; j < gh; j++)
+        for (int k = 0; k < f; k++)
+            wt[(size_t)k * gh + j] = w_ih[(size_t)j * f + k];
+    for (int r = 0; r < s; r++)
+        for (int k = 0; k < f; k++) {
+            const float v = x[(size_t)r * f + k];
+            if (v != 0.0f)
+                axpy(isa, out + (size_t)r * gh, wt + (size_t)k * gh, v, gh);
+        }
+}
+
+/* The vector kernels' forward: one fused call per step. */
+static void forward_isa(const rnn_isa *isa, const dpt_rnn_desc *d, const int *len,
+                        const float *w_hh, const float *b_hh, float *save, float *y, float *hn,
+                        float *cn)
+{
+    const int N = d->n, T = d->t, H = d->h, lstm = d->kind == DPT_RNN_LSTM;
+    const int G = dpt_rnn_gates(d->kind), GH = G * H;
+    const size_t S = (size_t)N * T;
+    float *gates = save;
+    float *hpart = lstm ? NULL : gates + S * GH;
+    float *hprev = lstm ? gates + S * GH : hpart + S * 3 * H;
+    float *cprev = lstm ? hprev + S * H : NULL;
+    float *tc = lstm ? cprev + S * H : NULL;
+    float *wp = save + save_core(d) + (size_t)d->f * GH;
+    unsigned char *live_b = (unsigned char *)(wp + fwd_pack_max(d));
+    isa->fwd_pack(w_hh, G, H, wp);
+    const size_t TH = (size_t)T * H;
+    for (int t = 0; t < T; t++) {
+        for (int b = 0; b < N; b++)
+            live_b[b] = (unsigned char)live(d, len, b, t);
+        const int last = t + 1 == T;
+        rnn_fwd st = {
+            .n = N, .h = H, .lstm = lstm, .live = live_b, .wp = wp,
+            .hp = hprev + (size_t)t * H, .hp_ld = TH,
+            .cp = lstm ? cprev + (size_t)t * H : NULL, .cp_ld = TH,
+            .gates = gates + (size_t)t * GH, .g_ld = (size_t)T * GH,
+            .hq = lstm ? NULL : hpart + (size_t)t * GH + 2 * H, .hq_ld = (size_t)T * GH,
+            .b_hn = !lstm && b_hh ? b_hh + 2 * H : NULL,
+            .tc = lstm ? tc + (size_t)t * H : NULL, .tc_ld = TH,
+            .y = y + (size_t)t * H, .y_ld = TH,
+            .hn = last ? hn : hprev + (size_t)(t + 1) * H, .hn_ld = last ? (size_t)H : TH,
+            .cn = !lstm ? NULL : last ? cn : cprev + (size_t)(t + 1) * H,
+            .cn_ld = last ? (size_t)H : TH,
+        };
+        isa->fwd_step(&st);
+    }
 }
 
 void dpt_rnn_forward(const dpt_rnn_desc *d, const float *x, const int *len, const float *w_ih,
@@ -77,6 +207,7 @@ void dpt_rnn_forward(const dpt_rnn_desc *d, const float *x, const int *len, cons
     const int N = d->n, T = d->t, F = d->f, H = d->h, lstm = d->kind == DPT_RNN_LSTM;
     const int G = dpt_rnn_gates(d->kind), GH = G * H;
     const size_t S = (size_t)N * T;
+    const rnn_isa *isa = pick();
     float *gates = save;
     float *hpart = lstm ? NULL : gates + S * GH;
     float *hprev = lstm ? gates + S * GH : hpart + S * 3 * H;
@@ -93,9 +224,12 @@ void dpt_rnn_forward(const dpt_rnn_desc *d, const float *x, const int *len, cons
         return;
     }
 
-    /* The LSTM adds both biases up front; the GRU's b_hh belongs inside
-     * r·(W_hn h + b_hn), so it seeds the hidden product instead. */
-    project(x, w_ih, b_ih, lstm ? b_hh : NULL, gates, (int)S, F, GH);
+    /* The LSTM adds both biases up front; the GRU's b_hn belongs inside
+     * r·(W_hn h + b_hn), so the BLAS path seeds the hidden product with
+     * b_hh and the vector kernels add b_hr, b_hz up front and b_hn in the
+     * step. */
+    project(isa, x, w_ih, b_ih, b_hh, lstm ? GH : isa ? 2 * H : 0, gates, (int)S, F, GH,
+            save + save_core(d));
     for (int b = 0; b < N; b++) {
         for (int j = 0; j < H; j++) {
             hprev[(size_t)b * T * H + j] = h0 ? h0[(size_t)b * H + j] : 0.0f;
@@ -103,11 +237,14 @@ void dpt_rnn_forward(const dpt_rnn_desc *d, const float *x, const int *len, cons
                 cprev[(size_t)b * T * H + j] = c0 ? c0[(size_t)b * H + j] : 0.0f;
         }
     }
+    if (isa) {
+        forward_isa(isa, d, len, w_hh, b_hh, save, y, hn, cn);
+        return;
+    }
     if (!lstm)
         for (size_t r = 0; r < S; r++)
             for (int j = 0; j < GH; j++)
                 hpart[r * GH + j] = b_hh ? b_hh[j] : 0.0f;
-
     for (int t = 0; t < T; t++) {
         float *acc = lstm ? gates + (size_t)t * GH : hpart + (size_t)t * GH;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, GH, H, 1.0f,
@@ -176,6 +313,46 @@ static void colsum(const float *dp, size_t s, int gh, float *db)
     }
 }
 
+/* The vector kernels' backward recurrence: dP (and dHp) of every step;
+ * returns the buffer holding dh before step 0 (dh or dh2 of work). */
+static float *backward_isa(const rnn_isa *isa, const dpt_rnn_desc *d, const int *len,
+                           const float *w_hh, const float *save, const float *dy, float *work)
+{
+    const int N = d->n, T = d->t, H = d->h, lstm = d->kind == DPT_RNN_LSTM;
+    const int G = dpt_rnn_gates(d->kind), GH = G * H;
+    const size_t S = (size_t)N * T, NH = (size_t)N * H, TH = (size_t)T * H;
+    const float *gates = save;
+    const float *hpart = lstm ? NULL : gates + S * GH;
+    const float *hprev = lstm ? gates + S * GH : hpart + S * 3 * H;
+    const float *cprev = lstm ? hprev + S * H : NULL;
+    const float *tc = lstm ? cprev + S * H : NULL;
+    float *dP = work, *dHp = lstm ? dP : dP + S * GH;
+    float *dh = dHp + S * GH, *dh2 = dh + NH, *dc = dh2 + NH;
+    float *wp = work + work_core(d) + (size_t)d->f * GH;
+    unsigned char *live_b = (unsigned char *)(wp + bwd_pack_max(d));
+    isa->bwd_pack(w_hh, G, H, wp);
+    for (int t = T - 1; t >= 0; t--) {
+        for (int b = 0; b < N; b++)
+            live_b[b] = (unsigned char)live(d, len, b, t);
+        rnn_bwd st = {
+            .n = N, .h = H, .lstm = lstm, .live = live_b, .wp = wp,
+            .gates = gates + (size_t)t * GH, .g_ld = (size_t)T * GH,
+            .hp = hprev + (size_t)t * H, .hp_ld = TH,
+            .cp = lstm ? cprev + (size_t)t * H : NULL, .cp_ld = TH,
+            .hq = lstm ? NULL : hpart + (size_t)t * GH + 2 * H, .hq_ld = (size_t)T * GH,
+            .tc = lstm ? tc + (size_t)t * H : NULL, .tc_ld = TH,
+            .dy = dy ? dy + (size_t)t * H : NULL, .dy_ld = TH,
+            .dp = dP + (size_t)t * GH, .dp_ld = (size_t)T * GH,
+            .dq = dHp + (size_t)t * GH, .dq_ld = (size_t)T * GH,
+            .dh = dh, .dc = dc, .dh_out = dh2,
+        };
+        isa->bwd_step(&st);
+        float *sw = dh;
+        dh = dh2, dh2 = sw;
+    }
+    return dh;
+}
+
 void dpt_rnn_backward(const dpt_rnn_desc *d, const float *x, const int *len, const float *w_ih,
                       const float *w_hh, const float *save, const float *dy, const float *dhn,
                       const float *dcn, float *dx, float *dw_ih, float *dw_hh, float *db_ih,
@@ -198,7 +375,10 @@ void dpt_rnn_backward(const dpt_rnn_desc *d, const float *x, const int *len, con
         dh[i] = dhn ? dhn[i] : 0.0f;
         dc[i] = lstm && dcn ? dcn[i] : 0.0f;
     }
-    for (int t = T - 1; t >= 0; t--) {
+    const rnn_isa *isa = pick();
+    if (isa)
+        dh = backward_isa(isa, d, len, w_hh, save, dy, work);
+    for (int t = T - 1; t >= 0 && !isa; t--) {
         for (int b = 0; b < N; b++) {
             const size_t row = (size_t)b * T + t;
             float *pr = dP + row * GH, *qr = dHp + row * GH;
@@ -255,12 +435,33 @@ void dpt_rnn_backward(const dpt_rnn_desc *d, const float *x, const int *len, con
         memcpy(dc0, dc, NH * sizeof *dc0);
 
     const int s = (int)S;
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, GH, F, s, 1.0f, dP, GH, x, F, 0.0f, dw_ih,
-                F);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, GH, H, s, 1.0f, dHp, GH, hprev, H, 0.0f,
-                dw_hh, H);
+    if (sparse(x, S, F)) {
+        /* dW_ihᵀ [F][GH] row k += x[r][k] · dP[r] over rows r in order. */
+        float *wt = work + work_core(d);
+        memset(wt, 0, (size_t)F * GH * sizeof *wt);
+        for (size_t r = 0; r < S; r++)
+            for (int k = 0; k < F; k++) {
+                const float v = x[r * F + k];
+                if (v != 0.0f)
+                    axpy(isa, wt + (size_t)k * GH, dP + r * GH, v, GH);
+            }
+        for (int j = 0; j < GH; j++)
+            for (int k = 0; k < F; k++)
+                dw_ih[(size_t)j * F + k] = wt[(size_t)k * GH + j];
+    } else {
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, GH, F, s, 1.0f, dP, GH, x, F, 0.0f,
+                    dw_ih, F);
+    }
+    if (isa)
+        isa->dw(dHp, S, GH, hprev, H, dw_hh);
+    else
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, GH, H, s, 1.0f, dHp, GH, hprev, H,
+                    0.0f, dw_hh, H);
     colsum(dP, S, GH, db_ih);
-    colsum(dHp, S, GH, db_hh);
+    if (lstm) /* the same gradients on both sides */
+        memcpy(db_hh, db_ih, (size_t)GH * sizeof *db_hh);
+    else
+        colsum(dHp, S, GH, db_hh);
     if (dx)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s, F, GH, 1.0f, dP, GH, w_ih, F,
                     0.0f, dx, F);
