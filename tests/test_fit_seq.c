@@ -16,7 +16,9 @@
  *      carried state as "carry" [B, carry_floats].
  *   4. dpt_evaluate_text reads more streams than the network's batch in
  *      groups: the same bits per character as a network that takes them
- *      all at once. */
+ *      all at once.
+ *   5. a version-2 config (written before the sequence fields) still
+ *      trains images: dpt_fit reads none of the version-3 fields. */
 #include "core/safetensors.h"
 #include "dptrain/train.h"
 #include "testfs.h"
@@ -44,6 +46,26 @@ static const char *file_meta(const char *path, const char *key, char *buf, size_
         dpt_st_close(st);
     }
     return buf;
+}
+
+/* Largest |a - b| over the learnables of two model files (-1: unreadable). */
+static double model_diff(const char *a, const char *b)
+{
+    dpt_net *na = NULL, *nb = NULL;
+    double worst = -1;
+    if (dpt_net_load(a, 1, &na) == DPT_OK && dpt_net_load(b, 1, &nb) == DPT_OK &&
+        dpt_net_n_params(na) == dpt_net_n_params(nb)) {
+        worst = 0;
+        const float *pa = dpt_net_params(na), *pb = dpt_net_params(nb);
+        for (size_t i = 0; i < dpt_net_n_params(na); i++) {
+            double d = fabs((double)pa[i] - (double)pb[i]);
+            if (!(d <= worst))
+                worst = d;
+        }
+    }
+    dpt_net_free(na);
+    dpt_net_free(nb);
+    return worst;
 }
 
 /* ---- 1. sequence classifier --------------------------------------------- */
@@ -198,26 +220,6 @@ static dpt_status fit_lm(const dpt_text *tr, const dpt_text *te, int workers, in
     return dpt_fit(&cfg, res);
 }
 
-/* Largest |a - b| over the learnables of two model files (-1: unreadable). */
-static double model_diff(const char *a, const char *b)
-{
-    dpt_net *na = NULL, *nb = NULL;
-    double worst = -1;
-    if (dpt_net_load(a, 1, &na) == DPT_OK && dpt_net_load(b, 1, &nb) == DPT_OK &&
-        dpt_net_n_params(na) == dpt_net_n_params(nb)) {
-        worst = 0;
-        const float *pa = dpt_net_params(na), *pb = dpt_net_params(nb);
-        for (size_t i = 0; i < dpt_net_n_params(na); i++) {
-            double d = fabs((double)pa[i] - (double)pb[i]);
-            if (!(d <= worst))
-                worst = d;
-        }
-    }
-    dpt_net_free(na);
-    dpt_net_free(nb);
-    return worst;
-}
-
 static void write_text(const char *path)
 {
     /* A little language: words from a small set, in a fixed pseudo-random
@@ -351,6 +353,41 @@ static void test_language_model(void)
     dpt_text_free(te);
 }
 
+/* ---- 5. older configs ------------------------------------------------------ */
+
+static void test_config_v2(void)
+{
+    char fixture[1024];
+    tu_fixture("digits400", fixture, sizeof fixture);
+    dpt_folder_options fo = DPT_FOLDER_OPTIONS_INIT;
+    fo.preload = 1;
+    dpt_datastore *ds = NULL;
+    dpt_status s = dpt_datastore_open_folder(fixture, &fo, &ds);
+    CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
+    if (!ds)
+        return;
+    dpt_fit_config cfg = DPT_FIT_CONFIG_INIT;
+    cfg.version = 2;
+    cfg.spec = "input in size=28x28x1\nfc fc outputs=classes\nsoftmax sm\n";
+    cfg.train = ds;
+    cfg.epochs = 1, cfg.batch = 100;
+    cfg.spmd.backend = DPT_COMM_LOCAL, cfg.spmd.n_workers = 2;
+    /* What a caller of version 2 leaves past its struct: never read. */
+    cfg.seq_train = (const dpt_seqstore *)&cfg;
+    cfg.text_train = (const dpt_text *)&cfg;
+    cfg.seq_len = -5;
+    dpt_fit_result res;
+    s = dpt_fit(&cfg, &res);
+    CHECK_MSG(s == DPT_OK && res.iterations == 4 && isnan(res.test_bpc), "version-2 config: %s",
+              dpt_last_error());
+    /* Version 3 with two kinds of data is refused. */
+    cfg.version = 3;
+    s = dpt_fit(&cfg, &res);
+    CHECK_MSG(s == DPT_ERR_ARG && strstr(dpt_last_error(), "give one of"), "two kinds: %s",
+              dpt_last_error());
+    dpt_datastore_free(ds);
+}
+
 int main(void)
 {
     snprintf(tmp, sizeof tmp, "/tmp/dpt_fit_seq_%ld", (long)getpid());
@@ -360,6 +397,7 @@ int main(void)
     }
     test_classifier();
     test_language_model();
+    test_config_v2();
     tu_remove_tree(tmp);
     return tu_exit();
 }

@@ -104,6 +104,21 @@ printf 'the cat sat on a mat. the dog ran\n' >"$tmp/test2.txt"
 "$cli" "${lm[@]}" --epochs 1 --test "$tmp/test2.txt" --workers 1 --out "$tmp/lm2" >"$tmp/out" 2>"$tmp/err" &&
   grep -q "held-out bits per character: .* 34 characters)" "$tmp/out" && ok || bad "--test text: $(cat "$tmp/out" "$tmp/err")"
 
+# --resume at an epoch's end continues as if never stopped (the state is
+# reset there); a text of another vocabulary is refused
+if "$cli" "${lm[@]}" --quiet --epochs 1 --workers 2 --checkpoint-every 7 --out "$tmp/ra" >/dev/null 2>"$tmp/err" &&
+   "$cli" "${lm[@]}" --quiet --workers 2 --checkpoint-every 7 --resume "$tmp/ra/checkpoint.safetensors" --out "$tmp/ra" >/dev/null 2>>"$tmp/err" &&
+   "$cli" "${lm[@]}" --quiet --workers 2 --checkpoint-every 7 --out "$tmp/rb" >/dev/null 2>>"$tmp/err"; then
+  cmp -s "$tmp/ra/model.safetensors" "$tmp/rb/model.safetensors" && ok || bad "language model resumed at an epoch's end differs"
+  python3 -c 'import json,struct,sys
+f=open(sys.argv[1],"rb"); n=struct.unpack("<Q",f.read(8))[0]; h=json.loads(f.read(n))
+sys.exit(0 if h["carry"]["shape"] == [6, 32] else 1)' "$tmp/rb/checkpoint.safetensors" && ok || bad "checkpoint lacks carry [6, 32]"
+else
+  bad "resume: $(cat "$tmp/err")"
+fi
+printf 'zebras and yaks quietly jump over the lazy fox\n%.0s' $(seq 80) >"$tmp/other.txt"
+expect_error "the checkpoint's vocabulary differs from --data's" "$cli" train --data "$tmp/other.txt" --net "$tmp/lm.net" --batch 6 --seq-len 8 --resume "$tmp/rb/checkpoint.safetensors" --out "$tmp/rc"
+
 # ---- a sequence classifier --------------------------------------------------------
 if "$cli" train --data "$tmp/seq" --test "$tmp/seqtest" --net "$tmp/cls.net" --batch 16 --epochs 12 \
      --optimizer adam --lr 0.03 --workers 2 --device cpu --eval-every-epoch --out "$tmp/cls" >"$tmp/out" 2>"$tmp/err"; then
@@ -115,6 +130,13 @@ if "$cli" train --data "$tmp/seq" --test "$tmp/seqtest" --net "$tmp/cls.net" --b
 else
   bad "classifier run: $(cat "$tmp/err")"
 fi
+# a --test folder with one of the classes: scored under its own name
+mkdir -p "$tmp/uponly" && cp -r "$tmp/seqtest/up" "$tmp/uponly/"
+"$cli" train --data "$tmp/seq" --test "$tmp/uponly" --net "$tmp/cls.net" --batch 16 --epochs 1 --workers 1 --device cpu \
+  --out "$tmp/cls3" >"$tmp/out" 2>"$tmp/err" && grep -q "^test accuracy: [0-9.]* (16 sequences)$" "$tmp/out" && ok ||
+  bad "--test folder with a subset of the classes: $(cat "$tmp/out" "$tmp/err")"
+mkdir -p "$tmp/alien/sideways" && cp "$tmp/seqtest/up/s000.csv" "$tmp/alien/sideways/"
+expect_error "sideways" "$cli" train --data "$tmp/seq" --test "$tmp/alien" --net "$tmp/cls.net" --out "$tmp/x"
 # without --test: split per label (80 files, --split 0.75: 60 / 20), the default network
 "$cli" train --data "$tmp/seq" --split 0.75 --batch 16 --epochs 1 --workers 1 --device cpu --out "$tmp/cls2" >"$tmp/out" 2>"$tmp/err" &&
   grep -q "training on 60 sequences (2 classes, 2 features), testing on 20" "$tmp/out" &&
@@ -123,10 +145,18 @@ fi
 # ---- mpirun against local threads ------------------------------------------------
 if [ "${DPT_HAVE_MPI:-0}" = 1 ] && command -v mpirun >/dev/null; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-  if "$cli" "${lm[@]}" --quiet --workers 2 --out "$tmp/ml" >/dev/null 2>"$tmp/err" &&
-     timeout 300 mpirun -np 2 "$cli" "${lm[@]}" --quiet --out "$tmp/mm" >/dev/null 2>"$tmp/err"; then
+  # with checkpoints: the carried state is gathered across the ranks
+  if "$cli" "${lm[@]}" --quiet --workers 2 --checkpoint-every 10 --out "$tmp/ml" >/dev/null 2>"$tmp/err" &&
+     timeout 300 mpirun -np 2 "$cli" "${lm[@]}" --quiet --checkpoint-every 10 --out "$tmp/mm" >/dev/null 2>"$tmp/err"; then
     cmp -s "$tmp/ml/model.safetensors" "$tmp/mm/model.safetensors" && { ok; echo "language model, N=2: mpirun and local threads give the same model file"; } ||
       bad "language model: mpirun and local threads differ"
+    # the checkpoints' tensors (carry included) are the same bytes; only
+    # the metadata (elapsed time) differs
+    python3 -c 'import json,struct,sys
+def body(p):
+    f=open(p,"rb"); n=struct.unpack("<Q",f.read(8))[0]; f.read(n); return f.read()
+sys.exit(0 if body(sys.argv[1]) == body(sys.argv[2]) else 1)' "$tmp/ml/checkpoint.safetensors" "$tmp/mm/checkpoint.safetensors" &&
+      ok || bad "language model: mpirun and local checkpoints hold other tensors"
   else
     bad "language model under mpirun: $(cat "$tmp/err")"
   fi

@@ -309,7 +309,12 @@ typedef struct dpt_fit_result {
 /* Train a network as the MATLAB example does: per epoch, shuffle the training
  * data with a seed all workers share, partition it among the workers, and
  * loop while every worker has data; each iteration is dpt_train_step. Then
- * worker 0 saves the model and classifies the test set. When cfg->stop is
+ * worker 0 saves the model and classifies the test set. Sequence folders
+ * and language models (version 3: seq_train, text_train) train the same
+ * way; a language model's test result is test_bpc, and its model file's
+ * metadata holds "task": "language_model", "vocab" (the code points, a
+ * JSON array in index order) and "seq_len"; a sequence classifier's
+ * "task": "sequence_classification", "features" and "classes". When cfg->stop is
  * set, training stops at the next iteration boundary and dpt_fit returns
  * DPT_ERR_INTERRUPTED ("interrupted at epoch E, iteration I"); result->
  * iterations, epoch and checkpoint_iteration then tell where (worker 0's

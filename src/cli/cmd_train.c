@@ -331,9 +331,10 @@ static int is_sequence_folder(const char *dir)
 /* What --data holds: a folder whose class folders hold .csv files is a
  * sequence folder, any other folder images; a regular file is an IDX file
  * when it starts as one (a zero byte: IDX's magic, which no text has) or
- * as gzip does (0x1f 0x8b, no UTF-8 text either), or when --labels is
- * given, and otherwise text. A path that is neither is left to the image
- * reader to report. */
+ * as gzip does (0x1f 0x8b, no UTF-8 text either), when --labels is given,
+ * or when its name says so (ends in .gz or -ubyte, as MNIST's files do, so
+ * a damaged one is reported by the IDX reader), and otherwise text. A path
+ * that is neither is left to the image reader to report. */
 static int data_kind(const char *path, const char *labels)
 {
     struct stat st;
@@ -341,7 +342,9 @@ static int data_kind(const char *path, const char *labels)
         return DATA_IMAGES;
     if (S_ISDIR(st.st_mode))
         return is_sequence_folder(path) ? DATA_SEQUENCES : DATA_IMAGES;
-    if (!S_ISREG(st.st_mode) || labels)
+    size_t l = strlen(path);
+    if (!S_ISREG(st.st_mode) || labels || (l > 3 && !strcasecmp(path + l - 3, ".gz")) ||
+        (l > 6 && !strcmp(path + l - 6, "-ubyte")))
         return DATA_IMAGES;
     unsigned char head[2] = {1, 1};
     FILE *f = fopen(path, "rb");
@@ -618,6 +621,18 @@ int cli_train(int argc, char **argv)
             if (dpt_seqstore_open(test, &so, &seq_test) != DPT_OK)
                 goto fail;
             seq_train = seq_all, seq_all = NULL;
+            /* Labels by class name, as for image folders: the test folder
+             * may hold some of the classes, in any order. */
+            int kt = dpt_seqstore_n_classes(seq_train);
+            const char **names = calloc((size_t)kt, sizeof *names);
+            if (!names)
+                goto fail_nomem;
+            for (int i = 0; i < kt; i++)
+                names[i] = dpt_seqstore_class_name(seq_train, i);
+            dpt_status ms = dpt_seqstore_match_classes(seq_test, test, kt, names);
+            free(names);
+            if (ms != DPT_OK)
+                goto fail;
         } else if (dpt_seqstore_split_each_label(seq_all, split, (uint64_t)seed, &seq_train,
                                                  &seq_test) != DPT_OK) {
             goto fail;

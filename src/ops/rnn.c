@@ -141,25 +141,30 @@ static int live(const dpt_rnn_desc *d, const int *len, int b, int t)
 static void project(const rnn_isa *isa, const float *x, const float *w_ih, const float *b1,
                     const float *b2, int n2, float *out, int s, int f, int gh, float *wt)
 {
-    for (int r = 0; r < s; r++) {
-        float *o = out + (size_t)r * gh;
-        for (int j = 0; j < gh; j++)
-            o[j] = (b1 ? b1[j] : 0.0f) + (b2 && j < n2 ? b2[j] : 0.0f);
-    }
-    if (!sparse(x, (size_t)s, f)) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s, gh, f, 1.0f, x, f, w_ih, f, 1.0f,
-                    out, gh);
+    if (s <= 0)
         return;
-    }
-    for (int j = 0; j < gh; j++)
-        for (int k = 0; k < f; k++)
-            wt[(size_t)k * gh + j] = w_ih[(size_t)j * f + k];
-    for (int r = 0; r < s; r++)
-        for (int k = 0; k < f; k++) {
+    const int sp = sparse(x, (size_t)s, f);
+    if (sp) /* w_ihᵀ, a block of rows at a time so both sides stay in cache */
+        for (int j0 = 0; j0 < gh; j0 += 16)
+            for (int k = 0; k < f; k++)
+                for (int j = j0; j < gh && j < j0 + 16; j++)
+                    wt[(size_t)k * gh + j] = w_ih[(size_t)j * f + k];
+    for (int j = 0; j < gh; j++) /* row 0 holds the bias row until it comes last */
+        out[j] = (b1 ? b1[j] : 0.0f) + (b2 && j < n2 ? b2[j] : 0.0f);
+    for (int r = s - 1; r >= 0; r--) {
+        float *o = out + (size_t)r * gh;
+        if (r > 0)
+            memcpy(o, out, (size_t)gh * sizeof *o);
+        /* The sparse rows while the row is in cache. */
+        for (int k = 0; sp && k < f; k++) {
             const float v = x[(size_t)r * f + k];
             if (v != 0.0f)
-                axpy(isa, out + (size_t)r * gh, wt + (size_t)k * gh, v, gh);
+                axpy(isa, o, wt + (size_t)k * gh, v, gh);
         }
+    }
+    if (!sp)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s, gh, f, 1.0f, x, f, w_ih, f, 1.0f,
+                    out, gh);
 }
 
 /* The vector kernels' forward: one fused call per step. */
@@ -457,11 +462,12 @@ void dpt_rnn_backward(const dpt_rnn_desc *d, const float *x, const int *len, con
     else
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, GH, H, s, 1.0f, dHp, GH, hprev, H,
                     0.0f, dw_hh, H);
-    colsum(dP, S, GH, db_ih);
+    void (*csum)(const float *, size_t, int, float *) = isa ? isa->colsum : colsum;
+    csum(dP, S, GH, db_ih);
     if (lstm) /* the same gradients on both sides */
         memcpy(db_hh, db_ih, (size_t)GH * sizeof *db_hh);
     else
-        colsum(dHp, S, GH, db_hh);
+        csum(dHp, S, GH, db_hh);
     if (dx)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s, F, GH, 1.0f, dP, GH, w_ih, F,
                     0.0f, dx, F);

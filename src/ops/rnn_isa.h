@@ -71,7 +71,9 @@ typedef struct rnn_isa {
     /* dw [gh][h] = dpᵀ [gh][s] · hp [s][h] (the weight gradient of W_hh
      * over all steps), one fused chain per element in row order. */
     void (*dw)(const float *dp, size_t s, int gh, const float *hp, int h, float *dw);
-    /* out[r][j] += v · w[j] for j < m (sparse input rows). */
+    /* db[j] = Σ_r dp[r][j] over s rows of gh, in float64 and row order. */
+    void (*colsum)(const float *dp, size_t s, int gh, float *db);
+    /* out[j] += v · w[j] for j < m (sparse input rows). */
     void (*axpy)(float *out, const float *w, float v, int m);
 } rnn_isa;
 

@@ -447,6 +447,39 @@ static void KN(dw)(const float *dp, size_t s, int gh, const float *hp, int h, fl
     }
 }
 
+/* db[j] = Σ_r dp[r][j] in float64, in row order per column: the generic
+ * colsum's sums exactly, 4·VN columns at a time. */
+typedef double KN(vd) __attribute__((vector_size(VN * 4)));
+typedef float KN(vh) __attribute__((vector_size(VN * 2)));
+
+static void KN(colsum)(const float *dp, size_t s, int gh, float *db)
+{
+    enum { NB = 4 * VN, ND = 8 };
+    int j0 = 0;
+    for (; j0 + NB <= gh; j0 += NB) {
+        KN(vd) acc[ND];
+        for (int v = 0; v < ND; v++)
+            acc[v] = (KN(vd)){0};
+        for (size_t r = 0; r < s; r++) {
+            const float *row = dp + r * gh + j0;
+            for (int v = 0; v < ND; v++) {
+                KN(vh) hv;
+                memcpy(&hv, row + v * (VN / 2), sizeof hv);
+                acc[v] += __builtin_convertvector(hv, KN(vd));
+            }
+        }
+        for (int v = 0; v < ND; v++)
+            for (int l = 0; l < VN / 2; l++)
+                db[j0 + v * (VN / 2) + l] = (float)acc[v][l];
+    }
+    for (; j0 < gh; j0++) {
+        double acc = 0.0;
+        for (size_t r = 0; r < s; r++)
+            acc += dp[r * gh + j0];
+        db[j0] = (float)acc;
+    }
+}
+
 static void KN(axpy)(float *out, const float *w, float v, int m)
 {
     const VT vv = KN(set1)(v);
@@ -459,4 +492,4 @@ static void KN(axpy)(float *out, const float *w, float v, int m)
 
 const rnn_isa KN(dpt_rnn_isa) = {KN(fwd_pack_floats), KN(fwd_pack), KN(fwd_step),
                                  KN(bwd_pack_floats), KN(bwd_pack), KN(bwd_step), KN(dw),
-                                 KN(axpy)};
+                                 KN(colsum), KN(axpy)};

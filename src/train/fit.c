@@ -545,7 +545,8 @@ static dpt_status check_seq_data(const dpt_fit_config *cfg)
             same = !strcmp(dpt_seqstore_class_name(te, k), dpt_seqstore_class_name(tr, k));
         if (!same)
             return dpt_fail(DPT_ERR_ARG, "test data: its classes differ from the training data's "
-                            "(a sequence test folder needs the same class folders)");
+                            "(label it by the training classes' names first: "
+                            "dpt_seqstore_match_classes)");
         return DPT_OK;
     }
     if (cfg->seq_len < 1 || cfg->seq_len > DPT_SEQ_MAX_STEPS)

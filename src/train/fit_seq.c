@@ -52,12 +52,13 @@ static int input_features(const dpt_net *net)
 
 /* ---- batches ------------------------------------------------------------- */
 
-/* Sequences obs[0..n) of ds into x [n, T, F] (T = the longest of them),
+/* Sequences obs[0..n) of ds into *x [n, T, F] (T = the longest of them),
  * zero where padded (first with pad_left, else last), their lengths into
- * len, and one-hot rows of the labels into t [n, k] (t may be NULL).
- * x must hold n * max_length * F floats. */
+ * len, and one-hot rows of the labels into t [n, k] (t may be NULL). *x
+ * (*cap floats) grows to what this batch needs: sized by the batch, not by
+ * the longest sequence of the data times the batch. */
 static dpt_status pad_batch(const dpt_seqstore *ds, const uint32_t *obs, int n, int pad_left,
-                            int k, float *x, int *len, float *t, int *steps)
+                            int k, float **xp, size_t *cap, int *len, float *t, int *steps)
 {
     int f = dpt_seqstore_n_features(ds), T = 0;
     for (int i = 0; i < n; i++) {
@@ -65,7 +66,16 @@ static dpt_status pad_batch(const dpt_seqstore *ds, const uint32_t *obs, int n, 
         if (len[i] > T)
             T = len[i];
     }
-    memset(x, 0, (size_t)n * (size_t)T * (size_t)f * sizeof *x);
+    size_t need = (size_t)n * (size_t)T * (size_t)f;
+    if (need > *cap) {
+        float *grown = realloc(*xp, need * sizeof *grown);
+        if (!grown)
+            return dpt_fail(DPT_ERR_NOMEM, "out of memory for a minibatch of %d sequences of %d "
+                            "steps", n, T);
+        *xp = grown, *cap = need;
+    }
+    float *x = *xp;
+    memset(x, 0, need * sizeof *x);
     for (int i = 0; i < n; i++) {
         size_t at = ((size_t)i * (size_t)T + (size_t)(pad_left ? T - len[i] : 0)) * (size_t)f;
         dpt_status s = dpt_seqstore_read(ds, obs[i], x + at);
@@ -108,12 +118,12 @@ dpt_status dpt_evaluate_seq(dpt_net *net, const dpt_seqstore *ds, int pad_left, 
         return dpt_fail(DPT_ERR_SHAPE, "evaluate: the data has %d features per time step, the "
                         "network's input %d", f, input_features(net));
     int mb = dpt_net_max_batch(net);
-    size_t n = dpt_seqstore_n_obs(ds), longest = dpt_seqstore_max_length(ds);
-    float *x = malloc((size_t)mb * longest * (size_t)f * sizeof *x + 1);
+    size_t n = dpt_seqstore_n_obs(ds), cap = 0;
+    float *x = NULL;
     int *len = malloc((size_t)mb * sizeof *len), *pred = malloc((size_t)mb * sizeof *pred);
     uint32_t *obs = malloc((size_t)mb * sizeof *obs);
     dpt_status s = DPT_OK;
-    if (!x || !len || !pred || !obs) {
+    if (!len || !pred || !obs) {
         s = dpt_fail(DPT_ERR_NOMEM, "evaluate: out of memory");
         goto done;
     }
@@ -125,7 +135,7 @@ dpt_status dpt_evaluate_seq(dpt_net *net, const dpt_seqstore *ds, int pad_left, 
         const float *y;
         for (int i = 0; i < m; i++)
             obs[i] = (uint32_t)(i0 + (size_t)i);
-        if ((s = pad_batch(ds, obs, m, pad_left, 0, x, len, NULL, &T)) != DPT_OK ||
+        if ((s = pad_batch(ds, obs, m, pad_left, 0, &x, &cap, len, NULL, &T)) != DPT_OK ||
             (s = dpt_net_set_steps(net, T, len, m, pad_left)) != DPT_OK ||
             (s = dpt_net_forward(net, x, m, DPT_MODE_PREDICT, &y)) != DPT_OK)
             goto done;
@@ -360,7 +370,7 @@ static dpt_status text_bpc(const dpt_fit_config *cfg, dpt_net *net, double *bpc)
 /* One epoch of a sequence classifier. */
 static dpt_status classifier_epoch(seq_run *r, int epoch, long skip, long planned, long *iteration,
                                    long *it_epoch, double *loss, double *lr, uint32_t *order,
-                                   float *x, float *t, int *len)
+                                   float **x, size_t *x_cap, float *t, int *len)
 {
     const dpt_fit_config *cfg = r->job->cfg;
     const dpt_seqstore *ds = cfg->seq_train;
@@ -386,13 +396,13 @@ static dpt_status classifier_epoch(seq_run *r, int epoch, long skip, long planne
             return DPT_OK;
         double t_it = fit_now_s();
         int m = block - at < (size_t)my ? (int)(block - at) : my, T = 0, m_total = 0;
-        if ((s = pad_batch(ds, mine + at, m, cfg->pad_left, k, x, len, t, &T)) != DPT_OK ||
+        if ((s = pad_batch(ds, mine + at, m, cfg->pad_left, k, x, x_cap, len, t, &T)) != DPT_OK ||
             (s = dpt_net_set_steps(r->net, T, len, m, cfg->pad_left)) != DPT_OK)
             return fit_at_iteration(s, epoch, *iteration + 1);
         dpt_net_set_iteration(r->net, epoch, *iteration + 1);
         *lr = dpt_lr_at(&cfg->lr_schedule, r->base_lr, epoch, *it_epoch, planned, cfg->epochs);
         dpt_optim_set_lr(r->opt, (float)*lr);
-        s = dpt_train_step_optim(r->net, r->opt, r->comm, x, t, m, loss, &m_total);
+        s = dpt_train_step_optim(r->net, r->opt, r->comm, *x, t, m, loss, &m_total);
         if (s == DPT_OK && !isfinite(*loss))
             s = dpt_fail(DPT_ERR_NUMERIC, "the loss became %g (try a smaller --lr)", *loss);
         if (s != DPT_OK)
@@ -456,6 +466,7 @@ dpt_status fit_seq_worker(dpt_comm *comm, void *arg)
     uint32_t *order = NULL;
     int32_t *xi = NULL, *yi = NULL;
     float *x = NULL, *t = NULL;
+    size_t x_cap = 0; /* floats in x (a classifier's grows with its batches) */
     int *len = NULL;
     if (!share)
         return dpt_fail(DPT_ERR_NOMEM, "out of memory");
@@ -507,13 +518,12 @@ dpt_status fit_seq_worker(dpt_comm *comm, void *arg)
         }
     } else {
         const dpt_seqstore *ds = cfg->seq_train;
-        size_t n = dpt_seqstore_n_obs(ds), longest = dpt_seqstore_max_length(ds);
-        int f = dpt_seqstore_n_features(ds), k = dpt_net_n_outputs(r.net);
+        size_t n = dpt_seqstore_n_obs(ds);
+        int k = dpt_net_n_outputs(r.net);
         order = malloc(n * sizeof *order);
-        x = malloc((size_t)my * longest * (size_t)f * sizeof *x + 1);
         t = malloc((size_t)my * (size_t)k * sizeof *t);
         len = malloc((size_t)my * sizeof *len);
-        if (!order || !x || !t || !len) {
+        if (!order || !t || !len) {
             s = dpt_fail(DPT_ERR_NOMEM, "out of memory");
             goto done;
         }
@@ -533,7 +543,7 @@ dpt_status fit_seq_worker(dpt_comm *comm, void *arg)
             dpt_net_reset_state(r.net);
         s = lm ? lm_epoch(&r, epoch, skip, planned, &iteration, &it_epoch, &loss, &lr, xi, yi, x, t)
                : classifier_epoch(&r, epoch, skip, planned, &iteration, &it_epoch, &loss, &lr,
-                                  order, x, t, len);
+                                  order, &x, &x_cap, t, len);
         if (s != DPT_OK)
             goto done;
         int stop;
