@@ -19,7 +19,9 @@ def run(cmd, what):
     ends the benchmark with dptrain's message."""
     print("%s: %s" % (what, " ".join(cmd)), flush=True)
     t0, r0 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # PyTorch's OpenMP setting is for PyTorch (dptrain does not use OpenMP).
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     wall, r1 = time.time() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
     if p.returncode != 0:
         raise SystemExit("%s failed (exit %d):\n%s%s" % (what, p.returncode, p.stdout[-2000:],
@@ -76,9 +78,9 @@ def machine_line(torch_version):
                             text=True).stdout.strip() or "?"
     return ("on %s (commit %s). CPU: %s, %d cores; load average %.1f at the end (other work on "
             "the machine makes the absolute rates noisy; the ratios compare runs made in the "
-            "same minutes). PyTorch %s." % (
+            "same minutes). PyTorch %s (OMP_WAIT_POLICY=%s)." % (
                 datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), commit, cpu, os.cpu_count(),
-                os.getloadavg()[0], torch_version))
+                os.getloadavg()[0], torch_version, os.environ.get("OMP_WAIT_POLICY", "-")))
 
 
 def write_section(begin, end, lines, results=None):

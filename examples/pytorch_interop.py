@@ -1,27 +1,43 @@
 #!/usr/bin/python3
 """Rebuild a dptrain model in PyTorch from its model file alone, and check that
-its predictions match `dptrain predict`.
+its predictions match `dptrain predict` (or, for a language model, `dptrain
+eval` and `dptrain generate`).
 
     /usr/bin/python3 examples/pytorch_interop.py MODEL DATA [N]
 
-MODEL is a model.safetensors written by `dptrain train`. DATA is an image
-folder (one sub-folder per class; up to N/classes images of each are used) or
-an IDX images file such as Fashion-MNIST's t10k-images-idx3-ubyte.gz (its
-first N images, written out as PGM files for `dptrain predict`). N defaults
-to 200. DPTRAIN names the dptrain binary (default: build/dptrain).
+MODEL is a model.safetensors written by `dptrain train`. DATA is
+- for an image network: an image folder (one sub-folder per class; up to
+  N/classes images of each are used) or an IDX images file such as
+  Fashion-MNIST's t10k-images-idx3-ubyte.gz (its first N images, written out
+  as PGM files for `dptrain predict`); N defaults to 200;
+- for a sequence classifier: a sequence folder (class sub-folders of .csv
+  files; up to N/classes files of each, compared with `dptrain predict`);
+- for a language model: a text file: the bits per character of its first N
+  characters (default 20000) against `dptrain eval --json` over the same
+  streams and chunks, and 100 characters of `dptrain generate --seed 7`
+  sampled again from PyTorch's probabilities with dptrain's counter-based
+  draws (the same text when the two agree).
+DPTRAIN names the dptrain binary (default: build/dptrain).
 
 Needs Debian's python3-torch and python3-numpy (and python3-pil for PNG or
 JPEG folders). The model file is read with json and struct alone (no
 safetensors package); the network is rebuilt from the spec in its metadata:
 every layer type (input, conv with stride/padding/dilation/groups/bias,
 batchnorm, relu, leakyrelu, sigmoid, tanh, maxpool, avgpool, globalavgpool,
-add, concat, dropout, fc, softmax) and the `from=` wiring of a layer graph.
-Each image's label and score are compared with what `dptrain predict` prints.
+add, concat, dropout, fc, softmax) and the `from=` wiring of a layer graph;
+for sequence networks sequenceinput, lstm and gru (torch.nn.LSTM/GRU,
+batch_first, weight_ih_l0 = <layer>/InputWeights, weight_hh_l0 =
+<layer>/RecurrentWeights, bias_ih_l0 = <layer>/InputBias, bias_hh_l0 =
+<layer>/RecurrentBias) with fc, softmax, dropout, activations, add and
+concat per time step.
 
-The same builder serves the tests and the benchmarks: `DptNet(spec, classes)`
-is the network as a torch.nn.Module (NCHW), `net.tables()` maps dptrain's
-table names ("conv1/Weights", "bn1/TrainedMean", ...) to its parameters and
-buffers, and `dropout_keep_mask` reproduces dptrain's dropout masks.
+The same builders serve the tests and the benchmarks: `DptNet(spec,
+classes)` is an image network as a torch.nn.Module (NCHW), `DptSeqNet(spec,
+n_classes, n_vocab)` a sequence network ([N, T, F], with lengths and carried
+state), `net.tables()` maps dptrain's table names ("conv1/Weights",
+"lstm1/InputWeights", ...) to their parameters and buffers,
+`save_seq_model` writes a PyTorch-trained sequence network as a dptrain
+model file, and `dropout_keep_mask` reproduces dptrain's dropout masks.
 """
 import gzip
 import json
