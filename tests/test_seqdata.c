@@ -444,6 +444,61 @@ static void test_text_streams(void)
     dpt_text_free(t);
 }
 
+/* One .csv file outside a folder (predict), and a vocabulary from a model
+ * (generate, eval): the checks a folder's files get, and a hostile
+ * vocabulary refused naming the entry. */
+static void test_seq_load_and_vocab(void)
+{
+    char p[512];
+    size_t steps = 0;
+    int f = 0;
+    float *x = NULL;
+    mkd("one");
+    puts_("one/s.csv", "1,2\n3.5, -4\n5e-1,6\n");
+    path(p, sizeof p, "one/s.csv");
+    OK(dpt_seq_load(p, 0, &steps, &f, &x));
+    CHECK(steps == 3 && f == 2 && x && x[0] == 1 && x[3] == -4 && x[5] == 6);
+    free(x);
+    x = NULL;
+    OK(dpt_seq_load(p, 2, &steps, &f, &x));
+    CHECK(steps == 2 && f == 2 && x && x[3] == -4);
+    free(x);
+    x = NULL;
+    puts_("one/w.csv", "1,2\n3\n");
+    path(p, sizeof p, "one/w.csv");
+    FAILS2(dpt_seq_load(p, 0, &steps, &f, &x), DPT_ERR_FORMAT, "w.csv: line 2", "different widths");
+    CHECK(x == NULL);
+    puts_("one/n.csv", "1,zz\n");
+    path(p, sizeof p, "one/n.csv");
+    FAILS2(dpt_seq_load(p, 0, &steps, &f, &x), DPT_ERR_FORMAT, "n.csv: line 1: field 2", "\"zz\"");
+    path(p, sizeof p, "one");
+    FAILS2(dpt_seq_load(p, 0, &steps, &f, &x), DPT_ERR_IO, "one", NULL);
+
+    dpt_text *v = NULL;
+    const uint32_t good[] = {'\n', ' ', 'a', 'b', 0x2014};
+    OK(dpt_text_from_vocab("m.safetensors", good, 5, &v));
+    CHECK(v && dpt_text_n_vocab(v) == 5 && dpt_text_n_chars(v) == 0);
+    if (v) {
+        CHECK(dpt_text_index_of(v, 0x2014) == 4 && dpt_text_index_of(v, 'c') == -1);
+        int32_t idx[16];
+        size_t n = 0;
+        OK(dpt_text_encode(v, "--prime", "ab \xe2\x80\x94", 6, idx, &n));
+        CHECK(n == 4 && idx[0] == 2 && idx[3] == 4);
+        FAILS2(dpt_text_encode(v, "--prime", "abc", 3, idx, &n), DPT_ERR_FORMAT, "--prime",
+               "'c' (U+0063)");
+    }
+    dpt_text_free(v);
+    const uint32_t unsorted[] = {'a', 'a'}, surrogate[] = {'a', 0xd800}, big[] = {0x110000},
+                   nul[] = {0};
+    FAILS2(dpt_text_from_vocab("m", unsorted, 2, &v), DPT_ERR_FORMAT, "m: vocabulary entry 1",
+           "increasing");
+    FAILS2(dpt_text_from_vocab("m", surrogate, 2, &v), DPT_ERR_FORMAT, "entry 1 is 55296", NULL);
+    FAILS2(dpt_text_from_vocab("m", big, 1, &v), DPT_ERR_FORMAT, "entry 0 is 1114112", NULL);
+    FAILS2(dpt_text_from_vocab("m", nul, 1, &v), DPT_ERR_FORMAT, "entry 0 is 0", NULL);
+    FAILS2(dpt_text_from_vocab("m", good, 0, &v), DPT_ERR_FORMAT, "vocabulary of 0", NULL);
+    CHECK(v == NULL);
+}
+
 int main(void)
 {
     snprintf(tmp, sizeof tmp, "/tmp/dpt_seqdata_%ld", (long)getpid());
@@ -457,6 +512,7 @@ int main(void)
     test_text_bad();
     test_text_heldout();
     test_text_streams();
+    test_seq_load_and_vocab();
     tu_remove_tree(tmp);
     printf("test_seqdata: %d checks, %d failed\n", n_check, n_fail);
     return n_fail ? 1 : 0;

@@ -441,6 +441,16 @@ DPT_API dpt_status dpt_seqstore_open(const char *root, const dpt_seq_options *op
 /* Release a sequence store. NULL does nothing. */
 DPT_API void dpt_seqstore_free(dpt_seqstore *s);
 
+/* Per-label random split of a sequence store, by the rule of
+ * dpt_datastore_split_each_label (label k's observations permuted with
+ * dpt_rng_seed(seed, stream = k); the first round(fraction * count) go to
+ * *first, the rest to *second; both keep s's order and all its classes).
+ * The outputs are copies, owned by the caller (dpt_seqstore_free); either
+ * may hold no observation. fraction in [0, 1], else DPT_ERR_ARG. */
+DPT_API dpt_status dpt_seqstore_split_each_label(const dpt_seqstore *s, double fraction,
+                                                 uint64_t seed, dpt_seqstore **first,
+                                                 dpt_seqstore **second);
+
 /* Number of observations (files). */
 DPT_API size_t dpt_seqstore_n_obs(const dpt_seqstore *s);
 /* Features per time step (F, the same for every file). */
@@ -461,6 +471,23 @@ DPT_API size_t dpt_seqstore_max_length(const dpt_seqstore *s);
 /* Copy observation i into out, float32 [length(i), F] (time step major),
  * out owned by the caller. DPT_ERR_ARG when i >= n_obs. Thread-safe. */
 DPT_API dpt_status dpt_seqstore_read(const dpt_seqstore *s, size_t i, float *out);
+
+/* Label the observations of s by class name against names[0..n_classes)
+ * (a model's classes), in place: afterwards s has those n_classes classes
+ * (copied) and an observation of s's class "cat" has the label j where
+ * names[j] is "cat", as dpt_datastore_match_classes does for images. A
+ * class of s that is not in names is DPT_ERR_FORMAT naming `what` (the
+ * folder) and the class; s is unchanged on any failure. */
+DPT_API dpt_status dpt_seqstore_match_classes(dpt_seqstore *s, const char *what, int n_classes,
+                                              const char *const *names);
+
+/* Read one .csv sequence file outside a folder (for predicting): its time
+ * steps, validated as dpt_seqstore_open validates a file, with the same
+ * bounds; max_length > 0 keeps the first max_length steps. *x receives
+ * float32 [*n_steps, *n_features] (time step major), owned by the caller
+ * (free). Errors as dpt_seqstore_open's for one file, naming path. */
+DPT_API dpt_status dpt_seq_load(const char *path, long max_length, size_t *n_steps,
+                                int *n_features, float **x);
 
 /* ---- text corpora for character language models ---------------------------- */
 
@@ -520,6 +547,16 @@ DPT_API int dpt_text_index_of(const dpt_text *t, uint32_t cp);
  * its U+ code and byte offset). */
 DPT_API dpt_status dpt_text_encode(const dpt_text *t, const char *what, const char *s, size_t n,
                                    int32_t *out, size_t *n_out);
+
+/* A text of no characters with the vocabulary vocab[0..n_vocab) (a model's,
+ * for dpt_text_open's vocab option and dpt_text_encode): the code points
+ * must be strictly increasing Unicode scalar values from U+0001 to
+ * U+10FFFF (no surrogates), 1 <= n_vocab <= DPT_TEXT_MAX_VOCAB; otherwise
+ * DPT_ERR_FORMAT naming `what` (the model file) and the entry. *out owned by
+ * the caller (dpt_text_free). */
+#define DPT_TEXT_MAX_VOCAB (1 << 20)
+DPT_API dpt_status dpt_text_from_vocab(const char *what, const uint32_t *vocab, int n_vocab,
+                                       dpt_text **out);
 
 /* Parallel streams (stateful training): t is cut into B contiguous streams of
  * L = floor(n_chars / B) characters each (stream b starts at b * L; the last

@@ -127,6 +127,36 @@ DPT_API dpt_status dpt_checkpoint_load_optim(const char *path, dpt_net *net, dpt
 DPT_API dpt_status dpt_evaluate(dpt_net *net, const dpt_datastore *ds, double *accuracy,
                                 size_t *confusion);
 
+/* Classify every sequence of ds with net (a sequence network whose output
+ * is one row per sequence, e.g. lstm output=last) in PREDICT mode, in
+ * batches of at most dpt_net_max_batch(net), each padded to its longest
+ * sequence (pad_left 1: padding first). *accuracy and confusion (may be
+ * NULL; K×K, K = dpt_seqstore_n_classes(ds)) as dpt_evaluate. Changes the
+ * network's steps (dpt_net_set_steps). Not collective. */
+DPT_API dpt_status dpt_evaluate_seq(dpt_net *net, const dpt_seqstore *ds, int pad_left,
+                                    double *accuracy, size_t *confusion);
+
+/* Bits per character of a language model (input and output of t's
+ * vocabulary size, output per time step) on text t: t cut into n_streams
+ * streams (dpt_text_n_chunks) read in chunks of seq_len with the state
+ * carried from chunk to chunk (stateful, from zero state), every
+ * next-character target scored; *bpc = mean of -log2 p(target). Streams
+ * beyond dpt_net_max_batch(net) are read in groups, each from zero state.
+ * Leaves the network stateful with its carried state reset. DPT_ERR_ARG
+ * when the text has no chunk of that many streams and steps. Not
+ * collective. */
+DPT_API dpt_status dpt_evaluate_text(dpt_net *net, const dpt_text *t, int n_streams, int seq_len,
+                                     double *bpc);
+
+/* The default network specs of the sequence trainers (static strings):
+ * a character language model, `sequenceinput in size=vocab / lstm lstm1
+ * units=256 / fc fc outputs=vocab / softmax sm` (vocab is the n_classes of
+ * dpt_net_from_spec), and a sequence classifier of F features,
+ * `sequenceinput in size=F / lstm lstm1 units=100 output=last / fc fc
+ * outputs=classes / softmax sm`, written into buf (cap bytes). */
+DPT_API const char *dpt_net_default_lm_spec(void);
+DPT_API const char *dpt_net_default_seq_spec(int n_features, char *buf, size_t cap);
+
 /* ---- the batteries-included loop (what `dptrain train` runs) --------------- */
 
 /* A progress record, sent by worker 0 (MATLAB's DataQueue message). */
@@ -142,6 +172,10 @@ typedef struct dpt_progress {
     int end_of_epoch;         /* 1: summary at the end of an epoch */
     int worker;               /* rank of the sender */
     long n_coalesced;         /* earlier records merged into this one */
+    /* Language models: held-out bits per character, NaN unless measured at
+     * this record (images_per_s then counts characters, sequence
+     * classifiers count sequences). */
+    double test_bpc;
 } dpt_progress;
 
 typedef void (*dpt_progress_fn)(const dpt_progress *p, void *arg);
@@ -227,13 +261,35 @@ typedef struct dpt_fit_config {
      * prefetch thread, so any worker count draws the same transforms and a
      * resumed run continues exactly. Test data is never augmented. */
     const dpt_augment *augment;
+    /* ---- version 3: sequence data (a version-1 or 2 config trains on
+     * images). Give exactly one of train, seq_train and text_train. ---- */
+    /* A sequence classifier (borrowed): every epoch is shuffled and
+     * partitioned as images are; each worker pads its batch to its longest
+     * sequence (pad_left) with the lengths given to dpt_net_set_steps.
+     * seq_test (may be NULL) must have train's classes, in the same order,
+     * and its features. */
+    const dpt_seqstore *seq_train, *seq_test;
+    /* A character language model (borrowed): text_train is cut into B =
+     * batch streams; worker w owns dpt_text_stream_share's streams for the
+     * whole run and carries their recurrent state from one iteration to the
+     * next (stateful mode, reset at each epoch's start); iteration k of an
+     * epoch feeds chunk k of every stream (seq_len steps, one-hot inputs
+     * and next-character targets). text_test (may be NULL; the training
+     * vocabulary) gives the held-out bits per character after every epoch
+     * (dpt_evaluate_text). Checkpoints hold the carried state of all B
+     * streams as the tensor "carry" [B, dpt_net_carry_floats]. */
+    const dpt_text *text_train, *text_test;
+    int seq_len;                  /* language model: steps per iteration, 64 */
+    int pad_left;                 /* sequence folders: 1 = padding first
+                                     (--sequence-padding left), 0 = last */
 } dpt_fit_config;
 
-#define DPT_FIT_CONFIG_VERSION 2
+#define DPT_FIT_CONFIG_VERSION 3
 #define DPT_FIT_CONFIG_INIT                                                             \
     {DPT_FIT_CONFIG_VERSION, NULL, NULL, NULL, NULL, 20, 128, 0.01f, 0.9f, 0.0f, 0,       \
      DPT_SPMD_CONFIG_INIT, 0, 1, 0, NULL, NULL, NULL, NULL, NULL, 0, NULL, 0, NULL, NULL, NULL, \
-     DPT_OPTIM_SGDM, 0.9, 0.999, 1e-8f, 0, DPT_LR_SCHEDULE_INIT, 0.0, NULL}
+     DPT_OPTIM_SGDM, 0.9, 0.999, 1e-8f, 0, DPT_LR_SCHEDULE_INIT, 0.0, NULL,              \
+     NULL, NULL, NULL, NULL, 64, 0}
 
 typedef struct dpt_fit_result {
     double final_loss;
@@ -246,12 +302,19 @@ typedef struct dpt_fit_result {
     long start_iteration;         /* iterations done before this call (resume) */
     long checkpoint_iteration;    /* iteration of the last checkpoint this call
                                      wrote, -1: none */
+    double test_bpc;              /* language model: held-out bits per
+                                     character at the end; NaN otherwise */
 } dpt_fit_result;
 
 /* Train a network as the MATLAB example does: per epoch, shuffle the training
  * data with a seed all workers share, partition it among the workers, and
  * loop while every worker has data; each iteration is dpt_train_step. Then
- * worker 0 saves the model and classifies the test set. When cfg->stop is
+ * worker 0 saves the model and classifies the test set. Sequence folders
+ * and language models (version 3: seq_train, text_train) train the same
+ * way; a language model's test result is test_bpc, and its model file's
+ * metadata holds "task": "language_model", "vocab" (the code points, a
+ * JSON array in index order) and "seq_len"; a sequence classifier's
+ * "task": "sequence_classification", "features" and "classes". When cfg->stop is
  * set, training stops at the next iteration boundary and dpt_fit returns
  * DPT_ERR_INTERRUPTED ("interrupted at epoch E, iteration I"); result->
  * iterations, epoch and checkpoint_iteration then tell where (worker 0's

@@ -5,6 +5,8 @@
 #define DPT_CLI_H
 
 #include "dptrain/core.h"
+#include "dptrain/data.h"
+#include "dptrain/net.h"
 
 #include <stddef.h>
 
@@ -13,6 +15,7 @@ int cli_eval(int argc, char **argv);
 int cli_predict(int argc, char **argv);
 int cli_info(int argc, char **argv);
 int cli_launch(int argc, char **argv);
+int cli_generate(int argc, char **argv);
 
 /* Print "dptrain: <message>" on stderr and return 1. */
 int cli_error(const char *fmt, ...)
@@ -34,5 +37,20 @@ int cli_double(const char *opt, const char *value, double *out);
  * right-aligned or (left != 0) left-aligned. */
 const char *cli_clean(char *buf, size_t size, const char *s);
 void cli_cell(const char *s, int width, int left);
+
+/* A language model's vocabulary from its metadata (cmd_generate.c): the
+ * model must say "task": "language_model" and carry "vocab", a JSON array of
+ * code points, one per output, strictly increasing; its network must take
+ * and give a sequence of that many features. Any other file, or metadata a
+ * hostile file could bend, prints "dptrain: <path>: ..." naming what is
+ * wrong (cmd names the command in the message) and returns 1; *out (owned
+ * by the caller, dpt_text_free) on success. */
+int cli_model_vocab(const dpt_net *net, const char *path, const char *cmd, dpt_text **out);
+/* The model's "seq_len" metadata (64 when absent), 1 to 65536; prints and
+ * returns 1 when malformed. */
+int cli_model_seq_len(const dpt_net *net, const char *path, long *out);
+/* Write code point cp (a Unicode scalar value) as UTF-8 into s (room for 4
+ * bytes); returns the bytes written. */
+size_t cli_utf8_put(char *s, uint32_t cp);
 
 #endif

@@ -16,20 +16,37 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <dirent.h>
+#include <strings.h>
 #include <unistd.h>
 
 static const char help[] =
     "usage: dptrain train --data PATH [options]\n"
     "\n"
-    "Train a network data-parallel and report test accuracy.\n"
+    "Train a network data-parallel and report test accuracy (or, for a language\n"
+    "model, held-out bits per character).\n"
     "\n"
     "data:\n"
-    "  --data PATH         image folder (one sub-folder per class) or IDX images file\n"
+    "  --data PATH         image folder (one sub-folder per class), IDX images file,\n"
+    "                      sequence folder (class sub-folders of .csv files, one time\n"
+    "                      step per line: a sequence classifier) or UTF-8 text file\n"
+    "                      (a character language model, the last 10% held out)\n"
     "  --labels FILE       IDX labels file (default: found beside the images file)\n"
-    "  --test PATH         held-out data (folder or IDX; classes matched to --data's by\n"
-    "                      name, any subset of them); default: split --data\n"
+    "  --test PATH         held-out data (image or sequence folder, or IDX; classes\n"
+    "                      matched to --data's by name, any subset of them; for a\n"
+    "                      text, a text file within its vocabulary); default: split\n"
+    "                      --data\n"
     "  --test-labels FILE  IDX labels for --test (default: found beside it)\n"
-    "  --split FRACTION    training fraction per label when no --test (default 0.9)\n"
+    "  --split FRACTION    training fraction per label when no --test (default 0.9);\n"
+    "                      for a text, the fraction trained on (at least 0.5), the\n"
+    "                      rest held out\n"
+    "  --seq-len T         language model: characters per stream and iteration\n"
+    "                      (truncated backpropagation through time; default 64)\n"
+    "  --sequence-padding left|right\n"
+    "                      sequence folder: where each minibatch pads its shorter\n"
+    "                      sequences to its longest (default right; masked either way)\n"
+    "  --max-length T      sequence folder: keep the first T time steps of each file\n"
+    "                      (default 0: all)\n"
     "  --skip-corrupt      skip images that fail to decode, with a warning naming each\n"
     "                      (the first 10, then a count; default: error)\n"
     "  --augment LIST      random transforms of each training image, like MATLAB's\n"
@@ -45,9 +62,14 @@ static const char help[] =
     "                      scale=0.9:1.1\n"
     "network and optimiser:\n"
     "  --net SPEC          network spec file (default: the MATLAB example's network,\n"
-    "                      classes taken from the data; see dptrain info --spec)\n"
+    "                      classes taken from the data; see dptrain info --spec; for\n"
+    "                      a text: sequenceinput size=vocab, lstm units=256, fc\n"
+    "                      outputs=vocab, softmax; for a sequence folder:\n"
+    "                      sequenceinput size=F, lstm units=100 output=last, fc\n"
+    "                      outputs=classes, softmax)\n"
     "  --epochs N          epochs (default 20)\n"
-    "  --batch N           minibatch size over all workers (default 128)\n"
+    "  --batch N           minibatch size over all workers (default 128); for a\n"
+    "                      language model the number of parallel text streams\n"
     "  --optimizer NAME    sgdm | adam | adamw (default sgdm; adamw: Adam with the\n"
     "                      weight decay decoupled from the gradient, PyTorch's AdamW)\n"
     "  --lr X              base learning rate (default 0.01 for sgdm, 0.001 for adam\n"
@@ -92,7 +114,8 @@ static const char help[] =
     "                      DIR/checkpoint.safetensors (that run goes on)\n"
     "  --overwrite         replace an earlier run's files in --out (removed only once\n"
     "                      every input has been checked)\n"
-    "  --eval-every-epoch  test accuracy after every epoch (in metrics.csv and the plot)\n"
+    "  --eval-every-epoch  test accuracy after every epoch (in metrics.csv and the plot;\n"
+    "                      a language model's held-out bits per character always are)\n"
     "  --checkpoint-every K  write checkpoint.safetensors every K iterations (default 0:\n"
     "                      none; when K > 0 one is also written at the end)\n"
     "  --resume FILE       continue from a checkpoint up to --epochs in total (same\n"
@@ -216,7 +239,8 @@ static int make_dir(const char *dir)
  * training would go on with every label meaning another class. A file that
  * does not open or fails its checksum (which covers the metadata read here)
  * is left to dpt_fit to report. Returns 0 or 1 (printed). */
-static int check_resume_classes(const char *resume, const char *data, const dpt_datastore *train)
+static int check_resume_classes(const char *resume, const char *data, int k,
+                                const char *const *names)
 {
     dpt_st *st = NULL;
     dpt_checkpoint_info info;
@@ -224,21 +248,21 @@ static int check_resume_classes(const char *resume, const char *data, const dpt_
         dpt_clear_error();
         return 0;
     }
-    int rc = 0, k = dpt_datastore_n_classes(train);
+    int rc = 0;
     const char *text = dpt_st_meta(st, "classes");
     cJSON *arr = text ? cJSON_Parse(text) : NULL;
     if (text) {
         int same = cJSON_IsArray(arr) && cJSON_GetArraySize(arr) == k;
         for (int i = 0; same && i < k; i++) {
             const cJSON *c = cJSON_GetArrayItem(arr, i);
-            same = cJSON_IsString(c) && strcmp(c->valuestring, dpt_datastore_class_name(train, i)) == 0;
+            same = cJSON_IsString(c) && strcmp(c->valuestring, names[i]) == 0;
         }
         if (!same) {
             char have[160] = "";
             size_t len = 0;
             for (int i = 0; i < k && len < sizeof have - 1; i++)
                 len += (size_t)snprintf(have + len, sizeof have - len, "%s\"%s\"", i ? "," : "",
-                                        dpt_datastore_class_name(train, i));
+                                        names[i]);
             rc = cli_error("--resume %s: the checkpoint's classes are %.160s%s, but --data %s has [%s]%s; "
                            "resume with the data it was trained on", resume, text,
                            strlen(text) > 160 ? "..." : "", data, have, len >= sizeof have - 1 ? "..." : "");
@@ -247,6 +271,90 @@ static int check_resume_classes(const char *resume, const char *data, const dpt_
     cJSON_Delete(arr);
     dpt_st_close(st);
     return rc;
+}
+
+/* --resume of a language model goes on with the vocabulary it was trained
+ * on: output j must stand for the same character. Returns 0 or 1 (printed);
+ * a file that does not open is left to dpt_fit. */
+static int check_resume_vocab(const char *resume, const char *data, const dpt_text *train)
+{
+    dpt_st *st = NULL;
+    dpt_checkpoint_info info;
+    if (dpt_checkpoint_read_info(resume, &info) != DPT_OK || dpt_st_open(resume, &st) != DPT_OK) {
+        dpt_clear_error();
+        return 0;
+    }
+    int rc = 0, n = dpt_text_n_vocab(train);
+    const char *text = dpt_st_meta(st, "vocab");
+    cJSON *arr = text ? cJSON_Parse(text) : NULL;
+    int same = cJSON_IsArray(arr) && cJSON_GetArraySize(arr) == n;
+    for (int i = 0; same && i < n; i++) {
+        const cJSON *c = cJSON_GetArrayItem(arr, i);
+        same = cJSON_IsNumber(c) && c->valuedouble == (double)dpt_text_vocab(train)[i];
+    }
+    if (!same)
+        rc = cli_error("--resume %s: %s; resume with the text it was trained on", resume,
+                       text ? "the checkpoint's vocabulary differs from --data's" :
+                              "not a language model's checkpoint (no vocabulary)");
+    (void)data;
+    cJSON_Delete(arr);
+    dpt_st_close(st);
+    return rc;
+}
+
+enum { DATA_IMAGES, DATA_SEQUENCES, DATA_TEXT };
+
+/* A folder with a .csv file in one of its (non-hidden) sub-folders. */
+static int is_sequence_folder(const char *dir)
+{
+    DIR *d = opendir(dir);
+    int found = 0;
+    struct dirent *e;
+    while (d && !found && (e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char sub[4200];
+        snprintf(sub, sizeof sub, "%s/%s", dir, e->d_name);
+        DIR *c = opendir(sub);
+        struct dirent *f;
+        while (c && !found && (f = readdir(c))) {
+            size_t l = strlen(f->d_name);
+            found = f->d_name[0] != '.' && l > 4 && strcasecmp(f->d_name + l - 4, ".csv") == 0;
+        }
+        if (c)
+            closedir(c);
+    }
+    if (d)
+        closedir(d);
+    return found;
+}
+
+/* What --data holds: a folder whose class folders hold .csv files is a
+ * sequence folder, any other folder images; a regular file is an IDX file
+ * when it starts as one (a zero byte: IDX's magic, which no text has) or
+ * as gzip does (0x1f 0x8b, no UTF-8 text either), when --labels is given,
+ * or when its name says so (ends in .gz or -ubyte, as MNIST's files do, so
+ * a damaged one is reported by the IDX reader), and otherwise text. A path
+ * that is neither is left to the image reader to report. */
+static int data_kind(const char *path, const char *labels)
+{
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return DATA_IMAGES;
+    if (S_ISDIR(st.st_mode))
+        return is_sequence_folder(path) ? DATA_SEQUENCES : DATA_IMAGES;
+    size_t l = strlen(path);
+    if (!S_ISREG(st.st_mode) || labels || (l > 3 && !strcasecmp(path + l - 3, ".gz")) ||
+        (l > 6 && !strcmp(path + l - 6, "-ubyte")))
+        return DATA_IMAGES;
+    unsigned char head[2] = {1, 1};
+    FILE *f = fopen(path, "rb");
+    size_t n = f ? fread(head, 1, 2, f) : 0;
+    if (f)
+        fclose(f);
+    if ((n >= 1 && head[0] == 0) || (n == 2 && head[0] == 0x1f && head[1] == 0x8b))
+        return DATA_IMAGES;
+    return DATA_TEXT;
 }
 
 /* The one line an interrupted run prints: where it stopped and where the
@@ -275,7 +383,8 @@ int cli_train(int argc, char **argv)
     enum { O_LABELS = 256, O_TEST, O_TEST_LABELS, O_SPLIT, O_SKIP, O_NET, O_EPOCHS, O_BATCH, O_LR,
            O_MOM, O_WD, O_SEED, O_WORKERS, O_BACKEND, O_THREADS, O_SYNC, O_NOPF, O_OUT, O_EVAL,
            O_QUIET, O_DATA, O_CKPT, O_RESUME, O_PRINT, O_DEVICE, O_BPW, O_OVERWRITE,
-           O_OPTIM, O_SCHED, O_CLIP, O_BETA1, O_BETA2, O_EPS, O_AUGMENT };
+           O_OPTIM, O_SCHED, O_CLIP, O_BETA1, O_BETA2, O_EPS, O_AUGMENT, O_SEQLEN, O_PAD,
+           O_MAXLEN };
     static const struct option opts[] = {
         {"data", required_argument, 0, O_DATA},       {"labels", required_argument, 0, O_LABELS},
         {"test", required_argument, 0, O_TEST},       {"test-labels", required_argument, 0, O_TEST_LABELS},
@@ -297,6 +406,9 @@ int cli_train(int argc, char **argv)
         {"beta1", required_argument, 0, O_BETA1},     {"beta2", required_argument, 0, O_BETA2},
         {"epsilon", required_argument, 0, O_EPS},
         {"augment", required_argument, 0, O_AUGMENT},
+        {"seq-len", required_argument, 0, O_SEQLEN},
+        {"sequence-padding", required_argument, 0, O_PAD},
+        {"max-length", required_argument, 0, O_MAXLEN},
         {0, 0, 0, 0},
     };
     const char *data = NULL, *labels = NULL, *test = NULL, *test_labels = NULL, *net_path = NULL;
@@ -312,6 +424,9 @@ int cli_train(int argc, char **argv)
     const char *augment_text = NULL;
     long epochs = 20, batch = 128, seed = 0, workers = 0, threads = 0;
     int skip_corrupt = 0, sync_bn = 0, prefetch = 1, eval_epoch = 0, quiet = 0;
+    long seq_len = 64, max_length = 0;
+    int pad_left = 0;
+    const char *seq_opt = NULL, *folder_opt = NULL; /* a flag given for text / sequence folders */
     int c;
     optind = 1;
     opterr = 0;
@@ -323,6 +438,23 @@ int cli_train(int argc, char **argv)
         case O_TEST: test = optarg; break;
         case O_TEST_LABELS: test_labels = optarg; break;
         case O_SPLIT: bad = cli_double("--split", optarg, &split); break;
+        case O_SEQLEN:
+            bad = cli_int("--seq-len", optarg, 1, 65536, &seq_len), seq_opt = "--seq-len";
+            break;
+        case O_MAXLEN:
+            bad = cli_int("--max-length", optarg, 0, DPT_SEQ_MAX_STEPS, &max_length);
+            folder_opt = "--max-length";
+            break;
+        case O_PAD:
+            folder_opt = "--sequence-padding";
+            if (!strcmp(optarg, "left") || !strcmp(optarg, "right")) {
+                pad_left = optarg[0] == 'l';
+            } else {
+                char clean[64];
+                return cli_error("--sequence-padding: '%s' is not left or right",
+                                 cli_clean(clean, sizeof clean, optarg));
+            }
+            break;
         case O_SKIP: skip_corrupt = 1; break;
         case O_NET: net_path = optarg; break;
         case O_EPOCHS: bad = cli_int("--epochs", optarg, 1, 1000000, &epochs); break;
@@ -370,6 +502,16 @@ int cli_train(int argc, char **argv)
         return cli_error("train: --data PATH is required (see dptrain train --help)");
     if (!(split > 0 && split < 1))
         return cli_error("--split: %g is not between 0 and 1", split);
+    const int kind = data_kind(data, labels);
+    if (kind != DATA_TEXT && seq_opt)
+        return cli_error("%s: applies to a text --data (a language model)", seq_opt);
+    if (kind != DATA_SEQUENCES && folder_opt)
+        return cli_error("%s: applies to a sequence folder --data (class folders of .csv files)",
+                         folder_opt);
+    if (kind != DATA_IMAGES && augment_text)
+        return cli_error("--augment: applies to images, not sequence data");
+    if (kind == DATA_TEXT && split < 0.5)
+        return cli_error("--split: %g would hold out more than half of the text", split);
     /* adamw is Adam with decoupled weight decay: the same kind and state. */
     int decoupled = !strcmp(optim_name, "adamw");
     dpt_optim_kind optim_kind;
@@ -414,6 +556,10 @@ int cli_train(int argc, char **argv)
     dpt_net *gpu_probe = NULL;
     if (n_gpus > 0 && net_path && dpt_net_from_spec_file(net_path, 2, 1, 0, &gpu_probe) != DPT_OK)
         gpu_probe = NULL; /* a bad spec is reported below, against the data's classes */
+    /* Sequence data without --net: the default recurrent network decides. */
+    if (n_gpus > 0 && !net_path && kind != DATA_IMAGES &&
+        dpt_net_from_spec(dpt_net_default_lm_spec(), "<default>", 2, 1, 0, &gpu_probe) != DPT_OK)
+        gpu_probe = NULL;
     char device_notice[768];
     int use_gpu = dpt_train_pick_device(device, n_gpus, workers, gpu_probe, device_notice,
                                         sizeof device_notice);
@@ -448,18 +594,66 @@ int cli_train(int argc, char **argv)
     outdir od = {out_dir, -1, 0};
     char *spec = NULL;
     dpt_datastore *all = NULL, *train = NULL, *testds = NULL;
+    dpt_seqstore *seq_all = NULL, *seq_train = NULL, *seq_test = NULL;
+    dpt_text *text_train = NULL, *text_test = NULL;
     const char **class_names = NULL;
     const int warn = !under_mpi || launcher_rank() == 0; /* one copy of each warning */
-    if (open_data(data, labels, skip_corrupt, warn, &all) != DPT_OK)
+    int k = 0; /* classes, or the vocabulary's size */
+    if (kind == DATA_TEXT) {
+        /* The vocabulary is the training text's; a --test file must stay
+         * within it (a missing character is named). */
+        dpt_text_options to = DPT_TEXT_OPTIONS_INIT;
+        to.heldout = test ? 0.0 : 1.0 - split;
+        if (dpt_text_open(data, &to, &text_train, test ? NULL : &text_test) != DPT_OK)
+            goto fail;
+        if (test) {
+            dpt_text_options vo = DPT_TEXT_OPTIONS_INIT;
+            vo.vocab = text_train;
+            if (dpt_text_open(test, &vo, &text_test, NULL) != DPT_OK)
+                goto fail;
+        }
+        k = dpt_text_n_vocab(text_train);
+    } else if (kind == DATA_SEQUENCES) {
+        dpt_seq_options so = DPT_SEQ_OPTIONS_INIT;
+        so.max_length = max_length;
+        if (dpt_seqstore_open(data, &so, &seq_all) != DPT_OK)
+            goto fail;
+        if (test) {
+            if (dpt_seqstore_open(test, &so, &seq_test) != DPT_OK)
+                goto fail;
+            seq_train = seq_all, seq_all = NULL;
+            /* Labels by class name, as for image folders: the test folder
+             * may hold some of the classes, in any order. */
+            int kt = dpt_seqstore_n_classes(seq_train);
+            const char **names = calloc((size_t)kt, sizeof *names);
+            if (!names)
+                goto fail_nomem;
+            for (int i = 0; i < kt; i++)
+                names[i] = dpt_seqstore_class_name(seq_train, i);
+            dpt_status ms = dpt_seqstore_match_classes(seq_test, test, kt, names);
+            free(names);
+            if (ms != DPT_OK)
+                goto fail;
+        } else if (dpt_seqstore_split_each_label(seq_all, split, (uint64_t)seed, &seq_train,
+                                                 &seq_test) != DPT_OK) {
+            goto fail;
+        }
+        k = dpt_seqstore_n_classes(seq_train);
+    } else if (open_data(data, labels, skip_corrupt, warn, &all) != DPT_OK) {
         goto fail;
-    if (test) {
+    }
+    if (kind != DATA_IMAGES) {
+        /* checked below with the network */
+    } else if (test) {
         if (open_data(test, test_labels, skip_corrupt, warn, &testds) != DPT_OK)
             goto fail;
         train = all, all = NULL;
     } else if (dpt_datastore_split_each_label(all, split, (uint64_t)seed, &train, &testds) != DPT_OK) {
         goto fail;
     }
-    if (test) {
+    if (kind == DATA_IMAGES)
+        k = dpt_datastore_n_classes(train);
+    if (kind == DATA_IMAGES && test) {
         /* Labels by class name, not by position: a test folder with only
          * some of the classes (or IDX labels up to a smaller number) must
          * count its "cat" images as the training data's "cat". */
@@ -480,14 +674,24 @@ int cli_train(int argc, char **argv)
     if (net_path) {
         /* Read and validate the spec up front so a bad file fails fast. */
         dpt_net *probe = NULL;
-        if (dpt_net_from_spec_file(net_path, dpt_datastore_n_classes(train), 1, 0, &probe) != DPT_OK)
+        if (dpt_net_from_spec_file(net_path, k, 1, 0, &probe) != DPT_OK)
             goto fail;
         spec = strdup(dpt_net_spec(probe));
         dpt_net_free(probe);
         if (!spec)
             goto fail;
     }
-    if (resume && check_resume_classes(resume, data, train))
+    if (kind != DATA_TEXT) {
+        class_names = calloc((size_t)k + 1, sizeof *class_names);
+        if (!class_names)
+            goto fail_nomem;
+        for (int i = 0; i < k; i++)
+            class_names[i] = kind == DATA_IMAGES ? dpt_datastore_class_name(train, i)
+                                                 : dpt_seqstore_class_name(seq_train, i);
+    }
+    if (resume && kind != DATA_TEXT && check_resume_classes(resume, data, k, class_names))
+        goto done;
+    if (resume && kind == DATA_TEXT && check_resume_vocab(resume, data, text_train))
         goto done;
     if (make_dir(out_dir))
         goto done;
@@ -496,12 +700,6 @@ int cli_train(int argc, char **argv)
      * it exits 1 before MPI starts, and mpirun ends the other ranks. */
     if (rank0 && (outdir_lock(&od) || outdir_check(&od, resume, overwrite)))
         goto done;
-    int k = dpt_datastore_n_classes(train);
-    class_names = calloc((size_t)k, sizeof *class_names);
-    if (!class_names)
-        goto done;
-    for (int i = 0; i < k; i++)
-        class_names[i] = dpt_datastore_class_name(train, i);
     char model_path[4096], ckpt_path[4096];
     snprintf(model_path, sizeof model_path, "%s/model.safetensors", out_dir);
     snprintf(ckpt_path, sizeof ckpt_path, "%s/checkpoint.safetensors", out_dir);
@@ -514,6 +712,8 @@ int cli_train(int argc, char **argv)
      * output goes to a file: plain lines there. */
     rep.quiet = quiet, rep.tty = !under_mpi && isatty(STDOUT_FILENO), rep.resume = resume != NULL;
     rep.print_every = print_every;
+    rep.kind = kind == DATA_TEXT ? REPORT_TEXT : kind == DATA_SEQUENCES ? REPORT_SEQUENCES
+                                                                        : REPORT_IMAGES;
     rep.stop = &stop_signal;
     snprintf(rep.csv_path, sizeof rep.csv_path, "%s/metrics.csv", out_dir);
     snprintf(rep.svg_path, sizeof rep.svg_path, "%s/loss.svg", out_dir);
@@ -545,6 +745,9 @@ int cli_train(int argc, char **argv)
     cfg.use_gpu = use_gpu;
     cfg.stop = &stop_signal;
     cfg.augment = dpt_augment_is_identity(&augment) ? NULL : &augment;
+    cfg.seq_train = seq_train, cfg.seq_test = seq_test;
+    cfg.text_train = text_train, cfg.text_test = text_test;
+    cfg.seq_len = (int)seq_len, cfg.pad_left = pad_left;
     cfg.on_start = outdir_clear; /* worker 0 runs in rank 0's process */
     cfg.on_start_arg = &od;
     catch_stop_signals();
@@ -552,11 +755,21 @@ int cli_train(int argc, char **argv)
         printf("device: %d GPU%s (one worker per GPU)\n", n_gpus, n_gpus == 1 ? "" : "s");
     if (!quiet && device_notice[0])
         printf("%s\n", device_notice);
-    if (!quiet)
+    const int shown_workers = under_mpi ? launcher_size() : n_workers;
+    if (!quiet && kind == DATA_TEXT)
+        printf("training a language model on %zu characters (vocabulary of %d), %zu held out; "
+               "%d worker%s, %ld streams of %ld characters per iteration, %ld epochs\n",
+               dpt_text_n_chars(text_train), k, text_test ? dpt_text_n_chars(text_test) : 0,
+               shown_workers, shown_workers == 1 ? "" : "s", batch, seq_len, epochs);
+    else if (!quiet && kind == DATA_SEQUENCES)
+        printf("training on %zu sequences (%d classes, %d features), testing on %zu; %d worker%s, "
+               "minibatch %ld, %ld epochs\n", dpt_seqstore_n_obs(seq_train), k,
+               dpt_seqstore_n_features(seq_train), dpt_seqstore_n_obs(seq_test), shown_workers,
+               shown_workers == 1 ? "" : "s", batch, epochs);
+    else if (!quiet)
         printf("training on %zu images (%d classes), testing on %zu; %d worker%s, minibatch %ld, "
                "%ld epochs\n", dpt_datastore_n_obs(train), k, dpt_datastore_n_obs(testds),
-               under_mpi ? launcher_size() : n_workers,
-               (under_mpi ? launcher_size() : n_workers) == 1 ? "" : "s", batch, epochs);
+               shown_workers, shown_workers == 1 ? "" : "s", batch, epochs);
     if (!quiet && cfg.augment) {
         char clean[1024];
         printf("augmenting the training images: %s\n", cli_clean(clean, sizeof clean, augment_text));
@@ -578,7 +791,15 @@ int cli_train(int argc, char **argv)
         goto done;
     }
     if (res.n_workers > 0) { /* worker 0's process reports */
-        printf("test accuracy: %.4f (%zu images)\n", res.test_accuracy, dpt_datastore_n_obs(testds));
+        if (kind == DATA_TEXT && text_test)
+            printf("held-out bits per character: %.4f (perplexity %.3f, %zu characters)\n",
+                   res.test_bpc, pow(2.0, res.test_bpc), dpt_text_n_chars(text_test));
+        else if (kind == DATA_SEQUENCES)
+            printf("test accuracy: %.4f (%zu sequences)\n", res.test_accuracy,
+                   dpt_seqstore_n_obs(seq_test));
+        else if (kind == DATA_IMAGES)
+            printf("test accuracy: %.4f (%zu images)\n", res.test_accuracy,
+                   dpt_datastore_n_obs(testds));
         if (!quiet)
             printf("trained %ld iterations in %.1f s; model saved to %s\n", res.iterations,
                    res.train_seconds, model_path);
@@ -597,5 +818,10 @@ done:
     dpt_datastore_free(all);
     dpt_datastore_free(train);
     dpt_datastore_free(testds);
+    dpt_seqstore_free(seq_all);
+    dpt_seqstore_free(seq_train);
+    dpt_seqstore_free(seq_test);
+    dpt_text_free(text_train);
+    dpt_text_free(text_test);
     return rc;
 }

@@ -16,8 +16,10 @@ static const char usage[] =
     "\n"
     "commands:\n"
     "  train     train a network (single worker, worker threads or MPI ranks)\n"
-    "  eval      accuracy and confusion matrix of a model on a dataset\n"
-    "  predict   label and score of image files\n"
+    "  eval      accuracy and confusion matrix of a model on a dataset; bits per\n"
+    "            character of a language model on a text file\n"
+    "  predict   label and score of image files or .csv sequences\n"
+    "  generate  sample text from a character language model\n"
     "  info      the default network spec, a network's layers and tables, a model file\n"
     "  launch    train under mpirun -np N, restarted from its last checkpoint when it fails\n"
     "\n"
@@ -109,7 +111,9 @@ int main(int argc, char **argv)
         return cli_info(argc - 1, argv + 1);
     if (!strcmp(cmd, "launch"))
         return cli_launch(argc - 1, argv + 1);
-    cli_error("unknown command '%s' (train, eval, predict, info, launch)", cmd);
+    if (!strcmp(cmd, "generate"))
+        return cli_generate(argc - 1, argv + 1);
+    cli_error("unknown command '%s' (train, eval, predict, generate, info, launch)", cmd);
     fputs(usage, stderr);
     return 1;
 }

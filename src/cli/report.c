@@ -289,7 +289,20 @@ static void csv_row(report *r, const dpt_progress *p, double acc)
     fputc('\n', r->csv);
 }
 
-static const char csv_header[] = "epoch,iteration,loss,elapsed_s,images_per_s,lr,test_accuracy\n";
+/* The columns: the speed's unit and the held-out measure depend on what is
+ * trained (test_bpc: a language model's held-out bits per character). */
+static const char *const csv_headers[] = {
+    "epoch,iteration,loss,elapsed_s,images_per_s,lr,test_accuracy\n",
+    "epoch,iteration,loss,elapsed_s,sequences_per_s,lr,test_accuracy\n",
+    "epoch,iteration,loss,elapsed_s,chars_per_s,lr,test_bpc\n",
+};
+static const char *const units[] = {"images/s", "sequences/s", "chars/s"};
+
+/* The held-out measure of an end-of-epoch record (NaN: none). */
+static double heldout(const report *r, const dpt_progress *p)
+{
+    return r->kind == REPORT_TEXT ? p->test_bpc : p->test_accuracy;
+}
 
 /* The earlier run's metrics.csv, to read on resume. */
 static FILE *csv_open_old(const char *path)
@@ -322,7 +335,7 @@ static void csv_open(report *r, long iteration)
             fclose(old);
         return;
     }
-    fputs(csv_header, f);
+    fputs(csv_headers[r->kind], f);
     char line[512];
     while (old && fgets(line, sizeof line, old)) {
         int ep;
@@ -334,7 +347,7 @@ static void csv_open(report *r, long iteration)
             continue;
         fputs(line, f);
         push_point(r, 0, (double)it, loss);
-        if (n == 7)
+        if (n == 7 && r->kind != REPORT_TEXT) /* the accuracy axis is 0 to 100 % */
             push_point(r, 1, (double)it, acc);
     }
     if (old)
@@ -363,11 +376,12 @@ void report_progress(const dpt_progress *p, void *arg)
         r->pending = *p, r->have_pending = 1;
         push_point(r, 0, (double)p->iteration, p->loss);
     } else {
-        /* The epoch's last iteration row carries its test accuracy. */
+        /* The epoch's last iteration row carries its test accuracy (bits
+         * per character). */
         if (r->have_pending)
-            csv_row(r, &r->pending, p->test_accuracy);
+            csv_row(r, &r->pending, heldout(r, p));
         r->have_pending = 0;
-        if (!isnan(p->test_accuracy))
+        if (!isnan(p->test_accuracy) && r->kind != REPORT_TEXT)
             push_point(r, 1, (double)p->iteration, p->test_accuracy);
         if (r->csv && (fflush(r->csv) != 0 || ferror(r->csv)))
             io_fail(r, r->csv_path);
@@ -397,20 +411,23 @@ void report_progress(const dpt_progress *p, void *arg)
             fputs("\r\033[K", stdout);
         printf("epoch %d/%d  iteration %ld  loss %.4f  elapsed %s", p->epoch, p->epochs,
                p->iteration, p->loss, el);
-        if (!isnan(p->test_accuracy))
+        if (r->kind == REPORT_TEXT && !isnan(p->test_bpc))
+            printf("  held-out bits/char %.4f", p->test_bpc);
+        else if (r->kind != REPORT_TEXT && !isnan(p->test_accuracy))
             printf("  test accuracy %.4f", p->test_accuracy);
         putchar('\n');
         fflush(stdout);
     } else if (r->tty) {
         if (now - r->last_line > 0.1) {
-            printf("\r\033[Kepoch %d/%d  iteration %ld  loss %.4f  %.0f images/s  elapsed %s  ETA %s",
-                   p->epoch, p->epochs, p->iteration, p->loss, p->images_per_s, el, eta);
+            printf("\r\033[Kepoch %d/%d  iteration %ld  loss %.4f  %.0f %s  elapsed %s  ETA %s",
+                   p->epoch, p->epochs, p->iteration, p->loss, p->images_per_s, units[r->kind], el,
+                   eta);
             fflush(stdout);
             r->last_line = now;
         }
     } else if (r->print_every > 0 && p->iteration % r->print_every == 0) {
-        printf("epoch %d/%d  iteration %ld  loss %.4f  %.0f images/s  elapsed %s  ETA %s\n", p->epoch,
-               p->epochs, p->iteration, p->loss, p->images_per_s, el, eta);
+        printf("epoch %d/%d  iteration %ld  loss %.4f  %.0f %s  elapsed %s  ETA %s\n", p->epoch,
+               p->epochs, p->iteration, p->loss, p->images_per_s, units[r->kind], el, eta);
         fflush(stdout);
     }
 }

@@ -9,9 +9,14 @@
 #include <stdio.h>
 #include <sys/types.h>
 
+/* What is trained: the unit of the speed and the held-out measure. */
+enum { REPORT_IMAGES, REPORT_SEQUENCES, REPORT_TEXT };
+
 typedef struct report {
     /* settings */
     int quiet, tty, resume;
+    int kind;                       /* REPORT_*: images/s, sequences/s or characters/s;
+                                       a language model's rows carry test_bpc */
     volatile sig_atomic_t *stop;    /* the stop request (may be NULL): no PNG and no
                                        progress lines then */
     long print_every;               /* plain lines every K iterations (0: per epoch) */

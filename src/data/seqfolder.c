@@ -248,6 +248,94 @@ void dpt_seqstore_free(dpt_seqstore *s)
     free(s);
 }
 
+/* A copy of the observations of s marked `which` in pick[n], with all of
+ * s's classes. */
+static dpt_status seq_subset(const dpt_seqstore *s, const unsigned char *pick, int which,
+                             dpt_seqstore **out)
+{
+    dpt_status st = DPT_OK;
+    dpt_seqstore *d = calloc(1, sizeof *d);
+    size_t n = 0, floats = 0;
+    for (size_t i = 0; i < s->n; i++)
+        if (pick[i] == which)
+            n++, floats += s->len[i] * (size_t)s->f;
+    if (!d)
+        return dpt_fail(DPT_ERR_NOMEM, "split: out of memory");
+    d->f = s->f;
+    d->classes = calloc((size_t)s->n_classes, sizeof *d->classes);
+    d->paths = calloc(n ? n : 1, sizeof *d->paths);
+    d->labels = malloc((n ? n : 1) * sizeof *d->labels);
+    d->len = malloc((n ? n : 1) * sizeof *d->len);
+    d->off = malloc((n ? n : 1) * sizeof *d->off);
+    d->data = malloc((floats ? floats : 1) * sizeof *d->data);
+    if (!d->classes || !d->paths || !d->labels || !d->len || !d->off || !d->data)
+        goto nomem;
+    for (; d->n_classes < s->n_classes; d->n_classes++)
+        if (!(d->classes[d->n_classes] = strdup(s->classes[d->n_classes])))
+            goto nomem;
+    size_t at = 0;
+    for (size_t i = 0; i < s->n; i++) {
+        if (pick[i] != which)
+            continue;
+        size_t m = s->len[i] * (size_t)s->f;
+        if (!(d->paths[d->n] = strdup(s->paths[i])))
+            goto nomem;
+        d->labels[d->n] = s->labels[i];
+        d->len[d->n] = s->len[i];
+        d->off[d->n] = at;
+        memcpy(d->data + at, s->data + s->off[i], m * sizeof *d->data);
+        at += m;
+        if (s->len[i] > d->max_len)
+            d->max_len = s->len[i];
+        d->n++;
+    }
+    *out = d;
+    return st;
+nomem:
+    dpt_seqstore_free(d);
+    return dpt_fail(DPT_ERR_NOMEM, "split: out of memory");
+}
+
+dpt_status dpt_seqstore_split_each_label(const dpt_seqstore *s, double fraction, uint64_t seed,
+                                         dpt_seqstore **first, dpt_seqstore **second)
+{
+    if (!s || !first || !second)
+        return dpt_fail(DPT_ERR_ARG, "dpt_seqstore_split_each_label: NULL argument");
+    *first = *second = NULL;
+    if (!(fraction >= 0.0 && fraction <= 1.0))
+        return dpt_fail(DPT_ERR_ARG, "split_each_label: fraction %g is outside [0, 1]", fraction);
+    uint32_t *pos = malloc((s->n ? s->n : 1) * sizeof *pos);
+    unsigned char *pick = calloc(s->n ? s->n : 1, 1); /* 1: goes to first */
+    dpt_status st = DPT_OK;
+    if (!pos || !pick) {
+        st = dpt_fail(DPT_ERR_NOMEM, "split: out of memory");
+        goto done;
+    }
+    for (int k = 0; k < s->n_classes; k++) {
+        size_t m = 0;
+        for (size_t i = 0; i < s->n; i++)
+            if (s->labels[i] == k)
+                pos[m++] = (uint32_t)i;
+        if (!m)
+            continue;
+        dpt_rng r;
+        dpt_rng_seed(&r, seed, (uint64_t)k);
+        dpt_rng_shuffle(&r, pos, m);
+        size_t take = (size_t)llround(fraction * (double)m);
+        for (size_t j = 0; j < take && j < m; j++)
+            pick[pos[j]] = 1;
+    }
+    if ((st = seq_subset(s, pick, 1, first)) == DPT_OK &&
+        (st = seq_subset(s, pick, 0, second)) != DPT_OK) {
+        dpt_seqstore_free(*first);
+        *first = NULL;
+    }
+done:
+    free(pos);
+    free(pick);
+    return st;
+}
+
 dpt_status dpt_seqstore_open(const char *root, const dpt_seq_options *opt, dpt_seqstore **out)
 {
     dpt_seq_options o = DPT_SEQ_OPTIONS_INIT;
@@ -453,4 +541,95 @@ dpt_status dpt_seqstore_read(const dpt_seqstore *s, size_t i, float *out)
                         s ? s->n : 0);
     memcpy(out, s->data + s->off[i], s->len[i] * (size_t)s->f * sizeof *out);
     return DPT_OK;
+}
+
+dpt_status dpt_seq_load(const char *path, long max_length, size_t *n_steps, int *n_features,
+                        float **x)
+{
+    if (!path || !n_steps || !n_features || !x)
+        return dpt_fail(DPT_ERR_ARG, "dpt_seq_load: NULL argument");
+    if (max_length < 0)
+        return dpt_fail(DPT_ERR_ARG, "dpt_seq_load: max_length %ld is negative", max_length);
+    *x = NULL;
+    char *buf;
+    size_t n, rows;
+    int w;
+    dpt_status st = slurp(path, DPT_SEQ_MAX_FILE_BYTES, &buf, &n);
+    if (st)
+        return st;
+    if ((st = scan_file(path, buf, n, &rows, &w)))
+        goto done;
+    size_t keep = max_length > 0 && rows > (size_t)max_length ? (size_t)max_length : rows;
+    /* rows * w is bounded by the file's bytes (a value takes at least one
+     * byte and a comma), so this cannot overflow; the cap matches a folder's. */
+    if (keep * (size_t)w > (size_t)DPT_SEQ_MAX_VALUES) {
+        st = dpt_fail(DPT_ERR_FORMAT, "%s: more than the %lld numbers allowed", path,
+                      (long long)DPT_SEQ_MAX_VALUES);
+        goto done;
+    }
+    float *out = malloc(keep * (size_t)w * sizeof *out);
+    if (!out) {
+        st = dpt_fail(DPT_ERR_NOMEM, "%s: out of memory for %zu values", path, keep * (size_t)w);
+        goto done;
+    }
+    if ((st = parse_file(path, buf, n, keep, w, out))) {
+        free(out);
+        goto done;
+    }
+    *x = out;
+    *n_steps = keep;
+    *n_features = w;
+done:
+    free(buf);
+    return st;
+}
+
+dpt_status dpt_seqstore_match_classes(dpt_seqstore *s, const char *what, int n_classes,
+                                      const char *const *names)
+{
+    if (!s || n_classes < 1 || !names)
+        return dpt_fail(DPT_ERR_ARG, "dpt_seqstore_match_classes: bad argument");
+    if (!what)
+        what = "sequence data";
+    int *map = malloc((size_t)s->n_classes * sizeof *map);
+    char **copy = calloc((size_t)n_classes, sizeof *copy);
+    dpt_status st = DPT_OK;
+    if (!map || !copy) {
+        st = dpt_fail(DPT_ERR_NOMEM, "%s: out of memory", what);
+        goto done;
+    }
+    for (int k = 0; k < s->n_classes; k++) {
+        map[k] = -1;
+        for (int j = 0; j < n_classes && map[k] < 0; j++)
+            if (names[j] && !strcmp(names[j], s->classes[k]))
+                map[k] = j;
+    }
+    /* Only a class that has observations must be known (a class folder
+     * always has some, but keep the rule of the image datastores). */
+    for (size_t i = 0; i < s->n; i++)
+        if (map[s->labels[i]] < 0) {
+            char shown[256];
+            dpt_text_clean(shown, sizeof shown, s->classes[s->labels[i]], (size_t)-1, 64);
+            st = dpt_fail(DPT_ERR_FORMAT, "%s: class '%s' is not one of the %d classes the model "
+                          "knows", what, shown, n_classes);
+            goto done;
+        }
+    for (int j = 0; j < n_classes; j++)
+        if (!(copy[j] = data_strdup(names[j] ? names[j] : "", &st)))
+            goto done;
+    for (size_t i = 0; i < s->n; i++)
+        s->labels[i] = map[s->labels[i]];
+    for (int k = 0; k < s->n_classes; k++)
+        free(s->classes[k]);
+    free(s->classes);
+    s->classes = copy;
+    s->n_classes = n_classes;
+    copy = NULL;
+done:
+    if (copy)
+        for (int j = 0; j < n_classes; j++)
+            free(copy[j]);
+    free(copy);
+    free(map);
+    return st;
 }

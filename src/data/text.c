@@ -409,3 +409,37 @@ dpt_status dpt_text_batch(const dpt_text *t, int n_streams, int seq_len, int fir
     }
     return DPT_OK;
 }
+
+dpt_status dpt_text_from_vocab(const char *what, const uint32_t *vocab, int n_vocab,
+                               dpt_text **out)
+{
+    if (!out || (!vocab && n_vocab))
+        return dpt_fail(DPT_ERR_ARG, "dpt_text_from_vocab: NULL argument");
+    *out = NULL;
+    if (!what)
+        what = "vocabulary";
+    if (n_vocab < 1 || n_vocab > DPT_TEXT_MAX_VOCAB)
+        return dpt_fail(DPT_ERR_FORMAT, "%s: a vocabulary of %d characters (want 1 to %d)", what,
+                        n_vocab, DPT_TEXT_MAX_VOCAB);
+    /* Sorted and distinct: dpt_text_index_of searches it by bisection. NUL
+     * cannot be in a text dpt_text_open reads. */
+    for (int j = 0; j < n_vocab; j++) {
+        uint32_t cp = vocab[j];
+        if (cp == 0 || cp >= MAX_CP || (cp >= 0xd800 && cp <= 0xdfff))
+            return dpt_fail(DPT_ERR_FORMAT,
+                            "%s: vocabulary entry %d is %lu, not a Unicode character from 1 to "
+                            "0x10FFFF (surrogates excluded)",
+                            what, j, (unsigned long)cp);
+        if (j && cp <= vocab[j - 1])
+            return dpt_fail(DPT_ERR_FORMAT,
+                            "%s: vocabulary entry %d (U+%04lX) does not follow entry %d (U+%04lX) "
+                            "in increasing order",
+                            what, j, (unsigned long)cp, j - 1, (unsigned long)vocab[j - 1]);
+    }
+    dpt_status st = DPT_OK;
+    dpt_text *t = text_new(0, vocab, n_vocab, &st);
+    if (!t)
+        return st;
+    *out = t;
+    return DPT_OK;
+}

@@ -110,7 +110,8 @@ dpt_status dpt_net_load_into(dpt_net *net, const char *path)
 }
 
 static const char *const kept_keys[] = {"format", "spec", "classes", "epoch", "iteration",
-                                        "trained", "workers", "accuracy"};
+                                        "trained", "workers", "accuracy", "task", "vocab",
+                                        "seq_len", "features"};
 
 /* The numbers among the kept metadata, range-checked on load (what dptrain
  * writes, with room): a model is refused rather than shown with nonsense. */

@@ -75,6 +75,13 @@ dpt_status dpt_checkpoint_save_optim(const char *path, const dpt_net *net, const
                                      const dpt_checkpoint_info *info, const dpt_kv *meta,
                                      size_t n_meta)
 {
+    return checkpoint_save_ex(path, net, opt, info, meta, n_meta, NULL, 0);
+}
+
+dpt_status checkpoint_save_ex(const char *path, const dpt_net *net, const dpt_optim *opt,
+                              const dpt_checkpoint_info *info, const dpt_kv *meta, size_t n_meta,
+                              const ckpt_tensor *extra, size_t n_extra)
+{
     dpt_st_writer *w = NULL;
     dpt_status s = dpt_st_writer_new(&w);
     if (s != DPT_OK)
@@ -95,6 +102,14 @@ dpt_status dpt_checkpoint_save_optim(const char *path, const dpt_net *net, const
         snprintf(tname, sizeof tname, "optim/%s", dpt_optim_buffer_name(opt, b));
         s = dpt_st_writer_add(w, tname, "F32", 1, shape, data, n_opt * sizeof(float));
         crc = crc32(crc, (const Bytef *)data, (uInt)(n_opt * sizeof(float)));
+    }
+    /* Extra tensors (a language model's carried state) after the
+     * optimizer's, in the checksum like every other. */
+    for (size_t i = 0; s == DPT_OK && i < n_extra; i++) {
+        int64_t shape[2] = {extra[i].rows, extra[i].cols};
+        size_t bytes = (size_t)extra[i].rows * (size_t)extra[i].cols * sizeof(float);
+        s = dpt_st_writer_add(w, extra[i].name, "F32", 2, shape, extra[i].data, bytes);
+        crc = crc32(crc, (const Bytef *)extra[i].data, (uInt)bytes);
     }
     char step_text[32];
     snprintf(step_text, sizeof step_text, "%ld", opt ? dpt_optim_step_count(opt) : 0L);
@@ -378,6 +393,65 @@ dpt_status dpt_checkpoint_load_optim(const char *path, dpt_net *net, dpt_optim *
     *info = got;
 done:
     free(params), free(state), free(vel);
+    dpt_st_close(st);
+    return s;
+}
+
+dpt_status checkpoint_read_rows(const char *path, const char *name, int64_t rows, int64_t cols,
+                                int64_t first, int64_t count, float *out)
+{
+    dpt_st *st = NULL;
+    dpt_checkpoint_info info;
+    float *all = NULL;
+    dpt_status s = dpt_st_open(path, &st);
+    if (s != DPT_OK)
+        return s;
+    if ((s = verify(st, path, &info)) != DPT_OK)
+        goto done;
+    if (first < 0 || count < 0 || first + count > rows) {
+        s = dpt_fail(DPT_ERR_ARG, "%s: rows %lld..%lld of '%s' [%lld, %lld]: out of range", path,
+                     (long long)first, (long long)(first + count - 1), name, (long long)rows,
+                     (long long)cols);
+        goto done;
+    }
+    const dpt_st_tensor *t = dpt_st_get(st, name);
+    if (!t || t->ndim != 2 || strcmp(t->dtype, "F32") != 0 || t->shape[0] != rows ||
+        t->shape[1] != cols) {
+        if (!t)
+            s = dpt_fail(DPT_ERR_SHAPE, "%s: tensor '%s' is missing: the checkpoint is for "
+                         "another run", path, name);
+        else
+            s = dpt_fail(DPT_ERR_SHAPE, "%s: tensor '%s' is %s of %d dimensions [%lld, %lld, ...], "
+                         "this run needs F32 [%lld, %lld]", path, name, t->dtype, t->ndim,
+                         (long long)(t->ndim > 0 ? t->shape[0] : 0),
+                         (long long)(t->ndim > 1 ? t->shape[1] : 0), (long long)rows,
+                         (long long)cols);
+        goto done;
+    }
+    size_t n = (size_t)rows * (size_t)cols;
+    if (!(all = malloc(n * sizeof *all + 1))) {
+        s = dpt_fail(DPT_ERR_NOMEM, "%s: out of memory", path);
+        goto done;
+    }
+    if ((s = dpt_st_read_f32(st, name, all, n)) != DPT_OK)
+        goto done;
+    if (count)
+        memcpy(out, all + (size_t)first * (size_t)cols, (size_t)count * (size_t)cols * sizeof *out);
+done:
+    free(all);
+    dpt_st_close(st);
+    return s;
+}
+
+dpt_status checkpoint_read_meta(const char *path, const char *key, char *buf, size_t cap)
+{
+    dpt_st *st = NULL;
+    dpt_checkpoint_info info;
+    dpt_status s = dpt_st_open(path, &st);
+    if (s == DPT_OK && (s = verify(st, path, &info)) == DPT_OK) {
+        const char *v = dpt_st_meta(st, key);
+        snprintf(buf, cap, "%s", v ? v : "");
+    }
     dpt_st_close(st);
     return s;
 }
