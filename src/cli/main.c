@@ -53,6 +53,36 @@ void cli_cell(const char *s, int width, int left)
     printf("%*s%s%*s", left ? 0 : pad, "", buf, left ? pad : 0, "");
 }
 
+int cli_bytes(const char *what, const char *value, uint64_t *out)
+{
+    char clean[64];
+    uint64_t v = 0;
+    const char *p = value;
+    int digits = 0;
+    for (; *p >= '0' && *p <= '9'; p++, digits++) {
+        if (v > ((uint64_t)1 << 62) / 10)
+            goto bad;
+        v = v * 10 + (uint64_t)(*p - '0');
+    }
+    static const char units[] = "kmgt";
+    const char *u = *p ? strchr(units, *p | 0x20) : NULL;
+    if (!digits || (*p && (!u || p[1])))
+        goto bad;
+    for (int shift = u ? 10 * (int)(u - units + 1) : 0; shift > 0; shift -= 10) {
+        if (v > ((uint64_t)1 << 52))
+            goto bad;
+        v <<= 10;
+    }
+    if (v > ((uint64_t)1 << 62))
+        goto bad;
+    *out = v;
+    return 0;
+bad:
+    cli_error("%s: '%s' is not a size (a whole number of bytes up to 2^62, optionally followed by "
+              "K, M, G or T)", what, cli_clean(clean, sizeof clean, value));
+    return -1;
+}
+
 int cli_lib_error(void) { return cli_error("%s", dpt_last_error()); }
 
 int cli_int(const char *opt, const char *value, long min, long max, long *out)
