@@ -30,9 +30,10 @@ int cli_lib_error(void);
 /* Parse numbers from option values; on error print which option and fail. */
 int cli_int(const char *opt, const char *value, long min, long max, long *out);
 int cli_double(const char *opt, const char *value, double *out);
-/* A byte count: digits, then optionally one of K, M, G, T (or k, m, g, t:
- * powers of 1024), nothing else (no sign, space or fraction), at most
- * 2^62. On error print "<what>: '<value>' is not ..." and fail. */
+/* A byte count, as DPT_MAX_NET_MEMORY takes it: a decimal number (no sign,
+ * space, hex, inf or nan), optionally followed by one of K, M, G, T (or k,
+ * m, g, t: powers of 1024), nothing else; at most about 4.6e18. On error
+ * print "<what>: '<value>' is not a size ..." and fail. */
 int cli_bytes(const char *what, const char *value, uint64_t *out);
 
 /* Text from outside (file and class names, metadata) made safe to print:

@@ -163,11 +163,11 @@ static uint64_t default_cache_budget(void)
     return mem / 2;
 }
 
-/* A byte count for people: "12.3 MB" (powers of 1024, as the budget's
+/* A byte count for people: "12.3 MiB" (powers of 1024, as the budget's
  * suffixes). */
 static const char *human_bytes(char *buf, size_t size, uint64_t b)
 {
-    static const char *const units[] = {"bytes", "KB", "MB", "GB", "TB"};
+    static const char *const units[] = {"bytes", "KiB", "MiB", "GiB", "TiB"};
     double v = (double)b;
     int u = 0;
     while (v >= 1024 && u < 4)
@@ -614,7 +614,7 @@ int cli_train(int argc, char **argv)
     uint64_t cache_budget = 0;
     const char *budget_from = "half the physical memory";
     const char *budget_env = getenv("DPT_MAX_CACHE_MEMORY");
-    if (budget_env) {
+    if (budget_env && *budget_env) { /* empty is unset, as for every DPT_* variable */
         if (cli_bytes("DPT_MAX_CACHE_MEMORY", budget_env, &cache_budget))
             return 1;
         budget_from = "DPT_MAX_CACHE_MEMORY";

@@ -56,30 +56,27 @@ void cli_cell(const char *s, int width, int left)
 int cli_bytes(const char *what, const char *value, uint64_t *out)
 {
     char clean[64];
-    uint64_t v = 0;
-    const char *p = value;
-    int digits = 0;
-    for (; *p >= '0' && *p <= '9'; p++, digits++) {
-        if (v > ((uint64_t)1 << 62) / 10)
-            goto bad;
-        v = v * 10 + (uint64_t)(*p - '0');
+    /* Strict: a plain decimal number (no sign, space, hex, inf or nan),
+     * then at most one unit letter, then nothing. */
+    int plain = value[0] >= '0' && value[0] <= '9' && !strpbrk(value, "xXnN");
+    char *end = (char *)value;
+    errno = 0;
+    double v = plain ? strtod(value, &end) : 0.0, unit = 1.0;
+    if (plain && *end) {
+        const char *u = strchr("kmgt", *end | 0x20);
+        if (u) { /* powers of 1024, as DPT_MAX_NET_MEMORY */
+            for (const char *k = "kmgt"; k <= u; k++)
+                unit *= 1024.0;
+            end++;
+        }
     }
-    static const char units[] = "kmgt";
-    const char *u = *p ? strchr(units, *p | 0x20) : NULL;
-    if (!digits || (*p && (!u || p[1])))
+    if (!plain || errno || *end || !isfinite(v) || v * unit > 4.6e18)
         goto bad;
-    for (int shift = u ? 10 * (int)(u - units + 1) : 0; shift > 0; shift -= 10) {
-        if (v > ((uint64_t)1 << 52))
-            goto bad;
-        v <<= 10;
-    }
-    if (v > ((uint64_t)1 << 62))
-        goto bad;
-    *out = v;
+    *out = (uint64_t)(v * unit);
     return 0;
 bad:
-    cli_error("%s: '%s' is not a size (a whole number of bytes up to 2^62, optionally followed by "
-              "K, M, G or T)", what, cli_clean(clean, sizeof clean, value));
+    cli_error("%s: '%s' is not a size (bytes, or with K, M, G, T: e.g. 512M, 1.5G)", what,
+              cli_clean(clean, sizeof clean, value));
     return -1;
 }
 
