@@ -2,9 +2,9 @@
 """Streaming against preloading on folders of colour JPEGs (bench/stream.sh
 runs this): for each folder, alternating --cache memory and none,
 
-  pipeline  stream_bench (the data pipeline alone: open, then shuffled
-            minibatch queues resizing to 32x32x3): time to the first batch,
-            steady images/s, peak RSS;
+  pipeline  stream_bench (the data pipeline alone: open, then a shuffled
+            minibatch queue resizing to 32x32x3, --batches of them): time
+            from the start to the first batch, steady images/s, peak RSS;
   train     dptrain train --net examples/nets/resnet-mini-32x32x3.net
             --workers W --batch 128, stopped with SIGINT after --iterations
             iterations: time from the start to the first iteration, steady
@@ -32,8 +32,9 @@ def peak_rss_mb(stderr_text):
     return int(m.group(1)) / 1024 if m else float("nan")
 
 
-def run_pipeline(bench, folder, cache, threads, epochs):
-    cmd = ["/usr/bin/time", "-v", bench, folder, "--cache", cache, "--epochs", str(epochs)]
+def run_pipeline(bench, folder, cache, threads, epochs, batches):
+    cmd = ["/usr/bin/time", "-v", bench, folder, "--cache", cache, "--epochs", str(epochs),
+           "--batches", str(batches)]
     if threads:
         cmd += ["--threads", str(threads)]
     p = subprocess.run(cmd, capture_output=True, text=True)
@@ -87,6 +88,8 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--iterations", type=int, default=40)
     ap.add_argument("--threads", type=int, default=0, help="decode threads (0: automatic)")
+    ap.add_argument("--batches", type=int, default=100,
+                    help="pipeline: batches to time (0: a whole epoch)")
     ap.add_argument("--md")
     ap.add_argument("folders", nargs="+")
     a = ap.parse_args()
@@ -94,7 +97,7 @@ def main():
     for folder in a.folders:
         n = sum(len(f) for _, _, f in os.walk(folder))
         for cache in ("memory", "none"):
-            pl = run_pipeline(a.bench, folder, cache, a.threads, 1)
+            pl = run_pipeline(a.bench, folder, cache, a.threads, 1, a.batches)
             print(f"{n} {cache} pipeline: {pl}", file=sys.stderr, flush=True)
             tr = run_train(a.dptrain, a.root, folder, cache, a.workers, a.iterations, a.batch)
             print(f"{n} {cache} train: {tr}", file=sys.stderr, flush=True)

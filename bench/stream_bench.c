@@ -6,8 +6,10 @@
  * that is not dptrain train.
  *
  *   stream_bench FOLDER [--cache memory|none] [--threads T] [--batch B]
- *                [--size S] [--epochs E]
+ *                [--size S] [--epochs E] [--batches K]
  *
+ * --batches K stops after K batches (0, the default: every batch of every
+ * epoch), so a large folder's steady rate needs no whole epoch.
  * Prints: open time, time to the first batch after open (and from the
  * start), images/s after the first batch (the steady rate), and peak RSS
  * (getrusage), as one line of key=value pairs. */
@@ -30,11 +32,12 @@ int main(int argc, char **argv)
 {
     if (argc < 2) {
         fprintf(stderr, "usage: stream_bench FOLDER [--cache memory|none] [--threads T] [--batch B] "
-                        "[--size S] [--epochs E]\n");
+                        "[--size S] [--epochs E] [--batches K]\n");
         return 2;
     }
     const char *folder = argv[1], *cache = "none";
     int threads = 0, batch = 128, size = 32, epochs = 1;
+    long max_batches = 0, done = 0;
     for (int i = 2; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--cache"))
             cache = argv[i + 1];
@@ -46,6 +49,8 @@ int main(int argc, char **argv)
             size = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--epochs"))
             epochs = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--batches"))
+            max_batches = atol(argv[i + 1]);
         else {
             fprintf(stderr, "stream_bench: unknown option %s\n", argv[i]);
             return 2;
@@ -76,7 +81,7 @@ int main(int argc, char **argv)
             rc = 1;
             break;
         }
-        for (int b = 0; dpt_mbq_has_data(q); b++) {
+        for (int b = 0; dpt_mbq_has_data(q) && !(max_batches && done >= max_batches); b++, done++) {
             dpt_batch bt;
             if (dpt_mbq_next(q, &bt)) {
                 fprintf(stderr, "stream_bench: %s\n", dpt_last_error());
