@@ -1,6 +1,7 @@
 /* dptrain data: datastores (image folders, IDX files), per-label split,
  * shuffle, partition, bilinear resize, and a minibatch queue that decodes
- * the next batch on a background thread.
+ * the next batches on background threads (streaming a folder that is not
+ * preloaded, in bounded memory).
  *
  * Two kinds of datastore hide behind one opaque type, dpt_datastore:
  *   - folder: root/<class>/<image file>, labels from the sub-folder names
@@ -20,7 +21,7 @@
  * number of threads may call the const functions (read, label, ...) on the
  * same datastore at once, and make or free datastores sharing a source from
  * different threads. A dpt_mbq belongs to one thread at a time (its
- * background thread is internal).
+ * decode threads are internal).
  *
  * Pixels: read and the minibatch queue produce float32 [C,H,W] in [0,1]
  * (uint8 value / 255). Channel conversion: grey -> 3 channels replicates
@@ -330,8 +331,9 @@ typedef struct dpt_mbq dpt_mbq;
 
 /* A user preprocessing step, run on each batch after decoding and scaling
  * to [0, 1]: it may change x [n, c, h, w] in place. labels [n]. Runs on the
- * queue's background thread when prefetch is on, so it must not touch the
- * caller's data without its own locking. Return DPT_OK, or a failure (set
+ * queue's decode threads when prefetch is on (with several, on different
+ * batches at once), so it must not touch the caller's data, or state shared
+ * between batches, without its own locking. Return DPT_OK, or a failure (set
  * the message with dpt_fail), which next() then returns for that batch. */
 typedef dpt_status (*dpt_mbq_preprocess_fn)(float *x, int n, int c, int h, int w,
                                             const int32_t *labels, void *arg);
@@ -349,8 +351,8 @@ typedef struct dpt_mbq_options {
                             0 (default): return it */
     dpt_mbq_preprocess_fn preprocess; /* NULL (default): none */
     void *preprocess_arg;             /* passed to preprocess */
-    /* Version 2: random augmentation, done where the batch is decoded (the
-     * background thread with prefetch), before preprocess. NULL (default):
+    /* Version 2: random augmentation, done where the batch is decoded (a
+     * decode thread with prefetch), before preprocess. NULL (default):
      * none. Observation j of batch b (0-based in the pass) is transformed by
      * dpt_augment_image with the key dpt_rng_key(augment_seed, augment_epoch,
      * augment_iteration + b, DPT_AUGMENT_STREAM, first + j), first =
@@ -401,7 +403,7 @@ typedef struct dpt_batch {
 
 /* A queue over the observations of ds, in ds order until dpt_mbq_shuffle.
  * The queue keeps its own reference to ds's observations, so ds may be
- * freed right after. opt NULL means defaults. Starts the background thread
+ * freed right after. opt NULL means defaults. Starts the decode threads
  * when prefetch is on. *out is owned by the caller (dpt_mbq_free). */
 DPT_API dpt_status dpt_mbq_new(const dpt_datastore *ds, const dpt_mbq_options *opt,
                                dpt_mbq **out);
@@ -436,7 +438,8 @@ DPT_API size_t dpt_mbq_n_batches(const dpt_mbq *q);
 DPT_API size_t dpt_mbq_n_obs(const dpt_mbq *q);
 DPT_API void dpt_mbq_shape(const dpt_mbq *q, int *c, int *h, int *w, int *n_classes);
 
-/* Stop the background thread and release everything. NULL does nothing. */
+/* Stop the decode threads (a batch being decoded is finished first) and
+ * release everything. NULL does nothing. */
 DPT_API void dpt_mbq_free(dpt_mbq *q);
 
 /* ---- sequence folders (class sub-folders of .csv files) ------------------- */
