@@ -60,7 +60,8 @@ static const char help[] =
     "                      minibatch is reached (exit 1, naming it). auto: memory when\n"
     "                      the decoded images (estimated from a sample of headers) fit\n"
     "                      DPT_MAX_CACHE_MEMORY bytes (K, M, G, T suffixes; default half\n"
-    "                      the physical memory, or of a cgroup memory limit), else none.\n"
+    "                      the physical memory, or of a cgroup memory limit, shared by\n"
+    "                      the MPI ranks on one machine), else none.\n"
     "                      One line says which mode and why\n"
     "  --augment LIST      random transforms of each training image, like MATLAB's\n"
     "                      imageDataAugmenter (default: none; test data never): a comma-\n"
@@ -620,6 +621,14 @@ int cli_train(int argc, char **argv)
         budget_from = "DPT_MAX_CACHE_MEMORY";
     } else {
         cache_budget = default_cache_budget();
+        /* MPI ranks on one machine each keep their own copy: share it. */
+        static const char *const local[] = {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS",
+                                            "SLURM_NTASKS_PER_NODE"};
+        int ranks = launcher_env(local, sizeof local / sizeof *local, 1);
+        if (ranks > 1) {
+            cache_budget /= (uint64_t)ranks;
+            budget_from = "half the physical memory, shared by the MPI ranks on this machine";
+        }
     }
     if (kind == DATA_TEXT && split < 0.5)
         return cli_error("--split: %g would hold out more than half of the text", split);
