@@ -1,6 +1,7 @@
 /* dptrain data: datastores (image folders, IDX files), per-label split,
  * shuffle, partition, bilinear resize, and a minibatch queue that decodes
- * the next batch on a background thread.
+ * the next batches on background threads (streaming a folder that is not
+ * preloaded, in bounded memory).
  *
  * Two kinds of datastore hide behind one opaque type, dpt_datastore:
  *   - folder: root/<class>/<image file>, labels from the sub-folder names
@@ -20,7 +21,7 @@
  * number of threads may call the const functions (read, label, ...) on the
  * same datastore at once, and make or free datastores sharing a source from
  * different threads. A dpt_mbq belongs to one thread at a time (its
- * background thread is internal).
+ * decode threads are internal).
  *
  * Pixels: read and the minibatch queue produce float32 [C,H,W] in [0,1]
  * (uint8 value / 255). Channel conversion: grey -> 3 channels replicates
@@ -59,11 +60,28 @@ typedef struct dpt_folder_options {
                          dpt_datastore_n_corrupt / dpt_datastore_corrupt_file. */
     int preload;      /* 1: decode every image at open and keep the pixels in
                          memory (native size and channels); reads then do not
-                         touch the files. 0 (default): decode on each read. */
+                         touch the files. 0 (default): decode on each read
+                         (streaming: memory independent of the folder's
+                         size). DPT_PRELOAD_AUTO: as 1 when the decoded
+                         pixels fit cache_budget_bytes, else as 0; see
+                         dpt_datastore_is_preloaded. */
+    /* Version 2. */
+    uint64_t cache_budget_bytes; /* for DPT_PRELOAD_AUTO: the most decoded
+                         pixel bytes (h * w * c per image, native size) to
+                         keep. The decision is made on an estimate (the image
+                         headers of up to DPT_PRELOAD_SAMPLE files spread
+                         over the folder, times the file count), so that a
+                         folder far over the budget is not read whole to say
+                         so; a preload that then goes over the budget is
+                         dropped, and the datastore streams. */
 } dpt_folder_options;
 
-#define DPT_FOLDER_OPTIONS_VERSION 1
-#define DPT_FOLDER_OPTIONS_INIT {DPT_FOLDER_OPTIONS_VERSION, 0, 0}
+#define DPT_PRELOAD_AUTO 2
+#define DPT_PRELOAD_SAMPLE 256
+
+/* Version 1 (without cache_budget_bytes) is still accepted. */
+#define DPT_FOLDER_OPTIONS_VERSION 2
+#define DPT_FOLDER_OPTIONS_INIT {DPT_FOLDER_OPTIONS_VERSION, 0, 0, 0}
 
 /* Open an image-folder datastore. The direct sub-folders of `root` are the
  * classes, in byte-wise (strcmp) order of their names; the class index is
@@ -143,6 +161,16 @@ DPT_API const char *dpt_datastore_corrupt_file(const dpt_datastore *ds, size_t k
  * (0 bytes) is not an image"), or NULL for k out of range. The text may
  * hold bytes from the file or its name: escape it before showing it. */
 DPT_API const char *dpt_datastore_corrupt_reason(const dpt_datastore *ds, size_t k);
+
+/* 1 when ds's images are decoded in memory (an image folder opened with
+ * preload, or with DPT_PRELOAD_AUTO within its budget, and IDX data); 0
+ * when each read decodes its file. */
+DPT_API int dpt_datastore_is_preloaded(const dpt_datastore *ds);
+/* The decoded pixel bytes of the whole source (every image of the folder,
+ * h * w * c, native size): exact when preloaded (*exact = 1), an estimate
+ * from sampled headers when DPT_PRELOAD_AUTO chose to stream (*exact = 0),
+ * 0 when not known (a folder opened with preload 0). exact may be NULL. */
+DPT_API uint64_t dpt_datastore_decoded_bytes(const dpt_datastore *ds, int *exact);
 
 /* Native size of observation i: height, width and channels as stored (1 to
  * 4 for image files; 1 for IDX). Reads the image header of a folder file
@@ -303,8 +331,9 @@ typedef struct dpt_mbq dpt_mbq;
 
 /* A user preprocessing step, run on each batch after decoding and scaling
  * to [0, 1]: it may change x [n, c, h, w] in place. labels [n]. Runs on the
- * queue's background thread when prefetch is on, so it must not touch the
- * caller's data without its own locking. Return DPT_OK, or a failure (set
+ * queue's decode threads when prefetch is on (with several, on different
+ * batches at once), so it must not touch the caller's data, or state shared
+ * between batches, without its own locking. Return DPT_OK, or a failure (set
  * the message with dpt_fail), which next() then returns for that batch. */
 typedef dpt_status (*dpt_mbq_preprocess_fn)(float *x, int n, int c, int h, int w,
                                             const int32_t *labels, void *arg);
@@ -315,14 +344,15 @@ typedef struct dpt_mbq_options {
     int batch_size;      /* observations per batch (default 128) */
     int channels;        /* output C, 1 or 3; 0 (default): native of obs 0 */
     int height, width;   /* output H, W; 0 (default): native of obs 0 */
-    int prefetch;        /* 1 (default): a background thread decodes ahead
-                            (up to two batches); 0: next() decodes */
+    int prefetch;        /* 1 (default): background threads decode ahead
+                            (decode_threads below; one thread: up to two
+                            batches); 0: next() decodes */
     int drop_partial;    /* 1: discard a last batch smaller than batch_size;
                             0 (default): return it */
     dpt_mbq_preprocess_fn preprocess; /* NULL (default): none */
     void *preprocess_arg;             /* passed to preprocess */
-    /* Version 2: random augmentation, done where the batch is decoded (the
-     * background thread with prefetch), before preprocess. NULL (default):
+    /* Version 2: random augmentation, done where the batch is decoded (a
+     * decode thread with prefetch), before preprocess. NULL (default):
      * none. Observation j of batch b (0-based in the pass) is transformed by
      * dpt_augment_image with the key dpt_rng_key(augment_seed, augment_epoch,
      * augment_iteration + b, DPT_AUGMENT_STREAM, first + j), first =
@@ -336,12 +366,29 @@ typedef struct dpt_mbq_options {
     long augment_iteration;           /* key iteration of batch 0 */
     long (*augment_first)(size_t batch, void *arg);
     void *augment_first_arg;
+    /* Version 3: decode threads with prefetch (ignored without). Each
+     * thread decodes whole batches, batch b into buffer b mod (threads + 1),
+     * so at most threads + 1 batches are in memory (one held by the caller)
+     * whatever the dataset's size, and the batches are the same, bit for
+     * bit, with any number of threads. 0 (default): dpt_mbq_auto_threads(). More
+     * than one thread runs preprocess on several threads at once (on
+     * different batches). At most DPT_MBQ_MAX_THREADS. */
+    int decode_threads;
 } dpt_mbq_options;
 
-/* Version 1 (without the augment fields) is still accepted. */
-#define DPT_MBQ_OPTIONS_VERSION 2
+#define DPT_MBQ_MAX_THREADS 64
+
+/* Versions 1 (without the augment fields) and 2 (without decode_threads)
+ * are still accepted. */
+#define DPT_MBQ_OPTIONS_VERSION 3
 #define DPT_MBQ_OPTIONS_INIT                                                             \
-    {DPT_MBQ_OPTIONS_VERSION, 128, 0, 0, 0, 1, 0, NULL, NULL, NULL, 0, 0, 0, NULL, NULL}
+    {DPT_MBQ_OPTIONS_VERSION, 128, 0, 0, 0, 1, 0, NULL, NULL, NULL, 0, 0, 0, NULL, NULL, 0}
+
+/* The decode threads a queue starts for decode_threads 0: half of
+ * dpt_cpu_count() (the CPUs this process may run on), at least 1, at most
+ * 4: decoding small images keeps up with a training step on fewer cores
+ * than the step itself uses. */
+DPT_API int dpt_mbq_auto_threads(void);
 
 /* One minibatch, written into buffers owned by the queue: valid until the
  * next call to dpt_mbq_next, dpt_mbq_reset, dpt_mbq_shuffle or
@@ -356,7 +403,7 @@ typedef struct dpt_batch {
 
 /* A queue over the observations of ds, in ds order until dpt_mbq_shuffle.
  * The queue keeps its own reference to ds's observations, so ds may be
- * freed right after. opt NULL means defaults. Starts the background thread
+ * freed right after. opt NULL means defaults. Starts the decode threads
  * when prefetch is on. *out is owned by the caller (dpt_mbq_free). */
 DPT_API dpt_status dpt_mbq_new(const dpt_datastore *ds, const dpt_mbq_options *opt,
                                dpt_mbq **out);
@@ -391,7 +438,8 @@ DPT_API size_t dpt_mbq_n_batches(const dpt_mbq *q);
 DPT_API size_t dpt_mbq_n_obs(const dpt_mbq *q);
 DPT_API void dpt_mbq_shape(const dpt_mbq *q, int *c, int *h, int *w, int *n_classes);
 
-/* Stop the background thread and release everything. NULL does nothing. */
+/* Stop the decode threads (a batch being decoded is finished first) and
+ * release everything. NULL does nothing. */
 DPT_API void dpt_mbq_free(dpt_mbq *q);
 
 /* ---- sequence folders (class sub-folders of .csv files) ------------------- */

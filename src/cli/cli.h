@@ -9,6 +9,7 @@
 #include "dptrain/net.h"
 
 #include <stddef.h>
+#include <stdint.h>
 
 int cli_train(int argc, char **argv);
 int cli_eval(int argc, char **argv);
@@ -29,6 +30,11 @@ int cli_lib_error(void);
 /* Parse numbers from option values; on error print which option and fail. */
 int cli_int(const char *opt, const char *value, long min, long max, long *out);
 int cli_double(const char *opt, const char *value, double *out);
+/* A byte count, as DPT_MAX_NET_MEMORY takes it: a decimal number (no sign,
+ * space, hex, inf or nan), optionally followed by one of K, M, G, T (or k,
+ * m, g, t: powers of 1024), nothing else; at most about 4.6e18. On error
+ * print "<what>: '<value>' is not a size ..." and fail. */
+int cli_bytes(const char *what, const char *value, uint64_t *out);
 
 /* Text from outside (file and class names, metadata) made safe to print:
  * control characters, invalid UTF-8 and invisible characters as \xNN

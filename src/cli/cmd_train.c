@@ -48,7 +48,21 @@ static const char help[] =
     "  --max-length T      sequence folder: keep the first T time steps of each file\n"
     "                      (default 0: all)\n"
     "  --skip-corrupt      skip images that fail to decode, with a warning naming each\n"
-    "                      (the first 10, then a count; default: error)\n"
+    "                      (the first 10, then a count; default: error). Found before\n"
+    "                      training in every --cache mode (with none, by decoding every\n"
+    "                      image once without keeping it)\n"
+    "  --cache MODE        image folders: auto | memory | none (default auto). memory\n"
+    "                      decodes every image once, before training, and keeps it;\n"
+    "                      none streams: background threads decode each minibatch from\n"
+    "                      the files, a few minibatches in memory whatever the folder's\n"
+    "                      size (same batches, same model); without --skip-corrupt an\n"
+    "                      image that fails to decode then stops training when its\n"
+    "                      minibatch is reached (exit 1, naming it). auto: memory when\n"
+    "                      the decoded images (estimated from a sample of headers) fit\n"
+    "                      DPT_MAX_CACHE_MEMORY bytes (K, M, G, T suffixes; default half\n"
+    "                      the physical memory, or of a cgroup memory limit, shared by\n"
+    "                      the MPI ranks on one machine), else none.\n"
+    "                      One line says which mode and why\n"
     "  --augment LIST      random transforms of each training image, like MATLAB's\n"
     "                      imageDataAugmenter (default: none; test data never): a comma-\n"
     "                      separated list of reflect (= reflect-x), reflect-y,\n"
@@ -131,10 +145,79 @@ static const char help[] =
 /* --skip-corrupt names what it skipped: this many files, then a count. */
 #define SKIP_WARNINGS 10
 
+/* --cache: where an image folder's decoded pixels live. */
+enum { CACHE_AUTO, CACHE_MEMORY, CACHE_NONE };
+
+/* The auto budget without DPT_MAX_CACHE_MEMORY: half the physical memory,
+ * or of a cgroup v2 memory limit when that is lower (a container's). */
+static uint64_t default_cache_budget(void)
+{
+    long pages = sysconf(_SC_PHYS_PAGES), size = sysconf(_SC_PAGESIZE);
+    uint64_t mem = pages > 0 && size > 0 ? (uint64_t)pages * (uint64_t)size : (uint64_t)1 << 30;
+    FILE *f = fopen("/sys/fs/cgroup/memory.max", "r");
+    if (f) {
+        unsigned long long lim;
+        if (fscanf(f, "%llu", &lim) == 1 && lim > 0 && lim < mem)
+            mem = lim;
+        fclose(f);
+    }
+    return mem / 2;
+}
+
+/* A byte count for people: "12.3 MiB" (powers of 1024, as the budget's
+ * suffixes). */
+static const char *human_bytes(char *buf, size_t size, uint64_t b)
+{
+    static const char *const units[] = {"bytes", "KiB", "MiB", "GiB", "TiB"};
+    double v = (double)b;
+    int u = 0;
+    while (v >= 1024 && u < 4)
+        v /= 1024, u++;
+    if (u == 0)
+        snprintf(buf, size, "%llu bytes", (unsigned long long)b);
+    else
+        snprintf(buf, size, "%.1f %s", v, units[u]);
+    return buf;
+}
+
+/* The line that says where the training images live and why. */
+static void cache_line(char *buf, size_t size, const dpt_datastore *ds, int cache, uint64_t budget,
+                       const char *budget_from, int prefetch)
+{
+    char have[32], lim[32], how[160];
+    int exact = 0;
+    uint64_t bytes = dpt_datastore_decoded_bytes(ds, &exact);
+    if (dpt_datastore_kind_of(ds) != DPT_DATASTORE_FOLDER) {
+        snprintf(buf, size, "data cache: memory (IDX files are read whole; %s)",
+                 human_bytes(have, sizeof have, bytes));
+        return;
+    }
+    int threads = dpt_mbq_auto_threads();
+    if (prefetch)
+        snprintf(how, sizeof how, "streaming with %d decode thread%s per worker, at most %d minibatches "
+                 "in memory per worker", threads, threads == 1 ? "" : "s", threads + 1);
+    else
+        snprintf(how, sizeof how, "streaming, decoded in the training thread (--no-prefetch)");
+    human_bytes(have, sizeof have, bytes);
+    human_bytes(lim, sizeof lim, budget);
+    if (cache == CACHE_MEMORY)
+        snprintf(buf, size, "data cache: memory (--cache memory): %s of decoded images", have);
+    else if (cache == CACHE_NONE)
+        snprintf(buf, size, "data cache: none (--cache none): %s", how);
+    else if (dpt_datastore_is_preloaded(ds))
+        snprintf(buf, size, "data cache: memory (auto): %s of decoded images fit the budget of %s (%s)",
+                 have, lim, budget_from);
+    else
+        snprintf(buf, size, "data cache: none (auto): the decoded images, about %s, would not fit the "
+                 "budget of %s (%s); %s", have, lim, budget_from, how);
+}
+
 /* Open a dataset: a directory is an image folder, a file is IDX. With
- * skip_corrupt, warn (when `warn`) about each file skipped. */
+ * skip_corrupt, warn (when `warn`) about each file skipped. An image
+ * folder is kept in memory or streamed by `cache` (CACHE_AUTO: within
+ * `budget` bytes). */
 static dpt_status open_data(const char *path, const char *labels, int skip_corrupt, int warn,
-                            dpt_datastore **out)
+                            int cache, uint64_t budget, dpt_datastore **out)
 {
     struct stat st;
     if (stat(path, &st) != 0)
@@ -142,7 +225,9 @@ static dpt_status open_data(const char *path, const char *labels, int skip_corru
     if (S_ISDIR(st.st_mode)) {
         dpt_folder_options o = DPT_FOLDER_OPTIONS_INIT;
         o.skip_corrupt = skip_corrupt;
-        o.preload = 1; /* decode once, not every epoch */
+        /* memory: decode once, not every epoch */
+        o.preload = cache == CACHE_MEMORY ? 1 : cache == CACHE_NONE ? 0 : DPT_PRELOAD_AUTO;
+        o.cache_budget_bytes = budget;
         dpt_status s = dpt_datastore_open_folder(path, &o, out);
         size_t n = s == DPT_OK ? dpt_datastore_n_corrupt(*out) : 0;
         for (size_t k = 0; warn && k < n && k < SKIP_WARNINGS; k++)
@@ -384,7 +469,7 @@ int cli_train(int argc, char **argv)
            O_MOM, O_WD, O_SEED, O_WORKERS, O_BACKEND, O_THREADS, O_SYNC, O_NOPF, O_OUT, O_EVAL,
            O_QUIET, O_DATA, O_CKPT, O_RESUME, O_PRINT, O_DEVICE, O_BPW, O_OVERWRITE,
            O_OPTIM, O_SCHED, O_CLIP, O_BETA1, O_BETA2, O_EPS, O_AUGMENT, O_SEQLEN, O_PAD,
-           O_MAXLEN };
+           O_MAXLEN, O_CACHE };
     static const struct option opts[] = {
         {"data", required_argument, 0, O_DATA},       {"labels", required_argument, 0, O_LABELS},
         {"test", required_argument, 0, O_TEST},       {"test-labels", required_argument, 0, O_TEST_LABELS},
@@ -409,6 +494,7 @@ int cli_train(int argc, char **argv)
         {"seq-len", required_argument, 0, O_SEQLEN},
         {"sequence-padding", required_argument, 0, O_PAD},
         {"max-length", required_argument, 0, O_MAXLEN},
+        {"cache", required_argument, 0, O_CACHE},
         {0, 0, 0, 0},
     };
     const char *data = NULL, *labels = NULL, *test = NULL, *test_labels = NULL, *net_path = NULL;
@@ -426,6 +512,8 @@ int cli_train(int argc, char **argv)
     int skip_corrupt = 0, sync_bn = 0, prefetch = 1, eval_epoch = 0, quiet = 0;
     long seq_len = 64, max_length = 0;
     int pad_left = 0;
+    int cache = CACHE_AUTO;
+    const char *cache_opt = NULL; /* --cache given */
     const char *seq_opt = NULL, *folder_opt = NULL; /* a flag given for text / sequence folders */
     int c;
     optind = 1;
@@ -456,6 +544,16 @@ int cli_train(int argc, char **argv)
             }
             break;
         case O_SKIP: skip_corrupt = 1; break;
+        case O_CACHE:
+            cache_opt = optarg;
+            if (!strcmp(optarg, "auto") || !strcmp(optarg, "memory") || !strcmp(optarg, "none")) {
+                cache = optarg[0] == 'a' ? CACHE_AUTO : optarg[0] == 'm' ? CACHE_MEMORY : CACHE_NONE;
+            } else {
+                char clean[64];
+                return cli_error("--cache: '%s' is not auto, memory or none",
+                                 cli_clean(clean, sizeof clean, optarg));
+            }
+            break;
         case O_NET: net_path = optarg; break;
         case O_EPOCHS: bad = cli_int("--epochs", optarg, 1, 1000000, &epochs); break;
         case O_BATCH: bad = cli_int("--batch", optarg, 1, 1 << 20, &batch); break;
@@ -510,6 +608,28 @@ int cli_train(int argc, char **argv)
                          folder_opt);
     if (kind != DATA_IMAGES && augment_text)
         return cli_error("--augment: applies to images, not sequence data");
+    if (kind != DATA_IMAGES && cache_opt)
+        return cli_error("--cache: applies to images, not sequence data");
+    /* The budget is read whatever the mode, so a bad value never waits
+     * for a folder that happens to need it. */
+    uint64_t cache_budget = 0;
+    const char *budget_from = "half the physical memory";
+    const char *budget_env = getenv("DPT_MAX_CACHE_MEMORY");
+    if (budget_env && *budget_env) { /* empty is unset, as for every DPT_* variable */
+        if (cli_bytes("DPT_MAX_CACHE_MEMORY", budget_env, &cache_budget))
+            return 1;
+        budget_from = "DPT_MAX_CACHE_MEMORY";
+    } else {
+        cache_budget = default_cache_budget();
+        /* MPI ranks on one machine each keep their own copy: share it. */
+        static const char *const local[] = {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS",
+                                            "SLURM_NTASKS_PER_NODE"};
+        int ranks = launcher_env(local, sizeof local / sizeof *local, 1);
+        if (ranks > 1) {
+            cache_budget /= (uint64_t)ranks;
+            budget_from = "half the physical memory, shared by the MPI ranks on this machine";
+        }
+    }
     if (kind == DATA_TEXT && split < 0.5)
         return cli_error("--split: %g would hold out more than half of the text", split);
     /* adamw is Adam with decoupled weight decay: the same kind and state. */
@@ -598,6 +718,7 @@ int cli_train(int argc, char **argv)
     dpt_text *text_train = NULL, *text_test = NULL;
     const char **class_names = NULL;
     const int warn = !under_mpi || launcher_rank() == 0; /* one copy of each warning */
+    char cache_note[512] = ""; /* --cache: which mode and why */
     int k = 0; /* classes, or the vocabulary's size */
     if (kind == DATA_TEXT) {
         /* The vocabulary is the training text's; a --test file must stay
@@ -639,13 +760,19 @@ int cli_train(int argc, char **argv)
             goto fail;
         }
         k = dpt_seqstore_n_classes(seq_train);
-    } else if (open_data(data, labels, skip_corrupt, warn, &all) != DPT_OK) {
+    } else if (open_data(data, labels, skip_corrupt, warn, cache, cache_budget, &all) != DPT_OK) {
         goto fail;
     }
+    if (kind == DATA_IMAGES)
+        cache_line(cache_note, sizeof cache_note, all, cache, cache_budget, budget_from, prefetch);
     if (kind != DATA_IMAGES) {
         /* checked below with the network */
     } else if (test) {
-        if (open_data(test, test_labels, skip_corrupt, warn, &testds) != DPT_OK)
+        /* The test folder gets what the training data left of the budget. */
+        int exact;
+        uint64_t used = dpt_datastore_is_preloaded(all) ? dpt_datastore_decoded_bytes(all, &exact) : 0;
+        if (open_data(test, test_labels, skip_corrupt, warn, cache,
+                      cache_budget > used ? cache_budget - used : 0, &testds) != DPT_OK)
             goto fail;
         train = all, all = NULL;
     } else if (dpt_datastore_split_each_label(all, split, (uint64_t)seed, &train, &testds) != DPT_OK) {
@@ -770,6 +897,8 @@ int cli_train(int argc, char **argv)
         printf("training on %zu images (%d classes), testing on %zu; %d worker%s, minibatch %ld, "
                "%ld epochs\n", dpt_datastore_n_obs(train), k, dpt_datastore_n_obs(testds),
                shown_workers, shown_workers == 1 ? "" : "s", batch, epochs);
+    if (!quiet && cache_note[0])
+        printf("%s\n", cache_note);
     if (!quiet && cfg.augment) {
         char clean[1024];
         printf("augmenting the training images: %s\n", cli_clean(clean, sizeof clean, augment_text));

@@ -53,6 +53,33 @@ void cli_cell(const char *s, int width, int left)
     printf("%*s%s%*s", left ? 0 : pad, "", buf, left ? pad : 0, "");
 }
 
+int cli_bytes(const char *what, const char *value, uint64_t *out)
+{
+    char clean[64];
+    /* Strict: a plain decimal number (no sign, space, hex, inf or nan),
+     * then at most one unit letter, then nothing. */
+    int plain = value[0] >= '0' && value[0] <= '9' && !strpbrk(value, "xXnN");
+    char *end = (char *)value;
+    errno = 0;
+    double v = plain ? strtod(value, &end) : 0.0, unit = 1.0;
+    if (plain && *end) {
+        const char *u = strchr("kmgt", *end | 0x20);
+        if (u) { /* powers of 1024, as DPT_MAX_NET_MEMORY */
+            for (const char *k = "kmgt"; k <= u; k++)
+                unit *= 1024.0;
+            end++;
+        }
+    }
+    if (!plain || errno || *end || !isfinite(v) || v * unit > 4.6e18)
+        goto bad;
+    *out = (uint64_t)(v * unit);
+    return 0;
+bad:
+    cli_error("%s: '%s' is not a size (bytes, or with K, M, G, T: e.g. 512M, 1.5G)", what,
+              cli_clean(clean, sizeof clean, value));
+    return -1;
+}
+
 int cli_lib_error(void) { return cli_error("%s", dpt_last_error()); }
 
 int cli_int(const char *opt, const char *value, long min, long max, long *out)

@@ -49,6 +49,9 @@ struct dpt_source {
     size_t n_skipped;    /* non-image files */
     size_t n_corrupt;
     char **corrupt;      /* [n_corrupt] paths */
+    int preloaded;       /* 1: pixels in memory */
+    uint64_t decoded_bytes; /* dpt_datastore_decoded_bytes */
+    int decoded_exact;
 };
 
 /* Make a datastore owning a new source (refs = 1) with every observation in

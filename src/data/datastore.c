@@ -161,6 +161,8 @@ void dpt_datastore_free(dpt_datastore *ds)
     free(ds);
 }
 
+static const source_ops named_ops;
+
 /* ---- queries --------------------------------------------------------------- */
 
 dpt_datastore_kind dpt_datastore_kind_of(const dpt_datastore *ds) { return ds->src->kind; }
@@ -211,6 +213,24 @@ const char *dpt_datastore_corrupt_reason(const dpt_datastore *ds, size_t k)
     /* folder.c stores "path\0problem" in one allocation */
     const char *p = dpt_datastore_corrupt_file(ds, k);
     return p ? p + strlen(p) + 1 : NULL;
+}
+
+int dpt_datastore_is_preloaded(const dpt_datastore *ds)
+{
+    const dpt_source *s = ds->src;
+    while (s->ops == &named_ops) /* a relabelled source reads the one under it */
+        s = ((const dpt_datastore *)s->impl)->src;
+    return s->preloaded;
+}
+
+uint64_t dpt_datastore_decoded_bytes(const dpt_datastore *ds, int *exact)
+{
+    const dpt_source *s = ds->src;
+    while (s->ops == &named_ops)
+        s = ((const dpt_datastore *)s->impl)->src;
+    if (exact)
+        *exact = s->decoded_exact;
+    return s->decoded_bytes;
 }
 
 dpt_status dpt_datastore_image_size(const dpt_datastore *ds, size_t i, int *h, int *w, int *c)
@@ -466,8 +486,6 @@ dpt_status raw_to_output(const raw_image *img, int c, int h, int w, float *out, 
     resize_raw(img, c, out, h, w);
     return DPT_OK;
 }
-
-static const source_ops named_ops;
 
 dpt_status dpt_datastore_read(const dpt_datastore *ds, size_t i, int c, int h, int w, float *out)
 {

@@ -6,6 +6,7 @@
 #include "core/file.h"
 
 #include <dirent.h>
+#include <stddef.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -184,6 +185,37 @@ static const source_ops folder_ops = {folder_file, folder_load, folder_release, 
 
 /* ---- open ------------------------------------------------------------------- */
 
+/* Decoded bytes of the folder, estimated from the headers of up to
+ * DPT_PRELOAD_SAMPLE files spread evenly over it (the mean, times the file
+ * count). A header that cannot be read is left out of the mean: the file
+ * is reported when it is decoded. */
+static uint64_t estimate_bytes(const strlist *files)
+{
+    size_t n = files->n, k = n < DPT_PRELOAD_SAMPLE ? n : DPT_PRELOAD_SAMPLE, ok = 0;
+    double sum = 0;
+    for (size_t j = 0; j < k; j++) {
+        FILE *fp = NULL;
+        if (dpt_file_fopen_regular(files->v[j * n / k], &fp, NULL))
+            continue;
+        int w, h, c;
+        if (stbi_info_from_file(fp, &w, &h, &c) && w > 0 && h > 0 && c > 0) {
+            sum += (double)w * (double)h * (double)c;
+            ok++;
+        }
+        fclose(fp);
+    }
+    dpt_clear_error();
+    return ok ? (uint64_t)(sum / (double)ok * (double)n) : 0;
+}
+
+static uint64_t kept_bytes(const cached_image *cache, size_t n)
+{
+    uint64_t b = 0;
+    for (size_t i = 0; cache && i < n; i++)
+        b += (uint64_t)cache[i].h * (uint64_t)cache[i].w * (uint64_t)cache[i].c;
+    return b;
+}
+
 /* Files of one class folder: append image paths (and labels) to files,
  * count the rest. */
 static dpt_status list_class(const char *cdir, int label, int drop_empty, strlist *files,
@@ -262,11 +294,14 @@ dpt_status dpt_datastore_open_folder(const char *root, const dpt_folder_options 
     *out = NULL;
     dpt_folder_options o = DPT_FOLDER_OPTIONS_INIT;
     if (opt) {
-        if (opt->version != DPT_FOLDER_OPTIONS_VERSION)
-            return dpt_fail(DPT_ERR_ARG, "%s: folder options version %d (this library knows %d)", root,
-                            opt->version, DPT_FOLDER_OPTIONS_VERSION);
-        o = *opt;
+        if (opt->version < 1 || opt->version > DPT_FOLDER_OPTIONS_VERSION)
+            return dpt_fail(DPT_ERR_ARG, "%s: folder options version %d (this library knows 1 to %d)",
+                            root, opt->version, DPT_FOLDER_OPTIONS_VERSION);
+        /* A version-1 caller's struct ends before cache_budget_bytes. */
+        memcpy(&o, opt, opt->version == 1 ? offsetof(dpt_folder_options, cache_budget_bytes) : sizeof o);
     }
+    if (o.preload < 0 || o.preload > DPT_PRELOAD_AUTO)
+        return dpt_fail(DPT_ERR_ARG, "%s: preload %d (0, 1 or DPT_PRELOAD_AUTO)", root, o.preload);
     struct stat sb;
     if (stat(root, &sb) != 0)
         return dpt_fail(DPT_ERR_IO, "%s: cannot open folder: %s", root, strerror(errno));
@@ -332,7 +367,15 @@ dpt_status dpt_datastore_open_folder(const char *root, const dpt_folder_options 
         st = dpt_fail(DPT_ERR_NOMEM, "%s: out of memory", root);
         goto fail;
     }
-    if (o.preload || o.skip_corrupt) {
+    /* Auto: decide on the sampled estimate, so a folder far over the
+     * budget is not decoded (nor every header read) to find that out. */
+    int preload = o.preload == 1;
+    uint64_t estimate = 0, kept = 0;
+    if (o.preload == DPT_PRELOAD_AUTO) {
+        estimate = estimate_bytes(&files);
+        preload = estimate <= o.cache_budget_bytes;
+    }
+    if (preload || o.skip_corrupt) {
         cached_image *cache = calloc(files.n ? files.n : 1, sizeof *cache);
         if (!cache) {
             st = dpt_fail(DPT_ERR_NOMEM, "%s: out of memory", root);
@@ -360,7 +403,20 @@ dpt_status dpt_datastore_open_folder(const char *root, const dpt_folder_options 
                 }
                 continue;
             }
-            if (!o.preload) {
+            if (preload && o.preload == DPT_PRELOAD_AUTO) {
+                kept += (uint64_t)cache[keep].h * (uint64_t)cache[keep].w * (uint64_t)cache[keep].c;
+                if (kept > o.cache_budget_bytes) {
+                    /* The sample was wrong: stream after all, and say how
+                     * much the whole folder would have taken. */
+                    preload = 0;
+                    estimate = (uint64_t)((double)kept * (double)files.n / (double)(i + 1));
+                    for (size_t j = 0; j < keep; j++) {
+                        stbi_image_free(cache[j].pix);
+                        cache[j].pix = NULL;
+                    }
+                }
+            }
+            if (!preload) {
                 stbi_image_free(cache[keep].pix);
                 cache[keep].pix = NULL;
             }
@@ -369,10 +425,16 @@ dpt_status dpt_datastore_open_folder(const char *root, const dpt_folder_options 
             if (keep != i)
                 files.v[i] = NULL;
             keep++;
+            /* Without skip_corrupt nothing was dropped (keep == i + 1), so
+             * the lists are whole when the preload stops here. */
+            if (!preload && !o.skip_corrupt) {
+                keep = files.n;
+                break;
+            }
         }
         files.n = keep;
         dpt_clear_error();
-        if (o.preload)
+        if (preload)
             impl->cache = cache;
         else
             free(cache);
@@ -388,6 +450,9 @@ dpt_status dpt_datastore_open_folder(const char *root, const dpt_folder_options 
             }
         }
     }
+    src->preloaded = preload;
+    src->decoded_exact = preload;
+    src->decoded_bytes = preload ? kept_bytes(impl->cache, files.n) : estimate;
     impl->n = files.n;
     impl->paths = files.v;
     files = (strlist){0};

@@ -457,6 +457,9 @@ dpt_status dpt_datastore_open_idx_classes(const char *images_path, const char *l
     impl->pix = impl->buf + 16;
     impl->rows = (int)idims[1];
     impl->cols = (int)idims[2];
+    src->preloaded = 1; /* read into memory above */
+    src->decoded_exact = 1;
+    src->decoded_bytes = (uint64_t)n * (uint64_t)impl->rows * (uint64_t)impl->cols;
     src->impl = impl;
     impl = NULL;
     if ((st = source_wrap(src, out)))

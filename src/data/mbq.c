@@ -1,13 +1,16 @@
 /* Minibatch queue with background prefetch.
  *
- * Batch b of a pass holds order[b*B .. min((b+1)*B, N)). With prefetch, a
- * worker thread fills batch b into slot b % 2 as soon as that slot is free,
- * so it works up to two batches ahead, and one ahead while the caller holds
- * a batch. Slots move FREE -> FILLING (worker) -> READY -> HELD (caller) ->
- * FREE (caller's next call). The caller and the worker hand slots over
- * under one mutex with two condition variables; nobody spins.
- * Without prefetch the caller fills slot 0 itself, with the same function,
- * so the contents are the same either way. */
+ * Batch b of a pass holds order[b*B .. min((b+1)*B, N)). With prefetch, T
+ * decode threads share T + 1 slots: the next batch to start, b, goes into
+ * slot b % (T + 1) as soon as that slot is free, and whichever thread is
+ * idle takes it, so up to T batches are decoded at once and memory stays
+ * at T + 1 batches whatever the dataset's size (streaming a folder that is
+ * not preloaded). Slots move FREE -> FILLING (a thread) -> READY -> HELD
+ * (caller) -> FREE (caller's next call). The caller and the threads hand
+ * slots over under one mutex with two condition variables; nobody spins.
+ * A batch's contents depend only on b, the order and the augmentation key,
+ * never on which thread fills it; without prefetch the caller fills slot 0
+ * itself with the same function, so the contents are the same every way. */
 #include "dptrain/data.h"
 
 #include <pthread.h>
@@ -37,8 +40,8 @@ struct dpt_mbq {
     size_t n_obs, n_batches;
     size_t *order;     /* [n_obs] this pass's order (indices into ds) */
     uint32_t *perm;    /* [n_obs] scratch for shuffles */
-    slot slots[2];
-    int n_slots;       /* 2 with prefetch, 1 without */
+    slot *slots;       /* [n_slots] */
+    int n_slots;       /* n_threads + 1 with prefetch, 1 without */
     size_t consume;    /* next batch the caller gets */
     int held;          /* slot the caller holds, or -1 */
     dpt_augment aug;   /* copy of opt.augment */
@@ -49,9 +52,10 @@ struct dpt_mbq {
     pthread_mutex_t mu;
     pthread_cond_t work; /* worker waits: a slot became free, pause ended, quit */
     pthread_cond_t done; /* caller waits: a slot became READY or stopped FILLING */
-    pthread_t thread;
-    int have_thread;
-    size_t produce;      /* next batch the worker fills */
+    pthread_t *threads;  /* [n_threads] */
+    int n_threads;       /* decode threads wanted (0 without prefetch) */
+    int have_thread;     /* threads started (joined by release) */
+    size_t produce;      /* next batch a thread fills */
     int paused;          /* 1: the worker must not start a batch */
     int quit;
     long next_epoch, next_iteration; /* dpt_mbq_set_augment_key, for the next pass */
@@ -110,7 +114,7 @@ static void fill(dpt_mbq *q, size_t b, slot *s)
 static int worker_can_start(const dpt_mbq *q)
 {
     return !q->paused && q->produce < q->n_batches &&
-           q->slots[q->produce % 2].state == SLOT_FREE;
+           q->slots[q->produce % (size_t)q->n_slots].state == SLOT_FREE;
 }
 
 static void *worker_main(void *arg)
@@ -123,7 +127,7 @@ static void *worker_main(void *arg)
         if (q->quit)
             break;
         size_t b = q->produce++;
-        slot *s = &q->slots[b % 2];
+        slot *s = &q->slots[b % (size_t)q->n_slots];
         s->state = SLOT_FILLING;
         pthread_mutex_unlock(&q->mu);
         fill(q, b, s);
@@ -138,13 +142,14 @@ static void *worker_main(void *arg)
 
 static void free_slots(dpt_mbq *q)
 {
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; q->slots && i < q->n_slots; i++) {
         dpt_free(q->slots[i].x);
         dpt_free(q->slots[i].y);
         free(q->slots[i].labels);
         free(q->slots[i].obs);
         dpt_free(q->slots[i].scratch);
     }
+    free(q->slots);
 }
 
 static void release(dpt_mbq *q)
@@ -154,8 +159,10 @@ static void release(dpt_mbq *q)
         q->quit = 1;
         pthread_cond_broadcast(&q->work);
         pthread_mutex_unlock(&q->mu);
-        pthread_join(q->thread, NULL);
+        for (int i = 0; i < q->have_thread; i++)
+            pthread_join(q->threads[i], NULL);
     }
+    free(q->threads);
     pthread_cond_destroy(&q->work);
     pthread_cond_destroy(&q->done);
     pthread_mutex_destroy(&q->mu);
@@ -173,12 +180,17 @@ dpt_status dpt_mbq_new(const dpt_datastore *ds, const dpt_mbq_options *opt, dpt_
     *out = NULL;
     dpt_mbq_options o = DPT_MBQ_OPTIONS_INIT;
     if (opt) {
-        if (opt->version != DPT_MBQ_OPTIONS_VERSION && opt->version != 1)
+        if (opt->version < 1 || opt->version > DPT_MBQ_OPTIONS_VERSION)
             return dpt_fail(DPT_ERR_ARG, "minibatch queue: options version %d (this library knows 1 "
-                            "and %d)", opt->version, DPT_MBQ_OPTIONS_VERSION);
-        /* A version-1 caller's struct ends before the augment fields. */
-        memcpy(&o, opt, opt->version == 1 ? offsetof(dpt_mbq_options, augment) : sizeof o);
+                            "to %d)", opt->version, DPT_MBQ_OPTIONS_VERSION);
+        /* An older caller's struct ends before the fields of later versions. */
+        memcpy(&o, opt, opt->version == 1   ? offsetof(dpt_mbq_options, augment)
+                        : opt->version == 2 ? offsetof(dpt_mbq_options, decode_threads)
+                                            : sizeof o);
     }
+    if (o.decode_threads < 0 || o.decode_threads > DPT_MBQ_MAX_THREADS)
+        return dpt_fail(DPT_ERR_ARG, "minibatch queue: %d decode threads (0 for automatic, at most %d)",
+                        o.decode_threads, DPT_MBQ_MAX_THREADS);
     if (o.augment) {
         dpt_status as = dpt_augment_check(o.augment);
         if (as)
@@ -220,7 +232,8 @@ dpt_status dpt_mbq_new(const dpt_datastore *ds, const dpt_mbq_options *opt, dpt_
     q->n_obs = n;
     size_t B = (size_t)o.batch_size;
     q->n_batches = o.drop_partial ? n / B : (n + B - 1) / B;
-    q->n_slots = o.prefetch ? 2 : 1;
+    q->n_threads = o.prefetch ? (o.decode_threads ? o.decode_threads : dpt_mbq_auto_threads()) : 0;
+    q->n_slots = q->n_threads + 1;
     q->held = -1;
     q->augment = o.augment && !dpt_augment_is_identity(o.augment);
     if (q->augment)
@@ -230,7 +243,9 @@ dpt_status dpt_mbq_new(const dpt_datastore *ds, const dpt_mbq_options *opt, dpt_
     q->order = malloc((n ? n : 1) * sizeof *q->order);
     q->perm = malloc((n ? n : 1) * sizeof *q->perm);
     dpt_status st = DPT_OK;
-    if (!q->order || !q->perm) {
+    q->slots = calloc((size_t)q->n_slots, sizeof *q->slots);
+    q->threads = calloc(q->n_threads ? (size_t)q->n_threads : 1, sizeof *q->threads);
+    if (!q->order || !q->perm || !q->slots || !q->threads) {
         st = dpt_fail(DPT_ERR_NOMEM, "minibatch queue: out of memory");
         goto fail;
     }
@@ -254,18 +269,25 @@ dpt_status dpt_mbq_new(const dpt_datastore *ds, const dpt_mbq_options *opt, dpt_
             goto fail;
         }
     }
-    if (o.prefetch) {
-        if (pthread_create(&q->thread, NULL, worker_main, q) != 0) {
-            st = dpt_fail(DPT_ERR_NOMEM, "minibatch queue: cannot start the prefetch thread");
-            goto fail;
+    for (int i = 0; i < q->n_threads; i++) {
+        if (pthread_create(&q->threads[i], NULL, worker_main, q) != 0) {
+            st = dpt_fail(DPT_ERR_NOMEM, "minibatch queue: cannot start decode thread %d of %d", i + 1,
+                          q->n_threads);
+            goto fail; /* release stops and joins the ones started */
         }
-        q->have_thread = 1;
+        q->have_thread = i + 1;
     }
     *out = q;
     return DPT_OK;
 fail:
     release(q);
     return st;
+}
+
+int dpt_mbq_auto_threads(void)
+{
+    int n = dpt_cpu_count() / 2;
+    return n < 1 ? 1 : n > 4 ? 4 : n;
 }
 
 int dpt_mbq_has_data(const dpt_mbq *q) { return q->consume < q->n_batches; }
@@ -301,13 +323,13 @@ dpt_status dpt_mbq_next(dpt_mbq *q, dpt_batch *out)
         if (q->held >= 0) {
             q->slots[q->held].state = SLOT_FREE;
             q->held = -1;
-            pthread_cond_signal(&q->work);
+            pthread_cond_broadcast(&q->work);
         }
-        s = &q->slots[b % 2];
+        s = &q->slots[b % (size_t)q->n_slots];
         while (!(s->state == SLOT_READY && s->batch == b))
             pthread_cond_wait(&q->done, &q->mu);
         s->state = SLOT_HELD;
-        q->held = (int)(b % 2);
+        q->held = (int)(b % (size_t)q->n_slots);
         pthread_mutex_unlock(&q->mu);
     } else {
         s = &q->slots[0];
@@ -324,6 +346,14 @@ dpt_status dpt_mbq_next(dpt_mbq *q, dpt_batch *out)
     return DPT_OK;
 }
 
+static int any_filling(const dpt_mbq *q)
+{
+    for (int i = 0; i < q->n_slots; i++)
+        if (q->slots[i].state == SLOT_FILLING)
+            return 1;
+    return 0;
+}
+
 /* Stop the worker between batches, optionally shuffle the order (from the
  * original order, by seed), and restart the pass from batch 0. */
 static void restart(dpt_mbq *q, int shuffle, uint64_t seed)
@@ -331,7 +361,7 @@ static void restart(dpt_mbq *q, int shuffle, uint64_t seed)
     if (q->have_thread) {
         pthread_mutex_lock(&q->mu);
         q->paused = 1;
-        while (q->slots[0].state == SLOT_FILLING || q->slots[1].state == SLOT_FILLING)
+        while (any_filling(q))
             pthread_cond_wait(&q->done, &q->mu);
     }
     /* No batch is being filled now, so order and key may change. */
@@ -348,14 +378,14 @@ static void restart(dpt_mbq *q, int shuffle, uint64_t seed)
         for (size_t i = 0; i < q->n_obs; i++)
             q->order[i] = q->perm[i];
     }
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < q->n_slots; i++)
         q->slots[i].state = SLOT_FREE;
     q->held = -1;
     q->consume = 0;
     if (q->have_thread) {
         q->produce = 0;
         q->paused = 0;
-        pthread_cond_signal(&q->work);
+        pthread_cond_broadcast(&q->work);
         pthread_mutex_unlock(&q->mu);
     }
 }
