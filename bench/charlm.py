@@ -6,7 +6,7 @@ sequence length 64, the state carried from chunk to chunk and reset at
 each epoch's start, fc Glorot-uniform and the LSTM PyTorch's uniform
 +-1/sqrt(H) at the start).
 
-    /usr/bin/python3 bench/charlm.py                 # Moby Dick, 2 epochs, 1 and 2 cores
+    /usr/bin/python3 bench/charlm.py                 # Moby Dick, 5 epochs, 1 and 2 cores (~20 min)
     /usr/bin/python3 bench/charlm.py --short         # a few minutes: 150,000 characters, 1 epoch
     /usr/bin/python3 bench/charlm.py --help
 
@@ -178,7 +178,7 @@ def main():
     ap.add_argument("--dptrain", default=os.path.join(sc.ROOT, "build", "dptrain"))
     ap.add_argument("--text", default=os.path.join(sc.ROOT, "data", "text", "moby-dick.txt"))
     ap.add_argument("--chars", type=int, default=0, help="use the first N characters (0: all)")
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--units", type=int, default=256)
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--batch", type=int, default=64)
