@@ -616,6 +616,121 @@ static void test_parallel(const char *spec, int last, const char *what)
     pfree(&one, 1);
 }
 
+/* Stateful streams across workers (invariant 8 for language models):
+ * each worker owns a fixed share of the B streams and carries their state
+ * in slots [0, share); 3 consecutive chunks on N = 2, 3 workers give the
+ * learnables and carried state of one worker holding all B streams. */
+enum { LB = 6, LT = 5, LC = 3, LV = 4 };
+static float LX[LB * LC * LT * LV], LY[LB * LC * LT * LV];
+
+typedef struct ljob {
+    float *params[4];
+    float *carry; /* [LB][carry floats], each worker writes its streams' rows */
+    size_t cf;
+    double loss[4];
+} ljob;
+
+static dpt_status lworker(dpt_comm *comm, void *arg)
+{
+    ljob *j = arg;
+    int rank = dpt_comm_rank(comm), nw = dpt_comm_size(comm);
+    int share[4], first = 0;
+    dpt_batch_shares(LB, nw, share);
+    for (int r = 0; r < rank; r++)
+        first += share[r];
+    const int m = share[rank];
+    dpt_net *net = NULL;
+    dpt_optim *opt = NULL;
+    dpt_optim_opts oo = DPT_OPTIM_OPTS_INIT;
+    oo.lr = 0.05f;
+    dpt_status s = dpt_net_from_spec("sequenceinput in size=vocab\nlstm l units=5\n"
+                                     "dropout d p=0.2\nfc f outputs=vocab\nsoftmax sm\n",
+                                     "lm", LV, m, 8, &net);
+    if (s == DPT_OK)
+        s = dpt_optim_new(DPT_OPTIM_SGDM, dpt_net_n_params(net), &oo, &opt);
+    float *x = malloc((size_t)m * LT * LV * sizeof *x), *t = malloc((size_t)m * LT * LV * sizeof *t);
+    if (s == DPT_OK) {
+        dpt_net_set_stateful(net, 1);
+        dpt_net_reset_state(net);
+        s = dpt_net_set_steps(net, LT, NULL, m, 0);
+    }
+    for (int c = 0; s == DPT_OK && c < LC; c++) {
+        for (int i = 0; i < m; i++) {
+            size_t from = (((size_t)(first + i) * LC + c) * LT) * LV;
+            memcpy(x + (size_t)i * LT * LV, LX + from, LT * LV * sizeof *x);
+            memcpy(t + (size_t)i * LT * LV, LY + from, LT * LV * sizeof *t);
+        }
+        dpt_net_set_iteration(net, 0, c);
+        s = dpt_train_step_optim(net, opt, comm, x, t, m, &j->loss[rank], NULL);
+    }
+    if (s == DPT_OK) {
+        size_t np = dpt_net_n_params(net);
+        j->params[rank] = malloc(np * sizeof(float));
+        memcpy(j->params[rank], dpt_net_params(net), np * sizeof(float));
+        s = dpt_net_carry_get(net, m, j->carry + (size_t)first * j->cf);
+    }
+    free(x), free(t);
+    dpt_optim_free(opt);
+    dpt_net_free(net);
+    return s;
+}
+
+static void test_stateful_workers(void)
+{
+    dpt_rng r;
+    dpt_rng_seed(&r, 77, 0);
+    /* One-hot characters; the target of each step is the next one. */
+    for (int b = 0; b < LB; b++) {
+        int prev = (int)dpt_rng_below(&r, LV);
+        for (int q = 0; q < LC * LT; q++) {
+            int next = (int)dpt_rng_below(&r, LV);
+            LX[((size_t)b * LC * LT + q) * LV + prev] = 1.0f;
+            LY[((size_t)b * LC * LT + q) * LV + next] = 1.0f;
+            prev = next;
+        }
+    }
+    size_t cf = 10, np = 0;
+    ljob one = {.cf = cf};
+    one.carry = calloc(LB * cf, sizeof(float));
+    dpt_spmd_config cfg = DPT_SPMD_CONFIG_INIT;
+    cfg.backend = DPT_COMM_LOCAL;
+    cfg.n_workers = 1;
+    dpt_status s = dpt_spmd_run(&cfg, lworker, &one);
+    CHECK_MSG(s == DPT_OK, "N=1: %s", dpt_last_error());
+    {
+        dpt_net *probe = NULL;
+        if (dpt_net_from_spec("sequenceinput in size=4\nlstm l units=5\nfc f outputs=4\n",
+                              "p", 0, 1, 0, &probe) == DPT_OK)
+            np = dpt_net_n_params(probe);
+        dpt_net_free(probe);
+    }
+    float cmax = 0;
+    for (size_t i = 0; i < LB * cf; i++)
+        cmax = fmaxf(cmax, fabsf(one.carry[i]));
+    CHECK_MSG(cmax > 0.01f, "no state carried (max %g)", (double)cmax);
+    for (int nw = 2; s == DPT_OK && nw <= 3; nw++) {
+        ljob many = {.cf = cf};
+        many.carry = calloc(LB * cf, sizeof(float));
+        cfg.n_workers = nw;
+        dpt_status sm = dpt_spmd_run(&cfg, lworker, &many);
+        CHECK_MSG(sm == DPT_OK, "N=%d: %s", nw, dpt_last_error());
+        if (sm == DPT_OK) {
+            printf("stateful language model, %d chunks, N=%d vs 1:\n", LC, nw);
+            float l1 = (float)one.loss[0], ln = (float)many.loss[0];
+            tu_check_close("loss of the last chunk", &ln, &l1, 1, 1e-5);
+            tu_check_close("learnables", many.params[0], one.params[0], np, 1e-5);
+            tu_check_close("carried state of every stream", many.carry, one.carry, LB * cf, 1e-5);
+            for (int w = 1; w < nw; w++)
+                CHECK(memcmp(many.params[w], many.params[0], np * sizeof(float)) == 0);
+        }
+        for (int w = 0; w < nw; w++)
+            free(many.params[w]);
+        free(many.carry);
+    }
+    free(one.params[0]);
+    free(one.carry);
+}
+
 /* The masked loss: the same minibatch with 4 more padded steps (garbage
  * inputs, zero targets) trains exactly as without them. */
 static void test_padding_step(void)
@@ -849,6 +964,7 @@ int main(void)
     make_data();
     test_padding_step();
     test_left_right_step();
+    test_stateful_workers();
     test_parallel("sequenceinput in size=3\nlstm l units=5 output=last\nfc f outputs=classes\n"
                   "softmax sm\n", 1, "LSTM classifier (output=last)");
     test_parallel("sequenceinput in size=3\ngru g units=4\ndropout d p=0.25\nlstm l units=5\n"
