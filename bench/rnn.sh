@@ -12,7 +12,9 @@
 # batch 64 with torch.set_num_threads(c). The two programs alternate, REPS
 # times, each printing its median over 7 rounds; this script prints the
 # median of those medians and the ratio of characters/s (dptrain /
-# PyTorch). Builds a CPU-only release tree in build-bench/ (BENCH_BUILD_DIR
+# PyTorch), then the same from CPU time per iteration (process CPU time,
+# all threads: what a shared machine's waits for a core do not inflate),
+# and each side's best over 1 and 2 cores. Builds a CPU-only release tree in build-bench/ (BENCH_BUILD_DIR
 # overrides) and bench/rnn_bench.c against it; needs /usr/bin/python3 with
 # torch (python3-torch).
 set -euo pipefail
@@ -52,17 +54,26 @@ done
 "$py" - "$out" "$reps" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-print(f"{'kind':5} {'cores':>5} {'dptrain ms':>11} {'chars/s':>9} {'torch ms':>9} {'chars/s':>9} {'ratio':>6}")
+def med(rs, key):
+    return statistics.median(r[key] for r in rs)
+print(f"{'kind':5} {'cores':>5} {'dptrain ms':>11} {'chars/s':>9} {'CPU ms':>8} "
+      f"{'torch ms':>9} {'chars/s':>9} {'CPU ms':>8} {'ratio':>6} {'CPU ratio':>9}")
+best = {}
 for kind in ("lstm", "gru"):
     for c in (1, 2):
         d = [r for r in rows if r["kind"] == kind and r["impl"] == "dptrain" and r["workers"] == c]
         t = [r for r in rows if r["kind"] == kind and r["impl"] == "torch" and r["threads"] == c]
         if not d or not t:
             continue
-        dm = statistics.median(r["ms"] for r in d)
-        tm = statistics.median(r["ms"] for r in t)
-        dc, tc = statistics.median(r["chars_per_s"] for r in d), statistics.median(r["chars_per_s"] for r in t)
-        print(f"{kind:5} {c:5d} {dm:11.2f} {dc:9.0f} {tm:9.2f} {tc:9.0f} {dc / tc:6.2f}")
+        dc, tc = med(d, "chars_per_s"), med(t, "chars_per_s")
+        b = best.setdefault(kind, [0, 0])
+        b[0], b[1] = max(b[0], dc), max(b[1], tc)
+        print(f"{kind:5} {c:5d} {med(d, 'ms'):11.2f} {dc:9.0f} {med(d, 'cpu_ms'):8.2f} "
+              f"{med(t, 'ms'):9.2f} {tc:9.0f} {med(t, 'cpu_ms'):8.2f} {dc / tc:6.2f} "
+              f"{med(t, 'cpu_ms') / med(d, 'cpu_ms'):9.2f}")
+for kind, (dc, tc) in best.items():
+    print(f"{kind}: best chars/s over 1 and 2 cores: dptrain {dc:.0f}, torch {tc:.0f}, "
+          f"ratio {dc / tc:.2f}")
 d = next(r for r in rows if r["impl"] == "dptrain")
 t = next(r for r in rows if r["impl"] == "torch")
 print(f"(dptrain kernels {d['kernels']}, BLAS {d['blas']}; torch {t['torch']}; ratio = chars/s "

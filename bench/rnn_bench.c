@@ -15,7 +15,9 @@
  * data-parallel workers on N cores do; the gradient all-reduce is not
  * included). A round is S iterations timed on worker 0 between two
  * barriers; prints the median over R rounds of ms per iteration and
- * characters/s = B * T / (ms per iteration). */
+ * characters/s = B * T / (ms per iteration), and the process's CPU time
+ * per iteration over the rounds (all workers: on a machine shared with
+ * other work, wall time counts the waits for a core, CPU time does not). */
 #include "dptrain/dptrain.h"
 #include "ops/ops.h"
 
@@ -34,6 +36,13 @@ static double now_s(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+static double cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -45,6 +54,7 @@ typedef struct worker {
     int iters, rounds, id;
     pthread_barrier_t *bar;
     double *times; /* [rounds], worker 0 */
+    double *cpu;   /* worker 0: process CPU seconds over the timed rounds */
 } worker;
 
 static float *alloc_f(size_t n) { return calloc(n ? n : 1, sizeof(float)); }
@@ -79,7 +89,7 @@ static void *run(void *arg)
     const int lstm = d->kind == DPT_RNN_LSTM;
     for (int r = -1; r < w->rounds; r++) { /* round -1: warm-up */
         pthread_barrier_wait(w->bar);
-        double t0 = now_s();
+        double t0 = now_s(), u0 = cpu_s();
         for (int it = 0; it < (r < 0 ? 2 : w->iters); it++) {
             dpt_rnn_forward(d, x, NULL, w_ih, w_hh, b_ih, b_hh, h0, lstm ? c0 : NULL, y, hn,
                             lstm ? cn : NULL, save);
@@ -91,8 +101,10 @@ static void *run(void *arg)
                 memcpy(c0, cn, N * H * sizeof *c0);
         }
         pthread_barrier_wait(w->bar);
-        if (r >= 0 && w->id == 0)
+        if (r >= 0 && w->id == 0) {
             w->times[r] = (now_s() - t0) / w->iters;
+            *w->cpu += cpu_s() - u0;
+        }
     }
     free(x), free(dy), free(w_ih), free(w_hh), free(b_ih), free(b_hh), free(h0), free(c0);
     free(y), free(hn), free(cn), free(save), free(work), free(dwi), free(dwh), free(dbi);
@@ -148,12 +160,13 @@ int main(int argc, char **argv)
     dpt_blas_set_threads(threads);
     pthread_barrier_t bar;
     pthread_barrier_init(&bar, NULL, (unsigned)workers);
-    double *times = calloc((size_t)rounds, sizeof *times);
+    double *times = calloc((size_t)rounds, sizeof *times), cpu = 0.0;
     worker *ws = calloc((size_t)workers, sizeof *ws);
     pthread_t *tid = calloc((size_t)workers, sizeof *tid);
     for (int i = 0; i < workers; i++) {
         ws[i] = (worker){.d = {kind, batch / workers, seq, feat, units, 0},
-                         .iters = iters, .rounds = rounds, .id = i, .bar = &bar, .times = times};
+                         .iters = iters, .rounds = rounds, .id = i, .bar = &bar, .times = times,
+                         .cpu = &cpu};
         pthread_create(&tid[i], NULL, run, &ws[i]);
     }
     for (int i = 0; i < workers; i++)
@@ -161,17 +174,19 @@ int main(int argc, char **argv)
     qsort(times, (size_t)rounds, sizeof *times, cmp_double);
     double s = rounds % 2 ? times[rounds / 2] : 0.5 * (times[rounds / 2 - 1] + times[rounds / 2]);
     double ms = s * 1e3, cps = (double)batch * seq / s;
+    double cpu_ms = cpu * 1e3 / ((double)rounds * iters);
     const char *kn = kind == DPT_RNN_LSTM ? "lstm" : "gru";
     if (json)
         printf("{\"impl\": \"dptrain\", \"kind\": \"%s\", \"workers\": %d, \"threads\": %d, "
-               "\"batch\": %d, \"ms\": %.3f, \"chars_per_s\": %.1f, \"kernels\": \"%s\", "
-               "\"blas\": \"%s\"}\n",
-               kn, workers, threads, batch, ms, cps, dpt_ops_kernels(), openblas_get_corename());
+               "\"batch\": %d, \"ms\": %.3f, \"chars_per_s\": %.1f, \"cpu_ms\": %.3f, "
+               "\"kernels\": \"%s\", \"blas\": \"%s\"}\n",
+               kn, workers, threads, batch, ms, cps, cpu_ms, dpt_ops_kernels(),
+               openblas_get_corename());
     else
         printf("dptrain %s batch %d seq %d F %d H %d workers %d threads %d (kernels %s, BLAS %s): "
-               "%.2f ms/iter, %.0f chars/s (median of %d)\n",
+               "%.2f ms/iter, %.0f chars/s (median of %d); CPU %.2f ms/iter\n",
                kn, batch, seq, feat, units, workers, threads, dpt_ops_kernels(),
-               openblas_get_corename(), ms, cps, rounds);
+               openblas_get_corename(), ms, cps, rounds, cpu_ms);
     pthread_barrier_destroy(&bar);
     free(times), free(ws), free(tid);
     return 0;

@@ -10,7 +10,8 @@ x is one-hot [batch, seq, features] (batch_first, as dptrain lays it out),
 the gradient of every output step is random; one iteration is
 out = rnn(x, state); out.backward(dy) with the weight gradients cleared
 (set to None) before each, as an optimizer step would. Prints the median
-over the rounds of ms per iteration and characters/s (batch * seq / time).
+over the rounds of ms per iteration and characters/s (batch * seq / time),
+and the process's CPU time per iteration over the rounds.
 """
 
 import argparse
@@ -53,20 +54,23 @@ def main():
     for _ in range(3):
         step()
     times = []
+    c0 = time.process_time()
     for _ in range(a.rounds):
         t0 = time.perf_counter()
         for _ in range(a.iters):
             step()
         times.append((time.perf_counter() - t0) / a.iters)
+    cpu_ms = (time.process_time() - c0) * 1e3 / (a.rounds * a.iters)
     ms = statistics.median(times) * 1e3
     cps = a.batch * a.seq / (ms / 1e3)
     if a.json:
         print(json.dumps({"impl": "torch", "kind": a.kind, "threads": a.threads, "batch": a.batch,
-                          "ms": ms, "chars_per_s": cps, "torch": torch.__version__}))
+                          "ms": ms, "chars_per_s": cps, "cpu_ms": cpu_ms,
+                          "torch": torch.__version__}))
     else:
         print(f"torch {torch.__version__} {a.kind} batch {a.batch} seq {a.seq} F {a.features} "
               f"H {a.units} threads {a.threads}: {ms:.2f} ms/iter, {cps:.0f} chars/s (median of "
-              f"{a.rounds})")
+              f"{a.rounds}); CPU {cpu_ms:.2f} ms/iter")
 
 
 if __name__ == "__main__":

@@ -253,8 +253,10 @@ double dpt_mse(const float *y, const float *t, int n, int k, float scale, float 
  * unchanged, writes y = 0 (and dx = 0) there and ignores dy there, so
  * padding changes neither outputs nor gradients, on either side (len 0 is
  * allowed: the state passes straight through). The input projections of
- * all N·T steps are one GEMM; the recurrence is one GEMM per step over the
- * batch. */
+ * all N·T steps are one product (a gather when x is one-hot); the
+ * recurrence is one product per step over the batch, through the vector
+ * kernels of the selected ops kernel set (rnn_isa.h) or the BLAS
+ * (generic). Results are deterministic for a kernel set. */
 typedef enum dpt_rnn_kind { DPT_RNN_LSTM = 0, DPT_RNN_GRU = 1 } dpt_rnn_kind;
 
 typedef struct dpt_rnn_desc {
@@ -268,8 +270,9 @@ typedef struct dpt_rnn_desc {
 int dpt_rnn_gates(dpt_rnn_kind kind);
 /* Floats the forward pass keeps for the backward pass (`save`: the
  * activated gates, the hidden products (GRU), the state before each step
- * and the cell after it (LSTM)); the caller owns it and passes the same
- * buffer, untouched, to dpt_rnn_backward. */
+ * and the cell after it (LSTM), and the forward's packed weights); the
+ * caller owns it and passes the same buffer, untouched, to
+ * dpt_rnn_backward. */
 size_t dpt_rnn_save_floats(const dpt_rnn_desc *d);
 /* Scratch floats dpt_rnn_backward needs (the forward needs none). */
 size_t dpt_rnn_work_floats(const dpt_rnn_desc *d);
@@ -286,7 +289,8 @@ void dpt_rnn_forward(const dpt_rnn_desc *d, const float *x, const int *len, cons
  * [N,H] that of the final state (NULL: zero). Writes (overwrites) dw_ih,
  * dw_hh, db_ih, db_hh, and, where not NULL, dx [N,T,F] (zero on padded
  * steps) and dh0, dc0 [N,H] (to feed the previous chunk's dhn/dcn when
- * backpropagating across chunks). work: dpt_rnn_work_floats(d). */
+ * backpropagating across chunks); dx NULL (an input layer) also saves its
+ * product. work: dpt_rnn_work_floats(d). */
 void dpt_rnn_backward(const dpt_rnn_desc *d, const float *x, const int *len, const float *w_ih,
                       const float *w_hh, const float *save, const float *dy, const float *dhn,
                       const float *dcn, float *dx, float *dw_ih, float *dw_hh, float *db_ih,

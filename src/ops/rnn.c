@@ -1,20 +1,29 @@
 /* LSTM and GRU over a batch of sequences, forward and backpropagation
  * through time (declared in ops.h, which gives the layouts).
  *
- * The input projections of all N·T steps are one GEMM over x viewed as
+ * The input projections of all N·T steps are one product over x viewed as
  * [N·T, F]; it writes the gate buffer [N][T][G·H] in the same batch-major
  * order, so step t of every sequence is rows of stride T·G·H that the
- * per-step recurrent GEMM (over the batch) adds into with ldc = T·G·H. The
- * state before each step is kept the same way ([N][T][H]), so the weight
- * gradients of all steps are again one GEMM each, over N·T rows.
+ * per-step recurrent product (over the batch) adds into. The state before
+ * each step is kept the same way ([N][T][H]), so the weight gradients of
+ * all steps are again one product each, over N·T rows.
+ *
+ * Two paths, chosen with the other ops kernels (kernels.c, DPT_KERNELS):
+ * "generic" calls the BLAS for every product; "avx2" and "avx512" run the
+ * vector kernels of rnn_isa.h (rnn_kern.h): the per-step recurrence with
+ * W_hh packed once per call and the gates fused into the product, the gate
+ * gradients, dW_hh over all steps and the bias sums. Both are
+ * deterministic, and each sequence's arithmetic is independent of the
+ * rest of the batch and of where its padding is in the vector kernels.
  *
  * save (dpt_rnn_save_floats), with S = N·T:
  *   LSTM: gates [S][4H] (activated i, f, g, o), hprev [S][H], cprev [S][H],
  *         tc [S][H] (tanh of the cell after the step)
- *   GRU:  gates [S][3H] (activated r, z, n), hpart [S][3H] (W_hh h + b_hh),
- *         hprev [S][H]
- * then x's transpose [F][G·H] (sparse input, below), W_hh packed for the
- * vector kernels (rnn_isa.h) and N bytes of step masks.
+ *   GRU:  gates [S][3H] (activated r, z, n), hpart [S][3H] (W_hh h + b_hh;
+ *         the vector kernels fill only its n third, W_hn h + b_hn, the
+ *         only part the backward reads), hprev [S][H]
+ * then w_ihᵀ [F][G·H] (sparse input, below), W_hh packed for the forward
+ * kernels and N bytes of step masks.
  * work (dpt_rnn_work_floats): dP [S][G·H] (gradient of the input-side
  * pre-activations), dHp [S][3H] (GRU: of the hidden-side ones; the LSTM's
  * are dP), three [N][H] vectors: dh, dh2, dc, then dW_ihᵀ [F][G·H] (sparse
@@ -23,14 +32,9 @@
  * Sparse input: a language model's x is one-hot (one nonzero in F = the
  * vocabulary), where the dense products with W_ih (the projection, dW_ih)
  * are mostly multiplications by zero. When at most one x in 8 is nonzero,
- * the projection adds the rows of W_ihᵀ that x selects and dW_ih adds the
+ * the projection adds the rows of w_ihᵀ that x selects and dW_ih adds the
  * rows of dP into the rows of dW_ihᵀ that x selects, in row order (the
- * same float arithmetic for a one-hot x: one product per output).
- *
- * The vector kernels (rnn_isa.h, selected with the other ops kernels;
- * "generic" is the BLAS path below) run the per-step recurrence with W_hh
- * packed once per call and the gates fused into the product; the weight
- * gradients stay one GEMM each over all steps. */
+ * same float arithmetic for a one-hot x: one product per output). */
 #include "ops/ops.h"
 #include "ops/rnn_isa.h"
 

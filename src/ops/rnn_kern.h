@@ -95,18 +95,19 @@ static size_t KN(fwd_pack_floats)(int g, int h)
     return ub * (size_t)h * g * VN;
 }
 
-/* wp[ub][k][gate][l] = w_hh[gate·h + ub·VN + l][k] (0 past h). */
+/* wp[ub][k][gate][l] = w_hh[gate·h + ub·VN + l][k] (0 past h). Reads
+ * w_hh's rows in order; the writes of one (ub, gate) stay within h·G·VN
+ * floats. */
 static void KN(fwd_pack)(const float *w_hh, int g, int h, float *wp)
 {
     const int nub = (h + VN - 1) / VN;
     for (int ub = 0; ub < nub; ub++)
-        for (int k = 0; k < h; k++)
-            for (int q = 0; q < g; q++) {
-                float *o = wp + (((size_t)ub * h + k) * g + q) * VN;
-                for (int l = 0; l < VN; l++) {
-                    int u = ub * VN + l;
-                    o[l] = u < h ? w_hh[((size_t)q * h + u) * h + k] : 0.0f;
-                }
+        for (int q = 0; q < g; q++)
+            for (int l = 0; l < VN; l++) {
+                const int u = ub * VN + l;
+                float *o = wp + ((size_t)ub * h * g + q) * VN + l;
+                for (int k = 0; k < h; k++)
+                    o[(size_t)k * g * VN] = u < h ? w_hh[((size_t)q * h + u) * h + k] : 0.0f;
             }
 }
 
@@ -197,28 +198,57 @@ static inline __attribute__((always_inline)) void KN(fwd_tile)(const rnn_fwd *s,
     }
 }
 
+/* Start loading the rows the epilogue of the tile at b0 reads (one row per
+ * sequence, far apart in memory: too many streams for the hardware
+ * prefetcher). */
+static inline void KN(pf_row)(const float *p, size_t n, int w)
+{
+    for (size_t j = 0; p && j < n; j += 16)
+        if (w)
+            __builtin_prefetch(p + j, 1, 3);
+        else
+            __builtin_prefetch(p + j, 0, 3);
+}
+
+static inline void KN(fwd_prefetch)(const rnn_fwd *s, int b0, int g)
+{
+    const size_t h = (size_t)s->h;
+    for (int b = b0; b < b0 + RNN_MR_F && b < s->n; b++) {
+        KN(pf_row)(s->gates + (size_t)b * s->g_ld, (size_t)g * h, 1);
+        KN(pf_row)(s->cp ? s->cp + (size_t)b * s->cp_ld : NULL, h, 0);
+        KN(pf_row)(s->tc ? s->tc + (size_t)b * s->tc_ld : NULL, h, 1);
+        KN(pf_row)(s->y + (size_t)b * s->y_ld, h, 1);
+        KN(pf_row)(s->hn ? s->hn + (size_t)b * s->hn_ld : NULL, h, 1);
+        KN(pf_row)(s->cn ? s->cn + (size_t)b * s->cn_ld : NULL, h, 1);
+    }
+}
+
+/* Row tiles outer, unit blocks inner: a tile's rows of hp stay in L1 and
+ * its epilogues walk each row in order. */
 static void KN(fwd_rows)(const rnn_fwd *s, const int g)
 {
     const int nub = (s->h + VN - 1) / VN;
-    for (int ub = 0; ub < nub; ub++) {
-        int b0 = 0;
-        for (; b0 + RNN_MR_F <= s->n; b0 += RNN_MR_F)
-            KN(fwd_tile)(s, b0, RNN_MR_F, ub, g);
-        switch (s->n - b0) {
+    KN(fwd_prefetch)(s, 0, g);
+    for (int b0 = 0; b0 < s->n; b0 += RNN_MR_F) {
+        KN(fwd_prefetch)(s, b0 + RNN_MR_F, g);
+        const int mr = s->n - b0 < RNN_MR_F ? s->n - b0 : RNN_MR_F;
+        for (int ub = 0; ub < nub; ub++) {
+            switch (mr) {
+            case RNN_MR_F: KN(fwd_tile)(s, b0, RNN_MR_F, ub, g); break;
 #if RNN_MR_F > 5
-        case 5: KN(fwd_tile)(s, b0, 5, ub, g); break;
+            case 5: KN(fwd_tile)(s, b0, 5, ub, g); break;
 #endif
 #if RNN_MR_F > 4
-        case 4: KN(fwd_tile)(s, b0, 4, ub, g); break;
+            case 4: KN(fwd_tile)(s, b0, 4, ub, g); break;
 #endif
 #if RNN_MR_F > 3
-        case 3: KN(fwd_tile)(s, b0, 3, ub, g); break;
+            case 3: KN(fwd_tile)(s, b0, 3, ub, g); break;
 #endif
 #if RNN_MR_F > 2
-        case 2: KN(fwd_tile)(s, b0, 2, ub, g); break;
+            case 2: KN(fwd_tile)(s, b0, 2, ub, g); break;
 #endif
-        case 1: KN(fwd_tile)(s, b0, 1, ub, g); break;
-        default: break;
+            default: KN(fwd_tile)(s, b0, 1, ub, g); break;
+            }
         }
     }
 }
@@ -316,6 +346,17 @@ static void KN(bwd_step)(const rnn_bwd *s)
 {
     const int h = s->h, gh = (s->lstm ? 4 : 3) * h;
     for (int b = 0; b < s->n; b++) {
+        /* Rows two sequences ahead (far apart: see fwd_prefetch). */
+        if (b + 2 < s->n) {
+            const size_t c = (size_t)b + 2;
+            KN(pf_row)(s->gates + c * s->g_ld, (size_t)gh, 0);
+            KN(pf_row)(s->dp + c * s->dp_ld, (size_t)gh, 1);
+            KN(pf_row)(s->lstm ? s->tc + c * s->tc_ld : s->hq + c * s->hq_ld, (size_t)h, 0);
+            KN(pf_row)(s->lstm ? s->cp + c * s->cp_ld : s->hp + c * s->hp_ld, (size_t)h, 0);
+            KN(pf_row)(s->dy ? s->dy + c * s->dy_ld : NULL, (size_t)h, 0);
+            if (!s->lstm)
+                KN(pf_row)(s->dq + c * s->dq_ld, (size_t)gh, 1);
+        }
         if (s->live[b]) {
             KN(bwd_gates)(s, (size_t)b);
         } else {
