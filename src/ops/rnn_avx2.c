@@ -20,8 +20,8 @@ typedef int vi_avx2 __attribute__((vector_size(8 * 4)));
 #define KN(f) f##_avx2
 /* Tiles: the forward's G·RNN_MR_F and the backward's RNN_MR_B·RNN_NW_B
  * accumulators, as many as the registers hold beside the panel's vectors. */
-#define RNN_MR_F 2
-#define RNN_MR_B 4
+#define RNN_MR_F 3
+#define RNN_MR_B 6
 #define RNN_NW_B 2
 
 static inline VT KN(fma)(VT a, VT b, VT c) { return (VT)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c); }

@@ -401,10 +401,11 @@ static void KN(bwd_step)(const rnn_bwd *s)
 
 #define RNN_KC 256 /* rows of dP and hprev per pass: hprev's panel stays in L2 */
 
-/* dw[g0 .. g0+mr][u0 .. u0+RNN_BW) += Σ_{r in [r0, r1)} dp[r][g] · hp[r][u],
+/* dw[g0 .. g0+mr][u0 .. u0+RNN_BW) += Σ_{r in [r0, r1)} dp[r][g] · hp[r][u]
+ * (ap: dp's columns g0 .. g0+mr of rows r0 .. r1, rows lda apart),
  * one fused multiply-add chain per element in row order (continued from
  * the value in dw, so the blocks of rows change nothing). */
-static inline __attribute__((always_inline)) void KN(dw_tile)(const float *dp, int gh,
+static inline __attribute__((always_inline)) void KN(dw_tile)(const float *ap, int lda,
                                                                const float *hp, int h, float *dw,
                                                                size_t r0, size_t r1, int g0,
                                                                const int mr, int u0,
@@ -419,7 +420,7 @@ static inline __attribute__((always_inline)) void KN(dw_tile)(const float *dp, i
                         : w < nw ? KN(ld_n)(dw + (size_t)(g0 + i) * h + u, m) : KN(set1)(0.0f);
         }
     for (size_t r = r0; r < r1; r++) {
-        const float *a = dp + r * gh + g0, *b = hp + r * h + u0;
+        const float *a = ap + (r - r0) * lda, *b = hp + r * h + u0;
         VT bv[RNN_NW_B];
         for (int w = 0; w < RNN_NW_B; w++) {
             const int m = h - (u0 + w * VN) < VN ? h - (u0 + w * VN) : VN;
@@ -442,48 +443,56 @@ static inline __attribute__((always_inline)) void KN(dw_tile)(const float *dp, i
 }
 
 /* dw [gh][h] = dpᵀ [gh][s] · hp [s][h] (dw_hh over all steps). */
-static inline __attribute__((always_inline)) void KN(dw_rows)(const float *dp, int gh,
+/* The column blocks of rows g0 .. g0+mr: the tile of dp (mr columns of
+ * the block's rows), copied together (its rows are G·h floats apart, a
+ * multiple of 4 KiB for the usual sizes: every row in one L1 set), stays
+ * in L1 while hp's block streams from L2. */
+static inline __attribute__((always_inline)) void KN(dw_cols)(const float *dp, int gh,
                                                                const float *hp, int h, float *dw,
-                                                               size_t r0, size_t r1, int u0,
-                                                               const int full)
+                                                               size_t r0, size_t r1, int g0,
+                                                               const int mr)
 {
-    int g0 = 0;
-    for (; g0 + RNN_MR_B <= gh; g0 += RNN_MR_B)
-        KN(dw_tile)(dp, gh, hp, h, dw, r0, r1, g0, RNN_MR_B, u0, full);
-    switch (gh - g0) {
-#if RNN_MR_B > 7
-    case 7: KN(dw_tile)(dp, gh, hp, h, dw, r0, r1, g0, 7, u0, full); break;
-#endif
-#if RNN_MR_B > 6
-    case 6: KN(dw_tile)(dp, gh, hp, h, dw, r0, r1, g0, 6, u0, full); break;
-#endif
-#if RNN_MR_B > 5
-    case 5: KN(dw_tile)(dp, gh, hp, h, dw, r0, r1, g0, 5, u0, full); break;
-#endif
-#if RNN_MR_B > 4
-    case 4: KN(dw_tile)(dp, gh, hp, h, dw, r0, r1, g0, 4, u0, full); break;
-#endif
-#if RNN_MR_B > 3
-    case 3: KN(dw_tile)(dp, gh, hp, h, dw, r0, r1, g0, 3, u0, full); break;
-#endif
-#if RNN_MR_B > 2
-    case 2: KN(dw_tile)(dp, gh, hp, h, dw, r0, r1, g0, 2, u0, full); break;
-#endif
-    case 1: KN(dw_tile)(dp, gh, hp, h, dw, r0, r1, g0, 1, u0, full); break;
-    default: break;
-    }
+    float ap[RNN_KC * RNN_MR_B];
+    for (size_t r = r0; r < r1; r++)
+        for (int i = 0; i < mr; i++)
+            ap[(r - r0) * mr + i] = dp[r * gh + g0 + i];
+    int u0 = 0;
+    for (; u0 + RNN_BW <= h; u0 += RNN_BW)
+        KN(dw_tile)(ap, mr, hp, h, dw, r0, r1, g0, mr, u0, 1);
+    if (u0 < h)
+        KN(dw_tile)(ap, mr, hp, h, dw, r0, r1, g0, mr, u0, 0);
 }
 
+/* dw [gh][h] = dpᵀ [gh][s] · hp [s][h] (dw_hh over all steps). */
 static void KN(dw)(const float *dp, size_t s, int gh, const float *hp, int h, float *dw)
 {
     memset(dw, 0, (size_t)gh * h * sizeof *dw);
     for (size_t r0 = 0; r0 < s; r0 += RNN_KC) {
         const size_t r1 = s - r0 < RNN_KC ? s : r0 + RNN_KC;
-        for (int u0 = 0; u0 < h; u0 += RNN_BW) {
-            if (u0 + RNN_BW <= h)
-                KN(dw_rows)(dp, gh, hp, h, dw, r0, r1, u0, 1);
-            else
-                KN(dw_rows)(dp, gh, hp, h, dw, r0, r1, u0, 0);
+        int g0 = 0;
+        for (; g0 + RNN_MR_B <= gh; g0 += RNN_MR_B)
+            KN(dw_cols)(dp, gh, hp, h, dw, r0, r1, g0, RNN_MR_B);
+        switch (gh - g0) {
+#if RNN_MR_B > 7
+        case 7: KN(dw_cols)(dp, gh, hp, h, dw, r0, r1, g0, 7); break;
+#endif
+#if RNN_MR_B > 6
+        case 6: KN(dw_cols)(dp, gh, hp, h, dw, r0, r1, g0, 6); break;
+#endif
+#if RNN_MR_B > 5
+        case 5: KN(dw_cols)(dp, gh, hp, h, dw, r0, r1, g0, 5); break;
+#endif
+#if RNN_MR_B > 4
+        case 4: KN(dw_cols)(dp, gh, hp, h, dw, r0, r1, g0, 4); break;
+#endif
+#if RNN_MR_B > 3
+        case 3: KN(dw_cols)(dp, gh, hp, h, dw, r0, r1, g0, 3); break;
+#endif
+#if RNN_MR_B > 2
+        case 2: KN(dw_cols)(dp, gh, hp, h, dw, r0, r1, g0, 2); break;
+#endif
+        case 1: KN(dw_cols)(dp, gh, hp, h, dw, r0, r1, g0, 1); break;
+        default: break;
         }
     }
 }
