@@ -232,6 +232,11 @@ while IFS=$'\t' read -r file cmds needle; do
   case $cmds in *i*) expect_error "$needle" "$cli" info --model "$file" ;; esac
 done <"$tmp/cases.tsv"
 [ "$(wc -l <"$tmp/cases.tsv")" -eq 22 ] && ok || bad "hostile cases not all written"
+# info shows a sequence network's values per time step or per sequence
+"$cli" info --net "$tmp/cls.net" --classes 2 >"$tmp/ic" && grep -q "in .*sequenceinput output 3 per time step$" "$tmp/ic" \
+  && grep -q "lstm1 .*lstm .*output 8 per sequence  from in$" "$tmp/ic" && ok || bad "info --net on a classifier: $(cat "$tmp/ic")"
+"$cli" info --net "$tmp/lm.net" --classes 29 >"$tmp/il" && grep -q "fc .*fc .*output 29 per time step  from lstm1$" "$tmp/il" \
+  && ok || bad "info --net on a language model: $(cat "$tmp/il")"
 # info --model shows a language model's vocabulary, refuses a hostile one
 "$cli" info --model "$lm" >"$tmp/info" && grep -q "task .*language_model" "$tmp/info" \
   && grep -q "vocab .*29 characters" "$tmp/info" && ok || bad "info --model on a language model: $(cat "$tmp/info")"
