@@ -91,9 +91,11 @@ DPT_API const char *dpt_net_default_spec(void);
 
 /* Parse spec text and build the network. `source` names the text in error
  * messages ("net.txt", "<default>"). n_classes replaces `outputs=classes`
- * (0: such a spec is an error). max_batch sizes the activation buffers;
- * forward on more observations fails. Learnables are initialised from
- * `seed` (Glorot weights, zero biases, unit scales). *out owned by caller. */
+ * and a language model's `size=vocab` and `outputs=vocab` (0: such a spec
+ * is an error). max_batch sizes the activation buffers; forward on more
+ * observations fails. Learnables are initialised from `seed` (Glorot
+ * weights, zero biases, unit scales; LSTM/GRU uniform in ±1/sqrt(H)).
+ * *out owned by caller. */
 DPT_API dpt_status dpt_net_from_spec(const char *text, const char *source, int n_classes,
                                      int max_batch, uint64_t seed, dpt_net **out);
 /* Read a spec file and call dpt_net_from_spec. */
