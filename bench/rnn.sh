@@ -9,7 +9,9 @@
 #
 # dptrain on c cores runs c workers (threads) at once, each on batch 64/c
 # with one BLAS thread (data parallelism, as dptrain trains); PyTorch runs
-# batch 64 with torch.set_num_threads(c). The two programs alternate, REPS
+# batch 64 with torch.set_num_threads(c). Both run pinned to the first c
+# CPUs (taskset, where present): torch.set_num_threads(1) alone still keeps
+# a second core busy (its CPU time is about twice its wall time). The two programs alternate, REPS
 # times, each printing its median over 7 rounds; this script prints the
 # median of those medians and the ratio of characters/s (dptrain /
 # PyTorch), then the same from CPU time per iteration (process CPU time,
@@ -41,13 +43,23 @@ cc -O2 -std=c11 -Wall -Wextra -D_POSIX_C_SOURCE=200809L -I"$root/include" -I"$ro
   $(pkg-config --cflags openblas 2>/dev/null || true) \
   "$root/bench/rnn_bench.c" "$build/libdptrain.a" "${libs[@]}" -o "$build/rnn_bench"
 
+pin() { # pin C CMD...: run CMD on the first C CPUs
+  local c=$1
+  shift
+  if command -v taskset >/dev/null && [ "$(nproc)" -ge "$c" ]; then
+    taskset -c "0-$((c - 1))" "$@"
+  else
+    "$@"
+  fi
+}
+
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 for kind in $kinds; do
   for c in 1 2; do
     for _ in $(seq "$reps"); do
-      "$build/rnn_bench" --kind "$kind" --workers "$c" --json >>"$out"
-      "$py" "$root/bench/rnn_torch.py" --kind "$kind" --threads "$c" --json >>"$out"
+      pin "$c" "$build/rnn_bench" --kind "$kind" --workers "$c" --json >>"$out"
+      pin "$c" "$py" "$root/bench/rnn_torch.py" --kind "$kind" --threads "$c" --json >>"$out"
     done
   done
 done
