@@ -24,7 +24,8 @@ Reported:
   against PyTorch in one process with torch.set_num_threads(W); the median
   of --rounds alternating rounds of --speed-iterations iterations each
   (dptrain's rate from its metrics.csv after iteration 5, PyTorch's timed
-  from iteration 5), and the median epoch time of the full runs.
+  from iteration 5), both sides pinned to the same W CPUs, and the median
+  epoch time of the full runs.
 
 PyTorch's side is its best on a CPU: one torch.nn.LSTM(batch_first=True)
 call per chunk of 64 steps (its fused C++ loop over time, no Python loop
@@ -243,7 +244,8 @@ def main():
 
         speed = {}
         for c in cores:
-            speed[c] = speed_rounds(a, train, vocab, tmp, c)
+            with sc.pinned(c):
+                speed[c] = speed_rounds(a, train, vocab, tmp, c)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -275,7 +277,8 @@ def main():
          "model scored by PyTorch itself over the same streams: %.4f." % (
              ", ".join("%.4f" % v for v in d_bpc_epochs) or "-", t_own),
          "",
-         "Speed in alternating rounds of %d iterations (%d characters each), median of %d:" % (
+         "Speed in alternating rounds of %d iterations (%d characters each), both sides pinned "
+         "to the same CPUs, median of %d:" % (
              a.speed_iterations, a.batch * a.seq_len, a.rounds),
          "",
          "| cores | dptrain characters/s | PyTorch characters/s | dptrain / PyTorch |",
