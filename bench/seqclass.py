@@ -20,8 +20,9 @@ batch (pack_padded_sequence: no work on padding), the state after each
 name's last letter into the fc layer. Reported: test accuracy after the last
 epoch (the PyTorch model also scored by `dptrain eval` from an exported model
 file, as a check) and training sequences/s (the median of epochs 2..E, or
-epoch 1 alone), with the ratio. The table goes into bench/RESULTS.md
-between the markers below.
+epoch 1 alone), with the ratio; for each core count both sides are
+pinned to the same CPUs. The table goes into bench/RESULTS.md between the
+markers below.
 """
 import argparse
 import json
