@@ -45,10 +45,11 @@ import time
 import seqcommon as sc
 
 # PyTorch's CPU threads wait for each other in OpenMP; libgomp's default
-# spins, which on a machine shared with other work makes 2 threads several
-# times slower than 1 (measured here: 800 against 9,300 characters/s).
-# Passive waiting is PyTorch's best on such a machine; --omp-wait active
-# (read before torch is imported) restores the default for a quiet one.
+# spins, which made 2 threads several times slower than passive waiting
+# here (the language model under other work's load: 800 against 5,800
+# characters/s; the name classifier on a quiet machine: 2,455 against 8,972
+# sequences/s). Passive is PyTorch's best on these machines; --omp-wait
+# active (read before torch is imported) measures the default.
 if "--omp-wait" in sys.argv[:-1]:
     os.environ["OMP_WAIT_POLICY"] = sys.argv[sys.argv.index("--omp-wait") + 1].upper()
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
