@@ -6,7 +6,7 @@ sequence length 64, the state carried from chunk to chunk and reset at
 each epoch's start, fc Glorot-uniform and the LSTM PyTorch's uniform
 +-1/sqrt(H) at the start).
 
-    /usr/bin/python3 bench/charlm.py                 # Moby Dick, 2 epochs, 1 and 2 cores
+    /usr/bin/python3 bench/charlm.py                 # Moby Dick, 5 epochs, 1 and 2 cores (~20 min)
     /usr/bin/python3 bench/charlm.py --short         # a few minutes: 150,000 characters, 1 epoch
     /usr/bin/python3 bench/charlm.py --help
 
@@ -24,7 +24,8 @@ Reported:
   against PyTorch in one process with torch.set_num_threads(W); the median
   of --rounds alternating rounds of --speed-iterations iterations each
   (dptrain's rate from its metrics.csv after iteration 5, PyTorch's timed
-  from iteration 5), and the median epoch time of the full runs.
+  from iteration 5), both sides pinned to the same W CPUs, and the median
+  epoch time of the full runs.
 
 PyTorch's side is its best on a CPU: one torch.nn.LSTM(batch_first=True)
 call per chunk of 64 steps (its fused C++ loop over time, no Python loop
@@ -44,10 +45,11 @@ import time
 import seqcommon as sc
 
 # PyTorch's CPU threads wait for each other in OpenMP; libgomp's default
-# spins, which on a machine shared with other work makes 2 threads several
-# times slower than 1 (measured here: 800 against 9,300 characters/s).
-# Passive waiting is PyTorch's best on such a machine; --omp-wait active
-# (read before torch is imported) restores the default for a quiet one.
+# spins, which made 2 threads several times slower than passive waiting
+# here (the language model under other work's load: 800 against 5,800
+# characters/s; the name classifier on a quiet machine: 2,455 against 8,972
+# sequences/s). Passive is PyTorch's best on these machines; --omp-wait
+# active (read before torch is imported) measures the default.
 if "--omp-wait" in sys.argv[:-1]:
     os.environ["OMP_WAIT_POLICY"] = sys.argv[sys.argv.index("--omp-wait") + 1].upper()
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -178,7 +180,7 @@ def main():
     ap.add_argument("--dptrain", default=os.path.join(sc.ROOT, "build", "dptrain"))
     ap.add_argument("--text", default=os.path.join(sc.ROOT, "data", "text", "moby-dick.txt"))
     ap.add_argument("--chars", type=int, default=0, help="use the first N characters (0: all)")
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--units", type=int, default=256)
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--batch", type=int, default=64)
@@ -243,7 +245,8 @@ def main():
 
         speed = {}
         for c in cores:
-            speed[c] = speed_rounds(a, train, vocab, tmp, c)
+            with sc.pinned(c):
+                speed[c] = speed_rounds(a, train, vocab, tmp, c)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -275,7 +278,8 @@ def main():
          "model scored by PyTorch itself over the same streams: %.4f." % (
              ", ".join("%.4f" % v for v in d_bpc_epochs) or "-", t_own),
          "",
-         "Speed in alternating rounds of %d iterations (%d characters each), median of %d:" % (
+         "Speed in alternating rounds of %d iterations (%d characters each), both sides pinned "
+         "to the same CPUs, median of %d:" % (
              a.speed_iterations, a.batch * a.seq_len, a.rounds),
          "",
          "| cores | dptrain characters/s | PyTorch characters/s | dptrain / PyTorch |",

@@ -20,8 +20,9 @@ batch (pack_padded_sequence: no work on padding), the state after each
 name's last letter into the fc layer. Reported: test accuracy after the last
 epoch (the PyTorch model also scored by `dptrain eval` from an exported model
 file, as a check) and training sequences/s (the median of epochs 2..E, or
-epoch 1 alone), with the ratio. The table goes into bench/RESULTS.md
-between the markers below.
+epoch 1 alone), with the ratio; for each core count both sides are
+pinned to the same CPUs. The table goes into bench/RESULTS.md between the
+markers below.
 """
 import argparse
 import json
@@ -35,10 +36,11 @@ import time
 import seqcommon as sc
 
 # PyTorch's CPU threads wait for each other in OpenMP; libgomp's default
-# spins, which on a machine shared with other work makes 2 threads several
-# times slower than 1 (measured here: 800 against 9,300 characters/s).
-# Passive waiting is PyTorch's best on such a machine; --omp-wait active
-# (read before torch is imported) restores the default for a quiet one.
+# spins, which made 2 threads several times slower than passive waiting
+# here (the language model under other work's load: 800 against 5,800
+# characters/s; the name classifier on a quiet machine: 2,455 against 8,972
+# sequences/s). Passive is PyTorch's best on these machines; --omp-wait
+# active (read before torch is imported) measures the default.
 if "--omp-wait" in sys.argv[:-1]:
     os.environ["OMP_WAIT_POLICY"] = sys.argv[sys.argv.index("--omp-wait") + 1].upper()
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -157,38 +159,39 @@ def main():
         print("names: %d training, %d test sequences, classes %s, %d features" % (
             n_train, len(xte), ", ".join(classes), f), flush=True)
         for w in cores:
-            out = os.path.join(tmp, "out%d" % w)
-            stdout, wall, cpu = sc.run(
-                [a.dptrain, "train", "--net", spec, "--data", os.path.join(tmp, "train"),
-                 "--test", os.path.join(tmp, "test"), "--epochs", str(a.epochs), "--batch",
-                 str(a.batch), "--optimizer", "adam", "--lr", str(a.lr), "--seed", str(a.seed),
-                 "--workers", str(w), "--threads", "1", "--device", "cpu", "--out", out,
-                 "--overwrite", "--quiet"], "dptrain")
-            acc = next(float(l.split()[2]) for l in stdout.splitlines()
-                       if l.startswith("test accuracy: "))
-            d_ep = sc.epoch_seconds(sc.metrics(out), a.epochs)
-            print("  dptrain, %d core(s): accuracy %.4f, epochs %s s" % (
-                w, acc, ", ".join("%.2f" % s for s in d_ep)), flush=True)
+            with sc.pinned(w):
+                out = os.path.join(tmp, "out%d" % w)
+                stdout, wall, cpu = sc.run(
+                    [a.dptrain, "train", "--net", spec, "--data", os.path.join(tmp, "train"),
+                     "--test", os.path.join(tmp, "test"), "--epochs", str(a.epochs), "--batch",
+                     str(a.batch), "--optimizer", "adam", "--lr", str(a.lr), "--seed", str(a.seed),
+                     "--workers", str(w), "--threads", "1", "--device", "cpu", "--out", out,
+                     "--overwrite", "--quiet"], "dptrain")
+                acc = next(float(l.split()[2]) for l in stdout.splitlines()
+                           if l.startswith("test accuracy: "))
+                d_ep = sc.epoch_seconds(sc.metrics(out), a.epochs)
+                print("  dptrain, %d core(s): accuracy %.4f, epochs %s s" % (
+                    w, acc, ", ".join("%.2f" % s for s in d_ep)), flush=True)
 
-            ts = TorchSeq(a, spec_text, len(classes), w)
-            rng = np.random.default_rng(a.seed)
-            t_ep = []
-            for e in range(a.epochs):
-                secs, loss = ts.epoch(xtr, ytr, rng)
-                t_ep.append(secs)
-            t_acc = ts.accuracy(xte, yte)
-            tmodel = os.path.join(tmp, "torch%d.safetensors" % w)
-            save_seq_model(tmodel, ts.net, {"task": "sequence_classification",
-                                            "features": str(f), "classes": json.dumps(classes)})
-            t_eval = json.loads(sc.run([a.dptrain, "eval", "--model", tmodel, "--data",
-                                        os.path.join(tmp, "test"), "--json"],
-                                       "dptrain eval")[0])
-            print("  pytorch, %d thread(s): accuracy %.4f (dptrain eval of its model %.4f), "
-                  "epochs %s s" % (w, t_acc, t_eval["accuracy"],
-                                   ", ".join("%.2f" % s for s in t_ep)), flush=True)
-            med = lambda v: sc.median(v[1:] or v)
-            rows.append((w, acc, n_train / med(d_ep), d_ep, t_acc, t_eval["accuracy"],
-                         n_train / med(t_ep), t_ep))
+                ts = TorchSeq(a, spec_text, len(classes), w)
+                rng = np.random.default_rng(a.seed)
+                t_ep = []
+                for e in range(a.epochs):
+                    secs, loss = ts.epoch(xtr, ytr, rng)
+                    t_ep.append(secs)
+                t_acc = ts.accuracy(xte, yte)
+                tmodel = os.path.join(tmp, "torch%d.safetensors" % w)
+                save_seq_model(tmodel, ts.net, {"task": "sequence_classification",
+                                                "features": str(f), "classes": json.dumps(classes)})
+                t_eval = json.loads(sc.run([a.dptrain, "eval", "--model", tmodel, "--data",
+                                            os.path.join(tmp, "test"), "--json"],
+                                           "dptrain eval")[0])
+                print("  pytorch, %d thread(s): accuracy %.4f (dptrain eval of its model %.4f), "
+                      "epochs %s s" % (w, t_acc, t_eval["accuracy"],
+                                       ", ".join("%.2f" % s for s in t_ep)), flush=True)
+                med = lambda v: sc.median(v[1:] or v)
+                rows.append((w, acc, n_train / med(d_ep), d_ep, t_acc, t_eval["accuracy"],
+                             n_train / med(t_ep), t_ep))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -30,6 +30,23 @@ def run(cmd, what):
     return p.stdout, wall, cpu
 
 
+class pinned:
+    """Run a block on the first n CPUs this process may use (both sides of a
+    comparison, dptrain as a child inherits it): "1 core" then means one,
+    not one thread plus whatever helper threads find a second core."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __enter__(self):
+        self.old = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, sorted(self.old)[:self.n])
+        return self
+
+    def __exit__(self, *exc):
+        os.sched_setaffinity(0, self.old)
+
+
 def metrics(out):
     """metrics.csv of a training run as a list of dicts (numbers as floats,
     empty cells None)."""

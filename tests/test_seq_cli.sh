@@ -92,7 +92,11 @@ cmp -s "$tmp/t1" "$tmp/g1" && bad "generate: --temperature 0.2 changed nothing" 
 ls "$tmp" | grep -q '\.tmp\.' && bad "generate --output left a temporary file" || ok
 expect_error "--output $tmp/nodir/x.txt" "$cli" generate --model "$lm" --output "$tmp/nodir/x.txt"
 mkdir "$tmp/afolder"
-expect_error "not a regular file" "$cli" generate --model "$lm" --output "$tmp/afolder"
+expect_error "--output $tmp/afolder: not a regular file" "$cli" generate --model "$lm" --output "$tmp/afolder"
+if [ -w /dev/full ]; then
+  "$cli" generate --model "$lm" --length 10 >/dev/full 2>"$tmp/err"
+  [ $? -eq 1 ] && grep -q "^dptrain: stdout: cannot write" "$tmp/err" && ok || bad "generate to a full stdout: $(cat "$tmp/err")"
+fi
 echo old >"$tmp/keep.txt"
 expect_error "'Q' (U+0051)" "$cli" generate --model "$lm" --prime "the Q" --output "$tmp/keep.txt"
 [ "$(cat "$tmp/keep.txt")" = old ] && ok || bad "a failed generate changed --output"
@@ -107,6 +111,7 @@ expect_error "--temperature: 'x' is not a number" "$cli" generate --model "$lm" 
 expect_error "--length: '-1' is not an integer" "$cli" generate --model "$lm" --length -1
 expect_error "--seed: '-3' is not an integer" "$cli" generate --model "$lm" --seed -3
 expect_error "--model FILE is required" "$cli" generate
+expect_error "generate: unexpected argument 'extra'" "$cli" generate --model "$lm" extra
 expect_error "unknown or incomplete option '--bogus'" "$cli" generate --model "$lm" --bogus
 expect_error "$tmp/none.safetensors" "$cli" generate --model "$tmp/none.safetensors"
 
@@ -157,7 +162,11 @@ expect_error "nan.csv: line 1: field 3 \"zz\" is not a finite number" "$cli" pre
 [ ! -s "$tmp/out" ] && ok || bad "predict printed before failing on a later file"
 expect_error "$tmp/seq" "$cli" predict --model "$cm" "$tmp/seq"
 expect_error "not a language model (task 'sequence_classification')" "$cli" generate --model "$cm"
-expect_error "not a folder" "$cli" eval --model "$cm" --data "$tmp/tiny.txt"
+expect_error "not a folder (a sequence classifier is evaluated on a folder of class sub-folders" \
+  "$cli" eval --model "$cm" --data "$tmp/tiny.txt"
+expect_error "--sequence-padding: 'middle' is not left or right" "$cli" eval --model "$cm" --data "$tmp/seq" --sequence-padding middle
+"$cli" eval --model "$cm" --data "$tmp/seq" --json --sequence-padding left >"$tmp/el.json" && cmp -s "$tmp/el.json" "$tmp/ec.json" \
+  && ok || bad "eval --sequence-padding left differs from right: $(cat "$tmp/el.json") $(cat "$tmp/ec.json")"
 
 # ---- hostile metadata ----------------------------------------------------------------
 # Copies of the two models with metadata edited, tensors untouched, made in
@@ -187,6 +196,7 @@ cases = [
     ("vocab", "{}", "i", "malformed 'vocab' metadata"),
     ("vocab", None, "ge", "language model without 'vocab' metadata"),
     ("task", "sequence_classification", "ge", "not a language model (task 'sequence_classification')"),
+    ("task", "sequence_classification", "E", "the network gives an output per time step, not one per sequence"),
     ("task", None, "ge", "not a language model (no 'task' metadata)"),
     ("seq_len", "abc", "e", "'seq_len' metadata 'abc' is not an integer from 1 to 65536"),
     ("seq_len", "0", "e", "'seq_len' metadata '0' is not an integer"),
@@ -218,9 +228,15 @@ PY
 while IFS=$'\t' read -r file cmds needle; do
   case $cmds in *g*) expect_error "$needle" "$cli" generate --model "$file" ;; esac
   case $cmds in *e*) expect_error "$needle" "$cli" eval --model "$file" --data "$tmp/tiny.txt" ;; esac
+  case $cmds in *E*) expect_error "$needle" "$cli" eval --model "$file" --data "$tmp/seq" ;; esac
   case $cmds in *i*) expect_error "$needle" "$cli" info --model "$file" ;; esac
 done <"$tmp/cases.tsv"
-[ "$(wc -l <"$tmp/cases.tsv")" -eq 21 ] && ok || bad "hostile cases not all written"
+[ "$(wc -l <"$tmp/cases.tsv")" -eq 22 ] && ok || bad "hostile cases not all written"
+# info shows a sequence network's values per time step or per sequence
+"$cli" info --net "$tmp/cls.net" --classes 2 >"$tmp/ic" && grep -q "in .*sequenceinput output 3 per time step$" "$tmp/ic" \
+  && grep -q "lstm1 .*lstm .*output 8 per sequence  from in$" "$tmp/ic" && ok || bad "info --net on a classifier: $(cat "$tmp/ic")"
+"$cli" info --net "$tmp/lm.net" --classes 29 >"$tmp/il" && grep -q "fc .*fc .*output 29 per time step  from lstm1$" "$tmp/il" \
+  && ok || bad "info --net on a language model: $(cat "$tmp/il")"
 # info --model shows a language model's vocabulary, refuses a hostile one
 "$cli" info --model "$lm" >"$tmp/info" && grep -q "task .*language_model" "$tmp/info" \
   && grep -q "vocab .*29 characters" "$tmp/info" && ok || bad "info --model on a language model: $(cat "$tmp/info")"

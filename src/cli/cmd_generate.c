@@ -25,8 +25,11 @@
 /* The key stream of generate's draws ("gen"), apart from dropout's layer
  * indices and augmentation's 0x61756700. */
 #define GENERATE_STREAM 0x67656e00u
-/* Characters fed per forward while priming (bounds the step buffers). */
+/* Characters fed per forward while priming (bounds the step buffers), and
+ * the most one-hot floats a chunk may take (a vocabulary of a million
+ * characters feeds 4 at a time). */
 #define PRIME_CHUNK 256
+#define CHUNK_FLOATS (1L << 22)
 #define MAX_LENGTH (1L << 24)
 
 static const char help[] =
@@ -186,14 +189,21 @@ size_t cli_utf8_put(char *s, uint32_t cp)
     return 4;
 }
 
+static int chunk_of(int v)
+{
+    long c = CHUNK_FLOATS / v;
+    return c < 1 ? 1 : c > PRIME_CHUNK ? PRIME_CHUNK : (int)c;
+}
+
 /* Feed idx[0..n) to the stateful network (one stream) and leave the
- * probabilities after the last one in *p. x holds PRIME_CHUNK * v floats. */
+ * probabilities after the last one in *p. x holds chunk_of(v) * v floats. */
 static dpt_status feed(dpt_net *net, const int32_t *idx, size_t n, int v, float *x,
                        const float **p)
 {
     int steps = -1;
-    for (size_t a = 0; a < n; a += PRIME_CHUNK) {
-        int t = (int)(n - a < PRIME_CHUNK ? n - a : PRIME_CHUNK);
+    size_t chunk = (size_t)chunk_of(v);
+    for (size_t a = 0; a < n; a += chunk) {
+        int t = (int)(n - a < chunk ? n - a : chunk);
         dpt_status st;
         if (t != steps && (st = dpt_net_set_steps(net, t, NULL, 1, 0)) != DPT_OK)
             return st;
@@ -309,7 +319,7 @@ int cli_generate(int argc, char **argv)
     const uint32_t *cps = dpt_text_vocab(vocab);
     size_t plen = strlen(prime), n_idx = 0;
     idx = malloc((plen ? plen : 1) * sizeof *idx);
-    x = malloc((size_t)PRIME_CHUNK * (size_t)v * sizeof *x);
+    x = malloc((size_t)chunk_of(v) * (size_t)v * sizeof *x);
     w = malloc((size_t)v * sizeof *w);
     /* The prime's bytes and at most 4 bytes a sampled character. */
     text = malloc(plen + 4 * (size_t)length + 1);

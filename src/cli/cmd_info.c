@@ -14,7 +14,8 @@ static const char help[] =
     "  --spec          print the default network spec text (start a new network from it)\n"
     "  --net SPEC      show the network of this spec file: layers, output shapes,\n"
     "                  learnables and state tables with sizes\n"
-    "  --classes N     classes for a spec that says outputs=classes (default: 10)\n"
+    "  --classes N     classes for a spec that says outputs=classes, or the vocabulary\n"
+    "                  size for size=vocab and outputs=vocab (default: 10)\n"
     "  --model FILE    show a saved model: network, tables, training metadata\n"
     "  -h, --help      this help\n";
 
@@ -36,9 +37,16 @@ void cli_print_net(const dpt_net *net)
         int chw[3];
         dpt_net_layer_shape(net, i, chw);
         char name[256];
-        printf("  %2d  %-10s %-10s output %dx%dx%d (HxWxC)", i + 1,
-               cli_clean(name, sizeof name, dpt_net_layer_name(net, i)), dpt_net_layer_type(net, i),
-               chw[1], chw[2], chw[0]);
+        printf("  %2d  %-10s %-10s ", i + 1, cli_clean(name, sizeof name, dpt_net_layer_name(net, i)),
+               dpt_net_layer_type(net, i));
+        /* A sequence network's values are features per time step, or one
+         * vector per sequence after lstm/gru output=last. */
+        if (dpt_net_layer_is_sequence(net, i))
+            printf("output %d per time step", chw[0]);
+        else if (dpt_net_is_sequence(net))
+            printf("output %d per sequence", chw[0]);
+        else
+            printf("output %dx%dx%d (HxWxC)", chw[1], chw[2], chw[0]);
         /* Its inputs (the graph): the layer above, or what from= named. */
         for (int k = 0; k < dpt_net_layer_n_inputs(net, i); k++)
             printf("%s%s", k ? "," : "  from ",
