@@ -3,25 +3,9 @@
 # the file, exit 1, nothing half-written), and a small end-to-end run on real
 # digits (tests/fixtures/digits400) with model, eval, predict and info.
 set -u
-cli=${DPT_CLI:?DPT_CLI must point at the dptrain executable}
+. "$(dirname "$0")/cli_helpers.sh"
 src=${DPT_SOURCE_DIR:?}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail=0
-pass=0
-ok() { pass=$((pass + 1)); }
-bad() { echo "FAIL: $*" >&2; fail=$((fail + 1)); }
 
-# expect_error NEEDLE CMD...: exit 1, "dptrain: " on stderr containing NEEDLE.
-expect_error() {
-  local needle=$1; shift
-  "$@" >"$tmp/out" 2>"$tmp/err"
-  local rc=$?
-  if [ $rc -ne 1 ]; then bad "exit $rc, want 1: $* ($(head -c 300 "$tmp/err"))"; return; fi
-  if ! grep -q "^dptrain: " "$tmp/err"; then bad "no 'dptrain: ' message: $*"; return; fi
-  if ! grep -qF -- "$needle" "$tmp/err"; then bad "message lacks '$needle': $(cat "$tmp/err")"; return; fi
-  ok
-}
 
 # ---- help and usage --------------------------------------------------------
 for c in train eval predict info; do

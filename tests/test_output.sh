@@ -14,28 +14,12 @@
 # Each training run is a tiny network for one or two epochs on at most 400
 # digits: nothing here waits for time or depends on the machine's speed.
 set -u
-cli=${DPT_CLI:?DPT_CLI must point at the dptrain executable}
+. "$(dirname "$0")/cli_helpers.sh"
 src=${DPT_SOURCE_DIR:?}
 command -v python3 >/dev/null || { echo "skip: python3 not found"; exit 77; }
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail=0
-pass=0
-ok() { pass=$((pass + 1)); }
-bad() { echo "FAIL: $*" >&2; fail=$((fail + 1)); }
 d=$src/tests/fixtures/digits400
 unset DPT_SPIN_US DPT_KERNELS DPT_CGROUP_ROOT DPT_COMM_TIMEOUT_MS DPT_FUSION
 
-# expect_error NEEDLE CMD...: exit 1, "dptrain: " on stderr containing NEEDLE.
-expect_error() {
-  local needle=$1; shift
-  "$@" >"$tmp/out" 2>"$tmp/err"
-  local rc=$?
-  if [ $rc -ne 1 ]; then bad "exit $rc, want 1: $* ($(head -c 300 "$tmp/err"))"; return; fi
-  if ! grep -q "^dptrain: " "$tmp/err"; then bad "no 'dptrain: ' message: $*"; return; fi
-  if ! grep -qF -- "$needle" "$tmp/err"; then bad "message lacks '$needle': $(cat "$tmp/err")"; return; fi
-  ok
-}
 # no_raw FILE WHAT: no control byte other than newline and tab, valid UTF-8.
 no_raw() {
   if LC_ALL=C grep -q $'[\x01-\x08\x0b-\x1f\x7f]' "$1"; then bad "$2: raw control bytes: $(od -c "$1" | head -5)"; return; fi

@@ -28,9 +28,9 @@
  *    padding for y, hn, cn, dx, dh0, dc0 (the same arithmetic on each
  *    sequence; within 1e-6 on the BLAS path) and matches the references; weight gradients sum the same
  *    rows in another order, so they match the references within REF_TOL. */
-#include "core/safetensors.h"
 #include "dptrain/core.h"
 #include "ops/ops.h"
+#include "st_fixture.h"
 #include "testutil.h"
 
 #include <math.h>
@@ -41,20 +41,6 @@
 #define REF_TOL 1e-5
 #define FD_TOL 2e-2
 #define GUARD 64
-
-static float *load(const dpt_st *st, const char *cs, const char *name, size_t want)
-{
-    char key[256];
-    snprintf(key, sizeof key, "%s/%s", cs, name);
-    const dpt_st_tensor *t = dpt_st_get(st, key);
-    CHECK_MSG(t != NULL, "fixture lacks %s", key);
-    float *p = calloc(want ? want : 1, sizeof *p);
-    if (!t)
-        return p;
-    dpt_status s = dpt_st_read_f32(st, key, p, want);
-    CHECK_MSG(s == DPT_OK, "%s: %s", key, dpt_last_error());
-    return p;
-}
 
 static int meta_int(const dpt_st *st, const char *cs, const char *k)
 {
@@ -109,24 +95,24 @@ static void rcase_load(const dpt_st *st, const char *cs, rcase *c)
     int n = c->d.n = meta_int(st, cs, "n"), t = c->d.t = meta_int(st, cs, "t");
     int f = c->d.f = meta_int(st, cs, "f"), h = c->d.h = meta_int(st, cs, "h");
     size_t gh = (size_t)dpt_rnn_gates(c->d.kind) * h, nh = (size_t)n * h;
-    float *lf = load(st, cs, "len", n);
+    float *lf = fixture_load(st, cs, "len", n);
     c->len = malloc(n * sizeof *c->len);
     for (int b = 0; b < n; b++)
         c->len[b] = (int)lf[b];
     free(lf);
-    c->x = load(st, cs, "x", (size_t)n * t * f);
-    c->w_ih = load(st, cs, "w_ih", gh * f), c->w_hh = load(st, cs, "w_hh", gh * h);
-    c->b_ih = load(st, cs, "b_ih", gh), c->b_hh = load(st, cs, "b_hh", gh);
-    c->h0 = load(st, cs, "h0", nh), c->dy = load(st, cs, "dy", (size_t)n * t * h);
-    c->dhn = load(st, cs, "dhn", nh);
-    c->y = load(st, cs, "y", (size_t)n * t * h), c->hn = load(st, cs, "hn", nh);
-    c->dx = load(st, cs, "dx", (size_t)n * t * f);
-    c->dw_ih = load(st, cs, "dw_ih", gh * f), c->dw_hh = load(st, cs, "dw_hh", gh * h);
-    c->db_ih = load(st, cs, "db_ih", gh), c->db_hh = load(st, cs, "db_hh", gh);
-    c->dh0 = load(st, cs, "dh0", nh);
+    c->x = fixture_load(st, cs, "x", (size_t)n * t * f);
+    c->w_ih = fixture_load(st, cs, "w_ih", gh * f), c->w_hh = fixture_load(st, cs, "w_hh", gh * h);
+    c->b_ih = fixture_load(st, cs, "b_ih", gh), c->b_hh = fixture_load(st, cs, "b_hh", gh);
+    c->h0 = fixture_load(st, cs, "h0", nh), c->dy = fixture_load(st, cs, "dy", (size_t)n * t * h);
+    c->dhn = fixture_load(st, cs, "dhn", nh);
+    c->y = fixture_load(st, cs, "y", (size_t)n * t * h), c->hn = fixture_load(st, cs, "hn", nh);
+    c->dx = fixture_load(st, cs, "dx", (size_t)n * t * f);
+    c->dw_ih = fixture_load(st, cs, "dw_ih", gh * f), c->dw_hh = fixture_load(st, cs, "dw_hh", gh * h);
+    c->db_ih = fixture_load(st, cs, "db_ih", gh), c->db_hh = fixture_load(st, cs, "db_hh", gh);
+    c->dh0 = fixture_load(st, cs, "dh0", nh);
     if (c->d.kind == DPT_RNN_LSTM) {
-        c->c0 = load(st, cs, "c0", nh), c->dcn = load(st, cs, "dcn", nh);
-        c->cn = load(st, cs, "cn", nh), c->dc0 = load(st, cs, "dc0", nh);
+        c->c0 = fixture_load(st, cs, "c0", nh), c->dcn = fixture_load(st, cs, "dcn", nh);
+        c->cn = fixture_load(st, cs, "cn", nh), c->dc0 = fixture_load(st, cs, "dc0", nh);
     }
 }
 

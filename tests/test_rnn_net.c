@@ -25,7 +25,6 @@
  *    with variable lengths) within test_parallel's tolerance (1e-5).
  * 5. Buffers grow with the steps (T beyond the build's capacity); bounds
  *    on T; finite differences of the loss through the network. */
-#include "core/safetensors.h"
 #include "dptrain/comm.h"
 #include "dptrain/core.h"
 #include "dptrain/gpu.h"
@@ -34,6 +33,7 @@
 #include "dptrain/train.h"
 #include "net/net_impl.h"
 #include "train/train_internal.h"
+#include "st_fixture.h"
 #include "testutil.h"
 
 #include <math.h>
@@ -49,20 +49,6 @@ static const char *const NAMES[] = {"proj/Weights", "proj/Bias", "rnn/InputWeigh
                                     "rnn/RecurrentWeights", "rnn/InputBias",
                                     "rnn/RecurrentBias", "fc/Weights", "fc/Bias"};
 #define N_NAMES 8
-
-static float *load(const dpt_st *st, const char *cs, const char *name, size_t want)
-{
-    char key[256];
-    snprintf(key, sizeof key, "%s/%s", cs, name);
-    const dpt_st_tensor *t = dpt_st_get(st, key);
-    CHECK_MSG(t != NULL, "fixture lacks %s", key);
-    float *p = calloc(want ? want : 1, sizeof *p);
-    if (!t)
-        return p;
-    dpt_status s = dpt_st_read_f32(st, key, p, want);
-    CHECK_MSG(s == DPT_OK, "%s: %s", key, dpt_last_error());
-    return p;
-}
 
 static int meta_int(const dpt_st *st, const char *cs, const char *k)
 {
@@ -122,7 +108,7 @@ static dpt_net *case_net(const dpt_st *st, const fcase *c, int max_batch)
         CHECK_MSG(e != NULL, "%s: no learnable %s", c->name, NAMES[i]);
         if (!e)
             continue;
-        float *v = load(st, c->name, NAMES[i], e->n);
+        float *v = fixture_load(st, c->name, NAMES[i], e->n);
         CHECK(dpt_net_write_learnable(net, NAMES[i], v, e->n) == DPT_OK);
         free(v);
     }
@@ -159,7 +145,7 @@ static void check_grads(dpt_net *net, const dpt_st *st, const fcase *c, const ch
         const dpt_param_info *e = dpt_net_learnable(net, (size_t)li);
         char key[96], lab[192];
         snprintf(key, sizeof key, "%s%s", prefix, NAMES[i]);
-        float *want = load(st, c->name, key, e->n);
+        float *want = fixture_load(st, c->name, key, e->n);
         snprintf(lab, sizeof lab, "%s %s", label, key);
         tu_check_close(lab, dpt_net_grads(net) + e->offset, want, e->n, GRAD_TOL);
         free(want);
@@ -175,10 +161,10 @@ static void test_case(const dpt_st *st, const fcase *c, int pad_left)
         return;
     const int n = c->n, t = c->t, k = c->k;
     size_t nx = (size_t)n * t * c->f, ny = c->last ? (size_t)n * k : (size_t)n * t * k;
-    float *x0 = load(st, c->name, "x", nx), *lenf = load(st, c->name, "len", (size_t)n);
-    float *t0 = load(st, c->name, "tgt", ny), *p0 = load(st, c->name, "p", ny);
-    float *loss0 = load(st, c->name, "loss", 1);
-    float *din0 = load(st, c->name, "drnn_in", (size_t)n * t * c->e);
+    float *x0 = fixture_load(st, c->name, "x", nx), *lenf = fixture_load(st, c->name, "len", (size_t)n);
+    float *t0 = fixture_load(st, c->name, "tgt", ny), *p0 = fixture_load(st, c->name, "p", ny);
+    float *loss0 = fixture_load(st, c->name, "loss", 1);
+    float *din0 = fixture_load(st, c->name, "drnn_in", (size_t)n * t * c->e);
     int len[16];
     for (int b = 0; b < n; b++)
         len[b] = (int)lenf[b];
@@ -268,14 +254,14 @@ static void test_stateful(const dpt_st *st, const fcase *c)
     if (!net)
         return;
     const int n = c->n, k = c->k;
-    float *x = load(st, c->name, "x", (size_t)n * c->t * c->f);
-    float *x2 = load(st, c->name, "x2", (size_t)n * c->t2 * c->f);
-    float *tg2 = load(st, c->name, "tgt2", (size_t)n * c->t2 * k);
-    float *p2 = load(st, c->name, "p2", (size_t)n * c->t2 * k);
-    float *loss2 = load(st, c->name, "loss2", 1);
+    float *x = fixture_load(st, c->name, "x", (size_t)n * c->t * c->f);
+    float *x2 = fixture_load(st, c->name, "x2", (size_t)n * c->t2 * c->f);
+    float *tg2 = fixture_load(st, c->name, "tgt2", (size_t)n * c->t2 * k);
+    float *p2 = fixture_load(st, c->name, "p2", (size_t)n * c->t2 * k);
+    float *loss2 = fixture_load(st, c->name, "loss2", 1);
     size_t cf = dpt_net_carry_floats(net);
     CHECK(cf == (size_t)c->h * (strcmp(c->kind, "lstm") == 0 ? 2 : 1));
-    float *hc = load(st, c->name, "hc", (size_t)n * cf);
+    float *hc = fixture_load(st, c->name, "hc", (size_t)n * cf);
     float *got = calloc((size_t)n * cf, sizeof *got);
     dpt_net_set_stateful(net, 1);
     dpt_net_reset_state(net);

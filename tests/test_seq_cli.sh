@@ -7,25 +7,9 @@
 # files whose metadata was edited to be hostile (refused with a message, exit
 # 1, never a crash).
 set -u
-cli=${DPT_CLI:?DPT_CLI must point at the dptrain executable}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail=0
-pass=0
-ok() { pass=$((pass + 1)); }
-bad() { echo "FAIL: $*" >&2; fail=$((fail + 1)); }
+. "$(dirname "$0")/cli_helpers.sh"
 command -v python3 >/dev/null || { echo "skip: python3 not found"; exit 77; }
 
-# expect_error NEEDLE CMD...: exit 1, "dptrain: " on stderr containing NEEDLE.
-expect_error() {
-  local needle=$1; shift
-  "$@" >"$tmp/out" 2>"$tmp/err"
-  local rc=$?
-  if [ $rc -ne 1 ]; then bad "exit $rc, want 1: $* ($(head -c 300 "$tmp/err"))"; return; fi
-  if ! grep -q "^dptrain: " "$tmp/err"; then bad "no 'dptrain: ' message: $*"; return; fi
-  if ! grep -qF -- "$needle" "$tmp/err"; then bad "message lacks '$needle': $(cat "$tmp/err")"; return; fi
-  ok
-}
 
 # jcheck WHAT FILE EXPR: a Python expression over the file, checked at the
 # end in one Python run (r: the file as JSON, or None; lines: its lines).

@@ -6,25 +6,9 @@
 # mid-training in streaming mode stops with its name and exit 1, leaving no
 # model, and --skip-corrupt drops it in both modes alike.
 set -u
-cli=${DPT_CLI:?DPT_CLI must point at the dptrain executable}
+. "$(dirname "$0")/cli_helpers.sh"
 src=${DPT_SOURCE_DIR:?}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail=0
-pass=0
-ok() { pass=$((pass + 1)); }
-bad() { echo "FAIL: $*" >&2; fail=$((fail + 1)); }
 
-# expect_error NEEDLE CMD...: exit 1, "dptrain: " on stderr containing NEEDLE.
-expect_error() {
-  local needle=$1; shift
-  "$@" >"$tmp/out" 2>"$tmp/err"
-  local rc=$?
-  if [ $rc -ne 1 ]; then bad "exit $rc, want 1: $* ($(head -c 300 "$tmp/err"))"; return; fi
-  if ! grep -q "^dptrain: " "$tmp/err"; then bad "no 'dptrain: ' message: $*"; return; fi
-  if ! grep -qF -- "$needle" "$tmp/err"; then bad "message lacks '$needle': $(cat "$tmp/err")"; return; fi
-  ok
-}
 
 d=$src/tests/fixtures/digits400 # 400 grey 28x28 PNGs: 306 KB decoded
 train() { "$cli" train --epochs 2 --batch 32 --workers 2 --augment reflect,translate=2 "$@"; }

@@ -7,24 +7,8 @@
 # values; bad input named by file (and line); mpirun against local threads
 # for the language model (skipped without MPI).
 set -u
+. "$(dirname "$0")/cli_helpers.sh"
 export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" # Open MPI's own leaks
-cli=${DPT_CLI:?}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail=0 pass=0
-ok() { pass=$((pass + 1)); }
-bad() { echo "FAIL: $*" >&2; fail=$((fail + 1)); }
-
-# expect_error NEEDLE CMD...: exit 1, "dptrain: " on stderr containing NEEDLE.
-expect_error() {
-  local needle=$1; shift
-  "$@" >"$tmp/out" 2>"$tmp/err"
-  local rc=$?
-  if [ $rc -ne 1 ]; then bad "exit $rc, want 1: $* ($(head -c 300 "$tmp/err"))"; return; fi
-  if ! grep -q "^dptrain: " "$tmp/err"; then bad "no 'dptrain: ' message: $*"; return; fi
-  if ! grep -qF -- "$needle" "$tmp/err"; then bad "message lacks '$needle': $(cat "$tmp/err")"; return; fi
-  ok
-}
 
 # A metadata value of a safetensors file (its JSON header), with the
 # system's plain python3 (no torch needed).
