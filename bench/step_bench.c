@@ -2,10 +2,12 @@
  * machine's FMA peak: the dptrain half of bench/run (which runs PyTorch's
  * half, bench/torch_step.py, alternately in the same script).
  *
- *   step_bench [--batch B] [--workers N] [--threads T] [--steps S] [--rounds R]
- *              [--kernels generic|avx2|avx512] [--layers] [--peak] [--json]
+ *   step_bench [--net SPEC] [--batch B] [--workers N] [--threads T] [--steps S]
+ *              [--rounds R] [--kernels generic|avx2|avx512] [--layers] [--peak]
+ *              [--json]
  *
- * Builds the example network (dpt_net_default_spec, 10 classes, seed 0),
+ * Builds the example network (dpt_net_default_spec; --net: the spec file
+ * SPEC, for the suite of bench/suite.py; 10 classes, seed 0),
  * SGDM (lr 0.01, momentum 0.9) and random inputs and one-hot targets, then
  * runs dpt_train_step: 3 warm-up steps, then R rounds of S steps. The rate
  * of a round is B * S / (wall time of the round on worker 0, between two
@@ -141,6 +143,7 @@ static void measure_peak(double *p512, double *p512_cpu, double *p256, double *p
 
 typedef struct bench {
     int batch, workers, threads, steps, rounds, layers, phases;
+    const char *net_path; /* spec file, or NULL for the example network */
     double phase_s[3];   /* worker 0: compute, aggregate, update (seconds, summed) */
     double *rates;       /* [rounds] images/s, worker 0 */
     double *prof;        /* [2 * n_layers] seconds, worker 0 (--layers) */
@@ -193,7 +196,9 @@ static dpt_status worker(dpt_comm *comm, void *arg)
     dpt_net *net = NULL;
     dpt_sgdm *opt = NULL;
     float *x = NULL, *t = NULL;
-    dpt_status s = dpt_net_from_spec(dpt_net_default_spec(), "<default>", N_CLASSES, n, 0, &net);
+    dpt_status s = b->net_path
+                       ? dpt_net_from_spec_file(b->net_path, N_CLASSES, n, 0, &net)
+                       : dpt_net_from_spec(dpt_net_default_spec(), "<default>", N_CLASSES, n, 0, &net);
     if (s == DPT_OK)
         s = dpt_sgdm_new(dpt_net_n_params(net), 0.01f, 0.9f, 0.0f, &opt);
     if (s != DPT_OK)
@@ -245,7 +250,7 @@ static dpt_status worker(dpt_comm *comm, void *arg)
 done:
     free(x), free(t);
     dpt_sgdm_free(opt);
-    if (rank == 0 && s == DPT_OK && b->layers)
+    if (rank == 0 && s == DPT_OK && (b->layers || b->net_path))
         b->net0 = net;
     else
         dpt_net_free(net);
@@ -261,7 +266,10 @@ static void layer_flops(const dpt_net *net, int i, int n, double *fwd, double *b
     *fwd = *bwd = 0;
     const char *type = l->type->name;
     if (strcmp(type, "conv") == 0) {
-        double k = in_c * (double)net->learn[l->first_learnable].shape[2] *
+        /* The weight is [filters, in/groups, kh, kw]: a grouped convolution's
+         * multiply-adds per output are in/groups * kh * kw. */
+        double k = (double)net->learn[l->first_learnable].shape[1] *
+                   net->learn[l->first_learnable].shape[2] *
                    net->learn[l->first_learnable].shape[3];
         *fwd = 2.0 * n * out * k;
         *bwd = *fwd * (i > 1 ? 2 : 1); /* dW, and dx unless the input is below */
@@ -280,7 +288,9 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--batch") == 0 && v)
+        if (strcmp(a, "--net") == 0 && v)
+            b.net_path = v, i++;
+        else if (strcmp(a, "--batch") == 0 && v)
             b.batch = atoi(v), i++;
         else if (strcmp(a, "--workers") == 0 && v)
             b.workers = atoi(v), i++;
@@ -353,6 +363,15 @@ int main(int argc, char **argv)
         printf("%s%.0f", r ? " " : "", b.rates[r]);
     printf("]; peak RSS %.1f MB\n", rss_mb);
     double total_flop = flop_per_image;
+    if (b.net0) { /* the spec's own multiply-adds, for --net without --layers */
+        double sum = 0;
+        for (int i = 1; i < b.net0->n_layers; i++) {
+            double f, bw;
+            layer_flops(b.net0, i, 1, &f, &bw);
+            sum += f + bw;
+        }
+        total_flop = sum;
+    }
     if (b.layers && b.net0) {
         dpt_net *net = b.net0;
         int n = b.batch;
@@ -380,8 +399,8 @@ int main(int argc, char **argv)
         printf("  %.2f MFLOP per image (forward %.2f); whole step %.1f GFLOP/s wall, %.1f "
                "GFLOP/s per CPU-second of worker 0\n", total_flop * 1e-6, sum_f / n * 1e-6,
                rate * total_flop * 1e-9, n * total_flop / b.cpu_per_step * 1e-9);
-        dpt_net_free(net);
     }
+    dpt_net_free(b.net0);
     if (b.phases) {
         double steps = (double)b.steps * b.rounds;
         double tot = (b.phase_s[0] + b.phase_s[1] + b.phase_s[2]) / steps;
@@ -396,9 +415,9 @@ int main(int argc, char **argv)
     if (json) {
         printf("{\"impl\": \"dptrain\", \"mode\": \"step\", \"batch\": %d, \"workers\": %d, "
                "\"threads\": %d, \"kernels\": \"%s\", \"openblas_core\": \"%s\", "
-               "\"images_per_s\": %.1f, \"gflops\": %.2f, \"rss_mb\": %.1f, \"rounds\": [",
+               "\"images_per_s\": %.1f, \"gflops\": %.2f, \"mflop_per_image\": %.2f, \"rss_mb\": %.1f, \"rounds\": [",
                b.batch, b.workers, b.threads, dpt_ops_kernels(), openblas_get_corename(), rate,
-               rate * total_flop * 1e-9, rss_mb);
+               rate * total_flop * 1e-9, total_flop * 1e-6, rss_mb);
         for (int r = 0; r < b.rounds; r++)
             printf("%s%.1f", r ? ", " : "", b.rates[r]);
         printf("]");

@@ -3,6 +3,7 @@
 against (bench/run calls this; tests never do).
 
   torch_step.py step  --batch B --threads T [--ranks R] [--steps S] [--rounds K]
+                      [--net SPEC]
   torch_step.py epoch --data DIR --batch B --threads T [--ranks R] [--epochs E]
 
 step:  training steps on random inputs (seed 0), the same network, loss and
@@ -13,6 +14,9 @@ step:  training steps on random inputs (seed 0), the same network, loss and
 epoch: a whole epoch over an image folder (decoded once into memory, as
        `dptrain train` does), shuffled, minibatch B, split 90/10 per label
        like dptrain; prints the median images/s over E epochs.
+--net SPEC: step on the network of a dptrain spec file instead, rebuilt in
+       PyTorch by examples/pytorch_interop.py (10 classes; random inputs of
+       the spec's input shape): the suite of bench/suite.py.
 --ranks R > 1: R processes under torch.distributed (gloo, DDP), each taking
        B/R of every minibatch, each with T threads.
 Peak RSS (ru_maxrss) is reported per process: "rss_mb" is rank 0's,
@@ -34,6 +38,25 @@ def build(torch):
         nn.Conv2d(20, 20, 3, padding=1), nn.BatchNorm2d(20), nn.ReLU(),
         nn.Conv2d(20, 20, 3, padding=1), nn.BatchNorm2d(20), nn.ReLU(),
         nn.Flatten(), nn.Linear(20 * 24 * 24, 10))
+
+
+class SpecNet:
+    """A dptrain spec file as a torch module returning logits (the loss is
+    softmax cross-entropy on both sides), via examples/pytorch_interop.py."""
+
+    @staticmethod
+    def build(torch, path):
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                                        "examples"))
+        import pytorch_interop
+
+        class Logits(pytorch_interop.DptNet):
+            def forward(self, x):
+                return super().forward(x, logits=True)
+
+        with open(path) as f:
+            net = Logits(f.read(), n_classes=10, dropout="torch")
+        return net, net.input_shape()
 
 
 def load_folder(path, np):
@@ -59,7 +82,10 @@ def worker(rank, args, out_path):
         dist.init_process_group("gloo", init_method="file://" + args.rendezvous,
                                 rank=rank, world_size=args.ranks)
     torch.manual_seed(0)
-    net = build(torch)
+    if args.net:
+        net, in_shape = SpecNet.build(torch, args.net)
+    else:
+        net, in_shape = build(torch), (1, 28, 28)
     model = net
     if args.ranks > 1:
         model = torch.nn.parallel.DistributedDataParallel(net)
@@ -77,7 +103,7 @@ def worker(rank, args, out_path):
     rates = []
     if args.mode == "step":
         g = torch.Generator().manual_seed(rank)
-        x = torch.randn(share, 1, 28, 28, generator=g)
+        x = torch.randn(share, *in_shape, generator=g)
         y = torch.randint(0, 10, (share,), generator=g)
         for _ in range(3):
             step(x, y)
@@ -134,6 +160,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--data", default="data/digits")
+    ap.add_argument("--net", default=None, help="a dptrain spec file (step mode)")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="torch_step.")
     out = os.path.join(tmp, "result")
@@ -148,7 +175,7 @@ def main():
     import torch
     print(json.dumps({
         "impl": "pytorch", "torch": torch.__version__, "mode": args.mode, "batch": args.batch,
-        "threads": args.threads, "ranks": args.ranks,
+        "threads": args.threads, "ranks": args.ranks, "net": args.net,
         "images_per_s": rates[len(rates) // 2], "rounds": res[0]["rates"],
         "rss_mb": round(res[0]["rss_mb"], 1),
         "rss_mb_sum": round(sum(r["rss_mb"] for r in res), 1)}))
