@@ -27,6 +27,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -414,12 +415,12 @@ def write_results(a, info, records, extra):
         for s in extra["sweep"]:
             L.append("| %d | %d | %s |" % (s["workers"], s["threads"], fmt(s["median"])))
         L.append("")
-    # bench/nets.sh's section (between its markers) is kept.
+    # The other scripts' sections (bench/nets.sh, seqclass.py, charlm.py, suite.py:
+    # each between its "<!-- NAME begin/end -->" markers) are kept.
     path = os.path.join(a.root, "bench", "RESULTS.md")
     old = open(path).read() if os.path.exists(path) else ""
-    begin, end = "<!-- bench/nets.sh begin -->", "<!-- bench/nets.sh end -->"
-    if begin in old and end in old:
-        L += ["", old[old.index(begin):old.index(end) + len(end)], ""]
+    for m in re.finditer(r"<!-- (\S+) begin -->.*?<!-- \1 end -->", old, re.S):
+        L += ["", m.group(0), ""]
     with open(path, "w") as f:
         f.write("\n".join(L))
     print("wrote bench/RESULTS.md")

@@ -73,8 +73,8 @@ class Suite:
                 envs.append(("tcmalloc", {"LD_PRELOAD": benchrun.TCMALLOC}))
             for alloc, env in envs:
                 r = benchrun.last_json(benchrun.sh(cmd, env=env))
-                r["layout"] = ("%d thread%s" % (threads, "s" if threads > 1 else "") if ranks == 1
-                               else "%d ranks x %d thread" % (ranks, threads))
+                r["layout"] = ("%d ranks x %d thread" % (ranks, threads) if ranks > 1
+                               else "1 thread" if threads == 1 else "%d threads" % threads)
                 r["layout"] += ", " + alloc
                 if best is None or r["images_per_s"] > best["images_per_s"]:
                     best = r
