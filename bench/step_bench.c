@@ -196,9 +196,10 @@ static dpt_status worker(dpt_comm *comm, void *arg)
     dpt_net *net = NULL;
     dpt_sgdm *opt = NULL;
     float *x = NULL, *t = NULL;
-    dpt_status s = b->net_path
-                       ? dpt_net_from_spec_file(b->net_path, N_CLASSES, n, 0, &net)
-                       : dpt_net_from_spec(dpt_net_default_spec(), "<default>", N_CLASSES, n, 0, &net);
+    dpt_status s =
+        b->net_path ? dpt_net_from_spec_file(b->net_path, N_CLASSES, n, 0, &net)
+                    : dpt_net_from_spec(dpt_net_default_spec(), "<default>", N_CLASSES, n, 0,
+                                        &net);
     if (s == DPT_OK)
         s = dpt_sgdm_new(dpt_net_n_params(net), 0.01f, 0.9f, 0.0f, &opt);
     if (s != DPT_OK)
@@ -415,7 +416,8 @@ int main(int argc, char **argv)
     if (json) {
         printf("{\"impl\": \"dptrain\", \"mode\": \"step\", \"batch\": %d, \"workers\": %d, "
                "\"threads\": %d, \"kernels\": \"%s\", \"openblas_core\": \"%s\", "
-               "\"images_per_s\": %.1f, \"gflops\": %.2f, \"mflop_per_image\": %.2f, \"rss_mb\": %.1f, \"rounds\": [",
+               "\"images_per_s\": %.1f, \"gflops\": %.2f, \"mflop_per_image\": %.2f, "
+               "\"rss_mb\": %.1f, \"rounds\": [",
                b.batch, b.workers, b.threads, dpt_ops_kernels(), openblas_get_corename(), rate,
                rate * total_flop * 1e-9, total_flop * 1e-6, rss_mb);
         for (int r = 0; r < b.rounds; r++)

@@ -17,6 +17,9 @@ kept). Each run's figure is the median of R timed rounds after 3 warm-up
 steps; the table shows the median of the K runs, the ratio, and peak RSS
 (getrusage of dptrain's process, of PyTorch's processes summed).
 
+--layers (on in the full run, off with --quick): also dptrain's per-layer
+thread CPU times and GFLOP/s at minibatch 128 on 1 core, with the measured
+one-core FMA peak (step_bench --net SPEC --layers --peak), per network.
 --quick: minibatch 128 only, one alternation, 2 rounds (a few minutes).
 Writes a table per network into bench/RESULTS.md between the markers below.
 """
@@ -108,6 +111,19 @@ class Suite:
             "%.2f" % row["ratio"] if row["ratio"] else "-"), flush=True)
         return row
 
+    def layers(self, spec, per_round):
+        """step_bench's per-layer table and FMA peak, as printed (text lines)."""
+        cmd = [self.a.step_bench, "--batch", "128", "--workers", "1", "--threads", "1",
+               "--steps", str(self.steps(per_round, 128)), "--rounds", "2", "--layers", "--peak"]
+        if spec:
+            cmd += ["--net", os.path.join(self.a.root, spec)]
+        try:
+            out = benchrun.sh(cmd).splitlines()
+        except Exception as e:
+            return ["(step_bench --layers failed: %s)" % str(e).splitlines()[0]]
+        keep = [i for i, line in enumerate(out) if "per layer" in line]
+        return [line.rstrip() for line in out[keep[0]:]] if keep else out
+
     def run(self):
         a = self.a
         nets = [n for n in NETS if not a.nets or n[0] in a.nets.split(",")]
@@ -115,7 +131,8 @@ class Suite:
         tables = []
         for name, spec, per_round in nets:
             rows = [self.compare(name, spec, per_round, b, c) for b in batches for c in (1, 2)]
-            tables.append((name, spec, rows))
+            prof = self.layers(spec, per_round) if a.layers else None
+            tables.append((name, spec, rows, prof))
         return tables
 
 
@@ -136,7 +153,7 @@ def table_lines(a, tables, torch_version):
     if a.quick:
         L += ["**A quick run on a shared, noisy machine**: one alternation per row, so "
               "single runs; the ratios are indicative, not measurements to quote.", ""]
-    for name, spec, rows in tables:
+    for name, spec, rows, prof in tables:
         mflop = next((r["mflop"] for r in rows if r["mflop"]), None)
         L += ["### %s (%s%s)" % (name, "`%s`" % spec if spec else "the example network",
                                    ", %.1f MFLOP per image per step" % mflop if mflop else ""),
@@ -153,9 +170,12 @@ def table_lines(a, tables, torch_version):
                 "%.0f" % r["pytorch_rss_mb"] if r["pytorch_rss_mb"] else "-",
                 r["pytorch_layout"] or "-"))
         L.append("")
+        if prof:
+            L += ["dptrain per layer, minibatch 128, 1 core (`step_bench --net SPEC --layers "
+                  "--peak`):", "", "```"] + prof + ["```", ""]
     L += ["Not yet in the suite: the character LSTM (bench/charlm.py has its own speed "
-          "rounds), per-layer GFLOP/s against the FMA peak (`step_bench --net SPEC "
-          "--layers --peak` prints them for any spec)."]
+          "rounds and section)." + ("" if a.layers else " Per-layer GFLOP/s against the FMA "
+                                    "peak: the full run (`--layers`).")]
     return L
 
 
@@ -170,10 +190,14 @@ def main():
     ap.add_argument("--batches", default="32,128,512")
     ap.add_argument("--repeat", type=int, default=3, help="alternations per row")
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds per run")
+    ap.add_argument("--layers", action="store_true",
+                    help="per-layer profile and FMA peak per network (default in the full run)")
     ap.add_argument("--no-results", action="store_true", help="do not write bench/RESULTS.md")
     a = ap.parse_args()
     if a.quick:
         a.repeat, a.rounds = 1, 2
+    else:
+        a.layers = True
     tables = Suite(a).run()
     torch_version = benchrun.sh([benchrun.PY, "-c", "import torch; print(torch.__version__)"])
     lines = table_lines(a, tables, torch_version.strip())
