@@ -378,21 +378,21 @@ int main(int argc, char **argv)
         int n = b.batch;
         double steps = (double)b.steps * b.rounds, sum_f = 0, sum_b = 0, tf = 0, tb = 0;
         printf("  per layer, thread CPU ms per step (batch %d):\n", n);
-        printf("  %-8s %-10s %9s %9s %10s %10s\n", "layer", "type", "forward", "backward",
+        printf("  %-10s %-13s %9s %9s %10s %10s\n", "layer", "type", "forward", "backward",
                "fwd GF/s", "bwd GF/s");
         for (int i = 1; i < net->n_layers; i++) {
             double f, bw;
             layer_flops(net, i, n, &f, &bw);
             double sf = b.prof[i] / steps, sb = b.prof[net->n_layers + i] / steps;
             sum_f += f, sum_b += bw, tf += sf, tb += sb;
-            printf("  %-8s %-10s %9.3f %9.3f", net->layers[i].name, net->layers[i].type->name,
+            printf("  %-10s %-13s %9.3f %9.3f", net->layers[i].name, net->layers[i].type->name,
                    1e3 * sf, 1e3 * sb);
             if (f > 0)
                 printf(" %10.1f %10.1f", f / sf * 1e-9, sb > 0 ? bw / sb * 1e-9 : 0.0);
             printf("\n");
         }
         double step_s = b.cpu_per_step;
-        printf("  %-8s %-10s %9.3f %9.3f %10.1f %10.1f\n", "layers", "", 1e3 * tf, 1e3 * tb,
+        printf("  %-10s %-13s %9.3f %9.3f %10.1f %10.1f\n", "layers", "", 1e3 * tf, 1e3 * tb,
                sum_f / tf * 1e-9, sum_b / tb * 1e-9);
         printf("  step %.3f CPU ms (%.3f wall): layers %.3f, the rest (loss, aggregation, SGDM) "
                "%.3f\n", 1e3 * step_s, 1e3 * n / rate, 1e3 * (tf + tb), 1e3 * (step_s - tf - tb));

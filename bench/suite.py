@@ -140,14 +140,18 @@ def table_lines(a, tables, torch_version):
     mode = "--quick: minibatch 128, one alternation, 2 rounds per run" if a.quick else \
         "%d alternations, %d rounds per run" % (a.repeat, a.rounds)
     L = ["## Benchmark suite (bench/suite.py)", "",
-         "`bench/suite.py%s` (what `bench/run --suite%s` runs after building; %s), " % (
-             " --quick" if a.quick else "", " --quick" if a.quick else "", mode) +
+         "`bench/suite.py%s` (what `bench/run --suite%s` runs after building; %s; load "
+         "average %.1f at the start), " % (" --quick" if a.quick else "",
+                                            " --quick" if a.quick else "", mode, a.load0) +
          sc.machine_line(torch_version), "",
          "Training steps (forward, softmax cross-entropy, backward, SGDM) on random "
          "inputs, 10 classes; images/s: median over the alternations of each run's "
          "median round. 1 core: dptrain 1 worker, PyTorch 1 thread. 2 cores: dptrain 2 "
-         "workers x 1 thread, PyTorch's best of 2 threads and 2 DDP ranks (and of glibc "
-         "malloc and tcmalloc at minibatch 128). Peak RSS: dptrain's process, PyTorch's "
+         "workers x 1 thread, PyTorch's best of 2 threads and 2 DDP ranks" + (
+             " (and of glibc malloc and tcmalloc at minibatch 128)"
+             if os.path.exists(benchrun.TCMALLOC) else
+             " (glibc malloc only: tcmalloc is not installed here)") +
+         ". Peak RSS: dptrain's process, PyTorch's "
          "processes summed. GFLOP/s: dptrain's whole step from the spec's multiply-adds "
          "(forward and backward of conv and fc layers).", ""]
     if a.quick:
@@ -198,6 +202,7 @@ def main():
         a.repeat, a.rounds = 1, 2
     else:
         a.layers = True
+    a.load0 = os.getloadavg()[0]
     tables = Suite(a).run()
     torch_version = benchrun.sh([benchrun.PY, "-c", "import torch; print(torch.__version__)"])
     lines = table_lines(a, tables, torch_version.strip())
