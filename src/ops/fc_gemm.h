@@ -25,13 +25,12 @@
 
 /* One tile: mr rows × nv vectors of C from column c, over k in [k0, k1);
  * the first chunk starts from the bias, later ones from C. pc valid
- * columns (nv·VN when full): a partial tile passes C (and the bias) through
- * a zeroed buffer, and B too unless bfull says B's rows are padded to whole
- * vectors, so nothing past the matrices is read or written. */
+ * columns (nv·VN when full): a partial tile passes C and the bias through
+ * a zeroed buffer, so nothing past them is read or written (B's rows are
+ * padded, see fc_gemm). */
 static inline __attribute__((always_inline)) void KN(gemm_tile)(
     const float *A, size_t ars, size_t acs, const float *B, int ldb, const float *bias,
-    float *C, int ldc, const int mr, const int nv, const int full, const int bfull, int pc,
-    int k0, int k1)
+    float *C, int ldc, const int mr, const int nv, const int full, int pc, int k0, int k1)
 {
     VT acc[GEMM_MR][2];
     for (int r = 0; r < mr; r++)
@@ -49,15 +48,8 @@ static inline __attribute__((always_inline)) void KN(gemm_tile)(
     for (int k = k0; k < k1; k++) {
         const float *a = A + (size_t)k * acs, *bk = B + (size_t)k * ldb;
         VT bv[2];
-        if (full || bfull) {
-            for (int v = 0; v < nv; v++)
-                bv[v] = KN(vload)(bk + v * VN);
-        } else {
-            float t[2 * VN] = {0};
-            memcpy(t, bk, (size_t)pc * sizeof *t);
-            for (int v = 0; v < nv; v++)
-                bv[v] = KN(vload)(t + v * VN);
-        }
+        for (int v = 0; v < nv; v++)
+            bv[v] = KN(vload)(bk + v * VN);
         for (int r = 0; r < mr; r++) {
             const VT av = KN(vset1)(a[(size_t)r * ars]);
             for (int v = 0; v < nv; v++)
@@ -83,30 +75,30 @@ static inline __attribute__((always_inline)) void KN(gemm_tile)(
  * stay in registers). */
 static inline __attribute__((always_inline)) void KN(gemm_rows)(
     const float *A, size_t ars, size_t acs, const float *B, int ldb, const float *bias,
-    float *C, int ldc, int r0, int r1, int c, const int nv, const int full, const int bfull,
-    int pc, int k0, int k1)
+    float *C, int ldc, int r0, int r1, int c, const int nv, const int full, int pc, int k0,
+    int k1)
 {
     const float *bc = bias ? bias + c : NULL;
     int r = r0;
     for (; r + GEMM_MR <= r1; r += GEMM_MR)
         KN(gemm_tile)(A + (size_t)r * ars, ars, acs, B + c, ldb, bc, C + (size_t)r * ldc + c,
-                      ldc, GEMM_MR, nv, full, bfull, pc, k0, k1);
+                      ldc, GEMM_MR, nv, full, pc, k0, k1);
     const float *a = A + (size_t)r * ars;
     float *cr = C + (size_t)r * ldc + c;
     switch (r1 - r) { /* GEMM_MR 6 */
-    case 5: KN(gemm_tile)(a, ars, acs, B + c, ldb, bc, cr, ldc, 5, nv, full, bfull, pc, k0, k1); break;
-    case 4: KN(gemm_tile)(a, ars, acs, B + c, ldb, bc, cr, ldc, 4, nv, full, bfull, pc, k0, k1); break;
-    case 3: KN(gemm_tile)(a, ars, acs, B + c, ldb, bc, cr, ldc, 3, nv, full, bfull, pc, k0, k1); break;
-    case 2: KN(gemm_tile)(a, ars, acs, B + c, ldb, bc, cr, ldc, 2, nv, full, bfull, pc, k0, k1); break;
-    case 1: KN(gemm_tile)(a, ars, acs, B + c, ldb, bc, cr, ldc, 1, nv, full, bfull, pc, k0, k1); break;
+    case 5: KN(gemm_tile)(a, ars, acs, B + c, ldb, bc, cr, ldc, 5, nv, full, pc, k0, k1); break;
+    case 4: KN(gemm_tile)(a, ars, acs, B + c, ldb, bc, cr, ldc, 4, nv, full, pc, k0, k1); break;
+    case 3: KN(gemm_tile)(a, ars, acs, B + c, ldb, bc, cr, ldc, 3, nv, full, pc, k0, k1); break;
+    case 2: KN(gemm_tile)(a, ars, acs, B + c, ldb, bc, cr, ldc, 2, nv, full, pc, k0, k1); break;
+    case 1: KN(gemm_tile)(a, ars, acs, B + c, ldb, bc, cr, ldc, 1, nv, full, pc, k0, k1); break;
     default: break;
     }
 }
 
-/* bpad: B's rows hold whole vectors (p rounded up to VN, the padding
- * zero), so the last tile loads them as they are. */
+/* B's rows must be readable up to p rounded up to whole vectors (the
+ * padding zero or not: its products land in columns never stored). */
 static void KN(fc_gemm)(const float *A, size_t ars, size_t acs, const float *B, int ldb,
-                        int bpad, const float *bias, float *C, int ldc, int m, int p, int q)
+                        const float *bias, float *C, int ldc, int m, int p, int q)
 {
     if (q == 0) { /* no sum: C is the bias */
         for (int r = 0; r < m; r++)
@@ -120,24 +112,14 @@ static void KN(fc_gemm)(const float *A, size_t ars, size_t acs, const float *B, 
             const int r1 = m - r0 < GEMM_ROWS ? m : r0 + GEMM_ROWS;
             int c = 0;
             for (; c + 2 * VN <= p; c += 2 * VN)
-                KN(gemm_rows)(A, ars, acs, B, ldb, bias, C, ldc, r0, r1, c, 2, 1, 1, 2 * VN,
-                              k0, k1);
-            if (bpad && p - c > VN) { /* two vectors, the second partial */
-                KN(gemm_rows)(A, ars, acs, B, ldb, bias, C, ldc, r0, r1, c, 2, 0, 1, p - c,
-                              k0, k1);
-                continue;
-            }
-            if (c + VN <= p) {
-                KN(gemm_rows)(A, ars, acs, B, ldb, bias, C, ldc, r0, r1, c, 1, 1, 1, VN, k0,
+                KN(gemm_rows)(A, ars, acs, B, ldb, bias, C, ldc, r0, r1, c, 2, 1, 2 * VN, k0,
                               k1);
-                c += VN;
-            }
-            if (c < p && bpad)
-                KN(gemm_rows)(A, ars, acs, B, ldb, bias, C, ldc, r0, r1, c, 1, 0, 1, p - c, k0,
-                              k1);
-            else if (c < p)
-                KN(gemm_rows)(A, ars, acs, B, ldb, bias, C, ldc, r0, r1, c, 1, 0, 0, p - c, k0,
-                              k1);
+            if (p - c > VN) /* two vectors, the second partial */
+                KN(gemm_rows)(A, ars, acs, B, ldb, bias, C, ldc, r0, r1, c, 2, 0, p - c, k0, k1);
+            else if (p - c == VN)
+                KN(gemm_rows)(A, ars, acs, B, ldb, bias, C, ldc, r0, r1, c, 1, 1, VN, k0, k1);
+            else if (p > c)
+                KN(gemm_rows)(A, ars, acs, B, ldb, bias, C, ldc, r0, r1, c, 1, 0, p - c, k0, k1);
         }
     }
 }

@@ -63,9 +63,9 @@ static int gemm_b(const fc_isa *k, const float *A, size_t ars, size_t acs, const
             memcpy(t + (size_t)j * v, B + (size_t)j * p + pm, (size_t)pt * sizeof *t);
     }
     if (pm)
-        k->gemm(A, ars, acs, B, p, 0, NULL, C, p, m, pm, q);
+        k->gemm(A, ars, acs, B, p, NULL, C, p, m, pm, q);
     if (pt)
-        k->gemm(A, ars, acs, t, v, 1, NULL, C + pm, p, m, pt, q);
+        k->gemm(A, ars, acs, t, v, NULL, C + pm, p, m, pt, q);
     free(t);
     return 0;
 }
@@ -98,7 +98,7 @@ void dpt_linear_forward(const float *x, const float *w, const float *b, float *y
     float *wt = k ? calloc((size_t)in * ld, sizeof *wt) : NULL;
     if (wt) {
         transpose(w, out, in, wt, ld);
-        k->gemm(x, (size_t)in, 1, wt, ld, 1, b, y, out, n, out, in);
+        k->gemm(x, (size_t)in, 1, wt, ld, b, y, out, n, out, in);
         free(wt);
         return;
     }

@@ -32,10 +32,10 @@ typedef struct fc_isa {
     void (*backward_bn)(const float *dy, const float *w, float *dx, float *dw, int n, int in,
                         int out, const dpt_bn_apply *a, int hw, const float *x, double *xg);
     /* C [m, p] = bias + A · B (fc_gemm.h): the layer with more outputs;
-     * bpad: B's rows padded with zeros to whole vectors of vec floats.
+     * B's rows readable up to p rounded up to whole vectors of vec floats.
      * NULL where the BLAS is as fast (avx2). */
     int vec;
-    void (*gemm)(const float *A, size_t ars, size_t acs, const float *B, int ldb, int bpad,
+    void (*gemm)(const float *A, size_t ars, size_t acs, const float *B, int ldb,
                  const float *bias, float *C, int ldc, int m, int p, int q);
 } fc_isa;
 
