@@ -1,18 +1,18 @@
 /* The fully connected layer with more outputs than fc_kern.h holds: the
  * kernel set's GEMM (fc_gemm.h, what dpt_linear_forward/backward pick
  * where wide() says so, else still the BLAS) against the cblas_sgemm calls
- * linear.c made before, on the character
- * language model's fc (n 4096 = batch 64 × 64 steps, 256 LSTM units, 89
- * characters) and wider ones. One BLAS thread, as a worker trains.
+ * linear.c made before, on the character language model's fc (n 4096 =
+ * batch 64 × 64 steps, 256 LSTM units, 89 characters) and wider ones. One
+ * BLAS thread, as a worker trains.
  *
- *   fc_bench.sh builds and runs it; fc_bench [--rounds R] [--kernels SET]
+ *   bench/fc_bench.sh builds and runs it; fc_bench [--rounds R] [--kernels SET]
  *
  * Per shape, R rounds alternate the two paths (per round one forward, one
- * backward with dx and dw, one backward with dw only) and it prints each path's median ms per pass, the ratio
- * (BLAS / kernels: > 1 means the kernels are faster) and the largest
- * relative difference between the two results. With a set that has no
- * GEMM (avx2: OpenBLAS's Haswell kernels were as fast) both sides are the
- * BLAS, ratios about 1 and difference 0.
+ * backward with dx and dw, one backward with dw only) and it prints each
+ * path's median ms per pass, the ratio (BLAS / kernels: > 1 means the
+ * kernels are faster) and the largest relative difference between the two
+ * results. With a set that has no GEMM (avx2: OpenBLAS's Haswell kernels
+ * were as fast) both sides are the BLAS, ratios about 1 and difference 0.
  *
  * On the AVX-512 EPYC this was written on (avx512, medians of 21): the
  * language model's 4096 × 256 → 89 forward 2.04 → 1.17 ms (1.74x),
