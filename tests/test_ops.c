@@ -1214,6 +1214,17 @@ static void cross_check_linear(const char *set, dpt_rng *rng, int n, int in, int
         dpt_linear_forward(x, w, b, r[pass][0], n, in, out);
         dpt_linear_backward(x, w, dy, r[pass][1], r[pass][2], r[pass][3], n, in, out);
     }
+    /* The set's bytes again: the same, run to run (fixed summation order). */
+    {
+        float *y = fill_nan((size_t)n * out), *dx = fill_nan((size_t)n * in);
+        float *dw = fill_nan((size_t)out * in), *db = fill_nan(out);
+        dpt_linear_forward(x, w, b, y, n, in, out);
+        dpt_linear_backward(x, w, dy, dx, dw, db, n, in, out);
+        CHECK(memcmp(y, r[1][0], (size_t)n * out * sizeof *y) == 0);
+        CHECK(memcmp(dx, r[1][1], (size_t)n * in * sizeof *dx) == 0);
+        CHECK(memcmp(dw, r[1][2], (size_t)out * in * sizeof *dw) == 0);
+        free(y), free(dx), free(dw), free(db);
+    }
     char label[160];
     snprintf(label, sizeof label, "%s linear n%d %d-%d", set, n, in, out);
     printf("%s vs generic\n", label);
@@ -1367,7 +1378,16 @@ int main(void)
         cross_check_linear(sets[k], &rng, 19, 200, 10);
         cross_check_linear(sets[k], &rng, 7, 37, 3);
         cross_check_linear(sets[k], &rng, 3, 100, 16);
-        cross_check_linear(sets[k], &rng, 2, 50, 17); /* more outputs: the BLAS path */
+        /* More outputs than fc_kern.h holds: fc_gemm.h's tiles (6 rows ×
+         * 2 vectors) with partial vectors of outputs or inputs, single rows
+         * after the last tile, and its chunks of k (256) and rows (48). */
+        cross_check_linear(sets[k], &rng, 2, 50, 17);
+        for (int n = 1; n <= 33; n++)
+            cross_check_linear(sets[k], &rng, n, 37 + n % 2 * 27, 17 + n % 3 * 36);
+        cross_check_linear(sets[k], &rng, 50, 256, 89); /* the language model's fc */
+        cross_check_linear(sets[k], &rng, 7, 300, 100);
+        cross_check_linear(sets[k], &rng, 300, 20, 33);
+        cross_check_linear(sets[k], &rng, 3, 16, 1000);
         /* The example's fc over bn3, and shapes the kernels leave to the
          * image-at-a-time path: planes not a whole vector step, and more
          * outputs than they take. */
