@@ -320,11 +320,14 @@ static FILE *csv_open_old(const char *path)
 
 /* On resume, keep the rows of the earlier run that come before `iteration`
  * (rows after the checkpoint were trained again) and reload them into the
- * plot. The file is written under a temporary name and renamed into place, and
+ * plot. When the resumed run's first record is an end-of-epoch record
+ * (eoe: the run was stopped after the epoch's last iteration, before its
+ * end), that iteration's row is not trained again: it becomes the pending
+ * row, written with the held-out measure the record brings. The file is written under a temporary name and renamed into place, and
  * the rows that follow are appended through the same descriptor: nothing is
  * ever opened by the final name, so a symlink planted there is replaced, not
  * followed. */
-static void csv_open(report *r, long iteration)
+static void csv_open(report *r, long iteration, int eoe)
 {
     FILE *old = r->resume ? csv_open_old(r->csv_path) : NULL;
     char tmp[4200];
@@ -343,8 +346,19 @@ static void csv_open(report *r, long iteration)
         double loss, el, ips, lr, acc;
         int n = sscanf(line, "%d,%ld,%lf,%lf,%lf,%lf,%lf", &ep, &it, &loss, &el, &ips, &lr, &acc);
         /* A row cut short by a killed run has no newline: dropped. */
-        if (n < 6 || it >= iteration || !strchr(line, '\n'))
+        if (n < 6 || it > iteration || !strchr(line, '\n'))
             continue;
+        if (it == iteration) {
+            if (eoe) {
+                dpt_progress *q = &r->pending;
+                memset(q, 0, sizeof *q);
+                q->epoch = ep, q->iteration = it, q->loss = loss, q->elapsed_s = el;
+                q->images_per_s = ips, q->lr = lr;
+                r->have_pending = 1;
+                push_point(r, 0, (double)it, loss);
+            }
+            continue;
+        }
         fputs(line, f);
         push_point(r, 0, (double)it, loss);
         if (n == 7 && r->kind != REPORT_TEXT) /* the accuracy axis is 0 to 100 % */
@@ -367,7 +381,7 @@ void report_progress(const dpt_progress *p, void *arg)
     double now = mono_s();
     if (!r->started) {
         r->started = 1;
-        csv_open(r, p->iteration);
+        csv_open(r, p->iteration, p->end_of_epoch);
     }
     r->epoch = p->epoch, r->epochs = p->epochs, r->elapsed_s = p->elapsed_s;
     if (!p->end_of_epoch) {
