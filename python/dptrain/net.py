@@ -166,10 +166,11 @@ class Network:
         """Save as a model file (safetensors, dpt_net_save): "classes" (a
         JSON array) and any other metadata given."""
         import json
-        kv = dict(meta or {})
+        kv = {}  # classes first, then the rest: the order dptrain train writes
         if classes is not None:
             kv["classes"] = json.dumps([str(c) for c in classes], separators=(",", ":"),
                                        ensure_ascii=False)
+        kv.update(meta or {})
         keep = [(ffi.new("char[]", k.encode()), ffi.new("char[]", str(v).encode()))
                 for k, v in kv.items()]
         arr = ffi.new("dpt_kv[]", max(1, len(keep)))
