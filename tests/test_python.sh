@@ -63,4 +63,19 @@ else
   echo "note: no C compiler ($cc): struct layouts not checked"
 fi
 
-cd "$tmp" && "$py" "$src/python/tests/test_dptrain.py" -v 2>&1
+cd "$tmp" || exit 1
+"$py" "$src/python/tests/test_dptrain.py" -v 2>&1 || exit 1
+
+# The example script, both ways (custom loop, and --fit), on 400 digits: it
+# must run to the end and beat chance (0.1) on the held-out images.
+for how in "" --fit; do
+  out=$("$py" "$src/examples/python/matlab_workflow.py" "$src/tests/fixtures/digits400" \
+        --epochs 2 --batch 32 --workers 2 --model "$tmp/ex.safetensors" $how 2>&1) \
+    || { echo "$out"; echo "FAIL: examples/python/matlab_workflow.py $how" >&2; exit 1; }
+  acc=$(echo "$out" | sed -n 's/^test accuracy: \([0-9.]*\).*/\1/p')
+  echo "matlab_workflow.py ${how:-(custom loop)}: test accuracy ${acc:-none}"
+  awk -v a="${acc:-0}" 'BEGIN { exit !(a > 0.1) }' || { echo "$out"; echo "FAIL: accuracy ${acc:-missing}" >&2; exit 1; }
+  [ -s "$tmp/ex.safetensors" ] || { echo "FAIL: --model not written" >&2; exit 1; }
+  rm -f "$tmp/ex.safetensors"
+done
+echo "python: all passed"
