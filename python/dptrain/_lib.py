@@ -2,9 +2,11 @@
 
 The declarations below are copied from include/dptrain/*.h (structures
 field for field, enums as int: their values are small). libdptrain.so is
-found, in this order, at $DPTRAIN_LIBRARY, in the build tree beside this
-package (<repo>/build/libdptrain.so, or $DPTRAIN_BUILD_DIR), and where the
-dynamic loader finds an installed libdptrain.so.0.
+found, in this order, at $DPTRAIN_LIBRARY (only there when set), in
+$DPTRAIN_BUILD_DIR, in the build tree beside this package
+(<repo>/build/libdptrain.so), beside an installed package
+(<prefix>/share/dptrain/python -> <prefix>/lib*/libdptrain.so.0), and
+where the dynamic loader finds libdptrain.so.0.
 """
 import ctypes.util
 import os
@@ -218,6 +220,11 @@ def _candidates():
     if build:
         out.append(os.path.join(build, "libdptrain.so"))
     out.append(os.path.join(repo, "build", "libdptrain.so"))
+    # installed: <prefix>/share/dptrain/python/dptrain, the library in <prefix>/lib*
+    prefix = os.path.dirname(os.path.dirname(repo))
+    for libdir in ("lib", "lib64", os.path.join("lib", "x86_64-linux-gnu"),
+                   os.path.join("lib", "aarch64-linux-gnu")):
+        out.append(os.path.join(prefix, libdir, "libdptrain.so.0"))
     found = ctypes.util.find_library("dptrain")
     out.append(found or "libdptrain.so.0")
     return out
