@@ -173,7 +173,14 @@ def train(data, labels=None, *, net=None, test=None, test_labels=None, split=0.9
         except BaseException as e:  # Ctrl-C or the callback failed: stop at a boundary
             stop[0] = 2
             pending = e
-        th.join()
+        while th.is_alive():
+            # The workers use the datastores and the queue until dpt_fit
+            # returns: wait for it, whatever else arrives meanwhile.
+            try:
+                th.join()
+            except BaseException as e:
+                stop[0] = 2
+                pending = pending or e
         try:
             history += queue.deliver()
         except BaseException as e:

@@ -70,9 +70,9 @@ class Datastore:
         return cls(out[0])
 
     # ---- lifetime ---------------------------------------------------------
-    def close(self):
+    def close(self, _free=lib.dpt_datastore_free):  # bound now: lib may be gone at exit
         if self._ptr is not None:
-            lib.dpt_datastore_free(self._ptr)
+            _free(self._ptr)
             self._ptr = None
 
     def __del__(self):

@@ -48,9 +48,9 @@ class Network:
         check(lib.dpt_net_load(os.fsencode(path), int(max_batch), out))
         return cls(out[0])
 
-    def close(self):
+    def close(self, _free=lib.dpt_net_free):  # bound now: lib may be gone at exit
         if self._ptr is not None and self._owner is None:
-            lib.dpt_net_free(self._ptr)
+            _free(self._ptr)
         self._ptr = None
         self._owner = None
 
@@ -230,9 +230,9 @@ class Optimizer:
                                             clip_norm), out))
         self._ptr = out[0]
 
-    def close(self):
+    def close(self, _free=lib.dpt_optim_free):  # bound now: lib may be gone at exit
         if self._ptr is not None:
-            lib.dpt_optim_free(self._ptr)
+            _free(self._ptr)
             self._ptr = None
 
     def __del__(self):
@@ -308,12 +308,12 @@ class Parallel:
         self._borrowed = []
         self.net = self.replica(0)
 
-    def close(self):
+    def close(self, _free=lib.dpt_parallel_free):  # bound now: lib may be gone at exit
         if self._ptr is not None:
             for n in self._borrowed:  # their networks go with the replicas
                 n._ptr = n._owner = None
             self._borrowed = []
-            lib.dpt_parallel_free(self._ptr)
+            _free(self._ptr)
             self._ptr = None
 
     def __del__(self):
@@ -388,9 +388,9 @@ class ProgressQueue:
         self.callback = callback
         self._rec = ffi.new("dpt_progress *")
 
-    def close(self):
+    def close(self, _free=lib.dpt_progress_queue_free):  # bound now: lib may be gone at exit
         if self._ptr is not None:
-            lib.dpt_progress_queue_free(self._ptr)
+            _free(self._ptr)
             self._ptr = None
 
     def __del__(self):
