@@ -70,7 +70,8 @@ DPT_API int dpt_batch_global(int batch, int n_workers, int on_gpu);
  * backend). For callers that cannot write a worker function, such as a
  * language binding whose code must not run on the library's threads; a C
  * program writes its own loop (examples/parallel_custom_loop.c). The
- * replicas stay bit-identical (DESIGN.md, invariant 2). */
+ * replicas stay bit-identical (DESIGN.md, invariant 2). One thread at a
+ * time per dpt_parallel. */
 typedef struct dpt_parallel dpt_parallel;
 
 /* Build n_workers (1 to 1024) replicas of the image network `spec` (NULL:
