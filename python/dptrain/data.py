@@ -15,6 +15,8 @@ class Datastore:
     collection) frees it. Derived datastores (split, shuffle, ...) are
     independent objects sharing the source, as in C."""
 
+    _ptr = None  # until made: __del__ of a failed __init__ has nothing to free
+
     def __init__(self, ptr):
         self._ptr = ptr
 

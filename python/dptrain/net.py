@@ -23,6 +23,8 @@ class Network:
     """A dptrain network (dpt_net). Owns it unless borrowed from a Parallel
     (then it lives as long as that). close() frees it."""
 
+    _ptr = None  # until made: __del__ of a failed __init__ has nothing to free
+
     def __init__(self, ptr, owner=None):
         self._ptr = ptr
         self._owner = owner  # a Parallel keeping a borrowed replica alive
@@ -221,6 +223,8 @@ def optim_kind(name):
 class Optimizer:
     """SGDM, Adam or AdamW over a network's flat buffers (dpt_optim)."""
 
+    _ptr = None  # until made: __del__ of a failed __init__ has nothing to free
+
     def __init__(self, net, kind="sgdm", lr=None, momentum=0.9, beta1=0.9, beta2=0.999,
                  eps=1e-8, weight_decay=0.0, clip_norm=0.0):
         k, dec = optim_kind(kind)
@@ -279,12 +283,29 @@ def train_step(net, opt, x, targets):
     return loss[0]
 
 
+class _Handle:
+    """Owns one C object; frees it when closed or collected."""
+
+    def __init__(self, ptr, free):
+        self.ptr, self._free = ptr, free
+
+    def close(self):
+        if self.ptr is not None:
+            self._free(self.ptr)
+            self.ptr = None
+
+    def __del__(self):
+        self.close()
+
+
 class Parallel:
     """N local workers, each with a replica of one network and an optimizer
     (dpt_parallel): step() trains on a global minibatch, worker j on its
     share, with loss, gradients and batch-norm state combined as in dpt_fit.
     The worker threads are the library's; Python runs only on the caller's
     thread (which is worker 0 during the step)."""
+
+    _ptr = None  # until made: __del__ of a failed __init__ has nothing to free
 
     def __init__(self, spec=None, n_classes=10, batch=128, seed=0, workers=None,
                  optimizer="sgdm", lr=None, momentum=0.9, beta1=0.9, beta2=0.999, eps=1e-8,
@@ -304,16 +325,20 @@ class Parallel:
                                    int(batch), int(seed), int(workers), k,
                                    _optim_opts(lr, momentum, beta1, beta2, eps, weight_decay, dec,
                                                clip_norm), int(bool(sync_bn)), out))
+        # The replicas' Networks keep the C object alive through this handle,
+        # not through the Parallel: no reference cycle, so dropping the last
+        # reference frees everything at once.
+        self._handle = _Handle(out[0], lib.dpt_parallel_free)
         self._ptr = out[0]
         self._borrowed = []
         self.net = self.replica(0)
 
-    def close(self, _free=lib.dpt_parallel_free):  # bound now: lib may be gone at exit
+    def close(self):
         if self._ptr is not None:
             for n in self._borrowed:  # their networks go with the replicas
                 n._ptr = n._owner = None
             self._borrowed = []
-            _free(self._ptr)
+            self._handle.close()
             self._ptr = None
 
     def __del__(self):
@@ -340,7 +365,7 @@ class Parallel:
         p = lib.dpt_parallel_net(self.ptr, int(j))
         if p == ffi.NULL:
             raise IndexError("worker %d of %d" % (j, self.n_workers))
-        n = Network(p, owner=self)
+        n = Network(p, owner=self._handle)
         self._borrowed.append(n)
         return n
 
@@ -380,6 +405,8 @@ class ProgressQueue:
     send records into a polled dpt_progress_queue; poll() or deliver(),
     called on the owner's thread, run callback(record_dict) there. No
     Python runs on the library's threads."""
+
+    _ptr = None  # until made: __del__ of a failed __init__ has nothing to free
 
     def __init__(self, callback=None, capacity=0):
         out = ffi.new("dpt_progress_queue **")

@@ -184,6 +184,53 @@ class Networks(unittest.TestCase):
         self.assertEqual(seen, [(1, me), (2, me), (3, me)])
 
 
+class Ownership(unittest.TestCase):
+    def test_objects_freed_by_their_owners(self):
+        """Make and drop every kind of object many times: the C heap (glibc's
+        mallinfo2: small blocks in use plus mmap'ed ones) must not grow with
+        the count. A network of the default spec holds megabytes, so one
+        left behind per round would show at once."""
+        import ctypes
+        try:
+            libc = ctypes.CDLL(None)
+            mi = libc.mallinfo2
+        except (OSError, AttributeError):
+            self.skipTest("no mallinfo2 (glibc 2.33+) to measure the heap with")
+
+        class Mallinfo2(ctypes.Structure):
+            _fields_ = [(f, ctypes.c_size_t) for f in (
+                "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                "uordblks", "fordblks", "keepcost")]
+        mi.restype = Mallinfo2
+
+        def heap():
+            m = mi()
+            return m.uordblks + m.hblkhd
+        pix = np.zeros((64, 28, 28), np.uint8)
+        x = np.zeros((8, 1, 28, 28), np.float32)
+
+        def round_():
+            ds = dptrain.Datastore.from_arrays(pix, np.arange(64) % 10)
+            a, b = ds.split_each_label(0.5)
+            with dptrain.Datastore.folder(DIGITS, cache="none") as f:
+                f.shuffle(1).partition(2, 0)  # dropped unclosed: freed by __del__
+            net = dptrain.Network.from_spec(None, n_classes=10, max_batch=64)
+            opt = dptrain.Optimizer(net, "adam")
+            net.forward(x)
+            p = dptrain.Parallel(None, n_classes=10, batch=8, workers=2)
+            p.step(x, np.arange(8))
+            q = dptrain.ProgressQueue()
+            q.send(iteration=1)
+            del ds, a, b, net, opt, p, q
+        for _ in range(3):
+            round_()
+        before = heap()
+        for _ in range(30):
+            round_()
+        grown = heap() - before
+        self.assertLess(grown, 4 << 20, "the heap grew by %d bytes over 30 rounds" % grown)
+
+
 class Training(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
