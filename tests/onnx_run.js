@@ -1,0 +1,54 @@
+// Runs an ONNX model in ONNX Runtime (onnxruntime-node) on inputs dptrain
+// wrote and compares with dptrain's outputs (tests/onnx_ref.c):
+//   node onnx_run.js ORT_DIR MODEL.onnx X.bin "N C H W" Y.bin "N K" [OUT.bin]
+// ORT_DIR is the folder holding node_modules/onnxruntime-node
+// (scripts/fetch-onnxruntime). Prints one JSON line: rows compared, rows
+// whose argmax (class) agrees, the largest absolute difference, and the
+// output shape ONNX Runtime gave. Optionally writes ORT's output as raw
+// float32. Exit 0 when it ran (the caller judges the figures), 1 on error.
+'use strict';
+const fs = require('fs');
+const path = require('path');
+
+async function main() {
+  const [ortDir, model, xFile, xDims, yFile, yDims, outFile] = process.argv.slice(2);
+  if (!yDims) throw new Error('usage: onnx_run.js ORT_DIR MODEL X "dims" Y "dims" [OUT]');
+  const ort = require(path.join(path.resolve(ortDir), 'node_modules', 'onnxruntime-node'));
+  const dims = (s) => s.trim().split(/\s+/).map(Number);
+  const floats = (f) => {
+    const b = fs.readFileSync(f);
+    return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.length));
+  };
+  const xd = dims(xDims), yd = dims(yDims);
+  const x = floats(xFile), yRef = floats(yFile);
+  if (x.length !== xd.reduce((a, b) => a * b, 1)) throw new Error('X.bin size does not match its dims');
+  if (yRef.length !== yd.reduce((a, b) => a * b, 1)) throw new Error('Y.bin size does not match its dims');
+  // One thread: results do not depend on how ORT splits the work.
+  const session = await ort.InferenceSession.create(model, { intraOpNumThreads: 1, interOpNumThreads: 1 });
+  const feeds = {};
+  feeds[session.inputNames[0]] = new ort.Tensor('float32', x, xd);
+  const res = await session.run(feeds);
+  const y = res[session.outputNames[0]];
+  const k = yd[yd.length - 1], rows = yRef.length / k;
+  let maxDiff = 0, equal = 0;
+  const shapeOk = y.dims.length === yd.length && y.dims.every((d, i) => Number(d) === yd[i]);
+  if (shapeOk) {
+    for (let r = 0; r < rows; r++) {
+      let a = 0, b = 0;
+      for (let j = 0; j < k; j++) {
+        const i = r * k + j;
+        const d = Math.abs(y.data[i] - yRef[i]);
+        if (!(d <= maxDiff)) maxDiff = d; // NaN propagates
+        if (y.data[i] > y.data[r * k + a]) a = j;
+        if (yRef[i] > yRef[r * k + b]) b = j;
+      }
+      if (a === b) equal++;
+    }
+  } else {
+    maxDiff = NaN;
+  }
+  if (outFile) fs.writeFileSync(outFile, Buffer.from(y.data.buffer, y.data.byteOffset, y.data.byteLength));
+  console.log(JSON.stringify({ rows, classes_equal: equal, max_abs_diff: maxDiff,
+    shape: y.dims.map(Number), input: session.inputNames[0], output: session.outputNames[0] }));
+}
+main().catch((e) => { console.error('onnx_run.js: ' + (e && e.message ? e.message : e)); process.exit(1); });
