@@ -749,7 +749,7 @@ dpt_status dpt_net_export_onnx(const dpt_net *net, const char *path, int opset,
             s = unsupported(&net->layers[last], "its node is not the graph's last one");
             goto done;
         }
-        prod->output[0] = (char *)nchw;
+        prod->output[0] = prod->name = (char *)nchw; /* node names are unique too */
         attr_int(&x, node1(&x, "Flatten", nchw, out_name), "axis", 1);
     }
     int k_out = dpt_net_n_outputs(net);
