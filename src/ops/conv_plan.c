@@ -303,29 +303,41 @@ static int load(const char *path, entry **out, size_t *n_out, int *bad, int *cut
     }
     entry *v = NULL;
     size_t n = 0, cap = 0, total = 0;
-    char line[LINE_MAX_LEN + 2];
-    while (fgets(line, sizeof line, f)) {
-        size_t len = strlen(line);
-        total += len;
+    char line[LINE_MAX_LEN + 1];
+    int c = 0;
+    while (c != EOF) {
+        /* One line, a byte at a time: bounded, and a NUL byte cannot hide
+         * the rest of it. */
+        size_t len = 0;
+        int long_line = 0, nul = 0;
+        while ((c = fgetc(f)) != EOF && c != '\n') {
+            if (++total > FILE_MAX_BYTES)
+                break;
+            if (c == '\0')
+                nul = 1;
+            if (len < LINE_MAX_LEN)
+                line[len++] = (char)c;
+            else
+                long_line = 1;
+        }
         if (total > FILE_MAX_BYTES) {
             *cut = 1;
             break;
         }
-        if (len && line[len - 1] != '\n' && !feof(f)) {
-            /* Longer than a line may be: skip the rest of it. */
-            int c;
-            while ((c = fgetc(f)) != EOF && c != '\n')
-                if (++total > FILE_MAX_BYTES)
-                    break;
+        total++;
+        line[len] = '\0';
+        if (len == 0 || (line[0] == '#' && !long_line && !nul))
+            continue;
+        if (long_line || nul) {
             (*bad)++;
             continue;
         }
-        if (len && line[len - 1] == '\n')
-            line[--len] = '\0';
-        if (len == 0 || line[0] == '#')
-            continue;
+        if (n == 2 * MAX_ENTRIES) { /* bounds the duplicate search below too */
+            *cut = 1;
+            break;
+        }
         entry e;
-        if (strlen(line) != len || parse_line(line, &e) != 0) { /* a NUL byte, or bad fields */
+        if (parse_line(line, &e) != 0) {
             (*bad)++;
             continue;
         }
@@ -407,7 +419,8 @@ static void note_bad(dpt_conv_plan *p, const char *path, int bad, int cut)
     if (bad)
         note(p, "cache file %s: %d malformed line%s ignored", path, bad, bad == 1 ? "" : "s");
     if (cut)
-        note(p, "cache file %s: only its first %d bytes read", path, FILE_MAX_BYTES);
+        note(p, "cache file %s: read in part (at most %d bytes and %d entries are read)", path,
+             FILE_MAX_BYTES, 2 * MAX_ENTRIES);
 }
 
 /* ---- measurement ------------------------------------------------------------- */
