@@ -174,11 +174,7 @@ static void make_key(const dpt_conv2d_desc *d, int bn_in, int bn_out, int need_d
 static int cache_path(char *buf, size_t cap, int mkdirs, dpt_conv_plan *p)
 {
     const char *env = getenv("DPT_PLAN_CACHE");
-    if (env) {
-        if (!*env) {
-            note(p, "no cache file (DPT_PLAN_CACHE is empty)");
-            return 0;
-        }
+    if (env && *env) { /* empty is unset, as for every DPT_* variable */
         if (strlen(env) >= cap || strlen(env) > PATH_MAX_LEN - 32) {
             note(p, "DPT_PLAN_CACHE is longer than %d bytes", PATH_MAX_LEN - 32);
             return 0;
@@ -575,6 +571,18 @@ static int plan_measured(const dpt_conv2d_desc *d, int bn_in, int bn_out, int ne
         path[0] = '\0';
     }
     int lfd = -1;
+    struct stat st;
+    /* Not a regular file (a folder, /dev/null: how to say "no cache"):
+     * looked at before a lock file is made beside it. */
+    if (path[0] && stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+        note(p, "cache file %s is not a regular file", path);
+        if (!remeasure) {
+            note(p, "heuristic kept");
+            set_choice(p, d, DPT_CONV_ALGO_AUTO, DPT_CONV_PLAN_HEURISTIC);
+            return 0;
+        }
+        path[0] = '\0';
+    }
     if (path[0]) {
         snprintf(lockpath, sizeof lockpath, "%s.lock", path);
         lfd = open(lockpath, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
@@ -696,7 +704,7 @@ int dpt_conv_plan_choose(const dpt_conv2d_desc *d, int bn_in, int bn_out, int ne
             return 0;
         } else {
             snprintf(p->note, sizeof p->note,
-                     "DPT_CONV_ALGO: unknown value '%.40s' (auto, heuristic, measure, gemm, "
+                     "DPT_CONV_ALGO: '%.40s' is not an algorithm (auto, heuristic, measure, gemm, "
                      "direct, batched, depthwise, dnnl)", env);
             return -1;
         }
