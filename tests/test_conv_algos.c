@@ -15,6 +15,7 @@
 #include "testutil.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -650,6 +651,61 @@ static void plan_tests(const char *dir)
     free(ref);
 }
 
+/* Local workers: threads building the same network at once share one
+ * timing per shape; the file gets one line per shape. */
+static void *build_thread(void *arg)
+{
+    dpt_net **out = arg;
+    if (dpt_net_from_spec(net_spec, "plan test", 5, BATCH, 7, out) != DPT_OK)
+        *out = NULL;
+    return NULL;
+}
+
+static void thread_test(const char *dir)
+{
+    char cache[4096], text[1 << 16];
+    snprintf(cache, sizeof cache, "%s/threads.txt", dir);
+    setenv("DPT_PLAN_CACHE", cache, 1);
+    unsetenv("DPT_CONV_ALGO");
+    dpt_conv_plan_forget();
+    enum { T = 4 };
+    pthread_t th[T];
+    dpt_net *nets[T] = {0};
+    for (int t = 0; t < T; t++)
+        CHECK(pthread_create(&th[t], NULL, build_thread, &nets[t]) == 0);
+    for (int t = 0; t < T; t++)
+        pthread_join(th[t], NULL);
+    for (int t = 0; t < T; t++)
+        CHECK(nets[t] != NULL);
+    if (!nets[0])
+        return;
+    for (int i = 0; i < dpt_net_n_layers(nets[0]); i++) {
+        dpt_layer_plan p0, p;
+        if (!dpt_net_layer_plan(nets[0], i, &p0))
+            continue;
+        for (int t = 1; t < T; t++)
+            if (nets[t]) {
+                CHECK(dpt_net_layer_plan(nets[t], i, &p) == 1);
+                CHECK_MSG(strcmp(p.algo, p0.algo) == 0 && strcmp(p.source, p0.source) == 0 &&
+                              memcmp(p.candidates, p0.candidates, sizeof p.candidates) == 0,
+                          "worker %d, %s: %s (%s) against %s (%s)", t,
+                          dpt_net_layer_name(nets[0], i), p.algo, p.source, p0.algo, p0.source);
+            }
+    }
+    for (int t = 0; t < T; t++)
+        dpt_net_free(nets[t]);
+    /* c1 and c2 have two candidates with AVX2/AVX-512: one line each. */
+    if (read_file(cache, text, sizeof text) > 0) {
+        int lines = 0;
+        for (const char *q = strstr(text, "\nv1 "); q; q = strstr(q + 1, "\nv1 "))
+            lines++;
+        CHECK_MSG(lines <= 5, "%d lines in the cache file for 5 conv layers", lines);
+        const char *c2 = "conv=6,8,12,12,8,3,3,1,1,1,1;bn=11";
+        const char *first = strstr(text, c2);
+        CHECK(!first || !strstr(first + 1, c2)); /* c2 timed once, by one worker */
+    }
+}
+
 int main(void)
 {
     property_test();
@@ -661,6 +717,7 @@ int main(void)
         return 1;
     }
     plan_tests(dir);
+    thread_test(dir);
     tu_remove_tree(dir);
     return tu_exit();
 }
