@@ -10,6 +10,7 @@
  * The loop runs over the table, so an algorithm added to it is checked
  * here without a line of this file changing. */
 #include "dptrain/dptrain.h"
+#include "ops/conv_algo.h"
 #include "ops/ops.h"
 #include "testfs.h"
 #include "testutil.h"
@@ -295,6 +296,15 @@ static void check_algos(const shape_case *sc, data *D, const char *set, int idx)
 
 static void property_test(void)
 {
+    /* The table and the names agree (a new entry's name is its enum's). */
+    for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++) {
+        const conv_algo *e = dpt_conv_algo_get(a);
+        CHECK(!e || (strcmp(e->name, dpt_conv_algo_name(a)) == 0 && e->supports &&
+                     e->work_floats && e->forward && e->backward));
+        CHECK(dpt_conv_algo_by_name(dpt_conv_algo_name(a)) == a);
+    }
+    CHECK(dpt_conv_algo_get(DPT_CONV_ALGO_GEMM) != NULL);
+    CHECK(dpt_conv_algo_get(DPT_CONV_ALGO_AUTO) == NULL && dpt_conv_algo_by_name("nope") == -1);
     static const char *const sets[] = {"generic", "avx2", "avx512"};
     const char *was = dpt_ops_kernels();
     char saved[16];

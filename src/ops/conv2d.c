@@ -397,14 +397,17 @@ static size_t algo_work_floats(const conv_algo *a, const dpt_conv2d_desc *d)
 
 size_t dpt_conv2d_work_floats(const dpt_conv2d_desc *d)
 {
-    size_t most = algo_work_floats(&table[DPT_CONV_ALGO_GEMM], d);
-    /* AUTO: the heuristic depends on the kernel set, which may change
-     * between calls (tests switch it), so cover what either choice needs;
-     * a named algorithm also covers the GEMM fallback. */
-    int algo = d->algo == DPT_CONV_ALGO_AUTO ? DPT_CONV_ALGO_DIRECT : d->algo;
-    const conv_algo *a = dpt_conv_algo_get(algo);
-    if (a) {
-        size_t n = algo_work_floats(a, d);
+    /* A named algorithm also covers the GEMM fallback. AUTO: the heuristic
+     * depends on the kernel set, which may change between calls (tests
+     * switch it), so it covers GEMM, DIRECT (sized for every set) and the
+     * heuristic's choice now. */
+    int algos[3] = {DPT_CONV_ALGO_GEMM, d->algo, -1};
+    if (d->algo == DPT_CONV_ALGO_AUTO)
+        algos[1] = DPT_CONV_ALGO_DIRECT, algos[2] = dpt_conv_algo_heuristic(d);
+    size_t most = 0;
+    for (int i = 0; i < 3; i++) {
+        const conv_algo *a = dpt_conv_algo_get(algos[i]);
+        size_t n = a ? algo_work_floats(a, d) : 0;
         if (n > most)
             most = n;
     }
