@@ -442,10 +442,12 @@ static void note_bad(dpt_conv_plan *p, const char *path, int bad, int cut)
 static double now_ms(void)
 {
     struct timespec t;
-    /* The thread's CPU time: a worker's kernels run on its own thread, and
-     * time spent descheduled (other processes on a shared machine) is not
-     * the algorithm's. */
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    /* Wall time, not the thread's CPU time: a BLAS with threads of its own
+     * (--threads) does its work off this thread. Time the machine spends
+     * elsewhere only adds, and the best of the runs counts. While one
+     * worker times, the others of the process (and of other processes,
+     * through the file lock) wait asleep. */
+    clock_gettime(CLOCK_MONOTONIC, &t);
     return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
 }
 
