@@ -16,6 +16,7 @@
  * convolutions (a measurement, not a test). */
 #include "core/safetensors.h"
 #include "dptrain/core.h"
+#include "ops/conv_depthwise.h"
 #include "ops/ops.h"
 #include "testutil.h"
 
@@ -1301,6 +1302,114 @@ static void cross_check_linear_bn(const char *set, dpt_rng *rng, int n, int c, i
     free(x), free(w), free(b), free(dy), free(prm), free(z), free(g), free(got);
 }
 
+/* The depthwise algorithm (conv_depthwise.c) on the selected kernel set
+ * against the GEMM path (im2col + BLAS per group): y with the batch-norm
+ * sums, dx with xg's sums, dw, db; with a batch norm (and ReLU) applied on
+ * the fly to the input (xa) and to the output gradient (dya) when bn, as
+ * net.c's fusion plans them. Checked twice: same bits both times. */
+static void cross_check_depthwise(dpt_rng *rng, int n, int c, int mult, int h, int w, int k,
+                                  int stride, int pad, int dil, int bn)
+{
+    dpt_conv2d_desc d = {.n = n, .c_in = c, .h = h, .w = w, .c_out = c * mult, .kh = k, .kw = k,
+                         .stride = stride, .pad = pad, .dilation = dil, .groups = c};
+    CHECK(dpt_conv2d_desc_init(&d) == 0);
+    CHECK(dpt_conv_depthwise_supports(&d));
+    const int co = d.c_out, P = d.out_h * d.out_w;
+    const size_t nx = (size_t)n * c * h * w, nw = (size_t)co * k * k, ny = (size_t)n * co * P;
+    float *x = malloc(nx * sizeof(float)), *wt = malloc(nw * sizeof(float));
+    float *b = malloc(co * sizeof(float)), *dy = malloc(ny * sizeof(float));
+    float *yb = malloc(ny * sizeof(float)); /* the batch norm's input for dya */
+    fill_normal(rng, x, nx, 1.0f);
+    fill_normal(rng, wt, nw, 0.3f);
+    fill_normal(rng, b, co, 0.5f);
+    fill_normal(rng, dy, ny, 1.0f);
+    fill_normal(rng, yb, ny, 1.0f);
+    /* xa over c channels, dya over co: mean, scale, shift, kf, ka, kb. */
+    float *pa = malloc(6 * (size_t)(c + co) * sizeof(float));
+    fill_normal(rng, pa, 6 * (size_t)(c + co), 0.5f);
+    for (int ch = 0; ch < c; ch++)
+        pa[c + ch] += 1.0f;
+    float *pd = pa + 6 * (size_t)c;
+    dpt_bn_apply xa = {.mean = pa, .scale = pa + c, .shift = pa + 2 * c, .relu = bn > 1};
+    dpt_bn_apply dya = {.mean = pd, .scale = pd + co, .shift = pd + 2 * co, .relu = bn > 1,
+                        .kf = pd + 3 * co, .ka = pd + 4 * co, .kb = pd + 5 * co};
+    float *out[3][4]; /* [gemm, depthwise, depthwise again][y, dx, dw, db] */
+    double *s[3];
+    size_t nwork = dpt_conv2d_work_floats(&d), ndw = dpt_conv_depthwise_work_floats(&d);
+    float *work = fill_nan(nwork > ndw ? nwork : ndw);
+    for (int pass = 0; pass < 3; pass++) {
+        out[pass][0] = fill_nan(ny), out[pass][1] = fill_nan(nx);
+        out[pass][2] = fill_nan(nw), out[pass][3] = fill_nan(co);
+        s[pass] = malloc((2 * (size_t)co + 2 * (size_t)c) * sizeof(double));
+        for (int i = 0; i < 2 * co + 2 * c; i++)
+            s[pass][i] = 7.0; /* overwritten, not added to */
+        double *xg = bn ? s[pass] + 2 * co : NULL;
+        if (pass == 0) {
+            dpt_conv2d_forward_ex(&d, x, bn ? &xa : NULL, wt, b, out[0][0], work, s[0],
+                                  s[0] + co);
+            dpt_conv2d_backward_ex(&d, x, bn ? &xa : NULL, wt, dy, bn ? &dya : NULL, yb,
+                                   out[0][1], out[0][2], out[0][3], work, xg);
+        } else {
+            dpt_conv_depthwise_forward(&d, x, bn ? &xa : NULL, wt, b, out[pass][0], work,
+                                       s[pass], s[pass] + co);
+            dpt_conv_depthwise_backward(&d, x, bn ? &xa : NULL, wt, dy, bn ? &dya : NULL, yb,
+                                        out[pass][1], out[pass][2], out[pass][3], work, xg);
+        }
+    }
+    char label[160];
+    snprintf(label, sizeof label, "depthwise %s n%d c%d x%d %dx%d k%d s%d p%d d%d bn%d",
+             dpt_ops_kernels(), n, c, mult, h, w, k, stride, pad, dil, bn);
+    printf("%s vs gemm\n", label);
+    note(&worst_ref, tu_check_close("  y", out[1][0], out[0][0], ny, REF_TOL));
+    note(&worst_ref, tu_check_close("  dx", out[1][1], out[0][1], nx, REF_TOL));
+    note(&worst_ref, tu_check_close("  dw", out[1][2], out[0][2], nw, REF_TOL));
+    note(&worst_ref, tu_check_close("  db", out[1][3], out[0][3], co, REF_TOL));
+    const size_t ns = 2 * (size_t)co + (bn ? 2 * (size_t)c : 0);
+    float *got = malloc(ns * sizeof(float)), *want = malloc(ns * sizeof(float));
+    for (size_t i = 0; i < ns; i++)
+        got[i] = (float)s[1][i], want[i] = (float)s[0][i];
+    note(&worst_ref, tu_check_close("  bn sums of y, xg", got, want, ns, REF_TOL));
+    int same = 1;
+    for (int k4 = 0; k4 < 4; k4++) {
+        size_t len = k4 == 0 ? ny : k4 == 1 ? nx : k4 == 2 ? nw : (size_t)co;
+        same &= memcmp(out[1][k4], out[2][k4], len * sizeof(float)) == 0;
+    }
+    same &= memcmp(s[1], s[2], ns * sizeof(double)) == 0;
+    CHECK_MSG(same, "%s: a second run gave other bits", label);
+    for (int pass = 0; pass < 3; pass++) {
+        for (int k4 = 0; k4 < 4; k4++)
+            free(out[pass][k4]);
+        free(s[pass]);
+    }
+    free(got), free(want), free(work), free(pa);
+    free(x), free(wt), free(b), free(dy), free(yb);
+}
+
+/* Depthwise shapes: kernels 3 and 5, strides 1 and 2 (and 3), dilation 2,
+ * paddings 0-2, odd widths narrower and wider than a vector, a channel
+ * multiplier, batches 1 and 33, with and without the fused batch norms;
+ * and MobileNet's layers (examples/nets/mobilenet-32x32x3.net). */
+static void depthwise_cases(dpt_rng *rng)
+{
+    static const int cs[][10] = {
+        /* n, c, mult, h, w, k, stride, pad, dil, bn */
+        {1, 3, 1, 7, 9, 3, 1, 1, 1, 0},   {33, 2, 1, 5, 5, 3, 1, 0, 1, 2},
+        {2, 4, 1, 11, 13, 3, 2, 1, 1, 1}, {1, 5, 1, 16, 16, 3, 2, 1, 1, 2},
+        {2, 3, 1, 9, 17, 5, 1, 2, 1, 0},  {33, 2, 1, 12, 11, 5, 2, 2, 1, 2},
+        {2, 3, 1, 13, 19, 3, 1, 2, 2, 1}, {1, 2, 1, 14, 15, 3, 2, 0, 2, 2},
+        {3, 2, 1, 10, 23, 5, 1, 1, 2, 0}, {2, 3, 2, 9, 10, 3, 1, 1, 1, 2},
+        {2, 2, 3, 12, 13, 3, 2, 1, 1, 1}, {2, 3, 1, 17, 31, 3, 3, 1, 1, 2},
+        {1, 2, 1, 40, 37, 3, 1, 1, 1, 2}, {2, 2, 1, 4, 3, 3, 1, 2, 1, 0},
+        {1, 1, 1, 6, 5, 1, 1, 0, 1, 1},   {2, 3, 1, 8, 8, 2, 2, 0, 1, 2},
+        {3, 32, 1, 32, 32, 3, 1, 1, 1, 2}, {3, 64, 1, 32, 32, 3, 2, 1, 1, 2},
+        {3, 128, 1, 16, 16, 3, 1, 1, 1, 2}, {3, 128, 1, 16, 16, 3, 2, 1, 1, 2},
+    };
+    for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {
+        const int *a = cs[i];
+        cross_check_depthwise(rng, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9]);
+    }
+}
+
 /* The shapes cross_check_conv runs on every kernel set. */
 #define CONV(N, CI, H, W, CO, KH, KW, PAD)                                                  \
     {.n = N, .c_in = CI, .h = H, .w = W, .c_out = CO, .kh = KH, .kw = KW, .stride = 1, \
@@ -1363,6 +1472,7 @@ int main(void)
         fd_bn(&rng, 3, 2, 5);
         fd_bn(&rng, 1, 3, 12);
         fd_linear(&rng, 5, 7, 4);
+        depthwise_cases(&rng);
         if (k == 0) { /* generic: the image-at-a-time path only */
             cross_check_linear_bn(sets[k], &rng, 3, 2, 64, 10, 0);
             continue;
