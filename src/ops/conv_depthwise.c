@@ -125,7 +125,7 @@ static void make_geom(const dpt_conv2d_desc *d, geom *g)
     g->o_out = o, o += rup(g->nqf, VMAX);
     g->o_dyp = o, o += (size_t)g->m * g->psd;
     g->o_dxph = o, o += (size_t)g->np * g->psq;
-    g->o_zin = o, o += s > 1 ? g->zs : 0;
+    g->o_zin = o, o += s > 1 ? rup((size_t)d->h * g->zs, VMAX) : 0;
     g->o_zpl = o, o += s > 1 ? rup((size_t)d->h * g->zs, VMAX) : 0;
     g->o_rows = o, o += rup((size_t)d->h * pf, VMAX);
     g->o_src = o, o += rup((size_t)(g->kt + kt_m) * pf, VMAX);
@@ -168,24 +168,26 @@ static void pack_x(const dw_isa *k, const dpt_conv2d_desc *d, const geom *g, con
                    const dpt_bn_apply *xa, int ci, float *xph, float *zin)
 {
     const int s = g->s, W = g->W;
+    if (s == 1) {
+        k->plane_in(xc, d->h, d->w, xa, ci, xph + (size_t)g->p * W + g->p, (size_t)W);
+        return;
+    }
+    /* The padded rows first (zero outside [p, p + w)), all of them before
+     * they are split into their s column phases: splitting a row just
+     * written would wait on the stores (its loads straddle them). Stride
+     * 2's shuffles write up to a vector past W: into the next row of the
+     * phase, written later or left zero. */
+    k->plane_in(xc, d->h, d->w, xa, ci, zin + g->p, g->zs);
     for (int y = 0; y < d->h; y++) {
         const int u = y + g->p, a = u % s, r = u / s;
-        const float *row = xc + (size_t)y * d->w;
-        if (s == 1) {
-            k->row_in(row, d->w, xa, ci, xph + (size_t)r * W + g->p);
-            continue;
-        }
-        /* The padded row (zero outside [p, p + w)), then its s column
-         * phases. Stride 2's shuffles write up to a vector past W: into
-         * the next row of the phase, written later or left zero. */
-        k->row_in(row, d->w, xa, ci, zin + g->p);
+        const float *z = zin + (size_t)y * g->zs;
         float *dst = xph + (size_t)a * s * g->psx + (size_t)r * W;
         if (s == 2) {
-            k->deint2(zin, W, dst, dst + g->psx);
+            k->deint2(z, W, dst, dst + g->psx);
         } else {
             for (int b = 0; b < s; b++)
                 for (int c = 0; c < W; c++)
-                    dst[(size_t)b * g->psx + c] = zin[(size_t)c * s + b];
+                    dst[(size_t)b * g->psx + c] = z[(size_t)c * s + b];
         }
     }
 }
@@ -202,7 +204,7 @@ void dpt_conv_depthwise_forward(const dpt_conv2d_desc *d, const float *x, const 
     const float **src = (const float **)(void *)(work + g.o_src);
     memset(xph, 0, (size_t)g.np * g.psx * sizeof *xph);
     if (g.s > 1)
-        memset(zin, 0, g.zs * sizeof *zin);
+        memset(zin, 0, (size_t)d->h * g.zs * sizeof *zin);
     tap_sources(d, &g, xph, src);
     if (sum)
         for (int co = 0; co < d->c_out; co++)
@@ -245,7 +247,7 @@ void dpt_conv_depthwise_backward(const dpt_conv2d_desc *d, const float *x, const
     memset(dyp, 0, (size_t)m * g.psd * sizeof *dyp);
     memset(dxph, 0, (size_t)g.np * g.psq * sizeof *dxph);
     if (s > 1)
-        memset(zin, 0, g.zs * sizeof *zin);
+        memset(zin, 0, (size_t)d->h * g.zs * sizeof *zin);
     tap_sources(d, &g, xph, src);
     /* Per input phase (a, b): its taps of every one of the m filters, as
      * read positions in dyp (from the phase's first computed row r0(a)). */
@@ -282,11 +284,8 @@ void dpt_conv_depthwise_backward(const dpt_conv2d_desc *d, const float *x, const
                 const int co = ci * m + j;
                 const size_t yoff = ((size_t)i * d->c_out + co) * ys;
                 float *dj = dyp + (size_t)j * g.psd + (size_t)g.ro * W + g.co;
-                for (int oy = 0; oy < d->out_h; oy++) {
-                    const size_t ro = (size_t)oy * d->out_w;
-                    k->row_grad(dy + yoff + ro, dya ? y + yoff + ro : NULL, d->out_w, dya, co,
-                                dj + (size_t)oy * W, bsum + co);
-                }
+                k->plane_grad(dy + yoff, dya ? y + yoff : NULL, d->out_h, d->out_w, dya, co, dj,
+                              (size_t)W, bsum + co);
                 k->dots(dj, src, kt, g.nqf, dwacc + (size_t)co * kt);
             }
             if (!dx)

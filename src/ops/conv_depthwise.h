@@ -24,10 +24,14 @@ typedef struct dw_isa {
     /* One row of n floats into a plane: as is, or through the batch norm a
      * (forward: channel ch of a; may be NULL). */
     void (*row_in)(const float *src, int n, const dpt_bn_apply *a, int ch, float *dst);
-    /* One row of an output gradient into a plane: dy, or through a's
-     * backward (y the batch norm's input; a may be NULL); *sum += Σ dst. */
-    void (*row_grad)(const float *dy, const float *y, int n, const dpt_bn_apply *a, int ch,
-                     float *dst, double *sum);
+    /* row_in for the h rows of a plane [h][w], to rows ds apart. */
+    void (*plane_in)(const float *src, int h, int w, const dpt_bn_apply *a, int ch, float *dst,
+                     size_t ds);
+    /* An output gradient plane [h][n] into rows ds apart: dy, or through
+     * a's backward (y [h][n] the batch norm's input; a may be NULL);
+     * *sum += Σ dst. */
+    void (*plane_grad)(const float *dy, const float *y, int h, int n, const dpt_bn_apply *a,
+                       int ch, float *dst, size_t ds, double *sum);
     /* dst [rows][n] = the first n columns of each row of wide (row stride
      * ws); sum, sumsq (NULL: none) += Σ dst, Σ dst². */
     void (*plane_out)(const float *wide, int rows, int n, size_t ws, float *dst, double *sum,

@@ -183,24 +183,27 @@ static void KN(row_in)(const float *src, int n, const dpt_bn_apply *a, int ch, f
     }
 }
 
-/* dst = the output gradient the convolution uses: dy, or through the batch
- * norm above (a, with y its input: kf·g' − ka − (y − mean)·kb, g' = dy
- * masked by the ReLU); *sum += Σ dst (the bias gradient). */
-static void KN(row_grad)(const float *dy, const float *y, int n, const dpt_bn_apply *a, int ch,
-                         float *dst, double *sum)
+/* dst (rows h of n floats, row stride ds) = the output gradient the
+ * convolution uses: dy [h][n], or through the batch norm above (a, with y
+ * [h][n] its input: kf·g' − ka − (y − mean)·kb, g' = dy masked by the
+ * ReLU); *sum += Σ dst (the bias gradient; per-lane float sums over the
+ * plane). */
+static void KN(plane_grad)(const float *dy, const float *y, int h, int n, const dpt_bn_apply *a,
+                           int ch, float *dst, size_t ds, double *sum)
 {
     const VT zero = KN(vset1)(0.0f);
     VT acc = zero;
     if (!a) {
-        for (int j = 0; j < n; j += VN) {
-            const int k = n - j < VN ? n - j : VN;
-            const VT g = k == VN ? KN(vload)(dy + j) : KN(loadn)(dy + j, k);
-            acc += g;
-            if (k == VN)
-                KN(vstore)(dst + j, g);
-            else
-                KN(storen)(dst + j, g, k);
-        }
+        for (int r = 0; r < h; r++, dy += n, dst += ds)
+            for (int j = 0; j < n; j += VN) {
+                const int k = n - j < VN ? n - j : VN;
+                const VT g = k == VN ? KN(vload)(dy + j) : KN(loadn)(dy + j, k);
+                acc += g;
+                if (k == VN)
+                    KN(vstore)(dst + j, g);
+                else
+                    KN(storen)(dst + j, g, k);
+            }
         *sum += KN(vsum)(acc);
         return;
     }
@@ -208,28 +211,36 @@ static void KN(row_grad)(const float *dy, const float *y, int n, const dpt_bn_ap
     const VT tv = KN(vset1)(a->shift[ch]);
     const VT kfv = KN(vset1)(a->kf[ch]), kav = KN(vset1)(a->ka[ch]), kbv = KN(vset1)(a->kb[ch]);
     const int relu = a->relu;
-    for (int j = 0; j < n; j += VN) {
-        const int k = n - j < VN ? n - j : VN;
-        VT g = k == VN ? KN(vload)(dy + j) : KN(loadn)(dy + j, k);
-        const VT xc = (k == VN ? KN(vload)(y + j) : KN(loadn)(y + j, k)) - mv;
-        if (relu)
-            g = KN(keep)(g, xc * sv + tv > zero);
-        VT o = kfv * g - kav - xc * kbv;
-        if (k == VN) {
+    VI lane;
+    for (int l = 0; l < VN; l++)
+        lane[l] = l;
+    for (int r = 0; r < h; r++, dy += n, y += n, dst += ds)
+        for (int j = 0; j < n; j += VN) {
+            const int k = n - j < VN ? n - j : VN;
+            VT g = k == VN ? KN(vload)(dy + j) : KN(loadn)(dy + j, k);
+            const VT xc = (k == VN ? KN(vload)(y + j) : KN(loadn)(y + j, k)) - mv;
+            if (relu)
+                g = KN(keep)(g, xc * sv + tv > zero);
+            VT o = kfv * g - kav - xc * kbv;
+            if (k == VN) {
+                KN(vstore)(dst + j, o);
+            } else {
+                /* The lanes past n hold −ka − (0 − mean)·kb, not 0: keep
+                 * them out of the sum. */
+                o = KN(keep)(o, lane < k);
+                KN(storen)(dst + j, o, k);
+            }
             acc += o;
-            KN(vstore)(dst + j, o);
-        } else {
-            /* The lanes past n hold −ka − (0 − mean)·kb, not 0: keep them
-             * out of the sum. */
-            VI lane;
-            for (int l = 0; l < VN; l++)
-                lane[l] = l;
-            o = KN(keep)(o, lane < k);
-            acc += o;
-            KN(storen)(dst + j, o, k);
         }
-    }
     *sum += KN(vsum)(acc);
+}
+
+/* row_in over a plane [h][w] into rows of stride ds. */
+static void KN(plane_in)(const float *src, int h, int w, const dpt_bn_apply *a, int ch,
+                         float *dst, size_t ds)
+{
+    for (int r = 0; r < h; r++)
+        KN(row_in)(src + (size_t)r * w, w, a, ch, dst + (size_t)r * ds);
 }
 
 /* dst[j] = src[j] (j < n); s1 += Σ dst, s2 += Σ dst² when s1 (per-lane
@@ -338,7 +349,8 @@ const dw_isa KN(dpt_dw_isa) = {
     .mac = KN(mac),
     .dots = KN(dots),
     .row_in = KN(row_in),
-    .row_grad = KN(row_grad),
+    .plane_in = KN(plane_in),
+    .plane_grad = KN(plane_grad),
     .plane_out = KN(plane_out),
     .plane_dx = KN(plane_dx),
     .deint2 = KN(deint2),
