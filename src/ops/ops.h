@@ -36,15 +36,49 @@ typedef struct dpt_conv2d_desc {
     /* Filter taps dilation apart; channels split into `groups` groups (as
      * PyTorch: output channel co sees input channels of group
      * co / (c_out/groups) only). 0 reads as 1, so initialisers that predate
-     * them keep working. Either above 1 takes the im2col + GEMM path. */
+     * them keep working. */
     int dilation, groups;
+    /* Which algorithm runs it (dpt_conv_algo): 0 (AUTO) is the heuristic
+     * choice; the network planner (conv_plan.c) sets the measured one. One
+     * the selected kernel set cannot run for this shape falls back to
+     * GEMM, the reference path. */
+    int algo;
 } dpt_conv2d_desc;
+
+/* The convolution algorithms: one entry each in conv2d.c's table
+ * (conv_algo.h). The numbers are stable (cache files and tests name them
+ * by dpt_conv_algo_name, never by number). */
+typedef enum dpt_conv_algo {
+    DPT_CONV_ALGO_AUTO = 0,  /* not planned: the heuristic choice */
+    DPT_CONV_ALGO_GEMM,      /* im2col per image + cblas_sgemm: the reference path */
+    DPT_CONV_ALGO_DIRECT,    /* conv_direct.c */
+    DPT_CONV_ALGO_BATCHED,   /* conv_batched.c: im2col over image blocks + own GEMM */
+    DPT_CONV_ALGO_DEPTHWISE, /* conv_depthwise.c */
+    DPT_CONV_ALGO_DNNL,      /* conv_dnnl.c, where built with oneDNN */
+    DPT_CONV_ALGO_COUNT
+} dpt_conv_algo;
+
+/* "auto", "gemm", "direct", "batched", "depthwise", "dnnl"; "?" for a
+ * number out of range. */
+const char *dpt_conv_algo_name(int algo);
+/* The algorithm of that name (as dpt_conv_algo_name), or -1. */
+int dpt_conv_algo_by_name(const char *name);
+/* 1 when algorithm algo (not AUTO) is built in and can run d (d->algo is
+ * ignored) with the selected kernel set. */
+int dpt_conv_algo_supports(int algo, const dpt_conv2d_desc *d);
+/* The algorithm that runs d: d->algo when it supports d, the heuristic
+ * choice for AUTO, GEMM otherwise. Never AUTO. */
+int dpt_conv_algo_resolve(const dpt_conv2d_desc *d);
+/* The heuristic choice for d (what AUTO runs). */
+int dpt_conv_algo_heuristic(const dpt_conv2d_desc *d);
 
 /* Fill out_h/out_w; returns 0, or -1 when the (dilated) filter does not fit
  * the padded input, a size is not positive, or groups does not divide c_in
  * and c_out. */
 int dpt_conv2d_desc_init(dpt_conv2d_desc *d);
-/* Scratch floats needed by forward and backward (im2col buffer, one image). */
+/* Scratch floats needed by forward and backward with d->algo (for AUTO,
+ * enough for any kernel set; for a named algorithm, enough for it and for
+ * the GEMM fallback). */
 size_t dpt_conv2d_work_floats(const dpt_conv2d_desc *d);
 /* y[n, c_out, out_h, out_w] = conv(x, w) + b. b may be NULL (no bias). */
 void dpt_conv2d_forward(const dpt_conv2d_desc *d, const float *x, const float *w,
@@ -93,6 +127,56 @@ void dpt_conv2d_backward_ex(const dpt_conv2d_desc *d, const float *x, const dpt_
  * layer), dw [c_out, c_in, kh, kw], db [c_out] (may be NULL). */
 void dpt_conv2d_backward(const dpt_conv2d_desc *d, const float *x, const float *w,
                          const float *dy, float *dx, float *dw, float *db, float *work);
+
+/* ---- convolution plans (conv_plan.c) ------------------------------------ *
+ * Which algorithm runs a convolution layer, chosen once when a network is
+ * planned: timed (forward + backward of every supported algorithm on
+ * random data, the fastest kept) and remembered per shape, in the process
+ * and in a cache file, so every worker and every later run on the machine
+ * makes the same choice (and so computes the same bits). The environment
+ * variable DPT_CONV_ALGO overrides it: a name of dpt_conv_algo_name forces
+ * that algorithm (GEMM where it cannot run a shape), "heuristic" gives AUTO,
+ * "measure" times again even where the cache file has the shape.
+ * DPT_PLAN_CACHE names the cache file (default
+ * $XDG_CACHE_HOME/dptrain/conv-plan.txt or ~/.cache/dptrain/conv-plan.txt;
+ * empty: none). Without a cache file that can be written, the heuristic
+ * choice is kept: a measured choice that no later run can read back would
+ * make runs differ. docs/kernels.md has the details. */
+
+/* Where a plan's choice came from. */
+enum {
+    DPT_CONV_PLAN_HEURISTIC = 0, /* AUTO: not measured (see note for why) */
+    DPT_CONV_PLAN_FORCED,        /* DPT_CONV_ALGO=<name> */
+    DPT_CONV_PLAN_MEASURED,      /* timed now (and written to the cache file) */
+    DPT_CONV_PLAN_CACHE,         /* read from the cache file */
+    DPT_CONV_PLAN_ONLY           /* one algorithm supports the shape: nothing to time */
+};
+
+typedef struct dpt_conv_plan {
+    int algo;     /* for dpt_conv2d_desc.algo (AUTO for the heuristic) */
+    int runs;     /* the algorithm that runs: dpt_conv_algo_resolve's, never AUTO */
+    int source;   /* DPT_CONV_PLAN_* */
+    int n_meas;   /* images per timed run; 0: nothing timed */
+    /* Milliseconds of one forward + backward of n_meas images per
+     * algorithm (index dpt_conv_algo): -1 unsupported (or not built),
+     * -2 supported but not timed. */
+    double ms[DPT_CONV_ALGO_COUNT];
+    char note[256]; /* a fallback or a cache-file problem, else "" */
+} dpt_conv_plan;
+
+/* Plan d (d->n: the largest batch it will run; d->algo ignored) for a
+ * layer whose input comes through a fused batch norm (bn_in), whose output
+ * gradient does (bn_out), and that computes its input gradient (need_dx).
+ * Thread-safe: concurrent callers with the same shape wait for the first
+ * and share its choice. Returns 0, or -1 when DPT_CONV_ALGO holds an
+ * unknown value (p->note says so). */
+int dpt_conv_plan_choose(const dpt_conv2d_desc *d, int bn_in, int bn_out, int need_dx,
+                         dpt_conv_plan *p);
+/* "heuristic", "forced", "measured", "cache", "only". */
+const char *dpt_conv_plan_source_name(int source);
+/* Forget the choices made in this process (tests: the next plan reads the
+ * cache file again). Not to be called while another thread plans. */
+void dpt_conv_plan_forget(void);
 
 /* ---- batch normalisation over (n, h, w) per channel --------------------- *
  * Split into stats / normalise / backward-reduce / backward-apply so that a
