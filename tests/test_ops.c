@@ -16,7 +16,6 @@
  * convolutions (a measurement, not a test). */
 #include "core/safetensors.h"
 #include "dptrain/core.h"
-#include "ops/conv_depthwise.h"
 #include "ops/ops.h"
 #include "testutil.h"
 
@@ -1313,7 +1312,7 @@ static void cross_check_depthwise(dpt_rng *rng, int n, int c, int mult, int h, i
     dpt_conv2d_desc d = {.n = n, .c_in = c, .h = h, .w = w, .c_out = c * mult, .kh = k, .kw = k,
                          .stride = stride, .pad = pad, .dilation = dil, .groups = c};
     CHECK(dpt_conv2d_desc_init(&d) == 0);
-    CHECK(dpt_conv_depthwise_supports(&d));
+    CHECK(dpt_conv_algo_supports(DPT_CONV_ALGO_DEPTHWISE, &d));
     const int co = d.c_out, P = d.out_h * d.out_w;
     const size_t nx = (size_t)n * c * h * w, nw = (size_t)co * k * k, ny = (size_t)n * co * P;
     float *x = malloc(nx * sizeof(float)), *wt = malloc(nw * sizeof(float));
@@ -1335,8 +1334,8 @@ static void cross_check_depthwise(dpt_rng *rng, int n, int c, int mult, int h, i
                         .kf = pd + 3 * co, .ka = pd + 4 * co, .kb = pd + 5 * co};
     float *out[3][4]; /* [gemm, depthwise, depthwise again][y, dx, dw, db] */
     double *s[3];
-    size_t nwork = dpt_conv2d_work_floats(&d), ndw = dpt_conv_depthwise_work_floats(&d);
-    float *work = fill_nan(nwork > ndw ? nwork : ndw);
+    d.algo = DPT_CONV_ALGO_DEPTHWISE; /* its work size covers the GEMM fallback too */
+    float *work = fill_nan(dpt_conv2d_work_floats(&d));
     for (int pass = 0; pass < 3; pass++) {
         out[pass][0] = fill_nan(ny), out[pass][1] = fill_nan(nx);
         out[pass][2] = fill_nan(nw), out[pass][3] = fill_nan(co);
@@ -1344,17 +1343,12 @@ static void cross_check_depthwise(dpt_rng *rng, int n, int c, int mult, int h, i
         for (int i = 0; i < 2 * co + 2 * c; i++)
             s[pass][i] = 7.0; /* overwritten, not added to */
         double *xg = bn ? s[pass] + 2 * co : NULL;
-        if (pass == 0) {
-            dpt_conv2d_forward_ex(&d, x, bn ? &xa : NULL, wt, b, out[0][0], work, s[0],
-                                  s[0] + co);
-            dpt_conv2d_backward_ex(&d, x, bn ? &xa : NULL, wt, dy, bn ? &dya : NULL, yb,
-                                   out[0][1], out[0][2], out[0][3], work, xg);
-        } else {
-            dpt_conv_depthwise_forward(&d, x, bn ? &xa : NULL, wt, b, out[pass][0], work,
-                                       s[pass], s[pass] + co);
-            dpt_conv_depthwise_backward(&d, x, bn ? &xa : NULL, wt, dy, bn ? &dya : NULL, yb,
-                                        out[pass][1], out[pass][2], out[pass][3], work, xg);
-        }
+        /* Through conv2d.c's table: the algorithm named in the desc. */
+        d.algo = pass == 0 ? DPT_CONV_ALGO_GEMM : DPT_CONV_ALGO_DEPTHWISE;
+        dpt_conv2d_forward_ex(&d, x, bn ? &xa : NULL, wt, b, out[pass][0], work, s[pass],
+                              s[pass] + co);
+        dpt_conv2d_backward_ex(&d, x, bn ? &xa : NULL, wt, dy, bn ? &dya : NULL, yb,
+                               out[pass][1], out[pass][2], out[pass][3], work, xg);
     }
     char label[160];
     snprintf(label, sizeof label, "depthwise %s n%d c%d x%d %dx%d k%d s%d p%d d%d bn%d",
