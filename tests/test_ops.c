@@ -17,6 +17,7 @@
 #include "core/safetensors.h"
 #include "dptrain/core.h"
 #include "ops/ops.h"
+#include "ops/pool_isa.h"
 #include "testutil.h"
 
 #include <math.h>
@@ -1301,6 +1302,61 @@ static void cross_check_linear_bn(const char *set, dpt_rng *rng, int n, int c, i
     free(x), free(w), free(b), free(dy), free(prm), free(z), free(g), free(got);
 }
 
+/* Max and average pooling, forward and backward, on the selected kernel
+ * set against the scalar code (dpt_pool2d_reference), bit for bit, on
+ * random shapes: windows 1-5, strides 1-3, paddings below the window,
+ * rows narrower and wider than a vector. Values are small integers (ties
+ * everywhere, ±0 among them) with some -inf and NaN, so the maximum's tie
+ * rule and NaN rule are exercised. */
+static void pool_vs_scalar(dpt_rng *rng)
+{
+    int bad = 0, cases = 0;
+    for (int it = 0; it < 300; it++) {
+        dpt_pool2d_desc d;
+        d.n = 1 + (int)(dpt_rng_uniform(rng) * 3), d.c = 1 + (int)(dpt_rng_uniform(rng) * 3);
+        d.kh = 1 + (int)(dpt_rng_uniform(rng) * 5), d.kw = 1 + (int)(dpt_rng_uniform(rng) * 5);
+        d.sh = 1 + (int)(dpt_rng_uniform(rng) * 3), d.sw = 1 + (int)(dpt_rng_uniform(rng) * 3);
+        d.ph = (int)(dpt_rng_uniform(rng) * d.kh), d.pw = (int)(dpt_rng_uniform(rng) * d.kw);
+        d.h = 1 + (int)(dpt_rng_uniform(rng) * 40), d.w = 1 + (int)(dpt_rng_uniform(rng) * 40);
+        if (it % 3 == 0) /* the networks' shapes: 2x2 stride 2, 3x3 stride 2 pad 1 */
+            d.kh = d.kw = 2 + it % 2, d.sh = d.sw = 2, d.ph = d.pw = it % 2;
+        if (dpt_pool2d_desc_init(&d) != 0)
+            continue;
+        cases++;
+        const size_t nx = (size_t)d.n * d.c * d.h * d.w, ny = (size_t)d.n * d.c * d.out_h * d.out_w;
+        float *x = malloc(nx * sizeof *x), *dy = malloc(ny * sizeof *dy);
+        float *a = malloc((nx > ny ? nx : ny) * sizeof *a), *b = malloc((nx > ny ? nx : ny) * sizeof *b);
+        for (size_t i = 0; i < nx; i++) {
+            double u = dpt_rng_uniform(rng);
+            x[i] = u < 0.02 ? -INFINITY : u < 0.03 ? NAN : u < 0.1 ? -0.0f : (float)(int)(u * 7) - 3;
+        }
+        if (it % 5 == 0) /* planes of -inf only: the index rule */
+            for (size_t i = 0; i < nx; i++)
+                x[i] = -INFINITY;
+        fill_normal(rng, dy, ny, 1.0f);
+        for (int mode = 0; mode < 4; mode++) {
+            const size_t n = mode % 2 ? nx : ny;
+            for (size_t i = 0; i < n; i++)
+                a[i] = b[i] = 1234.5f;
+            dpt_pool2d_reference(mode, &d, x, dy, a);
+            switch (mode) {
+            case 0: dpt_maxpool2d_forward(&d, x, b); break;
+            case 1: dpt_maxpool2d_backward(&d, x, dy, b); break;
+            case 2: dpt_avgpool2d_forward(&d, x, b); break;
+            default: dpt_avgpool2d_backward(&d, dy, b); break;
+            }
+            if (memcmp(a, b, n * sizeof *a) != 0) {
+                if (bad++ < 5)
+                    printf("  pool mode %d n%d c%d %dx%d k%dx%d s%dx%d p%dx%d: differs\n", mode,
+                           d.n, d.c, d.h, d.w, d.kh, d.kw, d.sh, d.sw, d.ph, d.pw);
+            }
+        }
+        free(x), free(dy), free(a), free(b);
+    }
+    printf("  pooling %s vs scalar: %d shapes, %d differ\n", dpt_ops_kernels(), cases, bad);
+    CHECK(bad == 0 && cases > 100);
+}
+
 /* The depthwise algorithm (conv_depthwise.c) on the selected kernel set
  * against the GEMM path (im2col + BLAS per group): y with the batch-norm
  * sums, dx with xg's sums, dw, db; with a batch norm (and ReLU) applied on
@@ -1467,6 +1523,7 @@ int main(void)
         fd_bn(&rng, 1, 3, 12);
         fd_linear(&rng, 5, 7, 4);
         depthwise_cases(&rng);
+        pool_vs_scalar(&rng);
         if (k == 0) { /* generic: the image-at-a-time path only */
             cross_check_linear_bn(sets[k], &rng, 3, 2, 64, 10, 0);
             continue;

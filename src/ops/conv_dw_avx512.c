@@ -38,6 +38,7 @@ static inline void KN(storen)(float *p, VT v, int n)
 }
 
 #include "ops/conv_dw_kern.h"
+#include "ops/pool_kern.h"
 
 #if defined(__clang__)
 #pragma clang attribute pop
