@@ -293,13 +293,13 @@ static void ring_init(ring *r, const pool_isa *k, const dpt_pool2d_desc *d, int 
         r->tag[i] = -1;
 }
 
-/* mode 0: max forward, 1: max backward (dy, dx), 2: average forward. */
+/* mode 0: max forward, 2: average forward. */
 static void vec_pool(const pool_isa *k, const dpt_pool2d_desc *d, int L, int mode,
-                     const float *x, const float *dy, float *y)
+                     const float *x, float *y)
 {
     float buf[RING_FLOATS];
     const float *tap[MAX_TAPS];
-    int tidx[MAX_TAPS], idx[ROW_MAX];
+    int tidx[MAX_TAPS];
     const size_t in_plane = (size_t)d->h * d->w, out_plane = (size_t)d->out_h * d->out_w;
     const size_t planes = (size_t)d->n * d->c;
     const float inv = 1.0f / (float)(d->kh * d->kw);
@@ -307,22 +307,14 @@ static void vec_pool(const pool_isa *k, const dpt_pool2d_desc *d, int L, int mod
     for (size_t p = 0; p < planes; p++) {
         ring_init(&r, k, d, L, mode == 2 ? -0.0f : -INFINITY, buf);
         const float *xp = x + p * in_plane;
-        if (mode == 1)
-            memset(y + p * in_plane, 0, in_plane * sizeof *y);
         for (int oy = 0; oy < d->out_h; oy++) {
             int y0;
             const int nt = row_taps(&r, xp, oy, tap, tidx, &y0);
             const size_t o = p * out_plane + (size_t)oy * d->out_w;
             if (mode == 2) {
                 k->avg_row(tap, nt, d->out_w, inv, y + o);
-            } else if (mode == 0) {
-                k->max_row(tap, tidx, nt, d->out_w, d->sw, d->pw, y0 * d->w, y + o, NULL);
             } else {
-                float *yv = (float *)(void *)r.z; /* the maxima: scratch */
-                k->max_row(tap, tidx, nt, d->out_w, d->sw, d->pw, y0 * d->w, yv, idx);
-                float *dp = y + p * in_plane;
-                for (int ox = 0; ox < d->out_w; ox++)
-                    dp[idx[ox]] += dy[o + ox];
+                k->max_row(tap, tidx, nt, d->out_w, d->sw, d->pw, y0 * d->w, y + o, NULL);
             }
         }
     }
@@ -345,34 +337,56 @@ static void flush_row(const pool_isa *k, const dpt_pool2d_desc *d, int L, float 
                 z[(size_t)c * d->sw + b] = acc[(size_t)b * L + c];
         src = z + d->pw;
     }
-    memcpy(dp + (size_t)iy * d->w, src, (size_t)d->w * sizeof *dp);
+    k->row_pad(src, d->w, 0.0f, 0, d->w, dp + (size_t)iy * d->w); /* a copy */
     memset(acc, 0, (size_t)d->sw * L * sizeof *acc);
 }
 
-static void vec_avg_backward(const pool_isa *k, const dpt_pool2d_desc *d, int L, const float *dy,
-                             float *dx)
+/* Both backwards: x NULL for average pooling (each tap gets dy / (kh·kw)),
+ * else max pooling (each tap gets dy where it is the window's maximum,
+ * else +0: the same sums as the scalar scatter, whose dx starts at +0). */
+static void vec_backward(const pool_isa *k, const dpt_pool2d_desc *d, int L, const float *x,
+                         const float *dy, float *dx)
 {
-    float buf[RING_FLOATS], g[ROW_MAX];
+    float buf[RING_FLOATS], g[ROW_MAX], xbuf[RING_FLOATS];
+    const float *tap[MAX_TAPS];
+    int tidx[MAX_TAPS], idx[ROW_MAX];
     const size_t in_plane = (size_t)d->h * d->w, out_plane = (size_t)d->out_h * d->out_w;
     const size_t planes = (size_t)d->n * d->c;
     const float inv = 1.0f / (float)(d->kh * d->kw);
     float *z = buf + (size_t)d->kh * d->sw * L;
+    ring r;
     for (size_t p = 0; p < planes; p++) {
         float *dp = dx + p * in_plane;
+        const float *gp = dy + p * out_plane;
+        if (x)
+            ring_init(&r, k, d, L, -INFINITY, xbuf);
         memset(buf, 0, (size_t)d->kh * d->sw * L * sizeof *buf);
         int done = 0; /* dx rows written */
         for (int oy = 0; oy < d->out_h; oy++) {
             const int top = oy * d->sh - d->ph;
             for (; done < top && done < d->h; done++)
                 flush_row(k, d, L, buf, z, done, dp);
-            k->scale_row(dy + p * out_plane + (size_t)oy * d->out_w, d->out_w, inv, g);
-            for (int ki = 0; ki < d->kh; ki++) {
+            if (x) {
+                int y0;
+                const int nt = row_taps(&r, x + p * in_plane, oy, tap, tidx, &y0);
+                k->max_row(tap, tidx, nt, d->out_w, d->sw, d->pw, y0 * d->w, r.z, idx);
+            } else {
+                k->scale_row(gp + (size_t)oy * d->out_w, d->out_w, inv, g);
+            }
+            for (int ki = 0, t0 = 0; ki < d->kh; ki++) {
                 const int iy = top + ki;
                 if (iy < 0 || iy >= d->h)
                     continue;
                 float *acc = buf + (size_t)(iy % d->kh) * d->sw * L;
-                for (int kj = d->kw - 1; kj >= 0; kj--)
-                    k->add_row(acc + (size_t)(kj % d->sw) * L + kj / d->sw, g, d->out_w);
+                for (int kj = d->kw - 1; kj >= 0; kj--) {
+                    float *dst = acc + (size_t)(kj % d->sw) * L + kj / d->sw;
+                    if (x)
+                        k->add_argmax(dst, gp + (size_t)oy * d->out_w, idx, tidx[t0 + kj],
+                                      d->sw, d->out_w);
+                    else
+                        k->add_row(dst, g, d->out_w);
+                }
+                t0 += d->kw;
             }
         }
         for (; done < d->h; done++)
@@ -384,7 +398,7 @@ void dpt_maxpool2d_forward(const dpt_pool2d_desc *d, const float *x, float *y)
 {
     int L;
     if (ring_fits(d, &L))
-        vec_pool(pool_pick(), d, L, 0, x, NULL, y);
+        vec_pool(pool_pick(), d, L, 0, x, y);
     else
         scalar_max_forward(d, x, y);
 }
@@ -393,7 +407,7 @@ void dpt_maxpool2d_backward(const dpt_pool2d_desc *d, const float *x, const floa
 {
     int L;
     if (ring_fits(d, &L))
-        vec_pool(pool_pick(), d, L, 1, x, dy, dx);
+        vec_backward(pool_pick(), d, L, x, dy, dx);
     else
         scalar_max_backward(d, x, dy, dx);
 }
@@ -402,7 +416,7 @@ void dpt_avgpool2d_forward(const dpt_pool2d_desc *d, const float *x, float *y)
 {
     int L;
     if (ring_fits(d, &L))
-        vec_pool(pool_pick(), d, L, 2, x, NULL, y);
+        vec_pool(pool_pick(), d, L, 2, x, y);
     else
         scalar_avg_forward(d, x, y);
 }
@@ -411,7 +425,7 @@ void dpt_avgpool2d_backward(const dpt_pool2d_desc *d, const float *dy, float *dx
 {
     int L;
     if (ring_fits(d, &L))
-        vec_avg_backward(pool_pick(), d, L, dy, dx);
+        vec_backward(pool_pick(), d, L, NULL, dy, dx);
     else
         scalar_avg_backward(d, dy, dx);
 }

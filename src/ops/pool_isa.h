@@ -22,7 +22,7 @@ typedef struct pool_isa {
      * pool.c's window_argmax (row by row, the first of equal maxima, a NaN
      * taking over). y[ox] = the maximum; idx (NULL: not wanted) = its
      * index, or first + max(0, ox·sw − pw) (the window's first pixel) when
-     * no tap took. */
+     * no tap took; idx has room for n rounded up to a vector. */
     void (*max_row)(const float *const *tap, const int *tidx, int nt, int n, int sw, int pw,
                     int first, float *y, int *idx);
     /* y[ox] = (Σ_t tap[t][ox], in tap order from +0) · inv, ox < n. */
@@ -31,6 +31,10 @@ typedef struct pool_isa {
     void (*scale_row)(const float *g, int n, float inv, float *dst);
     /* dst[j] += g[j], j < n. */
     void (*add_row)(float *dst, const float *g, int n);
+    /* dst[ox] += g[ox] where best[ox] == tidx + ox·sw (this tap is the
+     * window's maximum), else += 0, ox < n (best readable to n rounded up
+     * to a vector). */
+    void (*add_argmax)(float *dst, const float *g, const int *best, int tidx, int sw, int n);
 } pool_isa;
 
 /* The scalar code the vector path must match bit for bit, for the tests:

@@ -46,8 +46,8 @@ static void KN(max_row)(const float *const *tap, const int *tidx, int nt, int n,
             KN(vstore)(y + o, m);
         else
             KN(storen)(y + o, m, k);
-        for (int l = 0; idx && l < k; l++)
-            idx[o + l] = best[l];
+        if (idx) /* the whole vector (idx holds n rounded up): one store */
+            memcpy(idx + o, &best, sizeof best);
     }
 }
 
@@ -90,6 +90,23 @@ static void KN(add_row)(float *dst, const float *g, int n)
     }
 }
 
+static void KN(add_argmax)(float *dst, const float *g, const int *best, int tidx, int sw, int n)
+{
+    VI lane;
+    for (int l = 0; l < VN; l++)
+        lane[l] = l;
+    for (int o = 0; o < n; o += VN) {
+        const int k = n - o < VN ? n - o : VN;
+        VI b;
+        memcpy(&b, best + o, sizeof b); /* lanes past n: junk, not stored */
+        const VI hit = b == (lane + o) * sw + tidx;
+        if (k == VN)
+            KN(vstore)(dst + o, KN(vload)(dst + o) + KN(keep)(KN(vload)(g + o), hit));
+        else
+            KN(storen)(dst + o, KN(loadn)(dst + o, k) + KN(keep)(KN(loadn)(g + o, k), hit), k);
+    }
+}
+
 const pool_isa KN(dpt_pool_isa) = {
     .row_pad = KN(row_pad),
     .deint2 = KN(deint2),
@@ -98,4 +115,5 @@ const pool_isa KN(dpt_pool_isa) = {
     .avg_row = KN(avg_row),
     .scale_row = KN(scale_row),
     .add_row = KN(add_row),
+    .add_argmax = KN(add_argmax),
 };
