@@ -174,11 +174,7 @@ static void make_key(const dpt_conv2d_desc *d, int bn_in, int bn_out, int need_d
 static int cache_path(char *buf, size_t cap, int mkdirs, dpt_conv_plan *p)
 {
     const char *env = getenv("DPT_PLAN_CACHE");
-    if (env) {
-        if (!*env) {
-            note(p, "no cache file (DPT_PLAN_CACHE is empty)");
-            return 0;
-        }
+    if (env && *env) { /* empty is unset, as for every DPT_* variable */
         if (strlen(env) >= cap || strlen(env) > PATH_MAX_LEN - 32) {
             note(p, "DPT_PLAN_CACHE is longer than %d bytes", PATH_MAX_LEN - 32);
             return 0;
@@ -303,29 +299,41 @@ static int load(const char *path, entry **out, size_t *n_out, int *bad, int *cut
     }
     entry *v = NULL;
     size_t n = 0, cap = 0, total = 0;
-    char line[LINE_MAX_LEN + 2];
-    while (fgets(line, sizeof line, f)) {
-        size_t len = strlen(line);
-        total += len;
+    char line[LINE_MAX_LEN + 1];
+    int c = 0;
+    while (c != EOF) {
+        /* One line, a byte at a time: bounded, and a NUL byte cannot hide
+         * the rest of it. */
+        size_t len = 0;
+        int long_line = 0, nul = 0;
+        while ((c = fgetc(f)) != EOF && c != '\n') {
+            if (++total > FILE_MAX_BYTES)
+                break;
+            if (c == '\0')
+                nul = 1;
+            if (len < LINE_MAX_LEN)
+                line[len++] = (char)c;
+            else
+                long_line = 1;
+        }
         if (total > FILE_MAX_BYTES) {
             *cut = 1;
             break;
         }
-        if (len && line[len - 1] != '\n' && !feof(f)) {
-            /* Longer than a line may be: skip the rest of it. */
-            int c;
-            while ((c = fgetc(f)) != EOF && c != '\n')
-                if (++total > FILE_MAX_BYTES)
-                    break;
+        total++;
+        line[len] = '\0';
+        if (len == 0 || (line[0] == '#' && !long_line && !nul))
+            continue;
+        if (long_line || nul) {
             (*bad)++;
             continue;
         }
-        if (len && line[len - 1] == '\n')
-            line[--len] = '\0';
-        if (len == 0 || line[0] == '#')
-            continue;
+        if (n == 2 * MAX_ENTRIES) { /* bounds the duplicate search below too */
+            *cut = 1;
+            break;
+        }
         entry e;
-        if (strlen(line) != len || parse_line(line, &e) != 0) { /* a NUL byte, or bad fields */
+        if (parse_line(line, &e) != 0) {
             (*bad)++;
             continue;
         }
@@ -407,7 +415,8 @@ static void note_bad(dpt_conv_plan *p, const char *path, int bad, int cut)
     if (bad)
         note(p, "cache file %s: %d malformed line%s ignored", path, bad, bad == 1 ? "" : "s");
     if (cut)
-        note(p, "cache file %s: only its first %d bytes read", path, FILE_MAX_BYTES);
+        note(p, "cache file %s: read in part (at most %d bytes and %d entries are read)", path,
+             FILE_MAX_BYTES, 2 * MAX_ENTRIES);
 }
 
 /* ---- measurement ------------------------------------------------------------- */
@@ -562,6 +571,18 @@ static int plan_measured(const dpt_conv2d_desc *d, int bn_in, int bn_out, int ne
         path[0] = '\0';
     }
     int lfd = -1;
+    struct stat st;
+    /* Not a regular file (a folder, /dev/null: how to say "no cache"):
+     * looked at before a lock file is made beside it. */
+    if (path[0] && stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+        note(p, "cache file %s is not a regular file", path);
+        if (!remeasure) {
+            note(p, "heuristic kept");
+            set_choice(p, d, DPT_CONV_ALGO_AUTO, DPT_CONV_PLAN_HEURISTIC);
+            return 0;
+        }
+        path[0] = '\0';
+    }
     if (path[0]) {
         snprintf(lockpath, sizeof lockpath, "%s.lock", path);
         lfd = open(lockpath, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
@@ -683,7 +704,7 @@ int dpt_conv_plan_choose(const dpt_conv2d_desc *d, int bn_in, int bn_out, int ne
             return 0;
         } else {
             snprintf(p->note, sizeof p->note,
-                     "DPT_CONV_ALGO: unknown value '%.40s' (auto, heuristic, measure, gemm, "
+                     "DPT_CONV_ALGO: '%.40s' is not an algorithm (auto, heuristic, measure, gemm, "
                      "direct, batched, depthwise, dnnl)", env);
             return -1;
         }

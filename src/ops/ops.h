@@ -139,7 +139,7 @@ void dpt_conv2d_backward(const dpt_conv2d_desc *d, const float *x, const float *
  * "measure" times again even where the cache file has the shape.
  * DPT_PLAN_CACHE names the cache file (default
  * $XDG_CACHE_HOME/dptrain/conv-plan.txt or ~/.cache/dptrain/conv-plan.txt;
- * empty: none). Without a cache file that can be written, the heuristic
+ * /dev/null: none). Without a cache file that can be written, the heuristic
  * choice is kept: a measured choice that no later run can read back would
  * make runs differ. docs/kernels.md has the details. */
 
