@@ -21,10 +21,8 @@ typedef struct dw_isa {
                 size_t nq);
     /* res[j] += Σ_q g[q]·src[j][q], q < nq (a multiple of vn), j < nt. */
     void (*dots)(const float *g, const float *const *src, int nt, size_t nq, double *res);
-    /* One row of n floats into a plane: as is, or through the batch norm a
-     * (forward: channel ch of a; may be NULL). */
-    void (*row_in)(const float *src, int n, const dpt_bn_apply *a, int ch, float *dst);
-    /* row_in for the h rows of a plane [h][w], to rows ds apart. */
+    /* A plane [h][w] into rows ds apart: as is, or through the batch norm
+     * a (forward: channel ch of a; may be NULL). */
     void (*plane_in)(const float *src, int h, int w, const dpt_bn_apply *a, int ch, float *dst,
                      size_t ds);
     /* An output gradient plane [h][n] into rows ds apart: dy, or through

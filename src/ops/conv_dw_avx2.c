@@ -1,4 +1,5 @@
-/* The depthwise convolution passes (conv_dw_kern.h) for avx2 + fma (8-float
+/* The depthwise convolution passes (conv_dw_kern.h) and the pooling rows
+ * (pool_kern.h, sharing their vector helpers) for avx2 + fma (8-float
  * vectors). Compiled for avx2 whatever the build's -march; used only when
  * the CPU has it (conv_depthwise.c asks kernels.c which set is in use). */
 #include "ops/conv_depthwise.h"

@@ -1,4 +1,5 @@
-/* The depthwise convolution passes (conv_dw_kern.h) for avx512 (16-float
+/* The depthwise convolution passes (conv_dw_kern.h) and the pooling rows
+ * (pool_kern.h, sharing their vector helpers) for avx512 (16-float
  * vectors, masked loads and stores for row tails). Compiled for avx512
  * whatever the build's -march; used only when the CPU has it
  * (conv_depthwise.c asks kernels.c which set is in use). */

@@ -13,10 +13,9 @@
  * expressions are bn_kern.h's, so the fused ReLU masks agree bit for bit
  * with the unfused passes. */
 #include "ops/conv_depthwise.h"
+#include "ops/dw_vec.h"
 
 #include <stddef.h>
-
-#include "ops/dw_vec.h"
 
 /* ---- multiply-accumulate over taps ------------------------------------- */
 
@@ -280,7 +279,6 @@ const dw_isa KN(dpt_dw_isa) = {
     .vn = VN,
     .mac = KN(mac),
     .dots = KN(dots),
-    .row_in = KN(row_in),
     .plane_in = KN(plane_in),
     .plane_grad = KN(plane_grad),
     .plane_out = KN(plane_out),
