@@ -1453,6 +1453,12 @@ static void depthwise_cases(dpt_rng *rng)
         {1, 1, 1, 6, 5, 1, 1, 0, 1, 1},   {2, 3, 1, 8, 8, 2, 2, 0, 1, 2},
         {3, 32, 1, 32, 32, 3, 1, 1, 1, 2}, {3, 64, 1, 32, 32, 3, 2, 1, 1, 2},
         {3, 128, 1, 16, 16, 3, 1, 1, 1, 2}, {3, 128, 1, 16, 16, 3, 2, 1, 1, 2},
+        /* edges: a 1x1 image under padding wider than the filter, one
+         * column, a wide dilated filter at stride 3, padding beyond the
+         * taps' reach at stride 2, a 7-wide filter on a 7-wide image */
+        {1, 2, 1, 1, 1, 1, 1, 2, 1, 1},   {2, 3, 1, 5, 1, 3, 1, 1, 1, 2},
+        {1, 2, 1, 9, 9, 7, 3, 3, 2, 1},   {1, 2, 1, 3, 20, 3, 2, 2, 1, 2},
+        {2, 2, 2, 7, 7, 7, 1, 0, 1, 2},   {1, 3, 1, 6, 35, 3, 3, 2, 2, 0},
     };
     for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {
         const int *a = cs[i];
