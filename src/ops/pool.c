@@ -201,11 +201,12 @@ static const pool_isa *pool_pick(void)
     return &dpt_pool_isa_generic;
 }
 
-/* Stack budget of the ring (floats) and of the tap tables. */
-#define RING_FLOATS 8192
+/* Stack budget of the ring (floats) and of the tap tables: under 48 KiB a
+ * call, so that small thread stacks (musl's 128 KiB) are safe. */
+#define RING_FLOATS 4096
 #define MAX_TAPS 256
 #define RMAX 16 /* widest vector: row slack */
-#define ROW_MAX 2048 /* phase-row stride, and so outputs per row */
+#define ROW_MAX 1024 /* phase-row stride, and so outputs per row */
 
 typedef struct ring {
     const pool_isa *k;
