@@ -52,7 +52,8 @@ static void conv_shape(dpt_rng *rng, int n, int c, int hw, int stride, int round
     for (int i = 0; i < c; i++)
         pa[c + i] += 1.0f;
     dpt_bn_apply xa = {pa, pa + c, pa + 2 * c, 1, NULL, NULL, NULL};
-    dpt_bn_apply dya = {pa + 6 * c, pa + 7 * c, pa + 8 * c, 1, pa + 9 * c, pa + 10 * c, pa + 11 * c};
+    dpt_bn_apply dya = {pa + 6 * c, pa + 7 * c,  pa + 8 * c, 1,
+                        pa + 9 * c, pa + 10 * c, pa + 11 * c};
     d.algo = DPT_CONV_ALGO_DEPTHWISE;
     size_t nw = dpt_conv2d_work_floats(&d);
     d.algo = DPT_CONV_ALGO_GEMM;

@@ -1325,10 +1325,14 @@ static void pool_vs_scalar(dpt_rng *rng)
         cases++;
         const size_t nx = (size_t)d.n * d.c * d.h * d.w, ny = (size_t)d.n * d.c * d.out_h * d.out_w;
         float *x = malloc(nx * sizeof *x), *dy = malloc(ny * sizeof *dy);
-        float *a = malloc((nx > ny ? nx : ny) * sizeof *a), *b = malloc((nx > ny ? nx : ny) * sizeof *b);
+        const size_t nmax = nx > ny ? nx : ny;
+        float *a = malloc(nmax * sizeof *a), *b = malloc(nmax * sizeof *b);
         for (size_t i = 0; i < nx; i++) {
             double u = dpt_rng_uniform(rng);
-            x[i] = u < 0.02 ? -INFINITY : u < 0.03 ? NAN : u < 0.1 ? -0.0f : (float)(int)(u * 7) - 3;
+            x[i] = u < 0.02   ? -INFINITY
+                   : u < 0.03 ? NAN
+                   : u < 0.1  ? -0.0f
+                              : (float)(int)(u * 7) - 3;
         }
         if (it % 5 == 0) /* planes of -inf only: the index rule */
             for (size_t i = 0; i < nx; i++)
