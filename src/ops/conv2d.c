@@ -324,7 +324,8 @@ static void direct_backward(const dpt_conv2d_desc *d, const float *x, const dpt_
  * backward (conv_algo.h). An algorithm built only with some library sits
  * under that library's #ifdef. */
 static const conv_algo table[DPT_CONV_ALGO_COUNT] = {
-    [DPT_CONV_ALGO_GEMM] = {"gemm", 1, gemm_supports, gemm_work_floats, gemm_forward, gemm_backward},
+    [DPT_CONV_ALGO_GEMM] = {"gemm", 1, gemm_supports, gemm_work_floats, gemm_forward,
+                            gemm_backward},
     [DPT_CONV_ALGO_DIRECT] = {"direct", 1, direct_supports, dpt_conv_direct_work_floats,
                               direct_forward, direct_backward},
     [DPT_CONV_ALGO_DEPTHWISE] = {"depthwise", 1, dpt_conv_depthwise_supports,
