@@ -17,6 +17,7 @@
 #include "core/safetensors.h"
 #include "dptrain/core.h"
 #include "ops/ops.h"
+#include "ops/pool_isa.h"
 #include "testutil.h"
 
 #include <math.h>
@@ -1301,6 +1302,174 @@ static void cross_check_linear_bn(const char *set, dpt_rng *rng, int n, int c, i
     free(x), free(w), free(b), free(dy), free(prm), free(z), free(g), free(got);
 }
 
+/* Max and average pooling, forward and backward, on the selected kernel
+ * set against the scalar code (dpt_pool2d_reference), bit for bit, on
+ * random shapes: windows 1-5, strides 1-3, paddings below the window,
+ * rows narrower and wider than a vector. Values are small integers (ties
+ * everywhere, ±0 among them) with some -inf and NaN, so the maximum's tie
+ * rule and NaN rule are exercised. */
+static void pool_vs_scalar(dpt_rng *rng)
+{
+    int bad = 0, cases = 0;
+    for (int it = 0; it < 300; it++) {
+        dpt_pool2d_desc d;
+        d.n = 1 + (int)(dpt_rng_uniform(rng) * 3), d.c = 1 + (int)(dpt_rng_uniform(rng) * 3);
+        d.kh = 1 + (int)(dpt_rng_uniform(rng) * 5), d.kw = 1 + (int)(dpt_rng_uniform(rng) * 5);
+        d.sh = 1 + (int)(dpt_rng_uniform(rng) * 3), d.sw = 1 + (int)(dpt_rng_uniform(rng) * 3);
+        d.ph = (int)(dpt_rng_uniform(rng) * d.kh), d.pw = (int)(dpt_rng_uniform(rng) * d.kw);
+        d.h = 1 + (int)(dpt_rng_uniform(rng) * 40), d.w = 1 + (int)(dpt_rng_uniform(rng) * 40);
+        if (it % 3 == 0) /* the networks' shapes: 2x2 stride 2, 3x3 stride 2 pad 1 */
+            d.kh = d.kw = 2 + it % 2, d.sh = d.sw = 2, d.ph = d.pw = it % 2;
+        if (dpt_pool2d_desc_init(&d) != 0)
+            continue;
+        cases++;
+        const size_t nx = (size_t)d.n * d.c * d.h * d.w, ny = (size_t)d.n * d.c * d.out_h * d.out_w;
+        float *x = malloc(nx * sizeof *x), *dy = malloc(ny * sizeof *dy);
+        const size_t nmax = nx > ny ? nx : ny;
+        float *a = malloc(nmax * sizeof *a), *b = malloc(nmax * sizeof *b);
+        for (size_t i = 0; i < nx; i++) {
+            double u = dpt_rng_uniform(rng);
+            x[i] = u < 0.02   ? -INFINITY
+                   : u < 0.03 ? NAN
+                   : u < 0.1  ? -0.0f
+                              : (float)(int)(u * 7) - 3;
+        }
+        if (it % 5 == 0) /* planes of -inf only: the index rule */
+            for (size_t i = 0; i < nx; i++)
+                x[i] = -INFINITY;
+        fill_normal(rng, dy, ny, 1.0f);
+        for (int mode = 0; mode < 4; mode++) {
+            const size_t n = mode % 2 ? nx : ny;
+            for (size_t i = 0; i < n; i++)
+                a[i] = b[i] = 1234.5f;
+            dpt_pool2d_reference(mode, &d, x, dy, a);
+            switch (mode) {
+            case 0: dpt_maxpool2d_forward(&d, x, b); break;
+            case 1: dpt_maxpool2d_backward(&d, x, dy, b); break;
+            case 2: dpt_avgpool2d_forward(&d, x, b); break;
+            default: dpt_avgpool2d_backward(&d, dy, b); break;
+            }
+            if (memcmp(a, b, n * sizeof *a) != 0) {
+                if (bad++ < 5)
+                    printf("  pool mode %d n%d c%d %dx%d k%dx%d s%dx%d p%dx%d: differs\n", mode,
+                           d.n, d.c, d.h, d.w, d.kh, d.kw, d.sh, d.sw, d.ph, d.pw);
+            }
+        }
+        free(x), free(dy), free(a), free(b);
+    }
+    printf("  pooling %s vs scalar: %d shapes, %d differ\n", dpt_ops_kernels(), cases, bad);
+    CHECK(bad == 0 && cases > 100);
+}
+
+/* The depthwise algorithm (conv_depthwise.c) on the selected kernel set
+ * against the GEMM path (im2col + BLAS per group): y with the batch-norm
+ * sums, dx with xg's sums, dw, db; with a batch norm (and ReLU) applied on
+ * the fly to the input (xa) and to the output gradient (dya) when bn, as
+ * net.c's fusion plans them. Checked twice: same bits both times. */
+static void cross_check_depthwise(dpt_rng *rng, int n, int c, int mult, int h, int w, int k,
+                                  int stride, int pad, int dil, int bn)
+{
+    dpt_conv2d_desc d = {.n = n, .c_in = c, .h = h, .w = w, .c_out = c * mult, .kh = k, .kw = k,
+                         .stride = stride, .pad = pad, .dilation = dil, .groups = c};
+    CHECK(dpt_conv2d_desc_init(&d) == 0);
+    CHECK(dpt_conv_algo_supports(DPT_CONV_ALGO_DEPTHWISE, &d));
+    const int co = d.c_out, P = d.out_h * d.out_w;
+    const size_t nx = (size_t)n * c * h * w, nw = (size_t)co * k * k, ny = (size_t)n * co * P;
+    float *x = malloc(nx * sizeof(float)), *wt = malloc(nw * sizeof(float));
+    float *b = malloc(co * sizeof(float)), *dy = malloc(ny * sizeof(float));
+    float *yb = malloc(ny * sizeof(float)); /* the batch norm's input for dya */
+    fill_normal(rng, x, nx, 1.0f);
+    fill_normal(rng, wt, nw, 0.3f);
+    fill_normal(rng, b, co, 0.5f);
+    fill_normal(rng, dy, ny, 1.0f);
+    fill_normal(rng, yb, ny, 1.0f);
+    /* xa over c channels, dya over co: mean, scale, shift, kf, ka, kb. */
+    float *pa = malloc(6 * (size_t)(c + co) * sizeof(float));
+    fill_normal(rng, pa, 6 * (size_t)(c + co), 0.5f);
+    for (int ch = 0; ch < c; ch++)
+        pa[c + ch] += 1.0f;
+    float *pd = pa + 6 * (size_t)c;
+    dpt_bn_apply xa = {.mean = pa, .scale = pa + c, .shift = pa + 2 * c, .relu = bn > 1};
+    dpt_bn_apply dya = {.mean = pd, .scale = pd + co, .shift = pd + 2 * co, .relu = bn > 1,
+                        .kf = pd + 3 * co, .ka = pd + 4 * co, .kb = pd + 5 * co};
+    float *out[3][4]; /* [gemm, depthwise, depthwise again][y, dx, dw, db] */
+    double *s[3];
+    d.algo = DPT_CONV_ALGO_DEPTHWISE; /* its work size covers the GEMM fallback too */
+    float *work = fill_nan(dpt_conv2d_work_floats(&d));
+    for (int pass = 0; pass < 3; pass++) {
+        out[pass][0] = fill_nan(ny), out[pass][1] = fill_nan(nx);
+        out[pass][2] = fill_nan(nw), out[pass][3] = fill_nan(co);
+        s[pass] = malloc((2 * (size_t)co + 2 * (size_t)c) * sizeof(double));
+        for (int i = 0; i < 2 * co + 2 * c; i++)
+            s[pass][i] = 7.0; /* overwritten, not added to */
+        double *xg = bn ? s[pass] + 2 * co : NULL;
+        /* Through conv2d.c's table: the algorithm named in the desc. */
+        d.algo = pass == 0 ? DPT_CONV_ALGO_GEMM : DPT_CONV_ALGO_DEPTHWISE;
+        dpt_conv2d_forward_ex(&d, x, bn ? &xa : NULL, wt, b, out[pass][0], work, s[pass],
+                              s[pass] + co);
+        dpt_conv2d_backward_ex(&d, x, bn ? &xa : NULL, wt, dy, bn ? &dya : NULL, yb,
+                               out[pass][1], out[pass][2], out[pass][3], work, xg);
+    }
+    char label[160];
+    snprintf(label, sizeof label, "depthwise %s n%d c%d x%d %dx%d k%d s%d p%d d%d bn%d",
+             dpt_ops_kernels(), n, c, mult, h, w, k, stride, pad, dil, bn);
+    printf("%s vs gemm\n", label);
+    note(&worst_ref, tu_check_close("  y", out[1][0], out[0][0], ny, REF_TOL));
+    note(&worst_ref, tu_check_close("  dx", out[1][1], out[0][1], nx, REF_TOL));
+    note(&worst_ref, tu_check_close("  dw", out[1][2], out[0][2], nw, REF_TOL));
+    note(&worst_ref, tu_check_close("  db", out[1][3], out[0][3], co, REF_TOL));
+    const size_t ns = 2 * (size_t)co + (bn ? 2 * (size_t)c : 0);
+    float *got = malloc(ns * sizeof(float)), *want = malloc(ns * sizeof(float));
+    for (size_t i = 0; i < ns; i++)
+        got[i] = (float)s[1][i], want[i] = (float)s[0][i];
+    note(&worst_ref, tu_check_close("  bn sums of y, xg", got, want, ns, REF_TOL));
+    int same = 1;
+    for (int k4 = 0; k4 < 4; k4++) {
+        size_t len = k4 == 0 ? ny : k4 == 1 ? nx : k4 == 2 ? nw : (size_t)co;
+        same &= memcmp(out[1][k4], out[2][k4], len * sizeof(float)) == 0;
+    }
+    same &= memcmp(s[1], s[2], ns * sizeof(double)) == 0;
+    CHECK_MSG(same, "%s: a second run gave other bits", label);
+    for (int pass = 0; pass < 3; pass++) {
+        for (int k4 = 0; k4 < 4; k4++)
+            free(out[pass][k4]);
+        free(s[pass]);
+    }
+    free(got), free(want), free(work), free(pa);
+    free(x), free(wt), free(b), free(dy), free(yb);
+}
+
+/* Depthwise shapes: kernels 3 and 5, strides 1 and 2 (and 3), dilation 2,
+ * paddings 0-2, odd widths narrower and wider than a vector, a channel
+ * multiplier, batches 1 and 33, with and without the fused batch norms;
+ * and MobileNet's layers (examples/nets/mobilenet-32x32x3.net). */
+static void depthwise_cases(dpt_rng *rng)
+{
+    static const int cs[][10] = {
+        /* n, c, mult, h, w, k, stride, pad, dil, bn */
+        {1, 3, 1, 7, 9, 3, 1, 1, 1, 0},   {33, 2, 1, 5, 5, 3, 1, 0, 1, 2},
+        {2, 4, 1, 11, 13, 3, 2, 1, 1, 1}, {1, 5, 1, 16, 16, 3, 2, 1, 1, 2},
+        {2, 3, 1, 9, 17, 5, 1, 2, 1, 0},  {33, 2, 1, 12, 11, 5, 2, 2, 1, 2},
+        {2, 3, 1, 13, 19, 3, 1, 2, 2, 1}, {1, 2, 1, 14, 15, 3, 2, 0, 2, 2},
+        {3, 2, 1, 10, 23, 5, 1, 1, 2, 0}, {2, 3, 2, 9, 10, 3, 1, 1, 1, 2},
+        {2, 2, 3, 12, 13, 3, 2, 1, 1, 1}, {2, 3, 1, 17, 31, 3, 3, 1, 1, 2},
+        {1, 2, 1, 40, 37, 3, 1, 1, 1, 2}, {2, 2, 1, 4, 3, 3, 1, 2, 1, 0},
+        {1, 1, 1, 6, 5, 1, 1, 0, 1, 1},   {2, 3, 1, 8, 8, 2, 2, 0, 1, 2},
+        {3, 32, 1, 32, 32, 3, 1, 1, 1, 2}, {3, 64, 1, 32, 32, 3, 2, 1, 1, 2},
+        {3, 128, 1, 16, 16, 3, 1, 1, 1, 2}, {3, 128, 1, 16, 16, 3, 2, 1, 1, 2},
+        /* edges: a 1x1 image under padding wider than the filter, one
+         * column, a wide dilated filter at stride 3, padding beyond the
+         * taps' reach at stride 2, a 7-wide filter on a 7-wide image */
+        {1, 2, 1, 1, 1, 1, 1, 2, 1, 1},   {2, 3, 1, 5, 1, 3, 1, 1, 1, 2},
+        {1, 2, 1, 9, 9, 7, 3, 3, 2, 1},   {1, 2, 1, 3, 20, 3, 2, 2, 1, 2},
+        {2, 2, 2, 7, 7, 7, 1, 0, 1, 2},   {1, 3, 1, 6, 35, 3, 3, 2, 2, 0},
+    };
+    for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {
+        const int *a = cs[i];
+        cross_check_depthwise(rng, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9]);
+    }
+}
+
 /* The shapes cross_check_conv runs on every kernel set. */
 #define CONV(N, CI, H, W, CO, KH, KW, PAD)                                                  \
     {.n = N, .c_in = CI, .h = H, .w = W, .c_out = CO, .kh = KH, .kw = KW, .stride = 1, \
@@ -1363,6 +1532,8 @@ int main(void)
         fd_bn(&rng, 3, 2, 5);
         fd_bn(&rng, 1, 3, 12);
         fd_linear(&rng, 5, 7, 4);
+        depthwise_cases(&rng);
+        pool_vs_scalar(&rng);
         if (k == 0) { /* generic: the image-at-a-time path only */
             cross_check_linear_bn(sets[k], &rng, 3, 2, 64, 10, 0);
             continue;

@@ -3,8 +3,22 @@
  * Each output pixel's window is clipped to the unpadded input: padding
  * never wins a max (it is -inf) and adds nothing to a sum (it is 0), while
  * the average still divides by the whole window (count_include_pad). The
- * desc checks guarantee every window holds at least one input pixel. */
+ * desc checks guarantee every window holds at least one input pixel.
+ *
+ * The vector path (pool_kern.h, per kernel set) computes a row of outputs
+ * per vector, each lane doing the scalar code's float operations in the
+ * same order, so both give the same bits: input rows are padded (-inf for
+ * max, −0 for sums: identities) and split into sw column phases, so that
+ * tap (ki, kj) of outputs ox.. is one contiguous load at ox + kj / sw in
+ * phase kj mod sw of input row oy·sh − ph + ki (rows outside the input are
+ * skipped, as the scalar code clips them). A ring of kh packed rows per
+ * plane, on the stack, serves consecutive output rows; windows or rows too
+ * large for it take the scalar code. Average pooling's backward adds each
+ * window's share into phase rows in the scalar code's order per pixel
+ * (output rows ascending, and within one, columns ascending: taps kj
+ * descending), a row written out once no later window reaches it. */
 #include "ops/ops.h"
+#include "ops/pool_isa.h"
 
 #include <math.h>
 #include <string.h>
@@ -64,7 +78,7 @@ static int window_argmax(const dpt_pool2d_desc *d, const float *plane, int oy, i
     return best;
 }
 
-void dpt_maxpool2d_forward(const dpt_pool2d_desc *d, const float *x, float *y)
+static void scalar_max_forward(const dpt_pool2d_desc *d, const float *x, float *y)
 {
     const size_t in_plane = (size_t)d->h * d->w, out_plane = (size_t)d->out_h * d->out_w;
     const size_t planes = (size_t)d->n * d->c;
@@ -77,7 +91,8 @@ void dpt_maxpool2d_forward(const dpt_pool2d_desc *d, const float *x, float *y)
     }
 }
 
-void dpt_maxpool2d_backward(const dpt_pool2d_desc *d, const float *x, const float *dy, float *dx)
+static void scalar_max_backward(const dpt_pool2d_desc *d, const float *x, const float *dy,
+                                float *dx)
 {
     const size_t in_plane = (size_t)d->h * d->w, out_plane = (size_t)d->out_h * d->out_w;
     const size_t planes = (size_t)d->n * d->c;
@@ -94,7 +109,7 @@ void dpt_maxpool2d_backward(const dpt_pool2d_desc *d, const float *x, const floa
     }
 }
 
-void dpt_avgpool2d_forward(const dpt_pool2d_desc *d, const float *x, float *y)
+static void scalar_avg_forward(const dpt_pool2d_desc *d, const float *x, float *y)
 {
     const size_t in_plane = (size_t)d->h * d->w, out_plane = (size_t)d->out_h * d->out_w;
     const size_t planes = (size_t)d->n * d->c;
@@ -116,7 +131,7 @@ void dpt_avgpool2d_forward(const dpt_pool2d_desc *d, const float *x, float *y)
     }
 }
 
-void dpt_avgpool2d_backward(const dpt_pool2d_desc *d, const float *dy, float *dx)
+static void scalar_avg_backward(const dpt_pool2d_desc *d, const float *dy, float *dx)
 {
     const size_t in_plane = (size_t)d->h * d->w, out_plane = (size_t)d->out_h * d->out_w;
     const size_t planes = (size_t)d->n * d->c;
@@ -136,6 +151,284 @@ void dpt_avgpool2d_backward(const dpt_pool2d_desc *d, const float *dy, float *dx
             }
         }
     }
+}
+
+void dpt_pool2d_reference(int mode, const dpt_pool2d_desc *d, const float *x, const float *dy,
+                          float *out)
+{
+    switch (mode) {
+    case 0: scalar_max_forward(d, x, out); break;
+    case 1: scalar_max_backward(d, x, dy, out); break;
+    case 2: scalar_avg_forward(d, x, out); break;
+    default: scalar_avg_backward(d, dy, out); break;
+    }
+}
+
+/* ---- the vector path ------------------------------------------------------ */
+
+typedef float vt_pool4 __attribute__((vector_size(4 * 4)));
+typedef int vi_pool4 __attribute__((vector_size(4 * 4)));
+#define VN 4
+#define VT vt_pool4
+#define VI vi_pool4
+#define KN(f) f##_generic
+extern const pool_isa dpt_pool_isa_generic;
+
+static inline VT KN(loadn)(const float *p, int n)
+{
+    VT v = {0};
+    memcpy(&v, p, (size_t)n * sizeof(float));
+    return v;
+}
+
+static inline void KN(storen)(float *p, VT v, int n) { memcpy(p, &v, (size_t)n * sizeof(float)); }
+
+#include "ops/pool_kern.h"
+#undef VN
+#undef VT
+#undef VI
+#undef KN
+
+static const pool_isa *pool_pick(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    const char *k = dpt_ops_kernels();
+    if (strcmp(k, "avx512") == 0)
+        return &dpt_pool_isa_avx512;
+    if (strcmp(k, "avx2") == 0)
+        return &dpt_pool_isa_avx2;
+#endif
+    return &dpt_pool_isa_generic;
+}
+
+/* Stack budget of the ring (floats) and of the tap tables: under 48 KiB a
+ * call, so that small thread stacks (musl's 128 KiB) are safe. */
+#define RING_FLOATS 4096
+#define MAX_TAPS 256
+#define RMAX 16 /* widest vector: row slack */
+#define ROW_MAX 1024 /* phase-row stride, and so outputs per row */
+
+typedef struct ring {
+    const pool_isa *k;
+    const dpt_pool2d_desc *d;
+    int sw, L, kh;  /* column phases, phase-row stride, slots */
+    float pv;       /* padding value */
+    float *buf;     /* [kh][sw][L] */
+    float *z;       /* [sw·L]: one padded row before its split */
+    int tag[MAX_TAPS]; /* input row held by each slot, -1: none */
+} ring;
+
+/* Geometry for d, or 0 when the vector path does not take it. */
+static int ring_fits(const dpt_pool2d_desc *d, int *L)
+{
+    /* Columns per phase row: every window's taps, and every input column
+     * (average pooling's backward writes each dx row from them). */
+    int wc = d->out_w + (d->kw - 1) / d->sw;
+    if ((d->pw + d->w + d->sw - 1) / d->sw > wc)
+        wc = (d->pw + d->w + d->sw - 1) / d->sw;
+    const long long l = ((long long)wc + RMAX - 1) / RMAX * RMAX + RMAX;
+    if ((long long)d->kh * d->kw > MAX_TAPS || d->kh > MAX_TAPS)
+        return 0;
+    if (((long long)d->kh + 1) * d->sw * l > RING_FLOATS || l > ROW_MAX)
+        return 0;
+    *L = (int)l;
+    return 1;
+}
+
+/* Phase b of input row iy (packed into its slot when not already there). */
+static const float *ring_row(ring *r, const float *plane, int iy)
+{
+    const int slot = iy % r->kh, sw = r->sw, L = r->L;
+    float *dst = r->buf + (size_t)slot * sw * L;
+    if (r->tag[slot] != iy) {
+        const dpt_pool2d_desc *d = r->d;
+        const float *src = plane + (size_t)iy * d->w;
+        if (sw == 1) {
+            r->k->row_pad(src, d->w, r->pv, d->pw, L, dst);
+        } else {
+            r->k->row_pad(src, d->w, r->pv, d->pw, sw * L, r->z);
+            if (sw == 2)
+                r->k->deint2(r->z, L - RMAX, dst, dst + L);
+            else
+                for (int b = 0; b < sw; b++)
+                    for (int c = 0; c < L; c++)
+                        dst[(size_t)b * L + c] = r->z[(size_t)c * sw + b];
+        }
+        r->tag[slot] = iy;
+    }
+    return dst;
+}
+
+/* The taps of output row oy in scan order (input rows clipped): read
+ * pointers, and each one's plane index at ox = 0 (tidx). Returns the
+ * count; *y0 = the first input row. */
+static int row_taps(ring *r, const float *plane, int oy, const float **tap, int *tidx, int *y0)
+{
+    const dpt_pool2d_desc *d = r->d;
+    int nt = 0;
+    *y0 = -1;
+    for (int ki = 0; ki < d->kh; ki++) {
+        const int iy = oy * d->sh - d->ph + ki;
+        if (iy < 0 || iy >= d->h)
+            continue;
+        if (*y0 < 0)
+            *y0 = iy;
+        const float *rowp = ring_row(r, plane, iy);
+        for (int kj = 0; kj < d->kw; kj++) {
+            tap[nt] = rowp + (size_t)(kj % r->sw) * r->L + kj / r->sw;
+            if (tidx)
+                tidx[nt] = iy * d->w + kj - d->pw;
+            nt++;
+        }
+    }
+    return nt;
+}
+
+static void ring_init(ring *r, const pool_isa *k, const dpt_pool2d_desc *d, int L, float pv,
+                      float *buf)
+{
+    r->k = k, r->d = d, r->sw = d->sw, r->L = L, r->kh = d->kh, r->pv = pv;
+    r->buf = buf;
+    r->z = buf + (size_t)d->kh * d->sw * L;
+    for (int i = 0; i < d->kh; i++)
+        r->tag[i] = -1;
+}
+
+/* mode 0: max forward, 2: average forward. */
+static void vec_pool(const pool_isa *k, const dpt_pool2d_desc *d, int L, int mode,
+                     const float *x, float *y)
+{
+    float buf[RING_FLOATS];
+    const float *tap[MAX_TAPS];
+    int tidx[MAX_TAPS];
+    const size_t in_plane = (size_t)d->h * d->w, out_plane = (size_t)d->out_h * d->out_w;
+    const size_t planes = (size_t)d->n * d->c;
+    const float inv = 1.0f / (float)(d->kh * d->kw);
+    ring r;
+    for (size_t p = 0; p < planes; p++) {
+        ring_init(&r, k, d, L, mode == 2 ? -0.0f : -INFINITY, buf);
+        const float *xp = x + p * in_plane;
+        for (int oy = 0; oy < d->out_h; oy++) {
+            int y0;
+            const int nt = row_taps(&r, xp, oy, tap, tidx, &y0);
+            const size_t o = p * out_plane + (size_t)oy * d->out_w;
+            if (mode == 2) {
+                k->avg_row(tap, nt, d->out_w, inv, y + o);
+            } else {
+                k->max_row(tap, tidx, nt, d->out_w, d->sw, d->pw, y0 * d->w, y + o, NULL);
+            }
+        }
+    }
+}
+
+/* Average pooling's backward: slot rows accumulate [kh][sw][L] phases of
+ * dx rows; a row is written to dx (and its slot cleared) once the windows
+ * have passed it. */
+static void flush_row(const pool_isa *k, const dpt_pool2d_desc *d, int L, float *buf, float *z,
+                      int iy, float *dp)
+{
+    float *acc = buf + (size_t)(iy % d->kh) * d->sw * L;
+    const float *src = acc + d->pw;
+    if (d->sw == 2) {
+        k->int2(acc, acc + L, L - RMAX, z);
+        src = z + d->pw;
+    } else if (d->sw > 2) {
+        for (int b = 0; b < d->sw; b++)
+            for (int c = 0; c < L; c++)
+                z[(size_t)c * d->sw + b] = acc[(size_t)b * L + c];
+        src = z + d->pw;
+    }
+    k->row_pad(src, d->w, 0.0f, 0, d->w, dp + (size_t)iy * d->w); /* a copy */
+    memset(acc, 0, (size_t)d->sw * L * sizeof *acc);
+}
+
+/* Both backwards: x NULL for average pooling (each tap gets dy / (kh·kw)),
+ * else max pooling (each tap gets dy where it is the window's maximum,
+ * else +0: the same sums as the scalar scatter, whose dx starts at +0). */
+static void vec_backward(const pool_isa *k, const dpt_pool2d_desc *d, int L, const float *x,
+                         const float *dy, float *dx)
+{
+    float buf[RING_FLOATS], g[ROW_MAX], xbuf[RING_FLOATS];
+    const float *tap[MAX_TAPS];
+    int tidx[MAX_TAPS], idx[ROW_MAX];
+    const size_t in_plane = (size_t)d->h * d->w, out_plane = (size_t)d->out_h * d->out_w;
+    const size_t planes = (size_t)d->n * d->c;
+    const float inv = 1.0f / (float)(d->kh * d->kw);
+    float *z = buf + (size_t)d->kh * d->sw * L;
+    ring r;
+    for (size_t p = 0; p < planes; p++) {
+        float *dp = dx + p * in_plane;
+        const float *gp = dy + p * out_plane;
+        if (x)
+            ring_init(&r, k, d, L, -INFINITY, xbuf);
+        memset(buf, 0, (size_t)d->kh * d->sw * L * sizeof *buf);
+        int done = 0; /* dx rows written */
+        for (int oy = 0; oy < d->out_h; oy++) {
+            const int top = oy * d->sh - d->ph;
+            for (; done < top && done < d->h; done++)
+                flush_row(k, d, L, buf, z, done, dp);
+            if (x) {
+                int y0;
+                const int nt = row_taps(&r, x + p * in_plane, oy, tap, tidx, &y0);
+                k->max_row(tap, tidx, nt, d->out_w, d->sw, d->pw, y0 * d->w, r.z, idx);
+            } else {
+                k->scale_row(gp + (size_t)oy * d->out_w, d->out_w, inv, g);
+            }
+            for (int ki = 0, t0 = 0; ki < d->kh; ki++) {
+                const int iy = top + ki;
+                if (iy < 0 || iy >= d->h)
+                    continue;
+                float *acc = buf + (size_t)(iy % d->kh) * d->sw * L;
+                for (int kj = d->kw - 1; kj >= 0; kj--) {
+                    float *dst = acc + (size_t)(kj % d->sw) * L + kj / d->sw;
+                    if (x)
+                        k->add_argmax(dst, gp + (size_t)oy * d->out_w, idx, tidx[t0 + kj],
+                                      d->sw, d->out_w);
+                    else
+                        k->add_row(dst, g, d->out_w);
+                }
+                t0 += d->kw;
+            }
+        }
+        for (; done < d->h; done++)
+            flush_row(k, d, L, buf, z, done, dp);
+    }
+}
+
+void dpt_maxpool2d_forward(const dpt_pool2d_desc *d, const float *x, float *y)
+{
+    int L;
+    if (ring_fits(d, &L))
+        vec_pool(pool_pick(), d, L, 0, x, y);
+    else
+        scalar_max_forward(d, x, y);
+}
+
+void dpt_maxpool2d_backward(const dpt_pool2d_desc *d, const float *x, const float *dy, float *dx)
+{
+    int L;
+    if (ring_fits(d, &L))
+        vec_backward(pool_pick(), d, L, x, dy, dx);
+    else
+        scalar_max_backward(d, x, dy, dx);
+}
+
+void dpt_avgpool2d_forward(const dpt_pool2d_desc *d, const float *x, float *y)
+{
+    int L;
+    if (ring_fits(d, &L))
+        vec_pool(pool_pick(), d, L, 2, x, y);
+    else
+        scalar_avg_forward(d, x, y);
+}
+
+void dpt_avgpool2d_backward(const dpt_pool2d_desc *d, const float *dy, float *dx)
+{
+    int L;
+    if (ring_fits(d, &L))
+        vec_backward(pool_pick(), d, L, NULL, dy, dx);
+    else
+        scalar_avg_backward(d, dy, dx);
 }
 
 void dpt_global_avgpool_forward(const float *x, float *y, int n, int c, int hw)

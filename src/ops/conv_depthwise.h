@@ -1,0 +1,67 @@
+/* Depthwise convolution (groups == c_in, c_out a multiple of c_in): the
+ * DEPTHWISE entry of conv2d.c's algorithm table (conv_depthwise.c), and the
+ * per-plane vector passes each instruction set provides (conv_dw_kern.h,
+ * compiled by conv_depthwise.c for "generic" and by conv_dw_avx512.c,
+ * conv_dw_avx2.c). Internal to ops/. */
+#ifndef DPT_OPS_CONV_DEPTHWISE_H
+#define DPT_OPS_CONV_DEPTHWISE_H
+
+#include "ops/ops.h"
+
+#include <stddef.h>
+
+/* Accumulators of the weight-gradient dot products: taps per pass. */
+#define DW_TB 9
+
+typedef struct dw_isa {
+    int vn; /* floats per vector */
+    /* out[q] = bias + Σ_j wt[j]·src[j][q], q < nq (a multiple of vn; src
+     * readable that far). */
+    void (*mac)(const float *const *src, const float *wt, int nt, float bias, float *out,
+                size_t nq);
+    /* res[j] += Σ_q g[q]·src[j][q], q < nq (a multiple of vn), j < nt. */
+    void (*dots)(const float *g, const float *const *src, int nt, size_t nq, double *res);
+    /* A plane [h][w] into rows ds apart: as is, or through the batch norm
+     * a (forward: channel ch of a; may be NULL). */
+    void (*plane_in)(const float *src, int h, int w, const dpt_bn_apply *a, int ch, float *dst,
+                     size_t ds);
+    /* An output gradient plane [h][n] into rows ds apart: dy, or through
+     * a's backward (y [h][n] the batch norm's input; a may be NULL);
+     * *sum += Σ dst. */
+    void (*plane_grad)(const float *dy, const float *y, int h, int n, const dpt_bn_apply *a,
+                       int ch, float *dst, size_t ds, double *sum);
+    /* dst [rows][n] = the first n columns of each row of wide (row stride
+     * ws); sum, sumsq (NULL: none) += Σ dst, Σ dst². */
+    void (*plane_out)(const float *wide, int rows, int n, size_t ws, float *dst, double *sum,
+                      double *sumsq);
+    /* dst [h][w] = rows[r][0 .. w); with a (NULL: none), the sums
+     * dpt_bn_grad_sums(x, dst, ...) forms for channel ch, added into *sg,
+     * *sgx. */
+    void (*plane_dx)(const float *const *rows, int h, int w, float *dst, const float *x,
+                     const dpt_bn_apply *a, int ch, double *sg, double *sgx);
+    /* even[c] = z[2c], odd[c] = z[2c + 1], c < n rounded up to vn; and the
+     * inverse. */
+    void (*deint2)(const float *z, int n, float *even, float *odd);
+    void (*int2)(const float *even, const float *odd, int n, float *z);
+} dw_isa;
+
+#if defined(__x86_64__) || defined(__i386__)
+#define DPT_HAVE_DW_X86 1
+extern const dw_isa dpt_dw_isa_avx512, dpt_dw_isa_avx2;
+#endif
+
+/* The algorithm-table entry (conv_algo.h's contracts; fused: handles xa,
+ * dya, the batch-norm sums and xg itself). supports: groups == c_in and
+ * c_out a multiple of c_in (a channel multiplier), any kernel size, stride,
+ * padding and dilation. */
+int dpt_conv_depthwise_supports(const dpt_conv2d_desc *d);
+size_t dpt_conv_depthwise_work_floats(const dpt_conv2d_desc *d);
+void dpt_conv_depthwise_forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
+                                const float *w, const float *b, float *y, float *work, double *sum,
+                                double *sumsq);
+void dpt_conv_depthwise_backward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
+                                 const float *w, const float *dy, const dpt_bn_apply *dya,
+                                 const float *y, float *dx, float *dw, float *db, float *work,
+                                 double *xg);
+
+#endif

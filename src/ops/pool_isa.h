@@ -1,0 +1,50 @@
+/* The row kernels of max and average pooling (pool_kern.h), compiled per
+ * instruction set: pool.c itself ("generic", 4-float vectors),
+ * conv_dw_avx512.c and conv_dw_avx2.c (beside the depthwise kernels, which
+ * share their vector helpers). pool.c picks a set from dpt_ops_kernels().
+ * Internal to ops/. */
+#ifndef DPT_OPS_POOL_ISA_H
+#define DPT_OPS_POOL_ISA_H
+
+#include "ops/ops.h"
+
+typedef struct pool_isa {
+    /* dst[0 .. left) = pv, dst[left .. left + n) = src, dst[left + n ..
+     * total) = pv: a row padded for the taps. */
+    void (*row_pad)(const float *src, int n, float pv, int left, int total, float *dst);
+    /* even[c] = z[2c], odd[c] = z[2c + 1], c < n rounded up to a vector;
+     * and the inverse. */
+    void (*deint2)(const float *z, int n, float *even, float *odd);
+    void (*int2)(const float *even, const float *odd, int n, float *z);
+    /* Max over nt taps for outputs ox < n of one row: tap t of output ox
+     * reads tap[t][ox] (an input pixel, or -inf for padding), whose index
+     * in the plane is tidx[t] + ox·sw; the taps in the scan order of
+     * pool.c's window_argmax (row by row, the first of equal maxima, a NaN
+     * taking over). y[ox] = the maximum; idx (NULL: not wanted) = its
+     * index, or first + max(0, ox·sw − pw) (the window's first pixel) when
+     * no tap took; idx has room for n rounded up to a vector. */
+    void (*max_row)(const float *const *tap, const int *tidx, int nt, int n, int sw, int pw,
+                    int first, float *y, int *idx);
+    /* y[ox] = (Σ_t tap[t][ox], in tap order from +0) · inv, ox < n. */
+    void (*avg_row)(const float *const *tap, int nt, int n, float inv, float *y);
+    /* dst[j] = g[j]·inv, j < n. */
+    void (*scale_row)(const float *g, int n, float inv, float *dst);
+    /* dst[j] += g[j], j < n. */
+    void (*add_row)(float *dst, const float *g, int n);
+    /* dst[ox] += g[ox] where best[ox] == tidx + ox·sw (this tap is the
+     * window's maximum), else += 0, ox < n (best readable to n rounded up
+     * to a vector). */
+    void (*add_argmax)(float *dst, const float *g, const int *best, int tidx, int sw, int n);
+} pool_isa;
+
+/* The scalar code the vector path must match bit for bit, for the tests:
+ * mode 0 max forward (out = y), 1 max backward (out = dx, from x and
+ * dy), 2 average forward (y), 3 average backward (dx from dy). */
+void dpt_pool2d_reference(int mode, const dpt_pool2d_desc *d, const float *x, const float *dy,
+                          float *out);
+
+#if defined(__x86_64__) || defined(__i386__)
+extern const pool_isa dpt_pool_isa_avx512, dpt_pool_isa_avx2;
+#endif
+
+#endif
