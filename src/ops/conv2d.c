@@ -203,7 +203,7 @@ void dpt_conv2d_forward_ex(const dpt_conv2d_desc *d, const float *x, const dpt_b
     const size_t x_grp = (size_t)cg_in * d->h * d->w, w_grp = (size_t)cg_out * K;
     const int identity = lowering_is_identity(d);
     assert(work || (identity && !xa));
-    const conv_isa *isa = G == 1 && dil_of(d) == 1 ? dpt_conv_direct_pick(d) : NULL;
+    const conv_isa *isa = dpt_conv_direct_pick(d);
     if (isa) {
         dpt_conv_direct_forward(isa, d, x, xa, w, b, y, work, sum, sumsq);
         return;
@@ -257,7 +257,7 @@ void dpt_conv2d_backward_ex(const dpt_conv2d_desc *d, const float *x, const dpt_
     const int identity = lowering_is_identity(d);
     assert(work || (identity && !xa && !dya));
     assert(!xg || (xa && dx));
-    const conv_isa *isa = G == 1 && dil_of(d) == 1 ? dpt_conv_direct_pick(d) : NULL;
+    const conv_isa *isa = dpt_conv_direct_pick(d);
     if (isa) {
         dpt_conv_direct_backward(isa, d, x, xa, w, dy, dya, y, dx, dw, db, work, xg);
         return;

@@ -1,4 +1,4 @@
-/* Direct stride-1 convolution: the micro-kernel table each instruction set
+/* Direct convolution: the micro-kernel table each instruction set
  * provides (conv_avx512.c, conv_avx2.c, built from conv_kern.h), and the
  * batch-level driver in conv_direct.c that conv2d.c calls. Internal to ops/. */
 #ifndef DPT_OPS_CONV_DIRECT_H
@@ -10,6 +10,8 @@
 
 /* Filters with more taps (kh·kw) take the GEMM path. */
 #define DPT_CONV_DIRECT_MAX_TAPS 1024
+/* Strides above this take another algorithm (s·s phase planes). */
+#define DPT_CONV_DIRECT_MAX_STRIDE 8
 
 /* Where one vector of wide output positions goes in a dense output plane:
  * lanes [0, hi_a) to plane + off_a + lane (the rest of one row), lanes
@@ -79,9 +81,15 @@ extern const conv_isa dpt_conv_isa_avx2;
 
 /* The direct kernels of the selected set (kernels.c), NULL for generic. */
 const conv_isa *dpt_ops_conv_isa(void);
-/* The kernel set conv2d.c should use for d: NULL when the im2col + GEMM path
- * must run (generic kernels selected, stride > 1, padding wider than the
- * filter, or shapes where the direct path has no advantage). */
+/* The kernel set the direct algorithm runs d with, NULL when it cannot:
+ * generic kernels selected, stride above DPT_CONV_DIRECT_MAX_STRIDE,
+ * padding wider than the dilated filter's extent minus one, depthwise or
+ * tiny groups (fewer than 4 channels in or out per group), or planes too
+ * large for int tap offsets. */
+const conv_isa *dpt_conv_direct_supports(const dpt_conv2d_desc *d);
+/* dpt_conv_direct_supports, less the shapes where the direct kernels have
+ * no advantage by default (1x1 filters: a plain GEMM); the heuristic
+ * choice when no measured plan says otherwise. */
 const conv_isa *dpt_conv_direct_pick(const dpt_conv2d_desc *d);
 /* Scratch floats the direct path needs for d with any kernel set. */
 size_t dpt_conv_direct_work_floats(const dpt_conv2d_desc *d);
