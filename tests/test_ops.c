@@ -1084,6 +1084,9 @@ static void cross_check_conv(const char *set, dpt_rng *rng, dpt_conv2d_desc d, i
     double sums_err = 0.0, xg_err[2] = {0.0, 0.0};
     for (int pass = 0; pass < 2; pass++) {
         CHECK(dpt_ops_set_kernels(pass == 0 ? "generic" : set) == 0);
+        /* The set's pass forces the direct kernels where they take the
+         * shape (1x1 filters included); GEMM elsewhere. */
+        d.algo = pass == 0 ? DPT_CONV_ALGO_AUTO : DPT_CONV_ALGO_DIRECT;
         float *work = fill_nan(dpt_conv2d_work_floats(&d));
         out[pass][0] = fill_nan(ny), out[pass][1] = fill_nan(nx);
         out[pass][2] = fill_nan(nw), out[pass][3] = fill_nan(d.c_out);
