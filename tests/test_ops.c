@@ -1357,6 +1357,11 @@ static const struct {
     {CONVX(2, 16, 20, 18, 16, 3, 3, 2, 1, 2, 4), 0},
     {CONVX(5, 32, 8, 8, 64, 3, 3, 1, 2, 1, 1), 0},
     {CONVX(33, 8, 6, 7, 8, 3, 3, 1, 2, 1, 2), 0},
+    /* Blocks of stacked images (conv_direct.c's block_images) whose rows
+     * fill a vector, so the outputs go through the blocked output map, and
+     * a short last block. */
+    {CONVX(5, 7, 16, 16, 9, 3, 3, 1, 1, 1, 1), 0},
+    {CONVX(5, 6, 32, 32, 10, 3, 3, 1, 2, 1, 1), 0},
     /* Refused by the direct kernels (checked on the generic path here):
      * padding wider than the filter, depthwise. */
     {CONVX(2, 3, 8, 8, 4, 3, 3, 3, 2, 1, 1), 0},

@@ -60,9 +60,10 @@ static int groups_of(const dpt_conv2d_desc *d) { return d->groups > 1 ? d->group
 /* Geometry of one group's descriptor under one kernel set. */
 typedef struct geom {
     int s, dl;                  /* stride, dilation */
+    int nb, rp;                 /* images per block; phase rows per image in a block */
     int kt, k_total;            /* taps per channel, c_in * kt */
     int ry, rx;                 /* (kh-1)·dl div s, (kw-1)·dl div s: the furthest phase offsets */
-    int wx, hx;                 /* s > 1: the padded plane before the split (rows, width) */
+    int wx, hx;                 /* s > 1: the padded plane before the split (width, rows) */
     size_t ps_t;
     int wp, hp;                 /* phase plane (stride 1: the padded plane) */
     size_t ps_ph, ps_x;         /* plane stride, channel stride (s·s planes) */
@@ -95,22 +96,52 @@ static void phase_span(int a, int s, int pad, int n, int *u0, int *nu)
     *nu = hi > lo ? hi - lo : 0;
 }
 
-static void make_geom(const conv_isa *isa, const dpt_conv2d_desc *d, geom *g)
+/* Phase rows per image when images are stacked in a block: image j's
+ * padded rows start at row j·rp·s of the stacked plane, its padding
+ * shared with its neighbours' (as the columns share theirs), far enough
+ * apart that no valid output reads a neighbour (see make_geom). */
+static int period_rows(const dpt_conv2d_desc *d, int ry)
+{
+    const int s = d->stride;
+    int rp = (d->h + d->pad + s - 1) / s;
+    if (s > 1 && rp < d->out_h + ry)
+        rp = d->out_h + ry;
+    return rp;
+}
+
+/* Geometry of a block of nb images. Small planes are stacked nb to a
+ * block, one tall plane: each kernel call then covers enough positions to
+ * fill its register tiles and the weight gradient's per-lane partial sums
+ * are flushed once per block instead of once per tiny image. Stacked at
+ * rp phase rows apart, image j's output row oy is row j·rp + oy of the
+ * stacked output (rows out_h .. rp-1 of each period are junk), its dx row
+ * iy row j·rp + iy (stride 1; stride s: phase row j·rp + u).
+ * Why nothing leaks between stacked images: at stride 1 (rp = h + pad) a
+ * valid output row reads padded rows up to j·rp + h + 2·pad - 1, one
+ * before image j + 1's first row, and dx row iy reads dy rows j·rp + iy ..
+ * + eh, between image j - 1's last (j·rp - 1) and image j + 1's first
+ * (j·rp + h + eh) dy rows of dyp. At stride s, rp >= out_h + ry keeps a
+ * phase's dy reads (rows u - ry .. u of image j, u < rp) inside image j's
+ * period likewise. */
+static void make_geom(const conv_isa *isa, const dpt_conv2d_desc *d, int nb, geom *g)
 {
     const int vw = isa->vw, s = d->stride, dl = dil_of(d);
     const int eh = (d->kh - 1) * dl, ew = (d->kw - 1) * dl;
     g->s = s;
     g->dl = dl;
+    g->nb = nb;
     g->kt = d->kh * d->kw;
     g->k_total = d->c_in * g->kt;
     g->ry = eh / s;
     g->rx = ew / s;
+    g->rp = period_rows(d, g->ry);
+    const size_t span = (size_t)(nb - 1) * g->rp; /* stacked rows before the last image */
     g->wx = (int)round_up((size_t)d->w + d->pad, (size_t)s);
-    g->hx = (int)round_up((size_t)d->h + 2 * (size_t)d->pad, (size_t)s);
+    g->hx = (int)round_up(span * s + d->h + 2 * (size_t)d->pad, (size_t)s);
     g->ps_t = s > 1 ? round_up((size_t)g->hx * g->wx, ALIGN_F) : 0;
     g->wp = g->wx / s;
     g->hp = g->hx / s;
-    g->nq_f = (int)round_up((size_t)d->out_h * g->wp, (size_t)vw);
+    g->nq_f = (int)round_up((span + d->out_h) * g->wp, (size_t)vw);
     g->nq_w = g->nq_f;
     size_t need = max_z((size_t)g->nq_f + (size_t)g->ry * g->wp + (size_t)g->rx,
                         (size_t)g->hp * g->wp);
@@ -121,10 +152,10 @@ static void make_geom(const conv_isa *isa, const dpt_conv2d_desc *d, geom *g)
         g->pdh = eh - d->pad;
         g->pdw = ew - d->pad;
         g->wd = d->out_w + g->pdw;
-        int hd = d->out_h + 2 * g->pdh;
-        g->nq_b = (int)round_up((size_t)d->h * g->wd, (size_t)vw);
+        size_t hd = span + d->out_h + 2 * (size_t)g->pdh;
+        g->nq_b = (int)round_up((span + d->h) * g->wd, (size_t)vw);
         g->same = g->wd == g->wp;
-        need = max_z((size_t)g->nq_b + (size_t)eh * g->wd + (size_t)ew, (size_t)hd * g->wd);
+        need = max_z((size_t)g->nq_b + (size_t)eh * g->wd + (size_t)ew, hd * g->wd);
         if (g->same)
             need = max_z(need, (size_t)g->pdh * g->wd + g->pdw + g->nq_w);
         g->map_b = d->w >= vw && g->wd >= vw;
@@ -138,13 +169,13 @@ static void make_geom(const conv_isa *isa, const dpt_conv2d_desc *d, geom *g)
             if (g->v0[a] + g->nv[a] > g->wd)
                 g->wd = g->v0[a] + g->nv[a];
         }
-        need = (size_t)(g->ry + d->out_h + 1) * g->wd;
+        need = (span + g->ry + d->out_h + 1) * g->wd;
         g->nq_b = 0;
         for (int a = 0; a < s; a++)
             for (int b = 0; b < s; b++) {
                 if (!g->nu[a] || !g->nv[b])
                     continue;
-                size_t nq = round_up((size_t)(g->nu[a] - 1) * g->wd + g->nv[b], (size_t)vw);
+                size_t nq = round_up((span + g->nu[a] - 1) * g->wd + g->nv[b], (size_t)vw);
                 if ((int)nq > g->nq_b)
                     g->nq_b = (int)nq;
                 need = max_z(need, (size_t)g->u0[a] * g->wd + g->v0[b] + nq +
@@ -164,7 +195,7 @@ static void make_geom(const conv_isa *isa, const dpt_conv2d_desc *d, geom *g)
     g->ys_f = round_up((size_t)g->nq_f, ALIGN_F);
     g->ys_b = round_up((size_t)g->nq_b, ALIGN_F);
     size_t out = g->map_f ? 0 : (size_t)d->c_out * g->ys_f;
-    if (!g->map_b && (size_t)d->c_in * g->ys_b > out)
+    if ((!g->map_b || s > 1) && (size_t)d->c_in * g->ys_b > out)
         out = (size_t)d->c_in * g->ys_b;
     size_t wpk = (size_t)g->co_pf * g->k_total;
     if ((size_t)g->ci_pf * d->c_out * g->kt > wpk)
@@ -188,6 +219,31 @@ static void make_geom(const conv_isa *isa, const dpt_conv2d_desc *d, geom *g)
     g->o_ptr = o, o += round_up((size_t)(g->co_pw + g->k_pw) * (sizeof(void *) / sizeof(float) + 1),
                                 ALIGN_F);
     g->total = o;
+}
+
+/* Images per block (make_geom), for a whole descriptor d: enough of them
+ * for about BLOCK_POS stacked positions when planes are small, while a
+ * block's planes (input phases, padded dy, wide dy) stay within
+ * BLOCK_BYTES (L2), and map offsets (block of images) within an int. */
+#define BLOCK_POS 512
+#define BLOCK_BYTES (768u << 10)
+static int block_images(const dpt_conv2d_desc *d)
+{
+    const int s = d->stride, G = groups_of(d);
+    const size_t rp = (size_t)period_rows(d, (d->kh - 1) * dil_of(d) / s);
+    const size_t wp = ((size_t)d->w + d->pad + s - 1) / s;
+    const size_t pos = rp * wp; /* phase positions of one image */
+    size_t nb = (BLOCK_POS + pos - 1) / pos;
+    const size_t bytes = sizeof(float) * pos *
+                         ((size_t)d->c_in / G * s * s + 2 * ((size_t)d->c_out / G));
+    if (nb > BLOCK_BYTES / bytes)
+        nb = BLOCK_BYTES / bytes;
+    if (nb > (size_t)d->n)
+        nb = (size_t)d->n;
+    size_t img = max_z((size_t)d->c_in * d->h * d->w, (size_t)d->c_out * d->out_h * d->out_w);
+    if (nb > (1u << 30) / img)
+        nb = (1u << 30) / img;
+    return nb < 1 ? 1 : (int)nb;
 }
 
 /* One group's descriptor: c_in and c_out of a group, groups 1. */
@@ -225,7 +281,7 @@ const conv_isa *dpt_conv_direct_supports(const dpt_conv2d_desc *d)
         geom g;
         if ((long long)d->h * d->w > (1LL << 26))
             return NULL;
-        make_geom(all[i], &gd, &g);
+        make_geom(all[i], &gd, block_images(d), &g);
         if (g.ps_x > (1u << 28) || g.ps_d > (1u << 28))
             return NULL;
     }
@@ -252,7 +308,7 @@ size_t dpt_conv_direct_work_floats(const dpt_conv2d_desc *d)
     const conv_isa *all[] = {&dpt_conv_isa_avx512, &dpt_conv_isa_avx2};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++) {
         geom g;
-        make_geom(all[i], &gd, &g);
+        make_geom(all[i], &gd, block_images(d), &g);
         if (g.total > most)
             most = g.total;
     }
@@ -270,33 +326,51 @@ static void zero_planes(float *dst, int c, size_t ps)
     memset(dst, 0, (size_t)c * ps * sizeof *dst);
 }
 
-/* Dense [c][oh][ow] from wide planes [c][ys] of row stride wp. */
-static void compact(const float *wide, int c, int oh, int ow, int wp, size_t ys, float *dst)
+/* Where stacked row r of a block lands: image r / rp of nbk (img floats
+ * apart), row r % rp of oh; -1 for the junk rows between images and rows
+ * past the block's last image. */
+static long long row_at(int r, int rp, int oh, int nbk, size_t img, int ow)
 {
-    for (int ch = 0; ch < c; ch++) {
-        const float *s = wide + (size_t)ch * ys;
-        float *o = dst + (size_t)ch * oh * ow;
-        for (int y = 0; y < oh; y++)
-            memcpy(o + (size_t)y * ow, s + (size_t)y * wp, (size_t)ow * sizeof *o);
-    }
+    int j = r / rp, y = r % rp;
+    if (j >= nbk || y >= oh)
+        return -1;
+    return (long long)j * (long long)img + (long long)y * ow;
 }
 
-/* The conv_out_map of wide positions [0, nq) (row stride wp, rows of ow
- * valid columns, oh rows) for vectors of vw lanes; needs wp, ow >= vw. */
-static void make_map(conv_out_map *map, int nq, int vw, int oh, int ow, int wp)
+/* The dense planes [c][oh][ow] of nbk images (img floats apart) from
+ * stacked wide planes [c][ys] of row stride wp, rp rows per image. */
+static void compact(const float *wide, int c, int oh, int ow, int wp, size_t ys, int rp, int nbk,
+                    size_t img, float *dst)
+{
+    for (int ch = 0; ch < c; ch++)
+        for (int j = 0; j < nbk; j++) {
+            const float *s = wide + (size_t)ch * ys + (size_t)j * rp * wp;
+            float *o = dst + (size_t)j * img + (size_t)ch * oh * ow;
+            for (int y = 0; y < oh; y++)
+                memcpy(o + (size_t)y * ow, s + (size_t)y * wp, (size_t)ow * sizeof *o);
+        }
+}
+
+/* The conv_out_map of stacked wide positions [0, nq) (row stride wp, rows
+ * of ow valid columns, oh valid rows of every rp, nbk images img floats
+ * apart in the output) for vectors of vw lanes; needs wp, ow >= vw. */
+static void make_map(conv_out_map *map, int nq, int vw, int oh, int ow, int wp, int rp, int nbk,
+                     size_t img)
 {
     for (int q = 0, e = 0; q < nq; q += vw, e++) {
         conv_out_map m = {0, 0, 0, 0, 0, 0, 0};
         int r = q / wp, c = q % wp;
-        if (r < oh && c < ow) {
-            m.off_a = r * ow + c;
+        long long at = row_at(r, rp, oh, nbk, img, ow);
+        if (at >= 0 && c < ow) {
+            m.off_a = (int)at + c;
             m.hi_a = ow - c < vw ? ow - c : vw;
         }
         int lo = wp - c; /* first lane in row r + 1 */
-        if (lo < vw && r + 1 < oh) {
+        long long nx = row_at(r + 1, rp, oh, nbk, img, ow);
+        if (lo < vw && nx >= 0) {
             m.lo_b = lo;
             m.hi_b = lo + ow < vw ? lo + ow : vw;
-            m.off_b = (r + 1) * ow - lo;
+            m.off_b = (int)nx - lo;
         }
         m.bits_a = (1u << m.hi_a) - 1u;
         m.bits_b = ((1u << m.hi_b) - 1u) & ~((1u << m.lo_b) - 1u);
@@ -373,30 +447,43 @@ static void split_phases(const float *tmp, int c, const geom *g, float *xp)
             }
 }
 
-/* One image's input (through xa when given) into the planes the kernels
- * read: straight into xp at stride 1, through tmp at stride s. */
-static void pack_input(const conv_isa *isa, const dpt_conv2d_desc *d, const geom *g,
+/* Image j of a block's input (through xa when given) into the planes the
+ * kernels read: straight into xp at stride 1, into tmp at stride s (split
+ * into phases once the block is packed). */
+static void pack_input(const conv_isa *isa, const dpt_conv2d_desc *d, const geom *g, int j,
                        const float *xi, const dpt_bn_apply *xa, float *xp, float *tmp)
 {
-    float *dst = g->s == 1 ? xp : tmp;
+    const size_t row0 = (size_t)j * g->rp * g->s * g->wx;
+    float *dst = (g->s == 1 ? xp : tmp) + row0;
     const size_t ps = g->s == 1 ? g->ps_x : g->ps_t;
     if (xa)
         isa->pad_bn(xi, d->c_in, d->h, d->w, d->pad, d->pad, g->wx, ps, dst, xa);
     else
         isa->pad(xi, d->c_in, d->h, d->w, d->pad, d->pad, g->wx, ps, dst, NULL);
-    if (g->s > 1)
-        split_phases(tmp, d->c_in, g, xp);
+}
+
+/* Positions of a block of nbk images (the last block may be short). */
+static int block_nq(const geom *g, int nbk, int rows, int width, int vw)
+{
+    return (int)round_up(((size_t)(nbk - 1) * g->rp + rows) * width, (size_t)vw);
+}
+
+/* The next block's inputs for the kernels to prefetch: all of it when a
+ * group's images are contiguous (one group), else its first image's. */
+static size_t next_bytes(size_t img, size_t grp, int nbn)
+{
+    return (img == grp ? (size_t)nbn * img : grp) * sizeof(float);
 }
 
 /* One group (d: its channel counts, groups 1) of a batch whose images are
- * x_img and y_img floats apart; x, y, w, b, sum and sumsq point at the
- * group's slices. */
-static void forward_group(const conv_isa *isa, const dpt_conv2d_desc *d, size_t x_img,
+ * x_img and y_img floats apart, nb images per block; x, y, w, b, sum and
+ * sumsq point at the group's slices. */
+static void forward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb, size_t x_img,
                           size_t y_img, const float *x, const dpt_bn_apply *xa, const float *w,
                           const float *b, float *y, float *work, double *sum, double *sumsq)
 {
     geom g;
-    make_geom(isa, d, &g);
+    make_geom(isa, d, nb, &g);
     const int vw = isa->vw;
     float *xp = work + g.o_xp, *tmp = work + g.o_tmp, *out = work + g.o_out;
     float *wpk = work + g.o_wpk, *stats = work + g.o_stats;
@@ -411,40 +498,53 @@ static void forward_group(const conv_isa *isa, const dpt_conv2d_desc *d, size_t 
         for (int k = 0; k < g.k_total; k++)
             blk[(size_t)k * cb] = co < d->c_out ? w[(size_t)co * g.k_total + k] : 0.0f;
     }
-    if (map)
-        make_map(map, g.nq_f, vw, d->out_h, d->out_w, g.wp);
     const int P = d->out_h * d->out_w;
     if (sum)
         for (int co = 0; co < d->c_out; co++)
             sum[co] = sumsq[co] = 0.0;
     const size_t x_grp = (size_t)d->c_in * d->h * d->w;
     const size_t fwd_steps = (size_t)(g.co_pf / isa->fwd_cb) * (size_t)(g.nq_f / (isa->fwd_nv * vw));
-    zero_planes(xp, d->c_in, g.ps_x);
-    if (g.s > 1)
-        zero_planes(tmp, d->c_in, g.ps_t);
-    for (int i = 0; i < d->n; i++) {
-        float *yi = y + i * y_img;
+    int map_nbk = 0;
+    for (int i0 = 0; i0 < d->n; i0 += nb) {
+        const int nbk = d->n - i0 < nb ? d->n - i0 : nb;
+        /* The padding is zeroed once and never written again; a short last
+         * block zeroes the slots of the images it lacks too. */
+        if (i0 == 0 || nbk < nb) {
+            zero_planes(xp, d->c_in, g.ps_x);
+            if (g.s > 1)
+                zero_planes(tmp, d->c_in, g.ps_t);
+        }
+        float *yb = y + i0 * y_img;
+        const int nq = block_nq(&g, nbk, d->out_h, g.wp, vw);
         conv_prefetch pf, *pfp = NULL;
-        if (i + 1 < d->n) {
-            prefetch_plan(&pf, x + (i + 1) * x_img, NULL, NULL, x_grp * sizeof *x, 0, fwd_steps);
+        if (i0 + nbk < d->n) {
+            const int nbn = d->n - i0 - nbk < nb ? d->n - i0 - nbk : nb;
+            prefetch_plan(&pf, x + (i0 + nbk) * x_img, NULL, NULL, next_bytes(x_img, x_grp, nbn),
+                          0, fwd_steps);
             pfp = &pf;
         }
-        pack_input(isa, d, &g, x + i * x_img, xa, xp, tmp);
+        for (int j = 0; j < nbk; j++)
+            pack_input(isa, d, &g, j, x + (i0 + j) * x_img, xa, xp, tmp);
+        if (g.s > 1)
+            split_phases(tmp, d->c_in, &g, xp);
         if (map) {
+            if (map_nbk != nbk)
+                make_map(map, nq, vw, d->out_h, d->out_w, g.wp, g.rp, nbk, y_img);
+            map_nbk = nbk;
             float *st = sum ? stats : NULL;
             if (st)
                 memset(st, 0, (size_t)d->c_out * 2 * vw * sizeof *st);
-            isa->fwd(xp, g.ps_x, d->c_in, kt, offs, wpk, b, d->c_out, yi, (size_t)P, g.nq_f, map,
-                     st, NULL, NULL, pfp);
+            isa->fwd(xp, g.ps_x, d->c_in, kt, offs, wpk, b, d->c_out, yb, (size_t)P, nq, map, st,
+                     NULL, NULL, pfp);
             if (st)
                 add_lane_sums(st, d->c_out, vw, sum, sumsq);
         } else {
-            isa->fwd(xp, g.ps_x, d->c_in, kt, offs, wpk, b, d->c_out, out, g.ys_f, g.nq_f, NULL,
-                     NULL, NULL, NULL, pfp);
-            compact(out, d->c_out, d->out_h, d->out_w, g.wp, g.ys_f, yi);
-            if (sum) {
+            isa->fwd(xp, g.ps_x, d->c_in, kt, offs, wpk, b, d->c_out, out, g.ys_f, nq, NULL, NULL,
+                     NULL, NULL, pfp);
+            compact(out, d->c_out, d->out_h, d->out_w, g.wp, g.ys_f, g.rp, nbk, y_img, yb);
+            for (int j = 0; sum && j < nbk; j++) {
                 double *t2 = (double *)(void *)stats; /* 2 c_out doubles fit */
-                dpt_bn_sums(yi, 1, d->c_out, P, t2, t2 + d->c_out);
+                dpt_bn_sums(yb + j * y_img, 1, d->c_out, P, t2, t2 + d->c_out);
                 for (int co = 0; co < d->c_out; co++) {
                     sum[co] += t2[co];
                     sumsq[co] += t2[d->c_out + co];
@@ -470,6 +570,7 @@ void dpt_conv_direct_forward(const conv_isa *isa, const dpt_conv2d_desc *d, cons
                              float *work, double *sum, double *sumsq)
 {
     const dpt_conv2d_desc gd = group_desc(d);
+    const int nb = block_images(d);
     const size_t hw = (size_t)d->h * d->w, P = (size_t)d->out_h * d->out_w;
     const size_t x_img = (size_t)d->c_in * hw, y_img = (size_t)d->c_out * P;
     const size_t K = (size_t)gd.c_in * d->kh * d->kw;
@@ -478,38 +579,40 @@ void dpt_conv_direct_forward(const conv_isa *isa, const dpt_conv2d_desc *d, cons
         dpt_bn_apply ga;
         if (xa)
             ga = bn_slice(xa, ci0);
-        forward_group(isa, &gd, x_img, y_img, x + ci0 * hw, xa ? &ga : NULL, w + co0 * K,
+        forward_group(isa, &gd, nb, x_img, y_img, x + ci0 * hw, xa ? &ga : NULL, w + co0 * K,
                       b ? b + co0 : NULL, y + co0 * P, work, sum ? sum + co0 : NULL,
                       sum ? sumsq + co0 : NULL);
     }
 }
 
-/* Stride s > 1: the wide output of phase (a, b) of the data gradient,
- * rows of stride wd from (u0[a], v0[b]), into the dense dx planes. */
+/* Stride s > 1: the stacked wide output of phase (a, b) of the data
+ * gradient (rows of stride wd from (u0[a], v0[b]), rp rows per image) into
+ * the dense dx planes of nbk images x_img floats apart. */
 static void scatter_phase(const float *out, int c, const dpt_conv2d_desc *d, const geom *g, int a,
-                          int b, float *dx)
+                          int b, int nbk, size_t x_img, float *dx)
 {
     const int s = g->s;
-    for (int ch = 0; ch < c; ch++) {
-        const float *o = out + (size_t)ch * g->ys_b;
-        float *dc = dx + (size_t)ch * d->h * d->w;
-        for (int u = 0; u < g->nu[a]; u++) {
-            const float *orow = o + (size_t)u * g->wd;
-            float *drow = dc + (size_t)((g->u0[a] + u) * s + a - d->pad) * d->w +
-                          (size_t)(g->v0[b] * s + b - d->pad);
-            for (int v = 0; v < g->nv[b]; v++)
-                drow[(size_t)v * s] = orow[v];
+    for (int ch = 0; ch < c; ch++)
+        for (int j = 0; j < nbk; j++) {
+            const float *o = out + (size_t)ch * g->ys_b + (size_t)j * g->rp * g->wd;
+            float *dc = dx + j * x_img + (size_t)ch * d->h * d->w;
+            for (int u = 0; u < g->nu[a]; u++) {
+                const float *orow = o + (size_t)u * g->wd;
+                float *drow = dc + (size_t)((g->u0[a] + u) * s + a - d->pad) * d->w +
+                              (size_t)(g->v0[b] * s + b - d->pad);
+                for (int v = 0; v < g->nv[b]; v++)
+                    drow[(size_t)v * s] = orow[v];
+            }
         }
-    }
 }
 
-static void backward_group(const conv_isa *isa, const dpt_conv2d_desc *d, size_t x_img,
+static void backward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb, size_t x_img,
                            size_t y_img, const float *x, const dpt_bn_apply *xa, const float *w,
                            const float *dy, const dpt_bn_apply *dya, const float *y, float *dx,
                            float *dw, float *db, float *work, double *xg_s, double *xg_x)
 {
     geom g;
-    make_geom(isa, d, &g);
+    make_geom(isa, d, nb, &g);
     const int kt = g.kt, vw = isa->vw, s = g.s;
     float *xp = work + g.o_xp, *tmp = work + g.o_tmp, *out = work + g.o_out;
     float *wpk = work + g.o_wpk, *zero = work + g.o_zero, *part = work + g.o_part;
@@ -550,8 +653,6 @@ static void backward_group(const conv_isa *isa, const dpt_conv2d_desc *d, size_t
                         blk[k * cb] = ci < d->c_in ? w[src] : 0.0f;
                     }
         }
-        if (map)
-            make_map(map, g.nq_b, vw, d->h, d->w, g.wd);
     } else if (dx) {
         int tk[DPT_CONV_DIRECT_MAX_TAPS], n = 0;
         for (int a = 0; a < s; a++)
@@ -597,90 +698,117 @@ static void backward_group(const conv_isa *isa, const dpt_conv2d_desc *d, size_t
 
     const size_t x_grp = (size_t)d->c_in * d->h * d->w;
     const size_t y_grp = (size_t)d->c_out * d->out_h * d->out_w;
-    zero_planes(xp, d->c_in, g.ps_x);
-    if (s > 1)
-        zero_planes(tmp, d->c_in, g.ps_t);
-    if (g.same || dx)
-        zero_planes(dyp, d->c_out, g.ps_d);
-    if (!g.same)
-        zero_planes(dyw, d->c_out, (size_t)g.nq_w);
-    /* The next image's x, dy and y are fetched while this one's weight
+    /* The next block's x, dy and y are fetched while this one's weight
      * gradient (and data gradient) run. */
     size_t bwd_steps = (size_t)(g.co_pw / isa->dw_cb) * (size_t)(g.k_pw / isa->dw_kb);
     if (dx)
         bwd_steps += (size_t)(g.ci_pf / isa->fwd_cb) * (size_t)(g.nq_b / (isa->fwd_nv * vw)) *
                      (size_t)s * s;
-    for (int i = 0; i < d->n; i++) {
-        const float *xi = x + i * x_img, *dyi = dy + i * y_img, *yi = y ? y + i * y_img : NULL;
+    int map_nbk = 0;
+    for (int i0 = 0; i0 < d->n; i0 += nb) {
+        const int nbk = d->n - i0 < nb ? d->n - i0 : nb;
+        /* Padding and junk rows are zeroed once and never written again; a
+         * short last block zeroes the slots of the images it lacks too (the
+         * weight gradient's last vector may reach into them). */
+        if (i0 == 0 || nbk < nb) {
+            zero_planes(xp, d->c_in, g.ps_x);
+            if (s > 1)
+                zero_planes(tmp, d->c_in, g.ps_t);
+            if (g.same || dx)
+                zero_planes(dyp, d->c_out, g.ps_d);
+            if (!g.same)
+                zero_planes(dyw, d->c_out, (size_t)g.nq_w);
+        }
         conv_prefetch pf, *pfp = NULL;
-        if (i + 1 < d->n) {
-            prefetch_plan(&pf, x + (i + 1) * x_img, dy + (i + 1) * y_img,
-                          y ? y + (i + 1) * y_img : NULL, x_grp * sizeof *x, y_grp * sizeof *y,
+        if (i0 + nbk < d->n) {
+            const int nbn = d->n - i0 - nbk < nb ? d->n - i0 - nbk : nb;
+            const size_t i1 = (size_t)(i0 + nbk);
+            prefetch_plan(&pf, x + i1 * x_img, dy + i1 * y_img, y ? y + i1 * y_img : NULL,
+                          next_bytes(x_img, x_grp, nbn), next_bytes(y_img, y_grp, nbn),
                           bwd_steps);
             pfp = &pf;
         }
-        pack_input(isa, d, &g, xi, xa, xp, tmp);
-        /* dyp for the data gradient, dyw (row stride wp, junk columns and
-         * tail zero) for the weight gradient: one buffer for a "same"
-         * convolution. With dya, the batch norm's backward on the way. The
-         * first pack also adds up the bias gradient (per lane, into the
-         * stats scratch, free until the data gradient). */
-        float *csum = db ? stats : NULL;
-        if (g.same || dx) {
-            if (dya)
-                isa->pad_bnback(dyi, yi, d->c_out, d->out_h, d->out_w, g.pdh, g.pdw, g.wd, g.ps_d,
-                                dyp, dya, csum);
-            else
-                isa->pad(dyi, d->c_out, d->out_h, d->out_w, g.pdh, g.pdw, g.wd, g.ps_d, dyp, csum);
-            csum = NULL;
+        for (int j = 0; j < nbk; j++) {
+            const size_t i = (size_t)(i0 + j);
+            const float *dyi = dy + i * y_img, *yi = y ? y + i * y_img : NULL;
+            pack_input(isa, d, &g, j, x + i * x_img, xa, xp, tmp);
+            /* dyp for the data gradient, dyw (row stride wp, junk columns
+             * and rows zero) for the weight gradient: one buffer for a
+             * "same" convolution. With dya, the batch norm's backward on
+             * the way. The first pack also adds up the bias gradient (per
+             * lane, into the stats scratch, free until the data gradient). */
+            float *csum = db ? stats : NULL;
+            if (g.same || dx) {
+                float *dst = dyp + (size_t)j * g.rp * g.wd;
+                if (dya)
+                    isa->pad_bnback(dyi, yi, d->c_out, d->out_h, d->out_w, g.pdh, g.pdw, g.wd,
+                                    g.ps_d, dst, dya, csum);
+                else
+                    isa->pad(dyi, d->c_out, d->out_h, d->out_w, g.pdh, g.pdw, g.wd, g.ps_d, dst,
+                             csum);
+                csum = NULL;
+            }
+            if (!g.same) {
+                float *dst = dyw + (size_t)j * g.rp * g.wp;
+                if (dya)
+                    isa->pad_bnback(dyi, yi, d->c_out, d->out_h, d->out_w, 0, 0, g.wp,
+                                    (size_t)g.nq_w, dst, dya, csum);
+                else
+                    isa->pad(dyi, d->c_out, d->out_h, d->out_w, 0, 0, g.wp, (size_t)g.nq_w, dst,
+                             csum);
+            }
+            for (int co = 0; db && co < d->c_out; co++) {
+                double sm = 0.0;
+                for (int l = 0; l < vw; l++)
+                    sm += stats[(size_t)co * vw + l];
+                bsum[co] += sm;
+            }
         }
-        if (!g.same) {
-            if (dya)
-                isa->pad_bnback(dyi, yi, d->c_out, d->out_h, d->out_w, 0, 0, g.wp,
-                                (size_t)g.nq_w, dyw, dya, csum);
-            else
-                isa->pad(dyi, d->c_out, d->out_h, d->out_w, 0, 0, g.wp, (size_t)g.nq_w, dyw, csum);
-        }
-        for (int co = 0; db && co < d->c_out; co++) {
-            double sm = 0.0;
-            for (int l = 0; l < vw; l++)
-                sm += stats[(size_t)co * vw + l];
-            bsum[co] += sm;
-        }
-        isa->dw(dptr, g.co_pw, xptr, g.k_pw, g.nq_w, part, pfp);
+        if (s > 1)
+            split_phases(tmp, d->c_in, &g, xp);
+        isa->dw(dptr, g.co_pw, xptr, g.k_pw, block_nq(&g, nbk, d->out_h, g.wp, vw), part, pfp);
         if (!dx)
             continue;
-        float *dxi = dx + i * x_img;
+        float *dxb = dx + i0 * x_img;
+        const float *xb = x + i0 * x_img;
         if (s > 1) {
             for (int a = 0; a < s; a++)
                 for (int b = 0; b < s; b++) {
                     if (!g.nu[a] || !g.nv[b])
                         continue;
                     const int p = a * s + b;
-                    const int nq = (int)round_up((size_t)(g.nu[a] - 1) * g.wd + g.nv[b],
-                                                 (size_t)vw);
+                    const int nq = (int)round_up(
+                        ((size_t)(nbk - 1) * g.rp + g.nu[a] - 1) * g.wd + g.nv[b], (size_t)vw);
                     isa->fwd(dyp + (size_t)g.u0[a] * g.wd + g.v0[b], g.ps_d, d->c_out, ph_n[p],
                              od + ph_at[p], wpk + (size_t)g.ci_pf * d->c_out * ph_at[p], NULL,
                              d->c_in, out, g.ys_b, nq, NULL, NULL, NULL, NULL, pfp);
-                    scatter_phase(out, d->c_in, d, &g, a, b, dxi);
+                    scatter_phase(out, d->c_in, d, &g, a, b, nbk, x_img, dxb);
                 }
-            if (xg_s)
-                dpt_bn_grad_sums(xi, dxi, 1, d->c_in, d->h * d->w, xa, xg_s, xg_x);
-        } else if (map) {
+            for (int j = 0; xg_s && j < nbk; j++)
+                dpt_bn_grad_sums(xb + j * x_img, dxb + j * x_img, 1, d->c_in, d->h * d->w, xa,
+                                 xg_s, xg_x);
+            continue;
+        }
+        const int nq = block_nq(&g, nbk, d->h, g.wd, vw);
+        if (map) {
+            if (map_nbk != nbk)
+                make_map(map, nq, vw, d->h, d->w, g.wd, g.rp, nbk, x_img);
+            map_nbk = nbk;
             /* With xg, the sums of the batch norm below come with dx. */
             float *st = xg_s ? stats : NULL;
             if (st)
                 memset(st, 0, (size_t)d->c_in * 2 * vw * sizeof *st);
-            isa->fwd(dyp, g.ps_d, d->c_out, kt, od, wpk, NULL, d->c_in, dxi,
-                     (size_t)d->h * d->w, g.nq_b, map, st, st ? xi : NULL, st ? xa : NULL, pfp);
+            isa->fwd(dyp, g.ps_d, d->c_out, kt, od, wpk, NULL, d->c_in, dxb, (size_t)d->h * d->w,
+                     nq, map, st, st ? xb : NULL, st ? xa : NULL, pfp);
             if (st)
                 add_lane_sums(st, d->c_in, vw, xg_s, xg_x);
         } else {
-            isa->fwd(dyp, g.ps_d, d->c_out, kt, od, wpk, NULL, d->c_in, out, g.ys_b, g.nq_b,
-                     NULL, NULL, NULL, NULL, pfp);
-            compact(out, d->c_in, d->h, d->w, g.wd, g.ys_b, dxi);
-            if (xg_s)
-                dpt_bn_grad_sums(xi, dxi, 1, d->c_in, d->h * d->w, xa, xg_s, xg_x);
+            isa->fwd(dyp, g.ps_d, d->c_out, kt, od, wpk, NULL, d->c_in, out, g.ys_b, nq, NULL,
+                     NULL, NULL, NULL, pfp);
+            compact(out, d->c_in, d->h, d->w, g.wd, g.ys_b, g.rp, nbk, x_img, dxb);
+            for (int j = 0; xg_s && j < nbk; j++)
+                dpt_bn_grad_sums(xb + j * x_img, dxb + j * x_img, 1, d->c_in, d->h * d->w, xa,
+                                 xg_s, xg_x);
         }
     }
     for (int co = 0; co < d->c_out; co++)
@@ -701,6 +829,7 @@ void dpt_conv_direct_backward(const conv_isa *isa, const dpt_conv2d_desc *d, con
                               float *db, float *work, double *xg)
 {
     const dpt_conv2d_desc gd = group_desc(d);
+    const int nb = block_images(d);
     const size_t hw = (size_t)d->h * d->w, P = (size_t)d->out_h * d->out_w;
     const size_t x_img = (size_t)d->c_in * hw, y_img = (size_t)d->c_out * P;
     const size_t K = (size_t)gd.c_in * d->kh * d->kw;
@@ -711,7 +840,7 @@ void dpt_conv_direct_backward(const conv_isa *isa, const dpt_conv2d_desc *d, con
             ga = bn_slice(xa, ci0);
         if (dya)
             gb = bn_slice(dya, co0);
-        backward_group(isa, &gd, x_img, y_img, x + ci0 * hw, xa ? &ga : NULL, w + co0 * K,
+        backward_group(isa, &gd, nb, x_img, y_img, x + ci0 * hw, xa ? &ga : NULL, w + co0 * K,
                        dy + co0 * P, dya ? &gb : NULL, y ? y + co0 * P : NULL,
                        dx ? dx + ci0 * hw : NULL, dw + co0 * K, db ? db + co0 : NULL, work,
                        xg ? xg + ci0 : NULL, xg ? xg + d->c_in + ci0 : NULL);
