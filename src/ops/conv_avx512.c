@@ -27,6 +27,7 @@
     _mm512_maskz_loadu_ps((__mmask16)(((1u << (hi)) - 1u) & ~((1u << (lo)) - 1u)), (p))
 #define VLOAD_N(p, n) _mm512_maskz_loadu_ps((__mmask16)((1u << (n)) - 1u), (p))
 #define VSUB(a, b) _mm512_sub_ps((a), (b))
+#define VHSUM(v) _mm512_reduce_add_ps(v)
 #define VMUL(a, b) _mm512_mul_ps((a), (b))
 /* v where z > 0, else 0 */
 #define VKEEPGT0(v, z, zero) _mm512_maskz_mov_ps(_mm512_cmp_ps_mask((z), (zero), _CMP_GT_OQ), (v))

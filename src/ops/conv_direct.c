@@ -226,6 +226,8 @@ static void make_geom(const conv_isa *isa, const dpt_conv2d_desc *d, int nb, geo
  * block's planes (input phases, padded dy, wide dy) stay within
  * BLOCK_BYTES (L2), and map offsets (block of images) within an int. */
 #define BLOCK_POS 512
+/* Most bytes of per-lane weight-gradient sums (backward_group). */
+#define DW_LANES_BYTES (512u << 10)
 #define BLOCK_BYTES (768u << 10)
 static int block_images(const dpt_conv2d_desc *d)
 {
@@ -684,7 +686,10 @@ static void backward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb
     }
 
     memset(zero, 0, (size_t)g.nq_w * sizeof *zero);
-    memset(part, 0, (size_t)g.co_pw * g.k_pw * vw * sizeof *part);
+    /* Per-lane partial sums while they fit L2, else lanes summed per call. */
+    const int reduced = (size_t)g.co_pw * g.k_pw * vw * sizeof(float) > DW_LANES_BYTES;
+    const int lanes = reduced ? 1 : vw;
+    memset(part, 0, (size_t)g.co_pw * g.k_pw * lanes * sizeof *part);
     for (int co = 0; co < g.co_pw; co++)
         dptr[co] = co < d->c_out ? dyw + (size_t)co * dys : zero;
     for (int k = 0; k < g.k_pw; k++)
@@ -766,7 +771,8 @@ static void backward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb
         }
         if (s > 1)
             split_phases(tmp, d->c_in, &g, xp);
-        isa->dw(dptr, g.co_pw, xptr, g.k_pw, block_nq(&g, nbk, d->out_h, g.wp, vw), part, pfp);
+        isa->dw(dptr, g.co_pw, xptr, g.k_pw, block_nq(&g, nbk, d->out_h, g.wp, vw), part, reduced,
+                pfp);
         if (!dx)
             continue;
         float *dxb = dx + i0 * x_img;
@@ -813,9 +819,9 @@ static void backward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb
     }
     for (int co = 0; co < d->c_out; co++)
         for (int k = 0; k < g.k_total; k++) {
-            const float *pp = part + ((size_t)co * g.k_pw + k) * vw;
+            const float *pp = part + ((size_t)co * g.k_pw + k) * lanes;
             float sm = 0.0f;
-            for (int l = 0; l < vw; l++)
+            for (int l = 0; l < lanes; l++)
                 sm += pp[l];
             dw[(size_t)co * g.k_total + k] = sm;
         }

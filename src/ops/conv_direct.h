@@ -61,7 +61,7 @@ typedef struct conv_isa {
                 const conv_out_map *map, float *stats, const float *bx, const dpt_bn_apply *ba,
                 conv_prefetch *pf);
     void (*dw)(const float *const *dy, int c_out, const float *const *xk, int k_total, int nq,
-               float *part, conv_prefetch *pf);
+               float *part, int reduced, conv_prefetch *pf);
     /* csum: NULL, or per-lane sums of the packed values per channel. */
     void (*pad)(const float *src, int c, int h, int w, int ph, int pw, int wp, size_t ps,
                 float *dst, float *csum);
