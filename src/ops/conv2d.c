@@ -359,8 +359,8 @@ int dpt_conv_algo_supports(int algo, const dpt_conv2d_desc *d)
 }
 
 /* Without a measured plan: the direct kernels wherever
- * dpt_conv_direct_pick takes the shape (a vector kernel set, not 1x1),
- * else GEMM. */
+ * dpt_conv_direct_pick takes the shape (a vector kernel set; any stride,
+ * dilation, groups of 4+ channels), else GEMM. */
 int dpt_conv_algo_heuristic(const dpt_conv2d_desc *d)
 {
     if (dpt_conv_direct_pick(d))

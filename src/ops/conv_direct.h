@@ -87,9 +87,8 @@ const conv_isa *dpt_ops_conv_isa(void);
  * tiny groups (fewer than 4 channels in or out per group), or planes too
  * large for int tap offsets. */
 const conv_isa *dpt_conv_direct_supports(const dpt_conv2d_desc *d);
-/* dpt_conv_direct_supports, less the shapes where the direct kernels have
- * no advantage by default (1x1 filters: a plain GEMM); the heuristic
- * choice when no measured plan says otherwise. */
+/* The heuristic choice when no measured plan says otherwise: today every
+ * shape dpt_conv_direct_supports takes. */
 const conv_isa *dpt_conv_direct_pick(const dpt_conv2d_desc *d);
 /* Scratch floats the direct path needs for d with any kernel set. */
 size_t dpt_conv_direct_work_floats(const dpt_conv2d_desc *d);
