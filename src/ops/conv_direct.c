@@ -66,6 +66,8 @@
 #include <string.h>
 
 #define ALIGN_F 16 /* floats: regions start on 64-byte boundaries */
+/* Most bytes of per-lane weight-gradient sums (make_geom's dw_lanes). */
+#define DW_LANES_BYTES (512u << 10)
 
 static size_t round_up(size_t v, size_t m) { return (v + m - 1) / m * m; }
 static size_t max_z(size_t a, size_t b) { return a > b ? a : b; }
@@ -91,6 +93,7 @@ typedef struct geom {
     int map_f, map_b;           /* outputs stored through a conv_out_map */
     int co_pf, ci_pf;           /* channel counts padded to fwd_cb */
     int co_pw, k_pw;            /* padded to dw_cb, dw_kb */
+    int dw_lanes;               /* weight-gradient partial sums per (co, k): vw or 1 */
     size_t ys_f, ys_b;          /* plane strides of the wide outputs */
     /* s > 1, data gradient: phase a of the rows covers dx rows u·s + a - pad
      * for u in [u0[a], u0[a] + nu[a]) (likewise v0, nv for the columns). */
@@ -231,7 +234,10 @@ static void make_geom(const conv_isa *isa, const dpt_conv2d_desc *d, int nb, geo
     g->o_dyw = o, o += g->same ? 0 : round_up((size_t)d->c_out * (size_t)g->nq_w, ALIGN_F);
     g->o_zero = o, o += round_up((size_t)g->nq_w, ALIGN_F);
     g->o_wpk = o, o += round_up(wpk, ALIGN_F);
-    g->o_part = o, o += round_up((size_t)g->co_pw * g->k_pw * vw, ALIGN_F);
+    /* Per-lane weight-gradient sums while they fit L2, else summed across
+     * lanes per call (backward_group). */
+    g->dw_lanes = (size_t)g->co_pw * g->k_pw * vw * sizeof(float) > DW_LANES_BYTES ? 1 : vw;
+    g->o_part = o, o += round_up((size_t)g->co_pw * g->k_pw * g->dw_lanes, ALIGN_F);
     g->o_stats = o, o += round_up((size_t)(d->c_out > d->c_in ? d->c_out : d->c_in) * 2 * vw,
                                   ALIGN_F);
     g->o_bsum = o, o += round_up((size_t)d->c_out * 2, ALIGN_F); /* doubles */
@@ -248,8 +254,6 @@ static void make_geom(const conv_isa *isa, const dpt_conv2d_desc *d, int nb, geo
  * block's planes (input phases, padded dy, wide dy) stay within
  * BLOCK_BYTES (L2), and map offsets (block of images) within an int. */
 #define BLOCK_POS 512
-/* Most bytes of per-lane weight-gradient sums (backward_group). */
-#define DW_LANES_BYTES (512u << 10)
 #define BLOCK_BYTES (768u << 10)
 static int block_images(const dpt_conv2d_desc *d)
 {
@@ -709,9 +713,7 @@ static void backward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb
     }
 
     memset(zero, 0, (size_t)g.nq_w * sizeof *zero);
-    /* Per-lane partial sums while they fit L2, else lanes summed per call. */
-    const int reduced = (size_t)g.co_pw * g.k_pw * vw * sizeof(float) > DW_LANES_BYTES;
-    const int lanes = reduced ? 1 : vw;
+    const int lanes = g.dw_lanes, reduced = lanes == 1;
     memset(part, 0, (size_t)g.co_pw * g.k_pw * lanes * sizeof *part);
     for (int co = 0; co < g.co_pw; co++)
         dptr[co] = co < d->c_out ? dyw + (size_t)co * dys : zero;
