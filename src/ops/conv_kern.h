@@ -18,6 +18,8 @@
  *                   [lo_b, hi_b) zeroed
  *   VSUB, VMUL      a − b, a · b
  *   VHSUM(v)        the sum of v's lanes (a fixed order: deterministic)
+ *   DW_FLUSH_REDUCED(acc, pp, ks)  optional: pp[c·ks + j] += VHSUM(acc[c][j])
+ *                   for the whole weight-gradient tile, done faster
  *   VKEEPGT0(v, z, zero)  v where z > 0, else 0
  *   VLOAD_RANGE(p, lo, hi)  load lanes [lo, hi) from p + lane, the others zero
  *   VSTORE_MAP_A(p, v, e), VSTORE_MAP_B, VLOAD_MAP_A, VLOAD_MAP_B, VKEEP_MAP(v, e)
@@ -286,6 +288,10 @@ static void KERN(dw)(const float *const *dy, int c_out, const float *const *xk, 
                 }
             }
             if (reduced) {
+#ifdef DW_FLUSH_REDUCED
+                DW_FLUSH_REDUCED(acc, part + (size_t)c0 * k_total + k0, (size_t)k_total);
+                continue;
+#endif
 #pragma GCC unroll 16
                 for (int c = 0; c < DW_CB; c++) {
                     float *pp = part + (size_t)(c0 + c) * k_total + k0;
