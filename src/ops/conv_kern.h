@@ -1,4 +1,5 @@
-/* Direct stride-1 convolution micro-kernels, written once and compiled per
+/* Direct convolution micro-kernels (stride-1 reads: conv_direct.c turns
+ * strides into phase planes), written once and compiled per
  * instruction set: conv_avx512.c and conv_avx2.c define the vector macros
  * below, then include this file.
  *
