@@ -16,6 +16,7 @@
  * convolutions (a measurement, not a test). */
 #include "core/safetensors.h"
 #include "dptrain/core.h"
+#include "ops/conv_direct.h"
 #include "ops/ops.h"
 #include "ops/pool_isa.h"
 #include "testutil.h"
@@ -1035,7 +1036,8 @@ static double check_xg(const dpt_conv2d_desc *d, const float *x, const float *w,
                        float *work, dpt_rng *rng)
 {
     const int c = d->c_in, hw = d->h * d->w;
-    const size_t nx = (size_t)d->n * c * hw, nw = (size_t)d->c_out * c * d->kh * d->kw;
+    const size_t nx = (size_t)d->n * c * hw;
+    const size_t nw = (size_t)d->c_out * (c / d->groups) * d->kh * d->kw;
     float *prm = malloc(3 * (size_t)c * sizeof *prm);
     fill_normal(rng, prm, 3 * (size_t)c, 0.5f);
     for (int ch = 0; ch < c; ch++)
@@ -1070,7 +1072,8 @@ static double check_xg(const dpt_conv2d_desc *d, const float *x, const float *w,
 static void cross_check_conv(const char *set, dpt_rng *rng, dpt_conv2d_desc d, int first_layer)
 {
     CHECK(dpt_conv2d_desc_init(&d) == 0);
-    const size_t nx = (size_t)d.n * d.c_in * d.h * d.w, nw = (size_t)d.c_out * d.c_in * d.kh * d.kw;
+    const size_t nx = (size_t)d.n * d.c_in * d.h * d.w;
+    const size_t nw = (size_t)d.c_out * (d.c_in / d.groups) * d.kh * d.kw;
     const size_t ny = (size_t)d.n * d.c_out * d.out_h * d.out_w;
     float *x = malloc(nx * sizeof(float)), *w = malloc(nw * sizeof(float));
     float *b = malloc(d.c_out * sizeof(float)), *dy = malloc(ny * sizeof(float));
@@ -1082,6 +1085,9 @@ static void cross_check_conv(const char *set, dpt_rng *rng, dpt_conv2d_desc d, i
     double sums_err = 0.0, xg_err[2] = {0.0, 0.0};
     for (int pass = 0; pass < 2; pass++) {
         CHECK(dpt_ops_set_kernels(pass == 0 ? "generic" : set) == 0);
+        /* The set's pass forces the direct kernels where they take the
+         * shape (1x1 filters included); GEMM elsewhere. */
+        d.algo = pass == 0 ? DPT_CONV_ALGO_AUTO : DPT_CONV_ALGO_DIRECT;
         float *work = fill_nan(dpt_conv2d_work_floats(&d));
         out[pass][0] = fill_nan(ny), out[pass][1] = fill_nan(nx);
         out[pass][2] = fill_nan(nw), out[pass][3] = fill_nan(d.c_out);
@@ -1111,8 +1117,9 @@ static void cross_check_conv(const char *set, dpt_rng *rng, dpt_conv2d_desc d, i
         free(work);
     }
     char label[160];
-    snprintf(label, sizeof label, "%s n%d c%d-%d %dx%d k%dx%d p%d", set, d.n, d.c_in, d.c_out, d.h,
-             d.w, d.kh, d.kw, d.pad);
+    snprintf(label, sizeof label, "%s n%d c%d-%d %dx%d k%dx%d p%d s%d d%d g%d%s", set, d.n, d.c_in,
+             d.c_out, d.h, d.w, d.kh, d.kw, d.pad, d.stride, d.dilation, d.groups,
+             dpt_conv_direct_supports(&d) ? " (direct)" : "");
     printf("%s vs generic\n", label);
     note(&worst_ref, tu_check_close("  y", out[1][0], out[0][0], ny, REF_TOL));
     if (!first_layer)
@@ -1474,6 +1481,9 @@ static void depthwise_cases(dpt_rng *rng)
 #define CONV(N, CI, H, W, CO, KH, KW, PAD)                                                  \
     {.n = N, .c_in = CI, .h = H, .w = W, .c_out = CO, .kh = KH, .kw = KW, .stride = 1, \
      .pad = PAD}
+#define CONVX(N, CI, H, W, CO, KH, KW, PAD, S, DIL, G)                                       \
+    {.n = N, .c_in = CI, .h = H, .w = W, .c_out = CO, .kh = KH, .kw = KW, .stride = S, .pad = PAD, \
+     .dilation = DIL, .groups = G}
 static const struct {
     dpt_conv2d_desc d;
     int first_layer; /* no dx */
@@ -1494,8 +1504,40 @@ static const struct {
     {CONV(2, 3, 17, 33, 23, 2, 4, 1), 0},
     {CONV(2, 33, 9, 9, 1, 5, 1, 0), 0},
     {CONV(2, 4, 19, 21, 6, 5, 5, 1), 0},
+    /* Stride (polyphase), dilation and groups (conv_direct.c): strides 2
+     * and 3 with every phase's tap count, planes whose padded size is not
+     * a multiple of the stride (rows and columns no output reads), padding
+     * 0 to the dilated extent, 1x1 filters, groups of 4+ channels, rows
+     * narrower and wider than a vector. */
+    {CONVX(3, 5, 16, 16, 7, 3, 3, 1, 2, 1, 1), 0},
+    {CONVX(2, 6, 17, 15, 9, 3, 3, 1, 2, 1, 1), 0},
+    {CONVX(2, 3, 40, 37, 6, 3, 3, 1, 2, 1, 1), 0},
+    {CONVX(2, 4, 13, 14, 5, 5, 5, 2, 3, 1, 1), 0},
+    {CONVX(3, 4, 11, 9, 6, 3, 3, 0, 2, 1, 1), 0},
+    {CONVX(2, 8, 12, 12, 10, 1, 1, 0, 2, 1, 1), 0},
+    {CONVX(2, 3, 23, 20, 4, 4, 2, 1, 3, 1, 1), 0},
+    {CONVX(2, 1, 28, 28, 6, 5, 5, 2, 2, 1, 1), 1},
+    {CONVX(2, 5, 14, 13, 6, 3, 3, 2, 1, 2, 1), 0},
+    {CONVX(2, 5, 30, 33, 7, 3, 3, 4, 1, 2, 1), 0},
+    {CONVX(2, 4, 15, 16, 5, 3, 3, 3, 2, 2, 1), 0},
+    {CONVX(2, 3, 19, 18, 4, 3, 2, 1, 3, 3, 1), 0},
+    {CONVX(3, 8, 10, 10, 8, 3, 3, 1, 1, 1, 2), 0},
+    {CONVX(2, 12, 9, 11, 15, 3, 3, 1, 2, 1, 3), 0},
+    {CONVX(2, 16, 20, 18, 16, 3, 3, 2, 1, 2, 4), 0},
+    {CONVX(5, 32, 8, 8, 64, 3, 3, 1, 2, 1, 1), 0},
+    {CONVX(33, 8, 6, 7, 8, 3, 3, 1, 2, 1, 2), 0},
+    /* Blocks of stacked images (conv_direct.c's block_images) whose rows
+     * fill a vector, so the outputs go through the blocked output map, and
+     * a short last block. */
+    {CONVX(5, 7, 16, 16, 9, 3, 3, 1, 1, 1, 1), 0},
+    {CONVX(5, 6, 32, 32, 10, 3, 3, 1, 2, 1, 1), 0},
+    /* Refused by the direct kernels (checked on the generic path here):
+     * padding wider than the filter, depthwise. */
+    {CONVX(2, 3, 8, 8, 4, 3, 3, 3, 2, 1, 1), 0},
+    {CONVX(2, 6, 8, 8, 6, 3, 3, 1, 2, 1, 6), 0},
 };
 #undef CONV
+#undef CONVX
 
 int main(void)
 {

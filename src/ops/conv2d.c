@@ -301,13 +301,13 @@ static int gemm_supports(const dpt_conv2d_desc *d)
 
 /* ---- direct (conv_direct.c) ------------------------------------------------------ */
 
-static int direct_supports(const dpt_conv2d_desc *d) { return dpt_conv_direct_pick(d) != NULL; }
+static int direct_supports(const dpt_conv2d_desc *d) { return dpt_conv_direct_supports(d) != NULL; }
 
 static void direct_forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
                            const float *w, const float *b, float *y, float *work, double *sum,
                            double *sumsq)
 {
-    dpt_conv_direct_forward(dpt_conv_direct_pick(d), d, x, xa, w, b, y, work, sum, sumsq);
+    dpt_conv_direct_forward(dpt_conv_direct_supports(d), d, x, xa, w, b, y, work, sum, sumsq);
 }
 
 static void direct_backward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
@@ -315,7 +315,7 @@ static void direct_backward(const dpt_conv2d_desc *d, const float *x, const dpt_
                             const float *y, float *dx, float *dw, float *db, float *work,
                             double *xg)
 {
-    dpt_conv_direct_backward(dpt_conv_direct_pick(d), d, x, xa, w, dy, dya, y, dx, dw, db, work,
+    dpt_conv_direct_backward(dpt_conv_direct_supports(d), d, x, xa, w, dy, dya, y, dx, dw, db, work,
                              xg);
 }
 
@@ -363,12 +363,12 @@ int dpt_conv_algo_supports(int algo, const dpt_conv2d_desc *d)
     return a && a->supports(d);
 }
 
-/* What ran before there was a table: the direct kernels wherever they
- * apply (stride 1, one group, no dilation, not 1x1, a vector kernel set),
- * else GEMM. */
+/* Without a measured plan: the direct kernels wherever
+ * dpt_conv_direct_pick takes the shape (a vector kernel set; any stride,
+ * dilation, groups of 4+ channels), else GEMM. */
 int dpt_conv_algo_heuristic(const dpt_conv2d_desc *d)
 {
-    if (dpt_conv_algo_supports(DPT_CONV_ALGO_DIRECT, d))
+    if (dpt_conv_direct_pick(d))
         return DPT_CONV_ALGO_DIRECT;
     return DPT_CONV_ALGO_GEMM;
 }

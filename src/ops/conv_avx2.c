@@ -32,6 +32,14 @@ static inline __m256i range_mask(int lo, int hi)
 #define VLOAD_RANGE(p, lo, hi) _mm256_maskload_ps((p), range_mask((lo), (hi)))
 #define VLOAD_N(p, n) _mm256_maskload_ps((p), range_mask(0, (n)))
 #define VSUB(a, b) _mm256_sub_ps((a), (b))
+static inline float hsum_avx2(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
+    return _mm_cvtss_f32(s);
+}
+#define VHSUM(v) hsum_avx2(v)
 #define VMUL(a, b) _mm256_mul_ps((a), (b))
 /* v where z > 0, else 0 */
 #define VKEEPGT0(v, z, zero) _mm256_and_ps((v), _mm256_cmp_ps((z), (zero), _CMP_GT_OQ))

@@ -1,4 +1,4 @@
-/* Direct stride-1 convolution: the micro-kernel table each instruction set
+/* Direct convolution: the micro-kernel table each instruction set
  * provides (conv_avx512.c, conv_avx2.c, built from conv_kern.h), and the
  * batch-level driver in conv_direct.c that conv2d.c calls. Internal to ops/. */
 #ifndef DPT_OPS_CONV_DIRECT_H
@@ -10,6 +10,8 @@
 
 /* Filters with more taps (kh·kw) take the GEMM path. */
 #define DPT_CONV_DIRECT_MAX_TAPS 1024
+/* Strides above this take another algorithm (s·s phase planes). */
+#define DPT_CONV_DIRECT_MAX_STRIDE 8
 
 /* Where one vector of wide output positions goes in a dense output plane:
  * lanes [0, hi_a) to plane + off_a + lane (the rest of one row), lanes
@@ -59,7 +61,7 @@ typedef struct conv_isa {
                 const conv_out_map *map, float *stats, const float *bx, const dpt_bn_apply *ba,
                 conv_prefetch *pf);
     void (*dw)(const float *const *dy, int c_out, const float *const *xk, int k_total, int nq,
-               float *part, conv_prefetch *pf);
+               float *part, int reduced, conv_prefetch *pf);
     /* csum: NULL, or per-lane sums of the packed values per channel. */
     void (*pad)(const float *src, int c, int h, int w, int ph, int pw, int wp, size_t ps,
                 float *dst, float *csum);
@@ -79,11 +81,14 @@ extern const conv_isa dpt_conv_isa_avx2;
 
 /* The direct kernels of the selected set (kernels.c), NULL for generic. */
 const conv_isa *dpt_ops_conv_isa(void);
-/* The kernel set conv2d.c should use for d: NULL when the im2col + GEMM path
- * must run (generic kernels selected, stride > 1, dilation or groups above
- * 1, padding wider than the filter, or shapes where the direct path has no
- * advantage). The DIRECT entry of conv2d.c's table supports exactly the
- * shapes this picks a set for. */
+/* The kernel set the direct algorithm runs d with, NULL when it cannot:
+ * generic kernels selected, stride above DPT_CONV_DIRECT_MAX_STRIDE,
+ * padding wider than the dilated filter's extent minus one, depthwise or
+ * tiny groups (fewer than 4 channels in or out per group), or planes too
+ * large for int tap offsets. */
+const conv_isa *dpt_conv_direct_supports(const dpt_conv2d_desc *d);
+/* The heuristic choice when no measured plan says otherwise: today every
+ * shape dpt_conv_direct_supports takes. */
 const conv_isa *dpt_conv_direct_pick(const dpt_conv2d_desc *d);
 /* Scratch floats the direct path needs for d with any kernel set. */
 size_t dpt_conv_direct_work_floats(const dpt_conv2d_desc *d);

@@ -1,4 +1,5 @@
-/* Direct stride-1 convolution micro-kernels, written once and compiled per
+/* Direct convolution micro-kernels (stride-1 reads: conv_direct.c turns
+ * strides into phase planes), written once and compiled per
  * instruction set: conv_avx512.c and conv_avx2.c define the vector macros
  * below, then include this file.
  *
@@ -17,6 +18,9 @@
  *   VKEEP2(v, hi_a, lo_b, hi_b) v with lanes outside [0, hi_a) and
  *                   [lo_b, hi_b) zeroed
  *   VSUB, VMUL      a − b, a · b
+ *   VHSUM(v)        the sum of v's lanes (a fixed order: deterministic)
+ *   DW_FLUSH_REDUCED(acc, pp, ks)  optional: pp[c·ks + j] += VHSUM(acc[c][j])
+ *                   for the whole weight-gradient tile, done faster
  *   VKEEPGT0(v, z, zero)  v where z > 0, else 0
  *   VLOAD_RANGE(p, lo, hi)  load lanes [lo, hi) from p + lane, the others zero
  *   VSTORE_MAP_A(p, v, e), VSTORE_MAP_B, VLOAD_MAP_A, VLOAD_MAP_B, VKEEP_MAP(v, e)
@@ -247,11 +251,13 @@ static void KERN(fwd)(const float *x, size_t ps, int c_in, int kt, const int *of
 #undef TAIL_3
 
 /* part[co][k][lane] += Σ_q dy[co][q] * xk[k][q], lanes kept apart (summed
- * once at the end of the batch). dy: c_out rows of stride dys (c_out padded
- * to DW_CB with rows pointing at zeros); xk: K pointers, K padded to DW_KB.
- * nq is a multiple of VW. */
+ * once at the end of the batch), or with `reduced` part[co][k] += the sum
+ * of the lanes (a wide layer's [co][k][lane] is megabytes, streamed from
+ * memory once per call; its [co][k] is 16 times smaller). dy: c_out rows
+ * of stride dys (c_out padded to DW_CB with rows pointing at zeros); xk: K
+ * pointers, K padded to DW_KB. nq is a multiple of VW. */
 static void KERN(dw)(const float *const *dy, int c_out, const float *const *xk, int k_total,
-                     int nq, float *part, conv_prefetch *pf)
+                     int nq, float *part, int reduced, conv_prefetch *pf)
 {
     for (int c0 = 0; c0 < c_out; c0 += DW_CB) {
         for (int k0 = 0; k0 < k_total; k0 += DW_KB) {
@@ -281,6 +287,20 @@ static void KERN(dw)(const float *const *dy, int c_out, const float *const *xk, 
                     for (int c = 0; c < DW_CB; c++)
                         acc[c][j] = VFMA(d[c], xv, acc[c][j]);
                 }
+            }
+            if (reduced) {
+#ifdef DW_FLUSH_REDUCED
+                DW_FLUSH_REDUCED(acc, part + (size_t)c0 * k_total + k0, (size_t)k_total);
+                continue;
+#endif
+#pragma GCC unroll 16
+                for (int c = 0; c < DW_CB; c++) {
+                    float *pp = part + (size_t)(c0 + c) * k_total + k0;
+#pragma GCC unroll 16
+                    for (int j = 0; j < DW_KB; j++)
+                        pp[j] += VHSUM(acc[c][j]);
+                }
+                continue;
             }
 #pragma GCC unroll 16
             for (int c = 0; c < DW_CB; c++) {
