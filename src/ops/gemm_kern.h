@@ -1,0 +1,189 @@
+/* dptrain's single-precision GEMM, written once and compiled per
+ * instruction set (gemm_avx512.c, gemm_avx2.c define VN, VT, KN(f),
+ * GEMM_MR, GEMM_NV and the KN(vfma)/KN(vload)/KN(vstore)/KN(vset1)/
+ * KN(vzero) helpers before including it, inside their target pragmas).
+ * Internal to gemm.c, which picks the set.
+ *
+ * The loop nest is the one of Goto's GEMM (and BLIS's): for a block of
+ * GEMM_NC columns and GEMM_KC of the sum, op(B) is packed once into
+ * panels of NR = GEMM_NV·VN columns (each k's NR values side by side, the
+ * block in L2/L3); for each block of GEMM_MC rows op(A) is packed into
+ * panels of GEMM_MR rows (each k's MR values side by side, the block in
+ * L2); the micro-kernel then keeps an MR × NR tile of C in registers over
+ * the KC values of k, streaming one A panel and one B panel (in L1).
+ * Packing makes every transpose case the same kernel, pads the edges with
+ * zeros (a partial tile computes the whole tile and stores only its valid
+ * part) and gives the kernel unit-stride reads.
+ *
+ * Deterministic: each C element is, per KC block in increasing k, a chain
+ * of fused multiply-adds over k in order from zero, then added to C (beta
+ * 1 or a later block) or stored (beta 0, first block); the blocking
+ * depends only on the shape, never on threads (there are none) or on
+ * where a tile falls. */
+
+#define GEMM_NR (GEMM_NV * VN)
+
+/* One MR × NR tile: acc = Σ_k ap[k][r] · bp[k][c] over kc values of k,
+ * then C = alpha·acc (+ C when accum); only mr rows and nr columns of C
+ * are touched. */
+static inline __attribute__((always_inline)) void KN(gemm_micro)(
+    int kc, const float *restrict ap, const float *restrict bp, float *C, int ldc, float alpha,
+    int accum, int mr, int nr)
+{
+    VT acc[GEMM_MR][GEMM_NV];
+#pragma GCC unroll 16
+    for (int r = 0; r < GEMM_MR; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < GEMM_NV; v++)
+            acc[r][v] = KN(vzero)();
+    for (int k = 0; k < kc; k++) {
+        VT b[GEMM_NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < GEMM_NV; v++)
+            b[v] = KN(vload)(bp + v * VN);
+#pragma GCC unroll 16
+        for (int r = 0; r < GEMM_MR; r++) {
+            const VT a = KN(vset1)(ap[r]);
+#pragma GCC unroll 4
+            for (int v = 0; v < GEMM_NV; v++)
+                acc[r][v] = KN(vfma)(a, b[v], acc[r][v]);
+        }
+        ap += GEMM_MR;
+        bp += GEMM_NR;
+    }
+    const VT al = KN(vset1)(alpha);
+    if (mr == GEMM_MR && nr == GEMM_NR) {
+#pragma GCC unroll 16
+        for (int r = 0; r < GEMM_MR; r++)
+#pragma GCC unroll 4
+            for (int v = 0; v < GEMM_NV; v++) {
+                float *c = C + (size_t)r * ldc + v * VN;
+                const VT t = al * acc[r][v];
+                KN(vstore)(c, accum ? KN(vload)(c) + t : t);
+            }
+        return;
+    }
+    /* Edge tile: through a buffer, so nothing outside C's mr × nr is read
+     * or written; the same arithmetic as above. */
+    float t[GEMM_NR];
+    for (int r = 0; r < mr; r++) {
+        float *c = C + (size_t)r * ldc;
+        if (accum) {
+            memcpy(t, c, (size_t)nr * sizeof *t);
+            for (int v = 0; v < GEMM_NV; v++)
+                KN(vstore)(t + v * VN, KN(vload)(t + v * VN) + al * acc[r][v]);
+        } else {
+            for (int v = 0; v < GEMM_NV; v++)
+                KN(vstore)(t + v * VN, al * acc[r][v]);
+        }
+        memcpy(c, t, (size_t)nr * sizeof *t);
+    }
+}
+
+/* bp ← op(B)[k0 .. k0+kc) × [j0 .. j0+nc) in NR-column panels, each
+ * [kc][NR], the last one padded with zeros. op(B) = B [k, n] (tb 0) or
+ * Bᵀ with B [n, k] (tb 1). */
+static void KN(gemm_pack_b)(int tb, const float *B, int ldb, int k0, int kc, int j0, int nc,
+                            float *restrict bp)
+{
+    for (int jp = 0; jp < nc; jp += GEMM_NR, bp += (size_t)kc * GEMM_NR) {
+        const int w = nc - jp < GEMM_NR ? nc - jp : GEMM_NR;
+        if (!tb) {
+            const float *b = B + (size_t)k0 * ldb + j0 + jp;
+            for (int k = 0; k < kc; k++, b += ldb) {
+                float *d = bp + (size_t)k * GEMM_NR;
+                if (w == GEMM_NR) {
+                    memcpy(d, b, GEMM_NR * sizeof *d);
+                } else {
+                    memcpy(d, b, (size_t)w * sizeof *d);
+                    memset(d + w, 0, (size_t)(GEMM_NR - w) * sizeof *d);
+                }
+            }
+        } else {
+            if (w < GEMM_NR)
+                memset(bp, 0, (size_t)kc * GEMM_NR * sizeof *bp);
+            for (int j = 0; j < w; j++) {
+                const float *b = B + (size_t)(j0 + jp + j) * ldb + k0;
+                for (int k = 0; k < kc; k++)
+                    bp[(size_t)k * GEMM_NR + j] = b[k];
+            }
+        }
+    }
+}
+
+/* ap ← op(A)[i0 .. i0+mc) × [k0 .. k0+kc) in MR-row panels, each
+ * [kc][MR], the last one padded with zeros. op(A) = A [m, k] (ta 0) or
+ * Aᵀ with A [k, m] (ta 1). */
+static void KN(gemm_pack_a)(int ta, const float *A, int lda, int i0, int mc, int k0, int kc,
+                            float *restrict ap)
+{
+    for (int ip = 0; ip < mc; ip += GEMM_MR, ap += (size_t)kc * GEMM_MR) {
+        const int h = mc - ip < GEMM_MR ? mc - ip : GEMM_MR;
+        if (ta) {
+            const float *a = A + (size_t)k0 * lda + i0 + ip;
+            for (int k = 0; k < kc; k++, a += lda) {
+                float *d = ap + (size_t)k * GEMM_MR;
+                memcpy(d, a, (size_t)h * sizeof *d);
+                for (int i = h; i < GEMM_MR; i++)
+                    d[i] = 0.0f;
+            }
+        } else {
+            if (h < GEMM_MR)
+                memset(ap, 0, (size_t)kc * GEMM_MR * sizeof *ap);
+            for (int i = 0; i < h; i++) {
+                const float *a = A + (size_t)(i0 + ip + i) * lda + k0;
+                for (int k = 0; k < kc; k++)
+                    ap[(size_t)k * GEMM_MR + i] = a[k];
+            }
+        }
+    }
+}
+
+/* Floats of packing buffer the driver needs for this shape (A's block
+ * then B's), at most GEMM_MC·GEMM_KC + GEMM_KC·GEMM_NC. */
+static size_t KN(gemm_buf_floats)(int m, int n, int k)
+{
+    const size_t kc = k < GEMM_KC ? (size_t)k : GEMM_KC;
+    size_t mc = m < GEMM_MC ? (size_t)m : GEMM_MC;
+    size_t nc = n < GEMM_NC ? (size_t)n : GEMM_NC;
+    mc = (mc + GEMM_MR - 1) / GEMM_MR * GEMM_MR;
+    nc = (nc + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
+    return kc * (mc + nc);
+}
+
+/* C = alpha·op(A)·op(B) + (accum ? C : 0), k > 0; buf holds
+ * gemm_buf_floats(m, n, k) floats, aligned to a vector. */
+static void KN(gemm)(int ta, int tb, int m, int n, int k, float alpha, const float *A, int lda,
+                     const float *B, int ldb, int accum, float *C, int ldc, float *buf)
+{
+    const int kcmax = k < GEMM_KC ? k : GEMM_KC;
+    int mcmax = m < GEMM_MC ? m : GEMM_MC;
+    mcmax = (mcmax + GEMM_MR - 1) / GEMM_MR * GEMM_MR;
+    float *ap = buf, *bp = buf + (size_t)kcmax * mcmax;
+    for (int jc = 0; jc < n; jc += GEMM_NC) {
+        const int nc = n - jc < GEMM_NC ? n - jc : GEMM_NC;
+        for (int pc = 0; pc < k; pc += GEMM_KC) {
+            const int kc = k - pc < GEMM_KC ? k - pc : GEMM_KC;
+            const int acc = accum || pc > 0;
+            KN(gemm_pack_b)(tb, B, ldb, pc, kc, jc, nc, bp);
+            for (int ic = 0; ic < m; ic += GEMM_MC) {
+                const int mc = m - ic < GEMM_MC ? m - ic : GEMM_MC;
+                KN(gemm_pack_a)(ta, A, lda, ic, mc, pc, kc, ap);
+                for (int jr = 0; jr < nc; jr += GEMM_NR) {
+                    const int nr = nc - jr < GEMM_NR ? nc - jr : GEMM_NR;
+                    const float *bpp = bp + (size_t)jr * kc;
+                    for (int ir = 0; ir < mc; ir += GEMM_MR) {
+                        const int mr = mc - ir < GEMM_MR ? mc - ir : GEMM_MR;
+                        KN(gemm_micro)(kc, ap + (size_t)ir * kc, bpp, C + (size_t)(ic + ir) * ldc + jc + jr,
+                                       ldc, alpha, acc, mr, nr);
+                    }
+                }
+            }
+        }
+    }
+}
+
+const gemm_isa KN(dpt_gemm_isa) = {
+    .buf_floats = KN(gemm_buf_floats),
+    .gemm = KN(gemm),
+};
