@@ -1,0 +1,210 @@
+/* The BATCHED convolution algorithm (see conv_batched.h).
+ *
+ * Per group g (cg_in = c_in/G inputs, cg_out = c_out/G outputs, K =
+ * cg_in·kh·kw taps, P = out_h·out_w) and block of nb images:
+ *   col [K, nb·P]: column i·P + p holds image i's patch at output pixel p
+ *   forward   Yb [cg_out, nb·P] = W_g · col, scattered into y (NCHW) + b
+ *   backward  Db [cg_out, nb·P] gathered from dy,
+ *             dW_g = Σ_blocks Db · colᵀ  (the first block writes, later add)
+ *             dcol = W_gᵀ · Db into col's memory (dW is done with col),
+ *             then col2im scatters it into dx.
+ * nb is chosen from the shape alone (dpt_conv_batched_block), so the sums
+ * and their order, hence the bits, never depend on anything else. */
+#include "ops/conv_batched.h"
+#include "ops/gemm.h"
+
+#include <string.h>
+
+/* Columns a block aims at (nb·P): wide enough that the GEMM's tiles and
+ * packing are amortised; and the most floats col and Yb/Db may take
+ * together (32 MiB), so a wide layer's blocks stay a bounded fraction of
+ * memory. */
+#define BATCH_COLS 2048
+#define BATCH_MAX_FLOATS ((size_t)8 << 20)
+
+static int groups_of(const dpt_conv2d_desc *d) { return d->groups > 1 ? d->groups : 1; }
+static int dil_of(const dpt_conv2d_desc *d) { return d->dilation > 1 ? d->dilation : 1; }
+
+int dpt_conv_batched_supports(const dpt_conv2d_desc *d)
+{
+    (void)d;
+    return 1;
+}
+
+int dpt_conv_batched_block(const dpt_conv2d_desc *d)
+{
+    const size_t P = (size_t)d->out_h * d->out_w;
+    const size_t K = (size_t)(d->c_in / groups_of(d)) * d->kh * d->kw;
+    const size_t per = (K + (size_t)(d->c_out / groups_of(d))) * P; /* floats per image */
+    size_t nb = (BATCH_COLS + P - 1) / P;
+    if (nb * per > BATCH_MAX_FLOATS)
+        nb = BATCH_MAX_FLOATS / per;
+    if (nb > (size_t)d->n)
+        nb = (size_t)d->n;
+    return nb < 1 ? 1 : (int)nb;
+}
+
+size_t dpt_conv_batched_work_floats(const dpt_conv2d_desc *d)
+{
+    const size_t P = (size_t)d->out_h * d->out_w;
+    const size_t K = (size_t)(d->c_in / groups_of(d)) * d->kh * d->kw;
+    return (K + (size_t)(d->c_out / groups_of(d))) * P * (size_t)dpt_conv_batched_block(d);
+}
+
+/* Output columns ox whose input column ox·s − pad + off lies in [0, w):
+ * [*lo, *hi). */
+static void cols_inside(int off, int s, int w, int ow, int *lo, int *hi)
+{
+    const int a = -off, b = w - off; /* need a <= ox·s < b */
+    int first = a <= 0 ? 0 : (a + s - 1) / s;
+    int last = b <= 0 ? 0 : (b + s - 1) / s;
+    first = first < ow ? first : ow;
+    last = last < ow ? last : ow;
+    *lo = first;
+    *hi = last > first ? last : first;
+}
+
+/* Rows of col (row stride ld) for the c channels of one image x [c, h, w]
+ * at its column offset: row (ci·kh + ki)·kw + kj. */
+static void im2col(const dpt_conv2d_desc *d, const float *x, int c, float *col, size_t ld)
+{
+    const int oh = d->out_h, ow = d->out_w, s = d->stride, dl = dil_of(d);
+    for (int ci = 0; ci < c; ci++)
+        for (int ki = 0; ki < d->kh; ki++)
+            for (int kj = 0; kj < d->kw; kj++, col += ld) {
+                const int off = kj * dl - d->pad;
+                int lo, hi;
+                cols_inside(off, s, d->w, ow, &lo, &hi);
+                float *o = col;
+                for (int oy = 0; oy < oh; oy++, o += ow) {
+                    const int iy = oy * s - d->pad + ki * dl;
+                    if (iy < 0 || iy >= d->h || lo == hi) {
+                        memset(o, 0, (size_t)ow * sizeof *o);
+                        continue;
+                    }
+                    const float *xr = x + ((size_t)ci * d->h + iy) * d->w + off;
+                    memset(o, 0, (size_t)lo * sizeof *o);
+                    if (s == 1)
+                        memcpy(o + lo, xr + lo, (size_t)(hi - lo) * sizeof *o);
+                    else
+                        for (int ox = lo; ox < hi; ox++)
+                            o[ox] = xr[(size_t)ox * s];
+                    memset(o + hi, 0, (size_t)(ow - hi) * sizeof *o);
+                }
+            }
+}
+
+/* dx [c, h, w] of one image = the scatter-add of its columns of dcol (row
+ * stride ld); taps on padding are dropped. */
+static void col2im(const dpt_conv2d_desc *d, const float *col, size_t ld, int c, float *dx)
+{
+    const int oh = d->out_h, ow = d->out_w, s = d->stride, dl = dil_of(d);
+    memset(dx, 0, (size_t)c * d->h * d->w * sizeof *dx);
+    for (int ci = 0; ci < c; ci++)
+        for (int ki = 0; ki < d->kh; ki++)
+            for (int kj = 0; kj < d->kw; kj++, col += ld) {
+                const int off = kj * dl - d->pad;
+                int lo, hi;
+                cols_inside(off, s, d->w, ow, &lo, &hi);
+                const float *o = col;
+                for (int oy = 0; oy < oh; oy++, o += ow) {
+                    const int iy = oy * s - d->pad + ki * dl;
+                    if (iy < 0 || iy >= d->h)
+                        continue;
+                    float *xr = dx + ((size_t)ci * d->h + iy) * d->w + off;
+                    if (s == 1)
+                        for (int ox = lo; ox < hi; ox++)
+                            xr[ox] += o[ox];
+                    else
+                        for (int ox = lo; ox < hi; ox++)
+                            xr[(size_t)ox * s] += o[ox];
+                }
+            }
+}
+
+void dpt_conv_batched_forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
+                              const float *w, const float *b, float *y, float *work,
+                              double *sum, double *sumsq)
+{
+    (void)xa;
+    (void)sum;
+    (void)sumsq;
+    const int G = groups_of(d), cg_in = d->c_in / G, cg_out = d->c_out / G;
+    const int K = cg_in * d->kh * d->kw, P = d->out_h * d->out_w;
+    const int nb = dpt_conv_batched_block(d);
+    const size_t x_img = (size_t)d->c_in * d->h * d->w, y_img = (size_t)d->c_out * P;
+    float *col = work, *yb = work + (size_t)K * nb * P;
+    for (int i0 = 0; i0 < d->n; i0 += nb) {
+        const int m = d->n - i0 < nb ? d->n - i0 : nb;
+        const size_t ld = (size_t)m * P;
+        for (int g = 0; g < G; g++) {
+            for (int i = 0; i < m; i++)
+                im2col(d, x + (i0 + i) * x_img + (size_t)g * cg_in * d->h * d->w, cg_in,
+                       col + (size_t)i * P, ld);
+            dpt_sgemm(0, 0, cg_out, (int)ld, K, 1.0f, w + (size_t)g * cg_out * K, K, col,
+                      (int)ld, 0.0f, yb, (int)ld);
+            for (int i = 0; i < m; i++)
+                for (int co = 0; co < cg_out; co++) {
+                    const int c = g * cg_out + co;
+                    const float *src = yb + (size_t)co * ld + (size_t)i * P;
+                    float *dst = y + (i0 + i) * y_img + (size_t)c * P;
+                    if (b) {
+                        const float bc = b[c];
+                        for (int p = 0; p < P; p++)
+                            dst[p] = src[p] + bc;
+                    } else {
+                        memcpy(dst, src, (size_t)P * sizeof *dst);
+                    }
+                }
+        }
+    }
+}
+
+void dpt_conv_batched_backward(const dpt_conv2d_desc *d, const float *x,
+                               const dpt_bn_apply *xa, const float *w, const float *dy,
+                               const dpt_bn_apply *dya, const float *y, float *dx, float *dw,
+                               float *db, float *work, double *xg)
+{
+    (void)xa;
+    (void)dya;
+    (void)y;
+    (void)xg;
+    const int G = groups_of(d), cg_in = d->c_in / G, cg_out = d->c_out / G;
+    const int K = cg_in * d->kh * d->kw, P = d->out_h * d->out_w;
+    const int nb = dpt_conv_batched_block(d);
+    const size_t x_img = (size_t)d->c_in * d->h * d->w, y_img = (size_t)d->c_out * P;
+    const size_t x_grp = (size_t)cg_in * d->h * d->w, w_grp = (size_t)cg_out * K;
+    float *col = work, *db_ = work + (size_t)K * nb * P;
+    /* Bias gradient: Σ over n·P values per channel in float64, in image
+     * order (as the GEMM algorithm sums them). */
+    for (int c = 0; db && c < d->c_out; c++) {
+        double s = 0.0;
+        for (int i = 0; i < d->n; i++) {
+            const float *r = dy + i * y_img + (size_t)c * P;
+            for (int p = 0; p < P; p++)
+                s += r[p];
+        }
+        db[c] = (float)s;
+    }
+    for (int i0 = 0; i0 < d->n; i0 += nb) {
+        const int m = d->n - i0 < nb ? d->n - i0 : nb;
+        const size_t ld = (size_t)m * P;
+        for (int g = 0; g < G; g++) {
+            for (int i = 0; i < m; i++) {
+                for (int co = 0; co < cg_out; co++)
+                    memcpy(db_ + (size_t)co * ld + (size_t)i * P,
+                           dy + (i0 + i) * y_img + (size_t)(g * cg_out + co) * P,
+                           (size_t)P * sizeof *db_);
+                im2col(d, x + (i0 + i) * x_img + g * x_grp, cg_in, col + (size_t)i * P, ld);
+            }
+            dpt_sgemm(0, 1, cg_out, K, (int)ld, 1.0f, db_, (int)ld, col, (int)ld,
+                      i0 == 0 ? 0.0f : 1.0f, dw + g * w_grp, K);
+            if (!dx)
+                continue;
+            dpt_sgemm(1, 0, K, (int)ld, cg_out, 1.0f, w + g * w_grp, K, db_, (int)ld, 0.0f, col,
+                      (int)ld);
+            for (int i = 0; i < m; i++)
+                col2im(d, col + (size_t)i * P, ld, cg_in, dx + (i0 + i) * x_img + g * x_grp);
+        }
+    }
+}
