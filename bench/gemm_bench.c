@@ -7,7 +7,7 @@
  *   machine sets it (OPENBLAS_CORETYPE from the environment) and with
  *   OPENBLAS_CORETYPE=SkylakeX (a separate process: OpenBLAS reads it once
  *   when loaded).
- *   gemm_bench [--rounds R] [--quick]
+ *   gemm_bench [--rounds R] [--quick] [--only TEXT]
  *
  * Candidates, alternated within each round (so load on the machine hits
  * them alike): dptrain's GEMM with the avx512 and the avx2 kernel sets
@@ -33,10 +33,12 @@
 
 char *openblas_get_corename(void);
 
+/* This thread's CPU time: on a machine shared with other jobs, the time
+ * the thread was descheduled does not count (caches are still shared). */
 static double now_s(void)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
@@ -152,6 +154,7 @@ static void run(int c, const shape *s, const float *A, int lda, const float *B, 
 int main(int argc, char **argv)
 {
     int rounds = 7, quick = 0;
+    const char *only = NULL;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--rounds") == 0 && i + 1 < argc) {
             rounds = atoi(argv[++i]);
@@ -159,10 +162,12 @@ int main(int argc, char **argv)
                 fprintf(stderr, "gemm_bench: --rounds: 1 to 1000\n");
                 return 1;
             }
+        } else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
+            only = argv[++i];
         } else if (strcmp(argv[i], "--quick") == 0) {
             quick = 1;
         } else {
-            fprintf(stderr, "usage: gemm_bench [--rounds R] [--quick]\n");
+            fprintf(stderr, "usage: gemm_bench [--rounds R] [--quick] [--only TEXT]\n");
             return 1;
         }
     }
@@ -188,6 +193,8 @@ int main(int argc, char **argv)
     const int n_shapes = (int)(sizeof shapes / sizeof *shapes);
     for (int si = 0; si < n_shapes; si++) {
         const shape *s = &shapes[si];
+        if (only && !strstr(s->what, only))
+            continue;
         const int lda = s->ta ? s->m : s->k, ldb = s->tb ? s->k : s->n;
         const size_t na = (size_t)s->m * s->k, nb = (size_t)s->k * s->n, nc = (size_t)s->m * s->n;
         float *A = malloc(na * sizeof *A), *B = malloc(nb * sizeof *B);

@@ -23,7 +23,8 @@ typedef float vt_avx2 __attribute__((vector_size(8 * 4)));
 #define GEMM_NV 2
 /* Blocks: GEMM_KC values of k (an A panel and a B panel stay in L1
  * across the micro-kernel), GEMM_MC rows of packed A (in L2), GEMM_NC
- * columns of packed B. */
+ * columns of packed B; B read in place up to 3·MR rows of C
+ * (gemm_kern.h's default). */
 #define GEMM_KC 256
 #define GEMM_MC 96
 #define GEMM_NC 4096

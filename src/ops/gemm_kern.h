@@ -23,11 +23,12 @@
 
 #define GEMM_NR (GEMM_NV * VN)
 
-/* One MR × NR tile: acc = Σ_k ap[k][r] · bp[k][c] over kc values of k,
- * then C = alpha·acc (+ C when accum); only mr rows and nr columns of C
- * are touched. */
+/* One MR × NR tile: acc = Σ_k ap[k][r] · bp[k·bs + c] over kc values of
+ * k, then C = acc (+ C when accum); only mr rows and nr columns of C are
+ * touched. alpha is in the packed A (a register here would push AVX2's
+ * 16 over and spill a B vector in the loop). */
 static inline __attribute__((always_inline)) void KN(gemm_micro)(
-    int kc, const float *restrict ap, const float *restrict bp, float *C, int ldc, float alpha,
+    int kc, const float *restrict ap, const float *restrict bp, size_t bs, float *C, int ldc,
     int accum, int mr, int nr)
 {
     VT acc[GEMM_MR][GEMM_NV];
@@ -36,6 +37,14 @@ static inline __attribute__((always_inline)) void KN(gemm_micro)(
 #pragma GCC unroll 4
         for (int v = 0; v < GEMM_NV; v++)
             acc[r][v] = KN(vzero)();
+    /* The tile of C is needed only after the loop: its lines (rows far
+     * apart, often out of cache) are fetched while the loop runs. */
+#pragma GCC unroll 16
+    for (int r = 0; r < GEMM_MR; r++)
+        if (r < mr) {
+            __builtin_prefetch(C + (size_t)r * ldc, 1);
+            __builtin_prefetch(C + (size_t)r * ldc + GEMM_NR - 1, 1);
+        }
     for (int k = 0; k < kc; k++) {
         VT b[GEMM_NV];
 #pragma GCC unroll 4
@@ -49,17 +58,15 @@ static inline __attribute__((always_inline)) void KN(gemm_micro)(
                 acc[r][v] = KN(vfma)(a, b[v], acc[r][v]);
         }
         ap += GEMM_MR;
-        bp += GEMM_NR;
+        bp += bs;
     }
-    const VT al = KN(vset1)(alpha);
     if (mr == GEMM_MR && nr == GEMM_NR) {
 #pragma GCC unroll 16
         for (int r = 0; r < GEMM_MR; r++)
 #pragma GCC unroll 4
             for (int v = 0; v < GEMM_NV; v++) {
                 float *c = C + (size_t)r * ldc + v * VN;
-                const VT t = al * acc[r][v];
-                KN(vstore)(c, accum ? KN(vload)(c) + t : t);
+                KN(vstore)(c, accum ? KN(vload)(c) + acc[r][v] : acc[r][v]);
             }
         return;
     }
@@ -71,10 +78,10 @@ static inline __attribute__((always_inline)) void KN(gemm_micro)(
         if (accum) {
             memcpy(t, c, (size_t)nr * sizeof *t);
             for (int v = 0; v < GEMM_NV; v++)
-                KN(vstore)(t + v * VN, KN(vload)(t + v * VN) + al * acc[r][v]);
+                KN(vstore)(t + v * VN, KN(vload)(t + v * VN) + acc[r][v]);
         } else {
             for (int v = 0; v < GEMM_NV; v++)
-                KN(vstore)(t + v * VN, al * acc[r][v]);
+                KN(vstore)(t + v * VN, acc[r][v]);
         }
         memcpy(c, t, (size_t)nr * sizeof *t);
     }
@@ -111,11 +118,11 @@ static void KN(gemm_pack_b)(int tb, const float *B, int ldb, int k0, int kc, int
     }
 }
 
-/* ap ← op(A)[i0 .. i0+mc) × [k0 .. k0+kc) in MR-row panels, each
+/* ap ← alpha·op(A)[i0 .. i0+mc) × [k0 .. k0+kc) in MR-row panels, each
  * [kc][MR], the last one padded with zeros. op(A) = A [m, k] (ta 0) or
  * Aᵀ with A [k, m] (ta 1). */
 static void KN(gemm_pack_a)(int ta, const float *A, int lda, int i0, int mc, int k0, int kc,
-                            float *restrict ap)
+                            float alpha, float *restrict ap)
 {
     for (int ip = 0; ip < mc; ip += GEMM_MR, ap += (size_t)kc * GEMM_MR) {
         const int h = mc - ip < GEMM_MR ? mc - ip : GEMM_MR;
@@ -123,7 +130,11 @@ static void KN(gemm_pack_a)(int ta, const float *A, int lda, int i0, int mc, int
             const float *a = A + (size_t)k0 * lda + i0 + ip;
             for (int k = 0; k < kc; k++, a += lda) {
                 float *d = ap + (size_t)k * GEMM_MR;
-                memcpy(d, a, (size_t)h * sizeof *d);
+                if (alpha == 1.0f)
+                    memcpy(d, a, (size_t)h * sizeof *d);
+                else
+                    for (int i = 0; i < h; i++)
+                        d[i] = alpha * a[i];
                 for (int i = h; i < GEMM_MR; i++)
                     d[i] = 0.0f;
             }
@@ -133,21 +144,36 @@ static void KN(gemm_pack_a)(int ta, const float *A, int lda, int i0, int mc, int
             for (int i = 0; i < h; i++) {
                 const float *a = A + (size_t)(i0 + ip + i) * lda + k0;
                 for (int k = 0; k < kc; k++)
-                    ap[(size_t)k * GEMM_MR + i] = a[k];
+                    ap[(size_t)k * GEMM_MR + i] = alpha * a[k];
             }
         }
     }
 }
 
+/* Block sizes for an extent of x with blocks of at most max, split
+ * evenly (k 288 with KC 256: two of 144, not 256 and a short 32 whose
+ * tiles would mostly load and store C) and rounded up to unit. */
+static int KN(gemm_block)(int x, int max, int unit)
+{
+    const int nblk = (x + max - 1) / max;
+    const int b = (x + nblk - 1) / nblk;
+    return (b + unit - 1) / unit * unit;
+}
+
+/* Rows up to which op(B) = B is read in place rather than packed: with
+ * few rows of C each B value feeds few products, and copying B would cost
+ * as much as they do. */
+#ifndef GEMM_DIRECT_M
+#define GEMM_DIRECT_M (3 * GEMM_MR)
+#endif
+
 /* Floats of packing buffer the driver needs for this shape (A's block
- * then B's), at most GEMM_MC·GEMM_KC + GEMM_KC·GEMM_NC. */
+ * then B's). */
 static size_t KN(gemm_buf_floats)(int m, int n, int k)
 {
-    const size_t kc = k < GEMM_KC ? (size_t)k : GEMM_KC;
-    size_t mc = m < GEMM_MC ? (size_t)m : GEMM_MC;
-    size_t nc = n < GEMM_NC ? (size_t)n : GEMM_NC;
-    mc = (mc + GEMM_MR - 1) / GEMM_MR * GEMM_MR;
-    nc = (nc + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
+    const size_t kc = (size_t)KN(gemm_block)(k, GEMM_KC, 1);
+    const size_t mc = (size_t)KN(gemm_block)(m, GEMM_MC, GEMM_MR);
+    const size_t nc = (size_t)KN(gemm_block)(n, GEMM_NC, GEMM_NR);
     return kc * (mc + nc);
 }
 
@@ -156,26 +182,32 @@ static size_t KN(gemm_buf_floats)(int m, int n, int k)
 static void KN(gemm)(int ta, int tb, int m, int n, int k, float alpha, const float *A, int lda,
                      const float *B, int ldb, int accum, float *C, int ldc, float *buf)
 {
-    const int kcmax = k < GEMM_KC ? k : GEMM_KC;
-    int mcmax = m < GEMM_MC ? m : GEMM_MC;
-    mcmax = (mcmax + GEMM_MR - 1) / GEMM_MR * GEMM_MR;
-    float *ap = buf, *bp = buf + (size_t)kcmax * mcmax;
-    for (int jc = 0; jc < n; jc += GEMM_NC) {
-        const int nc = n - jc < GEMM_NC ? n - jc : GEMM_NC;
-        for (int pc = 0; pc < k; pc += GEMM_KC) {
-            const int kc = k - pc < GEMM_KC ? k - pc : GEMM_KC;
+    const int KC = KN(gemm_block)(k, GEMM_KC, 1), MC = KN(gemm_block)(m, GEMM_MC, GEMM_MR);
+    const int NC = KN(gemm_block)(n, GEMM_NC, GEMM_NR);
+    const int direct = !tb && m <= GEMM_DIRECT_M;
+    float *ap = buf, *bp = buf + (size_t)KC * MC;
+    for (int jc = 0; jc < n; jc += NC) {
+        const int nc = n - jc < NC ? n - jc : NC;
+        for (int pc = 0; pc < k; pc += KC) {
+            const int kc = k - pc < KC ? k - pc : KC;
             const int acc = accum || pc > 0;
-            KN(gemm_pack_b)(tb, B, ldb, pc, kc, jc, nc, bp);
-            for (int ic = 0; ic < m; ic += GEMM_MC) {
-                const int mc = m - ic < GEMM_MC ? m - ic : GEMM_MC;
-                KN(gemm_pack_a)(ta, A, lda, ic, mc, pc, kc, ap);
+            /* In place: only the last, partial panel is packed (a row of
+             * B has nothing readable past its n values). */
+            const int full = direct ? nc / GEMM_NR * GEMM_NR : 0;
+            if (full < nc)
+                KN(gemm_pack_b)(tb, B, ldb, pc, kc, jc + full, nc - full, bp + (size_t)full * kc);
+            for (int ic = 0; ic < m; ic += MC) {
+                const int mc = m - ic < MC ? m - ic : MC;
+                KN(gemm_pack_a)(ta, A, lda, ic, mc, pc, kc, alpha, ap);
                 for (int jr = 0; jr < nc; jr += GEMM_NR) {
                     const int nr = nc - jr < GEMM_NR ? nc - jr : GEMM_NR;
-                    const float *bpp = bp + (size_t)jr * kc;
+                    const int inplace = jr < full;
+                    const float *bpp = inplace ? B + (size_t)pc * ldb + jc + jr : bp + (size_t)jr * kc;
+                    const size_t bs = inplace ? (size_t)ldb : GEMM_NR;
                     for (int ir = 0; ir < mc; ir += GEMM_MR) {
                         const int mr = mc - ir < GEMM_MR ? mc - ir : GEMM_MR;
-                        KN(gemm_micro)(kc, ap + (size_t)ir * kc, bpp, C + (size_t)(ic + ir) * ldc + jc + jr,
-                                       ldc, alpha, acc, mr, nr);
+                        KN(gemm_micro)(kc, ap + (size_t)ir * kc, bpp, bs,
+                                       C + (size_t)(ic + ir) * ldc + jc + jr, ldc, acc, mr, nr);
                     }
                 }
             }
