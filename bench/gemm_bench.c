@@ -7,7 +7,14 @@
  *   machine sets it (OPENBLAS_CORETYPE from the environment) and with
  *   OPENBLAS_CORETYPE=SkylakeX (a separate process: OpenBLAS reads it once
  *   when loaded).
- *   gemm_bench [--rounds R] [--quick] [--only TEXT]
+ *   gemm_bench [--rounds R] [--quick] [--only TEXT] [--conv [--batch N]]
+ *
+ * --conv: whole convolution layers of the suite networks instead (batch N,
+ * default 128, as one worker trains it): the conv algorithms "gemm"
+ * (im2col per image + cblas_sgemm, the reference), "batched" (this GEMM
+ * over blocks of images, conv_batched.c) and "direct" where it runs the
+ * shape, alternated; median ms of a forward and of a backward (dx, dw,
+ * db) and batched's speed-up over gemm.
  *
  * Candidates, alternated within each round (so load on the machine hits
  * them alike): dptrain's GEMM with the avx512 and the avx2 kernel sets
@@ -151,9 +158,121 @@ static void run(int c, const shape *s, const float *A, int lda, const float *B, 
     }
 }
 
+/* ---- --conv: whole layers through dpt_conv2d_* with a named algorithm ---- */
+
+typedef struct conv_layer {
+    const char *what;
+    int c_in, h, c_out, k, stride, pad, groups;
+} conv_layer;
+
+static const conv_layer layers[] = {
+    {"vgg c1b", 32, 32, 32, 3, 1, 1, 1},
+    {"vgg c2a", 32, 32, 64, 3, 2, 1, 1},
+    {"vgg c2b", 64, 16, 64, 3, 1, 1, 1},
+    {"vgg c3a", 64, 16, 128, 3, 2, 1, 1},
+    {"vgg c3b", 128, 8, 128, 3, 1, 1, 1},
+    {"vgg c4a", 128, 8, 256, 3, 2, 1, 1},
+    {"vgg c4b", 256, 4, 256, 3, 1, 1, 1},
+    {"mbn b1_pw 1x1", 32, 32, 64, 1, 1, 0, 1},
+    {"mbn b3_pw 1x1", 128, 16, 128, 1, 1, 0, 1},
+    {"mbn b5_pw 1x1", 256, 8, 256, 1, 1, 0, 1},
+    {"res28 16>32/2", 16, 28, 32, 3, 2, 1, 1},
+    {"res32 32>64/2", 32, 16, 64, 3, 2, 1, 1},
+    {"grouped 64/4", 64, 16, 64, 3, 1, 1, 4},
+    {"example c2", 20, 28, 20, 3, 1, 1, 1},
+};
+
+static int conv_main(int rounds, int batch, const char *only)
+{
+    static const int algos[] = {DPT_CONV_ALGO_GEMM, DPT_CONV_ALGO_BATCHED, DPT_CONV_ALGO_DIRECT};
+    enum { N_ALGO = 3 };
+    printf("# conv layers, batch %d, kernels %s, %d rounds, one thread; median ms per pass "
+           "(fwd = forward, bwd = backward with dx, dw, db); OpenBLAS %s\n",
+           batch, dpt_ops_kernels(), rounds, openblas_get_corename());
+    printf("%-16s %-22s %8s %8s %8s %8s %8s %8s  %6s %6s  %s\n", "layer", "shape", "gemm fwd",
+           "bwd", "batched", "bwd", "direct", "bwd", "x fwd", "x bwd", "batched GFLOP/s f/b");
+    unsigned seed = 3;
+    for (size_t li = 0; li < sizeof layers / sizeof *layers; li++) {
+        const conv_layer *L = &layers[li];
+        if (only && !strstr(L->what, only))
+            continue;
+        dpt_conv2d_desc d = {.n = batch, .c_in = L->c_in, .h = L->h, .w = L->h,
+                             .c_out = L->c_out, .kh = L->k, .kw = L->k, .stride = L->stride,
+                             .pad = L->pad, .groups = L->groups};
+        if (dpt_conv2d_desc_init(&d) != 0)
+            continue;
+        const size_t nx = (size_t)d.n * d.c_in * d.h * d.w;
+        const size_t ny = (size_t)d.n * d.c_out * d.out_h * d.out_w;
+        const size_t nw = (size_t)d.c_out * (d.c_in / d.groups) * d.kh * d.kw;
+        size_t nwork = 0;
+        for (int a = 0; a < N_ALGO; a++) {
+            d.algo = algos[a];
+            size_t f = dpt_conv2d_work_floats(&d);
+            nwork = f > nwork ? f : nwork;
+        }
+        float *x = malloc(nx * sizeof *x), *dx = malloc(nx * sizeof *dx);
+        float *y = malloc(ny * sizeof *y), *dy = malloc(ny * sizeof *dy);
+        float *w = malloc(nw * sizeof *w), *dw = malloc(nw * sizeof *dw);
+        float *db = malloc((size_t)d.c_out * sizeof *db), *work = malloc(nwork * sizeof *work);
+        if (!x || !dx || !y || !dy || !w || !dw || !db || !work) {
+            fprintf(stderr, "gemm_bench: out of memory\n");
+            return 1;
+        }
+        for (size_t i = 0; i < nx; i++)
+            x[i] = (float)((seed = seed * 1664525u + 1013904223u) >> 8) / 16777216.0f - 0.5f;
+        for (size_t i = 0; i < ny; i++)
+            dy[i] = (float)((seed = seed * 1664525u + 1013904223u) >> 8) / 16777216.0f - 0.5f;
+        for (size_t i = 0; i < nw; i++)
+            w[i] = (float)((seed = seed * 1664525u + 1013904223u) >> 8) / 16777216.0f - 0.5f;
+        double tf[N_ALGO][1000], tb[N_ALGO][1000];
+        int have[N_ALGO];
+        for (int a = 0; a < N_ALGO; a++) {
+            have[a] = dpt_conv_algo_supports(algos[a], &d);
+            d.algo = algos[a];
+            if (have[a]) { /* warm up */
+                dpt_conv2d_forward(&d, x, w, NULL, y, work);
+                dpt_conv2d_backward(&d, x, w, dy, dx, dw, db, work);
+            }
+        }
+        for (int r = 0; r < rounds; r++)
+            for (int a0 = 0; a0 < N_ALGO; a0++) {
+                const int a = (a0 + r) % N_ALGO;
+                if (!have[a])
+                    continue;
+                d.algo = algos[a];
+                double t0 = now_s();
+                dpt_conv2d_forward(&d, x, w, NULL, y, work);
+                double t1 = now_s();
+                dpt_conv2d_backward(&d, x, w, dy, dx, dw, db, work);
+                tf[a][r] = t1 - t0;
+                tb[a][r] = now_s() - t1;
+            }
+        double mf[N_ALGO] = {0}, mb[N_ALGO] = {0};
+        char shp[64];
+        snprintf(shp, sizeof shp, "%dx%dx%d>%d k%d s%d g%d", d.h, d.w, d.c_in, d.c_out, d.kh,
+                 d.stride, d.groups);
+        printf("%-16s %-22s", L->what, shp);
+        for (int a = 0; a < N_ALGO; a++) {
+            if (have[a]) {
+                mf[a] = median(tf[a], rounds) * 1e3;
+                mb[a] = median(tb[a], rounds) * 1e3;
+                printf(" %8.2f %8.2f", mf[a], mb[a]);
+            } else {
+                printf(" %8s %8s", "-", "-");
+            }
+        }
+        const double flop = 2.0 * d.n * d.c_out * d.out_h * d.out_w * (d.c_in / d.groups) * d.kh * d.kw;
+        printf("  %6.2f %6.2f  %.0f/%.0f\n", mf[0] / mf[1], mb[0] / mb[1], flop / mf[1] * 1e-6,
+               2 * flop / mb[1] * 1e-6);
+        fflush(stdout);
+        free(x), free(dx), free(y), free(dy), free(w), free(dw), free(db), free(work);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
-    int rounds = 7, quick = 0;
+    int rounds = 7, quick = 0, conv = 0, batch = 128;
     const char *only = NULL;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--rounds") == 0 && i + 1 < argc) {
@@ -164,12 +283,25 @@ int main(int argc, char **argv)
             }
         } else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
             only = argv[++i];
+        } else if (strcmp(argv[i], "--conv") == 0) {
+            conv = 1;
+        } else if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc) {
+            batch = atoi(argv[++i]);
+            if (batch < 1 || batch > 4096) {
+                fprintf(stderr, "gemm_bench: --batch: 1 to 4096\n");
+                return 1;
+            }
         } else if (strcmp(argv[i], "--quick") == 0) {
             quick = 1;
         } else {
-            fprintf(stderr, "usage: gemm_bench [--rounds R] [--quick] [--only TEXT]\n");
+            fprintf(stderr, "usage: gemm_bench [--rounds R] [--quick] [--only TEXT] [--conv "
+                            "[--batch N]]\n");
             return 1;
         }
+    }
+    if (conv) {
+        dpt_blas_set_threads(1);
+        return conv_main(rounds, batch, only);
     }
     open_blis();
     dpt_blas_set_threads(1);

@@ -174,6 +174,8 @@ int main(void)
         {5, 8, 7, 7, 8, 3, 2, 1, 1, 8},     /* depthwise, stride 2 */
         {6, 16, 6, 6, 33, 1, 1, 0, 1, 1},   /* 1x1 */
         {3, 10, 9, 9, 12, 1, 2, 0, 1, 2},   /* 1x1 stride 2, 2 groups */
+        {3, 5, 17, 17, 7, 1, 1, 0, 1, 1},   /* 1x1, one image per block: x is col */
+        {2, 6, 16, 16, 4, 1, 1, 0, 1, 2},   /* the same, 2 groups */
         {2, 3, 50, 50, 4, 5, 1, 2, 1, 1},   /* P 2500: one image per block */
         {9, 20, 4, 4, 30, 2, 1, 0, 2, 1},   /* even kernel, dilation 2, P 4 */
         {2, 300, 4, 4, 7, 3, 1, 1, 1, 1},   /* wide input: K 2700 past the GEMM's KC */
