@@ -7,7 +7,7 @@
  *   machine sets it (OPENBLAS_CORETYPE from the environment) and with
  *   OPENBLAS_CORETYPE=SkylakeX (a separate process: OpenBLAS reads it once
  *   when loaded).
- *   gemm_bench [--rounds R] [--quick] [--only TEXT] [--conv [--batch N]]
+ *   gemm_bench [--rounds R] [--quick] [--only TEXT] [--conv [--batch N]] [--lstm]
  *
  * --conv: whole convolution layers of the suite networks instead (batch N,
  * default 128, as one worker trains it): the conv algorithms "gemm"
@@ -15,6 +15,9 @@
  * over blocks of images, conv_batched.c) and "direct" where it runs the
  * shape, alternated; median ms of a forward and of a backward (dx, dw,
  * db) and batched's speed-up over gemm.
+ * --lstm: the LSTM's weight gradient dW_hh [4H, H] = dHpᵀ · hprev over
+ * S rows, rnn_kern.h's fused kernel (what rnn.c uses) against this GEMM
+ * and OpenBLAS (the character model: S 4096, H 256; and H 512).
  *
  * Candidates, alternated within each round (so load on the machine hits
  * them alike): dptrain's GEMM with the avx512 and the avx2 kernel sets
@@ -28,6 +31,7 @@
 #include "dptrain/dptrain.h"
 #include "ops/gemm.h"
 #include "ops/ops.h"
+#include "ops/rnn_isa.h"
 
 #include <cblas.h>
 #include <dlfcn.h>
@@ -103,6 +107,8 @@ static const shape shapes[] = {
     {"fc 1024>1000 dw=dyT*x", 1, 0, 1000, 1024, 128},
     /* the LSTM's input projection: 4096 steps x 89 -> 4·256 gates */
     {"lstm x*W_ihT 4096x89>1024", 0, 1, 4096, 1024, 89},
+    {"lstm dx=dP*W_ih", 0, 0, 4096, 89, 1024},
+    {"lstm dW_ih=dPT*x", 1, 0, 1024, 89, 4096},
 };
 
 /* BLIS's typed API (blis.h, 0.9): dim_t and inc_t are 64-bit, trans_t an
@@ -270,9 +276,61 @@ static int conv_main(int rounds, int batch, const char *only)
     return 0;
 }
 
+/* ---- --lstm: dW_hh by the recurrent kernels' own dw against the GEMMs ---- */
+
+static int lstm_main(int rounds)
+{
+#ifdef DPT_HAVE_RNN_X86
+    static const int hs[] = {128, 256, 512};
+    const int S = 4096;
+    printf("# LSTM dW_hh [4H, H] = dHp^T [4H, S] . hprev [S, H], S %d, %d rounds, one thread, "
+           "median ms; OpenBLAS %s\n",
+           S, rounds, openblas_get_corename());
+    printf("%5s %10s %10s %10s %10s  %s\n", "H", "rnn dw", "dpt-avx512", "dpt-avx2", "openblas",
+           "rnn/dpt-avx512");
+    unsigned seed = 5;
+    for (size_t hi = 0; hi < sizeof hs / sizeof *hs; hi++) {
+        const int H = hs[hi], GH = 4 * H;
+        float *dp = malloc((size_t)S * GH * sizeof *dp), *hp = malloc((size_t)S * H * sizeof *hp);
+        float *dw = malloc((size_t)GH * H * sizeof *dw);
+        for (size_t i = 0; i < (size_t)S * GH; i++)
+            dp[i] = (float)((seed = seed * 1664525u + 1013904223u) >> 8) / 16777216.0f - 0.5f;
+        for (size_t i = 0; i < (size_t)S * H; i++)
+            hp[i] = (float)((seed = seed * 1664525u + 1013904223u) >> 8) / 16777216.0f - 0.5f;
+        double t[4][1000];
+        for (int r = -1; r < rounds; r++)
+            for (int c = 0; c < 4; c++) {
+                const double t0 = now_s();
+                switch (c) {
+                case 0: dpt_rnn_isa_avx512.dw(dp, S, GH, hp, H, dw); break;
+                case 1:
+                case 2:
+                    dpt_ops_set_kernels(c == 1 ? "avx512" : "avx2");
+                    dpt_sgemm(1, 0, GH, H, S, 1.0f, dp, GH, hp, H, 0.0f, dw, H);
+                    break;
+                default:
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, GH, H, S, 1.0f, dp, GH,
+                                hp, H, 0.0f, dw, H);
+                }
+                if (r >= 0)
+                    t[c][r] = now_s() - t0;
+            }
+        double m[4];
+        for (int c = 0; c < 4; c++)
+            m[c] = median(t[c], rounds) * 1e3;
+        printf("%5d %10.2f %10.2f %10.2f %10.2f  %.2f\n", H, m[0], m[1], m[2], m[3], m[0] / m[1]);
+        free(dp), free(hp), free(dw);
+    }
+    dpt_ops_set_kernels("auto");
+#else
+    (void)rounds;
+#endif
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
-    int rounds = 7, quick = 0, conv = 0, batch = 128;
+    int rounds = 7, quick = 0, conv = 0, lstm = 0, batch = 128;
     const char *only = NULL;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--rounds") == 0 && i + 1 < argc) {
@@ -283,6 +341,8 @@ int main(int argc, char **argv)
             }
         } else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
             only = argv[++i];
+        } else if (strcmp(argv[i], "--lstm") == 0) {
+            lstm = 1;
         } else if (strcmp(argv[i], "--conv") == 0) {
             conv = 1;
         } else if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc) {
@@ -295,9 +355,13 @@ int main(int argc, char **argv)
             quick = 1;
         } else {
             fprintf(stderr, "usage: gemm_bench [--rounds R] [--quick] [--only TEXT] [--conv "
-                            "[--batch N]]\n");
+                            "[--batch N]] [--lstm]\n");
             return 1;
         }
+    }
+    if (lstm) {
+        dpt_blas_set_threads(1);
+        return lstm_main(rounds);
     }
     if (conv) {
         dpt_blas_set_threads(1);
