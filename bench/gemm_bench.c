@@ -79,21 +79,22 @@ typedef struct shape {
         {name " dcol=WT*dy", 1, 0, (cin) * (kk) * (kk), (nb) * (p), cout}
 
 static const shape shapes[] = {
-    /* examples/nets/vgg-wide-32x32x3.net, blocks of images (nb P ≈ 4096) */
-    CONV("vgg c1b 32>32 3x3 32x32 nb4", 32, 32, 3, 1024, 4),
-    CONV("vgg c2a 32>64 3x3/2 16x16 nb16", 32, 64, 3, 256, 16),
-    CONV("vgg c2b 64>64 3x3 16x16 nb16", 64, 64, 3, 256, 16),
-    CONV("vgg c3a 64>128 3x3/2 8x8 nb64", 64, 128, 3, 64, 64),
-    CONV("vgg c3b 128>128 3x3 8x8 nb64", 128, 128, 3, 64, 64),
-    CONV("vgg c4a 128>256 3x3/2 4x4 nb128", 128, 256, 3, 16, 128),
-    CONV("vgg c4b 256>256 3x3 4x4 nb128", 256, 256, 3, 16, 128),
+    /* examples/nets/vgg-wide-32x32x3.net, in conv_batched.c's blocks of
+     * nb images (nb·P ≥ 256 columns) */
+    CONV("vgg c1b 32>32 3x3 32x32 nb1", 32, 32, 3, 1024, 1),
+    CONV("vgg c2a 32>64 3x3/2 16x16 nb1", 32, 64, 3, 256, 1),
+    CONV("vgg c2b 64>64 3x3 16x16 nb1", 64, 64, 3, 256, 1),
+    CONV("vgg c3a 64>128 3x3/2 8x8 nb4", 64, 128, 3, 64, 4),
+    CONV("vgg c3b 128>128 3x3 8x8 nb4", 128, 128, 3, 64, 4),
+    CONV("vgg c4a 128>256 3x3/2 4x4 nb16", 128, 256, 3, 16, 16),
+    CONV("vgg c4b 256>256 3x3 4x4 nb16", 256, 256, 3, 16, 16),
     /* examples/nets/mobilenet-32x32x3.net: the pointwise convolutions */
-    CONV("mbn b1_pw 32>64 1x1 32x32 nb4", 32, 64, 1, 1024, 4),
-    CONV("mbn b3_pw 128>128 1x1 16x16 nb16", 128, 128, 1, 256, 16),
-    CONV("mbn b5_pw 256>256 1x1 8x8 nb64", 256, 256, 1, 64, 64),
+    CONV("mbn b1_pw 32>64 1x1 32x32 nb1", 32, 64, 1, 1024, 1),
+    CONV("mbn b3_pw 128>128 1x1 16x16 nb1", 128, 128, 1, 256, 1),
+    CONV("mbn b5_pw 256>256 1x1 8x8 nb4", 256, 256, 1, 64, 4),
     /* examples/nets/resnet-mini-28x28x1.net: 16 channels, stride-2 to 32 */
-    CONV("res28 16>16 3x3 28x28 nb4", 16, 16, 3, 784, 4),
-    CONV("res28 16>32 3x3/2 14x14 nb16", 16, 32, 3, 196, 16),
+    CONV("res28 16>16 3x3 28x28 nb1", 16, 16, 3, 784, 1),
+    CONV("res28 16>32 3x3/2 14x14 nb2", 16, 32, 3, 196, 2),
     /* the example network (DESIGN.md): conv 3x3 20 -> 20 at 28x28, one image
      * per GEMM as the reference path lowers it */
     CONV("example 20>20 3x3 28x28 nb1", 20, 20, 3, 784, 1),

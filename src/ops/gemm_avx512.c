@@ -22,14 +22,16 @@ typedef float vt_avx512 __attribute__((vector_size(16 * 4)));
 #define GEMM_MR 12
 #define GEMM_NV 2
 /* Blocks: GEMM_KC values of k (an A panel and a B panel stay in L1
- * across the micro-kernel: 9 + 24 KiB of Zen 5's 48), GEMM_MC rows of
- * packed A (in L2), GEMM_NC columns of packed B; B read in place up to
- * GEMM_DIRECT_M rows of C (gemm_kern.h). KC 192 measured ahead of 128,
- * 256 and 384, MR 12 of 14, on bench/gemm_bench's VGG shapes. */
-#define GEMM_KC 192
+ * across the micro-kernel), GEMM_MC rows of packed A (in L2), GEMM_NC
+ * columns of packed B. B (not transposed) is always read in place, and A
+ * (not transposed) too (gemm_kern.h): on bench/gemm_bench's conv shapes
+ * that took the forward and dcol products from 0.64-0.75x OpenBLAS's
+ * SkylakeX kernels to 0.9-1.05x, the NT ones (dW, fc forward) from
+ * 0.68-0.79x to 0.9-1.3x. MR 12 measured ahead of 14. */
+#define GEMM_KC 256
 #define GEMM_MC 144
 #define GEMM_NC 4096
-#define GEMM_DIRECT_M 72
+#define GEMM_DIRECT_M (1 << 30)
 
 static inline VT KN(vzero)(void) { return (VT)_mm512_setzero_ps(); }
 static inline VT KN(vload)(const float *p) { return (VT)_mm512_loadu_ps(p); }

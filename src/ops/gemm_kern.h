@@ -13,7 +13,9 @@
  * the KC values of k, streaming one A panel and one B panel (in L1).
  * Packing makes every transpose case the same kernel, pads the edges with
  * zeros (a partial tile computes the whole tile and stores only its valid
- * part) and gives the kernel unit-stride reads.
+ * part) and gives the kernel unit-stride reads; where a copy costs more
+ * than it saves, full panels of A or B are read in place through strides
+ * instead (GEMM_DIRECT_M, GEMM_DIRECT_A below).
  *
  * Deterministic: each C element is, per KC block in increasing k, a chain
  * of fused multiply-adds over k in order from zero, then added to C (beta
@@ -28,8 +30,8 @@
  * touched. alpha is in the packed A (a register here would push AVX2's
  * 16 over and spill a B vector in the loop). */
 static inline __attribute__((always_inline)) void KN(gemm_micro)(
-    int kc, const float *restrict ap, const float *restrict bp, size_t bs, float *C, int ldc,
-    int accum, int mr, int nr)
+    int kc, const float *restrict ap, size_t ars, size_t acs, const float *restrict bp,
+    size_t bs, float *C, int ldc, int accum, int mr, int nr)
 {
     VT acc[GEMM_MR][GEMM_NV];
 #pragma GCC unroll 16
@@ -52,12 +54,12 @@ static inline __attribute__((always_inline)) void KN(gemm_micro)(
             b[v] = KN(vload)(bp + v * VN);
 #pragma GCC unroll 16
         for (int r = 0; r < GEMM_MR; r++) {
-            const VT a = KN(vset1)(ap[r]);
+            const VT a = KN(vset1)(ap[r * ars]);
 #pragma GCC unroll 4
             for (int v = 0; v < GEMM_NV; v++)
                 acc[r][v] = KN(vfma)(a, b[v], acc[r][v]);
         }
-        ap += GEMM_MR;
+        ap += acs;
         bp += bs;
     }
     if (mr == GEMM_MR && nr == GEMM_NR) {
@@ -87,6 +89,37 @@ static inline __attribute__((always_inline)) void KN(gemm_micro)(
     }
 }
 
+/* dst[k·ldd + r] = alpha · src[r·lds + k] for r < rows, k < kc: the
+ * transposing copy of packing, in 4 × 4 blocks through SSE registers (a
+ * float at a time, each row's k spread over kc different lines, was what
+ * made an NT product with few rows of C slow). */
+static void KN(gemm_pack_t)(const float *src, size_t lds, int rows, int kc, float alpha,
+                            float *restrict dst, int ldd)
+{
+    const __m128 al = _mm_set1_ps(alpha);
+    int r = 0;
+    for (; r + 4 <= rows; r += 4) {
+        const float *s0 = src + (size_t)r * lds;
+        int k = 0;
+        for (; k + 4 <= kc; k += 4) {
+            __m128 a = _mm_loadu_ps(s0 + k), b = _mm_loadu_ps(s0 + lds + k);
+            __m128 c = _mm_loadu_ps(s0 + 2 * lds + k), d = _mm_loadu_ps(s0 + 3 * lds + k);
+            _MM_TRANSPOSE4_PS(a, b, c, d);
+            float *o = dst + (size_t)k * ldd + r;
+            _mm_storeu_ps(o, _mm_mul_ps(al, a));
+            _mm_storeu_ps(o + ldd, _mm_mul_ps(al, b));
+            _mm_storeu_ps(o + 2 * ldd, _mm_mul_ps(al, c));
+            _mm_storeu_ps(o + 3 * ldd, _mm_mul_ps(al, d));
+        }
+        for (; k < kc; k++)
+            for (int q = 0; q < 4; q++)
+                dst[(size_t)k * ldd + r + q] = alpha * s0[(size_t)q * lds + k];
+    }
+    for (; r < rows; r++)
+        for (int k = 0; k < kc; k++)
+            dst[(size_t)k * ldd + r] = alpha * src[(size_t)r * lds + k];
+}
+
 /* bp ← op(B)[k0 .. k0+kc) × [j0 .. j0+nc) in NR-column panels, each
  * [kc][NR], the last one padded with zeros. op(B) = B [k, n] (tb 0) or
  * Bᵀ with B [n, k] (tb 1). */
@@ -109,11 +142,8 @@ static void KN(gemm_pack_b)(int tb, const float *B, int ldb, int k0, int kc, int
         } else {
             if (w < GEMM_NR)
                 memset(bp, 0, (size_t)kc * GEMM_NR * sizeof *bp);
-            for (int j = 0; j < w; j++) {
-                const float *b = B + (size_t)(j0 + jp + j) * ldb + k0;
-                for (int k = 0; k < kc; k++)
-                    bp[(size_t)k * GEMM_NR + j] = b[k];
-            }
+            KN(gemm_pack_t)(B + (size_t)(j0 + jp) * ldb + k0, (size_t)ldb, w, kc, 1.0f, bp,
+                            GEMM_NR);
         }
     }
 }
@@ -141,11 +171,8 @@ static void KN(gemm_pack_a)(int ta, const float *A, int lda, int i0, int mc, int
         } else {
             if (h < GEMM_MR)
                 memset(ap, 0, (size_t)kc * GEMM_MR * sizeof *ap);
-            for (int i = 0; i < h; i++) {
-                const float *a = A + (size_t)(i0 + ip + i) * lda + k0;
-                for (int k = 0; k < kc; k++)
-                    ap[(size_t)k * GEMM_MR + i] = alpha * a[k];
-            }
+            KN(gemm_pack_t)(A + (size_t)(i0 + ip) * lda + k0, (size_t)lda, h, kc, alpha, ap,
+                            GEMM_MR);
         }
     }
 }
@@ -160,11 +187,16 @@ static int KN(gemm_block)(int x, int max, int unit)
     return (b + unit - 1) / unit * unit;
 }
 
-/* Rows up to which op(B) = B is read in place rather than packed: with
- * few rows of C each B value feeds few products, and copying B would cost
- * as much as they do. */
+/* Rows of C up to which op(B) = B is read in place rather than packed
+ * (the set may say): packing B costs a copy that few rows of C do not
+ * amortise, and a block of B read in place stays in L1/L2 anyway. A not
+ * transposed is read in place unless GEMM_DIRECT_A is 0 (its broadcasts
+ * take any stride). */
 #ifndef GEMM_DIRECT_M
 #define GEMM_DIRECT_M (3 * GEMM_MR)
+#endif
+#ifndef GEMM_DIRECT_A
+#define GEMM_DIRECT_A 1
 #endif
 
 /* Floats of packing buffer the driver needs for this shape (A's block
@@ -185,6 +217,10 @@ static void KN(gemm)(int ta, int tb, int m, int n, int k, float alpha, const flo
     const int KC = KN(gemm_block)(k, GEMM_KC, 1), MC = KN(gemm_block)(m, GEMM_MC, GEMM_MR);
     const int NC = KN(gemm_block)(n, GEMM_NC, GEMM_NR);
     const int direct = !tb && m <= GEMM_DIRECT_M;
+    /* A in place too (alpha 1): its full MR-row panels are read through
+     * strides, only the last, partial one is packed. */
+    const int direct_a = alpha == 1.0f && !ta && GEMM_DIRECT_A;
+    const size_t a_rs = ta ? 1 : (size_t)lda, a_cs = ta ? (size_t)lda : 1;
     float *ap = buf, *bp = buf + (size_t)KC * MC;
     for (int jc = 0; jc < n; jc += NC) {
         const int nc = n - jc < NC ? n - jc : NC;
@@ -198,7 +234,10 @@ static void KN(gemm)(int ta, int tb, int m, int n, int k, float alpha, const flo
                 KN(gemm_pack_b)(tb, B, ldb, pc, kc, jc + full, nc - full, bp + (size_t)full * kc);
             for (int ic = 0; ic < m; ic += MC) {
                 const int mc = m - ic < MC ? m - ic : MC;
-                KN(gemm_pack_a)(ta, A, lda, ic, mc, pc, kc, alpha, ap);
+                const int afull = direct_a ? mc / GEMM_MR * GEMM_MR : 0;
+                if (afull < mc)
+                    KN(gemm_pack_a)(ta, A, lda, ic + afull, mc - afull, pc, kc, alpha,
+                                    ap + (size_t)afull * kc);
                 for (int jr = 0; jr < nc; jr += GEMM_NR) {
                     const int nr = nc - jr < GEMM_NR ? nc - jr : GEMM_NR;
                     const int inplace = jr < full;
@@ -206,8 +245,13 @@ static void KN(gemm)(int ta, int tb, int m, int n, int k, float alpha, const flo
                     const size_t bs = inplace ? (size_t)ldb : GEMM_NR;
                     for (int ir = 0; ir < mc; ir += GEMM_MR) {
                         const int mr = mc - ir < GEMM_MR ? mc - ir : GEMM_MR;
-                        KN(gemm_micro)(kc, ap + (size_t)ir * kc, bpp, bs,
-                                       C + (size_t)(ic + ir) * ldc + jc + jr, ldc, acc, mr, nr);
+                        float *c = C + (size_t)(ic + ir) * ldc + jc + jr;
+                        if (ir < afull)
+                            KN(gemm_micro)(kc, A + (size_t)(ic + ir) * a_rs + (size_t)pc * a_cs,
+                                           a_rs, a_cs, bpp, bs, c, ldc, acc, mr, nr);
+                        else
+                            KN(gemm_micro)(kc, ap + (size_t)ir * kc, 1, GEMM_MR, bpp, bs, c, ldc,
+                                           acc, mr, nr);
                     }
                 }
             }
