@@ -29,9 +29,10 @@ static const fc_isa *fusing(int in, int out, int hw)
 /* dptrain's GEMM (gemm.h) for more outputs than fc_kern.h takes, with
  * the avx512 set: bench/gemm_bench.sh on an AVX-512 EPYC (Zen 5), one
  * thread, against OpenBLAS as this machine sets it (Haswell kernels): the
- * language model's fc (4096 × 256 → 89) 1.3-1.8x in all three products,
- * a 1024 → 1000 head 1.2-1.9x. The avx2 set's GEMM measured 0.8-1.07x
- * there, so with it (and generic) these layers keep the BLAS. */
+ * language model's fc (4096 × 256 → 89) 1.7-1.9x in its three products,
+ * a 1024 → 1000 head 1.5-1.8x (bench/RESULTS-gemm.md). The avx2 set's
+ * GEMM is at parity with the BLAS (0.8-1.2x), so with it (and generic)
+ * these layers keep the BLAS. */
 static int own_gemm(int out)
 {
     return out > FC_MAX_OUT && strcmp(dpt_ops_kernels(), "avx512") == 0;

@@ -143,11 +143,12 @@ static int live(const dpt_rnn_desc *d, const int *len, int b, int t)
 
 /* The input-side products over all steps (x · w_ihᵀ, dPᵀ · x, dP · w_ih
  * with dense x): dptrain's GEMM (gemm.h) with the avx512 set, where
- * bench/gemm_bench measured it 2.2x OpenBLAS's Haswell kernels on the
- * projection of 4096 steps of 89 features into 4·256 gates; the avx2 set's
- * GEMM was no faster than the BLAS (0.8-1.07x), so with it and generic
- * these stay with the BLAS. The recurrence keeps its fused kernels, and
- * dW_hh rnn_kern.h's dw (gemm_bench --lstm: 0.85-1.1x the GEMM). */
+ * bench/gemm_bench measured it 1.2-2.0x OpenBLAS's Haswell kernels on
+ * 4096 steps of 89 features into 4·256 gates (bench/RESULTS-gemm.md); the
+ * avx2 set's GEMM is at parity with the BLAS, so with it and generic these
+ * stay with the BLAS. The recurrence keeps its fused kernels, and
+ * dW_hh rnn_kern.h's dw (gemm_bench --lstm: 0.80x and 0.84x the GEMM's time
+ * at H 128 and 256, 1.08x at 512). */
 static void product(const rnn_isa *isa, int ta, int tb, int m, int n, int k, const float *A,
                     int lda, const float *B, int ldb, float beta, float *C, int ldc)
 {
