@@ -4,8 +4,8 @@
  * 0-2, dilations 1-2, groups (depthwise too), 1x1 filters, batches that
  * are not a multiple of the block of images (dpt_conv_batched_block) and
  * layers whose blocks hold one image; plus a batch norm applied on the fly
- * through conv2d.c (fused = 0: conv2d.c applies it) against the GEMM
- * algorithm, and the same bits on a second call. */
+ * (fused: conv_batched.c applies xa and dya while lowering, and forms the
+ * sums) against the GEMM algorithm, and the same bits on a second call. */
 #include "dptrain/dptrain.h"
 #include "ops/conv_batched.h"
 #include "ops/ops.h"
@@ -122,16 +122,18 @@ static void one(const char *set, const shape *s)
 
 /* With a batch norm + ReLU applied to the input and to the output
  * gradient: batched against the GEMM algorithm (both through conv2d.c). */
-static void with_bn(const char *set)
+static void with_bn(const char *set, const shape *s)
 {
-    dpt_conv2d_desc d = {.n = 5, .c_in = 6, .h = 9, .w = 7, .c_out = 8, .kh = 3, .kw = 3,
-                         .stride = 2, .pad = 1, .algo = DPT_CONV_ALGO_BATCHED};
+    dpt_conv2d_desc d = {.n = s->n, .c_in = s->c_in, .h = s->h, .w = s->w, .c_out = s->c_out,
+                         .kh = s->k, .kw = s->k, .stride = s->stride, .pad = s->pad,
+                         .dilation = s->dil, .groups = s->groups,
+                         .algo = DPT_CONV_ALGO_BATCHED};
     CHECK(dpt_conv2d_desc_init(&d) == 0);
     dpt_conv2d_desc r = d;
     r.algo = DPT_CONV_ALGO_GEMM;
     const size_t nx = (size_t)d.n * d.c_in * d.h * d.w;
     const size_t ny = (size_t)d.n * d.c_out * d.out_h * d.out_w;
-    const size_t nw = (size_t)d.c_out * d.c_in * 9;
+    const size_t nw = (size_t)d.c_out * (d.c_in / d.groups) * d.kh * d.kw;
     float *x = rnd(nx), *w = rnd(nw), *dy = rnd(ny), *yo = rnd(ny);
     float *pi = rnd(3 * (size_t)d.c_in), *po = rnd(6 * (size_t)d.c_out);
     for (int c = 0; c < d.c_in; c++)
@@ -142,14 +144,18 @@ static void with_bn(const char *set)
     size_t nwork = dpt_conv2d_work_floats(&d), rw = dpt_conv2d_work_floats(&r);
     float *work = malloc((nwork > rw ? nwork : rw) * sizeof *work);
     float *y[2], *dx[2], *dw[2], *db[2];
-    double s1[2][8], s2[2][8], xg[2][12];
+    double s1[2][16], s2[2][16], xg[2][32];
+    CHECK(d.c_out <= 16 && d.c_in <= 16);
     for (int k = 0; k < 2; k++) {
         const dpt_conv2d_desc *dd = k ? &r : &d;
         y[k] = rnd(ny), dx[k] = rnd(nx), dw[k] = rnd(nw), db[k] = rnd(d.c_out);
         dpt_conv2d_forward_ex(dd, x, &xa, w, NULL, y[k], work, s1[k], s2[k]);
         dpt_conv2d_backward_ex(dd, x, &xa, w, dy, &ya, yo, dx[k], dw[k], db[k], work, xg[k]);
     }
-    printf("%s batch norm on the fly, against the gemm algorithm\n", set);
+    printf("%s n%d c%d>%d %dx%d k%d s%d g%d (nb %d), batch norm on the fly, against the gemm "
+           "algorithm\n",
+           set, d.n, d.c_in, d.c_out, d.h, d.w, d.kh, d.stride, d.groups,
+           dpt_conv_batched_block(&d));
     tu_check_close("y", y[0], y[1], ny, 2e-5);
     tu_check_close("dx", dx[0], dx[1], nx, 2e-5);
     tu_check_close("dw", dw[0], dw[1], nw, 2e-5);
@@ -189,7 +195,13 @@ int main(void)
         CHECK(dpt_ops_set_kernels(sets[k]) == 0);
         for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
             one(sets[k], &shapes[i]);
-        with_bn(sets[k]);
+        static const shape bn_shapes[] = {
+            {5, 6, 9, 7, 8, 3, 2, 1, 1, 1},   /* blocks of several images */
+            {3, 4, 20, 20, 5, 3, 1, 1, 1, 1}, /* one image per block: dy transformed in place */
+            {2, 6, 17, 17, 4, 1, 1, 0, 1, 2}, /* 1x1, one image, 2 groups: x transformed */
+        };
+        for (size_t i = 0; i < sizeof bn_shapes / sizeof *bn_shapes; i++)
+            with_bn(sets[k], &bn_shapes[i]);
     }
     dpt_ops_set_kernels("auto");
     return tu_exit();

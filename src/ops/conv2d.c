@@ -327,7 +327,7 @@ static const conv_algo table[DPT_CONV_ALGO_COUNT] = {
     [DPT_CONV_ALGO_GEMM] = {"gemm", 1, gemm_supports, gemm_work_floats, gemm_forward, gemm_backward},
     [DPT_CONV_ALGO_DIRECT] = {"direct", 1, direct_supports, dpt_conv_direct_work_floats,
                               direct_forward, direct_backward},
-    [DPT_CONV_ALGO_BATCHED] = {"batched", 0, dpt_conv_batched_supports,
+    [DPT_CONV_ALGO_BATCHED] = {"batched", 1, dpt_conv_batched_supports,
                                dpt_conv_batched_work_floats, dpt_conv_batched_forward,
                                dpt_conv_batched_backward},
 };

@@ -18,6 +18,7 @@
 #include "ops/conv_batched.h"
 #include "ops/gemm.h"
 
+#include <assert.h>
 #include <string.h>
 
 /* Columns a block aims at (nb·P): wide enough for the GEMM's tiles
@@ -59,11 +60,50 @@ int dpt_conv_batched_block(const dpt_conv2d_desc *d)
     return nb < 1 ? 1 : (int)nb;
 }
 
-size_t dpt_conv_batched_work_floats(const dpt_conv2d_desc *d)
+/* work: col [K, nb·P], then Yb/Db [cg_out, nb·P], then one image's group
+ * of transformed input [cg_in, h, w] (a fused batch norm), then c_out
+ * doubles of bias-gradient sums (on an even float count). */
+static size_t xt_offset(const dpt_conv2d_desc *d)
 {
     const size_t P = (size_t)d->out_h * d->out_w;
     const size_t K = (size_t)(d->c_in / groups_of(d)) * d->kh * d->kw;
     return (K + (size_t)(d->c_out / groups_of(d))) * P * (size_t)dpt_conv_batched_block(d);
+}
+
+static size_t bsum_offset(const dpt_conv2d_desc *d)
+{
+    size_t o = xt_offset(d) + (size_t)(d->c_in / groups_of(d)) * d->h * d->w;
+    return (o + 1) & ~(size_t)1;
+}
+
+size_t dpt_conv_batched_work_floats(const dpt_conv2d_desc *d)
+{
+    return bsum_offset(d) + 2 * (size_t)d->c_out;
+}
+
+/* The batch norm a, for the channels from c0 on (a group's slice). */
+static dpt_bn_apply shifted(const dpt_bn_apply *a, int c0)
+{
+    dpt_bn_apply s = *a;
+    s.mean += c0, s.scale += c0, s.shift += c0;
+    if (s.kf)
+        s.kf += c0, s.ka += c0, s.kb += c0;
+    return s;
+}
+
+/* out [P] = the gradient at the batch norm's input for one channel ch of
+ * dya, from g at its output and y its input (the expressions of ops.h's
+ * dpt_bn_apply, the ReLU mask as dpt_bn_apply_forward's). */
+static void dy_apply(const float *g, const float *y, int P, const dpt_bn_apply *a, int ch,
+                     float *out)
+{
+    const float m = a->mean[ch], sc = a->scale[ch], sh = a->shift[ch];
+    const float kf = a->kf[ch], ka = a->ka[ch], kb = a->kb[ch];
+    for (int p = 0; p < P; p++) {
+        const float xc = y[p] - m;
+        const float gv = a->relu && !(xc * sc + sh > 0.0f) ? 0.0f : g[p];
+        out[p] = kf * gv - ka - xc * kb;
+    }
 }
 
 /* Output columns ox whose input column ox·s − pad + off lies in [0, w):
@@ -141,23 +181,25 @@ void dpt_conv_batched_forward(const dpt_conv2d_desc *d, const float *x, const dp
                               const float *w, const float *b, float *y, float *work,
                               double *sum, double *sumsq)
 {
-    (void)xa;
-    (void)sum;
-    (void)sumsq;
     const int G = groups_of(d), cg_in = d->c_in / G, cg_out = d->c_out / G;
-    const int K = cg_in * d->kh * d->kw, P = d->out_h * d->out_w;
+    const int K = cg_in * d->kh * d->kw, P = d->out_h * d->out_w, hw = d->h * d->w;
     const int nb = dpt_conv_batched_block(d);
-    const size_t x_img = (size_t)d->c_in * d->h * d->w, y_img = (size_t)d->c_out * P;
-    float *col = work, *yb = work + (size_t)K * nb * P;
+    const size_t x_img = (size_t)d->c_in * hw, y_img = (size_t)d->c_out * P;
+    float *col = work, *yb = work + (size_t)K * nb * P, *xt = work + xt_offset(d);
     for (int i0 = 0; i0 < d->n; i0 += nb) {
         const int m = d->n - i0 < nb ? d->n - i0 : nb;
         const size_t ld = (size_t)m * P;
         for (int g = 0; g < G; g++) {
-            const float *xg = x + i0 * x_img + (size_t)g * cg_in * d->h * d->w;
+            const float *xg = x + i0 * x_img + (size_t)g * cg_in * hw;
+            const dpt_bn_apply xs = xa ? shifted(xa, g * cg_in) : (dpt_bn_apply){0};
             if (m == 1) { /* one image: straight into y, onto the bias */
                 const float *c1 = xg;
+                if (xa) {
+                    dpt_bn_apply_forward(xg, cg_in, hw, &xs, xt);
+                    c1 = xt;
+                }
                 if (!identity(d)) {
-                    im2col(d, xg, cg_in, col, ld);
+                    im2col(d, c1, cg_in, col, ld);
                     c1 = col;
                 }
                 float *yg = y + i0 * y_img + (size_t)g * cg_out * P;
@@ -168,8 +210,14 @@ void dpt_conv_batched_forward(const dpt_conv2d_desc *d, const float *x, const dp
                           b ? 1.0f : 0.0f, yg, P);
                 continue;
             }
-            for (int i = 0; i < m; i++)
-                im2col(d, xg + i * x_img, cg_in, col + (size_t)i * P, ld);
+            for (int i = 0; i < m; i++) {
+                const float *xi = xg + i * x_img;
+                if (xa) {
+                    dpt_bn_apply_forward(xi, cg_in, hw, &xs, xt);
+                    xi = xt;
+                }
+                im2col(d, xi, cg_in, col + (size_t)i * P, ld);
+            }
             dpt_sgemm(0, 0, cg_out, (int)ld, K, 1.0f, w + (size_t)g * cg_out * K, K, col,
                       (int)ld, 0.0f, yb, (int)ld);
             for (int i = 0; i < m; i++)
@@ -187,6 +235,8 @@ void dpt_conv_batched_forward(const dpt_conv2d_desc *d, const float *x, const dp
                 }
         }
     }
+    if (sum)
+        dpt_bn_sums(y, d->n, d->c_out, P, sum, sumsq);
 }
 
 void dpt_conv_batched_backward(const dpt_conv2d_desc *d, const float *x,
@@ -194,53 +244,71 @@ void dpt_conv_batched_backward(const dpt_conv2d_desc *d, const float *x,
                                const dpt_bn_apply *dya, const float *y, float *dx, float *dw,
                                float *db, float *work, double *xg)
 {
-    (void)xa;
-    (void)dya;
-    (void)y;
-    (void)xg;
+    assert(!xg || (xa && dx));
     const int G = groups_of(d), cg_in = d->c_in / G, cg_out = d->c_out / G;
-    const int K = cg_in * d->kh * d->kw, P = d->out_h * d->out_w;
+    const int K = cg_in * d->kh * d->kw, P = d->out_h * d->out_w, hw = d->h * d->w;
     const int nb = dpt_conv_batched_block(d);
-    const size_t x_img = (size_t)d->c_in * d->h * d->w, y_img = (size_t)d->c_out * P;
-    const size_t x_grp = (size_t)cg_in * d->h * d->w, w_grp = (size_t)cg_out * K;
-    float *col = work, *db_ = work + (size_t)K * nb * P;
-    /* Bias gradient: Σ over n·P values per channel in float64, in image
-     * order (as the GEMM algorithm sums them). */
-    for (int c = 0; db && c < d->c_out; c++) {
-        double s = 0.0;
-        for (int i = 0; i < d->n; i++) {
-            const float *r = dy + i * y_img + (size_t)c * P;
-            for (int p = 0; p < P; p++)
-                s += r[p];
-        }
-        db[c] = (float)s;
-    }
+    const size_t x_img = (size_t)d->c_in * hw, y_img = (size_t)d->c_out * P;
+    const size_t x_grp = (size_t)cg_in * hw, w_grp = (size_t)cg_out * K;
+    float *col = work, *db_ = work + (size_t)K * nb * P, *xt = work + xt_offset(d);
+    /* Bias gradient: Σ over n·P values per channel in float64, images in
+     * order, of the gradient the convolution uses (after dya). */
+    double *bsum = (double *)(void *)(work + bsum_offset(d));
+    for (int c = 0; db && c < d->c_out; c++)
+        bsum[c] = 0.0;
     for (int i0 = 0; i0 < d->n; i0 += nb) {
         const int m = d->n - i0 < nb ? d->n - i0 : nb;
         const size_t ld = (size_t)m * P;
         for (int g = 0; g < G; g++) {
-            /* One image: its dy is already [cg_out, P]. */
-            const float *dyb = m == 1 ? dy + i0 * y_img + (size_t)g * cg_out * P : db_;
-            /* ... and with a 1x1 filter its x is its col, its dx its dcol. */
-            const int same = m == 1 && identity(d);
-            const float *cb = same ? x + i0 * x_img + g * x_grp : col;
+            /* One image: its dy is already [cg_out, P] (unless dya
+             * transforms it)... */
+            const float *dyb = m == 1 && !dya ? dy + i0 * y_img + (size_t)g * cg_out * P : db_;
+            /* ... and with a 1x1 filter its x is its col (unless xa
+             * transforms it), its dx its dcol. */
+            const int same_x = m == 1 && identity(d) && !xa, same_dx = m == 1 && identity(d);
+            const float *cb = same_x ? x + i0 * x_img + g * x_grp : col;
+            const dpt_bn_apply xs = xa ? shifted(xa, g * cg_in) : (dpt_bn_apply){0};
             for (int i = 0; i < m; i++) {
-                for (int co = 0; m > 1 && co < cg_out; co++)
-                    memcpy(db_ + (size_t)co * ld + (size_t)i * P,
-                           dy + (i0 + i) * y_img + (size_t)(g * cg_out + co) * P,
-                           (size_t)P * sizeof *db_);
-                if (!same)
-                    im2col(d, x + (i0 + i) * x_img + g * x_grp, cg_in, col + (size_t)i * P, ld);
+                for (int co = 0; dyb == db_ && co < cg_out; co++) {
+                    const size_t off = (i0 + i) * y_img + (size_t)(g * cg_out + co) * P;
+                    float *row = db_ + (size_t)co * ld + (size_t)i * P;
+                    if (dya)
+                        dy_apply(dy + off, y + off, P, dya, g * cg_out + co, row);
+                    else
+                        memcpy(row, dy + off, (size_t)P * sizeof *row);
+                }
+                for (int co = 0; db && co < cg_out; co++) {
+                    const float *r = dyb + (size_t)co * ld + (size_t)i * P;
+                    double sb = bsum[g * cg_out + co];
+                    for (int p = 0; p < P; p++)
+                        sb += r[p];
+                    bsum[g * cg_out + co] = sb;
+                }
+                if (same_x)
+                    continue;
+                const float *xi = x + (i0 + i) * x_img + g * x_grp;
+                if (xa) {
+                    dpt_bn_apply_forward(xi, cg_in, hw, &xs, xt);
+                    xi = xt;
+                }
+                im2col(d, xi, cg_in, col + (size_t)i * P, ld);
             }
             dpt_sgemm(0, 1, cg_out, K, (int)ld, 1.0f, dyb, (int)ld, cb, (int)ld,
                       i0 == 0 ? 0.0f : 1.0f, dw + g * w_grp, K);
             if (!dx)
                 continue;
-            float *dcol = same ? dx + i0 * x_img + g * x_grp : col;
+            float *dcol = same_dx ? dx + i0 * x_img + g * x_grp : col;
             dpt_sgemm(1, 0, K, (int)ld, cg_out, 1.0f, w + g * w_grp, K, dyb, (int)ld, 0.0f, dcol,
                       (int)ld);
-            for (int i = 0; !same && i < m; i++)
+            for (int i = 0; !same_dx && i < m; i++)
                 col2im(d, col + (size_t)i * P, ld, cg_in, dx + (i0 + i) * x_img + g * x_grp);
         }
+    }
+    for (int c = 0; db && c < d->c_out; c++)
+        db[c] = (float)bsum[c];
+    if (xg) { /* what xa's batch norm needs for its backward, from dx */
+        for (int c = 0; c < 2 * d->c_in; c++)
+            xg[c] = 0.0;
+        dpt_bn_grad_sums(x, dx, d->n, d->c_in, hw, xa, xg, xg + d->c_in);
     }
 }
