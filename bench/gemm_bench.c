@@ -173,6 +173,7 @@ typedef struct conv_layer {
 } conv_layer;
 
 static const conv_layer layers[] = {
+    {"vgg c1a", 3, 32, 32, 3, 1, 1, 1},
     {"vgg c1b", 32, 32, 32, 3, 1, 1, 1},
     {"vgg c2a", 32, 32, 64, 3, 2, 1, 1},
     {"vgg c2b", 64, 16, 64, 3, 1, 1, 1},
