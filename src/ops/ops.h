@@ -168,8 +168,8 @@ typedef struct dpt_conv_plan {
  * layer whose input comes through a fused batch norm (bn_in), whose output
  * gradient does (bn_out), and that computes its input gradient (need_dx).
  * Thread-safe: concurrent callers with the same shape wait for the first
- * and share its choice. Returns 0, or -1 when DPT_CONV_ALGO holds an
- * unknown value (p->note says so). */
+ * and share its choice. Returns 0; -1 when DPT_CONV_ALGO holds an unknown
+ * value, -2 when out of memory (p->note says so). */
 int dpt_conv_plan_choose(const dpt_conv2d_desc *d, int bn_in, int bn_out, int need_dx,
                          dpt_conv_plan *p);
 /* "heuristic", "forced", "measured", "cache", "only". */
