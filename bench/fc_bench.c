@@ -1,6 +1,6 @@
 /* The fully connected layer with more outputs than fc_kern.h holds: the
- * kernel set's GEMM (fc_gemm.h, what dpt_linear_forward/backward pick
- * where wide() says so, else still the BLAS) against the cblas_sgemm calls
+ * kernel set's GEMM (gemm.h with avx512, what dpt_linear_forward/backward pick
+ * where own_gemm() says so, else still the BLAS) against the cblas_sgemm calls
  * linear.c made before, on the character language model's fc (n 4096 =
  * batch 64 × 64 steps, 256 LSTM units, 89 characters) and wider ones. One
  * BLAS thread, as a worker trains.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The fully connected layer's GEMM kernels (src/ops/fc_gemm.h) against the
+# The fully connected layer's GEMM (src/ops/gemm.c, with avx512) against the
 # BLAS on the character language model's fc and wider shapes, per kernel
 # set this CPU has (bench/fc_bench.c). Builds a CPU-only release tree in
 # build-bench/ (BENCH_BUILD_DIR overrides). ROUNDS=N for more rounds.

@@ -1591,9 +1591,10 @@ int main(void)
         cross_check_linear(sets[k], &rng, 19, 200, 10);
         cross_check_linear(sets[k], &rng, 7, 37, 3);
         cross_check_linear(sets[k], &rng, 3, 100, 16);
-        /* More outputs than fc_kern.h holds: fc_gemm.h's tiles (6 rows ×
-         * 2 vectors) with partial vectors of outputs or inputs, single rows
-         * after the last tile, and its chunks of k (256) and rows (48). */
+        /* More outputs than fc_kern.h holds: dptrain's GEMM (gemm.h, with
+         * the avx512 set) with partial tiles of outputs or inputs, B read
+         * in place or packed, blocks of k and rows (tests/test_gemm.c
+         * checks the GEMM itself). */
         cross_check_linear(sets[k], &rng, 2, 50, 17);
         for (int n = 1; n <= 33; n++)
             cross_check_linear(sets[k], &rng, n, 37 + n % 2 * 27, 17 + n % 3 * 36);

@@ -28,6 +28,7 @@
  * slices of w, y, dy and dx. With dilation 1 and one group this is exactly
  * the ungrouped computation above. */
 #include "ops/conv_algo.h"
+#include "ops/conv_batched.h"
 #include "ops/conv_depthwise.h"
 #include "ops/conv_direct.h"
 #include "ops/ops.h"
@@ -331,6 +332,9 @@ static const conv_algo table[DPT_CONV_ALGO_COUNT] = {
     [DPT_CONV_ALGO_DEPTHWISE] = {"depthwise", 1, dpt_conv_depthwise_supports,
                                  dpt_conv_depthwise_work_floats, dpt_conv_depthwise_forward,
                                  dpt_conv_depthwise_backward},
+    [DPT_CONV_ALGO_BATCHED] = {"batched", 1, dpt_conv_batched_supports,
+                               dpt_conv_batched_work_floats, dpt_conv_batched_forward,
+                               dpt_conv_batched_backward},
 };
 
 static const char *const algo_names[DPT_CONV_ALGO_COUNT] = {

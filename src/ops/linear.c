@@ -2,7 +2,9 @@
  * (PyTorch's nn.Linear layout), row-major: via cblas_sgemm, or, with the
  * avx2/avx512 kernel sets, fc_kern.h for a few outputs (a GEMM with 10
  * columns is mostly the BLAS packing its operands), which can also apply
- * the batch norm below on the fly, and fc_gemm.h for more (see wide()). */
+ * the batch norm below on the fly, and dptrain's GEMM (gemm.h) for more
+ * where it measured faster (see own_gemm()). */
+#include "ops/gemm.h"
 #include "ops/ops.h"
 #include "ops/vec_isa.h"
 
@@ -24,50 +26,27 @@ static const fc_isa *fusing(int in, int out, int hw)
     return k && hw > 0 && hw % k->step == 0 && in % hw == 0 ? k : NULL;
 }
 
-/* The kernel set's GEMM for more outputs than fc_kern.h takes, where the
- * set has one. bench/fc_bench.sh on an AVX-512 EPYC, one thread, against
- * OpenBLAS (Haswell kernels): 1.15-1.9x faster on every shape tried (n 64
- * to 4096, in 89 to 1000, out 89 to 1000), forward and backward alike;
- * the avx2 set's measured 0.8-1.07x, so it has none. */
-static const fc_isa *wide(int out)
+/* dptrain's GEMM (gemm.h) for more outputs than fc_kern.h takes, with
+ * the avx512 set: bench/gemm_bench.sh on an AVX-512 EPYC (Zen 5), one
+ * thread, against OpenBLAS as this machine sets it (Haswell kernels): the
+ * language model's fc (4096 × 256 → 89) 1.7-1.9x in its three products,
+ * a 1024 → 1000 head 1.5-1.8x (bench/RESULTS-gemm.md). The avx2 set's
+ * GEMM is at parity with the BLAS (0.8-1.2x), so with it (and generic)
+ * these layers keep the BLAS. */
+static int own_gemm(int out)
 {
-    const fc_isa *k = out > FC_MAX_OUT ? dpt_ops_fc_isa() : NULL;
-    return k && k->gemm ? k : NULL;
+    return out > FC_MAX_OUT && strcmp(dpt_ops_kernels(), "avx512") == 0;
 }
 
-/* t [cols, ld] = aᵀ, a [rows, cols]: in 16 × 16 blocks, so neither side
- * is walked with a stride across the whole matrix. */
-static void transpose(const float *a, int rows, int cols, float *t, int ld)
+/* C [m, n] = op(A) · op(B) (+ C when beta is 1): the own GEMM or the BLAS. */
+static void product(int own, int ta, int tb, int m, int n, int k, const float *A, int lda,
+                    const float *B, int ldb, float beta, float *C, int ldc)
 {
-    for (int r0 = 0; r0 < rows; r0 += 16)
-        for (int c0 = 0; c0 < cols; c0 += 16)
-            for (int c = c0; c < cols && c < c0 + 16; c++)
-                for (int r = r0; r < rows && r < r0 + 16; r++)
-                    t[(size_t)c * ld + r] = a[(size_t)r * cols + c];
-}
-
-/* C [m, p] = A · B, B [q, p] row-major (ldb = p), with the kernel set's
- * GEMM: the whole vectors of columns in place, the last p % vec through a
- * copy padded with zeros (so no tile copies B's rows per k). -1 without
- * memory for the copy, C untouched. */
-static int gemm_b(const fc_isa *k, const float *A, size_t ars, size_t acs, const float *B,
-                  float *C, int m, int p, int q)
-{
-    const int v = k->vec, pm = p / v * v, pt = p - pm;
-    float *t = NULL;
-    if (pt) {
-        t = calloc((size_t)q * v, sizeof *t);
-        if (!t)
-            return -1;
-        for (int j = 0; j < q; j++)
-            memcpy(t + (size_t)j * v, B + (size_t)j * p + pm, (size_t)pt * sizeof *t);
-    }
-    if (pm)
-        k->gemm(A, ars, acs, B, p, NULL, C, p, m, pm, q);
-    if (pt)
-        k->gemm(A, ars, acs, t, v, NULL, C + pm, p, m, pt, q);
-    free(t);
-    return 0;
+    if (own)
+        dpt_sgemm(ta, tb, m, n, k, 1.0f, A, lda, B, ldb, beta, C, ldc);
+    else
+        cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                    m, n, k, 1.0f, A, lda, B, ldb, beta, C, ldc);
 }
 
 int dpt_linear_fuses_bn(int in, int out, int hw) { return fusing(in, out, hw) != NULL; }
@@ -91,51 +70,36 @@ void dpt_linear_forward(const float *x, const float *w, const float *b, float *y
         k->forward(x, w, b, y, n, in, out, NULL, 0);
         return;
     }
-    k = wide(out);
-    /* The GEMM wants wᵀ [in, out] (vectors along the outputs), its rows
-     * padded with zeros to whole vectors; without memory for it, the BLAS. */
-    const int ld = k ? (out + k->vec - 1) / k->vec * k->vec : 0;
-    float *wt = k ? calloc((size_t)in * ld, sizeof *wt) : NULL;
-    if (wt) {
-        transpose(w, out, in, wt, ld);
-        k->gemm(x, (size_t)in, 1, wt, ld, b, y, out, n, out, in);
-        free(wt);
-        return;
-    }
     /* Seed y with the bias so the GEMM adds onto it (beta = 1). */
     if (b) {
         for (int i = 0; i < n; i++)
             for (int o = 0; o < out; o++)
                 y[(size_t)i * out + o] = b[o];
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, w, in,
-                b ? 1.0f : 0.0f, y, out);
+    product(own_gemm(out), 0, 1, n, out, in, x, in, w, in, b ? 1.0f : 0.0f, y, out);
 }
 
 /* dx [n, in] = dy [n, out] · w [out, in] */
 static void input_grad(const float *w, const float *dy, float *dx, int n, int in, int out)
 {
     const fc_isa *k = small(out);
-    const fc_isa *g = wide(out);
     if (k)
         k->backward_dx(dy, w, dx, n, in, out);
-    else if (!g || gemm_b(g, dy, (size_t)out, 1, w, dx, n, in, out) != 0)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, out, 1.0f, dy, out, w, in,
-                    0.0f, dx, in);
+    else
+        product(own_gemm(out), 0, 0, n, in, out, dy, out, w, in, 0.0f, dx, in);
 }
 
 void dpt_linear_backward(const float *x, const float *w, const float *dy, float *dx,
                          float *dw, float *db, int n, int in, int out)
 {
-    const fc_isa *k = small(out), *g = wide(out);
+    const fc_isa *k = small(out);
     if (dx)
         input_grad(w, dy, dx, n, in, out);
     /* dw [out, in] = dyᵀ [out, n] · x [n, in] */
     if (k)
         k->backward_dw(x, dy, dw, n, in, out);
-    else if (!g || gemm_b(g, dy, 1, (size_t)out, x, dw, out, in, n) != 0)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, n, 1.0f, dy, out, x, in,
-                    0.0f, dw, in);
+    else
+        product(own_gemm(out), 1, 0, out, in, n, dy, out, x, in, 0.0f, dw, in);
     if (db)
         bias_grad(dy, n, out, db);
 }

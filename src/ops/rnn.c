@@ -35,6 +35,7 @@
  * the projection adds the rows of w_ihᵀ that x selects and dW_ih adds the
  * rows of dP into the rows of dW_ihᵀ that x selects, in row order (the
  * same float arithmetic for a one-hot x: one product per output). */
+#include "ops/gemm.h"
 #include "ops/ops.h"
 #include "ops/rnn_isa.h"
 
@@ -140,6 +141,29 @@ static int live(const dpt_rnn_desc *d, const int *len, int b, int t)
     return d->pad_left ? t >= d->t - len[b] : t < len[b];
 }
 
+/* The input-side products over all steps (x · w_ihᵀ, dPᵀ · x, dP · w_ih
+ * with dense x): dptrain's GEMM (gemm.h) with the avx512 set, where
+ * bench/gemm_bench measured it 1.2-2.0x OpenBLAS's Haswell kernels on
+ * 4096 steps of 89 features into 4·256 gates (bench/RESULTS-gemm.md); the
+ * avx2 set's GEMM is at parity with the BLAS, so with it and generic these
+ * stay with the BLAS. The recurrence keeps its fused kernels, and
+ * dW_hh rnn_kern.h's dw (gemm_bench --lstm: 0.80x and 0.84x the GEMM's time
+ * at H 128 and 256, 1.08x at 512). */
+static void product(const rnn_isa *isa, int ta, int tb, int m, int n, int k, const float *A,
+                    int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+#ifdef DPT_HAVE_RNN_X86
+    if (isa == &dpt_rnn_isa_avx512) {
+        dpt_sgemm(ta, tb, m, n, k, 1.0f, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+#else
+    (void)isa;
+#endif
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m,
+                n, k, 1.0f, A, lda, B, ldb, beta, C, ldc);
+}
+
 /* out [S][gh] = x [S][f] · w_ihᵀ + bias rows (b1, plus b2 on the first
  * n2 columns). wt: room for w_ihᵀ [f][gh] (sparse x). */
 static void project(const rnn_isa *isa, const float *x, const float *w_ih, const float *b1,
@@ -167,8 +191,7 @@ static void project(const rnn_isa *isa, const float *x, const float *w_ih, const
         }
     }
     if (!sp)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s, gh, f, 1.0f, x, f, w_ih, f, 1.0f,
-                    out, gh);
+        product(isa, 0, 1, s, gh, f, x, f, w_ih, f, 1.0f, out, gh);
 }
 
 /* The vector kernels' forward: one fused call per step. */
@@ -458,8 +481,7 @@ void dpt_rnn_backward(const dpt_rnn_desc *d, const float *x, const int *len, con
             for (int k = 0; k < F; k++)
                 dw_ih[(size_t)j * F + k] = wt[(size_t)k * GH + j];
     } else {
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, GH, F, s, 1.0f, dP, GH, x, F, 0.0f,
-                    dw_ih, F);
+        product(isa, 1, 0, GH, F, s, dP, GH, x, F, 0.0f, dw_ih, F);
     }
     if (isa)
         isa->dw(dHp, S, GH, hprev, H, dw_hh);
@@ -473,6 +495,5 @@ void dpt_rnn_backward(const dpt_rnn_desc *d, const float *x, const int *len, con
     else
         csum(dHp, S, GH, db_hh);
     if (dx)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s, F, GH, 1.0f, dP, GH, w_ih, F,
-                    0.0f, dx, F);
+        product(isa, 0, 0, s, F, GH, dP, GH, w_ih, F, 0.0f, dx, F);
 }

@@ -31,12 +31,6 @@ typedef struct fc_isa {
     void (*backward_dw)(const float *x, const float *dy, float *dw, int n, int in, int out);
     void (*backward_bn)(const float *dy, const float *w, float *dx, float *dw, int n, int in,
                         int out, const dpt_bn_apply *a, int hw, const float *x, double *xg);
-    /* C [m, p] = bias + A · B (fc_gemm.h): the layer with more outputs;
-     * B's rows readable up to p rounded up to whole vectors of vec floats.
-     * NULL where the BLAS is as fast (avx2). */
-    int vec;
-    void (*gemm)(const float *A, size_t ars, size_t acs, const float *B, int ldb,
-                 const float *bias, float *C, int ldc, int m, int p, int q);
 } fc_isa;
 
 #if defined(__x86_64__) || defined(__i386__)

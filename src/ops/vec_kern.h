@@ -1,16 +1,10 @@
-/* The batch-norm passes (bn_kern.h) and fc kernels (fc_kern.h, fc_gemm.h) of one
+/* The batch-norm passes (bn_kern.h) and fc kernels (fc_kern.h) of one
  * instruction set, and their tables for kernels.c: included by vec_avx512.c
  * and vec_avx2.c after they define VN, VT, VI, KN(f), FC_IMG and FC_DW_VEC
  * (see bn_kern.h and fc_kern.h), inside their target pragmas. The tables
  * are named KN(dpt_bn_isa) and KN(dpt_fc_isa) (vec_isa.h). */
 #include "ops/bn_kern.h"
 #include "ops/fc_kern.h"
-/* The GEMM only where the vectors are wider than OpenBLAS's Haswell
- * kernels' (8 floats): with AVX2 it measured no faster than the BLAS
- * (bench/fc_bench.sh), so the avx2 set leaves wide layers to it. */
-#if VN >= 16
-#include "ops/fc_gemm.h"
-#endif
 
 const bn_isa KN(dpt_bn_isa) = {
     .sums = KN(plane_sums),
@@ -25,8 +19,4 @@ const fc_isa KN(dpt_fc_isa) = {
     .backward_dx = KN(fc_backward_dx),
     .backward_dw = KN(fc_backward_dw),
     .backward_bn = KN(fc_backward_bn),
-    .vec = VN,
-#if VN >= 16
-    .gemm = KN(fc_gemm),
-#endif
 };
