@@ -5,7 +5,7 @@
  * names (conv_algo.h), through the table at the end of this file: the
  * measured choice of the network planner (conv_plan.c), or for AUTO the
  * heuristic of dpt_conv_algo_heuristic (the direct kernels where they
- * apply, else GEMM). An algorithm that cannot run a shape falls back to
+ * apply, the depthwise ones for depthwise layers, else GEMM). An algorithm that cannot run a shape falls back to
  * GEMM, which runs every shape. Algorithms that do not apply a fused batch
  * norm themselves (fused = 0) get it applied here, into scratch.
  *
@@ -374,6 +374,11 @@ int dpt_conv_algo_heuristic(const dpt_conv2d_desc *d)
 {
     if (dpt_conv_direct_pick(d))
         return DPT_CONV_ALGO_DIRECT;
+    /* Depthwise layers: the per-channel kernels beat im2col by 3-7x on
+     * every shape measured (bench/dwpool_bench.sh); the generic set stays
+     * the reference path. */
+    if (strcmp(dpt_ops_kernels(), "generic") != 0 && dpt_conv_depthwise_supports(d))
+        return DPT_CONV_ALGO_DEPTHWISE;
     return DPT_CONV_ALGO_GEMM;
 }
 
