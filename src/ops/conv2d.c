@@ -1,10 +1,15 @@
-/* 2-D convolution, NCHW float32.
+/* 2-D convolution, NCHW float32: the algorithm table and the reference
+ * algorithm (GEMM).
  *
- * Stride-1 filters go to the direct kernels (conv_direct.c) when the CPU has
- * AVX2 or AVX-512 and DPT_KERNELS does not say "generic"; everything else is
- * lowered to GEMM per image (im2col), below.
+ * dpt_conv2d_forward_ex / dpt_conv2d_backward_ex run the algorithm d->algo
+ * names (conv_algo.h), through the table at the end of this file: the
+ * measured choice of the network planner (conv_plan.c), or for AUTO the
+ * heuristic of dpt_conv_algo_heuristic (the direct kernels where they
+ * apply, else GEMM). An algorithm that cannot run a shape falls back to
+ * GEMM, which runs every shape. Algorithms that do not apply a fused batch
+ * norm themselves (fused = 0) get it applied here, into scratch.
  *
- * For one image the input patches are unrolled into a matrix
+ * GEMM: the input patches of one image are unrolled into a matrix
  *   col [K, P],  K = c_in*kh*kw (one row per filter tap), P = out_h*out_w,
  * so that with the weights viewed as W [c_out, K]:
  *   forward   y  [c_out, P] = W · col (+ b)
@@ -16,12 +21,13 @@
  * transformed input or gradient into scratch after col (the direct path does
  * it while padding).
  *
- * Dilation and groups (never the direct kernels): a tap (ki, kj) reads
- * input pixel (oy*stride - pad + ki*dilation, ...), and with G groups each
- * group is its own convolution of c_in/G channels into c_out/G: col holds
- * one group's rows (K = c_in/G*kh*kw) and the products run per group on
- * the group's slices of w, y, dy and dx. With dilation 1 and one group this
- * is exactly the ungrouped computation above. */
+ * Dilation and groups: a tap (ki, kj) reads input pixel
+ * (oy*stride - pad + ki*dilation, ...), and with G groups each group is its
+ * own convolution of c_in/G channels into c_out/G: col holds one group's
+ * rows (K = c_in/G*kh*kw) and the products run per group on the group's
+ * slices of w, y, dy and dx. With dilation 1 and one group this is exactly
+ * the ungrouped computation above. */
+#include "ops/conv_algo.h"
 #include "ops/conv_direct.h"
 #include "ops/ops.h"
 
@@ -81,11 +87,9 @@ static size_t bsum_offset(const dpt_conv2d_desc *d)
     return (o + 1) & ~(size_t)1;
 }
 
-size_t dpt_conv2d_work_floats(const dpt_conv2d_desc *d)
+static size_t gemm_work_floats(const dpt_conv2d_desc *d)
 {
-    size_t col = bsum_offset(d) + 2 * (size_t)d->c_out;
-    size_t direct = dpt_conv_direct_work_floats(d);
-    return col > direct ? col : direct;
+    return bsum_offset(d) + 2 * (size_t)d->c_out;
 }
 
 /* Output columns ox whose input column ox*stride - pad + kj lies inside
@@ -165,18 +169,6 @@ static void col2im(const dpt_conv2d_desc *d, const float *col, int c, float *dx)
     }
 }
 
-void dpt_conv2d_forward(const dpt_conv2d_desc *d, const float *x, const float *w,
-                        const float *b, float *y, float *work)
-{
-    dpt_conv2d_forward_sums(d, x, w, b, y, work, NULL, NULL);
-}
-
-void dpt_conv2d_forward_sums(const dpt_conv2d_desc *d, const float *x, const float *w,
-                             const float *b, float *y, float *work, double *sum, double *sumsq)
-{
-    dpt_conv2d_forward_ex(d, x, NULL, w, b, y, work, sum, sumsq);
-}
-
 static void apply_backward(const float *g, const float *y, int c, int hw, const dpt_bn_apply *a,
                            float *out)
 {
@@ -193,9 +185,9 @@ static void apply_backward(const float *g, const float *y, int c, int hw, const 
     }
 }
 
-void dpt_conv2d_forward_ex(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
-                           const float *w, const float *b, float *y, float *work, double *sum,
-                           double *sumsq)
+static void gemm_forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
+                         const float *w, const float *b, float *y, float *work, double *sum,
+                         double *sumsq)
 {
     const int G = groups_of(d), cg_in = d->c_in / G, cg_out = d->c_out / G;
     const int K = cg_in * d->kh * d->kw, P = d->out_h * d->out_w;
@@ -203,11 +195,6 @@ void dpt_conv2d_forward_ex(const dpt_conv2d_desc *d, const float *x, const dpt_b
     const size_t x_grp = (size_t)cg_in * d->h * d->w, w_grp = (size_t)cg_out * K;
     const int identity = lowering_is_identity(d);
     assert(work || (identity && !xa));
-    const conv_isa *isa = G == 1 && dil_of(d) == 1 ? dpt_conv_direct_pick(d) : NULL;
-    if (isa) {
-        dpt_conv_direct_forward(isa, d, x, xa, w, b, y, work, sum, sumsq);
-        return;
-    }
     float *xt = work + col_floats(d); /* one transformed image */
 
     for (int i = 0; i < d->n; i++) {
@@ -238,16 +225,10 @@ void dpt_conv2d_forward_ex(const dpt_conv2d_desc *d, const float *x, const dpt_b
         dpt_bn_sums(y, d->n, d->c_out, P, sum, sumsq);
 }
 
-void dpt_conv2d_backward(const dpt_conv2d_desc *d, const float *x, const float *w,
-                         const float *dy, float *dx, float *dw, float *db, float *work)
-{
-    dpt_conv2d_backward_ex(d, x, NULL, w, dy, NULL, NULL, dx, dw, db, work, NULL);
-}
-
-void dpt_conv2d_backward_ex(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
-                            const float *w, const float *dy, const dpt_bn_apply *dya,
-                            const float *y, float *dx, float *dw, float *db, float *work,
-                            double *xg)
+static void gemm_backward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
+                          const float *w, const float *dy, const dpt_bn_apply *dya,
+                          const float *y, float *dx, float *dw, float *db, float *work,
+                          double *xg)
 {
     const int G = groups_of(d), cg_in = d->c_in / G, cg_out = d->c_out / G;
     const int K = cg_in * d->kh * d->kw, P = d->out_h * d->out_w;
@@ -257,11 +238,6 @@ void dpt_conv2d_backward_ex(const dpt_conv2d_desc *d, const float *x, const dpt_
     const int identity = lowering_is_identity(d);
     assert(work || (identity && !xa && !dya));
     assert(!xg || (xa && dx));
-    const conv_isa *isa = G == 1 && dil_of(d) == 1 ? dpt_conv_direct_pick(d) : NULL;
-    if (isa) {
-        dpt_conv_direct_backward(isa, d, x, xa, w, dy, dya, y, dx, dw, db, work, xg);
-        return;
-    }
     float *xt = work + col_floats(d), *dyt = xt + x_img; /* one transformed image each */
     double *bsum = (double *)(void *)(work + bsum_offset(d));
     for (int co = 0; db && co < d->c_out; co++)
@@ -314,4 +290,195 @@ void dpt_conv2d_backward_ex(const dpt_conv2d_desc *d, const float *x, const dpt_
             xg[ci] = 0.0;
         dpt_bn_grad_sums(x, dx, d->n, d->c_in, d->h * d->w, xa, xg, xg + d->c_in);
     }
+}
+
+static int gemm_supports(const dpt_conv2d_desc *d)
+{
+    (void)d;
+    return 1;
+}
+
+/* ---- direct (conv_direct.c) ------------------------------------------------------ */
+
+static int direct_supports(const dpt_conv2d_desc *d) { return dpt_conv_direct_pick(d) != NULL; }
+
+static void direct_forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
+                           const float *w, const float *b, float *y, float *work, double *sum,
+                           double *sumsq)
+{
+    dpt_conv_direct_forward(dpt_conv_direct_pick(d), d, x, xa, w, b, y, work, sum, sumsq);
+}
+
+static void direct_backward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
+                            const float *w, const float *dy, const dpt_bn_apply *dya,
+                            const float *y, float *dx, float *dw, float *db, float *work,
+                            double *xg)
+{
+    dpt_conv_direct_backward(dpt_conv_direct_pick(d), d, x, xa, w, dy, dya, y, dx, dw, db, work,
+                             xg);
+}
+
+/* ---- the table ------------------------------------------------------------------- *
+ * One line per algorithm: name, fused, supports, work_floats, forward,
+ * backward (conv_algo.h). An algorithm built only with some library sits
+ * under that library's #ifdef. */
+static const conv_algo table[DPT_CONV_ALGO_COUNT] = {
+    [DPT_CONV_ALGO_GEMM] = {"gemm", 1, gemm_supports, gemm_work_floats, gemm_forward, gemm_backward},
+    [DPT_CONV_ALGO_DIRECT] = {"direct", 1, direct_supports, dpt_conv_direct_work_floats,
+                              direct_forward, direct_backward},
+};
+
+static const char *const algo_names[DPT_CONV_ALGO_COUNT] = {
+    "auto", "gemm", "direct", "batched", "depthwise", "dnnl",
+};
+
+const char *dpt_conv_algo_name(int algo)
+{
+    return algo >= 0 && algo < DPT_CONV_ALGO_COUNT ? algo_names[algo] : "?";
+}
+
+int dpt_conv_algo_by_name(const char *name)
+{
+    for (int a = 0; name && a < DPT_CONV_ALGO_COUNT; a++)
+        if (strcmp(name, algo_names[a]) == 0)
+            return a;
+    return -1;
+}
+
+const conv_algo *dpt_conv_algo_get(int algo)
+{
+    if (algo <= DPT_CONV_ALGO_AUTO || algo >= DPT_CONV_ALGO_COUNT || !table[algo].name)
+        return NULL;
+    return &table[algo];
+}
+
+int dpt_conv_algo_supports(int algo, const dpt_conv2d_desc *d)
+{
+    const conv_algo *a = dpt_conv_algo_get(algo);
+    return a && a->supports(d);
+}
+
+/* What ran before there was a table: the direct kernels wherever they
+ * apply (stride 1, one group, no dilation, not 1x1, a vector kernel set),
+ * else GEMM. */
+int dpt_conv_algo_heuristic(const dpt_conv2d_desc *d)
+{
+    if (dpt_conv_algo_supports(DPT_CONV_ALGO_DIRECT, d))
+        return DPT_CONV_ALGO_DIRECT;
+    return DPT_CONV_ALGO_GEMM;
+}
+
+int dpt_conv_algo_resolve(const dpt_conv2d_desc *d)
+{
+    if (d->algo == DPT_CONV_ALGO_AUTO)
+        return dpt_conv_algo_heuristic(d);
+    if (dpt_conv_algo_supports(d->algo, d))
+        return d->algo;
+    return DPT_CONV_ALGO_GEMM;
+}
+
+/* ---- dispatch -------------------------------------------------------------------- */
+
+/* Start of the whole-batch copies an unfused algorithm gets after its own
+ * scratch, on a 64-byte boundary: transformed input [n, c_in, h, w], then
+ * transformed output gradient [n, c_out, out_h, out_w]. */
+static size_t unfused_offset(const conv_algo *a, const dpt_conv2d_desc *d)
+{
+    return (a->work_floats(d) + 15) & ~(size_t)15;
+}
+
+static size_t algo_work_floats(const conv_algo *a, const dpt_conv2d_desc *d)
+{
+    if (a->fused)
+        return a->work_floats(d);
+    return unfused_offset(a, d) + (size_t)d->n * d->c_in * d->h * d->w +
+           (size_t)d->n * d->c_out * d->out_h * d->out_w;
+}
+
+size_t dpt_conv2d_work_floats(const dpt_conv2d_desc *d)
+{
+    size_t most = algo_work_floats(&table[DPT_CONV_ALGO_GEMM], d);
+    /* AUTO: the heuristic depends on the kernel set, which may change
+     * between calls (tests switch it), so cover what either choice needs;
+     * a named algorithm also covers the GEMM fallback. */
+    int algo = d->algo == DPT_CONV_ALGO_AUTO ? DPT_CONV_ALGO_DIRECT : d->algo;
+    const conv_algo *a = dpt_conv_algo_get(algo);
+    if (a) {
+        size_t n = algo_work_floats(a, d);
+        if (n > most)
+            most = n;
+    }
+    return most;
+}
+
+void dpt_conv2d_forward_ex(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
+                           const float *w, const float *b, float *y, float *work, double *sum,
+                           double *sumsq)
+{
+    const conv_algo *a = &table[dpt_conv_algo_resolve(d)];
+    if (a->fused) {
+        a->forward(d, x, xa, w, b, y, work, sum, sumsq);
+        return;
+    }
+    if (xa) {
+        float *xt = work + unfused_offset(a, d);
+        const size_t x_img = (size_t)d->c_in * d->h * d->w;
+        for (int i = 0; i < d->n; i++)
+            dpt_bn_apply_forward(x + i * x_img, d->c_in, d->h * d->w, xa, xt + i * x_img);
+        x = xt;
+    }
+    a->forward(d, x, NULL, w, b, y, work, NULL, NULL);
+    if (sum)
+        dpt_bn_sums(y, d->n, d->c_out, d->out_h * d->out_w, sum, sumsq);
+}
+
+void dpt_conv2d_backward_ex(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
+                            const float *w, const float *dy, const dpt_bn_apply *dya,
+                            const float *y, float *dx, float *dw, float *db, float *work,
+                            double *xg)
+{
+    assert(!xg || (xa && dx));
+    const conv_algo *a = &table[dpt_conv_algo_resolve(d)];
+    if (a->fused) {
+        a->backward(d, x, xa, w, dy, dya, y, dx, dw, db, work, xg);
+        return;
+    }
+    const int P = d->out_h * d->out_w;
+    const size_t x_img = (size_t)d->c_in * d->h * d->w, y_img = (size_t)d->c_out * P;
+    float *xt = work + unfused_offset(a, d), *dyt = xt + (size_t)d->n * x_img;
+    const float *xin = x, *dyin = dy;
+    if (xa) {
+        for (int i = 0; i < d->n; i++)
+            dpt_bn_apply_forward(x + i * x_img, d->c_in, d->h * d->w, xa, xt + i * x_img);
+        xin = xt;
+    }
+    if (dya) {
+        for (int i = 0; i < d->n; i++)
+            apply_backward(dy + i * y_img, y + i * y_img, d->c_out, P, dya, dyt + i * y_img);
+        dyin = dyt;
+    }
+    a->backward(d, xin, NULL, w, dyin, NULL, NULL, dx, dw, db, work, NULL);
+    if (xg) {
+        for (int ci = 0; ci < 2 * d->c_in; ci++)
+            xg[ci] = 0.0;
+        dpt_bn_grad_sums(x, dx, d->n, d->c_in, d->h * d->w, xa, xg, xg + d->c_in);
+    }
+}
+
+void dpt_conv2d_forward(const dpt_conv2d_desc *d, const float *x, const float *w,
+                        const float *b, float *y, float *work)
+{
+    dpt_conv2d_forward_ex(d, x, NULL, w, b, y, work, NULL, NULL);
+}
+
+void dpt_conv2d_forward_sums(const dpt_conv2d_desc *d, const float *x, const float *w,
+                             const float *b, float *y, float *work, double *sum, double *sumsq)
+{
+    dpt_conv2d_forward_ex(d, x, NULL, w, b, y, work, sum, sumsq);
+}
+
+void dpt_conv2d_backward(const dpt_conv2d_desc *d, const float *x, const float *w,
+                         const float *dy, float *dx, float *dw, float *db, float *work)
+{
+    dpt_conv2d_backward_ex(d, x, NULL, w, dy, NULL, NULL, dx, dw, db, work, NULL);
 }

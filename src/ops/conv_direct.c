@@ -120,7 +120,7 @@ static void make_geom(const conv_isa *isa, const dpt_conv2d_desc *d, geom *g)
 const conv_isa *dpt_conv_direct_pick(const dpt_conv2d_desc *d)
 {
     const conv_isa *isa = dpt_ops_conv_isa();
-    if (!isa || d->stride != 1 || d->pad > d->kh - 1 || d->pad > d->kw - 1 ||
+    if (!isa || d->stride != 1 || d->dilation > 1 || d->groups > 1 || d->pad > d->kh - 1 || d->pad > d->kw - 1 ||
         d->kh * d->kw > DPT_CONV_DIRECT_MAX_TAPS)
         return NULL;
     /* A 1x1 filter is a plain GEMM over the image: the BLAS does that well. */

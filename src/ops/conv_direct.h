@@ -80,8 +80,10 @@ extern const conv_isa dpt_conv_isa_avx2;
 /* The direct kernels of the selected set (kernels.c), NULL for generic. */
 const conv_isa *dpt_ops_conv_isa(void);
 /* The kernel set conv2d.c should use for d: NULL when the im2col + GEMM path
- * must run (generic kernels selected, stride > 1, padding wider than the
- * filter, or shapes where the direct path has no advantage). */
+ * must run (generic kernels selected, stride > 1, dilation or groups above
+ * 1, padding wider than the filter, or shapes where the direct path has no
+ * advantage). The DIRECT entry of conv2d.c's table supports exactly the
+ * shapes this picks a set for. */
 const conv_isa *dpt_conv_direct_pick(const dpt_conv2d_desc *d);
 /* Scratch floats the direct path needs for d with any kernel set. */
 size_t dpt_conv_direct_work_floats(const dpt_conv2d_desc *d);

@@ -36,15 +36,49 @@ typedef struct dpt_conv2d_desc {
     /* Filter taps dilation apart; channels split into `groups` groups (as
      * PyTorch: output channel co sees input channels of group
      * co / (c_out/groups) only). 0 reads as 1, so initialisers that predate
-     * them keep working. Either above 1 takes the im2col + GEMM path. */
+     * them keep working. */
     int dilation, groups;
+    /* Which algorithm runs it (dpt_conv_algo): 0 (AUTO) is the heuristic
+     * choice; the network planner (conv_plan.c) sets the measured one. One
+     * the selected kernel set cannot run for this shape falls back to
+     * GEMM, the reference path. */
+    int algo;
 } dpt_conv2d_desc;
+
+/* The convolution algorithms: one entry each in conv2d.c's table
+ * (conv_algo.h). The numbers are stable (cache files and tests name them
+ * by dpt_conv_algo_name, never by number). */
+typedef enum dpt_conv_algo {
+    DPT_CONV_ALGO_AUTO = 0,  /* not planned: the heuristic choice */
+    DPT_CONV_ALGO_GEMM,      /* im2col per image + cblas_sgemm: the reference path */
+    DPT_CONV_ALGO_DIRECT,    /* conv_direct.c */
+    DPT_CONV_ALGO_BATCHED,   /* conv_batched.c: im2col over image blocks + own GEMM */
+    DPT_CONV_ALGO_DEPTHWISE, /* conv_depthwise.c */
+    DPT_CONV_ALGO_DNNL,      /* conv_dnnl.c, where built with oneDNN */
+    DPT_CONV_ALGO_COUNT
+} dpt_conv_algo;
+
+/* "auto", "gemm", "direct", "batched", "depthwise", "dnnl"; "?" for a
+ * number out of range. */
+const char *dpt_conv_algo_name(int algo);
+/* The algorithm of that name (as dpt_conv_algo_name), or -1. */
+int dpt_conv_algo_by_name(const char *name);
+/* 1 when algorithm algo (not AUTO) is built in and can run d (d->algo is
+ * ignored) with the selected kernel set. */
+int dpt_conv_algo_supports(int algo, const dpt_conv2d_desc *d);
+/* The algorithm that runs d: d->algo when it supports d, the heuristic
+ * choice for AUTO, GEMM otherwise. Never AUTO. */
+int dpt_conv_algo_resolve(const dpt_conv2d_desc *d);
+/* The heuristic choice for d (what AUTO runs). */
+int dpt_conv_algo_heuristic(const dpt_conv2d_desc *d);
 
 /* Fill out_h/out_w; returns 0, or -1 when the (dilated) filter does not fit
  * the padded input, a size is not positive, or groups does not divide c_in
  * and c_out. */
 int dpt_conv2d_desc_init(dpt_conv2d_desc *d);
-/* Scratch floats needed by forward and backward (im2col buffer, one image). */
+/* Scratch floats needed by forward and backward with d->algo (for AUTO,
+ * enough for any kernel set; for a named algorithm, enough for it and for
+ * the GEMM fallback). */
 size_t dpt_conv2d_work_floats(const dpt_conv2d_desc *d);
 /* y[n, c_out, out_h, out_w] = conv(x, w) + b. b may be NULL (no bias). */
 void dpt_conv2d_forward(const dpt_conv2d_desc *d, const float *x, const float *w,
