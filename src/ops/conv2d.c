@@ -29,6 +29,7 @@
  * the ungrouped computation above. */
 #include "ops/conv_algo.h"
 #include "ops/conv_direct.h"
+#include "ops/conv_dnnl.h"
 #include "ops/ops.h"
 
 #include <assert.h>
@@ -326,6 +327,10 @@ static const conv_algo table[DPT_CONV_ALGO_COUNT] = {
     [DPT_CONV_ALGO_GEMM] = {"gemm", 1, gemm_supports, gemm_work_floats, gemm_forward, gemm_backward},
     [DPT_CONV_ALGO_DIRECT] = {"direct", 1, direct_supports, dpt_conv_direct_work_floats,
                               direct_forward, direct_backward},
+#ifdef DPT_HAVE_DNNL
+    [DPT_CONV_ALGO_DNNL] = {"dnnl", 0, dpt_conv_dnnl_supports, dpt_conv_dnnl_work_floats,
+                            dpt_conv_dnnl_forward, dpt_conv_dnnl_backward},
+#endif
 };
 
 static const char *const algo_names[DPT_CONV_ALGO_COUNT] = {

@@ -103,6 +103,7 @@ typedef struct entry {
     int refs;        /* calls using it now: not evicted while > 0 */
     unsigned long long used; /* cache clock at the last lookup */
     pass p[P_COUNT];
+    int share_dy;    /* backward data reads backward weights' reordered dy */
     size_t work_floats;
 } entry;
 
@@ -269,8 +270,10 @@ static void entry_build(entry *e, dnnl_engine_t eng, int layout)
         dnnl_primitive_desc_create(&wpd, &cd, attr, eng, fpd) != dnnl_success)
         goto done;
     p = &e->p[P_BWD_W];
-    if (add_io(p, wpd, dnnl_query_src_md, 0, DNNL_ARG_SRC, 0, &ux, eng) ||
-        add_io(p, wpd, dnnl_query_diff_dst_md, 0, DNNL_ARG_DIFF_DST, 0, &uy, eng) ||
+    /* diff_dst first in both backward passes: at offset 0 of each, so when
+     * both want the same layout, backward data reuses the reordered copy */
+    if (add_io(p, wpd, dnnl_query_diff_dst_md, 0, DNNL_ARG_DIFF_DST, 0, &uy, eng) ||
+        add_io(p, wpd, dnnl_query_src_md, 0, DNNL_ARG_SRC, 0, &ux, eng) ||
         add_io(p, wpd, dnnl_query_diff_weights_md, 0, DNNL_ARG_DIFF_WEIGHTS, 1, &uw, eng) ||
         finish_pass(p, wpd))
         goto done;
@@ -288,6 +291,9 @@ static void entry_build(entry *e, dnnl_engine_t eng, int layout)
         finish_pass(p, dpd))
         goto done;
 
+    e->share_dy = e->p[P_BWD_W].io[0].reorder && e->p[P_BWD_D].io[0].reorder &&
+                  dnnl_memory_desc_equal(&e->p[P_BWD_W].io[0].prim, &e->p[P_BWD_D].io[0].prim);
+
     size_t most = 0;
     for (int i = 0; i < P_COUNT; i++)
         most = e->p[i].bytes > most ? e->p[i].bytes : most;
@@ -302,11 +308,19 @@ done:
     dnnl_primitive_attr_destroy(attr);
 }
 
-/* Layout when not forced: blocked layouts where the primitive's blocking
- * pays for the reorders (see bench/RESULTS-dnnl.md). */
+/* Layout when not forced, from bench/RESULTS-dnnl.md (the suite's shapes,
+ * batch 128): oneDNN's blocked kernels win by 1.3-3x wherever a filter has
+ * taps and the input has channels to block (3x3 of 3+ channels, strided,
+ * grouped, depthwise), reorders and all; 1x1 filters are GEMMs either way
+ * and a one- or two-channel input has nothing to block, so there the plain
+ * layout's GEMM convolution is as fast or faster without the reorders. */
 static int auto_layout(const int *k)
 {
-    (void)k;
+    const int ci = k[1], kh = k[5], kw = k[6], g = k[10];
+    if (kh == 1 && kw == 1 && g == 1)
+        return LAYOUT_PLAIN;
+    if (g == 1 && ci <= 2)
+        return LAYOUT_PLAIN;
     return LAYOUT_ANY;
 }
 
@@ -477,9 +491,10 @@ static int run2(dnnl_primitive_t r, dnnl_stream_t st, dnnl_memory_t from, dnnl_m
 }
 
 /* Runs pass p with ptr[i] the caller's memory of p->io[i], buffers from
- * base (aligned). A failure here is a bug or an exhausted machine; the
- * contract has no error return, so it asserts. */
-static void run_pass(const pass *p, void *const *ptr, char *base)
+ * base (aligned); io[0] already reordered in place when ready0. A failure
+ * here is a bug or an exhausted machine; the contract has no error return,
+ * so it asserts. */
+static void run_pass(const pass *p, void *const *ptr, char *base, int ready0)
 {
     dnnl_memory_t user[IO_MAX] = {0}, prim[IO_MAX] = {0}, scratch = NULL;
     dnnl_exec_arg_t args[IO_MAX + 1];
@@ -491,7 +506,7 @@ static void run_pass(const pass *p, void *const *ptr, char *base)
         user[i] = mem(&x->user, ptr[i]);
         prim[i] = x->reorder ? mem(&x->prim, base + x->off) : NULL;
         fail |= !user[i] || (x->reorder && !prim[i]);
-        if (!fail && x->reorder && !x->out)
+        if (!fail && x->reorder && !x->out && !(i == 0 && ready0))
             fail |= run2(x->reorder, st, user[i], prim[i]);
         args[na].arg = x->arg;
         args[na++].memory = x->reorder ? prim[i] : user[i];
@@ -564,7 +579,7 @@ void dpt_conv_dnnl_forward(const dpt_conv2d_desc *d, const float *x, const dpt_b
     }
     void *ptr[IO_MAX] = {(void *)x, (void *)w, (void *)b, y};
     int prev = single_thread_enter();
-    run_pass(p, ptr, base);
+    run_pass(p, ptr, base, 0);
     single_thread_leave(prev);
     put(e);
 }
@@ -580,11 +595,11 @@ void dpt_conv_dnnl_backward(const dpt_conv2d_desc *d, const float *x, const dpt_
     assert(e && e->ok);
     char *base = aligned(work);
     int prev = single_thread_enter();
-    void *pw[IO_MAX] = {(void *)x, (void *)dy, dw};
-    run_pass(&e->p[P_BWD_W], pw, base);
+    void *pw[IO_MAX] = {(void *)dy, (void *)x, dw};
+    run_pass(&e->p[P_BWD_W], pw, base, 0);
     if (dx) {
         void *pd[IO_MAX] = {(void *)dy, (void *)w, dx};
-        run_pass(&e->p[P_BWD_D], pd, base);
+        run_pass(&e->p[P_BWD_D], pd, base, e->share_dy);
     }
     single_thread_leave(prev);
     put(e);
