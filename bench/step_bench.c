@@ -18,6 +18,9 @@
  *
  * --layers  also time every layer's forward and backward (one worker) and
  *           report GFLOP/s of the convolution and fc layers.
+ * With --net or --layers, the convolution plan worker 0 ran is printed
+ * (dpt_net_layer_plan: each layer's algorithm, where the choice came from,
+ * the candidates' timed ms) and goes in the JSON line as "plan". 
  * --phases  run the step as its public pieces (dpt_net_forward, the loss,
  *           dpt_net_backward, dpt_train_aggregate, dpt_sgdm_step: what
  *           dpt_train_step does) and report worker 0's wall time in each:
@@ -401,6 +404,30 @@ int main(int argc, char **argv)
                "GFLOP/s per CPU-second of worker 0\n", total_flop * 1e-6, sum_f / n * 1e-6,
                rate * total_flop * 1e-9, n * total_flop / b.cpu_per_step * 1e-9);
     }
+    /* The convolution plan worker 0 ran (dpt_net_layer_plan), also for
+     * the JSON line. */
+    char plan_json[4096] = "";
+    if (b.net0) {
+        size_t k = 0;
+        int any = 0;
+        for (int i = 1; i < b.net0->n_layers; i++) {
+            dpt_layer_plan p;
+            if (!dpt_net_layer_plan(b.net0, i, &p))
+                continue;
+            if (!any++)
+                printf("  plan (batch %d per worker; ms: one forward + backward of the images "
+                       "timed):\n", p.batch);
+            printf("  %-10s %-44s %-7s %-9s", dpt_net_layer_name(b.net0, i), p.shape, p.algo,
+                   p.source);
+            for (int c = 0; c < p.n_candidates; c++)
+                if (p.candidates[c].ms >= 0)
+                    printf(" %s %.3f", p.candidates[c].name, p.candidates[c].ms);
+            printf("%s%s\n", p.note[0] ? "  note: " : "", p.note);
+            if (k + 128 < sizeof plan_json)
+                k += (size_t)snprintf(plan_json + k, sizeof plan_json - k, "%s\"%s\": \"%s\"",
+                                      k ? ", " : "", dpt_net_layer_name(b.net0, i), p.algo);
+        }
+    }
     dpt_net_free(b.net0);
     if (b.phases) {
         double steps = (double)b.steps * b.rounds;
@@ -431,6 +458,8 @@ int main(int argc, char **argv)
         if (peak)
             printf(", \"peak_avx512\": %.1f, \"peak_avx512_cpu\": %.1f, \"peak_avx2\": %.1f, "
                    "\"peak_avx2_cpu\": %.1f", p512, p512c, p256, p256c);
+        if (plan_json[0])
+            printf(", \"plan\": {%s}", plan_json);
         printf("}\n");
     }
     free(sorted);

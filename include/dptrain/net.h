@@ -259,6 +259,34 @@ DPT_API void dpt_net_layer_shape(const dpt_net *net, int i, int chw[3]);
 DPT_API void dpt_net_input_shape(const dpt_net *net, int chw[3]);
 DPT_API int dpt_net_n_outputs(const dpt_net *net);
 
+/* How layer i's kernels were chosen when the network was built: for each
+ * convolution layer, the algorithm that runs it, timed against the others
+ * on the layer's shape at the network's max_batch or read from the plan
+ * cache (docs/kernels.md: DPT_CONV_ALGO, DPT_PLAN_CACHE). */
+#define DPT_PLAN_MAX_CANDIDATES 8
+typedef struct dpt_layer_plan {
+    char shape[96];     /* "32x32x64 -> 16x16x128 k3x3 s2 p1 d1 g1" (+ " bn-in", " bn-out":
+                           a batch norm applied on the fly) */
+    char algo[16];      /* the algorithm that runs: "gemm", "direct", ... */
+    char source[16];    /* "measured" (timed now), "cache" (read from the cache file),
+                           "forced" (DPT_CONV_ALGO=<name>), "heuristic" (not timed: see
+                           note), "only" (the one algorithm that supports the shape) */
+    int batch;          /* the batch planned for (the network's max_batch) */
+    int measure_batch;  /* images of one timed run; 0: nothing timed */
+    int n_candidates;
+    struct {
+        char name[16];
+        double ms;      /* one forward + backward of measure_batch images, in thread CPU
+                           milliseconds; -1: cannot run this shape (or not built in);
+                           -2: can, not timed */
+    } candidates[DPT_PLAN_MAX_CANDIDATES];
+    char note[256];     /* why a fallback or the heuristic, a cache file problem; or "" */
+} dpt_layer_plan;
+
+/* 1 with *out filled when layer i has a kernel plan (a convolution layer),
+ * else 0 (other layers, i out of range). */
+DPT_API int dpt_net_layer_plan(const dpt_net *net, int i, dpt_layer_plan *out);
+
 /* ---- tables and flat buffers ------------------------------------------------ */
 
 /* Number of entries in the learnables table (14 for the example network:

@@ -9,6 +9,7 @@
 
 static const char help[] =
     "usage: dptrain info [--spec] [--net SPEC] [--classes N] [--model FILE]\n"
+    "                    [--plan [--batch N]]\n"
     "\n"
     "Without options: the default network (the MATLAB example's) for 10 classes.\n"
     "  --spec          print the default network spec text (start a new network from it)\n"
@@ -17,6 +18,16 @@ static const char help[] =
     "  --classes N     classes for a spec that says outputs=classes, or the vocabulary\n"
     "                  size for size=vocab and outputs=vocab (default: 10)\n"
     "  --model FILE    show a saved model: network, tables, training metadata\n"
+    "  --plan          also plan the network's kernels as training does and show,\n"
+    "                  per convolution layer, the shape, each algorithm's time for\n"
+    "                  one forward + backward (ms; \"unsupported\" where it cannot run\n"
+    "                  the shape, \"n/a\" where not timed), the one chosen and where\n"
+    "                  the choice came from: measured (timed now, written to the\n"
+    "                  plan cache), cache, forced (DPT_CONV_ALGO=<name>), heuristic\n"
+    "                  (not timed: the reason follows) or only (one candidate).\n"
+    "                  DPT_CONV_ALGO=heuristic|measure|<name> and DPT_PLAN_CACHE=FILE\n"
+    "                  change how it is planned (docs/kernels.md)\n"
+    "  --batch N       the minibatch per worker to plan for (default: 128)\n"
     "  -h, --help      this help\n";
 
 static void print_shape(const dpt_param_info *e)
@@ -63,6 +74,38 @@ void cli_print_net(const dpt_net *net)
         print_shape(dpt_net_state_info(net, i));
 }
 
+/* Each planned layer's kernel choice (dptrain info --plan, step_bench). */
+static void print_plan(const dpt_net *net)
+{
+    int any = 0;
+    for (int i = 0; i < dpt_net_n_layers(net); i++) {
+        dpt_layer_plan p;
+        if (!dpt_net_layer_plan(net, i, &p))
+            continue;
+        char name[256];
+        if (!any++)
+            printf("plan (batch %d; ms: one forward + backward of the images timed):\n", p.batch);
+        printf("  %-10s %s\n", cli_clean(name, sizeof name, dpt_net_layer_name(net, i)), p.shape);
+        printf("    ");
+        for (int k = 0; k < p.n_candidates; k++) {
+            if (p.candidates[k].ms >= 0)
+                printf(" %s %.3f ms", p.candidates[k].name, p.candidates[k].ms);
+            else
+                printf(" %s %s", p.candidates[k].name,
+                       p.candidates[k].ms == -1 ? "unsupported" : "n/a");
+            putchar(k + 1 < p.n_candidates ? ',' : '\n');
+        }
+        printf("     -> %s (%s", p.algo, p.source);
+        if (p.measure_batch)
+            printf(", %d image%s timed", p.measure_batch, p.measure_batch == 1 ? "" : "s");
+        printf(")\n");
+        if (p.note[0])
+            printf("     note: %s\n", cli_clean(name, sizeof name, p.note));
+    }
+    if (!any)
+        printf("plan: no layer with a choice of kernels\n");
+}
+
 int cli_model_info(const char *path); /* cmd_eval.c */
 
 int cli_info(int argc, char **argv)
@@ -70,9 +113,11 @@ int cli_info(int argc, char **argv)
     static const struct option opts[] = {
         {"spec", no_argument, 0, 's'},       {"net", required_argument, 0, 'n'},
         {"classes", required_argument, 0, 'c'}, {"model", required_argument, 0, 'm'},
+        {"plan", no_argument, 0, 'p'},       {"batch", required_argument, 0, 'b'},
         {"help", no_argument, 0, 'h'},       {0, 0, 0, 0},
     };
-    int show_spec = 0;
+    int show_spec = 0, plan = 0;
+    long batch = 0;
     const char *spec_path = NULL, *model = NULL;
     long classes = 10;
     int c;
@@ -87,6 +132,11 @@ int cli_info(int argc, char **argv)
             if (cli_int("--classes", optarg, 1, 1000000, &classes))
                 return 1;
             break;
+        case 'p': plan = 1; break;
+        case 'b':
+            if (cli_int("--batch", optarg, 1, 65536, &batch))
+                return 1;
+            break;
         case 'h': fputs(help, stdout); return 0;
         default:
             return cli_error("info: unknown or incomplete option '%s' (see dptrain info --help)",
@@ -95,6 +145,13 @@ int cli_info(int argc, char **argv)
     }
     if (optind < argc)
         return cli_error("info: unexpected argument '%s'", argv[optind]);
+    if (batch && !plan)
+        return cli_error("info: --batch goes with --plan");
+    if (plan && (show_spec || model))
+        return cli_error("info: --plan goes with --net SPEC (or the default network)");
+    /* Without --plan the network is built for one observation, which plans
+     * nothing (nothing worth timing at a batch of one). */
+    int max_batch = plan ? (batch ? (int)batch : 128) : 1;
     if (show_spec) {
         fputs(dpt_net_default_spec(), stdout);
         return 0;
@@ -102,15 +159,18 @@ int cli_info(int argc, char **argv)
     if (model)
         return cli_model_info(model);
     dpt_net *net = NULL;
-    dpt_status s = spec_path ? dpt_net_from_spec_file(spec_path, (int)classes, 1, 0, &net)
-                             : dpt_net_from_spec(dpt_net_default_spec(), "<default spec>",
-                                                 (int)classes, 1, 0, &net);
+    dpt_status s = spec_path
+                       ? dpt_net_from_spec_file(spec_path, (int)classes, max_batch, 0, &net)
+                       : dpt_net_from_spec(dpt_net_default_spec(), "<default spec>",
+                                           (int)classes, max_batch, 0, &net);
     if (s != DPT_OK)
         return cli_lib_error();
     char clean[4096];
     printf("network: %s\n", spec_path ? cli_clean(clean, sizeof clean, spec_path)
                                       : "default (MATLAB example), 10 classes");
     cli_print_net(net);
+    if (plan)
+        print_plan(net);
     dpt_net_free(net);
     printf("devices: %d CPU cores", dpt_cpu_count());
     int n_gpus = dpt_gpu_count();

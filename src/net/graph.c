@@ -321,11 +321,47 @@ fail:
     return dpt_fail(DPT_ERR_NOMEM, "%s: out of memory planning buffers", net->source);
 }
 
+/* The layers' kernel choices (layer_type.plan), which may depend on the
+ * fusion (a batch norm applied on the fly) and on whether a layer's input
+ * gradient is wanted. */
+static dpt_status plan_kernels(dpt_net *net)
+{
+    for (int i = 0; i < net->n_layers; i++) {
+        dpt_layer *l = &net->layers[i];
+        if (!l->type->plan)
+            continue;
+        dpt_status s = l->type->plan(net, l);
+        if (s != DPT_OK)
+            return s;
+    }
+    /* Planned again on a built network: a new choice may need more
+     * scratch than the old one (a first build sizes it later). */
+    if (net->work) {
+        size_t need = 0;
+        for (int i = 0; i < net->n_layers; i++) {
+            const dpt_layer *l = &net->layers[i];
+            size_t w = l->type->work_floats ? l->type->work_floats(l, net->max_batch) : 0;
+            if (w > need)
+                need = w;
+        }
+        if (need > net->work_floats) {
+            dpt_free(net->work);
+            net->work_floats = 0;
+            if (!(net->work = dpt_alloc(need * sizeof(float))))
+                return dpt_fail(DPT_ERR_NOMEM, "%s: out of memory for scratch", net->source);
+            net->work_floats = need;
+        }
+    }
+    return DPT_OK;
+}
+
 dpt_status net_plan(dpt_net *net)
 {
     dpt_status s = plan_fusion(net, -1);
     if (s == DPT_OK)
         s = plan_buffers(net);
+    if (s == DPT_OK)
+        s = plan_kernels(net);
     return s;
 }
 
@@ -352,6 +388,8 @@ dpt_status net_replan(dpt_net *net, int fusion)
     dpt_status s = plan_fusion(net, fusion);
     if (s == DPT_OK)
         s = plan_buffers(net);
+    if (s == DPT_OK)
+        s = plan_kernels(net);
     return s;
 }
 

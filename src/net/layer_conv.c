@@ -20,7 +20,9 @@ void glorot_uniform(float *w, size_t n, int fan_in, int fan_out, dpt_rng *rng)
 typedef struct conv_layer {
     int kh, kw, filters, stride, pad, bias;
     int dilation, groups; /* 1, 1: the plain convolution (and its fast kernels) */
-    dpt_conv2d_desc d; /* n filled per call */
+    dpt_conv2d_desc d; /* n filled per call; algo by conv_plan */
+    dpt_conv_plan plan; /* how d.algo was chosen (conv_plan) */
+    int planned_batch;  /* the batch it was chosen for; 0: not planned */
 } conv_layer;
 
 /* Floats of the weights [filters, c_in/groups, kh, kw] (PyTorch's layout). */
@@ -180,6 +182,48 @@ static dpt_status conv_backward(dpt_net *net, dpt_layer *l, const float *const *
     return DPT_OK;
 }
 
+/* The algorithm for this shape at the network's largest batch, timed or
+ * read from the plan cache (ops/conv_plan.c); the fusion planned around
+ * the layer is part of the shape, as is whether dx is needed (not for a
+ * first layer). */
+static dpt_status conv_plan(dpt_net *net, dpt_layer *l)
+{
+    conv_layer *c = l->priv;
+    dpt_conv2d_desc d = c->d;
+    d.n = net->max_batch;
+    int need_dx = net->plan && net->plan[l->index].dx_buf && net->plan[l->index].dx_buf[0] >= 0;
+    if (dpt_conv_plan_choose(&d, l->in_bnf != NULL, l->out_bnf != NULL, need_dx, &c->plan) != 0)
+        return dpt_fail(DPT_ERR_ARG, "%s", c->plan.note);
+    c->d.algo = c->plan.algo;
+    c->planned_batch = net->max_batch;
+    return DPT_OK;
+}
+
+static int conv_plan_info(const dpt_layer *l, dpt_layer_plan *out)
+{
+    const conv_layer *c = l->priv;
+    if (!c->planned_batch)
+        return 0;
+    const dpt_conv_plan *p = &c->plan;
+    memset(out, 0, sizeof *out);
+    snprintf(out->algo, sizeof out->algo, "%s", dpt_conv_algo_name(p->runs));
+    snprintf(out->source, sizeof out->source, "%s", dpt_conv_plan_source_name(p->source));
+    snprintf(out->note, sizeof out->note, "%s", p->note);
+    out->batch = c->planned_batch;
+    out->measure_batch = p->n_meas;
+    const dpt_conv2d_desc *d = &c->d;
+    snprintf(out->shape, sizeof out->shape, "%dx%dx%d -> %dx%dx%d k%dx%d s%d p%d d%d g%d%s%s",
+             d->h, d->w, d->c_in, d->out_h, d->out_w, d->c_out, d->kh, d->kw, d->stride, d->pad,
+             d->dilation, d->groups, l->in_bnf ? " bn-in" : "", l->out_bnf ? " bn-out" : "");
+    for (int a = 1; a < DPT_CONV_ALGO_COUNT && out->n_candidates < DPT_PLAN_MAX_CANDIDATES; a++) {
+        int k = out->n_candidates++;
+        snprintf(out->candidates[k].name, sizeof out->candidates[k].name, "%s",
+                 dpt_conv_algo_name(a));
+        out->candidates[k].ms = p->ms[a];
+    }
+    return 1;
+}
+
 static void conv_describe(const dpt_layer *l, char *buf, size_t cap)
 {
     const conv_layer *c = l->priv;
@@ -215,6 +259,7 @@ const layer_type dpt_layer_conv = {
     .create = conv_create, .set = conv_set, .infer = conv_infer,
     .init = conv_init, .work_floats = conv_work, .forward = conv_forward,
     .backward = conv_backward, .describe = conv_describe, .free = free_priv,
+    .plan = conv_plan, .plan_info = conv_plan_info,
     .gpu_supports = conv_gpu_supports, .gpu_setup = GPU_ENTRY(conv_gpu_setup),
     .gpu_release = GPU_ENTRY(conv_gpu_release), .gpu_forward = GPU_ENTRY(conv_gpu_forward),
     .gpu_backward = GPU_ENTRY(conv_gpu_backward),

@@ -869,6 +869,13 @@ void dpt_net_layer_shape(const dpt_net *net, int i, int chw[3])
 }
 void dpt_net_input_shape(const dpt_net *net, int chw[3]) { memcpy(chw, net->layers[0].out, 3 * sizeof(int)); }
 int dpt_net_n_outputs(const dpt_net *net) { return (int)layer_count(&net->layers[net->n_layers - 1]); }
+
+int dpt_net_layer_plan(const dpt_net *net, int i, dpt_layer_plan *out)
+{
+    if (!net || !out || i < 0 || i >= net->n_layers || !net->layers[i].type->plan_info)
+        return 0;
+    return net->layers[i].type->plan_info(&net->layers[i], out);
+}
 size_t dpt_net_n_learnables(const dpt_net *net) { return net->n_learn; }
 const dpt_param_info *dpt_net_learnable(const dpt_net *net, size_t i)
 {

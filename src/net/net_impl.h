@@ -91,6 +91,14 @@ typedef struct layer_type {
      * setup at build and when the steps grow. NULL: none. */
     size_t (*keep_floats)(const dpt_net *net, const dpt_layer *l);
     dpt_status (*setup)(dpt_net *net, dpt_layer *l);
+    /* Choose kernels for batches of up to net->max_batch (conv: the
+     * algorithm, by measurement or from the plan cache; conv_plan.c).
+     * Called once the fusion and the buffers are planned (net_plan,
+     * net_replan), before the scratch is sized; never during a step.
+     * plan_info fills a dpt_layer_plan for reports (0: nothing to say).
+     * NULL: nothing to choose. */
+    dpt_status (*plan)(dpt_net *net, dpt_layer *l);
+    int (*plan_info)(const dpt_layer *l, dpt_layer_plan *out);
     /* Carried state per stream slot (floats), and slots [0, n) copied to
      * (get) or from (set) buf, slot i at buf + i*stride. NULL: none. */
     size_t (*carry_floats)(const dpt_layer *l);

@@ -128,6 +128,56 @@ void dpt_conv2d_backward_ex(const dpt_conv2d_desc *d, const float *x, const dpt_
 void dpt_conv2d_backward(const dpt_conv2d_desc *d, const float *x, const float *w,
                          const float *dy, float *dx, float *dw, float *db, float *work);
 
+/* ---- convolution plans (conv_plan.c) ------------------------------------ *
+ * Which algorithm runs a convolution layer, chosen once when a network is
+ * planned: timed (forward + backward of every supported algorithm on
+ * random data, the fastest kept) and remembered per shape, in the process
+ * and in a cache file, so every worker and every later run on the machine
+ * makes the same choice (and so computes the same bits). The environment
+ * variable DPT_CONV_ALGO overrides it: a name of dpt_conv_algo_name forces
+ * that algorithm (GEMM where it cannot run a shape), "heuristic" gives AUTO,
+ * "measure" times again even where the cache file has the shape.
+ * DPT_PLAN_CACHE names the cache file (default
+ * $XDG_CACHE_HOME/dptrain/conv-plan.txt or ~/.cache/dptrain/conv-plan.txt;
+ * empty: none). Without a cache file that can be written, the heuristic
+ * choice is kept: a measured choice that no later run can read back would
+ * make runs differ. docs/kernels.md has the details. */
+
+/* Where a plan's choice came from. */
+enum {
+    DPT_CONV_PLAN_HEURISTIC = 0, /* AUTO: not measured (see note for why) */
+    DPT_CONV_PLAN_FORCED,        /* DPT_CONV_ALGO=<name> */
+    DPT_CONV_PLAN_MEASURED,      /* timed now (and written to the cache file) */
+    DPT_CONV_PLAN_CACHE,         /* read from the cache file */
+    DPT_CONV_PLAN_ONLY           /* one algorithm supports the shape: nothing to time */
+};
+
+typedef struct dpt_conv_plan {
+    int algo;     /* for dpt_conv2d_desc.algo (AUTO for the heuristic) */
+    int runs;     /* the algorithm that runs: dpt_conv_algo_resolve's, never AUTO */
+    int source;   /* DPT_CONV_PLAN_* */
+    int n_meas;   /* images per timed run; 0: nothing timed */
+    /* Milliseconds of one forward + backward of n_meas images per
+     * algorithm (index dpt_conv_algo): -1 unsupported (or not built),
+     * -2 supported but not timed. */
+    double ms[DPT_CONV_ALGO_COUNT];
+    char note[256]; /* a fallback or a cache-file problem, else "" */
+} dpt_conv_plan;
+
+/* Plan d (d->n: the largest batch it will run; d->algo ignored) for a
+ * layer whose input comes through a fused batch norm (bn_in), whose output
+ * gradient does (bn_out), and that computes its input gradient (need_dx).
+ * Thread-safe: concurrent callers with the same shape wait for the first
+ * and share its choice. Returns 0, or -1 when DPT_CONV_ALGO holds an
+ * unknown value (p->note says so). */
+int dpt_conv_plan_choose(const dpt_conv2d_desc *d, int bn_in, int bn_out, int need_dx,
+                         dpt_conv_plan *p);
+/* "heuristic", "forced", "measured", "cache", "only". */
+const char *dpt_conv_plan_source_name(int source);
+/* Forget the choices made in this process (tests: the next plan reads the
+ * cache file again). Not to be called while another thread plans. */
+void dpt_conv_plan_forget(void);
+
 /* ---- batch normalisation over (n, h, w) per channel --------------------- *
  * Split into stats / normalise / backward-reduce / backward-apply so that a
  * synchronised batch norm can all-reduce the per-channel sums between the

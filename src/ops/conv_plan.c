@@ -1,0 +1,732 @@
+/* Convolution plans: the algorithm of each convolution shape, chosen by
+ * measurement when a network is planned (see ops.h, docs/kernels.md).
+ *
+ * Choices are remembered at two levels. In the process, a table keyed by
+ * shape: the local workers each build a network, the first to plan a shape
+ * measures it and the rest reuse its choice, so every worker runs the same
+ * algorithm. On disk, a small text file keyed by CPU model, kernel set,
+ * the algorithms that could run the shape, and the shape itself: later runs
+ * read the choice instead of timing again, and get the same bits.
+ *
+ * Measurement and the cache file's read-modify-write happen under an
+ * exclusive lock on "<cache>.lock", with the entry looked up again once the
+ * lock is held: of several processes planning one shape at once (MPI ranks,
+ * tests run in parallel), the first measures and writes, the others read
+ * its choice. A choice is used only once it is in the file; where the file
+ * cannot be written, the heuristic choice (AUTO) is kept, since a measured
+ * choice nobody can read back would let two runs of the same command pick
+ * differently on a noisy machine.
+ *
+ * The file is hostile input: lines longer than LINE_MAX_LEN, fields out of
+ * range, unknown algorithms and malformed numbers are skipped (counted in
+ * one note per file and process), at most FILE_MAX_BYTES are read, and at
+ * most MAX_ENTRIES entries are kept when it is written back. */
+#define _GNU_SOURCE /* flock */
+#include "core/tmpfile.h"
+#include "ops/conv_algo.h"
+#include "ops/ops.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define KEY_MAX 512
+#define PATH_MAX_LEN 4096
+#define LINE_MAX_LEN 1024
+#define FILE_MAX_BYTES (1 << 20)
+#define MAX_ENTRIES 2048
+/* Floating-point operations one timed run aims at: enough for a stable
+ * figure (tens of milliseconds), little enough that planning a network of
+ * ten wide layers takes seconds, once per machine. */
+#define RUN_FLOPS 1.0e9
+#define MEASURE_MAX_BATCH 32
+
+const char *dpt_conv_plan_source_name(int source)
+{
+    static const char *const names[] = {"heuristic", "forced", "measured", "cache", "only"};
+    return source >= 0 && source < (int)(sizeof names / sizeof *names) ? names[source] : "?";
+}
+
+static void note(dpt_conv_plan *p, const char *fmt, ...)
+{
+    size_t k = strlen(p->note);
+    if (k + 3 >= sizeof p->note)
+        return;
+    if (k)
+        k += (size_t)snprintf(p->note + k, sizeof p->note - k, "; ");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p->note + k, sizeof p->note - k, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- the process's choices --------------------------------------------------- */
+
+typedef struct memo {
+    char key[KEY_MAX + PATH_MAX_LEN + 16]; /* key|cache path|remeasure */
+    dpt_conv_plan plan;
+} memo;
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static memo *memos;                 /* guarded by lock */
+static size_t n_memos, cap_memos;
+static char warned[8][PATH_MAX_LEN]; /* cache files already reported malformed */
+static int n_warned;
+
+void dpt_conv_plan_forget(void)
+{
+    pthread_mutex_lock(&lock);
+    free(memos);
+    memos = NULL, n_memos = cap_memos = 0;
+    n_warned = 0;
+    pthread_mutex_unlock(&lock);
+}
+
+static const memo *memo_find(const char *key)
+{
+    for (size_t i = 0; i < n_memos; i++)
+        if (strcmp(memos[i].key, key) == 0)
+            return &memos[i];
+    return NULL;
+}
+
+/* Keep the choice for the other workers; on no memory they plan again
+ * (and read the same choice from the file). */
+static void memo_add(const char *key, const dpt_conv_plan *p)
+{
+    if (n_memos == cap_memos) {
+        size_t cap = cap_memos ? 2 * cap_memos : 32;
+        memo *m = realloc(memos, cap * sizeof *m);
+        if (!m)
+            return;
+        memos = m, cap_memos = cap;
+    }
+    snprintf(memos[n_memos].key, sizeof memos[n_memos].key, "%s", key);
+    memos[n_memos++].plan = *p;
+}
+
+/* ---- keys -------------------------------------------------------------------- */
+
+/* Characters a key may hold: the file's fields are split at spaces. */
+static int key_char(int c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           strchr("._-=;,+:@()", c) != NULL;
+}
+
+/* The CPU's model name from /proc/cpuinfo (bounded, sanitised), or
+ * "unknown". Read once; the caller holds lock. */
+static const char *cpu_model(void)
+{
+    static char model[80];
+    if (model[0])
+        return model;
+    snprintf(model, sizeof model, "unknown");
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f)
+        return model;
+    char line[512];
+    for (int i = 0; i < 64 && fgets(line, sizeof line, f); i++) {
+        if (strncmp(line, "model name", 10) != 0)
+            continue;
+        const char *v = strchr(line, ':');
+        if (!v)
+            break;
+        v++;
+        while (*v == ' ' || *v == '\t')
+            v++;
+        size_t k = 0;
+        for (; *v && *v != '\n' && k + 1 < sizeof model; v++)
+            model[k++] = key_char((unsigned char)*v) ? *v : '_';
+        model[k] = '\0';
+        if (!k)
+            snprintf(model, sizeof model, "unknown");
+        break;
+    }
+    fclose(f);
+    return model;
+}
+
+static void make_key(const dpt_conv2d_desc *d, int bn_in, int bn_out, int need_dx,
+                     const char *cands, char *key)
+{
+    snprintf(key, KEY_MAX,
+             "cpu=%s;kernels=%s;algos=%s;conv=%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%d;bn=%d%d;dx=%d",
+             cpu_model(), dpt_ops_kernels(), cands, d->n, d->c_in, d->h, d->w, d->c_out, d->kh,
+             d->kw, d->stride, d->pad, d->dilation > 1 ? d->dilation : 1,
+             d->groups > 1 ? d->groups : 1, bn_in != 0, bn_out != 0, need_dx != 0);
+}
+
+/* ---- the cache file ------------------------------------------------------------ */
+
+/* The cache file's path into buf; 0 when there is none (DPT_PLAN_CACHE
+ * empty, no home, a path too long), with the reason in p's note. With
+ * mkdirs, the default folders are created. */
+static int cache_path(char *buf, size_t cap, int mkdirs, dpt_conv_plan *p)
+{
+    const char *env = getenv("DPT_PLAN_CACHE");
+    if (env) {
+        if (!*env) {
+            note(p, "no cache file (DPT_PLAN_CACHE is empty)");
+            return 0;
+        }
+        if (strlen(env) >= cap || strlen(env) > PATH_MAX_LEN - 32) {
+            note(p, "DPT_PLAN_CACHE is longer than %d bytes", PATH_MAX_LEN - 32);
+            return 0;
+        }
+        snprintf(buf, cap, "%s", env);
+        return 1;
+    }
+    const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+    char dir[PATH_MAX_LEN];
+    int len;
+    /* XDG: only an absolute path counts (a relative one is to be ignored). */
+    if (xdg && xdg[0] == '/' && strlen(xdg) < PATH_MAX_LEN - 64)
+        len = snprintf(dir, sizeof dir, "%s", xdg);
+    else if (home && home[0] == '/' && strlen(home) < PATH_MAX_LEN - 64)
+        len = snprintf(dir, sizeof dir, "%s/.cache", home);
+    else {
+        note(p, "no cache file (neither XDG_CACHE_HOME nor HOME is an absolute path)");
+        return 0;
+    }
+    if (mkdirs)
+        mkdir(dir, 0700);
+    snprintf(dir + len, sizeof dir - (size_t)len, "/dptrain");
+    if (mkdirs)
+        mkdir(dir, 0700);
+    if ((size_t)snprintf(buf, cap, "%s/conv-plan.txt", dir) >= cap) {
+        note(p, "cache path too long");
+        return 0;
+    }
+    return 1;
+}
+
+typedef struct entry {
+    char key[KEY_MAX];
+    int algo, n_meas;
+    double ms[DPT_CONV_ALGO_COUNT];
+} entry;
+
+static int parse_algo(const char *s, size_t len)
+{
+    char name[16];
+    if (len == 0 || len >= sizeof name)
+        return -1;
+    memcpy(name, s, len);
+    name[len] = '\0';
+    int a = dpt_conv_algo_by_name(name);
+    return a > DPT_CONV_ALGO_AUTO ? a : -1;
+}
+
+/* One line "v1 KEY ALGO N MS" (MS: name:ms,... or "-") into e; 0 or -1. */
+static int parse_line(char *line, entry *e)
+{
+    char *f[6];
+    int n = 0;
+    for (char *t = line; n < 6;) {
+        f[n++] = t;
+        char *sp = strchr(t, ' ');
+        if (!sp)
+            break;
+        *sp = '\0';
+        t = sp + 1;
+    }
+    if (n != 5 || strcmp(f[0], "v1") != 0)
+        return -1;
+    size_t kl = strlen(f[1]);
+    if (kl == 0 || kl >= KEY_MAX)
+        return -1;
+    for (size_t i = 0; i < kl; i++)
+        if (!key_char((unsigned char)f[1][i]))
+            return -1;
+    memcpy(e->key, f[1], kl + 1);
+    if ((e->algo = parse_algo(f[2], strlen(f[2]))) < 0)
+        return -1;
+    char *end;
+    errno = 0;
+    long nm = strtol(f[3], &end, 10);
+    if (errno || *end || end == f[3] || nm < 1 || nm > 1000000)
+        return -1;
+    e->n_meas = (int)nm;
+    for (int a = 0; a < DPT_CONV_ALGO_COUNT; a++)
+        e->ms[a] = -2;
+    if (strcmp(f[4], "-") == 0)
+        return 0;
+    for (char *t = f[4]; *t;) {
+        char *colon = strchr(t, ':');
+        if (!colon)
+            return -1;
+        int a = parse_algo(t, (size_t)(colon - t));
+        if (a < 0)
+            return -1;
+        errno = 0;
+        double v = strtod(colon + 1, &end);
+        if (errno || end == colon + 1 || !isfinite(v) || v < 0 || v > 1e7)
+            return -1;
+        e->ms[a] = v;
+        if (*end == ',')
+            end++;
+        else if (*end)
+            return -1;
+        t = end;
+    }
+    return 0;
+}
+
+/* The valid entries of the cache file (*out, owned by the caller; none
+ * when it does not exist), the count of skipped lines in *bad. A path
+ * that is not a regular file gives -1. */
+static int load(const char *path, entry **out, size_t *n_out, int *bad, int *cut)
+{
+    *out = NULL, *n_out = 0, *bad = 0, *cut = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : -1;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return -1;
+    }
+    FILE *f = fdopen(fd, "r");
+    if (!f) {
+        close(fd);
+        return -1;
+    }
+    entry *v = NULL;
+    size_t n = 0, cap = 0, total = 0;
+    char line[LINE_MAX_LEN + 1];
+    int c = 0;
+    while (c != EOF) {
+        /* One line, a byte at a time: bounded, and a NUL byte cannot hide
+         * the rest of it. */
+        size_t len = 0;
+        int long_line = 0, nul = 0;
+        while ((c = fgetc(f)) != EOF && c != '\n') {
+            if (++total > FILE_MAX_BYTES)
+                break;
+            if (c == '\0')
+                nul = 1;
+            if (len < LINE_MAX_LEN)
+                line[len++] = (char)c;
+            else
+                long_line = 1;
+        }
+        if (total > FILE_MAX_BYTES) {
+            *cut = 1;
+            break;
+        }
+        total++;
+        line[len] = '\0';
+        if (len == 0 || (line[0] == '#' && !long_line && !nul))
+            continue;
+        if (long_line || nul) {
+            (*bad)++;
+            continue;
+        }
+        if (n == 2 * MAX_ENTRIES) { /* bounds the duplicate search below too */
+            *cut = 1;
+            break;
+        }
+        entry e;
+        if (parse_line(line, &e) != 0) {
+            (*bad)++;
+            continue;
+        }
+        for (size_t i = 0; i < n; i++) /* a later line replaces an earlier one */
+            if (strcmp(v[i].key, e.key) == 0) {
+                memmove(&v[i], &v[i + 1], (n - i - 1) * sizeof *v);
+                n--;
+                break;
+            }
+        if (n == cap) {
+            size_t c2 = cap ? 2 * cap : 64;
+            entry *w = realloc(v, c2 * sizeof *w);
+            if (!w)
+                break;
+            v = w, cap = c2;
+        }
+        v[n++] = e;
+    }
+    fclose(f);
+    *out = v, *n_out = n;
+    return 0;
+}
+
+static const entry *find(const entry *v, size_t n, const char *key)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(v[i].key, key) == 0)
+            return &v[i];
+    return NULL;
+}
+
+/* Write the entries (the last MAX_ENTRIES) atomically; 0 or -1 (errno). */
+static int save(const char *path, const entry *v, size_t n)
+{
+    char tmp[PATH_MAX_LEN + 64];
+    int fd = dpt_tmpfile_create(path, tmp, sizeof tmp);
+    if (fd < 0)
+        return -1;
+    FILE *f = fdopen(fd, "w");
+    if (!f) {
+        int e = errno;
+        close(fd), unlink(tmp);
+        errno = e;
+        return -1;
+    }
+    fputs("# dptrain convolution plans: v1 KEY ALGORITHM IMAGES-TIMED MS-PER-ALGORITHM\n"
+          "# (written by dptrain when it plans a network; safe to delete)\n", f);
+    for (size_t i = n > MAX_ENTRIES ? n - MAX_ENTRIES : 0; i < n; i++) {
+        fprintf(f, "v1 %s %s %d ", v[i].key, dpt_conv_algo_name(v[i].algo), v[i].n_meas);
+        int any = 0;
+        for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++)
+            if (v[i].ms[a] >= 0)
+                fprintf(f, "%s%s:%.4f", any++ ? "," : "", dpt_conv_algo_name(a), v[i].ms[a]);
+        fputs(any ? "\n" : "-\n", f);
+    }
+    int ok = fflush(f) == 0 && fsync(fileno(f)) == 0;
+    int e = errno;
+    if (fclose(f) != 0 && ok)
+        ok = 0, e = errno;
+    if (ok && rename(tmp, path) == 0)
+        return 0;
+    if (ok)
+        e = errno;
+    unlink(tmp);
+    errno = e;
+    return -1;
+}
+
+/* Note once per file and process that lines were skipped. */
+static void note_bad(dpt_conv_plan *p, const char *path, int bad, int cut)
+{
+    if (!bad && !cut)
+        return;
+    for (int i = 0; i < n_warned; i++)
+        if (strcmp(warned[i], path) == 0)
+            return;
+    if (n_warned < (int)(sizeof warned / sizeof *warned))
+        snprintf(warned[n_warned++], sizeof warned[0], "%s", path);
+    if (bad)
+        note(p, "cache file %s: %d malformed line%s ignored", path, bad, bad == 1 ? "" : "s");
+    if (cut)
+        note(p, "cache file %s: read in part (at most %d bytes and %d entries are read)", path,
+             FILE_MAX_BYTES, 2 * MAX_ENTRIES);
+}
+
+/* ---- measurement ------------------------------------------------------------- */
+
+static double now_ms(void)
+{
+    struct timespec t;
+    /* The thread's CPU time: a worker's kernels run on its own thread, and
+     * time spent descheduled (other processes on a shared machine) is not
+     * the algorithm's. */
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
+}
+
+static void fill(float *v, size_t n, uint64_t *s, float scale)
+{
+    for (size_t i = 0; i < n; i++) {
+        *s ^= *s << 13, *s ^= *s >> 7, *s ^= *s << 17;
+        v[i] = scale * ((float)(*s >> 40) / (float)(1u << 24) * 2.0f - 1.0f);
+    }
+}
+
+/* Images per timed run: up to MEASURE_MAX_BATCH, fewer where one run would
+ * pass RUN_FLOPS (at least 2 where the batch has them, so per-batch costs
+ * are not all a run measures). */
+static int measure_batch(const dpt_conv2d_desc *d, int need_dx)
+{
+    double per = 2.0 * d->c_out * (d->c_in / (d->groups > 1 ? d->groups : 1)) * d->kh * d->kw *
+                 (double)d->out_h * d->out_w * (need_dx ? 3 : 2);
+    int m = d->n < MEASURE_MAX_BATCH ? d->n : MEASURE_MAX_BATCH;
+    double fit = per > 0 ? RUN_FLOPS / per : m;
+    int lo = d->n < 2 ? d->n : 2;
+    if (fit < m)
+        m = (int)fit;
+    return m < lo ? lo : m;
+}
+
+/* Time every supported algorithm on random data; p->ms, p->n_meas and
+ * the fastest in *best. -1 when out of memory. Each algorithm runs once
+ * to warm up, then the candidates take turns for REPS timed runs (so a
+ * slow minute of the machine hits them all), and the best run counts: on
+ * a shared machine, interference only ever adds time. One already three
+ * times slower than the best after its warm-up is not run again. */
+#define REPS 2
+static int measure(const dpt_conv2d_desc *d0, int bn_in, int bn_out, int need_dx,
+                   dpt_conv_plan *p, int *best)
+{
+    dpt_conv2d_desc d = *d0;
+    d.n = measure_batch(d0, need_dx);
+    p->n_meas = d.n;
+    const size_t nx = (size_t)d.n * d.c_in * d.h * d.w, ny = (size_t)d.n * d.c_out * d.out_h * d.out_w;
+    const size_t nw = (size_t)d.c_out * (d.c_in / d.groups) * d.kh * d.kw;
+    size_t nwork = 0;
+    for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++) {
+        if (p->ms[a] == -1)
+            continue;
+        d.algo = a;
+        size_t k = dpt_conv2d_work_floats(&d);
+        if (k > nwork)
+            nwork = k;
+    }
+    const size_t nbn = 6 * (size_t)(d.c_in > d.c_out ? d.c_in : d.c_out);
+    float *x = malloc(nx * sizeof *x), *dx = malloc(nx * sizeof *dx);
+    float *y = malloc(ny * sizeof *y), *dy = malloc(ny * sizeof *dy);
+    float *w = malloc(nw * sizeof *w), *dw = malloc(nw * sizeof *dw);
+    float *b = malloc((size_t)d.c_out * sizeof *b), *db = malloc((size_t)d.c_out * sizeof *db);
+    float *work = calloc(nwork + 1, sizeof *work), *bn = malloc(nbn * sizeof *bn);
+    double *sums = malloc(2 * (size_t)(d.c_out + d.c_in) * sizeof *sums);
+    int rc = -1;
+    if (!x || !dx || !y || !dy || !w || !dw || !b || !db || !work || !bn || !sums)
+        goto done;
+    uint64_t s = 0x9e3779b97f4a7c15ull;
+    fill(x, nx, &s, 1.0f), fill(dy, ny, &s, 1.0f), fill(w, nw, &s, 0.1f), fill(b, d.c_out, &s, 0.1f);
+    fill(bn, nbn, &s, 0.5f);
+    memset(dx, 0, nx * sizeof *dx), memset(y, 0, ny * sizeof *y), memset(dw, 0, nw * sizeof *dw);
+    /* Batch-norm coefficients as a trained network has them (scale near 1,
+     * a ReLU masking about half): the fused paths do the same work. */
+    const size_t cm = nbn / 6;
+    for (size_t i = 0; i < cm; i++)
+        bn[cm + i] += 1.0f, bn[3 * cm + i] += 1.0f;
+    dpt_bn_apply ap = {bn, bn + cm, bn + 2 * cm, 1, bn + 3 * cm, bn + 4 * cm, bn + 5 * cm};
+    const dpt_bn_apply *xa = bn_in ? &ap : NULL, *dya = bn_out ? &ap : NULL;
+    double *sum = bn_out ? sums : NULL, *sumsq = bn_out ? sums + d.c_out : NULL;
+    double *xg = bn_in && need_dx ? sums + 2 * d.c_out : NULL;
+
+    double t[DPT_CONV_ALGO_COUNT];
+    int skip[DPT_CONV_ALGO_COUNT] = {0};
+    double fastest = INFINITY;
+    for (int r = 0; r <= REPS; r++) {
+        for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++) {
+            if (p->ms[a] == -1 || skip[a])
+                continue;
+            d.algo = a;
+            double t0 = now_ms();
+            dpt_conv2d_forward_ex(&d, x, xa, w, b, y, work, sum, sumsq);
+            dpt_conv2d_backward_ex(&d, x, xa, w, dy, dya, y, need_dx ? dx : NULL, dw, db, work, xg);
+            double ms = now_ms() - t0;
+            if (r == 0) {
+                t[a] = ms; /* the warm-up: only to drop clear losers */
+                if (ms < fastest)
+                    fastest = ms;
+                continue;
+            }
+            if (r == 1)
+                t[a] = ms;
+            else if (ms < t[a])
+                t[a] = ms;
+        }
+        if (r == 0)
+            for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++)
+                if (p->ms[a] != -1 && t[a] > 3 * fastest)
+                    skip[a] = 1;
+    }
+    *best = -1;
+    for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++) {
+        if (p->ms[a] == -1)
+            continue;
+        p->ms[a] = t[a];
+        if (!skip[a] && (*best < 0 || t[a] < t[*best])) /* ties: the lower number */
+            *best = a;
+    }
+    rc = 0;
+done:
+    free(x), free(dx), free(y), free(dy), free(w), free(dw), free(b), free(db);
+    free(work), free(bn), free(sums);
+    return rc;
+}
+
+/* ---- choosing ------------------------------------------------------------------ */
+
+static void set_choice(dpt_conv_plan *p, const dpt_conv2d_desc *d, int algo, int source)
+{
+    dpt_conv2d_desc e = *d;
+    e.algo = algo;
+    p->algo = algo;
+    p->runs = dpt_conv_algo_resolve(&e);
+    p->source = source;
+}
+
+/* Measured or read: under the process lock and the file lock. */
+static int plan_measured(const dpt_conv2d_desc *d, int bn_in, int bn_out, int need_dx,
+                         const char *key, int remeasure, dpt_conv_plan *p)
+{
+    char path[PATH_MAX_LEN], lockpath[PATH_MAX_LEN + 8];
+    if (!cache_path(path, sizeof path, 1, p)) {
+        if (!remeasure) {
+            note(p, "heuristic kept: a measured choice must go to a cache file so that "
+                    "later runs make it too");
+            set_choice(p, d, DPT_CONV_ALGO_AUTO, DPT_CONV_PLAN_HEURISTIC);
+            return 0;
+        }
+        path[0] = '\0';
+    }
+    int lfd = -1;
+    if (path[0]) {
+        snprintf(lockpath, sizeof lockpath, "%s.lock", path);
+        lfd = open(lockpath, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (lfd < 0 || flock(lfd, LOCK_EX) != 0) {
+            note(p, "cache file %s cannot be locked: %s", path, strerror(errno));
+            if (lfd >= 0)
+                close(lfd), lfd = -1;
+            if (!remeasure) {
+                note(p, "heuristic kept (no cache to keep a measured choice in)");
+                set_choice(p, d, DPT_CONV_ALGO_AUTO, DPT_CONV_PLAN_HEURISTIC);
+                return 0;
+            }
+            path[0] = '\0';
+        }
+    }
+    entry *v = NULL;
+    size_t n = 0;
+    int bad = 0, cut = 0;
+    if (path[0] && load(path, &v, &n, &bad, &cut) != 0) {
+        note(p, "cache file %s is not a regular file", path);
+        free(v), v = NULL, n = 0;
+        if (lfd >= 0)
+            close(lfd), lfd = -1;
+        path[0] = '\0';
+        if (!remeasure) {
+            note(p, "heuristic kept");
+            set_choice(p, d, DPT_CONV_ALGO_AUTO, DPT_CONV_PLAN_HEURISTIC);
+            return 0;
+        }
+    }
+    if (path[0])
+        note_bad(p, path, bad, cut);
+    const entry *hit = remeasure ? NULL : find(v, n, key);
+    if (hit && dpt_conv_algo_supports(hit->algo, d)) {
+        for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++)
+            if (p->ms[a] != -1)
+                p->ms[a] = hit->ms[a];
+        p->n_meas = hit->n_meas;
+        set_choice(p, d, hit->algo, DPT_CONV_PLAN_CACHE);
+        free(v);
+        close(lfd);
+        return 0;
+    }
+    int best = -1;
+    if (measure(d, bn_in, bn_out, need_dx, p, &best) != 0 || best < 0) {
+        note(p, "out of memory timing the algorithms: heuristic kept");
+        set_choice(p, d, DPT_CONV_ALGO_AUTO, DPT_CONV_PLAN_HEURISTIC);
+        free(v);
+        if (lfd >= 0)
+            close(lfd);
+        return 0;
+    }
+    set_choice(p, d, best, DPT_CONV_PLAN_MEASURED);
+    int saved = 0;
+    if (path[0]) {
+        size_t i = n;
+        for (size_t j = 0; j < n; j++)
+            if (strcmp(v[j].key, key) == 0)
+                i = j;
+        entry *w = v;
+        if (i == n && (w = realloc(v, (n + 1) * sizeof *w)) != NULL)
+            v = w, n++;
+        if (w) {
+            snprintf(v[i].key, KEY_MAX, "%s", key);
+            v[i].algo = best, v[i].n_meas = p->n_meas;
+            for (int a = 0; a < DPT_CONV_ALGO_COUNT; a++)
+                v[i].ms[a] = p->ms[a] >= 0 ? p->ms[a] : -2;
+            if (save(path, v, n) == 0)
+                saved = 1;
+            else
+                note(p, "cache file %s cannot be written: %s", path, strerror(errno));
+        }
+    }
+    free(v);
+    if (lfd >= 0)
+        close(lfd);
+    if (!saved && !remeasure) {
+        note(p, "heuristic kept: a measured choice must go to a cache file so that later runs "
+                "make it too");
+        set_choice(p, d, DPT_CONV_ALGO_AUTO, DPT_CONV_PLAN_HEURISTIC);
+    }
+    return 0;
+}
+
+int dpt_conv_plan_choose(const dpt_conv2d_desc *d, int bn_in, int bn_out, int need_dx,
+                         dpt_conv_plan *p)
+{
+    memset(p, 0, sizeof *p);
+    char cands[128] = "";
+    int n_cand = 0, only = DPT_CONV_ALGO_GEMM;
+    for (int a = 0; a < DPT_CONV_ALGO_COUNT; a++) {
+        p->ms[a] = -1;
+        if (a > 0 && dpt_conv_algo_supports(a, d)) {
+            p->ms[a] = -2;
+            size_t k = strlen(cands);
+            snprintf(cands + k, sizeof cands - k, "%s%s", n_cand ? "+" : "", dpt_conv_algo_name(a));
+            n_cand++, only = a;
+        }
+    }
+    /* DPT_CONV_ALGO: a name, "heuristic", "measure"; unset or "auto": the
+     * cached or measured choice. */
+    const char *env = getenv("DPT_CONV_ALGO");
+    int remeasure = 0;
+    if (env && *env && strcmp(env, "auto") != 0) {
+        int a = strlen(env) < 32 ? dpt_conv_algo_by_name(env) : -1;
+        if (strcmp(env, "heuristic") == 0) {
+            note(p, "DPT_CONV_ALGO=heuristic");
+            set_choice(p, d, DPT_CONV_ALGO_AUTO, DPT_CONV_PLAN_HEURISTIC);
+            return 0;
+        }
+        if (strcmp(env, "measure") == 0) {
+            remeasure = 1;
+        } else if (a > DPT_CONV_ALGO_AUTO) {
+            set_choice(p, d, a, DPT_CONV_PLAN_FORCED);
+            if (!dpt_conv_algo_get(a))
+                note(p, "%s is not built in: gemm (the reference) runs", env);
+            else if (p->runs != a)
+                note(p, "%s does not support this shape: gemm (the reference) runs", env);
+            return 0;
+        } else {
+            snprintf(p->note, sizeof p->note,
+                     "DPT_CONV_ALGO: unknown value '%.40s' (auto, heuristic, measure, gemm, "
+                     "direct, batched, depthwise, dnnl)", env);
+            return -1;
+        }
+    }
+    if (n_cand == 1) {
+        set_choice(p, d, only, DPT_CONV_PLAN_ONLY);
+        return 0;
+    }
+    if (d->n < 2 && !remeasure) {
+        note(p, "a batch of one: nothing worth timing");
+        set_choice(p, d, DPT_CONV_ALGO_AUTO, DPT_CONV_PLAN_HEURISTIC);
+        return 0;
+    }
+    pthread_mutex_lock(&lock);
+    char key[KEY_MAX], path[PATH_MAX_LEN], mkey[KEY_MAX + PATH_MAX_LEN + 16];
+    make_key(d, bn_in, bn_out, need_dx, cands, key);
+    /* The process's choices are per cache file too: a test that points
+     * DPT_PLAN_CACHE elsewhere starts afresh. */
+    dpt_conv_plan scratch;
+    memset(&scratch, 0, sizeof scratch);
+    if (!cache_path(path, sizeof path, 0, &scratch))
+        path[0] = '\0';
+    snprintf(mkey, sizeof mkey, "%s|%s|%d", key, path, remeasure);
+    const memo *m = memo_find(mkey);
+    if (m) {
+        *p = m->plan;
+    } else {
+        plan_measured(d, bn_in, bn_out, need_dx, key, remeasure, p);
+        memo_add(mkey, p);
+    }
+    pthread_mutex_unlock(&lock);
+    return 0;
+}

@@ -1,0 +1,649 @@
+/* Every convolution algorithm of conv2d.c's table against a naive
+ * double-precision convolution written here, on random shapes (a property
+ * test: strides 1-3, paddings 0-2, dilations 1-2, plain, grouped and
+ * depthwise, channels 1-300, batches 1-33, with and without batch norms
+ * applied on the fly), for every kernel set the CPU has; then the plans
+ * that choose among them (conv_plan.c): forced choices, the cache file's
+ * round trip, hostile cache files, and networks that give the same
+ * results whatever the plan.
+ *
+ * The loop runs over the table, so an algorithm added to it is checked
+ * here without a line of this file changing. */
+#include "dptrain/dptrain.h"
+#include "ops/ops.h"
+#include "testfs.h"
+#include "testutil.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+/* ---- the reference ------------------------------------------------------------ */
+
+typedef struct shape_case {
+    dpt_conv2d_desc d;
+    int bn_in, relu_in, bn_out, relu_out, need_dx, bias;
+} shape_case;
+
+/* All arrays of one case; ref_* in double. */
+typedef struct data {
+    float *x, *w, *b, *dy, *yref; /* yref: the reference output in float, fed to backward */
+    float *bn_in, *bn_out;        /* 6 arrays of c each: mean scale shift kf ka kb */
+    double *y, *sum, *sumsq, *dx, *dw, *db, *xg;
+} data;
+
+static void fill(dpt_rng *r, float *v, size_t n, float s)
+{
+    for (size_t i = 0; i < n; i++)
+        v[i] = s * (2.0f * dpt_rng_uniform(r) - 1.0f);
+}
+
+static dpt_bn_apply bn_of(const float *p, int c, int relu)
+{
+    return (dpt_bn_apply){p, p + c, p + 2 * c, relu, p + 3 * c, p + 4 * c, p + 5 * c};
+}
+
+/* The batch norm's forward as dpt_bn_apply defines it (the ReLU mask from
+ * the same float expression). */
+static double apply_fwd(const dpt_bn_apply *a, int c, float x)
+{
+    float xc = x - a->mean[c];
+    float z = xc * a->scale[c] + a->shift[c];
+    if (a->relu && !(z > 0.0f))
+        return 0.0;
+    return ((double)x - a->mean[c]) * a->scale[c] + a->shift[c];
+}
+
+static int relu_off(const dpt_bn_apply *a, int c, float x)
+{
+    return a->relu && !((x - a->mean[c]) * a->scale[c] + a->shift[c] > 0.0f);
+}
+
+static void reference(const shape_case *sc, data *D)
+{
+    const dpt_conv2d_desc *d = &sc->d;
+    const int G = d->groups, cgi = d->c_in / G, cgo = d->c_out / G;
+    const int H = d->h, W = d->w, OH = d->out_h, OW = d->out_w, P = OH * OW;
+    const size_t nx = (size_t)d->n * d->c_in * H * W, ny = (size_t)d->n * d->c_out * P;
+    dpt_bn_apply ai = bn_of(D->bn_in, d->c_in, sc->relu_in);
+    dpt_bn_apply ao = bn_of(D->bn_out, d->c_out, sc->relu_out);
+    double *xin = malloc(nx * sizeof *xin), *g = malloc(ny * sizeof *g);
+    for (int i = 0; i < d->n; i++)
+        for (int c = 0; c < d->c_in; c++)
+            for (int k = 0; k < H * W; k++) {
+                size_t at = ((size_t)i * d->c_in + c) * H * W + k;
+                xin[at] = sc->bn_in ? apply_fwd(&ai, c, D->x[at]) : D->x[at];
+            }
+    /* forward */
+    for (int i = 0; i < d->n; i++)
+        for (int co = 0; co < d->c_out; co++) {
+            int gr = co / cgo;
+            for (int oy = 0; oy < OH; oy++)
+                for (int ox = 0; ox < OW; ox++) {
+                    double s = sc->bias ? D->b[co] : 0.0;
+                    for (int ci = 0; ci < cgi; ci++)
+                        for (int ki = 0; ki < d->kh; ki++)
+                            for (int kj = 0; kj < d->kw; kj++) {
+                                int iy = oy * d->stride - d->pad + ki * d->dilation;
+                                int ix = ox * d->stride - d->pad + kj * d->dilation;
+                                if (iy < 0 || iy >= H || ix < 0 || ix >= W)
+                                    continue;
+                                s += (double)D->w[(((size_t)co * cgi + ci) * d->kh + ki) * d->kw + kj] *
+                                     xin[(((size_t)i * d->c_in + gr * cgi + ci) * H + iy) * W + ix];
+                            }
+                    D->y[((size_t)i * d->c_out + co) * P + oy * OW + ox] = s;
+                }
+        }
+    for (int co = 0; co < d->c_out; co++)
+        D->sum[co] = D->sumsq[co] = 0.0;
+    for (size_t k = 0; k < ny; k++) {
+        int co = (int)(k / P % d->c_out);
+        D->yref[k] = (float)D->y[k];
+        D->sum[co] += D->y[k], D->sumsq[co] += D->y[k] * D->y[k];
+    }
+    /* the gradient the convolution uses */
+    for (size_t k = 0; k < ny; k++) {
+        int co = (int)(k / P % d->c_out);
+        if (!sc->bn_out) {
+            g[k] = D->dy[k];
+            continue;
+        }
+        double gv = relu_off(&ao, co, D->yref[k]) ? 0.0 : D->dy[k];
+        g[k] = ao.kf[co] * gv - ao.ka[co] - ((double)D->yref[k] - ao.mean[co]) * ao.kb[co];
+    }
+    memset(D->dx, 0, nx * sizeof *D->dx);
+    memset(D->dw, 0, (size_t)d->c_out * cgi * d->kh * d->kw * sizeof *D->dw);
+    for (int co = 0; co < d->c_out; co++)
+        D->db[co] = 0.0;
+    for (int i = 0; i < d->n; i++)
+        for (int co = 0; co < d->c_out; co++) {
+            int gr = co / cgo;
+            for (int oy = 0; oy < OH; oy++)
+                for (int ox = 0; ox < OW; ox++) {
+                    double gv = g[((size_t)i * d->c_out + co) * P + oy * OW + ox];
+                    D->db[co] += gv;
+                    for (int ci = 0; ci < cgi; ci++)
+                        for (int ki = 0; ki < d->kh; ki++)
+                            for (int kj = 0; kj < d->kw; kj++) {
+                                int iy = oy * d->stride - d->pad + ki * d->dilation;
+                                int ix = ox * d->stride - d->pad + kj * d->dilation;
+                                if (iy < 0 || iy >= H || ix < 0 || ix >= W)
+                                    continue;
+                                size_t wi = (((size_t)co * cgi + ci) * d->kh + ki) * d->kw + kj;
+                                size_t xi = (((size_t)i * d->c_in + gr * cgi + ci) * H + iy) * W + ix;
+                                D->dw[wi] += gv * xin[xi];
+                                D->dx[xi] += gv * D->w[wi];
+                            }
+                }
+        }
+    for (int c = 0; c < 2 * d->c_in; c++)
+        D->xg[c] = 0.0;
+    if (sc->bn_in)
+        for (size_t k = 0; k < nx; k++) {
+            int c = (int)(k / ((size_t)H * W) % d->c_in);
+            if (relu_off(&ai, c, D->x[k]))
+                continue;
+            D->xg[c] += D->dx[k];
+            D->xg[d->c_in + c] += D->dx[k] * ((double)D->x[k] - ai.mean[c]);
+        }
+    free(xin), free(g);
+}
+
+/* max |got - ref| / max |ref|; NaN gives inf. */
+static double rel_err(const float *got, const double *gotd, const double *ref, size_t n)
+{
+    double md = 0, mr = 0;
+    for (size_t i = 0; i < n; i++) {
+        double v = got ? (double)got[i] : gotd[i];
+        double e = fabs(v - ref[i]);
+        if (e != e)
+            return INFINITY;
+        if (e > md)
+            md = e;
+        if (fabs(ref[i]) > mr)
+            mr = fabs(ref[i]);
+    }
+    return md / (mr > 1e-30 ? mr : 1e-30);
+}
+
+static float *nans(size_t n)
+{
+    float *v = malloc((n ? n : 1) * sizeof *v);
+    for (size_t i = 0; i < n; i++)
+        v[i] = NAN;
+    return v;
+}
+
+/* A random shape whose naive convolution stays small (the test takes
+ * seconds): rejection-sampled. Channel counts mostly small, sometimes up
+ * to 300. */
+static int pick_channels(dpt_rng *r)
+{
+    uint32_t u = dpt_rng_below(r, 10);
+    if (u < 6)
+        return 1 + (int)dpt_rng_below(r, 8);
+    if (u < 9)
+        return 9 + (int)dpt_rng_below(r, 40);
+    return 49 + (int)dpt_rng_below(r, 252);
+}
+
+static void random_case(dpt_rng *r, shape_case *sc)
+{
+    for (;;) {
+        dpt_conv2d_desc d = {0};
+        d.stride = 1 + (int)dpt_rng_below(r, 3);
+        d.pad = (int)dpt_rng_below(r, 3);
+        d.dilation = 1 + (int)dpt_rng_below(r, 2);
+        d.kh = 1 + (int)dpt_rng_below(r, 4);
+        d.kw = dpt_rng_below(r, 4) ? d.kh : 1 + (int)dpt_rng_below(r, 4);
+        /* 0: plain, stride 1, no dilation, padding within the filter (the
+         * direct kernels' home ground); 1: plain; 2: grouped; 3: depthwise */
+        uint32_t kind = dpt_rng_below(r, 4);
+        if (kind == 0) {
+            d.stride = d.dilation = 1;
+            d.kh += d.kh == 1, d.kw += d.kw == 1;
+            int kmin = d.kh < d.kw ? d.kh : d.kw;
+            d.pad = d.pad < kmin ? d.pad : kmin - 1;
+        }
+        if (kind == 3) {
+            d.c_in = pick_channels(r);
+            d.groups = d.c_in;
+            d.c_out = d.c_in * (dpt_rng_below(r, 4) ? 1 : 2);
+        } else if (kind == 2) {
+            d.groups = 2 + (int)dpt_rng_below(r, 3);
+            d.c_in = d.groups * (1 + (int)dpt_rng_below(r, 6));
+            d.c_out = d.groups * (1 + (int)dpt_rng_below(r, 6));
+        } else {
+            d.groups = 1;
+            d.c_in = pick_channels(r);
+            d.c_out = pick_channels(r);
+        }
+        d.h = 1 + (int)dpt_rng_below(r, 20);
+        d.w = 1 + (int)dpt_rng_below(r, 20);
+        d.n = dpt_rng_below(r, 4) ? 1 + (int)dpt_rng_below(r, 6) : 1 + (int)dpt_rng_below(r, 33);
+        if (dpt_conv2d_desc_init(&d) != 0)
+            continue;
+        double macs = (double)d.n * d.c_out * (d.c_in / d.groups) * d.kh * d.kw * d.out_h * d.out_w;
+        if (macs > 4e5)
+            continue;
+        sc->d = d;
+        sc->bn_in = dpt_rng_below(r, 3) == 0;
+        sc->bn_out = dpt_rng_below(r, 3) == 0;
+        sc->relu_in = (int)dpt_rng_below(r, 2);
+        sc->relu_out = (int)dpt_rng_below(r, 2);
+        sc->need_dx = sc->bn_in || dpt_rng_below(r, 4) != 0;
+        sc->bias = dpt_rng_below(r, 4) != 0;
+        return;
+    }
+}
+
+static int n_checked[DPT_CONV_ALGO_COUNT];
+
+/* Every algorithm the table supports for this case, on the kernel set in
+ * use, against the reference in D. */
+static void check_algos(const shape_case *sc, data *D, const char *set, int idx)
+{
+    dpt_conv2d_desc d = sc->d;
+    const size_t nx = (size_t)d.n * d.c_in * d.h * d.w, ny = (size_t)d.n * d.c_out * d.out_h * d.out_w;
+    const size_t nw = (size_t)d.c_out * (d.c_in / d.groups) * d.kh * d.kw;
+    dpt_bn_apply ai = bn_of(D->bn_in, d.c_in, sc->relu_in);
+    dpt_bn_apply ao = bn_of(D->bn_out, d.c_out, sc->relu_out);
+    for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++) {
+        if (!dpt_conv_algo_supports(a, &d))
+            continue;
+        d.algo = a;
+        CHECK(dpt_conv_algo_resolve(&d) == a);
+        float *work = nans(dpt_conv2d_work_floats(&d));
+        float *y = nans(ny), *dx = nans(nx), *dw = nans(nw), *db = nans((size_t)d.c_out);
+        double *s = malloc(2 * (size_t)(d.c_out + d.c_in) * sizeof *s);
+        double *xg = s + 2 * d.c_out;
+        for (int k = 0; k < 2 * (d.c_out + d.c_in); k++)
+            s[k] = NAN;
+        dpt_conv2d_forward_ex(&d, D->x, sc->bn_in ? &ai : NULL, D->w, sc->bias ? D->b : NULL, y,
+                              work, sc->bn_out ? s : NULL, sc->bn_out ? s + d.c_out : NULL);
+        dpt_conv2d_backward_ex(&d, D->x, sc->bn_in ? &ai : NULL, D->w, D->dy,
+                               sc->bn_out ? &ao : NULL, D->yref, sc->need_dx ? dx : NULL, dw,
+                               sc->bias ? db : NULL, work, sc->bn_in ? xg : NULL);
+        double e[7] = {rel_err(y, NULL, D->y, ny), rel_err(dw, NULL, D->dw, nw), 0, 0, 0, 0, 0};
+        if (sc->bias)
+            e[2] = rel_err(db, NULL, D->db, (size_t)d.c_out);
+        if (sc->need_dx)
+            e[3] = rel_err(dx, NULL, D->dx, nx);
+        if (sc->bn_out) {
+            e[4] = rel_err(NULL, s, D->sum, (size_t)d.c_out);
+            e[5] = rel_err(NULL, s + d.c_out, D->sumsq, (size_t)d.c_out);
+        }
+        if (sc->bn_in)
+            e[6] = rel_err(NULL, xg, D->xg, 2 * (size_t)d.c_in);
+        static const char *const what[7] = {"y", "dw", "db", "dx", "sum", "sumsq", "xg"};
+        /* Float32 sums of up to a few thousand terms: 1e-4 of the largest
+         * value; the batch-norm sums add up whole channels. */
+        static const double tol[7] = {1e-4, 1e-4, 1e-4, 1e-4, 1e-4, 1e-4, 1e-3};
+        for (int k = 0; k < 7; k++)
+            CHECK_MSG(e[k] <= tol[k],
+                      "case %d (%s, %s): %s rel err %.2e: n=%d c_in=%d %dx%d c_out=%d k=%dx%d s=%d "
+                      "p=%d d=%d g=%d bn_in=%d/%d bn_out=%d/%d dx=%d bias=%d",
+                      idx, set, dpt_conv_algo_name(a), what[k], e[k], d.n, d.c_in, d.h, d.w,
+                      d.c_out, d.kh, d.kw, d.stride, d.pad, d.dilation, d.groups, sc->bn_in,
+                      sc->relu_in, sc->bn_out, sc->relu_out, sc->need_dx, sc->bias);
+        n_checked[a]++;
+        free(work), free(y), free(dx), free(dw), free(db), free(s);
+    }
+}
+
+static void property_test(void)
+{
+    static const char *const sets[] = {"generic", "avx2", "avx512"};
+    const char *was = dpt_ops_kernels();
+    char saved[16];
+    snprintf(saved, sizeof saved, "%s", was);
+    dpt_rng r;
+    dpt_rng_seed(&r, 2121, 0);
+    const int n_cases = 300;
+    for (int idx = 0; idx < n_cases; idx++) {
+        shape_case sc;
+        random_case(&r, &sc);
+        /* A few fixed cases first: depthwise, wide, strided with every fusion. */
+        if (idx == 0)
+            sc.d = (dpt_conv2d_desc){.n = 3, .c_in = 32, .h = 9, .w = 9, .c_out = 32, .kh = 3,
+                                     .kw = 3, .stride = 1, .pad = 1, .groups = 32};
+        else if (idx == 1)
+            sc.d = (dpt_conv2d_desc){.n = 2, .c_in = 300, .h = 3, .w = 3, .c_out = 17, .kh = 3,
+                                     .kw = 3, .stride = 1, .pad = 1};
+        else if (idx == 2)
+            sc.d = (dpt_conv2d_desc){.n = 33, .c_in = 3, .h = 7, .w = 8, .c_out = 5, .kh = 3,
+                                     .kw = 3, .stride = 2, .pad = 2, .dilation = 2};
+        if (idx < 3) {
+            CHECK(dpt_conv2d_desc_init(&sc.d) == 0);
+            sc.bn_in = sc.bn_out = sc.relu_in = sc.need_dx = sc.bias = 1;
+            sc.relu_out = idx & 1;
+        }
+        const dpt_conv2d_desc *d = &sc.d;
+        const size_t nx = (size_t)d->n * d->c_in * d->h * d->w;
+        const size_t ny = (size_t)d->n * d->c_out * d->out_h * d->out_w;
+        const size_t nw = (size_t)d->c_out * (d->c_in / d->groups) * d->kh * d->kw;
+        data D = {0};
+        D.x = malloc(nx * sizeof *D.x), D.w = malloc(nw * sizeof *D.w);
+        D.b = malloc((size_t)d->c_out * sizeof *D.b), D.dy = malloc(ny * sizeof *D.dy);
+        D.yref = malloc(ny * sizeof *D.yref);
+        D.bn_in = malloc(6 * (size_t)d->c_in * sizeof *D.bn_in);
+        D.bn_out = malloc(6 * (size_t)d->c_out * sizeof *D.bn_out);
+        D.y = malloc(ny * sizeof *D.y), D.dx = malloc(nx * sizeof *D.dx);
+        D.dw = malloc(nw * sizeof *D.dw), D.db = malloc((size_t)d->c_out * sizeof *D.db);
+        D.sum = malloc((size_t)d->c_out * sizeof *D.sum);
+        D.sumsq = malloc((size_t)d->c_out * sizeof *D.sumsq);
+        D.xg = malloc(2 * (size_t)d->c_in * sizeof *D.xg);
+        fill(&r, D.x, nx, 1.0f), fill(&r, D.w, nw, 0.5f), fill(&r, D.b, (size_t)d->c_out, 0.5f);
+        fill(&r, D.dy, ny, 1.0f);
+        fill(&r, D.bn_in, 6 * (size_t)d->c_in, 0.5f);
+        fill(&r, D.bn_out, 6 * (size_t)d->c_out, 0.5f);
+        for (int c = 0; c < d->c_in; c++) /* scales and kf near 1 */
+            D.bn_in[d->c_in + c] += 1.0f, D.bn_in[3 * d->c_in + c] += 1.0f;
+        for (int c = 0; c < d->c_out; c++)
+            D.bn_out[d->c_out + c] += 1.0f, D.bn_out[3 * d->c_out + c] += 1.0f;
+        reference(&sc, &D);
+        for (size_t s = 0; s < sizeof sets / sizeof *sets; s++) {
+            if (!dpt_ops_kernels_supported(sets[s]) || dpt_ops_set_kernels(sets[s]) != 0)
+                continue;
+            check_algos(&sc, &D, sets[s], idx);
+        }
+        free(D.x), free(D.w), free(D.b), free(D.dy), free(D.yref), free(D.bn_in), free(D.bn_out);
+        free(D.y), free(D.dx), free(D.dw), free(D.db), free(D.sum), free(D.sumsq), free(D.xg);
+    }
+    dpt_ops_set_kernels(saved);
+    printf("property test: %d random shapes;", n_cases);
+    for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++)
+        printf(" %s %d", dpt_conv_algo_name(a), n_checked[a]);
+    printf(" checks\n");
+    CHECK(n_checked[DPT_CONV_ALGO_GEMM] >= n_cases); /* the reference runs every shape */
+}
+
+/* ---- plans ------------------------------------------------------------------------ */
+
+static const char net_spec[] =
+    "input in size=12x12x3\n"
+    "conv c1 filter=3 filters=8 padding=1\n"
+    "batchnorm b1\n"
+    "relu r1\n"
+    "conv c2 filter=3 filters=8 padding=1\n"
+    "batchnorm b2\n"
+    "relu r2\n"
+    "conv c3 filter=3 filters=16 stride=2 padding=1\n"
+    "relu r3\n"
+    "conv c4 filter=3 filters=16 padding=2 dilation=2 groups=4\n"
+    "relu r4\n"
+    "conv c5 filter=1 filters=8\n"
+    "fc f outputs=5\n"
+    "softmax s\n";
+#define BATCH 6
+
+static dpt_net *build(void)
+{
+    dpt_net *net = NULL;
+    dpt_status s = dpt_net_from_spec(net_spec, "plan test", 5, BATCH, 7, &net);
+    CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
+    return net;
+}
+
+static int layer_of(const dpt_net *net, const char *name)
+{
+    for (int i = 0; i < dpt_net_n_layers(net); i++)
+        if (strcmp(dpt_net_layer_name(net, i), name) == 0)
+            return i;
+    return -1;
+}
+
+/* Output and gradients of one TRAIN step on fixed data, into out (owned). */
+static float *step(dpt_net *net, size_t *n_out)
+{
+    size_t np = dpt_net_n_params(net);
+    float x[BATCH * 12 * 12 * 3], dy[BATCH * 5];
+    dpt_rng r;
+    dpt_rng_seed(&r, 99, 1);
+    fill(&r, x, sizeof x / sizeof *x, 1.0f), fill(&r, dy, sizeof dy / sizeof *dy, 0.2f);
+    const float *y = NULL;
+    float *out = malloc((np + BATCH * 5) * sizeof *out);
+    CHECK(dpt_net_forward(net, x, BATCH, DPT_MODE_TRAIN, &y) == DPT_OK);
+    CHECK(dpt_net_backward(net, dy, 1) == DPT_OK);
+    memcpy(out, y, BATCH * 5 * sizeof *out);
+    memcpy(out + BATCH * 5, dpt_net_grads(net), np * sizeof *out);
+    *n_out = np + BATCH * 5;
+    return out;
+}
+
+static int read_file(const char *path, char *buf, size_t cap)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return -1;
+    size_t n = fread(buf, 1, cap - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    return (int)n;
+}
+
+static void write_file(const char *path, const char *text, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    CHECK(f != NULL);
+    if (f) {
+        CHECK(fwrite(text, 1, n, f) == n);
+        fclose(f);
+    }
+}
+
+static void plan_tests(const char *dir)
+{
+    char cache[4096], text[1 << 16];
+    snprintf(cache, sizeof cache, "%s/plan.txt", dir);
+    setenv("DPT_PLAN_CACHE", cache, 1);
+    unsetenv("DPT_CONV_ALGO");
+    dpt_ops_set_kernels("auto");
+
+    /* The heuristic reference. */
+    setenv("DPT_CONV_ALGO", "heuristic", 1);
+    dpt_net *net = build();
+    if (!net)
+        return;
+    size_t n_ref = 0;
+    float *ref = step(net, &n_ref);
+    dpt_layer_plan p;
+    CHECK(dpt_net_layer_plan(net, layer_of(net, "c2"), &p) == 1);
+    CHECK(strcmp(p.source, "heuristic") == 0 && p.batch == BATCH);
+    CHECK(dpt_net_layer_plan(net, layer_of(net, "b1"), &p) == 0); /* not a conv */
+    dpt_net_free(net);
+
+    /* Forced, for every algorithm name: the same results within float
+     * rounding; a shape the algorithm cannot run gets GEMM, with a note. */
+    for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++) {
+        setenv("DPT_CONV_ALGO", dpt_conv_algo_name(a), 1);
+        net = build();
+        if (!net)
+            continue;
+        for (int i = 0; i < dpt_net_n_layers(net); i++) {
+            if (!dpt_net_layer_plan(net, i, &p))
+                continue;
+            CHECK(strcmp(p.source, "forced") == 0);
+            int runs = dpt_conv_algo_by_name(p.algo);
+            CHECK_MSG(runs == a || (runs == DPT_CONV_ALGO_GEMM && strstr(p.note, "gemm")),
+                      "forced %s on %s: runs %s (%s)", dpt_conv_algo_name(a),
+                      dpt_net_layer_name(net, i), p.algo, p.note);
+        }
+        size_t n = 0;
+        float *got = step(net, &n);
+        char what[64];
+        snprintf(what, sizeof what, "network, DPT_CONV_ALGO=%s", dpt_conv_algo_name(a));
+        tu_check_close(what, got, ref, n, 1e-4);
+        free(got);
+        dpt_net_free(net);
+    }
+    /* c3 has stride 2: the direct kernels cannot run it. */
+    setenv("DPT_CONV_ALGO", "direct", 1);
+    net = build();
+    if (net) {
+        CHECK(dpt_net_layer_plan(net, layer_of(net, "c3"), &p) == 1);
+        CHECK(strcmp(p.algo, "gemm") == 0 && strstr(p.note, "does not support"));
+        dpt_net_free(net);
+    }
+    setenv("DPT_CONV_ALGO", "fastest-please", 1);
+    net = NULL;
+    CHECK(dpt_net_from_spec(net_spec, "plan test", 5, BATCH, 7, &net) != DPT_OK && !net);
+    CHECK(strstr(dpt_last_error(), "DPT_CONV_ALGO") != NULL);
+
+    /* Measured: written to the cache file, same results as the heuristic. */
+    unsetenv("DPT_CONV_ALGO");
+    dpt_conv_plan_forget();
+    net = build();
+    if (!net)
+        return;
+    int c2 = layer_of(net, "c2");
+    CHECK(dpt_net_layer_plan(net, c2, &p) == 1);
+    int two = p.n_candidates >= 2 && p.candidates[0].ms != -1 && p.candidates[1].ms != -1;
+    char first_algo[16];
+    snprintf(first_algo, sizeof first_algo, "%s", p.algo);
+    size_t n = 0;
+    float *got = step(net, &n);
+    tu_check_close("network, measured plan", got, ref, n, 1e-4);
+    free(got);
+    dpt_net_free(net);
+    if (!two) {
+        printf("  one algorithm for c2 with kernels %s: cache checks skipped\n", dpt_ops_kernels());
+        return;
+    }
+    CHECK_MSG(strcmp(p.source, "measured") == 0, "source %s (%s)", p.source, p.note);
+    CHECK(p.measure_batch >= 2 && p.measure_batch <= BATCH);
+    CHECK(read_file(cache, text, sizeof text) > 0 && strstr(text, "\nv1 cpu=") != NULL);
+
+    /* In the process: a second network (another worker) shares the choice
+     * without reading the file. */
+    net = build();
+    if (net) {
+        CHECK(dpt_net_layer_plan(net, c2, &p) == 1 && strcmp(p.source, "measured") == 0 &&
+              strcmp(p.algo, first_algo) == 0);
+        dpt_net_free(net);
+    }
+    /* A new process (forget): read from the file, same choice. */
+    dpt_conv_plan_forget();
+    net = build();
+    if (net) {
+        CHECK(dpt_net_layer_plan(net, c2, &p) == 1);
+        CHECK_MSG(strcmp(p.source, "cache") == 0 && strcmp(p.algo, first_algo) == 0,
+                  "second plan: %s from %s (%s)", p.algo, p.source, p.note);
+        dpt_net_free(net);
+    }
+    /* The file decides: c2's line edited to the other algorithm is
+     * followed (so it is read, not measured again). */
+    const char *other = strcmp(first_algo, "gemm") == 0 ? "direct" : "gemm";
+    {
+        char edited[1 << 16];
+        size_t k = 0;
+        char *save = NULL;
+        for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+            char *f1 = strchr(line, ' '), *f2 = f1 ? strchr(f1 + 1, ' ') : NULL;
+            char *f3 = f2 ? strchr(f2 + 1, ' ') : NULL;
+            /* c2: 8 -> 8 channels, 12x12, bn on both sides */
+            if (f3 && strstr(line, "conv=6,8,12,12,8,3,3,1,1,1,1;bn=11")) {
+                *f2 = '\0';
+                k += (size_t)snprintf(edited + k, sizeof edited - k, "%s %s%s\n", line, other, f3);
+            } else {
+                k += (size_t)snprintf(edited + k, sizeof edited - k, "%s\n", line);
+            }
+        }
+        write_file(cache, edited, k);
+    }
+    dpt_conv_plan_forget();
+    net = build();
+    if (net) {
+        CHECK(dpt_net_layer_plan(net, c2, &p) == 1);
+        CHECK_MSG(strcmp(p.source, "cache") == 0 && strcmp(p.algo, other) == 0,
+                  "edited cache: %s from %s (%s)", p.algo, p.source, p.note);
+        dpt_net_free(net);
+    }
+
+    /* Hostile cache files: garbage, a huge line, wrong fields, NUL bytes;
+     * each skipped, one note, the plan measured, the file rewritten clean. */
+    {
+        char bad[300000];
+        size_t k = 0;
+        k += (size_t)snprintf(bad + k, sizeof bad - k, "\x01\x02garbage\xff\n");
+        memset(bad + k, 'A', 200000), k += 200000, bad[k++] = '\n';
+        k += (size_t)snprintf(bad + k, sizeof bad - k, "v1 a b c d\n");
+        k += (size_t)snprintf(bad + k, sizeof bad - k, "v1 cpu=x;conv=1 direct -5 gemm:1\n");
+        k += (size_t)snprintf(bad + k, sizeof bad - k, "v1 cpu=x;conv=1 fastest 3 -\n");
+        k += (size_t)snprintf(bad + k, sizeof bad - k, "v1 cpu=x;conv=1 gemm 3 gemm:nan\n");
+        k += (size_t)snprintf(bad + k, sizeof bad - k, "v1 cpu=x;conv=1 gemm 3 gemm:1e300\n");
+        k += (size_t)snprintf(bad + k, sizeof bad - k, "v1 cpu x gemm 3 -\n");
+        memcpy(bad + k, "v1 cpu=x\0y gemm 3 -\n", 20), k += 20;
+        k += (size_t)snprintf(bad + k, sizeof bad - k, "v2 cpu=x gemm 3 -\n");
+        write_file(cache, bad, k);
+        dpt_conv_plan_forget();
+        net = build();
+        if (net) {
+            CHECK(dpt_net_layer_plan(net, c2, &p) == 1);
+            CHECK_MSG(strcmp(p.source, "measured") == 0, "hostile cache: %s (%s)", p.source,
+                      p.note);
+            int notes = 0;
+            for (int i = 0; i < dpt_net_n_layers(net); i++)
+                if (dpt_net_layer_plan(net, i, &p) && strstr(p.note, "malformed lines ignored")) {
+                    notes++;
+                    CHECK_MSG(strstr(p.note, "10 malformed") != NULL, "%s", p.note);
+                }
+            CHECK(notes == 1); /* one note per file, not per layer */
+            got = step(net, &n);
+            tu_check_close("network, after a hostile cache", got, ref, n, 1e-4);
+            free(got);
+            dpt_net_free(net);
+        }
+        CHECK(read_file(cache, text, sizeof text) > 0 && !strstr(text, "garbage") &&
+              !strstr(text, "AAAA") && strstr(text, "\nv1 cpu="));
+    }
+    /* No cache to write: the heuristic, with the reason. A folder in
+     * place of the file, then a folder that does not exist. */
+    {
+        char sub[4200];
+        snprintf(sub, sizeof sub, "%s/a-folder", dir);
+        CHECK(mkdir(sub, 0700) == 0);
+        setenv("DPT_PLAN_CACHE", sub, 1);
+        dpt_conv_plan_forget();
+        net = build();
+        if (net) {
+            CHECK(dpt_net_layer_plan(net, c2, &p) == 1);
+            CHECK_MSG(strcmp(p.source, "heuristic") == 0 && strstr(p.note, "not a regular file"),
+                      "%s: %s", p.source, p.note);
+            dpt_net_free(net);
+        }
+        snprintf(sub, sizeof sub, "%s/missing/plan.txt", dir);
+        setenv("DPT_PLAN_CACHE", sub, 1);
+        net = build();
+        if (net) {
+            CHECK(dpt_net_layer_plan(net, c2, &p) == 1);
+            CHECK_MSG(strcmp(p.source, "heuristic") == 0 && strstr(p.note, "cannot"), "%s: %s",
+                      p.source, p.note);
+            dpt_net_free(net);
+        }
+        setenv("DPT_PLAN_CACHE", "", 1);
+        net = build();
+        if (net) {
+            CHECK(dpt_net_layer_plan(net, c2, &p) == 1);
+            CHECK(strcmp(p.source, "heuristic") == 0 && strstr(p.note, "DPT_PLAN_CACHE is empty"));
+            dpt_net_free(net);
+        }
+    }
+    free(ref);
+}
+
+int main(void)
+{
+    property_test();
+    char dir[4096];
+    const char *base = getenv("DPT_BINARY_DIR");
+    snprintf(dir, sizeof dir, "%s/test_conv_algos.XXXXXX", base ? base : "/tmp");
+    if (!mkdtemp(dir)) {
+        fprintf(stderr, "mkdtemp %s: %s\n", dir, strerror(errno));
+        return 1;
+    }
+    plan_tests(dir);
+    tu_remove_tree(dir);
+    return tu_exit();
+}
