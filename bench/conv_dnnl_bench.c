@@ -7,9 +7,8 @@
  * Per shape and candidate: forward (with the bias off, as the suite's convs
  * have bias=0) and backward (dx, dw; db off) on random data, timed once per
  * round with the candidates alternating inside every round; the fastest of
- * R rounds is printed as ms and GFLOP/s (2·MACs per pass; wall time of this
- * single-threaded process: the fastest round is the one least disturbed on
- * a shared machine). Candidates:
+ * R rounds is printed as ms and GFLOP/s (2·MACs per pass; thread CPU time,
+ * and the fastest round: the one least disturbed on a shared machine). Candidates:
  * gemm, direct (where it applies), dnnl:plain (NCHW/OIHW into oneDNN, its
  * GEMM-based convolution), dnnl:any (oneDNN's blocked layouts, reordered
  * every call) and dnnl (the automatic choice per shape). Built by
@@ -56,10 +55,13 @@ enum { C_GEMM, C_DIRECT, C_PLAIN, C_ANY, C_AUTO, C_COUNT };
 static const char *const cand_name[C_COUNT] = {"gemm", "direct", "dnnl:plain", "dnnl:any",
                                                "dnnl"};
 
+/* Thread CPU time: every candidate runs on this thread alone (oneDNN
+ * included, see conv_dnnl.c), and CPU time leaves out the time other
+ * processes of a loaded machine take the core away. */
 static double now_s(void)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
@@ -114,7 +116,7 @@ int main(int argc, char **argv)
         return 2;
     }
     dpt_blas_set_threads(1); /* one core per worker, as training runs */
-    printf("# batch %d, %d rounds, fastest round's ms (GFLOP/s) forward | backward (dx+dw)\n", batch,
+    printf("# batch %d, %d rounds, fastest round's CPU ms (GFLOP/s) forward | backward (dx+dw)\n", batch,
            rounds);
     printf("%-30s", "shape");
     for (int c = 0; c < C_COUNT; c++)
