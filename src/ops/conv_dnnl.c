@@ -324,6 +324,36 @@ static int auto_layout(const int *k)
     return LAYOUT_ANY;
 }
 
+static void run_pass(const pass *p, void *const *ptr, char *base, int ready0);
+static char *aligned(float *work);
+
+/* Runs every pass once on zeros. oneDNN 2.6 finishes some kernels (its
+ * blocked reorders most of all: 10-60 ms each) on their first execution,
+ * not at creation; done here, that cost lands where the rest of creation
+ * does, outside the first training step and outside the planner's timing
+ * (which would otherwise drop dnnl after its warm-up run). Skipped when
+ * the buffers cannot be had: then the first call pays. */
+static void entry_warm(entry *e)
+{
+    const int *k = e->key;
+    const int oh = (k[2] + 2 * k[8] - (k[9] * (k[5] - 1) + 1)) / k[7] + 1;
+    const int ow = (k[3] + 2 * k[8] - (k[9] * (k[6] - 1) + 1)) / k[7] + 1;
+    const size_t nx = (size_t)k[0] * k[1] * k[2] * k[3], ny = (size_t)k[0] * k[4] * oh * ow;
+    const size_t nw = (size_t)k[4] * (k[1] / k[10]) * k[5] * k[6];
+    const size_t total = 2 * nx + 2 * ny + 2 * nw + (size_t)k[4] + e->work_floats;
+    float *buf = calloc(total, sizeof *buf);
+    if (!buf)
+        return;
+    float *x = buf, *dx = x + nx, *y = dx + nx, *dy = y + ny, *w = dy + ny, *dw = w + nw;
+    float *b = dw + nw, *work = b + k[4];
+    char *base = aligned(work);
+    void *pf[IO_MAX] = {x, w, b, y}, *pw[IO_MAX] = {dy, x, dw}, *pd[IO_MAX] = {dy, w, dx};
+    run_pass(&e->p[P_FWD], pf, base, 0);
+    run_pass(&e->p[P_BWD_W], pw, base, 0);
+    run_pass(&e->p[P_BWD_D], pd, base, 0);
+    free(buf);
+}
+
 static entry *entry_new(const int key[12], dnnl_engine_t eng)
 {
     const int want = key[11] == LAYOUT_AUTO ? auto_layout(key) : key[11];
@@ -338,8 +368,10 @@ static entry *entry_new(const int key[12], dnnl_engine_t eng)
             break;
         memcpy(e->key, key, sizeof e->key);
         entry_build(e, eng, t == 0 ? want : LAYOUT_PLAIN + LAYOUT_ANY - want);
-        if (e->ok)
+        if (e->ok) {
+            entry_warm(e);
             break;
+        }
     }
     single_thread_leave(prev);
     return e;
