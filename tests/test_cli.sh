@@ -33,6 +33,14 @@ printf 'input in size=8x8x1\nconv c1 filter=3 filters=2 padding=1\nrelu r1\nconv
   && grep -q "c2 .*conv .*from r1$" "$tmp/info3" && ok || bad "info: layer inputs"
 printf 'input in size=8x8x1\nconv c1 filter=3 filters=2 from=f\nfc f outputs=classes\n' >"$tmp/cycle.net"
 expect_error "cycle.net:2: conv 'c1': from= names 'f', a later layer (line 3)" "$cli" info --net "$tmp/cycle.net"
+# The convolution plan: every conv layer with its candidates and choice;
+# forced by DPT_CONV_ALGO; a bad value, or --batch without --plan, refused.
+"$cli" info --plan --batch 4 >"$tmp/plan" && grep -q "^plan (batch 4;" "$tmp/plan" \
+  && [ "$(grep -c "^     -> " "$tmp/plan")" = 3 ] && grep -q "gemm" "$tmp/plan" && ok || bad "info --plan"
+DPT_CONV_ALGO=gemm "$cli" info --plan --batch 4 >"$tmp/plan2" \
+  && [ "$(grep -c -- "-> gemm (forced" "$tmp/plan2")" = 3 ] && ok || bad "info --plan, DPT_CONV_ALGO=gemm"
+expect_error "DPT_CONV_ALGO: 'fastest' is not an algorithm" env DPT_CONV_ALGO=fastest "$cli" info --plan
+expect_error "--batch goes with --plan" "$cli" info --batch 4
 
 # ---- bad training data ---------------------------------------------------------
 d=$src/tests/fixtures/digits400

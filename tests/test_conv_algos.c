@@ -10,11 +10,13 @@
  * The loop runs over the table, so an algorithm added to it is checked
  * here without a line of this file changing. */
 #include "dptrain/dptrain.h"
+#include "ops/conv_algo.h"
 #include "ops/ops.h"
 #include "testfs.h"
 #include "testutil.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -238,62 +240,92 @@ static void random_case(dpt_rng *r, shape_case *sc)
     }
 }
 
-static int n_checked[DPT_CONV_ALGO_COUNT];
+static int n_checked[DPT_CONV_ALGO_COUNT], n_unfused;
 
-/* Every algorithm the table supports for this case, on the kernel set in
- * use, against the reference in D. */
-static void check_algos(const shape_case *sc, data *D, const char *set, int idx)
+/* One entry (as conv2d.c runs it) on this case against the reference. */
+static void check_one(const shape_case *sc, data *D, const conv_algo *e, const char *label,
+                      int idx)
 {
     dpt_conv2d_desc d = sc->d;
     const size_t nx = (size_t)d.n * d.c_in * d.h * d.w, ny = (size_t)d.n * d.c_out * d.out_h * d.out_w;
     const size_t nw = (size_t)d.c_out * (d.c_in / d.groups) * d.kh * d.kw;
     dpt_bn_apply ai = bn_of(D->bn_in, d.c_in, sc->relu_in);
     dpt_bn_apply ao = bn_of(D->bn_out, d.c_out, sc->relu_out);
+    float *work = nans(dpt_conv_algo_work(e, &d));
+    float *y = nans(ny), *dx = nans(nx), *dw = nans(nw), *db = nans((size_t)d.c_out);
+    double *s = malloc(2 * (size_t)(d.c_out + d.c_in) * sizeof *s);
+    double *xg = s + 2 * d.c_out;
+    for (int k = 0; k < 2 * (d.c_out + d.c_in); k++)
+        s[k] = NAN;
+    dpt_conv_algo_forward(e, &d, D->x, sc->bn_in ? &ai : NULL, D->w, sc->bias ? D->b : NULL, y,
+                          work, sc->bn_out ? s : NULL, sc->bn_out ? s + d.c_out : NULL);
+    dpt_conv_algo_backward(e, &d, D->x, sc->bn_in ? &ai : NULL, D->w, D->dy,
+                           sc->bn_out ? &ao : NULL, D->yref, sc->need_dx ? dx : NULL, dw,
+                           sc->bias ? db : NULL, work, sc->bn_in ? xg : NULL);
+    double err[7] = {rel_err(y, NULL, D->y, ny), rel_err(dw, NULL, D->dw, nw), 0, 0, 0, 0, 0};
+    if (sc->bias)
+        err[2] = rel_err(db, NULL, D->db, (size_t)d.c_out);
+    if (sc->need_dx)
+        err[3] = rel_err(dx, NULL, D->dx, nx);
+    if (sc->bn_out) {
+        err[4] = rel_err(NULL, s, D->sum, (size_t)d.c_out);
+        err[5] = rel_err(NULL, s + d.c_out, D->sumsq, (size_t)d.c_out);
+    }
+    if (sc->bn_in)
+        err[6] = rel_err(NULL, xg, D->xg, 2 * (size_t)d.c_in);
+    static const char *const what[7] = {"y", "dw", "db", "dx", "sum", "sumsq", "xg"};
+    /* Float32 sums of up to a few thousand terms: 1e-4 of the largest
+     * value; the batch norm's backward sums (xg) add up whole channels of
+     * products, some cancelling. */
+    static const double tol[7] = {1e-4, 1e-4, 1e-4, 1e-4, 1e-4, 1e-4, 1e-3};
+    for (int k = 0; k < 7; k++)
+        CHECK_MSG(err[k] <= tol[k],
+                  "case %d (%s): %s rel err %.2e: n=%d c_in=%d %dx%d c_out=%d k=%dx%d s=%d "
+                  "p=%d d=%d g=%d bn_in=%d/%d bn_out=%d/%d dx=%d bias=%d",
+                  idx, label, what[k], err[k], d.n, d.c_in, d.h, d.w, d.c_out, d.kh, d.kw,
+                  d.stride, d.pad, d.dilation, d.groups, sc->bn_in, sc->relu_in, sc->bn_out,
+                  sc->relu_out, sc->need_dx, sc->bias);
+    free(work), free(y), free(dx), free(dw), free(db), free(s);
+}
+
+/* Every algorithm the table supports for this case, on the kernel set in
+ * use, against the reference in D: through the public entry points (so
+ * the dispatch picks it), and each fused one again as if unfused (conv2d.c
+ * applying the batch norms in scratch, as for an entry with fused = 0). */
+static void check_algos(const shape_case *sc, data *D, const char *set, int idx)
+{
+    dpt_conv2d_desc d = sc->d;
+    char label[64];
     for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++) {
         if (!dpt_conv_algo_supports(a, &d))
             continue;
         d.algo = a;
         CHECK(dpt_conv_algo_resolve(&d) == a);
-        float *work = nans(dpt_conv2d_work_floats(&d));
-        float *y = nans(ny), *dx = nans(nx), *dw = nans(nw), *db = nans((size_t)d.c_out);
-        double *s = malloc(2 * (size_t)(d.c_out + d.c_in) * sizeof *s);
-        double *xg = s + 2 * d.c_out;
-        for (int k = 0; k < 2 * (d.c_out + d.c_in); k++)
-            s[k] = NAN;
-        dpt_conv2d_forward_ex(&d, D->x, sc->bn_in ? &ai : NULL, D->w, sc->bias ? D->b : NULL, y,
-                              work, sc->bn_out ? s : NULL, sc->bn_out ? s + d.c_out : NULL);
-        dpt_conv2d_backward_ex(&d, D->x, sc->bn_in ? &ai : NULL, D->w, D->dy,
-                               sc->bn_out ? &ao : NULL, D->yref, sc->need_dx ? dx : NULL, dw,
-                               sc->bias ? db : NULL, work, sc->bn_in ? xg : NULL);
-        double e[7] = {rel_err(y, NULL, D->y, ny), rel_err(dw, NULL, D->dw, nw), 0, 0, 0, 0, 0};
-        if (sc->bias)
-            e[2] = rel_err(db, NULL, D->db, (size_t)d.c_out);
-        if (sc->need_dx)
-            e[3] = rel_err(dx, NULL, D->dx, nx);
-        if (sc->bn_out) {
-            e[4] = rel_err(NULL, s, D->sum, (size_t)d.c_out);
-            e[5] = rel_err(NULL, s + d.c_out, D->sumsq, (size_t)d.c_out);
-        }
-        if (sc->bn_in)
-            e[6] = rel_err(NULL, xg, D->xg, 2 * (size_t)d.c_in);
-        static const char *const what[7] = {"y", "dw", "db", "dx", "sum", "sumsq", "xg"};
-        /* Float32 sums of up to a few thousand terms: 1e-4 of the largest
-         * value; the batch-norm sums add up whole channels. */
-        static const double tol[7] = {1e-4, 1e-4, 1e-4, 1e-4, 1e-4, 1e-4, 1e-3};
-        for (int k = 0; k < 7; k++)
-            CHECK_MSG(e[k] <= tol[k],
-                      "case %d (%s, %s): %s rel err %.2e: n=%d c_in=%d %dx%d c_out=%d k=%dx%d s=%d "
-                      "p=%d d=%d g=%d bn_in=%d/%d bn_out=%d/%d dx=%d bias=%d",
-                      idx, set, dpt_conv_algo_name(a), what[k], e[k], d.n, d.c_in, d.h, d.w,
-                      d.c_out, d.kh, d.kw, d.stride, d.pad, d.dilation, d.groups, sc->bn_in,
-                      sc->relu_in, sc->bn_out, sc->relu_out, sc->need_dx, sc->bias);
+        conv_algo e = *dpt_conv_algo_get(a);
+        CHECK(dpt_conv_algo_work(&e, &d) <= dpt_conv2d_work_floats(&d));
+        snprintf(label, sizeof label, "%s, %s", set, e.name);
+        check_one(sc, D, &e, label, idx);
         n_checked[a]++;
-        free(work), free(y), free(dx), free(dw), free(db), free(s);
+        if (e.fused && (sc->bn_in || sc->bn_out) && a == DPT_CONV_ALGO_GEMM) {
+            e.fused = 0;
+            snprintf(label, sizeof label, "%s, %s run unfused", set, e.name);
+            check_one(sc, D, &e, label, idx);
+            n_unfused++;
+        }
     }
 }
 
 static void property_test(void)
 {
+    /* The table and the names agree (a new entry's name is its enum's). */
+    for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++) {
+        const conv_algo *e = dpt_conv_algo_get(a);
+        CHECK(!e || (strcmp(e->name, dpt_conv_algo_name(a)) == 0 && e->supports &&
+                     e->work_floats && e->forward && e->backward));
+        CHECK(dpt_conv_algo_by_name(dpt_conv_algo_name(a)) == a);
+    }
+    CHECK(dpt_conv_algo_get(DPT_CONV_ALGO_GEMM) != NULL);
+    CHECK(dpt_conv_algo_get(DPT_CONV_ALGO_AUTO) == NULL && dpt_conv_algo_by_name("nope") == -1);
     static const char *const sets[] = {"generic", "avx2", "avx512"};
     const char *was = dpt_ops_kernels();
     char saved[16];
@@ -355,7 +387,8 @@ static void property_test(void)
     printf("property test: %d random shapes;", n_cases);
     for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++)
         printf(" %s %d", dpt_conv_algo_name(a), n_checked[a]);
-    printf(" checks\n");
+    printf(" checks; %d of the unfused handling\n", n_unfused);
+    CHECK(n_unfused > 10);
     CHECK(n_checked[DPT_CONV_ALGO_GEMM] >= n_cases); /* the reference runs every shape */
 }
 
@@ -622,15 +655,87 @@ static void plan_tests(const char *dir)
                       p.source, p.note);
             dpt_net_free(net);
         }
-        setenv("DPT_PLAN_CACHE", "", 1);
+        /* /dev/null: how to say "no cache"; no lock file is made beside it. */
+        setenv("DPT_PLAN_CACHE", "/dev/null", 1);
         net = build();
         if (net) {
             CHECK(dpt_net_layer_plan(net, c2, &p) == 1);
-            CHECK(strcmp(p.source, "heuristic") == 0 && strstr(p.note, "DPT_PLAN_CACHE is empty"));
+            CHECK(strcmp(p.source, "heuristic") == 0 && strstr(p.note, "not a regular file"));
             dpt_net_free(net);
         }
+        struct stat st;
+        CHECK(stat("/dev/null.lock", &st) != 0);
+        /* Measuring on request still works without a cache (not kept). */
+        setenv("DPT_CONV_ALGO", "measure", 1);
+        net = build();
+        if (net) {
+            CHECK(dpt_net_layer_plan(net, c2, &p) == 1);
+            CHECK_MSG(strcmp(p.source, "measured") == 0 && p.candidates[0].ms >= 0, "%s: %s",
+                      p.source, p.note);
+            size_t nm = 0;
+            got = step(net, &nm);
+            tu_check_close("network, DPT_CONV_ALGO=measure", got, ref, nm, 1e-4);
+            free(got);
+            dpt_net_free(net);
+        }
+        unsetenv("DPT_CONV_ALGO");
     }
     free(ref);
+}
+
+/* Local workers: threads building the same network at once share one
+ * timing per shape; the file gets one line per shape. */
+static void *build_thread(void *arg)
+{
+    dpt_net **out = arg;
+    if (dpt_net_from_spec(net_spec, "plan test", 5, BATCH, 7, out) != DPT_OK)
+        *out = NULL;
+    return NULL;
+}
+
+static void thread_test(const char *dir)
+{
+    char cache[4096], text[1 << 16];
+    snprintf(cache, sizeof cache, "%s/threads.txt", dir);
+    setenv("DPT_PLAN_CACHE", cache, 1);
+    unsetenv("DPT_CONV_ALGO");
+    dpt_conv_plan_forget();
+    enum { T = 4 };
+    pthread_t th[T];
+    dpt_net *nets[T] = {0};
+    for (int t = 0; t < T; t++)
+        CHECK(pthread_create(&th[t], NULL, build_thread, &nets[t]) == 0);
+    for (int t = 0; t < T; t++)
+        pthread_join(th[t], NULL);
+    for (int t = 0; t < T; t++)
+        CHECK(nets[t] != NULL);
+    if (!nets[0])
+        return;
+    for (int i = 0; i < dpt_net_n_layers(nets[0]); i++) {
+        dpt_layer_plan p0, p;
+        if (!dpt_net_layer_plan(nets[0], i, &p0))
+            continue;
+        for (int t = 1; t < T; t++)
+            if (nets[t]) {
+                CHECK(dpt_net_layer_plan(nets[t], i, &p) == 1);
+                CHECK_MSG(strcmp(p.algo, p0.algo) == 0 && strcmp(p.source, p0.source) == 0 &&
+                              memcmp(p.candidates, p0.candidates, sizeof p.candidates) == 0,
+                          "worker %d, %s: %s (%s) against %s (%s)", t,
+                          dpt_net_layer_name(nets[0], i), p.algo, p.source, p0.algo, p0.source);
+            }
+    }
+    for (int t = 0; t < T; t++)
+        dpt_net_free(nets[t]);
+    /* c1 and c2 have two candidates with AVX2/AVX-512: one line each. */
+    if (read_file(cache, text, sizeof text) > 0) {
+        int lines = 0;
+        for (const char *q = strstr(text, "\nv1 "); q; q = strstr(q + 1, "\nv1 "))
+            lines++;
+        CHECK_MSG(lines <= 5, "%d lines in the cache file for 5 conv layers", lines);
+        const char *c2 = "conv=6,8,12,12,8,3,3,1,1,1,1;bn=11";
+        const char *first = strstr(text, c2);
+        CHECK(!first || !strstr(first + 1, c2)); /* c2 timed once, by one worker */
+    }
 }
 
 int main(void)
@@ -644,6 +749,7 @@ int main(void)
         return 1;
     }
     plan_tests(dir);
+    thread_test(dir);
     tu_remove_tree(dir);
     return tu_exit();
 }

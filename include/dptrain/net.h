@@ -276,9 +276,9 @@ typedef struct dpt_layer_plan {
     int n_candidates;
     struct {
         char name[16];
-        double ms;      /* one forward + backward of measure_batch images, in thread CPU
-                           milliseconds; -1: cannot run this shape (or not built in);
-                           -2: can, not timed */
+        double ms;      /* one forward + backward of measure_batch images, milliseconds
+                           (wall, the best of the runs); -1: cannot run this shape (or not
+                           built in); -2: can, not timed */
     } candidates[DPT_PLAN_MAX_CANDIDATES];
     char note[256];     /* why a fallback or the heuristic, a cache file problem; or "" */
 } dpt_layer_plan;

@@ -324,7 +324,7 @@ fail:
 /* The layers' kernel choices (layer_type.plan), which may depend on the
  * fusion (a batch norm applied on the fly) and on whether a layer's input
  * gradient is wanted. */
-static dpt_status plan_kernels(dpt_net *net)
+dpt_status net_plan_kernels(dpt_net *net)
 {
     for (int i = 0; i < net->n_layers; i++) {
         dpt_layer *l = &net->layers[i];
@@ -360,8 +360,6 @@ dpt_status net_plan(dpt_net *net)
     dpt_status s = plan_fusion(net, -1);
     if (s == DPT_OK)
         s = plan_buffers(net);
-    if (s == DPT_OK)
-        s = plan_kernels(net);
     return s;
 }
 
@@ -389,7 +387,7 @@ dpt_status net_replan(dpt_net *net, int fusion)
     if (s == DPT_OK)
         s = plan_buffers(net);
     if (s == DPT_OK)
-        s = plan_kernels(net);
+        s = net_plan_kernels(net);
     return s;
 }
 

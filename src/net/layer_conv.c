@@ -192,8 +192,14 @@ static dpt_status conv_plan(dpt_net *net, dpt_layer *l)
     dpt_conv2d_desc d = c->d;
     d.n = net->max_batch;
     int need_dx = net->plan && net->plan[l->index].dx_buf && net->plan[l->index].dx_buf[0] >= 0;
-    if (dpt_conv_plan_choose(&d, l->in_bnf != NULL, l->out_bnf != NULL, need_dx, &c->plan) != 0)
-        return dpt_fail(DPT_ERR_ARG, "%s", c->plan.note);
+    int rc = dpt_conv_plan_choose(&d, l->in_bnf != NULL, l->out_bnf != NULL, need_dx, &c->plan);
+    if (rc == -2)
+        return dpt_fail(DPT_ERR_NOMEM, "conv '%s': out of memory planning its algorithm", l->name);
+    if (rc != 0) {
+        const char *v = getenv("DPT_CONV_ALGO");
+        return dpt_fail(DPT_ERR_ARG, "DPT_CONV_ALGO: '%.40s' is not an algorithm (auto, heuristic, "
+                        "measure, gemm, direct, batched, depthwise, dnnl)", v ? v : "");
+    }
     c->d.algo = c->plan.algo;
     c->planned_batch = net->max_batch;
     return DPT_OK;

@@ -764,6 +764,12 @@ dpt_status net_from_spec_checked(const char *text, const char *source, int n_cla
             s = check(net, ctx);
         if (s == DPT_OK)
             s = net_plan(net);
+        /* The memory bound before the kernel plan allocates to time the
+         * candidates, and again for the scratch of the algorithms chosen. */
+        if (s == DPT_OK)
+            s = check_memory(net);
+        if (s == DPT_OK)
+            s = net_plan_kernels(net);
         if (s == DPT_OK)
             s = check_memory(net);
         if (s == DPT_OK)

@@ -93,8 +93,9 @@ typedef struct layer_type {
     dpt_status (*setup)(dpt_net *net, dpt_layer *l);
     /* Choose kernels for batches of up to net->max_batch (conv: the
      * algorithm, by measurement or from the plan cache; conv_plan.c).
-     * Called once the fusion and the buffers are planned (net_plan,
-     * net_replan), before the scratch is sized; never during a step.
+     * Called once the fusion and the buffers are planned and the memory
+     * bound checked (net_plan_kernels), before the scratch is sized; never
+     * during a step.
      * plan_info fills a dpt_layer_plan for reports (0: nothing to say).
      * NULL: nothing to choose. */
     dpt_status (*plan)(dpt_net *net, dpt_layer *l);
@@ -280,6 +281,10 @@ extern const net_dev net_dev_cpu;
  * device without the fused kernels plans with 0). */
 dpt_status net_check_graph(dpt_net *net);
 dpt_status net_plan(dpt_net *net);
+/* The layers' kernel choices (layer_type.plan; conv: timed or from the
+ * plan cache), once the fusion and buffers are planned; net_replan makes
+ * them again. On a built network, grows the scratch a new choice needs. */
+dpt_status net_plan_kernels(dpt_net *net);
 /* The buffer plan alone, for the fusion fields as they are (net_gpu.c plans
  * a GPU network's buffers with its own fusion: bn+relu only). */
 dpt_status net_plan_buffers(dpt_net *net);

@@ -324,7 +324,8 @@ static void direct_backward(const dpt_conv2d_desc *d, const float *x, const dpt_
  * backward (conv_algo.h). An algorithm built only with some library sits
  * under that library's #ifdef. */
 static const conv_algo table[DPT_CONV_ALGO_COUNT] = {
-    [DPT_CONV_ALGO_GEMM] = {"gemm", 1, gemm_supports, gemm_work_floats, gemm_forward, gemm_backward},
+    [DPT_CONV_ALGO_GEMM] = {"gemm", 1, gemm_supports, gemm_work_floats, gemm_forward,
+                            gemm_backward},
     [DPT_CONV_ALGO_DIRECT] = {"direct", 1, direct_supports, dpt_conv_direct_work_floats,
                               direct_forward, direct_backward},
 #ifdef DPT_HAVE_DNNL
@@ -392,7 +393,7 @@ static size_t unfused_offset(const conv_algo *a, const dpt_conv2d_desc *d)
     return (a->work_floats(d) + 15) & ~(size_t)15;
 }
 
-static size_t algo_work_floats(const conv_algo *a, const dpt_conv2d_desc *d)
+size_t dpt_conv_algo_work(const conv_algo *a, const dpt_conv2d_desc *d)
 {
     if (a->fused)
         return a->work_floats(d);
@@ -402,14 +403,17 @@ static size_t algo_work_floats(const conv_algo *a, const dpt_conv2d_desc *d)
 
 size_t dpt_conv2d_work_floats(const dpt_conv2d_desc *d)
 {
-    size_t most = algo_work_floats(&table[DPT_CONV_ALGO_GEMM], d);
-    /* AUTO: the heuristic depends on the kernel set, which may change
-     * between calls (tests switch it), so cover what either choice needs;
-     * a named algorithm also covers the GEMM fallback. */
-    int algo = d->algo == DPT_CONV_ALGO_AUTO ? DPT_CONV_ALGO_DIRECT : d->algo;
-    const conv_algo *a = dpt_conv_algo_get(algo);
-    if (a) {
-        size_t n = algo_work_floats(a, d);
+    /* A named algorithm also covers the GEMM fallback. AUTO: the heuristic
+     * depends on the kernel set, which may change between calls (tests
+     * switch it), so it covers GEMM, DIRECT (sized for every set) and the
+     * heuristic's choice now. */
+    int algos[3] = {DPT_CONV_ALGO_GEMM, d->algo, -1};
+    if (d->algo == DPT_CONV_ALGO_AUTO)
+        algos[1] = DPT_CONV_ALGO_DIRECT, algos[2] = dpt_conv_algo_heuristic(d);
+    size_t most = 0;
+    for (int i = 0; i < 3; i++) {
+        const conv_algo *a = dpt_conv_algo_get(algos[i]);
+        size_t n = a ? dpt_conv_algo_work(a, d) : 0;
         if (n > most)
             most = n;
     }
@@ -420,7 +424,13 @@ void dpt_conv2d_forward_ex(const dpt_conv2d_desc *d, const float *x, const dpt_b
                            const float *w, const float *b, float *y, float *work, double *sum,
                            double *sumsq)
 {
-    const conv_algo *a = &table[dpt_conv_algo_resolve(d)];
+    dpt_conv_algo_forward(&table[dpt_conv_algo_resolve(d)], d, x, xa, w, b, y, work, sum, sumsq);
+}
+
+void dpt_conv_algo_forward(const conv_algo *a, const dpt_conv2d_desc *d, const float *x,
+                           const dpt_bn_apply *xa, const float *w, const float *b, float *y,
+                           float *work, double *sum, double *sumsq)
+{
     if (a->fused) {
         a->forward(d, x, xa, w, b, y, work, sum, sumsq);
         return;
@@ -442,8 +452,16 @@ void dpt_conv2d_backward_ex(const dpt_conv2d_desc *d, const float *x, const dpt_
                             const float *y, float *dx, float *dw, float *db, float *work,
                             double *xg)
 {
+    dpt_conv_algo_backward(&table[dpt_conv_algo_resolve(d)], d, x, xa, w, dy, dya, y, dx, dw, db,
+                           work, xg);
+}
+
+void dpt_conv_algo_backward(const conv_algo *a, const dpt_conv2d_desc *d, const float *x,
+                            const dpt_bn_apply *xa, const float *w, const float *dy,
+                            const dpt_bn_apply *dya, const float *y, float *dx, float *dw,
+                            float *db, float *work, double *xg)
+{
     assert(!xg || (xa && dx));
-    const conv_algo *a = &table[dpt_conv_algo_resolve(d)];
     if (a->fused) {
         a->backward(d, x, xa, w, dy, dya, y, dx, dw, db, work, xg);
         return;

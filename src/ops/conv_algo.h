@@ -37,4 +37,18 @@ typedef struct conv_algo {
  * built in. */
 const conv_algo *dpt_conv_algo_get(int algo);
 
+/* What dpt_conv2d_forward_ex / dpt_conv2d_backward_ex do with the entry a,
+ * the batch norm applied in scratch for an unfused one included, and the
+ * scratch that takes (a's own plus, unfused, a copy of the batch's input
+ * and output gradient). Public to ops/ for the tests, which run an entry
+ * as unfused to check that handling. */
+size_t dpt_conv_algo_work(const conv_algo *a, const dpt_conv2d_desc *d);
+void dpt_conv_algo_forward(const conv_algo *a, const dpt_conv2d_desc *d, const float *x,
+                           const dpt_bn_apply *xa, const float *w, const float *b, float *y,
+                           float *work, double *sum, double *sumsq);
+void dpt_conv_algo_backward(const conv_algo *a, const dpt_conv2d_desc *d, const float *x,
+                            const dpt_bn_apply *xa, const float *w, const float *dy,
+                            const dpt_bn_apply *dya, const float *y, float *dx, float *dw,
+                            float *db, float *work, double *xg);
+
 #endif

@@ -99,19 +99,19 @@ static const memo *memo_find(const char *key)
     return NULL;
 }
 
-/* Keep the choice for the other workers; on no memory they plan again
- * (and read the same choice from the file). */
-static void memo_add(const char *key, const dpt_conv_plan *p)
+/* Keep the choice for the other workers; -1 on no memory. */
+static int memo_add(const char *key, const dpt_conv_plan *p)
 {
     if (n_memos == cap_memos) {
         size_t cap = cap_memos ? 2 * cap_memos : 32;
         memo *m = realloc(memos, cap * sizeof *m);
         if (!m)
-            return;
+            return -1;
         memos = m, cap_memos = cap;
     }
     snprintf(memos[n_memos].key, sizeof memos[n_memos].key, "%s", key);
     memos[n_memos++].plan = *p;
+    return 0;
 }
 
 /* ---- keys -------------------------------------------------------------------- */
@@ -130,8 +130,10 @@ static const char *cpu_model(void)
     static char model[80];
     if (model[0])
         return model;
-    snprintf(model, sizeof model, "unknown");
     FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f && errno == ENOMEM)
+        return NULL; /* asked again next time */
+    snprintf(model, sizeof model, "unknown");
     if (!f)
         return model;
     char line[512];
@@ -156,14 +158,25 @@ static const char *cpu_model(void)
     return model;
 }
 
-static void make_key(const dpt_conv2d_desc *d, int bn_in, int bn_out, int need_dx,
-                     const char *cands, char *key)
+/* 0, or -1 on no memory. In pieces: glibc's snprintf allocates for a
+ * format of many conversions, and can then fail. */
+static int make_key(const dpt_conv2d_desc *d, int bn_in, int bn_out, int need_dx,
+                    const char *cands, char *key)
 {
-    snprintf(key, KEY_MAX,
-             "cpu=%s;kernels=%s;algos=%s;conv=%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%d;bn=%d%d;dx=%d",
-             cpu_model(), dpt_ops_kernels(), cands, d->n, d->c_in, d->h, d->w, d->c_out, d->kh,
-             d->kw, d->stride, d->pad, d->dilation > 1 ? d->dilation : 1,
-             d->groups > 1 ? d->groups : 1, bn_in != 0, bn_out != 0, need_dx != 0);
+    const char *cpu = cpu_model();
+    if (!cpu)
+        return -1;
+    int k = snprintf(key, KEY_MAX, "cpu=%s;kernels=%s;algos=%s;", cpu, dpt_ops_kernels(), cands);
+    const int v[14] = {d->n, d->c_in, d->h, d->w, d->c_out, d->kh, d->kw, d->stride, d->pad,
+                       d->dilation > 1 ? d->dilation : 1, d->groups > 1 ? d->groups : 1,
+                       bn_in != 0, bn_out != 0, need_dx != 0};
+    static const char *const pre[14] = {"conv=", ",", ",", ",", ",", ",", ",", ",", ",", ",",
+                                        ",", ";bn=", "", ";dx="};
+    for (int i = 0; i < 14 && k >= 0 && k < KEY_MAX; i++) {
+        int m = snprintf(key + k, KEY_MAX - (size_t)k, "%s%d", pre[i], v[i]);
+        k = m < 0 ? -1 : k + m;
+    }
+    return k >= 0 && k < KEY_MAX ? 0 : -1;
 }
 
 /* ---- the cache file ------------------------------------------------------------ */
@@ -174,11 +187,7 @@ static void make_key(const dpt_conv2d_desc *d, int bn_in, int bn_out, int need_d
 static int cache_path(char *buf, size_t cap, int mkdirs, dpt_conv_plan *p)
 {
     const char *env = getenv("DPT_PLAN_CACHE");
-    if (env) {
-        if (!*env) {
-            note(p, "no cache file (DPT_PLAN_CACHE is empty)");
-            return 0;
-        }
+    if (env && *env) { /* empty is unset, as for every DPT_* variable */
         if (strlen(env) >= cap || strlen(env) > PATH_MAX_LEN - 32) {
             note(p, "DPT_PLAN_CACHE is longer than %d bytes", PATH_MAX_LEN - 32);
             return 0;
@@ -284,7 +293,7 @@ static int parse_line(char *line, entry *e)
 
 /* The valid entries of the cache file (*out, owned by the caller; none
  * when it does not exist), the count of skipped lines in *bad. A path
- * that is not a regular file gives -1. */
+ * that is not a regular file or cannot be read gives -1, no memory -2. */
 static int load(const char *path, entry **out, size_t *n_out, int *bad, int *cut)
 {
     *out = NULL, *n_out = 0, *bad = 0, *cut = 0;
@@ -298,8 +307,9 @@ static int load(const char *path, entry **out, size_t *n_out, int *bad, int *cut
     }
     FILE *f = fdopen(fd, "r");
     if (!f) {
+        int e = errno;
         close(fd);
-        return -1;
+        return e == ENOMEM ? -2 : -1;
     }
     entry *v = NULL;
     size_t n = 0, cap = 0, total = 0;
@@ -350,8 +360,11 @@ static int load(const char *path, entry **out, size_t *n_out, int *bad, int *cut
         if (n == cap) {
             size_t c2 = cap ? 2 * cap : 64;
             entry *w = realloc(v, c2 * sizeof *w);
-            if (!w)
-                break;
+            if (!w) {
+                free(v);
+                fclose(f);
+                return -2;
+            }
             v = w, cap = c2;
         }
         v[n++] = e;
@@ -369,7 +382,8 @@ static const entry *find(const entry *v, size_t n, const char *key)
     return NULL;
 }
 
-/* Write the entries (the last MAX_ENTRIES) atomically; 0 or -1 (errno). */
+/* Write the entries (the last MAX_ENTRIES) atomically; 0, or -1 (errno;
+ * -2 for no memory). */
 static int save(const char *path, const entry *v, size_t n)
 {
     char tmp[PATH_MAX_LEN + 64];
@@ -381,7 +395,7 @@ static int save(const char *path, const entry *v, size_t n)
         int e = errno;
         close(fd), unlink(tmp);
         errno = e;
-        return -1;
+        return e == ENOMEM ? -2 : -1;
     }
     fputs("# dptrain convolution plans: v1 KEY ALGORITHM IMAGES-TIMED MS-PER-ALGORITHM\n"
           "# (written by dptrain when it plans a network; safe to delete)\n", f);
@@ -393,7 +407,7 @@ static int save(const char *path, const entry *v, size_t n)
                 fprintf(f, "%s%s:%.4f", any++ ? "," : "", dpt_conv_algo_name(a), v[i].ms[a]);
         fputs(any ? "\n" : "-\n", f);
     }
-    int ok = fflush(f) == 0 && fsync(fileno(f)) == 0;
+    int ok = fflush(f) == 0 && !ferror(f) && fsync(fileno(f)) == 0;
     int e = errno;
     if (fclose(f) != 0 && ok)
         ok = 0, e = errno;
@@ -403,7 +417,7 @@ static int save(const char *path, const entry *v, size_t n)
         e = errno;
     unlink(tmp);
     errno = e;
-    return -1;
+    return e == ENOMEM ? -2 : -1;
 }
 
 /* Note once per file and process that lines were skipped. */
@@ -428,10 +442,12 @@ static void note_bad(dpt_conv_plan *p, const char *path, int bad, int cut)
 static double now_ms(void)
 {
     struct timespec t;
-    /* The thread's CPU time: a worker's kernels run on its own thread, and
-     * time spent descheduled (other processes on a shared machine) is not
-     * the algorithm's. */
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    /* Wall time, not the thread's CPU time: a BLAS with threads of its own
+     * (--threads) does its work off this thread. Time the machine spends
+     * elsewhere only adds, and the best of the runs counts. While one
+     * worker times, the others of the process (and of other processes,
+     * through the file lock) wait asleep. */
+    clock_gettime(CLOCK_MONOTONIC, &t);
     return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
 }
 
@@ -560,50 +576,50 @@ static void set_choice(dpt_conv_plan *p, const dpt_conv2d_desc *d, int algo, int
     p->source = source;
 }
 
-/* Measured or read: under the process lock and the file lock. */
+/* The heuristic, with the reason already noted. */
+static void keep_heuristic(dpt_conv_plan *p, const dpt_conv2d_desc *d)
+{
+    note(p, "heuristic kept: a measured choice must go to a cache file so that later runs "
+            "make it too");
+    set_choice(p, d, DPT_CONV_ALGO_AUTO, DPT_CONV_PLAN_HEURISTIC);
+}
+
+/* Measured or read, under the process lock and the file lock: 0, or -2
+ * when out of memory. */
 static int plan_measured(const dpt_conv2d_desc *d, int bn_in, int bn_out, int need_dx,
                          const char *key, int remeasure, dpt_conv_plan *p)
 {
     char path[PATH_MAX_LEN], lockpath[PATH_MAX_LEN + 8];
-    if (!cache_path(path, sizeof path, 1, p)) {
-        if (!remeasure) {
-            note(p, "heuristic kept: a measured choice must go to a cache file so that "
-                    "later runs make it too");
-            set_choice(p, d, DPT_CONV_ALGO_AUTO, DPT_CONV_PLAN_HEURISTIC);
-            return 0;
-        }
+    int lfd = -1, rc = 0, best = -1;
+    entry *v = NULL;
+    size_t n = 0;
+    struct stat st;
+    if (!cache_path(path, sizeof path, 1, p))
+        path[0] = '\0';
+    /* Not a regular file (a folder, /dev/null: how to say "no cache"):
+     * looked at before a lock file is made beside it. */
+    if (path[0] && stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+        note(p, "cache file %s is not a regular file", path);
         path[0] = '\0';
     }
-    int lfd = -1;
     if (path[0]) {
         snprintf(lockpath, sizeof lockpath, "%s.lock", path);
         lfd = open(lockpath, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
         if (lfd < 0 || flock(lfd, LOCK_EX) != 0) {
             note(p, "cache file %s cannot be locked: %s", path, strerror(errno));
-            if (lfd >= 0)
-                close(lfd), lfd = -1;
-            if (!remeasure) {
-                note(p, "heuristic kept (no cache to keep a measured choice in)");
-                set_choice(p, d, DPT_CONV_ALGO_AUTO, DPT_CONV_PLAN_HEURISTIC);
-                return 0;
-            }
             path[0] = '\0';
         }
     }
-    entry *v = NULL;
-    size_t n = 0;
-    int bad = 0, cut = 0;
-    if (path[0] && load(path, &v, &n, &bad, &cut) != 0) {
-        note(p, "cache file %s is not a regular file", path);
-        free(v), v = NULL, n = 0;
-        if (lfd >= 0)
-            close(lfd), lfd = -1;
+    int bad = 0, cut = 0, got = path[0] ? load(path, &v, &n, &bad, &cut) : 0;
+    if (got == -2)
+        goto nomem;
+    if (got != 0) {
+        note(p, "cache file %s cannot be read", path);
         path[0] = '\0';
-        if (!remeasure) {
-            note(p, "heuristic kept");
-            set_choice(p, d, DPT_CONV_ALGO_AUTO, DPT_CONV_PLAN_HEURISTIC);
-            return 0;
-        }
+    }
+    if (!path[0] && !remeasure) {
+        keep_heuristic(p, d);
+        goto done;
     }
     if (path[0])
         note_bad(p, path, bad, cut);
@@ -614,49 +630,44 @@ static int plan_measured(const dpt_conv2d_desc *d, int bn_in, int bn_out, int ne
                 p->ms[a] = hit->ms[a];
         p->n_meas = hit->n_meas;
         set_choice(p, d, hit->algo, DPT_CONV_PLAN_CACHE);
-        free(v);
-        close(lfd);
-        return 0;
+        goto done;
     }
-    int best = -1;
-    if (measure(d, bn_in, bn_out, need_dx, p, &best) != 0 || best < 0) {
-        note(p, "out of memory timing the algorithms: heuristic kept");
-        set_choice(p, d, DPT_CONV_ALGO_AUTO, DPT_CONV_PLAN_HEURISTIC);
-        free(v);
-        if (lfd >= 0)
-            close(lfd);
-        return 0;
-    }
+    if (measure(d, bn_in, bn_out, need_dx, p, &best) != 0 || best < 0)
+        goto nomem;
     set_choice(p, d, best, DPT_CONV_PLAN_MEASURED);
-    int saved = 0;
-    if (path[0]) {
-        size_t i = n;
-        for (size_t j = 0; j < n; j++)
-            if (strcmp(v[j].key, key) == 0)
-                i = j;
-        entry *w = v;
-        if (i == n && (w = realloc(v, (n + 1) * sizeof *w)) != NULL)
-            v = w, n++;
-        if (w) {
-            snprintf(v[i].key, KEY_MAX, "%s", key);
-            v[i].algo = best, v[i].n_meas = p->n_meas;
-            for (int a = 0; a < DPT_CONV_ALGO_COUNT; a++)
-                v[i].ms[a] = p->ms[a] >= 0 ? p->ms[a] : -2;
-            if (save(path, v, n) == 0)
-                saved = 1;
-            else
-                note(p, "cache file %s cannot be written: %s", path, strerror(errno));
-        }
+    if (!path[0])
+        goto done; /* DPT_CONV_ALGO=measure without a cache: used, not kept */
+    size_t i = n;
+    for (size_t j = 0; j < n; j++)
+        if (strcmp(v[j].key, key) == 0)
+            i = j;
+    if (i == n) {
+        entry *w = realloc(v, (n + 1) * sizeof *w);
+        if (!w)
+            goto nomem;
+        v = w, n++;
     }
+    snprintf(v[i].key, KEY_MAX, "%s", key);
+    v[i].algo = best, v[i].n_meas = p->n_meas;
+    for (int a = 0; a < DPT_CONV_ALGO_COUNT; a++)
+        v[i].ms[a] = p->ms[a] >= 0 ? p->ms[a] : -2;
+    int saved = save(path, v, n);
+    if (saved == -2)
+        goto nomem;
+    if (saved != 0) {
+        note(p, "cache file %s cannot be written: %s", path, strerror(errno));
+        if (!remeasure)
+            keep_heuristic(p, d);
+    }
+    goto done;
+nomem:
+    rc = -2;
+    snprintf(p->note, sizeof p->note, "out of memory planning the convolution");
+done:
     free(v);
     if (lfd >= 0)
         close(lfd);
-    if (!saved && !remeasure) {
-        note(p, "heuristic kept: a measured choice must go to a cache file so that later runs "
-                "make it too");
-        set_choice(p, d, DPT_CONV_ALGO_AUTO, DPT_CONV_PLAN_HEURISTIC);
-    }
-    return 0;
+    return rc;
 }
 
 int dpt_conv_plan_choose(const dpt_conv2d_desc *d, int bn_in, int bn_out, int need_dx,
@@ -696,7 +707,7 @@ int dpt_conv_plan_choose(const dpt_conv2d_desc *d, int bn_in, int bn_out, int ne
             return 0;
         } else {
             snprintf(p->note, sizeof p->note,
-                     "DPT_CONV_ALGO: unknown value '%.40s' (auto, heuristic, measure, gemm, "
+                     "DPT_CONV_ALGO: '%.40s' is not an algorithm (auto, heuristic, measure, gemm, "
                      "direct, batched, depthwise, dnnl)", env);
             return -1;
         }
@@ -712,21 +723,30 @@ int dpt_conv_plan_choose(const dpt_conv2d_desc *d, int bn_in, int bn_out, int ne
     }
     pthread_mutex_lock(&lock);
     char key[KEY_MAX], path[PATH_MAX_LEN], mkey[KEY_MAX + PATH_MAX_LEN + 16];
-    make_key(d, bn_in, bn_out, need_dx, cands, key);
+    if (make_key(d, bn_in, bn_out, need_dx, cands, key) != 0) {
+        pthread_mutex_unlock(&lock);
+        snprintf(p->note, sizeof p->note, "out of memory planning the convolution");
+        return -2;
+    }
     /* The process's choices are per cache file too: a test that points
      * DPT_PLAN_CACHE elsewhere starts afresh. */
     dpt_conv_plan scratch;
     memset(&scratch, 0, sizeof scratch);
     if (!cache_path(path, sizeof path, 0, &scratch))
         path[0] = '\0';
+    /* Three conversions: see make_key. */
     snprintf(mkey, sizeof mkey, "%s|%s|%d", key, path, remeasure);
     const memo *m = memo_find(mkey);
+    int rc = 0;
     if (m) {
         *p = m->plan;
     } else {
-        plan_measured(d, bn_in, bn_out, need_dx, key, remeasure, p);
-        memo_add(mkey, p);
+        rc = plan_measured(d, bn_in, bn_out, need_dx, key, remeasure, p);
+        if (rc == 0 && memo_add(mkey, p) != 0) {
+            snprintf(p->note, sizeof p->note, "out of memory planning the convolution");
+            rc = -2;
+        }
     }
     pthread_mutex_unlock(&lock);
-    return 0;
+    return rc;
 }

@@ -139,7 +139,7 @@ void dpt_conv2d_backward(const dpt_conv2d_desc *d, const float *x, const float *
  * "measure" times again even where the cache file has the shape.
  * DPT_PLAN_CACHE names the cache file (default
  * $XDG_CACHE_HOME/dptrain/conv-plan.txt or ~/.cache/dptrain/conv-plan.txt;
- * empty: none). Without a cache file that can be written, the heuristic
+ * /dev/null: none). Without a cache file that can be written, the heuristic
  * choice is kept: a measured choice that no later run can read back would
  * make runs differ. docs/kernels.md has the details. */
 
@@ -168,8 +168,8 @@ typedef struct dpt_conv_plan {
  * layer whose input comes through a fused batch norm (bn_in), whose output
  * gradient does (bn_out), and that computes its input gradient (need_dx).
  * Thread-safe: concurrent callers with the same shape wait for the first
- * and share its choice. Returns 0, or -1 when DPT_CONV_ALGO holds an
- * unknown value (p->note says so). */
+ * and share its choice. Returns 0; -1 when DPT_CONV_ALGO holds an unknown
+ * value, -2 when out of memory (p->note says so). */
 int dpt_conv_plan_choose(const dpt_conv2d_desc *d, int bn_in, int bn_out, int need_dx,
                          dpt_conv_plan *p);
 /* "heuristic", "forced", "measured", "cache", "only". */

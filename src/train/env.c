@@ -77,6 +77,12 @@ dpt_status dpt_env_check(void)
             return dpt_fail(DPT_ERR_ARG, "DPT_CGROUP_ROOT: %.200s is not a folder (want the folder where "
                                          "cgroupfs is mounted)", v);
     }
+    if ((v = env("DPT_CONV_ALGO")) && strcmp(v, "auto") && strcmp(v, "heuristic") &&
+        strcmp(v, "measure") && (strlen(v) > 16 || dpt_conv_algo_by_name(v) <= DPT_CONV_ALGO_AUTO))
+        return dpt_fail(DPT_ERR_ARG, "DPT_CONV_ALGO: '%.40s' is not an algorithm (auto, heuristic, "
+                        "measure, gemm, direct, batched, depthwise, dnnl)", v);
+    if ((v = env("DPT_PLAN_CACHE")) && strlen(v) > 4000)
+        return dpt_fail(DPT_ERR_ARG, "DPT_PLAN_CACHE: a path of %zu bytes (at most 4000)", strlen(v));
     dpt_status s = DPT_OK;
     dpt_net_memory_budget(&s); /* DPT_MAX_NET_MEMORY: its reader fails too */
     if (s != DPT_OK)
