@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The suite's networks with every convolution forced onto one algorithm
 # (DPT_CONV_ALGO: heuristic = direct where it applies else gemm, as before
-# plans; dnnl; measure = the planner's measured choice, no cache file), one
+# plans; dnnl; measure = the planner's measured choice, DPT_PLAN_CACHE=/dev/null: no cache file), one
 # worker, bench/step_bench --layers, alternated: each round runs every
 # algorithm once per network. Prints per network and algorithm the convs'
 # forward and backward thread-CPU ms summed over the conv layers (median of
@@ -23,7 +23,7 @@ for r in $(seq "$rounds"); do
     spec=()
     [ "$net" = example ] || spec=(--net "$root/examples/nets/$net.net")
     for a in "${algos[@]}"; do
-      DPT_PLAN_CACHE= DPT_CONV_ALGO=$a "$bin/step_bench" "${spec[@]}" --batch "$batch" \
+      DPT_PLAN_CACHE=/dev/null DPT_CONV_ALGO=$a "$bin/step_bench" "${spec[@]}" --batch "$batch" \
         --steps 2 --rounds 1 --layers >"$out/$net.$a.$r" 2>&1 || {
         echo "step_bench failed: $net $a" >&2
         cat "$out/$net.$a.$r" >&2

@@ -12,7 +12,8 @@
  *    the same and other shapes at once (the cache is shared).
  * 3. The bias gradient is the GEMM path's bits exactly (same sum order).
  *
- * Skips (77) when dptrain was built without oneDNN. */
+ * Skips (77) when dptrain was built without oneDNN (or DPT_KERNELS=generic,
+ * the reference path, which leaves oneDNN out). */
 #include "ops/conv_dnnl.h"
 #include "ops/ops.h"
 
@@ -268,7 +269,8 @@ int main(void)
     dpt_conv2d_desc probe = {.n = 1, .c_in = 1, .h = 4, .w = 4, .c_out = 1, .kh = 3, .kw = 3,
                              .stride = 1};
     if (dpt_conv2d_desc_init(&probe) != 0 || !dpt_conv_dnnl_supports(&probe)) {
-        printf("test_conv_dnnl: built without oneDNN (or it is unusable here): skipped\n");
+        printf("test_conv_dnnl: skipped: built without oneDNN, DPT_KERNELS=generic, or oneDNN "
+               "unusable here\n");
         return 77;
     }
     const dpt_conv2d_desc cases[] = {

@@ -17,7 +17,8 @@
 
 #include <stddef.h>
 
-/* 1 when oneDNN is built in and has a non-reference implementation of all
+/* 1 when oneDNN is built in, the kernel set is not "generic" (the portable
+ * reference path), and oneDNN has a non-reference implementation of all
  * three passes for d's shape (creating and caching them; 0 on any failure). */
 int dpt_conv_dnnl_supports(const dpt_conv2d_desc *d);
 /* Floats of work forward/backward need for d: reordered copies of the
