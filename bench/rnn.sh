@@ -34,6 +34,10 @@ fi
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DDPT_WITH_CUDA=OFF >/dev/null
 cmake --build "$build" --target dptrain_static -j2 >/dev/null
 libs=(-lopenblas -lz -lstb -lcjson -lm -lpthread)
+# built with oneDNN (DPT_WITH_DNNL): its library and the OpenMP runtime it uses
+if nm "$build/libdptrain.a" 2>/dev/null | grep ' U dnnl_engine_create' >/dev/null; then
+  libs+=(-ldnnl -lgomp)
+fi
 if grep -q '^MPI_C_FOUND:INTERNAL=TRUE\|^MPI_C_WORKS:INTERNAL=TRUE' "$build/CMakeCache.txt" 2>/dev/null ||
   nm "$build/libdptrain.a" 2>/dev/null | grep -q ' U MPI_Init'; then
   read -r -a mpi_link <<<"$(mpicc -showme:link 2>/dev/null || echo -lmpi)"

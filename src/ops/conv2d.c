@@ -31,6 +31,7 @@
 #include "ops/conv_batched.h"
 #include "ops/conv_depthwise.h"
 #include "ops/conv_direct.h"
+#include "ops/conv_dnnl.h"
 #include "ops/ops.h"
 
 #include <assert.h>
@@ -335,6 +336,10 @@ static const conv_algo table[DPT_CONV_ALGO_COUNT] = {
     [DPT_CONV_ALGO_BATCHED] = {"batched", 1, dpt_conv_batched_supports,
                                dpt_conv_batched_work_floats, dpt_conv_batched_forward,
                                dpt_conv_batched_backward},
+#ifdef DPT_HAVE_DNNL
+    [DPT_CONV_ALGO_DNNL] = {"dnnl", 0, dpt_conv_dnnl_supports, dpt_conv_dnnl_work_floats,
+                            dpt_conv_dnnl_forward, dpt_conv_dnnl_backward},
+#endif
 };
 
 static const char *const algo_names[DPT_CONV_ALGO_COUNT] = {
