@@ -512,6 +512,13 @@ static int measure(const dpt_conv2d_desc *d0, int bn_in, int bn_out, int need_dx
     fill(x, nx, &s, 1.0f), fill(dy, ny, &s, 1.0f), fill(w, nw, &s, 0.1f), fill(b, d.c_out, &s, 0.1f);
     fill(bn, nbn, &s, 0.5f);
     memset(dx, 0, nx * sizeof *dx), memset(y, 0, ny * sizeof *y), memset(dw, 0, nw * sizeof *dw);
+    /* Touch every page of the scratch now: calloc's pages are mapped on
+     * first write, and the first algorithm to use megabytes of scratch
+     * (whole-batch copies) would pay faults in its warm-up, which decides
+     * who is dropped, that a network's own scratch never costs a step.
+     * Volatile, so the stores are not folded into calloc's zeroing. */
+    for (size_t i = 0; i < nwork + 1; i += 1024)
+        ((volatile float *)work)[i] = 0.0f;
     /* Batch-norm coefficients as a trained network has them (scale near 1,
      * a ReLU masking about half): the fused paths do the same work. */
     const size_t cm = nbn / 6;
