@@ -45,6 +45,7 @@ extern const size_t dpt_dashboard_html_len;
 #define STREAM_BATCH 512    /* records per event */
 #define MAX_CONNECTIONS 64  /* browsers, scripts: plenty, and bounded */
 #define SETTINGS_MAX 65536  /* bytes of the settings JSON */
+#define SOCKET_SNDBUF 65536 /* bytes a connection's socket may hold unsent */
 
 typedef struct rec {
     unsigned long long id; /* 1-based number among the records received */
@@ -540,6 +541,11 @@ serve *serve_start(const char *host, int port)
     for (struct addrinfo *a = ai; a && s->fd < 0; a = a->ai_next) {
         int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
         int one = 1;
+        /* The accepted sockets inherit the send buffer: a client that stops
+         * reading holds at most this much kernel memory (no autotuning). */
+        int sndbuf = SOCKET_SNDBUF;
+        if (fd >= 0)
+            setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
         if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
             bind(fd, a->ai_addr, a->ai_addrlen) != 0 || listen(fd, 64) != 0) {
             err = errno;
