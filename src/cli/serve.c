@@ -46,6 +46,7 @@ extern const size_t dpt_dashboard_html_len;
 #define MAX_CONNECTIONS 64  /* browsers, scripts: plenty, and bounded */
 #define SETTINGS_MAX 65536  /* bytes of the settings JSON */
 #define SOCKET_SNDBUF 65536 /* bytes a connection's socket may hold unsent */
+#define DRAIN_S 1.0         /* at the end, how long the streams get to send it */
 
 typedef struct rec {
     unsigned long long id; /* 1-based number among the records received */
@@ -58,6 +59,7 @@ typedef struct stream stream;
 
 struct serve {
     pthread_mutex_t mu;
+    pthread_cond_t drained;          /* n_streams fell (serve_stop waits on it) */
     struct MHD_Daemon *daemon;
     int fd;                          /* our listening socket, handed to MHD */
     char url[320];
@@ -73,6 +75,7 @@ struct serve {
     char message[512];
     char *settings;                  /* JSON object text */
     int closing;                     /* serve_stop: end every stream */
+    int n_streams;                   /* event streams open */
     stream *waiting;                 /* suspended streams (linked by next_wait) */
 };
 
@@ -323,6 +326,8 @@ static void stream_free(void *cls)
                 *p = k->next_wait;
                 break;
             }
+    s->n_streams--;
+    pthread_cond_broadcast(&s->drained);
     pthread_mutex_unlock(&s->mu);
     free(k->buf);
     free(k);
@@ -420,6 +425,9 @@ static enum MHD_Result events(serve *s, struct MHD_Connection *c)
         free(k);
         return MHD_NO;
     }
+    pthread_mutex_lock(&s->mu);
+    s->n_streams++;
+    pthread_mutex_unlock(&s->mu);
     MHD_add_response_header(r, "Content-Type", "text/event-stream");
     MHD_add_response_header(r, "Cache-Control", "no-store");
     enum MHD_Result ok = MHD_queue_response(c, MHD_HTTP_OK, r);
@@ -506,6 +514,7 @@ static void free_serve(serve *s)
     if (s->fd >= 0)
         close(s->fd);
     pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->drained);
     free(s->recs);
     free(s->settings);
     free(s);
@@ -535,6 +544,7 @@ serve *serve_start(const char *host, int port)
     }
     s->fd = -1;
     pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->drained, NULL);
     snprintf(s->state, sizeof s->state, "running");
     /* Our own socket: bind's reason (in use, not permitted) can be told. */
     int err = 0, family = AF_INET;
@@ -616,9 +626,17 @@ void serve_stop(serve *s, double linger_s, volatile sig_atomic_t *stop)
         struct timespec t = {0, 100 * 1000 * 1000};
         nanosleep(&t, NULL);
     }
+    /* The open streams send the final state and end (a stalled one is
+     * given DRAIN_S, then closed): browsers show how the run ended. */
     pthread_mutex_lock(&s->mu);
     s->closing = 1;
     wake_all(s);
+    struct timespec until_ts;
+    clock_gettime(CLOCK_REALTIME, &until_ts);
+    until_ts.tv_nsec += (long)(DRAIN_S * 1e9);
+    until_ts.tv_sec += until_ts.tv_nsec / 1000000000L, until_ts.tv_nsec %= 1000000000L;
+    while (s->n_streams > 0 && pthread_cond_timedwait(&s->drained, &s->mu, &until_ts) == 0)
+        ;
     pthread_mutex_unlock(&s->mu);
     MHD_stop_daemon(s->daemon); /* closes the connections; frees every stream */
     free_serve(s);

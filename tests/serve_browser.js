@@ -1,0 +1,90 @@
+// Drive Debian's chromium (headless, through puppeteer-core) against a
+// `dptrain train --serve` run: tests/test_serve_browser.sh and
+// bench/serve_bench.sh use it.
+//
+//   node serve_browser.js watch URL OUT.json        the plot must grow as training runs
+//   node serve_browser.js shot URL OUT.png          wait for the end, then a screenshot
+//   node serve_browser.js hold URL N READYFILE      N pages open until stdin closes
+//
+// PUPPETEER_DIR: the folder scripts/fetch-browser-driver installed into;
+// CHROMIUM: the browser (default /usr/bin/chromium).
+"use strict";
+const path = require("path");
+const fs = require("fs");
+const puppeteer = require(path.join(process.env.PUPPETEER_DIR, "node_modules", "puppeteer-core"));
+
+const [mode, url, arg, arg2] = process.argv.slice(2);
+const LIMIT = 120000; // ms: only against a hang
+
+async function main() {
+  const browser = await puppeteer.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    // root in a container has no user namespace sandbox
+    args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"],
+  });
+  try {
+    if (mode === "hold") return await hold(browser);
+    const page = await browser.newPage();
+    await page.setViewport({ width: 1280, height: 820 });
+    const origin = new URL(url).origin, elsewhere = [];
+    page.on("request", (r) => { if (!r.url().startsWith(origin) && !r.url().startsWith("data:")) elsewhere.push(r.url()); });
+    const errors = [];
+    page.on("pageerror", (e) => errors.push(String(e)));
+    await page.goto(url, { waitUntil: "domcontentloaded", timeout: LIMIT });
+    const count = () => page.$eval("#loss", (p) => p.points.numberOfItems);
+    if (mode === "watch") {
+      // Three successive plots, each with more points than the one before:
+      // the plot grows while training runs (events, no reload).
+      const seen = [];
+      for (let k = 0; k < 3; k++) {
+        const before = seen.length ? seen[seen.length - 1] : 0;
+        await page.waitForFunction((b) => document.querySelector("#loss").points.numberOfItems > b,
+                                   { timeout: LIMIT, polling: "raf" }, before);
+        seen.push(await count());
+      }
+      const info = await page.evaluate(() => ({
+        iteration: document.getElementById("s-iter").textContent,
+        epoch: document.getElementById("s-epoch").textContent,
+        speed: document.getElementById("s-speed").textContent,
+        state: document.getElementById("state").textContent,
+        waitRows: document.querySelectorAll("#wait tr").length,
+        settings: document.getElementById("settings").textContent,
+        workers: document.getElementById("workers").textContent,
+      }));
+      fs.writeFileSync(arg, JSON.stringify({ seen, info, elsewhere, errors }));
+      // Told by the shell when the run was stopped: the page must say so.
+      if (arg2) {
+        fs.writeFileSync(arg2, "ready\n");
+        await page.waitForFunction(() => document.getElementById("state").textContent !== "running",
+                                   { timeout: LIMIT });
+        const state = await page.$eval("#state", (e) => e.textContent);
+        fs.writeFileSync(arg, JSON.stringify({ seen, info, elsewhere, errors, state, final: await count() }));
+      }
+    } else if (mode === "shot") {
+      await page.waitForFunction(() => document.getElementById("state").textContent === "finished",
+                                 { timeout: LIMIT });
+      await new Promise((r) => requestAnimationFrameWait(page, r));
+      await page.screenshot({ path: arg, fullPage: true });
+    }
+  } finally {
+    await browser.close();
+  }
+}
+
+function requestAnimationFrameWait(page, done) {
+  page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)))).then(done, done);
+}
+
+// N pages on the dashboard until stdin closes (the bench's "browsers").
+async function hold(browser) {
+  const n = Number(arg);
+  for (let i = 0; i < n; i++) {
+    const p = await browser.newPage();
+    await p.goto(url, { waitUntil: "domcontentloaded", timeout: LIMIT });
+  }
+  fs.writeFileSync(arg2, "ready\n");
+  await new Promise((r) => { process.stdin.on("end", r); process.stdin.on("close", r); process.stdin.resume(); });
+}
+
+main().catch((e) => { console.error(String(e && e.stack || e)); process.exit(1); });
