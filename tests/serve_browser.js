@@ -4,7 +4,9 @@
 //
 //   node serve_browser.js watch URL OUT.json        the plot must grow as training runs
 //   node serve_browser.js shot URL OUT.png          wait for the end, then a screenshot
-//   node serve_browser.js hold URL N READYFILE      N pages open until stdin closes
+//   node serve_browser.js hold URLFILE N READYFILE  N pages open until stdin closes
+//                                                   (the browser starts first, then
+//                                                   waits for "dashboard: URL" in URLFILE)
 //
 // PUPPETEER_DIR: the folder scripts/fetch-browser-driver installed into;
 // CHROMIUM: the browser (default /usr/bin/chromium).
@@ -13,7 +15,7 @@ const path = require("path");
 const fs = require("fs");
 const puppeteer = require(path.join(process.env.PUPPETEER_DIR, "node_modules", "puppeteer-core"));
 
-const [mode, url, arg, arg2] = process.argv.slice(2);
+const [mode, url, arg, arg2] = process.argv.slice(2); // hold: url is the URL file
 const LIMIT = 120000; // ms: only against a hang
 
 async function main() {
@@ -79,11 +81,19 @@ function requestAnimationFrameWait(page, done) {
 // N pages on the dashboard until stdin closes (the bench's "browsers").
 async function hold(browser) {
   const n = Number(arg);
+  fs.writeFileSync(arg2, "launched\n"); // the caller may start training now
+  let url = null;
+  for (let t = 0; t < LIMIT && !url; t += 20) {
+    const m = /^dashboard: (http\S+)$/m.exec(fs.existsSync(process.argv[3]) ? fs.readFileSync(process.argv[3], "utf8") : "");
+    if (m) url = m[1];
+    else await new Promise((r) => setTimeout(r, 20));
+  }
+  if (!url) throw new Error("no dashboard URL in " + process.argv[3]);
   for (let i = 0; i < n; i++) {
     const p = await browser.newPage();
     await p.goto(url, { waitUntil: "domcontentloaded", timeout: LIMIT });
   }
-  fs.writeFileSync(arg2, "ready\n");
+  fs.appendFileSync(arg2, "ready\n");
   await new Promise((r) => { process.stdin.on("end", r); process.stdin.on("close", r); process.stdin.resume(); });
 }
 

@@ -493,6 +493,14 @@ static int shown_workers_of(int under_mpi, int n_workers)
     return under_mpi ? launcher_size() : n_workers;
 }
 
+/* A float setting as it was written (0.01, not 0.00999999977648258). */
+static double shown(double x)
+{
+    char b[32];
+    snprintf(b, sizeof b, "%.7g", x);
+    return strtod(b, NULL);
+}
+
 /* The run's settings for the dashboard, as a JSON object. */
 static void serve_settings(serve *srv, const dpt_fit_config *cfg, int kind, const char *data,
                            const char *test, const char *net_path, const char *optim_name,
@@ -515,12 +523,12 @@ static void serve_settings(serve *srv, const dpt_fit_config *cfg, int kind, cons
     cJSON_AddNumberToObject(o, "epochs", cfg->epochs);
     cJSON_AddNumberToObject(o, "batch", cfg->batch);
     cJSON_AddStringToObject(o, "optimizer", optim_name);
-    cJSON_AddNumberToObject(o, "lr", cfg->lr);
+    cJSON_AddNumberToObject(o, "lr", shown(cfg->lr));
     if (cfg->optimizer == DPT_OPTIM_SGDM)
-        cJSON_AddNumberToObject(o, "momentum", cfg->momentum);
+        cJSON_AddNumberToObject(o, "momentum", shown(cfg->momentum));
     else
         cJSON_AddNumberToObject(o, "beta1", cfg->beta1), cJSON_AddNumberToObject(o, "beta2", cfg->beta2);
-    cJSON_AddNumberToObject(o, "weight_decay", cfg->weight_decay);
+    cJSON_AddNumberToObject(o, "weight_decay", shown(cfg->weight_decay));
     cJSON_AddStringToObject(o, "lr_schedule", sched_text ? sched_text : "constant");
     cJSON_AddNumberToObject(o, "clip_norm", cfg->clip_norm);
     cJSON_AddNumberToObject(o, "seed", (double)cfg->seed);
