@@ -110,10 +110,12 @@ for k in range(rounds):
         res[name].append(v)
         print("round %d  %-32s %8.1f images/s (median of %d iterations)" % (k + 1, name, v, n), flush=True)
 base = statistics.median(res["no --serve"])
-print("\nmedians over %d rounds (%s epochs of digits400, batch 32, %s worker(s)):" % (rounds, epochs, workers))
+print("\nmedians over %d rounds (%s epochs of digits400, batch 32, %s worker(s)); the ratio is the"
+      " median of each round's ratio to that round's run without --serve:" % (rounds, epochs, workers))
 for name, _ in variants:
     m = statistics.median(res[name])
-    print("  %-32s %8.1f images/s  (%.3fx)" % (name, m, m / base))
+    ratio = statistics.median(v / p for v, p in zip(res[name], res["no --serve"]))
+    print("  %-32s %8.1f images/s  (%.3fx)" % (name, m, ratio))
 
 if shot:
     # short names on the page: run where digits400 is a link

@@ -122,74 +122,96 @@ def sse_events(s, data=b""):
         buf += chunk
 
 mode, errfile, pidfile = sys.argv[1], sys.argv[2], sys.argv[3]
-base = url_of(errfile)
 pid = int(open(pidfile).read())
+try:
+    base = url_of(errfile)
+except BaseException:
+    os.kill(pid, signal.SIGTERM)
+    raise
 
-if mode == "concurrent":
-    code, ctype, page = get(base)
-    assert code == 200 and ctype.startswith("text/html"), (code, ctype)
-    page = page.decode()
-    assert "EventSource" in page and "<svg" in page and 'id="loss"' in page, "page lacks the live plot"
-    # self-contained: nothing fetched from elsewhere
-    assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", page), "page loads something from outside"
-    assert "http://" not in page and "https://" not in page
-    wait_until(base, lambda j: last_iteration(j) >= 5, "iteration 5")
-    errors = []
-    def client(k):
-        try:
-            seen = 0
-            for _ in range(4):
-                # each fetch must show a later iteration than the last one seen
-                j = wait_until(base, lambda j: last_iteration(j) > seen, "a later iteration")
-                assert j["settings"]["epochs"] == 1000 and j["settings"]["workers"] == 2, j["settings"]
-                assert j["status"]["state"] == "running"
-                assert len(j["status"]["comm_wait_s"]) == 2
-                seen = last_iteration(j)
-        except BaseException as e:  # noqa: report any failure of any thread
-            errors.append("client %d: %r" % (k, e))
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        sys.exit("\n".join(errors))
-    os.kill(pid, signal.SIGTERM)  # the run is long; stop it (exit 1, "interrupted")
-    print("8 concurrent clients: ok")
+def stop_run():
+    try:
+        os.kill(pid, signal.SIGTERM)  # end the long run or the linger
+    except ProcessLookupError:
+        pass
 
-elif mode == "stalled":
-    # A client with a tiny receive buffer reads the first event, then stops.
-    stalled = sse_connect(base, rcvbuf=4096)
-    first = stalled.recv(200)
-    assert first, "no first bytes from the event stream"
-    j = wait_until(base, lambda j: j["status"]["state"] != "running", "the end of the run")
-    assert j["status"]["state"] == "finished", j["status"]
-    recs = j["records"]
-    ordinary = [r for r in recs if not r["end_of_epoch"]]
-    per_epoch = j["status"]["iterations_per_epoch"]
-    assert len(ordinary) == per_epoch * 30 and ordinary[-1]["iteration"] == per_epoch * 30, len(ordinary)
-    assert sum(r["end_of_epoch"] for r in recs) == 30
-    # Read the stalled stream now: every record, in order, then "end".
-    ids, ended = [], False
-    for ev, eid, data in sse_events(stalled, first):
-        if ev == "message":
-            m = json.loads(data)
-            ids += [r[0] for r in m["records"]]
-            assert int(eid) == ids[-1]
-        elif ev == "end":
-            ended = json.loads(data)["state"] == "finished"
-            break
-    assert ended, "the stalled stream never ended"
-    assert ids == list(range(1, len(recs) + 1)), "stalled stream lost or repeated records"
-    # A reconnecting browser sends Last-Event-ID: it gets what came after.
-    s2 = sse_connect(base, last_id=10)
-    for ev, eid, data in sse_events(s2):
-        if ev == "message":
-            assert json.loads(data)["records"][0][0] == 11, "Last-Event-ID not honoured"
-            break
-    s2.close()
-    os.kill(pid, signal.SIGTERM)  # end the linger
-    print("stalled client: %d records, run finished, stream complete" % len(recs))
+try:
+
+    if mode == "concurrent":
+        code, ctype, page = get(base)
+        assert code == 200 and ctype.startswith("text/html"), (code, ctype)
+        page = page.decode()
+        assert "EventSource" in page and "<svg" in page and 'id="loss"' in page, "page lacks the live plot"
+        # self-contained: nothing fetched from elsewhere
+        assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", page), "page loads something from outside"
+        assert "http://" not in page and "https://" not in page
+        wait_until(base, lambda j: last_iteration(j) >= 5, "iteration 5")
+        errors = []
+        def client(k):
+            try:
+                seen = 0
+                for _ in range(4):
+                    # each fetch must show a later iteration than the last one seen
+                    j = wait_until(base, lambda j: last_iteration(j) > seen, "a later iteration")
+                    assert j["settings"]["epochs"] == 1000 and j["settings"]["workers"] == 2, j["settings"]
+                    assert j["status"]["state"] == "running"
+                    assert len(j["status"]["comm_wait_s"]) == 2
+                    seen = last_iteration(j)
+            except BaseException as e:  # noqa: report any failure of any thread
+                errors.append("client %d: %r" % (k, e))
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            sys.exit("\n".join(errors))
+        print("8 concurrent clients: ok")
+
+    elif mode == "thinned":
+        j = wait_until(base, lambda j: j["status"]["state"] != "running", "the end of the run")
+        recs = j["records"]
+        its = [r["iteration"] for r in recs]
+        assert 32 <= len(recs) <= 64, len(recs)
+        assert its == sorted(its) and its[0] == 1 and its[-1] == 360, its
+        assert sum(r["end_of_epoch"] for r in recs) == 30, "an end-of-epoch record was dropped"
+        assert j["status"]["records"] == 390 and j["status"]["iteration"] == 360, j["status"]
+        print("thinned store: %d of 390 records kept, every epoch's" % len(recs))
+
+    elif mode == "stalled":
+        # A client with a tiny receive buffer reads the first event, then stops.
+        stalled = sse_connect(base, rcvbuf=4096)
+        first = stalled.recv(200)
+        assert first, "no first bytes from the event stream"
+        j = wait_until(base, lambda j: j["status"]["state"] != "running", "the end of the run")
+        assert j["status"]["state"] == "finished", j["status"]
+        recs = j["records"]
+        ordinary = [r for r in recs if not r["end_of_epoch"]]
+        per_epoch = j["status"]["iterations_per_epoch"]
+        assert len(ordinary) == per_epoch * 30 and ordinary[-1]["iteration"] == per_epoch * 30, len(ordinary)
+        assert sum(r["end_of_epoch"] for r in recs) == 30
+        # Read the stalled stream now: every record, in order, then "end".
+        ids, ended = [], False
+        for ev, eid, data in sse_events(stalled, first):
+            if ev == "message":
+                m = json.loads(data)
+                ids += [r[0] for r in m["records"]]
+                assert int(eid) == ids[-1]
+            elif ev == "end":
+                ended = json.loads(data)["state"] == "finished"
+                break
+        assert ended, "the stalled stream never ended"
+        assert ids == list(range(1, len(recs) + 1)), "stalled stream lost or repeated records"
+        # A reconnecting browser sends Last-Event-ID: it gets what came after.
+        s2 = sse_connect(base, last_id=10)
+        for ev, eid, data in sse_events(s2):
+            if ev == "message":
+                assert json.loads(data)["records"][0][0] == 11, "Last-Event-ID not honoured"
+                break
+        s2.close()
+        print("stalled client: %d records, run finished, stream complete" % len(recs))
+finally:
+    stop_run()
 PY
 
 # ---- 8 concurrent clients during a long run, stopped with SIGTERM -----------------
@@ -212,6 +234,15 @@ wait "$(cat "$tmp/run2.pid")"
 rc=$?
 [ $rc -eq 0 ] && grep -q "test accuracy" "$tmp/run2.out" && [ -s "$tmp/run2/model.safetensors" ] \
   && ok || bad "run 2: exit $rc: $(cat "$tmp/run2.err")"
+
+# ---- a long run's records are thinned, never more than the store holds --------------
+# (the store's size lowered to 64 records: 30 epochs of 12 iterations and 30
+# end-of-epoch rows are 390 records)
+DPT_SERVE_MAX_RECORDS=64 "$cli" train --data "$d" --epochs 30 --batch 32 --workers 1 --out "$tmp/run5" \
+  --quiet --serve 0 --serve-linger 600 >"$tmp/run5.out" 2>"$tmp/run5.err" &
+echo $! >"$tmp/run5.pid"
+python3 "$tmp/client.py" thinned "$tmp/run5.err" "$tmp/run5.pid" && ok || bad "thinned store"
+wait "$(cat "$tmp/run5.pid")" && ok || bad "run 5: $(cat "$tmp/run5.err")"
 
 # ---- a non-loopback address warns ------------------------------------------------------
 "$cli" train --data "$d" --epochs 1 --batch 32 --workers 1 --out "$tmp/run3" --quiet \

@@ -41,7 +41,8 @@
 extern const char dpt_dashboard_html[];
 extern const size_t dpt_dashboard_html_len;
 
-#define MAX_RECORDS 65536   /* kept in memory; thinned beyond */
+#define MAX_RECORDS 65536   /* kept in memory; thinned beyond (DPT_SERVE_MAX_RECORDS
+                               lowers it, for the tests) */
 #define STREAM_BATCH 512    /* records per event */
 #define MAX_CONNECTIONS 64  /* browsers, scripts: plenty, and bounded */
 #define SETTINGS_MAX 65536  /* bytes of the settings JSON */
@@ -64,8 +65,8 @@ struct serve {
     int fd;                          /* our listening socket, handed to MHD */
     char url[320];
     /* under mu: */
-    rec *recs;                       /* [MAX_RECORDS] */
-    size_t n;
+    rec *recs;                       /* [max_records] */
+    size_t n, max_records;
     unsigned long long received;     /* records so far (the last id) */
     int epochs;
     long per_epoch, first_iteration; /* first_iteration: of this run (resume) */
@@ -105,6 +106,11 @@ static int buf_printf(stream *k, const char *fmt, ...)
     ;
 static int buf_printf(stream *k, const char *fmt, ...)
 {
+    if (!k->buf) {
+        if (!(k->buf = malloc(4096)))
+            return -1;
+        k->cap = 4096, k->len = 0;
+    }
     for (;;) {
         va_list ap;
         va_start(ap, fmt);
@@ -136,14 +142,28 @@ static const char *num(char *b, size_t cap, double v)
 
 /* ---- the store ---------------------------------------------------------- */
 
-/* Drop every other ordinary record of the older half (under mu). */
+/* Make room (under mu): drop every other ordinary record of the older
+ * half, end-of-epoch records kept; failing that (an older half of epochs
+ * with one ordinary record at most), its ordinary records; failing that,
+ * every other record of it. */
 static void thin(serve *s)
 {
-    size_t half = s->n / 2, w = 0;
-    for (size_t i = 0; i < s->n; i++)
-        if (i >= half || s->recs[i].end_of_epoch || i % 2 == 0)
-            s->recs[w++] = s->recs[i];
-    s->n = w;
+    size_t half = s->n / 2;
+    for (int pass = 0; pass < 3; pass++) {
+        size_t w = 0, ordinary = 0;
+        for (size_t i = 0; i < s->n; i++) {
+            const rec *r = &s->recs[i];
+            int keep = i >= half || (pass == 0   ? r->end_of_epoch || ordinary++ % 2 == 0
+                                     : pass == 1 ? r->end_of_epoch
+                                                 : i % 2 == 0);
+            if (keep)
+                s->recs[w++] = *r;
+        }
+        if (w < s->n) {
+            s->n = w;
+            return;
+        }
+    }
 }
 
 /* Wake every suspended stream (under mu). */
@@ -161,7 +181,7 @@ void serve_record(serve *s, const dpt_progress *p)
     if (!s)
         return;
     pthread_mutex_lock(&s->mu);
-    if (s->n == MAX_RECORDS)
+    if (s->n == s->max_records)
         thin(s);
     rec *r = &s->recs[s->n++];
     r->id = ++s->received;
@@ -535,14 +555,25 @@ serve *serve_start(const char *host, int port)
         cli_error("--serve %s: cannot resolve the host: %s", clean, gai_strerror(gai));
         return NULL;
     }
+    size_t max_records = MAX_RECORDS;
+    const char *env = getenv("DPT_SERVE_MAX_RECORDS");
+    if (env) {
+        char *end;
+        long v = strtol(env, &end, 10);
+        if (end != env && !*end && v >= 16 && v <= MAX_RECORDS)
+            max_records = (size_t)v;
+        else
+            fprintf(stderr, "dptrain: warning: DPT_SERVE_MAX_RECORDS '%.32s' is not 16 to %d; using %d\n",
+                    env, MAX_RECORDS, MAX_RECORDS);
+    }
     serve *s = calloc(1, sizeof *s);
-    if (!s || !(s->recs = malloc(MAX_RECORDS * sizeof *s->recs))) {
+    if (!s || !(s->recs = malloc(max_records * sizeof *s->recs))) {
         free(s);
         freeaddrinfo(ai);
         cli_error("out of memory");
         return NULL;
     }
-    s->fd = -1;
+    s->fd = -1, s->max_records = max_records;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->drained, NULL);
     snprintf(s->state, sizeof s->state, "running");
