@@ -12,6 +12,8 @@ set -u
 . "$(dirname "$0")/cli_helpers.sh"
 src=${DPT_SOURCE_DIR:?}
 d=$src/tests/fixtures/digits400
+# A small network, so that the runs are quick in any build (sanitizers too).
+printf 'input in size=28x28x1\nfc fc outputs=classes\nsoftmax sm\n' >"$tmp/tiny.net"
 
 if ! "$cli" train --help | grep -q -- "--serve \[HOST:\]PORT"; then
   bad "train --help does not document --serve"
@@ -153,7 +155,7 @@ try:
                 for _ in range(4):
                     # each fetch must show a later iteration than the last one seen
                     j = wait_until(base, lambda j: last_iteration(j) > seen, "a later iteration")
-                    assert j["settings"]["epochs"] == 1000 and j["settings"]["workers"] == 2, j["settings"]
+                    assert j["settings"]["epochs"] == 1000000 and j["settings"]["workers"] == 2, j["settings"]
                     assert j["status"]["state"] == "running"
                     assert len(j["status"]["comm_wait_s"]) == 2
                     seen = last_iteration(j)
@@ -175,7 +177,8 @@ try:
         assert 32 <= len(recs) <= 64, len(recs)
         assert its == sorted(its) and its[0] == 1 and its[-1] == 360, its
         assert sum(r["end_of_epoch"] for r in recs) == 30, "an end-of-epoch record was dropped"
-        assert j["status"]["records"] == 390 and j["status"]["iteration"] == 360, j["status"]
+        # 390 records, fewer where the progress queue coalesced some
+        assert len(recs) < j["status"]["records"] <= 390 and j["status"]["iteration"] == 360, j["status"]
         print("thinned store: %d of 390 records kept, every epoch's" % len(recs))
 
     elif mode == "stalled":
@@ -188,7 +191,10 @@ try:
         recs = j["records"]
         ordinary = [r for r in recs if not r["end_of_epoch"]]
         per_epoch = j["status"]["iterations_per_epoch"]
-        assert len(ordinary) == per_epoch * 30 and ordinary[-1]["iteration"] == per_epoch * 30, len(ordinary)
+        # (the progress queue may coalesce records when its reader falls
+        # behind: fewer records than iterations, never a later one missing)
+        its = [r["iteration"] for r in ordinary]
+        assert its == sorted(set(its)) and its[-1] == per_epoch * 30, its[-5:]
         assert sum(r["end_of_epoch"] for r in recs) == 30
         # Read the stalled stream now: every record, in order, then "end".
         ids, ended = [], False
@@ -215,8 +221,8 @@ finally:
 PY
 
 # ---- 8 concurrent clients during a long run, stopped with SIGTERM -----------------
-"$cli" train --data "$d" --epochs 1000 --batch 32 --workers 2 --out "$tmp/run1" --quiet \
-  --serve 127.0.0.1:0 >"$tmp/run1.out" 2>"$tmp/run1.err" &
+DPT_SERVE_MAX_RECORDS=4096 "$cli" train --data "$d" --net "$tmp/tiny.net" --epochs 1000000 --batch 32 \
+  --workers 2 --out "$tmp/run1" --quiet --serve 127.0.0.1:0 >"$tmp/run1.out" 2>"$tmp/run1.err" &
 echo $! >"$tmp/run1.pid"
 python3 "$tmp/client.py" concurrent "$tmp/run1.err" "$tmp/run1.pid" && ok || bad "concurrent clients"
 wait "$(cat "$tmp/run1.pid")"
@@ -226,7 +232,7 @@ rc=$?
 # ---- a client that stops reading: the run still finishes ----------------------------
 # batch 4: 90 iterations an epoch, 2700 records (about 200 KB of events),
 # more than the stalled socket's buffers hold.
-"$cli" train --data "$d" --epochs 30 --batch 4 --workers 1 --out "$tmp/run2" --quiet \
+"$cli" train --data "$d" --net "$tmp/tiny.net" --epochs 30 --batch 4 --workers 1 --out "$tmp/run2" --quiet \
   --serve 0 --serve-linger 600 >"$tmp/run2.out" 2>"$tmp/run2.err" &
 echo $! >"$tmp/run2.pid"
 python3 "$tmp/client.py" stalled "$tmp/run2.err" "$tmp/run2.pid" && ok || bad "stalled client"
@@ -238,18 +244,18 @@ rc=$?
 # ---- a long run's records are thinned, never more than the store holds --------------
 # (the store's size lowered to 64 records: 30 epochs of 12 iterations and 30
 # end-of-epoch rows are 390 records)
-DPT_SERVE_MAX_RECORDS=64 "$cli" train --data "$d" --epochs 30 --batch 32 --workers 1 --out "$tmp/run5" \
+DPT_SERVE_MAX_RECORDS=64 "$cli" train --data "$d" --net "$tmp/tiny.net" --epochs 30 --batch 32 --workers 1 --out "$tmp/run5" \
   --quiet --serve 0 --serve-linger 600 >"$tmp/run5.out" 2>"$tmp/run5.err" &
 echo $! >"$tmp/run5.pid"
 python3 "$tmp/client.py" thinned "$tmp/run5.err" "$tmp/run5.pid" && ok || bad "thinned store"
 wait "$(cat "$tmp/run5.pid")" && ok || bad "run 5: $(cat "$tmp/run5.err")"
 
 # ---- a non-loopback address warns ------------------------------------------------------
-"$cli" train --data "$d" --epochs 1 --batch 32 --workers 1 --out "$tmp/run3" --quiet \
+"$cli" train --data "$d" --net "$tmp/tiny.net" --epochs 1 --batch 32 --workers 1 --out "$tmp/run3" --quiet \
   --serve 0.0.0.0:0 >"$tmp/run3.out" 2>"$tmp/run3.err" \
   && grep -q "warning: --serve 0.0.0.0 is not a loopback address" "$tmp/run3.err" \
   && ok || bad "0.0.0.0: no warning: $(cat "$tmp/run3.err")"
-"$cli" train --data "$d" --epochs 1 --batch 32 --workers 1 --out "$tmp/run4" --quiet --overwrite \
+"$cli" train --data "$d" --net "$tmp/tiny.net" --epochs 1 --batch 32 --workers 1 --out "$tmp/run4" --quiet --overwrite \
   --serve localhost:0 >"$tmp/run4.out" 2>"$tmp/run4.err" \
   && ! grep -q "warning" "$tmp/run4.err" && ok || bad "localhost: $(cat "$tmp/run4.err")"
 
