@@ -34,6 +34,16 @@ expect_error "--serve: ':8080': empty host" train --serve :8080
 expect_error "--serve: '::1:80': write an IPv6 address in brackets" train --serve ::1:80
 expect_error "--serve no.such.host.invalid: cannot resolve the host" train --serve no.such.host.invalid:0
 expect_error "--serve-linger: 'x' is not an integer" train --serve 0 --serve-linger x
+expect_error "--serve: '[::1': is not [HOST:]PORT" train --serve '[::1'
+# A port another program listens on (the holder is ended right after).
+python3 -c 'import socket, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)
+print(s.getsockname()[1], flush=True); time.sleep(120)' >"$tmp/port" &
+holder=$!
+for i in $(seq 1 400); do [ -s "$tmp/port" ] && break; sleep 0.05; done
+expect_error "--serve 127.0.0.1:$(cat "$tmp/port"): cannot listen: Address already in use" \
+  train --serve "127.0.0.1:$(cat "$tmp/port")"
+kill $holder
 [ ! -e "$tmp/o/model.safetensors" ] && ok || bad "a model was written despite a bad --serve"
 
 # The client side, in Python (stdlib only): waits on events, never on sleeps.
