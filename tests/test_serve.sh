@@ -34,7 +34,7 @@ expect_error "--serve: ':8080': empty host" train --serve :8080
 expect_error "--serve: '::1:80': write an IPv6 address in brackets" train --serve ::1:80
 expect_error "--serve no.such.host.invalid: cannot resolve the host" train --serve no.such.host.invalid:0
 expect_error "--serve-linger: 'x' is not an integer" train --serve 0 --serve-linger x
-expect_error "--serve: '[::1': is not [HOST:]PORT" train --serve '[::1'
+expect_error "--serve: '[::1' is not [HOST:]PORT" train --serve '[::1'
 # A port another program listens on (the holder is ended right after).
 python3 -c 'import socket, time
 s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)
