@@ -110,6 +110,23 @@ else
   bad "CMake build of the installed examples: $(tail -30 "$tmp/cmake.log")"
 fi
 
+# The Python package, installed beside the library, finds the installed
+# libdptrain.so.0 by itself (no DPTRAIN_LIBRARY, no build tree).
+for py in python3 /usr/bin/python3 ""; do
+  [ -n "$py" ] && "$py" -c 'import cffi, numpy' 2>/dev/null && break
+done
+if [ -n "$py" ]; then
+  step "python package"
+  got=$(cd "$tmp" && env -u DPTRAIN_LIBRARY PYTHONPATH="$prefix/share/dptrain/python" "$py" -c \
+        'import dptrain; n = dptrain.Network.from_spec(None, n_classes=3, max_batch=2); print(dptrain.library_path, n.n_outputs)' 2>&1)
+  case "$got" in
+    "$prefix"/lib*/libdptrain.so.0\ 3) ;;
+    *) bad "installed python package: $got" ;;
+  esac
+else
+  echo "-- python package: not checked (no python3 with cffi and numpy)"
+fi
+
 if [ $fail -ne 0 ]; then
   echo "$fail failure(s)" >&2
   exit 1

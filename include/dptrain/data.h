@@ -44,7 +44,8 @@ typedef struct dpt_datastore dpt_datastore;
 
 typedef enum dpt_datastore_kind {
     DPT_DATASTORE_FOLDER = 1, /* folder of class sub-folders of image files */
-    DPT_DATASTORE_IDX = 2     /* IDX images + labels, in memory */
+    DPT_DATASTORE_IDX = 2,    /* IDX images + labels, in memory */
+    DPT_DATASTORE_MEMORY = 3  /* a program's arrays (dpt_datastore_from_memory) */
 } dpt_datastore_kind;
 
 /* ---- opening ------------------------------------------------------------ */
@@ -117,6 +118,30 @@ DPT_API dpt_status dpt_datastore_open_idx(const char *images_path, const char *l
  * some never occur (a small test set). n_classes 0 means max label + 1. */
 DPT_API dpt_status dpt_datastore_open_idx_classes(const char *images_path, const char *labels_path,
                                                   int n_classes, dpt_datastore **out);
+
+/* Bounds of dpt_datastore_from_memory: classes, and bytes of pixels (16
+ * GiB), checked before anything is copied. */
+#define DPT_MEMORY_MAX_CLASSES 65536
+#define DPT_MEMORY_MAX_BYTES ((uint64_t)16 << 30)
+
+/* A datastore over images a program holds in memory (arrays from another
+ * language: the Python package's numpy arrays): n images of h x w pixels
+ * with c channels (1 to 4, as image files decode: 2 is grey + alpha, 4 is
+ * RGBA), uint8, interleaved [n, h, w, c] (channels last), read as folder
+ * images are (value / 255, channel conversion, resizing). labels[n] are
+ * class indices in [0, n_classes); class_names[n_classes] name the classes
+ * (NULL: "0", "1", ...), matched by dpt_datastore_match_classes and saved
+ * in model files. `name` stands for the data in messages and as
+ * dpt_datastore_file (NULL: "<memory>"). Pixels, labels and names are
+ * copied: the caller's buffers may go right after. DPT_ERR_ARG naming the
+ * argument for n < 1, h, w < 1, h * w over DPT_MAX_IMAGE_PIXELS, c outside
+ * 1..4, n_classes outside 1..DPT_MEMORY_MAX_CLASSES, pixels over
+ * DPT_MEMORY_MAX_BYTES, a NULL or empty class name, or a label out of range
+ * (naming the observation). *out owned by the caller. */
+DPT_API dpt_status dpt_datastore_from_memory(const uint8_t *pixels, size_t n, int h, int w, int c,
+                                             const int32_t *labels, int n_classes,
+                                             const char *const *class_names, const char *name,
+                                             dpt_datastore **out);
 
 /* The labels file that belongs to an IDX images file, by the MNIST naming
  * convention: in the file name, "images" becomes "labels" and "idx3"

@@ -432,6 +432,28 @@ DPT_API dpt_status dpt_net_load_into(dpt_net *net, const char *path);
  * "format", "spec", and any key the saver added), or NULL. */
 DPT_API const char *dpt_net_meta(const dpt_net *net, const char *key);
 
+/* ---- ONNX export (docs/onnx.md) --------------------------------------------------- */
+
+/* Write the network as an ONNX model for inference at `path`: standard
+ * operators of opset `opset` (13 to 17) in the default domain, IR version
+ * 8, batch norm in its inference form (running statistics), dropout as the
+ * identity, LSTM/GRU with ONNX's gate order; the batch dimension is
+ * dynamic ("N"), and for a sequence network the time steps too ("T",
+ * input [N, T, F], every sequence full length). The graph's input and
+ * output are named after the network's first and last layers; learnables
+ * keep their table names ("conv1/Weights"). metadata_props hold meta[n_meta]
+ * (keys unique, none starting "dptrain."), the model file's "classes"
+ * when meta has none, and dptrain.input, dptrain.input_layout,
+ * dptrain.input_scale, dptrain.output and dptrain.spec describing how to
+ * feed it (pixels scaled to [0, 1], NCHW). Atomic: the file is the old
+ * one or the new one. Errors: a layer without an ONNX form fails with
+ * DPT_ERR_UNSUPPORTED naming it, and nothing is written; DPT_ERR_ARG for
+ * a bad opset or metadata; DPT_ERR_UNSUPPORTED too in a build without
+ * ONNX support (protobuf-c and onnx.proto not found at configure time);
+ * DPT_ERR_IO when the file cannot be written. Not collective. */
+DPT_API dpt_status dpt_net_export_onnx(const dpt_net *net, const char *path, int opset,
+                                       const dpt_kv *meta, size_t n_meta);
+
 /* Predicted class (argmax of the output) for each row of y [n, k]. */
 DPT_API void dpt_argmax_rows(const float *y, int n, int k, int *labels);
 

@@ -62,6 +62,50 @@ DPT_API void dpt_batch_shares(int batch, int n_workers, int *share);
  * minibatch times the number of GPU workers; on CPU workers it is unchanged. */
 DPT_API int dpt_batch_global(int batch, int n_workers, int on_gpu);
 
+/* ---- the parallel step from one thread ---------------------------------------
+ * N local workers, each with a replica of one network and its optimizer,
+ * kept from step to step; dpt_parallel_step hands each worker its share of
+ * a global minibatch (dpt_batch_shares, in order: worker 0 the first rows)
+ * and runs dpt_train_step_optim on every worker (dpt_spmd_run, local
+ * backend). For callers that cannot write a worker function, such as a
+ * language binding whose code must not run on the library's threads; a C
+ * program writes its own loop (examples/parallel_custom_loop.c). The
+ * replicas stay bit-identical (DESIGN.md, invariant 2). One thread at a
+ * time per dpt_parallel. */
+typedef struct dpt_parallel dpt_parallel;
+
+/* Build n_workers (1 to 1024) replicas of the image network `spec` (NULL:
+ * dpt_net_default_spec; `source` names it in messages, may be NULL) for
+ * n_classes classes and seed as dpt_net_from_spec, each sized for its share
+ * of a global minibatch of at most max_batch (>= n_workers), and an
+ * optimizer of `kind` for each (opts as dpt_optim_new; NULL: defaults).
+ * sync_bn 1: synchronised batch norm. Errors as those calls; a sequence
+ * network is DPT_ERR_ARG. *out owned by the caller (dpt_parallel_free). */
+DPT_API dpt_status dpt_parallel_new(const char *spec, const char *source, int n_classes,
+                                    int max_batch, uint64_t seed, int n_workers,
+                                    dpt_optim_kind kind, const dpt_optim_opts *opts, int sync_bn,
+                                    dpt_parallel **out);
+/* Release the replicas and optimizers. NULL does nothing. */
+DPT_API void dpt_parallel_free(dpt_parallel *p);
+/* Workers (replicas); 0 for NULL. */
+DPT_API int dpt_parallel_n_workers(const dpt_parallel *p);
+/* Worker `worker`'s replica and optimizer, owned by p (NULL out of range).
+ * Read from replica 0 (save, evaluate, predict: all are equal); a change
+ * to learnables, state or the optimizer must be made on every replica. */
+DPT_API dpt_net *dpt_parallel_net(dpt_parallel *p, int worker);
+DPT_API dpt_optim *dpt_parallel_optim(dpt_parallel *p, int worker);
+/* Set the learning rate of every worker's optimizer (a schedule's rate). */
+DPT_API void dpt_parallel_set_lr(dpt_parallel *p, float lr);
+/* One data-parallel step on a global minibatch x [n, C, H, W] with targets
+ * t [n, K] (one-hot or soft rows, K the network's outputs), n_workers <= n
+ * <= max_batch: worker j trains on its dpt_batch_shares rows. epoch and
+ * iteration (1-based) key dropout as in dpt_fit. *loss (may be NULL)
+ * receives the loss of the whole minibatch. Blocks until every worker is
+ * done; the caller's thread is worker 0. A failing worker's status and
+ * message ("worker K: ...") are returned. */
+DPT_API dpt_status dpt_parallel_step(dpt_parallel *p, const float *x, const float *t, int n,
+                                     long epoch, long iteration, double *loss);
+
 /* ---- checkpoints -------------------------------------------------------------
  * A checkpoint is a safetensors file: the learnables and state tables (as in
  * a model file), the optimizer's state (SGDM's velocity "optim/Velocity";
@@ -207,9 +251,29 @@ DPT_API dpt_status dpt_progress_queue_new(size_t capacity, dpt_progress_fn fn, v
 DPT_API void dpt_progress_send(dpt_progress_queue *q, const dpt_progress *p);
 /* Records coalesced so far because the queue was full. */
 DPT_API size_t dpt_progress_coalesced(const dpt_progress_queue *q);
-/* Deliver every queued record, stop the client thread and free the queue.
- * NULL does nothing. */
+/* Deliver every queued record, stop the client thread and free the queue
+ * (a polled queue: free it, with the records not taken). NULL does nothing. */
 DPT_API void dpt_progress_queue_free(dpt_progress_queue *q);
+
+/* A queue without a client thread: records wait, in the order sent (with
+ * the same coalescing when full), until the owner takes them with
+ * dpt_progress_queue_poll on a thread of its choosing. For callers that
+ * must run the callback on one thread of their own (a language binding
+ * whose code may not run on the library's threads: the Python package
+ * polls from its main thread while dpt_fit runs on another). *out owned
+ * by the caller (dpt_progress_queue_free). */
+DPT_API dpt_status dpt_progress_queue_new_polled(size_t capacity, dpt_progress_queue **out);
+
+/* Take the oldest record of a polled queue into *out: 1 when one was
+ * taken, 0 when none came within timeout_ms milliseconds (0: do not wait;
+ * a wait may end early, so poll again) or q is not a polled queue.
+ * Thread-safe against senders; one thread polls. */
+DPT_API int dpt_progress_queue_poll(dpt_progress_queue *q, dpt_progress *out, long timeout_ms);
+
+/* A dpt_progress_fn that sends *p to the queue given as its argument
+ * (dpt_progress_send): set dpt_fit_config.progress to it and
+ * progress_arg to a queue, so records reach a polled queue. */
+DPT_API void dpt_progress_forward(const dpt_progress *p, void *queue);
 
 typedef struct dpt_fit_config {
     int version;                  /* DPT_FIT_CONFIG_VERSION */

@@ -17,6 +17,7 @@ int cli_predict(int argc, char **argv);
 int cli_info(int argc, char **argv);
 int cli_launch(int argc, char **argv);
 int cli_generate(int argc, char **argv);
+int cli_export(int argc, char **argv);
 
 /* Print "dptrain: <message>" on stderr and return 1. */
 int cli_error(const char *fmt, ...)

@@ -21,6 +21,7 @@ static const char usage[] =
     "  predict   label and score of image files or .csv sequences\n"
     "  generate  sample text from a character language model\n"
     "  info      the default network spec, a network's layers and tables, a model file\n"
+    "  export    write a model as an ONNX file (ONNX Runtime and other tools)\n"
     "  launch    train under mpirun -np N, restarted from its last checkpoint when it fails\n"
     "\n"
     "Run 'dptrain <command> --help' for a command's options.\n";
@@ -140,7 +141,10 @@ int main(int argc, char **argv)
         return cli_launch(argc - 1, argv + 1);
     if (!strcmp(cmd, "generate"))
         return cli_generate(argc - 1, argv + 1);
-    cli_error("unknown command '%s' (train, eval, predict, generate, info, launch)", cmd);
+    if (!strcmp(cmd, "export"))
+        return cli_export(argc - 1, argv + 1);
+    cli_error("unknown command '%s' (train, eval, predict, generate, info, launch, export)",
+              cmd);
     fputs(usage, stderr);
     return 1;
 }

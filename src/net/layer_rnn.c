@@ -174,6 +174,12 @@ static void rnn_init(dpt_layer *l, dpt_rng *rng)
         l->p[i] = (2.0f * dpt_rng_uniform(rng) - 1.0f) * bound;
 }
 
+void rnn_layer_conf(const dpt_layer *l, int *units, int *last)
+{
+    const rnn_layer *r = l->priv;
+    *units = r->units, *last = r->last;
+}
+
 static dpt_rnn_desc rnn_desc(const rnn_layer *r, int n, int t)
 {
     dpt_rnn_desc d;

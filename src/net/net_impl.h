@@ -348,6 +348,8 @@ void bn_layer_conf(const dpt_layer *l, float *epsilon, float *decay);
  * there once per step (net_gpu_stats_pull). */
 void bn_layer_batch(dpt_layer *l, double **mean, double **var);
 float leaky_layer_alpha(const dpt_layer *l);
+/* lstm/gru: units H and output=last (1) or sequence (0). */
+void rnn_layer_conf(const dpt_layer *l, int *units, int *last);
 /* maxpool/avgpool: the window geometry (n as last set); 1 for max. */
 int pool_layer_desc(const dpt_layer *l, dpt_pool2d_desc *d);
 /* Dropout's mask arguments (dpt_dropout_apply). dropout_layer_begin does

@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 struct dpt_progress_queue {
     pthread_mutex_t mu;
@@ -15,6 +16,7 @@ struct dpt_progress_queue {
     size_t cap, head, count; /* records ring[head .. head+count) */
     size_t coalesced;
     int stopping;
+    int polled; /* 1: no client thread; the owner takes records with poll */
     dpt_progress_fn fn;
     void *arg;
 };
@@ -39,24 +41,36 @@ static void *client_main(void *arg)
     return NULL;
 }
 
-dpt_status dpt_progress_queue_new(size_t capacity, dpt_progress_fn fn, void *arg,
-                                  dpt_progress_queue **out)
+/* The ring and its lock, without a client thread. */
+static dpt_status queue_alloc(size_t capacity, dpt_progress_queue **out)
 {
     *out = NULL;
-    if (!fn)
-        return dpt_fail(DPT_ERR_ARG, "progress queue: no callback");
     dpt_progress_queue *q = calloc(1, sizeof *q);
     if (!q)
         return dpt_fail(DPT_ERR_NOMEM, "out of memory");
     q->cap = capacity ? capacity : 1024;
     q->ring = calloc(q->cap, sizeof *q->ring);
-    q->fn = fn, q->arg = arg;
     if (!q->ring) {
         free(q);
         return dpt_fail(DPT_ERR_NOMEM, "out of memory");
     }
     pthread_mutex_init(&q->mu, NULL);
     pthread_cond_init(&q->nonempty, NULL);
+    *out = q;
+    return DPT_OK;
+}
+
+dpt_status dpt_progress_queue_new(size_t capacity, dpt_progress_fn fn, void *arg,
+                                  dpt_progress_queue **out)
+{
+    *out = NULL;
+    if (!fn)
+        return dpt_fail(DPT_ERR_ARG, "progress queue: no callback");
+    dpt_progress_queue *q;
+    dpt_status s = queue_alloc(capacity, &q);
+    if (s != DPT_OK)
+        return s;
+    q->fn = fn, q->arg = arg;
     if (pthread_create(&q->client, NULL, client_main, q) != 0) {
         pthread_mutex_destroy(&q->mu);
         pthread_cond_destroy(&q->nonempty);
@@ -116,6 +130,48 @@ size_t dpt_progress_coalesced(const dpt_progress_queue *q)
     return n;
 }
 
+dpt_status dpt_progress_queue_new_polled(size_t capacity, dpt_progress_queue **out)
+{
+    if (!out)
+        return dpt_fail(DPT_ERR_ARG, "progress queue: NULL argument");
+    dpt_status s = queue_alloc(capacity, out);
+    if (s == DPT_OK)
+        (*out)->polled = 1;
+    return s;
+}
+
+int dpt_progress_queue_poll(dpt_progress_queue *q, dpt_progress *out, long timeout_ms)
+{
+    if (!q || !out || !q->polled)
+        return 0;
+    pthread_mutex_lock(&q->mu);
+    if (q->count == 0 && timeout_ms > 0) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += timeout_ms / 1000;
+        until.tv_nsec += (timeout_ms % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L)
+            until.tv_sec++, until.tv_nsec -= 1000000000L;
+        /* A spurious wake-up just ends the wait early: the caller polls again. */
+        while (q->count == 0 && pthread_cond_timedwait(&q->nonempty, &q->mu, &until) == 0)
+            ;
+    }
+    int got = q->count > 0;
+    if (got) {
+        *out = q->ring[q->head];
+        q->head = (q->head + 1) % q->cap;
+        q->count--;
+    }
+    pthread_mutex_unlock(&q->mu);
+    return got;
+}
+
+void dpt_progress_forward(const dpt_progress *p, void *queue)
+{
+    if (queue && p)
+        dpt_progress_send(queue, p);
+}
+
 void dpt_progress_queue_free(dpt_progress_queue *q)
 {
     if (!q)
@@ -124,7 +180,8 @@ void dpt_progress_queue_free(dpt_progress_queue *q)
     q->stopping = 1;
     pthread_cond_signal(&q->nonempty);
     pthread_mutex_unlock(&q->mu);
-    pthread_join(q->client, NULL);
+    if (!q->polled)
+        pthread_join(q->client, NULL);
     pthread_mutex_destroy(&q->mu);
     pthread_cond_destroy(&q->nonempty);
     free(q->ring);
