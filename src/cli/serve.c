@@ -276,7 +276,8 @@ static int rec_json(stream *k, const rec *r)
 
 /* The next event(s) of a stream into its buffer (under mu): the settings
  * first, then the records after the cursor, then, once the run has ended
- * and the stream caught up, an "end" event. 0: nothing to send now. */
+ * and the stream caught up, an "end" event. 0: nothing to send now; -1:
+ * out of memory (the stream ends). */
 static int next_events(stream *k)
 {
     serve *s = k->s;
@@ -290,8 +291,11 @@ static int next_events(stream *k)
     if (i < s->n) {
         size_t end = i + STREAM_BATCH < s->n ? i + STREAM_BATCH : s->n;
         bad |= buf_printf(k, "id: %llu\ndata: {\"records\":[", s->recs[end - 1].id);
-        for (size_t j = i; j < end; j++)
-            bad |= (j > i ? buf_printf(k, ",") : 0) | rec_json(k, &s->recs[j]);
+        for (size_t j = i; j < end; j++) {
+            if (j > i)
+                bad |= buf_printf(k, ",");
+            bad |= rec_json(k, &s->recs[j]);
+        }
         bad |= buf_printf(k, "],\"status\":");
         bad |= status_json(k, s);
         bad |= buf_printf(k, "}\n\n");
@@ -302,8 +306,10 @@ static int next_events(stream *k)
         bad |= buf_printf(k, "\n\n");
         k->sent_end = 1;
     }
-    if (bad)
-        k->len = 0; /* out of memory: the stream ends */
+    if (bad) {
+        k->len = 0;
+        return -1;
+    }
     return k->len > 0;
 }
 
@@ -314,8 +320,13 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *out, size_t max)
     serve *s = k->s;
     if (k->off == k->len) {
         pthread_mutex_lock(&s->mu);
-        if (!next_events(k)) {
-            if (k->sent_end || s->closing || (k->buf == NULL)) {
+        int more = next_events(k);
+        if (more < 0) {
+            pthread_mutex_unlock(&s->mu);
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
+        if (!more) {
+            if (k->sent_end || s->closing) {
                 pthread_mutex_unlock(&s->mu);
                 return MHD_CONTENT_READER_END_OF_STREAM;
             }
