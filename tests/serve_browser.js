@@ -45,6 +45,12 @@ async function main() {
                                    { timeout: LIMIT, polling: "raf" }, before);
         seen.push(await count());
       }
+      // A second browser tab at once: it gets the history, then grows too.
+      const page2 = await browser.newPage();
+      await page2.goto(url, { waitUntil: "domcontentloaded", timeout: LIMIT });
+      await page2.waitForFunction((b) => document.querySelector("#loss").points.numberOfItems > b,
+                                  { timeout: LIMIT, polling: "raf" }, seen[2]);
+      const second = await page2.$eval("#loss", (p) => p.points.numberOfItems);
       const info = await page.evaluate(() => ({
         iteration: document.getElementById("s-iter").textContent,
         epoch: document.getElementById("s-epoch").textContent,
@@ -54,14 +60,15 @@ async function main() {
         settings: document.getElementById("settings").textContent,
         workers: document.getElementById("workers").textContent,
       }));
-      fs.writeFileSync(arg, JSON.stringify({ seen, info, elsewhere, errors }));
+      fs.writeFileSync(arg, JSON.stringify({ seen, second, info, elsewhere, errors }));
       // Told by the shell when the run was stopped: the page must say so.
       if (arg2) {
         fs.writeFileSync(arg2, "ready\n");
+        // (the first tab is in the background now: poll by time, not by frame)
         await page.waitForFunction(() => document.getElementById("state").textContent !== "running",
-                                   { timeout: LIMIT });
+                                   { timeout: LIMIT, polling: 100 });
         const state = await page.$eval("#state", (e) => e.textContent);
-        fs.writeFileSync(arg, JSON.stringify({ seen, info, elsewhere, errors, state, final: await count() }));
+        fs.writeFileSync(arg, JSON.stringify({ seen, second, info, elsewhere, errors, state, final: await count() }));
       }
     } else if (mode === "shot") {
       await page.waitForFunction(() => document.getElementById("state").textContent === "finished",

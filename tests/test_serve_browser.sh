@@ -2,7 +2,8 @@
 # The dashboard in a real browser: Debian's chromium, headless, driven by
 # puppeteer-core (scripts/fetch-browser-driver installs it), loads the page
 # of a `dptrain train --serve` run on tests/fixtures/digits400 and sees the
-# loss plot's points increase three times as iterations pass; the page
+# loss plot's points increase three times as iterations pass (and a second
+# tab, opened later, gets the history and more); the page
 # shows the iteration, speed, settings, both workers' time in collectives,
 # requests nothing from another origin and raises no script error; when the
 # run is stopped (SIGTERM, once the browser has seen it grow) the page says
@@ -55,6 +56,7 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 seen, info = r["seen"], r["info"]
 assert seen[0] > 0 and seen[0] < seen[1] < seen[2], seen
+assert r["second"] > seen[2], r["second"]          # a second tab at once: history, then more
 assert not r["elsewhere"], r["elsewhere"]          # self-contained
 assert not r["errors"], r["errors"]                # no script error
 assert info["iteration"].split(" / ")[0].isdigit(), info
