@@ -403,6 +403,46 @@ static void test_barrier(void)
     printf("  barrier (%d rounds; N=1..7)  %s\n", ROUNDS, *tu_failures() == fails ? "ok" : "FAIL");
 }
 
+/* dpt_comm_wait_seconds: 0 before any collective, then the time inside
+ * them: positive, never more than the wall-clock time around the calls,
+ * never decreasing. Worker 1 arrives late, so worker 0 has waited. */
+typedef struct wait_case {
+    double before[2], after[2], wall[2];
+} wait_case;
+
+static dpt_status wait_worker(dpt_comm *c, void *p)
+{
+    wait_case *wc = p;
+    const int r = dpt_comm_rank(c);
+    wc->before[r] = dpt_comm_wait_seconds(c);
+    if (r == 1)
+        sleep_ms(20);
+    double t0 = now_s();
+    dpt_status st = dpt_comm_barrier(c);
+    int flag = 1;
+    if (st == DPT_OK)
+        st = dpt_comm_allreduce_and(c, &flag);
+    wc->wall[r] = now_s() - t0;
+    wc->after[r] = dpt_comm_wait_seconds(c);
+    return st;
+}
+
+static void test_wait_seconds(void)
+{
+    int fails = *tu_failures();
+    CHECK(dpt_comm_wait_seconds(NULL) == 0.0);
+    wait_case wc = {{-1, -1}, {0, 0}, {0, 0}};
+    dpt_spmd_config cfg = local_cfg(2);
+    CHECK_MSG(dpt_spmd_run(&cfg, wait_worker, &wc) == DPT_OK, "%s", dpt_last_error());
+    for (int r = 0; r < 2; r++) {
+        CHECK_MSG(wc.before[r] == 0.0, "worker %d: %g s in collectives before any", r, wc.before[r]);
+        CHECK_MSG(wc.after[r] > 0.0 && wc.after[r] <= wc.wall[r] + 1e-6,
+                  "worker %d: %g s in collectives, %g s around them", r, wc.after[r], wc.wall[r]);
+    }
+    printf("  time in collectives (worker 0 waited %.3f s)  %s\n", wc.after[0],
+           *tu_failures() == fails ? "ok" : "FAIL");
+}
+
 /* Many small collectives of every kind back to back: exercises the
  * generation counter and slot reuse (and gives ThreadSanitizer work). */
 static dpt_status mixed_worker(dpt_comm *c, void *p)
@@ -1160,6 +1200,7 @@ int main(int argc, char **argv)
     test_and();
     test_broadcast();
     test_barrier();
+    test_wait_seconds();
     test_mixed();
     test_timeout();
     test_spin();

@@ -77,6 +77,11 @@ DPT_API int dpt_comm_rank(const dpt_comm *c);
 DPT_API int dpt_comm_size(const dpt_comm *c);
 /* The backend this communicator runs on (DPT_COMM_LOCAL or DPT_COMM_MPI). */
 DPT_API dpt_comm_backend dpt_comm_get_backend(const dpt_comm *c);
+/* Seconds this worker has spent inside collective calls on c so far
+ * (waiting for the other workers, and the transfer itself): how long the
+ * slower workers held it up. 0 for NULL. Read it from the worker's own
+ * thread. */
+DPT_API double dpt_comm_wait_seconds(const dpt_comm *c);
 
 /* Collective. Sum of n floats across workers into recv on every worker, in
  * rank order (see the top of this file). */

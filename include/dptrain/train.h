@@ -203,6 +203,9 @@ DPT_API const char *dpt_net_default_seq_spec(int n_features, char *buf, size_t c
 
 /* ---- the batteries-included loop (what `dptrain train` runs) --------------- */
 
+/* Workers whose collective wait a progress record carries. */
+#define DPT_PROGRESS_MAX_WAIT 64
+
 /* A progress record, sent by worker 0 (MATLAB's DataQueue message). */
 typedef struct dpt_progress {
     int epoch, epochs;        /* 1-based epoch, total epochs */
@@ -220,6 +223,13 @@ typedef struct dpt_progress {
      * this record (images_per_s then counts characters, sequence
      * classifiers count sequences). */
     double test_bpc;
+    /* Seconds each worker has spent inside collective calls since the run
+     * started (dpt_comm_wait_seconds; a worker slower than the others
+     * makes them wait): comm_wait_s[w] for the first n_comm_wait workers
+     * (at most DPT_PROGRESS_MAX_WAIT), as of its latest iteration; NaN for
+     * a worker worker 0 cannot see (another MPI rank's process). */
+    int n_comm_wait;
+    double comm_wait_s[DPT_PROGRESS_MAX_WAIT];
 } dpt_progress;
 
 typedef void (*dpt_progress_fn)(const dpt_progress *p, void *arg);

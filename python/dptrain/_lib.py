@@ -136,6 +136,7 @@ typedef struct dpt_progress {
     int epoch, epochs; long iteration; long iterations_per_epoch; double loss; double elapsed_s;
     double images_per_s; double lr; double test_accuracy; int end_of_epoch; int worker;
     long n_coalesced; double test_bpc;
+    int n_comm_wait; double comm_wait_s[64];  /* DPT_PROGRESS_MAX_WAIT */
 } dpt_progress;
 typedef struct dpt_progress_queue dpt_progress_queue;
 void dpt_progress_send(dpt_progress_queue *q, const dpt_progress *p);

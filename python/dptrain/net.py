@@ -397,6 +397,8 @@ PROGRESS_FIELDS = ("epoch", "epochs", "iteration", "iterations_per_epoch", "loss
 def record_dict(p):
     d = {f: getattr(p, f) for f in PROGRESS_FIELDS}
     d["end_of_epoch"] = bool(d["end_of_epoch"])
+    # seconds each worker has spent in collectives (NaN: another process's)
+    d["comm_wait_s"] = [p.comm_wait_s[w] for w in range(max(0, min(p.n_comm_wait, 64)))]
     return d
 
 

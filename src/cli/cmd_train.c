@@ -2,6 +2,7 @@
 #include "cli/cli.h"
 #include "cli/outdir.h"
 #include "cli/report.h"
+#include "cli/serve.h"
 #include "core/safetensors.h"
 #include "dptrain/gpu.h"
 #include "dptrain/train.h"
@@ -137,6 +138,16 @@ static const char help[] =
     "  --print-every K     when stdout is not a terminal, a line every K iterations\n"
     "                      (default 0: one line per epoch)\n"
     "  --quiet             print only the final result\n"
+    "  --serve [HOST:]PORT serve a live dashboard while training: loss and test\n"
+    "                      accuracy against iteration, speed, ETA, settings, workers\n"
+    "                      and their time waiting in collectives (GET / in a browser;\n"
+    "                      GET /progress.json, GET /events for scripts). HOST defaults\n"
+    "                      to 127.0.0.1 (another address is reachable from other\n"
+    "                      machines, without authentication: a warning says so); PORT\n"
+    "                      0 picks a free port. The URL is printed on stderr as\n"
+    "                      \"dashboard: URL\" before training starts (docs/dashboard.md)\n"
+    "  --serve-linger S    keep serving S seconds after training ends (default 0;\n"
+    "                      SIGINT ends it sooner)\n"
     "  -h, --help          this help\n"
     "\n"
     "SIGINT or SIGTERM stops training at the next iteration boundary, saying where\n"
@@ -463,13 +474,100 @@ static void print_interrupted(const dpt_fit_result *res, const char *ckpt_path, 
     cli_error("interrupted by %s %s; %s", sig, where, ckpt);
 }
 
+/* The progress callback with --serve: the dashboard's store, then the
+ * report (terminal line, metrics.csv, plots), on the queue's client thread. */
+typedef struct train_sink {
+    report *rep;
+    serve *srv;
+} train_sink;
+
+static void sink_progress(const dpt_progress *p, void *arg)
+{
+    train_sink *t = arg;
+    serve_record(t->srv, p);
+    report_progress(p, t->rep);
+}
+
+static int shown_workers_of(int under_mpi, int n_workers)
+{
+    return under_mpi ? launcher_size() : n_workers;
+}
+
+/* A float setting as it was written (0.01, not 0.00999999977648258). */
+static double shown(double x)
+{
+    char b[32];
+    snprintf(b, sizeof b, "%.7g", x);
+    return strtod(b, NULL);
+}
+
+/* The run's settings for the dashboard, as a JSON object. */
+static void serve_settings(serve *srv, const dpt_fit_config *cfg, int kind, const char *data,
+                           const char *test, const char *net_path, const char *optim_name,
+                           const char *sched_text, const char *augment_text, const char *cache_opt,
+                           const char *device_notice, int n_gpus, int workers, const char *backend,
+                           int threads, int cpus, const char *out_dir, int k, size_t n_train,
+                           size_t n_test)
+{
+    cJSON *o = cJSON_CreateObject();
+    if (!o)
+        return;
+    static const char *const kinds[] = {"images", "sequences", "characters"};
+    cJSON_AddStringToObject(o, "unit", kinds[kind]);
+    cJSON_AddStringToObject(o, "data", data);
+    cJSON_AddStringToObject(o, "test", test ? test : "split from --data");
+    cJSON_AddNumberToObject(o, "train_observations", (double)n_train);
+    cJSON_AddNumberToObject(o, "test_observations", (double)n_test);
+    cJSON_AddNumberToObject(o, kind == DATA_TEXT ? "vocabulary" : "classes", k);
+    cJSON_AddStringToObject(o, "net", net_path ? net_path : "default");
+    cJSON_AddNumberToObject(o, "epochs", cfg->epochs);
+    cJSON_AddNumberToObject(o, "batch", cfg->batch);
+    cJSON_AddStringToObject(o, "optimizer", optim_name);
+    cJSON_AddNumberToObject(o, "lr", shown(cfg->lr));
+    if (cfg->optimizer == DPT_OPTIM_SGDM)
+        cJSON_AddNumberToObject(o, "momentum", shown(cfg->momentum));
+    else
+        cJSON_AddNumberToObject(o, "beta1", cfg->beta1), cJSON_AddNumberToObject(o, "beta2", cfg->beta2);
+    cJSON_AddNumberToObject(o, "weight_decay", shown(cfg->weight_decay));
+    cJSON_AddStringToObject(o, "lr_schedule", sched_text ? sched_text : "constant");
+    cJSON_AddNumberToObject(o, "clip_norm", cfg->clip_norm);
+    cJSON_AddNumberToObject(o, "seed", (double)cfg->seed);
+    if (augment_text)
+        cJSON_AddStringToObject(o, "augment", augment_text);
+    if (cache_opt)
+        cJSON_AddStringToObject(o, "cache", cache_opt);
+    if (kind == DATA_TEXT)
+        cJSON_AddNumberToObject(o, "seq_len", cfg->seq_len);
+    cJSON_AddBoolToObject(o, "eval_every_epoch", cfg->eval_every_epoch);
+    cJSON_AddStringToObject(o, "resume", cfg->resume ? cfg->resume : "no");
+    cJSON_AddStringToObject(o, "out", out_dir);
+    cJSON_AddNumberToObject(o, "workers", workers);
+    char dev[64];
+    if (n_gpus)
+        snprintf(dev, sizeof dev, "%d GPU%s (one worker each)", n_gpus, n_gpus == 1 ? "" : "s");
+    else
+        snprintf(dev, sizeof dev, "CPU (%d worker thread%s)", workers, workers == 1 ? "" : "s");
+    cJSON_AddStringToObject(o, "device", device_notice[0] ? device_notice : dev);
+    if (device_notice[0])
+        cJSON_AddStringToObject(o, "devices", dev);
+    cJSON_AddStringToObject(o, "backend", backend);
+    cJSON_AddNumberToObject(o, "threads", threads);
+    cJSON_AddNumberToObject(o, "cpus", cpus);
+    cJSON_AddBoolToObject(o, "sync_bn", cfg->sync_bn);
+    char *text = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (text)
+        serve_set_settings(srv, text);
+    cJSON_free(text);
+}
+
 int cli_train(int argc, char **argv)
 {
     enum { O_LABELS = 256, O_TEST, O_TEST_LABELS, O_SPLIT, O_SKIP, O_NET, O_EPOCHS, O_BATCH, O_LR,
            O_MOM, O_WD, O_SEED, O_WORKERS, O_BACKEND, O_THREADS, O_SYNC, O_NOPF, O_OUT, O_EVAL,
            O_QUIET, O_DATA, O_CKPT, O_RESUME, O_PRINT, O_DEVICE, O_BPW, O_OVERWRITE,
            O_OPTIM, O_SCHED, O_CLIP, O_BETA1, O_BETA2, O_EPS, O_AUGMENT, O_SEQLEN, O_PAD,
-           O_MAXLEN, O_CACHE };
+           O_MAXLEN, O_CACHE, O_SERVE, O_LINGER };
     static const struct option opts[] = {
         {"data", required_argument, 0, O_DATA},       {"labels", required_argument, 0, O_LABELS},
         {"test", required_argument, 0, O_TEST},       {"test-labels", required_argument, 0, O_TEST_LABELS},
@@ -495,6 +593,8 @@ int cli_train(int argc, char **argv)
         {"sequence-padding", required_argument, 0, O_PAD},
         {"max-length", required_argument, 0, O_MAXLEN},
         {"cache", required_argument, 0, O_CACHE},
+        {"serve", required_argument, 0, O_SERVE},
+        {"serve-linger", required_argument, 0, O_LINGER},
         {0, 0, 0, 0},
     };
     const char *data = NULL, *labels = NULL, *test = NULL, *test_labels = NULL, *net_path = NULL;
@@ -513,6 +613,10 @@ int cli_train(int argc, char **argv)
     long seq_len = 64, max_length = 0;
     int pad_left = 0;
     int cache = CACHE_AUTO;
+    const char *serve_opt = NULL; /* --serve [HOST:]PORT */
+    char serve_host[256] = "";
+    int serve_port = 0;
+    long serve_linger = 0;
     const char *cache_opt = NULL; /* --cache given */
     const char *seq_opt = NULL, *folder_opt = NULL; /* a flag given for text / sequence folders */
     int c;
@@ -581,6 +685,12 @@ int cli_train(int argc, char **argv)
         case O_DEVICE: device = optarg; break;
         case O_BPW: batch_per_worker = 1; break;
         case O_OVERWRITE: overwrite = 1; break;
+        case O_SERVE:
+            if (serve_parse(optarg, serve_host, sizeof serve_host, &serve_port))
+                return 1;
+            serve_opt = optarg;
+            break;
+        case O_LINGER: bad = cli_int("--serve-linger", optarg, 0, 86400, &serve_linger); break;
         case O_AUGMENT:
             if (dpt_augment_parse(optarg, &augment) != DPT_OK)
                 return cli_error("--augment: %s", dpt_last_error());
@@ -708,7 +818,18 @@ int cli_train(int argc, char **argv)
     if (batch < n_workers && !under_mpi)
         return cli_error("--batch %ld is smaller than the %d workers", batch, n_workers);
     const int sharers = under_mpi ? launcher_local_size() : n_workers;
-    dpt_blas_set_threads(threads ? (int)threads : (cpus / sharers > 0 ? cpus / sharers : 1));
+    const int blas_threads = threads ? (int)threads : (cpus / sharers > 0 ? cpus / sharers : 1);
+    dpt_blas_set_threads(blas_threads);
+    /* The dashboard is up while the data loads; only the rank that
+     * reports serves it. */
+    serve *srv = NULL;
+    const char *srv_state = NULL; /* how the run ended, for the page */
+    if (serve_opt && (!under_mpi || launcher_rank() == 0)) {
+        if (!(srv = serve_start(serve_host, serve_port)))
+            return 1;
+        fprintf(stderr, "dashboard: %s\n", serve_url(srv));
+        fflush(stderr);
+    }
 
     int rc = 1;
     outdir od = {out_dir, -1, 0};
@@ -864,6 +985,18 @@ int cli_train(int argc, char **argv)
     cfg.eval_every_epoch = eval_epoch;
     cfg.progress = report_progress;
     cfg.progress_arg = &rep;
+    train_sink sink = {&rep, srv};
+    if (srv) { /* the dashboard is one more consumer of the records */
+        cfg.progress = sink_progress;
+        cfg.progress_arg = &sink;
+        serve_settings(srv, &cfg, kind, data, test, net_path, optim_name, sched_text, augment_text,
+                       cache_opt, device_notice, use_gpu ? n_gpus : 0, shown_workers_of(under_mpi, n_workers),
+                       backend_name, blas_threads, cpus, out_dir, k,
+                       kind == DATA_TEXT ? dpt_text_n_chars(text_train)
+                       : kind == DATA_SEQUENCES ? dpt_seqstore_n_obs(seq_train) : dpt_datastore_n_obs(train),
+                       kind == DATA_TEXT ? (text_test ? dpt_text_n_chars(text_test) : 0)
+                       : kind == DATA_SEQUENCES ? dpt_seqstore_n_obs(seq_test) : dpt_datastore_n_obs(testds));
+    }
     cfg.model_out = model_path;
     cfg.class_names = class_names;
     cfg.checkpoint_out = ckpt_every > 0 ? ckpt_path : NULL;
@@ -907,6 +1040,10 @@ int cli_train(int argc, char **argv)
     dpt_fit_result res;
     dpt_status fs = dpt_fit(&cfg, &res);
     report_finish(&rep);
+    if (srv) {
+        srv_state = fs == DPT_OK && !rep.io_error ? "finished" : fs == DPT_ERR_INTERRUPTED ? "interrupted" : "failed";
+        serve_finish(srv, srv_state, fs == DPT_OK ? (rep.io_error ? rep.io_msg : NULL) : dpt_last_error());
+    }
     if (fs == DPT_ERR_INTERRUPTED) {
         if (rank0)
             print_interrupted(&res, ckpt_path, resume);
@@ -941,6 +1078,14 @@ fail_nomem:
 fail:
     rc = cli_lib_error();
 done:
+    if (srv && !srv_state)
+        serve_finish(srv, "failed", rc ? "training did not start (see dptrain's output)" : NULL);
+    if (srv && serve_linger > 0 && !stop_signal) {
+        fprintf(stderr, "dashboard: serving %s for %ld s more (SIGINT ends it)\n", serve_url(srv), serve_linger);
+        fflush(stderr);
+        catch_stop_signals();
+    }
+    serve_stop(srv, (double)serve_linger, &stop_signal);
     outdir_unlock(&od);
     free(class_names);
     free(spec);

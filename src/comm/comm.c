@@ -7,6 +7,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+double dpt_comm_wait_seconds(const dpt_comm *c)
+{
+    return c ? c->busy_s : 0.0;
+}
 
 /* ---- backend names and launcher detection -------------------------------- */
 
@@ -207,7 +220,10 @@ static dpt_status allreduce_sum(dpt_comm *c, comm_op op, const void *send, void 
                             dpt_comm_op_name(op), next_seq(c));
     }
     c->seq++;
-    return c->ops->allreduce(c, op, send, recv, n);
+    double t0 = now_s();
+    dpt_status st = c->ops->allreduce(c, op, send, recv, n);
+    c->busy_s += now_s() - t0;
+    return st;
 }
 
 dpt_status dpt_comm_allreduce_f32(dpt_comm *c, const float *send, float *recv, size_t n)
@@ -228,7 +244,9 @@ dpt_status dpt_comm_allreduce_and(dpt_comm *c, int *flag)
         return dpt_fail(DPT_ERR_ARG, "allreduce_and #%llu: flag is NULL", next_seq(c));
     int v = *flag != 0;
     c->seq++;
+    double t0 = now_s();
     dpt_status st = c->ops->allreduce_and(c, &v);
+    c->busy_s += now_s() - t0;
     if (st == DPT_OK)
         *flag = v;
     return st;
@@ -244,7 +262,10 @@ dpt_status dpt_comm_broadcast(dpt_comm *c, void *buf, size_t bytes, int root)
     if (bytes > 0 && !buf)
         return dpt_fail(DPT_ERR_ARG, "broadcast #%llu: buf is NULL (bytes=%zu)", next_seq(c), bytes);
     c->seq++;
-    return c->ops->broadcast(c, buf, bytes, root);
+    double t0 = now_s();
+    dpt_status st = c->ops->broadcast(c, buf, bytes, root);
+    c->busy_s += now_s() - t0;
+    return st;
 }
 
 dpt_status dpt_comm_barrier(dpt_comm *c)
@@ -252,7 +273,10 @@ dpt_status dpt_comm_barrier(dpt_comm *c)
     if (!c)
         return dpt_fail(DPT_ERR_ARG, "barrier: communicator is NULL");
     c->seq++;
-    return c->ops->barrier(c);
+    double t0 = now_s();
+    dpt_status st = c->ops->barrier(c);
+    c->busy_s += now_s() - t0;
+    return st;
 }
 
 void dpt_comm_abort(dpt_comm *c, dpt_status s)

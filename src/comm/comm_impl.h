@@ -40,6 +40,8 @@ struct dpt_comm {
     int size;         /* number of workers */
     long timeout_ms;  /* <= 0: wait forever */
     uint64_t seq;     /* collective calls so far; the current call's number */
+    double busy_s;    /* seconds inside collective calls (dpt_comm_wait_seconds);
+                         written by the owning worker only */
 };
 
 /* "allreduce_f32", "allreduce_f64", "allreduce_and", "broadcast", "barrier". */

@@ -101,6 +101,24 @@ static char *classes_json(const dpt_fit_config *cfg, int n_classes)
 }
 
 /* Worker 0 saves the model with the task's metadata and the run's facts. */
+void fit_publish_wait(fit_job *job, const dpt_comm *comm)
+{
+    int r = dpt_comm_rank(comm);
+    if (r >= 0 && r < DPT_PROGRESS_MAX_WAIT)
+        atomic_store_explicit(&job->wait_us[r], (long long)(dpt_comm_wait_seconds(comm) * 1e6) + 1,
+                              memory_order_relaxed);
+}
+
+void fit_fill_wait(fit_job *job, const dpt_comm *comm, dpt_progress *p)
+{
+    int n = dpt_comm_size(comm);
+    p->n_comm_wait = n < DPT_PROGRESS_MAX_WAIT ? n : DPT_PROGRESS_MAX_WAIT;
+    for (int w = 0; w < p->n_comm_wait; w++) {
+        long long v = atomic_load_explicit(&job->wait_us[w], memory_order_relaxed);
+        p->comm_wait_s[w] = v > 0 ? (double)(v - 1) * 1e-6 : NAN;
+    }
+}
+
 dpt_status fit_save_model(const fit_job *job, dpt_net *net, int n_workers, long iterations,
                           const dpt_kv *meta, size_t n_meta)
 {
@@ -408,12 +426,14 @@ static dpt_status fit_worker(dpt_comm *comm, void *arg)
                 goto done;
             }
             iteration++, it_epoch++;
+            fit_publish_wait(job, comm);
             if (rank == 0)
                 job->result->epoch = epoch, job->result->iterations = iteration;
             if (rank == 0 && job->queue) {
                 double t = fit_now_s();
                 dpt_progress p = {epoch, cfg->epochs, iteration, per_epoch, loss, t - t0,
-                                  m_total / (t - t_it), lr, NAN, 0, rank, 0, NAN};
+                                  m_total / (t - t_it), lr, NAN, 0, rank, 0, NAN, 0, {0}};
+                fit_fill_wait(job, comm, &p);
                 dpt_progress_send(job->queue, &p);
             }
             if (rank == 0 && cfg->checkpoint_out && cfg->checkpoint_every > 0 &&
@@ -447,7 +467,8 @@ static dpt_status fit_worker(dpt_comm *comm, void *arg)
                 (s = dpt_evaluate(net, cfg->test, &acc, NULL)) != DPT_OK)
                 goto done;
             dpt_progress p = {epoch, cfg->epochs, iteration, per_epoch, loss, fit_now_s() - t0, 0,
-                              lr, acc, 1, rank, 0, NAN};
+                              lr, acc, 1, rank, 0, NAN, 0, {0}};
+            fit_fill_wait(job, comm, &p);
             dpt_progress_send(job->queue, &p);
         }
     }
@@ -607,7 +628,7 @@ dpt_status dpt_fit(const dpt_fit_config *cfg, dpt_fit_result *result)
     memset(result, 0, sizeof *result);
     result->checkpoint_iteration = -1;
     result->test_bpc = NAN;
-    fit_job job = {cfg, result, NULL, NULL, 0, 0, "images"};
+    fit_job job = {cfg, result, NULL, NULL, 0, 0, "images", {0}};
     if (cfg->seq_train)
         job.n_train = dpt_seqstore_n_obs(cfg->seq_train), job.unit = "sequences";
     else if (cfg->text_train)

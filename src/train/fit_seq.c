@@ -331,11 +331,13 @@ static dpt_status after_step(seq_run *r, int epoch, long it_epoch, long iteratio
 {
     fit_job *job = r->job;
     const dpt_fit_config *cfg = job->cfg;
+    fit_publish_wait(job, r->comm);
     if (r->rank == 0)
         job->result->epoch = epoch, job->result->iterations = iteration;
     if (r->rank == 0 && job->queue) {
         dpt_progress p = {epoch, cfg->epochs, iteration, per_epoch, loss, fit_now_s() - r->t0,
-                          per_s, lr, NAN, 0, r->rank, 0, NAN};
+                          per_s, lr, NAN, 0, r->rank, 0, NAN, 0, {0}};
+        fit_fill_wait(job, r->comm, &p);
         dpt_progress_send(job->queue, &p);
     }
     if (cfg->checkpoint_out && cfg->checkpoint_every > 0 && iteration % cfg->checkpoint_every == 0) {
@@ -570,7 +572,8 @@ dpt_status fit_seq_worker(dpt_comm *comm, void *arg)
             if (s != DPT_OK)
                 goto done;
             dpt_progress p = {epoch, cfg->epochs, iteration, it_epoch, loss, fit_now_s() - r.t0,
-                              0, lr, acc, 1, r.rank, 0, bpc};
+                              0, lr, acc, 1, r.rank, 0, bpc, 0, {0}};
+            fit_fill_wait(job, r.comm, &p);
             dpt_progress_send(job->queue, &p);
         }
     }

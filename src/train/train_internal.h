@@ -46,7 +46,15 @@ typedef struct fit_job {
     atomic_int interrupted;    /* set by every worker that stopped on cfg->stop */
     uint64_t n_train;          /* training observations (characters of a text) */
     const char *unit;          /* what n_train counts: "images", "sequences", "characters" */
+    /* Each local worker's dpt_comm_wait_seconds in microseconds + 1 (0:
+     * not yet published), for worker 0's progress records. */
+    atomic_llong wait_us[DPT_PROGRESS_MAX_WAIT];
 } fit_job;
+
+/* Every worker after each iteration: publish its time in collectives. */
+void fit_publish_wait(fit_job *job, const dpt_comm *comm);
+/* Worker 0: copy the published times into a progress record. */
+void fit_fill_wait(fit_job *job, const dpt_comm *comm, dpt_progress *p);
 
 double fit_now_s(void);
 /* The shuffle seed of an epoch, the same on all workers. */
