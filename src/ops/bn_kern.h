@@ -6,37 +6,7 @@
  * Each plane's float result is added into float64 by the caller (see
  * batchnorm.c for the numerics). The fused ReLU mask is the forward's own
  * float expression (x − m)·scale + shift > 0, recomputed bit-for-bit. */
-#include <stddef.h>
-#include <string.h>
-
-static inline VT KN(vload)(const float *p)
-{
-    VT v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline void KN(vstore)(float *p, VT v) { memcpy(p, &v, sizeof v); }
-
-/* Broadcast. Written as x − 0 (exact for every x, −0 included) because a
- * lane-by-lane loop, once inlined into a loop, becomes one masked insert
- * per lane instead of one broadcast. */
-static inline VT KN(vset1)(float x)
-{
-    const VT zero = {0};
-    return x - zero;
-}
-
-static inline double KN(vsum)(VT v)
-{
-    double s = 0.0;
-    for (int l = 0; l < VN; l++)
-        s += v[l];
-    return s;
-}
-
-/* v where keep is all ones, else 0. */
-static inline VT KN(keep)(VT v, VI keep) { return (VT)((VI)v & keep); }
+#include "ops/vec_lanes.h"
 
 /* Σ (p − k) and Σ (p − k)² over n floats. */
 static void KN(plane_sums)(const float *p, int n, float k, double *s1, double *s2)

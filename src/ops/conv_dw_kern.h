@@ -13,7 +13,7 @@
  * expressions are bn_kern.h's, so the fused ReLU masks agree bit for bit
  * with the unfused passes. */
 #include "ops/conv_depthwise.h"
-#include "ops/dw_vec.h"
+#include "ops/vec_lanes.h"
 
 #include <stddef.h>
 

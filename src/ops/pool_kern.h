@@ -5,7 +5,7 @@
  * computes exactly the float operations of the scalar code (padding taps
  * are -inf for max and −0 for sums: identities, so the values and the
  * chosen maxima are the same bits). */
-#include "ops/dw_vec.h"
+#include "ops/vec_lanes.h"
 #include "ops/pool_isa.h"
 
 static void KN(row_pad)(const float *src, int n, float pv, int left, int total, float *dst)

@@ -1,8 +1,8 @@
 /* Vector helpers shared by the per-plane kernels written with GCC vector
- * extensions (conv_dw_kern.h, pool_kern.h), once per translation unit:
- * the includer defines VN, VT, VI and KN(f) first (see conv_dw_kern.h). */
-#ifndef DPT_OPS_DW_VEC_H
-#define DPT_OPS_DW_VEC_H
+ * extensions (bn_kern.h, conv_dw_kern.h, pool_kern.h), once per translation
+ * unit: the includer defines VN, VT, VI and KN(f) first (see bn_kern.h). */
+#ifndef DPT_OPS_VEC_LANES_H
+#define DPT_OPS_VEC_LANES_H
 
 #include <stddef.h>
 #include <string.h>
@@ -16,7 +16,9 @@ static inline VT KN(vload)(const float *p)
 
 static inline void KN(vstore)(float *p, VT v) { memcpy(p, &v, sizeof v); }
 
-/* Broadcast, as x − 0 (exact, −0 included): see bn_kern.h. */
+/* Broadcast. Written as x − 0 (exact for every x, −0 included) because a
+ * lane-by-lane loop, once inlined into a loop, becomes one masked insert
+ * per lane instead of one broadcast. */
 static inline VT KN(vset1)(float x)
 {
     const VT zero = {0};
@@ -31,6 +33,7 @@ static inline double KN(vsum)(VT v)
     return s;
 }
 
+/* v where keep is all ones, else 0. */
 static inline VT KN(keep)(VT v, VI keep) { return (VT)((VI)v & keep); }
 
 /* Lane indices of the two-vector shuffles: even / odd lanes of the pair
