@@ -262,3 +262,26 @@ def check(status):
 
 def text(p):
     return None if p == ffi.NULL else ffi.string(p).decode("utf-8", "replace")
+
+
+class Owned:
+    """One C object owned by a Python object: close() frees it (subclasses
+    define close and set self._ptr), as do `with` and garbage collection;
+    ptr is the live handle. _what names the object in the error."""
+
+    _what = "object"
+
+    def __del__(self):
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def ptr(self):
+        if self._ptr is None:
+            raise ValueError(self._what + " is closed")
+        return self._ptr

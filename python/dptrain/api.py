@@ -9,7 +9,7 @@ import threading
 import numpy as np
 
 from ._lib import COMM_LOCAL, FIT_CONFIG_VERSION, SPMD_CONFIG_VERSION, check, ffi, lib
-from .data import Datastore, _labels, _to_nhwc_uint8, as_datastore
+from .data import Datastore, as_datastore
 from .net import Network, ProgressQueue, optim_kind
 
 

@@ -3,17 +3,19 @@ import os
 
 import numpy as np
 
-from ._lib import FOLDER_OPTIONS_VERSION, PRELOAD_AUTO, check, ffi, lib, text
+from ._lib import FOLDER_OPTIONS_VERSION, PRELOAD_AUTO, Owned, check, ffi, lib, text
 
 _CACHE = {"auto": PRELOAD_AUTO, "memory": 1, "none": 0}
 
 
-class Datastore:
+class Datastore(Owned):
     """A list of labelled images over a shared source (dpt_datastore).
 
     Owns its C datastore: close() (or a `with` block, or garbage
     collection) frees it. Derived datastores (split, shuffle, ...) are
     independent objects sharing the source, as in C."""
+
+    _what = "datastore"
 
     _ptr = None  # until made: __del__ of a failed __init__ has nothing to free
 
@@ -77,20 +79,6 @@ class Datastore:
             _free(self._ptr)
             self._ptr = None
 
-    def __del__(self):
-        self.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    @property
-    def ptr(self):
-        if self._ptr is None:
-            raise ValueError("datastore is closed")
-        return self._ptr
 
     # ---- queries -----------------------------------------------------------
     def __len__(self):

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from ._lib import (COMM_LOCAL, MODE_PREDICT, MODE_TRAIN, OPTIM_OPTS_VERSION, DptrainError,
+from ._lib import (Owned, MODE_PREDICT, MODE_TRAIN, OPTIM_OPTS_VERSION, DptrainError,
                    check, ffi, lib, text)
 
 
@@ -19,9 +19,11 @@ def default_spec():
     return text(lib.dpt_net_default_spec())
 
 
-class Network:
+class Network(Owned):
     """A dptrain network (dpt_net). Owns it unless borrowed from a Parallel
     (then it lives as long as that). close() frees it."""
+
+    _what = "network"
 
     _ptr = None  # until made: __del__ of a failed __init__ has nothing to free
 
@@ -56,20 +58,6 @@ class Network:
         self._ptr = None
         self._owner = None
 
-    def __del__(self):
-        self.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    @property
-    def ptr(self):
-        if self._ptr is None:
-            raise ValueError("network is closed")
-        return self._ptr
 
     # ---- description -------------------------------------------------------
     @property
@@ -220,8 +208,10 @@ def optim_kind(name):
     return k[0], 0
 
 
-class Optimizer:
+class Optimizer(Owned):
     """SGDM, Adam or AdamW over a network's flat buffers (dpt_optim)."""
+
+    _what = "optimizer"
 
     _ptr = None  # until made: __del__ of a failed __init__ has nothing to free
 
@@ -239,20 +229,6 @@ class Optimizer:
             _free(self._ptr)
             self._ptr = None
 
-    def __del__(self):
-        self.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    @property
-    def ptr(self):
-        if self._ptr is None:
-            raise ValueError("optimizer is closed")
-        return self._ptr
 
     @property
     def lr(self):
@@ -298,12 +274,14 @@ class _Handle:
         self.close()
 
 
-class Parallel:
+class Parallel(Owned):
     """N local workers, each with a replica of one network and an optimizer
     (dpt_parallel): step() trains on a global minibatch, worker j on its
     share, with loss, gradients and batch-norm state combined as in dpt_fit.
     The worker threads are the library's; Python runs only on the caller's
     thread (which is worker 0 during the step)."""
+
+    _what = "parallel trainer"
 
     _ptr = None  # until made: __del__ of a failed __init__ has nothing to free
 
@@ -341,20 +319,6 @@ class Parallel:
             self._handle.close()
             self._ptr = None
 
-    def __del__(self):
-        self.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    @property
-    def ptr(self):
-        if self._ptr is None:
-            raise ValueError("parallel trainer is closed")
-        return self._ptr
 
     @property
     def n_workers(self):
@@ -402,11 +366,13 @@ def record_dict(p):
     return d
 
 
-class ProgressQueue:
+class ProgressQueue(Owned):
     """MATLAB's DataQueue with afterEach, for Python: the library's workers
     send records into a polled dpt_progress_queue; poll() or deliver(),
     called on the owner's thread, run callback(record_dict) there. No
     Python runs on the library's threads."""
+
+    _what = "progress queue"
 
     _ptr = None  # until made: __del__ of a failed __init__ has nothing to free
 
@@ -422,20 +388,6 @@ class ProgressQueue:
             _free(self._ptr)
             self._ptr = None
 
-    def __del__(self):
-        self.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    @property
-    def ptr(self):
-        if self._ptr is None:
-            raise ValueError("progress queue is closed")
-        return self._ptr
 
     def send(self, **fields):
         """Queue a record (any thread; fields as PROGRESS_FIELDS)."""
