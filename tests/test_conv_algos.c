@@ -738,9 +738,34 @@ static void thread_test(const char *dir)
     }
 }
 
+/* What AUTO runs when nothing was timed: direct where it applies, the
+ * depthwise kernels for depthwise layers, GEMM for the rest, and GEMM for
+ * everything with the generic (reference) set. */
+static void heuristic_test(void)
+{
+    dpt_conv2d_desc plain = {.n = 4, .c_in = 16, .h = 12, .w = 12, .c_out = 16, .kh = 3,
+                             .kw = 3, .stride = 1, .pad = 1};
+    dpt_conv2d_desc dw = plain, tiny = plain;
+    dw.groups = 16;
+    tiny.groups = 8; /* 2 channels per group: direct refuses, not depthwise */
+    CHECK(dpt_conv2d_desc_init(&plain) == 0 && dpt_conv2d_desc_init(&dw) == 0 &&
+          dpt_conv2d_desc_init(&tiny) == 0);
+    const char *saved = dpt_ops_kernels();
+    if (dpt_ops_kernels_supported("avx2") && dpt_ops_set_kernels("avx2") == 0) {
+        CHECK(dpt_conv_algo_heuristic(&plain) == DPT_CONV_ALGO_DIRECT);
+        CHECK(dpt_conv_algo_heuristic(&dw) == DPT_CONV_ALGO_DEPTHWISE);
+        CHECK(dpt_conv_algo_heuristic(&tiny) == DPT_CONV_ALGO_GEMM);
+    }
+    CHECK(dpt_ops_set_kernels("generic") == 0);
+    CHECK(dpt_conv_algo_heuristic(&plain) == DPT_CONV_ALGO_GEMM);
+    CHECK(dpt_conv_algo_heuristic(&dw) == DPT_CONV_ALGO_GEMM);
+    dpt_ops_set_kernels(saved);
+}
+
 int main(void)
 {
     property_test();
+    heuristic_test();
     char dir[4096];
     const char *base = getenv("DPT_BINARY_DIR");
     snprintf(dir, sizeof dir, "%s/test_conv_algos.XXXXXX", base ? base : "/tmp");
