@@ -136,10 +136,19 @@ typedef struct dpt_gpu_options {
     int fuse_bn_relu;         /* 1 (default): a ReLU right after a batch norm is
                                  computed inside it (one pass less each way; the
                                  batch norm's own output is then not kept) */
+    /* Version 2: */
+    int cuda_graph;           /* 1 (default): dpt_train_step's forward, loss and
+                                 backward run as one CUDA graph per minibatch shape
+                                 (captured at the shape's second step, replayed
+                                 after: the same bits as launching each kernel),
+                                 where the network allows it, else eagerly with the
+                                 reason in dpt_net_gpu_describe; 0, or the
+                                 environment's DPT_CUDA_GRAPH=0: eager launches */
 } dpt_gpu_options;
 
-#define DPT_GPU_OPTIONS_VERSION 1
-#define DPT_GPU_OPTIONS_INIT {DPT_GPU_OPTIONS_VERSION, 0, 0, 0, DPT_GPU_REDUCE_AUTO, 1}
+/* Version 1 structs (without cuda_graph) are still accepted (cuda_graph 1). */
+#define DPT_GPU_OPTIONS_VERSION 2
+#define DPT_GPU_OPTIONS_INIT {DPT_GPU_OPTIONS_VERSION, 0, 0, 0, DPT_GPU_REDUCE_AUTO, 1, 1}
 
 /* DPT_OK when every layer of net has GPU code for its configuration (each
  * layer type's CUDA entries and their supports check), else

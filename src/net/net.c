@@ -17,6 +17,7 @@
  * dpt_net_backward then run unchanged (the learnables' views l->p, l->g,
  * l->s pointing into device copies of the flat buffers). Until that lands,
  * net_gpu.c is a separate chain-only executor reached through net->gpu. */
+#include "net/net_gpu_graph.h"
 #include "net/net_impl.h"
 #include "ops/ops.h"
 #include "core/file.h"
@@ -1165,6 +1166,17 @@ static double seq_xent(const float *p, const float *t, size_t rows, int k, float
     return loss * scale;
 }
 
+/* A GPU step's launches, x and the targets on the device already: what
+ * net_gpu_graph_step captures as one CUDA graph (or runs eagerly). */
+static dpt_status gpu_step_body(dpt_net *net, int n, float w, double scale)
+{
+    const float *dlogits;
+    dpt_status s = run_forward(net, n, DPT_MODE_TRAIN);
+    if (s == DPT_OK)
+        s = net_gpu_loss_xent(net, NULL, n, w, scale, &dlogits);
+    return s == DPT_OK ? run_backward(net, dlogits, 1) : s;
+}
+
 size_t net_loss_valid_rows(const dpt_net *net, const float *t, int n)
 {
     if (!dpt_net_output_is_sequence(net))
@@ -1207,6 +1219,10 @@ dpt_status net_step_forward_loss(dpt_net *net, const float *x, const float *t, i
      * there, naming the layer. */
     const float *dlogits;
     dpt_status s = net->dev->upload(net, net->buf[net->plan[0].act], x, node_floats(net, 0, n));
+    /* The forward, loss and backward as one CUDA graph where it can be:
+     * net_step_backward then has nothing left to do. */
+    if (s == DPT_OK && net_gpu_graph_wanted(net))
+        return net_gpu_graph_step(net, t, n, w, scale, gpu_step_body);
     if (s == DPT_OK)
         s = run_forward(net, n, DPT_MODE_TRAIN);
     return s == DPT_OK ? net_gpu_loss_xent(net, t, n, w, scale, &dlogits) : s;
@@ -1214,6 +1230,8 @@ dpt_status net_step_forward_loss(dpt_net *net, const float *x, const float *t, i
 
 dpt_status net_step_backward(dpt_net *net)
 {
+    if (net->gpu && net_gpu_graph_took_backward(net))
+        return DPT_OK;
     dpt_status s = backward_checks(net, 1);
     return s == DPT_OK ? run_backward(net, net->gpu ? net_gpu_dlogits(net) : net->dout, 1) : s;
 }

@@ -15,11 +15,13 @@
  * all-reduce, the optimizer update). */
 #include "comm/comm_nccl.h"
 #include "dptrain/gpu.h"
+#include "net/net_gpu_graph.h"
 #include "net/net_impl.h"
 #include "optim/optim_impl.h"
 
 #include <math.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,6 +92,8 @@ typedef struct net_gpu {
     dpt_status dev_error;          /* first failure of a void net_dev operation */
     char dev_message[256];
     dpt_gpu_comm *gcomm;           /* device all-reduce of the comm last used */
+    gpu_graphs graphs;             /* the step as CUDA graphs (net_gpu_graph.c) */
+    int bwd_done;                  /* the last net_gpu_graph_step ran the backward too */
     char text[4096];               /* dpt_net_gpu_describe */
 } net_gpu;
 
@@ -192,6 +196,7 @@ static dpt_status dev_upload(dpt_net *net, float *dst, const float *host, size_t
     net_gpu *G = net->gpu;
     dpt_status s = gpu_ctx_enter(G->ctx);
     G->loss_pending = 0; /* a new forward: no step's loss is on the device */
+    G->bwd_done = 0;
     return s == DPT_OK ? gpu_upload(G->ctx, dst, host, n * sizeof(float)) : s;
 }
 static dpt_status dev_download(dpt_net *net, float *host, const float *src, size_t n)
@@ -336,6 +341,7 @@ static void gpu_release(dpt_net *net)
         if (net->layers[i].gpu_priv && net->layers[i].type->gpu_release)
             net->layers[i].type->gpu_release(&net->layers[i]);
     dpt_gpu_comm_free(G->gcomm);
+    net_gpu_graph_clear(&G->graphs);
     gpu_mfree(G->params), gpu_mfree(G->grads), gpu_mfree(G->state);
     gpu_mfree(G->ostate[0]), gpu_mfree(G->ostate[1]);
     gpu_mfree(G->dout), gpu_mfree(G->targets), gpu_mfree(G->stats);
@@ -411,6 +417,16 @@ static dpt_status gpu_setup(dpt_net *net, const dpt_gpu_options *opt)
     TRY(gpu_upload(ctx, G->state, net->state, net->n_state * sizeof(float)));
     TRY(gpu_sync(ctx, "copy the network to the GPU"));
     net->last_n = 0; /* a backward needs a forward on the device first */
+    /* CUDA graphs: on unless asked not to or a layer rules them out. */
+    char why[200];
+    const char *no = !opt->cuda_graph         ? "option cuda_graph 0"
+                     : net_gpu_graph_env_off() ? "DPT_CUDA_GRAPH=0"
+                                               : net_gpu_graph_refusal(net, why, sizeof why);
+    G->graphs.on = !no;
+    if (no)
+        snprintf(G->graphs.why, sizeof G->graphs.why, "%s", no);
+    net_gpu_note(net, "CUDA graph: %s%s\n", no ? "off: " : "on (forward, loss and backward; one "
+                 "per minibatch shape, captured at its second step)", no ? no : "");
     return DPT_OK;
 fail:
     gpu_release(net);
@@ -479,7 +495,8 @@ dpt_status net_gpu_loss_xent(dpt_net *net, const float *t, int n, float w, doubl
 {
     net_gpu *G = net->gpu;
     int L = net->n_layers, k = (int)count3(net->layers[L - 1].out);
-    dpt_status s = gpu_upload(G->ctx, G->targets, t, (size_t)n * k * sizeof(float));
+    /* t NULL: the targets are on the device already (net_gpu_graph_step). */
+    dpt_status s = t ? gpu_upload(G->ctx, G->targets, t, (size_t)n * k * sizeof(float)) : DPT_OK;
     /* The loss into stats[0], brought to the host with the batch-norm
      * statistics (net_gpu_stats_pull); the gradient at the logits. */
     if (s == DPT_OK)
@@ -488,6 +505,66 @@ dpt_status net_gpu_loss_xent(dpt_net *net, const float *t, int n, float w, doubl
         G->loss_pending = 1, G->loss_scale = scale;
     *dlogits = G->dout;
     return s;
+}
+
+/* ---- CUDA graphs of the step (net_gpu_graph.h) ------------------------------------------- */
+
+void net_gpu_graph_replayed(dpt_net *net, int n, double scale)
+{
+    net_gpu *G = net->gpu;
+    net->last_n = n;
+    net->last_mode = DPT_MODE_TRAIN;
+    G->loss_pending = 1, G->loss_scale = scale;
+    G->grads_stale = 1;
+}
+
+int net_gpu_graph_wanted(dpt_net *net)
+{
+    net_gpu *G = net->gpu;
+    if (!G->graphs.on || net->prof)
+        return 0;
+    if (net->sync_bn && dpt_comm_size(net->sync_bn) > 1) {
+        G->graphs.on = 0;
+        snprintf(G->graphs.why, sizeof G->graphs.why, "batch norm synchronised across workers "
+                 "(an all-reduce inside the forward)");
+        net_gpu_note(net, "CUDA graph: off: %s\n", G->graphs.why);
+        if (gpu_ctx_enter(G->ctx) == DPT_OK)
+            net_gpu_graph_clear(&G->graphs);
+        return 0;
+    }
+    return 1;
+}
+
+dpt_status net_gpu_graph_step(dpt_net *net, const float *t, int n, float w, double scale,
+                              graph_body body)
+{
+    net_gpu *G = net->gpu;
+    int L = net->n_layers;
+    size_t k = count3(net->layers[L - 1].out);
+    G->bwd_done = 0;
+    dpt_status s = gpu_upload(G->ctx, G->targets, t, (size_t)n * k * sizeof(float));
+    if (s == DPT_OK)
+        s = net_gpu_graph_run(net, &G->graphs, n, w, scale, body);
+    G->bwd_done = s == DPT_OK;
+    return s;
+}
+
+int net_gpu_graph_took_backward(dpt_net *net)
+{
+    net_gpu *G = net->gpu;
+    int done = G && G->bwd_done;
+    if (G)
+        G->bwd_done = 0;
+    return done;
+}
+
+int net_gpu_graph_counts(const dpt_net *net, long *eager, long *captures, long *replays)
+{
+    const net_gpu *G = net ? net->gpu : NULL;
+    *eager = G ? G->graphs.eager : 0;
+    *captures = G ? G->graphs.captures : 0;
+    *replays = G ? G->graphs.replays : 0;
+    return G && G->graphs.on;
 }
 
 dpt_status net_gpu_grads_allreduce(dpt_net *net, dpt_comm *comm)
@@ -753,9 +830,17 @@ dpt_status dpt_net_to_gpu_opts(dpt_net *net, const dpt_gpu_options *opt)
 {
     if (!net || !opt)
         return dpt_fail(DPT_ERR_ARG, "dpt_net_to_gpu: %s is NULL", !net ? "net" : "options");
-    if (opt->version != DPT_GPU_OPTIONS_VERSION)
-        return dpt_fail(DPT_ERR_ARG, "dpt_net_to_gpu: options version %d, this library knows %d",
-                        opt->version, DPT_GPU_OPTIONS_VERSION);
+    if (opt->version != DPT_GPU_OPTIONS_VERSION && opt->version != 1)
+        return dpt_fail(DPT_ERR_ARG, "dpt_net_to_gpu: options version %d, this library knows 1 "
+                        "to %d", opt->version, DPT_GPU_OPTIONS_VERSION);
+    /* A version 1 caller's struct ends before cuda_graph: read only its
+     * part, the rest as the defaults. */
+    dpt_gpu_options full = DPT_GPU_OPTIONS_INIT;
+    if (opt->version == 1) {
+        memcpy(&full, opt, offsetof(dpt_gpu_options, cuda_graph));
+        full.version = DPT_GPU_OPTIONS_VERSION;
+        opt = &full;
+    }
     if (opt->reduce != DPT_GPU_REDUCE_AUTO && opt->reduce != DPT_GPU_REDUCE_NCCL &&
         opt->reduce != DPT_GPU_REDUCE_STAGED)
         return dpt_fail(DPT_ERR_ARG, "dpt_net_to_gpu: unknown reduce mode %d", (int)opt->reduce);
@@ -925,6 +1010,28 @@ dpt_status net_gpu_stats_pull(dpt_net *net, double *loss)
     return no_cuda(net);
 }
 dpt_status net_gpu_state_push(dpt_net *net) { return no_cuda(net); }
+int net_gpu_graph_wanted(dpt_net *net)
+{
+    (void)net;
+    return 0;
+}
+dpt_status net_gpu_graph_step(dpt_net *net, const float *t, int n, float w, double scale,
+                              graph_body body)
+{
+    (void)t, (void)n, (void)w, (void)scale, (void)body;
+    return no_cuda(net);
+}
+int net_gpu_graph_took_backward(dpt_net *net)
+{
+    (void)net;
+    return 0;
+}
+int net_gpu_graph_counts(const dpt_net *net, long *eager, long *captures, long *replays)
+{
+    (void)net;
+    *eager = *captures = *replays = 0;
+    return 0;
+}
 dpt_status net_gpu_debug_download(dpt_net *net, const float *dev, float *host, size_t n)
 {
     (void)dev, (void)host, (void)n;

@@ -3,6 +3,7 @@
  * fall back to their defaults on a value they cannot use; this is how a
  * program hears about it). Lives in train/, the top layer, because it asks
  * ops/ which kernels this CPU runs. */
+#include "net/net_gpu_graph.h" /* net_gpu_graph_env_valid */
 #include "net/net_impl.h" /* dpt_net_memory_budget */
 #include "ops/ops.h"
 
@@ -64,6 +65,9 @@ dpt_status dpt_env_check(void)
     if ((v = env("DPT_COMM_TIMEOUT_MS")) && !int_in(v, 0, LONG_MAX))
         return dpt_fail(DPT_ERR_ARG,
                         "DPT_COMM_TIMEOUT_MS: '%.64s' is not a number of milliseconds (0 waits forever)", v);
+    if ((v = env("DPT_CUDA_GRAPH")) && !net_gpu_graph_env_valid(v))
+        return dpt_fail(DPT_ERR_ARG, "DPT_CUDA_GRAPH: '%.64s' is not 0 or off (eager launches), 1 or "
+                        "on (CUDA graphs where the network allows, the default)", v);
     if ((v = env("DPT_FUSION")) && strcmp(v, "0") && strcmp(v, "1"))
         return dpt_fail(DPT_ERR_ARG, "DPT_FUSION: '%.64s' is not 0 (off) or 1 (on, the default)", v);
     if ((v = env("DPT_CGROUP_ROOT"))) {

@@ -88,6 +88,7 @@ static void blas_load(void)
     BLAS_SYM(destroy, cublasDestroy)
     BLAS_SYM(set_stream, cublasSetStream)
     BLAS_SYM(set_math_mode, cublasSetMathMode)
+    BLAS_SYM(set_workspace, cublasSetWorkspace)
     BLAS_SYM(status_string, cublasGetStatusString)
     BLAS_SYM(sgemm, cublasSgemm)
 #undef BLAS_SYM
@@ -233,6 +234,16 @@ dpt_status gpu_ctx_new(int device, int allow_tf32, gpu_ctx **out)
         s = gpu_fail_cublas(g, be, NULL, "create handle");
         goto fail;
     }
+    /* After set_stream, which resets the workspace to the default pool. */
+    if ((e = cudaMalloc(&g->blas_workspace, GPU_BLAS_WORKSPACE_BYTES)) != cudaSuccess) {
+        s = gpu_fail_cuda(g, e, NULL, "allocate the cuBLAS workspace");
+        goto fail;
+    }
+    if ((be = gpu_blas.set_workspace(g->blas, g->blas_workspace, GPU_BLAS_WORKSPACE_BYTES)) !=
+        CUBLAS_STATUS_SUCCESS) {
+        s = gpu_fail_cublas(g, be, NULL, "set the workspace");
+        goto fail;
+    }
     if ((de = cudnnCreate(&g->dnn)) != CUDNN_STATUS_SUCCESS ||
         (de = cudnnSetStream(g->dnn, g->stream)) != CUDNN_STATUS_SUCCESS) {
         s = gpu_fail_cudnn(g, de, NULL, "create handle");
@@ -259,6 +270,7 @@ void gpu_ctx_free(gpu_ctx *g)
     if (g->blas)
         gpu_blas.destroy(g->blas);
     cudaFree(g->workspace);
+    cudaFree(g->blas_workspace);
     cudaFree(g->scratch);
     cudaFreeHost(g->staging);
     if (g->ev_slot[0])

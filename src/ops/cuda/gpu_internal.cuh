@@ -15,6 +15,12 @@
  * of 32: the block reductions work warp by warp). */
 #define GPU_THREADS 256
 
+/* cuBLAS's workspace, set explicitly: under stream capture cuBLAS does not
+ * draw from its default pool, so without one a captured product could
+ * take another algorithm than the eager one (other bits). 32 MiB is what
+ * cuBLAS itself uses on Hopper. */
+#define GPU_BLAS_WORKSPACE_BYTES ((size_t)32 << 20)
+
 struct gpu_ctx {
     int device;
     int allow_tf32;
@@ -27,6 +33,8 @@ struct gpu_ctx {
     int slot_used[2];
     unsigned char *staging;     /* pinned [2 * GPU_STAGING_SLOT_BYTES] */
     cublasHandle_t blas;
+    void *blas_workspace;       /* cuBLAS's own workspace (GPU_BLAS_WORKSPACE_BYTES): the
+                                   same one eagerly and inside a CUDA graph capture */
     cudnnHandle_t dnn;
     void *workspace;            /* cuDNN workspace, shared by the conv layers */
     size_t workspace_bytes;
@@ -50,6 +58,7 @@ typedef struct gpu_blas_api {
     cublasStatus_t (*destroy)(cublasHandle_t);
     cublasStatus_t (*set_stream)(cublasHandle_t, cudaStream_t);
     cublasStatus_t (*set_math_mode)(cublasHandle_t, cublasMath_t);
+    cublasStatus_t (*set_workspace)(cublasHandle_t, void *, size_t);
     const char *(*status_string)(cublasStatus_t);
     cublasStatus_t (*sgemm)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
                             const float *, const float *, int, const float *, int, const float *,

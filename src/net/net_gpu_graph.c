@@ -1,0 +1,158 @@
+/* The training step of a GPU network as a CUDA graph: which networks can
+ * be captured, the graphs kept per minibatch shape, and the run (see
+ * net_gpu_graph.h for what is inside the graph and what is not, and why). */
+#include "net/net_gpu_graph.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- host logic (any build) -------------------------------------------------------- */
+
+int net_gpu_graph_env_valid(const char *v)
+{
+    return v && (!strcmp(v, "0") || !strcmp(v, "1") || !strcmp(v, "off") || !strcmp(v, "on"));
+}
+
+int net_gpu_graph_env_off(void)
+{
+    const char *v = getenv("DPT_CUDA_GRAPH");
+    return v && (!strcmp(v, "0") || !strcmp(v, "off"));
+}
+
+const char *net_gpu_graph_refusal(const dpt_net *net, char *why, size_t n)
+{
+    /* Layer types whose CUDA entries launch the same work with the same
+     * arguments for every step of one shape and keep no per-step host
+     * state: a new type joins the list once that is checked for it. */
+    static const layer_type *const safe[] = {
+        &dpt_layer_input,   &dpt_layer_conv,      &dpt_layer_batchnorm,
+        &dpt_layer_relu,    &dpt_layer_fc,        &dpt_layer_softmax,
+        &dpt_layer_add,     &dpt_layer_concat,    &dpt_layer_maxpool,
+        &dpt_layer_avgpool, &dpt_layer_globalavgpool, &dpt_layer_leakyrelu,
+        &dpt_layer_sigmoid, &dpt_layer_tanh};
+    for (int i = 0; i < net->n_layers; i++) {
+        const dpt_layer *l = &net->layers[i];
+        int ok = 0;
+        for (size_t j = 0; j < sizeof safe / sizeof *safe && !ok; j++)
+            ok = l->type == safe[j];
+        if (ok)
+            continue;
+        if (l->type == &dpt_layer_dropout)
+            snprintf(why, n, "layer '%s' (dropout) draws a new mask every iteration", l->name);
+        else
+            snprintf(why, n, "layer '%s' (%s) is not known to be capturable", l->name,
+                     l->type->name);
+        return why;
+    }
+    return NULL;
+}
+
+static int same_key(graph_key a, graph_key b)
+{
+    return a.n == b.n && a.steps == b.steps && a.w_bits == b.w_bits;
+}
+
+int gpu_graphs_next(gpu_graphs *G, graph_key k, graph_slot **slot, void **evicted)
+{
+    *evicted = NULL;
+    G->clock++;
+    graph_slot *hit = NULL, *victim = &G->slot[0];
+    for (int i = 0; i < GRAPH_SLOTS; i++) {
+        graph_slot *s = &G->slot[i];
+        if (s->warm && same_key(s->key, k))
+            hit = s;
+        /* A free slot first, else the least recently used. */
+        if (victim->warm && (!s->warm || s->used < victim->used))
+            victim = s;
+    }
+    if (hit) {
+        hit->used = G->clock;
+        *slot = hit;
+        return hit->graph ? GRAPH_RUN_REPLAY : GRAPH_RUN_CAPTURE;
+    }
+    *evicted = victim->graph;
+    *victim = (graph_slot){k, 1, NULL, G->clock};
+    *slot = victim;
+    return GRAPH_RUN_EAGER;
+}
+
+/* ---- the device part -------------------------------------------------------------------- */
+
+#ifdef DPT_HAVE_CUDA
+
+#include "ops/cuda/gpu_graph.h"
+
+void net_gpu_graph_clear(gpu_graphs *G)
+{
+    for (int i = 0; i < GRAPH_SLOTS; i++) {
+        gpu_graph_free(G->slot[i].graph);
+        G->slot[i] = (graph_slot){{0, 0, 0}, 0, NULL, 0};
+    }
+}
+
+/* Eager from now on, with the reason noted once. */
+static void graphs_off(dpt_net *net, gpu_graphs *G, const char *why)
+{
+    G->on = 0;
+    snprintf(G->why, sizeof G->why, "%.250s", why);
+    net_gpu_note(net, "CUDA graph: off: %s\n", G->why);
+    net_gpu_graph_clear(G);
+}
+
+dpt_status net_gpu_graph_run(dpt_net *net, gpu_graphs *G, int n, float w, double scale,
+                             graph_body body)
+{
+    graph_key k = {n, net->steps, 0};
+    memcpy(&k.w_bits, &w, sizeof k.w_bits);
+    graph_slot *slot;
+    void *evicted;
+    int what = gpu_graphs_next(G, k, &slot, &evicted);
+    gpu_graph_free(evicted);
+    struct gpu_ctx *ctx = net_gpu_ctx(net);
+    dpt_status s;
+    /* A graph holds the addresses of the context's workspaces: one made
+     * before they were reallocated is captured again. */
+    if (what == GRAPH_RUN_REPLAY && gpu_graph_stale(ctx, slot->graph)) {
+        gpu_graph_free(slot->graph);
+        slot->graph = NULL;
+        what = GRAPH_RUN_CAPTURE;
+    }
+    if (what == GRAPH_RUN_REPLAY) {
+        if ((s = gpu_graph_launch(ctx, slot->graph)) == DPT_OK) {
+            G->replays++;
+            net_gpu_graph_replayed(net, n, scale);
+        }
+        return s;
+    }
+    if (what == GRAPH_RUN_CAPTURE) {
+        gpu_graph *gr = NULL;
+        char body_error[256] = "";
+        if ((s = gpu_graph_begin(ctx)) == DPT_OK) {
+            dpt_status sb = body(net, n, w, scale);
+            if (sb != DPT_OK)
+                snprintf(body_error, sizeof body_error, "%s", dpt_last_error());
+            s = gpu_graph_end(ctx, sb == DPT_OK, &gr);
+            if (s == DPT_OK && sb != DPT_OK)
+                s = dpt_fail(sb, "%s", body_error);
+        }
+        if (s == DPT_OK) {
+            slot->graph = gr;
+            G->captures++;
+            /* Recording ran nothing: the step runs now. */
+            if ((s = gpu_graph_launch(ctx, gr)) == DPT_OK)
+                net_gpu_graph_replayed(net, n, scale);
+            return s;
+        }
+        /* Not capturable here (or a failure the eager run below reports
+         * again, if it is one): eager launches from now on. */
+        char why[300];
+        snprintf(why, sizeof why, "capture failed: %s", body_error[0] ? body_error
+                                                                     : dpt_last_error());
+        graphs_off(net, G, why);
+    }
+    G->eager++;
+    return body(net, n, w, scale);
+}
+
+#endif /* DPT_HAVE_CUDA */

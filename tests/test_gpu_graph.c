@@ -1,0 +1,398 @@
+/* The GPU training step as a CUDA graph (src/net/net_gpu_graph.c).
+ *
+ * On any machine, the host logic: DPT_CUDA_GRAPH's values (and
+ * dpt_env_check's message for a bad one), which networks can be captured
+ * (dropout and layer types not known to be capturable are refused, naming
+ * the layer), the graphs kept per minibatch shape (eager the first time,
+ * captured the second, replayed after, the least recently used shape
+ * evicted), and dpt_gpu_options version 1 still accepted.
+ *
+ * With a GPU (else exit 77 after those): graph replay against eager
+ * launches, bit for bit, for the example and the residual network over
+ * several SGDM steps with a batch-size change and back (the loss of every
+ * step, then learnables, gradients and batch-norm state), an Adam step with
+ * clipping, the counts of eager, captured and replayed steps, and the
+ * fallbacks (DPT_CUDA_GRAPH=0, a dropout network) noted in
+ * dpt_net_gpu_describe and still training.
+ *
+ *   test_gpu_graph                    the tests
+ *   test_gpu_graph --bench B [B ...]  ms per step of the example network at
+ *                                     minibatch B, eager and graph
+ *                                     alternated (scripts/gpu-check) */
+#include "dptrain/gpu.h"
+#include "dptrain/optim.h"
+#include "dptrain/train.h"
+#include "net/net_gpu_graph.h"
+#include "net/net_impl.h"
+#include "testutil.h"
+
+#include <time.h>
+
+static void fill_uniform(float *x, size_t n, uint64_t seed)
+{
+    dpt_rng r;
+    dpt_rng_seed(&r, seed, 9);
+    for (size_t i = 0; i < n; i++)
+        x[i] = dpt_rng_uniform(&r);
+}
+
+static void fill_onehot(float *t, int n, int k, uint64_t seed)
+{
+    dpt_rng r;
+    dpt_rng_seed(&r, seed, 10);
+    memset(t, 0, (size_t)n * k * sizeof *t);
+    for (int i = 0; i < n; i++)
+        t[(size_t)i * k + dpt_rng_below(&r, (uint32_t)k)] = 1.0f;
+}
+
+static size_t input_count(const dpt_net *net)
+{
+    int chw[3];
+    dpt_net_input_shape(net, chw);
+    return (size_t)chw[0] * chw[1] * chw[2];
+}
+
+/* ---- host logic ------------------------------------------------------------------------- */
+
+static void test_env(void)
+{
+    static const char *const good[] = {"0", "1", "on", "off"};
+    static const char *const bad[] = {"", "2", "yes", "0 ", "ON", "true"};
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++)
+        CHECK_MSG(net_gpu_graph_env_valid(good[i]), "'%s'", good[i]);
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        CHECK_MSG(!net_gpu_graph_env_valid(bad[i]), "'%s'", bad[i]);
+    CHECK(!net_gpu_graph_env_valid(NULL));
+    unsetenv("DPT_CUDA_GRAPH");
+    CHECK(!net_gpu_graph_env_off() && dpt_env_check() == DPT_OK);
+    setenv("DPT_CUDA_GRAPH", "0", 1);
+    CHECK(net_gpu_graph_env_off() && dpt_env_check() == DPT_OK);
+    setenv("DPT_CUDA_GRAPH", "off", 1);
+    CHECK(net_gpu_graph_env_off());
+    setenv("DPT_CUDA_GRAPH", "on", 1);
+    CHECK(!net_gpu_graph_env_off() && dpt_env_check() == DPT_OK);
+    setenv("DPT_CUDA_GRAPH", "maybe", 1);
+    dpt_status s = dpt_env_check();
+    CHECK_MSG(s == DPT_ERR_ARG && strstr(dpt_last_error(), "DPT_CUDA_GRAPH: 'maybe' is not 0 or "
+                                                            "off"),
+              "%d: %s", s, dpt_last_error());
+    unsetenv("DPT_CUDA_GRAPH");
+}
+
+static void expect_refusal(const char *spec, const char *want)
+{
+    dpt_net *net = NULL;
+    dpt_status s = dpt_net_from_spec(spec, "r.spec", 3, 4, 1, &net);
+    CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
+    if (s != DPT_OK)
+        return;
+    char why[200];
+    const char *r = net_gpu_graph_refusal(net, why, sizeof why);
+    if (!want)
+        CHECK_MSG(!r, "refused: %s", r);
+    else
+        CHECK_MSG(r && strstr(r, want), "got '%s', want '%s'", r ? r : "(none)", want);
+    dpt_net_free(net);
+}
+
+static void test_refusal(void)
+{
+    dpt_net *net = NULL;
+    CHECK(dpt_net_from_spec(dpt_net_default_spec(), "<default>", 10, 4, 1, &net) == DPT_OK);
+    char why[200];
+    CHECK(net && !net_gpu_graph_refusal(net, why, sizeof why));
+    dpt_net_free(net);
+    expect_refusal("input in size=6x6x2\nconv c filter=3 filters=4 padding=1\nbatchnorm b\n"
+                   "relu r\nmaxpool p size=2\nconv c2 filter=1 filters=4\nadd a from=c2,p\n"
+                   "leakyrelu l\nglobalavgpool g\nfc f outputs=3\nsoftmax s\n", NULL);
+    expect_refusal("input in size=6x6x2\nconv c filter=3 filters=4\ndropout dr p=0.5\n"
+                   "fc f outputs=3\nsoftmax s\n",
+                   "layer 'dr' (dropout) draws a new mask every iteration");
+    expect_refusal("sequenceinput in size=3\nlstm l units=4 output=last\nfc f outputs=3\n"
+                   "softmax s\n", "(sequenceinput) is not known to be capturable");
+}
+
+static void test_slots(void)
+{
+    gpu_graphs G;
+    memset(&G, 0, sizeof G);
+    graph_slot *sl;
+    void *ev;
+    static char fake[GRAPH_SLOTS + 2]; /* stand-ins for captured graphs */
+    graph_key a = {32, 1, 0x3f800000u}, a_w = {32, 1, 0x3f000000u}, b = {20, 1, 0x3f800000u};
+    CHECK(gpu_graphs_next(&G, a, &sl, &ev) == GRAPH_RUN_EAGER && !ev);
+    CHECK(gpu_graphs_next(&G, a, &sl, &ev) == GRAPH_RUN_CAPTURE && !ev);
+    sl->graph = &fake[0];
+    CHECK(gpu_graphs_next(&G, a, &sl, &ev) == GRAPH_RUN_REPLAY && sl->graph == &fake[0]);
+    /* Another loss weight (M changed) or n is another shape. */
+    CHECK(gpu_graphs_next(&G, a_w, &sl, &ev) == GRAPH_RUN_EAGER && !ev);
+    CHECK(gpu_graphs_next(&G, b, &sl, &ev) == GRAPH_RUN_EAGER && !ev);
+    CHECK(gpu_graphs_next(&G, b, &sl, &ev) == GRAPH_RUN_CAPTURE);
+    sl->graph = &fake[1];
+    CHECK(gpu_graphs_next(&G, a, &sl, &ev) == GRAPH_RUN_REPLAY && sl->graph == &fake[0]);
+    CHECK(gpu_graphs_next(&G, b, &sl, &ev) == GRAPH_RUN_REPLAY && sl->graph == &fake[1]);
+    /* 5 more shapes fill the 8 slots; a 9th evicts the least recently
+     * used (a_w, never captured); a_w again evicts a and its graph, and a
+     * again b and its graph. */
+    for (int i = 0; i < GRAPH_SLOTS - 3; i++) {
+        graph_key k = {100 + i, 1, 0};
+        CHECK(gpu_graphs_next(&G, k, &sl, &ev) == GRAPH_RUN_EAGER && !ev);
+    }
+    graph_key c = {200, 1, 0};
+    CHECK(gpu_graphs_next(&G, c, &sl, &ev) == GRAPH_RUN_EAGER && !ev);
+    CHECK(gpu_graphs_next(&G, a_w, &sl, &ev) == GRAPH_RUN_EAGER && ev == &fake[0]);
+    CHECK(gpu_graphs_next(&G, a, &sl, &ev) == GRAPH_RUN_EAGER && ev == &fake[1]);
+    /* Different sequence lengths are different shapes. */
+    graph_key t1 = {7, 10, 0}, t2 = {7, 11, 0};
+    CHECK(gpu_graphs_next(&G, t1, &sl, &ev) == GRAPH_RUN_EAGER);
+    CHECK(gpu_graphs_next(&G, t2, &sl, &ev) == GRAPH_RUN_EAGER);
+    CHECK(gpu_graphs_next(&G, t1, &sl, &ev) == GRAPH_RUN_CAPTURE);
+}
+
+static void test_options(void)
+{
+    dpt_gpu_options o = DPT_GPU_OPTIONS_INIT;
+    CHECK(o.version == 2 && o.cuda_graph == 1);
+    dpt_net *net = NULL;
+    if (dpt_net_from_spec(dpt_net_default_spec(), "<default>", 10, 4, 1, &net) != DPT_OK)
+        return;
+    o.version = 3;
+    dpt_status s = dpt_net_to_gpu_opts(net, &o);
+    CHECK_MSG(s == DPT_ERR_ARG && strstr(dpt_last_error(), "options version 3"), "%s",
+              dpt_last_error());
+    if (dpt_gpu_count() < 1) { /* version 1 passes the check, then no device */
+        o.version = 1;
+        s = dpt_net_to_gpu_opts(net, &o);
+        CHECK_MSG(s != DPT_OK && !strstr(dpt_last_error(), "options version"), "%s",
+                  dpt_last_error());
+    }
+    dpt_net_free(net);
+}
+
+/* ---- on a GPU ------------------------------------------------------------------------------ */
+
+static char *read_spec(const char *rel)
+{
+    const char *root = getenv("DPT_SOURCE_DIR");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", root ? root : ".", rel);
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char *buf = calloc(1, 1 << 16);
+    size_t n = buf ? fread(buf, 1, (1 << 16) - 1, f) : 0;
+    fclose(f);
+    if (buf && !n)
+        free(buf), buf = NULL;
+    return buf;
+}
+
+static dpt_status make_gpu_net(const char *spec, int max_batch, int graph, dpt_net **out)
+{
+    dpt_gpu_options o = DPT_GPU_OPTIONS_INIT;
+    o.cuda_graph = graph;
+    dpt_status s = dpt_net_from_spec(spec, "graph.spec", 10, max_batch, 7, out);
+    return s == DPT_OK ? dpt_net_to_gpu_opts(*out, &o) : s;
+}
+
+static int same_floats(const char *what, const char *name, const float *a, const float *b,
+                       size_t n)
+{
+    size_t i = 0;
+    while (i < n && memcmp(&a[i], &b[i], sizeof *a) == 0)
+        i++;
+    CHECK_MSG(i == n, "%s: %s differ at %zu of %zu: graph %.9g, eager %.9g", what, name, i, n,
+              i < n ? a[i] : 0.0, i < n ? b[i] : 0.0);
+    return i == n;
+}
+
+/* The same steps on two copies of a network, one with graphs and one
+ * without: every step's loss and the final learnables, gradients and state
+ * bit for bit. kind: 0 SGDM, 1 Adam with clipping. */
+static void graph_vs_eager(const char *what, const char *spec, int kind)
+{
+    static const int batches[] = {32, 32, 32, 32, 20, 20, 20, 32, 32};
+    const int n_steps = (int)(sizeof batches / sizeof *batches), max_batch = 32;
+    dpt_net *ng = NULL, *ne = NULL;
+    dpt_optim *og = NULL, *oe = NULL;
+    dpt_status s = make_gpu_net(spec, max_batch, 1, &ng);
+    if (s == DPT_OK)
+        s = make_gpu_net(spec, max_batch, 0, &ne);
+    dpt_optim_opts oo = DPT_OPTIM_OPTS_INIT;
+    oo.clip_norm = kind ? 0.5 : 0.0;
+    dpt_optim_kind ok = kind ? DPT_OPTIM_ADAM : DPT_OPTIM_SGDM;
+    if (s == DPT_OK)
+        s = dpt_optim_new(ok, dpt_net_n_params(ng), &oo, &og);
+    if (s == DPT_OK)
+        s = dpt_optim_new(ok, dpt_net_n_params(ne), &oo, &oe);
+    CHECK_MSG(s == DPT_OK, "%s: set-up: %s", what, dpt_last_error());
+    size_t nx = input_count(ng ? ng : ne) * max_batch;
+    float *x = malloc(nx * sizeof *x), *t = malloc((size_t)max_batch * 10 * sizeof *t);
+    int same_loss = 1;
+    for (int i = 0; s == DPT_OK && i < n_steps; i++) {
+        int n = batches[i];
+        fill_uniform(x, nx, 100 + (uint64_t)i);
+        fill_onehot(t, n, 10, 200 + (uint64_t)i);
+        double lg = 0, le = 0;
+        s = dpt_train_step_optim(ng, og, NULL, x, t, n, &lg, NULL);
+        if (s == DPT_OK)
+            s = dpt_train_step_optim(ne, oe, NULL, x, t, n, &le, NULL);
+        CHECK_MSG(s == DPT_OK, "%s: step %d: %s", what, i, dpt_last_error());
+        if (s == DPT_OK && memcmp(&lg, &le, sizeof lg) != 0) {
+            CHECK_MSG(0, "%s: step %d (n %d): loss %.17g with the graph, %.17g eager", what, i, n,
+                      lg, le);
+            same_loss = 0;
+        }
+    }
+    if (s == DPT_OK) {
+        int ok_all = same_loss;
+        ok_all &= same_floats(what, "learnables", dpt_net_params(ng), dpt_net_params(ne),
+                              dpt_net_n_params(ng));
+        ok_all &= same_floats(what, "gradients", dpt_net_grads(ng), dpt_net_grads(ne),
+                              dpt_net_n_params(ng));
+        ok_all &= same_floats(what, "state", dpt_net_state(ng), dpt_net_state(ne),
+                              dpt_net_n_state_floats(ng));
+        long eg, cg, rg, ee, ce, re;
+        int on_g = net_gpu_graph_counts(ng, &eg, &cg, &rg);
+        int on_e = net_gpu_graph_counts(ne, &ee, &ce, &re);
+        /* 32: eager, capture, 2 replays; 20: eager, capture, replay; 32: 2
+         * replays. */
+        CHECK_MSG(on_g && eg == 2 && cg == 2 && rg == 5, "%s: graphs %s, eager %ld, captured %ld, "
+                  "replayed %ld (want on, 2, 2, 5): %s", what, on_g ? "on" : "off", eg, cg, rg,
+                  dpt_net_gpu_describe(ng));
+        CHECK_MSG(!on_e && ee + ce + re == 0, "%s: cuda_graph 0 still used graphs", what);
+        printf("  %s: %d steps, graph replay == eager launches %s (eager %ld, captured %ld, "
+               "replayed %ld)\n", what, n_steps, ok_all ? "bit for bit" : "NOT", eg, cg, rg);
+    }
+    free(x), free(t);
+    dpt_optim_free(og), dpt_optim_free(oe);
+    dpt_net_free(ng), dpt_net_free(ne);
+}
+
+/* A network graphs cannot take, and DPT_CUDA_GRAPH=0: eager, said once in
+ * the description, and it trains. */
+static void fallbacks(void)
+{
+    static const char *const dropout_spec =
+        "input in size=28x28x1\nconv c filter=3 filters=8 padding=1\nbatchnorm b\nrelu r\n"
+        "dropout dr p=0.25\nfc f outputs=10\nsoftmax s\n";
+    for (int k = 0; k < 2; k++) {
+        if (k == 1)
+            setenv("DPT_CUDA_GRAPH", "0", 1);
+        dpt_net *net = NULL;
+        dpt_optim *o = NULL;
+        dpt_status s = make_gpu_net(k ? dpt_net_default_spec() : dropout_spec, 16, 1, &net);
+        if (s == DPT_OK)
+            s = dpt_optim_new(DPT_OPTIM_SGDM, dpt_net_n_params(net), NULL, &o);
+        float x[16 * 784], t[16 * 10];
+        fill_uniform(x, 16 * 784, 5);
+        fill_onehot(t, 16, 10, 6);
+        double l = 0;
+        for (int i = 0; s == DPT_OK && i < 3; i++)
+            s = dpt_train_step_optim(net, o, NULL, x, t, 16, &l, NULL);
+        CHECK_MSG(s == DPT_OK && l > 0, "fallback %d: %s", k, dpt_last_error());
+        long e = 0, c = 0, r = 0;
+        int on = net ? net_gpu_graph_counts(net, &e, &c, &r) : 1;
+        const char *d = net ? dpt_net_gpu_describe(net) : "";
+        const char *want = k ? "CUDA graph: off: DPT_CUDA_GRAPH=0"
+                             : "CUDA graph: off: layer 'dr' (dropout) draws a new mask";
+        CHECK_MSG(!on && c + r == 0 && strstr(d, want), "fallback %d: %s", k, d);
+        dpt_optim_free(o);
+        dpt_net_free(net);
+    }
+    unsetenv("DPT_CUDA_GRAPH");
+}
+
+/* ---- benchmark --------------------------------------------------------------------------- */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int bench(int argc, char **argv)
+{
+    if (dpt_gpu_count() < 1) {
+        fprintf(stderr, "bench: no usable GPU\n");
+        return 1;
+    }
+    for (int a = 0; a < argc; a++) {
+        int B = atoi(argv[a]);
+        if (B < 1 || B > 65536)
+            continue;
+        dpt_net *net[2] = {NULL, NULL};
+        dpt_sgdm *opt[2] = {NULL, NULL};
+        dpt_status s = DPT_OK;
+        for (int g = 0; g < 2 && s == DPT_OK; g++) {
+            s = make_gpu_net(dpt_net_default_spec(), B, g, &net[g]);
+            if (s == DPT_OK)
+                s = dpt_sgdm_new(dpt_net_n_params(net[g]), 0.01f, 0.9f, 0.0f, &opt[g]);
+        }
+        float *x = malloc((size_t)B * 784 * sizeof *x), *t = malloc((size_t)B * 10 * sizeof *t);
+        fill_uniform(x, (size_t)B * 784, 61);
+        fill_onehot(t, B, 10, 62);
+        double l = 0, ms[2][5];
+        for (int g = 0; g < 2 && s == DPT_OK; g++)
+            for (int i = 0; i < 10 && s == DPT_OK; i++)
+                s = dpt_train_step(net[g], opt[g], NULL, x, t, B, &l, NULL);
+        /* Alternated rounds of 1 s each; the medians are compared. */
+        for (int r = 0; r < 5 && s == DPT_OK; r++)
+            for (int g = 0; g < 2 && s == DPT_OK; g++) {
+                long steps = 0;
+                double t0 = now_s(), el = 0;
+                while (s == DPT_OK && (el < 1.0 || steps < 10)) {
+                    s = dpt_train_step(net[g], opt[g], NULL, x, t, B, &l, NULL);
+                    steps++;
+                    el = now_s() - t0;
+                }
+                ms[g][r] = 1e3 * el / (double)steps;
+            }
+        if (s != DPT_OK) {
+            fprintf(stderr, "bench: batch %d: %s\n", B, dpt_last_error());
+            return 1;
+        }
+        double med[2];
+        for (int g = 0; g < 2; g++) {
+            for (int i = 1; i < 5; i++) /* insertion sort of 5 */
+                for (int j = i; j > 0 && ms[g][j] < ms[g][j - 1]; j--) {
+                    double tmp = ms[g][j];
+                    ms[g][j] = ms[g][j - 1], ms[g][j - 1] = tmp;
+                }
+            med[g] = ms[g][2];
+        }
+        printf("BENCH graph batch=%d eager_ms=%.4f graph_ms=%.4f eager_images_per_s=%.1f "
+               "graph_images_per_s=%.1f speedup=%.3f\n",
+               B, med[0], med[1], 1e3 * B / med[0], 1e3 * B / med[1], med[0] / med[1]);
+        fflush(stdout);
+        free(x), free(t);
+        for (int g = 0; g < 2; g++)
+            dpt_sgdm_free(opt[g]), dpt_net_free(net[g]);
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && strcmp(argv[1], "--bench") == 0)
+        return bench(argc - 2, argv + 2);
+    test_env();
+    test_refusal();
+    test_slots();
+    test_options();
+    if (!dpt_gpu_have_cuda() || dpt_gpu_count() < 1) {
+        printf("test_gpu_graph: the GPU tests skipped: %s\n",
+               dpt_gpu_have_cuda() ? "no usable GPU" : "this build has no CUDA backend");
+        return *tu_failures() ? 1 : TU_SKIP;
+    }
+    graph_vs_eager("example network, SGDM", dpt_net_default_spec(), 0);
+    graph_vs_eager("example network, Adam with clipping", dpt_net_default_spec(), 1);
+    char *res = read_spec("examples/nets/resnet-mini-28x28x1.net");
+    CHECK_MSG(res, "examples/nets/resnet-mini-28x28x1.net not found (DPT_SOURCE_DIR)");
+    if (res)
+        graph_vs_eager("resnet-mini-28x28x1, SGDM", res, 0);
+    free(res);
+    fallbacks();
+    return tu_exit();
+}
