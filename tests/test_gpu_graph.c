@@ -11,8 +11,8 @@
  * launches, bit for bit, for the example and the residual network over
  * several SGDM steps with a batch-size change and back (the loss of every
  * step, then learnables, gradients and batch-norm state), an Adam step with
- * clipping, the counts of eager, captured and replayed steps, and the
- * fallbacks (DPT_CUDA_GRAPH=0, a dropout network) noted in
+ * clipping, the counts of eager, captured and replayed steps, 2 workers
+ * sharing the GPU (each capturing in its own thread), and the fallbacks (DPT_CUDA_GRAPH=0, a dropout network) noted in
  * dpt_net_gpu_describe and still training.
  *
  *   test_gpu_graph                    the tests
@@ -269,6 +269,97 @@ static void graph_vs_eager(const char *what, const char *spec, int kind)
     dpt_net_free(ng), dpt_net_free(ne);
 }
 
+/* 2 workers sharing one GPU (staged all-reduce, local batch norm), each
+ * capturing on its own stream in its own thread while the other may be in
+ * the host all-reduce: the same bits with graphs as without. */
+#define W_STEPS 6
+#define W_M 24
+typedef struct wjob {
+    int graph;
+    const float *x, *t;
+    double loss[2][W_STEPS];
+    float *params[2], *state[2];
+    long counts[2][3];
+} wjob;
+
+static dpt_status wworker(dpt_comm *comm, void *arg)
+{
+    wjob *j = arg;
+    int rank = dpt_comm_rank(comm), n = W_M / 2;
+    dpt_net *net = NULL;
+    dpt_sgdm *opt = NULL;
+    dpt_gpu_options o = DPT_GPU_OPTIONS_INIT;
+    o.device = dpt_gpu_for_worker(comm);
+    o.reduce = DPT_GPU_REDUCE_STAGED;
+    o.cuda_graph = j->graph;
+    dpt_status s = dpt_net_from_spec(dpt_net_default_spec(), "w", 10, n, 3, &net);
+    if (s == DPT_OK)
+        s = dpt_net_to_gpu_opts(net, &o);
+    if (s == DPT_OK)
+        s = dpt_sgdm_new(dpt_net_n_params(net), 0.05f, 0.9f, 0.0f, &opt);
+    for (int i = 0; s == DPT_OK && i < W_STEPS; i++)
+        s = dpt_train_step(net, opt, comm, j->x + (size_t)(rank * n) * 784,
+                           j->t + (size_t)(rank * n) * 10, n, &j->loss[rank][i], NULL);
+    if (s == DPT_OK) {
+        size_t np = dpt_net_n_params(net), ns = dpt_net_n_state_floats(net);
+        j->params[rank] = malloc(np * sizeof(float));
+        j->state[rank] = malloc(ns * sizeof(float));
+        if (j->params[rank] && j->state[rank]) {
+            memcpy(j->params[rank], dpt_net_params(net), np * sizeof(float));
+            memcpy(j->state[rank], dpt_net_state(net), ns * sizeof(float));
+        }
+        net_gpu_graph_counts(net, &j->counts[rank][0], &j->counts[rank][1], &j->counts[rank][2]);
+    }
+    dpt_sgdm_free(opt);
+    dpt_net_free(net);
+    return s;
+}
+
+static void two_workers(void)
+{
+    float *x = malloc((size_t)W_M * 784 * sizeof *x), *t = malloc((size_t)W_M * 10 * sizeof *t);
+    wjob *j = calloc(2, sizeof *j);
+    if (!x || !t || !j) {
+        CHECK(0);
+        free(x), free(t), free(j);
+        return;
+    }
+    fill_uniform(x, (size_t)W_M * 784, 31);
+    fill_onehot(t, W_M, 10, 32);
+    dpt_status s = DPT_OK;
+    for (int g = 0; g < 2 && s == DPT_OK; g++) {
+        j[g].graph = g, j[g].x = x, j[g].t = t;
+        dpt_spmd_config cfg = DPT_SPMD_CONFIG_INIT;
+        cfg.backend = DPT_COMM_LOCAL;
+        cfg.n_workers = 2;
+        s = dpt_spmd_run(&cfg, wworker, &j[g]);
+        CHECK_MSG(s == DPT_OK, "2 workers, cuda_graph %d: %s", g, dpt_last_error());
+    }
+    if (s == DPT_OK) {
+        dpt_net *probe = NULL;
+        CHECK(dpt_net_from_spec(dpt_net_default_spec(), "w", 10, 1, 3, &probe) == DPT_OK);
+        size_t np = probe ? dpt_net_n_params(probe) : 0;
+        size_t ns = probe ? dpt_net_n_state_floats(probe) : 0;
+        dpt_net_free(probe);
+        int ok = memcmp(j[0].loss, j[1].loss, sizeof j[0].loss) == 0;
+        CHECK_MSG(ok, "2 workers: the losses differ with and without graphs");
+        for (int r = 0; r < 2; r++) {
+            ok &= same_floats("2 workers", "learnables", j[1].params[r], j[0].params[r], np);
+            ok &= same_floats("2 workers", "state", j[1].state[r], j[0].state[r], ns);
+            CHECK_MSG(j[1].counts[r][0] == 1 && j[1].counts[r][1] == 1 &&
+                          j[1].counts[r][2] == W_STEPS - 2,
+                      "worker %d: eager %ld, captured %ld, replayed %ld", r, j[1].counts[r][0],
+                      j[1].counts[r][1], j[1].counts[r][2]);
+        }
+        printf("  2 workers sharing the GPU (staged), %d steps: graphs == eager %s\n", W_STEPS,
+               ok ? "bit for bit" : "NOT");
+    }
+    for (int g = 0; g < 2; g++)
+        for (int r = 0; r < 2; r++)
+            free(j[g].params[r]), free(j[g].state[r]);
+    free(j), free(x), free(t);
+}
+
 /* A network graphs cannot take, and DPT_CUDA_GRAPH=0: eager, said once in
  * the description, and it trains. */
 static void fallbacks(void)
@@ -393,6 +484,7 @@ int main(int argc, char **argv)
     if (res)
         graph_vs_eager("resnet-mini-28x28x1, SGDM", res, 0);
     free(res);
+    two_workers();
     fallbacks();
     return tu_exit();
 }

@@ -16,6 +16,9 @@
  * only the loss and the batch-norm statistics (one small copy); the
  * gradient all-reduce uses NCCL when every worker has its own GPU, else it
  * is staged through pinned host memory and the communicator's all-reduce.
+ * The step's forward, loss and backward run as one CUDA graph per
+ * minibatch shape where the network allows it (dpt_gpu_options.cuda_graph;
+ * docs/gpu.md): replayed, the same bits as launching each kernel.
  *
  * Host mirrors: after dpt_net_to_gpu the network's host buffers are a
  * mirror of the device's. dpt_net_params, dpt_net_grads, dpt_net_state and
