@@ -119,7 +119,8 @@ static void test_slots(void)
     graph_slot *sl;
     void *ev;
     static char fake[GRAPH_SLOTS + 2]; /* stand-ins for captured graphs */
-    graph_key a = {32, 1, 0x3f800000u}, a_w = {32, 1, 0x3f000000u}, b = {20, 1, 0x3f800000u};
+    graph_key a = {32, 1, 1, 0x3f800000u}, a_w = {32, 1, 1, 0x3f000000u};
+    graph_key b = {20, 1, 1, 0x3f800000u};
     CHECK(gpu_graphs_next(&G, a, &sl, &ev) == GRAPH_RUN_EAGER && !ev);
     CHECK(gpu_graphs_next(&G, a, &sl, &ev) == GRAPH_RUN_CAPTURE && !ev);
     sl->graph = &fake[0];
@@ -135,18 +136,20 @@ static void test_slots(void)
      * used (a_w, never captured); a_w again evicts a and its graph, and a
      * again b and its graph. */
     for (int i = 0; i < GRAPH_SLOTS - 3; i++) {
-        graph_key k = {100 + i, 1, 0};
+        graph_key k = {100 + i, 1, 1, 0};
         CHECK(gpu_graphs_next(&G, k, &sl, &ev) == GRAPH_RUN_EAGER && !ev);
     }
-    graph_key c = {200, 1, 0};
+    graph_key c = {200, 1, 1, 0};
     CHECK(gpu_graphs_next(&G, c, &sl, &ev) == GRAPH_RUN_EAGER && !ev);
     CHECK(gpu_graphs_next(&G, a_w, &sl, &ev) == GRAPH_RUN_EAGER && ev == &fake[0]);
     CHECK(gpu_graphs_next(&G, a, &sl, &ev) == GRAPH_RUN_EAGER && ev == &fake[1]);
-    /* Different sequence lengths are different shapes. */
-    graph_key t1 = {7, 10, 0}, t2 = {7, 11, 0};
+    /* Different sequence lengths are different shapes, and so are buffers
+     * grown for longer sequences (new addresses). */
+    graph_key t1 = {7, 10, 16, 0}, t2 = {7, 11, 16, 0}, t1_grown = {7, 10, 32, 0};
     CHECK(gpu_graphs_next(&G, t1, &sl, &ev) == GRAPH_RUN_EAGER);
     CHECK(gpu_graphs_next(&G, t2, &sl, &ev) == GRAPH_RUN_EAGER);
     CHECK(gpu_graphs_next(&G, t1, &sl, &ev) == GRAPH_RUN_CAPTURE);
+    CHECK(gpu_graphs_next(&G, t1_grown, &sl, &ev) == GRAPH_RUN_EAGER);
 }
 
 static void test_options(void)

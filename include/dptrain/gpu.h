@@ -139,7 +139,7 @@ typedef struct dpt_gpu_options {
     int fuse_bn_relu;         /* 1 (default): a ReLU right after a batch norm is
                                  computed inside it (one pass less each way; the
                                  batch norm's own output is then not kept) */
-    /* Version 2: */
+    /* ---- version 2 (a version-1 struct ends here and gets the defaults) */
     int cuda_graph;           /* 1 (default): dpt_train_step's forward, loss and
                                  backward run as one CUDA graph per minibatch shape
                                  (captured at the shape's second step, replayed
@@ -149,7 +149,6 @@ typedef struct dpt_gpu_options {
                                  environment's DPT_CUDA_GRAPH=0: eager launches */
 } dpt_gpu_options;
 
-/* Version 1 structs (without cuda_graph) are still accepted (cuda_graph 1). */
 #define DPT_GPU_OPTIONS_VERSION 2
 #define DPT_GPU_OPTIONS_INIT {DPT_GPU_OPTIONS_VERSION, 0, 0, 0, DPT_GPU_REDUCE_AUTO, 1, 1}
 

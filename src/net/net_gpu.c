@@ -830,9 +830,9 @@ dpt_status dpt_net_to_gpu_opts(dpt_net *net, const dpt_gpu_options *opt)
 {
     if (!net || !opt)
         return dpt_fail(DPT_ERR_ARG, "dpt_net_to_gpu: %s is NULL", !net ? "net" : "options");
-    if (opt->version != DPT_GPU_OPTIONS_VERSION && opt->version != 1)
-        return dpt_fail(DPT_ERR_ARG, "dpt_net_to_gpu: options version %d, this library knows 1 "
-                        "to %d", opt->version, DPT_GPU_OPTIONS_VERSION);
+    if (opt->version < 1 || opt->version > DPT_GPU_OPTIONS_VERSION)
+        return dpt_fail(DPT_ERR_ARG, "dpt_net_to_gpu: options version %d, this library knows 1 to %d",
+                        opt->version, DPT_GPU_OPTIONS_VERSION);
     /* A version 1 caller's struct ends before cuda_graph: read only its
      * part, the rest as the defaults. */
     dpt_gpu_options full = DPT_GPU_OPTIONS_INIT;

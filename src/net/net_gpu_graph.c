@@ -50,7 +50,8 @@ const char *net_gpu_graph_refusal(const dpt_net *net, char *why, size_t n)
 
 static int same_key(graph_key a, graph_key b)
 {
-    return a.n == b.n && a.steps == b.steps && a.w_bits == b.w_bits;
+    return a.n == b.n && a.steps == b.steps && a.cap_steps == b.cap_steps &&
+           a.w_bits == b.w_bits;
 }
 
 int gpu_graphs_next(gpu_graphs *G, graph_key k, graph_slot **slot, void **evicted)
@@ -87,7 +88,7 @@ void net_gpu_graph_clear(gpu_graphs *G)
 {
     for (int i = 0; i < GRAPH_SLOTS; i++) {
         gpu_graph_free(G->slot[i].graph);
-        G->slot[i] = (graph_slot){{0, 0, 0}, 0, NULL, 0};
+        G->slot[i] = (graph_slot){{0, 0, 0, 0}, 0, NULL, 0};
     }
 }
 
@@ -103,7 +104,7 @@ static void graphs_off(dpt_net *net, gpu_graphs *G, const char *why)
 dpt_status net_gpu_graph_run(dpt_net *net, gpu_graphs *G, int n, float w, double scale,
                              graph_body body)
 {
-    graph_key k = {n, net->steps, 0};
+    graph_key k = {n, net->steps, net->cap_steps, 0};
     memcpy(&k.w_bits, &w, sizeof k.w_bits);
     graph_slot *slot;
     void *evicted;

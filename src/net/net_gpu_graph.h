@@ -15,7 +15,8 @@
  * replaces every per-layer launch.
  *
  * One graph per minibatch shape: the observations n, the time steps T
- * and the loss weight w = n/M (a kernel argument). A shape is run eagerly
+ * (and the steps the buffers hold) and the loss weight w = n/M (a kernel
+ * argument). A shape is run eagerly
  * the first time (cuDNN chooses its algorithms for a new n, kernels are
  * loaded: nothing that may not happen under capture is left for the
  * capture), captured the second time and replayed from then on; the last
@@ -51,6 +52,8 @@ const char *net_gpu_graph_refusal(const dpt_net *net, char *why, size_t n);
 
 typedef struct graph_key {
     int n, steps;
+    int cap_steps;   /* the steps the buffers were sized for: buffers grown by
+                        dpt_net_set_steps are new addresses, so a new shape */
     uint32_t w_bits; /* the loss weight's float32 bits */
 } graph_key;
 
