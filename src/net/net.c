@@ -1382,6 +1382,8 @@ static dpt_status grow_steps(dpt_net *net, int cap)
     return dpt_fail(s, "%s", msg);
 }
 
+dpt_status net_grow_steps(dpt_net *net, int cap) { return grow_steps(net, cap); }
+
 dpt_status dpt_net_set_steps(dpt_net *net, int t, const int *len, int n, int pad_left)
 {
     if (!net)
@@ -1422,10 +1424,7 @@ dpt_status dpt_net_set_steps(dpt_net *net, int t, const int *len, int n, int pad
                                 net->source, i, len[i], t);
     }
     if (t > net->cap_steps) {
-        if (net->gpu)
-            return dpt_fail(DPT_ERR_ARG, "%s: %s", net->source,
-                            "recurrent layers run on the CPU only");
-        dpt_status s = grow_steps(net, t);
+        dpt_status s = net->gpu ? net_gpu_grow_steps(net, t) : grow_steps(net, t);
         if (s != DPT_OK)
             return s;
     }
