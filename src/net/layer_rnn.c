@@ -456,7 +456,9 @@ static void rnn_carry_copy(dpt_layer *l, int n, float *buf, size_t stride, int s
     rnn_layer *r = l->priv;
     const size_t h = (size_t)r->units, slots = (size_t)r->carry_slots * h;
 #ifdef DPT_HAVE_CUDA
-    if (l->gpu_priv) /* the device holds the current state */
+    /* The device holds the current state (all slots: a set of n writes
+     * them back whole). */
+    if (l->gpu_priv)
         rnn_gpu_carry_sync(l, 0);
 #endif
     for (int i = 0; i < n; i++)

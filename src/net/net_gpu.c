@@ -65,12 +65,17 @@ static size_t node_count(const dpt_net *net, int i, int n)
     return (size_t)n * count3(l->out) * (l->seq ? (size_t)net->steps : 1);
 }
 
-/* Floats of the network's output (and its gradient, targets) for
- * max_batch observations of the step capacity. */
+/* Rows of the network's output for max_batch observations of the step
+ * capacity (the loss's per-row scratch), and its floats (its gradient,
+ * the targets). */
+static int out_rows(const dpt_net *net)
+{
+    return net->max_batch * (net->layers[net->n_layers - 1].seq ? net->cap_steps : 1);
+}
+
 static size_t out_cap(const dpt_net *net)
 {
-    const dpt_layer *l = &net->layers[net->n_layers - 1];
-    return (size_t)net->max_batch * count3(l->out) * (l->seq ? (size_t)net->cap_steps : 1);
+    return (size_t)out_rows(net) * count3(net->layers[net->n_layers - 1].out);
 }
 
 /* n doubles of the statistics buffer at offset that go to host after the
@@ -400,7 +405,7 @@ static dpt_status gpu_setup(dpt_net *net, const dpt_gpu_options *opt)
              opt->allow_tf32 ? "on" : "off",
              opt->find_algorithms ? "timed cuDNN algorithms" : "cuDNN heuristics",
              opt->fuse_bn_relu ? "on" : "off");
-    TRY(gpu_ctx_reserve_scratch(ctx, max_c, net->max_batch));
+    TRY(gpu_ctx_reserve_scratch(ctx, max_c, out_rows(net)));
     TRY(gpu_malloc(ctx, (net->n_params ? net->n_params : 1) * sizeof(float), (void **)&G->params));
     TRY(gpu_malloc(ctx, (net->n_params ? net->n_params : 1) * sizeof(float), (void **)&G->grads));
     TRY(gpu_malloc(ctx, (net->n_state ? net->n_state : 1) * sizeof(float), (void **)&G->state));
@@ -470,7 +475,8 @@ dpt_status net_gpu_grow_steps(dpt_net *net, int cap)
     size_t n_out = out_cap(net);
     gpu_mfree(G->dout), gpu_mfree(G->targets), gpu_mfree_host(G->out_host);
     G->dout = G->targets = G->out_host = NULL;
-    if ((s2 = gpu_malloc(ctx, n_out * sizeof(float), (void **)&G->dout)) == DPT_OK &&
+    if ((s2 = gpu_ctx_reserve_scratch(ctx, 1, out_rows(net))) == DPT_OK &&
+        (s2 = gpu_malloc(ctx, n_out * sizeof(float), (void **)&G->dout)) == DPT_OK &&
         (s2 = gpu_malloc(ctx, n_out * sizeof(float), (void **)&G->targets)) == DPT_OK)
         s2 = gpu_malloc_host(n_out * sizeof(float), (void **)&G->out_host);
     for (int i = 0; s2 == DPT_OK && i < net->n_layers; i++) {
