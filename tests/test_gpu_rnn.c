@@ -12,7 +12,13 @@
  * First, on any machine, the checks that need no GPU: the sequence layer
  * types have GPU code (and CUDA entries exactly in a CUDA build), and
  * --device auto picks GPUs for a recurrent network. Then skips (exit 77,
- * unless those failed) without CUDA or a GPU. */
+ * unless those failed) without CUDA or a GPU.
+ *
+ *   test_gpu_rnn                      the tests
+ *   test_gpu_rnn --bench B T [V]      characters/s of the default language
+ *                                     model's training step (lstm 256 units,
+ *                                     vocabulary V, default 65) on GPU 0, B
+ *                                     streams of T steps (scripts/gpu-check) */
 #include "dptrain/gpu.h"
 #include "dptrain/train.h"
 #include "net/net_impl.h"
@@ -359,8 +365,83 @@ static void test_supported(void)
     dpt_net_free(net);
 }
 
-int main(void)
+#include <time.h>
+
+static double now_s(void)
 {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* The default language model (dpt_net_default_lm_spec) trained as fit_seq
+ * trains it: stateful, one-hot input, SGDM, the loss on the host every
+ * step; 10 warm-up steps, then 3 s of steps. One BENCH line. */
+static int bench(int argc, char **argv)
+{
+    if (argc < 2 || atoi(argv[0]) < 1 || atoi(argv[1]) < 1) {
+        fprintf(stderr, "usage: test_gpu_rnn --bench B T [V]\n");
+        return 2;
+    }
+    const int B = atoi(argv[0]), T = atoi(argv[1]), V = argc > 2 && atoi(argv[2]) > 1 ? atoi(argv[2]) : 65;
+    if (dpt_gpu_count() < 1) {
+        fprintf(stderr, "bench: no usable GPU\n");
+        return 1;
+    }
+    char name[128];
+    dpt_gpu_name(0, name, sizeof name);
+    dpt_net *net = NULL;
+    dpt_sgdm *opt = NULL;
+    dpt_status s = dpt_net_from_spec(dpt_net_default_lm_spec(), "<default lm>", V, B, 0, &net);
+    if (s == DPT_OK)
+        s = dpt_net_to_gpu(net, 0);
+    if (s == DPT_OK)
+        s = dpt_sgdm_new(dpt_net_n_params(net), 0.01f, 0.9f, 0.0f, &opt);
+    if (s == DPT_OK) {
+        dpt_net_set_stateful(net, 1);
+        s = dpt_net_set_steps(net, T, NULL, B, 0);
+    }
+    size_t rows = (size_t)B * T;
+    float *x = calloc(rows * V, sizeof *x), *t = malloc(rows * V * sizeof *t);
+    if (s == DPT_OK && (!x || !t))
+        s = dpt_fail(DPT_ERR_NOMEM, "out of memory");
+    if (s == DPT_OK) {
+        fill_targets(t, B, T, V, NULL, 81);
+        /* The input is the target shifted by one step, as a text's chunk. */
+        for (size_t r = 1; r < rows; r++)
+            memcpy(x + r * V, t + (r - 1) * V, (size_t)V * sizeof *x);
+        x[0] = 1.0f;
+    }
+    double l = 0;
+    for (int i = 0; s == DPT_OK && i < 10; i++)
+        s = dpt_train_step(net, opt, NULL, x, t, B, &l, NULL);
+    long steps = 0;
+    double t0 = now_s(), el = 0;
+    while (s == DPT_OK && (el < 3.0 || steps < 10)) {
+        s = dpt_train_step(net, opt, NULL, x, t, B, &l, NULL);
+        steps++;
+        el = now_s() - t0;
+    }
+    if (s == DPT_OK) {
+        printf("%s", dpt_net_gpu_describe(net));
+        printf("BENCH dptrain-lstm device=\"%s\" batch=%d seq_len=%d vocab=%d units=256 steps=%ld "
+               "seconds=%.3f ms_per_step=%.4f chars_per_s=%.1f loss=%.4f\n",
+               name, B, T, V, steps, el, 1e3 * el / (double)steps, (double)rows * steps / el, l);
+    } else {
+        fprintf(stderr, "bench: %s\n", dpt_last_error());
+    }
+    if (net)
+        dpt_net_sync_to_host(net); /* unbinds opt before it is freed */
+    dpt_sgdm_free(opt);
+    dpt_net_free(net);
+    free(x), free(t);
+    return s == DPT_OK ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && strcmp(argv[1], "--bench") == 0)
+        return bench(argc - 2, argv + 2);
     test_supported();
     if (!dpt_gpu_have_cuda()) {
         printf("test_gpu_rnn: the GPU tests skipped: this build of dptrain has no CUDA backend\n");
