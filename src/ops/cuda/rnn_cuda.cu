@@ -244,7 +244,7 @@ __global__ void rnn_bwd_step_kernel(int lstm, int N, int T, int H, int t,
                                     const float *__restrict__ hprev,
                                     const float *__restrict__ cprev,
                                     const float *__restrict__ tc, const float *__restrict__ dy,
-                                    float *__restrict__ dP, float *__restrict__ dHp,
+                                    float *dP, float *dHp, /* the same for the LSTM */
                                     const float *__restrict__ dh, float *__restrict__ dc,
                                     float *__restrict__ h2)
 {
