@@ -326,9 +326,16 @@ static void test_steps(void)
               "softmax sm\n", 6, 9, len, 1, 0);
 }
 
+static dpt_status gpu_check(const dpt_net *net, void *ctx)
+{
+    (void)ctx;
+    return dpt_net_gpu_supported(net);
+}
+
 /* No GPU needed: the sequence types' GPU code and the --device decision. */
 static void test_supported(void)
 {
+    dpt_net *big = NULL;
     printf("GPU support of the sequence layers (no GPU needed):\n");
     dpt_net *net = NULL;
     static const char spec[] = "sequenceinput in size=vocab\ngru g units=4\nlstm l units=3\n"
@@ -353,6 +360,14 @@ static void test_supported(void)
     CHECK(dpt_train_pick_device("auto", 2, 0, net, notice, sizeof notice) == 1 && !notice[0]);
     CHECK(dpt_train_pick_device("gpu", 1, 0, net, notice, sizeof notice) == 1);
     CHECK(dpt_train_pick_device("auto", 0, 0, net, notice, sizeof notice) == 0 && !notice[0]);
+    /* A configuration the GPU code refuses, named: checked before the
+     * network's buffers exist (its weights would take 4 GiB). */
+    s = net_from_spec_checked("sequenceinput in size=1\nlstm huge units=16384\nfc f outputs=2\n"
+                              "softmax sm\n", "big.spec", 2, 1, 1, gpu_check, NULL, &big);
+    CHECK_MSG(s == DPT_ERR_UNSUPPORTED && strstr(dpt_last_error(), "big.spec:2: layer 'huge' "
+                                                 "(lstm)") &&
+                  strstr(dpt_last_error(), "65535 gates"), "%d: %s", s, dpt_last_error());
+    CHECK(big == NULL);
     /* Without a device the move fails and the network still trains. */
     if (dpt_gpu_count() < 1) {
         CHECK(dpt_net_to_gpu(net, 0) != DPT_OK && dpt_net_device(net) == -1);

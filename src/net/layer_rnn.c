@@ -281,6 +281,16 @@ static void rnn_describe(const dpt_layer *l, char *buf, size_t cap)
     snprintf(buf, cap, " units=%d output=%s", r->units, r->last ? "last" : "sequence");
 }
 
+/* The bias gradients are per-gate column sums, one CUDA grid row per gate
+ * (at most 65535). Host code in every build (dpt_net_gpu_supported). */
+static const char *rnn_gpu_supports(const dpt_layer *l)
+{
+    const rnn_layer *r = l->priv;
+    if (dpt_rnn_gates(r->kind) * r->units > 65535)
+        return "more than 65535 gates (units x 4 for lstm, x 3 for gru)";
+    return NULL;
+}
+
 /* ---- the CUDA entries (ops/cuda/rnn_cuda.cu) ----------------------------------
  * The same math and masking on device pointers. The saved values, the
  * backward's scratch, the lengths and the carried state live on the
@@ -493,7 +503,7 @@ static void rnn_free(dpt_layer *l)
         .work_floats = rnn_work, .forward = rnn_forward, .backward = rnn_backward,             \
         .describe = rnn_describe, .reset = rnn_reset, .keep_floats = rnn_keep,                 \
         .setup = rnn_setup, .carry_floats = rnn_carry_floats, .carry_copy = rnn_carry_copy,    \
-        .free = rnn_free, .gpu_supports = gpu_supports_always,                                 \
+        .free = rnn_free, .gpu_supports = rnn_gpu_supports,                                    \
         .gpu_setup = GPU_ENTRY(rnn_gpu_setup), .gpu_release = GPU_ENTRY(rnn_gpu_release),      \
         .gpu_forward = GPU_ENTRY(rnn_gpu_forward), .gpu_backward = GPU_ENTRY(rnn_gpu_backward), \
     }
