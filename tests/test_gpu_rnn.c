@@ -170,6 +170,29 @@ static void layer_case(const char *what, const char *spec, int n, int t, const i
     dpt_net_free(cpu), dpt_net_free(gpu);
 }
 
+/* Lengths changing between forwards of the same shape (the device copy
+ * is refreshed only when they change): each forward against the CPU. */
+static void test_lengths_change(void)
+{
+    printf("lengths changing between forwards:\n");
+    static const int a[4] = {6, 2, 5, 1}, b[4] = {6, 2, 3, 6}, c[2] = {1, 2};
+    dpt_net *cpu, *gpu;
+    if (make_pair("sequenceinput in size=3\ngru g units=5\nlstm l units=4 output=last\n"
+                  "fc f outputs=3\nsoftmax sm\n", 4, &cpu, &gpu))
+        return;
+    float x[4 * 6 * 3];
+    fill_uniform(x, sizeof x / sizeof *x, -1, 1, 90);
+    const int *lens[4] = {a, b, a, c};
+    const int ns[4] = {4, 4, 4, 2};
+    for (int k = 0; k < 4; k++) {
+        char what[64];
+        snprintf(what, sizeof what, "forward %d", k + 1);
+        if (set_steps2(cpu, gpu, 6, lens[k], ns[k], 0) == DPT_OK)
+            forward_both(what, cpu, gpu, x, ns[k], DPT_MODE_PREDICT);
+    }
+    dpt_net_free(cpu), dpt_net_free(gpu);
+}
+
 static void test_layers(void)
 {
     static const int len[5] = {7, 3, 0, 5, 1};
@@ -468,6 +491,7 @@ int main(int argc, char **argv)
         return *tu_failures() ? 1 : TU_SKIP;
     }
     test_layers();
+    test_lengths_change();
     test_stateful();
     test_steps();
     return tu_exit();

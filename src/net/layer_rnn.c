@@ -304,6 +304,8 @@ typedef struct rnn_gpu {
     float *carry;    /* [states][max_batch][H]: as rnn_layer.carry */
     float *hn;       /* [states][max_batch][H] after the last step */
     int *len;        /* [max_batch] the lengths of the last forward */
+    int *len_host;   /* [max_batch] what len holds, for its first len_n */
+    int len_n;
     int fwd_n, fwd_t;
     int ready;       /* set up completely: carry holds the stream's state */
     dpt_status pending; /* a failure of reset/carry_copy (void hooks), for the next forward */
@@ -333,6 +335,7 @@ static void rnn_gpu_release(dpt_layer *l)
         gpu_download(net_gpu_ctx(r->net), r->carry, G->carry, carry_bytes(r));
     gpu_mfree(G->save), gpu_mfree(G->work), gpu_mfree(G->carry), gpu_mfree(G->hn);
     gpu_mfree(G->len);
+    free(G->len_host);
     free(G);
     l->gpu_priv = NULL;
 }
@@ -344,6 +347,8 @@ static dpt_status rnn_gpu_setup(dpt_net *net, dpt_layer *l)
     if (!G)
         return dpt_fail(DPT_ERR_NOMEM, "out of memory");
     l->gpu_priv = G;
+    if (!(G->len_host = malloc((size_t)net->max_batch * sizeof *G->len_host)))
+        return dpt_fail(DPT_ERR_NOMEM, "out of memory");
     gpu_ctx *ctx = net_gpu_ctx(net);
     gpu_rnn_desc d = rnn_gpu_desc(r, net->max_batch, net->cap_steps);
     const int gh = dpt_rnn_gates(r->kind) * r->units;
@@ -382,8 +387,15 @@ static dpt_status rnn_gpu_forward(dpt_net *net, dpt_layer *l, const float *const
     gpu_rnn_desc d = rnn_gpu_desc(r, n, net->steps);
     d.pad_left = net->pad_left;
     if (net->len) {
-        if ((s = gpu_upload(ctx, G->len, net->len, (size_t)n * sizeof(int))) != DPT_OK)
-            return s;
+        /* Uploaded when they changed (a host copy each time: not every
+         * forward, and none in a language model's). */
+        if (n > G->len_n || memcmp(G->len_host, net->len, (size_t)n * sizeof(int)) != 0) {
+            G->len_n = 0;
+            if ((s = gpu_upload(ctx, G->len, net->len, (size_t)n * sizeof(int))) != DPT_OK)
+                return s;
+            memcpy(G->len_host, net->len, (size_t)n * sizeof(int));
+            G->len_n = n;
+        }
         d.len = G->len;
     }
     float *p, *gr, *st;
