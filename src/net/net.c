@@ -1202,6 +1202,9 @@ dpt_status net_step_forward_loss(dpt_net *net, const float *x, const float *t, i
     if (top->type != &dpt_layer_softmax)
         return dpt_fail(DPT_ERR_ARG, "%s: gradient given at the logits, but the last layer is "
                         "'%s', not softmax", net->source, top->name);
+    if (!net->buf)
+        return dpt_fail(DPT_ERR_NOMEM, "%s: the network has no buffers (out of memory when "
+                        "dpt_net_set_steps grew them)", net->source);
     /* Nothing comes back here: the loss reaches the host with the
      * batch-norm statistics (net_pool_state), and a non-finite one fails
      * there, naming the layer. */
