@@ -186,7 +186,9 @@ dpt_status gpu_rnn_forward(gpu_ctx *g, const gpu_rnn_desc *d, const float *x, co
     const int N = d->n, T = d->t, F = d->f, H = d->h, lstm = d->lstm;
     const int GH = (int)gh_of(d);
     const size_t S = (size_t)N * T;
-    if (N <= 0 || T <= 0 || (size_t)N * H > 0x7fffffffu || S > 0x7fffffffu)
+    /* cuBLAS takes int sizes and leading dimensions (T·G·H the largest). */
+    if (N <= 0 || T <= 0 || (size_t)N * H > 0x7fffffffu || S > 0x7fffffffu ||
+        (size_t)T * GH > 0x7fffffffu)
         return dpt_fail(DPT_ERR_ARG, "GPU %d: lstm/gru: %d sequences of %d steps and %d units",
                         g->device, N, T, H);
     float *gates = save;
@@ -300,7 +302,7 @@ dpt_status gpu_rnn_backward(gpu_ctx *g, const gpu_rnn_desc *d, const float *x,
     const int N = d->n, T = d->t, F = d->f, H = d->h, lstm = d->lstm;
     const int GH = (int)gh_of(d);
     const size_t S = (size_t)N * T, NH = (size_t)N * H;
-    if (N <= 0 || T <= 0 || NH > 0x7fffffffu || S > 0x7fffffffu)
+    if (N <= 0 || T <= 0 || NH > 0x7fffffffu || S > 0x7fffffffu || (size_t)T * GH > 0x7fffffffu)
         return dpt_fail(DPT_ERR_ARG, "GPU %d: lstm/gru: %d sequences of %d steps and %d units",
                         g->device, N, T, H);
     const float *gates = save;
