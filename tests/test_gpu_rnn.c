@@ -421,7 +421,8 @@ static int bench(int argc, char **argv)
         fprintf(stderr, "usage: test_gpu_rnn --bench B T [V]\n");
         return 2;
     }
-    const int B = atoi(argv[0]), T = atoi(argv[1]), V = argc > 2 && atoi(argv[2]) > 1 ? atoi(argv[2]) : 65;
+    const int B = atoi(argv[0]), T = atoi(argv[1]);
+    const int V = argc > 2 && atoi(argv[2]) > 1 ? atoi(argv[2]) : 65;
     if (dpt_gpu_count() < 1) {
         fprintf(stderr, "bench: no usable GPU\n");
         return 1;
