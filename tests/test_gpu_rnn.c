@@ -6,7 +6,8 @@
  * dpt_net_carry_get/set, reset and the stream going on after the network
  * moves back to the CPU; the step capacity growing on the device mid-stream;
  * whole training steps (SGDM) of a language model with padded rows and of
- * a sequence classifier with lengths. Errors are relative to the largest
+ * a sequence classifier with lengths; dpt_fit of a language model on 1 and
+ * 2 GPU workers against CPU workers. Errors are relative to the largest
  * reference value (testutil.h).
  *
  * First, on any machine, the checks that need no GPU: the sequence layer
@@ -24,6 +25,11 @@
 #include "net/net_impl.h"
 #include "testutil.h"
 #include "train/train_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
 
 /* Forward values and gradients: the products run in cuBLAS's order, the
  * gates in the CPU's formulas; a wrong gate, mask or state is off by O(1). */
@@ -355,6 +361,69 @@ static dpt_status gpu_check(const dpt_net *net, void *ctx)
     return dpt_net_gpu_supported(net);
 }
 
+/* dpt_fit on a text (fit_seq.c: stateful streams, carried state across
+ * iterations, held-out bits per character) with 1 GPU worker against 1
+ * CPU worker, and 2 workers sharing the GPU (staged all-reduce) against 2
+ * CPU workers: the same training up to float rounding. */
+static dpt_status fit_text(const dpt_text *tr, const dpt_text *te, int workers, int gpu,
+                           dpt_fit_result *res)
+{
+    dpt_fit_config cfg = DPT_FIT_CONFIG_INIT;
+    cfg.spec = "sequenceinput in size=vocab\nlstm l units=24\nfc f outputs=vocab\nsoftmax sm\n";
+    cfg.spec_source = "lm";
+    cfg.text_train = tr, cfg.text_test = te;
+    cfg.seq_len = 12;
+    cfg.epochs = 1, cfg.batch = 6, cfg.seed = 5;
+    cfg.optimizer = DPT_OPTIM_ADAM, cfg.lr = 0.01f;
+    cfg.spmd.backend = DPT_COMM_LOCAL, cfg.spmd.n_workers = workers;
+    cfg.use_gpu = gpu;
+    memset(res, 0, sizeof *res);
+    dpt_status s = dpt_fit(&cfg, res);
+    CHECK_MSG(s == DPT_OK, "fit (%d %s workers): %s", workers, gpu ? "GPU" : "CPU",
+              dpt_last_error());
+    return s;
+}
+
+static void test_fit_text(void)
+{
+    printf("language model trained with dpt_fit, GPU against CPU workers:\n");
+    char dir[] = "/tmp/dpt_gpu_rnn_XXXXXX", path[300];
+    if (!mkdtemp(dir)) {
+        CHECK_MSG(0, "mkdtemp failed");
+        return;
+    }
+    snprintf(path, sizeof path, "%s/text.txt", dir);
+    FILE *f = fopen(path, "w");
+    static const char *const words[] = {"the ", "cat ", "sat ", "on ", "a ", "mat. ", "dog ",
+                                        "ran\n"};
+    dpt_rng r;
+    dpt_rng_seed(&r, 11, 0);
+    for (int i = 0; f && i < 700; i++)
+        fputs(words[dpt_rng_below(&r, 8)], f);
+    if (f)
+        fclose(f);
+    dpt_text_options o = DPT_TEXT_OPTIONS_INIT;
+    o.heldout = 0.1;
+    dpt_text *tr = NULL, *te = NULL;
+    dpt_status s = dpt_text_open(path, &o, &tr, &te);
+    CHECK_MSG(s == DPT_OK && te, "%s", dpt_last_error());
+    for (int w = 1; s == DPT_OK && te && w <= 2; w++) {
+        dpt_fit_result rc, rg;
+        if (fit_text(tr, te, w, 0, &rc) != DPT_OK || fit_text(tr, te, w, 1, &rg) != DPT_OK)
+            break;
+        printf("  %d worker%s: loss cpu %.6f gpu %.6f, test bpc cpu %.6f gpu %.6f, %ld "
+               "iterations\n", w, w > 1 ? "s" : "", rc.final_loss, rg.final_loss, rc.test_bpc,
+               rg.test_bpc, rg.iterations);
+        CHECK(rg.iterations == rc.iterations && rc.iterations > 0);
+        float v[2] = {(float)rg.final_loss, (float)rg.test_bpc};
+        float ref[2] = {(float)rc.final_loss, (float)rc.test_bpc};
+        tu_check_close("final loss, test bpc", v, ref, 2, 2e-3);
+    }
+    dpt_text_free(tr), dpt_text_free(te);
+    remove(path);
+    rmdir(dir);
+}
+
 /* No GPU needed: the sequence types' GPU code and the --device decision. */
 static void test_supported(void)
 {
@@ -402,8 +471,6 @@ static void test_supported(void)
     }
     dpt_net_free(net);
 }
-
-#include <time.h>
 
 static double now_s(void)
 {
@@ -495,5 +562,6 @@ int main(int argc, char **argv)
     test_lengths_change();
     test_stateful();
     test_steps();
+    test_fit_text();
     return tu_exit();
 }
