@@ -176,8 +176,9 @@ static void layer_case(const char *what, const char *spec, int n, int t, const i
     dpt_net_free(cpu), dpt_net_free(gpu);
 }
 
-/* Lengths changing between forwards of the same shape (the device copy
- * is refreshed only when they change): each forward against the CPU. */
+/* Lengths changing between forwards of the same shape (each
+ * dpt_net_set_steps refreshes the device's copy): each forward against
+ * the CPU. */
 static void test_lengths_change(void)
 {
     printf("lengths changing between forwards:\n");

@@ -293,8 +293,9 @@ static const char *rnn_gpu_supports(const dpt_layer *l)
 
 /* ---- the CUDA entries (ops/cuda/rnn_cuda.cu) ----------------------------------
  * The same math and masking on device pointers. The saved values, the
- * backward's scratch, the lengths and the carried state live on the
- * device (rnn_gpu); the host's carried state is the device's as of the
+ * backward's scratch and the carried state live on the device (rnn_gpu),
+ * the lengths too (the network's copy, uploaded by dpt_net_set_steps:
+ * nothing goes to the device inside a step); the host's carried state is the device's as of the
  * last carry_copy, gpu_setup (uploads it) or gpu_release (downloads it),
  * so a stream continues across dpt_net_to_gpu / dpt_net_to_cpu. */
 #ifdef DPT_HAVE_CUDA
@@ -303,9 +304,6 @@ typedef struct rnn_gpu {
     float *work;     /* gpu_rnn_work_floats */
     float *carry;    /* [states][max_batch][H]: as rnn_layer.carry */
     float *hn;       /* [states][max_batch][H] after the last step */
-    int *len;        /* [max_batch] the lengths of the last forward */
-    int *len_host;   /* [max_batch] what len holds, for its first len_n */
-    int len_n;
     int fwd_n, fwd_t;
     int ready;       /* set up completely: carry holds the stream's state */
     dpt_status pending; /* a failure of reset/carry_copy (void hooks), for the next forward */
@@ -334,8 +332,6 @@ static void rnn_gpu_release(dpt_layer *l)
     if (G->ready && r->carry && gpu_ctx_enter(net_gpu_ctx(r->net)) == DPT_OK)
         gpu_download(net_gpu_ctx(r->net), r->carry, G->carry, carry_bytes(r));
     gpu_mfree(G->save), gpu_mfree(G->work), gpu_mfree(G->carry), gpu_mfree(G->hn);
-    gpu_mfree(G->len);
-    free(G->len_host);
     free(G);
     l->gpu_priv = NULL;
 }
@@ -347,8 +343,6 @@ static dpt_status rnn_gpu_setup(dpt_net *net, dpt_layer *l)
     if (!G)
         return dpt_fail(DPT_ERR_NOMEM, "out of memory");
     l->gpu_priv = G;
-    if (!(G->len_host = malloc((size_t)net->max_batch * sizeof *G->len_host)))
-        return dpt_fail(DPT_ERR_NOMEM, "out of memory");
     gpu_ctx *ctx = net_gpu_ctx(net);
     gpu_rnn_desc d = rnn_gpu_desc(r, net->max_batch, net->cap_steps);
     const int gh = dpt_rnn_gates(r->kind) * r->units;
@@ -357,7 +351,6 @@ static dpt_status rnn_gpu_setup(dpt_net *net, dpt_layer *l)
         (s = gpu_malloc(ctx, gpu_rnn_work_floats(&d) * sizeof(float), (void **)&G->work)) ||
         (s = gpu_malloc(ctx, carry_bytes(r), (void **)&G->carry)) ||
         (s = gpu_malloc(ctx, carry_bytes(r), (void **)&G->hn)) ||
-        (s = gpu_malloc(ctx, (size_t)net->max_batch * sizeof(int), (void **)&G->len)) ||
         /* Column sums over G·H gates, and the sequence loss's rows. */
         (s = gpu_ctx_reserve_scratch(ctx, gh, net->max_batch * net->cap_steps)) ||
         (s = gpu_upload(ctx, G->carry, r->carry, carry_bytes(r)))) {
@@ -386,18 +379,7 @@ static dpt_status rnn_gpu_forward(dpt_net *net, dpt_layer *l, const float *const
     const size_t slots = (size_t)r->carry_slots * h;
     gpu_rnn_desc d = rnn_gpu_desc(r, n, net->steps);
     d.pad_left = net->pad_left;
-    if (net->len) {
-        /* Uploaded when they changed (a host copy each time: not every
-         * forward, and none in a language model's). */
-        if (n > G->len_n || memcmp(G->len_host, net->len, (size_t)n * sizeof(int)) != 0) {
-            G->len_n = 0;
-            if ((s = gpu_upload(ctx, G->len, net->len, (size_t)n * sizeof(int))) != DPT_OK)
-                return s;
-            memcpy(G->len_host, net->len, (size_t)n * sizeof(int));
-            G->len_n = n;
-        }
-        d.len = G->len;
-    }
+    d.len = net_gpu_lengths(net); /* on the device since dpt_net_set_steps */
     float *p, *gr, *st;
     net_gpu_views(net, l, &p, &gr, &st);
     const float *w_ih = p, *w_hh = w_ih + (size_t)g * h * r->f;
@@ -430,7 +412,7 @@ static dpt_status rnn_gpu_backward(dpt_net *net, dpt_layer *l, const float *cons
                         "in between?)", l->type->name, l->name);
     gpu_rnn_desc d = rnn_gpu_desc(r, n, net->steps);
     d.pad_left = net->pad_left;
-    d.len = net->len ? G->len : NULL; /* set_steps in between would have cleared fwd_n */
+    d.len = net_gpu_lengths(net); /* set_steps in between would have cleared fwd_n */
     float *p, *gr, *st;
     net_gpu_views(net, l, &p, &gr, &st);
     const float *w_ih = p, *w_hh = w_ih + (size_t)g * h * r->f;

@@ -1442,6 +1442,9 @@ dpt_status dpt_net_set_steps(dpt_net *net, int t, const int *len, int n, int pad
     if (len) {
         memcpy(net->len, len, (size_t)n * sizeof *len);
         net->len_n = n;
+        dpt_status s = net->gpu ? net_gpu_put_lengths(net) : DPT_OK;
+        if (s != DPT_OK)
+            return s;
     } else {
         free(net->len);
         net->len = NULL, net->len_n = net->len_cap = 0;

@@ -107,6 +107,7 @@ typedef struct net_gpu {
     double loss_scale;             /* ... to be multiplied by this (n_local / M) */
     float *out_host;               /* pinned [max_batch, outputs]: forward's y */
     float *state_pinned;           /* pinned [n_state]: state upload */
+    int *len;                      /* device [max_batch]: net->len, uploaded by set_steps */
     int params_stale, grads_stale, ostate_stale; /* host mirrors behind the device */
     dpt_status dev_error;          /* first failure of a void net_dev operation */
     char dev_message[256];
@@ -359,7 +360,7 @@ static void gpu_release(dpt_net *net)
     dpt_gpu_comm_free(G->gcomm);
     gpu_mfree(G->params), gpu_mfree(G->grads), gpu_mfree(G->state);
     gpu_mfree(G->ostate[0]), gpu_mfree(G->ostate[1]);
-    gpu_mfree(G->dout), gpu_mfree(G->targets), gpu_mfree(G->stats);
+    gpu_mfree(G->dout), gpu_mfree(G->targets), gpu_mfree(G->stats), gpu_mfree(G->len);
     gpu_mfree_host(G->stats_host), gpu_mfree_host(G->out_host), gpu_mfree_host(G->state_pinned);
     free(G->dests);
     gpu_ctx_free(G->ctx);
@@ -419,6 +420,7 @@ static dpt_status gpu_setup(dpt_net *net, const dpt_gpu_options *opt)
     TRY(gpu_malloc_host(n_out * sizeof(float), (void **)&G->out_host));
     TRY(gpu_malloc_host((net->n_state ? net->n_state : 1) * sizeof(float),
                         (void **)&G->state_pinned));
+    TRY(gpu_malloc(ctx, (size_t)net->max_batch * sizeof(int), (void **)&G->len));
     /* The executor's buffers on the device, planned for this device's
      * fusion (bn+relu only, when fuse_bn_relu). */
     TRY(exec_to_device(net, opt->fuse_bn_relu));
@@ -429,6 +431,7 @@ static dpt_status gpu_setup(dpt_net *net, const dpt_gpu_options *opt)
     }
     TRY(gpu_upload(ctx, G->params, net->params, net->n_params * sizeof(float)));
     TRY(gpu_upload(ctx, G->state, net->state, net->n_state * sizeof(float)));
+    TRY(net_gpu_put_lengths(net));
     TRY(gpu_sync(ctx, "copy the network to the GPU"));
     net->last_n = 0; /* a backward needs a forward on the device first */
     return DPT_OK;
@@ -436,6 +439,21 @@ fail:
     gpu_release(net);
     return s;
 }
+
+/* The sequences' valid lengths (net->len) to the device, when
+ * dpt_net_set_steps gives them: never inside a step, so a step's launches
+ * are the same for any lengths (a CUDA graph replays them). */
+dpt_status net_gpu_put_lengths(dpt_net *net)
+{
+    net_gpu *G = net->gpu;
+    if (!net->len)
+        return DPT_OK;
+    dpt_status s = gpu_ctx_enter(G->ctx);
+    return s == DPT_OK ? gpu_upload(G->ctx, G->len, net->len, (size_t)net->len_n * sizeof(int))
+                       : s;
+}
+
+const int *net_gpu_lengths(const dpt_net *net) { return net->len ? net->gpu->len : NULL; }
 
 /* Steps grown on the GPU: the host plan is grown as on the CPU
  * (net_grow_steps: plan, memory bound, the layers' host buffers), then
@@ -971,6 +989,7 @@ dpt_status net_gpu_grow_steps(dpt_net *net, int cap)
     (void)cap;
     return no_cuda(net);
 }
+dpt_status net_gpu_put_lengths(dpt_net *net) { return no_cuda(net); }
 void net_gpu_pull(dpt_net *net) { (void)net; }
 dpt_status net_gpu_after_backward(dpt_net *net) { return no_cuda(net); }
 const float *net_gpu_dlogits(const dpt_net *net)
