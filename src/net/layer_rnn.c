@@ -21,6 +21,7 @@
 #include <string.h>
 
 #ifdef DPT_HAVE_CUDA
+#include "dptrain/gpu.h"
 #include "ops/cuda/gpu_rnn.h"
 #endif
 
@@ -359,7 +360,11 @@ static dpt_status rnn_gpu_setup(dpt_net *net, dpt_layer *l)
         return dpt_fail(s, "%s '%s': %s", l->type->name, l->name, msg);
     }
     G->ready = 1;
-    net_gpu_note(net, "  %s: %s, own gate kernels, cuBLAS products\n", l->name, l->type->name);
+    char line[DPT_NAME_MAX + 64];
+    snprintf(line, sizeof line, "  %s: %s, own gate kernels, cuBLAS products\n", l->name,
+             l->type->name);
+    if (!strstr(dpt_net_gpu_describe(net), line)) /* once, though the steps grow */
+        net_gpu_note(net, "%s", line);
     return DPT_OK;
 }
 
