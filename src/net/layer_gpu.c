@@ -389,17 +389,46 @@ dpt_status tanh_gpu_backward(dpt_net *net, dpt_layer *l, const float *const *x, 
                  : DPT_OK;
 }
 
+/* Values of one observation: a sequence's T steps (as the CPU layer). */
+static size_t drop_per(const dpt_net *net, const dpt_layer *l)
+{
+    return count3(l->out) * (l->seq ? (size_t)net->steps : 1);
+}
+
+/* The CPU layer's mask on in -> out. A left-padded sequence keys each
+ * observation's elements from its first valid step (its padded steps pass
+ * through), as layer_dropout.c's apply_left. */
+static dpt_status drop_apply(dpt_net *net, const dpt_layer *l, const float *in, float *out,
+                             int n, const dropout_key *k)
+{
+    gpu_ctx *ctx = net_gpu_ctx(net);
+    const size_t obs = drop_per(net, l);
+    if (!(l->seq && net->pad_left && net->len))
+        return gpu_dropout(ctx, in, out, n, obs, k->p, k->seed, k->epoch, k->iteration,
+                           k->stream, k->obs0);
+    dpt_status s = DPT_OK;
+    for (int i = 0; s == DPT_OK && i < n; i++) {
+        const size_t pad = (size_t)(net->steps - net->len[i]) * count3(l->out);
+        const float *a = in + (size_t)i * obs;
+        float *b = out + (size_t)i * obs;
+        if (a != b && pad)
+            s = gpu_copy(ctx, b, a, pad * sizeof *b);
+        if (s == DPT_OK && obs > pad)
+            s = gpu_dropout(ctx, a + pad, b + pad, 1, obs - pad, k->p, k->seed, k->epoch,
+                            k->iteration, k->stream, k->obs0 + (uint64_t)i);
+    }
+    return s;
+}
+
 /* The mask of the CPU layer (seed, epoch, iteration, node, global
  * observation), drawn on the device: the same bits. */
 dpt_status dropout_gpu_forward(dpt_net *net, dpt_layer *l, const float *const *x, float *y,
                                int n, dpt_mode mode)
 {
     dropout_key k;
-    size_t per = count3(l->out);
     if (!dropout_layer_begin(net, l, mode, &k))
-        return gpu_copy(net_gpu_ctx(net), y, x[0], (size_t)n * per * sizeof(float));
-    return gpu_dropout(net_gpu_ctx(net), x[0], y, n, per, k.p, k.seed, k.epoch, k.iteration,
-                       k.stream, k.obs0);
+        return gpu_copy(net_gpu_ctx(net), y, x[0], (size_t)n * drop_per(net, l) * sizeof(float));
+    return drop_apply(net, l, x[0], y, n, &k);
 }
 
 dpt_status dropout_gpu_backward(dpt_net *net, dpt_layer *l, const float *const *x,
@@ -407,13 +436,11 @@ dpt_status dropout_gpu_backward(dpt_net *net, dpt_layer *l, const float *const *
 {
     (void)x, (void)y;
     dropout_key k;
-    size_t per = count3(l->out);
     if (!dx[0])
         return DPT_OK;
     if (!dropout_layer_last(l, &k))
-        return gpu_copy(net_gpu_ctx(net), dx[0], dy, (size_t)n * per * sizeof(float));
-    return gpu_dropout(net_gpu_ctx(net), dy, dx[0], n, per, k.p, k.seed, k.epoch, k.iteration,
-                       k.stream, k.obs0);
+        return gpu_copy(net_gpu_ctx(net), dx[0], dy, (size_t)n * drop_per(net, l) * sizeof(float));
+    return drop_apply(net, l, dy, dx[0], n, &k);
 }
 
 static int pool_of(const dpt_layer *l, gpu_pool *p)

@@ -20,13 +20,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char cpu_only[] = "recurrent layers run on the CPU only";
-
-static const char *rnn_gpu_supports(const dpt_layer *l)
-{
-    (void)l;
-    return cpu_only;
-}
+#ifdef DPT_HAVE_CUDA
+#include "dptrain/gpu.h"
+#include "ops/cuda/gpu_rnn.h"
+#endif
 
 /* ---- sequenceinput size=F|vocab: output [F, 1, 1] per step ----------------- */
 
@@ -82,7 +79,7 @@ static void free_priv(dpt_layer *l) { free(l->priv); }
 const layer_type dpt_layer_seqinput = {
     .name = "sequenceinput", .min_inputs = 0, .max_inputs = 0,
     .create = seqin_create, .set = seqin_set, .infer = seqin_infer,
-    .describe = seqin_describe, .free = free_priv, .gpu_supports = rnn_gpu_supports,
+    .describe = seqin_describe, .free = free_priv, .gpu_supports = gpu_supports_always,
 };
 
 /* ---- lstm / gru units=H [output=sequence|last] ------------------------------- */
@@ -285,11 +282,176 @@ static void rnn_describe(const dpt_layer *l, char *buf, size_t cap)
     snprintf(buf, cap, " units=%d output=%s", r->units, r->last ? "last" : "sequence");
 }
 
+/* The bias gradients are per-gate column sums, one CUDA grid row per gate
+ * (at most 65535). Host code in every build (dpt_net_gpu_supported). */
+static const char *rnn_gpu_supports(const dpt_layer *l)
+{
+    const rnn_layer *r = l->priv;
+    if (dpt_rnn_gates(r->kind) * r->units > 65535)
+        return "more than 65535 gates (units x 4 for lstm, x 3 for gru)";
+    return NULL;
+}
+
+/* ---- the CUDA entries (ops/cuda/rnn_cuda.cu) ----------------------------------
+ * The same math and masking on device pointers. The saved values, the
+ * backward's scratch and the carried state live on the device (rnn_gpu),
+ * the lengths too (the network's copy, uploaded by dpt_net_set_steps:
+ * nothing goes to the device inside a step); the host's carried state is the device's as of the
+ * last carry_copy, gpu_setup (uploads it) or gpu_release (downloads it),
+ * so a stream continues across dpt_net_to_gpu / dpt_net_to_cpu. */
+#ifdef DPT_HAVE_CUDA
+typedef struct rnn_gpu {
+    float *save;     /* gpu_rnn_save_floats for max_batch, cap_steps */
+    float *work;     /* gpu_rnn_work_floats */
+    float *carry;    /* [states][max_batch][H]: as rnn_layer.carry */
+    float *hn;       /* [states][max_batch][H] after the last step */
+    int fwd_n, fwd_t;
+    int ready;       /* set up completely: carry holds the stream's state */
+    dpt_status pending; /* a failure of reset/carry_copy (void hooks), for the next forward */
+} rnn_gpu;
+
+static gpu_rnn_desc rnn_gpu_desc(const rnn_layer *r, int n, int t)
+{
+    gpu_rnn_desc d;
+    memset(&d, 0, sizeof d);
+    d.lstm = r->kind == DPT_RNN_LSTM, d.n = n, d.t = t, d.f = r->f, d.h = r->units;
+    return d;
+}
+
+static size_t carry_bytes(const rnn_layer *r)
+{
+    return (size_t)rnn_states(r) * r->carry_slots * r->units * sizeof(float);
+}
+
+static void rnn_gpu_release(dpt_layer *l)
+{
+    rnn_layer *r = l->priv;
+    rnn_gpu *G = l->gpu_priv;
+    if (!G)
+        return;
+    /* The stream goes on where the network goes next. */
+    if (G->ready && r->carry && gpu_ctx_enter(net_gpu_ctx(r->net)) == DPT_OK)
+        gpu_download(net_gpu_ctx(r->net), r->carry, G->carry, carry_bytes(r));
+    gpu_mfree(G->save), gpu_mfree(G->work), gpu_mfree(G->carry), gpu_mfree(G->hn);
+    free(G);
+    l->gpu_priv = NULL;
+}
+
+static dpt_status rnn_gpu_setup(dpt_net *net, dpt_layer *l)
+{
+    rnn_layer *r = l->priv;
+    rnn_gpu *G = calloc(1, sizeof *G);
+    if (!G)
+        return dpt_fail(DPT_ERR_NOMEM, "out of memory");
+    l->gpu_priv = G;
+    gpu_ctx *ctx = net_gpu_ctx(net);
+    gpu_rnn_desc d = rnn_gpu_desc(r, net->max_batch, net->cap_steps);
+    const int gh = dpt_rnn_gates(r->kind) * r->units;
+    dpt_status s;
+    if ((s = gpu_malloc(ctx, gpu_rnn_save_floats(&d) * sizeof(float), (void **)&G->save)) ||
+        (s = gpu_malloc(ctx, gpu_rnn_work_floats(&d) * sizeof(float), (void **)&G->work)) ||
+        (s = gpu_malloc(ctx, carry_bytes(r), (void **)&G->carry)) ||
+        (s = gpu_malloc(ctx, carry_bytes(r), (void **)&G->hn)) ||
+        /* Column sums over G·H gates, and the sequence loss's rows. */
+        (s = gpu_ctx_reserve_scratch(ctx, gh, net->max_batch * net->cap_steps)) ||
+        (s = gpu_upload(ctx, G->carry, r->carry, carry_bytes(r)))) {
+        char msg[384];
+        snprintf(msg, sizeof msg, "%s", dpt_last_error());
+        return dpt_fail(s, "%s '%s': %s", l->type->name, l->name, msg);
+    }
+    G->ready = 1;
+    char line[DPT_NAME_MAX + 64];
+    snprintf(line, sizeof line, "  %s: %s, own gate kernels, cuBLAS products\n", l->name,
+             l->type->name);
+    if (!strstr(dpt_net_gpu_describe(net), line)) /* once, though the steps grow */
+        net_gpu_note(net, "%s", line);
+    return DPT_OK;
+}
+
+static dpt_status rnn_gpu_forward(dpt_net *net, dpt_layer *l, const float *const *xs, float *y,
+                                  int n, dpt_mode mode)
+{
+    (void)mode;
+    rnn_layer *r = l->priv;
+    rnn_gpu *G = l->gpu_priv;
+    gpu_ctx *ctx = net_gpu_ctx(net);
+    dpt_status s = G->pending;
+    G->pending = DPT_OK;
+    if (s != DPT_OK)
+        return dpt_fail(s, "%s '%s': the carried state did not reach the GPU", l->type->name,
+                        l->name);
+    const int h = r->units, g = dpt_rnn_gates(r->kind), lstm = r->kind == DPT_RNN_LSTM;
+    const size_t slots = (size_t)r->carry_slots * h;
+    gpu_rnn_desc d = rnn_gpu_desc(r, n, net->steps);
+    d.pad_left = net->pad_left;
+    d.len = net_gpu_lengths(net); /* on the device since dpt_net_set_steps */
+    float *p, *gr, *st;
+    net_gpu_views(net, l, &p, &gr, &st);
+    const float *w_ih = p, *w_hh = w_ih + (size_t)g * h * r->f;
+    const float *b_ih = w_hh + (size_t)g * h * h, *b_hh = b_ih + (size_t)g * h;
+    const float *h0 = net->stateful ? G->carry : NULL;
+    const float *c0 = net->stateful && lstm ? G->carry + slots : NULL;
+    float *hn = r->last ? y : G->hn, *cn = lstm ? G->hn + slots : NULL;
+    G->fwd_n = 0;
+    s = gpu_rnn_forward(ctx, &d, xs[0], w_ih, w_hh, b_ih, b_hh, h0, c0, r->last ? NULL : y, hn,
+                        cn, G->save);
+    if (s == DPT_OK && net->stateful) {
+        s = gpu_copy(ctx, G->carry, hn, (size_t)n * h * sizeof(float));
+        if (s == DPT_OK && lstm)
+            s = gpu_copy(ctx, G->carry + slots, cn, (size_t)n * h * sizeof(float));
+    }
+    if (s == DPT_OK)
+        G->fwd_n = n, G->fwd_t = net->steps;
+    return s;
+}
+
+static dpt_status rnn_gpu_backward(dpt_net *net, dpt_layer *l, const float *const *xs,
+                                   const float *y, const float *dy, float *const *dxs, int n)
+{
+    (void)y;
+    rnn_layer *r = l->priv;
+    rnn_gpu *G = l->gpu_priv;
+    const int h = r->units, g = dpt_rnn_gates(r->kind);
+    if (G->fwd_n != n || G->fwd_t != net->steps)
+        return dpt_fail(DPT_ERR_ARG, "%s '%s': backward without its forward (the steps changed "
+                        "in between?)", l->type->name, l->name);
+    gpu_rnn_desc d = rnn_gpu_desc(r, n, net->steps);
+    d.pad_left = net->pad_left;
+    d.len = net_gpu_lengths(net); /* set_steps in between would have cleared fwd_n */
+    float *p, *gr, *st;
+    net_gpu_views(net, l, &p, &gr, &st);
+    const float *w_ih = p, *w_hh = w_ih + (size_t)g * h * r->f;
+    float *dw_ih = gr, *dw_hh = dw_ih + (size_t)g * h * r->f;
+    float *db_ih = dw_hh + (size_t)g * h * h, *db_hh = db_ih + (size_t)g * h;
+    return gpu_rnn_backward(net_gpu_ctx(net), &d, xs[0], w_ih, w_hh, G->save,
+                            r->last ? NULL : dy, r->last ? dy : NULL, dxs[0], dw_ih, dw_hh,
+                            db_ih, db_hh, G->work);
+}
+
+/* The host carried state to (set 1) or from (set 0) the device. */
+static void rnn_gpu_carry_sync(dpt_layer *l, int set)
+{
+    rnn_layer *r = l->priv;
+    rnn_gpu *G = l->gpu_priv;
+    gpu_ctx *ctx = net_gpu_ctx(r->net);
+    dpt_status s = gpu_ctx_enter(ctx);
+    if (s == DPT_OK)
+        s = set ? gpu_upload(ctx, G->carry, r->carry, carry_bytes(r))
+                : gpu_download(ctx, r->carry, G->carry, carry_bytes(r));
+    if (s != DPT_OK && G->pending == DPT_OK)
+        G->pending = s;
+}
+#endif
+
 static void rnn_reset(dpt_layer *l)
 {
     rnn_layer *r = l->priv;
     if (r->carry)
         memset(r->carry, 0, (size_t)rnn_states(r) * r->carry_slots * r->units * sizeof(float));
+#ifdef DPT_HAVE_CUDA
+    if (l->gpu_priv && r->carry)
+        rnn_gpu_carry_sync(l, 1);
+#endif
 }
 
 static size_t rnn_carry_floats(const dpt_layer *l)
@@ -302,6 +464,12 @@ static void rnn_carry_copy(dpt_layer *l, int n, float *buf, size_t stride, int s
 {
     rnn_layer *r = l->priv;
     const size_t h = (size_t)r->units, slots = (size_t)r->carry_slots * h;
+#ifdef DPT_HAVE_CUDA
+    /* The device holds the current state (all slots: a set of n writes
+     * them back whole). */
+    if (l->gpu_priv)
+        rnn_gpu_carry_sync(l, 0);
+#endif
     for (int i = 0; i < n; i++)
         for (int k = 0; k < rnn_states(r); k++) {
             float *mine = r->carry + k * slots + (size_t)i * h, *theirs = buf + i * stride + k * h;
@@ -310,6 +478,10 @@ static void rnn_carry_copy(dpt_layer *l, int n, float *buf, size_t stride, int s
             else
                 memcpy(theirs, mine, h * sizeof(float));
         }
+#ifdef DPT_HAVE_CUDA
+    if (l->gpu_priv && set)
+        rnn_gpu_carry_sync(l, 1);
+#endif
 }
 
 static void rnn_free(dpt_layer *l)
@@ -331,6 +503,8 @@ static void rnn_free(dpt_layer *l)
         .describe = rnn_describe, .reset = rnn_reset, .keep_floats = rnn_keep,                 \
         .setup = rnn_setup, .carry_floats = rnn_carry_floats, .carry_copy = rnn_carry_copy,    \
         .free = rnn_free, .gpu_supports = rnn_gpu_supports,                                    \
+        .gpu_setup = GPU_ENTRY(rnn_gpu_setup), .gpu_release = GPU_ENTRY(rnn_gpu_release),      \
+        .gpu_forward = GPU_ENTRY(rnn_gpu_forward), .gpu_backward = GPU_ENTRY(rnn_gpu_backward), \
     }
 
 const layer_type dpt_layer_lstm = RNN_TYPE("lstm", lstm_create);

@@ -1214,6 +1214,9 @@ dpt_status net_step_forward_loss(dpt_net *net, const float *x, const float *t, i
     if (top->type != &dpt_layer_softmax)
         return dpt_fail(DPT_ERR_ARG, "%s: gradient given at the logits, but the last layer is "
                         "'%s', not softmax", net->source, top->name);
+    if (!net->buf)
+        return dpt_fail(DPT_ERR_NOMEM, "%s: the network has no buffers (out of memory when "
+                        "dpt_net_set_steps grew them)", net->source);
     /* Nothing comes back here: the loss reaches the host with the
      * batch-norm statistics (net_pool_state), and a non-finite one fails
      * there, naming the layer. */
@@ -1400,6 +1403,8 @@ static dpt_status grow_steps(dpt_net *net, int cap)
     return dpt_fail(s, "%s", msg);
 }
 
+dpt_status net_grow_steps(dpt_net *net, int cap) { return grow_steps(net, cap); }
+
 dpt_status dpt_net_set_steps(dpt_net *net, int t, const int *len, int n, int pad_left)
 {
     if (!net)
@@ -1440,10 +1445,7 @@ dpt_status dpt_net_set_steps(dpt_net *net, int t, const int *len, int n, int pad
                                 net->source, i, len[i], t);
     }
     if (t > net->cap_steps) {
-        if (net->gpu)
-            return dpt_fail(DPT_ERR_ARG, "%s: %s", net->source,
-                            "recurrent layers run on the CPU only");
-        dpt_status s = grow_steps(net, t);
+        dpt_status s = net->gpu ? net_gpu_grow_steps(net, t) : grow_steps(net, t);
         if (s != DPT_OK)
             return s;
     }
@@ -1458,6 +1460,9 @@ dpt_status dpt_net_set_steps(dpt_net *net, int t, const int *len, int n, int pad
     if (len) {
         memcpy(net->len, len, (size_t)n * sizeof *len);
         net->len_n = n;
+        dpt_status s = net->gpu ? net_gpu_put_lengths(net) : DPT_OK;
+        if (s != DPT_OK)
+            return s;
     } else {
         free(net->len);
         net->len = NULL, net->len_n = net->len_cap = 0;

@@ -56,8 +56,29 @@ dpt_status dpt_net_gpu_supported(const dpt_net *net)
 #ifdef DPT_HAVE_CUDA
 
 #include "ops/cuda/gpu_ops.h"
+#include "ops/cuda/gpu_rnn.h"
 
 static size_t count3(const int *chw) { return (size_t)chw[0] * chw[1] * chw[2]; }
+
+/* Floats of node i's output for n observations of the current steps. */
+static size_t node_count(const dpt_net *net, int i, int n)
+{
+    const dpt_layer *l = &net->layers[i];
+    return (size_t)n * count3(l->out) * (l->seq ? (size_t)net->steps : 1);
+}
+
+/* Rows of the network's output for max_batch observations of the step
+ * capacity (the loss's per-row scratch), and its floats (its gradient,
+ * the targets). */
+static int out_rows(const dpt_net *net)
+{
+    return net->max_batch * (net->layers[net->n_layers - 1].seq ? net->cap_steps : 1);
+}
+
+static size_t out_cap(const dpt_net *net)
+{
+    return (size_t)out_rows(net) * count3(net->layers[net->n_layers - 1].out);
+}
 
 /* n doubles of the statistics buffer at offset that go to host after the
  * per-step copy. */
@@ -88,6 +109,7 @@ typedef struct net_gpu {
     double loss_scale;             /* ... to be multiplied by this (n_local / M) */
     float *out_host;               /* pinned [max_batch, outputs]: forward's y */
     float *state_pinned;           /* pinned [n_state]: state upload */
+    int *len;                      /* device [max_batch]: net->len, uploaded by set_steps */
     int params_stale, grads_stale, ostate_stale; /* host mirrors behind the device */
     dpt_status dev_error;          /* first failure of a void net_dev operation */
     char dev_message[256];
@@ -344,7 +366,7 @@ static void gpu_release(dpt_net *net)
     net_gpu_graph_clear(&G->graphs);
     gpu_mfree(G->params), gpu_mfree(G->grads), gpu_mfree(G->state);
     gpu_mfree(G->ostate[0]), gpu_mfree(G->ostate[1]);
-    gpu_mfree(G->dout), gpu_mfree(G->targets), gpu_mfree(G->stats);
+    gpu_mfree(G->dout), gpu_mfree(G->targets), gpu_mfree(G->stats), gpu_mfree(G->len);
     gpu_mfree_host(G->stats_host), gpu_mfree_host(G->out_host), gpu_mfree_host(G->state_pinned);
     free(G->dests);
     gpu_ctx_free(G->ctx);
@@ -376,9 +398,8 @@ static dpt_status gpu_setup(dpt_net *net, const dpt_gpu_options *opt)
         return dpt_fail(DPT_ERR_NOMEM, "out of memory");
     net->gpu = G;
     G->opt = *opt;
-    size_t nb = (size_t)net->max_batch;
     int L = net->n_layers;
-    size_t k_out = count3(net->layers[L - 1].out);
+    size_t n_out = out_cap(net);
     int max_c = 1; /* the per-channel reductions' scratch: batch norm, biases */
     for (int i = 0; i < L; i++) {
         const dpt_layer *l = &net->layers[i];
@@ -391,20 +412,21 @@ static dpt_status gpu_setup(dpt_net *net, const dpt_gpu_options *opt)
              opt->allow_tf32 ? "on" : "off",
              opt->find_algorithms ? "timed cuDNN algorithms" : "cuDNN heuristics",
              opt->fuse_bn_relu ? "on" : "off");
-    TRY(gpu_ctx_reserve_scratch(ctx, max_c, net->max_batch));
+    TRY(gpu_ctx_reserve_scratch(ctx, max_c, out_rows(net)));
     TRY(gpu_malloc(ctx, (net->n_params ? net->n_params : 1) * sizeof(float), (void **)&G->params));
     TRY(gpu_malloc(ctx, (net->n_params ? net->n_params : 1) * sizeof(float), (void **)&G->grads));
     TRY(gpu_malloc(ctx, (net->n_state ? net->n_state : 1) * sizeof(float), (void **)&G->state));
-    TRY(gpu_malloc(ctx, k_out * nb * sizeof(float), (void **)&G->dout));
-    TRY(gpu_malloc(ctx, k_out * nb * sizeof(float), (void **)&G->targets));
+    TRY(gpu_malloc(ctx, n_out * sizeof(float), (void **)&G->dout));
+    TRY(gpu_malloc(ctx, n_out * sizeof(float), (void **)&G->targets));
     /* The loss, then what the layers reserve: at most their pooled doubles. */
     G->n_stats = 1 + net->n_pool;
     G->stats_used = 1;
     TRY(gpu_malloc(ctx, G->n_stats * sizeof(double), (void **)&G->stats));
     TRY(gpu_malloc_host(G->n_stats * sizeof(double), (void **)&G->stats_host));
-    TRY(gpu_malloc_host(k_out * nb * sizeof(float), (void **)&G->out_host));
+    TRY(gpu_malloc_host(n_out * sizeof(float), (void **)&G->out_host));
     TRY(gpu_malloc_host((net->n_state ? net->n_state : 1) * sizeof(float),
                         (void **)&G->state_pinned));
+    TRY(gpu_malloc(ctx, (size_t)net->max_batch * sizeof(int), (void **)&G->len));
     /* The executor's buffers on the device, planned for this device's
      * fusion (bn+relu only, when fuse_bn_relu). */
     TRY(exec_to_device(net, opt->fuse_bn_relu));
@@ -415,6 +437,7 @@ static dpt_status gpu_setup(dpt_net *net, const dpt_gpu_options *opt)
     }
     TRY(gpu_upload(ctx, G->params, net->params, net->n_params * sizeof(float)));
     TRY(gpu_upload(ctx, G->state, net->state, net->n_state * sizeof(float)));
+    TRY(net_gpu_put_lengths(net));
     TRY(gpu_sync(ctx, "copy the network to the GPU"));
     net->last_n = 0; /* a backward needs a forward on the device first */
     /* CUDA graphs: on unless asked not to or a layer rules them out. */
@@ -433,6 +456,76 @@ fail:
     return s;
 }
 
+/* The sequences' valid lengths (net->len) to the device, when
+ * dpt_net_set_steps gives them: never inside a step, so a step's launches
+ * are the same for any lengths (a CUDA graph replays them). */
+dpt_status net_gpu_put_lengths(dpt_net *net)
+{
+    net_gpu *G = net->gpu;
+    if (!net->len)
+        return DPT_OK;
+    dpt_status s = gpu_ctx_enter(G->ctx);
+    return s == DPT_OK ? gpu_upload(G->ctx, G->len, net->len, (size_t)net->len_n * sizeof(int))
+                       : s;
+}
+
+const int *net_gpu_lengths(const dpt_net *net) { return net->len ? net->gpu->len : NULL; }
+
+/* Steps grown on the GPU: the host plan is grown as on the CPU
+ * (net_grow_steps: plan, memory bound, the layers' host buffers), then
+ * the device plan, the output-sized buffers and the device buffers of the
+ * layers whose size follows the steps (keep_floats: lstm/gru, whose
+ * carried state goes through the host on the way) are made again. The
+ * context, the other layers' device state and the device all-reduce stay,
+ * so workers that grow at different times keep one communicator. */
+dpt_status net_gpu_grow_steps(dpt_net *net, int cap)
+{
+    net_gpu *G = net->gpu;
+    gpu_ctx *ctx = G->ctx;
+    dpt_status s = gpu_ctx_enter(ctx);
+    if (s == DPT_OK)
+        s = gpu_sync(ctx, "grow the time steps");
+    if (s != DPT_OK)
+        return s;
+    for (int i = 0; i < net->n_layers; i++) {
+        dpt_layer *l = &net->layers[i];
+        if (l->type->keep_floats && l->gpu_priv && l->type->gpu_release)
+            l->type->gpu_release(l);
+    }
+    exec_to_host(net);
+    /* On failure net_grow_steps keeps the old capacity: the device is set
+     * up again for whichever capacity the network has. */
+    s = net_grow_steps(net, cap);
+    dpt_status s2 = net->buf ? exec_to_device(net, G->opt.fuse_bn_relu)
+                             : dpt_fail(DPT_ERR_NOMEM, "%s: no buffers", net->source);
+    if (s2 != DPT_OK) {
+        /* Back on the host plan with net->gpu set: nothing may run on it. */
+        net_free_buffers(net);
+        return s != DPT_OK ? s : s2;
+    }
+    char msg[512] = "";
+    if (s != DPT_OK)
+        snprintf(msg, sizeof msg, "%s", dpt_last_error());
+    size_t n_out = out_cap(net);
+    gpu_mfree(G->dout), gpu_mfree(G->targets), gpu_mfree_host(G->out_host);
+    G->dout = G->targets = G->out_host = NULL;
+    if ((s2 = gpu_ctx_reserve_scratch(ctx, 1, out_rows(net))) == DPT_OK &&
+        (s2 = gpu_malloc(ctx, n_out * sizeof(float), (void **)&G->dout)) == DPT_OK &&
+        (s2 = gpu_malloc(ctx, n_out * sizeof(float), (void **)&G->targets)) == DPT_OK)
+        s2 = gpu_malloc_host(n_out * sizeof(float), (void **)&G->out_host);
+    for (int i = 0; s2 == DPT_OK && i < net->n_layers; i++) {
+        dpt_layer *l = &net->layers[i];
+        if (l->type->keep_floats && !l->gpu_priv && l->type->gpu_setup)
+            s2 = l->type->gpu_setup(net, l);
+    }
+    net->last_n = 0;
+    if (s2 != DPT_OK) {
+        net_free_buffers(net); /* a forward fails cleanly (net->buf) */
+        return s2;
+    }
+    return s != DPT_OK ? dpt_fail(s, "%s", msg) : DPT_OK;
+}
+
 /* ---- transfers around the executor ------------------------------------------------------ */
 
 /* The first layer whose output holds a NaN or infinity (copied back layer
@@ -444,7 +537,7 @@ dpt_status net_gpu_name_nonfinite(dpt_net *net, int n, const char *otherwise)
         const float *a = net->acts[i];
         if (!a || net->layers[i].relu_after)
             continue; /* not kept, or shared with its fused ReLU (checked as that) */
-        size_t cnt = (size_t)n * count3(net->layers[i].out);
+        size_t cnt = node_count(net, i, n);
         float *h = malloc(cnt * sizeof(float));
         if (!h)
             return dpt_fail(DPT_ERR_NOMEM, "out of memory");
@@ -465,7 +558,7 @@ dpt_status net_gpu_name_nonfinite(dpt_net *net, int n, const char *otherwise)
 dpt_status net_gpu_get_output(dpt_net *net, const float *dev, int n, const float **y)
 {
     net_gpu *G = net->gpu;
-    size_t cnt = (size_t)n * count3(net->layers[net->n_layers - 1].out);
+    size_t cnt = node_count(net, net->n_layers - 1, n);
     dpt_status s = gpu_download(G->ctx, G->out_host, dev, cnt * sizeof(float));
     if (s != DPT_OK)
         return s;
@@ -496,10 +589,16 @@ dpt_status net_gpu_loss_xent(dpt_net *net, const float *t, int n, float w, doubl
     net_gpu *G = net->gpu;
     int L = net->n_layers, k = (int)count3(net->layers[L - 1].out);
     /* t NULL: the targets are on the device already (net_gpu_graph_step). */
-    dpt_status s = t ? gpu_upload(G->ctx, G->targets, t, (size_t)n * k * sizeof(float)) : DPT_OK;
+    dpt_status s = t ? gpu_upload(G->ctx, G->targets, t, node_count(net, L - 1, n) * sizeof(float))
+                     : DPT_OK;
     /* The loss into stats[0], brought to the host with the batch-norm
-     * statistics (net_gpu_stats_pull); the gradient at the logits. */
-    if (s == DPT_OK)
+     * statistics (net_gpu_stats_pull); the gradient at the logits. A
+     * sequence output: the sum over its valid rows (the step's scale
+     * divides by all workers' valid rows), padded rows masked. */
+    if (s == DPT_OK && dpt_net_output_is_sequence(net))
+        s = gpu_seq_xent(G->ctx, net->acts[L - 1], G->targets, n * net->steps, k, w, G->dout,
+                         G->stats);
+    else if (s == DPT_OK)
         s = gpu_softmax_xent(G->ctx, net->acts[L - 1], G->targets, n, k, w, G->dout, G->stats);
     if (s == DPT_OK)
         G->loss_pending = 1, G->loss_scale = scale;
@@ -971,6 +1070,12 @@ static dpt_status no_cuda(const dpt_net *net)
     return dpt_fail(DPT_ERR_UNSUPPORTED, "%s: no CUDA support", net->source);
 }
 void net_gpu_free(dpt_net *net) { (void)net; }
+dpt_status net_gpu_grow_steps(dpt_net *net, int cap)
+{
+    (void)cap;
+    return no_cuda(net);
+}
+dpt_status net_gpu_put_lengths(dpt_net *net) { return no_cuda(net); }
 void net_gpu_pull(dpt_net *net) { (void)net; }
 dpt_status net_gpu_after_backward(dpt_net *net) { return no_cuda(net); }
 const float *net_gpu_dlogits(const dpt_net *net)

@@ -463,6 +463,14 @@ dpt_status net_gpu_grads_allreduce(dpt_net *net, dpt_comm *comm);
 dpt_status net_gpu_stats_pull(dpt_net *net, double *loss);
 /* The host state (after pool_apply) queued to the device. */
 dpt_status net_gpu_state_push(dpt_net *net);
+/* dpt_net_set_steps beyond the capacity of a GPU network: host and device
+ * buffers for cap steps (net_grow_steps is the host part, net.c). */
+dpt_status net_gpu_grow_steps(dpt_net *net, int cap);
+/* net->len to the device (dpt_net_set_steps with lengths, and the move);
+ * net_gpu_lengths: the device copy, NULL when net->len is. */
+dpt_status net_gpu_put_lengths(dpt_net *net);
+const int *net_gpu_lengths(const dpt_net *net);
+dpt_status net_grow_steps(dpt_net *net, int cap);
 void net_gpu_pull(dpt_net *net);
 void net_gpu_free(dpt_net *net);
 /* For tests/test_gpu.c: n floats of device memory to the host; host[n]

@@ -15,6 +15,7 @@
  * pooled; a checkpoint gathers every worker's slice into one tensor
  * "carry" [B, carry_floats] (an all-reduce of zero-padded slices: x + 0 is
  * exact), and each worker restores exactly its own slice on resume. */
+#include "dptrain/gpu.h"
 #include "dptrain/train.h"
 #include "train/train_internal.h"
 
@@ -595,6 +596,9 @@ dpt_status fit_seq_worker(dpt_comm *comm, void *arg)
         char num[32];
         size_t n = task_meta(job, kv, num, sizeof num);
         kv[n++] = (dpt_kv){lm ? "vocab" : "classes", job->classes_json};
+        /* A GPU network's learnables and state live on the device. */
+        if (dpt_net_device(r.net) >= 0 && (s = dpt_net_sync_to_host(r.net)) != DPT_OK)
+            goto done;
         if (cfg->model_out && (s = fit_save_model(job, r.net, r.n_workers, iteration, kv, n)))
             goto done;
         if (lm)
