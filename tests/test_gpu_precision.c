@@ -17,13 +17,28 @@
  *     rounding (> 2e-5), which fails when the bf16 path is silently skipped;
  *   - tf32 convolution within TF32's error (5e-3);
  *   - the example network trained on digits400 in bf16 and in fp32 on the
- *     GPU: both learn, accuracies within 2 test images of each other. */
+ *     GPU: both learn, accuracies within 2 test images of each other.
+ *
+ *   test_gpu_precision                         the tests
+ *   test_gpu_precision --bench NET B [B ...]   images/s of one training step
+ *       (SGDM, 10 classes, random data from host memory, the loss to the
+ *       host every step) of the spec file NET (the example network when
+ *       NET is "-") at minibatch B on GPU 0 in fp32, tf32 and bf16, one
+ *       "BENCH" line each (scripts/gpu-check's bf16 vs fp32 table) */
 #include "dptrain/gpu.h"
 #include "dptrain/train.h"
 #include "net/net_impl.h"
 #include "testutil.h"
 
 #include <stdint.h>
+#include <time.h>
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 /* Round to the nearest bfloat16, ties to even (as __float2bfloat16_rn):
  * the host reference for what the GPU's casts do. */
@@ -364,8 +379,89 @@ static void test_digits(void)
     dpt_datastore_free(test), dpt_datastore_free(train), dpt_datastore_free(all);
 }
 
-int main(void)
+/* ---- benchmark ------------------------------------------------------------------------ */
+
+static int bench_one(const char *path, int B, dpt_precision prec, const char *gpu_name)
 {
+    dpt_net *net = NULL;
+    dpt_sgdm *opt = NULL;
+    float *x = NULL, *t = NULL;
+    dpt_gpu_options o = DPT_GPU_OPTIONS_INIT;
+    o.precision = prec;
+    dpt_status s = strcmp(path, "-")
+                       ? dpt_net_from_spec_file(path, 10, B, 0, &net)
+                       : dpt_net_from_spec(dpt_net_default_spec(), "<default>", 10, B, 0, &net);
+    if (s == DPT_OK)
+        s = dpt_net_to_gpu_opts(net, &o);
+    if (s == DPT_OK)
+        s = dpt_sgdm_new(dpt_net_n_params(net), 0.01f, 0.9f, 0.0f, &opt);
+    double l = 0, el = 0;
+    long steps = 0;
+    if (s == DPT_OK) {
+        int chw[3], k = dpt_net_n_outputs(net);
+        dpt_net_input_shape(net, chw);
+        size_t nx = (size_t)B * chw[0] * chw[1] * chw[2];
+        x = malloc(nx * sizeof *x), t = calloc((size_t)B * k, sizeof *t);
+        if (!x || !t)
+            s = dpt_fail(DPT_ERR_NOMEM, "out of memory");
+        for (size_t i = 0; x && i < nx; i++)
+            x[i] = (float)((i * 2654435761u) % 1000u) / 1000.0f;
+        for (int i = 0; t && i < B; i++)
+            t[(size_t)i * k + i % k] = 1.0f;
+    }
+    for (int i = 0; s == DPT_OK && i < 10; i++)
+        s = dpt_train_step(net, opt, NULL, x, t, B, &l, NULL);
+    double t0 = now_s();
+    while (s == DPT_OK && (el < 3.0 || steps < 20)) {
+        s = dpt_train_step(net, opt, NULL, x, t, B, &l, NULL);
+        steps++;
+        el = now_s() - t0;
+    }
+    if (s != DPT_OK)
+        fprintf(stderr, "bench: %s, batch %d, %s: %s\n", path, B, dpt_precision_name(prec),
+                dpt_last_error());
+    else
+        printf("BENCH dptrain device=\"%s\" net=%s batch=%d precision=%s steps=%ld seconds=%.3f "
+               "ms_per_step=%.4f images_per_s=%.1f loss=%.4f\n",
+               gpu_name, path, B, dpt_precision_name(prec), steps, el, 1e3 * el / steps,
+               B * steps / el, l);
+    fflush(stdout);
+    free(x), free(t);
+    dpt_sgdm_free(opt);
+    dpt_net_free(net);
+    return s == DPT_OK ? 0 : 1;
+}
+
+static int bench(int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "usage: test_gpu_precision --bench NET|- B [B ...]\n");
+        return 1;
+    }
+    if (dpt_gpu_count() < 1) {
+        fprintf(stderr, "bench: no usable GPU\n");
+        return 1;
+    }
+    char name[128];
+    dpt_gpu_name(0, name, sizeof name);
+    int bad = 0;
+    for (int a = 1; a < argc; a++) {
+        char *end = NULL;
+        long B = strtol(argv[a], &end, 10);
+        if (!end || *end || B < 1 || B > 65536) {
+            fprintf(stderr, "bench: batch '%.32s' is not in 1..65536\n", argv[a]);
+            return 1;
+        }
+        for (int p = DPT_PRECISION_FP32; p <= DPT_PRECISION_BF16; p++)
+            bad |= bench_one(argv[0], (int)B, (dpt_precision)p, name);
+    }
+    return bad;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && strcmp(argv[1], "--bench") == 0)
+        return bench(argc - 2, argv + 2);
     test_bf16_round();
     test_names();
     test_options();

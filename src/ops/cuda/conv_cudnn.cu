@@ -63,6 +63,10 @@ struct gpu_conv {
  * TF32 allowed. */
 static int math_allowed(const gpu_ctx *g, const gpu_conv *c, cudnnMathType_t m)
 {
+    /* ALLOW_CONVERSION would round float32 operands to FP16: neither TF32
+     * nor what bf16 asked for. */
+    if (m == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION)
+        return 0;
     return c->bf16 || g->allow_tf32 || m == CUDNN_FMA_MATH || m == CUDNN_DEFAULT_MATH;
 }
 
