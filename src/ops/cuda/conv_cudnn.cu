@@ -343,10 +343,11 @@ dpt_status gpu_conv_forward(gpu_ctx *g, gpu_conv *c, int n, const float *x, cons
     if (c->bf16) {
         /* Buffer: x [n_x], y [n_y], w [n_w]. */
         const size_t nx = (size_t)n * c->c_in * c->h * c->w, ny = (size_t)n * c->c_out * c->oh * c->ow;
-        unsigned short *xb = (unsigned short *)gpu_bf16_buffer(g, nx + ny + c->n_w, c->name);
+        unsigned short *xb = (unsigned short *)gpu_bf16_buffer(
+            g, gpu_bf16_part(nx) + gpu_bf16_part(ny) + gpu_bf16_part(c->n_w), c->name);
         if (!xb)
             return DPT_ERR_SHAPE;
-        unsigned short *yb = xb + nx, *wb = yb + ny;
+        unsigned short *yb = xb + gpu_bf16_part(nx), *wb = yb + gpu_bf16_part(ny);
         if ((s = gpu_to_bf16(g, x, xb, nx)) != DPT_OK || (s = gpu_to_bf16(g, w, wb, c->n_w)) != DPT_OK)
             return s;
         DNN_TRY(g, c, cudnnConvolutionForward(g->dnn, &one, c->xd, xb, c->wd, wb, c->cd, a->fwd,
@@ -372,10 +373,11 @@ static dpt_status backward_bf16(gpu_ctx *g, gpu_conv *c, const conv_algos *a, in
 {
     const float one = 1.0f, zero = 0.0f;
     const size_t nx = (size_t)n * c->c_in * c->h * c->w, ny = (size_t)n * c->c_out * c->oh * c->ow;
-    unsigned short *xb = (unsigned short *)gpu_bf16_buffer(g, nx + ny + c->n_w, c->name);
+    unsigned short *xb = (unsigned short *)gpu_bf16_buffer(
+        g, gpu_bf16_part(nx) + gpu_bf16_part(ny) + gpu_bf16_part(c->n_w), c->name);
     if (!xb)
         return DPT_ERR_SHAPE;
-    unsigned short *yb = xb + nx, *wb = yb + ny;
+    unsigned short *yb = xb + gpu_bf16_part(nx), *wb = yb + gpu_bf16_part(ny);
     dpt_status s;
     if ((s = set_math(g, c, a->bwd_filter_math)) != DPT_OK ||
         (s = gpu_to_bf16(g, x, xb, nx)) != DPT_OK || (s = gpu_to_bf16(g, dy, yb, ny)) != DPT_OK)

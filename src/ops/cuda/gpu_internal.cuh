@@ -89,6 +89,12 @@ dpt_status gpu_channel_sum(gpu_ctx *g, const float *x, int n, int c, int hw, flo
  * dpt_fail naming `layer` when the set-up planned less (a bug of the
  * planning: nothing is allocated during a step). */
 void *gpu_bf16_buffer(gpu_ctx *g, size_t n_values, const char *layer);
+/* A product's parts (x, w, y, ...) each start on 256 bytes in the buffer
+ * (what cudaMalloc gives, and what tensor-core kernels' vector loads want):
+ * a part of n values takes gpu_bf16_part(n). gpu_ctx_set_bf16 adds room
+ * for the rounding up of GPU_BF16_PARTS parts to what it is asked for. */
+#define GPU_BF16_PARTS 4
+static inline size_t gpu_bf16_part(size_t n) { return (n + 127) & ~(size_t)127; }
 /* dst [n] (bf16, device) = src [n] rounded to nearest even; and back. */
 dpt_status gpu_to_bf16(gpu_ctx *g, const float *src, void *dst, size_t n);
 dpt_status gpu_from_bf16(gpu_ctx *g, const void *src, float *dst, size_t n);

@@ -26,10 +26,11 @@ static dpt_status gemm16(gpu_ctx *g, cublasOperation_t ta, cublasOperation_t tb,
     return e == CUBLAS_STATUS_SUCCESS ? DPT_OK : gpu_fail_cublas(g, e, "fc", what);
 }
 
-/* The bf16 buffer as [n_a] then [n_b] values (NULL after dpt_fail). */
+/* The bf16 buffer as [n_a] then [n_b] values, the second part at
+ * gpu_bf16_part(n_a) (NULL after dpt_fail). */
 static unsigned short *bf16_pair(gpu_ctx *g, size_t n_a, size_t n_b)
 {
-    return (unsigned short *)gpu_bf16_buffer(g, n_a + n_b, "fc");
+    return (unsigned short *)gpu_bf16_buffer(g, gpu_bf16_part(n_a) + gpu_bf16_part(n_b), "fc");
 }
 
 static dpt_status gemm(gpu_ctx *g, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
@@ -51,9 +52,10 @@ dpt_status gpu_linear_forward(gpu_ctx *g, const float *x, const float *w, const 
         return s;
     if (g->bf16) {
         const size_t nx = (size_t)n * in, nw = (size_t)out * in;
-        unsigned short *xb = bf16_pair(g, nx, nw), *wb = xb + nx;
+        unsigned short *xb = bf16_pair(g, nx, nw);
         if (!xb)
             return DPT_ERR_SHAPE;
+        unsigned short *wb = xb + gpu_bf16_part(nx);
         if ((s = gpu_to_bf16(g, x, xb, nx)) != DPT_OK || (s = gpu_to_bf16(g, w, wb, nw)) != DPT_OK)
             return s;
         return gemm16(g, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, wb, in, xb, in, b ? 1.0f : 0.0f,
@@ -70,9 +72,10 @@ dpt_status gpu_linear_backward(gpu_ctx *g, const float *x, const float *w, const
     if (g->bf16) {
         /* Buffer: dy, then w (for dx) or x (for dw): one at a time. */
         const size_t ndy = (size_t)n * out, nw = (size_t)out * in, nx = (size_t)n * in;
-        unsigned short *dyb = bf16_pair(g, ndy, nw > nx ? nw : nx), *ob = dyb + ndy;
+        unsigned short *dyb = bf16_pair(g, ndy, nw > nx ? nw : nx);
         if (!dyb)
             return DPT_ERR_SHAPE;
+        unsigned short *ob = dyb + gpu_bf16_part(ndy);
         if ((s = gpu_to_bf16(g, dy, dyb, ndy)) != DPT_OK)
             return s;
         if (dx && ((s = gpu_to_bf16(g, w, ob, nw)) != DPT_OK ||

@@ -51,6 +51,7 @@ dpt_status gpu_from_bf16(gpu_ctx *g, const void *src, float *dst, size_t n)
 dpt_status gpu_ctx_set_bf16(gpu_ctx *g, size_t max_values)
 {
     g->bf16 = 1;
+    max_values += GPU_BF16_PARTS * 128; /* each part rounded up to 128 values */
     if (max_values <= g->bf16_values)
         return DPT_OK;
     cudaError_t e;
