@@ -5,7 +5,10 @@
  * any build; a version-1 options struct, which ends before `precision`,
  * never read past its end), and dpt_fit's refusal of tf32 and bf16 on CPU
  * workers (a version-3 config, which ends before `precision`, trains as
- * before). The CLI's refusals are in tests/test_cli_precision.sh.
+ * before). The CLI's refusals are in tests/test_cli_precision.sh. The CPU
+ * emulation of bf16 products (net/net_bf16emu.h): a conv and an fc layer
+ * give exactly the CPU's float32 layer on bf16-rounded operands (with the
+ * conv's y, dw, dx rounded), and a fused network is refused.
  *
  * Then, on a GPU (else exit 77 unless those failed):
  *   - bf16 conv and fc layers against the CPU's float32 layer given the
@@ -24,9 +27,17 @@
  *       (SGDM, 10 classes, random data from host memory, the loss to the
  *       host every step) of the spec file NET (the example network when
  *       NET is "-") at minibatch B on GPU 0 in fp32, tf32 and bf16, one
- *       "BENCH" line each (scripts/gpu-check's bf16 vs fp32 table) */
+ *       "BENCH" line each (scripts/gpu-check's bf16 vs fp32 table)
+ *   test_gpu_precision --emulate NET DATA EPOCHS B
+ *       on the CPU: NET (a spec file, "-": the example network) trained on
+ *       the image folder DATA (90/10 split per label) for EPOCHS at
+ *       minibatch B (SGDM 0.01, momentum 0.9, one worker), in float32 and
+ *       with bf16 products emulated, from the same start: the test
+ *       accuracy of each (what --precision bf16 costs, measured without a
+ *       GPU) */
 #include "dptrain/gpu.h"
 #include "dptrain/train.h"
+#include "net/net_bf16emu.h"
 #include "net/net_impl.h"
 #include "testutil.h"
 
@@ -42,20 +53,7 @@ static double now_s(void)
 
 /* Round to the nearest bfloat16, ties to even (as __float2bfloat16_rn):
  * the host reference for what the GPU's casts do. */
-static float bf16_round(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if ((u & 0x7f800000u) == 0x7f800000u) {
-        if (u & 0x007fffffu)
-            u |= 0x00400000u; /* NaN stays a (quiet) NaN */
-    } else {
-        u += 0x7fffu + ((u >> 16) & 1u);
-    }
-    u &= 0xffff0000u;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
+#define bf16_round net_bf16_round
 
 static void round_all(float *x, size_t n)
 {
@@ -150,6 +148,111 @@ static dpt_datastore *open_digits(void)
     dpt_status s = dpt_datastore_open_folder(fixture, &fo, &ds);
     CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
     return ds;
+}
+
+/* The emulation against the CPU's float32 layer on rounded operands:
+ * bit for bit (the same kernel on the same values). */
+static void emu_case(const char *what, const char *spec, int n, int is_conv)
+{
+    printf("%s:\n", what);
+    dpt_net *ref = NULL, *emu = NULL;
+    dpt_status s = dpt_net_from_spec(spec, "t", 10, n, 1, &ref);
+    if (s == DPT_OK)
+        s = dpt_net_from_spec(spec, "t", 10, n, 1, &emu);
+    if (s == DPT_OK) {
+        /* Biases rounded too, so both sides hold the same values. */
+        round_all(dpt_net_params(ref), dpt_net_n_params(ref));
+        round_all(dpt_net_params(emu), dpt_net_n_params(emu));
+        s = net_emulate_bf16(emu);
+    }
+    CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
+    if (s != DPT_OK) {
+        dpt_net_free(ref), dpt_net_free(emu);
+        return;
+    }
+    int chw[3], L = dpt_net_n_layers(ref), k = dpt_net_n_outputs(ref);
+    dpt_net_input_shape(ref, chw);
+    size_t nx = (size_t)n * chw[0] * chw[1] * chw[2], ny = (size_t)n * k;
+    dpt_net_layer_shape(ref, L - 2, chw);
+    size_t n_dx = (size_t)n * chw[0] * chw[1] * chw[2], np = dpt_net_n_params(ref);
+    float *x = malloc(nx * sizeof *x), *xr = malloc(nx * sizeof *xr);
+    float *dy = malloc(ny * sizeof *dy), *dyr = malloc(ny * sizeof *dyr);
+    float *yr = malloc(ny * sizeof *yr), *gr = malloc(np * sizeof *gr);
+    float *dxr = malloc(n_dx * sizeof *dxr);
+    fill_uniform(x, nx, 0.05f, 1, 21);
+    fill_uniform(dy, ny, -1, 1, 22);
+    memcpy(xr, x, nx * sizeof *x), round_all(xr, nx);
+    memcpy(dyr, dy, ny * sizeof *dy), round_all(dyr, ny);
+    const float *y;
+    CHECK(dpt_net_forward(ref, xr, n, DPT_MODE_TRAIN, &y) == DPT_OK);
+    memcpy(yr, y, ny * sizeof *yr);
+    if (is_conv)
+        round_all(yr, ny);
+    CHECK(dpt_net_backward(ref, dyr, 0) == DPT_OK);
+    memcpy(gr, dpt_net_grads(ref), np * sizeof *gr);
+    memcpy(dxr, net_node_grad(ref, L - 2), n_dx * sizeof *dxr);
+    if (is_conv) {
+        const dpt_param_info *w = dpt_net_learnable(ref, 0); /* t/Weights */
+        round_all(gr + w->offset, w->n);
+        round_all(dxr, n_dx);
+    }
+    s = dpt_net_forward(emu, x, n, DPT_MODE_TRAIN, &y);
+    CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
+    if (s == DPT_OK) {
+        CHECK_MSG(!memcmp(y, yr, ny * sizeof *y), "%s: forward differs", what);
+        int same = 1; /* and differs from float32 on the unrounded input */
+        CHECK(dpt_net_forward(ref, x, n, DPT_MODE_TRAIN, &y) == DPT_OK);
+        const float *ye;
+        CHECK(dpt_net_forward(emu, x, n, DPT_MODE_TRAIN, &ye) == DPT_OK);
+        for (size_t i = 0; i < ny && same; i++)
+            same = y[i] == ye[i];
+        CHECK_MSG(!same, "%s: the emulation gave float32's bits", what);
+    }
+    s = dpt_net_backward(emu, dy, 0);
+    CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
+    if (s == DPT_OK) {
+        CHECK_MSG(!memcmp(dpt_net_grads(emu), gr, np * sizeof *gr), "%s: gradients differ", what);
+        CHECK_MSG(!memcmp(net_node_grad(emu, L - 2), dxr, n_dx * sizeof *dxr),
+                  "%s: input gradient differs", what);
+    }
+    free(x), free(xr), free(dy), free(dyr), free(yr), free(gr), free(dxr);
+    dpt_net_free(ref), dpt_net_free(emu);
+}
+
+static void test_emulation(void)
+{
+    emu_case("emulated bf16 conv 3x3, 8 -> 12", "input in size=9x9x8\nrelu p\n"
+             "conv t filter=3 filters=12 padding=1\n", 6, 1);
+    emu_case("emulated bf16 fc 75 -> 7", "input in size=5x5x3\nrelu p\nfc t outputs=7\n", 9, 0);
+    /* A conv fused with its batch norm reads x through it: refused
+     * (where this machine's kernels fuse at all), and fine built with
+     * DPT_FUSION=0. */
+    const char *spec = "input in size=8x8x2\nconv c filter=3 filters=4\nbatchnorm b\nrelu r\n"
+                       "conv d filter=3 filters=4\nfc f outputs=3\n";
+    dpt_net *net = NULL;
+    CHECK(dpt_net_from_spec(spec, "t", 3, 4, 1, &net) == DPT_OK);
+    int fused = 0;
+    for (int i = 1; net && i < net->n_layers; i++)
+        fused |= net->layers[i].in_bnf || net->layers[i].out_bnf || net->layers[i].sums_out;
+    dpt_status s = net ? net_emulate_bf16(net) : DPT_ERR_ARG;
+    if (fused)
+        CHECK_MSG(s == DPT_ERR_UNSUPPORTED && strstr(dpt_last_error(), "DPT_FUSION=0"), "%s",
+                  dpt_last_error());
+    else
+        CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
+    dpt_net_free(net), net = NULL;
+    const char *old = getenv("DPT_FUSION");
+    char *saved = old ? strdup(old) : NULL;
+    setenv("DPT_FUSION", "0", 1);
+    CHECK(dpt_net_from_spec(spec, "t", 3, 4, 1, &net) == DPT_OK);
+    s = net ? net_emulate_bf16(net) : DPT_ERR_ARG;
+    CHECK_MSG(s == DPT_OK, "DPT_FUSION=0: %s", dpt_last_error());
+    dpt_net_free(net);
+    if (saved)
+        setenv("DPT_FUSION", saved, 1);
+    else
+        unsetenv("DPT_FUSION");
+    free(saved);
 }
 
 static void test_fit_refusals(void)
@@ -458,14 +561,99 @@ static int bench(int argc, char **argv)
     return bad;
 }
 
+/* ---- the CPU emulation's accuracy ---------------------------------------------------- */
+
+static double emulate_run(const char *path, dpt_datastore *train, dpt_datastore *test,
+                          int epochs, int B, int bf16)
+{
+    dpt_net *net = NULL;
+    dpt_sgdm *opt = NULL;
+    int classes = dpt_datastore_n_classes(train);
+    dpt_status s = strcmp(path, "-")
+                       ? dpt_net_from_spec_file(path, classes, B, 7, &net)
+                       : dpt_net_from_spec(dpt_net_default_spec(), "<default>", classes, B, 7, &net);
+    if (s == DPT_OK && bf16)
+        s = net_emulate_bf16(net);
+    if (s == DPT_OK)
+        s = dpt_sgdm_new(dpt_net_n_params(net), 0.01f, 0.9f, 0.0f, &opt);
+    int chw[3] = {1, 1, 1};
+    if (net)
+        dpt_net_input_shape(net, chw);
+    double acc = NAN, last = NAN, t0 = now_s();
+    for (int epoch = 1; s == DPT_OK && epoch <= epochs; epoch++) {
+        dpt_mbq *q = NULL;
+        dpt_datastore *shuffled = NULL;
+        dpt_mbq_options mo = DPT_MBQ_OPTIONS_INIT;
+        mo.batch_size = B, mo.channels = chw[0], mo.height = chw[1], mo.width = chw[2];
+        if ((s = dpt_datastore_shuffle(train, (uint64_t)epoch, &shuffled)) == DPT_OK)
+            s = dpt_mbq_new(shuffled, &mo, &q);
+        double sum = 0;
+        int nb = 0;
+        while (s == DPT_OK && dpt_mbq_has_data(q)) {
+            dpt_batch b;
+            double l = 0;
+            if ((s = dpt_mbq_next(q, &b)) == DPT_OK &&
+                (s = dpt_train_step(net, opt, NULL, b.x.data, b.y.data, b.n, &l, NULL)) == DPT_OK)
+                sum += l, nb++;
+        }
+        dpt_mbq_free(q);
+        dpt_datastore_free(shuffled);
+        last = nb ? sum / nb : NAN;
+        if (s == DPT_OK && (s = dpt_evaluate(net, test, &acc, NULL)) == DPT_OK)
+            printf("  %s epoch %d: mean loss %.4f, test accuracy %.4f (%.0f s)\n",
+                   bf16 ? "bf16 (emulated)" : "fp32", epoch, last, acc, now_s() - t0);
+        fflush(stdout);
+    }
+    if (s != DPT_OK)
+        fprintf(stderr, "emulate: %s\n", dpt_last_error());
+    dpt_sgdm_free(opt);
+    dpt_net_free(net);
+    return s == DPT_OK ? acc : NAN;
+}
+
+static int emulate(int argc, char **argv)
+{
+    if (argc != 4) {
+        fprintf(stderr, "usage: test_gpu_precision --emulate NET|- DATA EPOCHS B\n");
+        return 1;
+    }
+    long epochs = strtol(argv[2], NULL, 10), B = strtol(argv[3], NULL, 10);
+    if (epochs < 1 || epochs > 1000 || B < 1 || B > 65536) {
+        fprintf(stderr, "emulate: EPOCHS 1..1000, B 1..65536\n");
+        return 1;
+    }
+    /* Fused convolutions read their input through the batch norm: off. */
+    setenv("DPT_FUSION", "0", 1);
+    dpt_folder_options fo = DPT_FOLDER_OPTIONS_INIT;
+    fo.preload = 1;
+    dpt_datastore *all = NULL, *train = NULL, *test = NULL;
+    dpt_status s = dpt_datastore_open_folder(argv[1], &fo, &all);
+    if (s == DPT_OK)
+        s = dpt_datastore_split_each_label(all, 0.9, 3, &train, &test);
+    if (s != DPT_OK) {
+        fprintf(stderr, "emulate: %s\n", dpt_last_error());
+        return 1;
+    }
+    double a32 = emulate_run(argv[0], train, test, (int)epochs, (int)B, 0);
+    double a16 = emulate_run(argv[0], train, test, (int)epochs, (int)B, 1);
+    printf("EMULATE net=%s data=%s epochs=%ld batch=%ld fp32_accuracy=%.4f "
+           "bf16_emulated_accuracy=%.4f difference_points=%.2f\n",
+           argv[0], argv[1], epochs, B, a32, a16, 100 * (a16 - a32));
+    dpt_datastore_free(test), dpt_datastore_free(train), dpt_datastore_free(all);
+    return isnan(a32) || isnan(a16);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "--bench") == 0)
         return bench(argc - 2, argv + 2);
+    if (argc > 1 && strcmp(argv[1], "--emulate") == 0)
+        return emulate(argc - 2, argv + 2);
     test_bf16_round();
     test_names();
     test_options();
     test_fit_refusals();
+    test_emulation();
     if (!dpt_gpu_have_cuda() || dpt_gpu_count() < 1) {
         printf("test_gpu_precision: the GPU checks skipped: %s\n",
                dpt_gpu_have_cuda() ? "no usable GPU" : "this build has no CUDA backend");
