@@ -554,6 +554,7 @@ static void serve_settings(serve *srv, const dpt_fit_config *cfg, int kind, cons
     cJSON_AddStringToObject(o, "device", device_notice[0] ? device_notice : dev);
     if (device_notice[0])
         cJSON_AddStringToObject(o, "devices", dev);
+    cJSON_AddStringToObject(o, "precision", dpt_precision_name((dpt_precision)cfg->precision));
     cJSON_AddStringToObject(o, "backend", backend);
     cJSON_AddNumberToObject(o, "threads", threads);
     cJSON_AddNumberToObject(o, "cpus", cpus);
@@ -1005,6 +1006,7 @@ int cli_train(int argc, char **argv)
     cfg.progress = report_progress;
     cfg.progress_arg = &rep;
     train_sink sink = {&rep, srv};
+    cfg.precision = (int)precision; /* before serve_settings, which shows it */
     if (srv) { /* the dashboard is one more consumer of the records */
         cfg.progress = sink_progress;
         cfg.progress_arg = &sink;
@@ -1022,7 +1024,6 @@ int cli_train(int argc, char **argv)
     cfg.checkpoint_every = ckpt_every;
     cfg.resume = resume;
     cfg.use_gpu = use_gpu;
-    cfg.precision = (int)precision;
     cfg.stop = &stop_signal;
     cfg.augment = dpt_augment_is_identity(&augment) ? NULL : &augment;
     cfg.seq_train = seq_train, cfg.seq_test = seq_test;
