@@ -125,6 +125,31 @@ typedef enum dpt_gpu_reduce {
                                  all-reduce -> device (the CPU path's sums) */
 } dpt_gpu_reduce;
 
+/* The arithmetic of a GPU network's convolution and fully connected
+ * products (`dptrain train --precision`). Everything else (activations
+ * between layers, batch norm and its float64 statistics, the loss, the
+ * gradients and the master learnables the optimizer updates) is float32
+ * in every mode. CPU networks compute in DPT_PRECISION_FP32 only. */
+typedef enum dpt_precision {
+    DPT_PRECISION_FP32 = 0, /* full float32 products (default; also no TF32) */
+    DPT_PRECISION_TF32 = 1, /* TF32 tensor-core products (cuDNN default/tensor-op
+                               math, cuBLAS CUBLAS_TF32_TENSOR_OP_MATH): float32
+                               in and out, 10-bit mantissas in the products */
+    DPT_PRECISION_BF16 = 2  /* convolution and fc operands (x, w, dy) rounded to
+                               bfloat16 (nearest even) and multiplied on tensor
+                               cores with float32 accumulation; the fc's results
+                               stay float32, cuDNN rounds a convolution's y, dx
+                               and dw to bfloat16 before they are widened to
+                               float32 again. No loss scaling (BF16 has float32's
+                               range). */
+} dpt_precision;
+
+/* "fp32", "tf32", "bf16" into *out: DPT_OK, else DPT_ERR_ARG with a message
+ * listing the names. Any build. */
+DPT_API dpt_status dpt_precision_parse(const char *name, dpt_precision *out);
+/* The name of p ("fp32", ...), "?" for a value out of range. */
+DPT_API const char *dpt_precision_name(dpt_precision p);
+
 typedef struct dpt_gpu_options {
     int version;              /* DPT_GPU_OPTIONS_VERSION */
     int device;               /* CUDA device index, 0 */
@@ -140,6 +165,7 @@ typedef struct dpt_gpu_options {
                                  computed inside it (one pass less each way; the
                                  batch norm's own output is then not kept) */
     /* ---- version 2 (a version-1 struct ends here and gets the defaults) */
+    dpt_precision precision;  /* DPT_PRECISION_FP32; TF32 also when allow_tf32 */
     int cuda_graph;           /* 1 (default): dpt_train_step's forward, loss and
                                  backward run as one CUDA graph per minibatch shape
                                  (captured at the shape's second step, replayed
@@ -150,7 +176,8 @@ typedef struct dpt_gpu_options {
 } dpt_gpu_options;
 
 #define DPT_GPU_OPTIONS_VERSION 2
-#define DPT_GPU_OPTIONS_INIT {DPT_GPU_OPTIONS_VERSION, 0, 0, 0, DPT_GPU_REDUCE_AUTO, 1, 1}
+#define DPT_GPU_OPTIONS_INIT                                                                \
+    {DPT_GPU_OPTIONS_VERSION, 0, 0, 0, DPT_GPU_REDUCE_AUTO, 1, DPT_PRECISION_FP32, 1}
 
 /* DPT_OK when every layer of net has GPU code for its configuration (each
  * layer type's CUDA entries and their supports check), else

@@ -356,14 +356,19 @@ typedef struct dpt_fit_config {
     int seq_len;                  /* language model: steps per iteration, 64 */
     int pad_left;                 /* sequence folders: 1 = padding first
                                      (--sequence-padding left), 0 = last */
+    /* ---- version 4 (a version-1 to 3 config trains in fp32) ---- */
+    int precision;                /* a dpt_precision (dptrain/gpu.h) for the
+                                     products of GPU workers, DPT_PRECISION_FP32
+                                     (0); dpt_fit refuses another with use_gpu 0:
+                                     CPU workers compute in float32 only */
 } dpt_fit_config;
 
-#define DPT_FIT_CONFIG_VERSION 3
+#define DPT_FIT_CONFIG_VERSION 4
 #define DPT_FIT_CONFIG_INIT                                                             \
     {DPT_FIT_CONFIG_VERSION, NULL, NULL, NULL, NULL, 20, 128, 0.01f, 0.9f, 0.0f, 0,       \
      DPT_SPMD_CONFIG_INIT, 0, 1, 0, NULL, NULL, NULL, NULL, NULL, 0, NULL, 0, NULL, NULL, NULL, \
      DPT_OPTIM_SGDM, 0.9, 0.999, 1e-8f, 0, DPT_LR_SCHEDULE_INIT, 0.0, NULL,              \
-     NULL, NULL, NULL, NULL, 64, 0}
+     NULL, NULL, NULL, NULL, 64, 0, 0}
 
 typedef struct dpt_fit_result {
     double final_loss;

@@ -111,6 +111,10 @@ static const char help[] =
     "                      --workers N with more workers than GPUs means CPU workers, and\n"
     "                      so does a layer without GPU code, with a notice; gpu refuses\n"
     "                      such a layer, naming it)\n"
+    "  --precision NAME    fp32 | tf32 | bf16: the products of convolutions and fc\n"
+    "                      layers on GPUs (default fp32; tf32: tensor-core TF32; bf16:\n"
+    "                      bfloat16 operands, float32 accumulation, float32 weights,\n"
+    "                      batch norm and loss). CPU workers compute in fp32 only\n"
     "  --batch-per-worker  on GPUs, keep --batch as the global minibatch (default: the\n"
     "                      MATLAB example's rule, --batch per GPU, so B x GPUs in all)\n"
     "  --workers N         CPU workers (default: the CPUs this process may run on, as\n"
@@ -550,6 +554,7 @@ static void serve_settings(serve *srv, const dpt_fit_config *cfg, int kind, cons
     cJSON_AddStringToObject(o, "device", device_notice[0] ? device_notice : dev);
     if (device_notice[0])
         cJSON_AddStringToObject(o, "devices", dev);
+    cJSON_AddStringToObject(o, "precision", dpt_precision_name((dpt_precision)cfg->precision));
     cJSON_AddStringToObject(o, "backend", backend);
     cJSON_AddNumberToObject(o, "threads", threads);
     cJSON_AddNumberToObject(o, "cpus", cpus);
@@ -567,7 +572,7 @@ int cli_train(int argc, char **argv)
            O_MOM, O_WD, O_SEED, O_WORKERS, O_BACKEND, O_THREADS, O_SYNC, O_NOPF, O_OUT, O_EVAL,
            O_QUIET, O_DATA, O_CKPT, O_RESUME, O_PRINT, O_DEVICE, O_BPW, O_OVERWRITE,
            O_OPTIM, O_SCHED, O_CLIP, O_BETA1, O_BETA2, O_EPS, O_AUGMENT, O_SEQLEN, O_PAD,
-           O_MAXLEN, O_CACHE, O_SERVE, O_LINGER };
+           O_MAXLEN, O_CACHE, O_SERVE, O_LINGER, O_PRECISION };
     static const struct option opts[] = {
         {"data", required_argument, 0, O_DATA},       {"labels", required_argument, 0, O_LABELS},
         {"test", required_argument, 0, O_TEST},       {"test-labels", required_argument, 0, O_TEST_LABELS},
@@ -595,12 +600,14 @@ int cli_train(int argc, char **argv)
         {"cache", required_argument, 0, O_CACHE},
         {"serve", required_argument, 0, O_SERVE},
         {"serve-linger", required_argument, 0, O_LINGER},
+        {"precision", required_argument, 0, O_PRECISION},
         {0, 0, 0, 0},
     };
     const char *data = NULL, *labels = NULL, *test = NULL, *test_labels = NULL, *net_path = NULL;
     const char *out_dir = "out", *backend_name = "auto", *resume = NULL;
     long ckpt_every = 0, print_every = 0;
     const char *device = "auto";
+    dpt_precision precision = DPT_PRECISION_FP32;
     int batch_per_worker = 0, overwrite = 0;
     double split = 0.9, lr = 0.0, momentum = 0.9, wd = 0.0;
     int lr_unset = 1; /* then the optimizer's default */
@@ -683,6 +690,10 @@ int cli_train(int argc, char **argv)
         case O_RESUME: resume = optarg; break;
         case O_PRINT: bad = cli_int("--print-every", optarg, 0, 1L << 40, &print_every); break;
         case O_DEVICE: device = optarg; break;
+        case O_PRECISION:
+            if (dpt_precision_parse(optarg, &precision) != DPT_OK)
+                return cli_error("--precision: %s", dpt_last_error());
+            break;
         case O_BPW: batch_per_worker = 1; break;
         case O_OVERWRITE: overwrite = 1; break;
         case O_SERVE:
@@ -796,6 +807,15 @@ int cli_train(int argc, char **argv)
     dpt_net_free(gpu_probe);
     if (use_gpu < 0)
         return cli_error("%s", dpt_last_error());
+    /* tf32 and bf16 are GPU arithmetic: never a silent fp32 run. */
+    if (!use_gpu && precision != DPT_PRECISION_FP32)
+        return cli_error("--precision %s: CPU workers compute in fp32 only (%s)",
+                         dpt_precision_name(precision),
+                         device_notice[0]       ? device_notice
+                         : !strcmp(device, "cpu") ? "--device cpu"
+                         : n_gpus < 1           ? (dpt_gpu_have_cuda() ? "no GPU found"
+                                                                       : "this dptrain has no CUDA")
+                                                : "more --workers than GPUs");
     if (!use_gpu)
         n_gpus = 0;
     dpt_comm_backend backend;
@@ -986,6 +1006,7 @@ int cli_train(int argc, char **argv)
     cfg.progress = report_progress;
     cfg.progress_arg = &rep;
     train_sink sink = {&rep, srv};
+    cfg.precision = (int)precision; /* before serve_settings, which shows it */
     if (srv) { /* the dashboard is one more consumer of the records */
         cfg.progress = sink_progress;
         cfg.progress_arg = &sink;
@@ -1012,7 +1033,8 @@ int cli_train(int argc, char **argv)
     cfg.on_start_arg = &od;
     catch_stop_signals();
     if (!quiet && use_gpu)
-        printf("device: %d GPU%s (one worker per GPU)\n", n_gpus, n_gpus == 1 ? "" : "s");
+        printf("device: %d GPU%s (one worker per GPU), %s products\n", n_gpus,
+               n_gpus == 1 ? "" : "s", dpt_precision_name(precision));
     if (!quiet && device_notice[0])
         printf("%s\n", device_notice);
     const int shown_workers = under_mpi ? launcher_size() : n_workers;

@@ -406,10 +406,29 @@ static dpt_status gpu_setup(dpt_net *net, const dpt_gpu_options *opt)
         max_c = l->out[0] > max_c ? l->out[0] : max_c;
         max_c = l->in[0] > max_c ? l->in[0] : max_c;
     }
-    TRY(gpu_ctx_new(opt->device, opt->allow_tf32, &G->ctx));
+    /* tf32 is the old allow_tf32; bf16 keeps TF32 off for what stays
+     * float32 (only the products of conv and fc change type). */
+    const int tf32 = opt->allow_tf32 || opt->precision == DPT_PRECISION_TF32;
+    TRY(gpu_ctx_new(opt->device, tf32, &G->ctx));
     gpu_ctx *ctx = G->ctx;
-    snprintf(G->text, sizeof G->text, "GPU %d, TF32 %s, %s, bn+relu fusion %s\n", opt->device,
-             opt->allow_tf32 ? "on" : "off",
+    if (opt->precision == DPT_PRECISION_BF16) {
+        /* bf16 copies of one product's operands and result, planned once
+         * here (a step allocates nothing): the largest layer with
+         * learnables, x + y + w at max_batch observations of cap_steps. */
+        size_t most = 0, rows = nb * (size_t)(net->cap_steps > 0 ? net->cap_steps : 1);
+        for (int i = 0; i < L; i++) {
+            const dpt_layer *l = &net->layers[i];
+            size_t need = (count3(l->in) + count3(l->out)) * rows + l->n_learn_values;
+            if (l->n_learn_values && need > most)
+                most = need;
+        }
+        TRY(gpu_ctx_set_bf16(ctx, most));
+    }
+    snprintf(G->text, sizeof G->text, "GPU %d, precision %s, TF32 %s, %s, bn+relu fusion %s\n",
+             opt->device,
+             opt->precision == DPT_PRECISION_BF16 ? "bf16 (conv and fc products)"
+                                                   : tf32 ? "tf32" : "fp32",
+             tf32 ? "on" : "off",
              opt->find_algorithms ? "timed cuDNN algorithms" : "cuDNN heuristics",
              opt->fuse_bn_relu ? "on" : "off");
     TRY(gpu_ctx_reserve_scratch(ctx, max_c, out_rows(net)));
@@ -932,14 +951,17 @@ dpt_status dpt_net_to_gpu_opts(dpt_net *net, const dpt_gpu_options *opt)
     if (opt->version < 1 || opt->version > DPT_GPU_OPTIONS_VERSION)
         return dpt_fail(DPT_ERR_ARG, "dpt_net_to_gpu: options version %d, this library knows 1 to %d",
                         opt->version, DPT_GPU_OPTIONS_VERSION);
-    /* A version 1 caller's struct ends before cuda_graph: read only its
-     * part, the rest as the defaults. */
+    /* A version-1 struct ends before `precision`: read only its part. */
     dpt_gpu_options full = DPT_GPU_OPTIONS_INIT;
     if (opt->version == 1) {
-        memcpy(&full, opt, offsetof(dpt_gpu_options, cuda_graph));
+        memcpy(&full, opt, offsetof(dpt_gpu_options, precision));
         full.version = DPT_GPU_OPTIONS_VERSION;
         opt = &full;
     }
+    if (opt->precision != DPT_PRECISION_FP32 && opt->precision != DPT_PRECISION_TF32 &&
+        opt->precision != DPT_PRECISION_BF16)
+        return dpt_fail(DPT_ERR_ARG, "dpt_net_to_gpu: unknown precision %d (fp32 0, tf32 1, bf16 2)",
+                        (int)opt->precision);
     if (opt->reduce != DPT_GPU_REDUCE_AUTO && opt->reduce != DPT_GPU_REDUCE_NCCL &&
         opt->reduce != DPT_GPU_REDUCE_STAGED)
         return dpt_fail(DPT_ERR_ARG, "dpt_net_to_gpu: unknown reduce mode %d", (int)opt->reduce);

@@ -299,8 +299,13 @@ dpt_status fit_setup(const fit_job *job, dpt_comm *comm, const char *default_spe
     if (cfg->sync_bn)
         dpt_net_set_sync_bn(net, comm);
     /* One worker per GPU: the network moves once its host copy is final. */
-    if (cfg->use_gpu && (s = dpt_net_to_gpu(net, dpt_gpu_for_worker(comm))) != DPT_OK)
-        goto done;
+    if (cfg->use_gpu) {
+        dpt_gpu_options go = DPT_GPU_OPTIONS_INIT;
+        go.device = dpt_gpu_for_worker(comm);
+        go.precision = (dpt_precision)cfg->precision;
+        if ((s = dpt_net_to_gpu_opts(net, &go)) != DPT_OK)
+            goto done;
+    }
     if (rank == 0) {
         job->result->epoch = start->epoch;
         job->result->iterations = job->result->start_iteration = start->iteration;
@@ -593,8 +598,9 @@ dpt_status dpt_fit(const dpt_fit_config *cfg, dpt_fit_result *result)
      * fields: copy its part into a full config with their defaults. */
     dpt_fit_config full = DPT_FIT_CONFIG_INIT;
     if (cfg->version < DPT_FIT_CONFIG_VERSION) {
-        memcpy(&full, cfg, cfg->version == 1 ? offsetof(dpt_fit_config, optimizer)
-                                             : offsetof(dpt_fit_config, seq_train));
+        memcpy(&full, cfg, cfg->version == 1   ? offsetof(dpt_fit_config, optimizer)
+                           : cfg->version == 2 ? offsetof(dpt_fit_config, seq_train)
+                                               : offsetof(dpt_fit_config, precision));
         full.version = DPT_FIT_CONFIG_VERSION;
         cfg = &full;
     }
@@ -606,6 +612,14 @@ dpt_status dpt_fit(const dpt_fit_config *cfg, dpt_fit_result *result)
     const int seq = cfg->seq_train || cfg->text_train;
     if (cfg->epochs < 1 || cfg->batch < 1)
         return dpt_fail(DPT_ERR_ARG, "dpt_fit: epochs and batch must be >= 1");
+    if (cfg->precision != DPT_PRECISION_FP32 && cfg->precision != DPT_PRECISION_TF32 &&
+        cfg->precision != DPT_PRECISION_BF16)
+        return dpt_fail(DPT_ERR_ARG, "dpt_fit: unknown precision %d (fp32 0, tf32 1, bf16 2)",
+                        cfg->precision);
+    if (cfg->precision != DPT_PRECISION_FP32 && !cfg->use_gpu)
+        return dpt_fail(DPT_ERR_UNSUPPORTED, "dpt_fit: precision %s needs GPU workers (CPU "
+                        "workers compute in fp32 only)",
+                        dpt_precision_name((dpt_precision)cfg->precision));
     const dpt_lr_schedule *ls = &cfg->lr_schedule;
     if ((ls->kind != DPT_LR_CONSTANT && ls->kind != DPT_LR_PIECEWISE && ls->kind != DPT_LR_COSINE) ||
         ls->every < 1 || !(ls->drop > 0 && ls->drop <= 1) || !(ls->min_lr >= 0) ||

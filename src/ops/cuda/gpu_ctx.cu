@@ -91,6 +91,7 @@ static void blas_load(void)
     BLAS_SYM(set_workspace, cublasSetWorkspace)
     BLAS_SYM(status_string, cublasGetStatusString)
     BLAS_SYM(sgemm, cublasSgemm)
+    BLAS_SYM(gemm_ex, cublasGemmEx)
 #undef BLAS_SYM
     if (missing) {
         snprintf(blas_error, sizeof blas_error, "cuBLAS has no %s", missing);
@@ -272,6 +273,7 @@ void gpu_ctx_free(gpu_ctx *g)
     cudaFree(g->workspace);
     cudaFree(g->blas_workspace);
     cudaFree(g->scratch);
+    cudaFree(g->bf16_buf);
     cudaFreeHost(g->staging);
     if (g->ev_slot[0])
         cudaEventDestroy(g->ev_slot[0]);

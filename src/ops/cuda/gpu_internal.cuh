@@ -40,6 +40,10 @@ struct gpu_ctx {
     size_t workspace_bytes;
     double *scratch;            /* partial sums of the reductions */
     size_t scratch_doubles;
+    int bf16;                   /* DPT_PRECISION_BF16: conv and fc products in bf16 */
+    void *bf16_buf;             /* __nv_bfloat16 [bf16_values]: one product's operands
+                                   and result (precision.cu), shared by the layers */
+    size_t bf16_values;
 };
 
 /* dpt_fail with "GPU <d>: [<layer>: ]<what>: <CUDA's message>" and a status
@@ -63,6 +67,11 @@ typedef struct gpu_blas_api {
     cublasStatus_t (*sgemm)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
                             const float *, const float *, int, const float *, int, const float *,
                             float *, int);
+    /* Mixed types (bf16 operands, float32 results): DPT_PRECISION_BF16. */
+    cublasStatus_t (*gemm_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int,
+                              int, const void *, const void *, cudaDataType, int, const void *,
+                              cudaDataType, int, const void *, void *, cudaDataType, int,
+                              cublasComputeType_t, cublasGemmAlgo_t);
 } gpu_blas_api;
 /* Filled by gpu_ctx_new; valid in any function that has a gpu_ctx. */
 extern gpu_blas_api gpu_blas;
@@ -84,6 +93,21 @@ static inline unsigned gpu_grid(const gpu_ctx *g, size_t total)
  * (bias gradient) and linear (bias gradient): out[ch] = Σ over (n, hw) of
  * x, in float64, rounded to float32. */
 dpt_status gpu_channel_sum(gpu_ctx *g, const float *x, int n, int c, int hw, float *out);
+/* ---- bf16 products (precision.cu) ---- */
+/* The context's bf16 buffer as n_values bf16 values, or NULL after a
+ * dpt_fail naming `layer` when the set-up planned less (a bug of the
+ * planning: nothing is allocated during a step). */
+void *gpu_bf16_buffer(gpu_ctx *g, size_t n_values, const char *layer);
+/* A product's parts (x, w, y, ...) each start on 256 bytes in the buffer
+ * (what cudaMalloc gives, and what tensor-core kernels' vector loads want):
+ * a part of n values takes gpu_bf16_part(n). gpu_ctx_set_bf16 adds room
+ * for the rounding up of GPU_BF16_PARTS parts to what it is asked for. */
+#define GPU_BF16_PARTS 4
+static inline size_t gpu_bf16_part(size_t n) { return (n + 127) & ~(size_t)127; }
+/* dst [n] (bf16, device) = src [n] rounded to nearest even; and back. */
+dpt_status gpu_to_bf16(gpu_ctx *g, const float *src, void *dst, size_t n);
+dpt_status gpu_from_bf16(gpu_ctx *g, const void *src, float *dst, size_t n);
+
 /* y[i, ch, j] = b[ch] (seed == 1) or y += b[ch] (seed == 0). */
 dpt_status gpu_bias(gpu_ctx *g, float *y, const float *b, int n, int c, int hw, int seed);
 

@@ -68,6 +68,13 @@ size_t gpu_ctx_workspace_bytes(const gpu_ctx *g);
  * only). */
 dpt_status gpu_ctx_reserve_scratch(gpu_ctx *g, int max_channels, int max_rows);
 
+/* Products of conv and fc in bfloat16 from now on (DPT_PRECISION_BF16;
+ * call before the layers' set-up), with a buffer for the bf16 copies of at
+ * least max_values values (x, w and y or dy of the largest layer at the
+ * largest batch): grows it, never shrinks; set-up time only. */
+dpt_status gpu_ctx_set_bf16(gpu_ctx *g, size_t max_values);
+int gpu_ctx_bf16(const gpu_ctx *g);
+
 /* ---- memory and transfers ---------------------------------------------------------- */
 
 /* Zeroed device memory on the context's device. */
