@@ -386,6 +386,22 @@ void net_gpu_free(dpt_net *net)
             goto fail;                  \
     } while (0)
 
+/* bf16 copies of one product's operands and result, planned when the
+ * network moves and when its time steps grow (a step allocates nothing):
+ * the largest layer with learnables, x + y + w at max_batch observations
+ * of cap_steps. */
+static dpt_status bf16_reserve(const dpt_net *net, gpu_ctx *ctx)
+{
+    size_t most = 0, rows = (size_t)net->max_batch * (size_t)(net->cap_steps > 0 ? net->cap_steps : 1);
+    for (int i = 0; i < net->n_layers; i++) {
+        const dpt_layer *l = &net->layers[i];
+        size_t need = (count3(l->in) + count3(l->out)) * rows + l->n_learn_values;
+        if (l->n_learn_values && need > most)
+            most = need;
+    }
+    return gpu_ctx_set_bf16(ctx, most);
+}
+
 static dpt_status gpu_setup(dpt_net *net, const dpt_gpu_options *opt)
 {
     /* Every layer must have GPU code: fail naming the first that has not,
@@ -411,19 +427,8 @@ static dpt_status gpu_setup(dpt_net *net, const dpt_gpu_options *opt)
     const int tf32 = opt->allow_tf32 || opt->precision == DPT_PRECISION_TF32;
     TRY(gpu_ctx_new(opt->device, tf32, &G->ctx));
     gpu_ctx *ctx = G->ctx;
-    if (opt->precision == DPT_PRECISION_BF16) {
-        /* bf16 copies of one product's operands and result, planned once
-         * here (a step allocates nothing): the largest layer with
-         * learnables, x + y + w at max_batch observations of cap_steps. */
-        size_t most = 0, rows = nb * (size_t)(net->cap_steps > 0 ? net->cap_steps : 1);
-        for (int i = 0; i < L; i++) {
-            const dpt_layer *l = &net->layers[i];
-            size_t need = (count3(l->in) + count3(l->out)) * rows + l->n_learn_values;
-            if (l->n_learn_values && need > most)
-                most = need;
-        }
-        TRY(gpu_ctx_set_bf16(ctx, most));
-    }
+    if (opt->precision == DPT_PRECISION_BF16)
+        TRY(bf16_reserve(net, ctx));
     snprintf(G->text, sizeof G->text, "GPU %d, precision %s, TF32 %s, %s, bn+relu fusion %s\n",
              opt->device,
              opt->precision == DPT_PRECISION_BF16 ? "bf16 (conv and fc products)"
@@ -529,6 +534,7 @@ dpt_status net_gpu_grow_steps(dpt_net *net, int cap)
     gpu_mfree(G->dout), gpu_mfree(G->targets), gpu_mfree_host(G->out_host);
     G->dout = G->targets = G->out_host = NULL;
     if ((s2 = gpu_ctx_reserve_scratch(ctx, 1, out_rows(net))) == DPT_OK &&
+        (G->opt.precision != DPT_PRECISION_BF16 || (s2 = bf16_reserve(net, ctx)) == DPT_OK) &&
         (s2 = gpu_malloc(ctx, n_out * sizeof(float), (void **)&G->dout)) == DPT_OK &&
         (s2 = gpu_malloc(ctx, n_out * sizeof(float), (void **)&G->targets)) == DPT_OK)
         s2 = gpu_malloc_host(n_out * sizeof(float), (void **)&G->out_host);

@@ -7,7 +7,7 @@
 struct gpu_graph {
     cudaGraphExec_t exec;
     /* The context's workspaces when it was captured (gpu_graph_stale). */
-    const void *workspace, *blas_workspace, *scratch;
+    const void *workspace, *blas_workspace, *scratch, *bf16;
 };
 
 dpt_status gpu_graph_begin(gpu_ctx *g)
@@ -56,6 +56,7 @@ dpt_status gpu_graph_end(gpu_ctx *g, int ok, gpu_graph **out)
     r->workspace = g->workspace;
     r->blas_workspace = g->blas_workspace;
     r->scratch = g->scratch;
+    r->bf16 = g->bf16_buf;
     *out = r;
     return DPT_OK;
 }
@@ -77,5 +78,5 @@ void gpu_graph_free(gpu_graph *graph)
 int gpu_graph_stale(const gpu_ctx *g, const gpu_graph *graph)
 {
     return graph->workspace != g->workspace || graph->blas_workspace != g->blas_workspace ||
-           graph->scratch != g->scratch;
+           graph->scratch != g->scratch || graph->bf16 != g->bf16_buf;
 }
