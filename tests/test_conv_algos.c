@@ -315,6 +315,44 @@ static void check_algos(const shape_case *sc, data *D, const char *set, int idx)
     }
 }
 
+/* Draws one case's data from r, computes the reference and checks every
+ * algorithm under every kernel set the CPU has. */
+static void check_case(dpt_rng *r, const shape_case *sc, int idx)
+{
+    static const char *const sets[] = {"generic", "avx2", "avx512"};
+    const dpt_conv2d_desc *d = &sc->d;
+    const size_t nx = (size_t)d->n * d->c_in * d->h * d->w;
+    const size_t ny = (size_t)d->n * d->c_out * d->out_h * d->out_w;
+    const size_t nw = (size_t)d->c_out * (d->c_in / d->groups) * d->kh * d->kw;
+    data D = {0};
+    D.x = malloc(nx * sizeof *D.x), D.w = malloc(nw * sizeof *D.w);
+    D.b = malloc((size_t)d->c_out * sizeof *D.b), D.dy = malloc(ny * sizeof *D.dy);
+    D.yref = malloc(ny * sizeof *D.yref);
+    D.bn_in = malloc(6 * (size_t)d->c_in * sizeof *D.bn_in);
+    D.bn_out = malloc(6 * (size_t)d->c_out * sizeof *D.bn_out);
+    D.y = malloc(ny * sizeof *D.y), D.dx = malloc(nx * sizeof *D.dx);
+    D.dw = malloc(nw * sizeof *D.dw), D.db = malloc((size_t)d->c_out * sizeof *D.db);
+    D.sum = malloc((size_t)d->c_out * sizeof *D.sum);
+    D.sumsq = malloc((size_t)d->c_out * sizeof *D.sumsq);
+    D.xg = malloc(2 * (size_t)d->c_in * sizeof *D.xg);
+    fill(r, D.x, nx, 1.0f), fill(r, D.w, nw, 0.5f), fill(r, D.b, (size_t)d->c_out, 0.5f);
+    fill(r, D.dy, ny, 1.0f);
+    fill(r, D.bn_in, 6 * (size_t)d->c_in, 0.5f);
+    fill(r, D.bn_out, 6 * (size_t)d->c_out, 0.5f);
+    for (int c = 0; c < d->c_in; c++) /* scales and kf near 1 */
+        D.bn_in[d->c_in + c] += 1.0f, D.bn_in[3 * d->c_in + c] += 1.0f;
+    for (int c = 0; c < d->c_out; c++)
+        D.bn_out[d->c_out + c] += 1.0f, D.bn_out[3 * d->c_out + c] += 1.0f;
+    reference(sc, &D);
+    for (size_t s = 0; s < sizeof sets / sizeof *sets; s++) {
+        if (!dpt_ops_kernels_supported(sets[s]) || dpt_ops_set_kernels(sets[s]) != 0)
+            continue;
+        check_algos(sc, &D, sets[s], idx);
+    }
+    free(D.x), free(D.w), free(D.b), free(D.dy), free(D.yref), free(D.bn_in), free(D.bn_out);
+    free(D.y), free(D.dx), free(D.dw), free(D.db), free(D.sum), free(D.sumsq), free(D.xg);
+}
+
 static void property_test(void)
 {
     /* The table and the names agree (a new entry's name is its enum's). */
@@ -326,7 +364,6 @@ static void property_test(void)
     }
     CHECK(dpt_conv_algo_get(DPT_CONV_ALGO_GEMM) != NULL);
     CHECK(dpt_conv_algo_get(DPT_CONV_ALGO_AUTO) == NULL && dpt_conv_algo_by_name("nope") == -1);
-    static const char *const sets[] = {"generic", "avx2", "avx512"};
     const char *was = dpt_ops_kernels();
     char saved[16];
     snprintf(saved, sizeof saved, "%s", was);
@@ -351,40 +388,40 @@ static void property_test(void)
             sc.bn_in = sc.bn_out = sc.relu_in = sc.need_dx = sc.bias = 1;
             sc.relu_out = idx & 1;
         }
-        const dpt_conv2d_desc *d = &sc.d;
-        const size_t nx = (size_t)d->n * d->c_in * d->h * d->w;
-        const size_t ny = (size_t)d->n * d->c_out * d->out_h * d->out_w;
-        const size_t nw = (size_t)d->c_out * (d->c_in / d->groups) * d->kh * d->kw;
-        data D = {0};
-        D.x = malloc(nx * sizeof *D.x), D.w = malloc(nw * sizeof *D.w);
-        D.b = malloc((size_t)d->c_out * sizeof *D.b), D.dy = malloc(ny * sizeof *D.dy);
-        D.yref = malloc(ny * sizeof *D.yref);
-        D.bn_in = malloc(6 * (size_t)d->c_in * sizeof *D.bn_in);
-        D.bn_out = malloc(6 * (size_t)d->c_out * sizeof *D.bn_out);
-        D.y = malloc(ny * sizeof *D.y), D.dx = malloc(nx * sizeof *D.dx);
-        D.dw = malloc(nw * sizeof *D.dw), D.db = malloc((size_t)d->c_out * sizeof *D.db);
-        D.sum = malloc((size_t)d->c_out * sizeof *D.sum);
-        D.sumsq = malloc((size_t)d->c_out * sizeof *D.sumsq);
-        D.xg = malloc(2 * (size_t)d->c_in * sizeof *D.xg);
-        fill(&r, D.x, nx, 1.0f), fill(&r, D.w, nw, 0.5f), fill(&r, D.b, (size_t)d->c_out, 0.5f);
-        fill(&r, D.dy, ny, 1.0f);
-        fill(&r, D.bn_in, 6 * (size_t)d->c_in, 0.5f);
-        fill(&r, D.bn_out, 6 * (size_t)d->c_out, 0.5f);
-        for (int c = 0; c < d->c_in; c++) /* scales and kf near 1 */
-            D.bn_in[d->c_in + c] += 1.0f, D.bn_in[3 * d->c_in + c] += 1.0f;
-        for (int c = 0; c < d->c_out; c++)
-            D.bn_out[d->c_out + c] += 1.0f, D.bn_out[3 * d->c_out + c] += 1.0f;
-        reference(&sc, &D);
-        for (size_t s = 0; s < sizeof sets / sizeof *sets; s++) {
-            if (!dpt_ops_kernels_supported(sets[s]) || dpt_ops_set_kernels(sets[s]) != 0)
-                continue;
-            check_algos(&sc, &D, sets[s], idx);
-        }
-        free(D.x), free(D.w), free(D.b), free(D.dy), free(D.yref), free(D.bn_in), free(D.bn_out);
-        free(D.y), free(D.dx), free(D.dw), free(D.db), free(D.sum), free(D.sumsq), free(D.xg);
+        check_case(&r, &sc, idx);
     }
+    /* 1x1 filters (pointwise), which the draw above makes rarely: shapes
+     * of the same draw made 1x1, unpadded, one group, strides 1-3, from
+     * their own stream (the cases above stay what they were); first the
+     * blockings conv_pointwise.c picks: a plane of 64 pixels (its own
+     * block), 16-pixel planes in blocks of 16 images with a partial last
+     * block, a strided odd plane. */
+    dpt_rng r1;
+    dpt_rng_seed(&r1, 2123, 0);
+    const int n_1x1 = 80;
+    const int pw_before = n_checked[DPT_CONV_ALGO_POINTWISE];
+    for (int idx = 0; idx < n_1x1; idx++) {
+        shape_case sc;
+        random_case(&r1, &sc);
+        sc.d.kh = sc.d.kw = 1, sc.d.pad = 0, sc.d.groups = 1;
+        if (idx == 0)
+            sc.d = (dpt_conv2d_desc){.n = 5, .c_in = 64, .h = 8, .w = 8, .c_out = 128, .kh = 1,
+                                     .kw = 1, .stride = 1};
+        else if (idx == 1)
+            sc.d = (dpt_conv2d_desc){.n = 20, .c_in = 48, .h = 4, .w = 4, .c_out = 40, .kh = 1,
+                                     .kw = 1, .stride = 1};
+        else if (idx == 2)
+            sc.d = (dpt_conv2d_desc){.n = 7, .c_in = 32, .h = 14, .w = 13, .c_out = 64, .kh = 1,
+                                     .kw = 1, .stride = 2};
+        if (idx < 3)
+            sc.bn_in = sc.bn_out = sc.relu_in = sc.need_dx = sc.bias = 1, sc.relu_out = idx & 1;
+        CHECK(dpt_conv2d_desc_init(&sc.d) == 0);
+        check_case(&r1, &sc, n_cases + idx);
+    }
+    /* Every 1x1 case runs pointwise, on each kernel set. */
+    CHECK(n_checked[DPT_CONV_ALGO_POINTWISE] - pw_before >= n_1x1);
     dpt_ops_set_kernels(saved);
-    printf("property test: %d random shapes;", n_cases);
+    printf("property test: %d random shapes and %d 1x1 ones;", n_cases, n_1x1);
     for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++)
         printf(" %s %d", dpt_conv_algo_name(a), n_checked[a]);
     printf(" checks; %d of the unfused handling\n", n_unfused);

@@ -32,6 +32,7 @@
 #include "ops/conv_depthwise.h"
 #include "ops/conv_direct.h"
 #include "ops/conv_dnnl.h"
+#include "ops/conv_pointwise.h"
 #include "ops/ops.h"
 
 #include <assert.h>
@@ -336,6 +337,9 @@ static const conv_algo table[DPT_CONV_ALGO_COUNT] = {
     [DPT_CONV_ALGO_BATCHED] = {"batched", 1, dpt_conv_batched_supports,
                                dpt_conv_batched_work_floats, dpt_conv_batched_forward,
                                dpt_conv_batched_backward},
+    [DPT_CONV_ALGO_POINTWISE] = {"pointwise", 1, dpt_conv_pointwise_supports,
+                                 dpt_conv_pointwise_work_floats, dpt_conv_pointwise_forward,
+                                 dpt_conv_pointwise_backward},
 #ifdef DPT_HAVE_DNNL
     [DPT_CONV_ALGO_DNNL] = {"dnnl", 0, dpt_conv_dnnl_supports, dpt_conv_dnnl_work_floats,
                             dpt_conv_dnnl_forward, dpt_conv_dnnl_backward},
@@ -343,7 +347,7 @@ static const conv_algo table[DPT_CONV_ALGO_COUNT] = {
 };
 
 static const char *const algo_names[DPT_CONV_ALGO_COUNT] = {
-    "auto", "gemm", "direct", "batched", "depthwise", "dnnl",
+    "auto", "gemm", "direct", "batched", "depthwise", "dnnl", "pointwise",
 };
 
 const char *dpt_conv_algo_name(int algo)

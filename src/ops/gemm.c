@@ -28,8 +28,22 @@ static void blas(int ta, int tb, int m, int n, int k, float alpha, const float *
                 m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-void dpt_sgemm(int ta, int tb, int m, int n, int k, float alpha, const float *A, int lda,
-               const float *B, int ldb, float beta, float *C, int ldc)
+size_t dpt_sgemm_buf_floats(int m, int n, int k)
+{
+    if (m <= 0 || n <= 0 || k <= 0)
+        return 0;
+#ifdef DPT_HAVE_GEMM_X86
+    const size_t a = dpt_gemm_isa_avx512.buf_floats(m, n, k);
+    const size_t b = dpt_gemm_isa_avx2.buf_floats(m, n, k);
+    return a > b ? a : b;
+#else
+    return 0;
+#endif
+}
+
+/* The product with buf NULL: dpt_sgemm allocates it (or takes the BLAS). */
+static void sgemm(int ta, int tb, int m, int n, int k, float alpha, const float *A, int lda,
+                  const float *B, int ldb, float beta, float *C, int ldc, float *buf)
 {
     if (m <= 0 || n <= 0)
         return;
@@ -49,12 +63,27 @@ void dpt_sgemm(int ta, int tb, int m, int n, int k, float alpha, const float *A,
                 memset(C + (size_t)i * ldc, 0, (size_t)n * sizeof *C);
         return;
     }
-    void *buf = NULL;
-    size_t bytes = g->buf_floats(m, n, k) * sizeof(float);
-    if (posix_memalign(&buf, 64, bytes) != 0) {
-        blas(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta == 0.0f ? 0.0f : 1.0f, C, ldc);
-        return;
+    void *own = NULL;
+    if (!buf) {
+        size_t bytes = g->buf_floats(m, n, k) * sizeof(float);
+        if (posix_memalign(&own, 64, bytes) != 0) {
+            blas(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta == 0.0f ? 0.0f : 1.0f, C, ldc);
+            return;
+        }
+        buf = own;
     }
     g->gemm(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta != 0.0f, C, ldc, buf);
-    free(buf);
+    free(own);
+}
+
+void dpt_sgemm(int ta, int tb, int m, int n, int k, float alpha, const float *A, int lda,
+               const float *B, int ldb, float beta, float *C, int ldc)
+{
+    sgemm(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
+}
+
+void dpt_sgemm_buf(int ta, int tb, int m, int n, int k, float alpha, const float *A, int lda,
+                   const float *B, int ldb, float beta, float *C, int ldc, float *buf)
+{
+    sgemm(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, buf);
 }

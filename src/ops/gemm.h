@@ -23,6 +23,16 @@
 void dpt_sgemm(int ta, int tb, int m, int n, int k, float alpha, const float *A, int lda,
                const float *B, int ldb, float beta, float *C, int ldc);
 
+/* dpt_sgemm with its packing buffer given: buf holds
+ * dpt_sgemm_buf_floats(m, n, k) floats (best on a 64-byte boundary), so a
+ * caller making many products (conv_pointwise.c, an image at a time)
+ * allocates nothing per call. The same bits as dpt_sgemm. */
+void dpt_sgemm_buf(int ta, int tb, int m, int n, int k, float alpha, const float *A, int lda,
+                   const float *B, int ldb, float beta, float *C, int ldc, float *buf);
+/* Floats dpt_sgemm_buf needs for [m, n] with k, for any kernel set (the
+ * set may change between sizing and calling). */
+size_t dpt_sgemm_buf_floats(int m, int n, int k);
+
 /* 1 when the kernel set in use has its own GEMM kernels (0: dpt_sgemm is
  * cblas_sgemm). */
 int dpt_sgemm_native(void);

@@ -1,0 +1,292 @@
+/* The POINTWISE convolution algorithm (see conv_pointwise.h).
+ *
+ * A 1x1 filter with stride s and no padding reads input pixel
+ * (oy·s, ox·s) for output pixel (oy, ox): with W [c_out, c_in] and an
+ * image's input seen as X [c_in, P] (P = out_h·out_w, the sampled pixels)
+ *   forward   Y  [c_out, P] = W · X (+ b)
+ *   backward  dW [c_out, c_in] = Σ_images G · Xᵀ   (G: the gradient used)
+ *             dX [c_in, P]     = Wᵀ · G, scattered onto the sampled pixels
+ *                                of dx (the others get 0).
+ * Per block of nb images (dpt_conv_pointwise_block, from the shape only,
+ * so the sums and their order never depend on anything else) the
+ * products run over nb·P columns. A block's operands are read in place
+ * when they already are the matrix (one image, stride 1, no batch norm);
+ * otherwise packed once into a block buffer [c, nb·P], the input's batch
+ * norm (xa) and the stride applied while copying, the output gradient's
+ * batch norm (dya) likewise. What is left per block (bias, the output's
+ * batch-norm sums, the bias gradient, the input batch norm's gradient
+ * sums) runs on the block while it is still in cache, not in passes over
+ * the whole batch afterwards. */
+#include "ops/conv_pointwise.h"
+#include "ops/gemm.h"
+
+#include <assert.h>
+#include <string.h>
+
+/* Columns a block aims at (nb·P): enough for the GEMM's register tiles
+ * (NR 32) on small planes. A plane of a multiple of 32 pixels (or a large
+ * one) makes its own block: its product then writes y and dx in place,
+ * with no copy out of a block buffer. BLOCK_MAX_FLOATS bounds the block
+ * buffers (4 MiB), so they stay in L2/L3. */
+#define BLOCK_COLS 256
+#define BLOCK_MAX_FLOATS ((size_t)1 << 20)
+
+int dpt_conv_pointwise_supports(const dpt_conv2d_desc *d)
+{
+    /* A 1x1 filter reads no neighbour, so dilation changes nothing. */
+    return d->kh == 1 && d->kw == 1 && d->pad == 0 && (d->groups <= 1);
+}
+
+int dpt_conv_pointwise_block(const dpt_conv2d_desc *d)
+{
+    const size_t P = (size_t)d->out_h * d->out_w;
+    if (P % 32 == 0 || P >= 512)
+        return 1;
+    const size_t per = ((size_t)d->c_in + d->c_out) * P; /* block floats per image */
+    size_t nb = (BLOCK_COLS + P - 1) / P;
+    if (nb * per > BLOCK_MAX_FLOATS)
+        nb = BLOCK_MAX_FLOATS / per;
+    if (nb > (size_t)d->n)
+        nb = (size_t)d->n;
+    return nb < 1 ? 1 : (int)nb;
+}
+
+/* work: xb [c_in, nb·P] (the packed input, then the block's dX), yb
+ * [c_out, nb·P] (the block's Y, or G), the GEMM's packing buffer, then
+ * 3·c_out doubles (bias-gradient sums, a block's output sums). Each part
+ * on a 64-byte boundary of work. */
+static size_t up16(size_t f) { return (f + 15) & ~(size_t)15; }
+
+static size_t yb_offset(const dpt_conv2d_desc *d)
+{
+    const size_t P = (size_t)d->out_h * d->out_w;
+    return up16((size_t)d->c_in * P * (size_t)dpt_conv_pointwise_block(d));
+}
+
+static size_t gbuf_offset(const dpt_conv2d_desc *d)
+{
+    const size_t P = (size_t)d->out_h * d->out_w;
+    return yb_offset(d) + up16((size_t)d->c_out * P * (size_t)dpt_conv_pointwise_block(d));
+}
+
+/* The most packing buffer any of the three products needs for any block
+ * (a partial last block has other column counts, and the GEMM's blocking
+ * is not monotone in them). */
+static size_t gbuf_floats(const dpt_conv2d_desc *d)
+{
+    const int P = d->out_h * d->out_w, nb = dpt_conv_pointwise_block(d);
+    size_t most = 0;
+    for (int m = 1; m <= nb; m++) {
+        const int cols = m * P;
+        const size_t f[3] = {dpt_sgemm_buf_floats(d->c_out, cols, d->c_in),
+                             dpt_sgemm_buf_floats(d->c_out, d->c_in, cols),
+                             dpt_sgemm_buf_floats(d->c_in, cols, d->c_out)};
+        for (int k = 0; k < 3; k++)
+            most = f[k] > most ? f[k] : most;
+    }
+    return most;
+}
+
+static size_t sums_offset(const dpt_conv2d_desc *d) { return gbuf_offset(d) + up16(gbuf_floats(d)); }
+
+size_t dpt_conv_pointwise_work_floats(const dpt_conv2d_desc *d)
+{
+    return sums_offset(d) + 2 * 3 * (size_t)d->c_out;
+}
+
+/* xb [c_in, cols], columns i·P .. i·P + P of image i of the m images
+ * from x on: its sampled pixels, through a's batch norm when a is set
+ * (dpt_bn_apply's expressions, the ReLU's mask included). */
+static void pack_x(const dpt_conv2d_desc *d, const float *x, int m, const dpt_bn_apply *a,
+                   float *xb, size_t cols)
+{
+    const int s = d->stride, oh = d->out_h, ow = d->out_w, P = oh * ow;
+    const size_t hw = (size_t)d->h * d->w, x_img = (size_t)d->c_in * hw;
+    for (int ci = 0; ci < d->c_in; ci++) {
+        const float mu = a ? a->mean[ci] : 0.0f, sc = a ? a->scale[ci] : 1.0f;
+        const float sh = a ? a->shift[ci] : 0.0f;
+        const int relu = a && a->relu;
+        for (int i = 0; i < m; i++) {
+            const float *src = x + i * x_img + ci * hw;
+            float *dst = xb + ci * cols + (size_t)i * P;
+            if (s == 1) {
+                if (!a) {
+                    memcpy(dst, src, (size_t)P * sizeof *dst);
+                } else if (relu) {
+                    for (int j = 0; j < P; j++) {
+                        const float z = (src[j] - mu) * sc + sh;
+                        dst[j] = z > 0.0f ? z : 0.0f;
+                    }
+                } else {
+                    for (int j = 0; j < P; j++)
+                        dst[j] = (src[j] - mu) * sc + sh;
+                }
+                continue;
+            }
+            for (int oy = 0; oy < oh; oy++, dst += ow) {
+                const float *row = src + (size_t)oy * s * d->w;
+                if (!a) {
+                    for (int ox = 0; ox < ow; ox++)
+                        dst[ox] = row[(size_t)ox * s];
+                } else {
+                    for (int ox = 0; ox < ow; ox++) {
+                        const float z = (row[(size_t)ox * s] - mu) * sc + sh;
+                        dst[ox] = relu && !(z > 0.0f) ? 0.0f : z;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* out [P] = the gradient at the batch norm's input for channel ch, from g
+ * at its output and y its input (dpt_bn_apply's backward expression). */
+static void dy_apply(const float *g, const float *y, int P, const dpt_bn_apply *a, int ch,
+                     float *out)
+{
+    const float m = a->mean[ch], sc = a->scale[ch], sh = a->shift[ch];
+    const float kf = a->kf[ch], ka = a->ka[ch], kb = a->kb[ch];
+    if (a->relu) {
+        for (int p = 0; p < P; p++) {
+            const float xc = y[p] - m;
+            const float gv = xc * sc + sh > 0.0f ? g[p] : 0.0f;
+            out[p] = kf * gv - ka - xc * kb;
+        }
+    } else {
+        for (int p = 0; p < P; p++) {
+            const float xc = y[p] - m;
+            out[p] = kf * g[p] - ka - xc * kb;
+        }
+    }
+}
+
+/* Σ r[0..P) in float64, through 16 float partial sums (a plain float64
+ * chain does not vectorise; each partial covers P/16 values). */
+static double row_sum(const float *r, int P)
+{
+    float part[16] = {0};
+    int p = 0;
+    for (; p + 16 <= P; p += 16)
+        for (int l = 0; l < 16; l++)
+            part[l] += r[p + l];
+    double s = 0.0;
+    for (int l = 0; l < 16; l++)
+        s += part[l];
+    for (; p < P; p++)
+        s += r[p];
+    return s;
+}
+
+void dpt_conv_pointwise_forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
+                                const float *w, const float *b, float *y, float *work,
+                                double *sum, double *sumsq)
+{
+    const int P = d->out_h * d->out_w, nb = dpt_conv_pointwise_block(d);
+    const size_t x_img = (size_t)d->c_in * d->h * d->w, y_img = (size_t)d->c_out * P;
+    float *xb = work, *yb = work + yb_offset(d), *gbuf = work + gbuf_offset(d);
+    double *bs = (double *)(void *)(work + sums_offset(d)), *bq = bs + d->c_out;
+    for (int c = 0; sum && c < d->c_out; c++)
+        sum[c] = sumsq[c] = 0.0;
+    for (int i0 = 0; i0 < d->n; i0 += nb) {
+        const int m = d->n - i0 < nb ? d->n - i0 : nb;
+        const size_t cols = (size_t)m * P;
+        const float *B = x + i0 * x_img;
+        if (m > 1 || xa || d->stride > 1) {
+            pack_x(d, B, m, xa, xb, cols);
+            B = xb;
+        }
+        float *yi = y + i0 * y_img;
+        float *C = m == 1 ? yi : yb;
+        dpt_sgemm_buf(0, 0, d->c_out, (int)cols, d->c_in, 1.0f, w, d->c_in, B, (int)cols, 0.0f, C,
+                      (int)cols, gbuf);
+        for (int i = 0; i < m; i++)
+            for (int co = 0; co < d->c_out; co++) {
+                float *dst = yi + i * y_img + (size_t)co * P;
+                const float *src = C + (size_t)co * cols + (size_t)i * P;
+                if (b) {
+                    const float bc = b[co];
+                    for (int p = 0; p < P; p++)
+                        dst[p] = src[p] + bc;
+                } else if (src != dst) {
+                    memcpy(dst, src, (size_t)P * sizeof *dst);
+                }
+            }
+        if (sum) { /* the block's outputs, while in cache */
+            dpt_bn_sums(yi, m, d->c_out, P, bs, bq);
+            for (int c = 0; c < d->c_out; c++)
+                sum[c] += bs[c], sumsq[c] += bq[c];
+        }
+    }
+}
+
+void dpt_conv_pointwise_backward(const dpt_conv2d_desc *d, const float *x,
+                                 const dpt_bn_apply *xa, const float *w, const float *dy,
+                                 const dpt_bn_apply *dya, const float *y, float *dx, float *dw,
+                                 float *db, float *work, double *xg)
+{
+    assert(!xg || (xa && dx));
+    const int P = d->out_h * d->out_w, nb = dpt_conv_pointwise_block(d), hw = d->h * d->w;
+    const int s = d->stride, ow = d->out_w;
+    const size_t x_img = (size_t)d->c_in * hw, y_img = (size_t)d->c_out * P;
+    float *xb = work, *yb = work + yb_offset(d), *gbuf = work + gbuf_offset(d);
+    double *bsum = (double *)(void *)(work + sums_offset(d));
+    for (int c = 0; db && c < d->c_out; c++)
+        bsum[c] = 0.0;
+    for (int c = 0; xg && c < 2 * d->c_in; c++)
+        xg[c] = 0.0;
+    for (int i0 = 0; i0 < d->n; i0 += nb) {
+        const int m = d->n - i0 < nb ? d->n - i0 : nb;
+        const size_t cols = (size_t)m * P;
+        /* G [c_out, cols]: the gradient the convolution uses. */
+        const float *G = dy + i0 * y_img;
+        if (m > 1 || dya) {
+            for (int i = 0; i < m; i++)
+                for (int co = 0; co < d->c_out; co++) {
+                    const size_t off = (i0 + i) * y_img + (size_t)co * P;
+                    float *row = yb + (size_t)co * cols + (size_t)i * P;
+                    if (dya)
+                        dy_apply(dy + off, y + off, P, dya, co, row);
+                    else
+                        memcpy(row, dy + off, (size_t)P * sizeof *row);
+                }
+            G = yb;
+        }
+        for (int co = 0; db && co < d->c_out; co++)
+            bsum[co] += row_sum(G + (size_t)co * cols, (int)cols);
+        const float *B = x + i0 * x_img;
+        if (m > 1 || xa || s > 1) {
+            pack_x(d, B, m, xa, xb, cols);
+            B = xb;
+        }
+        dpt_sgemm_buf(0, 1, d->c_out, d->c_in, (int)cols, 1.0f, G, (int)cols, B, (int)cols,
+                      i0 == 0 ? 0.0f : 1.0f, dw, d->c_in, gbuf);
+        if (!dx)
+            continue;
+        /* dX: straight into dx when it is the matrix, else into xb (done
+         * with the packed input) and scattered. */
+        float *dxi = dx + i0 * x_img;
+        const int in_place = m == 1 && s == 1;
+        float *D = in_place ? dxi : xb;
+        dpt_sgemm_buf(1, 0, d->c_in, (int)cols, d->c_out, 1.0f, w, d->c_in, G, (int)cols, 0.0f, D,
+                      (int)cols, gbuf);
+        for (int i = 0; !in_place && i < m; i++)
+            for (int ci = 0; ci < d->c_in; ci++) {
+                const float *src = D + (size_t)ci * cols + (size_t)i * P;
+                float *plane = dxi + i * x_img + (size_t)ci * hw;
+                if (s == 1) {
+                    memcpy(plane, src, (size_t)P * sizeof *plane);
+                    continue;
+                }
+                memset(plane, 0, (size_t)hw * sizeof *plane);
+                for (int oy = 0; oy < d->out_h; oy++) {
+                    float *row = plane + (size_t)oy * s * d->w;
+                    for (int ox = 0; ox < ow; ox++)
+                        row[(size_t)ox * s] = src[(size_t)oy * ow + ox];
+                }
+            }
+        if (xg) /* what xa's batch norm needs, from the block's dx while in cache */
+            dpt_bn_grad_sums(x + i0 * x_img, dxi, m, d->c_in, hw, xa, xg, xg + d->c_in);
+    }
+    for (int c = 0; db && c < d->c_out; c++)
+        db[c] = (float)bsum[c];
+}
