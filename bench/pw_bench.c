@@ -1,6 +1,6 @@
 /* The 1x1 convolutions of the suite networks, as one worker trains them
  * (batch N, default 128, one thread): the conv algorithms that run 1x1
- * filters (pointwise, batched, dnnl where built, gemm) alternated in
+ * filters (pointwise, direct, batched, dnnl where built, gemm) alternated in
  * each round, with the batch norms the networks fuse around them
  * (MobileNet's pw layers: the input's batch norm + ReLU applied on the
  * fly, the output's sums and its backward; resnet's b2_proj: the output's
@@ -93,9 +93,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "pw_bench: rounds 1-1000, batch 1-4096\n");
         return 1;
     }
-    static const int algos[] = {DPT_CONV_ALGO_POINTWISE, DPT_CONV_ALGO_BATCHED,
-                                DPT_CONV_ALGO_DNNL, DPT_CONV_ALGO_GEMM};
-    enum { N_ALGO = 4 };
+    static const int algos[] = {DPT_CONV_ALGO_POINTWISE, DPT_CONV_ALGO_DIRECT,
+                                DPT_CONV_ALGO_BATCHED, DPT_CONV_ALGO_DNNL, DPT_CONV_ALGO_GEMM};
+    enum { N_ALGO = 5 };
     printf("# 1x1 conv layers, batch %d, kernels %s, %d rounds, one thread; median CPU ms per "
            "pass (fwd; bwd = dx, dw and the fused batch norms' sums)\n",
            batch, dpt_ops_kernels(), rounds);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The suite networks' 1x1 convolutions by algorithm (bench/pw_bench.c):
-# pointwise against batched, dnnl (where built) and gemm, alternated in
+# pointwise against direct, batched, dnnl (where built) and gemm, alternated in
 # one process. Builds a CPU-only release tree in build-bench/
 # (BENCH_BUILD_DIR overrides); arguments go to pw_bench.
 #
