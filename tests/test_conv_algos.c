@@ -391,7 +391,8 @@ static void property_test(void)
         check_case(&r, &sc, idx);
     }
     /* 1x1 filters (pointwise), which the draw above makes rarely: shapes
-     * of the same draw made 1x1, unpadded, one group, strides 1-3, from
+     * of the same draw made 1x1 and unpadded (plain, grouped, depthwise;
+     * strides 1-3), from
      * their own stream (the cases above stay what they were); first the
      * blockings conv_pointwise.c picks: a plane of 64 pixels (its own
      * block), 16-pixel planes in blocks of 16 images with a partial last
@@ -403,7 +404,7 @@ static void property_test(void)
     for (int idx = 0; idx < n_1x1; idx++) {
         shape_case sc;
         random_case(&r1, &sc);
-        sc.d.kh = sc.d.kw = 1, sc.d.pad = 0, sc.d.groups = 1;
+        sc.d.kh = sc.d.kw = 1, sc.d.pad = 0;
         if (idx == 0)
             sc.d = (dpt_conv2d_desc){.n = 5, .c_in = 64, .h = 8, .w = 8, .c_out = 128, .kh = 1,
                                      .kw = 1, .stride = 1};

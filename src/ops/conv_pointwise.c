@@ -31,10 +31,12 @@
 #define BLOCK_COLS 256
 #define BLOCK_MAX_FLOATS ((size_t)1 << 20)
 
+static int groups_of(const dpt_conv2d_desc *d) { return d->groups > 1 ? d->groups : 1; }
+
 int dpt_conv_pointwise_supports(const dpt_conv2d_desc *d)
 {
     /* A 1x1 filter reads no neighbour, so dilation changes nothing. */
-    return d->kh == 1 && d->kw == 1 && d->pad == 0 && (d->groups <= 1);
+    return d->kh == 1 && d->kw == 1 && d->pad == 0;
 }
 
 int dpt_conv_pointwise_block(const dpt_conv2d_desc *d)
@@ -78,9 +80,9 @@ static size_t gbuf_floats(const dpt_conv2d_desc *d)
     size_t most = 0;
     for (int m = 1; m <= nb; m++) {
         const int cols = m * P;
-        const size_t f[3] = {dpt_sgemm_buf_floats(d->c_out, cols, d->c_in),
-                             dpt_sgemm_buf_floats(d->c_out, d->c_in, cols),
-                             dpt_sgemm_buf_floats(d->c_in, cols, d->c_out)};
+        const int ci = d->c_in / groups_of(d), co = d->c_out / groups_of(d);
+        const size_t f[3] = {dpt_sgemm_buf_floats(co, cols, ci), dpt_sgemm_buf_floats(co, ci, cols),
+                             dpt_sgemm_buf_floats(ci, cols, co)};
         for (int k = 0; k < 3; k++)
             most = f[k] > most ? f[k] : most;
     }
@@ -231,6 +233,8 @@ void dpt_conv_pointwise_forward(const dpt_conv2d_desc *d, const float *x, const 
 {
     const pw_loops *L = loops();
     const int P = d->out_h * d->out_w, nb = dpt_conv_pointwise_block(d);
+    const int G = groups_of(d), cg_in = d->c_in / G, cg_out = d->c_out / G;
+    const size_t w_grp = (size_t)cg_out * cg_in;
     const size_t x_img = (size_t)d->c_in * d->h * d->w, y_img = (size_t)d->c_out * P;
     float *xb = work, *yb = work + yb_offset(d), *gbuf = work + gbuf_offset(d);
     double *bs = (double *)(void *)(work + sums_offset(d)), *bq = bs + d->c_out;
@@ -246,8 +250,10 @@ void dpt_conv_pointwise_forward(const dpt_conv2d_desc *d, const float *x, const 
         }
         float *yi = y + i0 * y_img;
         float *C = m == 1 ? yi : yb;
-        dpt_sgemm_buf(0, 0, d->c_out, (int)cols, d->c_in, 1.0f, w, d->c_in, B, (int)cols, 0.0f, C,
-                      (int)cols, gbuf);
+        for (int g = 0; g < G; g++) /* a group's rows of W, B and C */
+            dpt_sgemm_buf(0, 0, cg_out, (int)cols, cg_in, 1.0f, w + g * w_grp, cg_in,
+                          B + g * cg_in * cols, (int)cols, 0.0f, C + g * cg_out * cols, (int)cols,
+                          gbuf);
         for (int i = 0; i < m; i++)
             for (int co = 0; co < d->c_out; co++) {
                 float *dst = yi + i * y_img + (size_t)co * P;
@@ -275,6 +281,8 @@ void dpt_conv_pointwise_backward(const dpt_conv2d_desc *d, const float *x,
     const pw_loops *L = loops();
     const int P = d->out_h * d->out_w, nb = dpt_conv_pointwise_block(d), hw = d->h * d->w;
     const int s = d->stride, ow = d->out_w;
+    const int G = groups_of(d), cg_in = d->c_in / G, cg_out = d->c_out / G;
+    const size_t w_grp = (size_t)cg_out * cg_in;
     const size_t x_img = (size_t)d->c_in * hw, y_img = (size_t)d->c_out * P;
     float *xb = work, *yb = work + yb_offset(d), *gbuf = work + gbuf_offset(d);
     double *bsum = (double *)(void *)(work + sums_offset(d));
@@ -285,8 +293,8 @@ void dpt_conv_pointwise_backward(const dpt_conv2d_desc *d, const float *x,
     for (int i0 = 0; i0 < d->n; i0 += nb) {
         const int m = d->n - i0 < nb ? d->n - i0 : nb;
         const size_t cols = (size_t)m * P;
-        /* G [c_out, cols]: the gradient the convolution uses. */
-        const float *G = dy + i0 * y_img;
+        /* Gr [c_out, cols]: the gradient the convolution uses. */
+        const float *Gr = dy + i0 * y_img;
         if (m > 1 || dya) {
             for (int i = 0; i < m; i++)
                 for (int co = 0; co < d->c_out; co++) {
@@ -299,17 +307,19 @@ void dpt_conv_pointwise_backward(const dpt_conv2d_desc *d, const float *x,
                     else
                         memcpy(row, dy + off, (size_t)P * sizeof *row);
                 }
-            G = yb;
+            Gr = yb;
         }
         for (int co = 0; db && co < d->c_out; co++)
-            bsum[co] += row_sum(G + (size_t)co * cols, (int)cols);
+            bsum[co] += row_sum(Gr + (size_t)co * cols, (int)cols);
         const float *B = x + i0 * x_img;
         if (m > 1 || xa || s > 1) {
             pack_x(d, B, m, xa, xb, cols);
             B = xb;
         }
-        dpt_sgemm_buf(0, 1, d->c_out, d->c_in, (int)cols, 1.0f, G, (int)cols, B, (int)cols,
-                      i0 == 0 ? 0.0f : 1.0f, dw, d->c_in, gbuf);
+        for (int g = 0; g < G; g++)
+            dpt_sgemm_buf(0, 1, cg_out, cg_in, (int)cols, 1.0f, Gr + g * cg_out * cols, (int)cols,
+                          B + g * cg_in * cols, (int)cols, i0 == 0 ? 0.0f : 1.0f, dw + g * w_grp,
+                          cg_in, gbuf);
         if (!dx)
             continue;
         /* dX: straight into dx when it is the matrix, else into xb (done
@@ -317,8 +327,10 @@ void dpt_conv_pointwise_backward(const dpt_conv2d_desc *d, const float *x,
         float *dxi = dx + i0 * x_img;
         const int in_place = m == 1 && s == 1;
         float *D = in_place ? dxi : xb;
-        dpt_sgemm_buf(1, 0, d->c_in, (int)cols, d->c_out, 1.0f, w, d->c_in, G, (int)cols, 0.0f, D,
-                      (int)cols, gbuf);
+        for (int g = 0; g < G; g++)
+            dpt_sgemm_buf(1, 0, cg_in, (int)cols, cg_out, 1.0f, w + g * w_grp, cg_in,
+                          Gr + g * cg_out * cols, (int)cols, 0.0f, D + g * cg_in * cols, (int)cols,
+                          gbuf);
         for (int i = 0; !in_place && i < m; i++)
             for (int ci = 0; ci < d->c_in; ci++) {
                 const float *src = D + (size_t)ci * cols + (size_t)i * P;

@@ -1,7 +1,8 @@
 /* The POINTWISE convolution algorithm (conv2d.c's table entry
- * "pointwise"): 1x1 filters, any stride, no padding, one group. No
- * im2col: with the weights W [c_out, c_in] an image's output is one
- * product over its NCHW planes, y[n] = W · x[n] [c_in, P], made with
+ * "pointwise"): 1x1 filters, any stride and group count, no padding.
+ * No im2col: with the weights W [c_out, c_in] an image's output is one
+ * product over its NCHW planes, y[n] = W · x[n] [c_in, P] (one per group
+ * with groups: the group's rows of W, x and y), made with
  * dptrain's own GEMM (gemm.h) over blocks of images; the input's batch
  * norm and a stride are applied while the block's operand is packed,
  * and the output's batch-norm sums, the bias and the input gradient's
