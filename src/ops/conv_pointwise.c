@@ -54,8 +54,8 @@ int dpt_conv_pointwise_block(const dpt_conv2d_desc *d)
 }
 
 /* work: xb [c_in, nb·P] (the packed input, then the block's dX), yb
- * [c_out, nb·P] (the block's Y, or G), the GEMM's packing buffer, then
- * 3·c_out doubles (bias-gradient sums, a block's output sums). Each part
+ * [c_out, nb·P] (the block's Y, or G), the GEMM's packing buffer, Wᵀ
+ * (per group [c_in/G, c_out/G]), then 3·c_out doubles (bias-gradient sums, a block's output sums). Each part
  * on a 64-byte boundary of work. */
 static size_t up16(size_t f) { return (f + 15) & ~(size_t)15; }
 
@@ -89,7 +89,12 @@ static size_t gbuf_floats(const dpt_conv2d_desc *d)
     return most;
 }
 
-static size_t sums_offset(const dpt_conv2d_desc *d) { return gbuf_offset(d) + up16(gbuf_floats(d)); }
+static size_t wt_offset(const dpt_conv2d_desc *d) { return gbuf_offset(d) + up16(gbuf_floats(d)); }
+
+static size_t sums_offset(const dpt_conv2d_desc *d)
+{
+    return wt_offset(d) + up16((size_t)d->c_out * (d->c_in / groups_of(d)));
+}
 
 size_t dpt_conv_pointwise_work_floats(const dpt_conv2d_desc *d)
 {
@@ -290,6 +295,13 @@ void dpt_conv_pointwise_backward(const dpt_conv2d_desc *d, const float *x,
         bsum[c] = 0.0;
     for (int c = 0; xg && c < 2 * d->c_in; c++)
         xg[c] = 0.0;
+    /* Wᵀ once, so that dX's products read it in place instead of packing
+     * a transposed W for every block. */
+    float *wt = work + wt_offset(d);
+    for (int g = 0; dx && g < G; g++)
+        for (int co = 0; co < cg_out; co++)
+            for (int ci = 0; ci < cg_in; ci++)
+                wt[g * w_grp + (size_t)ci * cg_out + co] = w[g * w_grp + (size_t)co * cg_in + ci];
     for (int i0 = 0; i0 < d->n; i0 += nb) {
         const int m = d->n - i0 < nb ? d->n - i0 : nb;
         const size_t cols = (size_t)m * P;
@@ -328,7 +340,7 @@ void dpt_conv_pointwise_backward(const dpt_conv2d_desc *d, const float *x,
         const int in_place = m == 1 && s == 1;
         float *D = in_place ? dxi : xb;
         for (int g = 0; g < G; g++)
-            dpt_sgemm_buf(1, 0, cg_in, (int)cols, cg_out, 1.0f, w + g * w_grp, cg_in,
+            dpt_sgemm_buf(0, 0, cg_in, (int)cols, cg_out, 1.0f, wt + g * w_grp, cg_out,
                           Gr + g * cg_out * cols, (int)cols, 0.0f, D + g * cg_in * cols, (int)cols,
                           gbuf);
         for (int i = 0; !in_place && i < m; i++)
