@@ -59,6 +59,22 @@ static int one(const char *set, int ta, int tb, int m, int n, int k, float alpha
     dpt_sgemm(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C2, ldc);
     CHECK_MSG(memcmp(C, C2, (size_t)m * ldc * sizeof *C) == 0,
               "%s: two identical calls differ (m %d n %d k %d)", set, m, n, k);
+    /* With the packing buffer given (a NaN-filled one, sized by
+     * dpt_sgemm_buf_floats): the same bits. */
+    {
+        const size_t nbuf = dpt_sgemm_buf_floats(m, n, k);
+        float *buf = malloc((nbuf + 1) * sizeof *buf);
+        if (buf) {
+            for (size_t i = 0; i < nbuf; i++)
+                buf[i] = NAN;
+            memcpy(C2, C0, (size_t)m * ldc * sizeof *C);
+            dpt_sgemm_buf(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C2, ldc,
+                          nbuf ? buf : NULL);
+            CHECK_MSG(memcmp(C, C2, (size_t)m * ldc * sizeof *C) == 0,
+                      "%s: dpt_sgemm_buf differs from dpt_sgemm (m %d n %d k %d)", set, m, n, k);
+        }
+        free(buf);
+    }
     double worst = 0.0;
     int wi = 0, wj = 0;
     for (int i = 0; i < m; i++)
