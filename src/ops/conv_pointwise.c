@@ -2,7 +2,8 @@
  *
  * A 1x1 filter with stride s and no padding reads input pixel
  * (oy·s, ox·s) for output pixel (oy, ox): with W [c_out, c_in] and an
- * image's input seen as X [c_in, P] (P = out_h·out_w, the sampled pixels)
+ * image's input seen as X [c_in, P] (P = out_h·out_w, the sampled pixels;
+ * with G groups each product below is G products on the groups' rows)
  *   forward   Y  [c_out, P] = W · X (+ b)
  *   backward  dW [c_out, c_in] = Σ_images G · Xᵀ   (G: the gradient used)
  *             dX [c_in, P]     = Wᵀ · G, scattered onto the sampled pixels
