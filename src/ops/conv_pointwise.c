@@ -56,8 +56,8 @@ int dpt_conv_pointwise_block(const dpt_conv2d_desc *d)
 
 /* work: xb [c_in, nb·P] (the packed input, then the block's dX), yb
  * [c_out, nb·P] (the block's Y, or G), the GEMM's packing buffer, Wᵀ
- * (per group [c_in/G, c_out/G]), then 3·c_out doubles (bias-gradient sums, a block's output sums). Each part
- * on a 64-byte boundary of work. */
+ * (per group [c_in/G, c_out/G]), then 3·c_out doubles (bias-gradient
+ * sums; a block's output sums). Each part on a 64-byte boundary of work. */
 static size_t up16(size_t f) { return (f + 15) & ~(size_t)15; }
 
 static size_t yb_offset(const dpt_conv2d_desc *d)
