@@ -217,6 +217,10 @@ static void pack_x(const dw_isa *k, const dpt_conv2d_desc *d, const geom *g, con
         k->plane_in(xc, d->h, d->w, xa, ci, xph + (size_t)g->p * W + g->p, (size_t)W);
         return;
     }
+    if (s == 2) {
+        k->pack2(xc, d->h, d->w, xa, ci, g->p, xph, g->psx, (size_t)W);
+        return;
+    }
     /* The padded rows first (zero outside [p, p + w)), all of them before
      * they are split into their s column phases: splitting a row just
      * written would wait on the stores (its loads straddle them). Stride
@@ -390,6 +394,11 @@ void dpt_conv_depthwise_backward(const dpt_conv2d_desc *d, const float *x, const
                     else /* no tap lands on this phase */
                         memset(dst, 0, nq * sizeof *dst);
                 }
+            }
+            if (s == 2) {
+                k->plane_dx2(dxph, g.psq, (size_t)W, d->h, d->w, g.p, dx + xoff, x + xoff,
+                             xg ? xa : NULL, ci, xg ? xg + ci : NULL, xg ? xg + d->c_in + ci : NULL);
+                continue;
             }
             for (int yy = 0; yy < d->h; yy++) {
                 const int u = yy + g.p, a = u % s, r = u / s;

@@ -50,6 +50,14 @@ typedef struct dw_isa {
      * inverse. */
     void (*deint2)(const float *z, int n, float *even, float *odd);
     void (*int2)(const float *even, const float *odd, int n, float *z);
+    /* Stride 2: the four input phase planes (phase (a, b) at (2a + b)·ps,
+     * rows W apart; padding p) from the plane src [h][w] through a (NULL:
+     * as is), in one pass; and plane_dx from the data gradient's phase
+     * planes in that layout. */
+    void (*pack2)(const float *src, int h, int w, const dpt_bn_apply *a, int ch, int p,
+                  float *ph, size_t ps, size_t W);
+    void (*plane_dx2)(const float *ph, size_t ps, size_t W, int h, int w, int p, float *dst,
+                      const float *x, const dpt_bn_apply *a, int ch, double *sg, double *sgx);
 } dw_isa;
 
 #if defined(__x86_64__) || defined(__i386__)

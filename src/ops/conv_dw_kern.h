@@ -320,6 +320,110 @@ static void KN(plane_dx)(const float *const *rows, int h, int w, float *dst, con
     KN(lanes_add)(s1, s2, sg, sgx);
 }
 
+/* ---- stride 2: column phases split and joined in registers ------------ */
+
+/* Lane l < n: all ones. */
+static inline VI KN(first)(int n)
+{
+    VI lane;
+    for (int l = 0; l < VN; l++)
+        lane[l] = l < n ? -1 : 0;
+    return lane;
+}
+
+/* The four phase planes of a stride-2 input (phase (a, b) at (2a + b)·ps,
+ * rows W apart) from the plane src [h][w], through the batch norm a
+ * (channel ch; NULL: as is), padded by p: padded column c = j + p of row
+ * y + p goes to phase (y + p) mod 2, (j + p) mod 2 at row (y + p) / 2,
+ * column (j + p) / 2. Even and odd columns of two vectors are split by
+ * shuffles and stored whole; lanes past w store zeros, which land on
+ * padding or on rows written later (the planes hold a vector past their
+ * last row). */
+static void KN(pack2)(const float *src, int h, int w, const dpt_bn_apply *a, int ch, int p,
+                      float *ph, size_t ps, size_t W)
+{
+    const VT zero = KN(vset1)(0.0f);
+    const VT mv = KN(vset1)(a ? a->mean[ch] : 0.0f), sv = KN(vset1)(a ? a->scale[ch] : 0.0f);
+    const VT tv = KN(vset1)(a ? a->shift[ch] : 0.0f);
+    const int relu = a && a->relu;
+    const size_t oe = (size_t)(p % 2) * ps + (size_t)(p / 2);
+    const size_t oo = (size_t)((p + 1) % 2) * ps + (size_t)((p + 1) / 2);
+    for (int y = 0; y < h; y++, src += w) {
+        float *row = ph + (size_t)((y + p) % 2) * 2 * ps + (size_t)((y + p) / 2) * W;
+        for (int j = 0; j < w; j += 2 * VN) {
+            const int n0 = w - j < VN ? w - j : VN;
+            const int n1 = w - j - VN <= 0 ? 0 : w - j - VN < VN ? w - j - VN : VN;
+            VT lo = n0 == VN ? KN(vload)(src + j) : KN(loadn)(src + j, n0);
+            VT hi = n1 == VN ? KN(vload)(src + j + VN) : n1 ? KN(loadn)(src + j + VN, n1) : zero;
+            if (a) {
+                /* row_in's expression, so both strides agree bit for bit */
+                lo = (lo - mv) * sv + tv;
+                hi = (hi - mv) * sv + tv;
+                if (relu) {
+                    lo = KN(keep)(lo, lo > zero);
+                    hi = KN(keep)(hi, hi > zero);
+                }
+                if (n0 < VN)
+                    lo = KN(keep)(lo, KN(first)(n0));
+                if (n1 < VN)
+                    hi = KN(keep)(hi, KN(first)(n1));
+            }
+            KN(vstore)(row + oe + j / 2, __builtin_shufflevector(lo, hi, DW_EVEN));
+            KN(vstore)(row + oo + j / 2, __builtin_shufflevector(lo, hi, DW_ODD));
+        }
+    }
+}
+
+/* One vector of a dx row: g (lanes past k zeroed) to dst, and with a the
+ * sums of plane_dx. */
+static inline __attribute__((always_inline)) void KN(dx_vec)(VT g, int k, float *dst,
+                                                            const float *x, int bn, VT mv, VT sv,
+                                                            VT tv, int relu, VT *s1, VT *s2)
+{
+    if (k == VN) {
+        KN(vstore)(dst, g);
+    } else {
+        g = KN(keep)(g, KN(first)(k));
+        KN(storen)(dst, g, k);
+    }
+    if (!bn)
+        return;
+    const VT xc = (k == VN ? KN(vload)(x) : KN(loadn)(x, k)) - mv;
+    if (relu)
+        g = KN(keep)(g, xc * sv + tv > KN(vset1)(0.0f));
+    *s1 += g;
+    *s2 += g * xc;
+}
+
+/* plane_dx for stride 2: dst [h][w] joined from the four phase planes of
+ * the data gradient (pack2's layout: phase (a, b) at (2a + b)·ps, rows W
+ * apart, padding p), with xg's sums when a. */
+static void KN(plane_dx2)(const float *ph, size_t ps, size_t W, int h, int w, int p, float *dst,
+                          const float *x, const dpt_bn_apply *a, int ch, double *sg, double *sgx)
+{
+    const VT zero = KN(vset1)(0.0f);
+    const VT mv = KN(vset1)(a ? a->mean[ch] : 0.0f), sv = KN(vset1)(a ? a->scale[ch] : 0.0f);
+    const VT tv = KN(vset1)(a ? a->shift[ch] : 0.0f);
+    const int relu = a && a->relu, bn = a != NULL;
+    const size_t oe = (size_t)(p % 2) * ps + (size_t)(p / 2);
+    const size_t oo = (size_t)((p + 1) % 2) * ps + (size_t)((p + 1) / 2);
+    VT s1 = zero, s2 = zero;
+    for (int y = 0; y < h; y++, dst += w, x += w) {
+        const float *row = ph + (size_t)((y + p) % 2) * 2 * ps + (size_t)((y + p) / 2) * W;
+        for (int j = 0; j < w; j += 2 * VN) {
+            const VT e = KN(vload)(row + oe + j / 2), o = KN(vload)(row + oo + j / 2);
+            const int n0 = w - j < VN ? w - j : VN;
+            KN(dx_vec)(__builtin_shufflevector(e, o, DW_ILO), n0, dst + j, x + j, bn, mv, sv, tv,
+                       relu, &s1, &s2);
+            if (w - j > VN)
+                KN(dx_vec)(__builtin_shufflevector(e, o, DW_IHI), w - j - VN < VN ? w - j - VN : VN,
+                           dst + j + VN, x + j + VN, bn, mv, sv, tv, relu, &s1, &s2);
+        }
+    }
+    if (a)
+        KN(lanes_add)(s1, s2, sg, sgx);
+}
+
 const dw_isa KN(dpt_dw_isa) = {
     .vn = VN,
     .mac = KN(mac),
@@ -330,5 +434,7 @@ const dw_isa KN(dpt_dw_isa) = {
     .plane_dx = KN(plane_dx),
     .deint2 = KN(deint2),
     .int2 = KN(int2),
+    .pack2 = KN(pack2),
+    .plane_dx2 = KN(plane_dx2),
 };
 
