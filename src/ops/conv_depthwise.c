@@ -22,7 +22,16 @@
  *            columns (the largest tap offsets):
  *            Q_ab[r][c] = Σ_{t in phase ab} w[t]·dyp[r + ro − ki·dl/s][c + co − kj·dl/s],
  *            then dx[y][x] = Q_{(y+p) mod s, (x+p) mod s}[(y+p)/s][(x+p)/s]
- *            (for stride 2, phase rows are interleaved with vector shuffles).
+ *            (stride 2: input rows split into their column phases and dx
+ *            rows joined from them by vector shuffles, pack2 and plane_dx2;
+ *            larger strides through padded row copies).
+ * Taps are read in groups (make_groups): sorted by read position, runs of
+ * consecutive positions (a filter row within one phase plane) become one
+ * vector load per output vector plus lane shifts (conv_dw_kern.h), since a
+ * load per tap at an arbitrary float offset straddles two cache lines.
+ * Memory: each plane's inputs are prefetched while the previous plane is
+ * computed in cache (planes are often exactly a page, where the hardware
+ * prefetcher stops).
  * The batch norm below (xa) is applied while an input plane is packed, the
  * one above (dya) while dy is packed, and xg's sums are formed while dx is
  * written: the algorithm is "fused" (conv_algo.h).
@@ -142,8 +151,8 @@ static void make_geom(const dpt_conv2d_desc *d, geom *g)
     g->o_out = o, o += rup(g->nqf, VMAX);
     g->o_dyp = o, o += (size_t)g->m * g->psd;
     g->o_dxph = o, o += (size_t)g->np * g->psq;
-    g->o_zin = o, o += s > 1 ? rup((size_t)d->h * g->zs, VMAX) : 0;
-    g->o_zpl = o, o += s > 1 ? rup((size_t)d->h * g->zs, VMAX) : 0;
+    g->o_zin = o, o += s > 2 ? rup((size_t)d->h * g->zs, VMAX) : 0;
+    g->o_zpl = o, o += s > 2 ? rup((size_t)d->h * g->zs, VMAX) : 0;
     g->o_rows = o, o += rup((size_t)d->h * pf, VMAX);
     g->o_src = o, o += rup((size_t)(g->kt + kt_m) * pf, VMAX);
     g->o_wt = o, o += rup(kt_m, VMAX);
@@ -221,23 +230,16 @@ static void pack_x(const dw_isa *k, const dpt_conv2d_desc *d, const geom *g, con
         k->pack2(xc, d->h, d->w, xa, ci, g->p, xph, g->psx, (size_t)W);
         return;
     }
-    /* The padded rows first (zero outside [p, p + w)), all of them before
-     * they are split into their s column phases: splitting a row just
-     * written would wait on the stores (its loads straddle them). Stride
-     * 2's shuffles write up to a vector past W: into the next row of the
-     * phase, written later or left zero. */
+    /* Larger strides: the padded rows first (zero outside [p, p + w)),
+     * then split into their s column phases element by element. */
     k->plane_in(xc, d->h, d->w, xa, ci, zin + g->p, g->zs);
     for (int y = 0; y < d->h; y++) {
         const int u = y + g->p, a = u % s, r = u / s;
         const float *z = zin + (size_t)y * g->zs;
         float *dst = xph + (size_t)a * s * g->psx + (size_t)r * W;
-        if (s == 2) {
-            k->deint2(z, W, dst, dst + g->psx);
-        } else {
-            for (int b = 0; b < s; b++)
-                for (int c = 0; c < W; c++)
-                    dst[(size_t)b * g->psx + c] = z[(size_t)c * s + b];
-        }
+        for (int b = 0; b < s; b++)
+            for (int c = 0; c < W; c++)
+                dst[(size_t)b * g->psx + c] = z[(size_t)c * s + b];
     }
 }
 
@@ -255,7 +257,7 @@ void dpt_conv_depthwise_forward(const dpt_conv2d_desc *d, const float *x, const 
     int *perm = (int *)(void *)(work + g.o_perm);
     float *wt = work + g.o_wt;
     memset(xph, 0, (size_t)g.np * g.psx * sizeof *xph);
-    if (g.s > 1)
+    if (g.s > 2)
         memset(zin, 0, (size_t)d->h * g.zs * sizeof *zin);
     tap_sources(d, &g, xph, src);
     const int ng = make_groups(src, g.kt, grp, perm);
@@ -310,7 +312,7 @@ void dpt_conv_depthwise_backward(const dpt_conv2d_desc *d, const float *x, const
     memset(xph, 0, (size_t)g.np * g.psx * sizeof *xph);
     memset(dyp, 0, (size_t)m * g.psd * sizeof *dyp);
     memset(dxph, 0, (size_t)g.np * g.psq * sizeof *dxph);
-    if (s > 1)
+    if (s > 2)
         memset(zin, 0, (size_t)d->h * g.zs * sizeof *zin);
     tap_sources(d, &g, xph, src);
     /* Per input phase (a, b): its taps of every one of the m filters, as
@@ -408,13 +410,9 @@ void dpt_conv_depthwise_backward(const dpt_conv2d_desc *d, const float *x, const
                     continue;
                 }
                 float *z = zpl + (size_t)yy * g.zs;
-                if (s == 2) {
-                    k->int2(q0, q0 + g.psq, W, z);
-                } else {
-                    for (int bb = 0; bb < s; bb++)
-                        for (int c = 0; c < W; c++)
-                            z[(size_t)c * s + bb] = q0[(size_t)bb * g.psq + c];
-                }
+                for (int bb = 0; bb < s; bb++)
+                    for (int c = 0; c < W; c++)
+                        z[(size_t)c * s + bb] = q0[(size_t)bb * g.psq + c];
                 rows[yy] = z + g.p;
             }
             k->plane_dx(rows, d->h, d->w, dx + xoff, x + xoff, xg ? xa : NULL, ci,

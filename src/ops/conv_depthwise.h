@@ -46,10 +46,6 @@ typedef struct dw_isa {
      * *sgx. */
     void (*plane_dx)(const float *const *rows, int h, int w, float *dst, const float *x,
                      const dpt_bn_apply *a, int ch, double *sg, double *sgx);
-    /* even[c] = z[2c], odd[c] = z[2c + 1], c < n rounded up to vn; and the
-     * inverse. */
-    void (*deint2)(const float *z, int n, float *even, float *odd);
-    void (*int2)(const float *even, const float *odd, int n, float *z);
     /* Stride 2: the four input phase planes (phase (a, b) at (2a + b)·ps,
      * rows W apart; padding p) from the plane src [h][w] through a (NULL:
      * as is), in one pass; and plane_dx from the data gradient's phase

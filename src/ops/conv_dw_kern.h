@@ -432,8 +432,6 @@ const dw_isa KN(dpt_dw_isa) = {
     .plane_grad = KN(plane_grad),
     .plane_out = KN(plane_out),
     .plane_dx = KN(plane_dx),
-    .deint2 = KN(deint2),
-    .int2 = KN(int2),
     .pack2 = KN(pack2),
     .plane_dx2 = KN(plane_dx2),
 };
