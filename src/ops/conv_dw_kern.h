@@ -34,7 +34,9 @@
 #define DW_SH1 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16
 #define DW_SH2 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17
 #endif
+#ifndef DW_SHIFT /* a set may name its own two-source lane shift */
 #define DW_SHIFT(lo, hi, k) __builtin_shufflevector(lo, hi, DW_SH##k)
+#endif
 
 /* ---- multiply-accumulate over taps ------------------------------------- */
 
@@ -322,13 +324,13 @@ static void KN(plane_dx)(const float *const *rows, int h, int w, float *dst, con
 
 /* ---- stride 2: column phases split and joined in registers ------------ */
 
-/* Lane l < n: all ones. */
+/* Lane l < n: all ones (one compare against constant lane numbers). */
 static inline VI KN(first)(int n)
 {
     VI lane;
     for (int l = 0; l < VN; l++)
-        lane[l] = l < n ? -1 : 0;
-    return lane;
+        lane[l] = l;
+    return lane < n;
 }
 
 /* The four phase planes of a stride-2 input (phase (a, b) at (2a + b)·ps,
