@@ -53,6 +53,7 @@ typedef int vi_dw4 __attribute__((vector_size(4 * 4)));
 #define VI vi_dw4
 #define KN(f) f##_generic
 #define DW_NV 4
+#define DW_SHIFT_LOADS 1
 extern const dw_isa dpt_dw_isa_generic;
 
 static inline VT KN(fma)(VT a, VT b, VT c) { return a * b + c; }
@@ -72,6 +73,7 @@ static inline void KN(storen)(float *p, VT v, int n) { memcpy(p, &v, (size_t)n *
 #undef VI
 #undef KN
 #undef DW_NV
+#undef DW_SHIFT_LOADS
 
 /* Widest vector of any set: the geometry (and so the work size) is the
  * same whichever set runs. */

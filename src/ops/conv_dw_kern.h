@@ -37,6 +37,15 @@
 #ifndef DW_SHIFT /* a set may name its own two-source lane shift */
 #define DW_SHIFT(lo, hi, k) __builtin_shufflevector(lo, hi, DW_SH##k)
 #endif
+/* The vector at ptr + k (lo, hi loaded at ptr, ptr + VN). A set whose
+ * two-source shuffles cost more than an unaligned load (the portable
+ * 4-float set: short vectors rarely straddle a line, and its 16 registers
+ * would spill) defines DW_SHIFT_LOADS and loads it. */
+#ifdef DW_SHIFT_LOADS
+#define DW_SHV(lo, hi, k, ptr) KN(vload)((ptr) + (k))
+#else
+#define DW_SHV(lo, hi, k, ptr) DW_SHIFT(lo, hi, k)
+#endif
 
 /* ---- multiply-accumulate over taps ------------------------------------- */
 
@@ -58,9 +67,9 @@ static inline __attribute__((always_inline)) void KN(grp_mac)(const float *p, co
     for (int v = 0; v < nv; v++) {
         const VT hi = KN(vload)(p + (size_t)(v + 1) * VN);
         acc[v] = KN(fma)(w0, lo, acc[v]);
-        acc[v] = KN(fma)(w1, DW_SHIFT(lo, hi, 1), acc[v]);
+        acc[v] = KN(fma)(w1, DW_SHV(lo, hi, 1, p + (size_t)v * VN), acc[v]);
         if (n > 2)
-            acc[v] = KN(fma)(w2, DW_SHIFT(lo, hi, 2), acc[v]);
+            acc[v] = KN(fma)(w2, DW_SHV(lo, hi, 2, p + (size_t)v * VN), acc[v]);
         lo = hi;
     }
 }
@@ -134,8 +143,8 @@ static inline __attribute__((always_inline)) void KN(dot_blk)(const float *g, co
         for (int b = 0; b < nb; b++) {
             const VT hi = KN(vload)(grp[b].p + q + VN);
             acc[b][0] = KN(fma)(gv, lo[b], acc[b][0]);
-            acc[b][1] = KN(fma)(gv, DW_SHIFT(lo[b], hi, 1), acc[b][1]);
-            acc[b][2] = KN(fma)(gv, DW_SHIFT(lo[b], hi, 2), acc[b][2]);
+            acc[b][1] = KN(fma)(gv, DW_SHV(lo[b], hi, 1, grp[b].p + q), acc[b][1]);
+            acc[b][2] = KN(fma)(gv, DW_SHV(lo[b], hi, 2, grp[b].p + q), acc[b][2]);
             lo[b] = hi;
         }
     }
