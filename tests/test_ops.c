@@ -1470,6 +1470,10 @@ static void depthwise_cases(dpt_rng *rng)
         {1, 2, 1, 1, 1, 1, 1, 2, 1, 1},   {2, 3, 1, 5, 1, 3, 1, 1, 1, 2},
         {1, 2, 1, 9, 9, 7, 3, 3, 2, 1},   {1, 2, 1, 3, 20, 3, 2, 2, 1, 2},
         {2, 2, 2, 7, 7, 7, 1, 0, 1, 2},   {1, 3, 1, 6, 35, 3, 3, 2, 2, 0},
+        /* stride 2 on rows of several 2-vector chunks for every set (the
+         * phases split and joined in registers), odd and even padding */
+        {2, 3, 1, 9, 45, 3, 2, 1, 1, 2},  {1, 2, 2, 6, 70, 3, 2, 2, 1, 1},
+        {2, 2, 1, 7, 33, 3, 2, 0, 1, 2},
     };
     for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {
         const int *a = cs[i];

@@ -10,17 +10,24 @@
 
 #include <stddef.h>
 
-/* Accumulators of the weight-gradient dot products: taps per pass. */
-#define DW_TB 9
+/* A run of n (1 to DW_GMAX) taps reading consecutive floats from p on:
+ * the kernels read p[q + k] for k < n as shifts of vectors loaded at p + q
+ * (and a vector past the last position read, so every plane read through
+ * a group has VN floats of slack past it). */
+#define DW_GMAX 3
+typedef struct dw_grp {
+    const float *p;
+    int n;
+} dw_grp;
 
 typedef struct dw_isa {
     int vn; /* floats per vector */
-    /* out[q] = bias + Σ_j wt[j]·src[j][q], q < nq (a multiple of vn; src
-     * readable that far). */
-    void (*mac)(const float *const *src, const float *wt, int nt, float bias, float *out,
-                size_t nq);
-    /* res[j] += Σ_q g[q]·src[j][q], q < nq (a multiple of vn), j < nt. */
-    void (*dots)(const float *g, const float *const *src, int nt, size_t nq, double *res);
+    /* out[q] = bias + Σ_e wt[e]·src_e[q], q < nq (a multiple of vn), the
+     * taps e as ng groups, wt in their order. */
+    void (*mac)(const dw_grp *grp, int ng, const float *wt, float bias, float *out, size_t nq);
+    /* res[e] += Σ_q g[q]·src_e[q], q < nq (a multiple of vn), for the taps
+     * e of the ng groups in their order. */
+    void (*dots)(const float *g, const dw_grp *grp, int ng, size_t nq, double *res);
     /* A plane [h][w] into rows ds apart: as is, or through the batch norm
      * a (forward: channel ch of a; may be NULL). */
     void (*plane_in)(const float *src, int h, int w, const dpt_bn_apply *a, int ch, float *dst,
@@ -39,10 +46,14 @@ typedef struct dw_isa {
      * *sgx. */
     void (*plane_dx)(const float *const *rows, int h, int w, float *dst, const float *x,
                      const dpt_bn_apply *a, int ch, double *sg, double *sgx);
-    /* even[c] = z[2c], odd[c] = z[2c + 1], c < n rounded up to vn; and the
-     * inverse. */
-    void (*deint2)(const float *z, int n, float *even, float *odd);
-    void (*int2)(const float *even, const float *odd, int n, float *z);
+    /* Stride 2: the four input phase planes (phase (a, b) at (2a + b)·ps,
+     * rows W apart; padding p) from the plane src [h][w] through a (NULL:
+     * as is), in one pass; and plane_dx from the data gradient's phase
+     * planes in that layout. */
+    void (*pack2)(const float *src, int h, int w, const dpt_bn_apply *a, int ch, int p,
+                  float *ph, size_t ps, size_t W);
+    void (*plane_dx2)(const float *ph, size_t ps, size_t W, int h, int w, int p, float *dst,
+                      const float *x, const dpt_bn_apply *a, int ch, double *sg, double *sgx);
 } dw_isa;
 
 #if defined(__x86_64__) || defined(__i386__)

@@ -38,6 +38,12 @@ static inline void KN(storen)(float *p, VT v, int n)
     _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1u), (__m512)v);
 }
 
+/* valignd: a three-operand shift (the generic shuffle becomes vpermt2ps,
+ * which overwrites a source and costs a register copy per shift). */
+#define DW_SHIFT(lo, hi, k)                                                                 \
+    ((VT)_mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512((__m512)(hi)),            \
+                                                 _mm512_castps_si512((__m512)(lo)), k)))
+
 #include "ops/conv_dw_kern.h"
 #include "ops/pool_kern.h"
 
