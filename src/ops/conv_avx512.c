@@ -40,6 +40,16 @@
 #define VLOAD_MAP_A(p, e) _mm512_maskz_loadu_ps((__mmask16)(e).bits_a, (p))
 #define VLOAD_MAP_B(p, e) _mm512_maskz_loadu_ps((__mmask16)(e).bits_b, (p))
 #define VKEEP_MAP(v, e) _mm512_maskz_mov_ps((__mmask16)((e).bits_a | (e).bits_b), (v))
+/* Even and odd lanes of the 32 floats (a, b). */
+#define VDEINT(a, b, ev, od)                                                                   \
+    do {                                                                                       \
+        const __m512i ie_ = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24,   \
+                                              26, 28, 30);                                     \
+        const __m512i io_ = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25,   \
+                                              27, 29, 31);                                     \
+        (ev) = _mm512_permutex2var_ps((a), ie_, (b));                                          \
+        (od) = _mm512_permutex2var_ps((a), io_, (b));                                          \
+    } while (0)
 #define FWD_CB 5
 #define FWD_NV 4
 /* pp[c·ks + j] += the sum of the lanes of acc[c][j] (4 channels x 5 taps,

@@ -163,7 +163,8 @@ static void make_geom(const conv_isa *isa, const dpt_conv2d_desc *d, int nb, geo
     const size_t span = (size_t)(nb - 1) * g->rp; /* stacked rows before the last image */
     g->wx = (int)round_up((size_t)d->w + d->pad, (size_t)s);
     g->hx = (int)round_up(span * s + d->h + 2 * (size_t)d->pad, (size_t)s);
-    g->ps_t = s > 1 ? round_up((size_t)g->hx * g->wx, ALIGN_F) : 0;
+    /* Stride 2 packs straight into the phase planes (pack_s2): no tmp. */
+    g->ps_t = s > 2 ? round_up((size_t)g->hx * g->wx, ALIGN_F) : 0;
     g->wp = g->wx / s;
     g->hp = g->hx / s;
     g->nq_f = (int)round_up((span + d->out_h) * g->wp, (size_t)vw);
@@ -476,11 +477,16 @@ static void split_phases(const float *tmp, int c, const geom *g, float *xp)
 }
 
 /* Image j of a block's input (through xa when given) into the planes the
- * kernels read: straight into xp at stride 1, into tmp at stride s (split
- * into phases once the block is packed). */
+ * kernels read: straight into xp at strides 1 and 2 (its phase planes),
+ * into tmp at stride s > 2 (split into phases once the block is packed). */
 static void pack_input(const conv_isa *isa, const dpt_conv2d_desc *d, const geom *g, int j,
                        const float *xi, const dpt_bn_apply *xa, float *xp, float *tmp)
 {
+    if (g->s == 2) {
+        isa->pack_s2(xi, d->c_in, d->h, d->w, d->pad, (size_t)j * g->rp * 2, g->wp, g->ps_x,
+                     g->ps_ph, g->used, xp, xa);
+        return;
+    }
     const size_t row0 = (size_t)j * g->rp * g->s * g->wx;
     float *dst = (g->s == 1 ? xp : tmp) + row0;
     const size_t ps = g->s == 1 ? g->ps_x : g->ps_t;
@@ -539,7 +545,7 @@ static void forward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb,
          * block zeroes the slots of the images it lacks too. */
         if (i0 == 0 || nbk < nb) {
             zero_planes(xp, d->c_in, g.ps_x);
-            if (g.s > 1)
+            if (g.s > 2)
                 zero_planes(tmp, d->c_in, g.ps_t);
         }
         float *yb = y + i0 * y_img;
@@ -553,7 +559,7 @@ static void forward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb,
         }
         for (int j = 0; j < nbk; j++)
             pack_input(isa, d, &g, j, x + (i0 + j) * x_img, xa, xp, tmp);
-        if (g.s > 1)
+        if (g.s > 2)
             split_phases(tmp, d->c_in, &g, xp);
         if (map) {
             if (map_nbk != nbk)
@@ -742,7 +748,7 @@ static void backward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb
          * weight gradient's last vector may reach into them). */
         if (i0 == 0 || nbk < nb) {
             zero_planes(xp, d->c_in, g.ps_x);
-            if (s > 1)
+            if (s > 2)
                 zero_planes(tmp, d->c_in, g.ps_t);
             if (g.same || dx)
                 zero_planes(dyp, d->c_out, g.ps_d);
@@ -794,7 +800,7 @@ static void backward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb
                 bsum[co] += sm;
             }
         }
-        if (s > 1)
+        if (s > 2)
             split_phases(tmp, d->c_in, &g, xp);
         isa->dw(dptr, g.co_pw, xptr, g.k_pw, block_nq(&g, nbk, d->out_h, g.wp, vw), part, reduced,
                 pfp);

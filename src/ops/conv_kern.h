@@ -18,6 +18,8 @@
  *   VKEEP2(v, hi_a, lo_b, hi_b) v with lanes outside [0, hi_a) and
  *                   [lo_b, hi_b) zeroed
  *   VSUB, VMUL      a − b, a · b
+ *   VDEINT(a, b, ev, od)  ev = lanes 0, 2, 4, … of the pair (a, b) (a's
+ *                   lanes first), od = lanes 1, 3, 5, …
  *   VHSUM(v)        the sum of v's lanes (a fixed order: deterministic)
  *   DW_FLUSH_REDUCED(acc, pp, ks)  optional: pp[c·ks + j] += VHSUM(acc[c][j])
  *                   for the whole weight-gradient tile, done faster
@@ -393,9 +395,73 @@ static void KERN(pad_bnback)(const float *g, const float *yv, int c, int h, int 
     KERN(pack)(g, yv, c, h, w, ph, pw, wp, ps, dst, a, PACK_BNBACK, csum);
 }
 
+/* Stride 2: image rows straight into the four phase planes (conv_direct.c's
+ * polyphase layout) instead of a padded plane split afterwards by a
+ * strided scalar copy (that split and its extra pass were a fifth of a
+ * strided layer's forward). Input row iy is padded row py = row0 + pad +
+ * iy, phase (py & 1) at phase row py >> 1; column ix is padded column px =
+ * pad + ix, phase px & 1 at px >> 1. Each run of 2·VW columns is loaded,
+ * passed through the batch norm (a, NULL: none; the same expression as
+ * pack's PACK_BN, so the same bits), and split into its even and odd
+ * columns (VDEINT). Phase planes of channel ch start at dst + ch·ps_x, the
+ * plane of phase (ra, cb) at + (2·ra + cb)·ps_ph, rows wp apart; only the
+ * phases some tap reads (used[2·ra + cb]) are written; padding untouched. */
+static void KERN(pack_s2)(const float *src, int c, int h, int w, int pad, size_t row0, int wp,
+                          size_t ps_x, size_t ps_ph, const unsigned char *used, float *dst,
+                          const dpt_bn_apply *a)
+{
+    const VEC zero = VZERO();
+    for (int ch = 0; ch < c; ch++) {
+        const float *s = src + (size_t)ch * h * w;
+        float *pc = dst + (size_t)ch * ps_x;
+        VEC m = zero, sc = zero, sh = zero;
+        if (a)
+            m = VSET1(a->mean[ch]), sc = VSET1(a->scale[ch]), sh = VSET1(a->shift[ch]);
+        for (int y = 0; y < h; y++, s += w) {
+            const size_t py = row0 + (size_t)pad + (size_t)y;
+            const int ra = (int)(py & 1);
+            float *r0 = used[2 * ra] ? pc + (size_t)(2 * ra) * ps_ph + (py >> 1) * wp : NULL;
+            float *r1 = used[2 * ra + 1] ? pc + (size_t)(2 * ra + 1) * ps_ph + (py >> 1) * wp
+                                         : NULL;
+            if (!r0 && !r1)
+                continue;
+            for (int x = 0; x < w; x += 2 * VW) {
+                const int n = w - x < 2 * VW ? w - x : 2 * VW;
+                VEC v0 = n >= VW ? VLOAD(s + x) : VLOAD_N(s + x, n);
+                VEC v1 = n >= 2 * VW ? VLOAD(s + x + VW)
+                         : n > VW    ? VLOAD_N(s + x + VW, n - VW)
+                                     : zero;
+                if (a) {
+                    v0 = VADD(VMUL(VSUB(v0, m), sc), sh);
+                    v1 = VADD(VMUL(VSUB(v1, m), sc), sh);
+                    if (a->relu)
+                        v0 = VKEEPGT0(v0, v0, zero), v1 = VKEEPGT0(v1, v1, zero);
+                }
+                VEC ev, od;
+                VDEINT(v0, v1, ev, od);
+                /* Even columns x + 2k: padded pad + x + 2k; odd: one more. */
+                const int pe = pad + x, ne = (n + 1) / 2, no = n / 2;
+                float *de = (pe & 1) ? r1 : r0, *dd = (pe & 1) ? r0 : r1;
+                if (de) {
+                    if (ne == VW)
+                        VSTORE(de + (pe >> 1), ev);
+                    else
+                        VSTORE_RANGE(de + (pe >> 1), ev, 0, ne);
+                }
+                if (dd && no) {
+                    if (no == VW)
+                        VSTORE(dd + ((pe + 1) >> 1), od);
+                    else
+                        VSTORE_RANGE(dd + ((pe + 1) >> 1), od, 0, no);
+                }
+            }
+        }
+    }
+}
+
 /* The table kernels.c picks from (conv_direct.h), named KERN(dpt_conv_isa). */
 const conv_isa KERN(dpt_conv_isa) = {
     .name = ISA_NAME, .vw = VW, .fwd_cb = FWD_CB, .fwd_nv = FWD_NV, .dw_cb = DW_CB,
     .dw_kb = DW_KB, .fwd = KERN(fwd), .dw = KERN(dw), .pad = KERN(pad),
-    .pad_bn = KERN(pad_bn), .pad_bnback = KERN(pad_bnback),
+    .pad_bn = KERN(pad_bn), .pad_bnback = KERN(pad_bnback), .pack_s2 = KERN(pack_s2),
 };
