@@ -89,7 +89,7 @@ typedef struct geom {
     size_t ps_d;
     int nq_b;                   /* data-gradient positions (the most of any phase) */
     int nq_w;                   /* weight-gradient positions (out_h·wp rounded to vw) */
-    int same;                   /* dyw is a view into dyp (stride 1) */
+    int same;                   /* dyw is a view into dyp (rows as wide) */
     int map_f, map_b;           /* outputs stored through a conv_out_map */
     int co_pf, ci_pf;           /* channel counts padded to fwd_cb */
     int co_pw, k_pw;            /* padded to dw_cb, dw_kb */
@@ -207,7 +207,12 @@ static void make_geom(const conv_isa *isa, const dpt_conv2d_desc *d, int nb, geo
                 need = max_z(need, (size_t)g->u0[a] * g->wd + g->v0[b] + nq +
                                        (size_t)g->ry * g->wd + g->rx);
             }
-        g->same = 0;
+        /* Rows as wide as the phase planes' (3x3 stride 2 padding 1 and most
+         * others): the weight gradient's dy is the interior of dyp, as at
+         * stride 1, so dy goes through the batch norm's backward once. */
+        g->same = g->wd == g->wp;
+        if (g->same)
+            need = max_z(need, (size_t)g->pdh * g->wd + g->pdw + g->nq_w);
         g->map_b = 0;
     }
     g->ps_d = round_up(need, ALIGN_F);
