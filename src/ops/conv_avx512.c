@@ -50,6 +50,16 @@
         (ev) = _mm512_permutex2var_ps((a), ie_, (b));                                          \
         (od) = _mm512_permutex2var_ps((a), io_, (b));                                          \
     } while (0)
+/* Lanes of e and o alternating: e0 o0 e1 o1 ... (lo: lanes 0-7 of each). */
+#define VINTER(e, o, lo, hi)                                                                   \
+    do {                                                                                       \
+        const __m512i il_ = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, \
+                                              7, 23);                                          \
+        const __m512i ih_ = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29,    \
+                                              14, 30, 15, 31);                                 \
+        (lo) = _mm512_permutex2var_ps((e), il_, (o));                                          \
+        (hi) = _mm512_permutex2var_ps((e), ih_, (o));                                          \
+    } while (0)
 #define FWD_CB 5
 #define FWD_NV 4
 /* pp[c·ks + j] += the sum of the lanes of acc[c][j] (4 channels x 5 taps,

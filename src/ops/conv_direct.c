@@ -226,8 +226,10 @@ static void make_geom(const conv_isa *isa, const dpt_conv2d_desc *d, int nb, geo
     g->ys_f = round_up((size_t)g->nq_f, ALIGN_F);
     g->ys_b = round_up((size_t)g->nq_b, ALIGN_F);
     size_t out = g->map_f ? 0 : (size_t)d->c_out * g->ys_f;
-    if ((!g->map_b || s > 1) && (size_t)d->c_in * g->ys_b > out)
-        out = (size_t)d->c_in * g->ys_b;
+    /* Stride 2: both column phases of a row phase at once (unsplit_s2). */
+    const size_t n_out_b = (size_t)d->c_in * g->ys_b * (s == 2 ? 2 : 1);
+    if ((!g->map_b || s > 1) && n_out_b > out)
+        out = n_out_b;
     size_t wpk = (size_t)g->co_pf * g->k_total;
     if ((size_t)g->ci_pf * d->c_out * g->kt > wpk)
         wpk = (size_t)g->ci_pf * d->c_out * g->kt;
@@ -813,6 +815,36 @@ static void backward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb
             continue;
         float *dxb = dx + i0 * x_img;
         const float *xb = x + i0 * x_img;
+        if (s == 2) {
+            /* Per row phase, both column phases, then interleaved into dx.
+             * Even dx columns ix = 2k are padded columns 2k + pad, phase
+             * be = pad & 1 at v = k + (pad >> 1) = v0[be] + k; odd ones
+             * phase 1 - be at v0[1 - be] + k (phase_span), so column k of
+             * each phase's output is dx column 2k or 2k + 1. */
+            const int be = d->pad & 1;
+            for (int a = 0; a < 2; a++) {
+                if (!g.nu[a])
+                    continue;
+                float *ob[2] = {NULL, NULL};
+                for (int b = 0; b < 2; b++) {
+                    const int p = a * 2 + b;
+                    if (!g.nv[b] || !ph_n[p])
+                        continue;
+                    ob[b] = out + (size_t)b * d->c_in * g.ys_b;
+                    const int nq = (int)round_up(
+                        ((size_t)(nbk - 1) * g.rp + g.nu[a] - 1) * g.wd + g.nv[b], (size_t)vw);
+                    isa->fwd(dyp + (size_t)g.u0[a] * g.wd + g.v0[b], g.ps_d, d->c_out, ph_n[p],
+                             od + ph_at[p], wpk + (size_t)g.ci_pf * d->c_out * ph_at[p], NULL,
+                             d->c_in, ob[b], g.ys_b, nq, NULL, NULL, NULL, NULL, pfp);
+                }
+                isa->unsplit_s2(ob[be], ob[1 - be], g.ys_b, g.wd, g.rp, d->c_in, nbk, g.nu[a],
+                                g.u0[a] * 2 + a - d->pad, d->h, d->w, x_img, dxb);
+            }
+            for (int j = 0; xg_s && j < nbk; j++)
+                dpt_bn_grad_sums(xb + j * x_img, dxb + j * x_img, 1, d->c_in, d->h * d->w, xa,
+                                 xg_s, xg_x);
+            continue;
+        }
         if (s > 1) {
             for (int a = 0; a < s; a++)
                 for (int b = 0; b < s; b++) {

@@ -76,6 +76,9 @@ typedef struct conv_isa {
     void (*pack_s2)(const float *src, int c, int h, int w, int pad, size_t row0, int wp,
                     size_t ps_x, size_t ps_ph, const unsigned char *used, float *dst,
                     const dpt_bn_apply *a);
+    /* Stride 2: two column phases of the data gradient back into dx rows. */
+    void (*unsplit_s2)(const float *oe, const float *oo, size_t ys, int wd, int rp, int c,
+                       int nbk, int nu, int iy0, int h, int w, size_t x_img, float *dx);
 } conv_isa;
 
 #if defined(__x86_64__) || defined(__i386__)

@@ -20,6 +20,7 @@
  *   VSUB, VMUL      a − b, a · b
  *   VDEINT(a, b, ev, od)  ev = lanes 0, 2, 4, … of the pair (a, b) (a's
  *                   lanes first), od = lanes 1, 3, 5, …
+ *   VINTER(e, o, lo, hi)  its inverse: (lo, hi) = e0 o0 e1 o1 …
  *   VHSUM(v)        the sum of v's lanes (a fixed order: deterministic)
  *   DW_FLUSH_REDUCED(acc, pp, ks)  optional: pp[c·ks + j] += VHSUM(acc[c][j])
  *                   for the whole weight-gradient tile, done faster
@@ -243,6 +244,18 @@ static void KERN(fwd)(const float *x, size_t ps, int c_in, int kt, const int *of
         KERN(fwd_body)(x, ps, c_in, 25, off, wpk, bias, c_out, y, ys, nq, map, stats, bx, ba, pf,
                        k25);
         break;
+    /* The phases of a 3x3 stride-2 data gradient (2x2, 2x1, 1x2, 1x1 taps)
+     * and 1x1 filters: with the tap loop a variable, its bookkeeping cost
+     * as much as the multiply-adds of so few taps. */
+    case 4:
+        KERN(fwd_body)(x, ps, c_in, 4, off, wpk, bias, c_out, y, ys, nq, map, stats, bx, ba, pf, kv);
+        break;
+    case 2:
+        KERN(fwd_body)(x, ps, c_in, 2, off, wpk, bias, c_out, y, ys, nq, map, stats, bx, ba, pf, kv);
+        break;
+    case 1:
+        KERN(fwd_body)(x, ps, c_in, 1, off, wpk, bias, c_out, y, ys, nq, map, stats, bx, ba, pf, kv);
+        break;
     default:
         KERN(fwd_body)(x, ps, c_in, kt, off, wpk, bias, c_out, y, ys, nq, map, stats, bx, ba, pf,
                        kv);
@@ -459,9 +472,46 @@ static void KERN(pack_s2)(const float *src, int c, int h, int w, int pad, size_t
     }
 }
 
+/* Stride 2, data gradient: the wide outputs of the two column phases of
+ * row phase a (oe: the phase of the even dx columns, oo: the odd ones;
+ * NULL: a phase no tap reaches, zeros) interleaved back into dense dx rows
+ * (VINTER), instead of a scalar store every other float. Phase buffers:
+ * c planes ys apart, image j's rows from j·rp·wd, rows wd apart, dx row
+ * iy0 + 2u from phase row u < nu; even dx column 2k is oe's column k, odd
+ * column 2k + 1 is oo's (conv_direct.c's unsplit_phases says why). */
+static void KERN(unsplit_s2)(const float *oe, const float *oo, size_t ys, int wd, int rp, int c,
+                             int nbk, int nu, int iy0, int h, int w, size_t x_img, float *dx)
+{
+    const VEC zero = VZERO();
+    for (int ch = 0; ch < c; ch++)
+        for (int j = 0; j < nbk; j++)
+            for (int u = 0; u < nu; u++) {
+                const size_t at = (size_t)ch * ys + ((size_t)j * rp + u) * wd;
+                const float *re = oe ? oe + at : NULL, *ro = oo ? oo + at : NULL;
+                float *d = dx + (size_t)j * x_img + ((size_t)ch * h + iy0 + 2 * u) * w;
+                for (int x = 0; x < w; x += 2 * VW) {
+                    const int n = w - x < 2 * VW ? w - x : 2 * VW;
+                    const int k = x / 2, ne = (n + 1) / 2, no = n / 2;
+                    VEC e = !re ? zero : ne == VW ? VLOAD(re + k) : VLOAD_N(re + k, ne);
+                    VEC o = !ro || !no ? zero : no == VW ? VLOAD(ro + k) : VLOAD_N(ro + k, no);
+                    VEC lo, hi;
+                    VINTER(e, o, lo, hi);
+                    if (n >= VW)
+                        VSTORE(d + x, lo);
+                    else
+                        VSTORE_RANGE(d + x, lo, 0, n);
+                    if (n == 2 * VW)
+                        VSTORE(d + x + VW, hi);
+                    else if (n > VW)
+                        VSTORE_RANGE(d + x + VW, hi, 0, n - VW);
+                }
+            }
+}
+
 /* The table kernels.c picks from (conv_direct.h), named KERN(dpt_conv_isa). */
 const conv_isa KERN(dpt_conv_isa) = {
     .name = ISA_NAME, .vw = VW, .fwd_cb = FWD_CB, .fwd_nv = FWD_NV, .dw_cb = DW_CB,
     .dw_kb = DW_KB, .fwd = KERN(fwd), .dw = KERN(dw), .pad = KERN(pad),
     .pad_bn = KERN(pad_bn), .pad_bnback = KERN(pad_bnback), .pack_s2 = KERN(pack_s2),
+    .unsplit_s2 = KERN(unsplit_s2),
 };
