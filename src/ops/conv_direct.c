@@ -412,6 +412,8 @@ static void make_map(conv_out_map *map, int nq, int vw, int oh, int ow, int wp, 
     }
 }
 
+#define PREFETCH_MAX_PER 8 /* lines per kernel step, at most */
+
 /* Spread over `steps` kernel tiles or blocks (the kernels step once per
  * whole tile or block): the lines of up to three regions (NULL: none). */
 static void prefetch_plan(conv_prefetch *pf, const void *a, const void *b, const void *c,
@@ -425,6 +427,14 @@ static void prefetch_plan(conv_prefetch *pf, const void *a, const void *b, const
         total += pf->lines[i];
     }
     pf->per = steps ? (total + steps - 1) / steps : 0;
+    /* Few, short steps (the stem's weight gradient: 16 tiles of 9 taps an
+     * image, 200 lines each) would issue prefetches faster than memory
+     * answers them, and a prefetch that finds the miss queue full stalls:
+     * its backward ran 1.6x slower than with none. Capped, the rest of the
+     * next block comes through the hardware prefetchers as the pack reads
+     * it; the layers the plan was made for step fewer lines than this. */
+    if (pf->per > PREFETCH_MAX_PER)
+        pf->per = PREFETCH_MAX_PER;
     pf->r = 0;
     pf->j = 0;
 }
