@@ -40,15 +40,15 @@ static float *randn(dpt_rng *r, size_t n, float s)
     return p;
 }
 
-/* One layer: c_in -> c_out, hw x hw, 3x3 pad 1; bn_in: a batch norm + ReLU
+/* One layer: c_in -> c_out, hw x hw, k x k filter, padding pad; bn_in: a batch norm + ReLU
  * applied to the input on the fly; dx: the input gradient is computed. */
 static int no_dnnl;
 
-static void shape(dpt_rng *rng, const char *name, int n, int c_in, int hw, int c_out, int stride,
-                  int bn_in, int dx_needed, int rounds)
+static void shape(dpt_rng *rng, const char *name, int n, int c_in, int hw, int c_out, int k,
+                  int stride, int pad, int bn_in, int dx_needed, int rounds)
 {
-    dpt_conv2d_desc d = {.n = n, .c_in = c_in, .h = hw, .w = hw, .c_out = c_out, .kh = 3,
-                         .kw = 3, .stride = stride, .pad = 1};
+    dpt_conv2d_desc d = {.n = n, .c_in = c_in, .h = hw, .w = hw, .c_out = c_out, .kh = k,
+                         .kw = k, .stride = stride, .pad = pad};
     if (dpt_conv2d_desc_init(&d) != 0)
         return;
     const int algos[2] = {DPT_CONV_ALGO_DIRECT, DPT_CONV_ALGO_DNNL};
@@ -56,7 +56,7 @@ static void shape(dpt_rng *rng, const char *name, int n, int c_in, int hw, int c
     if (!no_dnnl && dpt_conv_algo_supports(DPT_CONV_ALGO_DNNL, &d))
         na = 2;
     const size_t nx = (size_t)n * c_in * hw * hw, ny = (size_t)n * c_out * d.out_h * d.out_w;
-    const size_t nw = (size_t)c_out * c_in * 9;
+    const size_t nw = (size_t)c_out * c_in * k * k;
     float *x = randn(rng, nx, 1.0f), *dx = randn(rng, nx, 1.0f), *y = randn(rng, ny, 1.0f);
     float *dy = randn(rng, ny, 1.0f), *yb = randn(rng, ny, 1.0f), *w = randn(rng, nw, 0.3f);
     float *dw = randn(rng, nw, 1.0f), *db = randn(rng, c_out, 1.0f);
@@ -91,9 +91,9 @@ static void shape(dpt_rng *rng, const char *name, int n, int c_in, int hw, int c
             if (t2 - t1 < best[a][1])
                 best[a][1] = t2 - t1;
         }
-    const double fl = 2.0 * 9 * c_in * (double)ny, flb = fl * (dx_needed ? 2 : 1);
-    printf("%-9s %2dx%-2dx%-3d -> %3d s%d n%d: fwd direct %6.3f ms %6.1f GF/s", name, hw, hw,
-           c_in, c_out, stride, n, 1e3 * best[0][0], fl / best[0][0] * 1e-9);
+    const double fl = 2.0 * k * k * c_in * (double)ny, flb = fl * (dx_needed ? 2 : 1);
+    printf("%-9s %2dx%-2dx%-3d -> %3d k%d s%d n%d: fwd direct %6.3f ms %6.1f GF/s", name, hw, hw,
+           c_in, c_out, k, stride, n, 1e3 * best[0][0], fl / best[0][0] * 1e-9);
     if (na == 2)
         printf(" dnnl %6.3f (%.2fx)", 1e3 * best[1][0], best[1][0] / best[0][0]);
     printf(" | bwd direct %6.3f ms %6.1f GF/s", 1e3 * best[0][1], flb / best[0][1] * 1e-9);
@@ -139,16 +139,22 @@ int main(int argc, char **argv)
            dpt_ops_kernels(), batch, rounds);
     static const struct {
         const char *name;
-        int c_in, hw, c_out, stride, bn_in, dx;
+        int c_in, hw, c_out, k, stride, pad, bn_in, dx;
     } L[] = {
-        {"stem28", 1, 28, 32, 1, 0, 0},   {"stem32", 3, 32, 32, 1, 0, 0},
-        {"r28_b1c1", 32, 14, 32, 1, 1, 1}, {"r28_b2c1", 32, 14, 64, 2, 0, 1}, {"r32_b2c1", 32, 16, 64, 2, 0, 1},
-        {"vgg_c2a", 32, 32, 64, 2, 1, 1},  {"vgg_c3a", 64, 16, 128, 2, 1, 1},
-        {"vgg_c4a", 128, 8, 256, 2, 1, 1},
+        /* the example network's first layer (5x5, 20 filters, no padding) */
+        {"ex_conv1", 1, 28, 20, 5, 1, 0, 0, 0},
+        {"stem28", 1, 28, 32, 3, 1, 1, 0, 0},
+        {"stem32", 3, 32, 32, 3, 1, 1, 0, 0},
+        {"r28_b1c1", 32, 14, 32, 3, 1, 1, 1, 1},
+        {"r28_b2c1", 32, 14, 64, 3, 2, 1, 0, 1},
+        {"r32_b2c1", 32, 16, 64, 3, 2, 1, 0, 1},
+        {"vgg_c2a", 32, 32, 64, 3, 2, 1, 1, 1},
+        {"vgg_c3a", 64, 16, 128, 3, 2, 1, 1, 1},
+        {"vgg_c4a", 128, 8, 256, 3, 2, 1, 1, 1},
     };
     for (size_t i = 0; i < sizeof L / sizeof *L; i++)
         if (!only || strstr(L[i].name, only))
-            shape(&rng, L[i].name, batch, L[i].c_in, L[i].hw, L[i].c_out, L[i].stride, L[i].bn_in,
-                  L[i].dx, rounds);
+            shape(&rng, L[i].name, batch, L[i].c_in, L[i].hw, L[i].c_out, L[i].k, L[i].stride,
+                  L[i].pad, L[i].bn_in, L[i].dx, rounds);
     return 0;
 }

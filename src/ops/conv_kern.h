@@ -53,7 +53,8 @@
  * Stored wide (map NULL: y + co*ys + q) or through map (conv_out_map, one
  * entry per vector of q) into dense planes y + co*ys; with stats, the stored
  * values are also added up per channel into stats[co][2][VW] (sum, sum of
- * squares, per lane).
+ * squares, per lane): through map the lanes it stores, without one every
+ * lane (the caller's positions are then all outputs).
  * With ba (data gradient of a conv whose input is a batch norm's output,
  * applied on the fly; needs map and stats): the output is the gradient g at
  * that output, and stats gets the sums the batch norm's backward needs,
@@ -104,6 +105,17 @@ static inline __attribute__((always_inline)) void KERN(fwd_tile)(
 #pragma GCC unroll 4
                 for (int v = 0; v < nv; v++)
                     VSTORE(yc + v * VW, acc[c][v]);
+                if (stats) { /* dense positions: every lane an output */
+                    float *st = stats + (size_t)(c0 + c) * 2 * VW;
+                    VEC s1 = VLOAD(st), s2 = VLOAD(st + VW);
+#pragma GCC unroll 4
+                    for (int v = 0; v < nv; v++) {
+                        s1 = VADD(s1, acc[c][v]);
+                        s2 = VFMA(acc[c][v], acc[c][v], s2);
+                    }
+                    VSTORE(st, s1);
+                    VSTORE(st + VW, s2);
+                }
             }
         }
         return;
