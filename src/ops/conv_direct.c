@@ -25,7 +25,16 @@
  * including its phase plane's base (a channel's phases stored together,
  * the same offsets for every channel) the forward and weight-gradient
  * kernels run unchanged. A read past a phase row's end lands in the next
- * row's left padding (wx >= w + pad), as at stride 1.
+ * row's left padding (wx >= w + pad), as at stride 1. Stride 2 (the common
+ * one) packs each image straight into its phase planes and interleaves the
+ * data gradient's phases back with vector permutes (conv_kern.h's pack_s2,
+ * unsplit_s2); larger strides go through a padded plane and scalar copies.
+ *
+ * Few taps in all (one input channel, 3x3 or 5x5: the stems): the forward
+ * copies each tap's inputs into a dense plane of the output positions and
+ * runs the kernel over those "channels" of one tap, storing whole vectors
+ * (forward_group); the wide layout's masked stores cost as much as 9-25
+ * multiply-adds per output.
  *
  *   forward   yw[co][q]  = b[co] + Σ_ci,t W[co][ci][t] · xp[ci][q + off[t]]
  *   data grad stride 1: dx is the "full" correlation of dy with the flipped
@@ -76,7 +85,8 @@ static int groups_of(const dpt_conv2d_desc *d) { return d->groups > 1 ? d->group
 
 /* Most taps in all (c_in·kh·kw) for the dense forward (forward_group): one
  * input channel of 3x3 or 5x5 (2.0x and 1.5x faster at batch 128); at 27
- * (3 channels, 3x3) copying the taps cost more than the masks saved (0.93x). */
+ * (3 channels, 3x3) copying the taps costs what the masks save (0.93-1.0x,
+ * with memcpy or vector row copies alike). */
 #define DENSE_MAX_K 25
 
 /* Geometry of one group's descriptor under one kernel set. */
