@@ -12,8 +12,11 @@ build=${BENCH_BUILD_DIR:-$root/build-bench}
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DDPT_WITH_CUDA=OFF >/dev/null
 cmake --build "$build" --target dptrain_static -j2 >/dev/null
 libs=(-lopenblas -lz -lstb -lcjson -lm -lpthread)
-if nm "$build/libdptrain.a" 2>/dev/null | grep -q ' U dnnl_'; then libs+=(-ldnnl -lgomp); fi
-if nm "$build/libdptrain.a" 2>/dev/null | grep -q ' U MPI_Init'; then
+# not grep -q: with pipefail, nm killed by SIGPIPE would make the test fail
+if nm "$build/libdptrain.a" 2>/dev/null | grep ' U dnnl_' >/dev/null; then
+  libs+=(-ldnnl -lgomp) # oneDNN and the OpenMP runtime it uses
+fi
+if nm "$build/libdptrain.a" 2>/dev/null | grep ' U MPI_Init' >/dev/null; then
   read -r -a mpi_link <<<"$(mpicc -showme:link 2>/dev/null || echo -lmpi)"
   libs+=("${mpi_link[@]}")
 fi
