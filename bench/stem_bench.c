@@ -143,6 +143,7 @@ int main(int argc, char **argv)
     } L[] = {
         /* the example network's first layer (5x5, 20 filters, no padding) */
         {"ex_conv1", 1, 28, 20, 5, 1, 0, 0, 0},
+        {"ex_conv2", 20, 24, 20, 3, 1, 1, 1, 1},
         {"stem28", 1, 28, 32, 3, 1, 1, 0, 0},
         {"stem32", 3, 32, 32, 3, 1, 1, 0, 0},
         {"r28_b1c1", 32, 14, 32, 3, 1, 1, 1, 1},
