@@ -651,15 +651,12 @@ static void forward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb,
         } else {
             isa->fwd(xp, g.ps_x, d->c_in, kt, offs, wpk, b, d->c_out, out, g.ys_f, nq, NULL, NULL,
                      NULL, NULL, pfp);
-            compact(out, d->c_out, d->out_h, d->out_w, g.wp, g.ys_f, g.rp, nbk, y_img, yb);
-            for (int j = 0; sum && j < nbk; j++) {
-                double *t2 = (double *)(void *)stats; /* 2 c_out doubles fit */
-                dpt_bn_sums(yb + j * y_img, 1, d->c_out, P, t2, t2 + d->c_out);
-                for (int co = 0; co < d->c_out; co++) {
-                    sum[co] += t2[co];
-                    sumsq[co] += t2[d->c_out + co];
-                }
-            }
+            /* The sums as the copy goes (was a second pass over y). */
+            float *st = sum ? stats : NULL;
+            isa->compact(out, d->c_out, d->out_h, d->out_w, g.wp, g.ys_f, g.rp, nbk, y_img, yb,
+                         st);
+            if (st)
+                add_lane_sums(st, d->c_out, vw, sum, sumsq);
         }
     }
 }

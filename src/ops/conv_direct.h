@@ -79,6 +79,10 @@ typedef struct conv_isa {
     /* Stride 2: two column phases of the data gradient back into dx rows. */
     void (*unsplit_s2)(const float *oe, const float *oo, size_t ys, int wd, int rp, int c,
                        int nbk, int nu, int iy0, int h, int w, size_t x_img, float *dx);
+    /* Stacked wide output planes into dense ones, with per-lane sums
+     * (stats NULL: none). */
+    void (*compact)(const float *wide, int c, int oh, int ow, int wp, size_t ys, int rp, int nbk,
+                    size_t img, float *dst, float *stats);
 } conv_isa;
 
 #if defined(__x86_64__) || defined(__i386__)

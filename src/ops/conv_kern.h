@@ -520,10 +520,44 @@ static void KERN(unsplit_s2)(const float *oe, const float *oo, size_t ys, int wd
             }
 }
 
+/* The dense planes [c][oh][ow] of nbk images (img floats apart) from the
+ * kernel's stacked wide planes [c][ys] of row stride wp, rp rows per image
+ * (outputs narrower than a vector, which the map cannot store: strided
+ * layers' 4x4 to 8x8 planes): a masked load and store per short row where
+ * memcpy calls cost more than the copy. With stats, the copied values are
+ * added up per channel into stats[ch][2][VW] (sum, sum of squares, per
+ * lane; lanes past a row's end load as 0), as the kernel's map path does. */
+static void KERN(compact)(const float *wide, int c, int oh, int ow, int wp, size_t ys, int rp,
+                          int nbk, size_t img, float *dst, float *stats)
+{
+    for (int ch = 0; ch < c; ch++) {
+        VEC s1 = VZERO(), s2 = VZERO();
+        for (int j = 0; j < nbk; j++) {
+            const float *sr = wide + (size_t)ch * ys + (size_t)j * rp * wp;
+            float *o = dst + (size_t)j * img + (size_t)ch * oh * ow;
+            for (int y = 0; y < oh; y++, sr += wp, o += ow)
+                for (int x = 0; x < ow; x += VW) {
+                    const int n = ow - x < VW ? ow - x : VW;
+                    const VEC v = n == VW ? VLOAD(sr + x) : VLOAD_N(sr + x, n);
+                    if (n == VW)
+                        VSTORE(o + x, v);
+                    else
+                        VSTORE_RANGE(o + x, v, 0, n);
+                    s1 = VADD(s1, v);
+                    s2 = VFMA(v, v, s2);
+                }
+        }
+        if (stats) {
+            VSTORE(stats + (size_t)ch * 2 * VW, s1);
+            VSTORE(stats + (size_t)ch * 2 * VW + VW, s2);
+        }
+    }
+}
+
 /* The table kernels.c picks from (conv_direct.h), named KERN(dpt_conv_isa). */
 const conv_isa KERN(dpt_conv_isa) = {
     .name = ISA_NAME, .vw = VW, .fwd_cb = FWD_CB, .fwd_nv = FWD_NV, .dw_cb = DW_CB,
     .dw_kb = DW_KB, .fwd = KERN(fwd), .dw = KERN(dw), .pad = KERN(pad),
     .pad_bn = KERN(pad_bn), .pad_bnback = KERN(pad_bnback), .pack_s2 = KERN(pack_s2),
-    .unsplit_s2 = KERN(unsplit_s2),
+    .unsplit_s2 = KERN(unsplit_s2), .compact = KERN(compact),
 };
