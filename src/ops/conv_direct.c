@@ -433,12 +433,14 @@ static void make_map(conv_out_map *map, int nq, int vw, int oh, int ow, int wp, 
     }
 }
 
-#define PREFETCH_MAX_PER 8 /* lines per kernel step, at most */
+/* Multiply-adds of a kernel step per line it may prefetch, at least. */
+#define PREFETCH_FMA_PER_LINE 128
 
 /* Spread over `steps` kernel tiles or blocks (the kernels step once per
- * whole tile or block): the lines of up to three regions (NULL: none). */
+ * whole tile or block, each at least step_fma vector multiply-adds): the
+ * lines of up to three regions (NULL: none). */
 static void prefetch_plan(conv_prefetch *pf, const void *a, const void *b, const void *c,
-                          size_t bytes_a, size_t bytes_bc, size_t steps)
+                          size_t bytes_a, size_t bytes_bc, size_t steps, size_t step_fma)
 {
     const void *p[3] = {a, b, c};
     size_t total = 0;
@@ -448,14 +450,19 @@ static void prefetch_plan(conv_prefetch *pf, const void *a, const void *b, const
         total += pf->lines[i];
     }
     pf->per = steps ? (total + steps - 1) / steps : 0;
-    /* Few, short steps (the stem's weight gradient: 16 tiles of 9 taps an
-     * image, 200 lines each) would issue prefetches faster than memory
-     * answers them, and a prefetch that finds the miss queue full stalls:
-     * its backward ran 1.6x slower than with none. Capped, the rest of the
-     * next block comes through the hardware prefetchers as the pack reads
-     * it; the layers the plan was made for step fewer lines than this. */
-    if (pf->per > PREFETCH_MAX_PER)
-        pf->per = PREFETCH_MAX_PER;
+    /* Few, short steps (the stem's weight gradient: 16 tiles of about
+     * 1000 multiply-adds an image, 200 lines each) would issue prefetches
+     * faster than memory answers them, and a prefetch that finds the miss
+     * queue full stalls: its backward ran 1.6x slower than with none. So
+     * at most a line per PREFETCH_FMA_PER_LINE multiply-adds (8 there);
+     * the rest of the next block comes through the hardware prefetchers as
+     * the pack reads it. Wide layers' long steps keep their share (a fixed
+     * cap of 8 cost a 32-channel 14x14 forward about 5 %). */
+    size_t cap = step_fma / PREFETCH_FMA_PER_LINE;
+    if (cap < 1)
+        cap = 1;
+    if (pf->per > cap)
+        pf->per = cap;
     pf->r = 0;
     pf->j = 0;
 }
@@ -594,6 +601,7 @@ static void forward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb,
             sum[co] = sumsq[co] = 0.0;
     const size_t x_grp = (size_t)d->c_in * d->h * d->w;
     const size_t fwd_steps = (size_t)(g.co_pf / isa->fwd_cb) * (size_t)(g.nq_f / (isa->fwd_nv * vw));
+    const size_t fwd_fma = (size_t)g.k_total * isa->fwd_cb * isa->fwd_nv; /* a whole tile's */
     int map_nbk = 0;
     for (int i0 = 0; i0 < d->n; i0 += nb) {
         const int nbk = d->n - i0 < nb ? d->n - i0 : nb;
@@ -610,7 +618,7 @@ static void forward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb,
         if (i0 + nbk < d->n) {
             const int nbn = d->n - i0 - nbk < nb ? d->n - i0 - nbk : nb;
             prefetch_plan(&pf, x + (i0 + nbk) * x_img, NULL, NULL, next_bytes(x_img, x_grp, nbn),
-                          0, fwd_steps);
+                          0, fwd_steps, fwd_fma);
             pfp = &pf;
         }
         for (int j = 0; j < nbk; j++)
@@ -813,6 +821,11 @@ static void backward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb
     if (dx)
         bwd_steps += (size_t)(g.ci_pf / isa->fwd_cb) * (size_t)(g.nq_b / (isa->fwd_nv * vw)) *
                      (size_t)s * s;
+    /* The shorter of a weight-gradient tile (a block's positions) and a
+     * data-gradient tile. */
+    size_t bwd_fma = (size_t)(g.nq_w / vw) * isa->dw_cb * isa->dw_kb;
+    if (dx && (size_t)d->c_out * kt * isa->fwd_cb * isa->fwd_nv < bwd_fma)
+        bwd_fma = (size_t)d->c_out * kt * isa->fwd_cb * isa->fwd_nv;
     int map_nbk = 0;
     for (int i0 = 0; i0 < d->n; i0 += nb) {
         const int nbk = d->n - i0 < nb ? d->n - i0 : nb;
@@ -834,7 +847,7 @@ static void backward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb
             const size_t i1 = (size_t)(i0 + nbk);
             prefetch_plan(&pf, x + i1 * x_img, dy + i1 * y_img, y ? y + i1 * y_img : NULL,
                           next_bytes(x_img, x_grp, nbn), next_bytes(y_img, y_grp, nbn),
-                          bwd_steps);
+                          bwd_steps, bwd_fma);
             pfp = &pf;
         }
         for (int j = 0; j < nbk; j++) {
