@@ -51,6 +51,23 @@ static inline float hsum_avx2(__m256 v)
 #define VLOAD_MAP_A(p, e) VLOAD_RANGE((p), 0, (e).hi_a)
 #define VLOAD_MAP_B(p, e) VLOAD_RANGE((p), (e).lo_b, (e).hi_b)
 #define VKEEP_MAP(v, e) VKEEP2((v), (e).hi_a, (e).lo_b, (e).hi_b)
+/* Even and odd lanes of the 16 floats (a, b): within 128-bit halves, then
+ * the 64-bit pairs put in order. */
+#define VDEINT(a, b, ev, od)                                                                   \
+    do {                                                                                       \
+        (ev) = _mm256_castpd_ps(_mm256_permute4x64_pd(                                         \
+            _mm256_castps_pd(_mm256_shuffle_ps((a), (b), 0x88)), 0xD8));                       \
+        (od) = _mm256_castpd_ps(_mm256_permute4x64_pd(                                         \
+            _mm256_castps_pd(_mm256_shuffle_ps((a), (b), 0xDD)), 0xD8));                       \
+    } while (0)
+/* Lanes of e and o alternating: pairs within 128-bit halves, then the
+ * halves put in order. */
+#define VINTER(e, o, lo, hi)                                                                   \
+    do {                                                                                       \
+        const __m256 t0_ = _mm256_unpacklo_ps((e), (o)), t1_ = _mm256_unpackhi_ps((e), (o));    \
+        (lo) = _mm256_permute2f128_ps(t0_, t1_, 0x20);                                         \
+        (hi) = _mm256_permute2f128_ps(t0_, t1_, 0x31);                                         \
+    } while (0)
 #define FWD_CB 5
 #define FWD_NV 2
 /* Weight gradient: 2 channels x 5 taps = 10 accumulators + 2 + 1. */

@@ -40,6 +40,26 @@
 #define VLOAD_MAP_A(p, e) _mm512_maskz_loadu_ps((__mmask16)(e).bits_a, (p))
 #define VLOAD_MAP_B(p, e) _mm512_maskz_loadu_ps((__mmask16)(e).bits_b, (p))
 #define VKEEP_MAP(v, e) _mm512_maskz_mov_ps((__mmask16)((e).bits_a | (e).bits_b), (v))
+/* Even and odd lanes of the 32 floats (a, b). */
+#define VDEINT(a, b, ev, od)                                                                   \
+    do {                                                                                       \
+        const __m512i ie_ = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24,   \
+                                              26, 28, 30);                                     \
+        const __m512i io_ = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25,   \
+                                              27, 29, 31);                                     \
+        (ev) = _mm512_permutex2var_ps((a), ie_, (b));                                          \
+        (od) = _mm512_permutex2var_ps((a), io_, (b));                                          \
+    } while (0)
+/* Lanes of e and o alternating: e0 o0 e1 o1 ... (lo: lanes 0-7 of each). */
+#define VINTER(e, o, lo, hi)                                                                   \
+    do {                                                                                       \
+        const __m512i il_ = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, \
+                                              7, 23);                                          \
+        const __m512i ih_ = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29,    \
+                                              14, 30, 15, 31);                                 \
+        (lo) = _mm512_permutex2var_ps((e), il_, (o));                                          \
+        (hi) = _mm512_permutex2var_ps((e), ih_, (o));                                          \
+    } while (0)
 #define FWD_CB 5
 #define FWD_NV 4
 /* pp[c·ks + j] += the sum of the lanes of acc[c][j] (4 channels x 5 taps,

@@ -25,7 +25,16 @@
  * including its phase plane's base (a channel's phases stored together,
  * the same offsets for every channel) the forward and weight-gradient
  * kernels run unchanged. A read past a phase row's end lands in the next
- * row's left padding (wx >= w + pad), as at stride 1.
+ * row's left padding (wx >= w + pad), as at stride 1. Stride 2 (the common
+ * one) packs each image straight into its phase planes and interleaves the
+ * data gradient's phases back with vector permutes (conv_kern.h's pack_s2,
+ * unsplit_s2); larger strides go through a padded plane and scalar copies.
+ *
+ * Few taps in all (one input channel, 3x3 or 5x5: the stems): the forward
+ * copies each tap's inputs into a dense plane of the output positions and
+ * runs the kernel over those "channels" of one tap, storing whole vectors
+ * (forward_group); the wide layout's masked stores cost as much as 9-25
+ * multiply-adds per output.
  *
  *   forward   yw[co][q]  = b[co] + Σ_ci,t W[co][ci][t] · xp[ci][q + off[t]]
  *   data grad stride 1: dx is the "full" correlation of dy with the flipped
@@ -74,6 +83,12 @@ static size_t max_z(size_t a, size_t b) { return a > b ? a : b; }
 static int dil_of(const dpt_conv2d_desc *d) { return d->dilation > 1 ? d->dilation : 1; }
 static int groups_of(const dpt_conv2d_desc *d) { return d->groups > 1 ? d->groups : 1; }
 
+/* Most taps in all (c_in·kh·kw) for the dense forward (forward_group): one
+ * input channel of 3x3 or 5x5 (2.0x and 1.5x faster at batch 128); at 27
+ * (3 channels, 3x3) copying the taps costs what the masks save (0.93-1.0x,
+ * with memcpy or vector row copies alike). */
+#define DENSE_MAX_K 25
+
 /* Geometry of one group's descriptor under one kernel set. */
 typedef struct geom {
     int s, dl;                  /* stride, dilation */
@@ -89,7 +104,7 @@ typedef struct geom {
     size_t ps_d;
     int nq_b;                   /* data-gradient positions (the most of any phase) */
     int nq_w;                   /* weight-gradient positions (out_h·wp rounded to vw) */
-    int same;                   /* dyw is a view into dyp (stride 1) */
+    int same;                   /* dyw is a view into dyp (rows as wide) */
     int map_f, map_b;           /* outputs stored through a conv_out_map */
     int co_pf, ci_pf;           /* channel counts padded to fwd_cb */
     int co_pw, k_pw;            /* padded to dw_cb, dw_kb */
@@ -104,7 +119,10 @@ typedef struct geom {
     unsigned char used[DPT_CONV_DIRECT_MAX_STRIDE * DPT_CONV_DIRECT_MAX_STRIDE];
     /* Offsets (floats) of the regions in the work buffer. */
     size_t o_xp, o_tmp, o_out, o_dyp, o_dyw, o_zero, o_wpk, o_part, o_stats, o_bsum, o_map,
-        o_ptr, total;
+        o_ptr, o_xk, total;
+    /* Forward over dense positions (stride 1, few taps in all, whole vectors
+     * of outputs): see forward_group. */
+    int dense;
 } geom;
 
 /* The rows (or columns) of phase a inside an image of n rows after `pad`
@@ -163,7 +181,8 @@ static void make_geom(const conv_isa *isa, const dpt_conv2d_desc *d, int nb, geo
     const size_t span = (size_t)(nb - 1) * g->rp; /* stacked rows before the last image */
     g->wx = (int)round_up((size_t)d->w + d->pad, (size_t)s);
     g->hx = (int)round_up(span * s + d->h + 2 * (size_t)d->pad, (size_t)s);
-    g->ps_t = s > 1 ? round_up((size_t)g->hx * g->wx, ALIGN_F) : 0;
+    /* Stride 2 packs straight into the phase planes (pack_s2): no tmp. */
+    g->ps_t = s > 2 ? round_up((size_t)g->hx * g->wx, ALIGN_F) : 0;
     g->wp = g->wx / s;
     g->hp = g->hx / s;
     g->nq_f = (int)round_up((span + d->out_h) * g->wp, (size_t)vw);
@@ -206,7 +225,12 @@ static void make_geom(const conv_isa *isa, const dpt_conv2d_desc *d, int nb, geo
                 need = max_z(need, (size_t)g->u0[a] * g->wd + g->v0[b] + nq +
                                        (size_t)g->ry * g->wd + g->rx);
             }
-        g->same = 0;
+        /* Rows as wide as the phase planes' (3x3 stride 2 padding 1 and most
+         * others): the weight gradient's dy is the interior of dyp, as at
+         * stride 1, so dy goes through the batch norm's backward once. */
+        g->same = g->wd == g->wp;
+        if (g->same)
+            need = max_z(need, (size_t)g->pdh * g->wd + g->pdw + g->nq_w);
         g->map_b = 0;
     }
     g->ps_d = round_up(need, ALIGN_F);
@@ -220,8 +244,10 @@ static void make_geom(const conv_isa *isa, const dpt_conv2d_desc *d, int nb, geo
     g->ys_f = round_up((size_t)g->nq_f, ALIGN_F);
     g->ys_b = round_up((size_t)g->nq_b, ALIGN_F);
     size_t out = g->map_f ? 0 : (size_t)d->c_out * g->ys_f;
-    if ((!g->map_b || s > 1) && (size_t)d->c_in * g->ys_b > out)
-        out = (size_t)d->c_in * g->ys_b;
+    /* Stride 2: both column phases of a row phase at once (unsplit_s2). */
+    const size_t n_out_b = (size_t)d->c_in * g->ys_b * (s == 2 ? 2 : 1);
+    if ((!g->map_b || s > 1) && n_out_b > out)
+        out = n_out_b;
     size_t wpk = (size_t)g->co_pf * g->k_total;
     if ((size_t)g->ci_pf * d->c_out * g->kt > wpk)
         wpk = (size_t)g->ci_pf * d->c_out * g->kt;
@@ -246,6 +272,9 @@ static void make_geom(const conv_isa *isa, const dpt_conv2d_desc *d, int nb, geo
     g->o_map = o, o += round_up(n_map * sizeof(conv_out_map) / sizeof(float) + 1, ALIGN_F);
     g->o_ptr = o, o += round_up((size_t)(g->co_pw + g->k_pw) * (sizeof(void *) / sizeof(float) + 1),
                                 ALIGN_F);
+    const size_t P = (size_t)d->out_h * d->out_w;
+    g->dense = s == 1 && g->k_total <= DENSE_MAX_K && P % (size_t)vw == 0;
+    g->o_xk = o, o += g->dense ? round_up((size_t)g->k_total * P, ALIGN_F) : 0;
     g->total = o;
 }
 
@@ -404,10 +433,14 @@ static void make_map(conv_out_map *map, int nq, int vw, int oh, int ow, int wp, 
     }
 }
 
+/* Multiply-adds of a kernel step per line it may prefetch, at least. */
+#define PREFETCH_FMA_PER_LINE 128
+
 /* Spread over `steps` kernel tiles or blocks (the kernels step once per
- * whole tile or block): the lines of up to three regions (NULL: none). */
+ * whole tile or block, each at least step_fma vector multiply-adds): the
+ * lines of up to three regions (NULL: none). */
 static void prefetch_plan(conv_prefetch *pf, const void *a, const void *b, const void *c,
-                          size_t bytes_a, size_t bytes_bc, size_t steps)
+                          size_t bytes_a, size_t bytes_bc, size_t steps, size_t step_fma)
 {
     const void *p[3] = {a, b, c};
     size_t total = 0;
@@ -417,6 +450,19 @@ static void prefetch_plan(conv_prefetch *pf, const void *a, const void *b, const
         total += pf->lines[i];
     }
     pf->per = steps ? (total + steps - 1) / steps : 0;
+    /* Few, short steps (the stem's weight gradient: 16 tiles of about
+     * 1000 multiply-adds an image, 200 lines each) would issue prefetches
+     * faster than memory answers them, and a prefetch that finds the miss
+     * queue full stalls: its backward ran 1.6x slower than with none. So
+     * at most a line per PREFETCH_FMA_PER_LINE multiply-adds (8 there);
+     * the rest of the next block comes through the hardware prefetchers as
+     * the pack reads it. Wide layers' long steps keep their share (a fixed
+     * cap of 8 cost a 32-channel 14x14 forward about 5 %). */
+    size_t cap = step_fma / PREFETCH_FMA_PER_LINE;
+    if (cap < 1)
+        cap = 1;
+    if (pf->per > cap)
+        pf->per = cap;
     pf->r = 0;
     pf->j = 0;
 }
@@ -475,12 +521,35 @@ static void split_phases(const float *tmp, int c, const geom *g, float *xp)
             }
 }
 
+/* The dense tap planes of image j of a block (stride 1): xk[k][oy·ow + ox]
+ * = the padded input of channel k / kt at row oy + ky·dl, column ox +
+ * kx·dl (tap k % kt = (ky, kx)): row copies out of the padded planes. */
+static void dense_taps(const dpt_conv2d_desc *d, const geom *g, const float *xp, int j, float *xk)
+{
+    const size_t P = (size_t)d->out_h * d->out_w, ow = (size_t)d->out_w;
+    for (int ci = 0; ci < d->c_in; ci++)
+        for (int ky = 0; ky < d->kh; ky++)
+            for (int kx = 0; kx < d->kw; kx++) {
+                const float *src = xp + (size_t)ci * g->ps_x +
+                                   ((size_t)j * g->rp + (size_t)ky * g->dl) * g->wp +
+                                   (size_t)kx * g->dl;
+                float *dst = xk + (((size_t)ci * d->kh + ky) * d->kw + kx) * P;
+                for (int oy = 0; oy < d->out_h; oy++)
+                    memcpy(dst + oy * ow, src + (size_t)oy * g->wp, ow * sizeof *dst);
+            }
+}
+
 /* Image j of a block's input (through xa when given) into the planes the
- * kernels read: straight into xp at stride 1, into tmp at stride s (split
- * into phases once the block is packed). */
+ * kernels read: straight into xp at strides 1 and 2 (its phase planes),
+ * into tmp at stride s > 2 (split into phases once the block is packed). */
 static void pack_input(const conv_isa *isa, const dpt_conv2d_desc *d, const geom *g, int j,
                        const float *xi, const dpt_bn_apply *xa, float *xp, float *tmp)
 {
+    if (g->s == 2) {
+        isa->pack_s2(xi, d->c_in, d->h, d->w, d->pad, (size_t)j * g->rp * 2, g->wp, g->ps_x,
+                     g->ps_ph, g->used, xp, xa);
+        return;
+    }
     const size_t row0 = (size_t)j * g->rp * g->s * g->wx;
     float *dst = (g->s == 1 ? xp : tmp) + row0;
     const size_t ps = g->s == 1 ? g->ps_x : g->ps_t;
@@ -532,6 +601,7 @@ static void forward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb,
             sum[co] = sumsq[co] = 0.0;
     const size_t x_grp = (size_t)d->c_in * d->h * d->w;
     const size_t fwd_steps = (size_t)(g.co_pf / isa->fwd_cb) * (size_t)(g.nq_f / (isa->fwd_nv * vw));
+    const size_t fwd_fma = (size_t)g.k_total * isa->fwd_cb * isa->fwd_nv; /* a whole tile's */
     int map_nbk = 0;
     for (int i0 = 0; i0 < d->n; i0 += nb) {
         const int nbk = d->n - i0 < nb ? d->n - i0 : nb;
@@ -539,7 +609,7 @@ static void forward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb,
          * block zeroes the slots of the images it lacks too. */
         if (i0 == 0 || nbk < nb) {
             zero_planes(xp, d->c_in, g.ps_x);
-            if (g.s > 1)
+            if (g.s > 2)
                 zero_planes(tmp, d->c_in, g.ps_t);
         }
         float *yb = y + i0 * y_img;
@@ -548,14 +618,34 @@ static void forward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb,
         if (i0 + nbk < d->n) {
             const int nbn = d->n - i0 - nbk < nb ? d->n - i0 - nbk : nb;
             prefetch_plan(&pf, x + (i0 + nbk) * x_img, NULL, NULL, next_bytes(x_img, x_grp, nbn),
-                          0, fwd_steps);
+                          0, fwd_steps, fwd_fma);
             pfp = &pf;
         }
         for (int j = 0; j < nbk; j++)
             pack_input(isa, d, &g, j, x + (i0 + j) * x_img, xa, xp, tmp);
-        if (g.s > 1)
+        if (g.s > 2)
             split_phases(tmp, d->c_in, &g, xp);
-        if (map) {
+        if (g.dense) {
+            /* Few taps in all (the stems: 1 or 3 channels, 3x3): the
+             * per-output work of the wide layout's masked stores through
+             * the map and of its junk columns cost as much as the 9-27
+             * multiply-adds themselves. So each tap's inputs are copied
+             * once into a dense plane of the output's positions (K·P
+             * floats, from the padded planes), and the kernel runs as a
+             * product over K "channels" of one tap, storing whole vectors
+             * of dense output rows. */
+            float *xk = work + g.o_xk, *st = sum ? stats : NULL;
+            const int zero_off = 0;
+            if (st)
+                memset(st, 0, (size_t)d->c_out * 2 * vw * sizeof *st);
+            for (int j = 0; j < nbk; j++) {
+                dense_taps(d, &g, xp, j, xk);
+                isa->fwd(xk, (size_t)P, g.k_total, 1, &zero_off, wpk, b, d->c_out,
+                         yb + (size_t)j * y_img, (size_t)P, P, NULL, st, NULL, NULL, pfp);
+            }
+            if (st)
+                add_lane_sums(st, d->c_out, vw, sum, sumsq);
+        } else if (map) {
             if (map_nbk != nbk)
                 make_map(map, nq, vw, d->out_h, d->out_w, g.wp, g.rp, nbk, y_img);
             map_nbk = nbk;
@@ -569,15 +659,12 @@ static void forward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb,
         } else {
             isa->fwd(xp, g.ps_x, d->c_in, kt, offs, wpk, b, d->c_out, out, g.ys_f, nq, NULL, NULL,
                      NULL, NULL, pfp);
-            compact(out, d->c_out, d->out_h, d->out_w, g.wp, g.ys_f, g.rp, nbk, y_img, yb);
-            for (int j = 0; sum && j < nbk; j++) {
-                double *t2 = (double *)(void *)stats; /* 2 c_out doubles fit */
-                dpt_bn_sums(yb + j * y_img, 1, d->c_out, P, t2, t2 + d->c_out);
-                for (int co = 0; co < d->c_out; co++) {
-                    sum[co] += t2[co];
-                    sumsq[co] += t2[d->c_out + co];
-                }
-            }
+            /* The sums as the copy goes (was a second pass over y). */
+            float *st = sum ? stats : NULL;
+            isa->compact(out, d->c_out, d->out_h, d->out_w, g.wp, g.ys_f, g.rp, nbk, y_img, yb,
+                         st);
+            if (st)
+                add_lane_sums(st, d->c_out, vw, sum, sumsq);
         }
     }
 }
@@ -734,6 +821,11 @@ static void backward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb
     if (dx)
         bwd_steps += (size_t)(g.ci_pf / isa->fwd_cb) * (size_t)(g.nq_b / (isa->fwd_nv * vw)) *
                      (size_t)s * s;
+    /* The shorter of a weight-gradient tile (a block's positions) and a
+     * data-gradient tile. */
+    size_t bwd_fma = (size_t)(g.nq_w / vw) * isa->dw_cb * isa->dw_kb;
+    if (dx && (size_t)d->c_out * kt * isa->fwd_cb * isa->fwd_nv < bwd_fma)
+        bwd_fma = (size_t)d->c_out * kt * isa->fwd_cb * isa->fwd_nv;
     int map_nbk = 0;
     for (int i0 = 0; i0 < d->n; i0 += nb) {
         const int nbk = d->n - i0 < nb ? d->n - i0 : nb;
@@ -742,7 +834,7 @@ static void backward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb
          * weight gradient's last vector may reach into them). */
         if (i0 == 0 || nbk < nb) {
             zero_planes(xp, d->c_in, g.ps_x);
-            if (s > 1)
+            if (s > 2)
                 zero_planes(tmp, d->c_in, g.ps_t);
             if (g.same || dx)
                 zero_planes(dyp, d->c_out, g.ps_d);
@@ -755,7 +847,7 @@ static void backward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb
             const size_t i1 = (size_t)(i0 + nbk);
             prefetch_plan(&pf, x + i1 * x_img, dy + i1 * y_img, y ? y + i1 * y_img : NULL,
                           next_bytes(x_img, x_grp, nbn), next_bytes(y_img, y_grp, nbn),
-                          bwd_steps);
+                          bwd_steps, bwd_fma);
             pfp = &pf;
         }
         for (int j = 0; j < nbk; j++) {
@@ -794,7 +886,7 @@ static void backward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb
                 bsum[co] += sm;
             }
         }
-        if (s > 1)
+        if (s > 2)
             split_phases(tmp, d->c_in, &g, xp);
         isa->dw(dptr, g.co_pw, xptr, g.k_pw, block_nq(&g, nbk, d->out_h, g.wp, vw), part, reduced,
                 pfp);
@@ -802,6 +894,36 @@ static void backward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb
             continue;
         float *dxb = dx + i0 * x_img;
         const float *xb = x + i0 * x_img;
+        if (s == 2) {
+            /* Per row phase, both column phases, then interleaved into dx.
+             * Even dx columns ix = 2k are padded columns 2k + pad, phase
+             * be = pad & 1 at v = k + (pad >> 1) = v0[be] + k; odd ones
+             * phase 1 - be at v0[1 - be] + k (phase_span), so column k of
+             * each phase's output is dx column 2k or 2k + 1. */
+            const int be = d->pad & 1;
+            for (int a = 0; a < 2; a++) {
+                if (!g.nu[a])
+                    continue;
+                float *ob[2] = {NULL, NULL};
+                for (int b = 0; b < 2; b++) {
+                    const int p = a * 2 + b;
+                    if (!g.nv[b] || !ph_n[p])
+                        continue;
+                    ob[b] = out + (size_t)b * d->c_in * g.ys_b;
+                    const int nq = (int)round_up(
+                        ((size_t)(nbk - 1) * g.rp + g.nu[a] - 1) * g.wd + g.nv[b], (size_t)vw);
+                    isa->fwd(dyp + (size_t)g.u0[a] * g.wd + g.v0[b], g.ps_d, d->c_out, ph_n[p],
+                             od + ph_at[p], wpk + (size_t)g.ci_pf * d->c_out * ph_at[p], NULL,
+                             d->c_in, ob[b], g.ys_b, nq, NULL, NULL, NULL, NULL, pfp);
+                }
+                isa->unsplit_s2(ob[be], ob[1 - be], g.ys_b, g.wd, g.rp, d->c_in, nbk, g.nu[a],
+                                g.u0[a] * 2 + a - d->pad, d->h, d->w, x_img, dxb);
+            }
+            for (int j = 0; xg_s && j < nbk; j++)
+                dpt_bn_grad_sums(xb + j * x_img, dxb + j * x_img, 1, d->c_in, d->h * d->w, xa,
+                                 xg_s, xg_x);
+            continue;
+        }
         if (s > 1) {
             for (int a = 0; a < s; a++)
                 for (int b = 0; b < s; b++) {

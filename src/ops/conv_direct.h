@@ -71,6 +71,18 @@ typedef struct conv_isa {
                    float *dst, const dpt_bn_apply *a);
     void (*pad_bnback)(const float *g, const float *y, int c, int h, int w, int ph, int pw, int wp,
                        size_t ps, float *dst, const dpt_bn_apply *a, float *csum);
+    /* Stride 2: an image (through a, NULL: none) straight into its phase
+     * planes (conv_kern.h). */
+    void (*pack_s2)(const float *src, int c, int h, int w, int pad, size_t row0, int wp,
+                    size_t ps_x, size_t ps_ph, const unsigned char *used, float *dst,
+                    const dpt_bn_apply *a);
+    /* Stride 2: two column phases of the data gradient back into dx rows. */
+    void (*unsplit_s2)(const float *oe, const float *oo, size_t ys, int wd, int rp, int c,
+                       int nbk, int nu, int iy0, int h, int w, size_t x_img, float *dx);
+    /* Stacked wide output planes into dense ones, with per-lane sums
+     * (stats NULL: none). */
+    void (*compact)(const float *wide, int c, int oh, int ow, int wp, size_t ys, int rp, int nbk,
+                    size_t img, float *dst, float *stats);
 } conv_isa;
 
 #if defined(__x86_64__) || defined(__i386__)

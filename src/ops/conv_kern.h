@@ -18,6 +18,9 @@
  *   VKEEP2(v, hi_a, lo_b, hi_b) v with lanes outside [0, hi_a) and
  *                   [lo_b, hi_b) zeroed
  *   VSUB, VMUL      a − b, a · b
+ *   VDEINT(a, b, ev, od)  ev = lanes 0, 2, 4, … of the pair (a, b) (a's
+ *                   lanes first), od = lanes 1, 3, 5, …
+ *   VINTER(e, o, lo, hi)  its inverse: (lo, hi) = e0 o0 e1 o1 …
  *   VHSUM(v)        the sum of v's lanes (a fixed order: deterministic)
  *   DW_FLUSH_REDUCED(acc, pp, ks)  optional: pp[c·ks + j] += VHSUM(acc[c][j])
  *                   for the whole weight-gradient tile, done faster
@@ -50,7 +53,8 @@
  * Stored wide (map NULL: y + co*ys + q) or through map (conv_out_map, one
  * entry per vector of q) into dense planes y + co*ys; with stats, the stored
  * values are also added up per channel into stats[co][2][VW] (sum, sum of
- * squares, per lane).
+ * squares, per lane): through map the lanes it stores, without one every
+ * lane (the caller's positions are then all outputs).
  * With ba (data gradient of a conv whose input is a batch norm's output,
  * applied on the fly; needs map and stats): the output is the gradient g at
  * that output, and stats gets the sums the batch norm's backward needs,
@@ -101,6 +105,17 @@ static inline __attribute__((always_inline)) void KERN(fwd_tile)(
 #pragma GCC unroll 4
                 for (int v = 0; v < nv; v++)
                     VSTORE(yc + v * VW, acc[c][v]);
+                if (stats) { /* dense positions: every lane an output */
+                    float *st = stats + (size_t)(c0 + c) * 2 * VW;
+                    VEC s1 = VLOAD(st), s2 = VLOAD(st + VW);
+#pragma GCC unroll 4
+                    for (int v = 0; v < nv; v++) {
+                        s1 = VADD(s1, acc[c][v]);
+                        s2 = VFMA(acc[c][v], acc[c][v], s2);
+                    }
+                    VSTORE(st, s1);
+                    VSTORE(st + VW, s2);
+                }
             }
         }
         return;
@@ -240,6 +255,18 @@ static void KERN(fwd)(const float *x, size_t ps, int c_in, int kt, const int *of
     case 25:
         KERN(fwd_body)(x, ps, c_in, 25, off, wpk, bias, c_out, y, ys, nq, map, stats, bx, ba, pf,
                        k25);
+        break;
+    /* The phases of a 3x3 stride-2 data gradient (2x2, 2x1, 1x2, 1x1 taps)
+     * and 1x1 filters: with the tap loop a variable, its bookkeeping cost
+     * as much as the multiply-adds of so few taps. */
+    case 4:
+        KERN(fwd_body)(x, ps, c_in, 4, off, wpk, bias, c_out, y, ys, nq, map, stats, bx, ba, pf, kv);
+        break;
+    case 2:
+        KERN(fwd_body)(x, ps, c_in, 2, off, wpk, bias, c_out, y, ys, nq, map, stats, bx, ba, pf, kv);
+        break;
+    case 1:
+        KERN(fwd_body)(x, ps, c_in, 1, off, wpk, bias, c_out, y, ys, nq, map, stats, bx, ba, pf, kv);
         break;
     default:
         KERN(fwd_body)(x, ps, c_in, kt, off, wpk, bias, c_out, y, ys, nq, map, stats, bx, ba, pf,
@@ -393,9 +420,144 @@ static void KERN(pad_bnback)(const float *g, const float *yv, int c, int h, int 
     KERN(pack)(g, yv, c, h, w, ph, pw, wp, ps, dst, a, PACK_BNBACK, csum);
 }
 
+/* Stride 2: image rows straight into the four phase planes (conv_direct.c's
+ * polyphase layout) instead of a padded plane split afterwards by a
+ * strided scalar copy (that split and its extra pass were a fifth of a
+ * strided layer's forward). Input row iy is padded row py = row0 + pad +
+ * iy, phase (py & 1) at phase row py >> 1; column ix is padded column px =
+ * pad + ix, phase px & 1 at px >> 1. Each run of 2·VW columns is loaded,
+ * passed through the batch norm (a, NULL: none; the same expression as
+ * pack's PACK_BN, so the same bits), and split into its even and odd
+ * columns (VDEINT). Phase planes of channel ch start at dst + ch·ps_x, the
+ * plane of phase (ra, cb) at + (2·ra + cb)·ps_ph, rows wp apart; only the
+ * phases some tap reads (used[2·ra + cb]) are written; padding untouched. */
+static void KERN(pack_s2)(const float *src, int c, int h, int w, int pad, size_t row0, int wp,
+                          size_t ps_x, size_t ps_ph, const unsigned char *used, float *dst,
+                          const dpt_bn_apply *a)
+{
+    const VEC zero = VZERO();
+    for (int ch = 0; ch < c; ch++) {
+        const float *s = src + (size_t)ch * h * w;
+        float *pc = dst + (size_t)ch * ps_x;
+        VEC m = zero, sc = zero, sh = zero;
+        if (a)
+            m = VSET1(a->mean[ch]), sc = VSET1(a->scale[ch]), sh = VSET1(a->shift[ch]);
+        for (int y = 0; y < h; y++, s += w) {
+            const size_t py = row0 + (size_t)pad + (size_t)y;
+            const int ra = (int)(py & 1);
+            float *r0 = used[2 * ra] ? pc + (size_t)(2 * ra) * ps_ph + (py >> 1) * wp : NULL;
+            float *r1 = used[2 * ra + 1] ? pc + (size_t)(2 * ra + 1) * ps_ph + (py >> 1) * wp
+                                         : NULL;
+            if (!r0 && !r1)
+                continue;
+            for (int x = 0; x < w; x += 2 * VW) {
+                const int n = w - x < 2 * VW ? w - x : 2 * VW;
+                VEC v0 = n >= VW ? VLOAD(s + x) : VLOAD_N(s + x, n);
+                VEC v1 = n >= 2 * VW ? VLOAD(s + x + VW)
+                         : n > VW    ? VLOAD_N(s + x + VW, n - VW)
+                                     : zero;
+                if (a) {
+                    v0 = VADD(VMUL(VSUB(v0, m), sc), sh);
+                    v1 = VADD(VMUL(VSUB(v1, m), sc), sh);
+                    if (a->relu)
+                        v0 = VKEEPGT0(v0, v0, zero), v1 = VKEEPGT0(v1, v1, zero);
+                }
+                VEC ev, od;
+                VDEINT(v0, v1, ev, od);
+                /* Even columns x + 2k: padded pad + x + 2k; odd: one more. */
+                const int pe = pad + x, ne = (n + 1) / 2, no = n / 2;
+                float *de = (pe & 1) ? r1 : r0, *dd = (pe & 1) ? r0 : r1;
+                if (de) {
+                    if (ne == VW)
+                        VSTORE(de + (pe >> 1), ev);
+                    else
+                        VSTORE_RANGE(de + (pe >> 1), ev, 0, ne);
+                }
+                if (dd && no) {
+                    if (no == VW)
+                        VSTORE(dd + ((pe + 1) >> 1), od);
+                    else
+                        VSTORE_RANGE(dd + ((pe + 1) >> 1), od, 0, no);
+                }
+            }
+        }
+    }
+}
+
+/* Stride 2, data gradient: the wide outputs of the two column phases of
+ * row phase a (oe: the phase of the even dx columns, oo: the odd ones;
+ * NULL: a phase no tap reaches, zeros) interleaved back into dense dx rows
+ * (VINTER), instead of a scalar store every other float. Phase buffers:
+ * c planes ys apart, image j's rows from j·rp·wd, rows wd apart, dx row
+ * iy0 + 2u from phase row u < nu; even dx column 2k is oe's column k, odd
+ * column 2k + 1 is oo's (conv_direct.c's unsplit_phases says why). */
+static void KERN(unsplit_s2)(const float *oe, const float *oo, size_t ys, int wd, int rp, int c,
+                             int nbk, int nu, int iy0, int h, int w, size_t x_img, float *dx)
+{
+    const VEC zero = VZERO();
+    for (int ch = 0; ch < c; ch++)
+        for (int j = 0; j < nbk; j++)
+            for (int u = 0; u < nu; u++) {
+                const size_t at = (size_t)ch * ys + ((size_t)j * rp + u) * wd;
+                const float *re = oe ? oe + at : NULL, *ro = oo ? oo + at : NULL;
+                float *d = dx + (size_t)j * x_img + ((size_t)ch * h + iy0 + 2 * u) * w;
+                for (int x = 0; x < w; x += 2 * VW) {
+                    const int n = w - x < 2 * VW ? w - x : 2 * VW;
+                    const int k = x / 2, ne = (n + 1) / 2, no = n / 2;
+                    VEC e = !re ? zero : ne == VW ? VLOAD(re + k) : VLOAD_N(re + k, ne);
+                    VEC o = !ro || !no ? zero : no == VW ? VLOAD(ro + k) : VLOAD_N(ro + k, no);
+                    VEC lo, hi;
+                    VINTER(e, o, lo, hi);
+                    if (n >= VW)
+                        VSTORE(d + x, lo);
+                    else
+                        VSTORE_RANGE(d + x, lo, 0, n);
+                    if (n == 2 * VW)
+                        VSTORE(d + x + VW, hi);
+                    else if (n > VW)
+                        VSTORE_RANGE(d + x + VW, hi, 0, n - VW);
+                }
+            }
+}
+
+/* The dense planes [c][oh][ow] of nbk images (img floats apart) from the
+ * kernel's stacked wide planes [c][ys] of row stride wp, rp rows per image
+ * (outputs narrower than a vector, which the map cannot store: strided
+ * layers' 4x4 to 8x8 planes): a masked load and store per short row where
+ * memcpy calls cost more than the copy. With stats, the copied values are
+ * added up per channel into stats[ch][2][VW] (sum, sum of squares, per
+ * lane; lanes past a row's end load as 0), as the kernel's map path does. */
+static void KERN(compact)(const float *wide, int c, int oh, int ow, int wp, size_t ys, int rp,
+                          int nbk, size_t img, float *dst, float *stats)
+{
+    for (int ch = 0; ch < c; ch++) {
+        VEC s1 = VZERO(), s2 = VZERO();
+        for (int j = 0; j < nbk; j++) {
+            const float *sr = wide + (size_t)ch * ys + (size_t)j * rp * wp;
+            float *o = dst + (size_t)j * img + (size_t)ch * oh * ow;
+            for (int y = 0; y < oh; y++, sr += wp, o += ow)
+                for (int x = 0; x < ow; x += VW) {
+                    const int n = ow - x < VW ? ow - x : VW;
+                    const VEC v = n == VW ? VLOAD(sr + x) : VLOAD_N(sr + x, n);
+                    if (n == VW)
+                        VSTORE(o + x, v);
+                    else
+                        VSTORE_RANGE(o + x, v, 0, n);
+                    s1 = VADD(s1, v);
+                    s2 = VFMA(v, v, s2);
+                }
+        }
+        if (stats) {
+            VSTORE(stats + (size_t)ch * 2 * VW, s1);
+            VSTORE(stats + (size_t)ch * 2 * VW + VW, s2);
+        }
+    }
+}
+
 /* The table kernels.c picks from (conv_direct.h), named KERN(dpt_conv_isa). */
 const conv_isa KERN(dpt_conv_isa) = {
     .name = ISA_NAME, .vw = VW, .fwd_cb = FWD_CB, .fwd_nv = FWD_NV, .dw_cb = DW_CB,
     .dw_kb = DW_KB, .fwd = KERN(fwd), .dw = KERN(dw), .pad = KERN(pad),
-    .pad_bn = KERN(pad_bn), .pad_bnback = KERN(pad_bnback),
+    .pad_bn = KERN(pad_bn), .pad_bnback = KERN(pad_bnback), .pack_s2 = KERN(pack_s2),
+    .unsplit_s2 = KERN(unsplit_s2), .compact = KERN(compact),
 };
