@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `dptrain train --precision fp32|tf32|bf16`: an unknown name and tf32 or
+# `dptrain train --precision fp32|tf32|bf16` and `--cuda-graph on|off`: an unknown name and tf32 or
 # bf16 on CPU workers end with a clear message and exit 1 before anything
 # is written; fp32 (the default) trains on the CPU as before. The GPU side
 # (bf16 and tf32 products against float32) is tests/test_gpu_precision.c.
@@ -32,6 +32,14 @@ no_out "bf16 auto"
 # fp32 is the CPU's arithmetic: it trains.
 train --device cpu --workers 1 --precision fp32 >"$tmp/log" 2>&1 && [ -s "$tmp/o/model.safetensors" ] \
   && ok || bad "--precision fp32 on the CPU: $(cat "$tmp/log")"
+
+# --cuda-graph on|off: anything else is refused; off is accepted on CPU
+# workers (no effect there) and the run trains.
+"$cli" train --help | grep -q -- "--cuda-graph on|off" && ok || bad "train --help lists --cuda-graph"
+rm -rf "$tmp/o"
+expect_error "--cuda-graph: 'yes' is not on or off" train --cuda-graph yes; no_out "cuda-graph yes"
+train --device cpu --workers 1 --cuda-graph off >"$tmp/log" 2>&1 && [ -s "$tmp/o/model.safetensors" ] \
+  && ok || bad "--cuda-graph off on the CPU: $(cat "$tmp/log")"
 
 echo "test_cli_precision: $pass passed, $fail failed"
 [ $fail -eq 0 ]

@@ -280,7 +280,14 @@ static void test_fit_refusals(void)
     s = dpt_fit(&cfg, &res);
     CHECK_MSG(s == DPT_ERR_ARG && strstr(dpt_last_error(), "unknown precision 9"), "%s",
               dpt_last_error());
-    /* A version-3 caller's struct ends before `precision`: never read. */
+    cfg.precision = DPT_PRECISION_FP32;
+    cfg.cuda_graph = 2;
+    s = dpt_fit(&cfg, &res);
+    CHECK_MSG(s == DPT_ERR_ARG && strstr(dpt_last_error(), "cuda_graph 2 (0 or 1)"), "%s",
+              dpt_last_error());
+    cfg.precision = 9;
+    /* A version-3 caller's struct ends before `precision` and `cuda_graph`:
+     * never read. */
     cfg.version = 3;
     s = dpt_fit(&cfg, &res);
     CHECK_MSG(s == DPT_OK && res.iterations == 4, "version-3 config: %s", dpt_last_error());

@@ -361,6 +361,10 @@ typedef struct dpt_fit_config {
                                      products of GPU workers, DPT_PRECISION_FP32
                                      (0); dpt_fit refuses another with use_gpu 0:
                                      CPU workers compute in float32 only */
+    int cuda_graph;               /* GPU workers: 1 (default) each step's forward,
+                                     loss and backward as a CUDA graph where the
+                                     network allows it (dpt_gpu_options.cuda_graph),
+                                     0 eager launches; no effect on CPU workers */
 } dpt_fit_config;
 
 #define DPT_FIT_CONFIG_VERSION 4
@@ -368,7 +372,7 @@ typedef struct dpt_fit_config {
     {DPT_FIT_CONFIG_VERSION, NULL, NULL, NULL, NULL, 20, 128, 0.01f, 0.9f, 0.0f, 0,       \
      DPT_SPMD_CONFIG_INIT, 0, 1, 0, NULL, NULL, NULL, NULL, NULL, 0, NULL, 0, NULL, NULL, NULL, \
      DPT_OPTIM_SGDM, 0.9, 0.999, 1e-8f, 0, DPT_LR_SCHEDULE_INIT, 0.0, NULL,              \
-     NULL, NULL, NULL, NULL, 64, 0, 0}
+     NULL, NULL, NULL, NULL, 64, 0, 0, 1}
 
 typedef struct dpt_fit_result {
     double final_loss;

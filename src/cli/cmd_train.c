@@ -115,6 +115,10 @@ static const char help[] =
     "                      layers on GPUs (default fp32; tf32: tensor-core TF32; bf16:\n"
     "                      bfloat16 operands, float32 accumulation, float32 weights,\n"
     "                      batch norm and loss). CPU workers compute in fp32 only\n"
+    "  --cuda-graph on|off on GPUs, each step's forward, loss and backward as one CUDA\n"
+    "                      graph per minibatch shape where the network allows it\n"
+    "                      (default on; off: kernels launched one by one, as with\n"
+    "                      DPT_CUDA_GRAPH=0). No effect on CPU workers\n"
     "  --batch-per-worker  on GPUs, keep --batch as the global minibatch (default: the\n"
     "                      MATLAB example's rule, --batch per GPU, so B x GPUs in all)\n"
     "  --workers N         CPU workers (default: the CPUs this process may run on, as\n"
@@ -572,7 +576,7 @@ int cli_train(int argc, char **argv)
            O_MOM, O_WD, O_SEED, O_WORKERS, O_BACKEND, O_THREADS, O_SYNC, O_NOPF, O_OUT, O_EVAL,
            O_QUIET, O_DATA, O_CKPT, O_RESUME, O_PRINT, O_DEVICE, O_BPW, O_OVERWRITE,
            O_OPTIM, O_SCHED, O_CLIP, O_BETA1, O_BETA2, O_EPS, O_AUGMENT, O_SEQLEN, O_PAD,
-           O_MAXLEN, O_CACHE, O_SERVE, O_LINGER, O_PRECISION };
+           O_MAXLEN, O_CACHE, O_SERVE, O_LINGER, O_PRECISION, O_CUDA_GRAPH };
     static const struct option opts[] = {
         {"data", required_argument, 0, O_DATA},       {"labels", required_argument, 0, O_LABELS},
         {"test", required_argument, 0, O_TEST},       {"test-labels", required_argument, 0, O_TEST_LABELS},
@@ -601,6 +605,7 @@ int cli_train(int argc, char **argv)
         {"serve", required_argument, 0, O_SERVE},
         {"serve-linger", required_argument, 0, O_LINGER},
         {"precision", required_argument, 0, O_PRECISION},
+        {"cuda-graph", required_argument, 0, O_CUDA_GRAPH},
         {0, 0, 0, 0},
     };
     const char *data = NULL, *labels = NULL, *test = NULL, *test_labels = NULL, *net_path = NULL;
@@ -608,6 +613,7 @@ int cli_train(int argc, char **argv)
     long ckpt_every = 0, print_every = 0;
     const char *device = "auto";
     dpt_precision precision = DPT_PRECISION_FP32;
+    int cuda_graph = 1;
     int batch_per_worker = 0, overwrite = 0;
     double split = 0.9, lr = 0.0, momentum = 0.9, wd = 0.0;
     int lr_unset = 1; /* then the optimizer's default */
@@ -693,6 +699,14 @@ int cli_train(int argc, char **argv)
         case O_PRECISION:
             if (dpt_precision_parse(optarg, &precision) != DPT_OK)
                 return cli_error("--precision: %s", dpt_last_error());
+            break;
+        case O_CUDA_GRAPH:
+            if (strcmp(optarg, "on") == 0)
+                cuda_graph = 1;
+            else if (strcmp(optarg, "off") == 0)
+                cuda_graph = 0;
+            else
+                return cli_error("--cuda-graph: '%.40s' is not on or off", optarg);
             break;
         case O_BPW: batch_per_worker = 1; break;
         case O_OVERWRITE: overwrite = 1; break;
@@ -1007,6 +1021,7 @@ int cli_train(int argc, char **argv)
     cfg.progress_arg = &rep;
     train_sink sink = {&rep, srv};
     cfg.precision = (int)precision; /* before serve_settings, which shows it */
+    cfg.cuda_graph = cuda_graph;
     if (srv) { /* the dashboard is one more consumer of the records */
         cfg.progress = sink_progress;
         cfg.progress_arg = &sink;

@@ -303,6 +303,7 @@ dpt_status fit_setup(const fit_job *job, dpt_comm *comm, const char *default_spe
         dpt_gpu_options go = DPT_GPU_OPTIONS_INIT;
         go.device = dpt_gpu_for_worker(comm);
         go.precision = (dpt_precision)cfg->precision;
+        go.cuda_graph = cfg->cuda_graph;
         if ((s = dpt_net_to_gpu_opts(net, &go)) != DPT_OK)
             goto done;
     }
@@ -616,6 +617,8 @@ dpt_status dpt_fit(const dpt_fit_config *cfg, dpt_fit_result *result)
         cfg->precision != DPT_PRECISION_BF16)
         return dpt_fail(DPT_ERR_ARG, "dpt_fit: unknown precision %d (fp32 0, tf32 1, bf16 2)",
                         cfg->precision);
+    if (cfg->cuda_graph != 0 && cfg->cuda_graph != 1)
+        return dpt_fail(DPT_ERR_ARG, "dpt_fit: cuda_graph %d (0 or 1)", cfg->cuda_graph);
     if (cfg->precision != DPT_PRECISION_FP32 && !cfg->use_gpu)
         return dpt_fail(DPT_ERR_UNSUPPORTED, "dpt_fit: precision %s needs GPU workers (CPU "
                         "workers compute in fp32 only)",
