@@ -74,11 +74,11 @@ static void test_json(void)
 
     /* Numbers spelled as cJSON does. */
     cJSON *a = cJSON_CreateArray();
-    double nums[] = {0.1, 1.0 / 3, 1e10, -7, NAN, INFINITY, 0.5, 1e-300};
+    double nums[] = {0.1, 1.0 / 3, 1e10, -7, NAN, INFINITY, 0.5, 1e-300, -0.0};
     for (size_t i = 0; i < sizeof nums / sizeof *nums; i++)
         CHECK(cJSON_AddItemToArray(a, cJSON_CreateNumber(nums[i])));
     CHECK(cJSON_AddItemToArray(a, cJSON_CreateRaw("18446744073709551615")));
-    CHECK(printed_is(a, "[0.1,0.33333333333333331,10000000000,-7,null,null,0.5,1e-300,"
+    CHECK(printed_is(a, "[0.1,0.33333333333333331,10000000000,-7,null,null,0.5,1e-300,0,"
                         "18446744073709551615]"));
     cJSON_Delete(a);
 
