@@ -54,7 +54,7 @@ else
   bad "parallel_custom_loop failed: $(cat "$tmp/pcl.log")"
 fi
 
-# ---- step 3, canUseGPU: one worker per GPU when there are GPUs, else the
+# ---- step 3, canUseGPU: a worker for each GPU when there are GPUs, else the
 # CPU pool; asking for more workers than GPUs also gives the CPU pool.
 gpus=$("${DPT_CLI:?}" info 2>/dev/null | sed -n 's/.*; GPUs: \([0-9][0-9]*\).*/\1/p' | head -1)
 gpus=${gpus:-0}
