@@ -2,7 +2,7 @@
  * of scripts/gpu-check's table (bench/gpu_torch.py is PyTorch's half).
  *
  *   gpu_bench [--net SPEC] [--label NAME] [--classes K] [--algos heuristic|timed|both]
- *             [--seconds S] [--cpu] B [B ...]
+ *             [--precision fp32|tf32|bf16] [--seconds S] [--cpu] B [B ...]
  *
  * Builds the network (default: the MATLAB example's; --net a spec file;
  * K classes, default 10; seed 0), SGDM (lr 0.01, momentum 0.9), random
@@ -18,7 +18,8 @@
  *         ms_per_step=M images_per_s=R loss=L
  *
  * Exit status 1 on a bad argument or a failed step (the message says
- * which), 77 without a GPU unless --cpu. */
+ * which), 77 without a GPU unless --cpu. --precision needs a tree whose
+ * dpt_gpu_options has the precision field (version 2 or later). */
 #include "dptrain/dptrain.h"
 
 #include <stdio.h>
@@ -46,7 +47,7 @@ static int int_arg(const char *text, int lo, int hi, const char *what)
 
 /* One measurement; DPT_OK or the failing call's status. */
 static dpt_status run_one(const char *spec, const char *label, int classes, int B, int timed,
-                          double seconds, int on_cpu)
+                          const char *precision, double seconds, int on_cpu)
 {
     dpt_net *net = NULL;
     dpt_sgdm *opt = NULL;
@@ -56,6 +57,13 @@ static dpt_status run_one(const char *spec, const char *label, int classes, int 
                                             &net);
     dpt_gpu_options o = DPT_GPU_OPTIONS_INIT;
     o.find_algorithms = timed;
+#if DPT_GPU_OPTIONS_VERSION >= 2
+    if (s == DPT_OK && precision)
+        s = dpt_precision_parse(precision, &o.precision);
+#else
+    if (s == DPT_OK && precision)
+        s = dpt_fail(DPT_ERR_UNSUPPORTED, "--precision: this tree's GPU options have none");
+#endif
     if (s == DPT_OK && !on_cpu)
         s = dpt_net_to_gpu_opts(net, &o);
     if (s == DPT_OK)
@@ -93,9 +101,9 @@ static dpt_status run_one(const char *spec, const char *label, int classes, int 
         if (!on_cpu)
             dpt_gpu_name(0, name, sizeof name);
         printf("BENCH dptrain net=%s device=\"%s\" batch=%d algos=%s steps=%ld seconds=%.3f "
-               "ms_per_step=%.4f images_per_s=%.1f loss=%.4f\n",
+               "ms_per_step=%.4f images_per_s=%.1f loss=%.4f precision=%s\n",
                label, name, B, timed ? "timed" : "heuristic", steps, el, 1e3 * el / steps,
-               B * steps / el, l);
+               B * steps / el, l, precision ? precision : "fp32");
         fflush(stdout);
     }
     free(x), free(t);
@@ -106,7 +114,7 @@ static dpt_status run_one(const char *spec, const char *label, int classes, int 
 
 int main(int argc, char **argv)
 {
-    const char *spec = NULL, *label = "example", *algos = "both";
+    const char *spec = NULL, *label = "example", *algos = "both", *precision = NULL;
     int classes = 10, on_cpu = 0, n_batches = 0;
     double seconds = 3;
     int *batches = calloc((size_t)argc, sizeof *batches);
@@ -125,6 +133,8 @@ int main(int argc, char **argv)
             algos = argv[++a];
         else if (!strcmp(o, "--seconds") && more)
             seconds = int_arg(argv[++a], 0, 600, "--seconds");
+        else if (!strcmp(o, "--precision") && more)
+            precision = argv[++a];
         else if (!strcmp(o, "--cpu"))
             on_cpu = 1;
         else if (o[0] != '-')
@@ -143,7 +153,8 @@ int main(int argc, char **argv)
     }
     if (n_batches == 0) {
         fprintf(stderr, "usage: gpu_bench [--net SPEC] [--label NAME] [--classes K] "
-                        "[--algos heuristic|timed|both] [--seconds S] [--cpu] B [B ...]\n");
+                        "[--algos heuristic|timed|both] [--precision fp32|tf32|bf16] "
+                        "[--seconds S] [--cpu] B [B ...]\n");
         free(batches);
         return 1;
     }
@@ -157,7 +168,7 @@ int main(int argc, char **argv)
     for (int b = 0; b < n_batches && s == DPT_OK; b++)
         for (int timed = from; timed <= to && s == DPT_OK; timed++)
             if (!(on_cpu && timed)) /* algorithm timing is the GPU's */
-                s = run_one(spec, label, classes, batches[b], timed, seconds, on_cpu);
+                s = run_one(spec, label, classes, batches[b], timed, precision, seconds, on_cpu);
     free(batches);
     if (s != DPT_OK) {
         fprintf(stderr, "gpu_bench: %s\n", dpt_last_error());
