@@ -4,9 +4,14 @@
  *   parallel_custom_loop DATA [EPOCHS [WORKERS [MODEL]]]
  *
  * DATA is a folder with one sub-folder of images per class (the digits:
- * DATA/0/1.png, ..., DATA/9/...); EPOCHS defaults to 20, WORKERS to one
- * per core; MODEL, when given, is where the trained network is saved
- * (safetensors). Under mpirun each rank is one worker.
+ * DATA/0/1.png, ..., DATA/9/...); EPOCHS defaults to 20; MODEL, when
+ * given, is where the trained network is saved (safetensors). Under
+ * mpirun each rank is one worker.
+ *
+ * Step 3's canUseGPU: with GPUs (a CUDA build and a device), one worker
+ * per GPU and the minibatch grown with their count (128 per GPU);
+ * otherwise, or when WORKERS asks for more workers than there are GPUs, a
+ * pool of CPU workers (WORKERS, default one per core) sharing 128.
  *
  * Build: cc parallel_custom_loop.c $(pkg-config --cflags --libs dptrain)
  * Each numbered step below is the step of the same number in the original. */
@@ -25,6 +30,7 @@ typedef struct run {
     int n_classes;
     int epochs;
     int batch;              /* global minibatch size */
+    int on_gpu;             /* step 3: one GPU per worker */
     float lr, momentum;
     const char *model_path; /* NULL: not saved */
     dpt_progress_queue *progress; /* worker 1 -> client */
@@ -135,6 +141,9 @@ static dpt_status worker(dpt_comm *comm, void *arg)
     if ((s = define_network(r->n_classes, my_batch, &net)) != DPT_OK ||
         (s = dpt_sgdm_new(dpt_net_n_params(net), r->lr, r->momentum, 0.0f, &sgdm)) != DPT_OK)
         goto done;
+    /* Step 3 (cont.): each worker moves its replica to its own GPU. */
+    if (r->on_gpu && (s = dpt_net_to_gpu(net, dpt_gpu_for_worker(comm))) != DPT_OK)
+        goto done;
 
     /* Step 1 (cont.): the queue resizes each image to the network's input
      * size and one-hot encodes its label. */
@@ -180,30 +189,44 @@ static dpt_status worker(dpt_comm *comm, void *arg)
 
             /* Loss and gradients on this worker's share: forward in
              * training mode, cross-entropy, backward from the gradient at
-             * the softmax input. */
+             * the softmax input. On a GPU the scores come back to the
+             * host and the loss gradient goes to the device; the
+             * gradients themselves stay there, so this worker's loss and
+             * gradient are weighted at the loss, not by gplus. */
             const float *probs;
             float *dlogits = dpt_net_output_grad(net);
             if ((s = dpt_net_forward(net, b.x.data, b.n, DPT_MODE_TRAIN, &probs)) != DPT_OK ||
-                (s = dpt_loss_softmax_xent(probs, b.y.data, b.n, r->n_classes, 1.0, &loss,
-                                           dlogits)) != DPT_OK ||
+                (s = dpt_loss_softmax_xent(probs, b.y.data, b.n, r->n_classes,
+                                           r->on_gpu ? weight : 1.0, &loss, dlogits)) != DPT_OK ||
                 (s = dpt_net_backward(net, dlogits, 1)) != DPT_OK)
                 goto done;
 
-            /* Combine loss and gradients across workers: gplus(weight·x).
-             * Combine the batch-norm statistics with the same weights and
-             * update the running state (aggregateState). */
-            if ((s = dpt_gplus_f64(comm, &loss, 1, weight)) != DPT_OK ||
-                (s = dpt_gplus_f32(comm, dpt_net_grads(net), dpt_net_n_params(net),
-                                   weight)) != DPT_OK ||
-                (s = dpt_net_update_state(net, comm)) != DPT_OK)
-                goto done;
+            if (r->on_gpu) {
+                /* Sum the weighted loss and gradients across workers on the
+                 * devices (NCCL, or staged through the host when GPUs are
+                 * shared), pool the batch-norm state, and apply the SGDM
+                 * update on the device: the same result as the gplus
+                 * calls below. */
+                if ((s = dpt_train_aggregate(net, comm, &loss)) != DPT_OK ||
+                    (s = dpt_net_sgdm_step(net, sgdm)) != DPT_OK)
+                    goto done;
+            } else {
+                /* Combine loss and gradients across workers:
+                 * gplus(weight·x). Combine the batch-norm statistics with
+                 * the same weights and update the running state
+                 * (aggregateState). */
+                if ((s = dpt_gplus_f64(comm, &loss, 1, weight)) != DPT_OK ||
+                    (s = dpt_gplus_f32(comm, dpt_net_grads(net), dpt_net_n_params(net),
+                                       weight)) != DPT_OK ||
+                    (s = dpt_net_update_state(net, comm)) != DPT_OK)
+                    goto done;
+                /* Every worker applies the same SGDM update. */
+                dpt_sgdm_step(sgdm, dpt_net_params(net), dpt_net_grads(net));
+            }
             if (!isfinite(loss)) {
                 s = dpt_fail(DPT_ERR_NUMERIC, "loss became %g at iteration %ld", loss, iteration);
                 goto done;
             }
-
-            /* Every worker applies the same SGDM update. */
-            dpt_sgdm_step(sgdm, dpt_net_params(net), dpt_net_grads(net));
             iteration++;
         }
         dpt_mbq_free(mbq), mbq = NULL;
@@ -224,7 +247,9 @@ static dpt_status worker(dpt_comm *comm, void *arg)
     if (rank == 0) {
         if ((s = test_accuracy(net, r->test, &r->accuracy)) != DPT_OK)
             goto done;
-        if (r->model_path && (s = dpt_net_save(net, r->model_path, NULL, 0)) != DPT_OK)
+        /* A GPU network's host copy is brought up to date before saving. */
+        if (r->model_path && ((s = dpt_net_sync_to_host(net)) != DPT_OK ||
+                              (s = dpt_net_save(net, r->model_path, NULL, 0)) != DPT_OK))
             goto done;
     }
 done:
@@ -255,7 +280,7 @@ int main(int argc, char **argv)
         return 1;
     }
     int epochs = argc > 2 ? positive_int(argv[2], "EPOCHS") : 20;
-    int workers = argc > 3 ? positive_int(argv[3], "WORKERS") : dpt_cpu_count();
+    int asked = argc > 3 ? positive_int(argv[3], "WORKERS") : 0;
 
     /* Step 1. An image datastore over the folder, labels from the
      * sub-folder names, split 90/10 per label at random. */
@@ -264,19 +289,33 @@ int main(int argc, char **argv)
     if (s == DPT_OK)
         s = dpt_datastore_split_each_label(all, 0.9, 0 /* seed */, &train, &test);
 
-    /* Step 3. A pool of CPU workers (one per core unless WORKERS says
-     * otherwise), each with its share of the cores for the BLAS. The
-     * minibatch grows with the worker count only on GPU workers. */
+    /* Step 3. canUseGPU: one worker per GPU when this build has CUDA and
+     * a device is found, and the minibatch grows with the GPU count.
+     * Otherwise (or when WORKERS asks for more workers than GPUs) a pool
+     * of CPU workers, one per core unless WORKERS says otherwise, each
+     * with its share of the cores for the BLAS, sharing a minibatch of
+     * 128. Under mpirun the pool is the ranks, and each rank takes the
+     * GPU of its node-local rank. */
+    int n_gpus = dpt_gpu_count();
+    int on_gpu = n_gpus > 0 && (asked == 0 || asked <= n_gpus);
+    int workers = asked ? asked : on_gpu ? n_gpus : dpt_cpu_count();
     dpt_spmd_config pool = DPT_SPMD_CONFIG_INIT;
     pool.n_workers = workers;
     int cores = dpt_cpu_count();
     dpt_blas_set_threads(cores > workers ? cores / workers : 1);
+    if (on_gpu) {
+        char name[128] = "";
+        dpt_gpu_name(0, name, sizeof name);
+        printf("device: %d GPU worker(s) (%s), minibatch %d per GPU\n", workers, name, 128);
+    } else {
+        printf("device: CPU pool of %d worker(s), minibatch 128 shared\n", workers);
+    }
 
     /* Step 4. Training options: 20 epochs, minibatch 128, SGD with
      * momentum (learning rate 0.01, momentum 0.9). */
     run r = {train, test, all ? dpt_datastore_n_classes(all) : 0, epochs,
-             dpt_batch_global(128, workers, 0), 0.01f, 0.9f, argc > 4 ? argv[4] : NULL, NULL,
-             NAN};
+             dpt_batch_global(128, workers, on_gpu), on_gpu, 0.01f, 0.9f,
+             argc > 4 ? argv[4] : NULL, NULL, NAN};
 
     /* Step 6 (client side): a queue from worker 1 to this thread's callback. */
     if (s == DPT_OK)

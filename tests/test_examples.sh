@@ -54,6 +54,25 @@ else
   bad "parallel_custom_loop failed: $(cat "$tmp/pcl.log")"
 fi
 
+# ---- step 3, canUseGPU: a worker for each GPU when there are GPUs, else the
+# CPU pool; asking for more workers than GPUs also gives the CPU pool.
+gpus=$("${DPT_CLI:?}" info 2>/dev/null | sed -n 's/.*; GPUs: \([0-9][0-9]*\).*/\1/p' | head -1)
+gpus=${gpus:-0}
+grep -q '^device: CPU pool of 2 worker(s), minibatch 128 shared$' "$tmp/pcl.log" ||
+  [ $quick = 1 ] || bad "parallel_custom_loop with 2 workers: no CPU pool line: $(head -3 "$tmp/pcl.log")"
+if "$ex/parallel_custom_loop" "$data" 1 >"$tmp/pcl1.log" 2>&1; then
+  if [ "$gpus" -gt 0 ]; then
+    want="^device: $gpus GPU worker(s) (.*), minibatch 128 per GPU$"
+  else
+    want="^device: CPU pool of [0-9][0-9]* worker(s), minibatch 128 shared$"
+  fi
+  grep -q "$want" "$tmp/pcl1.log" || bad "parallel_custom_loop ($gpus GPUs): expected '$want': $(head -3 "$tmp/pcl1.log")"
+  grep -q '^test accuracy' "$tmp/pcl1.log" || bad "parallel_custom_loop ($gpus GPUs): no accuracy: $(cat "$tmp/pcl1.log")"
+  echo "parallel_custom_loop, default workers: $(grep '^device:' "$tmp/pcl1.log")"
+else
+  bad "parallel_custom_loop with default workers failed: $(cat "$tmp/pcl1.log")"
+fi
+
 # ---- custom_loss: label smoothing through dpt_net_backward(net, dy, 1) -------
 # 3 epochs: enough to see the loss fall and chance beaten.
 if [ $quick = 1 ]; then
