@@ -172,6 +172,7 @@ typedef struct dpt_fit_config {
     dpt_lr_schedule lr_schedule; double clip_norm; const void *augment;
     const void *seq_train; const void *seq_test; const void *text_train; const void *text_test;
     int seq_len; int pad_left;
+    int precision; int cuda_graph;
 } dpt_fit_config;
 typedef struct dpt_fit_result {
     double final_loss; double test_accuracy; long iterations; double train_seconds;
@@ -181,7 +182,7 @@ dpt_status dpt_fit(const dpt_fit_config *cfg, dpt_fit_result *result);
 """
 
 # Versions and defaults of the structures above (the headers' *_INIT).
-FIT_CONFIG_VERSION = 3
+FIT_CONFIG_VERSION = 4
 FOLDER_OPTIONS_VERSION = 2
 SPMD_CONFIG_VERSION = 1
 OPTIM_OPTS_VERSION = 1

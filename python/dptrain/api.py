@@ -155,6 +155,7 @@ def train(data, labels=None, *, net=None, test=None, test_labels=None, split=0.9
         cfg.lr_schedule = sched[0]
         cfg.clip_norm = clip_norm
         cfg.seq_len = 64
+        cfg.precision, cfg.cuda_graph = 0, 1  # fp32; graphs where a GPU runs (the C defaults)
         res = ffi.new("dpt_fit_result *")
         status = []
 
