@@ -107,13 +107,11 @@ static void backward_sums(const float *x, const float *dy, int n, int c, int hw,
 
 void dpt_bn_apply_forward(const float *x, int c, int hw, const dpt_bn_apply *a, float *y)
 {
-    for (int ch = 0; ch < c; ch++) {
-        const float m = a->mean[ch], sc = a->scale[ch], sh = a->shift[ch];
-        for (int j = 0; j < hw; j++) {
-            float z = (x[(size_t)ch * hw + j] - m) * sc + sh;
-            y[(size_t)ch * hw + j] = a->relu && !(z > 0.0f) ? 0.0f : z;
-        }
-    }
+    /* The normalize pass with a's coefficients: the same expression. */
+    const bn_isa *k = isa();
+    for (int ch = 0; ch < c; ch++)
+        k->normalize(x + (size_t)ch * hw, hw, a->mean[ch], a->scale[ch], a->shift[ch],
+                     y + (size_t)ch * hw, a->relu);
 }
 
 void dpt_bn_grad_sums(const float *x, const float *g, int n, int c, int hw, const dpt_bn_apply *a,

@@ -252,6 +252,19 @@ void dpt_maxpool2d_forward(const dpt_pool2d_desc *d, const float *x, float *y);
  * found again from x by the forward's scan (row by row, the first of equal
  * maxima, a NaN taking over: PyTorch's CPU rule); overlapping windows add. */
 void dpt_maxpool2d_backward(const dpt_pool2d_desc *d, const float *x, const float *dy, float *dx);
+/* Max pooling that keeps each window's choice for its backward, so that
+ * the backward reads neither x nor searches again: for shapes where
+ * dpt_maxpool2d_has_idx (2x2 windows, stride 2, no padding: the common
+ * downsampling), idx [n, c, out_h, out_w] bytes (NULL: not kept) receives
+ * the tap each window took; other shapes ignore idx. Same bits as the
+ * plain pair. */
+int dpt_maxpool2d_has_idx(const dpt_pool2d_desc *d);
+void dpt_maxpool2d_forward_idx(const dpt_pool2d_desc *d, const float *x, float *y,
+                               unsigned char *idx);
+/* dpt_maxpool2d_backward from the idx of dpt_maxpool2d_forward_idx (only
+ * where dpt_maxpool2d_has_idx). */
+void dpt_maxpool2d_backward_idx(const dpt_pool2d_desc *d, const unsigned char *idx,
+                                const float *dy, float *dx);
 /* y = sum of each window / (kh*kw). */
 void dpt_avgpool2d_forward(const dpt_pool2d_desc *d, const float *x, float *y);
 /* dx: each window's dy / (kh*kw) to every input pixel of it, added up. */
