@@ -2,7 +2,8 @@
  * rule, layer_pool.c): a conv -> batchnorm -> relu -> maxpool stem and its
  * variants give the outputs and gradients of the plain plan, and the max
  * pooling's saved window taps (2x2 stride 2) give the same backward as a
- * search from x, over several steps and batch sizes. */
+ * search from x, over several steps and batch sizes; likewise a residual
+ * add with the ReLU after it fused in. */
 #include "net/net_impl.h"
 #include "ops/ops.h"
 #include "testutil.h"
@@ -19,6 +20,10 @@ static const char spec[] =
     "batchnorm b1\n"
     "relu r1\n"
     "maxpool p1 size=2\n"
+    "conv ca filter=3 filters=8 padding=1 bias=0\n"
+    "batchnorm ba\n"
+    "add a from=ba,p1\n"
+    "relu ra\n"
     "conv c2 filter=3 filters=6 padding=1 bias=0\n"
     "batchnorm b2\n"
     "relu r2\n"
@@ -83,6 +88,11 @@ int main(void)
         CHECK(fused->acts[b] == NULL);
         CHECK(plain->layers[p].in_bnf == NULL && plain->acts[b] != NULL);
     }
+    /* add -> relu: the add applies the ReLU, the relu shares its output. */
+    const int a = layer_index(fused, "a"), ra = layer_index(fused, "ra");
+    CHECK(a > 0 && ra > 0 && fused->layers[a].relu_after && fused->layers[ra].fused);
+    CHECK(fused->acts[ra] == fused->acts[a]);
+    CHECK(!plain->layers[a].relu_after && !plain->layers[ra].fused);
     const size_t np = dpt_net_n_params(fused);
     CHECK(np == dpt_net_n_params(plain));
     memcpy(dpt_net_params(plain), dpt_net_params(fused), np * sizeof(float));

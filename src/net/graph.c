@@ -100,6 +100,15 @@ static dpt_status plan_fusion(dpt_net *net, int fusion)
         fusion = !(strcmp(dpt_ops_kernels(), "generic") == 0 || (env && strcmp(env, "0") == 0));
     if (!fusion)
         return DPT_OK;
+    /* add then relu (a residual block's end): the add applies the ReLU,
+     * forward and backward (its mask from the add's output, which the relu
+     * shares): one pass over the block's output instead of two. */
+    for (int i = 1; i < net->n_layers; i++) {
+        const int r = only_consumer(net, i);
+        if (net->layers[i].type == &dpt_layer_add && r > 0 &&
+            net->layers[r].type == &dpt_layer_relu)
+            net->layers[i].relu_after = net->layers[r].fused = 1;
+    }
     size_t n_sums = 0, n_bn = 0, n_buf = 0;
     for (int i = 1; i < net->n_layers; i++) {
         if (fusable_bn(net, i)) {
