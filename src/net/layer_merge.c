@@ -78,6 +78,16 @@ static dpt_status add_backward(dpt_net *net, dpt_layer *l, const float *const *x
     /* With the ReLU above fused in, dy is at its output: masked once by y
      * (the ReLU's output too), as dpt_relu_backward does, then copied. */
     const float *g = dy;
+    if (l->relu_after && l->n_in == 2 && dx[0] && dx[1]) {
+        /* Both at once: one read of y and dy. */
+        float *d0 = dx[0], *d1 = dx[1];
+        for (size_t i = 0; i < m; i++) {
+            const float v = dy[i], r = y[i] > 0.0f ? v : 0.0f;
+            d0[i] = r;
+            d1[i] = r;
+        }
+        return DPT_OK;
+    }
     for (int k = 0; k < l->n_in; k++) {
         if (!dx[k])
             continue;
