@@ -1370,6 +1370,25 @@ static void pool_vs_scalar(dpt_rng *rng)
                 differs |= memcmp(a, b, n * sizeof *a) != 0;
                 idx_cases++;
             }
+            if (mode == 0 && dpt_maxpool2d_has_idx(&d)) {
+                /* With a batch norm (+ ReLU) applied on the fly: the bits
+                 * of applying it first. */
+                float bnp[3 * 3];
+                for (int i = 0; i < 3 * d.c; i++)
+                    bnp[i] = (float)(dpt_rng_uniform(rng) * 2 - 0.5);
+                const dpt_bn_apply ba = {.mean = bnp, .scale = bnp + d.c, .shift = bnp + 2 * d.c,
+                                         .relu = (it / 6) % 2};
+                const size_t img = (size_t)d.c * d.h * d.w;
+                float *xb = malloc(nx * sizeof *xb);
+                for (int i = 0; i < d.n; i++)
+                    dpt_bn_apply_forward(x + i * img, d.c, d.h * d.w, &ba, xb + i * img);
+                dpt_pool2d_reference(0, &d, xb, dy, a);
+                unsigned char *idx2 = malloc(ny);
+                dpt_maxpool2d_forward_idx(&d, xb, ybuf, idx);
+                dpt_maxpool2d_forward_bn(&d, x, &ba, b, idx2);
+                differs |= memcmp(a, b, n * sizeof *a) != 0 || memcmp(idx, idx2, ny) != 0;
+                free(xb), free(idx2);
+            }
             if (differs) {
                 if (bad++ < 5)
                     printf("  pool mode %d n%d c%d %dx%d k%dx%d s%dx%d p%dx%d: differs\n", mode,

@@ -183,6 +183,11 @@ static dpt_status pool_forward(dpt_net *net, dpt_layer *l, const float *const *x
         pool_fwd(p, x[0], y, n, idx);
         return DPT_OK;
     }
+    if (keeps_idx(p)) { /* one pass: normalised as the taps are loaded */
+        p->d.n = n;
+        dpt_maxpool2d_forward_bn(&p->d, x[0], &l->in_bnf->a, y, idx);
+        return DPT_OK;
+    }
     const size_t in = (size_t)l->in[0] * l->in[1] * l->in[2];
     const size_t out = (size_t)l->out[0] * l->out[1] * l->out[2];
     for (int i = 0; i < n; i++) {

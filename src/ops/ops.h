@@ -261,6 +261,11 @@ void dpt_maxpool2d_backward(const dpt_pool2d_desc *d, const float *x, const floa
 int dpt_maxpool2d_has_idx(const dpt_pool2d_desc *d);
 void dpt_maxpool2d_forward_idx(const dpt_pool2d_desc *d, const float *x, float *y,
                                unsigned char *idx);
+/* dpt_maxpool2d_forward_idx of the batch norm a applied to x (only where
+ * dpt_maxpool2d_has_idx): the bits of dpt_bn_apply_forward then
+ * dpt_maxpool2d_forward_idx, in one pass (graph.c's bn -> pool fusion). */
+void dpt_maxpool2d_forward_bn(const dpt_pool2d_desc *d, const float *x, const dpt_bn_apply *a,
+                              float *y, unsigned char *idx);
 /* dpt_maxpool2d_backward from the idx of dpt_maxpool2d_forward_idx (only
  * where dpt_maxpool2d_has_idx). */
 void dpt_maxpool2d_backward_idx(const dpt_pool2d_desc *d, const unsigned char *idx,

@@ -485,6 +485,23 @@ void dpt_maxpool2d_forward_idx(const dpt_pool2d_desc *d, const float *x, float *
         dpt_maxpool2d_forward(d, x, y);
 }
 
+void dpt_maxpool2d_forward_bn(const dpt_pool2d_desc *d, const float *x, const dpt_bn_apply *a,
+                              float *y, unsigned char *idx)
+{
+    const pool_isa *k = max2_pick(d);
+    const size_t in_plane = (size_t)d->h * d->w, out_plane = (size_t)d->out_h * d->out_w;
+    const size_t planes = (size_t)d->n * d->c;
+    for (size_t p = 0; p < planes; p++) {
+        const int ch = (int)(p % (size_t)d->c);
+        const float bn[3] = {a->mean[ch], a->scale[ch], a->shift[ch]};
+        for (int oy = 0; oy < d->out_h; oy++) {
+            const float *r0 = x + p * in_plane + (size_t)2 * oy * d->w;
+            const size_t o = p * out_plane + (size_t)oy * d->out_w;
+            k->max2_row_bn(r0, r0 + d->w, d->out_w, bn, a->relu, y + o, idx ? idx + o : NULL);
+        }
+    }
+}
+
 void dpt_maxpool2d_backward_idx(const dpt_pool2d_desc *d, const unsigned char *idx,
                                 const float *dy, float *dx)
 {

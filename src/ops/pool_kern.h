@@ -130,7 +130,19 @@ static inline VI KN(take)(VT v, VT m) { return (VI)(v > m) | (VI)(v != v); }
 
 static inline VT KN(pick)(VI t, VT a, VT b) { return (VT)(((VI)a & t) | ((VI)b & ~t)); }
 
-static void KN(max2_row)(const float *r0, const float *r1, int n, float *y, unsigned char *idx)
+/* z = (v − m)·sc + sh, ReLU'd when relu: bn_kern.h's normalize, the
+ * same float expression. */
+static inline VT KN(bn_z)(VT v, const float *bn, int relu)
+{
+    const VT z = (v - KN(vset1)(bn[0])) * KN(vset1)(bn[1]) + KN(vset1)(bn[2]);
+    return relu ? KN(keep)(z, z > KN(vset1)(0.0f)) : z;
+}
+
+/* bn: NULL, or {mean, scale, shift} of a batch norm applied to the input
+ * first (relu: and a ReLU). Inlined into both entries, which pass
+ * constants. */
+static inline void KN(max2_core)(const float *r0, const float *r1, int n, float *y,
+                                 unsigned char *idx, const float *bn, int relu)
 {
     typedef unsigned char vu8 __attribute__((vector_size(VN)));
     for (int o = 0; o < n; o += VN) {
@@ -138,6 +150,10 @@ static void KN(max2_row)(const float *r0, const float *r1, int n, float *y, unsi
         VT a, b, c, d;
         KN(pair_load)(r0, o, k, &a, &b);
         KN(pair_load)(r1, o, k, &c, &d);
+        if (bn) {
+            a = KN(bn_z)(a, bn, relu), b = KN(bn_z)(b, bn, relu);
+            c = KN(bn_z)(c, bn, relu), d = KN(bn_z)(d, bn, relu);
+        }
         /* The scan a, b, c, d grouped as (a, b), (c, d): the take rule is
          * associative (the first maximum, or the last NaN, wins either
          * way), so the value and the tap are the sequential scan's. */
@@ -159,6 +175,20 @@ static void KN(max2_row)(const float *r0, const float *r1, int n, float *y, unsi
                     idx[o + l] = t[l];
         }
     }
+}
+
+static void KN(max2_row)(const float *r0, const float *r1, int n, float *y, unsigned char *idx)
+{
+    KN(max2_core)(r0, r1, n, y, idx, NULL, 0);
+}
+
+static void KN(max2_row_bn)(const float *r0, const float *r1, int n, const float *bn, int relu,
+                            float *y, unsigned char *idx)
+{
+    if (relu)
+        KN(max2_core)(r0, r1, n, y, idx, bn, 1);
+    else
+        KN(max2_core)(r0, r1, n, y, idx, bn, 0);
 }
 
 static void KN(max2_back_row)(const float *g, const unsigned char *idx, int n, float *d0, float *d1)
@@ -204,5 +234,6 @@ const pool_isa KN(dpt_pool_isa) = {
     .add_row = KN(add_row),
     .add_argmax = KN(add_argmax),
     .max2_row = KN(max2_row),
+    .max2_row_bn = KN(max2_row_bn),
     .max2_back_row = KN(max2_back_row),
 };
