@@ -72,8 +72,7 @@ dpt_status net_check_graph(dpt_net *net)
  *    again in backward, where they need that input for the weight
  *    gradient); or then maxpool / avgpool, which normalise an image at a
  *    time into cache-sized scratch and pool from there (a stem's conv ->
- *    batchnorm -> relu -> maxpool), or globalavgpool, which normalises as
- *    it sums and keeps per plane what the backward sums need of x;
+ *    batchnorm -> relu -> maxpool);
  *  - conv then batchnorm, backward: the batchnorm computes only its sums and
  *    per-channel coefficients; the conv forms its output gradient from them
  *    while packing it (the batchnorm's input gradient is never written).
@@ -152,7 +151,7 @@ static dpt_status plan_fusion(dpt_net *net, int fusion)
         int c2 = only_consumer(net, top);
         dpt_layer *next = c2 > 0 ? &net->layers[c2] : NULL;
         if (next && (next->type == &dpt_layer_conv || next->type == &dpt_layer_maxpool ||
-                     next->type == &dpt_layer_avgpool || next->type == &dpt_layer_globalavgpool ||
+                     next->type == &dpt_layer_avgpool ||
                      (next->type == &dpt_layer_fc &&
                       dpt_linear_fuses_bn(next->in[0] * next->in[1] * next->in[2], next->out[0],
                                           next->in[1] * next->in[2])))) {

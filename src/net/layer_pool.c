@@ -299,101 +299,25 @@ static dpt_status gap_infer(dpt_net *net, dpt_layer *l)
     return DPT_OK;
 }
 
-/* Fused with the batchnorm (and ReLU) below it (graph.c): per plane of
- * the last TRAIN forward, the count and Σ (x − mean) of the values the ReLU
- * passed, [max_batch·C][2] doubles, owned; what the batch norm's backward
- * sums need of x, so the backward reads no activation at all. */
-typedef struct gap_layer {
-    double *stats;
-    size_t stats_cap; /* doubles */
-    int stats_n;      /* observations of the last TRAIN forward (0: none) */
-} gap_layer;
-
-static dpt_status gap_create(dpt_layer *l)
-{
-    if (!(l->priv = calloc(1, sizeof(gap_layer))))
-        return dpt_fail(DPT_ERR_NOMEM, "out of memory");
-    return DPT_OK;
-}
-
-static void gap_free(dpt_layer *l)
-{
-    gap_layer *g = l->priv;
-    if (g)
-        free(g->stats);
-    free(g);
-}
-
-static size_t gap_keep(const dpt_net *net, const dpt_layer *l)
-{
-    return 4 * (size_t)net->max_batch * l->in[0]; /* doubles as floats */
-}
-
-static dpt_status gap_setup(dpt_net *net, dpt_layer *l)
-{
-    gap_layer *g = l->priv;
-    const size_t need = 2 * (size_t)net->max_batch * l->in[0];
-    g->stats_n = 0;
-    if (need <= g->stats_cap)
-        return DPT_OK;
-    free(g->stats);
-    g->stats_cap = 0;
-    if (!(g->stats = malloc(need * sizeof *g->stats)))
-        return dpt_fail(DPT_ERR_NOMEM, "%s '%s': out of memory", l->type->name, l->name);
-    g->stats_cap = need;
-    return DPT_OK;
-}
-
 static dpt_status gap_forward(dpt_net *net, dpt_layer *l, const float *const *x, float *y, int n,
                               dpt_mode mode)
 {
-    (void)net;
-    gap_layer *g = l->priv;
-    const int c = l->in[0], hw = l->in[1] * l->in[2];
-    g->stats_n = 0;
-    if (!l->in_bnf) {
-        dpt_global_avgpool_forward(x[0], y, n, c, hw);
-        return DPT_OK;
-    }
-    double *stats = NULL;
-    if (mode == DPT_MODE_TRAIN && 2 * (size_t)n * c <= g->stats_cap) {
-        stats = g->stats;
-        g->stats_n = n;
-    }
-    dpt_global_avgpool_forward_bn(x[0], y, n, c, hw, &l->in_bnf->a, stats);
+    (void)net, (void)mode;
+    dpt_global_avgpool_forward(x[0], y, n, l->in[0], l->in[1] * l->in[2]);
     return DPT_OK;
 }
 
 static dpt_status gap_backward(dpt_net *net, dpt_layer *l, const float *const *x, const float *y,
                                const float *dy, float *const *dx, int n)
 {
-    (void)y;
-    gap_layer *g = l->priv;
-    const int c = l->in[0], hw = l->in[1] * l->in[2];
-    if (!dx[0])
-        return DPT_OK;
-    if (!l->in_bnf) {
-        dpt_global_avgpool_backward(dy, dx[0], n, c, hw);
-        return DPT_OK;
-    }
-    /* dx is the gradient at the batch norm's (ReLU's) output; its backward
-     * sums come from the forward's per-plane stats (or, without them, from
-     * x: the batchnorm then reads neither). */
-    double *xg = l->in_bnf->xg;
-    memset(xg, 0, 2 * (size_t)c * sizeof *xg);
-    if (g->stats_n == n) {
-        dpt_global_avgpool_backward_bn(dy, dx[0], n, c, hw, g->stats, xg, xg + c);
-    } else {
-        dpt_global_avgpool_backward(dy, dx[0], n, c, hw);
-        dpt_bn_grad_sums(x[0], dx[0], n, c, hw, &l->in_bnf->a, xg, xg + c);
-    }
-    (void)net;
+    (void)net, (void)x, (void)y;
+    if (dx[0])
+        dpt_global_avgpool_backward(dy, dx[0], n, l->in[0], l->in[1] * l->in[2]);
     return DPT_OK;
 }
 
 const layer_type dpt_layer_globalavgpool = {
     .name = "globalavgpool", .min_inputs = 1, .max_inputs = 1,
-    .create = gap_create, .free = gap_free, .keep_floats = gap_keep, .setup = gap_setup,
     .set = gap_set, .infer = gap_infer, .forward = gap_forward, .backward = gap_backward,
     .gpu_supports = gpu_supports_always, .gpu_forward = GPU_ENTRY(gap_gpu_forward),
     .gpu_backward = GPU_ENTRY(gap_gpu_backward),

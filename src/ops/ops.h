@@ -278,18 +278,6 @@ void dpt_avgpool2d_backward(const dpt_pool2d_desc *d, const float *dy, float *dx
 void dpt_global_avgpool_forward(const float *x, float *y, int n, int c, int hw);
 /* dx [n, c, hw] = dy [n, c] / hw. */
 void dpt_global_avgpool_backward(const float *dy, float *dx, int n, int c, int hw);
-/* dpt_global_avgpool_forward of the batch norm a applied to x (the bits of
- * dpt_bn_apply_forward then dpt_global_avgpool_forward, in one pass;
- * graph.c's bn -> globalavgpool fusion). stats (NULL: not wanted) [n·c][2]
- * receives per plane the count and Σ (x − mean) (float64) of the values
- * a's ReLU passes (all without one): what the backward needs of x. */
-void dpt_global_avgpool_forward_bn(const float *x, float *y, int n, int c, int hw,
-                                   const dpt_bn_apply *a, double *stats);
-/* dpt_global_avgpool_backward, and a's batch-norm backward sums from the
- * forward's stats: s_g[ch] += Σ g', s_gx[ch] += Σ g'·(x − mean) (as
- * dpt_bn_grad_sums, up to rounding), g' = dx masked by a's ReLU. */
-void dpt_global_avgpool_backward_bn(const float *dy, float *dx, int n, int c, int hw,
-                                    const double *stats, double *s_g, double *s_gx);
 
 /* ---- elementwise activations (act.c) ---------------------------------------- *
  * Backward overwrites dx; dx may equal dy. */

@@ -568,47 +568,6 @@ void dpt_global_avgpool_forward(const float *x, float *y, int n, int c, int hw)
     }
 }
 
-void dpt_global_avgpool_forward_bn(const float *x, float *y, int n, int c, int hw,
-                                   const dpt_bn_apply *a, double *stats)
-{
-    const size_t planes = (size_t)n * c;
-    for (size_t p = 0; p < planes; p++) {
-        const float *xp = x + p * (size_t)hw;
-        const int ch = (int)(p % (size_t)c);
-        const float m = a->mean[ch], sc = a->scale[ch], sh = a->shift[ch];
-        /* The chains of dpt_global_avgpool_forward over z, the float
-         * expression of dpt_bn_apply_forward: the same bits as the two
-         * passes. Beside them, the count and Σ (x − m) of the taps the
-         * ReLU lets through, all the backward needs of x. */
-        double s[4] = {0.0, 0.0, 0.0, 0.0}, sxm = 0.0;
-        int cnt = 0;
-        for (int j = 0; j < hw; j++) {
-            const float xc = xp[j] - m, z = xc * sc + sh;
-            const int on = !a->relu || z > 0.0f;
-            /* The tail (past the last four) goes to chain 0, as there. */
-            s[j < (hw & ~3) ? j & 3 : 0] += on ? z : 0.0f;
-            cnt += on;
-            sxm += on ? (double)xc : 0.0;
-        }
-        y[p] = (float)(((s[0] + s[1]) + (s[2] + s[3])) / hw);
-        if (stats)
-            stats[2 * p] = cnt, stats[2 * p + 1] = sxm;
-    }
-}
-
-void dpt_global_avgpool_backward_bn(const float *dy, float *dx, int n, int c, int hw,
-                                    const double *stats, double *s_g, double *s_gx)
-{
-    dpt_global_avgpool_backward(dy, dx, n, c, hw);
-    const size_t planes = (size_t)n * c;
-    for (size_t p = 0; p < planes; p++) {
-        const int ch = (int)(p % (size_t)c);
-        const double g = dy[p] / (float)hw; /* the float each dx value holds */
-        s_g[ch] += g * stats[2 * p];
-        s_gx[ch] += g * stats[2 * p + 1];
-    }
-}
-
 void dpt_global_avgpool_backward(const float *dy, float *dx, int n, int c, int hw)
 {
     const size_t planes = (size_t)n * c;
