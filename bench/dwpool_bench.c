@@ -127,7 +127,7 @@ static void pool_shape(dpt_rng *rng, int n, int c, int hw, int k, int stride, in
     if (dpt_maxpool2d_has_idx(&d)) {
         /* Max pooling keeping the taps (as the layer runs it in training):
          * the forward writes them, the backward reads them instead of x. */
-        unsigned char *idx = malloc(ny);
+        unsigned char *idx = malloc(ny + DPT_POOL_IDX_SLACK);
         double bi[2] = {1e30, 1e30};
         for (int r = 0; idx && r < rounds; r++)
             for (int m = 0; m < 2; m++) {

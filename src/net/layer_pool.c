@@ -117,13 +117,13 @@ static size_t idx_bytes(const pool_layer *p, int n)
 static size_t pool_keep(const dpt_net *net, const dpt_layer *l)
 {
     const pool_layer *p = l->priv;
-    return keeps_idx(p) ? (idx_bytes(p, net->max_batch) + 3) / 4 : 0;
+    return keeps_idx(p) ? (idx_bytes(p, net->max_batch) + DPT_POOL_IDX_SLACK + 3) / 4 : 0;
 }
 
 static dpt_status pool_setup(dpt_net *net, dpt_layer *l)
 {
     pool_layer *p = l->priv;
-    const size_t need = keeps_idx(p) ? idx_bytes(p, net->max_batch) : 0;
+    const size_t need = keeps_idx(p) ? idx_bytes(p, net->max_batch) + DPT_POOL_IDX_SLACK : 0;
     p->idx_n = 0;
     if (need <= p->idx_cap)
         return DPT_OK;
@@ -175,7 +175,8 @@ static dpt_status pool_forward(dpt_net *net, dpt_layer *l, const float *const *x
     pool_layer *p = l->priv;
     unsigned char *idx = NULL;
     p->idx_n = 0;
-    if (mode == DPT_MODE_TRAIN && keeps_idx(p) && idx_bytes(p, n) <= p->idx_cap) {
+    if (mode == DPT_MODE_TRAIN && keeps_idx(p) &&
+        idx_bytes(p, n) + DPT_POOL_IDX_SLACK <= p->idx_cap) {
         idx = p->idx;
         p->idx_n = n;
     }

@@ -256,9 +256,13 @@ void dpt_maxpool2d_backward(const dpt_pool2d_desc *d, const float *x, const floa
  * the backward reads neither x nor searches again: for shapes where
  * dpt_maxpool2d_has_idx (2x2 windows, stride 2, no padding: the common
  * downsampling), idx [n, c, out_h, out_w] bytes (NULL: not kept) receives
- * the tap each window took; other shapes ignore idx. Same bits as the
+ * the tap each window took (DPT_POOL_IDX_SLACK more bytes allocated);
+ * other shapes ignore idx. Same bits as the
  * plain pair. */
 int dpt_maxpool2d_has_idx(const dpt_pool2d_desc *d);
+/* idx holds n·c·out_h·out_w bytes plus this slack: the kernels store and
+ * load whole vectors of taps. */
+#define DPT_POOL_IDX_SLACK 64
 void dpt_maxpool2d_forward_idx(const dpt_pool2d_desc *d, const float *x, float *y,
                                unsigned char *idx);
 /* dpt_maxpool2d_forward_idx of the batch norm a applied to x (only where

@@ -455,7 +455,7 @@ static void max2_backward(const pool_isa *k, const dpt_pool2d_desc *d, const flo
     const size_t in_plane = (size_t)d->h * d->w, out_plane = (size_t)d->out_h * d->out_w;
     const size_t planes = (size_t)d->n * d->c;
     float m[ROW_MAX];
-    unsigned char t[ROW_MAX];
+    unsigned char t[ROW_MAX + DPT_POOL_IDX_SLACK];
     for (size_t p = 0; p < planes; p++) {
         float *dp = dx + p * in_plane;
         for (int oy = 0; oy < d->out_h; oy++) {

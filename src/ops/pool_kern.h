@@ -168,11 +168,10 @@ static inline void KN(max2_core)(const float *r0, const float *r1, int n, float 
         if (idx) {
             const VI i0 = t1 & 1, i1 = (t2 & 1) + 2;
             const vu8 t = __builtin_convertvector((i1 & t3) | (i0 & ~t3), vu8);
-            if (k == VN) /* a constant size: one store, not a call */
-                memcpy(idx + o, &t, sizeof t);
-            else /* a short loop: a memcpy of k bytes is a call */
-                for (int l = 0; l < k; l++)
-                    idx[o + l] = t[l];
+            /* Always the whole vector (a constant size: one store, not a
+             * call): idx has slack past the row, and a later row
+             * overwrites what lands in its place. */
+            memcpy(idx + o, &t, sizeof t);
         }
     }
 }
@@ -197,19 +196,17 @@ static void KN(max2_back_row)(const float *g, const unsigned char *idx, int n, f
     const VT zero = KN(vset1)(0.0f);
     for (int o = 0; o < n; o += VN) {
         const int k = n - o < VN ? n - o : VN;
-        vu8 t = {0};
-        if (k == VN)
-            memcpy(&t, idx + o, sizeof t);
-        else
-            for (int l = 0; l < k; l++)
-                t[l] = idx[o + l];
+        vu8 t; /* lanes past n: junk, not stored */
+        memcpy(&t, idx + o, sizeof t);
         const VI iv = __builtin_convertvector(t, VI);
         /* The reference's +0 += g: g + 0 (a −0 becomes +0). */
         const VT gz = (k == VN ? KN(vload)(g + o) : KN(loadn)(g + o, k)) + zero;
         const VT a = KN(keep)(gz, iv == 0), b = KN(keep)(gz, iv == 1);
         const VT c = KN(keep)(gz, iv == 2), d = KN(keep)(gz, iv == 3);
-        const VT lo0 = __builtin_shufflevector(a, b, DW_ILO), hi0 = __builtin_shufflevector(a, b, DW_IHI);
-        const VT lo1 = __builtin_shufflevector(c, d, DW_ILO), hi1 = __builtin_shufflevector(c, d, DW_IHI);
+        const VT lo0 = __builtin_shufflevector(a, b, DW_ILO);
+        const VT hi0 = __builtin_shufflevector(a, b, DW_IHI);
+        const VT lo1 = __builtin_shufflevector(c, d, DW_ILO);
+        const VT hi1 = __builtin_shufflevector(c, d, DW_IHI);
         if (k == VN) {
             KN(vstore)(d0 + 2 * o, lo0), KN(vstore)(d0 + 2 * o + VN, hi0);
             KN(vstore)(d1 + 2 * o, lo1), KN(vstore)(d1 + 2 * o + VN, hi1);
