@@ -124,6 +124,26 @@ static void pool_shape(dpt_rng *rng, int n, int c, int hw, int k, int stride, in
     for (int m = 0; m < 4; m++)
         printf(" %s %.2f/%.2f ms %.1fx%s", what[m], 1e3 * best[0][m], 1e3 * best[1][m],
                best[0][m] / best[1][m], m < 3 ? " |" : "\n");
+    if (dpt_maxpool2d_has_idx(&d)) {
+        /* Max pooling keeping the taps (as the layer runs it in training):
+         * the forward writes them, the backward reads them instead of x. */
+        unsigned char *idx = malloc(ny + DPT_POOL_IDX_SLACK);
+        double bi[2] = {1e30, 1e30};
+        for (int r = 0; idx && r < rounds; r++)
+            for (int m = 0; m < 2; m++) {
+                double t = cpu_s();
+                if (m == 0)
+                    dpt_maxpool2d_forward_idx(&d, x, y, idx);
+                else
+                    dpt_maxpool2d_backward_idx(&d, idx, dy, dx);
+                t = cpu_s() - t;
+                if (t < bi[m])
+                    bi[m] = t;
+            }
+        printf("  max with saved taps: fwd %.2f ms, bwd %.2f ms (%.1fx, %.1fx the scalar code)\n",
+               1e3 * bi[0], 1e3 * bi[1], best[0][0] / bi[0], best[0][1] / bi[1]);
+        free(idx);
+    }
     free(x), free(dx), free(y), free(dy);
 }
 

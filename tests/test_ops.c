@@ -1317,7 +1317,7 @@ static void cross_check_linear_bn(const char *set, dpt_rng *rng, int n, int c, i
  * rule and NaN rule are exercised. */
 static void pool_vs_scalar(dpt_rng *rng)
 {
-    int bad = 0, cases = 0;
+    int bad = 0, cases = 0, idx_cases = 0;
     for (int it = 0; it < 300; it++) {
         dpt_pool2d_desc d;
         d.n = 1 + (int)(dpt_rng_uniform(rng) * 3), d.c = 1 + (int)(dpt_rng_uniform(rng) * 3);
@@ -1334,6 +1334,8 @@ static void pool_vs_scalar(dpt_rng *rng)
         float *x = malloc(nx * sizeof *x), *dy = malloc(ny * sizeof *dy);
         const size_t nmax = nx > ny ? nx : ny;
         float *a = malloc(nmax * sizeof *a), *b = malloc(nmax * sizeof *b);
+        float *ybuf = malloc(ny * sizeof *ybuf);
+        unsigned char *idx = malloc(ny + DPT_POOL_IDX_SLACK);
         for (size_t i = 0; i < nx; i++) {
             double u = dpt_rng_uniform(rng);
             x[i] = u < 0.02   ? -INFINITY
@@ -1356,16 +1358,48 @@ static void pool_vs_scalar(dpt_rng *rng)
             case 2: dpt_avgpool2d_forward(&d, x, b); break;
             default: dpt_avgpool2d_backward(&d, dy, b); break;
             }
-            if (memcmp(a, b, n * sizeof *a) != 0) {
+            int differs = memcmp(a, b, n * sizeof *a) != 0;
+            /* The saved-tap pair where the shape has it: the same bits. */
+            if (mode < 2 && dpt_maxpool2d_has_idx(&d)) {
+                for (size_t i = 0; i < n; i++)
+                    b[i] = 1234.5f;
+                memset(idx, 0xee, ny);
+                dpt_maxpool2d_forward_idx(&d, x, mode == 0 ? b : ybuf, idx);
+                if (mode == 1)
+                    dpt_maxpool2d_backward_idx(&d, idx, dy, b);
+                differs |= memcmp(a, b, n * sizeof *a) != 0;
+                idx_cases++;
+            }
+            if (mode == 0 && dpt_maxpool2d_has_idx(&d)) {
+                /* With a batch norm (+ ReLU) applied on the fly: the bits
+                 * of applying it first. */
+                float bnp[3 * 3];
+                for (int i = 0; i < 3 * d.c; i++)
+                    bnp[i] = (float)(dpt_rng_uniform(rng) * 2 - 0.5);
+                const dpt_bn_apply ba = {.mean = bnp, .scale = bnp + d.c, .shift = bnp + 2 * d.c,
+                                         .relu = (it / 6) % 2};
+                const size_t img = (size_t)d.c * d.h * d.w;
+                float *xb = malloc(nx * sizeof *xb);
+                for (int i = 0; i < d.n; i++)
+                    dpt_bn_apply_forward(x + i * img, d.c, d.h * d.w, &ba, xb + i * img);
+                dpt_pool2d_reference(0, &d, xb, dy, a);
+                unsigned char *idx2 = malloc(ny + DPT_POOL_IDX_SLACK);
+                dpt_maxpool2d_forward_idx(&d, xb, ybuf, idx);
+                dpt_maxpool2d_forward_bn(&d, x, &ba, b, idx2);
+                differs |= memcmp(a, b, n * sizeof *a) != 0 || memcmp(idx, idx2, ny) != 0;
+                free(xb), free(idx2);
+            }
+            if (differs) {
                 if (bad++ < 5)
                     printf("  pool mode %d n%d c%d %dx%d k%dx%d s%dx%d p%dx%d: differs\n", mode,
                            d.n, d.c, d.h, d.w, d.kh, d.kw, d.sh, d.sw, d.ph, d.pw);
             }
         }
-        free(x), free(dy), free(a), free(b);
+        free(x), free(dy), free(a), free(b), free(idx), free(ybuf);
     }
-    printf("  pooling %s vs scalar: %d shapes, %d differ\n", dpt_ops_kernels(), cases, bad);
-    CHECK(bad == 0 && cases > 100);
+    printf("  pooling %s vs scalar: %d shapes (%d with saved taps), %d differ\n",
+           dpt_ops_kernels(), cases, idx_cases / 2, bad);
+    CHECK(bad == 0 && cases > 100 && idx_cases > 40);
 }
 
 /* The depthwise algorithm (conv_depthwise.c) on the selected kernel set

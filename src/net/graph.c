@@ -70,11 +70,13 @@ dpt_status net_check_graph(dpt_net *net)
  *    (dpt_linear_fuses_bn): the batchnorm's output is never written; the
  *    conv normalises its input while packing it, the fc as it loads it (and
  *    again in backward, where they need that input for the weight
- *    gradient);
+ *    gradient); or then maxpool / avgpool, which normalise an image at a
+ *    time into cache-sized scratch and pool from there (a stem's conv ->
+ *    batchnorm -> relu -> maxpool);
  *  - conv then batchnorm, backward: the batchnorm computes only its sums and
  *    per-channel coefficients; the conv forms its output gradient from them
  *    while packing it (the batchnorm's input gradient is never written).
- *  - the same, backward: the conv (fc) adds up the batchnorm's backward
+ *  - the same, backward: the conv (fc, pooling) adds up the batchnorm's backward
  *    sums while it writes its input gradient (the gradient at the
  *    batchnorm's output), so the batchnorm reads neither that gradient nor
  *    its input again.
@@ -98,6 +100,15 @@ static dpt_status plan_fusion(dpt_net *net, int fusion)
         fusion = !(strcmp(dpt_ops_kernels(), "generic") == 0 || (env && strcmp(env, "0") == 0));
     if (!fusion)
         return DPT_OK;
+    /* add then relu (a residual block's end): the add applies the ReLU,
+     * forward and backward (its mask from the add's output, which the relu
+     * shares): one pass over the block's output instead of two. */
+    for (int i = 1; i < net->n_layers; i++) {
+        const int r = only_consumer(net, i);
+        if (net->layers[i].type == &dpt_layer_add && r > 0 &&
+            net->layers[r].type == &dpt_layer_relu)
+            net->layers[i].relu_after = net->layers[r].fused = 1;
+    }
     size_t n_sums = 0, n_bn = 0, n_buf = 0;
     for (int i = 1; i < net->n_layers; i++) {
         if (fusable_bn(net, i)) {
@@ -139,7 +150,8 @@ static dpt_status plan_fusion(dpt_net *net, int fusion)
         }
         int c2 = only_consumer(net, top);
         dpt_layer *next = c2 > 0 ? &net->layers[c2] : NULL;
-        if (next && (next->type == &dpt_layer_conv ||
+        if (next && (next->type == &dpt_layer_conv || next->type == &dpt_layer_maxpool ||
+                     next->type == &dpt_layer_avgpool ||
                      (next->type == &dpt_layer_fc &&
                       dpt_linear_fuses_bn(next->in[0] * next->in[1] * next->in[2], next->out[0],
                                           next->in[1] * next->in[2])))) {

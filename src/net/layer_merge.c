@@ -1,6 +1,7 @@
 /* Layers that merge several inputs: add (elementwise sum of same-shape
  * inputs, residual connections) and concat (along channels). */
 #include "net/net_impl.h"
+#include "ops/ops.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -48,6 +49,15 @@ static dpt_status add_forward(dpt_net *net, dpt_layer *l, const float *const *x,
     (void)net, (void)mode;
     size_t m = (size_t)n * chw(l->out);
     const float *a = x[0], *b = x[1];
+    if (l->relu_after && l->n_in == 2) {
+        /* The ReLU above fused in (graph.c): dpt_relu_forward's select on
+         * the sum, in the same pass. */
+        for (size_t i = 0; i < m; i++) {
+            const float s = a[i] + b[i];
+            y[i] = s > 0.0f ? s : 0.0f;
+        }
+        return DPT_OK;
+    }
     for (size_t i = 0; i < m; i++)
         y[i] = a[i] + b[i];
     for (int k = 2; k < l->n_in; k++) {
@@ -55,17 +65,39 @@ static dpt_status add_forward(dpt_net *net, dpt_layer *l, const float *const *x,
         for (size_t i = 0; i < m; i++)
             y[i] += c[i];
     }
+    if (l->relu_after)
+        dpt_relu_forward(y, y, m);
     return DPT_OK;
 }
 
 static dpt_status add_backward(dpt_net *net, dpt_layer *l, const float *const *x, const float *y,
                                const float *dy, float *const *dx, int n)
 {
-    (void)net, (void)x, (void)y;
+    (void)net, (void)x;
     size_t m = (size_t)n * chw(l->out);
-    for (int k = 0; k < l->n_in; k++)
-        if (dx[k])
-            memcpy(dx[k], dy, m * sizeof *dy);
+    /* With the ReLU above fused in, dy is at its output: masked once by y
+     * (the ReLU's output too), as dpt_relu_backward does, then copied. */
+    const float *g = dy;
+    if (l->relu_after && l->n_in == 2 && dx[0] && dx[1]) {
+        /* Both at once: one read of y and dy. */
+        float *d0 = dx[0], *d1 = dx[1];
+        for (size_t i = 0; i < m; i++) {
+            const float v = dy[i], r = y[i] > 0.0f ? v : 0.0f;
+            d0[i] = r;
+            d1[i] = r;
+        }
+        return DPT_OK;
+    }
+    for (int k = 0; k < l->n_in; k++) {
+        if (!dx[k])
+            continue;
+        if (l->relu_after && g == dy) {
+            dpt_relu_backward(y, dy, dx[k], m);
+            g = dx[k];
+        } else {
+            memcpy(dx[k], g, m * sizeof *g);
+        }
+    }
     return DPT_OK;
 }
 

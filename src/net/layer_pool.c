@@ -17,6 +17,13 @@ typedef struct pool_layer {
     int sh, sw;  /* 0: not given, the window size (PyTorch's default) */
     int ph, pw;
     dpt_pool2d_desc d; /* n filled per call */
+    /* Max pooling whose shape keeps each window's tap
+     * (dpt_maxpool2d_has_idx): [max_batch, c, out_h, out_w] bytes, owned,
+     * written by a TRAIN forward of idx_n observations (0: none valid), so
+     * the backward reads neither x nor searches again. */
+    unsigned char *idx;
+    size_t idx_cap;
+    int idx_n;
 } pool_layer;
 
 static dpt_status pool_create_kind(dpt_layer *l, int kind)
@@ -97,31 +104,129 @@ static dpt_status pool_infer(dpt_net *net, dpt_layer *l)
     return DPT_OK;
 }
 
+static int keeps_idx(const pool_layer *p)
+{
+    return p->kind == POOL_MAX && dpt_maxpool2d_has_idx(&p->d);
+}
+
+static size_t idx_bytes(const pool_layer *p, int n)
+{
+    return (size_t)n * p->d.c * p->d.out_h * p->d.out_w;
+}
+
+static size_t pool_keep(const dpt_net *net, const dpt_layer *l)
+{
+    const pool_layer *p = l->priv;
+    return keeps_idx(p) ? (idx_bytes(p, net->max_batch) + DPT_POOL_IDX_SLACK + 3) / 4 : 0;
+}
+
+static dpt_status pool_setup(dpt_net *net, dpt_layer *l)
+{
+    pool_layer *p = l->priv;
+    const size_t need = keeps_idx(p) ? idx_bytes(p, net->max_batch) + DPT_POOL_IDX_SLACK : 0;
+    p->idx_n = 0;
+    if (need <= p->idx_cap)
+        return DPT_OK;
+    free(p->idx);
+    p->idx_cap = 0;
+    if (!(p->idx = malloc(need)))
+        return dpt_fail(DPT_ERR_NOMEM, "%s '%s': out of memory for %zu bytes of window taps",
+                        l->type->name, l->name, need);
+    p->idx_cap = need;
+    return DPT_OK;
+}
+
+/* Fused with the batchnorm (and ReLU) below (graph.c): the pooling's input
+ * is the batch norm's output, formed here an image at a time in the
+ * scratch (cache-sized) instead of written out and read back. */
+static size_t pool_work(const dpt_layer *l, int n)
+{
+    (void)n;
+    return l->in_bnf ? (size_t)l->in[0] * l->in[1] * l->in[2] : 0;
+}
+
+/* One pass of n observations from input x (already the pooling's input). */
+static void pool_fwd(pool_layer *p, const float *x, float *y, int n, unsigned char *idx)
+{
+    p->d.n = n;
+    if (p->kind == POOL_AVG)
+        dpt_avgpool2d_forward(&p->d, x, y);
+    else if (idx)
+        dpt_maxpool2d_forward_idx(&p->d, x, y, idx);
+    else
+        dpt_maxpool2d_forward(&p->d, x, y);
+}
+
+static void pool_bwd(pool_layer *p, const float *x, const unsigned char *idx, const float *dy,
+                     float *dx, int n)
+{
+    p->d.n = n;
+    if (p->kind == POOL_AVG)
+        dpt_avgpool2d_backward(&p->d, dy, dx);
+    else if (idx)
+        dpt_maxpool2d_backward_idx(&p->d, idx, dy, dx);
+    else
+        dpt_maxpool2d_backward(&p->d, x, dy, dx);
+}
+
 static dpt_status pool_forward(dpt_net *net, dpt_layer *l, const float *const *x, float *y, int n,
                                dpt_mode mode)
 {
-    (void)net, (void)mode;
     pool_layer *p = l->priv;
-    p->d.n = n;
-    if (p->kind == POOL_MAX)
-        dpt_maxpool2d_forward(&p->d, x[0], y);
-    else
-        dpt_avgpool2d_forward(&p->d, x[0], y);
+    unsigned char *idx = NULL;
+    p->idx_n = 0;
+    if (mode == DPT_MODE_TRAIN && keeps_idx(p) &&
+        idx_bytes(p, n) + DPT_POOL_IDX_SLACK <= p->idx_cap) {
+        idx = p->idx;
+        p->idx_n = n;
+    }
+    if (!l->in_bnf) {
+        pool_fwd(p, x[0], y, n, idx);
+        return DPT_OK;
+    }
+    if (keeps_idx(p)) { /* one pass: normalised as the taps are loaded */
+        p->d.n = n;
+        dpt_maxpool2d_forward_bn(&p->d, x[0], &l->in_bnf->a, y, idx);
+        return DPT_OK;
+    }
+    const size_t in = (size_t)l->in[0] * l->in[1] * l->in[2];
+    const size_t out = (size_t)l->out[0] * l->out[1] * l->out[2];
+    for (int i = 0; i < n; i++) {
+        dpt_bn_apply_forward(x[0] + i * in, l->in[0], l->in[1] * l->in[2], &l->in_bnf->a,
+                             net->work);
+        pool_fwd(p, net->work, y + i * out, 1, idx ? idx + i * out : NULL);
+    }
     return DPT_OK;
 }
 
 static dpt_status pool_backward(dpt_net *net, dpt_layer *l, const float *const *x, const float *y,
                                 const float *dy, float *const *dx, int n)
 {
-    (void)net, (void)y;
+    (void)y;
     pool_layer *p = l->priv;
     if (!dx[0])
         return DPT_OK;
-    p->d.n = n;
-    if (p->kind == POOL_MAX)
-        dpt_maxpool2d_backward(&p->d, x[0], dy, dx[0]);
-    else
-        dpt_avgpool2d_backward(&p->d, dy, dx[0]);
+    const unsigned char *idx = p->idx_n == n ? p->idx : NULL;
+    if (!l->in_bnf) {
+        pool_bwd(p, x[0], idx, dy, dx[0], n);
+        return DPT_OK;
+    }
+    /* Fused: dx is the gradient at the batch norm's (ReLU's) output; its
+     * backward sums are added up here while each image's dx is in cache
+     * (the batchnorm then reads neither dx nor x: graph.c). */
+    const int c = l->in[0], hw = l->in[1] * l->in[2];
+    const size_t in = (size_t)c * hw, out = (size_t)l->out[0] * l->out[1] * l->out[2];
+    const dpt_bn_apply *a = &l->in_bnf->a;
+    double *xg = l->in_bnf->xg;
+    memset(xg, 0, 2 * (size_t)c * sizeof *xg);
+    for (int i = 0; i < n; i++) {
+        const float *xi = x[0] + i * in;
+        float *dxi = dx[0] + i * in;
+        if (p->kind == POOL_MAX && !idx)
+            dpt_bn_apply_forward(xi, c, hw, a, net->work);
+        pool_bwd(p, net->work, idx ? idx + i * out : NULL, dy + i * out, dxi, 1);
+        dpt_bn_grad_sums(xi, dxi, 1, c, hw, a, xg, xg + c);
+    }
     return DPT_OK;
 }
 
@@ -144,7 +249,13 @@ static void pool_describe(const dpt_layer *l, char *buf, size_t cap)
         put_pair(buf + k, cap - k, "padding", p->ph, p->pw);
 }
 
-static void free_priv(dpt_layer *l) { free(l->priv); }
+static void pool_free(dpt_layer *l)
+{
+    pool_layer *p = l->priv;
+    if (p)
+        free(p->idx);
+    free(p);
+}
 
 /* For the CUDA entries (layer_gpu.c): the window geometry; 1 for max. */
 int pool_layer_desc(const dpt_layer *l, dpt_pool2d_desc *d)
@@ -157,8 +268,9 @@ int pool_layer_desc(const dpt_layer *l, dpt_pool2d_desc *d)
 const layer_type dpt_layer_maxpool = {
     .name = "maxpool", .min_inputs = 1, .max_inputs = 1,
     .create = maxpool_create, .set = pool_set, .infer = pool_infer,
-    .forward = pool_forward, .backward = pool_backward, .describe = pool_describe,
-    .free = free_priv,
+    .work_floats = pool_work, .forward = pool_forward, .backward = pool_backward,
+    .describe = pool_describe, .keep_floats = pool_keep, .setup = pool_setup,
+    .free = pool_free,
     .gpu_supports = gpu_supports_always, .gpu_forward = GPU_ENTRY(pool_gpu_forward),
     .gpu_backward = GPU_ENTRY(pool_gpu_backward),
 };
@@ -166,8 +278,9 @@ const layer_type dpt_layer_maxpool = {
 const layer_type dpt_layer_avgpool = {
     .name = "avgpool", .min_inputs = 1, .max_inputs = 1,
     .create = avgpool_create, .set = pool_set, .infer = pool_infer,
-    .forward = pool_forward, .backward = pool_backward, .describe = pool_describe,
-    .free = free_priv,
+    .work_floats = pool_work, .forward = pool_forward, .backward = pool_backward,
+    .describe = pool_describe, .keep_floats = pool_keep, .setup = pool_setup,
+    .free = pool_free,
     .gpu_supports = gpu_supports_always, .gpu_forward = GPU_ENTRY(pool_gpu_forward),
     .gpu_backward = GPU_ENTRY(pool_gpu_backward),
 };

@@ -136,9 +136,9 @@ struct dpt_layer {
     float *p, *g, *s;      /* views: this layer's learnables, gradients, state */
     /* Fusion, planned once at build (net.c plan_fusion, on edges whose
      * producer has one consumer; none with the "generic" kernel set): */
-    int fused;             /* relu applied by the batchnorm below it: forward and
-                              backward skip it, its output is the batchnorm's */
-    int relu_after;        /* batchnorm: applies the ReLU above it */
+    int fused;             /* relu applied by the batchnorm (or add) below it: forward
+                              and backward skip it, its output is that layer's */
+    int relu_after;        /* batchnorm, add: applies the ReLU above it */
     double *sums_out;      /* conv: also write Σy, Σy² per channel [2 C] of a TRAIN
                               forward here, for the batchnorm above it */
     double *sums_in;       /* batchnorm: those sums, filled by the conv below */

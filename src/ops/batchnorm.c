@@ -43,15 +43,23 @@ static const bn_isa *isa(void)
 void dpt_bn_sums(const float *x, int n, int c, int hw, double *sum, double *sumsq)
 {
     const bn_isa *k = isa();
-    for (int ch = 0; ch < c; ch++) {
-        const float shift = x[(size_t)ch * hw]; /* a value of the channel */
-        double s1 = 0.0, s2 = 0.0;
-        for (int i = 0; i < n; i++) {
+    /* Images outer, so that the planes are read in memory order (a
+     * channel's planes are an image apart); each channel still adds its
+     * planes in image order, so the sums are the same bits. sum and sumsq
+     * hold S1 and S2 until the end. */
+    for (int ch = 0; ch < c; ch++)
+        sum[ch] = sumsq[ch] = 0.0;
+    for (int i = 0; i < n; i++)
+        for (int ch = 0; ch < c; ch++) {
+            const float shift = x[(size_t)ch * hw]; /* a value of the channel */
             double a, b;
             k->sums(x + ((size_t)i * c + ch) * hw, hw, shift, &a, &b);
-            s1 += a;
-            s2 += b;
+            sum[ch] += a;
+            sumsq[ch] += b;
         }
+    for (int ch = 0; ch < c; ch++) {
+        const float shift = x[(size_t)ch * hw];
+        const double s1 = sum[ch], s2 = sumsq[ch];
         /* Back to plain sums: Σx = S1 + mK, Σx² = S2 + 2K·S1 + mK². */
         const double m = (double)n * hw;
         sum[ch] = s1 + m * shift;
@@ -89,39 +97,40 @@ static void backward_sums(const float *x, const float *dy, int n, int c, int hw,
                           double *sum_dy, double *sum_dy_xhat, int relu)
 {
     const bn_isa *k = isa();
-    for (int ch = 0; ch < c; ch++) {
-        const float scale = relu ? gamma[ch] * invstd[ch] : 0.0f, shift = relu ? beta[ch] : 0.0f;
-        double s = 0.0, sx = 0.0;
-        for (int i = 0; i < n; i++) {
+    /* Images outer (memory order), each channel's planes added in image
+     * order as before: the same bits. */
+    for (int ch = 0; ch < c; ch++)
+        sum_dy[ch] = sum_dy_xhat[ch] = 0.0;
+    for (int i = 0; i < n; i++)
+        for (int ch = 0; ch < c; ch++) {
+            const float scale = relu ? gamma[ch] * invstd[ch] : 0.0f;
+            const float shift = relu ? beta[ch] : 0.0f;
             const size_t base = ((size_t)i * c + ch) * hw;
             double a, b;
             k->backward_sums(x + base, dy + base, hw, mean[ch], scale, shift, relu, &a, &b);
-            s += a;
-            sx += b;
+            sum_dy[ch] += a;
+            sum_dy_xhat[ch] += b;
         }
-        sum_dy[ch] = s;
-        /* invstd is constant over the channel: apply it once. */
-        sum_dy_xhat[ch] = sx * invstd[ch];
-    }
+    /* invstd is constant over the channel: apply it once. */
+    for (int ch = 0; ch < c; ch++)
+        sum_dy_xhat[ch] *= invstd[ch];
 }
 
 void dpt_bn_apply_forward(const float *x, int c, int hw, const dpt_bn_apply *a, float *y)
 {
-    for (int ch = 0; ch < c; ch++) {
-        const float m = a->mean[ch], sc = a->scale[ch], sh = a->shift[ch];
-        for (int j = 0; j < hw; j++) {
-            float z = (x[(size_t)ch * hw + j] - m) * sc + sh;
-            y[(size_t)ch * hw + j] = a->relu && !(z > 0.0f) ? 0.0f : z;
-        }
-    }
+    /* The normalize pass with a's coefficients: the same expression. */
+    const bn_isa *k = isa();
+    for (int ch = 0; ch < c; ch++)
+        k->normalize(x + (size_t)ch * hw, hw, a->mean[ch], a->scale[ch], a->shift[ch],
+                     y + (size_t)ch * hw, a->relu);
 }
 
 void dpt_bn_grad_sums(const float *x, const float *g, int n, int c, int hw, const dpt_bn_apply *a,
                       double *s_g, double *s_gx)
 {
     const bn_isa *k = isa();
-    for (int ch = 0; ch < c; ch++)
-        for (int i = 0; i < n; i++) {
+    for (int i = 0; i < n; i++) /* memory order; per channel, images in order */
+        for (int ch = 0; ch < c; ch++) {
             const size_t base = ((size_t)i * c + ch) * hw;
             double p, q;
             k->backward_sums(x + base, g + base, hw, a->mean[ch], a->scale[ch], a->shift[ch],
@@ -154,17 +163,19 @@ static void backward_dx(const float *x, const float *dy, int n, int c, int hw, c
                         int relu)
 {
     const bn_isa *k = isa();
-    for (int ch = 0; ch < c; ch++) {
-        float kf, ka, kb;
-        dpt_bn_backward_coeffs(1, invstd + ch, gamma + ch, sum_dy + ch, sum_dy_xhat + ch, count,
-                               &kf, &ka, &kb);
-        const float scale = relu ? gamma[ch] * invstd[ch] : 0.0f, shift = relu ? beta[ch] : 0.0f;
-        for (int i = 0; i < n; i++) {
+    /* Images outer (memory order); the coefficients are formed again per
+     * plane (a few float64 operations), the same values every time. */
+    for (int i = 0; i < n; i++)
+        for (int ch = 0; ch < c; ch++) {
+            float kf, ka, kb;
+            dpt_bn_backward_coeffs(1, invstd + ch, gamma + ch, sum_dy + ch, sum_dy_xhat + ch,
+                                   count, &kf, &ka, &kb);
+            const float scale = relu ? gamma[ch] * invstd[ch] : 0.0f;
+            const float shift = relu ? beta[ch] : 0.0f;
             const size_t base = ((size_t)i * c + ch) * hw;
             k->backward_dx(x + base, dy + base, hw, mean[ch], scale, shift, relu, kf, ka, kb,
                            dx + base);
         }
-    }
 }
 
 void dpt_bn_backward_coeffs(int c, const float *invstd, const float *gamma, const double *sum_dy,

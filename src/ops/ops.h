@@ -253,6 +253,28 @@ void dpt_maxpool2d_forward(const dpt_pool2d_desc *d, const float *x, float *y);
  * found again from x by the forward's scan (row by row, the first of equal
  * maxima, a NaN taking over: PyTorch's CPU rule); overlapping windows add. */
 void dpt_maxpool2d_backward(const dpt_pool2d_desc *d, const float *x, const float *dy, float *dx);
+/* Max pooling that keeps each window's choice for its backward, so that
+ * the backward reads neither x nor searches again: for shapes where
+ * dpt_maxpool2d_has_idx (2x2 windows, stride 2, no padding: the common
+ * downsampling), idx [n, c, out_h, out_w] bytes (NULL: not kept) receives
+ * the tap each window took (DPT_POOL_IDX_SLACK more bytes allocated);
+ * other shapes ignore idx. Same bits as the
+ * plain pair. */
+int dpt_maxpool2d_has_idx(const dpt_pool2d_desc *d);
+/* idx holds n·c·out_h·out_w bytes plus this slack: the kernels store and
+ * load whole vectors of taps. */
+#define DPT_POOL_IDX_SLACK 64
+void dpt_maxpool2d_forward_idx(const dpt_pool2d_desc *d, const float *x, float *y,
+                               unsigned char *idx);
+/* dpt_maxpool2d_forward_idx of the batch norm a applied to x (only where
+ * dpt_maxpool2d_has_idx): the bits of dpt_bn_apply_forward then
+ * dpt_maxpool2d_forward_idx, in one pass (graph.c's bn -> pool fusion). */
+void dpt_maxpool2d_forward_bn(const dpt_pool2d_desc *d, const float *x, const dpt_bn_apply *a,
+                              float *y, unsigned char *idx);
+/* dpt_maxpool2d_backward from the idx of dpt_maxpool2d_forward_idx (only
+ * where dpt_maxpool2d_has_idx). */
+void dpt_maxpool2d_backward_idx(const dpt_pool2d_desc *d, const unsigned char *idx,
+                                const float *dy, float *dx);
 /* y = sum of each window / (kh*kw). */
 void dpt_avgpool2d_forward(const dpt_pool2d_desc *d, const float *x, float *y);
 /* dx: each window's dy / (kh*kw) to every input pixel of it, added up. */

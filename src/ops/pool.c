@@ -395,10 +395,125 @@ static void vec_backward(const pool_isa *k, const dpt_pool2d_desc *d, int L, con
     }
 }
 
+/* ---- 2x2 windows, stride 2, no padding ------------------------------------ *
+ * The residual nets' pooling: straight from the input rows (no ring), an
+ * output row per pair of input rows, and the tap each window took kept in
+ * a byte when the caller wants the backward to need neither x nor a
+ * second search. */
+
+int dpt_maxpool2d_has_idx(const dpt_pool2d_desc *d)
+{
+    return d->kh == 2 && d->kw == 2 && d->sh == 2 && d->sw == 2 && d->ph == 0 && d->pw == 0;
+}
+
+/* The kernel set for a 2x2 pooling: avx512's 16-output vectors only on
+ * rows that fill them (or long rows): a row of 14 (28x28 inputs) is one
+ * masked vector, and masked loads and stores of 16 floats cost this
+ * machine (Zen 5) more than avx2's full-plus-masked pair of 8 (2.2 against
+ * 0.65 ms for 128x32x28x28, bench/dwpool_bench). */
+static const pool_isa *max2_pick(const dpt_pool2d_desc *d)
+{
+    const pool_isa *k = pool_pick();
+#if defined(__x86_64__) || defined(__i386__)
+    if (k == &dpt_pool_isa_avx512 && d->out_w % 16 != 0 && d->out_w < 64)
+        k = &dpt_pool_isa_avx2;
+#else
+    (void)d;
+#endif
+    return k;
+}
+
+static void max2_forward(const pool_isa *k, const dpt_pool2d_desc *d, const float *x, float *y,
+                         unsigned char *idx)
+{
+    const size_t in_plane = (size_t)d->h * d->w, out_plane = (size_t)d->out_h * d->out_w;
+    const size_t planes = (size_t)d->n * d->c;
+    for (size_t p = 0; p < planes; p++)
+        for (int oy = 0; oy < d->out_h; oy++) {
+            const float *r0 = x + p * in_plane + (size_t)2 * oy * d->w;
+            const size_t o = p * out_plane + (size_t)oy * d->out_w;
+            k->max2_row(r0, r0 + d->w, d->out_w, y + o, idx ? idx + o : NULL);
+        }
+}
+
+/* The parts of a dx plane no window reaches (an odd last column or row):
+ * +0, as in the reference's zeroed dx. */
+static void max2_clear_edges(const dpt_pool2d_desc *d, float *dp)
+{
+    if (d->w > 2 * d->out_w)
+        for (int iy = 0; iy < 2 * d->out_h; iy++)
+            for (int ix = 2 * d->out_w; ix < d->w; ix++)
+                dp[(size_t)iy * d->w + ix] = 0.0f;
+    memset(dp + (size_t)2 * d->out_h * d->w, 0,
+           (size_t)(d->h - 2 * d->out_h) * d->w * sizeof *dp);
+}
+
+/* From the saved taps (idx), or with idx NULL found again from x. */
+static void max2_backward(const pool_isa *k, const dpt_pool2d_desc *d, const float *x,
+                          const unsigned char *idx, const float *dy, float *dx)
+{
+    const size_t in_plane = (size_t)d->h * d->w, out_plane = (size_t)d->out_h * d->out_w;
+    const size_t planes = (size_t)d->n * d->c;
+    float m[ROW_MAX];
+    unsigned char t[ROW_MAX + DPT_POOL_IDX_SLACK];
+    for (size_t p = 0; p < planes; p++) {
+        float *dp = dx + p * in_plane;
+        for (int oy = 0; oy < d->out_h; oy++) {
+            float *d0 = dp + (size_t)2 * oy * d->w;
+            const size_t o = p * out_plane + (size_t)oy * d->out_w;
+            if (idx) {
+                k->max2_back_row(dy + o, idx + o, d->out_w, d0, d0 + d->w);
+                continue;
+            }
+            const float *r0 = x + p * in_plane + (size_t)2 * oy * d->w;
+            for (int c0 = 0; c0 < d->out_w; c0 += ROW_MAX) {
+                const int nc = d->out_w - c0 < ROW_MAX ? d->out_w - c0 : ROW_MAX;
+                k->max2_row(r0 + 2 * c0, r0 + d->w + 2 * c0, nc, m, t);
+                k->max2_back_row(dy + o + c0, t, nc, d0 + 2 * c0, d0 + d->w + 2 * c0);
+            }
+        }
+        max2_clear_edges(d, dp);
+    }
+}
+
+void dpt_maxpool2d_forward_idx(const dpt_pool2d_desc *d, const float *x, float *y,
+                               unsigned char *idx)
+{
+    if (dpt_maxpool2d_has_idx(d))
+        max2_forward(max2_pick(d), d, x, y, idx);
+    else
+        dpt_maxpool2d_forward(d, x, y);
+}
+
+void dpt_maxpool2d_forward_bn(const dpt_pool2d_desc *d, const float *x, const dpt_bn_apply *a,
+                              float *y, unsigned char *idx)
+{
+    const pool_isa *k = max2_pick(d);
+    const size_t in_plane = (size_t)d->h * d->w, out_plane = (size_t)d->out_h * d->out_w;
+    const size_t planes = (size_t)d->n * d->c;
+    for (size_t p = 0; p < planes; p++) {
+        const int ch = (int)(p % (size_t)d->c);
+        const float bn[3] = {a->mean[ch], a->scale[ch], a->shift[ch]};
+        for (int oy = 0; oy < d->out_h; oy++) {
+            const float *r0 = x + p * in_plane + (size_t)2 * oy * d->w;
+            const size_t o = p * out_plane + (size_t)oy * d->out_w;
+            k->max2_row_bn(r0, r0 + d->w, d->out_w, bn, a->relu, y + o, idx ? idx + o : NULL);
+        }
+    }
+}
+
+void dpt_maxpool2d_backward_idx(const dpt_pool2d_desc *d, const unsigned char *idx,
+                                const float *dy, float *dx)
+{
+    max2_backward(max2_pick(d), d, NULL, idx, dy, dx);
+}
+
 void dpt_maxpool2d_forward(const dpt_pool2d_desc *d, const float *x, float *y)
 {
     int L;
-    if (ring_fits(d, &L))
+    if (dpt_maxpool2d_has_idx(d))
+        max2_forward(max2_pick(d), d, x, y, NULL);
+    else if (ring_fits(d, &L))
         vec_pool(pool_pick(), d, L, 0, x, y);
     else
         scalar_max_forward(d, x, y);
@@ -407,7 +522,9 @@ void dpt_maxpool2d_forward(const dpt_pool2d_desc *d, const float *x, float *y)
 void dpt_maxpool2d_backward(const dpt_pool2d_desc *d, const float *x, const float *dy, float *dx)
 {
     int L;
-    if (ring_fits(d, &L))
+    if (dpt_maxpool2d_has_idx(d))
+        max2_backward(max2_pick(d), d, x, NULL, dy, dx);
+    else if (ring_fits(d, &L))
         vec_backward(pool_pick(), d, L, x, dy, dx);
     else
         scalar_max_backward(d, x, dy, dx);
@@ -436,11 +553,18 @@ void dpt_global_avgpool_forward(const float *x, float *y, int n, int c, int hw)
     const size_t planes = (size_t)n * c;
     for (size_t p = 0; p < planes; p++) {
         const float *xp = x + p * (size_t)hw;
-        /* float64: a large plane's small terms are not lost. */
-        double s = 0.0;
-        for (int j = 0; j < hw; j++)
-            s += xp[j];
-        y[p] = (float)(s / hw);
+        /* float64: a large plane's small terms are not lost; in four
+         * chains, since one float64 add chain (latency 4) was the cost of
+         * the whole pass. */
+        double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+        int j = 0;
+        for (; j + 4 <= hw; j += 4) {
+            s0 += xp[j], s1 += xp[j + 1];
+            s2 += xp[j + 2], s3 += xp[j + 3];
+        }
+        for (; j < hw; j++)
+            s0 += xp[j];
+        y[p] = (float)(((s0 + s1) + (s2 + s3)) / hw);
     }
 }
 

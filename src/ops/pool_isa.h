@@ -35,6 +35,23 @@ typedef struct pool_isa {
      * window's maximum), else += 0, ox < n (best readable to n rounded up
      * to a vector). */
     void (*add_argmax)(float *dst, const float *g, const int *best, int tidx, int sw, int n);
+    /* 2x2 windows, stride 2, no padding, outputs ox < n of one row from
+     * input rows r0 and r1 (columns 2ox, 2ox + 1): y[ox] = the maximum as
+     * window_argmax finds it; idx (NULL: not wanted) = the tap it took,
+     * 0..3 in scan order (r0's pair, then r1's); up to a vector of bytes
+     * past idx[n - 1] may be written (DPT_POOL_IDX_SLACK: the caller's
+     * room, or a row written later). */
+    void (*max2_row)(const float *r0, const float *r1, int n, float *y, unsigned char *idx);
+    /* max2_row of the rows with a batch norm applied first: each tap is
+     * (v − bn[0])·bn[1] + bn[2] (mean, scale, shift), then max(0, ·) when
+     * relu, the float expression of dpt_bn_apply_forward. */
+    void (*max2_row_bn)(const float *r0, const float *r1, int n, const float *bn, int relu,
+                        float *y, unsigned char *idx);
+    /* The backward of max2_row's row from its idx (read up to a vector
+     * past idx[n - 1]): columns [0, 2n) of dx
+     * rows d0 (r0's) and d1 get g[ox] + 0 at the tap taken, +0 elsewhere
+     * (the scalar scatter into a zeroed dx). */
+    void (*max2_back_row)(const float *g, const unsigned char *idx, int n, float *d0, float *d1);
 } pool_isa;
 
 /* The scalar code the vector path must match bit for bit, for the tests:

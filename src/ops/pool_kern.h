@@ -107,6 +107,120 @@ static void KN(add_argmax)(float *dst, const float *g, const int *best, int tidx
     }
 }
 
+/* ---- 2x2 windows, stride 2, no padding (the residual nets' pooling) ---- */
+
+/* The taps of a vector of outputs o.. (k of them) from input row r: its
+ * even and odd columns 2ox and 2ox + 1. */
+static inline void KN(pair_load)(const float *r, int o, int k, VT *e, VT *od)
+{
+    VT a, b;
+    if (k == VN) {
+        a = KN(vload)(r + 2 * o), b = KN(vload)(r + 2 * o + VN);
+    } else {
+        a = KN(loadn)(r + 2 * o, 2 * k < VN ? 2 * k : VN);
+        b = 2 * k > VN ? KN(loadn)(r + 2 * o + VN, 2 * k - VN) : KN(vset1)(0.0f);
+    }
+    *e = __builtin_shufflevector(a, b, DW_EVEN);
+    *od = __builtin_shufflevector(a, b, DW_ODD);
+}
+
+/* One step of window_argmax's scan: v takes over m when v > m or v is a
+ * NaN; the lanes that took are all ones. */
+static inline VI KN(take)(VT v, VT m) { return (VI)(v > m) | (VI)(v != v); }
+
+static inline VT KN(pick)(VI t, VT a, VT b) { return (VT)(((VI)a & t) | ((VI)b & ~t)); }
+
+/* z = (v − m)·sc + sh, ReLU'd when relu: bn_kern.h's normalize, the
+ * same float expression. */
+static inline VT KN(bn_z)(VT v, const float *bn, int relu)
+{
+    const VT z = (v - KN(vset1)(bn[0])) * KN(vset1)(bn[1]) + KN(vset1)(bn[2]);
+    return relu ? KN(keep)(z, z > KN(vset1)(0.0f)) : z;
+}
+
+/* bn: NULL, or {mean, scale, shift} of a batch norm applied to the input
+ * first (relu: and a ReLU). Inlined into both entries, which pass
+ * constants. */
+static inline void KN(max2_core)(const float *r0, const float *r1, int n, float *y,
+                                 unsigned char *idx, const float *bn, int relu)
+{
+    typedef unsigned char vu8 __attribute__((vector_size(VN)));
+    for (int o = 0; o < n; o += VN) {
+        const int k = n - o < VN ? n - o : VN;
+        VT a, b, c, d;
+        KN(pair_load)(r0, o, k, &a, &b);
+        KN(pair_load)(r1, o, k, &c, &d);
+        if (bn) {
+            a = KN(bn_z)(a, bn, relu), b = KN(bn_z)(b, bn, relu);
+            c = KN(bn_z)(c, bn, relu), d = KN(bn_z)(d, bn, relu);
+        }
+        /* The scan a, b, c, d grouped as (a, b), (c, d): the take rule is
+         * associative (the first maximum, or the last NaN, wins either
+         * way), so the value and the tap are the sequential scan's. */
+        const VI t1 = KN(take)(b, a), t2 = KN(take)(d, c);
+        const VT h0 = KN(pick)(t1, b, a), h1 = KN(pick)(t2, d, c);
+        const VI t3 = KN(take)(h1, h0);
+        const VT m = KN(pick)(t3, h1, h0);
+        if (k == VN)
+            KN(vstore)(y + o, m);
+        else
+            KN(storen)(y + o, m, k);
+        if (idx) {
+            const VI i0 = t1 & 1, i1 = (t2 & 1) + 2;
+            const vu8 t = __builtin_convertvector((i1 & t3) | (i0 & ~t3), vu8);
+            /* Always the whole vector (a constant size: one store, not a
+             * call): idx has slack past the row, and a later row
+             * overwrites what lands in its place. */
+            memcpy(idx + o, &t, sizeof t);
+        }
+    }
+}
+
+static void KN(max2_row)(const float *r0, const float *r1, int n, float *y, unsigned char *idx)
+{
+    KN(max2_core)(r0, r1, n, y, idx, NULL, 0);
+}
+
+static void KN(max2_row_bn)(const float *r0, const float *r1, int n, const float *bn, int relu,
+                            float *y, unsigned char *idx)
+{
+    if (relu)
+        KN(max2_core)(r0, r1, n, y, idx, bn, 1);
+    else
+        KN(max2_core)(r0, r1, n, y, idx, bn, 0);
+}
+
+static void KN(max2_back_row)(const float *g, const unsigned char *idx, int n, float *d0, float *d1)
+{
+    typedef unsigned char vu8 __attribute__((vector_size(VN)));
+    const VT zero = KN(vset1)(0.0f);
+    for (int o = 0; o < n; o += VN) {
+        const int k = n - o < VN ? n - o : VN;
+        vu8 t; /* lanes past n: junk, not stored */
+        memcpy(&t, idx + o, sizeof t);
+        const VI iv = __builtin_convertvector(t, VI);
+        /* The reference's +0 += g: g + 0 (a −0 becomes +0). */
+        const VT gz = (k == VN ? KN(vload)(g + o) : KN(loadn)(g + o, k)) + zero;
+        const VT a = KN(keep)(gz, iv == 0), b = KN(keep)(gz, iv == 1);
+        const VT c = KN(keep)(gz, iv == 2), d = KN(keep)(gz, iv == 3);
+        const VT lo0 = __builtin_shufflevector(a, b, DW_ILO);
+        const VT hi0 = __builtin_shufflevector(a, b, DW_IHI);
+        const VT lo1 = __builtin_shufflevector(c, d, DW_ILO);
+        const VT hi1 = __builtin_shufflevector(c, d, DW_IHI);
+        if (k == VN) {
+            KN(vstore)(d0 + 2 * o, lo0), KN(vstore)(d0 + 2 * o + VN, hi0);
+            KN(vstore)(d1 + 2 * o, lo1), KN(vstore)(d1 + 2 * o + VN, hi1);
+        } else {
+            const int k0 = 2 * k < VN ? 2 * k : VN;
+            KN(storen)(d0 + 2 * o, lo0, k0), KN(storen)(d1 + 2 * o, lo1, k0);
+            if (2 * k > VN) {
+                KN(storen)(d0 + 2 * o + VN, hi0, 2 * k - VN);
+                KN(storen)(d1 + 2 * o + VN, hi1, 2 * k - VN);
+            }
+        }
+    }
+}
+
 const pool_isa KN(dpt_pool_isa) = {
     .row_pad = KN(row_pad),
     .deint2 = KN(deint2),
@@ -116,4 +230,7 @@ const pool_isa KN(dpt_pool_isa) = {
     .scale_row = KN(scale_row),
     .add_row = KN(add_row),
     .add_argmax = KN(add_argmax),
+    .max2_row = KN(max2_row),
+    .max2_row_bn = KN(max2_row_bn),
+    .max2_back_row = KN(max2_back_row),
 };
