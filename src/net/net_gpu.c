@@ -110,6 +110,9 @@ typedef struct net_gpu {
     float *out_host;               /* pinned [max_batch, outputs]: forward's y */
     float *state_pinned;           /* pinned [n_state]: state upload */
     int *len;                      /* device [max_batch]: net->len, uploaded by set_steps */
+    uint64_t *drop_key;            /* device [4]: seed, epoch, iteration, obs offset of the
+                                      step (dropout under a CUDA graph) */
+    int drop_key_live;             /* drop_key holds this step's values: dropout reads it */
     int params_stale, grads_stale, ostate_stale; /* host mirrors behind the device */
     dpt_status dev_error;          /* first failure of a void net_dev operation */
     char dev_message[256];
@@ -367,6 +370,7 @@ static void gpu_release(dpt_net *net)
     gpu_mfree(G->params), gpu_mfree(G->grads), gpu_mfree(G->state);
     gpu_mfree(G->ostate[0]), gpu_mfree(G->ostate[1]);
     gpu_mfree(G->dout), gpu_mfree(G->targets), gpu_mfree(G->stats), gpu_mfree(G->len);
+    gpu_mfree(G->drop_key);
     gpu_mfree_host(G->stats_host), gpu_mfree_host(G->out_host), gpu_mfree_host(G->state_pinned);
     free(G->dests);
     gpu_ctx_free(G->ctx);
@@ -427,6 +431,7 @@ static dpt_status gpu_setup(dpt_net *net, const dpt_gpu_options *opt)
     TRY(gpu_malloc_host((net->n_state ? net->n_state : 1) * sizeof(float),
                         (void **)&G->state_pinned));
     TRY(gpu_malloc(ctx, (size_t)net->max_batch * sizeof(int), (void **)&G->len));
+    TRY(gpu_malloc(ctx, 4 * sizeof(uint64_t), (void **)&G->drop_key));
     /* The executor's buffers on the device, planned for this device's
      * fusion (bn+relu only, when fuse_bn_relu). */
     TRY(exec_to_device(net, opt->fuse_bn_relu));
@@ -470,6 +475,11 @@ dpt_status net_gpu_put_lengths(dpt_net *net)
 }
 
 const int *net_gpu_lengths(const dpt_net *net) { return net->len ? net->gpu->len : NULL; }
+
+const uint64_t *net_gpu_dropout_key(const dpt_net *net)
+{
+    return net->gpu->drop_key_live ? net->gpu->drop_key : NULL;
+}
 
 /* Steps grown on the GPU: the host plan is grown as on the CPU
  * (net_grow_steps: plan, memory bound, the layers' host buffers), then
@@ -615,13 +625,19 @@ void net_gpu_graph_replayed(dpt_net *net, int n, double scale)
     net->last_mode = DPT_MODE_TRAIN;
     G->loss_pending = 1, G->loss_scale = scale;
     G->grads_stale = 1;
+    /* Dropout's host bookkeeping of this iteration, as its forward does. */
+    for (int i = 0; i < net->n_layers; i++)
+        if (net->layers[i].type == &dpt_layer_dropout) {
+            dropout_key k;
+            dropout_layer_begin(net, &net->layers[i], DPT_MODE_TRAIN, &k);
+        }
 }
 
 int net_gpu_graph_wanted(dpt_net *net)
 {
     net_gpu *G = net->gpu;
-    if (!G->graphs.on || net->prof)
-        return 0;
+    if (!G->graphs.on || net->prof || net_gpu_graph_step_refusal(net))
+        return 0; /* eager (a step refusal: this step only) */
     if (net->sync_bn && dpt_comm_size(net->sync_bn) > 1) {
         G->graphs.on = 0;
         snprintf(G->graphs.why, sizeof G->graphs.why, "batch norm synchronised across workers "
@@ -641,9 +657,21 @@ dpt_status net_gpu_graph_step(dpt_net *net, const float *t, int n, float w, doub
     int L = net->n_layers;
     size_t k = count3(net->layers[L - 1].out);
     G->bwd_done = 0;
-    dpt_status s = gpu_upload(G->ctx, G->targets, t, (size_t)n * k * sizeof(float));
+    /* A sequence output has a target row per step. */
+    dpt_status s = gpu_upload(G->ctx, G->targets, t,
+                              (size_t)n * k * (dpt_net_output_is_sequence(net) ? net->steps : 1) *
+                                  sizeof(float));
+    /* Dropout's per-step key on the device, stream-ordered before the
+     * replay (the masks' launches read it there: the same arguments every
+     * iteration). */
+    uint64_t key[4];
+    net_gpu_graph_dropout_key(net, key);
+    if (s == DPT_OK)
+        s = gpu_upload(G->ctx, G->drop_key, key, sizeof key);
+    G->drop_key_live = 1;
     if (s == DPT_OK)
         s = net_gpu_graph_run(net, &G->graphs, n, w, scale, body);
+    G->drop_key_live = 0;
     G->bwd_done = s == DPT_OK;
     return s;
 }

@@ -25,9 +25,9 @@
  *
  * Where graphs are not used, the step runs its launches eagerly as before,
  * and the reason is noted once in dpt_net_gpu_describe: the option or
- * DPT_CUDA_GRAPH=0, a layer type whose launches change every step
- * (dropout draws its mask from the iteration) or that is not known to be
- * capturable (layer types added later: lstm, gru, ...), synchronised batch
+ * DPT_CUDA_GRAPH=0, a layer type not known to be capturable (layer
+ * types added later), dropout on left-padded sequences (that step only: its
+ * launches follow the lengths), synchronised batch
  * norm across workers (an all-reduce inside the forward), or a capture
  * that failed. Per-layer profiling (net->prof) runs eagerly. */
 #ifndef DPT_NET_GPU_GRAPH_H
@@ -47,6 +47,12 @@ int net_gpu_graph_env_valid(const char *v);
 /* Why net's training step cannot be one graph, from its layers alone
  * (NULL: it can), written into why[n]. */
 const char *net_gpu_graph_refusal(const dpt_net *net, char *why, size_t n);
+/* Why this step of net (as dpt_net_set_steps left it) runs eagerly though
+ * graphs are on (NULL: it need not): dropout on left-padded sequences. */
+const char *net_gpu_graph_step_refusal(const dpt_net *net);
+/* Dropout's per-step key {seed, epoch, iteration, obs offset}, uploaded
+ * before each graph step (gpu_dropout_keyed reads it). */
+void net_gpu_graph_dropout_key(const dpt_net *net, uint64_t key[4]);
 
 #define GRAPH_SLOTS 8
 
@@ -55,7 +61,14 @@ typedef struct graph_key {
     int cap_steps;   /* the steps the buffers were sized for: buffers grown by
                         dpt_net_set_steps are new addresses, so a new shape */
     uint32_t w_bits; /* the loss weight's float32 bits */
+    int has_len;     /* valid lengths given (dpt_net_set_steps): lstm/gru pass
+                        the device copy, else NULL (their kernels' arguments) */
+    int pad_left;    /* padding first (an argument of the recurrent kernels) */
 } graph_key;
+
+/* The key of a step of n observations with loss weight w on net as it is
+ * now (steps, step capacity, lengths present, padding side). */
+graph_key net_gpu_graph_key(const dpt_net *net, int n, float w);
 
 typedef struct graph_slot {
     graph_key key;

@@ -470,6 +470,10 @@ dpt_status net_gpu_grow_steps(dpt_net *net, int cap);
  * net_gpu_lengths: the device copy, NULL when net->len is. */
 dpt_status net_gpu_put_lengths(dpt_net *net);
 const int *net_gpu_lengths(const dpt_net *net);
+/* The device copy of dropout's per-step key (seed, epoch, iteration, obs
+ * offset) while a graph step runs (net_gpu_graph_step uploads it), else
+ * NULL: dropout then passes the values as arguments. */
+const uint64_t *net_gpu_dropout_key(const dpt_net *net);
 dpt_status net_grow_steps(dpt_net *net, int cap);
 void net_gpu_pull(dpt_net *net);
 void net_gpu_free(dpt_net *net);

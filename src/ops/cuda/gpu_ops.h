@@ -154,6 +154,10 @@ dpt_status gpu_tanh_backward(gpu_ctx *g, const float *y, const float *dy, float 
 dpt_status gpu_dropout(gpu_ctx *g, const float *in, float *out, int n, size_t per, float p,
                        uint64_t seed, uint64_t epoch, uint64_t iteration, uint64_t stream,
                        uint64_t obs0);
+/* gpu_dropout with seed, epoch, iteration and obs0 read from the device
+ * (dkey [4], in that order; a CUDA graph replays the launch unchanged). */
+dpt_status gpu_dropout_keyed(gpu_ctx *g, const float *in, float *out, int n, size_t per, float p,
+                             const uint64_t *dkey, uint64_t stream);
 /* Max (is_max 1) or average pooling of x [n, c, h, w] into y [n, c, oh,
  * ow], and its backward into dx (overwritten; x is read for max only): as
  * ops/pool.c's dpt_maxpool2d_* / dpt_avgpool2d_*, the same bits. */

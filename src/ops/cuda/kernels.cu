@@ -345,6 +345,39 @@ __global__ void dropout_kernel(const float *__restrict__ in, float *__restrict__
     }
 }
 
+/* dropout_kernel with the per-step part of the key read from the device
+ * (dkey = {seed, epoch, iteration, obs0}, written before the step): the
+ * launch's arguments are then the same every iteration, so a CUDA graph
+ * replays it. pre is the host's mix of the same values. */
+__global__ void dropout_keyed_kernel(const float *__restrict__ in, float *__restrict__ out,
+                                     size_t total, size_t per, float scale, uint64_t drop_below,
+                                     const uint64_t *__restrict__ dkey, uint64_t stream)
+{
+    const uint64_t pre = mix64_dev(mix64_dev(mix64_dev(mix64_dev(dkey[0]) ^ dkey[1]) ^ dkey[2]) ^
+                                   stream);
+    const uint64_t obs0 = dkey[3];
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        uint64_t obs = i / per, j = i % per;
+        uint64_t key = mix64_dev(pre ^ (obs0 + obs));
+        float v = __fmul_rn(in[i], scale);
+        out[i] = (mix64_dev(key ^ j) >> 40) >= drop_below ? v : 0.0f;
+    }
+}
+
+dpt_status gpu_dropout_keyed(gpu_ctx *g, const float *in, float *out, int n, size_t per, float p,
+                             const uint64_t *dkey, uint64_t stream)
+{
+    size_t total = (size_t)n * per;
+    if (!total)
+        return DPT_OK;
+    const float scale = 1.0f / (1.0f - p);
+    const uint64_t drop_below = (uint64_t)ceil((double)p * 16777216.0);
+    dropout_keyed_kernel<<<gpu_grid(g, total), GPU_THREADS, 0, g->stream>>>(
+        in, out, total, per, scale, drop_below, dkey, stream);
+    return gpu_check_launch(g, "dropout");
+}
+
 dpt_status gpu_dropout(gpu_ctx *g, const float *in, float *out, int n, size_t per, float p,
                        uint64_t seed, uint64_t epoch, uint64_t iteration, uint64_t stream,
                        uint64_t obs0)
