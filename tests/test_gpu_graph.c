@@ -30,6 +30,7 @@
 #include "dptrain/train.h"
 #include "net/net_gpu_graph.h"
 #include "net/net_impl.h"
+#include "optim/optim_impl.h"
 #include "testutil.h"
 
 #include <time.h>
@@ -149,20 +150,20 @@ static void test_seq_key(void)
         return;
     static const int len[4] = {5, 2, 4, 1}, len2[4] = {1, 1, 5, 5};
     CHECK(dpt_net_set_steps(net, 5, NULL, 4, 0) == DPT_OK);
-    graph_key plain = net_gpu_graph_key(net, 4, 0.25f);
+    graph_key plain = net_gpu_graph_key(net, 4, 0.25f, 0);
     CHECK(plain.n == 4 && plain.steps == 5 && plain.w_bits == 0x3e800000u && !plain.has_len &&
           !plain.pad_left);
     CHECK(!net_gpu_graph_step_refusal(net));
     CHECK(dpt_net_set_steps(net, 5, len, 4, 0) == DPT_OK);
-    graph_key masked = net_gpu_graph_key(net, 4, 0.25f);
+    graph_key masked = net_gpu_graph_key(net, 4, 0.25f, 0);
     CHECK(masked.has_len && !masked.pad_left && !net_gpu_graph_step_refusal(net));
     /* Other lengths, same presence: the same graph (the device copy is
      * rewritten by dpt_net_set_steps, its address stays). */
     CHECK(dpt_net_set_steps(net, 5, len2, 4, 0) == DPT_OK);
-    graph_key masked2 = net_gpu_graph_key(net, 4, 0.25f);
+    graph_key masked2 = net_gpu_graph_key(net, 4, 0.25f, 0);
     CHECK(!memcmp(&masked, &masked2, sizeof masked));
     CHECK(dpt_net_set_steps(net, 5, len, 4, 1) == DPT_OK);
-    graph_key left = net_gpu_graph_key(net, 4, 0.25f);
+    graph_key left = net_gpu_graph_key(net, 4, 0.25f, 0);
     CHECK(left.has_len && left.pad_left);
     const char *r = net_gpu_graph_step_refusal(net);
     CHECK_MSG(r && strstr(r, "dropout on left-padded sequences"), "%s", r ? r : "(none)");
@@ -199,8 +200,8 @@ static void test_slots(void)
     graph_slot *sl;
     void *ev;
     static char fake[GRAPH_SLOTS + 2]; /* stand-ins for captured graphs */
-    graph_key a = {32, 1, 1, 0x3f800000u, 0, 0}, a_w = {32, 1, 1, 0x3f000000u, 0, 0};
-    graph_key b = {20, 1, 1, 0x3f800000u, 0, 0};
+    graph_key a = {32, 1, 1, 0x3f800000u, 0, 0, 0}, a_w = {32, 1, 1, 0x3f000000u, 0, 0, 0};
+    graph_key b = {20, 1, 1, 0x3f800000u, 0, 0, 0};
     CHECK(gpu_graphs_next(&G, a, &sl, &ev) == GRAPH_RUN_EAGER && !ev);
     CHECK(gpu_graphs_next(&G, a, &sl, &ev) == GRAPH_RUN_CAPTURE && !ev);
     sl->graph = &fake[0];
@@ -216,21 +217,77 @@ static void test_slots(void)
      * used (a_w, never captured); a_w again evicts a and its graph, and a
      * again b and its graph. */
     for (int i = 0; i < GRAPH_SLOTS - 3; i++) {
-        graph_key k = {100 + i, 1, 1, 0, 0, 0};
+        graph_key k = {100 + i, 1, 1, 0, 0, 0, 0};
         CHECK(gpu_graphs_next(&G, k, &sl, &ev) == GRAPH_RUN_EAGER && !ev);
     }
-    graph_key c = {200, 1, 1, 0, 0, 0};
+    graph_key c = {200, 1, 1, 0, 0, 0, 0};
     CHECK(gpu_graphs_next(&G, c, &sl, &ev) == GRAPH_RUN_EAGER && !ev);
     CHECK(gpu_graphs_next(&G, a_w, &sl, &ev) == GRAPH_RUN_EAGER && ev == &fake[0]);
     CHECK(gpu_graphs_next(&G, a, &sl, &ev) == GRAPH_RUN_EAGER && ev == &fake[1]);
     /* Different sequence lengths are different shapes, and so are buffers
      * grown for longer sequences (new addresses). */
-    graph_key t1 = {7, 10, 16, 0, 0, 0}, t2 = {7, 11, 16, 0, 0, 0};
-    graph_key t1_grown = {7, 10, 32, 0, 0, 0};
+    graph_key t1 = {7, 10, 16, 0, 0, 0, 0}, t2 = {7, 11, 16, 0, 0, 0, 0};
+    graph_key t1_grown = {7, 10, 32, 0, 0, 0, 0};
     CHECK(gpu_graphs_next(&G, t1, &sl, &ev) == GRAPH_RUN_EAGER);
     CHECK(gpu_graphs_next(&G, t2, &sl, &ev) == GRAPH_RUN_EAGER);
     CHECK(gpu_graphs_next(&G, t1, &sl, &ev) == GRAPH_RUN_CAPTURE);
     CHECK(gpu_graphs_next(&G, t1_grown, &sl, &ev) == GRAPH_RUN_EAGER);
+}
+
+/* The update's per-step scalars as the graph reads them from the device:
+ * the values the eager update passes as arguments (Adam's coefficients of
+ * the new step, SGDM's lr, momentum and decay), the step counts advanced
+ * as dpt_optim_step advances them, the clipping bound (0: off). */
+static void test_update_scalars(void)
+{
+    dpt_optim_opts oo = DPT_OPTIM_OPTS_INIT;
+    oo.lr = 0.003f, oo.weight_decay = 0.01f, oo.decoupled = 1, oo.clip_norm = 0.5;
+    dpt_optim *a = NULL, *b = NULL;
+    CHECK(dpt_optim_new(DPT_OPTIM_ADAM, 10, &oo, &a) == DPT_OK);
+    CHECK(dpt_optim_new(DPT_OPTIM_ADAM, 10, &oo, &b) == DPT_OK);
+    if (a && b) {
+        gpu_update_scalars sc;
+        for (int step = 1; step <= 3; step++) {
+            CHECK(optim_gpu_scalars(a, &sc) == GPU_UPDATE_ADAM);
+            adam_coeffs c = adam_begin_step(dpt_optim_adam(b));
+            const float want[9] = {c.step_size, c.bc2_sqrt, c.b1, c.b2, c.c1, c.c2,
+                                   c.eps, c.shrink, c.l2};
+            CHECK_MSG(!memcmp(sc.c, want, sizeof want), "adam step %d: scalars differ", step);
+            CHECK(sc.max_norm == 0.5 && dpt_optim_step_count(a) == step);
+        }
+        /* The bias corrections change every step (why they are not kernel
+         * arguments in a graph). */
+        gpu_update_scalars sc2;
+        optim_gpu_scalars(a, &sc2);
+        CHECK(sc2.c[0] != sc.c[0] && sc2.c[1] != sc.c[1]);
+    }
+    dpt_optim_free(a), dpt_optim_free(b);
+    dpt_optim_opts so = DPT_OPTIM_OPTS_INIT;
+    so.lr = 0.05f, so.momentum = 0.8f, so.weight_decay = 0.001f;
+    dpt_optim *m = NULL;
+    CHECK(dpt_optim_new(DPT_OPTIM_SGDM, 10, &so, &m) == DPT_OK);
+    if (m) {
+        gpu_update_scalars sc;
+        CHECK(optim_gpu_scalars(m, &sc) == GPU_UPDATE_SGDM);
+        CHECK(sc.c[0] == 0.05f && sc.c[1] == 0.8f && sc.c[2] == 0.001f && sc.max_norm == 0);
+        CHECK(dpt_optim_step_count(m) == 1);
+        dpt_optim_set_lr(m, 0.025f); /* a schedule: the next step's value */
+        CHECK(optim_gpu_scalars(m, &sc) == GPU_UPDATE_SGDM && sc.c[0] == 0.025f);
+        CHECK(dpt_optim_step_count(m) == 2);
+    }
+    dpt_optim_free(m);
+    CHECK(sizeof(gpu_update_scalars) == 48);
+    /* The update in the graph is part of its key. */
+    gpu_graphs G;
+    memset(&G, 0, sizeof G);
+    graph_slot *sl;
+    void *ev;
+    graph_key k0 = {8, 1, 1, 0, 0, 0, 0}, k1 = {8, 1, 1, 0, 0, 0, 1 + GPU_UPDATE_SGDM};
+    graph_key k2 = {8, 1, 1, 0, 0, 0, 1 + GPU_UPDATE_ADAM + 2};
+    CHECK(gpu_graphs_next(&G, k0, &sl, &ev) == GRAPH_RUN_EAGER);
+    CHECK(gpu_graphs_next(&G, k1, &sl, &ev) == GRAPH_RUN_EAGER);
+    CHECK(gpu_graphs_next(&G, k2, &sl, &ev) == GRAPH_RUN_EAGER);
+    CHECK(gpu_graphs_next(&G, k1, &sl, &ev) == GRAPH_RUN_CAPTURE);
 }
 
 static void test_options(void)
@@ -340,6 +397,16 @@ static void graph_vs_eager(const char *what, const char *spec, int kind)
                               dpt_net_n_params(ng));
         ok_all &= same_floats(what, "state", dpt_net_state(ng), dpt_net_state(ne),
                               dpt_net_n_state_floats(ng));
+        /* The update ran inside the graph: the optimizer's host side too. */
+        double ng_norm = dpt_optim_last_norm(og), ne_norm = dpt_optim_last_norm(oe);
+        CHECK_MSG(dpt_optim_step_count(og) == dpt_optim_step_count(oe) &&
+                      (kind ? !memcmp(&ng_norm, &ne_norm, sizeof ng_norm) : 1),
+                  "%s: steps %ld / %ld, last norm %.17g / %.17g", what, dpt_optim_step_count(og),
+                  dpt_optim_step_count(oe), ng_norm, ne_norm);
+        if (dpt_net_sync_to_host(ng) == DPT_OK && dpt_net_sync_to_host(ne) == DPT_OK)
+            for (size_t b = 0; b < dpt_optim_n_buffers(og); b++)
+                ok_all &= same_floats(what, dpt_optim_buffer_name(og, b), dpt_optim_buffer(og, b),
+                                      dpt_optim_buffer(oe, b), dpt_net_n_params(ng));
         long eg, cg, rg, ee, ce, re;
         int on_g = net_gpu_graph_counts(ng, &eg, &cg, &rg);
         int on_e = net_gpu_graph_counts(ne, &ee, &ce, &re);
@@ -439,6 +506,9 @@ static void seq_graph_vs_eager(const char *what, const char *spec, int classes, 
         ok_all &= same_floats(what, "learnables", dpt_net_params(net[0]), dpt_net_params(net[1]),
                               np);
         ok_all &= same_floats(what, "gradients", dpt_net_grads(net[0]), dpt_net_grads(net[1]), np);
+        double n0 = dpt_optim_last_norm(opt[0]), n1 = dpt_optim_last_norm(opt[1]);
+        CHECK_MSG(!kind || !memcmp(&n0, &n1, sizeof n0), "%s: last norm %.17g / %.17g", what, n0,
+                  n1);
         size_t nc = dpt_net_carry_floats(net[0]) * (size_t)max_batch;
         if (stateful && nc) {
             float *c[2] = {malloc(nc * sizeof(float)), malloc(nc * sizeof(float))};
@@ -666,6 +736,7 @@ int main(int argc, char **argv)
     test_refusal();
     test_slots();
     test_seq_key();
+    test_update_scalars();
     test_options();
     if (!dpt_gpu_have_cuda() || dpt_gpu_count() < 1) {
         printf("test_gpu_graph: the GPU tests skipped: %s\n",

@@ -113,6 +113,14 @@ typedef struct net_gpu {
     uint64_t *drop_key;            /* device [4]: seed, epoch, iteration, obs offset of the
                                       step (dropout under a CUDA graph) */
     int drop_key_live;             /* drop_key holds this step's values: dropout reads it */
+    /* The optimizer's update inside the step's graph (one worker): */
+    gpu_update_scalars *upd;       /* device: this step's scalars (optim_gpu_scalars) */
+    double *upd_ss;                /* device: Σ g² of the last clipped update */
+    dpt_optim *step_opt;           /* the update the next graph step takes (net_step_plan_update;
+                                      borrowed for one dpt_train_step); NULL: outside */
+    int upd_live, upd_kind, upd_clip; /* this graph step queues the update: its kind, clipping */
+    int upd_done;                  /* ... and did: net_optim_step has nothing left to do */
+    dpt_optim *norm_opt;           /* its last_norm waits for upd_ss (net_gpu_stats_pull) */
     int params_stale, grads_stale, ostate_stale; /* host mirrors behind the device */
     dpt_status dev_error;          /* first failure of a void net_dev operation */
     char dev_message[256];
@@ -370,7 +378,7 @@ static void gpu_release(dpt_net *net)
     gpu_mfree(G->params), gpu_mfree(G->grads), gpu_mfree(G->state);
     gpu_mfree(G->ostate[0]), gpu_mfree(G->ostate[1]);
     gpu_mfree(G->dout), gpu_mfree(G->targets), gpu_mfree(G->stats), gpu_mfree(G->len);
-    gpu_mfree(G->drop_key);
+    gpu_mfree(G->drop_key), gpu_mfree(G->upd);
     gpu_mfree_host(G->stats_host), gpu_mfree_host(G->out_host), gpu_mfree_host(G->state_pinned);
     free(G->dests);
     gpu_ctx_free(G->ctx);
@@ -432,6 +440,9 @@ static dpt_status gpu_setup(dpt_net *net, const dpt_gpu_options *opt)
                         (void **)&G->state_pinned));
     TRY(gpu_malloc(ctx, (size_t)net->max_batch * sizeof(int), (void **)&G->len));
     TRY(gpu_malloc(ctx, 4 * sizeof(uint64_t), (void **)&G->drop_key));
+    /* The update's scalars, then the norm's sum of squares (48 + 8 bytes). */
+    TRY(gpu_malloc(ctx, sizeof(gpu_update_scalars) + sizeof(double), (void **)&G->upd));
+    G->upd_ss = (double *)(G->upd + 1);
     /* The executor's buffers on the device, planned for this device's
      * fusion (bn+relu only, when fuse_bn_relu). */
     TRY(exec_to_device(net, opt->fuse_bn_relu));
@@ -625,6 +636,7 @@ void net_gpu_graph_replayed(dpt_net *net, int n, double scale)
     net->last_mode = DPT_MODE_TRAIN;
     G->loss_pending = 1, G->loss_scale = scale;
     G->grads_stale = 1;
+    net_gpu_graph_update_queued(net);
     /* Dropout's host bookkeeping of this iteration, as its forward does. */
     for (int i = 0; i < net->n_layers; i++)
         if (net->layers[i].type == &dpt_layer_dropout) {
@@ -650,6 +662,8 @@ int net_gpu_graph_wanted(dpt_net *net)
     return 1;
 }
 
+static dpt_status bind_optim(dpt_net *net, dpt_optim *o);
+
 dpt_status net_gpu_graph_step(dpt_net *net, const float *t, int n, float w, double scale,
                               graph_body body)
 {
@@ -669,9 +683,22 @@ dpt_status net_gpu_graph_step(dpt_net *net, const float *t, int n, float w, doub
     if (s == DPT_OK)
         s = gpu_upload(G->ctx, G->drop_key, key, sizeof key);
     G->drop_key_live = 1;
+    /* The update inside the graph (net_step_plan_update said so): the
+     * optimizer's state bound (uploaded at its first step, before any
+     * capture), the host's bookkeeping of the step done now and its
+     * scalars copied to the device, stream-ordered before the replay. */
+    G->upd_live = G->upd_done = 0;
+    if (s == DPT_OK && G->step_opt && (s = bind_optim(net, G->step_opt)) == DPT_OK) {
+        gpu_update_scalars sc;
+        G->upd_kind = optim_gpu_scalars(G->step_opt, &sc);
+        G->upd_clip = sc.max_norm > 0;
+        if ((s = gpu_upload(G->ctx, G->upd, &sc, sizeof sc)) == DPT_OK)
+            G->upd_live = 1;
+    }
     if (s == DPT_OK)
         s = net_gpu_graph_run(net, &G->graphs, n, w, scale, body);
     G->drop_key_live = 0;
+    G->upd_live = 0;
     G->bwd_done = s == DPT_OK;
     return s;
 }
@@ -683,6 +710,46 @@ int net_gpu_graph_took_backward(dpt_net *net)
     if (G)
         G->bwd_done = 0;
     return done;
+}
+
+int net_gpu_graph_update_code(const dpt_net *net)
+{
+    const net_gpu *G = net->gpu;
+    return G->upd_live ? 1 + G->upd_kind + 2 * G->upd_clip : 0;
+}
+
+dpt_status net_gpu_graph_tail(dpt_net *net)
+{
+    net_gpu *G = net->gpu;
+    if (!G->upd_live)
+        return DPT_OK;
+    dpt_status s = optim_gpu_step_dev(G->upd_kind, G->upd_clip, net->n_params, G->ctx, G->params,
+                                      G->grads, G->ostate, G->upd, G->upd_ss);
+    if (s == DPT_OK)
+        net_gpu_graph_update_queued(net);
+    return s;
+}
+
+void net_gpu_graph_update_queued(dpt_net *net)
+{
+    net_gpu *G = net->gpu;
+    if (!G->upd_live)
+        return;
+    G->upd_done = 1;
+    G->params_stale = G->ostate_stale = G->grads_stale = 1;
+    G->norm_opt = G->upd_clip ? G->step_opt : NULL;
+}
+
+void net_step_plan_update(dpt_net *net, dpt_optim *opt, dpt_comm *comm)
+{
+    net_gpu *G = net->gpu;
+    if (!G)
+        return;
+    /* One worker: nothing between the backward and the update (the
+     * pooled state does not touch the learnables). Several: the gradient
+     * all-reduce comes first, outside the graph. */
+    G->step_opt = G->graphs.on && (!comm || dpt_comm_size(comm) < 2) ? opt : NULL;
+    G->upd_done = 0;
 }
 
 int net_gpu_graph_counts(const dpt_net *net, long *eager, long *captures, long *replays)
@@ -710,7 +777,7 @@ dpt_status net_gpu_grads_allreduce(dpt_net *net, dpt_comm *comm)
 dpt_status net_gpu_stats_pull(dpt_net *net, double *loss)
 {
     net_gpu *G = net->gpu;
-    if (G->stats_used == 1 && !(loss && G->loss_pending))
+    if (G->stats_used == 1 && !(loss && G->loss_pending) && !G->norm_opt)
         return DPT_OK; /* nothing to bring: no batch norm, no loss on the device */
     dpt_status s = gpu_ctx_enter(G->ctx);
     if (s == DPT_OK)
@@ -723,7 +790,16 @@ dpt_status net_gpu_stats_pull(dpt_net *net, double *loss)
     if (loss && G->loss_pending)
         *loss = G->stats_host[0] * G->loss_scale;
     G->loss_pending = 0;
-    return DPT_OK;
+    /* The norm of an update clipped inside the graph (the stream has
+     * finished: a copy of 8 bytes). */
+    if (G->norm_opt) {
+        double ss = 0;
+        s = gpu_download(G->ctx, &ss, G->upd_ss, sizeof ss);
+        if (s == DPT_OK)
+            G->norm_opt->last_norm = sqrt(ss);
+        G->norm_opt = NULL;
+    }
+    return s;
 }
 
 dpt_status net_gpu_state_push(dpt_net *net)
@@ -1050,8 +1126,14 @@ dpt_status dpt_net_sync_to_device(dpt_net *net)
 dpt_status net_optim_step(dpt_net *net, dpt_optim *opt)
 {
 #ifdef DPT_HAVE_CUDA
-    if (net->gpu)
-        return device_optim(net, opt);
+    if (net->gpu) {
+        net_gpu *G = net->gpu;
+        /* Done inside the step's graph (its step count and scalars at
+         * net_gpu_graph_step). */
+        int done = G->upd_done && opt == G->step_opt;
+        G->upd_done = 0, G->step_opt = NULL;
+        return done ? DPT_OK : device_optim(net, opt);
+    }
 #endif
     dpt_optim_step(opt, net->params, net->grads);
     return DPT_OK;
@@ -1098,6 +1180,10 @@ static dpt_status no_cuda(const dpt_net *net)
     return dpt_fail(DPT_ERR_UNSUPPORTED, "%s: no CUDA support", net->source);
 }
 void net_gpu_free(dpt_net *net) { (void)net; }
+void net_step_plan_update(dpt_net *net, dpt_optim *opt, dpt_comm *comm)
+{
+    (void)net, (void)opt, (void)comm;
+}
 dpt_status net_gpu_grow_steps(dpt_net *net, int cap)
 {
     (void)cap;

@@ -76,12 +76,13 @@ void net_gpu_graph_dropout_key(const dpt_net *net, uint64_t key[4])
 static int same_key(graph_key a, graph_key b)
 {
     return a.n == b.n && a.steps == b.steps && a.cap_steps == b.cap_steps &&
-           a.w_bits == b.w_bits && a.has_len == b.has_len && a.pad_left == b.pad_left;
+           a.w_bits == b.w_bits && a.has_len == b.has_len && a.pad_left == b.pad_left &&
+           a.update == b.update;
 }
 
-graph_key net_gpu_graph_key(const dpt_net *net, int n, float w)
+graph_key net_gpu_graph_key(const dpt_net *net, int n, float w, int update)
 {
-    graph_key k = {n, net->steps, net->cap_steps, 0, net->len != NULL, net->pad_left};
+    graph_key k = {n, net->steps, net->cap_steps, 0, net->len != NULL, net->pad_left, update};
     memcpy(&k.w_bits, &w, sizeof k.w_bits);
     return k;
 }
@@ -120,7 +121,7 @@ void net_gpu_graph_clear(gpu_graphs *G)
 {
     for (int i = 0; i < GRAPH_SLOTS; i++) {
         gpu_graph_free(G->slot[i].graph);
-        G->slot[i] = (graph_slot){{0, 0, 0, 0, 0, 0}, 0, NULL, 0};
+        G->slot[i] = (graph_slot){{0, 0, 0, 0, 0, 0, 0}, 0, NULL, 0};
     }
 }
 
@@ -136,7 +137,7 @@ static void graphs_off(dpt_net *net, gpu_graphs *G, const char *why)
 dpt_status net_gpu_graph_run(dpt_net *net, gpu_graphs *G, int n, float w, double scale,
                              graph_body body)
 {
-    graph_key k = net_gpu_graph_key(net, n, w);
+    graph_key k = net_gpu_graph_key(net, n, w, net_gpu_graph_update_code(net));
     graph_slot *slot;
     void *evicted;
     int what = gpu_graphs_next(G, k, &slot, &evicted);
@@ -162,6 +163,8 @@ dpt_status net_gpu_graph_run(dpt_net *net, gpu_graphs *G, int n, float w, double
         char body_error[256] = "";
         if ((s = gpu_graph_begin(ctx)) == DPT_OK) {
             dpt_status sb = body(net, n, w, scale);
+            if (sb == DPT_OK)
+                sb = net_gpu_graph_tail(net);
             if (sb != DPT_OK)
                 snprintf(body_error, sizeof body_error, "%s", dpt_last_error());
             s = gpu_graph_end(ctx, sb == DPT_OK, &gr);
@@ -184,7 +187,8 @@ dpt_status net_gpu_graph_run(dpt_net *net, gpu_graphs *G, int n, float w, double
         graphs_off(net, G, why);
     }
     G->eager++;
-    return body(net, n, w, scale);
+    s = body(net, n, w, scale);
+    return s == DPT_OK ? net_gpu_graph_tail(net) : s;
 }
 
 #endif /* DPT_HAVE_CUDA */

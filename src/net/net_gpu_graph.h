@@ -64,11 +64,13 @@ typedef struct graph_key {
     int has_len;     /* valid lengths given (dpt_net_set_steps): lstm/gru pass
                         the device copy, else NULL (their kernels' arguments) */
     int pad_left;    /* padding first (an argument of the recurrent kernels) */
+    int update;      /* the optimizer's update in the graph: 0 none, else 1 +
+                        GPU_UPDATE_* + 2 when clipping (net_gpu_graph_update_code) */
 } graph_key;
 
 /* The key of a step of n observations with loss weight w on net as it is
  * now (steps, step capacity, lengths present, padding side). */
-graph_key net_gpu_graph_key(const dpt_net *net, int n, float w);
+graph_key net_gpu_graph_key(const dpt_net *net, int n, float w, int update);
 
 typedef struct graph_slot {
     graph_key key;
@@ -114,6 +116,12 @@ void net_gpu_graph_clear(gpu_graphs *G);
  * its launches (the executor's last forward: n observations in TRAIN
  * mode; a loss × scale pending on the device; the gradient mirror stale). */
 void net_gpu_graph_replayed(dpt_net *net, int n, double scale);
+/* The optimizer's update in this step's graph: its key code (0: none), the
+ * launches queued after body (eager and under capture), and the host's
+ * side once they are queued or replayed (mirrors stale, the norm pending). */
+int net_gpu_graph_update_code(const dpt_net *net);
+dpt_status net_gpu_graph_tail(dpt_net *net);
+void net_gpu_graph_update_queued(dpt_net *net);
 /* 1 when this step should go through net_gpu_graph_step: graphs on, no
  * per-layer profiling, no batch norm synchronised across workers (that
  * turns graphs off, noted once). 0 in builds without CUDA. */

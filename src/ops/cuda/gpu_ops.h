@@ -25,6 +25,7 @@
 #include <stdint.h>
 
 #include "dptrain/core.h"
+#include "ops/gpu_update.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -196,6 +197,17 @@ dpt_status gpu_adam(gpu_ctx *g, float *params, float *m, float *v, const float *
  * the stream), then grads scaled by max_norm / (norm + 1e-6) when that is
  * below 1. *norm receives the norm before clipping. */
 dpt_status gpu_clip_grad_norm(gpu_ctx *g, float *grads, size_t n, double max_norm, double *norm);
+/* gpu_sgdm, gpu_adam and gpu_clip_grad_norm with their per-step scalars
+ * read from the device (sc: ops/gpu_update.h, copied there before the
+ * step), so that nothing waits for the host and a CUDA graph can hold
+ * them; the same bits. The clipping leaves Σ g² in *ss (device; the norm
+ * is its square root) and scales when max_norm / (norm + 1e-6) < 1. */
+dpt_status gpu_sgdm_dev(gpu_ctx *g, float *params, float *velocity, const float *grads, size_t n,
+                        const gpu_update_scalars *sc);
+dpt_status gpu_adam_dev(gpu_ctx *g, float *params, float *m, float *v, const float *grads,
+                        size_t n, const gpu_update_scalars *sc);
+dpt_status gpu_clip_grad_norm_dev(gpu_ctx *g, float *grads, size_t n,
+                                  const gpu_update_scalars *sc, double *ss);
 
 /* ---- batch normalisation over (n, h, w) per channel -------------------------------------- *
  * The split of ops/ops.h, with the per-channel sums in float64 computed by
