@@ -464,8 +464,9 @@ static dpt_status gpu_setup(dpt_net *net, const dpt_gpu_options *opt)
     G->graphs.on = !no;
     if (no)
         snprintf(G->graphs.why, sizeof G->graphs.why, "%s", no);
-    net_gpu_note(net, "CUDA graph: %s%s\n", no ? "off: " : "on (forward, loss and backward; one "
-                 "per minibatch shape, captured at its second step)", no ? no : "");
+    net_gpu_note(net, "CUDA graph: %s%s\n", no ? "off: " : "on (forward, loss, backward and, "
+                 "with one worker, the update; one per minibatch shape, captured at its second "
+                 "step)", no ? no : "");
     return DPT_OK;
 fail:
     gpu_release(net);
@@ -1132,6 +1133,8 @@ dpt_status net_optim_step(dpt_net *net, dpt_optim *opt)
          * net_gpu_graph_step). */
         int done = G->upd_done && opt == G->step_opt;
         G->upd_done = 0, G->step_opt = NULL;
+        if (!done)
+            G->norm_opt = NULL; /* borrowed for this step only */
         return done ? DPT_OK : device_optim(net, opt);
     }
 #endif

@@ -1,22 +1,24 @@
 /* The training step of a GPU network as a CUDA graph (net_gpu_graph.c).
  *
  * What the graph holds: the forward from the device copy of x, the loss
- * against the device copy of the targets and the backward into the
- * gradient buffer: every launch of a step but the transfers. What stays
- * outside, and why: the minibatch's upload (a host memcpy into the pinned
- * staging ring on the copy stream, then an event the compute stream
- * waits on: queued before the replay), the gradient all-reduce (staged
- * through host memory, or NCCL on a communicator made lazily and
- * collectively at the first step), the one copy of the loss and the
- * batch-norm statistics to the host with the host's pooled running-state
- * update and its upload, and the optimizer's update (its scalars change
- * every step: learning-rate schedules, Adam's bias corrections; clipping
- * reads the norm on the host). Those are 3 to 5 calls a step; the graph
- * replaces every per-layer launch.
+ * against the device copy of the targets, the backward into the gradient
+ * buffer and, with one worker, the optimizer's update (its per-step
+ * scalars read from a device buffer written before the replay; clipping's
+ * coefficient computed on the device): every launch of a step but the
+ * transfers. Dropout reads its per-step key from the device the same way.
+ * What stays outside, and why: the minibatch's upload (a host memcpy into
+ * the pinned staging ring on the copy stream, then an event the compute
+ * stream waits on: queued before the replay), the gradient all-reduce
+ * (staged through host memory, or NCCL on a communicator made lazily and
+ * collectively at the first step) and with it the update of several
+ * workers, the one copy of the loss and the batch-norm statistics to the
+ * host with the host's pooled running-state update and its upload. Those
+ * are 2 to 5 calls a step; the graph replaces every per-layer launch.
  *
- * One graph per minibatch shape: the observations n, the time steps T
- * (and the steps the buffers hold) and the loss weight w = n/M (a kernel
- * argument). A shape is run eagerly
+ * One graph per minibatch shape (graph_key): the observations n, the time
+ * steps T (and the steps the buffers hold), lengths given or not and the
+ * padding side, the loss weight w = n/M (a kernel argument) and the update
+ * held. A shape is run eagerly
  * the first time (cuDNN chooses its algorithms for a new n, kernels are
  * loaded: nothing that may not happen under capture is left for the
  * capture), captured the second time and replayed from then on; the last
