@@ -120,6 +120,11 @@ typedef struct net_gpu {
                                       borrowed for one dpt_train_step); NULL: outside */
     int upd_live, upd_kind, upd_clip; /* this graph step queues the update: its kind, clipping */
     int upd_done;                  /* ... and did: net_optim_step has nothing left to do */
+    dpt_gpu_comm *step_gc;         /* NCCL all-reduce of the gradients before the update in the
+                                      graph (several workers); NULL: one worker */
+    int ar_done;                   /* the last graph step all-reduced: net_gpu_grads_allreduce
+                                      has nothing left to do */
+    unsigned gcomm_gen;            /* counts the device all-reduces made (a graph holds one) */
     dpt_optim *norm_opt;           /* its last_norm waits for upd_ss (net_gpu_stats_pull) */
     int params_stale, grads_stale, ostate_stale; /* host mirrors behind the device */
     dpt_status dev_error;          /* first failure of a void net_dev operation */
@@ -183,6 +188,7 @@ dpt_status net_gpu_comm(dpt_net *net, dpt_comm *comm, dpt_gpu_comm **out)
                                         (int)G->opt.reduce, &G->gcomm);
         if (s != DPT_OK)
             return s;
+        G->gcomm_gen++;
         net_gpu_note(net, "gradient all-reduce over %d workers: %s\n", dpt_comm_size(comm),
                      dpt_gpu_comm_uses_nccl(G->gcomm) ? "NCCL"
                                                       : "staged through pinned host memory");
@@ -716,7 +722,10 @@ int net_gpu_graph_took_backward(dpt_net *net)
 int net_gpu_graph_update_code(const dpt_net *net)
 {
     const net_gpu *G = net->gpu;
-    return G->upd_live ? 1 + G->upd_kind + 2 * G->upd_clip : 0;
+    /* The NCCL communicator's generation too: a graph holds its calls. */
+    return G->upd_live ? 1 + G->upd_kind + 2 * G->upd_clip +
+                             (G->step_gc ? 4 + 8 * (int)(G->gcomm_gen & 0xffff) : 0)
+                       : 0;
 }
 
 dpt_status net_gpu_graph_tail(dpt_net *net)
@@ -724,7 +733,13 @@ dpt_status net_gpu_graph_tail(dpt_net *net)
     net_gpu *G = net->gpu;
     if (!G->upd_live)
         return DPT_OK;
-    dpt_status s = optim_gpu_step_dev(G->upd_kind, G->upd_clip, net->n_params, G->ctx, G->params,
+    /* Several workers: the gradients' NCCL all-reduce first (queued on
+     * this stream; NCCL calls may be captured). */
+    dpt_status s = G->step_gc ? dpt_gpu_comm_allreduce_f32(G->step_gc, G->grads, net->n_params)
+                              : DPT_OK;
+    if (s != DPT_OK)
+        return s;
+    s = optim_gpu_step_dev(G->upd_kind, G->upd_clip, net->n_params, G->ctx, G->params,
                                       G->grads, G->ostate, G->upd, G->upd_ss);
     if (s == DPT_OK)
         net_gpu_graph_update_queued(net);
@@ -737,6 +752,7 @@ void net_gpu_graph_update_queued(dpt_net *net)
     if (!G->upd_live)
         return;
     G->upd_done = 1;
+    G->ar_done = G->step_gc != NULL;
     G->params_stale = G->ostate_stale = G->grads_stale = 1;
     G->norm_opt = G->upd_clip ? G->step_opt : NULL;
 }
@@ -748,9 +764,15 @@ void net_step_plan_update(dpt_net *net, dpt_optim *opt, dpt_comm *comm)
         return;
     /* One worker: nothing between the backward and the update (the
      * pooled state does not touch the learnables). Several: the gradient
-     * all-reduce comes first, outside the graph. */
-    G->step_opt = G->graphs.on && (!comm || dpt_comm_size(comm) < 2) ? opt : NULL;
-    G->upd_done = 0;
+     * all-reduce comes first; inside the graph too when it is NCCL's
+     * (known from the first step on, which makes the communicator), else
+     * (staged through host memory) both stay outside. */
+    int multi = comm && dpt_comm_size(comm) > 1;
+    int nccl = multi && G->gcomm && dpt_gpu_comm_host(G->gcomm) == comm &&
+               dpt_gpu_comm_uses_nccl(G->gcomm);
+    G->step_opt = G->graphs.on && (!multi || nccl) ? opt : NULL;
+    G->step_gc = G->step_opt && nccl ? G->gcomm : NULL;
+    G->upd_done = G->ar_done = 0;
 }
 
 int net_gpu_graph_counts(const dpt_net *net, long *eager, long *captures, long *replays)
@@ -766,6 +788,10 @@ dpt_status net_gpu_grads_allreduce(dpt_net *net, dpt_comm *comm)
 {
     net_gpu *G = net->gpu;
     dpt_status s = gpu_ctx_enter(G->ctx);
+    if (G->ar_done) { /* inside the step's graph, before its update */
+        G->ar_done = 0;
+        return s;
+    }
     if (s != DPT_OK || !comm || dpt_comm_size(comm) < 2)
         return s;
     dpt_gpu_comm *gc = NULL;
@@ -1132,7 +1158,7 @@ dpt_status net_optim_step(dpt_net *net, dpt_optim *opt)
         /* Done inside the step's graph (its step count and scalars at
          * net_gpu_graph_step). */
         int done = G->upd_done && opt == G->step_opt;
-        G->upd_done = 0, G->step_opt = NULL;
+        G->upd_done = 0, G->step_opt = NULL, G->step_gc = NULL, G->ar_done = 0;
         if (!done)
             G->norm_opt = NULL; /* borrowed for this step only */
         return done ? DPT_OK : device_optim(net, opt);
