@@ -87,6 +87,13 @@ typedef struct stats_dest {
     double *host;
 } stats_dest;
 
+/* What a graph step copies to the device before it runs (net_gpu_graph_
+ * step): the update's scalars, then dropout's key. */
+typedef struct step_values {
+    gpu_update_scalars sc;
+    uint64_t key[4];
+} step_values;
+
 typedef struct net_gpu {
     gpu_ctx *ctx;
     dpt_gpu_options opt;
@@ -110,8 +117,8 @@ typedef struct net_gpu {
     float *out_host;               /* pinned [max_batch, outputs]: forward's y */
     float *state_pinned;           /* pinned [n_state]: state upload */
     int *len;                      /* device [max_batch]: net->len, uploaded by set_steps */
-    uint64_t *drop_key;            /* device [4]: seed, epoch, iteration, obs offset of the
-                                      step (dropout under a CUDA graph) */
+    uint64_t *drop_key;            /* device [4] in upd's block: seed, epoch, iteration, obs
+                                      offset of the step (dropout under a CUDA graph) */
     int drop_key_live;             /* drop_key holds this step's values: dropout reads it */
     /* The optimizer's update inside the step's graph (one worker): */
     gpu_update_scalars *upd;       /* device: this step's scalars (optim_gpu_scalars) */
@@ -384,7 +391,7 @@ static void gpu_release(dpt_net *net)
     gpu_mfree(G->params), gpu_mfree(G->grads), gpu_mfree(G->state);
     gpu_mfree(G->ostate[0]), gpu_mfree(G->ostate[1]);
     gpu_mfree(G->dout), gpu_mfree(G->targets), gpu_mfree(G->stats), gpu_mfree(G->len);
-    gpu_mfree(G->drop_key), gpu_mfree(G->upd);
+    gpu_mfree(G->upd); /* drop_key and upd_ss too */
     gpu_mfree_host(G->stats_host), gpu_mfree_host(G->out_host), gpu_mfree_host(G->state_pinned);
     free(G->dests);
     gpu_ctx_free(G->ctx);
@@ -445,10 +452,11 @@ static dpt_status gpu_setup(dpt_net *net, const dpt_gpu_options *opt)
     TRY(gpu_malloc_host((net->n_state ? net->n_state : 1) * sizeof(float),
                         (void **)&G->state_pinned));
     TRY(gpu_malloc(ctx, (size_t)net->max_batch * sizeof(int), (void **)&G->len));
-    TRY(gpu_malloc(ctx, 4 * sizeof(uint64_t), (void **)&G->drop_key));
-    /* The update's scalars, then the norm's sum of squares (48 + 8 bytes). */
-    TRY(gpu_malloc(ctx, sizeof(gpu_update_scalars) + sizeof(double), (void **)&G->upd));
-    G->upd_ss = (double *)(G->upd + 1);
+    /* A graph step's per-step values, uploaded together (step_values):
+     * the update's scalars and dropout's key; then the norm's Σ g². */
+    TRY(gpu_malloc(ctx, sizeof(step_values) + sizeof(double), (void **)&G->upd));
+    G->drop_key = (uint64_t *)((char *)G->upd + offsetof(step_values, key));
+    G->upd_ss = (double *)((char *)G->upd + sizeof(step_values));
     /* The executor's buffers on the device, planned for this device's
      * fusion (bn+relu only, when fuse_bn_relu). */
     TRY(exec_to_device(net, opt->fuse_bn_relu));
@@ -682,26 +690,26 @@ dpt_status net_gpu_graph_step(dpt_net *net, const float *t, int n, float w, doub
     dpt_status s = gpu_upload(G->ctx, G->targets, t,
                               (size_t)n * k * (dpt_net_output_is_sequence(net) ? net->steps : 1) *
                                   sizeof(float));
-    /* Dropout's per-step key on the device, stream-ordered before the
-     * replay (the masks' launches read it there: the same arguments every
-     * iteration). */
-    uint64_t key[4];
-    net_gpu_graph_dropout_key(net, key);
-    if (s == DPT_OK)
-        s = gpu_upload(G->ctx, G->drop_key, key, sizeof key);
-    G->drop_key_live = 1;
-    /* The update inside the graph (net_step_plan_update said so): the
-     * optimizer's state bound (uploaded at its first step, before any
-     * capture), the host's bookkeeping of the step done now and its
-     * scalars copied to the device, stream-ordered before the replay. */
+    /* The values the graph reads from the device, in one stream-ordered
+     * copy before the replay (the launches' arguments stay the same every
+     * iteration): dropout's key, and for the update inside the graph
+     * (net_step_plan_update said so) its scalars, with the host's
+     * bookkeeping of the step done now and the optimizer's state bound
+     * (uploaded at its first step, before any capture). */
+    step_values v;
+    memset(&v, 0, sizeof v);
+    net_gpu_graph_dropout_key(net, v.key);
     G->upd_live = G->upd_done = 0;
+    int upd = 0;
     if (s == DPT_OK && G->step_opt && (s = bind_optim(net, G->step_opt)) == DPT_OK) {
-        gpu_update_scalars sc;
-        G->upd_kind = optim_gpu_scalars(G->step_opt, &sc);
-        G->upd_clip = sc.max_norm > 0;
-        if ((s = gpu_upload(G->ctx, G->upd, &sc, sizeof sc)) == DPT_OK)
-            G->upd_live = 1;
+        G->upd_kind = optim_gpu_scalars(G->step_opt, &v.sc);
+        G->upd_clip = v.sc.max_norm > 0;
+        upd = 1;
     }
+    if (s == DPT_OK)
+        s = gpu_upload(G->ctx, G->upd, &v, sizeof v);
+    G->drop_key_live = s == DPT_OK;
+    G->upd_live = s == DPT_OK && upd;
     if (s == DPT_OK)
         s = net_gpu_graph_run(net, &G->graphs, n, w, scale, body);
     G->drop_key_live = 0;
