@@ -6,20 +6,24 @@
  * dropout, lstm, gru and sequenceinput are captured; dropout over
  * left-padded sequences runs those steps eagerly), the keys of sequence
  * steps (steps, lengths present, padding side), dropout's device key, the
- * graphs kept per minibatch shape (eager the first time,
+ * update's per-step scalars (the values the eager update passes, step
+ * counts advanced) and the update in the key, the graphs kept per
+ * minibatch shape (eager the first time,
  * captured the second, replayed after, the least recently used shape
  * evicted), and dpt_gpu_options version 1 still accepted.
  *
  * With a GPU (else exit 77 after those): graph replay against eager
  * launches, bit for bit, for the example and the residual network over
  * several SGDM steps with a batch-size change and back (the loss of every
- * step, then learnables, gradients and batch-norm state), Adam with
- * clipping, a dropout network (a new mask every iteration), an LSTM
+ * step, then learnables, gradients, batch-norm state and the optimizer's
+ * state: the update runs inside the graph), Adam with clipping (the last
+ * norm too), a dropout network (a new mask every iteration), an LSTM
  * language model (stateful: the carried state too), a GRU classifier with
  * masked lengths padded first (Adam with clipping), a GRU -> dropout ->
- * LSTM sequence output with masked rows, the counts of eager, captured and replayed steps, 2 workers
- * sharing the GPU (each capturing in its own thread), and the fallbacks (DPT_CUDA_GRAPH=0, cuda_graph 0) noted in
- * dpt_net_gpu_describe and still training.
+ * LSTM sequence output with masked rows, the counts of eager, captured
+ * and replayed steps, 2 workers sharing the GPU (staged; each capturing
+ * in its own thread), and the fallbacks (DPT_CUDA_GRAPH=0, cuda_graph 0)
+ * noted in dpt_net_gpu_describe and still training.
  *
  *   test_gpu_graph                    the tests
  *   test_gpu_graph --bench B [B ...]  ms per step of the example network at
