@@ -120,7 +120,7 @@ typedef struct net_gpu {
     uint64_t *drop_key;            /* device [4] in upd's block: seed, epoch, iteration, obs
                                       offset of the step (dropout under a CUDA graph) */
     int drop_key_live;             /* drop_key holds this step's values: dropout reads it */
-    /* The optimizer's update inside the step's graph (one worker): */
+    /* The optimizer's update inside the step's graph (one worker, or NCCL): */
     gpu_update_scalars *upd;       /* device: this step's scalars (optim_gpu_scalars) */
     double *upd_ss;                /* device: Σ g² of the last clipped update */
     dpt_optim *step_opt;           /* the update the next graph step takes (net_step_plan_update;
@@ -479,8 +479,8 @@ static dpt_status gpu_setup(dpt_net *net, const dpt_gpu_options *opt)
     if (no)
         snprintf(G->graphs.why, sizeof G->graphs.why, "%s", no);
     net_gpu_note(net, "CUDA graph: %s%s\n", no ? "off: " : "on (forward, loss, backward and, "
-                 "with one worker, the update; one per minibatch shape, captured at its second "
-                 "step)", no ? no : "");
+                 "with one worker or NCCL, the all-reduce and update; one per minibatch shape, "
+                 "captured at its second step)", no ? no : "");
     return DPT_OK;
 fail:
     gpu_release(net);

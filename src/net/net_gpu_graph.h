@@ -2,16 +2,16 @@
  *
  * What the graph holds: the forward from the device copy of x, the loss
  * against the device copy of the targets, the backward into the gradient
- * buffer and, with one worker, the optimizer's update (its per-step
+ * buffer and, with one worker or several on NCCL (the gradients'
+ * all-reduce inside too), the optimizer's update (its per-step
  * scalars read from a device buffer written before the replay; clipping's
  * coefficient computed on the device): every launch of a step but the
  * transfers. Dropout reads its per-step key from the device the same way.
  * What stays outside, and why: the minibatch's upload (a host memcpy into
  * the pinned staging ring on the copy stream, then an event the compute
  * stream waits on: queued before the replay), the gradient all-reduce
- * (staged through host memory, or NCCL on a communicator made lazily and
- * collectively at the first step) and with it the update of several
- * workers, the one copy of the loss and the batch-norm statistics to the
+ * when staged through host memory (and with it the update), NCCL's at
+ * the first step (which makes its communicator collectively), the one copy of the loss and the batch-norm statistics to the
  * host with the host's pooled running-state update and its upload. Those
  * are 2 to 5 calls a step; the graph replaces every per-layer launch.
  *
