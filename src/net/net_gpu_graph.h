@@ -11,9 +11,10 @@
  * the pinned staging ring on the copy stream, then an event the compute
  * stream waits on: queued before the replay), the gradient all-reduce
  * when staged through host memory (and with it the update), NCCL's at
- * the first step (which makes its communicator collectively), the one copy of the loss and the batch-norm statistics to the
- * host with the host's pooled running-state update and its upload. Those
- * are 2 to 5 calls a step; the graph replaces every per-layer launch.
+ * the first step (which makes its communicator collectively), the one
+ * copy of the loss and the batch-norm statistics to the host with the
+ * host's pooled running-state update and its upload. Those are 2 to 5
+ * calls a step; the graph replaces every per-layer launch.
  *
  * One graph per minibatch shape (graph_key): the observations n, the time
  * steps T (and the steps the buffers hold), lengths given or not and the
