@@ -403,6 +403,12 @@ static dpt_status drop_apply(dpt_net *net, const dpt_layer *l, const float *in, 
 {
     gpu_ctx *ctx = net_gpu_ctx(net);
     const size_t obs = drop_per(net, l);
+    const uint64_t *dkey = net_gpu_dropout_key(net);
+    /* Inside a graph step the key's per-step part is on the device (the
+     * same mask; left padding never reaches here: net_gpu_graph_step_
+     * refusal). */
+    if (dkey && !(l->seq && net->pad_left && net->len))
+        return gpu_dropout_keyed(ctx, in, out, n, obs, k->p, dkey, k->stream);
     if (!(l->seq && net->pad_left && net->len))
         return gpu_dropout(ctx, in, out, n, obs, k->p, k->seed, k->epoch, k->iteration,
                            k->stream, k->obs0);

@@ -87,6 +87,13 @@ typedef struct stats_dest {
     double *host;
 } stats_dest;
 
+/* What a graph step copies to the device before it runs (net_gpu_graph_
+ * step): the update's scalars, then dropout's key. */
+typedef struct step_values {
+    gpu_update_scalars sc;
+    uint64_t key[4];
+} step_values;
+
 typedef struct net_gpu {
     gpu_ctx *ctx;
     dpt_gpu_options opt;
@@ -110,6 +117,22 @@ typedef struct net_gpu {
     float *out_host;               /* pinned [max_batch, outputs]: forward's y */
     float *state_pinned;           /* pinned [n_state]: state upload */
     int *len;                      /* device [max_batch]: net->len, uploaded by set_steps */
+    uint64_t *drop_key;            /* device [4] in upd's block: seed, epoch, iteration, obs
+                                      offset of the step (dropout under a CUDA graph) */
+    int drop_key_live;             /* drop_key holds this step's values: dropout reads it */
+    /* The optimizer's update inside the step's graph (one worker, or NCCL): */
+    gpu_update_scalars *upd;       /* device: this step's scalars (optim_gpu_scalars) */
+    double *upd_ss;                /* device: Σ g² of the last clipped update */
+    dpt_optim *step_opt;           /* the update the next graph step takes (net_step_plan_update;
+                                      borrowed for one dpt_train_step); NULL: outside */
+    int upd_live, upd_kind, upd_clip; /* this graph step queues the update: its kind, clipping */
+    int upd_done;                  /* ... and did: net_optim_step has nothing left to do */
+    dpt_gpu_comm *step_gc;         /* NCCL all-reduce of the gradients before the update in the
+                                      graph (several workers); NULL: one worker */
+    int ar_done;                   /* the last graph step all-reduced: net_gpu_grads_allreduce
+                                      has nothing left to do */
+    unsigned gcomm_gen;            /* counts the device all-reduces made (a graph holds one) */
+    dpt_optim *norm_opt;           /* its last_norm waits for upd_ss (net_gpu_stats_pull) */
     int params_stale, grads_stale, ostate_stale; /* host mirrors behind the device */
     dpt_status dev_error;          /* first failure of a void net_dev operation */
     char dev_message[256];
@@ -172,6 +195,7 @@ dpt_status net_gpu_comm(dpt_net *net, dpt_comm *comm, dpt_gpu_comm **out)
                                         (int)G->opt.reduce, &G->gcomm);
         if (s != DPT_OK)
             return s;
+        G->gcomm_gen++;
         net_gpu_note(net, "gradient all-reduce over %d workers: %s\n", dpt_comm_size(comm),
                      dpt_gpu_comm_uses_nccl(G->gcomm) ? "NCCL"
                                                       : "staged through pinned host memory");
@@ -367,6 +391,7 @@ static void gpu_release(dpt_net *net)
     gpu_mfree(G->params), gpu_mfree(G->grads), gpu_mfree(G->state);
     gpu_mfree(G->ostate[0]), gpu_mfree(G->ostate[1]);
     gpu_mfree(G->dout), gpu_mfree(G->targets), gpu_mfree(G->stats), gpu_mfree(G->len);
+    gpu_mfree(G->upd); /* drop_key and upd_ss too */
     gpu_mfree_host(G->stats_host), gpu_mfree_host(G->out_host), gpu_mfree_host(G->state_pinned);
     free(G->dests);
     gpu_ctx_free(G->ctx);
@@ -451,6 +476,11 @@ static dpt_status gpu_setup(dpt_net *net, const dpt_gpu_options *opt)
     TRY(gpu_malloc_host((net->n_state ? net->n_state : 1) * sizeof(float),
                         (void **)&G->state_pinned));
     TRY(gpu_malloc(ctx, (size_t)net->max_batch * sizeof(int), (void **)&G->len));
+    /* A graph step's per-step values, uploaded together (step_values):
+     * the update's scalars and dropout's key; then the norm's Σ g². */
+    TRY(gpu_malloc(ctx, sizeof(step_values) + sizeof(double), (void **)&G->upd));
+    G->drop_key = (uint64_t *)((char *)G->upd + offsetof(step_values, key));
+    G->upd_ss = (double *)((char *)G->upd + sizeof(step_values));
     /* The executor's buffers on the device, planned for this device's
      * fusion (bn+relu only, when fuse_bn_relu). */
     TRY(exec_to_device(net, opt->fuse_bn_relu));
@@ -472,8 +502,9 @@ static dpt_status gpu_setup(dpt_net *net, const dpt_gpu_options *opt)
     G->graphs.on = !no;
     if (no)
         snprintf(G->graphs.why, sizeof G->graphs.why, "%s", no);
-    net_gpu_note(net, "CUDA graph: %s%s\n", no ? "off: " : "on (forward, loss and backward; one "
-                 "per minibatch shape, captured at its second step)", no ? no : "");
+    net_gpu_note(net, "CUDA graph: %s%s\n", no ? "off: " : "on (forward, loss, backward and, "
+                 "with one worker or NCCL, the all-reduce and update; one per minibatch shape, "
+                 "captured at its second step)", no ? no : "");
     return DPT_OK;
 fail:
     gpu_release(net);
@@ -494,6 +525,11 @@ dpt_status net_gpu_put_lengths(dpt_net *net)
 }
 
 const int *net_gpu_lengths(const dpt_net *net) { return net->len ? net->gpu->len : NULL; }
+
+const uint64_t *net_gpu_dropout_key(const dpt_net *net)
+{
+    return net->gpu->drop_key_live ? net->gpu->drop_key : NULL;
+}
 
 /* Steps grown on the GPU: the host plan is grown as on the CPU
  * (net_grow_steps: plan, memory bound, the layers' host buffers), then
@@ -640,13 +676,20 @@ void net_gpu_graph_replayed(dpt_net *net, int n, double scale)
     net->last_mode = DPT_MODE_TRAIN;
     G->loss_pending = 1, G->loss_scale = scale;
     G->grads_stale = 1;
+    net_gpu_graph_update_queued(net);
+    /* Dropout's host bookkeeping of this iteration, as its forward does. */
+    for (int i = 0; i < net->n_layers; i++)
+        if (net->layers[i].type == &dpt_layer_dropout) {
+            dropout_key k;
+            dropout_layer_begin(net, &net->layers[i], DPT_MODE_TRAIN, &k);
+        }
 }
 
 int net_gpu_graph_wanted(dpt_net *net)
 {
     net_gpu *G = net->gpu;
-    if (!G->graphs.on || net->prof)
-        return 0;
+    if (!G->graphs.on || net->prof || net_gpu_graph_step_refusal(net))
+        return 0; /* eager (a step refusal: this step only) */
     if (net->sync_bn && dpt_comm_size(net->sync_bn) > 1) {
         G->graphs.on = 0;
         snprintf(G->graphs.why, sizeof G->graphs.why, "batch norm synchronised across workers "
@@ -659,6 +702,8 @@ int net_gpu_graph_wanted(dpt_net *net)
     return 1;
 }
 
+static dpt_status bind_optim(dpt_net *net, dpt_optim *o);
+
 dpt_status net_gpu_graph_step(dpt_net *net, const float *t, int n, float w, double scale,
                               graph_body body)
 {
@@ -666,9 +711,34 @@ dpt_status net_gpu_graph_step(dpt_net *net, const float *t, int n, float w, doub
     int L = net->n_layers;
     size_t k = count3(net->layers[L - 1].out);
     G->bwd_done = 0;
-    dpt_status s = gpu_upload(G->ctx, G->targets, t, (size_t)n * k * sizeof(float));
+    /* A sequence output has a target row per step. */
+    dpt_status s = gpu_upload(G->ctx, G->targets, t,
+                              (size_t)n * k * (dpt_net_output_is_sequence(net) ? net->steps : 1) *
+                                  sizeof(float));
+    /* The values the graph reads from the device, in one stream-ordered
+     * copy before the replay (the launches' arguments stay the same every
+     * iteration): dropout's key, and for the update inside the graph
+     * (net_step_plan_update said so) its scalars, with the host's
+     * bookkeeping of the step done now and the optimizer's state bound
+     * (uploaded at its first step, before any capture). */
+    step_values v;
+    memset(&v, 0, sizeof v);
+    net_gpu_graph_dropout_key(net, v.key);
+    G->upd_live = G->upd_done = 0;
+    int upd = 0;
+    if (s == DPT_OK && G->step_opt && (s = bind_optim(net, G->step_opt)) == DPT_OK) {
+        G->upd_kind = optim_gpu_scalars(G->step_opt, &v.sc);
+        G->upd_clip = v.sc.max_norm > 0;
+        upd = 1;
+    }
+    if (s == DPT_OK)
+        s = gpu_upload(G->ctx, G->upd, &v, sizeof v);
+    G->drop_key_live = s == DPT_OK;
+    G->upd_live = s == DPT_OK && upd;
     if (s == DPT_OK)
         s = net_gpu_graph_run(net, &G->graphs, n, w, scale, body);
+    G->drop_key_live = 0;
+    G->upd_live = 0;
     G->bwd_done = s == DPT_OK;
     return s;
 }
@@ -680,6 +750,62 @@ int net_gpu_graph_took_backward(dpt_net *net)
     if (G)
         G->bwd_done = 0;
     return done;
+}
+
+int net_gpu_graph_update_code(const dpt_net *net)
+{
+    const net_gpu *G = net->gpu;
+    /* The NCCL communicator's generation too: a graph holds its calls. */
+    return G->upd_live ? 1 + G->upd_kind + 2 * G->upd_clip +
+                             (G->step_gc ? 4 + 8 * (int)(G->gcomm_gen & 0xffff) : 0)
+                       : 0;
+}
+
+dpt_status net_gpu_graph_tail(dpt_net *net)
+{
+    net_gpu *G = net->gpu;
+    if (!G->upd_live)
+        return DPT_OK;
+    /* Several workers: the gradients' NCCL all-reduce first (queued on
+     * this stream; NCCL calls may be captured). */
+    dpt_status s = G->step_gc ? dpt_gpu_comm_allreduce_f32(G->step_gc, G->grads, net->n_params)
+                              : DPT_OK;
+    if (s != DPT_OK)
+        return s;
+    s = optim_gpu_step_dev(G->upd_kind, G->upd_clip, net->n_params, G->ctx, G->params,
+                                      G->grads, G->ostate, G->upd, G->upd_ss);
+    if (s == DPT_OK)
+        net_gpu_graph_update_queued(net);
+    return s;
+}
+
+void net_gpu_graph_update_queued(dpt_net *net)
+{
+    net_gpu *G = net->gpu;
+    if (!G->upd_live)
+        return;
+    G->upd_done = 1;
+    G->ar_done = G->step_gc != NULL;
+    G->params_stale = G->ostate_stale = G->grads_stale = 1;
+    G->norm_opt = G->upd_clip ? G->step_opt : NULL;
+}
+
+void net_step_plan_update(dpt_net *net, dpt_optim *opt, dpt_comm *comm)
+{
+    net_gpu *G = net->gpu;
+    if (!G)
+        return;
+    /* One worker: nothing between the backward and the update (the
+     * pooled state does not touch the learnables). Several: the gradient
+     * all-reduce comes first; inside the graph too when it is NCCL's
+     * (known from the first step on, which makes the communicator), else
+     * (staged through host memory) both stay outside. */
+    int multi = comm && dpt_comm_size(comm) > 1;
+    int nccl = multi && G->gcomm && dpt_gpu_comm_host(G->gcomm) == comm &&
+               dpt_gpu_comm_uses_nccl(G->gcomm);
+    G->step_opt = G->graphs.on && (!multi || nccl) ? opt : NULL;
+    G->step_gc = G->step_opt && nccl ? G->gcomm : NULL;
+    G->upd_done = G->ar_done = 0;
 }
 
 int net_gpu_graph_counts(const dpt_net *net, long *eager, long *captures, long *replays)
@@ -695,6 +821,10 @@ dpt_status net_gpu_grads_allreduce(dpt_net *net, dpt_comm *comm)
 {
     net_gpu *G = net->gpu;
     dpt_status s = gpu_ctx_enter(G->ctx);
+    if (G->ar_done) { /* inside the step's graph, before its update */
+        G->ar_done = 0;
+        return s;
+    }
     if (s != DPT_OK || !comm || dpt_comm_size(comm) < 2)
         return s;
     dpt_gpu_comm *gc = NULL;
@@ -707,7 +837,7 @@ dpt_status net_gpu_grads_allreduce(dpt_net *net, dpt_comm *comm)
 dpt_status net_gpu_stats_pull(dpt_net *net, double *loss)
 {
     net_gpu *G = net->gpu;
-    if (G->stats_used == 1 && !(loss && G->loss_pending))
+    if (G->stats_used == 1 && !(loss && G->loss_pending) && !G->norm_opt)
         return DPT_OK; /* nothing to bring: no batch norm, no loss on the device */
     dpt_status s = gpu_ctx_enter(G->ctx);
     if (s == DPT_OK)
@@ -720,7 +850,16 @@ dpt_status net_gpu_stats_pull(dpt_net *net, double *loss)
     if (loss && G->loss_pending)
         *loss = G->stats_host[0] * G->loss_scale;
     G->loss_pending = 0;
-    return DPT_OK;
+    /* The norm of an update clipped inside the graph (the stream has
+     * finished: a copy of 8 bytes). */
+    if (G->norm_opt) {
+        double ss = 0;
+        s = gpu_download(G->ctx, &ss, G->upd_ss, sizeof ss);
+        if (s == DPT_OK)
+            G->norm_opt->last_norm = sqrt(ss);
+        G->norm_opt = NULL;
+    }
+    return s;
 }
 
 dpt_status net_gpu_state_push(dpt_net *net)
@@ -1050,8 +1189,16 @@ dpt_status dpt_net_sync_to_device(dpt_net *net)
 dpt_status net_optim_step(dpt_net *net, dpt_optim *opt)
 {
 #ifdef DPT_HAVE_CUDA
-    if (net->gpu)
-        return device_optim(net, opt);
+    if (net->gpu) {
+        net_gpu *G = net->gpu;
+        /* Done inside the step's graph (its step count and scalars at
+         * net_gpu_graph_step). */
+        int done = G->upd_done && opt == G->step_opt;
+        G->upd_done = 0, G->step_opt = NULL, G->step_gc = NULL, G->ar_done = 0;
+        if (!done)
+            G->norm_opt = NULL; /* borrowed for this step only */
+        return done ? DPT_OK : device_optim(net, opt);
+    }
 #endif
     dpt_optim_step(opt, net->params, net->grads);
     return DPT_OK;
@@ -1098,6 +1245,10 @@ static dpt_status no_cuda(const dpt_net *net)
     return dpt_fail(DPT_ERR_UNSUPPORTED, "%s: no CUDA support", net->source);
 }
 void net_gpu_free(dpt_net *net) { (void)net; }
+void net_step_plan_update(dpt_net *net, dpt_optim *opt, dpt_comm *comm)
+{
+    (void)net, (void)opt, (void)comm;
+}
 dpt_status net_gpu_grow_steps(dpt_net *net, int cap)
 {
     (void)cap;

@@ -23,14 +23,20 @@ int net_gpu_graph_env_off(void)
 const char *net_gpu_graph_refusal(const dpt_net *net, char *why, size_t n)
 {
     /* Layer types whose CUDA entries launch the same work with the same
-     * arguments for every step of one shape and keep no per-step host
-     * state: a new type joins the list once that is checked for it. */
+     * arguments for every step of one shape (graph_key) and keep no
+     * per-step host state: a new type joins the list once that is checked
+     * for it. lstm/gru: the lengths are uploaded by dpt_net_set_steps,
+     * their presence and the padding side are in the key, the carried
+     * state is copied on the device; dropout: the per-step part of its key
+     * is read from the device (net_gpu_graph_dropout_key), except with
+     * left padding (net_gpu_graph_step_refusal). */
     static const layer_type *const safe[] = {
         &dpt_layer_input,   &dpt_layer_conv,      &dpt_layer_batchnorm,
         &dpt_layer_relu,    &dpt_layer_fc,        &dpt_layer_softmax,
         &dpt_layer_add,     &dpt_layer_concat,    &dpt_layer_maxpool,
         &dpt_layer_avgpool, &dpt_layer_globalavgpool, &dpt_layer_leakyrelu,
-        &dpt_layer_sigmoid, &dpt_layer_tanh};
+        &dpt_layer_sigmoid, &dpt_layer_tanh,  &dpt_layer_seqinput,
+        &dpt_layer_lstm,    &dpt_layer_gru,   &dpt_layer_dropout};
     for (int i = 0; i < net->n_layers; i++) {
         const dpt_layer *l = &net->layers[i];
         int ok = 0;
@@ -38,20 +44,47 @@ const char *net_gpu_graph_refusal(const dpt_net *net, char *why, size_t n)
             ok = l->type == safe[j];
         if (ok)
             continue;
-        if (l->type == &dpt_layer_dropout)
-            snprintf(why, n, "layer '%s' (dropout) draws a new mask every iteration", l->name);
-        else
-            snprintf(why, n, "layer '%s' (%s) is not known to be capturable", l->name,
-                     l->type->name);
+        snprintf(why, n, "layer '%s' (%s) is not known to be capturable", l->name,
+                 l->type->name);
         return why;
     }
     return NULL;
 }
 
+const char *net_gpu_graph_step_refusal(const dpt_net *net)
+{
+    /* Dropout on left-padded sequences keys each observation from its
+     * first valid step: one launch per observation, its offset read from
+     * the lengths on the host. */
+    if (!(net->pad_left && net->len))
+        return NULL;
+    for (int i = 0; i < net->n_layers; i++)
+        if (net->layers[i].type == &dpt_layer_dropout && net->layers[i].seq)
+            return "dropout on left-padded sequences";
+    return NULL;
+}
+
+void net_gpu_graph_dropout_key(const dpt_net *net, uint64_t key[4])
+{
+    /* dropout_layer_begin's values, in dropout_keyed_kernel's order. */
+    key[0] = net->seed;
+    key[1] = (uint64_t)net->epoch;
+    key[2] = (uint64_t)net->iteration;
+    key[3] = (uint64_t)net->obs_offset;
+}
+
 static int same_key(graph_key a, graph_key b)
 {
     return a.n == b.n && a.steps == b.steps && a.cap_steps == b.cap_steps &&
-           a.w_bits == b.w_bits;
+           a.w_bits == b.w_bits && a.has_len == b.has_len && a.pad_left == b.pad_left &&
+           a.update == b.update;
+}
+
+graph_key net_gpu_graph_key(const dpt_net *net, int n, float w, int update)
+{
+    graph_key k = {n, net->steps, net->cap_steps, 0, net->len != NULL, net->pad_left, update};
+    memcpy(&k.w_bits, &w, sizeof k.w_bits);
+    return k;
 }
 
 int gpu_graphs_next(gpu_graphs *G, graph_key k, graph_slot **slot, void **evicted)
@@ -88,7 +121,7 @@ void net_gpu_graph_clear(gpu_graphs *G)
 {
     for (int i = 0; i < GRAPH_SLOTS; i++) {
         gpu_graph_free(G->slot[i].graph);
-        G->slot[i] = (graph_slot){{0, 0, 0, 0}, 0, NULL, 0};
+        G->slot[i] = (graph_slot){{0, 0, 0, 0, 0, 0, 0}, 0, NULL, 0};
     }
 }
 
@@ -104,8 +137,7 @@ static void graphs_off(dpt_net *net, gpu_graphs *G, const char *why)
 dpt_status net_gpu_graph_run(dpt_net *net, gpu_graphs *G, int n, float w, double scale,
                              graph_body body)
 {
-    graph_key k = {n, net->steps, net->cap_steps, 0};
-    memcpy(&k.w_bits, &w, sizeof k.w_bits);
+    graph_key k = net_gpu_graph_key(net, n, w, net_gpu_graph_update_code(net));
     graph_slot *slot;
     void *evicted;
     int what = gpu_graphs_next(G, k, &slot, &evicted);
@@ -131,6 +163,8 @@ dpt_status net_gpu_graph_run(dpt_net *net, gpu_graphs *G, int n, float w, double
         char body_error[256] = "";
         if ((s = gpu_graph_begin(ctx)) == DPT_OK) {
             dpt_status sb = body(net, n, w, scale);
+            if (sb == DPT_OK)
+                sb = net_gpu_graph_tail(net);
             if (sb != DPT_OK)
                 snprintf(body_error, sizeof body_error, "%s", dpt_last_error());
             s = gpu_graph_end(ctx, sb == DPT_OK, &gr);
@@ -153,7 +187,8 @@ dpt_status net_gpu_graph_run(dpt_net *net, gpu_graphs *G, int n, float w, double
         graphs_off(net, G, why);
     }
     G->eager++;
-    return body(net, n, w, scale);
+    s = body(net, n, w, scale);
+    return s == DPT_OK ? net_gpu_graph_tail(net) : s;
 }
 
 #endif /* DPT_HAVE_CUDA */

@@ -470,6 +470,15 @@ dpt_status net_gpu_grow_steps(dpt_net *net, int cap);
  * net_gpu_lengths: the device copy, NULL when net->len is. */
 dpt_status net_gpu_put_lengths(dpt_net *net);
 const int *net_gpu_lengths(const dpt_net *net);
+/* The device copy of dropout's per-step key (seed, epoch, iteration, obs
+ * offset) while a graph step runs (net_gpu_graph_step uploads it), else
+ * NULL: dropout then passes the values as arguments. */
+const uint64_t *net_gpu_dropout_key(const dpt_net *net);
+/* Before a training step's forward: on a GPU network with graphs on and
+ * one worker (comm NULL or of size 1), the step's graph takes opt's update
+ * too (net_optim_step then has nothing left to do for it); else, and on a
+ * CPU network, nothing changes. opt is borrowed until net_optim_step. */
+void net_step_plan_update(dpt_net *net, dpt_optim *opt, dpt_comm *comm);
 dpt_status net_grow_steps(dpt_net *net, int cap);
 void net_gpu_pull(dpt_net *net);
 void net_gpu_free(dpt_net *net);

@@ -169,7 +169,33 @@ float *dpt_optim_buffer(dpt_optim *o, size_t i)
 dpt_sgdm *dpt_optim_sgdm(dpt_optim *o) { return o ? o->sgdm : NULL; }
 dpt_adam *dpt_optim_adam(dpt_optim *o) { return o ? o->adam : NULL; }
 
+int optim_gpu_scalars(dpt_optim *o, gpu_update_scalars *sc)
+{
+    memset(sc, 0, sizeof *sc);
+    sc->max_norm = o->clip_norm > 0 ? o->clip_norm : 0.0;
+    if (o->kind == DPT_OPTIM_ADAM) {
+        const adam_coeffs c = adam_begin_step(o->adam);
+        const float v[9] = {c.step_size, c.bc2_sqrt, c.b1, c.b2, c.c1, c.c2, c.eps, c.shrink, c.l2};
+        memcpy(sc->c, v, sizeof v);
+        return GPU_UPDATE_ADAM;
+    }
+    sc->c[0] = o->sgdm->lr, sc->c[1] = o->sgdm->momentum, sc->c[2] = o->sgdm->weight_decay;
+    o->sgdm_steps++;
+    return GPU_UPDATE_SGDM;
+}
+
 #ifdef DPT_HAVE_CUDA
+dpt_status optim_gpu_step_dev(int kind, int clip, size_t n, gpu_ctx *g, float *params,
+                              float *grads, float *const *state, const gpu_update_scalars *sc,
+                              double *ss)
+{
+    dpt_status s = clip ? gpu_clip_grad_norm_dev(g, grads, n, sc, ss) : DPT_OK;
+    if (s != DPT_OK)
+        return s;
+    return kind == GPU_UPDATE_ADAM ? gpu_adam_dev(g, params, state[0], state[1], grads, n, sc)
+                                   : gpu_sgdm_dev(g, params, state[0], grads, n, sc);
+}
+
 dpt_status optim_gpu_step(dpt_optim *o, gpu_ctx *g, float *params, float *grads,
                           float *const *state)
 {

@@ -30,6 +30,14 @@ typedef struct adam_coeffs {
 } adam_coeffs;
 adam_coeffs adam_begin_step(dpt_adam *o);
 
+/* One update's scalars for the GPU (ops/gpu_update.h), with the host's
+ * bookkeeping of the step done as dpt_optim_step does it (Adam's and
+ * SGDM's step counts advanced; the bias corrections of the new step):
+ * called once per update, before it is queued. Returns GPU_UPDATE_SGDM or
+ * GPU_UPDATE_ADAM. */
+#include "ops/gpu_update.h"
+int optim_gpu_scalars(dpt_optim *o, gpu_update_scalars *sc);
+
 #ifdef DPT_HAVE_CUDA
 typedef struct gpu_ctx gpu_ctx;
 /* One update as dpt_optim_step, on device buffers of g's device: params,
@@ -41,6 +49,15 @@ typedef struct gpu_ctx gpu_ctx;
  * on g's stream; the caller marks its host mirrors stale. */
 dpt_status optim_gpu_step(dpt_optim *o, gpu_ctx *g, float *params, float *grads,
                           float *const *state);
+/* The same update with its scalars read from the device: sc (device) holds
+ * what optim_gpu_scalars packed for this step (copied there before), ss
+ * (device) receives the gradients' sum of squares when clipping (the norm
+ * is its square root; o->last_norm is set by the caller once it has it).
+ * Nothing waits for the device: a CUDA graph can hold it. kind: what
+ * optim_gpu_scalars returned; clip: sc->max_norm > 0. */
+dpt_status optim_gpu_step_dev(int kind, int clip, size_t n, gpu_ctx *g, float *params,
+                              float *grads, float *const *state, const gpu_update_scalars *sc,
+                              double *ss);
 #endif
 
 #endif

@@ -71,6 +71,8 @@ dpt_status dpt_train_step_optim(dpt_net *net, dpt_optim *opt, dpt_comm *comm, co
      * 1 / their count (on a GPU the loss reaches the host in step 5). */
     double l = 0;
     float w = seq ? (float)(1.0 / rows) : (float)(n_local / m_total);
+    /* On a GPU with one worker the update (6.) joins the step's CUDA graph. */
+    net_step_plan_update(net, opt, comm);
     if ((s = net_step_forward_loss(net, x, t, n_local, w, seq ? 1.0 / rows : n_local / m_total,
                                    &l)) != DPT_OK)
         return s;

@@ -25,6 +25,7 @@
 #include <stdint.h>
 
 #include "dptrain/core.h"
+#include "ops/gpu_update.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -161,6 +162,10 @@ dpt_status gpu_tanh_backward(gpu_ctx *g, const float *y, const float *dy, float 
 dpt_status gpu_dropout(gpu_ctx *g, const float *in, float *out, int n, size_t per, float p,
                        uint64_t seed, uint64_t epoch, uint64_t iteration, uint64_t stream,
                        uint64_t obs0);
+/* gpu_dropout with seed, epoch, iteration and obs0 read from the device
+ * (dkey [4], in that order; a CUDA graph replays the launch unchanged). */
+dpt_status gpu_dropout_keyed(gpu_ctx *g, const float *in, float *out, int n, size_t per, float p,
+                             const uint64_t *dkey, uint64_t stream);
 /* Max (is_max 1) or average pooling of x [n, c, h, w] into y [n, c, oh,
  * ow], and its backward into dx (overwritten; x is read for max only): as
  * ops/pool.c's dpt_maxpool2d_* / dpt_avgpool2d_*, the same bits. */
@@ -199,6 +204,17 @@ dpt_status gpu_adam(gpu_ctx *g, float *params, float *m, float *v, const float *
  * the stream), then grads scaled by max_norm / (norm + 1e-6) when that is
  * below 1. *norm receives the norm before clipping. */
 dpt_status gpu_clip_grad_norm(gpu_ctx *g, float *grads, size_t n, double max_norm, double *norm);
+/* gpu_sgdm, gpu_adam and gpu_clip_grad_norm with their per-step scalars
+ * read from the device (sc: ops/gpu_update.h, copied there before the
+ * step), so that nothing waits for the host and a CUDA graph can hold
+ * them; the same bits. The clipping leaves Σ g² in *ss (device; the norm
+ * is its square root) and scales when max_norm / (norm + 1e-6) < 1. */
+dpt_status gpu_sgdm_dev(gpu_ctx *g, float *params, float *velocity, const float *grads, size_t n,
+                        const gpu_update_scalars *sc);
+dpt_status gpu_adam_dev(gpu_ctx *g, float *params, float *m, float *v, const float *grads,
+                        size_t n, const gpu_update_scalars *sc);
+dpt_status gpu_clip_grad_norm_dev(gpu_ctx *g, float *grads, size_t n,
+                                  const gpu_update_scalars *sc, double *ss);
 
 /* ---- batch normalisation over (n, h, w) per channel -------------------------------------- *
  * The split of ops/ops.h, with the per-channel sums in float64 computed by

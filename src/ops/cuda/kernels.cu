@@ -345,6 +345,39 @@ __global__ void dropout_kernel(const float *__restrict__ in, float *__restrict__
     }
 }
 
+/* dropout_kernel with the per-step part of the key read from the device
+ * (dkey = {seed, epoch, iteration, obs0}, written before the step): the
+ * launch's arguments are then the same every iteration, so a CUDA graph
+ * replays it. pre is the host's mix of the same values. */
+__global__ void dropout_keyed_kernel(const float *__restrict__ in, float *__restrict__ out,
+                                     size_t total, size_t per, float scale, uint64_t drop_below,
+                                     const uint64_t *__restrict__ dkey, uint64_t stream)
+{
+    const uint64_t pre = mix64_dev(mix64_dev(mix64_dev(mix64_dev(dkey[0]) ^ dkey[1]) ^ dkey[2]) ^
+                                   stream);
+    const uint64_t obs0 = dkey[3];
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        uint64_t obs = i / per, j = i % per;
+        uint64_t key = mix64_dev(pre ^ (obs0 + obs));
+        float v = __fmul_rn(in[i], scale);
+        out[i] = (mix64_dev(key ^ j) >> 40) >= drop_below ? v : 0.0f;
+    }
+}
+
+dpt_status gpu_dropout_keyed(gpu_ctx *g, const float *in, float *out, int n, size_t per, float p,
+                             const uint64_t *dkey, uint64_t stream)
+{
+    size_t total = (size_t)n * per;
+    if (!total)
+        return DPT_OK;
+    const float scale = 1.0f / (1.0f - p);
+    const uint64_t drop_below = (uint64_t)ceil((double)p * 16777216.0);
+    dropout_keyed_kernel<<<gpu_grid(g, total), GPU_THREADS, 0, g->stream>>>(
+        in, out, total, per, scale, drop_below, dkey, stream);
+    return gpu_check_launch(g, "dropout");
+}
+
 dpt_status gpu_dropout(gpu_ctx *g, const float *in, float *out, int n, size_t per, float p,
                        uint64_t seed, uint64_t epoch, uint64_t iteration, uint64_t stream,
                        uint64_t obs0)
@@ -650,8 +683,9 @@ dpt_status gpu_softmax_xent(gpu_ctx *g, const float *p, const float *t, int n, i
 
 /* ---- SGDM ----------------------------------------------------------------------------------- */
 
-__global__ void sgdm_kernel(float *__restrict__ w, float *__restrict__ v,
-                            const float *__restrict__ grad, size_t n, float lr, float mu, float wd)
+__device__ __forceinline__ static void sgdm_body(float *__restrict__ w, float *__restrict__ v,
+                                                 const float *__restrict__ grad, size_t n,
+                                                 float lr, float mu, float wd)
 {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
@@ -661,6 +695,30 @@ __global__ void sgdm_kernel(float *__restrict__ w, float *__restrict__ v,
         v[i] = vi;
         w[i] = __fadd_rn(w[i], vi);
     }
+}
+
+__global__ void sgdm_kernel(float *__restrict__ w, float *__restrict__ v,
+                            const float *__restrict__ grad, size_t n, float lr, float mu, float wd)
+{
+    sgdm_body(w, v, grad, n, lr, mu, wd);
+}
+
+/* The scalars from the device (ops/gpu_update.h: lr, momentum, decay). */
+__global__ void sgdm_dev_kernel(float *__restrict__ w, float *__restrict__ v,
+                                const float *__restrict__ grad, size_t n,
+                                const gpu_update_scalars *__restrict__ sc)
+{
+    sgdm_body(w, v, grad, n, sc->c[0], sc->c[1], sc->c[2]);
+}
+
+dpt_status gpu_sgdm_dev(gpu_ctx *g, float *params, float *velocity, const float *grads, size_t n,
+                        const gpu_update_scalars *sc)
+{
+    if (!n)
+        return DPT_OK;
+    sgdm_dev_kernel<<<gpu_grid(g, n), GPU_THREADS, 0, g->stream>>>(params, velocity, grads, n,
+                                                                   sc);
+    return gpu_check_launch(g, "sgdm update");
 }
 
 dpt_status gpu_sgdm(gpu_ctx *g, float *params, float *velocity, const float *grads, size_t n,
@@ -675,10 +733,12 @@ dpt_status gpu_sgdm(gpu_ctx *g, float *params, float *velocity, const float *gra
 
 /* ---- Adam ----------------------------------------------------------------------------------- */
 
-__global__ void adam_kernel(float *__restrict__ w, float *__restrict__ m, float *__restrict__ v,
-                            const float *__restrict__ grad, size_t n, float step_size,
-                            float bc2_sqrt, float b1, float b2, float c1, float c2, float eps,
-                            float shrink, float l2)
+__device__ __forceinline__ static void adam_body(float *__restrict__ w, float *__restrict__ m,
+                                                 float *__restrict__ v,
+                                                 const float *__restrict__ grad, size_t n,
+                                                 float step_size, float bc2_sqrt, float b1,
+                                                 float b2, float c1, float c2, float eps,
+                                                 float shrink, float l2)
 {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
@@ -692,6 +752,31 @@ __global__ void adam_kernel(float *__restrict__ w, float *__restrict__ m, float 
         float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), bc2_sqrt), eps);
         w[i] = __fsub_rn(wi, __fdiv_rn(__fmul_rn(step_size, mi), denom));
     }
+}
+
+__global__ void adam_kernel(float *__restrict__ w, float *__restrict__ m, float *__restrict__ v,
+                            const float *__restrict__ grad, size_t n, float step_size,
+                            float bc2_sqrt, float b1, float b2, float c1, float c2, float eps,
+                            float shrink, float l2)
+{
+    adam_body(w, m, v, grad, n, step_size, bc2_sqrt, b1, b2, c1, c2, eps, shrink, l2);
+}
+
+__global__ void adam_dev_kernel(float *__restrict__ w, float *__restrict__ m,
+                                float *__restrict__ v, const float *__restrict__ grad, size_t n,
+                                const gpu_update_scalars *__restrict__ sc)
+{
+    const float *c = sc->c;
+    adam_body(w, m, v, grad, n, c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]);
+}
+
+dpt_status gpu_adam_dev(gpu_ctx *g, float *params, float *m, float *v, const float *grads,
+                        size_t n, const gpu_update_scalars *sc)
+{
+    if (!n)
+        return DPT_OK;
+    adam_dev_kernel<<<gpu_grid(g, n), GPU_THREADS, 0, g->stream>>>(params, m, v, grads, n, sc);
+    return gpu_check_launch(g, "adam update");
 }
 
 dpt_status gpu_adam(gpu_ctx *g, float *params, float *m, float *v, const float *grads, size_t n,
@@ -745,6 +830,35 @@ dpt_status gpu_clip_grad_norm(gpu_ctx *g, float *grads, size_t n, double max_nor
     double coef = max_norm / (*norm + 1e-6);
     if (coef < 1.0 && n) {
         scale_kernel<<<gpu_grid(g, n), GPU_THREADS, 0, g->stream>>>(grads, n, (float)coef);
+        s = gpu_check_launch(g, "gradient clipping");
+    }
+    return s;
+}
+
+/* gpu_clip_grad_norm's scaling with the coefficient computed on the
+ * device from ss (the sum of squares) and sc->max_norm, in the host's
+ * float64 operations (correctly rounded there as here): the same
+ * coefficient, and no wait for the host. */
+__global__ void scale_clip_kernel(float *__restrict__ x, size_t n, const double *__restrict__ ss,
+                                  const gpu_update_scalars *__restrict__ sc)
+{
+    const double norm = __dsqrt_rn(*ss);
+    const double coef = __ddiv_rn(sc->max_norm, __dadd_rn(norm, 1e-6));
+    if (!(coef < 1.0))
+        return;
+    const float c = __double2float_rn(coef);
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        x[i] = __fmul_rn(x[i], c);
+}
+
+dpt_status gpu_clip_grad_norm_dev(gpu_ctx *g, float *grads, size_t n,
+                                  const gpu_update_scalars *sc, double *ss)
+{
+    sumsq_kernel<<<1, CLIP_THREADS, 0, g->stream>>>(grads, n, ss);
+    dpt_status s = gpu_check_launch(g, "gradient norm");
+    if (s == DPT_OK && n) {
+        scale_clip_kernel<<<gpu_grid(g, n), GPU_THREADS, 0, g->stream>>>(grads, n, ss, sc);
         s = gpu_check_launch(g, "gradient clipping");
     }
     return s;
