@@ -469,6 +469,11 @@ static void note_bad(dpt_conv_plan *p, const char *path, int bad, int cut)
 #define CLEAR_LOSER 1.5
 #define KEEP_MARGIN 0.05
 #define RETIME_MAX 3
+/* A timed run repeats the pass until it lasts about MIN_RUN_MS (from the
+ * warm-up's fastest, at most MAX_REPEAT passes): a run of a fraction of a
+ * millisecond is mostly timer, cache and frequency noise. */
+#define MIN_RUN_MS 4.0
+#define MAX_REPEAT 16
 
 static dpt_conv_plan_timer timer_hook; /* guarded by lock */
 static void *timer_ctx;
@@ -597,7 +602,7 @@ static int measure(const dpt_conv2d_desc *d0, int bn_in, int bn_out, int need_dx
     double b1[DPT_CONV_ALGO_COUNT], b2[DPT_CONV_ALGO_COUNT], warm[DPT_CONV_ALGO_COUNT];
     int live[DPT_CONV_ALGO_COUNT];
     double fastest = INFINITY, spent = 0;
-    int settled = 0;
+    int settled = 0, repeat = 1;
     for (int a = 0; a < DPT_CONV_ALGO_COUNT; a++)
         b1[a] = b2[a] = warm[a] = INFINITY, live[a] = a > 0 && p->ms[a] != -1;
     for (int r = 0; r <= MAX_ROUNDS && !settled; r++) {
@@ -608,10 +613,14 @@ static int measure(const dpt_conv2d_desc *d0, int bn_in, int bn_out, int need_dx
             if (!live[a])
                 continue;
             d.algo = a;
+            const int k = r == 0 ? 1 : repeat;
             double t0 = now_ms(clk);
-            dpt_conv2d_forward_ex(&d, x, xa, w, b, y, work, sum, sumsq);
-            dpt_conv2d_backward_ex(&d, x, xa, w, dy, dya, y, need_dx ? dx : NULL, dw, db, work, xg);
-            double ms = now_ms(clk) - t0;
+            for (int j = 0; j < k; j++) {
+                dpt_conv2d_forward_ex(&d, x, xa, w, b, y, work, sum, sumsq);
+                dpt_conv2d_backward_ex(&d, x, xa, w, dy, dya, y, need_dx ? dx : NULL, dw, db,
+                                       work, xg);
+            }
+            double ms = (now_ms(clk) - t0) / k;
             if (timer_hook)
                 ms = timer_hook(timer_ctx, a, r, ms);
             if (r == 0) { /* the warm-up: only to drop clear losers */
@@ -620,7 +629,7 @@ static int measure(const dpt_conv2d_desc *d0, int bn_in, int bn_out, int need_dx
                     fastest = ms;
                 continue;
             }
-            spent += ms;
+            spent += ms * k;
             if (ms < b1[a])
                 b2[a] = b1[a], b1[a] = ms;
             else if (ms < b2[a])
@@ -630,6 +639,9 @@ static int measure(const dpt_conv2d_desc *d0, int bn_in, int bn_out, int need_dx
             for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++)
                 if (live[a] && warm[a] > 3 * fastest)
                     live[a] = 0;
+            if (fastest > 0 && fastest < MIN_RUN_MS)
+                repeat = fastest * MAX_REPEAT < MIN_RUN_MS ? MAX_REPEAT
+                                                           : (int)ceil(MIN_RUN_MS / fastest);
             continue;
         }
         if (r < MIN_ROUNDS)
