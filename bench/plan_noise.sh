@@ -38,4 +38,6 @@ END { tq = 0; tl = 0; nl = 0
     s = ""; for (a in algos) if (n[k " q " a] + n[k " l " a]) s = s a ":" n[k " q " a] + 0 "/" n[k " l " a] + 0 " "
     printf "%-30s quiet choice %-9s quiet %d/5 loaded %d/5  [quiet/loaded: %s]\n", k, best, q, l, s }
   printf "matching the quiet choice: quiet %d/%d, loaded %d/%d\n", tq, 5 * nl, tl, 5 * nl }' \
-  "$tmp/runs" | sort
+  "$tmp/runs" >"$tmp/sum"
+grep -v '^matching' "$tmp/sum" | sort
+grep '^matching' "$tmp/sum"
