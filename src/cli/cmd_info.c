@@ -152,6 +152,10 @@ int cli_info(int argc, char **argv)
     /* Without --plan the network is built for one observation, which plans
      * nothing (nothing worth timing at a batch of one). */
     int max_batch = plan ? (batch ? (int)batch : 128) : 1;
+    /* As training plans by default: one worker per core, each with a BLAS
+     * of one thread (so the planner times on the thread's CPU clock). */
+    if (plan)
+        dpt_blas_set_threads(1);
     if (show_spec) {
         fputs(dpt_net_default_spec(), stdout);
         return 0;

@@ -23,6 +23,7 @@
  * most MAX_ENTRIES entries are kept when it is written back. */
 #define _GNU_SOURCE /* flock */
 #include "core/tmpfile.h"
+#include "dptrain/core.h"
 #include "ops/conv_algo.h"
 #include "ops/ops.h"
 
@@ -222,6 +223,7 @@ static int cache_path(char *buf, size_t cap, int mkdirs, dpt_conv_plan *p)
 typedef struct entry {
     char key[KEY_MAX];
     int algo, n_meas;
+    int unsure; /* 0: settled; k: timed k times without settling */
     double ms[DPT_CONV_ALGO_COUNT];
 } entry;
 
@@ -236,12 +238,14 @@ static int parse_algo(const char *s, size_t len)
     return a > DPT_CONV_ALGO_AUTO ? a : -1;
 }
 
-/* One line "v1 KEY ALGO N MS" (MS: name:ms,... or "-") into e; 0 or -1. */
+/* One line "v1 KEY ALGO N MS [unsure:K]" (MS: name:ms,... or "-") into
+ * e; 0 or -1. Without the last field (older files too) the figures count
+ * as settled. */
 static int parse_line(char *line, entry *e)
 {
-    char *f[6];
+    char *f[7];
     int n = 0;
-    for (char *t = line; n < 6;) {
+    for (char *t = line; n < 7;) {
         f[n++] = t;
         char *sp = strchr(t, ' ');
         if (!sp)
@@ -249,8 +253,14 @@ static int parse_line(char *line, entry *e)
         *sp = '\0';
         t = sp + 1;
     }
-    if (n != 5 || strcmp(f[0], "v1") != 0)
+    if ((n != 5 && n != 6) || strcmp(f[0], "v1") != 0)
         return -1;
+    e->unsure = 0;
+    if (n == 6) {
+        if (strncmp(f[5], "unsure:", 7) != 0 || f[5][7] < '1' || f[5][7] > '9' || f[5][8])
+            return -1;
+        e->unsure = f[5][7] - '0';
+    }
     size_t kl = strlen(f[1]);
     if (kl == 0 || kl >= KEY_MAX)
         return -1;
@@ -397,7 +407,8 @@ static int save(const char *path, const entry *v, size_t n)
         errno = e;
         return e == ENOMEM ? -2 : -1;
     }
-    fputs("# dptrain convolution plans: v1 KEY ALGORITHM IMAGES-TIMED MS-PER-ALGORITHM\n"
+    fputs("# dptrain convolution plans: v1 KEY ALGORITHM IMAGES-TIMED MS-PER-ALGORITHM "
+          "[unsure:TIMES-TIMED]\n"
           "# (written by dptrain when it plans a network; safe to delete)\n", f);
     for (size_t i = n > MAX_ENTRIES ? n - MAX_ENTRIES : 0; i < n; i++) {
         fprintf(f, "v1 %s %s %d ", v[i].key, dpt_conv_algo_name(v[i].algo), v[i].n_meas);
@@ -405,7 +416,10 @@ static int save(const char *path, const entry *v, size_t n)
         for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++)
             if (v[i].ms[a] >= 0)
                 fprintf(f, "%s%s:%.4f", any++ ? "," : "", dpt_conv_algo_name(a), v[i].ms[a]);
-        fputs(any ? "\n" : "-\n", f);
+        fputs(any ? "" : "-", f);
+        if (v[i].unsure)
+            fprintf(f, " unsure:%d", v[i].unsure > 9 ? 9 : v[i].unsure);
+        fputc('\n', f);
     }
     int ok = fflush(f) == 0 && !ferror(f) && fsync(fileno(f)) == 0;
     int e = errno;
@@ -439,15 +453,55 @@ static void note_bad(dpt_conv_plan *p, const char *path, int bad, int cut)
 
 /* ---- measurement ------------------------------------------------------------- */
 
-static double now_ms(void)
+/* Rounds of timed runs after the warm-up: at least MIN_ROUNDS, at most
+ * MAX_ROUNDS, and no new round once the timed runs of a shape took
+ * BUDGET_MS (a slow figure on a busy machine must not make planning take
+ * minutes). A candidate's figure is settled when its two best runs agree
+ * within AGREE; one settled at CLEAR_LOSER times the leader's best (or
+ * unsettled at three times) is not run again. A challenger replaces the heuristic's choice only when
+ * faster by KEEP_MARGIN: a near tie is as likely noise as a win, and a
+ * timed choice is kept for good. An entry whose figures did not settle is
+ * timed again by the next RETIME_MAX - 1 processes that plan it. */
+#define MIN_ROUNDS 2
+#define MAX_ROUNDS 12
+#define BUDGET_MS 2000.0
+#define AGREE 0.03
+#define CLEAR_LOSER 1.5
+#define KEEP_MARGIN 0.05
+#define RETIME_MAX 3
+/* A timed run repeats the pass until it lasts about MIN_RUN_MS (from the
+ * warm-up's fastest, at most MAX_REPEAT passes): a run of a fraction of a
+ * millisecond is mostly timer, cache and frequency noise. */
+#define MIN_RUN_MS 4.0
+#define MAX_REPEAT 16
+
+static dpt_conv_plan_timer timer_hook; /* guarded by lock */
+static void *timer_ctx;
+
+void dpt_conv_plan_set_timer(dpt_conv_plan_timer fn, void *ctx)
+{
+    pthread_mutex_lock(&lock);
+    timer_hook = fn, timer_ctx = ctx;
+    pthread_mutex_unlock(&lock);
+}
+
+/* The thread's CPU time where everything a candidate runs runs on this
+ * thread (a BLAS of one thread; oneDNN and dptrain's own kernels run on
+ * the caller): time the machine spends on other processes, preemption
+ * included, is not counted, which on a loaded machine is most of the
+ * noise. With a BLAS of several threads the work is partly elsewhere, so
+ * wall time. While one worker times, the others of the process (and of
+ * other processes, through the file lock) wait asleep. */
+static clockid_t timing_clock(void)
+{
+    return dpt_blas_threads() <= 1 ? CLOCK_THREAD_CPUTIME_ID : CLOCK_MONOTONIC;
+}
+
+static double now_ms(clockid_t c)
 {
     struct timespec t;
-    /* Wall time, not the thread's CPU time: a BLAS with threads of its own
-     * (--threads) does its work off this thread. Time the machine spends
-     * elsewhere only adds, and the best of the runs counts. While one
-     * worker times, the others of the process (and of other processes,
-     * through the file lock) wait asleep. */
-    clock_gettime(CLOCK_MONOTONIC, &t);
+    if (clock_gettime(c, &t) != 0)
+        clock_gettime(CLOCK_MONOTONIC, &t);
     return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
 }
 
@@ -474,15 +528,30 @@ static int measure_batch(const dpt_conv2d_desc *d, int need_dx)
     return m < lo ? lo : m;
 }
 
-/* Time every supported algorithm on random data; p->ms, p->n_meas and
- * the fastest in *best. -1 when out of memory. Each algorithm runs once
- * to warm up, then the candidates take turns for REPS timed runs (so a
- * slow minute of the machine hits them all), and the best run counts: on
- * a shared machine, interference only ever adds time. One already three
- * times slower than the best after its warm-up is not run again. */
-#define REPS 2
+/* The choice from timed figures (p->ms, -1/-2 for none): the fastest,
+ * unless the heuristic's choice is within KEEP_MARGIN of it. */
+static int decide(const dpt_conv_plan *p, const dpt_conv2d_desc *d)
+{
+    int best = -1;
+    for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++)
+        if (p->ms[a] >= 0 && (best < 0 || p->ms[a] < p->ms[best])) /* ties: the lower number */
+            best = a;
+    int h = dpt_conv_algo_heuristic(d);
+    if (best >= 0 && h != best && h > 0 && h < DPT_CONV_ALGO_COUNT && p->ms[h] >= 0 &&
+        p->ms[best] * (1.0 + KEEP_MARGIN) > p->ms[h])
+        best = h;
+    return best;
+}
+
+/* Time every supported algorithm on random data: p->ms (each one's best
+ * run), p->n_meas, p->unsure (1 when the figures did not settle within the
+ * rounds and budget). -1 when out of memory. Each algorithm runs once to
+ * warm up (one three times slower than the fastest then is not run again),
+ * then the candidates take turns, in alternating order, so a slow minute
+ * of the machine hits them all; the best run counts, since on a shared
+ * machine interference only ever adds time. */
 static int measure(const dpt_conv2d_desc *d0, int bn_in, int bn_out, int need_dx,
-                   dpt_conv_plan *p, int *best)
+                   dpt_conv_plan *p)
 {
     dpt_conv2d_desc d = *d0;
     d.n = measure_batch(d0, need_dx);
@@ -529,42 +598,78 @@ static int measure(const dpt_conv2d_desc *d0, int bn_in, int bn_out, int need_dx
     double *sum = bn_out ? sums : NULL, *sumsq = bn_out ? sums + d.c_out : NULL;
     double *xg = bn_in && need_dx ? sums + 2 * d.c_out : NULL;
 
-    double t[DPT_CONV_ALGO_COUNT];
-    int skip[DPT_CONV_ALGO_COUNT] = {0};
-    double fastest = INFINITY;
-    for (int r = 0; r <= REPS; r++) {
-        for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++) {
-            if (p->ms[a] == -1 || skip[a])
+    const clockid_t clk = timing_clock();
+    double b1[DPT_CONV_ALGO_COUNT], b2[DPT_CONV_ALGO_COUNT], warm[DPT_CONV_ALGO_COUNT];
+    int live[DPT_CONV_ALGO_COUNT];
+    double fastest = INFINITY, spent = 0;
+    int settled = 0, repeat = 1;
+    for (int a = 0; a < DPT_CONV_ALGO_COUNT; a++)
+        b1[a] = b2[a] = warm[a] = INFINITY, live[a] = a > 0 && p->ms[a] != -1;
+    for (int r = 0; r <= MAX_ROUNDS && !settled; r++) {
+        for (int i = 1; i < DPT_CONV_ALGO_COUNT; i++) {
+            /* Alternating order: no candidate always runs right after the
+             * same one (whose cache footprint or clock boost it inherits). */
+            int a = r % 2 ? i : DPT_CONV_ALGO_COUNT - i;
+            if (!live[a])
                 continue;
             d.algo = a;
-            double t0 = now_ms();
-            dpt_conv2d_forward_ex(&d, x, xa, w, b, y, work, sum, sumsq);
-            dpt_conv2d_backward_ex(&d, x, xa, w, dy, dya, y, need_dx ? dx : NULL, dw, db, work, xg);
-            double ms = now_ms() - t0;
-            if (r == 0) {
-                t[a] = ms; /* the warm-up: only to drop clear losers */
+            const int k = r == 0 ? 1 : repeat;
+            double t0 = now_ms(clk);
+            for (int j = 0; j < k; j++) {
+                dpt_conv2d_forward_ex(&d, x, xa, w, b, y, work, sum, sumsq);
+                dpt_conv2d_backward_ex(&d, x, xa, w, dy, dya, y, need_dx ? dx : NULL, dw, db,
+                                       work, xg);
+            }
+            double ms = (now_ms(clk) - t0) / k;
+            if (timer_hook)
+                ms = timer_hook(timer_ctx, a, r, ms);
+            if (r == 0) { /* the warm-up: only to drop clear losers */
+                warm[a] = ms;
                 if (ms < fastest)
                     fastest = ms;
                 continue;
             }
-            if (r == 1)
-                t[a] = ms;
-            else if (ms < t[a])
-                t[a] = ms;
+            spent += ms * k;
+            if (ms < b1[a])
+                b2[a] = b1[a], b1[a] = ms;
+            else if (ms < b2[a])
+                b2[a] = ms;
         }
-        if (r == 0)
+        if (r == 0) {
             for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++)
-                if (p->ms[a] != -1 && t[a] > 3 * fastest)
-                    skip[a] = 1;
-    }
-    *best = -1;
-    for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++) {
-        if (p->ms[a] == -1)
+                if (live[a] && warm[a] > 3 * fastest)
+                    live[a] = 0;
+            if (fastest > 0 && fastest < MIN_RUN_MS)
+                repeat = fastest * MAX_REPEAT < MIN_RUN_MS ? MAX_REPEAT
+                                                           : (int)ceil(MIN_RUN_MS / fastest);
             continue;
-        p->ms[a] = t[a];
-        if (!skip[a] && (*best < 0 || t[a] < t[*best])) /* ties: the lower number */
-            *best = a;
+        }
+        if (r < MIN_ROUNDS)
+            continue;
+        int lead = -1;
+        for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++)
+            if (live[a] && (lead < 0 || b1[a] < b1[lead]))
+                lead = a;
+        settled = 1;
+        for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++) {
+            if (!live[a])
+                continue;
+            int agree = b2[a] <= b1[a] * (1.0 + AGREE);
+            /* A settled figure CLEAR_LOSER times the leader's no longer
+             * matters; an unsettled one may be a preempted winner, so it
+             * is timed again unless far behind. */
+            if (b1[a] > (agree ? CLEAR_LOSER : 3.0) * b1[lead])
+                live[a] = 0;
+            else if (!agree)
+                settled = 0;
+        }
+        if (!settled && spent >= BUDGET_MS)
+            break;
     }
+    for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++)
+        if (p->ms[a] != -1)
+            p->ms[a] = b1[a] < INFINITY ? b1[a] : warm[a];
+    p->unsure = !settled;
     rc = 0;
 done:
     free(x), free(dx), free(y), free(dy), free(w), free(dw), free(b), free(db);
@@ -597,7 +702,7 @@ static int plan_measured(const dpt_conv2d_desc *d, int bn_in, int bn_out, int ne
                          const char *key, int remeasure, dpt_conv_plan *p)
 {
     char path[PATH_MAX_LEN], lockpath[PATH_MAX_LEN + 8];
-    int lfd = -1, rc = 0, best = -1;
+    int lfd = -1, rc = 0, best = -1, tries = 0;
     entry *v = NULL;
     size_t n = 0;
     struct stat st;
@@ -631,16 +736,33 @@ static int plan_measured(const dpt_conv2d_desc *d, int bn_in, int bn_out, int ne
     if (path[0])
         note_bad(p, path, bad, cut);
     const entry *hit = remeasure ? NULL : find(v, n, key);
-    if (hit && dpt_conv_algo_supports(hit->algo, d)) {
+    if (hit && dpt_conv_algo_supports(hit->algo, d) &&
+        (hit->unsure == 0 || hit->unsure >= RETIME_MAX || !path[0])) {
         for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++)
             if (p->ms[a] != -1)
                 p->ms[a] = hit->ms[a];
         p->n_meas = hit->n_meas;
+        p->unsure = hit->unsure != 0;
         set_choice(p, d, hit->algo, DPT_CONV_PLAN_CACHE);
         goto done;
     }
-    if (measure(d, bn_in, bn_out, need_dx, p, &best) != 0 || best < 0)
+    if (measure(d, bn_in, bn_out, need_dx, p) != 0)
         goto nomem;
+    if (hit && hit->unsure && hit->n_meas == p->n_meas) {
+        /* Timed again because the earlier figures did not settle: each
+         * algorithm's best of both timings (interference only adds). */
+        tries = hit->unsure;
+        for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++)
+            if (p->ms[a] >= 0 && hit->ms[a] >= 0 && hit->ms[a] < p->ms[a])
+                p->ms[a] = hit->ms[a];
+        note(p, "timed again (%d of %d): the earlier figures had not settled", tries + 1,
+             RETIME_MAX);
+    }
+    if ((best = decide(p, d)) < 0)
+        goto nomem;
+    if (p->unsure)
+        note(p, "figures did not settle within %d rounds or %.0f ms of runs (a busy machine?)",
+             MAX_ROUNDS, BUDGET_MS);
     set_choice(p, d, best, DPT_CONV_PLAN_MEASURED);
     if (!path[0])
         goto done; /* DPT_CONV_ALGO=measure without a cache: used, not kept */
@@ -656,6 +778,7 @@ static int plan_measured(const dpt_conv2d_desc *d, int bn_in, int bn_out, int ne
     }
     snprintf(v[i].key, KEY_MAX, "%s", key);
     v[i].algo = best, v[i].n_meas = p->n_meas;
+    v[i].unsure = p->unsure ? tries + 1 : 0;
     for (int a = 0; a < DPT_CONV_ALGO_COUNT; a++)
         v[i].ms[a] = p->ms[a] >= 0 ? p->ms[a] : -2;
     int saved = save(path, v, n);

@@ -158,6 +158,7 @@ typedef struct dpt_conv_plan {
     int runs;     /* the algorithm that runs: dpt_conv_algo_resolve's, never AUTO */
     int source;   /* DPT_CONV_PLAN_* */
     int n_meas;   /* images per timed run; 0: nothing timed */
+    int unsure;   /* 1: the timed figures did not settle (a busy machine) */
     /* Milliseconds of one forward + backward of n_meas images per
      * algorithm (index dpt_conv_algo): -1 unsupported (or not built),
      * -2 supported but not timed. */
@@ -178,6 +179,12 @@ const char *dpt_conv_plan_source_name(int source);
 /* Forget the choices made in this process (tests: the next plan reads the
  * cache file again). Not to be called while another thread plans. */
 void dpt_conv_plan_forget(void);
+/* Tests: fn(ctx, algo, round, ms) replaces the milliseconds of each timed
+ * run (round 0 is the warm-up), so a test can play a noisy machine
+ * without depending on this one's speed. NULL restores the clock. Not to
+ * be called while another thread plans. */
+typedef double (*dpt_conv_plan_timer)(void *ctx, int algo, int round, double ms);
+void dpt_conv_plan_set_timer(dpt_conv_plan_timer fn, void *ctx);
 
 /* ---- batch normalisation over (n, h, w) per channel --------------------- *
  * Split into stats / normalise / backward-reduce / backward-apply so that a
