@@ -461,7 +461,10 @@ static void note_bad(dpt_conv_plan *p, const char *path, int bad, int cut)
  * unsettled at three times) is not run again. A challenger replaces the heuristic's choice only when
  * faster by KEEP_MARGIN: a near tie is as likely noise as a win, and a
  * timed choice is kept for good. An entry whose figures did not settle is
- * timed again by the next RETIME_MAX - 1 processes that plan it. */
+ * marked unsure:K in the cache and used like any other (later processes
+ * and MPI ranks must choose the same); DPT_CONV_ALGO=measure times it
+ * again, keeping each algorithm's best of the timings (K counts them, up
+ * to RETIME_MAX). */
 #define MIN_ROUNDS 2
 #define MAX_ROUNDS 12
 #define BUDGET_MS 2000.0
@@ -735,9 +738,11 @@ static int plan_measured(const dpt_conv2d_desc *d, int bn_in, int bn_out, int ne
     }
     if (path[0])
         note_bad(p, path, bad, cut);
-    const entry *hit = remeasure ? NULL : find(v, n, key);
-    if (hit && dpt_conv_algo_supports(hit->algo, d) &&
-        (hit->unsure == 0 || hit->unsure >= RETIME_MAX || !path[0])) {
+    /* A cached line is used as it is, unsure or not: every later process
+     * (the other MPI ranks, the next run) must make the same choice
+     * (invariant 3). Only DPT_CONV_ALGO=measure times it again. */
+    const entry *old = find(v, n, key), *hit = remeasure ? NULL : old;
+    if (hit && dpt_conv_algo_supports(hit->algo, d)) {
         for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++)
             if (p->ms[a] != -1)
                 p->ms[a] = hit->ms[a];
@@ -748,15 +753,15 @@ static int plan_measured(const dpt_conv2d_desc *d, int bn_in, int bn_out, int ne
     }
     if (measure(d, bn_in, bn_out, need_dx, p) != 0)
         goto nomem;
-    if (hit && hit->unsure && hit->n_meas == p->n_meas) {
-        /* Timed again because the earlier figures did not settle: each
-         * algorithm's best of both timings (interference only adds). */
-        tries = hit->unsure;
+    if (old && old->unsure && old->n_meas == p->n_meas) {
+        /* Timed again (DPT_CONV_ALGO=measure) after figures that had not
+         * settled: each algorithm's best of both timings (interference
+         * only adds). */
+        tries = old->unsure < RETIME_MAX ? old->unsure : RETIME_MAX - 1;
         for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++)
-            if (p->ms[a] >= 0 && hit->ms[a] >= 0 && hit->ms[a] < p->ms[a])
-                p->ms[a] = hit->ms[a];
-        note(p, "timed again (%d of %d): the earlier figures had not settled", tries + 1,
-             RETIME_MAX);
+            if (p->ms[a] >= 0 && old->ms[a] >= 0 && old->ms[a] < p->ms[a])
+                p->ms[a] = old->ms[a];
+        note(p, "timed again (timing %d): the earlier figures had not settled", tries + 1);
     }
     if ((best = decide(p, d)) < 0)
         goto nomem;
