@@ -425,6 +425,34 @@ static void test_tf32(void)
     dpt_net_free(cpu), dpt_net_free(gpu);
 }
 
+/* One epoch of SGDM steps over train shuffled with seed epoch, in
+ * minibatches of B images of shape chw; *mean_loss: the steps' mean loss
+ * (NAN without steps). */
+static dpt_status train_epoch(dpt_net *net, dpt_sgdm *opt, dpt_datastore *train, int epoch,
+                              int B, const int chw[3], double *mean_loss)
+{
+    dpt_mbq *q = NULL;
+    dpt_datastore *shuffled = NULL;
+    dpt_mbq_options mo = DPT_MBQ_OPTIONS_INIT;
+    mo.batch_size = B, mo.channels = chw[0], mo.height = chw[1], mo.width = chw[2];
+    dpt_status s = dpt_datastore_shuffle(train, (uint64_t)epoch, &shuffled);
+    if (s == DPT_OK)
+        s = dpt_mbq_new(shuffled, &mo, &q);
+    double sum = 0;
+    int nb = 0;
+    while (s == DPT_OK && dpt_mbq_has_data(q)) {
+        dpt_batch b;
+        double l = 0;
+        if ((s = dpt_mbq_next(q, &b)) == DPT_OK &&
+            (s = dpt_train_step(net, opt, NULL, b.x.data, b.y.data, b.n, &l, NULL)) == DPT_OK)
+            sum += l, nb++;
+    }
+    dpt_mbq_free(q);
+    dpt_datastore_free(shuffled);
+    *mean_loss = nb ? sum / nb : NAN;
+    return s;
+}
+
 /* The example network on digits400 (as test_gpu's test_digits) in one
  * precision on GPU 0: the test accuracy, NAN on failure. */
 static double train_digits(dpt_datastore *train, dpt_datastore *test, dpt_precision prec)
@@ -440,28 +468,11 @@ static double train_digits(dpt_datastore *train, dpt_datastore *test, dpt_precis
     if (s == DPT_OK)
         s = dpt_sgdm_new(dpt_net_n_params(net), 0.01f, 0.9f, 0.0f, &opt);
     double first = NAN, last = NAN, acc = NAN;
+    const int chw[3] = {1, 28, 28};
     for (int epoch = 1; s == DPT_OK && epoch <= EPOCHS; epoch++) {
-        dpt_mbq *q = NULL;
-        dpt_datastore *shuffled = NULL;
-        dpt_mbq_options mo = DPT_MBQ_OPTIONS_INIT;
-        mo.batch_size = B, mo.channels = 1, mo.height = 28, mo.width = 28;
-        if ((s = dpt_datastore_shuffle(train, (uint64_t)epoch, &shuffled)) == DPT_OK)
-            s = dpt_mbq_new(shuffled, &mo, &q);
-        double sum = 0;
-        int nb = 0;
-        while (s == DPT_OK && dpt_mbq_has_data(q)) {
-            dpt_batch b;
-            double l = 0;
-            if ((s = dpt_mbq_next(q, &b)) == DPT_OK &&
-                (s = dpt_train_step(net, opt, NULL, b.x.data, b.y.data, b.n, &l, NULL)) == DPT_OK)
-                sum += l, nb++;
-        }
-        dpt_mbq_free(q);
-        dpt_datastore_free(shuffled);
-        if (nb && epoch == 1)
-            first = sum / nb;
-        if (nb)
-            last = sum / nb;
+        s = train_epoch(net, opt, train, epoch, B, chw, &last);
+        if (epoch == 1)
+            first = last;
     }
     if (s == DPT_OK)
         s = dpt_evaluate(net, test, &acc, NULL);
@@ -588,24 +599,7 @@ static double emulate_run(const char *path, dpt_datastore *train, dpt_datastore 
         dpt_net_input_shape(net, chw);
     double acc = NAN, last = NAN, t0 = now_s();
     for (int epoch = 1; s == DPT_OK && epoch <= epochs; epoch++) {
-        dpt_mbq *q = NULL;
-        dpt_datastore *shuffled = NULL;
-        dpt_mbq_options mo = DPT_MBQ_OPTIONS_INIT;
-        mo.batch_size = B, mo.channels = chw[0], mo.height = chw[1], mo.width = chw[2];
-        if ((s = dpt_datastore_shuffle(train, (uint64_t)epoch, &shuffled)) == DPT_OK)
-            s = dpt_mbq_new(shuffled, &mo, &q);
-        double sum = 0;
-        int nb = 0;
-        while (s == DPT_OK && dpt_mbq_has_data(q)) {
-            dpt_batch b;
-            double l = 0;
-            if ((s = dpt_mbq_next(q, &b)) == DPT_OK &&
-                (s = dpt_train_step(net, opt, NULL, b.x.data, b.y.data, b.n, &l, NULL)) == DPT_OK)
-                sum += l, nb++;
-        }
-        dpt_mbq_free(q);
-        dpt_datastore_free(shuffled);
-        last = nb ? sum / nb : NAN;
+        s = train_epoch(net, opt, train, epoch, B, chw, &last);
         if (s == DPT_OK && (s = dpt_evaluate(net, test, &acc, NULL)) == DPT_OK)
             printf("  %s epoch %d: mean loss %.4f, test accuracy %.4f (%.0f s)\n",
                    bf16 ? "bf16 (emulated)" : "fp32", epoch, last, acc, now_s() - t0);
