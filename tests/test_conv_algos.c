@@ -421,8 +421,50 @@ static void property_test(void)
     }
     /* Every 1x1 case runs pointwise, on each kernel set. */
     CHECK(n_checked[DPT_CONV_ALGO_POINTWISE] - pw_before >= n_1x1);
+    /* Wide layers (groups 1, 16+ channels in and out: what hwc runs) of
+     * the same draw's strides, paddings, dilations and filters, from their
+     * own stream; first the residual networks' shapes (a row split into
+     * uneven tiles, stride 2, a channel count not a multiple of the
+     * vector) with every fusion. */
+    dpt_rng r2;
+    dpt_rng_seed(&r2, 2125, 0);
+    const int n_wide = 40;
+    const int hwc_before = n_checked[DPT_CONV_ALGO_HWC];
+    for (int idx = 0; idx < n_wide; idx++) {
+        shape_case sc;
+        for (;;) {
+            random_case(&r2, &sc);
+            dpt_conv2d_desc d = sc.d;
+            d.groups = 1;
+            d.c_in = 16 + (int)dpt_rng_below(&r2, 33);
+            d.c_out = 16 + (int)dpt_rng_below(&r2, 33);
+            d.n = 1 + (int)dpt_rng_below(&r2, 3);
+            if (dpt_conv2d_desc_init(&d) == 0 &&
+                (double)d.n * d.c_out * d.c_in * d.kh * d.kw * d.out_h * d.out_w <= 2e6) {
+                sc.d = d;
+                break;
+            }
+        }
+        if (idx == 0)
+            sc.d = (dpt_conv2d_desc){.n = 2, .c_in = 32, .h = 14, .w = 14, .c_out = 32, .kh = 3,
+                                     .kw = 3, .stride = 1, .pad = 1};
+        else if (idx == 1)
+            sc.d = (dpt_conv2d_desc){.n = 2, .c_in = 32, .h = 16, .w = 16, .c_out = 64, .kh = 3,
+                                     .kw = 3, .stride = 2, .pad = 1};
+        else if (idx == 2)
+            sc.d = (dpt_conv2d_desc){.n = 3, .c_in = 40, .h = 8, .w = 27, .c_out = 17, .kh = 3,
+                                     .kw = 2, .stride = 3, .pad = 2, .dilation = 2};
+        if (idx < 3)
+            sc.bn_in = sc.bn_out = sc.relu_in = sc.need_dx = sc.bias = 1, sc.relu_out = idx & 1;
+        CHECK(dpt_conv2d_desc_init(&sc.d) == 0);
+        check_case(&r2, &sc, n_cases + n_1x1 + idx);
+    }
+    /* hwc runs every one of them on each vector kernel set. */
+    if (dpt_ops_kernels_supported("avx2"))
+        CHECK(n_checked[DPT_CONV_ALGO_HWC] - hwc_before >= n_wide);
     dpt_ops_set_kernels(saved);
-    printf("property test: %d random shapes and %d 1x1 ones;", n_cases, n_1x1);
+    printf("property test: %d random shapes, %d 1x1 ones and %d wide ones;", n_cases, n_1x1,
+           n_wide);
     for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++)
         printf(" %s %d", dpt_conv_algo_name(a), n_checked[a]);
     printf(" checks; %d of the unfused handling\n", n_unfused);

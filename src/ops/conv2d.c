@@ -32,6 +32,7 @@
 #include "ops/conv_depthwise.h"
 #include "ops/conv_direct.h"
 #include "ops/conv_dnnl.h"
+#include "ops/conv_hwc.h"
 #include "ops/conv_pointwise.h"
 #include "ops/ops.h"
 
@@ -340,6 +341,8 @@ static const conv_algo table[DPT_CONV_ALGO_COUNT] = {
     [DPT_CONV_ALGO_POINTWISE] = {"pointwise", 1, dpt_conv_pointwise_supports,
                                  dpt_conv_pointwise_work_floats, dpt_conv_pointwise_forward,
                                  dpt_conv_pointwise_backward},
+    [DPT_CONV_ALGO_HWC] = {"hwc", 1, dpt_conv_hwc_supports, dpt_conv_hwc_work_floats,
+                           dpt_conv_hwc_forward, dpt_conv_hwc_backward},
 #ifdef DPT_HAVE_DNNL
     [DPT_CONV_ALGO_DNNL] = {"dnnl", 0, dpt_conv_dnnl_supports, dpt_conv_dnnl_work_floats,
                             dpt_conv_dnnl_forward, dpt_conv_dnnl_backward},
@@ -347,7 +350,7 @@ static const conv_algo table[DPT_CONV_ALGO_COUNT] = {
 };
 
 static const char *const algo_names[DPT_CONV_ALGO_COUNT] = {
-    "auto", "gemm", "direct", "batched", "depthwise", "dnnl", "pointwise",
+    "auto", "gemm", "direct", "batched", "depthwise", "dnnl", "pointwise", "hwc",
 };
 
 const char *dpt_conv_algo_name(int algo)

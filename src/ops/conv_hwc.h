@@ -1,0 +1,64 @@
+/* The HWC convolution algorithm (conv2d.c's table entry "hwc"): channels
+ * in vector lanes, as oneDNN lays wide layers out. Per image the input
+ * (its batch norm applied) is packed into a zero-padded [H+2p][W+2p][C]
+ * buffer; an output tile of R positions of one row x 1-2 vectors of output
+ * channels accumulates broadcast(x[pos][ci]) * w[tap][ci][co-vector], so
+ * stride and dilation only move the broadcast's address. The tile goes to
+ * an [P][C_out] buffer that is transposed back to the NCHW planes, where
+ * the bias is added and the output's batch-norm sums are taken.
+ * Backward: dx by scattering, per tap, the tile's Σ_co dy[pos][co] *
+ * w[tap][co][ci-vector] into a padded [H+2p][W+2p][C] gradient (any stride
+ * or dilation the same way); dw as acc[ci][co-vector] += x[pos][ci] *
+ * dy[pos][co-vector] per tap; the output's batch-norm backward applied
+ * while dy is packed. Groups 1, at least 16 channels in and out; the
+ * vector kernel sets only. fused = 1. Internal to ops/. */
+#ifndef DPT_OPS_CONV_HWC_H
+#define DPT_OPS_CONV_HWC_H
+
+#include "ops/ops.h"
+
+#include <stddef.h>
+
+/* Channel counts are padded to this in the packed buffers (a multiple of
+ * every kernel set's vector, so the scratch size does not depend on the set). */
+#define DPT_HWC_CPAD 16
+
+/* The geometry the kernels see (one image). */
+typedef struct hwc_geom {
+    int c_in, c_out;   /* real counts */
+    int cip, cop;      /* padded to DPT_HWC_CPAD */
+    int wp;            /* padded input row, in pixels */
+    int oh, ow, stride, dil, kh, kw;
+} hwc_geom;
+
+typedef struct hwc_isa {
+    const char *name;
+    /* yp [oh*ow][cop] = conv(xp [hp][wp][c_in], wp_ [kh*kw][c_in][cop]). */
+    void (*fwd)(const hwc_geom *g, const float *xp, const float *wpk, float *yp);
+    /* dxp [hp][wp][cip] += the scatter of dyp [oh*ow][cop] through
+     * wt [kh*kw][c_out][cip]. */
+    void (*dx)(const hwc_geom *g, const float *dyp, const float *wt, float *dxp);
+    /* dwa [kh*kw][c_in][cop] += Σ_pos xp[pos+tap][ci] * dyp[pos][co]. */
+    void (*dw)(const hwc_geom *g, const float *xp, const float *dyp, float *dwa);
+} hwc_isa;
+
+#if defined(__x86_64__) || defined(__i386__)
+#ifndef DPT_HAVE_X86_KERNELS
+#define DPT_HAVE_X86_KERNELS 1
+#endif
+extern const hwc_isa dpt_hwc_isa_avx512;
+extern const hwc_isa dpt_hwc_isa_avx2;
+#endif
+
+int dpt_conv_hwc_supports(const dpt_conv2d_desc *d);
+size_t dpt_conv_hwc_work_floats(const dpt_conv2d_desc *d);
+/* The conv_algo contracts (conv_algo.h). */
+void dpt_conv_hwc_forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
+                          const float *w, const float *b, float *y, float *work, double *sum,
+                          double *sumsq);
+void dpt_conv_hwc_backward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
+                           const float *w, const float *dy, const dpt_bn_apply *dya,
+                           const float *y, float *dx, float *dw, float *db, float *work,
+                           double *xg);
+
+#endif

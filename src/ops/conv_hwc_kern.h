@@ -1,0 +1,208 @@
+/* The HWC convolution kernels (conv_hwc.h), compiled once per instruction
+ * set by conv_hwc_avx512.c / conv_hwc_avx2.c, which define VEC, VW, VLOAD,
+ * VSTORE, VSET1, VZERO, VFMA, VADD, KERN(name) and HWC_RMAX (positions or
+ * channels per tile: with 2 vectors of accumulators per row, 2*HWC_RMAX
+ * accumulators plus 2 operands and a broadcast fill the registers).
+ *
+ * Every tile is R rows x NV vectors (NV 1 or 2) of accumulators; R and NV
+ * are constants in each instance (the switches below), so the accumulators
+ * stay in registers. */
+
+#define HWC_MAX_TAPS 1024
+
+/* acc[r][v] = Σ_tap Σ_ci x[toff[t] + r*xs + ci] * w[(t*cin + ci)*cop + v*VW];
+ * y[r*cop + v*VW] = acc[r][v]. */
+static inline __attribute__((always_inline)) void
+KERN(hwc_fwd_tile)(const float *x, int xs, const int *toff, int nt, int cin, const float *w,
+                   int cop, float *y, const int R, const int NV)
+{
+    VEC acc[HWC_RMAX][2];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; r++)
+        acc[r][0] = acc[r][1] = VZERO();
+    for (int t = 0; t < nt; t++) {
+        const float *xt = x + toff[t];
+        const float *wt = w + (size_t)t * cin * cop;
+        for (int ci = 0; ci < cin; ci++) {
+            const VEC w0 = VLOAD(wt + (size_t)ci * cop);
+            const VEC w1 = NV > 1 ? VLOAD(wt + (size_t)ci * cop + VW) : w0;
+#pragma GCC unroll 16
+            for (int r = 0; r < R; r++) {
+                const VEC bx = VSET1(xt[r * xs + ci]);
+                acc[r][0] = VFMA(bx, w0, acc[r][0]);
+                if (NV > 1)
+                    acc[r][1] = VFMA(bx, w1, acc[r][1]);
+            }
+        }
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < R; r++) {
+        VSTORE(y + (size_t)r * cop, acc[r][0]);
+        if (NV > 1)
+            VSTORE(y + (size_t)r * cop + VW, acc[r][1]);
+    }
+}
+
+/* For each tap t: acc[r][v] = Σ_co dy[r*cop + co] * w[(t*cout + co)*cip + v*VW],
+ * then dx[toff[t] + r*xs + v*VW] += acc[r][v]. */
+static inline __attribute__((always_inline)) void
+KERN(hwc_dx_tile)(const float *dy, int cop, const float *w, int cip, int cout, const int *toff,
+                  int nt, float *dx, int xs, const int R, const int NV)
+{
+    for (int t = 0; t < nt; t++) {
+        VEC acc[HWC_RMAX][2];
+#pragma GCC unroll 16
+        for (int r = 0; r < R; r++)
+            acc[r][0] = acc[r][1] = VZERO();
+        const float *wt = w + (size_t)t * cout * cip;
+        for (int co = 0; co < cout; co++) {
+            const VEC w0 = VLOAD(wt + (size_t)co * cip);
+            const VEC w1 = NV > 1 ? VLOAD(wt + (size_t)co * cip + VW) : w0;
+#pragma GCC unroll 16
+            for (int r = 0; r < R; r++) {
+                const VEC bd = VSET1(dy[(size_t)r * cop + co]);
+                acc[r][0] = VFMA(bd, w0, acc[r][0]);
+                if (NV > 1)
+                    acc[r][1] = VFMA(bd, w1, acc[r][1]);
+            }
+        }
+        float *dt = dx + toff[t];
+#pragma GCC unroll 16
+        for (int r = 0; r < R; r++) {
+            float *p = dt + (size_t)r * xs;
+            VSTORE(p, VADD(VLOAD(p), acc[r][0]));
+            if (NV > 1)
+                VSTORE(p + VW, VADD(VLOAD(p + VW), acc[r][1]));
+        }
+    }
+}
+
+/* acc[r][v] = Σ_oy Σ_ox x[oy*xrow + ox*xs + r] * dy[(oy*ow + ox)*cop + v*VW];
+ * dwa[r*cop + v*VW] += acc[r][v]. */
+static inline __attribute__((always_inline)) void
+KERN(hwc_dw_tile)(const float *x, int xrow, int xs, const float *dy, int cop, int oh, int ow,
+                  float *dwa, const int R, const int NV)
+{
+    VEC acc[HWC_RMAX][2];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; r++)
+        acc[r][0] = acc[r][1] = VZERO();
+    for (int oy = 0; oy < oh; oy++) {
+        const float *xr = x + (size_t)oy * xrow;
+        const float *dr = dy + (size_t)oy * ow * cop;
+        for (int ox = 0; ox < ow; ox++) {
+            const float *xq = xr + (size_t)ox * xs;
+            const VEC d0 = VLOAD(dr + (size_t)ox * cop);
+            const VEC d1 = NV > 1 ? VLOAD(dr + (size_t)ox * cop + VW) : d0;
+#pragma GCC unroll 16
+            for (int r = 0; r < R; r++) {
+                const VEC bx = VSET1(xq[r]);
+                acc[r][0] = VFMA(bx, d0, acc[r][0]);
+                if (NV > 1)
+                    acc[r][1] = VFMA(bx, d1, acc[r][1]);
+            }
+        }
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < R; r++) {
+        float *p = dwa + (size_t)r * cop;
+        VSTORE(p, VADD(VLOAD(p), acc[r][0]));
+        if (NV > 1)
+            VSTORE(p + VW, VADD(VLOAD(p + VW), acc[r][1]));
+    }
+}
+
+/* One instance per (R, NV): case NV*32 + R. */
+#define HWC_CASE(fn, r, ...)                                                                   \
+    case 32 + (r): fn(__VA_ARGS__, (r), 1); break;                                             \
+    case 64 + (r): fn(__VA_ARGS__, (r), 2); break;
+#if HWC_RMAX == 12
+#define HWC_CASES(fn, ...)                                                                     \
+    HWC_CASE(fn, 1, __VA_ARGS__) HWC_CASE(fn, 2, __VA_ARGS__) HWC_CASE(fn, 3, __VA_ARGS__)     \
+    HWC_CASE(fn, 4, __VA_ARGS__) HWC_CASE(fn, 5, __VA_ARGS__) HWC_CASE(fn, 6, __VA_ARGS__)     \
+    HWC_CASE(fn, 7, __VA_ARGS__) HWC_CASE(fn, 8, __VA_ARGS__) HWC_CASE(fn, 9, __VA_ARGS__)     \
+    HWC_CASE(fn, 10, __VA_ARGS__) HWC_CASE(fn, 11, __VA_ARGS__) HWC_CASE(fn, 12, __VA_ARGS__)
+#elif HWC_RMAX == 6
+#define HWC_CASES(fn, ...)                                                                     \
+    HWC_CASE(fn, 1, __VA_ARGS__) HWC_CASE(fn, 2, __VA_ARGS__) HWC_CASE(fn, 3, __VA_ARGS__)     \
+    HWC_CASE(fn, 4, __VA_ARGS__) HWC_CASE(fn, 5, __VA_ARGS__) HWC_CASE(fn, 6, __VA_ARGS__)
+#else
+#error "HWC_RMAX: 6 or 12"
+#endif
+
+/* Vectors (1 or 2) of the channel block starting at c0 of a padded count cp. */
+static inline int KERN(hwc_nv)(int cp, int c0) { return cp - c0 >= 2 * VW ? 2 : 1; }
+
+static void KERN(hwc_fwd)(const hwc_geom *g, const float *xp, const float *wpk, float *yp)
+{
+    int toff[HWC_MAX_TAPS];
+    const int nt = g->kh * g->kw, cin = g->c_in, cop = g->cop, xs = g->stride * cin;
+    for (int ki = 0; ki < g->kh; ki++)
+        for (int kj = 0; kj < g->kw; kj++)
+            toff[ki * g->kw + kj] = (ki * g->dil * g->wp + kj * g->dil) * cin;
+    const int nch = (g->ow + HWC_RMAX - 1) / HWC_RMAX;
+    for (int co0 = 0; co0 < cop;) {
+        const int nv = KERN(hwc_nv)(cop, co0);
+        for (int oy = 0; oy < g->oh; oy++)
+            for (int k = 0; k < nch; k++) {
+                const int x0 = k * g->ow / nch, R = (k + 1) * g->ow / nch - x0;
+                const float *x = xp + ((size_t)oy * g->stride * g->wp + (size_t)x0 * g->stride) * cin;
+                float *y = yp + ((size_t)oy * g->ow + x0) * cop + co0;
+                switch (nv * 32 + R) {
+                    HWC_CASES(KERN(hwc_fwd_tile), x, xs, toff, nt, cin, wpk + co0, cop, y)
+                default: break;
+                }
+            }
+        co0 += nv * VW;
+    }
+}
+
+static void KERN(hwc_dx)(const hwc_geom *g, const float *dyp, const float *wt, float *dxp)
+{
+    int toff[HWC_MAX_TAPS];
+    const int nt = g->kh * g->kw, cip = g->cip, cop = g->cop, xs = g->stride * cip;
+    for (int ki = 0; ki < g->kh; ki++)
+        for (int kj = 0; kj < g->kw; kj++)
+            toff[ki * g->kw + kj] = (ki * g->dil * g->wp + kj * g->dil) * cip;
+    const int nch = (g->ow + HWC_RMAX - 1) / HWC_RMAX;
+    for (int c0 = 0; c0 < cip;) {
+        const int nv = KERN(hwc_nv)(cip, c0);
+        for (int oy = 0; oy < g->oh; oy++)
+            for (int k = 0; k < nch; k++) {
+                const int x0 = k * g->ow / nch, R = (k + 1) * g->ow / nch - x0;
+                const float *dy = dyp + ((size_t)oy * g->ow + x0) * cop;
+                float *dx = dxp + ((size_t)oy * g->stride * g->wp + (size_t)x0 * g->stride) * cip + c0;
+                switch (nv * 32 + R) {
+                    HWC_CASES(KERN(hwc_dx_tile), dy, cop, wt + c0, cip, g->c_out, toff, nt, dx, xs)
+                default: break;
+                }
+            }
+        c0 += nv * VW;
+    }
+}
+
+static void KERN(hwc_dw)(const hwc_geom *g, const float *xp, const float *dyp, float *dwa)
+{
+    const int cin = g->c_in, cop = g->cop, xs = g->stride * cin, xrow = g->stride * g->wp * cin;
+    const int nch = (cin + HWC_RMAX - 1) / HWC_RMAX;
+    for (int ki = 0; ki < g->kh; ki++)
+        for (int kj = 0; kj < g->kw; kj++) {
+            const int t = ki * g->kw + kj;
+            const float *xt = xp + (size_t)(ki * g->dil * g->wp + kj * g->dil) * cin;
+            for (int k = 0; k < nch; k++) {
+                const int c0 = k * cin / nch, R = (k + 1) * cin / nch - c0;
+                for (int co0 = 0; co0 < cop;) {
+                    const int nv = KERN(hwc_nv)(cop, co0);
+                    float *dwt = dwa + ((size_t)t * cin + c0) * cop + co0;
+                    switch (nv * 32 + R) {
+                        HWC_CASES(KERN(hwc_dw_tile), xt + c0, xrow, xs, dyp + co0, cop, g->oh,
+                                  g->ow, dwt)
+                    default: break;
+                    }
+                    co0 += nv * VW;
+                }
+            }
+        }
+}
+
+const hwc_isa KERN(dpt_hwc_isa) = {ISA_NAME, KERN(hwc_fwd), KERN(hwc_dx), KERN(hwc_dw)};
