@@ -47,7 +47,7 @@ static hwc_bufs bufs_of(const dpt_conv2d_desc *d)
     const size_t taps = (size_t)d->kh * d->kw;
     hwc_bufs b;
     size_t img = (size_t)d->c_in * d->h * d->w, o = 0;
-    b.tmp = o, o += al16(img);
+    b.tmp = o, o += al16(img) + al16(P * d->c_out); /* input, then output gradient */
     b.xp = o, o += al16(hp * g.wp * g.cip);
     b.wk = o, o += al16(taps * (size_t)cpad(d->c_out) * g.cip); /* wpk or wt */
     b.yp = o, o += al16(P * g.cop);
@@ -60,20 +60,6 @@ static hwc_bufs bufs_of(const dpt_conv2d_desc *d)
 
 size_t dpt_conv_hwc_work_floats(const dpt_conv2d_desc *d) { return bufs_of(d).end; }
 
-/* xp [(iy+pad)*wp + ix+pad][c] = src [c][iy][ix] for the c channels of one
- * image; the padding is left as it is (zero). */
-static void pack(const float *src, int c, int h, int w, int pad, int wp, float *xp)
-{
-    for (int iy = 0; iy < h; iy++) {
-        float *row = xp + ((size_t)(iy + pad) * wp + pad) * c;
-        for (int ch = 0; ch < c; ch++) {
-            const float *s = src + ((size_t)ch * h + iy) * w;
-            for (int ix = 0; ix < w; ix++)
-                row[(size_t)ix * c + ch] = s[ix];
-        }
-    }
-}
-
 void dpt_conv_hwc_forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
                           const float *w, const float *b, float *y, float *work, double *sum,
                           double *sumsq)
@@ -85,7 +71,7 @@ void dpt_conv_hwc_forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn
     const int taps = d->kh * d->kw, hp = d->h + 2 * d->pad;
     float *tmp = work + bf.tmp, *xp = work + bf.xp, *wpk = work + bf.wk, *yp = work + bf.yp;
     double *s1 = (double *)(work + bf.ds), *s2 = s1 + cout;
-    memset(xp, 0, (size_t)hp * g.wp * cin * sizeof *xp);
+    memset(xp, 0, (size_t)hp * g.wp * g.cip * sizeof *xp);
     /* wpk [tap][ci][co], co padded with zeros to cop. */
     memset(wpk, 0, (size_t)taps * cin * g.cop * sizeof *wpk);
     for (int co = 0; co < cout; co++)
@@ -101,16 +87,10 @@ void dpt_conv_hwc_forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn
             dpt_bn_apply_forward(src, cin, hw, xa, tmp);
             src = tmp;
         }
-        pack(src, cin, d->h, d->w, d->pad, g.wp, xp);
+        isa->pack(src, cin, d->h, d->w, d->pad, g.wp, g.cip, xp);
         isa->fwd(&g, xp, wpk, yp);
         float *yi = y + (size_t)i * cout * P;
-        for (int co = 0; co < cout; co++) {
-            const float bb = b ? b[co] : 0.0f;
-            float *yc = yi + (size_t)co * P;
-            const float *s = yp + co;
-            for (int p = 0; p < P; p++)
-                yc[p] = s[(size_t)p * g.cop] + bb;
-        }
+        isa->unpack(yp, cout, g.oh, g.ow, 0, g.ow, g.cop, b, yi);
         if (sum) {
             /* Per image while y is in cache. */
             dpt_bn_sums(yi, 1, cout, P, s1, s2);
@@ -133,7 +113,7 @@ void dpt_conv_hwc_backward(const dpt_conv2d_desc *d, const float *x, const dpt_b
     float *tmp = work + bf.tmp, *xp = work + bf.xp, *wt = work + bf.wk, *dyp = work + bf.yp;
     float *dxp = work + bf.dxp, *dwa = work + bf.dwa;
     double *dbs = (double *)(work + bf.ds);
-    memset(xp, 0, (size_t)hp * g.wp * cin * sizeof *xp);
+    memset(xp, 0, (size_t)hp * g.wp * g.cip * sizeof *xp);
     memset(dyp, 0, (size_t)P * g.cop * sizeof *dyp);
     memset(dwa, 0, (size_t)taps * cin * g.cop * sizeof *dwa);
     for (int co = 0; co < cout; co++)
@@ -155,48 +135,34 @@ void dpt_conv_hwc_backward(const dpt_conv2d_desc *d, const float *x, const dpt_b
             dpt_bn_apply_forward(xi, cin, hw, xa, tmp);
             src = tmp;
         }
-        pack(src, cin, d->h, d->w, d->pad, g.wp, xp);
+        isa->pack(src, cin, d->h, d->w, d->pad, g.wp, g.cip, xp);
         /* dyp [pos][co]: the gradient the convolution uses (dya's backward
          * applied, the expression of conv2d.c's unfused path), and db. */
         const float *dyi = dy + (size_t)i * cout * P;
-        for (int co = 0; co < cout; co++) {
-            const float *gc = dyi + (size_t)co * P;
-            float *o = dyp + co;
-            double s = 0.0;
-            if (dya) {
-                const float *yc = y + ((size_t)i * cout + co) * P;
-                const float m = dya->mean[co], sc = dya->scale[co], sh = dya->shift[co];
-                const float kf = dya->kf[co], ka = dya->ka[co], kb = dya->kb[co];
-                for (int p = 0; p < P; p++) {
-                    float xc = yc[p] - m, gv = gc[p];
-                    if (dya->relu && !(xc * sc + sh > 0.0f))
-                        gv = 0.0f;
-                    const float v = kf * gv - ka - xc * kb;
-                    o[(size_t)p * g.cop] = v;
-                    s += v;
-                }
-            } else {
-                for (int p = 0; p < P; p++) {
-                    o[(size_t)p * g.cop] = gc[p];
-                    s += gc[p];
-                }
+        if (dya) {
+            float *gt = tmp + (size_t)cin * hw; /* after the input's */
+            for (int co = 0; co < cout; co++)
+                dbs[co] += isa->bnback(dyi + (size_t)co * P, y + ((size_t)i * cout + co) * P, P,
+                                       dya->mean[co], dya->scale[co], dya->shift[co],
+                                       dya->kf[co], dya->ka[co], dya->kb[co], dya->relu,
+                                       gt + (size_t)co * P);
+            dyi = gt;
+        } else {
+            for (int co = 0; co < cout; co++) {
+                float s = 0.0f;
+                for (int p = 0; p < P; p++)
+                    s += dyi[(size_t)co * P + p];
+                dbs[co] += s;
             }
-            dbs[co] += s;
         }
+        isa->pack(dyi, cout, g.oh, g.ow, 0, g.ow, g.cop, dyp);
         isa->dw(&g, xp, dyp, dwa);
         if (!dx)
             continue;
         memset(dxp, 0, (size_t)hp * g.wp * g.cip * sizeof *dxp);
         isa->dx(&g, dyp, wt, dxp);
         float *dxi = dx + (size_t)i * cin * hw;
-        for (int iy = 0; iy < d->h; iy++) {
-            const float *row = dxp + ((size_t)(iy + d->pad) * g.wp + d->pad) * g.cip;
-            for (int ci = 0; ci < cin; ci++) {
-                float *o = dxi + ((size_t)ci * d->h + iy) * d->w;
-                for (int ix = 0; ix < d->w; ix++)
-                    o[ix] = row[(size_t)ix * g.cip + ci];
-            }
-        }
+        isa->unpack(dxp, cin, d->h, d->w, d->pad, g.wp, g.cip, NULL, dxi);
         if (xg)
             dpt_bn_grad_sums(xi, dxi, 1, cin, hw, xa, xg, xg + cin);
     }

@@ -25,7 +25,7 @@
 
 /* The geometry the kernels see (one image). */
 typedef struct hwc_geom {
-    int c_in, c_out;   /* real counts */
+    int c_in, c_out;   /* real counts; packed pixels are cip floats apart */
     int cip, cop;      /* padded to DPT_HWC_CPAD */
     int wp;            /* padded input row, in pixels */
     int oh, ow, stride, dil, kh, kw;
@@ -40,6 +40,16 @@ typedef struct hwc_isa {
     void (*dx)(const hwc_geom *g, const float *dyp, const float *wt, float *dxp);
     /* dwa [kh*kw][c_in][cop] += Σ_pos xp[pos+tap][ci] * dyp[pos][co]. */
     void (*dw)(const hwc_geom *g, const float *xp, const float *dyp, float *dwa);
+    /* dst [(y+pad)*wp + x+pad][c] (pixel stride cs) = src [c][y][x] for c
+     * channels of h x w planes; lanes up to c rounded to 8 get zeros. */
+    void (*pack)(const float *src, int c, int h, int w, int pad, int wp, int cs, float *dst);
+    /* The inverse, plus bias[c] (bias may be NULL). */
+    void (*unpack)(const float *src, int c, int h, int w, int pad, int wp, int cs,
+                   const float *bias, float *dst);
+    /* One plane of n through the output batch norm's backward (as conv2d.c's
+     * unfused path, dpt_bn_apply); returns the sum of out. */
+    float (*bnback)(const float *g, const float *y, int n, float mean, float scale, float shift,
+                    float kf, float ka, float kb, int relu, float *out);
 } hwc_isa;
 
 #if defined(__x86_64__) || defined(__i386__)

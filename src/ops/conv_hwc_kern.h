@@ -136,17 +136,18 @@ static inline int KERN(hwc_nv)(int cp, int c0) { return cp - c0 >= 2 * VW ? 2 : 
 static void KERN(hwc_fwd)(const hwc_geom *g, const float *xp, const float *wpk, float *yp)
 {
     int toff[HWC_MAX_TAPS];
-    const int nt = g->kh * g->kw, cin = g->c_in, cop = g->cop, xs = g->stride * cin;
+    const int nt = g->kh * g->kw, cin = g->c_in, cip = g->cip, cop = g->cop;
+    const int xs = g->stride * cip;
     for (int ki = 0; ki < g->kh; ki++)
         for (int kj = 0; kj < g->kw; kj++)
-            toff[ki * g->kw + kj] = (ki * g->dil * g->wp + kj * g->dil) * cin;
+            toff[ki * g->kw + kj] = (ki * g->dil * g->wp + kj * g->dil) * cip;
     const int nch = (g->ow + HWC_RMAX - 1) / HWC_RMAX;
     for (int co0 = 0; co0 < cop;) {
         const int nv = KERN(hwc_nv)(cop, co0);
         for (int oy = 0; oy < g->oh; oy++)
             for (int k = 0; k < nch; k++) {
                 const int x0 = k * g->ow / nch, R = (k + 1) * g->ow / nch - x0;
-                const float *x = xp + ((size_t)oy * g->stride * g->wp + (size_t)x0 * g->stride) * cin;
+                const float *x = xp + ((size_t)oy * g->stride * g->wp + (size_t)x0 * g->stride) * cip;
                 float *y = yp + ((size_t)oy * g->ow + x0) * cop + co0;
                 switch (nv * 32 + R) {
                     HWC_CASES(KERN(hwc_fwd_tile), x, xs, toff, nt, cin, wpk + co0, cop, y)
@@ -183,12 +184,13 @@ static void KERN(hwc_dx)(const hwc_geom *g, const float *dyp, const float *wt, f
 
 static void KERN(hwc_dw)(const hwc_geom *g, const float *xp, const float *dyp, float *dwa)
 {
-    const int cin = g->c_in, cop = g->cop, xs = g->stride * cin, xrow = g->stride * g->wp * cin;
+    const int cin = g->c_in, cip = g->cip, cop = g->cop;
+    const int xs = g->stride * cip, xrow = g->stride * g->wp * cip;
     const int nch = (cin + HWC_RMAX - 1) / HWC_RMAX;
     for (int ki = 0; ki < g->kh; ki++)
         for (int kj = 0; kj < g->kw; kj++) {
             const int t = ki * g->kw + kj;
-            const float *xt = xp + (size_t)(ki * g->dil * g->wp + kj * g->dil) * cin;
+            const float *xt = xp + (size_t)(ki * g->dil * g->wp + kj * g->dil) * cip;
             for (int k = 0; k < nch; k++) {
                 const int c0 = k * cin / nch, R = (k + 1) * cin / nch - c0;
                 for (int co0 = 0; co0 < cop;) {
@@ -205,4 +207,115 @@ static void KERN(hwc_dw)(const hwc_geom *g, const float *xp, const float *dyp, f
         }
 }
 
-const hwc_isa KERN(dpt_hwc_isa) = {ISA_NAME, KERN(hwc_fwd), KERN(hwc_dx), KERN(hwc_dw)};
+/* ---- layout changes: 8x8 blocks transposed in AVX registers (both sets
+ * have AVX), edges by masked loads and stores ---- */
+
+static inline __m256i KERN(hwc_mask8)(int n)
+{
+    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx);
+}
+
+/* r[i] lane j -> r[j] lane i. */
+static inline void KERN(hwc_tr8)(__m256 r[8])
+{
+    __m256 t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+        r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+    }
+}
+
+/* dst [(y+pad)*wp + x+pad][c] (pixel stride cs) = src [c][y][x], for the
+ * c channels of h x w planes; channels c..(c rounded up to 8) get zeros. */
+static void KERN(hwc_pack)(const float *src, int c, int h, int w, int pad, int wp, int cs,
+                           float *dst)
+{
+    const size_t hw = (size_t)h * w;
+    for (int y = 0; y < h; y++)
+        for (int x0 = 0; x0 < w; x0 += 8) {
+            const int np = w - x0 < 8 ? w - x0 : 8;
+            const __m256i m = KERN(hwc_mask8)(np);
+            float *o = dst + ((size_t)(y + pad) * wp + pad + x0) * cs;
+            for (int c0 = 0; c0 < c; c0 += 8) {
+                const float *in = src + (size_t)c0 * hw + (size_t)y * w + x0;
+                __m256 r[8];
+                for (int i = 0; i < 8; i++)
+                    r[i] = c0 + i < c ? _mm256_maskload_ps(in + i * hw, m) : _mm256_setzero_ps();
+                KERN(hwc_tr8)(r);
+                for (int p = 0; p < np; p++)
+                    _mm256_storeu_ps(o + (size_t)p * cs + c0, r[p]);
+            }
+        }
+}
+
+/* dst [c][y][x] = src [(y+pad)*wp + x+pad][c] (pixel stride cs) + bias[c]
+ * (bias may be NULL). */
+static void KERN(hwc_unpack)(const float *src, int c, int h, int w, int pad, int wp, int cs,
+                             const float *bias, float *dst)
+{
+    const size_t hw = (size_t)h * w;
+    for (int y = 0; y < h; y++)
+        for (int x0 = 0; x0 < w; x0 += 8) {
+            const int np = w - x0 < 8 ? w - x0 : 8;
+            const __m256i m = KERN(hwc_mask8)(np);
+            const float *in = src + ((size_t)(y + pad) * wp + pad + x0) * cs;
+            for (int c0 = 0; c0 < c; c0 += 8) {
+                const int nr = c - c0 < 8 ? c - c0 : 8;
+                __m256 r[8];
+                for (int p = 0; p < 8; p++)
+                    r[p] = p < np ? _mm256_loadu_ps(in + (size_t)p * cs + c0) : _mm256_setzero_ps();
+                KERN(hwc_tr8)(r);
+                float *o = dst + (size_t)c0 * hw + (size_t)y * w + x0;
+                for (int i = 0; i < nr; i++) {
+                    __m256 v = r[i];
+                    if (bias)
+                        v = _mm256_add_ps(v, _mm256_set1_ps(bias[c0 + i]));
+                    _mm256_maskstore_ps(o + i * hw, m, v);
+                }
+            }
+        }
+}
+
+/* out = the batch norm backward of a (dpt_bn_apply) on one plane of n:
+ * kf*g' - ka - (y - mean)*kb, g' = g masked by the ReLU (z = (y - mean)*scale
+ * + shift > 0, multiply and add rounded apart as the scalar expression);
+ * returns the plane's sum of out. */
+static float KERN(hwc_bnback)(const float *g, const float *y, int n, float mean, float scale,
+                              float shift, float kf, float ka, float kb, int relu, float *out)
+{
+    const __m256 vm = _mm256_set1_ps(mean), vs = _mm256_set1_ps(scale);
+    const __m256 vh = _mm256_set1_ps(shift), vf = _mm256_set1_ps(kf);
+    const __m256 va = _mm256_set1_ps(ka), vb = _mm256_set1_ps(kb), z0 = _mm256_setzero_ps();
+    __m256 acc = z0;
+    for (int j = 0; j < n; j += 8) {
+        const __m256i m = KERN(hwc_mask8)(n - j);
+        const __m256 xc = _mm256_sub_ps(_mm256_maskload_ps(y + j, m), vm);
+        __m256 gv = _mm256_maskload_ps(g + j, m);
+        if (relu)
+            gv = _mm256_and_ps(gv, _mm256_cmp_ps(_mm256_add_ps(_mm256_mul_ps(xc, vs), vh), z0,
+                                                 _CMP_GT_OQ));
+        __m256 v = _mm256_sub_ps(_mm256_sub_ps(_mm256_mul_ps(vf, gv), va), _mm256_mul_ps(xc, vb));
+        v = _mm256_and_ps(v, _mm256_castsi256_ps(m));
+        _mm256_maskstore_ps(out + j, m, v);
+        acc = _mm256_add_ps(acc, v);
+    }
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
+    return _mm_cvtss_f32(s);
+}
+
+const hwc_isa KERN(dpt_hwc_isa) = {ISA_NAME,         KERN(hwc_fwd),    KERN(hwc_dx),
+                                   KERN(hwc_dw),     KERN(hwc_pack),   KERN(hwc_unpack),
+                                   KERN(hwc_bnback)};
