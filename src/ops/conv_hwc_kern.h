@@ -250,8 +250,12 @@ static void KERN(hwc_pack)(const float *src, int c, int h, int w, int pad, int w
             for (int c0 = 0; c0 < c; c0 += 8) {
                 const float *in = src + (size_t)c0 * hw + (size_t)y * w + x0;
                 __m256 r[8];
+                /* Masked loads and stores only at the edges (slow on some
+                 * CPUs). */
                 for (int i = 0; i < 8; i++)
-                    r[i] = c0 + i < c ? _mm256_maskload_ps(in + i * hw, m) : _mm256_setzero_ps();
+                    r[i] = c0 + i >= c ? _mm256_setzero_ps()
+                           : np == 8   ? _mm256_loadu_ps(in + i * hw)
+                                       : _mm256_maskload_ps(in + i * hw, m);
                 KERN(hwc_tr8)(r);
                 for (int p = 0; p < np; p++)
                     _mm256_storeu_ps(o + (size_t)p * cs + c0, r[p]);
@@ -281,7 +285,10 @@ static void KERN(hwc_unpack)(const float *src, int c, int h, int w, int pad, int
                     __m256 v = r[i];
                     if (bias)
                         v = _mm256_add_ps(v, _mm256_set1_ps(bias[c0 + i]));
-                    _mm256_maskstore_ps(o + i * hw, m, v);
+                    if (np == 8)
+                        _mm256_storeu_ps(o + i * hw, v);
+                    else
+                        _mm256_maskstore_ps(o + i * hw, m, v);
                 }
             }
         }
@@ -299,15 +306,20 @@ static float KERN(hwc_bnback)(const float *g, const float *y, int n, float mean,
     const __m256 va = _mm256_set1_ps(ka), vb = _mm256_set1_ps(kb), z0 = _mm256_setzero_ps();
     __m256 acc = z0;
     for (int j = 0; j < n; j += 8) {
+        const int full = n - j >= 8;
         const __m256i m = KERN(hwc_mask8)(n - j);
-        const __m256 xc = _mm256_sub_ps(_mm256_maskload_ps(y + j, m), vm);
-        __m256 gv = _mm256_maskload_ps(g + j, m);
+        const __m256 xc = _mm256_sub_ps(full ? _mm256_loadu_ps(y + j) : _mm256_maskload_ps(y + j, m), vm);
+        __m256 gv = full ? _mm256_loadu_ps(g + j) : _mm256_maskload_ps(g + j, m);
         if (relu)
             gv = _mm256_and_ps(gv, _mm256_cmp_ps(_mm256_add_ps(_mm256_mul_ps(xc, vs), vh), z0,
                                                  _CMP_GT_OQ));
         __m256 v = _mm256_sub_ps(_mm256_sub_ps(_mm256_mul_ps(vf, gv), va), _mm256_mul_ps(xc, vb));
-        v = _mm256_and_ps(v, _mm256_castsi256_ps(m));
-        _mm256_maskstore_ps(out + j, m, v);
+        if (full) {
+            _mm256_storeu_ps(out + j, v);
+        } else {
+            v = _mm256_and_ps(v, _mm256_castsi256_ps(m));
+            _mm256_maskstore_ps(out + j, m, v);
+        }
         acc = _mm256_add_ps(acc, v);
     }
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
