@@ -10,15 +10,18 @@
 
 #define HWC_MAX_TAPS 1024
 
-/* acc[r][v] = Σ_tap Σ_ci x[toff[t] + r*xs + ci] * w[(t*cin + ci)*cop + v*VW];
- * y[r*cop + v*VW] = acc[r][v]. */
+/* Output tiles are RY rows x RX positions (RY*RX <= HWC_RMAX), row ry,
+ * position rx at ry*xr + rx*xs in the input (ry*yr + rx*cop in the output).
+ * acc[r][v] = Σ_tap Σ_ci x[toff[t] + ry*xr + rx*xs + ci] * w[(t*cin + ci)*cop + v*VW];
+ * y[ry*yr + rx*cop + v*VW] = acc[r][v]. */
 static inline __attribute__((always_inline)) void
-KERN(hwc_fwd_tile)(const float *x, int xs, const int *toff, int nt, int cin, const float *w,
-                   int cop, float *y, const int R, const int NV)
+KERN(hwc_fwd_tile)(const float *x, int xs, int xr, const int *toff, int nt, int cin,
+                   const float *w, int cop, float *y, int yr, const int RY, const int RX,
+                   const int NV)
 {
     VEC acc[HWC_RMAX][2];
 #pragma GCC unroll 16
-    for (int r = 0; r < R; r++)
+    for (int r = 0; r < RY * RX; r++)
         acc[r][0] = acc[r][1] = VZERO();
     for (int t = 0; t < nt; t++) {
         const float *xt = x + toff[t];
@@ -26,54 +29,65 @@ KERN(hwc_fwd_tile)(const float *x, int xs, const int *toff, int nt, int cin, con
         for (int ci = 0; ci < cin; ci++) {
             const VEC w0 = VLOAD(wt + (size_t)ci * cop);
             const VEC w1 = NV > 1 ? VLOAD(wt + (size_t)ci * cop + VW) : w0;
+#pragma GCC unroll 4
+            for (int ry = 0; ry < RY; ry++)
 #pragma GCC unroll 16
-            for (int r = 0; r < R; r++) {
-                const VEC bx = VSET1(xt[r * xs + ci]);
-                acc[r][0] = VFMA(bx, w0, acc[r][0]);
-                if (NV > 1)
-                    acc[r][1] = VFMA(bx, w1, acc[r][1]);
-            }
+                for (int rx = 0; rx < RX; rx++) {
+                    const VEC bx = VSET1(xt[ry * xr + rx * xs + ci]);
+                    acc[ry * RX + rx][0] = VFMA(bx, w0, acc[ry * RX + rx][0]);
+                    if (NV > 1)
+                        acc[ry * RX + rx][1] = VFMA(bx, w1, acc[ry * RX + rx][1]);
+                }
         }
     }
+#pragma GCC unroll 4
+    for (int ry = 0; ry < RY; ry++)
 #pragma GCC unroll 16
-    for (int r = 0; r < R; r++) {
-        VSTORE(y + (size_t)r * cop, acc[r][0]);
-        if (NV > 1)
-            VSTORE(y + (size_t)r * cop + VW, acc[r][1]);
-    }
+        for (int rx = 0; rx < RX; rx++) {
+            float *o = y + (size_t)ry * yr + (size_t)rx * cop;
+            VSTORE(o, acc[ry * RX + rx][0]);
+            if (NV > 1)
+                VSTORE(o + VW, acc[ry * RX + rx][1]);
+        }
 }
 
-/* For each tap t: acc[r][v] = Σ_co dy[r*cop + co] * w[(t*cout + co)*cip + v*VW],
- * then dx[toff[t] + r*xs + v*VW] += acc[r][v]. */
+/* The same tiles over dy (row ry, position rx at ry*dyr + rx*cop); for each
+ * tap t: acc[r][v] = Σ_co dy[.. + co] * w[(t*cout + co)*cip + v*VW], then
+ * dx[toff[t] + ry*xr + rx*xs + v*VW] += acc[r][v]. */
 static inline __attribute__((always_inline)) void
-KERN(hwc_dx_tile)(const float *dy, int cop, const float *w, int cip, int cout, const int *toff,
-                  int nt, float *dx, int xs, const int R, const int NV)
+KERN(hwc_dx_tile)(const float *dy, int cop, int dyr, const float *w, int cip, int cout,
+                  const int *toff, int nt, float *dx, int xs, int xr, const int RY, const int RX,
+                  const int NV)
 {
     for (int t = 0; t < nt; t++) {
         VEC acc[HWC_RMAX][2];
 #pragma GCC unroll 16
-        for (int r = 0; r < R; r++)
+        for (int r = 0; r < RY * RX; r++)
             acc[r][0] = acc[r][1] = VZERO();
         const float *wt = w + (size_t)t * cout * cip;
         for (int co = 0; co < cout; co++) {
             const VEC w0 = VLOAD(wt + (size_t)co * cip);
             const VEC w1 = NV > 1 ? VLOAD(wt + (size_t)co * cip + VW) : w0;
+#pragma GCC unroll 4
+            for (int ry = 0; ry < RY; ry++)
 #pragma GCC unroll 16
-            for (int r = 0; r < R; r++) {
-                const VEC bd = VSET1(dy[(size_t)r * cop + co]);
-                acc[r][0] = VFMA(bd, w0, acc[r][0]);
-                if (NV > 1)
-                    acc[r][1] = VFMA(bd, w1, acc[r][1]);
-            }
+                for (int rx = 0; rx < RX; rx++) {
+                    const VEC bd = VSET1(dy[(size_t)ry * dyr + (size_t)rx * cop + co]);
+                    acc[ry * RX + rx][0] = VFMA(bd, w0, acc[ry * RX + rx][0]);
+                    if (NV > 1)
+                        acc[ry * RX + rx][1] = VFMA(bd, w1, acc[ry * RX + rx][1]);
+                }
         }
         float *dt = dx + toff[t];
+#pragma GCC unroll 4
+        for (int ry = 0; ry < RY; ry++)
 #pragma GCC unroll 16
-        for (int r = 0; r < R; r++) {
-            float *p = dt + (size_t)r * xs;
-            VSTORE(p, VADD(VLOAD(p), acc[r][0]));
-            if (NV > 1)
-                VSTORE(p + VW, VADD(VLOAD(p + VW), acc[r][1]));
-        }
+            for (int rx = 0; rx < RX; rx++) {
+                float *p = dt + (size_t)ry * xr + (size_t)rx * xs;
+                VSTORE(p, VADD(VLOAD(p), acc[ry * RX + rx][0]));
+                if (NV > 1)
+                    VSTORE(p + VW, VADD(VLOAD(p + VW), acc[ry * RX + rx][1]));
+            }
     }
 }
 
@@ -130,6 +144,44 @@ KERN(hwc_dw_tile)(const float *x, int xrow, int xs, const float *dy, int cop, in
 #error "HWC_RMAX: 6 or 12"
 #endif
 
+/* 2-D tiles: case NV*256 + RY*16 + RX. */
+#define HWC_CASE2(fn, ry, rx, ...)                                                             \
+    case 256 + (ry) * 16 + (rx): fn(__VA_ARGS__, (ry), (rx), 1); break;                        \
+    case 512 + (ry) * 16 + (rx): fn(__VA_ARGS__, (ry), (rx), 2); break;
+#define HWC_ROW2(fn, ry, ...)                                                                  \
+    HWC_CASE2(fn, ry, 1, __VA_ARGS__) HWC_CASE2(fn, ry, 2, __VA_ARGS__)
+#define HWC_ROW4(fn, ry, ...)                                                                  \
+    HWC_ROW2(fn, ry, __VA_ARGS__) HWC_CASE2(fn, ry, 3, __VA_ARGS__)                            \
+    HWC_CASE2(fn, ry, 4, __VA_ARGS__)
+#define HWC_ROW6(fn, ry, ...)                                                                  \
+    HWC_ROW4(fn, ry, __VA_ARGS__) HWC_CASE2(fn, ry, 5, __VA_ARGS__)                            \
+    HWC_CASE2(fn, ry, 6, __VA_ARGS__)
+#if HWC_RMAX == 12
+#define HWC_CASES2(fn, ...)                                                                    \
+    HWC_ROW6(fn, 1, __VA_ARGS__) HWC_CASE2(fn, 1, 7, __VA_ARGS__)                              \
+    HWC_CASE2(fn, 1, 8, __VA_ARGS__) HWC_CASE2(fn, 1, 9, __VA_ARGS__)                          \
+    HWC_CASE2(fn, 1, 10, __VA_ARGS__) HWC_CASE2(fn, 1, 11, __VA_ARGS__)                        \
+    HWC_CASE2(fn, 1, 12, __VA_ARGS__) HWC_ROW6(fn, 2, __VA_ARGS__) HWC_ROW4(fn, 3, __VA_ARGS__)
+#else
+#define HWC_CASES2(fn, ...)                                                                    \
+    HWC_ROW6(fn, 1, __VA_ARGS__) HWC_CASE2(fn, 2, 1, __VA_ARGS__)                              \
+    HWC_CASE2(fn, 2, 2, __VA_ARGS__) HWC_CASE2(fn, 2, 3, __VA_ARGS__) HWC_ROW2(fn, 3, __VA_ARGS__)
+#endif
+
+/* Rows per output tile (1-3): the fewest tiles of at most HWC_RMAX
+ * positions over the oh x ow plane (rows of a tile are split evenly). */
+static int KERN(hwc_rows)(int oh, int ow)
+{
+    int best = 1, nbest = 0;
+    for (int ry = 1; ry <= 3; ry++) {
+        const int rxm = HWC_RMAX / ry;
+        const int n = (oh + ry - 1) / ry * ((ow + rxm - 1) / rxm);
+        if (ry == 1 || n < nbest)
+            best = ry, nbest = n;
+    }
+    return best;
+}
+
 /* Vectors (1 or 2) of the channel block starting at c0 of a padded count cp. */
 static inline int KERN(hwc_nv)(int cp, int c0) { return cp - c0 >= 2 * VW ? 2 : 1; }
 
@@ -141,19 +193,22 @@ static void KERN(hwc_fwd)(const hwc_geom *g, const float *xp, const float *wpk, 
     for (int ki = 0; ki < g->kh; ki++)
         for (int kj = 0; kj < g->kw; kj++)
             toff[ki * g->kw + kj] = (ki * g->dil * g->wp + kj * g->dil) * cip;
-    const int nch = (g->ow + HWC_RMAX - 1) / HWC_RMAX;
+    const int ry = KERN(hwc_rows)(g->oh, g->ow), rxm = HWC_RMAX / ry;
+    const int nch = (g->ow + rxm - 1) / rxm, xr = g->stride * g->wp * cip, yr = g->ow * cop;
     for (int co0 = 0; co0 < cop;) {
         const int nv = KERN(hwc_nv)(cop, co0);
-        for (int oy = 0; oy < g->oh; oy++)
+        for (int oy = 0; oy < g->oh; oy += ry) {
+            const int RY = g->oh - oy < ry ? g->oh - oy : ry;
             for (int k = 0; k < nch; k++) {
-                const int x0 = k * g->ow / nch, R = (k + 1) * g->ow / nch - x0;
+                const int x0 = k * g->ow / nch, RX = (k + 1) * g->ow / nch - x0;
                 const float *x = xp + ((size_t)oy * g->stride * g->wp + (size_t)x0 * g->stride) * cip;
                 float *y = yp + ((size_t)oy * g->ow + x0) * cop + co0;
-                switch (nv * 32 + R) {
-                    HWC_CASES(KERN(hwc_fwd_tile), x, xs, toff, nt, cin, wpk + co0, cop, y)
+                switch (nv * 256 + RY * 16 + RX) {
+                    HWC_CASES2(KERN(hwc_fwd_tile), x, xs, xr, toff, nt, cin, wpk + co0, cop, y, yr)
                 default: break;
                 }
             }
+        }
         co0 += nv * VW;
     }
 }
@@ -165,19 +220,23 @@ static void KERN(hwc_dx)(const hwc_geom *g, const float *dyp, const float *wt, f
     for (int ki = 0; ki < g->kh; ki++)
         for (int kj = 0; kj < g->kw; kj++)
             toff[ki * g->kw + kj] = (ki * g->dil * g->wp + kj * g->dil) * cip;
-    const int nch = (g->ow + HWC_RMAX - 1) / HWC_RMAX;
+    const int ry = KERN(hwc_rows)(g->oh, g->ow), rxm = HWC_RMAX / ry;
+    const int nch = (g->ow + rxm - 1) / rxm, xr = g->stride * g->wp * cip, dyr = g->ow * cop;
     for (int c0 = 0; c0 < cip;) {
         const int nv = KERN(hwc_nv)(cip, c0);
-        for (int oy = 0; oy < g->oh; oy++)
+        for (int oy = 0; oy < g->oh; oy += ry) {
+            const int RY = g->oh - oy < ry ? g->oh - oy : ry;
             for (int k = 0; k < nch; k++) {
-                const int x0 = k * g->ow / nch, R = (k + 1) * g->ow / nch - x0;
+                const int x0 = k * g->ow / nch, RX = (k + 1) * g->ow / nch - x0;
                 const float *dy = dyp + ((size_t)oy * g->ow + x0) * cop;
                 float *dx = dxp + ((size_t)oy * g->stride * g->wp + (size_t)x0 * g->stride) * cip + c0;
-                switch (nv * 32 + R) {
-                    HWC_CASES(KERN(hwc_dx_tile), dy, cop, wt + c0, cip, g->c_out, toff, nt, dx, xs)
+                switch (nv * 256 + RY * 16 + RX) {
+                    HWC_CASES2(KERN(hwc_dx_tile), dy, cop, dyr, wt + c0, cip, g->c_out, toff, nt, dx,
+                               xs, xr)
                 default: break;
                 }
             }
+        }
         c0 += nv * VW;
     }
 }
