@@ -88,7 +88,12 @@ void dpt_conv_hwc_forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn
             src = tmp;
         }
         isa->pack(src, cin, d->h, d->w, d->pad, g.wp, g.cip, xp);
-        isa->fwd(&g, xp, wpk, yp);
+        conv_prefetch pf = {{0}, {0}, 0, 0, 0};
+        if (i + 1 < d->n) {
+            pf.p[0] = (const char *)(x + (size_t)(i + 1) * cin * hw);
+            pf.lines[0] = (size_t)cin * hw * sizeof(float) / 64;
+        }
+        isa->fwd(&g, xp, wpk, yp, &pf);
         float *yi = y + (size_t)i * cout * P;
         isa->unpack(yp, cout, g.oh, g.ow, 0, g.ow, g.cop, b, yi);
         if (sum) {
@@ -156,7 +161,18 @@ void dpt_conv_hwc_backward(const dpt_conv2d_desc *d, const float *x, const dpt_b
             }
         }
         isa->pack(dyi, cout, g.oh, g.ow, 0, g.ow, g.cop, dyp);
-        isa->dw(&g, xp, dyp, dwa);
+        conv_prefetch pf = {{0}, {0}, 0, 0, 0};
+        if (i + 1 < d->n) {
+            pf.p[0] = (const char *)(x + (size_t)(i + 1) * cin * hw);
+            pf.lines[0] = (size_t)cin * hw * sizeof(float) / 64;
+            pf.p[1] = (const char *)(dy + (size_t)(i + 1) * cout * P);
+            pf.lines[1] = (size_t)cout * P * sizeof(float) / 64;
+            if (dya) {
+                pf.p[2] = (const char *)(y + (size_t)(i + 1) * cout * P);
+                pf.lines[2] = pf.lines[1];
+            }
+        }
+        isa->dw(&g, xp, dyp, dwa, &pf);
         if (!dx)
             continue;
         memset(dxp, 0, (size_t)hp * g.wp * g.cip * sizeof *dxp);

@@ -15,6 +15,7 @@
 #ifndef DPT_OPS_CONV_HWC_H
 #define DPT_OPS_CONV_HWC_H
 
+#include "ops/conv_direct.h" /* conv_prefetch */
 #include "ops/ops.h"
 
 #include <stddef.h>
@@ -33,13 +34,17 @@ typedef struct hwc_geom {
 
 typedef struct hwc_isa {
     const char *name;
-    /* yp [oh*ow][cop] = conv(xp [hp][wp][c_in], wp_ [kh*kw][c_in][cop]). */
-    void (*fwd)(const hwc_geom *g, const float *xp, const float *wpk, float *yp);
+    /* yp [oh*ow][cop] = conv(xp [hp][wp][c_in], wp_ [kh*kw][c_in][cop]).
+     * pf (may be NULL): the next image's lines, fetched into L2 while the
+     * kernel runs, spread over its tiles (pf->per is set here). */
+    void (*fwd)(const hwc_geom *g, const float *xp, const float *wpk, float *yp,
+                conv_prefetch *pf);
     /* dxp [hp][wp][cip] += the scatter of dyp [oh*ow][cop] through
      * wt [kh*kw][c_out][cip]. */
     void (*dx)(const hwc_geom *g, const float *dyp, const float *wt, float *dxp);
     /* dwa [kh*kw][c_in][cop] += Σ_pos xp[pos+tap][ci] * dyp[pos][co]. */
-    void (*dw)(const hwc_geom *g, const float *xp, const float *dyp, float *dwa);
+    void (*dw)(const hwc_geom *g, const float *xp, const float *dyp, float *dwa,
+               conv_prefetch *pf);
     /* dst [(y+pad)*wp + x+pad][c] (pixel stride cs) = src [c][y][x] for c
      * channels of h x w planes; lanes up to c rounded to 8 get zeros. */
     void (*pack)(const float *src, int c, int h, int w, int pad, int wp, int cs, float *dst);

@@ -185,7 +185,19 @@ static int KERN(hwc_rows)(int oh, int ow)
 /* Vectors (1 or 2) of the channel block starting at c0 of a padded count cp. */
 static inline int KERN(hwc_nv)(int cp, int c0) { return cp - c0 >= 2 * VW ? 2 : 1; }
 
-static void KERN(hwc_fwd)(const hwc_geom *g, const float *xp, const float *wpk, float *yp)
+/* Spread what pf still has over steps calls of conv_prefetch_step. */
+static void KERN(hwc_pf_spread)(conv_prefetch *pf, size_t steps)
+{
+    if (!pf)
+        return;
+    size_t left = 0;
+    for (int i = 0; i < 3; i++)
+        left += pf->lines[i];
+    pf->per = left / (steps ? steps : 1) + 1;
+}
+
+static void KERN(hwc_fwd)(const hwc_geom *g, const float *xp, const float *wpk, float *yp,
+                          conv_prefetch *pf)
 {
     int toff[HWC_MAX_TAPS];
     const int nt = g->kh * g->kw, cin = g->c_in, cip = g->cip, cop = g->cop;
@@ -195,6 +207,7 @@ static void KERN(hwc_fwd)(const hwc_geom *g, const float *xp, const float *wpk, 
             toff[ki * g->kw + kj] = (ki * g->dil * g->wp + kj * g->dil) * cip;
     const int ry = KERN(hwc_rows)(g->oh, g->ow), rxm = HWC_RMAX / ry;
     const int nch = (g->ow + rxm - 1) / rxm, xr = g->stride * g->wp * cip, yr = g->ow * cop;
+    KERN(hwc_pf_spread)(pf, (size_t)((g->oh + ry - 1) / ry) * nch * ((cop + 2 * VW - 1) / (2 * VW)));
     for (int co0 = 0; co0 < cop;) {
         const int nv = KERN(hwc_nv)(cop, co0);
         for (int oy = 0; oy < g->oh; oy += ry) {
@@ -207,6 +220,7 @@ static void KERN(hwc_fwd)(const hwc_geom *g, const float *xp, const float *wpk, 
                     HWC_CASES2(KERN(hwc_fwd_tile), x, xs, xr, toff, nt, cin, wpk + co0, cop, y, yr)
                 default: break;
                 }
+                conv_prefetch_step(pf);
             }
         }
         co0 += nv * VW;
@@ -241,11 +255,13 @@ static void KERN(hwc_dx)(const hwc_geom *g, const float *dyp, const float *wt, f
     }
 }
 
-static void KERN(hwc_dw)(const hwc_geom *g, const float *xp, const float *dyp, float *dwa)
+static void KERN(hwc_dw)(const hwc_geom *g, const float *xp, const float *dyp, float *dwa,
+                         conv_prefetch *pf)
 {
     const int cin = g->c_in, cip = g->cip, cop = g->cop;
     const int xs = g->stride * cip, xrow = g->stride * g->wp * cip;
     const int nch = (cin + HWC_RMAX - 1) / HWC_RMAX;
+    KERN(hwc_pf_spread)(pf, (size_t)g->kh * g->kw * nch * ((cop + 2 * VW - 1) / (2 * VW)));
     for (int ki = 0; ki < g->kh; ki++)
         for (int kj = 0; kj < g->kw; kj++) {
             const int t = ki * g->kw + kj;
@@ -260,6 +276,7 @@ static void KERN(hwc_dw)(const hwc_geom *g, const float *xp, const float *dyp, f
                                   g->ow, dwt)
                     default: break;
                     }
+                    conv_prefetch_step(pf);
                     co0 += nv * VW;
                 }
             }
