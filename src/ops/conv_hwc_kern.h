@@ -95,7 +95,7 @@ KERN(hwc_dx_tile)(const float *dy, int cop, int dyr, const float *w, int cip, in
  * dwa[r*cop + v*VW] += acc[r][v]. */
 static inline __attribute__((always_inline)) void
 KERN(hwc_dw_tile)(const float *x, int xrow, int xs, const float *dy, int cop, int oh, int ow,
-                  float *dwa, const int R, const int NV)
+                  float *dwa, conv_prefetch *pf, const int R, const int NV)
 {
     VEC acc[HWC_RMAX][2];
 #pragma GCC unroll 16
@@ -104,6 +104,7 @@ KERN(hwc_dw_tile)(const float *x, int xrow, int xs, const float *dy, int cop, in
     for (int oy = 0; oy < oh; oy++) {
         const float *xr = x + (size_t)oy * xrow;
         const float *dr = dy + (size_t)oy * ow * cop;
+        conv_prefetch_step(pf); /* a few lines a row: a burst would stall */
         for (int ox = 0; ox < ow; ox++) {
             const float *xq = xr + (size_t)ox * xs;
             const VEC d0 = VLOAD(dr + (size_t)ox * cop);
@@ -261,7 +262,7 @@ static void KERN(hwc_dw)(const hwc_geom *g, const float *xp, const float *dyp, f
     const int cin = g->c_in, cip = g->cip, cop = g->cop;
     const int xs = g->stride * cip, xrow = g->stride * g->wp * cip;
     const int nch = (cin + HWC_RMAX - 1) / HWC_RMAX;
-    KERN(hwc_pf_spread)(pf, (size_t)g->kh * g->kw * nch * ((cop + 2 * VW - 1) / (2 * VW)));
+    KERN(hwc_pf_spread)(pf, (size_t)g->kh * g->kw * nch * ((cop + 2 * VW - 1) / (2 * VW)) * g->oh);
     for (int ki = 0; ki < g->kh; ki++)
         for (int kj = 0; kj < g->kw; kj++) {
             const int t = ki * g->kw + kj;
@@ -273,10 +274,9 @@ static void KERN(hwc_dw)(const hwc_geom *g, const float *xp, const float *dyp, f
                     float *dwt = dwa + ((size_t)t * cin + c0) * cop + co0;
                     switch (nv * 32 + R) {
                         HWC_CASES(KERN(hwc_dw_tile), xt + c0, xrow, xs, dyp + co0, cop, g->oh,
-                                  g->ow, dwt)
+                                  g->ow, dwt, pf)
                     default: break;
                     }
-                    conv_prefetch_step(pf);
                     co0 += nv * VW;
                 }
             }
