@@ -46,8 +46,8 @@ static hwc_bufs bufs_of(const dpt_conv2d_desc *d)
     const size_t hp = (size_t)d->h + 2 * d->pad, P = (size_t)g.oh * g.ow;
     const size_t taps = (size_t)d->kh * d->kw;
     hwc_bufs b;
-    size_t img = (size_t)d->c_in * d->h * d->w, o = 0;
-    b.tmp = o, o += al16(img) + al16(P * d->c_out); /* input, then output gradient */
+    size_t o = 0;
+    b.tmp = o, o += al16(P * d->c_out); /* the output gradient, dya applied */
     b.xp = o, o += al16(hp * g.wp * g.cip);
     b.wk = o, o += al16(taps * (size_t)cpad(d->c_out) * g.cip); /* wpk or wt */
     b.yp = o, o += al16(P * g.cop);
@@ -69,7 +69,7 @@ void dpt_conv_hwc_forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn
     const hwc_bufs bf = bufs_of(d);
     const int cin = d->c_in, cout = d->c_out, hw = d->h * d->w, P = g.oh * g.ow;
     const int taps = d->kh * d->kw, hp = d->h + 2 * d->pad;
-    float *tmp = work + bf.tmp, *xp = work + bf.xp, *wpk = work + bf.wk, *yp = work + bf.yp;
+    float *xp = work + bf.xp, *wpk = work + bf.wk, *yp = work + bf.yp;
     double *s1 = (double *)(work + bf.ds), *s2 = s1 + cout;
     memset(xp, 0, (size_t)hp * g.wp * g.cip * sizeof *xp);
     /* wpk [tap][ci][co], co padded with zeros to cop. */
@@ -82,12 +82,7 @@ void dpt_conv_hwc_forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn
         for (int co = 0; co < cout; co++)
             sum[co] = sumsq[co] = 0.0;
     for (int i = 0; i < d->n; i++) {
-        const float *src = x + (size_t)i * cin * hw;
-        if (xa) {
-            dpt_bn_apply_forward(src, cin, hw, xa, tmp);
-            src = tmp;
-        }
-        isa->pack(src, cin, d->h, d->w, d->pad, g.wp, g.cip, xp);
+        isa->pack(x + (size_t)i * cin * hw, cin, d->h, d->w, d->pad, g.wp, g.cip, xa, xp);
         conv_prefetch pf = {{0}, {0}, 0, 0, 0};
         if (i + 1 < d->n) {
             pf.p[0] = (const char *)(x + (size_t)(i + 1) * cin * hw);
@@ -135,17 +130,13 @@ void dpt_conv_hwc_backward(const dpt_conv2d_desc *d, const float *x, const dpt_b
                     wt[((size_t)t * cout + co) * g.cip + ci] = w[((size_t)co * cin + ci) * taps + t];
     }
     for (int i = 0; i < d->n; i++) {
-        const float *xi = x + (size_t)i * cin * hw, *src = xi;
-        if (xa) {
-            dpt_bn_apply_forward(xi, cin, hw, xa, tmp);
-            src = tmp;
-        }
-        isa->pack(src, cin, d->h, d->w, d->pad, g.wp, g.cip, xp);
+        const float *xi = x + (size_t)i * cin * hw;
+        isa->pack(xi, cin, d->h, d->w, d->pad, g.wp, g.cip, xa, xp);
         /* dyp [pos][co]: the gradient the convolution uses (dya's backward
          * applied, the expression of conv2d.c's unfused path), and db. */
         const float *dyi = dy + (size_t)i * cout * P;
         if (dya) {
-            float *gt = tmp + (size_t)cin * hw; /* after the input's */
+            float *gt = tmp;
             for (int co = 0; co < cout; co++)
                 dbs[co] += isa->bnback(dyi + (size_t)co * P, y + ((size_t)i * cout + co) * P, P,
                                        dya->mean[co], dya->scale[co], dya->shift[co],
@@ -160,7 +151,7 @@ void dpt_conv_hwc_backward(const dpt_conv2d_desc *d, const float *x, const dpt_b
                 dbs[co] += s;
             }
         }
-        isa->pack(dyi, cout, g.oh, g.ow, 0, g.ow, g.cop, dyp);
+        isa->pack(dyi, cout, g.oh, g.ow, 0, g.ow, g.cop, NULL, dyp);
         conv_prefetch pf = {{0}, {0}, 0, 0, 0};
         if (i + 1 < d->n) {
             pf.p[0] = (const char *)(x + (size_t)(i + 1) * cin * hw);

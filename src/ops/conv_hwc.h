@@ -46,8 +46,10 @@ typedef struct hwc_isa {
     void (*dw)(const hwc_geom *g, const float *xp, const float *dyp, float *dwa,
                conv_prefetch *pf);
     /* dst [(y+pad)*wp + x+pad][c] (pixel stride cs) = src [c][y][x] for c
-     * channels of h x w planes; lanes up to c rounded to 8 get zeros. */
-    void (*pack)(const float *src, int c, int h, int w, int pad, int wp, int cs, float *dst);
+     * channels of h x w planes, a's forward applied (a may be NULL); lanes
+     * up to c rounded to 8 get zeros. */
+    void (*pack)(const float *src, int c, int h, int w, int pad, int wp, int cs,
+                 const dpt_bn_apply *a, float *dst);
     /* The inverse, plus bias[c] (bias may be NULL). */
     void (*unpack)(const float *src, int c, int h, int w, int pad, int wp, int cs,
                    const float *bias, float *dst);

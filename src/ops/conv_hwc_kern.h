@@ -315,8 +315,9 @@ static inline void KERN(hwc_tr8)(__m256 r[8])
 /* dst [(y+pad)*wp + x+pad][c] (pixel stride cs) = src [c][y][x], for the
  * c channels of h x w planes; channels c..(c rounded up to 8) get zeros. */
 static void KERN(hwc_pack)(const float *src, int c, int h, int w, int pad, int wp, int cs,
-                           float *dst)
+                           const dpt_bn_apply *a, float *dst)
 {
+    const __m256 z0 = _mm256_setzero_ps();
     const size_t hw = (size_t)h * w;
     for (int y = 0; y < h; y++)
         for (int x0 = 0; x0 < w; x0 += 8) {
@@ -332,6 +333,14 @@ static void KERN(hwc_pack)(const float *src, int c, int h, int w, int pad, int w
                     r[i] = c0 + i >= c ? _mm256_setzero_ps()
                            : np == 8   ? _mm256_loadu_ps(in + i * hw)
                                        : _mm256_maskload_ps(in + i * hw, m);
+                if (a) /* a's forward, the expression of the batch-norm kernels */
+                    for (int i = 0; i < 8 && c0 + i < c; i++) {
+                        const int ch = c0 + i;
+                        __m256 z = _mm256_mul_ps(_mm256_sub_ps(r[i], _mm256_set1_ps(a->mean[ch])),
+                                                 _mm256_set1_ps(a->scale[ch]));
+                        z = _mm256_add_ps(z, _mm256_set1_ps(a->shift[ch]));
+                        r[i] = a->relu ? _mm256_and_ps(z, _mm256_cmp_ps(z, z0, _CMP_GT_OQ)) : z;
+                    }
                 KERN(hwc_tr8)(r);
                 for (int p = 0; p < np; p++)
                     _mm256_storeu_ps(o + (size_t)p * cs + c0, r[p]);
