@@ -16,8 +16,8 @@
  * y[ry*yr + rx*cop + v*VW] = acc[r][v]. */
 static inline __attribute__((always_inline)) void
 KERN(hwc_fwd_tile)(const float *x, int xs, int xr, const int *toff, int nt, int cin,
-                   const float *w, int cop, float *y, int yr, const int RY, const int RX,
-                   const int NV)
+                   const float *w, int cop, float *y, int yr, conv_prefetch *pf, const int RY,
+                   const int RX, const int NV)
 {
     VEC acc[HWC_RMAX][2];
 #pragma GCC unroll 16
@@ -26,6 +26,7 @@ KERN(hwc_fwd_tile)(const float *x, int xs, int xr, const int *toff, int nt, int 
     for (int t = 0; t < nt; t++) {
         const float *xt = x + toff[t];
         const float *wt = w + (size_t)t * cin * cop;
+        conv_prefetch_step(pf); /* a few lines a tap: a burst would stall */
         for (int ci = 0; ci < cin; ci++) {
             const VEC w0 = VLOAD(wt + (size_t)ci * cop);
             const VEC w1 = NV > 1 ? VLOAD(wt + (size_t)ci * cop + VW) : w0;
@@ -208,7 +209,8 @@ static void KERN(hwc_fwd)(const hwc_geom *g, const float *xp, const float *wpk, 
             toff[ki * g->kw + kj] = (ki * g->dil * g->wp + kj * g->dil) * cip;
     const int ry = KERN(hwc_rows)(g->oh, g->ow), rxm = HWC_RMAX / ry;
     const int nch = (g->ow + rxm - 1) / rxm, xr = g->stride * g->wp * cip, yr = g->ow * cop;
-    KERN(hwc_pf_spread)(pf, (size_t)((g->oh + ry - 1) / ry) * nch * ((cop + 2 * VW - 1) / (2 * VW)));
+    KERN(hwc_pf_spread)(pf, (size_t)((g->oh + ry - 1) / ry) * nch * ((cop + 2 * VW - 1) / (2 * VW)) *
+                                nt);
     for (int co0 = 0; co0 < cop;) {
         const int nv = KERN(hwc_nv)(cop, co0);
         for (int oy = 0; oy < g->oh; oy += ry) {
@@ -218,10 +220,10 @@ static void KERN(hwc_fwd)(const hwc_geom *g, const float *xp, const float *wpk, 
                 const float *x = xp + ((size_t)oy * g->stride * g->wp + (size_t)x0 * g->stride) * cip;
                 float *y = yp + ((size_t)oy * g->ow + x0) * cop + co0;
                 switch (nv * 256 + RY * 16 + RX) {
-                    HWC_CASES2(KERN(hwc_fwd_tile), x, xs, xr, toff, nt, cin, wpk + co0, cop, y, yr)
+                    HWC_CASES2(KERN(hwc_fwd_tile), x, xs, xr, toff, nt, cin, wpk + co0, cop, y, yr,
+                               pf)
                 default: break;
                 }
-                conv_prefetch_step(pf);
             }
         }
         co0 += nv * VW;
