@@ -425,7 +425,7 @@ static void property_test(void)
      * the same draw's strides, paddings, dilations and filters, from their
      * own stream; first the residual networks' shapes (a row split into
      * uneven tiles, stride 2, a channel count not a multiple of the
-     * vector) with every fusion. */
+     * vector, a 7x7 plane) with every fusion. */
     dpt_rng r2;
     dpt_rng_seed(&r2, 2125, 0);
     const int n_wide = 40;
@@ -454,7 +454,10 @@ static void property_test(void)
         else if (idx == 2)
             sc.d = (dpt_conv2d_desc){.n = 3, .c_in = 40, .h = 8, .w = 27, .c_out = 17, .kh = 3,
                                      .kw = 2, .stride = 3, .pad = 2, .dilation = 2};
-        if (idx < 3)
+        else if (idx == 3) /* 2 x 7 tiles (AVX-512), 13 channels per weight-gradient tile */
+            sc.d = (dpt_conv2d_desc){.n = 2, .c_in = 64, .h = 7, .w = 7, .c_out = 64, .kh = 3,
+                                     .kw = 3, .stride = 1, .pad = 1};
+        if (idx < 4)
             sc.bn_in = sc.bn_out = sc.relu_in = sc.need_dx = sc.bias = 1, sc.relu_out = idx & 1;
         CHECK(dpt_conv2d_desc_init(&sc.d) == 0);
         check_case(&r2, &sc, n_cases + n_1x1 + idx);

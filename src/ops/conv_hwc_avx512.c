@@ -20,7 +20,7 @@
 #define VFMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
 #define VADD(a, b) _mm512_add_ps((a), (b))
 /* 2*HWC_RMAX accumulators + 2 operands + 1 broadcast of the registers. */
-#define HWC_RMAX 12
+#define HWC_RMAX 14
 #define KERN(name) name##_avx512
 #define ISA_NAME "avx512"
 #include "ops/conv_hwc_kern.h"

@@ -132,18 +132,19 @@ KERN(hwc_dw_tile)(const float *x, int xrow, int xs, const float *dy, int cop, in
 #define HWC_CASE(fn, r, ...)                                                                   \
     case 32 + (r): fn(__VA_ARGS__, (r), 1); break;                                             \
     case 64 + (r): fn(__VA_ARGS__, (r), 2); break;
-#if HWC_RMAX == 12
+#if HWC_RMAX == 14
 #define HWC_CASES(fn, ...)                                                                     \
     HWC_CASE(fn, 1, __VA_ARGS__) HWC_CASE(fn, 2, __VA_ARGS__) HWC_CASE(fn, 3, __VA_ARGS__)     \
     HWC_CASE(fn, 4, __VA_ARGS__) HWC_CASE(fn, 5, __VA_ARGS__) HWC_CASE(fn, 6, __VA_ARGS__)     \
     HWC_CASE(fn, 7, __VA_ARGS__) HWC_CASE(fn, 8, __VA_ARGS__) HWC_CASE(fn, 9, __VA_ARGS__)     \
-    HWC_CASE(fn, 10, __VA_ARGS__) HWC_CASE(fn, 11, __VA_ARGS__) HWC_CASE(fn, 12, __VA_ARGS__)
+    HWC_CASE(fn, 10, __VA_ARGS__) HWC_CASE(fn, 11, __VA_ARGS__) HWC_CASE(fn, 12, __VA_ARGS__)  \
+    HWC_CASE(fn, 13, __VA_ARGS__) HWC_CASE(fn, 14, __VA_ARGS__)
 #elif HWC_RMAX == 6
 #define HWC_CASES(fn, ...)                                                                     \
     HWC_CASE(fn, 1, __VA_ARGS__) HWC_CASE(fn, 2, __VA_ARGS__) HWC_CASE(fn, 3, __VA_ARGS__)     \
     HWC_CASE(fn, 4, __VA_ARGS__) HWC_CASE(fn, 5, __VA_ARGS__) HWC_CASE(fn, 6, __VA_ARGS__)
 #else
-#error "HWC_RMAX: 6 or 12"
+#error "HWC_RMAX: 6 or 14"
 #endif
 
 /* 2-D tiles: case NV*256 + RY*16 + RX. */
@@ -158,12 +159,14 @@ KERN(hwc_dw_tile)(const float *x, int xrow, int xs, const float *dy, int cop, in
 #define HWC_ROW6(fn, ry, ...)                                                                  \
     HWC_ROW4(fn, ry, __VA_ARGS__) HWC_CASE2(fn, ry, 5, __VA_ARGS__)                            \
     HWC_CASE2(fn, ry, 6, __VA_ARGS__)
-#if HWC_RMAX == 12
+#if HWC_RMAX == 14
 #define HWC_CASES2(fn, ...)                                                                    \
     HWC_ROW6(fn, 1, __VA_ARGS__) HWC_CASE2(fn, 1, 7, __VA_ARGS__)                              \
     HWC_CASE2(fn, 1, 8, __VA_ARGS__) HWC_CASE2(fn, 1, 9, __VA_ARGS__)                          \
     HWC_CASE2(fn, 1, 10, __VA_ARGS__) HWC_CASE2(fn, 1, 11, __VA_ARGS__)                        \
-    HWC_CASE2(fn, 1, 12, __VA_ARGS__) HWC_ROW6(fn, 2, __VA_ARGS__) HWC_ROW4(fn, 3, __VA_ARGS__)
+    HWC_CASE2(fn, 1, 12, __VA_ARGS__) HWC_CASE2(fn, 1, 13, __VA_ARGS__)                        \
+    HWC_CASE2(fn, 1, 14, __VA_ARGS__) HWC_ROW6(fn, 2, __VA_ARGS__)                             \
+    HWC_CASE2(fn, 2, 7, __VA_ARGS__) HWC_ROW4(fn, 3, __VA_ARGS__)
 #else
 #define HWC_CASES2(fn, ...)                                                                    \
     HWC_ROW6(fn, 1, __VA_ARGS__) HWC_CASE2(fn, 2, 1, __VA_ARGS__)                              \
