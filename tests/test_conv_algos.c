@@ -425,7 +425,7 @@ static void property_test(void)
      * the same draw's strides, paddings, dilations and filters, from their
      * own stream; first the residual networks' shapes (a row split into
      * uneven tiles, stride 2, a channel count not a multiple of the
-     * vector, a 7x7 plane) with every fusion. */
+     * vector, a 7x7 plane, a 4x4 one) with every fusion. */
     dpt_rng r2;
     dpt_rng_seed(&r2, 2125, 0);
     const int n_wide = 40;
@@ -457,7 +457,10 @@ static void property_test(void)
         else if (idx == 3) /* 2 x 7 tiles (AVX-512), 13 channels per weight-gradient tile */
             sc.d = (dpt_conv2d_desc){.n = 2, .c_in = 64, .h = 7, .w = 7, .c_out = 64, .kh = 3,
                                      .kw = 3, .stride = 1, .pad = 1};
-        if (idx < 4)
+        else if (idx == 4) /* 4x4 planes: tiles take rows of 3 images (AVX-512), 4 = 3 + 1 */
+            sc.d = (dpt_conv2d_desc){.n = 4, .c_in = 24, .h = 4, .w = 4, .c_out = 40, .kh = 3,
+                                     .kw = 3, .stride = 1, .pad = 1};
+        if (idx < 5)
             sc.bn_in = sc.bn_out = sc.relu_in = sc.need_dx = sc.bias = 1, sc.relu_out = idx & 1;
         CHECK(dpt_conv2d_desc_init(&sc.d) == 0);
         check_case(&r2, &sc, n_cases + n_1x1 + idx);

@@ -40,18 +40,25 @@ typedef struct hwc_bufs {
     size_t tmp, xp, wk, yp, dxp, dwa, ds, end;
 } hwc_bufs;
 
+/* Images per block the scratch is sized for: every kernel set's block
+ * (hwc_isa.block) fits, small planes only. */
+static int max_block(const dpt_conv2d_desc *d)
+{
+    return d->out_h * d->out_w <= 100 ? DPT_HWC_MAX_BLOCK : 1;
+}
+
 static hwc_bufs bufs_of(const dpt_conv2d_desc *d)
 {
     const hwc_geom g = geom_of(d);
     const size_t hp = (size_t)d->h + 2 * d->pad, P = (size_t)g.oh * g.ow;
-    const size_t taps = (size_t)d->kh * d->kw;
+    const size_t taps = (size_t)d->kh * d->kw, B = (size_t)max_block(d);
     hwc_bufs b;
     size_t o = 0;
-    b.tmp = o, o += al16(P * d->c_out); /* the output gradient, dya applied */
-    b.xp = o, o += al16(hp * g.wp * g.cip);
+    b.tmp = o, o += al16(P * d->c_out); /* one image's output gradient, dya applied */
+    b.xp = o, o += al16(B * hp * g.wp * g.cip);
     b.wk = o, o += al16(taps * (size_t)cpad(d->c_out) * g.cip); /* wpk or wt */
-    b.yp = o, o += al16(P * g.cop);
-    b.dxp = o, o += al16(hp * g.wp * g.cip);
+    b.yp = o, o += al16(B * P * g.cop);
+    b.dxp = o, o += al16(B * hp * g.wp * g.cip);
     b.dwa = o, o += al16(taps * (size_t)g.c_in * g.cop);
     b.ds = o, o += al16(4 * (size_t)d->c_out); /* 2 * c_out doubles */
     b.end = o;
@@ -71,7 +78,9 @@ void dpt_conv_hwc_forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn
     const int taps = d->kh * d->kw, hp = d->h + 2 * d->pad;
     float *xp = work + bf.xp, *wpk = work + bf.wk, *yp = work + bf.yp;
     double *s1 = (double *)(work + bf.ds), *s2 = s1 + cout;
-    memset(xp, 0, (size_t)hp * g.wp * g.cip * sizeof *xp);
+    const int B = isa->block(g.oh, g.ow) < max_block(d) ? isa->block(g.oh, g.ow) : max_block(d);
+    const size_t ximg = (size_t)hp * g.wp * g.cip, yimg = (size_t)P * g.cop;
+    memset(xp, 0, B * ximg * sizeof *xp);
     /* wpk [tap][ci][co], co padded with zeros to cop. */
     memset(wpk, 0, (size_t)taps * cin * g.cop * sizeof *wpk);
     for (int co = 0; co < cout; co++)
@@ -81,21 +90,27 @@ void dpt_conv_hwc_forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn
     if (sum)
         for (int co = 0; co < cout; co++)
             sum[co] = sumsq[co] = 0.0;
-    for (int i = 0; i < d->n; i++) {
-        isa->pack(x + (size_t)i * cin * hw, cin, d->h, d->w, d->pad, g.wp, g.cip, xa, xp);
+    for (int i0 = 0; i0 < d->n; i0 += B) {
+        const int nb = d->n - i0 < B ? d->n - i0 : B;
+        for (int k = 0; k < nb; k++)
+            isa->pack(x + (size_t)(i0 + k) * cin * hw, cin, d->h, d->w, d->pad, g.wp, g.cip, xa,
+                      xp + k * ximg);
         conv_prefetch pf = {{0}, {0}, 0, 0, 0};
-        if (i + 1 < d->n) {
-            pf.p[0] = (const char *)(x + (size_t)(i + 1) * cin * hw);
-            pf.lines[0] = (size_t)cin * hw * sizeof(float) / 64;
+        if (i0 + nb < d->n) {
+            const int nn = d->n - i0 - nb < B ? d->n - i0 - nb : B;
+            pf.p[0] = (const char *)(x + (size_t)(i0 + nb) * cin * hw);
+            pf.lines[0] = (size_t)nn * cin * hw * sizeof(float) / 64;
         }
-        isa->fwd(&g, xp, wpk, yp, &pf);
-        float *yi = y + (size_t)i * cout * P;
-        isa->unpack(yp, cout, g.oh, g.ow, 0, g.ow, g.cop, b, yi);
-        if (sum) {
-            /* Per image while y is in cache. */
-            dpt_bn_sums(yi, 1, cout, P, s1, s2);
-            for (int co = 0; co < cout; co++)
-                sum[co] += s1[co], sumsq[co] += s2[co];
+        isa->fwd(&g, nb, xp, ximg, wpk, yp, yimg, &pf);
+        for (int k = 0; k < nb; k++) {
+            float *yi = y + (size_t)(i0 + k) * cout * P;
+            isa->unpack(yp + k * yimg, cout, g.oh, g.ow, 0, g.ow, g.cop, b, yi);
+            if (sum) {
+                /* Per image while y is in cache. */
+                dpt_bn_sums(yi, 1, cout, P, s1, s2);
+                for (int co = 0; co < cout; co++)
+                    sum[co] += s1[co], sumsq[co] += s2[co];
+            }
         }
     }
 }
@@ -113,8 +128,10 @@ void dpt_conv_hwc_backward(const dpt_conv2d_desc *d, const float *x, const dpt_b
     float *tmp = work + bf.tmp, *xp = work + bf.xp, *wt = work + bf.wk, *dyp = work + bf.yp;
     float *dxp = work + bf.dxp, *dwa = work + bf.dwa;
     double *dbs = (double *)(work + bf.ds);
-    memset(xp, 0, (size_t)hp * g.wp * g.cip * sizeof *xp);
-    memset(dyp, 0, (size_t)P * g.cop * sizeof *dyp);
+    const int B = isa->block(g.oh, g.ow) < max_block(d) ? isa->block(g.oh, g.ow) : max_block(d);
+    const size_t ximg = (size_t)hp * g.wp * g.cip, yimg = (size_t)P * g.cop;
+    memset(xp, 0, B * ximg * sizeof *xp);
+    memset(dyp, 0, B * yimg * sizeof *dyp);
     memset(dwa, 0, (size_t)taps * cin * g.cop * sizeof *dwa);
     for (int co = 0; co < cout; co++)
         dbs[co] = 0.0;
@@ -129,49 +146,59 @@ void dpt_conv_hwc_backward(const dpt_conv2d_desc *d, const float *x, const dpt_b
                 for (int t = 0; t < taps; t++)
                     wt[((size_t)t * cout + co) * g.cip + ci] = w[((size_t)co * cin + ci) * taps + t];
     }
-    for (int i = 0; i < d->n; i++) {
-        const float *xi = x + (size_t)i * cin * hw;
-        isa->pack(xi, cin, d->h, d->w, d->pad, g.wp, g.cip, xa, xp);
-        /* dyp [pos][co]: the gradient the convolution uses (dya's backward
-         * applied, the expression of conv2d.c's unfused path), and db. */
-        const float *dyi = dy + (size_t)i * cout * P;
-        if (dya) {
-            float *gt = tmp;
-            for (int co = 0; co < cout; co++)
-                dbs[co] += isa->bnback(dyi + (size_t)co * P, y + ((size_t)i * cout + co) * P, P,
-                                       dya->mean[co], dya->scale[co], dya->shift[co],
-                                       dya->kf[co], dya->ka[co], dya->kb[co], dya->relu,
-                                       gt + (size_t)co * P);
-            dyi = gt;
-        } else {
-            for (int co = 0; co < cout; co++) {
-                float s = 0.0f;
-                for (int p = 0; p < P; p++)
-                    s += dyi[(size_t)co * P + p];
-                dbs[co] += s;
-            }
-        }
-        isa->pack(dyi, cout, g.oh, g.ow, 0, g.ow, g.cop, NULL, dyp);
-        conv_prefetch pf = {{0}, {0}, 0, 0, 0};
-        if (i + 1 < d->n) {
-            pf.p[0] = (const char *)(x + (size_t)(i + 1) * cin * hw);
-            pf.lines[0] = (size_t)cin * hw * sizeof(float) / 64;
-            pf.p[1] = (const char *)(dy + (size_t)(i + 1) * cout * P);
-            pf.lines[1] = (size_t)cout * P * sizeof(float) / 64;
+    for (int i0 = 0; i0 < d->n; i0 += B) {
+        const int nb = d->n - i0 < B ? d->n - i0 : B;
+        for (int k = 0; k < nb; k++) {
+            const int i = i0 + k;
+            float *xpk = xp + k * ximg, *dypk = dyp + k * yimg;
+            isa->pack(x + (size_t)i * cin * hw, cin, d->h, d->w, d->pad, g.wp, g.cip, xa, xpk);
+            /* dyp [pos][co]: the gradient the convolution uses (dya's
+             * backward applied, the expression of conv2d.c's unfused path),
+             * and db. */
+            const float *dyi = dy + (size_t)i * cout * P;
             if (dya) {
-                pf.p[2] = (const char *)(y + (size_t)(i + 1) * cout * P);
-                pf.lines[2] = pf.lines[1];
+                for (int co = 0; co < cout; co++)
+                    dbs[co] += isa->bnback(dyi + (size_t)co * P, y + ((size_t)i * cout + co) * P,
+                                           P, dya->mean[co], dya->scale[co], dya->shift[co],
+                                           dya->kf[co], dya->ka[co], dya->kb[co], dya->relu,
+                                           tmp + (size_t)co * P);
+                dyi = tmp;
+            } else {
+                for (int co = 0; co < cout; co++) {
+                    float s = 0.0f;
+                    for (int p = 0; p < P; p++)
+                        s += dyi[(size_t)co * P + p];
+                    dbs[co] += s;
+                }
             }
+            isa->pack(dyi, cout, g.oh, g.ow, 0, g.ow, g.cop, NULL, dypk);
+            /* The next block's image k, fetched while this one's weight
+             * gradient is formed. */
+            conv_prefetch pf = {{0}, {0}, 0, 0, 0};
+            const int nx = i + B;
+            if (nx < d->n) {
+                pf.p[0] = (const char *)(x + (size_t)nx * cin * hw);
+                pf.lines[0] = (size_t)cin * hw * sizeof(float) / 64;
+                pf.p[1] = (const char *)(dy + (size_t)nx * cout * P);
+                pf.lines[1] = (size_t)cout * P * sizeof(float) / 64;
+                if (dya) {
+                    pf.p[2] = (const char *)(y + (size_t)nx * cout * P);
+                    pf.lines[2] = pf.lines[1];
+                }
+            }
+            isa->dw(&g, xpk, dypk, dwa, &pf);
         }
-        isa->dw(&g, xp, dyp, dwa, &pf);
         if (!dx)
             continue;
-        memset(dxp, 0, (size_t)hp * g.wp * g.cip * sizeof *dxp);
-        isa->dx(&g, dyp, wt, dxp);
-        float *dxi = dx + (size_t)i * cin * hw;
-        isa->unpack(dxp, cin, d->h, d->w, d->pad, g.wp, g.cip, NULL, dxi);
-        if (xg)
-            dpt_bn_grad_sums(xi, dxi, 1, cin, hw, xa, xg, xg + cin);
+        memset(dxp, 0, nb * ximg * sizeof *dxp);
+        isa->dx(&g, nb, dyp, yimg, wt, dxp, ximg);
+        for (int k = 0; k < nb; k++) {
+            const int i = i0 + k;
+            float *dxi = dx + (size_t)i * cin * hw;
+            isa->unpack(dxp + k * ximg, cin, d->h, d->w, d->pad, g.wp, g.cip, NULL, dxi);
+            if (xg)
+                dpt_bn_grad_sums(x + (size_t)i * cin * hw, dxi, 1, cin, hw, xa, xg, xg + cin);
+        }
     }
     for (int co = 0; co < cout; co++)
         for (int ci = 0; ci < cin; ci++)

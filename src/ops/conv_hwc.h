@@ -23,6 +23,8 @@
 /* Channel counts are padded to this in the packed buffers (a multiple of
  * every kernel set's vector, so the scratch size does not depend on the set). */
 #define DPT_HWC_CPAD 16
+/* The most images a block takes (hwc_isa.block). */
+#define DPT_HWC_MAX_BLOCK 3
 
 /* The geometry the kernels see (one image). */
 typedef struct hwc_geom {
@@ -34,15 +36,20 @@ typedef struct hwc_geom {
 
 typedef struct hwc_isa {
     const char *name;
-    /* yp [oh*ow][cop] = conv(xp [hp][wp][c_in], wp_ [kh*kw][c_in][cop]).
-     * pf (may be NULL): the next image's lines, fetched into L2 while the
-     * kernel runs, spread over its tiles (pf->per is set here). */
-    void (*fwd)(const hwc_geom *g, const float *xp, const float *wpk, float *yp,
-                conv_prefetch *pf);
+    /* Images per block (1 to DPT_HWC_MAX_BLOCK) for an oh x ow output:
+     * tiles take rows of several images on small planes. */
+    int (*block)(int oh, int ow);
+    /* For the nb images of a block (packed images ximg floats apart, outputs
+     * yimg): yp [oh*ow][cop] = conv(xp [hp][wp][cip], wpk [kh*kw][c_in][cop]).
+     * pf (may be NULL): the next block's lines, fetched into L2 while the
+     * kernel runs, spread over its taps (pf->per is set here). */
+    void (*fwd)(const hwc_geom *g, int nb, const float *xp, size_t ximg, const float *wpk,
+                float *yp, size_t yimg, conv_prefetch *pf);
     /* dxp [hp][wp][cip] += the scatter of dyp [oh*ow][cop] through
-     * wt [kh*kw][c_out][cip]. */
-    void (*dx)(const hwc_geom *g, const float *dyp, const float *wt, float *dxp);
-    /* dwa [kh*kw][c_in][cop] += Σ_pos xp[pos+tap][ci] * dyp[pos][co]. */
+     * wt [kh*kw][c_out][cip], for the nb images of a block (as fwd). */
+    void (*dx)(const hwc_geom *g, int nb, const float *dyp, size_t yimg, const float *wt,
+               float *dxp, size_t ximg);
+    /* dwa [kh*kw][c_in][cop] += Σ_pos xp[pos+tap][ci] * dyp[pos][co] (one image). */
     void (*dw)(const hwc_geom *g, const float *xp, const float *dyp, float *dwa,
                conv_prefetch *pf);
     /* dst [(y+pad)*wp + x+pad][c] (pixel stride cs) = src [c][y][x] for c

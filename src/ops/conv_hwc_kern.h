@@ -10,55 +10,60 @@
 
 #define HWC_MAX_TAPS 1024
 
-/* Output tiles are RY rows x RX positions (RY*RX <= HWC_RMAX), row ry,
- * position rx at ry*xr + rx*xs in the input (ry*yr + rx*cop in the output).
- * acc[r][v] = Σ_tap Σ_ci x[toff[t] + ry*xr + rx*xs + ci] * w[(t*cin + ci)*cop + v*VW];
- * y[ry*yr + rx*cop + v*VW] = acc[r][v]. */
+/* Output tiles are RY rows (1-3, possibly of different images) x RX
+ * positions (RY*RX <= HWC_RMAX); row ry starts at xr_ry in the input and
+ * y_ry in the output, its positions xs (input) and cop (output) apart.
+ * acc[r][v] = Σ_tap Σ_ci xr_ry[toff[t] + rx*xs + ci] * w[(t*cin + ci)*cop + v*VW];
+ * y_ry[rx*cop + v*VW] = acc[r][v]. */
 static inline __attribute__((always_inline)) void
-KERN(hwc_fwd_tile)(const float *x, int xs, int xr, const int *toff, int nt, int cin,
-                   const float *w, int cop, float *y, int yr, conv_prefetch *pf, const int RY,
-                   const int RX, const int NV)
+KERN(hwc_fwd_tile)(const float *x0, const float *x1, const float *x2, int xs, const int *toff,
+                   int nt, int cin, const float *w, int cop, float *y0, float *y1, float *y2,
+                   conv_prefetch *pf, const int RY, const int RX, const int NV)
 {
     VEC acc[HWC_RMAX][2];
 #pragma GCC unroll 16
     for (int r = 0; r < RY * RX; r++)
         acc[r][0] = acc[r][1] = VZERO();
     for (int t = 0; t < nt; t++) {
-        const float *xt = x + toff[t];
+        const float *xt0 = x0 + toff[t], *xt1 = x1 + toff[t], *xt2 = x2 + toff[t];
         const float *wt = w + (size_t)t * cin * cop;
         conv_prefetch_step(pf); /* a few lines a tap: a burst would stall */
         for (int ci = 0; ci < cin; ci++) {
             const VEC w0 = VLOAD(wt + (size_t)ci * cop);
             const VEC w1 = NV > 1 ? VLOAD(wt + (size_t)ci * cop + VW) : w0;
 #pragma GCC unroll 4
-            for (int ry = 0; ry < RY; ry++)
+            for (int ry = 0; ry < RY; ry++) {
+                const float *xt = ry == 0 ? xt0 : ry == 1 ? xt1 : xt2;
 #pragma GCC unroll 16
                 for (int rx = 0; rx < RX; rx++) {
-                    const VEC bx = VSET1(xt[ry * xr + rx * xs + ci]);
+                    const VEC bx = VSET1(xt[rx * xs + ci]);
                     acc[ry * RX + rx][0] = VFMA(bx, w0, acc[ry * RX + rx][0]);
                     if (NV > 1)
                         acc[ry * RX + rx][1] = VFMA(bx, w1, acc[ry * RX + rx][1]);
                 }
+            }
         }
     }
 #pragma GCC unroll 4
-    for (int ry = 0; ry < RY; ry++)
+    for (int ry = 0; ry < RY; ry++) {
+        float *yr = ry == 0 ? y0 : ry == 1 ? y1 : y2;
 #pragma GCC unroll 16
         for (int rx = 0; rx < RX; rx++) {
-            float *o = y + (size_t)ry * yr + (size_t)rx * cop;
+            float *o = yr + (size_t)rx * cop;
             VSTORE(o, acc[ry * RX + rx][0]);
             if (NV > 1)
                 VSTORE(o + VW, acc[ry * RX + rx][1]);
         }
+    }
 }
 
-/* The same tiles over dy (row ry, position rx at ry*dyr + rx*cop); for each
- * tap t: acc[r][v] = Σ_co dy[.. + co] * w[(t*cout + co)*cip + v*VW], then
- * dx[toff[t] + ry*xr + rx*xs + v*VW] += acc[r][v]. */
+/* The same tiles over dy (row ry at dy_ry, positions cop apart); for each
+ * tap t: acc[r][v] = Σ_co dy_ry[rx*cop + co] * w[(t*cout + co)*cip + v*VW],
+ * then dx_ry[toff[t] + rx*xs + v*VW] += acc[r][v]. */
 static inline __attribute__((always_inline)) void
-KERN(hwc_dx_tile)(const float *dy, int cop, int dyr, const float *w, int cip, int cout,
-                  const int *toff, int nt, float *dx, int xs, int xr, const int RY, const int RX,
-                  const int NV)
+KERN(hwc_dx_tile)(const float *dy0, const float *dy1, const float *dy2, int cop, const float *w,
+                  int cip, int cout, const int *toff, int nt, float *dx0, float *dx1, float *dx2,
+                  int xs, const int RY, const int RX, const int NV)
 {
     for (int t = 0; t < nt; t++) {
         VEC acc[HWC_RMAX][2];
@@ -70,25 +75,28 @@ KERN(hwc_dx_tile)(const float *dy, int cop, int dyr, const float *w, int cip, in
             const VEC w0 = VLOAD(wt + (size_t)co * cip);
             const VEC w1 = NV > 1 ? VLOAD(wt + (size_t)co * cip + VW) : w0;
 #pragma GCC unroll 4
-            for (int ry = 0; ry < RY; ry++)
+            for (int ry = 0; ry < RY; ry++) {
+                const float *dr = ry == 0 ? dy0 : ry == 1 ? dy1 : dy2;
 #pragma GCC unroll 16
                 for (int rx = 0; rx < RX; rx++) {
-                    const VEC bd = VSET1(dy[(size_t)ry * dyr + (size_t)rx * cop + co]);
+                    const VEC bd = VSET1(dr[(size_t)rx * cop + co]);
                     acc[ry * RX + rx][0] = VFMA(bd, w0, acc[ry * RX + rx][0]);
                     if (NV > 1)
                         acc[ry * RX + rx][1] = VFMA(bd, w1, acc[ry * RX + rx][1]);
                 }
+            }
         }
-        float *dt = dx + toff[t];
 #pragma GCC unroll 4
-        for (int ry = 0; ry < RY; ry++)
+        for (int ry = 0; ry < RY; ry++) {
+            float *dt = (ry == 0 ? dx0 : ry == 1 ? dx1 : dx2) + toff[t];
 #pragma GCC unroll 16
             for (int rx = 0; rx < RX; rx++) {
-                float *p = dt + (size_t)ry * xr + (size_t)rx * xs;
+                float *p = dt + (size_t)rx * xs;
                 VSTORE(p, VADD(VLOAD(p), acc[ry * RX + rx][0]));
                 if (NV > 1)
                     VSTORE(p + VW, VADD(VLOAD(p + VW), acc[ry * RX + rx][1]));
             }
+        }
     }
 }
 
@@ -201,8 +209,43 @@ static void KERN(hwc_pf_spread)(conv_prefetch *pf, size_t steps)
     pf->per = left / (steps ? steps : 1) + 1;
 }
 
-static void KERN(hwc_fwd)(const hwc_geom *g, const float *xp, const float *wpk, float *yp,
-                          conv_prefetch *pf)
+/* Images per block (1-3): on planes of at most 100 positions whose own
+ * tiles are less than 80% full (4x4, 5x5), enough images that the block's
+ * rows split into whole tiles of RY rows. Elsewhere 1: blocks measured no
+ * faster on 7x7 and 8x8 planes (tiles 87-89% full) and slowed the
+ * backward (bench/hwc_bench.sh, alternated). */
+static int KERN(hwc_block)(int oh, int ow)
+{
+    if (oh * ow > 100)
+        return 1;
+    const int ry = KERN(hwc_rows)(oh, ow), rxm = HWC_RMAX / ry;
+    const int tiles = (oh + ry - 1) / ry * ((ow + rxm - 1) / rxm);
+    if (5 * oh * ow >= 4 * tiles * ry * rxm)
+        return 1;
+    int b = 1;
+    while (b < 3 && b * oh % ry != 0)
+        b++;
+    return b;
+}
+
+/* The start of output row q (image q / oh, row q % oh) at column x0, in
+ * the input (xp, images ximg apart, positions s*cs apart) and in a
+ * [oh*ow][c] output (images yimg apart). */
+static inline const float *KERN(hwc_in_row)(const hwc_geom *g, const float *xp, size_t ximg,
+                                             int cs, int q, int x0)
+{
+    const int b = q / g->oh, oy = q % g->oh;
+    return xp + b * ximg + ((size_t)oy * g->stride * g->wp + (size_t)x0 * g->stride) * cs;
+}
+
+static inline size_t KERN(hwc_out_row)(const hwc_geom *g, size_t yimg, int c, int q, int x0)
+{
+    const int b = q / g->oh, oy = q % g->oh;
+    return b * yimg + ((size_t)oy * g->ow + x0) * c;
+}
+
+static void KERN(hwc_fwd)(const hwc_geom *g, int nb, const float *xp, size_t ximg,
+                          const float *wpk, float *yp, size_t yimg, conv_prefetch *pf)
 {
     int toff[HWC_MAX_TAPS];
     const int nt = g->kh * g->kw, cin = g->c_in, cip = g->cip, cop = g->cop;
@@ -211,20 +254,25 @@ static void KERN(hwc_fwd)(const hwc_geom *g, const float *xp, const float *wpk, 
         for (int kj = 0; kj < g->kw; kj++)
             toff[ki * g->kw + kj] = (ki * g->dil * g->wp + kj * g->dil) * cip;
     const int ry = KERN(hwc_rows)(g->oh, g->ow), rxm = HWC_RMAX / ry;
-    const int nch = (g->ow + rxm - 1) / rxm, xr = g->stride * g->wp * cip, yr = g->ow * cop;
-    KERN(hwc_pf_spread)(pf, (size_t)((g->oh + ry - 1) / ry) * nch * ((cop + 2 * VW - 1) / (2 * VW)) *
+    const int nch = (g->ow + rxm - 1) / rxm, rows = nb * g->oh;
+    KERN(hwc_pf_spread)(pf, (size_t)((rows + ry - 1) / ry) * nch * ((cop + 2 * VW - 1) / (2 * VW)) *
                                 nt);
     for (int co0 = 0; co0 < cop;) {
         const int nv = KERN(hwc_nv)(cop, co0);
-        for (int oy = 0; oy < g->oh; oy += ry) {
-            const int RY = g->oh - oy < ry ? g->oh - oy : ry;
+        for (int q = 0; q < rows; q += ry) {
+            const int RY = rows - q < ry ? rows - q : ry;
+            const int q1 = RY > 1 ? q + 1 : q, q2 = RY > 2 ? q + 2 : q;
             for (int k = 0; k < nch; k++) {
                 const int x0 = k * g->ow / nch, RX = (k + 1) * g->ow / nch - x0;
-                const float *x = xp + ((size_t)oy * g->stride * g->wp + (size_t)x0 * g->stride) * cip;
-                float *y = yp + ((size_t)oy * g->ow + x0) * cop + co0;
+                const float *xa = KERN(hwc_in_row)(g, xp, ximg, cip, q, x0);
+                const float *xb = KERN(hwc_in_row)(g, xp, ximg, cip, q1, x0);
+                const float *xc = KERN(hwc_in_row)(g, xp, ximg, cip, q2, x0);
+                float *ya = yp + KERN(hwc_out_row)(g, yimg, cop, q, x0) + co0;
+                float *yb = yp + KERN(hwc_out_row)(g, yimg, cop, q1, x0) + co0;
+                float *yc = yp + KERN(hwc_out_row)(g, yimg, cop, q2, x0) + co0;
                 switch (nv * 256 + RY * 16 + RX) {
-                    HWC_CASES2(KERN(hwc_fwd_tile), x, xs, xr, toff, nt, cin, wpk + co0, cop, y, yr,
-                               pf)
+                    HWC_CASES2(KERN(hwc_fwd_tile), xa, xb, xc, xs, toff, nt, cin, wpk + co0, cop,
+                               ya, yb, yc, pf)
                 default: break;
                 }
             }
@@ -233,7 +281,8 @@ static void KERN(hwc_fwd)(const hwc_geom *g, const float *xp, const float *wpk, 
     }
 }
 
-static void KERN(hwc_dx)(const hwc_geom *g, const float *dyp, const float *wt, float *dxp)
+static void KERN(hwc_dx)(const hwc_geom *g, int nb, const float *dyp, size_t yimg,
+                         const float *wt, float *dxp, size_t ximg)
 {
     int toff[HWC_MAX_TAPS];
     const int nt = g->kh * g->kw, cip = g->cip, cop = g->cop, xs = g->stride * cip;
@@ -241,18 +290,23 @@ static void KERN(hwc_dx)(const hwc_geom *g, const float *dyp, const float *wt, f
         for (int kj = 0; kj < g->kw; kj++)
             toff[ki * g->kw + kj] = (ki * g->dil * g->wp + kj * g->dil) * cip;
     const int ry = KERN(hwc_rows)(g->oh, g->ow), rxm = HWC_RMAX / ry;
-    const int nch = (g->ow + rxm - 1) / rxm, xr = g->stride * g->wp * cip, dyr = g->ow * cop;
+    const int nch = (g->ow + rxm - 1) / rxm, rows = nb * g->oh;
     for (int c0 = 0; c0 < cip;) {
         const int nv = KERN(hwc_nv)(cip, c0);
-        for (int oy = 0; oy < g->oh; oy += ry) {
-            const int RY = g->oh - oy < ry ? g->oh - oy : ry;
+        for (int q = 0; q < rows; q += ry) {
+            const int RY = rows - q < ry ? rows - q : ry;
+            const int q1 = RY > 1 ? q + 1 : q, q2 = RY > 2 ? q + 2 : q;
             for (int k = 0; k < nch; k++) {
                 const int x0 = k * g->ow / nch, RX = (k + 1) * g->ow / nch - x0;
-                const float *dy = dyp + ((size_t)oy * g->ow + x0) * cop;
-                float *dx = dxp + ((size_t)oy * g->stride * g->wp + (size_t)x0 * g->stride) * cip + c0;
+                const float *da = dyp + KERN(hwc_out_row)(g, yimg, cop, q, x0);
+                const float *db = dyp + KERN(hwc_out_row)(g, yimg, cop, q1, x0);
+                const float *dc = dyp + KERN(hwc_out_row)(g, yimg, cop, q2, x0);
+                float *xa = (float *)KERN(hwc_in_row)(g, dxp, ximg, cip, q, x0) + c0;
+                float *xb = (float *)KERN(hwc_in_row)(g, dxp, ximg, cip, q1, x0) + c0;
+                float *xc = (float *)KERN(hwc_in_row)(g, dxp, ximg, cip, q2, x0) + c0;
                 switch (nv * 256 + RY * 16 + RX) {
-                    HWC_CASES2(KERN(hwc_dx_tile), dy, cop, dyr, wt + c0, cip, g->c_out, toff, nt, dx,
-                               xs, xr)
+                    HWC_CASES2(KERN(hwc_dx_tile), da, db, dc, cop, wt + c0, cip, g->c_out, toff, nt,
+                               xa, xb, xc, xs)
                 default: break;
                 }
             }
@@ -418,6 +472,6 @@ static float KERN(hwc_bnback)(const float *g, const float *y, int n, float mean,
     return _mm_cvtss_f32(s);
 }
 
-const hwc_isa KERN(dpt_hwc_isa) = {ISA_NAME,         KERN(hwc_fwd),    KERN(hwc_dx),
-                                   KERN(hwc_dw),     KERN(hwc_pack),   KERN(hwc_unpack),
-                                   KERN(hwc_bnback)};
+const hwc_isa KERN(dpt_hwc_isa) = {ISA_NAME,         KERN(hwc_block),  KERN(hwc_fwd),
+                                   KERN(hwc_dx),     KERN(hwc_dw),     KERN(hwc_pack),
+                                   KERN(hwc_unpack), KERN(hwc_bnback)};
