@@ -343,7 +343,7 @@ PW_AVX2 static __m256i low8(int k)
 PW_AVX2 static void pick2_plane_avx2(const float *src, int h, int w, float *dst, int oh, int ow,
                                      int bn, float mu, float sc, float sh, int relu)
 {
-    (void)h;
+    const size_t hw = (size_t)h * w;
     const __m256 vmu = _mm256_set1_ps(mu), vsc = _mm256_set1_ps(sc), vsh = _mm256_set1_ps(sh);
     const __m256 zero = _mm256_setzero_ps();
     for (int oy = 0; oy < oh; oy++) {
@@ -351,8 +351,10 @@ PW_AVX2 static void pick2_plane_avx2(const float *src, int h, int w, float *dst,
         float *o = dst + (size_t)oy * ow;
         for (int j = 0; j < ow; j += 8) {
             const int r = ow - j < 8 ? ow - j : 8, ns = 2 * r - 1;
-            const __m256 a = _mm256_maskload_ps(s + 2 * j, low8(ns));
-            const __m256 b = _mm256_maskload_ps(s + 2 * j + 8, low8(ns - 8));
+            const int room = (size_t)(s - src) + 2 * j + 16 <= hw; /* as the AVX-512 one */
+            const __m256 a = room ? _mm256_loadu_ps(s + 2 * j) : _mm256_maskload_ps(s + 2 * j, low8(ns));
+            const __m256 b = room ? _mm256_loadu_ps(s + 2 * j + 8)
+                                  : _mm256_maskload_ps(s + 2 * j + 8, low8(ns - 8));
             /* a0 a2 b0 b2 | a4 a6 b4 b6, then the 64-bit pairs in order */
             const __m256 e = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
             __m256 v = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xd8));
