@@ -85,9 +85,9 @@ static size_t gbuf_floats(const dpt_conv2d_desc *d)
     for (int m = 1; m <= nb; m++) {
         const int cols = m * P;
         const int ci = d->c_in / groups_of(d), co = d->c_out / groups_of(d);
-        const size_t f[3] = {dpt_sgemm_buf_floats(co, cols, ci), dpt_sgemm_buf_floats(co, ci, cols),
-                             dpt_sgemm_buf_floats(ci, cols, co)};
-        for (int k = 0; k < 3; k++)
+        const size_t f[4] = {dpt_sgemm_buf_floats(co, cols, ci), dpt_sgemm_buf_floats(co, ci, cols),
+                             dpt_sgemm_buf_floats(ci, cols, co), dpt_sgemm_buf_floats(ci, co, cols)};
+        for (int k = 0; k < 4; k++)
             most = f[k] > most ? f[k] : most;
     }
     return most;
@@ -107,10 +107,24 @@ static size_t lanes_offset(const dpt_conv2d_desc *d)
     return sums_offset(d) + up16(2 * 3 * (size_t)d->c_out);
 }
 
+/* Then dWᵀ (per group [c_in/G, c_out/G]) for dw_transposed. */
+static size_t dwt_offset(const dpt_conv2d_desc *d)
+{
+    return lanes_offset(d) + up16(2 * 2 * 16 * (size_t)d->c_out);
+}
+
 size_t dpt_conv_pointwise_work_floats(const dpt_conv2d_desc *d)
 {
-    return lanes_offset(d) + 2 * 2 * 16 * (size_t)d->c_out;
+    return dwt_offset(d) + (size_t)d->c_out * (d->c_in / groups_of(d));
 }
+
+/* Whether the weight gradient is formed as dWᵀ = X · Gᵀ (then transposed
+ * once): both products sum over the block's pixels, the contiguous index of
+ * both operands, so the GEMM packs one of them transposed; it is G's rows
+ * then, fewer than X's when c_out < c_in (resnet's 64 -> 32 1x1: half the
+ * transposing). Each dW element is the same chain of products over the
+ * pixels in order either way. */
+static int dw_transposed(const dpt_conv2d_desc *d) { return d->c_out < d->c_in; }
 
 /* The element loops, compiled for each kernel set (avx512, avx2 through
  * target attributes, portable C otherwise) so that they run at the
@@ -582,6 +596,7 @@ void dpt_conv_pointwise_backward(const dpt_conv2d_desc *d, const float *x,
     /* Wᵀ once, so that dX's products read it in place instead of packing
      * a transposed W for every block. */
     float *wt = work + wt_offset(d);
+    float *dwt = dw_transposed(d) ? work + dwt_offset(d) : NULL;
     for (int g = 0; dx && g < G; g++)
         for (int co = 0; co < cg_out; co++)
             for (int ci = 0; ci < cg_in; ci++)
@@ -614,10 +629,16 @@ void dpt_conv_pointwise_backward(const dpt_conv2d_desc *d, const float *x,
             if (s > 1 && i0 + m < d->n)
                 prefetch_x(d, x + (i0 + m) * x_img, d->n - i0 - m < nb ? d->n - i0 - m : nb);
         }
-        for (int g = 0; g < G; g++)
-            dpt_sgemm_buf(0, 1, cg_out, cg_in, (int)cols, 1.0f, Gr + g * cg_out * cols, (int)cols,
-                          B + g * cg_in * cols, (int)cols, i0 == 0 ? 0.0f : 1.0f, dw + g * w_grp,
-                          cg_in, gbuf);
+        for (int g = 0; g < G; g++) {
+            if (dwt)
+                dpt_sgemm_buf(0, 1, cg_in, cg_out, (int)cols, 1.0f, B + g * cg_in * cols, (int)cols,
+                              Gr + g * cg_out * cols, (int)cols, i0 == 0 ? 0.0f : 1.0f,
+                              dwt + g * w_grp, cg_out, gbuf);
+            else
+                dpt_sgemm_buf(0, 1, cg_out, cg_in, (int)cols, 1.0f, Gr + g * cg_out * cols,
+                              (int)cols, B + g * cg_in * cols, (int)cols, i0 == 0 ? 0.0f : 1.0f,
+                              dw + g * w_grp, cg_in, gbuf);
+        }
         if (!dx)
             continue;
         /* dX: straight into dx when it is the matrix, else into xb (done
@@ -651,6 +672,10 @@ void dpt_conv_pointwise_backward(const dpt_conv2d_desc *d, const float *x,
         if (xg) /* what xa's batch norm needs, from the block's dx while in cache */
             dpt_bn_grad_sums(x + i0 * x_img, dxi, m, d->c_in, hw, xa, xg, xg + d->c_in);
     }
+    for (int g = 0; dwt && g < G; g++)
+        for (int co = 0; co < cg_out; co++)
+            for (int ci = 0; ci < cg_in; ci++)
+                dw[g * w_grp + (size_t)co * cg_in + ci] = dwt[g * w_grp + (size_t)ci * cg_out + co];
     for (int c = 0; db && c < d->c_out; c++)
         db[c] = (float)bsum[c];
 }
