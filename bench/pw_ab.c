@@ -167,8 +167,10 @@ int main(int argc, char **argv)
         /* 64-byte aligned work, as the network's arena gives it */
         float *wk = (float *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
         const int ci = d.c_in, co = d.c_out;
-        const dpt_bn_apply ai = {bi, bi + ci, bi + 2 * ci, 1, bi + 3 * ci, bi + 4 * ci, bi + 5 * ci};
-        const dpt_bn_apply ao = {bo, bo + co, bo + 2 * co, 1, bo + 3 * co, bo + 4 * co, bo + 5 * co};
+        const dpt_bn_apply ai = {bi,          bi + ci,     bi + 2 * ci, 1,
+                                 bi + 3 * ci, bi + 4 * ci, bi + 5 * ci};
+        const dpt_bn_apply ao = {bo,          bo + co,     bo + 2 * co, 1,
+                                 bo + 3 * co, bo + 4 * co, bo + 5 * co};
         const dpt_bn_apply *xa = L->bn_in ? &ai : NULL, *dya = L->bn_out ? &ao : NULL;
         double *sum = L->bn_out ? s : NULL, *sq = L->bn_out ? s + co : NULL;
         double *xg = L->bn_in ? s + 2 * co : NULL;

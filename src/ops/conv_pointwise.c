@@ -85,8 +85,10 @@ static size_t gbuf_floats(const dpt_conv2d_desc *d)
     for (int m = 1; m <= nb; m++) {
         const int cols = m * P;
         const int ci = d->c_in / groups_of(d), co = d->c_out / groups_of(d);
-        const size_t f[4] = {dpt_sgemm_buf_floats(co, cols, ci), dpt_sgemm_buf_floats(co, ci, cols),
-                             dpt_sgemm_buf_floats(ci, cols, co), dpt_sgemm_buf_floats(ci, co, cols)};
+        const size_t f[4] = {dpt_sgemm_buf_floats(co, cols, ci),
+                             dpt_sgemm_buf_floats(co, ci, cols),
+                             dpt_sgemm_buf_floats(ci, cols, co),
+                             dpt_sgemm_buf_floats(ci, co, cols)};
         for (int k = 0; k < 4; k++)
             most = f[k] > most ? f[k] : most;
     }
@@ -231,7 +233,10 @@ static void spread2_plane_c(const float *src, int ow, float *dst, int h, int w)
  * scattered into a float at a time). */
 #define PW_AVX512 __attribute__((target("avx512f")))
 #define PW_AVX2 __attribute__((target("avx2")))
-static __mmask16 low16(int k) { return (__mmask16)(k >= 16 ? 0xffff : (1u << (k > 0 ? k : 0)) - 1); }
+static __mmask16 low16(int k)
+{
+    return (__mmask16)(k >= 16 ? 0xffff : (1u << (k > 0 ? k : 0)) - 1);
+}
 
 PW_AVX512 static __m512 bn16(__m512 v, int bn, __m512 mu, __m512 sc, __m512 sh, int relu)
 {
@@ -332,16 +337,17 @@ PW_AVX512 static void out_sums16(const float *y, int m, int c, int P, const floa
                 b = _mm512_fmadd_ps(v, v, b);
             }
             if (tail) {
-                const __m512 v = _mm512_maskz_sub_ps(tail, _mm512_maskz_loadu_ps(tail, p + full), k);
+                const __m512 v =
+                    _mm512_maskz_sub_ps(tail, _mm512_maskz_loadu_ps(tail, p + full), k);
                 a = _mm512_add_ps(a, v);
                 b = _mm512_fmadd_ps(v, v, b);
             }
             double *q = acc + (size_t)ch * 32;
             const __m512i ai = _mm512_castps_si512(a), bi = _mm512_castps_si512(b);
-            const __m512d a0 = _mm512_cvtps_pd(_mm512_castps512_ps256(a));
-            const __m512d a1 = _mm512_cvtps_pd(_mm256_castsi256_ps(_mm512_extracti64x4_epi64(ai, 1)));
-            const __m512d b0 = _mm512_cvtps_pd(_mm512_castps512_ps256(b));
-            const __m512d b1 = _mm512_cvtps_pd(_mm256_castsi256_ps(_mm512_extracti64x4_epi64(bi, 1)));
+            const __m256 ah = _mm256_castsi256_ps(_mm512_extracti64x4_epi64(ai, 1));
+            const __m256 bh = _mm256_castsi256_ps(_mm512_extracti64x4_epi64(bi, 1));
+            const __m512d a0 = _mm512_cvtps_pd(_mm512_castps512_ps256(a)), a1 = _mm512_cvtps_pd(ah);
+            const __m512d b0 = _mm512_cvtps_pd(_mm512_castps512_ps256(b)), b1 = _mm512_cvtps_pd(bh);
             _mm512_storeu_pd(q, _mm512_add_pd(_mm512_loadu_pd(q), a0));
             _mm512_storeu_pd(q + 8, _mm512_add_pd(_mm512_loadu_pd(q + 8), a1));
             _mm512_storeu_pd(q + 16, _mm512_add_pd(_mm512_loadu_pd(q + 16), b0));
@@ -366,7 +372,8 @@ PW_AVX2 static void pick2_plane_avx2(const float *src, int h, int w, float *dst,
         for (int j = 0; j < ow; j += 8) {
             const int r = ow - j < 8 ? ow - j : 8, ns = 2 * r - 1;
             const int room = (size_t)(s - src) + 2 * j + 16 <= hw; /* as the AVX-512 one */
-            const __m256 a = room ? _mm256_loadu_ps(s + 2 * j) : _mm256_maskload_ps(s + 2 * j, low8(ns));
+            const __m256 a = room ? _mm256_loadu_ps(s + 2 * j)
+                                  : _mm256_maskload_ps(s + 2 * j, low8(ns));
             const __m256 b = room ? _mm256_loadu_ps(s + 2 * j + 8)
                                   : _mm256_maskload_ps(s + 2 * j + 8, low8(ns - 8));
             /* a0 a2 b0 b2 | a4 a6 b4 b6, then the 64-bit pairs in order */
