@@ -396,7 +396,7 @@ static void property_test(void)
      * their own stream (the cases above stay what they were); first the
      * blockings conv_pointwise.c picks: a plane of 64 pixels (its own
      * block), 16-pixel planes in blocks of 16 images with a partial last
-     * block, a strided odd plane. */
+     * block, a strided odd plane, stride-2 planes of 16 and 39 columns. */
     dpt_rng r1;
     dpt_rng_seed(&r1, 2123, 0);
     const int n_1x1 = 80;
@@ -414,7 +414,13 @@ static void property_test(void)
         else if (idx == 2)
             sc.d = (dpt_conv2d_desc){.n = 7, .c_in = 32, .h = 14, .w = 13, .c_out = 64, .kh = 1,
                                      .kw = 1, .stride = 2};
-        if (idx < 3)
+        else if (idx == 3) /* resnet's projection: two output rows per vector */
+            sc.d = (dpt_conv2d_desc){.n = 3, .c_in = 32, .h = 16, .w = 16, .c_out = 64, .kh = 1,
+                                     .kw = 1, .stride = 2};
+        else if (idx == 4) /* stride-2 rows of more than a vector, with a tail */
+            sc.d = (dpt_conv2d_desc){.n = 2, .c_in = 5, .h = 37, .w = 39, .c_out = 7, .kh = 1,
+                                     .kw = 1, .stride = 2};
+        if (idx < 5)
             sc.bn_in = sc.bn_out = sc.relu_in = sc.need_dx = sc.bias = 1, sc.relu_out = idx & 1;
         CHECK(dpt_conv2d_desc_init(&sc.d) == 0);
         check_case(&r1, &sc, n_cases + idx);
