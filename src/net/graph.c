@@ -92,6 +92,29 @@ static int fusable_bn(const dpt_net *net, int i)
     return net->layers[j].type == &dpt_layer_conv && net->n_consumers[j] == 1;
 }
 
+/* batchnorm then a two-input add (a residual block's end, b + shortcut, or
+ * two batch norms added): the add normalises its inputs as it adds them
+ * (and applies the ReLU after it, if fused), and in backward adds up the
+ * batch norms' sums while it writes their gradients; the batch norms'
+ * outputs are never written, and they read neither x nor the gradient
+ * again for their sums. Every input of the add must get a gradient (none is
+ * the input layer), so that the add always has both to write. */
+static int add_bn(const dpt_net *net, int i)
+{
+    /* DPT_FUSION_ADD=0 leaves this one out (for measuring what it gains). */
+    const char *env = getenv("DPT_FUSION_ADD");
+    if (env && strcmp(env, "0") == 0)
+        return 0;
+    const dpt_layer *l = &net->layers[i];
+    const int a = only_consumer(net, i);
+    if (l->type != &dpt_layer_batchnorm || a <= 0)
+        return 0;
+    const dpt_layer *add = &net->layers[a];
+    if (add->type != &dpt_layer_add || add->n_in != 2)
+        return 0;
+    return add->inputs[0] != 0 && add->inputs[1] != 0;
+}
+
 static dpt_status plan_fusion(dpt_net *net, int fusion)
 {
     /* DPT_FUSION=0 turns it off (for measuring what it gains). */
@@ -111,7 +134,7 @@ static dpt_status plan_fusion(dpt_net *net, int fusion)
     }
     size_t n_sums = 0, n_bn = 0, n_buf = 0;
     for (int i = 1; i < net->n_layers; i++) {
-        if (fusable_bn(net, i)) {
+        if (fusable_bn(net, i) || add_bn(net, i)) {
             n_sums += 4 * (size_t)net->layers[i].in[0];
             n_bn++;
             n_buf += 6 * (size_t)net->layers[i].in[0];
@@ -128,19 +151,27 @@ static dpt_status plan_fusion(dpt_net *net, int fusion)
     float *buf = net->fuse_buf;
     bn_fusion *f = net->fuse_bn;
     for (int i = 1; i < net->n_layers; i++) {
-        if (!fusable_bn(net, i))
+        const int conv_below = fusable_bn(net, i);
+        if (!conv_below && !add_bn(net, i))
             continue;
         dpt_layer *l = &net->layers[i], *below = &net->layers[l->inputs[0]];
         const size_t c = (size_t)l->in[0];
-        below->sums_out = l->sums_in = sums;
         f->xg = sums + 2 * c;
-        sums += 4 * c;
         f->a.mean = buf, f->a.scale = buf + c, f->a.shift = buf + 2 * c;
         f->a.kf = buf + 3 * c, f->a.ka = buf + 4 * c, f->a.kb = buf + 5 * c;
         buf += 6 * c;
         l->bnf = f;
-        f->dx_virtual = 1;
-        below->out_bnf = f;
+        if (conv_below) {
+            below->sums_out = l->sums_in = sums;
+            f->dx_virtual = 1;
+            below->out_bnf = f;
+        }
+        sums += 4 * c;
+        if (add_bn(net, i)) {
+            f->out_virtual = f->into_add = 1;
+            f++;
+            continue;
+        }
         int top = i; /* the node whose output the next layer reads */
         int r = only_consumer(net, i);
         if (r > 0 && net->layers[r].type == &dpt_layer_relu) {
@@ -245,6 +276,16 @@ static int new_group(planner *p, int buf)
     return net->n_grp++;
 }
 
+/* An add that applies its inputs' batch norms (add_bn) reads their inputs. */
+static void add_bn_inputs(const dpt_net *net, const dpt_layer *l, node_plan *P)
+{
+    for (int k = 0; k < l->n_in; k++) {
+        const dpt_layer *in = &net->layers[l->inputs[k]];
+        if (in->bnf && in->bnf->into_add)
+            P->x_act[k] = net->plan[in->inputs[0]].act;
+    }
+}
+
 static dpt_status plan_buffers(dpt_net *net)
 {
     int L = net->n_layers;
@@ -286,6 +327,7 @@ static dpt_status plan_buffers(dpt_net *net)
         }
         if (l->in_bnf)
             P->x_act[0] = net->plan[l->in_act].act;
+        add_bn_inputs(net, l, P);
         P->grp = -1;
     }
     /* Gradients, in backward order. */

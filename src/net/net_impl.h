@@ -22,6 +22,7 @@ typedef struct bn_fusion {
     dpt_bn_apply a;  /* arrays point into a buffer owned by the network */
     int out_virtual; /* the conv above normalises on the fly: no output written */
     int dx_virtual;  /* the conv below applies the backward: no input gradient written */
+    int into_add;    /* with out_virtual: the add above applies it and takes xg (graph.c) */
     /* With out_virtual, the conv above also adds up the batch norm's
      * backward sums while it writes the gradient: dpt_bn_grad_sums' [2 C]. */
     double *xg;

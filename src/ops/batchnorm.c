@@ -32,6 +32,8 @@ static const bn_isa bn_generic = {
     .normalize = plane_normalize_generic,
     .backward_sums = plane_backward_sums_generic,
     .backward_dx = plane_backward_dx_generic,
+    .add_bn = plane_add_bn_generic,
+    .add_bn_bwd = plane_add_bn_bwd_generic,
 };
 
 static const bn_isa *isa(void)
@@ -204,4 +206,53 @@ void dpt_bn_backward_dx_relu(const float *x, const float *dy, int n, int c, int 
                              double count, float *dx)
 {
     backward_dx(x, dy, n, c, hw, mean, invstd, gamma, beta, sum_dy, sum_dy_xhat, count, dx, 1);
+}
+
+/* Coefficients of input k's plane ch: its batch norm's, or the identity
+ * (exact: (x − 0)·1 + (−0) is x for every float). */
+static void add_coef(const dpt_bn_apply *a, int ch, float *c3)
+{
+    c3[0] = a ? a->mean[ch] : 0.0f;
+    c3[1] = a ? a->scale[ch] : 1.0f;
+    c3[2] = a ? a->shift[ch] : -0.0f;
+}
+
+void dpt_bn_add_forward(const float *x0, const dpt_bn_apply *a0, const float *x1,
+                        const dpt_bn_apply *a1, int n, int c, int hw, int relu, float *y)
+{
+    const bn_isa *k = isa();
+    for (int i = 0; i < n; i++)
+        for (int ch = 0; ch < c; ch++) {
+            float c0[3], c1[3];
+            add_coef(a0, ch, c0);
+            add_coef(a1, ch, c1);
+            const size_t base = ((size_t)i * c + ch) * hw;
+            k->add_bn(x0 + base, c0, x1 + base, c1, hw, relu, y + base);
+        }
+}
+
+void dpt_bn_add_backward(const float *y, const float *dy, int n, int c, int hw, int relu,
+                         const float *x0, const dpt_bn_apply *a0, double *xg0, const float *x1,
+                         const dpt_bn_apply *a1, double *xg1, float *d0, float *d1)
+{
+    const bn_isa *k = isa();
+    for (int ch = 0; ch < c; ch++) {
+        if (xg0)
+            xg0[ch] = xg0[c + ch] = 0.0;
+        if (xg1)
+            xg1[ch] = xg1[c + ch] = 0.0;
+    }
+    /* Images outer (memory order); each channel's planes added in image
+     * order, as dpt_bn_backward_sums adds them. */
+    for (int i = 0; i < n; i++)
+        for (int ch = 0; ch < c; ch++) {
+            const size_t base = ((size_t)i * c + ch) * hw;
+            double s[3];
+            k->add_bn_bwd(y + base, dy + base, x0 + base, a0 ? a0->mean[ch] : 0.0f, x1 + base,
+                          a1 ? a1->mean[ch] : 0.0f, hw, relu, d0 + base, d1 + base, s);
+            if (xg0)
+                xg0[ch] += s[0], xg0[c + ch] += s[1];
+            if (xg1)
+                xg1[ch] += s[0], xg1[c + ch] += s[2];
+        }
 }

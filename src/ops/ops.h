@@ -219,6 +219,17 @@ void dpt_bn_apply_forward(const float *x, int c, int hw, const dpt_bn_apply *a, 
  * not yet multiplied by invstd. */
 void dpt_bn_grad_sums(const float *x, const float *g, int n, int c, int hw, const dpt_bn_apply *a,
                       double *s_g, double *s_gx);
+/* A residual add of two inputs [n, c, hw], each with a batch norm applied
+ * on the fly (a0, a1; NULL: none; no ReLU of their own), ReLU'd when relu:
+ * the bits of the batch norms' passes then the add's. Backward: dy at the
+ * output (masked by y > 0 when relu) to both inputs' gradients d0, d1, and
+ * for each input with a batch norm (xg0, xg1 non-NULL: 2·c doubles each)
+ * dpt_bn_grad_sums' two sums of x_k and that gradient, in the same pass. */
+void dpt_bn_add_forward(const float *x0, const dpt_bn_apply *a0, const float *x1,
+                        const dpt_bn_apply *a1, int n, int c, int hw, int relu, float *y);
+void dpt_bn_add_backward(const float *y, const float *dy, int n, int c, int hw, int relu,
+                         const float *x0, const dpt_bn_apply *a0, double *xg0, const float *x1,
+                         const dpt_bn_apply *a1, double *xg1, float *d0, float *d1);
 /* The per-channel coefficients of dx = kf·dy − ka − (x − mean)·kb that
  * dpt_bn_backward_dx uses (kf = gamma·invstd, ka = kf·sum_dy/count,
  * kb = kf·sum_dy_xhat/count·invstd, formed in float64); for dpt_bn_apply. */
