@@ -1,5 +1,6 @@
 /* Batch norms fused into the residual add after them (graph.c add_bn,
- * layer_merge.c): the three block ends of the residual networks (conv ->
+ * layer_merge.c), and a concat taking the sums of the batch norm after it
+ * (concat_bn): the three block ends of the residual networks (conv ->
  * batchnorm + shortcut; two batchnorms added; concat -> batchnorm, whose
  * batch norm has no conv below it) and an add without a ReLU after it give
  * the bits of the plan without this fusion (every other fusion on), and the
@@ -40,19 +41,19 @@ static const char spec[] =
 
 enum { MAXB = 6, IN = 7 * 5 * 3 };
 
-/* fusion: 0 plain; 1 every fusion; 2 every fusion but this one. */
+/* fusion: 0 plain; 1 every fusion; 2 every fusion but add_bn and concat_bn. */
 static dpt_net *build(int fusion)
 {
     dpt_net *net = NULL;
     if (fusion == 2)
-        setenv("DPT_FUSION_ADD", "0", 1);
+        setenv("DPT_FUSION_BLK", "0", 1);
     dpt_status s = dpt_net_from_spec(spec, "block", 0, MAXB, 4, &net);
     CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
     if (s == DPT_OK)
         s = net_replan(net, fusion != 0);
     if (s == DPT_OK)
         s = net_alloc_buffers(net);
-    unsetenv("DPT_FUSION_ADD");
+    unsetenv("DPT_FUSION_BLK");
     CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
     if (s != DPT_OK) {
         dpt_net_free(net);
@@ -79,7 +80,7 @@ static void run(const char *kernels)
 {
     CHECK(dpt_ops_set_kernels(kernels) == 0);
     printf("kernels %s\n", dpt_ops_kernels());
-    dpt_net *nets[3] = {build(1), build(2), build(0)}; /* fused, without add_bn, plain */
+    dpt_net *nets[3] = {build(1), build(2), build(0)}; /* fused, without these, plain */
     if (!nets[0] || !nets[1] || !nets[2]) {
         for (int k = 0; k < 3; k++)
             dpt_net_free(nets[k]);
@@ -99,6 +100,11 @@ static void run(const char *kernels)
         CHECK(nets[1]->acts[b] != NULL && nets[2]->acts[b] != NULL);
         CHECK(!nets[1]->layers[b].bnf || !nets[1]->layers[b].bnf->into_add);
     }
+    /* concat -> batchnorm: the concat takes the sums. */
+    const int cat = layer_index(fused, "cat"), b3 = layer_index(fused, "b3");
+    CHECK(cat > 0 && b3 > 0 && fused->layers[cat].sums_out &&
+          fused->layers[cat].sums_out == fused->layers[b3].sums_in);
+    CHECK(nets[1]->layers[cat].sums_out == NULL && nets[2]->layers[cat].sums_out == NULL);
     const size_t np = dpt_net_n_params(fused);
     for (int k = 1; k < 3; k++) {
         CHECK(dpt_net_n_params(nets[k]) == np);
@@ -117,11 +123,11 @@ static void run(const char *kernels)
         CHECK(dpt_net_forward(fused, x, n, DPT_MODE_PREDICT, &y[0]) == DPT_OK);
         CHECK(dpt_net_forward(nets[1], x, n, DPT_MODE_PREDICT, &y[1]) == DPT_OK);
         CHECK_MSG(memcmp(y[0], y[1], (size_t)n * 4 * sizeof(float)) == 0,
-                  "step %zu: predict output differs from the plan without add_bn", it);
+                  "step %zu: predict output differs from the plan without add_bn, concat_bn", it);
         for (int k = 0; k < 3; k++)
             CHECK(dpt_net_forward(nets[k], x, n, DPT_MODE_TRAIN, &y[k]) == DPT_OK);
         CHECK_MSG(memcmp(y[0], y[1], (size_t)n * 4 * sizeof(float)) == 0,
-                  "step %zu (batch %d): output differs from the plan without add_bn", it, n);
+                  "step %zu (batch %d): output differs from the plan without add_bn, concat_bn", it, n);
         char what[96];
         snprintf(what, sizeof what, "step %zu (batch %d): output, fused vs plain", it, n);
         tu_check_close(what, y[0], y[2], (size_t)n * 4, 1e-5);
@@ -129,7 +135,7 @@ static void run(const char *kernels)
             CHECK(dpt_net_backward(nets[k], dy, 0) == DPT_OK);
         memcpy(g, dpt_net_grads(fused), np * sizeof *g);
         CHECK_MSG(memcmp(g, dpt_net_grads(nets[1]), np * sizeof *g) == 0,
-                  "step %zu (batch %d): gradients differ from the plan without add_bn", it, n);
+                  "step %zu (batch %d): gradients differ from the plan without add_bn, concat_bn", it, n);
         snprintf(what, sizeof what, "step %zu (batch %d): gradients, fused vs plain", it, n);
         tu_check_close(what, g, dpt_net_grads(nets[2]), np, 1e-4);
     }

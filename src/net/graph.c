@@ -92,6 +92,26 @@ static int fusable_bn(const dpt_net *net, int i)
     return net->layers[j].type == &dpt_layer_conv && net->n_consumers[j] == 1;
 }
 
+/* DPT_FUSION_BLK=0 leaves out the two fusions below (for measuring what
+ * they gain; the results are the same bits). */
+static int blk_fusion(void)
+{
+    const char *env = getenv("DPT_FUSION_BLK");
+    return !(env && strcmp(env, "0") == 0);
+}
+
+/* concat then batchnorm: the concat adds up the batch norm's sums as it
+ * copies each image (no reading pass in the batchnorm). */
+static int concat_bn(const dpt_net *net, int i)
+{
+    const dpt_layer *l = &net->layers[i];
+    if (!blk_fusion() || l->type != &dpt_layer_batchnorm)
+        return 0;
+    int j = l->inputs[0];
+    return net->layers[j].type == &dpt_layer_concat && net->n_consumers[j] == 1 &&
+           !net->layers[j].seq;
+}
+
 /* batchnorm then a two-input add (a residual block's end, b + shortcut, or
  * two batch norms added): the add normalises its inputs as it adds them
  * (and applies the ReLU after it, if fused), and in backward adds up the
@@ -101,9 +121,7 @@ static int fusable_bn(const dpt_net *net, int i)
  * the input layer), so that the add always has both to write. */
 static int add_bn(const dpt_net *net, int i)
 {
-    /* DPT_FUSION_ADD=0 leaves this one out (for measuring what it gains). */
-    const char *env = getenv("DPT_FUSION_ADD");
-    if (env && strcmp(env, "0") == 0)
+    if (!blk_fusion())
         return 0;
     const dpt_layer *l = &net->layers[i];
     const int a = only_consumer(net, i);
@@ -134,7 +152,7 @@ static dpt_status plan_fusion(dpt_net *net, int fusion)
     }
     size_t n_sums = 0, n_bn = 0, n_buf = 0;
     for (int i = 1; i < net->n_layers; i++) {
-        if (fusable_bn(net, i) || add_bn(net, i)) {
+        if (fusable_bn(net, i) || add_bn(net, i) || concat_bn(net, i)) {
             n_sums += 4 * (size_t)net->layers[i].in[0];
             n_bn++;
             n_buf += 6 * (size_t)net->layers[i].in[0];
@@ -152,7 +170,7 @@ static dpt_status plan_fusion(dpt_net *net, int fusion)
     bn_fusion *f = net->fuse_bn;
     for (int i = 1; i < net->n_layers; i++) {
         const int conv_below = fusable_bn(net, i);
-        if (!conv_below && !add_bn(net, i))
+        if (!conv_below && !add_bn(net, i) && !concat_bn(net, i))
             continue;
         dpt_layer *l = &net->layers[i], *below = &net->layers[l->inputs[0]];
         const size_t c = (size_t)l->in[0];
@@ -166,9 +184,12 @@ static dpt_status plan_fusion(dpt_net *net, int fusion)
             f->dx_virtual = 1;
             below->out_bnf = f;
         }
+        if (concat_bn(net, i))
+            below->sums_out = l->sums_in = sums;
         sums += 4 * c;
-        if (add_bn(net, i)) {
+        if (add_bn(net, i))
             f->out_virtual = f->into_add = 1;
+        if (!conv_below) { /* only the sums (concat_bn) or the add */
             f++;
             continue;
         }

@@ -164,8 +164,14 @@ static dpt_status concat_infer(dpt_net *net, dpt_layer *l)
 static dpt_status concat_forward(dpt_net *net, dpt_layer *l, const float *const *x, float *y,
                                  int n, dpt_mode mode)
 {
-    (void)net, (void)mode;
+    (void)net;
     size_t out = chw(l->out);
+    /* Fused with the batchnorm above (graph.c concat_bn): its sums taken
+     * from each image just copied, still in cache. */
+    double *sums = mode == DPT_MODE_TRAIN ? l->sums_out : NULL;
+    const int c = l->out[0], hw = l->out[1] * l->out[2];
+    if (sums)
+        memset(sums, 0, 2 * (size_t)c * sizeof *sums);
     for (int i = 0; i < n; i++) {
         float *dst = y + (size_t)i * out;
         for (int k = 0; k < l->n_in; k++) {
@@ -173,7 +179,11 @@ static dpt_status concat_forward(dpt_net *net, dpt_layer *l, const float *const 
             memcpy(dst, x[k] + (size_t)i * m, m * sizeof *dst);
             dst += m;
         }
+        if (sums)
+            dpt_bn_sums_image(y + (size_t)i * out, y, c, hw, sums, sums + c);
     }
+    if (sums)
+        dpt_bn_sums_finish(y, n, c, hw, sums, sums + c);
     return DPT_OK;
 }
 

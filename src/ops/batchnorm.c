@@ -42,9 +42,33 @@ static const bn_isa *isa(void)
     return k ? k : &bn_generic;
 }
 
-void dpt_bn_sums(const float *x, int n, int c, int hw, double *sum, double *sumsq)
+void dpt_bn_sums_image(const float *x, const float *x0, int c, int hw, double *sum,
+                       double *sumsq)
 {
     const bn_isa *k = isa();
+    for (int ch = 0; ch < c; ch++) {
+        const float shift = x0[(size_t)ch * hw]; /* a value of the channel */
+        double a, b;
+        k->sums(x + (size_t)ch * hw, hw, shift, &a, &b);
+        sum[ch] += a;
+        sumsq[ch] += b;
+    }
+}
+
+void dpt_bn_sums_finish(const float *x0, int n, int c, int hw, double *sum, double *sumsq)
+{
+    for (int ch = 0; ch < c; ch++) {
+        const float shift = x0[(size_t)ch * hw];
+        const double s1 = sum[ch], s2 = sumsq[ch];
+        /* Back to plain sums: Σx = S1 + mK, Σx² = S2 + 2K·S1 + mK². */
+        const double m = (double)n * hw;
+        sum[ch] = s1 + m * shift;
+        sumsq[ch] = s2 + 2.0 * shift * s1 + m * (double)shift * shift;
+    }
+}
+
+void dpt_bn_sums(const float *x, int n, int c, int hw, double *sum, double *sumsq)
+{
     /* Images outer, so that the planes are read in memory order (a
      * channel's planes are an image apart); each channel still adds its
      * planes in image order, so the sums are the same bits. sum and sumsq
@@ -52,21 +76,8 @@ void dpt_bn_sums(const float *x, int n, int c, int hw, double *sum, double *sums
     for (int ch = 0; ch < c; ch++)
         sum[ch] = sumsq[ch] = 0.0;
     for (int i = 0; i < n; i++)
-        for (int ch = 0; ch < c; ch++) {
-            const float shift = x[(size_t)ch * hw]; /* a value of the channel */
-            double a, b;
-            k->sums(x + ((size_t)i * c + ch) * hw, hw, shift, &a, &b);
-            sum[ch] += a;
-            sumsq[ch] += b;
-        }
-    for (int ch = 0; ch < c; ch++) {
-        const float shift = x[(size_t)ch * hw];
-        const double s1 = sum[ch], s2 = sumsq[ch];
-        /* Back to plain sums: Σx = S1 + mK, Σx² = S2 + 2K·S1 + mK². */
-        const double m = (double)n * hw;
-        sum[ch] = s1 + m * shift;
-        sumsq[ch] = s2 + 2.0 * shift * s1 + m * (double)shift * shift;
-    }
+        dpt_bn_sums_image(x + (size_t)i * c * hw, x, c, hw, sum, sumsq);
+    dpt_bn_sums_finish(x, n, c, hw, sum, sumsq);
 }
 
 /* y = (x - mean)·scale + shift with scale = gamma·invstd (the expression the
@@ -236,6 +247,14 @@ void dpt_bn_add_backward(const float *y, const float *dy, int n, int c, int hw, 
                          const dpt_bn_apply *a1, double *xg1, float *d0, float *d1)
 {
     const bn_isa *k = isa();
+    if (!xg0) { /* the batch-normed input first: one x to read */
+        const float *xt = x0;
+        const dpt_bn_apply *at = a0;
+        double *gt = xg0;
+        float *dt = d0;
+        x0 = x1, a0 = a1, xg0 = xg1, d0 = d1;
+        x1 = xt, a1 = at, xg1 = gt, d1 = dt;
+    }
     for (int ch = 0; ch < c; ch++) {
         if (xg0)
             xg0[ch] = xg0[c + ch] = 0.0;
@@ -248,8 +267,8 @@ void dpt_bn_add_backward(const float *y, const float *dy, int n, int c, int hw, 
         for (int ch = 0; ch < c; ch++) {
             const size_t base = ((size_t)i * c + ch) * hw;
             double s[3];
-            k->add_bn_bwd(y + base, dy + base, x0 + base, a0 ? a0->mean[ch] : 0.0f, x1 + base,
-                          a1 ? a1->mean[ch] : 0.0f, hw, relu, d0 + base, d1 + base, s);
+            k->add_bn_bwd(y + base, dy + base, x0 + base, a0->mean[ch], xg1 ? x1 + base : NULL,
+                          xg1 ? a1->mean[ch] : 0.0f, hw, relu, d0 + base, d1 + base, s);
             if (xg0)
                 xg0[ch] += s[0], xg0[c + ch] += s[1];
             if (xg1)

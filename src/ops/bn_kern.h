@@ -133,8 +133,9 @@ static void KN(plane_add_bn)(const float *x0, const float *c0, const float *x1, 
 }
 
 /* Its backward: g = dy, masked by y > 0 when relu, written to d0 and d1;
- * s[0] = Σ g, s[1] = Σ g·(x0 − m0), s[2] = Σ g·(x1 − m1), each formed as
- * plane_backward_sums forms it (the batch norms' backward sums). */
+ * s[0] = Σ g, s[1] = Σ g·(x0 − m0), s[2] = Σ g·(x1 − m1) (x1 NULL: not
+ * formed), each as plane_backward_sums forms it (the batch norms'
+ * backward sums). */
 static void KN(plane_add_bn_bwd)(const float *y, const float *dy, const float *x0, float m0,
                                  const float *x1, float m1, int n, int relu, float *d0, float *d1,
                                  double *s)
@@ -142,15 +143,27 @@ static void KN(plane_add_bn_bwd)(const float *y, const float *dy, const float *x
     const VT mv0 = KN(vset1)(m0), mv1 = KN(vset1)(m1), zero = KN(vset1)(0.0f);
     VT a = zero, b0 = zero, b1 = zero;
     int j = 0;
-    for (; j + VN <= n; j += VN) {
-        VT g = KN(vload)(dy + j);
-        if (relu)
-            g = KN(keep)(g, KN(vload)(y + j) > zero);
-        KN(vstore)(d0 + j, g);
-        KN(vstore)(d1 + j, g);
-        a += g;
-        b0 += g * (KN(vload)(x0 + j) - mv0);
-        b1 += g * (KN(vload)(x1 + j) - mv1);
+    if (x1) {
+        for (; j + VN <= n; j += VN) {
+            VT g = KN(vload)(dy + j);
+            if (relu)
+                g = KN(keep)(g, KN(vload)(y + j) > zero);
+            KN(vstore)(d0 + j, g);
+            KN(vstore)(d1 + j, g);
+            a += g;
+            b0 += g * (KN(vload)(x0 + j) - mv0);
+            b1 += g * (KN(vload)(x1 + j) - mv1);
+        }
+    } else {
+        for (; j + VN <= n; j += VN) {
+            VT g = KN(vload)(dy + j);
+            if (relu)
+                g = KN(keep)(g, KN(vload)(y + j) > zero);
+            KN(vstore)(d0 + j, g);
+            KN(vstore)(d1 + j, g);
+            a += g;
+            b0 += g * (KN(vload)(x0 + j) - mv0);
+        }
     }
     double t = KN(vsum)(a), u0 = KN(vsum)(b0), u1 = KN(vsum)(b1);
     for (; j < n; j++) {
@@ -160,7 +173,8 @@ static void KN(plane_add_bn_bwd)(const float *y, const float *dy, const float *x
         d0[j] = d1[j] = g;
         t += g;
         u0 += (double)g * (x0[j] - m0);
-        u1 += (double)g * (x1[j] - m1);
+        if (x1)
+            u1 += (double)g * (x1[j] - m1);
     }
     s[0] = t, s[1] = u0, s[2] = u1;
 }

@@ -196,6 +196,13 @@ void dpt_conv_plan_set_timer(dpt_conv_plan_timer fn, void *ctx);
  * pool; we return plain sums in float64 so a caller can all-reduce them:
  * sum[c] = Σ x, sumsq[c] = Σ x². */
 void dpt_bn_sums(const float *x, int n, int c, int hw, double *sum, double *sumsq);
+/* dpt_bn_sums an image at a time, for a pass that writes x image by image:
+ * with sum and sumsq zeroed, dpt_bn_sums_image on each image x_i [c, hw] in
+ * order (x0: image 0, already written), then dpt_bn_sums_finish: the same
+ * bits as dpt_bn_sums. */
+void dpt_bn_sums_image(const float *x, const float *x0, int c, int hw, double *sum,
+                       double *sumsq);
+void dpt_bn_sums_finish(const float *x0, int n, int c, int hw, double *sum, double *sumsq);
 /* y = gamma * (x - mean) * invstd + beta, per channel. */
 void dpt_bn_normalize(const float *x, int n, int c, int hw, const float *mean,
                       const float *invstd, const float *gamma, const float *beta, float *y);
