@@ -5,7 +5,8 @@
  * batch norm has no conv below it) and an add without a ReLU after it give
  * the bits of the plan without this fusion (every other fusion on), and the
  * outputs and gradients of the plain plan, over several steps and batch
- * sizes. 7x5 planes: a vector tail on every instruction set. */
+ * sizes; the add's two gradients share a buffer where that is safe.
+ * 7x5 planes: a vector tail on every instruction set. */
 #include "net/net_impl.h"
 #include "ops/ops.h"
 #include "testutil.h"
@@ -18,7 +19,10 @@ static const char spec[] =
     "conv c0 filter=3 filters=8 padding=1 bias=0\n"
     "batchnorm b0\n"
     "relu r0\n"
-    /* conv -> batchnorm + shortcut (with other consumers), ReLU after */
+    /* conv -> batchnorm + shortcut (read by another conv too), ReLU after */
+    "conv c1a filter=3 filters=8 padding=1 bias=0\n"
+    "batchnorm b1a\n"
+    "relu r1a\n"
     "conv c1 filter=3 filters=8 padding=1 bias=0\n"
     "batchnorm b1\n"
     "add a1 from=b1,r0\n"
@@ -36,6 +40,15 @@ static const char spec[] =
     "concat cat from=ca,cb\n"
     "batchnorm b3\n"
     "add a3 from=s2,b3\n"
+    /* the shortcut is also read by z, which adds its gradient share before
+     * c4 reads b4's: no shared buffer at a4; at a5 one */
+    "conv c4 filter=3 filters=8 padding=1 bias=0\n"
+    "batchnorm b4\n"
+    "conv z filter=1 filters=8 bias=0 from=a3\n"
+    "batchnorm bz\n"
+    "add a4 from=b4,a3\n"
+    "add a5 from=a4,bz\n"
+    "relu s5\n"
     "globalavgpool gap\n"
     "fc f outputs=4\n";
 
@@ -88,8 +101,9 @@ static void run(const char *kernels)
     }
     dpt_net *fused = nets[0];
     /* The plan: each batch norm before an add is applied by the add. */
-    const char *bns[] = {"b1", "b2", "pb2", "b3"}, *adds[] = {"a1", "a2", "a2", "a3"};
-    for (int k = 0; k < 4; k++) {
+    const char *bns[] = {"b1", "b2", "pb2", "b3", "b4", "bz"};
+    const char *adds[] = {"a1", "a2", "a2", "a3", "a4", "a5"};
+    for (int k = 0; k < 6; k++) {
         int b = layer_index(fused, bns[k]), a = layer_index(fused, adds[k]);
         CHECK(b > 0 && a > 0);
         if (b < 0 || a < 0)
@@ -99,6 +113,17 @@ static void run(const char *kernels)
         CHECK(fused->acts[b] == NULL);
         CHECK(nets[1]->acts[b] != NULL && nets[2]->acts[b] != NULL);
         CHECK(!nets[1]->layers[b].bnf || !nets[1]->layers[b].bnf->into_add);
+    }
+    /* Both gradients of an add in one buffer where nothing writes into it
+     * before the batch norm's gradient is read; not at a4. */
+    for (int k = 0; k < 6; k++) {
+        const int a = layer_index(fused, adds[k]);
+        if (a < 0)
+            continue;
+        const int *db = fused->plan[a].dx_buf;
+        CHECK_MSG((db[0] == db[1]) == (k != 4), "%s: gradient buffers %d %d", adds[k], db[0],
+                  db[1]);
+        CHECK(nets[1]->plan[a].dx_buf[0] != nets[1]->plan[a].dx_buf[1]);
     }
     /* concat -> batchnorm: the concat takes the sums. */
     const int cat = layer_index(fused, "cat"), b3 = layer_index(fused, "b3");

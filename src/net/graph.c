@@ -223,6 +223,10 @@ typedef struct planner {
     int *free_ids;  /* gradient buffers not in use */
     int n_free, cap_free;
     int cap_buf, cap_grp;
+    /* Gradient buffers held by two groups (add_shares): [buffer, groups
+     * still alive] pairs. */
+    int shared[2 * 64];
+    int n_shared;
 } planner;
 
 static int new_buf(planner *p, size_t floats)
@@ -307,6 +311,61 @@ static void add_bn_inputs(const dpt_net *net, const dpt_layer *l, node_plan *P)
     }
 }
 
+/* The index of the node whose backward last reads the gradient at an
+ * add_bn batch norm's output: the conv below it when that conv forms the
+ * batch norm's backward, else the batch norm. */
+static int bn_grad_reader(const dpt_net *net, int b)
+{
+    const dpt_layer *l = &net->layers[b];
+    return l->bnf->dx_virtual ? l->inputs[0] : b;
+}
+
+/* An add that applies a batch norm (add_bn) writes the same gradient to both
+ * inputs: one buffer can hold both when both gradients come into being
+ * here (no acc) and nothing writes into it while it is still to be read:
+ * the only writes are other consumers of a plain input adding their share,
+ * and those must run (in backward order) after every batch norm's reader,
+ * or be that reader (a node reads its gradient before its share is added). */
+static int add_shares(const dpt_net *net, int i, const node_plan *P)
+{
+    const dpt_layer *l = &net->layers[i];
+    if (l->type != &dpt_layer_add || l->n_in != 2 || P->acc[0] || P->dx_buf[0] < 0)
+        return 0;
+    int reader = net->n_layers, any = 0;
+    for (int k = 0; k < 2; k++) {
+        const dpt_layer *in = &net->layers[l->inputs[k]];
+        if (in->bnf && in->bnf->into_add) {
+            int r = bn_grad_reader(net, l->inputs[k]);
+            reader = r < reader ? r : reader;
+            any = 1;
+        }
+    }
+    if (!any || l->inputs[0] == l->inputs[1])
+        return 0;
+    for (int k = 0; k < 2; k++) {
+        const int x = l->inputs[k];
+        const dpt_layer *in = &net->layers[x];
+        if (in->bnf && in->bnf->into_add)
+            continue;
+        for (int j = x + 1; j < net->n_layers; j++) /* x's other consumers */
+            for (int m = 0; m < net->layers[j].n_in; m++)
+                if (j != i && net->layers[j].inputs[m] == x && j > reader)
+                    return 0;
+    }
+    return 1;
+}
+
+/* A group's buffer back to the pool, unless another group still holds it. */
+static int release_grad(planner *p, int b)
+{
+    for (int k = 0; k < p->n_shared; k++)
+        if (p->shared[2 * k] == b && p->shared[2 * k + 1] > 1) {
+            p->shared[2 * k + 1]--;
+            return 0;
+        }
+    return give_grad(p, b);
+}
+
 static dpt_status plan_buffers(dpt_net *net)
 {
     int L = net->n_layers;
@@ -370,9 +429,15 @@ static dpt_status plan_buffers(dpt_net *net)
             if (j == 0) /* no gradient for the input layer */
                 continue;
             node_plan *Q = &net->plan[j];
-            int b = take_grad(&pl, count_of(net, j));
-            if (b < 0)
+            int b;
+            if (k == 1 && Q->grp < 0 && pl.n_shared < 64 && add_shares(net, i, P) &&
+                net->buf_floats[P->dx_buf[0]] >= count_of(net, j)) {
+                b = P->dx_buf[0]; /* the gradient input 0 gets: the same values */
+                pl.shared[2 * pl.n_shared] = b, pl.shared[2 * pl.n_shared + 1] = 2;
+                pl.n_shared++;
+            } else if ((b = take_grad(&pl, count_of(net, j))) < 0) {
                 goto fail;
+            }
             if (Q->grp < 0) {
                 if ((Q->grp = new_group(&pl, b)) < 0)
                     goto fail;
@@ -386,7 +451,7 @@ static dpt_status plan_buffers(dpt_net *net)
         for (int k = 0; k < n_scratch; k++)
             if (give_grad(&pl, scratch[k]))
                 goto fail;
-        if (net->grp_buf[P->grp] >= 0 && give_grad(&pl, net->grp_buf[P->grp]))
+        if (net->grp_buf[P->grp] >= 0 && release_grad(&pl, net->grp_buf[P->grp]))
             goto fail;
     }
     free(pl.free_ids);
