@@ -1,6 +1,6 @@
 /* Batch norms fused into the residual add after them (graph.c add_bn,
  * layer_merge.c), and a concat taking the sums of the batch norm after it
- * (concat_bn): the three block ends of the residual networks (conv ->
+ * (concat_bn; the batch norm writes the concat's input gradients): the three block ends of the residual networks (conv ->
  * batchnorm + shortcut; two batchnorms added; concat -> batchnorm, whose
  * batch norm has no conv below it) and an add without a ReLU after it give
  * the bits of the plan without this fusion (every other fusion on), and the
@@ -130,6 +130,9 @@ static void run(const char *kernels)
     CHECK(cat > 0 && b3 > 0 && fused->layers[cat].sums_out &&
           fused->layers[cat].sums_out == fused->layers[b3].sums_in);
     CHECK(nets[1]->layers[cat].sums_out == NULL && nets[2]->layers[cat].sums_out == NULL);
+    /* ... and in backward writes the concat inputs' gradients itself. */
+    CHECK(fused->layers[b3].bnf && fused->layers[b3].bnf->dx_split && fused->plan[cat].skip_bwd);
+    CHECK(!nets[1]->plan[cat].skip_bwd && !nets[2]->plan[cat].skip_bwd);
     const size_t np = dpt_net_n_params(fused);
     for (int k = 1; k < 3; k++) {
         CHECK(dpt_net_n_params(nets[k]) == np);

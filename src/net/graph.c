@@ -112,6 +112,18 @@ static int concat_bn(const dpt_net *net, int i)
            !net->layers[j].seq;
 }
 
+/* ... and in backward, when every input of the concat has it as its only
+ * consumer (and is not the input layer), the batchnorm writes its input
+ * gradient straight into the concat inputs' gradients: no copy. */
+static int concat_split(const dpt_net *net, int cat)
+{
+    const dpt_layer *l = &net->layers[cat];
+    for (int k = 0; k < l->n_in; k++)
+        if (l->inputs[k] == 0 || net->n_consumers[l->inputs[k]] != 1)
+            return 0;
+    return 1;
+}
+
 /* batchnorm then a two-input add (a residual block's end, b + shortcut, or
  * two batch norms added): the add normalises its inputs as it adds them
  * (and applies the ReLU after it, if fused), and in backward adds up the
@@ -184,8 +196,10 @@ static dpt_status plan_fusion(dpt_net *net, int fusion)
             f->dx_virtual = 1;
             below->out_bnf = f;
         }
-        if (concat_bn(net, i))
+        if (concat_bn(net, i)) {
             below->sums_out = l->sums_in = sums;
+            f->dx_split = concat_split(net, l->inputs[0]);
+        }
         sums += 4 * c;
         if (add_bn(net, i))
             f->out_virtual = f->into_add = 1;
@@ -451,6 +465,11 @@ static dpt_status plan_buffers(dpt_net *net)
         for (int k = 0; k < n_scratch; k++)
             if (give_grad(&pl, scratch[k]))
                 goto fail;
+        /* The batchnorm above writes these gradients (concat_split). */
+        const int top = only_consumer(net, i);
+        if (l->type == &dpt_layer_concat && top > 0 && net->layers[top].bnf &&
+            net->layers[top].bnf->dx_split)
+            P->skip_bwd = 1;
         if (net->grp_buf[P->grp] >= 0 && release_grad(&pl, net->grp_buf[P->grp]))
             goto fail;
     }

@@ -23,6 +23,8 @@ typedef struct bn_fusion {
     int out_virtual; /* the conv above normalises on the fly: no output written */
     int dx_virtual;  /* the conv below applies the backward: no input gradient written */
     int into_add;    /* with out_virtual: the add above applies it and takes xg (graph.c) */
+    int dx_split;    /* its input is a concat's: dx goes straight to the concat's inputs'
+                        gradients, the concat has no backward (graph.c concat_bn) */
     /* With out_virtual, the conv above also adds up the batch norm's
      * backward sums while it writes the gradient: dpt_bn_grad_sums' [2 C]. */
     double *xg;

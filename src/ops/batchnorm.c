@@ -191,6 +191,24 @@ static void backward_dx(const float *x, const float *dy, int n, int c, int hw, c
         }
 }
 
+void dpt_bn_backward_dx_split(const float *x, const float *dy, int n, int c, int hw,
+                              const float *mean, const float *invstd, const float *gamma,
+                              const double *sum_dy, const double *sum_dy_xhat, double count,
+                              int n_parts, const int *part_c, float *const *part_dx)
+{
+    const bn_isa *k = isa();
+    for (int i = 0; i < n; i++)
+        for (int p = 0, ch = 0; p < n_parts; p++)
+            for (int q = 0; q < part_c[p]; q++, ch++) {
+                float kf, ka, kb; /* as backward_dx forms them */
+                dpt_bn_backward_coeffs(1, invstd + ch, gamma + ch, sum_dy + ch, sum_dy_xhat + ch,
+                                       count, &kf, &ka, &kb);
+                const size_t base = ((size_t)i * c + ch) * hw;
+                k->backward_dx(x + base, dy + base, hw, mean[ch], 0.0f, 0.0f, 0, kf, ka, kb,
+                               part_dx[p] + ((size_t)i * part_c[p] + q) * hw);
+            }
+}
+
 void dpt_bn_backward_coeffs(int c, const float *invstd, const float *gamma, const double *sum_dy,
                             const double *sum_dy_xhat, double count, float *kf, float *ka,
                             float *kb)

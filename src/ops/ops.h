@@ -216,6 +216,13 @@ void dpt_bn_backward_dx(const float *x, const float *dy, int n, int c, int hw,
                         const float *mean, const float *invstd, const float *gamma,
                         const double *sum_dy, const double *sum_dy_xhat, double count,
                         float *dx);
+/* dpt_bn_backward_dx with dx split along channels: channels [0, part_c[0])
+ * to part_dx[0] [n, part_c[0], hw], the next part_c[1] to part_dx[1], ...
+ * (the gradients of the inputs of a concat below, written in place). */
+void dpt_bn_backward_dx_split(const float *x, const float *dy, int n, int c, int hw,
+                              const float *mean, const float *invstd, const float *gamma,
+                              const double *sum_dy, const double *sum_dy_xhat, double count,
+                              int n_parts, const int *part_c, float *const *part_dx);
 /* y = a applied to one image x [c, hw] (the float expressions of
  * dpt_bn_apply, an element at a time): for paths with no kernel that
  * applies it on the fly. */
