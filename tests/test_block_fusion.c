@@ -1,6 +1,7 @@
 /* Batch norms fused into the residual add after them (graph.c add_bn,
  * layer_merge.c), and a concat taking the sums of the batch norm after it
- * (concat_bn; the batch norm writes the concat's input gradients): the three block ends of the residual networks (conv ->
+ * (concat_bn; the batch norm writes the concat's input gradients), and the
+ * global average pooling after the last add computed by it (add_pool): the three block ends of the residual networks (conv ->
  * batchnorm + shortcut; two batchnorms added; concat -> batchnorm, whose
  * batch norm has no conv below it) and an add without a ReLU after it give
  * the bits of the plan without this fusion (every other fusion on), and the
@@ -133,6 +134,10 @@ static void run(const char *kernels)
     /* ... and in backward writes the concat inputs' gradients itself. */
     CHECK(fused->layers[b3].bnf && fused->layers[b3].bnf->dx_split && fused->plan[cat].skip_bwd);
     CHECK(!nets[1]->plan[cat].skip_bwd && !nets[2]->plan[cat].skip_bwd);
+    /* a5 -> relu -> gap: the add pools, the pooling runs no pass. */
+    const int gap = layer_index(fused, "gap");
+    CHECK(gap > 0 && fused->plan[gap].skip_fwd && fused->plan[gap].skip_bwd);
+    CHECK(!nets[1]->plan[gap].skip_fwd && !nets[2]->plan[gap].skip_bwd);
     const size_t np = dpt_net_n_params(fused);
     for (int k = 1; k < 3; k++) {
         CHECK(dpt_net_n_params(nets[k]) == np);

@@ -145,6 +145,34 @@ static int add_bn(const dpt_net *net, int i)
     return add->inputs[0] != 0 && add->inputs[1] != 0;
 }
 
+/* add_bn's add, its ReLU, then global average pooling (a residual
+ * network's head): the add takes the plane means as it writes each plane,
+ * and in backward spreads the pooling's gradient itself; the pooling runs
+ * neither pass. Its output gradient must be a buffer of the plan (not the
+ * caller's dy: it is neither the last layer nor the softmax's input). The
+ * add and the pooling name each other in in_act. */
+static void add_pool(dpt_net *net)
+{
+    for (int i = 1; blk_fusion() && i < net->n_layers; i++) {
+        dpt_layer *l = &net->layers[i];
+        const int r = only_consumer(net, i), g = r > 0 ? only_consumer(net, r) : -1;
+        if (l->type != &dpt_layer_add || l->n_in != 2 || !l->relu_after || g <= 0 ||
+            net->layers[g].type != &dpt_layer_globalavgpool ||
+            l->out[1] * l->out[2] > DPT_BN_ADD_POOL_HW)
+            continue;
+        const int top = only_consumer(net, g);
+        if (top <= 0 || net->layers[top].type == &dpt_layer_softmax)
+            continue;
+        int bn = 0;
+        for (int k = 0; k < 2; k++) {
+            const bn_fusion *f = net->layers[l->inputs[k]].bnf;
+            bn |= f && f->into_add;
+        }
+        if (bn)
+            l->in_act = g, net->layers[g].in_act = i;
+    }
+}
+
 static dpt_status plan_fusion(dpt_net *net, int fusion)
 {
     /* DPT_FUSION=0 turns it off (for measuring what it gains). */
@@ -227,6 +255,7 @@ static dpt_status plan_fusion(dpt_net *net, int fusion)
         }
         f++;
     }
+    add_pool(net);
     return DPT_OK;
 }
 
@@ -422,6 +451,7 @@ static dpt_status plan_buffers(dpt_net *net)
         if (l->in_bnf)
             P->x_act[0] = net->plan[l->in_act].act;
         add_bn_inputs(net, l, P);
+        P->skip_fwd = l->type == &dpt_layer_globalavgpool && l->in_act; /* add_pool */
         P->grp = -1;
     }
     /* Gradients, in backward order. */
@@ -465,11 +495,20 @@ static dpt_status plan_buffers(dpt_net *net)
         for (int k = 0; k < n_scratch; k++)
             if (give_grad(&pl, scratch[k]))
                 goto fail;
+        if (l->type == &dpt_layer_globalavgpool && l->in_act) /* add_pool */
+            P->skip_bwd = 1;
         /* The batchnorm above writes these gradients (concat_split). */
         const int top = only_consumer(net, i);
         if (l->type == &dpt_layer_concat && top > 0 && net->layers[top].bnf &&
             net->layers[top].bnf->dx_split)
             P->skip_bwd = 1;
+        /* add_pool: the pooling's output gradient is read by the add, so it
+         * lives until the add's backward. */
+        const int pool_of_add = l->type == &dpt_layer_add ? l->in_act : 0;
+        if (pool_of_add && release_grad(&pl, net->grp_buf[net->plan[pool_of_add].grp]))
+            goto fail;
+        if (l->type == &dpt_layer_globalavgpool && l->in_act)
+            continue;
         if (net->grp_buf[P->grp] >= 0 && release_grad(&pl, net->grp_buf[P->grp]))
             goto fail;
     }

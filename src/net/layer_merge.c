@@ -66,8 +66,9 @@ static dpt_status add_forward(dpt_net *net, dpt_layer *l, const float *const *x,
         double *xg0, *xg1;
         const dpt_bn_apply *a0 = in_bn(net, l, 0, &xg0), *a1 = in_bn(net, l, 1, &xg1);
         if (a0 || a1) {
+            /* With the pooling after it (graph.c add_pool): its output too. */
             dpt_bn_add_forward(a, a0, b, a1, n, l->out[0], l->out[1] * l->out[2], l->relu_after,
-                               y);
+                               y, l->in_act ? net->acts[l->in_act] : NULL);
             return DPT_OK;
         }
     }
@@ -100,8 +101,12 @@ static dpt_status add_backward(dpt_net *net, dpt_layer *l, const float *const *x
         double *xg0, *xg1;
         const dpt_bn_apply *a0 = in_bn(net, l, 0, &xg0), *a1 = in_bn(net, l, 1, &xg1);
         if (a0 || a1) { /* both gradients wanted (graph.c add_bn) */
+            /* With add_pool, dy is the pooling's output gradient. */
+            const float *dpool = NULL;
+            if (l->in_act)
+                dpool = net->buf[net->grp_buf[net->plan[l->in_act].grp]];
             dpt_bn_add_backward(y, dy, n, l->out[0], l->out[1] * l->out[2], l->relu_after, x[0],
-                                a0, xg0, x[1], a1, xg1, dx[0], dx[1]);
+                                a0, xg0, x[1], a1, xg1, dx[0], dx[1], dpool);
             return DPT_OK;
         }
     }

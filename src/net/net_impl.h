@@ -162,6 +162,7 @@ typedef struct node_plan {
     int act;               /* buffer of this node's output; -1: not materialised */
     int grp;               /* gradient group of this node's output; -1: none */
     int skip_bwd;          /* fused relu: no backward of its own */
+    int skip_fwd;          /* computed by another node (graph.c add_pool) */
     /* [n_in] each, inside net->plan_ints: */
     int *x_act;            /* buffer read as input k (fusion may redirect) */
     int *dx_buf;           /* -1: no gradient for input k */

@@ -247,7 +247,8 @@ static void add_coef(const dpt_bn_apply *a, int ch, float *c3)
 }
 
 void dpt_bn_add_forward(const float *x0, const dpt_bn_apply *a0, const float *x1,
-                        const dpt_bn_apply *a1, int n, int c, int hw, int relu, float *y)
+                        const dpt_bn_apply *a1, int n, int c, int hw, int relu, float *y,
+                        float *mean)
 {
     const bn_isa *k = isa();
     for (int i = 0; i < n; i++)
@@ -257,13 +258,17 @@ void dpt_bn_add_forward(const float *x0, const dpt_bn_apply *a0, const float *x1
             add_coef(a1, ch, c1);
             const size_t base = ((size_t)i * c + ch) * hw;
             k->add_bn(x0 + base, c0, x1 + base, c1, hw, relu, y + base);
+            if (mean) /* the plane is still in cache */
+                dpt_global_avgpool_forward(y + base, mean + (size_t)i * c + ch, 1, 1, hw);
         }
 }
 
 void dpt_bn_add_backward(const float *y, const float *dy, int n, int c, int hw, int relu,
                          const float *x0, const dpt_bn_apply *a0, double *xg0, const float *x1,
-                         const dpt_bn_apply *a1, double *xg1, float *d0, float *d1)
+                         const dpt_bn_apply *a1, double *xg1, float *d0, float *d1,
+                         const float *dmean)
 {
+    float spread[DPT_BN_ADD_POOL_HW];
     const bn_isa *k = isa();
     if (!xg0) { /* the batch-normed input first: one x to read */
         const float *xt = x0;
@@ -285,7 +290,12 @@ void dpt_bn_add_backward(const float *y, const float *dy, int n, int c, int hw, 
         for (int ch = 0; ch < c; ch++) {
             const size_t base = ((size_t)i * c + ch) * hw;
             double s[3];
-            k->add_bn_bwd(y + base, dy + base, x0 + base, a0->mean[ch], xg1 ? x1 + base : NULL,
+            const float *g = dy + base;
+            if (dmean) { /* the pooling's backward, a plane at a time */
+                dpt_global_avgpool_backward(dmean + (size_t)i * c + ch, spread, 1, 1, hw);
+                g = spread;
+            }
+            k->add_bn_bwd(y + base, g, x0 + base, a0->mean[ch], xg1 ? x1 + base : NULL,
                           xg1 ? a1->mean[ch] : 0.0f, hw, relu, d0 + base, d1 + base, s);
             if (xg0)
                 xg0[ch] += s[0], xg0[c + ch] += s[1];

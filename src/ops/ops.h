@@ -240,10 +240,18 @@ void dpt_bn_grad_sums(const float *x, const float *g, int n, int c, int hw, cons
  * for each input with a batch norm (xg0, xg1 non-NULL: 2·c doubles each)
  * dpt_bn_grad_sums' two sums of x_k and that gradient, in the same pass. */
 void dpt_bn_add_forward(const float *x0, const dpt_bn_apply *a0, const float *x1,
-                        const dpt_bn_apply *a1, int n, int c, int hw, int relu, float *y);
+                        const dpt_bn_apply *a1, int n, int c, int hw, int relu, float *y,
+                        float *mean);
 void dpt_bn_add_backward(const float *y, const float *dy, int n, int c, int hw, int relu,
                          const float *x0, const dpt_bn_apply *a0, double *xg0, const float *x1,
-                         const dpt_bn_apply *a1, double *xg1, float *d0, float *d1);
+                         const dpt_bn_apply *a1, double *xg1, float *d0, float *d1,
+                         const float *dmean);
+/* With a global average pooling after the add (and its ReLU): mean non-NULL
+ * receives dpt_global_avgpool_forward of y [n, c] in the same pass, and
+ * with dmean non-NULL the backward takes the pooling's output gradient
+ * [n, c] instead of dy (dy unused), spread as dpt_global_avgpool_backward
+ * spreads it; hw at most DPT_BN_ADD_POOL_HW then. */
+#define DPT_BN_ADD_POOL_HW 1024
 /* The per-channel coefficients of dx = kf·dy − ka − (x − mean)·kb that
  * dpt_bn_backward_dx uses (kf = gamma·invstd, ka = kf·sum_dy/count,
  * kb = kf·sum_dy_xhat/count·invstd, formed in float64); for dpt_bn_apply. */
