@@ -165,7 +165,8 @@ static void KN(plane_add_bn_bwd)(const float *y, const float *dy, const float *x
             b0 += g * (KN(vload)(x0 + j) - mv0);
         }
     }
-    double t = KN(vsum)(a), u0 = KN(vsum)(b0), u1 = KN(vsum)(b1);
+    /* Each vsum is a chain of VN float64 adds: not formed for nothing. */
+    double t = KN(vsum)(a), u0 = KN(vsum)(b0), u1 = x1 ? KN(vsum)(b1) : 0.0;
     for (; j < n; j++) {
         float g = dy[j];
         if (relu && !(y[j] > 0.0f))
