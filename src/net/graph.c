@@ -92,8 +92,9 @@ static int fusable_bn(const dpt_net *net, int i)
     return net->layers[j].type == &dpt_layer_conv && net->n_consumers[j] == 1;
 }
 
-/* DPT_FUSION_BLK=0 leaves out the two fusions below (for measuring what
- * they gain; the results are the same bits). */
+/* DPT_FUSION_BLK=0 leaves out the residual blocks' fusions below
+ * (concat_bn, add_bn, add_pool; for measuring what they gain: the results
+ * are the same bits). */
 static int blk_fusion(void)
 {
     const char *env = getenv("DPT_FUSION_BLK");

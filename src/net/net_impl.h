@@ -147,7 +147,8 @@ struct dpt_layer {
     double *sums_in;       /* batchnorm: those sums, filled by the conv below */
     bn_fusion *bnf;        /* batchnorm: the record it fills for the convs around it */
     bn_fusion *in_bnf;     /* conv: its input is the output of node in_act with in_bnf applied */
-    int in_act;
+    int in_act;            /* (also, graph.c add_pool: an add and the global average pooling
+                              it computes name each other here) */
     bn_fusion *out_bnf;    /* conv: its output gradient comes through out_bnf's backward */
 };
 
