@@ -92,6 +92,88 @@ static int fusable_bn(const dpt_net *net, int i)
     return net->layers[j].type == &dpt_layer_conv && net->n_consumers[j] == 1;
 }
 
+/* DPT_FUSION_BLK=0 leaves out the residual blocks' fusions below
+ * (concat_bn, add_bn, add_pool; for measuring what they gain: the results
+ * are the same bits). */
+static int blk_fusion(void)
+{
+    const char *env = getenv("DPT_FUSION_BLK");
+    return !(env && strcmp(env, "0") == 0);
+}
+
+/* concat then batchnorm: the concat adds up the batch norm's sums as it
+ * copies each image (no reading pass in the batchnorm). */
+static int concat_bn(const dpt_net *net, int i)
+{
+    const dpt_layer *l = &net->layers[i];
+    if (!blk_fusion() || l->type != &dpt_layer_batchnorm)
+        return 0;
+    int j = l->inputs[0];
+    return net->layers[j].type == &dpt_layer_concat && net->n_consumers[j] == 1 &&
+           !net->layers[j].seq;
+}
+
+/* ... and in backward, when every input of the concat has it as its only
+ * consumer (and is not the input layer), the batchnorm writes its input
+ * gradient straight into the concat inputs' gradients: no copy. */
+static int concat_split(const dpt_net *net, int cat)
+{
+    const dpt_layer *l = &net->layers[cat];
+    for (int k = 0; k < l->n_in; k++)
+        if (l->inputs[k] == 0 || net->n_consumers[l->inputs[k]] != 1)
+            return 0;
+    return 1;
+}
+
+/* batchnorm then a two-input add (a residual block's end, b + shortcut, or
+ * two batch norms added): the add normalises its inputs as it adds them
+ * (and applies the ReLU after it, if fused), and in backward adds up the
+ * batch norms' sums while it writes their gradients; the batch norms'
+ * outputs are never written, and they read neither x nor the gradient
+ * again for their sums. Every input of the add must get a gradient (none is
+ * the input layer), so that the add always has both to write. */
+static int add_bn(const dpt_net *net, int i)
+{
+    if (!blk_fusion())
+        return 0;
+    const dpt_layer *l = &net->layers[i];
+    const int a = only_consumer(net, i);
+    if (l->type != &dpt_layer_batchnorm || a <= 0)
+        return 0;
+    const dpt_layer *add = &net->layers[a];
+    if (add->type != &dpt_layer_add || add->n_in != 2)
+        return 0;
+    return add->inputs[0] != 0 && add->inputs[1] != 0;
+}
+
+/* add_bn's add, its ReLU, then global average pooling (a residual
+ * network's head): the add takes the plane means as it writes each plane,
+ * and in backward spreads the pooling's gradient itself; the pooling runs
+ * neither pass. Its output gradient must be a buffer of the plan (not the
+ * caller's dy: it is neither the last layer nor the softmax's input). The
+ * add and the pooling name each other in in_act. */
+static void add_pool(dpt_net *net)
+{
+    for (int i = 1; blk_fusion() && i < net->n_layers; i++) {
+        dpt_layer *l = &net->layers[i];
+        const int r = only_consumer(net, i), g = r > 0 ? only_consumer(net, r) : -1;
+        if (l->type != &dpt_layer_add || l->n_in != 2 || !l->relu_after || g <= 0 ||
+            net->layers[g].type != &dpt_layer_globalavgpool ||
+            l->out[1] * l->out[2] > DPT_BN_ADD_POOL_HW)
+            continue;
+        const int top = only_consumer(net, g);
+        if (top <= 0 || net->layers[top].type == &dpt_layer_softmax)
+            continue;
+        int bn = 0;
+        for (int k = 0; k < 2; k++) {
+            const bn_fusion *f = net->layers[l->inputs[k]].bnf;
+            bn |= f && f->into_add;
+        }
+        if (bn)
+            l->in_act = g, net->layers[g].in_act = i;
+    }
+}
+
 static dpt_status plan_fusion(dpt_net *net, int fusion)
 {
     /* DPT_FUSION=0 turns it off (for measuring what it gains). */
@@ -111,7 +193,7 @@ static dpt_status plan_fusion(dpt_net *net, int fusion)
     }
     size_t n_sums = 0, n_bn = 0, n_buf = 0;
     for (int i = 1; i < net->n_layers; i++) {
-        if (fusable_bn(net, i)) {
+        if (fusable_bn(net, i) || add_bn(net, i) || concat_bn(net, i)) {
             n_sums += 4 * (size_t)net->layers[i].in[0];
             n_bn++;
             n_buf += 6 * (size_t)net->layers[i].in[0];
@@ -128,19 +210,32 @@ static dpt_status plan_fusion(dpt_net *net, int fusion)
     float *buf = net->fuse_buf;
     bn_fusion *f = net->fuse_bn;
     for (int i = 1; i < net->n_layers; i++) {
-        if (!fusable_bn(net, i))
+        const int conv_below = fusable_bn(net, i);
+        if (!conv_below && !add_bn(net, i) && !concat_bn(net, i))
             continue;
         dpt_layer *l = &net->layers[i], *below = &net->layers[l->inputs[0]];
         const size_t c = (size_t)l->in[0];
-        below->sums_out = l->sums_in = sums;
         f->xg = sums + 2 * c;
-        sums += 4 * c;
         f->a.mean = buf, f->a.scale = buf + c, f->a.shift = buf + 2 * c;
         f->a.kf = buf + 3 * c, f->a.ka = buf + 4 * c, f->a.kb = buf + 5 * c;
         buf += 6 * c;
         l->bnf = f;
-        f->dx_virtual = 1;
-        below->out_bnf = f;
+        if (conv_below) {
+            below->sums_out = l->sums_in = sums;
+            f->dx_virtual = 1;
+            below->out_bnf = f;
+        }
+        if (concat_bn(net, i)) {
+            below->sums_out = l->sums_in = sums;
+            f->dx_split = concat_split(net, l->inputs[0]);
+        }
+        sums += 4 * c;
+        if (add_bn(net, i))
+            f->out_virtual = f->into_add = 1;
+        if (!conv_below) { /* only the sums (concat_bn) or the add */
+            f++;
+            continue;
+        }
         int top = i; /* the node whose output the next layer reads */
         int r = only_consumer(net, i);
         if (r > 0 && net->layers[r].type == &dpt_layer_relu) {
@@ -161,6 +256,7 @@ static dpt_status plan_fusion(dpt_net *net, int fusion)
         }
         f++;
     }
+    add_pool(net);
     return DPT_OK;
 }
 
@@ -171,6 +267,10 @@ typedef struct planner {
     int *free_ids;  /* gradient buffers not in use */
     int n_free, cap_free;
     int cap_buf, cap_grp;
+    /* Gradient buffers held by two groups (add_shares): [buffer, groups
+     * still alive] pairs. */
+    int shared[2 * 64];
+    int n_shared;
 } planner;
 
 static int new_buf(planner *p, size_t floats)
@@ -245,6 +345,71 @@ static int new_group(planner *p, int buf)
     return net->n_grp++;
 }
 
+/* An add that applies its inputs' batch norms (add_bn) reads their inputs. */
+static void add_bn_inputs(const dpt_net *net, const dpt_layer *l, node_plan *P)
+{
+    for (int k = 0; k < l->n_in; k++) {
+        const dpt_layer *in = &net->layers[l->inputs[k]];
+        if (in->bnf && in->bnf->into_add)
+            P->x_act[k] = net->plan[in->inputs[0]].act;
+    }
+}
+
+/* The index of the node whose backward last reads the gradient at an
+ * add_bn batch norm's output: the conv below it when that conv forms the
+ * batch norm's backward, else the batch norm. */
+static int bn_grad_reader(const dpt_net *net, int b)
+{
+    const dpt_layer *l = &net->layers[b];
+    return l->bnf->dx_virtual ? l->inputs[0] : b;
+}
+
+/* An add that applies a batch norm (add_bn) writes the same gradient to both
+ * inputs: one buffer can hold both when both gradients come into being
+ * here (no acc) and nothing writes into it while it is still to be read:
+ * the only writes are other consumers of a plain input adding their share,
+ * and those must run (in backward order) after every batch norm's reader,
+ * or be that reader (a node reads its gradient before its share is added). */
+static int add_shares(const dpt_net *net, int i, const node_plan *P)
+{
+    const dpt_layer *l = &net->layers[i];
+    if (l->type != &dpt_layer_add || l->n_in != 2 || P->acc[0] || P->dx_buf[0] < 0)
+        return 0;
+    int reader = net->n_layers, any = 0;
+    for (int k = 0; k < 2; k++) {
+        const dpt_layer *in = &net->layers[l->inputs[k]];
+        if (in->bnf && in->bnf->into_add) {
+            int r = bn_grad_reader(net, l->inputs[k]);
+            reader = r < reader ? r : reader;
+            any = 1;
+        }
+    }
+    if (!any || l->inputs[0] == l->inputs[1])
+        return 0;
+    for (int k = 0; k < 2; k++) {
+        const int x = l->inputs[k];
+        const dpt_layer *in = &net->layers[x];
+        if (in->bnf && in->bnf->into_add)
+            continue;
+        for (int j = x + 1; j < net->n_layers; j++) /* x's other consumers */
+            for (int m = 0; m < net->layers[j].n_in; m++)
+                if (j != i && net->layers[j].inputs[m] == x && j > reader)
+                    return 0;
+    }
+    return 1;
+}
+
+/* A group's buffer back to the pool, unless another group still holds it. */
+static int release_grad(planner *p, int b)
+{
+    for (int k = 0; k < p->n_shared; k++)
+        if (p->shared[2 * k] == b && p->shared[2 * k + 1] > 1) {
+            p->shared[2 * k + 1]--;
+            return 0;
+        }
+    return give_grad(p, b);
+}
+
 static dpt_status plan_buffers(dpt_net *net)
 {
     int L = net->n_layers;
@@ -286,6 +451,8 @@ static dpt_status plan_buffers(dpt_net *net)
         }
         if (l->in_bnf)
             P->x_act[0] = net->plan[l->in_act].act;
+        add_bn_inputs(net, l, P);
+        P->skip_fwd = l->type == &dpt_layer_globalavgpool && l->in_act; /* add_pool */
         P->grp = -1;
     }
     /* Gradients, in backward order. */
@@ -307,9 +474,15 @@ static dpt_status plan_buffers(dpt_net *net)
             if (j == 0) /* no gradient for the input layer */
                 continue;
             node_plan *Q = &net->plan[j];
-            int b = take_grad(&pl, count_of(net, j));
-            if (b < 0)
+            int b;
+            if (k == 1 && Q->grp < 0 && pl.n_shared < 64 && add_shares(net, i, P) &&
+                net->buf_floats[P->dx_buf[0]] >= count_of(net, j)) {
+                b = P->dx_buf[0]; /* the gradient input 0 gets: the same values */
+                pl.shared[2 * pl.n_shared] = b, pl.shared[2 * pl.n_shared + 1] = 2;
+                pl.n_shared++;
+            } else if ((b = take_grad(&pl, count_of(net, j))) < 0) {
                 goto fail;
+            }
             if (Q->grp < 0) {
                 if ((Q->grp = new_group(&pl, b)) < 0)
                     goto fail;
@@ -323,7 +496,21 @@ static dpt_status plan_buffers(dpt_net *net)
         for (int k = 0; k < n_scratch; k++)
             if (give_grad(&pl, scratch[k]))
                 goto fail;
-        if (net->grp_buf[P->grp] >= 0 && give_grad(&pl, net->grp_buf[P->grp]))
+        if (l->type == &dpt_layer_globalavgpool && l->in_act) /* add_pool */
+            P->skip_bwd = 1;
+        /* The batchnorm above writes these gradients (concat_split). */
+        const int top = only_consumer(net, i);
+        if (l->type == &dpt_layer_concat && top > 0 && net->layers[top].bnf &&
+            net->layers[top].bnf->dx_split)
+            P->skip_bwd = 1;
+        /* add_pool: the pooling's output gradient is read by the add, so it
+         * lives until the add's backward. */
+        const int pool_of_add = l->type == &dpt_layer_add ? l->in_act : 0;
+        if (pool_of_add && release_grad(&pl, net->grp_buf[net->plan[pool_of_add].grp]))
+            goto fail;
+        if (l->type == &dpt_layer_globalavgpool && l->in_act)
+            continue;
+        if (net->grp_buf[P->grp] >= 0 && release_grad(&pl, net->grp_buf[P->grp]))
             goto fail;
     }
     free(pl.free_ids);

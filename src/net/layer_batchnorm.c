@@ -198,6 +198,21 @@ static dpt_status bn_backward(dpt_net *net, dpt_layer *l, const float *const *xs
             return s;
     }
     double count = b->synced ? b->count : (double)n * hw;
+    if (l->bnf && l->bnf->dx_split) {
+        /* Into the concat inputs' gradients (graph.c concat_split; no ReLU
+         * fused here). */
+        const dpt_layer *cat = &net->layers[l->inputs[0]];
+        const node_plan *C = &net->plan[l->inputs[0]];
+        int part_c[DPT_MAX_INPUTS];
+        float *part_dx[DPT_MAX_INPUTS];
+        for (int k = 0; k < cat->n_in; k++) {
+            part_c[k] = cat->ins[k][0];
+            part_dx[k] = net->buf[C->dx_buf[k]];
+        }
+        dpt_bn_backward_dx_split(x, dy, n, c, hw, b->mean, b->invstd, scale, sum_dy, sum_dy_xhat,
+                                 count, cat->n_in, part_c, part_dx);
+        return DPT_OK;
+    }
     if (l->relu_after)
         dpt_bn_backward_dx_relu(x, dy, n, c, hw, b->mean, b->invstd, scale, offset, sum_dy,
                                 sum_dy_xhat, count, dx);

@@ -42,13 +42,36 @@ static dpt_status add_infer(dpt_net *net, dpt_layer *l)
     return DPT_OK;
 }
 
+/* Input k's batch norm when the add applies it (graph.c add_bn), else NULL;
+ * *xg: where its backward sums go. */
+static const dpt_bn_apply *in_bn(const dpt_net *net, const dpt_layer *l, int k, double **xg)
+{
+    const bn_fusion *f = net->layers[l->inputs[k]].bnf;
+    if (!f || !f->into_add) {
+        *xg = NULL;
+        return NULL;
+    }
+    *xg = f->xg;
+    return &f->a;
+}
+
 /* y = ((x0 + x1) + x2) + ...: PyTorch's order for a + b + c. */
 static dpt_status add_forward(dpt_net *net, dpt_layer *l, const float *const *x, float *y, int n,
                               dpt_mode mode)
 {
-    (void)net, (void)mode;
+    (void)mode;
     size_t m = (size_t)n * chw(l->out);
     const float *a = x[0], *b = x[1];
+    if (l->n_in == 2) {
+        double *xg0, *xg1;
+        const dpt_bn_apply *a0 = in_bn(net, l, 0, &xg0), *a1 = in_bn(net, l, 1, &xg1);
+        if (a0 || a1) {
+            /* With the pooling after it (graph.c add_pool): its output too. */
+            dpt_bn_add_forward(a, a0, b, a1, n, l->out[0], l->out[1] * l->out[2], l->relu_after,
+                               y, l->in_act ? net->acts[l->in_act] : NULL);
+            return DPT_OK;
+        }
+    }
     if (l->relu_after && l->n_in == 2) {
         /* The ReLU above fused in (graph.c): dpt_relu_forward's select on
          * the sum, in the same pass. */
@@ -73,8 +96,20 @@ static dpt_status add_forward(dpt_net *net, dpt_layer *l, const float *const *x,
 static dpt_status add_backward(dpt_net *net, dpt_layer *l, const float *const *x, const float *y,
                                const float *dy, float *const *dx, int n)
 {
-    (void)net, (void)x;
     size_t m = (size_t)n * chw(l->out);
+    if (l->n_in == 2) {
+        double *xg0, *xg1;
+        const dpt_bn_apply *a0 = in_bn(net, l, 0, &xg0), *a1 = in_bn(net, l, 1, &xg1);
+        if (a0 || a1) { /* both gradients wanted (graph.c add_bn) */
+            /* With add_pool, dy is the pooling's output gradient. */
+            const float *dpool = NULL;
+            if (l->in_act)
+                dpool = net->buf[net->grp_buf[net->plan[l->in_act].grp]];
+            dpt_bn_add_backward(y, dy, n, l->out[0], l->out[1] * l->out[2], l->relu_after, x[0],
+                                a0, xg0, x[1], a1, xg1, dx[0], dx[1], dpool);
+            return DPT_OK;
+        }
+    }
     /* With the ReLU above fused in, dy is at its output: masked once by y
      * (the ReLU's output too), as dpt_relu_backward does, then copied. */
     const float *g = dy;
@@ -134,8 +169,14 @@ static dpt_status concat_infer(dpt_net *net, dpt_layer *l)
 static dpt_status concat_forward(dpt_net *net, dpt_layer *l, const float *const *x, float *y,
                                  int n, dpt_mode mode)
 {
-    (void)net, (void)mode;
+    (void)net;
     size_t out = chw(l->out);
+    /* Fused with the batchnorm above (graph.c concat_bn): its sums taken
+     * from each image just copied, still in cache. */
+    double *sums = mode == DPT_MODE_TRAIN ? l->sums_out : NULL;
+    const int c = l->out[0], hw = l->out[1] * l->out[2];
+    if (sums)
+        memset(sums, 0, 2 * (size_t)c * sizeof *sums);
     for (int i = 0; i < n; i++) {
         float *dst = y + (size_t)i * out;
         for (int k = 0; k < l->n_in; k++) {
@@ -143,7 +184,11 @@ static dpt_status concat_forward(dpt_net *net, dpt_layer *l, const float *const 
             memcpy(dst, x[k] + (size_t)i * m, m * sizeof *dst);
             dst += m;
         }
+        if (sums)
+            dpt_bn_sums_image(y + (size_t)i * out, y, c, hw, sums, sums + c);
     }
+    if (sums)
+        dpt_bn_sums_finish(y, n, c, hw, sums, sums + c);
     return DPT_OK;
 }
 

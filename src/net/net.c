@@ -1018,7 +1018,7 @@ static dpt_status run_forward(dpt_net *net, int n, dpt_mode mode)
     for (int i = 1; i < net->n_layers; i++) {
         dpt_layer *l = &net->layers[i];
         const node_plan *P = &net->plan[i];
-        if (l->fused) /* computed by the batchnorm it reads */
+        if (l->fused || P->skip_fwd) /* computed by the node it reads */
             continue;
         for (int k = 0; k < l->n_in; k++)
             xs[k] = P->x_act[k] >= 0 ? buf[P->x_act[k]] : NULL;

@@ -22,6 +22,9 @@ typedef struct bn_fusion {
     dpt_bn_apply a;  /* arrays point into a buffer owned by the network */
     int out_virtual; /* the conv above normalises on the fly: no output written */
     int dx_virtual;  /* the conv below applies the backward: no input gradient written */
+    int into_add;    /* with out_virtual: the add above applies it and takes xg (graph.c) */
+    int dx_split;    /* its input is a concat's: dx goes straight to the concat's inputs'
+                        gradients, the concat has no backward (graph.c concat_bn) */
     /* With out_virtual, the conv above also adds up the batch norm's
      * backward sums while it writes the gradient: dpt_bn_grad_sums' [2 C]. */
     double *xg;
@@ -144,7 +147,8 @@ struct dpt_layer {
     double *sums_in;       /* batchnorm: those sums, filled by the conv below */
     bn_fusion *bnf;        /* batchnorm: the record it fills for the convs around it */
     bn_fusion *in_bnf;     /* conv: its input is the output of node in_act with in_bnf applied */
-    int in_act;
+    int in_act;            /* (also, graph.c add_pool: an add and the global average pooling
+                              it computes name each other here) */
     bn_fusion *out_bnf;    /* conv: its output gradient comes through out_bnf's backward */
 };
 
@@ -159,6 +163,7 @@ typedef struct node_plan {
     int act;               /* buffer of this node's output; -1: not materialised */
     int grp;               /* gradient group of this node's output; -1: none */
     int skip_bwd;          /* fused relu: no backward of its own */
+    int skip_fwd;          /* computed by another node (graph.c add_pool) */
     /* [n_in] each, inside net->plan_ints: */
     int *x_act;            /* buffer read as input k (fusion may redirect) */
     int *dx_buf;           /* -1: no gradient for input k */

@@ -197,6 +197,13 @@ void dpt_conv_plan_set_timer(dpt_conv_plan_timer fn, void *ctx);
  * pool; we return plain sums in float64 so a caller can all-reduce them:
  * sum[c] = Σ x, sumsq[c] = Σ x². */
 void dpt_bn_sums(const float *x, int n, int c, int hw, double *sum, double *sumsq);
+/* dpt_bn_sums an image at a time, for a pass that writes x image by image:
+ * with sum and sumsq zeroed, dpt_bn_sums_image on each image x_i [c, hw] in
+ * order (x0: image 0, already written), then dpt_bn_sums_finish: the same
+ * bits as dpt_bn_sums. */
+void dpt_bn_sums_image(const float *x, const float *x0, int c, int hw, double *sum,
+                       double *sumsq);
+void dpt_bn_sums_finish(const float *x0, int n, int c, int hw, double *sum, double *sumsq);
 /* y = gamma * (x - mean) * invstd + beta, per channel. */
 void dpt_bn_normalize(const float *x, int n, int c, int hw, const float *mean,
                       const float *invstd, const float *gamma, const float *beta, float *y);
@@ -210,6 +217,13 @@ void dpt_bn_backward_dx(const float *x, const float *dy, int n, int c, int hw,
                         const float *mean, const float *invstd, const float *gamma,
                         const double *sum_dy, const double *sum_dy_xhat, double count,
                         float *dx);
+/* dpt_bn_backward_dx with dx split along channels: channels [0, part_c[0])
+ * to part_dx[0] [n, part_c[0], hw], the next part_c[1] to part_dx[1], ...
+ * (the gradients of the inputs of a concat below, written in place). */
+void dpt_bn_backward_dx_split(const float *x, const float *dy, int n, int c, int hw,
+                              const float *mean, const float *invstd, const float *gamma,
+                              const double *sum_dy, const double *sum_dy_xhat, double count,
+                              int n_parts, const int *part_c, float *const *part_dx);
 /* y = a applied to one image x [c, hw] (the float expressions of
  * dpt_bn_apply, an element at a time): for paths with no kernel that
  * applies it on the fly. */
@@ -220,6 +234,25 @@ void dpt_bn_apply_forward(const float *x, int c, int hw, const dpt_bn_apply *a, 
  * not yet multiplied by invstd. */
 void dpt_bn_grad_sums(const float *x, const float *g, int n, int c, int hw, const dpt_bn_apply *a,
                       double *s_g, double *s_gx);
+/* A residual add of two inputs [n, c, hw], each with a batch norm applied
+ * on the fly (a0, a1; NULL: none; no ReLU of their own), ReLU'd when relu:
+ * the bits of the batch norms' passes then the add's. Backward: dy at the
+ * output (masked by y > 0 when relu) to both inputs' gradients d0, d1, and
+ * for each input with a batch norm (xg0, xg1 non-NULL: 2·c doubles each)
+ * dpt_bn_grad_sums' two sums of x_k and that gradient, in the same pass. */
+void dpt_bn_add_forward(const float *x0, const dpt_bn_apply *a0, const float *x1,
+                        const dpt_bn_apply *a1, int n, int c, int hw, int relu, float *y,
+                        float *mean);
+void dpt_bn_add_backward(const float *y, const float *dy, int n, int c, int hw, int relu,
+                         const float *x0, const dpt_bn_apply *a0, double *xg0, const float *x1,
+                         const dpt_bn_apply *a1, double *xg1, float *d0, float *d1,
+                         const float *dmean);
+/* With a global average pooling after the add (and its ReLU): mean non-NULL
+ * receives dpt_global_avgpool_forward of y [n, c] in the same pass, and
+ * with dmean non-NULL the backward takes the pooling's output gradient
+ * [n, c] instead of dy (dy unused), spread as dpt_global_avgpool_backward
+ * spreads it; hw at most DPT_BN_ADD_POOL_HW then. */
+#define DPT_BN_ADD_POOL_HW 1024
 /* The per-channel coefficients of dx = kf·dy − ka − (x − mean)·kb that
  * dpt_bn_backward_dx uses (kf = gamma·invstd, ka = kf·sum_dy/count,
  * kb = kf·sum_dy_xhat/count·invstd, formed in float64); for dpt_bn_apply. */

@@ -18,6 +18,12 @@ typedef struct bn_isa {
                           float shift, int relu, double *s_g, double *s_gx);
     void (*backward_dx)(const float *x, const float *dy, int n, float m, float scale, float shift,
                         int relu, float kf, float ka, float kb, float *dx);
+    /* A residual add with its inputs' batch norms (c: m, scale, shift) */
+    void (*add_bn)(const float *x0, const float *c0, const float *x1, const float *c1, int n,
+                   int relu, float *y);
+    void (*add_bn_bwd)(const float *y, const float *dy, const float *x0, float m0,
+                       const float *x1, float m1, int n, int relu, float *d0, float *d1,
+                       double *s);
 } bn_isa;
 
 /* forward's a: NULL, or the batch norm applied to x on the fly, and

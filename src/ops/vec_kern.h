@@ -11,6 +11,8 @@ const bn_isa KN(dpt_bn_isa) = {
     .normalize = KN(plane_normalize),
     .backward_sums = KN(plane_backward_sums),
     .backward_dx = KN(plane_backward_dx),
+    .add_bn = KN(plane_add_bn),
+    .add_bn_bwd = KN(plane_add_bn_bwd),
 };
 
 const fc_isa KN(dpt_fc_isa) = {
