@@ -278,6 +278,19 @@ void dpt_maxpool2d_forward_idx(const dpt_pool2d_desc *d, const float *x, float *
  * dpt_maxpool2d_forward_idx, in one pass (graph.c's bn -> pool fusion). */
 void dpt_maxpool2d_forward_bn(const dpt_pool2d_desc *d, const float *x, const dpt_bn_apply *a,
                               float *y, unsigned char *idx);
+/* The same, and xv [n, c, out_h, out_w] (NULL: not wanted) gets x at each
+ * window's maximum (before the batch norm), for dpt_maxpool2d_backward_bn. */
+void dpt_maxpool2d_forward_bnx(const dpt_pool2d_desc *d, const float *x, const dpt_bn_apply *a,
+                               float *y, unsigned char *idx, float *xv);
+/* dpt_maxpool2d_backward_idx, and the sums of the batch norm's backward
+ * that dpt_bn_grad_sums would take from x and this dx (the gradient at the
+ * batch norm's output) added into s_g[c] and s_gx[c], taken from idx and xv
+ * of dpt_maxpool2d_forward_bnx: only the window maxima have a nonzero
+ * gradient, so neither x nor dx is read back (same values, summed in
+ * another order). */
+void dpt_maxpool2d_backward_bn(const dpt_pool2d_desc *d, const unsigned char *idx,
+                               const float *xv, const dpt_bn_apply *a, const float *dy, float *dx,
+                               double *s_g, double *s_gx);
 /* dpt_maxpool2d_backward from the idx of dpt_maxpool2d_forward_idx (only
  * where dpt_maxpool2d_has_idx). */
 void dpt_maxpool2d_backward_idx(const dpt_pool2d_desc *d, const unsigned char *idx,
