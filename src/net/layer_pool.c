@@ -251,9 +251,18 @@ static dpt_status pool_backward(dpt_net *net, dpt_layer *l, const float *const *
     const dpt_bn_apply *a = &l->in_bnf->a;
     double *xg = l->in_bnf->xg;
     memset(xg, 0, 2 * (size_t)c * sizeof *xg);
+    l->in_bnf->pool_g = NULL;
+    l->in_bnf->pool_idx = NULL;
     if (idx && p->xv_n == n) { /* one pass over dy, idx and xv */
         p->d.n = n;
-        dpt_maxpool2d_backward_bn(&p->d, idx, p->xv, a, dy, dx[0], xg, xg + c);
+        /* graph.c's plan_stem_pool: the conv below forms its gradient from
+         * dy and idx; dx stays unwritten. */
+        const int to_conv = l->in_bnf->pool_dy;
+        dpt_maxpool2d_backward_bn(&p->d, idx, p->xv, a, dy, to_conv ? NULL : dx[0], xg, xg + c);
+        if (to_conv) {
+            l->in_bnf->pool_g = dy;
+            l->in_bnf->pool_idx = idx;
+        }
         return DPT_OK;
     }
     for (int i = 0; i < n; i++) {

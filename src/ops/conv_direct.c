@@ -722,10 +722,19 @@ static void scatter_phase(const float *out, int c, const dpt_conv2d_desc *d, con
         }
 }
 
+/* dy given as a 2x2 stride-2 max pool's gradient g and taps idx (whole
+ * images' planes of out_h / 2 x out_w / 2, c_out of them an image); see
+ * dpt_conv2d_backward_pooled. */
+typedef struct conv_pool_src {
+    const float *g;
+    const unsigned char *idx;
+} conv_pool_src;
+
 static void backward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb, size_t x_img,
                            size_t y_img, const float *x, const dpt_bn_apply *xa, const float *w,
-                           const float *dy, const dpt_bn_apply *dya, const float *y, float *dx,
-                           float *dw, float *db, float *work, double *xg_s, double *xg_x)
+                           const float *dy, const conv_pool_src *pool, const dpt_bn_apply *dya,
+                           const float *y, float *dx, float *dw, float *db, float *work,
+                           double *xg_s, double *xg_x)
 {
     geom g;
     make_geom(isa, d, nb, &g);
@@ -815,6 +824,9 @@ static void backward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb
 
     const size_t x_grp = (size_t)d->c_in * d->h * d->w;
     const size_t y_grp = (size_t)d->c_out * d->out_h * d->out_w;
+    /* dy given as a max pool's gradient (with dya) */
+    const int pooled = pool && dya;
+    const size_t P = (size_t)d->out_h * d->out_w, p2 = (size_t)(d->out_h / 2) * (d->out_w / 2);
     /* The next block's x, dy and y are fetched while this one's weight
      * gradient (and data gradient) run. */
     size_t bwd_steps = (size_t)(g.co_pw / isa->dw_cb) * (size_t)(g.k_pw / isa->dw_kb);
@@ -845,14 +857,21 @@ static void backward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb
         if (i0 + nbk < d->n) {
             const int nbn = d->n - i0 - nbk < nb ? d->n - i0 - nbk : nb;
             const size_t i1 = (size_t)(i0 + nbk);
-            prefetch_plan(&pf, x + i1 * x_img, dy + i1 * y_img, y ? y + i1 * y_img : NULL,
+            /* dy from a pool's gradient: its quarter-size
+             * planes come through the hardware prefetchers. */
+            prefetch_plan(&pf, x + i1 * x_img, pooled ? NULL : dy + i1 * y_img,
+                          y ? y + i1 * y_img : NULL,
                           next_bytes(x_img, x_grp, nbn), next_bytes(y_img, y_grp, nbn),
                           bwd_steps, bwd_fma);
             pfp = &pf;
         }
         for (int j = 0; j < nbk; j++) {
             const size_t i = (size_t)(i0 + j);
-            const float *dyi = dy + i * y_img, *yi = y ? y + i * y_img : NULL;
+            const float *dyi = pooled ? NULL : dy + i * y_img, *yi = y ? y + i * y_img : NULL;
+            /* pooled: image i's planes of the pool's gradient and taps */
+            const size_t pimg = pooled ? y_img / P * p2 : 0;
+            const float *pgi = pooled ? pool->g + i * pimg : NULL;
+            const unsigned char *pii = pooled ? pool->idx + i * pimg : NULL;
             pack_input(isa, d, &g, j, x + i * x_img, xa, xp, tmp);
             /* dyp for the data gradient, dyw (row stride wp, junk columns
              * and rows zero) for the weight gradient: one buffer for a
@@ -862,7 +881,10 @@ static void backward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb
             float *csum = db ? stats : NULL;
             if (g.same || dx) {
                 float *dst = dyp + (size_t)j * g.rp * g.wd;
-                if (dya)
+                if (pooled)
+                    isa->pad_bnback_pool(pgi, pii, yi, d->c_out, d->out_h, d->out_w, g.pdh, g.pdw,
+                                         g.wd, g.ps_d, dst, dya, csum);
+                else if (dya)
                     isa->pad_bnback(dyi, yi, d->c_out, d->out_h, d->out_w, g.pdh, g.pdw, g.wd,
                                     g.ps_d, dst, dya, csum);
                 else
@@ -872,7 +894,10 @@ static void backward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb
             }
             if (!g.same) {
                 float *dst = dyw + (size_t)j * g.rp * g.wp;
-                if (dya)
+                if (pooled)
+                    isa->pad_bnback_pool(pgi, pii, yi, d->c_out, d->out_h, d->out_w, 0, 0, g.wp,
+                                         (size_t)g.nq_w, dst, dya, csum);
+                else if (dya)
                     isa->pad_bnback(dyi, yi, d->c_out, d->out_h, d->out_w, 0, 0, g.wp,
                                     (size_t)g.nq_w, dst, dya, csum);
                 else
@@ -998,8 +1023,29 @@ void dpt_conv_direct_backward(const conv_isa *isa, const dpt_conv2d_desc *d, con
         if (dya)
             gb = bn_slice(dya, co0);
         backward_group(isa, &gd, nb, x_img, y_img, x + ci0 * hw, xa ? &ga : NULL, w + co0 * K,
-                       dy + co0 * P, dya ? &gb : NULL, y ? y + co0 * P : NULL,
+                       dy + co0 * P, NULL, dya ? &gb : NULL, y ? y + co0 * P : NULL,
                        dx ? dx + ci0 * hw : NULL, dw + co0 * K, db ? db + co0 : NULL, work,
                        xg ? xg + ci0 : NULL, xg ? xg + d->c_in + ci0 : NULL);
     }
+}
+
+/* Here rather than in conv2d.c's table: only the direct kernels take it. */
+int dpt_conv2d_backward_pooled(const dpt_conv2d_desc *d, const float *x, const float *w,
+                               const float *pool_g, const unsigned char *pool_idx,
+                               const dpt_bn_apply *dya, const float *y, float *dw, float *db,
+                               float *work)
+{
+    if (groups_of(d) != 1 || !dya || dpt_conv_algo_resolve(d) != DPT_CONV_ALGO_DIRECT)
+        return -1;
+    const conv_isa *isa = dpt_conv_direct_supports(d);
+    if (!isa)
+        return -1;
+    const conv_pool_src pool = {pool_g, pool_idx};
+    const size_t x_img = (size_t)d->c_in * d->h * d->w;
+    const size_t y_img = (size_t)d->c_out * d->out_h * d->out_w;
+    const dpt_conv2d_desc gd = group_desc(d);
+    /* dy is never read: the pool's gradient stands in for it */
+    backward_group(isa, &gd, block_images(d), x_img, y_img, x, NULL, w, pool_g, &pool, dya, y,
+                   NULL, dw, db, work, NULL, NULL);
+    return 0;
 }

@@ -523,15 +523,16 @@ void dpt_maxpool2d_backward_bn(const dpt_pool2d_desc *d, const unsigned char *id
     for (size_t p = 0; p < planes; p++) {
         const int ch = (int)(p % (size_t)d->c);
         const float bn[3] = {a->mean[ch], a->scale[ch], a->shift[ch]};
-        float *dp = dx + p * in_plane;
+        float *dp = dx ? dx + p * in_plane : NULL;
         memset(st, 0, sizeof st);
         for (int oy = 0; oy < d->out_h; oy++) {
             const size_t o = p * out_plane + (size_t)oy * d->out_w;
-            float *d0 = dp + (size_t)2 * oy * d->w;
-            k->max2_back_row_bn(dy + o, idx + o, xv + o, d->out_w, bn, a->relu, d0, d0 + d->w,
-                                st);
+            float *d0 = dp ? dp + (size_t)2 * oy * d->w : NULL;
+            k->max2_back_row_bn(dy + o, idx + o, xv + o, d->out_w, bn, a->relu, d0,
+                                d0 ? d0 + d->w : NULL, st);
         }
-        max2_clear_edges(d, dp);
+        if (dp)
+            max2_clear_edges(d, dp);
         /* st is [2][VN] of the set: the lanes of s1 then those of s2. */
         const int vn = k->vn;
         double t1 = 0.0, t2 = 0.0;

@@ -59,7 +59,8 @@ typedef struct pool_isa {
      * relu) that max2_row_bn applied, over the row's window maxima (the
      * only nonzero gradients): g' = g masked by the ReLU of the maximum's
      * xv, st[0 .. VN) += g' and st[VN .. 2·VN) += g'·(xv − bn[0]) per
-     * lane (st holds 2·VN floats, VN this set's lanes). */
+     * lane (st holds 2·VN floats, VN this set's lanes); d0 NULL: the sums
+     * only, no dx written. */
     void (*max2_back_row_bn)(const float *g, const unsigned char *idx, const float *xv, int n,
                              const float *bn, int relu, float *d0, float *d1, float *st);
 } pool_isa;

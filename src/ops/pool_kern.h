@@ -208,7 +208,7 @@ static void KN(max2_row_bn)(const float *r0, const float *r1, int n, const float
 
 static inline void KN(max2_back_core)(const float *g, const unsigned char *idx, int n, float *d0,
                                       float *d1, const float *xv, const float *bn, int relu,
-                                      float *st)
+                                      float *st, const int write)
 {
     typedef unsigned char vu8 __attribute__((vector_size(VN)));
     const VT zero = KN(vset1)(0.0f);
@@ -232,6 +232,8 @@ static inline void KN(max2_back_core)(const float *g, const unsigned char *idx, 
             s1 += gm;
             s2 += gm * xc;
         }
+        if (!write)
+            continue;
         const VT a = KN(keep)(gz, iv == 0), b = KN(keep)(gz, iv == 1);
         const VT c = KN(keep)(gz, iv == 2), d = KN(keep)(gz, iv == 3);
         const VT lo0 = __builtin_shufflevector(a, b, DW_ILO);
@@ -258,16 +260,18 @@ static inline void KN(max2_back_core)(const float *g, const unsigned char *idx, 
 
 static void KN(max2_back_row)(const float *g, const unsigned char *idx, int n, float *d0, float *d1)
 {
-    KN(max2_back_core)(g, idx, n, d0, d1, NULL, NULL, 0, NULL);
+    KN(max2_back_core)(g, idx, n, d0, d1, NULL, NULL, 0, NULL, 1);
 }
 
 static void KN(max2_back_row_bn)(const float *g, const unsigned char *idx, const float *xv, int n,
                                  const float *bn, int relu, float *d0, float *d1, float *st)
 {
-    if (relu)
-        KN(max2_back_core)(g, idx, n, d0, d1, xv, bn, 1, st);
+    if (!d0) /* the sums only */
+        KN(max2_back_core)(g, idx, n, NULL, NULL, xv, bn, relu, st, 0);
+    else if (relu)
+        KN(max2_back_core)(g, idx, n, d0, d1, xv, bn, 1, st, 1);
     else
-        KN(max2_back_core)(g, idx, n, d0, d1, xv, bn, 0, st);
+        KN(max2_back_core)(g, idx, n, d0, d1, xv, bn, 0, st, 1);
 }
 
 const pool_isa KN(dpt_pool_isa) = {
