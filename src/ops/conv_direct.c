@@ -88,6 +88,13 @@ static int groups_of(const dpt_conv2d_desc *d) { return d->groups > 1 ? d->group
  * (3 channels, 3x3) copying the taps costs what the masks save (0.93-1.0x,
  * with memcpy or vector row copies alike). */
 #define DENSE_MAX_K 25
+/* More taps than that but few input channels (3 channels of 3x3: a colour
+ * stem): "dense rows" instead, one plane per (channel, filter column) of
+ * the output's width and all the rows the filter reaches, so that tap
+ * (ky, kx) is that plane read ky·dl rows on: a third of the copying of one
+ * plane per tap, and the same unmasked whole-vector stores. At most this
+ * many planes (c_in·kw). */
+#define DENSE_ROWS_MAX 12
 
 /* Geometry of one group's descriptor under one kernel set. */
 typedef struct geom {
@@ -123,7 +130,17 @@ typedef struct geom {
     /* Forward over dense positions (stride 1, few taps in all, whole vectors
      * of outputs): see forward_group. */
     int dense;
+    /* Forward over dense positions from one plane per (channel, filter
+     * column): see dense_rows. */
+    int dense_rows;
 } geom;
+
+/* dense_rows' plane size: out_w columns, the output's rows and the
+ * (kh - 1)·dl more the filter reaches. */
+static size_t dense_rows_ps(const dpt_conv2d_desc *d, const geom *g)
+{
+    return ((size_t)d->out_h + (size_t)(d->kh - 1) * g->dl) * d->out_w;
+}
 
 /* The rows (or columns) of phase a inside an image of n rows after `pad`
  * rows of padding: u in [*u0, *u0 + *nu) with u·s + a in [pad, pad + n). */
@@ -274,7 +291,13 @@ static void make_geom(const conv_isa *isa, const dpt_conv2d_desc *d, int nb, geo
                                 ALIGN_F);
     const size_t P = (size_t)d->out_h * d->out_w;
     g->dense = s == 1 && g->k_total <= DENSE_MAX_K && P % (size_t)vw == 0;
-    g->o_xk = o, o += g->dense ? round_up((size_t)g->k_total * P, ALIGN_F) : 0;
+    g->dense_rows = s == 1 && !g->dense && d->c_in * d->kw <= DENSE_ROWS_MAX &&
+                    P % (size_t)vw == 0 && d->kh <= DPT_CONV_DIRECT_MAX_TAPS;
+    g->o_xk = o;
+    if (g->dense)
+        o += round_up((size_t)g->k_total * P, ALIGN_F);
+    else if (g->dense_rows)
+        o += round_up((size_t)d->c_in * d->kw * dense_rows_ps(d, g), ALIGN_F) + ALIGN_F;
     g->total = o;
 }
 
@@ -539,6 +562,24 @@ static void dense_taps(const dpt_conv2d_desc *d, const geom *g, const float *xp,
             }
 }
 
+/* The dense-row planes of image j of a block (stride 1): xk[ci·kw + kx]
+ * [r·ow + ox] = the padded input of channel ci at row r, column ox + kx·dl,
+ * so that tap (ky, kx) of output q = oy·ow + ox reads plane ci·kw + kx at q
+ * + ky·dl·ow. */
+static void dense_rows(const dpt_conv2d_desc *d, const geom *g, const float *xp, int j, float *xk)
+{
+    const size_t ow = (size_t)d->out_w, ps = dense_rows_ps(d, g);
+    const int rows = (int)(ps / ow);
+    for (int ci = 0; ci < d->c_in; ci++)
+        for (int kx = 0; kx < d->kw; kx++) {
+            const float *src = xp + (size_t)ci * g->ps_x + (size_t)j * g->rp * g->wp +
+                               (size_t)kx * g->dl;
+            float *dst = xk + ((size_t)ci * d->kw + kx) * ps;
+            for (int r = 0; r < rows; r++)
+                memcpy(dst + r * ow, src + (size_t)r * g->wp, ow * sizeof *dst);
+        }
+}
+
 /* Image j of a block's input (through xa when given) into the planes the
  * kernels read: straight into xp at strides 1 and 2 (its phase planes),
  * into tmp at stride s > 2 (split into phases once the block is packed). */
@@ -588,12 +629,19 @@ static void forward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb,
     int offs[DPT_CONV_DIRECT_MAX_TAPS];
     const int kt = g.kt;
     tap_offsets(d, &g, offs);
-    /* wpk: per block of fwd_cb output channels, [ci][t][fwd_cb]. */
+    /* wpk: per block of fwd_cb output channels, [ci][t][fwd_cb]; dense
+     * rows: [ci][kx][ky][fwd_cb] (its "channels" are (ci, kx), its taps ky). */
     const int cb = isa->fwd_cb;
     for (int co = 0; co < g.co_pf; co++) {
         float *blk = wpk + (size_t)(co / cb) * g.k_total * cb + co % cb;
-        for (int k = 0; k < g.k_total; k++)
-            blk[(size_t)k * cb] = co < d->c_out ? w[(size_t)co * g.k_total + k] : 0.0f;
+        for (int k = 0; k < g.k_total; k++) {
+            int kw_ = k;
+            if (g.dense_rows) { /* k = (ci·kw + kx)·kh + ky */
+                const int ky = k % d->kh, cx = k / d->kh;
+                kw_ = ((cx / d->kw) * d->kh + ky) * d->kw + cx % d->kw;
+            }
+            blk[(size_t)k * cb] = co < d->c_out ? w[(size_t)co * g.k_total + kw_] : 0.0f;
+        }
     }
     const int P = d->out_h * d->out_w;
     if (sum)
@@ -641,6 +689,20 @@ static void forward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb,
             for (int j = 0; j < nbk; j++) {
                 dense_taps(d, &g, xp, j, xk);
                 isa->fwd(xk, (size_t)P, g.k_total, 1, &zero_off, wpk, b, d->c_out,
+                         yb + (size_t)j * y_img, (size_t)P, P, NULL, st, NULL, NULL, pfp);
+            }
+            if (st)
+                add_lane_sums(st, d->c_out, vw, sum, sumsq);
+        } else if (g.dense_rows) {
+            float *xk = work + g.o_xk, *st = sum ? stats : NULL;
+            int offr[DPT_CONV_DIRECT_MAX_TAPS];
+            for (int ky = 0; ky < d->kh; ky++)
+                offr[ky] = ky * g.dl * d->out_w;
+            if (st)
+                memset(st, 0, (size_t)d->c_out * 2 * vw * sizeof *st);
+            for (int j = 0; j < nbk; j++) {
+                dense_rows(d, &g, xp, j, xk);
+                isa->fwd(xk, dense_rows_ps(d, &g), d->c_in * d->kw, d->kh, offr, wpk, b, d->c_out,
                          yb + (size_t)j * y_img, (size_t)P, P, NULL, st, NULL, NULL, pfp);
             }
             if (st)
