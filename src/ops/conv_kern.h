@@ -468,6 +468,10 @@ static void KERN(pad_bnback_pool)(const float *pg, const unsigned char *pi, cons
                     /* + 0: the pool's scatter adds g to +0 (−0 becomes +0) */
                     g0 = VADD(g0, zero), g1 = VADD(g1, zero);
                 }
+                /* y is the one stem-sized stream read here: prefetched a
+                 * few rows on (past the image: the next one's planes) */
+                __builtin_prefetch(ys + x + 1024);
+                __builtin_prefetch(ys + w + x + 1024);
                 VEC v0 = KERN(bnback)(g0, ys + x, n, m, sc, sh, kf, ka, kb, a->relu);
                 if (n == VW)
                     VSTORE(r + x, v0);
