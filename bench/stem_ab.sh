@@ -45,7 +45,7 @@ for net in "${nets[@]}"; do
       rm -f "$old/$v.plan"
       DPT_PLAN_CACHE="$old/$v.plan" "$old/step_bench_$v" --net "$net" --batch "${BATCH:-128}" \
         --layers --rounds 3 --steps 10 2>&1 |
-        awk -v v="$v" '/^  (stem|pool) / && NF >= 4 { print v, $1, $3, $4 }'
+        awk -v v="$v" '/^  (stem|pool) / && $3 ~ /^[0-9.]+$/ { print v, $1, $3, $4 }'
     done
   done | tee "$old/rows"
   awk '{ k = $1 " " $2; f[k] = f[k] " " $3; b[k] = b[k] " " $4 }
