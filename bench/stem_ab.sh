@@ -56,10 +56,12 @@ med = {}
 for line in sys.stdin:
     head, back = line.split("|")
     v, layer, *fw = head.split()
-    med[(v, layer)] = (statistics.median(map(float, fw)), statistics.median(map(float, back.split())))
+    med[(v, layer)] = (statistics.median(map(float, fw)),
+                       statistics.median(map(float, back.split())))
 for v in ("old", "new"):
     s, p = med[(v, "stem")], med[(v, "pool")]
-    print(f"{v}: stem {s[0]:.3f} + {s[1]:.3f}, pool {p[0]:.3f} + {p[1]:.3f}, total {sum(s) + sum(p):.3f} ms (medians)")
+    print(f"{v}: stem {s[0]:.3f} + {s[1]:.3f}, pool {p[0]:.3f} + {p[1]:.3f},",
+          f"total {sum(s) + sum(p):.3f} ms (medians)")
 o = sum(med[("old", "stem")]) + sum(med[("old", "pool")])
 n = sum(med[("new", "stem")]) + sum(med[("new", "pool")])
 print(f"stem + pool old/new: {o / n:.2f}x")'

@@ -70,7 +70,8 @@ static inline void pool_g2_avx512(const float *pg, const unsigned char *pi, int 
         dup, n2 == 8 ? _mm512_castps256_ps512(_mm256_loadu_ps(pg))
                      : _mm512_maskz_loadu_ps((__mmask16)((1u << n2) - 1u), pg));
     *r0 = _mm512_maskz_mov_ps(in & _mm512_cmpeq_epi32_mask(t, par), g);
-    *r1 = _mm512_maskz_mov_ps(in & _mm512_cmpeq_epi32_mask(t, _mm512_add_epi32(par, _mm512_set1_epi32(2))), g);
+    const __m512i par1 = _mm512_add_epi32(par, _mm512_set1_epi32(2)); /* r1's taps: 2, 3 */
+    *r1 = _mm512_maskz_mov_ps(in & _mm512_cmpeq_epi32_mask(t, par1), g);
 }
 #define VPOOL_G2(pg, pi, n2, r0, r1) pool_g2_avx512((pg), (pi), (n2), &(r0), &(r1))
 /* Lanes of e and o alternating: e0 o0 e1 o1 ... (lo: lanes 0-7 of each). */

@@ -264,7 +264,8 @@ static void KERN(fwd)(const float *x, size_t ps, int c_in, int kt, const int *of
         break;
     /* conv_direct.c's dense rows of a 3x3 filter (taps: its rows) */
     case 3:
-        KERN(fwd_body)(x, ps, c_in, 3, off, wpk, bias, c_out, y, ys, nq, map, stats, bx, ba, pf, kv);
+        KERN(fwd_body)(x, ps, c_in, 3, off, wpk, bias, c_out, y, ys, nq, map, stats, bx, ba, pf,
+                       kv);
         break;
     case 2:
         KERN(fwd_body)(x, ps, c_in, 2, off, wpk, bias, c_out, y, ys, nq, map, stats, bx, ba, pf, kv);
