@@ -474,6 +474,31 @@ static void property_test(void)
     /* hwc runs every one of them on each vector kernel set. */
     if (dpt_ops_kernels_supported("avx2"))
         CHECK(n_checked[DPT_CONV_ALGO_HWC] - hwc_before >= n_wide);
+    /* The direct forward's dense rows (conv_direct.c: stride 1, c_in·kw
+     * <= 12 per group, more than 25 taps in all, out_h·out_w a multiple of
+     * the vector): 3x3 colour stems, 2-4 channels, paddings 0-2, dilation
+     * 2, two groups of 4, a 5x5 filter of 2 channels (its taps a variable
+     * count), with every fusion. */
+    static const dpt_conv2d_desc rows[] = {
+        {.n = 3, .c_in = 3, .h = 32, .w = 32, .c_out = 32, .kh = 3, .kw = 3, .stride = 1, .pad = 1},
+        {.n = 5, .c_in = 4, .h = 8, .w = 8, .c_out = 7, .kh = 3, .kw = 3, .stride = 1, .pad = 1},
+        {.n = 2, .c_in = 3, .h = 6, .w = 10, .c_out = 9, .kh = 3, .kw = 3, .stride = 1},
+        {.n = 2, .c_in = 3, .h = 8, .w = 8, .c_out = 6, .kh = 3, .kw = 3, .stride = 1, .pad = 2,
+         .dilation = 2},
+        {.n = 3, .c_in = 8, .h = 4, .w = 8, .c_out = 10, .kh = 3, .kw = 3, .stride = 1, .pad = 1,
+         .groups = 2},
+        {.n = 2, .c_in = 2, .h = 8, .w = 8, .c_out = 5, .kh = 5, .kw = 5, .stride = 1, .pad = 2},
+    };
+    const int n_rows = (int)(sizeof rows / sizeof *rows);
+    const int direct_before = n_checked[DPT_CONV_ALGO_DIRECT];
+    for (int idx = 0; idx < n_rows; idx++) {
+        shape_case sc = {.d = rows[idx]};
+        CHECK(dpt_conv2d_desc_init(&sc.d) == 0);
+        sc.bn_in = sc.bn_out = sc.relu_in = sc.need_dx = sc.bias = 1;
+        sc.relu_out = idx & 1;
+        check_case(&r1, &sc, n_cases + n_1x1 + n_wide + idx);
+    }
+    CHECK(n_checked[DPT_CONV_ALGO_DIRECT] - direct_before >= n_rows);
     dpt_ops_set_kernels(saved);
     printf("property test: %d random shapes, %d 1x1 ones and %d wide ones;", n_cases, n_1x1,
            n_wide);

@@ -174,6 +174,27 @@ static void add_pool(dpt_net *net)
     }
 }
 
+/* A first layer's conv -> batchnorm (-> relu) -> 2x2 stride-2 maxpool (a
+ * stem), the batch norm fused on both sides: the pool's backward only adds
+ * up the batch norm's sums, and the conv forms its gradient straight from
+ * the pool's (layer_pool.c, layer_conv.c), so the stem-sized dx of the
+ * pool (3/4 zeros) is neither written nor read back. Only a conv with no
+ * dx: nothing is planned between the pool's backward and the conv's that
+ * could reuse the pool's output gradient, which the conv then reads. */
+static void plan_stem_pool(dpt_net *net)
+{
+    for (int i = 1; i < net->n_layers; i++) {
+        const dpt_layer *p = &net->layers[i];
+        dpt_pool2d_desc pd;
+        if (p->type != &dpt_layer_maxpool || !p->in_bnf || !pool_layer_desc(p, &pd) ||
+            !dpt_maxpool2d_has_idx(&pd))
+            continue;
+        const dpt_layer *c = &net->layers[p->in_act];
+        if (c->type == &dpt_layer_conv && c->out_bnf == p->in_bnf && c->inputs[0] == 0)
+            p->in_bnf->pool_dy = 1;
+    }
+}
+
 static dpt_status plan_fusion(dpt_net *net, int fusion)
 {
     /* DPT_FUSION=0 turns it off (for measuring what it gains). */
@@ -257,6 +278,7 @@ static dpt_status plan_fusion(dpt_net *net, int fusion)
         f++;
     }
     add_pool(net);
+    plan_stem_pool(net);
     return DPT_OK;
 }
 

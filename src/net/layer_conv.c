@@ -175,6 +175,24 @@ static dpt_status conv_backward(dpt_net *net, dpt_layer *l, const float *const *
      * layer, so dx is there); dy is the gradient at the output of the
      * batchnorm above, whose backward is applied here using y. */
     assert(!l->in_bnf || dx);
+    bn_fusion *f = l->out_bnf;
+    if (f && f->pool_g) {
+        /* A stem (graph.c plan_stem_pool): g at the batch norm's output is
+         * the max pool's gradient at its taps; the pool left dy unwritten. */
+        const float *pg = f->pool_g;
+        const unsigned char *pi = f->pool_idx;
+        f->pool_g = NULL, f->pool_idx = NULL;
+        assert(!dx && !l->in_bnf);
+        if (dpt_conv2d_backward_pooled(&c->d, x, l->p, pg, pi, &f->a, y, l->g,
+                                       c->bias ? l->g + nw : NULL, net->work) == 0)
+            return DPT_OK;
+        /* Another algorithm: the pool's dx written here after all (dy is
+         * the network's gradient buffer for it). */
+        dpt_pool2d_desc pd = {.n = n, .c = l->out[0], .h = l->out[1], .w = l->out[2], .kh = 2,
+                              .kw = 2, .sh = 2, .sw = 2};
+        dpt_pool2d_desc_init(&pd);
+        dpt_maxpool2d_backward_idx(&pd, pi, pg, (float *)dy);
+    }
     dpt_conv2d_backward_ex(&c->d, x, l->in_bnf ? &l->in_bnf->a : NULL, l->p, dy,
                            l->out_bnf ? &l->out_bnf->a : NULL, y, dx, l->g,
                            c->bias ? l->g + nw : NULL, net->work,

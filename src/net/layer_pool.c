@@ -24,6 +24,14 @@ typedef struct pool_layer {
     unsigned char *idx;
     size_t idx_cap;
     int idx_n;
+    /* Fused with the batch norm below (in_bnf) and keeping idx: the input
+     * at each window's maximum, [max_batch, c, out_h, out_w] floats, owned,
+     * valid for xv_n observations (0: none), so the backward takes the
+     * batch norm's sums from it and dy instead of reading x and its own dx
+     * again (a stem's 16 MB per 128 images). */
+    float *xv;
+    size_t xv_cap;
+    int xv_n;
 } pool_layer;
 
 static dpt_status pool_create_kind(dpt_layer *l, int kind)
@@ -114,10 +122,17 @@ static size_t idx_bytes(const pool_layer *p, int n)
     return (size_t)n * p->d.c * p->d.out_h * p->d.out_w;
 }
 
+/* Whether the fused forward also keeps xv (see pool_layer). */
+static int keeps_xv(const dpt_layer *l)
+{
+    return l->in_bnf && keeps_idx(l->priv);
+}
+
 static size_t pool_keep(const dpt_net *net, const dpt_layer *l)
 {
     const pool_layer *p = l->priv;
-    return keeps_idx(p) ? (idx_bytes(p, net->max_batch) + DPT_POOL_IDX_SLACK + 3) / 4 : 0;
+    size_t f = keeps_idx(p) ? (idx_bytes(p, net->max_batch) + DPT_POOL_IDX_SLACK + 3) / 4 : 0;
+    return f + (keeps_xv(l) ? idx_bytes(p, net->max_batch) : 0);
 }
 
 static dpt_status pool_setup(dpt_net *net, dpt_layer *l)
@@ -125,6 +140,17 @@ static dpt_status pool_setup(dpt_net *net, dpt_layer *l)
     pool_layer *p = l->priv;
     const size_t need = keeps_idx(p) ? idx_bytes(p, net->max_batch) + DPT_POOL_IDX_SLACK : 0;
     p->idx_n = 0;
+    p->xv_n = 0;
+    /* Planned per setup: a replan may fuse or unfuse the batch norm. */
+    const size_t need_xv = keeps_xv(l) ? idx_bytes(p, net->max_batch) : 0;
+    if (need_xv > p->xv_cap) {
+        free(p->xv);
+        p->xv_cap = 0;
+        if (!(p->xv = malloc(need_xv * sizeof *p->xv)))
+            return dpt_fail(DPT_ERR_NOMEM, "%s '%s': out of memory for %zu window maxima",
+                            l->type->name, l->name, need_xv);
+        p->xv_cap = need_xv;
+    }
     if (need <= p->idx_cap)
         return DPT_OK;
     free(p->idx);
@@ -175,6 +201,7 @@ static dpt_status pool_forward(dpt_net *net, dpt_layer *l, const float *const *x
     pool_layer *p = l->priv;
     unsigned char *idx = NULL;
     p->idx_n = 0;
+    p->xv_n = 0;
     if (mode == DPT_MODE_TRAIN && keeps_idx(p) &&
         idx_bytes(p, n) + DPT_POOL_IDX_SLACK <= p->idx_cap) {
         idx = p->idx;
@@ -186,7 +213,12 @@ static dpt_status pool_forward(dpt_net *net, dpt_layer *l, const float *const *x
     }
     if (keeps_idx(p)) { /* one pass: normalised as the taps are loaded */
         p->d.n = n;
-        dpt_maxpool2d_forward_bn(&p->d, x[0], &l->in_bnf->a, y, idx);
+        float *xv = NULL;
+        if (idx && keeps_xv(l) && idx_bytes(p, n) <= p->xv_cap) {
+            xv = p->xv;
+            p->xv_n = n;
+        }
+        dpt_maxpool2d_forward_bnx(&p->d, x[0], &l->in_bnf->a, y, idx, xv);
         return DPT_OK;
     }
     const size_t in = (size_t)l->in[0] * l->in[1] * l->in[2];
@@ -219,6 +251,20 @@ static dpt_status pool_backward(dpt_net *net, dpt_layer *l, const float *const *
     const dpt_bn_apply *a = &l->in_bnf->a;
     double *xg = l->in_bnf->xg;
     memset(xg, 0, 2 * (size_t)c * sizeof *xg);
+    l->in_bnf->pool_g = NULL;
+    l->in_bnf->pool_idx = NULL;
+    if (idx && p->xv_n == n) { /* one pass over dy, idx and xv */
+        p->d.n = n;
+        /* graph.c's plan_stem_pool: the conv below forms its gradient from
+         * dy and idx; dx stays unwritten. */
+        const int to_conv = l->in_bnf->pool_dy;
+        dpt_maxpool2d_backward_bn(&p->d, idx, p->xv, a, dy, to_conv ? NULL : dx[0], xg, xg + c);
+        if (to_conv) {
+            l->in_bnf->pool_g = dy;
+            l->in_bnf->pool_idx = idx;
+        }
+        return DPT_OK;
+    }
     for (int i = 0; i < n; i++) {
         const float *xi = x[0] + i * in;
         float *dxi = dx[0] + i * in;
@@ -252,8 +298,10 @@ static void pool_describe(const dpt_layer *l, char *buf, size_t cap)
 static void pool_free(dpt_layer *l)
 {
     pool_layer *p = l->priv;
-    if (p)
+    if (p) {
         free(p->idx);
+        free(p->xv);
+    }
     free(p);
 }
 

@@ -28,6 +28,14 @@ typedef struct bn_fusion {
     /* With out_virtual, the conv above also adds up the batch norm's
      * backward sums while it writes the gradient: dpt_bn_grad_sums' [2 C]. */
     double *xg;
+    /* graph.c plan_stem_pool: the max pool after this batch norm (2x2,
+     * stride 2) may leave its dx unwritten, the conv before it (a first
+     * layer, with no dx of its own) forming its gradient from the pool's:
+     * pool_g and pool_idx, set by the pool's backward for that step
+     * (NULL: dx was written as usual). */
+    int pool_dy;
+    const float *pool_g;
+    const unsigned char *pool_idx;
 } bn_fusion;
 
 #define DPT_MAX_INPUTS 32   /* inputs of one node (add/concat) */

@@ -11,6 +11,7 @@
 #pragma GCC target("avx2,fma")
 #endif
 #include <immintrin.h>
+#include <string.h>
 
 #define VEC __m256
 #define VW 8
@@ -51,6 +52,32 @@ static inline float hsum_avx2(__m256 v)
 #define VLOAD_MAP_A(p, e) VLOAD_RANGE((p), 0, (e).hi_a)
 #define VLOAD_MAP_B(p, e) VLOAD_RANGE((p), (e).lo_b, (e).hi_b)
 #define VKEEP_MAP(v, e) VKEEP2((v), (e).hi_a, (e).lo_b, (e).hi_b)
+/* The gradient at two rows (r0: even, r1: odd) of a 2x2 stride-2 max
+ * pool's input from a row of the pool's gradient (conv_kern.h's
+ * pad_bnback_pool): lane l of r0 gets pg[l / 2] where the window's tap
+ * pi[l / 2] is l & 1, of r1 where it is 2 + (l & 1); +0 elsewhere and for
+ * l / 2 >= n2. pi is read 4 bytes at a time (the pool's idx has slack past
+ * its end). */
+static inline void pool_g2_avx2(const float *pg, const unsigned char *pi, int n2, __m256 *r0,
+                                __m256 *r1)
+{
+    const __m256i dup = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+    const __m256i par = _mm256_setr_epi32(0, 1, 0, 1, 0, 1, 0, 1);
+    int b;
+    memcpy(&b, pi, sizeof b);
+    const __m256i t = _mm256_permutevar8x32_epi32(_mm256_cvtepu8_epi32(_mm_cvtsi32_si128(b)), dup);
+    const __m256i in = _mm256_cmpgt_epi32(_mm256_set1_epi32(n2), dup);
+    const __m128 g4 = n2 == 4 ? _mm_loadu_ps(pg)
+                              : _mm_maskload_ps(pg, _mm_cmpgt_epi32(_mm_set1_epi32(n2),
+                                                                    _mm_setr_epi32(0, 1, 2, 3)));
+    const __m256 g = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(g4), dup);
+    const __m256i h0 = _mm256_and_si256(in, _mm256_cmpeq_epi32(t, par));
+    const __m256i h1 =
+        _mm256_and_si256(in, _mm256_cmpeq_epi32(t, _mm256_add_epi32(par, _mm256_set1_epi32(2))));
+    *r0 = _mm256_and_ps(g, _mm256_castsi256_ps(h0));
+    *r1 = _mm256_and_ps(g, _mm256_castsi256_ps(h1));
+}
+#define VPOOL_G2(pg, pi, n2, r0, r1) pool_g2_avx2((pg), (pi), (n2), &(r0), &(r1))
 /* Even and odd lanes of the 16 floats (a, b): within 128-bit halves, then
  * the 64-bit pairs put in order. */
 #define VDEINT(a, b, ev, od)                                                                   \

@@ -11,6 +11,7 @@
 #pragma GCC target("avx512f,fma")
 #endif
 #include <immintrin.h>
+#include <string.h>
 
 #define VEC __m512
 #define VW 16
@@ -50,6 +51,29 @@
         (ev) = _mm512_permutex2var_ps((a), ie_, (b));                                          \
         (od) = _mm512_permutex2var_ps((a), io_, (b));                                          \
     } while (0)
+/* The gradient at two rows (r0: even, r1: odd) of a 2x2 stride-2 max
+ * pool's input from a row of the pool's gradient (conv_kern.h's
+ * pad_bnback_pool): lane l of r0 gets pg[l / 2] where the window's tap
+ * pi[l / 2] is l & 1, of r1 where it is 2 + (l & 1); +0 elsewhere and for
+ * l / 2 >= n2. pi is read 8 bytes at a time (the pool's idx has slack past
+ * its end). */
+static inline void pool_g2_avx512(const float *pg, const unsigned char *pi, int n2, __m512 *r0,
+                                  __m512 *r1)
+{
+    const __m512i dup = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    const __m512i par = _mm512_setr_epi32(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1);
+    long long b;
+    memcpy(&b, pi, sizeof b);
+    const __m512i t = _mm512_permutexvar_epi32(dup, _mm512_cvtepu8_epi32(_mm_cvtsi64_si128(b)));
+    const __mmask16 in = (__mmask16)((1u << (2 * n2)) - 1u);
+    const __m512 g = _mm512_permutexvar_ps(
+        dup, n2 == 8 ? _mm512_castps256_ps512(_mm256_loadu_ps(pg))
+                     : _mm512_maskz_loadu_ps((__mmask16)((1u << n2) - 1u), pg));
+    *r0 = _mm512_maskz_mov_ps(in & _mm512_cmpeq_epi32_mask(t, par), g);
+    const __m512i par1 = _mm512_add_epi32(par, _mm512_set1_epi32(2)); /* r1's taps: 2, 3 */
+    *r1 = _mm512_maskz_mov_ps(in & _mm512_cmpeq_epi32_mask(t, par1), g);
+}
+#define VPOOL_G2(pg, pi, n2, r0, r1) pool_g2_avx512((pg), (pi), (n2), &(r0), &(r1))
 /* Lanes of e and o alternating: e0 o0 e1 o1 ... (lo: lanes 0-7 of each). */
 #define VINTER(e, o, lo, hi)                                                                   \
     do {                                                                                       \

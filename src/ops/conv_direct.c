@@ -88,6 +88,13 @@ static int groups_of(const dpt_conv2d_desc *d) { return d->groups > 1 ? d->group
  * (3 channels, 3x3) copying the taps costs what the masks save (0.93-1.0x,
  * with memcpy or vector row copies alike). */
 #define DENSE_MAX_K 25
+/* More taps than that but few input channels (3 channels of 3x3: a colour
+ * stem): "dense rows" instead, one plane per (channel, filter column) of
+ * the output's width and all the rows the filter reaches, so that tap
+ * (ky, kx) is that plane read ky·dl rows on: a third of the copying of one
+ * plane per tap, and the same unmasked whole-vector stores. At most this
+ * many planes (c_in·kw). */
+#define DENSE_ROWS_MAX 12
 
 /* Geometry of one group's descriptor under one kernel set. */
 typedef struct geom {
@@ -123,7 +130,17 @@ typedef struct geom {
     /* Forward over dense positions (stride 1, few taps in all, whole vectors
      * of outputs): see forward_group. */
     int dense;
+    /* Forward over dense positions from one plane per (channel, filter
+     * column): see dense_rows. */
+    int dense_rows;
 } geom;
+
+/* dense_rows' plane size: out_w columns, the output's rows and the
+ * (kh - 1)·dl more the filter reaches. */
+static size_t dense_rows_ps(const dpt_conv2d_desc *d, const geom *g)
+{
+    return ((size_t)d->out_h + (size_t)(d->kh - 1) * g->dl) * d->out_w;
+}
 
 /* The rows (or columns) of phase a inside an image of n rows after `pad`
  * rows of padding: u in [*u0, *u0 + *nu) with u·s + a in [pad, pad + n). */
@@ -274,7 +291,13 @@ static void make_geom(const conv_isa *isa, const dpt_conv2d_desc *d, int nb, geo
                                 ALIGN_F);
     const size_t P = (size_t)d->out_h * d->out_w;
     g->dense = s == 1 && g->k_total <= DENSE_MAX_K && P % (size_t)vw == 0;
-    g->o_xk = o, o += g->dense ? round_up((size_t)g->k_total * P, ALIGN_F) : 0;
+    g->dense_rows = s == 1 && !g->dense && d->c_in * d->kw <= DENSE_ROWS_MAX &&
+                    P % (size_t)vw == 0 && d->kh <= DPT_CONV_DIRECT_MAX_TAPS;
+    g->o_xk = o;
+    if (g->dense)
+        o += round_up((size_t)g->k_total * P, ALIGN_F);
+    else if (g->dense_rows)
+        o += round_up((size_t)d->c_in * d->kw * dense_rows_ps(d, g), ALIGN_F) + ALIGN_F;
     g->total = o;
 }
 
@@ -539,6 +562,24 @@ static void dense_taps(const dpt_conv2d_desc *d, const geom *g, const float *xp,
             }
 }
 
+/* The dense-row planes of image j of a block (stride 1): xk[ci·kw + kx]
+ * [r·ow + ox] = the padded input of channel ci at row r, column ox + kx·dl,
+ * so that tap (ky, kx) of output q = oy·ow + ox reads plane ci·kw + kx at q
+ * + ky·dl·ow. */
+static void dense_rows(const dpt_conv2d_desc *d, const geom *g, const float *xp, int j, float *xk)
+{
+    const size_t ow = (size_t)d->out_w, ps = dense_rows_ps(d, g);
+    const int rows = (int)(ps / ow);
+    for (int ci = 0; ci < d->c_in; ci++)
+        for (int kx = 0; kx < d->kw; kx++) {
+            const float *src = xp + (size_t)ci * g->ps_x + (size_t)j * g->rp * g->wp +
+                               (size_t)kx * g->dl;
+            float *dst = xk + ((size_t)ci * d->kw + kx) * ps;
+            for (int r = 0; r < rows; r++)
+                memcpy(dst + r * ow, src + (size_t)r * g->wp, ow * sizeof *dst);
+        }
+}
+
 /* Image j of a block's input (through xa when given) into the planes the
  * kernels read: straight into xp at strides 1 and 2 (its phase planes),
  * into tmp at stride s > 2 (split into phases once the block is packed). */
@@ -588,12 +629,19 @@ static void forward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb,
     int offs[DPT_CONV_DIRECT_MAX_TAPS];
     const int kt = g.kt;
     tap_offsets(d, &g, offs);
-    /* wpk: per block of fwd_cb output channels, [ci][t][fwd_cb]. */
+    /* wpk: per block of fwd_cb output channels, [ci][t][fwd_cb]; dense
+     * rows: [ci][kx][ky][fwd_cb] (its "channels" are (ci, kx), its taps ky). */
     const int cb = isa->fwd_cb;
     for (int co = 0; co < g.co_pf; co++) {
         float *blk = wpk + (size_t)(co / cb) * g.k_total * cb + co % cb;
-        for (int k = 0; k < g.k_total; k++)
-            blk[(size_t)k * cb] = co < d->c_out ? w[(size_t)co * g.k_total + k] : 0.0f;
+        for (int k = 0; k < g.k_total; k++) {
+            int kw_ = k;
+            if (g.dense_rows) { /* k = (ci·kw + kx)·kh + ky */
+                const int ky = k % d->kh, cx = k / d->kh;
+                kw_ = ((cx / d->kw) * d->kh + ky) * d->kw + cx % d->kw;
+            }
+            blk[(size_t)k * cb] = co < d->c_out ? w[(size_t)co * g.k_total + kw_] : 0.0f;
+        }
     }
     const int P = d->out_h * d->out_w;
     if (sum)
@@ -641,6 +689,20 @@ static void forward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb,
             for (int j = 0; j < nbk; j++) {
                 dense_taps(d, &g, xp, j, xk);
                 isa->fwd(xk, (size_t)P, g.k_total, 1, &zero_off, wpk, b, d->c_out,
+                         yb + (size_t)j * y_img, (size_t)P, P, NULL, st, NULL, NULL, pfp);
+            }
+            if (st)
+                add_lane_sums(st, d->c_out, vw, sum, sumsq);
+        } else if (g.dense_rows) {
+            float *xk = work + g.o_xk, *st = sum ? stats : NULL;
+            int offr[DPT_CONV_DIRECT_MAX_TAPS];
+            for (int ky = 0; ky < d->kh; ky++)
+                offr[ky] = ky * g.dl * d->out_w;
+            if (st)
+                memset(st, 0, (size_t)d->c_out * 2 * vw * sizeof *st);
+            for (int j = 0; j < nbk; j++) {
+                dense_rows(d, &g, xp, j, xk);
+                isa->fwd(xk, dense_rows_ps(d, &g), d->c_in * d->kw, d->kh, offr, wpk, b, d->c_out,
                          yb + (size_t)j * y_img, (size_t)P, P, NULL, st, NULL, NULL, pfp);
             }
             if (st)
@@ -722,10 +784,19 @@ static void scatter_phase(const float *out, int c, const dpt_conv2d_desc *d, con
         }
 }
 
+/* dy given as a 2x2 stride-2 max pool's gradient g and taps idx (whole
+ * images' planes of out_h / 2 x out_w / 2, c_out of them an image); see
+ * dpt_conv2d_backward_pooled. */
+typedef struct conv_pool_src {
+    const float *g;
+    const unsigned char *idx;
+} conv_pool_src;
+
 static void backward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb, size_t x_img,
                            size_t y_img, const float *x, const dpt_bn_apply *xa, const float *w,
-                           const float *dy, const dpt_bn_apply *dya, const float *y, float *dx,
-                           float *dw, float *db, float *work, double *xg_s, double *xg_x)
+                           const float *dy, const conv_pool_src *pool, const dpt_bn_apply *dya,
+                           const float *y, float *dx, float *dw, float *db, float *work,
+                           double *xg_s, double *xg_x)
 {
     geom g;
     make_geom(isa, d, nb, &g);
@@ -815,6 +886,9 @@ static void backward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb
 
     const size_t x_grp = (size_t)d->c_in * d->h * d->w;
     const size_t y_grp = (size_t)d->c_out * d->out_h * d->out_w;
+    /* dy given as a max pool's gradient (with dya) */
+    const int pooled = pool && dya;
+    const size_t P = (size_t)d->out_h * d->out_w, p2 = (size_t)(d->out_h / 2) * (d->out_w / 2);
     /* The next block's x, dy and y are fetched while this one's weight
      * gradient (and data gradient) run. */
     size_t bwd_steps = (size_t)(g.co_pw / isa->dw_cb) * (size_t)(g.k_pw / isa->dw_kb);
@@ -845,14 +919,21 @@ static void backward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb
         if (i0 + nbk < d->n) {
             const int nbn = d->n - i0 - nbk < nb ? d->n - i0 - nbk : nb;
             const size_t i1 = (size_t)(i0 + nbk);
-            prefetch_plan(&pf, x + i1 * x_img, dy + i1 * y_img, y ? y + i1 * y_img : NULL,
+            /* dy from a pool's gradient: its quarter-size
+             * planes come through the hardware prefetchers. */
+            prefetch_plan(&pf, x + i1 * x_img, pooled ? NULL : dy + i1 * y_img,
+                          y ? y + i1 * y_img : NULL,
                           next_bytes(x_img, x_grp, nbn), next_bytes(y_img, y_grp, nbn),
                           bwd_steps, bwd_fma);
             pfp = &pf;
         }
         for (int j = 0; j < nbk; j++) {
             const size_t i = (size_t)(i0 + j);
-            const float *dyi = dy + i * y_img, *yi = y ? y + i * y_img : NULL;
+            const float *dyi = pooled ? NULL : dy + i * y_img, *yi = y ? y + i * y_img : NULL;
+            /* pooled: image i's planes of the pool's gradient and taps */
+            const size_t pimg = pooled ? y_img / P * p2 : 0;
+            const float *pgi = pooled ? pool->g + i * pimg : NULL;
+            const unsigned char *pii = pooled ? pool->idx + i * pimg : NULL;
             pack_input(isa, d, &g, j, x + i * x_img, xa, xp, tmp);
             /* dyp for the data gradient, dyw (row stride wp, junk columns
              * and rows zero) for the weight gradient: one buffer for a
@@ -862,7 +943,10 @@ static void backward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb
             float *csum = db ? stats : NULL;
             if (g.same || dx) {
                 float *dst = dyp + (size_t)j * g.rp * g.wd;
-                if (dya)
+                if (pooled)
+                    isa->pad_bnback_pool(pgi, pii, yi, d->c_out, d->out_h, d->out_w, g.pdh, g.pdw,
+                                         g.wd, g.ps_d, dst, dya, csum);
+                else if (dya)
                     isa->pad_bnback(dyi, yi, d->c_out, d->out_h, d->out_w, g.pdh, g.pdw, g.wd,
                                     g.ps_d, dst, dya, csum);
                 else
@@ -872,7 +956,10 @@ static void backward_group(const conv_isa *isa, const dpt_conv2d_desc *d, int nb
             }
             if (!g.same) {
                 float *dst = dyw + (size_t)j * g.rp * g.wp;
-                if (dya)
+                if (pooled)
+                    isa->pad_bnback_pool(pgi, pii, yi, d->c_out, d->out_h, d->out_w, 0, 0, g.wp,
+                                         (size_t)g.nq_w, dst, dya, csum);
+                else if (dya)
                     isa->pad_bnback(dyi, yi, d->c_out, d->out_h, d->out_w, 0, 0, g.wp,
                                     (size_t)g.nq_w, dst, dya, csum);
                 else
@@ -998,8 +1085,29 @@ void dpt_conv_direct_backward(const conv_isa *isa, const dpt_conv2d_desc *d, con
         if (dya)
             gb = bn_slice(dya, co0);
         backward_group(isa, &gd, nb, x_img, y_img, x + ci0 * hw, xa ? &ga : NULL, w + co0 * K,
-                       dy + co0 * P, dya ? &gb : NULL, y ? y + co0 * P : NULL,
+                       dy + co0 * P, NULL, dya ? &gb : NULL, y ? y + co0 * P : NULL,
                        dx ? dx + ci0 * hw : NULL, dw + co0 * K, db ? db + co0 : NULL, work,
                        xg ? xg + ci0 : NULL, xg ? xg + d->c_in + ci0 : NULL);
     }
+}
+
+/* Here rather than in conv2d.c's table: only the direct kernels take it. */
+int dpt_conv2d_backward_pooled(const dpt_conv2d_desc *d, const float *x, const float *w,
+                               const float *pool_g, const unsigned char *pool_idx,
+                               const dpt_bn_apply *dya, const float *y, float *dw, float *db,
+                               float *work)
+{
+    if (groups_of(d) != 1 || !dya || dpt_conv_algo_resolve(d) != DPT_CONV_ALGO_DIRECT)
+        return -1;
+    const conv_isa *isa = dpt_conv_direct_supports(d);
+    if (!isa)
+        return -1;
+    const conv_pool_src pool = {pool_g, pool_idx};
+    const size_t x_img = (size_t)d->c_in * d->h * d->w;
+    const size_t y_img = (size_t)d->c_out * d->out_h * d->out_w;
+    const dpt_conv2d_desc gd = group_desc(d);
+    /* dy is never read: the pool's gradient stands in for it */
+    backward_group(isa, &gd, block_images(d), x_img, y_img, x, NULL, w, pool_g, &pool, dya, y,
+                   NULL, dw, db, work, NULL, NULL);
+    return 0;
 }

@@ -71,6 +71,11 @@ typedef struct conv_isa {
                    float *dst, const dpt_bn_apply *a);
     void (*pad_bnback)(const float *g, const float *y, int c, int h, int w, int ph, int pw, int wp,
                        size_t ps, float *dst, const dpt_bn_apply *a, float *csum);
+    /* pad_bnback with g from a max pool's gradient pg and taps pi (one
+     * image's planes; see dpt_conv2d_backward_pooled). */
+    void (*pad_bnback_pool)(const float *pg, const unsigned char *pi, const float *y, int c,
+                            int h, int w, int ph, int pw, int wp, size_t ps, float *dst,
+                            const dpt_bn_apply *a, float *csum);
     /* Stride 2: an image (through a, NULL: none) straight into its phase
      * planes (conv_kern.h). */
     void (*pack_s2)(const float *src, int c, int h, int w, int pad, size_t row0, int wp,

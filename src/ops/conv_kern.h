@@ -262,6 +262,11 @@ static void KERN(fwd)(const float *x, size_t ps, int c_in, int kt, const int *of
     case 4:
         KERN(fwd_body)(x, ps, c_in, 4, off, wpk, bias, c_out, y, ys, nq, map, stats, bx, ba, pf, kv);
         break;
+    /* conv_direct.c's dense rows of a 3x3 filter (taps: its rows) */
+    case 3:
+        KERN(fwd_body)(x, ps, c_in, 3, off, wpk, bias, c_out, y, ys, nq, map, stats, bx, ba, pf,
+                       kv);
+        break;
     case 2:
         KERN(fwd_body)(x, ps, c_in, 2, off, wpk, bias, c_out, y, ys, nq, map, stats, bx, ba, pf, kv);
         break;
@@ -420,6 +425,79 @@ static void KERN(pad_bnback)(const float *g, const float *yv, int c, int h, int 
     KERN(pack)(g, yv, c, h, w, ph, pw, wp, ps, dst, a, PACK_BNBACK, csum);
 }
 
+/* pad_bnback with g at the batch norm's output given as the gradient pg
+ * of the 2x2 stride-2 max pool after it and the pool's taps pi (planes of
+ * (h / 2) x (w / 2)): g is pg at each window's tap and +0 elsewhere (an odd
+ * last row or column included), as the pool's backward would have written
+ * it, so that dx of the pool is never written nor read. A pair of rows per
+ * row of pg: its taps are expanded once for both. The arithmetic is
+ * pack's PACK_BNBACK (the same bits). */
+static inline __attribute__((always_inline)) VEC KERN(bnback)(VEC v, const float *yr, int n,
+                                                              VEC m, VEC sc, VEC sh, VEC kf,
+                                                              VEC ka, VEC kb, int relu)
+{
+    const VEC xc = VSUB(n == VW ? VLOAD(yr) : VLOAD_N(yr, n), m);
+    if (relu)
+        v = VKEEPGT0(v, VADD(VMUL(xc, sc), sh), VZERO());
+    return VSUB(VSUB(VMUL(kf, v), ka), VMUL(xc, kb));
+}
+
+static void KERN(pad_bnback_pool)(const float *pg, const unsigned char *pi, const float *yv, int c,
+                                  int h, int w, int ph, int pw, int wp, size_t ps, float *dst,
+                                  const dpt_bn_apply *a, float *csum)
+{
+    const VEC zero = VZERO();
+    const int h2 = h / 2, w2 = w / 2;
+    for (int ch = 0; ch < c; ch++) {
+        VEC cs = zero;
+        const float *gc = pg + (size_t)ch * h2 * w2;
+        const unsigned char *pc = pi + (size_t)ch * h2 * w2;
+        const float *ys = yv + (size_t)ch * h * w;
+        float *r = dst + (size_t)ch * ps + (size_t)ph * wp + pw;
+        const VEC m = VSET1(a->mean[ch]), sc = VSET1(a->scale[ch]), sh = VSET1(a->shift[ch]);
+        const VEC kf = VSET1(a->kf[ch]), ka = VSET1(a->ka[ch]), kb = VSET1(a->kb[ch]);
+        for (int y = 0; y < h; y += 2) {
+            const int two = y + 1 < h; /* an odd last row: alone, g all +0 */
+            for (int x = 0; x < w; x += VW) {
+                const int n = w - x < VW ? w - x : VW;
+                VEC g0 = zero, g1 = zero;
+                int n2 = w2 - x / 2;
+                n2 = n2 < VW / 2 ? n2 : VW / 2;
+                if (two && n2 > 0) {
+                    VPOOL_G2(gc + (size_t)(y / 2) * w2 + x / 2, pc + (size_t)(y / 2) * w2 + x / 2,
+                             n2, g0, g1);
+                    /* + 0: the pool's scatter adds g to +0 (−0 becomes +0) */
+                    g0 = VADD(g0, zero), g1 = VADD(g1, zero);
+                }
+                /* y is the one stem-sized stream read here: prefetched a
+                 * few rows on (past the image: the next one's planes) */
+                __builtin_prefetch(ys + x + 1024);
+                __builtin_prefetch(ys + w + x + 1024);
+                VEC v0 = KERN(bnback)(g0, ys + x, n, m, sc, sh, kf, ka, kb, a->relu);
+                if (n == VW)
+                    VSTORE(r + x, v0);
+                else
+                    VSTORE_RANGE(r + x, v0, 0, n);
+                if (csum) /* lanes past n are not 0 */
+                    cs = VADD(cs, n == VW ? v0 : VKEEP2(v0, n, 0, 0));
+                if (!two)
+                    continue;
+                VEC v1 = KERN(bnback)(g1, ys + w + x, n, m, sc, sh, kf, ka, kb, a->relu);
+                if (n == VW)
+                    VSTORE(r + wp + x, v1);
+                else
+                    VSTORE_RANGE(r + wp + x, v1, 0, n);
+                if (csum)
+                    cs = VADD(cs, n == VW ? v1 : VKEEP2(v1, n, 0, 0));
+            }
+            ys += 2 * (size_t)w;
+            r += 2 * (size_t)wp;
+        }
+        if (csum)
+            VSTORE(csum + (size_t)ch * VW, cs);
+    }
+}
+
 /* Stride 2: image rows straight into the four phase planes (conv_direct.c's
  * polyphase layout) instead of a padded plane split afterwards by a
  * strided scalar copy (that split and its extra pass were a fifth of a
@@ -558,6 +636,7 @@ static void KERN(compact)(const float *wide, int c, int oh, int ow, int wp, size
 const conv_isa KERN(dpt_conv_isa) = {
     .name = ISA_NAME, .vw = VW, .fwd_cb = FWD_CB, .fwd_nv = FWD_NV, .dw_cb = DW_CB,
     .dw_kb = DW_KB, .fwd = KERN(fwd), .dw = KERN(dw), .pad = KERN(pad),
-    .pad_bn = KERN(pad_bn), .pad_bnback = KERN(pad_bnback), .pack_s2 = KERN(pack_s2),
+    .pad_bn = KERN(pad_bn), .pad_bnback = KERN(pad_bnback),
+    .pad_bnback_pool = KERN(pad_bnback_pool), .pack_s2 = KERN(pack_s2),
     .unsplit_s2 = KERN(unsplit_s2), .compact = KERN(compact),
 };

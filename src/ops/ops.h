@@ -129,6 +129,19 @@ void dpt_conv2d_backward_ex(const dpt_conv2d_desc *d, const float *x, const dpt_
  * layer), dw [c_out, c_in, kh, kw], db [c_out] (may be NULL). */
 void dpt_conv2d_backward(const dpt_conv2d_desc *d, const float *x, const float *w,
                          const float *dy, float *dx, float *dw, float *db, float *work);
+/* dpt_conv2d_backward_ex of a first layer (no dx, no xa) whose output
+ * gradient comes through dya's batch norm (+ ReLU) and then a 2x2 stride-2
+ * max pool: g at the batch norm's output is not given as dy but as the
+ * pool's gradient pool_g [n, c_out, out_h / 2, out_w / 2] and taps
+ * pool_idx (dpt_maxpool2d_forward_bnx): pool_g at each window's tap, +0
+ * elsewhere, so the pool's dx (3/4 zeros, 4x the size) is never written
+ * nor read (a stem's conv -> bn -> relu -> maxpool). Returns 0 when done,
+ * -1 when d's algorithm cannot take it (only the direct one, one group,
+ * does): the caller then expands g itself. */
+int dpt_conv2d_backward_pooled(const dpt_conv2d_desc *d, const float *x, const float *w,
+                               const float *pool_g, const unsigned char *pool_idx,
+                               const dpt_bn_apply *dya, const float *y, float *dw, float *db,
+                               float *work);
 
 /* ---- convolution plans (conv_plan.c) ------------------------------------ *
  * Which algorithm runs a convolution layer, chosen once when a network is
@@ -312,6 +325,19 @@ void dpt_maxpool2d_forward_idx(const dpt_pool2d_desc *d, const float *x, float *
  * dpt_maxpool2d_forward_idx, in one pass (graph.c's bn -> pool fusion). */
 void dpt_maxpool2d_forward_bn(const dpt_pool2d_desc *d, const float *x, const dpt_bn_apply *a,
                               float *y, unsigned char *idx);
+/* The same, and xv [n, c, out_h, out_w] (NULL: not wanted) gets x at each
+ * window's maximum (before the batch norm), for dpt_maxpool2d_backward_bn. */
+void dpt_maxpool2d_forward_bnx(const dpt_pool2d_desc *d, const float *x, const dpt_bn_apply *a,
+                               float *y, unsigned char *idx, float *xv);
+/* dpt_maxpool2d_backward_idx (dx NULL: not written), and the sums of the batch norm's backward
+ * that dpt_bn_grad_sums would take from x and this dx (the gradient at the
+ * batch norm's output) added into s_g[c] and s_gx[c], taken from idx and xv
+ * of dpt_maxpool2d_forward_bnx: only the window maxima have a nonzero
+ * gradient, so neither x nor dx is read back (same values, summed in
+ * another order). */
+void dpt_maxpool2d_backward_bn(const dpt_pool2d_desc *d, const unsigned char *idx,
+                               const float *xv, const dpt_bn_apply *a, const float *dy, float *dx,
+                               double *s_g, double *s_gx);
 /* dpt_maxpool2d_backward from the idx of dpt_maxpool2d_forward_idx (only
  * where dpt_maxpool2d_has_idx). */
 void dpt_maxpool2d_backward_idx(const dpt_pool2d_desc *d, const unsigned char *idx,

@@ -488,6 +488,12 @@ void dpt_maxpool2d_forward_idx(const dpt_pool2d_desc *d, const float *x, float *
 void dpt_maxpool2d_forward_bn(const dpt_pool2d_desc *d, const float *x, const dpt_bn_apply *a,
                               float *y, unsigned char *idx)
 {
+    dpt_maxpool2d_forward_bnx(d, x, a, y, idx, NULL);
+}
+
+void dpt_maxpool2d_forward_bnx(const dpt_pool2d_desc *d, const float *x, const dpt_bn_apply *a,
+                               float *y, unsigned char *idx, float *xv)
+{
     const pool_isa *k = max2_pick(d);
     const size_t in_plane = (size_t)d->h * d->w, out_plane = (size_t)d->out_h * d->out_w;
     const size_t planes = (size_t)d->n * d->c;
@@ -497,8 +503,43 @@ void dpt_maxpool2d_forward_bn(const dpt_pool2d_desc *d, const float *x, const dp
         for (int oy = 0; oy < d->out_h; oy++) {
             const float *r0 = x + p * in_plane + (size_t)2 * oy * d->w;
             const size_t o = p * out_plane + (size_t)oy * d->out_w;
-            k->max2_row_bn(r0, r0 + d->w, d->out_w, bn, a->relu, y + o, idx ? idx + o : NULL);
+            k->max2_row_bn(r0, r0 + d->w, d->out_w, bn, a->relu, y + o, idx ? idx + o : NULL,
+                           xv ? xv + o : NULL);
         }
+    }
+}
+
+void dpt_maxpool2d_backward_bn(const dpt_pool2d_desc *d, const unsigned char *idx,
+                               const float *xv, const dpt_bn_apply *a, const float *dy, float *dx,
+                               double *s_g, double *s_gx)
+{
+    const pool_isa *k = max2_pick(d);
+    const size_t in_plane = (size_t)d->h * d->w, out_plane = (size_t)d->out_h * d->out_w;
+    const size_t planes = (size_t)d->n * d->c;
+    /* Per-lane float sums over one plane (as dpt_bn_grad_sums keeps
+     * them), added into float64 per plane in plane order. 2 x 16 floats:
+     * room for the widest set; a narrower one leaves the rest 0. */
+    float st[2 * RMAX];
+    for (size_t p = 0; p < planes; p++) {
+        const int ch = (int)(p % (size_t)d->c);
+        const float bn[3] = {a->mean[ch], a->scale[ch], a->shift[ch]};
+        float *dp = dx ? dx + p * in_plane : NULL;
+        memset(st, 0, sizeof st);
+        for (int oy = 0; oy < d->out_h; oy++) {
+            const size_t o = p * out_plane + (size_t)oy * d->out_w;
+            float *d0 = dp ? dp + (size_t)2 * oy * d->w : NULL;
+            k->max2_back_row_bn(dy + o, idx + o, xv + o, d->out_w, bn, a->relu, d0,
+                                d0 ? d0 + d->w : NULL, st);
+        }
+        if (dp)
+            max2_clear_edges(d, dp);
+        /* st is [2][VN] of the set: the lanes of s1 then those of s2. */
+        const int vn = k->vn;
+        double t1 = 0.0, t2 = 0.0;
+        for (int l = 0; l < vn; l++)
+            t1 += st[l], t2 += st[vn + l];
+        s_g[ch] += t1;
+        s_gx[ch] += t2;
     }
 }
 

@@ -139,10 +139,11 @@ static inline VT KN(bn_z)(VT v, const float *bn, int relu)
 }
 
 /* bn: NULL, or {mean, scale, shift} of a batch norm applied to the input
- * first (relu: and a ReLU). Inlined into both entries, which pass
- * constants. */
+ * first (relu: and a ReLU); xv (NULL: not wanted): the input value (before
+ * the batch norm) at the tap taken, for the backward's batch-norm sums.
+ * Inlined into the entries, which pass constants. */
 static inline void KN(max2_core)(const float *r0, const float *r1, int n, float *y,
-                                 unsigned char *idx, const float *bn, int relu)
+                                 unsigned char *idx, const float *bn, int relu, float *xv)
 {
     typedef unsigned char vu8 __attribute__((vector_size(VN)));
     for (int o = 0; o < n; o += VN) {
@@ -150,6 +151,7 @@ static inline void KN(max2_core)(const float *r0, const float *r1, int n, float 
         VT a, b, c, d;
         KN(pair_load)(r0, o, k, &a, &b);
         KN(pair_load)(r1, o, k, &c, &d);
+        const VT ra = a, rb = b, rc = c, rd = d;
         if (bn) {
             a = KN(bn_z)(a, bn, relu), b = KN(bn_z)(b, bn, relu);
             c = KN(bn_z)(c, bn, relu), d = KN(bn_z)(d, bn, relu);
@@ -165,6 +167,14 @@ static inline void KN(max2_core)(const float *r0, const float *r1, int n, float 
             KN(vstore)(y + o, m);
         else
             KN(storen)(y + o, m, k);
+        if (xv) {
+            const VT x0 = KN(pick)(t1, rb, ra), x1 = KN(pick)(t2, rd, rc);
+            const VT xm = KN(pick)(t3, x1, x0);
+            if (k == VN)
+                KN(vstore)(xv + o, xm);
+            else
+                KN(storen)(xv + o, xm, k);
+        }
         if (idx) {
             const VI i0 = t1 & 1, i1 = (t2 & 1) + 2;
             const vu8 t = __builtin_convertvector((i1 & t3) | (i0 & ~t3), vu8);
@@ -178,22 +188,31 @@ static inline void KN(max2_core)(const float *r0, const float *r1, int n, float 
 
 static void KN(max2_row)(const float *r0, const float *r1, int n, float *y, unsigned char *idx)
 {
-    KN(max2_core)(r0, r1, n, y, idx, NULL, 0);
+    KN(max2_core)(r0, r1, n, y, idx, NULL, 0, NULL);
 }
 
 static void KN(max2_row_bn)(const float *r0, const float *r1, int n, const float *bn, int relu,
-                            float *y, unsigned char *idx)
+                            float *y, unsigned char *idx, float *xv)
 {
-    if (relu)
-        KN(max2_core)(r0, r1, n, y, idx, bn, 1);
-    else
-        KN(max2_core)(r0, r1, n, y, idx, bn, 0);
+    if (xv) {
+        if (relu)
+            KN(max2_core)(r0, r1, n, y, idx, bn, 1, xv);
+        else
+            KN(max2_core)(r0, r1, n, y, idx, bn, 0, xv);
+    } else if (relu) {
+        KN(max2_core)(r0, r1, n, y, idx, bn, 1, NULL);
+    } else {
+        KN(max2_core)(r0, r1, n, y, idx, bn, 0, NULL);
+    }
 }
 
-static void KN(max2_back_row)(const float *g, const unsigned char *idx, int n, float *d0, float *d1)
+static inline void KN(max2_back_core)(const float *g, const unsigned char *idx, int n, float *d0,
+                                      float *d1, const float *xv, const float *bn, int relu,
+                                      float *st, const int write)
 {
     typedef unsigned char vu8 __attribute__((vector_size(VN)));
     const VT zero = KN(vset1)(0.0f);
+    VT s1 = zero, s2 = zero;
     for (int o = 0; o < n; o += VN) {
         const int k = n - o < VN ? n - o : VN;
         vu8 t; /* lanes past n: junk, not stored */
@@ -201,6 +220,20 @@ static void KN(max2_back_row)(const float *g, const unsigned char *idx, int n, f
         const VI iv = __builtin_convertvector(t, VI);
         /* The reference's +0 += g: g + 0 (a −0 becomes +0). */
         const VT gz = (k == VN ? KN(vload)(g + o) : KN(loadn)(g + o, k)) + zero;
+        if (xv) {
+            /* The batch norm's backward sums over the window maxima only:
+             * everywhere else the gradient is 0 and adds nothing. g is
+             * masked by the ReLU as plane_backward_sums does (lanes past
+             * n load as 0). */
+            const VT xc = (k == VN ? KN(vload)(xv + o) : KN(loadn)(xv + o, k)) - KN(vset1)(bn[0]);
+            VT gm = gz;
+            if (relu)
+                gm = KN(keep)(gm, xc * KN(vset1)(bn[1]) + KN(vset1)(bn[2]) > zero);
+            s1 += gm;
+            s2 += gm * xc;
+        }
+        if (!write)
+            continue;
         const VT a = KN(keep)(gz, iv == 0), b = KN(keep)(gz, iv == 1);
         const VT c = KN(keep)(gz, iv == 2), d = KN(keep)(gz, iv == 3);
         const VT lo0 = __builtin_shufflevector(a, b, DW_ILO);
@@ -219,9 +252,30 @@ static void KN(max2_back_row)(const float *g, const unsigned char *idx, int n, f
             }
         }
     }
+    if (xv) {
+        KN(vstore)(st, KN(vload)(st) + s1);
+        KN(vstore)(st + VN, KN(vload)(st + VN) + s2);
+    }
+}
+
+static void KN(max2_back_row)(const float *g, const unsigned char *idx, int n, float *d0, float *d1)
+{
+    KN(max2_back_core)(g, idx, n, d0, d1, NULL, NULL, 0, NULL, 1);
+}
+
+static void KN(max2_back_row_bn)(const float *g, const unsigned char *idx, const float *xv, int n,
+                                 const float *bn, int relu, float *d0, float *d1, float *st)
+{
+    if (!d0) /* the sums only */
+        KN(max2_back_core)(g, idx, n, NULL, NULL, xv, bn, relu, st, 0);
+    else if (relu)
+        KN(max2_back_core)(g, idx, n, d0, d1, xv, bn, 1, st, 1);
+    else
+        KN(max2_back_core)(g, idx, n, d0, d1, xv, bn, 0, st, 1);
 }
 
 const pool_isa KN(dpt_pool_isa) = {
+    .vn = VN,
     .row_pad = KN(row_pad),
     .deint2 = KN(deint2),
     .int2 = KN(int2),
@@ -233,4 +287,5 @@ const pool_isa KN(dpt_pool_isa) = {
     .max2_row = KN(max2_row),
     .max2_row_bn = KN(max2_row_bn),
     .max2_back_row = KN(max2_back_row),
+    .max2_back_row_bn = KN(max2_back_row_bn),
 };

@@ -1,0 +1,149 @@
+/* A stem (first-layer conv -> batchnorm (-> relu) -> 2x2 max pool) planned
+ * with graph.c's plan_stem_pool: the pool's backward leaves its dx
+ * unwritten and the conv forms its gradient from the pool's gradient and
+ * taps (conv_kern.h's pad_bnback_pool; layer_conv.c expands it for other
+ * algorithms). Against the plain plan over several steps and batch sizes,
+ * for every x86 kernel set this CPU has, with the direct algorithm and
+ * with GEMM (the expanding fallback), on widths that end a vector row
+ * early, late and exactly (9, 28, 34), odd sizes (an unpooled last row and
+ * column), with and without the ReLU and a bias. */
+#include "net/net_impl.h"
+#include "ops/ops.h"
+#include "testutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { MAXB = 5 };
+
+static const struct {
+    const char *spec;
+    int h, w, c;
+} nets[] = {
+    {"input in size=12x34x3\n"
+     "conv c1 filter=3 filters=8 padding=1 bias=0\n"
+     "batchnorm b1\n"
+     "relu r1\n"
+     "maxpool p1 size=2\n"
+     "conv c2 filter=3 filters=4 padding=1 bias=0\n"
+     "batchnorm b2\n"
+     "relu r2\n"
+     "fc f outputs=3\n",
+     12, 34, 3},
+    {"input in size=11x9x1\n"
+     "conv c1 filter=3 filters=6 padding=1 bias=1\n"
+     "batchnorm b1\n"
+     "maxpool p1 size=2\n"
+     "fc f outputs=3\n",
+     11, 9, 1},
+    {"input in size=28x28x1\n"
+     "conv c1 filter=3 filters=5 padding=1 bias=0\n"
+     "batchnorm b1\n"
+     "relu r1\n"
+     "maxpool p1 size=2\n"
+     "fc f outputs=3\n",
+     28, 28, 1},
+};
+
+static dpt_net *build(const char *spec, int fusion)
+{
+    dpt_net *net = NULL;
+    dpt_status s = dpt_net_from_spec(spec, "stem", 0, MAXB, 3, &net);
+    CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
+    if (s != DPT_OK)
+        return NULL;
+    s = net_replan(net, fusion);
+    if (s == DPT_OK)
+        s = net_alloc_buffers(net);
+    CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
+    if (s != DPT_OK) {
+        dpt_net_free(net);
+        return NULL;
+    }
+    return net;
+}
+
+static int layer_index(const dpt_net *net, const char *name)
+{
+    for (int i = 0; i < net->n_layers; i++)
+        if (strcmp(net->layers[i].name, name) == 0)
+            return i;
+    return -1;
+}
+
+static void fill(dpt_rng *r, float *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        p[i] = 2.0f * dpt_rng_uniform(r) - 1.0f;
+}
+
+static void run(const char *kernels, const char *algo, int k)
+{
+    setenv("DPT_CONV_ALGO", algo, 1);
+    dpt_net *fused = build(nets[k].spec, 1), *plain = build(nets[k].spec, 0);
+    if (!fused || !plain) {
+        dpt_net_free(fused), dpt_net_free(plain);
+        return;
+    }
+    const int p = layer_index(fused, "p1"), b = layer_index(fused, "b1");
+    CHECK(p > 0 && b > 0);
+    if (p > 0 && b > 0) {
+        /* The pool's backward hands its gradient to the conv. */
+        CHECK(fused->layers[b].bnf && fused->layers[b].bnf->pool_dy);
+        CHECK(fused->layers[p].in_bnf == fused->layers[b].bnf);
+        CHECK(plain->layers[p].in_bnf == NULL);
+    }
+    const size_t np = dpt_net_n_params(fused);
+    CHECK(np == dpt_net_n_params(plain));
+    memcpy(dpt_net_params(plain), dpt_net_params(fused), np * sizeof(float));
+    dpt_rng rng;
+    dpt_rng_seed(&rng, 5, (unsigned)k);
+    const size_t in = (size_t)nets[k].h * nets[k].w * nets[k].c;
+    float *x = malloc(MAXB * in * sizeof *x), dy[MAXB * 3];
+    float *g = malloc(np * sizeof *g);
+    static const int batches[] = {MAXB, 2, 1, MAXB};
+    for (size_t it = 0; x && g && it < sizeof batches / sizeof *batches; it++) {
+        const int n = batches[it];
+        fill(&rng, x, (size_t)n * in);
+        fill(&rng, dy, (size_t)n * 3);
+        const float *yf, *yp;
+        CHECK(dpt_net_forward(fused, x, n, DPT_MODE_TRAIN, &yf) == DPT_OK);
+        CHECK(dpt_net_forward(plain, x, n, DPT_MODE_TRAIN, &yp) == DPT_OK);
+        char what[160];
+        snprintf(what, sizeof what, "%s, %s, net %d, step %zu (batch %d): output", kernels, algo,
+                 k, it, n);
+        tu_check_close(what, yf, yp, (size_t)n * 3, 1e-5);
+        CHECK(dpt_net_backward(fused, dy, 0) == DPT_OK);
+        CHECK(dpt_net_backward(plain, dy, 0) == DPT_OK);
+        memcpy(g, dpt_net_grads(fused), np * sizeof *g);
+        snprintf(what, sizeof what, "%s, %s, net %d, step %zu (batch %d): gradients", kernels,
+                 algo, k, it, n);
+        tu_check_close(what, g, dpt_net_grads(plain), np, 1e-4);
+        /* Handed over and taken: nothing left for a later step. */
+        if (b > 0 && fused->layers[b].bnf)
+            CHECK(fused->layers[b].bnf->pool_g == NULL);
+    }
+    free(x);
+    free(g);
+    dpt_net_free(fused);
+    dpt_net_free(plain);
+}
+
+int main(void)
+{
+    static const char *sets[] = {"avx512", "avx2"};
+    int ran = 0;
+    for (size_t s = 0; s < sizeof sets / sizeof *sets; s++) {
+        if (dpt_ops_set_kernels(sets[s]) != 0)
+            continue;
+        ran++;
+        for (int k = 0; k < (int)(sizeof nets / sizeof *nets); k++) {
+            run(sets[s], "direct", k);
+            run(sets[s], "gemm", k);
+        }
+    }
+    if (!ran)
+        printf("test_stem_pool: no x86 kernel set here (the fusion needs one); skipped\n");
+    return tu_exit();
+}
