@@ -20,6 +20,18 @@ static const hwc_isa *isa_now(void)
 static int cpad(int c) { return (c + DPT_HWC_CPAD - 1) / DPT_HWC_CPAD * DPT_HWC_CPAD; }
 static size_t al16(size_t n) { return (n + 15) & ~(size_t)15; }
 
+/* Where weight (tap t, inner channel i of n, outer channel o of a padded
+ * count op) goes in the kernels' blocked layout (conv_hwc.h): blocks of
+ * 2*vw outer channels (the last may be narrower), each [taps][n][width],
+ * so that a tile streams its block's weights from consecutive lines (on
+ * 256 channels the rows of an unblocked [taps][n][op] are 1 KB apart and
+ * the hardware prefetcher does not follow them across pages). */
+static size_t wblk(int vw, int taps, int n, int op, int t, int i, int o)
+{
+    const int o0 = o / (2 * vw) * (2 * vw), bw = op - o0 < 2 * vw ? op - o0 : 2 * vw;
+    return (size_t)o0 * taps * n + ((size_t)t * n + i) * bw + (o - o0);
+}
+
 int dpt_conv_hwc_supports(const dpt_conv2d_desc *d)
 {
     /* Narrow layers fill too few lanes (the direct kernels vectorise over
@@ -81,12 +93,13 @@ void dpt_conv_hwc_forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn
     const int B = isa->block(g.oh, g.ow) < max_block(d) ? isa->block(g.oh, g.ow) : max_block(d);
     const size_t ximg = (size_t)hp * g.wp * g.cip, yimg = (size_t)P * g.cop;
     memset(xp, 0, B * ximg * sizeof *xp);
-    /* wpk [tap][ci][co], co padded with zeros to cop. */
+    /* wpk: blocks of co, each [tap][ci][width], co padded with zeros to cop. */
     memset(wpk, 0, (size_t)taps * cin * g.cop * sizeof *wpk);
     for (int co = 0; co < cout; co++)
         for (int ci = 0; ci < cin; ci++)
             for (int t = 0; t < taps; t++)
-                wpk[((size_t)t * cin + ci) * g.cop + co] = w[((size_t)co * cin + ci) * taps + t];
+                wpk[wblk(isa->vw, taps, cin, g.cop, t, ci, co)] =
+                    w[((size_t)co * cin + ci) * taps + t];
     if (sum)
         for (int co = 0; co < cout; co++)
             sum[co] = sumsq[co] = 0.0;
@@ -139,12 +152,13 @@ void dpt_conv_hwc_backward(const dpt_conv2d_desc *d, const float *x, const dpt_b
         for (int ci = 0; ci < 2 * cin; ci++)
             xg[ci] = 0.0;
     if (dx) {
-        /* wt [tap][co][ci], ci padded with zeros to cip. */
+        /* wt: blocks of ci, each [tap][co][width], ci padded with zeros to cip. */
         memset(wt, 0, (size_t)taps * cout * g.cip * sizeof *wt);
         for (int co = 0; co < cout; co++)
             for (int ci = 0; ci < cin; ci++)
                 for (int t = 0; t < taps; t++)
-                    wt[((size_t)t * cout + co) * g.cip + ci] = w[((size_t)co * cin + ci) * taps + t];
+                    wt[wblk(isa->vw, taps, cout, g.cip, t, co, ci)] =
+                        w[((size_t)co * cin + ci) * taps + t];
     }
     for (int i0 = 0; i0 < d->n; i0 += B) {
         const int nb = d->n - i0 < B ? d->n - i0 : B;

@@ -36,17 +36,21 @@ typedef struct hwc_geom {
 
 typedef struct hwc_isa {
     const char *name;
+    int vw; /* floats per vector: the weight blocks are 2*vw channels wide */
     /* Images per block (1 to DPT_HWC_MAX_BLOCK) for an oh x ow output:
      * tiles take rows of several images on small planes. */
     int (*block)(int oh, int ow);
     /* For the nb images of a block (packed images ximg floats apart, outputs
-     * yimg): yp [oh*ow][cop] = conv(xp [hp][wp][cip], wpk [kh*kw][c_in][cop]).
+     * yimg): yp [oh*ow][cop] = conv(xp [hp][wp][cip], wpk), wpk in blocks of
+     * 2*vw output channels (the last may be vw), each [kh*kw][c_in][width]
+     * (dpt_hwc_wblk): a tile reads its weights in one stream.
      * pf (may be NULL): the next block's lines, fetched into L2 while the
      * kernel runs, spread over its taps (pf->per is set here). */
     void (*fwd)(const hwc_geom *g, int nb, const float *xp, size_t ximg, const float *wpk,
                 float *yp, size_t yimg, conv_prefetch *pf);
-    /* dxp [hp][wp][cip] += the scatter of dyp [oh*ow][cop] through
-     * wt [kh*kw][c_out][cip], for the nb images of a block (as fwd). */
+    /* dxp [hp][wp][cip] += the scatter of dyp [oh*ow][cop] through wt,
+     * blocks of 2*vw input channels each [kh*kw][c_out][width], for the nb
+     * images of a block (as fwd). */
     void (*dx)(const hwc_geom *g, int nb, const float *dyp, size_t yimg, const float *wt,
                float *dxp, size_t ximg);
     /* dwa [kh*kw][c_in][cop] += Σ_pos xp[pos+tap][ci] * dyp[pos][co] (one image). */

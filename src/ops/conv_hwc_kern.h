@@ -13,11 +13,12 @@
 /* Output tiles are RY rows (1-3, possibly of different images) x RX
  * positions (RY*RX <= HWC_RMAX); row ry starts at xr_ry in the input and
  * y_ry in the output, its positions xs (input) and cop (output) apart.
- * acc[r][v] = Σ_tap Σ_ci xr_ry[toff[t] + rx*xs + ci] * w[(t*cin + ci)*cop + v*VW];
+ * acc[r][v] = Σ_tap Σ_ci xr_ry[toff[t] + rx*xs + ci] * w[(t*cin + ci)*ws + v*VW]
+ * (w: the tile's block of output channels, ws = its width);
  * y_ry[rx*cop + v*VW] = acc[r][v]. */
 static inline __attribute__((always_inline)) void
 KERN(hwc_fwd_tile)(const float *x0, const float *x1, const float *x2, int xs, const int *toff,
-                   int nt, int cin, const float *w, int cop, float *y0, float *y1, float *y2,
+                   int nt, int cin, const float *w, int ws, int cop, float *y0, float *y1, float *y2,
                    conv_prefetch *pf, const int RY, const int RX, const int NV)
 {
     VEC acc[HWC_RMAX][2];
@@ -26,11 +27,11 @@ KERN(hwc_fwd_tile)(const float *x0, const float *x1, const float *x2, int xs, co
         acc[r][0] = acc[r][1] = VZERO();
     for (int t = 0; t < nt; t++) {
         const float *xt0 = x0 + toff[t], *xt1 = x1 + toff[t], *xt2 = x2 + toff[t];
-        const float *wt = w + (size_t)t * cin * cop;
+        const float *wt = w + (size_t)t * cin * ws;
         conv_prefetch_step(pf); /* a few lines a tap: a burst would stall */
         for (int ci = 0; ci < cin; ci++) {
-            const VEC w0 = VLOAD(wt + (size_t)ci * cop);
-            const VEC w1 = NV > 1 ? VLOAD(wt + (size_t)ci * cop + VW) : w0;
+            const VEC w0 = VLOAD(wt + (size_t)ci * ws);
+            const VEC w1 = NV > 1 ? VLOAD(wt + (size_t)ci * ws + VW) : w0;
 #pragma GCC unroll 4
             for (int ry = 0; ry < RY; ry++) {
                 const float *xt = ry == 0 ? xt0 : ry == 1 ? xt1 : xt2;
@@ -58,7 +59,8 @@ KERN(hwc_fwd_tile)(const float *x0, const float *x1, const float *x2, int xs, co
 }
 
 /* The same tiles over dy (row ry at dy_ry, positions cop apart); for each
- * tap t: acc[r][v] = Σ_co dy_ry[rx*cop + co] * w[(t*cout + co)*cip + v*VW],
+ * tap t: acc[r][v] = Σ_co dy_ry[rx*cop + co] * w[(t*cout + co)*cip + v*VW]
+ * (w: the tile's block of input channels, cip = its width),
  * then dx_ry[toff[t] + rx*xs + v*VW] += acc[r][v]. */
 static inline __attribute__((always_inline)) void
 KERN(hwc_dx_tile)(const float *dy0, const float *dy1, const float *dy2, int cop, const float *w,
@@ -271,8 +273,8 @@ static void KERN(hwc_fwd)(const hwc_geom *g, int nb, const float *xp, size_t xim
                 float *yb = yp + KERN(hwc_out_row)(g, yimg, cop, q1, x0) + co0;
                 float *yc = yp + KERN(hwc_out_row)(g, yimg, cop, q2, x0) + co0;
                 switch (nv * 256 + RY * 16 + RX) {
-                    HWC_CASES2(KERN(hwc_fwd_tile), xa, xb, xc, xs, toff, nt, cin, wpk + co0, cop,
-                               ya, yb, yc, pf)
+                    HWC_CASES2(KERN(hwc_fwd_tile), xa, xb, xc, xs, toff, nt, cin,
+                               wpk + (size_t)co0 * nt * cin, nv * VW, cop, ya, yb, yc, pf)
                 default: break;
                 }
             }
@@ -305,7 +307,8 @@ static void KERN(hwc_dx)(const hwc_geom *g, int nb, const float *dyp, size_t yim
                 float *xb = (float *)KERN(hwc_in_row)(g, dxp, ximg, cip, q1, x0) + c0;
                 float *xc = (float *)KERN(hwc_in_row)(g, dxp, ximg, cip, q2, x0) + c0;
                 switch (nv * 256 + RY * 16 + RX) {
-                    HWC_CASES2(KERN(hwc_dx_tile), da, db, dc, cop, wt + c0, cip, g->c_out, toff, nt,
+                    HWC_CASES2(KERN(hwc_dx_tile), da, db, dc, cop,
+                               wt + (size_t)c0 * nt * g->c_out, nv * VW, g->c_out, toff, nt,
                                xa, xb, xc, xs)
                 default: break;
                 }
@@ -472,6 +475,6 @@ static float KERN(hwc_bnback)(const float *g, const float *y, int n, float mean,
     return _mm_cvtss_f32(s);
 }
 
-const hwc_isa KERN(dpt_hwc_isa) = {ISA_NAME,         KERN(hwc_block),  KERN(hwc_fwd),
+const hwc_isa KERN(dpt_hwc_isa) = {ISA_NAME, VW,     KERN(hwc_block),  KERN(hwc_fwd),
                                    KERN(hwc_dx),     KERN(hwc_dw),     KERN(hwc_pack),
                                    KERN(hwc_unpack), KERN(hwc_bnback)};
