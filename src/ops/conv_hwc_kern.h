@@ -102,36 +102,38 @@ KERN(hwc_dx_tile)(const float *dy0, const float *dy1, const float *dy2, int cop,
     }
 }
 
-/* acc[r][v] = Σ_oy Σ_ox x[oy*xrow + ox*xs + r] * dy[(oy*ow + ox)*cop + v*VW];
- * dwa[r*cop + v*VW] += acc[r][v]. */
+/* acc[r][v] = Σ_b Σ_oy Σ_ox x[b*ximg + oy*xrow + ox*xs + r] * dy[b*yimg + (oy*ow + ox)*cop + v*VW]
+ * over nb images; dwa[r*ws + v*VW] += acc[r][v]. */
 static inline __attribute__((always_inline)) void
-KERN(hwc_dw_tile)(const float *x, int xrow, int xs, const float *dy, int cop, int oh, int ow,
-                  float *dwa, conv_prefetch *pf, const int R, const int NV)
+KERN(hwc_dw_tile)(const float *x, int xrow, int xs, size_t ximg, const float *dy, int cop,
+                  size_t yimg, int nb, int oh, int ow, float *dwa, int ws, conv_prefetch *pf,
+                  const int R, const int NV)
 {
     VEC acc[HWC_RMAX][2];
 #pragma GCC unroll 16
     for (int r = 0; r < R; r++)
         acc[r][0] = acc[r][1] = VZERO();
-    for (int oy = 0; oy < oh; oy++) {
-        const float *xr = x + (size_t)oy * xrow;
-        const float *dr = dy + (size_t)oy * ow * cop;
-        conv_prefetch_step(pf); /* a few lines a row: a burst would stall */
-        for (int ox = 0; ox < ow; ox++) {
-            const float *xq = xr + (size_t)ox * xs;
-            const VEC d0 = VLOAD(dr + (size_t)ox * cop);
-            const VEC d1 = NV > 1 ? VLOAD(dr + (size_t)ox * cop + VW) : d0;
+    for (int b = 0; b < nb; b++)
+        for (int oy = 0; oy < oh; oy++) {
+            const float *xr = x + b * ximg + (size_t)oy * xrow;
+            const float *dr = dy + b * yimg + (size_t)oy * ow * cop;
+            conv_prefetch_step(pf); /* a few lines a row: a burst would stall */
+            for (int ox = 0; ox < ow; ox++) {
+                const float *xq = xr + (size_t)ox * xs;
+                const VEC d0 = VLOAD(dr + (size_t)ox * cop);
+                const VEC d1 = NV > 1 ? VLOAD(dr + (size_t)ox * cop + VW) : d0;
 #pragma GCC unroll 16
-            for (int r = 0; r < R; r++) {
-                const VEC bx = VSET1(xq[r]);
-                acc[r][0] = VFMA(bx, d0, acc[r][0]);
-                if (NV > 1)
-                    acc[r][1] = VFMA(bx, d1, acc[r][1]);
+                for (int r = 0; r < R; r++) {
+                    const VEC bx = VSET1(xq[r]);
+                    acc[r][0] = VFMA(bx, d0, acc[r][0]);
+                    if (NV > 1)
+                        acc[r][1] = VFMA(bx, d1, acc[r][1]);
+                }
             }
         }
-    }
 #pragma GCC unroll 16
     for (int r = 0; r < R; r++) {
-        float *p = dwa + (size_t)r * cop;
+        float *p = dwa + (size_t)r * ws;
         VSTORE(p, VADD(VLOAD(p), acc[r][0]));
         if (NV > 1)
             VSTORE(p + VW, VADD(VLOAD(p + VW), acc[r][1]));
@@ -318,31 +320,35 @@ static void KERN(hwc_dx)(const hwc_geom *g, int nb, const float *dyp, size_t yim
     }
 }
 
-static void KERN(hwc_dw)(const hwc_geom *g, const float *xp, const float *dyp, float *dwa,
-                         conv_prefetch *pf)
+static void KERN(hwc_dw)(const hwc_geom *g, int nb, const float *xp, size_t ximg,
+                         const float *dyp, size_t yimg, float *dwa, conv_prefetch *pf)
 {
     const int cin = g->c_in, cip = g->cip, cop = g->cop;
     const int xs = g->stride * cip, xrow = g->stride * g->wp * cip;
     const int nch = (cin + HWC_RMAX - 1) / HWC_RMAX;
-    KERN(hwc_pf_spread)(pf, (size_t)g->kh * g->kw * nch * ((cop + 2 * VW - 1) / (2 * VW)) * g->oh);
-    for (int ki = 0; ki < g->kh; ki++)
-        for (int kj = 0; kj < g->kw; kj++) {
-            const int t = ki * g->kw + kj;
-            const float *xt = xp + (size_t)(ki * g->dil * g->wp + kj * g->dil) * cip;
-            for (int k = 0; k < nch; k++) {
-                const int c0 = k * cin / nch, R = (k + 1) * cin / nch - c0;
-                for (int co0 = 0; co0 < cop;) {
-                    const int nv = KERN(hwc_nv)(cop, co0);
-                    float *dwt = dwa + ((size_t)t * cin + c0) * cop + co0;
+    KERN(hwc_pf_spread)(pf, (size_t)g->kh * g->kw * nch * ((cop + 2 * VW - 1) / (2 * VW)) * g->oh *
+                                nb);
+    /* dwa in the blocked layout of the weights (conv_hwc.c wblk), each block
+     * swept in order: its tiles' rows are consecutive lines. */
+    for (int co0 = 0; co0 < cop;) {
+        const int nv = KERN(hwc_nv)(cop, co0);
+        for (int ki = 0; ki < g->kh; ki++)
+            for (int kj = 0; kj < g->kw; kj++) {
+                const int t = ki * g->kw + kj;
+                const float *xt = xp + (size_t)(ki * g->dil * g->wp + kj * g->dil) * cip;
+                for (int k = 0; k < nch; k++) {
+                    const int c0 = k * cin / nch, R = (k + 1) * cin / nch - c0;
+                    float *dwt = dwa + (size_t)co0 * g->kh * g->kw * cin +
+                                 ((size_t)t * cin + c0) * nv * VW;
                     switch (nv * 32 + R) {
-                        HWC_CASES(KERN(hwc_dw_tile), xt + c0, xrow, xs, dyp + co0, cop, g->oh,
-                                  g->ow, dwt, pf)
+                        HWC_CASES(KERN(hwc_dw_tile), xt + c0, xrow, xs, ximg, dyp + co0, cop,
+                                  yimg, nb, g->oh, g->ow, dwt, nv * VW, pf)
                     default: break;
                     }
-                    co0 += nv * VW;
                 }
             }
-        }
+        co0 += nv * VW;
+    }
 }
 
 /* ---- layout changes: 8x8 blocks transposed in AVX registers (both sets
