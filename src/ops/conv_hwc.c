@@ -59,15 +59,20 @@ static int max_block(const dpt_conv2d_desc *d)
     return d->out_h * d->out_w <= 100 ? DPT_HWC_MAX_BLOCK : 1;
 }
 
-/* Images per weight-gradient pass for blocks of B: on small planes several
- * blocks, so that a register tile sums at least 128 positions before it
- * adds into dwa (2.4 MB on 256 channels: read and written per pass), while
- * the packed inputs stay under 1 MB. */
+/* Images per weight-gradient pass for blocks of B: where dwa is large
+ * (2.4 MB on 256 channels: read and written per pass), several blocks, so
+ * that a register tile sums at least 128 positions before it adds into
+ * dwa, while the packed inputs stay under 1 MB. Not where dwa stays in
+ * L2: groups slowed the stride-2 resnet layers' backward by 3-9%
+ * (bench/hwc_ab.sh). */
 static int dw_group(const dpt_conv2d_desc *d, int B)
 {
     const size_t P = (size_t)d->out_h * d->out_w;
     const size_t ximg = ((size_t)d->h + 2 * d->pad) * ((size_t)d->w + 2 * d->pad) * cpad(d->c_in);
+    const size_t dwa = (size_t)d->kh * d->kw * d->c_in * cpad(d->c_out) * sizeof(float);
     int G = B;
+    if (dwa <= ((size_t)256 << 10))
+        return G;
     while (G + B <= DPT_HWC_MAX_GROUP && (size_t)G * P < 128 &&
            (size_t)(G + B) * ximg * sizeof(float) <= ((size_t)1 << 20))
         G += B;
