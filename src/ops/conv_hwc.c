@@ -119,7 +119,6 @@ void dpt_conv_hwc_forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn
     const int cin = d->c_in, cout = d->c_out, hw = d->h * d->w, P = g.oh * g.ow;
     const int taps = d->kh * d->kw, hp = d->h + 2 * d->pad;
     float *xp = work + bf.xp, *wpk = work + bf.wk, *yp = work + bf.yp;
-    double *s1 = (double *)(work + bf.ds), *s2 = s1 + cout;
     const int B = isa->block(g.oh, g.ow) < max_block(d) ? isa->block(g.oh, g.ow) : max_block(d);
     const size_t ximg = (size_t)hp * g.wp * g.cip, yimg = (size_t)P * g.cop;
     memset(xp, 0, B * ximg * sizeof *xp);
@@ -148,12 +147,8 @@ void dpt_conv_hwc_forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn
         for (int k = 0; k < nb; k++) {
             float *yi = y + (size_t)(i0 + k) * cout * P;
             isa->unpack(yp + k * yimg, cout, g.oh, g.ow, 0, g.ow, g.cop, b, yi);
-            if (sum) {
-                /* Per image while y is in cache. */
-                dpt_bn_sums(yi, 1, cout, P, s1, s2);
-                for (int co = 0; co < cout; co++)
-                    sum[co] += s1[co], sumsq[co] += s2[co];
-            }
+            if (sum) /* from the packed tile, in cache, channels in lanes */
+                isa->sums(yp + k * yimg, P, g.cop, cout, b, sum, sumsq);
         }
     }
 }

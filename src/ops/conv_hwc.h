@@ -72,6 +72,10 @@ typedef struct hwc_isa {
      * unfused path, dpt_bn_apply); returns the sum of out. */
     float (*bnback)(const float *g, const float *y, int n, float mean, float scale, float shift,
                     float kf, float ka, float kb, int relu, float *out);
+    /* sum[c] += Σ y, sumsq[c] += Σ y² over one image's yp [P][cop] (+ bias,
+     * may be NULL), for its c real channels. */
+    void (*sums)(const float *yp, int P, int cop, int c, const float *bias, double *sum,
+                 double *sumsq);
 } hwc_isa;
 
 #if defined(__x86_64__) || defined(__i386__)

@@ -481,6 +481,42 @@ static float KERN(hwc_bnback)(const float *g, const float *y, int n, float mean,
     return _mm_cvtss_f32(s);
 }
 
+/* sum[c] += Σ_pos y, sumsq[c] += Σ_pos y² for one image's [P][cop] output
+ * (+ bias, may be NULL), channels in lanes: no horizontal sum per plane.
+ * The numerics of dpt_bn_sums on one image: float sums of y − K (K the
+ * channel's first value), turned into plain sums in double. */
+static void KERN(hwc_sums)(const float *yp, int P, int cop, int c, const float *bias,
+                           double *sum, double *sumsq)
+{
+    for (int c0 = 0; c0 < c; c0 += VW) {
+        const int nc = c - c0 < VW ? c - c0 : VW;
+        float bb[VW] = {0}, fa[VW], fq[VW], kk[VW];
+        for (int i = 0; bias && i < nc; i++)
+            bb[i] = bias[c0 + i];
+        const VEC bv = VLOAD(bb), k = VADD(VLOAD(yp + c0), bv);
+        VEC a0 = VZERO(), q0 = VZERO(), a1 = VZERO(), q1 = VZERO();
+        int p = 0;
+        for (; p + 2 <= P; p += 2) {
+            const VEC v = VSUB(VADD(VLOAD(yp + (size_t)p * cop + c0), bv), k);
+            const VEC u = VSUB(VADD(VLOAD(yp + (size_t)(p + 1) * cop + c0), bv), k);
+            a0 = VADD(a0, v), q0 = VFMA(v, v, q0);
+            a1 = VADD(a1, u), q1 = VFMA(u, u, q1);
+        }
+        if (p < P) {
+            const VEC v = VSUB(VADD(VLOAD(yp + (size_t)p * cop + c0), bv), k);
+            a0 = VADD(a0, v), q0 = VFMA(v, v, q0);
+        }
+        VSTORE(fa, VADD(a0, a1));
+        VSTORE(fq, VADD(q0, q1));
+        VSTORE(kk, k);
+        for (int i = 0; i < nc; i++) {
+            const double s1 = fa[i], s2 = fq[i], K = kk[i];
+            sum[c0 + i] += s1 + P * K;
+            sumsq[c0 + i] += s2 + 2.0 * K * s1 + P * K * K;
+        }
+    }
+}
+
 const hwc_isa KERN(dpt_hwc_isa) = {ISA_NAME, VW,     KERN(hwc_block),  KERN(hwc_fwd),
                                    KERN(hwc_dx),     KERN(hwc_dw),     KERN(hwc_pack),
-                                   KERN(hwc_unpack), KERN(hwc_bnback)};
+                                   KERN(hwc_unpack), KERN(hwc_bnback), KERN(hwc_sums)};
