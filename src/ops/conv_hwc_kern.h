@@ -113,24 +113,30 @@ KERN(hwc_dw_tile)(const float *x, int xrow, int xs, size_t ximg, const float *dy
 #pragma GCC unroll 16
     for (int r = 0; r < R; r++)
         acc[r][0] = acc[r][1] = VZERO();
-    for (int b = 0; b < nb; b++)
-        for (int oy = 0; oy < oh; oy++) {
-            const float *xr = x + b * ximg + (size_t)oy * xrow;
-            const float *dr = dy + b * yimg + (size_t)oy * ow * cop;
-            conv_prefetch_step(pf); /* a few lines a row: a burst would stall */
-            for (int ox = 0; ox < ow; ox++) {
-                const float *xq = xr + (size_t)ox * xs;
-                const VEC d0 = VLOAD(dr + (size_t)ox * cop);
-                const VEC d1 = NV > 1 ? VLOAD(dr + (size_t)ox * cop + VW) : d0;
+    /* The nb*oh rows as one loop (dy's rows are evenly spaced across the
+     * images; x jumps at each image's end): a nested image loop measured
+     * 4% slower on one image. */
+    const float *xb = x, *xr = x, *dr = dy;
+    (void)yimg; /* dy's images are oh*ow*cop apart: yimg */
+    for (int q = 0, oy = 0; q < nb * oh; q++) {
+        conv_prefetch_step(pf); /* a few lines a row: a burst would stall */
+        for (int ox = 0; ox < ow; ox++) {
+            const float *xq = xr + (size_t)ox * xs;
+            const VEC d0 = VLOAD(dr + (size_t)ox * cop);
+            const VEC d1 = NV > 1 ? VLOAD(dr + (size_t)ox * cop + VW) : d0;
 #pragma GCC unroll 16
-                for (int r = 0; r < R; r++) {
-                    const VEC bx = VSET1(xq[r]);
-                    acc[r][0] = VFMA(bx, d0, acc[r][0]);
-                    if (NV > 1)
-                        acc[r][1] = VFMA(bx, d1, acc[r][1]);
-                }
+            for (int r = 0; r < R; r++) {
+                const VEC bx = VSET1(xq[r]);
+                acc[r][0] = VFMA(bx, d0, acc[r][0]);
+                if (NV > 1)
+                    acc[r][1] = VFMA(bx, d1, acc[r][1]);
             }
         }
+        dr += (size_t)ow * cop;
+        xr += xrow;
+        if (++oy == oh)
+            oy = 0, xb += ximg, xr = xb;
+    }
 #pragma GCC unroll 16
     for (int r = 0; r < R; r++) {
         float *p = dwa + (size_t)r * ws;
