@@ -467,7 +467,11 @@ static void property_test(void)
         else if (idx == 6) /* the same, stride 2, one partial group (dx blocks 3 + 2) */
             sc.d = (dpt_conv2d_desc){.n = 5, .c_in = 96, .h = 8, .w = 8, .c_out = 112, .kh = 3,
                                      .kw = 3, .stride = 2, .pad = 1};
-        if (idx < 7)
+        else if (idx == 7) /* 16-pixel rows: 16x16 transposes (AVX-512) for 32 of the 40
+                            * input and 16 of the 24 output channels, 8x8 for the rest */
+            sc.d = (dpt_conv2d_desc){.n = 2, .c_in = 40, .h = 16, .w = 16, .c_out = 24, .kh = 3,
+                                     .kw = 3, .stride = 1, .pad = 1};
+        if (idx < 8)
             sc.bn_in = sc.bn_out = sc.relu_in = sc.need_dx = sc.bias = 1, sc.relu_out = idx & 1;
         CHECK(dpt_conv2d_desc_init(&sc.d) == 0);
         check_case(&r2, &sc, n_cases + n_1x1 + idx);

@@ -386,6 +386,90 @@ static inline void KERN(hwc_tr8)(__m256 r[8])
     }
 }
 
+#if VW == 16
+/* r[i] lane j -> r[j] lane i, 16 x 16 (AVX-512: a third fewer shuffles per
+ * float than 8x8 blocks, and whole-line loads and stores). */
+static inline void KERN(hwc_tr16)(__m512 r[16])
+{
+    __m512 t[16], u[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        u[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+        u[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    /* u[4i+m] 128-bit lane j holds rows 4i..4i+3 of column 4j+m. */
+    for (int m = 0; m < 4; m++) {
+        const __m512 s0 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x88);
+        const __m512 s1 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xDD);
+        const __m512 s2 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x88);
+        const __m512 s3 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xDD);
+        r[m] = _mm512_shuffle_f32x4(s0, s2, 0x88);
+        r[4 + m] = _mm512_shuffle_f32x4(s1, s3, 0x88);
+        r[8 + m] = _mm512_shuffle_f32x4(s0, s2, 0xDD);
+        r[12 + m] = _mm512_shuffle_f32x4(s1, s3, 0xDD);
+    }
+}
+
+/* hwc_pack for rows of a multiple of 16 pixels, channels 0 .. c rounded
+ * down to 16. */
+static void KERN(hwc_pack16)(const float *src, int c, int h, int w, int pad, int wp, int cs,
+                             const dpt_bn_apply *a, float *dst)
+{
+    const __m512 z0 = _mm512_setzero_ps();
+    const size_t hw = (size_t)h * w;
+    for (int y = 0; y < h; y++)
+        for (int x0 = 0; x0 < w; x0 += 16) {
+            float *o = dst + ((size_t)(y + pad) * wp + pad + x0) * cs;
+            for (int c0 = 0; c0 + 16 <= c; c0 += 16) {
+                const float *in = src + (size_t)c0 * hw + (size_t)y * w + x0;
+                __m512 r[16];
+                for (int i = 0; i < 16; i++)
+                    r[i] = _mm512_loadu_ps(in + i * hw);
+                if (a) /* a's forward, the expression of the batch-norm kernels */
+                    for (int i = 0; i < 16; i++) {
+                        const int ch = c0 + i;
+                        __m512 z = _mm512_mul_ps(_mm512_sub_ps(r[i], _mm512_set1_ps(a->mean[ch])),
+                                                 _mm512_set1_ps(a->scale[ch]));
+                        z = _mm512_add_ps(z, _mm512_set1_ps(a->shift[ch]));
+                        r[i] = a->relu ? _mm512_maskz_mov_ps(
+                                             _mm512_cmp_ps_mask(z, z0, _CMP_GT_OQ), z)
+                                       : z;
+                    }
+                KERN(hwc_tr16)(r);
+                for (int p = 0; p < 16; p++)
+                    _mm512_storeu_ps(o + (size_t)p * cs + c0, r[p]);
+            }
+        }
+}
+
+/* hwc_unpack for rows of a multiple of 16 pixels, channels 0 .. c rounded
+ * down to 16. */
+static void KERN(hwc_unpack16)(const float *src, int c, int h, int w, int pad, int wp, int cs,
+                               const float *bias, float *dst)
+{
+    const size_t hw = (size_t)h * w;
+    for (int y = 0; y < h; y++)
+        for (int x0 = 0; x0 < w; x0 += 16) {
+            const float *in = src + ((size_t)(y + pad) * wp + pad + x0) * cs;
+            for (int c0 = 0; c0 + 16 <= c; c0 += 16) {
+                __m512 r[16];
+                for (int p = 0; p < 16; p++)
+                    r[p] = _mm512_loadu_ps(in + (size_t)p * cs + c0);
+                KERN(hwc_tr16)(r);
+                float *o = dst + (size_t)c0 * hw + (size_t)y * w + x0;
+                for (int i = 0; i < 16; i++)
+                    _mm512_storeu_ps(o + i * hw, bias ? _mm512_add_ps(r[i], _mm512_set1_ps(bias[c0 + i]))
+                                                      : r[i]);
+            }
+        }
+}
+#endif
+
 /* dst [(y+pad)*wp + x+pad][c] (pixel stride cs) = src [c][y][x], for the
  * c channels of h x w planes; channels c..(c rounded up to 8) get zeros. */
 static void KERN(hwc_pack)(const float *src, int c, int h, int w, int pad, int wp, int cs,
@@ -393,12 +477,19 @@ static void KERN(hwc_pack)(const float *src, int c, int h, int w, int pad, int w
 {
     const __m256 z0 = _mm256_setzero_ps();
     const size_t hw = (size_t)h * w;
-    for (int y = 0; y < h; y++)
+    int cstart = 0; /* the channels the 8x8 blocks below take */
+#if VW == 16
+    if (w % 16 == 0 && c >= 16) {
+        KERN(hwc_pack16)(src, c, h, w, pad, wp, cs, a, dst);
+        cstart = c / 16 * 16;
+    }
+#endif
+    for (int y = 0; y < h && cstart < c; y++)
         for (int x0 = 0; x0 < w; x0 += 8) {
             const int np = w - x0 < 8 ? w - x0 : 8;
             const __m256i m = KERN(hwc_mask8)(np);
             float *o = dst + ((size_t)(y + pad) * wp + pad + x0) * cs;
-            for (int c0 = 0; c0 < c; c0 += 8) {
+            for (int c0 = cstart; c0 < c; c0 += 8) {
                 const float *in = src + (size_t)c0 * hw + (size_t)y * w + x0;
                 __m256 r[8];
                 /* Masked loads and stores only at the edges (slow on some
@@ -428,12 +519,19 @@ static void KERN(hwc_unpack)(const float *src, int c, int h, int w, int pad, int
                              const float *bias, float *dst)
 {
     const size_t hw = (size_t)h * w;
-    for (int y = 0; y < h; y++)
+    int cstart = 0; /* the channels the 8x8 blocks below take */
+#if VW == 16
+    if (w % 16 == 0 && c >= 16) {
+        KERN(hwc_unpack16)(src, c, h, w, pad, wp, cs, bias, dst);
+        cstart = c / 16 * 16;
+    }
+#endif
+    for (int y = 0; y < h && cstart < c; y++)
         for (int x0 = 0; x0 < w; x0 += 8) {
             const int np = w - x0 < 8 ? w - x0 : 8;
             const __m256i m = KERN(hwc_mask8)(np);
             const float *in = src + ((size_t)(y + pad) * wp + pad + x0) * cs;
-            for (int c0 = 0; c0 < c; c0 += 8) {
+            for (int c0 = cstart; c0 < c; c0 += 8) {
                 const int nr = c - c0 < 8 ? c - c0 : 8;
                 __m256 r[8];
                 for (int p = 0; p < 8; p++)
