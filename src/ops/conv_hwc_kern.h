@@ -360,20 +360,6 @@ static void KERN(hwc_dw)(const hwc_geom *g, int nb, const float *xp, size_t ximg
 /* ---- layout changes: 8x8 blocks transposed in AVX registers (both sets
  * have AVX), edges by masked loads and stores ---- */
 
-/* Loads and stores of the first n (< 8) lanes, m = hwc_mask8(n): AVX-512's
- * masked moves where the set has them (vmaskmovps stores are slow on AMD:
- * the 4-pixel rows of 4x4 planes are all edges). */
-#if VW == 16
-#define HWC_MLOAD8(p, m, n)                                                                    \
-    ((void)(m), _mm512_castps512_ps256(_mm512_maskz_loadu_ps((__mmask16)((1u << (n)) - 1), (p))))
-#define HWC_MSTORE8(p, m, n, v)                                                                \
-    ((void)(m),                                                                                \
-     _mm512_mask_storeu_ps((p), (__mmask16)((1u << (n)) - 1), _mm512_castps256_ps512(v)))
-#else
-#define HWC_MLOAD8(p, m, n) _mm256_maskload_ps((p), (m))
-#define HWC_MSTORE8(p, m, n, v) _mm256_maskstore_ps((p), (m), (v))
-#endif
-
 static inline __m256i KERN(hwc_mask8)(int n)
 {
     const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -511,7 +497,7 @@ static void KERN(hwc_pack)(const float *src, int c, int h, int w, int pad, int w
                 for (int i = 0; i < 8; i++)
                     r[i] = c0 + i >= c ? _mm256_setzero_ps()
                            : np == 8   ? _mm256_loadu_ps(in + i * hw)
-                                       : HWC_MLOAD8(in + i * hw, m, np);
+                                       : _mm256_maskload_ps(in + i * hw, m);
                 if (a) /* a's forward, the expression of the batch-norm kernels */
                     for (int i = 0; i < 8 && c0 + i < c; i++) {
                         const int ch = c0 + i;
@@ -559,7 +545,7 @@ static void KERN(hwc_unpack)(const float *src, int c, int h, int w, int pad, int
                     if (np == 8)
                         _mm256_storeu_ps(o + i * hw, v);
                     else
-                        HWC_MSTORE8(o + i * hw, m, np, v);
+                        _mm256_maskstore_ps(o + i * hw, m, v);
                 }
             }
         }
@@ -579,9 +565,8 @@ static float KERN(hwc_bnback)(const float *g, const float *y, int n, float mean,
     for (int j = 0; j < n; j += 8) {
         const int full = n - j >= 8;
         const __m256i m = KERN(hwc_mask8)(n - j);
-        const __m256 xc =
-            _mm256_sub_ps(full ? _mm256_loadu_ps(y + j) : HWC_MLOAD8(y + j, m, n - j), vm);
-        __m256 gv = full ? _mm256_loadu_ps(g + j) : HWC_MLOAD8(g + j, m, n - j);
+        const __m256 xc = _mm256_sub_ps(full ? _mm256_loadu_ps(y + j) : _mm256_maskload_ps(y + j, m), vm);
+        __m256 gv = full ? _mm256_loadu_ps(g + j) : _mm256_maskload_ps(g + j, m);
         if (relu)
             gv = _mm256_and_ps(gv, _mm256_cmp_ps(_mm256_add_ps(_mm256_mul_ps(xc, vs), vh), z0,
                                                  _CMP_GT_OQ));
@@ -590,7 +575,7 @@ static float KERN(hwc_bnback)(const float *g, const float *y, int n, float mean,
             _mm256_storeu_ps(out + j, v);
         } else {
             v = _mm256_and_ps(v, _mm256_castsi256_ps(m));
-            HWC_MSTORE8(out + j, m, n - j, v);
+            _mm256_maskstore_ps(out + j, m, v);
         }
         acc = _mm256_add_ps(acc, v);
     }
