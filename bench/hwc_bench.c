@@ -11,7 +11,11 @@
  * a shared machine only adds time), the candidates taking turns; GFLOP/s
  * count 2·taps·c_in per output (backward: the weight gradient, plus the
  * data gradient where the layer needs one). Ratios: other/hwc (> 1: hwc
- * faster). */
+ * faster).
+ *
+ * Built with -DHWC_AB (bench/hwc_ab.sh), the second candidate is another
+ * commit's hwc (its conv_hwc objects with their symbols renamed old_*)
+ * instead of the direct kernels: "old/hwc" > 1 means this tree is faster. */
 #include "dptrain/core.h"
 #include "ops/ops.h"
 
@@ -43,6 +47,28 @@ static float *randn(dpt_rng *r, size_t n, float s)
  * applied to the input on the fly; dx: the input gradient is computed. */
 static int no_dnnl;
 
+#ifdef HWC_AB
+#include "ops/conv_hwc.h"
+size_t old_dpt_conv_hwc_work_floats(const dpt_conv2d_desc *d);
+void old_dpt_conv_hwc_forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
+                              const float *w, const float *b, float *y, float *work, double *sum,
+                              double *sumsq);
+void old_dpt_conv_hwc_backward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
+                               const float *w, const float *dy, const dpt_bn_apply *dya,
+                               const float *y, float *dx, float *dw, float *db, float *work,
+                               double *xg);
+#define OLD_HWC (-1)
+#endif
+
+static const char *cand_name(int a)
+{
+#ifdef HWC_AB
+    if (a == OLD_HWC)
+        return "old";
+#endif
+    return dpt_conv_algo_name(a);
+}
+
 static void shape(dpt_rng *rng, const char *name, int n, int c_in, int hw, int c_out, int k,
                   int stride, int pad, int bn_in, int dx_needed, int rounds)
 {
@@ -50,7 +76,11 @@ static void shape(dpt_rng *rng, const char *name, int n, int c_in, int hw, int c
                          .kw = k, .stride = stride, .pad = pad};
     if (dpt_conv2d_desc_init(&d) != 0)
         return;
+#ifdef HWC_AB
+    int algos[3] = {DPT_CONV_ALGO_HWC, OLD_HWC, DPT_CONV_ALGO_DNNL};
+#else
     int algos[3] = {DPT_CONV_ALGO_HWC, DPT_CONV_ALGO_DIRECT, DPT_CONV_ALGO_DNNL};
+#endif
     int na = 3;
     if (no_dnnl || !dpt_conv_algo_supports(DPT_CONV_ALGO_DNNL, &d))
         na = 2;
@@ -71,6 +101,13 @@ static void shape(dpt_rng *rng, const char *name, int n, int c_in, int hw, int c
     size_t nwk = 0;
     for (int a = 0; a < na; a++) {
         d.algo = algos[a];
+#ifdef HWC_AB
+        if (algos[a] == OLD_HWC) {
+            if (old_dpt_conv_hwc_work_floats(&d) > nwk)
+                nwk = old_dpt_conv_hwc_work_floats(&d);
+            continue;
+        }
+#endif
         if (dpt_conv2d_work_floats(&d) > nwk)
             nwk = dpt_conv2d_work_floats(&d);
     }
@@ -80,13 +117,25 @@ static void shape(dpt_rng *rng, const char *name, int n, int c_in, int hw, int c
     for (int r = 0; r < rounds; r++)
         for (int a = 0; a < na; a++) {
             d.algo = algos[a];
-            double t0 = cpu_s();
-            dpt_conv2d_forward_ex(&d, x, bn_in ? &xa : NULL, w, NULL, y, work, s, s + cm);
-            double t1 = cpu_s();
-            dpt_conv2d_backward_ex(&d, x, bn_in ? &xa : NULL, w, dy, &dya, yb,
-                                   dx_needed ? dx : NULL, dw, db, work,
-                                   bn_in && dx_needed ? s + 2 * cm : NULL);
-            double t2 = cpu_s();
+            double t0 = cpu_s(), t1, t2;
+#ifdef HWC_AB
+            if (algos[a] == OLD_HWC) {
+                old_dpt_conv_hwc_forward(&d, x, bn_in ? &xa : NULL, w, NULL, y, work, s, s + cm);
+                t1 = cpu_s();
+                old_dpt_conv_hwc_backward(&d, x, bn_in ? &xa : NULL, w, dy, &dya, yb,
+                                          dx_needed ? dx : NULL, dw, db, work,
+                                          bn_in && dx_needed ? s + 2 * cm : NULL);
+                t2 = cpu_s();
+            } else
+#endif
+            {
+                dpt_conv2d_forward_ex(&d, x, bn_in ? &xa : NULL, w, NULL, y, work, s, s + cm);
+                t1 = cpu_s();
+                dpt_conv2d_backward_ex(&d, x, bn_in ? &xa : NULL, w, dy, &dya, yb,
+                                       dx_needed ? dx : NULL, dw, db, work,
+                                       bn_in && dx_needed ? s + 2 * cm : NULL);
+                t2 = cpu_s();
+            }
             if (t1 - t0 < best[a][0])
                 best[a][0] = t1 - t0;
             if (t2 - t1 < best[a][1])
@@ -96,11 +145,11 @@ static void shape(dpt_rng *rng, const char *name, int n, int c_in, int hw, int c
     printf("%-9s %2dx%-2dx%-3d -> %3d k%d s%d n%d: fwd hwc %6.3f ms %6.1f GF/s", name, hw, hw,
            c_in, c_out, k, stride, n, 1e3 * best[0][0], fl / best[0][0] * 1e-9);
     for (int a = 1; a < na; a++)
-        printf(" %s %6.3f (%.2fx)", dpt_conv_algo_name(algos[a]), 1e3 * best[a][0],
+        printf(" %s %6.3f (%.2fx)", cand_name(algos[a]), 1e3 * best[a][0],
                best[a][0] / best[0][0]);
     printf(" | bwd hwc %6.3f ms %6.1f GF/s", 1e3 * best[0][1], flb / best[0][1] * 1e-9);
     for (int a = 1; a < na; a++)
-        printf(" %s %6.3f (%.2fx)", dpt_conv_algo_name(algos[a]), 1e3 * best[a][1],
+        printf(" %s %6.3f (%.2fx)", cand_name(algos[a]), 1e3 * best[a][1],
                best[a][1] / best[0][1]);
     printf("\n");
     free(x), free(dx), free(y), free(dy), free(yb), free(w), free(dw), free(db), free(pa);

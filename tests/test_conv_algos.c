@@ -466,7 +466,18 @@ static void property_test(void)
         else if (idx == 4) /* 4x4 planes: tiles take rows of 3 images (AVX-512), 4 = 3 + 1 */
             sc.d = (dpt_conv2d_desc){.n = 4, .c_in = 24, .h = 4, .w = 4, .c_out = 40, .kh = 3,
                                      .kw = 3, .stride = 1, .pad = 1};
-        if (idx < 5)
+        else if (idx == 5) /* a weight gradient over groups of images (dwa over 256 KB:
+                            * 9 + 2 images), channel blocks with a narrow last one (AVX-512) */
+            sc.d = (dpt_conv2d_desc){.n = 11, .c_in = 176, .h = 4, .w = 4, .c_out = 144, .kh = 3,
+                                     .kw = 3, .stride = 1, .pad = 1};
+        else if (idx == 6) /* the same, stride 2, one partial group (dx blocks 3 + 2) */
+            sc.d = (dpt_conv2d_desc){.n = 5, .c_in = 96, .h = 8, .w = 8, .c_out = 112, .kh = 3,
+                                     .kw = 3, .stride = 2, .pad = 1};
+        else if (idx == 7) /* 16-pixel rows: 16x16 transposes (AVX-512) for 32 of the 40
+                            * input and 16 of the 24 output channels, 8x8 for the rest */
+            sc.d = (dpt_conv2d_desc){.n = 2, .c_in = 40, .h = 16, .w = 16, .c_out = 24, .kh = 3,
+                                     .kw = 3, .stride = 1, .pad = 1};
+        if (idx < 8)
             sc.bn_in = sc.bn_out = sc.relu_in = sc.need_dx = sc.bias = 1, sc.relu_out = idx & 1;
         CHECK(dpt_conv2d_desc_init(&sc.d) == 0);
         check_case(&r2, &sc, n_cases + n_1x1 + idx);

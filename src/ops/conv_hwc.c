@@ -20,6 +20,18 @@ static const hwc_isa *isa_now(void)
 static int cpad(int c) { return (c + DPT_HWC_CPAD - 1) / DPT_HWC_CPAD * DPT_HWC_CPAD; }
 static size_t al16(size_t n) { return (n + 15) & ~(size_t)15; }
 
+/* Where weight (tap t, inner channel i of n, outer channel o of a padded
+ * count op) goes in the kernels' blocked layout (conv_hwc.h): blocks of
+ * 2*vw outer channels (the last may be narrower), each [taps][n][width],
+ * so that a tile streams its block's weights from consecutive lines (on
+ * 256 channels the rows of an unblocked [taps][n][op] are 1 KB apart and
+ * the hardware prefetcher does not follow them across pages). */
+static size_t wblk(int vw, int taps, int n, int op, int t, int i, int o)
+{
+    const int o0 = o / (2 * vw) * (2 * vw), bw = op - o0 < 2 * vw ? op - o0 : 2 * vw;
+    return (size_t)o0 * taps * n + ((size_t)t * n + i) * bw + (o - o0);
+}
+
 int dpt_conv_hwc_supports(const dpt_conv2d_desc *d)
 {
     /* Narrow layers fill too few lanes (the direct kernels vectorise over
@@ -47,17 +59,47 @@ static int max_block(const dpt_conv2d_desc *d)
     return d->out_h * d->out_w <= 100 ? DPT_HWC_MAX_BLOCK : 1;
 }
 
+/* Images per weight-gradient pass for blocks of B: where dwa is large
+ * (2.4 MB on 256 channels: read and written per pass), several blocks, so
+ * that a register tile sums at least 128 positions before it adds into
+ * dwa, while the packed inputs stay under 1 MB. Not where dwa stays in
+ * L2: groups slowed the stride-2 resnet layers' backward by 3-9%
+ * (bench/hwc_ab.sh). */
+static int dw_group(const dpt_conv2d_desc *d, int B)
+{
+    const size_t P = (size_t)d->out_h * d->out_w;
+    const size_t ximg = ((size_t)d->h + 2 * d->pad) * ((size_t)d->w + 2 * d->pad) * cpad(d->c_in);
+    const size_t dwa = (size_t)d->kh * d->kw * d->c_in * cpad(d->c_out) * sizeof(float);
+    int G = B;
+    if (dwa <= ((size_t)256 << 10))
+        return G;
+    while (G + B <= DPT_HWC_MAX_GROUP && (size_t)G * P < 128 &&
+           (size_t)(G + B) * ximg * sizeof(float) <= ((size_t)1 << 20))
+        G += B;
+    return G;
+}
+
+static int max_group(const dpt_conv2d_desc *d)
+{
+    int most = 1;
+    for (int B = 1; B <= max_block(d); B++)
+        if (dw_group(d, B) > most)
+            most = dw_group(d, B);
+    return most;
+}
+
 static hwc_bufs bufs_of(const dpt_conv2d_desc *d)
 {
     const hwc_geom g = geom_of(d);
     const size_t hp = (size_t)d->h + 2 * d->pad, P = (size_t)g.oh * g.ow;
     const size_t taps = (size_t)d->kh * d->kw, B = (size_t)max_block(d);
+    const size_t G = (size_t)max_group(d);
     hwc_bufs b;
     size_t o = 0;
     b.tmp = o, o += al16(P * d->c_out); /* one image's output gradient, dya applied */
-    b.xp = o, o += al16(B * hp * g.wp * g.cip);
+    b.xp = o, o += al16(G * hp * g.wp * g.cip);
     b.wk = o, o += al16(taps * (size_t)cpad(d->c_out) * g.cip); /* wpk or wt */
-    b.yp = o, o += al16(B * P * g.cop);
+    b.yp = o, o += al16(G * P * g.cop);
     b.dxp = o, o += al16(B * hp * g.wp * g.cip);
     b.dwa = o, o += al16(taps * (size_t)g.c_in * g.cop);
     b.ds = o, o += al16(4 * (size_t)d->c_out); /* 2 * c_out doubles */
@@ -77,16 +119,16 @@ void dpt_conv_hwc_forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn
     const int cin = d->c_in, cout = d->c_out, hw = d->h * d->w, P = g.oh * g.ow;
     const int taps = d->kh * d->kw, hp = d->h + 2 * d->pad;
     float *xp = work + bf.xp, *wpk = work + bf.wk, *yp = work + bf.yp;
-    double *s1 = (double *)(work + bf.ds), *s2 = s1 + cout;
     const int B = isa->block(g.oh, g.ow) < max_block(d) ? isa->block(g.oh, g.ow) : max_block(d);
     const size_t ximg = (size_t)hp * g.wp * g.cip, yimg = (size_t)P * g.cop;
     memset(xp, 0, B * ximg * sizeof *xp);
-    /* wpk [tap][ci][co], co padded with zeros to cop. */
+    /* wpk: blocks of co, each [tap][ci][width], co padded with zeros to cop. */
     memset(wpk, 0, (size_t)taps * cin * g.cop * sizeof *wpk);
     for (int co = 0; co < cout; co++)
         for (int ci = 0; ci < cin; ci++)
             for (int t = 0; t < taps; t++)
-                wpk[((size_t)t * cin + ci) * g.cop + co] = w[((size_t)co * cin + ci) * taps + t];
+                wpk[wblk(isa->vw, taps, cin, g.cop, t, ci, co)] =
+                    w[((size_t)co * cin + ci) * taps + t];
     if (sum)
         for (int co = 0; co < cout; co++)
             sum[co] = sumsq[co] = 0.0;
@@ -105,12 +147,8 @@ void dpt_conv_hwc_forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn
         for (int k = 0; k < nb; k++) {
             float *yi = y + (size_t)(i0 + k) * cout * P;
             isa->unpack(yp + k * yimg, cout, g.oh, g.ow, 0, g.ow, g.cop, b, yi);
-            if (sum) {
-                /* Per image while y is in cache. */
-                dpt_bn_sums(yi, 1, cout, P, s1, s2);
-                for (int co = 0; co < cout; co++)
-                    sum[co] += s1[co], sumsq[co] += s2[co];
-            }
+            if (sum) /* from the packed tile, in cache, channels in lanes */
+                isa->sums(yp + k * yimg, P, g.cop, cout, b, sum, sumsq);
         }
     }
 }
@@ -130,8 +168,9 @@ void dpt_conv_hwc_backward(const dpt_conv2d_desc *d, const float *x, const dpt_b
     double *dbs = (double *)(work + bf.ds);
     const int B = isa->block(g.oh, g.ow) < max_block(d) ? isa->block(g.oh, g.ow) : max_block(d);
     const size_t ximg = (size_t)hp * g.wp * g.cip, yimg = (size_t)P * g.cop;
-    memset(xp, 0, B * ximg * sizeof *xp);
-    memset(dyp, 0, B * yimg * sizeof *dyp);
+    const int G = dw_group(d, B);
+    memset(xp, 0, G * ximg * sizeof *xp);
+    memset(dyp, 0, G * yimg * sizeof *dyp);
     memset(dwa, 0, (size_t)taps * cin * g.cop * sizeof *dwa);
     for (int co = 0; co < cout; co++)
         dbs[co] = 0.0;
@@ -139,16 +178,17 @@ void dpt_conv_hwc_backward(const dpt_conv2d_desc *d, const float *x, const dpt_b
         for (int ci = 0; ci < 2 * cin; ci++)
             xg[ci] = 0.0;
     if (dx) {
-        /* wt [tap][co][ci], ci padded with zeros to cip. */
+        /* wt: blocks of ci, each [tap][co][width], ci padded with zeros to cip. */
         memset(wt, 0, (size_t)taps * cout * g.cip * sizeof *wt);
         for (int co = 0; co < cout; co++)
             for (int ci = 0; ci < cin; ci++)
                 for (int t = 0; t < taps; t++)
-                    wt[((size_t)t * cout + co) * g.cip + ci] = w[((size_t)co * cin + ci) * taps + t];
+                    wt[wblk(isa->vw, taps, cout, g.cip, t, co, ci)] =
+                        w[((size_t)co * cin + ci) * taps + t];
     }
-    for (int i0 = 0; i0 < d->n; i0 += B) {
-        const int nb = d->n - i0 < B ? d->n - i0 : B;
-        for (int k = 0; k < nb; k++) {
+    for (int i0 = 0; i0 < d->n; i0 += G) {
+        const int ng = d->n - i0 < G ? d->n - i0 : G;
+        for (int k = 0; k < ng; k++) {
             const int i = i0 + k;
             float *xpk = xp + k * ximg, *dypk = dyp + k * yimg;
             isa->pack(x + (size_t)i * cin * hw, cin, d->h, d->w, d->pad, g.wp, g.cip, xa, xpk);
@@ -172,38 +212,40 @@ void dpt_conv_hwc_backward(const dpt_conv2d_desc *d, const float *x, const dpt_b
                 }
             }
             isa->pack(dyi, cout, g.oh, g.ow, 0, g.ow, g.cop, NULL, dypk);
-            /* The next block's image k, fetched while this one's weight
-             * gradient is formed. */
-            conv_prefetch pf = {{0}, {0}, 0, 0, 0};
-            const int nx = i + B;
-            if (nx < d->n) {
-                pf.p[0] = (const char *)(x + (size_t)nx * cin * hw);
-                pf.lines[0] = (size_t)cin * hw * sizeof(float) / 64;
-                pf.p[1] = (const char *)(dy + (size_t)nx * cout * P);
-                pf.lines[1] = (size_t)cout * P * sizeof(float) / 64;
-                if (dya) {
-                    pf.p[2] = (const char *)(y + (size_t)nx * cout * P);
-                    pf.lines[2] = pf.lines[1];
-                }
-            }
-            isa->dw(&g, xpk, dypk, dwa, &pf);
         }
+        /* The next group, fetched while this one's weight gradient is formed. */
+        conv_prefetch pf = {{0}, {0}, 0, 0, 0};
+        if (i0 + ng < d->n) {
+            const int nn = d->n - i0 - ng < G ? d->n - i0 - ng : G;
+            pf.p[0] = (const char *)(x + (size_t)(i0 + ng) * cin * hw);
+            pf.lines[0] = (size_t)nn * cin * hw * sizeof(float) / 64;
+            pf.p[1] = (const char *)(dy + (size_t)(i0 + ng) * cout * P);
+            pf.lines[1] = (size_t)nn * cout * P * sizeof(float) / 64;
+            if (dya) {
+                pf.p[2] = (const char *)(y + (size_t)(i0 + ng) * cout * P);
+                pf.lines[2] = pf.lines[1];
+            }
+        }
+        isa->dw(&g, ng, xp, ximg, dyp, yimg, dwa, &pf);
         if (!dx)
             continue;
-        memset(dxp, 0, nb * ximg * sizeof *dxp);
-        isa->dx(&g, nb, dyp, yimg, wt, dxp, ximg);
-        for (int k = 0; k < nb; k++) {
-            const int i = i0 + k;
-            float *dxi = dx + (size_t)i * cin * hw;
-            isa->unpack(dxp + k * ximg, cin, d->h, d->w, d->pad, g.wp, g.cip, NULL, dxi);
-            if (xg)
-                dpt_bn_grad_sums(x + (size_t)i * cin * hw, dxi, 1, cin, hw, xa, xg, xg + cin);
+        for (int k0 = 0; k0 < ng; k0 += B) {
+            const int nb = ng - k0 < B ? ng - k0 : B;
+            memset(dxp, 0, nb * ximg * sizeof *dxp);
+            isa->dx(&g, nb, dyp + k0 * yimg, yimg, wt, dxp, ximg);
+            for (int k = 0; k < nb; k++) {
+                const int i = i0 + k0 + k;
+                float *dxi = dx + (size_t)i * cin * hw;
+                isa->unpack(dxp + k * ximg, cin, d->h, d->w, d->pad, g.wp, g.cip, NULL, dxi);
+                if (xg)
+                    dpt_bn_grad_sums(x + (size_t)i * cin * hw, dxi, 1, cin, hw, xa, xg, xg + cin);
+            }
         }
     }
     for (int co = 0; co < cout; co++)
         for (int ci = 0; ci < cin; ci++)
             for (int t = 0; t < taps; t++)
-                dw[((size_t)co * cin + ci) * taps + t] = dwa[((size_t)t * cin + ci) * g.cop + co];
+                dw[((size_t)co * cin + ci) * taps + t] = dwa[wblk(isa->vw, taps, cin, g.cop, t, ci, co)];
     if (db)
         for (int co = 0; co < cout; co++)
             db[co] = (float)dbs[co];

@@ -25,6 +25,8 @@
 #define DPT_HWC_CPAD 16
 /* The most images a block takes (hwc_isa.block). */
 #define DPT_HWC_MAX_BLOCK 3
+/* The most images a weight-gradient pass takes (conv_hwc.c dw_group). */
+#define DPT_HWC_MAX_GROUP 12
 
 /* The geometry the kernels see (one image). */
 typedef struct hwc_geom {
@@ -36,22 +38,28 @@ typedef struct hwc_geom {
 
 typedef struct hwc_isa {
     const char *name;
+    int vw; /* floats per vector: the weight blocks are 2*vw channels wide */
     /* Images per block (1 to DPT_HWC_MAX_BLOCK) for an oh x ow output:
      * tiles take rows of several images on small planes. */
     int (*block)(int oh, int ow);
     /* For the nb images of a block (packed images ximg floats apart, outputs
-     * yimg): yp [oh*ow][cop] = conv(xp [hp][wp][cip], wpk [kh*kw][c_in][cop]).
+     * yimg): yp [oh*ow][cop] = conv(xp [hp][wp][cip], wpk), wpk in blocks of
+     * 2*vw output channels (the last may be vw), each [kh*kw][c_in][width]
+     * (conv_hwc.c wblk): a tile reads its weights in one stream.
      * pf (may be NULL): the next block's lines, fetched into L2 while the
      * kernel runs, spread over its taps (pf->per is set here). */
     void (*fwd)(const hwc_geom *g, int nb, const float *xp, size_t ximg, const float *wpk,
                 float *yp, size_t yimg, conv_prefetch *pf);
-    /* dxp [hp][wp][cip] += the scatter of dyp [oh*ow][cop] through
-     * wt [kh*kw][c_out][cip], for the nb images of a block (as fwd). */
+    /* dxp [hp][wp][cip] += the scatter of dyp [oh*ow][cop] through wt,
+     * blocks of 2*vw input channels each [kh*kw][c_out][width], for the nb
+     * images of a block (as fwd). */
     void (*dx)(const hwc_geom *g, int nb, const float *dyp, size_t yimg, const float *wt,
                float *dxp, size_t ximg);
-    /* dwa [kh*kw][c_in][cop] += Σ_pos xp[pos+tap][ci] * dyp[pos][co] (one image). */
-    void (*dw)(const hwc_geom *g, const float *xp, const float *dyp, float *dwa,
-               conv_prefetch *pf);
+    /* dwa (the layout of fwd's wpk) += Σ_img Σ_pos xp[pos+tap][ci] * dyp[pos][co]
+     * over nb images (as fwd): on small planes a register tile then sums
+     * several images before it adds into dwa (which may not fit in L2). */
+    void (*dw)(const hwc_geom *g, int nb, const float *xp, size_t ximg, const float *dyp,
+               size_t yimg, float *dwa, conv_prefetch *pf);
     /* dst [(y+pad)*wp + x+pad][c] (pixel stride cs) = src [c][y][x] for c
      * channels of h x w planes, a's forward applied (a may be NULL); lanes
      * up to c rounded to 8 get zeros. */
@@ -64,6 +72,10 @@ typedef struct hwc_isa {
      * unfused path, dpt_bn_apply); returns the sum of out. */
     float (*bnback)(const float *g, const float *y, int n, float mean, float scale, float shift,
                     float kf, float ka, float kb, int relu, float *out);
+    /* sum[c] += Σ y, sumsq[c] += Σ y² over one image's yp [P][cop] (+ bias,
+     * may be NULL), for its c real channels. */
+    void (*sums)(const float *yp, int P, int cop, int c, const float *bias, double *sum,
+                 double *sumsq);
 } hwc_isa;
 
 #if defined(__x86_64__) || defined(__i386__)

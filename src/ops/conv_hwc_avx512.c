@@ -19,6 +19,7 @@
 #define VZERO() _mm512_setzero_ps()
 #define VFMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
 #define VADD(a, b) _mm512_add_ps((a), (b))
+#define VSUB(a, b) _mm512_sub_ps((a), (b))
 /* 2*HWC_RMAX accumulators + 2 operands + 1 broadcast of the registers. */
 #define HWC_RMAX 14
 #define KERN(name) name##_avx512

@@ -13,11 +13,12 @@
 /* Output tiles are RY rows (1-3, possibly of different images) x RX
  * positions (RY*RX <= HWC_RMAX); row ry starts at xr_ry in the input and
  * y_ry in the output, its positions xs (input) and cop (output) apart.
- * acc[r][v] = Σ_tap Σ_ci xr_ry[toff[t] + rx*xs + ci] * w[(t*cin + ci)*cop + v*VW];
+ * acc[r][v] = Σ_tap Σ_ci xr_ry[toff[t] + rx*xs + ci] * w[(t*cin + ci)*ws + v*VW]
+ * (w: the tile's block of output channels, ws = its width);
  * y_ry[rx*cop + v*VW] = acc[r][v]. */
 static inline __attribute__((always_inline)) void
 KERN(hwc_fwd_tile)(const float *x0, const float *x1, const float *x2, int xs, const int *toff,
-                   int nt, int cin, const float *w, int cop, float *y0, float *y1, float *y2,
+                   int nt, int cin, const float *w, int ws, int cop, float *y0, float *y1, float *y2,
                    conv_prefetch *pf, const int RY, const int RX, const int NV)
 {
     VEC acc[HWC_RMAX][2];
@@ -26,11 +27,11 @@ KERN(hwc_fwd_tile)(const float *x0, const float *x1, const float *x2, int xs, co
         acc[r][0] = acc[r][1] = VZERO();
     for (int t = 0; t < nt; t++) {
         const float *xt0 = x0 + toff[t], *xt1 = x1 + toff[t], *xt2 = x2 + toff[t];
-        const float *wt = w + (size_t)t * cin * cop;
+        const float *wt = w + (size_t)t * cin * ws;
         conv_prefetch_step(pf); /* a few lines a tap: a burst would stall */
         for (int ci = 0; ci < cin; ci++) {
-            const VEC w0 = VLOAD(wt + (size_t)ci * cop);
-            const VEC w1 = NV > 1 ? VLOAD(wt + (size_t)ci * cop + VW) : w0;
+            const VEC w0 = VLOAD(wt + (size_t)ci * ws);
+            const VEC w1 = NV > 1 ? VLOAD(wt + (size_t)ci * ws + VW) : w0;
 #pragma GCC unroll 4
             for (int ry = 0; ry < RY; ry++) {
                 const float *xt = ry == 0 ? xt0 : ry == 1 ? xt1 : xt2;
@@ -58,7 +59,8 @@ KERN(hwc_fwd_tile)(const float *x0, const float *x1, const float *x2, int xs, co
 }
 
 /* The same tiles over dy (row ry at dy_ry, positions cop apart); for each
- * tap t: acc[r][v] = Σ_co dy_ry[rx*cop + co] * w[(t*cout + co)*cip + v*VW],
+ * tap t: acc[r][v] = Σ_co dy_ry[rx*cop + co] * w[(t*cout + co)*cip + v*VW]
+ * (w: the tile's block of input channels, cip = its width),
  * then dx_ry[toff[t] + rx*xs + v*VW] += acc[r][v]. */
 static inline __attribute__((always_inline)) void
 KERN(hwc_dx_tile)(const float *dy0, const float *dy1, const float *dy2, int cop, const float *w,
@@ -100,19 +102,23 @@ KERN(hwc_dx_tile)(const float *dy0, const float *dy1, const float *dy2, int cop,
     }
 }
 
-/* acc[r][v] = Σ_oy Σ_ox x[oy*xrow + ox*xs + r] * dy[(oy*ow + ox)*cop + v*VW];
- * dwa[r*cop + v*VW] += acc[r][v]. */
+/* acc[r][v] = Σ_b Σ_oy Σ_ox x[b*ximg + oy*xrow + ox*xs + r] * dy[b*yimg + (oy*ow + ox)*cop + v*VW]
+ * over nb images; dwa[r*ws + v*VW] += acc[r][v]. */
 static inline __attribute__((always_inline)) void
-KERN(hwc_dw_tile)(const float *x, int xrow, int xs, const float *dy, int cop, int oh, int ow,
-                  float *dwa, conv_prefetch *pf, const int R, const int NV)
+KERN(hwc_dw_tile)(const float *x, int xrow, int xs, size_t ximg, const float *dy, int cop,
+                  size_t yimg, int nb, int oh, int ow, float *dwa, int ws, conv_prefetch *pf,
+                  const int R, const int NV)
 {
     VEC acc[HWC_RMAX][2];
 #pragma GCC unroll 16
     for (int r = 0; r < R; r++)
         acc[r][0] = acc[r][1] = VZERO();
-    for (int oy = 0; oy < oh; oy++) {
-        const float *xr = x + (size_t)oy * xrow;
-        const float *dr = dy + (size_t)oy * ow * cop;
+    /* The nb*oh rows as one loop (dy's rows are evenly spaced across the
+     * images; x jumps at each image's end): a nested image loop measured
+     * 4% slower on one image. */
+    const float *xb = x, *xr = x, *dr = dy;
+    (void)yimg; /* dy's images are oh*ow*cop apart: yimg */
+    for (int q = 0, oy = 0; q < nb * oh; q++) {
         conv_prefetch_step(pf); /* a few lines a row: a burst would stall */
         for (int ox = 0; ox < ow; ox++) {
             const float *xq = xr + (size_t)ox * xs;
@@ -126,10 +132,14 @@ KERN(hwc_dw_tile)(const float *x, int xrow, int xs, const float *dy, int cop, in
                     acc[r][1] = VFMA(bx, d1, acc[r][1]);
             }
         }
+        dr += (size_t)ow * cop;
+        xr += xrow;
+        if (++oy == oh)
+            oy = 0, xb += ximg, xr = xb;
     }
 #pragma GCC unroll 16
     for (int r = 0; r < R; r++) {
-        float *p = dwa + (size_t)r * cop;
+        float *p = dwa + (size_t)r * ws;
         VSTORE(p, VADD(VLOAD(p), acc[r][0]));
         if (NV > 1)
             VSTORE(p + VW, VADD(VLOAD(p + VW), acc[r][1]));
@@ -271,8 +281,8 @@ static void KERN(hwc_fwd)(const hwc_geom *g, int nb, const float *xp, size_t xim
                 float *yb = yp + KERN(hwc_out_row)(g, yimg, cop, q1, x0) + co0;
                 float *yc = yp + KERN(hwc_out_row)(g, yimg, cop, q2, x0) + co0;
                 switch (nv * 256 + RY * 16 + RX) {
-                    HWC_CASES2(KERN(hwc_fwd_tile), xa, xb, xc, xs, toff, nt, cin, wpk + co0, cop,
-                               ya, yb, yc, pf)
+                    HWC_CASES2(KERN(hwc_fwd_tile), xa, xb, xc, xs, toff, nt, cin,
+                               wpk + (size_t)co0 * nt * cin, nv * VW, cop, ya, yb, yc, pf)
                 default: break;
                 }
             }
@@ -305,7 +315,8 @@ static void KERN(hwc_dx)(const hwc_geom *g, int nb, const float *dyp, size_t yim
                 float *xb = (float *)KERN(hwc_in_row)(g, dxp, ximg, cip, q1, x0) + c0;
                 float *xc = (float *)KERN(hwc_in_row)(g, dxp, ximg, cip, q2, x0) + c0;
                 switch (nv * 256 + RY * 16 + RX) {
-                    HWC_CASES2(KERN(hwc_dx_tile), da, db, dc, cop, wt + c0, cip, g->c_out, toff, nt,
+                    HWC_CASES2(KERN(hwc_dx_tile), da, db, dc, cop,
+                               wt + (size_t)c0 * nt * g->c_out, nv * VW, g->c_out, toff, nt,
                                xa, xb, xc, xs)
                 default: break;
                 }
@@ -315,31 +326,35 @@ static void KERN(hwc_dx)(const hwc_geom *g, int nb, const float *dyp, size_t yim
     }
 }
 
-static void KERN(hwc_dw)(const hwc_geom *g, const float *xp, const float *dyp, float *dwa,
-                         conv_prefetch *pf)
+static void KERN(hwc_dw)(const hwc_geom *g, int nb, const float *xp, size_t ximg,
+                         const float *dyp, size_t yimg, float *dwa, conv_prefetch *pf)
 {
     const int cin = g->c_in, cip = g->cip, cop = g->cop;
     const int xs = g->stride * cip, xrow = g->stride * g->wp * cip;
     const int nch = (cin + HWC_RMAX - 1) / HWC_RMAX;
-    KERN(hwc_pf_spread)(pf, (size_t)g->kh * g->kw * nch * ((cop + 2 * VW - 1) / (2 * VW)) * g->oh);
-    for (int ki = 0; ki < g->kh; ki++)
-        for (int kj = 0; kj < g->kw; kj++) {
-            const int t = ki * g->kw + kj;
-            const float *xt = xp + (size_t)(ki * g->dil * g->wp + kj * g->dil) * cip;
-            for (int k = 0; k < nch; k++) {
-                const int c0 = k * cin / nch, R = (k + 1) * cin / nch - c0;
-                for (int co0 = 0; co0 < cop;) {
-                    const int nv = KERN(hwc_nv)(cop, co0);
-                    float *dwt = dwa + ((size_t)t * cin + c0) * cop + co0;
+    KERN(hwc_pf_spread)(pf, (size_t)g->kh * g->kw * nch * ((cop + 2 * VW - 1) / (2 * VW)) * g->oh *
+                                nb);
+    /* dwa in the blocked layout of the weights (conv_hwc.c wblk), each block
+     * swept in order: its tiles' rows are consecutive lines. */
+    for (int co0 = 0; co0 < cop;) {
+        const int nv = KERN(hwc_nv)(cop, co0);
+        for (int ki = 0; ki < g->kh; ki++)
+            for (int kj = 0; kj < g->kw; kj++) {
+                const int t = ki * g->kw + kj;
+                const float *xt = xp + (size_t)(ki * g->dil * g->wp + kj * g->dil) * cip;
+                for (int k = 0; k < nch; k++) {
+                    const int c0 = k * cin / nch, R = (k + 1) * cin / nch - c0;
+                    float *dwt = dwa + (size_t)co0 * g->kh * g->kw * cin +
+                                 ((size_t)t * cin + c0) * nv * VW;
                     switch (nv * 32 + R) {
-                        HWC_CASES(KERN(hwc_dw_tile), xt + c0, xrow, xs, dyp + co0, cop, g->oh,
-                                  g->ow, dwt, pf)
+                        HWC_CASES(KERN(hwc_dw_tile), xt + c0, xrow, xs, ximg, dyp + co0, cop,
+                                  yimg, nb, g->oh, g->ow, dwt, nv * VW, pf)
                     default: break;
                     }
-                    co0 += nv * VW;
                 }
             }
-        }
+        co0 += nv * VW;
+    }
 }
 
 /* ---- layout changes: 8x8 blocks transposed in AVX registers (both sets
@@ -371,6 +386,90 @@ static inline void KERN(hwc_tr8)(__m256 r[8])
     }
 }
 
+#if VW == 16
+/* r[i] lane j -> r[j] lane i, 16 x 16 (AVX-512: a third fewer shuffles per
+ * float than 8x8 blocks, and whole-line loads and stores). */
+static inline void KERN(hwc_tr16)(__m512 r[16])
+{
+    __m512 t[16], u[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        u[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+        u[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    /* u[4i+m] 128-bit lane j holds rows 4i..4i+3 of column 4j+m. */
+    for (int m = 0; m < 4; m++) {
+        const __m512 s0 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x88);
+        const __m512 s1 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xDD);
+        const __m512 s2 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x88);
+        const __m512 s3 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xDD);
+        r[m] = _mm512_shuffle_f32x4(s0, s2, 0x88);
+        r[4 + m] = _mm512_shuffle_f32x4(s1, s3, 0x88);
+        r[8 + m] = _mm512_shuffle_f32x4(s0, s2, 0xDD);
+        r[12 + m] = _mm512_shuffle_f32x4(s1, s3, 0xDD);
+    }
+}
+
+/* hwc_pack for rows of a multiple of 16 pixels, channels 0 .. c rounded
+ * down to 16. */
+static void KERN(hwc_pack16)(const float *src, int c, int h, int w, int pad, int wp, int cs,
+                             const dpt_bn_apply *a, float *dst)
+{
+    const __m512 z0 = _mm512_setzero_ps();
+    const size_t hw = (size_t)h * w;
+    for (int y = 0; y < h; y++)
+        for (int x0 = 0; x0 < w; x0 += 16) {
+            float *o = dst + ((size_t)(y + pad) * wp + pad + x0) * cs;
+            for (int c0 = 0; c0 + 16 <= c; c0 += 16) {
+                const float *in = src + (size_t)c0 * hw + (size_t)y * w + x0;
+                __m512 r[16];
+                for (int i = 0; i < 16; i++)
+                    r[i] = _mm512_loadu_ps(in + i * hw);
+                if (a) /* a's forward, the expression of the batch-norm kernels */
+                    for (int i = 0; i < 16; i++) {
+                        const int ch = c0 + i;
+                        __m512 z = _mm512_mul_ps(_mm512_sub_ps(r[i], _mm512_set1_ps(a->mean[ch])),
+                                                 _mm512_set1_ps(a->scale[ch]));
+                        z = _mm512_add_ps(z, _mm512_set1_ps(a->shift[ch]));
+                        r[i] = a->relu ? _mm512_maskz_mov_ps(
+                                             _mm512_cmp_ps_mask(z, z0, _CMP_GT_OQ), z)
+                                       : z;
+                    }
+                KERN(hwc_tr16)(r);
+                for (int p = 0; p < 16; p++)
+                    _mm512_storeu_ps(o + (size_t)p * cs + c0, r[p]);
+            }
+        }
+}
+
+/* hwc_unpack for rows of a multiple of 16 pixels, channels 0 .. c rounded
+ * down to 16. */
+static void KERN(hwc_unpack16)(const float *src, int c, int h, int w, int pad, int wp, int cs,
+                               const float *bias, float *dst)
+{
+    const size_t hw = (size_t)h * w;
+    for (int y = 0; y < h; y++)
+        for (int x0 = 0; x0 < w; x0 += 16) {
+            const float *in = src + ((size_t)(y + pad) * wp + pad + x0) * cs;
+            for (int c0 = 0; c0 + 16 <= c; c0 += 16) {
+                __m512 r[16];
+                for (int p = 0; p < 16; p++)
+                    r[p] = _mm512_loadu_ps(in + (size_t)p * cs + c0);
+                KERN(hwc_tr16)(r);
+                float *o = dst + (size_t)c0 * hw + (size_t)y * w + x0;
+                for (int i = 0; i < 16; i++)
+                    _mm512_storeu_ps(o + i * hw, bias ? _mm512_add_ps(r[i], _mm512_set1_ps(bias[c0 + i]))
+                                                      : r[i]);
+            }
+        }
+}
+#endif
+
 /* dst [(y+pad)*wp + x+pad][c] (pixel stride cs) = src [c][y][x], for the
  * c channels of h x w planes; channels c..(c rounded up to 8) get zeros. */
 static void KERN(hwc_pack)(const float *src, int c, int h, int w, int pad, int wp, int cs,
@@ -378,12 +477,19 @@ static void KERN(hwc_pack)(const float *src, int c, int h, int w, int pad, int w
 {
     const __m256 z0 = _mm256_setzero_ps();
     const size_t hw = (size_t)h * w;
-    for (int y = 0; y < h; y++)
+    int cstart = 0; /* the channels the 8x8 blocks below take */
+#if VW == 16
+    if (w % 16 == 0 && c >= 16) {
+        KERN(hwc_pack16)(src, c, h, w, pad, wp, cs, a, dst);
+        cstart = c / 16 * 16;
+    }
+#endif
+    for (int y = 0; y < h && cstart < c; y++)
         for (int x0 = 0; x0 < w; x0 += 8) {
             const int np = w - x0 < 8 ? w - x0 : 8;
             const __m256i m = KERN(hwc_mask8)(np);
             float *o = dst + ((size_t)(y + pad) * wp + pad + x0) * cs;
-            for (int c0 = 0; c0 < c; c0 += 8) {
+            for (int c0 = cstart; c0 < c; c0 += 8) {
                 const float *in = src + (size_t)c0 * hw + (size_t)y * w + x0;
                 __m256 r[8];
                 /* Masked loads and stores only at the edges (slow on some
@@ -413,12 +519,19 @@ static void KERN(hwc_unpack)(const float *src, int c, int h, int w, int pad, int
                              const float *bias, float *dst)
 {
     const size_t hw = (size_t)h * w;
-    for (int y = 0; y < h; y++)
+    int cstart = 0; /* the channels the 8x8 blocks below take */
+#if VW == 16
+    if (w % 16 == 0 && c >= 16) {
+        KERN(hwc_unpack16)(src, c, h, w, pad, wp, cs, bias, dst);
+        cstart = c / 16 * 16;
+    }
+#endif
+    for (int y = 0; y < h && cstart < c; y++)
         for (int x0 = 0; x0 < w; x0 += 8) {
             const int np = w - x0 < 8 ? w - x0 : 8;
             const __m256i m = KERN(hwc_mask8)(np);
             const float *in = src + ((size_t)(y + pad) * wp + pad + x0) * cs;
-            for (int c0 = 0; c0 < c; c0 += 8) {
+            for (int c0 = cstart; c0 < c; c0 += 8) {
                 const int nr = c - c0 < 8 ? c - c0 : 8;
                 __m256 r[8];
                 for (int p = 0; p < 8; p++)
@@ -472,6 +585,42 @@ static float KERN(hwc_bnback)(const float *g, const float *y, int n, float mean,
     return _mm_cvtss_f32(s);
 }
 
-const hwc_isa KERN(dpt_hwc_isa) = {ISA_NAME,         KERN(hwc_block),  KERN(hwc_fwd),
+/* sum[c] += Σ_pos y, sumsq[c] += Σ_pos y² for one image's [P][cop] output
+ * (+ bias, may be NULL), channels in lanes: no horizontal sum per plane.
+ * The numerics of dpt_bn_sums on one image: float sums of y − K (K the
+ * channel's first value), turned into plain sums in double. */
+static void KERN(hwc_sums)(const float *yp, int P, int cop, int c, const float *bias,
+                           double *sum, double *sumsq)
+{
+    for (int c0 = 0; c0 < c; c0 += VW) {
+        const int nc = c - c0 < VW ? c - c0 : VW;
+        float bb[VW] = {0}, fa[VW], fq[VW], kk[VW];
+        for (int i = 0; bias && i < nc; i++)
+            bb[i] = bias[c0 + i];
+        const VEC bv = VLOAD(bb), k = VADD(VLOAD(yp + c0), bv);
+        VEC a0 = VZERO(), q0 = VZERO(), a1 = VZERO(), q1 = VZERO();
+        int p = 0;
+        for (; p + 2 <= P; p += 2) {
+            const VEC v = VSUB(VADD(VLOAD(yp + (size_t)p * cop + c0), bv), k);
+            const VEC u = VSUB(VADD(VLOAD(yp + (size_t)(p + 1) * cop + c0), bv), k);
+            a0 = VADD(a0, v), q0 = VFMA(v, v, q0);
+            a1 = VADD(a1, u), q1 = VFMA(u, u, q1);
+        }
+        if (p < P) {
+            const VEC v = VSUB(VADD(VLOAD(yp + (size_t)p * cop + c0), bv), k);
+            a0 = VADD(a0, v), q0 = VFMA(v, v, q0);
+        }
+        VSTORE(fa, VADD(a0, a1));
+        VSTORE(fq, VADD(q0, q1));
+        VSTORE(kk, k);
+        for (int i = 0; i < nc; i++) {
+            const double s1 = fa[i], s2 = fq[i], K = kk[i];
+            sum[c0 + i] += s1 + P * K;
+            sumsq[c0 + i] += s2 + 2.0 * K * s1 + P * K * K;
+        }
+    }
+}
+
+const hwc_isa KERN(dpt_hwc_isa) = {ISA_NAME, VW,     KERN(hwc_block),  KERN(hwc_fwd),
                                    KERN(hwc_dx),     KERN(hwc_dw),     KERN(hwc_pack),
-                                   KERN(hwc_unpack), KERN(hwc_bnback)};
+                                   KERN(hwc_unpack), KERN(hwc_bnback), KERN(hwc_sums)};
