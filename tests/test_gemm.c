@@ -125,6 +125,49 @@ done:
     return fails;
 }
 
+/* The rows of C do not depend on how many rows there are: C's first m rows
+ * for m rows of A are the same bits as for m + extra rows (the last panel
+ * of a short m runs a kernel of fewer rows than the full tile; its chains
+ * of multiply-adds must be those of the full tile). Returns failures. */
+static int rows_same(const char *set, int ta, int m, int extra, int n, int k)
+{
+    const int M = m + extra;
+    float *A = malloc((size_t)M * k * sizeof *A), *B = malloc((size_t)k * n * sizeof *B);
+    float *C1 = malloc((size_t)M * n * sizeof *C1), *C2 = malloc((size_t)M * n * sizeof *C2);
+    float *buf = NULL;
+    int fails = 0;
+    if (!A || !B || !C1 || !C2)
+        goto done;
+    /* A [M, k] (ta 0) or [k, M] (ta 1): the first m rows of op(A) equal. */
+    for (size_t i = 0; i < (size_t)M * k; i++)
+        A[i] = rndf();
+    for (size_t i = 0; i < (size_t)k * n; i++)
+        B[i] = rndf();
+    buf = malloc(dpt_sgemm_buf_floats(M, n, k) * sizeof *buf + 64);
+    if (!buf)
+        goto done;
+    float *al = (float *)(((uintptr_t)buf + 63) & ~(uintptr_t)63);
+    dpt_sgemm_buf(ta, 0, M, n, k, 1.0f, A, ta ? M : k, B, n, 0.0f, C2, n, al);
+    if (ta) {
+        /* op(A) of m rows: A's first m columns, same leading dimension. */
+        dpt_sgemm_buf(ta, 0, m, n, k, 1.0f, A, M, B, n, 0.0f, C1, n, al);
+    } else {
+        dpt_sgemm_buf(ta, 0, m, n, k, 1.0f, A, k, B, n, 0.0f, C1, n, al);
+    }
+    if (memcmp(C1, C2, (size_t)m * n * sizeof *C1) != 0) {
+        fprintf(stderr, "%s: ta %d m %d (+%d) n %d k %d: rows differ from the taller product\n",
+                set, ta, m, extra, n, k);
+        fails = 1;
+    }
+done:
+    free(A);
+    free(B);
+    free(C1);
+    free(C2);
+    free(buf);
+    return fails;
+}
+
 int main(void)
 {
     static const char *const sets[] = {"generic", "avx2", "avx512"};
@@ -158,6 +201,16 @@ int main(void)
         fails += one(sets[s], 0, 1, 16, 27, 5000, 1.0f, 0.0f, 3);
         /* n past one NC block (4096 columns). */
         fails += one(sets[s], 0, 0, 13, 4200, 20, 1.0f, 1.0f, 1);
+        /* Short last panels (the 1x1 convolutions' 64 and 32 rows, and
+         * every remainder of 12 and 6) against full tiles; dptrain's own
+         * GEMM only (the generic set's BLAS blocks as it likes). */
+        for (int ta = 0; s > 0 && ta < 2; ta++)
+            for (int m = 1; m <= 13; m++)
+                fails += rows_same(sets[s], ta, m, 12 - m % 12, 37, 29);
+        if (s > 0) {
+            fails += rows_same(sets[s], 0, 64, 8, 64, 32);
+            fails += rows_same(sets[s], 1, 32, 4, 49, 64);
+        }
         /* k 0: C = beta·C. */
         fails += one(sets[s], 0, 0, 5, 7, 0, 1.0f, 0.5f, 2);
         fails += one(sets[s], 1, 0, 5, 7, 0, 1.0f, 0.0f, 0);

@@ -25,24 +25,25 @@
 
 #define GEMM_NR (GEMM_NV * VN)
 
-/* One MR × NR tile: acc = Σ_k ap[k][r] · bp[k·bs + c] over kc values of
- * k, then C = acc (+ C when accum); only mr rows and nr columns of C are
- * touched. alpha is in the packed A (a register here would push AVX2's
- * 16 over and spill a B vector in the loop). */
-static inline __attribute__((always_inline)) void KN(gemm_micro)(
-    int kc, const float *restrict ap, size_t ars, size_t acs, const float *restrict bp,
+/* One R × NR tile (R = GEMM_MR, or fewer rows for the last panel; a
+ * constant once inlined): acc = Σ_k ap[k][r] · bp[k·bs + c] over kc values
+ * of k, then C = acc (+ C when accum); only mr <= R rows and nr columns of
+ * C are touched. alpha is in the packed A (a register here would push
+ * AVX2's 16 over and spill a B vector in the loop). */
+static inline __attribute__((always_inline)) void KN(gemm_micro_r)(
+    int R, int kc, const float *restrict ap, size_t ars, size_t acs, const float *restrict bp,
     size_t bs, float *C, int ldc, int accum, int mr, int nr)
 {
     VT acc[GEMM_MR][GEMM_NV];
 #pragma GCC unroll 16
-    for (int r = 0; r < GEMM_MR; r++)
+    for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
         for (int v = 0; v < GEMM_NV; v++)
             acc[r][v] = KN(vzero)();
     /* The tile of C is needed only after the loop: its lines (rows far
      * apart, often out of cache) are fetched while the loop runs. */
 #pragma GCC unroll 16
-    for (int r = 0; r < GEMM_MR; r++)
+    for (int r = 0; r < R; r++)
         if (r < mr) {
             __builtin_prefetch(C + (size_t)r * ldc, 1);
             __builtin_prefetch(C + (size_t)r * ldc + GEMM_NR - 1, 1);
@@ -53,7 +54,7 @@ static inline __attribute__((always_inline)) void KN(gemm_micro)(
         for (int v = 0; v < GEMM_NV; v++)
             b[v] = KN(vload)(bp + v * VN);
 #pragma GCC unroll 16
-        for (int r = 0; r < GEMM_MR; r++) {
+        for (int r = 0; r < R; r++) {
             const VT a = KN(vset1)(ap[r * ars]);
 #pragma GCC unroll 4
             for (int v = 0; v < GEMM_NV; v++)
@@ -62,9 +63,9 @@ static inline __attribute__((always_inline)) void KN(gemm_micro)(
         ap += acs;
         bp += bs;
     }
-    if (mr == GEMM_MR && nr == GEMM_NR) {
+    if (mr == R && nr == GEMM_NR) {
 #pragma GCC unroll 16
-        for (int r = 0; r < GEMM_MR; r++)
+        for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
             for (int v = 0; v < GEMM_NV; v++) {
                 float *c = C + (size_t)r * ldc + v * VN;
@@ -87,6 +88,34 @@ static inline __attribute__((always_inline)) void KN(gemm_micro)(
         }
         memcpy(c, t, (size_t)nr * sizeof *t);
     }
+}
+
+/* The last panel of a shape whose rows are not a multiple of MR (64 rows
+ * in 12-row tiles: 5 full ones and 4 rows) computed as a tile of MR/3 or
+ * 2·MR/3 rows, not a whole MR-row tile of which most rows are padding
+ * (11 % of the work at 64 or 32 rows). Each C element's chain of
+ * multiply-adds is unchanged: the same bits. Out of line: the full tile
+ * stays the only kernel inlined into the loop. */
+static __attribute__((noinline)) void KN(gemm_micro_s)(int kc, const float *restrict ap,
+                                                        const float *restrict bp, size_t bs,
+                                                        float *C, int ldc, int accum, int mr,
+                                                        int nr)
+{
+    if (mr <= GEMM_MR / 3)
+        KN(gemm_micro_r)(GEMM_MR / 3, kc, ap, 1, GEMM_MR, bp, bs, C, ldc, accum, mr, nr);
+    else
+        KN(gemm_micro_r)(2 * GEMM_MR / 3, kc, ap, 1, GEMM_MR, bp, bs, C, ldc, accum, mr, nr);
+}
+
+static inline __attribute__((always_inline)) void KN(gemm_micro)(
+    int kc, const float *restrict ap, size_t ars, size_t acs, const float *restrict bp,
+    size_t bs, float *C, int ldc, int accum, int mr, int nr)
+{
+    /* Short panels are always packed ([kc][MR], ars 1). */
+    if (mr <= 2 * GEMM_MR / 3 && ars == 1 && acs == GEMM_MR)
+        KN(gemm_micro_s)(kc, ap, bp, bs, C, ldc, accum, mr, nr);
+    else
+        KN(gemm_micro_r)(GEMM_MR, kc, ap, ars, acs, bp, bs, C, ldc, accum, mr, nr);
 }
 
 /* dst[k·ldd + r] = alpha · src[r·lds + k] for r < rows, k < kc: the
