@@ -7,9 +7,16 @@
 # step's thread CPU ms per run.
 #
 #   bench/gemm_rows_ab.sh [REF] [ROUNDS] [NET...]
+#   bench/gemm_rows_ab.sh --gemm [REF] [ROUNDS]   (the products alone,
+#     bench/gemm_rows_ab.c, old and new kernels alternated in one process)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${BENCH_BUILD_DIR:-$root/build}
+gemm_only=0
+if [ "${1:-}" = --gemm ]; then
+  gemm_only=1
+  shift
+fi
 ref=${1:-HEAD~1}
 rounds=${2:-4}
 shift 2 || shift $# || true
@@ -23,6 +30,17 @@ flags=(-O3 -DNDEBUG -std=c11 -D_POSIX_C_SOURCE=200809L -DDPT_BUILDING_LIBRARY -I
 for f in gemm_avx512 gemm_avx2; do
   cc "${flags[@]}" -c "$old/src/ops/$f.c" -o "$old/$f.o"
 done
+if [ "$gemm_only" = 1 ]; then
+  for f in gemm_avx512 gemm_avx2; do
+    nm -g --defined-only "$old/$f.o" | awk 'NF == 3 { print $3 " old_" $3 }' >"$old/syms"
+    objcopy --redefine-syms="$old/syms" "$old/$f.o" "$old/old_$f.o"
+  done
+  cc -O2 -std=c11 -Wall -Wextra -D_POSIX_C_SOURCE=200809L -I"$root/include" -I"$root/src" \
+    "$root/bench/gemm_rows_ab.c" "$old/old_gemm_avx512.o" "$old/old_gemm_avx2.o" \
+    "$build/libdptrain.a" -lopenblas -lm -o "$old/gemm_ab"
+  "$old/gemm_ab" "$rounds"
+  exit 0
+fi
 libs=(-lopenblas -lz -lstb -lcjson -lm -lpthread -ldl)
 if nm "$build/libdptrain.a" 2>/dev/null | grep ' U dnnl_' >/dev/null; then
   libs+=(-ldnnl -lgomp -lstdc++)
