@@ -31,10 +31,10 @@ int main(int argc, char **argv)
     static const int sh[][5] = {
         {0, 0, 32, 64, 64},  /* b3_a forward, 8x8 image */
         {0, 0, 64, 64, 32},  /* b3_a dX / b2_proj forward */
-        {0, 1, 32, 64, 64},  /* b3_a dWᵀ / b2_proj dWᵀ per image */
+        {0, 1, 64, 32, 64},  /* b3_a dWᵀ = X·Gᵀ / b2_proj dW = G·Xᵀ per image */
         {0, 0, 32, 294, 64}, /* resnet-28 b3_a forward, 6 images of 7x7 */
         {0, 0, 64, 294, 32}, /* resnet-28 b3_a dX */
-        {0, 1, 32, 64, 294}, /* resnet-28 dWᵀ over 6 images */
+        {0, 1, 64, 32, 294}, /* resnet-28 dW over 6 images */
     };
     const gemm_isa *isa[2][2] = {{&old_dpt_gemm_isa_avx512, &dpt_gemm_isa_avx512},
                                  {&old_dpt_gemm_isa_avx2, &dpt_gemm_isa_avx2}};
