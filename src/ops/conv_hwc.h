@@ -56,10 +56,10 @@ typedef struct hwc_isa {
     void (*dx)(const hwc_geom *g, int nb, const float *dyp, size_t yimg, const float *wt,
                float *dxp, size_t ximg);
     /* dwa (the layout of fwd's wpk) += Σ_img Σ_pos xp[pos+tap][ci] * dyp[pos][co]
-     * over nb images (as fwd): on small planes a register tile then sums
+     * over nb images (as fwd; dyp's rows dyrow floats apart, images yimg): on small planes a register tile then sums
      * several images before it adds into dwa (which may not fit in L2). */
     void (*dw)(const hwc_geom *g, int nb, const float *xp, size_t ximg, const float *dyp,
-               size_t yimg, float *dwa, conv_prefetch *pf);
+               int dyrow, size_t yimg, float *dwa, conv_prefetch *pf);
     /* dst [(y+pad)*wp + x+pad][c] (pixel stride cs) = src [c][y][x] for c
      * channels of h x w planes, a's forward applied (a may be NULL); lanes
      * up to c rounded to 8 get zeros. */
