@@ -158,6 +158,11 @@ void dpt_conv_hwc_forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn
             pf.p[0] = (const char *)(x + (size_t)(i0 + nb) * cin * hw);
             pf.lines[0] = (size_t)nn * cin * hw * sizeof(float) / 64;
         }
+        /* And this block's output planes, so that the transposes below
+         * write to cache lines already owned rather than wait on a read
+         * for ownership from memory each (the planes are MBs per batch). */
+        pf.p[1] = (const char *)(y + (size_t)i0 * cout * P);
+        pf.lines[1] = (size_t)nb * cout * P * sizeof(float) / 64;
         isa->fwd(&g, nb, xp, ximg, wpk, yp, yimg, &pf);
         for (int k = 0; k < nb; k++) {
             float *yi = y + (size_t)(i0 + k) * cout * P;
@@ -255,8 +260,13 @@ void dpt_conv_hwc_backward(const dpt_conv2d_desc *d, const float *x, const dpt_b
             const size_t dimg = (size_t)d->h * d->w * g.cip;
             for (int k0 = 0; k0 < ng; k0 += B2) {
                 const int nb = ng - k0 < B2 ? ng - k0 : B2;
-                conv_prefetch none = {{0}, {0}, 0, 0, 0};
-                isa->fwd(&g2, nb, dyp + k0 * yimg, yimg, wt, dxp, dimg, &none);
+                /* dx's planes, written after the kernel (as the forward's y) */
+                conv_prefetch pdx = {{(const char *)(dx + (size_t)(i0 + k0) * cin * hw)},
+                                     {(size_t)nb * cin * hw * sizeof(float) / 64},
+                                     0,
+                                     0,
+                                     0};
+                isa->fwd(&g2, nb, dyp + k0 * yimg, yimg, wt, dxp, dimg, &pdx);
                 for (int k = 0; k < nb; k++) {
                     const int i = i0 + k0 + k;
                     float *dxi = dx + (size_t)i * cin * hw;
