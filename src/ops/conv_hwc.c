@@ -281,7 +281,12 @@ void dpt_conv_hwc_backward(const dpt_conv2d_desc *d, const float *x, const dpt_b
         for (int k0 = 0; k0 < ng; k0 += B) {
             const int nb = ng - k0 < B ? ng - k0 : B;
             memset(dxp, 0, nb * ximg * sizeof *dxp);
-            isa->dx(&g, nb, dyp + k0 * yimg, yimg, wt, dxp, ximg);
+            conv_prefetch pdx = {{(const char *)(dx + (size_t)(i0 + k0) * cin * hw)},
+                                 {(size_t)nb * cin * hw * sizeof(float) / 64},
+                                 0,
+                                 0,
+                                 0};
+            isa->dx(&g, nb, dyp + k0 * yimg, yimg, wt, dxp, ximg, &pdx);
             for (int k = 0; k < nb; k++) {
                 const int i = i0 + k0 + k;
                 float *dxi = dx + (size_t)i * cin * hw;

@@ -52,9 +52,9 @@ typedef struct hwc_isa {
                 float *yp, size_t yimg, conv_prefetch *pf);
     /* dxp [hp][wp][cip] += the scatter of dyp [oh*ow][cop] through wt,
      * blocks of 2*vw input channels each [kh*kw][c_out][width], for the nb
-     * images of a block (as fwd). */
+     * images of a block (as fwd); pf's lines are fetched over its taps. */
     void (*dx)(const hwc_geom *g, int nb, const float *dyp, size_t yimg, const float *wt,
-               float *dxp, size_t ximg);
+               float *dxp, size_t ximg, conv_prefetch *pf);
     /* dwa (the layout of fwd's wpk) += Σ_img Σ_pos xp[pos+tap][ci] * dyp[pos][co]
      * over nb images (as fwd; dyp's rows dyrow floats apart, images yimg): on small planes a register tile then sums
      * several images before it adds into dwa (which may not fit in L2). */

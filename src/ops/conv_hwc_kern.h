@@ -65,9 +65,10 @@ KERN(hwc_fwd_tile)(const float *x0, const float *x1, const float *x2, int xs, co
 static inline __attribute__((always_inline)) void
 KERN(hwc_dx_tile)(const float *dy0, const float *dy1, const float *dy2, int cop, const float *w,
                   int cip, int cout, const int *toff, int nt, float *dx0, float *dx1, float *dx2,
-                  int xs, const int RY, const int RX, const int NV)
+                  int xs, conv_prefetch *pf, const int RY, const int RX, const int NV)
 {
     for (int t = 0; t < nt; t++) {
+        conv_prefetch_step(pf);
         VEC acc[HWC_RMAX][2];
 #pragma GCC unroll 16
         for (int r = 0; r < RY * RX; r++)
@@ -292,7 +293,7 @@ static void KERN(hwc_fwd)(const hwc_geom *g, int nb, const float *xp, size_t xim
 }
 
 static void KERN(hwc_dx)(const hwc_geom *g, int nb, const float *dyp, size_t yimg,
-                         const float *wt, float *dxp, size_t ximg)
+                         const float *wt, float *dxp, size_t ximg, conv_prefetch *pf)
 {
     int toff[HWC_MAX_TAPS];
     const int nt = g->kh * g->kw, cip = g->cip, cop = g->cop, xs = g->stride * cip;
@@ -301,6 +302,8 @@ static void KERN(hwc_dx)(const hwc_geom *g, int nb, const float *dyp, size_t yim
             toff[ki * g->kw + kj] = (ki * g->dil * g->wp + kj * g->dil) * cip;
     const int ry = KERN(hwc_rows)(g->oh, g->ow), rxm = HWC_RMAX / ry;
     const int nch = (g->ow + rxm - 1) / rxm, rows = nb * g->oh;
+    KERN(hwc_pf_spread)(pf, (size_t)((rows + ry - 1) / ry) * nch * ((cip + 2 * VW - 1) / (2 * VW)) *
+                                nt);
     for (int c0 = 0; c0 < cip;) {
         const int nv = KERN(hwc_nv)(cip, c0);
         for (int q = 0; q < rows; q += ry) {
@@ -317,7 +320,7 @@ static void KERN(hwc_dx)(const hwc_geom *g, int nb, const float *dyp, size_t yim
                 switch (nv * 256 + RY * 16 + RX) {
                     HWC_CASES2(KERN(hwc_dx_tile), da, db, dc, cop,
                                wt + (size_t)c0 * nt * g->c_out, nv * VW, g->c_out, toff, nt,
-                               xa, xb, xc, xs)
+                               xa, xb, xc, xs, pf)
                 default: break;
                 }
             }
