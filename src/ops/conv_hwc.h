@@ -6,9 +6,11 @@
  * stride and dilation only move the broadcast's address. The tile goes to
  * an [P][C_out] buffer that is transposed back to the NCHW planes, where
  * the bias is added and the output's batch-norm sums are taken.
- * Backward: dx by scattering, per tap, the tile's Σ_co dy[pos][co] *
- * w[tap][co][ci-vector] into a padded [H+2p][W+2p][C] gradient (any stride
- * or dilation the same way); dw as acc[ci][co-vector] += x[pos][ci] *
+ * Backward: dx, at stride 1 with a square kernel, as the forward tiles
+ * over dy zero-padded by dil*(k-1)-p with the flipped, transposed weights
+ * (stored once); elsewhere by scattering, per tap, the tile's Σ_co
+ * dy[pos][co] * w[tap][co][ci-vector] into a padded [H+2p][W+2p][C]
+ * gradient (any stride or dilation the same way); dw as acc[ci][co-vector] += x[pos][ci] *
  * dy[pos][co-vector] per tap; the output's batch-norm backward applied
  * while dy is packed. Groups 1, at least 16 channels in and out; the
  * vector kernel sets only. fused = 1. Internal to ops/. */
