@@ -434,7 +434,7 @@ static void property_test(void)
      * vector, a 7x7 plane, a 4x4 one) with every fusion. */
     dpt_rng r2;
     dpt_rng_seed(&r2, 2125, 0);
-    const int n_wide = 40;
+    const int n_wide = 43;
     const int hwc_before = n_checked[DPT_CONV_ALGO_HWC];
     for (int idx = 0; idx < n_wide; idx++) {
         shape_case sc;
@@ -477,7 +477,17 @@ static void property_test(void)
                             * input and 16 of the 24 output channels, 8x8 for the rest */
             sc.d = (dpt_conv2d_desc){.n = 2, .c_in = 40, .h = 16, .w = 16, .c_out = 24, .kh = 3,
                                      .kw = 3, .stride = 1, .pad = 1};
-        if (idx < 8)
+        else if (idx == 8) /* dx as a gather over dy padded by 3 (dilation 2, pad 1) */
+            sc.d = (dpt_conv2d_desc){.n = 3, .c_in = 20, .h = 6, .w = 9, .c_out = 36, .kh = 3,
+                                     .kw = 3, .stride = 1, .pad = 1, .dilation = 2};
+        else if (idx == 9) /* the gather, unpadded input (dy padded by 2; dx plane larger
+                            * than dy's: blocks of images differ) */
+            sc.d = (dpt_conv2d_desc){.n = 4, .c_in = 33, .h = 6, .w = 6, .c_out = 48, .kh = 3,
+                                     .kw = 3, .stride = 1, .pad = 0};
+        else if (idx == 10) /* the gather with dy unpadded (pad = the kernel's reach) */
+            sc.d = (dpt_conv2d_desc){.n = 2, .c_in = 16, .h = 5, .w = 7, .c_out = 48, .kh = 3,
+                                     .kw = 3, .stride = 1, .pad = 2};
+        if (idx < 11)
             sc.bn_in = sc.bn_out = sc.relu_in = sc.need_dx = sc.bias = 1, sc.relu_out = idx & 1;
         CHECK(dpt_conv2d_desc_init(&sc.d) == 0);
         check_case(&r2, &sc, n_cases + n_1x1 + idx);

@@ -47,6 +47,19 @@ static hwc_geom geom_of(const dpt_conv2d_desc *d)
     return g;
 }
 
+/* Stride 1, square kernel, pad at most the kernel's reach: dx as the
+ * forward kernel over dy zero-padded by this much (returned; -1 where the
+ * scatter is used) with the flipped, transposed weights. Every tap's sum
+ * stays in registers and dx is stored once, instead of a read-modify-write
+ * of the padded gradient per tap. */
+static int gather_pad(const dpt_conv2d_desc *d)
+{
+    const int dil = d->dilation > 1 ? d->dilation : 1, reach = dil * (d->kh - 1);
+    if (d->stride != 1 || d->kh != d->kw || d->pad > reach)
+        return -1;
+    return reach - d->pad;
+}
+
 /* The scratch of one pass, as offsets from work (64-byte aligned each). */
 typedef struct hwc_bufs {
     size_t tmp, xp, wk, yp, dxp, dwa, ds, end;
@@ -94,12 +107,14 @@ static hwc_bufs bufs_of(const dpt_conv2d_desc *d)
     const size_t hp = (size_t)d->h + 2 * d->pad, P = (size_t)g.oh * g.ow;
     const size_t taps = (size_t)d->kh * d->kw, B = (size_t)max_block(d);
     const size_t G = (size_t)max_group(d);
+    const int pe = gather_pad(d) > 0 ? gather_pad(d) : 0; /* dy's padding */
+    const size_t yrows = (size_t)(g.oh + 2 * pe) * (g.ow + 2 * pe);
     hwc_bufs b;
     size_t o = 0;
     b.tmp = o, o += al16(P * d->c_out); /* one image's output gradient, dya applied */
     b.xp = o, o += al16(G * hp * g.wp * g.cip);
     b.wk = o, o += al16(taps * (size_t)cpad(d->c_out) * g.cip); /* wpk or wt */
-    b.yp = o, o += al16(G * P * g.cop);
+    b.yp = o, o += al16(G * (yrows > P ? yrows : P) * g.cop);
     b.dxp = o, o += al16(B * hp * g.wp * g.cip);
     b.dwa = o, o += al16(taps * (size_t)g.c_in * g.cop);
     b.ds = o, o += al16(4 * (size_t)d->c_out); /* 2 * c_out doubles */
@@ -143,6 +158,11 @@ void dpt_conv_hwc_forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn
             pf.p[0] = (const char *)(x + (size_t)(i0 + nb) * cin * hw);
             pf.lines[0] = (size_t)nn * cin * hw * sizeof(float) / 64;
         }
+        /* And this block's output planes, so that the transposes below
+         * write to cache lines already owned rather than wait on a read
+         * for ownership from memory each (the planes are MBs per batch). */
+        pf.p[1] = (const char *)(y + (size_t)i0 * cout * P);
+        pf.lines[1] = (size_t)nb * cout * P * sizeof(float) / 64;
         isa->fwd(&g, nb, xp, ximg, wpk, yp, yimg, &pf);
         for (int k = 0; k < nb; k++) {
             float *yi = y + (size_t)(i0 + k) * cout * P;
@@ -167,7 +187,14 @@ void dpt_conv_hwc_backward(const dpt_conv2d_desc *d, const float *x, const dpt_b
     float *dxp = work + bf.dxp, *dwa = work + bf.dwa;
     double *dbs = (double *)(work + bf.ds);
     const int B = isa->block(g.oh, g.ow) < max_block(d) ? isa->block(g.oh, g.ow) : max_block(d);
-    const size_t ximg = (size_t)hp * g.wp * g.cip, yimg = (size_t)P * g.cop;
+    const int pe = dx ? gather_pad(d) : -1;
+    /* dyp: [oh+2pe][ow+2pe][cop] per image where dx gathers (pe >= 0). */
+    const int pz = pe > 0 ? pe : 0, wpy = g.ow + 2 * pz;
+    const size_t ximg = (size_t)hp * g.wp * g.cip, yimg = (size_t)(g.oh + 2 * pz) * wpy * g.cop;
+    const size_t y0 = ((size_t)pz * wpy + pz) * g.cop; /* dy's first position */
+    /* The gather's geometry: the forward's, dy as the input, dx the output. */
+    const hwc_geom g2 = {cout, cin, g.cop, g.cip, wpy, d->h, d->w, 1, g.dil, d->kh, d->kw};
+    const int B2 = isa->block(d->h, d->w) < max_block(d) ? isa->block(d->h, d->w) : max_block(d);
     const int G = dw_group(d, B);
     memset(xp, 0, G * ximg * sizeof *xp);
     memset(dyp, 0, G * yimg * sizeof *dyp);
@@ -182,8 +209,8 @@ void dpt_conv_hwc_backward(const dpt_conv2d_desc *d, const float *x, const dpt_b
         memset(wt, 0, (size_t)taps * cout * g.cip * sizeof *wt);
         for (int co = 0; co < cout; co++)
             for (int ci = 0; ci < cin; ci++)
-                for (int t = 0; t < taps; t++)
-                    wt[wblk(isa->vw, taps, cout, g.cip, t, co, ci)] =
+                for (int t = 0; t < taps; t++) /* taps flipped for the gather */
+                    wt[wblk(isa->vw, taps, cout, g.cip, pe >= 0 ? taps - 1 - t : t, co, ci)] =
                         w[((size_t)co * cin + ci) * taps + t];
     }
     for (int i0 = 0; i0 < d->n; i0 += G) {
@@ -211,7 +238,7 @@ void dpt_conv_hwc_backward(const dpt_conv2d_desc *d, const float *x, const dpt_b
                     dbs[co] += s;
                 }
             }
-            isa->pack(dyi, cout, g.oh, g.ow, 0, g.ow, g.cop, NULL, dypk);
+            isa->pack(dyi, cout, g.oh, g.ow, pz, wpy, g.cop, NULL, dypk);
         }
         /* The next group, fetched while this one's weight gradient is formed. */
         conv_prefetch pf = {{0}, {0}, 0, 0, 0};
@@ -226,13 +253,40 @@ void dpt_conv_hwc_backward(const dpt_conv2d_desc *d, const float *x, const dpt_b
                 pf.lines[2] = pf.lines[1];
             }
         }
-        isa->dw(&g, ng, xp, ximg, dyp, yimg, dwa, &pf);
+        isa->dw(&g, ng, xp, ximg, dyp + y0, wpy * g.cop, yimg, dwa, &pf);
         if (!dx)
             continue;
+        if (pe >= 0) {
+            const size_t dimg = (size_t)d->h * d->w * g.cip;
+            for (int k0 = 0; k0 < ng; k0 += B2) {
+                const int nb = ng - k0 < B2 ? ng - k0 : B2;
+                /* dx's planes, written after the kernel (as the forward's y) */
+                conv_prefetch pdx = {{(const char *)(dx + (size_t)(i0 + k0) * cin * hw)},
+                                     {(size_t)nb * cin * hw * sizeof(float) / 64},
+                                     0,
+                                     0,
+                                     0};
+                isa->fwd(&g2, nb, dyp + k0 * yimg, yimg, wt, dxp, dimg, &pdx);
+                for (int k = 0; k < nb; k++) {
+                    const int i = i0 + k0 + k;
+                    float *dxi = dx + (size_t)i * cin * hw;
+                    isa->unpack(dxp + k * dimg, cin, d->h, d->w, 0, d->w, g.cip, NULL, dxi);
+                    if (xg)
+                        dpt_bn_grad_sums(x + (size_t)i * cin * hw, dxi, 1, cin, hw, xa, xg,
+                                         xg + cin);
+                }
+            }
+            continue;
+        }
         for (int k0 = 0; k0 < ng; k0 += B) {
             const int nb = ng - k0 < B ? ng - k0 : B;
             memset(dxp, 0, nb * ximg * sizeof *dxp);
-            isa->dx(&g, nb, dyp + k0 * yimg, yimg, wt, dxp, ximg);
+            conv_prefetch pdx = {{(const char *)(dx + (size_t)(i0 + k0) * cin * hw)},
+                                 {(size_t)nb * cin * hw * sizeof(float) / 64},
+                                 0,
+                                 0,
+                                 0};
+            isa->dx(&g, nb, dyp + k0 * yimg, yimg, wt, dxp, ximg, &pdx);
             for (int k = 0; k < nb; k++) {
                 const int i = i0 + k0 + k;
                 float *dxi = dx + (size_t)i * cin * hw;

@@ -6,9 +6,11 @@
  * stride and dilation only move the broadcast's address. The tile goes to
  * an [P][C_out] buffer that is transposed back to the NCHW planes, where
  * the bias is added and the output's batch-norm sums are taken.
- * Backward: dx by scattering, per tap, the tile's Σ_co dy[pos][co] *
- * w[tap][co][ci-vector] into a padded [H+2p][W+2p][C] gradient (any stride
- * or dilation the same way); dw as acc[ci][co-vector] += x[pos][ci] *
+ * Backward: dx, at stride 1 with a square kernel, as the forward tiles
+ * over dy zero-padded by dil*(k-1)-p with the flipped, transposed weights
+ * (stored once); elsewhere by scattering, per tap, the tile's Σ_co
+ * dy[pos][co] * w[tap][co][ci-vector] into a padded [H+2p][W+2p][C]
+ * gradient (any stride or dilation the same way); dw as acc[ci][co-vector] += x[pos][ci] *
  * dy[pos][co-vector] per tap; the output's batch-norm backward applied
  * while dy is packed. Groups 1, at least 16 channels in and out; the
  * vector kernel sets only. fused = 1. Internal to ops/. */
@@ -52,14 +54,14 @@ typedef struct hwc_isa {
                 float *yp, size_t yimg, conv_prefetch *pf);
     /* dxp [hp][wp][cip] += the scatter of dyp [oh*ow][cop] through wt,
      * blocks of 2*vw input channels each [kh*kw][c_out][width], for the nb
-     * images of a block (as fwd). */
+     * images of a block (as fwd); pf's lines are fetched over its taps. */
     void (*dx)(const hwc_geom *g, int nb, const float *dyp, size_t yimg, const float *wt,
-               float *dxp, size_t ximg);
+               float *dxp, size_t ximg, conv_prefetch *pf);
     /* dwa (the layout of fwd's wpk) += Σ_img Σ_pos xp[pos+tap][ci] * dyp[pos][co]
-     * over nb images (as fwd): on small planes a register tile then sums
+     * over nb images (as fwd; dyp's rows dyrow floats apart, images yimg): on small planes a register tile then sums
      * several images before it adds into dwa (which may not fit in L2). */
     void (*dw)(const hwc_geom *g, int nb, const float *xp, size_t ximg, const float *dyp,
-               size_t yimg, float *dwa, conv_prefetch *pf);
+               int dyrow, size_t yimg, float *dwa, conv_prefetch *pf);
     /* dst [(y+pad)*wp + x+pad][c] (pixel stride cs) = src [c][y][x] for c
      * channels of h x w planes, a's forward applied (a may be NULL); lanes
      * up to c rounded to 8 get zeros. */

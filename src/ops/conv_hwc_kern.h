@@ -65,9 +65,10 @@ KERN(hwc_fwd_tile)(const float *x0, const float *x1, const float *x2, int xs, co
 static inline __attribute__((always_inline)) void
 KERN(hwc_dx_tile)(const float *dy0, const float *dy1, const float *dy2, int cop, const float *w,
                   int cip, int cout, const int *toff, int nt, float *dx0, float *dx1, float *dx2,
-                  int xs, const int RY, const int RX, const int NV)
+                  int xs, conv_prefetch *pf, const int RY, const int RX, const int NV)
 {
     for (int t = 0; t < nt; t++) {
+        conv_prefetch_step(pf);
         VEC acc[HWC_RMAX][2];
 #pragma GCC unroll 16
         for (int r = 0; r < RY * RX; r++)
@@ -106,7 +107,8 @@ KERN(hwc_dx_tile)(const float *dy0, const float *dy1, const float *dy2, int cop,
  * over nb images; dwa[r*ws + v*VW] += acc[r][v]. */
 static inline __attribute__((always_inline)) void
 KERN(hwc_dw_tile)(const float *x, int xrow, int xs, size_t ximg, const float *dy, int cop,
-                  size_t yimg, int nb, int oh, int ow, float *dwa, int ws, conv_prefetch *pf,
+                  int dyrow, size_t yimg, int nb, int oh, int ow, float *dwa, int ws,
+                  conv_prefetch *pf,
                   const int R, const int NV)
 {
     VEC acc[HWC_RMAX][2];
@@ -116,8 +118,7 @@ KERN(hwc_dw_tile)(const float *x, int xrow, int xs, size_t ximg, const float *dy
     /* The nb*oh rows as one loop (dy's rows are evenly spaced across the
      * images; x jumps at each image's end): a nested image loop measured
      * 4% slower on one image. */
-    const float *xb = x, *xr = x, *dr = dy;
-    (void)yimg; /* dy's images are oh*ow*cop apart: yimg */
+    const float *xb = x, *xr = x, *db = dy, *dr = dy; /* dy's rows dyrow apart */
     for (int q = 0, oy = 0; q < nb * oh; q++) {
         conv_prefetch_step(pf); /* a few lines a row: a burst would stall */
         for (int ox = 0; ox < ow; ox++) {
@@ -132,10 +133,10 @@ KERN(hwc_dw_tile)(const float *x, int xrow, int xs, size_t ximg, const float *dy
                     acc[r][1] = VFMA(bx, d1, acc[r][1]);
             }
         }
-        dr += (size_t)ow * cop;
+        dr += dyrow;
         xr += xrow;
         if (++oy == oh)
-            oy = 0, xb += ximg, xr = xb;
+            oy = 0, xb += ximg, xr = xb, db += yimg, dr = db;
     }
 #pragma GCC unroll 16
     for (int r = 0; r < R; r++) {
@@ -292,7 +293,7 @@ static void KERN(hwc_fwd)(const hwc_geom *g, int nb, const float *xp, size_t xim
 }
 
 static void KERN(hwc_dx)(const hwc_geom *g, int nb, const float *dyp, size_t yimg,
-                         const float *wt, float *dxp, size_t ximg)
+                         const float *wt, float *dxp, size_t ximg, conv_prefetch *pf)
 {
     int toff[HWC_MAX_TAPS];
     const int nt = g->kh * g->kw, cip = g->cip, cop = g->cop, xs = g->stride * cip;
@@ -301,6 +302,8 @@ static void KERN(hwc_dx)(const hwc_geom *g, int nb, const float *dyp, size_t yim
             toff[ki * g->kw + kj] = (ki * g->dil * g->wp + kj * g->dil) * cip;
     const int ry = KERN(hwc_rows)(g->oh, g->ow), rxm = HWC_RMAX / ry;
     const int nch = (g->ow + rxm - 1) / rxm, rows = nb * g->oh;
+    KERN(hwc_pf_spread)(pf, (size_t)((rows + ry - 1) / ry) * nch * ((cip + 2 * VW - 1) / (2 * VW)) *
+                                nt);
     for (int c0 = 0; c0 < cip;) {
         const int nv = KERN(hwc_nv)(cip, c0);
         for (int q = 0; q < rows; q += ry) {
@@ -317,7 +320,7 @@ static void KERN(hwc_dx)(const hwc_geom *g, int nb, const float *dyp, size_t yim
                 switch (nv * 256 + RY * 16 + RX) {
                     HWC_CASES2(KERN(hwc_dx_tile), da, db, dc, cop,
                                wt + (size_t)c0 * nt * g->c_out, nv * VW, g->c_out, toff, nt,
-                               xa, xb, xc, xs)
+                               xa, xb, xc, xs, pf)
                 default: break;
                 }
             }
@@ -327,7 +330,7 @@ static void KERN(hwc_dx)(const hwc_geom *g, int nb, const float *dyp, size_t yim
 }
 
 static void KERN(hwc_dw)(const hwc_geom *g, int nb, const float *xp, size_t ximg,
-                         const float *dyp, size_t yimg, float *dwa, conv_prefetch *pf)
+                         const float *dyp, int dyrow, size_t yimg, float *dwa, conv_prefetch *pf)
 {
     const int cin = g->c_in, cip = g->cip, cop = g->cop;
     const int xs = g->stride * cip, xrow = g->stride * g->wp * cip;
@@ -348,7 +351,7 @@ static void KERN(hwc_dw)(const hwc_geom *g, int nb, const float *xp, size_t ximg
                                  ((size_t)t * cin + c0) * nv * VW;
                     switch (nv * 32 + R) {
                         HWC_CASES(KERN(hwc_dw_tile), xt + c0, xrow, xs, ximg, dyp + co0, cop,
-                                  yimg, nb, g->oh, g->ow, dwt, nv * VW, pf)
+                                  dyrow, yimg, nb, g->oh, g->ow, dwt, nv * VW, pf)
                     default: break;
                     }
                 }
