@@ -142,8 +142,8 @@ static inline VT KN(bn_z)(VT v, const float *bn, int relu)
  * first (relu: and a ReLU); xv (NULL: not wanted): the input value (before
  * the batch norm) at the tap taken, for the backward's batch-norm sums.
  * Inlined into the entries, which pass constants. */
-static inline __attribute__((always_inline)) void KN(max2_core)(const float *r0, const float *r1, int n, float *y,
-                                 unsigned char *idx, const float *bn, int relu, float *xv)
+static inline __attribute__((always_inline)) void
+KN(max2_core)(const float *r0, const float *r1, int n, float *y, unsigned char *idx, const float *bn, int relu, float *xv)
 {
     typedef unsigned char vu8 __attribute__((vector_size(VN)));
     for (int o = 0; o < n; o += VN) {
@@ -220,9 +220,9 @@ static void KN(max2_rows_bn)(const float *r0, int w, int rows, int n, const floa
     }
 }
 
-static inline __attribute__((always_inline)) void KN(max2_back_core)(const float *g, const unsigned char *idx, int n, float *d0,
-                                      float *d1, const float *xv, const float *bn, int relu,
-                                      float *st, const int write)
+static inline __attribute__((always_inline)) void
+KN(max2_back_core)(const float *g, const unsigned char *idx, int n, float *d0, float *d1,
+                   const float *xv, const float *bn, int relu, float *st, const int write)
 {
     typedef unsigned char vu8 __attribute__((vector_size(VN)));
     const VT zero = KN(vset1)(0.0f);
