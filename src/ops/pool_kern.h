@@ -143,7 +143,8 @@ static inline VT KN(bn_z)(VT v, const float *bn, int relu)
  * the batch norm) at the tap taken, for the backward's batch-norm sums.
  * Inlined into the entries, which pass constants. */
 static inline __attribute__((always_inline)) void
-KN(max2_core)(const float *r0, const float *r1, int n, float *y, unsigned char *idx, const float *bn, int relu, float *xv)
+KN(max2_core)(const float *r0, const float *r1, int n, float *y, unsigned char *idx,
+              const float *bn, int relu, float *xv)
 {
     typedef unsigned char vu8 __attribute__((vector_size(VN)));
     for (int o = 0; o < n; o += VN) {
