@@ -11,6 +11,7 @@
 #include "ops/ops.h"
 #include "testutil.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -130,6 +131,84 @@ static void run(const char *kernels, const char *algo, int k)
     dpt_net_free(plain);
 }
 
+/* The fused bn + ReLU 2x2 max pool's plane kernels (a plane per call) on
+ * their own against a scalar loop, odd sizes and rows of 1-3 vectors
+ * included: y, the taps and xv the same bits, dx the same bits, the
+ * backward sums close (another summation order). */
+static void rows_check(const char *kernels)
+{
+    static const int hw[][2] = {{28, 28}, {32, 32}, {9, 11}, {6, 70}};
+    dpt_rng rng;
+    dpt_rng_seed(&rng, 9, 1);
+    for (size_t s = 0; s < sizeof hw / sizeof *hw; s++) {
+        dpt_pool2d_desc d = {.n = 2, .c = 3, .h = hw[s][0], .w = hw[s][1], .kh = 2, .kw = 2,
+                             .sh = 2, .sw = 2};
+        CHECK(dpt_pool2d_desc_init(&d) == 0);
+        const size_t ni = (size_t)d.n * d.c * d.h * d.w;
+        const size_t no = (size_t)d.n * d.c * d.out_h * d.out_w;
+        float *x = malloc(ni * sizeof *x), *dx = calloc(ni, sizeof *dx);
+        float *rdx = calloc(ni, sizeof *dx), *y = malloc(no * sizeof *y);
+        float *xv = malloc(no * sizeof *xv), *g = malloc(no * sizeof *g);
+        unsigned char *idx = malloc(no + DPT_POOL_IDX_SLACK);
+        if (!x || !dx || !rdx || !y || !xv || !g || !idx)
+            abort();
+        fill(&rng, x, ni);
+        fill(&rng, g, no);
+        const float mean[3] = {0.1f, -0.2f, 0.0f}, scale[3] = {1.5f, 0.7f, -1.1f},
+                    shift[3] = {0.05f, 0.3f, -0.1f};
+        for (int relu = 0; relu < 2; relu++) {
+            const dpt_bn_apply a = {.mean = mean, .scale = scale, .shift = shift, .relu = relu};
+            double sg[3] = {0}, sgx[3] = {0}, rg[3] = {0}, rgx[3] = {0};
+            dpt_maxpool2d_forward_bnx(&d, x, &a, y, idx, xv);
+            memset(dx, 0, ni * sizeof *dx);
+            dpt_maxpool2d_backward_bn(&d, idx, xv, &a, g, dx, sg, sgx);
+            memset(rdx, 0, ni * sizeof *rdx);
+            int bad = 0;
+            for (int p = 0; p < d.n * d.c; p++)
+                for (int oy = 0; oy < d.out_h; oy++)
+                    for (int ox = 0; ox < d.out_w; ox++) {
+                        const int ch = p % d.c;
+                        float best = 0.0f, bx = 0.0f;
+                        int bt = 0;
+                        for (int t = 0; t < 4; t++) {
+                            const size_t at =
+                                ((size_t)p * d.h + 2 * oy + t / 2) * d.w + 2 * ox + t % 2;
+                            const float v = x[at];
+                            float z = (v - mean[ch]) * scale[ch] + shift[ch];
+                            if (relu && !(z > 0.0f))
+                                z = 0.0f;
+                            if (t == 0 || z > best) {
+                                best = z, bx = v, bt = t;
+                            }
+                        }
+                        const size_t o = ((size_t)p * d.out_h + oy) * d.out_w + ox;
+                        bad |= memcmp(&y[o], &best, sizeof best) ||
+                               memcmp(&xv[o], &bx, sizeof bx) || idx[o] != bt;
+                        const size_t at = ((size_t)p * d.h + 2 * oy + bt / 2) * d.w + 2 * ox;
+                        rdx[at + bt % 2] += g[o] + 0.0f;
+                        const float xc = bx - mean[ch];
+                        if (!relu || xc * scale[ch] + shift[ch] > 0.0f)
+                            rg[ch] += g[o], rgx[ch] += (double)g[o] * xc;
+                    }
+            char what[160];
+            snprintf(what, sizeof what, "%s, pool planes %dx%d relu %d: y, taps, xv", kernels, d.h,
+                     d.w, relu);
+            CHECK_MSG(!bad, "%s", what);
+            snprintf(what, sizeof what, "%s, pool planes %dx%d relu %d: dx", kernels, d.h, d.w,
+                     relu);
+            CHECK_MSG(memcmp(dx, rdx, ni * sizeof *dx) == 0, "%s", what);
+            for (int ch = 0; ch < 3; ch++) {
+                snprintf(what, sizeof what, "%s, pool planes %dx%d relu %d: bn sums", kernels, d.h,
+                         d.w, relu);
+                CHECK_MSG(fabs(sg[ch] - rg[ch]) < 1e-4 * (1 + fabs(rg[ch])) &&
+                              fabs(sgx[ch] - rgx[ch]) < 1e-4 * (1 + fabs(rgx[ch])),
+                          "%s", what);
+            }
+        }
+        free(x), free(dx), free(rdx), free(y), free(xv), free(g), free(idx);
+    }
+}
+
 int main(void)
 {
     static const char *sets[] = {"avx512", "avx2"};
@@ -138,6 +217,7 @@ int main(void)
         if (dpt_ops_set_kernels(sets[s]) != 0)
             continue;
         ran++;
+        rows_check(sets[s]);
         for (int k = 0; k < (int)(sizeof nets / sizeof *nets); k++) {
             run(sets[s], "direct", k);
             run(sets[s], "gemm", k);

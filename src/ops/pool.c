@@ -500,12 +500,9 @@ void dpt_maxpool2d_forward_bnx(const dpt_pool2d_desc *d, const float *x, const d
     for (size_t p = 0; p < planes; p++) {
         const int ch = (int)(p % (size_t)d->c);
         const float bn[3] = {a->mean[ch], a->scale[ch], a->shift[ch]};
-        for (int oy = 0; oy < d->out_h; oy++) {
-            const float *r0 = x + p * in_plane + (size_t)2 * oy * d->w;
-            const size_t o = p * out_plane + (size_t)oy * d->out_w;
-            k->max2_row_bn(r0, r0 + d->w, d->out_w, bn, a->relu, y + o, idx ? idx + o : NULL,
-                           xv ? xv + o : NULL);
-        }
+        const size_t o = p * out_plane;
+        k->max2_rows_bn(x + p * in_plane, d->w, d->out_h, d->out_w, bn, a->relu, y + o,
+                        idx ? idx + o : NULL, xv ? xv + o : NULL);
     }
 }
 
@@ -525,12 +522,9 @@ void dpt_maxpool2d_backward_bn(const dpt_pool2d_desc *d, const unsigned char *id
         const float bn[3] = {a->mean[ch], a->scale[ch], a->shift[ch]};
         float *dp = dx ? dx + p * in_plane : NULL;
         memset(st, 0, sizeof st);
-        for (int oy = 0; oy < d->out_h; oy++) {
-            const size_t o = p * out_plane + (size_t)oy * d->out_w;
-            float *d0 = dp ? dp + (size_t)2 * oy * d->w : NULL;
-            k->max2_back_row_bn(dy + o, idx + o, xv + o, d->out_w, bn, a->relu, d0,
-                                d0 ? d0 + d->w : NULL, st);
-        }
+        const size_t o = p * out_plane;
+        k->max2_back_rows_bn(dy + o, idx + o, xv + o, d->out_h, d->out_w, bn, a->relu, dp, d->w,
+                             st);
         if (dp)
             max2_clear_edges(d, dp);
         /* st is [2][VN] of the set: the lanes of s1 then those of s2. */

@@ -43,26 +43,30 @@ typedef struct pool_isa {
      * past idx[n - 1] may be written (DPT_POOL_IDX_SLACK: the caller's
      * room, or a row written later). */
     void (*max2_row)(const float *r0, const float *r1, int n, float *y, unsigned char *idx);
-    /* max2_row of the rows with a batch norm applied first: each tap is
-     * (v − bn[0])·bn[1] + bn[2] (mean, scale, shift), then max(0, ·) when
-     * relu, the float expression of dpt_bn_apply_forward; xv (NULL: not
+    /* max2_row of `rows` output rows (input rows r0 + 2·oy·w and the one
+     * after; y, idx, xv rows n apart) with a batch norm applied first:
+     * each tap is (v − bn[0])·bn[1] + bn[2] (mean, scale, shift), then
+     * max(0, ·) when relu, the float expression of dpt_bn_apply_forward; xv (NULL: not
      * wanted) gets the input value (before the batch norm) at the tap
      * taken. */
-    void (*max2_row_bn)(const float *r0, const float *r1, int n, const float *bn, int relu,
-                        float *y, unsigned char *idx, float *xv);
+    void (*max2_rows_bn)(const float *r0, int w, int rows, int n, const float *bn, int relu,
+                         float *y, unsigned char *idx, float *xv);
     /* The backward of max2_row's row from its idx (read up to a vector
      * past idx[n - 1]): columns [0, 2n) of dx
      * rows d0 (r0's) and d1 get g[ox] + 0 at the tap taken, +0 elsewhere
      * (the scalar scatter into a zeroed dx). */
     void (*max2_back_row)(const float *g, const unsigned char *idx, int n, float *d0, float *d1);
     /* max2_back_row, and the backward sums of the batch norm (+ ReLU when
-     * relu) that max2_row_bn applied, over the row's window maxima (the
+     * relu) that max2_rows_bn applied, over the row's window maxima (the
      * only nonzero gradients): g' = g masked by the ReLU of the maximum's
      * xv, st[0 .. VN) += g' and st[VN .. 2·VN) += g'·(xv − bn[0]) per
-     * lane (st holds 2·VN floats, VN this set's lanes); d0 NULL: the sums
-     * only, no dx written. */
-    void (*max2_back_row_bn)(const float *g, const unsigned char *idx, const float *xv, int n,
-                             const float *bn, int relu, float *d0, float *d1, float *st);
+     * lane (st holds 2·VN floats, VN this set's lanes, each row's sums
+     * added in turn); for `rows` rows of a plane (g, idx, xv rows n apart),
+     * dx plane dp (input rows w apart; NULL: the sums only, no dx
+     * written). */
+    void (*max2_back_rows_bn)(const float *g, const unsigned char *idx, const float *xv,
+                              int rows, int n, const float *bn, int relu, float *dp, int w,
+                              float *st);
 } pool_isa;
 
 /* The scalar code the vector path must match bit for bit, for the tests:

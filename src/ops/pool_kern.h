@@ -142,8 +142,9 @@ static inline VT KN(bn_z)(VT v, const float *bn, int relu)
  * first (relu: and a ReLU); xv (NULL: not wanted): the input value (before
  * the batch norm) at the tap taken, for the backward's batch-norm sums.
  * Inlined into the entries, which pass constants. */
-static inline void KN(max2_core)(const float *r0, const float *r1, int n, float *y,
-                                 unsigned char *idx, const float *bn, int relu, float *xv)
+static inline __attribute__((always_inline)) void
+KN(max2_core)(const float *r0, const float *r1, int n, float *y, unsigned char *idx,
+              const float *bn, int relu, float *xv)
 {
     typedef unsigned char vu8 __attribute__((vector_size(VN)));
     for (int o = 0; o < n; o += VN) {
@@ -191,24 +192,38 @@ static void KN(max2_row)(const float *r0, const float *r1, int n, float *y, unsi
     KN(max2_core)(r0, r1, n, y, idx, NULL, 0, NULL);
 }
 
-static void KN(max2_row_bn)(const float *r0, const float *r1, int n, const float *bn, int relu,
-                            float *y, unsigned char *idx, float *xv)
+/* A plane's rows in one call (rows of n outputs from input rows w apart):
+ * a call per row cost about as much as the row itself on the stems' 14-
+ * and 16-wide rows. */
+static inline __attribute__((always_inline)) void KN(max2_rows_core)(
+    const float *r0, int w, int rows, int n, const float *bn, int relu, float *y,
+    unsigned char *idx, float *xv)
 {
-    if (xv) {
-        if (relu)
-            KN(max2_core)(r0, r1, n, y, idx, bn, 1, xv);
-        else
-            KN(max2_core)(r0, r1, n, y, idx, bn, 0, xv);
-    } else if (relu) {
-        KN(max2_core)(r0, r1, n, y, idx, bn, 1, NULL);
-    } else {
-        KN(max2_core)(r0, r1, n, y, idx, bn, 0, NULL);
+    for (int oy = 0; oy < rows; oy++) {
+        const float *r = r0 + (size_t)2 * oy * w;
+        const size_t o = (size_t)oy * n;
+        KN(max2_core)(r, r + w, n, y + o, idx ? idx + o : NULL, bn, relu, xv ? xv + o : NULL);
     }
 }
 
-static inline void KN(max2_back_core)(const float *g, const unsigned char *idx, int n, float *d0,
-                                      float *d1, const float *xv, const float *bn, int relu,
-                                      float *st, const int write)
+static void KN(max2_rows_bn)(const float *r0, int w, int rows, int n, const float *bn, int relu,
+                             float *y, unsigned char *idx, float *xv)
+{
+    if (xv) {
+        if (relu)
+            KN(max2_rows_core)(r0, w, rows, n, bn, 1, y, idx, xv);
+        else
+            KN(max2_rows_core)(r0, w, rows, n, bn, 0, y, idx, xv);
+    } else if (relu) {
+        KN(max2_rows_core)(r0, w, rows, n, bn, 1, y, idx, NULL);
+    } else {
+        KN(max2_rows_core)(r0, w, rows, n, bn, 0, y, idx, NULL);
+    }
+}
+
+static inline __attribute__((always_inline)) void
+KN(max2_back_core)(const float *g, const unsigned char *idx, int n, float *d0, float *d1,
+                   const float *xv, const float *bn, int relu, float *st, const int write)
 {
     typedef unsigned char vu8 __attribute__((vector_size(VN)));
     const VT zero = KN(vset1)(0.0f);
@@ -263,15 +278,30 @@ static void KN(max2_back_row)(const float *g, const unsigned char *idx, int n, f
     KN(max2_back_core)(g, idx, n, d0, d1, NULL, NULL, 0, NULL, 1);
 }
 
-static void KN(max2_back_row_bn)(const float *g, const unsigned char *idx, const float *xv, int n,
-                                 const float *bn, int relu, float *d0, float *d1, float *st)
+/* The rows of a plane (dp: its dx, rows w apart; NULL: the sums only);
+ * st gets each row's sums in turn, as a call per row added them. */
+static inline __attribute__((always_inline)) void KN(max2_back_rows_core)(
+    const float *g, const unsigned char *idx, const float *xv, int rows, int n, const float *bn,
+    int relu, float *dp, int w, float *st, const int write)
 {
-    if (!d0) /* the sums only */
-        KN(max2_back_core)(g, idx, n, NULL, NULL, xv, bn, relu, st, 0);
+    for (int oy = 0; oy < rows; oy++) {
+        const size_t o = (size_t)oy * n;
+        float *d0 = write ? dp + (size_t)2 * oy * w : NULL;
+        KN(max2_back_core)(g + o, idx + o, n, d0, write ? d0 + w : NULL, xv + o, bn, relu, st,
+                           write);
+    }
+}
+
+static void KN(max2_back_rows_bn)(const float *g, const unsigned char *idx, const float *xv,
+                                  int rows, int n, const float *bn, int relu, float *dp, int w,
+                                  float *st)
+{
+    if (!dp) /* the sums only */
+        KN(max2_back_rows_core)(g, idx, xv, rows, n, bn, relu, NULL, w, st, 0);
     else if (relu)
-        KN(max2_back_core)(g, idx, n, d0, d1, xv, bn, 1, st, 1);
+        KN(max2_back_rows_core)(g, idx, xv, rows, n, bn, 1, dp, w, st, 1);
     else
-        KN(max2_back_core)(g, idx, n, d0, d1, xv, bn, 0, st, 1);
+        KN(max2_back_rows_core)(g, idx, xv, rows, n, bn, 0, dp, w, st, 1);
 }
 
 const pool_isa KN(dpt_pool_isa) = {
@@ -285,7 +315,7 @@ const pool_isa KN(dpt_pool_isa) = {
     .add_row = KN(add_row),
     .add_argmax = KN(add_argmax),
     .max2_row = KN(max2_row),
-    .max2_row_bn = KN(max2_row_bn),
+    .max2_rows_bn = KN(max2_rows_bn),
     .max2_back_row = KN(max2_back_row),
-    .max2_back_row_bn = KN(max2_back_row_bn),
+    .max2_back_rows_bn = KN(max2_back_rows_bn),
 };
