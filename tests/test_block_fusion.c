@@ -11,6 +11,7 @@
 #include "net/net_impl.h"
 #include "ops/ops.h"
 #include "testutil.h"
+#include "fusion_common.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -58,36 +59,11 @@ enum { MAXB = 6, IN = 7 * 5 * 3 };
 /* fusion: 0 plain; 1 every fusion; 2 every fusion but add_bn and concat_bn. */
 static dpt_net *build(int fusion)
 {
-    dpt_net *net = NULL;
     if (fusion == 2)
         setenv("DPT_FUSION_BLK", "0", 1);
-    dpt_status s = dpt_net_from_spec(spec, "block", 0, MAXB, 4, &net);
-    CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
-    if (s == DPT_OK)
-        s = net_replan(net, fusion != 0);
-    if (s == DPT_OK)
-        s = net_alloc_buffers(net);
+    dpt_net *net = fusion_net(spec, "block", MAXB, 4, fusion != 0);
     unsetenv("DPT_FUSION_BLK");
-    CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
-    if (s != DPT_OK) {
-        dpt_net_free(net);
-        return NULL;
-    }
     return net;
-}
-
-static int layer_index(const dpt_net *net, const char *name)
-{
-    for (int i = 0; i < net->n_layers; i++)
-        if (strcmp(net->layers[i].name, name) == 0)
-            return i;
-    return -1;
-}
-
-static void fill(dpt_rng *r, float *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        p[i] = 2.0f * dpt_rng_uniform(r) - 1.0f;
 }
 
 static void run(const char *kernels)

@@ -10,6 +10,7 @@
 #include "net/net_impl.h"
 #include "ops/ops.h"
 #include "testutil.h"
+#include "fusion_common.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -49,34 +50,7 @@ static const struct {
 
 static dpt_net *build(const char *spec, int fusion)
 {
-    dpt_net *net = NULL;
-    dpt_status s = dpt_net_from_spec(spec, "stem", 0, MAXB, 3, &net);
-    CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
-    if (s != DPT_OK)
-        return NULL;
-    s = net_replan(net, fusion);
-    if (s == DPT_OK)
-        s = net_alloc_buffers(net);
-    CHECK_MSG(s == DPT_OK, "%s", dpt_last_error());
-    if (s != DPT_OK) {
-        dpt_net_free(net);
-        return NULL;
-    }
-    return net;
-}
-
-static int layer_index(const dpt_net *net, const char *name)
-{
-    for (int i = 0; i < net->n_layers; i++)
-        if (strcmp(net->layers[i].name, name) == 0)
-            return i;
-    return -1;
-}
-
-static void fill(dpt_rng *r, float *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        p[i] = 2.0f * dpt_rng_uniform(r) - 1.0f;
+    return fusion_net(spec, "stem", MAXB, 3, fusion);
 }
 
 static void run(const char *kernels, const char *algo, int k)
