@@ -346,6 +346,13 @@ out=$tmp/term
 bg=$!
 if wait_ckpt "$out" ""; then
   kill -TERM "$bg"
+  # A hang guard (2 min) that says what was still running, not the
+  # suite's timeout.
+  for ((i = 0; i < 12000; i++)); do kill -0 "$bg" 2>/dev/null || break; nap 0.01; done
+  if kill -0 "$bg" 2>/dev/null; then
+    bad "SIGTERM: the launcher still runs 2 min later: $(ps -o pid,stat,args --ppid "$bg" 2>&1 | tr '\n' ';')"
+    kill -9 "$bg"
+  fi
   wait "$bg"; rc=$?
   gone=0 # the ranks end with mpirun (at most 30 s, as a hang guard)
   for _ in $(seq 1 3000); do rank_pid "$out" 0 >/dev/null || rank_pid "$out" 1 >/dev/null || { gone=1; break; }; nap 0.01; done
