@@ -94,7 +94,7 @@ static int fusable_bn(const dpt_net *net, int i)
 
 /* DPT_FUSION_BLK=0 leaves out the residual blocks' fusions below
  * (concat_bn, add_bn, add_pool; for measuring what they gain: the results
- * are the same bits). */
+ * are the same bits). Read once per plan (plan_fusion). */
 static int blk_fusion(void)
 {
     const char *env = getenv("DPT_FUSION_BLK");
@@ -103,10 +103,10 @@ static int blk_fusion(void)
 
 /* concat then batchnorm: the concat adds up the batch norm's sums as it
  * copies each image (no reading pass in the batchnorm). */
-static int concat_bn(const dpt_net *net, int i)
+static int concat_bn(const dpt_net *net, int i, int blk)
 {
     const dpt_layer *l = &net->layers[i];
-    if (!blk_fusion() || l->type != &dpt_layer_batchnorm)
+    if (!blk || l->type != &dpt_layer_batchnorm)
         return 0;
     int j = l->inputs[0];
     return net->layers[j].type == &dpt_layer_concat && net->n_consumers[j] == 1 &&
@@ -132,9 +132,9 @@ static int concat_split(const dpt_net *net, int cat)
  * outputs are never written, and they read neither x nor the gradient
  * again for their sums. Every input of the add must get a gradient (none is
  * the input layer), so that the add always has both to write. */
-static int add_bn(const dpt_net *net, int i)
+static int add_bn(const dpt_net *net, int i, int blk)
 {
-    if (!blk_fusion())
+    if (!blk)
         return 0;
     const dpt_layer *l = &net->layers[i];
     const int a = only_consumer(net, i);
@@ -152,9 +152,9 @@ static int add_bn(const dpt_net *net, int i)
  * neither pass. Its output gradient must be a buffer of the plan (not the
  * caller's dy: it is neither the last layer nor the softmax's input). The
  * add and the pooling name each other in in_act. */
-static void add_pool(dpt_net *net)
+static void add_pool(dpt_net *net, int blk)
 {
-    for (int i = 1; blk_fusion() && i < net->n_layers; i++) {
+    for (int i = 1; blk && i < net->n_layers; i++) {
         dpt_layer *l = &net->layers[i];
         const int r = only_consumer(net, i), g = r > 0 ? only_consumer(net, r) : -1;
         if (l->type != &dpt_layer_add || l->n_in != 2 || !l->relu_after || g <= 0 ||
@@ -203,6 +203,7 @@ static dpt_status plan_fusion(dpt_net *net, int fusion)
         fusion = !(strcmp(dpt_ops_kernels(), "generic") == 0 || (env && strcmp(env, "0") == 0));
     if (!fusion)
         return DPT_OK;
+    const int blk = blk_fusion();
     /* add then relu (a residual block's end): the add applies the ReLU,
      * forward and backward (its mask from the add's output, which the relu
      * shares): one pass over the block's output instead of two. */
@@ -214,7 +215,7 @@ static dpt_status plan_fusion(dpt_net *net, int fusion)
     }
     size_t n_sums = 0, n_bn = 0, n_buf = 0;
     for (int i = 1; i < net->n_layers; i++) {
-        if (fusable_bn(net, i) || add_bn(net, i) || concat_bn(net, i)) {
+        if (fusable_bn(net, i) || add_bn(net, i, blk) || concat_bn(net, i, blk)) {
             n_sums += 4 * (size_t)net->layers[i].in[0];
             n_bn++;
             n_buf += 6 * (size_t)net->layers[i].in[0];
@@ -232,7 +233,7 @@ static dpt_status plan_fusion(dpt_net *net, int fusion)
     bn_fusion *f = net->fuse_bn;
     for (int i = 1; i < net->n_layers; i++) {
         const int conv_below = fusable_bn(net, i);
-        if (!conv_below && !add_bn(net, i) && !concat_bn(net, i))
+        if (!conv_below && !add_bn(net, i, blk) && !concat_bn(net, i, blk))
             continue;
         dpt_layer *l = &net->layers[i], *below = &net->layers[l->inputs[0]];
         const size_t c = (size_t)l->in[0];
@@ -246,12 +247,12 @@ static dpt_status plan_fusion(dpt_net *net, int fusion)
             f->dx_virtual = 1;
             below->out_bnf = f;
         }
-        if (concat_bn(net, i)) {
+        if (concat_bn(net, i, blk)) {
             below->sums_out = l->sums_in = sums;
             f->dx_split = concat_split(net, l->inputs[0]);
         }
         sums += 4 * c;
-        if (add_bn(net, i))
+        if (add_bn(net, i, blk))
             f->out_virtual = f->into_add = 1;
         if (!conv_below) { /* only the sums (concat_bn) or the add */
             f++;
@@ -277,7 +278,7 @@ static dpt_status plan_fusion(dpt_net *net, int fusion)
         }
         f++;
     }
-    add_pool(net);
+    add_pool(net, blk);
     plan_stem_pool(net);
     return DPT_OK;
 }
