@@ -11,6 +11,9 @@
  *    cache was released (primitives made again) and when two threads run
  *    the same and other shapes at once (the cache is shared).
  * 3. The bias gradient is the GEMM path's bits exactly (same sum order).
+ * 4. A call through dpt_conv2d_forward_ex / backward_ex takes the cache's
+ *    lock once (supports' lookup is handed to the call), and a lookup no
+ *    call takes does not keep its entry referenced.
  *
  * Skips (77) when dptrain was built without oneDNN (or DPT_KERNELS=generic,
  * the reference path, which leaves oneDNN out). */
@@ -19,6 +22,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -264,6 +268,100 @@ static void thread_case(void)
     bufs_free(&B[0]), bufs_free(&B[1]);
 }
 
+/* ---- one locked lookup per call ------------------------------------------ *
+ * dpt_conv2d_forward_ex / backward_ex ask supports() and then run the
+ * algorithm: supports' lookup is handed to the call, so a call takes the
+ * cache's lock once. A lookup that no call takes is let go by the thread's
+ * next one, when the thread ends, and is dropped unread after a release. */
+
+static int refs_of(const dpt_conv2d_desc *d)
+{
+    int r;
+    dpt_conv_dnnl_locks(d, &r);
+    return r;
+}
+
+static void *supports_then_exit(void *arg)
+{
+    return (void *)(intptr_t)dpt_conv_dnnl_supports(arg);
+}
+
+static void expect_int(const char *what, long long got, long long want)
+{
+    if (got != want) {
+        failures++;
+        fprintf(stderr, "FAIL %s: %lld, want %lld\n", what, got, want);
+    }
+}
+
+static void lock_case(void)
+{
+    dpt_conv2d_desc sh[2] = {
+        {.n = 2, .c_in = 8, .h = 8, .w = 8, .c_out = 8, .kh = 3, .kw = 3, .stride = 1, .pad = 1,
+         .algo = DPT_CONV_ALGO_DNNL},
+        {.n = 2, .c_in = 4, .h = 6, .w = 6, .c_out = 8, .kh = 3, .kw = 3, .stride = 2, .pad = 1,
+         .algo = DPT_CONV_ALGO_DNNL},
+    };
+    bufs B[2];
+    for (int s = 0; s < 2; s++)
+        bufs_init(&B[s], sh[s]);
+    const dpt_conv2d_desc *d = &B[0].d, *d1 = &B[1].d;
+    float *work = malloc((dpt_conv2d_work_floats(d) + 1) * sizeof *work);
+    float *y = malloc(B[0].ny * 4), *dx = malloc(B[0].nx * 4), *dw = malloc(B[0].nw * 4);
+    float *db = malloc((size_t)d->c_out * 4);
+    if (!work || !y || !dx || !dw || !db)
+        exit(1);
+    run(&B[0], 1, 1); /* makes the entry; B[0].y/dx/dw/db: the direct calls' bits */
+    expect_int("refs after direct calls", refs_of(d), 0);
+
+    unsigned long long n0 = dpt_conv_dnnl_locks(NULL, NULL);
+    dpt_conv2d_forward_ex(d, B[0].x, NULL, B[0].w, B[0].b, y, work, NULL, NULL);
+    expect_int("locks taken by forward_ex", (long long)(dpt_conv_dnnl_locks(NULL, NULL) - n0), 1);
+    n0 = dpt_conv_dnnl_locks(NULL, NULL);
+    dpt_conv2d_backward_ex(d, B[0].x, NULL, B[0].w, B[0].dy, NULL, NULL, dx, dw, db, work, NULL);
+    expect_int("locks taken by backward_ex", (long long)(dpt_conv_dnnl_locks(NULL, NULL) - n0), 1);
+    expect_int("refs after the _ex calls", refs_of(d), 0);
+    if (memcmp(y, B[0].y, B[0].ny * 4) || memcmp(dx, B[0].dx, B[0].nx * 4) ||
+        memcmp(dw, B[0].dw, B[0].nw * 4) || memcmp(db, B[0].db, (size_t)d->c_out * 4)) {
+        failures++;
+        fprintf(stderr, "FAIL: the _ex calls differ from the direct calls\n");
+    }
+
+    /* supports() without a call: kept, then let go by the next lookup */
+    expect_int("supports", dpt_conv_dnnl_supports(d), 1);
+    expect_int("refs kept by supports", refs_of(d), 1);
+    expect_int("supports (other shape)", dpt_conv_dnnl_supports(d1), 1);
+    expect_int("refs after another lookup", refs_of(d), 0);
+    expect_int("refs kept (other shape)", refs_of(d1), 1);
+    dpt_conv2d_forward_ex(d, B[0].x, NULL, B[0].w, B[0].b, y, work, NULL, NULL);
+    expect_int("refs of the other shape after a call", refs_of(d1), 0);
+    expect_int("refs after a call", refs_of(d), 0);
+    if (memcmp(y, B[0].y, B[0].ny * 4)) {
+        failures++;
+        fprintf(stderr, "FAIL: forward_ex after another shape's supports differs\n");
+    }
+
+    /* ... and by its thread's end */
+    pthread_t th;
+    void *ok = NULL;
+    if (pthread_create(&th, NULL, supports_then_exit, (void *)d) != 0 || pthread_join(th, &ok))
+        exit(1);
+    expect_int("supports in a thread", (intptr_t)ok, 1);
+    expect_int("refs after the thread ended", refs_of(d), 0);
+
+    /* ... and dropped unread after a release (ASan: no use after free) */
+    expect_int("supports before release", dpt_conv_dnnl_supports(d), 1);
+    dpt_conv_dnnl_release();
+    dpt_conv2d_forward_ex(d, B[0].x, NULL, B[0].w, B[0].b, y, work, NULL, NULL);
+    expect_int("refs after release and a call", refs_of(d), 0);
+    if (memcmp(y, B[0].y, B[0].ny * 4)) {
+        failures++;
+        fprintf(stderr, "FAIL: forward_ex after a release differs\n");
+    }
+    free(work), free(y), free(dx), free(dw), free(db);
+    bufs_free(&B[0]), bufs_free(&B[1]);
+}
+
 int main(void)
 {
     dpt_conv2d_desc probe = {.n = 1, .c_in = 1, .h = 4, .w = 4, .c_out = 1, .kh = 3, .kw = 3,
@@ -295,6 +393,7 @@ int main(void)
             reference_case(cases[i], l == 2);
     }
     thread_case();
+    lock_case();
     dpt_conv_dnnl_release();
     if (failures) {
         fprintf(stderr, "test_conv_dnnl: %d failures\n", failures);

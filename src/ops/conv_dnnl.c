@@ -58,6 +58,13 @@ int dpt_conv_dnnl_set_layout(const char *name)
     return -1;
 }
 void dpt_conv_dnnl_release(void) {}
+unsigned long long dpt_conv_dnnl_locks(const dpt_conv2d_desc *d, int *refs)
+{
+    (void)d;
+    if (refs)
+        *refs = -1;
+    return 0;
+}
 
 #else
 
@@ -65,6 +72,7 @@ void dpt_conv_dnnl_release(void) {}
 #include <dnnl.h>
 #include <omp.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,7 +108,8 @@ typedef struct entry {
     int key[12];     /* the desc's shape fields, batch size included; the layout asked */
     int layout;      /* LAYOUT_PLAIN or LAYOUT_ANY */
     int ok;          /* all passes created with a non-reference implementation */
-    int refs;        /* calls using it now: not evicted while > 0 */
+    atomic_int refs; /* calls using it now: not evicted while > 0. Raised
+                      * only under the lock, lowered without it (put) */
     unsigned long long used; /* cache clock at the last lookup */
     pass p[P_COUNT];
     int share_dy;    /* backward data reads backward weights' reordered dy */
@@ -116,7 +125,15 @@ static struct {
     entry *e[CACHE_MAX];
     int n;
     unsigned long long clock;
+    unsigned long long locks; /* times the lock was taken (test hook) */
+    atomic_uint gen; /* moved on by release and set_layout: see kept */
 } cache = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static void lock(void)
+{
+    pthread_mutex_lock(&cache.lock);
+    cache.locks++;
+}
 
 /* ---- one thread per call -------------------------------------------------- */
 
@@ -381,7 +398,7 @@ static entry *entry_new(const int key[12], dnnl_engine_t eng)
 
 void dpt_conv_dnnl_release(void)
 {
-    pthread_mutex_lock(&cache.lock);
+    lock();
     for (int i = 0; i < cache.n; i++)
         entry_free(cache.e[i]);
     cache.n = 0;
@@ -389,6 +406,7 @@ void dpt_conv_dnnl_release(void)
         dnnl_engine_destroy(cache.eng);
     cache.eng = NULL;
     cache.engine_failed = 0;
+    atomic_fetch_add(&cache.gen, 1); /* entries kept by threads are gone */
     pthread_mutex_unlock(&cache.lock);
 }
 
@@ -428,9 +446,10 @@ int dpt_conv_dnnl_set_layout(const char *name)
     int l = layout_of(name);
     if (l < 0)
         return -1;
-    pthread_mutex_lock(&cache.lock);
+    lock();
     engine_locked(); /* reads the environment once: this call overrides it */
     cache.layout = l;
+    atomic_fetch_add(&cache.gen, 1); /* a desc may map to another entry now */
     pthread_mutex_unlock(&cache.lock);
     return 0;
 }
@@ -449,12 +468,12 @@ static entry *find_locked(const int key[12])
 static entry *get(const dpt_conv2d_desc *d)
 {
     int key[12];
-    pthread_mutex_lock(&cache.lock);
+    lock();
     dnnl_engine_t eng = engine_locked();
     shape_key(d, cache.layout, key);
     entry *e = eng ? find_locked(key) : NULL;
     if (e) {
-        e->refs++;
+        atomic_fetch_add(&e->refs, 1);
         e->used = ++cache.clock;
     }
     pthread_mutex_unlock(&cache.lock);
@@ -464,7 +483,7 @@ static entry *get(const dpt_conv2d_desc *d)
     entry *fresh = entry_new(key, eng);
     if (!fresh)
         return NULL;
-    pthread_mutex_lock(&cache.lock);
+    lock();
     e = find_locked(key);
     if (e) {
         entry_free(fresh);
@@ -472,7 +491,7 @@ static entry *get(const dpt_conv2d_desc *d)
         if (cache.n == CACHE_MAX) { /* evict the least recently used idle one */
             int victim = -1;
             for (int i = 0; i < cache.n; i++)
-                if (cache.e[i]->refs == 0 &&
+                if (atomic_load(&cache.e[i]->refs) == 0 &&
                     (victim < 0 || cache.e[i]->used < cache.e[victim]->used))
                     victim = i;
             if (victim >= 0) {
@@ -484,26 +503,119 @@ static entry *get(const dpt_conv2d_desc *d)
             cache.e[cache.n++] = fresh;
             e = fresh;
         } else { /* every one in use: the caller owns this one (refs < 0) */
-            fresh->refs = -1;
+            atomic_store(&fresh->refs, -1);
             pthread_mutex_unlock(&cache.lock);
             return fresh;
         }
     }
-    e->refs++;
+    atomic_fetch_add(&e->refs, 1);
     e->used = ++cache.clock;
     pthread_mutex_unlock(&cache.lock);
     return e;
 }
 
+/* No lock: eviction (under the lock) only takes an entry at 0, and only
+ * get (under the lock) raises it from there. */
 static void put(entry *e)
 {
-    if (e->refs < 0) {
+    if (atomic_load(&e->refs) < 0) {
         entry_free(e);
         return;
     }
-    pthread_mutex_lock(&cache.lock);
-    e->refs--;
+    atomic_fetch_sub(&e->refs, 1);
+}
+
+/* ---- the entry supports() looked up, for the call after it ---------------- *
+ * dpt_conv2d_forward_ex / backward_ex ask supports() (to resolve the
+ * algorithm), then call forward/backward with the same desc on the same
+ * thread. supports() keeps its referenced entry here and that call takes
+ * it: one locked lookup per call instead of two. A kept entry no call
+ * takes is let go by the thread's next supports or call, or at its exit
+ * (kept_key's destructor); one kept before a release or set_layout (gen
+ * moved on) is dropped unread. Caller-owned entries (refs < 0) are never
+ * kept. */
+static _Thread_local struct {
+    entry *e;
+    unsigned gen;
+    int key[11]; /* shape_key's, the layout left out (gen covers it) */
+    int hooked;  /* kept_key set for this thread */
+} kept;
+
+static pthread_key_t kept_key;
+static pthread_once_t kept_once = PTHREAD_ONCE_INIT;
+static int kept_key_ok;
+
+static void kept_drop(void)
+{
+    entry *e = kept.e;
+    kept.e = NULL;
+    if (e && kept.gen == atomic_load(&cache.gen))
+        put(e);
+}
+
+static void kept_at_exit(void *unused)
+{
+    (void)unused;
+    kept_drop();
+}
+
+static void kept_key_make(void) { kept_key_ok = pthread_key_create(&kept_key, kept_at_exit) == 0; }
+
+static void keep(const dpt_conv2d_desc *d, entry *e)
+{
+    if (!kept.hooked) {
+        pthread_once(&kept_once, kept_key_make);
+        /* without the exit hook a dying thread would pin the entry */
+        if (!kept_key_ok || pthread_setspecific(kept_key, &kept) != 0) {
+            put(e);
+            return;
+        }
+        kept.hooked = 1;
+    }
+    int key[12];
+    shape_key(d, 0, key);
+    memcpy(kept.key, key, sizeof kept.key);
+    kept.gen = atomic_load(&cache.gen);
+    kept.e = e;
+}
+
+/* The kept entry when it is d's (still kept), else NULL. */
+static entry *kept_for(const dpt_conv2d_desc *d)
+{
+    if (!kept.e)
+        return NULL;
+    int key[12];
+    shape_key(d, 0, key);
+    if (kept.gen != atomic_load(&cache.gen) || memcmp(key, kept.key, sizeof kept.key) != 0)
+        return NULL;
+    return kept.e;
+}
+
+/* The entry for d, referenced (release with put()): the kept one when it
+ * is d's, else looked up. */
+static entry *take(const dpt_conv2d_desc *d)
+{
+    entry *e = kept_for(d);
+    if (e) {
+        kept.e = NULL;
+        return e;
+    }
+    kept_drop();
+    return get(d);
+}
+
+unsigned long long dpt_conv_dnnl_locks(const dpt_conv2d_desc *d, int *refs)
+{
+    pthread_mutex_lock(&cache.lock); /* not counted */
+    unsigned long long n = cache.locks;
+    if (d && refs) {
+        int key[12];
+        shape_key(d, cache.layout, key);
+        entry *e = find_locked(key);
+        *refs = e ? atomic_load(&e->refs) : -1;
+    }
     pthread_mutex_unlock(&cache.lock);
+    return n;
 }
 
 /* ---- running a pass ------------------------------------------------------- */
@@ -581,16 +693,24 @@ int dpt_conv_dnnl_supports(const dpt_conv2d_desc *d)
      * direct kernels, so they step aside there too. */
     if (strcmp(dpt_ops_kernels(), "generic") == 0)
         return 0;
+    kept_drop();
     entry *e = get(d);
     if (!e)
         return 0;
     int ok = e->ok;
-    put(e);
+    if (ok && atomic_load(&e->refs) > 0)
+        keep(d, e);
+    else
+        put(e);
     return ok;
 }
 
 size_t dpt_conv_dnnl_work_floats(const dpt_conv2d_desc *d)
 {
+    /* conv2d.c asks it during a call too (where its copies start) */
+    const entry *k = kept_for(d);
+    if (k)
+        return k->ok ? k->work_floats : 0;
     entry *e = get(d);
     if (!e)
         return 0;
@@ -605,7 +725,7 @@ void dpt_conv_dnnl_forward(const dpt_conv2d_desc *d, const float *x, const dpt_b
 {
     assert(!xa && !sum && !sumsq);
     (void)xa, (void)sum, (void)sumsq;
-    entry *e = get(d);
+    entry *e = take(d);
     assert(e && e->ok);
     char *base = aligned(work);
     const pass *p = &e->p[P_FWD];
@@ -628,7 +748,7 @@ void dpt_conv_dnnl_backward(const dpt_conv2d_desc *d, const float *x, const dpt_
 {
     assert(!xa && !dya && !xg);
     (void)xa, (void)dya, (void)y, (void)xg;
-    entry *e = get(d);
+    entry *e = take(d);
     assert(e && e->ok);
     char *base = aligned(work);
     int prev = single_thread_enter();

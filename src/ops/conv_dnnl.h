@@ -41,5 +41,10 @@ int dpt_conv_dnnl_set_layout(const char *name);
 /* Frees every cached primitive (also registered with atexit on first use).
  * Not to be called while another thread runs a DNNL convolution. */
 void dpt_conv_dnnl_release(void);
+/* Test hook: how many times the cache's lock was taken so far (a convolution
+ * call through dpt_conv2d_forward_ex / backward_ex takes it once), and in
+ * *refs, where d is given, the references held to d's cached entry (-1: not
+ * cached). */
+unsigned long long dpt_conv_dnnl_locks(const dpt_conv2d_desc *d, int *refs);
 
 #endif
