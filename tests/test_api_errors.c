@@ -402,8 +402,8 @@ static void test_free_null(void)
  * is an error naming it; unset, empty and accepted values pass. */
 static void test_env_check(void)
 {
-    static const char *const vars[] = {"DPT_SPIN_US", "DPT_COMM_TIMEOUT_MS", "DPT_FUSION", "DPT_KERNELS",
-                                       "DPT_CGROUP_ROOT", "DPT_MAX_NET_MEMORY"};
+    static const char *const vars[] = {"DPT_SPIN_US", "DPT_COMM_TIMEOUT_MS", "DPT_FUSION", "DPT_FUSION_BLK",
+                                       "DPT_KERNELS", "DPT_CGROUP_ROOT", "DPT_MAX_NET_MEMORY"};
     for (size_t i = 0; i < sizeof vars / sizeof *vars; i++)
         unsetenv(vars[i]);
     CHECK(dpt_env_check() == DPT_OK);
@@ -414,6 +414,8 @@ static void test_env_check(void)
         {"DPT_COMM_TIMEOUT_MS", "10s", "DPT_COMM_TIMEOUT_MS: '10s' is not a number of milliseconds"},
         {"DPT_COMM_TIMEOUT_MS", "99999999999999999999", "DPT_COMM_TIMEOUT_MS: '9999"},
         {"DPT_FUSION", "off", "DPT_FUSION: 'off' is not 0 (off) or 1 (on, the default)"},
+        {"DPT_FUSION_BLK", "off", "DPT_FUSION_BLK: 'off' is not 0 (the residual blocks' fusions off) or 1"},
+        {"DPT_FUSION_BLK", "00", "DPT_FUSION_BLK: '00'"},
         {"DPT_KERNELS", "AVX2", "DPT_KERNELS: 'AVX2' is not a kernel set (auto, generic, avx2, avx512)"},
         {"DPT_CGROUP_ROOT", "sys/fs/cgroup", "DPT_CGROUP_ROOT: 'sys/fs/cgroup' is not an absolute path"},
         {"DPT_CGROUP_ROOT", "/nonexistent/cgroup", "DPT_CGROUP_ROOT: /nonexistent/cgroup: No such file"},
@@ -429,7 +431,8 @@ static void test_env_check(void)
     static const struct { const char *var, *value; } good[] = {
         {"DPT_SPIN_US", "0"}, {"DPT_SPIN_US", "1000000"}, {"DPT_SPIN_US", ""},
         {"DPT_COMM_TIMEOUT_MS", "0"}, {"DPT_COMM_TIMEOUT_MS", "600000"}, {"DPT_FUSION", "0"},
-        {"DPT_FUSION", "1"}, {"DPT_KERNELS", "auto"}, {"DPT_KERNELS", "generic"}, {"DPT_CGROUP_ROOT", "/"},
+        {"DPT_FUSION", "1"}, {"DPT_FUSION_BLK", "0"}, {"DPT_FUSION_BLK", "1"}, {"DPT_FUSION_BLK", ""},
+        {"DPT_KERNELS", "auto"}, {"DPT_KERNELS", "generic"}, {"DPT_CGROUP_ROOT", "/"},
         {"DPT_MAX_NET_MEMORY", "512M"}, {"DPT_MAX_NET_MEMORY", "16G"}, {"DPT_MAX_NET_MEMORY", ""},
     };
     for (size_t i = 0; i < sizeof good / sizeof *good; i++) {

@@ -18,7 +18,7 @@ set -u
 src=${DPT_SOURCE_DIR:?}
 command -v python3 >/dev/null || { echo "skip: python3 not found"; exit 77; }
 d=$src/tests/fixtures/digits400
-unset DPT_SPIN_US DPT_KERNELS DPT_CGROUP_ROOT DPT_COMM_TIMEOUT_MS DPT_FUSION DPT_DNNL_LAYOUT DPT_CUDA_GRAPH
+unset DPT_SPIN_US DPT_KERNELS DPT_CGROUP_ROOT DPT_COMM_TIMEOUT_MS DPT_FUSION DPT_FUSION_BLK DPT_DNNL_LAYOUT DPT_CUDA_GRAPH
 
 # no_raw FILE WHAT: no control byte other than newline and tab, valid UTF-8.
 no_raw() {
@@ -181,6 +181,8 @@ env_bad DPT_COMM_TIMEOUT_MS 1.5 "'1.5' is not a number of milliseconds (0 waits 
 env_bad DPT_COMM_TIMEOUT_MS -1 "'-1' is not a number of milliseconds"
 env_bad DPT_FUSION yes "'yes' is not 0 (off) or 1 (on, the default)"
 env_bad DPT_FUSION 2 "'2' is not 0 (off) or 1 (on"
+env_bad DPT_FUSION_BLK yes "'yes' is not 0 (the residual blocks' fusions off) or 1 (on, the default)"
+env_bad DPT_FUSION_BLK 2 "'2' is not 0 (the residual blocks' fusions off) or 1"
 env_bad DPT_CUDA_GRAPH yes "'yes' is not 0 or off (eager launches), 1 or on (CUDA graphs"
 env_bad DPT_DNNL_LAYOUT nchw "'nchw' is not a layout (auto, plain, any)"
 env_bad DPT_KERNELS sse9 "'sse9' is not a kernel set (auto, generic, avx2, avx512)"
@@ -190,13 +192,14 @@ env_bad DPT_CGROUP_ROOT "$tmp/none" "$tmp/none: No such file or directory"
 env_bad DPT_CGROUP_ROOT "$tmp/tiny.net" "$tmp/tiny.net is not a folder"
 for cmd in "train --data $d" "eval --model x --data y" "predict --model x y"; do
   expect_error "DPT_FUSION: 'on'" env DPT_FUSION=on "$cli" $cmd
+  expect_error "DPT_FUSION_BLK: 'off'" env DPT_FUSION_BLK=off "$cli" $cmd
 done
 if grep -q '^flags' /proc/cpuinfo 2>/dev/null && ! grep -qw avx512f /proc/cpuinfo; then
   env_bad DPT_KERNELS avx512 "'avx512' kernels do not run on this CPU"
 fi
 # accepted values (and empty = unset) run
 for good in "DPT_SPIN_US=0" "DPT_SPIN_US=1000000" "DPT_SPIN_US=" "DPT_COMM_TIMEOUT_MS=0" "DPT_FUSION=0" \
-            "DPT_FUSION=1" "DPT_KERNELS=generic" "DPT_KERNELS=auto" "DPT_CGROUP_ROOT=/" "DPT_CGROUP_ROOT=$tmp" \
+            "DPT_FUSION=1" "DPT_FUSION_BLK=0" "DPT_FUSION_BLK=1" "DPT_FUSION_BLK=" "DPT_KERNELS=generic" "DPT_KERNELS=auto" "DPT_CGROUP_ROOT=/" "DPT_CGROUP_ROOT=$tmp" \
             "DPT_DNNL_LAYOUT=plain" "DPT_DNNL_LAYOUT=any" "DPT_DNNL_LAYOUT=auto" "DPT_CUDA_GRAPH=0" \
             "DPT_CUDA_GRAPH=on"; do
   env "$good" "$cli" info >/dev/null 2>"$tmp/err" && ok || bad "$good refused: $(cat "$tmp/err")"

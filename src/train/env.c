@@ -70,6 +70,9 @@ dpt_status dpt_env_check(void)
                         "on (CUDA graphs where the network allows, the default)", v);
     if ((v = env("DPT_FUSION")) && strcmp(v, "0") && strcmp(v, "1"))
         return dpt_fail(DPT_ERR_ARG, "DPT_FUSION: '%.64s' is not 0 (off) or 1 (on, the default)", v);
+    if ((v = env("DPT_FUSION_BLK")) && strcmp(v, "0") && strcmp(v, "1"))
+        return dpt_fail(DPT_ERR_ARG, "DPT_FUSION_BLK: '%.64s' is not 0 (the residual blocks' fusions "
+                        "off) or 1 (on, the default)", v);
     if ((v = env("DPT_CGROUP_ROOT"))) {
         struct stat st;
         if (v[0] != '/')
