@@ -14,11 +14,12 @@
 #include "ops/conv_depthwise.h"
 #include "ops/ops.h"
 
+#include "bench_common.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 void old_dpt_conv_depthwise_forward(const dpt_conv2d_desc *d, const float *x,
                                     const dpt_bn_apply *xa, const float *w, const float *b,
@@ -29,30 +30,10 @@ void old_dpt_conv_depthwise_backward(const dpt_conv2d_desc *d, const float *x,
                                      float *db, float *work, double *xg);
 size_t old_dpt_conv_depthwise_work_floats(const dpt_conv2d_desc *d);
 
-static double cpu_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+#define PROG "dw_ab"
 
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n);
-    if (!p) {
-        fprintf(stderr, "dw_ab: out of memory\n");
-        exit(1);
-    }
-    return p;
-}
-
-static float *randu(dpt_rng *r, size_t n, float s)
-{
-    float *p = xmalloc(n * sizeof *p);
-    for (size_t i = 0; i < n; i++)
-        p[i] = s * (2.0f * dpt_rng_uniform(r) - 1.0f);
-    return p;
-}
+static void *xmalloc(size_t n) { return bench_xmalloc(PROG, n); }
+static float *randu(dpt_rng *r, size_t n, float s) { return bench_randu(PROG, r, n, s); }
 
 enum { FLUSH_BYTES = 96 << 20 };
 static unsigned char *flush_buf;
@@ -61,12 +42,6 @@ static void flush(void)
 {
     for (size_t i = 0; i < FLUSH_BYTES; i += 64)
         flush_buf[i]++;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-    const double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
 }
 
 static void layer(dpt_rng *rng, const char *name, int n, int c, int hw, int stride, int rounds)
@@ -100,25 +75,25 @@ static void layer(dpt_rng *rng, const char *name, int n, int c, int hw, int stri
         for (int k = 0; k < 2; k++) {
             const int a = r % 2 ? 1 - k : k; /* which goes first alternates */
             flush();
-            double t0 = cpu_s();
+            double t0 = bench_cpu_s();
             if (a == 0)
                 old_dpt_conv_depthwise_forward(&d, x, &xa, w, NULL, y[a], work, s[a], s[a] + c);
             else
                 dpt_conv_depthwise_forward(&d, x, &xa, w, NULL, y[a], work, s[a], s[a] + c);
-            t[(size_t)a * rounds + r] = cpu_s() - t0;
+            t[(size_t)a * rounds + r] = bench_cpu_s() - t0;
             flush();
-            t0 = cpu_s();
+            t0 = bench_cpu_s();
             if (a == 0)
                 old_dpt_conv_depthwise_backward(&d, x, &xa, w, dy, &dya, yb, dx[a], dw[a], db[a],
                                                 work, s[a] + 2 * c);
             else
                 dpt_conv_depthwise_backward(&d, x, &xa, w, dy, &dya, yb, dx[a], dw[a], db[a],
                                             work, s[a] + 2 * c);
-            t[(size_t)(2 + a) * rounds + r] = cpu_s() - t0;
+            t[(size_t)(2 + a) * rounds + r] = bench_cpu_s() - t0;
         }
     double med[4];
     for (int k = 0; k < 4; k++) {
-        qsort(t + (size_t)k * rounds, (size_t)rounds, sizeof *t, cmp_d);
+        bench_sort(t + (size_t)k * rounds, rounds);
         med[k] = 1e3 * t[(size_t)k * rounds + rounds / 2];
     }
     printf("%-6s n%d %dx%dx%d s%d: forward old %.3f new %.3f ms %.2fx | backward old %.3f new "
@@ -140,10 +115,8 @@ int main(int argc, char **argv)
         } else if (strcmp(argv[i], "--rounds") == 0 && i + 1 < argc) {
             rounds = atoi(argv[++i]);
         } else if (strcmp(argv[i], "--kernels") == 0 && i + 1 < argc) {
-            if (dpt_ops_set_kernels(argv[++i]) != 0) {
-                fprintf(stderr, "dw_ab: --kernels %s: not supported here\n", argv[i]);
+            if (bench_kernels(PROG, argv[++i]) != 0)
                 return 1;
-            }
         } else {
             fprintf(stderr, "usage: dw_ab [--batch B] [--rounds R] [--kernels SET]\n");
             return 1;

@@ -15,29 +15,15 @@
 #include "ops/ops.h"
 #include "ops/pool_isa.h"
 
+#include "bench_common.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-static double cpu_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+#define PROG "dwpool_bench"
 
-static float *randn(dpt_rng *r, size_t n, float s)
-{
-    float *p = malloc(n * sizeof *p);
-    if (!p) {
-        fprintf(stderr, "dwpool_bench: out of memory\n");
-        exit(1);
-    }
-    for (size_t i = 0; i < n; i++)
-        p[i] = s * (2.0f * dpt_rng_uniform(r) - 1.0f);
-    return p;
-}
+static float *randn(dpt_rng *r, size_t n, float s) { return bench_randu(PROG, r, n, s); }
 
 static void conv_shape(dpt_rng *rng, int n, int c, int hw, int stride, int rounds)
 {
@@ -66,11 +52,11 @@ static void conv_shape(dpt_rng *rng, int n, int c, int hw, int stride, int round
     for (int r = 0; r < rounds; r++)
         for (int a = 0; a < 2; a++) {
             d.algo = algos[a];
-            double t0 = cpu_s();
+            double t0 = bench_cpu_s();
             dpt_conv2d_forward_ex(&d, x, &xa, w, NULL, y, work, s, s + c);
-            double t1 = cpu_s();
+            double t1 = bench_cpu_s();
             dpt_conv2d_backward_ex(&d, x, &xa, w, dy, &dya, yb, dx, dw, db, work, s + 2 * c);
-            double t2 = cpu_s();
+            double t2 = bench_cpu_s();
             if (t1 - t0 < best[a][0])
                 best[a][0] = t1 - t0;
             if (t2 - t1 < best[a][1])
@@ -104,7 +90,7 @@ static void pool_shape(dpt_rng *rng, int n, int c, int hw, int k, int stride, in
         for (int m = 0; m < 4; m++)
             for (int a = 0; a < 2; a++) {
                 float *out = m % 2 ? dx : y;
-                double t = cpu_s();
+                double t = bench_cpu_s();
                 if (a == 0)
                     dpt_pool2d_reference(m, &d, x, dy, out);
                 else if (m == 0)
@@ -115,7 +101,7 @@ static void pool_shape(dpt_rng *rng, int n, int c, int hw, int k, int stride, in
                     dpt_avgpool2d_forward(&d, x, y);
                 else
                     dpt_avgpool2d_backward(&d, dy, dx);
-                t = cpu_s() - t;
+                t = bench_cpu_s() - t;
                 if (t < best[a][m])
                     best[a][m] = t;
             }
@@ -131,12 +117,12 @@ static void pool_shape(dpt_rng *rng, int n, int c, int hw, int k, int stride, in
         double bi[2] = {1e30, 1e30};
         for (int r = 0; idx && r < rounds; r++)
             for (int m = 0; m < 2; m++) {
-                double t = cpu_s();
+                double t = bench_cpu_s();
                 if (m == 0)
                     dpt_maxpool2d_forward_idx(&d, x, y, idx);
                 else
                     dpt_maxpool2d_backward_idx(&d, idx, dy, dx);
-                t = cpu_s() - t;
+                t = bench_cpu_s() - t;
                 if (t < bi[m])
                     bi[m] = t;
             }
@@ -156,10 +142,8 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--rounds") == 0 && i + 1 < argc)
             rounds = atoi(argv[++i]);
         else if (strcmp(argv[i], "--kernels") == 0 && i + 1 < argc) {
-            if (dpt_ops_set_kernels(argv[++i]) != 0) {
-                fprintf(stderr, "dwpool_bench: --kernels %s: not supported here\n", argv[i]);
+            if (bench_kernels(PROG, argv[++i]) != 0)
                 return 1;
-            }
         } else {
             fprintf(stderr, "usage: dwpool_bench [--batch B] [--rounds R] [--kernels SET]\n");
             return 1;

@@ -9,17 +9,9 @@
 #
 #   bench/gemm_bench.sh [--quick]
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-build=${BENCH_BUILD_DIR:-$root/build-bench}
-cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DDPT_WITH_CUDA=OFF >/dev/null
-cmake --build "$build" --target dptrain_static -j2 >/dev/null
-libs=(-lopenblas -lz -lstb -lcjson -lm -lpthread -ldl)
-if nm "$build/libdptrain.a" 2>/dev/null | grep -q ' U MPI_Init'; then
-  read -r -a mpi_link <<<"$(mpicc -showme:link 2>/dev/null || echo -lmpi)"
-  libs+=("${mpi_link[@]}")
-fi
-cc -O2 -std=c11 -Wall -Wextra -D_POSIX_C_SOURCE=200809L -I"$root/include" -I"$root/src" \
-  $(pkg-config --cflags openblas 2>/dev/null || true) \
-  "$root/bench/gemm_bench.c" "$build/libdptrain.a" "${libs[@]}" -o "$build/gemm_bench"
+. "$(dirname "$0")/ab_common.sh"
+build=$ab_build
+ab_lib "$ab_root" "$build"
+ab_prog gemm_bench gemm_bench
 "$build/gemm_bench" --rounds "${ROUNDS:-7}" "$@"
 OPENBLAS_CORETYPE=SkylakeX "$build/gemm_bench" --rounds "${ROUNDS:-7}" "$@"

@@ -4,25 +4,16 @@
  * calls, median of the rounds, per shape and kernel set. */
 #include "ops/gemm.h"
 
+#include "bench_common.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 extern const gemm_isa old_dpt_gemm_isa_avx512, old_dpt_gemm_isa_avx2;
 
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
-}
-
-static int cmp(const void *a, const void *b)
-{
-    const double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
+/* thread CPU milliseconds */
+static double now(void) { return 1e3 * bench_cpu_s(); }
 
 int main(int argc, char **argv)
 {
@@ -56,8 +47,8 @@ int main(int argc, char **argv)
                                         C, n, buf);
                     t[v][r] = now() - t0;
                 }
-            qsort(t[0], (size_t)rounds, sizeof(double), cmp);
-            qsort(t[1], (size_t)rounds, sizeof(double), cmp);
+            bench_sort(t[0], rounds);
+            bench_sort(t[1], rounds);
             const double o = t[0][rounds / 2], w = t[1][rounds / 2];
             printf("%-6s ta %d tb %d m %3d n %3d k %3d: old %.1f GF/s new %.1f GF/s  new/old speed %.3f\n",
                    names[s], ta, tb, m, n, k, 2e-6 * m * n * k * calls / o,

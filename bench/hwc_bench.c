@@ -19,29 +19,15 @@
 #include "dptrain/core.h"
 #include "ops/ops.h"
 
+#include "bench_common.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-static double cpu_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+#define PROG "hwc_bench"
 
-static float *randn(dpt_rng *r, size_t n, float s)
-{
-    float *p = malloc(n * sizeof *p);
-    if (!p) {
-        fprintf(stderr, "hwc_bench: out of memory\n");
-        exit(1);
-    }
-    for (size_t i = 0; i < n; i++)
-        p[i] = s * (2.0f * dpt_rng_uniform(r) - 1.0f);
-    return p;
-}
+static float *randn(dpt_rng *r, size_t n, float s) { return bench_randu(PROG, r, n, s); }
 
 /* One layer: c_in -> c_out, hw x hw, k x k filter, padding pad; bn_in: a batch norm + ReLU
  * applied to the input on the fly; dx: the input gradient is computed. */
@@ -117,24 +103,24 @@ static void shape(dpt_rng *rng, const char *name, int n, int c_in, int hw, int c
     for (int r = 0; r < rounds; r++)
         for (int a = 0; a < na; a++) {
             d.algo = algos[a];
-            double t0 = cpu_s(), t1, t2;
+            double t0 = bench_cpu_s(), t1, t2;
 #ifdef HWC_AB
             if (algos[a] == OLD_HWC) {
                 old_dpt_conv_hwc_forward(&d, x, bn_in ? &xa : NULL, w, NULL, y, work, s, s + cm);
-                t1 = cpu_s();
+                t1 = bench_cpu_s();
                 old_dpt_conv_hwc_backward(&d, x, bn_in ? &xa : NULL, w, dy, &dya, yb,
                                           dx_needed ? dx : NULL, dw, db, work,
                                           bn_in && dx_needed ? s + 2 * cm : NULL);
-                t2 = cpu_s();
+                t2 = bench_cpu_s();
             } else
 #endif
             {
                 dpt_conv2d_forward_ex(&d, x, bn_in ? &xa : NULL, w, NULL, y, work, s, s + cm);
-                t1 = cpu_s();
+                t1 = bench_cpu_s();
                 dpt_conv2d_backward_ex(&d, x, bn_in ? &xa : NULL, w, dy, &dya, yb,
                                        dx_needed ? dx : NULL, dw, db, work,
                                        bn_in && dx_needed ? s + 2 * cm : NULL);
-                t2 = cpu_s();
+                t2 = bench_cpu_s();
             }
             if (t1 - t0 < best[a][0])
                 best[a][0] = t1 - t0;
@@ -170,10 +156,8 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc)
             only = argv[++i];
         else if (strcmp(argv[i], "--kernels") == 0 && i + 1 < argc) {
-            if (dpt_ops_set_kernels(argv[++i]) != 0) {
-                fprintf(stderr, "hwc_bench: --kernels %s: not supported here\n", argv[i]);
+            if (bench_kernels(PROG, argv[++i]) != 0)
                 return 1;
-            }
         } else {
             fprintf(stderr, "usage: hwc_bench [--batch B] [--rounds R] [--kernels SET] "
                             "[--only NAME] [--no-dnnl]\n");

@@ -16,12 +16,13 @@
 #include "ops/conv_pointwise.h"
 #include "ops/ops.h"
 
+#include "bench_common.h"
+
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 size_t old_dpt_conv_pointwise_work_floats(const dpt_conv2d_desc *d);
 void old_dpt_conv_pointwise_forward(const dpt_conv2d_desc *d, const float *x,
@@ -31,25 +32,6 @@ void old_dpt_conv_pointwise_backward(const dpt_conv2d_desc *d, const float *x,
                                      const dpt_bn_apply *xa, const float *w, const float *dy,
                                      const dpt_bn_apply *dya, const float *y, float *dx,
                                      float *dw, float *db, float *work, double *xg);
-
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-    const double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_d);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 typedef struct layer {
     const char *what;
@@ -126,10 +108,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "pw_ab: rounds 1-1000, batch 1-4096\n");
         return 1;
     }
-    if (kernels && dpt_ops_set_kernels(kernels) != 0) {
-        fprintf(stderr, "pw_ab: kernel set %s not available\n", kernels);
+    if (kernels && bench_kernels("pw_ab", kernels) != 0)
         return 1;
-    }
     flush_buf = malloc(FLUSH_BYTES);
     if (!flush_buf)
         return 1;
@@ -179,14 +159,14 @@ int main(int argc, char **argv)
             for (int v0 = 0; v0 < 2; v0++) {
                 const int v = (v0 + r + 2) % 2; /* who goes first alternates */
                 evict(cold);
-                double t0 = now_s();
+                double t0 = bench_cpu_s();
                 if (v)
                     dpt_conv_pointwise_forward(&d, x, xa, w, NULL, y[v], wk, sum, sq);
                 else
                     old_dpt_conv_pointwise_forward(&d, x, xa, w, NULL, y[v], wk, sum, sq);
-                double t1 = now_s();
+                double t1 = bench_cpu_s();
                 evict(cold);
-                double t2 = now_s();
+                double t2 = bench_cpu_s();
                 /* dy's batch norm reads y: each its own forward's */
                 if (v)
                     dpt_conv_pointwise_backward(&d, x, xa, w, dy, dya, y[v],
@@ -196,12 +176,12 @@ int main(int argc, char **argv)
                                                     L->need_dx ? dx[v] : NULL, dw[v], NULL, wk,
                                                     xg);
                 if (r >= 0)
-                    tf[v][r] = t1 - t0, tb[v][r] = now_s() - t2;
+                    tf[v][r] = t1 - t0, tb[v][r] = bench_cpu_s() - t2;
             }
         char shp[64];
         snprintf(shp, sizeof shp, "%dx%dx%d>%d s%d", d.h, d.w, d.c_in, d.c_out, d.stride);
-        const double of = median(tf[0], rounds) * 1e3, nf = median(tf[1], rounds) * 1e3;
-        const double ob = median(tb[0], rounds) * 1e3, nb = median(tb[1], rounds) * 1e3;
+        const double of = bench_median(tf[0], rounds) * 1e3, nf = bench_median(tf[1], rounds) * 1e3;
+        const double ob = bench_median(tb[0], rounds) * 1e3, nb = bench_median(tb[1], rounds) * 1e3;
         printf("%-14s %-16s %8.3f %8.3f %6.2f  %8.3f %8.3f %6.2f  %.1e %.1e %.1e\n", L->what, shp,
                of, nf, of / nf, ob, nb, ob / nb, rel_diff(y[0], y[1], ny),
                L->need_dx ? rel_diff(dx[0], dx[1], nx) : 0.0, rel_diff(dw[0], dw[1], nw));

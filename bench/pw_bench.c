@@ -16,31 +16,11 @@
 #include "ops/conv_algo.h"
 #include "ops/ops.h"
 
+#include "bench_common.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
-/* The thread's CPU time: on a machine shared with other jobs the wall
- * time mostly measures the waits (the kernels are single-threaded). */
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-    const double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_d);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 typedef struct layer {
     const char *what;
@@ -154,13 +134,13 @@ int main(int argc, char **argv)
                 if (!have[a])
                     continue;
                 d.algo = algos[a];
-                double t0 = now_s();
+                double t0 = bench_cpu_s();
                 dpt_conv2d_forward_ex(&d, x, xa, w, NULL, y, work, sum, sq);
-                double t1 = now_s();
+                double t1 = bench_cpu_s();
                 dpt_conv2d_backward_ex(&d, x, xa, w, dy, dya, y, L->need_dx ? dx : NULL, dw,
                                        NULL, work, xg);
                 tf[a][r] = t1 - t0;
-                tb[a][r] = now_s() - t1;
+                tb[a][r] = bench_cpu_s() - t1;
             }
         double mf[N_ALGO] = {0}, mb[N_ALGO] = {0}, bf = 1e30, bb = 1e30;
         char shp[64];
@@ -171,8 +151,8 @@ int main(int argc, char **argv)
                 printf(" %9s %9s", "-", "-");
                 continue;
             }
-            mf[a] = median(tf[a], rounds) * 1e3;
-            mb[a] = median(tb[a], rounds) * 1e3;
+            mf[a] = bench_median(tf[a], rounds) * 1e3;
+            mb[a] = bench_median(tb[a], rounds) * 1e3;
             printf(" %9.3f %9.3f", mf[a], mb[a]);
             if (a > 0) {
                 bf = mf[a] < bf ? mf[a] : bf;

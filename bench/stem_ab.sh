@@ -10,33 +10,22 @@
 #
 #   bench/stem_ab.sh [REF] [NET.net ...]
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-build=${BENCH_BUILD_DIR:-$root/build-bench}
+. "$(dirname "$0")/ab_common.sh"
+root=$ab_root build=$ab_build
 ref=${1:-main}
 shift || true
 nets=("$@")
 [ ${#nets[@]} -gt 0 ] ||
   nets=("$root/examples/nets/resnet-mini-28x28x1.net" "$root/examples/nets/resnet-mini-32x32x3.net")
-old=$(mktemp -d)
-trap 'rm -rf "$old"' EXIT
-git -C "$root" archive "$ref" | tar -x -C "$old"
-for t in "$root:$build" "$old:$old/build"; do
-  src=${t%%:*} dir=${t#*:}
-  cmake -S "$src" -B "$dir" -DCMAKE_BUILD_TYPE=Release -DDPT_WITH_CUDA=OFF >/dev/null
-  cmake --build "$dir" --target dptrain_static -j2 >/dev/null
-done
-libs=(-lopenblas -lz -lstb -lcjson -lm -lpthread)
-if nm "$build/libdptrain.a" 2>/dev/null | grep ' U dnnl_engine_create' >/dev/null; then
-  libs+=(-ldnnl -lgomp)
-fi
-if nm "$build/libdptrain.a" 2>/dev/null | grep ' U MPI_Init' >/dev/null; then
-  read -r -a mpi_link <<<"$(mpicc -showme:link 2>/dev/null || echo -lmpi)"
-  libs+=("${mpi_link[@]}")
-fi
+ab_old "$ref"
+old=$ab_old
+ab_lib "$root" "$build"
+ab_lib "$old" "$old/build"
+ab_libs "$build/libdptrain.a"
 for t in "new:$root:$build" "old:$old:$old/build"; do
   IFS=: read -r v src dir <<<"$t"
   cc -O2 -std=c11 -D_POSIX_C_SOURCE=200809L -I"$src/include" -I"$src/src" \
-    "$src/bench/step_bench.c" "$dir/libdptrain.a" "${libs[@]}" -o "$old/step_bench_$v"
+    "$src/bench/step_bench.c" "$dir/libdptrain.a" "${ab_link[@]}" -o "$old/step_bench_$v"
 done
 for net in "${nets[@]}"; do
   echo "== $(basename "$net") batch ${BATCH:-128}, old = $ref"

@@ -7,22 +7,10 @@
 #
 #   bench/stem_bench.sh [avx512|avx2 ...]
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-build=${BENCH_BUILD_DIR:-$root/build-bench}
-cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DDPT_WITH_CUDA=OFF >/dev/null
-cmake --build "$build" --target dptrain_static -j2 >/dev/null
-libs=(-lopenblas -lz -lstb -lcjson -lm -lpthread)
-# not grep -q: with pipefail, nm killed by SIGPIPE would make the test fail
-if nm "$build/libdptrain.a" 2>/dev/null | grep ' U dnnl_' >/dev/null; then
-  libs+=(-ldnnl -lgomp) # oneDNN and the OpenMP runtime it uses
-fi
-if nm "$build/libdptrain.a" 2>/dev/null | grep ' U MPI_Init' >/dev/null; then
-  read -r -a mpi_link <<<"$(mpicc -showme:link 2>/dev/null || echo -lmpi)"
-  libs+=("${mpi_link[@]}")
-fi
-cc -O2 -std=c11 -Wall -Wextra -D_POSIX_C_SOURCE=200809L -I"$root/include" -I"$root/src" \
-  $(pkg-config --cflags openblas 2>/dev/null || true) \
-  "$root/bench/stem_bench.c" "$build/libdptrain.a" "${libs[@]}" -o "$build/stem_bench"
+. "$(dirname "$0")/ab_common.sh"
+build=$ab_build
+ab_lib "$ab_root" "$build"
+ab_prog stem_bench stem_bench
 sets=("$@")
 [ ${#sets[@]} -gt 0 ] || sets=(avx512 avx2)
 for s in "${sets[@]}"; do
