@@ -5,7 +5,8 @@
 # objects renamed so that they link beside this tree's library; the
 # libraries a program linking libdptrain.a needs, and the compile line of a
 # bench program (also for hwc_bench.sh, stem_bench.sh, dwpool_bench.sh,
-# pw_bench.sh, fc_bench.sh, gemm_bench.sh, conv_dnnl_bench.sh).
+# pw_bench.sh, fc_bench.sh, gemm_bench.sh, conv_dnnl_bench.sh,
+# hwc_dnnl_avx2.sh).
 #
 # After sourcing: ab_root (this tree), ab_build (BENCH_BUILD_DIR, default
 # build-bench/: a Release build without CUDA, kept apart from build/).
