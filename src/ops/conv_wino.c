@@ -1,0 +1,270 @@
+/* The Winograd convolution algorithm: the batch-level driver (packing,
+ * filter transforms, the per-point GEMMs through hwc's kernels, batch-norm
+ * fusions); the tile transforms are conv_wino_kern.h. See conv_wino.h. */
+#include "ops/conv_wino.h"
+
+#include <string.h>
+
+#define NPT 16 /* points of a 4x4 tile */
+
+static const wino_isa *isa_now(void)
+{
+#ifdef DPT_HAVE_X86_KERNELS
+    const char *k = dpt_ops_kernels();
+    if (strcmp(k, "avx512") == 0)
+        return &dpt_wino_isa_avx512;
+    if (strcmp(k, "avx2") == 0)
+        return &dpt_wino_isa_avx2;
+#endif
+    return NULL;
+}
+
+static int cpad(int c) { return (c + DPT_HWC_CPAD - 1) / DPT_HWC_CPAD * DPT_HWC_CPAD; }
+static size_t al16(size_t n) { return (n + 15) & ~(size_t)15; }
+static int imax(int a, int b) { return a > b ? a : b; }
+
+/* hwc's blocked weight layout (conv_hwc.c wblk) for one tap: blocks of
+ * 2*vw outer channels (the last may be narrower), each [n][width]. */
+static size_t wblk1(int vw, int n, int op, int i, int o)
+{
+    const int o0 = o / (2 * vw) * (2 * vw), bw = op - o0 < 2 * vw ? op - o0 : 2 * vw;
+    return (size_t)o0 * n + (size_t)i * bw + (o - o0);
+}
+
+int dpt_conv_wino_supports(const dpt_conv2d_desc *d)
+{
+    return isa_now() != NULL && d->groups <= 1 && d->dilation <= 1 && d->stride == 1 &&
+           d->kh == 3 && d->kw == 3 && d->pad >= 0 && d->pad <= 2 && d->c_in >= 16 &&
+           d->c_out >= 16 && d->out_h >= 1 && d->out_w >= 1;
+}
+
+/* The geometry of one pass (forward, or dx as a forward over dy): tiles of
+ * an oh x ow output over an input buffer of rows x cols pixels. */
+typedef struct wino_geom {
+    int ci, co, cip, cop; /* real and padded channels, in and out */
+    int oh, ow, nty, ntx, tpi;
+    int cols;     /* input buffer row, in pixels */
+    size_t ximg;  /* input buffer image, in floats */
+} wino_geom;
+
+/* The sizes of one call: tiles per GEMM (T), images per block (B), and
+ * the buffers' shapes. */
+typedef struct wino_plan {
+    int T, B;
+    int xr, xc;   /* x buffer (pad p): rows, cols */
+    int dr, dc;   /* dy buffer (pad 2-p): rows, cols, for dx's tiles and dw's */
+    size_t tmp, xp, dyp, u, ut, du, v, m, yp, ds, end; /* offsets in work */
+} wino_plan;
+
+static wino_plan plan_of(const dpt_conv2d_desc *d)
+{
+    wino_plan q;
+    const int cip = cpad(d->c_in), cop = cpad(d->c_out), C = imax(cip, cop);
+    const int pe = 2 - d->pad, oh = d->out_h, ow = d->out_w;
+    const int nty = (oh + 1) / 2, ntx = (ow + 1) / 2, tpi = nty * ntx;
+    const int dty = (d->h + 1) / 2, dtx = (d->w + 1) / 2; /* dx's tiles */
+    /* V and M of a GEMM (16 points x T tiles x C) about 512 KB: in L2. */
+    q.T = 4096 / C < 32 ? 32 : 4096 / C > 128 ? 128 : 4096 / C;
+    q.B = q.T / tpi < 1 ? 1 : q.T / tpi > 16 ? 16 : q.T / tpi;
+    q.xr = 2 * nty + 2, q.xc = 2 * ntx + 2;
+    q.dr = imax(2 * dty + 2, pe + 2 * nty), q.dc = imax(2 * dtx + 2, pe + 2 * ntx);
+    const size_t P = (size_t)oh * ow, hw = (size_t)d->h * d->w;
+    size_t o = 0;
+    q.tmp = o, o += al16(P * d->c_out);
+    q.xp = o, o += al16((size_t)q.B * q.xr * q.xc * cip);
+    q.dyp = o, o += al16((size_t)q.B * q.dr * q.dc * cop);
+    q.u = o, o += al16((size_t)NPT * d->c_in * cop);
+    q.ut = o, o += al16((size_t)NPT * d->c_out * cip);
+    q.du = o, o += al16((size_t)NPT * d->c_in * cop);
+    q.v = o, o += al16((size_t)NPT * q.T * C);
+    q.m = o, o += al16((size_t)NPT * q.T * C);
+    q.yp = o, o += al16((size_t)q.B * (P > hw ? P : hw) * C);
+    q.ds = o, o += al16(4 * (size_t)d->c_out); /* 2 * c_out doubles */
+    q.end = o;
+    return q;
+}
+
+size_t dpt_conv_wino_work_floats(const dpt_conv2d_desc *d) { return plan_of(d).end; }
+
+/* u[xi] in hwc's blocked layout ([ni][nop] per point) = G g G^T, g the
+ * 3x3 filter of (inner i, outer o): w[o][i] (flip 0) or, for dx, w[i][o]
+ * turned by 180 degrees (flip 1). */
+static void filters(const float *w, int no, int ni, int nop, int vw, int flip, float *u)
+{
+    memset(u, 0, (size_t)NPT * ni * nop * sizeof *u);
+    for (int o = 0; o < no; o++)
+        for (int i = 0; i < ni; i++) {
+            const float *f = flip ? w + ((size_t)i * no + o) * 9 : w + ((size_t)o * ni + i) * 9;
+            float g[3][3], t[4][3];
+            for (int a = 0; a < 9; a++)
+                g[a / 3][a % 3] = flip ? f[8 - a] : f[a];
+            /* G g, G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1] */
+            for (int c = 0; c < 3; c++) {
+                t[0][c] = g[0][c];
+                t[1][c] = 0.5f * (g[0][c] + g[1][c] + g[2][c]);
+                t[2][c] = 0.5f * (g[0][c] - g[1][c] + g[2][c]);
+                t[3][c] = g[2][c];
+            }
+            const size_t at = wblk1(vw, ni, nop, i, o), ps = (size_t)ni * nop;
+            for (int r = 0; r < 4; r++) {
+                u[(4 * r + 0) * ps + at] = t[r][0];
+                u[(4 * r + 1) * ps + at] = 0.5f * (t[r][0] + t[r][1] + t[r][2]);
+                u[(4 * r + 2) * ps + at] = 0.5f * (t[r][0] - t[r][1] + t[r][2]);
+                u[(4 * r + 3) * ps + at] = t[r][2];
+            }
+        }
+}
+
+/* One forward pass over the nb images of a block: xp (the input, padded,
+ * images g->ximg apart) -> yp [oh*ow][cop] per image (images yimg apart). */
+static void fwd_block(const wino_isa *isa, const wino_geom *g, const wino_plan *q, int nb,
+                      const float *xp, const float *u, float *v, float *m, float *yp, size_t yimg)
+{
+    const size_t vps = (size_t)q->T * g->cip, mps = (size_t)q->T * g->cop;
+    const size_t ups = (size_t)g->ci * g->cop;
+    for (int k0 = 0; k0 < nb * g->tpi; k0 += q->T) {
+        const int nt = nb * g->tpi - k0 < q->T ? nb * g->tpi - k0 : q->T;
+        isa->in(xp, g->ximg, g->cols, g->cip, g->ntx, g->tpi, k0, nt, v, vps);
+        /* Per point, a 1x1 convolution over a one-row "plane" of nt tiles. */
+        const hwc_geom g1 = {g->ci, g->co, g->cip, g->cop, nt, 1, nt, 1, 1, 1, 1};
+        for (int xi = 0; xi < NPT; xi++)
+            isa->hwc->fwd(&g1, 1, v + xi * vps, vps, u + xi * ups, m + xi * mps, mps, NULL);
+        isa->out(m, mps, g->cop, g->ntx, g->tpi, k0, nt, g->oh, g->ow, yp, yimg);
+    }
+}
+
+void dpt_conv_wino_forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
+                           const float *w, const float *b, float *y, float *work, double *sum,
+                           double *sumsq)
+{
+    const wino_isa *isa = isa_now();
+    const hwc_isa *h = isa->hwc;
+    const wino_plan q = plan_of(d);
+    const int cin = d->c_in, cout = d->c_out, hw = d->h * d->w, P = d->out_h * d->out_w;
+    const int nty = (d->out_h + 1) / 2, ntx = (d->out_w + 1) / 2;
+    const wino_geom g = {cin, cout, cpad(cin), cpad(cout), d->out_h, d->out_w, nty, ntx,
+                         nty * ntx, q.xc, (size_t)q.xr * q.xc * cpad(cin)};
+    float *xp = work + q.xp, *u = work + q.u, *yp = work + q.yp;
+    const size_t yimg = (size_t)P * g.cop;
+    filters(w, cout, cin, g.cop, h->vw, 0, u);
+    memset(xp, 0, q.B * g.ximg * sizeof *xp);
+    if (sum)
+        for (int co = 0; co < cout; co++)
+            sum[co] = sumsq[co] = 0.0;
+    for (int i0 = 0; i0 < d->n; i0 += q.B) {
+        const int nb = d->n - i0 < q.B ? d->n - i0 : q.B;
+        for (int k = 0; k < nb; k++)
+            h->pack(x + (size_t)(i0 + k) * cin * hw, cin, d->h, d->w, d->pad, q.xc, g.cip, xa,
+                    xp + k * g.ximg);
+        fwd_block(isa, &g, &q, nb, xp, u, work + q.v, work + q.m, yp, yimg);
+        for (int k = 0; k < nb; k++) {
+            h->unpack(yp + k * yimg, cout, d->out_h, d->out_w, 0, d->out_w, g.cop, b,
+                      y + (size_t)(i0 + k) * cout * P);
+            if (sum)
+                h->sums(yp + k * yimg, P, g.cop, cout, b, sum, sumsq);
+        }
+    }
+}
+
+void dpt_conv_wino_backward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
+                            const float *w, const float *dy, const dpt_bn_apply *dya,
+                            const float *y, float *dx, float *dw, float *db, float *work,
+                            double *xg)
+{
+    const wino_isa *isa = isa_now();
+    const hwc_isa *h = isa->hwc;
+    const wino_plan q = plan_of(d);
+    const int cin = d->c_in, cout = d->c_out, hw = d->h * d->w, P = d->out_h * d->out_w;
+    const int cip = cpad(cin), cop = cpad(cout), pe = 2 - d->pad;
+    const int nty = (d->out_h + 1) / 2, ntx = (d->out_w + 1) / 2, tpi = nty * ntx;
+    const size_t ximg = (size_t)q.xr * q.xc * cip, dimg = (size_t)q.dr * q.dc * cop;
+    /* dx: the forward over dy (padded by pe) with the flipped, transposed filters. */
+    const int hty = (d->h + 1) / 2, htx = (d->w + 1) / 2;
+    const wino_geom g2 = {cout, cin, cop, cip, d->h, d->w, hty, htx, hty * htx, q.dc, dimg};
+    float *tmp = work + q.tmp, *xp = work + q.xp, *dyp = work + q.dyp, *ut = work + q.ut;
+    float *du = work + q.du, *v = work + q.v, *z = work + q.m, *dxp = work + q.yp;
+    double *dbs = (double *)(work + q.ds);
+    const size_t vps = (size_t)q.T * cip, zps = (size_t)q.T * cop, ups = (size_t)cin * cop;
+    memset(xp, 0, q.B * ximg * sizeof *xp);
+    memset(dyp, 0, q.B * dimg * sizeof *dyp);
+    memset(du, 0, NPT * ups * sizeof *du);
+    for (int co = 0; co < cout; co++)
+        dbs[co] = 0.0;
+    if (xg)
+        for (int ci = 0; ci < 2 * cin; ci++)
+            xg[ci] = 0.0;
+    if (dx)
+        filters(w, cin, cout, cip, h->vw, 1, ut);
+    for (int i0 = 0; i0 < d->n; i0 += q.B) {
+        const int nb = d->n - i0 < q.B ? d->n - i0 : q.B;
+        for (int k = 0; k < nb; k++) {
+            const int i = i0 + k;
+            h->pack(x + (size_t)i * cin * hw, cin, d->h, d->w, d->pad, q.xc, cip, xa,
+                    xp + k * ximg);
+            /* The gradient the convolution uses (dya's backward applied, as
+             * hwc), and db. */
+            const float *dyi = dy + (size_t)i * cout * P;
+            if (dya) {
+                for (int co = 0; co < cout; co++)
+                    dbs[co] += h->bnback(dyi + (size_t)co * P, y + ((size_t)i * cout + co) * P, P,
+                                         dya->mean[co], dya->scale[co], dya->shift[co],
+                                         dya->kf[co], dya->ka[co], dya->kb[co], dya->relu,
+                                         tmp + (size_t)co * P);
+                dyi = tmp;
+            } else {
+                for (int co = 0; co < cout; co++) {
+                    float s = 0.0f;
+                    for (int p = 0; p < P; p++)
+                        s += dyi[(size_t)co * P + p];
+                    dbs[co] += s;
+                }
+            }
+            h->pack(dyi, cout, d->out_h, d->out_w, pe, q.dc, cop, NULL, dyp + k * dimg);
+        }
+        /* dU[xi] += Σ_tiles V[xi][t][ci] Z[xi][t][co]. */
+        const float *dy0 = dyp + ((size_t)pe * q.dc + pe) * cop;
+        for (int k0 = 0; k0 < nb * tpi; k0 += q.T) {
+            const int nt = nb * tpi - k0 < q.T ? nb * tpi - k0 : q.T;
+            isa->in(xp, ximg, q.xc, cip, ntx, tpi, k0, nt, v, vps);
+            isa->grad(dy0, dimg, q.dc, cop, ntx, tpi, k0, nt, z, zps);
+            const hwc_geom g1 = {cin, cout, cip, cop, nt, 1, nt, 1, 1, 1, 1};
+            for (int xi = 0; xi < NPT; xi++)
+                h->dw(&g1, 1, v + xi * vps, vps, z + xi * zps, nt * cop, zps, du + xi * ups,
+                      NULL);
+        }
+        if (!dx)
+            continue;
+        const size_t ximg2 = (size_t)hw * cip;
+        fwd_block(isa, &g2, &q, nb, dyp, ut, v, z, dxp, ximg2);
+        for (int k = 0; k < nb; k++) {
+            const int i = i0 + k;
+            float *dxi = dx + (size_t)i * cin * hw;
+            h->unpack(dxp + k * ximg2, cin, d->h, d->w, 0, d->w, cip, NULL, dxi);
+            if (xg)
+                dpt_bn_grad_sums(x + (size_t)i * cin * hw, dxi, 1, cin, hw, xa, xg, xg + cin);
+        }
+    }
+    /* dW = G^T dU G per channel pair. */
+    for (int co = 0; co < cout; co++)
+        for (int ci = 0; ci < cin; ci++) {
+            const size_t at = wblk1(h->vw, cin, cop, ci, co);
+            float e[4][4], t[3][4];
+            for (int xi = 0; xi < NPT; xi++)
+                e[xi / 4][xi % 4] = du[xi * ups + at];
+            /* G^T e: rows e0 + (e1+e2)/2, (e1-e2)/2, (e1+e2)/2 + e3 */
+            for (int c = 0; c < 4; c++) {
+                t[0][c] = e[0][c] + 0.5f * (e[1][c] + e[2][c]);
+                t[1][c] = 0.5f * (e[1][c] - e[2][c]);
+                t[2][c] = 0.5f * (e[1][c] + e[2][c]) + e[3][c];
+            }
+            float *o = dw + ((size_t)co * cin + ci) * 9;
+            for (int r = 0; r < 3; r++) {
+                o[3 * r + 0] = t[r][0] + 0.5f * (t[r][1] + t[r][2]);
+                o[3 * r + 1] = 0.5f * (t[r][1] - t[r][2]);
+                o[3 * r + 2] = 0.5f * (t[r][1] + t[r][2]) + t[r][3];
+            }
+        }
+    if (db)
+        for (int co = 0; co < cout; co++)
+            db[co] = (float)dbs[co];
+}
