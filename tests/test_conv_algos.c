@@ -527,9 +527,11 @@ static void property_test(void)
      * the vector (17, 40), every fusion; then plain and weight-gradient
      * only (dx NULL). */
     static const dpt_conv2d_desc wino[] = {
-        {.n = 3, .c_in = 32, .h = 16, .w = 16, .c_out = 32, .kh = 3, .kw = 3, .stride = 1, .pad = 1},
+        {.n = 3, .c_in = 32, .h = 16, .w = 16, .c_out = 32, .kh = 3, .kw = 3, .stride = 1,
+         .pad = 1},
         {.n = 5, .c_in = 64, .h = 8, .w = 8, .c_out = 64, .kh = 3, .kw = 3, .stride = 1, .pad = 1},
-        {.n = 9, .c_in = 256, .h = 4, .w = 4, .c_out = 256, .kh = 3, .kw = 3, .stride = 1, .pad = 1},
+        {.n = 9, .c_in = 256, .h = 4, .w = 4, .c_out = 256, .kh = 3, .kw = 3, .stride = 1,
+         .pad = 1},
         {.n = 2, .c_in = 17, .h = 7, .w = 5, .c_out = 40, .kh = 3, .kw = 3, .stride = 1, .pad = 1},
         {.n = 3, .c_in = 40, .h = 9, .w = 9, .c_out = 17, .kh = 3, .kw = 3, .stride = 1, .pad = 0},
         {.n = 2, .c_in = 24, .h = 7, .w = 6, .c_out = 33, .kh = 3, .kw = 3, .stride = 1, .pad = 2},

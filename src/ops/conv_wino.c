@@ -6,6 +6,10 @@
 #include <string.h>
 
 #define NPT 16 /* points of a 4x4 tile */
+/* Floats added to the distance of the points' planes in V and M: T*C
+ * floats are a multiple of 4 KB, so a tile's 16 points would share one
+ * L1 set (more than its ways) in the transforms' loads and stores. */
+#define PSKEW 16
 
 static const wino_isa *isa_now(void)
 {
@@ -76,8 +80,8 @@ static wino_plan plan_of(const dpt_conv2d_desc *d)
     q.u = o, o += al16((size_t)NPT * d->c_in * cop);
     q.ut = o, o += al16((size_t)NPT * d->c_out * cip);
     q.du = o, o += al16((size_t)NPT * d->c_in * cop);
-    q.v = o, o += al16((size_t)NPT * q.T * C);
-    q.m = o, o += al16((size_t)NPT * q.T * C);
+    q.v = o, o += al16((size_t)NPT * (q.T * C + PSKEW));
+    q.m = o, o += al16((size_t)NPT * (q.T * C + PSKEW));
     q.yp = o, o += al16((size_t)q.B * (P > hw ? P : hw) * C);
     q.ds = o, o += al16(4 * (size_t)d->c_out); /* 2 * c_out doubles */
     q.end = o;
@@ -120,7 +124,7 @@ static void filters(const float *w, int no, int ni, int nop, int vw, int flip, f
 static void fwd_block(const wino_isa *isa, const wino_geom *g, const wino_plan *q, int nb,
                       const float *xp, const float *u, float *v, float *m, float *yp, size_t yimg)
 {
-    const size_t vps = (size_t)q->T * g->cip, mps = (size_t)q->T * g->cop;
+    const size_t vps = (size_t)q->T * g->cip + PSKEW, mps = (size_t)q->T * g->cop + PSKEW;
     const size_t ups = (size_t)g->ci * g->cop;
     for (int k0 = 0; k0 < nb * g->tpi; k0 += q->T) {
         const int nt = nb * g->tpi - k0 < q->T ? nb * g->tpi - k0 : q->T;
@@ -184,7 +188,8 @@ void dpt_conv_wino_backward(const dpt_conv2d_desc *d, const float *x, const dpt_
     float *tmp = work + q.tmp, *xp = work + q.xp, *dyp = work + q.dyp, *ut = work + q.ut;
     float *du = work + q.du, *v = work + q.v, *z = work + q.m, *dxp = work + q.yp;
     double *dbs = (double *)(work + q.ds);
-    const size_t vps = (size_t)q.T * cip, zps = (size_t)q.T * cop, ups = (size_t)cin * cop;
+    const size_t vps = (size_t)q.T * cip + PSKEW, zps = (size_t)q.T * cop + PSKEW;
+    const size_t ups = (size_t)cin * cop;
     memset(xp, 0, q.B * ximg * sizeof *xp);
     memset(dyp, 0, q.B * dimg * sizeof *dyp);
     memset(du, 0, NPT * ups * sizeof *du);
