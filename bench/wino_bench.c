@@ -1,5 +1,5 @@
-/* The Winograd convolution algorithm (src/ops/conv_wino.c) on the 3x3
- * stride-1 layers of the suite's residual and VGG networks, against hwc
+/* The Winograd convolution algorithms (src/ops/conv_wino.c: wino F(2x2,3x3),
+ * wino4 F(4x4,3x3)) on the 3x3 stride-1 layers of the suite's residual and VGG networks, against hwc
  * (the direct-style kernels it would replace) and oneDNN (when built),
  * alternated in one process, with the batch norms fused as the networks
  * run them (input bn+ReLU, output bn backward).
@@ -11,8 +11,9 @@
  * a shared machine only adds time), the candidates taking turns; GFLOP/s
  * are "direct-equivalent": 2·9·c_in per output (backward: the weight
  * gradient plus the data gradient), whatever the algorithm multiplies.
- * Ratios: other/wino (> 1: wino faster). err: wino's largest difference
- * from hwc over y, dx and dw, relative to each one's largest value. */
+ * (x): hwc's time / the candidate's (> 1: faster than hwc). err: the
+ * largest difference from hwc over y, dx and dw, relative to each one's
+ * largest magnitude. */
 #include "dptrain/core.h"
 #include "ops/ops.h"
 
@@ -68,11 +69,13 @@ static void shape(dpt_rng *rng, const char *name, int n, int c_in, int hw, int c
                          .kw = k, .stride = stride, .pad = pad};
     if (dpt_conv2d_desc_init(&d) != 0)
         return;
-    int algos[3] = {DPT_CONV_ALGO_WINO, DPT_CONV_ALGO_HWC, DPT_CONV_ALGO_DNNL};
-    int na = 3;
+    int algos[4] = {DPT_CONV_ALGO_HWC, DPT_CONV_ALGO_WINO, DPT_CONV_ALGO_WINO4,
+                    DPT_CONV_ALGO_DNNL};
+    int na = 4;
     if (no_dnnl || !dpt_conv_algo_supports(DPT_CONV_ALGO_DNNL, &d))
-        na = 2;
+        na = 3;
     if (!dpt_conv_algo_supports(DPT_CONV_ALGO_WINO, &d) ||
+        !dpt_conv_algo_supports(DPT_CONV_ALGO_WINO4, &d) ||
         !dpt_conv_algo_supports(DPT_CONV_ALGO_HWC, &d))
         return;
     const size_t nx = (size_t)n * c_in * hw * hw, ny = (size_t)n * c_out * d.out_h * d.out_w;
@@ -95,7 +98,7 @@ static void shape(dpt_rng *rng, const char *name, int n, int c_in, int hw, int c
     }
     float *work = randn(rng, nwk + 1, 1.0f);
     double *s = malloc(4 * (size_t)cm * sizeof *s);
-    double best[3][2] = {{1e30, 1e30}, {1e30, 1e30}, {1e30, 1e30}};
+    double best[4][2] = {{1e30, 1e30}, {1e30, 1e30}, {1e30, 1e30}, {1e30, 1e30}};
     for (int r = 0; r < rounds; r++)
         for (int a = 0; a < na; a++) {
             d.algo = algos[a];
@@ -111,31 +114,31 @@ static void shape(dpt_rng *rng, const char *name, int n, int c_in, int hw, int c
             if (t2 - t1 < best[a][1])
                 best[a][1] = t2 - t1;
         }
-    /* wino against hwc on the same inputs (the last round's outputs) */
+    /* wino and wino4 against hwc on the same inputs */
     float *y2 = malloc(ny * sizeof *y2), *dx2 = malloc(nx * sizeof *dx2);
     float *dw2 = malloc(nw * sizeof *dw2);
-    double err = 0.0;
-    for (int a = 0; a < 2; a++) {
+    double err[3] = {0, 0, 0};
+    for (int a = 0; a < 3; a++) {
         d.algo = algos[a];
         dpt_conv2d_forward_ex(&d, x, bn_in ? &xa : NULL, w, NULL, a ? y2 : y, work, s, s + cm);
         dpt_conv2d_backward_ex(&d, x, bn_in ? &xa : NULL, w, dy, &dya, yb, a ? dx2 : dx,
                                a ? dw2 : dw, db, work, NULL);
+        const double e3[3] = {rel_diff(y2, y, ny), rel_diff(dx2, dx, nx),
+                              rel_diff(dw2, dw, nw)};
+        for (int i = 0; a > 0 && i < 3; i++)
+            err[a] = e3[i] > err[a] ? e3[i] : err[a];
     }
-    const double e3[3] = {rel_diff(y, y2, ny), rel_diff(dx, dx2, nx), rel_diff(dw, dw2, nw)};
-    for (int i = 0; i < 3; i++)
-        err = e3[i] > err ? e3[i] : err;
     free(y2), free(dx2), free(dw2);
     const double fl = 2.0 * k * k * c_in * (double)ny, flb = fl * (dx_needed ? 2 : 1);
-    printf("%-9s %2dx%-2dx%-3d -> %3d k%d s%d n%d: fwd wino %6.3f ms %6.1f GF/s", name, hw, hw,
-           c_in, c_out, k, stride, n, 1e3 * best[0][0], fl / best[0][0] * 1e-9);
-    for (int a = 1; a < na; a++)
-        printf(" %s %6.3f (%.2fx)", cand_name(algos[a]), 1e3 * best[a][0],
-               best[a][0] / best[0][0]);
-    printf(" | bwd wino %6.3f ms %6.1f GF/s", 1e3 * best[0][1], flb / best[0][1] * 1e-9);
-    for (int a = 1; a < na; a++)
-        printf(" %s %6.3f (%.2fx)", cand_name(algos[a]), 1e3 * best[a][1],
-               best[a][1] / best[0][1]);
-    printf(" | err %.1e\n", err);
+    printf("%-9s %2dx%-2dx%-3d -> %3d n%d\n", name, hw, hw, c_in, c_out, n);
+    for (int p = 0; p < 2; p++) {
+        const double f = p ? flb : fl;
+        printf("  %s:", p ? "bwd" : "fwd");
+        for (int a = 0; a < na; a++)
+            printf(" %s %6.3f ms %5.0f GF/s (%.2fx)%s", cand_name(algos[a]), 1e3 * best[a][p],
+                   f / best[a][p] * 1e-9, best[0][p] / best[a][p], a + 1 < na ? "," : "\n");
+    }
+    printf("  err vs hwc: wino %.1e, wino4 %.1e\n", err[1], err[2]);
     free(x), free(dx), free(y), free(dy), free(yb), free(w), free(dw), free(db), free(pa);
     free(work), free(s);
 }
@@ -171,7 +174,7 @@ int main(int argc, char **argv)
     dpt_rng rng;
     dpt_rng_seed(&rng, 7, 0);
     printf("kernels %s, batch %d, best of %d rounds, thread CPU time "
-           "(other/wino: >1 wino faster)\n",
+           "((x): hwc/candidate, >1 faster than hwc)\n",
            dpt_ops_kernels(), batch, rounds);
     static const struct {
         const char *name;

@@ -520,12 +520,13 @@ static void property_test(void)
         check_case(&r1, &sc, n_cases + n_1x1 + n_wide + idx);
     }
     CHECK(n_checked[DPT_CONV_ALGO_DIRECT] - direct_before >= n_rows);
-    /* Winograd (conv_wino.c: 3x3, stride 1, pads 0-2): the residual and VGG
-     * layers' planes (16x16 over 2 blocks of 64 tiles, 8x8 in one, 4x4x256
-     * in blocks of 8 images), odd outputs (a last tile row and column half
-     * outside: 7x5, 9x9), pads 0 and 2, channel counts not a multiple of
-     * the vector (17, 40), every fusion; then plain and weight-gradient
-     * only (dx NULL). */
+    /* Winograd (conv_wino.c: 3x3, stride 1, pads 0-2; F(2,3) and F(4,3)):
+     * the residual and VGG layers' planes (16x16 over 2 blocks of tiles, 8x8,
+     * 4x4x256 over blocks of images: F(4,3)'s precision on 256-channel
+     * sums), outputs not a multiple of the tile (a last tile row and column
+     * partly outside: 7x5, 9x9 pad 0, 10x7 pad 2), pads 0 and 2, channel
+     * counts not a multiple of the vector (17, 40), every fusion; then
+     * plain and weight-gradient only (dx NULL). */
     static const dpt_conv2d_desc wino[] = {
         {.n = 3, .c_in = 32, .h = 16, .w = 16, .c_out = 32, .kh = 3, .kw = 3, .stride = 1,
          .pad = 1},
@@ -540,6 +541,7 @@ static void property_test(void)
     };
     const int n_wino = (int)(sizeof wino / sizeof *wino);
     const int wino_before = n_checked[DPT_CONV_ALGO_WINO];
+    const int wino4_before = n_checked[DPT_CONV_ALGO_WINO4];
     for (int idx = 0; idx < n_wino; idx++) {
         shape_case sc = {.d = wino[idx]};
         CHECK(dpt_conv2d_desc_init(&sc.d) == 0);
@@ -549,9 +551,11 @@ static void property_test(void)
             sc.need_dx = 1;
         check_case(&r1, &sc, n_cases + n_1x1 + n_wide + n_rows + idx);
     }
-    /* wino runs every one of them on each vector kernel set. */
-    if (dpt_ops_kernels_supported("avx2"))
+    /* wino and wino4 run every one of them on each vector kernel set. */
+    if (dpt_ops_kernels_supported("avx2")) {
         CHECK(n_checked[DPT_CONV_ALGO_WINO] - wino_before >= n_wino);
+        CHECK(n_checked[DPT_CONV_ALGO_WINO4] - wino4_before >= n_wino);
+    }
     dpt_ops_set_kernels(saved);
     printf("property test: %d random shapes, %d 1x1 ones and %d wide ones;", n_cases, n_1x1,
            n_wide);

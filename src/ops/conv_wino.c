@@ -5,21 +5,22 @@
 
 #include <string.h>
 
-#define NPT 16 /* points of a 4x4 tile */
 /* Floats added to the distance of the points' planes in V and M: T*C
  * floats are a multiple of 4 KB, so a tile's 16 points would share one
  * L1 set (more than its ways) in the transforms' loads and stores. */
 #define PSKEW 16
 
-static const wino_isa *isa_now(void)
+/* The transforms of F(m x m, 3x3), m 2 or 4, for the kernel set in use. */
+static const wino_isa *isa_now(int m)
 {
 #ifdef DPT_HAVE_X86_KERNELS
     const char *k = dpt_ops_kernels();
     if (strcmp(k, "avx512") == 0)
-        return &dpt_wino_isa_avx512;
+        return m == 4 ? &dpt_wino4_isa_avx512 : &dpt_wino_isa_avx512;
     if (strcmp(k, "avx2") == 0)
-        return &dpt_wino_isa_avx2;
+        return m == 4 ? &dpt_wino4_isa_avx2 : &dpt_wino_isa_avx2;
 #endif
+    (void)m;
     return NULL;
 }
 
@@ -35,9 +36,9 @@ static size_t wblk1(int vw, int n, int op, int i, int o)
     return (size_t)o0 * n + (size_t)i * bw + (o - o0);
 }
 
-int dpt_conv_wino_supports(const dpt_conv2d_desc *d)
+static int supports(const dpt_conv2d_desc *d, int m)
 {
-    return isa_now() != NULL && d->groups <= 1 && d->dilation <= 1 && d->stride == 1 &&
+    return isa_now(m) != NULL && d->groups <= 1 && d->dilation <= 1 && d->stride == 1 &&
            d->kh == 3 && d->kw == 3 && d->pad >= 0 && d->pad <= 2 && d->c_in >= 16 &&
            d->c_out >= 16 && d->out_h >= 1 && d->out_w >= 1;
 }
@@ -45,6 +46,7 @@ int dpt_conv_wino_supports(const dpt_conv2d_desc *d)
 /* The geometry of one pass (forward, or dx as a forward over dy): tiles of
  * an oh x ow output over an input buffer of rows x cols pixels. */
 typedef struct wino_geom {
+    int m;                /* outputs per tile side */
     int ci, co, cip, cop; /* real and padded channels, in and out */
     int oh, ow, nty, ntx, tpi;
     int cols;     /* input buffer row, in pixels */
@@ -54,68 +56,78 @@ typedef struct wino_geom {
 /* The sizes of one call: tiles per GEMM (T), images per block (B), and
  * the buffers' shapes. */
 typedef struct wino_plan {
+    int m, npt; /* outputs per tile side, points per tile ((m+2)^2) */
     int T, B;
     int xr, xc;   /* x buffer (pad p): rows, cols */
     int dr, dc;   /* dy buffer (pad 2-p): rows, cols, for dx's tiles and dw's */
-    size_t tmp, xp, dyp, u, ut, du, v, m, yp, ds, end; /* offsets in work */
+    size_t tmp, xp, dyp, u, ut, du, v, mm, yp, ds, end; /* offsets in work */
 } wino_plan;
 
-static wino_plan plan_of(const dpt_conv2d_desc *d)
+static wino_plan plan_of(const dpt_conv2d_desc *d, int m)
 {
     wino_plan q;
+    q.m = m, q.npt = (m + 2) * (m + 2);
     const int cip = cpad(d->c_in), cop = cpad(d->c_out), C = imax(cip, cop);
     const int pe = 2 - d->pad, oh = d->out_h, ow = d->out_w;
-    const int nty = (oh + 1) / 2, ntx = (ow + 1) / 2, tpi = nty * ntx;
-    const int dty = (d->h + 1) / 2, dtx = (d->w + 1) / 2; /* dx's tiles */
-    /* V and M of a GEMM (16 points x T tiles x C) about 512 KB: in L2. */
-    q.T = 4096 / C < 32 ? 32 : 4096 / C > 128 ? 128 : 4096 / C;
+    const int nty = (oh + m - 1) / m, ntx = (ow + m - 1) / m, tpi = nty * ntx;
+    const int dty = (d->h + m - 1) / m, dtx = (d->w + m - 1) / m; /* dx's tiles */
+    /* V and M of a GEMM (npt points x T tiles x C) about 512 KB: in L2. */
+    const int tc = 65536 / q.npt / C;
+    q.T = tc < 32 ? 32 : tc > 128 ? 128 : tc;
     q.B = q.T / tpi < 1 ? 1 : q.T / tpi > 16 ? 16 : q.T / tpi;
-    q.xr = 2 * nty + 2, q.xc = 2 * ntx + 2;
-    q.dr = imax(2 * dty + 2, pe + 2 * nty), q.dc = imax(2 * dtx + 2, pe + 2 * ntx);
+    q.xr = m * nty + 2, q.xc = m * ntx + 2;
+    q.dr = imax(m * dty + 2, pe + m * nty), q.dc = imax(m * dtx + 2, pe + m * ntx);
     const size_t P = (size_t)oh * ow, hw = (size_t)d->h * d->w;
     size_t o = 0;
     q.tmp = o, o += al16(P * d->c_out);
     q.xp = o, o += al16((size_t)q.B * q.xr * q.xc * cip);
     q.dyp = o, o += al16((size_t)q.B * q.dr * q.dc * cop);
-    q.u = o, o += al16((size_t)NPT * d->c_in * cop);
-    q.ut = o, o += al16((size_t)NPT * d->c_out * cip);
-    q.du = o, o += al16((size_t)NPT * d->c_in * cop);
-    q.v = o, o += al16((size_t)NPT * (q.T * C + PSKEW));
-    q.m = o, o += al16((size_t)NPT * (q.T * C + PSKEW));
+    q.u = o, o += al16((size_t)q.npt * d->c_in * cop);
+    q.ut = o, o += al16((size_t)q.npt * d->c_out * cip);
+    q.du = o, o += al16((size_t)q.npt * d->c_in * cop);
+    q.v = o, o += al16((size_t)q.npt * (q.T * C + PSKEW));
+    q.mm = o, o += al16((size_t)q.npt * (q.T * C + PSKEW));
     q.yp = o, o += al16((size_t)q.B * (P > hw ? P : hw) * C);
     q.ds = o, o += al16(4 * (size_t)d->c_out); /* 2 * c_out doubles */
     q.end = o;
     return q;
 }
 
-size_t dpt_conv_wino_work_floats(const dpt_conv2d_desc *d) { return plan_of(d).end; }
+static size_t work_floats(const dpt_conv2d_desc *d, int m) { return plan_of(d, m).end; }
+
+/* The filter transforms G (m+2 x 3) of F(2,3) and F(4,3) (Lavin & Gray). */
+static const float G2[4][3] = {{1, 0, 0}, {.5f, .5f, .5f}, {.5f, -.5f, .5f}, {0, 0, 1}};
+static const float G4[6][3] = {{1.f / 4, 0, 0},
+                               {-1.f / 6, -1.f / 6, -1.f / 6},
+                               {-1.f / 6, 1.f / 6, -1.f / 6},
+                               {1.f / 24, 1.f / 12, 1.f / 6},
+                               {1.f / 24, -1.f / 12, 1.f / 6},
+                               {0, 0, 1}};
+
+static float gm(int m, int i, int j) { return m == 4 ? G4[i][j] : G2[i][j]; }
 
 /* u[xi] in hwc's blocked layout ([ni][nop] per point) = G g G^T, g the
  * 3x3 filter of (inner i, outer o): w[o][i] (flip 0) or, for dx, w[i][o]
  * turned by 180 degrees (flip 1). */
-static void filters(const float *w, int no, int ni, int nop, int vw, int flip, float *u)
+static void filters(const float *w, int no, int ni, int nop, int vw, int flip, int m, float *u)
 {
-    memset(u, 0, (size_t)NPT * ni * nop * sizeof *u);
+    const int n = m + 2;
+    const size_t ps = (size_t)ni * nop;
+    memset(u, 0, (size_t)n * n * ps * sizeof *u);
     for (int o = 0; o < no; o++)
         for (int i = 0; i < ni; i++) {
             const float *f = flip ? w + ((size_t)i * no + o) * 9 : w + ((size_t)o * ni + i) * 9;
-            float g[3][3], t[4][3];
+            float g[3][3], t[6][3];
             for (int a = 0; a < 9; a++)
                 g[a / 3][a % 3] = flip ? f[8 - a] : f[a];
-            /* G g, G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1] */
-            for (int c = 0; c < 3; c++) {
-                t[0][c] = g[0][c];
-                t[1][c] = 0.5f * (g[0][c] + g[1][c] + g[2][c]);
-                t[2][c] = 0.5f * (g[0][c] - g[1][c] + g[2][c]);
-                t[3][c] = g[2][c];
-            }
-            const size_t at = wblk1(vw, ni, nop, i, o), ps = (size_t)ni * nop;
-            for (int r = 0; r < 4; r++) {
-                u[(4 * r + 0) * ps + at] = t[r][0];
-                u[(4 * r + 1) * ps + at] = 0.5f * (t[r][0] + t[r][1] + t[r][2]);
-                u[(4 * r + 2) * ps + at] = 0.5f * (t[r][0] - t[r][1] + t[r][2]);
-                u[(4 * r + 3) * ps + at] = t[r][2];
-            }
+            for (int r = 0; r < n; r++) /* G g */
+                for (int c = 0; c < 3; c++)
+                    t[r][c] = gm(m, r, 0) * g[0][c] + gm(m, r, 1) * g[1][c] + gm(m, r, 2) * g[2][c];
+            const size_t at = wblk1(vw, ni, nop, i, o);
+            for (int r = 0; r < n; r++) /* (G g) G^T */
+                for (int c = 0; c < n; c++)
+                    u[(size_t)(n * r + c) * ps + at] =
+                        t[r][0] * gm(m, c, 0) + t[r][1] * gm(m, c, 1) + t[r][2] * gm(m, c, 2);
         }
 }
 
@@ -131,26 +143,26 @@ static void fwd_block(const wino_isa *isa, const wino_geom *g, const wino_plan *
         isa->in(xp, g->ximg, g->cols, g->cip, g->ntx, g->tpi, k0, nt, v, vps);
         /* Per point, a 1x1 convolution over a one-row "plane" of nt tiles. */
         const hwc_geom g1 = {g->ci, g->co, g->cip, g->cop, nt, 1, nt, 1, 1, 1, 1};
-        for (int xi = 0; xi < NPT; xi++)
+        for (int xi = 0; xi < q->npt; xi++)
             isa->hwc->fwd(&g1, 1, v + xi * vps, vps, u + xi * ups, m + xi * mps, mps, NULL);
         isa->out(m, mps, g->cop, g->ntx, g->tpi, k0, nt, g->oh, g->ow, yp, yimg);
     }
 }
 
-void dpt_conv_wino_forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
-                           const float *w, const float *b, float *y, float *work, double *sum,
-                           double *sumsq)
+static void forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
+                    const float *w, const float *b, float *y, float *work, double *sum,
+                    double *sumsq, int m)
 {
-    const wino_isa *isa = isa_now();
+    const wino_isa *isa = isa_now(m);
     const hwc_isa *h = isa->hwc;
-    const wino_plan q = plan_of(d);
+    const wino_plan q = plan_of(d, m);
     const int cin = d->c_in, cout = d->c_out, hw = d->h * d->w, P = d->out_h * d->out_w;
-    const int nty = (d->out_h + 1) / 2, ntx = (d->out_w + 1) / 2;
-    const wino_geom g = {cin, cout, cpad(cin), cpad(cout), d->out_h, d->out_w, nty, ntx,
+    const int nty = (d->out_h + m - 1) / m, ntx = (d->out_w + m - 1) / m;
+    const wino_geom g = {m, cin, cout, cpad(cin), cpad(cout), d->out_h, d->out_w, nty, ntx,
                          nty * ntx, q.xc, (size_t)q.xr * q.xc * cpad(cin)};
     float *xp = work + q.xp, *u = work + q.u, *yp = work + q.yp;
     const size_t yimg = (size_t)P * g.cop;
-    filters(w, cout, cin, g.cop, h->vw, 0, u);
+    filters(w, cout, cin, g.cop, h->vw, 0, m, u);
     memset(xp, 0, q.B * g.ximg * sizeof *xp);
     if (sum)
         for (int co = 0; co < cout; co++)
@@ -160,7 +172,7 @@ void dpt_conv_wino_forward(const dpt_conv2d_desc *d, const float *x, const dpt_b
         for (int k = 0; k < nb; k++)
             h->pack(x + (size_t)(i0 + k) * cin * hw, cin, d->h, d->w, d->pad, q.xc, g.cip, xa,
                     xp + k * g.ximg);
-        fwd_block(isa, &g, &q, nb, xp, u, work + q.v, work + q.m, yp, yimg);
+        fwd_block(isa, &g, &q, nb, xp, u, work + q.v, work + q.mm, yp, yimg);
         for (int k = 0; k < nb; k++) {
             h->unpack(yp + k * yimg, cout, d->out_h, d->out_w, 0, d->out_w, g.cop, b,
                       y + (size_t)(i0 + k) * cout * P);
@@ -170,36 +182,35 @@ void dpt_conv_wino_forward(const dpt_conv2d_desc *d, const float *x, const dpt_b
     }
 }
 
-void dpt_conv_wino_backward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
-                            const float *w, const float *dy, const dpt_bn_apply *dya,
-                            const float *y, float *dx, float *dw, float *db, float *work,
-                            double *xg)
+static void backward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
+                     const float *w, const float *dy, const dpt_bn_apply *dya, const float *y,
+                     float *dx, float *dw, float *db, float *work, double *xg, int m)
 {
-    const wino_isa *isa = isa_now();
+    const wino_isa *isa = isa_now(m);
     const hwc_isa *h = isa->hwc;
-    const wino_plan q = plan_of(d);
+    const wino_plan q = plan_of(d, m);
     const int cin = d->c_in, cout = d->c_out, hw = d->h * d->w, P = d->out_h * d->out_w;
     const int cip = cpad(cin), cop = cpad(cout), pe = 2 - d->pad;
-    const int nty = (d->out_h + 1) / 2, ntx = (d->out_w + 1) / 2, tpi = nty * ntx;
+    const int nty = (d->out_h + m - 1) / m, ntx = (d->out_w + m - 1) / m, tpi = nty * ntx;
     const size_t ximg = (size_t)q.xr * q.xc * cip, dimg = (size_t)q.dr * q.dc * cop;
     /* dx: the forward over dy (padded by pe) with the flipped, transposed filters. */
-    const int hty = (d->h + 1) / 2, htx = (d->w + 1) / 2;
-    const wino_geom g2 = {cout, cin, cop, cip, d->h, d->w, hty, htx, hty * htx, q.dc, dimg};
+    const int hty = (d->h + m - 1) / m, htx = (d->w + m - 1) / m;
+    const wino_geom g2 = {m, cout, cin, cop, cip, d->h, d->w, hty, htx, hty * htx, q.dc, dimg};
     float *tmp = work + q.tmp, *xp = work + q.xp, *dyp = work + q.dyp, *ut = work + q.ut;
-    float *du = work + q.du, *v = work + q.v, *z = work + q.m, *dxp = work + q.yp;
+    float *du = work + q.du, *v = work + q.v, *z = work + q.mm, *dxp = work + q.yp;
     double *dbs = (double *)(work + q.ds);
     const size_t vps = (size_t)q.T * cip + PSKEW, zps = (size_t)q.T * cop + PSKEW;
     const size_t ups = (size_t)cin * cop;
     memset(xp, 0, q.B * ximg * sizeof *xp);
     memset(dyp, 0, q.B * dimg * sizeof *dyp);
-    memset(du, 0, NPT * ups * sizeof *du);
+    memset(du, 0, q.npt * ups * sizeof *du);
     for (int co = 0; co < cout; co++)
         dbs[co] = 0.0;
     if (xg)
         for (int ci = 0; ci < 2 * cin; ci++)
             xg[ci] = 0.0;
     if (dx)
-        filters(w, cin, cout, cip, h->vw, 1, ut);
+        filters(w, cin, cout, cip, h->vw, 1, m, ut);
     for (int i0 = 0; i0 < d->n; i0 += q.B) {
         const int nb = d->n - i0 < q.B ? d->n - i0 : q.B;
         for (int k = 0; k < nb; k++) {
@@ -233,7 +244,7 @@ void dpt_conv_wino_backward(const dpt_conv2d_desc *d, const float *x, const dpt_
             isa->in(xp, ximg, q.xc, cip, ntx, tpi, k0, nt, v, vps);
             isa->grad(dy0, dimg, q.dc, cop, ntx, tpi, k0, nt, z, zps);
             const hwc_geom g1 = {cin, cout, cip, cop, nt, 1, nt, 1, 1, 1, 1};
-            for (int xi = 0; xi < NPT; xi++)
+            for (int xi = 0; xi < q.npt; xi++)
                 h->dw(&g1, 1, v + xi * vps, vps, z + xi * zps, nt * cop, zps, du + xi * ups,
                       NULL);
         }
@@ -250,26 +261,61 @@ void dpt_conv_wino_backward(const dpt_conv2d_desc *d, const float *x, const dpt_
         }
     }
     /* dW = G^T dU G per channel pair. */
+    const int n = m + 2;
     for (int co = 0; co < cout; co++)
         for (int ci = 0; ci < cin; ci++) {
             const size_t at = wblk1(h->vw, cin, cop, ci, co);
-            float e[4][4], t[3][4];
-            for (int xi = 0; xi < NPT; xi++)
-                e[xi / 4][xi % 4] = du[xi * ups + at];
-            /* G^T e: rows e0 + (e1+e2)/2, (e1-e2)/2, (e1+e2)/2 + e3 */
-            for (int c = 0; c < 4; c++) {
-                t[0][c] = e[0][c] + 0.5f * (e[1][c] + e[2][c]);
-                t[1][c] = 0.5f * (e[1][c] - e[2][c]);
-                t[2][c] = 0.5f * (e[1][c] + e[2][c]) + e[3][c];
-            }
+            float t[3][6];
+            for (int r = 0; r < 3; r++) /* G^T dU */
+                for (int c = 0; c < n; c++) {
+                    float a = 0.0f;
+                    for (int k = 0; k < n; k++)
+                        a += gm(m, k, r) * du[(size_t)(n * k + c) * ups + at];
+                    t[r][c] = a;
+                }
             float *o = dw + ((size_t)co * cin + ci) * 9;
-            for (int r = 0; r < 3; r++) {
-                o[3 * r + 0] = t[r][0] + 0.5f * (t[r][1] + t[r][2]);
-                o[3 * r + 1] = 0.5f * (t[r][1] - t[r][2]);
-                o[3 * r + 2] = 0.5f * (t[r][1] + t[r][2]) + t[r][3];
-            }
+            for (int r = 0; r < 3; r++) /* (G^T dU) G */
+                for (int c = 0; c < 3; c++) {
+                    float a = 0.0f;
+                    for (int k = 0; k < n; k++)
+                        a += t[r][k] * gm(m, k, c);
+                    o[3 * r + c] = a;
+                }
         }
     if (db)
         for (int co = 0; co < cout; co++)
             db[co] = (float)dbs[co];
+}
+
+/* The table's two entries: F(2x2, 3x3) ("wino") and F(4x4, 3x3) ("wino4"). */
+int dpt_conv_wino_supports(const dpt_conv2d_desc *d) { return supports(d, 2); }
+size_t dpt_conv_wino_work_floats(const dpt_conv2d_desc *d) { return work_floats(d, 2); }
+void dpt_conv_wino_forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
+                           const float *w, const float *b, float *y, float *work, double *sum,
+                           double *sumsq)
+{
+    forward(d, x, xa, w, b, y, work, sum, sumsq, 2);
+}
+void dpt_conv_wino_backward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
+                            const float *w, const float *dy, const dpt_bn_apply *dya,
+                            const float *y, float *dx, float *dw, float *db, float *work,
+                            double *xg)
+{
+    backward(d, x, xa, w, dy, dya, y, dx, dw, db, work, xg, 2);
+}
+
+int dpt_conv_wino4_supports(const dpt_conv2d_desc *d) { return supports(d, 4); }
+size_t dpt_conv_wino4_work_floats(const dpt_conv2d_desc *d) { return work_floats(d, 4); }
+void dpt_conv_wino4_forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
+                            const float *w, const float *b, float *y, float *work, double *sum,
+                            double *sumsq)
+{
+    forward(d, x, xa, w, b, y, work, sum, sumsq, 4);
+}
+void dpt_conv_wino4_backward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
+                             const float *w, const float *dy, const dpt_bn_apply *dya,
+                             const float *y, float *dx, float *dw, float *db, float *work,
+                             double *xg)
+{
+    backward(d, x, xa, w, dy, dya, y, dx, dw, db, work, xg, 4);
 }

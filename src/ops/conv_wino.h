@@ -27,6 +27,8 @@
  * point xi of tile k0+j at buf[xi*ps + j*cs] (cs channels, padded). */
 typedef struct wino_isa {
     const hwc_isa *hwc; /* the GEMM kernels, pack, unpack, sums, bnback */
+    int m;              /* F(m x m, 3x3): outputs per tile side (2 or 4); the
+                         * tiles below are (m+2)^2 points and m apart */
     /* V = B^T d B: d the 4x4 block at row 2*ty, column 2*tx of image b of
      * xp ([.][xw][cs], images ximg apart). */
     void (*in)(const float *xp, size_t ximg, int xw, int cs, int ntx, int tpi, int k0, int nt,
@@ -44,6 +46,8 @@ typedef struct wino_isa {
 #ifdef DPT_HAVE_X86_KERNELS
 extern const wino_isa dpt_wino_isa_avx512;
 extern const wino_isa dpt_wino_isa_avx2;
+extern const wino_isa dpt_wino4_isa_avx512;
+extern const wino_isa dpt_wino4_isa_avx2;
 #endif
 
 int dpt_conv_wino_supports(const dpt_conv2d_desc *d);
@@ -56,5 +60,16 @@ void dpt_conv_wino_backward(const dpt_conv2d_desc *d, const float *x, const dpt_
                             const float *w, const float *dy, const dpt_bn_apply *dya,
                             const float *y, float *dx, float *dw, float *db, float *work,
                             double *xg);
+/* F(4x4, 3x3) ("wino4"): 36 multiplications per 16 outputs instead of 144,
+ * at some precision (the transforms' constants up to 8 and 1/24). */
+int dpt_conv_wino4_supports(const dpt_conv2d_desc *d);
+size_t dpt_conv_wino4_work_floats(const dpt_conv2d_desc *d);
+void dpt_conv_wino4_forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
+                            const float *w, const float *b, float *y, float *work, double *sum,
+                            double *sumsq);
+void dpt_conv_wino4_backward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
+                             const float *w, const float *dy, const dpt_bn_apply *dya,
+                             const float *y, float *dx, float *dw, float *db, float *work,
+                             double *xg);
 
 #endif

@@ -18,6 +18,9 @@
 #define VZERO() _mm256_setzero_ps()
 #define VADD(a, b) _mm256_add_ps((a), (b))
 #define VSUB(a, b) _mm256_sub_ps((a), (b))
+#define VMUL(a, b) _mm256_mul_ps((a), (b))
+#define VFMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
+#define VSET1(x) _mm256_set1_ps(x)
 #define KERN(name) name##_avx2
 #define HWC_ISA dpt_hwc_isa_avx2
 #include "ops/conv_wino_kern.h"

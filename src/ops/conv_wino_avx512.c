@@ -18,6 +18,9 @@
 #define VZERO() _mm512_setzero_ps()
 #define VADD(a, b) _mm512_add_ps((a), (b))
 #define VSUB(a, b) _mm512_sub_ps((a), (b))
+#define VMUL(a, b) _mm512_mul_ps((a), (b))
+#define VFMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
+#define VSET1(x) _mm512_set1_ps(x)
 #define KERN(name) name##_avx512
 #define HWC_ISA dpt_hwc_isa_avx512
 #include "ops/conv_wino_kern.h"

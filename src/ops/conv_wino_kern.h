@@ -1,7 +1,8 @@
-/* The Winograd F(2x2, 3x3) transforms (conv_wino.h), compiled once per
- * instruction set by conv_wino_avx512.c / conv_wino_avx2.c, which define
- * VEC, VW, VLOAD, VSTORE, VADD, VSUB, VZERO, KERN(name) and HWC_ISA. Vectors
- * over VW channels; a tile's 16 points are 16 vectors in registers. */
+/* The Winograd F(2x2, 3x3) and F(4x4, 3x3) transforms (conv_wino.h),
+ * compiled once per instruction set by conv_wino_avx512.c /
+ * conv_wino_avx2.c, which define VEC, VW, VLOAD, VSTORE, VADD, VSUB, VZERO,
+ * VMUL, VFMA, VSET1, KERN(name) and HWC_ISA. Vectors over VW channels; a
+ * tile's points are vectors in registers (36 of F(4,3) partly spilled). */
 
 static void KERN(wino_in)(const float *xp, size_t ximg, int xw, int cs, int ntx, int tpi, int k0,
                           int nt, float *v, size_t ps)
@@ -90,4 +91,132 @@ static void KERN(wino_grad)(const float *dyp, size_t dimg, int dw, int cs, int n
     }
 }
 
-const wino_isa KERN(dpt_wino_isa) = {&HWC_ISA, KERN(wino_in), KERN(wino_out), KERN(wino_grad)};
+
+/* F(4x4, 3x3) (Lavin & Gray's matrices, points 0, ±1, ±2, ∞): 1-D
+ * transforms of 6 (or 4) vectors, applied to the columns then the rows. */
+static inline __attribute__((always_inline)) void KERN(w4_in1)(const VEC d[6], VEC r[6])
+{
+    const VEC c4 = VSET1(4.0f), c5 = VSET1(5.0f), c2 = VSET1(2.0f);
+    /* B^T d: 4d0-5d2+d4, -4(d1+d2)+d3+d4, 4(d1-d2)-d3+d4, -2(d1-d3)-d2+d4,
+     * 2(d1-d3)-d2+d4, 4d1-5d3+d5 */
+    const VEC a = VSUB(d[4], d[2]), b = VSUB(d[3], d[1]);
+    r[0] = VFMA(c4, d[0], VSUB(d[4], VMUL(c5, d[2])));
+    r[1] = VSUB(VADD(d[3], d[4]), VMUL(c4, VADD(d[1], d[2])));
+    r[2] = VFMA(c4, VSUB(d[1], d[2]), VSUB(d[4], d[3]));
+    r[3] = VFMA(c2, b, a);
+    r[4] = VSUB(a, VMUL(c2, b));
+    r[5] = VFMA(c4, d[1], VSUB(d[5], VMUL(c5, d[3])));
+}
+
+static inline __attribute__((always_inline)) void KERN(w4_out1)(const VEC m[6], VEC y[4])
+{
+    const VEC c2 = VSET1(2.0f), c4 = VSET1(4.0f), c8 = VSET1(8.0f);
+    /* A^T m: m0+m1+m2+m3+m4, (m1-m2)+2(m3-m4), (m1+m2)+4(m3+m4), (m1-m2)+8(m3-m4)+m5 */
+    const VEC s12 = VADD(m[1], m[2]), d12 = VSUB(m[1], m[2]);
+    const VEC s34 = VADD(m[3], m[4]), d34 = VSUB(m[3], m[4]);
+    y[0] = VADD(VADD(m[0], s12), s34);
+    y[1] = VFMA(c2, d34, d12);
+    y[2] = VFMA(c4, s34, s12);
+    y[3] = VADD(VFMA(c8, d34, d12), m[5]);
+}
+
+static inline __attribute__((always_inline)) void KERN(w4_grad1)(const VEC d[4], VEC z[6])
+{
+    const VEC c2 = VSET1(2.0f), c4 = VSET1(4.0f), c8 = VSET1(8.0f);
+    /* A d: d0, d0+d1+d2+d3, d0-d1+d2-d3, d0+2d1+4d2+8d3, d0-2d1+4d2-8d3, d3 */
+    const VEC e = VADD(d[0], d[2]), o = VADD(d[1], d[3]);
+    const VEC e4 = VFMA(c4, d[2], d[0]), o8 = VFMA(c8, d[3], VMUL(c2, d[1]));
+    z[0] = d[0];
+    z[1] = VADD(e, o);
+    z[2] = VSUB(e, o);
+    z[3] = VADD(e4, o8);
+    z[4] = VSUB(e4, o8);
+    z[5] = d[3];
+}
+
+static void KERN(wino4_in)(const float *xp, size_t ximg, int xw, int cs, int ntx, int tpi, int k0,
+                           int nt, float *v, size_t ps)
+{
+    for (int j = 0; j < nt; j++) {
+        const int k = k0 + j, b = k / tpi, r = k % tpi, ty = r / ntx, tx = r % ntx;
+        const float *base = xp + b * ximg + ((size_t)4 * ty * xw + 4 * tx) * cs;
+        float *o = v + (size_t)j * cs;
+        for (int c = 0; c < cs; c += VW) {
+            VEC t[6][6];
+            for (int l = 0; l < 6; l++) { /* columns */
+                VEC d[6], u[6];
+                for (int i = 0; i < 6; i++)
+                    d[i] = VLOAD(base + ((size_t)i * xw + l) * cs + c);
+                KERN(w4_in1)(d, u);
+                for (int i = 0; i < 6; i++)
+                    t[i][l] = u[i];
+            }
+            for (int i = 0; i < 6; i++) { /* rows */
+                VEC u[6];
+                KERN(w4_in1)(t[i], u);
+                for (int l = 0; l < 6; l++)
+                    VSTORE(o + (size_t)(6 * i + l) * ps + c, u[l]);
+            }
+        }
+    }
+}
+
+static void KERN(wino4_out)(const float *m, size_t ps, int cs, int ntx, int tpi, int k0, int nt,
+                            int oh, int ow, float *yp, size_t yimg)
+{
+    for (int j = 0; j < nt; j++) {
+        const int k = k0 + j, b = k / tpi, r = k % tpi, ty = r / ntx, tx = r % ntx;
+        const int ni = oh - 4 * ty < 4 ? oh - 4 * ty : 4, nj = ow - 4 * tx < 4 ? ow - 4 * tx : 4;
+        float *base = yp + b * yimg + ((size_t)4 * ty * ow + 4 * tx) * cs;
+        const float *in = m + (size_t)j * cs;
+        for (int c = 0; c < cs; c += VW) {
+            VEC s[4][6];
+            for (int l = 0; l < 6; l++) { /* columns */
+                VEC a[6], y[4];
+                for (int i = 0; i < 6; i++)
+                    a[i] = VLOAD(in + (size_t)(6 * i + l) * ps + c);
+                KERN(w4_out1)(a, y);
+                for (int i = 0; i < 4; i++)
+                    s[i][l] = y[i];
+            }
+            for (int i = 0; i < ni; i++) { /* rows */
+                VEC y[4];
+                KERN(w4_out1)(s[i], y);
+                float *o = base + (size_t)i * ow * cs + c;
+                for (int l = 0; l < nj; l++)
+                    VSTORE(o + (size_t)l * cs, y[l]);
+            }
+        }
+    }
+}
+
+static void KERN(wino4_grad)(const float *dyp, size_t dimg, int dw, int cs, int ntx, int tpi,
+                             int k0, int nt, float *z, size_t ps)
+{
+    for (int j = 0; j < nt; j++) {
+        const int k = k0 + j, b = k / tpi, r = k % tpi, ty = r / ntx, tx = r % ntx;
+        const float *base = dyp + b * dimg + ((size_t)4 * ty * dw + 4 * tx) * cs;
+        float *o = z + (size_t)j * cs;
+        for (int c = 0; c < cs; c += VW) {
+            VEC t[6][4];
+            for (int l = 0; l < 4; l++) { /* columns */
+                VEC d[4], u[6];
+                for (int i = 0; i < 4; i++)
+                    d[i] = VLOAD(base + ((size_t)i * dw + l) * cs + c);
+                KERN(w4_grad1)(d, u);
+                for (int i = 0; i < 6; i++)
+                    t[i][l] = u[i];
+            }
+            for (int i = 0; i < 6; i++) { /* rows */
+                VEC u[6];
+                KERN(w4_grad1)(t[i], u);
+                for (int l = 0; l < 6; l++)
+                    VSTORE(o + (size_t)(6 * i + l) * ps + c, u[l]);
+            }
+        }
+    }
+}
+
+const wino_isa KERN(dpt_wino_isa) = {&HWC_ISA, 2, KERN(wino_in), KERN(wino_out), KERN(wino_grad)};
+const wino_isa KERN(dpt_wino4_isa) = {&HWC_ISA, 4, KERN(wino4_in), KERN(wino4_out),
+                                      KERN(wino4_grad)};
