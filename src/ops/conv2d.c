@@ -355,7 +355,8 @@ static const conv_algo table[DPT_CONV_ALGO_COUNT] = {
 };
 
 static const char *const algo_names[DPT_CONV_ALGO_COUNT] = {
-    "auto", "gemm", "direct", "batched", "depthwise", "dnnl", "pointwise", "hwc", "wino", "wino4",
+    "auto", "gemm", "direct", "batched", "depthwise", "dnnl", "pointwise", "hwc", "wino",
+    "wino4",
 };
 
 const char *dpt_conv_algo_name(int algo)
