@@ -28,14 +28,6 @@ static int cpad(int c) { return (c + DPT_HWC_CPAD - 1) / DPT_HWC_CPAD * DPT_HWC_
 static size_t al16(size_t n) { return (n + 15) & ~(size_t)15; }
 static int imax(int a, int b) { return a > b ? a : b; }
 
-/* hwc's blocked weight layout (conv_hwc.c wblk) for one tap: blocks of
- * 2*vw outer channels (the last may be narrower), each [n][width]. */
-static size_t wblk1(int vw, int n, int op, int i, int o)
-{
-    const int o0 = o / (2 * vw) * (2 * vw), bw = op - o0 < 2 * vw ? op - o0 : 2 * vw;
-    return (size_t)o0 * n + (size_t)i * bw + (o - o0);
-}
-
 static int supports(const dpt_conv2d_desc *d, int m)
 {
     return isa_now(m) != NULL && d->groups <= 1 && d->dilation <= 1 && d->stride == 1 &&
@@ -95,42 +87,6 @@ static wino_plan plan_of(const dpt_conv2d_desc *d, int m)
 
 static size_t work_floats(const dpt_conv2d_desc *d, int m) { return plan_of(d, m).end; }
 
-/* The filter transforms G (m+2 x 3) of F(2,3) and F(4,3) (Lavin & Gray). */
-static const float G2[4][3] = {{1, 0, 0}, {.5f, .5f, .5f}, {.5f, -.5f, .5f}, {0, 0, 1}};
-static const float G4[6][3] = {{1.f / 4, 0, 0},
-                               {-1.f / 6, -1.f / 6, -1.f / 6},
-                               {-1.f / 6, 1.f / 6, -1.f / 6},
-                               {1.f / 24, 1.f / 12, 1.f / 6},
-                               {1.f / 24, -1.f / 12, 1.f / 6},
-                               {0, 0, 1}};
-
-static float gm(int m, int i, int j) { return m == 4 ? G4[i][j] : G2[i][j]; }
-
-/* u[xi] in hwc's blocked layout ([ni][nop] per point) = G g G^T, g the
- * 3x3 filter of (inner i, outer o): w[o][i] (flip 0) or, for dx, w[i][o]
- * turned by 180 degrees (flip 1). */
-static void filters(const float *w, int no, int ni, int nop, int vw, int flip, int m, float *u)
-{
-    const int n = m + 2;
-    const size_t ps = (size_t)ni * nop;
-    memset(u, 0, (size_t)n * n * ps * sizeof *u);
-    for (int o = 0; o < no; o++)
-        for (int i = 0; i < ni; i++) {
-            const float *f = flip ? w + ((size_t)i * no + o) * 9 : w + ((size_t)o * ni + i) * 9;
-            float g[3][3], t[6][3];
-            for (int a = 0; a < 9; a++)
-                g[a / 3][a % 3] = flip ? f[8 - a] : f[a];
-            for (int r = 0; r < n; r++) /* G g */
-                for (int c = 0; c < 3; c++)
-                    t[r][c] = gm(m, r, 0) * g[0][c] + gm(m, r, 1) * g[1][c] + gm(m, r, 2) * g[2][c];
-            const size_t at = wblk1(vw, ni, nop, i, o);
-            for (int r = 0; r < n; r++) /* (G g) G^T */
-                for (int c = 0; c < n; c++)
-                    u[(size_t)(n * r + c) * ps + at] =
-                        t[r][0] * gm(m, c, 0) + t[r][1] * gm(m, c, 1) + t[r][2] * gm(m, c, 2);
-        }
-}
-
 /* One forward pass over the nb images of a block: xp (the input, padded,
  * images g->ximg apart) -> yp [oh*ow][cop] per image (images yimg apart). */
 static void fwd_block(const wino_isa *isa, const wino_geom *g, const wino_plan *q, int nb,
@@ -162,7 +118,7 @@ static void forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply
                          nty * ntx, q.xc, (size_t)q.xr * q.xc * cpad(cin)};
     float *xp = work + q.xp, *u = work + q.u, *yp = work + q.yp;
     const size_t yimg = (size_t)P * g.cop;
-    filters(w, cout, cin, g.cop, h->vw, 0, m, u);
+    isa->filt(w, cout, cin, g.cop, 0, u);
     memset(xp, 0, q.B * g.ximg * sizeof *xp);
     if (sum)
         for (int co = 0; co < cout; co++)
@@ -210,7 +166,7 @@ static void backward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_appl
         for (int ci = 0; ci < 2 * cin; ci++)
             xg[ci] = 0.0;
     if (dx)
-        filters(w, cin, cout, cip, h->vw, 1, m, ut);
+        isa->filt(w, cin, cout, cip, 1, ut);
     for (int i0 = 0; i0 < d->n; i0 += q.B) {
         const int nb = d->n - i0 < q.B ? d->n - i0 : q.B;
         for (int k = 0; k < nb; k++) {
@@ -260,28 +216,7 @@ static void backward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_appl
                 dpt_bn_grad_sums(x + (size_t)i * cin * hw, dxi, 1, cin, hw, xa, xg, xg + cin);
         }
     }
-    /* dW = G^T dU G per channel pair. */
-    const int n = m + 2;
-    for (int co = 0; co < cout; co++)
-        for (int ci = 0; ci < cin; ci++) {
-            const size_t at = wblk1(h->vw, cin, cop, ci, co);
-            float t[3][6];
-            for (int r = 0; r < 3; r++) /* G^T dU */
-                for (int c = 0; c < n; c++) {
-                    float a = 0.0f;
-                    for (int k = 0; k < n; k++)
-                        a += gm(m, k, r) * du[(size_t)(n * k + c) * ups + at];
-                    t[r][c] = a;
-                }
-            float *o = dw + ((size_t)co * cin + ci) * 9;
-            for (int r = 0; r < 3; r++) /* (G^T dU) G */
-                for (int c = 0; c < 3; c++) {
-                    float a = 0.0f;
-                    for (int k = 0; k < n; k++)
-                        a += t[r][k] * gm(m, k, c);
-                    o[3 * r + c] = a;
-                }
-        }
+    isa->wgrad(du, cout, cin, cop, dw); /* dW = G^T dU G per channel pair */
     if (db)
         for (int co = 0; co < cout; co++)
             db[co] = (float)dbs[co];

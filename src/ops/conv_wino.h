@@ -41,6 +41,13 @@ typedef struct wino_isa {
      * dyp ([.][dw][cs], images dimg apart; zero beyond the output). */
     void (*grad)(const float *dyp, size_t dimg, int dw, int cs, int ntx, int tpi, int k0, int nt,
                  float *z, size_t ps);
+    /* u[xi] = G g G^T in hwc's blocked 1x1 weight layout (conv_hwc.c wblk:
+     * per point [ni][nop] in blocks of 2*vw outer channels), g the 3x3
+     * filter of inner channel i and outer o: w[o][i] (flip 0) or, for dx,
+     * w[i][o] turned by 180 degrees (flip 1); zeros for o in no..nop. */
+    void (*filt)(const float *w, int no, int ni, int nop, int flip, float *u);
+    /* dw[o][i] = G^T du G (du in filt's layout), for o < no. */
+    void (*wgrad)(const float *du, int no, int ni, int nop, float *dw);
 } wino_isa;
 
 #ifdef DPT_HAVE_X86_KERNELS

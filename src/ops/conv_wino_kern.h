@@ -217,6 +217,138 @@ static void KERN(wino4_grad)(const float *dyp, size_t dimg, int dw, int cs, int 
     }
 }
 
-const wino_isa KERN(dpt_wino_isa) = {&HWC_ISA, 2, KERN(wino_in), KERN(wino_out), KERN(wino_grad)};
-const wino_isa KERN(dpt_wino4_isa) = {&HWC_ISA, 4, KERN(wino4_in), KERN(wino4_out),
-                                      KERN(wino4_grad)};
+/* ---- filter transforms, vectors over VW outer channels ---- */
+
+/* o = G a for one filter column a (3 vectors): G (m+2 x 3) of F(2,3) or
+ * F(4,3). m is a constant where this is inlined. */
+static inline __attribute__((always_inline)) void KERN(wf_col)(const int m, const VEC a[3], VEC *o)
+{
+    if (m == 2) {
+        const VEC h = VSET1(0.5f), s = VADD(a[0], a[2]);
+        o[0] = a[0], o[3] = a[2];
+        o[1] = VMUL(h, VADD(s, a[1]));
+        o[2] = VMUL(h, VSUB(s, a[1]));
+    } else {
+        const VEC s = VADD(a[0], a[2]), m6 = VSET1(-1.0f / 6);
+        const VEC p = VFMA(a[0], VSET1(1.0f / 24), VMUL(a[2], VSET1(1.0f / 6)));
+        const VEC q = VMUL(a[1], VSET1(1.0f / 12));
+        o[0] = VMUL(a[0], VSET1(0.25f)), o[5] = a[2];
+        o[1] = VMUL(VADD(s, a[1]), m6);
+        o[2] = VMUL(VSUB(s, a[1]), m6);
+        o[3] = VADD(p, q), o[4] = VSUB(p, q);
+    }
+}
+
+/* o = G^T e for one column e of m+2 vectors (3 out). */
+static inline __attribute__((always_inline)) void KERN(wf_tcol)(const int m, const VEC *e, VEC o[3])
+{
+    if (m == 2) {
+        const VEC h = VSET1(0.5f), s = VMUL(h, VADD(e[1], e[2]));
+        o[0] = VADD(e[0], s);
+        o[1] = VMUL(h, VSUB(e[1], e[2]));
+        o[2] = VADD(s, e[3]);
+    } else {
+        const VEC s12 = VADD(e[1], e[2]), s34 = VADD(e[3], e[4]), c6 = VSET1(1.0f / 6);
+        o[0] = VFMA(s34, VSET1(1.0f / 24), VFMA(s12, VSET1(-1.0f / 6), VMUL(e[0], VSET1(0.25f))));
+        o[1] = VFMA(VSUB(e[3], e[4]), VSET1(1.0f / 12), VMUL(VSUB(e[2], e[1]), c6));
+        o[2] = VFMA(VSUB(s34, s12), c6, e[5]);
+    }
+}
+
+/* u[xi] in hwc's blocked weight layout (conv_hwc.c wblk, one tap: blocks
+ * of 2*VW outer channels, each [ni][width]; a point's plane ni*nop floats)
+ * = G g G^T, g the 3x3 filter of (inner i, outer o): w[o][i] (flip 0) or,
+ * for dx, w[i][o] turned by 180 degrees (flip 1); zeros for o in no..nop.
+ * A vector of outer channels at a time: each plane written in order. */
+static inline __attribute__((always_inline)) void
+KERN(wino_filt_m)(const float *w, int no, int ni, int nop, int flip, float *u, const int m)
+{
+    const int n = m + 2;
+    const size_t ps = (size_t)ni * nop;
+    for (int o0 = 0; o0 < nop; o0 += 2 * VW) {
+        const int bw = nop - o0 < 2 * VW ? nop - o0 : 2 * VW;
+        for (int i = 0; i < ni; i++) {
+            float *ub = u + (size_t)o0 * ni + (size_t)i * bw;
+            for (int v = 0; v < bw; v += VW) {
+                float gt[9][VW];
+                for (int l = 0; l < VW; l++) {
+                    const int o = o0 + v + l;
+                    const float *f = o >= no ? NULL
+                                     : flip  ? w + ((size_t)i * no + o) * 9
+                                             : w + ((size_t)o * ni + i) * 9;
+                    for (int a = 0; a < 9; a++)
+                        gt[a][l] = !f ? 0.0f : flip ? f[8 - a] : f[a];
+                }
+                VEC t[6][3], r[6];
+                for (int c = 0; c < 3; c++) { /* G g, column c */
+                    const VEC a[3] = {VLOAD(gt[c]), VLOAD(gt[3 + c]), VLOAD(gt[6 + c])};
+                    KERN(wf_col)(m, a, r);
+                    for (int k = 0; k < n; k++)
+                        t[k][c] = r[k];
+                }
+                for (int k = 0; k < n; k++) { /* (G g) G^T, row k */
+                    KERN(wf_col)(m, t[k], r);
+                    for (int c = 0; c < n; c++)
+                        VSTORE(ub + (size_t)(n * k + c) * ps + v, r[c]);
+                }
+            }
+        }
+    }
+}
+
+/* dw[o][i] (3x3, o < no) = G^T dU G, dU in the layout of wino_filt. */
+static inline __attribute__((always_inline)) void
+KERN(wino_wgrad_m)(const float *du, int no, int ni, int nop, float *dw, const int m)
+{
+    const int n = m + 2;
+    const size_t ps = (size_t)ni * nop;
+    for (int o0 = 0; o0 < no; o0 += 2 * VW) {
+        const int bw = nop - o0 < 2 * VW ? nop - o0 : 2 * VW;
+        for (int i = 0; i < ni; i++) {
+            const float *db = du + (size_t)o0 * ni + (size_t)i * bw;
+            for (int v = 0; v < bw && o0 + v < no; v += VW) {
+                VEC t[3][6], e[6], r[3];
+                for (int c = 0; c < n; c++) { /* G^T dU, column c */
+                    for (int k = 0; k < n; k++)
+                        e[k] = VLOAD(db + (size_t)(n * k + c) * ps + v);
+                    KERN(wf_tcol)(m, e, r);
+                    for (int k = 0; k < 3; k++)
+                        t[k][c] = r[k];
+                }
+                float res[9][VW];
+                for (int k = 0; k < 3; k++) { /* (G^T dU) G, row k */
+                    KERN(wf_tcol)(m, t[k], r);
+                    for (int c = 0; c < 3; c++)
+                        VSTORE(res[3 * k + c], r[c]);
+                }
+                for (int l = 0; l < VW && o0 + v + l < no; l++) {
+                    float *out = dw + ((size_t)(o0 + v + l) * ni + i) * 9;
+                    for (int a = 0; a < 9; a++)
+                        out[a] = res[a][l];
+                }
+            }
+        }
+    }
+}
+
+static void KERN(wino_filt2)(const float *w, int no, int ni, int nop, int flip, float *u)
+{
+    KERN(wino_filt_m)(w, no, ni, nop, flip, u, 2);
+}
+static void KERN(wino_filt4)(const float *w, int no, int ni, int nop, int flip, float *u)
+{
+    KERN(wino_filt_m)(w, no, ni, nop, flip, u, 4);
+}
+static void KERN(wino_wgrad2)(const float *du, int no, int ni, int nop, float *dw)
+{
+    KERN(wino_wgrad_m)(du, no, ni, nop, dw, 2);
+}
+static void KERN(wino_wgrad4)(const float *du, int no, int ni, int nop, float *dw)
+{
+    KERN(wino_wgrad_m)(du, no, ni, nop, dw, 4);
+}
+
+const wino_isa KERN(dpt_wino_isa) = {&HWC_ISA,         2, KERN(wino_in), KERN(wino_out),
+                                     KERN(wino_grad),  KERN(wino_filt2), KERN(wino_wgrad2)};
+const wino_isa KERN(dpt_wino4_isa) = {&HWC_ISA,         4, KERN(wino4_in), KERN(wino4_out),
+                                      KERN(wino4_grad), KERN(wino_filt4), KERN(wino_wgrad4)};
