@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The wino (Winograd F(2x2,3x3)) convolution algorithm on the 3x3 stride-1
-# layers of the suite's networks against hwc and oneDNN, alternated in one process
-# (bench/wino_bench.c), per kernel set this CPU has. Builds a CPU-only
+# The Winograd convolution algorithms (wino F(2x2,3x3), wino4 F(4x4,3x3))
+# on the 3x3 stride-1 layers of the suite's networks against hwc and
+# oneDNN, alternated in one process (bench/wino_bench.c), per kernel set
+# this CPU has. Builds a CPU-only
 # release tree in build-bench/ (BENCH_BUILD_DIR overrides). BATCH=B
 # (default 128: one worker's minibatch in step_bench --layers), ROUNDS=R.
 #
