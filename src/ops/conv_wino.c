@@ -63,9 +63,11 @@ static wino_plan plan_of(const dpt_conv2d_desc *d, int m)
     const int pe = 2 - d->pad, oh = d->out_h, ow = d->out_w;
     const int nty = (oh + m - 1) / m, ntx = (ow + m - 1) / m, tpi = nty * ntx;
     const int dty = (d->h + m - 1) / m, dtx = (d->w + m - 1) / m; /* dx's tiles */
-    /* V and M of a GEMM (npt points x T tiles x C) about 512 KB: in L2. */
-    const int tc = 65536 / q.npt / C;
-    q.T = tc < 32 ? 32 : tc > 128 ? 128 : tc;
+    /* Tiles per GEMM: 32 measured as fast as or faster than 16, 64 and 128
+     * on the layers of bench/wino_bench.c, both tile sizes (avx512; 64 and
+     * 128 up to 15% slower): V and M (points x T x C) stay in L2 up to 128
+     * channels (F(2,3)) or 64 (F(4,3)). */
+    q.T = 32;
     q.B = q.T / tpi < 1 ? 1 : q.T / tpi > 16 ? 16 : q.T / tpi;
     q.xr = m * nty + 2, q.xc = m * ntx + 2;
     q.dr = imax(m * dty + 2, pe + m * nty), q.dc = imax(m * dtx + 2, pe + m * ntx);
