@@ -90,9 +90,11 @@ static wino_plan plan_of(const dpt_conv2d_desc *d, int m)
 static size_t work_floats(const dpt_conv2d_desc *d, int m) { return plan_of(d, m).end; }
 
 /* One forward pass over the nb images of a block: xp (the input, padded,
- * images g->ximg apart) -> yp [oh*ow][cop] per image (images yimg apart). */
+ * images g->ximg apart) -> yp [oh*ow][cop] per image (images yimg apart).
+ * pf (may be NULL): lines fetched into L2 during the first GEMM. */
 static void fwd_block(const wino_isa *isa, const wino_geom *g, const wino_plan *q, int nb,
-                      const float *xp, const float *u, float *v, float *m, float *yp, size_t yimg)
+                      const float *xp, const float *u, float *v, float *m, float *yp, size_t yimg,
+                      conv_prefetch *pf)
 {
     const size_t vps = (size_t)q->T * g->cip + PSKEW, mps = (size_t)q->T * g->cop + PSKEW;
     const size_t ups = (size_t)g->ci * g->cop;
@@ -102,7 +104,8 @@ static void fwd_block(const wino_isa *isa, const wino_geom *g, const wino_plan *
         /* Per point, a 1x1 convolution over a one-row "plane" of nt tiles. */
         const hwc_geom g1 = {g->ci, g->co, g->cip, g->cop, nt, 1, nt, 1, 1, 1, 1};
         for (int xi = 0; xi < q->npt; xi++)
-            isa->hwc->fwd(&g1, 1, v + xi * vps, vps, u + xi * ups, m + xi * mps, mps, NULL);
+            isa->hwc->fwd(&g1, 1, v + xi * vps, vps, u + xi * ups, m + xi * mps, mps,
+                          k0 == 0 && xi == 0 ? pf : NULL);
         isa->out(m, mps, g->cop, g->ntx, g->tpi, k0, nt, g->oh, g->ow, yp, yimg);
     }
 }
@@ -130,7 +133,17 @@ static void forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply
         for (int k = 0; k < nb; k++)
             h->pack(x + (size_t)(i0 + k) * cin * hw, cin, d->h, d->w, d->pad, q.xc, g.cip, xa,
                     xp + k * g.ximg);
-        fwd_block(isa, &g, &q, nb, xp, u, work + q.v, work + q.mm, yp, yimg);
+        /* The next block's input, and this block's output planes (so that
+         * the transposes back write to lines already owned), as hwc. */
+        conv_prefetch pf = {{0}, {0}, 0, 0, 0};
+        if (i0 + nb < d->n) {
+            const int nn = d->n - i0 - nb < q.B ? d->n - i0 - nb : q.B;
+            pf.p[0] = (const char *)(x + (size_t)(i0 + nb) * cin * hw);
+            pf.lines[0] = (size_t)nn * cin * hw * sizeof(float) / 64;
+        }
+        pf.p[1] = (const char *)(y + (size_t)i0 * cout * P);
+        pf.lines[1] = (size_t)nb * cout * P * sizeof(float) / 64;
+        fwd_block(isa, &g, &q, nb, xp, u, work + q.v, work + q.mm, yp, yimg, &pf);
         for (int k = 0; k < nb; k++) {
             h->unpack(yp + k * yimg, cout, d->out_h, d->out_w, 0, d->out_w, g.cop, b,
                       y + (size_t)(i0 + k) * cout * P);
@@ -195,6 +208,19 @@ static void backward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_appl
             }
             h->pack(dyi, cout, d->out_h, d->out_w, pe, q.dc, cop, NULL, dyp + k * dimg);
         }
+        /* The next block's x, dy (and y), fetched during the first GEMM. */
+        conv_prefetch pf = {{0}, {0}, 0, 0, 0};
+        if (i0 + nb < d->n) {
+            const int nn = d->n - i0 - nb < q.B ? d->n - i0 - nb : q.B;
+            pf.p[0] = (const char *)(x + (size_t)(i0 + nb) * cin * hw);
+            pf.lines[0] = (size_t)nn * cin * hw * sizeof(float) / 64;
+            pf.p[1] = (const char *)(dy + (size_t)(i0 + nb) * cout * P);
+            pf.lines[1] = (size_t)nn * cout * P * sizeof(float) / 64;
+            if (dya) {
+                pf.p[2] = (const char *)(y + (size_t)(i0 + nb) * cout * P);
+                pf.lines[2] = pf.lines[1];
+            }
+        }
         /* dU[xi] += Σ_tiles V[xi][t][ci] Z[xi][t][co]. */
         const float *dy0 = dyp + ((size_t)pe * q.dc + pe) * cop;
         for (int k0 = 0; k0 < nb * tpi; k0 += q.T) {
@@ -204,12 +230,17 @@ static void backward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_appl
             const hwc_geom g1 = {cin, cout, cip, cop, nt, 1, nt, 1, 1, 1, 1};
             for (int xi = 0; xi < q.npt; xi++)
                 h->dw(&g1, 1, v + xi * vps, vps, z + xi * zps, nt * cop, zps, du + xi * ups,
-                      NULL);
+                      k0 == 0 && xi == 0 ? &pf : NULL);
         }
         if (!dx)
             continue;
         const size_t ximg2 = (size_t)hw * cip;
-        fwd_block(isa, &g2, &q, nb, dyp, ut, v, z, dxp, ximg2);
+        conv_prefetch pdx = {{(const char *)(dx + (size_t)i0 * cin * hw)},
+                             {(size_t)nb * cin * hw * sizeof(float) / 64},
+                             0,
+                             0,
+                             0};
+        fwd_block(isa, &g2, &q, nb, dyp, ut, v, z, dxp, ximg2, &pdx);
         for (int k = 0; k < nb; k++) {
             const int i = i0 + k;
             float *dxi = dx + (size_t)i * cin * hw;
