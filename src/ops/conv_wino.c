@@ -6,8 +6,8 @@
 #include <string.h>
 
 /* Floats added to the distance of the points' planes in V and M: T*C
- * floats are a multiple of 4 KB, so a tile's 16 points would share one
- * L1 set (more than its ways) in the transforms' loads and stores. */
+ * floats are a multiple of 4 KB, so a tile's 16 or 36 points would share
+ * one L1 set (more than its ways) in the transforms' loads and stores. */
 #define PSKEW 16
 
 /* The transforms of F(m x m, 3x3), m 2 or 4, for the kernel set in use. */
@@ -38,9 +38,8 @@ static int supports(const dpt_conv2d_desc *d, int m)
 /* The geometry of one pass (forward, or dx as a forward over dy): tiles of
  * an oh x ow output over an input buffer of rows x cols pixels. */
 typedef struct wino_geom {
-    int m;                /* outputs per tile side */
     int ci, co, cip, cop; /* real and padded channels, in and out */
-    int oh, ow, nty, ntx, tpi;
+    int oh, ow, ntx, tpi; /* output, tiles a row, tiles an image */
     int cols;     /* input buffer row, in pixels */
     size_t ximg;  /* input buffer image, in floats */
 } wino_geom;
@@ -48,7 +47,7 @@ typedef struct wino_geom {
 /* The sizes of one call: tiles per GEMM (T), images per block (B), and
  * the buffers' shapes. */
 typedef struct wino_plan {
-    int m, npt; /* outputs per tile side, points per tile ((m+2)^2) */
+    int npt; /* points per tile, (m+2)^2 */
     int T, B;
     int xr, xc;   /* x buffer (pad p): rows, cols */
     int dr, dc;   /* dy buffer (pad 2-p): rows, cols, for dx's tiles and dw's */
@@ -58,7 +57,7 @@ typedef struct wino_plan {
 static wino_plan plan_of(const dpt_conv2d_desc *d, int m)
 {
     wino_plan q;
-    q.m = m, q.npt = (m + 2) * (m + 2);
+    q.npt = (m + 2) * (m + 2);
     const int cip = cpad(d->c_in), cop = cpad(d->c_out), C = imax(cip, cop);
     const int pe = 2 - d->pad, oh = d->out_h, ow = d->out_w;
     const int nty = (oh + m - 1) / m, ntx = (ow + m - 1) / m, tpi = nty * ntx;
@@ -119,8 +118,8 @@ static void forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply
     const wino_plan q = plan_of(d, m);
     const int cin = d->c_in, cout = d->c_out, hw = d->h * d->w, P = d->out_h * d->out_w;
     const int nty = (d->out_h + m - 1) / m, ntx = (d->out_w + m - 1) / m;
-    const wino_geom g = {m, cin, cout, cpad(cin), cpad(cout), d->out_h, d->out_w, nty, ntx,
-                         nty * ntx, q.xc, (size_t)q.xr * q.xc * cpad(cin)};
+    const wino_geom g = {cin, cout, cpad(cin), cpad(cout), d->out_h, d->out_w, ntx, nty * ntx,
+                         q.xc, (size_t)q.xr * q.xc * cpad(cin)};
     float *xp = work + q.xp, *u = work + q.u, *yp = work + q.yp;
     const size_t yimg = (size_t)P * g.cop;
     isa->filt(w, cout, cin, g.cop, 0, u);
@@ -166,7 +165,7 @@ static void backward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_appl
     const size_t ximg = (size_t)q.xr * q.xc * cip, dimg = (size_t)q.dr * q.dc * cop;
     /* dx: the forward over dy (padded by pe) with the flipped, transposed filters. */
     const int hty = (d->h + m - 1) / m, htx = (d->w + m - 1) / m;
-    const wino_geom g2 = {m, cout, cin, cop, cip, d->h, d->w, hty, htx, hty * htx, q.dc, dimg};
+    const wino_geom g2 = {cout, cin, cop, cip, d->h, d->w, htx, hty * htx, q.dc, dimg};
     float *tmp = work + q.tmp, *xp = work + q.xp, *dyp = work + q.dyp, *ut = work + q.ut;
     float *du = work + q.du, *v = work + q.v, *z = work + q.mm, *dxp = work + q.yp;
     double *dbs = (double *)(work + q.ds);
