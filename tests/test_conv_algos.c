@@ -520,6 +520,42 @@ static void property_test(void)
         check_case(&r1, &sc, n_cases + n_1x1 + n_wide + idx);
     }
     CHECK(n_checked[DPT_CONV_ALGO_DIRECT] - direct_before >= n_rows);
+    /* Winograd (conv_wino.c: 3x3, stride 1, pads 0-2; F(2,3) and F(4,3)):
+     * the residual and VGG layers' planes (16x16 over 2 blocks of tiles, 8x8,
+     * 4x4x256 over blocks of images: F(4,3)'s precision on 256-channel
+     * sums), outputs not a multiple of the tile (a last tile row and column
+     * partly outside: 7x5, 9x9 pad 0, 10x7 pad 2), pads 0 and 2, channel
+     * counts not a multiple of the vector (17, 40), every fusion; then
+     * plain and weight-gradient only (dx NULL). */
+    static const dpt_conv2d_desc wino[] = {
+        {.n = 3, .c_in = 32, .h = 16, .w = 16, .c_out = 32, .kh = 3, .kw = 3, .stride = 1,
+         .pad = 1},
+        {.n = 5, .c_in = 64, .h = 8, .w = 8, .c_out = 64, .kh = 3, .kw = 3, .stride = 1, .pad = 1},
+        {.n = 9, .c_in = 256, .h = 4, .w = 4, .c_out = 256, .kh = 3, .kw = 3, .stride = 1,
+         .pad = 1},
+        {.n = 2, .c_in = 17, .h = 7, .w = 5, .c_out = 40, .kh = 3, .kw = 3, .stride = 1, .pad = 1},
+        {.n = 3, .c_in = 40, .h = 9, .w = 9, .c_out = 17, .kh = 3, .kw = 3, .stride = 1, .pad = 0},
+        {.n = 2, .c_in = 24, .h = 7, .w = 6, .c_out = 33, .kh = 3, .kw = 3, .stride = 1, .pad = 2},
+        {.n = 4, .c_in = 16, .h = 5, .w = 9, .c_out = 16, .kh = 3, .kw = 3, .stride = 1, .pad = 0},
+        {.n = 2, .c_in = 48, .h = 10, .w = 7, .c_out = 24, .kh = 3, .kw = 3, .stride = 1, .pad = 2},
+    };
+    const int n_wino = (int)(sizeof wino / sizeof *wino);
+    const int wino_before = n_checked[DPT_CONV_ALGO_WINO];
+    const int wino4_before = n_checked[DPT_CONV_ALGO_WINO4];
+    for (int idx = 0; idx < n_wino; idx++) {
+        shape_case sc = {.d = wino[idx]};
+        CHECK(dpt_conv2d_desc_init(&sc.d) == 0);
+        if (idx < n_wino - 2)
+            sc.bn_in = sc.bn_out = sc.relu_in = sc.need_dx = sc.bias = 1, sc.relu_out = idx & 1;
+        else if (idx == n_wino - 2)
+            sc.need_dx = 1;
+        check_case(&r1, &sc, n_cases + n_1x1 + n_wide + n_rows + idx);
+    }
+    /* wino and wino4 run every one of them on each vector kernel set. */
+    if (dpt_ops_kernels_supported("avx2")) {
+        CHECK(n_checked[DPT_CONV_ALGO_WINO] - wino_before >= n_wino);
+        CHECK(n_checked[DPT_CONV_ALGO_WINO4] - wino4_before >= n_wino);
+    }
     dpt_ops_set_kernels(saved);
     printf("property test: %d random shapes, %d 1x1 ones and %d wide ones;", n_cases, n_1x1,
            n_wide);

@@ -263,7 +263,7 @@ DPT_API int dpt_net_n_outputs(const dpt_net *net);
  * convolution layer, the algorithm that runs it, timed against the others
  * on the layer's shape at the network's max_batch or read from the plan
  * cache (docs/kernels.md: DPT_CONV_ALGO, DPT_PLAN_CACHE). */
-#define DPT_PLAN_MAX_CANDIDATES 8
+#define DPT_PLAN_MAX_CANDIDATES 12
 typedef struct dpt_layer_plan {
     char shape[96];     /* "32x32x64 -> 16x16x128 k3x3 s2 p1 d1 g1" (+ " bn-in", " bn-out":
                            a batch norm applied on the fly) */

@@ -33,6 +33,7 @@
 #include "ops/conv_direct.h"
 #include "ops/conv_dnnl.h"
 #include "ops/conv_hwc.h"
+#include "ops/conv_wino.h"
 #include "ops/conv_pointwise.h"
 #include "ops/ops.h"
 
@@ -343,6 +344,10 @@ static const conv_algo table[DPT_CONV_ALGO_COUNT] = {
                                  dpt_conv_pointwise_backward},
     [DPT_CONV_ALGO_HWC] = {"hwc", 1, dpt_conv_hwc_supports, dpt_conv_hwc_work_floats,
                            dpt_conv_hwc_forward, dpt_conv_hwc_backward},
+    [DPT_CONV_ALGO_WINO] = {"wino", 1, dpt_conv_wino_supports, dpt_conv_wino_work_floats,
+                            dpt_conv_wino_forward, dpt_conv_wino_backward},
+    [DPT_CONV_ALGO_WINO4] = {"wino4", 1, dpt_conv_wino4_supports, dpt_conv_wino4_work_floats,
+                             dpt_conv_wino4_forward, dpt_conv_wino4_backward},
 #ifdef DPT_HAVE_DNNL
     [DPT_CONV_ALGO_DNNL] = {"dnnl", 0, dpt_conv_dnnl_supports, dpt_conv_dnnl_work_floats,
                             dpt_conv_dnnl_forward, dpt_conv_dnnl_backward},
@@ -350,7 +355,8 @@ static const conv_algo table[DPT_CONV_ALGO_COUNT] = {
 };
 
 static const char *const algo_names[DPT_CONV_ALGO_COUNT] = {
-    "auto", "gemm", "direct", "batched", "depthwise", "dnnl", "pointwise", "hwc",
+    "auto", "gemm", "direct", "batched", "depthwise", "dnnl", "pointwise", "hwc", "wino",
+    "wino4",
 };
 
 const char *dpt_conv_algo_name(int algo)

@@ -57,11 +57,13 @@ typedef enum dpt_conv_algo {
     DPT_CONV_ALGO_DNNL,      /* conv_dnnl.c, where built with oneDNN */
     DPT_CONV_ALGO_POINTWISE, /* conv_pointwise.c: 1x1 filters as GEMMs over the planes */
     DPT_CONV_ALGO_HWC,       /* conv_hwc.c: channels in vector lanes, for wide layers */
+    DPT_CONV_ALGO_WINO,      /* conv_wino.c: Winograd F(2x2, 3x3) over hwc's kernels */
+    DPT_CONV_ALGO_WINO4,     /* conv_wino.c: Winograd F(4x4, 3x3) */
     DPT_CONV_ALGO_COUNT
 } dpt_conv_algo;
 
-/* "auto", "gemm", "direct", "batched", "depthwise", "dnnl", "pointwise", "hwc"; "?" for a
- * number out of range. */
+/* "auto", "gemm", "direct", "batched", "depthwise", "dnnl", "pointwise", "hwc", "wino",
+ * "wino4"; "?" for a number out of range. */
 const char *dpt_conv_algo_name(int algo);
 /* The algorithm of that name (as dpt_conv_algo_name), or -1. */
 int dpt_conv_algo_by_name(const char *name);
