@@ -415,8 +415,8 @@ int main(int argc, char **argv)
             if (!dpt_net_layer_plan(b.net0, i, &p))
                 continue;
             if (!any++)
-                printf("  plan (batch %d per worker; ms: one forward + backward of the images "
-                       "timed):\n", p.batch);
+                printf("  plan (batch %d per worker; ms: one forward + backward of the batch, "
+                       "timed or estimated from runs of fewer images):\n", p.batch);
             printf("  %-10s %-44s %-7s %-9s", dpt_net_layer_name(b.net0, i), p.shape, p.algo,
                    p.source);
             for (int c = 0; c < p.n_candidates; c++)

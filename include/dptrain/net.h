@@ -272,13 +272,14 @@ typedef struct dpt_layer_plan {
                            "forced" (DPT_CONV_ALGO=<name>), "heuristic" (not timed: see
                            note), "only" (the one algorithm that supports the shape) */
     int batch;          /* the batch planned for (the network's max_batch) */
-    int measure_batch;  /* images of one timed run; 0: nothing timed */
+    int measure_batch;  /* images of the largest timed run; 0: nothing timed */
     int n_candidates;
     struct {
         char name[16];
-        double ms;      /* one forward + backward of measure_batch images, milliseconds
-                           (wall, the best of the runs); -1: cannot run this shape (or not
-                           built in); -2: can, not timed */
+        double ms;      /* one forward + backward of batch images, milliseconds (the best
+                           of the runs; where measure_batch < batch, estimated from runs of
+                           fewer images); -1: cannot run this shape (or not built in); -2:
+                           can, not timed */
     } candidates[DPT_PLAN_MAX_CANDIDATES];
     char note[256];     /* why a fallback or the heuristic, a cache file problem; or "" */
 } dpt_layer_plan;

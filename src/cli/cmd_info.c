@@ -84,7 +84,8 @@ static void print_plan(const dpt_net *net)
             continue;
         char name[256];
         if (!any++)
-            printf("plan (batch %d; ms: one forward + backward of the images timed):\n", p.batch);
+            printf("plan (batch %d; ms: one forward + backward of the batch, timed or estimated "
+                   "from runs of fewer images):\n", p.batch);
         printf("  %-10s %s\n", cli_clean(name, sizeof name, dpt_net_layer_name(net, i)), p.shape);
         printf("    ");
         for (int k = 0; k < p.n_candidates; k++) {
@@ -97,7 +98,8 @@ static void print_plan(const dpt_net *net)
         }
         printf("     -> %s (%s", p.algo, p.source);
         if (p.measure_batch)
-            printf(", %d image%s timed", p.measure_batch, p.measure_batch == 1 ? "" : "s");
+            printf(", %d image%s timed%s", p.measure_batch, p.measure_batch == 1 ? "" : "s",
+                   p.measure_batch < p.batch ? ", the batch's ms estimated" : "");
         printf(")\n");
         if (p.note[0])
             printf("     note: %s\n", cli_clean(name, sizeof name, p.note));

@@ -238,9 +238,11 @@ static int parse_algo(const char *s, size_t len)
     return a > DPT_CONV_ALGO_AUTO ? a : -1;
 }
 
-/* One line "v1 KEY ALGO N MS [unsure:K]" (MS: name:ms,... or "-") into
- * e; 0 or -1. Without the last field (older files too) the figures count
- * as settled. */
+/* One line "v2 KEY ALGO N MS [unsure:K]" (MS: name:ms,... or "-") into
+ * e; 0, -1 (malformed) or -3 (a v1 line: its figures are of N images,
+ * its choice made on them, where v2's are of the key's batch; timed
+ * again, and dropped when the file is written). Without the last field
+ * the figures count as settled. */
 static int parse_line(char *line, entry *e)
 {
     char *f[7];
@@ -253,7 +255,9 @@ static int parse_line(char *line, entry *e)
         *sp = '\0';
         t = sp + 1;
     }
-    if ((n != 5 && n != 6) || strcmp(f[0], "v1") != 0)
+    if (strcmp(f[0], "v1") == 0 && (n == 5 || n == 6))
+        return -3;
+    if ((n != 5 && n != 6) || strcmp(f[0], "v2") != 0)
         return -1;
     e->unsure = 0;
     if (n == 6) {
@@ -304,9 +308,9 @@ static int parse_line(char *line, entry *e)
 /* The valid entries of the cache file (*out, owned by the caller; none
  * when it does not exist), the count of skipped lines in *bad. A path
  * that is not a regular file or cannot be read gives -1, no memory -2. */
-static int load(const char *path, entry **out, size_t *n_out, int *bad, int *cut)
+static int load(const char *path, entry **out, size_t *n_out, int *bad, int *old, int *cut)
 {
-    *out = NULL, *n_out = 0, *bad = 0, *cut = 0;
+    *out = NULL, *n_out = 0, *bad = 0, *old = 0, *cut = 0;
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0)
         return errno == ENOENT ? 0 : -1;
@@ -357,8 +361,9 @@ static int load(const char *path, entry **out, size_t *n_out, int *bad, int *cut
             break;
         }
         entry e;
-        if (parse_line(line, &e) != 0) {
-            (*bad)++;
+        int parsed = parse_line(line, &e);
+        if (parsed != 0) {
+            (*(parsed == -3 ? old : bad))++;
             continue;
         }
         for (size_t i = 0; i < n; i++) /* a later line replaces an earlier one */
@@ -407,11 +412,11 @@ static int save(const char *path, const entry *v, size_t n)
         errno = e;
         return e == ENOMEM ? -2 : -1;
     }
-    fputs("# dptrain convolution plans: v1 KEY ALGORITHM IMAGES-TIMED MS-PER-ALGORITHM "
+    fputs("# dptrain convolution plans: v2 KEY ALGORITHM IMAGES-TIMED MS-PER-ALGORITHM "
           "[unsure:TIMES-TIMED]\n"
           "# (written by dptrain when it plans a network; safe to delete)\n", f);
     for (size_t i = n > MAX_ENTRIES ? n - MAX_ENTRIES : 0; i < n; i++) {
-        fprintf(f, "v1 %s %s %d ", v[i].key, dpt_conv_algo_name(v[i].algo), v[i].n_meas);
+        fprintf(f, "v2 %s %s %d ", v[i].key, dpt_conv_algo_name(v[i].algo), v[i].n_meas);
         int any = 0;
         for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++)
             if (v[i].ms[a] >= 0)
@@ -435,9 +440,9 @@ static int save(const char *path, const entry *v, size_t n)
 }
 
 /* Note once per file and process that lines were skipped. */
-static void note_bad(dpt_conv_plan *p, const char *path, int bad, int cut)
+static void note_bad(dpt_conv_plan *p, const char *path, int bad, int old, int cut)
 {
-    if (!bad && !cut)
+    if (!bad && !old && !cut)
         return;
     for (int i = 0; i < n_warned; i++)
         if (strcmp(warned[i], path) == 0)
@@ -446,6 +451,11 @@ static void note_bad(dpt_conv_plan *p, const char *path, int bad, int cut)
         snprintf(warned[n_warned++], sizeof warned[0], "%s", path);
     if (bad)
         note(p, "cache file %s: %d malformed line%s ignored", path, bad, bad == 1 ? "" : "s");
+    if (old && bad)
+        note(p, "%d line%s of format v1 ignored (timed again)", old, old == 1 ? "" : "s");
+    else if (old)
+        note(p, "cache file %s: %d line%s of format v1 ignored (timed again)", path, old,
+             old == 1 ? "" : "s");
     if (cut)
         note(p, "cache file %s: read in part (at most %d bytes and %d entries are read)", path,
              FILE_MAX_BYTES, 2 * MAX_ENTRIES);
@@ -477,6 +487,14 @@ static void note_bad(dpt_conv_plan *p, const char *path, int bad, int cut)
  * millisecond is mostly timer, cache and frequency noise. */
 #define MIN_RUN_MS 4.0
 #define MAX_REPEAT 16
+/* Finalists (measure): the candidates whose estimate for the batch is
+ * within FINAL_MARGIN of the best one (the estimates were seen off by up
+ * to 15% where small batches run partly empty blocks); timed on the whole
+ * batch where the best estimate is at most FINAL_MAX_MS and the batch's
+ * x, dx, y, dy fit in FINAL_MAX_BYTES. */
+#define FINAL_MARGIN 0.3
+#define FINAL_MAX_MS 400.0
+#define FINAL_MAX_BYTES (512.0 * 1024 * 1024)
 
 static dpt_conv_plan_timer timer_hook; /* guarded by lock */
 static void *timer_ctx;
@@ -516,9 +534,28 @@ static void fill(float *v, size_t n, uint64_t *s, float scale)
     }
 }
 
+/* The choice from timed figures (p->ms, -1/-2 for none) among the
+ * candidates in[]: the fastest, unless the heuristic's choice is within
+ * KEEP_MARGIN of it. */
+static int decide(const dpt_conv_plan *p, const dpt_conv2d_desc *d, const int *in)
+{
+    int best = -1;
+    for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++)
+        if (in[a] && p->ms[a] >= 0 && (best < 0 || p->ms[a] < p->ms[best])) /* ties: the lower number */
+            best = a;
+    int h = dpt_conv_algo_heuristic(d);
+    if (best >= 0 && h != best && h > 0 && h < DPT_CONV_ALGO_COUNT && in[h] && p->ms[h] >= 0 &&
+        p->ms[best] * (1.0 + KEEP_MARGIN) > p->ms[h])
+        best = h;
+    return best;
+}
+
 /* Images per timed run: up to MEASURE_MAX_BATCH, fewer where one run would
  * pass RUN_FLOPS (at least 2 where the batch has them, so per-batch costs
- * are not all a run measures). */
+ * are not all a run measures). Below the batch, a power of two: the
+ * algorithms work in blocks of images (wino: 32 tiles), and a run of 17
+ * images on blocks of 8 or 16 would time a last block nearly empty, which
+ * the batch (128, 64: powers of two in practice) does not have. */
 static int measure_batch(const dpt_conv2d_desc *d, int need_dx)
 {
     double per = 2.0 * d->c_out * (d->c_in / (d->groups > 1 ? d->groups : 1)) * d->kh * d->kw *
@@ -528,48 +565,176 @@ static int measure_batch(const dpt_conv2d_desc *d, int need_dx)
     int lo = d->n < 2 ? d->n : 2;
     if (fit < m)
         m = (int)fit;
+    if (m < d->n)
+        for (int p = 2; p <= m; p *= 2)
+            if (2 * p > m) {
+                m = p;
+                break;
+            }
     return m < lo ? lo : m;
 }
 
-/* The choice from timed figures (p->ms, -1/-2 for none): the fastest,
- * unless the heuristic's choice is within KEEP_MARGIN of it. */
-static int decide(const dpt_conv_plan *p, const dpt_conv2d_desc *d)
+/* The time of N images from runs of n0 < n images: linear, t(N) = t(n) +
+ * (t(n) - t(n0)) (N - n) / (n - n0), so a per-call cost (filter
+ * transforms, reorders) counts once, as in the step, instead of once per
+ * n images. Kept between t(n) (more images never take less time) and
+ * t(n) N / n (nor more per image): a noisy pair of runs cannot send the
+ * estimate anywhere. */
+static double extrapolate(double t0, int n0, double t, int n, int N)
 {
-    int best = -1;
-    for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++)
-        if (p->ms[a] >= 0 && (best < 0 || p->ms[a] < p->ms[best])) /* ties: the lower number */
-            best = a;
-    int h = dpt_conv_algo_heuristic(d);
-    if (best >= 0 && h != best && h > 0 && h < DPT_CONV_ALGO_COUNT && p->ms[h] >= 0 &&
-        p->ms[best] * (1.0 + KEEP_MARGIN) > p->ms[h])
-        best = h;
-    return best;
+    if (n >= N || n0 >= n)
+        return t;
+    double e = t + (t - t0) * (double)(N - n) / (double)(n - n0);
+    double hi = t * (double)N / n;
+    return e < t ? t : e > hi ? hi : e;
 }
 
-/* Time every supported algorithm on random data: p->ms (each one's best
- * run), p->n_meas, p->unsure (1 when the figures did not settle within the
- * rounds and budget). -1 when out of memory. Each algorithm runs once to
- * warm up (one three times slower than the fastest then is not run again),
- * then the candidates take turns, in alternating order, so a slow minute
- * of the machine hits them all; the best run counts, since on a shared
- * machine interference only ever adds time. */
-static int measure(const dpt_conv2d_desc *d0, int bn_in, int bn_out, int need_dx,
-                   dpt_conv_plan *p)
+/* What the candidates run on: random data for the largest batch timed. */
+typedef struct bench {
+    dpt_conv2d_desc d;
+    int need_dx;
+    const dpt_bn_apply *xa, *dya;
+    float *x, *dx, *y, *dy, *w, *dw, *b, *db, *work;
+    double *sum, *sumsq, *xg;
+    clockid_t clk;
+} bench;
+
+/* One timed run of algorithm a: k passes (forward + backward) of n images;
+ * milliseconds per pass. A test's timer replaces the run. */
+static double run_ms(bench *B, int a, int n, int k, int round)
 {
+    if (timer_hook)
+        return timer_hook(timer_ctx, a, n, round);
+    B->d.algo = a, B->d.n = n;
+    double t0 = now_ms(B->clk);
+    for (int j = 0; j < k; j++) {
+        dpt_conv2d_forward_ex(&B->d, B->x, B->xa, B->w, B->b, B->y, B->work, B->sum, B->sumsq);
+        dpt_conv2d_backward_ex(&B->d, B->x, B->xa, B->w, B->dy, B->dya, B->y,
+                               B->need_dx ? B->dx : NULL, B->dw, B->db, B->work, B->xg);
+    }
+    return (now_ms(B->clk) - t0) / k;
+}
+
+/* Rounds of runs of the live candidates at ns sizes (sz[0] < sz[1]), each
+ * one's figure for N images in fig (extrapolated from the two sizes' best
+ * runs, or the one size's best). Each candidate runs once to warm up (one
+ * three times slower than the fastest then is not run again), then the
+ * candidates take turns, in alternating order, so a slow minute of the
+ * machine hits them all; the best run counts, since on a shared machine
+ * interference only ever adds time. live[] is left with the candidates
+ * still in at the end; 1 when the figures settled. */
+static int rounds(bench *B, const int *sz, int ns, int N, int *live, double *fig)
+{
+    enum { A = DPT_CONV_ALGO_COUNT };
+    double b1[2][A], b2[2][A], warm[2][A], fastest[2] = {INFINITY, INFINITY}, spent = 0;
+    int settled = 0, repeat[2] = {1, 1}, ran[A];
+    for (int s = 0; s < 2; s++)
+        for (int a = 0; a < A; a++)
+            b1[s][a] = b2[s][a] = warm[s][a] = INFINITY;
+    for (int a = 0; a < A; a++)
+        ran[a] = live[a];
+#define FIG(v, a) (ns == 1 ? (v)[0][a] : extrapolate((v)[0][a], sz[0], (v)[1][a], sz[1], N))
+    for (int r = 0; r <= MAX_ROUNDS && !settled; r++) {
+        for (int i = 1; i < A; i++) {
+            /* Alternating order: no candidate always runs right after the
+             * same one (whose cache footprint or clock boost it inherits). */
+            int a = r % 2 ? i : A - i;
+            if (!live[a])
+                continue;
+            for (int s = 0; s < ns; s++) {
+                const int k = r == 0 ? 1 : repeat[s];
+                double ms = run_ms(B, a, sz[s], k, r);
+                if (r == 0) { /* the warm-up: only to drop clear losers */
+                    warm[s][a] = ms;
+                    if (ms < fastest[s])
+                        fastest[s] = ms;
+                    continue;
+                }
+                spent += ms * k;
+                if (ms < b1[s][a])
+                    b2[s][a] = b1[s][a], b1[s][a] = ms;
+                else if (ms < b2[s][a])
+                    b2[s][a] = ms;
+            }
+        }
+        if (r == 0) {
+            double best = INFINITY;
+            for (int a = 1; a < A; a++)
+                if (live[a] && FIG(warm, a) < best)
+                    best = FIG(warm, a);
+            for (int a = 1; a < A; a++)
+                if (live[a] && FIG(warm, a) > 3 * best)
+                    live[a] = 0;
+            for (int s = 0; s < ns; s++)
+                if (fastest[s] > 0 && fastest[s] < MIN_RUN_MS)
+                    repeat[s] = fastest[s] * MAX_REPEAT < MIN_RUN_MS
+                                    ? MAX_REPEAT
+                                    : (int)ceil(MIN_RUN_MS / fastest[s]);
+            continue;
+        }
+        if (r < MIN_ROUNDS)
+            continue;
+        int lead = -1;
+        for (int a = 1; a < A; a++)
+            if (live[a] && (lead < 0 || FIG(b1, a) < FIG(b1, lead)))
+                lead = a;
+        settled = 1;
+        for (int a = 1; a < A; a++) {
+            if (!live[a])
+                continue;
+            int agree = 1;
+            for (int s = 0; s < ns; s++)
+                agree &= b2[s][a] <= b1[s][a] * (1.0 + AGREE);
+            /* A settled figure CLEAR_LOSER times the leader's no longer
+             * matters; an unsettled one may be a preempted winner, so it
+             * is timed again unless far behind. */
+            if (FIG(b1, a) > (agree ? CLEAR_LOSER : 3.0) * FIG(b1, lead))
+                live[a] = 0;
+            else if (!agree)
+                settled = 0;
+        }
+        if (!settled && spent >= BUDGET_MS)
+            break;
+    }
+    for (int a = 1; a < A; a++)
+        if (ran[a])
+            fig[a] = b1[ns - 1][a] < INFINITY ? FIG(b1, a) : FIG(warm, a);
+#undef FIG
+    return settled;
+}
+
+/* Time every supported algorithm on random data: p->ms (each one's time
+ * for the batch d0->n), p->n_meas (images of the largest timed run),
+ * p->unsure (1 when the figures did not settle within the rounds and
+ * budget); in final[] the candidates the choice is made among. -1 when
+ * out of memory. Where a run of the batch would pass RUN_FLOPS, each
+ * candidate is timed on n (measure_batch) and n / 4 images and its time
+ * for the batch extrapolated; those within FINAL_MARGIN of the best
+ * estimate (the finalists) are then timed on the whole batch, which
+ * decides (below FINAL_MAX_MS and FINAL_MAX_BYTES: else the estimates). */
+static int measure(const dpt_conv2d_desc *d0, int bn_in, int bn_out, int need_dx,
+                   dpt_conv_plan *p, int *final)
+{
+    enum { A = DPT_CONV_ALGO_COUNT };
+    const int N = d0->n, n = measure_batch(d0, need_dx);
+    const int two = n < N;
+    const int sz[2] = {two ? (n / 4 > 1 ? n / 4 : 1) : n, n};
+    bench B = {.d = *d0, .need_dx = need_dx, .clk = timing_clock()};
     dpt_conv2d_desc d = *d0;
-    d.n = measure_batch(d0, need_dx);
-    p->n_meas = d.n;
-    const size_t nx = (size_t)d.n * d.c_in * d.h * d.w, ny = (size_t)d.n * d.c_out * d.out_h * d.out_w;
+    const size_t px = (size_t)d.c_in * d.h * d.w, py = (size_t)d.c_out * d.out_h * d.out_w;
     const size_t nw = (size_t)d.c_out * (d.c_in / d.groups) * d.kh * d.kw;
+    /* The whole batch's buffers, where the finalists may be timed on it. */
+    int cap = two && (double)N * (px + py) * 2 * sizeof(float) <= FINAL_MAX_BYTES ? N : n;
     size_t nwork = 0;
-    for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++) {
+    for (int a = 1; a < A; a++) {
         if (p->ms[a] == -1)
             continue;
-        d.algo = a;
+        d.algo = a, d.n = cap;
         size_t k = dpt_conv2d_work_floats(&d);
         if (k > nwork)
             nwork = k;
     }
+    const size_t nx = (size_t)cap * px, ny = (size_t)cap * py;
     const size_t nbn = 6 * (size_t)(d.c_in > d.c_out ? d.c_in : d.c_out);
     float *x = malloc(nx * sizeof *x), *dx = malloc(nx * sizeof *dx);
     float *y = malloc(ny * sizeof *y), *dy = malloc(ny * sizeof *dy);
@@ -597,81 +762,42 @@ static int measure(const dpt_conv2d_desc *d0, int bn_in, int bn_out, int need_dx
     for (size_t i = 0; i < cm; i++)
         bn[cm + i] += 1.0f, bn[3 * cm + i] += 1.0f;
     dpt_bn_apply ap = {bn, bn + cm, bn + 2 * cm, 1, bn + 3 * cm, bn + 4 * cm, bn + 5 * cm};
-    const dpt_bn_apply *xa = bn_in ? &ap : NULL, *dya = bn_out ? &ap : NULL;
-    double *sum = bn_out ? sums : NULL, *sumsq = bn_out ? sums + d.c_out : NULL;
-    double *xg = bn_in && need_dx ? sums + 2 * d.c_out : NULL;
+    B.xa = bn_in ? &ap : NULL, B.dya = bn_out ? &ap : NULL;
+    B.sum = bn_out ? sums : NULL, B.sumsq = bn_out ? sums + d.c_out : NULL;
+    B.xg = bn_in && need_dx ? sums + 2 * d.c_out : NULL;
+    B.x = x, B.dx = dx, B.y = y, B.dy = dy, B.w = w, B.dw = dw, B.b = b, B.db = db, B.work = work;
 
-    const clockid_t clk = timing_clock();
-    double b1[DPT_CONV_ALGO_COUNT], b2[DPT_CONV_ALGO_COUNT], warm[DPT_CONV_ALGO_COUNT];
-    int live[DPT_CONV_ALGO_COUNT];
-    double fastest = INFINITY, spent = 0;
-    int settled = 0, repeat = 1;
-    for (int a = 0; a < DPT_CONV_ALGO_COUNT; a++)
-        b1[a] = b2[a] = warm[a] = INFINITY, live[a] = a > 0 && p->ms[a] != -1;
-    for (int r = 0; r <= MAX_ROUNDS && !settled; r++) {
-        for (int i = 1; i < DPT_CONV_ALGO_COUNT; i++) {
-            /* Alternating order: no candidate always runs right after the
-             * same one (whose cache footprint or clock boost it inherits). */
-            int a = r % 2 ? i : DPT_CONV_ALGO_COUNT - i;
-            if (!live[a])
-                continue;
-            d.algo = a;
-            const int k = r == 0 ? 1 : repeat;
-            double t0 = now_ms(clk);
-            for (int j = 0; j < k; j++) {
-                dpt_conv2d_forward_ex(&d, x, xa, w, b, y, work, sum, sumsq);
-                dpt_conv2d_backward_ex(&d, x, xa, w, dy, dya, y, need_dx ? dx : NULL, dw, db,
-                                       work, xg);
-            }
-            double ms = (now_ms(clk) - t0) / k;
-            if (timer_hook)
-                ms = timer_hook(timer_ctx, a, r, ms);
-            if (r == 0) { /* the warm-up: only to drop clear losers */
-                warm[a] = ms;
-                if (ms < fastest)
-                    fastest = ms;
-                continue;
-            }
-            spent += ms * k;
-            if (ms < b1[a])
-                b2[a] = b1[a], b1[a] = ms;
-            else if (ms < b2[a])
-                b2[a] = ms;
-        }
-        if (r == 0) {
-            for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++)
-                if (live[a] && warm[a] > 3 * fastest)
-                    live[a] = 0;
-            if (fastest > 0 && fastest < MIN_RUN_MS)
-                repeat = fastest * MAX_REPEAT < MIN_RUN_MS ? MAX_REPEAT
-                                                           : (int)ceil(MIN_RUN_MS / fastest);
-            continue;
-        }
-        if (r < MIN_ROUNDS)
-            continue;
-        int lead = -1;
-        for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++)
-            if (live[a] && (lead < 0 || b1[a] < b1[lead]))
-                lead = a;
-        settled = 1;
-        for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++) {
-            if (!live[a])
-                continue;
-            int agree = b2[a] <= b1[a] * (1.0 + AGREE);
-            /* A settled figure CLEAR_LOSER times the leader's no longer
-             * matters; an unsettled one may be a preempted winner, so it
-             * is timed again unless far behind. */
-            if (b1[a] > (agree ? CLEAR_LOSER : 3.0) * b1[lead])
-                live[a] = 0;
-            else if (!agree)
-                settled = 0;
-        }
-        if (!settled && spent >= BUDGET_MS)
-            break;
+    int live[A];
+    double fig[A];
+    for (int a = 0; a < A; a++)
+        live[a] = a > 0 && p->ms[a] != -1, fig[a] = -2, final[a] = 0;
+    int settled = rounds(&B, sz, two ? 2 : 1, N, live, fig);
+    p->n_meas = n;
+    int lead = -1, n_final = 0;
+    for (int a = 1; a < A; a++)
+        if (live[a] && (lead < 0 || fig[a] < fig[lead]))
+            lead = a;
+    for (int a = 1; a < A; a++)
+        if (live[a] && fig[a] <= fig[lead] * (1.0 + FINAL_MARGIN))
+            final[a] = 1, n_final++;
+    if (two && n_final > 1 && cap == N && fig[lead] <= FINAL_MAX_MS) {
+        const int szN[1] = {N};
+        double at[A];
+        int in[A];
+        for (int a = 0; a < A; a++)
+            in[a] = final[a], at[a] = -2;
+        settled = rounds(&B, szN, 1, N, in, at);
+        for (int a = 1; a < A; a++)
+            if (final[a])
+                fig[a] = at[a];
+        p->n_meas = N;
+    } else {
+        for (int a = 1; a < A; a++)
+            final[a] = p->ms[a] != -1;
     }
-    for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++)
+    for (int a = 1; a < A; a++)
         if (p->ms[a] != -1)
-            p->ms[a] = b1[a] < INFINITY ? b1[a] : warm[a];
+            p->ms[a] = fig[a];
     p->unsure = !settled;
     rc = 0;
 done:
@@ -705,7 +831,7 @@ static int plan_measured(const dpt_conv2d_desc *d, int bn_in, int bn_out, int ne
                          const char *key, int remeasure, dpt_conv_plan *p)
 {
     char path[PATH_MAX_LEN], lockpath[PATH_MAX_LEN + 8];
-    int lfd = -1, rc = 0, best = -1, tries = 0;
+    int lfd = -1, rc = 0, best = -1, tries = 0, final[DPT_CONV_ALGO_COUNT];
     entry *v = NULL;
     size_t n = 0;
     struct stat st;
@@ -725,7 +851,7 @@ static int plan_measured(const dpt_conv2d_desc *d, int bn_in, int bn_out, int ne
             path[0] = '\0';
         }
     }
-    int bad = 0, cut = 0, got = path[0] ? load(path, &v, &n, &bad, &cut) : 0;
+    int bad = 0, old1 = 0, cut = 0, got = path[0] ? load(path, &v, &n, &bad, &old1, &cut) : 0;
     if (got == -2)
         goto nomem;
     if (got != 0) {
@@ -737,7 +863,7 @@ static int plan_measured(const dpt_conv2d_desc *d, int bn_in, int bn_out, int ne
         goto done;
     }
     if (path[0])
-        note_bad(p, path, bad, cut);
+        note_bad(p, path, bad, old1, cut);
     /* A cached line is used as it is, unsure or not: every later process
      * (the other MPI ranks, the next run) must make the same choice
      * (invariant 3). Only DPT_CONV_ALGO=measure times it again. */
@@ -751,7 +877,7 @@ static int plan_measured(const dpt_conv2d_desc *d, int bn_in, int bn_out, int ne
         set_choice(p, d, hit->algo, DPT_CONV_PLAN_CACHE);
         goto done;
     }
-    if (measure(d, bn_in, bn_out, need_dx, p) != 0)
+    if (measure(d, bn_in, bn_out, need_dx, p, final) != 0)
         goto nomem;
     if (old && old->unsure && old->n_meas == p->n_meas) {
         /* Timed again (DPT_CONV_ALGO=measure) after figures that had not
@@ -763,7 +889,7 @@ static int plan_measured(const dpt_conv2d_desc *d, int bn_in, int bn_out, int ne
                 p->ms[a] = old->ms[a];
         note(p, "timed again (timing %d): the earlier figures had not settled", tries + 1);
     }
-    if ((best = decide(p, d)) < 0)
+    if ((best = decide(p, d, final)) < 0)
         goto nomem;
     if (p->unsure)
         note(p, "figures did not settle within %d rounds or %.0f ms of runs (a busy machine?)",

@@ -173,11 +173,12 @@ typedef struct dpt_conv_plan {
     int algo;     /* for dpt_conv2d_desc.algo (AUTO for the heuristic) */
     int runs;     /* the algorithm that runs: dpt_conv_algo_resolve's, never AUTO */
     int source;   /* DPT_CONV_PLAN_* */
-    int n_meas;   /* images per timed run; 0: nothing timed */
+    int n_meas;   /* images of the largest timed run; 0: nothing timed */
     int unsure;   /* 1: the timed figures did not settle (a busy machine) */
-    /* Milliseconds of one forward + backward of n_meas images per
-     * algorithm (index dpt_conv_algo): -1 unsupported (or not built),
-     * -2 supported but not timed. */
+    /* Milliseconds of one forward + backward of the planned batch (d->n)
+     * per algorithm (index dpt_conv_algo): timed where n_meas is the
+     * batch (the finalists), else estimated from runs of fewer images;
+     * -1 unsupported (or not built), -2 supported but not timed. */
     double ms[DPT_CONV_ALGO_COUNT];
     char note[256]; /* a fallback or a cache-file problem, else "" */
 } dpt_conv_plan;
@@ -195,11 +196,13 @@ const char *dpt_conv_plan_source_name(int source);
 /* Forget the choices made in this process (tests: the next plan reads the
  * cache file again). Not to be called while another thread plans. */
 void dpt_conv_plan_forget(void);
-/* Tests: fn(ctx, algo, round, ms) replaces the milliseconds of each timed
- * run (round 0 is the warm-up), so a test can play a noisy machine
- * without depending on this one's speed. NULL restores the clock. Not to
- * be called while another thread plans. */
-typedef double (*dpt_conv_plan_timer)(void *ctx, int algo, int round, double ms);
+/* Tests: fn(ctx, algo, n, round) replaces each timed run of n images
+ * (round 0 is the warm-up; the run is not made) with the milliseconds it
+ * returns, so a test can play a noisy machine, or an algorithm with a
+ * per-call cost at a batch too large to run in a test, without depending
+ * on this one's speed. NULL restores the clock. Not to be called while
+ * another thread plans. */
+typedef double (*dpt_conv_plan_timer)(void *ctx, int algo, int n, int round);
 void dpt_conv_plan_set_timer(dpt_conv_plan_timer fn, void *ctx);
 
 /* ---- batch normalisation over (n, h, w) per channel --------------------- *
