@@ -538,6 +538,9 @@ static void property_test(void)
         {.n = 2, .c_in = 24, .h = 7, .w = 6, .c_out = 33, .kh = 3, .kw = 3, .stride = 1, .pad = 2},
         {.n = 4, .c_in = 16, .h = 5, .w = 9, .c_out = 16, .kh = 3, .kw = 3, .stride = 1, .pad = 0},
         {.n = 2, .c_in = 48, .h = 10, .w = 7, .c_out = 24, .kh = 3, .kw = 3, .stride = 1, .pad = 2},
+        /* F(4,3) at its channel bound (512; y sums over c_in, dx over c_out). */
+        {.n = 1, .c_in = 512, .h = 4, .w = 4, .c_out = 16, .kh = 3, .kw = 3, .stride = 1, .pad = 1},
+        {.n = 1, .c_in = 16, .h = 4, .w = 4, .c_out = 512, .kh = 3, .kw = 3, .stride = 1, .pad = 1},
     };
     const int n_wino = (int)(sizeof wino / sizeof *wino);
     const int wino_before = n_checked[DPT_CONV_ALGO_WINO];
@@ -555,6 +558,21 @@ static void property_test(void)
     if (dpt_ops_kernels_supported("avx2")) {
         CHECK(n_checked[DPT_CONV_ALGO_WINO] - wino_before >= n_wino);
         CHECK(n_checked[DPT_CONV_ALGO_WINO4] - wino4_before >= n_wino);
+        /* Past 512 channels in or out, F(4,3)'s error would pass 3e-5 of
+         * the largest value (bench/RESULTS-wino.md): no plan may pick it;
+         * F(2,3) still runs. */
+        dpt_ops_set_kernels("avx2");
+        for (int k = 0; k < 3; k++) {
+            dpt_conv2d_desc d = {.n = 2, .c_in = k == 1 ? 16 : 513, .h = 8, .w = 8,
+                                 .c_out = k == 0 ? 16 : 513, .kh = 3, .kw = 3, .stride = 1,
+                                 .pad = 1};
+            CHECK(dpt_conv2d_desc_init(&d) == 0);
+            CHECK_MSG(!dpt_conv_algo_supports(DPT_CONV_ALGO_WINO4, &d) &&
+                          dpt_conv_algo_supports(DPT_CONV_ALGO_WINO, &d),
+                      "wino4 past its channel bound: c_in %d c_out %d", d.c_in, d.c_out);
+            d.c_in = d.c_in > 16 ? 512 : 16, d.c_out = d.c_out > 16 ? 512 : 16;
+            CHECK(dpt_conv_algo_supports(DPT_CONV_ALGO_WINO4, &d));
+        }
     }
     dpt_ops_set_kernels(saved);
     printf("property test: %d random shapes, %d 1x1 ones and %d wide ones;", n_cases, n_1x1,
