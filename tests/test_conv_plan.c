@@ -143,6 +143,22 @@ int main(void)
     CHECK_MSG(m.calls[H] == 3, "steady: %d runs of the incumbent",
               m.calls[H]);
 
+    /* Two challengers within 3% of each other (the heuristic's choice far
+     * behind): the lower numbered, whichever is faster, so that fresh
+     * plans on a noisy machine agree; 8% apart, the faster. */
+    int c2 = -1;
+    for (int a = C + 1; a < DPT_CONV_ALGO_COUNT && c2 < 0; a++)
+        if (a != H && dpt_conv_algo_supports(a, &d))
+            c2 = a;
+    for (int k = 0; k < 3 && c2 > 0; k++) {
+        setup(&m, k == 0 ? 10.2 : 10.0, 20.0);
+        m.ms[c2] = k == 0 ? 10.0 : k == 1 ? 10.2 : 9.2;
+        plan(cache, 0, &m, &p);
+        const int want = k < 2 ? (C < c2 ? C : c2) : c2;
+        CHECK_MSG(p.algo == want, "near tie of %s and %s, case %d: %s chosen",
+                  dpt_conv_algo_name(C), dpt_conv_algo_name(c2), k, dpt_conv_algo_name(p.algo));
+    }
+
     /* A clear win (20%) replaces it. */
     setup(&m, 8.0, 10.0);
     plan(cache, 0, &m, &p);

@@ -536,17 +536,24 @@ static void fill(float *v, size_t n, uint64_t *s, float scale)
 
 /* The choice from timed figures (p->ms, -1/-2 for none) among the
  * candidates in[]: the fastest, unless the heuristic's choice is within
- * KEEP_MARGIN of it. */
+ * KEEP_MARGIN of it; else, of those within KEEP_MARGIN, the lowest
+ * numbered, so that two candidates within noise of each other (wino and
+ * wino4 on vgg's 4x4x256) do not swap between fresh plans. */
 static int decide(const dpt_conv_plan *p, const dpt_conv2d_desc *d, const int *in)
 {
     int best = -1;
     for (int a = 1; a < DPT_CONV_ALGO_COUNT; a++)
         if (in[a] && p->ms[a] >= 0 && (best < 0 || p->ms[a] < p->ms[best])) /* ties: the lower number */
             best = a;
+    if (best < 0)
+        return best;
+    const double near = p->ms[best] * (1.0 + KEEP_MARGIN);
     int h = dpt_conv_algo_heuristic(d);
-    if (best >= 0 && h != best && h > 0 && h < DPT_CONV_ALGO_COUNT && in[h] && p->ms[h] >= 0 &&
-        p->ms[best] * (1.0 + KEEP_MARGIN) > p->ms[h])
-        best = h;
+    if (h != best && h > 0 && h < DPT_CONV_ALGO_COUNT && in[h] && p->ms[h] >= 0 && near > p->ms[h])
+        return h;
+    for (int a = 1; a < best; a++)
+        if (in[a] && p->ms[a] >= 0 && near > p->ms[a])
+            return a;
     return best;
 }
 
