@@ -464,8 +464,9 @@ static void note_bad(dpt_conv_plan *p, const char *path, int bad, int old, int c
 /* ---- measurement ------------------------------------------------------------- */
 
 /* Rounds of timed runs after the warm-up: at least MIN_ROUNDS, at most
- * MAX_ROUNDS, and no new round once the timed runs of a shape took
- * BUDGET_MS (a slow figure on a busy machine must not make planning take
+ * MAX_ROUNDS, and no new round once the timed runs of a shape (of a phase:
+ * the small runs, then the finalists on the batch, see measure) took BUDGET_MS
+ * (a slow figure on a busy machine must not make planning take
  * minutes). A candidate's figure is settled when its two best runs agree
  * within AGREE; one settled at CLEAR_LOSER times the leader's best (or
  * unsettled at three times) is not run again. A challenger replaces the heuristic's choice only when
