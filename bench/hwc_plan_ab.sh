@@ -24,7 +24,7 @@ import sys
 out = []
 for line in open(sys.argv[1]):
     f = line.split()
-    if line.startswith('v1') and f[2] == 'hwc':
+    if line.startswith(('v1', 'v2')) and f[2] == 'hwc':
         ms = dict(kv.split(':') for kv in f[4].split(','))
         ms.pop('hwc')
         f[2] = min(ms, key=lambda k: float(ms[k]))
