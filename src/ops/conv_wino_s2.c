@@ -1,0 +1,253 @@
+/* Winograd for stride-2 3x3 convolutions: the batch-level driver (packing,
+ * filter transforms, the per-point GEMMs through hwc's kernels, batch-norm
+ * fusions); the transforms are conv_wino_s2_kern.h. See conv_wino_s2.h. */
+#include "ops/conv_wino_s2.h"
+
+#include <string.h>
+
+#define NPT 25 /* points of a tile: F(4x4, 2x2), 5x5 */
+
+/* Floats added to the distance of the points' planes in V and M (as
+ * conv_wino.c: T*C floats a multiple of 4 KB would put a tile's 25 points
+ * in one L1 set). */
+#define PSKEW 16
+
+static const ws2_isa *isa_now(void)
+{
+#ifdef DPT_HAVE_X86_KERNELS
+    const char *k = dpt_ops_kernels();
+    if (strcmp(k, "avx512") == 0)
+        return &dpt_ws2_isa_avx512;
+    if (strcmp(k, "avx2") == 0)
+        return &dpt_ws2_isa_avx2;
+#endif
+    return NULL;
+}
+
+static int cpad(int c) { return (c + DPT_HWC_CPAD - 1) / DPT_HWC_CPAD * DPT_HWC_CPAD; }
+static size_t al16(size_t n) { return (n + 15) & ~(size_t)15; }
+static int imax(int a, int b) { return a > b ? a : b; }
+static int tiles(int n) { return (n + 3) / 4; }
+
+int dpt_conv_wino_s2_supports(const dpt_conv2d_desc *d)
+{
+    return isa_now() != NULL && d->groups <= 1 && d->dilation <= 1 && d->stride == 2 &&
+           d->kh == 3 && d->kw == 3 && d->pad >= 0 && d->pad <= 2 && d->c_in >= 16 &&
+           d->c_out >= 16 && d->out_h >= 1 && d->out_w >= 1;
+}
+
+/* One F(4x4, 2x2) pass: the forward (s = the space-to-depth x, K = 4*cip,
+ * N = c_out) or dx (s = dy padded by 1, K = c_out, N = 4*cip phases of dx). */
+typedef struct ws2_pass {
+    int kc, ks;       /* GEMM K (real), V's channels a tile (padded) */
+    int cs_in, nph_in; /* input buffer: pixel stride, phases (4: space-to-depth) */
+    int nc, ncp;      /* GEMM N: real, padded */
+    int cs_out, nph_out; /* output buffer: pixel stride, phases (4: depth-to-space) */
+    int oh, ow, ntx, tpi; /* outputs (of s), tiles a row, tiles an image */
+    int xw, yw;       /* input, output buffer rows in pixels */
+    size_t ximg, yimg;
+} ws2_pass;
+
+/* Sizes of one call: tiles per GEMM (T), images per block (B), buffers. */
+typedef struct ws2_plan {
+    int T, B;
+    int xr, xc;  /* x buffer (pad p, space-to-depth): rows, cols */
+    int hs, wsd; /* s positions dx needs */
+    int dr, dc;  /* dy buffer (pad 1 top and left): rows, cols */
+    size_t tmp, xp, dyp, u, ut, du, v, mm, yp, ds, end;
+} ws2_plan;
+
+static ws2_plan plan_of(const dpt_conv2d_desc *d)
+{
+    ws2_plan q;
+    const int cip = cpad(d->c_in), cop = cpad(d->c_out), C = imax(4 * cip, cop);
+    const int nty = tiles(d->out_h), ntx = tiles(d->out_w), tpi = nty * ntx;
+    q.T = 32;
+    q.B = q.T / tpi < 1 ? 1 : q.T / tpi > 16 ? 16 : q.T / tpi;
+    /* s rows 0 .. 4*nty: x rows up to 8*nty+1 (>= h+2p: zeros beyond) */
+    q.xr = 8 * nty + 2, q.xc = 8 * ntx + 2;
+    q.hs = (d->pad + d->h - 1) / 2 + 1, q.wsd = (d->pad + d->w - 1) / 2 + 1;
+    q.dr = imax(4 * tiles(q.hs) + 1, 1 + 4 * nty), q.dc = imax(4 * tiles(q.wsd) + 1, 1 + 4 * ntx);
+    const size_t P = (size_t)d->out_h * d->out_w;
+    const size_t dxs = (size_t)4 * q.hs * q.wsd * cip; /* dx padded, 2hs x 2wsd */
+    size_t o = 0;
+    q.tmp = o, o += al16(P * d->c_out);
+    q.xp = o, o += al16((size_t)q.B * q.xr * q.xc * cip);
+    q.dyp = o, o += al16((size_t)q.B * q.dr * q.dc * cop);
+    q.u = o, o += al16((size_t)NPT * 4 * cip * cop);
+    q.ut = o, o += al16((size_t)NPT * d->c_out * 4 * cip);
+    q.du = o, o += al16((size_t)NPT * 4 * cip * cop);
+    q.v = o, o += al16((size_t)NPT * ((size_t)q.T * C + PSKEW));
+    q.mm = o, o += al16((size_t)NPT * ((size_t)q.T * C + PSKEW));
+    q.yp = o, o += al16((size_t)q.B * (P * cop > dxs ? P * cop : dxs));
+    q.ds = o, o += al16(4 * (size_t)d->c_out); /* 2 * c_out doubles */
+    q.end = o;
+    return q;
+}
+
+size_t dpt_conv_wino_s2_work_floats(const dpt_conv2d_desc *d) { return plan_of(d).end; }
+
+/* One pass over the nb images of a block: xp -> yp through u. */
+static void pass_block(const ws2_isa *isa, const ws2_pass *g, const ws2_plan *q, int nb,
+                       const float *xp, const float *u, float *v, float *m, float *yp,
+                       conv_prefetch *pf)
+{
+    const size_t vps = (size_t)q->T * g->ks + PSKEW, mps = (size_t)q->T * g->ncp + PSKEW;
+    const size_t ups = (size_t)g->kc * g->ncp;
+    for (int k0 = 0; k0 < nb * g->tpi; k0 += q->T) {
+        const int nt = nb * g->tpi - k0 < q->T ? nb * g->tpi - k0 : q->T;
+        isa->in(xp, g->ximg, g->xw, g->cs_in, g->nph_in, g->ntx, g->tpi, k0, nt, v, vps);
+        const hwc_geom g1 = {g->kc, g->nc, g->ks, g->ncp, nt, 1, nt, 1, 1, 1, 1};
+        for (int xi = 0; xi < NPT; xi++)
+            isa->hwc->fwd(&g1, 1, v + xi * vps, vps, u + xi * ups, m + xi * mps, mps,
+                          k0 == 0 && xi == 0 ? pf : NULL);
+        isa->out(m, mps, g->cs_out, g->nph_out, g->ntx, g->tpi, k0, nt, g->oh, g->ow, yp, g->yimg,
+                 g->yw);
+    }
+}
+
+void dpt_conv_wino_s2_forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
+                              const float *w, const float *b, float *y, float *work, double *sum,
+                              double *sumsq)
+{
+    const ws2_isa *isa = isa_now();
+    const hwc_isa *h = isa->hwc;
+    const ws2_plan q = plan_of(d);
+    const int cin = d->c_in, cout = d->c_out, hw = d->h * d->w, P = d->out_h * d->out_w;
+    const int cip = cpad(cin), cop = cpad(cout), ntx = tiles(d->out_w);
+    const ws2_pass g = {4 * cip, 4 * cip, cip, 4, cout, cop, cop, 1,
+                        d->out_h, d->out_w, ntx, tiles(d->out_h) * ntx, q.xc, d->out_w,
+                        (size_t)q.xr * q.xc * cip, (size_t)P * cop};
+    float *xp = work + q.xp, *u = work + q.u, *yp = work + q.yp;
+    isa->filt(w, cin, cout, cip, cop, 0, u);
+    memset(xp, 0, q.B * g.ximg * sizeof *xp);
+    if (sum)
+        for (int co = 0; co < cout; co++)
+            sum[co] = sumsq[co] = 0.0;
+    for (int i0 = 0; i0 < d->n; i0 += q.B) {
+        const int nb = d->n - i0 < q.B ? d->n - i0 : q.B;
+        for (int k = 0; k < nb; k++)
+            h->pack(x + (size_t)(i0 + k) * cin * hw, cin, d->h, d->w, d->pad, q.xc, cip, xa,
+                    xp + k * g.ximg);
+        /* The next block's input and this block's output planes, as hwc. */
+        conv_prefetch pf = {{0}, {0}, 0, 0, 0};
+        if (i0 + nb < d->n) {
+            const int nn = d->n - i0 - nb < q.B ? d->n - i0 - nb : q.B;
+            pf.p[0] = (const char *)(x + (size_t)(i0 + nb) * cin * hw);
+            pf.lines[0] = (size_t)nn * cin * hw * sizeof(float) / 64;
+        }
+        pf.p[1] = (const char *)(y + (size_t)i0 * cout * P);
+        pf.lines[1] = (size_t)nb * cout * P * sizeof(float) / 64;
+        pass_block(isa, &g, &q, nb, xp, u, work + q.v, work + q.mm, yp, &pf);
+        for (int k = 0; k < nb; k++) {
+            h->unpack(yp + k * g.yimg, cout, d->out_h, d->out_w, 0, d->out_w, cop, b,
+                      y + (size_t)(i0 + k) * cout * P);
+            if (sum)
+                h->sums(yp + k * g.yimg, P, cop, cout, b, sum, sumsq);
+        }
+    }
+}
+
+void dpt_conv_wino_s2_backward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
+                               const float *w, const float *dy, const dpt_bn_apply *dya,
+                               const float *y, float *dx, float *dw, float *db, float *work,
+                               double *xg)
+{
+    const ws2_isa *isa = isa_now();
+    const hwc_isa *h = isa->hwc;
+    const ws2_plan q = plan_of(d);
+    const int cin = d->c_in, cout = d->c_out, hw = d->h * d->w, P = d->out_h * d->out_w;
+    const int cip = cpad(cin), cop = cpad(cout);
+    const int ntx = tiles(d->out_w), tpi = tiles(d->out_h) * ntx, sx = tiles(q.wsd);
+    const size_t ximg = (size_t)q.xr * q.xc * cip, dimg = (size_t)q.dr * q.dc * cop;
+    /* dx: the gradient of s (hs x wsd positions, 4*cip channels) as a pass
+     * over dy, its phases written to the padded dx [2hs][2wsd][cip]. */
+    const ws2_pass g2 = {cout, cop, cop, 1, 4 * cip, 4 * cip, cip, 4,
+                         q.hs, q.wsd, sx, tiles(q.hs) * sx, q.dc, 2 * q.wsd,
+                         dimg, (size_t)4 * q.hs * q.wsd * cip};
+    float *tmp = work + q.tmp, *xp = work + q.xp, *dyp = work + q.dyp, *ut = work + q.ut;
+    float *du = work + q.du, *v = work + q.v, *z = work + q.mm, *dxp = work + q.yp;
+    double *dbs = (double *)(work + q.ds);
+    const size_t vps = (size_t)q.T * 4 * cip + PSKEW, zps = (size_t)q.T * cop + PSKEW;
+    const size_t ups = (size_t)4 * cip * cop;
+    memset(xp, 0, q.B * ximg * sizeof *xp);
+    memset(dyp, 0, q.B * dimg * sizeof *dyp);
+    memset(du, 0, NPT * ups * sizeof *du);
+    for (int co = 0; co < cout; co++)
+        dbs[co] = 0.0;
+    if (xg)
+        for (int ci = 0; ci < 2 * cin; ci++)
+            xg[ci] = 0.0;
+    if (dx)
+        isa->filt(w, cin, cout, cip, cop, 1, ut);
+    for (int i0 = 0; i0 < d->n; i0 += q.B) {
+        const int nb = d->n - i0 < q.B ? d->n - i0 : q.B;
+        for (int k = 0; k < nb; k++) {
+            const int i = i0 + k;
+            h->pack(x + (size_t)i * cin * hw, cin, d->h, d->w, d->pad, q.xc, cip, xa,
+                    xp + k * ximg);
+            /* The gradient the convolution uses (dya's backward applied, as
+             * hwc), and db. */
+            const float *dyi = dy + (size_t)i * cout * P;
+            if (dya) {
+                for (int co = 0; co < cout; co++)
+                    dbs[co] += h->bnback(dyi + (size_t)co * P, y + ((size_t)i * cout + co) * P, P,
+                                         dya->mean[co], dya->scale[co], dya->shift[co],
+                                         dya->kf[co], dya->ka[co], dya->kb[co], dya->relu,
+                                         tmp + (size_t)co * P);
+                dyi = tmp;
+            } else {
+                for (int co = 0; co < cout; co++) {
+                    float s = 0.0f;
+                    for (int p = 0; p < P; p++)
+                        s += dyi[(size_t)co * P + p];
+                    dbs[co] += s;
+                }
+            }
+            h->pack(dyi, cout, d->out_h, d->out_w, 1, q.dc, cop, NULL, dyp + k * dimg);
+        }
+        /* The next block's x, dy (and y), fetched during the first GEMM. */
+        conv_prefetch pf = {{0}, {0}, 0, 0, 0};
+        if (i0 + nb < d->n) {
+            const int nn = d->n - i0 - nb < q.B ? d->n - i0 - nb : q.B;
+            pf.p[0] = (const char *)(x + (size_t)(i0 + nb) * cin * hw);
+            pf.lines[0] = (size_t)nn * cin * hw * sizeof(float) / 64;
+            pf.p[1] = (const char *)(dy + (size_t)(i0 + nb) * cout * P);
+            pf.lines[1] = (size_t)nn * cout * P * sizeof(float) / 64;
+            if (dya) {
+                pf.p[2] = (const char *)(y + (size_t)(i0 + nb) * cout * P);
+                pf.lines[2] = pf.lines[1];
+            }
+        }
+        /* dU[xi] += Σ_tiles V[xi][t][k] Z[xi][t][co]. */
+        const float *dy0 = dyp + ((size_t)q.dc + 1) * cop;
+        for (int k0 = 0; k0 < nb * tpi; k0 += q.T) {
+            const int nt = nb * tpi - k0 < q.T ? nb * tpi - k0 : q.T;
+            isa->in(xp, ximg, q.xc, cip, 4, ntx, tpi, k0, nt, v, vps);
+            isa->grad(dy0, dimg, q.dc, cop, ntx, tpi, k0, nt, z, zps);
+            const hwc_geom g1 = {4 * cip, cout, 4 * cip, cop, nt, 1, nt, 1, 1, 1, 1};
+            for (int xi = 0; xi < NPT; xi++)
+                h->dw(&g1, 1, v + xi * vps, vps, z + xi * zps, nt * cop, zps, du + xi * ups,
+                      k0 == 0 && xi == 0 ? &pf : NULL);
+        }
+        if (!dx)
+            continue;
+        conv_prefetch pdx = {{(const char *)(dx + (size_t)i0 * cin * hw)},
+                             {(size_t)nb * cin * hw * sizeof(float) / 64},
+                             0,
+                             0,
+                             0};
+        pass_block(isa, &g2, &q, nb, dyp, ut, v, z, dxp, &pdx);
+        for (int k = 0; k < nb; k++) {
+            const int i = i0 + k;
+            float *dxi = dx + (size_t)i * cin * hw;
+            h->unpack(dxp + k * g2.yimg, cin, d->h, d->w, d->pad, g2.yw, cip, NULL, dxi);
+            if (xg)
+                dpt_bn_grad_sums(x + (size_t)i * cin * hw, dxi, 1, cin, hw, xa, xg, xg + cin);
+        }
+    }
+    isa->wgrad(du, cin, cout, cip, cop, dw); /* dW = G^T dU G, back to the 3x3 taps */
+    if (db)
+        for (int co = 0; co < cout; co++)
+            db[co] = (float)dbs[co];
+}

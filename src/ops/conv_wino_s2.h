@@ -1,0 +1,71 @@
+/* Winograd for stride-2 3x3 convolutions (conv2d.c's table entry
+ * "wino_s2"): groups 1, dilation 1, padding 0-2, 16+ channels in and out,
+ * the vector kernel sets. A stride-2 3x3 convolution is a stride-1 2x2
+ * convolution over the space-to-depth input: s[a][b][ph][c] =
+ * xpad[2a+py][2b+px][c] (ph = 2*py + px, 4*c_in channels), filter tap
+ * (ty, tx) of phase ph = w[2ty+py][2tx+px] (zero where that is past 2).
+ * That is computed as Winograd F(4x4, 2x2) (Toom-Cook points 0, 1, -1, 2,
+ * inf): per 4x4 output tile, V = B^T d B over a 5x5 block of s, a GEMM per
+ * point xi of the 25 (M[xi][tile][co] = Σ_k V[xi][tile][k] U[xi][k][co],
+ * K = 4*c_in, hwc's 1x1 kernel as wino uses it), Y = A^T M A: 100 c_in
+ * multiplications per 16 outputs against 144 direct. The space-to-depth
+ * is the input transform's strided reads of hwc's padded buffer.
+ * Backward: dw accumulates dU[xi] += V[xi]^T Z[xi], Z = A dY A^T, then
+ * dW = G^T dU G per phase, back to the 3x3 taps; dx: the gradient of s is
+ * the stride-1 2x2 correlation of dy (padded by 1 at top and left) with
+ * the flipped filters of each phase, the same F(4x4, 2x2) forward with
+ * 4*c_in outputs, whose output transform writes each phase to its pixels
+ * of the padded dx (depth-to-space). fused = 1. Internal to ops/. */
+#ifndef DPT_OPS_CONV_WINO_S2_H
+#define DPT_OPS_CONV_WINO_S2_H
+
+#include "ops/conv_hwc.h"
+
+/* Tile k of a block (images tpi tiles apart, ntx tiles a row) is image
+ * k / tpi, tile row (k % tpi) / ntx, column (k % tpi) % ntx; a call takes
+ * tiles k0 .. k0+nt-1. A tile's point xi of phase ph, channel c lies at
+ * buf[xi*ps + j*nph*cs + ph*cs + c] (j = k - k0). */
+typedef struct ws2_isa {
+    const hwc_isa *hwc; /* the GEMM kernels, pack, unpack, sums, bnback */
+    /* V = B^T d B, d the 5x5 block of s at tile (ty, tx): nph 4, s pixel
+     * (a, b) of phase (py, px) is xp[(2a+py)*xw + 2b+px] (space-to-depth);
+     * nph 1, s = xp. Pixels cs floats apart, images ximg. */
+    void (*in)(const float *xp, size_t ximg, int xw, int cs, int nph, int ntx, int tpi, int k0,
+               int nt, float *v, size_t ps);
+    /* Y = A^T m A into the outputs inside oh x ow (of s): nph 1, output
+     * (a, b) at yp[a*yw + b]; nph 4, phase (py, px) at yp[(2a+py)*yw +
+     * 2b+px] (depth-to-space). Pixels cs floats apart, images yimg. */
+    void (*out)(const float *m, size_t ps, int cs, int nph, int ntx, int tpi, int k0, int nt,
+                int oh, int ow, float *yp, size_t yimg, int yw);
+    /* z = A dY A^T, dY the 4x4 block at row 4*ty, column 4*tx of dyp
+     * ([.][dw][cs], images dimg apart; zero beyond the output). */
+    void (*grad)(const float *dyp, size_t dimg, int dw, int cs, int ntx, int tpi, int k0, int nt,
+                 float *z, size_t ps);
+    /* u[xi] = G g G^T in hwc's blocked 1x1 weight layout (conv_hwc.c wblk:
+     * per point [ni][nop] in blocks of 2*vw outer channels). dx 0: inner
+     * ph*cip + ci (ni = 4*cip), outer co (nop = cop), g phase ph's 2x2
+     * taps of w[co][ci]; dx 1: inner co (ni = cout), outer ph*cip + ci
+     * (nop = 4*cip), g those taps turned by 180 degrees. Zeros for padded
+     * channels. */
+    void (*filt)(const float *w, int cin, int cout, int cip, int cop, int dx, float *u);
+    /* dw[co][ci][3x3] = the taps of G^T du G (du in filt's dx 0 layout). */
+    void (*wgrad)(const float *du, int cin, int cout, int cip, int cop, float *dw);
+} ws2_isa;
+
+#ifdef DPT_HAVE_X86_KERNELS
+extern const ws2_isa dpt_ws2_isa_avx512;
+extern const ws2_isa dpt_ws2_isa_avx2;
+#endif
+
+int dpt_conv_wino_s2_supports(const dpt_conv2d_desc *d);
+size_t dpt_conv_wino_s2_work_floats(const dpt_conv2d_desc *d);
+/* The conv_algo contracts (conv_algo.h). */
+void dpt_conv_wino_s2_forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
+                              const float *w, const float *b, float *y, float *work, double *sum,
+                              double *sumsq);
+void dpt_conv_wino_s2_backward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
+                               const float *w, const float *dy, const dpt_bn_apply *dya,
+                               const float *y, float *dx, float *dw, float *db, float *work,
+                               double *xg);
+
+#endif
