@@ -52,8 +52,9 @@ typedef struct ws2_pass {
 typedef struct ws2_plan {
     int T, B;
     int xr, xc;  /* x buffer (pad p, space-to-depth): rows, cols */
-    int hs, wsd; /* s positions dx needs */
-    int dr, dc;  /* dy buffer (pad 1 top and left): rows, cols */
+    int hs, wsd; /* dx's positions (of each phase) */
+    int pe;      /* dy's padding at top and left (dx's pass) */
+    int dr, dc;  /* dy buffer: rows, cols */
     size_t tmp, xp, dyp, u, ut, du, v, mm, yp, ds, end;
 } ws2_plan;
 
@@ -66,10 +67,11 @@ static ws2_plan plan_of(const dpt_conv2d_desc *d)
     q.B = q.T / tpi < 1 ? 1 : q.T / tpi > 16 ? 16 : q.T / tpi;
     /* s rows 0 .. 4*nty: x rows up to 8*nty+1 (>= h+2p: zeros beyond) */
     q.xr = 8 * nty + 2, q.xc = 8 * ntx + 2;
-    q.hs = (d->pad + d->h - 1) / 2 + 1, q.wsd = (d->pad + d->w - 1) / 2 + 1;
-    q.dr = imax(4 * tiles(q.hs) + 1, 1 + 4 * nty), q.dc = imax(4 * tiles(q.wsd) + 1, 1 + 4 * ntx);
+    q.hs = (d->h + 1) / 2, q.wsd = (d->w + 1) / 2, q.pe = d->pad == 0;
+    q.dr = imax(4 * tiles(q.hs) + 1, q.pe + 4 * nty);
+    q.dc = imax(4 * tiles(q.wsd) + 1, q.pe + 4 * ntx);
     const size_t P = (size_t)d->out_h * d->out_w;
-    const size_t dxs = (size_t)4 * q.hs * q.wsd * cip; /* dx padded, 2hs x 2wsd */
+    const size_t dxs = (size_t)4 * q.hs * q.wsd * cip; /* dx in phases: 2hs x 2wsd pixels */
     size_t o = 0;
     q.tmp = o, o += al16(P * d->c_out);
     q.xp = o, o += al16((size_t)q.B * q.xr * q.xc * cip);
@@ -119,7 +121,7 @@ void dpt_conv_wino_s2_forward(const dpt_conv2d_desc *d, const float *x, const dp
                         d->out_h, d->out_w, ntx, tiles(d->out_h) * ntx, q.xc, d->out_w,
                         (size_t)q.xr * q.xc * cip, (size_t)P * cop};
     float *xp = work + q.xp, *u = work + q.u, *yp = work + q.yp;
-    isa->filt(w, cin, cout, cip, cop, 0, u);
+    isa->filt(w, cin, cout, cip, cop, 0, d->pad, u);
     memset(xp, 0, q.B * g.ximg * sizeof *xp);
     if (sum)
         for (int co = 0; co < cout; co++)
@@ -160,8 +162,8 @@ void dpt_conv_wino_s2_backward(const dpt_conv2d_desc *d, const float *x, const d
     const int cip = cpad(cin), cop = cpad(cout);
     const int ntx = tiles(d->out_w), tpi = tiles(d->out_h) * ntx, sx = tiles(q.wsd);
     const size_t ximg = (size_t)q.xr * q.xc * cip, dimg = (size_t)q.dr * q.dc * cop;
-    /* dx: the gradient of s (hs x wsd positions, 4*cip channels) as a pass
-     * over dy, its phases written to the padded dx [2hs][2wsd][cip]. */
+    /* dx: 4*cip phases of hs x wsd positions as a pass over dy, written to
+     * dx [2hs][2wsd][cip]. */
     const ws2_pass g2 = {cout, cop, cop, 1, 4 * cip, 4 * cip, cip, 4,
                          q.hs, q.wsd, sx, tiles(q.hs) * sx, q.dc, 2 * q.wsd,
                          dimg, (size_t)4 * q.hs * q.wsd * cip};
@@ -179,7 +181,7 @@ void dpt_conv_wino_s2_backward(const dpt_conv2d_desc *d, const float *x, const d
         for (int ci = 0; ci < 2 * cin; ci++)
             xg[ci] = 0.0;
     if (dx)
-        isa->filt(w, cin, cout, cip, cop, 1, ut);
+        isa->filt(w, cin, cout, cip, cop, 1, d->pad, ut);
     for (int i0 = 0; i0 < d->n; i0 += q.B) {
         const int nb = d->n - i0 < q.B ? d->n - i0 : q.B;
         for (int k = 0; k < nb; k++) {
@@ -204,7 +206,7 @@ void dpt_conv_wino_s2_backward(const dpt_conv2d_desc *d, const float *x, const d
                     dbs[co] += s;
                 }
             }
-            h->pack(dyi, cout, d->out_h, d->out_w, 1, q.dc, cop, NULL, dyp + k * dimg);
+            h->pack(dyi, cout, d->out_h, d->out_w, q.pe, q.dc, cop, NULL, dyp + k * dimg);
         }
         /* The next block's x, dy (and y), fetched during the first GEMM. */
         conv_prefetch pf = {{0}, {0}, 0, 0, 0};
@@ -220,7 +222,7 @@ void dpt_conv_wino_s2_backward(const dpt_conv2d_desc *d, const float *x, const d
             }
         }
         /* dU[xi] += Σ_tiles V[xi][t][k] Z[xi][t][co]. */
-        const float *dy0 = dyp + ((size_t)q.dc + 1) * cop;
+        const float *dy0 = dyp + ((size_t)q.pe * q.dc + q.pe) * cop;
         for (int k0 = 0; k0 < nb * tpi; k0 += q.T) {
             const int nt = nb * tpi - k0 < q.T ? nb * tpi - k0 : q.T;
             isa->in(xp, ximg, q.xc, cip, 4, ntx, tpi, k0, nt, v, vps);
@@ -241,7 +243,7 @@ void dpt_conv_wino_s2_backward(const dpt_conv2d_desc *d, const float *x, const d
         for (int k = 0; k < nb; k++) {
             const int i = i0 + k;
             float *dxi = dx + (size_t)i * cin * hw;
-            h->unpack(dxp + k * g2.yimg, cin, d->h, d->w, d->pad, g2.yw, cip, NULL, dxi);
+            h->unpack(dxp + k * g2.yimg, cin, d->h, d->w, 0, g2.yw, cip, NULL, dxi);
             if (xg)
                 dpt_bn_grad_sums(x + (size_t)i * cin * hw, dxi, 1, cin, hw, xa, xg, xg + cin);
         }

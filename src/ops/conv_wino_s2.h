@@ -11,11 +11,12 @@
  * multiplications per 16 outputs against 144 direct. The space-to-depth
  * is the input transform's strided reads of hwc's padded buffer.
  * Backward: dw accumulates dU[xi] += V[xi]^T Z[xi], Z = A dY A^T, then
- * dW = G^T dU G per phase, back to the 3x3 taps; dx: the gradient of s is
- * the stride-1 2x2 correlation of dy (padded by 1 at top and left) with
- * the flipped filters of each phase, the same F(4x4, 2x2) forward with
- * 4*c_in outputs, whose output transform writes each phase to its pixels
- * of the padded dx (depth-to-space). fused = 1. Internal to ops/. */
+ * dW = G^T dU G per phase, back to the 3x3 taps; dx, in phases of the
+ * unpadded x (dx[2a+py][2b+px], ceil(h/2) x ceil(w/2) positions: no
+ * tiles wasted on the padding), is a stride-1 2x2 correlation of dy (padded
+ * by 1 at top and left for pad 0) with each phase's taps of w, the same
+ * F(4x4, 2x2) pass with 4*c_in outputs, whose output transform writes each
+ * phase to its pixels (depth-to-space). fused = 1. Internal to ops/. */
 #ifndef DPT_OPS_CONV_WINO_S2_H
 #define DPT_OPS_CONV_WINO_S2_H
 
@@ -45,9 +46,9 @@ typedef struct ws2_isa {
      * per point [ni][nop] in blocks of 2*vw outer channels). dx 0: inner
      * ph*cip + ci (ni = 4*cip), outer co (nop = cop), g phase ph's 2x2
      * taps of w[co][ci]; dx 1: inner co (ni = cout), outer ph*cip + ci
-     * (nop = 4*cip), g those taps turned by 180 degrees. Zeros for padded
-     * channels. */
-    void (*filt)(const float *w, int cin, int cout, int cip, int cop, int dx, float *u);
+     * (nop = 4*cip), g the taps of dx's phase ph (conv_wino_s2_kern.h
+     * s2_tap) for a convolution padded by pad. Zeros for padded channels. */
+    void (*filt)(const float *w, int cin, int cout, int cip, int cop, int dx, int pad, float *u);
     /* dw[co][ci][3x3] = the taps of G^T du G (du in filt's dx 0 layout). */
     void (*wgrad)(const float *du, int cin, int cout, int cip, int cop, float *dw);
 } ws2_isa;

@@ -152,19 +152,23 @@ static void KERN(s2_grad)(const float *dyp, size_t dimg, int dw, int cs, int ntx
 }
 
 /* Tap (ty, tx) of phase ph's 2x2 filter of w[co][ci] (3x3), 0 past the
- * 3x3 or for padded channels; turned by 180 degrees for dx. */
+ * 3x3 or for padded channels. Forward (pad < 0): w[2ty+py][2tx+px]. dx of
+ * a convolution padded by pad: dx[2a+py] = Σ_e dy[a+e] w[py+pad-2e] over
+ * the two e = t + e0 (e0 = -1 for pad 0, else 0) that give taps 0-2. */
 static inline float KERN(s2_tap)(const float *w, int cin, int cout, int co, int ci, int ph,
-                                 int ty, int tx, int dx)
+                                 int ty, int tx, int pad)
 {
     if (co >= cout || ci >= cin)
         return 0.0f;
-    if (dx)
-        ty = 1 - ty, tx = 1 - tx;
-    const int ky = 2 * ty + (ph >> 1), kx = 2 * tx + (ph & 1);
-    return ky > 2 || kx > 2 ? 0.0f : w[((size_t)co * cin + ci) * 9 + ky * 3 + kx];
+    const int py = ph >> 1, px = ph & 1, e0 = pad == 0 ? -1 : 0;
+    const int ky = pad < 0 ? 2 * ty + py : py + pad - 2 * (ty + e0);
+    const int kx = pad < 0 ? 2 * tx + px : px + pad - 2 * (tx + e0);
+    return ky < 0 || ky > 2 || kx < 0 || kx > 2 ? 0.0f
+                                                : w[((size_t)co * cin + ci) * 9 + ky * 3 + kx];
 }
 
-static void KERN(s2_filt)(const float *w, int cin, int cout, int cip, int cop, int dx, float *u)
+static void KERN(s2_filt)(const float *w, int cin, int cout, int cip, int cop, int dx, int pad,
+                          float *u)
 {
     const int ni = dx ? cout : 4 * cip, nop = dx ? 4 * cip : cop;
     const size_t ps = (size_t)ni * nop;
@@ -179,7 +183,7 @@ static void KERN(s2_filt)(const float *w, int cin, int cout, int cip, int cop, i
                     /* dx 0: inner i = ph*cip + ci, outer o = co; dx 1 the other way */
                     const int co = dx ? i : o, k = dx ? o : i, ph = k / cip, ci = k % cip;
                     for (int a = 0; a < 4; a++)
-                        gt[a][l] = KERN(s2_tap)(w, cin, cout, co, ci, ph, a >> 1, a & 1, dx);
+                        gt[a][l] = KERN(s2_tap)(w, cin, cout, co, ci, ph, a >> 1, a & 1, dx ? pad : -1);
                 }
                 VEC t[5][2], r[5];
                 for (int c = 0; c < 2; c++) { /* G g, column c */
