@@ -50,12 +50,13 @@ typedef struct ws2_pass {
 
 /* Sizes of one call: tiles per GEMM (T), images per block (B), buffers. */
 typedef struct ws2_plan {
-    int T, B;
+    int T, B;   /* forward and dx's pass */
+    int Tw, Bw; /* the backward: tiles per weight-gradient GEMM, images per block */
     int xr, xc;  /* x buffer (pad p, space-to-depth): rows, cols */
     int hs, wsd; /* dx's positions (of each phase) */
     int pe;      /* dy's padding at top and left (dx's pass) */
     int dr, dc;  /* dy buffer: rows, cols */
-    size_t tmp, xp, dyp, u, ut, du, v, mm, yp, ds, end;
+    size_t tmp, xp, dyp, u, ut, du, v, mm, yp, wt, ds, end;
 } ws2_plan;
 
 static ws2_plan plan_of(const dpt_conv2d_desc *d)
@@ -64,7 +65,10 @@ static ws2_plan plan_of(const dpt_conv2d_desc *d)
     const int cip = cpad(d->c_in), cop = cpad(d->c_out), C = imax(4 * cip, cop);
     const int nty = tiles(d->out_h), ntx = tiles(d->out_w), tpi = nty * ntx;
     q.T = 32;
-    q.B = q.T / tpi < 1 ? 1 : q.T / tpi > 16 ? 16 : q.T / tpi;
+    q.B = q.T / tpi < 1 ? 1 : q.T / tpi > 64 ? 64 : q.T / tpi;
+    q.Tw = 32;
+    q.Bw = q.Tw / tpi < 1 ? 1 : q.Tw / tpi > 64 ? 64 : q.Tw / tpi;
+    const int Bm = imax(q.B, q.Bw), Tm = imax(q.T, q.Tw);
     /* s rows 0 .. 4*nty: x rows up to 8*nty+1 (>= h+2p: zeros beyond) */
     q.xr = 8 * nty + 2, q.xc = 8 * ntx + 2;
     q.hs = (d->h + 1) / 2, q.wsd = (d->w + 1) / 2, q.pe = d->pad == 0;
@@ -74,14 +78,15 @@ static ws2_plan plan_of(const dpt_conv2d_desc *d)
     const size_t dxs = (size_t)4 * q.hs * q.wsd * cip; /* dx in phases: 2hs x 2wsd pixels */
     size_t o = 0;
     q.tmp = o, o += al16(P * d->c_out);
-    q.xp = o, o += al16((size_t)q.B * q.xr * q.xc * cip);
-    q.dyp = o, o += al16((size_t)q.B * q.dr * q.dc * cop);
+    q.xp = o, o += al16((size_t)Bm * q.xr * q.xc * cip);
+    q.dyp = o, o += al16((size_t)Bm * q.dr * q.dc * cop);
     q.u = o, o += al16((size_t)NPT * 4 * cip * cop);
     q.ut = o, o += al16((size_t)NPT * d->c_out * 4 * cip);
     q.du = o, o += al16((size_t)NPT * 4 * cip * cop);
-    q.v = o, o += al16((size_t)NPT * ((size_t)q.T * C + PSKEW));
-    q.mm = o, o += al16((size_t)NPT * ((size_t)q.T * C + PSKEW));
-    q.yp = o, o += al16((size_t)q.B * (P * cop > dxs ? P * cop : dxs));
+    q.v = o, o += al16((size_t)NPT * ((size_t)Tm * C + PSKEW));
+    q.mm = o, o += al16((size_t)NPT * ((size_t)Tm * C + PSKEW));
+    q.yp = o, o += al16((size_t)Bm * (P * cop > dxs ? P * cop : dxs));
+    q.wt = o, o += al16((size_t)9 * imax(d->c_in * cop, d->c_out * cip));
     q.ds = o, o += al16(4 * (size_t)d->c_out); /* 2 * c_out doubles */
     q.end = o;
     return q;
@@ -89,20 +94,40 @@ static ws2_plan plan_of(const dpt_conv2d_desc *d)
 
 size_t dpt_conv_wino_s2_work_floats(const dpt_conv2d_desc *d) { return plan_of(d).end; }
 
-/* One pass over the nb images of a block: xp -> yp through u. */
+/* wt [inner][9][outer padded] = w[co][ci][9] with the outer channels
+ * (dx 0: co, dx 1: ci) innermost, for the filter transforms' vector loads. */
+static void w_outer(const float *w, int cin, int cout, int dx, float *wt)
+{
+    const int no = dx ? cin : cout, ni = dx ? cout : cin, nop = cpad(no);
+    for (int i = 0; i < ni; i++)
+        for (int k = 0; k < 9; k++) {
+            float *row = wt + ((size_t)i * 9 + k) * nop;
+            for (int o = 0; o < nop; o++)
+                row[o] = o >= no ? 0.0f
+                         : dx    ? w[((size_t)i * cin + o) * 9 + k]
+                                 : w[((size_t)o * cin + i) * 9 + k];
+        }
+}
+
+/* One pass over the nb images of a block: xp -> yp through u (the
+ * forward's, nph_in 4: the points' phases as ws2_slot; dx's: 25 planes). */
 static void pass_block(const ws2_isa *isa, const ws2_pass *g, const ws2_plan *q, int nb,
                        const float *xp, const float *u, float *v, float *m, float *yp,
                        conv_prefetch *pf)
 {
     const size_t vps = (size_t)q->T * g->ks + PSKEW, mps = (size_t)q->T * g->ncp + PSKEW;
-    const size_t ups = (size_t)g->kc * g->ncp;
+    const int s2d = g->nph_in == 4;
     for (int k0 = 0; k0 < nb * g->tpi; k0 += q->T) {
         const int nt = nb * g->tpi - k0 < q->T ? nb * g->tpi - k0 : q->T;
         isa->in(xp, g->ximg, g->xw, g->cs_in, g->nph_in, g->ntx, g->tpi, k0, nt, v, vps);
-        const hwc_geom g1 = {g->kc, g->nc, g->ks, g->ncp, nt, 1, nt, 1, 1, 1, 1};
-        for (int xi = 0; xi < NPT; xi++)
-            isa->hwc->fwd(&g1, 1, v + xi * vps, vps, u + xi * ups, m + xi * mps, mps,
+        for (int xi = 0; xi < NPT; xi++) {
+            const int kc = s2d ? ws2_nk(xi) * g->cs_in : g->kc;
+            const size_t uo = s2d ? (size_t)ws2_koff(xi) * g->cs_in * g->ncp
+                                  : (size_t)xi * g->kc * g->ncp;
+            const hwc_geom g1 = {kc, g->nc, g->ks, g->ncp, nt, 1, nt, 1, 1, 1, 1};
+            isa->hwc->fwd(&g1, 1, v + xi * vps, vps, u + uo, m + xi * mps, mps,
                           k0 == 0 && xi == 0 ? pf : NULL);
+        }
         isa->out(m, mps, g->cs_out, g->nph_out, g->ntx, g->tpi, k0, nt, g->oh, g->ow, yp, g->yimg,
                  g->yw);
     }
@@ -121,7 +146,8 @@ void dpt_conv_wino_s2_forward(const dpt_conv2d_desc *d, const float *x, const dp
                         d->out_h, d->out_w, ntx, tiles(d->out_h) * ntx, q.xc, d->out_w,
                         (size_t)q.xr * q.xc * cip, (size_t)P * cop};
     float *xp = work + q.xp, *u = work + q.u, *yp = work + q.yp;
-    isa->filt(w, cin, cout, cip, cop, 0, d->pad, u);
+    w_outer(w, cin, cout, 0, work + q.wt);
+    isa->filt(work + q.wt, cin, cout, cip, cop, 0, d->pad, u);
     memset(xp, 0, q.B * g.ximg * sizeof *xp);
     if (sum)
         for (int co = 0; co < cout; co++)
@@ -170,20 +196,22 @@ void dpt_conv_wino_s2_backward(const dpt_conv2d_desc *d, const float *x, const d
     float *tmp = work + q.tmp, *xp = work + q.xp, *dyp = work + q.dyp, *ut = work + q.ut;
     float *du = work + q.du, *v = work + q.v, *z = work + q.mm, *dxp = work + q.yp;
     double *dbs = (double *)(work + q.ds);
-    const size_t vps = (size_t)q.T * 4 * cip + PSKEW, zps = (size_t)q.T * cop + PSKEW;
-    const size_t ups = (size_t)4 * cip * cop;
-    memset(xp, 0, q.B * ximg * sizeof *xp);
-    memset(dyp, 0, q.B * dimg * sizeof *dyp);
-    memset(du, 0, NPT * ups * sizeof *du);
+    const size_t vps = (size_t)q.Tw * 4 * cip + PSKEW, zps = (size_t)q.Tw * cop + PSKEW;
+    const size_t ups = (size_t)cip * cop; /* per phase kept (ws2_koff) */
+    memset(xp, 0, q.Bw * ximg * sizeof *xp);
+    memset(dyp, 0, q.Bw * dimg * sizeof *dyp);
+    memset(du, 0, (size_t)WS2_NK_ALL * ups * sizeof *du);
     for (int co = 0; co < cout; co++)
         dbs[co] = 0.0;
     if (xg)
         for (int ci = 0; ci < 2 * cin; ci++)
             xg[ci] = 0.0;
-    if (dx)
-        isa->filt(w, cin, cout, cip, cop, 1, d->pad, ut);
-    for (int i0 = 0; i0 < d->n; i0 += q.B) {
-        const int nb = d->n - i0 < q.B ? d->n - i0 : q.B;
+    if (dx) {
+        w_outer(w, cin, cout, 1, work + q.wt);
+        isa->filt(work + q.wt, cin, cout, cip, cop, 1, d->pad, ut);
+    }
+    for (int i0 = 0; i0 < d->n; i0 += q.Bw) {
+        const int nb = d->n - i0 < q.Bw ? d->n - i0 : q.Bw;
         for (int k = 0; k < nb; k++) {
             const int i = i0 + k;
             h->pack(x + (size_t)i * cin * hw, cin, d->h, d->w, d->pad, q.xc, cip, xa,
@@ -211,7 +239,7 @@ void dpt_conv_wino_s2_backward(const dpt_conv2d_desc *d, const float *x, const d
         /* The next block's x, dy (and y), fetched during the first GEMM. */
         conv_prefetch pf = {{0}, {0}, 0, 0, 0};
         if (i0 + nb < d->n) {
-            const int nn = d->n - i0 - nb < q.B ? d->n - i0 - nb : q.B;
+            const int nn = d->n - i0 - nb < q.Bw ? d->n - i0 - nb : q.Bw;
             pf.p[0] = (const char *)(x + (size_t)(i0 + nb) * cin * hw);
             pf.lines[0] = (size_t)nn * cin * hw * sizeof(float) / 64;
             pf.p[1] = (const char *)(dy + (size_t)(i0 + nb) * cout * P);
@@ -223,14 +251,15 @@ void dpt_conv_wino_s2_backward(const dpt_conv2d_desc *d, const float *x, const d
         }
         /* dU[xi] += Σ_tiles V[xi][t][k] Z[xi][t][co]. */
         const float *dy0 = dyp + ((size_t)q.pe * q.dc + q.pe) * cop;
-        for (int k0 = 0; k0 < nb * tpi; k0 += q.T) {
-            const int nt = nb * tpi - k0 < q.T ? nb * tpi - k0 : q.T;
+        for (int k0 = 0; k0 < nb * tpi; k0 += q.Tw) {
+            const int nt = nb * tpi - k0 < q.Tw ? nb * tpi - k0 : q.Tw;
             isa->in(xp, ximg, q.xc, cip, 4, ntx, tpi, k0, nt, v, vps);
             isa->grad(dy0, dimg, q.dc, cop, ntx, tpi, k0, nt, z, zps);
-            const hwc_geom g1 = {4 * cip, cout, 4 * cip, cop, nt, 1, nt, 1, 1, 1, 1};
-            for (int xi = 0; xi < NPT; xi++)
-                h->dw(&g1, 1, v + xi * vps, vps, z + xi * zps, nt * cop, zps, du + xi * ups,
-                      k0 == 0 && xi == 0 ? &pf : NULL);
+            for (int xi = 0; xi < NPT; xi++) {
+                const hwc_geom g1 = {ws2_nk(xi) * cip, cout, 4 * cip, cop, nt, 1, nt, 1, 1, 1, 1};
+                h->dw(&g1, 1, v + xi * vps, vps, z + xi * zps, nt * cop, zps,
+                      du + ws2_koff(xi) * ups, k0 == 0 && xi == 0 ? &pf : NULL);
+            }
         }
         if (!dx)
             continue;

@@ -22,6 +22,29 @@
 
 #include "ops/conv_hwc.h"
 
+/* The forward's points skip the phases whose filter is zero there: a
+ * phase with py = 1 has one filter row (w[1][.]), so G g G^T is zero in
+ * point row 4 (G's last row is (0, 1)); px = 1, column 4. Point xi = 5k + l
+ * keeps nk(xi) phases (4, 2 in row or column 4, 1 at (4, 4): 81 of 100
+ * c_in multiplications per 16 outputs, the exact count of the phases'
+ * 2x2, 2x1, 1x2 and 1x1 filters), the kept ones first in V and U (slot). */
+static inline int ws2_slot(int xi, int ph)
+{
+    const int k = xi / 5, l = xi % 5, py = ph >> 1, px = ph & 1;
+    if ((k == 4 && py) || (l == 4 && px))
+        return -1;
+    return l == 4 ? py : k == 4 ? px : ph;
+}
+static inline int ws2_nk(int xi) { return (xi / 5 == 4 ? 1 : 2) * (xi % 5 == 4 ? 1 : 2); }
+/* Σ nk over the points before xi (0-24): U's plane xi starts at
+ * ws2_koff(xi)*cip*cop; rows 0-3 keep 4+4+4+4+2 phases each. */
+static inline int ws2_koff(int xi)
+{
+    const int k = xi / 5, l = xi % 5;
+    return k < 4 ? k * 18 + 4 * l : 72 + 2 * l;
+}
+#define WS2_NK_ALL 81 /* Σ nk over the 25 points */
+
 /* Tile k of a block (images tpi tiles apart, ntx tiles a row) is image
  * k / tpi, tile row (k % tpi) / ntx, column (k % tpi) % ntx; a call takes
  * tiles k0 .. k0+nt-1. A tile's point xi of phase ph, channel c lies at
@@ -29,8 +52,9 @@
 typedef struct ws2_isa {
     const hwc_isa *hwc; /* the GEMM kernels, pack, unpack, sums, bnback */
     /* V = B^T d B, d the 5x5 block of s at tile (ty, tx): nph 4, s pixel
-     * (a, b) of phase (py, px) is xp[(2a+py)*xw + 2b+px] (space-to-depth);
-     * nph 1, s = xp. Pixels cs floats apart, images ximg. */
+     * (a, b) of phase (py, px) is xp[(2a+py)*xw + 2b+px] (space-to-depth),
+     * stored in the phase's slot of each point (ws2_slot; none: not
+     * stored); nph 1, s = xp. Pixels cs floats apart, images ximg. */
     void (*in)(const float *xp, size_t ximg, int xw, int cs, int nph, int ntx, int tpi, int k0,
                int nt, float *v, size_t ps);
     /* Y = A^T m A into the outputs inside oh x ow (of s): nph 1, output
@@ -44,11 +68,14 @@ typedef struct ws2_isa {
                  float *z, size_t ps);
     /* u[xi] = G g G^T in hwc's blocked 1x1 weight layout (conv_hwc.c wblk:
      * per point [ni][nop] in blocks of 2*vw outer channels). dx 0: inner
-     * ph*cip + ci (ni = 4*cip), outer co (nop = cop), g phase ph's 2x2
+     * slot*cip + ci (ni = nk(xi)*cip, the plane at ws2_koff(xi)*cip*cop),
+     * outer co (nop = cop), g phase ph's 2x2
      * taps of w[co][ci]; dx 1: inner co (ni = cout), outer ph*cip + ci
      * (nop = 4*cip), g the taps of dx's phase ph (conv_wino_s2_kern.h
-     * s2_tap) for a convolution padded by pad. Zeros for padded channels. */
-    void (*filt)(const float *w, int cin, int cout, int cip, int cop, int dx, int pad, float *u);
+     * s2_tap) for a convolution padded by pad. Zeros for padded channels.
+     * wt: w[co][ci][9] as [ci][9][cop] (dx 0) or [co][9][cip] (dx 1),
+     * zeros in the padded lanes (conv_wino_s2.c w_outer). */
+    void (*filt)(const float *wt, int cin, int cout, int cip, int cop, int dx, int pad, float *u);
     /* dw[co][ci][3x3] = the taps of G^T du G (du in filt's dx 0 layout). */
     void (*wgrad)(const float *du, int cin, int cout, int cip, int cop, float *dw);
 } ws2_isa;

@@ -68,7 +68,10 @@ static void KERN(s2_in)(const float *xp, size_t ximg, int xw, int cs, int nph, i
             const int py = ph >> 1, px = ph & 1;
             const float *base =
                 xp + b * ximg + ((size_t)(4 * st * ty + py) * xw + 4 * st * tx + px) * cs;
-            float *o = v + ((size_t)j * nph + ph) * cs;
+            float *o = v + (size_t)j * nph * cs;
+            int slot[25]; /* where this phase goes at each point (-1: nowhere) */
+            for (int xi = 0; xi < 25; xi++)
+                slot[xi] = nph == 4 ? ws2_slot(xi, ph) : 0;
             for (int c = 0; c < cs; c += VW) {
                 VEC t[5][5];
                 for (int l = 0; l < 5; l++) { /* columns */
@@ -83,7 +86,9 @@ static void KERN(s2_in)(const float *xp, size_t ximg, int xw, int cs, int nph, i
                     VEC u[5];
                     KERN(s2_in1)(t[i], u);
                     for (int l = 0; l < 5; l++)
-                        VSTORE(o + (size_t)(5 * i + l) * ps + c, u[l]);
+                        if (slot[5 * i + l] >= 0)
+                            VSTORE(o + (size_t)(5 * i + l) * ps + (size_t)slot[5 * i + l] * cs + c,
+                                   u[l]);
                 }
             }
         }
@@ -151,51 +156,59 @@ static void KERN(s2_grad)(const float *dyp, size_t dimg, int dw, int cs, int ntx
     }
 }
 
-/* Tap (ty, tx) of phase ph's 2x2 filter of w[co][ci] (3x3), 0 past the
- * 3x3 or for padded channels. Forward (pad < 0): w[2ty+py][2tx+px]. dx of
- * a convolution padded by pad: dx[2a+py] = Σ_e dy[a+e] w[py+pad-2e] over
+/* The 3x3 tap ky*3+kx that tap (ty, tx) of phase (py, px)'s 2x2 filter
+ * takes, or -1 (past the 3x3). Forward (pad < 0): w[2ty+py][2tx+px]. dx
+ * of a convolution padded by pad: dx[2a+py] = Σ_e dy[a+e] w[py+pad-2e] over
  * the two e = t + e0 (e0 = -1 for pad 0, else 0) that give taps 0-2. */
-static inline float KERN(s2_tap)(const float *w, int cin, int cout, int co, int ci, int ph,
-                                 int ty, int tx, int pad)
+static inline int KERN(s2_tap)(int py, int px, int ty, int tx, int pad)
 {
-    if (co >= cout || ci >= cin)
-        return 0.0f;
-    const int py = ph >> 1, px = ph & 1, e0 = pad == 0 ? -1 : 0;
+    const int e0 = pad == 0 ? -1 : 0;
     const int ky = pad < 0 ? 2 * ty + py : py + pad - 2 * (ty + e0);
     const int kx = pad < 0 ? 2 * tx + px : px + pad - 2 * (tx + e0);
-    return ky < 0 || ky > 2 || kx < 0 || kx > 2 ? 0.0f
-                                                : w[((size_t)co * cin + ci) * 9 + ky * 3 + kx];
+    return ky < 0 || ky > 2 || kx < 0 || kx > 2 ? -1 : ky * 3 + kx;
 }
 
-static void KERN(s2_filt)(const float *w, int cin, int cout, int cip, int cop, int dx, int pad,
+/* wt: w with the outer channels innermost, [inner][9][outer padded with
+ * zeros] (dx 0: [cin][9][cop]; dx 1: [cout][9][cip]), so that a vector of
+ * outer channels is one load. */
+static void KERN(s2_filt)(const float *wt, int cin, int cout, int cip, int cop, int dx, int pad,
                           float *u)
 {
     const int ni = dx ? cout : 4 * cip, nop = dx ? 4 * cip : cop;
-    const size_t ps = (size_t)ni * nop;
     for (int o0 = 0; o0 < nop; o0 += 2 * VW) {
         const int bw = nop - o0 < 2 * VW ? nop - o0 : 2 * VW;
         for (int i = 0; i < ni; i++) {
-            float *ub = u + (size_t)o0 * ni + (size_t)i * bw;
             for (int v = 0; v < bw; v += VW) {
-                float gt[4][VW];
-                for (int l = 0; l < VW; l++) {
-                    const int o = o0 + v + l;
-                    /* dx 0: inner i = ph*cip + ci, outer o = co; dx 1 the other way */
-                    const int co = dx ? i : o, k = dx ? o : i, ph = k / cip, ci = k % cip;
-                    for (int a = 0; a < 4; a++)
-                        gt[a][l] = KERN(s2_tap)(w, cin, cout, co, ci, ph, a >> 1, a & 1, dx ? pad : -1);
+                /* dx 0: inner i = ph*cip + ci, outer co; dx 1: inner co, outer
+                 * ph*cip + ci (a vector within one phase: cip is a multiple of VW) */
+                const int k = dx ? o0 + v : i, ph = k / cip, ci = k % cip;
+                const float *src = dx ? wt + (size_t)i * 9 * cip + ci : wt + (size_t)ci * 9 * cop + o0 + v;
+                const size_t ks = dx ? (size_t)cip : (size_t)cop;
+                VEC g[4];
+                for (int a = 0; a < 4; a++) {
+                    const int t = KERN(s2_tap)(ph >> 1, ph & 1, a >> 1, a & 1, dx ? pad : -1);
+                    g[a] = t < 0 || (!dx && ci >= cin) ? VZERO() : VLOAD(src + t * ks);
                 }
                 VEC t[5][2], r[5];
                 for (int c = 0; c < 2; c++) { /* G g, column c */
-                    const VEC a[2] = {VLOAD(gt[c]), VLOAD(gt[2 + c])};
+                    const VEC a[2] = {g[c], g[2 + c]};
                     KERN(s2_g1)(a, r);
                     for (int q = 0; q < 5; q++)
                         t[q][c] = r[q];
                 }
                 for (int q = 0; q < 5; q++) { /* (G g) G^T, row q */
                     KERN(s2_g1)(t[q], r);
-                    for (int c = 0; c < 5; c++)
-                        VSTORE(ub + (size_t)(5 * q + c) * ps + v, r[c]);
+                    for (int c = 0; c < 5; c++) {
+                        const int xi = 5 * q + c, sl = dx ? 0 : ws2_slot(xi, ph);
+                        if (sl < 0)
+                            continue;
+                        /* the point's plane: dx, 25 of [cout][4cip]; else
+                         * [nk*cip][cop] at koff*cip*cop, row slot*cip + ci */
+                        const int nip = dx ? ni : ws2_nk(xi) * cip, row = dx ? i : sl * cip + ci;
+                        const size_t pl = dx ? (size_t)xi * ni * nop
+                                             : (size_t)ws2_koff(xi) * cip * cop;
+                        VSTORE(u + pl + (size_t)o0 * nip + (size_t)row * bw + v, r[c]);
+                    }
                 }
             }
         }
@@ -204,18 +217,23 @@ static void KERN(s2_filt)(const float *w, int cin, int cout, int cip, int cop, i
 
 static void KERN(s2_wgrad)(const float *du, int cin, int cout, int cip, int cop, float *dw)
 {
-    const int ni = 4 * cip;
-    const size_t ps = (size_t)ni * cop;
     for (int o0 = 0; o0 < cout; o0 += 2 * VW) {
         const int bw = cop - o0 < 2 * VW ? cop - o0 : 2 * VW;
         for (int ph = 0; ph < 4; ph++)
             for (int ci = 0; ci < cin; ci++) {
-                const float *db = du + (size_t)o0 * ni + (size_t)(ph * cip + ci) * bw;
+                const float *db[25]; /* the point's row of this phase (NULL: zero) */
+                for (int xi = 0; xi < 25; xi++) {
+                    const int sl = ws2_slot(xi, ph);
+                    db[xi] = sl < 0 ? NULL
+                                    : du + (size_t)ws2_koff(xi) * cip * cop +
+                                          (size_t)o0 * ws2_nk(xi) * cip +
+                                          (size_t)(sl * cip + ci) * bw;
+                }
                 for (int v = 0; v < bw && o0 + v < cout; v += VW) {
                     VEC t[2][5], e[5], r[2];
                     for (int c = 0; c < 5; c++) { /* G^T dU, column c */
                         for (int q = 0; q < 5; q++)
-                            e[q] = VLOAD(db + (size_t)(5 * q + c) * ps + v);
+                            e[q] = db[5 * q + c] ? VLOAD(db[5 * q + c] + v) : VZERO();
                         KERN(s2_gt1)(e, r);
                         t[0][c] = r[0], t[1][c] = r[1];
                     }
@@ -226,11 +244,11 @@ static void KERN(s2_wgrad)(const float *du, int cin, int cout, int cip, int cop,
                         VSTORE(res[2 * q + 1], r[1]);
                     }
                     for (int a = 0; a < 4; a++) {
-                        const int ky = 2 * (a >> 1) + (ph >> 1), kx = 2 * (a & 1) + (ph & 1);
-                        if (ky > 2 || kx > 2)
+                        const int t = KERN(s2_tap)(ph >> 1, ph & 1, a >> 1, a & 1, -1);
+                        if (t < 0)
                             continue;
                         for (int l = 0; l < VW && o0 + v + l < cout; l++)
-                            dw[((size_t)(o0 + v + l) * cin + ci) * 9 + ky * 3 + kx] = res[a][l];
+                            dw[((size_t)(o0 + v + l) * cin + ci) * 9 + t] = res[a][l];
                     }
                 }
             }
