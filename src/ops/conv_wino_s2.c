@@ -94,6 +94,28 @@ static ws2_plan plan_of(const dpt_conv2d_desc *d)
 
 size_t dpt_conv_wino_s2_work_floats(const dpt_conv2d_desc *d) { return plan_of(d).end; }
 
+/* The points' kept phases (conv_wino_s2.h) of the forward (pad < 0) or of
+ * dx for a convolution padded by pad. */
+static ws2_pts pts_of(int pad)
+{
+    int z[2]; /* the point where phase component p's filter is zero, or -1 */
+    for (int p = 0; p < 2; p++) {
+        const int t0 = ws2_ktap(p, 0, pad) >= 0, t1 = ws2_ktap(p, 1, pad) >= 0;
+        z[p] = t0 && t1 ? -1 : t0 ? 4 : 0;
+    }
+    ws2_pts pt;
+    pt.all = 0;
+    for (int xi = 0; xi < NPT; xi++) {
+        pt.koff[xi] = pt.all, pt.nk[xi] = 0;
+        for (int ph = 0; ph < 4; ph++) {
+            const int keep = xi / 5 != z[ph >> 1] && xi % 5 != z[ph & 1];
+            pt.slot[xi][ph] = (signed char)(keep ? pt.nk[xi]++ : -1);
+        }
+        pt.all += pt.nk[xi];
+    }
+    return pt;
+}
+
 /* wt [inner][9][outer padded] = w[co][ci][9] with the outer channels
  * (dx 0: co, dx 1: ci) innermost, for the filter transforms' vector loads. */
 static void w_outer(const float *w, int cin, int cout, int dx, float *wt)
@@ -109,27 +131,29 @@ static void w_outer(const float *w, int cin, int cout, int dx, float *wt)
         }
 }
 
-/* One pass over the nb images of a block: xp -> yp through u (the
- * forward's, nph_in 4: the points' phases as ws2_slot; dx's: 25 planes). */
+/* One pass over the nb images of a block: xp -> yp through u, the points'
+ * GEMMs over their kept phases (pt: K in the forward, N in dx's pass). */
 static void pass_block(const ws2_isa *isa, const ws2_pass *g, const ws2_plan *q, int nb,
-                       const float *xp, const float *u, float *v, float *m, float *yp,
-                       conv_prefetch *pf)
+                       const float *xp, const float *u, const ws2_pts *pt, float *v, float *m,
+                       float *yp, conv_prefetch *pf)
 {
     const size_t vps = (size_t)q->T * g->ks + PSKEW, mps = (size_t)q->T * g->ncp + PSKEW;
     const int s2d = g->nph_in == 4;
     for (int k0 = 0; k0 < nb * g->tpi; k0 += q->T) {
         const int nt = nb * g->tpi - k0 < q->T ? nb * g->tpi - k0 : q->T;
-        isa->in(xp, g->ximg, g->xw, g->cs_in, g->nph_in, g->ntx, g->tpi, k0, nt, v, vps);
+        isa->in(xp, g->ximg, g->xw, g->cs_in, g->nph_in, g->ntx, g->tpi, k0, nt, v, vps, pt);
         for (int xi = 0; xi < NPT; xi++) {
-            const int kc = s2d ? ws2_nk(xi) * g->cs_in : g->kc;
-            const size_t uo = s2d ? (size_t)ws2_koff(xi) * g->cs_in * g->ncp
-                                  : (size_t)xi * g->kc * g->ncp;
-            const hwc_geom g1 = {kc, g->nc, g->ks, g->ncp, nt, 1, nt, 1, 1, 1, 1};
+            /* forward: K the kept phases' channels; dx: N those (M's tiles
+             * that far apart) */
+            const int kc = s2d ? pt->nk[xi] * g->cs_in : g->kc;
+            const int nn = s2d ? g->nc : pt->nk[xi] * g->cs_out;
+            const size_t uo = (size_t)pt->koff[xi] * (s2d ? g->cs_in * g->ncp : g->kc * g->cs_out);
+            const hwc_geom g1 = {kc, nn, g->ks, s2d ? g->ncp : nn, nt, 1, nt, 1, 1, 1, 1};
             isa->hwc->fwd(&g1, 1, v + xi * vps, vps, u + uo, m + xi * mps, mps,
                           k0 == 0 && xi == 0 ? pf : NULL);
         }
         isa->out(m, mps, g->cs_out, g->nph_out, g->ntx, g->tpi, k0, nt, g->oh, g->ow, yp, g->yimg,
-                 g->yw);
+                 g->yw, pt);
     }
 }
 
@@ -146,8 +170,9 @@ void dpt_conv_wino_s2_forward(const dpt_conv2d_desc *d, const float *x, const dp
                         d->out_h, d->out_w, ntx, tiles(d->out_h) * ntx, q.xc, d->out_w,
                         (size_t)q.xr * q.xc * cip, (size_t)P * cop};
     float *xp = work + q.xp, *u = work + q.u, *yp = work + q.yp;
+    const ws2_pts pt = pts_of(-1);
     w_outer(w, cin, cout, 0, work + q.wt);
-    isa->filt(work + q.wt, cin, cout, cip, cop, 0, d->pad, u);
+    isa->filt(work + q.wt, cin, cout, cip, cop, 0, d->pad, &pt, u);
     memset(xp, 0, q.B * g.ximg * sizeof *xp);
     if (sum)
         for (int co = 0; co < cout; co++)
@@ -166,7 +191,7 @@ void dpt_conv_wino_s2_forward(const dpt_conv2d_desc *d, const float *x, const dp
         }
         pf.p[1] = (const char *)(y + (size_t)i0 * cout * P);
         pf.lines[1] = (size_t)nb * cout * P * sizeof(float) / 64;
-        pass_block(isa, &g, &q, nb, xp, u, work + q.v, work + q.mm, yp, &pf);
+        pass_block(isa, &g, &q, nb, xp, u, &pt, work + q.v, work + q.mm, yp, &pf);
         for (int k = 0; k < nb; k++) {
             h->unpack(yp + k * g.yimg, cout, d->out_h, d->out_w, 0, d->out_w, cop, b,
                       y + (size_t)(i0 + k) * cout * P);
@@ -197,10 +222,11 @@ void dpt_conv_wino_s2_backward(const dpt_conv2d_desc *d, const float *x, const d
     float *du = work + q.du, *v = work + q.v, *z = work + q.mm, *dxp = work + q.yp;
     double *dbs = (double *)(work + q.ds);
     const size_t vps = (size_t)q.Tw * 4 * cip + PSKEW, zps = (size_t)q.Tw * cop + PSKEW;
-    const size_t ups = (size_t)cip * cop; /* per phase kept (ws2_koff) */
+    const size_t ups = (size_t)cip * cop; /* per phase kept (pt.koff) */
     memset(xp, 0, q.Bw * ximg * sizeof *xp);
     memset(dyp, 0, q.Bw * dimg * sizeof *dyp);
-    memset(du, 0, (size_t)WS2_NK_ALL * ups * sizeof *du);
+    const ws2_pts pt = pts_of(-1), ptx = pts_of(d->pad); /* forward's (dw), dx's */
+    memset(du, 0, (size_t)pt.all * ups * sizeof *du);
     for (int co = 0; co < cout; co++)
         dbs[co] = 0.0;
     if (xg)
@@ -208,7 +234,7 @@ void dpt_conv_wino_s2_backward(const dpt_conv2d_desc *d, const float *x, const d
             xg[ci] = 0.0;
     if (dx) {
         w_outer(w, cin, cout, 1, work + q.wt);
-        isa->filt(work + q.wt, cin, cout, cip, cop, 1, d->pad, ut);
+        isa->filt(work + q.wt, cin, cout, cip, cop, 1, d->pad, &ptx, ut);
     }
     for (int i0 = 0; i0 < d->n; i0 += q.Bw) {
         const int nb = d->n - i0 < q.Bw ? d->n - i0 : q.Bw;
@@ -253,12 +279,12 @@ void dpt_conv_wino_s2_backward(const dpt_conv2d_desc *d, const float *x, const d
         const float *dy0 = dyp + ((size_t)q.pe * q.dc + q.pe) * cop;
         for (int k0 = 0; k0 < nb * tpi; k0 += q.Tw) {
             const int nt = nb * tpi - k0 < q.Tw ? nb * tpi - k0 : q.Tw;
-            isa->in(xp, ximg, q.xc, cip, 4, ntx, tpi, k0, nt, v, vps);
+            isa->in(xp, ximg, q.xc, cip, 4, ntx, tpi, k0, nt, v, vps, &pt);
             isa->grad(dy0, dimg, q.dc, cop, ntx, tpi, k0, nt, z, zps);
             for (int xi = 0; xi < NPT; xi++) {
-                const hwc_geom g1 = {ws2_nk(xi) * cip, cout, 4 * cip, cop, nt, 1, nt, 1, 1, 1, 1};
+                const hwc_geom g1 = {pt.nk[xi] * cip, cout, 4 * cip, cop, nt, 1, nt, 1, 1, 1, 1};
                 h->dw(&g1, 1, v + xi * vps, vps, z + xi * zps, nt * cop, zps,
-                      du + ws2_koff(xi) * ups, k0 == 0 && xi == 0 ? &pf : NULL);
+                      du + pt.koff[xi] * ups, k0 == 0 && xi == 0 ? &pf : NULL);
             }
         }
         if (!dx)
@@ -268,7 +294,7 @@ void dpt_conv_wino_s2_backward(const dpt_conv2d_desc *d, const float *x, const d
                              0,
                              0,
                              0};
-        pass_block(isa, &g2, &q, nb, dyp, ut, v, z, dxp, &pdx);
+        pass_block(isa, &g2, &q, nb, dyp, ut, &ptx, v, z, dxp, &pdx);
         for (int k = 0; k < nb; k++) {
             const int i = i0 + k;
             float *dxi = dx + (size_t)i * cin * hw;
@@ -277,7 +303,7 @@ void dpt_conv_wino_s2_backward(const dpt_conv2d_desc *d, const float *x, const d
                 dpt_bn_grad_sums(x + (size_t)i * cin * hw, dxi, 1, cin, hw, xa, xg, xg + cin);
         }
     }
-    isa->wgrad(du, cin, cout, cip, cop, dw); /* dW = G^T dU G, back to the 3x3 taps */
+    isa->wgrad(du, cin, cout, cip, cop, &pt, dw); /* dW = G^T dU G, back to the 3x3 taps */
     if (db)
         for (int co = 0; co < cout; co++)
             db[co] = (float)dbs[co];

@@ -22,28 +22,30 @@
 
 #include "ops/conv_hwc.h"
 
-/* The forward's points skip the phases whose filter is zero there: a
- * phase with py = 1 has one filter row (w[1][.]), so G g G^T is zero in
- * point row 4 (G's last row is (0, 1)); px = 1, column 4. Point xi = 5k + l
- * keeps nk(xi) phases (4, 2 in row or column 4, 1 at (4, 4): 81 of 100
- * c_in multiplications per 16 outputs, the exact count of the phases'
- * 2x2, 2x1, 1x2 and 1x1 filters), the kept ones first in V and U (slot). */
-static inline int ws2_slot(int xi, int ph)
+/* The 1-D tap of 3 that tap t (0, 1) of phase component py takes, or -1
+ * (past the filter). Forward (pad < 0): 2t + py. dx of a convolution
+ * padded by pad: dx[2a+py] = Σ_e dy[a+e] w[py+pad-2e] over the two
+ * e = t + e0 (e0 = -1 for pad 0, else 0) that give taps 0-2. */
+static inline int ws2_ktap(int py, int t, int pad)
 {
-    const int k = xi / 5, l = xi % 5, py = ph >> 1, px = ph & 1;
-    if ((k == 4 && py) || (l == 4 && px))
-        return -1;
-    return l == 4 ? py : k == 4 ? px : ph;
+    const int k = pad < 0 ? 2 * t + py : py + pad - 2 * (t + (pad == 0 ? -1 : 0));
+    return k < 0 || k > 2 ? -1 : k;
 }
-static inline int ws2_nk(int xi) { return (xi / 5 == 4 ? 1 : 2) * (xi % 5 == 4 ? 1 : 2); }
-/* Σ nk over the points before xi (0-24): U's plane xi starts at
- * ws2_koff(xi)*cip*cop; rows 0-3 keep 4+4+4+4+2 phases each. */
-static inline int ws2_koff(int xi)
-{
-    const int k = xi / 5, l = xi % 5;
-    return k < 4 ? k * 18 + 4 * l : 72 + 2 * l;
-}
-#define WS2_NK_ALL 81 /* Σ nk over the 25 points */
+
+/* Which phases a pass's points keep. A phase component with one tap has
+ * a transformed filter zero at one point: G's row 4 is (0, 1), row 0
+ * (1/2, 0), so one tap t = 0 gives zeros at point 4, t = 1 at point 0
+ * (forward: py = 1 has only t = 0; dx, pad 1: py = 0; pads 0 and 2: py = 1,
+ * t = 1). Point xi = 5k + l keeps the phases not zero there (forward:
+ * 4, 2 in row or column 4, 1 at (4, 4): 81 of 100 c_in multiplications
+ * per 16 outputs, the count of the phases' 2x2, 2x1, 1x2 and 1x1 filters),
+ * in phase order (slot), their planes one after another (koff). */
+typedef struct ws2_pts {
+    signed char slot[25][4]; /* phase ph's slot at point xi; -1: zero there */
+    int nk[25];              /* phases kept at xi */
+    int koff[25];            /* Σ nk over the points before xi */
+    int all;                 /* Σ nk */
+} ws2_pts;
 
 /* Tile k of a block (images tpi tiles apart, ntx tiles a row) is image
  * k / tpi, tile row (k % tpi) / ntx, column (k % tpi) % ntx; a call takes
@@ -53,31 +55,35 @@ typedef struct ws2_isa {
     const hwc_isa *hwc; /* the GEMM kernels, pack, unpack, sums, bnback */
     /* V = B^T d B, d the 5x5 block of s at tile (ty, tx): nph 4, s pixel
      * (a, b) of phase (py, px) is xp[(2a+py)*xw + 2b+px] (space-to-depth),
-     * stored in the phase's slot of each point (ws2_slot; none: not
-     * stored); nph 1, s = xp. Pixels cs floats apart, images ximg. */
+     * stored in the phase's slot of each point (pt; none: not stored; a
+     * tile 4*cs floats); nph 1, s = xp. Pixels cs floats apart, images ximg. */
     void (*in)(const float *xp, size_t ximg, int xw, int cs, int nph, int ntx, int tpi, int k0,
-               int nt, float *v, size_t ps);
+               int nt, float *v, size_t ps, const ws2_pts *pt);
     /* Y = A^T m A into the outputs inside oh x ow (of s): nph 1, output
-     * (a, b) at yp[a*yw + b]; nph 4, phase (py, px) at yp[(2a+py)*yw +
-     * 2b+px] (depth-to-space). Pixels cs floats apart, images yimg. */
+     * (a, b) at yp[a*yw + b] (m's tiles cs apart); nph 4, phase (py, px)
+     * at yp[(2a+py)*yw + 2b+px] (depth-to-space), in m at point xi in its
+     * slot (pt; none: zero), tiles nk(xi)*cs apart. Pixels cs floats
+     * apart, images yimg. */
     void (*out)(const float *m, size_t ps, int cs, int nph, int ntx, int tpi, int k0, int nt,
-                int oh, int ow, float *yp, size_t yimg, int yw);
+                int oh, int ow, float *yp, size_t yimg, int yw, const ws2_pts *pt);
     /* z = A dY A^T, dY the 4x4 block at row 4*ty, column 4*tx of dyp
      * ([.][dw][cs], images dimg apart; zero beyond the output). */
     void (*grad)(const float *dyp, size_t dimg, int dw, int cs, int ntx, int tpi, int k0, int nt,
                  float *z, size_t ps);
     /* u[xi] = G g G^T in hwc's blocked 1x1 weight layout (conv_hwc.c wblk:
-     * per point [ni][nop] in blocks of 2*vw outer channels). dx 0: inner
-     * slot*cip + ci (ni = nk(xi)*cip, the plane at ws2_koff(xi)*cip*cop),
-     * outer co (nop = cop), g phase ph's 2x2
-     * taps of w[co][ci]; dx 1: inner co (ni = cout), outer ph*cip + ci
-     * (nop = 4*cip), g the taps of dx's phase ph (conv_wino_s2_kern.h
-     * s2_tap) for a convolution padded by pad. Zeros for padded channels.
+     * per point [ni][nop] in blocks of 2*vw outer channels), the planes of
+     * the points' kept phases (pt) one after another. dx 0: inner
+     * slot*cip + ci (ni = nk*cip), outer co (nop = cop), g phase ph's 2x2
+     * taps of w[co][ci] (ws2_ktap, pad -1); dx 1: inner co (ni = cout),
+     * outer slot*cip + ci (nop = nk*cip), g dx's phase ph's taps for a
+     * convolution padded by pad. Zeros for padded channels.
      * wt: w[co][ci][9] as [ci][9][cop] (dx 0) or [co][9][cip] (dx 1),
      * zeros in the padded lanes (conv_wino_s2.c w_outer). */
-    void (*filt)(const float *wt, int cin, int cout, int cip, int cop, int dx, int pad, float *u);
+    void (*filt)(const float *wt, int cin, int cout, int cip, int cop, int dx, int pad,
+                 const ws2_pts *pt, float *u);
     /* dw[co][ci][3x3] = the taps of G^T du G (du in filt's dx 0 layout). */
-    void (*wgrad)(const float *du, int cin, int cout, int cip, int cop, float *dw);
+    void (*wgrad)(const float *du, int cin, int cout, int cip, int cop, const ws2_pts *pt,
+                  float *dw);
 } ws2_isa;
 
 #ifdef DPT_HAVE_X86_KERNELS

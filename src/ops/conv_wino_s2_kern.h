@@ -59,7 +59,7 @@ static inline __attribute__((always_inline)) void KERN(s2_gt1)(const VEC e[5], V
 }
 
 static void KERN(s2_in)(const float *xp, size_t ximg, int xw, int cs, int nph, int ntx, int tpi,
-                        int k0, int nt, float *v, size_t ps)
+                        int k0, int nt, float *v, size_t ps, const ws2_pts *pt)
 {
     const int st = nph == 4 ? 2 : 1; /* s pixels st apart in xp */
     for (int j = 0; j < nt; j++) {
@@ -71,7 +71,7 @@ static void KERN(s2_in)(const float *xp, size_t ximg, int xw, int cs, int nph, i
             float *o = v + (size_t)j * nph * cs;
             int slot[25]; /* where this phase goes at each point (-1: nowhere) */
             for (int xi = 0; xi < 25; xi++)
-                slot[xi] = nph == 4 ? ws2_slot(xi, ph) : 0;
+                slot[xi] = nph == 4 ? pt->slot[xi][ph] : 0;
             for (int c = 0; c < cs; c += VW) {
                 VEC t[5][5];
                 for (int l = 0; l < 5; l++) { /* columns */
@@ -96,7 +96,8 @@ static void KERN(s2_in)(const float *xp, size_t ximg, int xw, int cs, int nph, i
 }
 
 static void KERN(s2_out)(const float *m, size_t ps, int cs, int nph, int ntx, int tpi, int k0,
-                         int nt, int oh, int ow, float *yp, size_t yimg, int yw)
+                         int nt, int oh, int ow, float *yp, size_t yimg, int yw,
+                         const ws2_pts *pt)
 {
     const int st = nph == 4 ? 2 : 1;
     for (int j = 0; j < nt; j++) {
@@ -106,13 +107,19 @@ static void KERN(s2_out)(const float *m, size_t ps, int cs, int nph, int ntx, in
             const int py = ph >> 1, px = ph & 1;
             float *base =
                 yp + b * yimg + ((size_t)(4 * st * ty + py) * yw + 4 * st * tx + px) * cs;
-            const float *in = m + ((size_t)j * nph + ph) * cs;
+            const float *in[25]; /* the point's vector of this phase (NULL: zero) */
+            for (int xi = 0; xi < 25; xi++) {
+                const int sl = nph == 4 ? pt->slot[xi][ph] : 0;
+                in[xi] = sl < 0 ? NULL
+                         : m + xi * ps + (size_t)j * (nph == 4 ? pt->nk[xi] : 1) * cs +
+                               (size_t)sl * cs;
+            }
             for (int c = 0; c < cs; c += VW) {
                 VEC s[4][5];
                 for (int l = 0; l < 5; l++) { /* columns */
                     VEC a[5], y[4];
                     for (int i = 0; i < 5; i++)
-                        a[i] = VLOAD(in + (size_t)(5 * i + l) * ps + c);
+                        a[i] = in[5 * i + l] ? VLOAD(in[5 * i + l] + c) : VZERO();
                     KERN(s2_out1)(a, y);
                     for (int i = 0; i < 4; i++)
                         s[i][l] = y[i];
@@ -156,23 +163,11 @@ static void KERN(s2_grad)(const float *dyp, size_t dimg, int dw, int cs, int ntx
     }
 }
 
-/* The 3x3 tap ky*3+kx that tap (ty, tx) of phase (py, px)'s 2x2 filter
- * takes, or -1 (past the 3x3). Forward (pad < 0): w[2ty+py][2tx+px]. dx
- * of a convolution padded by pad: dx[2a+py] = Σ_e dy[a+e] w[py+pad-2e] over
- * the two e = t + e0 (e0 = -1 for pad 0, else 0) that give taps 0-2. */
-static inline int KERN(s2_tap)(int py, int px, int ty, int tx, int pad)
-{
-    const int e0 = pad == 0 ? -1 : 0;
-    const int ky = pad < 0 ? 2 * ty + py : py + pad - 2 * (ty + e0);
-    const int kx = pad < 0 ? 2 * tx + px : px + pad - 2 * (tx + e0);
-    return ky < 0 || ky > 2 || kx < 0 || kx > 2 ? -1 : ky * 3 + kx;
-}
-
 /* wt: w with the outer channels innermost, [inner][9][outer padded with
  * zeros] (dx 0: [cin][9][cop]; dx 1: [cout][9][cip]), so that a vector of
  * outer channels is one load. */
 static void KERN(s2_filt)(const float *wt, int cin, int cout, int cip, int cop, int dx, int pad,
-                          float *u)
+                          const ws2_pts *pt, float *u)
 {
     const int ni = dx ? cout : 4 * cip, nop = dx ? 4 * cip : cop;
     for (int o0 = 0; o0 < nop; o0 += 2 * VW) {
@@ -186,8 +181,10 @@ static void KERN(s2_filt)(const float *wt, int cin, int cout, int cip, int cop, 
                 const size_t ks = dx ? (size_t)cip : (size_t)cop;
                 VEC g[4];
                 for (int a = 0; a < 4; a++) {
-                    const int t = KERN(s2_tap)(ph >> 1, ph & 1, a >> 1, a & 1, dx ? pad : -1);
-                    g[a] = t < 0 || (!dx && ci >= cin) ? VZERO() : VLOAD(src + t * ks);
+                    const int ky = ws2_ktap(ph >> 1, a >> 1, dx ? pad : -1);
+                    const int kx = ws2_ktap(ph & 1, a & 1, dx ? pad : -1);
+                    g[a] = ky < 0 || kx < 0 || (!dx && ci >= cin) ? VZERO()
+                                                                  : VLOAD(src + (ky * 3 + kx) * ks);
                 }
                 VEC t[5][2], r[5];
                 for (int c = 0; c < 2; c++) { /* G g, column c */
@@ -199,15 +196,22 @@ static void KERN(s2_filt)(const float *wt, int cin, int cout, int cip, int cop, 
                 for (int q = 0; q < 5; q++) { /* (G g) G^T, row q */
                     KERN(s2_g1)(t[q], r);
                     for (int c = 0; c < 5; c++) {
-                        const int xi = 5 * q + c, sl = dx ? 0 : ws2_slot(xi, ph);
+                        const int xi = 5 * q + c, sl = pt->slot[xi][ph];
                         if (sl < 0)
                             continue;
-                        /* the point's plane: dx, 25 of [cout][4cip]; else
-                         * [nk*cip][cop] at koff*cip*cop, row slot*cip + ci */
-                        const int nip = dx ? ni : ws2_nk(xi) * cip, row = dx ? i : sl * cip + ci;
-                        const size_t pl = dx ? (size_t)xi * ni * nop
-                                             : (size_t)ws2_koff(xi) * cip * cop;
-                        VSTORE(u + pl + (size_t)o0 * nip + (size_t)row * bw + v, r[c]);
+                        /* the point's plane [ni][nop] at koff*cip*(cop or
+                         * cout): dx 0 row slot*cip + ci; dx 1 column
+                         * slot*cip + ci, in its block of 2*VW */
+                        float *pl = u + (size_t)pt->koff[xi] * cip * (dx ? cout : cop);
+                        if (!dx) {
+                            const int row = sl * cip + ci;
+                            VSTORE(pl + (size_t)o0 * pt->nk[xi] * cip + (size_t)row * bw + v, r[c]);
+                        } else {
+                            const int col = sl * cip + ci, np = pt->nk[xi] * cip;
+                            const int b0 = col / (2 * VW) * (2 * VW);
+                            const int bw2 = np - b0 < 2 * VW ? np - b0 : 2 * VW;
+                            VSTORE(pl + (size_t)b0 * ni + (size_t)i * bw2 + (col - b0), r[c]);
+                        }
                     }
                 }
             }
@@ -215,7 +219,8 @@ static void KERN(s2_filt)(const float *wt, int cin, int cout, int cip, int cop, 
     }
 }
 
-static void KERN(s2_wgrad)(const float *du, int cin, int cout, int cip, int cop, float *dw)
+static void KERN(s2_wgrad)(const float *du, int cin, int cout, int cip, int cop,
+                           const ws2_pts *pt, float *dw)
 {
     for (int o0 = 0; o0 < cout; o0 += 2 * VW) {
         const int bw = cop - o0 < 2 * VW ? cop - o0 : 2 * VW;
@@ -223,10 +228,10 @@ static void KERN(s2_wgrad)(const float *du, int cin, int cout, int cip, int cop,
             for (int ci = 0; ci < cin; ci++) {
                 const float *db[25]; /* the point's row of this phase (NULL: zero) */
                 for (int xi = 0; xi < 25; xi++) {
-                    const int sl = ws2_slot(xi, ph);
+                    const int sl = pt->slot[xi][ph];
                     db[xi] = sl < 0 ? NULL
-                                    : du + (size_t)ws2_koff(xi) * cip * cop +
-                                          (size_t)o0 * ws2_nk(xi) * cip +
+                                    : du + (size_t)pt->koff[xi] * cip * cop +
+                                          (size_t)o0 * pt->nk[xi] * cip +
                                           (size_t)(sl * cip + ci) * bw;
                 }
                 for (int v = 0; v < bw && o0 + v < cout; v += VW) {
@@ -244,11 +249,12 @@ static void KERN(s2_wgrad)(const float *du, int cin, int cout, int cip, int cop,
                         VSTORE(res[2 * q + 1], r[1]);
                     }
                     for (int a = 0; a < 4; a++) {
-                        const int t = KERN(s2_tap)(ph >> 1, ph & 1, a >> 1, a & 1, -1);
-                        if (t < 0)
+                        const int ky = ws2_ktap(ph >> 1, a >> 1, -1);
+                        const int kx = ws2_ktap(ph & 1, a & 1, -1);
+                        if (ky < 0 || kx < 0)
                             continue;
                         for (int l = 0; l < VW && o0 + v + l < cout; l++)
-                            dw[((size_t)(o0 + v + l) * cin + ci) * 9 + t] = res[a][l];
+                            dw[((size_t)(o0 + v + l) * cin + ci) * 9 + ky * 3 + kx] = res[a][l];
                     }
                 }
             }
