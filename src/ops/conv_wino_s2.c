@@ -80,9 +80,9 @@ static ws2_plan plan_of(const dpt_conv2d_desc *d)
     q.tmp = o, o += al16(P * d->c_out);
     q.xp = o, o += al16((size_t)Bm * q.xr * q.xc * cip);
     q.dyp = o, o += al16((size_t)Bm * q.dr * q.dc * cop);
-    q.u = o, o += al16((size_t)NPT * 4 * cip * cop);
-    q.ut = o, o += al16((size_t)NPT * d->c_out * 4 * cip);
-    q.du = o, o += al16((size_t)NPT * 4 * cip * cop);
+    q.u = o, o += al16((size_t)NPT * (4 * (size_t)cip * cop + WS2_USKEW));
+    q.ut = o, o += al16((size_t)NPT * ((size_t)d->c_out * 4 * cip + WS2_USKEW));
+    q.du = o, o += al16((size_t)NPT * (4 * (size_t)cip * cop + WS2_USKEW));
     q.v = o, o += al16((size_t)NPT * ((size_t)Tm * C + PSKEW));
     q.mm = o, o += al16((size_t)NPT * ((size_t)Tm * C + PSKEW));
     q.yp = o, o += al16((size_t)Bm * (P * cop > dxs ? P * cop : dxs));
@@ -147,7 +147,7 @@ static void pass_block(const ws2_isa *isa, const ws2_pass *g, const ws2_plan *q,
              * that far apart) */
             const int kc = s2d ? pt->nk[xi] * g->cs_in : g->kc;
             const int nn = s2d ? g->nc : pt->nk[xi] * g->cs_out;
-            const size_t uo = (size_t)pt->koff[xi] * (s2d ? g->cs_in * g->ncp : g->kc * g->cs_out);
+            const size_t uo = ws2_uoff(pt, xi, (size_t)(s2d ? g->cs_in * g->ncp : g->kc * g->cs_out));
             const hwc_geom g1 = {kc, nn, g->ks, s2d ? g->ncp : nn, nt, 1, nt, 1, 1, 1, 1};
             isa->hwc->fwd(&g1, 1, v + xi * vps, vps, u + uo, m + xi * mps, mps,
                           k0 == 0 && xi == 0 ? pf : NULL);
@@ -226,7 +226,7 @@ void dpt_conv_wino_s2_backward(const dpt_conv2d_desc *d, const float *x, const d
     memset(xp, 0, q.Bw * ximg * sizeof *xp);
     memset(dyp, 0, q.Bw * dimg * sizeof *dyp);
     const ws2_pts pt = pts_of(-1), ptx = pts_of(d->pad); /* forward's (dw), dx's */
-    memset(du, 0, (size_t)pt.all * ups * sizeof *du);
+    memset(du, 0, (ws2_uoff(&pt, NPT - 1, ups) + pt.nk[NPT - 1] * ups) * sizeof *du);
     for (int co = 0; co < cout; co++)
         dbs[co] = 0.0;
     if (xg)
@@ -284,7 +284,7 @@ void dpt_conv_wino_s2_backward(const dpt_conv2d_desc *d, const float *x, const d
             for (int xi = 0; xi < NPT; xi++) {
                 const hwc_geom g1 = {pt.nk[xi] * cip, cout, 4 * cip, cop, nt, 1, nt, 1, 1, 1, 1};
                 h->dw(&g1, 1, v + xi * vps, vps, z + xi * zps, nt * cop, zps,
-                      du + pt.koff[xi] * ups, k0 == 0 && xi == 0 ? &pf : NULL);
+                      du + ws2_uoff(&pt, xi, ups), k0 == 0 && xi == 0 ? &pf : NULL);
             }
         }
         if (!dx)

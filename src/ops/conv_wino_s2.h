@@ -47,6 +47,16 @@ typedef struct ws2_pts {
     int all;                 /* Σ nk */
 } ws2_pts;
 
+/* Floats added per point to the planes' offsets in U and dU: the planes
+ * are multiples of 4 KB, so the filter transforms' 25 stores (and the
+ * weight gradient's 25 loads) of a step would share one L1 set. */
+#define WS2_USKEW 16
+/* Where point xi's plane starts in U or dU, unit floats a kept phase. */
+static inline size_t ws2_uoff(const ws2_pts *pt, int xi, size_t unit)
+{
+    return (size_t)pt->koff[xi] * unit + (size_t)xi * WS2_USKEW;
+}
+
 /* Tile k of a block (images tpi tiles apart, ntx tiles a row) is image
  * k / tpi, tile row (k % tpi) / ntx, column (k % tpi) % ntx; a call takes
  * tiles k0 .. k0+nt-1. A tile's point xi of phase ph, channel c lies at

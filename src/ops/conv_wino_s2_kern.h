@@ -202,7 +202,7 @@ static void KERN(s2_filt)(const float *wt, int cin, int cout, int cip, int cop, 
                         /* the point's plane [ni][nop] at koff*cip*(cop or
                          * cout): dx 0 row slot*cip + ci; dx 1 column
                          * slot*cip + ci, in its block of 2*VW */
-                        float *pl = u + (size_t)pt->koff[xi] * cip * (dx ? cout : cop);
+                        float *pl = u + ws2_uoff(pt, xi, (size_t)cip * (dx ? cout : cop));
                         if (!dx) {
                             const int row = sl * cip + ci;
                             VSTORE(pl + (size_t)o0 * pt->nk[xi] * cip + (size_t)row * bw + v, r[c]);
@@ -230,7 +230,7 @@ static void KERN(s2_wgrad)(const float *du, int cin, int cout, int cip, int cop,
                 for (int xi = 0; xi < 25; xi++) {
                     const int sl = pt->slot[xi][ph];
                     db[xi] = sl < 0 ? NULL
-                                    : du + (size_t)pt->koff[xi] * cip * cop +
+                                    : du + ws2_uoff(pt, xi, (size_t)cip * cop) +
                                           (size_t)o0 * pt->nk[xi] * cip +
                                           (size_t)(sl * cip + ci) * bw;
                 }
