@@ -8,8 +8,10 @@
  * inf): per 4x4 output tile, V = B^T d B over a 5x5 block of s, a GEMM per
  * point xi of the 25 (M[xi][tile][co] = Σ_k V[xi][tile][k] U[xi][k][co],
  * K = 4*c_in, hwc's 1x1 kernel as wino uses it), Y = A^T M A: 100 c_in
- * multiplications per 16 outputs against 144 direct. The space-to-depth
- * is the input transform's strided reads of hwc's padded buffer.
+ * multiplications per 16 outputs, 81 with the phases whose transformed
+ * filter is zero at a point skipped there (ws2_pts), against 144 direct.
+ * The space-to-depth is the input transform's strided reads of hwc's
+ * padded buffer.
  * Backward: dw accumulates dU[xi] += V[xi]^T Z[xi], Z = A dY A^T, then
  * dW = G^T dU G per phase, back to the 3x3 taps; dx, in phases of the
  * unpadded x (dx[2a+py][2b+px], ceil(h/2) x ceil(w/2) positions: no
