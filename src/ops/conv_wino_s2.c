@@ -48,52 +48,6 @@ typedef struct ws2_pass {
     size_t ximg, yimg;
 } ws2_pass;
 
-/* Sizes of one call: tiles per GEMM (T), images per block (B), buffers. */
-typedef struct ws2_plan {
-    int T, B;   /* forward and dx's pass */
-    int Tw, Bw; /* the backward: tiles per weight-gradient GEMM, images per block */
-    int xr, xc;  /* x buffer (pad p, space-to-depth): rows, cols */
-    int hs, wsd; /* dx's positions (of each phase) */
-    int pe;      /* dy's padding at top and left (dx's pass) */
-    int dr, dc;  /* dy buffer: rows, cols */
-    size_t tmp, xp, dyp, u, ut, du, v, mm, yp, wt, ds, end;
-} ws2_plan;
-
-static ws2_plan plan_of(const dpt_conv2d_desc *d)
-{
-    ws2_plan q;
-    const int cip = cpad(d->c_in), cop = cpad(d->c_out), C = imax(4 * cip, cop);
-    const int nty = tiles(d->out_h), ntx = tiles(d->out_w), tpi = nty * ntx;
-    q.T = 32;
-    q.B = q.T / tpi < 1 ? 1 : q.T / tpi > 64 ? 64 : q.T / tpi;
-    q.Tw = 32;
-    q.Bw = q.Tw / tpi < 1 ? 1 : q.Tw / tpi > 64 ? 64 : q.Tw / tpi;
-    const int Bm = imax(q.B, q.Bw), Tm = imax(q.T, q.Tw);
-    /* s rows 0 .. 4*nty: x rows up to 8*nty+1 (>= h+2p: zeros beyond) */
-    q.xr = 8 * nty + 2, q.xc = 8 * ntx + 2;
-    q.hs = (d->h + 1) / 2, q.wsd = (d->w + 1) / 2, q.pe = d->pad == 0;
-    q.dr = imax(4 * tiles(q.hs) + 1, q.pe + 4 * nty);
-    q.dc = imax(4 * tiles(q.wsd) + 1, q.pe + 4 * ntx);
-    const size_t P = (size_t)d->out_h * d->out_w;
-    const size_t dxs = (size_t)4 * q.hs * q.wsd * cip; /* dx in phases: 2hs x 2wsd pixels */
-    size_t o = 0;
-    q.tmp = o, o += al16(P * d->c_out);
-    q.xp = o, o += al16((size_t)Bm * q.xr * q.xc * cip);
-    q.dyp = o, o += al16((size_t)Bm * q.dr * q.dc * cop);
-    q.u = o, o += al16((size_t)NPT * (4 * (size_t)cip * cop + WS2_USKEW));
-    q.ut = o, o += al16((size_t)NPT * ((size_t)d->c_out * 4 * cip + WS2_USKEW));
-    q.du = o, o += al16((size_t)NPT * (4 * (size_t)cip * cop + WS2_USKEW));
-    q.v = o, o += al16((size_t)NPT * ((size_t)Tm * C + PSKEW));
-    q.mm = o, o += al16((size_t)NPT * ((size_t)Tm * C + PSKEW));
-    q.yp = o, o += al16((size_t)Bm * (P * cop > dxs ? P * cop : dxs));
-    q.wt = o, o += al16((size_t)9 * imax(d->c_in * cop, d->c_out * cip));
-    q.ds = o, o += al16(4 * (size_t)d->c_out); /* 2 * c_out doubles */
-    q.end = o;
-    return q;
-}
-
-size_t dpt_conv_wino_s2_work_floats(const dpt_conv2d_desc *d) { return plan_of(d).end; }
-
 /* The points' kept phases (conv_wino_s2.h) of the forward (pad < 0) or of
  * dx for a convolution padded by pad. */
 static ws2_pts pts_of(int pad)
@@ -115,6 +69,58 @@ static ws2_pts pts_of(int pad)
     }
     return pt;
 }
+
+/* Sizes of one call: tiles per GEMM (T), images per block (B), buffers. */
+typedef struct ws2_plan {
+    int T, B;   /* forward and dx's pass */
+    int Tw, Bw; /* the backward: tiles per weight-gradient GEMM, images per block */
+    int xr, xc;  /* x buffer (pad p, space-to-depth): rows, cols */
+    int hs, wsd; /* dx's positions (of each phase) */
+    int pe;      /* dy's padding at top and left (dx's pass) */
+    int dr, dc;  /* dy buffer: rows, cols */
+    size_t tmp, xp, dyp, u, ut, du, v, mm, yp, wt, ds, end;
+} ws2_plan;
+
+static ws2_plan plan_of(const dpt_conv2d_desc *d)
+{
+    ws2_plan q;
+    const int cip = cpad(d->c_in), cop = cpad(d->c_out), C = imax(4 * cip, cop);
+    const int nty = tiles(d->out_h), ntx = tiles(d->out_w), tpi = nty * ntx;
+    /* 32 tiles measured as fast as or faster than 16, 64 and 128 on the
+     * layers of bench/wino_bench.c (forward; the weight gradient's 128 was
+     * faster on 128 -> 256 channels in one sweep, slower in another, and
+     * slower on 32 -> 64): kept apart for that choice. */
+    q.T = 32;
+    q.B = q.T / tpi < 1 ? 1 : q.T / tpi > 64 ? 64 : q.T / tpi;
+    q.Tw = 32;
+    q.Bw = q.Tw / tpi < 1 ? 1 : q.Tw / tpi > 64 ? 64 : q.Tw / tpi;
+    const int Bm = imax(q.B, q.Bw), Tm = imax(q.T, q.Tw);
+    /* s rows 0 .. 4*nty: x rows up to 8*nty+1 (>= h+2p: zeros beyond) */
+    q.xr = 8 * nty + 2, q.xc = 8 * ntx + 2;
+    q.hs = (d->h + 1) / 2, q.wsd = (d->w + 1) / 2, q.pe = d->pad == 0;
+    q.dr = imax(4 * tiles(q.hs) + 1, q.pe + 4 * nty);
+    q.dc = imax(4 * tiles(q.wsd) + 1, q.pe + 4 * ntx);
+    const size_t P = (size_t)d->out_h * d->out_w;
+    const size_t dxs = (size_t)4 * q.hs * q.wsd * cip; /* dx in phases: 2hs x 2wsd pixels */
+    size_t o = 0;
+    q.tmp = o, o += al16(P * d->c_out);
+    q.xp = o, o += al16((size_t)Bm * q.xr * q.xc * cip);
+    q.dyp = o, o += al16((size_t)Bm * q.dr * q.dc * cop);
+    /* the points' planes of the kept phases (ws2_uoff) */
+    const size_t nf = (size_t)pts_of(-1).all, nx = (size_t)pts_of(d->pad).all;
+    q.u = o, o += al16(nf * cip * cop + NPT * WS2_USKEW);
+    q.ut = o, o += al16(nx * d->c_out * cip + NPT * WS2_USKEW);
+    q.du = o, o += al16(nf * cip * cop + NPT * WS2_USKEW);
+    q.v = o, o += al16((size_t)NPT * ((size_t)Tm * C + PSKEW));
+    q.mm = o, o += al16((size_t)NPT * ((size_t)Tm * C + PSKEW));
+    q.yp = o, o += al16((size_t)Bm * (P * cop > dxs ? P * cop : dxs));
+    q.wt = o, o += al16((size_t)9 * imax(d->c_in * cop, d->c_out * cip));
+    q.ds = o, o += al16(4 * (size_t)d->c_out); /* 2 * c_out doubles */
+    q.end = o;
+    return q;
+}
+
+size_t dpt_conv_wino_s2_work_floats(const dpt_conv2d_desc *d) { return plan_of(d).end; }
 
 /* wt [inner][9][outer padded] = w[co][ci][9] with the outer channels
  * (dx 0: co, dx 1: ci) innermost, for the filter transforms' vector loads. */
