@@ -1,5 +1,6 @@
 /* The Winograd convolution algorithms (src/ops/conv_wino.c: wino F(2x2,3x3),
- * wino4 F(4x4,3x3)) on the 3x3 stride-1 layers of the suite's residual and VGG networks, against hwc
+ * wino4 F(4x4,3x3); src/ops/conv_wino_s2.c: wino_s2, stride 2) on the 3x3
+ * layers of the suite's residual and VGG networks, against hwc
  * (the direct-style kernels it would replace) and oneDNN (when built),
  * alternated in one process, with the batch norms fused as the networks
  * run them (input bn+ReLU, output bn backward).
@@ -69,14 +70,17 @@ static void shape(dpt_rng *rng, const char *name, int n, int c_in, int hw, int c
                          .kw = k, .stride = stride, .pad = pad};
     if (dpt_conv2d_desc_init(&d) != 0)
         return;
-    int algos[4] = {DPT_CONV_ALGO_HWC, DPT_CONV_ALGO_WINO, DPT_CONV_ALGO_WINO4,
-                    DPT_CONV_ALGO_DNNL};
-    int na = 4;
-    if (no_dnnl || !dpt_conv_algo_supports(DPT_CONV_ALGO_DNNL, &d))
-        na = 3;
-    if (!dpt_conv_algo_supports(DPT_CONV_ALGO_WINO, &d) ||
-        !dpt_conv_algo_supports(DPT_CONV_ALGO_WINO4, &d) ||
-        !dpt_conv_algo_supports(DPT_CONV_ALGO_HWC, &d))
+    /* hwc first (the baseline), the Winograd entries that take the shape,
+     * dnnl last (not compared for the error: its own rounding) */
+    static const int cands[] = {DPT_CONV_ALGO_HWC, DPT_CONV_ALGO_WINO, DPT_CONV_ALGO_WINO4,
+                                DPT_CONV_ALGO_WINO_S2, DPT_CONV_ALGO_DNNL};
+    int algos[5], na = 0, nwin = 0;
+    for (size_t i = 0; i < sizeof cands / sizeof *cands; i++)
+        if (dpt_conv_algo_supports(cands[i], &d) && !(no_dnnl && cands[i] == DPT_CONV_ALGO_DNNL))
+            algos[na++] = cands[i];
+    for (int a = 1; a < na; a++)
+        nwin += algos[a] != DPT_CONV_ALGO_DNNL;
+    if (na < 2 || algos[0] != DPT_CONV_ALGO_HWC || nwin < 1)
         return;
     const size_t nx = (size_t)n * c_in * hw * hw, ny = (size_t)n * c_out * d.out_h * d.out_w;
     const size_t nw = (size_t)c_out * c_in * k * k;
@@ -98,7 +102,7 @@ static void shape(dpt_rng *rng, const char *name, int n, int c_in, int hw, int c
     }
     float *work = randn(rng, nwk + 1, 1.0f);
     double *s = malloc(4 * (size_t)cm * sizeof *s);
-    double best[4][2] = {{1e30, 1e30}, {1e30, 1e30}, {1e30, 1e30}, {1e30, 1e30}};
+    double best[5][2] = {{1e30, 1e30}, {1e30, 1e30}, {1e30, 1e30}, {1e30, 1e30}, {1e30, 1e30}};
     for (int r = 0; r < rounds; r++)
         for (int a = 0; a < na; a++) {
             d.algo = algos[a];
@@ -114,11 +118,11 @@ static void shape(dpt_rng *rng, const char *name, int n, int c_in, int hw, int c
             if (t2 - t1 < best[a][1])
                 best[a][1] = t2 - t1;
         }
-    /* wino and wino4 against hwc on the same inputs */
+    /* the Winograd entries against hwc on the same inputs */
     float *y2 = malloc(ny * sizeof *y2), *dx2 = malloc(nx * sizeof *dx2);
     float *dw2 = malloc(nw * sizeof *dw2);
-    double err[3] = {0, 0, 0};
-    for (int a = 0; a < 3; a++) {
+    double err[5] = {0, 0, 0, 0, 0};
+    for (int a = 0; a <= nwin; a++) {
         d.algo = algos[a];
         dpt_conv2d_forward_ex(&d, x, bn_in ? &xa : NULL, w, NULL, a ? y2 : y, work, s, s + cm);
         dpt_conv2d_backward_ex(&d, x, bn_in ? &xa : NULL, w, dy, &dya, yb, a ? dx2 : dx,
@@ -138,7 +142,9 @@ static void shape(dpt_rng *rng, const char *name, int n, int c_in, int hw, int c
             printf(" %s %6.3f ms %5.0f GF/s (%.2fx)%s", cand_name(algos[a]), 1e3 * best[a][p],
                    f / best[a][p] * 1e-9, best[0][p] / best[a][p], a + 1 < na ? "," : "\n");
     }
-    printf("  err vs hwc: wino %.1e, wino4 %.1e\n", err[1], err[2]);
+    printf("  err vs hwc:");
+    for (int a = 1; a <= nwin; a++)
+        printf(" %s %.1e%s", cand_name(algos[a]), err[a], a < nwin ? "," : "\n");
     free(x), free(dx), free(y), free(dy), free(yb), free(w), free(dw), free(db), free(pa);
     free(work), free(s);
 }
@@ -190,6 +196,11 @@ int main(int argc, char **argv)
         {"vgg_c2b", 64, 16, 64, 3, 1, 1, 1, 1},
         {"vgg_c3b", 128, 8, 128, 3, 1, 1, 1, 1},
         {"vgg_c4b", 256, 4, 256, 3, 1, 1, 1, 1},
+        /* the stride-2 3x3 layers (wino_s2) */
+        {"r32_b2c1", 32, 16, 64, 3, 2, 1, 1, 1},
+        {"vgg_c2a", 32, 32, 64, 3, 2, 1, 1, 1},
+        {"vgg_c3a", 64, 16, 128, 3, 2, 1, 1, 1},
+        {"vgg_c4a", 128, 8, 256, 3, 2, 1, 1, 1},
     };
     for (size_t i = 0; i < sizeof L / sizeof *L; i++)
         if (!only || strstr(L[i].name, only))

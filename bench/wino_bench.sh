@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The Winograd convolution algorithms (wino F(2x2,3x3), wino4 F(4x4,3x3))
-# on the 3x3 stride-1 layers of the suite's networks against hwc and
+# The Winograd convolution algorithms (wino F(2x2,3x3), wino4 F(4x4,3x3),
+# wino_s2 for stride 2) on the 3x3 layers of the suite's networks against hwc and
 # oneDNN, alternated in one process (bench/wino_bench.c), per kernel set
 # this CPU has. Builds a CPU-only
 # release tree in build-bench/ (BENCH_BUILD_DIR overrides). BATCH=B

@@ -574,6 +574,46 @@ static void property_test(void)
             CHECK(dpt_conv_algo_supports(DPT_CONV_ALGO_WINO4, &d));
         }
     }
+    /* Stride-2 Winograd (conv_wino_s2.c: 3x3, stride 2, pads 0-2, F(4x4, 2x2)
+     * over the space-to-depth input): the VGG and residual layers' planes
+     * (32x32 -> 16x16 over 2 GEMMs, 16x16, 8x8x128 -> 256: K = 512 sums),
+     * blocks of images (4x4 outputs, 18 images: blocks of 16 and 2), odd
+     * planes (9x7, 15x15: tiles partly outside, the last s row beyond the
+     * input), pads 0, 1 and 2, channel counts not a multiple of the vector
+     * (17, 40), every fusion; then plain and weight-gradient only. */
+    static const dpt_conv2d_desc ws2[] = {
+        {.n = 2, .c_in = 32, .h = 32, .w = 32, .c_out = 64, .kh = 3, .kw = 3, .stride = 2,
+         .pad = 1},
+        {.n = 3, .c_in = 64, .h = 16, .w = 16, .c_out = 128, .kh = 3, .kw = 3, .stride = 2,
+         .pad = 1},
+        {.n = 3, .c_in = 128, .h = 8, .w = 8, .c_out = 256, .kh = 3, .kw = 3, .stride = 2,
+         .pad = 1},
+        {.n = 3, .c_in = 32, .h = 16, .w = 16, .c_out = 64, .kh = 3, .kw = 3, .stride = 2,
+         .pad = 1},
+        {.n = 18, .c_in = 16, .h = 8, .w = 8, .c_out = 32, .kh = 3, .kw = 3, .stride = 2,
+         .pad = 1},
+        {.n = 2, .c_in = 17, .h = 9, .w = 7, .c_out = 40, .kh = 3, .kw = 3, .stride = 2, .pad = 1},
+        {.n = 2, .c_in = 40, .h = 15, .w = 15, .c_out = 17, .kh = 3, .kw = 3, .stride = 2,
+         .pad = 0},
+        {.n = 3, .c_in = 24, .h = 9, .w = 7, .c_out = 33, .kh = 3, .kw = 3, .stride = 2, .pad = 2},
+        {.n = 2, .c_in = 16, .h = 15, .w = 15, .c_out = 16, .kh = 3, .kw = 3, .stride = 2,
+         .pad = 2},
+        {.n = 2, .c_in = 40, .h = 10, .w = 9, .c_out = 24, .kh = 3, .kw = 3, .stride = 2, .pad = 0},
+        {.n = 3, .c_in = 48, .h = 7, .w = 9, .c_out = 16, .kh = 3, .kw = 3, .stride = 2, .pad = 1},
+    };
+    const int n_ws2 = (int)(sizeof ws2 / sizeof *ws2);
+    const int ws2_before = n_checked[DPT_CONV_ALGO_WINO_S2];
+    for (int idx = 0; idx < n_ws2; idx++) {
+        shape_case sc = {.d = ws2[idx]};
+        CHECK(dpt_conv2d_desc_init(&sc.d) == 0);
+        if (idx < n_ws2 - 2)
+            sc.bn_in = sc.bn_out = sc.relu_in = sc.need_dx = sc.bias = 1, sc.relu_out = idx & 1;
+        else if (idx == n_ws2 - 2)
+            sc.need_dx = 1;
+        check_case(&r1, &sc, n_cases + n_1x1 + n_wide + n_rows + n_wino + idx);
+    }
+    if (dpt_ops_kernels_supported("avx2"))
+        CHECK(n_checked[DPT_CONV_ALGO_WINO_S2] - ws2_before >= n_ws2);
     dpt_ops_set_kernels(saved);
     printf("property test: %d random shapes, %d 1x1 ones and %d wide ones;", n_cases, n_1x1,
            n_wide);

@@ -217,7 +217,7 @@ static dpt_status conv_plan(dpt_net *net, dpt_layer *l)
         const char *v = getenv("DPT_CONV_ALGO");
         return dpt_fail(DPT_ERR_ARG, "DPT_CONV_ALGO: '%.40s' is not an algorithm (auto, heuristic, "
                         "measure, gemm, direct, batched, depthwise, dnnl, pointwise, hwc, wino, "
-                        "wino4)", v ? v : "");
+                        "wino4, wino_s2)", v ? v : "");
     }
     c->d.algo = c->plan.algo;
     c->planned_batch = net->max_batch;

@@ -34,6 +34,7 @@
 #include "ops/conv_dnnl.h"
 #include "ops/conv_hwc.h"
 #include "ops/conv_wino.h"
+#include "ops/conv_wino_s2.h"
 #include "ops/conv_pointwise.h"
 #include "ops/ops.h"
 
@@ -348,6 +349,9 @@ static const conv_algo table[DPT_CONV_ALGO_COUNT] = {
                             dpt_conv_wino_forward, dpt_conv_wino_backward},
     [DPT_CONV_ALGO_WINO4] = {"wino4", 1, dpt_conv_wino4_supports, dpt_conv_wino4_work_floats,
                              dpt_conv_wino4_forward, dpt_conv_wino4_backward},
+    [DPT_CONV_ALGO_WINO_S2] = {"wino_s2", 1, dpt_conv_wino_s2_supports,
+                               dpt_conv_wino_s2_work_floats, dpt_conv_wino_s2_forward,
+                               dpt_conv_wino_s2_backward},
 #ifdef DPT_HAVE_DNNL
     [DPT_CONV_ALGO_DNNL] = {"dnnl", 0, dpt_conv_dnnl_supports, dpt_conv_dnnl_work_floats,
                             dpt_conv_dnnl_forward, dpt_conv_dnnl_backward},
@@ -356,7 +360,7 @@ static const conv_algo table[DPT_CONV_ALGO_COUNT] = {
 
 static const char *const algo_names[DPT_CONV_ALGO_COUNT] = {
     "auto", "gemm", "direct", "batched", "depthwise", "dnnl", "pointwise", "hwc", "wino",
-    "wino4",
+    "wino4", "wino_s2",
 };
 
 const char *dpt_conv_algo_name(int algo)

@@ -977,7 +977,7 @@ int dpt_conv_plan_choose(const dpt_conv2d_desc *d, int bn_in, int bn_out, int ne
         } else {
             snprintf(p->note, sizeof p->note,
                      "DPT_CONV_ALGO: '%.40s' is not an algorithm (auto, heuristic, measure, gemm, "
-                     "direct, batched, depthwise, dnnl, pointwise, hwc, wino, wino4)", env);
+                     "direct, batched, depthwise, dnnl, pointwise, hwc, wino, wino4, wino_s2)", env);
             return -1;
         }
     }

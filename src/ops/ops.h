@@ -59,11 +59,12 @@ typedef enum dpt_conv_algo {
     DPT_CONV_ALGO_HWC,       /* conv_hwc.c: channels in vector lanes, for wide layers */
     DPT_CONV_ALGO_WINO,      /* conv_wino.c: Winograd F(2x2, 3x3) over hwc's kernels */
     DPT_CONV_ALGO_WINO4,     /* conv_wino.c: Winograd F(4x4, 3x3) */
+    DPT_CONV_ALGO_WINO_S2,   /* conv_wino_s2.c: stride-2 3x3 as Winograd F(4x4, 2x2) */
     DPT_CONV_ALGO_COUNT
 } dpt_conv_algo;
 
 /* "auto", "gemm", "direct", "batched", "depthwise", "dnnl", "pointwise", "hwc", "wino",
- * "wino4"; "?" for a number out of range. */
+ * "wino4", "wino_s2"; "?" for a number out of range. */
 const char *dpt_conv_algo_name(int algo);
 /* The algorithm of that name (as dpt_conv_algo_name), or -1. */
 int dpt_conv_algo_by_name(const char *name);

@@ -87,7 +87,8 @@ dpt_status dpt_env_check(void)
     if ((v = env("DPT_CONV_ALGO")) && strcmp(v, "auto") && strcmp(v, "heuristic") &&
         strcmp(v, "measure") && (strlen(v) > 16 || dpt_conv_algo_by_name(v) <= DPT_CONV_ALGO_AUTO))
         return dpt_fail(DPT_ERR_ARG, "DPT_CONV_ALGO: '%.40s' is not an algorithm (auto, heuristic, "
-                        "measure, gemm, direct, batched, depthwise, dnnl, pointwise, hwc, wino, wino4)", v);
+                        "measure, gemm, direct, batched, depthwise, dnnl, pointwise, hwc, wino, "
+                        "wino4, wino_s2)", v);
     if ((v = env("DPT_DNNL_LAYOUT")) && strcmp(v, "auto") && strcmp(v, "plain") && strcmp(v, "any"))
         return dpt_fail(DPT_ERR_ARG, "DPT_DNNL_LAYOUT: '%.40s' is not a layout (auto, plain, any)", v);
     if ((v = env("DPT_PLAN_CACHE")) && strlen(v) > 4000)
