@@ -1,9 +1,10 @@
 /* The precision of the Winograd convolutions (wino F(2x2,3x3), wino4
  * F(4x4,3x3)) at wide layers, against a double-precision reference, with
  * gemm and hwc for scale: bench/RESULTS-wino.md, "Precision at wide
- * layers". One layer, 8x8, 3x3, padding 1:
+ * layers". One layer, 3x3, padding 1, 8x8 outputs (stride 1: 8x8 input;
+ * stride 2: 16x16, for wino_s2):
  *
- *   wino_err C_IN C_OUT BN_IN [KERNELS [IMAGES]]
+ *   wino_err C_IN C_OUT BN_IN [KERNELS [IMAGES [STRIDE]]]
  *
  * BN_IN 1: a batch norm + ReLU applied to the input on the fly. Prints per
  * algorithm the largest difference from the reference over y, dx and dw,
@@ -42,17 +43,18 @@ static double rel(const float *got, const double *ref, size_t n)
 int main(int argc, char **argv)
 {
     if (argc < 4) {
-        fprintf(stderr, "usage: wino_err C_IN C_OUT BN_IN [KERNELS [IMAGES]]\n");
+        fprintf(stderr, "usage: wino_err C_IN C_OUT BN_IN [KERNELS [IMAGES [STRIDE]]]\n");
         return 2;
     }
     const int CI = atoi(argv[1]), CO = atoi(argv[2]), bnin = atoi(argv[3]);
-    const int N = argc > 5 ? atoi(argv[5]) : 2, H = 8, W = 8;
+    const int N = argc > 5 ? atoi(argv[5]) : 2, S = argc > 6 ? atoi(argv[6]) : 1;
+    const int OH = 8, OW = 8, H = OH * S, W = OW * S;
     const char *ks = argc > 4 ? argv[4] : "auto";
-    if (CI < 1 || CO < 1 || N < 1 || dpt_ops_set_kernels(ks) != 0) {
+    if (CI < 1 || CO < 1 || N < 1 || S < 1 || S > 2 || dpt_ops_set_kernels(ks) != 0) {
         fprintf(stderr, "wino_err: bad arguments\n");
         return 2;
     }
-    const size_t nx = (size_t)N * CI * H * W, ny = (size_t)N * CO * H * W, nw = (size_t)CO * CI * 9;
+    const size_t nx = (size_t)N * CI * H * W, ny = (size_t)N * CO * OH * OW, nw = (size_t)CO * CI * 9;
     float *x = malloc(nx * 4), *w = malloc(nw * 4), *dy = malloc(ny * 4), *bn = malloc(6 * (size_t)CI * 4);
     double *xin = malloc(nx * 8), *yr = calloc(ny, 8), *dxr = calloc(nx, 8), *dwr = calloc(nw, 8);
     if (!x || !w || !dy || !bn || !xin || !yr || !dxr || !dwr)
@@ -76,16 +78,16 @@ int main(int argc, char **argv)
                     for (int b = 0; b < 3; b++) {
                         const size_t wi = ((size_t)co * CI + ci) * 9 + a * 3 + b;
                         const double wv = w[wi];
-                        for (int oy = 0; oy < H; oy++) {
-                            const int iy = oy + a - 1;
+                        for (int oy = 0; oy < OH; oy++) {
+                            const int iy = oy * S + a - 1;
                             if (iy < 0 || iy >= H)
                                 continue;
-                            for (int ox = 0; ox < W; ox++) {
-                                const int ix = ox + b - 1;
+                            for (int ox = 0; ox < OW; ox++) {
+                                const int ix = ox * S + b - 1;
                                 if (ix < 0 || ix >= W)
                                     continue;
                                 const size_t xi = (((size_t)i * CI + ci) * H + iy) * W + ix;
-                                const size_t yi = (((size_t)i * CO + co) * H + oy) * W + ox;
+                                const size_t yi = (((size_t)i * CO + co) * OH + oy) * OW + ox;
                                 yr[yi] += wv * xin[xi];
                                 dxr[xi] += wv * dy[yi];
                                 dwr[wi] += xin[xi] * dy[yi];
@@ -93,10 +95,10 @@ int main(int argc, char **argv)
                         }
                     }
     const int algos[] = {DPT_CONV_ALGO_GEMM, DPT_CONV_ALGO_HWC, DPT_CONV_ALGO_WINO,
-                         DPT_CONV_ALGO_WINO4};
-    for (int k = 0; k < 4; k++) {
+                         DPT_CONV_ALGO_WINO4, DPT_CONV_ALGO_WINO_S2};
+    for (int k = 0; k < 5; k++) {
         dpt_conv2d_desc d = {.n = N, .c_in = CI, .h = H, .w = W, .c_out = CO, .kh = 3, .kw = 3,
-                             .stride = 1, .pad = 1};
+                             .stride = S, .pad = 1};
         if (dpt_conv2d_desc_init(&d) != 0)
             return 1;
         d.algo = algos[k];

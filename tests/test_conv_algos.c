@@ -573,6 +573,17 @@ static void property_test(void)
             d.c_in = d.c_in > 16 ? 512 : 16, d.c_out = d.c_out > 16 ? 512 : 16;
             CHECK(dpt_conv_algo_supports(DPT_CONV_ALGO_WINO4, &d));
         }
+        /* wino_s2's line is 1024 channels (2048: 3.9e-5). */
+        for (int k = 0; k < 3; k++) {
+            dpt_conv2d_desc d = {.n = 1, .c_in = k == 1 ? 16 : 1025, .h = 8, .w = 8,
+                                 .c_out = k == 0 ? 16 : 1025, .kh = 3, .kw = 3, .stride = 2,
+                                 .pad = 1};
+            CHECK(dpt_conv2d_desc_init(&d) == 0);
+            CHECK_MSG(!dpt_conv_algo_supports(DPT_CONV_ALGO_WINO_S2, &d),
+                      "wino_s2 past its channel bound: c_in %d c_out %d", d.c_in, d.c_out);
+            d.c_in = d.c_in > 16 ? 1024 : 16, d.c_out = d.c_out > 16 ? 1024 : 16;
+            CHECK(dpt_conv_algo_supports(DPT_CONV_ALGO_WINO_S2, &d));
+        }
     }
     /* Stride-2 Winograd (conv_wino_s2.c: 3x3, stride 2, pads 0-2, F(4x4, 2x2)
      * over the space-to-depth input): the VGG and residual layers' planes
