@@ -17,9 +17,6 @@ static const hwc_isa *isa_now(void)
     return NULL;
 }
 
-static int cpad(int c) { return (c + DPT_HWC_CPAD - 1) / DPT_HWC_CPAD * DPT_HWC_CPAD; }
-static size_t al16(size_t n) { return (n + 15) & ~(size_t)15; }
-
 /* Where weight (tap t, inner channel i of n, outer channel o of a padded
  * count op) goes in the kernels' blocked layout (conv_hwc.h): blocks of
  * 2*vw outer channels (the last may be narrower), each [taps][n][width],
@@ -42,8 +39,9 @@ int dpt_conv_hwc_supports(const dpt_conv2d_desc *d)
 
 static hwc_geom geom_of(const dpt_conv2d_desc *d)
 {
-    hwc_geom g = {d->c_in, d->c_out, cpad(d->c_in), cpad(d->c_out), d->w + 2 * d->pad,
-                  d->out_h, d->out_w, d->stride, d->dilation > 1 ? d->dilation : 1, d->kh, d->kw};
+    hwc_geom g = {d->c_in, d->c_out, dpt_hwc_cpad(d->c_in), dpt_hwc_cpad(d->c_out),
+                  d->w + 2 * d->pad, d->out_h, d->out_w, d->stride,
+                  d->dilation > 1 ? d->dilation : 1, d->kh, d->kw};
     return g;
 }
 
@@ -81,8 +79,9 @@ static int max_block(const dpt_conv2d_desc *d)
 static int dw_group(const dpt_conv2d_desc *d, int B)
 {
     const size_t P = (size_t)d->out_h * d->out_w;
-    const size_t ximg = ((size_t)d->h + 2 * d->pad) * ((size_t)d->w + 2 * d->pad) * cpad(d->c_in);
-    const size_t dwa = (size_t)d->kh * d->kw * d->c_in * cpad(d->c_out) * sizeof(float);
+    const size_t ximg =
+        ((size_t)d->h + 2 * d->pad) * ((size_t)d->w + 2 * d->pad) * dpt_hwc_cpad(d->c_in);
+    const size_t dwa = (size_t)d->kh * d->kw * d->c_in * dpt_hwc_cpad(d->c_out) * sizeof(float);
     int G = B;
     if (dwa <= ((size_t)256 << 10))
         return G;
@@ -111,18 +110,37 @@ static hwc_bufs bufs_of(const dpt_conv2d_desc *d)
     const size_t yrows = (size_t)(g.oh + 2 * pe) * (g.ow + 2 * pe);
     hwc_bufs b;
     size_t o = 0;
-    b.tmp = o, o += al16(P * d->c_out); /* one image's output gradient, dya applied */
-    b.xp = o, o += al16(G * hp * g.wp * g.cip);
-    b.wk = o, o += al16(taps * (size_t)cpad(d->c_out) * g.cip); /* wpk or wt */
-    b.yp = o, o += al16(G * (yrows > P ? yrows : P) * g.cop);
-    b.dxp = o, o += al16(B * hp * g.wp * g.cip);
-    b.dwa = o, o += al16(taps * (size_t)g.c_in * g.cop);
-    b.ds = o, o += al16(4 * (size_t)d->c_out); /* 2 * c_out doubles */
+    b.tmp = o, o += dpt_hwc_al16(P * d->c_out); /* one image's output gradient, dya applied */
+    b.xp = o, o += dpt_hwc_al16(G * hp * g.wp * g.cip);
+    b.wk = o, o += dpt_hwc_al16(taps * (size_t)dpt_hwc_cpad(d->c_out) * g.cip); /* wpk or wt */
+    b.yp = o, o += dpt_hwc_al16(G * (yrows > P ? yrows : P) * g.cop);
+    b.dxp = o, o += dpt_hwc_al16(B * hp * g.wp * g.cip);
+    b.dwa = o, o += dpt_hwc_al16(taps * (size_t)g.c_in * g.cop);
+    b.ds = o, o += dpt_hwc_al16(4 * (size_t)d->c_out); /* 2 * c_out doubles */
     b.end = o;
     return b;
 }
 
 size_t dpt_conv_hwc_work_floats(const dpt_conv2d_desc *d) { return bufs_of(d).end; }
+
+const float *dpt_hwc_dy_image(const hwc_isa *isa, const float *dyi, const float *yi, int c_out,
+                              int P, const dpt_bn_apply *dya, float *tmp, double *dbs)
+{
+    if (dya) {
+        for (int co = 0; co < c_out; co++)
+            dbs[co] += isa->bnback(dyi + (size_t)co * P, yi + (size_t)co * P, P, dya->mean[co],
+                                   dya->scale[co], dya->shift[co], dya->kf[co], dya->ka[co],
+                                   dya->kb[co], dya->relu, tmp + (size_t)co * P);
+        return tmp;
+    }
+    for (int co = 0; co < c_out; co++) {
+        float s = 0.0f;
+        for (int p = 0; p < P; p++)
+            s += dyi[(size_t)co * P + p];
+        dbs[co] += s;
+    }
+    return dyi;
+}
 
 void dpt_conv_hwc_forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply *xa,
                           const float *w, const float *b, float *y, float *work, double *sum,
@@ -219,25 +237,10 @@ void dpt_conv_hwc_backward(const dpt_conv2d_desc *d, const float *x, const dpt_b
             const int i = i0 + k;
             float *xpk = xp + k * ximg, *dypk = dyp + k * yimg;
             isa->pack(x + (size_t)i * cin * hw, cin, d->h, d->w, d->pad, g.wp, g.cip, xa, xpk);
-            /* dyp [pos][co]: the gradient the convolution uses (dya's
-             * backward applied, the expression of conv2d.c's unfused path),
-             * and db. */
-            const float *dyi = dy + (size_t)i * cout * P;
-            if (dya) {
-                for (int co = 0; co < cout; co++)
-                    dbs[co] += isa->bnback(dyi + (size_t)co * P, y + ((size_t)i * cout + co) * P,
-                                           P, dya->mean[co], dya->scale[co], dya->shift[co],
-                                           dya->kf[co], dya->ka[co], dya->kb[co], dya->relu,
-                                           tmp + (size_t)co * P);
-                dyi = tmp;
-            } else {
-                for (int co = 0; co < cout; co++) {
-                    float s = 0.0f;
-                    for (int p = 0; p < P; p++)
-                        s += dyi[(size_t)co * P + p];
-                    dbs[co] += s;
-                }
-            }
+            /* The gradient the convolution uses (dya's backward applied), and db. */
+            const float *dyi = dpt_hwc_dy_image(isa, dy + (size_t)i * cout * P,
+                                                y ? y + (size_t)i * cout * P : NULL, cout, P, dya,
+                                                tmp, dbs);
             isa->pack(dyi, cout, g.oh, g.ow, pz, wpy, g.cop, NULL, dypk);
         }
         /* The next group, fetched while this one's weight gradient is formed. */

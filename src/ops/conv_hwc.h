@@ -88,6 +88,22 @@ extern const hwc_isa dpt_hwc_isa_avx512;
 extern const hwc_isa dpt_hwc_isa_avx2;
 #endif
 
+/* Channels padded to DPT_HWC_CPAD, and a scratch offset rounded to 16
+ * floats (64 bytes): for hwc and the algorithms built on its kernels. */
+static inline int dpt_hwc_cpad(int c)
+{
+    return (c + DPT_HWC_CPAD - 1) / DPT_HWC_CPAD * DPT_HWC_CPAD;
+}
+static inline size_t dpt_hwc_al16(size_t n) { return (n + 15) & ~(size_t)15; }
+
+/* One image's output gradient as the convolution uses it: dyi (c_out planes
+ * of P) through dya's backward (the output batch norm, the expression of
+ * conv2d.c's unfused path) into tmp, or dyi itself without dya; dbs[co]
+ * += its sums (db). Returns the planes to pack. Shared by hwc, wino and
+ * wino_s2, whose backward passes take dy the same way. */
+const float *dpt_hwc_dy_image(const hwc_isa *isa, const float *dyi, const float *yi, int c_out,
+                              int P, const dpt_bn_apply *dya, float *tmp, double *dbs);
+
 int dpt_conv_hwc_supports(const dpt_conv2d_desc *d);
 size_t dpt_conv_hwc_work_floats(const dpt_conv2d_desc *d);
 /* The conv_algo contracts (conv_algo.h). */

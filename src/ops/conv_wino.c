@@ -24,8 +24,6 @@ static const wino_isa *isa_now(int m)
     return NULL;
 }
 
-static int cpad(int c) { return (c + DPT_HWC_CPAD - 1) / DPT_HWC_CPAD * DPT_HWC_CPAD; }
-static size_t al16(size_t n) { return (n + 15) & ~(size_t)15; }
 static int imax(int a, int b) { return a > b ? a : b; }
 
 /* F(4,3)'s error grows with the channels summed (y over c_in, dx over
@@ -65,7 +63,7 @@ static wino_plan plan_of(const dpt_conv2d_desc *d, int m)
 {
     wino_plan q;
     q.npt = (m + 2) * (m + 2);
-    const int cip = cpad(d->c_in), cop = cpad(d->c_out), C = imax(cip, cop);
+    const int cip = dpt_hwc_cpad(d->c_in), cop = dpt_hwc_cpad(d->c_out), C = imax(cip, cop);
     const int pe = 2 - d->pad, oh = d->out_h, ow = d->out_w;
     const int nty = (oh + m - 1) / m, ntx = (ow + m - 1) / m, tpi = nty * ntx;
     const int dty = (d->h + m - 1) / m, dtx = (d->w + m - 1) / m; /* dx's tiles */
@@ -79,16 +77,16 @@ static wino_plan plan_of(const dpt_conv2d_desc *d, int m)
     q.dr = imax(m * dty + 2, pe + m * nty), q.dc = imax(m * dtx + 2, pe + m * ntx);
     const size_t P = (size_t)oh * ow, hw = (size_t)d->h * d->w;
     size_t o = 0;
-    q.tmp = o, o += al16(P * d->c_out);
-    q.xp = o, o += al16((size_t)q.B * q.xr * q.xc * cip);
-    q.dyp = o, o += al16((size_t)q.B * q.dr * q.dc * cop);
-    q.u = o, o += al16((size_t)q.npt * d->c_in * cop);
-    q.ut = o, o += al16((size_t)q.npt * d->c_out * cip);
-    q.du = o, o += al16((size_t)q.npt * d->c_in * cop);
-    q.v = o, o += al16((size_t)q.npt * (q.T * C + PSKEW));
-    q.mm = o, o += al16((size_t)q.npt * (q.T * C + PSKEW));
-    q.yp = o, o += al16((size_t)q.B * (P > hw ? P : hw) * C);
-    q.ds = o, o += al16(4 * (size_t)d->c_out); /* 2 * c_out doubles */
+    q.tmp = o, o += dpt_hwc_al16(P * d->c_out);
+    q.xp = o, o += dpt_hwc_al16((size_t)q.B * q.xr * q.xc * cip);
+    q.dyp = o, o += dpt_hwc_al16((size_t)q.B * q.dr * q.dc * cop);
+    q.u = o, o += dpt_hwc_al16((size_t)q.npt * d->c_in * cop);
+    q.ut = o, o += dpt_hwc_al16((size_t)q.npt * d->c_out * cip);
+    q.du = o, o += dpt_hwc_al16((size_t)q.npt * d->c_in * cop);
+    q.v = o, o += dpt_hwc_al16((size_t)q.npt * (q.T * C + PSKEW));
+    q.mm = o, o += dpt_hwc_al16((size_t)q.npt * (q.T * C + PSKEW));
+    q.yp = o, o += dpt_hwc_al16((size_t)q.B * (P > hw ? P : hw) * C);
+    q.ds = o, o += dpt_hwc_al16(4 * (size_t)d->c_out); /* 2 * c_out doubles */
     q.end = o;
     return q;
 }
@@ -125,8 +123,9 @@ static void forward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_apply
     const wino_plan q = plan_of(d, m);
     const int cin = d->c_in, cout = d->c_out, hw = d->h * d->w, P = d->out_h * d->out_w;
     const int nty = (d->out_h + m - 1) / m, ntx = (d->out_w + m - 1) / m;
-    const wino_geom g = {cin, cout, cpad(cin), cpad(cout), d->out_h, d->out_w, ntx, nty * ntx,
-                         q.xc, (size_t)q.xr * q.xc * cpad(cin)};
+    const int cip = dpt_hwc_cpad(cin);
+    const wino_geom g = {cin, cout, cip, dpt_hwc_cpad(cout), d->out_h, d->out_w, ntx, nty * ntx,
+                         q.xc, (size_t)q.xr * q.xc * cip};
     float *xp = work + q.xp, *u = work + q.u, *yp = work + q.yp;
     const size_t yimg = (size_t)P * g.cop;
     isa->filt(w, cout, cin, g.cop, 0, u);
@@ -167,7 +166,7 @@ static void backward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_appl
     const hwc_isa *h = isa->hwc;
     const wino_plan q = plan_of(d, m);
     const int cin = d->c_in, cout = d->c_out, hw = d->h * d->w, P = d->out_h * d->out_w;
-    const int cip = cpad(cin), cop = cpad(cout), pe = 2 - d->pad;
+    const int cip = dpt_hwc_cpad(cin), cop = dpt_hwc_cpad(cout), pe = 2 - d->pad;
     const int nty = (d->out_h + m - 1) / m, ntx = (d->out_w + m - 1) / m, tpi = nty * ntx;
     const size_t ximg = (size_t)q.xr * q.xc * cip, dimg = (size_t)q.dr * q.dc * cop;
     /* dx: the forward over dy (padded by pe) with the flipped, transposed filters. */
@@ -194,24 +193,10 @@ static void backward(const dpt_conv2d_desc *d, const float *x, const dpt_bn_appl
             const int i = i0 + k;
             h->pack(x + (size_t)i * cin * hw, cin, d->h, d->w, d->pad, q.xc, cip, xa,
                     xp + k * ximg);
-            /* The gradient the convolution uses (dya's backward applied, as
-             * hwc), and db. */
-            const float *dyi = dy + (size_t)i * cout * P;
-            if (dya) {
-                for (int co = 0; co < cout; co++)
-                    dbs[co] += h->bnback(dyi + (size_t)co * P, y + ((size_t)i * cout + co) * P, P,
-                                         dya->mean[co], dya->scale[co], dya->shift[co],
-                                         dya->kf[co], dya->ka[co], dya->kb[co], dya->relu,
-                                         tmp + (size_t)co * P);
-                dyi = tmp;
-            } else {
-                for (int co = 0; co < cout; co++) {
-                    float s = 0.0f;
-                    for (int p = 0; p < P; p++)
-                        s += dyi[(size_t)co * P + p];
-                    dbs[co] += s;
-                }
-            }
+            /* The gradient the convolution uses (dya's backward applied), and db. */
+            const float *dyi = dpt_hwc_dy_image(h, dy + (size_t)i * cout * P,
+                                                y ? y + (size_t)i * cout * P : NULL, cout, P, dya,
+                                                tmp, dbs);
             h->pack(dyi, cout, d->out_h, d->out_w, pe, q.dc, cop, NULL, dyp + k * dimg);
         }
         /* The next block's x, dy (and y), fetched during the first GEMM. */

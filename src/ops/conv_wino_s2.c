@@ -24,8 +24,6 @@ static const ws2_isa *isa_now(void)
     return NULL;
 }
 
-static int cpad(int c) { return (c + DPT_HWC_CPAD - 1) / DPT_HWC_CPAD * DPT_HWC_CPAD; }
-static size_t al16(size_t n) { return (n + 15) & ~(size_t)15; }
 static int imax(int a, int b) { return a > b ? a : b; }
 static int tiles(int n) { return (n + 3) / 4; }
 
@@ -91,7 +89,7 @@ typedef struct ws2_plan {
 static ws2_plan plan_of(const dpt_conv2d_desc *d)
 {
     ws2_plan q;
-    const int cip = cpad(d->c_in), cop = cpad(d->c_out), C = imax(4 * cip, cop);
+    const int cip = dpt_hwc_cpad(d->c_in), cop = dpt_hwc_cpad(d->c_out), C = imax(4 * cip, cop);
     const int nty = tiles(d->out_h), ntx = tiles(d->out_w), tpi = nty * ntx;
     /* 32 tiles measured as fast as or faster than 16, 64 and 128 on the
      * layers of bench/wino_bench.c (forward; the weight gradient's 128 was
@@ -110,19 +108,19 @@ static ws2_plan plan_of(const dpt_conv2d_desc *d)
     const size_t P = (size_t)d->out_h * d->out_w;
     const size_t dxs = (size_t)4 * q.hs * q.wsd * cip; /* dx in phases: 2hs x 2wsd pixels */
     size_t o = 0;
-    q.tmp = o, o += al16(P * d->c_out);
-    q.xp = o, o += al16((size_t)Bm * q.xr * q.xc * cip);
-    q.dyp = o, o += al16((size_t)Bm * q.dr * q.dc * cop);
+    q.tmp = o, o += dpt_hwc_al16(P * d->c_out);
+    q.xp = o, o += dpt_hwc_al16((size_t)Bm * q.xr * q.xc * cip);
+    q.dyp = o, o += dpt_hwc_al16((size_t)Bm * q.dr * q.dc * cop);
     /* the points' planes of the kept phases (ws2_uoff) */
     const size_t nf = (size_t)pts_of(-1).all, nx = (size_t)pts_of(d->pad).all;
-    q.u = o, o += al16(nf * cip * cop + NPT * WS2_USKEW);
-    q.ut = o, o += al16(nx * d->c_out * cip + NPT * WS2_USKEW);
-    q.du = o, o += al16(nf * cip * cop + NPT * WS2_USKEW);
-    q.v = o, o += al16((size_t)NPT * ((size_t)Tm * C + PSKEW));
-    q.mm = o, o += al16((size_t)NPT * ((size_t)Tm * C + PSKEW));
-    q.yp = o, o += al16((size_t)Bm * (P * cop > dxs ? P * cop : dxs));
-    q.wt = o, o += al16((size_t)9 * imax(d->c_in * cop, d->c_out * cip));
-    q.ds = o, o += al16(4 * (size_t)d->c_out); /* 2 * c_out doubles */
+    q.u = o, o += dpt_hwc_al16(nf * cip * cop + NPT * WS2_USKEW);
+    q.ut = o, o += dpt_hwc_al16(nx * d->c_out * cip + NPT * WS2_USKEW);
+    q.du = o, o += dpt_hwc_al16(nf * cip * cop + NPT * WS2_USKEW);
+    q.v = o, o += dpt_hwc_al16((size_t)NPT * ((size_t)Tm * C + PSKEW));
+    q.mm = o, o += dpt_hwc_al16((size_t)NPT * ((size_t)Tm * C + PSKEW));
+    q.yp = o, o += dpt_hwc_al16((size_t)Bm * (P * cop > dxs ? P * cop : dxs));
+    q.wt = o, o += dpt_hwc_al16((size_t)9 * imax(d->c_in * cop, d->c_out * cip));
+    q.ds = o, o += dpt_hwc_al16(4 * (size_t)d->c_out); /* 2 * c_out doubles */
     q.end = o;
     return q;
 }
@@ -133,7 +131,7 @@ size_t dpt_conv_wino_s2_work_floats(const dpt_conv2d_desc *d) { return plan_of(d
  * (dx 0: co, dx 1: ci) innermost, for the filter transforms' vector loads. */
 static void w_outer(const float *w, int cin, int cout, int dx, float *wt)
 {
-    const int no = dx ? cin : cout, ni = dx ? cout : cin, nop = cpad(no);
+    const int no = dx ? cin : cout, ni = dx ? cout : cin, nop = dpt_hwc_cpad(no);
     for (int i = 0; i < ni; i++)
         for (int k = 0; k < 9; k++) {
             float *row = wt + ((size_t)i * 9 + k) * nop;
@@ -178,7 +176,7 @@ void dpt_conv_wino_s2_forward(const dpt_conv2d_desc *d, const float *x, const dp
     const hwc_isa *h = isa->hwc;
     const ws2_plan q = plan_of(d);
     const int cin = d->c_in, cout = d->c_out, hw = d->h * d->w, P = d->out_h * d->out_w;
-    const int cip = cpad(cin), cop = cpad(cout), ntx = tiles(d->out_w);
+    const int cip = dpt_hwc_cpad(cin), cop = dpt_hwc_cpad(cout), ntx = tiles(d->out_w);
     const ws2_pass g = {4 * cip, 4 * cip, cip, 4, cout, cop, cop, 1,
                         d->out_h, d->out_w, ntx, tiles(d->out_h) * ntx, q.xc, d->out_w,
                         (size_t)q.xr * q.xc * cip, (size_t)P * cop};
@@ -223,7 +221,7 @@ void dpt_conv_wino_s2_backward(const dpt_conv2d_desc *d, const float *x, const d
     const hwc_isa *h = isa->hwc;
     const ws2_plan q = plan_of(d);
     const int cin = d->c_in, cout = d->c_out, hw = d->h * d->w, P = d->out_h * d->out_w;
-    const int cip = cpad(cin), cop = cpad(cout);
+    const int cip = dpt_hwc_cpad(cin), cop = dpt_hwc_cpad(cout);
     const int ntx = tiles(d->out_w), tpi = tiles(d->out_h) * ntx, sx = tiles(q.wsd);
     const size_t ximg = (size_t)q.xr * q.xc * cip, dimg = (size_t)q.dr * q.dc * cop;
     /* dx: 4*cip phases of hs x wsd positions as a pass over dy, written to
@@ -255,24 +253,10 @@ void dpt_conv_wino_s2_backward(const dpt_conv2d_desc *d, const float *x, const d
             const int i = i0 + k;
             h->pack(x + (size_t)i * cin * hw, cin, d->h, d->w, d->pad, q.xc, cip, xa,
                     xp + k * ximg);
-            /* The gradient the convolution uses (dya's backward applied, as
-             * hwc), and db. */
-            const float *dyi = dy + (size_t)i * cout * P;
-            if (dya) {
-                for (int co = 0; co < cout; co++)
-                    dbs[co] += h->bnback(dyi + (size_t)co * P, y + ((size_t)i * cout + co) * P, P,
-                                         dya->mean[co], dya->scale[co], dya->shift[co],
-                                         dya->kf[co], dya->ka[co], dya->kb[co], dya->relu,
-                                         tmp + (size_t)co * P);
-                dyi = tmp;
-            } else {
-                for (int co = 0; co < cout; co++) {
-                    float s = 0.0f;
-                    for (int p = 0; p < P; p++)
-                        s += dyi[(size_t)co * P + p];
-                    dbs[co] += s;
-                }
-            }
+            /* The gradient the convolution uses (dya's backward applied), and db. */
+            const float *dyi = dpt_hwc_dy_image(h, dy + (size_t)i * cout * P,
+                                                y ? y + (size_t)i * cout * P : NULL, cout, P, dya,
+                                                tmp, dbs);
             h->pack(dyi, cout, d->out_h, d->out_w, q.pe, q.dc, cop, NULL, dyp + k * dimg);
         }
         /* The next block's x, dy (and y), fetched during the first GEMM. */
